@@ -1,0 +1,128 @@
+/**
+ * The image model every transport adapts to, after go-containerregistry's v1 package: an image is
+ * a manifest, a config and layers; a layer knows its digests and opens its streams.
+ */
+import type { Readable } from 'node:stream';
+import type { Digest } from './digest.js';
+import type { ImageConfig } from './config.js';
+import type { Descriptor, ImageManifest, ParsedManifest } from './manifest.js';
+
+export interface OpenOptions {
+  signal?: AbortSignal;
+}
+
+/**
+ * One layer of an image.
+ *
+ * Contract: every stream a layer opens is verified while it flows. `open()` checks the stored bytes
+ * against `descriptor.digest` and `descriptor.size`; `openUncompressed()` checks the tar against
+ * `diffId`. On a mismatch the stream errors in place of ending, so a consumer that commits only
+ * after a clean end never keeps bad bytes. The caller owns the stream and must consume or destroy it.
+ */
+export interface Layer {
+  /** The blob as the source stores it. For a docker-archive layer it is the uncompressed tar, digest = diff id. */
+  readonly descriptor: Descriptor;
+  /** sha256 of the uncompressed tar, from the image config. */
+  readonly diffId: Digest;
+  open(options?: OpenOptions): Promise<Readable>;
+  openUncompressed(options?: OpenOptions): Promise<Readable>;
+}
+
+/** A single-platform image whose manifest and config are already fetched and verified. */
+export interface Image {
+  /** The source, for messages (`oci:dir:tag`). */
+  readonly name: string;
+  /** The manifest as stored: its bytes, digest and parsed form. */
+  readonly manifest: ParsedManifest & { kind: 'manifest'; manifest: ImageManifest };
+  readonly configBytes: Buffer;
+  readonly config: ImageConfig;
+  readonly layers: readonly Layer[];
+  /** Tags the source knows for this image, e.g. `RepoTags` of a docker-archive, `repo:tag` of a store. */
+  readonly repoTags: readonly string[];
+}
+
+/**
+ * A random-access image source: what a transport alone can answer. Everything else (platform
+ * choice, config parsing, layer objects) is derived by `resolveImage` in `oci/partial.ts`.
+ *
+ * Contract: `getBlob` returns a stream verified against `descriptor` (digest and size), erroring
+ * instead of ending on a mismatch. `close` releases files and connections; it is always called.
+ */
+export interface ImageSource {
+  readonly name: string;
+  /** The top-level manifest the reference names: an image manifest or an index. */
+  getManifest(): Promise<ParsedManifest>;
+  /** A manifest named by an index. */
+  getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest>;
+  getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable>;
+  /** Tags this source gives the image it names (for docker-archive output); may be empty. */
+  repoTags(): readonly string[];
+  close(): Promise<void>;
+}
+
+/** What a destination does to layers (as containers/image's DesiredLayerCompression). */
+export type LayerCompressionPolicy = 'compress' | 'preserve' | 'decompress';
+
+/** Result of storing one blob. */
+export interface StoredBlob {
+  digest: Digest;
+  size: number;
+}
+
+export interface PutBlobInfo {
+  mediaType: string;
+  /** When known, the destination verifies the bytes against it and refuses a mismatch. */
+  digest?: Digest;
+  size?: number;
+}
+
+/**
+ * A content-addressed destination (registry storage, OCI layout): blobs, then manifests, then the tag.
+ *
+ * Contract (as containers/image's ImageDestination): blobs are stored before any manifest that names
+ * them; `putBlob` consumes the stream and, if it errors or the bytes do not match `info.digest`,
+ * fails AND leaves nothing visible. Nothing a user looks at (a tag, an index entry) changes before
+ * `commit`. After a failure the caller calls `abort`, which removes temporary data.
+ */
+export interface BlobDestination {
+  readonly name: string;
+  readonly layerCompression: LayerCompressionPolicy;
+  supportsManifestType(mediaType: string): boolean;
+  /**
+   * If the blob is already there (or can be made available without its bytes, e.g. by linking
+   * it into this repository), does so and returns true.
+   */
+  reuseBlob(descriptor: Descriptor): Promise<boolean>;
+  putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob>;
+  /** Stores manifest bytes (an image manifest or an index); does not tag them. */
+  putManifest(manifest: ParsedManifest): Promise<void>;
+  /** Makes the top-level manifest visible under the destination's tag, last. */
+  commit(top: ParsedManifest): Promise<void>;
+  abort(): Promise<void>;
+}
+
+/** A destination that consumes a whole resolved image (docker-archive, rootfs, bundle). */
+export interface ImageWriter {
+  readonly name: string;
+  write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult>;
+}
+
+export interface ImageWriteOptions {
+  signal?: AbortSignal;
+  jobs: number;
+  onLayer?: (event: LayerEvent) => void;
+}
+
+export interface ImageWriteResult {
+  /** Extra facts for `--json`, e.g. the path written. */
+  details?: Record<string, unknown>;
+}
+
+export interface LayerEvent {
+  digest: string;
+  diffId?: string;
+  status: 'pushed' | 'skipped' | 'written' | 'foreign';
+  /** Bytes that crossed to the destination (0 when skipped). */
+  bytes: number;
+  mediaType?: string;
+}

@@ -1,0 +1,83 @@
+/** Media types of the OCI and Docker schema-2 families, and what they say about a blob. */
+
+export const MediaType = {
+  OCI_MANIFEST: 'application/vnd.oci.image.manifest.v1+json',
+  OCI_INDEX: 'application/vnd.oci.image.index.v1+json',
+  OCI_CONFIG: 'application/vnd.oci.image.config.v1+json',
+  OCI_LAYER: 'application/vnd.oci.image.layer.v1.tar',
+  OCI_LAYER_GZIP: 'application/vnd.oci.image.layer.v1.tar+gzip',
+  OCI_LAYER_ZSTD: 'application/vnd.oci.image.layer.v1.tar+zstd',
+  OCI_LAYER_NONDIST: 'application/vnd.oci.image.layer.nondistributable.v1.tar',
+  OCI_LAYER_NONDIST_GZIP: 'application/vnd.oci.image.layer.nondistributable.v1.tar+gzip',
+  OCI_LAYER_NONDIST_ZSTD: 'application/vnd.oci.image.layer.nondistributable.v1.tar+zstd',
+  DOCKER_MANIFEST: 'application/vnd.docker.distribution.manifest.v2+json',
+  DOCKER_MANIFEST_LIST: 'application/vnd.docker.distribution.manifest.list.v2+json',
+  DOCKER_CONFIG: 'application/vnd.docker.container.image.v1+json',
+  DOCKER_LAYER_GZIP: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  DOCKER_LAYER_ZSTD: 'application/vnd.docker.image.rootfs.diff.tar.zstd',
+  DOCKER_FOREIGN_LAYER: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
+  // Docker's schema 1 is long deprecated; recognised only to refuse it clearly.
+  DOCKER_MANIFEST_V1: 'application/vnd.docker.distribution.manifest.v1+json',
+  DOCKER_MANIFEST_V1_SIGNED: 'application/vnd.docker.distribution.manifest.v1+prettyjws',
+} as const;
+
+export type Compression = 'gzip' | 'zstd' | 'none';
+export type ManifestFamily = 'oci' | 'docker';
+
+export function isIndexMediaType(mt: string | undefined): boolean {
+  return mt === MediaType.OCI_INDEX || mt === MediaType.DOCKER_MANIFEST_LIST;
+}
+
+export function isImageManifestMediaType(mt: string | undefined): boolean {
+  return mt === MediaType.OCI_MANIFEST || mt === MediaType.DOCKER_MANIFEST;
+}
+
+export function manifestFamily(mt: string): ManifestFamily {
+  return mt.startsWith('application/vnd.docker.') ? 'docker' : 'oci';
+}
+
+/** Compression of a layer blob, from its media type; undefined when the type is not a layer we know. */
+export function layerCompression(mt: string): Compression | undefined {
+  switch (mt) {
+    case MediaType.OCI_LAYER:
+    case MediaType.OCI_LAYER_NONDIST:
+      return 'none';
+    case MediaType.OCI_LAYER_GZIP:
+    case MediaType.OCI_LAYER_NONDIST_GZIP:
+    case MediaType.DOCKER_LAYER_GZIP:
+    case MediaType.DOCKER_FOREIGN_LAYER:
+      return 'gzip';
+    case MediaType.OCI_LAYER_ZSTD:
+    case MediaType.OCI_LAYER_NONDIST_ZSTD:
+    case MediaType.DOCKER_LAYER_ZSTD:
+      return 'zstd';
+    default:
+      return undefined;
+  }
+}
+
+/** Foreign / non-distributable layers are never copied between registries (as skopeo and crane do). */
+export function isForeignLayer(mt: string): boolean {
+  return mt === MediaType.DOCKER_FOREIGN_LAYER || mt.startsWith('application/vnd.oci.image.layer.nondistributable.');
+}
+
+/** The layer media type of `compression` in a manifest of `family`. */
+export function layerMediaType(family: ManifestFamily, compression: Compression): string {
+  if (family === 'docker') {
+    if (compression === 'gzip') return MediaType.DOCKER_LAYER_GZIP;
+    if (compression === 'zstd') return MediaType.DOCKER_LAYER_ZSTD;
+    // Docker schema 2 has no uncompressed layer type; registries accept the OCI one in practice.
+    return MediaType.OCI_LAYER;
+  }
+  if (compression === 'gzip') return MediaType.OCI_LAYER_GZIP;
+  if (compression === 'zstd') return MediaType.OCI_LAYER_ZSTD;
+  return MediaType.OCI_LAYER;
+}
+
+export function manifestMediaType(family: ManifestFamily): string {
+  return family === 'docker' ? MediaType.DOCKER_MANIFEST : MediaType.OCI_MANIFEST;
+}
+
+export function configMediaType(family: ManifestFamily): string {
+  return family === 'docker' ? MediaType.DOCKER_CONFIG : MediaType.OCI_CONFIG;
+}

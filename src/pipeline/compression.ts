@@ -1,0 +1,82 @@
+/** Compressing and decompressing layer streams; the engine is chosen here, callers name only the format. */
+import { spawn } from 'node:child_process';
+import { Duplex, PassThrough, Readable, pipeline, type Transform } from 'node:stream';
+import { constants as zc, createGunzip, createGzip } from 'node:zlib';
+import { SmartError, isSmartError } from '../errors.js';
+import type { Compression } from '../oci/mediatypes.js';
+import { findProgram } from './programs.js';
+
+/** Recognises a compressed stream by its first bytes (gzip, zstd), else 'none'. */
+export function sniffCompression(head: Uint8Array): Compression {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head.length >= 4 && head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
+  return 'none';
+}
+
+export const DEFAULT_GZIP_LEVEL = 6;
+
+export function gzipStream(level = DEFAULT_GZIP_LEVEL): Transform {
+  return createGzip({ level, chunkSize: 64 * 1024 });
+}
+
+/**
+ * Decompresses `source` as `compression`. gzip through Node's zlib (several members read as one
+ * stream, as the format allows); zstd through the `zstd` program, since Node 20 has no zstd. A
+ * corrupt or truncated stream errors with CORRUPT_ARCHIVE naming `what`; errors of `source` pass
+ * through unchanged. Destroying the result destroys `source`.
+ */
+export function decompress(source: Readable, compression: Compression, what: string): Readable {
+  if (compression === 'none') return source;
+  const engine = compression === 'gzip' ? createGunzip({ chunkSize: 64 * 1024, finishFlush: zc.Z_SYNC_FLUSH }) : zstdDecompressor(what);
+  const out = pipeline(source, engine, () => {
+    /* errors surface through the iterator below */
+  });
+  return Readable.from(renameErrors(out, what, compression), { objectMode: false, highWaterMark: 64 * 1024 });
+}
+
+async function* renameErrors(stream: AsyncIterable<Buffer>, what: string, format: string): AsyncGenerator<Buffer> {
+  try {
+    for await (const chunk of stream) yield chunk;
+  } catch (e) {
+    if (isSmartError(e)) throw e;
+    const err = e as NodeJS.ErrnoException;
+    if (typeof err.code === 'string' && err.code.startsWith('Z_')) {
+      const truncated = err.code === 'Z_BUF_ERROR' || /unexpected end/i.test(err.message);
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: ${truncated ? `truncated ${format} stream` : `corrupt ${format} stream (${err.message})`}`, {
+        cause: e,
+      });
+    }
+    throw e;
+  }
+}
+
+function zstdDecompressor(what: string): Duplex {
+  const input = new PassThrough();
+  const output = new PassThrough();
+  void (async () => {
+    const zstd = await findProgram('zstd');
+    if (!zstd) {
+      throw new SmartError('UNSUPPORTED', `${what} is zstd-compressed and no zstd decompressor is available`, {
+        hint: 'install the zstd package (apt-get install zstd)',
+      });
+    }
+    const child = spawn(zstd, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdin.on('error', () => {
+      /* the exit status reports it */
+    });
+    input.pipe(child.stdin);
+    output.once('close', () => child.kill());
+    child.stdout.pipe(output, { end: false });
+    const code = await new Promise<number>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('close', (c) => resolve(c ?? 1));
+    });
+    if (code !== 0) {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: corrupt or truncated zstd stream (${stderr.trim().split('\n').pop() || `exit ${code}`})`);
+    }
+    output.end();
+  })().catch((e: unknown) => output.destroy(e as Error));
+  return Duplex.from({ writable: input, readable: output });
+}

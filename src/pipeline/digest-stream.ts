@@ -1,0 +1,86 @@
+/** Pass-through stages that hash bytes as they flow: digests cost no extra pass and no buffer. */
+import { createHash, type Hash } from 'node:crypto';
+import { Transform, type TransformCallback } from 'node:stream';
+import { SmartError } from '../errors.js';
+import type { Digest } from '../oci/digest.js';
+
+/** Hashes and counts what passes through; `digest` and `size` are final once the stream has ended. */
+export class DigestStream extends Transform {
+  private readonly hash: Hash = createHash('sha256');
+  private bytes = 0;
+  private result: Digest | undefined;
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    cb(null, chunk);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.result = `sha256:${this.hash.digest('hex')}` as Digest;
+    cb();
+  }
+
+  get size(): number {
+    return this.bytes;
+  }
+
+  /** The sha256 of everything that passed; throws if read before the end. */
+  get digest(): Digest {
+    if (!this.result) throw new SmartError('INTERNAL', 'digest read before the stream ended');
+    return this.result;
+  }
+}
+
+export interface VerifyExpectation {
+  digest: Digest;
+  /** Known size: more bytes error at once, fewer at the end. */
+  size?: number;
+  /** What the bytes are, for the message: "layer sha256:… of oci:dir". */
+  what: string;
+}
+
+/**
+ * Passes bytes through and checks them against a digest (and size). A mismatch errors the stream in
+ * place of its end, so nothing downstream sees a clean end of bad bytes.
+ */
+export class VerifyStream extends Transform {
+  private readonly hash: Hash = createHash('sha256');
+  private bytes = 0;
+
+  constructor(private readonly expect: VerifyExpectation) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    if (this.expect.size !== undefined && this.bytes > this.expect.size) {
+      cb(
+        new SmartError('SIZE_MISMATCH', `${this.expect.what}: more bytes than the ${this.expect.size} its descriptor declares`, {
+          input: this.expect.digest,
+        }),
+      );
+      return;
+    }
+    this.hash.update(chunk);
+    cb(null, chunk);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    const { size, digest, what } = this.expect;
+    if (size !== undefined && this.bytes !== size) {
+      cb(new SmartError('SIZE_MISMATCH', `${what}: ${this.bytes} bytes, but its descriptor declares ${size} (truncated?)`, { input: digest }));
+      return;
+    }
+    const got = `sha256:${this.hash.digest('hex')}`;
+    if (got !== digest) {
+      cb(new SmartError('DIGEST_MISMATCH', `${what}: content hashes to ${got}, not ${digest}`, { input: digest }));
+      return;
+    }
+    cb();
+  }
+
+  get size(): number {
+    return this.bytes;
+  }
+}
