@@ -14,6 +14,8 @@ export const MediaType = {
   DOCKER_MANIFEST_LIST: 'application/vnd.docker.distribution.manifest.list.v2+json',
   DOCKER_CONFIG: 'application/vnd.docker.container.image.v1+json',
   DOCKER_LAYER_GZIP: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  // Not in Docker's spec, but what containers/image names an uncompressed docker-archive layer.
+  DOCKER_LAYER_TAR: 'application/vnd.docker.image.rootfs.diff.tar',
   DOCKER_LAYER_ZSTD: 'application/vnd.docker.image.rootfs.diff.tar.zstd',
   DOCKER_FOREIGN_LAYER: 'application/vnd.docker.image.rootfs.foreign.diff.tar.gzip',
   // Docker's schema 1 is long deprecated; recognised only to refuse it clearly.
@@ -41,6 +43,7 @@ export function layerCompression(mt: string): Compression | undefined {
   switch (mt) {
     case MediaType.OCI_LAYER:
     case MediaType.OCI_LAYER_NONDIST:
+    case MediaType.DOCKER_LAYER_TAR:
       return 'none';
     case MediaType.OCI_LAYER_GZIP:
     case MediaType.OCI_LAYER_NONDIST_GZIP:
@@ -66,8 +69,7 @@ export function layerMediaType(family: ManifestFamily, compression: Compression)
   if (family === 'docker') {
     if (compression === 'gzip') return MediaType.DOCKER_LAYER_GZIP;
     if (compression === 'zstd') return MediaType.DOCKER_LAYER_ZSTD;
-    // Docker schema 2 has no uncompressed layer type; registries accept the OCI one in practice.
-    return MediaType.OCI_LAYER;
+    return MediaType.DOCKER_LAYER_TAR;
   }
   if (compression === 'gzip') return MediaType.OCI_LAYER_GZIP;
   if (compression === 'zstd') return MediaType.OCI_LAYER_ZSTD;

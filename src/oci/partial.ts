@@ -1,0 +1,100 @@
+/**
+ * What every random-access source shares, derived from its few methods (go-containerregistry's
+ * `partial`): choosing a platform out of an index, fetching and checking the config, and making
+ * Layer objects whose streams are verified.
+ */
+import type { Readable } from 'node:stream';
+import { SmartError } from '../errors.js';
+import { decompress } from '../pipeline/compression.js';
+import { VerifyStream } from '../pipeline/digest-stream.js';
+import { parseImageConfig, type ImageConfig } from './config.js';
+import { sha256Digest, shortDigest, type Digest } from './digest.js';
+import type { Image, ImageSource, Layer, OpenOptions } from './image.js';
+import type { Descriptor, ImageManifest, ParsedManifest } from './manifest.js';
+import { isForeignLayer, layerCompression } from './mediatypes.js';
+import { pickPlatform, type Platform } from './platform.js';
+
+/** Reads a small blob (config) whole, verified. */
+export async function readBlob(source: ImageSource, descriptor: Descriptor, limit: number): Promise<Buffer> {
+  if (descriptor.size > limit) {
+    throw new SmartError('MANIFEST_INVALID', `${source.name}: blob ${descriptor.digest} declares ${descriptor.size} bytes, more than ${limit}`, {
+      input: descriptor.digest,
+    });
+  }
+  const chunks: Buffer[] = [];
+  for await (const chunk of await source.getBlob(descriptor)) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** The manifest of one platform: the top manifest itself, or the pick out of an index. */
+export async function resolvePlatformManifest(
+  source: ImageSource,
+  platform: Platform,
+): Promise<ParsedManifest & { kind: 'manifest' }> {
+  const top = await source.getManifest();
+  if (top.kind === 'manifest') return top;
+  const picked = pickPlatform(top.index, platform, source.name);
+  const child = await source.getManifestByDigest(picked);
+  if (child.digest !== picked.digest) {
+    throw new SmartError('DIGEST_MISMATCH', `${source.name}: manifest ${picked.digest} hashes to ${child.digest}`, { input: picked.digest });
+  }
+  if (child.kind !== 'manifest') {
+    throw new SmartError('UNSUPPORTED', `${source.name}: nested index ${picked.digest} for ${picked.platform?.architecture}`, { input: picked.digest });
+  }
+  return child;
+}
+
+/** A layer whose streams come from `source.getBlob` (verified by the source) and are decompressed here. */
+export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor, diffId: Digest): Layer {
+  const what = `layer ${shortDigest(descriptor.digest)} of ${source.name}`;
+  return {
+    descriptor,
+    diffId,
+    open: (options?: OpenOptions) => source.getBlob(descriptor, options),
+    openUncompressed: async (options?: OpenOptions) => {
+      const compression = layerCompression(descriptor.mediaType);
+      if (compression === undefined) {
+        throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${descriptor.mediaType}`, { input: descriptor.digest });
+      }
+      const blob = await source.getBlob(descriptor, options);
+      return verifyUncompressed(decompress(blob, compression, what), diffId, what);
+    },
+  };
+}
+
+/** Verifies an uncompressed layer against its diff id as it streams. */
+export function verifyUncompressed(tar: Readable, diffId: Digest, what: string): Readable {
+  const verify = new VerifyStream({ digest: diffId, what: `${what} (uncompressed)` });
+  tar.on('error', (e) => verify.destroy(e));
+  verify.on('close', () => {
+    if (!tar.destroyed) tar.destroy();
+  });
+  return tar.pipe(verify);
+}
+
+export function checkLayersMatchConfig(name: string, manifest: ImageManifest, config: ImageConfig): void {
+  if (manifest.layers.length !== config.rootfs.diff_ids.length) {
+    throw new SmartError(
+      'MANIFEST_INVALID',
+      `${name}: the manifest has ${manifest.layers.length} layers but the config lists ${config.rootfs.diff_ids.length} diff ids`,
+    );
+  }
+  for (const l of manifest.layers) {
+    if (layerCompression(l.mediaType) === undefined && !isForeignLayer(l.mediaType)) {
+      throw new SmartError('UNSUPPORTED', `${name}: layer ${l.digest} has unsupported media type ${l.mediaType}`, { input: l.digest });
+    }
+  }
+}
+
+/** Resolves a source to a single-platform image with its config fetched, verified and parsed. */
+export async function resolveImage(source: ImageSource, platform: Platform): Promise<Image> {
+  const manifest = await resolvePlatformManifest(source, platform);
+  const configBytes = await readBlob(source, manifest.manifest.config, 8 * 1024 * 1024);
+  if (sha256Digest(configBytes) !== manifest.manifest.config.digest) {
+    throw new SmartError('DIGEST_MISMATCH', `${source.name}: config does not match ${manifest.manifest.config.digest}`);
+  }
+  const config = parseImageConfig(configBytes, `${source.name} config ${shortDigest(manifest.manifest.config.digest)}`);
+  checkLayersMatchConfig(source.name, manifest.manifest, config);
+  const layers = manifest.manifest.layers.map((d, i) => layerFromDescriptor(source, d, config.rootfs.diff_ids[i]!));
+  return { name: source.name, manifest, configBytes, config, layers, repoTags: source.repoTags() };
+}

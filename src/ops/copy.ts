@@ -1,0 +1,277 @@
+/**
+ * The copy engine behind `smart push` and `smart pull`: moves one image from a source to a
+ * destination, layer by layer in parallel, reusing every blob the destination already has,
+ * compressing or converting only when the destination needs it, and writing the manifest, then
+ * the tag, last. Reports through callbacks; never prints.
+ */
+import { Readable, pipeline } from 'node:stream';
+import pLimit from 'p-limit';
+import { SmartError } from '../errors.js';
+import { sha256Digest, type Digest } from '../oci/digest.js';
+import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent } from '../oci/image.js';
+import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
+import {
+  configMediaType,
+  isForeignLayer,
+  layerCompression,
+  layerMediaType,
+  manifestFamily,
+  manifestMediaType,
+  MediaType,
+  type ManifestFamily,
+} from '../oci/mediatypes.js';
+import { resolveImage } from '../oci/partial.js';
+import type { Platform } from '../oci/platform.js';
+import { DiffIdTap, gzipLayerStream } from '../pipeline/layer-streams.js';
+import { DigestStream } from '../pipeline/digest-stream.js';
+import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
+import { readDockerArchiveStream } from '../transports/docker-archive/stream.js';
+
+export interface CopyOptions {
+  platform: Platform;
+  /** Layers in flight at once. */
+  jobs: number;
+  gzipLevel?: number;
+  signal?: AbortSignal;
+  onLayer?: (event: LayerEvent) => void;
+}
+
+export interface CopySummary {
+  source: string;
+  destination: string;
+  manifestDigest: Digest;
+  manifestMediaType: string;
+  /** True when the manifest had to be rewritten (layers compressed, media types converted). */
+  converted: boolean;
+  layers: { total: number; pushed: number; skipped: number; foreign: number; bytesPushed: number };
+  config: 'pushed' | 'skipped';
+  details?: Record<string, unknown>;
+}
+
+interface Tally {
+  pushed: number;
+  skipped: number;
+  foreign: number;
+  bytes: number;
+}
+
+function record(tally: Tally, event: LayerEvent, options: CopyOptions): void {
+  if (event.status === 'pushed' || event.status === 'written') {
+    tally.pushed++;
+    tally.bytes += event.bytes;
+  } else if (event.status === 'skipped') tally.skipped++;
+  else tally.foreign++;
+  options.onLayer?.(event);
+}
+
+/** Does the work for each distinct digest once, however many times an image lists it. */
+function singleFlight<T>(): (key: string, work: () => Promise<T>) => Promise<T> {
+  const inFlight = new Map<string, Promise<T>>();
+  return (key, work) => {
+    let p = inFlight.get(key);
+    if (!p) {
+      p = work();
+      inFlight.set(key, p);
+    }
+    return p;
+  };
+}
+
+/** The descriptor of one layer at the destination. */
+async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyOptions, tally: Tally): Promise<Descriptor> {
+  const desc = layer.descriptor;
+  if (isForeignLayer(desc.mediaType)) {
+    // Foreign (Windows base) layers stay where their URLs point, as every registry client does.
+    record(tally, { digest: desc.digest, status: 'foreign', bytes: 0, mediaType: desc.mediaType }, options);
+    return desc;
+  }
+  const compression = layerCompression(desc.mediaType);
+  if (compression === 'none' && dest.layerCompression === 'compress') {
+    const gz = gzipLayerStream(await layer.open(options), options.gzipLevel);
+    const stored = await dest.putBlob(gz.stream, { mediaType: MediaType.OCI_LAYER_GZIP });
+    record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: MediaType.OCI_LAYER_GZIP }, options);
+    return { ...desc, mediaType: MediaType.OCI_LAYER_GZIP, digest: stored.digest, size: stored.size };
+  }
+  if (await dest.reuseBlob(desc)) {
+    record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'skipped', bytes: 0, mediaType: desc.mediaType }, options);
+    return desc;
+  }
+  const stored = await dest.putBlob(await layer.open(options), { mediaType: desc.mediaType, digest: desc.digest, size: desc.size });
+  record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'pushed', bytes: stored.size, mediaType: desc.mediaType }, options);
+  return desc;
+}
+
+async function putConfig(dest: BlobDestination, bytes: Buffer, descriptor: Descriptor): Promise<'pushed' | 'skipped'> {
+  if (await dest.reuseBlob(descriptor)) return 'skipped';
+  await dest.putBlob(Readable.from([bytes]), { mediaType: descriptor.mediaType, digest: descriptor.digest, size: descriptor.size });
+  return 'pushed';
+}
+
+/** The manifest family to write: the source's when the destination takes it, else the other. */
+function targetFamily(dest: BlobDestination, preferred: ManifestFamily): ManifestFamily {
+  if (dest.supportsManifestType(manifestMediaType(preferred))) return preferred;
+  const other: ManifestFamily = preferred === 'oci' ? 'docker' : 'oci';
+  if (dest.supportsManifestType(manifestMediaType(other))) return other;
+  throw new SmartError('UNSUPPORTED', `${dest.name} accepts neither OCI nor Docker manifests`);
+}
+
+function convertLayerDescriptor(d: Descriptor, family: ManifestFamily): Descriptor {
+  if (isForeignLayer(d.mediaType)) {
+    const mediaType = family === 'docker' ? MediaType.DOCKER_FOREIGN_LAYER : MediaType.OCI_LAYER_NONDIST_GZIP;
+    return { ...d, mediaType };
+  }
+  return { ...d, mediaType: layerMediaType(family, layerCompression(d.mediaType) ?? 'gzip') };
+}
+
+/** Builds (and validates) a manifest for `family` over the given config and layers. */
+export function buildManifest(
+  family: ManifestFamily,
+  config: Descriptor,
+  layers: Descriptor[],
+  annotations?: Record<string, string>,
+): ParsedManifest & { kind: 'manifest' } {
+  const doc: ImageManifest = {
+    schemaVersion: 2,
+    mediaType: manifestMediaType(family),
+    config: { mediaType: configMediaType(family), digest: config.digest, size: config.size },
+    layers: layers.map((l) => convertLayerDescriptor(l, family)),
+    ...(annotations && family === 'oci' ? { annotations } : {}),
+  };
+  const parsed = parseManifest(serializeManifest(doc), doc.mediaType);
+  if (parsed.kind !== 'manifest') throw new SmartError('INTERNAL', 'built a manifest that parses as an index');
+  return parsed as ParsedManifest & { kind: 'manifest' };
+}
+
+async function finishImage(
+  dest: BlobDestination,
+  image: { manifest?: ParsedManifest & { kind: 'manifest' }; family: ManifestFamily; configBytes: Buffer },
+  layers: Descriptor[],
+): Promise<{ manifest: ParsedManifest; converted: boolean; config: 'pushed' | 'skipped' }> {
+  const source = image.manifest;
+  const configDescriptor: Descriptor = source?.manifest.config ?? {
+    mediaType: configMediaType(image.family),
+    digest: sha256Digest(image.configBytes),
+    size: image.configBytes.length,
+  };
+  const config = await putConfig(dest, image.configBytes, configDescriptor);
+  const unchanged = source !== undefined && source.manifest.layers.every((l, i) => l.digest === layers[i]?.digest && l.mediaType === layers[i]?.mediaType);
+  let manifest: ParsedManifest;
+  let converted = false;
+  if (source && unchanged && dest.supportsManifestType(source.mediaType)) {
+    manifest = source; // byte for byte: digests and repo@sha256 pins survive the copy
+  } else {
+    const family = targetFamily(dest, image.family);
+    manifest = buildManifest(family, configDescriptor, layers, source?.manifest.annotations);
+    converted = true;
+  }
+  await dest.putManifest(manifest);
+  await dest.commit(manifest);
+  return { manifest, converted, config };
+}
+
+/** Copies the image `source` names (one platform of an index) into a content-addressed destination. */
+export async function copyImage(source: ImageSource, dest: BlobDestination, options: CopyOptions): Promise<CopySummary> {
+  const tally: Tally = { pushed: 0, skipped: 0, foreign: 0, bytes: 0 };
+  try {
+    const image = await resolveImage(source, options.platform);
+    const limit = pLimit(Math.max(1, options.jobs));
+    const once = singleFlight<Descriptor>();
+    const layers = await Promise.all(
+      image.layers.map((layer) => limit(() => once(layer.descriptor.digest, () => transferLayer(layer, dest, options, tally)))),
+    );
+    const done = await finishImage(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType), configBytes: image.configBytes }, layers);
+    return summary(source.name, dest.name, done, image.layers.length, tally);
+  } catch (e) {
+    await dest.abort().catch(() => undefined);
+    throw e;
+  }
+}
+
+function summary(
+  source: string,
+  destination: string,
+  done: { manifest: ParsedManifest; converted: boolean; config: 'pushed' | 'skipped' },
+  total: number,
+  tally: Tally,
+): CopySummary {
+  return {
+    source,
+    destination,
+    manifestDigest: done.manifest.digest,
+    manifestMediaType: done.manifest.mediaType,
+    converted: done.converted,
+    layers: { total, pushed: tally.pushed, skipped: tally.skipped, foreign: tally.foreign, bytesPushed: tally.bytes },
+    config: done.config,
+  };
+}
+
+/**
+ * Copies a `docker save` stream (stdin) into a content-addressed destination while it arrives:
+ * each layer is compressed and stored as soon as its bytes come, before the archive has ended;
+ * the manifest (which the archive reveals only at its end) is written last.
+ */
+export async function copyDockerArchiveStream(
+  input: Readable,
+  selection: ArchiveSelection,
+  sourceName: string,
+  dest: BlobDestination,
+  options: CopyOptions,
+): Promise<CopySummary> {
+  const tally: Tally = { pushed: 0, skipped: 0, foreign: 0, bytes: 0 };
+  try {
+    const streamed = await readDockerArchiveStream(input, selection, sourceName, async (layer) => {
+      const what = `layer ${layer.member} of ${sourceName}`;
+      if (layer.compression === 'none') {
+        const compress = dest.layerCompression === 'compress';
+        const gz = compress ? gzipLayerStream(layer.stream, options.gzipLevel) : undefined;
+        const hash = gz ? undefined : new DigestStream();
+        const body = gz ? gz.stream : pipeline(layer.stream, hash!, () => undefined);
+        const mediaType = compress ? MediaType.OCI_LAYER_GZIP : MediaType.OCI_LAYER;
+        const stored = await dest.putBlob(body, { mediaType });
+        const diffId = gz ? gz.diffId() : hash!.digest;
+        record(tally, { digest: stored.digest, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
+        return { diffId, descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
+      }
+      const tap = new DiffIdTap(layer.compression, what);
+      const mediaType = layerMediaType('oci', layer.compression);
+      const stored = await dest.putBlob(pipeline(layer.stream, tap, () => undefined), { mediaType });
+      record(tally, { digest: stored.digest, diffId: tap.diffId(), status: 'pushed', bytes: stored.size, mediaType }, options);
+      return { diffId: tap.diffId(), descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
+    });
+    streamed.layers.forEach((l, i) => {
+      const want = streamed.config.rootfs.diff_ids[i];
+      if (l.diffId !== want) {
+        throw new SmartError('DIGEST_MISMATCH', `${sourceName}: layer ${i + 1} hashes to ${l.diffId}, but the config says ${want ?? 'nothing'}`, {
+          input: sourceName,
+        });
+      }
+    });
+    const done = await finishImage(dest, { family: 'docker', configBytes: streamed.configBytes }, streamed.layers.map((l) => l.descriptor));
+    return summary(sourceName, dest.name, done, streamed.layers.length, tally);
+  } catch (e) {
+    await dest.abort().catch(() => undefined);
+    throw e;
+  }
+}
+
+/** Resolves the image and hands it to a whole-image writer (docker-archive, rootfs, bundle). */
+export async function writeImage(source: ImageSource, writer: ImageWriter, options: CopyOptions): Promise<CopySummary> {
+  const tally: Tally = { pushed: 0, skipped: 0, foreign: 0, bytes: 0 };
+  const image: Image = await resolveImage(source, options.platform);
+  const result = await writer.write(image, {
+    jobs: options.jobs,
+    ...(options.signal ? { signal: options.signal } : {}),
+    onLayer: (e) => record(tally, e, options),
+  });
+  return {
+    source: source.name,
+    destination: writer.name,
+    manifestDigest: image.manifest.digest,
+    manifestMediaType: image.manifest.mediaType,
+    converted: false,
+    layers: { total: image.layers.length, pushed: tally.pushed, skipped: tally.skipped, foreign: tally.foreign, bytesPushed: tally.bytes },
+    config: 'pushed',
+    ...(result.details ? { details: result.details } : {}),
+  };
+}
+

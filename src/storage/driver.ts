@@ -1,0 +1,50 @@
+/**
+ * Byte stores with no image knowledge, after the Distribution registry's storage driver: the
+ * layout above decides every path; a driver only moves bytes. Paths are absolute, `/`-separated,
+ * relative to the driver's root (`/docker/registry/v2/...`).
+ */
+import type { Readable, Writable } from 'node:stream';
+
+export interface StorageStat {
+  size: number;
+  isDirectory: boolean;
+}
+
+/**
+ * A streaming writer. Contract: bytes written are not guaranteed visible at `path` until
+ * `commit()` resolves; `cancel()` removes whatever was written. Exactly one of them is called.
+ */
+export interface StorageWriter {
+  readonly stream: Writable;
+  commit(): Promise<void>;
+  cancel(): Promise<void>;
+}
+
+export interface StorageDriver {
+  /** For messages: `file:/srv/registry`, `s3://bucket/root`. */
+  readonly name: string;
+  /** Whole small objects (links, manifests). Throws NOT_FOUND when absent. */
+  getContent(path: string): Promise<Buffer>;
+  /** Replaces the object atomically: a reader sees the old bytes or the new, never a mix. */
+  putContent(path: string, content: Buffer): Promise<void>;
+  /** Streams an object from `offset`. Throws NOT_FOUND when absent. */
+  reader(path: string, offset?: number): Promise<Readable>;
+  writer(path: string): Promise<StorageWriter>;
+  /** undefined when nothing is at `path`. A "directory" is a prefix with objects under it. */
+  stat(path: string): Promise<StorageStat | undefined>;
+  /** Names (not paths) of the direct children of `path`; empty when it does not exist. */
+  list(path: string): Promise<string[]>;
+  /** Moves an object, replacing any object at `to`. */
+  move(from: string, to: string): Promise<void>;
+  /** Removes an object or a whole prefix; no error when absent. */
+  delete(path: string): Promise<void>;
+}
+
+/** Joins driver path segments: `joinPath('/a', 'b/c')` is `/a/b/c`. */
+export function joinPath(...parts: string[]): string {
+  return `/${parts
+    .join('/')
+    .split('/')
+    .filter((p) => p !== '')
+    .join('/')}`;
+}

@@ -1,0 +1,132 @@
+/** The storage driver over a local directory (the registry's `filesystem` driver `rootdirectory`). */
+import { randomUUID } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import type { Readable } from 'node:stream';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { SmartError, isErrno } from '../errors.js';
+import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
+
+export class FsDriver implements StorageDriver {
+  readonly name: string;
+
+  constructor(readonly root: string) {
+    this.name = `file:${root}`;
+  }
+
+  private full(p: string): string {
+    // Paths come from the layout, never from users; still refuse anything that would climb.
+    const normal = path.posix.normalize(`/${p}`);
+    if (normal.split('/').includes('..')) throw new SmartError('INTERNAL', `storage path climbs: ${p}`);
+    return path.join(this.root, normal);
+  }
+
+  private fail(e: unknown, op: string, p: string): never {
+    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) {
+      throw new SmartError('NOT_FOUND', `${this.name}: ${p} not found`, { input: p, cause: e });
+    }
+    throw new SmartError('STORAGE', `${this.name}: cannot ${op} ${p}: ${(e as Error).message}`, { input: p, cause: e });
+  }
+
+  async getContent(p: string): Promise<Buffer> {
+    try {
+      return await fs.readFile(this.full(p));
+    } catch (e) {
+      this.fail(e, 'read', p);
+    }
+  }
+
+  async putContent(p: string, content: Buffer): Promise<void> {
+    const target = this.full(p);
+    const tmp = `${target}.tmp-${randomUUID()}`;
+    try {
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      await fs.writeFile(tmp, content);
+      await fs.rename(tmp, target);
+    } catch (e) {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      this.fail(e, 'write', p);
+    }
+  }
+
+  async reader(p: string, offset = 0): Promise<Readable> {
+    const full = this.full(p);
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(full, 'r');
+    } catch (e) {
+      this.fail(e, 'open', p);
+    }
+    return createReadStream('', { fd: handle, start: offset, highWaterMark: 256 * 1024 });
+  }
+
+  async writer(p: string): Promise<StorageWriter> {
+    const target = this.full(p);
+    await fs.mkdir(path.dirname(target), { recursive: true }).catch((e: unknown) => this.fail(e, 'create', p));
+    const stream = createWriteStream(target, { flags: 'w', highWaterMark: 256 * 1024 });
+    const opened = new Promise<void>((resolve, reject) => {
+      stream.once('open', () => resolve());
+      stream.once('error', reject);
+    });
+    await opened.catch((e: unknown) => this.fail(e, 'create', p));
+    const closed = (): Promise<void> =>
+      new Promise((resolve) => {
+        if (stream.closed) resolve();
+        else stream.once('close', () => resolve());
+      });
+    return {
+      stream,
+      commit: async () => {
+        if (!stream.writableFinished) {
+          await new Promise<void>((resolve, reject) => {
+            stream.once('error', reject);
+            stream.end(() => resolve());
+          });
+        }
+        await closed();
+      },
+      cancel: async () => {
+        stream.destroy();
+        await closed();
+        await fs.rm(target, { force: true });
+      },
+    };
+  }
+
+  async stat(p: string): Promise<StorageStat | undefined> {
+    try {
+      const st = await fs.stat(this.full(p));
+      return { size: st.size, isDirectory: st.isDirectory() };
+    } catch (e) {
+      if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return undefined;
+      this.fail(e, 'stat', p);
+    }
+  }
+
+  async list(p: string): Promise<string[]> {
+    try {
+      return (await fs.readdir(this.full(p))).sort();
+    } catch (e) {
+      if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return [];
+      this.fail(e, 'list', p);
+    }
+  }
+
+  async move(from: string, to: string): Promise<void> {
+    const target = this.full(to);
+    try {
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      await fs.rename(this.full(from), target);
+    } catch (e) {
+      this.fail(e, 'move', from);
+    }
+  }
+
+  async delete(p: string): Promise<void> {
+    try {
+      await fs.rm(this.full(p), { recursive: true, force: true });
+    } catch (e) {
+      this.fail(e, 'delete', p);
+    }
+  }
+}

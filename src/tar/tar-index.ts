@@ -1,0 +1,139 @@
+/**
+ * Random access to the members of an uncompressed tar file: one pass over the headers (seeking
+ * past the data), then any member opened as a byte range. This is how an image archive is read
+ * without unpacking it to a temporary directory.
+ */
+import { createReadStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { SmartError, isErrno } from '../errors.js';
+import { BLOCK, decodeHeader, entryType, isZeroBlock, normalizeMemberName, parsePax, type TarEntryType } from './header.js';
+
+export interface TarMember {
+  name: string;
+  type: TarEntryType;
+  size: number;
+  /** Byte offset of the member's data in the file. */
+  offset: number;
+  linkname: string;
+}
+
+export class TarIndex {
+  private constructor(
+    readonly path: string,
+    readonly members: ReadonlyMap<string, TarMember>,
+  ) {}
+
+  /** Indexes `file`. A file that is not a tar is NOT_AN_IMAGE; a truncated one CORRUPT_ARCHIVE. */
+  static async open(file: string, what = file): Promise<TarIndex> {
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(file, 'r');
+    } catch (e) {
+      if (isErrno(e, 'ENOENT')) throw new SmartError('NOT_FOUND', `${what}: no such file`, { input: file, cause: e });
+      if (isErrno(e, 'EISDIR')) throw new SmartError('NOT_AN_IMAGE', `${what}: is a directory, not a tar archive`, { input: file, cause: e });
+      throw new SmartError('STORAGE', `${what}: cannot open: ${(e as Error).message}`, { input: file, cause: e });
+    }
+    try {
+      const { size: fileSize } = await handle.stat();
+      const members = new Map<string, TarMember>();
+      const block = Buffer.alloc(BLOCK);
+      let pos = 0;
+      let pax: Record<string, string> = {};
+      let longName: string | undefined;
+      let longLink: string | undefined;
+      const readData = async (offset: number, size: number): Promise<Buffer> => {
+        if (size > 1024 * 1024) throw new SmartError('CORRUPT_ARCHIVE', `${what}: oversized extended header at ${offset}`, { input: file });
+        const buf = Buffer.alloc(size);
+        await handle.read(buf, 0, size, offset);
+        return buf;
+      };
+      for (;;) {
+        const { bytesRead } = await handle.read(block, 0, BLOCK, pos);
+        if (bytesRead === 0 && pos > 0) break; // archives without end blocks (some writers omit them)
+        if (bytesRead < BLOCK) {
+          throw new SmartError(pos === 0 ? 'NOT_AN_IMAGE' : 'CORRUPT_ARCHIVE', pos === 0 ? `${what}: not a tar archive` : `${what}: truncated tar archive`, {
+            input: file,
+          });
+        }
+        if (isZeroBlock(block)) break;
+        const header = decodeHeader(block);
+        if (!header) {
+          throw new SmartError(pos === 0 ? 'NOT_AN_IMAGE' : 'CORRUPT_ARCHIVE', pos === 0 ? `${what}: not a tar archive` : `${what}: corrupt tar header at byte ${pos}`, {
+            input: file,
+          });
+        }
+        const dataOffset = pos + BLOCK;
+        const paddedSize = Math.ceil(header.size / BLOCK) * BLOCK;
+        if (dataOffset + header.size > fileSize) {
+          throw new SmartError('CORRUPT_ARCHIVE', `${what}: truncated tar archive (member "${header.name}" runs past the end)`, { input: file });
+        }
+        pos = dataOffset + paddedSize;
+        switch (header.typeflag) {
+          case 'x':
+            pax = parsePax(await readData(dataOffset, header.size));
+            continue;
+          case 'g':
+            continue;
+          case 'L':
+            longName = (await readData(dataOffset, header.size)).toString('utf8').replace(/\0+$/, '');
+            continue;
+          case 'K':
+            longLink = (await readData(dataOffset, header.size)).toString('utf8').replace(/\0+$/, '');
+            continue;
+        }
+        const name = normalizeMemberName(pax.path ?? longName ?? header.name);
+        const size = pax.size !== undefined ? Number(pax.size) : header.size;
+        members.set(name, {
+          name,
+          type: entryType(header.typeflag),
+          size,
+          offset: dataOffset,
+          linkname: pax.linkpath ?? longLink ?? header.linkname,
+        });
+        pax = {};
+        longName = longLink = undefined;
+      }
+      return new TarIndex(file, members);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** A member, following symlinks and hardlinks inside the archive (docker save links duplicate layers). */
+  get(name: string): TarMember | undefined {
+    let member = this.members.get(normalizeMemberName(name));
+    for (let hops = 0; member && (member.type === 'symlink' || member.type === 'link') && hops < 16; hops++) {
+      const base = member.type === 'symlink' ? member.name.split('/').slice(0, -1).join('/') : '';
+      const target = member.linkname.startsWith('/') ? member.linkname : base ? `${base}/${member.linkname}` : member.linkname;
+      member = this.members.get(normalizeMemberName(resolveDots(target)));
+    }
+    return member && member.type === 'file' ? member : undefined;
+  }
+
+  async read(member: TarMember): Promise<Buffer> {
+    const handle = await fs.open(this.path, 'r');
+    try {
+      const buf = Buffer.alloc(member.size);
+      await handle.read(buf, 0, member.size, member.offset);
+      return buf;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  open(member: TarMember, start = 0): Readable {
+    if (member.size === 0) return Readable.from([]);
+    return createReadStream(this.path, { start: member.offset + start, end: member.offset + member.size - 1, highWaterMark: 256 * 1024 });
+  }
+}
+
+function resolveDots(p: string): string {
+  const out: string[] = [];
+  for (const part of p.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') out.pop();
+    else out.push(part);
+  }
+  return out.join('/');
+}

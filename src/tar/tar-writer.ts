@@ -1,0 +1,120 @@
+/**
+ * Writes a tar archive member by member, streaming each member's data. On a seekable file a member
+ * of unknown size is written with a placeholder header that is patched once its data has passed,
+ * so a layer can be decompressed straight into the archive in one pass. On a pipe the size must
+ * be known up front.
+ */
+import fs from 'node:fs/promises';
+import type { Readable, Writable } from 'node:stream';
+import { SmartError } from '../errors.js';
+import { BLOCK, encodeHeader } from './header.js';
+
+/** Where the bytes go: sequential writes, and positional rewrites when the sink is a file. */
+export interface TarSink {
+  write(data: Buffer): Promise<void>;
+  /** Present only for seekable sinks. */
+  rewrite?(data: Buffer, position: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function fileSink(handle: fs.FileHandle): TarSink {
+  return {
+    write: async (data) => {
+      let off = 0;
+      while (off < data.length) off += (await handle.write(data, off, data.length - off)).bytesWritten;
+    },
+    rewrite: async (data, position) => {
+      await handle.write(data, 0, data.length, position);
+    },
+    close: () => handle.close(),
+  };
+}
+
+/** A sink over a Writable (stdout): waits for 'drain', so the producer never outruns the pipe. */
+export function streamSink(stream: Writable): TarSink {
+  return {
+    write: (data) =>
+      new Promise((resolve, reject) => {
+        const onError = (e: Error) => reject(e);
+        stream.once('error', onError);
+        const ok = stream.write(data, (e) => {
+          if (e) reject(e);
+        });
+        const done = () => {
+          stream.off('error', onError);
+          resolve();
+        };
+        if (ok) done();
+        else stream.once('drain', done);
+      }),
+    close: async () => {
+      // stdout is not ours to end; flush what is buffered.
+      if (stream.writableNeedDrain) await new Promise((r) => stream.once('drain', r));
+    },
+  };
+}
+
+const ZERO = Buffer.alloc(BLOCK * 2);
+
+export class TarWriter {
+  private position = 0;
+  private readonly mtime: number;
+
+  constructor(
+    private readonly sink: TarSink,
+    options: { mtime?: number } = {},
+  ) {
+    this.mtime = options.mtime ?? 0;
+  }
+
+  private async put(data: Buffer): Promise<void> {
+    await this.sink.write(data);
+    this.position += data.length;
+  }
+
+  async addDirectory(name: string): Promise<void> {
+    await this.put(encodeHeader({ name: name.endsWith('/') ? name : `${name}/`, size: 0, mode: 0o755, mtime: this.mtime, typeflag: '5' }));
+  }
+
+  async addBuffer(name: string, data: Buffer): Promise<void> {
+    await this.put(encodeHeader({ name, size: data.length, mode: 0o644, mtime: this.mtime, typeflag: '0' }));
+    await this.put(data);
+    await this.pad(data.length);
+  }
+
+  /**
+   * Streams `data` as member `name`. With `size` known the stream must match it; without, the
+   * sink must be seekable and the header is rewritten with the real size at the end.
+   */
+  async addStream(name: string, data: Readable, size?: number): Promise<number> {
+    if (size === undefined && !this.sink.rewrite) {
+      throw new SmartError('INTERNAL', `tar member ${name}: size unknown on a non-seekable output`);
+    }
+    const headerAt = this.position;
+    await this.put(encodeHeader({ name, size: size ?? 0, mode: 0o644, mtime: this.mtime, typeflag: '0' }));
+    let written = 0;
+    for await (const chunk of data) {
+      const buf = chunk as Buffer;
+      written += buf.length;
+      if (size !== undefined && written > size) throw new SmartError('SIZE_MISMATCH', `tar member ${name}: more than the ${size} bytes announced`);
+      await this.put(buf);
+    }
+    if (size !== undefined && written !== size) throw new SmartError('SIZE_MISMATCH', `tar member ${name}: ${written} bytes, ${size} announced`);
+    await this.pad(written);
+    if (size === undefined) {
+      await this.sink.rewrite!(encodeHeader({ name, size: written, mode: 0o644, mtime: this.mtime, typeflag: '0' }), headerAt);
+    }
+    return written;
+  }
+
+  private async pad(size: number): Promise<void> {
+    const rest = size % BLOCK;
+    if (rest) await this.put(Buffer.alloc(BLOCK - rest));
+  }
+
+  /** Writes the end-of-archive blocks and closes the sink. */
+  async finish(): Promise<void> {
+    await this.put(ZERO);
+    await this.sink.close();
+  }
+}

@@ -1,0 +1,132 @@
+/** `file:ROOT#REPO[:TAG|@DIGEST]` (and later `s3:`): image source and destination over a DistributionStore. */
+import type { Readable } from 'node:stream';
+import { SmartError, isSmartError } from '../../errors.js';
+import type { Digest } from '../../oci/digest.js';
+import { shortDigest } from '../../oci/digest.js';
+import type { BlobDestination, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
+import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
+import { formatReference, type Reference } from '../../oci/reference.js';
+import { VerifyStream } from '../../pipeline/digest-stream.js';
+import type { DistributionStore } from './store.js';
+
+function refName(store: DistributionStore, ref: Reference): string {
+  return `${store.name}#${formatReference(ref)}`;
+}
+
+export class DistributionSource implements ImageSource {
+  readonly name: string;
+
+  constructor(
+    private readonly store: DistributionStore,
+    private readonly ref: Reference,
+  ) {
+    this.name = refName(store, ref);
+  }
+
+  async getManifest(): Promise<ParsedManifest> {
+    const { repository, tag, digest } = this.ref;
+    const d: Digest = digest ?? (await this.store.resolveTag(repository, tag!));
+    return this.readManifest(d, undefined);
+  }
+
+  async getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest> {
+    return this.readManifest(descriptor.digest, descriptor.mediaType);
+  }
+
+  private async readManifest(digest: Digest, mediaType: string | undefined): Promise<ParsedManifest> {
+    const bytes = await this.store.getManifest(this.ref.repository, digest);
+    const parsed = parseManifest(bytes, mediaType, `${this.name} (${shortDigest(digest)})`);
+    if (parsed.digest !== digest) {
+      throw new SmartError('DIGEST_MISMATCH', `${this.name}: manifest blob ${digest} hashes to ${parsed.digest}`, { input: digest });
+    }
+    return parsed;
+  }
+
+  async getBlob(descriptor: Descriptor, _options?: OpenOptions): Promise<Readable> {
+    const what = `blob ${shortDigest(descriptor.digest)} of ${this.name}`;
+    // The registry serves a blob to a repository only through its link; a store it would refuse, we refuse.
+    if (!(await this.store.isLinked(this.ref.repository, descriptor.digest, 'layer'))) {
+      throw new SmartError('NOT_FOUND', `${what} is not linked in the repository (the registry would answer BLOB_UNKNOWN)`, {
+        input: descriptor.digest,
+      });
+    }
+    let raw: Readable;
+    try {
+      raw = await this.store.openBlob(descriptor.digest);
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') {
+        throw new SmartError('NOT_FOUND', `${what} is missing from the store`, { input: descriptor.digest });
+      }
+      throw e;
+    }
+    const verify = new VerifyStream({ digest: descriptor.digest, size: descriptor.size, what });
+    raw.on('error', (e) => verify.destroy(e));
+    verify.on('close', () => raw.destroy());
+    return raw.pipe(verify);
+  }
+
+  repoTags(): readonly string[] {
+    return this.ref.tag ? [`${this.ref.repository}:${this.ref.tag}`] : [];
+  }
+
+  async close(): Promise<void> {}
+}
+
+export class DistributionDestination implements BlobDestination {
+  readonly name: string;
+  readonly layerCompression = 'compress' as const;
+
+  constructor(
+    private readonly store: DistributionStore,
+    private readonly ref: Reference,
+  ) {
+    this.name = refName(store, ref);
+  }
+
+  supportsManifestType(mediaType: string): boolean {
+    return isImageManifestMediaType(mediaType) || isIndexMediaType(mediaType);
+  }
+
+  async reuseBlob(descriptor: Descriptor): Promise<boolean> {
+    const repo = this.ref.repository;
+    if (await this.store.isLinked(repo, descriptor.digest, 'layer')) {
+      // A link without data would make the registry fail the pull; only trust it with the data.
+      return (await this.store.blobSize(descriptor.digest)) === descriptor.size;
+    }
+    if ((await this.store.blobSize(descriptor.digest)) === descriptor.size) {
+      // Present for another repository: link it here, as a cross-repository mount does.
+      await this.store.link(repo, descriptor.digest, 'layer');
+      return true;
+    }
+    return false;
+  }
+
+  async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
+    const stored = await this.store.writeBlob(this.ref.repository, stream, {
+      ...(info.digest ? { digest: info.digest } : {}),
+      ...(info.size !== undefined ? { size: info.size } : {}),
+      what: `blob ${info.digest ? shortDigest(info.digest) : '(new)'} for ${this.name}`,
+    });
+    await this.store.link(this.ref.repository, stored.digest, 'layer');
+    return stored;
+  }
+
+  async putManifest(manifest: ParsedManifest): Promise<void> {
+    await this.store.putManifest(this.ref.repository, manifest.bytes);
+  }
+
+  async commit(top: ParsedManifest): Promise<void> {
+    if (this.ref.digest && this.ref.digest !== top.digest) {
+      throw new SmartError('DIGEST_MISMATCH', `${this.name}: the copied manifest is ${top.digest}, not the digest the destination names`, {
+        input: this.ref.digest,
+      });
+    }
+    if (this.ref.tag) await this.store.tag(this.ref.repository, this.ref.tag, top.digest);
+  }
+
+  async abort(): Promise<void> {
+    // writeBlob removes its own upload directory on failure; blobs already stored are
+    // content-addressed and unreferenced by any tag, as the registry leaves them too.
+  }
+}

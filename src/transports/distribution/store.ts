@@ -1,0 +1,165 @@
+/**
+ * A Distribution registry's storage, read and written directly through a StorageDriver, in the
+ * order that never exposes a broken image: blob data → `_layers` links → manifest revision link →
+ * tag index link → tag `current/link` last.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { SmartError, isSmartError } from '../../errors.js';
+import { isDigest, sha256Digest, type Digest } from '../../oci/digest.js';
+import { DigestStream } from '../../pipeline/digest-stream.js';
+import type { StorageDriver } from '../../storage/driver.js';
+import { linkContent, pathFor } from './layout.js';
+
+export type LinkKind = 'layer' | 'manifest';
+
+export class DistributionStore {
+  constructor(readonly driver: StorageDriver) {}
+
+  get name(): string {
+    return this.driver.name;
+  }
+
+  private linkPath(repo: string, digest: Digest, kind: LinkKind): string {
+    return pathFor(kind === 'layer' ? { kind: 'layerLink', repo, digest } : { kind: 'manifestRevisionLink', repo, digest });
+  }
+
+  /** Reads a link file, strictly: what the registry would refuse, we refuse too. */
+  private async readLink(path: string, what: string): Promise<Digest> {
+    const raw = (await this.driver.getContent(path)).toString('utf8');
+    if (!isDigest(raw)) {
+      throw new SmartError('MANIFEST_INVALID', `${this.name}: malformed link file for ${what} (${JSON.stringify(raw.slice(0, 80))})`, {
+        input: path,
+      });
+    }
+    return raw;
+  }
+
+  async blobSize(digest: Digest): Promise<number | undefined> {
+    const st = await this.driver.stat(pathFor({ kind: 'blobData', digest }));
+    return st && !st.isDirectory ? st.size : undefined;
+  }
+
+  async isLinked(repo: string, digest: Digest, kind: LinkKind): Promise<boolean> {
+    return (await this.driver.stat(this.linkPath(repo, digest, kind))) !== undefined;
+  }
+
+  async link(repo: string, digest: Digest, kind: LinkKind): Promise<void> {
+    await this.driver.putContent(this.linkPath(repo, digest, kind), linkContent(digest));
+  }
+
+  async openBlob(digest: Digest, offset = 0): Promise<Readable> {
+    return this.driver.reader(pathFor({ kind: 'blobData', digest }), offset);
+  }
+
+  async getBlobContent(digest: Digest): Promise<Buffer> {
+    return this.driver.getContent(pathFor({ kind: 'blobData', digest }));
+  }
+
+  /**
+   * Streams a blob into the store: into the repository's `_uploads/<id>/data` (where the registry
+   * stages its own uploads and purges stale ones), hashed on the way, verified against `expected`,
+   * then moved to its content address. Returns the digest and size. Nothing is left in `_uploads`.
+   */
+  async writeBlob(repo: string, source: Readable, expected?: { digest?: Digest; size?: number; what: string }): Promise<{ digest: Digest; size: number }> {
+    const id = randomUUID();
+    await this.driver.putContent(pathFor({ kind: 'uploadStartedAt', repo, id }), Buffer.from(new Date().toISOString()));
+    const uploadPath = pathFor({ kind: 'uploadData', repo, id });
+    const writer = await this.driver.writer(uploadPath);
+    const hash = new DigestStream();
+    try {
+      try {
+        await pipeline(source, hash, writer.stream);
+        await writer.commit();
+      } catch (e) {
+        await writer.cancel().catch(() => undefined);
+        throw e;
+      }
+      const digest = hash.digest;
+      if (expected?.digest && digest !== expected.digest) {
+        throw new SmartError('DIGEST_MISMATCH', `${expected.what}: content hashes to ${digest}, not ${expected.digest}`, { input: expected.digest });
+      }
+      if (expected?.size !== undefined && hash.size !== expected.size) {
+        throw new SmartError('SIZE_MISMATCH', `${expected.what}: ${hash.size} bytes, expected ${expected.size}`, { input: digest });
+      }
+      // Another writer may have stored the same content meanwhile; content addressing makes either copy right.
+      if ((await this.blobSize(digest)) !== hash.size) {
+        await this.driver.move(uploadPath, pathFor({ kind: 'blobData', digest }));
+      }
+      return { digest, size: hash.size };
+    } finally {
+      await this.driver.delete(pathFor({ kind: 'upload', repo, id })).catch(() => undefined);
+    }
+  }
+
+  /** Stores manifest bytes as a blob and links them as a revision of `repo` (not yet tagged). */
+  async putManifest(repo: string, bytes: Buffer): Promise<Digest> {
+    const digest = sha256Digest(bytes);
+    if ((await this.blobSize(digest)) !== bytes.length) {
+      await this.driver.putContent(pathFor({ kind: 'blobData', digest }), bytes);
+    }
+    await this.link(repo, digest, 'manifest');
+    return digest;
+  }
+
+  /** Points `tag` at `digest`: the tag index link first, `current/link` last (the visible switch). */
+  async tag(repo: string, tag: string, digest: Digest): Promise<void> {
+    await this.driver.putContent(pathFor({ kind: 'tagIndexLink', repo, tag, digest }), linkContent(digest));
+    await this.driver.putContent(pathFor({ kind: 'tagCurrentLink', repo, tag }), linkContent(digest));
+  }
+
+  async resolveTag(repo: string, tag: string): Promise<Digest> {
+    try {
+      return await this.readLink(pathFor({ kind: 'tagCurrentLink', repo, tag }), `tag ${repo}:${tag}`);
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') {
+        const known = await this.repositoryExists(repo);
+        throw new SmartError('NOT_FOUND', known ? `tag "${tag}" not found in ${this.name}#${repo}` : `repository "${repo}" not found in ${this.name}`, {
+          input: known ? `${repo}:${tag}` : repo,
+          hint: known ? `tags there: ${(await this.listTags(repo)).slice(0, 10).join(', ') || 'none'}` : undefined,
+        });
+      }
+      throw e;
+    }
+  }
+
+  /** Manifest bytes of a revision of `repo`; the registry serves only linked revisions, so do we. */
+  async getManifest(repo: string, digest: Digest): Promise<Buffer> {
+    if (!(await this.isLinked(repo, digest, 'manifest'))) {
+      throw new SmartError('NOT_FOUND', `manifest ${digest} not found in ${this.name}#${repo}`, { input: `${repo}@${digest}` });
+    }
+    try {
+      return await this.getBlobContent(digest);
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') {
+        throw new SmartError('NOT_FOUND', `${this.name}: manifest ${digest} of ${repo} is linked but its blob is missing`, { input: digest });
+      }
+      throw e;
+    }
+  }
+
+  async repositoryExists(repo: string): Promise<boolean> {
+    return (await this.driver.stat(`${pathFor({ kind: 'repository', repo })}/_manifests`)) !== undefined;
+  }
+
+  async listTags(repo: string): Promise<string[]> {
+    return this.driver.list(pathFor({ kind: 'tagsRoot', repo }));
+  }
+
+  /** Every repository, as the registry's catalog finds them: directories holding `_manifests`. */
+  async listRepositories(): Promise<string[]> {
+    const root = pathFor({ kind: 'repositoriesRoot' });
+    const found: string[] = [];
+    const walk = async (rel: string): Promise<void> => {
+      const children = await this.driver.list(rel ? `${root}/${rel}` : root);
+      if (children.includes('_manifests')) found.push(rel);
+      for (const c of children) {
+        if (c.startsWith('_')) continue;
+        await walk(rel ? `${rel}/${c}` : c);
+      }
+    };
+    await walk('');
+    return found.filter((r) => r !== '').sort();
+  }
+}

@@ -1,0 +1,125 @@
+/**
+ * Reads a `docker save` archive as a stream (stdin), never holding a layer in memory or on disk.
+ * Docker writes manifest.json near the END, after the layers, so the image's shape is known only
+ * when the stream is over: each layer is handed to `onLayer` as it arrives (the caller compresses
+ * and uploads it at once), JSON members are kept, and the image is assembled at the end.
+ */
+import { Readable, pipeline } from 'node:stream';
+import tar from 'tar-stream';
+import { SmartError, isSmartError } from '../../errors.js';
+import { parseImageConfig, type ImageConfig } from '../../oci/config.js';
+import type { Compression } from '../../oci/mediatypes.js';
+import { sniffCompression } from '../../pipeline/compression.js';
+import { normalizeMemberName } from '../../tar/header.js';
+import { parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
+
+export interface StreamedLayer {
+  /** Member name in the archive. */
+  member: string;
+  compression: Compression;
+  /** The member's bytes; must be consumed (or destroyed) before `onLayer` resolves. */
+  stream: Readable;
+}
+
+export interface StreamedImage<T> {
+  configBytes: Buffer;
+  config: ImageConfig;
+  repoTags: string[];
+  /** What `onLayer` returned for each layer of the image, in the image's order. */
+  layers: T[];
+}
+
+/** Small JSON members (config, manifest.json, v1 json) are kept; anything larger is a layer. */
+const MAX_JSON_MEMBER = 8 * 1024 * 1024;
+
+function looksLikeJson(head: Buffer): boolean {
+  for (const b of head) {
+    if (b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09) continue;
+    return b === 0x7b || b === 0x5b; // { or [
+  }
+  return false;
+}
+
+export async function readDockerArchiveStream<T>(
+  input: Readable,
+  selection: ArchiveSelection,
+  name: string,
+  onLayer: (layer: StreamedLayer) => Promise<T>,
+): Promise<StreamedImage<T>> {
+  const extract = tar.extract();
+  const json = new Map<string, Buffer>();
+  const layerResults = new Map<string, T>();
+  const aliases = new Map<string, string>();
+  let sawEntry = false;
+  let inputError: unknown;
+  pipeline(input, extract as unknown as NodeJS.WritableStream, (e) => {
+    if (e) inputError = e;
+  });
+  try {
+    for await (const entry of extract) {
+      sawEntry = true;
+      const header = entry.header;
+      const member = normalizeMemberName(header.name);
+      if (header.type === 'symlink' || header.type === 'link') {
+        const base = header.type === 'symlink' ? member.split('/').slice(0, -1) : [];
+        aliases.set(member, normalizeMemberName([...base, header.linkname ?? ''].join('/')));
+        entry.resume();
+        continue;
+      }
+      if (header.type !== 'file' || !header.size) {
+        entry.resume();
+        continue;
+      }
+      const it = entry[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+      const first = await it.next();
+      const head: Buffer = first.done ? Buffer.alloc(0) : first.value;
+      if (header.size <= MAX_JSON_MEMBER && looksLikeJson(head)) {
+        const chunks = [head];
+        for (let r = await it.next(); !r.done; r = await it.next()) chunks.push(r.value);
+        json.set(member, Buffer.concat(chunks));
+        continue;
+      }
+      const body = Readable.from(
+        (async function* () {
+          if (!first.done) yield head;
+          for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+        })(),
+        { objectMode: false },
+      );
+      layerResults.set(member, await onLayer({ member, compression: sniffCompression(head), stream: body }));
+      // onLayer must have drained it; if it did not, skip the rest so the archive can go on.
+      body.destroy();
+    }
+  } catch (e) {
+    extract.destroy();
+    input.destroy();
+    if (isSmartError(e)) throw e;
+    throw corrupt(name, inputError ?? e);
+  }
+  if (inputError) throw corrupt(name, inputError);
+  if (!sawEntry) throw new SmartError('NOT_AN_IMAGE', `${name}: empty input, not a docker-archive`, { input: name });
+
+  const resolve = (m: string): string => {
+    let n = normalizeMemberName(m);
+    for (let i = 0; i < 16 && aliases.has(n); i++) n = aliases.get(n)!;
+    return n;
+  };
+  const manifestBytes = json.get('manifest.json');
+  if (!manifestBytes) throw new SmartError('NOT_AN_IMAGE', `${name}: not a docker-archive (no manifest.json)`, { input: name });
+  const entry = selectArchiveEntry(parseArchiveManifest(manifestBytes, name), selection, name);
+  const configBytes = json.get(resolve(entry.Config));
+  if (!configBytes) throw new SmartError('CORRUPT_ARCHIVE', `${name}: config ${entry.Config} is not in the archive`, { input: name });
+  const config = parseImageConfig(configBytes, `${name} config`);
+  const layers = entry.Layers.map((l) => {
+    const r = layerResults.get(resolve(l));
+    if (r === undefined) throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${l} is not in the archive`, { input: name });
+    return r;
+  });
+  return { configBytes, config, repoTags: entry.RepoTags ?? [], layers };
+}
+
+function corrupt(name: string, e: unknown): SmartError {
+  if (isSmartError(e)) return e;
+  const msg = (e as Error)?.message ?? String(e);
+  return new SmartError('CORRUPT_ARCHIVE', `${name}: not a readable tar archive (${msg})`, { input: name, cause: e });
+}

@@ -1,0 +1,78 @@
+/**
+ * Writes an image as a `docker save` archive (the classic layout every `docker load` and skopeo
+ * read): `<config hex>.json`, `manifest.json`, then one uncompressed `<diff id hex>.tar` per layer.
+ * The metadata goes FIRST so that a streaming reader (ours, on a pipe) learns the image before
+ * its layers. A file is written to a hidden sibling and renamed into place when complete.
+ */
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Writable } from 'node:stream';
+import { SmartError } from '../../errors.js';
+import { digestHex } from '../../oci/digest.js';
+import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
+import { TarWriter, fileSink, streamSink } from '../../tar/tar-writer.js';
+
+export interface DockerArchiveTarget {
+  /** A file path, or a stream (stdout) for `docker-archive:-`. */
+  file?: string;
+  stream?: Writable;
+  /** `NAME:TAG` to record in RepoTags; defaults to the source's tags. */
+  repoTag?: string;
+}
+
+export class DockerArchiveWriter implements ImageWriter {
+  constructor(
+    readonly name: string,
+    private readonly target: DockerArchiveTarget,
+  ) {}
+
+  async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
+    const { file, stream } = this.target;
+    if (file) {
+      const st = await fs.stat(file).catch(() => undefined);
+      if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${file} is a directory; docker-archive: writes a tar file`, { input: file });
+      const tmp = path.join(path.dirname(file), `.${path.basename(file)}.smart-${randomUUID()}.tmp`);
+      const handle = await fs.open(tmp, 'w');
+      try {
+        await this.writeTo(new TarWriter(fileSink(handle)), image, options, false);
+        await fs.rename(tmp, file);
+      } catch (e) {
+        await handle.close().catch(() => undefined);
+        await fs.rm(tmp, { force: true });
+        throw e;
+      }
+      return { details: { path: file } };
+    }
+    if (!stream) throw new SmartError('INTERNAL', 'docker-archive writer without a target');
+    await this.writeTo(new TarWriter(streamSink(stream)), image, options, true);
+    return { details: { path: '-' } };
+  }
+
+  private async writeTo(writer: TarWriter, image: Image, options: ImageWriteOptions, sizesFirst: boolean): Promise<void> {
+    const configName = `${digestHex(image.manifest.manifest.config.digest)}.json`;
+    const layerNames = image.layers.map((l) => `${digestHex(l.diffId)}.tar`);
+    const repoTags = this.target.repoTag ? [this.target.repoTag] : [...image.repoTags];
+    const manifestJson = Buffer.from(JSON.stringify([{ Config: configName, RepoTags: repoTags, Layers: layerNames }]));
+    await writer.addBuffer(configName, image.configBytes);
+    await writer.addBuffer('manifest.json', manifestJson);
+    const written = new Set<string>();
+    for (const [i, layer] of image.layers.entries()) {
+      const member = layerNames[i]!;
+      if (written.has(member)) continue; // the same layer twice in one image is stored once
+      written.add(member);
+      options.signal?.throwIfAborted();
+      // A pipe cannot be rewound to fix a header: learn the size with a first (verifying) pass.
+      const size = sizesFirst ? await countBytes(await layer.openUncompressed(options)) : undefined;
+      const bytes = await writer.addStream(member, await layer.openUncompressed(options), size);
+      options.onLayer?.({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes });
+    }
+    await writer.finish();
+  }
+}
+
+async function countBytes(stream: AsyncIterable<Buffer>): Promise<number> {
+  let n = 0;
+  for await (const chunk of stream) n += chunk.length;
+  return n;
+}

@@ -1,0 +1,84 @@
+/**
+ * Image names as users write them, skopeo-style `transport:reference`, parsed into a typed form.
+ * Parsing only: opening a name is the job of `ops/endpoints.ts`.
+ */
+import { SmartError } from '../errors.js';
+import { isValidTag, parseReference, parseRepositoryReference, type Reference } from '../oci/reference.js';
+import type { ArchiveSelection } from './docker-archive/manifest-json.js';
+
+export type ImageName =
+  | { transport: 'oci'; dir: string; tag?: string; raw: string }
+  | { transport: 'oci-archive'; file: string; tag?: string; raw: string }
+  | { transport: 'docker-archive'; file: string; selection: ArchiveSelection; raw: string }
+  | { transport: 'file'; root: string; ref?: Reference; raw: string }
+  | { transport: 'rootfs'; dir: string; raw: string }
+  | { transport: 'bundle'; dir: string; raw: string };
+
+export const TRANSPORTS = ['oci', 'oci-archive', 'docker-archive', 'file', 'rootfs', 'bundle'] as const;
+
+function usage(raw: string, why: string, hint?: string): SmartError {
+  return new SmartError('INVALID_REFERENCE', `invalid image name "${raw}": ${why}`, { input: raw, hint });
+}
+
+const FORMS =
+  'oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE|-[:NAME:TAG|:@N], file:ROOT#REPO[:TAG|@DIGEST], rootfs:DIR, bundle:DIR';
+
+/** Splits `PATH[:REST]` at the first colon, as skopeo does (paths cannot contain one). */
+function splitPath(rest: string): [string, string | undefined] {
+  const i = rest.indexOf(':');
+  return i < 0 ? [rest, undefined] : [rest.slice(0, i), rest.slice(i + 1)];
+}
+
+export function parseImageName(raw: string): ImageName {
+  const colon = raw.indexOf(':');
+  const transport = colon < 0 ? '' : raw.slice(0, colon);
+  const rest = colon < 0 ? '' : raw.slice(colon + 1);
+  switch (transport) {
+    case 'oci':
+    case 'oci-archive': {
+      const [p, tag] = splitPath(rest);
+      if (!p) throw usage(raw, 'missing path');
+      if (tag !== undefined && !isValidTag(tag)) throw usage(raw, `invalid tag "${tag}"`);
+      return transport === 'oci'
+        ? { transport, dir: p, ...(tag !== undefined ? { tag } : {}), raw }
+        : { transport, file: p, ...(tag !== undefined ? { tag } : {}), raw };
+    }
+    case 'docker-archive': {
+      const [p, ref] = splitPath(rest);
+      if (!p) throw usage(raw, 'missing path (use - for stdin/stdout)');
+      let selection: ArchiveSelection = { kind: 'only' };
+      if (ref !== undefined) {
+        if (/^@\d+$/.test(ref)) selection = { kind: 'index', index: Number(ref.slice(1)) };
+        else {
+          const parsed = parseReference(ref);
+          if (parsed.digest) throw usage(raw, 'a docker-archive name takes NAME:TAG, not a digest');
+          selection = { kind: 'name', name: ref };
+        }
+      }
+      return { transport, file: p, selection, raw };
+    }
+    case 'file': {
+      const hash = rest.lastIndexOf('#');
+      const root = hash < 0 ? rest : rest.slice(0, hash);
+      if (!root) throw usage(raw, 'missing store root directory', 'write file:ROOT#REPO[:TAG]');
+      if (hash < 0) return { transport, root, raw };
+      return { transport, root, ref: parseRepositoryReference(rest.slice(hash + 1), raw), raw };
+    }
+    case 'rootfs':
+    case 'bundle':
+      if (!rest) throw usage(raw, 'missing directory');
+      return { transport, dir: rest, raw };
+    case 'docker':
+    case 's3':
+      throw new SmartError('UNSUPPORTED', `the ${transport}: transport is not available in this version`, { input: raw, hint: `use one of ${FORMS}` });
+    default:
+      throw usage(raw, transport ? `unknown transport "${transport}"` : 'no transport', `write TRANSPORT:REFERENCE, one of ${FORMS}`);
+  }
+}
+
+/** `repo:tag` from a name, for RepoTags in docker-archive output; undefined when the name has none. */
+export function defaultRepoTag(name: ImageName): string | undefined {
+  if (name.transport === 'file' && name.ref?.tag) return `${name.ref.repository}:${name.ref.tag}`;
+  if (name.transport === 'docker-archive' && name.selection.kind === 'name') return name.selection.name;
+  return undefined;
+}

@@ -1,0 +1,105 @@
+/**
+ * `oci-archive:FILE[:TAG]`: an OCI layout inside a tar. Read in place through a tar index; written
+ * as a layout in a hidden sibling directory, packed to a temporary file and renamed over FILE
+ * last, so FILE is either the old archive or the complete new one.
+ */
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { SmartError } from '../../errors.js';
+import type { BlobDestination, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import type { Descriptor, ParsedManifest } from '../../oci/manifest.js';
+import { FsDriver } from '../../storage/fs-driver.js';
+import { TarIndex } from '../../tar/tar-index.js';
+import { TarWriter, fileSink } from '../../tar/tar-writer.js';
+import { OciLayoutDestination, OciLayoutSource, type LayoutFiles } from './layout.js';
+
+export async function openOciArchiveSource(file: string, tag: string | undefined, name: string): Promise<OciLayoutSource> {
+  const index = await TarIndex.open(file, name);
+  const files: LayoutFiles = {
+    getContent: async (p) => {
+      const member = index.get(p);
+      if (!member) throw new SmartError('NOT_FOUND', `${name}: ${p.replace(/^\//, '')} not in the archive`, { input: file });
+      return index.read(member);
+    },
+    reader: async (p) => {
+      const member = index.get(p);
+      if (!member) throw new SmartError('NOT_FOUND', `${name}: ${p.replace(/^\//, '')} not in the archive`, { input: file });
+      return index.open(member);
+    },
+  };
+  return new OciLayoutSource(name, files, tag);
+}
+
+export class OciArchiveDestination implements BlobDestination {
+  readonly layerCompression = 'preserve' as const;
+  private readonly staging: string;
+  private readonly layout: OciLayoutDestination;
+
+  constructor(
+    readonly name: string,
+    private readonly file: string,
+    tag: string | undefined,
+  ) {
+    this.staging = path.join(path.dirname(file), `.${path.basename(file)}.smart-${randomUUID()}`);
+    this.layout = new OciLayoutDestination(name, new FsDriver(this.staging), tag);
+  }
+
+  async prepare(): Promise<void> {
+    const st = await fs.stat(this.file).catch(() => undefined);
+    if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${this.file} is a directory; oci-archive: writes a tar file`, { input: this.file });
+    await fs.mkdir(this.staging, { recursive: true });
+    await this.layout.prepare();
+  }
+
+  supportsManifestType(mediaType: string): boolean {
+    return this.layout.supportsManifestType(mediaType);
+  }
+
+  reuseBlob(descriptor: Descriptor): Promise<boolean> {
+    return this.layout.reuseBlob(descriptor);
+  }
+
+  putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
+    return this.layout.putBlob(stream, info);
+  }
+
+  putManifest(manifest: ParsedManifest): Promise<void> {
+    return this.layout.putManifest(manifest);
+  }
+
+  async commit(top: ParsedManifest): Promise<void> {
+    await this.layout.commit(top);
+    const tmp = `${this.file}.smart-${randomUUID()}.tmp`;
+    try {
+      const writer = new TarWriter(fileSink(await fs.open(tmp, 'w')));
+      await writer.addBuffer('oci-layout', await fs.readFile(path.join(this.staging, 'oci-layout')));
+      await writer.addBuffer('index.json', await fs.readFile(path.join(this.staging, 'index.json')));
+      await writer.addDirectory('blobs');
+      await writer.addDirectory('blobs/sha256');
+      const blobDir = path.join(this.staging, 'blobs', 'sha256');
+      for (const hex of (await fs.readdir(blobDir)).sort()) {
+        const p = path.join(blobDir, hex);
+        const { size } = await fs.stat(p);
+        const handle = await fs.open(p, 'r');
+        try {
+          await writer.addStream(`blobs/sha256/${hex}`, handle.createReadStream({ highWaterMark: 256 * 1024 }), size);
+        } finally {
+          await handle.close().catch(() => undefined);
+        }
+      }
+      await writer.finish();
+      await fs.rename(tmp, this.file);
+    } catch (e) {
+      await fs.rm(tmp, { force: true });
+      throw e;
+    } finally {
+      await fs.rm(this.staging, { recursive: true, force: true });
+    }
+  }
+
+  async abort(): Promise<void> {
+    await fs.rm(this.staging, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * OCI image layout (image-spec image-layout.md): `oci-layout`, `index.json`, `blobs/<alg>/<hex>`.
+ * `oci:DIR[:TAG]` reads and writes a directory; `oci-archive:FILE[:TAG]` is the same layout in a tar.
+ * Tags are the `org.opencontainers.image.ref.name` annotation of index.json entries, as skopeo uses it.
+ */
+import type { Readable } from 'node:stream';
+import { SmartError, isSmartError } from '../../errors.js';
+import { digestHex, shortDigest, type Digest } from '../../oci/digest.js';
+import type { BlobDestination, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import { parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
+import { MediaType } from '../../oci/mediatypes.js';
+import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
+import type { StorageDriver } from '../../storage/driver.js';
+import { randomUUID } from 'node:crypto';
+import { pipeline } from 'node:stream/promises';
+
+export const REF_NAME = 'org.opencontainers.image.ref.name';
+const LAYOUT_FILE = '/oci-layout';
+const INDEX_FILE = '/index.json';
+const LAYOUT_CONTENT = Buffer.from('{"imageLayoutVersion":"1.0.0"}');
+
+/** The read side of a layout: a directory (FsDriver) or a tar archive. */
+export interface LayoutFiles {
+  getContent(path: string): Promise<Buffer>;
+  reader(path: string): Promise<Readable>;
+}
+
+export function blobPath(d: Digest): string {
+  return `/blobs/sha256/${digestHex(d)}`;
+}
+
+async function readIndex(files: LayoutFiles, name: string): Promise<ImageIndex> {
+  let bytes: Buffer;
+  try {
+    await files.getContent(LAYOUT_FILE);
+    bytes = await files.getContent(INDEX_FILE);
+  } catch (e) {
+    if (isSmartError(e) && e.code === 'NOT_FOUND') {
+      throw new SmartError('NOT_AN_IMAGE', `${name}: not an OCI image layout (no oci-layout or index.json)`, { input: name, cause: e });
+    }
+    throw e;
+  }
+  const parsed = parseManifest(bytes, MediaType.OCI_INDEX, `${name} index.json`);
+  if (parsed.kind !== 'index') throw new SmartError('MANIFEST_INVALID', `${name}: index.json is not an image index`, { input: name });
+  return parsed.index;
+}
+
+export class OciLayoutSource implements ImageSource {
+  constructor(
+    readonly name: string,
+    private readonly files: LayoutFiles,
+    private readonly tag: string | undefined,
+    private readonly onClose: () => Promise<void> = async () => undefined,
+  ) {}
+
+  /** The index.json entry the reference names: by tag, or the only entry when no tag is given. */
+  private async entry(): Promise<Descriptor> {
+    const index = await readIndex(this.files, this.name);
+    if (this.tag !== undefined) {
+      const found = index.manifests.filter((d) => d.annotations?.[REF_NAME] === this.tag);
+      if (found.length === 0) {
+        const tags = index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean);
+        throw new SmartError('NOT_FOUND', `${this.name}: no image tagged "${this.tag}"`, {
+          input: this.name,
+          hint: tags.length ? `tags there: ${tags.join(', ')}` : 'the layout has no tagged images',
+        });
+      }
+      return found[found.length - 1]!;
+    }
+    if (index.manifests.length !== 1) {
+      throw new SmartError('USAGE', `${this.name}: the layout holds ${index.manifests.length} images; name one as oci:DIR:TAG`, { input: this.name });
+    }
+    return index.manifests[0]!;
+  }
+
+  async getManifest(): Promise<ParsedManifest> {
+    return this.getManifestByDigest(await this.entry());
+  }
+
+  async getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest> {
+    const bytes = await this.readBlob(descriptor.digest, 'manifest');
+    const parsed = parseManifest(bytes, descriptor.mediaType, `${this.name} (${shortDigest(descriptor.digest)})`);
+    if (parsed.digest !== descriptor.digest) {
+      throw new SmartError('DIGEST_MISMATCH', `${this.name}: manifest ${descriptor.digest} hashes to ${parsed.digest}`, { input: descriptor.digest });
+    }
+    return parsed;
+  }
+
+  private async readBlob(d: Digest, what: string): Promise<Buffer> {
+    try {
+      return await this.files.getContent(blobPath(d));
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') {
+        throw new SmartError('NOT_FOUND', `${this.name}: ${what} blob ${d} is missing`, { input: d, cause: e });
+      }
+      throw e;
+    }
+  }
+
+  async getBlob(descriptor: Descriptor, _options?: OpenOptions): Promise<Readable> {
+    const what = `blob ${shortDigest(descriptor.digest)} of ${this.name}`;
+    let raw: Readable;
+    try {
+      raw = await this.files.reader(blobPath(descriptor.digest));
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') throw new SmartError('NOT_FOUND', `${what} is missing`, { input: descriptor.digest, cause: e });
+      throw e;
+    }
+    const verify = new VerifyStream({ digest: descriptor.digest, size: descriptor.size, what });
+    raw.on('error', (e) => verify.destroy(e));
+    verify.on('close', () => raw.destroy());
+    return raw.pipe(verify);
+  }
+
+  repoTags(): readonly string[] {
+    return [];
+  }
+
+  close(): Promise<void> {
+    return this.onClose();
+  }
+}
+
+/**
+ * Writes into a layout directory. Blobs are written to a temporary name in the layout's root and
+ * renamed to their content address; index.json is replaced atomically in `commit`, last.
+ */
+export class OciLayoutDestination implements BlobDestination {
+  readonly layerCompression = 'preserve' as const;
+
+  constructor(
+    readonly name: string,
+    private readonly driver: StorageDriver,
+    private readonly tag: string | undefined,
+  ) {}
+
+  /** Refuses a directory that holds something other than a layout; creates `oci-layout`. */
+  async prepare(): Promise<void> {
+    const children = await this.driver.list('/');
+    if (children.length > 0 && !children.includes('oci-layout')) {
+      throw new SmartError('USAGE', `${this.name}: the directory is not empty and is not an OCI layout; refusing to write into it`, {
+        input: this.name,
+      });
+    }
+    if (!children.includes('oci-layout')) await this.driver.putContent(LAYOUT_FILE, LAYOUT_CONTENT);
+  }
+
+  supportsManifestType(mediaType: string): boolean {
+    // The layout may hold any manifest, but skopeo and umoci read only OCI ones there (as skopeo, convert).
+    return mediaType === MediaType.OCI_MANIFEST || mediaType === MediaType.OCI_INDEX;
+  }
+
+  async reuseBlob(descriptor: Descriptor): Promise<boolean> {
+    const st = await this.driver.stat(blobPath(descriptor.digest));
+    return st !== undefined && st.size === descriptor.size;
+  }
+
+  async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
+    const tmp = `/.smart-tmp-${randomUUID()}`;
+    const writer = await this.driver.writer(tmp);
+    const hash = new DigestStream();
+    try {
+      await pipeline(stream, hash, writer.stream);
+      await writer.commit();
+    } catch (e) {
+      await writer.cancel().catch(() => undefined);
+      throw e;
+    }
+    try {
+      if (info.digest && hash.digest !== info.digest) {
+        throw new SmartError('DIGEST_MISMATCH', `blob for ${this.name}: content hashes to ${hash.digest}, not ${info.digest}`, { input: info.digest });
+      }
+      await this.driver.move(tmp, blobPath(hash.digest));
+    } catch (e) {
+      await this.driver.delete(tmp).catch(() => undefined);
+      throw e;
+    }
+    return { digest: hash.digest, size: hash.size };
+  }
+
+  async putManifest(manifest: ParsedManifest): Promise<void> {
+    await this.driver.putContent(blobPath(manifest.digest), manifest.bytes);
+  }
+
+  /** Adds the manifest to index.json under the tag (moving the tag off any other entry). */
+  async commit(top: ParsedManifest): Promise<void> {
+    let index: ImageIndex;
+    try {
+      index = await readIndex(this.driver, this.name);
+    } catch (e) {
+      if (!(isSmartError(e) && e.code === 'NOT_AN_IMAGE')) throw e;
+      index = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [] };
+    }
+    const entry: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.bytes.length };
+    if (this.tag !== undefined) entry.annotations = { [REF_NAME]: this.tag };
+    const kept = index.manifests.filter((d) =>
+      this.tag !== undefined ? d.annotations?.[REF_NAME] !== this.tag : !(d.digest === top.digest && !d.annotations?.[REF_NAME]),
+    );
+    const next: ImageIndex = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [...kept, entry] };
+    if (index.annotations) next.annotations = index.annotations;
+    await this.driver.putContent(INDEX_FILE, serializeManifest(next));
+  }
+
+  async abort(): Promise<void> {
+    // putBlob removes its own temporary file on failure; stored blobs are unreferenced, as with skopeo.
+  }
+}
