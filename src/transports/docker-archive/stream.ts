@@ -32,12 +32,22 @@ export interface StreamedImage<T> {
 /** Small JSON members (config, manifest.json, v1 json) are kept; anything larger is a layer. */
 const MAX_JSON_MEMBER = 8 * 1024 * 1024;
 
-function looksLikeJson(head: Buffer): boolean {
+/**
+ * What a member is, from its first block: a layer (a tar: ustar magic, or the all-zero block of an
+ * empty layer; or a compressed stream), JSON (config, manifest.json, v1 json), or something else
+ * (VERSION files) that is skipped.
+ */
+function classifyMember(head: Buffer): 'layer' | 'json' | 'other' {
+  if (sniffCompression(head) !== 'none') return 'layer';
+  if (head.length >= 512) {
+    if (head.subarray(257, 262).toString('latin1') === 'ustar') return 'layer';
+    if (head.subarray(0, 512).every((b) => b === 0)) return 'layer';
+  }
   for (const b of head) {
     if (b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09) continue;
-    return b === 0x7b || b === 0x5b; // { or [
+    return b === 0x7b || b === 0x5b ? 'json' : 'other'; // { or [
   }
-  return false;
+  return 'other';
 }
 
 export async function readDockerArchiveStream<T>(
@@ -70,18 +80,34 @@ export async function readDockerArchiveStream<T>(
         entry.resume();
         continue;
       }
+      // Gather the first block: enough to tell a tar (or a compressed tar) from JSON and the rest.
       const it = entry[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
-      const first = await it.next();
-      const head: Buffer = first.done ? Buffer.alloc(0) : first.value;
-      if (header.size <= MAX_JSON_MEMBER && looksLikeJson(head)) {
-        const chunks = [head];
-        for (let r = await it.next(); !r.done; r = await it.next()) chunks.push(r.value);
-        json.set(member, Buffer.concat(chunks));
+      const headChunks: Buffer[] = [];
+      let headLength = 0;
+      let ended = false;
+      while (headLength < 512) {
+        const r = await it.next();
+        if (r.done) {
+          ended = true;
+          break;
+        }
+        headChunks.push(r.value);
+        headLength += r.value.length;
+      }
+      const head = Buffer.concat(headChunks);
+      const kind = classifyMember(head);
+      if (kind !== 'layer') {
+        const chunks: Buffer[] = [head];
+        for (let r = ended ? undefined : await it.next(); r && !r.done; r = await it.next()) {
+          if (kind === 'json') chunks.push(r.value);
+        }
+        if (kind === 'json' && header.size <= MAX_JSON_MEMBER) json.set(member, Buffer.concat(chunks));
         continue;
       }
       const body = Readable.from(
         (async function* () {
-          if (!first.done) yield head;
+          yield head;
+          if (ended) return;
           for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
         })(),
         { objectMode: false },

@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+// smart-cache ARGS is smart cache ARGS.
+import { main } from '../dist/cli/main.js';
+
+process.exitCode = await main([process.argv[0], process.argv[1], 'cache', ...process.argv.slice(2)], 'smart-cache');

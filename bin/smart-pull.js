@@ -1,0 +1,5 @@
+#!/usr/bin/env node
+// smart-pull ARGS is smart pull ARGS.
+import { main } from '../dist/cli/main.js';
+
+process.exitCode = await main([process.argv[0], process.argv[1], 'pull', ...process.argv.slice(2)], 'smart-pull');

@@ -1,0 +1,154 @@
+/**
+ * The `smart` command line: parses flags, calls the library, prints. The only place that catches
+ * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else.
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import os from 'node:os';
+import { SmartError, isSmartError } from '../errors.js';
+import { Output, type OutputOptions } from './output.js';
+
+const EXIT_HELP = `
+Image names (skopeo-style TRANSPORT:REFERENCE):
+  oci:DIR[:TAG]                      OCI image layout directory
+  oci-archive:FILE[:TAG]             OCI image layout in a tar file
+  docker-archive:FILE[:NAME:TAG|:@N] docker save / docker load tar; FILE "-" is stdin or stdout
+  file:ROOT#REPO[:TAG|@DIGEST]       a Distribution registry's storage on disk (ROOT = rootdirectory)
+  rootfs:DIR                         (pull only) the flattened root filesystem
+  bundle:DIR                         (pull only) an OCI runtime bundle for runc: DIR/config.json + DIR/rootfs
+
+Exit status: 0 on success, 2 on a usage error (bad flags, malformed image name), 1 on any other error.
+Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer).`;
+
+interface CommonFlags {
+  json?: boolean;
+  quiet?: boolean;
+  debug?: boolean;
+  jobs?: number;
+  platform?: string;
+  cacheDir?: string;
+  compressionLevel?: number;
+}
+
+function positiveInt(name: string, max: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1 || n > max) throw new InvalidArgumentError(`${name} must be an integer from 1 to ${max}`);
+    return n;
+  };
+}
+
+function addCommonOptions(cmd: Command): Command {
+  return cmd
+    .option('--json', 'print one machine-readable summary on stdout')
+    .option('-q, --quiet', 'print nothing but errors (and the --json summary)')
+    .option('--debug', 'print stack traces of errors')
+    .addOption(new Option('--jobs <n>', 'layers in flight at once (default: from the core count)').argParser(positiveInt('--jobs', 256)))
+    .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image (default: this machine)')
+    .option('--cache-dir <dir>', 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)');
+}
+
+function outputOptions(flags: CommonFlags): OutputOptions {
+  return { json: !!flags.json, quiet: !!flags.quiet, debug: !!flags.debug };
+}
+
+async function runTransfer(mode: 'push' | 'pull', source: string, destination: string, flags: CommonFlags, out: Output): Promise<void> {
+  if (flags.json && /^docker-archive:-(:|$)/.test(destination)) {
+    throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout (docker-archive:-)', { input: destination });
+  }
+  const { transfer } = await import('../ops/transfer.js');
+  const { formatBytes, short } = await import('./output.js');
+  const started = performance.now();
+  const summary = await transfer({
+    mode,
+    source,
+    destination,
+    ...(flags.platform ? { platform: flags.platform } : {}),
+    ...(flags.jobs ? { jobs: flags.jobs } : {}),
+    ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
+    onLayer: (e) => {
+      const size = e.status === 'skipped' ? 'already there' : e.status === 'foreign' ? 'foreign, not copied' : formatBytes(e.bytes);
+      out.info(`layer ${short(e.digest)}: ${e.status} (${size})`);
+    },
+    onWarning: (m) => out.warn(m),
+  });
+  const seconds = (performance.now() - started) / 1000;
+  const l = summary.layers;
+  out.info(
+    `${mode === 'push' ? 'pushed' : 'pulled'} ${summary.source} → ${summary.destination}: ` +
+      `${l.pushed} layer${l.pushed === 1 ? '' : 's'} written (${formatBytes(l.bytesPushed)}), ${l.skipped} skipped` +
+      `${l.foreign ? `, ${l.foreign} foreign` : ''}; manifest ${summary.manifestDigest}${summary.converted ? ' (converted)' : ''} in ${seconds.toFixed(2)} s`,
+  );
+  if (flags.json) out.json({ ...summary, seconds: Number(seconds.toFixed(3)) });
+}
+
+export function buildProgram(): Command {
+  const program = new Command('smart')
+    .description('Fast container image push, pull and build cache, without the Docker daemon')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText('after', EXIT_HELP);
+
+  const transferAction = (mode: 'push' | 'pull') =>
+    async function (this: Command, source: string, destination: string) {
+      const flags = this.opts<CommonFlags>();
+      await runTransfer(mode, source, destination, flags, new Output(outputOptions(flags)));
+    };
+
+  addCommonOptions(
+    program
+      .command('push')
+      .description('copy an image into a store, skipping every blob already there')
+      .argument('<source>', 'image to read, e.g. docker-archive:img.tar or oci:dir:tag')
+      .argument('<destination>', 'store to write, e.g. file:/srv/registry#team/app:1.0')
+      .addOption(new Option('--compression-level <1-9>', 'gzip level for layers that must be compressed').argParser(positiveInt('--compression-level', 9))),
+  )
+    .addHelpText('after', EXIT_HELP)
+    .action(transferAction('push'));
+
+  addCommonOptions(
+    program
+      .command('pull')
+      .description('copy an image out of a store into a layout, an archive, a root filesystem or a runtime bundle')
+      .argument('<source>', 'image to read, e.g. file:/srv/registry#team/app:1.0')
+      .argument('<destination>', 'where to write it, e.g. bundle:./app or oci:dir:tag'),
+  )
+    .addHelpText('after', EXIT_HELP)
+    .action(transferAction('pull'));
+
+  program
+    .command('cache')
+    .description('the layer trie of a store and precise build-cache pulls (see smart cache --help)')
+    .argument('[args...]')
+    .action(() => {
+      throw new SmartError('UNSUPPORTED', 'smart cache has no subcommands in this version yet', { hint: 'use smart push / smart pull' });
+    });
+  return program;
+}
+
+/** Runs the CLI on `argv` (as process.argv) and resolves to the exit code; never calls process.exit. */
+export async function main(argv: string[], prog = 'smart'): Promise<number> {
+  const program = buildProgram();
+  program.exitOverride();
+  program.commands.forEach((c) => c.exitOverride());
+  const flagsOf = (): OutputOptions => {
+    const args = argv.slice(2);
+    return { json: args.includes('--json'), quiet: args.includes('-q') || args.includes('--quiet'), debug: args.includes('--debug') };
+  };
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // Commander printed its own message; help and version are successes.
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+      return 2;
+    }
+    const out = new Output(flagsOf());
+    out.error(prog, e);
+    return isSmartError(e) ? e.exitCode : 1;
+  }
+}
+
+export function defaultCacheDir(): string {
+  return process.env.XDG_CACHE_HOME ? `${process.env.XDG_CACHE_HOME}/smartlayer` : `${os.homedir()}/.cache/smartlayer`;
+}

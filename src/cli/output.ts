@@ -1,0 +1,63 @@
+/** Human and machine output of the CLI: summaries on stdout (--json) or stderr, errors as one line. */
+import { isSmartError } from '../errors.js';
+
+export interface OutputOptions {
+  json: boolean;
+  quiet: boolean;
+  debug: boolean;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v < 10 ? 2 : 1)} ${units[i]}`;
+}
+
+export function short(d: string): string {
+  return d.startsWith('sha256:') ? d.slice(7, 19) : d;
+}
+
+export class Output {
+  constructor(
+    readonly options: OutputOptions,
+    private readonly stderr: NodeJS.WritableStream = process.stderr,
+    private readonly stdout: NodeJS.WritableStream = process.stdout,
+  ) {}
+
+  /** Progress and human text: stderr, silenced by -q. */
+  info(line: string): void {
+    if (!this.options.quiet) this.stderr.write(`${line}\n`);
+  }
+
+  warn(line: string): void {
+    this.stderr.write(`warning: ${line}\n`);
+  }
+
+  /** The one machine-readable summary, on stdout. */
+  json(value: unknown): void {
+    this.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  }
+
+  /** One line naming the input at fault; the stack and causes only with --debug. */
+  error(prog: string, e: unknown): void {
+    if (isSmartError(e)) {
+      this.stderr.write(`${prog}: error: ${e.message}${e.hint ? ` (${e.hint})` : ''}\n`);
+    } else {
+      this.stderr.write(`${prog}: error: ${(e as Error)?.message ?? String(e)}\n`);
+    }
+    if (this.options.debug) {
+      let cause: unknown = e;
+      while (cause) {
+        this.stderr.write(`${(cause as Error).stack ?? String(cause)}\n`);
+        cause = (cause as Error).cause;
+        if (cause) this.stderr.write('caused by: ');
+      }
+    }
+  }
+}

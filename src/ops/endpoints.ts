@@ -1,0 +1,111 @@
+/**
+ * Opens parsed image names as sources and destinations. The one place that knows every
+ * transport; each is imported only when used, so a command loads just what it touches.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { SmartError } from '../errors.js';
+import type { BlobDestination, ImageSource, ImageWriter } from '../oci/image.js';
+import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
+import { defaultRepoTag, type ImageName } from '../transports/names.js';
+
+export interface EndpointContext {
+  stdin: Readable;
+  stdout: Writable;
+  onWarning?: (message: string) => void;
+}
+
+export type OpenedSource =
+  | { kind: 'random'; source: ImageSource }
+  | { kind: 'stream'; input: Readable; selection: ArchiveSelection; name: string };
+
+export type OpenedDestination = { kind: 'blobs'; dest: BlobDestination } | { kind: 'image'; writer: ImageWriter };
+
+async function requireDirectory(p: string, raw: string, what: string): Promise<void> {
+  const st = await fs.stat(p).catch(() => undefined);
+  if (!st) throw new SmartError('NOT_FOUND', `${raw}: no such directory ${p}`, { input: raw });
+  if (!st.isDirectory()) throw new SmartError('NOT_AN_IMAGE', `${raw}: ${p} is not a directory (${what})`, { input: raw });
+}
+
+export async function openSource(name: ImageName, ctx: EndpointContext): Promise<OpenedSource> {
+  switch (name.transport) {
+    case 'oci': {
+      await requireDirectory(name.dir, name.raw, 'an OCI layout is a directory');
+      const { OciLayoutSource } = await import('../transports/oci-layout/layout.js');
+      const { FsDriver } = await import('../storage/fs-driver.js');
+      return { kind: 'random', source: new OciLayoutSource(name.raw, new FsDriver(path.resolve(name.dir)), name.tag) };
+    }
+    case 'oci-archive': {
+      const { openOciArchiveSource } = await import('../transports/oci-layout/archive.js');
+      return { kind: 'random', source: await openOciArchiveSource(name.file, name.tag, name.raw) };
+    }
+    case 'docker-archive': {
+      if (name.file === '-') return { kind: 'stream', input: ctx.stdin, selection: name.selection, name: name.raw };
+      const { openDockerArchiveSource } = await import('../transports/docker-archive/source.js');
+      return { kind: 'random', source: await openDockerArchiveSource(name.file, name.selection, name.raw) };
+    }
+    case 'file': {
+      if (!name.ref) {
+        throw new SmartError('USAGE', `${name.raw} names a whole store; name an image as file:ROOT#REPO[:TAG|@DIGEST]`, { input: name.raw });
+      }
+      await requireDirectory(name.root, name.raw, 'the registry storage root');
+      const { FsDriver } = await import('../storage/fs-driver.js');
+      const { DistributionStore } = await import('../transports/distribution/store.js');
+      const { DistributionSource } = await import('../transports/distribution/adapters.js');
+      return { kind: 'random', source: new DistributionSource(new DistributionStore(new FsDriver(path.resolve(name.root))), name.ref) };
+    }
+    case 'rootfs':
+    case 'bundle':
+      throw new SmartError('USAGE', `${name.raw}: ${name.transport}: is a destination only`, { input: name.raw });
+  }
+}
+
+export interface DestinationOptions {
+  /** The source's name, for a docker-archive's RepoTags when the destination names none. */
+  source?: ImageName;
+}
+
+export async function openDestination(name: ImageName, ctx: EndpointContext, options: DestinationOptions = {}): Promise<OpenedDestination> {
+  switch (name.transport) {
+    case 'oci': {
+      const { OciLayoutDestination } = await import('../transports/oci-layout/layout.js');
+      const { FsDriver } = await import('../storage/fs-driver.js');
+      await fs.mkdir(name.dir, { recursive: true });
+      const dest = new OciLayoutDestination(name.raw, new FsDriver(path.resolve(name.dir)), name.tag);
+      await dest.prepare();
+      return { kind: 'blobs', dest };
+    }
+    case 'oci-archive': {
+      const { OciArchiveDestination } = await import('../transports/oci-layout/archive.js');
+      const dest = new OciArchiveDestination(name.raw, path.resolve(name.file), name.tag);
+      await dest.prepare();
+      return { kind: 'blobs', dest };
+    }
+    case 'docker-archive': {
+      const { DockerArchiveWriter } = await import('../transports/docker-archive/writer.js');
+      if (name.selection.kind === 'index') throw new SmartError('USAGE', `${name.raw}: :@N selects an image to read; to write, name it :NAME:TAG`, { input: name.raw });
+      const repoTag = name.selection.kind === 'name' ? name.selection.name : options.source ? defaultRepoTag(options.source) : undefined;
+      const target = name.file === '-' ? { stream: ctx.stdout } : { file: path.resolve(name.file) };
+      return { kind: 'image', writer: new DockerArchiveWriter(name.raw, { ...target, ...(repoTag ? { repoTag } : {}) }) };
+    }
+    case 'file': {
+      if (!name.ref) {
+        throw new SmartError('USAGE', `${name.raw} names a whole store; name the image to write as file:ROOT#REPO[:TAG]`, { input: name.raw });
+      }
+      const { FsDriver } = await import('../storage/fs-driver.js');
+      const { DistributionStore } = await import('../transports/distribution/store.js');
+      const { DistributionDestination } = await import('../transports/distribution/adapters.js');
+      await fs.mkdir(name.root, { recursive: true });
+      return { kind: 'blobs', dest: new DistributionDestination(new DistributionStore(new FsDriver(path.resolve(name.root))), name.ref) };
+    }
+    case 'rootfs':
+    case 'bundle': {
+      const { RootfsWriter } = await import('../transports/rootfs/writer.js');
+      return {
+        kind: 'image',
+        writer: new RootfsWriter(name.raw, name.dir, { bundle: name.transport === 'bundle', ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}) }),
+      };
+    }
+  }
+}

@@ -1,0 +1,68 @@
+/** `push` and `pull`: one copy between any sensible pair of image names. */
+import os from 'node:os';
+import type { Readable, Writable } from 'node:stream';
+import { SmartError } from '../errors.js';
+import type { LayerEvent } from '../oci/image.js';
+import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
+import { parseImageName } from '../transports/names.js';
+import { copyDockerArchiveStream, copyImage, writeImage, type CopySummary } from './copy.js';
+import { openDestination, openSource } from './endpoints.js';
+
+export interface TransferRequest {
+  mode: 'push' | 'pull';
+  source: string;
+  destination: string;
+  /** `os/arch[/variant]`; the running platform when absent. */
+  platform?: string | Platform;
+  jobs?: number;
+  gzipLevel?: number;
+  stdin?: Readable;
+  stdout?: Writable;
+  signal?: AbortSignal;
+  onLayer?: (event: LayerEvent) => void;
+  onWarning?: (message: string) => void;
+}
+
+/** Parallel layers by default: transfers wait on I/O as much as on CPU, so at least 4. */
+export function defaultJobs(): number {
+  return Math.max(4, os.availableParallelism());
+}
+
+export async function transfer(req: TransferRequest): Promise<CopySummary> {
+  const src = parseImageName(req.source);
+  const dst = parseImageName(req.destination);
+  if (req.mode === 'push' && (dst.transport === 'rootfs' || dst.transport === 'bundle')) {
+    throw new SmartError('USAGE', `push writes images into stores; to unpack into ${dst.transport}: use smart pull`, { input: req.destination });
+  }
+  const streaming = src.transport === 'docker-archive' && src.file === '-';
+  if (streaming && !['file', 'oci', 'oci-archive'].includes(dst.transport)) {
+    throw new SmartError('USAGE', `${req.source} (a stream) can only be copied into a store (file:, oci:, oci-archive:); save it to a file first`, {
+      input: req.source,
+    });
+  }
+  const platform = typeof req.platform === 'string' ? parsePlatform(req.platform) : (req.platform ?? hostPlatform());
+  const ctx = {
+    stdin: req.stdin ?? process.stdin,
+    stdout: req.stdout ?? process.stdout,
+    ...(req.onWarning ? { onWarning: req.onWarning } : {}),
+  };
+  const options = {
+    platform,
+    jobs: req.jobs ?? defaultJobs(),
+    ...(req.gzipLevel !== undefined ? { gzipLevel: req.gzipLevel } : {}),
+    ...(req.signal ? { signal: req.signal } : {}),
+    ...(req.onLayer ? { onLayer: req.onLayer } : {}),
+  };
+  const source = await openSource(src, ctx);
+  try {
+    const destination = await openDestination(dst, ctx, { source: src });
+    if (source.kind === 'stream') {
+      if (destination.kind !== 'blobs') throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
+      return await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
+    }
+    if (destination.kind === 'blobs') return await copyImage(source.source, destination.dest, options);
+    return await writeImage(source.source, destination.writer, options);
+  } finally {
+    if (source.kind === 'random') await source.source.close();
+  }
+}
