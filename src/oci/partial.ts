@@ -6,7 +6,7 @@
 import type { Readable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import { decompress } from '../pipeline/compression.js';
-import { VerifyStream } from '../pipeline/digest-stream.js';
+import { verifiedStream } from '../pipeline/digest-stream.js';
 import { parseImageConfig, type ImageConfig } from './config.js';
 import { sha256Digest, shortDigest, type Digest } from './digest.js';
 import type { Image, ImageSource, Layer, OpenOptions } from './image.js';
@@ -64,12 +64,7 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
 
 /** Verifies an uncompressed layer against its diff id as it streams. */
 export function verifyUncompressed(tar: Readable, diffId: Digest, what: string): Readable {
-  const verify = new VerifyStream({ digest: diffId, what: `${what} (uncompressed)` });
-  tar.on('error', (e) => verify.destroy(e));
-  verify.on('close', () => {
-    if (!tar.destroyed) tar.destroy();
-  });
-  return tar.pipe(verify);
+  return verifiedStream(tar, { digest: diffId, what: `${what} (uncompressed)` });
 }
 
 export function checkLayersMatchConfig(name: string, manifest: ImageManifest, config: ImageConfig): void {

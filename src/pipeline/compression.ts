@@ -1,7 +1,7 @@
 /** Compressing and decompressing layer streams; the engine is chosen here, callers name only the format. */
 import { spawn } from 'node:child_process';
 import { Duplex, PassThrough, Readable, pipeline, type Transform } from 'node:stream';
-import { constants as zc, createGunzip, createGzip } from 'node:zlib';
+import { createGunzip, createGzip } from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
 import type { Compression } from '../oci/mediatypes.js';
 import { findProgram } from './programs.js';
@@ -27,7 +27,7 @@ export function gzipStream(level = DEFAULT_GZIP_LEVEL): Transform {
  */
 export function decompress(source: Readable, compression: Compression, what: string): Readable {
   if (compression === 'none') return source;
-  const engine = compression === 'gzip' ? createGunzip({ chunkSize: 64 * 1024, finishFlush: zc.Z_SYNC_FLUSH }) : zstdDecompressor(what);
+  const engine = compression === 'gzip' ? createGunzip({ chunkSize: 64 * 1024 }) : zstdDecompressor(what);
   const out = pipeline(source, engine, () => {
     /* errors surface through the iterator below */
   });

@@ -84,3 +84,18 @@ export class VerifyStream extends Transform {
     return this.bytes;
   }
 }
+
+/**
+ * `raw` piped through a VerifyStream, for returning to a caller who consumes it later. An error
+ * may come before the caller attaches (a small blob is read whole at once): it is kept on the
+ * stream (`errored`) and reaches the consumer when it pipes or iterates, instead of crashing the
+ * process as an unhandled 'error' event. Destroying the result destroys `raw`.
+ */
+export function verifiedStream(raw: NodeJS.ReadableStream & { destroy(error?: Error): void }, expect: VerifyExpectation): VerifyStream {
+  const verify = new VerifyStream(expect);
+  verify.on('error', () => undefined);
+  raw.on('error', (e: Error) => verify.destroy(e));
+  verify.on('close', () => raw.destroy());
+  raw.pipe(verify);
+  return verify;
+}

@@ -7,7 +7,7 @@ import type { BlobDestination, ImageSource, OpenOptions, PutBlobInfo, StoredBlob
 import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
 import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
 import { formatReference, type Reference } from '../../oci/reference.js';
-import { VerifyStream } from '../../pipeline/digest-stream.js';
+import { verifiedStream } from '../../pipeline/digest-stream.js';
 import type { DistributionStore } from './store.js';
 
 function refName(store: DistributionStore, ref: Reference): string {
@@ -60,10 +60,7 @@ export class DistributionSource implements ImageSource {
       }
       throw e;
     }
-    const verify = new VerifyStream({ digest: descriptor.digest, size: descriptor.size, what });
-    raw.on('error', (e) => verify.destroy(e));
-    verify.on('close', () => raw.destroy());
-    return raw.pipe(verify);
+    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what });
   }
 
   repoTags(): readonly string[] {

@@ -12,7 +12,7 @@ import type { ImageSource, OpenOptions } from '../../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType, layerMediaType } from '../../oci/mediatypes.js';
 import { sniffCompression } from '../../pipeline/compression.js';
-import { VerifyStream } from '../../pipeline/digest-stream.js';
+import { verifiedStream } from '../../pipeline/digest-stream.js';
 import { TarIndex, type TarMember } from '../../tar/tar-index.js';
 import { parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
@@ -74,11 +74,7 @@ export async function openDockerArchiveSource(file: string, selection: ArchiveSe
     getBlob: async (d: Descriptor, _options?: OpenOptions): Promise<Readable> => {
       const m = blobs.get(d.digest);
       if (!m) throw new SmartError('NOT_FOUND', `${name}: no blob ${d.digest}`, { input: d.digest });
-      const verify = new VerifyStream({ digest: d.digest, size: d.size, what: `layer ${shortDigest(d.digest)} of ${name}` });
-      const raw = index.open(m);
-      raw.on('error', (e) => verify.destroy(e));
-      verify.on('close', () => raw.destroy());
-      return raw.pipe(verify);
+      return verifiedStream(index.open(m), { digest: d.digest, size: d.size, what: `layer ${shortDigest(d.digest)} of ${name}` });
     },
     repoTags: () => repoTags,
     close: async () => undefined,

@@ -9,7 +9,7 @@ import { digestHex, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType } from '../../oci/mediatypes.js';
-import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
+import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
@@ -106,10 +106,7 @@ export class OciLayoutSource implements ImageSource {
       if (isSmartError(e) && e.code === 'NOT_FOUND') throw new SmartError('NOT_FOUND', `${what} is missing`, { input: descriptor.digest, cause: e });
       throw e;
     }
-    const verify = new VerifyStream({ digest: descriptor.digest, size: descriptor.size, what });
-    raw.on('error', (e) => verify.destroy(e));
-    verify.on('close', () => raw.destroy());
-    return raw.pipe(verify);
+    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what });
   }
 
   repoTags(): readonly string[] {

@@ -1,0 +1,23 @@
+/** Generates the fixture images once per run into a temporary directory, removed at the end. */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import type { TestProject } from 'vitest/node';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    fixturesDir: string;
+  }
+}
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'smart-fixtures-'));
+  const script = path.resolve(import.meta.dirname, '..', '..', 'fixtures', 'make-fixtures.mjs');
+  const { makeFixtures } = (await import(pathToFileURL(script).href)) as { makeFixtures: (dir: string) => Promise<unknown> };
+  await makeFixtures(dir);
+  project.provide('fixturesDir', dir);
+  return async () => {
+    await fs.rm(dir, { recursive: true, force: true });
+  };
+}

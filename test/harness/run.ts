@@ -1,0 +1,43 @@
+/** Runs the built CLI and other programs as a user would, capturing their output. */
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const smartBin = path.join(repoRoot, 'bin', 'smart.js');
+
+export interface RunResult {
+  code: number;
+  stdout: Buffer;
+  stderr: string;
+}
+
+export function run(cmd: string, args: string[], options: { input?: Buffer | NodeJS.ReadableStream; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.once('error', reject);
+    child.stdin.on('error', () => undefined);
+    const input = options.input;
+    if (Buffer.isBuffer(input)) child.stdin.end(input);
+    else if (input) (input as NodeJS.ReadableStream).pipe(child.stdin);
+    else child.stdin.end();
+    child.once('close', (code) => resolve({ code: code ?? 1, stdout: Buffer.concat(out), stderr: err }));
+  });
+}
+
+/** `smart ARGS`; XDG_CACHE_HOME is pointed at `cacheHome` so tests never touch the user's cache. */
+export function smart(args: string[], options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string } = {}): Promise<RunResult> {
+  const env = { ...process.env, ...(options.cacheHome ? { XDG_CACHE_HOME: options.cacheHome } : {}) };
+  return run(process.execPath, [smartBin, ...args], { ...(options.input ? { input: options.input } : {}), env });
+}
+
+/** Runs a program and fails with its stderr when it exits non-zero. */
+export async function runOk(cmd: string, args: string[], options: Parameters<typeof run>[2] = {}): Promise<RunResult> {
+  const r = await run(cmd, args, options);
+  if (r.code !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r;
+}

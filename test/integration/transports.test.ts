@@ -1,0 +1,171 @@
+/**
+ * Transports end to end through the CLI: docker-archive written and read (file and pipe),
+ * runtime bundles that runc runs, multi-platform picks, and pushes that skip what is there.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { run, runOk, smart, smartBin } from '../harness/run.js';
+import { haveTools, isRoot } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+
+interface Summary {
+  manifestDigest: string;
+  converted: boolean;
+  layers: { total: number; pushed: number; skipped: number; bytesPushed: number };
+  config: string;
+}
+
+async function pushJson(args: string[], input?: Buffer): Promise<Summary> {
+  const r = await smart([...args, '--json'], input ? { input } : {});
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout.toString()) as Summary;
+}
+
+describe('push into file: storage', () => {
+  it('skips every blob already there, and links shared blobs into a new repository without copying', async () => {
+    const fx = fixtures();
+    const store = path.join(await tempDir(), 'store');
+    const first = await pushJson(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#a/app:1`]);
+    expect(first.layers).toMatchObject({ total: 3, pushed: 3, skipped: 0 });
+    const again = await pushJson(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#a/app:1`]);
+    expect(again.layers).toMatchObject({ total: 3, pushed: 0, skipped: 3, bytesPushed: 0 });
+    expect(again.config).toBe('skipped');
+    const other = await pushJson(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#b/other:2`]);
+    expect(other.layers).toMatchObject({ pushed: 0, skipped: 3 });
+    const link = await fs.readFile(
+      path.join(store, 'docker/registry/v2/repositories/b/other/_layers/sha256', fx.basic.layers[0]!.digest.slice(7), 'link'),
+    );
+    expect(link.toString()).toBe(fx.basic.layers[0]!.digest); // exactly 71 bytes, no newline
+    expect(link.length).toBe(71);
+  });
+
+  it('starts pushing layers from a docker-archive on stdin before the stream has ended', async () => {
+    const fx = fixtures();
+    const store = path.join(await tempDir(), 'store');
+    const archive = await fs.readFile(fx.paths.dockerArchiveBasic);
+    // Classic docker save writes manifest.json near the end: hold back the tail of the archive
+    // (manifest.json and after) until a compressed layer blob has appeared in the store.
+    const cut = archive.indexOf(Buffer.from('manifest.json'));
+    expect(cut).toBeGreaterThan(0);
+    const child = spawn(process.execPath, [smartBin, 'push', 'docker-archive:-', `file:${store}#stream/app:1`, '--json'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number>((resolve) => child.once('close', (c) => resolve(c ?? 1)));
+    child.stdin.write(archive.subarray(0, cut - 512 * 3));
+    const blobs = path.join(store, 'docker/registry/v2/blobs/sha256');
+    for (let i = 0; i < 600; i++) {
+      const found = await fs.readdir(blobs).catch(() => []);
+      if (found.length >= 3) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect((await fs.readdir(blobs)).length).toBeGreaterThanOrEqual(3);
+    // Nothing is tagged while the archive is still arriving.
+    await expect(fs.stat(path.join(store, 'docker/registry/v2/repositories/stream/app/_manifests/tags'))).rejects.toThrow();
+    child.stdin.end(archive.subarray(cut - 512 * 3));
+    expect(await exited, stderr).toBe(0);
+    const summary = JSON.parse(stdout) as Summary;
+    expect(summary.layers.pushed).toBe(3);
+    // Same image as pushing the archive from its file: the same compressed bytes, the same digest.
+    const fromFile = await pushJson(['push', `docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#stream/file:1`]);
+    expect(fromFile.manifestDigest).toBe(summary.manifestDigest);
+  });
+
+  it('pushes the Docker 25+ docker-save layout from stdin too', async () => {
+    const fx = fixtures();
+    const store = path.join(await tempDir(), 'store');
+    const summary = await pushJson(['push', 'docker-archive:-', `file:${store}#x/y:z`], await fs.readFile(fx.paths.dockerArchiveBasicOci));
+    expect(summary.layers.pushed).toBe(3);
+  });
+});
+
+describe('docker-archive output', () => {
+  it.skipIf(!haveTools('skopeo'))('is read by skopeo and by smart push, from a file and through a pipe', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const tarFile = path.join(work, 'image.tar');
+    const pull = await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, `docker-archive:${tarFile}:example.com/team/basic:v1`]);
+    expect(pull.code, pull.stderr).toBe(0);
+    const inspect = JSON.parse(
+      (await runOk('skopeo', ['--insecure-policy', 'inspect', '--config', `docker-archive:${tarFile}`])).stdout.toString(),
+    ) as { rootfs: { diff_ids: string[] } };
+    expect(inspect.rootfs.diff_ids).toEqual(fx.basic.diffIds);
+    await runOk('skopeo', ['--insecure-policy', 'copy', `docker-archive:${tarFile}`, `oci:${path.join(work, 'via-skopeo')}:v1`]);
+    const manifestJson = JSON.parse((await runOk('tar', ['-xOf', tarFile, 'manifest.json'])).stdout.toString()) as { RepoTags: string[] }[];
+    expect(manifestJson[0]!.RepoTags).toEqual(['example.com/team/basic:v1']);
+
+    const store = path.join(work, 'store');
+    const back = await pushJson(['push', `docker-archive:${tarFile}:example.com/team/basic:v1`, `file:${store}#rt/basic:v1`]);
+    expect(back.layers.total).toBe(3);
+
+    // Through a pipe: smart pull ... docker-archive:- | smart push docker-archive:- ...
+    const piped = await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, 'docker-archive:-']);
+    expect(piped.code, piped.stderr).toBe(0);
+    expect(piped.stdout.equals(await fs.readFile(tarFile))).toBe(false); // RepoTags differ...
+    const viaPipe = await pushJson(['push', 'docker-archive:-', `file:${store}#rt/piped:v1`], piped.stdout);
+    expect(viaPipe.manifestDigest).toBe(back.manifestDigest); // ...the image does not
+  });
+});
+
+describe('multi-platform images', () => {
+  it('picks the running platform by default and another with --platform', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const host = await smart(['pull', `oci:${fx.paths.ociMulti}:latest`, `rootfs:${path.join(work, 'host')}`]);
+    expect(host.code, host.stderr).toBe(0);
+    expect(await fs.readFile(path.join(work, 'host/etc/arch'), 'utf8')).toBe(process.arch === 'arm64' ? 'arm64\n' : 'amd64\n');
+    const amd = await smart(['pull', `oci:${fx.paths.ociMulti}:latest`, `rootfs:${path.join(work, 'amd')}`, '--platform', 'linux/amd64']);
+    expect(amd.code, amd.stderr).toBe(0);
+    expect(await fs.readFile(path.join(work, 'amd/etc/arch'), 'utf8')).toBe('amd64\n');
+    const arm = await smart(['pull', `oci:${fx.paths.ociMulti}:latest`, `rootfs:${path.join(work, 'arm')}`, '--platform', 'linux/arm64']);
+    expect(arm.code, arm.stderr).toBe(0);
+    expect(await fs.readFile(path.join(work, 'arm/etc/arch'), 'utf8')).toBe('arm64\n');
+    const store = path.join(work, 'store');
+    const pushed = await pushJson(['push', `oci:${fx.paths.ociMulti}:latest`, `file:${store}#m/img:arm`, '--platform', 'linux/arm64/v8']);
+    expect(pushed.manifestDigest).toBe(fx.multi.platforms['linux/arm64/v8']!.manifest.digest);
+    const none = await smart(['pull', `oci:${fx.paths.ociMulti}:latest`, `rootfs:${path.join(work, 'none')}`, '--platform', 'linux/s390x']);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/no manifest for platform linux\/s390x.*available: linux\/amd64, linux\/arm64/);
+  });
+});
+
+describe('runtime bundles', () => {
+  it.skipIf(!haveTools('runc') || !isRoot)('are run by runc, which prints what the image prints', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    expect((await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#demo/basic:v1`])).code).toBe(0);
+    const bundle = path.join(work, 'bundle');
+    const pull = await smart(['pull', `file:${store}#demo/basic:v1`, `bundle:${bundle}`]);
+    expect(pull.code, pull.stderr).toBe(0);
+    const spec = JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8')) as {
+      process: { args: string[]; cwd: string; user: { uid: number; gid: number }; terminal: boolean };
+    };
+    expect(spec.process).toMatchObject({ args: ['/bin/hello', '--from-cmd'], cwd: '/srv', user: { uid: 1000, gid: 1000 }, terminal: false });
+    const name = `smart-test-${process.pid}-${Date.now()}`;
+    const state = path.join(work, 'runc-state');
+    const r = await run('runc', ['--root', state, 'run', '--bundle', bundle, name]);
+    await run('runc', ['--root', state, 'delete', '--force', name]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.toString()).toBe(fx.basic.expectedStdout);
+  });
+});
+
+describe('oci-archive', () => {
+  it.skipIf(!haveTools('skopeo'))('round-trips through an archive that skopeo reads, keeping the manifest digest', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const file = path.join(work, 'out.tar');
+    const r = await pushJson(['push', `oci:${fx.paths.ociBasic}:latest`, `oci-archive:${file}:v2`]);
+    expect(r.manifestDigest).toBe(fx.basic.manifest.digest);
+    const digest = (await runOk('skopeo', ['--insecure-policy', 'inspect', '--format', '{{.Digest}}', `oci-archive:${file}:v2`])).stdout.toString().trim();
+    expect(digest).toBe(fx.basic.manifest.digest);
+    expect((await fs.readdir(work)).sort()).toEqual(['out.tar']); // no staging left behind
+  });
+});

@@ -1,0 +1,120 @@
+/** The pure image model: digests, references, platforms, manifests, image names. */
+import { describe, expect, it } from 'vitest';
+import { SmartError } from '../../src/errors.js';
+import { parseDigest, sha256Digest } from '../../src/oci/digest.js';
+import { parseManifest } from '../../src/oci/manifest.js';
+import { MediaType } from '../../src/oci/mediatypes.js';
+import { parsePlatform, pickPlatform } from '../../src/oci/platform.js';
+import { formatReference, parseReference, parseRepositoryReference } from '../../src/oci/reference.js';
+import { parseImageName } from '../../src/transports/names.js';
+
+const HEX = 'a'.repeat(64);
+const D = `sha256:${HEX}`;
+
+function code(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    return (e as SmartError).code;
+  }
+  return 'no error';
+}
+
+describe('digests', () => {
+  it('accept sha256 with 64 lowercase hex digits only', () => {
+    expect(parseDigest(D)).toBe(D);
+    expect(code(() => parseDigest(`sha256:${'A'.repeat(64)}`))).toBe('INVALID_DIGEST');
+    expect(code(() => parseDigest('sha256:abc'))).toBe('INVALID_DIGEST');
+    expect(code(() => parseDigest(`sha512:${'a'.repeat(128)}`))).toBe('UNSUPPORTED');
+    expect(sha256Digest('')).toBe('sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855');
+  });
+});
+
+describe('references', () => {
+  it('apply Docker defaults', () => {
+    expect(parseReference('busybox')).toEqual({ registry: 'docker.io', repository: 'library/busybox', tag: 'latest' });
+    expect(parseReference('index.docker.io/foo/bar:1')).toEqual({ registry: 'docker.io', repository: 'foo/bar', tag: '1' });
+    expect(parseReference('localhost:5000/a/b@' + D)).toEqual({ registry: 'localhost:5000', repository: 'a/b', digest: D });
+    expect(parseReference('ghcr.io/o/r:v1@' + D)).toEqual({ registry: 'ghcr.io', repository: 'o/r', tag: 'v1', digest: D });
+    expect(parseReference('127.0.0.1:5000/x')).toEqual({ registry: '127.0.0.1:5000', repository: 'x', tag: 'latest' });
+  });
+
+  it('refuse malformed names, tags and digests', () => {
+    for (const bad of ['', 'Upper', 'a//b', 'a/b:', 'a/b:-x', `a@sha256:${'z'.repeat(64)}`, 'a_/b', `${'a'.repeat(256)}`]) {
+      expect(code(() => parseReference(bad)), bad).toBe('INVALID_REFERENCE');
+    }
+  });
+
+  it('inside a store have no registry and no library/ prefix', () => {
+    expect(parseRepositoryReference('demo/app:1.0')).toEqual({ registry: '', repository: 'demo/app', tag: '1.0' });
+    expect(parseRepositoryReference('app')).toEqual({ registry: '', repository: 'app', tag: 'latest' });
+    expect(formatReference(parseRepositoryReference(`app@${D}`))).toBe(`app@${D}`);
+  });
+});
+
+describe('platforms', () => {
+  const index = {
+    schemaVersion: 2 as const,
+    manifests: [
+      { mediaType: MediaType.OCI_MANIFEST, digest: parseDigest(`sha256:${'1'.repeat(64)}`), size: 1, platform: { os: 'linux', architecture: 'amd64' } },
+      { mediaType: MediaType.OCI_MANIFEST, digest: parseDigest(`sha256:${'2'.repeat(64)}`), size: 1, platform: { os: 'linux', architecture: 'arm', variant: 'v6' } },
+      { mediaType: MediaType.OCI_MANIFEST, digest: parseDigest(`sha256:${'3'.repeat(64)}`), size: 1, platform: { os: 'linux', architecture: 'arm', variant: 'v7' } },
+      { mediaType: MediaType.OCI_MANIFEST, digest: parseDigest(`sha256:${'4'.repeat(64)}`), size: 1, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+      { mediaType: MediaType.OCI_MANIFEST, digest: parseDigest(`sha256:${'5'.repeat(64)}`), size: 1, platform: { os: 'unknown', architecture: 'unknown' } },
+    ],
+  };
+
+  it('normalise aliases and default variants', () => {
+    expect(parsePlatform('linux/x86_64')).toEqual({ os: 'linux', architecture: 'amd64' });
+    expect(parsePlatform('linux/aarch64/v8')).toEqual({ os: 'linux', architecture: 'arm64' });
+    expect(parsePlatform('linux/arm')).toEqual({ os: 'linux', architecture: 'arm', variant: 'v7' });
+    expect(code(() => parsePlatform('linux'))).toBe('USAGE');
+  });
+
+  it('pick the exact variant, and arm64 with or without v8', () => {
+    expect(pickPlatform(index, parsePlatform('linux/arm/v6')).digest).toMatch(/2{64}$/);
+    expect(pickPlatform(index, parsePlatform('linux/arm')).digest).toMatch(/3{64}$/);
+    expect(pickPlatform(index, parsePlatform('linux/arm64')).digest).toMatch(/4{64}$/);
+    expect(() => pickPlatform(index, parsePlatform('linux/s390x'))).toThrow(/available: linux\/amd64, linux\/arm\/v6, linux\/arm\/v7, linux\/arm64$/);
+  });
+});
+
+describe('manifests', () => {
+  const desc = { mediaType: MediaType.OCI_CONFIG, digest: D, size: 2 };
+
+  it('keep the bytes and their digest, and infer an OCI type from the fields', () => {
+    const bytes = Buffer.from(JSON.stringify({ schemaVersion: 2, config: desc, layers: [] }));
+    const m = parseManifest(bytes);
+    expect(m.kind).toBe('manifest');
+    expect(m.mediaType).toBe(MediaType.OCI_MANIFEST);
+    expect(m.digest).toBe(sha256Digest(bytes));
+    expect(m.bytes).toBe(bytes);
+    expect(parseManifest(Buffer.from(JSON.stringify({ schemaVersion: 2, manifests: [] }))).kind).toBe('index');
+  });
+
+  it('refuse what is not a manifest, schema 1, and disagreeing media types', () => {
+    expect(code(() => parseManifest(Buffer.from('{')))).toBe('MANIFEST_INVALID');
+    expect(code(() => parseManifest(Buffer.from(JSON.stringify({ schemaVersion: 2, layers: [] }))))).toBe('MANIFEST_INVALID');
+    expect(code(() => parseManifest(Buffer.from(JSON.stringify({ schemaVersion: 1, fsLayers: [] }))))).toBe('UNSUPPORTED');
+    const docker = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: MediaType.DOCKER_MANIFEST, config: desc, layers: [] }));
+    expect(code(() => parseManifest(docker, MediaType.OCI_MANIFEST))).toBe('MANIFEST_INVALID');
+    const badLayer = Buffer.from(JSON.stringify({ schemaVersion: 2, config: desc, layers: [{ ...desc, size: -1 }] }));
+    expect(() => parseManifest(badLayer)).toThrow(/layers\[0\]\.size/);
+  });
+});
+
+describe('image names', () => {
+  it('parse each transport as skopeo does', () => {
+    expect(parseImageName('oci:dir')).toMatchObject({ transport: 'oci', dir: 'dir' });
+    expect(parseImageName('oci:./a/b:v1')).toMatchObject({ transport: 'oci', dir: './a/b', tag: 'v1' });
+    expect(parseImageName('docker-archive:-')).toMatchObject({ transport: 'docker-archive', file: '-', selection: { kind: 'only' } });
+    expect(parseImageName('docker-archive:x.tar:localhost:5000/a:b')).toMatchObject({ selection: { kind: 'name', name: 'localhost:5000/a:b' } });
+    expect(parseImageName('docker-archive:x.tar:@2')).toMatchObject({ selection: { kind: 'index', index: 2 } });
+    expect(parseImageName('file:/srv/reg#team/app:1')).toMatchObject({ transport: 'file', root: '/srv/reg', ref: { repository: 'team/app', tag: '1' } });
+    expect(parseImageName('file:/srv/reg')).toMatchObject({ transport: 'file', root: '/srv/reg' });
+    expect(parseImageName('file:/srv/reg').transport === 'file' && 'ref' in parseImageName('file:/srv/reg')).toBe(false);
+    expect(code(() => parseImageName('nope'))).toBe('INVALID_REFERENCE');
+    expect(code(() => parseImageName('oci:'))).toBe('INVALID_REFERENCE');
+    expect(code(() => parseImageName('file:#a'))).toBe('INVALID_REFERENCE');
+  });
+});

@@ -1,0 +1,114 @@
+/** Stream stages: verification, compression with diff ids, tar index and writer. */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import tar from 'tar-stream';
+import { describe, expect, it } from 'vitest';
+import { sha256Digest } from '../../src/oci/digest.js';
+import { decompress } from '../../src/pipeline/compression.js';
+import { verifiedStream } from '../../src/pipeline/digest-stream.js';
+import { DiffIdTap, gzipLayerStream } from '../../src/pipeline/layer-streams.js';
+import { TarIndex } from '../../src/tar/tar-index.js';
+import { TarWriter, fileSink } from '../../src/tar/tar-writer.js';
+import { tempDir } from '../harness/tmp.js';
+
+async function collect(s: AsyncIterable<unknown>): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of s) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+async function tarOf(files: Record<string, string>): Promise<Buffer> {
+  const pack = tar.pack();
+  for (const [name, content] of Object.entries(files)) pack.entry({ name, mtime: new Date(0) }, content);
+  pack.finalize();
+  return collect(pack as unknown as AsyncIterable<Buffer>);
+}
+
+describe('verifiedStream', () => {
+  const data = Buffer.from('hello world');
+
+  it('passes matching bytes and errors in place of the end on a mismatch, even before a consumer attaches', async () => {
+    expect(await collect(verifiedStream(Readable.from([data]), { digest: sha256Digest(data), size: data.length, what: 'blob' }))).toEqual(data);
+    const wrong = verifiedStream(Readable.from([data]), { digest: sha256Digest('other'), what: 'blob x' });
+    await new Promise((r) => setTimeout(r, 20)); // the error has happened; nothing crashed
+    await expect(collect(wrong)).rejects.toThrow(/blob x: content hashes to/);
+    await expect(collect(verifiedStream(Readable.from([data]), { digest: sha256Digest(data), size: 5, what: 'b' }))).rejects.toThrow(/more bytes/);
+    await expect(collect(verifiedStream(Readable.from([data]), { digest: sha256Digest(data), size: 50, what: 'b' }))).rejects.toThrow(/truncated/);
+  });
+});
+
+describe('layer compression', () => {
+  it('computes the diff id while compressing, and the output is standard gzip', async () => {
+    const layer = await tarOf({ 'a.txt': 'a'.repeat(100_000), 'b.txt': 'b' });
+    const gz = gzipLayerStream(Readable.from([layer]));
+    const out = await collect(gz.stream);
+    expect(gunzipSync(out).equals(layer)).toBe(true);
+    expect(gz.diffId()).toBe(sha256Digest(layer));
+    expect(gz.uncompressedSize()).toBe(layer.length);
+  });
+
+  it('learns the diff id of a compressed stream without changing its bytes', async () => {
+    const layer = await tarOf({ 'x': 'x'.repeat(300_000) });
+    const compressed = gzipSync(layer);
+    const tap = new DiffIdTap('gzip', 'layer');
+    const out = await collect(Readable.from([compressed.subarray(0, 1000), compressed.subarray(1000)]).pipe(tap));
+    expect(out.equals(compressed)).toBe(true);
+    expect(tap.diffId()).toBe(sha256Digest(layer));
+  });
+
+  it('names the blob when a gzip stream is truncated or corrupt', async () => {
+    const compressed = gzipSync(Buffer.alloc(100_000, 7));
+    await expect(collect(decompress(Readable.from([compressed.subarray(0, 100)]), 'gzip', 'layer L'))).rejects.toThrow(/layer L: truncated gzip/);
+    const bad = Buffer.from(compressed);
+    bad[20] ^= 0xff;
+    await expect(collect(decompress(Readable.from([bad]), 'gzip', 'layer L'))).rejects.toThrow(/layer L: (corrupt|truncated) gzip/);
+  });
+});
+
+describe('tar index and writer', () => {
+  it('write members of unknown size by patching headers, and read them back in place', async () => {
+    const dir = await tempDir();
+    const file = path.join(dir, 'a.tar');
+    const writer = new TarWriter(fileSink(await fs.open(file, 'w')));
+    await writer.addBuffer('small.json', Buffer.from('{"a":1}'));
+    await writer.addDirectory('d');
+    const big = Buffer.alloc(1_000_003, 3);
+    expect(await writer.addStream('d/big.bin', Readable.from([big.subarray(0, 5), big.subarray(5)]))).toBe(big.length);
+    await writer.finish();
+
+    // GNU-compatible: tar-stream (an independent reader) sees the same members.
+    const names: string[] = [];
+    const extract = tar.extract();
+    extract.on('entry', (h, s, next) => {
+      names.push(`${h.name}:${h.size}`);
+      s.resume();
+      s.on('end', next);
+    });
+    await new Promise((resolve, reject) => {
+      extract.on('finish', resolve);
+      extract.on('error', reject);
+      extract.end(readFileSync(file));
+    });
+    expect(names).toEqual(['small.json:7', 'd/:0', `d/big.bin:${big.length}`]);
+
+    const index = await TarIndex.open(file);
+    const member = index.get('./d/big.bin')!;
+    expect(member.size).toBe(big.length);
+    expect(createHash('sha256').update(await collect(index.open(member))).digest('hex')).toBe(createHash('sha256').update(big).digest('hex'));
+    expect((await index.read(index.get('small.json')!)).toString()).toBe('{"a":1}');
+  });
+
+  it('says what is wrong with a file that is not a tar, or is cut short', async () => {
+    const dir = await tempDir();
+    const notTar = path.join(dir, 'n.tar');
+    await fs.writeFile(notTar, 'just text\n'.repeat(100));
+    await expect(TarIndex.open(notTar)).rejects.toThrow(/not a tar archive/);
+    const cut = path.join(dir, 'c.tar');
+    await fs.writeFile(cut, (await tarOf({ f: 'x'.repeat(5000) })).subarray(0, 2048));
+    await expect(TarIndex.open(cut)).rejects.toThrow(/truncated/);
+  });
+});
