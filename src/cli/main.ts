@@ -65,6 +65,7 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
     ...(flags.platform ? { platform: flags.platform } : {}),
     ...(flags.jobs ? { jobs: flags.jobs } : {}),
     ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
+    cacheDir: flags.cacheDir ?? defaultCacheDir(),
     onLayer: (e) => {
       const size = e.status === 'skipped' ? 'already there' : e.status === 'foreign' ? 'foreign, not copied' : formatBytes(e.bytes);
       out.info(`layer ${short(e.digest)}: ${e.status} (${size})`);

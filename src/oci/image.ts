@@ -86,6 +86,8 @@ export interface PutBlobInfo {
  */
 export interface BlobDestination {
   readonly name: string;
+  /** Names the blob namespace (a whole store, not one repository) for facts cached about it. */
+  readonly cacheScope: string;
   readonly layerCompression: LayerCompressionPolicy;
   supportsManifestType(mediaType: string): boolean;
   /**

@@ -26,6 +26,7 @@ import { DiffIdTap, gzipLayerStream } from '../pipeline/layer-streams.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
 import { readDockerArchiveStream } from '../transports/docker-archive/stream.js';
+import type { BlobInfoCache } from '../cache/blob-info.js';
 
 export interface CopyOptions {
   platform: Platform;
@@ -34,6 +35,8 @@ export interface CopyOptions {
   gzipLevel?: number;
   signal?: AbortSignal;
   onLayer?: (event: LayerEvent) => void;
+  /** Remembers what uncompressed layers became at a destination, to skip compressing them again. */
+  blobInfo?: BlobInfoCache;
 }
 
 export interface CopySummary {
@@ -87,10 +90,18 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
   }
   const compression = layerCompression(desc.mediaType);
   if (compression === 'none' && dest.layerCompression === 'compress') {
+    // Compressed for this destination before? Then it only has to still be there.
+    const known = await options.blobInfo?.compressedFor(dest.cacheScope, layer.diffId);
+    if (known && (await dest.reuseBlob(known))) {
+      record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', bytes: 0, mediaType: known.mediaType }, options);
+      return { ...desc, ...known };
+    }
     const gz = gzipLayerStream(await layer.open(options), options.gzipLevel);
     const stored = await dest.putBlob(gz.stream, { mediaType: MediaType.OCI_LAYER_GZIP });
+    const compressed: Descriptor = { ...desc, mediaType: MediaType.OCI_LAYER_GZIP, digest: stored.digest, size: stored.size };
+    await options.blobInfo?.record(dest.cacheScope, gz.diffId(), compressed);
     record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: MediaType.OCI_LAYER_GZIP }, options);
-    return { ...desc, mediaType: MediaType.OCI_LAYER_GZIP, digest: stored.digest, size: stored.size };
+    return compressed;
   }
   if (await dest.reuseBlob(desc)) {
     record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'skipped', bytes: 0, mediaType: desc.mediaType }, options);
@@ -229,6 +240,7 @@ export async function copyDockerArchiveStream(
         const mediaType = compress ? MediaType.OCI_LAYER_GZIP : MediaType.OCI_LAYER;
         const stored = await dest.putBlob(body, { mediaType });
         const diffId = gz ? gz.diffId() : hash!.digest;
+        if (compress) await options.blobInfo?.record(dest.cacheScope, diffId, { mediaType, digest: stored.digest, size: stored.size });
         record(tally, { digest: stored.digest, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
         return { diffId, descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
       }

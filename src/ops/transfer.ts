@@ -1,5 +1,6 @@
 /** `push` and `pull`: one copy between any sensible pair of image names. */
 import os from 'node:os';
+import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { LayerEvent } from '../oci/image.js';
@@ -19,6 +20,8 @@ export interface TransferRequest {
   stdin?: Readable;
   stdout?: Writable;
   signal?: AbortSignal;
+  /** Local state (the metadata cache); none is kept when absent. */
+  cacheDir?: string;
   onLayer?: (event: LayerEvent) => void;
   onWarning?: (message: string) => void;
 }
@@ -26,6 +29,12 @@ export interface TransferRequest {
 /** Parallel layers by default: transfers wait on I/O as much as on CPU, so at least 4. */
 export function defaultJobs(): number {
   return Math.max(4, os.availableParallelism());
+}
+
+async function openBlobInfo(cacheDir: string, warn: ((m: string) => void) | undefined) {
+  const { DiskMetadataCache, forgivingCache } = await import('../cache/metadata-cache.js');
+  const { BlobInfoCache } = await import('../cache/blob-info.js');
+  return new BlobInfoCache(forgivingCache(new DiskMetadataCache(path.join(cacheDir, 'metadata')), warn ?? (() => undefined)));
 }
 
 export async function transfer(req: TransferRequest): Promise<CopySummary> {
@@ -52,6 +61,7 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     ...(req.gzipLevel !== undefined ? { gzipLevel: req.gzipLevel } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.onLayer ? { onLayer: req.onLayer } : {}),
+    ...(req.cacheDir ? { blobInfo: await openBlobInfo(req.cacheDir, req.onWarning) } : {}),
   };
   const source = await openSource(src, ctx);
   try {

@@ -36,7 +36,7 @@ let cached: Fixtures | undefined;
 
 export function fixtures(): Fixtures {
   if (cached) return cached;
-  const dir = inject('fixturesDir');
+  const dir = path.join(inject('fixturesDir'), 'images');
   const facts = JSON.parse(readFileSync(path.join(dir, 'fixtures.json'), 'utf8')) as Omit<Fixtures, 'dir' | 'path'>;
   const abs = (rel: string) => path.join(dir, rel);
   const bad = Object.fromEntries(Object.entries(facts.paths.bad).map(([k, v]) => [k, abs(v)])) as Fixtures['paths']['bad'];

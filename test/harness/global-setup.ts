@@ -8,6 +8,8 @@ import type { TestProject } from 'vitest/node';
 declare module 'vitest' {
   export interface ProvidedContext {
     fixturesDir: string;
+    /** XDG_CACHE_HOME for every smart the tests run: never the user's own cache. */
+    cacheHome: string;
   }
 }
 
@@ -15,8 +17,11 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'smart-fixtures-'));
   const script = path.resolve(import.meta.dirname, '..', '..', 'fixtures', 'make-fixtures.mjs');
   const { makeFixtures } = (await import(pathToFileURL(script).href)) as { makeFixtures: (dir: string) => Promise<unknown> };
-  await makeFixtures(dir);
+  await makeFixtures(path.join(dir, 'images'));
   project.provide('fixturesDir', dir);
+  const cacheHome = path.join(dir, 'cache-home');
+  await fs.mkdir(cacheHome);
+  project.provide('cacheHome', cacheHome);
   return async () => {
     await fs.rm(dir, { recursive: true, force: true });
   };

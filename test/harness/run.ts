@@ -2,6 +2,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { inject } from 'vitest';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const smartBin = path.join(repoRoot, 'bin', 'smart.js');
@@ -31,7 +32,7 @@ export function run(cmd: string, args: string[], options: { input?: Buffer | Nod
 
 /** `smart ARGS`; XDG_CACHE_HOME is pointed at `cacheHome` so tests never touch the user's cache. */
 export function smart(args: string[], options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string } = {}): Promise<RunResult> {
-  const env = { ...process.env, ...(options.cacheHome ? { XDG_CACHE_HOME: options.cacheHome } : {}) };
+  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? inject('cacheHome') };
   return run(process.execPath, [smartBin, ...args], { ...(options.input ? { input: options.input } : {}), env });
 }
 

@@ -42,6 +42,28 @@ describe('push into file: storage', () => {
     expect(link.length).toBe(71);
   });
 
+  it('does not compress a docker-archive layer again that it compressed for this store before', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const cacheHome = path.join(work, 'cache');
+    const push = async (repo: string) => {
+      const r = await smart(['push', `docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#${repo}`, '--json'], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout.toString()) as Summary;
+    };
+    const first = await push('c/app:1');
+    expect(first.layers).toMatchObject({ pushed: 3, skipped: 0 });
+    const second = await push('c/app:2');
+    expect(second.layers).toMatchObject({ pushed: 0, skipped: 3, bytesPushed: 0 });
+    expect(second.manifestDigest).toBe(first.manifestDigest);
+    // The cache is a hint: with the blobs gone from the store, the layers are compressed again.
+    await fs.rm(path.join(store, 'docker/registry/v2/blobs'), { recursive: true });
+    const third = await push('c/app:3');
+    expect(third.layers).toMatchObject({ pushed: 3, skipped: 0 });
+    expect(third.manifestDigest).toBe(first.manifestDigest);
+  });
+
   it('starts pushing layers from a docker-archive on stdin before the stream has ended', async () => {
     const fx = fixtures();
     const store = path.join(await tempDir(), 'store');

@@ -64,7 +64,7 @@ describe('layer compression', () => {
     const compressed = gzipSync(Buffer.alloc(100_000, 7));
     await expect(collect(decompress(Readable.from([compressed.subarray(0, 100)]), 'gzip', 'layer L'))).rejects.toThrow(/layer L: truncated gzip/);
     const bad = Buffer.from(compressed);
-    bad[20] ^= 0xff;
+    bad[20] = bad[20]! ^ 0xff;
     await expect(collect(decompress(Readable.from([bad]), 'gzip', 'layer L'))).rejects.toThrow(/layer L: (corrupt|truncated) gzip/);
   });
 });
@@ -89,7 +89,7 @@ describe('tar index and writer', () => {
       s.on('end', next);
     });
     await new Promise((resolve, reject) => {
-      extract.on('finish', resolve);
+      extract.on('finish', () => resolve(undefined));
       extract.on('error', reject);
       extract.end(readFileSync(file));
     });

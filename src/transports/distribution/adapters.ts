@@ -72,6 +72,7 @@ export class DistributionSource implements ImageSource {
 
 export class DistributionDestination implements BlobDestination {
   readonly name: string;
+  readonly cacheScope: string;
   readonly layerCompression = 'compress' as const;
 
   constructor(
@@ -79,6 +80,7 @@ export class DistributionDestination implements BlobDestination {
     private readonly ref: Reference,
   ) {
     this.name = refName(store, ref);
+    this.cacheScope = store.name;
   }
 
   supportsManifestType(mediaType: string): boolean {

@@ -34,6 +34,7 @@ export async function openOciArchiveSource(file: string, tag: string | undefined
 
 export class OciArchiveDestination implements BlobDestination {
   readonly layerCompression = 'preserve' as const;
+  readonly cacheScope: string;
   private readonly staging: string;
   private readonly layout: OciLayoutDestination;
 
@@ -44,6 +45,7 @@ export class OciArchiveDestination implements BlobDestination {
   ) {
     this.staging = path.join(path.dirname(file), `.${path.basename(file)}.smart-${randomUUID()}`);
     this.layout = new OciLayoutDestination(name, new FsDriver(this.staging), tag);
+    this.cacheScope = `oci-archive:${file}`;
   }
 
   async prepare(): Promise<void> {

@@ -124,12 +124,15 @@ export class OciLayoutSource implements ImageSource {
  */
 export class OciLayoutDestination implements BlobDestination {
   readonly layerCompression = 'preserve' as const;
+  readonly cacheScope: string;
 
   constructor(
     readonly name: string,
     private readonly driver: StorageDriver,
     private readonly tag: string | undefined,
-  ) {}
+  ) {
+    this.cacheScope = `oci:${driver.name}`;
+  }
 
   /** Refuses a directory that holds something other than a layout; creates `oci-layout`. */
   async prepare(): Promise<void> {

@@ -1,0 +1,33 @@
+/**
+ * What we learned compressing a layer for a destination: diff id → the compressed blob we stored
+ * there. Lets a push of an uncompressed layer (docker save output) that was pushed before skip
+ * compressing it again. Fed only with facts verified in this process; checked against the
+ * destination (it must still hold the blob) before use.
+ */
+import { parseDigest, type Digest } from '../oci/digest.js';
+import type { Descriptor } from '../oci/manifest.js';
+import type { MetadataCache } from './metadata-cache.js';
+
+export class BlobInfoCache {
+  constructor(private readonly cache: MetadataCache) {}
+
+  private key(scope: string, diffId: Digest): string {
+    return `compressed:v1:${scope}:${diffId}`;
+  }
+
+  async compressedFor(scope: string, diffId: Digest): Promise<Descriptor | undefined> {
+    const raw = await this.cache.get(this.key(scope, diffId));
+    if (!raw) return undefined;
+    try {
+      const d = JSON.parse(raw) as { mediaType: string; digest: string; size: number };
+      if (typeof d.mediaType !== 'string' || !Number.isSafeInteger(d.size)) return undefined;
+      return { mediaType: d.mediaType, digest: parseDigest(d.digest), size: d.size };
+    } catch {
+      return undefined;
+    }
+  }
+
+  async record(scope: string, diffId: Digest, compressed: Descriptor): Promise<void> {
+    await this.cache.set(this.key(scope, diffId), JSON.stringify({ mediaType: compressed.mediaType, digest: compressed.digest, size: compressed.size }));
+  }
+}
