@@ -1,0 +1,23 @@
+# smartlayer's CLI as an image, for CI systems that run each step in a container:
+#   docker run --rm -v "$PWD:/work" -w /work smartlayer push docker-archive:img.tar file:/work/registry#team/app:1
+FROM node:20-bookworm-slim AS build
+WORKDIR /src
+COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
+COPY src ./src
+# --ignore-scripts: `prepare` would build before the sources are complete; build explicitly instead.
+RUN npm ci --ignore-scripts && npm run build && npm prune --omit=dev
+
+FROM node:20-bookworm-slim
+# zstd: pulls of zstd-compressed layers (Node 20 has no zstd of its own).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends zstd ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/smartlayer
+COPY package.json ./
+COPY bin ./bin
+COPY --from=build /src/node_modules ./node_modules
+COPY --from=build /src/dist ./dist
+RUN for b in smart smart-push smart-pull smart-cache; do ln -s "/opt/smartlayer/bin/$b.js" "/usr/local/bin/$b"; done
+ENV XDG_CACHE_HOME=/var/cache
+ENTRYPOINT ["smart"]
+CMD ["--help"]
