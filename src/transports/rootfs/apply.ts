@@ -1,0 +1,741 @@
+/**
+ * Applies OCI layer tars onto a directory, the way `umoci unpack` and containerd do (image-spec
+ * layer.md): whiteouts and opaque directories remove what lower layers left, a path may change type
+ * between layers, and nothing is ever written outside the root.
+ *
+ * Safety rests on one rule: every parent path is resolved with symlinks SCOPED to the root (as Go's
+ * securejoin / containerd's `fs.RootPath`): an absolute link target is taken relative to the root
+ * and `..` never climbs above it. The last component of a path is never followed: files are created
+ * with O_EXCL, directories with mkdir, links with symlink/link, none of which follow a final symlink.
+ *
+ * Metadata calls (lstat, mkdir, chmod, small files...) are synchronous on purpose: a layer is mostly
+ * small files, and a thread-pool round trip per call costs ten times the call itself. They never
+ * block for long; large files are streamed with asynchronous writes, and trees are removed with
+ * the asynchronous rm.
+ */
+import { execFile } from 'node:child_process';
+import {
+  chmodSync,
+  closeSync,
+  constants as fsConstants,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
+} from 'node:fs';
+import { open, rm, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { extract as tarExtract, type Header } from 'tar-stream';
+import { SmartError, isErrno, isSmartError } from '../../errors.js';
+
+export interface ApplyOptions {
+  /** chown entries and create device nodes / fifos: only when running as root. */
+  preserveOwnership: boolean;
+  onWarning?: (message: string) => void;
+}
+
+export interface LayerApplyStats {
+  /** Tar entries read (whiteouts and skipped entries included). */
+  entries: number;
+  /** Bytes of regular file content written. */
+  bytes: number;
+  /** Whiteout and opaque-directory markers applied. */
+  whiteouts: number;
+}
+
+/** Symlinks followed in one resolution before it is called a loop (as Go's securejoin; Linux stops at 40). */
+export const MAX_SYMLINK_FOLLOWS = 255;
+
+const WHITEOUT_PREFIX = '.wh.';
+const WHITEOUT_META_PREFIX = '.wh..wh.';
+const WHITEOUT_OPAQUE = '.wh..wh..opq';
+
+/**
+ * Normalises a tar entry (or hardlink target) name to a root-relative path: leading `/` and `./`
+ * stripped, `.`/`..`/duplicate slashes resolved lexically, no trailing slash; `''` is the root.
+ * Returns null when the name climbs above the root.
+ */
+export function normaliseEntryName(name: string): string | null {
+  const stripped = name.replace(/^\/+/, '');
+  let n = path.posix.normalize(stripped === '' ? '.' : stripped);
+  if (n === '..' || n.startsWith('../')) return null;
+  n = n.replace(/\/+$/, '');
+  return n === '.' ? '' : n;
+}
+
+function parentOf(rel: string): string {
+  const i = rel.lastIndexOf('/');
+  return i < 0 ? '' : rel.slice(0, i);
+}
+
+function joinRel(dir: string, name: string): string {
+  return dir === '' ? name : `${dir}/${name}`;
+}
+
+function components(p: string): string[] {
+  return p.split('/').filter((c) => c !== '' && c !== '.');
+}
+
+interface WalkOptions {
+  /** Follow a symlink in the last component too. */
+  followLast: boolean;
+  /** Root-relative paths known to be real directories (every ancestor too); read and extended. */
+  knownDirs?: Set<string>;
+  /** Create missing components as directories (mode 0755); a non-directory in the way is an error. */
+  create?: boolean;
+  /** For messages. */
+  what?: string;
+}
+
+/**
+ * The one scoped resolver: resolves `unsafePath` (absolute or relative; taken relative to `root`)
+ * to a root-relative path whose components are real directories (or missing), following symlinks
+ * as if `root` were `/`. Returns the root-relative result ('' = the root).
+ */
+function walkInRoot(root: string, unsafePath: string, options: WalkOptions): string {
+  const { followLast, knownDirs, create } = options;
+  // A stack: the next component is at the end.
+  const todo = components(unsafePath).reverse();
+  let cur = '';
+  let follows = 0;
+  while (todo.length > 0) {
+    const c = todo.pop() as string;
+    if (c === '..') {
+      cur = parentOf(cur);
+      continue;
+    }
+    const next = joinRel(cur, c);
+    const last = todo.length === 0;
+    if (last && !followLast) {
+      cur = next;
+      break;
+    }
+    if (knownDirs?.has(next)) {
+      cur = next;
+      continue;
+    }
+    const full = path.join(root, next);
+    let st;
+    try {
+      st = lstatSync(full);
+    } catch (e) {
+      if (!isErrno(e, 'ENOENT') && !isErrno(e, 'ENOTDIR')) throw e;
+      if (create) {
+        mkdirSync(full, 0o755);
+        chmodSync(full, 0o755); // whatever the umask
+        knownDirs?.add(next);
+      }
+      // Missing: the rest is joined lexically (it cannot exist either, unless `..` climbs back).
+      cur = next;
+      continue;
+    }
+    if (st.isSymbolicLink()) {
+      if (++follows > MAX_SYMLINK_FOLLOWS) {
+        throw new SmartError(
+          'CORRUPT_ARCHIVE',
+          `${options.what ? `${options.what}: ` : ''}"${unsafePath}": too many levels of symbolic links`,
+          { input: unsafePath },
+        );
+      }
+      const target = readlinkSync(full);
+      if (target.startsWith('/')) cur = '';
+      const more = components(target);
+      for (let i = more.length - 1; i >= 0; i--) todo.push(more[i] as string);
+      continue;
+    }
+    if (st.isDirectory()) {
+      knownDirs?.add(next);
+    } else if (create) {
+      throw new SmartError(
+        'CORRUPT_ARCHIVE',
+        `${options.what ? `${options.what}: ` : ''}"${unsafePath}": "/${next}" is not a directory`,
+        { input: unsafePath },
+      );
+    }
+    cur = next;
+  }
+  return cur;
+}
+
+/**
+ * Resolves `relPath` inside `root` with symlinks scoped to the root (Go's securejoin, containerd's
+ * `fs.RootPath`): an absolute link target is relative to the root, `..` never climbs above it, and
+ * more than {@link MAX_SYMLINK_FOLLOWS} links is an error. With `followLast: false` a symlink in the
+ * last component is left as it is (for lstat, unlink, creation). Missing components are joined
+ * lexically. Returns an absolute path inside `root`.
+ */
+export async function resolveInRoot(
+  root: string,
+  relPath: string,
+  options: { followLast?: boolean } = {},
+): Promise<string> {
+  const abs = path.resolve(root);
+  const rel = walkInRoot(abs, relPath, { followLast: options.followLast ?? true });
+  return path.join(abs, rel);
+}
+
+/** Marks an error of reading the tar (as opposed to writing the tree). */
+class StreamFailure extends Error {
+  constructor(readonly original: unknown) {
+    super(original instanceof Error ? original.message : String(original));
+  }
+}
+
+interface DirMeta {
+  mode: number;
+  atime: number | Date;
+  mtime: number | Date;
+}
+
+interface LayerState {
+  what: string;
+  stats: LayerApplyStats;
+  /** Root-relative paths this layer wrote, with their ancestors: what opaque and whiteout keep. */
+  written: Set<string>;
+  skippedSpecial: number;
+  droppedXattrs: number;
+}
+
+type PaxRecords = Record<string, string>;
+
+function pax(h: Header): PaxRecords | null {
+  const p = h.pax;
+  return p && typeof p === 'object' ? (p as PaxRecords) : null;
+}
+
+function paxNumber(p: PaxRecords | null, key: string): number | undefined {
+  const v = p?.[key];
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  return Number.isFinite(n) ? n : undefined;
+}
+
+function runMknod(target: string, kind: 'c' | 'b' | 'p', major: number, minor: number): Promise<void> {
+  const args = kind === 'p' ? [target, 'p'] : [target, kind, String(major), String(minor)];
+  return new Promise((resolve, reject) => {
+    execFile('mknod', args, { timeout: 30_000 }, (err, _stdout, stderr) => {
+      if (!err) return resolve();
+      const detail = String(stderr).trim() || err.message;
+      reject(Object.assign(new Error(`mknod: ${detail}`), { code: 'EMKNOD' }));
+    });
+  });
+}
+
+/** Files up to this size are read whole, then written with one synchronous burst. */
+const SMALL_FILE_BYTES = 512 * 1024;
+
+/** Writes all of `chunk`, looping over short writes. */
+async function writeAll(fh: FileHandle, chunk: Buffer): Promise<void> {
+  let off = 0;
+  while (off < chunk.length) {
+    const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
+    off += bytesWritten;
+  }
+}
+
+function writeAllSync(fd: number, data: Buffer): void {
+  let off = 0;
+  while (off < data.length) off += writeSync(fd, data, off, data.length - off);
+}
+
+/** Reads an entry to its end, marking a failure as the tar's. */
+async function* chunks(entry: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  const it = entry[Symbol.asyncIterator]();
+  for (;;) {
+    let r: IteratorResult<Buffer>;
+    try {
+      r = await it.next();
+    } catch (e) {
+      throw new StreamFailure(e);
+    }
+    if (r.done) return;
+    yield r.value;
+  }
+}
+
+/** Consumes what an entry we do not write carries (tar-stream waits for it). */
+async function drain(h: Header, entry: AsyncIterable<Buffer>): Promise<void> {
+  // tar-stream hands empty entries and directories over already ended.
+  if (!h.size || h.type === 'directory') return;
+  for await (const _ of chunks(entry)) {
+    // discard
+  }
+}
+
+/** lstat, or null when nothing is there. */
+function lstatOrNull(full: string) {
+  try {
+    return lstatSync(full);
+  } catch (e) {
+    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return null;
+    throw e;
+  }
+}
+
+export class RootfsApplier {
+  private readonly root: string;
+  private readonly preserveOwnership: boolean;
+  private readonly onWarning: ((message: string) => void) | undefined;
+  /** Bits added to directory modes while layers are applied, so a non-root user can write into them. */
+  private readonly dirWriteBits: number;
+  /** Root-relative paths known to be real directories, every ancestor included; dropped on removal. */
+  private readonly knownDirs = new Set<string>();
+  /** Directory metadata to set in finish(), last writer wins; dropped when the directory is removed. */
+  private readonly dirMeta = new Map<string, DirMeta>();
+  private busy = false;
+  private finished = false;
+
+  constructor(root: string, options: ApplyOptions) {
+    this.root = path.resolve(root);
+    this.preserveOwnership = options.preserveOwnership;
+    this.onWarning = options.onWarning;
+    this.dirWriteBits = process.getuid?.() === 0 ? 0 : 0o700;
+  }
+
+  /** Applies one UNCOMPRESSED layer tar on top of the tree. Called in layer order, one at a time. `what` names the layer in errors. */
+  async applyLayer(tar: Readable, what: string): Promise<LayerApplyStats> {
+    if (this.busy || this.finished) {
+      tar.destroy();
+      throw new SmartError(
+        'INTERNAL',
+        this.finished ? 'applyLayer called after finish' : 'applyLayer called while another layer is being applied',
+      );
+    }
+    this.busy = true;
+    const state: LayerState = {
+      what,
+      stats: { entries: 0, bytes: 0, whiteouts: 0 },
+      written: new Set(),
+      skippedSpecial: 0,
+      droppedXattrs: 0,
+    };
+    const extract = tarExtract();
+    let inputError: unknown;
+    // Stays attached: an error the input emits after we are done must not go unhandled.
+    tar.on('error', (e) => {
+      inputError ??= e;
+      extract.destroy(e);
+    });
+    tar.once('close', () => {
+      if (!tar.readableEnded) extract.destroy(inputError instanceof Error ? inputError : new Error('the stream closed before its end'));
+    });
+    tar.pipe(extract as unknown as NodeJS.WritableStream);
+    let ok = false;
+    try {
+      for await (const entry of extract) {
+        state.stats.entries++;
+        await this.applyEntry(entry.header, entry as unknown as AsyncIterable<Buffer>, state);
+      }
+      ok = true;
+    } catch (e) {
+      throw this.toLayerError(e, inputError, what);
+    } finally {
+      if (!ok) {
+        tar.unpipe(extract as unknown as NodeJS.WritableStream);
+        tar.destroy();
+        extract.destroy();
+      }
+      this.busy = false;
+    }
+    if (state.skippedSpecial > 0) {
+      this.onWarning?.(
+        `${what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`,
+      );
+    }
+    if (state.droppedXattrs > 0) {
+      this.onWarning?.(`${what}: ignored ${state.droppedXattrs} extended attribute(s) (xattrs are not applied)`);
+    }
+    return state.stats;
+  }
+
+  /** After the last layer: set directory modes and mtimes (writing children changes them). */
+  async finish(): Promise<void> {
+    if (this.finished) return;
+    if (this.busy) throw new SmartError('INTERNAL', 'finish called while a layer is being applied');
+    this.finished = true;
+    try {
+      for (const [rel, meta] of this.dirMeta) {
+        const full = path.join(this.root, rel);
+        const st = lstatOrNull(full);
+        if (!st?.isDirectory()) continue;
+        if (this.dirWriteBits !== 0 && meta.mode !== (st.mode & 0o7777)) chmodSync(full, meta.mode);
+        lutimesSync(full, meta.atime, meta.mtime);
+      }
+    } catch (e) {
+      if (isSmartError(e)) throw e;
+      throw new SmartError('STORAGE', `setting directory times under ${this.root}: ${(e as Error).message}`, {
+        input: this.root,
+        cause: e,
+      });
+    } finally {
+      this.dirMeta.clear();
+      this.knownDirs.clear();
+    }
+  }
+
+  private toLayerError(e: unknown, inputError: unknown, what: string): SmartError {
+    if (inputError !== undefined) {
+      if (isSmartError(inputError)) return inputError;
+      return new SmartError('CORRUPT_ARCHIVE', `${what}: ${(inputError as Error)?.message ?? String(inputError)}`, {
+        input: what,
+        cause: inputError,
+      });
+    }
+    if (isSmartError(e)) return e;
+    const original = e instanceof StreamFailure ? e.original : e;
+    if (!(e instanceof StreamFailure) && isErrno(e)) {
+      return new SmartError('STORAGE', `${what}: ${e.message}`, { input: what, cause: e });
+    }
+    const reason = original instanceof Error ? original.message : String(original);
+    return new SmartError('CORRUPT_ARCHIVE', `${what}: ${reason}`, {
+      input: what,
+      hint: 'the layer tar is truncated or corrupt; fetch it again',
+      cause: original,
+    });
+  }
+
+  private async applyEntry(h: Header, body: AsyncIterable<Buffer>, state: LayerState): Promise<void> {
+    const { what } = state;
+    const name = h.name;
+    if (name.includes('\0')) {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: entry name ${JSON.stringify(name)} holds a NUL byte`, { input: what });
+    }
+    const rel = normaliseEntryName(name);
+    if (rel === null) {
+      throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry "${name}" points outside the root`, {
+        input: what,
+        hint: 'the layer was crafted to write outside its directory; do not use this image',
+      });
+    }
+    const p = pax(h);
+    if (p) {
+      for (const key of Object.keys(p)) if (key.startsWith('SCHILY.xattr.')) state.droppedXattrs++;
+    }
+    try {
+      const slash = rel.lastIndexOf('/');
+      const base = rel.slice(slash + 1);
+      if (base.startsWith(WHITEOUT_PREFIX)) {
+        await drain(h, body);
+        await this.whiteout(rel, name, state);
+        return;
+      }
+      // aufs metadata (.wh..wh.plnk/...) is never materialised, nor anything below it.
+      if (rel.includes(`/${WHITEOUT_META_PREFIX}`) || rel.startsWith(WHITEOUT_META_PREFIX)) {
+        await drain(h, body);
+        return;
+      }
+
+      if (rel === '') {
+        // The root itself: only its metadata, and only from a directory (as umoci).
+        if (h.type !== 'directory') {
+          throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry "${name}" would replace the root directory`, { input: what });
+        }
+        this.applyDirMeta('', h, p);
+        return;
+      }
+
+      if (h.type === 'character-device' || h.type === 'block-device' || h.type === 'fifo') {
+        if (!this.preserveOwnership) {
+          await drain(h, body);
+          state.skippedSpecial++;
+          return;
+        }
+      }
+
+      // Small files are read before anything is created: nothing to clean up if the tar breaks.
+      let content: Buffer | undefined;
+      if ((h.type === 'file' || h.type === 'contiguous-file') && h.size <= SMALL_FILE_BYTES) {
+        const parts: Buffer[] = [];
+        let n = 0;
+        for await (const c of chunks(body)) {
+          parts.push(c);
+          n += c.length;
+        }
+        content = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
+      }
+
+      const dirRel = walkInRoot(this.root, rel.slice(0, Math.max(slash, 0)), {
+        followLast: true,
+        knownDirs: this.knownDirs,
+        create: true,
+        what,
+      });
+      const targetRel = joinRel(dirRel, base);
+      const target = path.join(this.root, targetRel);
+
+      switch (h.type) {
+        case 'file':
+        case 'contiguous-file':
+          this.markWritten(targetRel, state);
+          state.stats.bytes += content
+            ? await this.writeSmallFile(target, targetRel, h, p, content)
+            : await this.writeLargeFile(target, targetRel, h, p, body);
+          return;
+        case 'directory':
+          this.markWritten(targetRel, state);
+          await this.makeDir(target, targetRel, h, p);
+          return;
+        case 'symlink': {
+          await drain(h, body);
+          if (!h.linkname) {
+            throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink "${name}" has no target`, { input: what });
+          }
+          this.markWritten(targetRel, state);
+          await this.replace(target, targetRel, () => symlinkSync(h.linkname, target));
+          if (this.preserveOwnership) {
+            const { uid, gid } = owner(h, p);
+            lchownSync(target, uid, gid);
+          }
+          const { atime, mtime } = times(h, p);
+          lutimesSync(target, atime, mtime);
+          return;
+        }
+        case 'link':
+          await drain(h, body);
+          await this.hardlink(target, targetRel, name, h, state);
+          return;
+        case 'character-device':
+        case 'block-device':
+        case 'fifo': {
+          await drain(h, body);
+          this.markWritten(targetRel, state);
+          const kind = h.type === 'fifo' ? 'p' : h.type === 'block-device' ? 'b' : 'c';
+          await this.replace(target, targetRel, () => runMknod(target, kind, h.devmajor ?? 0, h.devminor ?? 0));
+          const { uid, gid } = owner(h, p);
+          lchownSync(target, uid, gid);
+          chmodSync(target, h.mode & 0o7777);
+          const { atime, mtime } = times(h, p);
+          lutimesSync(target, atime, mtime);
+          return;
+        }
+        default:
+          throw new SmartError(
+            'CORRUPT_ARCHIVE',
+            `${what}: entry "${name}" has a tar type this tool does not extract (${String(h.type)})`,
+            { input: what },
+          );
+      }
+    } catch (e) {
+      if (isSmartError(e) || e instanceof StreamFailure || !isErrno(e)) throw e;
+      throw new SmartError('STORAGE', `${what}: entry "${name}": ${e.message}`, { input: what, cause: e });
+    }
+  }
+
+  /** Adds `rel` and its ancestors to the paths this layer wrote. */
+  private markWritten(rel: string, state: LayerState): void {
+    let r = rel;
+    while (r !== '' && !state.written.has(r)) {
+      state.written.add(r);
+      r = parentOf(r);
+    }
+  }
+
+  /** Forgets cached facts about `rel` and everything below it. */
+  private forget(rel: string): void {
+    if (rel === '') {
+      this.knownDirs.clear();
+      this.dirMeta.clear();
+      return;
+    }
+    const prefix = `${rel}/`;
+    this.knownDirs.delete(rel);
+    for (const k of this.knownDirs) if (k.startsWith(prefix)) this.knownDirs.delete(k);
+    this.dirMeta.delete(rel);
+    for (const k of this.dirMeta.keys()) if (k.startsWith(prefix)) this.dirMeta.delete(k);
+  }
+
+  /** Removes whatever is at `rel` (recursively, never following a symlink). */
+  private async removeExisting(full: string, rel: string, isDir: boolean): Promise<void> {
+    if (isDir) {
+      this.forget(rel);
+      await rm(full, { recursive: true, force: true });
+    } else {
+      try {
+        unlinkSync(full);
+      } catch (e) {
+        if (!isErrno(e, 'ENOENT')) throw e;
+      }
+    }
+  }
+
+  /** Runs `create`; if something is in the way, removes it and runs `create` again. */
+  private async replace<T>(full: string, rel: string, create: () => T | Promise<T>): Promise<T> {
+    try {
+      return await create();
+    } catch (e) {
+      if (!isErrno(e, 'EEXIST')) throw e;
+    }
+    const st = lstatSync(full);
+    await this.removeExisting(full, rel, st.isDirectory());
+    return create();
+  }
+
+  private async writeSmallFile(target: string, rel: string, h: Header, p: PaxRecords | null, content: Buffer): Promise<number> {
+    const fd = await this.replace(target, rel, () => openSync(target, CREATE_FLAGS, 0o600));
+    try {
+      writeAllSync(fd, content);
+      if (this.preserveOwnership) {
+        const { uid, gid } = owner(h, p);
+        fchownSync(fd, uid, gid);
+      }
+      // After chown: chown clears setuid/setgid.
+      fchmodSync(fd, h.mode & 0o7777);
+      const { atime, mtime } = times(h, p);
+      futimesSync(fd, atime, mtime);
+    } finally {
+      closeSync(fd);
+    }
+    return content.length;
+  }
+
+  private async writeLargeFile(
+    target: string,
+    rel: string,
+    h: Header,
+    p: PaxRecords | null,
+    body: AsyncIterable<Buffer>,
+  ): Promise<number> {
+    const file = await this.replace(target, rel, () => open(target, CREATE_FLAGS, 0o600));
+    let bytes = 0;
+    try {
+      for await (const chunk of chunks(body)) {
+        await writeAll(file, chunk);
+        bytes += chunk.length;
+      }
+      if (this.preserveOwnership) {
+        const { uid, gid } = owner(h, p);
+        await file.chown(uid, gid);
+      }
+      // After chown: chown clears setuid/setgid.
+      await file.chmod(h.mode & 0o7777);
+      const { atime, mtime } = times(h, p);
+      await file.utimes(atime, mtime);
+    } catch (e) {
+      await file.close().catch(() => undefined);
+      throw e;
+    }
+    await file.close();
+    return bytes;
+  }
+
+  private async makeDir(target: string, rel: string, h: Header, p: PaxRecords | null): Promise<void> {
+    if (!this.knownDirs.has(rel)) {
+      try {
+        mkdirSync(target, 0o700);
+      } catch (e) {
+        if (!isErrno(e, 'EEXIST')) throw e;
+        if (!lstatSync(target).isDirectory()) {
+          await this.removeExisting(target, rel, false);
+          mkdirSync(target, 0o700);
+        }
+      }
+      this.knownDirs.add(rel);
+    }
+    this.applyDirMeta(rel, h, p);
+  }
+
+  private applyDirMeta(rel: string, h: Header, p: PaxRecords | null): void {
+    const full = path.join(this.root, rel);
+    if (this.preserveOwnership) {
+      const { uid, gid } = owner(h, p);
+      lchownSync(full, uid, gid);
+    }
+    const mode = h.mode & 0o7777;
+    chmodSync(full, mode | this.dirWriteBits);
+    const { atime, mtime } = times(h, p);
+    this.dirMeta.set(rel, { mode, atime, mtime });
+  }
+
+  private async hardlink(target: string, targetRel: string, name: string, h: Header, state: LayerState): Promise<void> {
+    const { what } = state;
+    const linkname = h.linkname ?? '';
+    const lrel = linkname.includes('\0') ? null : normaliseEntryName(linkname);
+    if (lrel === null) {
+      throw new SmartError('UNSAFE_ARCHIVE', `${what}: hardlink "${name}" points outside the root (to "${linkname}")`, {
+        input: what,
+        hint: 'the layer was crafted to reach outside its directory; do not use this image',
+      });
+    }
+    if (lrel === '') {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink "${name}" has no target or targets the root`, { input: what });
+    }
+    const srcDir = walkInRoot(this.root, parentOf(lrel), { followLast: true, knownDirs: this.knownDirs, what });
+    const srcRel = joinRel(srcDir, lrel.slice(lrel.lastIndexOf('/') + 1));
+    const src = path.join(this.root, srcRel);
+    const st = lstatOrNull(src);
+    if (!st) {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink "${name}" points to "${linkname}", which does not exist`, {
+        input: what,
+      });
+    }
+    if (st.isDirectory()) {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink "${name}" points to a directory ("${linkname}")`, {
+        input: what,
+      });
+    }
+    this.markWritten(targetRel, state);
+    if (srcRel === targetRel) return; // a link to itself: already there
+    await this.replace(target, targetRel, () => linkSync(src, target));
+  }
+
+  /** `DIR/.wh.NAME` removes DIR/NAME; `DIR/.wh..wh..opq` empties DIR of what lower layers put there. */
+  private async whiteout(rel: string, name: string, state: LayerState): Promise<void> {
+    const { what } = state;
+    const slash = rel.lastIndexOf('/');
+    const base = rel.slice(slash + 1);
+    const parentRel = slash < 0 ? '' : rel.slice(0, slash);
+    if (base !== WHITEOUT_OPAQUE && base.startsWith(WHITEOUT_META_PREFIX)) return; // aufs metadata
+    const victim = base.slice(WHITEOUT_PREFIX.length);
+    if (base !== WHITEOUT_OPAQUE && (victim === '' || victim === '.' || victim === '..')) {
+      throw new SmartError('UNSAFE_ARCHIVE', `${what}: whiteout "${name}" names no file in its directory`, { input: what });
+    }
+    const dirRel = walkInRoot(this.root, parentRel, { followLast: true, knownDirs: this.knownDirs, what });
+    state.stats.whiteouts++;
+    if (base === WHITEOUT_OPAQUE) {
+      const st = lstatOrNull(path.join(this.root, dirRel));
+      if (!st?.isDirectory()) return;
+      for (const child of readdirSync(path.join(this.root, dirRel))) await this.removeLower(joinRel(dirRel, child), state);
+      return;
+    }
+    await this.removeLower(joinRel(dirRel, victim), state);
+  }
+
+  /**
+   * Removes `rel` as a lower layer left it. What the current layer wrote stays (a whiteout applies
+   * to lower layers only), but lower-layer contents of a directory it kept go.
+   */
+  private async removeLower(rel: string, state: LayerState): Promise<void> {
+    const full = path.join(this.root, rel);
+    const st = lstatOrNull(full);
+    if (!st) return;
+    if (!state.written.has(rel)) {
+      await this.removeExisting(full, rel, st.isDirectory());
+      return;
+    }
+    if (!st.isDirectory()) return;
+    for (const child of readdirSync(full)) await this.removeLower(joinRel(rel, child), state);
+  }
+}
+
+const CREATE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+
+function owner(h: Header, p: PaxRecords | null): { uid: number; gid: number } {
+  return { uid: paxNumber(p, 'uid') ?? h.uid ?? 0, gid: paxNumber(p, 'gid') ?? h.gid ?? 0 };
+}
+
+function times(h: Header, p: PaxRecords | null): { atime: number | Date; mtime: number | Date } {
+  const mtime = paxNumber(p, 'mtime') ?? h.mtime ?? new Date(0);
+  const atime = paxNumber(p, 'atime') ?? mtime;
+  return { atime, mtime };
+}

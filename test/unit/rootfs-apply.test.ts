@@ -1,0 +1,593 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { pack, type Header } from 'tar-stream';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { SmartError } from '../../src/errors.js';
+import { RootfsApplier, normaliseEntryName, resolveInRoot, type ApplyOptions } from '../../src/transports/rootfs/apply.js';
+
+const isRoot = process.getuid?.() === 0;
+
+type TestEntry = Partial<Header> & { name: string; content?: string | Buffer };
+
+async function tarOf(entries: TestEntry[]): Promise<Buffer> {
+  const p = pack();
+  const out: Buffer[] = [];
+  p.on('data', (c) => out.push(c as Buffer));
+  const ended = new Promise<void>((resolve, reject) => {
+    p.on('end', () => resolve());
+    p.on('error', reject);
+  });
+  for (const e of entries) {
+    const { content, ...header } = e;
+    const type = header.type ?? 'file';
+    const body = type === 'file' ? Buffer.from(content ?? '') : Buffer.alloc(0);
+    await new Promise<void>((resolve, reject) => {
+      p.entry(
+        {
+          mode: type === 'directory' ? 0o755 : 0o644,
+          mtime: new Date(1_600_000_000_000),
+          ...header,
+          type,
+          size: body.length,
+        },
+        body,
+        (err) => (err ? reject(err) : resolve()),
+      );
+    });
+  }
+  p.finalize();
+  await ended;
+  return Buffer.concat(out);
+}
+
+function streamOf(buf: Buffer, chunkSize = 0): Readable {
+  if (chunkSize <= 0) return Readable.from([buf], { objectMode: false });
+  const parts: Buffer[] = [];
+  for (let i = 0; i < buf.length; i += chunkSize) parts.push(buf.subarray(i, i + chunkSize));
+  return Readable.from(parts, { objectMode: false });
+}
+
+let tmp: string;
+let root: string;
+let outside: string;
+
+beforeEach(async () => {
+  tmp = await mkdtemp(path.join(os.tmpdir(), 'smartlayer-apply-'));
+  root = path.join(tmp, 'root');
+  outside = path.join(tmp, 'outside');
+  await mkdir(root);
+  await mkdir(outside);
+  await writeFile(path.join(outside, 'victim'), 'original');
+});
+
+afterEach(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+async function applyAll(layers: TestEntry[][], options: Partial<ApplyOptions> = {}) {
+  const warnings: string[] = [];
+  const a = new RootfsApplier(root, {
+    preserveOwnership: isRoot,
+    onWarning: (m) => warnings.push(m),
+    ...options,
+  });
+  const stats = [];
+  for (const [i, layer] of layers.entries()) stats.push(await a.applyLayer(streamOf(await tarOf(layer)), `layer ${i}`));
+  await a.finish();
+  return { stats, warnings };
+}
+
+async function applyError(layers: TestEntry[][]): Promise<SmartError> {
+  try {
+    await applyAll(layers);
+  } catch (e) {
+    expect(e).toBeInstanceOf(SmartError);
+    return e as SmartError;
+  }
+  throw new Error('expected the apply to fail');
+}
+
+async function outsideUntouched() {
+  expect((await readdir(outside)).sort()).toEqual(['victim']);
+  expect(await readFile(path.join(outside, 'victim'), 'utf8')).toBe('original');
+}
+
+const r = (...p: string[]) => path.join(root, ...p);
+
+describe('normaliseEntryName', () => {
+  it('strips leading slashes and ./, cleans, and refuses to climb', () => {
+    expect(normaliseEntryName('./a/b/')).toBe('a/b');
+    expect(normaliseEntryName('/a//./b')).toBe('a/b');
+    expect(normaliseEntryName('a/../b')).toBe('b');
+    expect(normaliseEntryName('./')).toBe('');
+    expect(normaliseEntryName('/')).toBe('');
+    expect(normaliseEntryName('../a')).toBeNull();
+    expect(normaliseEntryName('a/../../b')).toBeNull();
+    expect(normaliseEntryName('/../etc/passwd')).toBeNull();
+    expect(normaliseEntryName('..')).toBeNull();
+  });
+});
+
+describe('resolveInRoot', () => {
+  it('keeps absolute and relative symlinks inside the root', async () => {
+    await mkdir(r('real'));
+    await symlink(outside, r('abs'));
+    await symlink('../../../../../../../../' + outside.slice(1), r('rel'));
+    await symlink('/real', r('toreal'));
+    expect(await resolveInRoot(root, 'abs/victim')).toBe(path.join(root, outside, 'victim'));
+    expect(await resolveInRoot(root, 'rel/victim')).toBe(path.join(root, outside, 'victim'));
+    expect(await resolveInRoot(root, '/toreal/x')).toBe(r('real/x'));
+    expect(await resolveInRoot(root, '../../..')).toBe(root);
+    expect(await resolveInRoot(root, 'toreal', { followLast: false })).toBe(r('toreal'));
+    expect(await resolveInRoot(root, 'toreal')).toBe(r('real'));
+  });
+
+  it('stops symlink loops', async () => {
+    await symlink('b', r('a'));
+    await symlink('a', r('b'));
+    await expect(resolveInRoot(root, 'a/x')).rejects.toMatchObject({ code: 'CORRUPT_ARCHIVE' });
+  });
+});
+
+describe('RootfsApplier', () => {
+  it('writes files, directories and symlinks with their modes and times', async () => {
+    const mtime = new Date(1_500_000_000_000);
+    const { stats } = await applyAll([
+      [
+        { name: './', type: 'directory', mode: 0o755, mtime },
+        { name: './bin/', type: 'directory', mode: 0o755, mtime },
+        { name: './bin/tool', content: 'hello', mode: 0o4755, mtime },
+        { name: './bin/gtool', content: 'g', mode: 0o2711, mtime },
+        { name: './tmp/', type: 'directory', mode: 0o1777, mtime },
+        { name: './bin/sh', type: 'symlink', linkname: '/bin/tool', mtime },
+        { name: './etc/ro', content: 'x', mode: 0o400, mtime },
+      ],
+    ]);
+    expect(stats[0]).toEqual({ entries: 7, bytes: 7, whiteouts: 0 });
+    expect(await readFile(r('bin/tool'), 'utf8')).toBe('hello');
+    expect((await stat(r('bin/tool'))).mode & 0o7777).toBe(0o4755);
+    expect((await stat(r('bin/gtool'))).mode & 0o7777).toBe(0o2711);
+    expect((await stat(r('tmp'))).mode & 0o7777).toBe(0o1777);
+    expect((await stat(r('etc/ro'))).mode & 0o7777).toBe(0o400);
+    // a parent with no entry of its own is created 0755
+    expect((await stat(r('etc'))).mode & 0o7777).toBe(0o755);
+    expect(await readlink(r('bin/sh'))).toBe('/bin/tool');
+    expect((await stat(r('bin/tool'))).mtimeMs).toBe(mtime.getTime());
+    expect((await stat(r('bin'))).mtimeMs).toBe(mtime.getTime());
+    expect((await stat(r('tmp'))).mtimeMs).toBe(mtime.getTime());
+    expect((await stat(root)).mtimeMs).toBe(mtime.getTime());
+    expect((await lstat(r('bin/sh'))).mtimeMs).toBe(mtime.getTime());
+  });
+
+  it('gives a directory the mtime of the last layer that wrote it', async () => {
+    await applyAll([
+      [
+        { name: 'd/', type: 'directory', mtime: new Date(1_000_000_000_000) },
+        { name: 'gone/', type: 'directory', mtime: new Date(1_000_000_000_000) },
+      ],
+      [
+        { name: 'd/', type: 'directory', mode: 0o750, mtime: new Date(1_100_000_000_000) },
+        { name: 'd/new', content: 'n', mtime: new Date(1_200_000_000_000) },
+        { name: '.wh.gone' },
+      ],
+      [{ name: 'd/newer', content: 'n' }],
+    ]);
+    const st = await stat(r('d'));
+    expect(st.mtimeMs).toBe(1_100_000_000_000);
+    expect(st.mode & 0o7777).toBe(0o750);
+    expect((await stat(r('d/new'))).mtimeMs).toBe(1_200_000_000_000);
+    expect(existsSync(r('gone'))).toBe(false);
+  });
+
+  it('applies whiteouts and never creates the whiteout file', async () => {
+    const { stats } = await applyAll([
+      [
+        { name: 'a/', type: 'directory' },
+        { name: 'a/x', content: 'x' },
+        { name: 'a/y', content: 'y' },
+        { name: 'a/sub/', type: 'directory' },
+        { name: 'a/sub/deep', content: 'd' },
+      ],
+      [{ name: 'a/.wh.x' }, { name: 'a/.wh.sub' }, { name: 'a/.wh.notthere' }],
+    ]);
+    expect(stats[1]?.whiteouts).toBe(3);
+    expect((await readdir(r('a'))).sort()).toEqual(['y']);
+  });
+
+  it('applies an opaque marker that comes before the new children', async () => {
+    await applyAll([
+      [
+        { name: 'd/', type: 'directory' },
+        { name: 'd/old', content: 'o' },
+        { name: 'd/sub/', type: 'directory' },
+        { name: 'd/sub/old2', content: 'o' },
+        { name: 'other', content: 'keep' },
+      ],
+      [
+        { name: 'd/', type: 'directory' },
+        { name: 'd/.wh..wh..opq' },
+        { name: 'd/new', content: 'n' },
+      ],
+    ]);
+    expect((await readdir(r('d'))).sort()).toEqual(['new']);
+    expect(await readFile(r('other'), 'utf8')).toBe('keep');
+  });
+
+  it('applies an opaque marker that comes after the new children, keeping them', async () => {
+    await applyAll([
+      [
+        { name: 'd/', type: 'directory' },
+        { name: 'd/old', content: 'o' },
+        { name: 'd/sub/', type: 'directory' },
+        { name: 'd/sub/old2', content: 'o' },
+        { name: 'd/keepdir/', type: 'directory' },
+        { name: 'd/keepdir/lower', content: 'o' },
+      ],
+      [
+        { name: 'd/', type: 'directory' },
+        { name: 'd/new', content: 'n' },
+        { name: 'd/sub/', type: 'directory' },
+        { name: 'd/keepdir/upper', content: 'u' },
+        { name: 'd/.wh..wh..opq' },
+      ],
+    ]);
+    expect((await readdir(r('d'))).sort()).toEqual(['keepdir', 'new', 'sub']);
+    // directories the layer kept lose what lower layers had in them
+    expect(await readdir(r('d/sub'))).toEqual([]);
+    expect(await readdir(r('d/keepdir'))).toEqual(['upper']);
+  });
+
+  it('ignores aufs metadata and what is below it', async () => {
+    await applyAll([
+      [
+        { name: '.wh..wh.plnk/', type: 'directory' },
+        { name: '.wh..wh.plnk/123.456', content: 'x' },
+        { name: '.wh..wh.aufs', content: '' },
+        { name: 'f', content: 'f' },
+      ],
+    ]);
+    expect(await readdir(root)).toEqual(['f']);
+  });
+
+  it('changes a file into a directory and a directory into a file across layers', async () => {
+    await applyAll([
+      [
+        { name: 'p', content: 'file' },
+        { name: 'q/', type: 'directory' },
+        { name: 'q/child', content: 'c' },
+        { name: 's', content: 'file' },
+      ],
+      [
+        { name: 'p/', type: 'directory' },
+        { name: 'p/inner', content: 'i' },
+        { name: 'q', content: 'now a file' },
+        { name: 's', type: 'symlink', linkname: 'p' },
+      ],
+      [{ name: 'q/', type: 'directory', mode: 0o700 }],
+    ]);
+    expect((await lstat(r('p'))).isDirectory()).toBe(true);
+    expect(await readFile(r('p/inner'), 'utf8')).toBe('i');
+    expect((await lstat(r('q'))).isDirectory()).toBe(true);
+    expect(await readdir(r('q'))).toEqual([]);
+    expect(await readlink(r('s'))).toBe('p');
+  });
+
+  it('replaces a file without touching other hardlinks to it', async () => {
+    await applyAll([
+      [
+        { name: 'f', content: 'old' },
+        { name: 'h', type: 'link', linkname: 'f' },
+      ],
+      [{ name: 'f', content: 'new' }],
+    ]);
+    expect(await readFile(r('f'), 'utf8')).toBe('new');
+    expect(await readFile(r('h'), 'utf8')).toBe('old');
+  });
+
+  it('makes hardlinks to files of lower layers and of the same layer', async () => {
+    await applyAll([
+      [{ name: 'usr/bin/a', content: 'lower' }],
+      [
+        { name: 'usr/bin/b', type: 'link', linkname: 'usr/bin/a' },
+        { name: 'x/same', content: 'same' },
+        { name: 'x/link', type: 'link', linkname: './x/same' },
+      ],
+    ]);
+    expect((await stat(r('usr/bin/b'))).ino).toBe((await stat(r('usr/bin/a'))).ino);
+    expect((await stat(r('x/link'))).ino).toBe((await stat(r('x/same'))).ino);
+  });
+
+  it('refuses hardlinks to missing files and to directories', async () => {
+    expect((await applyError([[{ name: 'h', type: 'link', linkname: 'nothere' }]])).code).toBe('CORRUPT_ARCHIVE');
+    const e = await applyError([[{ name: 'd/', type: 'directory' }, { name: 'h', type: 'link', linkname: 'd' }]]);
+    expect(e.code).toBe('CORRUPT_ARCHIVE');
+    expect(e.message).toMatch(/directory/);
+  });
+
+  it('follows a symlink to a directory for later entries, inside the root', async () => {
+    await applyAll([
+      [
+        { name: 'real/', type: 'directory' },
+        { name: 'rel', type: 'symlink', linkname: 'real' },
+        { name: 'abs', type: 'symlink', linkname: '/real' },
+        { name: 'rel/same-layer', content: '1' },
+      ],
+      [
+        { name: 'abs/lower-layer', content: '2' },
+        { name: 'abs/made/deeper', content: '3' },
+      ],
+    ]);
+    expect((await readdir(r('real'))).sort()).toEqual(['lower-layer', 'made', 'same-layer']);
+    expect(await readFile(r('real/made/deeper'), 'utf8')).toBe('3');
+    expect(await readlink(r('rel'))).toBe('real');
+  });
+
+  it('keeps writes through escaping symlinks inside the root', async () => {
+    const outsideRel = outside.slice(1);
+    await applyAll([
+      [
+        { name: 'etc', type: 'symlink', linkname: outside },
+        { name: 'up', type: 'symlink', linkname: '../'.repeat(30) + outsideRel },
+        { name: 'dangling', type: 'symlink', linkname: '/no/such/dir' },
+        { name: 'last', type: 'symlink', linkname: path.join(outside, 'victim') },
+      ],
+      [
+        { name: 'etc/pwn-abs', content: 'x' },
+        { name: 'up/pwn-rel', content: 'x' },
+        { name: 'up/victim', content: 'overwritten?' },
+        { name: 'dangling/pwn', content: 'x' },
+        // the last component is never followed: this replaces the symlink itself
+        { name: 'last', content: 'replaced' },
+        { name: 'etc/hl', type: 'link', linkname: 'up/victim' },
+      ],
+      [{ name: 'up/.wh.victim' }, { name: 'etc/.wh..wh..opq' }],
+    ]);
+    await outsideUntouched();
+    expect(existsSync(r(outsideRel, 'pwn-abs'))).toBe(false); // removed by the opaque marker
+    expect((await lstat(r(outsideRel))).isDirectory()).toBe(true);
+    expect(await readFile(r('no/such/dir/pwn'), 'utf8')).toBe('x');
+    expect((await lstat(r('last'))).isFile()).toBe(true);
+    expect(await readFile(r('last'), 'utf8')).toBe('replaced');
+  });
+
+  it('writes through escaping symlinks land inside the root', async () => {
+    const outsideRel = outside.slice(1);
+    await applyAll([
+      [
+        { name: 'etc', type: 'symlink', linkname: outside },
+        { name: 'up', type: 'symlink', linkname: '../'.repeat(30) + outsideRel },
+      ],
+      [
+        { name: 'etc/pwn-abs', content: 'a' },
+        { name: 'up/pwn-rel', content: 'r' },
+        { name: 'up/victim', content: 'inside' },
+      ],
+    ]);
+    await outsideUntouched();
+    expect(await readFile(r(outsideRel, 'pwn-abs'), 'utf8')).toBe('a');
+    expect(await readFile(r(outsideRel, 'pwn-rel'), 'utf8')).toBe('r');
+    expect(await readFile(r(outsideRel, 'victim'), 'utf8')).toBe('inside');
+  });
+
+  it('refuses entry names that climb out of the root', async () => {
+    for (const name of ['../evil', 'a/../../evil', '/../evil', './../../evil']) {
+      const e = await applyError([[{ name, content: 'x' }]]);
+      expect(e.code).toBe('UNSAFE_ARCHIVE');
+      expect(e.message).toContain('points outside the root');
+      expect(e.message).toContain('layer 0');
+    }
+    expect(existsSync(path.join(tmp, 'evil'))).toBe(false);
+    await outsideUntouched();
+  });
+
+  it('refuses hardlinks that climb out of the root', async () => {
+    const e = await applyError([[{ name: 'pw', type: 'link', linkname: '../../etc/passwd' }]]);
+    expect(e.code).toBe('UNSAFE_ARCHIVE');
+    expect(existsSync(r('pw'))).toBe(false);
+  });
+
+  it('resolves hardlink targets inside the root through symlinks', async () => {
+    await applyAll([
+      [{ name: 'esc', type: 'symlink', linkname: outside }],
+      [{ name: `${outside.slice(1)}/victim`, content: 'inner' }],
+      [{ name: 'hl', type: 'link', linkname: 'esc/victim' }],
+    ]);
+    expect(await readFile(r('hl'), 'utf8')).toBe('inner');
+    expect((await stat(r('hl'))).ino).not.toBe((await stat(path.join(outside, 'victim'))).ino);
+    await outsideUntouched();
+  });
+
+  it('refuses whiteouts that climb out of the root', async () => {
+    await writeFile(path.join(tmp, 'x'), 'keep');
+    for (const name of ['../.wh.x', 'a/../../.wh.x']) {
+      const e = await applyError([[{ name }]]);
+      expect(e.code).toBe('UNSAFE_ARCHIVE');
+    }
+    expect(await readFile(path.join(tmp, 'x'), 'utf8')).toBe('keep');
+    expect((await applyError([[{ name: 'a/.wh...' }]])).code).toBe('UNSAFE_ARCHIVE');
+  });
+
+  it('refuses to replace the root with a non-directory', async () => {
+    expect((await applyError([[{ name: './', type: 'symlink', linkname: '/' }]])).code).toBe('UNSAFE_ARCHIVE');
+  });
+
+  it('fails on a symlink loop in a parent path', async () => {
+    const e = await applyError([
+      [
+        { name: 'a', type: 'symlink', linkname: 'b' },
+        { name: 'b', type: 'symlink', linkname: 'a' },
+        { name: 'a/x', content: 'x' },
+      ],
+    ]);
+    expect(e.code).toBe('CORRUPT_ARCHIVE');
+  });
+
+  it('fails when a parent is a regular file', async () => {
+    const e = await applyError([[{ name: 'f', content: 'x' }, { name: 'f/g', content: 'y' }]]);
+    expect(e.code).toBe('CORRUPT_ARCHIVE');
+    expect(e.message).toMatch(/not a directory/);
+  });
+
+  it('handles long names and long link targets', async () => {
+    const longDir = Array.from({ length: 12 }, (_, i) => `directory-number-${i}`).join('/');
+    const longName = `${longDir}/${'f'.repeat(200)}`;
+    expect(longName.length).toBeGreaterThan(255);
+    const longTarget = `/${longDir}/${'t'.repeat(180)}`;
+    await applyAll([
+      [
+        { name: longName, content: 'long' },
+        { name: 'sym', type: 'symlink', linkname: longTarget },
+        { name: 'hl', type: 'link', linkname: longName },
+      ],
+    ]);
+    expect(await readFile(r(longName), 'utf8')).toBe('long');
+    expect(await readlink(r('sym'))).toBe(longTarget);
+    expect(await readFile(r('hl'), 'utf8')).toBe('long');
+  });
+
+  it('streams large files', async () => {
+    const big = randomBytes(9 * 1024 * 1024 + 123);
+    const tar = await tarOf([{ name: 'big', content: big }]);
+    const a = new RootfsApplier(root, { preserveOwnership: false });
+    const stats = await a.applyLayer(streamOf(tar, 64 * 1024), 'big layer');
+    await a.finish();
+    expect(stats.bytes).toBe(big.length);
+    expect((await readFile(r('big'))).equals(big)).toBe(true);
+  });
+
+  it('reports a truncated tar as CORRUPT_ARCHIVE and destroys the input', async () => {
+    const tar = await tarOf([
+      { name: 'a', content: 'a'.repeat(5000) },
+      { name: 'b', content: 'b'.repeat(5000) },
+    ]);
+    for (const cut of [700, 512 + 1024, 512 * 13 + 100]) {
+      const input = streamOf(tar.subarray(0, cut), 256);
+      const a = new RootfsApplier(root, { preserveOwnership: false });
+      const err = await a.applyLayer(input, 'layer sha256:abc').catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(SmartError);
+      expect((err as SmartError).code).toBe('CORRUPT_ARCHIVE');
+      expect((err as SmartError).message).toMatch(/^layer sha256:abc: /);
+      expect(input.destroyed).toBe(true);
+    }
+  });
+
+  it('closes the file it was writing when the tar breaks mid-file', async () => {
+    const big = randomBytes(2 * 1024 * 1024);
+    const tar = await tarOf([{ name: 'big', content: big }]);
+    const fds = () => readdir('/proc/self/fd').then((l) => l.length);
+    const before = await fds();
+    const input = streamOf(tar.subarray(0, 1024 * 1024), 64 * 1024);
+    const a = new RootfsApplier(root, { preserveOwnership: false });
+    await expect(a.applyLayer(input, 'layer big')).rejects.toMatchObject({ code: 'CORRUPT_ARCHIVE' });
+    expect(input.destroyed).toBe(true);
+    expect(await fds()).toBe(before);
+  });
+
+  it('reports garbage as CORRUPT_ARCHIVE', async () => {
+    const a = new RootfsApplier(root, { preserveOwnership: false });
+    await expect(a.applyLayer(streamOf(randomBytes(4096)), 'junk')).rejects.toMatchObject({ code: 'CORRUPT_ARCHIVE' });
+  });
+
+  it("passes on the input stream's SmartError, and wraps its other errors", async () => {
+    const tar = await tarOf([{ name: 'a', content: 'a'.repeat(100_000) }]);
+    for (const [error, code] of [
+      [new SmartError('DIGEST_MISMATCH', 'layer x: digest mismatch'), 'DIGEST_MISMATCH'],
+      [new Error('socket hang up'), 'CORRUPT_ARCHIVE'],
+    ] as const) {
+      const input = new PassThrough();
+      const a = new RootfsApplier(root, { preserveOwnership: false });
+      const p = a.applyLayer(input, 'layer y');
+      input.write(tar.subarray(0, 20_000));
+      setTimeout(() => input.destroy(error), 20);
+      const err = (await p.catch((e: unknown) => e)) as SmartError;
+      expect(err).toBeInstanceOf(SmartError);
+      expect(err.code).toBe(code);
+      if (code === 'DIGEST_MISMATCH') expect(err).toBe(error);
+      else expect(err.message).toContain('socket hang up');
+    }
+  });
+
+  it('fails when the input is destroyed without an error', async () => {
+    const input = new PassThrough();
+    const a = new RootfsApplier(root, { preserveOwnership: false });
+    const p = a.applyLayer(input, 'layer z');
+    input.write(Buffer.alloc(100));
+    setTimeout(() => input.destroy(), 20);
+    await expect(p).rejects.toMatchObject({ code: 'CORRUPT_ARCHIVE' });
+  });
+
+  it('refuses a second layer while one is applied', async () => {
+    const a = new RootfsApplier(root, { preserveOwnership: false });
+    const input = new PassThrough();
+    const first = a.applyLayer(input, 'one');
+    await expect(a.applyLayer(streamOf(await tarOf([])), 'two')).rejects.toMatchObject({ code: 'INTERNAL' });
+    input.end(await tarOf([{ name: 'x', content: 'x' }]));
+    await first;
+  });
+
+  it('warns once per layer about dropped xattrs', async () => {
+    const { warnings } = await applyAll([
+      [
+        { name: 'a', content: 'a', pax: { 'SCHILY.xattr.user.one': '1', 'SCHILY.xattr.user.two': '2' } },
+        { name: 'b', content: 'b', pax: { 'SCHILY.xattr.security.capability': 'x' } },
+      ],
+    ]);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/layer 0: ignored 3 extended attribute/);
+  });
+
+  it('uses pax mtimes with sub-second precision', async () => {
+    await applyAll([[{ name: 'a', content: 'a', pax: { mtime: '1600000000.25' } }]]);
+    expect((await stat(r('a'))).mtimeMs).toBe(1_600_000_000_250);
+  });
+
+  it('skips device nodes and fifos without preserveOwnership, with one warning', async () => {
+    const { warnings } = await applyAll(
+      [
+        [
+          { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
+          { name: 'dev/fifo', type: 'fifo', mode: 0o600 },
+          { name: 'dev/ok', content: 'ok' },
+        ],
+      ],
+      { preserveOwnership: false },
+    );
+    expect(warnings).toEqual([expect.stringMatching(/^layer 0: skipped 2 device node/)]);
+    expect(await readdir(r('dev'))).toEqual(['ok']);
+  });
+
+  it.skipIf(!isRoot)('sets ownership and creates device nodes when running as root', async () => {
+    await applyAll(
+      [
+        [
+          { name: 'home/', type: 'directory', uid: 1000, gid: 1001 },
+          { name: 'home/suid', content: 's', uid: 1234, gid: 5678, mode: 0o6755 },
+          { name: 'home/link', type: 'symlink', linkname: '/nowhere', uid: 42, gid: 43 },
+          { name: 'big-ids', content: 'b', pax: { uid: '3000000000', gid: '3000000001' } },
+          { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666, uid: 7, gid: 8 },
+          { name: 'dev/fifo', type: 'fifo', mode: 0o640 },
+        ],
+      ],
+      { preserveOwnership: true },
+    );
+    const home = await stat(r('home'));
+    expect([home.uid, home.gid]).toEqual([1000, 1001]);
+    const suid = await stat(r('home/suid'));
+    expect([suid.uid, suid.gid, suid.mode & 0o7777]).toEqual([1234, 5678, 0o6755]);
+    const link = await lstat(r('home/link'));
+    expect([link.uid, link.gid]).toEqual([42, 43]);
+    const big = await stat(r('big-ids'));
+    expect([big.uid, big.gid]).toEqual([3000000000, 3000000001]);
+    const dev = await lstat(r('dev/null'));
+    expect(dev.isCharacterDevice()).toBe(true);
+    expect(dev.rdev).toBe((1 << 8) | 3);
+    expect([dev.uid, dev.gid, dev.mode & 0o7777]).toEqual([7, 8, 0o666]);
+    const fifo = await lstat(r('dev/fifo'));
+    expect(fifo.isFIFO()).toBe(true);
+    expect(fifo.mode & 0o7777).toBe(0o640);
+  });
+});
