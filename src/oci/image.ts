@@ -74,6 +74,8 @@ export interface PutBlobInfo {
   /** When known, the destination verifies the bytes against it and refuses a mismatch. */
   digest?: Digest;
   size?: number;
+  /** Aborting it stops the write and removes what was written, as any other failure does. */
+  signal?: AbortSignal;
 }
 
 /**

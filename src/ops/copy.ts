@@ -80,8 +80,40 @@ function singleFlight<T>(): (key: string, work: () => Promise<T>) => Promise<T> 
   };
 }
 
+/**
+ * Runs `work` for every item, `jobs` at a time. The first failure aborts the others (through the
+ * signal they get) and is thrown once all have stopped, so nothing still writes when the caller
+ * cleans up and reports.
+ */
+async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: AbortSignal | undefined, work: (item: I, signal: AbortSignal) => Promise<T>): Promise<T[]> {
+  const controller = new AbortController();
+  const signal = outer ? AbortSignal.any([outer, controller.signal]) : controller.signal;
+  const limit = pLimit(Math.max(1, jobs));
+  let failed = false;
+  let firstError: unknown;
+  const settled = await Promise.allSettled(
+    items.map((item) =>
+      limit(async () => {
+        signal.throwIfAborted();
+        try {
+          return await work(item, signal);
+        } catch (e) {
+          if (!failed) {
+            failed = true;
+            firstError = e;
+            controller.abort(e);
+          }
+          throw e;
+        }
+      }),
+    ),
+  );
+  if (failed) throw firstError;
+  return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
+}
+
 /** The descriptor of one layer at the destination. */
-async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyOptions, tally: Tally): Promise<Descriptor> {
+async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyOptions, tally: Tally, signal: AbortSignal): Promise<Descriptor> {
   const desc = layer.descriptor;
   if (isForeignLayer(desc.mediaType)) {
     // Foreign (Windows base) layers stay where their URLs point, as every registry client does.
@@ -96,8 +128,8 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
       record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', bytes: 0, mediaType: known.mediaType }, options);
       return { ...desc, ...known };
     }
-    const gz = gzipLayerStream(await layer.open(options), options.gzipLevel);
-    const stored = await dest.putBlob(gz.stream, { mediaType: MediaType.OCI_LAYER_GZIP });
+    const gz = gzipLayerStream(await layer.open({ signal }), options.gzipLevel);
+    const stored = await dest.putBlob(gz.stream, { mediaType: MediaType.OCI_LAYER_GZIP, signal });
     const compressed: Descriptor = { ...desc, mediaType: MediaType.OCI_LAYER_GZIP, digest: stored.digest, size: stored.size };
     await options.blobInfo?.record(dest.cacheScope, gz.diffId(), compressed);
     record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: MediaType.OCI_LAYER_GZIP }, options);
@@ -107,7 +139,7 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
     record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'skipped', bytes: 0, mediaType: desc.mediaType }, options);
     return desc;
   }
-  const stored = await dest.putBlob(await layer.open(options), { mediaType: desc.mediaType, digest: desc.digest, size: desc.size });
+  const stored = await dest.putBlob(await layer.open({ signal }), { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, signal });
   record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'pushed', bytes: stored.size, mediaType: desc.mediaType }, options);
   return desc;
 }
@@ -185,10 +217,9 @@ export async function copyImage(source: ImageSource, dest: BlobDestination, opti
   const tally: Tally = { pushed: 0, skipped: 0, foreign: 0, bytes: 0 };
   try {
     const image = await resolveImage(source, options.platform);
-    const limit = pLimit(Math.max(1, options.jobs));
     const once = singleFlight<Descriptor>();
-    const layers = await Promise.all(
-      image.layers.map((layer) => limit(() => once(layer.descriptor.digest, () => transferLayer(layer, dest, options, tally)))),
+    const layers = await allOrNothing(image.layers, options.jobs, options.signal, (layer, signal) =>
+      once(layer.descriptor.digest, () => transferLayer(layer, dest, options, tally, signal)),
     );
     const done = await finishImage(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType), configBytes: image.configBytes }, layers);
     return summary(source.name, dest.name, done, image.layers.length, tally);

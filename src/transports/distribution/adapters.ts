@@ -106,7 +106,7 @@ export class DistributionDestination implements BlobDestination {
       ...(info.digest ? { digest: info.digest } : {}),
       ...(info.size !== undefined ? { size: info.size } : {}),
       what: `blob ${info.digest ? shortDigest(info.digest) : '(new)'} for ${this.name}`,
-    });
+    }, info.signal);
     await this.store.link(this.ref.repository, stored.digest, 'layer');
     return stored;
   }

@@ -62,7 +62,12 @@ export class DistributionStore {
    * stages its own uploads and purges stale ones), hashed on the way, verified against `expected`,
    * then moved to its content address. Returns the digest and size. Nothing is left in `_uploads`.
    */
-  async writeBlob(repo: string, source: Readable, expected?: { digest?: Digest; size?: number; what: string }): Promise<{ digest: Digest; size: number }> {
+  async writeBlob(
+    repo: string,
+    source: Readable,
+    expected?: { digest?: Digest; size?: number; what: string },
+    signal?: AbortSignal,
+  ): Promise<{ digest: Digest; size: number }> {
     const id = randomUUID();
     await this.driver.putContent(pathFor({ kind: 'uploadStartedAt', repo, id }), Buffer.from(new Date().toISOString()));
     const uploadPath = pathFor({ kind: 'uploadData', repo, id });
@@ -70,7 +75,7 @@ export class DistributionStore {
     const hash = new DigestStream();
     try {
       try {
-        await pipeline(source, hash, writer.stream);
+        await pipeline(source, hash, writer.stream, ...(signal ? [{ signal }] : []));
         await writer.commit();
       } catch (e) {
         await writer.cancel().catch(() => undefined);

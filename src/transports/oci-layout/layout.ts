@@ -160,7 +160,7 @@ export class OciLayoutDestination implements BlobDestination {
     const writer = await this.driver.writer(tmp);
     const hash = new DigestStream();
     try {
-      await pipeline(stream, hash, writer.stream);
+      await pipeline(stream, hash, writer.stream, ...(info.signal ? [{ signal: info.signal }] : []));
       await writer.commit();
     } catch (e) {
       await writer.cancel().catch(() => undefined);
