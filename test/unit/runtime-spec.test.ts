@@ -12,7 +12,7 @@ import {
   makeRuntimeSpec,
   readFileInRoot,
   resolveImageUser,
-} from '../../src/transports/bundle/runtime-spec.js';
+} from '../../src/transports/rootfs/runtime-spec.js';
 
 const PASSWD = [
   'root:x:0:0:root:/root:/bin/sh',

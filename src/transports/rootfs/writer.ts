@@ -10,7 +10,7 @@ import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
-import { makeRuntimeSpec } from '../bundle/runtime-spec.js';
+import { makeRuntimeSpec } from './runtime-spec.js';
 import { RootfsApplier } from './apply.js';
 
 export interface RootfsWriterOptions {

@@ -7,7 +7,7 @@ import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../errors.js';
 import type { ImageConfig } from '../../oci/config.js';
-import { resolveInRoot } from '../rootfs/apply.js';
+import { resolveInRoot } from './apply.js';
 
 export const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 export const DEFAULT_HOSTNAME = 'smartlayer';
