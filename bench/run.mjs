@@ -1,0 +1,338 @@
+#!/usr/bin/env node
+/**
+ * npm run bench: smart beside skopeo/umoci and the pigz/tar limits, in one run, on a generated
+ * ~200 MB image made of files from this machine (shared libraries, docs, many small files, a tiny
+ * patch layer with a whiteout). Each case runs several times; the table gives median wall time,
+ * CPU and peak RSS, and the ratio to the peer. Not a test: nothing here passes or fails.
+ *
+ *   npm run bench [-- --runs N] [-- --keep]
+ *
+ * Needs: docker-registry, skopeo, umoci, pigz, zstd, GNU tar and /usr/bin/time (Debian `time`).
+ * Writes bench/out/ (generated image, results.json); removed unless --keep, except results.json.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const out = path.join(repo, 'bench', 'out');
+const smartBin = path.join(repo, 'bin', 'smart.js');
+const runs = Number(process.argv[process.argv.indexOf('--runs') + 1]) || 3;
+const keep = process.argv.includes('--keep');
+const shm = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
+
+for (const tool of ['docker-registry', 'skopeo', 'umoci', 'pigz', 'zstd', 'tar', '/usr/bin/time']) {
+  try {
+    execFileSync('sh', ['-c', `command -v ${tool}`], { stdio: 'ignore' });
+  } catch {
+    console.error(`bench: ${tool} is missing (apt-get install docker-registry skopeo umoci pigz zstd time)`);
+    process.exit(2);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The image: four layers from files on this machine.
+// ---------------------------------------------------------------------------------------------
+
+function pickFiles(roots, budgetBytes, maxFiles = Infinity, filter = () => true) {
+  const picked = [];
+  const inodes = new Set();
+  let total = 0;
+  const walk = (dir) => {
+    let entries;
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      if (total >= budgetBytes || picked.length >= maxFiles) return;
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.isFile() && filter(p)) {
+        const { size, ino } = fs.statSync(p);
+        // A hardlinked file is stored once by tar: count it once.
+        if (inodes.has(ino) || total + size > budgetBytes * 1.02) continue;
+        inodes.add(ino);
+        picked.push(p.slice(1));
+        total += size;
+      }
+    }
+  };
+  for (const r of roots) walk(r);
+  return { files: picked, bytes: total };
+}
+
+function tarLayer(name, files) {
+  const list = path.join(out, `${name}.list`);
+  fs.writeFileSync(list, files.join('\n') + '\n');
+  const file = path.join(out, `${name}.tar`);
+  execFileSync('tar', ['-C', '/', '--sort=name', '--mtime=@1704067200', '--owner=0', '--group=0', '--numeric-owner', '-cf', file, '-T', list]);
+  return file;
+}
+
+function sha256File(file) {
+  return `sha256:${createHash('sha256').update(fs.readFileSync(file)).digest('hex')}`;
+}
+
+async function makeImage() {
+  fs.mkdirSync(out, { recursive: true });
+  const libs = pickFiles(['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib'], 150e6, Infinity, (p) => /\.so/.test(p));
+  const docs = pickFiles(['/usr/share/doc', '/usr/share/man'], 30e6);
+  const small = pickFiles([path.join(repo, 'node_modules'), '/usr/share/locale', '/usr/share/zoneinfo'], 14e6, 2500);
+  // The patch layer: one file and a whiteout of a doc file.
+  const patchDir = path.join(out, 'patch');
+  fs.mkdirSync(path.join(patchDir, 'etc'), { recursive: true });
+  fs.writeFileSync(path.join(patchDir, 'etc', 'bench.conf'), 'tuned=1\n'.repeat(500));
+  const victim = docs.files[0];
+  fs.mkdirSync(path.join(patchDir, path.dirname(victim)), { recursive: true });
+  fs.writeFileSync(path.join(patchDir, path.dirname(victim), `.wh.${path.basename(victim)}`), '');
+  const layers = [tarLayer('l1-libs', libs.files), tarLayer('l2-docs', docs.files), tarLayer('l3-small', small.files)];
+  const patchTar = path.join(out, 'l4-patch.tar');
+  execFileSync('tar', ['-C', patchDir, '--sort=name', '--mtime=@1704067200', '--owner=0', '--group=0', '--numeric-owner', '-cf', patchTar, '.']);
+  layers.push(patchTar);
+  const diffIds = layers.map(sha256File);
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      config: { Cmd: ['/bin/sh'] },
+      rootfs: { type: 'layers', diff_ids: diffIds },
+      history: layers.map((l) => ({ created_by: `ADD ${path.basename(l)} /` })),
+    }),
+  );
+  const configName = `${createHash('sha256').update(config).digest('hex')}.json`;
+  const archiveDir = path.join(out, 'archive');
+  fs.mkdirSync(archiveDir, { recursive: true });
+  fs.writeFileSync(path.join(archiveDir, configName), config);
+  const layerNames = layers.map((l, i) => `${diffIds[i].slice(7)}.tar`);
+  layers.forEach((l, i) => fs.renameSync(l, path.join(archiveDir, layerNames[i])));
+  fs.writeFileSync(path.join(archiveDir, 'manifest.json'), JSON.stringify([{ Config: configName, RepoTags: ['bench/app:latest'], Layers: layerNames }]));
+  const archive = path.join(out, 'image.tar');
+  // Layers first, manifest.json last, as docker save writes it.
+  execFileSync('tar', ['-C', archiveDir, '-cf', archive, ...layerNames, configName, 'manifest.json']);
+  const layout = path.join(out, 'oci');
+  execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', `docker-archive:${archive}`, `oci:${layout}:latest`]);
+  const sizes = { libs: libs.bytes, docs: docs.bytes, small: small.bytes, smallFiles: small.files.length, tar: fs.statSync(archive).size };
+  return { archive, archiveDir, layerNames, layout, sizes };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running and measuring
+// ---------------------------------------------------------------------------------------------
+
+/** Runs a shell command under /usr/bin/time: wall s, CPU s (user+sys, children included), peak RSS MB. */
+function measure(command, env = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn('/usr/bin/time', ['-f', '%e %U %S %M', 'sh', '-c', command], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', (code) => {
+      const last = err.trim().split('\n').pop();
+      if (code !== 0) return reject(new Error(`${command}\nexited ${code}: ${err.slice(-2000)}`));
+      const [wall, user, sys, rssKb] = last.split(' ').map(Number);
+      resolve({ wall, cpu: user + sys, rss: rssKb / 1024 });
+    });
+  });
+}
+
+function freePort() {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function startRegistry(root) {
+  const port = await freePort();
+  const config = path.join(out, `registry-${port}.yml`);
+  fs.writeFileSync(
+    config,
+    `version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage:\n  filesystem: {rootdirectory: ${root}}\n  delete: {enabled: true}\n  maintenance: {uploadpurging: {enabled: false}}\nhttp: {addr: 127.0.0.1:${port}}\n`,
+  );
+  const env = { ...process.env };
+  delete env.AWS_CA_BUNDLE;
+  const child = spawn('docker-registry', ['serve', config], { env, stdio: 'ignore' });
+  for (let i = 0; i < 300; i++) {
+    try {
+      if ((await fetch(`http://127.0.0.1:${port}/v2/`)).status === 200) break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  return {
+    host: `127.0.0.1:${port}`,
+    stop: () =>
+      new Promise((r) => {
+        child.once('exit', r);
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const rm = (p) => fs.rmSync(p, { recursive: true, force: true });
+const skopeoCache = '/var/lib/containers/cache/blob-info-cache-v1.boltdb';
+
+async function bench(name, { setup, command, env }) {
+  const samples = [];
+  for (let i = 0; i < runs; i++) {
+    const ctx = setup ? await setup(i) : {};
+    try {
+      samples.push(await measure(typeof command === 'function' ? command(ctx) : command, env));
+    } finally {
+      await ctx.teardown?.();
+    }
+  }
+  const r = { name, wall: median(samples.map((s) => s.wall)), cpu: median(samples.map((s) => s.cpu)), rss: median(samples.map((s) => s.rss)), samples };
+  process.stderr.write(`  ${name}: ${r.wall.toFixed(2)} s\n`);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const started = Date.now();
+process.stderr.write('bench: generating the image...\n');
+const img = await makeImage();
+const smart = `node ${smartBin} -q`;
+const results = [];
+const pairs = [];
+const work = path.join(out, 'work');
+
+async function freshStore() {
+  const dir = fs.mkdtempSync(path.join(work + '-'));
+  return { dir, teardown: () => rm(dir) };
+}
+
+async function freshRegistry() {
+  const dir = fs.mkdtempSync(path.join(out, 'reg-'));
+  rm(skopeoCache);
+  const reg = await startRegistry(dir);
+  return { dir, host: reg.host, teardown: async () => { await reg.stop(); rm(dir); } };
+}
+
+process.stderr.write(`bench: ${runs} runs per case\n`);
+// 1. cold push from a docker-save tar: everything to compress.
+const s1 = await bench('smart push docker-archive → file: (cold)', {
+  setup: freshStore,
+  command: (c) => `${smart.replace(' -q', '')} push -q --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+});
+const s1s = await bench('smart push docker-archive:- (stdin) → file: (cold)', {
+  setup: freshStore,
+  command: (c) => `cat ${img.archive} | node ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:- file:${c.dir}/store#bench/app:1`,
+});
+const k1 = await bench('skopeo copy docker-archive → registry (cold)', {
+  setup: freshRegistry,
+  command: (c) => `skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:${img.archive} docker://${c.host}/bench/app:1`,
+});
+pairs.push([s1, k1], [s1s, k1]);
+
+// 2. cold push from an OCI layout: nothing to compress.
+const s2 = await bench('smart push oci → file: (cold)', {
+  setup: freshStore,
+  command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest file:${c.dir}/store#bench/app:1`,
+});
+const k2 = await bench('skopeo copy oci → registry (cold)', {
+  setup: freshRegistry,
+  command: (c) => `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${c.host}/bench/app:1`,
+});
+pairs.push([s2, k2]);
+
+// 3. warm push (everything present) and 4. pulls, against one store and one registry.
+const store = fs.mkdtempSync(path.join(out, 'store-'));
+const cacheDir = path.join(store, 'cache');
+execFileSync('node', [smartBin, 'push', '-q', '--cache-dir', cacheDir, `docker-archive:${img.archive}`, `file:${store}/data#bench/app:1`]);
+rm(skopeoCache);
+const reg = await startRegistry(path.join(store, 'registry'));
+execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', '--dest-tls-verify=false', `docker-archive:${img.archive}`, `docker://${reg.host}/bench/app:1`]);
+try {
+  const s3 = await bench('smart push docker-archive → file: (warm)', {
+    command: `node ${smartBin} push -q --cache-dir ${cacheDir} docker-archive:${img.archive} file:${store}/data#bench/app:1`,
+  });
+  const k3 = await bench('skopeo copy docker-archive → registry (warm)', {
+    command: `skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:${img.archive} docker://${reg.host}/bench/app:1`,
+  });
+  pairs.push([s3, k3]);
+  const s3b = await bench('smart push oci → file: (warm)', { command: `node ${smartBin} push -q oci:${img.layout}:latest file:${store}/data#bench/app:1` });
+  const k3b = await bench('skopeo copy oci → registry (warm)', {
+    command: `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${reg.host}/bench/app:1`,
+  });
+  pairs.push([s3b, k3b]);
+
+  const target = (c) => c.dir;
+  const s4 = await bench('smart pull file: → oci', {
+    setup: freshStore,
+    command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 oci:${target(c)}/oci:x`,
+  });
+  const k4 = await bench('skopeo copy registry → oci', {
+    setup: freshStore,
+    command: (c) => `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${reg.host}/bench/app:1 oci:${target(c)}/oci:x`,
+  });
+  pairs.push([s4, k4]);
+  const s4b = await bench('smart pull file: → docker-archive', {
+    setup: freshStore,
+    command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 docker-archive:${target(c)}/img.tar`,
+  });
+  const k4b = await bench('skopeo copy registry → docker-archive', {
+    setup: freshStore,
+    command: (c) => `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${reg.host}/bench/app:1 docker-archive:${target(c)}/img.tar`,
+  });
+  pairs.push([s4b, k4b]);
+
+  // 5. root filesystems on tmpfs (the code's own cost) and on disk (the disk's limit).
+  for (const [where, base] of [['tmpfs', shm], ['disk', out]]) {
+    const fresh = async () => {
+      const dir = fs.mkdtempSync(path.join(base, 'smart-bench-'));
+      return { dir, teardown: () => rm(dir) };
+    };
+    const s5 = await bench(`smart pull file: → rootfs (${where})`, { setup: fresh, command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs` });
+    const k5 = await bench(`skopeo → oci + umoci unpack (${where})`, {
+      setup: fresh,
+      command: (c) =>
+        `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${reg.host}/bench/app:1 oci:${c.dir}/oci:x && umoci unpack --image ${c.dir}/oci:x ${c.dir}/bundle >/dev/null`,
+    });
+    const t5 = await bench(`limit: tar -x of the uncompressed layers (${where})`, {
+      setup: fresh,
+      command: (c) => `mkdir ${c.dir}/r && for l in ${img.layerNames.map((n) => path.join(img.archiveDir, n)).join(' ')}; do tar -C ${c.dir}/r -xf $l; done`,
+    });
+    pairs.push([s5, k5], [s5, t5]);
+  }
+} finally {
+  await reg.stop();
+  rm(store);
+}
+
+// 6. compression limits on the same bytes.
+const all = img.layerNames.map((n) => path.join(img.archiveDir, n)).join(' ');
+const p6 = await bench(`limit: cat layers | pigz -6 -p${os.availableParallelism()}`, { command: `cat ${all} | pigz -6 -p${os.availableParallelism()} > /dev/null` });
+const z6 = await bench('limit: cat layers | zstd -3 -T0', { command: `cat ${all} | zstd -3 -T0 -q > /dev/null` });
+pairs.push([s1, p6]);
+results.push(...new Set(pairs.flat()), z6);
+
+// ---------------------------------------------------------------------------------------------
+const mb = (n) => (n / 1e6).toFixed(1);
+const lines = [
+  `image: ${mb(img.sizes.tar)} MB docker-save tar (libs ${mb(img.sizes.libs)} MB, docs ${mb(img.sizes.docs)} MB, ${img.sizes.smallFiles} small files ${mb(img.sizes.small)} MB, patch); ${os.availableParallelism()} cores; median of ${runs}`,
+  '',
+  '| case | wall s | CPU s | peak RSS MB | vs | ratio (their wall / ours) |',
+  '|---|---|---|---|---|---|',
+];
+const seen = new Set();
+for (const [ours, theirs] of pairs) {
+  const row = `| ${ours.name} | ${ours.wall.toFixed(2)} | ${ours.cpu.toFixed(2)} | ${ours.rss.toFixed(0)} | ${theirs.name} (${theirs.wall.toFixed(2)} s, ${theirs.rss.toFixed(0)} MB) | ${(theirs.wall / ours.wall).toFixed(2)}x |`;
+  if (!seen.has(row)) lines.push(row);
+  seen.add(row);
+}
+lines.push(`| ${z6.name} | ${z6.wall.toFixed(2)} | ${z6.cpu.toFixed(2)} | ${z6.rss.toFixed(0)} | | |`);
+console.log(lines.join('\n'));
+fs.writeFileSync(path.join(repo, 'bench', 'results.json'), JSON.stringify({ date: new Date().toISOString(), runs, image: img.sizes, results }, null, 2));
+process.stderr.write(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s; results in bench/results.json\n`);
+if (!keep) rm(out);
