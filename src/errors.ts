@@ -28,12 +28,15 @@ export interface SmartErrorOptions {
   /** One short sentence telling the user what to do about it. */
   hint?: string;
   cause?: unknown;
+  /** A transient failure (connection reset, 429, 5xx): trying the same step again may succeed. */
+  retryable?: boolean;
 }
 
 export class SmartError extends Error {
   readonly code: ErrorCode;
   readonly input: string | undefined;
   readonly hint: string | undefined;
+  readonly retryable: boolean;
 
   constructor(code: ErrorCode, message: string, options: SmartErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -41,6 +44,7 @@ export class SmartError extends Error {
     this.code = code;
     this.input = options.input;
     this.hint = options.hint;
+    this.retryable = options.retryable ?? false;
   }
 
   /** Usage errors exit 2, everything else 1 (documented in `smart --help`). */

@@ -30,4 +30,23 @@ export class BlobInfoCache {
   async record(scope: string, diffId: Digest, compressed: Descriptor): Promise<void> {
     await this.cache.set(this.key(scope, diffId), JSON.stringify({ mediaType: compressed.mediaType, digest: compressed.digest, size: compressed.size }));
   }
+
+  /** Repositories of a registry where a blob was seen (newest first), to mount it from. */
+  async locations(scope: string, digest: Digest): Promise<string[]> {
+    const raw = await this.cache.get(`location:v1:${scope}:${digest}`);
+    if (!raw) return [];
+    try {
+      const list = JSON.parse(raw) as unknown;
+      return Array.isArray(list) ? list.filter((x): x is string => typeof x === 'string') : [];
+    } catch {
+      return [];
+    }
+  }
+
+  async recordLocation(scope: string, digest: Digest, repository: string): Promise<void> {
+    const known = await this.locations(scope, digest);
+    if (known[0] === repository) return;
+    const next = [repository, ...known.filter((r) => r !== repository)].slice(0, 5);
+    await this.cache.set(`location:v1:${scope}:${digest}`, JSON.stringify(next));
+  }
 }

@@ -12,14 +12,25 @@ Image names (skopeo-style TRANSPORT:REFERENCE):
   oci:DIR[:TAG]                      OCI image layout directory
   oci-archive:FILE[:TAG]             OCI image layout in a tar file
   docker-archive:FILE[:NAME:TAG|:@N] docker save / docker load tar; FILE "-" is stdin or stdout
+  docker://HOST[:PORT]/REPO[:TAG|@DIGEST]  a registry, over the OCI Distribution API
   file:ROOT#REPO[:TAG|@DIGEST]       a Distribution registry's storage on disk (ROOT = rootdirectory)
+  s3://BUCKET[/ROOT]#REPO[:TAG|@DIGEST]  a Distribution registry's storage in S3 (ROOT = rootdirectory)
   rootfs:DIR                         (pull only) the flattened root filesystem
   bundle:DIR                         (pull only) an OCI runtime bundle for runc: DIR/config.json + DIR/rootfs
 
 Exit status: 0 on success, 2 on a usage error (bad flags, malformed image name), 1 on any other error.
-Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer).`;
+Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer);
+  SMART_REGISTRY_AUTH=USER:PASSWORD, DOCKER_CONFIG (registry credentials); AWS_ENDPOINT_URL_S3,
+  AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
 
 interface CommonFlags {
+  creds?: string;
+  srcCreds?: string;
+  destCreds?: string;
+  insecureRegistry?: string[];
+  certDir?: string[];
+  s3Endpoint?: string;
+  s3Region?: string;
   json?: boolean;
   quiet?: boolean;
   debug?: boolean;
@@ -44,7 +55,34 @@ function addCommonOptions(cmd: Command): Command {
     .option('--debug', 'print stack traces of errors')
     .addOption(new Option('--jobs <n>', 'layers in flight at once (default: from the core count)').argParser(positiveInt('--jobs', 256)))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image (default: this machine)')
-    .option('--cache-dir <dir>', 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)');
+    .option('--cache-dir <dir>', 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)')
+    .option('--creds <user:password>', 'registry credentials for source and destination (default: $SMART_REGISTRY_AUTH, then ~/.docker/config.json)')
+    .option('--src-creds <user:password>', 'registry credentials for the source only')
+    .option('--dest-creds <user:password>', 'registry credentials for the destination only')
+    .option('--insecure-registry <host[:port]>', 'allow plain HTTP and unverified TLS for this registry (repeatable)', collect, [])
+    .option('--cert-dir <dir>', 'directory of extra CA certificates (*.crt) for registries (repeatable)', collect, [])
+    .option('--s3-endpoint <url>', 'S3 endpoint (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)')
+    .option('--s3-region <region>', 'S3 region (default: $AWS_REGION, then us-east-1)');
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+async function remoteOptions(flags: CommonFlags) {
+  const { parseCredentials } = await import('../ops/credentials.js');
+  const shared = flags.creds ?? process.env.SMART_REGISTRY_AUTH;
+  const creds = (v: string | undefined, what: string) => (v ? parseCredentials(v, what) : undefined);
+  const source = creds(flags.srcCreds, '--src-creds') ?? creds(shared, flags.creds ? '--creds' : 'SMART_REGISTRY_AUTH');
+  const destination = creds(flags.destCreds, '--dest-creds') ?? creds(shared, flags.creds ? '--creds' : 'SMART_REGISTRY_AUTH');
+  return {
+    ...(source ? { sourceCredentials: source } : {}),
+    ...(destination ? { destinationCredentials: destination } : {}),
+    ...(flags.insecureRegistry?.length ? { insecureRegistries: flags.insecureRegistry } : {}),
+    ...(flags.certDir?.length ? { certDirs: flags.certDir } : {}),
+    ...(flags.s3Endpoint ? { s3Endpoint: flags.s3Endpoint } : {}),
+    ...(flags.s3Region ? { s3Region: flags.s3Region } : {}),
+  };
 }
 
 function outputOptions(flags: CommonFlags): OutputOptions {
@@ -66,8 +104,16 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
     ...(flags.jobs ? { jobs: flags.jobs } : {}),
     ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
     cacheDir: flags.cacheDir ?? defaultCacheDir(),
+    remote: await remoteOptions(flags),
     onLayer: (e) => {
-      const size = e.status === 'skipped' ? 'already there' : e.status === 'foreign' ? 'foreign, not copied' : formatBytes(e.bytes);
+      const size =
+        e.status === 'skipped'
+          ? e.reuse?.how === 'mounted'
+            ? `mounted${e.reuse.from ? ` from ${e.reuse.from}` : ''}, nothing sent`
+            : 'already there'
+          : e.status === 'foreign'
+            ? 'foreign, not copied'
+            : formatBytes(e.bytes);
       out.info(`layer ${short(e.digest)}: ${e.status} (${size})`);
     },
     onWarning: (m) => out.warn(m),
@@ -76,7 +122,7 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
   const l = summary.layers;
   out.info(
     `${mode === 'push' ? 'pushed' : 'pulled'} ${summary.source} → ${summary.destination}: ` +
-      `${l.pushed} layer${l.pushed === 1 ? '' : 's'} written (${formatBytes(l.bytesPushed)}), ${l.skipped} skipped` +
+      `${l.pushed} layer${l.pushed === 1 ? '' : 's'} written (${formatBytes(l.bytesPushed)}), ${l.skipped} skipped${l.mounted ? ` (${l.mounted} mounted)` : ''}` +
       `${l.foreign ? `, ${l.foreign} foreign` : ''}; manifest ${summary.manifestDigest}${summary.converted ? ' (converted)' : ''} in ${seconds.toFixed(2)} s`,
   );
   if (flags.json) out.json({ ...summary, seconds: Number(seconds.toFixed(3)) });

@@ -63,6 +63,13 @@ export interface ImageSource {
 /** What a destination does to layers (as containers/image's DesiredLayerCompression). */
 export type LayerCompressionPolicy = 'compress' | 'preserve' | 'decompress';
 
+/** How a destination came to hold a blob without receiving its bytes. */
+export interface BlobReuse {
+  how: 'present' | 'mounted';
+  /** The repository it was mounted from, when one. */
+  from?: string;
+}
+
 /** Result of storing one blob. */
 export interface StoredBlob {
   digest: Digest;
@@ -93,16 +100,18 @@ export interface BlobDestination {
   readonly layerCompression: LayerCompressionPolicy;
   supportsManifestType(mediaType: string): boolean;
   /**
-   * If the blob is already there (or can be made available without its bytes, e.g. by linking
-   * it into this repository), does so and returns true.
+   * If the blob is already there, or can be made available without its bytes (linked or mounted
+   * into this repository from another), does so and says how; undefined when it must be sent.
    */
-  reuseBlob(descriptor: Descriptor): Promise<boolean>;
+  reuseBlob(descriptor: Descriptor): Promise<BlobReuse | undefined>;
   putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob>;
   /** Stores manifest bytes (an image manifest or an index); does not tag them. */
   putManifest(manifest: ParsedManifest): Promise<void>;
   /** Makes the top-level manifest visible under the destination's tag, last. */
   commit(top: ParsedManifest): Promise<void>;
   abort(): Promise<void>;
+  /** Releases connections and files; called once at the end, after commit or abort. */
+  close(): Promise<void>;
 }
 
 /** A destination that consumes a whole resolved image (docker-archive, rootfs, bundle). */
@@ -126,6 +135,8 @@ export interface LayerEvent {
   digest: string;
   diffId?: string;
   status: 'pushed' | 'skipped' | 'written' | 'foreign';
+  /** For skipped blobs: already present, or mounted/linked from another repository. */
+  reuse?: BlobReuse;
   /** Bytes that crossed to the destination (0 when skipped). */
   bytes: number;
   mediaType?: string;

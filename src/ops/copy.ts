@@ -6,7 +6,7 @@
  */
 import { Readable, pipeline } from 'node:stream';
 import pLimit from 'p-limit';
-import { SmartError } from '../errors.js';
+import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, type Digest } from '../oci/digest.js';
 import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent } from '../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
@@ -46,7 +46,7 @@ export interface CopySummary {
   manifestMediaType: string;
   /** True when the manifest had to be rewritten (layers compressed, media types converted). */
   converted: boolean;
-  layers: { total: number; pushed: number; skipped: number; foreign: number; bytesPushed: number };
+  layers: { total: number; pushed: number; skipped: number; mounted: number; foreign: number; bytesPushed: number };
   config: 'pushed' | 'skipped';
   details?: Record<string, unknown>;
 }
@@ -54,6 +54,7 @@ export interface CopySummary {
 interface Tally {
   pushed: number;
   skipped: number;
+  mounted: number;
   foreign: number;
   bytes: number;
 }
@@ -62,7 +63,10 @@ function record(tally: Tally, event: LayerEvent, options: CopyOptions): void {
   if (event.status === 'pushed' || event.status === 'written') {
     tally.pushed++;
     tally.bytes += event.bytes;
-  } else if (event.status === 'skipped') tally.skipped++;
+  } else if (event.status === 'skipped') {
+    tally.skipped++;
+    if (event.reuse?.how === 'mounted') tally.mounted++;
+  }
   else tally.foreign++;
   options.onLayer?.(event);
 }
@@ -112,6 +116,21 @@ async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: Abor
   return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
+/**
+ * Runs a layer transfer again (reopening its source) when it failed on something transient — a
+ * connection reset mid-upload, a 5xx the client's own retries did not outlast.
+ */
+async function retrying<T>(signal: AbortSignal, work: () => Promise<T>, attempts = 3): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await work();
+    } catch (e) {
+      if (!isSmartError(e) || !e.retryable || signal.aborted || i >= attempts - 1) throw e;
+      await new Promise((r) => setTimeout(r, 300 * 2 ** i));
+    }
+  }
+}
+
 /** The descriptor of one layer at the destination. */
 async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyOptions, tally: Tally, signal: AbortSignal): Promise<Descriptor> {
   const desc = layer.descriptor;
@@ -124,8 +143,9 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
   if (compression === 'none' && dest.layerCompression === 'compress') {
     // Compressed for this destination before? Then it only has to still be there.
     const known = await options.blobInfo?.compressedFor(dest.cacheScope, layer.diffId);
-    if (known && (await dest.reuseBlob(known))) {
-      record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', bytes: 0, mediaType: known.mediaType }, options);
+    const reuse = known && (await dest.reuseBlob(known));
+    if (known && reuse) {
+      record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType }, options);
       return { ...desc, ...known };
     }
     const gz = gzipLayerStream(await layer.open({ signal }), options.gzipLevel);
@@ -135,8 +155,9 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
     record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: MediaType.OCI_LAYER_GZIP }, options);
     return compressed;
   }
-  if (await dest.reuseBlob(desc)) {
-    record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'skipped', bytes: 0, mediaType: desc.mediaType }, options);
+  const reuse = await dest.reuseBlob(desc);
+  if (reuse) {
+    record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: desc.mediaType }, options);
     return desc;
   }
   const stored = await dest.putBlob(await layer.open({ signal }), { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, signal });
@@ -214,12 +235,12 @@ async function finishImage(
 
 /** Copies the image `source` names (one platform of an index) into a content-addressed destination. */
 export async function copyImage(source: ImageSource, dest: BlobDestination, options: CopyOptions): Promise<CopySummary> {
-  const tally: Tally = { pushed: 0, skipped: 0, foreign: 0, bytes: 0 };
+  const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
   try {
     const image = await resolveImage(source, options.platform);
     const once = singleFlight<Descriptor>();
     const layers = await allOrNothing(image.layers, options.jobs, options.signal, (layer, signal) =>
-      once(layer.descriptor.digest, () => transferLayer(layer, dest, options, tally, signal)),
+      once(layer.descriptor.digest, () => retrying(signal, () => transferLayer(layer, dest, options, tally, signal))),
     );
     const done = await finishImage(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType), configBytes: image.configBytes }, layers);
     return summary(source.name, dest.name, done, image.layers.length, tally);
@@ -242,7 +263,7 @@ function summary(
     manifestDigest: done.manifest.digest,
     manifestMediaType: done.manifest.mediaType,
     converted: done.converted,
-    layers: { total, pushed: tally.pushed, skipped: tally.skipped, foreign: tally.foreign, bytesPushed: tally.bytes },
+    layers: { total, pushed: tally.pushed, skipped: tally.skipped, mounted: tally.mounted, foreign: tally.foreign, bytesPushed: tally.bytes },
     config: done.config,
   };
 }
@@ -259,7 +280,7 @@ export async function copyDockerArchiveStream(
   dest: BlobDestination,
   options: CopyOptions,
 ): Promise<CopySummary> {
-  const tally: Tally = { pushed: 0, skipped: 0, foreign: 0, bytes: 0 };
+  const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
   try {
     const streamed = await readDockerArchiveStream(input, selection, sourceName, async (layer) => {
       const what = `layer ${layer.member} of ${sourceName}`;
@@ -299,7 +320,7 @@ export async function copyDockerArchiveStream(
 
 /** Resolves the image and hands it to a whole-image writer (docker-archive, rootfs, bundle). */
 export async function writeImage(source: ImageSource, writer: ImageWriter, options: CopyOptions): Promise<CopySummary> {
-  const tally: Tally = { pushed: 0, skipped: 0, foreign: 0, bytes: 0 };
+  const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
   const image: Image = await resolveImage(source, options.platform);
   const result = await writer.write(image, {
     jobs: options.jobs,
@@ -312,7 +333,7 @@ export async function writeImage(source: ImageSource, writer: ImageWriter, optio
     manifestDigest: image.manifest.digest,
     manifestMediaType: image.manifest.mediaType,
     converted: false,
-    layers: { total: image.layers.length, pushed: tally.pushed, skipped: tally.skipped, foreign: tally.foreign, bytesPushed: tally.bytes },
+    layers: { total: image.layers.length, pushed: tally.pushed, skipped: tally.skipped, mounted: tally.mounted, foreign: tally.foreign, bytesPushed: tally.bytes },
     config: 'pushed',
     ...(result.details ? { details: result.details } : {}),
   };

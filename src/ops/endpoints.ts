@@ -9,11 +9,55 @@ import { SmartError } from '../errors.js';
 import type { BlobDestination, ImageSource, ImageWriter } from '../oci/image.js';
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
 import { defaultRepoTag, type ImageName } from '../transports/names.js';
+import type { BlobInfoCache } from '../cache/blob-info.js';
+import type { Credentials } from '../transports/registry/credentials.js';
+
+export interface RemoteOptions {
+  /** Registry credentials for the source and the destination (else the Docker config's). */
+  sourceCredentials?: Credentials;
+  destinationCredentials?: Credentials;
+  /** Hosts allowed plain HTTP and unverified TLS (`--insecure-registry`). */
+  insecureRegistries?: string[];
+  /** Extra CA directories (`--cert-dir`). */
+  certDirs?: string[];
+  /** S3 endpoint and region overrides; the AWS environment provides the rest. */
+  s3Endpoint?: string;
+  s3Region?: string;
+}
 
 export interface EndpointContext {
   stdin: Readable;
   stdout: Writable;
   onWarning?: (message: string) => void;
+  remote?: RemoteOptions;
+  blobInfo?: BlobInfoCache;
+}
+
+async function registryClient(host: string, ctx: EndpointContext, credentials: Credentials | undefined) {
+  const { RegistryClient } = await import('../transports/registry/client.js');
+  const remote = ctx.remote ?? {};
+  return new RegistryClient({
+    host,
+    insecure: (remote.insecureRegistries ?? []).includes(host),
+    ...(credentials ? { credentials } : {}),
+    ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
+  });
+}
+
+async function distributionStore(name: ImageName & { transport: 'file' | 's3' }, ctx: EndpointContext, create: boolean) {
+  const { DistributionStore } = await import('../transports/distribution/store.js');
+  if (name.transport === 'file') {
+    if (create) await fs.mkdir(name.root, { recursive: true });
+    else await requireDirectory(name.root, name.raw, 'the registry storage root');
+    const { FsDriver } = await import('../storage/fs-driver.js');
+    return new DistributionStore(new FsDriver(path.resolve(name.root)));
+  }
+  const { S3Driver, s3ClientFromEnvironment } = await import('../storage/s3-driver.js');
+  const client = s3ClientFromEnvironment({
+    ...(ctx.remote?.s3Endpoint ? { endpoint: ctx.remote.s3Endpoint } : {}),
+    ...(ctx.remote?.s3Region ? { region: ctx.remote.s3Region } : {}),
+  });
+  return new DistributionStore(new S3Driver({ bucket: name.bucket, rootDirectory: name.root, client }));
 }
 
 export type OpenedSource =
@@ -45,15 +89,19 @@ export async function openSource(name: ImageName, ctx: EndpointContext): Promise
       const { openDockerArchiveSource } = await import('../transports/docker-archive/source.js');
       return { kind: 'random', source: await openDockerArchiveSource(name.file, name.selection, name.raw) };
     }
-    case 'file': {
+    case 'file':
+    case 's3': {
       if (!name.ref) {
-        throw new SmartError('USAGE', `${name.raw} names a whole store; name an image as file:ROOT#REPO[:TAG|@DIGEST]`, { input: name.raw });
+        throw new SmartError('USAGE', `${name.raw} names a whole store; name an image as ${name.transport === 'file' ? 'file:ROOT' : 's3://BUCKET[/ROOT]'}#REPO[:TAG|@DIGEST]`, {
+          input: name.raw,
+        });
       }
-      await requireDirectory(name.root, name.raw, 'the registry storage root');
-      const { FsDriver } = await import('../storage/fs-driver.js');
-      const { DistributionStore } = await import('../transports/distribution/store.js');
       const { DistributionSource } = await import('../transports/distribution/adapters.js');
-      return { kind: 'random', source: new DistributionSource(new DistributionStore(new FsDriver(path.resolve(name.root))), name.ref) };
+      return { kind: 'random', source: new DistributionSource(await distributionStore(name, ctx, false), name.ref) };
+    }
+    case 'docker': {
+      const { RegistrySource } = await import('../transports/registry/adapters.js');
+      return { kind: 'random', source: new RegistrySource(await registryClient(name.ref.registry, ctx, ctx.remote?.sourceCredentials), name.ref) };
     }
     case 'rootfs':
     case 'bundle':
@@ -89,15 +137,25 @@ export async function openDestination(name: ImageName, ctx: EndpointContext, opt
       const target = name.file === '-' ? { stream: ctx.stdout } : { file: path.resolve(name.file) };
       return { kind: 'image', writer: new DockerArchiveWriter(name.raw, { ...target, ...(repoTag ? { repoTag } : {}) }) };
     }
-    case 'file': {
+    case 'file':
+    case 's3': {
       if (!name.ref) {
-        throw new SmartError('USAGE', `${name.raw} names a whole store; name the image to write as file:ROOT#REPO[:TAG]`, { input: name.raw });
+        throw new SmartError('USAGE', `${name.raw} names a whole store; name the image to write as ${name.transport === 'file' ? 'file:ROOT' : 's3://BUCKET[/ROOT]'}#REPO[:TAG]`, {
+          input: name.raw,
+        });
       }
-      const { FsDriver } = await import('../storage/fs-driver.js');
-      const { DistributionStore } = await import('../transports/distribution/store.js');
       const { DistributionDestination } = await import('../transports/distribution/adapters.js');
-      await fs.mkdir(name.root, { recursive: true });
-      return { kind: 'blobs', dest: new DistributionDestination(new DistributionStore(new FsDriver(path.resolve(name.root))), name.ref) };
+      return { kind: 'blobs', dest: new DistributionDestination(await distributionStore(name, ctx, true), name.ref) };
+    }
+    case 'docker': {
+      const { RegistryDestination } = await import('../transports/registry/adapters.js');
+      const source = options.source;
+      const mountFrom = source?.transport === 'docker' && source.ref.registry === name.ref.registry ? source.ref.repository : undefined;
+      const client = await registryClient(name.ref.registry, ctx, ctx.remote?.destinationCredentials);
+      return {
+        kind: 'blobs',
+        dest: new RegistryDestination(client, name.ref, { ...(mountFrom ? { mountFrom } : {}), ...(ctx.blobInfo ? { locations: ctx.blobInfo } : {}) }),
+      };
     }
     case 'rootfs':
     case 'bundle': {

@@ -7,7 +7,7 @@ import type { LayerEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { parseImageName } from '../transports/names.js';
 import { copyDockerArchiveStream, copyImage, writeImage, type CopySummary } from './copy.js';
-import { openDestination, openSource } from './endpoints.js';
+import { openDestination, openSource, type EndpointContext, type RemoteOptions } from './endpoints.js';
 
 export interface TransferRequest {
   mode: 'push' | 'pull';
@@ -22,6 +22,8 @@ export interface TransferRequest {
   signal?: AbortSignal;
   /** Local state (the metadata cache); none is kept when absent. */
   cacheDir?: string;
+  /** Registry and S3 settings. */
+  remote?: RemoteOptions;
   onLayer?: (event: LayerEvent) => void;
   onWarning?: (message: string) => void;
 }
@@ -44,16 +46,19 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     throw new SmartError('USAGE', `push writes images into stores; to unpack into ${dst.transport}: use smart pull`, { input: req.destination });
   }
   const streaming = src.transport === 'docker-archive' && src.file === '-';
-  if (streaming && !['file', 'oci', 'oci-archive'].includes(dst.transport)) {
-    throw new SmartError('USAGE', `${req.source} (a stream) can only be copied into a store (file:, oci:, oci-archive:); save it to a file first`, {
+  if (streaming && !['file', 's3', 'docker', 'oci', 'oci-archive'].includes(dst.transport)) {
+    throw new SmartError('USAGE', `${req.source} (a stream) can only be copied into a store (docker://, file:, s3://, oci:, oci-archive:); save it to a file first`, {
       input: req.source,
     });
   }
   const platform = typeof req.platform === 'string' ? parsePlatform(req.platform) : (req.platform ?? hostPlatform());
-  const ctx = {
+  const blobInfo = req.cacheDir ? await openBlobInfo(req.cacheDir, req.onWarning) : undefined;
+  const ctx: EndpointContext = {
     stdin: req.stdin ?? process.stdin,
     stdout: req.stdout ?? process.stdout,
     ...(req.onWarning ? { onWarning: req.onWarning } : {}),
+    ...(req.remote ? { remote: req.remote } : {}),
+    ...(blobInfo ? { blobInfo } : {}),
   };
   const options = {
     platform,
@@ -61,11 +66,12 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     ...(req.gzipLevel !== undefined ? { gzipLevel: req.gzipLevel } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.onLayer ? { onLayer: req.onLayer } : {}),
-    ...(req.cacheDir ? { blobInfo: await openBlobInfo(req.cacheDir, req.onWarning) } : {}),
+    ...(blobInfo ? { blobInfo } : {}),
   };
   const source = await openSource(src, ctx);
+  let destination: Awaited<ReturnType<typeof openDestination>> | undefined;
   try {
-    const destination = await openDestination(dst, ctx, { source: src });
+    destination = await openDestination(dst, ctx, { source: src });
     if (source.kind === 'stream') {
       if (destination.kind !== 'blobs') throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
       return await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
@@ -73,6 +79,8 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     if (destination.kind === 'blobs') return await copyImage(source.source, destination.dest, options);
     return await writeImage(source.source, destination.writer, options);
   } finally {
-    if (source.kind === 'random') await source.source.close();
+    // Open connections would keep the process alive for their keep-alive time.
+    if (destination?.kind === 'blobs') await destination.dest.close().catch(() => undefined);
+    if (source.kind === 'random') await source.source.close().catch(() => undefined);
   }
 }

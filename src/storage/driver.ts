@@ -11,8 +11,9 @@ export interface StorageStat {
 }
 
 /**
- * A streaming writer. Contract: bytes written are not guaranteed visible at `path` until
- * `commit()` resolves; `cancel()` removes whatever was written. Exactly one of them is called.
+ * A streaming writer. Contract: nothing is visible at `path` until `commit()` resolves, and then
+ * the whole object appears at once (a temporary file renamed; an S3 upload completed); `cancel()`
+ * discards what was written. Exactly one of them is called, after the stream has finished or failed.
  */
 export interface StorageWriter {
   readonly stream: Writable;

@@ -62,8 +62,9 @@ export class FsDriver implements StorageDriver {
 
   async writer(p: string): Promise<StorageWriter> {
     const target = this.full(p);
+    const tmp = `${target}.tmp-${randomUUID()}`;
     await fs.mkdir(path.dirname(target), { recursive: true }).catch((e: unknown) => this.fail(e, 'create', p));
-    const stream = createWriteStream(target, { flags: 'w', highWaterMark: 256 * 1024 });
+    const stream = createWriteStream(tmp, { flags: 'wx', highWaterMark: 256 * 1024 });
     const opened = new Promise<void>((resolve, reject) => {
       stream.once('open', () => resolve());
       stream.once('error', reject);
@@ -84,11 +85,12 @@ export class FsDriver implements StorageDriver {
           });
         }
         await closed();
+        await fs.rename(tmp, target).catch((e: unknown) => this.fail(e, 'write', p));
       },
       cancel: async () => {
         stream.destroy();
         await closed();
-        await fs.rm(target, { force: true });
+        await fs.rm(tmp, { force: true });
       },
     };
   }

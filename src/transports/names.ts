@@ -11,17 +11,23 @@ export type ImageName =
   | { transport: 'oci-archive'; file: string; tag?: string; raw: string }
   | { transport: 'docker-archive'; file: string; selection: ArchiveSelection; raw: string }
   | { transport: 'file'; root: string; ref?: Reference; raw: string }
+  | { transport: 'docker'; ref: Reference; raw: string }
+  | { transport: 's3'; bucket: string; root: string; ref?: Reference; raw: string }
   | { transport: 'rootfs'; dir: string; raw: string }
   | { transport: 'bundle'; dir: string; raw: string };
 
-export const TRANSPORTS = ['oci', 'oci-archive', 'docker-archive', 'file', 'rootfs', 'bundle'] as const;
+export const TRANSPORTS = ['oci', 'oci-archive', 'docker-archive', 'file', 'docker', 's3', 'rootfs', 'bundle'] as const;
+
+// S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
+const BUCKET_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 
 function usage(raw: string, why: string, hint?: string): SmartError {
   return new SmartError('INVALID_REFERENCE', `invalid image name "${raw}": ${why}`, { input: raw, hint });
 }
 
 const FORMS =
-  'oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE|-[:NAME:TAG|:@N], file:ROOT#REPO[:TAG|@DIGEST], rootfs:DIR, bundle:DIR';
+  'docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE|-[:NAME:TAG|:@N], ' +
+  'file:ROOT#REPO[:TAG|@DIGEST], s3://BUCKET[/ROOT]#REPO[:TAG|@DIGEST], rootfs:DIR, bundle:DIR';
 
 /** Splits `PATH[:REST]` at the first colon, as skopeo does (paths cannot contain one). */
 function splitPath(rest: string): [string, string | undefined] {
@@ -68,9 +74,22 @@ export function parseImageName(raw: string): ImageName {
     case 'bundle':
       if (!rest) throw usage(raw, 'missing directory');
       return { transport, dir: rest, raw };
-    case 'docker':
-    case 's3':
-      throw new SmartError('UNSUPPORTED', `the ${transport}: transport is not available in this version`, { input: raw, hint: `use one of ${FORMS}` });
+    case 'docker': {
+      if (!rest.startsWith('//')) throw usage(raw, 'write docker://HOST/REPO[:TAG|@DIGEST]');
+      return { transport, ref: parseReference(rest.slice(2)), raw };
+    }
+    case 's3': {
+      if (!rest.startsWith('//')) throw usage(raw, 'write s3://BUCKET[/ROOT]#REPO[:TAG|@DIGEST]');
+      const hash = rest.lastIndexOf('#');
+      const location = (hash < 0 ? rest : rest.slice(0, hash)).slice(2);
+      const slash = location.indexOf('/');
+      const bucket = slash < 0 ? location : location.slice(0, slash);
+      const root = slash < 0 ? '' : location.slice(slash + 1).replace(/^\/+|\/+$/g, '');
+      if (!BUCKET_RE.test(bucket)) throw usage(raw, `invalid bucket name "${bucket}"`);
+      if (root.split('/').some((p) => p === '..' || p === '.')) throw usage(raw, 'the root directory may not contain . or ..');
+      if (hash < 0) return { transport, bucket, root, raw };
+      return { transport, bucket, root, ref: parseRepositoryReference(rest.slice(hash + 1), raw), raw };
+    }
     default:
       throw usage(raw, transport ? `unknown transport "${transport}"` : 'no transport', `write TRANSPORT:REFERENCE, one of ${FORMS}`);
   }
@@ -78,7 +97,13 @@ export function parseImageName(raw: string): ImageName {
 
 /** `repo:tag` from a name, for RepoTags in docker-archive output; undefined when the name has none. */
 export function defaultRepoTag(name: ImageName): string | undefined {
-  if (name.transport === 'file' && name.ref?.tag) return `${name.ref.repository}:${name.ref.tag}`;
+  if ((name.transport === 'file' || name.transport === 's3') && name.ref?.tag) return `${name.ref.repository}:${name.ref.tag}`;
+  if (name.transport === 'docker' && name.ref.tag) {
+    // Docker's familiar form, as `docker save` writes it: busybox:latest, not docker.io/library/busybox:latest.
+    const { registry, repository, tag } = name.ref;
+    if (registry !== 'docker.io') return `${registry}/${repository}:${tag}`;
+    return `${repository.replace(/^library\//, '')}:${tag}`;
+  }
   if (name.transport === 'docker-archive' && name.selection.kind === 'name') return name.selection.name;
   return undefined;
 }

@@ -31,8 +31,11 @@ export function run(cmd: string, args: string[], options: { input?: Buffer | Nod
 }
 
 /** `smart ARGS`; XDG_CACHE_HOME is pointed at `cacheHome` so tests never touch the user's cache. */
-export function smart(args: string[], options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string } = {}): Promise<RunResult> {
-  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? inject('cacheHome') };
+export function smart(
+  args: string[],
+  options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<RunResult> {
+  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? inject('cacheHome'), ...options.env };
   return run(process.execPath, [smartBin, ...args], { ...(options.input ? { input: options.input } : {}), env });
 }
 

@@ -7,6 +7,8 @@ import { MediaType } from '../../src/oci/mediatypes.js';
 import { parsePlatform, pickPlatform } from '../../src/oci/platform.js';
 import { formatReference, parseReference, parseRepositoryReference } from '../../src/oci/reference.js';
 import { parseImageName } from '../../src/transports/names.js';
+import { parseChallenge } from '../../src/transports/registry/client.js';
+import { configKeys, parseCredentials } from '../../src/transports/registry/credentials.js';
 
 const HEX = 'a'.repeat(64);
 const D = `sha256:${HEX}`;
@@ -116,5 +118,31 @@ describe('image names', () => {
     expect(code(() => parseImageName('nope'))).toBe('INVALID_REFERENCE');
     expect(code(() => parseImageName('oci:'))).toBe('INVALID_REFERENCE');
     expect(code(() => parseImageName('file:#a'))).toBe('INVALID_REFERENCE');
+    expect(parseImageName('docker://busybox')).toMatchObject({ transport: 'docker', ref: { registry: 'docker.io', repository: 'library/busybox', tag: 'latest' } });
+    expect(parseImageName('docker://127.0.0.1:5000/a/b@' + D)).toMatchObject({ ref: { registry: '127.0.0.1:5000', repository: 'a/b', digest: D } });
+    expect(code(() => parseImageName('docker:busybox'))).toBe('INVALID_REFERENCE');
+    expect(parseImageName('s3://my-bucket/reg/root#team/app:1')).toMatchObject({ transport: 's3', bucket: 'my-bucket', root: 'reg/root', ref: { repository: 'team/app', tag: '1' } });
+    expect(parseImageName('s3://my-bucket')).toMatchObject({ transport: 's3', bucket: 'my-bucket', root: '' });
+    expect(code(() => parseImageName('s3://B#x'))).toBe('INVALID_REFERENCE');
+    expect(code(() => parseImageName('s3://bucket/../x#x'))).toBe('INVALID_REFERENCE');
+  });
+});
+
+describe('registry auth challenges', () => {
+  it('parse Bearer and Basic as registries send them', () => {
+    expect(parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull"')).toEqual({
+      scheme: 'bearer',
+      realm: 'https://auth.docker.io/token',
+      service: 'registry.docker.io',
+    });
+    expect(parseChallenge('Basic realm="Registry Realm"')).toEqual({ scheme: 'basic' });
+    expect(parseChallenge(undefined)).toEqual({ scheme: 'none' });
+  });
+
+  it('find Docker Hub credentials under the v1 index URL', () => {
+    expect(configKeys('docker.io')[0]).toBe('https://index.docker.io/v1/');
+    expect(configKeys('ghcr.io')).toContain('ghcr.io');
+    expect(parseCredentials('u:p:with:colons', '--creds')).toEqual({ username: 'u', password: 'p:with:colons' });
+    expect(code(() => parseCredentials('nocolon', '--creds'))).toBe('USAGE');
   });
 });

@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { SmartError, isSmartError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import { shortDigest } from '../../oci/digest.js';
-import type { BlobDestination, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
 import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
 import { formatReference, type Reference } from '../../oci/reference.js';
@@ -87,18 +87,14 @@ export class DistributionDestination implements BlobDestination {
     return isImageManifestMediaType(mediaType) || isIndexMediaType(mediaType);
   }
 
-  async reuseBlob(descriptor: Descriptor): Promise<boolean> {
+  async reuseBlob(descriptor: Descriptor): Promise<BlobReuse | undefined> {
     const repo = this.ref.repository;
-    if (await this.store.isLinked(repo, descriptor.digest, 'layer')) {
-      // A link without data would make the registry fail the pull; only trust it with the data.
-      return (await this.store.blobSize(descriptor.digest)) === descriptor.size;
-    }
-    if ((await this.store.blobSize(descriptor.digest)) === descriptor.size) {
-      // Present for another repository: link it here, as a cross-repository mount does.
-      await this.store.link(repo, descriptor.digest, 'layer');
-      return true;
-    }
-    return false;
+    // A link without data would make the registry fail the pull: the data decides.
+    if ((await this.store.blobSize(descriptor.digest)) !== descriptor.size) return undefined;
+    if (await this.store.isLinked(repo, descriptor.digest, 'layer')) return { how: 'present' };
+    // Present for another repository: link it here, as a cross-repository mount does.
+    await this.store.link(repo, descriptor.digest, 'layer');
+    return { how: 'mounted' };
   }
 
   async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
@@ -128,4 +124,6 @@ export class DistributionDestination implements BlobDestination {
     // writeBlob removes its own upload directory on failure; blobs already stored are
     // content-addressed and unreferenced by any tag, as the registry leaves them too.
   }
+
+  async close(): Promise<void> {}
 }

@@ -8,7 +8,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { SmartError, isSmartError } from '../../errors.js';
 import { isDigest, sha256Digest, type Digest } from '../../oci/digest.js';
-import { DigestStream } from '../../pipeline/digest-stream.js';
+import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { linkContent, pathFor } from './layout.js';
 
@@ -58,9 +58,11 @@ export class DistributionStore {
   }
 
   /**
-   * Streams a blob into the store: into the repository's `_uploads/<id>/data` (where the registry
-   * stages its own uploads and purges stale ones), hashed on the way, verified against `expected`,
-   * then moved to its content address. Returns the digest and size. Nothing is left in `_uploads`.
+   * Streams a blob into the store, hashed on the way. With the digest known, straight to its
+   * content address, verified in the stream so that a mismatch fails before the writer commits
+   * (nothing appears). Without it (a layer being compressed), into the repository's
+   * `_uploads/<id>/data`, where the registry stages its own uploads and purges stale ones, then
+   * moved to its address. Returns the digest and size; nothing is left in `_uploads`.
    */
   async writeBlob(
     repo: string,
@@ -68,33 +70,29 @@ export class DistributionStore {
     expected?: { digest?: Digest; size?: number; what: string },
     signal?: AbortSignal,
   ): Promise<{ digest: Digest; size: number }> {
+    const known = expected?.digest;
     const id = randomUUID();
-    await this.driver.putContent(pathFor({ kind: 'uploadStartedAt', repo, id }), Buffer.from(new Date().toISOString()));
-    const uploadPath = pathFor({ kind: 'uploadData', repo, id });
-    const writer = await this.driver.writer(uploadPath);
-    const hash = new DigestStream();
+    if (!known) await this.driver.putContent(pathFor({ kind: 'uploadStartedAt', repo, id }), Buffer.from(new Date().toISOString()));
+    const target = known ? pathFor({ kind: 'blobData', digest: known }) : pathFor({ kind: 'uploadData', repo, id });
     try {
+      const writer = await this.driver.writer(target);
+      const hash = known
+        ? new VerifyStream({ digest: known, ...(expected?.size !== undefined ? { size: expected.size } : {}), what: expected!.what })
+        : new DigestStream();
       try {
         await pipeline(source, hash, writer.stream, ...(signal ? [{ signal }] : []));
-        await writer.commit();
       } catch (e) {
         await writer.cancel().catch(() => undefined);
         throw e;
       }
+      await writer.commit();
+      if (hash instanceof VerifyStream) return { digest: known!, size: hash.size };
       const digest = hash.digest;
-      if (expected?.digest && digest !== expected.digest) {
-        throw new SmartError('DIGEST_MISMATCH', `${expected.what}: content hashes to ${digest}, not ${expected.digest}`, { input: expected.digest });
-      }
-      if (expected?.size !== undefined && hash.size !== expected.size) {
-        throw new SmartError('SIZE_MISMATCH', `${expected.what}: ${hash.size} bytes, expected ${expected.size}`, { input: digest });
-      }
       // Another writer may have stored the same content meanwhile; content addressing makes either copy right.
-      if ((await this.blobSize(digest)) !== hash.size) {
-        await this.driver.move(uploadPath, pathFor({ kind: 'blobData', digest }));
-      }
+      if ((await this.blobSize(digest)) !== hash.size) await this.driver.move(target, pathFor({ kind: 'blobData', digest }));
       return { digest, size: hash.size };
     } finally {
-      await this.driver.delete(pathFor({ kind: 'upload', repo, id })).catch(() => undefined);
+      if (!known) await this.driver.delete(pathFor({ kind: 'upload', repo, id })).catch(() => undefined);
     }
   }
 

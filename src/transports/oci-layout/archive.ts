@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { SmartError } from '../../errors.js';
-import type { BlobDestination, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import type { BlobDestination, BlobReuse, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import type { Descriptor, ParsedManifest } from '../../oci/manifest.js';
 import { FsDriver } from '../../storage/fs-driver.js';
 import { TarIndex } from '../../tar/tar-index.js';
@@ -59,7 +59,7 @@ export class OciArchiveDestination implements BlobDestination {
     return this.layout.supportsManifestType(mediaType);
   }
 
-  reuseBlob(descriptor: Descriptor): Promise<boolean> {
+  reuseBlob(descriptor: Descriptor): Promise<BlobReuse | undefined> {
     return this.layout.reuseBlob(descriptor);
   }
 
@@ -104,4 +104,6 @@ export class OciArchiveDestination implements BlobDestination {
   async abort(): Promise<void> {
     await fs.rm(this.staging, { recursive: true, force: true });
   }
+
+  async close(): Promise<void> {}
 }

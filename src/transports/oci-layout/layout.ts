@@ -6,7 +6,7 @@
 import type { Readable } from 'node:stream';
 import { SmartError, isSmartError } from '../../errors.js';
 import { digestHex, shortDigest, type Digest } from '../../oci/digest.js';
-import type { BlobDestination, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType } from '../../oci/mediatypes.js';
 import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
@@ -150,9 +150,9 @@ export class OciLayoutDestination implements BlobDestination {
     return mediaType === MediaType.OCI_MANIFEST || mediaType === MediaType.OCI_INDEX;
   }
 
-  async reuseBlob(descriptor: Descriptor): Promise<boolean> {
+  async reuseBlob(descriptor: Descriptor): Promise<BlobReuse | undefined> {
     const st = await this.driver.stat(blobPath(descriptor.digest));
-    return st !== undefined && st.size === descriptor.size;
+    return st !== undefined && st.size === descriptor.size ? { how: 'present' } : undefined;
   }
 
   async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
@@ -204,4 +204,6 @@ export class OciLayoutDestination implements BlobDestination {
   async abort(): Promise<void> {
     // putBlob removes its own temporary file on failure; stored blobs are unreferenced, as with skopeo.
   }
+
+  async close(): Promise<void> {}
 }

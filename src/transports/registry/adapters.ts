@@ -1,0 +1,138 @@
+/** `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: image source and destination over the Distribution API. */
+import type { Readable } from 'node:stream';
+import { SmartError } from '../../errors.js';
+import { shortDigest, type Digest } from '../../oci/digest.js';
+import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
+import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
+import { formatReference, type Reference } from '../../oci/reference.js';
+import { verifiedStream } from '../../pipeline/digest-stream.js';
+import type { RegistryClient } from './client.js';
+
+/** Where blobs were seen on a registry, so a push can mount instead of upload (a hint). */
+export interface BlobLocations {
+  locations(scope: string, digest: Digest): Promise<string[]>;
+  recordLocation(scope: string, digest: Digest, repository: string): Promise<void>;
+}
+
+function nameOf(ref: Reference): string {
+  return `docker://${formatReference(ref)}`;
+}
+
+export class RegistrySource implements ImageSource {
+  readonly name: string;
+
+  constructor(
+    private readonly client: RegistryClient,
+    private readonly ref: Reference,
+  ) {
+    this.name = nameOf(ref);
+  }
+
+  async getManifest(): Promise<ParsedManifest> {
+    const reference = this.ref.digest ?? this.ref.tag!;
+    return this.fetch(reference, this.ref.digest);
+  }
+
+  async getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest> {
+    return this.fetch(descriptor.digest, descriptor.digest, descriptor.mediaType);
+  }
+
+  private async fetch(reference: string, digest: Digest | undefined, declared?: string): Promise<ParsedManifest> {
+    const { bytes, mediaType } = await this.client.getManifest(this.ref.repository, reference);
+    const parsed = parseManifest(bytes, declared ?? mediaType, `${this.name} (${digest ? shortDigest(digest) : reference})`);
+    if (digest && parsed.digest !== digest) {
+      throw new SmartError('DIGEST_MISMATCH', `${this.name}: the registry sent a manifest hashing to ${parsed.digest}, not ${digest}`, { input: digest });
+    }
+    return parsed;
+  }
+
+  async getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
+    const raw = this.client.openBlob(this.ref.repository, descriptor.digest, options?.signal);
+    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${this.name}` });
+  }
+
+  repoTags(): readonly string[] {
+    return this.ref.tag ? [`${this.ref.registry}/${this.ref.repository}:${this.ref.tag}`] : [];
+  }
+
+  async close(): Promise<void> {
+    await this.client.close();
+  }
+}
+
+export interface RegistryDestinationOptions {
+  /** A repository of the same registry the source image lives in: blobs can be mounted from it. */
+  mountFrom?: string;
+  locations?: BlobLocations;
+}
+
+export class RegistryDestination implements BlobDestination {
+  readonly name: string;
+  readonly cacheScope: string;
+  readonly layerCompression = 'compress' as const;
+
+  constructor(
+    private readonly client: RegistryClient,
+    private readonly ref: Reference,
+    private readonly options: RegistryDestinationOptions = {},
+  ) {
+    this.name = nameOf(ref);
+    this.cacheScope = `docker://${ref.registry}`;
+  }
+
+  supportsManifestType(mediaType: string): boolean {
+    return isImageManifestMediaType(mediaType) || isIndexMediaType(mediaType);
+  }
+
+  async reuseBlob(descriptor: Descriptor): Promise<BlobReuse | undefined> {
+    const repo = this.ref.repository;
+    const size = await this.client.headBlob(repo, descriptor.digest);
+    if (size !== undefined && (size === descriptor.size || size < 0)) return { how: 'present' };
+    const candidates = new Set<string>();
+    if (this.options.mountFrom && this.options.mountFrom !== repo) candidates.add(this.options.mountFrom);
+    for (const r of (await this.options.locations?.locations(this.cacheScope, descriptor.digest)) ?? []) if (r !== repo) candidates.add(r);
+    for (const from of candidates) {
+      if (await this.client.mountBlob(repo, descriptor.digest, from)) {
+        await this.options.locations?.recordLocation(this.cacheScope, descriptor.digest, repo);
+        return { how: 'mounted', from };
+      }
+    }
+    return undefined;
+  }
+
+  async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
+    const stored = await this.client.uploadBlob(
+      this.ref.repository,
+      stream,
+      {
+        ...(info.digest ? { digest: info.digest } : {}),
+        ...(info.size !== undefined ? { size: info.size } : {}),
+        what: `blob ${info.digest ? shortDigest(info.digest) : '(new)'}`,
+      },
+      info.signal,
+    );
+    await this.options.locations?.recordLocation(this.cacheScope, stored.digest, this.ref.repository);
+    return stored;
+  }
+
+  async putManifest(manifest: ParsedManifest): Promise<void> {
+    // By digest: stored but not yet tagged; `commit` moves the tag.
+    await this.client.putManifest(this.ref.repository, manifest.digest, manifest.bytes, manifest.mediaType);
+  }
+
+  async commit(top: ParsedManifest): Promise<void> {
+    if (this.ref.digest && this.ref.digest !== top.digest) {
+      throw new SmartError('DIGEST_MISMATCH', `${this.name}: the copied manifest is ${top.digest}, not the digest the destination names`, { input: this.ref.digest });
+    }
+    if (this.ref.tag) await this.client.putManifest(this.ref.repository, this.ref.tag, top.bytes, top.mediaType);
+  }
+
+  async abort(): Promise<void> {
+    // Uploads close themselves on failure; blobs already sent are unreferenced, as with skopeo.
+  }
+
+  async close(): Promise<void> {
+    await this.client.close();
+  }
+}
