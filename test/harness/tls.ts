@@ -1,0 +1,84 @@
+/**
+ * A throwaway certificate authority for tests: a self-signed CA and a server certificate it signs
+ * for 127.0.0.1 and localhost, both valid for one day, made with the `openssl` CLI (node:crypto
+ * cannot create X.509 certificates).
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { runOk } from './run.js';
+
+export interface TestCA {
+  /** PEM of the self-signed CA: what clients trust (`ca`, `--*-cert-dir` as `ca.crt`). */
+  caCertFile: string;
+  /** PEM of the server certificate (SAN IP:127.0.0.1, DNS:localhost), signed by the CA. */
+  certFile: string;
+  /** PEM of the server certificate's private key (unencrypted). */
+  keyFile: string;
+  /** The CA certificate's PEM text. */
+  caPem: string;
+}
+
+const EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+
+/**
+ * Makes the CA and server certificate under `dir` (created if missing) and checks the pair with
+ * `openssl verify`. Each call makes fresh keys.
+ */
+export async function makeTestCA(dir: string): Promise<TestCA> {
+  await fs.mkdir(dir, { recursive: true });
+  const caKey = path.join(dir, 'ca.key');
+  const caCertFile = path.join(dir, 'ca.crt');
+  const keyFile = path.join(dir, 'server.key');
+  const csr = path.join(dir, 'server.csr');
+  const certFile = path.join(dir, 'server.crt');
+  const ext = path.join(dir, 'server.ext');
+
+  await runOk('openssl', [
+    'req', '-x509', ...EC_KEY, '-keyout', caKey, '-out', caCertFile, '-days', '1', '-subj', '/CN=smartlayer test CA',
+    '-addext', 'basicConstraints=critical,CA:TRUE',
+    '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  await runOk('openssl', ['req', '-new', ...EC_KEY, '-keyout', keyFile, '-out', csr, '-subj', '/CN=127.0.0.1']);
+  await fs.writeFile(
+    ext,
+    [
+      'basicConstraints=critical,CA:FALSE',
+      'keyUsage=critical,digitalSignature,keyEncipherment',
+      'extendedKeyUsage=serverAuth',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      '',
+    ].join('\n'),
+  );
+  await runOk('openssl', [
+    'x509', '-req', '-in', csr, '-CA', caCertFile, '-CAkey', caKey, '-CAcreateserial',
+    '-out', certFile, '-days', '1', '-sha256', '-extfile', ext,
+  ]);
+  await runOk('openssl', ['verify', '-CAfile', caCertFile, certFile]);
+  const caPem = await fs.readFile(caCertFile, 'utf8');
+  return { caCertFile, certFile, keyFile, caPem };
+}
+
+/**
+ * A directory holding the CA as `ca.crt`, as skopeo's `--src-cert-dir`/`--dest-cert-dir` and
+ * containers' `certs.d` expect (every `*.crt` in it is trusted). Returns its path.
+ */
+export async function certDirFor(ca: TestCA, dir: string): Promise<string> {
+  await fs.mkdir(dir, { recursive: true });
+  await fs.writeFile(path.join(dir, 'ca.crt'), ca.caPem);
+  return dir;
+}
+
+/**
+ * A self-signed certificate and its key for signing (not serving): the token server's signing
+ * pair, whose certificate the registry lists in `auth.token.rootcertbundle`.
+ */
+export async function makeSigningCert(dir: string, cn = 'smartlayer test token signer'): Promise<{ certFile: string; keyFile: string }> {
+  await fs.mkdir(dir, { recursive: true });
+  const keyFile = path.join(dir, 'signing.key');
+  const certFile = path.join(dir, 'signing.crt');
+  await runOk('openssl', [
+    'req', '-x509', ...EC_KEY, '-keyout', keyFile, '-out', certFile, '-days', '1', '-subj', `/CN=${cn}`,
+    '-addext', 'keyUsage=critical,digitalSignature',
+  ]);
+  return { certFile, keyFile };
+}
