@@ -1,0 +1,141 @@
+/**
+ * Registry authentication as Docker does it, against the stock registry: Basic (htpasswd) behind
+ * TLS with a private CA, and Bearer tokens from a token server issuing scoped tokens. Secrets
+ * never appear in what smart prints, --debug included.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { writeHtpasswd } from '../harness/htpasswd.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { runOk, smart, type RunResult } from '../harness/run.js';
+import { certDirFor, makeTestCA } from '../harness/tls.js';
+import { startTokenServer, type RunningTokenServer } from '../harness/token-server.js';
+import { haveTools } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+
+const PASSWORD = 's3cret:with-colon';
+
+function expectNoSecret(r: RunResult, secret = PASSWORD): void {
+  expect(r.stderr).not.toContain(secret);
+  expect(r.stdout.toString()).not.toContain(secret);
+  expect(r.stderr).not.toContain(Buffer.from(`alice:${secret}`).toString('base64'));
+}
+
+describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl', 'htpasswd'))('Basic auth behind TLS with a private CA', () => {
+  let work: string;
+  let registry: RunningRegistry;
+  let certDir: string;
+
+  beforeAll(async () => {
+    work = await tempDir();
+    const ca = await makeTestCA(path.join(work, 'ca'));
+    certDir = await certDirFor(ca, path.join(work, 'certs'));
+    const htpasswd = path.join(work, 'htpasswd');
+    await writeHtpasswd(htpasswd, { alice: PASSWORD });
+    registry = await startRegistry({
+      configDir: work,
+      tls: { certFile: ca.certFile, keyFile: ca.keyFile, caFile: ca.caCertFile },
+      auth: { htpasswd: { realm: 'test', path: htpasswd } },
+    });
+  });
+
+  afterAll(async () => {
+    await registry?.stop();
+  });
+
+  it('pushes and pulls with --creds and --cert-dir; skopeo reads what was pushed', async () => {
+    const fx = fixtures();
+    const name = `docker://${registry.host}/team/basic:v1`;
+    const push = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, name, '--creds', `alice:${PASSWORD}`, '--cert-dir', certDir, '--debug']);
+    expect(push.code, push.stderr).toBe(0);
+    expectNoSecret(push);
+    const digest = (
+      await runOk('skopeo', ['--insecure-policy', 'inspect', '--cert-dir', certDir, '--creds', `alice:${PASSWORD}`, '--format', '{{.Digest}}', name])
+    ).stdout.toString().trim();
+    expect(digest).toBe(fx.basic.manifest.digest);
+    const pull = await smart(['pull', name, `oci:${path.join(work, 'out')}:v1`, '--creds', `alice:${PASSWORD}`, '--cert-dir', certDir]);
+    expect(pull.code, pull.stderr).toBe(0);
+  });
+
+  it('reads credentials from the Docker config ($DOCKER_CONFIG/config.json)', async () => {
+    const dockerConfig = path.join(work, 'docker-config');
+    await fs.mkdir(dockerConfig, { recursive: true });
+    const auth = Buffer.from(`alice:${PASSWORD}`).toString('base64');
+    await fs.writeFile(path.join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [registry.host]: { auth } } }));
+    const r = await smart(['pull', `docker://${registry.host}/team/basic:v1`, `rootfs:${path.join(work, 'rootfs')}`, '--cert-dir', certDir], {
+      env: { DOCKER_CONFIG: dockerConfig },
+    });
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  it('a wrong password, no credentials, and an unknown CA each fail with one clear line', async () => {
+    const name = `docker://${registry.host}/team/basic:v1`;
+    const dest = `rootfs:${path.join(work, 'never')}`;
+    const wrong = await smart(['pull', name, dest, '--creds', 'alice:wrong-password', '--cert-dir', certDir, '--debug']);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/smart: error: registry 127\.0\.0\.1:\d+ answered 401 UNAUTHORIZED.*\(check the credentials/);
+    expect(wrong.stderr).not.toContain('wrong-password');
+    const anonymous = await smart(['pull', name, dest, '--cert-dir', certDir]);
+    expect(anonymous.code).toBe(1);
+    expect(anonymous.stderr).toMatch(/requires authentication.*--creds/);
+    const untrusted = await smart(['pull', name, dest, '--creds', `alice:${PASSWORD}`]);
+    expect(untrusted.code).toBe(1);
+    expect(untrusted.stderr).toMatch(/certificate/i);
+    expectNoSecret(untrusted);
+    await expect(fs.stat(path.join(work, 'never'))).rejects.toThrow();
+  });
+});
+
+describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a token server', () => {
+  let work: string;
+  let tokens: RunningTokenServer;
+  let registry: RunningRegistry;
+
+  beforeAll(async () => {
+    work = await tempDir();
+    tokens = await startTokenServer({
+      dir: path.join(work, 'tokens'),
+      users: { alice: PASSWORD, bob: 'bob-pass' },
+      // alice may push and pull under team/, bob may only pull there; nobody anywhere else.
+      grants: (user, scope) => {
+        if (scope.type !== 'repository' || !scope.name.startsWith('team/')) return [];
+        if (user === 'alice') return scope.actions.filter((a) => a === 'pull' || a === 'push');
+        if (user === 'bob') return scope.actions.filter((a) => a === 'pull');
+        return [];
+      },
+    });
+    registry = await startRegistry({ configDir: work, auth: { token: tokens } });
+  });
+
+  afterAll(async () => {
+    await registry?.stop();
+    await tokens?.stop();
+  });
+
+  it('pushes and pulls with tokens scoped to the repository', async () => {
+    const fx = fixtures();
+    const name = `docker://${registry.host}/team/app:v1`;
+    const push = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, name, '--creds', `alice:${PASSWORD}`, '--debug']);
+    expect(push.code, push.stderr).toBe(0);
+    expectNoSecret(push);
+    expect(tokens.requests.some((r) => r.user === 'alice' && r.scopes.includes('repository:team/app:pull,push'))).toBe(true);
+    const pull = await smart(['pull', name, `rootfs:${path.join(work, 'rootfs')}`, '--creds', 'bob:bob-pass']);
+    expect(pull.code, pull.stderr).toBe(0);
+    expect(tokens.requests.some((r) => r.user === 'bob' && r.scopes.includes('repository:team/app:pull'))).toBe(true);
+  });
+
+  it('refuses a push the token does not cover, and a wrong password at the token server', async () => {
+    const fx = fixtures();
+    const bobPush = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/team/app:bob`, '--creds', 'bob:bob-pass']);
+    expect(bobPush.code).toBe(1);
+    expect(bobPush.stderr).toMatch(/smart: error: registry 127\.0\.0\.1:\d+ answered 401/);
+    const outside = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/other/app:v1`, '--creds', `alice:${PASSWORD}`]);
+    expect(outside.code).toBe(1);
+    expect(outside.stderr).toMatch(/answered 401/);
+    const wrong = await smart(['pull', `docker://${registry.host}/team/app:v1`, `rootfs:${path.join(work, 'x')}`, '--creds', 'alice:nope']);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/authentication to 127\.0\.0\.1:\d+ failed for user alice/);
+  });
+});
