@@ -1,0 +1,149 @@
+/**
+ * `s3://`: a registry's storage in S3, written and read directly. The stock registry on its S3
+ * driver serves what we wrote into the bucket, skopeo pulls it byte for byte, and images move
+ * between s3:, file: and docker:// in every direction keeping their digests.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { runOk, smart, smartBin } from '../harness/run.js';
+import { registryS3Config, startS3, type RunningS3 } from '../harness/s3.js';
+import { haveTools } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+
+interface Summary {
+  manifestDigest: string;
+  layers: { total: number; pushed: number; skipped: number };
+}
+
+async function blobFiles(layoutDir: string): Promise<Map<string, Buffer>> {
+  const dir = path.join(layoutDir, 'blobs', 'sha256');
+  const out = new Map<string, Buffer>();
+  for (const hex of await fs.readdir(dir)) out.set(hex, await fs.readFile(path.join(dir, hex)));
+  return out;
+}
+
+describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage', () => {
+  let work: string;
+  let s3: RunningS3;
+  let s3Registry: RunningRegistry;
+  let plainRegistry: RunningRegistry;
+
+  const run = (args: string[], options: { input?: Buffer; cacheHome?: string } = {}) => smart(args, { ...options, env: s3.env });
+  const ok = async (args: string[], options: { input?: Buffer; cacheHome?: string } = {}): Promise<Summary> => {
+    const r = await run([...args, '--json'], options);
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout.toString()) as Summary;
+  };
+  const keys = async (prefix: string): Promise<string[]> => {
+    const out = await s3.client().send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix }));
+    return (out.Contents ?? []).map((o) => o.Key!);
+  };
+
+  beforeAll(async () => {
+    work = await tempDir();
+    s3 = await startS3(path.join(work, 's3'));
+    // The registry's S3 driver on the same bucket: the storage section without its header and indent.
+    const storageYaml = registryS3Config(s3, '/').slice(1).map((l) => l.replace(/^ {2}/, ''));
+    await fs.mkdir(path.join(work, 'reg-s3'));
+    await fs.mkdir(path.join(work, 'reg-plain'));
+    s3Registry = await startRegistry({ configDir: path.join(work, 'reg-s3'), storageYaml });
+    plainRegistry = await startRegistry({ configDir: path.join(work, 'reg-plain') });
+  });
+
+  afterAll(async () => {
+    await s3Registry?.stop();
+    await plainRegistry?.stop();
+    await s3?.stop();
+  });
+
+  it('writes the registry layout into the bucket; the registry on S3 serves it and skopeo pulls it byte for byte', async () => {
+    const fx = fixtures();
+    const pushed = await ok(['push', `oci:${fx.paths.ociBasic}:latest`, `s3://${s3.bucket}#demo/basic:v1`]);
+    expect(pushed.manifestDigest).toBe(fx.basic.manifest.digest);
+    expect(await keys('docker/registry/v2/repositories/demo/basic/_manifests/tags/v1/current/link')).toHaveLength(1);
+    expect(await keys('docker/registry/v2/repositories/demo/basic/_uploads/')).toEqual([]);
+
+    const out = path.join(work, 'skopeo-out');
+    await runOk('skopeo', ['--insecure-policy', 'copy', '--src-tls-verify=false', `docker://${s3Registry.host}/demo/basic:v1`, `oci:${out}:v1`]);
+    const original = await blobFiles(fx.paths.ociBasic);
+    const theirs = await blobFiles(out);
+    expect([...theirs.keys()].sort()).toEqual([...original.keys()].sort());
+    for (const [hex, bytes] of theirs) expect(bytes.equals(original.get(hex)!), hex).toBe(true);
+
+    const back = path.join(work, 'smart-out');
+    expect((await ok(['pull', `s3://${s3.bucket}#demo/basic:v1`, `oci:${back}:v1`])).manifestDigest).toBe(fx.basic.manifest.digest);
+    for (const [hex, bytes] of await blobFiles(back)) expect(bytes.equals(original.get(hex)!), hex).toBe(true);
+
+    const again = await ok(['push', `oci:${fx.paths.ociBasic}:latest`, `s3://${s3.bucket}#demo/basic:v1`]);
+    expect(again.layers).toMatchObject({ pushed: 0, skipped: 3 });
+  });
+
+  it('moves an image between s3:, file: and docker:// in every direction, keeping its digest', async () => {
+    const fx = fixtures();
+    const digest = fx.basic.manifest.digest;
+    const store = path.join(work, 'file-store');
+    const reg = plainRegistry.host;
+    const hops: [string, string][] = [
+      [`oci:${fx.paths.ociBasic}:latest`, `s3://${s3.bucket}/nested/root#hop/a:1`],
+      [`s3://${s3.bucket}/nested/root#hop/a:1`, `file:${store}#hop/b:1`],
+      [`file:${store}#hop/b:1`, `s3://${s3.bucket}/nested/root#hop/c:1`],
+      [`s3://${s3.bucket}/nested/root#hop/c:1`, `docker://${reg}/hop/d:1`],
+      [`docker://${reg}/hop/d:1`, `s3://${s3.bucket}/nested/root#hop/e:1`],
+      [`file:${store}#hop/b:1`, `docker://${reg}/hop/f:1`],
+      [`docker://${reg}/hop/f:1`, `file:${store}#hop/g:1`],
+    ];
+    for (const [src, dest] of hops) {
+      const r = await ok(['push', src, dest]);
+      expect(r.manifestDigest, `${src} → ${dest}`).toBe(digest);
+    }
+    const rootfs = path.join(work, 'from-s3');
+    const r = await run(['pull', `s3://${s3.bucket}/nested/root#hop/e:1`, `rootfs:${rootfs}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await fs.readFile(path.join(rootfs, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+  });
+
+  it('after a push killed mid-way no tag points at a missing blob; running it again sends only what is missing', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const archive = await fs.readFile(fx.paths.dockerArchiveBasic);
+    const dest = `s3://${s3.bucket}/killed#k/app:v1`;
+    const child = spawn(process.execPath, [smartBin, 'push', '-q', 'docker-archive:-', dest], {
+      stdio: ['pipe', 'ignore', 'ignore'],
+      env: { ...process.env, ...s3.env, XDG_CACHE_HOME: cacheHome },
+    });
+    const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    // Everything but the end of the archive: the first layers get pushed, then the push waits.
+    child.stdin.write(archive.subarray(0, archive.indexOf(Buffer.from('manifest.json')) - 1536));
+    // The three layers are done when the metadata cache holds what they were compressed to.
+    const cached = async () => {
+      const dir = path.join(cacheHome, 'smartlayer', 'metadata');
+      const shards = await fs.readdir(dir).catch(() => [] as string[]);
+      let n = 0;
+      for (const s of shards) n += (await fs.readdir(path.join(dir, s))).filter((f) => !f.endsWith('.tmp')).length;
+      return n;
+    };
+    for (let i = 0; i < 400 && (await cached()) < 3; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await cached()).toBeGreaterThanOrEqual(3);
+    expect((await keys('killed/docker/registry/v2/blobs/')).filter((k) => k.endsWith('/data')).length).toBeGreaterThanOrEqual(3);
+    child.kill('SIGKILL');
+    await exited;
+    expect(await keys('killed/docker/registry/v2/repositories/k/app/_manifests/')).toEqual([]);
+
+    const rerun = await ok(['push', `docker-archive:${fx.paths.dockerArchiveBasic}`, dest], { cacheHome });
+    expect(rerun.layers.skipped).toBe(3);
+    expect(rerun.layers.pushed).toBe(0);
+    expect(await keys('killed/docker/registry/v2/repositories/k/app/_manifests/tags/v1/current/link')).toHaveLength(1);
+  });
+
+  it('names the bucket when it is not there', async () => {
+    const fx = fixtures();
+    const r = await run(['push', `oci:${fx.paths.ociBasic}:latest`, 's3://no-such-bucket#x/y:z']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/smart: error: .*no-such-bucket/);
+  });
+});
