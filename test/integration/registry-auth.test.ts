@@ -4,9 +4,12 @@
  * never appear in what smart prints, --debug included.
  */
 import fs from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { startProxy } from '../harness/proxy.js';
 import { writeHtpasswd } from '../harness/htpasswd.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart, type RunResult } from '../harness/run.js';
@@ -124,6 +127,36 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
     const pull = await smart(['pull', name, `rootfs:${path.join(work, 'rootfs')}`, '--creds', 'bob:bob-pass']);
     expect(pull.code, pull.stderr).toBe(0);
     expect(tokens.requests.some((r) => r.user === 'bob' && r.scopes.includes('repository:team/app:pull'))).toBe(true);
+  });
+
+  it('follows a blob redirect to another host without sending it the registry token', async () => {
+    const fx = fixtures();
+    // A "storage host" that serves blobs of the fixture layout and records what it was sent.
+    const seen: (string | undefined)[] = [];
+    const storage = http.createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      const hex = (req.url ?? '').split('/').pop()!;
+      fs.readFile(path.join(fx.paths.ociBasic, 'blobs/sha256', hex)).then(
+        (bytes) => res.end(bytes),
+        () => res.writeHead(404).end(),
+      );
+    });
+    await new Promise<void>((r) => storage.listen(0, '127.0.0.1', r));
+    const storageUrl = `http://127.0.0.1:${(storage.address() as AddressInfo).port}`;
+    const proxy = await startProxy({ target: registry.url });
+    proxy.setFaults((req) => {
+      const m = /\/blobs\/sha256:([0-9a-f]{64})$/.exec(req.path);
+      return req.method === 'GET' && m ? { kind: 'status', status: 307, headers: { location: `${storageUrl}/blobs/${m[1]}` }, body: '' } : undefined;
+    });
+    try {
+      const r = await smart(['pull', `docker://${proxy.host}/team/app:v1`, `oci:${path.join(work, 'redirected')}:v1`, '--creds', 'bob:bob-pass']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(seen.length).toBe(fx.basic.layers.length + 1); // the layers and the config
+      expect(seen.every((h) => h === undefined)).toBe(true);
+    } finally {
+      await proxy.stop();
+      await new Promise((r) => storage.close(r));
+    }
   });
 
   it('refuses a push the token does not cover, and a wrong password at the token server', async () => {
