@@ -107,6 +107,11 @@ export interface BlobDestination {
   putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob>;
   /** Stores manifest bytes (an image manifest or an index); does not tag them. */
   putManifest(manifest: ParsedManifest): Promise<void>;
+  /**
+   * The digest the destination's tag points at now (undefined: no tag, or not known cheaply).
+   * A destination only tags manifests whose blobs it holds, so an equal digest means nothing to do.
+   */
+  currentDigest?(): Promise<Digest | undefined>;
   /** Makes the top-level manifest visible under the destination's tag, last. */
   commit(top: ParsedManifest): Promise<void>;
   abort(): Promise<void>;

@@ -25,7 +25,6 @@ import type { Platform } from '../oci/platform.js';
 import { DiffIdTap, gzipLayerStream } from '../pipeline/layer-streams.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
-import { readDockerArchiveStream } from '../transports/docker-archive/stream.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
 
 export interface CopyOptions {
@@ -233,11 +232,28 @@ async function finishImage(
   return { manifest, converted, config };
 }
 
+/**
+ * True when the copy would keep the manifest byte for byte and the destination's tag already
+ * points at it: one manifest request instead of one per blob (the cron job keeping copies fresh).
+ */
+async function alreadyThere(image: Image, dest: BlobDestination): Promise<boolean> {
+  if (!dest.currentDigest || !dest.supportsManifestType(image.manifest.mediaType)) return false;
+  const needsCompression = dest.layerCompression === 'compress' && image.layers.some((l) => layerCompression(l.descriptor.mediaType) === 'none');
+  if (needsCompression) return false;
+  return (await dest.currentDigest()) === image.manifest.digest;
+}
+
 /** Copies the image `source` names (one platform of an index) into a content-addressed destination. */
 export async function copyImage(source: ImageSource, dest: BlobDestination, options: CopyOptions): Promise<CopySummary> {
   const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
   try {
     const image = await resolveImage(source, options.platform);
+    if (await alreadyThere(image, dest)) {
+      for (const layer of image.layers) {
+        record(tally, { digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType: layer.descriptor.mediaType }, options);
+      }
+      return summary(source.name, dest.name, { manifest: image.manifest, converted: false, config: 'skipped' }, image.layers.length, tally);
+    }
     const once = singleFlight<Descriptor>();
     const layers = await allOrNothing(image.layers, options.jobs, options.signal, (layer, signal) =>
       once(layer.descriptor.digest, () => retrying(signal, () => transferLayer(layer, dest, options, tally, signal))),
@@ -282,6 +298,8 @@ export async function copyDockerArchiveStream(
 ): Promise<CopySummary> {
   const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
   try {
+    // Loaded here: tar parsing is needed only for archives on a pipe.
+    const { readDockerArchiveStream } = await import('../transports/docker-archive/stream.js');
     const streamed = await readDockerArchiveStream(input, selection, sourceName, async (layer) => {
       const what = `layer ${layer.member} of ${sourceName}`;
       if (layer.compression === 'none') {

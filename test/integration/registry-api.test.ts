@@ -74,6 +74,8 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     const again = await ok(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/api/basic:v1`]);
     expect(again.layers).toMatchObject({ pushed: 0, skipped: 3, bytesPushed: 0 });
     expect(proxy.stats.bytesUp()).toBe(0);
+    // Unchanged: the tag already names this manifest, so one HEAD of it is all (besides /v2/).
+    expect(proxy.stats.requests.filter((r) => r.path !== '/v2/').map((r) => `${r.method} ${r.path}`)).toEqual(['HEAD /v2/api/basic/manifests/v1']);
   });
 
   it('mounts blobs into another repository of the same registry instead of uploading them', async () => {

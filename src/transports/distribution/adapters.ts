@@ -111,6 +111,16 @@ export class DistributionDestination implements BlobDestination {
     await this.store.putManifest(this.ref.repository, manifest.bytes);
   }
 
+  async currentDigest(): Promise<Digest | undefined> {
+    if (!this.ref.tag || this.ref.digest) return undefined;
+    try {
+      return await this.store.resolveTag(this.ref.repository, this.ref.tag);
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') return undefined;
+      throw e;
+    }
+  }
+
   async commit(top: ParsedManifest): Promise<void> {
     if (this.ref.digest && this.ref.digest !== top.digest) {
       throw new SmartError('DIGEST_MISMATCH', `${this.name}: the copied manifest is ${top.digest}, not the digest the destination names`, {

@@ -182,6 +182,17 @@ export class OciLayoutDestination implements BlobDestination {
     await this.driver.putContent(blobPath(manifest.digest), manifest.bytes);
   }
 
+  async currentDigest(): Promise<Digest | undefined> {
+    if (this.tag === undefined) return undefined;
+    try {
+      const index = await readIndex(this.driver, this.name);
+      return index.manifests.findLast((d) => d.annotations?.[REF_NAME] === this.tag)?.digest;
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_AN_IMAGE') return undefined;
+      throw e;
+    }
+  }
+
   /** Adds the manifest to index.json under the tag (moving the tag off any other entry). */
   async commit(top: ParsedManifest): Promise<void> {
     let index: ImageIndex;

@@ -1,7 +1,7 @@
 /** `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: image source and destination over the Distribution API. */
 import type { Readable } from 'node:stream';
 import { SmartError } from '../../errors.js';
-import { shortDigest, type Digest } from '../../oci/digest.js';
+import { isDigest, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
 import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
@@ -119,6 +119,12 @@ export class RegistryDestination implements BlobDestination {
   async putManifest(manifest: ParsedManifest): Promise<void> {
     // By digest: stored but not yet tagged; `commit` moves the tag.
     await this.client.putManifest(this.ref.repository, manifest.digest, manifest.bytes, manifest.mediaType);
+  }
+
+  async currentDigest(): Promise<Digest | undefined> {
+    if (!this.ref.tag || this.ref.digest) return undefined;
+    const head = await this.client.headManifest(this.ref.repository, this.ref.tag);
+    return head?.digest && isDigest(head.digest) ? head.digest : undefined;
   }
 
   async commit(top: ParsedManifest): Promise<void> {
