@@ -24,6 +24,9 @@ Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, defau
   AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
 
 interface CommonFlags {
+  layerStore?: string;
+  link?: boolean;
+  prune?: string | boolean;
   creds?: string;
   srcCreds?: string;
   destCreds?: string;
@@ -65,6 +68,13 @@ function addCommonOptions(cmd: Command): Command {
     .option('--s3-region <region>', 'S3 region (default: $AWS_REGION, then us-east-1)');
 }
 
+function pruneDays(v: string | boolean): number {
+  if (v === true) return 7;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new SmartError('USAGE', `--prune takes a number of days, not "${String(v)}"`, { input: String(v) });
+  return n;
+}
+
 function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
@@ -104,6 +114,9 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
     ...(flags.jobs ? { jobs: flags.jobs } : {}),
     ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
     cacheDir: flags.cacheDir ?? defaultCacheDir(),
+    ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
+    ...(flags.link ? { link: true } : {}),
+    ...(flags.prune !== undefined ? { pruneAgeMs: pruneDays(flags.prune) * 86_400_000 } : {}),
     remote: await remoteOptions(flags),
     onLayer: (e) => {
       const size =
@@ -157,7 +170,10 @@ export function buildProgram(): Command {
       .command('pull')
       .description('copy an image out of a store into a layout, an archive, a root filesystem or a runtime bundle')
       .argument('<source>', 'image to read, e.g. file:/srv/registry#team/app:1.0')
-      .argument('<destination>', 'where to write it, e.g. bundle:./app or oci:dir:tag'),
+      .argument('<destination>', 'where to write it, e.g. bundle:./app or oci:dir:tag')
+      .option('--layer-store <dir>', 'where unpacked layers are kept between pulls (default: CACHE_DIR/layer-store)')
+      .option('--link', 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)')
+      .option('--prune [days]', 'after the pull, remove layers that no image pulled within DAYS (default 7) uses'),
   )
     .addHelpText('after', EXIT_HELP)
     .action(transferAction('pull'));

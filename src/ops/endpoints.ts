@@ -10,6 +10,7 @@ import type { BlobDestination, ImageSource, ImageWriter } from '../oci/image.js'
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
 import { defaultRepoTag, type ImageName } from '../transports/names.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
+import type { LayerStore } from '../cache/layer-store.js';
 import type { Credentials } from '../transports/registry/credentials.js';
 
 export interface RemoteOptions {
@@ -31,6 +32,10 @@ export interface EndpointContext {
   onWarning?: (message: string) => void;
   remote?: RemoteOptions;
   blobInfo?: BlobInfoCache;
+  /** The local layer store root filesystems are built from; none: layers stream into the tree. */
+  layerStore?: LayerStore;
+  /** Hardlink from the layer store rather than clone or copy. */
+  link?: boolean;
 }
 
 async function registryClient(host: string, ctx: EndpointContext, credentials: Credentials | undefined) {
@@ -162,7 +167,12 @@ export async function openDestination(name: ImageName, ctx: EndpointContext, opt
       const { RootfsWriter } = await import('../transports/rootfs/writer.js');
       return {
         kind: 'image',
-        writer: new RootfsWriter(name.raw, name.dir, { bundle: name.transport === 'bundle', ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}) }),
+        writer: new RootfsWriter(name.raw, name.dir, {
+          bundle: name.transport === 'bundle',
+          ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
+          ...(ctx.layerStore ? { layerStore: ctx.layerStore } : {}),
+          ...(ctx.link ? { link: true } : {}),
+        }),
       };
     }
   }

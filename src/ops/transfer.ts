@@ -24,6 +24,12 @@ export interface TransferRequest {
   cacheDir?: string;
   /** Registry and S3 settings. */
   remote?: RemoteOptions;
+  /** The local layer store for root filesystems and bundles (default: CACHE_DIR/layer-store; none without a cache dir). */
+  layerStoreDir?: string;
+  /** Hardlink files from the layer store into root filesystems (read-only uses). */
+  link?: boolean;
+  /** After the pull, remove from the layer store what no image used within this many ms uses. */
+  pruneAgeMs?: number;
   onLayer?: (event: LayerEvent) => void;
   onWarning?: (message: string) => void;
 }
@@ -37,6 +43,11 @@ async function openBlobInfo(cacheDir: string, warn: ((m: string) => void) | unde
   const { DiskMetadataCache, forgivingCache } = await import('../cache/metadata-cache.js');
   const { BlobInfoCache } = await import('../cache/blob-info.js');
   return new BlobInfoCache(forgivingCache(new DiskMetadataCache(path.join(cacheDir, 'metadata')), warn ?? (() => undefined)));
+}
+
+async function openLayerStore(dir: string) {
+  const { LayerStore } = await import('../cache/layer-store.js');
+  return new LayerStore(dir);
 }
 
 export async function transfer(req: TransferRequest): Promise<CopySummary> {
@@ -53,12 +64,16 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
   }
   const platform = typeof req.platform === 'string' ? parsePlatform(req.platform) : (req.platform ?? hostPlatform());
   const blobInfo = req.cacheDir ? await openBlobInfo(req.cacheDir, req.onWarning) : undefined;
+  const layerStoreDir = req.layerStoreDir ?? (req.cacheDir ? path.join(req.cacheDir, 'layer-store') : undefined);
+  const layerStore = layerStoreDir && (dst.transport === 'rootfs' || dst.transport === 'bundle') ? await openLayerStore(layerStoreDir) : undefined;
   const ctx: EndpointContext = {
     stdin: req.stdin ?? process.stdin,
     stdout: req.stdout ?? process.stdout,
     ...(req.onWarning ? { onWarning: req.onWarning } : {}),
     ...(req.remote ? { remote: req.remote } : {}),
     ...(blobInfo ? { blobInfo } : {}),
+    ...(layerStore ? { layerStore } : {}),
+    ...(req.link ? { link: true } : {}),
   };
   const options = {
     platform,
@@ -77,7 +92,9 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
       return await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
     }
     if (destination.kind === 'blobs') return await copyImage(source.source, destination.dest, options);
-    return await writeImage(source.source, destination.writer, options);
+    const summary = await writeImage(source.source, destination.writer, options);
+    if (layerStore && req.pruneAgeMs !== undefined) summary.details = { ...summary.details, prune: await layerStore.gc({ maxAgeMs: req.pruneAgeMs }) };
+    return summary;
   } finally {
     // Open connections would keep the process alive for their keep-alive time.
     if (destination?.kind === 'blobs') await destination.dest.close().catch(() => undefined);

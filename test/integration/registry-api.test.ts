@@ -148,7 +148,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     const parent = path.join(work, 'corrupt');
     await fs.mkdir(parent);
     for (const dest of [`rootfs:${path.join(parent, 'rootfs')}`, `docker-archive:${path.join(parent, 'img.tar')}`]) {
-      const r = await smart(['pull', `docker://${reg}/api/corrupt:v1`, dest]);
+      const r = await smart(['pull', `docker://${reg}/api/corrupt:v1`, dest], { cacheHome: await tempDir() });
       expect(r.code).toBe(1);
       expect(r.stderr).toContain(victim.slice(0, 19));
       expect(await listAll(parent)).toEqual([]);

@@ -16,6 +16,7 @@
 import { execFile } from 'node:child_process';
 import {
   chmodSync,
+  copyFileSync,
   closeSync,
   constants as fsConstants,
   fchmodSync,
@@ -38,6 +39,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { extract as tarExtract, type Header } from 'tar-stream';
 import { SmartError, isErrno, isSmartError } from '../../errors.js';
+import type { StoredEntry } from '../../cache/layer-store.js';
 
 export interface ApplyOptions {
   /** chown entries and create device nodes / fifos: only when running as root. */
@@ -232,6 +234,8 @@ function runMknod(target: string, kind: 'c' | 'b' | 'p', major: number, minor: n
   });
 }
 
+const EMPTY_BODY: AsyncIterable<Buffer> = { async *[Symbol.asyncIterator]() {} };
+
 /** Files up to this size are read whole, then written with one synchronous burst. */
 const SMALL_FILE_BYTES = 512 * 1024;
 
@@ -359,6 +363,28 @@ export class RootfsApplier {
     return state.stats;
   }
 
+  /**
+   * Applies one layer given as entries already unpacked elsewhere (the local layer store): the same
+   * semantics as `applyLayer`, with each regular file's content taken from `file` — cloned
+   * (reflink) where the filesystem can, copied where it cannot, or hardlinked with `link` (the
+   * tree then shares inodes with the store: for read-only uses).
+   */
+  async applyEntries(entries: AsyncIterable<StoredEntry>, what: string, options: { link: boolean }): Promise<LayerApplyStats> {
+    if (this.busy || this.finished) throw new SmartError('INTERNAL', 'applyEntries called while busy or after finish');
+    this.busy = true;
+    const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, droppedXattrs: 0 };
+    try {
+      for await (const entry of entries) {
+        state.stats.entries++;
+        await this.applyEntry(entry.header, EMPTY_BODY, state, entry.file ? { path: entry.file, link: options.link } : undefined);
+      }
+    } finally {
+      this.busy = false;
+    }
+    if (state.skippedSpecial > 0) this.onWarning?.(`${what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`);
+    return state.stats;
+  }
+
   /** After the last layer: set directory modes and mtimes (writing children changes them). */
   async finish(): Promise<void> {
     if (this.finished) return;
@@ -405,7 +431,7 @@ export class RootfsApplier {
     });
   }
 
-  private async applyEntry(h: Header, body: AsyncIterable<Buffer>, state: LayerState): Promise<void> {
+  private async applyEntry(h: Header, body: AsyncIterable<Buffer>, state: LayerState, stored?: { path: string; link: boolean }): Promise<void> {
     const { what } = state;
     const name = h.name;
     if (name.includes('\0')) {
@@ -455,7 +481,7 @@ export class RootfsApplier {
 
       // Small files are read before anything is created: nothing to clean up if the tar breaks.
       let content: Buffer | undefined;
-      if ((h.type === 'file' || h.type === 'contiguous-file') && h.size <= SMALL_FILE_BYTES) {
+      if ((h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES) {
         const parts: Buffer[] = [];
         let n = 0;
         for await (const c of chunks(body)) {
@@ -478,9 +504,11 @@ export class RootfsApplier {
         case 'file':
         case 'contiguous-file':
           this.markWritten(targetRel, state);
-          state.stats.bytes += content
-            ? await this.writeSmallFile(target, targetRel, h, p, content)
-            : await this.writeLargeFile(target, targetRel, h, p, body);
+          state.stats.bytes += stored
+            ? await this.placeStoredFile(target, targetRel, h, p, stored)
+            : content
+              ? await this.writeSmallFile(target, targetRel, h, p, content)
+              : await this.writeLargeFile(target, targetRel, h, p, body);
           return;
         case 'directory':
           this.markWritten(targetRel, state);
@@ -597,6 +625,24 @@ export class RootfsApplier {
       closeSync(fd);
     }
     return content.length;
+  }
+
+  /** A file whose content is already on disk: cloned or copied (then given its metadata), or linked. */
+  private async placeStoredFile(target: string, rel: string, h: Header, p: PaxRecords | null, stored: { path: string; link: boolean }): Promise<number> {
+    if (stored.link) {
+      // The stored file already carries the entry's mode, owner and times; a link shares them.
+      await this.replace(target, rel, () => linkSync(stored.path, target));
+      return h.size ?? 0;
+    }
+    await this.replace(target, rel, () => copyFileSync(stored.path, target, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE));
+    if (this.preserveOwnership) {
+      const { uid, gid } = owner(h, p);
+      lchownSync(target, uid, gid);
+    }
+    chmodSync(target, h.mode & 0o7777);
+    const { atime, mtime } = times(h, p);
+    lutimesSync(target, atime, mtime);
+    return h.size ?? 0;
   }
 
   private async writeLargeFile(

@@ -5,7 +5,10 @@
  * partial one.
  */
 import { randomUUID } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
+import pLimit from 'p-limit';
+import type { LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { shortDigest } from '../../oci/digest.js';
@@ -17,7 +20,14 @@ export interface RootfsWriterOptions {
   /** Write a runtime bundle (DIR/config.json + DIR/rootfs) instead of a bare root filesystem. */
   bundle: boolean;
   onWarning?: (message: string) => void;
+  /** Where layers are kept between pulls; without one, layers stream straight into the tree. */
+  layerStore?: LayerStore;
+  /** Hardlink files from the layer store instead of cloning or copying them (read-only uses). */
+  link?: boolean;
 }
+
+/** How files from the layer store are put into the tree, for --json. */
+export type Materialize = 'reflink' | 'copy' | 'hardlink' | 'stream';
 
 export class RootfsWriter implements ImageWriter {
   constructor(
@@ -39,6 +49,7 @@ export class RootfsWriter implements ImageWriter {
     await fs.mkdir(parent, { recursive: true });
     const staging = path.join(parent, `.${path.basename(target)}.smart-${randomUUID()}`);
     await fs.mkdir(staging, { mode: 0o755 });
+    const details: Record<string, unknown> = {};
     try {
       const rootfs = this.options.bundle ? path.join(staging, 'rootfs') : staging;
       if (this.options.bundle) await fs.mkdir(rootfs, { mode: 0o755 });
@@ -46,13 +57,20 @@ export class RootfsWriter implements ImageWriter {
         preserveOwnership: process.getuid?.() === 0,
         ...(this.options.onWarning ? { onWarning: this.options.onWarning } : {}),
       });
-      for (const layer of image.layers) {
-        options.signal?.throwIfAborted();
-        const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
-        const stats = await applier.applyLayer(await layer.openUncompressed(options), what);
-        options.onLayer?.({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
+      let materialize: Materialize = 'stream';
+      if (this.options.layerStore) {
+        materialize = this.options.link ? 'hardlink' : await probeReflink(this.options.layerStore.dir, staging);
+        await this.viaLayerStore(image, applier, this.options.layerStore, options);
+      } else {
+        for (const layer of image.layers) {
+          options.signal?.throwIfAborted();
+          const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
+          const stats = await applier.applyLayer(await layer.openUncompressed(options), what);
+          options.onLayer?.({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
+        }
       }
       await applier.finish();
+      details.materialize = materialize;
       if (this.options.bundle) {
         const spec = await makeRuntimeSpec(image.config, rootfs);
         await fs.writeFile(path.join(staging, 'config.json'), `${JSON.stringify(spec, null, 2)}\n`);
@@ -62,7 +80,62 @@ export class RootfsWriter implements ImageWriter {
       await fs.rm(staging, { recursive: true, force: true });
       throw e;
     }
-    return { details: { path: target, ...(this.options.bundle ? { rootfs: path.join(target, 'rootfs'), config: path.join(target, 'config.json') } : {}) } };
+    return {
+      details: { path: target, ...(this.options.bundle ? { rootfs: path.join(target, 'rootfs'), config: path.join(target, 'config.json') } : {}), ...details },
+    };
+  }
+
+  /**
+   * Every layer is fetched, verified and unpacked into the layer store at once (up to `jobs` in
+   * flight, in whatever order they finish), while the tree is built from them strictly in layer
+   * order: layer i is laid down as soon as it and every layer below it are in the store. The
+   * result is what applying the layers in order gives, whatever order the downloads end in.
+   */
+  private async viaLayerStore(image: Image, applier: RootfsApplier, store: LayerStore, options: ImageWriteOptions): Promise<void> {
+    const controller = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
+    const limit = pLimit(Math.max(1, options.jobs));
+    const fetched = image.layers.map((layer) =>
+      limit(async () => {
+        signal.throwIfAborted();
+        return store.ensure(layer.diffId, () => layer.openUncompressed({ signal }), signal);
+      }),
+    );
+    for (const p of fetched) p.catch((e: unknown) => controller.abort(e));
+    try {
+      for (const [i, layer] of image.layers.entries()) {
+        const how = await fetched[i]!;
+        const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
+        const stats = await applier.applyEntries(store.entries(layer.diffId), what, { link: this.options.link ?? false });
+        options.onLayer?.(
+          how === 'fetched'
+            ? { digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes }
+            : { digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0 },
+        );
+      }
+    } catch (e) {
+      controller.abort(e);
+      await Promise.allSettled(fetched);
+      throw e;
+    }
+    await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId));
+  }
+}
+
+/** Whether files of the store can be cloned (reflink) into the tree: btrfs and XFS can, ext4 and tmpfs copy. */
+async function probeReflink(storeDir: string, tree: string): Promise<Materialize> {
+  await fs.mkdir(storeDir, { recursive: true });
+  const a = path.join(storeDir, `.reflink-probe-${randomUUID()}`);
+  const b = path.join(tree, `.reflink-probe-${randomUUID()}`);
+  try {
+    await fs.writeFile(a, 'x');
+    await fs.copyFile(a, b, fsConstants.COPYFILE_FICLONE_FORCE);
+    return 'reflink';
+  } catch {
+    return 'copy';
+  } finally {
+    await fs.rm(a, { force: true });
+    await fs.rm(b, { force: true });
   }
 }
 

@@ -1,0 +1,265 @@
+/**
+ * The local layer store: every verified layer kept once per machine, unpacked and ready to be laid
+ * into a root filesystem, so a layer is never fetched twice and a warm pull only copies (or
+ * clones) files. Layout under DIR:
+ *
+ *   layers/<diff id hex>/entries    the layer's tar headers, one JSON object a line, in tar order
+ *   layers/<diff id hex>/files/<n>  the content of the n-th regular file, with its mode and times
+ *   images/<manifest digest hex>    {name, diffIds, usedAt}: what pulled images use (for gc)
+ *   locks/<diff id hex>             held (O_EXCL, our pid inside) while one process fetches a layer
+ *   tmp/<pid>-<uuid>/               a layer being unpacked; renamed into layers/ once verified
+ *
+ * Paths from the tar are never used as paths here (files are numbered), so unpacking a hostile
+ * layer into the store cannot write anywhere but its own directory; the names are checked again
+ * when the layer is laid into a root filesystem.
+ */
+import { randomUUID } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createInterface } from 'node:readline';
+import tar from 'tar-stream';
+import type { Header } from 'tar-stream';
+import { SmartError, isErrno, isSmartError } from '../errors.js';
+import { digestHex, type Digest } from '../oci/digest.js';
+
+/** A layer entry kept in the store: its tar header, and where a regular file's content is. */
+export interface StoredEntry {
+  header: Header;
+  file?: string;
+}
+
+export interface GcResult {
+  removedImages: number;
+  removedLayers: number;
+  freedBytes: number;
+}
+
+const LOCK_POLL_MS = 100;
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return isErrno(e, 'EPERM');
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.stat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function dirSize(p: string): Promise<number> {
+  let n = 0;
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await fs.readdir(d, { withFileTypes: true }).catch(() => [])) {
+      const full = path.join(d, e.name);
+      if (e.isDirectory()) await walk(full);
+      else n += (await fs.lstat(full).catch(() => ({ size: 0 }))).size;
+    }
+  };
+  await walk(p);
+  return n;
+}
+
+export class LayerStore {
+  private readonly isRoot = process.getuid?.() === 0;
+
+  constructor(readonly dir: string) {}
+
+  private layerDir(diffId: Digest): string {
+    return path.join(this.dir, 'layers', digestHex(diffId));
+  }
+
+  async has(diffId: Digest): Promise<boolean> {
+    return exists(path.join(this.layerDir(diffId), 'entries'));
+  }
+
+  /**
+   * Makes the layer present: already there → 'present'; fetched and unpacked by us → 'fetched';
+   * fetched by another process while we waited for its lock → 'waited'. `fetch` must return the
+   * uncompressed tar, verified against `diffId` as it streams (an error in place of its end).
+   */
+  async ensure(diffId: Digest, fetch: () => Promise<Readable>, signal?: AbortSignal): Promise<'present' | 'fetched' | 'waited'> {
+    if (await this.has(diffId)) return 'present';
+    let waited = false;
+    for (;;) {
+      signal?.throwIfAborted();
+      if (await this.tryLock(diffId)) {
+        try {
+          if (await this.has(diffId)) return waited ? 'waited' : 'present';
+          await this.ingest(diffId, await fetch());
+          return 'fetched';
+        } finally {
+          await fs.rm(this.lockPath(diffId), { force: true });
+        }
+      }
+      waited = true;
+      await new Promise((r) => setTimeout(r, LOCK_POLL_MS));
+      if (await this.has(diffId)) return 'waited';
+    }
+  }
+
+  private lockPath(diffId: Digest): string {
+    return path.join(this.dir, 'locks', digestHex(diffId));
+  }
+
+  /** Takes the layer's lock, or takes over one whose holder died (kill -9 leaves them). */
+  private async tryLock(diffId: Digest): Promise<boolean> {
+    const lock = this.lockPath(diffId);
+    await fs.mkdir(path.dirname(lock), { recursive: true });
+    try {
+      await fs.writeFile(lock, String(process.pid), { flag: 'wx' });
+      return true;
+    } catch (e) {
+      if (!isErrno(e, 'EEXIST')) throw e;
+    }
+    const holder = Number(await fs.readFile(lock, 'utf8').catch(() => ''));
+    if (holder > 0 && (holder === process.pid || pidAlive(holder))) return false;
+    // A dead holder: remove its lock (a racing process may do the same; O_EXCL then decides).
+    await fs.rm(lock, { force: true });
+    return false;
+  }
+
+  /** Unpacks a verified layer tar into tmp/, then renames it into layers/ (the commit). */
+  private async ingest(diffId: Digest, tarStream: Readable): Promise<void> {
+    const tmp = path.join(this.dir, 'tmp', `${process.pid}-${randomUUID()}`);
+    await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
+    try {
+      const index = createWriteStream(path.join(tmp, 'entries.tmp'));
+      const extract = tar.extract();
+      let n = 0;
+      const unpacking = (async () => {
+        for await (const entry of extract) {
+          const h = entry.header;
+          const record: Record<string, unknown> = { ...h, mtime: h.mtime ? h.mtime.getTime() : 0 };
+          if (h.type === 'file' || h.type === 'contiguous-file') {
+            const name = String(n++);
+            const file = path.join(tmp, 'files', name);
+            await pipeline(entry as unknown as Readable, createWriteStream(file, { flags: 'wx' }));
+            await this.setMeta(file, h);
+            record.file = name;
+          } else {
+            entry.resume();
+          }
+          if (!index.write(`${JSON.stringify(record)}\n`)) await new Promise<void>((r) => index.once('drain', () => r()));
+        }
+      })();
+      await Promise.all([pipeline(tarStream, extract as unknown as NodeJS.WritableStream), unpacking]);
+      await new Promise<void>((resolve, reject) => index.end((e?: Error | null) => (e ? reject(e) : resolve())));
+      await fs.rename(path.join(tmp, 'entries.tmp'), path.join(tmp, 'entries'));
+      const final = this.layerDir(diffId);
+      await fs.mkdir(path.dirname(final), { recursive: true });
+      try {
+        await fs.rename(tmp, final);
+      } catch (e) {
+        // Someone else committed it meanwhile (without our lock: an older tool, or a taken-over lock).
+        if (!isErrno(e, 'ENOTEMPTY') && !isErrno(e, 'EEXIST')) throw e;
+        await fs.rm(tmp, { recursive: true, force: true });
+      }
+    } catch (e) {
+      await fs.rm(tmp, { recursive: true, force: true });
+      if (isSmartError(e)) throw e;
+      throw new SmartError('CORRUPT_ARCHIVE', `layer ${diffId}: ${(e as Error).message}`, { input: diffId, cause: e });
+    }
+  }
+
+  /** The stored file carries the entry's metadata, so that a hardlinked root filesystem has it too. */
+  private async setMeta(file: string, h: Header): Promise<void> {
+    const pax = (h.pax ?? {}) as Record<string, string>;
+    if (this.isRoot) await fs.chown(file, Number(pax.uid ?? h.uid ?? 0), Number(pax.gid ?? h.gid ?? 0));
+    await fs.chmod(file, (h.mode ?? 0o644) & 0o7777);
+    const mtime = pax.mtime ? Number(pax.mtime) : (h.mtime ?? new Date(0));
+    await fs.utimes(file, mtime, mtime);
+  }
+
+  /** The layer's entries in tar order, with the paths of stored contents. */
+  async *entries(diffId: Digest): AsyncGenerator<StoredEntry> {
+    const dir = this.layerDir(diffId);
+    const lines = createInterface({ input: createReadStream(path.join(dir, 'entries')), crlfDelay: Infinity });
+    for await (const line of lines) {
+      if (!line) continue;
+      const r = JSON.parse(line) as Header & { mtime: number; file?: string };
+      const { file, ...header } = r;
+      yield { header: { ...header, mtime: new Date(r.mtime) } as Header, ...(file ? { file: path.join(dir, 'files', file) } : {}) };
+    }
+  }
+
+  /** Records that an image uses these layers (now): what gc keeps. */
+  async recordImage(manifestDigest: Digest, name: string, diffIds: Digest[]): Promise<void> {
+    const file = path.join(this.dir, 'images', digestHex(manifestDigest));
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    const tmp = `${file}.${randomUUID()}.tmp`;
+    await fs.writeFile(tmp, JSON.stringify({ name, diffIds, usedAt: new Date().toISOString() }));
+    await fs.rename(tmp, file);
+  }
+
+  /**
+   * Drops image records unused for `maxAgeMs`, then every layer no remaining record uses, and the
+   * leftovers of runs that died (tmp dirs of dead processes). Locked layers are left alone.
+   */
+  async gc(options: { maxAgeMs: number; dryRun?: boolean }): Promise<GcResult> {
+    const result: GcResult = { removedImages: 0, removedLayers: 0, freedBytes: 0 };
+    const used = new Set<string>();
+    const imagesDir = path.join(this.dir, 'images');
+    for (const name of await fs.readdir(imagesDir).catch(() => [] as string[])) {
+      if (name.endsWith('.tmp')) continue;
+      const file = path.join(imagesDir, name);
+      let record: { diffIds?: string[]; usedAt?: string };
+      try {
+        record = JSON.parse(await fs.readFile(file, 'utf8')) as typeof record;
+      } catch {
+        continue;
+      }
+      if (Date.now() - Date.parse(record.usedAt ?? '') > options.maxAgeMs) {
+        result.removedImages++;
+        if (!options.dryRun) await fs.rm(file, { force: true });
+        continue;
+      }
+      for (const d of record.diffIds ?? []) used.add(d.replace(/^sha256:/, ''));
+    }
+    const layersDir = path.join(this.dir, 'layers');
+    for (const hex of await fs.readdir(layersDir).catch(() => [] as string[])) {
+      if (used.has(hex) || (await exists(path.join(this.dir, 'locks', hex)))) continue;
+      result.removedLayers++;
+      result.freedBytes += await dirSize(path.join(layersDir, hex));
+      if (!options.dryRun) await fs.rm(path.join(layersDir, hex), { recursive: true, force: true });
+    }
+    for (const t of await fs.readdir(path.join(this.dir, 'tmp')).catch(() => [] as string[])) {
+      const pid = Number(t.split('-')[0]);
+      if (pid > 0 && pidAlive(pid)) continue;
+      result.freedBytes += await dirSize(path.join(this.dir, 'tmp', t));
+      if (!options.dryRun) await fs.rm(path.join(this.dir, 'tmp', t), { recursive: true, force: true });
+    }
+    return result;
+  }
+
+  /**
+   * Checks every committed layer: its index parses and every stored file it names exists with the
+   * size its header declares. Returns the problems found (none: an empty list).
+   */
+  async verify(): Promise<string[]> {
+    const problems: string[] = [];
+    const layersDir = path.join(this.dir, 'layers');
+    for (const hex of await fs.readdir(layersDir).catch(() => [] as string[])) {
+      const diffId = `sha256:${hex}` as Digest;
+      try {
+        for await (const e of this.entries(diffId)) {
+          if (!e.file) continue;
+          const st = await fs.stat(e.file).catch(() => undefined);
+          if (!st || st.size !== (e.header.size ?? 0)) problems.push(`${hex}: ${e.header.name}: stored content missing or of the wrong size`);
+        }
+      } catch (err) {
+        problems.push(`${hex}: unreadable index (${(err as Error).message})`);
+      }
+    }
+    return problems;
+  }
+}
+

@@ -1,0 +1,122 @@
+/**
+ * Pulls into root filesystems through the local layer store, against the stock registry behind a
+ * counting proxy: shared layers are fetched once per machine, concurrent pulls do not fetch twice
+ * or corrupt the store, and a pull killed mid-way leaves a store the next pull completes.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { LayerStore } from '../../src/cache/layer-store.js';
+import { fixtures } from '../harness/fixtures.js';
+import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { smart, smartBin } from '../harness/run.js';
+import { haveTools } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+import { describeTree } from '../harness/tree.js';
+
+describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
+  let work: string;
+  let registry: RunningRegistry;
+  let proxy: RunningProxy;
+
+  beforeAll(async () => {
+    work = await tempDir();
+    registry = await startRegistry({ configDir: work });
+    proxy = await startProxy({ target: registry.url });
+    const fx = fixtures();
+    for (const [platform, tag] of [['linux/amd64', 'amd64'], ['linux/arm64', 'arm64']]) {
+      const r = await smart(['push', `oci:${fx.paths.ociMulti}:latest`, `docker://${registry.host}/multi/app:${tag}`, '--platform', platform!]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const r = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/basic/app:v1`]);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  afterAll(async () => {
+    await proxy?.stop();
+    await registry?.stop();
+  });
+
+  beforeEach(() => {
+    proxy.setFaults(undefined);
+    proxy.stats.clear();
+  });
+
+  it('fetches only the layers not already on the machine', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const amd = fx.multi.platforms['linux/amd64']!;
+    const arm = fx.multi.platforms['linux/arm64/v8']!;
+    expect(amd.layers[0]!.digest).toBe(arm.layers[0]!.digest); // the shared base layer
+
+    const first = await smart(['pull', `docker://${proxy.host}/multi/app:amd64`, `rootfs:${path.join(work, 'amd')}`], { cacheHome });
+    expect(first.code, first.stderr).toBe(0);
+    expect(proxy.stats.bytesDown()).toBe(amd.config.size + amd.layers.reduce((n, l) => n + l.size, 0));
+
+    proxy.stats.clear();
+    const second = await smart(['pull', `docker://${proxy.host}/multi/app:arm64`, `rootfs:${path.join(work, 'arm')}`], { cacheHome });
+    expect(second.code, second.stderr).toBe(0);
+    // The config and the arm64 layer; the base layer comes from the store.
+    expect(proxy.stats.bytesDown()).toBe(arm.config.size + arm.layers[1]!.size);
+    expect(await fs.readFile(path.join(work, 'arm/etc/os-release'), 'utf8')).toBe('ID=smartlayer\n');
+    expect(await fs.readFile(path.join(work, 'arm/etc/arch'), 'utf8')).toBe('arm64\n');
+
+    proxy.stats.clear();
+    const warm = await smart(['pull', `docker://${proxy.host}/multi/app:arm64`, `rootfs:${path.join(work, 'arm2')}`, '--json'], { cacheHome });
+    expect(warm.code, warm.stderr).toBe(0);
+    expect(proxy.stats.bytesDown()).toBe(arm.config.size);
+    expect(JSON.parse(warm.stdout.toString())).toMatchObject({ layers: { skipped: 2, pushed: 0 }, details: { materialize: expect.stringMatching(/^(copy|reflink)$/) } });
+    expect(await describeTree(path.join(work, 'arm2'))).toEqual(await describeTree(path.join(work, 'arm')));
+  });
+
+  it('two pulls at once into one store both succeed, fetch each layer once, and leave a store that verifies', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    // Slow every blob download down so that the two pulls overlap for real.
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.includes('/blobs/') ? { kind: 'delay', ms: 300 } : undefined));
+    const [a, b] = await Promise.all([
+      smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'c1')}`], { cacheHome }),
+      smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'c2')}`], { cacheHome }),
+    ]);
+    expect(a.code, a.stderr).toBe(0);
+    expect(b.code, b.stderr).toBe(0);
+    const layerGets = proxy.stats.requests.filter((r) => r.method === 'GET' && fx.basic.layers.some((l) => r.path.endsWith(l.digest)));
+    expect(layerGets.length).toBe(fx.basic.layers.length);
+    expect(await new LayerStore(path.join(cacheHome, 'smartlayer', 'layer-store')).verify()).toEqual([]);
+    expect(await describeTree(path.join(work, 'c1'))).toEqual(await describeTree(path.join(work, 'c2')));
+  });
+
+  it('a pull killed mid-way (kill -9) is completed by the next one, and the store verifies', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const victim = fx.basic.layers[2]!.digest;
+    // One layer stalls half-way: the pull is stuck there, with the other layers already stored.
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(victim) ? { kind: 'stall-mid-body', afterBytes: 50 } : undefined));
+    const dest = path.join(work, 'killed');
+    const child = spawn(process.execPath, [smartBin, 'pull', '-q', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`], {
+      stdio: 'ignore',
+      env: { ...process.env, XDG_CACHE_HOME: cacheHome },
+    });
+    const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    const storeDir = path.join(cacheHome, 'smartlayer', 'layer-store');
+    for (let i = 0; i < 200; i++) {
+      const stored = await fs.readdir(path.join(storeDir, 'layers')).catch(() => []);
+      if (stored.length >= 2 && proxy.stats.requests.some((r) => r.fault === 'stall-mid-body')) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGKILL');
+    await exited;
+    await expect(fs.stat(dest)).rejects.toThrow(); // no partial destination
+    proxy.setFaults(undefined);
+    const again = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`], { cacheHome });
+    expect(again.code, again.stderr).toBe(0);
+    expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+    const store = new LayerStore(storeDir);
+    expect(await store.verify()).toEqual([]);
+    // What the killed run left (its temporary unpacking) goes with the next gc.
+    await store.gc({ maxAgeMs: 86_400_000 });
+    expect(await fs.readdir(path.join(storeDir, 'tmp')).catch(() => [])).toEqual([]);
+  });
+});
