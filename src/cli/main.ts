@@ -6,6 +6,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import os from 'node:os';
 import { SmartError, isSmartError } from '../errors.js';
 import { Output, type OutputOptions } from './output.js';
+import type { ProgressMode } from './progress.js';
 
 const EXIT_HELP = `
 Image names (skopeo-style TRANSPORT:REFERENCE):
@@ -24,6 +25,7 @@ Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, defau
   AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
 
 interface CommonFlags {
+  progress?: string;
   layerStore?: string;
   link?: boolean;
   prune?: string | boolean;
@@ -56,6 +58,7 @@ function addCommonOptions(cmd: Command): Command {
     .option('--json', 'print one machine-readable summary on stdout')
     .option('-q, --quiet', 'print nothing but errors (and the --json summary)')
     .option('--debug', 'print stack traces of errors')
+    .addOption(new Option('--progress <mode>', 'progress on stderr: auto (live on a terminal, plain lines otherwise), tty, plain, json (one event a line), none').choices(['auto', 'tty', 'plain', 'json', 'none']).default('auto'))
     .addOption(new Option('--jobs <n>', 'layers in flight at once (default: from the core count)').argParser(positiveInt('--jobs', 256)))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image (default: this machine)')
     .option('--cache-dir <dir>', 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)')
@@ -95,6 +98,12 @@ async function remoteOptions(flags: CommonFlags) {
   };
 }
 
+function progressMode(flags: CommonFlags): ProgressMode {
+  if (flags.quiet || flags.progress === 'none') return 'none';
+  if (flags.progress === 'json' || flags.progress === 'plain' || flags.progress === 'tty') return flags.progress;
+  return process.stderr.isTTY ? 'tty' : 'plain';
+}
+
 function outputOptions(flags: CommonFlags): OutputOptions {
   return { json: !!flags.json, quiet: !!flags.quiet, debug: !!flags.debug };
 }
@@ -104,7 +113,9 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
     throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout (docker-archive:-)', { input: destination });
   }
   const { transfer } = await import('../ops/transfer.js');
-  const { formatBytes, short } = await import('./output.js');
+  const { formatBytes } = await import('./output.js');
+  const { ProgressDisplay } = await import('./progress.js');
+  const progress = new ProgressDisplay(progressMode(flags));
   const started = performance.now();
   const summary = await transfer({
     mode,
@@ -118,19 +129,10 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
     ...(flags.link ? { link: true } : {}),
     ...(flags.prune !== undefined ? { pruneAgeMs: pruneDays(flags.prune) * 86_400_000 } : {}),
     remote: await remoteOptions(flags),
-    onLayer: (e) => {
-      const size =
-        e.status === 'skipped'
-          ? e.reuse?.how === 'mounted'
-            ? `mounted${e.reuse.from ? ` from ${e.reuse.from}` : ''}, nothing sent`
-            : 'already there'
-          : e.status === 'foreign'
-            ? 'foreign, not copied'
-            : formatBytes(e.bytes);
-      out.info(`layer ${short(e.digest)}: ${e.status} (${size})`);
-    },
-    onWarning: (m) => out.warn(m),
-  });
+    onLayer: progress.onLayer,
+    onProgress: progress.onProgress,
+    onWarning: (m) => progress.message(`warning: ${m}`),
+  }).finally(() => progress.finish());
   const seconds = (performance.now() - started) / 1000;
   const l = summary.layers;
   out.info(

@@ -9,6 +9,8 @@ import type { Descriptor, ImageManifest, ParsedManifest } from './manifest.js';
 
 export interface OpenOptions {
   signal?: AbortSignal;
+  /** Told of each chunk of stored (compressed) bytes read, for progress. */
+  onBytes?: (bytes: number) => void;
 }
 
 /**
@@ -129,6 +131,16 @@ export interface ImageWriteOptions {
   signal?: AbortSignal;
   jobs: number;
   onLayer?: (event: LayerEvent) => void;
+  /** Bytes of a layer's stored blob read so far (a delta), for progress displays. */
+  onProgress?: (event: ProgressEvent) => void;
+}
+
+export interface ProgressEvent {
+  digest: string;
+  /** Bytes read since the last event of this layer. */
+  bytes: number;
+  /** The blob's size when known. */
+  total?: number;
 }
 
 export interface ImageWriteResult {

@@ -3,7 +3,7 @@
  * `partial`): choosing a platform out of an index, fetching and checking the config, and making
  * Layer objects whose streams are verified.
  */
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import { decompress } from '../pipeline/compression.js';
 import { verifiedStream } from '../pipeline/digest-stream.js';
@@ -50,16 +50,31 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
   return {
     descriptor,
     diffId,
-    open: (options?: OpenOptions) => source.getBlob(descriptor, options),
+    open: async (options?: OpenOptions) => counted(await source.getBlob(descriptor, options), options?.onBytes),
     openUncompressed: async (options?: OpenOptions) => {
       const compression = layerCompression(descriptor.mediaType);
       if (compression === undefined) {
         throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${descriptor.mediaType}`, { input: descriptor.digest });
       }
-      const blob = await source.getBlob(descriptor, options);
+      const blob = counted(await source.getBlob(descriptor, options), options?.onBytes);
       return verifyUncompressed(decompress(blob, compression, what), diffId, what);
     },
   };
+}
+
+/** `stream` as it is, or passed through a counter telling `onBytes` of every chunk. */
+function counted(stream: Readable, onBytes: ((n: number) => void) | undefined): Readable {
+  if (!onBytes) return stream;
+  const counter = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      onBytes(chunk.length);
+      cb(null, chunk);
+    },
+  });
+  counter.on('error', () => undefined); // delivered to the consumer through `errored`
+  stream.on('error', (e) => counter.destroy(e));
+  counter.on('close', () => stream.destroy());
+  return stream.pipe(counter);
 }
 
 /** Verifies an uncompressed layer against its diff id as it streams. */

@@ -8,7 +8,7 @@ import { Readable, pipeline } from 'node:stream';
 import pLimit from 'p-limit';
 import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, type Digest } from '../oci/digest.js';
-import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent } from '../oci/image.js';
+import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent, OpenOptions, ProgressEvent } from '../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
 import {
   configMediaType,
@@ -34,6 +34,7 @@ export interface CopyOptions {
   gzipLevel?: number;
   signal?: AbortSignal;
   onLayer?: (event: LayerEvent) => void;
+  onProgress?: (event: ProgressEvent) => void;
   /** Remembers what uncompressed layers became at a destination, to skip compressing them again. */
   blobInfo?: BlobInfoCache;
 }
@@ -130,6 +131,12 @@ async function retrying<T>(signal: AbortSignal, work: () => Promise<T>, attempts
   }
 }
 
+function openOptions(layer: Layer, options: { onProgress?: (e: ProgressEvent) => void }, signal: AbortSignal): OpenOptions {
+  const { onProgress } = options;
+  const { digest, size } = layer.descriptor;
+  return onProgress ? { signal, onBytes: (bytes) => onProgress({ digest, bytes, total: size }) } : { signal };
+}
+
 /** The descriptor of one layer at the destination. */
 async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyOptions, tally: Tally, signal: AbortSignal): Promise<Descriptor> {
   const desc = layer.descriptor;
@@ -147,7 +154,7 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
       record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType }, options);
       return { ...desc, ...known };
     }
-    const gz = gzipLayerStream(await layer.open({ signal }), options.gzipLevel);
+    const gz = gzipLayerStream(await layer.open(openOptions(layer, options, signal)), options.gzipLevel);
     const stored = await dest.putBlob(gz.stream, { mediaType: MediaType.OCI_LAYER_GZIP, signal });
     const compressed: Descriptor = { ...desc, mediaType: MediaType.OCI_LAYER_GZIP, digest: stored.digest, size: stored.size };
     await options.blobInfo?.record(dest.cacheScope, gz.diffId(), compressed);
@@ -159,7 +166,7 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
     record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: desc.mediaType }, options);
     return desc;
   }
-  const stored = await dest.putBlob(await layer.open({ signal }), { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, signal });
+  const stored = await dest.putBlob(await layer.open(openOptions(layer, options, signal)), { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, signal });
   record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'pushed', bytes: stored.size, mediaType: desc.mediaType }, options);
   return desc;
 }
@@ -343,6 +350,7 @@ export async function writeImage(source: ImageSource, writer: ImageWriter, optio
   const result = await writer.write(image, {
     jobs: options.jobs,
     ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     onLayer: (e) => record(tally, e, options),
   });
   return {

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { SmartError } from '../errors.js';
-import type { LayerEvent } from '../oci/image.js';
+import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { parseImageName } from '../transports/names.js';
 import { copyDockerArchiveStream, copyImage, writeImage, type CopySummary } from './copy.js';
@@ -31,6 +31,7 @@ export interface TransferRequest {
   /** After the pull, remove from the layer store what no image used within this many ms uses. */
   pruneAgeMs?: number;
   onLayer?: (event: LayerEvent) => void;
+  onProgress?: (event: ProgressEvent) => void;
   onWarning?: (message: string) => void;
 }
 
@@ -81,6 +82,7 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     ...(req.gzipLevel !== undefined ? { gzipLevel: req.gzipLevel } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.onLayer ? { onLayer: req.onLayer } : {}),
+    ...(req.onProgress ? { onProgress: req.onProgress } : {}),
     ...(blobInfo ? { blobInfo } : {}),
   };
   const source = await openSource(src, ctx);

@@ -12,7 +12,7 @@ import type { LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { shortDigest } from '../../oci/digest.js';
-import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
+import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
 import { makeRuntimeSpec } from './runtime-spec.js';
 import { RootfsApplier } from './apply.js';
 
@@ -65,7 +65,7 @@ export class RootfsWriter implements ImageWriter {
         for (const layer of image.layers) {
           options.signal?.throwIfAborted();
           const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
-          const stats = await applier.applyLayer(await layer.openUncompressed(options), what);
+          const stats = await applier.applyLayer(await layer.openUncompressed(progressOptions(layer, options, options.signal)), what);
           options.onLayer?.({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
         }
       }
@@ -98,7 +98,7 @@ export class RootfsWriter implements ImageWriter {
     const fetched = image.layers.map((layer) =>
       limit(async () => {
         signal.throwIfAborted();
-        return store.ensure(layer.diffId, () => layer.openUncompressed({ signal }), signal);
+        return store.ensure(layer.diffId, () => layer.openUncompressed(progressOptions(layer, options, signal)), signal);
       }),
     );
     for (const p of fetched) p.catch((e: unknown) => controller.abort(e));
@@ -137,6 +137,12 @@ async function probeReflink(storeDir: string, tree: string): Promise<Materialize
     await fs.rm(a, { force: true });
     await fs.rm(b, { force: true });
   }
+}
+
+function progressOptions(layer: Layer, options: ImageWriteOptions, signal: AbortSignal | undefined): OpenOptions {
+  const { onProgress } = options;
+  const { digest, size } = layer.descriptor;
+  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ digest, bytes, total: size }) } : {}) };
 }
 
 /** Puts `staging` at `target`: the old directory is moved aside first and removed only after. */
