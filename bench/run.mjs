@@ -247,6 +247,8 @@ const k2 = await bench('skopeo copy oci → registry (cold)', {
 pairs.push([s2, k2]);
 
 // 3. warm push (everything present) and 4. pulls, against one store and one registry.
+let k3b;
+let k4;
 const store = fs.mkdtempSync(path.join(out, 'store-'));
 const cacheDir = path.join(store, 'cache');
 execFileSync('node', [smartBin, 'push', '-q', '--cache-dir', cacheDir, `docker-archive:${img.archive}`, `file:${store}/data#bench/app:1`]);
@@ -262,7 +264,7 @@ try {
   });
   pairs.push([s3, k3]);
   const s3b = await bench('smart push oci → file: (warm)', { command: `node ${smartBin} push -q oci:${img.layout}:latest file:${store}/data#bench/app:1` });
-  const k3b = await bench('skopeo copy oci → registry (warm)', {
+  k3b = await bench('skopeo copy oci → registry (warm)', {
     command: `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${reg.host}/bench/app:1`,
   });
   pairs.push([s3b, k3b]);
@@ -272,7 +274,7 @@ try {
     setup: freshStore,
     command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 oci:${target(c)}/oci:x`,
   });
-  const k4 = await bench('skopeo copy registry → oci', {
+  k4 = await bench('skopeo copy registry → oci', {
     setup: freshStore,
     command: (c) => `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${reg.host}/bench/app:1 oci:${target(c)}/oci:x`,
   });
@@ -310,7 +312,78 @@ try {
   rm(store);
 }
 
-// 6. compression limits on the same bytes.
+// 6. Through the registry API, and straight into S3 (s3rver on loopback), beside skopeo.
+const s6a = await bench('smart push docker-archive → docker:// (cold)', {
+  setup: async (i) => {
+    const r = await freshRegistry();
+    const dir = fs.mkdtempSync(path.join(out, 'cache-'));
+    return { ...r, cache: dir, teardown: async () => { await r.teardown(); rm(dir); } };
+  },
+  command: (c) => `node ${smartBin} push -q --cache-dir ${c.cache} docker-archive:${img.archive} docker://${c.host}/bench/app:1`,
+});
+pairs.push([s6a, k1]);
+const s6b = await bench('smart push oci → docker:// (cold)', {
+  setup: freshRegistry,
+  command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest docker://${c.host}/bench/app:1`,
+});
+pairs.push([s6b, k2]);
+{
+  const regDir = fs.mkdtempSync(path.join(out, 'reg-api-'));
+  const api = await startRegistry(regDir);
+  execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', '--dest-tls-verify=false', `oci:${img.layout}:latest`, `docker://${api.host}/bench/app:1`]);
+  try {
+    const s6c = await bench('smart push oci → docker:// (warm)', { command: `node ${smartBin} push -q oci:${img.layout}:latest docker://${api.host}/bench/app:1` });
+    const k6c = await bench('skopeo copy oci → registry (warm, again)', {
+      command: `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${api.host}/bench/app:1`,
+    });
+    pairs.push([s6c, k6c]);
+    const s6d = await bench('smart pull docker:// → oci', { setup: freshStore, command: (c) => `node ${smartBin} pull -q docker://${api.host}/bench/app:1 oci:${c.dir}/oci:x` });
+    const k6d = await bench('skopeo copy registry → oci (same registry)', {
+      setup: freshStore,
+      command: (c) => `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${api.host}/bench/app:1 oci:${c.dir}/oci:x`,
+    });
+    pairs.push([s6d, k6d]);
+  } finally {
+    await api.stop();
+    rm(regDir);
+  }
+}
+{
+  const s3Dir = fs.mkdtempSync(path.join(out, 's3-'));
+  const port = await freePort();
+  const s3 = spawn(process.execPath, ['--openssl-legacy-provider', path.join(repo, 'test/harness/s3rver-main.mjs'), String(port), s3Dir, 'bench'], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  await new Promise((resolve) => s3.stdout.once('data', resolve));
+  const env = { AWS_ENDPOINT_URL_S3: `http://127.0.0.1:${port}`, AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER', AWS_REGION: 'us-east-1', AWS_PROFILE: '' };
+  try {
+    let n = 0;
+    const s6e = await bench('smart push docker-archive → s3:// (cold)', {
+      env,
+      setup: async () => {
+        const dir = fs.mkdtempSync(path.join(out, 'cache-'));
+        return { dir, root: `run${n++}`, teardown: () => rm(dir) };
+      },
+      command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir} docker-archive:${img.archive} s3://bench/${c.root}#bench/app:1`,
+    });
+    pairs.push([s6e, k1]);
+    const s6f = await bench('smart push oci → s3:// (cold)', {
+      env,
+      setup: async () => ({ root: `oci${n++}` }),
+      command: (c) => `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/${c.root}#bench/app:1`,
+    });
+    pairs.push([s6f, k2]);
+    const s6g = await bench('smart push oci → s3:// (warm)', { env, command: `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/oci0#bench/app:1` });
+    pairs.push([s6g, k3b]);
+    const s6h = await bench('smart pull s3:// → oci', { env, setup: freshStore, command: (c) => `node ${smartBin} pull -q s3://bench/oci0#bench/app:1 oci:${c.dir}/oci:x` });
+    pairs.push([s6h, k4]);
+  } finally {
+    s3.kill('SIGTERM');
+    rm(s3Dir);
+  }
+}
+
+// 7. compression limits on the same bytes.
 const all = img.layerNames.map((n) => path.join(img.archiveDir, n)).join(' ');
 const p6 = await bench(`limit: cat layers | pigz -6 -p${os.availableParallelism()}`, { command: `cat ${all} | pigz -6 -p${os.availableParallelism()} > /dev/null` });
 const z6 = await bench('limit: cat layers | zstd -3 -T0', { command: `cat ${all} | zstd -3 -T0 -q > /dev/null` });
