@@ -2,7 +2,7 @@
  * Progress on stderr: on a terminal one live line per layer (bytes, rate) and a total; elsewhere
  * (CI logs) plain lines, a summary every few seconds; `--progress=json` one JSON event a line.
  */
-import type { LayerEvent, ProgressEvent } from '../oci/image.js';
+import type { LayerEvent, ProgressEvent } from '../ops/transfer.js';
 import { formatBytes, short } from './output.js';
 
 export type ProgressMode = 'tty' | 'plain' | 'json' | 'none';

@@ -103,3 +103,4 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     if (source.kind === 'random') await source.source.close().catch(() => undefined);
   }
 }
+export type { LayerEvent, ProgressEvent } from '../oci/image.js';
