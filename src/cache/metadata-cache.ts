@@ -11,9 +11,83 @@ import { isErrno } from '../errors.js';
 
 export interface MetadataCache {
   get(key: string): Promise<string | undefined>;
-  /** `ttlSeconds` absent: kept until evicted. */
+  /**
+   * `ttlSeconds` absent (or Infinity): kept until evicted; zero or less (or NaN): the entry is
+   * already expired (removed). Redis rounds a fractional TTL up to the millisecond.
+   */
   set(key: string, value: string, ttlSeconds?: number): Promise<void>;
+  /**
+   * One answer per key, in the order asked (a key asked twice is answered twice). On Redis this is
+   * one pipelined round trip (on a cluster: one per node, in parallel).
+   */
+  getMany(keys: string[]): Promise<(string | undefined)[]>;
+  /** Writes every entry (one round trip on Redis, one per node on a cluster); not atomic. */
+  setMany(entries: MetadataCacheEntry[]): Promise<void>;
+  /** Removes the key; a key that is not there is no error. */
+  delete(key: string): Promise<void>;
+  /** Releases connections so that the process can exit; the cache is not used afterwards. */
+  close(): Promise<void>;
 }
+
+export interface MetadataCacheEntry {
+  key: string;
+  value: string;
+  /** Absent: kept until evicted. */
+  ttlSeconds?: number;
+}
+
+export interface OpenMetadataCacheOptions {
+  /**
+   * Use Redis instead of the disk (`--redis URL` / `SMART_REDIS_URL`). Forms:
+   * `redis://[user:pass@]host:port[/db]`, `rediss://...` (TLS), and for a cluster
+   * `redis+cluster://[user:pass@]host1:port1,host2:port2` (or `rediss+cluster://`): any reachable
+   * nodes of the cluster; the others are learned from it. See src/cache/redis-cache.ts.
+   */
+  redisUrl?: string;
+  /** The on-disk cache's directory, used when `redisUrl` is not set. */
+  diskDir: string;
+  /** Prepended to every key (default `smartlayer:` on Redis, none on disk). */
+  keyPrefix?: string;
+  /** Extra CA certificates (PEM text) trusted for `rediss://`, besides the system's. */
+  redisCa?: string[];
+  /** Called at most once, when the cache fails: the run then goes on without it. */
+  onWarning: (message: string) => void;
+}
+
+/**
+ * The cache a command uses: Redis when `redisUrl` is set, else the disk, behind `forgivingCache`
+ * (a cache that fails is one warning, then silence). Throws only for a `redisUrl` that does not
+ * parse (SmartError USAGE); a Redis that is down is the warning, never an error. The Redis client
+ * (ioredis) is loaded only here and only then. Call `close()` when the command ends.
+ */
+export async function openMetadataCache(options: OpenMetadataCacheOptions): Promise<MetadataCache> {
+  if (options.redisUrl) {
+    const { createRedisMetadataCache } = await import('./redis-cache.js');
+    const redis = await createRedisMetadataCache({
+      url: options.redisUrl,
+      ...(options.keyPrefix !== undefined ? { keyPrefix: options.keyPrefix } : {}),
+      ...(options.redisCa ? { ca: options.redisCa } : {}),
+    });
+    return forgivingCache(redis, options.onWarning);
+  }
+  return forgivingCache(new DiskMetadataCache(options.diskDir, options.keyPrefix ?? ''), options.onWarning);
+}
+
+/** Runs `fn` over `items` with at most `limit` at once; answers in the order of `items`. */
+async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+const DISK_PARALLEL = 32;
 
 interface Entry {
   k: string;
@@ -26,10 +100,14 @@ interface Entry {
  * a temporary name and renamed, so concurrent runs on one machine never see a torn entry.
  */
 export class DiskMetadataCache implements MetadataCache {
-  constructor(readonly dir: string) {}
+  /** `keyPrefix` is prepended to every key: two prefixes over one directory never see each other's entries. */
+  constructor(
+    readonly dir: string,
+    readonly keyPrefix = '',
+  ) {}
 
   private file(key: string): string {
-    const h = createHash('sha256').update(key).digest('hex');
+    const h = createHash('sha256').update(this.keyPrefix + key).digest('hex');
     return path.join(this.dir, h.slice(0, 2), h);
   }
 
@@ -47,13 +125,15 @@ export class DiskMetadataCache implements MetadataCache {
     } catch {
       return undefined; // a damaged entry is a miss
     }
-    if (entry.k !== key || (entry.exp !== undefined && entry.exp < Date.now())) return undefined;
+    if (entry.k !== this.keyPrefix + key || (entry.exp !== undefined && entry.exp < Date.now())) return undefined;
     return entry.v;
   }
 
   async set(key: string, value: string, ttlSeconds?: number): Promise<void> {
+    if (ttlSeconds !== undefined && !(ttlSeconds > 0)) return this.delete(key); // born expired
     const file = this.file(key);
-    const entry: Entry = { k: key, v: value, ...(ttlSeconds !== undefined ? { exp: Date.now() + ttlSeconds * 1000 } : {}) };
+    const expires = ttlSeconds !== undefined && ttlSeconds !== Infinity;
+    const entry: Entry = { k: this.keyPrefix + key, v: value, ...(expires ? { exp: Date.now() + ttlSeconds * 1000 } : {}) };
     await fs.mkdir(path.dirname(file), { recursive: true });
     const tmp = `${file}.${randomUUID()}.tmp`;
     try {
@@ -64,24 +144,71 @@ export class DiskMetadataCache implements MetadataCache {
       throw e;
     }
   }
+
+  getMany(keys: string[]): Promise<(string | undefined)[]> {
+    return mapLimited(keys, DISK_PARALLEL, (k) => this.get(k));
+  }
+
+  async setMany(entries: MetadataCacheEntry[]): Promise<void> {
+    // A key given twice: the last entry wins, as on Redis (parallel writes would race).
+    const last = new Map(entries.map((e) => [e.key, e]));
+    await mapLimited([...last.values()], DISK_PARALLEL, (e) => this.set(e.key, e.value, e.ttlSeconds));
+  }
+
+  async delete(key: string): Promise<void> {
+    await fs.rm(this.file(key), { force: true });
+  }
+
+  async close(): Promise<void> {}
 }
 
-/** Wraps a cache so that its failures become one warning and then silence: the cache is optional. */
+/**
+ * Wraps a cache so that its failures become one warning and then silence: the cache is optional.
+ * After the first failure every operation answers at once (misses, no-ops) without touching the
+ * cache; `close()` still closes it (and never throws).
+ */
 export function forgivingCache(cache: MetadataCache, warn: (message: string) => void): MetadataCache {
   let warned = false;
   let broken = false;
   const fail = (e: unknown): undefined => {
     if (!warned) {
       warned = true;
-      warn(`metadata cache unavailable, going on without it: ${(e as Error).message}`);
+      warn(`metadata cache unavailable, going on without it: ${e instanceof Error ? e.message : String(e)}`);
     }
     broken = true;
     return undefined;
   };
+  /** Runs `op` unless the cache failed before; a failure (even a synchronous throw) gives `fallback()`. */
+  const guard = async <T>(fallback: () => T, op: () => Promise<T>): Promise<T> => {
+    if (broken) return fallback();
+    try {
+      return await op();
+    } catch (e) {
+      fail(e);
+      return fallback();
+    }
+  };
+  const nothing = (): void => undefined;
   return {
-    get: async (key) => (broken ? undefined : cache.get(key).catch(fail)),
-    set: async (key, value, ttl) => {
-      if (!broken) await cache.set(key, value, ttl).catch(fail);
+    get: (key) => guard(() => undefined, () => cache.get(key)),
+    set: (key, value, ttl) => guard(nothing, () => cache.set(key, value, ttl)),
+    getMany: (keys) =>
+      guard(
+        () => keys.map((): string | undefined => undefined),
+        async () => {
+          const values = await cache.getMany(keys);
+          if (values.length !== keys.length) throw new Error(`getMany answered ${values.length} values for ${keys.length} keys`);
+          return values;
+        },
+      ),
+    setMany: (entries) => guard(nothing, () => cache.setMany(entries)),
+    delete: (key) => guard(nothing, () => cache.delete(key)),
+    close: async () => {
+      try {
+        await cache.close();
+      } catch {
+        // closing a broken cache may fail too; nothing to do about it
+      }
     },
   };
 }

@@ -1,0 +1,448 @@
+/**
+ * The metadata cache on Redis: how a fleet of build machines shares what each learned. Chosen with
+ * `--redis URL` / `SMART_REDIS_URL` (see `openMetadataCache`). URL forms:
+ *
+ *   redis://[user:pass@]host[:port][/db]        one server (port 6379 and db 0 by default)
+ *   rediss://[user:pass@]host[:port][/db]       the same over TLS
+ *   redis+cluster://[user:pass@]host1:port1,host2:port2,...
+ *   rediss+cluster://...                        a Redis Cluster (TLS): any reachable nodes of it,
+ *                                               the others are learned from CLUSTER SLOTS; db 0 only
+ *
+ * A user name or password holding `@ : / %` or `,` is written percent-encoded (`p%40ss`). IPv6
+ * hosts go in brackets (`[::1]:6379`). Query parameters are not accepted.
+ *
+ * A hint, never the truth, so it is built never to hang a run: connecting and every command give up
+ * after `timeoutMs` (2 s), every operation has a hard deadline a little later whatever the client
+ * does, a command is retried at most once, and a connection that was lost is re-established at most
+ * twice, quickly, then left closed. The client (ioredis) is imported only by
+ * `createRedisMetadataCache`, so a run without Redis never loads it.
+ *
+ * Errors are SmartErrors (STORAGE) that name the server by host:port only: never the user name or
+ * password (the client's own error, which can carry the AUTH arguments, is not kept as the cause).
+ * Known limit: ioredis itself writes a console warning when a password is given to a server that
+ * needs none; nothing else of the client prints (its error events are consumed here).
+ */
+import tls from 'node:tls';
+import type { ChainableCommander, Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
+import { SmartError } from '../errors.js';
+import type { MetadataCache, MetadataCacheEntry } from './metadata-cache.js';
+
+export const DEFAULT_REDIS_KEY_PREFIX = 'smartlayer:';
+const DEFAULT_TIMEOUT_MS = 2000;
+
+export interface RedisNodeAddress {
+  host: string;
+  port: number;
+}
+
+export interface RedisTarget {
+  cluster: boolean;
+  tls: boolean;
+  /** One node, or the cluster's startup nodes. */
+  nodes: RedisNodeAddress[];
+  username?: string;
+  password?: string;
+  db: number;
+  /** The server(s) as host:port, for messages: never the credentials. */
+  where: string;
+}
+
+/** The URL with any user name and password replaced by `***`: what messages may show. */
+export function redactRedisUrl(url: string): string {
+  return url.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/).*@/s, '$1***@');
+}
+
+function usage(url: string, message: string): SmartError {
+  return new SmartError('USAGE', `invalid Redis URL: ${message}`, {
+    input: redactRedisUrl(url),
+    hint: 'use redis://[user:pass@]host:port[/db], rediss://... (TLS) or redis+cluster://host1:port1,host2:port2',
+  });
+}
+
+function decode(url: string, s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    throw usage(url, 'malformed percent-encoding in the user name or password');
+  }
+}
+
+function parseHost(url: string, s: string): RedisNodeAddress {
+  let host: string;
+  let portText: string | undefined;
+  const v6 = /^\[([0-9A-Fa-f:.]+)\](?::(.*))?$/.exec(s);
+  if (v6) {
+    host = v6[1]!;
+    portText = v6[2];
+  } else {
+    const i = s.lastIndexOf(':');
+    host = i < 0 ? s : s.slice(0, i);
+    portText = i < 0 ? undefined : s.slice(i + 1);
+    if (host.includes(':')) throw usage(url, `put the IPv6 address ${host} in brackets: [${host}]:PORT`);
+  }
+  if (!host || !/^[A-Za-z0-9._:-]+$/.test(host)) throw usage(url, `bad host "${host}"`);
+  let port = 6379;
+  if (portText !== undefined) {
+    if (!/^\d{1,5}$/.test(portText) || Number(portText) < 1 || Number(portText) > 65535) throw usage(url, `bad port "${portText}"`);
+    port = Number(portText);
+  }
+  return { host, port };
+}
+
+/** Parses a Redis URL (forms in the module comment); throws SmartError USAGE. Never echoes credentials. */
+export function parseRedisUrl(url: string): RedisTarget {
+  const m = /^(redis|rediss|redis\+cluster|rediss\+cluster):\/\/(.*)$/is.exec(url.trim());
+  if (!m) throw usage(url, 'the scheme must be redis://, rediss://, redis+cluster:// or rediss+cluster://');
+  const scheme = m[1]!.toLowerCase();
+  let rest = m[2]!;
+  // The user info ends at the last '@': a password with an unencoded '/' or '@' still parses.
+  let username: string | undefined;
+  let password: string | undefined;
+  const at = rest.lastIndexOf('@');
+  if (at >= 0) {
+    const info = rest.slice(0, at);
+    rest = rest.slice(at + 1);
+    const colon = info.indexOf(':');
+    if (colon < 0) {
+      if (info) username = decode(url, info);
+    } else {
+      const u = info.slice(0, colon);
+      const p = info.slice(colon + 1);
+      if (u) username = decode(url, u);
+      if (p) password = decode(url, p);
+    }
+  }
+  if (/[?#]/.test(rest)) throw usage(url, 'query parameters and fragments are not supported');
+  const slash = rest.indexOf('/');
+  const hostPart = slash < 0 ? rest : rest.slice(0, slash);
+  const pathPart = slash < 0 ? '' : rest.slice(slash + 1);
+  let db = 0;
+  if (pathPart !== '') {
+    if (!/^\d{1,5}$/.test(pathPart)) throw usage(url, `the path must be a database number, not "/${pathPart}"`);
+    db = Number(pathPart);
+  }
+  const cluster = scheme.endsWith('+cluster');
+  const hosts = hostPart.split(',');
+  if (hosts.some((h) => h === '')) throw usage(url, 'a host is missing');
+  if (!cluster && hosts.length > 1) throw usage(url, 'several hosts: for a cluster, use redis+cluster://');
+  if (cluster && db !== 0) throw usage(url, 'a Redis Cluster has database 0 only');
+  const nodes = hosts.map((h) => parseHost(url, h));
+  const list = nodes.map((n) => (n.host.includes(':') ? `[${n.host}]:${n.port}` : `${n.host}:${n.port}`)).join(',');
+  return {
+    cluster,
+    tls: scheme.startsWith('rediss'),
+    nodes,
+    ...(username !== undefined ? { username } : {}),
+    ...(password !== undefined ? { password } : {}),
+    db,
+    where: cluster ? `cluster ${list}` : list,
+  };
+}
+
+// ---- cluster slots: CRC16/XMODEM of the key (or of its {hash tag}) mod 16384 --------------------
+
+const CRC16_TABLE = (() => {
+  const t = new Uint16Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i << 8;
+    for (let b = 0; b < 8; b++) c = c & 0x8000 ? ((c << 1) ^ 0x1021) & 0xffff : (c << 1) & 0xffff;
+    t[i] = c;
+  }
+  return t;
+})();
+
+/** The cluster hash slot of a key, as Redis computes it (hash tags included). */
+export function clusterKeySlot(key: string): number {
+  let bytes = Buffer.from(key, 'utf8');
+  const open = bytes.indexOf(0x7b); // {
+  if (open >= 0) {
+    const close = bytes.indexOf(0x7d, open + 1); // }
+    if (close > open + 1) bytes = bytes.subarray(open + 1, close);
+  }
+  let crc = 0;
+  for (const byte of bytes) crc = ((crc << 8) & 0xffff) ^ CRC16_TABLE[((crc >> 8) ^ byte) & 0xff]!;
+  return crc & 16383;
+}
+
+// ---- the cache ----------------------------------------------------------------------------------
+
+export interface RedisCacheOptions {
+  url: string;
+  /** Prepended to every key. Default `smartlayer:`. */
+  keyPrefix?: string;
+  /** Extra CA certificates (PEM) trusted for rediss://, besides the system's. */
+  ca?: string[];
+  /** Connect and command timeout. Default 2000 ms; every operation ends by this plus 500 ms. */
+  timeoutMs?: number;
+}
+
+type Client = Redis | Cluster;
+type PipelineResult = [error: Error | null, result: unknown][] | null;
+
+const ALLOCATION_GROUP_ERROR = 'slots allocation group';
+const GENERIC_MESSAGES = ['Connection is closed', 'None of startup nodes is available', 'Failed to refresh slots cache', 'Cluster is disconnected'];
+
+/**
+ * Connects lazily in the background; the first operation waits for it (within its deadline).
+ * Throws only for a URL that does not parse (SmartError USAGE).
+ */
+export async function createRedisMetadataCache(options: RedisCacheOptions): Promise<RedisMetadataCache> {
+  const target = parseRedisUrl(options.url);
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const { Redis: RedisClass, Cluster: ClusterClass } = await import('ioredis');
+  const state = { everReady: false };
+  // Before the first command that worked: no retry (the run goes on without the cache at once).
+  // After a loss: two quick attempts (a server that closed an idle connection), then it stays closed.
+  const retry = (times: number): number | null => (state.everReady && times <= 2 ? 100 * times : null);
+  const common: RedisOptions = {
+    connectTimeout: timeoutMs,
+    commandTimeout: timeoutMs,
+    maxRetriesPerRequest: 1,
+    lazyConnect: true,
+    // The INFO ready check would make ioredis print a warning for a user without +info; a server
+    // still loading its data answers LOADING instead, which is one miss-and-warning for a hint.
+    enableReadyCheck: false,
+    // CLIENT SETINFO would cost a round trip (and a file read) before the first command.
+    disableClientInfo: true,
+    autoResubscribe: false,
+    // A closing socket that does not close is destroyed after this (ioredis waits 2 s by default,
+    // even for a socket that never connected, which kept a CLI process alive for 2 s).
+    disconnectTimeout: 200,
+    ...(target.username !== undefined ? { username: target.username } : {}),
+    ...(target.password !== undefined ? { password: target.password } : {}),
+    ...(target.tls ? { tls: { ...(options.ca?.length ? { ca: [...tls.rootCertificates, ...options.ca] } : {}) } } : {}),
+  };
+  let client: Client;
+  if (target.cluster) {
+    const clusterOptions: ClusterOptions = {
+      lazyConnect: true,
+      enableOfflineQueue: true,
+      enableReadyCheck: true, // CLUSTER INFO: cluster_state:ok
+      clusterRetryStrategy: retry,
+      maxRedirections: 4,
+      retryDelayOnClusterDown: 100,
+      retryDelayOnFailover: 100,
+      retryDelayOnTryAgain: 100,
+      slotsRefreshTimeout: timeoutMs,
+      redisOptions: common,
+    };
+    client = new ClusterClass(target.nodes, clusterOptions);
+  } else {
+    client = new RedisClass({ ...common, host: target.nodes[0]!.host, port: target.nodes[0]!.port, db: target.db, retryStrategy: retry, enableOfflineQueue: true });
+  }
+  return new RedisMetadataCache(client, target, options.keyPrefix ?? DEFAULT_REDIS_KEY_PREFIX, timeoutMs, state);
+}
+
+export class RedisMetadataCache implements MetadataCache {
+  private readonly ready: Promise<void>;
+  private lastError: Error | undefined;
+  private closed = false;
+  private readonly deadlineMs: number;
+
+  /** Use `createRedisMetadataCache`, which loads the client. */
+  constructor(
+    private readonly client: Client,
+    readonly target: RedisTarget,
+    readonly keyPrefix: string,
+    readonly timeoutMs: number,
+    private readonly state: { everReady: boolean },
+  ) {
+    this.deadlineMs = timeoutMs + 500;
+    // Without a listener ioredis prints error events; keep the last one for the message instead.
+    client.on('error', (e: Error) => {
+      this.lastError = e;
+    });
+    client.on('node error', (e: Error) => {
+      this.lastError = e;
+    });
+    this.ready = this.deadline('connecting', client.connect());
+    this.ready.catch(() => undefined); // awaited by the first operation
+  }
+
+  /** The server(s), as host:port. */
+  get where(): string {
+    return this.target.where;
+  }
+
+  private get isCluster(): boolean {
+    return this.target.cluster;
+  }
+
+  private error(what: string, e: unknown): SmartError {
+    if (e instanceof SmartError) return e;
+    let message = e instanceof Error ? e.message : String(e);
+    // "Connection is closed." and "None of startup nodes is available" say less than the error
+    // that caused them, when one is known: down the cluster's lastNodeError chain, or the last
+    // error event (e.g. connect ECONNREFUSED host:port).
+    const generic = (m: string) => GENERIC_MESSAGES.some((g) => m.startsWith(g));
+    type Chained = { lastNodeError?: Chained; message?: string };
+    const candidates: (string | undefined)[] = [];
+    for (let c = e as Chained | undefined; c?.lastNodeError; c = c.lastNodeError) candidates.push(c.lastNodeError.message);
+    candidates.push(this.lastError?.message);
+    const detail = candidates.find((m): m is string => !!m && !generic(m) && !message.includes(m));
+    if (detail) message = generic(message) ? detail : `${message} (${detail})`;
+    for (const secret of [this.target.password, this.target.username]) {
+      if (secret && secret.length >= 3) message = message.split(secret).join('***');
+    }
+    return new SmartError('STORAGE', `redis ${this.where}: ${what}: ${message}`, { retryable: true });
+  }
+
+  /** `p`, or a STORAGE error once `deadlineMs` has passed: nothing waits longer, whatever the client does. */
+  private deadline<T>(what: string, p: Promise<T>): Promise<T> {
+    p.catch(() => undefined); // its late failure after the deadline is not unhandled
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new SmartError('STORAGE', `redis ${this.where}: ${what}: no answer in ${this.deadlineMs} ms`, { retryable: true })), this.deadlineMs);
+      timer.unref();
+    });
+    return Promise.race([p, late])
+      .catch((e: unknown) => {
+        throw this.error(what, e);
+      })
+      .finally(() => clearTimeout(timer));
+  }
+
+  /** Runs one operation after the connection is up, both within one deadline. */
+  private op<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(new SmartError('STORAGE', `redis ${this.where}: ${what}: the cache is closed`));
+    return this.deadline(
+      what,
+      (async () => {
+        await this.ready;
+        const result = await fn();
+        this.state.everReady = true;
+        return result;
+      })(),
+    );
+  }
+
+  private k(key: string): string {
+    return this.keyPrefix + key;
+  }
+
+  async get(key: string): Promise<string | undefined> {
+    const v = await this.op('GET', () => this.client.get(this.k(key)));
+    return v ?? undefined;
+  }
+
+  async set(key: string, value: string, ttlSeconds?: number): Promise<void> {
+    await this.op('SET', async () => {
+      const k = this.k(key);
+      if (ttlSeconds === undefined || ttlSeconds === Infinity) await this.client.set(k, value);
+      else if (!(ttlSeconds > 0)) await this.client.del(k); // born expired
+      else if (Number.isInteger(ttlSeconds)) await this.client.set(k, value, 'EX', ttlSeconds);
+      else await this.client.set(k, value, 'PX', Math.ceil(ttlSeconds * 1000));
+    });
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.op('DEL', () => this.client.del(this.k(key)));
+  }
+
+  async getMany(keys: string[]): Promise<(string | undefined)[]> {
+    if (keys.length === 0) return [];
+    return this.op('GET (pipelined)', async () => {
+      const full = keys.map((k) => this.k(k));
+      if (!this.isCluster) {
+        const values = await this.client.mget(full);
+        return values.map((v) => v ?? undefined);
+      }
+      const out = new Array<string | undefined>(keys.length);
+      await this.pipelinedByNode(full.length, (i) => full[i]!, (p, i) => p.get(full[i]!), (i, v) => {
+        out[i] = typeof v === 'string' ? v : undefined;
+      });
+      return out;
+    });
+  }
+
+  async setMany(entries: MetadataCacheEntry[]): Promise<void> {
+    if (entries.length === 0) return;
+    await this.op('SET (pipelined)', async () => {
+      const full = entries.map((e) => this.k(e.key));
+      const add = (p: ChainableCommander, i: number) => {
+        const { value, ttlSeconds: ttl } = entries[i]!;
+        const k = full[i]!;
+        if (ttl === undefined || ttl === Infinity) p.set(k, value);
+        else if (!(ttl > 0)) p.del(k);
+        else if (Number.isInteger(ttl)) p.set(k, value, 'EX', ttl);
+        else p.set(k, value, 'PX', Math.ceil(ttl * 1000));
+      };
+      if (!this.isCluster) {
+        const p = this.client.pipeline();
+        for (let i = 0; i < entries.length; i++) add(p, i);
+        check(await p.exec());
+        return;
+      }
+      await this.pipelinedByNode(full.length, (i) => full[i]!, add, () => undefined);
+    });
+  }
+
+  /**
+   * On a cluster: one pipeline per group of nodes serving the keys' slots (ioredis refuses a
+   * pipeline whose keys live on different nodes), all sent at once. A pipeline that lost a race
+   * with a slot refresh is regrouped and sent once more.
+   */
+  private async pipelinedByNode(
+    n: number,
+    keyOf: (i: number) => string,
+    add: (p: ChainableCommander, i: number) => void,
+    take: (i: number, value: unknown) => void,
+  ): Promise<void> {
+    const cluster = this.client as Cluster;
+    const send = async (indices: number[], again: boolean): Promise<void> => {
+      const groups = new Map<string, number[]>();
+      for (const i of indices) {
+        const group = (cluster.slots[clusterKeySlot(keyOf(i))] ?? []).join(';');
+        let list = groups.get(group);
+        if (!list) groups.set(group, (list = []));
+        list.push(i);
+      }
+      await Promise.all(
+        [...groups.values()].map(async (list) => {
+          const p = cluster.pipeline();
+          for (const i of list) add(p, i);
+          let results: PipelineResult;
+          try {
+            results = await p.exec();
+          } catch (e) {
+            if (again && e instanceof Error && e.message.includes(ALLOCATION_GROUP_ERROR)) return send(list, false);
+            throw e;
+          }
+          check(results).forEach((v, j) => take(list[j]!, v));
+        }),
+      );
+    };
+    await send(
+      Array.from({ length: n }, (_, i) => i),
+      true,
+    );
+  }
+
+  /**
+   * Quits (so that writes sent before are done), then disconnects; waits at most ~0.5 s, and
+   * leaves no timer or socket behind that would keep the process alive.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const c = this.client;
+    if (c.status === 'ready') {
+      const quit = c.quit().then(
+        () => undefined,
+        () => undefined,
+      );
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([quit, new Promise<void>((resolve) => (timer = setTimeout(resolve, 500)))]);
+      clearTimeout(timer);
+    }
+    if (c.status !== 'end') c.disconnect();
+  }
+}
+
+function check(results: PipelineResult): unknown[] {
+  if (!results) throw new Error('pipeline answered nothing');
+  return results.map(([err, value]) => {
+    if (err) throw err;
+    return value;
+  });
+}
