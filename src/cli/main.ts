@@ -25,6 +25,10 @@ Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, defau
   AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
 
 interface CommonFlags {
+  registryMirror?: string[];
+  stallTimeout?: number;
+  timeout?: number;
+  redis?: string;
   progress?: string;
   layerStore?: string;
   link?: boolean;
@@ -62,11 +66,15 @@ function addCommonOptions(cmd: Command): Command {
     .addOption(new Option('--jobs <n>', 'layers in flight at once (default: from the core count)').argParser(positiveInt('--jobs', 256)))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image (default: this machine)')
     .option('--cache-dir <dir>', 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)')
+    .option('--redis <url>', 'share the metadata cache in Redis: redis://, rediss://, redis+cluster://h1:p1,h2:p2 (default: $SMART_REDIS_URL; else on disk)')
     .option('--creds <user:password>', 'registry credentials for source and destination (default: $SMART_REGISTRY_AUTH, then ~/.docker/config.json)')
     .option('--src-creds <user:password>', 'registry credentials for the source only')
     .option('--dest-creds <user:password>', 'registry credentials for the destination only')
     .option('--insecure-registry <host[:port]>', 'allow plain HTTP and unverified TLS for this registry (repeatable)', collect, [])
     .option('--cert-dir <dir>', 'directory of extra CA certificates (*.crt) for registries (repeatable)', collect, [])
+    .option('--registry-mirror <host[:port]>', 'a Docker Hub mirror to pull from first (repeatable; registries.conf mirrors apply too)', collect, [])
+    .addOption(new Option('--stall-timeout <seconds>', 'abort and retry a transfer that makes no progress for this long').argParser(positiveInt('--stall-timeout', 86_400)).default(30))
+    .addOption(new Option('--timeout <seconds>', 'give up on the whole command after this long').argParser(positiveInt('--timeout', 31_536_000)))
     .option('--s3-endpoint <url>', 'S3 endpoint (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)')
     .option('--s3-region <region>', 'S3 region (default: $AWS_REGION, then us-east-1)');
 }
@@ -93,6 +101,8 @@ async function remoteOptions(flags: CommonFlags) {
     ...(destination ? { destinationCredentials: destination } : {}),
     ...(flags.insecureRegistry?.length ? { insecureRegistries: flags.insecureRegistry } : {}),
     ...(flags.certDir?.length ? { certDirs: flags.certDir } : {}),
+    ...(flags.registryMirror?.length ? { registryMirrors: flags.registryMirror } : {}),
+    ...(flags.stallTimeout ? { stallTimeoutMs: flags.stallTimeout * 1000 } : {}),
     ...(flags.s3Endpoint ? { s3Endpoint: flags.s3Endpoint } : {}),
     ...(flags.s3Region ? { s3Region: flags.s3Region } : {}),
   };
@@ -117,14 +127,17 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
   const { ProgressDisplay } = await import('./progress.js');
   const progress = new ProgressDisplay(progressMode(flags));
   const started = performance.now();
+  const timeout = flags.timeout ? setTimeout(() => cancel.abort(new SmartError('CANCELLED', `timed out after ${flags.timeout} s (--timeout)`)), flags.timeout * 1000) : undefined;
   const summary = await transfer({
     mode,
     source,
     destination,
+    signal: cancel.signal,
     ...(flags.platform ? { platform: flags.platform } : {}),
     ...(flags.jobs ? { jobs: flags.jobs } : {}),
     ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
     cacheDir: flags.cacheDir ?? defaultCacheDir(),
+    ...((flags.redis ?? process.env.SMART_REDIS_URL) ? { redisUrl: (flags.redis ?? process.env.SMART_REDIS_URL)! } : {}),
     ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
     ...(flags.link ? { link: true } : {}),
     ...(flags.prune !== undefined ? { pruneAgeMs: pruneDays(flags.prune) * 86_400_000 } : {}),
@@ -132,7 +145,10 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
     onLayer: progress.onLayer,
     onProgress: progress.onProgress,
     onWarning: (m) => progress.message(`warning: ${m}`),
-  }).finally(() => progress.finish());
+  }).finally(() => {
+    clearTimeout(timeout);
+    progress.finish();
+  });
   const seconds = (performance.now() - started) / 1000;
   const l = summary.layers;
   out.info(
@@ -199,20 +215,42 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     const args = argv.slice(2);
     return { json: args.includes('--json'), quiet: args.includes('-q') || args.includes('--quiet'), debug: args.includes('--debug') };
   };
+  // Ctrl-C / SIGTERM cancel the work: in-flight transfers stop, temporary data is removed, nothing
+  // half-written remains; then the exit status is 128 + the signal number. A second one exits at once.
+  let signalled: 'SIGINT' | 'SIGTERM' | undefined;
+  const onSignal = (sig: 'SIGINT' | 'SIGTERM') => {
+    if (signalled) process.exit(sig === 'SIGINT' ? 130 : 143);
+    signalled = sig;
+    cancel.abort(new SmartError('CANCELLED', sig === 'SIGINT' ? 'interrupted' : 'terminated'));
+  };
+  const onInt = () => onSignal('SIGINT');
+  const onTerm = () => onSignal('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
   try {
     await program.parseAsync(argv);
-    return 0;
+    return signalled ? (signalled === 'SIGINT' ? 130 : 143) : 0;
   } catch (e) {
+    if (signalled) {
+      new Output(flagsOf()).error(prog, new SmartError('CANCELLED', signalled === 'SIGINT' ? 'interrupted' : 'terminated'));
+      return signalled === 'SIGINT' ? 130 : 143;
+    }
     if (e instanceof CommanderError) {
       // Commander printed its own message; help and version are successes.
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
       return 2;
     }
     const out = new Output(flagsOf());
-    out.error(prog, e);
+    out.error(prog, cancel.signal.aborted && isSmartError(cancel.signal.reason) ? cancel.signal.reason : e);
     return isSmartError(e) ? e.exitCode : 1;
+  } finally {
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
   }
 }
+
+/** Aborted by a signal or by --timeout; the library stops its work through it. */
+const cancel = new AbortController();
 
 export function defaultCacheDir(): string {
   return process.env.XDG_CACHE_HOME ? `${process.env.XDG_CACHE_HOME}/smartlayer` : `${os.homedir()}/.cache/smartlayer`;

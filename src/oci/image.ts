@@ -59,6 +59,8 @@ export interface ImageSource {
   getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable>;
   /** Tags this source gives the image it names (for docker-archive output); may be empty. */
   repoTags(): readonly string[];
+  /** Where each blob read so far came from (digest → registry), for sources with several (mirrors). */
+  origins?(): Record<string, string>;
   close(): Promise<void>;
 }
 

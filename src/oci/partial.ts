@@ -3,7 +3,7 @@
  * `partial`): choosing a platform out of an index, fetching and checking the config, and making
  * Layer objects whose streams are verified.
  */
-import { Transform, type Readable } from 'node:stream';
+import { Transform, addAbortSignal, type Readable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import { decompress } from '../pipeline/compression.js';
 import { verifiedStream } from '../pipeline/digest-stream.js';
@@ -50,16 +50,21 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
   return {
     descriptor,
     diffId,
-    open: async (options?: OpenOptions) => counted(await source.getBlob(descriptor, options), options?.onBytes),
+    open: async (options?: OpenOptions) => abortable(counted(await source.getBlob(descriptor, options), options?.onBytes), options?.signal),
     openUncompressed: async (options?: OpenOptions) => {
       const compression = layerCompression(descriptor.mediaType);
       if (compression === undefined) {
         throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${descriptor.mediaType}`, { input: descriptor.digest });
       }
-      const blob = counted(await source.getBlob(descriptor, options), options?.onBytes);
+      const blob = abortable(counted(await source.getBlob(descriptor, options), options?.onBytes), options?.signal);
       return verifyUncompressed(decompress(blob, compression, what), diffId, what);
     },
   };
+}
+
+/** Destroys `stream` when `signal` aborts: every source then stops promptly (Ctrl-C, --timeout). */
+function abortable(stream: Readable, signal: AbortSignal | undefined): Readable {
+  return signal ? addAbortSignal(signal, stream) : stream;
 }
 
 /** `stream` as it is, or passed through a counter telling `onBytes` of every chunk. */

@@ -4,7 +4,7 @@
  * compressing or converting only when the destination needs it, and writing the manifest, then
  * the tag, last. Reports through callbacks; never prints.
  */
-import { Readable, pipeline } from 'node:stream';
+import { Readable, addAbortSignal, pipeline } from 'node:stream';
 import pLimit from 'p-limit';
 import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, type Digest } from '../oci/digest.js';
@@ -305,6 +305,7 @@ export async function copyDockerArchiveStream(
 ): Promise<CopySummary> {
   const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
   try {
+    if (options.signal) addAbortSignal(options.signal, input);
     // Loaded here: tar parsing is needed only for archives on a pipe.
     const { readDockerArchiveStream } = await import('../transports/docker-archive/stream.js');
     const streamed = await readDockerArchiveStream(input, selection, sourceName, async (layer) => {

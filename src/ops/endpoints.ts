@@ -7,6 +7,7 @@ import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { BlobDestination, ImageSource, ImageWriter } from '../oci/image.js';
+import type { Reference } from '../oci/reference.js';
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
 import { defaultRepoTag, type ImageName } from '../transports/names.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
@@ -21,6 +22,10 @@ export interface RemoteOptions {
   insecureRegistries?: string[];
   /** Extra CA directories (`--cert-dir`). */
   certDirs?: string[];
+  /** Docker Hub mirrors tried before it (`--registry-mirror`, as the Docker daemon's registry-mirrors). */
+  registryMirrors?: string[];
+  /** A transfer with no progress for this long is aborted and retried (default 30 s). */
+  stallTimeoutMs?: number;
   /** S3 endpoint and region overrides; the AWS environment provides the rest. */
   s3Endpoint?: string;
   s3Region?: string;
@@ -38,15 +43,42 @@ export interface EndpointContext {
   link?: boolean;
 }
 
-async function registryClient(host: string, ctx: EndpointContext, credentials: Credentials | undefined) {
+async function registryClient(host: string, ctx: EndpointContext, credentials: Credentials | undefined, extra: { insecure?: boolean; mirror?: boolean } = {}) {
   const { RegistryClient } = await import('../transports/registry/client.js');
   const remote = ctx.remote ?? {};
   return new RegistryClient({
     host,
-    insecure: (remote.insecureRegistries ?? []).includes(host),
+    insecure: extra.insecure || (remote.insecureRegistries ?? []).includes(host),
     ...(credentials ? { credentials } : {}),
     ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
+    ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
+    // A mirror that does not answer is skipped for the next source, not retried at length.
+    ...(extra.mirror ? { maxRetries: 1 } : {}),
   });
+}
+
+/**
+ * The registries to pull `ref` from, in order: mirrors (registries.conf, --registry-mirror for
+ * Docker Hub), then the upstream (with a registries.conf location rewrite). Explicit credentials
+ * go to the named registry only, never to a mirror.
+ */
+async function pullSource(ref: Reference, ctx: EndpointContext): Promise<ImageSource> {
+  const { RegistrySource, MirroredSource } = await import('../transports/registry/adapters.js');
+  const { loadRegistriesConf, pullSources } = await import('../transports/registry/registries-conf.js');
+  const remote = ctx.remote ?? {};
+  const sources = pullSources(await loadRegistriesConf(), ref, { dockerHub: remote.registryMirrors ?? [] });
+  const only = sources.length === 1 ? sources[0]! : undefined;
+  if (only && only.registry === ref.registry && only.repository === ref.repository) {
+    return new RegistrySource(await registryClient(ref.registry, ctx, remote.sourceCredentials, { insecure: only.insecure }), ref);
+  }
+  const endpoints = await Promise.all(
+    sources.map(async (s) => ({
+      client: await registryClient(s.registry, ctx, s.registry === ref.registry ? remote.sourceCredentials : undefined, { insecure: s.insecure, mirror: s.mirror }),
+      ref: { ...ref, registry: s.registry, repository: s.repository },
+      mirror: s.mirror,
+    })),
+  );
+  return new MirroredSource(endpoints, ctx.onWarning ?? (() => undefined));
 }
 
 async function distributionStore(name: ImageName & { transport: 'file' | 's3' }, ctx: EndpointContext, create: boolean) {
@@ -104,10 +136,8 @@ export async function openSource(name: ImageName, ctx: EndpointContext): Promise
       const { DistributionSource } = await import('../transports/distribution/adapters.js');
       return { kind: 'random', source: new DistributionSource(await distributionStore(name, ctx, false), name.ref) };
     }
-    case 'docker': {
-      const { RegistrySource } = await import('../transports/registry/adapters.js');
-      return { kind: 'random', source: new RegistrySource(await registryClient(name.ref.registry, ctx, ctx.remote?.sourceCredentials), name.ref) };
-    }
+    case 'docker':
+      return { kind: 'random', source: await pullSource(name.ref, ctx) };
     case 'rootfs':
     case 'bundle':
       throw new SmartError('USAGE', `${name.raw}: ${name.transport}: is a destination only`, { input: name.raw });

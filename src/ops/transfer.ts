@@ -22,6 +22,8 @@ export interface TransferRequest {
   signal?: AbortSignal;
   /** Local state (the metadata cache); none is kept when absent. */
   cacheDir?: string;
+  /** Share the metadata cache in Redis (`redis://`, `rediss://`, `redis+cluster://`) instead of the disk. */
+  redisUrl?: string;
   /** Registry and S3 settings. */
   remote?: RemoteOptions;
   /** The local layer store for root filesystems and bundles (default: CACHE_DIR/layer-store; none without a cache dir). */
@@ -40,10 +42,14 @@ export function defaultJobs(): number {
   return Math.max(4, os.availableParallelism());
 }
 
-async function openBlobInfo(cacheDir: string, warn: ((m: string) => void) | undefined) {
-  const { DiskMetadataCache, forgivingCache } = await import('../cache/metadata-cache.js');
-  const { BlobInfoCache } = await import('../cache/blob-info.js');
-  return new BlobInfoCache(forgivingCache(new DiskMetadataCache(path.join(cacheDir, 'metadata')), warn ?? (() => undefined)));
+/** The metadata cache of a run: Redis when asked for, else on disk under the cache dir. */
+export async function openCache(options: { cacheDir: string; redisUrl?: string; onWarning?: (m: string) => void }) {
+  const { openMetadataCache } = await import('../cache/metadata-cache.js');
+  return openMetadataCache({
+    diskDir: path.join(options.cacheDir, 'metadata'),
+    ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}),
+    onWarning: options.onWarning ?? (() => undefined),
+  });
 }
 
 async function openLayerStore(dir: string) {
@@ -64,7 +70,8 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     });
   }
   const platform = typeof req.platform === 'string' ? parsePlatform(req.platform) : (req.platform ?? hostPlatform());
-  const blobInfo = req.cacheDir ? await openBlobInfo(req.cacheDir, req.onWarning) : undefined;
+  const cache = req.cacheDir ? await openCache({ cacheDir: req.cacheDir, ...(req.redisUrl ? { redisUrl: req.redisUrl } : {}), ...(req.onWarning ? { onWarning: req.onWarning } : {}) }) : undefined;
+  const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache) : undefined;
   const layerStoreDir = req.layerStoreDir ?? (req.cacheDir ? path.join(req.cacheDir, 'layer-store') : undefined);
   const layerStore = layerStoreDir && (dst.transport === 'rootfs' || dst.transport === 'bundle') ? await openLayerStore(layerStoreDir) : undefined;
   const ctx: EndpointContext = {
@@ -101,6 +108,7 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     // Open connections would keep the process alive for their keep-alive time.
     if (destination?.kind === 'blobs') await destination.dest.close().catch(() => undefined);
     if (source.kind === 'random') await source.source.close().catch(() => undefined);
+    await cache?.close();
   }
 }
 export type { LayerEvent, ProgressEvent } from '../oci/image.js';

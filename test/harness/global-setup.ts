@@ -10,6 +10,8 @@ declare module 'vitest' {
     fixturesDir: string;
     /** XDG_CACHE_HOME for every smart the tests run: never the user's own cache. */
     cacheHome: string;
+    /** An empty registries.conf: the machine's own must not change what the tests see. */
+    registriesConf: string;
   }
 }
 
@@ -22,6 +24,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const cacheHome = path.join(dir, 'cache-home');
   await fs.mkdir(cacheHome);
   project.provide('cacheHome', cacheHome);
+  const registriesConf = path.join(dir, 'registries.conf');
+  await fs.writeFile(registriesConf, '# empty: tests choose their mirrors themselves\n');
+  project.provide('registriesConf', registriesConf);
   return async () => {
     await fs.rm(dir, { recursive: true, force: true });
   };

@@ -35,7 +35,7 @@ export function smart(
   args: string[],
   options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<RunResult> {
-  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? inject('cacheHome'), ...options.env };
+  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? inject('cacheHome'), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
   return run(process.execPath, [smartBin, ...args], { ...(options.input ? { input: options.input } : {}), env });
 }
 

@@ -1,5 +1,5 @@
 /** `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: image source and destination over the Distribution API. */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { isDigest, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
@@ -140,5 +140,105 @@ export class RegistryDestination implements BlobDestination {
 
   async close(): Promise<void> {
     await this.client.close();
+  }
+}
+
+export interface PullEndpoint {
+  client: RegistryClient;
+  ref: Reference;
+  mirror: boolean;
+}
+
+/**
+ * An image read from the first of several endpoints that has it: registry mirrors in order, then
+ * the upstream (registries.conf, --registry-mirror). A mirror that is down, answers an error or
+ * does not hold the image is skipped with one warning. Blobs come from the endpoint that served
+ * the manifest, else from the next that has them; where each came from is reported.
+ */
+export class MirroredSource implements ImageSource {
+  readonly name: string;
+  private chosen = 0;
+  private readonly origin = new Map<string, string>();
+
+  constructor(
+    private readonly endpoints: PullEndpoint[],
+    private readonly warn: (message: string) => void,
+  ) {
+    this.name = nameOf(endpoints[endpoints.length - 1]!.ref);
+  }
+
+  private async firstThatAnswers<T>(what: string, order: number[], attempt: (e: PullEndpoint) => Promise<T>): Promise<T> {
+    let lastError: unknown;
+    for (const i of order) {
+      const e = this.endpoints[i]!;
+      try {
+        const result = await attempt(e);
+        this.chosen = i;
+        return result;
+      } catch (err) {
+        lastError = err;
+        if (i !== order[order.length - 1]) {
+          this.warn(`${e.mirror ? 'mirror' : 'registry'} ${e.ref.registry} failed for ${what} (${(err as Error).message}); trying ${this.endpoints[order[order.indexOf(i) + 1]!]!.ref.registry}`);
+        }
+      }
+    }
+    throw lastError;
+  }
+
+  private order(): number[] {
+    const rest = this.endpoints.map((_, i) => i).filter((i) => i !== this.chosen);
+    return [this.chosen, ...rest];
+  }
+
+  async getManifest(): Promise<ParsedManifest> {
+    return this.firstThatAnswers(
+      'the manifest',
+      this.endpoints.map((_, i) => i),
+      (e) => new RegistrySource(e.client, e.ref).getManifest(),
+    );
+  }
+
+  async getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest> {
+    return this.firstThatAnswers(`manifest ${shortDigest(descriptor.digest)}`, this.order(), (e) => new RegistrySource(e.client, e.ref).getManifestByDigest(descriptor));
+  }
+
+  async getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
+    const self = this;
+    const what = `blob ${shortDigest(descriptor.digest)}`;
+    async function* bytes(): AsyncGenerator<Buffer> {
+      const order = self.order();
+      for (const [n, i] of order.entries()) {
+        const e = self.endpoints[i]!;
+        let delivered = false;
+        try {
+          for await (const chunk of e.client.openBlob(e.ref.repository, descriptor.digest, options?.signal)) {
+            if (!delivered) self.origin.set(descriptor.digest, e.ref.registry);
+            delivered = true;
+            yield chunk as Buffer;
+          }
+          return;
+        } catch (err) {
+          // Once bytes have flowed, another endpoint cannot continue this stream: give up here.
+          if (delivered || n === order.length - 1 || options?.signal?.aborted) throw err;
+          self.warn(`${e.mirror ? 'mirror' : 'registry'} ${e.ref.registry} failed for ${what} (${(err as Error).message}); trying ${self.endpoints[order[n + 1]!]!.ref.registry}`);
+        }
+      }
+    }
+    const raw = Readable.from(bytes(), { objectMode: false, highWaterMark: 256 * 1024 });
+    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `${what} of ${this.name}` });
+  }
+
+  /** Which registry each blob read so far came from (digest → host). */
+  origins(): Record<string, string> {
+    return Object.fromEntries(this.origin);
+  }
+
+  repoTags(): readonly string[] {
+    const ref = this.endpoints[this.endpoints.length - 1]!.ref;
+    return ref.tag ? [`${ref.registry}/${ref.repository}:${ref.tag}`] : [];
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.endpoints.map((e) => e.client.close()));
   }
 }

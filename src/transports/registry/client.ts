@@ -35,6 +35,8 @@ export interface RegistryClientOptions {
   /** Directories of extra CA certificates (`*.crt`), e.g. skopeo's --cert-dir. */
   certDirs?: string[];
   maxRetries?: number;
+  /** No byte for this long (waiting for an answer, or between body chunks): the attempt is aborted and retried. Default 30 s. */
+  stallTimeoutMs?: number;
   /** First backoff delay; doubles per attempt. */
   retryDelayMs?: number;
 }
@@ -141,9 +143,14 @@ export class RegistryClient {
         const names = await fs.readdir(dir).catch(() => [] as string[]);
         for (const n of names.filter((x) => x.endsWith('.crt'))) extra.push(await fs.readFile(path.join(dir, n), 'utf8'));
       }
+      const stall = this.options.stallTimeoutMs ?? 30_000;
       return new Agent({
         connections: 16,
         keepAliveTimeout: 10_000,
+        // undici's own idle timers are the stall detector: no headers, or no body bytes, for this long.
+        headersTimeout: stall,
+        bodyTimeout: stall,
+        connectTimeout: Math.min(stall, 10_000),
         connect: {
           ...(extra.length ? { ca: [...tls.rootCertificates, ...extra] } : {}),
           ...(this.insecure ? { rejectUnauthorized: false } : {}),
@@ -278,6 +285,10 @@ export class RegistryClient {
     if ((e as Error)?.name === 'AbortError') return new SmartError('CANCELLED', `${what}: cancelled`, { cause: e });
     const msg = (e as Error)?.message ?? String(e);
     const code = (e as NodeJS.ErrnoException)?.code;
+    if (code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT') {
+      const s = Math.round((this.options.stallTimeoutMs ?? 30_000) / 1000);
+      return new SmartError('REGISTRY', `registry ${this.host} stalled: no data for ${s} s (${what})`, { input: this.host, cause: e, retryable: true });
+    }
     return new SmartError('REGISTRY', `cannot reach registry ${this.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
       input: this.host,
       cause: e,
