@@ -2,4 +2,6 @@
 // smart-pull ARGS is smart pull ARGS.
 import { main } from '../dist/cli/main.js';
 
-process.exitCode = await main([process.argv[0], process.argv[1], 'pull', ...process.argv.slice(2)], 'smart-pull');
+const code = await main([process.argv[0], process.argv[1], 'pull', ...process.argv.slice(2)], 'smart-pull');
+process.exitCode = code;
+setTimeout(() => process.exit(code), 200).unref();

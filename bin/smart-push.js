@@ -2,4 +2,6 @@
 // smart-push ARGS is smart push ARGS.
 import { main } from '../dist/cli/main.js';
 
-process.exitCode = await main([process.argv[0], process.argv[1], 'push', ...process.argv.slice(2)], 'smart-push');
+const code = await main([process.argv[0], process.argv[1], 'push', ...process.argv.slice(2)], 'smart-push');
+process.exitCode = code;
+setTimeout(() => process.exit(code), 200).unref();

@@ -1,4 +1,8 @@
 #!/usr/bin/env node
 import { main } from '../dist/cli/main.js';
 
-process.exitCode = await main(process.argv);
+const code = await main(process.argv);
+process.exitCode = code;
+// The work is done: a connection some library still holds open (an abandoned connect to a registry
+// that never answered) must not keep the command alive. A clean run has exited before this fires.
+setTimeout(() => process.exit(code), 200).unref();

@@ -25,6 +25,7 @@ Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, defau
   AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
 
 interface CommonFlags {
+  allPlatforms?: boolean;
   registryMirror?: string[];
   stallTimeout?: number;
   timeout?: number;
@@ -65,6 +66,7 @@ function addCommonOptions(cmd: Command): Command {
     .addOption(new Option('--progress <mode>', 'progress on stderr: auto (live on a terminal, plain lines otherwise), tty, plain, json (one event a line), none').choices(['auto', 'tty', 'plain', 'json', 'none']).default('auto'))
     .addOption(new Option('--jobs <n>', 'layers in flight at once (default: from the core count)').argParser(positiveInt('--jobs', 256)))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image (default: this machine)')
+    .option('--all-platforms', 'copy every platform of a multi-platform image and the index itself, digests unchanged (into stores)')
     .option('--cache-dir <dir>', 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)')
     .option('--redis <url>', 'share the metadata cache in Redis: redis://, rediss://, redis+cluster://h1:p1,h2:p2 (default: $SMART_REDIS_URL; else on disk)')
     .option('--creds <user:password>', 'registry credentials for source and destination (default: $SMART_REGISTRY_AUTH, then ~/.docker/config.json)')
@@ -135,6 +137,7 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
     signal: cancel.signal,
     ...(flags.platform ? { platform: flags.platform } : {}),
     ...(flags.jobs ? { jobs: flags.jobs } : {}),
+    ...(flags.allPlatforms ? { allPlatforms: true } : {}),
     ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
     cacheDir: flags.cacheDir ?? defaultCacheDir(),
     ...((flags.redis ?? process.env.SMART_REDIS_URL) ? { redisUrl: (flags.redis ?? process.env.SMART_REDIS_URL)! } : {}),

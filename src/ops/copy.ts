@@ -29,6 +29,8 @@ import type { BlobInfoCache } from '../cache/blob-info.js';
 
 export interface CopyOptions {
   platform: Platform;
+  /** Copy a whole multi-platform index (every manifest it names, the index bytes kept) instead of one platform. */
+  allPlatforms?: boolean;
   /** Layers in flight at once. */
   jobs: number;
   gzipLevel?: number;
@@ -250,10 +252,60 @@ async function alreadyThere(image: Image, dest: BlobDestination): Promise<boolea
   return (await dest.currentDigest()) === image.manifest.digest;
 }
 
-/** Copies the image `source` names (one platform of an index) into a content-addressed destination. */
+/**
+ * Copies an index and everything it names, byte for byte (the index digest and every platform's
+ * manifest digest survive): blobs first, each manifest after its blobs, the index last.
+ */
+async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: ParsedManifest & { kind: 'index' }, options: CopyOptions, tally: Tally): Promise<CopySummary> {
+  if (!dest.supportsManifestType(top.mediaType)) {
+    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}; copy one platform (omit --all-platforms)`, { input: dest.name });
+  }
+  const base = { source: source.name, destination: dest.name, manifestDigest: top.digest, manifestMediaType: top.mediaType, converted: false };
+  if (dest.currentDigest && (await dest.currentDigest()) === top.digest) {
+    return { ...base, layers: { total: 0, pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytesPushed: 0 }, config: 'skipped' };
+  }
+  const once = singleFlight<void>();
+  let total = 0;
+  const copyBlob = async (d: Descriptor, signal: AbortSignal): Promise<void> => {
+    if (isForeignLayer(d.mediaType)) {
+      record(tally, { digest: d.digest, status: 'foreign', bytes: 0, mediaType: d.mediaType }, options);
+      return;
+    }
+    const reuse = await dest.reuseBlob(d);
+    if (reuse) {
+      record(tally, { digest: d.digest, status: 'skipped', reuse, bytes: 0, mediaType: d.mediaType }, options);
+      return;
+    }
+    const stored = await dest.putBlob(await source.getBlob(d, { signal }), { mediaType: d.mediaType, digest: d.digest, size: d.size, signal });
+    record(tally, { digest: d.digest, status: 'pushed', bytes: stored.size, mediaType: d.mediaType }, options);
+  };
+  const copyManifest = async (descriptor: Descriptor): Promise<void> => {
+    const m = await source.getManifestByDigest(descriptor);
+    if (m.digest !== descriptor.digest) throw new SmartError('DIGEST_MISMATCH', `${source.name}: manifest ${descriptor.digest} hashes to ${m.digest}`);
+    if (m.kind === 'index') {
+      for (const child of m.index.manifests) await copyManifest(child);
+    } else {
+      // Config and layers as opaque blobs: attestations and artifacts go along unchanged.
+      const blobs = [m.manifest.config, ...m.manifest.layers];
+      total += m.manifest.layers.length;
+      await allOrNothing(blobs, options.jobs, options.signal, (d, signal) => once(d.digest, () => retrying(signal, () => copyBlob(d, signal))));
+    }
+    await dest.putManifest(m);
+  };
+  for (const child of top.index.manifests) await copyManifest(child);
+  await dest.putManifest(top);
+  await dest.commit(top);
+  return { ...base, layers: { total, pushed: tally.pushed, skipped: tally.skipped, mounted: tally.mounted, foreign: tally.foreign, bytesPushed: tally.bytes }, config: 'pushed' };
+}
+
+/** Copies the image `source` names (one platform of an index, or all with `allPlatforms`) into a content-addressed destination. */
 export async function copyImage(source: ImageSource, dest: BlobDestination, options: CopyOptions): Promise<CopySummary> {
   const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
   try {
+    if (options.allPlatforms) {
+      const top = await source.getManifest();
+      if (top.kind === 'index') return await copyIndexAsIs(source, dest, top, options, tally);
+    }
     const image = await resolveImage(source, options.platform);
     if (await alreadyThere(image, dest)) {
       for (const layer of image.layers) {

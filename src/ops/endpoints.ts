@@ -41,6 +41,8 @@ export interface EndpointContext {
   layerStore?: LayerStore;
   /** Hardlink from the layer store rather than clone or copy. */
   link?: boolean;
+  /** The command's cancellation (Ctrl-C, --timeout): every connection honours it. */
+  signal?: AbortSignal;
 }
 
 async function registryClient(host: string, ctx: EndpointContext, credentials: Credentials | undefined, extra: { insecure?: boolean; mirror?: boolean } = {}) {
@@ -52,6 +54,7 @@ async function registryClient(host: string, ctx: EndpointContext, credentials: C
     ...(credentials ? { credentials } : {}),
     ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
     ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
     // A mirror that does not answer is skipped for the next source, not retried at length.
     ...(extra.mirror ? { maxRetries: 1 } : {}),
   });

@@ -61,6 +61,7 @@ async function openRegistry(host: string, ctx: EndpointContext): Promise<StoreAc
       insecure: (ctx.remote?.insecureRegistries ?? []).includes(host),
       ...(ctx.remote?.sourceCredentials ? { credentials: ctx.remote.sourceCredentials } : {}),
       ...(ctx.remote?.certDirs ? { certDirs: ctx.remote.certDirs } : {}),
+      ...(ctx.signal ? { signal: ctx.signal } : {}),
     });
     return {
       scope: `docker://${host}`,

@@ -15,6 +15,8 @@ export interface TransferRequest {
   destination: string;
   /** `os/arch[/variant]`; the running platform when absent. */
   platform?: string | Platform;
+  /** Copy every platform of a multi-platform image, keeping the index (stores only). */
+  allPlatforms?: boolean;
   jobs?: number;
   gzipLevel?: number;
   stdin?: Readable;
@@ -82,10 +84,12 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     ...(blobInfo ? { blobInfo } : {}),
     ...(layerStore ? { layerStore } : {}),
     ...(req.link ? { link: true } : {}),
+    ...(req.signal ? { signal: req.signal } : {}),
   };
   const options = {
     platform,
     jobs: req.jobs ?? defaultJobs(),
+    ...(req.allPlatforms ? { allPlatforms: true } : {}),
     ...(req.gzipLevel !== undefined ? { gzipLevel: req.gzipLevel } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.onLayer ? { onLayer: req.onLayer } : {}),
@@ -100,8 +104,10 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
       if (destination.kind !== 'blobs') throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
       return await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
     }
-    if (destination.kind === 'blobs') return await copyImage(source.source, destination.dest, options);
-    const summary = await writeImage(source.source, destination.writer, options);
+    const summary =
+      destination.kind === 'blobs' ? await copyImage(source.source, destination.dest, options) : await writeImage(source.source, destination.writer, options);
+    const origins = source.source.origins?.();
+    if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
     if (layerStore && req.pruneAgeMs !== undefined) summary.details = { ...summary.details, prune: await layerStore.gc({ maxAgeMs: req.pruneAgeMs }) };
     return summary;
   } finally {

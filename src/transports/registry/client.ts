@@ -37,6 +37,8 @@ export interface RegistryClientOptions {
   maxRetries?: number;
   /** No byte for this long (waiting for an answer, or between body chunks): the attempt is aborted and retried. Default 30 s. */
   stallTimeoutMs?: number;
+  /** Cancels every request of this client (the command's Ctrl-C / --timeout). */
+  signal?: AbortSignal;
   /** First backoff delay; doubles per attempt. */
   retryDelayMs?: number;
 }
@@ -160,8 +162,10 @@ export class RegistryClient {
     return this.agentPromise;
   }
 
+  /** Ends every connection at once: at the end of a command nothing useful is in flight, and an
+   * aborted connect (a registry that never answers) must not hold the process until it times out. */
   async close(): Promise<void> {
-    if (this.agentPromise) await (await this.agentPromise).close();
+    if (this.agentPromise) await (await this.agentPromise).destroy();
   }
 
   private creds(): Promise<Credentials | undefined> {
@@ -170,12 +174,12 @@ export class RegistryClient {
   }
 
   /** `GET /v2/`: chooses https or (loopback / --insecure-registry only) http, and learns the auth scheme. */
-  private ping(signal?: AbortSignal): Promise<void> {
+  private ping(signal: AbortSignal | undefined = this.options.signal): Promise<void> {
     this.pinged ??= (async () => {
       const agent = await this.agent();
       const attempt = async (scheme: 'https' | 'http', repeat: boolean) => {
         const res = await this.withRetries(`ping ${this.host}`, repeat, signal, () =>
-          agent.request({ origin: `${scheme}://${this.apiHost}`, path: '/v2/', method: 'GET', headers: { 'user-agent': USER_AGENT }, ...(signal ? { signal } : {}) }),
+          send(agent, { origin: `${scheme}://${this.apiHost}`, path: '/v2/', method: 'GET', headers: { 'user-agent': USER_AGENT } }, signal),
         );
         await res.body.dump();
         if (res.statusCode === 401) this.challenge = parseChallenge(header(res.headers, 'www-authenticate'));
@@ -213,7 +217,7 @@ export class RegistryClient {
     return `Bearer ${token.token}`;
   }
 
-  private async fetchToken(scopes: string[], signal?: AbortSignal): Promise<{ token: string; expires: number }> {
+  private async fetchToken(scopes: string[], signal: AbortSignal | undefined = this.options.signal): Promise<{ token: string; expires: number }> {
     const { realm, service } = this.challenge;
     if (!realm) throw new SmartError('REGISTRY', `${this.host} asks for a token but names no realm`, { input: this.host });
     const url = new URL(realm);
@@ -227,7 +231,7 @@ export class RegistryClient {
     }
     const agent = await this.agent();
     const res = await this.withRetries(`token for ${this.host}`, true, signal, () =>
-      agent.request({ origin: url.origin, path: `${url.pathname}${url.search}`, method: 'GET', headers, ...(signal ? { signal } : {}) }),
+      send(agent, { origin: url.origin, path: `${url.pathname}${url.search}`, method: 'GET', headers }, signal),
     );
     const body = await readBody(res.body);
     if (res.statusCode === 401 || res.statusCode === 403) {
@@ -327,6 +331,8 @@ export class RegistryClient {
    * request is sent once more when its body can be replayed.
    */
   async request(spec: RequestSpec, expected: number[]): Promise<Dispatcher.ResponseData> {
+    if (!spec.signal && this.options.signal) spec = { ...spec, signal: this.options.signal };
+    else if (spec.signal && this.options.signal) spec = { ...spec, signal: AbortSignal.any([spec.signal, this.options.signal]) };
     await this.ping(spec.signal);
     const agent = await this.agent();
     const url = new URL(spec.url, this.base);
@@ -335,14 +341,17 @@ export class RegistryClient {
       const auth = url.host === new URL(this.base!).host ? await this.authorization(spec.scopes, spec.signal) : undefined;
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...spec.headers, ...(auth ? { authorization: auth } : {}) };
       const res = await this.withRetries(spec.what, repeatable, spec.signal, () =>
-        agent.request({
-          origin: url.origin,
-          path: `${url.pathname}${url.search}`,
-          method: spec.method,
-          headers,
-          ...(spec.body !== undefined ? { body: spec.body } : {}),
-          ...(spec.signal ? { signal: spec.signal } : {}),
-        }),
+        send(
+          agent,
+          {
+            origin: url.origin,
+            path: `${url.pathname}${url.search}`,
+            method: spec.method,
+            headers,
+            ...(spec.body !== undefined ? { body: spec.body } : {}),
+          },
+          spec.signal,
+        ),
       );
       if (res.statusCode === 401 && authAttempt === 0 && repeatable) {
         await res.body.dump();
@@ -449,7 +458,7 @@ export class RegistryClient {
    * received with a Range request (or, if the server ignores ranges, by skipping what was already
    * delivered), up to the retry limit. The caller verifies the digest over the whole stream.
    */
-  openBlob(repo: string, digest: Digest, signal?: AbortSignal): Readable {
+  openBlob(repo: string, digest: Digest, signal: AbortSignal | undefined = this.options.signal): Readable {
     const client = this;
     async function* bytes(): AsyncGenerator<Buffer> {
       let delivered = 0;
@@ -597,6 +606,30 @@ async function* hashedChunks(source: Readable, hash: DigestStream | VerifyStream
   source.on('error', (e) => hash.destroy(e));
   source.pipe(hash);
   for await (const c of hash) yield c as Buffer;
+}
+
+/**
+ * `agent.request`, settled as soon as `signal` aborts: undici does not interrupt a connection still
+ * being set up (TCP or TLS), and a Ctrl-C or --timeout must not wait for its connect timeout. The
+ * abandoned attempt ends when the client is closed.
+ */
+function send(agent: Agent, options: Dispatcher.RequestOptions, signal: AbortSignal | undefined): Promise<Dispatcher.ResponseData> {
+  if (!signal) return agent.request(options);
+  signal.throwIfAborted();
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    agent.request({ ...options, signal }).then(
+      (res) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(res);
+      },
+      (e: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
 }
 
 function header(headers: Dispatcher.ResponseData['headers'], name: string): string | undefined {
