@@ -1,0 +1,161 @@
+/**
+ * The layer trie: every image of a store as a path of layer chains. A node is a chain id (the
+ * OCI ChainID of the layers from the root down to it); its edge from the parent is the layer
+ * (diff id, the stored blob) and, when known, the build step that made it. Pure data: the nodes
+ * live in a key-value store (`TrieStore`, over the metadata cache), so a query reads only the
+ * nodes it walks, never the whole trie.
+ */
+import { createHash } from 'node:crypto';
+import type { Digest } from '../oci/digest.js';
+
+/** OCI ChainID: ChainID(L1) = DiffID(L1); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)). */
+export function chainIds(diffIds: readonly Digest[]): Digest[] {
+  const out: Digest[] = [];
+  for (const d of diffIds) {
+    const prev = out[out.length - 1];
+    out.push(prev ? (`sha256:${createHash('sha256').update(`${prev} ${d}`).digest('hex')}` as Digest) : d);
+  }
+  return out;
+}
+
+/** The build step that made a layer, in the normal form shared by every builder. */
+export interface StepKey {
+  instruction: string;
+  /** For COPY/ADD from the context: the digest of what was copied (as the builder chose the files). */
+  contentDigest?: string;
+}
+
+/** One key for a step: equal keys mean a builder would reuse the layer. */
+export function stepKeyString(step: StepKey): string {
+  return step.contentDigest ? `${step.instruction}\u0000${step.contentDigest}` : step.instruction;
+}
+
+export interface ImageRef {
+  repository: string;
+  tag?: string;
+  manifest: Digest;
+}
+
+export interface TrieNode {
+  chainId: Digest;
+  parent?: Digest;
+  depth: number;
+  diffId: Digest;
+  /** The layer's blob in the store. */
+  blob: { digest: Digest; size: number; mediaType: string };
+  step?: StepKey;
+  /** Some images that contain this chain, newest first (at most MAX_IMAGES_PER_NODE). */
+  images: ImageRef[];
+  /** How many images of the store contain this chain (as of the last index run; pushes add). */
+  imageCount: number;
+}
+
+export const MAX_IMAGES_PER_NODE = 16;
+
+/** What indexing one image contributes: its layers in order, with their blobs and steps. */
+export interface IndexedImage {
+  ref: ImageRef;
+  layers: { diffId: Digest; blob: { digest: Digest; size: number; mediaType: string }; step?: StepKey }[];
+}
+
+/** The nodes of one image, given the nodes already known (merged: images listed, counts kept). */
+export function nodesOf(image: IndexedImage, known: ReadonlyMap<string, TrieNode | undefined>, countNew: boolean): TrieNode[] {
+  const ids = chainIds(image.layers.map((l) => l.diffId));
+  return image.layers.map((layer, i) => {
+    const chainId = ids[i]!;
+    const prev = known.get(chainId);
+    const images = [image.ref, ...(prev?.images ?? []).filter((r) => !(r.repository === image.ref.repository && r.tag === image.ref.tag))].slice(
+      0,
+      MAX_IMAGES_PER_NODE,
+    );
+    const listed = prev?.images.some((r) => r.repository === image.ref.repository && r.tag === image.ref.tag && r.manifest === image.ref.manifest);
+    const step = layer.step ?? prev?.step;
+    return {
+      chainId,
+      ...(i > 0 ? { parent: ids[i - 1]! } : {}),
+      depth: i + 1,
+      diffId: layer.diffId,
+      blob: layer.blob,
+      ...(step ? { step } : {}),
+      images,
+      imageCount: (prev?.imageCount ?? 0) + (countNew && !listed ? 1 : 0),
+    };
+  });
+}
+
+/** The key-value view of a trie (one per store). */
+export interface TrieStore {
+  getNodes(chainIds: readonly Digest[]): Promise<(TrieNode | undefined)[]>;
+  putNodes(nodes: readonly TrieNode[]): Promise<void>;
+  /** Children of a node made by a step with this key (several: non-reproducible builds). */
+  getEdges(parents: readonly { chainId: Digest | undefined; step: string }[]): Promise<Digest[][]>;
+  addEdges(edges: readonly { parent: Digest | undefined; step: string; child: Digest }[]): Promise<void>;
+}
+
+export interface MatchStep {
+  /** Dockerfile line, for reports. */
+  line?: number;
+  key: StepKey;
+  /** The builder may have made no layer for it (WORKDIR of an existing directory): skipped when unmatched. */
+  optional?: boolean;
+}
+
+export interface Match {
+  /** The deepest node reached; undefined when not even the base is in the store. */
+  node: TrieNode | undefined;
+  /** Base layers matched (the FROM image's chain, as far as the store has it). */
+  baseLayers: number;
+  /** Build steps matched after the base. */
+  steps: number;
+  /** The chain of nodes from the root to `node`. */
+  path: TrieNode[];
+  /** Indices (into the steps given) of the steps whose layers were matched. */
+  matchedSteps: number[];
+}
+
+/**
+ * Walks the trie: first along `baseChain` (the FROM image's chain ids), then step by step along
+ * edges whose step key equals the build's. Several children can carry the same key (a RUN rebuilt
+ * without cache gives a new diff id): every such branch is followed, and the deepest wins (ties:
+ * the one contained in most images).
+ */
+export async function matchBuild(store: TrieStore, baseChain: readonly Digest[], steps: readonly MatchStep[]): Promise<Match> {
+  const baseNodes = baseChain.length ? await store.getNodes(baseChain) : [];
+  let baseLayers = 0;
+  while (baseLayers < baseNodes.length && baseNodes[baseLayers]) baseLayers++;
+  const basePath = baseNodes.slice(0, baseLayers) as TrieNode[];
+  if (baseLayers < baseChain.length) {
+    // The store lacks part of the base: what matches is that prefix, no build step on top of it.
+    return { node: basePath[basePath.length - 1], baseLayers, steps: 0, path: basePath, matchedSteps: [] };
+  }
+  type Frontier = { path: TrieNode[]; matched: number[] };
+  let frontier: Frontier[] = [{ path: basePath, matched: [] }];
+  let best: Frontier = frontier[0]!;
+  for (const [i, step] of steps.entries()) {
+    const key = stepKeyString(step.key);
+    const edges = await store.getEdges(frontier.map((f) => ({ chainId: f.path[f.path.length - 1]?.chainId, step: key })));
+    const childIds = edges.flat();
+    if (childIds.length === 0) {
+      if (step.optional) continue;
+      break;
+    }
+    const children = await store.getNodes(childIds);
+    const next: Frontier[] = [];
+    let k = 0;
+    for (const [fi, f] of frontier.entries()) {
+      for (const _ of edges[fi]!) {
+        const child = children[k++];
+        if (child && child.step && stepKeyString(child.step) === key) next.push({ path: [...f.path, child], matched: [...f.matched, i] });
+      }
+    }
+    if (next.length === 0) {
+      if (step.optional) continue;
+      break;
+    }
+    frontier = next;
+    best = next.reduce((a, b) => ((b.path.at(-1)?.imageCount ?? 0) > (a.path.at(-1)?.imageCount ?? 0) ? b : a));
+  }
+  const node = best.path[best.path.length - 1];
+  // Steps matched: counted in layers walked past the base (an optional step without a layer counts none).
+  return { node, baseLayers, steps: best.path.length - baseLayers, path: best.path, matchedSteps: best.matched };
+}

@@ -1,0 +1,353 @@
+/**
+ * The build steps of a Dockerfile's target stage, each with the key the layer trie matches on:
+ * the step's normal form (history.ts) and, for what is copied from the build context, the
+ * content digest of exactly the files the builder would take (context.ts).
+ *
+ * Layers: RUN, COPY and ADD make one; WORKDIR (to anything but `/`) makes one too under BuildKit
+ * (a mkdir file operation, committed with a layer since 2019 — dockerfile2llb dispatchWorkdir;
+ * docker/buildx#1910), empty when the directory already exists, and the classic builder and
+ * kaniko record it as an empty layer or none. So WORKDIR steps say `producesLayer: true,
+ * layerOptional: true`: a matcher takes a non-empty WORKDIR history entry as this step, and
+ * skips the step when the history has no layer for it. Every other instruction makes no layer.
+ *
+ * Keys: `stepKey` is sha256 over the step alone (normal form, content digest, what else changes
+ * its result: `--from`, RUN flags); `key` chains it after the keys of the steps before it that
+ * change what later steps see (RUN, COPY, ADD, WORKDIR, ENV, ARG, USER, SHELL — not LABEL, CMD,
+ * EXPOSE...), starting from the FROM image: equal keys mean equal layers from there on.
+ */
+import { SmartError, isSmartError } from '../errors.js';
+import { sha256Digest, type Digest } from '../oci/digest.js';
+import {
+  cleanPath,
+  collectCopyEntries,
+  contextRelative,
+  digestCopyEntries,
+  indexContext,
+  inlineCopyEntries,
+  loadDockerignore,
+  type ContextIndex,
+  type ContextMatcher,
+  type CopyEntry,
+} from './context.js';
+import {
+  expandInstructionWord,
+  findStage,
+  getFlag,
+  getFlags,
+  globalArgValues,
+  resolveStageBase,
+  type Dockerfile,
+  type Instruction,
+  type Stage,
+} from './dockerfile.js';
+import { DEFAULT_SHELL, normalizeInstruction } from './history.js';
+
+export interface Step {
+  /** Index of the stage the instruction is in (a target built on other stages lists theirs first). */
+  stage: number;
+  /** 1-based first and last line of the instruction. */
+  line: number;
+  endLine: number;
+  keyword: string;
+  /** The normal form (history.ts): what an image's history says for this step. */
+  instruction: string;
+  /** Whether the builder commits a layer for it (BuildKit's rule, see the module comment). */
+  producesLayer: boolean;
+  /** The layer may be absent or empty in an image (WORKDIR). */
+  layerOptional?: true;
+  /** COPY/ADD from the context (and heredocs), RUN bind mounts of the context: what the step reads. */
+  contentDigest?: Digest;
+  /** The step reads content this toolkit cannot see (`COPY --from`, remote ADD, bind mounts `from=`): keyed by its instruction only. */
+  external?: true;
+  /** `COPY --from=` (stage name or image), after substitution. */
+  from?: string;
+  /** COPY/ADD: the destination, absolute (a relative one resolved against the WORKDIR), `/`-terminated when written so. For `digestLayerEntries`. */
+  destination?: string;
+  /** RUN: the stage's ARGs and their values, as BuildKit records them (`|N K=V`). */
+  buildArgs?: Record<string, string>;
+  /** sha256 over this step alone. */
+  stepKey: Digest;
+  /** sha256 over the base and every earlier step that changes this one's result, and this step. */
+  key: Digest;
+}
+
+export interface BuildSteps {
+  /** The external image the target stage is built on (FROM, global ARGs substituted, stage names followed); `scratch` for none. */
+  base: string;
+  platform?: string;
+  /** Target stage index, and the stages it is built on, root first. */
+  stage: number;
+  chain: number[];
+  steps: Step[];
+}
+
+export interface StepsOptions {
+  contextDir: string;
+  /** Target stage: name or index (default: the last). */
+  stage?: string | number;
+  buildArgs?: Record<string, string>;
+  /** Default: the `.dockerignore` Docker would use (`<dockerfilePath>.dockerignore` first). */
+  matcher?: ContextMatcher;
+  dockerfilePath?: string;
+  /**
+   * The base image's environment (`KEY=value` list or record), for `$VAR` substitution as the
+   * builder does. Without it, variables not set in the Dockerfile stay as written in the normal
+   * forms (COPY/ADD sources still read them as empty, as Docker does).
+   */
+  baseEnv?: Record<string, string> | string[];
+  /** The base image's working directory (default `/`), for relative WORKDIRs. */
+  baseWorkdir?: string;
+  /** Content hashes cache (see context.ts). */
+  hashCache?: Map<string, string>;
+}
+
+export const STEP_KEY_VERSION = 'smartlayer-step-v1';
+
+/** Instructions whose effect reaches later steps (they enter the key chain). */
+const CHAINED = new Set(['RUN', 'COPY', 'ADD', 'WORKDIR', 'ENV', 'ARG', 'USER', 'SHELL']);
+
+interface StageState {
+  env: Map<string, string>;
+  workdir: string;
+  shell: string[];
+}
+
+/** The steps of the target stage with their keys (see the module comment). */
+export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Promise<BuildSteps> {
+  const buildArgs = options.buildArgs ?? {};
+  const target = findStage(df, options.stage);
+  const chain = stageChain(df, target, buildArgs);
+  const root = chain[0]!;
+  const { base, platform } = resolveStageBase(df, root, buildArgs);
+  const matcher = options.matcher ?? (await loadDockerignore(options.contextDir, options.dockerfilePath ? { dockerfile: options.dockerfilePath } : {}));
+  let index: ContextIndex | undefined;
+  const contextIndex = async () => (index ??= await indexContext(options.contextDir, matcher));
+  const hashCache = options.hashCache ?? new Map<string, string>();
+  const globals = globalArgValues(df, buildArgs);
+  const globalNames = new Set(df.globalArgs.flatMap((a) => (a.pairs ?? []).map((p) => p.key)));
+
+  const baseEnv = new Map<string, string>(
+    Array.isArray(options.baseEnv)
+      ? options.baseEnv.map((kv) => {
+          const eq = kv.indexOf('=');
+          return eq < 0 ? [kv, ''] : [kv.slice(0, eq), kv.slice(eq + 1)];
+        })
+      : Object.entries(options.baseEnv ?? {}),
+  );
+  const knowBaseEnv = options.baseEnv !== undefined;
+  const state: StageState = { env: baseEnv, workdir: options.baseWorkdir ?? '/', shell: [...DEFAULT_SHELL] };
+  let parent = sha256Digest(JSON.stringify([STEP_KEY_VERSION, 'FROM', base, platform ?? null]));
+  const steps: Step[] = [];
+
+  for (const stage of chain) {
+    const args = new Map<string, string | undefined>();
+    const lookup = (name: string) => (state.env.has(name) ? state.env.get(name) : args.get(name));
+    const expand = (instr: Instruction, word: string, strict = false, skipQuotes = false) =>
+      expandInstructionWord(df, instr, word, { lookup, skipUnset: !strict && !knowBaseEnv, skipQuotes });
+    for (const instr of stage.instructions) {
+      const ctx = { lookup, skipUnset: !knowBaseEnv, workdir: state.workdir, shell: state.shell, escape: df.escape };
+      const norm = () => located(df, instr, () => normalizeInstruction(instr, ctx));
+      let instruction: string;
+      let producesLayer = false;
+      let layerOptional = false;
+      let contentDigest: Digest | undefined;
+      let external = false;
+      let from: string | undefined;
+      let destination: string | undefined;
+      let runArgs: Record<string, string> | undefined;
+      let extra: Record<string, unknown> | undefined;
+
+      switch (instr.keyword) {
+        case 'ARG': {
+          const parts: string[] = [];
+          for (const p of instr.pairs ?? []) {
+            let value: string | undefined;
+            if (Object.hasOwn(buildArgs, p.key)) value = buildArgs[p.key];
+            else if (p.value !== undefined) value = expand(instr, p.value, true);
+            else if (globalNames.has(p.key) || /^(BUILD|TARGET)(PLATFORM|OS|ARCH|VARIANT)$/.test(p.key)) value = globals.get(p.key);
+            args.set(p.key, value);
+            parts.push(value === undefined ? p.key : `${p.key}=${value}`);
+          }
+          instruction = `ARG ${parts.join(' ')}`;
+          break;
+        }
+        case 'ENV': {
+          instruction = norm();
+          for (const p of instr.pairs ?? []) state.env.set(expand(instr, p.key), expand(instr, p.value ?? ''));
+          break;
+        }
+        case 'WORKDIR': {
+          instruction = norm();
+          state.workdir = instruction.slice('WORKDIR '.length);
+          producesLayer = state.workdir !== '/';
+          layerOptional = producesLayer;
+          break;
+        }
+        case 'SHELL':
+          instruction = norm();
+          state.shell = [...instr.words];
+          break;
+        case 'RUN': {
+          instruction = norm();
+          producesLayer = true;
+          runArgs = Object.fromEntries([...args].map(([k, v]) => [k, v ?? '']));
+          const flags = instr.flags.map((f) => expand(instr, f.raw, true)).sort();
+          if (flags.length > 0) extra = { flags };
+          const mounts = getFlags(instr, 'mount').map((m) => parseMount(expand(instr, m, true)));
+          const binds = mounts.filter((m) => m.type === 'bind');
+          if (binds.some((m) => m.from !== undefined)) external = true;
+          const local = binds.filter((m) => m.from === undefined);
+          if (local.length > 0) {
+            const lines: string[] = [];
+            for (const m of local) {
+              const entries = await collectCopyEntries(options.contextDir, [m.source], matcher, {
+                index: await contextIndex(),
+                hashCache,
+                file: df.file,
+                line: instr.startLine,
+              });
+              lines.push(`${m.target}\0${digestCopyEntries(entries)}`);
+            }
+            contentDigest = sha256Digest(lines.join('\n'));
+          }
+          break;
+        }
+        case 'COPY':
+        case 'ADD': {
+          instruction = norm();
+          producesLayer = true;
+          destination = resolveDestination(state.workdir, expand(instr, instr.words[instr.words.length - 1]!, true));
+          const fromFlag = getFlag(instr, 'from');
+          if (fromFlag !== undefined) {
+            from = expand(instr, fromFlag, true);
+            external = true;
+            extra = { from };
+            break;
+          }
+          const srcWords = instr.words.slice(0, -1);
+          const heredocs = new Map(instr.heredocs.map((d) => [d.name, d]));
+          const inline: { name: string; content: string }[] = [];
+          const local: string[] = [];
+          for (const w of srcWords) {
+            const doc = /^\d*<<-?\s*([^<]+)$/.exec(w);
+            const name = doc?.[1]?.replace(/^(['"])([\s\S]*)\1$/, '$2');
+            const hd = name !== undefined ? heredocs.get(name) : undefined;
+            if (hd) {
+              let content = hd.chomp ? hd.content.replace(/^\t+/gm, '') : hd.content;
+              if (hd.expand) content = expand(instr, content, true, true);
+              inline.push({ name: hd.name, content });
+              continue;
+            }
+            const src = expand(instr, w, true);
+            if (instr.keyword === 'ADD' && isRemote(src)) external = true;
+            else local.push(src);
+          }
+          if (external) {
+            const checksum = getFlag(instr, 'checksum');
+            if (checksum !== undefined) extra = { checksum };
+            break;
+          }
+          const chown = optional(getFlag(instr, 'chown'), (v) => expand(instr, v, true));
+          const chmod = optional(getFlag(instr, 'chmod'), (v) => expand(instr, v, true));
+          const exclude = getFlags(instr, 'exclude').map((v) => expand(instr, v, true));
+          const parents = (getFlag(instr, 'parents') ?? 'false').toLowerCase() === 'true';
+          let entries: CopyEntry[] = [];
+          if (local.length > 0) {
+            entries = await collectCopyEntries(options.contextDir, local, matcher, {
+              index: await contextIndex(),
+              hashCache,
+              exclude,
+              parents,
+              file: df.file,
+              line: instr.startLine,
+            });
+          }
+          entries = [...entries, ...inlineCopyEntries(inline)];
+          contentDigest = digestCopyEntries(entries, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) });
+          break;
+        }
+        default:
+          instruction = norm();
+      }
+
+      const own = [instruction, contentDigest ?? null, extra ?? null];
+      const stepKey = sha256Digest(JSON.stringify([STEP_KEY_VERSION, ...own]));
+      const key = sha256Digest(JSON.stringify([STEP_KEY_VERSION, parent, ...own]));
+      if (CHAINED.has(instr.keyword)) parent = key;
+      const step: Step = { stage: stage.index, line: instr.startLine, endLine: instr.endLine, keyword: instr.keyword, instruction, producesLayer, stepKey, key };
+      if (layerOptional) step.layerOptional = true;
+      if (contentDigest) step.contentDigest = contentDigest;
+      if (external) step.external = true;
+      if (from !== undefined) step.from = from;
+      if (destination !== undefined) step.destination = destination;
+      if (runArgs) step.buildArgs = runArgs;
+      steps.push(step);
+    }
+  }
+  return { base, ...(platform !== undefined ? { platform } : {}), stage: target.index, chain: chain.map((s) => s.index), steps };
+}
+
+/** The stages a stage is built on, root first: `FROM <earlier stage name>` follows that stage. */
+export function stageChain(df: Dockerfile, target: Stage, buildArgs: Record<string, string> = {}): Stage[] {
+  const chain: Stage[] = [target];
+  let cur = target;
+  for (;;) {
+    const { base } = resolveStageBase(df, cur, buildArgs);
+    const parentStage = df.stages.slice(0, cur.index).find((s) => s.name !== undefined && s.name === base.toLowerCase());
+    if (!parentStage) return chain;
+    chain.unshift(parentStage);
+    cur = parentStage;
+  }
+}
+
+/** A COPY destination as the builder resolves it: against the working directory; a trailing `/` (or `.`) kept as `/`. */
+function resolveDestination(workdir: string, dest: string): string {
+  const dir = dest.endsWith('/') || dest === '.' || dest.endsWith('/.');
+  const abs = dest.startsWith('/') ? dest : `${workdir.replace(/\/$/, '')}/${dest}`;
+  const clean = cleanPath(abs);
+  return dir && clean !== '/' ? `${clean}/` : clean;
+}
+
+function optional<T>(v: string | undefined, f: (v: string) => T): T | undefined {
+  return v === undefined ? undefined : f(v);
+}
+
+/** A source ADD fetches instead of reading the context: http(s) URLs and git references. */
+export function isRemote(src: string): boolean {
+  return /^(https?:\/\/|git@|git:\/\/|ssh:\/\/)/i.test(src);
+}
+
+interface Mount {
+  type: string;
+  source: string;
+  target: string;
+  from?: string;
+}
+
+/** `--mount=type=bind,source=x,target=/y[,from=z]` (type defaults to bind, source to the root). */
+export function parseMount(spec: string): Mount {
+  const m: Mount = { type: 'bind', source: '.', target: '' };
+  for (const field of spec.split(',')) {
+    const eq = field.indexOf('=');
+    const k = (eq < 0 ? field : field.slice(0, eq)).trim().toLowerCase();
+    const v = eq < 0 ? '' : field.slice(eq + 1).trim();
+    if (k === 'type') m.type = v.toLowerCase();
+    else if (k === 'source' || k === 'src') m.source = v || '.';
+    else if (k === 'target' || k === 'dst' || k === 'destination') m.target = v;
+    else if (k === 'from') m.from = v;
+  }
+  m.source = contextRelative(m.source) || '.';
+  return m;
+}
+
+/** Runs `f`, naming the instruction's line in a USAGE error that does not name one. */
+function located<T>(df: Dockerfile, instr: Instruction, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (isSmartError(e) && e.code === 'USAGE' && !e.message.startsWith(`${df.file}:`)) {
+      throw new SmartError('USAGE', `${df.file}:${instr.startLine}: ${e.message}`, { input: e.input ?? df.file, cause: e });
+    }
+    throw e;
+  }
+}

@@ -1,0 +1,433 @@
+/** The build context: .dockerignore semantics, walking, COPY content digests, and the step keys of a Dockerfile. */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { SmartError } from '../../src/errors.js';
+import {
+  cleanPath,
+  collectCopyEntries,
+  contextSize,
+  copySourcesDigest,
+  createMatcher,
+  digestLayerEntries,
+  listContext,
+  loadDockerignore,
+  parseDockerignore,
+} from '../../src/trie/context.js';
+import { parseDockerfile } from '../../src/trie/dockerfile.js';
+import { normalizeCreatedBy } from '../../src/trie/history.js';
+import { dockerfileSteps, parseMount } from '../../src/trie/steps.js';
+import { tempDir } from '../harness/tmp.js';
+
+/** Writes files (`name: content`; a name ending in `/` is an empty directory). */
+async function tree(files: Record<string, string>, dir?: string): Promise<string> {
+  const root = dir ?? (await tempDir('smart-ctx-'));
+  for (const [name, content] of Object.entries(files)) {
+    const p = path.join(root, name);
+    if (name.endsWith('/')) await fs.mkdir(p, { recursive: true });
+    else {
+      await fs.mkdir(path.dirname(p), { recursive: true });
+      await fs.writeFile(p, content);
+    }
+  }
+  return root;
+}
+
+async function rejection(p: Promise<unknown>): Promise<SmartError> {
+  try {
+    await p;
+  } catch (e) {
+    if (e instanceof SmartError) return e;
+    throw e;
+  }
+  throw new Error('expected a rejection');
+}
+
+async function touch(file: string, when: number): Promise<void> {
+  await fs.utimes(file, when, when);
+}
+
+describe('.dockerignore reading', () => {
+  it('skips comments and blanks, trims, cleans, drops a leading slash, keeps ! in front', () => {
+    const lines = parseDockerignore('\uFEFF# comment\n\n  /node_modules/  \n!  /keep//me/./x\n  # not a comment\nfoo/../bar\r\n*.log\n');
+    expect(lines).toEqual([
+      { pattern: 'node_modules', line: 3 },
+      { pattern: '!keep/me/x', line: 4 },
+      { pattern: '# not a comment', line: 5 },
+      { pattern: 'bar', line: 6 },
+      { pattern: '*.log', line: 7 },
+    ]);
+    expect(cleanPath('a//b/./c/..')).toBe('a/b');
+    expect(cleanPath('../a/../../b')).toBe('../../b');
+    expect(cleanPath('/../x/')).toBe('/x');
+  });
+
+  it('refuses malformed patterns naming the line', () => {
+    expect(() => createMatcher(parseDockerignore('ok\n[abc\n'), { source: '.dockerignore' })).toThrow(/\.dockerignore:2: syntax error in pattern "\[abc"/);
+    expect(() => createMatcher(['!'])).toThrow(/illegal exclusion pattern/);
+  });
+});
+
+describe('.dockerignore matching', () => {
+  const m = (patterns: string[]) => createMatcher(parseDockerignore(patterns.join('\n')));
+
+  it('matches * ? [] per segment and a directory with everything below it', () => {
+    const x = m(['*.log', 'tmp?', 'build/[a-c]*', 'docs']);
+    expect(x.excluded('app.log')).toBe(true);
+    expect(x.excluded('sub/app.log')).toBe(false); // * does not cross /
+    expect(x.excluded('tmp1')).toBe(true);
+    expect(x.excluded('tmp12')).toBe(false);
+    expect(x.excluded('build/alpha')).toBe(true);
+    expect(x.excluded('build/delta')).toBe(false);
+    expect(x.excluded('docs')).toBe(true);
+    expect(x.excluded('docs/deep/file.md')).toBe(true); // parent matches
+    expect(x.excluded('docsx')).toBe(false);
+    expect(x.excluded('.')).toBe(false); // the root is never excluded
+    // Strings are normalised as the ignore-file reader does.
+    expect(createMatcher(['/node_modules/', '! /node_modules/keep']).rules.map((r) => [r.pattern, r.exclusion])).toEqual([
+      ['node_modules', false],
+      ['node_modules/keep', true],
+    ]);
+  });
+
+  it('** matches any number of directories (including none)', () => {
+    const x = m(['**/*.pyc', 'cache/**', '**/node_modules', 'a/**/z']);
+    expect(x.excluded('x.pyc')).toBe(true);
+    expect(x.excluded('pkg/sub/x.pyc')).toBe(true);
+    expect(x.excluded('cache/one/two')).toBe(true);
+    expect(x.excluded('cache')).toBe(false); // cache/** matches what is inside
+    expect(x.excluded('node_modules/x/index.js')).toBe(true);
+    expect(x.excluded('packages/app/node_modules/lodash/package.json')).toBe(true);
+    expect(x.excluded('a/z')).toBe(true);
+    expect(x.excluded('a/b/c/z')).toBe(true);
+    expect(x.excluded('b/a/z')).toBe(false);
+  });
+
+  it('! re-includes, and the last matching pattern wins', () => {
+    const x = m(['*.md', '!README.md', 'README.md.bak', 'docs', '!docs/keep.md', 'secret*', '!secret.example', 'secret.example']);
+    expect(x.excluded('CHANGES.md')).toBe(true);
+    expect(x.excluded('README.md')).toBe(false);
+    expect(x.excluded('docs/other.md')).toBe(true);
+    expect(x.excluded('docs/keep.md')).toBe(false);
+    expect(x.excluded('secret.key')).toBe(true);
+    expect(x.excluded('secret.example')).toBe(true); // excluded again by the last line
+  });
+
+  it('prunes an excluded directory only when no later ! pattern could reach inside', () => {
+    const x = m(['node_modules', 'build', '!build/keep.txt', 'vendor', '!**/LICENSE', 'logs', '!other/x']);
+    expect(x.mayIncludeInside('node_modules')).toBe(true); // !**/LICENSE could match below anything
+    const y = m(['node_modules', 'build', '!build/keep.txt', 'logs', '!other/x', '!*.txt']);
+    expect(y.mayIncludeInside('node_modules')).toBe(false);
+    expect(y.mayIncludeInside('logs')).toBe(false);
+    expect(y.mayIncludeInside('build')).toBe(true);
+    // A ! before the excluding pattern cannot re-include: the later pattern wins.
+    const z = m(['!dist/keep', 'dist']);
+    expect(z.mayIncludeInside('dist')).toBe(false);
+  });
+});
+
+describe('walking the context', () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  it('lists what is sent, skipping excluded trees without reading them, keeping re-included files', async () => {
+    const dir = await tree({
+      'Dockerfile': 'FROM x\n',
+      '.dockerignore': 'node_modules\n.git\nbuild\n!build/keep.txt\nDockerfile\n*.tmp\n',
+      'src/index.js': 'console.log(1)\n',
+      'src/a.tmp': 'x',
+      'node_modules/lodash/index.js': 'module.exports = {}\n',
+      '.git/HEAD': 'ref: refs/heads/main\n',
+      'build/out.bin': '0123456789',
+      'build/keep.txt': 'keep',
+      'empty/': '',
+    });
+    const matcher = await loadDockerignore(dir);
+    expect(matcher.source).toBe(path.join(dir, '.dockerignore'));
+    const spy = vi.spyOn(fs, 'readdir');
+    const sent = await listContext(dir, matcher);
+    const read = spy.mock.calls.map((c) => path.relative(dir, String(c[0])));
+    expect(read).not.toContain('node_modules');
+    expect(read).not.toContain('.git');
+    expect(read).toContain('build'); // a ! pattern reaches inside
+    // `*.tmp` only matches at the root: src/a.tmp is sent.
+    expect(sent.map((e) => `${e.type} ${e.path}`)).toEqual(['file .dockerignore', 'file Dockerfile', 'dir build', 'file build/keep.txt', 'dir empty', 'dir src', 'file src/a.tmp', 'file src/index.js']);
+    // COPY does not see the excluded Dockerfile, though it is sent.
+    const forCopy = await listContext(dir, matcher, { buildFiles: false });
+    expect(forCopy.map((e) => e.path)).not.toContain('Dockerfile');
+    const ignoreText = 'node_modules\n.git\nbuild\n!build/keep.txt\nDockerfile\n*.tmp\n';
+    expect(await contextSize(dir, matcher)).toBe(ignoreText.length + 'FROM x\n'.length + 'keep'.length + 'x'.length + 'console.log(1)\n'.length);
+    expect(await contextSize(dir, createMatcher([]))).toBeGreaterThan(await contextSize(dir, matcher));
+  });
+
+  it('prefers <Dockerfile>.dockerignore beside the Dockerfile', async () => {
+    const dir = await tree({ '.dockerignore': 'a\n', 'docker/app.Dockerfile': 'FROM x\n', 'docker/app.Dockerfile.dockerignore': 'b\n' });
+    const m = await loadDockerignore(dir, { dockerfile: 'docker/app.Dockerfile' });
+    expect(m.rules.map((r) => r.pattern)).toEqual(['b']);
+    expect(m.alwaysSent).toEqual(['.dockerignore', 'docker/app.Dockerfile']);
+    expect((await loadDockerignore(dir)).rules.map((r) => r.pattern)).toEqual(['a']);
+    const none = await loadDockerignore(await tree({ x: '' }));
+    expect(none.source).toBeUndefined();
+    expect(none.rules).toEqual([]);
+  });
+});
+
+describe('COPY content digests', () => {
+  const base = {
+    'package.json': '{"name":"app"}\n',
+    'package-lock.json': '{"lockfileVersion":3}\n',
+    'src/index.js': 'console.log("hi")\n',
+    'src/lib/util.js': 'export const x = 1\n',
+    'README.md': '# app\n',
+    '.env': 'SECRET=1\n',
+    '.dockerignore': '.env\n*.md\n',
+  };
+
+  it('same content → same digest, whatever the mtimes; a changed included file changes it', async () => {
+    const a = await tree(base);
+    const b = await tree(base);
+    await touch(path.join(b, 'src/index.js'), 1_000_000);
+    await touch(path.join(b, 'src'), 2_000_000);
+    const ma = await loadDockerignore(a);
+    const mb = await loadDockerignore(b);
+    const da = await copySourcesDigest(a, ['.'], ma);
+    expect(da).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(await copySourcesDigest(b, ['.'], mb)).toBe(da);
+    await fs.writeFile(path.join(b, 'src/index.js'), 'console.log("bye")\n');
+    expect(await copySourcesDigest(b, ['.'], mb)).not.toBe(da);
+  });
+
+  it('a changed file that .dockerignore excludes, or that the sources do not name, changes nothing', async () => {
+    const dir = await tree(base);
+    const m = await loadDockerignore(dir);
+    const all = await copySourcesDigest(dir, ['.'], m);
+    const pkg = await copySourcesDigest(dir, ['package.json', 'package-lock.json'], m);
+    await fs.writeFile(path.join(dir, '.env'), 'SECRET=2\n');
+    await fs.writeFile(path.join(dir, 'README.md'), '# changed\n');
+    expect(await copySourcesDigest(dir, ['.'], m)).toBe(all);
+    await fs.writeFile(path.join(dir, 'src/index.js'), 'changed\n');
+    expect(await copySourcesDigest(dir, ['package.json', 'package-lock.json'], m)).toBe(pkg);
+    expect(await copySourcesDigest(dir, ['.'], m)).not.toBe(all);
+  });
+
+  it('a mode change changes the digest; --chown and --chmod are part of it', async () => {
+    const dir = await tree(base);
+    const m = await loadDockerignore(dir);
+    const before = await copySourcesDigest(dir, ['src'], m);
+    await fs.chmod(path.join(dir, 'src/index.js'), 0o755);
+    const after = await copySourcesDigest(dir, ['src'], m);
+    expect(after).not.toBe(before);
+    expect(await copySourcesDigest(dir, ['src'], m, { chown: '1000' })).not.toBe(after);
+    expect(await copySourcesDigest(dir, ['src'], m, { chmod: '644' })).not.toBe(after);
+  });
+
+  it('names entries where they land: a directory by its contents, a file by its name; globs per segment', async () => {
+    const dir = await tree({ ...base, 'config/a.json': '{}', 'config/b.yaml': 'x: 1', 'config/nested/c.json': '[]' });
+    const m = await loadDockerignore(dir);
+    const names = async (srcs: string[], opts = {}) => (await collectCopyEntries(dir, srcs, m, { hash: false, ...opts })).map((e) => `${e.type} ${e.path}`);
+    expect(await names(['src/'])).toEqual(['file index.js', 'dir lib', 'file lib/util.js']);
+    expect(await names(['./src/lib/util.js', 'package.json'])).toEqual(['file package.json', 'file util.js']);
+    expect(await names(['config/*.json'])).toEqual(['file a.json']);
+    expect(await names(['*.json'])).toEqual(['file package-lock.json', 'file package.json']);
+    expect(await names(['c?nfig'])).toEqual(['file a.json', 'file b.yaml', 'dir nested', 'file nested/c.json']);
+    expect(await names(['config'], { exclude: ['*.yaml'] })).toEqual(['file a.json', 'dir nested', 'file nested/c.json']);
+    expect(await names(['config/a.json'], { parents: true })).toEqual(['file config/a.json']);
+    // Sources never climb out of the context.
+    expect(await names(['../../package.json'])).toEqual(['file package.json']);
+  });
+
+  it('follows a symlink named as a source, keeps symlinks inside directories', async () => {
+    const dir = await tree({ 'real/file.txt': 'content', 'real/inner.txt': 'x' });
+    await fs.symlink('real/file.txt', path.join(dir, 'link.txt'));
+    await fs.symlink('file.txt', path.join(dir, 'real/alias'));
+    const m = createMatcher([]);
+    const entries = await collectCopyEntries(dir, ['link.txt', 'real'], m);
+    expect(entries.map((e) => [e.path, e.type, e.target ?? e.sha256?.slice(0, 8)])).toEqual([
+      ['alias', 'symlink', 'file.txt'],
+      ['file.txt', 'file', 'ed7002b4'],
+      ['inner.txt', 'file', '2d711642'],
+      ['link.txt', 'file', 'ed7002b4'],
+    ]);
+    const d1 = await copySourcesDigest(dir, ['real'], m);
+    await fs.unlink(path.join(dir, 'real/alias'));
+    await fs.symlink('inner.txt', path.join(dir, 'real/alias'));
+    expect(await copySourcesDigest(dir, ['real'], m)).not.toBe(d1);
+  });
+
+  it('the same digest from the layer a COPY made (entries under the destination)', async () => {
+    const dir = await tree(base);
+    const m = await loadDockerignore(dir);
+    await fs.chmod(path.join(dir, 'src/index.js'), 0o755);
+    const fromContext = await copySourcesDigest(dir, ['src/'], m);
+    // What `WORKDIR /app` + `COPY src/ ./src/` leaves in its layer: parents, the destination, the files.
+    const sha = (t: string) => createHash('sha256').update(t).digest('hex');
+    const layer = [
+      { path: 'app/', type: 'dir' as const, mode: 0o755 },
+      { path: 'app/src/', type: 'dir' as const, mode: 0o755 },
+      { path: 'app/src/index.js', type: 'file' as const, mode: 0o755, sha256: sha(base['src/index.js']) },
+      { path: './app/src/lib', type: 'dir' as const, mode: (await fs.stat(path.join(dir, 'src/lib'))).mode & 0o7777 },
+      { path: '/app/src/lib/util.js', type: 'file' as const, mode: (await fs.stat(path.join(dir, 'src/lib/util.js'))).mode & 0o7777, sha256: sha(base['src/lib/util.js']) },
+    ];
+    expect(digestLayerEntries(layer, '/app/src/')).toBe(fromContext);
+    expect(digestLayerEntries(layer.map((e) => (e.path.endsWith('index.js') ? { ...e, sha256: sha('other') } : e)), '/app/src/')).not.toBe(fromContext);
+    // --chmod replaces the modes on both sides.
+    const chmodded = layer.map((e) => (e.type === 'file' || e.path.endsWith('lib') ? { ...e, mode: 0o640 } : e));
+    expect(digestLayerEntries(chmodded, '/app/src', { chmod: '640' })).toBe(await copySourcesDigest(dir, ['src/'], m, { chmod: '640' }));
+  });
+
+  it('a missing or excluded source is NOT_FOUND naming the line', async () => {
+    const dir = await tree(base);
+    const m = await loadDockerignore(dir);
+    const missing = await rejection(copySourcesDigest(dir, ['nope.txt'], m, { file: 'Dockerfile', line: 7 }));
+    expect(missing.code).toBe('NOT_FOUND');
+    expect(missing.message).toBe('Dockerfile:7: COPY source "nope.txt" not found in the build context');
+    const excluded = await rejection(copySourcesDigest(dir, ['.env'], m, { file: 'Dockerfile', line: 3 }));
+    expect(excluded.code).toBe('NOT_FOUND');
+    expect(excluded.hint).toMatch(/excluded by .*\.dockerignore/);
+    const glob = await rejection(copySourcesDigest(dir, ['*.md'], m, { file: 'Dockerfile', line: 4 }));
+    expect(glob.message).toMatch(/^Dockerfile:4: COPY source "\*\.md": no file/);
+  });
+});
+
+describe('dockerfileSteps', () => {
+  const nodeApp = ['FROM node:20', 'WORKDIR /app', 'COPY package.json package-lock.json ./', 'RUN npm ci', 'COPY . .', 'RUN npm run build', ''].join('\n');
+  const files = {
+    'Dockerfile': nodeApp,
+    '.dockerignore': 'node_modules\n.git\n',
+    'package.json': '{"name":"app","version":"1.0.0"}\n',
+    'package-lock.json': '{"lockfileVersion":3}\n',
+    'src/index.js': 'console.log("v1")\n',
+    'node_modules/left-pad/index.js': 'module.exports = 1\n',
+  };
+
+  it('the node app: steps, layers, content digests', async () => {
+    const dir = await tree(files);
+    const { base, steps, chain } = await dockerfileSteps(parseDockerfile(nodeApp), { contextDir: dir });
+    expect(base).toBe('node:20');
+    expect(chain).toEqual([0]);
+    expect(steps.map((s) => [s.line, s.instruction, s.producesLayer, s.contentDigest !== undefined])).toEqual([
+      [2, 'WORKDIR /app', true, false],
+      [3, 'COPY package.json package-lock.json ./', true, true],
+      [4, 'RUN npm ci', true, false],
+      [5, 'COPY . .', true, true],
+      [6, 'RUN npm run build', true, false],
+    ]);
+    expect(steps[0]!.layerOptional).toBe(true);
+    expect([steps[1]!.destination, steps[3]!.destination]).toEqual(['/app/', '/app/']);
+    for (const s of steps) expect(s.key).toMatch(/^sha256:[0-9a-f]{64}$/);
+    // The history of an image built from it names the same steps.
+    expect(normalizeCreatedBy('RUN /bin/sh -c npm ci # buildkit')?.instruction).toBe(steps[2]!.instruction);
+  });
+
+  it('changing src/index.js changes only the keys of the last two layer steps', async () => {
+    const dir = await tree(files);
+    const df = parseDockerfile(nodeApp);
+    const before = (await dockerfileSteps(df, { contextDir: dir })).steps;
+    await fs.writeFile(path.join(dir, 'src/index.js'), 'console.log("v2")\n');
+    const after = (await dockerfileSteps(df, { contextDir: dir })).steps;
+    expect(before.map((s, i) => s.key !== after[i]!.key)).toEqual([false, false, false, true, true]);
+    // Alone (not chained), only the COPY . . step differs.
+    expect(before.map((s, i) => s.stepKey !== after[i]!.stepKey)).toEqual([false, false, false, true, false]);
+    // A change in an ignored file changes nothing.
+    await fs.writeFile(path.join(dir, 'node_modules/left-pad/index.js'), 'module.exports = 2\n');
+    expect((await dockerfileSteps(df, { contextDir: dir })).steps.map((s) => s.key)).toEqual(after.map((s) => s.key));
+  });
+
+  it('changing package.json changes the keys from the first COPY on', async () => {
+    const dir = await tree(files);
+    const df = parseDockerfile(nodeApp);
+    const before = (await dockerfileSteps(df, { contextDir: dir })).steps;
+    await fs.writeFile(path.join(dir, 'package.json'), '{"name":"app","version":"1.0.1"}\n');
+    const after = (await dockerfileSteps(df, { contextDir: dir })).steps;
+    expect(before.map((s, i) => s.key !== after[i]!.key)).toEqual([false, true, true, true, true]);
+  });
+
+  it('a changed base or build arg changes every key', async () => {
+    const dir = await tree(files);
+    const text = `ARG NODE=20\n${nodeApp.replace('FROM node:20', 'FROM node:${NODE}')}`;
+    const df = parseDockerfile(text);
+    const a = await dockerfileSteps(df, { contextDir: dir });
+    const b = await dockerfileSteps(df, { contextDir: dir, buildArgs: { NODE: '22' } });
+    expect(a.base).toBe('node:20');
+    expect(b.base).toBe('node:22');
+    expect(a.steps.every((s, i) => s.key !== b.steps[i]!.key)).toBe(true);
+    expect(a.steps.map((s) => s.stepKey)).toEqual(b.steps.map((s) => s.stepKey));
+  });
+
+  it('follows stage chains to the external base; COPY --from is external; ARGs, ENV and WORKDIR apply', async () => {
+    const dir = await tree({ 'go.mod': 'module x\n', 'go.sum': '', 'main.go': 'package main\n', 'conf/app.toml': 'a = 1\n' });
+    const text = [
+      'ARG GO=1.22',
+      'FROM golang:${GO} AS base',
+      'ARG GO',
+      'ENV CGO_ENABLED=0 SRC=/src',
+      'WORKDIR $SRC',
+      'FROM base AS build',
+      'ARG VERSION=dev',
+      'COPY go.mod go.sum ./',
+      'RUN --mount=type=cache,target=/root/go/pkg/mod go mod download',
+      'COPY . .',
+      'RUN go build -ldflags "-X main.version=$VERSION" -o /out/app .',
+      'WORKDIR sub',
+      'FROM gcr.io/distroless/static:nonroot',
+      'COPY --from=build /out/app /app',
+      'COPY conf/ /etc/app/',
+      'LABEL org.opencontainers.image.title=app',
+      'ENTRYPOINT ["/app"]',
+    ].join('\n');
+    const df = parseDockerfile(text);
+    const build = await dockerfileSteps(df, { contextDir: dir, stage: 'build', buildArgs: { VERSION: '1.2.3' } });
+    expect(build.base).toBe('golang:1.22');
+    expect(build.chain).toEqual([0, 1]);
+    expect(build.steps.map((s) => s.instruction)).toEqual([
+      'ARG GO=1.22',
+      'ENV CGO_ENABLED=0 SRC=/src',
+      'WORKDIR /src',
+      'ARG VERSION=1.2.3',
+      'COPY go.mod go.sum ./',
+      'RUN go mod download',
+      'COPY . .',
+      'RUN go build -ldflags "-X main.version=$VERSION" -o /out/app .',
+      'WORKDIR /src/sub',
+    ]);
+    expect(build.steps[7]!.buildArgs).toEqual({ VERSION: '1.2.3' });
+    const runtime = await dockerfileSteps(df, { contextDir: dir });
+    expect(runtime.base).toBe('gcr.io/distroless/static:nonroot');
+    const [copyFrom, copyConf] = runtime.steps;
+    expect(copyFrom).toMatchObject({ instruction: 'COPY /out/app /app', external: true, from: 'build', producesLayer: true });
+    expect(copyFrom!.contentDigest).toBeUndefined();
+    expect(copyConf!.contentDigest).toMatch(/^sha256:/);
+    // LABEL and ENTRYPOINT make no layer and do not enter the chain of later keys.
+    expect(runtime.steps.slice(2).map((s) => [s.instruction, s.producesLayer])).toEqual([
+      ['LABEL org.opencontainers.image.title=app', false],
+      ['ENTRYPOINT ["/app"]', false],
+    ]);
+    const unlabelled = await dockerfileSteps(parseDockerfile(text.replace('LABEL org.opencontainers.image.title=app', 'LABEL org.opencontainers.image.title=other')), { contextDir: dir });
+    expect(unlabelled.steps[3]!.key).toBe(runtime.steps[3]!.key);
+    // The RUN --mount flags change the key, not the normal form.
+    const plain = await dockerfileSteps(parseDockerfile(text.replace('--mount=type=cache,target=/root/go/pkg/mod ', '')), { contextDir: dir, stage: 'build', buildArgs: { VERSION: '1.2.3' } });
+    expect(plain.steps[5]!.instruction).toBe(build.steps[5]!.instruction);
+    expect(plain.steps[5]!.stepKey).not.toBe(build.steps[5]!.stepKey);
+  });
+
+  it('keys heredoc COPYs and RUN bind mounts of the context by content', async () => {
+    const dir = await tree({ 'requirements.txt': 'flask==3.0.0\n' });
+    const text = (req: string) => ['FROM python:3.12-slim', 'COPY <<EOF /etc/app.conf', `mode = ${req}`, 'EOF', 'RUN --mount=type=bind,source=requirements.txt,target=/tmp/r.txt pip install -r /tmp/r.txt'].join('\n');
+    const a = await dockerfileSteps(parseDockerfile(text('a')), { contextDir: dir });
+    const b = await dockerfileSteps(parseDockerfile(text('b')), { contextDir: dir });
+    expect(a.steps[0]!.instruction).toBe('COPY <<EOF /etc/app.conf');
+    expect(a.steps[0]!.contentDigest).not.toBe(b.steps[0]!.contentDigest);
+    expect(a.steps[1]!.contentDigest).toBe(b.steps[1]!.contentDigest);
+    await fs.writeFile(path.join(dir, 'requirements.txt'), 'flask==3.0.1\n');
+    const c = await dockerfileSteps(parseDockerfile(text('a')), { contextDir: dir });
+    expect(c.steps[1]!.contentDigest).not.toBe(a.steps[1]!.contentDigest);
+    expect(parseMount('target=/x')).toEqual({ type: 'bind', source: '.', target: '/x' });
+  });
+
+  it('a missing COPY source fails naming the Dockerfile line', async () => {
+    const dir = await tree({ 'a.txt': 'a' });
+    const e = await rejection(dockerfileSteps(parseDockerfile('FROM x\n\nCOPY a.txt b.txt /dst/\n', 'build/Dockerfile'), { contextDir: dir }));
+    expect(e.code).toBe('NOT_FOUND');
+    expect(e.message).toBe('build/Dockerfile:3: COPY source "b.txt" not found in the build context');
+  });
+});
