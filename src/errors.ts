@@ -20,6 +20,7 @@ export type ErrorCode =
   | 'STORAGE' // an I/O error of a storage backend
   | 'REGISTRY' // an error answered by a registry
   | 'CANCELLED'
+  | 'ADVICE' // smart cache lint --strict found something to say (exit 1)
   | 'INTERNAL';
 
 export interface SmartErrorOptions {

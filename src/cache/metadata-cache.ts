@@ -25,6 +25,11 @@ export interface MetadataCache {
   setMany(entries: MetadataCacheEntry[]): Promise<void>;
   /** Removes the key; a key that is not there is no error. */
   delete(key: string): Promise<void>;
+  /**
+   * Sets `key` only if it holds nothing (or an expired entry); true when this call set it. The one
+   * atomic step, for locks (one `cache index` run per store at a time).
+   */
+  setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean>;
   /** Releases connections so that the process can exit; the cache is not used afterwards. */
   close(): Promise<void>;
 }
@@ -159,6 +164,24 @@ export class DiskMetadataCache implements MetadataCache {
     await fs.rm(this.file(key), { force: true });
   }
 
+  /** O_EXCL decides between racing processes; an expired entry is removed first (by whoever sees it). */
+  async setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const file = this.file(key);
+    const entry: Entry = { k: this.keyPrefix + key, v: value, exp: Date.now() + ttlSeconds * 1000 };
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await fs.writeFile(file, JSON.stringify(entry), { flag: 'wx' });
+        return true;
+      } catch (e) {
+        if (!isErrno(e, 'EEXIST')) throw e;
+      }
+      if ((await this.get(key)) !== undefined) return false;
+      await fs.rm(file, { force: true }); // expired or damaged: take it over
+    }
+    return false;
+  }
+
   async close(): Promise<void> {}
 }
 
@@ -203,6 +226,8 @@ export function forgivingCache(cache: MetadataCache, warn: (message: string) => 
       ),
     setMany: (entries) => guard(nothing, () => cache.setMany(entries)),
     delete: (key) => guard(nothing, () => cache.delete(key)),
+    // Without a working cache there is nothing to coordinate through: go ahead.
+    setIfAbsent: (key, value, ttl) => guard(() => true, () => cache.setIfAbsent(key, value, ttl)),
     close: async () => {
       try {
         await cache.close();

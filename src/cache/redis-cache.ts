@@ -339,6 +339,11 @@ export class RedisMetadataCache implements MetadataCache {
     await this.op('DEL', () => this.client.del(this.k(key)));
   }
 
+  async setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const r = await this.op('SET NX', () => this.client.set(this.k(key), value, 'EX', Math.max(1, Math.ceil(ttlSeconds)), 'NX'));
+    return r === 'OK';
+  }
+
   async getMany(keys: string[]): Promise<(string | undefined)[]> {
     if (keys.length === 0) return [];
     return this.op('GET (pipelined)', async () => {

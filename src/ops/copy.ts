@@ -26,6 +26,7 @@ import { DiffIdTap, gzipLayerStream } from '../pipeline/layer-streams.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
+import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
 
 export interface CopyOptions {
   platform: Platform;
@@ -37,6 +38,10 @@ export interface CopyOptions {
   signal?: AbortSignal;
   onLayer?: (event: LayerEvent) => void;
   onProgress?: (event: ProgressEvent) => void;
+  /** The build steps that made the layers (`push --dockerfile`): written as layer annotations. */
+  layerSteps?: (image: Image) => Promise<(StepKey | undefined)[]>;
+  /** Told of the image as it now is at the destination (for the layer trie). */
+  onCopied?: (copied: { image: Image; layers: Descriptor[]; manifest: ParsedManifest }) => Promise<void>;
   /** Remembers what uncompressed layers became at a destination, to skip compressing them again. */
   blobInfo?: BlobInfoCache;
 }
@@ -226,7 +231,11 @@ async function finishImage(
     size: image.configBytes.length,
   };
   const config = await putConfig(dest, image.configBytes, configDescriptor);
-  const unchanged = source !== undefined && source.manifest.layers.every((l, i) => l.digest === layers[i]?.digest && l.mediaType === layers[i]?.mediaType);
+  const unchanged =
+    source !== undefined &&
+    source.manifest.layers.every(
+      (l, i) => l.digest === layers[i]?.digest && l.mediaType === layers[i]?.mediaType && JSON.stringify(l.annotations) === JSON.stringify(layers[i]?.annotations),
+    );
   let manifest: ParsedManifest;
   let converted = false;
   if (source && unchanged && dest.supportsManifestType(source.mediaType)) {
@@ -239,6 +248,15 @@ async function finishImage(
   await dest.putManifest(manifest);
   await dest.commit(manifest);
   return { manifest, converted, config };
+}
+
+/** Layer descriptors with the step that made each written as annotations. */
+function annotate(layers: Descriptor[], steps: (StepKey | undefined)[]): Descriptor[] {
+  return layers.map((d, i) => {
+    const step = steps[i];
+    if (!step) return d;
+    return { ...d, annotations: { ...d.annotations, [STEP_ANNOTATION]: step.instruction, ...(step.contentDigest ? { [CONTENT_ANNOTATION]: step.contentDigest } : {}) } };
+  });
 }
 
 /**
@@ -314,10 +332,12 @@ export async function copyImage(source: ImageSource, dest: BlobDestination, opti
       return summary(source.name, dest.name, { manifest: image.manifest, converted: false, config: 'skipped' }, image.layers.length, tally);
     }
     const once = singleFlight<Descriptor>();
-    const layers = await allOrNothing(image.layers, options.jobs, options.signal, (layer, signal) =>
+    let layers = await allOrNothing(image.layers, options.jobs, options.signal, (layer, signal) =>
       once(layer.descriptor.digest, () => retrying(signal, () => transferLayer(layer, dest, options, tally, signal))),
     );
+    if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
     const done = await finishImage(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType), configBytes: image.configBytes }, layers);
+    await options.onCopied?.({ image, layers, manifest: done.manifest });
     return summary(source.name, dest.name, done, image.layers.length, tally);
   } catch (e) {
     await dest.abort().catch(() => undefined);
@@ -388,7 +408,22 @@ export async function copyDockerArchiveStream(
         });
       }
     });
-    const done = await finishImage(dest, { family: 'docker', configBytes: streamed.configBytes }, streamed.layers.map((l) => l.descriptor));
+    // The image as it stands at the destination, for step annotations and the layer trie.
+    const unopenable = async (): Promise<Readable> => {
+      throw new SmartError('INTERNAL', `${sourceName}: a streamed layer cannot be read again`);
+    };
+    const image: Image = {
+      name: sourceName,
+      manifest: buildManifest('docker', { mediaType: configMediaType('docker'), digest: sha256Digest(streamed.configBytes), size: streamed.configBytes.length }, streamed.layers.map((l) => l.descriptor)),
+      configBytes: streamed.configBytes,
+      config: streamed.config,
+      layers: streamed.layers.map((l) => ({ descriptor: l.descriptor, diffId: l.diffId, open: unopenable, openUncompressed: unopenable })),
+      repoTags: streamed.repoTags,
+    };
+    let layers = streamed.layers.map((l) => l.descriptor);
+    if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
+    const done = await finishImage(dest, { family: 'docker', configBytes: streamed.configBytes }, layers);
+    await options.onCopied?.({ image, layers, manifest: done.manifest });
     return summary(sourceName, dest.name, done, streamed.layers.length, tally);
   } catch (e) {
     await dest.abort().catch(() => undefined);

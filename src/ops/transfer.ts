@@ -5,8 +5,11 @@ import type { Readable, Writable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
-import { parseImageName } from '../transports/names.js';
-import { copyDockerArchiveStream, copyImage, writeImage, type CopySummary } from './copy.js';
+import { parseImageName, type ImageName } from '../transports/names.js';
+import { copyDockerArchiveStream, copyImage, writeImage, type CopyOptions, type CopySummary } from './copy.js';
+import type { Image } from '../oci/image.js';
+import type { Reference } from '../oci/reference.js';
+import type { MetadataCache } from '../cache/metadata-cache.js';
 import { openDestination, openSource, type EndpointContext, type RemoteOptions } from './endpoints.js';
 
 export interface TransferRequest {
@@ -34,6 +37,8 @@ export interface TransferRequest {
   link?: boolean;
   /** After the pull, remove from the layer store what no image used within this many ms uses. */
   pruneAgeMs?: number;
+  /** The Dockerfile (and context) the image was built from: each layer is annotated with its step. */
+  dockerfile?: { path: string; contextDir: string; stage?: string; buildArgs?: Record<string, string> };
   onLayer?: (event: LayerEvent) => void;
   onProgress?: (event: ProgressEvent) => void;
   onWarning?: (message: string) => void;
@@ -52,6 +57,25 @@ export async function openCache(options: { cacheDir: string; redisUrl?: string; 
     ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}),
     onWarning: options.onWarning ?? (() => undefined),
   });
+}
+
+function sourceScope(name: ImageName): string {
+  if (name.transport === 'file') return `file:${path.resolve(name.root)}`;
+  if (name.transport === 's3') return `s3://${name.bucket}${name.root ? `/${name.root}` : ''}`;
+  return name.raw;
+}
+
+async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['dockerfile']>) {
+  const { stepsForPush } = await import('./cache.js');
+  return stepsForPush(image, { dockerfile: dockerfile.path, contextDir: dockerfile.contextDir, ...(dockerfile.stage ? { stage: dockerfile.stage } : {}), ...(dockerfile.buildArgs ? { buildArgs: dockerfile.buildArgs } : {}) });
+}
+
+async function indexCopied(cache: MetadataCache, scope: string, ref: Reference, copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) {
+  const { indexPushed } = await import('./cache.js');
+  const { TAG_TTL_S, tagKey } = await import('./cached-source.js');
+  // Our own push moved the tag: what the cache says of it must move too.
+  if (ref.tag) await cache.set(tagKey(scope, ref.repository, ref.tag), copied.manifest.digest, TAG_TTL_S);
+  await indexPushed(cache, scope, { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}) }, copied);
 }
 
 async function openLayerStore(dir: string) {
@@ -95,11 +119,23 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     ...(req.onLayer ? { onLayer: req.onLayer } : {}),
     ...(req.onProgress ? { onProgress: req.onProgress } : {}),
     ...(blobInfo ? { blobInfo } : {}),
+    ...(req.dockerfile ? { layerSteps: (image: Image) => stepsFor(image, req.dockerfile!) } : {}),
+    // Every push into a store keeps that store's layer trie fresh for what it pushed.
+    ...(cache && (dst.transport === 'file' || dst.transport === 's3' || dst.transport === 'docker') && dst.ref
+      ? { onCopied: (copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) => indexCopied(cache, destinationScope, dst.ref!, copied) }
+      : {}),
   };
+  let destinationScope = '';
   const source = await openSource(src, ctx);
+  if (cache && source.kind === 'random' && (src.transport === 'file' || src.transport === 's3' || src.transport === 'docker') && src.ref) {
+    const { CachedSource } = await import('./cached-source.js');
+    const scope = src.transport === 'docker' ? `docker://${src.ref.registry}` : sourceScope(src);
+    source.source = new CachedSource(source.source, cache, scope, src.ref);
+  }
   let destination: Awaited<ReturnType<typeof openDestination>> | undefined;
   try {
     destination = await openDestination(dst, ctx, { source: src });
+    if (destination.kind === 'blobs') destinationScope = destination.dest.cacheScope;
     if (source.kind === 'stream') {
       if (destination.kind !== 'blobs') throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
       return await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
@@ -118,3 +154,18 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
   }
 }
 export type { LayerEvent, ProgressEvent } from '../oci/image.js';
+
+/** Opens any image name and resolves it (one platform): for commands that inspect rather than copy. */
+export async function resolveImageByName(name: string, options: { platform?: string; ctx?: Partial<EndpointContext> } = {}) {
+  const parsed = parseImageName(name);
+  const source = await openSource(parsed, { stdin: process.stdin, stdout: process.stdout, ...options.ctx });
+  if (source.kind !== 'random') throw new SmartError('USAGE', `${name}: a stream cannot be inspected; save it to a file first`, { input: name });
+  try {
+    const { resolveImage } = await import('../oci/partial.js');
+    const image = await resolveImage(source.source, options.platform ? parsePlatform(options.platform) : hostPlatform());
+    return { image, close: () => source.source.close() };
+  } catch (e) {
+    await source.source.close();
+    throw e;
+  }
+}

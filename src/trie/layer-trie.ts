@@ -18,6 +18,10 @@ export function chainIds(diffIds: readonly Digest[]): Digest[] {
   return out;
 }
 
+/** Layer descriptor annotations written by `smart push --dockerfile`: the step that made the layer. */
+export const STEP_ANNOTATION = 'org.smartlayer.step.instruction';
+export const CONTENT_ANNOTATION = 'org.smartlayer.step.content';
+
 /** The build step that made a layer, in the normal form shared by every builder. */
 export interface StepKey {
   instruction: string;

@@ -20,6 +20,9 @@ import { tempDir } from '../harness/tmp.js';
 
 const PASSWORD = 's3cret:with-colon';
 
+/** Auth is what these tests are about: no run may answer from an earlier run's metadata cache. */
+const fresh = async () => ({ cacheHome: await tempDir() });
+
 function expectNoSecret(r: RunResult, secret = PASSWORD): void {
   expect(r.stderr).not.toContain(secret);
   expect(r.stdout.toString()).not.toContain(secret);
@@ -51,14 +54,14 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl', 'htpasswd'))(
   it('pushes and pulls with --creds and --cert-dir; skopeo reads what was pushed', async () => {
     const fx = fixtures();
     const name = `docker://${registry.host}/team/basic:v1`;
-    const push = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, name, '--creds', `alice:${PASSWORD}`, '--cert-dir', certDir, '--debug']);
+    const push = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, name, '--creds', `alice:${PASSWORD}`, '--cert-dir', certDir, '--debug'], await fresh());
     expect(push.code, push.stderr).toBe(0);
     expectNoSecret(push);
     const digest = (
       await runOk('skopeo', ['--insecure-policy', 'inspect', '--cert-dir', certDir, '--creds', `alice:${PASSWORD}`, '--format', '{{.Digest}}', name])
     ).stdout.toString().trim();
     expect(digest).toBe(fx.basic.manifest.digest);
-    const pull = await smart(['pull', name, `oci:${path.join(work, 'out')}:v1`, '--creds', `alice:${PASSWORD}`, '--cert-dir', certDir]);
+    const pull = await smart(['pull', name, `oci:${path.join(work, 'out')}:v1`, '--creds', `alice:${PASSWORD}`, '--cert-dir', certDir], await fresh());
     expect(pull.code, pull.stderr).toBe(0);
   });
 
@@ -69,6 +72,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl', 'htpasswd'))(
     await fs.writeFile(path.join(dockerConfig, 'config.json'), JSON.stringify({ auths: { [registry.host]: { auth } } }));
     const r = await smart(['pull', `docker://${registry.host}/team/basic:v1`, `rootfs:${path.join(work, 'rootfs')}`, '--cert-dir', certDir], {
       env: { DOCKER_CONFIG: dockerConfig },
+      cacheHome: await tempDir(),
     });
     expect(r.code, r.stderr).toBe(0);
   });
@@ -76,14 +80,14 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl', 'htpasswd'))(
   it('a wrong password, no credentials, and an unknown CA each fail with one clear line', async () => {
     const name = `docker://${registry.host}/team/basic:v1`;
     const dest = `rootfs:${path.join(work, 'never')}`;
-    const wrong = await smart(['pull', name, dest, '--creds', 'alice:wrong-password', '--cert-dir', certDir, '--debug']);
+    const wrong = await smart(['pull', name, dest, '--creds', 'alice:wrong-password', '--cert-dir', certDir, '--debug'], await fresh());
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toMatch(/smart: error: registry 127\.0\.0\.1:\d+ answered 401 UNAUTHORIZED.*\(check the credentials/);
     expect(wrong.stderr).not.toContain('wrong-password');
-    const anonymous = await smart(['pull', name, dest, '--cert-dir', certDir]);
+    const anonymous = await smart(['pull', name, dest, '--cert-dir', certDir], await fresh());
     expect(anonymous.code).toBe(1);
     expect(anonymous.stderr).toMatch(/requires authentication.*--creds/);
-    const untrusted = await smart(['pull', name, dest, '--creds', `alice:${PASSWORD}`]);
+    const untrusted = await smart(['pull', name, dest, '--creds', `alice:${PASSWORD}`], await fresh());
     expect(untrusted.code).toBe(1);
     expect(untrusted.stderr).toMatch(/certificate/i);
     expectNoSecret(untrusted);
@@ -120,11 +124,11 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
   it('pushes and pulls with tokens scoped to the repository', async () => {
     const fx = fixtures();
     const name = `docker://${registry.host}/team/app:v1`;
-    const push = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, name, '--creds', `alice:${PASSWORD}`, '--debug']);
+    const push = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, name, '--creds', `alice:${PASSWORD}`, '--debug'], await fresh());
     expect(push.code, push.stderr).toBe(0);
     expectNoSecret(push);
     expect(tokens.requests.some((r) => r.user === 'alice' && r.scopes.includes('repository:team/app:pull,push'))).toBe(true);
-    const pull = await smart(['pull', name, `rootfs:${path.join(work, 'rootfs')}`, '--creds', 'bob:bob-pass']);
+    const pull = await smart(['pull', name, `rootfs:${path.join(work, 'rootfs')}`, '--creds', 'bob:bob-pass'], await fresh());
     expect(pull.code, pull.stderr).toBe(0);
     expect(tokens.requests.some((r) => r.user === 'bob' && r.scopes.includes('repository:team/app:pull'))).toBe(true);
   });
@@ -149,7 +153,7 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
       return req.method === 'GET' && m ? { kind: 'status', status: 307, headers: { location: `${storageUrl}/blobs/${m[1]}` }, body: '' } : undefined;
     });
     try {
-      const r = await smart(['pull', `docker://${proxy.host}/team/app:v1`, `oci:${path.join(work, 'redirected')}:v1`, '--creds', 'bob:bob-pass']);
+      const r = await smart(['pull', `docker://${proxy.host}/team/app:v1`, `oci:${path.join(work, 'redirected')}:v1`, '--creds', 'bob:bob-pass'], await fresh());
       expect(r.code, r.stderr).toBe(0);
       expect(seen.length).toBe(fx.basic.layers.length + 1); // the layers and the config
       expect(seen.every((h) => h === undefined)).toBe(true);
@@ -161,13 +165,13 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
 
   it('refuses a push the token does not cover, and a wrong password at the token server', async () => {
     const fx = fixtures();
-    const bobPush = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/team/app:bob`, '--creds', 'bob:bob-pass']);
+    const bobPush = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/team/app:bob`, '--creds', 'bob:bob-pass'], await fresh());
     expect(bobPush.code).toBe(1);
     expect(bobPush.stderr).toMatch(/smart: error: registry 127\.0\.0\.1:\d+ answered 401/);
-    const outside = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/other/app:v1`, '--creds', `alice:${PASSWORD}`]);
+    const outside = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/other/app:v1`, '--creds', `alice:${PASSWORD}`], await fresh());
     expect(outside.code).toBe(1);
     expect(outside.stderr).toMatch(/answered 401/);
-    const wrong = await smart(['pull', `docker://${registry.host}/team/app:v1`, `rootfs:${path.join(work, 'x')}`, '--creds', 'alice:nope']);
+    const wrong = await smart(['pull', `docker://${registry.host}/team/app:v1`, `rootfs:${path.join(work, 'x')}`, '--creds', 'alice:nope'], await fresh());
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toMatch(/authentication to 127\.0\.0\.1:\d+ failed for user alice/);
   });

@@ -497,6 +497,7 @@ describe('forgivingCache', () => {
       },
       setMany: async () => void calls++,
       delete: async () => void calls++,
+      setIfAbsent: async () => (calls++, true),
       close: async () => {
         closed++;
         throw new Error('close boom');
@@ -518,7 +519,7 @@ describe('forgivingCache', () => {
   it('answers misses for a getMany of the wrong length', async () => {
     const disk = new DiskMetadataCache(await tempDir('smart-metadata-'));
     const warnings: string[] = [];
-    const cache = forgivingCache({ ...disk, get: (k) => disk.get(k), set: (k, v, t) => disk.set(k, v, t), getMany: async () => ['x'], setMany: (e) => disk.setMany(e), delete: (k) => disk.delete(k), close: () => disk.close() }, (m) => warnings.push(m));
+    const cache = forgivingCache({ ...disk, get: (k) => disk.get(k), set: (k, v, t) => disk.set(k, v, t), getMany: async () => ['x'], setMany: (e) => disk.setMany(e), delete: (k) => disk.delete(k), setIfAbsent: (k, v, t) => disk.setIfAbsent(k, v, t), close: () => disk.close() }, (m) => warnings.push(m));
     expect(await cache.getMany(['a', 'b'])).toEqual([undefined, undefined]);
     expect(warnings).toHaveLength(1);
   });

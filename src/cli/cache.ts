@@ -1,0 +1,218 @@
+/** `smart cache ...`: thin commands over ops/cache.ts. */
+import { Command, Option } from 'commander';
+import path from 'node:path';
+import { SmartError } from '../errors.js';
+import { addCommonOptions, cancel, collect, defaultCacheDir, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
+import { Output, formatBytes } from './output.js';
+
+interface CacheFlags extends CommonFlags {
+  file?: string;
+  image?: string;
+  repo?: string;
+  target?: string;
+  buildArg?: string[];
+  printCacheFrom?: string;
+  registry?: string;
+  top?: number;
+  strict?: boolean;
+}
+
+function buildArgs(list: string[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const kv of list ?? []) {
+    const eq = kv.indexOf('=');
+    if (eq <= 0) throw new SmartError('USAGE', `--build-arg takes KEY=VALUE, not "${kv}"`, { input: kv });
+    out[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return out;
+}
+
+async function session(flags: CacheFlags, out: Output) {
+  const { openCacheSession } = await import('../ops/cache.js');
+  const redisUrl = flags.redis ?? process.env.SMART_REDIS_URL;
+  return openCacheSession({
+    cacheDir: flags.cacheDir ?? defaultCacheDir(),
+    ...(redisUrl ? { redisUrl } : {}),
+    ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
+    remote: await remoteOptions(flags),
+    ...(flags.platform ? { platform: flags.platform } : {}),
+    ...(flags.jobs ? { jobs: flags.jobs } : {}),
+    signal: cancel.signal,
+    onWarning: (m) => out.warn(m),
+  });
+}
+
+function planOptions(flags: CacheFlags, context: string | undefined) {
+  const contextDir = path.resolve(context ?? '.');
+  return {
+    dockerfile: path.resolve(flags.file ?? path.join(contextDir, 'Dockerfile')),
+    contextDir,
+    ...(flags.target ? { stage: flags.target } : {}),
+    ...(flags.buildArg?.length ? { buildArgs: buildArgs(flags.buildArg) } : {}),
+    ...(flags.repo ? { repository: flags.repo } : {}),
+  };
+}
+
+type PlanResult = Awaited<ReturnType<typeof import('../ops/cache.js').planBuild>>;
+
+function printPlan(plan: PlanResult, out: Output): void {
+  if (plan.base) {
+    out.info(
+      plan.base.layers
+        ? `base ${plan.base.ref}: ${plan.base.inStore} of ${plan.base.layers} layers in the store${plan.base.storedAs ? ` (as ${plan.base.storedAs})` : ''}`
+        : `base ${plan.base.ref}: not in the store`,
+    );
+  }
+  for (const s of plan.steps) out.info(`  line ${String(s.line).padStart(3)}  ${s.noLayer ? ' ' : s.matched ? '✓' : '✗'}  ${s.instruction}`);
+  if (!plan.best) {
+    out.info('no stored image shares a layer with this build');
+    return;
+  }
+  const b = plan.best;
+  out.info(`best cache: ${b.image}@${b.manifest}: ${b.layers.length} layers (${b.baseLayers} of the base, ${b.steps} build steps), ${formatBytes(b.bytes)} to fetch`);
+  if (plan.naive) out.info(`a naive pull of ${plan.naive.image}: ${formatBytes(plan.naive.bytes)}`);
+  if (plan.alternatives.length) out.info(`also holding these layers: ${plan.alternatives.join(', ')}`);
+}
+
+export function addCacheCommands(program: Command): void {
+  const cache = program.command('cache').description('the layer trie of a store: build-cache plans, precise cache pulls, warming, lint');
+
+  addCommonOptions(cache.command('index').description('build or refresh the layer trie of a whole store (safe from cron)').argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')).action(
+    async function (this: Command, store: string) {
+      const flags = this.opts<CacheFlags>();
+      const out = new Output(outputOptions(flags));
+      const { indexStore } = await import('../ops/cache.js');
+      const s = await session(flags, out);
+      try {
+        const r = await indexStore(store, s.ctx);
+        if (r.skipped) out.info(`${r.store}: another index run is in progress; nothing done`);
+        else out.info(`${r.store}: ${r.tags} tags in ${r.repositories} repositories; ${r.refreshed} refreshed, ${r.unchanged} unchanged, ${r.failed.length} failed; ${r.nodes} layer chains`);
+        for (const f of r.failed) out.warn(`${f.image}: ${f.error}`);
+        if (flags.json) out.json(r);
+      } finally {
+        await s.close();
+      }
+    },
+  );
+
+  const planLike = (cmd: Command) =>
+    addCommonOptions(
+      cmd
+        .option('-f, --file <Dockerfile>', 'the Dockerfile (default: CONTEXT/Dockerfile)')
+        .option('--target <stage>', 'the stage to build (default: the last)')
+        .option('--build-arg <key=value>', 'a build argument (repeatable)', collect, [])
+        .option('--repo <repository>', "the repository being built: its latest tag is the naive alternative"),
+    );
+
+  planLike(
+    cache
+      .command('plan')
+      .description('which stored image\'s which layers are the best build cache for a Dockerfile (or --image)')
+      .argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')
+      .argument('[context]', 'the build context (default: .)')
+      .option('--image <source>', 'plan for a built image instead: which stored images share most of its layers'),
+  ).action(async function (this: Command, store: string, context: string | undefined) {
+    const flags = this.opts<CacheFlags>();
+    const out = new Output(outputOptions(flags));
+    const ops = await import('../ops/cache.js');
+    const s = await session(flags, out);
+    try {
+      let plan: PlanResult;
+      if (flags.image) {
+        const { resolveImageByName } = await import('../ops/transfer.js');
+        const resolved = await resolveImageByName(flags.image, { ...(flags.platform ? { platform: flags.platform } : {}) });
+        try {
+          plan = await ops.planForImage(store, resolved.image, s.ctx);
+        } finally {
+          await resolved.close();
+        }
+      } else {
+        plan = await ops.planBuild(store, planOptions(flags, context), s.ctx);
+      }
+      printPlan(plan, out);
+      if (flags.json) out.json(plan);
+    } finally {
+      await s.close();
+    }
+  });
+
+  planLike(
+    cache
+      .command('pull')
+      .description('fetch exactly the layers the plan matched: into the layer store, or as the truncated image to DEST')
+      .argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')
+      .argument('[context]', 'the build context (default: .)')
+      .argument('[destination]', 'where to write the truncated image, e.g. docker-archive:- for docker load (default: the layer store)')
+      .addOption(new Option('--print-cache-from <builder>', 'print the flags that make this builder use the cache').choices(['docker', 'buildx', 'buildah', 'kaniko']))
+      .option('--registry <host[:port]>', 'the registry serving this store, for --print-cache-from (default: the store\'s for docker://)'),
+  ).action(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
+    const flags = this.opts<CacheFlags>();
+    // `cache pull STORE DEST` (context omitted): an image name is never a directory.
+    if (context && !destination && /^[a-z0-9-]+:/.test(context) && !context.startsWith('/')) {
+      destination = context;
+      context = undefined;
+    }
+    if (flags.json && destination && /^docker-archive:-(:|$)/.test(destination)) {
+      throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout', { input: destination });
+    }
+    const out = new Output(outputOptions(flags));
+    const ops = await import('../ops/cache.js');
+    const s = await session(flags, out);
+    try {
+      const plan = await ops.planBuild(store, planOptions(flags, context), s.ctx);
+      printPlan(plan, out);
+      const r = await ops.pullPlanned(store, plan, { ...s.ctx, layerStore: s.layerStore, ...(destination ? { destination } : {}) });
+      out.info(`fetched ${r.fetched} layers (${formatBytes(r.bytes)}) into ${r.destination}${r.manifestDigest ? ` as ${r.manifestDigest}` : ''}`);
+      if (flags.printCacheFrom && plan.best) {
+        const host = flags.registry ?? (/^docker:\/\/([^/]+)/.exec(store)?.[1] ?? '');
+        const ref = `${host ? `${host}/` : ''}${plan.best.image.replace(/:[^:/]+$/, '')}@${plan.best.manifest}`;
+        process.stdout.write(`${ops.cacheFromFlags(flags.printCacheFrom, ref)}\n`);
+      }
+      if (flags.json) out.json(r);
+    } finally {
+      await s.close();
+    }
+  });
+
+  addCommonOptions(
+    cache
+      .command('warm')
+      .description('prefetch into the layer store the layer chains most shared across the store (for cron on build machines)')
+      .argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')
+      .addOption(new Option('--top <n>', 'how many chains').argParser(positiveInt('--top', 10_000)).default(10))
+      .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
+  ).action(async function (this: Command, store: string) {
+    const flags = this.opts<CacheFlags>();
+    const out = new Output(outputOptions(flags));
+    const { warmStore } = await import('../ops/cache.js');
+    const s = await session(flags, out);
+    try {
+      const r = await warmStore(store, flags.top ?? 10, { ...s.ctx, layerStore: s.layerStore });
+      out.info(`warmed ${r.chains} chains: ${r.layers} layers, ${r.fetched} fetched (${formatBytes(r.bytes)})`);
+      if (flags.json) out.json(r);
+    } finally {
+      await s.close();
+    }
+  });
+
+  cache
+    .command('lint')
+    .description('advice that makes builds cache well (exit 1 with --strict when there is any)')
+    .argument('[context]', 'the build context (default: .)')
+    .option('-f, --file <Dockerfile>', 'the Dockerfile (default: CONTEXT/Dockerfile)')
+    .option('--strict', 'exit 1 when there is advice')
+    .option('--json', 'print the advice as JSON on stdout')
+    .option('-q, --quiet', 'print nothing but errors')
+    .option('--debug', 'print stack traces of errors')
+    .action(async function (this: Command, context: string | undefined) {
+      const flags = this.opts<CacheFlags>();
+      const out = new Output(outputOptions(flags));
+      const contextDir = path.resolve(context ?? '.');
+      const { lint } = await import('../ops/cache.js');
+      const r = await lint(path.resolve(flags.file ?? path.join(contextDir, 'Dockerfile')), contextDir);
+      for (const a of r.advice) out.info(`${a.line ? `line ${a.line}: ` : ''}${a.message} [${a.code}]`);
+      out.info(`context: ${formatBytes(r.contextSizes.before)} before .dockerignore, ${formatBytes(r.contextSizes.after)} after`);
+      if (flags.json) out.json(r);
+      if (flags.strict && r.advice.length) throw new SmartError('ADVICE', `${r.advice.length} piece${r.advice.length === 1 ? '' : 's'} of advice (--strict)`);
+    });
+}
