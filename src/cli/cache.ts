@@ -144,7 +144,8 @@ export function addCacheCommands(program: Command): void {
       .argument('[context]', 'the build context (default: .)')
       .argument('[destination]', 'where to write the truncated image, e.g. docker-archive:- for docker load (default: the layer store)')
       .addOption(new Option('--print-cache-from <builder>', 'print the flags that make this builder use the cache').choices(['docker', 'buildx', 'buildah', 'kaniko']))
-      .option('--registry <host[:port]>', 'the registry serving this store, for --print-cache-from (default: the store\'s for docker://)'),
+      .option('--registry <host[:port]>', 'the registry serving this store, for --print-cache-from (default: the store\'s for docker://)')
+      .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
   ).action(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
     const flags = this.opts<CacheFlags>();
     // `cache pull STORE DEST` (context omitted): an image name is never a directory.

@@ -1,0 +1,248 @@
+/**
+ * smart cache over a store seeded with a forest of images from shared base chains (the article's
+ * node:wheezy / node:0-wheezy / node:5 / python), and an app image built from a Dockerfile with
+ * `COPY package.json` + `RUN npm ci` steps: plans pick the expected image and layer count, cache
+ * pulls move exactly the planned layers, and Redis serves as the shared metadata cache.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeImage, type LayerSpec } from '../harness/images.js';
+import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { startRedis } from '../harness/redis.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { runOk, smart } from '../harness/run.js';
+import { haveTools } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+
+interface Plan {
+  best?: { image: string; layers: { digest: string; size: number }[]; baseLayers: number; steps: number; bytes: number };
+  steps: { line: number; instruction: string; matched: boolean }[];
+  naive?: { image: string; bytes: number };
+}
+
+const DEB: LayerSpec[] = [
+  { files: { 'etc/debian_version': '7.11\n' }, createdBy: '/bin/sh -c #(nop) ADD file:deb1 in / ' },
+  { files: { 'usr/lib/libc.so': 'libc '.repeat(2000) }, createdBy: '/bin/sh -c apt-get update && apt-get install -y libc' },
+];
+const NODE_COMMON: LayerSpec[] = [
+  { files: { 'usr/bin/node': 'node 0.12 '.repeat(3000) }, createdBy: '/bin/sh -c curl node | tar -x' },
+  { files: { 'usr/lib/node_modules/npm/cli.js': 'npm 2 '.repeat(2000) }, createdBy: '/bin/sh -c npm install -g npm@2' },
+];
+const BASES: Record<string, LayerSpec[]> = {
+  'library/node:wheezy': [...DEB, ...NODE_COMMON, { files: { 'etc/node-flavour': 'wheezy\n' }, createdBy: '/bin/sh -c echo wheezy > /etc/node-flavour' }],
+  'library/node:0-wheezy': [...DEB, ...NODE_COMMON, { files: { 'etc/node-flavour': '0-wheezy\n' }, createdBy: '/bin/sh -c echo 0-wheezy > /etc/node-flavour' }],
+  'library/node:5': [
+    ...DEB,
+    { files: { 'usr/bin/node': 'node 5 '.repeat(4000) }, createdBy: '/bin/sh -c curl node5 | tar -x' },
+    { files: { 'usr/lib/node_modules/npm/cli.js': 'npm 3 '.repeat(2500) }, createdBy: '/bin/sh -c npm install -g npm@3' },
+  ],
+  'library/python:latest': [...DEB, { files: { 'usr/bin/python': 'python '.repeat(5000) }, createdBy: '/bin/sh -c apt-get install -y python' }],
+};
+
+const DOCKERFILE = (base: string) => `FROM ${base}\nWORKDIR /app\nCOPY package.json package-lock.json ./\nRUN npm ci\nCOPY . .\nRUN npm run build\n`;
+
+/** The app image as BuildKit would make it from DOCKERFILE('node:5') over `ctx`. */
+async function appLayers(ctx: string): Promise<LayerSpec[]> {
+  const read = (f: string) => fs.readFile(path.join(ctx, f), 'utf8');
+  const sources: Record<string, string> = {};
+  for (const f of ['package.json', 'package-lock.json', 'src/index.js', 'Dockerfile', '.dockerignore']) sources[`app/${f}`] = await read(f);
+  return [
+    ...BASES['library/node:5']!,
+    { files: { 'app/': '' }, createdBy: 'WORKDIR /app' },
+    { files: { 'app/package.json': await read('package.json'), 'app/package-lock.json': await read('package-lock.json') }, createdBy: 'COPY package.json package-lock.json ./ # buildkit' },
+    { files: { 'app/node_modules/left-pad/index.js': 'module.exports = pad;\n'.repeat(500) }, createdBy: 'RUN /bin/sh -c npm ci # buildkit' },
+    { files: sources, createdBy: 'COPY . . # buildkit' },
+    { files: { 'app/dist/index.js': `built(${sources['app/src/index.js']})` }, createdBy: 'RUN /bin/sh -c npm run build # buildkit' },
+  ];
+}
+
+async function writeContext(dir: string, index = 'console.log("v1");\n', pkg = '{"name":"app","version":"1.0.0"}\n'): Promise<void> {
+  await fs.mkdir(path.join(dir, 'src'), { recursive: true });
+  await fs.writeFile(path.join(dir, 'package.json'), pkg);
+  await fs.writeFile(path.join(dir, 'package-lock.json'), '{"lockfileVersion":3}\n');
+  await fs.writeFile(path.join(dir, 'src', 'index.js'), index);
+  await fs.writeFile(path.join(dir, '.dockerignore'), 'node_modules\n.git\n');
+  await fs.writeFile(path.join(dir, 'Dockerfile'), DOCKERFILE('node:5'));
+}
+
+describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart cache', () => {
+  let work: string;
+  let store: string;
+  let ctx: string;
+  let cacheHome: string;
+  let registry: RunningRegistry;
+  let proxy: RunningProxy;
+  let appManifest: string;
+
+  const run = (args: string[], extra: { cacheHome?: string } = {}) => smart(args, { cacheHome: extra.cacheHome ?? cacheHome });
+  const plan = async (args: string[], extra: { cacheHome?: string } = {}): Promise<Plan> => {
+    const r = await run(['cache', 'plan', ...args, '--json'], extra);
+    expect(r.code, r.stderr).toBe(0);
+    return JSON.parse(r.stdout.toString()) as Plan;
+  };
+
+  beforeAll(async () => {
+    work = await tempDir();
+    store = path.join(work, 'store');
+    cacheHome = path.join(work, 'cache');
+    for (const [ref, layers] of Object.entries(BASES)) {
+      const dir = path.join(work, 'images', ref.replace(/[/:]/g, '_'));
+      await writeImage(dir, { layers });
+      const r = await run(['push', `oci:${dir}:latest`, `file:${store}#${ref}`]);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    ctx = path.join(work, 'ctx');
+    await writeContext(ctx);
+    const appDir = path.join(work, 'images', 'app');
+    await writeImage(appDir, { layers: await appLayers(ctx), workdir: '/app' });
+    for (const tag of ['v1', 'latest']) {
+      const r = await run(['push', `oci:${appDir}:latest`, `file:${store}#team/app:${tag}`, '--dockerfile', path.join(ctx, 'Dockerfile'), '--context', ctx, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      appManifest = (JSON.parse(r.stdout.toString()) as { manifestDigest: string }).manifestDigest;
+    }
+    const index = await run(['cache', 'index', `file:${store}`, '--json']);
+    expect(index.code, index.stderr).toBe(0);
+    expect(JSON.parse(index.stdout.toString())).toMatchObject({ tags: 6, failed: [] });
+    await fs.mkdir(path.join(work, 'reg'));
+    registry = await startRegistry({ configDir: path.join(work, 'reg'), root: store });
+    proxy = await startProxy({ target: registry.url });
+  });
+
+  afterAll(async () => {
+    await proxy?.stop();
+    await registry?.stop();
+  });
+
+  it('matches every step of an unchanged build', async () => {
+    const p = await plan([`file:${store}`, ctx]);
+    expect(p.best).toMatchObject({ baseLayers: 4, steps: 5 });
+    expect(p.best!.image).toMatch(/^team\/app:/);
+    expect(p.steps.filter((s) => s.matched).map((s) => s.instruction)).toEqual([
+      'WORKDIR /app',
+      'COPY package-lock.json package.json ./',
+      'RUN npm ci',
+      'COPY . .',
+      'RUN npm run build',
+    ].map((x) => expect.stringContaining(x.split(' ')[0]!)));
+    expect(p.naive).toMatchObject({ image: 'team/app:latest' });
+  });
+
+  it('reaches past the dependency install when only a source file changed', async () => {
+    const changed = path.join(work, 'ctx-src');
+    await writeContext(changed, 'console.log("v2");\n');
+    const p = await plan([`file:${store}`, changed]);
+    expect(p.best).toMatchObject({ baseLayers: 4, steps: 3 });
+    expect(p.steps.find((s) => s.instruction.startsWith('RUN npm ci'))?.matched).toBe(true);
+    expect(p.steps.find((s) => s.instruction === 'COPY . .')?.matched).toBe(false);
+  });
+
+  it('stops before the COPY of a changed package.json', async () => {
+    const changed = path.join(work, 'ctx-pkg');
+    await writeContext(changed, undefined, '{"name":"app","version":"2.0.0"}\n');
+    const p = await plan([`file:${store}`, changed]);
+    expect(p.best).toMatchObject({ baseLayers: 4, steps: 1 }); // the WORKDIR layer only
+  });
+
+  it('picks the base image itself for a build on another base, and the closest relative for a built image', async () => {
+    const other = path.join(work, 'ctx-wheezy');
+    await writeContext(other);
+    await fs.writeFile(path.join(other, 'Dockerfile'), DOCKERFILE('node:wheezy'));
+    const p = await plan([`file:${store}`, other]);
+    expect(p.best).toMatchObject({ image: 'library/node:wheezy', baseLayers: 5, steps: 0 });
+
+    // A node:0-wheezy rebuilt with one new top layer: it shares four layers with both node images.
+    const rebuilt = path.join(work, 'images', 'rebuilt');
+    await writeImage(rebuilt, { layers: [...DEB, ...NODE_COMMON, { files: { 'etc/node-flavour': 'rebuilt\n' }, createdBy: '/bin/sh -c echo rebuilt' }] });
+    const q = await plan([`file:${store}`, '--image', `oci:${rebuilt}:latest`]);
+    expect(q.best!.layers).toHaveLength(4);
+    expect(q.best!.image).toMatch(/^library\/node:(0-)?wheezy$/);
+  });
+
+  it('cache pull moves exactly the planned layers, and the truncated image loads in skopeo', async () => {
+    const changed = path.join(work, 'ctx-pull');
+    await writeContext(changed, 'console.log("v3");\n');
+    const fresh = await tempDir();
+    await run(['cache', 'index', `docker://${proxy.host}`], { cacheHome: fresh });
+    const p = await plan([`docker://${proxy.host}`, changed], { cacheHome: fresh });
+    expect(p.best!.layers).toHaveLength(7);
+    // file:STORE and docker://HOST are the same bytes: the same plan.
+    expect((await plan([`file:${store}`, changed])).best!.bytes).toBe(p.best!.bytes);
+    proxy.stats.clear();
+    const out = path.join(work, 'cache.tar');
+    const r = await run(['cache', 'pull', `docker://${proxy.host}`, changed, `docker-archive:${out}`, '--json'], { cacheHome: fresh });
+    expect(r.code, r.stderr).toBe(0);
+    const layerBytes = proxy.stats.requests
+      .filter((q) => q.method === 'GET' && p.best!.layers.some((l) => q.path.endsWith(l.digest)))
+      .reduce((n, q) => n + q.responseBytes, 0);
+    expect(layerBytes).toBe(p.best!.bytes);
+    // Not one layer more: the two the changed build cannot reuse are never fetched (configs are).
+    const full = await plan([`docker://${proxy.host}`, ctx], { cacheHome: fresh });
+    const unplanned = full.best!.layers.filter((l) => !p.best!.layers.some((x) => x.digest === l.digest));
+    expect(unplanned).toHaveLength(2);
+    expect(proxy.stats.requests.filter((q) => unplanned.some((l) => q.path.endsWith(l.digest)))).toEqual([]);
+    const config = JSON.parse((await runOk('skopeo', ['--insecure-policy', 'inspect', '--config', `docker-archive:${out}`])).stdout.toString()) as {
+      rootfs: { diff_ids: string[] };
+    };
+    expect(config.rootfs.diff_ids).toHaveLength(7);
+    await runOk('skopeo', ['--insecure-policy', 'copy', `docker-archive:${out}`, `oci:${path.join(work, 'loaded')}:x`]);
+
+    // Into the local layer store: the same layers, counted.
+    const intoStore = await run(['cache', 'pull', `file:${store}`, changed, '--json', '--layer-store', path.join(await tempDir(), 'layers')]);
+    expect(intoStore.code, intoStore.stderr).toBe(0);
+    expect(JSON.parse(intoStore.stdout.toString())).toMatchObject({ fetched: 7, bytes: p.best!.bytes });
+    const flags = await run(['cache', 'pull', `docker://${proxy.host}`, changed, '--print-cache-from', 'buildx', '-q'], { cacheHome: fresh });
+    expect(flags.stdout.toString()).toMatch(new RegExp(`^--cache-from type=registry,ref=127\\.0\\.0\\.1:\\d+/team/app@${appManifest}\\n$`));
+  });
+
+  it('warms the layer store with the most shared chains', async () => {
+    const r = await run(['cache', 'warm', `file:${store}`, '--top', '1', '--json'], { cacheHome });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.toString())).toMatchObject({ chains: 1 });
+    expect((JSON.parse(r.stdout.toString()) as { layers: number }).layers).toBeGreaterThanOrEqual(2);
+  });
+
+  it('lints a build that copies sources before installing dependencies', async () => {
+    const bad = path.join(work, 'ctx-lint');
+    await writeContext(bad);
+    await fs.writeFile(path.join(bad, 'Dockerfile'), 'FROM node\nCOPY . .\nRUN npm ci\n');
+    const r = await run(['cache', 'lint', bad, '--strict']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/line 2: .*\[COPY_BEFORE_INSTALL\]/);
+    expect(r.stderr).toMatch(/\[UNPINNED_BASE\]/);
+  });
+
+  it('shares the metadata cache in Redis: a warm pull reads no manifest or config from the registry; Redis gone is one warning', async () => {
+    const redis = await startRedis(await tempDir());
+    try {
+      const args = ['pull', `docker://${proxy.host}/team/app:v1`, `rootfs:${path.join(work, 'r1')}`, '--redis', redis.url];
+      const first = await run(args, { cacheHome: await tempDir() });
+      expect(first.code, first.stderr).toBe(0);
+      // Another machine (its own disk cache and layer store), the same Redis.
+      proxy.stats.clear();
+      const second = await run(['pull', `docker://${proxy.host}/team/app:v1`, `rootfs:${path.join(work, 'r2')}`, '--redis', redis.url], { cacheHome: await tempDir() });
+      expect(second.code, second.stderr).toBe(0);
+      // Only layer blobs went over the wire: no manifest, and no config (the app's config digest).
+      expect(proxy.stats.requests.filter((q) => q.path.includes('/manifests/'))).toEqual([]);
+      const blobGets = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/'));
+      expect(blobGets.length).toBe(9); // the nine layers, nothing else
+
+      // Two index runs at once on one store: both end well, the trie answers after.
+      const [a, b] = await Promise.all([
+        run(['cache', 'index', `file:${store}`, '--redis', redis.url, '--json'], { cacheHome: await tempDir() }),
+        run(['cache', 'index', `file:${store}`, '--redis', redis.url, '--json'], { cacheHome: await tempDir() }),
+      ]);
+      expect(a.code, a.stderr).toBe(0);
+      expect(b.code, b.stderr).toBe(0);
+      const p = await plan([`file:${store}`, ctx, '--redis', redis.url], { cacheHome: await tempDir() });
+      expect(p.best).toMatchObject({ steps: 5 });
+
+      await redis.kill9();
+      const down = await run(['pull', `docker://${proxy.host}/team/app:v1`, `rootfs:${path.join(work, 'r3')}`, '--redis', redis.url], { cacheHome: await tempDir() });
+      expect(down.code, down.stderr).toBe(0);
+      expect(down.stderr.match(/warning: metadata cache unavailable/g)).toHaveLength(1);
+    } finally {
+      await redis.stop();
+    }
+  });
+});
