@@ -2,10 +2,13 @@
 #   docker run --rm -v "$PWD:/work" -w /work smartlayer push docker-archive:img.tar file:/work/registry#team/app:1
 FROM node:20-bookworm-slim AS build
 WORKDIR /src
-COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
+# Dependencies first: a change to the sources does not rerun the install (smart cache lint).
+COPY package.json package-lock.json ./
+# --ignore-scripts: `prepare` would build before the sources are here; build explicitly below.
+RUN npm ci --ignore-scripts
+COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-# --ignore-scripts: `prepare` would build before the sources are complete; build explicitly instead.
-RUN npm ci --ignore-scripts && npm run build && npm prune --omit=dev
+RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 # zstd: pulls of zstd-compressed layers (Node 20 has no zstd of its own).
