@@ -8,6 +8,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { blobFiles } from '../harness/layout.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart } from '../harness/run.js';
@@ -26,12 +27,6 @@ async function ok(args: string[], options: Parameters<typeof smart>[1] = {}): Pr
   return JSON.parse(r.stdout.toString()) as Summary;
 }
 
-async function blobFiles(layoutDir: string): Promise<Map<string, Buffer>> {
-  const dir = path.join(layoutDir, 'blobs', 'sha256');
-  const out = new Map<string, Buffer>();
-  for (const hex of await fs.readdir(dir)) out.set(hex, await fs.readFile(path.join(dir, hex)));
-  return out;
-}
 
 const skopeo = (...args: string[]) => runOk('skopeo', ['--insecure-policy', ...args]);
 

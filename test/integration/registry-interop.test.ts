@@ -7,6 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { blobFiles } from '../harness/layout.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
@@ -19,12 +20,6 @@ async function skopeo(...args: string[]) {
   return runOk(SKOPEO[0]!, [...SKOPEO.slice(1), ...args]);
 }
 
-async function blobFiles(layoutDir: string): Promise<Map<string, Buffer>> {
-  const dir = path.join(layoutDir, 'blobs', 'sha256');
-  const out = new Map<string, Buffer>();
-  for (const hex of await fs.readdir(dir)) out.set(hex, await fs.readFile(path.join(dir, hex)));
-  return out;
-}
 
 async function tagOf(layoutDir: string, tag: string): Promise<string> {
   const index = JSON.parse(await fs.readFile(path.join(layoutDir, 'index.json'), 'utf8')) as {

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { blobFiles } from '../harness/layout.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart, smartBin } from '../harness/run.js';
 import { registryS3Config, startS3, type RunningS3 } from '../harness/s3.js';
@@ -20,12 +21,6 @@ interface Summary {
   layers: { total: number; pushed: number; skipped: number };
 }
 
-async function blobFiles(layoutDir: string): Promise<Map<string, Buffer>> {
-  const dir = path.join(layoutDir, 'blobs', 'sha256');
-  const out = new Map<string, Buffer>();
-  for (const hex of await fs.readdir(dir)) out.set(hex, await fs.readFile(path.join(dir, hex)));
-  return out;
-}
 
 describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage', () => {
   let work: string;
