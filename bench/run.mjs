@@ -409,3 +409,11 @@ console.log(lines.join('\n'));
 fs.writeFileSync(path.join(repo, 'bench', 'results.json'), JSON.stringify({ date: new Date().toISOString(), runs, image: img.sizes, results }, null, 2));
 process.stderr.write(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s; results in bench/results.json\n`);
 if (!keep) rm(out);
+
+// The layer trie at scale (10,000 images), against a real Redis.
+try {
+  execFileSync('sh', ['-c', 'command -v redis-server'], { stdio: 'ignore' });
+  console.log(execFileSync(process.execPath, [path.join(repo, 'bench', 'trie.mjs')], { encoding: 'utf8' }).trim());
+} catch (e) {
+  console.error(`bench: trie skipped (${e.message.split('\n')[0]})`);
+}
