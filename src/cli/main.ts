@@ -56,6 +56,7 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
     ...(flags.jobs ? { jobs: flags.jobs } : {}),
     ...(flags.allPlatforms ? { allPlatforms: true } : {}),
     ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
+    ...(flags.compression === 'zstd' ? { compression: 'zstd' as const } : {}),
     ...(flags.dockerfile ? { dockerfile: dockerfileOption(flags) } : {}),
     cacheDir: flags.cacheDir ?? defaultCacheDir(),
     ...((flags.redis ?? process.env.SMART_REDIS_URL) ? { redisUrl: (flags.redis ?? process.env.SMART_REDIS_URL)! } : {}),
@@ -99,7 +100,8 @@ export function buildProgram(): Command {
       .description('copy an image into a store, skipping every blob already there')
       .argument('<source>', 'image to read, e.g. docker-archive:img.tar or oci:dir:tag')
       .argument('<destination>', 'store to write, e.g. file:/srv/registry#team/app:1.0')
-      .addOption(new Option('--compression-level <1-9>', 'gzip level for layers that must be compressed').argParser(positiveInt('--compression-level', 9)))
+      .addOption(new Option('--compression <format>', 'what layers that must be compressed become').choices(['gzip', 'zstd']).default('gzip'))
+      .addOption(new Option('--compression-level <n>', 'level for layers that must be compressed (gzip 1-12 with libdeflate, 1-9 with zlib; zstd 1-19; default: chosen by measurement)').argParser(positiveInt('--compression-level', 19)))
       .option('--dockerfile <file>', 'the Dockerfile the image was built from: each layer is annotated with its step, for smart cache')
       .option('--context <dir>', 'the build context of --dockerfile (default: its directory)')
       .option('--target <stage>', 'the stage of --dockerfile that was built (default: the last)')

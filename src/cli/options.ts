@@ -22,6 +22,7 @@ Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, defau
   AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
 
 export interface CommonFlags {
+  compression?: string;
   dockerfile?: string;
   context?: string;
   target?: string;

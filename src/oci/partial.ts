@@ -6,6 +6,7 @@
 import { Transform, addAbortSignal, type Readable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import { decompress } from '../pipeline/compression.js';
+import { chooseGunzip } from '../pipeline/parallel-gzip.js';
 import { verifiedStream } from '../pipeline/digest-stream.js';
 import { parseImageConfig, type ImageConfig } from './config.js';
 import { sha256Digest, shortDigest, type Digest } from './digest.js';
@@ -57,7 +58,8 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
         throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${descriptor.mediaType}`, { input: descriptor.digest });
       }
       const blob = abortable(counted(await source.getBlob(descriptor, options), options?.onBytes), options?.signal);
-      return verifyUncompressed(decompress(blob, compression, what), diffId, what);
+      const gunzip = compression === 'gzip' ? await chooseGunzip() : undefined;
+      return verifyUncompressed(decompress(blob, compression, what, gunzip ? { gunzip } : {}), diffId, what);
     },
   };
 }

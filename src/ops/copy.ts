@@ -22,7 +22,7 @@ import {
 } from '../oci/mediatypes.js';
 import { resolveImage } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
-import { DiffIdTap, gzipLayerStream } from '../pipeline/layer-streams.js';
+import { DiffIdTap, type CompressedLayerStream } from '../pipeline/layer-streams.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
@@ -35,6 +35,8 @@ export interface CopyOptions {
   /** Layers in flight at once. */
   jobs: number;
   gzipLevel?: number;
+  /** What uncompressed layers are compressed to for stores (default gzip). */
+  compression?: 'gzip' | 'zstd';
   signal?: AbortSignal;
   onLayer?: (event: LayerEvent) => void;
   onProgress?: (event: ProgressEvent) => void;
@@ -55,10 +57,14 @@ export interface CopySummary {
   converted: boolean;
   layers: { total: number; pushed: number; skipped: number; mounted: number; foreign: number; bytesPushed: number };
   config: 'pushed' | 'skipped';
+  /** How layers compressed here were compressed (absent: none was). */
+  compression?: { format: 'gzip' | 'zstd'; engine: string; level: number };
   details?: Record<string, unknown>;
 }
 
 interface Tally {
+  /** Set when layers were compressed here: which engine and level made them. */
+  compression?: { format: 'gzip' | 'zstd'; engine: string; level: number };
   pushed: number;
   skipped: number;
   mounted: number;
@@ -89,6 +95,47 @@ function singleFlight<T>(): (key: string, work: () => Promise<T>) => Promise<T> 
     }
     return p;
   };
+}
+
+/** How this process compresses layers, chosen once: the engine is part of every layer it makes. */
+interface Compressor {
+  mediaType: string;
+  engine: string;
+  level: number;
+  compress(tar: Readable): CompressedLayerStream;
+}
+
+let compressors = new Map<string, Promise<Compressor>>();
+
+/**
+ * gzip on every core in fixed blocks (libdeflate or Node's zlib: whichever is faster here, with
+ * output that does not depend on the core count), or zstd through its program.
+ */
+function compressorFor(options: CopyOptions): Promise<Compressor> {
+  const key = `${options.compression ?? 'gzip'}:${options.gzipLevel ?? ''}`;
+  let c = compressors.get(key);
+  if (!c) {
+    c = (async (): Promise<Compressor> => {
+      if (options.compression === 'zstd') {
+        const { requireZstd, zstdLayerStream, DEFAULT_ZSTD_LEVEL } = await import('../pipeline/zstd.js');
+        const program = await requireZstd();
+        const level = options.gzipLevel ?? DEFAULT_ZSTD_LEVEL;
+        return { mediaType: MediaType.OCI_LAYER_ZSTD, engine: 'zstd', level, compress: (tar) => zstdLayerStream(tar, program, level) };
+      }
+      const { chooseGzipEngine, gzipLayerStreamParallel } = await import('../pipeline/parallel-gzip.js');
+      const engine = await chooseGzipEngine('auto');
+      const level = options.gzipLevel ?? engine.defaultLevel;
+      return { mediaType: MediaType.OCI_LAYER_GZIP, engine: engine.name, level, compress: (tar) => gzipLayerStreamParallel(tar, { engine, level }) };
+    })();
+    compressors.set(key, c);
+    c.catch(() => compressors.delete(key));
+  }
+  return c;
+}
+
+/** For tests that switch engines within one process. */
+export function forgetCompressors(): void {
+  compressors = new Map();
 }
 
 /**
@@ -161,11 +208,13 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
       record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType }, options);
       return { ...desc, ...known };
     }
-    const gz = gzipLayerStream(await layer.open(openOptions(layer, options, signal)), options.gzipLevel);
-    const stored = await dest.putBlob(gz.stream, { mediaType: MediaType.OCI_LAYER_GZIP, signal });
-    const compressed: Descriptor = { ...desc, mediaType: MediaType.OCI_LAYER_GZIP, digest: stored.digest, size: stored.size };
+    const compressor = await compressorFor(options);
+    tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, level: compressor.level };
+    const gz = compressor.compress(await layer.open(openOptions(layer, options, signal)));
+    const stored = await dest.putBlob(gz.stream, { mediaType: compressor.mediaType, signal });
+    const compressed: Descriptor = { ...desc, mediaType: compressor.mediaType, digest: stored.digest, size: stored.size };
     await options.blobInfo?.record(dest.cacheScope, gz.diffId(), compressed);
-    record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: MediaType.OCI_LAYER_GZIP }, options);
+    record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: compressor.mediaType }, options);
     return compressed;
   }
   const reuse = await dest.reuseBlob(desc);
@@ -241,7 +290,9 @@ async function finishImage(
   if (source && unchanged && dest.supportsManifestType(source.mediaType)) {
     manifest = source; // byte for byte: digests and repo@sha256 pins survive the copy
   } else {
-    const family = targetFamily(dest, image.family);
+    // Docker's schema 2 has no zstd layer type: zstd layers go in an OCI manifest (as containers/image does).
+    const preferred = layers.some((l) => layerCompression(l.mediaType) === 'zstd') ? 'oci' : image.family;
+    const family = targetFamily(dest, preferred);
     manifest = buildManifest(family, configDescriptor, layers, source?.manifest.annotations);
     converted = true;
   }
@@ -360,6 +411,7 @@ function summary(
     converted: done.converted,
     layers: { total, pushed: tally.pushed, skipped: tally.skipped, mounted: tally.mounted, foreign: tally.foreign, bytesPushed: tally.bytes },
     config: done.config,
+    ...(tally.compression ? { compression: tally.compression } : {}),
   };
 }
 
@@ -384,10 +436,12 @@ export async function copyDockerArchiveStream(
       const what = `layer ${layer.member} of ${sourceName}`;
       if (layer.compression === 'none') {
         const compress = dest.layerCompression === 'compress';
-        const gz = compress ? gzipLayerStream(layer.stream, options.gzipLevel) : undefined;
+        const compressor = compress ? await compressorFor(options) : undefined;
+        if (compressor) tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, level: compressor.level };
+        const gz = compressor?.compress(layer.stream);
         const hash = gz ? undefined : new DigestStream();
         const body = gz ? gz.stream : pipeline(layer.stream, hash!, () => undefined);
-        const mediaType = compress ? MediaType.OCI_LAYER_GZIP : MediaType.OCI_LAYER;
+        const mediaType = compressor?.mediaType ?? MediaType.OCI_LAYER;
         const stored = await dest.putBlob(body, { mediaType });
         const diffId = gz ? gz.diffId() : hash!.digest;
         if (compress) await options.blobInfo?.record(dest.cacheScope, diffId, { mediaType, digest: stored.digest, size: stored.size });

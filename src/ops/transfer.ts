@@ -22,6 +22,8 @@ export interface TransferRequest {
   allPlatforms?: boolean;
   jobs?: number;
   gzipLevel?: number;
+  /** What uncompressed layers become in stores: gzip (default) or zstd. */
+  compression?: 'gzip' | 'zstd';
   stdin?: Readable;
   stdout?: Writable;
   signal?: AbortSignal;
@@ -115,6 +117,7 @@ export async function transfer(req: TransferRequest): Promise<CopySummary> {
     jobs: req.jobs ?? defaultJobs(),
     ...(req.allPlatforms ? { allPlatforms: true } : {}),
     ...(req.gzipLevel !== undefined ? { gzipLevel: req.gzipLevel } : {}),
+    ...(req.compression ? { compression: req.compression } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.onLayer ? { onLayer: req.onLayer } : {}),
     ...(req.onProgress ? { onProgress: req.onProgress } : {}),

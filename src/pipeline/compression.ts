@@ -4,6 +4,7 @@ import { Duplex, PassThrough, Readable, pipeline, type Transform } from 'node:st
 import { createGunzip, createGzip } from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
 import type { Compression } from '../oci/mediatypes.js';
+import { gunzipDecoder, type GunzipEngine } from './parallel-gzip.js';
 import { findProgram } from './programs.js';
 
 /** Recognises a compressed stream by its first bytes (gzip, zstd), else 'none'. */
@@ -19,15 +20,24 @@ export function gzipStream(level = DEFAULT_GZIP_LEVEL): Transform {
   return createGzip({ level, chunkSize: 64 * 1024 });
 }
 
+export interface DecompressOptions {
+  /**
+   * The gzip decoder: Node's zlib when absent; `await chooseGunzip()` (parallel-gzip.ts) gives
+   * `igzip -d` as a child process when it is installed (faster), zlib otherwise.
+   */
+  gunzip?: GunzipEngine;
+}
+
 /**
- * Decompresses `source` as `compression`. gzip through Node's zlib (several members read as one
- * stream, as the format allows); zstd through the `zstd` program, since Node 20 has no zstd. A
- * corrupt or truncated stream errors with CORRUPT_ARCHIVE naming `what`; errors of `source` pass
- * through unchanged. Destroying the result destroys `source`.
+ * Decompresses `source` as `compression`. gzip through Node's zlib or `options.gunzip` (several
+ * members read as one stream, as the format allows); zstd through the `zstd` program, since Node
+ * 20 has no zstd. A corrupt or truncated stream errors with CORRUPT_ARCHIVE naming `what`; errors
+ * of `source` pass through unchanged. Destroying the result destroys `source`.
  */
-export function decompress(source: Readable, compression: Compression, what: string): Readable {
+export function decompress(source: Readable, compression: Compression, what: string, options: DecompressOptions = {}): Readable {
   if (compression === 'none') return source;
-  const engine = compression === 'gzip' ? createGunzip({ chunkSize: 64 * 1024 }) : zstdDecompressor(what);
+  const engine =
+    compression === 'gzip' ? (options.gunzip ? gunzipDecoder(what, options.gunzip) : createGunzip({ chunkSize: 64 * 1024 })) : zstdDecompressor(what);
   const out = pipeline(source, engine, () => {
     /* errors surface through the iterator below */
   });

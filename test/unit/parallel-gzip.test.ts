@@ -1,0 +1,369 @@
+/**
+ * Parallel gzip: round trips with every engine present, bytes independent of concurrency and of
+ * input chunking, acceptance by other gzip readers, bounded memory under a slow reader, diff ids,
+ * errors, and the igzip decompressor. igzip and libdeflate-gzip are optional everywhere (CI too):
+ * an engine absent here is skipped, never a failure.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createGunzip, gunzipSync, gzipSync } from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { decompress } from '../../src/pipeline/compression.js';
+import {
+  type GzipEngine,
+  ParallelGzip,
+  availableGzipEngines,
+  chooseGunzip,
+  chooseGzipEngine,
+  findGzipEngine,
+  gunzipStream,
+  gzipLayerStreamParallel,
+  liveChildProcessCount,
+  parallelGzipStream,
+  zlibEngine,
+} from '../../src/pipeline/parallel-gzip.js';
+
+const engines: GzipEngine[] = await availableGzipEngines();
+const igzipGunzip = (await findGzipEngine('igzip')) ? await chooseGunzip('igzip') : null;
+const gunzipEngines = [await chooseGunzip('zlib'), ...(igzipGunzip ? [igzipGunzip] : [])];
+
+function onPath(name: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const BLOCK = 64 * KiB;
+
+/** Half random, half repetitive text: compresses about 2:1, like a real layer. */
+function mixed(n: number, seed = 1): Buffer {
+  const out = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  const text = Buffer.from('the quick brown fox jumps over the lazy dog; lorem ipsum dolor sit amet. ');
+  for (let i = 0; i < n; i += 4096) {
+    const end = Math.min(n, i + 4096);
+    if ((i / 4096) % 2 === 0) {
+      for (let j = i; j < end; j++) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        out[j] = x & 0xff;
+      }
+    } else for (let j = i; j < end; j++) out[j] = text[j % text.length]!;
+  }
+  return out;
+}
+
+function chunksOf(data: Buffer, size: number): Buffer[] {
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < data.length; i += size) chunks.push(data.subarray(i, i + size));
+  return chunks;
+}
+
+async function collect(s: AsyncIterable<unknown>): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of s) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+async function compress(data: Buffer, options: ConstructorParameters<typeof ParallelGzip>[0], chunkSize = 7777): Promise<Buffer> {
+  const gz = parallelGzipStream(options);
+  const chunks: Buffer[] = [];
+  await pipeline(
+    Readable.from(chunksOf(data, chunkSize)),
+    gz,
+    new Writable({
+      write(c: Buffer, _e, cb) {
+        chunks.push(c);
+        cb();
+      },
+    }),
+  );
+  return Buffer.concat(chunks);
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** Compressor processes that are children of this process (Linux /proc), by command name. */
+function compressorChildren(): string[] {
+  if (!fs.existsSync('/proc/self/stat')) return [];
+  const names: string[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === process.pid && /igzip|libdeflate/.test(comm)) names.push(`${pid} ${comm}`);
+    } catch {
+      // gone
+    }
+  }
+  return names;
+}
+
+async function noChildrenLeft(): Promise<void> {
+  for (let i = 0; i < 100 && (liveChildProcessCount() > 0 || compressorChildren().length > 0); i++) await sleep(20);
+  expect(liveChildProcessCount()).toBe(0);
+  expect(compressorChildren()).toEqual([]);
+}
+
+describe('engines', () => {
+  it('always has zlib; auto picks a present engine; a named absent one or a bad name is an error', async () => {
+    expect(engines.map((e) => e.name)).toContain('zlib');
+    const auto = await chooseGzipEngine();
+    expect(engines.map((e) => e.name)).toContain(auto.name);
+    expect((await chooseGzipEngine('zlib')).name).toBe('zlib');
+    for (const name of ['igzip', 'libdeflate'] as const) {
+      if (engines.some((e) => e.name === name)) expect((await chooseGzipEngine(name)).name).toBe(name);
+      else await expect(chooseGzipEngine(name)).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+    }
+    await expect(chooseGzipEngine('brotli' as never)).rejects.toMatchObject({ code: 'USAGE' });
+    console.log(`gzip engines here: ${engines.map((e) => e.name).join(', ')}; gunzip: ${gunzipEngines.map((e) => e.name).join(', ')}`);
+  });
+
+  it('rejects levels, block sizes and concurrencies out of range', () => {
+    expect(() => parallelGzipStream({ engine: zlibEngine, level: 10 })).toThrow(/level 10 is out of range/);
+    expect(() => parallelGzipStream({ engine: zlibEngine, level: 1, blockSize: 1000 })).toThrow(/block size/);
+    expect(() => parallelGzipStream({ engine: zlibEngine, level: 1, concurrency: 0 })).toThrow(/concurrency/);
+  });
+});
+
+describe.each(engines.map((e) => [e.name, e] as const))('parallel gzip with %s', (_name, engine) => {
+  const level = engine.defaultLevel;
+  const sizes = [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, Math.floor(3.5 * BLOCK)];
+
+  it('round-trips random, compressible and empty inputs around block boundaries', async () => {
+    for (const size of sizes) {
+      for (const data of [randomBytes(size), mixed(size, size + 1), Buffer.alloc(size, 'a')]) {
+        const gz = await compress(data, { engine, level, blockSize: BLOCK, concurrency: 2 });
+        expect(gz.subarray(0, 2)).toEqual(Buffer.from([0x1f, 0x8b]));
+        expect(gunzipSync(gz).equals(data), `size ${size}`).toBe(true);
+      }
+    }
+  });
+
+  it('gives the same bytes for concurrency 1, 2 and 8 and for any input chunking', async () => {
+    const data = mixed(Math.floor(3.5 * BLOCK) + 123, 7);
+    const outputs = [
+      await compress(data, { engine, level, blockSize: BLOCK, concurrency: 1 }),
+      await compress(data, { engine, level, blockSize: BLOCK, concurrency: 2 }),
+      await compress(data, { engine, level, blockSize: BLOCK, concurrency: 8 }),
+      await compress(data, { engine, level, blockSize: BLOCK, concurrency: 8 }, 13),
+      await compress(data, { engine, level, blockSize: BLOCK, concurrency: 3 }, data.length),
+      await compress(data, { engine, level, blockSize: BLOCK, concurrency: 2 }, BLOCK),
+    ];
+    for (const o of outputs) expect(sha(o)).toBe(sha(outputs[0]!));
+    expect(gunzipSync(outputs[0]!).equals(data)).toBe(true);
+  });
+
+  it('gives the same bytes for concurrency 1, 2 and 8 at the default block size', async () => {
+    const data = mixed(Math.floor(2.5 * engine.defaultBlockSize), 11);
+    const outputs = [];
+    for (const concurrency of [1, 2, 8]) outputs.push(sha(await compress(data, { engine, concurrency }, 256 * KiB)));
+    expect(new Set(outputs).size).toBe(1);
+  });
+
+  it('is accepted by gzip -t, gzip -d, pigz -d, busybox gunzip and the gunzip streams', async () => {
+    const data = mixed(Math.floor(3.5 * BLOCK), 3);
+    const gz = await compress(data, { engine, level, blockSize: BLOCK });
+    const readers: [string, string[]][] = [
+      ['gzip', ['-dc']],
+      ['pigz', ['-dc']],
+      ['busybox', ['gunzip', '-c']],
+      ['igzip', ['-dc']],
+    ];
+    let tried = 0;
+    if (onPath('gzip')) expect(spawnSync('gzip', ['-t'], { input: gz }).status).toBe(0);
+    for (const [cmd, args] of readers) {
+      if (!onPath(cmd)) continue;
+      tried++;
+      const r = spawnSync(cmd, args, { input: gz, maxBuffer: 64 * MiB });
+      expect(r.status, `${cmd} ${args.join(' ')}: ${r.stderr}`).toBe(0);
+      expect(sha(r.stdout), `${cmd} ${args.join(' ')}`).toBe(sha(data));
+    }
+    for (const g of gunzipEngines) expect(sha(await collect(gunzipStream(Readable.from([gz]), 'layer x', g)))).toBe(sha(data));
+    expect(tried).toBeGreaterThan(0);
+  });
+
+  it('holds at most the window while a 200 MB stream meets a slow reader', async () => {
+    const total = 200 * MiB;
+    const blockSize = engine.name === 'zlib' ? 1 * MiB : 4 * MiB;
+    const concurrency = 2;
+    const chunk = 64 * KiB;
+    const pattern = mixed(4 * MiB + chunk, 5);
+    const chunkAt = (offset: number) => {
+      const at = (offset / chunk) % 64;
+      const c = Buffer.from(pattern.subarray(at * chunk, at * chunk + chunk));
+      c.writeUInt32LE(offset >>> 0, 0); // no two blocks alike
+      return c;
+    };
+    const expected = createHash('sha256');
+    let produced = 0;
+    const source = new Readable({
+      highWaterMark: chunk,
+      read() {
+        if (produced >= total) {
+          this.push(null);
+          return;
+        }
+        const c = chunkAt(produced);
+        expected.update(c);
+        produced += c.length;
+        this.push(c);
+      },
+    });
+    const gz = new ParallelGzip({ engine, level: Math.max(1, engine.minLevel), blockSize, concurrency });
+    // The output is checked as it goes, without keeping 200 MB.
+    const inflater = createGunzip();
+    const got = createHash('sha256');
+    inflater.on('data', (d: Buffer) => got.update(d));
+    const inflated = new Promise((resolve, reject) => inflater.once('end', resolve).once('error', reject));
+    let maxReadable = 0;
+    let maxWritable = 0;
+    let maxAhead = 0;
+    let maxDuringPause = 0;
+    let pauses = 0;
+    let received = 0;
+    const slowReader = new Writable({
+      highWaterMark: 16 * KiB,
+      write(c: Buffer, _e, cb) {
+        inflater.write(c);
+        received += c.length;
+        maxReadable = Math.max(maxReadable, gz.readableLength);
+        maxWritable = Math.max(maxWritable, gz.writableLength);
+        maxAhead = Math.max(maxAhead, produced - gz.stats.bytesIn);
+        // Every ~4 MB of output the reader stops for 100 ms: meanwhile the producer must stall.
+        if (Math.floor(received / (4 * MiB)) > pauses) {
+          pauses++;
+          const before = produced;
+          setTimeout(() => {
+            maxDuringPause = Math.max(maxDuringPause, produced - before);
+            cb();
+          }, 100);
+        } else cb();
+      },
+      final(cb) {
+        inflater.end();
+        cb();
+      },
+    });
+    await pipeline(source, gz, slowReader);
+    await inflated;
+    expect(got.digest('hex')).toBe(expected.digest('hex'));
+    expect(pauses).toBeGreaterThan(1);
+    const st = gz.stats;
+    expect(st.bytesIn).toBe(total);
+    expect(st.maxBlocksInFlight).toBeLessThanOrEqual(concurrency);
+    // concurrency blocks in flight + the block being filled + one incoming chunk.
+    expect(st.maxHeldInput).toBeLessThanOrEqual((concurrency + 1) * blockSize + chunk);
+    expect(st.maxBufferedInput).toBeLessThanOrEqual(blockSize + chunk);
+    expect(maxReadable).toBeLessThanOrEqual(gz.readableHighWaterMark + blockSize + 64 * KiB);
+    expect(maxWritable).toBeLessThanOrEqual(gz.writableHighWaterMark + chunk);
+    expect(maxAhead).toBeLessThanOrEqual(gz.writableHighWaterMark + source.readableHighWaterMark + 2 * chunk);
+    // While the reader sleeps, at most the free part of the window fills.
+    expect(maxDuringPause).toBeLessThanOrEqual((concurrency + 1) * blockSize + gz.writableHighWaterMark + 3 * chunk);
+    await noChildrenLeft();
+  });
+
+  it('reports the diff id and size of the input, and its engine and level', async () => {
+    const data = mixed(Math.floor(3.5 * BLOCK) + 5, 9);
+    const layer = gzipLayerStreamParallel(Readable.from(chunksOf(data, 10_000)), { engine, blockSize: BLOCK });
+    const gz = await collect(layer.stream);
+    expect(gunzipSync(gz).equals(data)).toBe(true);
+    expect(layer.diffId()).toBe(`sha256:${sha(data)}`);
+    expect(layer.uncompressedSize()).toBe(data.length);
+    expect(layer.engine).toBe(engine.name);
+    expect(layer.level).toBe(engine.defaultLevel);
+    expect(layer.blockSize).toBe(BLOCK);
+  });
+
+  it('errors (no hang) when its input errors mid-way, and leaves no process running', async () => {
+    const blockSize = 1 * MiB;
+    const data = mixed(6 * MiB, 13);
+    const failing = (async function* () {
+      for (const c of chunksOf(data, 256 * KiB)) yield c;
+      await sleep(5);
+      throw new Error('disk on fire');
+    })();
+    const layer = gzipLayerStreamParallel(Readable.from(failing), { engine, blockSize, concurrency: 4 });
+    await expect(collect(layer.stream)).rejects.toThrow(/disk on fire/);
+    await noChildrenLeft();
+
+    // Destroyed by its reader while blocks are in flight.
+    const gz = parallelGzipStream({ engine, blockSize, concurrency: 4 });
+    const src = Readable.from(chunksOf(mixed(16 * MiB, 2), 256 * KiB));
+    const done = pipeline(src, gz);
+    let seen = 0;
+    for await (const c of gz) {
+      seen += (c as Buffer).length;
+      break;
+    }
+    await expect(done).rejects.toThrow();
+    expect(seen).toBeGreaterThan(0);
+    await noChildrenLeft();
+  });
+});
+
+describe('gunzipStream and decompress with a gunzip engine', () => {
+  const data = mixed(300 * KiB, 21);
+  // Two members, as the member engines write: both halves must come back as one stream.
+  const gz = Buffer.concat([gzipSync(data.subarray(0, 100 * KiB)), gzipSync(data.subarray(100 * KiB))]);
+
+  it.each(gunzipEngines.map((g) => [g.name, g] as const))('%s: reads several members; names the blob when truncated, corrupt or empty', async (_n, g) => {
+    expect((await collect(gunzipStream(Readable.from(chunksOf(gz, 5000)), 'layer sha256:x', g))).equals(data)).toBe(true);
+    expect((await collect(decompress(Readable.from([gz]), 'gzip', 'layer sha256:x', { gunzip: g }))).equals(data)).toBe(true);
+
+    await expect(collect(gunzipStream(Readable.from([gz.subarray(0, gz.length - 100)]), 'layer sha256:t', g))).rejects.toMatchObject({
+      code: 'CORRUPT_ARCHIVE',
+      message: 'layer sha256:t: truncated gzip stream',
+    });
+    await expect(collect(gunzipStream(Readable.from([Buffer.alloc(0)]), 'layer sha256:e', g))).rejects.toMatchObject({
+      code: 'CORRUPT_ARCHIVE',
+      message: 'layer sha256:e: truncated gzip stream',
+    });
+    const bad = Buffer.from(gz);
+    for (let i = 40; i < 400; i++) bad[i] = bad[i]! ^ 0x5a;
+    await expect(collect(gunzipStream(Readable.from([bad]), 'layer sha256:c', g))).rejects.toMatchObject({
+      code: 'CORRUPT_ARCHIVE',
+      message: expect.stringMatching(/^layer sha256:c: corrupt gzip stream/),
+    });
+    const badCrc = Buffer.from(gz);
+    badCrc[badCrc.length - 6] = badCrc[badCrc.length - 6]! ^ 1;
+    await expect(collect(decompress(Readable.from([badCrc]), 'gzip', 'layer sha256:k', { gunzip: g }))).rejects.toMatchObject({
+      code: 'CORRUPT_ARCHIVE',
+    });
+    const junk = Buffer.concat([gz, Buffer.from('junk\n')]);
+    // Trailing garbage after the last member: zlib calls it corrupt; igzip (like gzip -d) ignores
+    // it. The data itself is whole either way, and the diff id check of a pull covers it.
+    if (g.name === 'zlib') await expect(collect(gunzipStream(Readable.from([junk]), 'layer sha256:j', g))).rejects.toMatchObject({ code: 'CORRUPT_ARCHIVE' });
+    else expect((await collect(gunzipStream(Readable.from([junk]), 'layer sha256:j', g))).equals(data)).toBe(true);
+    await noChildrenLeft();
+  });
+
+  it.each(gunzipEngines.map((g) => [g.name, g] as const))('%s: a source error passes through unchanged and nothing is left running', async (_n, g) => {
+    const failing = (async function* () {
+      yield gz.subarray(0, 1000);
+      await sleep(5);
+      throw new Error('connection reset');
+    })();
+    await expect(collect(gunzipStream(Readable.from(failing), 'layer', g))).rejects.toThrow('connection reset');
+    // A reader that stops early.
+    const big = gzipSync(mixed(8 * MiB, 4));
+    for await (const _c of gunzipStream(Readable.from(chunksOf(big, 64 * KiB)), 'layer', g)) break;
+    await noChildrenLeft();
+  });
+
+  it('chooseGunzip: igzip when present, zlib on request', async () => {
+    expect((await chooseGunzip('zlib')).name).toBe('zlib');
+    expect((await chooseGunzip()).name).toBe(igzipGunzip ? 'igzip' : 'zlib');
+  });
+});
