@@ -9,6 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { run, runOk, smart, smartBin } from '../harness/run.js';
 import { haveTools, isRoot } from '../harness/tools.js';
+import { startRegistry } from '../harness/registry.js';
 import { tempDir } from '../harness/tmp.js';
 
 interface Summary {
@@ -62,6 +63,32 @@ describe('push into file: storage', () => {
     const third = await push('c/app:3');
     expect(third.layers).toMatchObject({ pushed: 3, skipped: 0 });
     expect(third.manifestDigest).toBe(first.manifestDigest);
+  });
+
+  it.skipIf(!haveTools('zstd', 'skopeo', 'docker-registry'))('compresses with zstd on request, into an OCI manifest that skopeo and smart read back', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const pushed = await pushJson(['push', `docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#z/app:1`, '--compression', 'zstd']);
+    expect(pushed).toMatchObject({ compression: { format: 'zstd', engine: 'zstd' } });
+    const pulled = await smart(['pull', `file:${store}#z/app:1`, `docker-archive:${path.join(work, 'back.tar')}`]);
+    expect(pulled.code, pulled.stderr).toBe(0);
+    const config = JSON.parse((await runOk('skopeo', ['--insecure-policy', 'inspect', '--config', `docker-archive:${path.join(work, 'back.tar')}`])).stdout.toString()) as {
+      rootfs: { diff_ids: string[] };
+    };
+    expect(config.rootfs.diff_ids).toEqual(fx.basic.diffIds);
+    const registry = await startRegistry({ configDir: work, root: store });
+    try {
+      await runOk('skopeo', ['--insecure-policy', 'copy', '--src-tls-verify=false', `docker://${registry.host}/z/app:1`, `oci:${path.join(work, 'via-skopeo')}:x`]);
+      const manifest = JSON.parse((await runOk('skopeo', ['--insecure-policy', 'inspect', '--raw', '--tls-verify=false', `docker://${registry.host}/z/app:1`])).stdout.toString()) as {
+        mediaType: string;
+        layers: { mediaType: string }[];
+      };
+      expect(manifest.mediaType).toBe('application/vnd.oci.image.manifest.v1+json');
+      expect(manifest.layers.every((l) => l.mediaType === 'application/vnd.oci.image.layer.v1.tar+zstd')).toBe(true);
+    } finally {
+      await registry.stop();
+    }
   });
 
   it('starts pushing layers from a docker-archive on stdin before the stream has ended', async () => {
