@@ -57,6 +57,11 @@ export interface ImageSource {
   /** A manifest named by an index. */
   getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest>;
   getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable>;
+  /**
+   * Bytes `start`..`endInclusive` of a blob, unverified (the caller verifies the whole): present
+   * on sources that can read ranges (registries, S3, files), for large blobs fetched in parallel.
+   */
+  getBlobRange?(descriptor: Descriptor, start: number, endInclusive: number, options?: OpenOptions): Promise<Buffer>;
   /** Tags this source gives the image it names (for docker-archive output); may be empty. */
   repoTags(): readonly string[];
   /** Where each blob read so far came from (digest → registry), for sources with several (mirrors). */

@@ -7,6 +7,7 @@ import { Transform, addAbortSignal, type Readable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import { decompress } from '../pipeline/compression.js';
 import { chooseGunzip } from '../pipeline/parallel-gzip.js';
+import { RANGED_CHUNK_SIZE, RANGED_CONCURRENCY, RANGED_MIN_SIZE, rangedStream } from '../pipeline/ranged.js';
 import { verifiedStream } from '../pipeline/digest-stream.js';
 import { parseImageConfig, type ImageConfig } from './config.js';
 import { sha256Digest, shortDigest, type Digest } from './digest.js';
@@ -51,17 +52,28 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
   return {
     descriptor,
     diffId,
-    open: async (options?: OpenOptions) => abortable(counted(await source.getBlob(descriptor, options), options?.onBytes), options?.signal),
+    open: async (options?: OpenOptions) => abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal),
     openUncompressed: async (options?: OpenOptions) => {
       const compression = layerCompression(descriptor.mediaType);
       if (compression === undefined) {
         throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${descriptor.mediaType}`, { input: descriptor.digest });
       }
-      const blob = abortable(counted(await source.getBlob(descriptor, options), options?.onBytes), options?.signal);
+      const blob = abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal);
       const gunzip = compression === 'gzip' ? await chooseGunzip() : undefined;
       return verifyUncompressed(decompress(blob, compression, what, gunzip ? { gunzip } : {}), diffId, what);
     },
   };
+}
+
+/** A blob's verified stream: large ones in parallel ranges where the source can read ranges. */
+async function openBlob(source: ImageSource, descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
+  if (!source.getBlobRange || descriptor.size < RANGED_MIN_SIZE) return source.getBlob(descriptor, options);
+  const raw = rangedStream(descriptor.size, (start, end) => source.getBlobRange!(descriptor, start, end, options), {
+    chunkSize: RANGED_CHUNK_SIZE,
+    concurrency: RANGED_CONCURRENCY,
+    ...(options?.signal ? { signal: options.signal } : {}),
+  });
+  return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${source.name}` });
 }
 
 /** Destroys `stream` when `signal` aborts: every source then stops promptly (Ctrl-C, --timeout). */

@@ -44,7 +44,11 @@ export class CachedSource implements ImageSource {
     private readonly ref: Reference,
   ) {
     this.name = inner.name;
+    // Ranged reads pass straight through, when the source has them.
+    if (inner.getBlobRange) this.getBlobRange = inner.getBlobRange.bind(inner);
   }
+
+  getBlobRange?: ImageSource['getBlobRange'];
 
   private async cachedManifest(digest: Digest): Promise<ParsedManifest | undefined> {
     const raw = await this.cache.get(manifestKey(digest));

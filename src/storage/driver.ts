@@ -28,8 +28,8 @@ export interface StorageDriver {
   getContent(path: string): Promise<Buffer>;
   /** Replaces the object atomically: a reader sees the old bytes or the new, never a mix. */
   putContent(path: string, content: Buffer): Promise<void>;
-  /** Streams an object from `offset`. Throws NOT_FOUND when absent. */
-  reader(path: string, offset?: number): Promise<Readable>;
+  /** Streams an object from `offset` (`length` bytes, or to the end). Throws NOT_FOUND when absent. */
+  reader(path: string, offset?: number, length?: number): Promise<Readable>;
   writer(path: string): Promise<StorageWriter>;
   /** undefined when nothing is at `path`. A "directory" is a prefix with objects under it. */
   stat(path: string): Promise<StorageStat | undefined>;

@@ -49,7 +49,7 @@ export class FsDriver implements StorageDriver {
     }
   }
 
-  async reader(p: string, offset = 0): Promise<Readable> {
+  async reader(p: string, offset = 0, length?: number): Promise<Readable> {
     const full = this.full(p);
     let handle: fs.FileHandle;
     try {
@@ -57,7 +57,7 @@ export class FsDriver implements StorageDriver {
     } catch (e) {
       this.fail(e, 'open', p);
     }
-    return createReadStream('', { fd: handle, start: offset, highWaterMark: 256 * 1024 });
+    return createReadStream('', { fd: handle, start: offset, ...(length !== undefined ? { end: offset + length - 1 } : {}), highWaterMark: 256 * 1024 });
   }
 
   async writer(p: string): Promise<StorageWriter> {

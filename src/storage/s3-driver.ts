@@ -351,12 +351,16 @@ export class S3Driver implements StorageDriver {
     }
   }
 
-  async reader(p: string, offset = 0): Promise<Readable> {
+  async reader(p: string, offset = 0, length?: number): Promise<Readable> {
     const key = this.key(p);
     let res;
     try {
       res = await this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: key, ...(offset > 0 ? { Range: `bytes=${offset}-` } : {}) }),
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: key,
+          ...(length !== undefined ? { Range: `bytes=${offset}-${offset + length - 1}` } : offset > 0 ? { Range: `bytes=${offset}-` } : {}),
+        }),
       );
     } catch (e) {
       // 416 InvalidRange: the object exists and `offset` is at (or past) its end. The registry's

@@ -121,4 +121,21 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     await store.gc({ maxAgeMs: 86_400_000 });
     expect(await fs.readdir(path.join(storeDir, 'tmp')).catch(() => [])).toEqual([]);
   });
+
+  it('fetches a large layer in parallel ranges, verified whole', async () => {
+    const { writeImage } = await import('../harness/images.js');
+    const { randomBytes } = await import('node:crypto');
+    const dir = path.join(work, 'big-image');
+    // Incompressible: the blob stays above the size from which ranges are used (64 MiB).
+    const big = randomBytes(70 * 1024 * 1024).toString('latin1');
+    const made = await writeImage(dir, { layers: [{ files: { 'data/blob.bin': big }, createdBy: 'ADD blob.bin /data/' }] });
+    const pushed = await smart(['push', `oci:${dir}:latest`, `docker://${registry.host}/big/app:1`]);
+    expect(pushed.code, pushed.stderr).toBe(0);
+    proxy.stats.clear();
+    const r = await smart(['pull', `docker://${proxy.host}/big/app:1`, `oci:${path.join(work, 'big-out')}:x`], { cacheHome: await tempDir() });
+    expect(r.code, r.stderr).toBe(0);
+    const gets = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.endsWith(made.layers[0]!.digest));
+    expect(gets.length).toBe(Math.ceil(made.layers[0]!.size / (8 * 1024 * 1024)));
+    expect(gets.reduce((n, q) => n + q.responseBytes, 0)).toBe(made.layers[0]!.size);
+  });
 });

@@ -112,3 +112,31 @@ describe('tar index and writer', () => {
     await expect(TarIndex.open(cut)).rejects.toThrow(/truncated/);
   });
 });
+
+describe('rangedStream', () => {
+  it('delivers ranges in order, with at most `concurrency` in flight, whatever order they finish in', async () => {
+    const { rangedStream } = await import('../../src/pipeline/ranged.js');
+    const blob = Buffer.from(Array.from({ length: 1000 }, (_, i) => i % 251));
+    let inFlight = 0;
+    let most = 0;
+    const fetch = async (start: number, end: number) => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      await new Promise((r) => setTimeout(r, (7 - (start / 100)) * 3 + 1)); // later ranges finish first
+      inFlight--;
+      return blob.subarray(start, end + 1);
+    };
+    const out = await collect(rangedStream(blob.length, fetch, { chunkSize: 100, concurrency: 3 }));
+    expect(out.equals(blob)).toBe(true);
+    expect(most).toBe(3);
+  });
+
+  it('fails with the first failing range', async () => {
+    const { rangedStream } = await import('../../src/pipeline/ranged.js');
+    const fetch = async (start: number) => {
+      if (start === 200) throw new Error('range 200 broke');
+      return Buffer.alloc(100);
+    };
+    await expect(collect(rangedStream(500, fetch, { chunkSize: 100, concurrency: 2 }))).rejects.toThrow(/range 200 broke/);
+  });
+});

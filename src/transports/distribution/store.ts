@@ -49,8 +49,8 @@ export class DistributionStore {
     await this.driver.putContent(this.linkPath(repo, digest, kind), linkContent(digest));
   }
 
-  async openBlob(digest: Digest, offset = 0): Promise<Readable> {
-    return this.driver.reader(pathFor({ kind: 'blobData', digest }), offset);
+  async openBlob(digest: Digest, offset = 0, length?: number): Promise<Readable> {
+    return this.driver.reader(pathFor({ kind: 'blobData', digest }), offset, length);
   }
 
   async getBlobContent(digest: Digest): Promise<Buffer> {

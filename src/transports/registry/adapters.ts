@@ -52,6 +52,10 @@ export class RegistrySource implements ImageSource {
     return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${this.name}` });
   }
 
+  getBlobRange(descriptor: Descriptor, start: number, endInclusive: number, options?: OpenOptions): Promise<Buffer> {
+    return this.client.getBlobRange(this.ref.repository, descriptor.digest, start, endInclusive, options?.signal);
+  }
+
   repoTags(): readonly string[] {
     return this.ref.tag ? [`${this.ref.registry}/${this.ref.repository}:${this.ref.tag}`] : [];
   }

@@ -436,9 +436,10 @@ export class RegistryClient {
   }
 
   /** One GET of a blob from `offset`, following redirects (without our credentials when they leave the registry). */
-  private async getBlobResponse(repo: string, digest: Digest, offset: number, signal?: AbortSignal): Promise<Dispatcher.ResponseData> {
+  private async getBlobResponse(repo: string, digest: Digest, offset: number, signal?: AbortSignal, endInclusive?: number): Promise<Dispatcher.ResponseData> {
     let url = `/v2/${repo}/blobs/${digest}`;
-    const range: Record<string, string> = offset > 0 ? { range: `bytes=${offset}-` } : {};
+    const range: Record<string, string> =
+      endInclusive !== undefined ? { range: `bytes=${offset}-${endInclusive}` } : offset > 0 ? { range: `bytes=${offset}-` } : {};
     for (let hops = 0; hops < 6; hops++) {
       const res = await this.request(
         { method: 'GET', url, headers: range, scopes: [`repository:${repo}:pull`], what: `blob ${digest} of ${repo}`, ...(signal ? { signal } : {}) },
@@ -486,6 +487,24 @@ export class RegistryClient {
       }
     }
     return Readable.from(bytes(), { objectMode: false, highWaterMark: 256 * 1024 });
+  }
+
+  /** Bytes `start`..`endInclusive` of a blob (206), retried whole on a transient failure. */
+  async getBlobRange(repo: string, digest: Digest, start: number, endInclusive: number, signal: AbortSignal | undefined = this.options.signal): Promise<Buffer> {
+    const want = endInclusive - start + 1;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const res = await this.getBlobResponse(repo, digest, start, signal, endInclusive);
+        const body = await readBody(res.body, res.statusCode === 206 ? want : Number.MAX_SAFE_INTEGER);
+        // A registry that ignores Range sends the whole blob: take our part of it.
+        const part = res.statusCode === 206 ? body : body.subarray(start, endInclusive + 1);
+        if (part.length !== want) throw new SmartError('REGISTRY', `registry ${this.host} sent ${part.length} bytes for a range of ${want}`, { retryable: true });
+        return part;
+      } catch (e) {
+        if (signal?.aborted || !isTransient(e) || attempt >= this.maxRetries) throw isSmartError(e) ? e : this.connectionError(e, `blob ${digest} of ${repo}`);
+        await sleep(this.retryDelayMs * 2 ** attempt, signal);
+      }
+    }
   }
 
   /**
