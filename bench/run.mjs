@@ -203,7 +203,10 @@ const started = Date.now();
 process.stderr.write('bench: generating the image...\n');
 const img = await makeImage();
 const smart = `node ${smartBin} -q`;
+// Every smart run without its own --cache-dir uses this one, never the user's.
+process.env.XDG_CACHE_HOME = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-bench-xdg-'));
 const results = [];
+const memoryRows = [];
 const pairs = [];
 const work = path.join(out, 'work');
 
@@ -295,7 +298,19 @@ try {
       const dir = fs.mkdtempSync(path.join(base, 'smart-bench-'));
       return { dir, teardown: () => rm(dir) };
     };
-    const s5 = await bench(`smart pull file: → rootfs (${where})`, { setup: fresh, command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs` });
+    const s5 = await bench(`smart pull file: → rootfs (${where}, cold)`, {
+      setup: fresh,
+      command: (c) => `node ${smartBin} pull -q --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
+    });
+    // Warm: every layer already in the layer store; the tree is built from it.
+    const warmCache = fs.mkdtempSync(path.join(base, 'smart-bench-cache-'));
+    execFileSync('node', [smartBin, 'pull', '-q', '--cache-dir', warmCache, `file:${store}/data#bench/app:1`, `rootfs:${warmCache}/first`]);
+    const s5w = await bench(`smart pull file: → rootfs (${where}, warm)`, {
+      setup: fresh,
+      command: (c) => `node ${smartBin} pull -q --cache-dir ${warmCache} file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
+    });
+    rm(warmCache);
+    pairs.push([s5w, s5]);
     const k5 = await bench(`skopeo → oci + umoci unpack (${where})`, {
       setup: fresh,
       command: (c) =>
@@ -383,7 +398,28 @@ pairs.push([s6b, k2]);
   }
 }
 
-// 7. compression limits on the same bytes.
+// 7. Memory with a 1 GB layer: pushed as it is (gzip) into a store, then pulled into a root filesystem.
+{
+  const bigDir = fs.mkdtempSync(path.join(out, 'big-'));
+  execFileSync('sh', ['-c', `cd ${bigDir} && truncate -s 1G big.bin && tar -cf - big.bin | pigz -1 -p${os.availableParallelism()} > layer.gz && sha256sum big.bin > /dev/null`]);
+  const tarSha = execFileSync('sh', ['-c', `cd ${bigDir} && tar -cf - big.bin | sha256sum | cut -d' ' -f1`], { encoding: 'utf8' }).trim();
+  const gz = fs.readFileSync(path.join(bigDir, 'layer.gz'));
+  const cfg = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [`sha256:${tarSha}`] } }));
+  const hash = (b) => createHash('sha256').update(b).digest('hex');
+  const manifest = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${hash(cfg)}`, size: cfg.length }, layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: `sha256:${hash(gz)}`, size: gz.length }] }));
+  const layout = path.join(bigDir, 'oci');
+  fs.mkdirSync(path.join(layout, 'blobs', 'sha256'), { recursive: true });
+  for (const b of [gz, cfg, manifest]) fs.writeFileSync(path.join(layout, 'blobs', 'sha256', hash(b)), b);
+  fs.writeFileSync(path.join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+  fs.writeFileSync(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${hash(manifest)}`, size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'big' } }] }));
+  const m1 = await bench('smart push of a 1 GB layer → file: (memory)', { setup: freshStore, command: (c) => `node ${smartBin} push -q oci:${layout}:big file:${c.dir}/store#big/app:1` });
+  const m2 = await bench('smart pull of a 1 GB layer → rootfs (memory)', { setup: freshStore, command: (c) => `node ${smartBin} pull -q --cache-dir ${c.dir}/cache oci:${layout}:big rootfs:${c.dir}/rootfs` });
+  results.push(m1, m2);
+  memoryRows.push(m1, m2);
+  rm(bigDir);
+}
+
+// 8. compression limits on the same bytes.
 const all = img.layerNames.map((n) => path.join(img.archiveDir, n)).join(' ');
 const p6 = await bench(`limit: cat layers | pigz -6 -p${os.availableParallelism()}`, { command: `cat ${all} | pigz -6 -p${os.availableParallelism()} > /dev/null` });
 const z6 = await bench('limit: cat layers | zstd -3 -T0', { command: `cat ${all} | zstd -3 -T0 -q > /dev/null` });
@@ -405,10 +441,12 @@ for (const [ours, theirs] of pairs) {
   seen.add(row);
 }
 lines.push(`| ${z6.name} | ${z6.wall.toFixed(2)} | ${z6.cpu.toFixed(2)} | ${z6.rss.toFixed(0)} | | |`);
+for (const m of memoryRows) lines.push(`| ${m.name} | ${m.wall.toFixed(2)} | ${m.cpu.toFixed(2)} | ${m.rss.toFixed(0)} | | |`);
 console.log(lines.join('\n'));
 fs.writeFileSync(path.join(repo, 'bench', 'results.json'), JSON.stringify({ date: new Date().toISOString(), runs, image: img.sizes, results }, null, 2));
 process.stderr.write(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s; results in bench/results.json\n`);
 if (!keep) rm(out);
+rm(process.env.XDG_CACHE_HOME);
 
 // The layer trie at scale (10,000 images), against a real Redis.
 try {
