@@ -68,9 +68,3 @@ export function isErrno(e: unknown, code?: string): e is NodeJS.ErrnoException {
     (code === undefined || (e as { code: string }).code === code)
   );
 }
-
-/** Wraps anything thrown by a dependency into a SmartError, keeping SmartErrors as they are. */
-export function toSmartError(e: unknown, code: ErrorCode, message: string, options: SmartErrorOptions = {}): SmartError {
-  if (isSmartError(e)) return e;
-  return new SmartError(code, message, { ...options, cause: e });
-}

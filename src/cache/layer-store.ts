@@ -14,7 +14,7 @@
  * when the layer is laid into a root filesystem.
  */
 import { randomUUID } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { chmodSync, chownSync, createReadStream, createWriteStream, utimesSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -38,6 +38,8 @@ export interface GcResult {
 }
 
 const LOCK_POLL_MS = 100;
+/** Files up to this size are gathered and written in one synchronous call. */
+const SMALL_FILE = 512 * 1024;
 
 function pidAlive(pid: number): boolean {
   try {
@@ -132,7 +134,7 @@ export class LayerStore {
     const tmp = path.join(this.dir, 'tmp', `${process.pid}-${randomUUID()}`);
     await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
     try {
-      const index = createWriteStream(path.join(tmp, 'entries.tmp'));
+      const lines: string[] = [];
       const extract = tar.extract();
       let n = 0;
       const unpacking = (async () => {
@@ -142,18 +144,24 @@ export class LayerStore {
           if (h.type === 'file' || h.type === 'contiguous-file') {
             const name = String(n++);
             const file = path.join(tmp, 'files', name);
-            await pipeline(entry as unknown as Readable, createWriteStream(file, { flags: 'wx' }));
-            await this.setMeta(file, h);
+            if ((h.size ?? 0) <= SMALL_FILE) {
+              // Most files of a layer are small: one synchronous write beats a stream's round trips.
+              const chunks: Buffer[] = [];
+              for await (const c of entry as AsyncIterable<Buffer>) chunks.push(c);
+              writeFileSync(file, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), { flag: 'wx' });
+            } else {
+              await pipeline(entry as unknown as Readable, createWriteStream(file, { flags: 'wx' }));
+            }
+            this.setMeta(file, h);
             record.file = name;
           } else {
             entry.resume();
           }
-          if (!index.write(`${JSON.stringify(record)}\n`)) await new Promise<void>((r) => index.once('drain', () => r()));
+          lines.push(JSON.stringify(record));
         }
       })();
       await Promise.all([pipeline(tarStream, extract as unknown as NodeJS.WritableStream), unpacking]);
-      await new Promise<void>((resolve, reject) => index.end((e?: Error | null) => (e ? reject(e) : resolve())));
-      await fs.rename(path.join(tmp, 'entries.tmp'), path.join(tmp, 'entries'));
+      writeFileSync(path.join(tmp, 'entries'), `${lines.join('\n')}\n`);
       const final = this.layerDir(diffId);
       await fs.mkdir(path.dirname(final), { recursive: true });
       try {
@@ -171,12 +179,12 @@ export class LayerStore {
   }
 
   /** The stored file carries the entry's metadata, so that a hardlinked root filesystem has it too. */
-  private async setMeta(file: string, h: Header): Promise<void> {
+  private setMeta(file: string, h: Header): void {
     const pax = (h.pax ?? {}) as Record<string, string>;
-    if (this.isRoot) await fs.chown(file, Number(pax.uid ?? h.uid ?? 0), Number(pax.gid ?? h.gid ?? 0));
-    await fs.chmod(file, (h.mode ?? 0o644) & 0o7777);
+    if (this.isRoot) chownSync(file, Number(pax.uid ?? h.uid ?? 0), Number(pax.gid ?? h.gid ?? 0));
+    chmodSync(file, (h.mode ?? 0o644) & 0o7777);
     const mtime = pax.mtime ? Number(pax.mtime) : (h.mtime ?? new Date(0));
-    await fs.utimes(file, mtime, mtime);
+    utimesSync(file, mtime, mtime);
   }
 
   /** The layer's entries in tar order, with the paths of stored contents. */

@@ -31,16 +31,11 @@ export function digestHex(d: Digest): string {
   return d.slice('sha256:'.length);
 }
 
-export function digestFromHex(hex: string): Digest {
-  return parseDigest(`sha256:${hex}`);
-}
 
 export function sha256Digest(data: Uint8Array | string): Digest {
   return `sha256:${createHash('sha256').update(data).digest('hex')}` as Digest;
 }
 
-/** Digest of the empty byte string; the diff id of an empty layer tar is NOT this (tars have end blocks). */
-export const EMPTY_DIGEST = sha256Digest(new Uint8Array(0));
 
 /** Short form for human output: `sha256:0123456789ab`. */
 export function shortDigest(d: string): string {

@@ -105,7 +105,7 @@ interface Compressor {
   compress(tar: Readable): CompressedLayerStream;
 }
 
-let compressors = new Map<string, Promise<Compressor>>();
+const compressors = new Map<string, Promise<Compressor>>();
 
 /**
  * gzip on every core in fixed blocks (libdeflate or Node's zlib: whichever is faster here, with
@@ -133,10 +133,6 @@ function compressorFor(options: CopyOptions): Promise<Compressor> {
   return c;
 }
 
-/** For tests that switch engines within one process. */
-export function forgetCompressors(): void {
-  compressors = new Map();
-}
 
 /**
  * Runs `work` for every item, `jobs` at a time. The first failure aborts the others (through the

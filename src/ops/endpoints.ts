@@ -97,7 +97,7 @@ async function distributionStore(name: ImageName & { transport: 'file' | 's3' },
     ...(ctx.remote?.s3Endpoint ? { endpoint: ctx.remote.s3Endpoint } : {}),
     ...(ctx.remote?.s3Region ? { region: ctx.remote.s3Region } : {}),
   });
-  return new DistributionStore(new S3Driver({ bucket: name.bucket, rootDirectory: name.root, client }));
+  return new DistributionStore(new S3Driver({ bucket: name.bucket, rootDirectory: name.root, client, ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}) }));
 }
 
 export type OpenedSource =

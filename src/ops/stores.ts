@@ -38,7 +38,7 @@ export async function openStore(name: string, ctx: EndpointContext): Promise<Sto
         ...(ctx.remote?.s3Endpoint ? { endpoint: ctx.remote.s3Endpoint } : {}),
         ...(ctx.remote?.s3Region ? { region: ctx.remote.s3Region } : {}),
       });
-      store = new DistributionStore(new S3Driver({ bucket: parsed.bucket, rootDirectory: parsed.root, client }));
+      store = new DistributionStore(new S3Driver({ bucket: parsed.bucket, rootDirectory: parsed.root, client, ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}) }));
     }
     return {
       scope: store.name,

@@ -1,7 +1,7 @@
 /** Compressing and decompressing layer streams; the engine is chosen here, callers name only the format. */
 import { spawn } from 'node:child_process';
-import { Duplex, PassThrough, Readable, pipeline, type Transform } from 'node:stream';
-import { createGunzip, createGzip } from 'node:zlib';
+import { Duplex, PassThrough, Readable, pipeline } from 'node:stream';
+import { createGunzip } from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
 import type { Compression } from '../oci/mediatypes.js';
 import { gunzipDecoder, type GunzipEngine } from './parallel-gzip.js';
@@ -14,11 +14,6 @@ export function sniffCompression(head: Uint8Array): Compression {
   return 'none';
 }
 
-export const DEFAULT_GZIP_LEVEL = 6;
-
-export function gzipStream(level = DEFAULT_GZIP_LEVEL): Transform {
-  return createGzip({ level, chunkSize: 64 * 1024 });
-}
 
 export interface DecompressOptions {
   /**

@@ -1,14 +1,13 @@
 /**
- * Composite stages for layers: uncompressed tar → sha256 (diff id) → gzip → out, and a tap that
- * learns the diff id of a stream that is already compressed without changing its bytes.
+ * Composite stages for layers: the shape of a compressing stage (parallel-gzip.ts, zstd.ts), and a
+ * tap that learns the diff id of a stream that is already compressed without changing its bytes.
  */
 import { createHash } from 'node:crypto';
-import { PassThrough, Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
+import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import type { Compression } from '../oci/mediatypes.js';
-import { decompress, gzipStream } from './compression.js';
-import { DigestStream } from './digest-stream.js';
+import { decompress } from './compression.js';
 
 export interface CompressedLayerStream {
   /** The gzip bytes; its consumer hashes them (the destination does, to name the blob). */
@@ -16,15 +15,6 @@ export interface CompressedLayerStream {
   /** sha256 of the tar that went in: valid once `stream` has ended. */
   diffId(): Digest;
   uncompressedSize(): number;
-}
-
-/** tar → [diff id] → gzip, in one pass with back-pressure, nothing buffered beyond stream windows. */
-export function gzipLayerStream(tar: Readable, level?: number): CompressedLayerStream {
-  const diff = new DigestStream();
-  const out = pipeline(tar, diff, gzipStream(level), new PassThrough({ highWaterMark: 256 * 1024 }), () => {
-    /* errors reach the consumer through `out` */
-  });
-  return { stream: out, diffId: () => diff.digest, uncompressedSize: () => diff.size };
 }
 
 /**

@@ -27,6 +27,7 @@ import {
   type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
+import { guardStalls } from '../pipeline/stall.js';
 import { SmartError, isSmartError } from '../errors.js';
 import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
 
@@ -37,6 +38,8 @@ export interface S3Credentials {
 }
 
 export interface S3DriverOptions {
+  /** No byte of a download for this long: it fails (retryable) instead of hanging. Default 30 s. */
+  stallTimeoutMs?: number;
   bucket: string;
   /** Key prefix of the registry tree (the registry's `rootdirectory` without slashes); '' for the bucket root. */
   rootDirectory?: string;
@@ -194,6 +197,7 @@ class LengthCheck extends Transform {
 }
 
 export class S3Driver implements StorageDriver {
+  private readonly stallTimeoutMs: number;
   readonly name: string;
   readonly bucket: string;
   /** Key prefix, no leading or trailing slash; '' for the bucket root. */
@@ -207,6 +211,7 @@ export class S3Driver implements StorageDriver {
   constructor(options: S3DriverOptions) {
     if (!options.bucket) throw new SmartError('USAGE', 'an S3 storage needs a bucket name');
     this.bucket = options.bucket;
+    this.stallTimeoutMs = options.stallTimeoutMs ?? 30_000;
     this.root = (options.rootDirectory ?? '')
       .split('/')
       .filter((s) => s !== '')
@@ -391,7 +396,8 @@ export class S3Driver implements StorageDriver {
       if (!body.destroyed) body.destroy();
     });
     body.pipe(check);
-    return check;
+    // A download that stops moving (the socket open, no bytes) is an error, never a hang.
+    return guardStalls(check, this.stallTimeoutMs, `reading ${this.uri(key)}`);
   }
 
   /**

@@ -16,8 +16,6 @@ export type ImageName =
   | { transport: 'rootfs'; dir: string; raw: string }
   | { transport: 'bundle'; dir: string; raw: string };
 
-export const TRANSPORTS = ['oci', 'oci-archive', 'docker-archive', 'file', 'docker', 's3', 'rootfs', 'bundle'] as const;
-
 // S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
 const BUCKET_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 

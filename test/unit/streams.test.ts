@@ -10,7 +10,8 @@ import { describe, expect, it } from 'vitest';
 import { sha256Digest } from '../../src/oci/digest.js';
 import { decompress } from '../../src/pipeline/compression.js';
 import { verifiedStream } from '../../src/pipeline/digest-stream.js';
-import { DiffIdTap, gzipLayerStream } from '../../src/pipeline/layer-streams.js';
+import { DiffIdTap } from '../../src/pipeline/layer-streams.js';
+import { gzipLayerStreamParallel, zlibEngine } from '../../src/pipeline/parallel-gzip.js';
 import { TarIndex } from '../../src/tar/tar-index.js';
 import { TarWriter, fileSink } from '../../src/tar/tar-writer.js';
 import { tempDir } from '../harness/tmp.js';
@@ -44,7 +45,7 @@ describe('verifiedStream', () => {
 describe('layer compression', () => {
   it('computes the diff id while compressing, and the output is standard gzip', async () => {
     const layer = await tarOf({ 'a.txt': 'a'.repeat(100_000), 'b.txt': 'b' });
-    const gz = gzipLayerStream(Readable.from([layer]));
+    const gz = gzipLayerStreamParallel(Readable.from([layer]), { engine: zlibEngine });
     const out = await collect(gz.stream);
     expect(gunzipSync(out).equals(layer)).toBe(true);
     expect(gz.diffId()).toBe(sha256Digest(layer));
