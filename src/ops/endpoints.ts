@@ -55,6 +55,7 @@ async function registryClient(host: string, ctx: EndpointContext, credentials: C
     ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
     ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
+    ...(ctx.onWarning ? { onRetry: ctx.onWarning } : {}),
     // A mirror that does not answer is skipped for the next source, not retried at length.
     ...(extra.mirror ? { maxRetries: 1 } : {}),
   });

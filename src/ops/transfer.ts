@@ -85,7 +85,23 @@ async function openLayerStore(dir: string) {
   return new LayerStore(dir);
 }
 
-export async function transfer(req: TransferRequest): Promise<CopySummary> {
+export async function transfer(request: TransferRequest): Promise<CopySummary> {
+  // Warnings (retries, stalls, mirror fall-backs, a cache gone) go to the caller as they happen
+  // and into the summary, so that --json shows them too.
+  const warnings: string[] = [];
+  const req: TransferRequest = {
+    ...request,
+    onWarning: (m) => {
+      warnings.push(m);
+      request.onWarning?.(m);
+    },
+  };
+  const summary = await transferOnce(req);
+  if (warnings.length) summary.details = { ...summary.details, warnings };
+  return summary;
+}
+
+async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const src = parseImageName(req.source);
   const dst = parseImageName(req.destination);
   if (req.mode === 'push' && (dst.transport === 'rootfs' || dst.transport === 'bundle')) {

@@ -102,6 +102,7 @@ describe.skipIf(!haveTools('docker-registry'))('mirrors, stalls, timeouts and si
     const gets = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.endsWith(victim));
     expect(gets.length).toBe(2);
     expect(gets[1]!.responseBytes).toBe(fx.basic.layers[0]!.size - 600); // resumed with a Range, not restarted
+    expect(r.stderr).toMatch(/warning: registry 127\.0\.0\.1:\d+ stalled: no data for 2 s .*resuming from byte 600/);
   });
 
   it('gives up with a clear error when --timeout is reached against a registry that never answers', async () => {

@@ -37,6 +37,8 @@ export interface RegistryClientOptions {
   maxRetries?: number;
   /** No byte for this long (waiting for an answer, or between body chunks): the attempt is aborted and retried. Default 30 s. */
   stallTimeoutMs?: number;
+  /** Told of each retry (a reset, a 5xx, a stall) before it happens: retries are visible, not silent. */
+  onRetry?: (message: string) => void;
   /** Cancels every request of this client (the command's Ctrl-C / --timeout). */
   signal?: AbortSignal;
   /** First backoff delay; doubles per attempt. */
@@ -128,7 +130,7 @@ export class RegistryClient {
   private credentials: Promise<Credentials | undefined> | undefined;
   private readonly tokens = new Map<string, { token: string; expires: number }>();
 
-  constructor(private readonly options: RegistryClientOptions) {
+  constructor(readonly options: RegistryClientOptions) {
     this.host = options.host;
     this.apiHost = options.host === 'docker.io' ? 'registry-1.docker.io' : options.host;
     this.insecure = options.insecure ?? false;
@@ -280,6 +282,7 @@ export class RegistryClient {
         if (Number.isFinite(after) && after > 0) delay = Math.min(after * 1000, 30_000);
         await res.body.dump().catch(() => undefined);
       }
+      this.options.onRetry?.(`${what}: ${res ? `registry ${this.host} answered ${res.statusCode}` : this.connectionError(error, what).message}; retrying in ${(delay / 1000).toFixed(1)} s`);
       await sleep(delay, signal);
     }
   }
@@ -482,6 +485,7 @@ export class RegistryClient {
         } catch (e) {
           res.body.destroy();
           if (signal?.aborted || !isTransient(e) || attempt >= client.maxRetries) throw client.connectionError(e, `blob ${digest} of ${repo}`);
+          client.options.onRetry?.(`${client.connectionError(e, `blob ${digest} of ${repo}`).message}; resuming from byte ${delivered}`);
           await sleep(client.retryDelayMs * 2 ** attempt, signal);
         }
       }
