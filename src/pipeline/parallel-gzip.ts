@@ -33,6 +33,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
+import pLimit from 'p-limit';
 import { Duplex, PassThrough, Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
@@ -172,6 +173,12 @@ export const zlibEngine: GzipEngine = {
 /** Child processes started by the member engines and not yet exited (a test hook). */
 const liveChildren = new Set<ChildProcess>();
 
+/**
+ * Compressor processes of the whole process, every layer together: layers compressed at once
+ * share the cores rather than each starting a full set (oversubscription costs time and memory).
+ */
+const processSlots = pLimit(os.availableParallelism() + 1);
+
 /** How many compressor/decompressor child processes of this module are running (for tests). */
 export function liveChildProcessCount(): number {
   return liveChildren.size;
@@ -256,7 +263,7 @@ function memberEngine(name: 'igzip' | 'libdeflate', program: string): GzipEngine
       if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
       // igzip: -c to stdout, stdin as input; single-threaded by default (its -T is off).
       const args = name === 'igzip' ? [`-${job.level}`, '-c', '-n'] : [`-${job.level}`, '-c'];
-      const member = await runFilter(program, args, block, job.signal);
+      const member = await processSlots(() => runFilter(program, args, block, job.signal));
       return normalizeMember(member, block.length, name);
     },
   };
