@@ -2,7 +2,8 @@
 /**
  * npm run demo: the main job on the embedded default, no server needed. Makes the bundled fixture
  * image, pushes it (as `docker save` output on stdin) into a registry store on the local
- * filesystem, pushes it again (nothing to send), pulls it back as a runtime bundle, and runs it
+ * filesystem, pushes it again (nothing to send), indexes the store's layer trie and plans what a
+ * build of the image could reuse, pulls it back as a runtime bundle, and runs it
  * with runc when runc is there and we are root. Everything happens in a temporary directory,
  * removed at the end (pass --keep to look around).
  */
@@ -25,7 +26,9 @@ function step(title) {
 function smart(args, stdinFile) {
   process.stderr.write(`$ smart ${args.join(' ')}${stdinFile ? ` < ${path.basename(stdinFile)}` : ''}\n`);
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [smartBin, ...args], { stdio: [stdinFile ? 'pipe' : 'ignore', 'inherit', 'inherit'] });
+    // The demo keeps its local state (metadata cache, layer store) in its own directory.
+    const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') };
+    const child = spawn(process.execPath, [smartBin, ...args], { stdio: [stdinFile ? 'pipe' : 'ignore', 'inherit', 'inherit'], env });
     if (stdinFile) createReadStream(stdinFile).pipe(child.stdin);
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`smart ${args[0]} exited ${code}`))));
@@ -45,6 +48,10 @@ try {
 
   step('push again: every blob is already there, nothing is sent');
   await smart(['push', `docker-archive:${archive}`, `file:${store}#demo/hello:latest`]);
+
+  step('cache: the layer trie of the store, and what it would reuse for this image');
+  await smart(['cache', 'index', `file:${store}`]);
+  await smart(['cache', 'plan', `file:${store}`, '--image', `docker-archive:${archive}`]);
 
   step('pull: back out of the store as an OCI runtime bundle');
   await smart(['pull', `file:${store}#demo/hello:latest`, `bundle:${bundle}`]);

@@ -69,7 +69,8 @@ function printPlan(plan: PlanResult, out: Output): void {
     return;
   }
   const b = plan.best;
-  out.info(`best cache: ${b.image}@${b.manifest}: ${b.layers.length} layers (${b.baseLayers} of the base, ${b.steps} build steps), ${formatBytes(b.bytes)} to fetch`);
+  const which = plan.base ? ` (${b.baseLayers} of the base, ${b.steps} build steps)` : ' shared';
+  out.info(`best cache: ${b.image}@${b.manifest}: ${b.layers.length} layers${which}, ${formatBytes(b.bytes)} to fetch`);
   if (plan.naive) out.info(`a naive pull of ${plan.naive.image}: ${formatBytes(plan.naive.bytes)}`);
   if (plan.alternatives.length) out.info(`also holding these layers: ${plan.alternatives.join(', ')}`);
 }
