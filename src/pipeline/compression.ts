@@ -1,7 +1,6 @@
 /** Compressing and decompressing layer streams; the engine is chosen here, callers name only the format. */
 import { spawn } from 'node:child_process';
 import { Duplex, PassThrough, Readable, pipeline } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
 import type { Compression } from '../oci/mediatypes.js';
 import { gunzipDecoder, type GunzipEngine } from './parallel-gzip.js';
@@ -31,8 +30,7 @@ export interface DecompressOptions {
  */
 export function decompress(source: Readable, compression: Compression, what: string, options: DecompressOptions = {}): Readable {
   if (compression === 'none') return source;
-  const engine =
-    compression === 'gzip' ? (options.gunzip ? gunzipDecoder(what, options.gunzip) : createGunzip({ chunkSize: 64 * 1024 })) : zstdDecompressor(what);
+  const engine = compression === 'gzip' ? gunzipDecoder(what, options.gunzip) : zstdDecompressor(what);
   const out = pipeline(source, engine, () => {
     /* errors surface through the iterator below */
   });

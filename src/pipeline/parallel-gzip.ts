@@ -28,7 +28,7 @@
  * waiting for their turn or for the reader), plus the block being filled; while the window is
  * full the Transform does not take more input (back-pressure both ways).
  *
- * The decompression side (`chooseGunzip`, `gunzipStream`) runs `igzip -d` as a child process when
+ * The decompression side (`chooseGunzip`, `gunzipDecoder`, used by `decompress` in compression.ts) runs `igzip -d` as a child process when
  * it is present, Node's zlib otherwise.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -677,36 +677,9 @@ export function igzipDecompressor(program: string, what: string): Duplex {
   return Duplex.from({ writable: input, readable: output });
 }
 
-/**
- * Decompresses a gzip `source` (several members read as one stream) with `engine` (default:
- * Node's zlib; pass `await chooseGunzip()` for igzip when present). Errors as `decompress` in
- * compression.ts: a corrupt or truncated stream is CORRUPT_ARCHIVE naming `what`, errors of
- * `source` pass through unchanged. Destroying the result destroys `source` (and kills igzip).
- */
-export function gunzipStream(source: Readable, what: string, engine: GunzipEngine = zlibGunzip): Readable {
-  const decoder = gunzipDecoder(what, engine);
-  const out = pipeline(source, decoder, () => {
-    /* errors surface through the iterator below */
-  });
-  return Readable.from(renameZlibErrors(out, what), { objectMode: false, highWaterMark: 64 * KiB });
-}
-
 /** The bare decoder stage of `engine` (zlib errors are raw Z_ codes; igzip's are SmartErrors). */
 export function gunzipDecoder(what: string, engine: GunzipEngine = zlibGunzip): Duplex {
   if (engine.name === 'igzip' && engine.program) return igzipDecompressor(engine.program, what);
   return zlib.createGunzip({ chunkSize: 64 * KiB });
 }
 
-async function* renameZlibErrors(stream: AsyncIterable<Buffer>, what: string): AsyncGenerator<Buffer> {
-  try {
-    for await (const chunk of stream) yield chunk;
-  } catch (e) {
-    if (isSmartError(e)) throw e;
-    const err = e as NodeJS.ErrnoException;
-    if (typeof err.code === 'string' && err.code.startsWith('Z_')) {
-      const truncated = err.code === 'Z_BUF_ERROR' || /unexpected end/i.test(err.message);
-      throw corrupt(what, truncated, err.message, e);
-    }
-    throw e;
-  }
-}

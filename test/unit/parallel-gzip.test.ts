@@ -20,7 +20,6 @@ import {
   chooseGunzip,
   chooseGzipEngine,
   findGzipEngine,
-  gunzipStream,
   gzipLayerStreamParallel,
   liveChildProcessCount,
   parallelGzipStream,
@@ -190,7 +189,7 @@ describe.each(engines.map((e) => [e.name, e] as const))('parallel gzip with %s',
       expect(r.status, `${cmd} ${args.join(' ')}: ${r.stderr}`).toBe(0);
       expect(sha(r.stdout), `${cmd} ${args.join(' ')}`).toBe(sha(data));
     }
-    for (const g of gunzipEngines) expect(sha(await collect(gunzipStream(Readable.from([gz]), 'layer x', g)))).toBe(sha(data));
+    for (const g of gunzipEngines) expect(sha(await collect(decompress(Readable.from([gz]), 'gzip', 'layer x', { gunzip: g })))).toBe(sha(data));
     expect(tried).toBeGreaterThan(0);
   });
 
@@ -313,26 +312,26 @@ describe.each(engines.map((e) => [e.name, e] as const))('parallel gzip with %s',
   });
 });
 
-describe('gunzipStream and decompress with a gunzip engine', () => {
+describe('decompress with a gunzip engine', () => {
   const data = mixed(300 * KiB, 21);
   // Two members, as the member engines write: both halves must come back as one stream.
   const gz = Buffer.concat([gzipSync(data.subarray(0, 100 * KiB)), gzipSync(data.subarray(100 * KiB))]);
 
   it.each(gunzipEngines.map((g) => [g.name, g] as const))('%s: reads several members; names the blob when truncated, corrupt or empty', async (_n, g) => {
-    expect((await collect(gunzipStream(Readable.from(chunksOf(gz, 5000)), 'layer sha256:x', g))).equals(data)).toBe(true);
+    expect((await collect(decompress(Readable.from(chunksOf(gz, 5000)), 'gzip', 'layer sha256:x', { gunzip: g }))).equals(data)).toBe(true);
     expect((await collect(decompress(Readable.from([gz]), 'gzip', 'layer sha256:x', { gunzip: g }))).equals(data)).toBe(true);
 
-    await expect(collect(gunzipStream(Readable.from([gz.subarray(0, gz.length - 100)]), 'layer sha256:t', g))).rejects.toMatchObject({
+    await expect(collect(decompress(Readable.from([gz.subarray(0, gz.length - 100)]), 'gzip', 'layer sha256:t', { gunzip: g }))).rejects.toMatchObject({
       code: 'CORRUPT_ARCHIVE',
       message: 'layer sha256:t: truncated gzip stream',
     });
-    await expect(collect(gunzipStream(Readable.from([Buffer.alloc(0)]), 'layer sha256:e', g))).rejects.toMatchObject({
+    await expect(collect(decompress(Readable.from([Buffer.alloc(0)]), 'gzip', 'layer sha256:e', { gunzip: g }))).rejects.toMatchObject({
       code: 'CORRUPT_ARCHIVE',
       message: 'layer sha256:e: truncated gzip stream',
     });
     const bad = Buffer.from(gz);
     for (let i = 40; i < 400; i++) bad[i] = bad[i]! ^ 0x5a;
-    await expect(collect(gunzipStream(Readable.from([bad]), 'layer sha256:c', g))).rejects.toMatchObject({
+    await expect(collect(decompress(Readable.from([bad]), 'gzip', 'layer sha256:c', { gunzip: g }))).rejects.toMatchObject({
       code: 'CORRUPT_ARCHIVE',
       message: expect.stringMatching(/^layer sha256:c: corrupt gzip stream/),
     });
@@ -344,8 +343,8 @@ describe('gunzipStream and decompress with a gunzip engine', () => {
     const junk = Buffer.concat([gz, Buffer.from('junk\n')]);
     // Trailing garbage after the last member: zlib calls it corrupt; igzip (like gzip -d) ignores
     // it. The data itself is whole either way, and the diff id check of a pull covers it.
-    if (g.name === 'zlib') await expect(collect(gunzipStream(Readable.from([junk]), 'layer sha256:j', g))).rejects.toMatchObject({ code: 'CORRUPT_ARCHIVE' });
-    else expect((await collect(gunzipStream(Readable.from([junk]), 'layer sha256:j', g))).equals(data)).toBe(true);
+    if (g.name === 'zlib') await expect(collect(decompress(Readable.from([junk]), 'gzip', 'layer sha256:j', { gunzip: g }))).rejects.toMatchObject({ code: 'CORRUPT_ARCHIVE' });
+    else expect((await collect(decompress(Readable.from([junk]), 'gzip', 'layer sha256:j', { gunzip: g }))).equals(data)).toBe(true);
     await noChildrenLeft();
   });
 
@@ -355,10 +354,10 @@ describe('gunzipStream and decompress with a gunzip engine', () => {
       await sleep(5);
       throw new Error('connection reset');
     })();
-    await expect(collect(gunzipStream(Readable.from(failing), 'layer', g))).rejects.toThrow('connection reset');
+    await expect(collect(decompress(Readable.from(failing), 'gzip', 'layer', { gunzip: g }))).rejects.toThrow('connection reset');
     // A reader that stops early.
     const big = gzipSync(mixed(8 * MiB, 4));
-    for await (const _c of gunzipStream(Readable.from(chunksOf(big, 64 * KiB)), 'layer', g)) break;
+    for await (const _c of decompress(Readable.from(chunksOf(big, 64 * KiB)), 'gzip', 'layer', { gunzip: g })) break;
     await noChildrenLeft();
   });
 
