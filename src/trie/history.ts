@@ -22,6 +22,7 @@
  * `--parents`, sorted; `--from`, `--link` and the rest dropped); `WORKDIR /app`; `ENV A=b`;
  * `CMD ["node","x"]` / `CMD node x`; `EXPOSE 80/tcp`; `VOLUME ["/data"]`...
  */
+import { cleanPath } from './context.js';
 import { expandWord, parseInstructionLine, type EscapeChar, type Instruction } from './dockerfile.js';
 
 export interface HistoryStep {
@@ -303,20 +304,7 @@ function heredocWord(word: string): string | undefined {
 
 function resolveWorkdir(current: string | undefined, requested: string): string {
   const p = requested.startsWith('/') || current === undefined ? requested : `${current.replace(/\/$/, '')}/${requested}`;
-  return posixClean(p);
-}
-
-function posixClean(p: string): string {
-  const rooted = p.startsWith('/');
-  const out: string[] = [];
-  for (const seg of p.split('/')) {
-    if (seg === '' || seg === '.') continue;
-    if (seg === '..') {
-      if (out.length > 0 && out[out.length - 1] !== '..') out.pop();
-      else if (!rooted) out.push('..');
-    } else out.push(seg);
-  }
-  return (rooted ? '/' : '') + out.join('/') || (rooted ? '/' : '.');
+  return cleanPath(p);
 }
 
 function formatExec(argv: readonly string[]): string {
