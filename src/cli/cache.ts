@@ -2,7 +2,8 @@
 import { Command, Option } from 'commander';
 import path from 'node:path';
 import { SmartError } from '../errors.js';
-import { addCommonOptions, cancel, collect, defaultCacheDir, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
+import { cancel, collect, defaultCacheDir, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
+import { addCommonOptions, commanderParser } from './commander-options.js';
 import { Output, formatBytes } from './output.js';
 
 interface CacheFlags extends CommonFlags {
@@ -181,7 +182,7 @@ export function addCacheCommands(program: Command): void {
       .command('warm')
       .description('prefetch into the layer store the layer chains most shared across the store (for cron on build machines)')
       .argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')
-      .addOption(new Option('--top <n>', 'how many chains').argParser(positiveInt('--top', 10_000)).default(10))
+      .addOption(new Option('--top <n>', 'how many chains').argParser(commanderParser(positiveInt('--top', 10_000))).default(10))
       .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
   ).action(async function (this: Command, store: string) {
     const flags = this.opts<CacheFlags>();

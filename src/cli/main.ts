@@ -2,23 +2,9 @@
  * The `smart` command line: parses flags, calls the library, prints. The only place that catches
  * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else.
  */
-import { Command, CommanderError, Option } from 'commander';
 import path from 'node:path';
 import { SmartError, isSmartError } from '../errors.js';
-import {
-  EXIT_HELP,
-  addCommonOptions,
-  defaultCacheDir,
-  outputOptions,
-  positiveInt,
-  progressMode,
-  pruneDays,
-  remoteOptions,
-  cancel,
-  collect,
-  type CommonFlags,
-} from './options.js';
-import { addCacheCommands } from './cache.js';
+import { defaultCacheDir, outputOptions, parseTransferArgs, progressMode, pruneDays, remoteOptions, cancel, type CommonFlags } from './options.js';
 import { Output, type OutputOptions } from './output.js';
 
 function dockerfileOption(flags: CommonFlags) {
@@ -37,7 +23,7 @@ function dockerfileOption(flags: CommonFlags) {
   };
 }
 
-async function runTransfer(mode: 'push' | 'pull', source: string, destination: string, flags: CommonFlags, out: Output): Promise<void> {
+export async function runTransfer(mode: 'push' | 'pull', source: string, destination: string, flags: CommonFlags, out: Output): Promise<void> {
   if (flags.json && /^docker-archive:-(:|$)/.test(destination)) {
     throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout (docker-archive:-)', { input: destination });
   }
@@ -81,60 +67,10 @@ async function runTransfer(mode: 'push' | 'pull', source: string, destination: s
   if (flags.json) out.json({ ...summary, seconds: Number(seconds.toFixed(3)) });
 }
 
-export function buildProgram(): Command {
-  const program = new Command('smart')
-    .description('Fast container image push, pull and build cache, without the Docker daemon')
-    .version('0.1.0')
-    .showHelpAfterError('(run with --help for usage)')
-    .addHelpText('after', EXIT_HELP);
-
-  const transferAction = (mode: 'push' | 'pull') =>
-    async function (this: Command, source: string, destination: string) {
-      const flags = this.opts<CommonFlags>();
-      await runTransfer(mode, source, destination, flags, new Output(outputOptions(flags)));
-    };
-
-  addCommonOptions(
-    program
-      .command('push')
-      .description('copy an image into a store, skipping every blob already there')
-      .argument('<source>', 'image to read, e.g. docker-archive:img.tar or oci:dir:tag')
-      .argument('<destination>', 'store to write, e.g. file:/srv/registry#team/app:1.0')
-      .addOption(new Option('--compression <format>', 'what layers that must be compressed become').choices(['gzip', 'zstd']).default('gzip'))
-      .addOption(new Option('--compression-level <n>', 'level for layers that must be compressed (gzip 1-12 with libdeflate, 1-9 with zlib; zstd 1-19; default: chosen by measurement)').argParser(positiveInt('--compression-level', 19)))
-      .option('--dockerfile <file>', 'the Dockerfile the image was built from: each layer is annotated with its step, for smart cache')
-      .option('--context <dir>', 'the build context of --dockerfile (default: its directory)')
-      .option('--target <stage>', 'the stage of --dockerfile that was built (default: the last)')
-      .option('--build-arg <key=value>', 'a build argument the image was built with (repeatable)', collect, []),
-  )
-    .addHelpText('after', EXIT_HELP)
-    .action(transferAction('push'));
-
-  addCommonOptions(
-    program
-      .command('pull')
-      .description('copy an image out of a store into a layout, an archive, a root filesystem or a runtime bundle')
-      .argument('<source>', 'image to read, e.g. file:/srv/registry#team/app:1.0')
-      .argument('<destination>', 'where to write it, e.g. bundle:./app or oci:dir:tag')
-      .option('--layer-store <dir>', 'where unpacked layers are kept between pulls (default: CACHE_DIR/layer-store)')
-      .option('--link', 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)')
-      .option('--prune [days]', 'after the pull, remove layers that no image pulled within DAYS (default 7) uses'),
-  )
-    .addHelpText('after', EXIT_HELP)
-    .action(transferAction('pull'));
-
-  addCacheCommands(program);
-  return program;
-}
-
 /** Runs the CLI on `argv` (as process.argv) and resolves to the exit code; never calls process.exit. */
 export async function main(argv: string[], prog = 'smart'): Promise<number> {
-  const program = buildProgram();
-  const override = (c: Command): void => {
-    c.exitOverride();
-    c.commands.forEach(override);
-  };
-  override(program);
+  // Loaded with the program, only when commander parses the command line.
+  let CommanderError: typeof import('commander').CommanderError | undefined;
   const flagsOf = (): OutputOptions => {
     const args = argv.slice(2);
     return { json: args.includes('--json'), quiet: args.includes('-q') || args.includes('--quiet'), debug: args.includes('--debug') };
@@ -152,14 +88,21 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
   try {
-    await program.parseAsync(argv);
+    // The common `push SRC DEST [options]`: parsed without commander, which is slow to load.
+    const fast = parseTransferArgs(argv.slice(2));
+    if (fast) await runTransfer(fast.mode, fast.source, fast.destination, fast.flags, new Output(outputOptions(fast.flags)));
+    else {
+      const program = await import('./program.js');
+      CommanderError = program.CommanderError;
+      await program.buildProgram().parseAsync(argv);
+    }
     return signalled ? (signalled === 'SIGINT' ? 130 : 143) : 0;
   } catch (e) {
     if (signalled) {
       new Output(flagsOf()).error(prog, new SmartError('CANCELLED', signalled === 'SIGINT' ? 'interrupted' : 'terminated'));
       return signalled === 'SIGINT' ? 130 : 143;
     }
-    if (e instanceof CommanderError) {
+    if (CommanderError && e instanceof CommanderError) {
       // Commander printed its own message; help and version are successes.
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
       return 2;

@@ -1,5 +1,4 @@
 /** Flags shared by the commands, and what they turn into. */
-import { InvalidArgumentError, Option, type Command } from 'commander';
 import os from 'node:os';
 import { SmartError } from '../errors.js';
 import type { OutputOptions } from './output.js';
@@ -52,35 +51,163 @@ export interface CommonFlags {
   compressionLevel?: number;
 }
 
+/**
+ * One command-line option, declared once: the commander program (help, errors, every command) is
+ * built from these, and so is the fast path that parses a plain `push`/`pull` without loading
+ * commander at all (it is a good part of the start-up time of a push that has nothing to send).
+ */
+export interface OptionSpec {
+  /** As commander takes them: `-q, --quiet`, `--jobs <n>`, `--prune [days]`. */
+  flags: string;
+  description: string;
+  choices?: readonly string[];
+  default?: unknown;
+  /** Turns the value into what the command gets; throws an Error whose message explains a bad one. */
+  parse?: (value: string) => unknown;
+  /** Repeatable: every value is kept, in order (default []). */
+  repeatable?: boolean;
+}
+
 export function positiveInt(name: string, max: number) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < 1 || n > max) throw new InvalidArgumentError(`${name} must be an integer from 1 to ${max}`);
+    if (!Number.isInteger(n) || n < 1 || n > max) throw new Error(`${name} must be an integer from 1 to ${max}`);
     return n;
   };
 }
 
-export function addCommonOptions(cmd: Command): Command {
-  return cmd
-    .option('--json', 'print one machine-readable summary on stdout')
-    .option('-q, --quiet', 'print nothing but errors (and the --json summary)')
-    .option('--debug', 'print stack traces of errors')
-    .addOption(new Option('--progress <mode>', 'progress on stderr: auto (live on a terminal, plain lines otherwise), tty, plain, json (one event a line), none').choices(['auto', 'tty', 'plain', 'json', 'none']).default('auto'))
-    .addOption(new Option('--jobs <n>', 'layers in flight at once (default: from the core count)').argParser(positiveInt('--jobs', 256)))
-    .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image (default: this machine)')
-    .option('--all-platforms', 'copy every platform of a multi-platform image and the index itself, digests unchanged (into stores)')
-    .option('--cache-dir <dir>', 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)')
-    .option('--redis <url>', 'share the metadata cache in Redis: redis://, rediss://, redis+cluster://h1:p1,h2:p2 (default: $SMART_REDIS_URL; else on disk)')
-    .option('--creds <user:password>', 'registry credentials for source and destination (default: $SMART_REGISTRY_AUTH, then ~/.docker/config.json)')
-    .option('--src-creds <user:password>', 'registry credentials for the source only')
-    .option('--dest-creds <user:password>', 'registry credentials for the destination only')
-    .option('--insecure-registry <host[:port]>', 'allow plain HTTP and unverified TLS for this registry (repeatable)', collect, [])
-    .option('--cert-dir <dir>', 'directory of extra CA certificates (*.crt) for registries (repeatable)', collect, [])
-    .option('--registry-mirror <host[:port]>', 'a Docker Hub mirror to pull from first (repeatable; registries.conf mirrors apply too)', collect, [])
-    .addOption(new Option('--stall-timeout <seconds>', 'abort and retry a transfer that makes no progress for this long').argParser(positiveInt('--stall-timeout', 86_400)).default(30))
-    .addOption(new Option('--timeout <seconds>', 'give up on the whole command after this long').argParser(positiveInt('--timeout', 31_536_000)))
-    .option('--s3-endpoint <url>', 'S3 endpoint (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)')
-    .option('--s3-region <region>', 'S3 region (default: $AWS_REGION, then us-east-1)');
+export const COMMON_OPTIONS: readonly OptionSpec[] = [
+  { flags: '--json', description: 'print one machine-readable summary on stdout' },
+  { flags: '-q, --quiet', description: 'print nothing but errors (and the --json summary)' },
+  { flags: '--debug', description: 'print stack traces of errors' },
+  {
+    flags: '--progress <mode>',
+    description: 'progress on stderr: auto (live on a terminal, plain lines otherwise), tty, plain, json (one event a line), none',
+    choices: ['auto', 'tty', 'plain', 'json', 'none'],
+    default: 'auto',
+  },
+  { flags: '--jobs <n>', description: 'layers in flight at once (default: from the core count)', parse: positiveInt('--jobs', 256) },
+  { flags: '--platform <os/arch[/variant]>', description: 'platform to pick from a multi-platform image (default: this machine)' },
+  { flags: '--all-platforms', description: 'copy every platform of a multi-platform image and the index itself, digests unchanged (into stores)' },
+  { flags: '--cache-dir <dir>', description: 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)' },
+  { flags: '--redis <url>', description: 'share the metadata cache in Redis: redis://, rediss://, redis+cluster://h1:p1,h2:p2 (default: $SMART_REDIS_URL; else on disk)' },
+  { flags: '--creds <user:password>', description: 'registry credentials for source and destination (default: $SMART_REGISTRY_AUTH, then ~/.docker/config.json)' },
+  { flags: '--src-creds <user:password>', description: 'registry credentials for the source only' },
+  { flags: '--dest-creds <user:password>', description: 'registry credentials for the destination only' },
+  { flags: '--insecure-registry <host[:port]>', description: 'allow plain HTTP and unverified TLS for this registry (repeatable)', repeatable: true },
+  { flags: '--cert-dir <dir>', description: 'directory of extra CA certificates (*.crt) for registries (repeatable)', repeatable: true },
+  { flags: '--registry-mirror <host[:port]>', description: 'a Docker Hub mirror to pull from first (repeatable; registries.conf mirrors apply too)', repeatable: true },
+  {
+    flags: '--stall-timeout <seconds>',
+    description: 'abort and retry a transfer that makes no progress for this long',
+    parse: positiveInt('--stall-timeout', 86_400),
+    default: 30,
+  },
+  { flags: '--timeout <seconds>', description: 'give up on the whole command after this long', parse: positiveInt('--timeout', 31_536_000) },
+  { flags: '--s3-endpoint <url>', description: 'S3 endpoint (default: $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)' },
+  { flags: '--s3-region <region>', description: 'S3 region (default: $AWS_REGION, then us-east-1)' },
+];
+
+/** `push`'s own options, before the common ones. */
+export const PUSH_OPTIONS: readonly OptionSpec[] = [
+  { flags: '--compression <format>', description: 'what layers that must be compressed become', choices: ['gzip', 'zstd'], default: 'gzip' },
+  {
+    flags: '--compression-level <n>',
+    description: 'level for layers that must be compressed (gzip 1-12 with libdeflate, 1-9 with zlib; zstd 1-19; default: chosen by measurement)',
+    parse: positiveInt('--compression-level', 19),
+  },
+  { flags: '--dockerfile <file>', description: 'the Dockerfile the image was built from: each layer is annotated with its step, for smart cache' },
+  { flags: '--context <dir>', description: 'the build context of --dockerfile (default: its directory)' },
+  { flags: '--target <stage>', description: 'the stage of --dockerfile that was built (default: the last)' },
+  { flags: '--build-arg <key=value>', description: 'a build argument the image was built with (repeatable)', repeatable: true },
+];
+
+/** `pull`'s own options, before the common ones. */
+export const PULL_OPTIONS: readonly OptionSpec[] = [
+  { flags: '--layer-store <dir>', description: 'where unpacked layers are kept between pulls (default: CACHE_DIR/layer-store)' },
+  { flags: '--link', description: 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)' },
+  { flags: '--prune [days]', description: 'after the pull, remove layers that no image pulled within DAYS (default 7) uses' },
+];
+
+interface ParsedFlags {
+  short?: string;
+  long: string;
+  /** The key in the parsed flags: the long name in camelCase, as commander names it. */
+  key: string;
+  value: 'none' | 'required' | 'optional';
+}
+
+function parseFlags(flags: string): ParsedFlags {
+  const m = /^(?:(-[a-zA-Z]), )?(--[a-z0-9-]+)(?: ([<[]).*)?$/.exec(flags);
+  if (!m) throw new Error(`option flags not understood: ${flags}`);
+  const long = m[2]!;
+  const key = long.slice(2).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  return { ...(m[1] ? { short: m[1] } : {}), long, key, value: m[3] === '<' ? 'required' : m[3] === '[' ? 'optional' : 'none' };
+}
+
+/** `smart push|pull SOURCE DESTINATION [options]`, parsed as commander would parse it. */
+export interface TransferArgs {
+  mode: 'push' | 'pull';
+  source: string;
+  destination: string;
+  flags: CommonFlags;
+}
+
+/**
+ * Parses the common form of `push` and `pull` (two image names, options among the declared ones)
+ * to exactly what commander would give the command; anything else — help, a flag it does not
+ * know, a value it would reject, a third argument — gives undefined, and commander then parses
+ * (and reports) the whole command line as it always did.
+ */
+export function parseTransferArgs(args: readonly string[]): TransferArgs | undefined {
+  const mode = args[0];
+  if (mode !== 'push' && mode !== 'pull') return undefined;
+  const specs = [...(mode === 'push' ? PUSH_OPTIONS : PULL_OPTIONS), ...COMMON_OPTIONS];
+  const known = new Map<string, { spec: OptionSpec; flags: ParsedFlags }>();
+  const flags: Record<string, unknown> = {};
+  for (const spec of specs) {
+    const f = parseFlags(spec.flags);
+    known.set(f.long, { spec, flags: f });
+    if (f.short) known.set(f.short, { spec, flags: f });
+    if (spec.repeatable) flags[f.key] = [];
+    else if (spec.default !== undefined) flags[f.key] = spec.default;
+  }
+  const positional: string[] = [];
+  for (let i = 1; i < args.length; i++) {
+    const arg = args[i]!;
+    if (!arg.startsWith('-')) {
+      positional.push(arg);
+      continue;
+    }
+    const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+    const option = known.get(eq > 0 ? arg.slice(0, eq) : arg);
+    if (!option || option.flags.value === 'optional') return undefined;
+    const { spec, flags: f } = option;
+    if (f.value === 'none') {
+      if (eq > 0) return undefined;
+      flags[f.key] = true;
+      continue;
+    }
+    let value: string | undefined;
+    if (eq > 0) value = arg.slice(eq + 1);
+    else {
+      value = args[++i];
+      // A value that looks like a flag (or none at all): commander decides what that means.
+      if (value === undefined || value.startsWith('-')) return undefined;
+    }
+    if (spec.choices && !spec.choices.includes(value)) return undefined;
+    let parsed: unknown = value;
+    if (spec.parse) {
+      try {
+        parsed = spec.parse(value);
+      } catch {
+        return undefined;
+      }
+    }
+    flags[f.key] = spec.repeatable ? [...(flags[f.key] as string[]), parsed] : parsed;
+  }
+  if (positional.length !== 2) return undefined;
+  return { mode, source: positional[0]!, destination: positional[1]!, flags: flags as CommonFlags };
 }
 
 export function pruneDays(v: string | boolean): number {
