@@ -8,18 +8,25 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+# The native gzip engine (libdeflate in-process): built here, linked against the runtime's libdeflate0.
+COPY native ./native
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libdeflate-dev \
+ && rm -rf /var/lib/apt/lists/* \
+ && node native/build.mjs
 RUN npm run build && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
-# zstd: pulls of zstd-compressed layers (Node 20 has no zstd of its own).
+# zstd: pulls of zstd-compressed layers (Node 20 has no zstd of its own); libdeflate0: the native gzip engine.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends zstd ca-certificates \
+ && apt-get install -y --no-install-recommends zstd libdeflate0 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/smartlayer
 COPY package.json ./
 COPY bin ./bin
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+COPY --from=build /src/native/build ./native/build
 RUN for b in smart smart-push smart-pull smart-cache; do ln -s "/opt/smartlayer/bin/$b.js" "/usr/local/bin/$b"; done
 ENV XDG_CACHE_HOME=/var/cache
 ENTRYPOINT ["smart"]

@@ -58,13 +58,13 @@ export interface CopySummary {
   layers: { total: number; pushed: number; skipped: number; mounted: number; foreign: number; bytesPushed: number };
   config: 'pushed' | 'skipped';
   /** How layers compressed here were compressed (absent: none was). */
-  compression?: { format: 'gzip' | 'zstd'; engine: string; level: number };
+  compression?: { format: 'gzip' | 'zstd'; engine: string; implementation: string; level: number };
   details?: Record<string, unknown>;
 }
 
 interface Tally {
   /** Set when layers were compressed here: which engine and level made them. */
-  compression?: { format: 'gzip' | 'zstd'; engine: string; level: number };
+  compression?: { format: 'gzip' | 'zstd'; engine: string; implementation: string; level: number };
   pushed: number;
   skipped: number;
   mounted: number;
@@ -101,8 +101,11 @@ function singleFlight<T>(): (key: string, work: () => Promise<T>) => Promise<T> 
 interface Compressor {
   mediaType: string;
   engine: string;
+  /** How the engine runs here: in-process, a program's path, node-zlib. */
+  implementation: string;
   level: number;
-  compress(tar: Readable): CompressedLayerStream;
+  /** `verifiedDiffId`: the tar is verified against it upstream, so it is not hashed again. */
+  compress(tar: Readable, verifiedDiffId?: Digest): CompressedLayerStream;
 }
 
 const compressors = new Map<string, Promise<Compressor>>();
@@ -120,12 +123,12 @@ function compressorFor(options: CopyOptions): Promise<Compressor> {
         const { requireZstd, zstdLayerStream, DEFAULT_ZSTD_LEVEL } = await import('../pipeline/zstd.js');
         const program = await requireZstd();
         const level = options.gzipLevel ?? DEFAULT_ZSTD_LEVEL;
-        return { mediaType: MediaType.OCI_LAYER_ZSTD, engine: 'zstd', level, compress: (tar) => zstdLayerStream(tar, program, level) };
+        return { mediaType: MediaType.OCI_LAYER_ZSTD, engine: 'zstd', implementation: program, level, compress: (tar, verifiedDiffId) => zstdLayerStream(tar, program, level, verifiedDiffId) };
       }
       const { chooseGzipEngine, gzipLayerStreamParallel } = await import('../pipeline/parallel-gzip.js');
       const engine = await chooseGzipEngine('auto');
       const level = options.gzipLevel ?? engine.defaultLevel;
-      return { mediaType: MediaType.OCI_LAYER_GZIP, engine: engine.name, level, compress: (tar) => gzipLayerStreamParallel(tar, { engine, level }) };
+      return { mediaType: MediaType.OCI_LAYER_GZIP, engine: engine.name, implementation: engine.implementation, level, compress: (tar, verifiedDiffId) => gzipLayerStreamParallel(tar, { engine, level, ...(verifiedDiffId ? { verifiedDiffId } : {}) }) };
     })();
     compressors.set(key, c);
     c.catch(() => compressors.delete(key));
@@ -205,8 +208,9 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
       return { ...desc, ...known };
     }
     const compressor = await compressorFor(options);
-    tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, level: compressor.level };
-    const gz = compressor.compress(await layer.open(openOptions(layer, options, signal)));
+    tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, implementation: compressor.implementation, level: compressor.level };
+    // An uncompressed blob is its tar: open() verifies it against its digest, which is therefore the diff id.
+    const gz = compressor.compress(await layer.open(openOptions(layer, options, signal)), desc.digest);
     const stored = await dest.putBlob(gz.stream, { mediaType: compressor.mediaType, signal });
     const compressed: Descriptor = { ...desc, mediaType: compressor.mediaType, digest: stored.digest, size: stored.size };
     await options.blobInfo?.record(dest.cacheScope, gz.diffId(), compressed);
@@ -433,7 +437,7 @@ export async function copyDockerArchiveStream(
       if (layer.compression === 'none') {
         const compress = dest.layerCompression === 'compress';
         const compressor = compress ? await compressorFor(options) : undefined;
-        if (compressor) tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, level: compressor.level };
+        if (compressor) tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, implementation: compressor.implementation, level: compressor.level };
         const gz = compressor?.compress(layer.stream);
         const hash = gz ? undefined : new DigestStream();
         const body = gz ? gz.stream : pipeline(layer.stream, hash!, () => undefined);

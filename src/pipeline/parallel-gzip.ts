@@ -37,8 +37,10 @@ import pLimit from 'p-limit';
 import { Duplex, PassThrough, Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
-import { DigestStream } from './digest-stream.js';
+import type { Digest } from '../oci/digest.js';
+import { diffIdStage } from './digest-stream.js';
 import type { CompressedLayerStream } from './layer-streams.js';
+import { nativeBinding, type NativeBinding } from './native.js';
 import { findProgram } from './programs.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -59,8 +61,10 @@ export interface BlockJob {
 
 export interface GzipEngine {
   readonly name: GzipEngineName;
-  /** The program run per block (child-process engines), null for zlib. */
+  /** The program run per block (child-process engines), null for zlib and in-process engines. */
   readonly program: string | null;
+  /** How the engine runs here, for `--json`: 'node-zlib', 'in-process 1.14' (the native addon), or the program's path. */
+  readonly implementation: string;
   readonly minLevel: number;
   readonly maxLevel: number;
   /** The level used when the caller names none (chosen by bench/compression.mjs). */
@@ -114,8 +118,14 @@ export const DEFAULT_LIBDEFLATE_LEVEL = 1;
 export const DEFAULT_IGZIP_LEVEL = 1;
 /** 1 MiB: 256 KiB blocks lose ~10% to per-block overhead; 4 MiB gain nothing but memory. */
 export const DEFAULT_ZLIB_BLOCK_SIZE = 1 * MiB;
-/** Each block costs a process (a fork of this process: a few ms on its thread); 8 MiB amortises that. */
-export const DEFAULT_PROCESS_BLOCK_SIZE = 8 * MiB;
+/**
+ * The block of the member engines (libdeflate in-process or as a program, igzip): 4 MiB. In
+ * process, 1-8 MiB blocks run at the same speed (per-block cost is a pool hand-off) and the output
+ * grows by 0.1% from 8 to 1 MiB; memory grows with the block. The program engines pay a fork per
+ * block and would rather have 8 MiB (9% faster than 4), but both libdeflate forms must cut the
+ * same blocks to make the same bytes, and the in-process one is the one that matters.
+ */
+export const DEFAULT_PROCESS_BLOCK_SIZE = 4 * MiB;
 
 export const MIN_BLOCK_SIZE = WINDOW;
 export const MAX_BLOCK_SIZE = 256 * MiB;
@@ -147,6 +157,7 @@ function deflateRawAsync(block: Buffer, options: zlib.ZlibOptions): Promise<Buff
 export const zlibEngine: GzipEngine = {
   name: 'zlib',
   program: null,
+  implementation: 'node-zlib',
   minLevel: 0,
   maxLevel: 9,
   defaultLevel: DEFAULT_ZLIB_LEVEL,
@@ -252,6 +263,7 @@ function memberEngine(name: 'igzip' | 'libdeflate', program: string): GzipEngine
   return {
     name,
     program,
+    implementation: program,
     minLevel,
     maxLevel,
     defaultLevel,
@@ -272,9 +284,51 @@ function memberEngine(name: 'igzip' | 'libdeflate', program: string): GzipEngine
 const PROGRAMS: Record<'igzip' | 'libdeflate', string> = { igzip: 'igzip', libdeflate: 'libdeflate-gzip' };
 const PACKAGES: Record<'igzip' | 'libdeflate', string> = { igzip: 'isal', libdeflate: 'libdeflate-tools' };
 
-/** The engine of that name if it is usable here, else null (zlib always is). */
-export async function findGzipEngine(name: GzipEngineName): Promise<GzipEngine | null> {
+/**
+ * libdeflate inside this process (the native addon): the same bytes as the libdeflate-gzip
+ * program, without a process per block. Blocks run on the libuv pool, at most `nativeSlots` at
+ * once for the whole process, which leaves pool threads free for the file reads that feed them.
+ */
+function nativeLibdeflateEngine(binding: NativeBinding): GzipEngine {
+  return {
+    name: 'libdeflate',
+    program: null,
+    implementation: `in-process ${binding.libdeflateVersion}`,
+    minLevel: 1,
+    maxLevel: 12,
+    defaultLevel: DEFAULT_LIBDEFLATE_LEVEL,
+    // The same block size as the program engine: the same bytes, so the same digests, either way.
+    defaultBlockSize: DEFAULT_PROCESS_BLOCK_SIZE,
+    framing: 'members',
+    defaultConcurrency: (blockSize) => windowCap(blockSize, os.availableParallelism() + 1),
+    async compressBlock(block, job) {
+      if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
+      if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
+      let member: Buffer;
+      try {
+        member = await nativeSlots(() => binding.gzipMember(block, job.level));
+      } catch (e) {
+        throw new SmartError('INTERNAL', `libdeflate failed to compress a block (${(e as Error).message})`, { cause: e });
+      }
+      return normalizeMember(member, block.length, 'libdeflate');
+    },
+  };
+}
+
+/** Compressions on the libuv pool at once, every stream together: the cores, and one pool thread always left for I/O. */
+const nativeSlots = pLimit(Math.max(1, Math.min(os.availableParallelism(), libuvPoolSize() - 1)));
+
+/**
+ * The engine of that name if it is usable here, else null (zlib always is). libdeflate is the
+ * native addon when it is built, else the libdeflate-gzip program (`via: 'program'` asks for the
+ * program even when the addon is there: tests compare the two).
+ */
+export async function findGzipEngine(name: GzipEngineName, via: 'best' | 'program' = 'best'): Promise<GzipEngine | null> {
   if (name === 'zlib') return zlibEngine;
+  if (name === 'libdeflate' && via === 'best') {
+    const binding = nativeBinding();
+    if (binding) return nativeLibdeflateEngine(binding);
+  }
   const program = await findProgram(PROGRAMS[name]);
   return program ? memberEngine(name, program) : null;
 }
@@ -303,7 +357,7 @@ export async function chooseGzipEngine(preference: GzipEnginePreference = 'auto'
   const engine = await findGzipEngine(preference);
   if (!engine) {
     const p = preference as 'igzip' | 'libdeflate';
-    throw new SmartError('UNSUPPORTED', `gzip engine ${p} asked for, but ${PROGRAMS[p]} is not on PATH`, {
+    throw new SmartError('UNSUPPORTED', `gzip engine ${p} asked for, but ${PROGRAMS[p]} is not on PATH${p === 'libdeflate' ? ' and the native addon is not built' : ''}`, {
       hint: `install the ${PACKAGES[p]} package (apt-get install ${PACKAGES[p]}), or use the zlib engine`,
     });
   }
@@ -363,6 +417,79 @@ interface Job {
   length: number;
   done: boolean;
   output?: Buffer;
+  /** Bytes of the shared window this block holds (0 for a stream's first block in flight). */
+  shared: number;
+}
+
+/**
+ * The blocks every stream holds beyond its first, shared by all the streams of the process: a
+ * push compresses several layers at once, and per-stream windows alone would multiply memory by
+ * the number of layers without making the cores any faster. Each stream may always hold one
+ * block outside the budget, so a stream whose reader is not reading yet (a sequential writer that
+ * takes layers one by one) cannot starve the others, nor they it.
+ */
+class SharedWindow {
+  private used = 0;
+  private readonly waiters = new Set<() => void>();
+
+  constructor(readonly capacity: number) {}
+
+  tryTake(bytes: number, wake: () => void): boolean {
+    if (this.used + bytes > this.capacity) {
+      this.waiters.add(wake);
+      return false;
+    }
+    this.waiters.delete(wake);
+    this.used += bytes;
+    return true;
+  }
+
+  /** Wakes the waiting streams on a later microtask: never inside the pump of the stream releasing. */
+  release(bytes: number): void {
+    if (bytes === 0) return;
+    this.used -= bytes;
+    if (this.waiters.size === 0) return;
+    const waiting = [...this.waiters];
+    this.waiters.clear();
+    queueMicrotask(() => {
+      for (const wake of waiting) wake();
+    });
+  }
+
+  forget(wake: () => void): void {
+    this.waiters.delete(wake);
+  }
+
+  get inUse(): number {
+    return this.used;
+  }
+}
+
+/** One more block than cores, in bytes of the default block size: enough to keep every core busy while a finished block waits for its turn. */
+const sharedWindow = new SharedWindow((os.availableParallelism() + 1) * DEFAULT_PROCESS_BLOCK_SIZE);
+
+/** Bytes of the shared window held right now, every stream together (for tests). */
+export function sharedWindowInUse(): number {
+  return sharedWindow.inUse;
+}
+
+/**
+ * Block buffers, reused: a fresh multi-MiB allocation per block costs page faults and zeroing on
+ * the main thread, a copy into a buffer already mapped costs a memcpy. A few are kept per size:
+ * as many as can be in flight at once across the process.
+ */
+const freeBlocks = new Map<number, Buffer[]>();
+const MAX_FREE_BLOCKS = os.availableParallelism() + 2;
+
+function takeBlockBuffer(size: number): Buffer {
+  return freeBlocks.get(size)?.pop() ?? Buffer.allocUnsafeSlow(size);
+}
+
+function returnBlockBuffer(buffer: Buffer): void {
+  if (buffer.length === 0) return;
+  let free = freeBlocks.get(buffer.length);
+  if (!free) freeBlocks.set(buffer.length, (free = []));
+  if (free.length < MAX_FREE_BLOCKS) free.push(buffer);
 }
 
 export class ParallelGzip extends Transform {
@@ -371,8 +498,11 @@ export class ParallelGzip extends Transform {
   readonly blockSize: number;
   readonly concurrency: number;
 
-  private parts: Buffer[] = [];
-  private partsLength = 0;
+  /** The block being filled (a pool buffer) and how much of it is. */
+  private filling: Buffer | null = null;
+  private fillLength = 0;
+  /** Full blocks with more input after them, waiting for room in the window. */
+  private readonly ready: Buffer[] = [];
   private readonly queue: Job[] = [];
   private dictionary: Buffer | null = null;
   private crc = 0;
@@ -408,7 +538,7 @@ export class ParallelGzip extends Transform {
     return {
       blocksInFlight: this.queue.length,
       maxBlocksInFlight: this.counters.maxBlocksInFlight,
-      bufferedInput: this.partsLength,
+      bufferedInput: this.bufferedInput,
       maxBufferedInput: this.counters.maxBufferedInput,
       heldInput: this.counters.heldInput,
       maxHeldInput: this.counters.maxHeldInput,
@@ -418,14 +548,35 @@ export class ParallelGzip extends Transform {
     };
   }
 
+  private get bufferedInput(): number {
+    return this.ready.length * this.blockSize + this.fillLength;
+  }
+
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
     if (chunk.length) {
       if (this.engine.framing === 'single-stream') this.crc = crc32(chunk, this.crc);
-      this.parts.push(chunk);
-      this.partsLength += chunk.length;
+      // Copied into pooled block buffers: one cheap copy into memory already mapped, instead of
+      // cutting blocks out of the input chunks (a fresh allocation per block, page faults and
+      // all) or asking the source for block-sized chunks (which every stage before this one
+      // would then hold two or three of).
+      for (let offset = 0; offset < chunk.length; ) {
+        if (this.filling && this.fillLength === this.blockSize) {
+          // A full block is handed on only once more input follows it, so the last block is
+          // always the one compressed as the end of the stream.
+          this.ready.push(this.filling);
+          this.filling = null;
+        }
+        if (!this.filling) {
+          this.filling = takeBlockBuffer(this.blockSize);
+          this.fillLength = 0;
+        }
+        const n = chunk.copy(this.filling, this.fillLength, offset);
+        this.fillLength += n;
+        offset += n;
+      }
       this.counters.bytesIn += chunk.length;
       this.counters.heldInput += chunk.length;
-      this.counters.maxBufferedInput = Math.max(this.counters.maxBufferedInput, this.partsLength);
+      this.counters.maxBufferedInput = Math.max(this.counters.maxBufferedInput, this.bufferedInput);
       this.counters.maxHeldInput = Math.max(this.counters.maxHeldInput, this.counters.heldInput);
     }
     this.waitingWrite = cb;
@@ -446,62 +597,54 @@ export class ParallelGzip extends Transform {
 
   override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
     this.abort.abort();
+    sharedWindow.forget(this.wake);
+    for (const job of this.queue) sharedWindow.release(job.shared);
     this.queue.length = 0;
-    this.parts = [];
-    this.partsLength = 0;
+    // Blocks not submitted go back to the pool; submitted ones return when their compression settles.
+    for (const block of this.ready.splice(0)) returnBlockBuffer(block);
+    if (this.filling) returnBlockBuffer(this.filling);
+    this.filling = null;
+    this.fillLength = 0;
     this.waitingWrite = null;
     this.flushCallback = null;
     cb(err);
   }
 
-  /** Takes exactly `n` bytes off the front of the pending input. */
-  private cutBlock(n: number): Buffer {
-    const first = this.parts[0];
-    let block: Buffer;
-    if (first && first.length >= n) {
-      block = first.subarray(0, n);
-      if (first.length === n) this.parts.shift();
-      else this.parts[0] = first.subarray(n);
-    } else {
-      const pieces: Buffer[] = [];
-      let need = n;
-      while (need > 0) {
-        const p = this.parts[0]!;
-        if (p.length <= need) {
-          pieces.push(p);
-          this.parts.shift();
-          need -= p.length;
-        } else {
-          pieces.push(p.subarray(0, need));
-          this.parts[0] = p.subarray(need);
-          need = 0;
-        }
-      }
-      block = Buffer.concat(pieces, n);
-    }
-    this.partsLength -= n;
-    return block;
+  private readonly wake = (): void => this.pump();
+
+  /** Room for one more block: the first in flight always; more within the stream's window and the shared one. */
+  private reserve(): number | false {
+    if (this.queue.length === 0) return 0;
+    if (this.queue.length >= this.concurrency) return false;
+    return sharedWindow.tryTake(this.blockSize, this.wake) ? this.blockSize : false;
   }
 
-  private submit(block: Buffer, last: boolean): void {
-    const job: Job = { length: block.length, done: false };
+  /**
+   * Starts compressing `buffer` (a pool buffer; its first `length` bytes are the block). The buffer
+   * goes back to the pool when the engine is done with it, whatever became of the stream.
+   */
+  private submit(buffer: Buffer, last: boolean, shared: number, length = buffer.length): void {
+    const block = length === buffer.length ? buffer : buffer.subarray(0, length);
+    const job: Job = { length, done: false, shared };
     this.queue.push(job);
     this.submitted++;
     this.counters.maxBlocksInFlight = Math.max(this.counters.maxBlocksInFlight, this.queue.length);
     const dictionary = this.engine.framing === 'single-stream' ? this.dictionary : null;
     if (this.engine.framing === 'single-stream' && !last) {
-      // Blocks are at least 32 KiB: the window is the tail of this block alone. A copy, so the
-      // block itself is freed once compressed.
+      // Blocks are at least 32 KiB: the window is the tail of this block alone. A copy: the
+      // block's buffer is reused once compressed.
       this.dictionary = Buffer.from(block.subarray(block.length - WINDOW));
     }
     if (last) this.lastSubmitted = true;
     this.engine.compressBlock(block, { level: this.level, dictionary, last, signal: this.abort.signal }).then(
       (output) => {
+        returnBlockBuffer(buffer);
         job.done = true;
         job.output = output;
         this.pump();
       },
       (e: unknown) => {
+        returnBlockBuffer(buffer);
         if (!this.destroyed) this.destroy(isSmartError(e) ? e : new SmartError('INTERNAL', `gzip block failed: ${String(e)}`, { cause: e }));
       },
     );
@@ -520,6 +663,7 @@ export class ParallelGzip extends Transform {
       // 1. Hand finished blocks to the reader, in order, while it wants more.
       while (this.canPush && this.queue[0]?.done) {
         const job = this.queue.shift()!;
+        sharedWindow.release(job.shared);
         this.counters.heldInput -= job.length;
         const output = job.output!;
         if (this.engine.framing === 'single-stream' && !this.headerSent) {
@@ -531,16 +675,22 @@ export class ParallelGzip extends Transform {
       }
       // 2. Cut and submit blocks while the window has room. A full block is cut only once more
       // input follows it (or at the end), so the last block is always the one with Z_FINISH.
-      while (this.queue.length < this.concurrency && !this.lastSubmitted) {
-        if (this.partsLength > this.blockSize) this.submit(this.cutBlock(this.blockSize), false);
-        else if (this.ending) this.submit(this.cutBlock(this.partsLength), true);
-        else break;
+      while (!this.lastSubmitted && (this.ready.length > 0 || this.ending)) {
+        const shared = this.reserve();
+        if (shared === false) break;
+        if (this.ready.length > 0) this.submit(this.ready.shift()!, false, shared);
+        else {
+          const last = this.filling;
+          this.filling = null;
+          this.submit(last ?? Buffer.alloc(0), true, shared, this.fillLength);
+          this.fillLength = 0;
+        }
         progressed = true;
       }
       if (!progressed) break;
     }
     // 3. Take more input once no whole block is waiting to be cut.
-    if (this.waitingWrite && this.partsLength <= this.blockSize) {
+    if (this.waitingWrite && this.ready.length === 0) {
       const cb = this.waitingWrite;
       this.waitingWrite = null;
       cb();
@@ -574,18 +724,19 @@ export interface ParallelCompressedLayerStream extends CompressedLayerStream {
 
 /**
  * tar → [diff id] → parallel gzip, in one pass with back-pressure; the same shape as
- * `gzipLayerStream` in layer-streams.ts. The diff id is the sha256 of the input as it passes.
+ * `gzipLayerStream` in layer-streams.ts. The diff id is the sha256 of the input as it passes, or
+ * `verifiedDiffId` when the input is already verified against it upstream (see diffIdStage).
  */
-export function gzipLayerStreamParallel(tar: Readable, options: ParallelGzipOptions): ParallelCompressedLayerStream {
-  const diff = new DigestStream();
+export function gzipLayerStreamParallel(tar: Readable, options: ParallelGzipOptions & { verifiedDiffId?: Digest }): ParallelCompressedLayerStream {
+  const diff = diffIdStage(options.verifiedDiffId);
   const gz = new ParallelGzip(options);
-  const out = pipeline(tar, diff, gz, () => {
+  const out = pipeline(tar, diff.stage, gz, () => {
     /* errors reach the consumer through `out` */
   });
   return {
     stream: out,
-    diffId: () => diff.digest,
-    uncompressedSize: () => diff.size,
+    diffId: diff.diffId,
+    uncompressedSize: diff.size,
     engine: gz.engine.name,
     level: gz.level,
     blockSize: gz.blockSize,

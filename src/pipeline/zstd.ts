@@ -2,7 +2,8 @@
 import { spawn } from 'node:child_process';
 import { Duplex, PassThrough, pipeline, type Readable } from 'node:stream';
 import { SmartError } from '../errors.js';
-import { DigestStream } from './digest-stream.js';
+import type { Digest } from '../oci/digest.js';
+import { diffIdStage } from './digest-stream.js';
 import type { CompressedLayerStream } from './layer-streams.js';
 import { findProgram } from './programs.js';
 
@@ -16,8 +17,8 @@ export async function requireZstd(): Promise<string> {
 }
 
 /** tar → [diff id] → zstd (all cores, `-T0`), streamed both ways with back-pressure. */
-export function zstdLayerStream(tar: Readable, program: string, level = DEFAULT_ZSTD_LEVEL): CompressedLayerStream {
-  const diff = new DigestStream();
+export function zstdLayerStream(tar: Readable, program: string, level = DEFAULT_ZSTD_LEVEL, verifiedDiffId?: Digest): CompressedLayerStream {
+  const diff = diffIdStage(verifiedDiffId);
   const child = spawn(program, [`-${level}`, '-T0', '-q', '-c', '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -32,6 +33,6 @@ export function zstdLayerStream(tar: Readable, program: string, level = DEFAULT_
     if (child.exitCode === null) child.kill();
   });
   const engine = Duplex.from({ writable: child.stdin, readable: out });
-  const stream = pipeline(tar, diff, engine, () => undefined);
-  return { stream, diffId: () => diff.digest, uncompressedSize: () => diff.size };
+  const stream = pipeline(tar, diff.stage, engine, () => undefined);
+  return { stream, diffId: diff.diffId, uncompressedSize: diff.size };
 }

@@ -122,9 +122,13 @@ export class TarIndex {
     }
   }
 
-  open(member: TarMember, start = 0): Readable {
+  /**
+   * The member's bytes from `start`, in chunks of `chunkSize` (256 KiB by default: every stage a
+   * stream passes through may hold two or three chunks, so large ones multiply memory).
+   */
+  open(member: TarMember, start = 0, chunkSize = 256 * 1024): Readable {
     if (member.size === 0) return Readable.from([]);
-    return createReadStream(this.path, { start: member.offset + start, end: member.offset + member.size - 1, highWaterMark: 256 * 1024 });
+    return createReadStream(this.path, { start: member.offset + start, end: member.offset + member.size - 1, highWaterMark: chunkSize });
   }
 }
 

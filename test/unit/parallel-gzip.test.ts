@@ -1,8 +1,9 @@
 /**
  * Parallel gzip: round trips with every engine present, bytes independent of concurrency and of
  * input chunking, acceptance by other gzip readers, bounded memory under a slow reader, diff ids,
- * errors, and the igzip decompressor. igzip and libdeflate-gzip are optional everywhere (CI too):
- * an engine absent here is skipped, never a failure.
+ * errors, the window shared by every stream, the native libdeflate addon, and the igzip
+ * decompressor. igzip and libdeflate-gzip are optional for users (an engine absent here is
+ * skipped); the native addon is required under CI, which installs what it builds with.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -23,8 +24,11 @@ import {
   gzipLayerStreamParallel,
   liveChildProcessCount,
   parallelGzipStream,
+  sharedWindowInUse,
   zlibEngine,
 } from '../../src/pipeline/parallel-gzip.js';
+import { nativeBinding, nativeLoadError } from '../../src/pipeline/native.js';
+import { inCI } from '../harness/tools.js';
 
 const engines: GzipEngine[] = await availableGzipEngines();
 const igzipGunzip = (await findGzipEngine('igzip')) ? await chooseGunzip('igzip') : null;
@@ -309,6 +313,66 @@ describe.each(engines.map((e) => [e.name, e] as const))('parallel gzip with %s',
     await expect(done).rejects.toThrow();
     expect(seen).toBeGreaterThan(0);
     await noChildrenLeft();
+  });
+});
+
+describe('the native libdeflate engine', () => {
+  const native = nativeBinding();
+
+  it('is built wherever CI runs (native/build.mjs, at npm ci)', () => {
+    if (inCI) expect(native, `native addon not loaded: ${nativeLoadError()}`).not.toBeNull();
+  });
+
+  it.skipIf(!native || !onPath('libdeflate-gzip'))('makes the same bytes as the libdeflate-gzip program, so either one dedupes with the other', async () => {
+    const inProcess = (await findGzipEngine('libdeflate'))!;
+    const program = (await findGzipEngine('libdeflate', 'program'))!;
+    expect(inProcess.implementation).toMatch(/^in-process /);
+    expect(program.implementation).toMatch(/libdeflate-gzip$/);
+    const data = mixed(Math.floor(2.5 * inProcess.defaultBlockSize), 17);
+    for (const level of [1, 6]) {
+      const a = await compress(data, { engine: inProcess, level }, 256 * KiB);
+      const b = await compress(data, { engine: program, level }, 256 * KiB);
+      expect(sha(a), `level ${level}`).toBe(sha(b));
+      expect(gunzipSync(a).equals(data)).toBe(true);
+    }
+    await noChildrenLeft();
+  });
+
+  it.skipIf(!native)('turns bad arguments into errors, not crashes', () => {
+    expect(() => native!.gzipMember(Buffer.alloc(10), 13)).toThrow(/level/);
+    expect(() => native!.gzipMember('text' as unknown as Buffer, 1)).toThrow(/Buffer/);
+  });
+});
+
+describe('the window shared by every stream', () => {
+  const engine = zlibEngine;
+  const blockSize = 1 * MiB;
+
+  it('lets every stream hold one block even when others fill the shared window, and gives it all back', async () => {
+    // Eight streams whose readers do not read yet: each must still take one block in (none
+    // starves), the shared part stays within its capacity, and everything ends once read.
+    const datas = Array.from({ length: 8 }, (_, i) => mixed(6 * MiB, 30 + i));
+    const streams = datas.map(() => new ParallelGzip({ engine, level: 1, blockSize, concurrency: 8 }));
+    const feeds = streams.map((gz, i) => pipeline(Readable.from(chunksOf(datas[i]!, 256 * KiB)), gz).catch(() => undefined));
+    await sleep(300);
+    for (const gz of streams) expect(gz.stats.blocks).toBeGreaterThanOrEqual(1);
+    const inFlight = streams.reduce((n, gz) => n + gz.stats.blocksInFlight, 0);
+    const capacityBlocks = sharedWindowInUse() / blockSize;
+    expect(inFlight).toBeLessThanOrEqual(streams.length + capacityBlocks);
+    const outputs = await Promise.all(streams.map((gz) => collect(gz)));
+    await Promise.all(feeds);
+    outputs.forEach((gz, i) => expect(sha(gunzipSync(gz))).toBe(sha(datas[i]!)));
+    expect(sharedWindowInUse()).toBe(0);
+  });
+
+  it('gives back what a destroyed stream held', async () => {
+    const gz = new ParallelGzip({ engine, level: 1, blockSize, concurrency: 8 });
+    const done = pipeline(Readable.from(chunksOf(mixed(12 * MiB, 3), 256 * KiB)), gz).catch(() => undefined);
+    await sleep(200);
+    gz.destroy();
+    await done;
+    for (let i = 0; i < 50 && sharedWindowInUse() > 0; i++) await sleep(10);
+    expect(sharedWindowInUse()).toBe(0);
   });
 });
 
