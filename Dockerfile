@@ -8,10 +8,10 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-# The native gzip engine (libdeflate in-process): built here, linked against the runtime's libdeflate0.
+# The native compressors (libdeflate and libzstd in-process): built here, linked against the runtime's libraries.
 COPY native ./native
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev libdeflate-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libdeflate-dev libzstd-dev \
  && rm -rf /var/lib/apt/lists/* \
  && node native/build.mjs
 RUN npm run build && npm prune --omit=dev

@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 /**
  * Builds native/build/smartlayer.node (see smartlayer.c) at install time (`npm ci` runs it as the
- * package's install script). The addon is an optional speed-up, never a requirement: when there
- * is no C compiler, no Node headers or no libdeflate headers (Debian: gcc, libdeflate-dev), this
- * prints one line saying so and exits 0, and smartlayer uses the libdeflate-gzip program or Node's
- * zlib instead. SMART_NATIVE=0 skips the build.
+ * package's install script). The addon is an optional speed-up, never a requirement: each library
+ * it wraps is compiled in when its headers are there (Debian: libdeflate-dev, libzstd-dev); with
+ * neither, or no C compiler or Node headers, this prints one line saying so and exits 0, and
+ * smartlayer uses the libdeflate-gzip and zstd programs or Node's zlib instead. SMART_NATIVE=0
+ * skips the build.
  *
  * Plain `cc`, not node-gyp: one C file, Node-API only (no libnode symbols to link), and no Python.
  */
@@ -51,19 +52,53 @@ if (!headers || !cc) {
   process.exit(0);
 }
 
+/** Whether `#include <header>` compiles here (the library's -dev package is installed). */
+function hasHeader(header) {
+  try {
+    execFileSync(cc, ['-E', '-x', 'c', '-', '-o', '/dev/null'], { input: `#include <${header}>\n`, stdio: ['pipe', 'ignore', 'ignore'] });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const libraries = [
+  { header: 'libdeflate.h', define: 'SMART_HAVE_LIBDEFLATE', link: '-ldeflate', pkg: 'libdeflate-dev' },
+  { header: 'zstd.h', define: 'SMART_HAVE_ZSTD', link: '-lzstd', pkg: 'libzstd-dev' },
+];
+const present = libraries.filter((l) => hasHeader(l.header));
+const absent = libraries.filter((l) => !present.includes(l));
+const missingNote = absent.length ? `; without ${absent.map((l) => l.header).join(', ')} (apt-get install ${absent.map((l) => l.pkg).join(' ')})` : '';
+if (present.length === 0) {
+  fs.rmSync(out, { force: true });
+  say(`native compressor not built${missingNote}; using the libdeflate-gzip and zstd programs or zlib`);
+  process.exit(0);
+}
+
 fs.mkdirSync(path.dirname(out), { recursive: true });
 const tmp = `${out}.${process.pid}.tmp`;
 try {
   execFileSync(
     cc,
-    ['-O2', '-shared', '-fPIC', '-fvisibility=hidden', '-DNODE_GYP_MODULE_NAME=smartlayer', `-I${headers}`, '-o', tmp, path.join(here, 'smartlayer.c'), '-ldeflate'],
+    [
+      '-O2',
+      '-shared',
+      '-fPIC',
+      '-fvisibility=hidden',
+      '-DNODE_GYP_MODULE_NAME=smartlayer',
+      ...present.map((l) => `-D${l.define}`),
+      `-I${headers}`,
+      '-o',
+      tmp,
+      path.join(here, 'smartlayer.c'),
+      ...present.map((l) => l.link),
+    ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   fs.renameSync(tmp, out);
-  say(`native compressor built (${path.relative(process.cwd(), out) || out})`);
+  say(`native compressor built with ${present.map((l) => l.header.replace(/\.h$/, '')).join(' and ')}${missingNote}`);
 } catch (e) {
   fs.rmSync(tmp, { force: true });
-  const stderr = String(e.stderr ?? e.message);
-  const why = /libdeflate\.h|-ldeflate/.test(stderr) ? 'libdeflate headers missing: apt-get install libdeflate-dev' : stderr.trim().split('\n')[0];
-  say(`native compressor not built (${why}); using libdeflate-gzip or zlib`);
+  fs.rmSync(out, { force: true });
+  say(`native compressor not built (${String(e.stderr ?? e.message).trim().split('\n')[0]}); using the libdeflate-gzip and zstd programs or zlib`);
 }

@@ -6,20 +6,50 @@
  * and simply absent otherwise — the JavaScript side then falls back to the libdeflate-gzip
  * program or to Node's zlib.
  *
- * Exports:
+ * Each library is optional at build time (SMART_HAVE_LIBDEFLATE, SMART_HAVE_ZSTD); what is built
+ * is exported:
  *   gzipMember(input: Buffer, level: number): Promise<Buffer>
  *     One complete gzip member of `input` (libdeflate_gzip_compress: the same bytes as the
  *     libdeflate-gzip program of the same libdeflate version, header aside). The input must not be
  *     modified until the promise settles (a reference keeps it alive).
  *   libdeflateVersion: string
+ *   zstdCreate(level: number, workers: number): ZstdContext
+ *   zstdCompress(context, input: Buffer, end: boolean): Promise<Buffer>
+ *     Streaming zstd on libzstd's own worker threads (ZSTD_c_nbWorkers), with a content checksum
+ *     as the zstd program writes by default: the same frame as `zstd -LEVEL -T0` on the same
+ *     input. Calls on one context must not overlap (the JavaScript side awaits each); the context
+ *     is freed when garbage-collected or by zstdFree (never while a call is running).
+ *   zstdFree(context): void
+ *   zstdVersion: string
  */
 #define NAPI_VERSION 8
 #include <node_api.h>
-#include <libdeflate.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef SMART_HAVE_LIBDEFLATE
+#include <libdeflate.h>
+#endif
+#ifdef SMART_HAVE_ZSTD
+#include <zstd.h>
+#endif
 
+#define CHECK(env, call)                                          \
+  do {                                                            \
+    if ((call) != napi_ok) {                                      \
+      napi_throw_error((env), NULL, "smartlayer native: " #call); \
+      return NULL;                                                \
+    }                                                             \
+  } while (0)
+
+static void free_output(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+#ifdef SMART_HAVE_LIBDEFLATE
 /* One compressor per pool thread, reallocated only when the level changes: allocating one costs
  * more than compressing a small block. The pool threads live as long as the process. */
 static __thread struct libdeflate_compressor *thread_compressor = NULL;
@@ -36,14 +66,6 @@ typedef struct {
   size_t output_length;
   const char *error;
 } GzipJob;
-
-#define CHECK(env, call)                                          \
-  do {                                                            \
-    if ((call) != napi_ok) {                                      \
-      napi_throw_error((env), NULL, "smartlayer native: " #call); \
-      return NULL;                                                \
-    }                                                             \
-  } while (0)
 
 static void gzip_execute(napi_env env, void *data) {
   (void)env;
@@ -76,11 +98,6 @@ static void gzip_execute(napi_env env, void *data) {
   if (shrunk) job->output = shrunk;
 }
 
-static void free_output(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  free(data);
-}
 
 static void gzip_complete(napi_env env, napi_status status, void *data) {
   GzipJob *job = data;
@@ -142,12 +159,240 @@ static napi_value gzip_member(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+#endif /* SMART_HAVE_LIBDEFLATE */
+
+#ifdef SMART_HAVE_ZSTD
+typedef struct {
+  ZSTD_CCtx *cctx;
+  bool busy;
+} ZstdContext;
+
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref input_ref;
+  /* Keeps the context's JavaScript handle, hence the context, alive while the job runs. */
+  napi_ref context_ref;
+  ZstdContext *context;
+  const uint8_t *input;
+  size_t input_length;
+  bool end;
+  uint8_t *output;
+  size_t output_length;
+  size_t output_capacity;
+  const char *error;
+} ZstdJob;
+
+static void zstd_context_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  ZstdContext *context = data;
+  if (context->cctx) ZSTD_freeCCtx(context->cctx);
+  free(context);
+}
+
+static bool zstd_grow(ZstdJob *job, size_t need) {
+  if (job->output_capacity - job->output_length >= need) return true;
+  size_t capacity = job->output_capacity ? job->output_capacity : need;
+  while (capacity - job->output_length < need) capacity *= 2;
+  uint8_t *grown = realloc(job->output, capacity);
+  if (grown == NULL) return false;
+  job->output = grown;
+  job->output_capacity = capacity;
+  return true;
+}
+
+static void zstd_execute(napi_env env, void *data) {
+  (void)env;
+  ZstdJob *job = data;
+  ZSTD_inBuffer in = {job->input, job->input_length, 0};
+  const size_t step = ZSTD_CStreamOutSize();
+  for (;;) {
+    if (!zstd_grow(job, step)) {
+      job->error = "out of memory";
+      return;
+    }
+    ZSTD_outBuffer out = {job->output + job->output_length, job->output_capacity - job->output_length, 0};
+    size_t remaining = ZSTD_compressStream2(job->context->cctx, &out, &in, job->end ? ZSTD_e_end : ZSTD_e_continue);
+    job->output_length += out.pos;
+    if (ZSTD_isError(remaining)) {
+      job->error = ZSTD_getErrorName(remaining);
+      return;
+    }
+    /* Continue: done once all input is taken (libzstd keeps the rest for the next call or the
+     * end). End: done once the frame is complete. */
+    if (job->end ? remaining == 0 : in.pos == in.size) return;
+  }
+}
+
+static void zstd_complete(napi_env env, napi_status status, void *data) {
+  ZstdJob *job = data;
+  job->context->busy = false;
+  napi_value result = NULL;
+  if (status == napi_ok && job->error == NULL) {
+    if (job->output_length == 0) {
+      napi_create_buffer(env, 0, NULL, &result);
+    } else {
+      uint8_t *shrunk = realloc(job->output, job->output_length);
+      if (shrunk) job->output = shrunk;
+      if (napi_create_external_buffer(env, job->output_length, job->output, free_output, NULL, &result) == napi_ok) {
+        int64_t adjusted;
+        napi_adjust_external_memory(env, (int64_t)job->output_length, &adjusted);
+        job->output = NULL;
+      } else {
+        result = NULL;
+      }
+    }
+  }
+  if (result == NULL) {
+    napi_value message, error;
+    const char *text = job->error ? job->error : (status == napi_cancelled ? "cancelled" : "could not return the compressed bytes");
+    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
+    napi_create_error(env, NULL, message, &error);
+    napi_reject_deferred(env, job->deferred, error);
+  } else {
+    napi_resolve_deferred(env, job->deferred, result);
+  }
+  free(job->output);
+  napi_delete_reference(env, job->input_ref);
+  napi_delete_reference(env, job->context_ref);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static ZstdContext *zstd_context_arg(napi_env env, napi_value value) {
+  ZstdContext *context = NULL;
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_external || napi_get_value_external(env, value, (void **)&context) != napi_ok ||
+      context == NULL) {
+    napi_throw_type_error(env, NULL, "not a zstd context");
+    return NULL;
+  }
+  return context;
+}
+
+static napi_value zstd_create(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t level = 0, workers = 0;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &level) != napi_ok || napi_get_value_int32(env, argv[1], &workers) != napi_ok) {
+    napi_throw_type_error(env, NULL, "zstdCreate(level: number, workers: number)");
+    return NULL;
+  }
+  if (level < 1 || level > ZSTD_maxCLevel() || workers < 0 || workers > 256) {
+    napi_throw_range_error(env, NULL, "zstd level or worker count out of range");
+    return NULL;
+  }
+  ZstdContext *context = calloc(1, sizeof *context);
+  if (context == NULL || (context->cctx = ZSTD_createCCtx()) == NULL) {
+    free(context);
+    napi_throw_error(env, NULL, "zstd: out of memory");
+    return NULL;
+  }
+  size_t r = ZSTD_CCtx_setParameter(context->cctx, ZSTD_c_compressionLevel, level);
+  if (!ZSTD_isError(r)) r = ZSTD_CCtx_setParameter(context->cctx, ZSTD_c_checksumFlag, 1);
+  /* Without multithreading support in this libzstd, one thread: still correct, only slower. */
+  if (!ZSTD_isError(r) && workers > 0 && ZSTD_isError(ZSTD_CCtx_setParameter(context->cctx, ZSTD_c_nbWorkers, workers))) workers = 0;
+  if (ZSTD_isError(r)) {
+    zstd_context_finalize(env, context, NULL);
+    napi_throw_error(env, NULL, ZSTD_getErrorName(r));
+    return NULL;
+  }
+  napi_value result;
+  if (napi_create_external(env, context, zstd_context_finalize, NULL, &result) != napi_ok) {
+    zstd_context_finalize(env, context, NULL);
+    napi_throw_error(env, NULL, "zstd: could not create the context");
+    return NULL;
+  }
+  return result;
+}
+
+static napi_value zstd_compress(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3) {
+    napi_throw_type_error(env, NULL, "zstdCompress(context, input: Buffer, end: boolean)");
+    return NULL;
+  }
+  ZstdContext *context = zstd_context_arg(env, argv[0]);
+  if (context == NULL) return NULL;
+  bool is_buffer = false, end = false;
+  if (napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer || napi_get_value_bool(env, argv[2], &end) != napi_ok) {
+    napi_throw_type_error(env, NULL, "zstdCompress(context, input: Buffer, end: boolean)");
+    return NULL;
+  }
+  if (context->busy || context->cctx == NULL) {
+    napi_throw_error(env, NULL, context->cctx ? "zstd context already compressing" : "zstd context freed");
+    return NULL;
+  }
+  ZstdJob *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  void *input;
+  CHECK(env, napi_get_buffer_info(env, argv[1], &input, &job->input_length));
+  job->input = input;
+  job->end = end;
+  job->context = context;
+  CHECK(env, napi_create_reference(env, argv[1], 1, &job->input_ref));
+  CHECK(env, napi_create_reference(env, argv[0], 1, &job->context_ref));
+  napi_value promise, name;
+  CHECK(env, napi_create_promise(env, &job->deferred, &promise));
+  CHECK(env, napi_create_string_utf8(env, "smartlayer.zstdCompress", NAPI_AUTO_LENGTH, &name));
+  CHECK(env, napi_create_async_work(env, NULL, name, zstd_execute, zstd_complete, job, &job->work));
+  context->busy = true;
+  if (napi_queue_async_work(env, job->work) != napi_ok) {
+    context->busy = false;
+    napi_throw_error(env, NULL, "could not queue the zstd work");
+    return NULL;
+  }
+  return promise;
+}
+
+static napi_value zstd_free(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) return NULL;
+  ZstdContext *context = zstd_context_arg(env, argv[0]);
+  if (context == NULL) return NULL;
+  if (context->busy) {
+    napi_throw_error(env, NULL, "zstd context freed while compressing");
+    return NULL;
+  }
+  if (context->cctx) ZSTD_freeCCtx(context->cctx);
+  context->cctx = NULL;
+  return NULL;
+}
+#endif /* SMART_HAVE_ZSTD */
+static napi_value export_function(napi_env env, napi_value exports, const char *name, napi_callback cb) {
+  napi_value fn;
+  CHECK(env, napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn));
+  CHECK(env, napi_set_named_property(env, exports, name, fn));
+  return exports;
+}
+
+static napi_value export_string(napi_env env, napi_value exports, const char *name, const char *value) {
+  napi_value v;
+  CHECK(env, napi_create_string_utf8(env, value, NAPI_AUTO_LENGTH, &v));
+  CHECK(env, napi_set_named_property(env, exports, name, v));
+  return exports;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
-  napi_value fn, version;
-  CHECK(env, napi_create_function(env, "gzipMember", NAPI_AUTO_LENGTH, gzip_member, NULL, &fn));
-  CHECK(env, napi_set_named_property(env, exports, "gzipMember", fn));
-  CHECK(env, napi_create_string_utf8(env, LIBDEFLATE_VERSION_STRING, NAPI_AUTO_LENGTH, &version));
-  CHECK(env, napi_set_named_property(env, exports, "libdeflateVersion", version));
+#ifdef SMART_HAVE_LIBDEFLATE
+  if (!export_function(env, exports, "gzipMember", gzip_member)) return NULL;
+  if (!export_string(env, exports, "libdeflateVersion", LIBDEFLATE_VERSION_STRING)) return NULL;
+#endif
+#ifdef SMART_HAVE_ZSTD
+  if (!export_function(env, exports, "zstdCreate", zstd_create)) return NULL;
+  if (!export_function(env, exports, "zstdCompress", zstd_compress)) return NULL;
+  if (!export_function(env, exports, "zstdFree", zstd_free)) return NULL;
+  if (!export_string(env, exports, "zstdVersion", ZSTD_versionString())) return NULL;
+#endif
   return exports;
 }
 

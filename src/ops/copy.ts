@@ -120,10 +120,10 @@ function compressorFor(options: CopyOptions): Promise<Compressor> {
   if (!c) {
     c = (async (): Promise<Compressor> => {
       if (options.compression === 'zstd') {
-        const { requireZstd, zstdLayerStream, DEFAULT_ZSTD_LEVEL } = await import('../pipeline/zstd.js');
-        const program = await requireZstd();
+        const { requireZstd, DEFAULT_ZSTD_LEVEL } = await import('../pipeline/zstd.js');
+        const zstd = await requireZstd();
         const level = options.gzipLevel ?? DEFAULT_ZSTD_LEVEL;
-        return { mediaType: MediaType.OCI_LAYER_ZSTD, engine: 'zstd', implementation: program, level, compress: (tar, verifiedDiffId) => zstdLayerStream(tar, program, level, verifiedDiffId) };
+        return { mediaType: MediaType.OCI_LAYER_ZSTD, engine: 'zstd', implementation: zstd.implementation, level, compress: (tar, verifiedDiffId) => zstd.layerStream(tar, level, verifiedDiffId) };
       }
       const { chooseGzipEngine, gzipLayerStreamParallel } = await import('../pipeline/parallel-gzip.js');
       const engine = await chooseGzipEngine('auto');

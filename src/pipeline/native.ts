@@ -5,10 +5,17 @@
  */
 import { createRequire } from 'node:module';
 
+/** What native/smartlayer.c exports; each part only if its library was there at build time. */
 export interface NativeBinding {
   /** One complete gzip member of `input`, compressed on the libuv pool. */
-  gzipMember(input: Buffer, level: number): Promise<Buffer>;
-  readonly libdeflateVersion: string;
+  gzipMember?(input: Buffer, level: number): Promise<Buffer>;
+  readonly libdeflateVersion?: string;
+  /** A streaming zstd context with `workers` threads of libzstd's own. */
+  zstdCreate?(level: number, workers: number): unknown;
+  /** Compresses `input` (and ends the frame if `end`); calls on one context must not overlap. */
+  zstdCompress?(context: unknown, input: Buffer, end: boolean): Promise<Buffer>;
+  zstdFree?(context: unknown): void;
+  readonly zstdVersion?: string;
 }
 
 let binding: NativeBinding | null | undefined;

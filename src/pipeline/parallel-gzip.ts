@@ -289,7 +289,7 @@ const PACKAGES: Record<'igzip' | 'libdeflate', string> = { igzip: 'isal', libdef
  * program, without a process per block. Blocks run on the libuv pool, at most `nativeSlots` at
  * once for the whole process, which leaves pool threads free for the file reads that feed them.
  */
-function nativeLibdeflateEngine(binding: NativeBinding): GzipEngine {
+function nativeLibdeflateEngine(binding: Required<Pick<NativeBinding, 'gzipMember' | 'libdeflateVersion'>>): GzipEngine {
   return {
     name: 'libdeflate',
     program: null,
@@ -327,7 +327,7 @@ export async function findGzipEngine(name: GzipEngineName, via: 'best' | 'progra
   if (name === 'zlib') return zlibEngine;
   if (name === 'libdeflate' && via === 'best') {
     const binding = nativeBinding();
-    if (binding) return nativeLibdeflateEngine(binding);
+    if (binding?.gzipMember && binding.libdeflateVersion) return nativeLibdeflateEngine({ gzipMember: binding.gzipMember, libdeflateVersion: binding.libdeflateVersion });
   }
   const program = await findProgram(PROGRAMS[name]);
   return program ? memberEngine(name, program) : null;
