@@ -24,6 +24,16 @@ export const MediaType = {
 } as const;
 
 export type Compression = 'gzip' | 'zstd' | 'none';
+
+/**
+ * The compression a blob's first bytes announce (gzip or zstd magic; anything else is taken as
+ * uncompressed). Here rather than with the decompressors, so that telling costs no pipeline load.
+ */
+export function sniffCompression(head: Uint8Array): Compression {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
+  if (head.length >= 4 && head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
+  return 'none';
+}
 export type ManifestFamily = 'oci' | 'docker';
 
 export function isIndexMediaType(mt: string | undefined): boolean {

@@ -1,13 +1,11 @@
 /**
  * What every random-access source shares, derived from its few methods (go-containerregistry's
  * `partial`): choosing a platform out of an index, fetching and checking the config, and making
- * Layer objects whose streams are verified.
+ * Layer objects whose streams are verified. The compression and ranged-read pipelines are loaded
+ * when a layer is first opened: a push that finds every blob in place never opens one.
  */
 import { Transform, addAbortSignal, type Readable } from 'node:stream';
 import { SmartError } from '../errors.js';
-import { decompress } from '../pipeline/compression.js';
-import { chooseGunzip } from '../pipeline/parallel-gzip.js';
-import { RANGED_CHUNK_SIZE, RANGED_CONCURRENCY, RANGED_MIN_SIZE, rangedStream } from '../pipeline/ranged.js';
 import { verifiedStream } from '../pipeline/digest-stream.js';
 import { parseImageConfig, type ImageConfig } from './config.js';
 import { sha256Digest, shortDigest, type Digest } from './digest.js';
@@ -58,8 +56,9 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
       if (compression === undefined) {
         throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${descriptor.mediaType}`, { input: descriptor.digest });
       }
+      const { decompress } = await import('../pipeline/compression.js');
+      const gunzip = compression === 'gzip' ? await (await import('../pipeline/parallel-gzip.js')).chooseGunzip() : undefined;
       const blob = abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal);
-      const gunzip = compression === 'gzip' ? await chooseGunzip() : undefined;
       return verifyUncompressed(decompress(blob, compression, what, gunzip ? { gunzip } : {}), diffId, what);
     },
   };
@@ -67,7 +66,9 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
 
 /** A blob's verified stream: large ones in parallel ranges where the source can read ranges. */
 async function openBlob(source: ImageSource, descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
-  if (!source.getBlobRange || descriptor.size < RANGED_MIN_SIZE) return source.getBlob(descriptor, options);
+  if (!source.getBlobRange) return source.getBlob(descriptor, options);
+  const { RANGED_CHUNK_SIZE, RANGED_CONCURRENCY, RANGED_MIN_SIZE, rangedStream } = await import('../pipeline/ranged.js');
+  if (descriptor.size < RANGED_MIN_SIZE) return source.getBlob(descriptor, options);
   const raw = rangedStream(descriptor.size, (start, end) => source.getBlobRange!(descriptor, start, end, options), {
     chunkSize: RANGED_CHUNK_SIZE,
     concurrency: RANGED_CONCURRENCY,

@@ -8,8 +8,7 @@ import { Readable, pipeline } from 'node:stream';
 import tar from 'tar-stream';
 import { SmartError, isSmartError } from '../../errors.js';
 import { parseImageConfig, type ImageConfig } from '../../oci/config.js';
-import type { Compression } from '../../oci/mediatypes.js';
-import { sniffCompression } from '../../pipeline/compression.js';
+import { sniffCompression, type Compression } from '../../oci/mediatypes.js';
 import { normalizeMemberName } from '../../tar/header.js';
 import { parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 

@@ -4,7 +4,6 @@
  * then `credsStore`, running `docker-credential-NAME get`. Secrets stay inside this module and
  * the auth header builder: they never reach a message, an error or --debug output.
  */
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -58,8 +57,10 @@ async function readDockerConfig(): Promise<DockerConfig | undefined> {
 }
 
 /** Runs `docker-credential-NAME get` with the server on stdin, as the Docker CLI does. */
-function runHelper(name: string, server: string): Promise<Credentials | undefined> {
+async function runHelper(name: string, server: string): Promise<Credentials | undefined> {
   const program = `docker-credential-${name}`;
+  // child_process is loaded only here: most commands never run a helper.
+  const { execFile } = await import('node:child_process');
   return new Promise((resolve, reject) => {
     const child = execFile(program, ['get'], { timeout: 30_000 }, (err, stdout, stderr) => {
       if (err) {
