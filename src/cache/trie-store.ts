@@ -9,7 +9,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { Digest } from '../oci/digest.js';
-import type { IndexedImage, TrieNode, TrieStore } from '../trie/layer-trie.js';
+import type { Descriptor } from '../oci/manifest.js';
+import { chainIds, nodesOf, stepKeyString, type IndexedImage, type StepKey, type TrieNode, type TrieStore } from '../trie/layer-trie.js';
 import type { MetadataCache } from './metadata-cache.js';
 
 const hashStep = (step: string) => createHash('sha256').update(step).digest('hex').slice(0, 32);
@@ -42,6 +43,7 @@ export class CachedTrieStore implements TrieStore {
   }
 
   async putNodes(nodes: readonly TrieNode[]): Promise<void> {
+    if (nodes.length === 0) return;
     await this.cache.setMany(nodes.map((n) => ({ key: this.nodeKey(n.chainId), value: JSON.stringify(n) })));
   }
 
@@ -54,14 +56,32 @@ export class CachedTrieStore implements TrieStore {
     if (edges.length === 0) return;
     const keys = edges.map((e) => this.edgeKey(e.parent, e.step));
     const current = await this.cache.getMany(keys);
-    const merged = new Map<string, Set<string>>();
+    const merged = new Map<string, { set: Set<string>; was: string | undefined }>();
     edges.forEach((e, i) => {
       const key = keys[i]!;
-      const set = merged.get(key) ?? new Set(current[i] ? (parseOr<string[]>(current[i]!) ?? []) : []);
-      set.add(e.child);
-      merged.set(key, set);
+      const entry = merged.get(key) ?? { set: new Set(current[i] ? (parseOr<string[]>(current[i]!) ?? []) : []), was: current[i] };
+      entry.set.add(e.child);
+      merged.set(key, entry);
     });
-    await this.cache.setMany([...merged].map(([key, set]) => ({ key, value: JSON.stringify([...set]) })));
+    // Edges already there (the same image pushed again) are not written again.
+    const changed = [...merged].map(([key, { set, was }]) => ({ key, value: JSON.stringify([...set]), was })).filter((e) => e.value !== e.was);
+    if (changed.length) await this.cache.setMany(changed.map(({ key, value }) => ({ key, value })));
+  }
+
+  /**
+   * Adds one image to the trie (what every push does for what it pushed): its nodes merged with
+   * those known, its edges, its record. Writes only the entries that change, so that pushing an
+   * image again costs reads. `record` is the image's current record when the caller has read it.
+   */
+  async addImage(image: IndexedImage, record?: { current: IndexedImage | undefined }): Promise<void> {
+    const ids = chainIds(image.layers.map((l) => l.diffId));
+    const known = await this.getNodes(ids);
+    const nodes = nodesOf(image, new Map(ids.map((id, i) => [id, known[i]])), true);
+    await this.putNodes(nodes.filter((n, i) => !known[i] || JSON.stringify(known[i]) !== JSON.stringify(n)));
+    await this.addEdges(edgesOf(nodes));
+    if (!image.ref.tag) return;
+    const current = record ? record.current : (await this.getImageRecords([{ repository: image.ref.repository, tag: image.ref.tag }]))[0];
+    if (!current || JSON.stringify(current) !== JSON.stringify(image)) await this.putImageRecords([image]);
   }
 
   async getImageRecords(refs: readonly { repository: string; tag: string }[]): Promise<(IndexedImage | undefined)[]> {
@@ -70,6 +90,7 @@ export class CachedTrieStore implements TrieStore {
   }
 
   async putImageRecords(images: readonly IndexedImage[]): Promise<void> {
+    if (!images.some((i) => i.ref.tag)) return;
     await this.cache.setMany(images.filter((i) => i.ref.tag).map((i) => ({ key: this.imageKey(i.ref.repository, i.ref.tag!), value: JSON.stringify(i) })));
   }
 
@@ -90,4 +111,29 @@ function parseOr<T>(raw: string): T | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The edges that lead to `nodes` (those made by a known step). */
+export function edgesOf(nodes: readonly TrieNode[]): { parent: Digest | undefined; step: string; child: Digest }[] {
+  return nodes.filter((n) => n.step).map((n) => ({ parent: n.parent, step: stepKeyString(n.step!), child: n.chainId }));
+}
+
+/**
+ * What indexing records of an image at `ref`: its layers as stored (blob descriptors) with the
+ * build step that made each, when known. One construction for pushes and index runs alike.
+ */
+export function indexedImageOf(
+  ref: { repository: string; tag?: string },
+  manifest: Digest,
+  layers: readonly { diffId: Digest; descriptor: Descriptor }[],
+  steps: readonly (StepKey | undefined)[],
+): IndexedImage {
+  return {
+    ref: { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}), manifest },
+    layers: layers.map((l, i) => ({
+      diffId: l.diffId,
+      blob: { digest: l.descriptor.digest, size: l.descriptor.size, mediaType: l.descriptor.mediaType },
+      ...(steps[i] ? { step: steps[i] } : {}),
+    })),
+  };
 }

@@ -17,7 +17,7 @@ import { configMediaType, manifestFamily } from '../oci/mediatypes.js';
 import { resolveImage } from '../oci/partial.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { parseReference, type Reference } from '../oci/reference.js';
-import { CachedTrieStore } from '../cache/trie-store.js';
+import { CachedTrieStore, edgesOf, indexedImageOf } from '../cache/trie-store.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 import {
   CONTENT_ANNOTATION,
@@ -25,7 +25,6 @@ import {
   chainIds,
   matchBuild,
   nodesOf,
-  stepKeyString,
   type IndexedImage,
   type Match,
   type StepKey,
@@ -67,30 +66,7 @@ export async function stepsOfImage(image: Image): Promise<(StepKey | undefined)[
 }
 
 export async function indexedImage(image: Image, ref: { repository: string; tag?: string }): Promise<IndexedImage> {
-  const steps = await stepsOfImage(image);
-  return {
-    ref: { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}), manifest: image.manifest.digest },
-    layers: image.layers.map((l, i) => ({
-      diffId: l.diffId,
-      blob: { digest: l.descriptor.digest, size: l.descriptor.size, mediaType: l.descriptor.mediaType },
-      ...(steps[i] ? { step: steps[i] } : {}),
-    })),
-  };
-}
-
-function edgesOf(nodes: readonly TrieNode[]): { parent: Digest | undefined; step: string; child: Digest }[] {
-  return nodes.filter((n) => n.step).map((n) => ({ parent: n.parent, step: stepKeyString(n.step!), child: n.chainId }));
-}
-
-/** Adds one image to the trie (what every push does for what it pushed). */
-export async function indexOne(cache: MetadataCache, scope: string, image: IndexedImage): Promise<void> {
-  const trie = new CachedTrieStore(cache, scope);
-  const ids = chainIds(image.layers.map((l) => l.diffId));
-  const known = await trie.getNodes(ids);
-  const nodes = nodesOf(image, new Map(ids.map((id, i) => [id, known[i]])), true);
-  await trie.putNodes(nodes);
-  await trie.addEdges(edgesOf(nodes));
-  await trie.putImageRecords([image]);
+  return indexedImageOf(ref, image.manifest.digest, image.layers, await stepsOfImage(image));
 }
 
 export interface IndexSummary {
@@ -632,19 +608,4 @@ export async function stepsForPush(image: Image, options: { dockerfile: string; 
     out[layer--] = { instruction: step.instruction, ...(step.contentDigest ? { contentDigest: step.contentDigest } : {}) };
   }
   return out;
-}
-
-/** What a push leaves in the store, as the trie records it (every push keeps the trie fresh). */
-export async function indexPushed(
-  cache: MetadataCache,
-  scope: string,
-  ref: { repository: string; tag?: string },
-  copied: { image: Image; layers: Descriptor[]; manifest: ParsedManifest },
-): Promise<void> {
-  const atDest: Image = {
-    ...copied.image,
-    manifest: copied.manifest as Image['manifest'],
-    layers: copied.image.layers.map((l, i) => ({ ...l, descriptor: copied.layers[i] ?? l.descriptor })),
-  };
-  await indexOne(cache, scope, await indexedImage(atDest, ref));
 }

@@ -49,6 +49,17 @@ export class DistributionStore {
     await this.driver.putContent(this.linkPath(repo, digest, kind), linkContent(digest));
   }
 
+  /**
+   * Writes a link file unless it already names `digest`: pushing an image again then writes
+   * nothing (a read costs less than a write, on disk and in S3). Anything unreadable is rewritten.
+   */
+  private async ensureLink(path: string, digest: Digest): Promise<void> {
+    const content = linkContent(digest);
+    const current = await this.driver.getContent(path).catch(() => undefined);
+    if (current?.equals(content)) return;
+    await this.driver.putContent(path, content);
+  }
+
   async openBlob(digest: Digest, offset = 0, length?: number): Promise<Readable> {
     return this.driver.reader(pathFor({ kind: 'blobData', digest }), offset, length);
   }
@@ -102,14 +113,14 @@ export class DistributionStore {
     if ((await this.blobSize(digest)) !== bytes.length) {
       await this.driver.putContent(pathFor({ kind: 'blobData', digest }), bytes);
     }
-    await this.link(repo, digest, 'manifest');
+    await this.ensureLink(this.linkPath(repo, digest, 'manifest'), digest);
     return digest;
   }
 
   /** Points `tag` at `digest`: the tag index link first, `current/link` last (the visible switch). */
   async tag(repo: string, tag: string, digest: Digest): Promise<void> {
-    await this.driver.putContent(pathFor({ kind: 'tagIndexLink', repo, tag, digest }), linkContent(digest));
-    await this.driver.putContent(pathFor({ kind: 'tagCurrentLink', repo, tag }), linkContent(digest));
+    await this.ensureLink(pathFor({ kind: 'tagIndexLink', repo, tag, digest }), digest);
+    await this.ensureLink(pathFor({ kind: 'tagCurrentLink', repo, tag }), digest);
   }
 
   async resolveTag(repo: string, tag: string): Promise<Digest> {
