@@ -4,6 +4,9 @@
  * ~200 MB image made of files from this machine (shared libraries, docs, many small files, a tiny
  * patch layer with a whiteout). Each case runs several times; the table gives median wall time,
  * CPU and peak RSS, and the ratio to the peer. Not a test: nothing here passes or fails.
+ * Beside the times: the compressed size of the pushed layers (read from the manifests in the
+ * destination) against skopeo's and the pigz/zstd limits; how much of a push from stdin hides behind
+ * a paced producer (bench/pace.mjs); peak RSS pushing a 1 GB layer as it is and one to compress.
  *
  *   npm run bench [-- --runs N] [-- --keep]
  *
@@ -122,6 +125,73 @@ async function makeImage() {
   return { archive, archiveDir, layerNames, layout, sizes };
 }
 
+/**
+ * A docker-save tar of one layer of one ~`size`-byte file that compresses like real content (about
+ * as well as the image's own layers): copies of the image's library and doc layer tars, each passed
+ * through its own byte permutation from a seeded PRNG, so no copy repeats another and none is all
+ * zeros, while each keeps the matches and byte statistics of the original. Written in one pass,
+ * layer first and manifest.json last as docker save does; no intermediate 1 GB files.
+ */
+function writeCompressibleArchive(file, size, sources) {
+  let seed = 0x2545f491;
+  const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) & 0xff;
+  const header = (name, n) => {
+    const h = Buffer.alloc(512);
+    h.write(name, 0);
+    h.write('0000644\0', 100);
+    h.write('0000000\0', 108);
+    h.write('0000000\0', 116);
+    h.write(`${n.toString(8).padStart(11, '0')}\0`, 124);
+    h.write(`${(1704067200).toString(8).padStart(11, '0')}\0`, 136);
+    h.write('        ', 148);
+    h.write('0', 156);
+    h.write('ustar\x0000', 257);
+    let sum = 0;
+    for (const b of h) sum += b;
+    h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148);
+    return h;
+  };
+  const pad = (n) => Buffer.alloc((512 - (n % 512)) % 512);
+  const fd = fs.openSync(file, 'w');
+  const hash = createHash('sha256');
+  const inner = (b) => {
+    hash.update(b);
+    fs.writeSync(fd, b);
+  };
+  const layerSize = 512 + size + pad(size).length + 1024;
+  fs.writeSync(fd, header('layer.tar', layerSize));
+  inner(header('big.bin', size));
+  const chunk = Buffer.alloc(4 << 20);
+  let written = 0;
+  for (let copy = 0; written < size; copy++) {
+    const table = Uint8Array.from({ length: 256 }, (_, i) => i);
+    for (let i = 255; i > 0; i--) {
+      const j = rand() % (i + 1);
+      [table[i], table[j]] = [table[j], table[i]];
+    }
+    const src = fs.openSync(sources[copy % sources.length], 'r');
+    for (let n; written < size && (n = fs.readSync(src, chunk, 0, Math.min(chunk.length, size - written))) > 0; written += n) {
+      for (let i = 0; i < n; i++) chunk[i] = table[chunk[i]];
+      inner(chunk.subarray(0, n));
+    }
+    fs.closeSync(src);
+  }
+  inner(pad(size));
+  inner(Buffer.alloc(1024));
+  const diffId = `sha256:${hash.digest('hex')}`;
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffId] }, history: [{ created_by: 'ADD big.bin /' }] }));
+  const configName = `${createHash('sha256').update(config).digest('hex')}.json`;
+  const manifest = Buffer.from(JSON.stringify([{ Config: configName, RepoTags: ['big/app:latest'], Layers: ['layer.tar'] }]));
+  for (const [name, body] of [[configName, config], ['manifest.json', manifest]]) {
+    fs.writeSync(fd, header(name, body.length));
+    fs.writeSync(fd, body);
+    fs.writeSync(fd, pad(body.length));
+  }
+  fs.writeSync(fd, Buffer.alloc(1024));
+  fs.closeSync(fd);
+  return { archive: file, layerBytes: layerSize };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Running and measuring
 // ---------------------------------------------------------------------------------------------
@@ -182,19 +252,38 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const rm = (p) => fs.rmSync(p, { recursive: true, force: true });
 const skopeoCache = '/var/lib/containers/cache/blob-info-cache-v1.boltdb';
 
-async function bench(name, { setup, command, env }) {
+/**
+ * Runs one case `runs` times. `after(ctx)`, when given, runs after each measured command and before
+ * the teardown, and returns the bytes the case wrote (its pushed layers): kept as `bytes`.
+ */
+async function bench(name, { setup, command, env, after }) {
   const samples = [];
+  let bytes;
   for (let i = 0; i < runs; i++) {
     const ctx = setup ? await setup(i) : {};
     try {
       samples.push(await measure(typeof command === 'function' ? command(ctx) : command, env));
+      if (after) bytes = await after(ctx);
     } finally {
       await ctx.teardown?.();
     }
   }
   const r = { name, wall: median(samples.map((s) => s.wall)), cpu: median(samples.map((s) => s.cpu)), rss: median(samples.map((s) => s.rss)), samples };
+  if (bytes !== undefined) r.bytes = bytes;
   process.stderr.write(`  ${name}: ${r.wall.toFixed(2)} s\n`);
   return r;
+}
+
+/**
+ * The total compressed size of the layers of REPO:TAG in a registry layout on disk: a `file:` store,
+ * or the root directory of the docker-registry the peer pushed to (the same layout).
+ */
+function layerBytes(root, repoName, tag) {
+  const v2 = path.join(root, 'docker', 'registry', 'v2');
+  const link = fs.readFileSync(path.join(v2, 'repositories', repoName, '_manifests', 'tags', tag, 'current', 'link'), 'utf8').trim();
+  const hex = link.replace(/^sha256:/, '');
+  const manifest = JSON.parse(fs.readFileSync(path.join(v2, 'blobs', 'sha256', hex.slice(0, 2), hex, 'data'), 'utf8'));
+  return manifest.layers.reduce((n, l) => n + l.size, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,6 +297,8 @@ process.env.XDG_CACHE_HOME = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-bench-
 const results = [];
 const memoryRows = [];
 const pairs = [];
+const sizePairs = [];
+const overlap = [];
 const work = path.join(out, 'work');
 
 async function freshStore() {
@@ -227,6 +318,7 @@ process.stderr.write(`bench: ${runs} runs per case\n`);
 const s1 = await bench('smart push docker-archive → file: (cold)', {
   setup: freshStore,
   command: (c) => `${smart.replace(' -q', '')} push -q --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+  after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
 });
 const s1s = await bench('smart push docker-archive:- (stdin) → file: (cold)', {
   setup: freshStore,
@@ -235,8 +327,52 @@ const s1s = await bench('smart push docker-archive:- (stdin) → file: (cold)', 
 const k1 = await bench('skopeo copy docker-archive → registry (cold)', {
   setup: freshRegistry,
   command: (c) => `skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:${img.archive} docker://${c.host}/bench/app:1`,
+  after: (c) => layerBytes(c.dir, 'bench/app', '1'),
 });
 pairs.push([s1, k1], [s1s, k1]);
+// The same push with zstd layers, against skopeo's (gzip) push.
+const s1z = await bench('smart push --compression zstd docker-archive → file: (cold)', {
+  setup: freshStore,
+  command: (c) => `node ${smartBin} push -q --compression zstd --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+  after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
+});
+pairs.push([s1z, k1]);
+sizePairs.push([s1, k1], [s1z, k1]);
+
+// Overlap with the producer: docker-archive:- on stdin from a producer paced like `docker save`.
+// Hidden share = (T_producer + T_push_alone - T_pipeline) / T_push_alone, clamped to [0, 1].
+const paceRate = 150;
+const pace = `node ${path.join(repo, 'bench', 'pace.mjs')} ${img.archive} ${paceRate}`;
+const prod = await bench(`producer: image.tar paced at ${paceRate} MB/s → /dev/null`, { command: `${pace} > /dev/null` });
+const s1p = await bench(`smart push docker-archive:- from the ${paceRate} MB/s producer → file: (cold)`, {
+  setup: freshStore,
+  command: (c) => `${pace} | node ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:- file:${c.dir}/store#bench/app:1`,
+});
+const hidden = (alone, pipe) => Math.min(1, Math.max(0, (prod.wall + alone.wall - pipe.wall) / alone.wall));
+overlap.push({ tool: 'smart', producer: prod.wall, alone: s1.wall, pipeline: s1p.wall, hidden: hidden(s1, s1p) });
+pairs.push([s1p, s1]);
+// skopeo reads a docker-archive from a path it can seek in; try /dev/stdin anyway, and keep the
+// answer if it ever works.
+{
+  const r = await freshRegistry();
+  let error;
+  try {
+    await measure(`${pace} | skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:/dev/stdin docker://${r.host}/bench/app:1`);
+  } catch (e) {
+    error = (e.message.match(/level=fatal msg="([^"]*)"/)?.[1] ?? e.message.split('\n').slice(-2).join(' ')).trim();
+  } finally {
+    await r.teardown();
+  }
+  if (error) overlap.push({ tool: 'skopeo', producer: prod.wall, alone: k1.wall, pipeline: prod.wall + k1.wall, hidden: 0, note: `docker-archive:/dev/stdin fails (${error}): the tar must be saved to a file first, so nothing overlaps` });
+  else {
+    const k1p = await bench(`skopeo copy docker-archive:/dev/stdin from the ${paceRate} MB/s producer → registry (cold)`, {
+      setup: freshRegistry,
+      command: (c) => `${pace} | skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:/dev/stdin docker://${c.host}/bench/app:1`,
+    });
+    overlap.push({ tool: 'skopeo', producer: prod.wall, alone: k1.wall, pipeline: k1p.wall, hidden: hidden(k1, k1p) });
+    pairs.push([s1p, k1p]);
+  }
+}
 
 // 2. cold push from an OCI layout: nothing to compress.
 const s2 = await bench('smart push oci → file: (cold)', {
@@ -335,8 +471,34 @@ const s6a = await bench('smart push docker-archive → docker:// (cold)', {
     return { ...r, cache: dir, teardown: async () => { await r.teardown(); rm(dir); } };
   },
   command: (c) => `node ${smartBin} push -q --cache-dir ${c.cache} docker-archive:${img.archive} docker://${c.host}/bench/app:1`,
+  after: (c) => layerBytes(c.dir, 'bench/app', '1'),
 });
-pairs.push([s6a, k1]);
+// Straight into file: storage beside the same push through the API.
+pairs.push([s6a, k1], [s1, s6a]);
+sizePairs.push([s6a, k1]);
+// A second repository in the same registry: every layer is there already under bench/app, so a
+// push to bench/other should mount them across repositories (each tool after its own first push,
+// with its own cache of what it pushed where).
+const s6m = await bench('smart push docker-archive → docker:// second repo (cross-repo mount)', {
+  setup: async () => {
+    const r = await freshRegistry();
+    const cache = fs.mkdtempSync(path.join(out, 'cache-'));
+    execFileSync('node', [smartBin, 'push', '-q', '--cache-dir', cache, `docker-archive:${img.archive}`, `docker://${r.host}/bench/app:1`]);
+    return { ...r, cache, teardown: async () => { await r.teardown(); rm(cache); } };
+  },
+  command: (c) => `node ${smartBin} push -q --cache-dir ${c.cache} docker-archive:${img.archive} docker://${c.host}/bench/other:1`,
+  after: (c) => layerBytes(c.dir, 'bench/other', '1'),
+});
+const k6m = await bench('skopeo copy docker-archive → registry second repo (cross-repo mount)', {
+  setup: async () => {
+    const r = await freshRegistry();
+    execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', '--dest-tls-verify=false', `docker-archive:${img.archive}`, `docker://${r.host}/bench/app:1`]);
+    return r;
+  },
+  command: (c) => `skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:${img.archive} docker://${c.host}/bench/other:1`,
+  after: (c) => layerBytes(c.dir, 'bench/other', '1'),
+});
+pairs.push([s6m, k6m]);
 const s6b = await bench('smart push oci → docker:// (cold)', {
   setup: freshRegistry,
   command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest docker://${c.host}/bench/app:1`,
@@ -418,13 +580,41 @@ pairs.push([s6b, k2]);
   memoryRows.push(m1, m2);
   rm(bigDir);
 }
+// ... and a 1 GB layer that must be compressed: a docker-save tar of one ~1 GB file.
+{
+  const bigDir = fs.mkdtempSync(path.join(out, 'big-'));
+  const big = writeCompressibleArchive(path.join(bigDir, 'image.tar'), 2 ** 30, img.layerNames.slice(0, 2).map((n) => path.join(img.archiveDir, n)));
+  const cases = [
+    ['smart push of a 1 GB layer to compress (gzip) docker-archive → file: (memory)', ''],
+    ['smart push of a 1 GB layer to compress (zstd) docker-archive → file: (memory)', '--compression zstd '],
+  ];
+  for (const [name, flags] of cases) {
+    const m = await bench(name, {
+      setup: freshStore,
+      command: (c) => `node ${smartBin} push -q ${flags}--cache-dir ${c.dir}/cache docker-archive:${big.archive} file:${c.dir}/store#big/app:1`,
+      after: (c) => layerBytes(`${c.dir}/store`, 'big/app', '1'),
+    });
+    m.input = big.layerBytes;
+    results.push(m);
+    memoryRows.push(m);
+  }
+  rm(bigDir);
+}
 
 // 8. compression limits on the same bytes.
 const all = img.layerNames.map((n) => path.join(img.archiveDir, n)).join(' ');
-const p6 = await bench(`limit: cat layers | pigz -6 -p${os.availableParallelism()}`, { command: `cat ${all} | pigz -6 -p${os.availableParallelism()} > /dev/null` });
-const z6 = await bench('limit: cat layers | zstd -3 -T0', { command: `cat ${all} | zstd -3 -T0 -q > /dev/null` });
-pairs.push([s1, p6]);
-results.push(...new Set(pairs.flat()), z6);
+// Their output goes to a file (page cache) so its size is the limit's output size too.
+const limitOut = path.join(out, 'limit.out');
+const limitBytes = () => fs.statSync(limitOut).size;
+const p6 = await bench(`limit: cat layers | pigz -6 -p${os.availableParallelism()}`, {
+  command: `cat ${all} | pigz -6 -p${os.availableParallelism()} > ${limitOut}`,
+  after: limitBytes,
+});
+const z6 = await bench('limit: cat layers | zstd -3 -T0', { command: `cat ${all} | zstd -3 -T0 -q > ${limitOut}`, after: limitBytes });
+rm(limitOut);
+pairs.push([s1, p6], [s1z, z6]);
+sizePairs.push([s1, p6], [s1z, z6]);
+results.push(...new Set([...pairs.flat(), prod]));
 
 // ---------------------------------------------------------------------------------------------
 const mb = (n) => (n / 1e6).toFixed(1);
@@ -440,10 +630,28 @@ for (const [ours, theirs] of pairs) {
   if (!seen.has(row)) lines.push(row);
   seen.add(row);
 }
-lines.push(`| ${z6.name} | ${z6.wall.toFixed(2)} | ${z6.cpu.toFixed(2)} | ${z6.rss.toFixed(0)} | | |`);
-for (const m of memoryRows) lines.push(`| ${m.name} | ${m.wall.toFixed(2)} | ${m.cpu.toFixed(2)} | ${m.rss.toFixed(0)} | | |`);
+for (const m of memoryRows) {
+  const shrink = m.input ? `; ${mb(m.input)} MB layer → ${mb(m.bytes)} MB` : '';
+  lines.push(`| ${m.name} | ${m.wall.toFixed(2)} | ${m.cpu.toFixed(2)} | ${m.rss.toFixed(0)} | target: peak RSS < 150 MB${shrink} | ${(150 / m.rss).toFixed(2)}x under |`);
+}
+const sizes = sizePairs.map(([ours, theirs]) => ({ ours: ours.name, theirs: theirs.name, oursBytes: ours.bytes, theirsBytes: theirs.bytes, ratio: ours.bytes / theirs.bytes }));
+const extra = [
+  '',
+  `output size: the compressed layers written (manifest layer sizes in the destination); target: gzip within 3% of skopeo`,
+  '',
+  '| push | ours MB | vs | theirs MB | ratio (ours / theirs) |',
+  '|---|---|---|---|---|',
+  ...sizes.map((z) => `| ${z.ours} | ${mb(z.oursBytes)} | ${z.theirs} | ${mb(z.theirsBytes)} | ${z.ratio.toFixed(3)} |`),
+  '',
+  `overlap with the producer: docker-archive:- on stdin from a ${paceRate} MB/s paced producer; hidden = (T_producer + T_push_alone - T_pipeline) / T_push_alone`,
+  '',
+  '| tool | T_producer s | T_push_alone s | T_pipeline s | hidden |',
+  '|---|---|---|---|---|',
+  ...overlap.map((o) => `| ${o.tool} | ${o.producer.toFixed(2)} | ${o.alone.toFixed(2)} | ${o.pipeline.toFixed(2)}${o.note ? ' (producer + push, sequential)' : ''} | ${(o.hidden * 100).toFixed(0)}%${o.note ? ' (see below)' : ''} |`),
+  ...overlap.filter((o) => o.note).map((o) => `\n${o.tool}: ${o.note}`),
+];
 console.log(lines.join('\n'));
-fs.writeFileSync(path.join(repo, 'bench', 'results.json'), JSON.stringify({ date: new Date().toISOString(), runs, image: img.sizes, results }, null, 2));
+fs.writeFileSync(path.join(repo, 'bench', 'results.json'), JSON.stringify({ date: new Date().toISOString(), runs, image: img.sizes, results, sizes, overlap }, null, 2));
 process.stderr.write(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s; results in bench/results.json\n`);
 if (!keep) rm(out);
 rm(process.env.XDG_CACHE_HOME);
@@ -455,3 +663,4 @@ try {
 } catch (e) {
   console.error(`bench: trie skipped (${e.message.split('\n')[0]})`);
 }
+console.log(extra.join('\n'));
