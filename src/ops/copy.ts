@@ -111,8 +111,9 @@ interface Compressor {
 const compressors = new Map<string, Promise<Compressor>>();
 
 /**
- * gzip on every core in fixed blocks (libdeflate or Node's zlib: whichever is faster here, with
- * output that does not depend on the core count), or zstd through its program.
+ * gzip on every core in fixed blocks (libdeflate in-process or as a program, else Node's zlib,
+ * with output that does not depend on the core count), or zstd (libzstd in-process, else its
+ * program).
  */
 function compressorFor(options: CopyOptions): Promise<Compressor> {
   const key = `${options.compression ?? 'gzip'}:${options.gzipLevel ?? ''}`;

@@ -16,13 +16,17 @@
  *   than the pool keeps every thread busy; file reads queue behind at most one block each).
  *   Engine throughput is therefore capped by the pool: ~4 cores' worth unless the application
  *   sets UV_THREADPOOL_SIZE before the pool starts.
- * - igzip (Debian `isal`) and libdeflate-gzip (Debian `libdeflate-tools`): command-line tools with
- *   no preset dictionary, so each block is compressed by its own short-lived process into its own
- *   gzip member. A gzip file of several members is standard: every mainstream reader (zlib, Go,
- *   gzip, pigz, busybox) reads it as one stream. The member header the tool writes (igzip puts
- *   the current time in it) is replaced by a fixed one, so the bytes are reproducible. Starting a
- *   process forks this one, a few ms on the main thread that grow with its resident memory: 8 MiB
- *   blocks keep that to a few percent.
+ * - libdeflate in this process (native/smartlayer.c, when `npm ci` could build it): each block
+ *   becomes its own gzip member, compressed on the libuv pool. libdeflate takes no preset
+ *   dictionary; a gzip file of several members is standard: every mainstream reader (zlib, Go,
+ *   gzip, pigz, busybox) reads it as one stream.
+ * - igzip (Debian `isal`) and libdeflate-gzip (Debian `libdeflate-tools`): the same scheme with a
+ *   short-lived process per block (libdeflate-gzip makes exactly the in-process bytes). The member
+ *   header a tool writes (igzip puts the current time in it) is replaced by a fixed one, so the
+ *   bytes are reproducible. Starting a process forks this one, a few ms on the main thread.
+ *
+ * Blocks are copied into pooled buffers as input arrives; each stream may hold one block in flight
+ * and more from a window shared by every stream of the process (see SharedWindow).
  *
  * Memory is bounded: at most `concurrency` blocks are in flight (compressing, or compressed and
  * waiting for their turn or for the reader), plus the block being filled; while the window is
