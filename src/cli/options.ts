@@ -222,9 +222,10 @@ export function collect(value: string, previous: string[]): string[] {
 }
 
 export async function remoteOptions(flags: CommonFlags) {
-  const { parseCredentials } = await import('../ops/credentials.js');
   const shared = flags.creds ?? process.env.SMART_REGISTRY_AUTH;
-  const creds = (v: string | undefined, what: string) => (v ? parseCredentials(v, what) : undefined);
+  // The credentials parser is loaded only when there are credentials to parse.
+  const parse = shared || flags.srcCreds || flags.destCreds ? (await import('../ops/credentials.js')).parseCredentials : undefined;
+  const creds = (v: string | undefined, what: string) => (v && parse ? parse(v, what) : undefined);
   const source = creds(flags.srcCreds, '--src-creds') ?? creds(shared, flags.creds ? '--creds' : 'SMART_REGISTRY_AUTH');
   const destination = creds(flags.destCreds, '--dest-creds') ?? creds(shared, flags.creds ? '--creds' : 'SMART_REGISTRY_AUTH');
   return {
