@@ -128,3 +128,29 @@ export async function resolveImage(source: ImageSource, platform: Platform): Pro
   const layers = manifest.manifest.layers.map((d, i) => layerFromDescriptor(source, d, config.rootfs.diff_ids[i]!));
   return { name: source.name, manifest, configBytes, config, layers, repoTags: source.repoTags() };
 }
+
+/**
+ * Whether a destination holds everything the manifest `digest` needs: the manifest itself (and,
+ * for an index, every manifest it names, recursively) and every blob they reference (foreign
+ * layers excepted). `manifest` answers undefined for a manifest that is not there (or not
+ * readable as one: the full copy then decides); `blob` whether a blob is there in full. For destinations whose blobs can go
+ * missing behind their back (a registry's storage, a layout directory): a tag that points at an
+ * incomplete image is not "already there".
+ */
+export async function holdsImage(
+  top: { digest: Digest; mediaType?: string },
+  manifest: (descriptor: { digest: Digest; mediaType?: string }) => Promise<ParsedManifest | undefined>,
+  blob: (descriptor: Descriptor) => Promise<boolean>,
+  depth = 0,
+): Promise<boolean> {
+  const m = await manifest(top);
+  if (!m || m.digest !== top.digest) return false;
+  if (m.kind === 'index') {
+    // Content addressing rules out cycles; the bound only stops absurd nesting.
+    if (depth >= 4) return false;
+    const children = await Promise.all(m.index.manifests.map((d) => holdsImage(d, manifest, blob, depth + 1)));
+    return children.every(Boolean);
+  }
+  const blobs = [m.manifest.config, ...m.manifest.layers.filter((l) => !isForeignLayer(l.mediaType))];
+  return (await Promise.all(blobs.map(blob))).every(Boolean);
+}

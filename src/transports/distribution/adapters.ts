@@ -7,6 +7,7 @@ import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo,
 import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
 import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
 import { formatReference, type Reference } from '../../oci/reference.js';
+import { holdsImage } from '../../oci/partial.js';
 import { verifiedStream } from '../../pipeline/digest-stream.js';
 import type { DistributionStore } from './store.js';
 
@@ -121,14 +122,32 @@ export class DistributionDestination implements BlobDestination {
     await this.store.putManifest(this.ref.repository, manifest.bytes);
   }
 
+  /**
+   * The digest the tag points at, if the image there is whole: storage can lose a blob or a link
+   * behind the registry's back (a cleanup by hand, a collection racing a push), and a push must
+   * then put it back rather than find the tag unchanged and stop.
+   */
   async currentDigest(): Promise<Digest | undefined> {
     if (!this.ref.tag || this.ref.digest) return undefined;
+    const repo = this.ref.repository;
+    let digest: Digest;
     try {
-      return await this.store.resolveTag(this.ref.repository, this.ref.tag);
+      digest = await this.store.resolveTag(repo, this.ref.tag);
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_FOUND') return undefined;
       throw e;
     }
+    const manifest = async ({ digest: d, mediaType }: { digest: Digest; mediaType?: string }): Promise<ParsedManifest | undefined> => {
+      try {
+        return parseManifest(await this.store.getManifest(repo, d), mediaType, `${this.name} (${shortDigest(d)})`);
+      } catch (e) {
+        if (isSmartError(e) && (e.code === 'NOT_FOUND' || e.code === 'MANIFEST_INVALID' || e.code === 'UNSUPPORTED')) return undefined;
+        throw e;
+      }
+    };
+    // What the registry needs to serve a blob to the repository: its data, whole, and its link.
+    const blob = async (d: Descriptor): Promise<boolean> => (await this.store.blobSize(d.digest)) === d.size && (await this.store.isLinked(repo, d.digest, 'layer'));
+    return (await holdsImage({ digest }, manifest, blob)) ? digest : undefined;
   }
 
   async commit(top: ParsedManifest): Promise<void> {

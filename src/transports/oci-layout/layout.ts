@@ -9,6 +9,7 @@ import { digestHex, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType } from '../../oci/mediatypes.js';
+import { holdsImage } from '../../oci/partial.js';
 import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { randomUUID } from 'node:crypto';
@@ -182,15 +183,28 @@ export class OciLayoutDestination implements BlobDestination {
     await this.driver.putContent(blobPath(manifest.digest), manifest.bytes);
   }
 
+  /** The digest tagged in index.json, if every blob it needs is in the layout (any may have been deleted). */
   async currentDigest(): Promise<Digest | undefined> {
     if (this.tag === undefined) return undefined;
+    let entry: Descriptor | undefined;
     try {
       const index = await readIndex(this.driver, this.name);
-      return index.manifests.findLast((d) => d.annotations?.[REF_NAME] === this.tag)?.digest;
+      entry = index.manifests.findLast((d) => d.annotations?.[REF_NAME] === this.tag);
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_AN_IMAGE') return undefined;
       throw e;
     }
+    if (!entry) return undefined;
+    const manifest = async ({ digest: d, mediaType }: { digest: Digest; mediaType?: string }): Promise<ParsedManifest | undefined> => {
+      try {
+        return parseManifest(await this.driver.getContent(blobPath(d)), mediaType, `${this.name} (${shortDigest(d)})`);
+      } catch (e) {
+        if (isSmartError(e) && (e.code === 'NOT_FOUND' || e.code === 'MANIFEST_INVALID' || e.code === 'UNSUPPORTED')) return undefined;
+        throw e;
+      }
+    };
+    const blob = async (d: Descriptor): Promise<boolean> => (await this.reuseBlob(d)) !== undefined;
+    return (await holdsImage(entry, manifest, blob)) ? entry.digest : undefined;
   }
 
   /** Adds the manifest to index.json under the tag (moving the tag off any other entry). */
