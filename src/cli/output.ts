@@ -26,9 +26,18 @@ export function short(d: string): string {
 export class Output {
   constructor(
     readonly options: OutputOptions,
-    private readonly stderr: NodeJS.WritableStream = process.stderr,
-    private readonly stdout: NodeJS.WritableStream = process.stdout,
+    private readonly streams: { stderr?: NodeJS.WritableStream; stdout?: NodeJS.WritableStream } = {},
   ) {}
+
+  // process.stderr and process.stdout are made on first use (a millisecond or two each): a quiet
+  // command that prints nothing never makes them.
+  private get stderr(): NodeJS.WritableStream {
+    return this.streams.stderr ?? process.stderr;
+  }
+
+  private get stdout(): NodeJS.WritableStream {
+    return this.streams.stdout ?? process.stdout;
+  }
 
   /** Progress and human text: stderr, silenced by -q. */
   info(line: string): void {

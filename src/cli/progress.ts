@@ -34,13 +34,18 @@ export class ProgressDisplay {
 
   constructor(
     readonly mode: ProgressMode,
-    private readonly out: NodeJS.WriteStream = process.stderr,
+    private readonly stream?: NodeJS.WriteStream,
   ) {
     const every = mode === 'tty' ? TTY_EVERY_MS : mode === 'plain' ? PLAIN_EVERY_MS : 0;
     if (every) {
       this.timer = setInterval(() => (mode === 'tty' ? this.draw() : this.plainSummary()), every);
       this.timer.unref();
     }
+  }
+
+  /** process.stderr, made on first use: with no progress to show it is never made. */
+  private get out(): NodeJS.WriteStream {
+    return this.stream ?? process.stderr;
   }
 
   private line(digest: string): LayerLine {
