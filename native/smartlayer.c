@@ -43,9 +43,11 @@
     }                                                             \
   } while (0)
 
+/* Frees a compressed block handed to JavaScript, and takes it back off the external memory V8
+ * was told of when it was handed over (the hint carries the length). */
 static void free_output(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
+  int64_t adjusted;
+  napi_adjust_external_memory(env, -(int64_t)(uintptr_t)hint, &adjusted);
   free(data);
 }
 
@@ -104,7 +106,8 @@ static void gzip_complete(napi_env env, napi_status status, void *data) {
   napi_value result = NULL;
   napi_value error = NULL;
   if (status == napi_ok && job->error == NULL) {
-    if (napi_create_external_buffer(env, job->output_length, job->output, free_output, NULL, &result) == napi_ok) {
+    if (napi_create_external_buffer(env, job->output_length, job->output, free_output, (void *)(uintptr_t)job->output_length, &result) == napi_ok) {
+      /* Counted, so the garbage collector runs as compressed blocks pile up, not only as the JavaScript heap grows. */
       int64_t adjusted;
       napi_adjust_external_memory(env, (int64_t)job->output_length, &adjusted);
       job->output = NULL; /* owned by the Buffer now */
@@ -165,6 +168,10 @@ static napi_value gzip_member(napi_env env, napi_callback_info info) {
 typedef struct {
   ZSTD_CCtx *cctx;
   bool busy;
+  /* Where each call's output is gathered before it is copied into a JavaScript Buffer: kept and
+   * reused, so a long layer does not churn (and fragment) the C heap with a large block per call. */
+  uint8_t *scratch;
+  size_t scratch_capacity;
 } ZstdContext;
 
 typedef struct {
@@ -177,9 +184,7 @@ typedef struct {
   const uint8_t *input;
   size_t input_length;
   bool end;
-  uint8_t *output;
   size_t output_length;
-  size_t output_capacity;
   const char *error;
 } ZstdJob;
 
@@ -188,32 +193,34 @@ static void zstd_context_finalize(napi_env env, void *data, void *hint) {
   (void)hint;
   ZstdContext *context = data;
   if (context->cctx) ZSTD_freeCCtx(context->cctx);
+  free(context->scratch);
   free(context);
 }
 
-static bool zstd_grow(ZstdJob *job, size_t need) {
-  if (job->output_capacity - job->output_length >= need) return true;
-  size_t capacity = job->output_capacity ? job->output_capacity : need;
-  while (capacity - job->output_length < need) capacity *= 2;
-  uint8_t *grown = realloc(job->output, capacity);
+static bool zstd_grow(ZstdContext *context, size_t used, size_t need) {
+  if (context->scratch_capacity - used >= need) return true;
+  size_t capacity = context->scratch_capacity ? context->scratch_capacity : need;
+  while (capacity - used < need) capacity *= 2;
+  uint8_t *grown = realloc(context->scratch, capacity);
   if (grown == NULL) return false;
-  job->output = grown;
-  job->output_capacity = capacity;
+  context->scratch = grown;
+  context->scratch_capacity = capacity;
   return true;
 }
 
 static void zstd_execute(napi_env env, void *data) {
   (void)env;
   ZstdJob *job = data;
+  ZstdContext *context = job->context;
   ZSTD_inBuffer in = {job->input, job->input_length, 0};
   const size_t step = ZSTD_CStreamOutSize();
   for (;;) {
-    if (!zstd_grow(job, step)) {
+    if (!zstd_grow(context, job->output_length, step)) {
       job->error = "out of memory";
       return;
     }
-    ZSTD_outBuffer out = {job->output + job->output_length, job->output_capacity - job->output_length, 0};
-    size_t remaining = ZSTD_compressStream2(job->context->cctx, &out, &in, job->end ? ZSTD_e_end : ZSTD_e_continue);
+    ZSTD_outBuffer out = {context->scratch + job->output_length, context->scratch_capacity - job->output_length, 0};
+    size_t remaining = ZSTD_compressStream2(context->cctx, &out, &in, job->end ? ZSTD_e_end : ZSTD_e_continue);
     job->output_length += out.pos;
     if (ZSTD_isError(remaining)) {
       job->error = ZSTD_getErrorName(remaining);
@@ -230,19 +237,8 @@ static void zstd_complete(napi_env env, napi_status status, void *data) {
   job->context->busy = false;
   napi_value result = NULL;
   if (status == napi_ok && job->error == NULL) {
-    if (job->output_length == 0) {
-      napi_create_buffer(env, 0, NULL, &result);
-    } else {
-      uint8_t *shrunk = realloc(job->output, job->output_length);
-      if (shrunk) job->output = shrunk;
-      if (napi_create_external_buffer(env, job->output_length, job->output, free_output, NULL, &result) == napi_ok) {
-        int64_t adjusted;
-        napi_adjust_external_memory(env, (int64_t)job->output_length, &adjusted);
-        job->output = NULL;
-      } else {
-        result = NULL;
-      }
-    }
+    void *copy;
+    if (napi_create_buffer_copy(env, job->output_length, job->context->scratch, &copy, &result) != napi_ok) result = NULL;
   }
   if (result == NULL) {
     napi_value message, error;
@@ -253,7 +249,6 @@ static void zstd_complete(napi_env env, napi_status status, void *data) {
   } else {
     napi_resolve_deferred(env, job->deferred, result);
   }
-  free(job->output);
   napi_delete_reference(env, job->input_ref);
   napi_delete_reference(env, job->context_ref);
   napi_delete_async_work(env, job->work);
@@ -365,6 +360,9 @@ static napi_value zstd_free(napi_env env, napi_callback_info info) {
   }
   if (context->cctx) ZSTD_freeCCtx(context->cctx);
   context->cctx = NULL;
+  free(context->scratch);
+  context->scratch = NULL;
+  context->scratch_capacity = 0;
   return NULL;
 }
 #endif /* SMART_HAVE_ZSTD */
