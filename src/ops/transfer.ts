@@ -75,12 +75,14 @@ async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['d
 async function indexCopied(cache: MetadataCache, scope: string, ref: Reference, copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) {
   const { TAG_TTL_S, tagKey } = await import('./cached-source.js');
   const { CachedTrieStore, indexedImageOf } = await import('../cache/trie-store.js');
-  // Our own push moved the tag: what the cache says of it must move too.
-  if (ref.tag) await cache.set(tagKey(scope, ref.repository, ref.tag), copied.manifest.digest, TAG_TTL_S);
   // What a push leaves in the store, as the trie records it (every push keeps the trie fresh).
   const trie = new CachedTrieStore(cache, scope);
   const layers = copied.image.layers.map((l, i) => ({ ...l, descriptor: copied.layers[i] ?? l.descriptor }));
-  const current = ref.tag ? (await trie.getImageRecords([{ repository: ref.repository, tag: ref.tag }]))[0] : undefined;
+  const [current] = await Promise.all([
+    ref.tag ? trie.getImageRecords([{ repository: ref.repository, tag: ref.tag }]).then((r) => r[0]) : undefined,
+    // Our own push moved the tag: what the cache says of it must move too (another key: meanwhile).
+    ref.tag ? cache.set(tagKey(scope, ref.repository, ref.tag), copied.manifest.digest, TAG_TTL_S) : undefined,
+  ]);
   // The steps follow from the manifest and its config alone: the tag pushed again with the same
   // manifest keeps those its record holds, without loading the Dockerfile parser to find them.
   // (A damaged record is a miss, like any cache entry.)

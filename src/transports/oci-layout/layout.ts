@@ -33,8 +33,8 @@ export function blobPath(d: Digest): string {
 async function readIndex(files: LayoutFiles, name: string): Promise<ImageIndex> {
   let bytes: Buffer;
   try {
-    await files.getContent(LAYOUT_FILE);
-    bytes = await files.getContent(INDEX_FILE);
+    // Both at once; either missing means the same: not a layout.
+    [, bytes] = await Promise.all([files.getContent(LAYOUT_FILE), files.getContent(INDEX_FILE)]);
   } catch (e) {
     if (isSmartError(e) && e.code === 'NOT_FOUND') {
       throw new SmartError('NOT_AN_IMAGE', `${name}: not an OCI image layout (no oci-layout or index.json)`, { input: name, cause: e });
