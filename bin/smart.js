@@ -1,12 +1,5 @@
 #!/usr/bin/env node
-import { setFlagsFromString } from 'node:v8';
 import { main } from '../dist/cli/main.js';
-
-// WebAssembly (undici's HTTP parser) stays on V8's baseline compiler, whose code is ready at
-// once: the optimizing one compiles in the background, and Node waits for it before exiting
-// (~70 ms after every command that talks to a registry). Parsing HTTP is a negligible part of a
-// transfer: a 200 MB pull takes as long either way.
-setFlagsFromString('--liftoff-only');
 
 const code = await main(process.argv);
 process.exitCode = code;
