@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import type { Digest } from '../../src/oci/digest.js';
 import { nativeBinding } from '../../src/pipeline/native.js';
 import { requireZstd } from '../../src/pipeline/zstd.js';
 import { inCI } from '../harness/tools.js';
@@ -42,7 +43,7 @@ async function collect(s: AsyncIterable<unknown>): Promise<Buffer> {
   return Buffer.concat(parts);
 }
 
-const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
 
 describe('zstd engines', () => {
   it('has the in-process engine wherever CI runs', () => {
