@@ -9,8 +9,8 @@
  *
  *   node bench/compression.mjs [--runs N] [--keep] [--json FILE] [--no-build]
  *
- * It compiles src/ into its own work directory first (tsc -p tsconfig.build.json --outDir …), so
- * it neither needs nor touches dist/; --no-build imports ../dist instead (run `npm run build`).
+ * It builds dist/ first (tsc), unless --no-build, and imports the repository's dist/ (which finds
+ * node_modules/ and the native addon in native/build/).
  * Each case runs N times (default 3), rounds interleaved; the table gives the median, range and
  * best MB/s and the CPU seconds (children included). Other work on a shared machine only ever
  * slows a run down, so the best of N is the fairer figure there; the choice of defaults uses it.
@@ -49,17 +49,24 @@ const onPath = (name) => {
 // ---------------------------------------------------------------------------------------------
 // The code under test
 
-let distDir = path.join(repo, 'dist');
+// The repository's own build (dist/ resolves its packages from node_modules/ and the native addon
+// from native/build/), rebuilt first unless --no-build.
+const distDir = path.join(repo, 'dist');
 if (!process.argv.includes('--no-build')) {
-  distDir = path.join(work, 'dist');
-  process.stderr.write(`compiling src/ into ${distDir}\n`);
-  execFileSync(path.join(repo, 'node_modules', '.bin', 'tsc'), ['-p', path.join(repo, 'tsconfig.build.json'), '--outDir', distDir], {
-    stdio: 'inherit',
-  });
+  process.stderr.write('building dist/\n');
+  execFileSync(path.join(repo, 'node_modules', '.bin', 'tsc'), ['-p', path.join(repo, 'tsconfig.build.json')], { stdio: 'inherit' });
 }
 const pg = await import(pathToFileURL(path.join(distDir, 'pipeline', 'parallel-gzip.js')).href);
 const { decompress } = await import(pathToFileURL(path.join(distDir, 'pipeline', 'compression.js')).href);
-const { gzipLayerStream } = await import(pathToFileURL(path.join(distDir, 'pipeline', 'layer-streams.js')).href);
+const { DigestStream } = await import(pathToFileURL(path.join(distDir, 'pipeline', 'digest-stream.js')).href);
+const zlib = await import('node:zlib');
+/** Node's zlib as one gzip stream (the reference a single-threaded push would be), hashed on both sides like a push. */
+function gzipLayerStream(src, level) {
+  const diff = new DigestStream();
+  const stream = src.pipe(diff).pipe(zlib.createGzip({ level }));
+  diff.on('error', (e) => stream.destroy(e));
+  return { stream, diffId: () => diff.digest };
+}
 
 // ---------------------------------------------------------------------------------------------
 // The layer: the same selection as bench/run.mjs's first layer.
@@ -189,6 +196,9 @@ async function skopeoOnce() {
 }
 
 const engines = Object.fromEntries((await pg.availableGzipEngines()).map((e) => [e.name, e]));
+// libdeflate is the in-process addon when it is built; its program form makes the same bytes.
+const libdeflateProgram = await pg.findGzipEngine('libdeflate', 'program');
+if (libdeflateProgram && engines.libdeflate && engines.libdeflate !== libdeflateProgram && engines.libdeflate.program === null) engines['libdeflate-program'] = libdeflateProgram;
 const cases = [];
 const add = (group, name, fn, extra = {}) => cases.push({ group, name, fn, ...extra });
 
@@ -210,7 +220,10 @@ const key = (engine, level, blockSize) => `${engine}-${level}-${blockSize ?? eng
 for (const level of [1, 3, 6]) add('main', `parallel zlib level ${level}, 1 MiB blocks (+hash)`, parallel('zlib', level, MiB), { engine: 'zlib', level, determinism: key('zlib', level, MiB) });
 if (engines.igzip) for (const level of [1, 2, 3]) add('main', `parallel igzip level ${level}, ${pg.DEFAULT_PROCESS_BLOCK_SIZE / MiB} MiB members (+hash)`, parallel('igzip', level), { engine: 'igzip', level, determinism: key('igzip', level) });
 if (engines.libdeflate)
-  for (const level of [1, 4, 6]) add('main', `parallel libdeflate level ${level}, ${pg.DEFAULT_PROCESS_BLOCK_SIZE / MiB} MiB members (+hash)`, parallel('libdeflate', level), { engine: 'libdeflate', level, determinism: key('libdeflate', level) });
+  for (const level of [1, 4, 6])
+    add('main', `parallel libdeflate (${engines.libdeflate.implementation}) level ${level}, ${pg.DEFAULT_PROCESS_BLOCK_SIZE / MiB} MiB members (+hash)`, parallel('libdeflate', level), { engine: 'libdeflate', level, determinism: key('libdeflate', level) });
+if (engines['libdeflate-program'])
+  add('main', `parallel libdeflate-gzip program level 1, ${pg.DEFAULT_PROCESS_BLOCK_SIZE / MiB} MiB members (+hash)`, parallel('libdeflate-program', 1), { determinism: key('libdeflate', 1) });
 if (onPath('pigz')) add('main', 'pigz -6 -p 2 (file → counted pipe)', () => programOutputSize('pigz', ['-6', '-p', '2', '-c', layer]));
 
 // Block size and window, for the settings that can be defaults.
@@ -218,8 +231,8 @@ const cores = os.availableParallelism();
 const sweepEngines = ['libdeflate', 'igzip'].filter((e) => engines[e]);
 for (const e of sweepEngines) {
   const level = 1;
-  for (const bs of [4, 8, 16]) add('blocks', `${e} level ${level}, ${bs} MiB blocks, concurrency ${cores}`, parallel(e, level, bs * MiB, cores), { determinism: key(e, level, bs * MiB) });
-  for (const c of [1, cores + 1, 2 * cores]) add('blocks', `${e} level ${level}, 8 MiB blocks, concurrency ${c}`, parallel(e, level, 8 * MiB, c), { determinism: key(e, level, 8 * MiB) });
+  for (const bs of [1, 2, 4, 8]) add('blocks', `${e} level ${level}, ${bs} MiB blocks, concurrency ${cores + 1}`, parallel(e, level, bs * MiB, cores + 1), { determinism: key(e, level, bs * MiB) });
+  for (const c of [1, cores, 2 * cores]) add('blocks', `${e} level ${level}, 4 MiB blocks, concurrency ${c}`, parallel(e, level, 4 * MiB, c), { determinism: key(e, level, 4 * MiB) });
 }
 for (const c of [1, cores, 2 * cores, 4 * cores]) add('blocks', `zlib level 3, 1 MiB blocks, concurrency ${c}`, parallel('zlib', 3, MiB, c), { determinism: key('zlib', 3, MiB) });
 add('blocks', 'zlib level 3, 256 KiB blocks', parallel('zlib', 3, 256 * 1024), {});
@@ -272,7 +285,13 @@ for (let round = 0; round < runs; round++) {
     c.bytes = r.bytes;
     if (r.window !== undefined) c.window = Math.max(c.window ?? 0, r.window);
     if (r.digest) {
-      if (c.digest && c.digest !== r.digest) throw new Error(`${c.name}: output differs between runs`);
+      if (c.digest && c.digest !== r.digest) {
+        // igzip (the program) has been seen, rarely, to make other bytes for the same input, the
+        // content always right: reported, not fatal. Any other engine doing so is a bug.
+        if (!/igzip/.test(c.name)) throw new Error(`${c.name}: output differs between runs`);
+        process.stderr.write(`  warning: ${c.name}: output differs between runs (content checked by the round trip below)\n`);
+        c.nondeterministic = true;
+      }
       c.digest = r.digest;
     }
     process.stderr.write(`  ${round + 1}/${runs} ${c.name}: ${s.toFixed(2)} s\n`);
@@ -341,7 +360,8 @@ for (const group of ['main', 'blocks', 'gunzip']) {
     console.log(`| ${r.name} | ${r.mbps} | ${r.mbpsRange[0]}-${r.mbpsRange[1]} | ${r.bestMbps} | ${r.cpuSeconds} | ${r.outputMB} | ${fmt(r.vsSkopeoSize, '%')} | ${speed} | ${r.windowMiB ?? ''} |`);
   }
 }
-console.log('\nround trips checked (Node gunzip = input); outputs identical across concurrency and runs.');
+const unstable = cases.filter((c) => c.nondeterministic).map((c) => c.name);
+console.log(`\nround trips checked (Node gunzip = input); outputs identical across concurrency and runs${unstable.length ? `, except (bytes, not content): ${unstable.join('; ')}` : ''}.`);
 if (ref) {
   const eligible = rows.filter((r) => r.group === 'main' && r.vsSkopeoSize !== null && r.vsSkopeoSize <= 3 && r.vsSkopeoBest > 1 && /^parallel/.test(r.name));
   eligible.sort((a, b) => b.bestMbps - a.bestMbps);

@@ -91,29 +91,29 @@ const MiB = 1024 * KiB;
 const WINDOW = 32 * KiB;
 
 /*
- * Defaults, from one run of `node bench/compression.mjs --runs 5` on this 2-core machine (Node
- * 20.20, a 150.7 MB tar of shared libraries in page cache; MB/s of uncompressed input, median of 5
- * (best); the parallel rows include the sha256 of input and output, as a push does; skopeo's
- * time includes reading the archive and writing the blob):
+ * Defaults, from one run of `node bench/compression.mjs --runs 3` on this 2-core machine (Node
+ * 20.20, a 150.7 MB tar of shared libraries in page cache; MB/s of uncompressed input, median of 3
+ * (best); the parallel rows include the sha256 of input and output, as a push does; skopeo's time
+ * includes reading the archive and writing the blob):
  *
- *   skopeo 1.9.3 copy docker-archive: → oci: (reference)        145.6 (150.8)   50.15 MB
- *   Node zlib one stream, level 6 / 1                       48.7 / 109.6         48.13 / 52.62 MB
- *   parallel zlib, 1 MiB blocks, level 1 / 3 / 6        192.6 / 162.3 / 90.9     52.60 / 50.71 / 48.12 MB
- *   parallel igzip, 8 MiB members, level 1 / 2 / 3     235.9 / 232.2 / 192.8    54.15 / 53.31 / 52.56 MB
- *   parallel libdeflate, 8 MiB members, level 1 / 4 / 6 186.8 / 143.6 / 122.6   50.97 / 47.82 / 46.53 MB
- *   pigz -6 -p 2                                                 59.2            47.03 MB
+ *   skopeo 1.9.3 copy docker-archive: → oci: (reference)            149.5 (152.9)  50.15 MB
+ *   Node zlib one stream, level 6 / 1                             49.2 / 108       48.13 / 52.62 MB
+ *   parallel zlib, 1 MiB blocks, level 1 / 3 / 6           199.3 / 172.8 / 95.5    52.60 / 50.71 / 48.12 MB
+ *   parallel igzip program, 4 MiB members, level 1 / 2 / 3  190.1 / 194.1 / 168.9   54.13 / 53.32 / 52.58 MB
+ *   parallel libdeflate in-process, 4 MiB, level 1 / 4 / 6 292.1 / 203.8 / 145.7   50.98 / 47.83 / 46.54 MB
+ *   parallel libdeflate-gzip program, 4 MiB, level 1               152.4            50.98 MB (same bytes)
+ *   pigz -6 -p 2                                                    60.6            47.03 MB
  *
  * The rule: the fastest setting no more than 3% larger than skopeo's output and faster than it,
- * preferring an engine present here. igzip is the fastest but 4.8-8% larger: out. libdeflate level
- * 1 is 1.6% larger at 1.28x skopeo's speed (1.42 CPU s against skopeo's 1.93): the default when
- * libdeflate-gzip is installed. Without it, zlib level 3 (1.1% larger, 1.11x at a window of 4
- * blocks, 1.22x at 8; level 1 is 4.9% larger) is the best zlib setting.
- * Block size and window, same run: libdeflate level 1 with 4 / 8 / 16 MiB blocks at concurrency 2:
- * 158.8 / 173.5 / 188.0; 8 MiB at concurrency 1 / 2 / 3 / 4: 118.1 / 173.5 / 184.5 / 191.5 (the
- * window of cores + 1 keeps both cores busy while a finished block waits for the one before it;
- * 16 MiB would double the memory for ~2%). zlib level 3 at concurrency 1 / 2 / 4 / 8: 92.7 / 150.5
- * / 168.3 / 177.3; 256 KiB / 1 MiB / 4 MiB blocks: 149.9 / 168.3 / 169.0. Output sizes do not move
- * with the block size (within 0.1%).
+ * preferring an engine present here. igzip is 4.8-8% larger: out (and its program was seen,
+ * rarely, to make other bytes for the same block). libdeflate level 1 is 1.7% larger at 1.95x
+ * skopeo's speed in-process (0.89 CPU s against skopeo's 1.87): the default wherever libdeflate
+ * is, in-process or (1.02x) as a program. Without it, zlib level 3 (1.1% larger, 1.16x) is the
+ * best zlib setting; level 1 is 4.9% larger.
+ * Block size and window, same run, libdeflate level 1 in-process: 1 / 2 / 4 / 8 MiB blocks at
+ * concurrency 3: 281 / 292 / 301 / 273 MB/s, output within 0.2% of each other; 4 MiB at
+ * concurrency 1 / 2 / 4: 199 / 306 / 318. zlib level 3 at concurrency 1 / 2 / 4 / 8: 96.7 / 149.7
+ * / 165.9 / 175.3; 256 KiB / 1 MiB / 4 MiB blocks: 163.3 / 172.8 / 167.4.
  */
 /** The engine order of `chooseGzipEngine('auto')`: the first one present wins. */
 export const DEFAULT_GZIP_ENGINE_ORDER: readonly GzipEngineName[] = ['libdeflate', 'zlib'];
