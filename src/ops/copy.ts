@@ -5,7 +5,6 @@
  * the tag, last. Reports through callbacks; never prints.
  */
 import { Readable, addAbortSignal, pipeline } from 'node:stream';
-import pLimit from 'p-limit';
 import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, type Digest } from '../oci/digest.js';
 import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent, OpenOptions, ProgressEvent } from '../oci/image.js';
@@ -22,7 +21,7 @@ import {
 } from '../oci/mediatypes.js';
 import { resolveImage } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
-import { DiffIdTap, type CompressedLayerStream } from '../pipeline/layer-streams.js';
+import type { CompressedLayerStream } from '../pipeline/layer-streams.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
@@ -146,28 +145,30 @@ function compressorFor(options: CopyOptions): Promise<Compressor> {
 async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: AbortSignal | undefined, work: (item: I, signal: AbortSignal) => Promise<T>): Promise<T[]> {
   const controller = new AbortController();
   const signal = outer ? AbortSignal.any([outer, controller.signal]) : controller.signal;
-  const limit = pLimit(Math.max(1, jobs));
   let failed = false;
   let firstError: unknown;
-  const settled = await Promise.allSettled(
-    items.map((item) =>
-      limit(async () => {
-        signal.throwIfAborted();
-        try {
-          return await work(item, signal);
-        } catch (e) {
-          if (!failed) {
-            failed = true;
-            firstError = e;
-            controller.abort(e);
-          }
-          throw e;
+  const results = new Array<T>(items.length);
+  let next = 0;
+  // `jobs` workers taking the items in order (p-limit's package resolution alone cost a warm push ~3 ms).
+  const worker = async (): Promise<void> => {
+    for (let i = next++; i < items.length; i = next++) {
+      if (signal.aborted) continue; // stopped by the first failure or by the caller
+      try {
+        results[i] = await work(items[i]!, signal);
+      } catch (e) {
+        if (!failed) {
+          failed = true;
+          firstError = e;
+          controller.abort(e);
         }
-      }),
-    ),
-  );
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(Math.max(1, jobs), items.length) }, worker));
   if (failed) throw firstError;
-  return settled.map((r) => (r as PromiseFulfilledResult<T>).value);
+  // Cancelled by the caller between items: some were skipped, so there is no whole result.
+  signal.throwIfAborted();
+  return results;
 }
 
 /**
@@ -433,6 +434,8 @@ export async function copyDockerArchiveStream(
     if (options.signal) addAbortSignal(options.signal, input);
     // Loaded here: tar parsing is needed only for archives on a pipe.
     const { readDockerArchiveStream } = await import('../transports/docker-archive/stream.js');
+    // Loaded here too: it pulls in every compressor, which a push that sends nothing never needs.
+    const { DiffIdTap } = await import('../pipeline/layer-streams.js');
     const streamed = await readDockerArchiveStream(input, selection, sourceName, async (layer) => {
       const what = `layer ${layer.member} of ${sourceName}`;
       if (layer.compression === 'none') {
