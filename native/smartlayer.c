@@ -13,11 +13,11 @@
  *     libdeflate-gzip program of the same libdeflate version, header aside). The input must not be
  *     modified until the promise settles (a reference keeps it alive).
  *   libdeflateVersion: string
- *   zstdCreate(level: number, workers: number): ZstdContext
+ *   zstdCreate(level: number, workers: number, jobSize: number): ZstdContext
  *   zstdCompress(context, input: Buffer, end: boolean): Promise<Buffer>
- *     Streaming zstd on libzstd's own worker threads (ZSTD_c_nbWorkers), with a content checksum
- *     as the zstd program writes by default: the same frame as `zstd -LEVEL -T0` on the same
- *     input. Calls on one context must not overlap (the JavaScript side awaits each); the context
+ *     Streaming zstd on libzstd's own worker threads (ZSTD_c_nbWorkers), jobs of `jobSize`
+ *     bytes, with a content checksum as the zstd program writes by default: the same frame as
+ *     `zstd -LEVEL -T0 -BjobSize` on the same input, whatever the number of workers. Calls on one context must not overlap (the JavaScript side awaits each); the context
  *     is freed when garbage-collected or by zstdFree (never while a call is running).
  *   zstdFree(context): void
  *   zstdVersion: string
@@ -267,15 +267,16 @@ static ZstdContext *zstd_context_arg(napi_env env, napi_value value) {
 }
 
 static napi_value zstd_create(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  int32_t level = 0, workers = 0;
-  if (argc < 2 || napi_get_value_int32(env, argv[0], &level) != napi_ok || napi_get_value_int32(env, argv[1], &workers) != napi_ok) {
-    napi_throw_type_error(env, NULL, "zstdCreate(level: number, workers: number)");
+  int32_t level = 0, workers = 0, job_size = 0;
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &level) != napi_ok || napi_get_value_int32(env, argv[1], &workers) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &job_size) != napi_ok) {
+    napi_throw_type_error(env, NULL, "zstdCreate(level: number, workers: number, jobSize: number)");
     return NULL;
   }
-  if (level < 1 || level > ZSTD_maxCLevel() || workers < 0 || workers > 256) {
+  if (level < 1 || level > ZSTD_maxCLevel() || workers < 0 || workers > 256 || job_size < 0) {
     napi_throw_range_error(env, NULL, "zstd level or worker count out of range");
     return NULL;
   }
@@ -289,6 +290,8 @@ static napi_value zstd_create(napi_env env, napi_callback_info info) {
   if (!ZSTD_isError(r)) r = ZSTD_CCtx_setParameter(context->cctx, ZSTD_c_checksumFlag, 1);
   /* Without multithreading support in this libzstd, one thread: still correct, only slower. */
   if (!ZSTD_isError(r) && workers > 0 && ZSTD_isError(ZSTD_CCtx_setParameter(context->cctx, ZSTD_c_nbWorkers, workers))) workers = 0;
+  /* The job size (the program's -B): 0 is libzstd's default. Part of the frame's bytes. */
+  if (!ZSTD_isError(r) && workers > 0 && job_size > 0) r = ZSTD_CCtx_setParameter(context->cctx, ZSTD_c_jobSize, job_size);
   if (ZSTD_isError(r)) {
     zstd_context_finalize(env, context, NULL);
     napi_throw_error(env, NULL, ZSTD_getErrorName(r));

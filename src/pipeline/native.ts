@@ -10,8 +10,8 @@ export interface NativeBinding {
   /** One complete gzip member of `input`, compressed on the libuv pool. */
   gzipMember?(input: Buffer, level: number): Promise<Buffer>;
   readonly libdeflateVersion?: string;
-  /** A streaming zstd context with `workers` threads of libzstd's own. */
-  zstdCreate?(level: number, workers: number): unknown;
+  /** A streaming zstd context with `workers` threads of libzstd's own and jobs of `jobSize` bytes. */
+  zstdCreate?(level: number, workers: number, jobSize: number): unknown;
   /** Compresses `input` (and ends the frame if `end`); calls on one context must not overlap. */
   zstdCompress?(context: unknown, input: Buffer, end: boolean): Promise<Buffer>;
   zstdFree?(context: unknown): void;

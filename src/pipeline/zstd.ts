@@ -1,8 +1,8 @@
 /**
  * zstd compression of a layer (Node 20 has no zstd of its own): libzstd inside this process
  * through the native addon when it is built, else the `zstd` program. Both make the same frame
- * for the same level (a content checksum, multithreaded mode on every core, whose output does not
- * depend on the number of threads), so a layer pushed either way dedupes.
+ * for the same level (a content checksum, multithreaded mode on every core with 4 MiB jobs, whose
+ * output does not depend on the number of threads), so a layer pushed either way dedupes.
  */
 import { spawn } from 'node:child_process';
 import os from 'node:os';
@@ -15,6 +15,13 @@ import { nativeBinding, type NativeBinding } from './native.js';
 import { findProgram } from './programs.js';
 
 export const DEFAULT_ZSTD_LEVEL = 3;
+/**
+ * The multithreaded job size (the program's -B), the same for both engines so their frames are
+ * identical. 4 MiB, not libzstd's default (8 MiB at level 3): measured with `zstd -3 -T2` on a
+ * 185 MB image, peak memory 61 → 35 MB (a 770 MB layer: 72 → 39 MB) for 0.3% more output at the
+ * same speed. Every worker holds a job's input and output.
+ */
+export const ZSTD_JOB_SIZE = 4 * 1024 * 1024;
 
 export interface ZstdEngine {
   /** 'in-process 1.5.4' or the program's path, for `--json`. */
@@ -58,7 +65,7 @@ class NativeZstdStream extends Transform {
     level: number,
   ) {
     super({ readableHighWaterMark: 256 * 1024 });
-    this.context = binding.zstdCreate(level, os.availableParallelism());
+    this.context = binding.zstdCreate(level, os.availableParallelism(), ZSTD_JOB_SIZE);
   }
 
   private run(chunk: Buffer, end: boolean, cb: TransformCallback): void {
@@ -106,7 +113,7 @@ function programZstdEngine(program: string): ZstdEngine {
     implementation: program,
     layerStream(tar, level, verifiedDiffId) {
       const diff = diffIdStage(verifiedDiffId);
-      const child = spawn(program, [`-${level}`, '-T0', '-q', '-c', '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      const child = spawn(program, [`-${level}`, '-T0', `-B${ZSTD_JOB_SIZE}`, '-q', '-c', '--no-progress'], { stdio: ['pipe', 'pipe', 'pipe'] });
       let stderr = '';
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       child.stdin.on('error', () => undefined); // reported through the exit status

@@ -88,7 +88,7 @@ describe('zstd engines', () => {
       throw new Error('disk on fire');
     })();
     await expect(collect(zstd.layerStream(Readable.from(failing), 3).stream)).rejects.toThrow(/disk on fire/);
-    expect(() => native!.zstdCreate!(0, 1)).toThrow(/range/);
+    expect(() => native!.zstdCreate!(0, 1, 0)).toThrow(/range/);
     expect(() => native!.zstdCompress!({}, Buffer.alloc(1), false)).toThrow(/zstd context/);
   });
 });
