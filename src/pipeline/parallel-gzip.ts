@@ -22,8 +22,10 @@
  *   gzip, pigz, busybox) reads it as one stream.
  * - igzip (Debian `isal`) and libdeflate-gzip (Debian `libdeflate-tools`): the same scheme with a
  *   short-lived process per block (libdeflate-gzip makes exactly the in-process bytes). The member
- *   header a tool writes (igzip puts the current time in it) is replaced by a fixed one, so the
- *   bytes are reproducible. Starting a process forks this one, a few ms on the main thread.
+ *   header a tool writes (igzip puts the current time in it) is replaced by a fixed one. Starting
+ *   a process forks this one, a few ms on the main thread. igzip is not reproducible: fed the
+ *   same block from here it once made a member one byte longer than in every other run (content
+ *   right), so it is never the default and its digests must not be relied on to dedupe.
  *
  * Blocks are copied into pooled buffers as input arrives; each stream may hold one block in flight
  * and more from a window shared by every stream of the process (see SharedWindow).
