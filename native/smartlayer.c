@@ -43,6 +43,38 @@
     }                                                             \
   } while (0)
 
+/* Settles a job's promise: resolves with `result`, or, when it is NULL, rejects with an Error
+ * saying `error` (or why the work did not run). */
+static void settle(napi_env env, napi_deferred deferred, napi_status status, napi_value result, const char *error, const char *fallback) {
+  if (result != NULL) {
+    napi_resolve_deferred(env, deferred, result);
+    return;
+  }
+  napi_value message, reason;
+  const char *text = error ? error : (status == napi_cancelled ? "cancelled" : fallback);
+  napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
+  napi_create_error(env, NULL, message, &reason);
+  napi_reject_deferred(env, deferred, reason);
+}
+
+/* Queues `execute` on the libuv pool and `complete` after it on the main thread; returns the
+ * promise `complete` settles through *deferred, or NULL with an exception pending. */
+static napi_value queue_work(napi_env env, const char *name, napi_async_execute_callback execute, napi_async_complete_callback complete, void *data,
+                             napi_async_work *work, napi_deferred *deferred) {
+  napi_value promise, resource_name;
+  CHECK(env, napi_create_promise(env, deferred, &promise));
+  CHECK(env, napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name));
+  CHECK(env, napi_create_async_work(env, NULL, resource_name, execute, complete, data, work));
+  if (napi_queue_async_work(env, *work) != napi_ok) {
+    napi_delete_async_work(env, *work);
+    napi_throw_error(env, NULL, "could not queue the work");
+    return NULL;
+  }
+  return promise;
+}
+
+
+#ifdef SMART_HAVE_LIBDEFLATE
 /* Frees a compressed block handed to JavaScript, and takes it back off the external memory V8
  * was told of when it was handed over (the hint carries the length). */
 static void free_output(napi_env env, void *data, void *hint) {
@@ -51,7 +83,6 @@ static void free_output(napi_env env, void *data, void *hint) {
   free(data);
 }
 
-#ifdef SMART_HAVE_LIBDEFLATE
 /* One compressor per pool thread, reallocated only when the level changes: allocating one costs
  * more than compressing a small block. The pool threads live as long as the process. */
 static __thread struct libdeflate_compressor *thread_compressor = NULL;
@@ -104,26 +135,16 @@ static void gzip_execute(napi_env env, void *data) {
 static void gzip_complete(napi_env env, napi_status status, void *data) {
   GzipJob *job = data;
   napi_value result = NULL;
-  napi_value error = NULL;
-  if (status == napi_ok && job->error == NULL) {
-    if (napi_create_external_buffer(env, job->output_length, job->output, free_output, (void *)(uintptr_t)job->output_length, &result) == napi_ok) {
-      /* Counted, so the garbage collector runs as compressed blocks pile up, not only as the JavaScript heap grows. */
-      int64_t adjusted;
-      napi_adjust_external_memory(env, (int64_t)job->output_length, &adjusted);
-      job->output = NULL; /* owned by the Buffer now */
-    } else {
-      result = NULL;
-    }
-  }
-  if (result == NULL) {
-    napi_value message;
-    const char *text = job->error ? job->error : (status == napi_cancelled ? "cancelled" : "could not return the compressed block");
-    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, NULL, message, &error);
-    napi_reject_deferred(env, job->deferred, error);
+  if (status == napi_ok && job->error == NULL &&
+      napi_create_external_buffer(env, job->output_length, job->output, free_output, (void *)(uintptr_t)job->output_length, &result) == napi_ok) {
+    /* Counted, so the garbage collector runs as compressed blocks pile up, not only as the JavaScript heap grows. */
+    int64_t adjusted;
+    napi_adjust_external_memory(env, (int64_t)job->output_length, &adjusted);
+    job->output = NULL; /* owned by the Buffer now */
   } else {
-    napi_resolve_deferred(env, job->deferred, result);
+    result = NULL;
   }
+  settle(env, job->deferred, status, result, job->error, "could not return the compressed block");
   free(job->output);
   napi_delete_reference(env, job->input_ref);
   napi_delete_async_work(env, job->work);
@@ -154,11 +175,11 @@ static napi_value gzip_member(napi_env env, napi_callback_info info) {
   job->input = input;
   job->level = level;
   CHECK(env, napi_create_reference(env, argv[0], 1, &job->input_ref));
-  napi_value promise, name;
-  CHECK(env, napi_create_promise(env, &job->deferred, &promise));
-  CHECK(env, napi_create_string_utf8(env, "smartlayer.gzipMember", NAPI_AUTO_LENGTH, &name));
-  CHECK(env, napi_create_async_work(env, NULL, name, gzip_execute, gzip_complete, job, &job->work));
-  CHECK(env, napi_queue_async_work(env, job->work));
+  napi_value promise = queue_work(env, "smartlayer.gzipMember", gzip_execute, gzip_complete, job, &job->work, &job->deferred);
+  if (promise == NULL) {
+    napi_delete_reference(env, job->input_ref);
+    free(job);
+  }
   return promise;
 }
 
@@ -236,19 +257,11 @@ static void zstd_complete(napi_env env, napi_status status, void *data) {
   ZstdJob *job = data;
   job->context->busy = false;
   napi_value result = NULL;
-  if (status == napi_ok && job->error == NULL) {
-    void *copy;
-    if (napi_create_buffer_copy(env, job->output_length, job->context->scratch, &copy, &result) != napi_ok) result = NULL;
-  }
-  if (result == NULL) {
-    napi_value message, error;
-    const char *text = job->error ? job->error : (status == napi_cancelled ? "cancelled" : "could not return the compressed bytes");
-    napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &message);
-    napi_create_error(env, NULL, message, &error);
-    napi_reject_deferred(env, job->deferred, error);
-  } else {
-    napi_resolve_deferred(env, job->deferred, result);
-  }
+  void *copy;
+  if (status != napi_ok || job->error != NULL ||
+      napi_create_buffer_copy(env, job->output_length, job->context->scratch, &copy, &result) != napi_ok)
+    result = NULL;
+  settle(env, job->deferred, status, result, job->error, "could not return the compressed bytes");
   napi_delete_reference(env, job->input_ref);
   napi_delete_reference(env, job->context_ref);
   napi_delete_async_work(env, job->work);
@@ -337,16 +350,14 @@ static napi_value zstd_compress(napi_env env, napi_callback_info info) {
   job->context = context;
   CHECK(env, napi_create_reference(env, argv[1], 1, &job->input_ref));
   CHECK(env, napi_create_reference(env, argv[0], 1, &job->context_ref));
-  napi_value promise, name;
-  CHECK(env, napi_create_promise(env, &job->deferred, &promise));
-  CHECK(env, napi_create_string_utf8(env, "smartlayer.zstdCompress", NAPI_AUTO_LENGTH, &name));
-  CHECK(env, napi_create_async_work(env, NULL, name, zstd_execute, zstd_complete, job, &job->work));
-  context->busy = true;
-  if (napi_queue_async_work(env, job->work) != napi_ok) {
-    context->busy = false;
-    napi_throw_error(env, NULL, "could not queue the zstd work");
+  napi_value promise = queue_work(env, "smartlayer.zstdCompress", zstd_execute, zstd_complete, job, &job->work, &job->deferred);
+  if (promise == NULL) {
+    napi_delete_reference(env, job->input_ref);
+    napi_delete_reference(env, job->context_ref);
+    free(job);
     return NULL;
   }
+  context->busy = true;
   return promise;
 }
 
