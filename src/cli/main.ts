@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import { SmartError, isSmartError } from '../errors.js';
+import { declareShortLivedProcess } from '../runtime.js';
 import { defaultCacheDir, outputOptions, parseTransferArgs, progressMode, pruneDays, remoteOptions, cancel, type CommonFlags } from './options.js';
 import { Output, type OutputOptions } from './output.js';
 
@@ -69,6 +70,7 @@ export async function runTransfer(mode: 'push' | 'pull', source: string, destina
 
 /** Runs the CLI on `argv` (as process.argv) and resolves to the exit code; never calls process.exit. */
 export async function main(argv: string[], prog = 'smart'): Promise<number> {
+  declareShortLivedProcess();
   // Loaded with the program, only when commander parses the command line.
   let CommanderError: typeof import('commander').CommanderError | undefined;
   const flagsOf = (): OutputOptions => {

@@ -7,14 +7,13 @@
 import { createRequire } from 'node:module';
 import { setFlagsFromString } from 'node:v8';
 import type { Agent as UndiciAgent } from 'undici';
+import { isShortLivedProcess } from '../../runtime.js';
 
-// undici's HTTP parser is WebAssembly: left to V8's optimizing compiler, it is compiled again in
-// the background, and Node waits for that before the process exits (~70 ms after every command
-// that talked to a registry). The baseline compiler's code is ready at once, and parsing HTTP is a
-// negligible part of a transfer (a 200 MB pull takes as long either way). Set here, when a
-// registry is first used, not at start-up: a flag changed at start-up makes V8 refuse the code
-// cache of every Node module loaded after it (~10 ms on a push that never talks HTTP).
-setFlagsFromString('--liftoff-only');
+// In a short-lived command (see runtime.ts), WebAssembly stays on the baseline compiler so that the
+// exit does not wait for undici's parser to be optimized. Set here, when a registry is first used,
+// not at start-up: a flag changed at start-up makes V8 refuse the code cache of every Node module
+// loaded after it (~10 ms on a push that never talks HTTP).
+if (isShortLivedProcess()) setFlagsFromString('--liftoff-only');
 
 const require = createRequire(import.meta.url);
 const Dispatcher = require('undici/lib/dispatcher/dispatcher.js') as { prototype: object };
