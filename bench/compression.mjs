@@ -25,6 +25,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { LIBRARY_ROOTS, isLibrary, pickFiles } from './pick-files.mjs';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const arg = (name) => {
@@ -71,37 +72,9 @@ function gzipLayerStream(src, level) {
 // ---------------------------------------------------------------------------------------------
 // The layer: the same selection as bench/run.mjs's first layer.
 
-function pickFiles(roots, budgetBytes, filter) {
-  const picked = [];
-  const inodes = new Set();
-  let total = 0;
-  const walk = (dir) => {
-    let entries;
-    try {
-      entries = fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      if (total >= budgetBytes) return;
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile() && filter(p)) {
-        const { size, ino } = fs.statSync(p);
-        if (inodes.has(ino) || total + size > budgetBytes * 1.02) continue;
-        inodes.add(ino);
-        picked.push(p.slice(1));
-        total += size;
-      }
-    }
-  };
-  for (const r of roots) walk(r);
-  return picked;
-}
-
 const layer = path.join(work, 'layer.tar');
 {
-  const files = pickFiles(['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib'], 150e6, (p) => /\.so/.test(p));
+  const { files } = pickFiles(LIBRARY_ROOTS, 150e6, Infinity, isLibrary);
   const list = path.join(work, 'layer.list');
   const listText = files.join('\n') + '\n';
   if (!fs.existsSync(layer) || !fs.existsSync(list) || fs.readFileSync(list, 'utf8') !== listText) {

@@ -21,6 +21,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { LIBRARY_ROOTS, isLibrary, pickFiles } from './pick-files.mjs';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const out = path.join(repo, 'bench', 'out');
@@ -42,35 +43,6 @@ for (const tool of ['docker-registry', 'skopeo', 'umoci', 'pigz', 'zstd', 'tar',
 // The image: four layers from files on this machine.
 // ---------------------------------------------------------------------------------------------
 
-function pickFiles(roots, budgetBytes, maxFiles = Infinity, filter = () => true) {
-  const picked = [];
-  const inodes = new Set();
-  let total = 0;
-  const walk = (dir) => {
-    let entries;
-    try {
-      entries = fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1));
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      if (total >= budgetBytes || picked.length >= maxFiles) return;
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile() && filter(p)) {
-        const { size, ino } = fs.statSync(p);
-        // A hardlinked file is stored once by tar: count it once.
-        if (inodes.has(ino) || total + size > budgetBytes * 1.02) continue;
-        inodes.add(ino);
-        picked.push(p.slice(1));
-        total += size;
-      }
-    }
-  };
-  for (const r of roots) walk(r);
-  return { files: picked, bytes: total };
-}
-
 function tarLayer(name, files) {
   const list = path.join(out, `${name}.list`);
   fs.writeFileSync(list, files.join('\n') + '\n');
@@ -85,7 +57,7 @@ function sha256File(file) {
 
 async function makeImage() {
   fs.mkdirSync(out, { recursive: true });
-  const libs = pickFiles(['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib'], 150e6, Infinity, (p) => /\.so/.test(p));
+  const libs = pickFiles(LIBRARY_ROOTS, 150e6, Infinity, isLibrary);
   const docs = pickFiles(['/usr/share/doc', '/usr/share/man'], 30e6);
   const small = pickFiles([path.join(repo, 'node_modules'), '/usr/share/locale', '/usr/share/zoneinfo'], 14e6, 2500);
   // The patch layer: one file and a whiteout of a doc file.
