@@ -49,24 +49,8 @@ export async function layerTar(files: Record<string, string>): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** Writes the image as an OCI layout at `dir` (tag `latest`); returns its manifest digest and layer sizes. */
-export async function writeImage(dir: string, spec: ImageSpec): Promise<{ manifest: string; layers: { digest: string; size: number }[]; config: { digest: string; size: number } }> {
-  const tars = await Promise.all(spec.layers.map((l) => layerTar(l.files)));
-  const gz = tars.map((t) => gzipSync(t, { level: 6 }));
-  const history: { created_by: string; empty_layer?: boolean }[] = [];
-  spec.layers.forEach((l, i) => {
-    history.push({ created_by: l.createdBy });
-    for (const e of spec.emptySteps ?? []) if (e.after === i) history.push({ created_by: e.createdBy, empty_layer: true });
-  });
-  const config = Buffer.from(
-    JSON.stringify({
-      architecture: 'amd64',
-      os: 'linux',
-      config: { Env: spec.env ?? ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], ...(spec.workdir ? { WorkingDir: spec.workdir } : {}) },
-      rootfs: { type: 'layers', diff_ids: tars.map(sha) },
-      history,
-    }),
-  );
+/** Writes an OCI layout at `dir` holding one image of gzip layers `gz` and `config`, tagged `latest`; returns the manifest. */
+export async function writeLayout(dir: string, gz: Buffer[], config: Buffer): Promise<Buffer> {
   const manifest = Buffer.from(
     JSON.stringify({
       schemaVersion: 2,
@@ -85,5 +69,27 @@ export async function writeImage(dir: string, spec: ImageSpec): Promise<{ manife
       manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: sha(manifest), size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'latest' } }],
     }),
   );
+  return manifest;
+}
+
+/** Writes the image as an OCI layout at `dir` (tag `latest`); returns its manifest digest and layer sizes. */
+export async function writeImage(dir: string, spec: ImageSpec): Promise<{ manifest: string; layers: { digest: string; size: number }[]; config: { digest: string; size: number } }> {
+  const tars = await Promise.all(spec.layers.map((l) => layerTar(l.files)));
+  const gz = tars.map((t) => gzipSync(t, { level: 6 }));
+  const history: { created_by: string; empty_layer?: boolean }[] = [];
+  spec.layers.forEach((l, i) => {
+    history.push({ created_by: l.createdBy });
+    for (const e of spec.emptySteps ?? []) if (e.after === i) history.push({ created_by: e.createdBy, empty_layer: true });
+  });
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      config: { Env: spec.env ?? ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], ...(spec.workdir ? { WorkingDir: spec.workdir } : {}) },
+      rootfs: { type: 'layers', diff_ids: tars.map(sha) },
+      history,
+    }),
+  );
+  const manifest = await writeLayout(dir, gz, config);
   return { manifest: sha(manifest), layers: gz.map((g) => ({ digest: sha(g), size: g.length })), config: { digest: sha(config), size: config.length } };
 }

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { describe, expect, it } from 'vitest';
+import { writeLayout } from '../harness/images.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools, isRoot } from '../harness/tools.js';
 import { describeTree } from '../harness/tree.js';
@@ -33,24 +34,7 @@ async function busyboxLayout(dir: string): Promise<void> {
   const layer = Buffer.concat(chunks);
   const gz = gzipSync(layer);
   const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/sh'] }, rootfs: { type: 'layers', diff_ids: [sha(layer)] }, history: [{ created_by: 'ADD busybox /' }] }));
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: 'application/vnd.oci.image.manifest.v1+json',
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
-      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha(gz), size: gz.length }],
-    }),
-  );
-  await fs.mkdir(path.join(dir, 'blobs', 'sha256'), { recursive: true });
-  for (const b of [gz, config, manifest]) await fs.writeFile(path.join(dir, 'blobs', 'sha256', sha(b).slice(7)), b);
-  await fs.writeFile(path.join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  await fs.writeFile(
-    path.join(dir, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: sha(manifest), size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'latest' } }],
-    }),
-  );
+  await writeLayout(dir, [gz], config);
 }
 
 describe.skipIf(!haveTools('buildah', 'umoci') || !isRoot || process.arch !== 'x64')('an image built by buildah with RUN steps', () => {
