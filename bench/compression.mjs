@@ -171,7 +171,7 @@ async function skopeoOnce() {
 const engines = Object.fromEntries((await pg.availableGzipEngines()).map((e) => [e.name, e]));
 // libdeflate is the in-process addon when it is built; its program form makes the same bytes.
 const libdeflateProgram = await pg.findGzipEngine('libdeflate', 'program');
-if (libdeflateProgram && engines.libdeflate && engines.libdeflate !== libdeflateProgram && engines.libdeflate.program === null) engines['libdeflate-program'] = libdeflateProgram;
+if (libdeflateProgram && engines.libdeflate?.program === null) engines['libdeflate-program'] = libdeflateProgram;
 const cases = [];
 const add = (group, name, fn, extra = {}) => cases.push({ group, name, fn, ...extra });
 
