@@ -135,9 +135,13 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd'))('credentia
     it('says when credentials go to a token server on another host', async () => {
       // The registry named as localhost; its realm is 127.0.0.1 (the token server's address).
       const viaLocalhost = `docker://localhost:${publicRegistry.port}/lib/app:v1`;
-      const r = await smart(['pull', viaLocalhost, `oci:${path.join(work, 'realm-warning')}:v1`, '--creds', 'carol:carol-pass', '--cert-dir', certDir], await fresh());
+      // A push: tokens for several scopes (pull, and pull+push), the warning once.
+      const { r, requests } = await tokenRequestsOf(async () =>
+        smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, viaLocalhost.replace('lib/app:v1', 'lib/warned:v1'), '--creds', 'carol:carol-pass', '--cert-dir', certDir], await fresh()),
+      );
       expect(r.code, r.stderr).toBe(0);
-      expect(r.stderr).toMatch(new RegExp(`warning: credentials for localhost:${publicRegistry.port} go to the token server it names on another host, 127\\.0\\.0\\.1:\\d+`));
+      expect(new Set(requests.map((q) => q.scopes.join(' '))).size).toBeGreaterThan(1);
+      expect(r.stderr.match(new RegExp(`warning: credentials for localhost:${publicRegistry.port} go to the token server it names on another host, 127\\.0\\.0\\.1:\\d+`, 'g'))).toHaveLength(1);
       // Anonymous: nothing is sent, nothing to say; the same host: nothing to say.
       const anonymous = await smart(['pull', viaLocalhost, `oci:${path.join(work, 'realm-anonymous')}:v1`, '--cert-dir', certDir], await fresh());
       expect(anonymous.code, anonymous.stderr).toBe(0);

@@ -155,7 +155,7 @@ export class RegistryClient {
   /** The credentials once known: redacted from any message built from what the registry answers. */
   private knownCredentials: Credentials | undefined;
   private readonly tokens = new Map<string, { token: string; expires: number }>();
-  /** The token realm already checked (and warned about, when on another host). */
+  /** The origin of the token realm already checked (and warned about, when on another host). */
   private checkedRealm: string | undefined;
 
   constructor(readonly options: RegistryClientOptions) {
@@ -218,10 +218,11 @@ export class RegistryClient {
    * registry-1.docker.io) is said once through `onWarning`.
    */
   private checkRealm(realm: URL): void {
-    if (this.checkedRealm === realm.href) return;
+    if (this.checkedRealm === realm.origin) return;
     const registry = new URL(`https://${this.apiHost}`);
     if (realm.protocol === 'http:') {
-      const realmAllowed = isLoopback(realm.host) || realm.hostname === registry.hostname || (this.options.insecureHosts ?? []).includes(realm.host) || (this.options.insecureHosts ?? []).includes(realm.hostname);
+      const insecure = this.options.insecureHosts ?? [];
+      const realmAllowed = isLoopback(realm.host) || realm.hostname === registry.hostname || insecure.includes(realm.host) || insecure.includes(realm.hostname);
       if (!this.allowHttp || !realmAllowed) {
         throw new SmartError('REGISTRY', `${this.host} names a token server on plain HTTP (${redactUrl(realm.origin)}): credentials are not sent in clear text`, {
           input: this.host,
@@ -234,7 +235,7 @@ export class RegistryClient {
     if (!withinSite(registry.hostname, realm.hostname)) {
       this.options.onWarning?.(`credentials for ${this.host} go to the token server it names on another host, ${redactUrl(realm.host)}`);
     }
-    this.checkedRealm = realm.href;
+    this.checkedRealm = realm.origin;
   }
 
   /** `GET /v2/`: chooses https or (loopback / --insecure-registry only) http, and learns the auth scheme. */
