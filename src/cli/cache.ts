@@ -28,14 +28,15 @@ function buildArgs(list: string[] | undefined): Record<string, string> {
   return out;
 }
 
-async function session(flags: CacheFlags, out: Output) {
+/** `names`: the store and images the command reads and writes (which registry gets which credentials). */
+async function session(flags: CacheFlags, out: Output, names: { read: string[]; write: string[] }) {
   const { openCacheSession } = await import('../ops/cache.js');
   const redisUrl = flags.redis ?? process.env.SMART_REDIS_URL;
   return openCacheSession({
     cacheDir: flags.cacheDir ?? defaultCacheDir(),
     ...(redisUrl ? { redisUrl } : {}),
     ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
-    remote: await remoteOptions(flags),
+    remote: await remoteOptions(flags, names, (m) => out.warn(m)),
     ...(flags.platform ? { platform: flags.platform } : {}),
     ...(flags.jobs ? { jobs: flags.jobs } : {}),
     signal: cancel.signal,
@@ -84,7 +85,7 @@ export function addCacheCommands(program: Command): void {
       const flags = this.opts<CacheFlags>();
       const out = new Output(outputOptions(flags));
       const { indexStore } = await import('../ops/cache.js');
-      const s = await session(flags, out);
+      const s = await session(flags, out, { read: [store], write: [] });
       try {
         const r = await indexStore(store, s.ctx);
         if (r.skipped) out.info(`${r.store}: another index run is in progress; nothing done`);
@@ -117,12 +118,13 @@ export function addCacheCommands(program: Command): void {
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
     const ops = await import('../ops/cache.js');
-    const s = await session(flags, out);
+    const s = await session(flags, out, { read: [store, ...(flags.image ? [flags.image] : [])], write: [] });
     try {
       let plan: PlanResult;
       if (flags.image) {
         const { resolveImageByName } = await import('../ops/transfer.js');
-        const resolved = await resolveImageByName(flags.image, { ...(flags.platform ? { platform: flags.platform } : {}) });
+        // The image is read with the command's registry settings (--cert-dir, --creds, --insecure-registry...).
+        const resolved = await resolveImageByName(flags.image, { ...(flags.platform ? { platform: flags.platform } : {}), ctx: s.ctx.endpoints });
         try {
           plan = await ops.planForImage(store, resolved.image, s.ctx);
         } finally {
@@ -160,7 +162,7 @@ export function addCacheCommands(program: Command): void {
     }
     const out = new Output(outputOptions(flags));
     const ops = await import('../ops/cache.js');
-    const s = await session(flags, out);
+    const s = await session(flags, out, { read: [store], write: destination ? [destination] : [] });
     try {
       const plan = await ops.planBuild(store, planOptions(flags, context), s.ctx);
       printPlan(plan, out);
@@ -188,7 +190,7 @@ export function addCacheCommands(program: Command): void {
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
     const { warmStore } = await import('../ops/cache.js');
-    const s = await session(flags, out);
+    const s = await session(flags, out, { read: [store], write: [] });
     try {
       const r = await warmStore(store, flags.top ?? 10, { ...s.ctx, layerStore: s.layerStore });
       out.info(`warmed ${r.chains} chains: ${r.layers} layers, ${r.fetched} fetched (${formatBytes(r.bytes)})`);

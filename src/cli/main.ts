@@ -50,7 +50,7 @@ export async function runTransfer(mode: 'push' | 'pull', source: string, destina
     ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
     ...(flags.link ? { link: true } : {}),
     ...(flags.prune !== undefined ? { pruneAgeMs: pruneDays(flags.prune) * 86_400_000 } : {}),
-    remote: await remoteOptions(flags),
+    remote: await remoteOptions(flags, { read: [source], write: [destination] }, (m) => progress.message(`warning: ${m}`)),
     onLayer: progress.onLayer,
     onProgress: progress.onProgress,
     onWarning: (m) => progress.message(`warning: ${m}`),

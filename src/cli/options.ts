@@ -17,7 +17,7 @@ Image names (skopeo-style TRANSPORT:REFERENCE):
 
 Exit status: 0 on success, 2 on a usage error (bad flags, malformed image name), 1 on any other error.
 Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer);
-  SMART_REGISTRY_AUTH=USER:PASSWORD, DOCKER_CONFIG (registry credentials); AWS_ENDPOINT_URL_S3,
+  SMART_REGISTRY_AUTH=USER:PASSWORD (as --creds; unused when a command talks to two registries), DOCKER_CONFIG (registry credentials); AWS_ENDPOINT_URL_S3,
   AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
 
 export interface CommonFlags {
@@ -91,7 +91,10 @@ export const COMMON_OPTIONS: readonly OptionSpec[] = [
   { flags: '--all-platforms', description: 'copy every platform of a multi-platform image and the index itself, digests unchanged (into stores)' },
   { flags: '--cache-dir <dir>', description: 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)' },
   { flags: '--redis <url>', description: 'share the metadata cache in Redis: redis://, rediss://, redis+cluster://h1:p1,h2:p2 (default: $SMART_REDIS_URL; else on disk)' },
-  { flags: '--creds <user:password>', description: 'registry credentials for source and destination (default: $SMART_REGISTRY_AUTH, then ~/.docker/config.json)' },
+  {
+    flags: '--creds <user:password>',
+    description: 'credentials for the registry the command talks to; with two registries use --src-creds/--dest-creds (default: $SMART_REGISTRY_AUTH, then ~/.docker/config.json)',
+  },
   { flags: '--src-creds <user:password>', description: 'registry credentials for the source only' },
   { flags: '--dest-creds <user:password>', description: 'registry credentials for the destination only' },
   { flags: '--insecure-registry <host[:port]>', description: 'allow plain HTTP and unverified TLS for this registry (repeatable)', repeatable: true },
@@ -221,13 +224,22 @@ export function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
-export async function remoteOptions(flags: CommonFlags) {
-  const shared = flags.creds ?? process.env.SMART_REGISTRY_AUTH;
-  // The credentials parser is loaded only when there are credentials to parse.
-  const parse = shared || flags.srcCreds || flags.destCreds ? (await import('../ops/credentials.js')).parseCredentials : undefined;
-  const creds = (v: string | undefined, what: string) => (v && parse ? parse(v, what) : undefined);
-  const source = creds(flags.srcCreds, '--src-creds') ?? creds(shared, flags.creds ? '--creds' : 'SMART_REGISTRY_AUTH');
-  const destination = creds(flags.destCreds, '--dest-creds') ?? creds(shared, flags.creds ? '--creds' : 'SMART_REGISTRY_AUTH');
+/**
+ * Registry and S3 settings from the flags. `names`: what the command reads and writes, which
+ * decides the registry each explicit credential goes to (ops/credentials.ts assignCredentials).
+ */
+export async function remoteOptions(flags: CommonFlags, names: { read: string[]; write: string[] }, onWarning?: (message: string) => void) {
+  const env = process.env.SMART_REGISTRY_AUTH;
+  const shared = flags.creds ? { value: flags.creds, from: '--creds' as const } : env ? { value: env, from: 'SMART_REGISTRY_AUTH' as const } : undefined;
+  // The credentials module is loaded only when there are credentials to give.
+  const { sourceCredentials: source, destinationCredentials: destination } =
+    shared || flags.srcCreds || flags.destCreds
+      ? (await import('../ops/credentials.js')).assignCredentials(
+          { ...(shared ? { shared } : {}), ...(flags.srcCreds ? { source: flags.srcCreds } : {}), ...(flags.destCreds ? { destination: flags.destCreds } : {}) },
+          names,
+          onWarning,
+        )
+      : {};
   return {
     ...(source ? { sourceCredentials: source } : {}),
     ...(destination ? { destinationCredentials: destination } : {}),

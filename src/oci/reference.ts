@@ -3,6 +3,7 @@
  * Docker's distribution/reference: docker.io, library/ for one-component names, tag latest.
  */
 import { SmartError } from '../errors.js';
+import { redactImageName, userinfoEnd } from '../redact.js';
 import { parseDigest, type Digest } from './digest.js';
 
 export const DEFAULT_REGISTRY = 'docker.io';
@@ -31,7 +32,15 @@ export function isValidTag(s: string): boolean {
   return TAG_RE.test(s);
 }
 
+/** Where credentials typed into an image name should go instead. */
+export const CREDENTIALS_HINT = 'pass them with --creds USER:PASSWORD (--src-creds/--dest-creds for one side), or log in with docker login';
+
 function bad(s: string, why: string): SmartError {
+  // Credentials typed into a reference (user:pass@host/repo) are not shown, whatever else is wrong.
+  if (userinfoEnd(s) >= 0) {
+    const shown = redactImageName(s);
+    return new SmartError('INVALID_REFERENCE', `invalid image reference "${shown}": credentials do not go inside an image name`, { input: shown, hint: CREDENTIALS_HINT });
+  }
   return new SmartError('INVALID_REFERENCE', `invalid image reference "${s}": ${why}`, { input: s });
 }
 

@@ -1,2 +1,79 @@
-/** Credentials as the CLI passes them (`USER:PASSWORD`); re-exported so the CLI stays on ops/. */
-export { parseCredentials, type Credentials } from '../transports/registry/credentials.js';
+/**
+ * Credentials as a command line gives them (`USER:PASSWORD`), and which registry gets which: a
+ * credential typed once is meant for one registry, so it never goes to a second one.
+ */
+import { SmartError } from '../errors.js';
+import { parseImageName, parseRegistryStore } from '../transports/names.js';
+import { parseCredentials, type Credentials } from '../transports/registry/credentials.js';
+
+export { parseCredentials, type Credentials };
+
+/** The explicit credentials of a command, as typed. */
+export interface ExplicitCredentials {
+  /** `--creds`, else `$SMART_REGISTRY_AUTH`: one credential for the one registry the command talks to. */
+  shared?: { value: string; from: '--creds' | 'SMART_REGISTRY_AUTH' };
+  /** `--src-creds`: for the registry the command reads. */
+  source?: string;
+  /** `--dest-creds`: for the registry the command writes. */
+  destination?: string;
+}
+
+/** The names a command reads and writes (images, or whole stores such as `docker://HOST`). */
+export interface CommandNames {
+  read: readonly string[];
+  write: readonly string[];
+}
+
+/** The registry host a name talks to; undefined for names that are no registry. */
+export function registryOf(name: string): string | undefined {
+  if (!name.startsWith('docker://')) return undefined;
+  const store = parseRegistryStore(name);
+  if (store) return store;
+  const parsed = parseImageName(name);
+  return parsed.transport === 'docker' ? parsed.ref.registry : undefined;
+}
+
+const PER_REGISTRY_HINT = 'log in to each registry with docker login: $DOCKER_CONFIG/config.json keeps credentials per registry';
+
+const unique = (names: readonly string[]) => [...new Set(names.map(registryOf).filter((h): h is string => h !== undefined))];
+
+/**
+ * Which explicit credentials go to the registry read and to the registry written. `--creds` (or
+ * `$SMART_REGISTRY_AUTH`) goes to the registry the command talks to when there is one (the same
+ * host on both sides counts as one); with two different registries `--creds` is refused (it
+ * would reach both, token servers included) and `$SMART_REGISTRY_AUTH`, set once for many
+ * commands rather than typed for this one, is left unused with a warning: each side then takes
+ * `--src-creds`/`--dest-creds`, else the Docker config's credentials for its host.
+ */
+export function assignCredentials(
+  explicit: ExplicitCredentials,
+  names: CommandNames,
+  onWarning: (message: string) => void = () => undefined,
+): { sourceCredentials?: Credentials; destinationCredentials?: Credentials } {
+  const read = unique(names.read);
+  const write = unique(names.write);
+  const all = [...new Set([...read, ...write])];
+  // `cache plan STORE --image IMG` reads two registries: one --src-creds would reach both.
+  if (explicit.source && read.length > 1) {
+    throw new SmartError('USAGE', `--src-creds would go to two registries (${read.join(' and ')})`, { input: '--src-creds', hint: PER_REGISTRY_HINT });
+  }
+  let shared: Credentials | undefined;
+  if (explicit.shared) {
+    const { value, from } = explicit.shared;
+    if (all.length <= 1) shared = parseCredentials(value, from);
+    else if (from === '--creds') {
+      throw new SmartError('USAGE', `--creds would go to both registries (${all.join(' and ')}): give each its own`, {
+        input: '--creds',
+        hint: read.length > 1 ? PER_REGISTRY_HINT : `--src-creds USER:PASSWORD for ${read[0]}, --dest-creds USER:PASSWORD for ${write[0]}`,
+      });
+    } else if ((read.length && !explicit.source) || (write.length && !explicit.destination)) {
+      onWarning(
+        `SMART_REGISTRY_AUTH is not used: this command talks to two registries (${all.join(' and ')}); ` +
+          'give each its own with --src-creds/--dest-creds (else the Docker config is used)',
+      );
+    }
+  }
+  const source = explicit.source ? parseCredentials(explicit.source, '--src-creds') : shared;
+  const destination = explicit.destination ? parseCredentials(explicit.destination, '--dest-creds') : shared;
+  return { ...(source ? { sourceCredentials: source } : {}), ...(destination ? { destinationCredentials: destination } : {}) };
+}

@@ -51,11 +51,12 @@ async function registryClient(host: string, ctx: EndpointContext, credentials: C
   return new RegistryClient({
     host,
     insecure: extra.insecure || (remote.insecureRegistries ?? []).includes(host),
+    ...(remote.insecureRegistries ? { insecureHosts: remote.insecureRegistries } : {}),
     ...(credentials ? { credentials } : {}),
     ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
     ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
-    ...(ctx.onWarning ? { onRetry: ctx.onWarning } : {}),
+    ...(ctx.onWarning ? { onRetry: ctx.onWarning, onWarning: ctx.onWarning } : {}),
     // A mirror that does not answer is skipped for the next source, not retried at length.
     ...(extra.mirror ? { maxRetries: 1 } : {}),
   });

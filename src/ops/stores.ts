@@ -7,7 +7,7 @@ import { SmartError } from '../errors.js';
 import { isDigest, type Digest } from '../oci/digest.js';
 import type { ImageSource } from '../oci/image.js';
 import type { Reference } from '../oci/reference.js';
-import { parseImageName } from '../transports/names.js';
+import { parseImageName, parseRegistryStore } from '../transports/names.js';
 import type { EndpointContext } from './endpoints.js';
 
 export interface StoreAccess {
@@ -22,8 +22,8 @@ export interface StoreAccess {
 }
 
 export async function openStore(name: string, ctx: EndpointContext): Promise<StoreAccess> {
-  const wholeRegistry = /^docker:\/\/([^/]+)\/?$/.exec(name);
-  if (wholeRegistry) return openRegistry(wholeRegistry[1]!, ctx);
+  const registry = parseRegistryStore(name);
+  if (registry) return openRegistry(registry, ctx);
   const parsed = parseImageName(name);
   if (parsed.transport === 'file' || parsed.transport === 's3') {
     const { DistributionStore } = await import('../transports/distribution/store.js');
@@ -59,9 +59,11 @@ async function openRegistry(host: string, ctx: EndpointContext): Promise<StoreAc
     const client = new RegistryClient({
       host,
       insecure: (ctx.remote?.insecureRegistries ?? []).includes(host),
+      ...(ctx.remote?.insecureRegistries ? { insecureHosts: ctx.remote.insecureRegistries } : {}),
       ...(ctx.remote?.sourceCredentials ? { credentials: ctx.remote.sourceCredentials } : {}),
       ...(ctx.remote?.certDirs ? { certDirs: ctx.remote.certDirs } : {}),
       ...(ctx.signal ? { signal: ctx.signal } : {}),
+      ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
     });
     return {
       scope: `docker://${host}`,

@@ -29,6 +29,7 @@ import {
 import { Upload } from '@aws-sdk/lib-storage';
 import { guardStalls } from '../pipeline/stall.js';
 import { SmartError, isSmartError } from '../errors.js';
+import { remoteText } from '../redact.js';
 import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
 
 export interface S3Credentials {
@@ -308,8 +309,9 @@ export class S3Driver implements StorageDriver {
     } else if (f.status === 301 || f.name === 'PermanentRedirect' || f.name === 'AuthorizationHeaderMalformed') {
       hint = 'the bucket is in another region: set --s3-region / AWS_REGION';
     }
-    const code = network ? (f.code ?? f.name) : f.name;
-    const detail = f.message && f.message !== code && f.message !== 'UnknownError' ? `: ${f.message}` : '';
+    // The error code and message are the endpoint's words: redacted, one line, bounded.
+    const code = remoteText(network ? (f.code ?? f.name) : f.name, { max: 60 });
+    const detail = f.message && f.message !== code && f.message !== 'UnknownError' ? `: ${remoteText(f.message)}` : '';
     return new SmartError('STORAGE', `cannot ${op} ${where}: ${code}${status}${detail}`, {
       input: where,
       cause: e,

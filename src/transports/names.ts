@@ -3,7 +3,8 @@
  * Parsing only: opening a name is the job of `ops/endpoints.ts`.
  */
 import { SmartError } from '../errors.js';
-import { isValidTag, parseReference, parseRepositoryReference, type Reference } from '../oci/reference.js';
+import { CREDENTIALS_HINT, isValidTag, parseReference, parseRepositoryReference, type Reference } from '../oci/reference.js';
+import { redactImageName, userinfoEnd } from '../redact.js';
 import type { ArchiveSelection } from './docker-archive/manifest-json.js';
 
 export type ImageName =
@@ -20,7 +21,14 @@ export type ImageName =
 const BUCKET_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
 
 function usage(raw: string, why: string, hint?: string): SmartError {
-  return new SmartError('INVALID_REFERENCE', `invalid image name "${raw}": ${why}`, { input: raw, hint });
+  // Only the URL forms have an authority where credentials could have been typed.
+  const shown = /^(docker|s3):\/\//.test(raw) ? redactImageName(raw) : raw;
+  return new SmartError('INVALID_REFERENCE', `invalid image name "${shown}": ${why}`, { input: shown, hint });
+}
+
+/** `docker://user:pass@host/…`: refused before anything echoes the name, the credentials not shown. */
+function refuseUserinfo(raw: string, hint = CREDENTIALS_HINT): void {
+  if (userinfoEnd(raw) >= 0) throw usage(raw, 'credentials do not go inside an image name', hint);
 }
 
 const FORMS =
@@ -74,10 +82,12 @@ export function parseImageName(raw: string): ImageName {
       return { transport, dir: rest, raw };
     case 'docker': {
       if (!rest.startsWith('//')) throw usage(raw, 'write docker://HOST/REPO[:TAG|@DIGEST]');
+      refuseUserinfo(raw);
       return { transport, ref: parseReference(rest.slice(2)), raw };
     }
     case 's3': {
       if (!rest.startsWith('//')) throw usage(raw, 'write s3://BUCKET[/ROOT]#REPO[:TAG|@DIGEST]');
+      refuseUserinfo(raw, 'S3 credentials come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_PROFILE...), as the AWS CLI reads them');
       const hash = rest.lastIndexOf('#');
       const location = (hash < 0 ? rest : rest.slice(0, hash)).slice(2);
       const slash = location.indexOf('/');
@@ -91,6 +101,17 @@ export function parseImageName(raw: string): ImageName {
     default:
       throw usage(raw, transport ? `unknown transport "${transport}"` : 'no transport', `write TRANSPORT:REFERENCE, one of ${FORMS}`);
   }
+}
+
+/**
+ * `docker://HOST[:PORT][/]`, a whole registry as the cache commands name a store: its host; undefined
+ * for any other name.
+ */
+export function parseRegistryStore(raw: string): string | undefined {
+  const m = /^docker:\/\/([^/]+)\/?$/.exec(raw);
+  if (!m) return undefined;
+  refuseUserinfo(raw);
+  return m[1];
 }
 
 /** `repo:tag` from a name, for RepoTags in docker-archive output; undefined when the name has none. */

@@ -3,9 +3,12 @@
  * (streamed both ways, resumed with Range when a download breaks), cross-repository mounts, and
  * Docker's authentication (anonymous, Basic, Bearer tokens per scope). Requests that can be
  * repeated are retried with backoff on connection errors, 429 and 5xx. Credentials and tokens
- * never appear in an error message.
+ * never appear in an error message, and what a registry answers enters one only through
+ * redact.ts. Credentials go to a token server over TLS, or over plain HTTP only where plain HTTP is
+ * allowed (see `checkRealm`).
  */
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import tls from 'node:tls';
@@ -15,6 +18,7 @@ import { SmartError, isErrno, isSmartError } from '../../errors.js';
 import { sha256Digest, type Digest } from '../../oci/digest.js';
 import { MediaType } from '../../oci/mediatypes.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
+import { redactUrl, remoteText } from '../../redact.js';
 import { lookupCredentials, type Credentials } from './credentials.js';
 
 export const MANIFEST_ACCEPT = [
@@ -30,6 +34,8 @@ export interface RegistryClientOptions {
   host: string;
   /** Allow plain HTTP and unverified TLS for this host (`--insecure-registry`), as Docker does. */
   insecure?: boolean;
+  /** Every host allowed plain HTTP (`--insecure-registry`): a token realm on one of them may get credentials over plain HTTP. */
+  insecureHosts?: readonly string[];
   /** From --creds / SMART_REGISTRY_AUTH; otherwise looked up in the Docker config. */
   credentials?: Credentials;
   /** Directories of extra CA certificates (`*.crt`), e.g. skopeo's --cert-dir. */
@@ -39,6 +45,8 @@ export interface RegistryClientOptions {
   stallTimeoutMs?: number;
   /** Told of each retry (a reset, a 5xx, a stall) before it happens: retries are visible, not silent. */
   onRetry?: (message: string) => void;
+  /** Told of what the user should know but that does not stop the work (credentials sent to a token server on another host). */
+  onWarning?: (message: string) => void;
   /** Cancels every request of this client (the command's Ctrl-C / --timeout). */
   signal?: AbortSignal;
   /** First backoff delay; doubles per attempt. */
@@ -72,6 +80,22 @@ const USER_AGENT = 'smartlayer/0.1';
 function isLoopback(host: string): boolean {
   const h = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
   return h === 'localhost' || h === '::1' || /^127\./.test(h);
+}
+
+/**
+ * Whether `other` is `host`, or within `host`'s parent domain (auth.docker.io for
+ * registry-1.docker.io, gitlab.com for registry.gitlab.com): where registries keep their own token
+ * servers. An address is only ever itself.
+ */
+function withinSite(host: string, other: string): boolean {
+  if (host === other) return true;
+  const bare = (h: string) => h.replace(/^\[|\]$/g, '');
+  if (net.isIP(bare(host)) || net.isIP(bare(other))) return false;
+  const parent = host.split('.').slice(1);
+  // A parent of one label is a top-level domain (io, com): everybody's.
+  if (parent.length < 2) return false;
+  const domain = parent.join('.');
+  return other === domain || other.endsWith(`.${domain}`);
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
@@ -128,7 +152,11 @@ export class RegistryClient {
   private pinged: Promise<void> | undefined;
   private challenge: Challenge = { scheme: 'none' };
   private credentials: Promise<Credentials | undefined> | undefined;
+  /** The credentials once known: redacted from any message built from what the registry answers. */
+  private knownCredentials: Credentials | undefined;
   private readonly tokens = new Map<string, { token: string; expires: number }>();
+  /** The origin of the token realm already checked (and warned about, when on another host). */
+  private checkedRealm: string | undefined;
 
   constructor(readonly options: RegistryClientOptions) {
     this.host = options.host;
@@ -171,8 +199,43 @@ export class RegistryClient {
   }
 
   private creds(): Promise<Credentials | undefined> {
-    this.credentials ??= lookupCredentials(this.host, this.options.credentials);
+    this.credentials ??= lookupCredentials(this.host, this.options.credentials).then((c) => (this.knownCredentials = c));
     return this.credentials;
+  }
+
+  /** Every secret this client holds, as redact.ts takes them: echoed back by a registry, they are replaced. */
+  private secrets(): string[] {
+    const c = this.knownCredentials ?? this.options.credentials;
+    return [...(c ? [c.password, `${c.username}:${c.password}`] : []), ...[...this.tokens.values()].map((t) => t.token)];
+  }
+
+  /**
+   * Basic credentials go to whatever realm the registry names, so the realm is checked first: over
+   * plain HTTP they go only where plain HTTP is allowed for the registry itself (loopback,
+   * --insecure-registry) and for the realm's host too (the registry's own host, loopback, or
+   * --insecure-registry), never in clear text to a host the user did not name. A realm on another
+   * host than the registry's (beyond its parent domain, as auth.docker.io is for
+   * registry-1.docker.io) is said once through `onWarning`.
+   */
+  private checkRealm(realm: URL): void {
+    if (this.checkedRealm === realm.origin) return;
+    const registry = new URL(`https://${this.apiHost}`);
+    if (realm.protocol === 'http:') {
+      const insecure = this.options.insecureHosts ?? [];
+      const realmAllowed = isLoopback(realm.host) || realm.hostname === registry.hostname || insecure.includes(realm.host) || insecure.includes(realm.hostname);
+      if (!this.allowHttp || !realmAllowed) {
+        throw new SmartError('REGISTRY', `${this.host} names a token server on plain HTTP (${redactUrl(realm.origin)}): credentials are not sent in clear text`, {
+          input: this.host,
+          hint: this.allowHttp
+            ? `if ${realm.host} is trusted on this network, allow it with --insecure-registry ${realm.host}`
+            : 'the registry should name an https:// token realm',
+        });
+      }
+    }
+    if (!withinSite(registry.hostname, realm.hostname)) {
+      this.options.onWarning?.(`credentials for ${this.host} go to the token server it names on another host, ${redactUrl(realm.host)}`);
+    }
+    this.checkedRealm = realm.origin;
   }
 
   /** `GET /v2/`: chooses https or (loopback / --insecure-registry only) http, and learns the auth scheme. */
@@ -222,12 +285,16 @@ export class RegistryClient {
   private async fetchToken(scopes: string[], signal: AbortSignal | undefined = this.options.signal): Promise<{ token: string; expires: number }> {
     const { realm, service } = this.challenge;
     if (!realm) throw new SmartError('REGISTRY', `${this.host} asks for a token but names no realm`, { input: this.host });
-    const url = new URL(realm);
+    const url = URL.canParse(realm) ? new URL(realm) : undefined;
+    if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
+      throw new SmartError('REGISTRY', `${this.host} names a token realm that is no http(s) URL: ${remoteText(realm, { max: 100 })}`, { input: this.host });
+    }
     if (service) url.searchParams.set('service', service);
     for (const s of scopes) url.searchParams.append('scope', s);
     const c = await this.creds();
     const headers: Record<string, string> = { 'user-agent': USER_AGENT };
     if (c) {
+      this.checkRealm(url);
       headers.authorization = `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
       url.searchParams.set('account', c.username);
     }
@@ -313,9 +380,9 @@ export class RegistryClient {
       try {
         const doc = JSON.parse(body.toString('utf8')) as RegistryErrorBody;
         const first = doc.errors?.[0];
-        if (first) detail = `${first.code ?? ''}${first.message ? `: ${first.message}` : ''}`;
+        if (first) detail = remoteText(`${String(first.code ?? '')}${first.message ? `: ${String(first.message)}` : ''}`, { known: this.secrets() });
       } catch {
-        detail = body.toString('utf8').slice(0, 120).replace(/\s+/g, ' ');
+        detail = remoteText(body.toString('utf8'), { max: 120, known: this.secrets() });
       }
     }
     const message = `registry ${this.host} answered ${status}${detail ? ` ${detail}` : ''} to ${method} ${what}`;
@@ -599,12 +666,21 @@ export class RegistryClient {
 
   // ------------------------------------------------------------------ listings
 
+  /** A JSON answer; anything else fails naming the request, without echoing what came (JSON.parse would). */
+  private json<T>(body: Buffer, what: string): T {
+    try {
+      return JSON.parse(body.toString('utf8')) as T;
+    } catch {
+      throw new SmartError('REGISTRY', `registry ${this.host} answered something that is not JSON to GET ${what}`, { input: this.host });
+    }
+  }
+
   async listTags(repo: string): Promise<string[]> {
     const out: string[] = [];
     let url: string | undefined = `/v2/${repo}/tags/list?n=1000`;
     while (url) {
       const res = await this.request({ method: 'GET', url, scopes: [`repository:${repo}:pull`], what: `tags of ${repo}` }, [200]);
-      const doc = JSON.parse((await readBody(res.body)).toString('utf8')) as { tags?: string[] | null };
+      const doc = this.json<{ tags?: string[] | null }>(await readBody(res.body), `tags of ${repo}`);
       out.push(...(doc.tags ?? []));
       url = nextLink(header(res.headers, 'link'));
     }
@@ -616,7 +692,7 @@ export class RegistryClient {
     let url: string | undefined = '/v2/_catalog?n=1000';
     while (url) {
       const res = await this.request({ method: 'GET', url, scopes: ['registry:catalog:*'], what: 'catalog' }, [200]);
-      const doc = JSON.parse((await readBody(res.body)).toString('utf8')) as { repositories?: string[] };
+      const doc = this.json<{ repositories?: string[] }>(await readBody(res.body), 'catalog');
       out.push(...(doc.repositories ?? []));
       url = nextLink(header(res.headers, 'link'));
     }

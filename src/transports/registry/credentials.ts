@@ -8,6 +8,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../errors.js';
+import { remoteText } from '../../redact.js';
 
 export interface Credentials {
   username: string;
@@ -56,13 +57,18 @@ async function readDockerConfig(): Promise<DockerConfig | undefined> {
   }
 }
 
-/** Runs `docker-credential-NAME get` with the server on stdin, as the Docker CLI does. */
+const HELPER_TIMEOUT_MS = 30_000;
+
+/**
+ * Runs `docker-credential-NAME get` with the server on stdin, as the Docker CLI does. A helper that
+ * fails is one line: its name, how it ended, and the first line of its stderr (redacted).
+ */
 async function runHelper(name: string, server: string): Promise<Credentials | undefined> {
   const program = `docker-credential-${name}`;
   // child_process is loaded only here: most commands never run a helper.
   const { execFile } = await import('node:child_process');
   return new Promise((resolve, reject) => {
-    const child = execFile(program, ['get'], { timeout: 30_000 }, (err, stdout, stderr) => {
+    const child = execFile(program, ['get'], { timeout: HELPER_TIMEOUT_MS }, (err, stdout, stderr) => {
       if (err) {
         if (isErrno(err, 'ENOENT')) {
           reject(new SmartError('USAGE', `credential helper ${program} is not installed`, { input: program }));
@@ -73,7 +79,21 @@ async function runHelper(name: string, server: string): Promise<Credentials | un
           resolve(undefined);
           return;
         }
-        reject(new SmartError('REGISTRY', `credential helper ${program} failed for ${server} (exit ${String(err.code ?? '?')})`, { input: program }));
+        const ended =
+          typeof err.code === 'number'
+            ? `exit ${err.code}`
+            : err.killed && err.signal === 'SIGTERM'
+              ? `no answer in ${HELPER_TIMEOUT_MS / 1000} s`
+              : err.signal
+                ? `killed by ${err.signal}`
+                : `cannot run it: ${String(err.code ?? err.message)}`;
+        const said = stderr.split('\n').find((line) => line.trim());
+        reject(
+          new SmartError('REGISTRY', `credential helper ${program} failed for ${server} (${ended})${said ? `: ${remoteText(said, { max: 160 })}` : ''}`, {
+            input: program,
+            hint: `check that ${program} works: echo ${server} | ${program} get`,
+          }),
+        );
         return;
       }
       try {
@@ -83,6 +103,9 @@ async function runHelper(name: string, server: string): Promise<Credentials | un
         reject(new SmartError('REGISTRY', `credential helper ${program} answered something that is not JSON`, { input: program }));
       }
     });
+    // A helper that exits without reading its input closes the pipe under our write (EPIPE): how it
+    // ended, reported above, is the error to give, not the write's.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(server);
   });
 }
