@@ -184,7 +184,9 @@ export async function openDestination(name: ImageName, ctx: EndpointContext, opt
         });
       }
       const { DistributionDestination } = await import('../transports/distribution/adapters.js');
-      return { kind: 'blobs', dest: new DistributionDestination(await distributionStore(name, ctx, true), name.ref) };
+      const dest = new DistributionDestination(await distributionStore(name, ctx, true), name.ref, ctx.onWarning ? { onWarning: ctx.onWarning } : {});
+      dest.prepare();
+      return { kind: 'blobs', dest };
     }
     case 'docker': {
       const { RegistryDestination } = await import('../transports/registry/adapters.js');
