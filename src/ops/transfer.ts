@@ -37,6 +37,8 @@ export interface TransferRequest {
   layerStoreDir?: string;
   /** Hardlink files from the layer store into root filesystems (read-only uses). */
   link?: boolean;
+  /** Let `rootfs:`/`bundle:` replace a non-empty directory that no pull made. */
+  force?: boolean;
   /** After the pull, remove from the layer store what no image used within this many ms uses. */
   pruneAgeMs?: number;
   /** The Dockerfile (and context) the image was built from: each layer is annotated with its step. */
@@ -144,6 +146,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(blobInfo ? { blobInfo } : {}),
     ...(layerStore ? { layerStore } : {}),
     ...(req.link ? { link: true } : {}),
+    ...(req.force ? { force: true } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
   };
   const options = {

@@ -1,16 +1,21 @@
 /**
- * What runs killed with kill -9 leave, and who removes it: the next push into the same repository
- * removes the upload left in its `_uploads` (on disk and in S3), says so in --json
- * (`details.cleaned`), and never removes what a live run uses.
+ * What runs killed with kill -9 leave, and who removes it: the next pull into the same place
+ * removes the tree being built beside the destination and the layer being unpacked in the layer
+ * store; the next push into the same repository removes the upload left in its `_uploads` (on disk
+ * and in S3). Each says so in --json (`details.cleaned`), and none removes what a live run uses.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { writeImage } from '../harness/images.js';
+import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { smart, smartBin } from '../harness/run.js';
 import { startS3 } from '../harness/s3.js';
+import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
 
@@ -36,6 +41,87 @@ async function until(what: string, test: () => Promise<boolean>): Promise<void> 
 }
 
 const cleanedOf = (stdout: Buffer): Cleaned[] => (JSON.parse(stdout.toString()) as { details?: { cleaned?: Cleaned[] } }).details?.cleaned ?? [];
+
+describe.skipIf(!haveTools('docker-registry'))('pulls killed mid-way', () => {
+  let work: string;
+  let registry: RunningRegistry;
+  let proxy: RunningProxy;
+  const running: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    work = await tempDir();
+    registry = await startRegistry({ configDir: work });
+    proxy = await startProxy({ target: registry.url });
+    const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${registry.host}/basic/app:v1`]);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  afterAll(async () => {
+    for (const c of running) c.kill('SIGKILL');
+    await proxy?.stop();
+    await registry?.stop();
+  });
+
+  /** Starts a pull into `dest` that stalls on the image's last layer, and waits until it has built part of the tree and begun unpacking that layer. */
+  const stalledPull = async (dest: string, cacheHome: string, extra: string[] = []) => {
+    const victim = fixtures().basic.layers[2]!.digest;
+    proxy.stats.clear();
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(victim) ? { kind: 'stall-mid-body', afterBytes: 50, times: 1 } : undefined));
+    const run = background(['pull', '-q', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, ...extra], { XDG_CACHE_HOME: cacheHome });
+    running.push(run.child);
+    const parent = path.dirname(dest);
+    const tmp = path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp');
+    const staging = async () => (await fs.readdir(parent)).filter((n) => n.startsWith(`.${path.basename(dest)}.smart-`) && !n.endsWith('.smart-pull.json'));
+    await until('the pull has built part of the tree and stalls on its last layer', async () => {
+      const [s] = await staging();
+      return s !== undefined && (await listAll(path.join(parent, s))).some((p) => p.startsWith('etc/')) && (await fs.readdir(tmp).catch(() => [])).length === 1;
+    });
+    return { ...run, staging: path.join(parent, (await staging())[0]!), unpacking: path.join(tmp, (await fs.readdir(tmp))[0]!) };
+  };
+
+  it('kill -9 mid-pull: the next pull into the same place removes the half-built tree and the half-unpacked layer, and says so', async () => {
+    const cacheHome = await tempDir();
+    const parent = path.join(work, 'killed');
+    await fs.mkdir(parent);
+    const dest = path.join(parent, 'root');
+    const victim = await stalledPull(dest, cacheHome);
+    victim.child.kill('SIGKILL');
+    await victim.exit;
+    await expect(fs.stat(dest)).rejects.toThrow(); // no partial destination
+    proxy.setFaults(undefined);
+
+    const again = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--json'], { cacheHome });
+    expect(again.code, again.stderr).toBe(0);
+    const cleaned = cleanedOf(again.stdout);
+    expect(cleaned.map((c) => c.path).sort()).toEqual([victim.staging, victim.unpacking].sort());
+    expect(cleaned.find((c) => c.path === victim.staging)!.bytes).toBeGreaterThan(0);
+    expect((await fs.readdir(parent)).sort()).toEqual(['.root.smart-pull.json', 'root']);
+    expect(await fs.readdir(path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp'))).toEqual([]);
+    expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+  });
+
+  it('a pull beside a live one, into the same place and layer store, leaves the live one its tree and its layer; both complete', async () => {
+    const cacheHome = await tempDir();
+    const dest = path.join(work, 'shared');
+    const live = await stalledPull(dest, cacheHome, ['--stall-timeout', '5']);
+    // Frozen, its stall timer cannot fire: it stays mid-pull, alive, for as long as the other runs.
+    live.child.kill('SIGSTOP');
+    expect(proxy.stats.requests.filter((q) => q.fault === 'stall-mid-body')).toHaveLength(1);
+    const other = path.join(work, 'other-image');
+    await writeImage(other, { layers: [{ files: { 'other.txt': 'other\n' }, createdBy: 'COPY other.txt /' }] });
+    const beside = await smart(['pull', `oci:${other}:latest`, `rootfs:${dest}`, '--json'], { cacheHome });
+    expect(beside.code, beside.stderr).toBe(0);
+    expect(cleanedOf(beside.stdout)).toEqual([]);
+    expect(await fs.readFile(path.join(dest, 'other.txt'), 'utf8')).toBe('other\n');
+    await fs.stat(live.staging);
+    await fs.stat(live.unpacking);
+
+    live.child.kill('SIGCONT'); // its stall timer fires, the download resumes, the pull completes
+    expect(await live.exit).toBe(0);
+    expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+    expect((await fs.readdir(work)).filter((n) => n.startsWith('.shared.'))).toEqual(['.shared.smart-pull.json']);
+  });
+});
 
 describe('pushes killed mid-way', () => {
   const archive = async () => fs.readFile(fixtures().paths.dockerArchiveBasic);
