@@ -2,7 +2,8 @@
  * What runs killed with kill -9 leave, and who removes it: the next pull into the same place
  * removes the tree being built beside the destination and the layer being unpacked in the layer
  * store; the next push into the same repository removes the upload left in its `_uploads` (on disk
- * and in S3). Each says so in --json (`details.cleaned`), and none removes what a live run uses.
+ * and in S3), and the next push of a blob the temporary file left beside it. Each says so in
+ * --json (`details.cleaned`), and none removes what a live run uses.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -42,7 +43,7 @@ async function until(what: string, test: () => Promise<boolean>): Promise<void> 
 
 const cleanedOf = (stdout: Buffer): Cleaned[] => (JSON.parse(stdout.toString()) as { details?: { cleaned?: Cleaned[] } }).details?.cleaned ?? [];
 
-describe.skipIf(!haveTools('docker-registry'))('pulls killed mid-way', () => {
+describe.skipIf(!haveTools('docker-registry'))('runs killed mid-way, from a registry', () => {
   let work: string;
   let registry: RunningRegistry;
   let proxy: RunningProxy;
@@ -120,6 +121,29 @@ describe.skipIf(!haveTools('docker-registry'))('pulls killed mid-way', () => {
     expect(await live.exit).toBe(0);
     expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
     expect((await fs.readdir(work)).filter((n) => n.startsWith('.shared.'))).toEqual(['.shared.smart-pull.json']);
+  });
+
+  it('kill -9 mid-push of a blob whose digest is known: the next push of that blob removes the temporary file beside it', async () => {
+    const victim = fixtures().basic.layers[2]!.digest;
+    const store = path.join(work, 'blob-store');
+    const blobDir = path.join(store, 'docker/registry/v2/blobs/sha256', victim.slice(7, 9), victim.slice(7));
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(victim) ? { kind: 'stall-mid-body', afterBytes: 50, times: 1 } : undefined));
+    const killed = background(['push', '-q', `docker://${proxy.host}/basic/app:v1`, `file:${store}#b/app:1`], { XDG_CACHE_HOME: await tempDir() });
+    running.push(killed.child);
+    await until('the push is writing the stalled blob', async () => (await fs.readdir(blobDir)).some((n) => n.startsWith('data.tmp-')));
+    killed.child.kill('SIGKILL');
+    await killed.exit;
+    const [left] = await fs.readdir(blobDir);
+    proxy.setFaults(undefined);
+
+    const again = await smart(['push', `docker://${proxy.host}/basic/app:v1`, `file:${store}#b/app:1`, '--json'], { cacheHome: await tempDir() });
+    expect(again.code, again.stderr).toBe(0);
+    // The other blobs may have been mid-write too when the push was killed: theirs go as well.
+    const cleaned = cleanedOf(again.stdout);
+    expect(cleaned).toContainEqual({ path: path.join(blobDir, left!), bytes: expect.any(Number) });
+    for (const c of cleaned) expect(path.basename(c.path)).toMatch(/^data\.tmp-/);
+    expect(await fs.readdir(blobDir)).toEqual(['data']);
+    expect((await listAll(path.join(store, 'docker/registry/v2/blobs'))).filter((p) => p.includes('.tmp-'))).toEqual([]);
   });
 });
 
