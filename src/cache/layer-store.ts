@@ -6,8 +6,8 @@
  *   layers/<diff id hex>/entries    the layer's tar headers, one JSON object a line, in tar order
  *   layers/<diff id hex>/files/<n>  the content of the n-th regular file, with its mode and times
  *   images/<manifest digest hex>    {name, diffIds, usedAt}: what pulled images use (for gc)
- *   locks/<diff id hex>             held (O_EXCL, our pid inside) while one process fetches a layer
- *   tmp/<pid>-<uuid>/               a layer being unpacked; renamed into layers/ once verified
+ *   locks/<diff id hex>             held (O_EXCL, its owner's tag inside) while one process fetches a layer
+ *   tmp/<owner tag>-<random>/       a layer being unpacked; renamed into layers/ once verified
  *
  * Paths from the tar are never used as paths here (files are numbered), so unpacking a hostile
  * layer into the store cannot write anywhere but its own directory; the names are checked again
@@ -24,6 +24,7 @@ import tar from 'tar-stream';
 import type { Header } from 'tar-stream';
 import { SmartError, isErrno, isSmartError } from '../errors.js';
 import { digestHex, type Digest } from '../oci/digest.js';
+import { currentOwner, isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 
 /** A layer entry kept in the store: its tar header, and where a regular file's content is. */
 export interface StoredEntry {
@@ -38,16 +39,20 @@ export interface GcResult {
 }
 
 const LOCK_POLL_MS = 100;
+/** A lock still empty after this long was left by a holder that died before writing its tag. */
+const LOCK_WRITE_MS = 10_000;
 /** Files up to this size are gathered and written in one synchronous call. */
 const SMALL_FILE = 512 * 1024;
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return isErrno(e, 'EPERM');
-  }
+/**
+ * The owner of a lock's content or of a tmp/ entry's name: an owner tag, or the bare PID that
+ * versions before owner tags wrote (a process of this machine and boot, its start time unknown).
+ */
+function ownerIn(text: string, rest: RegExp): Owner | undefined {
+  const parsed = parseOwnerTag(text);
+  if (parsed) return rest.test(parsed.rest) ? parsed.owner : undefined;
+  const pid = /^(\d{1,10})(?=-|$)/.exec(text);
+  return pid && rest.test(text.slice(pid[0].length)) ? { ...currentOwner(), pid: Number(pid[1]), start: 0 } : undefined;
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -117,13 +122,16 @@ export class LayerStore {
     const lock = this.lockPath(diffId);
     await fs.mkdir(path.dirname(lock), { recursive: true });
     try {
-      await fs.writeFile(lock, String(process.pid), { flag: 'wx' });
+      await fs.writeFile(lock, ownerTag(), { flag: 'wx' });
       return true;
     } catch (e) {
       if (!isErrno(e, 'EEXIST')) throw e;
     }
-    const holder = Number(await fs.readFile(lock, 'utf8').catch(() => ''));
-    if (holder > 0 && (holder === process.pid || pidAlive(holder))) return false;
+    const [text, st] = await Promise.all([fs.readFile(lock, 'utf8').catch(() => undefined), fs.stat(lock).catch(() => undefined)]);
+    if (text === undefined || !st) return false; // released meanwhile: try again
+    const age = Date.now() - st.mtimeMs;
+    // Empty: being written this very moment, or its holder died between creating and writing it.
+    if (text === '' ? age < LOCK_WRITE_MS : !isStale(ownerIn(text, /^$/), age)) return false;
     // A dead holder: remove its lock (a racing process may do the same; O_EXCL then decides).
     await fs.rm(lock, { force: true });
     return false;
@@ -131,7 +139,7 @@ export class LayerStore {
 
   /** Unpacks a verified layer tar into tmp/, then renames it into layers/ (the commit). */
   private async ingest(diffId: Digest, tarStream: Readable): Promise<void> {
-    const tmp = path.join(this.dir, 'tmp', `${process.pid}-${randomUUID()}`);
+    const tmp = path.join(this.dir, 'tmp', `${ownerTag()}-${randomUUID().slice(0, 8)}`);
     await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
     try {
       const lines: string[] = [];
@@ -209,6 +217,14 @@ export class LayerStore {
   }
 
   /**
+   * Removes the layers being unpacked that killed runs left in tmp/ (their owner gone, or unknown
+   * and a day old); never one a live run is unpacking. Returns what went (`dryRun`: what would).
+   */
+  async removeStale(options: { dryRun?: boolean } = {}): Promise<Cleaned[]> {
+    return sweepLocal(path.join(this.dir, 'tmp'), (name) => ownerIn(name, /^-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}$|^-[0-9a-f]{8}$/), options);
+  }
+
+  /**
    * Drops image records unused for `maxAgeMs`, then every layer no remaining record uses, and the
    * leftovers of runs that died (tmp dirs of dead processes). Locked layers are left alone.
    */
@@ -239,12 +255,7 @@ export class LayerStore {
       result.freedBytes += await dirSize(path.join(layersDir, hex));
       if (!options.dryRun) await fs.rm(path.join(layersDir, hex), { recursive: true, force: true });
     }
-    for (const t of await fs.readdir(path.join(this.dir, 'tmp')).catch(() => [] as string[])) {
-      const pid = Number(t.split('-')[0]);
-      if (pid > 0 && pidAlive(pid)) continue;
-      result.freedBytes += await dirSize(path.join(this.dir, 'tmp', t));
-      if (!options.dryRun) await fs.rm(path.join(this.dir, 'tmp', t), { recursive: true, force: true });
-    }
+    for (const c of await this.removeStale(options.dryRun ? { dryRun: true } : {})) result.freedBytes += c.bytes;
     return result;
   }
 

@@ -49,6 +49,7 @@ export async function runTransfer(mode: 'push' | 'pull', source: string, destina
     ...((flags.redis ?? process.env.SMART_REDIS_URL) ? { redisUrl: (flags.redis ?? process.env.SMART_REDIS_URL)! } : {}),
     ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
     ...(flags.link ? { link: true } : {}),
+    ...(flags.force ? { force: true } : {}),
     ...(flags.prune !== undefined ? { pruneAgeMs: pruneDays(flags.prune) * 86_400_000 } : {}),
     remote: await remoteOptions(flags, { read: [source], write: [destination] }, (m) => progress.message(`warning: ${m}`)),
     onLayer: progress.onLayer,

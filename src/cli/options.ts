@@ -34,6 +34,7 @@ export interface CommonFlags {
   progress?: string;
   layerStore?: string;
   link?: boolean;
+  force?: boolean;
   prune?: string | boolean;
   creds?: string;
   srcCreds?: string;
@@ -130,6 +131,7 @@ export const PULL_OPTIONS: readonly OptionSpec[] = [
   { flags: '--layer-store <dir>', description: 'where unpacked layers are kept between pulls (default: CACHE_DIR/layer-store)' },
   { flags: '--link', description: 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)' },
   { flags: '--prune [days]', description: 'after the pull, remove layers that no image pulled within DAYS (default 7) uses' },
+  { flags: '--force', description: 'let rootfs:/bundle: replace a non-empty directory that smart pull did not make (its contents are lost)' },
 ];
 
 interface ParsedFlags {

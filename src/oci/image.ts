@@ -124,6 +124,8 @@ export interface BlobDestination {
   /** Makes the top-level manifest visible under the destination's tag, last. */
   commit(top: ParsedManifest): Promise<void>;
   abort(): Promise<void>;
+  /** What this destination removed of the leftovers of killed runs (for `--json`); after commit. */
+  cleaned?(): Promise<{ path: string; bytes: number }[]>;
   /** Releases connections and files; called once at the end, after commit or abort. */
   close(): Promise<void>;
 }

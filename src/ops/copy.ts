@@ -192,12 +192,31 @@ function openOptions(layer: Layer, options: { onProgress?: (e: ProgressEvent) =>
   return onProgress ? { signal, onBytes: (bytes) => onProgress({ digest, bytes, total: size }) } : { signal };
 }
 
+/**
+ * A foreign (Windows base) layer stays where its URLs point, as every registry client leaves it.
+ * One that names no URL can be fetched from nowhere: unless the destination holds it already, the
+ * copy would tag a manifest whose blob exists nowhere, so it is refused.
+ */
+async function keepForeignLayer(d: Descriptor, dest: BlobDestination, options: CopyOptions, tally: Tally): Promise<void> {
+  if (d.urls?.length) {
+    record(tally, { digest: d.digest, status: 'foreign', bytes: 0, mediaType: d.mediaType }, options);
+    return;
+  }
+  const reuse = await dest.reuseBlob(d);
+  if (!reuse) {
+    throw new SmartError('UNSUPPORTED', `layer ${d.digest} is foreign (${d.mediaType}) and names no URLs: ${dest.name} would get a manifest whose blob is nowhere`, {
+      input: d.digest,
+      hint: 'give the layer its URLs in the manifest, or make it a regular layer',
+    });
+  }
+  record(tally, { digest: d.digest, status: 'skipped', reuse, bytes: 0, mediaType: d.mediaType }, options);
+}
+
 /** The descriptor of one layer at the destination. */
 async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyOptions, tally: Tally, signal: AbortSignal): Promise<Descriptor> {
   const desc = layer.descriptor;
   if (isForeignLayer(desc.mediaType)) {
-    // Foreign (Windows base) layers stay where their URLs point, as every registry client does.
-    record(tally, { digest: desc.digest, status: 'foreign', bytes: 0, mediaType: desc.mediaType }, options);
+    await keepForeignLayer(desc, dest, options, tally);
     return desc;
   }
   const compression = layerCompression(desc.mediaType);
@@ -339,7 +358,7 @@ async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: Pa
   let total = 0;
   const copyBlob = async (d: Descriptor, signal: AbortSignal): Promise<void> => {
     if (isForeignLayer(d.mediaType)) {
-      record(tally, { digest: d.digest, status: 'foreign', bytes: 0, mediaType: d.mediaType }, options);
+      await keepForeignLayer(d, dest, options, tally);
       return;
     }
     const reuse = await dest.reuseBlob(d);

@@ -41,6 +41,8 @@ export interface EndpointContext {
   layerStore?: LayerStore;
   /** Hardlink from the layer store rather than clone or copy. */
   link?: boolean;
+  /** Let a root filesystem or bundle replace a non-empty directory no pull made. */
+  force?: boolean;
   /** The command's cancellation (Ctrl-C, --timeout): every connection honours it. */
   signal?: AbortSignal;
 }
@@ -149,6 +151,22 @@ export async function openSource(name: ImageName, ctx: EndpointContext): Promise
   }
 }
 
+/** The local files or directories an image name reads, and what each is. */
+function localPaths(name: ImageName): { path: string; what: string }[] {
+  switch (name.transport) {
+    case 'oci':
+      return [{ path: name.dir, what: 'the source layout' }];
+    case 'oci-archive':
+      return [{ path: name.file, what: 'the source archive' }];
+    case 'docker-archive':
+      return name.file === '-' ? [] : [{ path: name.file, what: 'the source archive' }];
+    case 'file':
+      return [{ path: name.root, what: 'the source store' }];
+    default:
+      return [];
+  }
+}
+
 export interface DestinationOptions {
   /** The source's name, for a docker-archive's RepoTags when the destination names none. */
   source?: ImageName;
@@ -185,7 +203,9 @@ export async function openDestination(name: ImageName, ctx: EndpointContext, opt
         });
       }
       const { DistributionDestination } = await import('../transports/distribution/adapters.js');
-      return { kind: 'blobs', dest: new DistributionDestination(await distributionStore(name, ctx, true), name.ref) };
+      const dest = new DistributionDestination(await distributionStore(name, ctx, true), name.ref, ctx.onWarning ? { onWarning: ctx.onWarning } : {});
+      dest.prepare();
+      return { kind: 'blobs', dest };
     }
     case 'docker': {
       const { RegistryDestination } = await import('../transports/registry/adapters.js');
@@ -200,15 +220,17 @@ export async function openDestination(name: ImageName, ctx: EndpointContext, opt
     case 'rootfs':
     case 'bundle': {
       const { RootfsWriter } = await import('../transports/rootfs/writer.js');
-      return {
-        kind: 'image',
-        writer: new RootfsWriter(name.raw, name.dir, {
-          bundle: name.transport === 'bundle',
-          ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
-          ...(ctx.layerStore ? { layerStore: ctx.layerStore } : {}),
-          ...(ctx.link ? { link: true } : {}),
-        }),
-      };
+      const writer = new RootfsWriter(name.raw, name.dir, {
+        bundle: name.transport === 'bundle',
+        ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
+        ...(ctx.layerStore ? { layerStore: ctx.layerStore } : {}),
+        ...(ctx.link ? { link: true } : {}),
+        ...(ctx.force ? { force: true } : {}),
+        protect: [...(options.source ? localPaths(options.source) : []), ...(ctx.layerStore ? [{ path: ctx.layerStore.dir, what: 'the layer store' }] : [])],
+      });
+      // Refused before anything is fetched.
+      await writer.prepare();
+      return { kind: 'image', writer };
     }
   }
 }

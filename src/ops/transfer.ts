@@ -37,6 +37,8 @@ export interface TransferRequest {
   layerStoreDir?: string;
   /** Hardlink files from the layer store into root filesystems (read-only uses). */
   link?: boolean;
+  /** Let `rootfs:`/`bundle:` replace a non-empty directory that no pull made. */
+  force?: boolean;
   /** After the pull, remove from the layer store what no image used within this many ms uses. */
   pruneAgeMs?: number;
   /** The Dockerfile (and context) the image was built from: each layer is annotated with its step. */
@@ -144,6 +146,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(blobInfo ? { blobInfo } : {}),
     ...(layerStore ? { layerStore } : {}),
     ...(req.link ? { link: true } : {}),
+    ...(req.force ? { force: true } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
   };
   const options = {
@@ -173,14 +176,18 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   try {
     destination = await openDestination(dst, ctx, { source: src });
     if (destination.kind === 'blobs') destinationScope = destination.dest.cacheScope;
+    let summary: CopySummary;
     if (source.kind === 'stream') {
       if (destination.kind !== 'blobs') throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
-      return await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
+      summary = await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
+    } else {
+      summary = destination.kind === 'blobs' ? await copyImage(source.source, destination.dest, options) : await writeImage(source.source, destination.writer, options);
+      const origins = source.source.origins?.();
+      if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
     }
-    const summary =
-      destination.kind === 'blobs' ? await copyImage(source.source, destination.dest, options) : await writeImage(source.source, destination.writer, options);
-    const origins = source.source.origins?.();
-    if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
+    // What killed runs left there and this one removed (a whole-image writer reports its own).
+    const cleaned = destination.kind === 'blobs' ? await destination.dest.cleaned?.() : undefined;
+    if (cleaned?.length) summary.details = { ...summary.details, cleaned };
     if (layerStore && req.pruneAgeMs !== undefined) summary.details = { ...summary.details, prune: await layerStore.gc({ maxAgeMs: req.pruneAgeMs }) };
     return summary;
   } finally {

@@ -4,6 +4,7 @@
  * relative to the driver's root (`/docker/registry/v2/...`).
  */
 import type { Readable, Writable } from 'node:stream';
+import type { Cleaned } from './leftovers.js';
 
 export interface StorageStat {
   size: number;
@@ -39,6 +40,14 @@ export interface StorageDriver {
   move(from: string, to: string): Promise<void>;
   /** Removes an object or a whole prefix; no error when absent. */
   delete(path: string): Promise<void>;
+  /** Where `path` is, for what a user reads: a local path, `s3://bucket/key`. */
+  location(path: string): string;
+  /**
+   * Removes from the directory `path` the driver's own temporaries that writers killed mid-way left
+   * (never one a live writer uses), and says what went. Absent where a killed writer leaves nothing
+   * visible.
+   */
+  removeStaleTemporaries?(path: string): Promise<Cleaned[]>;
 }
 
 /** Joins driver path segments: `joinPath('/a', 'b/c')` is `/a/b/c`. */

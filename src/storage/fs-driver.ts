@@ -6,6 +6,15 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno } from '../errors.js';
 import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
+import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned } from './leftovers.js';
+
+const TMP = '.tmp-';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** A temporary name beside `target`, tagged with its owner so that a killed run's can be told from a live one's. */
+function tmpName(target: string): string {
+  return `${target}${TMP}${ownerTag()}-${randomUUID().slice(0, 8)}`;
+}
 
 export class FsDriver implements StorageDriver {
   readonly name: string;
@@ -19,6 +28,10 @@ export class FsDriver implements StorageDriver {
     const normal = path.posix.normalize(`/${p}`);
     if (normal.split('/').includes('..')) throw new SmartError('INTERNAL', `storage path climbs: ${p}`);
     return path.join(this.root, normal);
+  }
+
+  location(p: string): string {
+    return this.full(p);
   }
 
   private fail(e: unknown, op: string, p: string): never {
@@ -38,7 +51,7 @@ export class FsDriver implements StorageDriver {
 
   async putContent(p: string, content: Buffer): Promise<void> {
     const target = this.full(p);
-    const tmp = `${target}.tmp-${randomUUID()}`;
+    const tmp = tmpName(target);
     try {
       await fs.mkdir(path.dirname(target), { recursive: true });
       await fs.writeFile(tmp, content);
@@ -62,7 +75,7 @@ export class FsDriver implements StorageDriver {
 
   async writer(p: string): Promise<StorageWriter> {
     const target = this.full(p);
-    const tmp = `${target}.tmp-${randomUUID()}`;
+    const tmp = tmpName(target);
     await fs.mkdir(path.dirname(target), { recursive: true }).catch((e: unknown) => this.fail(e, 'create', p));
     const stream = createWriteStream(tmp, { flags: 'wx', highWaterMark: 256 * 1024 });
     const opened = new Promise<void>((resolve, reject) => {
@@ -93,6 +106,21 @@ export class FsDriver implements StorageDriver {
         await fs.rm(tmp, { force: true });
       },
     };
+  }
+
+  /**
+   * Removes the temporary files of writers that died (kill -9) from the directory `p`: those whose
+   * owner is gone, and untagged ones of older versions after a day. Never one a live writer uses.
+   */
+  async removeStaleTemporaries(p: string): Promise<Cleaned[]> {
+    return sweepLocal(this.full(p), (name) => {
+      const at = name.lastIndexOf(TMP);
+      if (at <= 0) return undefined;
+      const tag = name.slice(at + TMP.length);
+      if (UUID.test(tag)) return null;
+      const parsed = parseOwnerTag(tag);
+      return parsed && /^-[0-9a-f]{8}$/.test(parsed.rest) ? parsed.owner : undefined;
+    });
   }
 
   async stat(p: string): Promise<StorageStat | undefined> {

@@ -261,6 +261,10 @@ export class S3Driver implements StorageDriver {
     return `s3://${this.bucket}${key ? `/${key}` : ''}`;
   }
 
+  location(p: string): string {
+    return this.uri(this.key(p));
+  }
+
   private async endpointLabel(): Promise<string> {
     if (this.endpointOption) return safeUrl(this.endpointOption);
     try {

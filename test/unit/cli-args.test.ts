@@ -50,6 +50,7 @@ const taken: string[][] = [
   ['push', SRC, DST, '--dockerfile', 'Dockerfile', '--context', '.', '--target', 'build', '--build-arg', 'A=1', '--build-arg', 'B=2'],
   ['push', SRC, DST, '--jobs', '2', '--jobs', '3'],
   ['pull', DST, 'rootfs:/tmp/r', '--layer-store', '/tmp/ls', '--link'],
+  ['pull', DST, 'bundle:/b', '--force'],
   ['push', '', DST],
 ];
 
@@ -69,6 +70,7 @@ const declined: string[][] = [
   ['push', SRC, DST, '-x'],
   ['push', SRC, DST, '-qV'],
   ['push', SRC, DST, '--layer-store', '/x'],
+  ['push', SRC, DST, '--force'],
   ['pull', SRC, DST, '--compression', 'gzip'],
   ['pull', DST, 'bundle:/b', '--prune'],
   ['pull', DST, 'bundle:/b', '--prune', '3'],

@@ -9,6 +9,7 @@ import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes
 import { formatReference, type Reference } from '../../oci/reference.js';
 import { holdsImage } from '../../oci/partial.js';
 import { verifiedStream } from '../../pipeline/digest-stream.js';
+import type { Cleaned } from '../../storage/leftovers.js';
 import type { DistributionStore } from './store.js';
 
 function refName(store: DistributionStore, ref: Reference): string {
@@ -85,13 +86,30 @@ export class DistributionDestination implements BlobDestination {
   readonly name: string;
   readonly cacheScope: string;
   readonly layerCompression = 'compress' as const;
+  private sweep: Promise<Cleaned[]> | undefined;
 
   constructor(
     private readonly store: DistributionStore,
     private readonly ref: Reference,
+    private readonly options: { onWarning?: (message: string) => void } = {},
   ) {
     this.name = refName(store, ref);
     this.cacheScope = store.name;
+  }
+
+  /**
+   * Starts removing what killed pushes left in the repository's uploads, alongside the copy (a
+   * push that sends nothing waits for no listing). A failure there is a warning: the push goes on.
+   */
+  prepare(): void {
+    this.sweep ??= this.store.removeStaleUploads(this.ref.repository).catch((e: unknown) => {
+      this.options.onWarning?.(`${this.name}: could not remove the leftovers of killed pushes: ${(e as Error).message}`);
+      return [];
+    });
+  }
+
+  async cleaned(): Promise<Cleaned[]> {
+    return [...((await this.sweep) ?? []), ...this.store.leftoversRemoved()];
   }
 
   supportsManifestType(mediaType: string): boolean {
@@ -164,5 +182,7 @@ export class DistributionDestination implements BlobDestination {
     // content-addressed and unreferenced by any tag, as the registry leaves them too.
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    await this.sweep;
+  }
 }

@@ -7,6 +7,7 @@ import { digestHex, type Digest } from '../../oci/digest.js';
 const V2 = '/docker/registry/v2';
 
 export type PathSpec =
+  | { kind: 'blob'; digest: Digest }
   | { kind: 'blobData'; digest: Digest }
   | { kind: 'repositoriesRoot' }
   | { kind: 'repository'; repo: string }
@@ -15,9 +16,11 @@ export type PathSpec =
   | { kind: 'tagsRoot'; repo: string }
   | { kind: 'tagCurrentLink'; repo: string; tag: string }
   | { kind: 'tagIndexLink'; repo: string; tag: string; digest: Digest }
+  | { kind: 'uploadsRoot'; repo: string }
   | { kind: 'upload'; repo: string; id: string }
   | { kind: 'uploadData'; repo: string; id: string }
-  | { kind: 'uploadStartedAt'; repo: string; id: string };
+  | { kind: 'uploadStartedAt'; repo: string; id: string }
+  | { kind: 'uploadOwner'; repo: string; id: string };
 
 function blobDir(d: Digest): string {
   const hex = digestHex(d);
@@ -26,6 +29,8 @@ function blobDir(d: Digest): string {
 
 export function pathFor(spec: PathSpec): string {
   switch (spec.kind) {
+    case 'blob':
+      return `${V2}/blobs/${blobDir(spec.digest)}`;
     case 'blobData':
       return `${V2}/blobs/${blobDir(spec.digest)}/data`;
     case 'repositoriesRoot':
@@ -42,12 +47,17 @@ export function pathFor(spec: PathSpec): string {
       return `${V2}/repositories/${spec.repo}/_manifests/tags/${spec.tag}/current/link`;
     case 'tagIndexLink':
       return `${V2}/repositories/${spec.repo}/_manifests/tags/${spec.tag}/index/sha256/${digestHex(spec.digest)}/link`;
+    case 'uploadsRoot':
+      return `${V2}/repositories/${spec.repo}/_uploads`;
     case 'upload':
       return `${V2}/repositories/${spec.repo}/_uploads/${spec.id}`;
     case 'uploadData':
       return `${V2}/repositories/${spec.repo}/_uploads/${spec.id}/data`;
     case 'uploadStartedAt':
       return `${V2}/repositories/${spec.repo}/_uploads/${spec.id}/startedat`;
+    // Ours alone (the registry reads only `startedat` and `data` there): who writes the upload.
+    case 'uploadOwner':
+      return `${V2}/repositories/${spec.repo}/_uploads/${spec.id}/smartlayer-owner`;
   }
 }
 

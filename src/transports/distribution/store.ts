@@ -4,17 +4,21 @@
  * tag index link → tag `current/link` last.
  */
 import { randomUUID } from 'node:crypto';
+import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { SmartError, isSmartError } from '../../errors.js';
 import { isDigest, sha256Digest, type Digest } from '../../oci/digest.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
 import type { StorageDriver } from '../../storage/driver.js';
+import { isStale, ownerTag, parseOwnerTag, type Cleaned } from '../../storage/leftovers.js';
 import { linkContent, pathFor } from './layout.js';
 
 export type LinkKind = 'layer' | 'manifest';
 
 export class DistributionStore {
+  private readonly removed: Cleaned[] = [];
+
   constructor(readonly driver: StorageDriver) {}
 
   get name(): string {
@@ -73,7 +77,9 @@ export class DistributionStore {
    * content address, verified in the stream so that a mismatch fails before the writer commits
    * (nothing appears). Without it (a layer being compressed), into the repository's
    * `_uploads/<id>/data`, where the registry stages its own uploads and purges stale ones, then
-   * moved to its address. Returns the digest and size; nothing is left in `_uploads`.
+   * moved to its address; the upload records its owner beside `startedat`, so that the next push
+   * can tell one a killed run left from a live one. Returns the digest and size; nothing is left
+   * in `_uploads`.
    */
   async writeBlob(
     repo: string,
@@ -83,9 +89,17 @@ export class DistributionStore {
   ): Promise<{ digest: Digest; size: number }> {
     const known = expected?.digest;
     const id = randomUUID();
-    if (!known) await this.driver.putContent(pathFor({ kind: 'uploadStartedAt', repo, id }), Buffer.from(new Date().toISOString()));
     const target = known ? pathFor({ kind: 'blobData', digest: known }) : pathFor({ kind: 'uploadData', repo, id });
     try {
+      if (known) {
+        // A writer of this blob killed before: its temporary file is beside the one we make.
+        this.removed.push(...((await this.driver.removeStaleTemporaries?.(pathFor({ kind: 'blob', digest: known }))) ?? []));
+      } else {
+        await Promise.all([
+          this.driver.putContent(pathFor({ kind: 'uploadOwner', repo, id }), Buffer.from(ownerTag())),
+          this.driver.putContent(pathFor({ kind: 'uploadStartedAt', repo, id }), Buffer.from(new Date().toISOString())),
+        ]);
+      }
       const writer = await this.driver.writer(target);
       const hash = known
         ? new VerifyStream({ digest: known, ...(expected?.size !== undefined ? { size: expected.size } : {}), what: expected!.what })
@@ -105,6 +119,36 @@ export class DistributionStore {
     } finally {
       if (!known) await this.driver.delete(pathFor({ kind: 'upload', repo, id })).catch(() => undefined);
     }
+  }
+
+  /** Leftovers of killed runs this store removed while writing blobs (see `removeStaleUploads` for the rest). */
+  leftoversRemoved(): readonly Cleaned[] {
+    return this.removed;
+  }
+
+  /**
+   * Removes the uploads of `repo` that killed pushes of ours left: those whose owner is gone, or
+   * that cannot be checked (another machine; a version that recorded no owner) and started more
+   * than a day ago. Uploads of live runs, and the registry's own (no owner record, no temporary
+   * file of ours), are left alone.
+   */
+  async removeStaleUploads(repo: string): Promise<Cleaned[]> {
+    const removed: Cleaned[] = [];
+    for (const id of await this.driver.list(pathFor({ kind: 'uploadsRoot', repo }))) {
+      const dir = pathFor({ kind: 'upload', repo, id });
+      const names = await this.driver.list(dir);
+      const recorded = names.includes(path.posix.basename(pathFor({ kind: 'uploadOwner', repo, id })));
+      if (!recorded && !names.some((n) => n.startsWith('data.tmp-'))) continue;
+      const read = async (p: string) => (await this.driver.getContent(p).catch(() => undefined))?.toString('utf8') ?? '';
+      const owner = recorded ? parseOwnerTag(await read(pathFor({ kind: 'uploadOwner', repo, id })))?.owner : undefined;
+      const startedAt = Date.parse(await read(pathFor({ kind: 'uploadStartedAt', repo, id })));
+      if (!isStale(owner, Number.isNaN(startedAt) ? 0 : Date.now() - startedAt)) continue;
+      let bytes = 0;
+      for (const n of names) bytes += (await this.driver.stat(`${dir}/${n}`))?.size ?? 0;
+      await this.driver.delete(dir);
+      removed.push({ path: this.driver.location(dir), bytes });
+    }
+    return removed;
   }
 
   /** Stores manifest bytes as a blob and links them as a revision of `repo` (not yet tagged). */

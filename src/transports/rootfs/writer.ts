@@ -2,15 +2,23 @@
  * `rootfs:DIR` and `bundle:DIR`: the image flattened into a root filesystem (a bundle adds the
  * runtime `config.json` that `runc run` reads). Built in a hidden sibling directory and renamed
  * into place only when complete, so a failed or killed pull leaves the old DIR as it was and no
- * partial one.
+ * partial one; the next pull removes what a killed one left beside DIR.
+ *
+ * DIR is replaced only when that loses nothing: it is new, empty, or a previous result of a pull
+ * (marked: `DIR/.smart-pull.json` in a bundle, beside `config.json`; `.DIR.smart-pull.json` next
+ * to a root filesystem, naming the directory by inode and birth time, so that the tree a container
+ * sees holds nothing of ours), or `force` is set. Never `/`, the current directory or one holding
+ * it, nor a directory that holds a protected path (the source, the layer store) or lies inside
+ * one, real paths compared.
  */
 import { randomUUID } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
+import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs from 'node:fs/promises';
 import pLimit from 'p-limit';
 import type { LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
+import { isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
 import { makeRuntimeSpec } from './runtime-spec.js';
@@ -24,30 +32,187 @@ export interface RootfsWriterOptions {
   layerStore?: LayerStore;
   /** Hardlink files from the layer store instead of cloning or copying them (read-only uses). */
   link?: boolean;
+  /** Replace a non-empty directory that no pull made (`--force`). */
+  force?: boolean;
+  /** Paths the destination must neither hold nor lie inside, and what each is: the source, the layer store. */
+  protect?: readonly { path: string; what: string }[];
+}
+
+/** The mark of a pull's result: inside a bundle, beside its config.json. */
+const BUNDLE_MARK = '.smart-pull.json';
+
+interface PullMark {
+  pulledBy: 'smartlayer';
+  manifest: string;
+  pulledAt: string;
+  /** A root filesystem's mark lies outside it: it names the directory (`identity`), or both while they swap. */
+  dirs?: string[];
+}
+
+/** A directory as a root filesystem's mark names it: device, inode and birth time (an inode number is soon reused). */
+function identity(st: BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.birthtimeNs}`;
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** Whether `inner` is `outer` or lies inside it (both real, absolute paths). */
+function within(inner: string, outer: string): boolean {
+  return inner === outer || inner.startsWith(outer.endsWith(path.sep) ? outer : `${outer}${path.sep}`);
+}
+
+/** The real path of `p`, which need not exist: the real path of its nearest existing ancestor, then the rest. */
+async function realPath(p: string): Promise<string> {
+  const abs = path.resolve(p);
+  const rest: string[] = [];
+  for (let at = abs; ; at = path.dirname(at)) {
+    try {
+      return path.join(await fs.realpath(at), ...rest.reverse());
+    } catch (e) {
+      if (at === path.dirname(at)) throw e;
+      rest.push(path.basename(at));
+    }
+  }
 }
 
 /** How files from the layer store are put into the tree, for --json. */
 export type Materialize = 'reflink' | 'copy' | 'hardlink' | 'stream';
 
 export class RootfsWriter implements ImageWriter {
+  private readonly target: string;
+  private prepared: Promise<Cleaned[]> | undefined;
+
   constructor(
     readonly name: string,
     private readonly dir: string,
     private readonly options: RootfsWriterOptions,
-  ) {}
+  ) {
+    this.target = path.resolve(dir);
+  }
+
+  private get markBeside(): string {
+    return path.join(path.dirname(this.target), `.${path.basename(this.target)}.smart-pull.json`);
+  }
+
+  /** A name beside the destination for something of this run: `new` (being built) or `old` (the previous result, moved aside). */
+  private aside(kind: 'new' | 'old'): string {
+    return path.join(path.dirname(this.target), `.${path.basename(this.target)}.smart-${kind}-${ownerTag()}-${randomUUID().slice(0, 8)}`);
+  }
+
+  /**
+   * Checks that the destination may be written (before anything is fetched) and removes what killed
+   * pulls left beside it and in the layer store. Called by `write` when not called before.
+   */
+  prepare(): Promise<Cleaned[]> {
+    this.prepared ??= (async () => {
+      const target = this.target;
+      const real = await realPath(target);
+      const cwd = await realPath(process.cwd()).catch(() => undefined); // none when it was removed
+      if (real === path.parse(real).root || (cwd !== undefined && within(cwd, real))) {
+        throw new SmartError('USAGE', `${this.name}: refusing to replace ${target}, which is / or holds the current directory`, { input: this.dir });
+      }
+      for (const p of this.options.protect ?? []) {
+        const other = await realPath(p.path);
+        if (within(other, real) || within(real, other)) {
+          const how = within(other, real) ? 'holds' : 'lies inside';
+          throw new SmartError('USAGE', `${this.name}: refusing to replace ${target}, which ${how} ${p.what} ${p.path}`, {
+            input: this.dir,
+            hint: `pull into a directory outside ${p.what}`,
+          });
+        }
+      }
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      const cleaned = await this.removeLeftovers();
+      await this.checkReplaceable();
+      if (this.options.layerStore) cleaned.push(...(await this.options.layerStore.removeStale()));
+      return cleaned;
+    })();
+    return this.prepared;
+  }
+
+  /**
+   * Refuses a destination whose replacement would lose what no pull made: anything but a
+   * directory, or a non-empty directory without the mark of a pull (unless forced).
+   */
+  private async checkReplaceable(): Promise<BigIntStats | undefined> {
+    const existing = await fs.lstat(this.target, { bigint: true }).catch(() => undefined);
+    if (!existing) return undefined;
+    if (!existing.isDirectory()) {
+      throw new SmartError('USAGE', `${this.name}: ${this.target} exists and is not a directory`, { input: this.dir });
+    }
+    if (this.options.force || (await this.isPullResult(existing))) return existing;
+    const children = await fs.readdir(this.target);
+    if (children.length > 0) {
+      throw new SmartError('USAGE', `${this.name}: ${this.target} is not empty and was not made by smart pull; refusing to replace it`, {
+        input: this.dir,
+        hint: 'pull into a new or empty directory, or pass --force to replace this one',
+      });
+    }
+    return existing;
+  }
+
+  /** Whether the directory is a previous result of a pull: a bundle's mark inside, a root filesystem's beside, naming it. */
+  private async isPullResult(st: BigIntStats): Promise<boolean> {
+    const read = async (file: string): Promise<Partial<PullMark> | undefined> => {
+      try {
+        return JSON.parse(await fs.readFile(file, 'utf8')) as Partial<PullMark>;
+      } catch {
+        return undefined;
+      }
+    };
+    if ((await read(path.join(this.target, BUNDLE_MARK)))?.pulledBy === 'smartlayer') return true;
+    const beside = await read(this.markBeside);
+    return beside?.pulledBy === 'smartlayer' && (beside.dirs ?? []).includes(identity(st));
+  }
+
+  /** Writes a root filesystem's mark beside it, naming these directories (atomically: a temporary name, then a rename). */
+  private async markRootfs(manifest: string, dirs: BigIntStats[]): Promise<void> {
+    const mark: PullMark = { pulledBy: 'smartlayer', manifest, pulledAt: new Date().toISOString(), dirs: dirs.map(identity) };
+    const tmp = this.aside('new');
+    await fs.writeFile(tmp, `${JSON.stringify(mark)}\n`);
+    await fs.rename(tmp, this.markBeside);
+  }
+
+  /**
+   * Removes what killed pulls into this destination left beside it: trees being built, and
+   * previous results moved aside (put back instead, when the destination itself is missing).
+   * Never what a live pull uses; entries of versions that recorded no owner go after a day.
+   */
+  private async removeLeftovers(): Promise<Cleaned[]> {
+    const parent = path.dirname(this.target);
+    const prefix = `.${path.basename(this.target)}.smart-`;
+    const kindOf = (name: string): { kind: 'new' | 'old'; owner: Owner | null } | undefined => {
+      if (!name.startsWith(prefix)) return undefined;
+      const rest = name.slice(prefix.length);
+      const m = /^(new|old)-(.*)$/.exec(rest);
+      const parsed = m ? parseOwnerTag(m[2]!) : undefined;
+      if (m && parsed && /^-[0-9a-f]{8}$/.test(parsed.rest)) return { kind: m[1] as 'new' | 'old', owner: parsed.owner };
+      if (UUID.test(rest)) return { kind: 'new', owner: null };
+      if (rest.startsWith('old-') && UUID.test(rest.slice(4))) return { kind: 'old', owner: null };
+      return undefined;
+    };
+    // A killed replacement may have moved the previous result aside and not put the new one in place.
+    if (!(await fs.lstat(this.target).catch(() => undefined))) {
+      for (const name of await fs.readdir(parent).catch(() => [] as string[])) {
+        const found = kindOf(name);
+        if (found?.kind !== 'old') continue;
+        const st = await fs.lstat(path.join(parent, name)).catch(() => undefined);
+        if (!st || !isStale(found.owner ?? undefined, Date.now() - st.mtimeMs)) continue;
+        await fs.rename(path.join(parent, name), this.target);
+        this.options.onWarning?.(`${this.name}: put back ${this.target}, which a killed pull had moved aside to ${name}`);
+        break;
+      }
+    }
+    return sweepLocal(parent, (name) => {
+      const found = kindOf(name);
+      return found ? found.owner : undefined;
+    });
+  }
 
   async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
-    const target = path.resolve(this.dir);
-    if (target === path.parse(target).root || process.cwd().startsWith(`${target}${path.sep}`) || process.cwd() === target) {
-      throw new SmartError('USAGE', `${this.name}: refusing to replace ${target}, which is / or holds the current directory`, { input: this.dir });
-    }
-    const existing = await fs.lstat(target).catch(() => undefined);
-    if (existing && !existing.isDirectory()) {
-      throw new SmartError('USAGE', `${this.name}: ${target} exists and is not a directory`, { input: this.dir });
-    }
-    const parent = path.dirname(target);
-    await fs.mkdir(parent, { recursive: true });
-    const staging = path.join(parent, `.${path.basename(target)}.smart-${randomUUID()}`);
+    const cleaned = await this.prepare();
+    const target = this.target;
+    const staging = this.aside('new');
     await fs.mkdir(staging, { mode: 0o755 });
     const details: Record<string, unknown> = {};
     try {
@@ -71,17 +236,32 @@ export class RootfsWriter implements ImageWriter {
       }
       await applier.finish();
       details.materialize = materialize;
+      const manifest = image.manifest.digest;
       if (this.options.bundle) {
         const spec = await makeRuntimeSpec(image.config, rootfs);
         await fs.writeFile(path.join(staging, 'config.json'), `${JSON.stringify(spec, null, 2)}\n`);
+        const mark: PullMark = { pulledBy: 'smartlayer', manifest, pulledAt: new Date().toISOString() };
+        await fs.writeFile(path.join(staging, BUNDLE_MARK), `${JSON.stringify(mark)}\n`);
       }
-      await replaceDirectory(staging, target, existing !== undefined);
+      // Again, now: the directory may have been filled while the image was fetched.
+      const existing = await this.checkReplaceable();
+      const built = await fs.stat(staging, { bigint: true });
+      // Both directories carry the mark while they swap, so that a pull killed in between leaves a marked one.
+      if (!this.options.bundle) await this.markRootfs(manifest, existing ? [existing, built] : [built]);
+      await replaceDirectory(staging, target, existing !== undefined, this.aside('old'));
+      if (!this.options.bundle && existing) await this.markRootfs(manifest, [built]);
+      if (this.options.bundle) await fs.rm(this.markBeside, { force: true });
     } catch (e) {
       await fs.rm(staging, { recursive: true, force: true });
       throw e;
     }
     return {
-      details: { path: target, ...(this.options.bundle ? { rootfs: path.join(target, 'rootfs'), config: path.join(target, 'config.json') } : {}), ...details },
+      details: {
+        path: target,
+        ...(this.options.bundle ? { rootfs: path.join(target, 'rootfs'), config: path.join(target, 'config.json') } : {}),
+        ...details,
+        ...(cleaned.length ? { cleaned } : {}),
+      },
     };
   }
 
@@ -145,13 +325,12 @@ function progressOptions(layer: Layer, options: ImageWriteOptions, signal: Abort
   return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ digest, bytes, total: size }) } : {}) };
 }
 
-/** Puts `staging` at `target`: the old directory is moved aside first and removed only after. */
-async function replaceDirectory(staging: string, target: string, exists: boolean): Promise<void> {
+/** Puts `staging` at `target`: the old directory is moved aside (to `old`) first and removed only after. */
+async function replaceDirectory(staging: string, target: string, exists: boolean, old: string): Promise<void> {
   if (!exists) {
     await fs.rename(staging, target);
     return;
   }
-  const old = path.join(path.dirname(target), `.${path.basename(target)}.smart-old-${randomUUID()}`);
   await fs.rename(target, old);
   try {
     await fs.rename(staging, target);

@@ -1,0 +1,161 @@
+/**
+ * Leftovers of killed runs: who owns a staging file or directory, and whether it is stale. What a
+ * run stages (a tree beside a root filesystem, a layer being unpacked, a blob being written) carries
+ * its owner's tag in its name or in a record beside it; the next run removes what is stale and
+ * never what a live run still uses.
+ *
+ * An owner is one process: the machine (host name and PID namespace), the boot, the PID and the
+ * process's start time, so that a PID reused by another process or after a reboot is not taken for
+ * the owner. Where that cannot be checked (another machine on a shared store, a system without
+ * /proc), a leftover is stale only once older than LEFTOVER_MAX_AGE_MS.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync, readlinkSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { isErrno } from '../errors.js';
+
+export interface Owner {
+  /** 8 hex digits of a hash of the host name and the PID namespace. */
+  machine: string;
+  /** 8 hex digits of the kernel's boot id ('00000000' where there is none). */
+  boot: string;
+  pid: number;
+  /** Start time in clock ticks since boot, from /proc (0 where there is none). */
+  start: number;
+}
+
+/** A leftover removed, for `--json` (`details.cleaned`). */
+export interface Cleaned {
+  path: string;
+  bytes: number;
+}
+
+/** A leftover whose owner cannot be checked is stale after this long (no run lasts a day). */
+export const LEFTOVER_MAX_AGE_MS = 24 * 3600 * 1000;
+
+function readText(file: string): string | undefined {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** State and start time of a process, from /proc/PID/stat (fields 3 and 22; the name may hold spaces and parentheses). */
+function procStat(pid: number): { state: string; start: number } | 'absent' | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch (e) {
+    return isErrno(e, 'ENOENT') || isErrno(e, 'ESRCH') ? 'absent' : undefined;
+  }
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const start = Number(fields[19]);
+  return Number.isSafeInteger(start) ? { state: fields[0] ?? '', start } : undefined;
+}
+
+let me: Owner | undefined;
+
+/** This process as an owner. */
+export function currentOwner(): Owner {
+  if (me) return me;
+  let pidNamespace = '';
+  try {
+    pidNamespace = readlinkSync('/proc/self/ns/pid');
+  } catch {
+    // no /proc: the host name alone names the machine
+  }
+  const machine = createHash('sha256').update(`${os.hostname()}\0${pidNamespace}`).digest('hex').slice(0, 8);
+  const bootId = readText('/proc/sys/kernel/random/boot_id')?.replace(/[^0-9a-f]/g, '') ?? '';
+  const stat = procStat(process.pid);
+  me = {
+    machine,
+    boot: /^[0-9a-f]{8}/.test(bootId) ? bootId.slice(0, 8) : '00000000',
+    pid: process.pid,
+    start: stat && stat !== 'absent' ? stat.start : 0,
+  };
+  return me;
+}
+
+/** The owner as a name part: `MACHINE-BOOT-PID-START`, letters, digits and dashes only. */
+export function ownerTag(owner: Owner = currentOwner()): string {
+  return `${owner.machine}-${owner.boot}-${owner.pid}-${owner.start}`;
+}
+
+const TAG = /^([0-9a-f]{8})-([0-9a-f]{8})-(\d{1,10})-(\d{1,20})(?=$|[^0-9])/;
+
+/** The owner whose tag `text` starts with, and what follows the tag; undefined when it starts with none. */
+export function parseOwnerTag(text: string): { owner: Owner; rest: string } | undefined {
+  const m = TAG.exec(text);
+  if (!m) return undefined;
+  return { owner: { machine: m[1]!, boot: m[2]!, pid: Number(m[3]), start: Number(m[4]) }, rest: text.slice(m[0].length) };
+}
+
+function signalable(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return isErrno(e, 'EPERM');
+  }
+}
+
+/**
+ * 'running' when the owner still runs, 'gone' when it certainly does not (its PID is free, taken by
+ * a later process, a zombie, or from an earlier boot), 'unknown' when this machine cannot tell.
+ */
+export function ownerState(owner: Owner): 'running' | 'gone' | 'unknown' {
+  const self = currentOwner();
+  if (owner.machine !== self.machine) return 'unknown';
+  if (owner.boot !== self.boot) return 'gone';
+  if (owner.pid === self.pid) return owner.start === self.start ? 'running' : 'gone';
+  const stat = procStat(owner.pid);
+  if (stat === 'absent') return 'gone';
+  if (stat === undefined) return signalable(owner.pid) ? 'running' : 'gone';
+  return stat.state === 'Z' || (owner.start !== 0 && stat.start !== owner.start) ? 'gone' : 'running';
+}
+
+/**
+ * Whether a leftover may be removed: its owner is gone, or its owner cannot be checked (unknown, or
+ * none recorded) and it is older than `maxAgeMs`.
+ */
+export function isStale(owner: Owner | undefined, ageMs: number, maxAgeMs = LEFTOVER_MAX_AGE_MS): boolean {
+  const state = owner ? ownerState(owner) : 'unknown';
+  return state === 'gone' || (state === 'unknown' && ageMs > maxAgeMs);
+}
+
+/** Bytes under a local path (a file's size, or the sum over a tree); symlinks are not followed. */
+export async function localSize(p: string): Promise<number> {
+  const st = await fs.lstat(p).catch(() => undefined);
+  if (!st) return 0;
+  if (!st.isDirectory()) return st.size;
+  let n = 0;
+  for (const e of await fs.readdir(p).catch(() => [] as string[])) n += await localSize(path.join(p, e));
+  return n;
+}
+
+/**
+ * Removes the stale ones among the entries of the local directory `dir` that `ownerOf` recognises
+ * (it returns undefined for an entry that is not a leftover, null for one of ours made before owners
+ * were recorded: that one goes by its age). Returns what was removed (with `dryRun`: what would be).
+ */
+export async function sweepLocal(
+  dir: string,
+  ownerOf: (name: string) => Owner | null | undefined,
+  options: { maxAgeMs?: number; dryRun?: boolean } = {},
+): Promise<Cleaned[]> {
+  const cleaned: Cleaned[] = [];
+  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+    const owner = ownerOf(name);
+    if (owner === undefined) continue;
+    const full = path.join(dir, name);
+    const st = await fs.lstat(full).catch(() => undefined);
+    if (!st || !isStale(owner ?? undefined, Date.now() - st.mtimeMs, options.maxAgeMs)) continue;
+    const bytes = await localSize(full);
+    if (!options.dryRun) await fs.rm(full, { recursive: true, force: true });
+    cleaned.push({ path: full, bytes });
+  }
+  return cleaned;
+}

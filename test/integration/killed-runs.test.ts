@@ -1,0 +1,219 @@
+/**
+ * What runs killed with kill -9 leave, and who removes it: the next pull into the same place
+ * removes the tree being built beside the destination and the layer being unpacked in the layer
+ * store; the next push into the same repository removes the upload left in its `_uploads` (on disk
+ * and in S3), and the next push of a blob the temporary file left beside it. Each says so in
+ * --json (`details.cleaned`), and none removes what a live run uses.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { writeImage } from '../harness/images.js';
+import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { smart, smartBin } from '../harness/run.js';
+import { startS3 } from '../harness/s3.js';
+import { haveTools } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+import { listAll } from '../harness/tree.js';
+
+interface Cleaned {
+  path: string;
+  bytes: number;
+}
+
+/** A `smart` run in the background, to kill or to feed. */
+function background(args: string[], env: NodeJS.ProcessEnv): { child: ChildProcess; exit: Promise<number | null> } {
+  const child = spawn(process.execPath, [smartBin, ...args], { stdio: ['pipe', 'ignore', 'ignore'], env: { ...process.env, ...env } });
+  child.stdin!.on('error', () => undefined);
+  return { child, exit: new Promise((resolve) => child.once('close', (code) => resolve(code))) };
+}
+
+async function until(what: string, test: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    // What is looked at changes meanwhile (files come and go): a look that fails is a "not yet".
+    if (await test().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting until ${what}`);
+}
+
+const cleanedOf = (stdout: Buffer): Cleaned[] => (JSON.parse(stdout.toString()) as { details?: { cleaned?: Cleaned[] } }).details?.cleaned ?? [];
+
+describe.skipIf(!haveTools('docker-registry'))('runs killed mid-way, from a registry', () => {
+  let work: string;
+  let registry: RunningRegistry;
+  let proxy: RunningProxy;
+  const running: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    work = await tempDir();
+    registry = await startRegistry({ configDir: work });
+    proxy = await startProxy({ target: registry.url });
+    const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${registry.host}/basic/app:v1`]);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  afterAll(async () => {
+    for (const c of running) c.kill('SIGKILL');
+    await proxy?.stop();
+    await registry?.stop();
+  });
+
+  /** Starts a pull into `dest` that stalls on the image's last layer, and waits until it has built part of the tree and begun unpacking that layer. */
+  const stalledPull = async (dest: string, cacheHome: string, extra: string[] = []) => {
+    const victim = fixtures().basic.layers[2]!.digest;
+    proxy.stats.clear();
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(victim) ? { kind: 'stall-mid-body', afterBytes: 50, times: 1 } : undefined));
+    const run = background(['pull', '-q', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, ...extra], { XDG_CACHE_HOME: cacheHome });
+    running.push(run.child);
+    const parent = path.dirname(dest);
+    const tmp = path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp');
+    const staging = async () => (await fs.readdir(parent)).filter((n) => n.startsWith(`.${path.basename(dest)}.smart-`) && !n.endsWith('.smart-pull.json'));
+    await until('the pull has built part of the tree and stalls on its last layer', async () => {
+      const [s] = await staging();
+      return s !== undefined && (await listAll(path.join(parent, s))).some((p) => p.startsWith('etc/')) && (await fs.readdir(tmp).catch(() => [])).length === 1;
+    });
+    return { ...run, staging: path.join(parent, (await staging())[0]!), unpacking: path.join(tmp, (await fs.readdir(tmp))[0]!) };
+  };
+
+  it('kill -9 mid-pull: the next pull into the same place removes the half-built tree and the half-unpacked layer, and says so', async () => {
+    const cacheHome = await tempDir();
+    const parent = path.join(work, 'killed');
+    await fs.mkdir(parent);
+    const dest = path.join(parent, 'root');
+    const victim = await stalledPull(dest, cacheHome);
+    victim.child.kill('SIGKILL');
+    await victim.exit;
+    await expect(fs.stat(dest)).rejects.toThrow(); // no partial destination
+    proxy.setFaults(undefined);
+
+    const again = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--json'], { cacheHome });
+    expect(again.code, again.stderr).toBe(0);
+    const cleaned = cleanedOf(again.stdout);
+    expect(cleaned.map((c) => c.path).sort()).toEqual([victim.staging, victim.unpacking].sort());
+    expect(cleaned.find((c) => c.path === victim.staging)!.bytes).toBeGreaterThan(0);
+    expect((await fs.readdir(parent)).sort()).toEqual(['.root.smart-pull.json', 'root']);
+    expect(await fs.readdir(path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp'))).toEqual([]);
+    expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+  });
+
+  it('a pull beside a live one, into the same place and layer store, leaves the live one its tree and its layer; both complete', async () => {
+    const cacheHome = await tempDir();
+    const dest = path.join(work, 'shared');
+    const live = await stalledPull(dest, cacheHome, ['--stall-timeout', '5']);
+    // Frozen, its stall timer cannot fire: it stays mid-pull, alive, for as long as the other runs.
+    live.child.kill('SIGSTOP');
+    expect(proxy.stats.requests.filter((q) => q.fault === 'stall-mid-body')).toHaveLength(1);
+    const other = path.join(work, 'other-image');
+    await writeImage(other, { layers: [{ files: { 'other.txt': 'other\n' }, createdBy: 'COPY other.txt /' }] });
+    const beside = await smart(['pull', `oci:${other}:latest`, `rootfs:${dest}`, '--json'], { cacheHome });
+    expect(beside.code, beside.stderr).toBe(0);
+    expect(cleanedOf(beside.stdout)).toEqual([]);
+    expect(await fs.readFile(path.join(dest, 'other.txt'), 'utf8')).toBe('other\n');
+    await fs.stat(live.staging);
+    await fs.stat(live.unpacking);
+
+    live.child.kill('SIGCONT'); // its stall timer fires, the download resumes, the pull completes
+    expect(await live.exit).toBe(0);
+    expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+    expect((await fs.readdir(work)).filter((n) => n.startsWith('.shared.'))).toEqual(['.shared.smart-pull.json']);
+  });
+
+  it('kill -9 mid-push of a blob whose digest is known: the next push of that blob removes the temporary file beside it', async () => {
+    const victim = fixtures().basic.layers[2]!.digest;
+    const store = path.join(work, 'blob-store');
+    const blobDir = path.join(store, 'docker/registry/v2/blobs/sha256', victim.slice(7, 9), victim.slice(7));
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(victim) ? { kind: 'stall-mid-body', afterBytes: 50, times: 1 } : undefined));
+    const killed = background(['push', '-q', `docker://${proxy.host}/basic/app:v1`, `file:${store}#b/app:1`], { XDG_CACHE_HOME: await tempDir() });
+    running.push(killed.child);
+    await until('the push is writing the stalled blob', async () => (await fs.readdir(blobDir)).some((n) => n.startsWith('data.tmp-')));
+    killed.child.kill('SIGKILL');
+    await killed.exit;
+    const [left] = await fs.readdir(blobDir);
+    proxy.setFaults(undefined);
+
+    const again = await smart(['push', `docker://${proxy.host}/basic/app:v1`, `file:${store}#b/app:1`, '--json'], { cacheHome: await tempDir() });
+    expect(again.code, again.stderr).toBe(0);
+    // The other blobs may have been mid-write too when the push was killed: theirs go as well.
+    const cleaned = cleanedOf(again.stdout);
+    expect(cleaned).toContainEqual({ path: path.join(blobDir, left!), bytes: expect.any(Number) });
+    for (const c of cleaned) expect(path.basename(c.path)).toMatch(/^data\.tmp-/);
+    expect(await fs.readdir(blobDir)).toEqual(['data']);
+    expect((await listAll(path.join(store, 'docker/registry/v2/blobs'))).filter((p) => p.includes('.tmp-'))).toEqual([]);
+  });
+});
+
+describe('pushes killed mid-way', () => {
+  const archive = async () => fs.readFile(fixtures().paths.dockerArchiveBasic);
+  /** The docker-save archive up to 1000 bytes into its first layer: a push fed this is uploading that layer, waiting for more. */
+  const midLayer = (bytes: Buffer) => bytes.subarray(0, Math.floor(bytes.indexOf('/layer.tar') / 512) * 512 + 512 + 1000);
+  const uploadsOf = (store: string, repo: string) => path.join(store, 'docker/registry/v2/repositories', repo, '_uploads');
+
+  it('kill -9 mid-push into file:, then the next push into the repository removes the upload it left, and says so', async () => {
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const killed = background(['push', '-q', 'docker-archive:-', `file:${store}#k/app:1`], { XDG_CACHE_HOME: await tempDir() });
+    killed.child.stdin!.write(midLayer(await archive()));
+    const uploads = uploadsOf(store, 'k/app');
+    await until('the push is writing its first layer', async () => (await listAll(uploads)).some((p) => /^[0-9a-f-]{36}\/data\.tmp-/.test(p)));
+    killed.child.kill('SIGKILL');
+    await killed.exit;
+    const [left] = await fs.readdir(uploads);
+
+    const again = await smart(['push', `docker-archive:${fixtures().paths.dockerArchiveBasic}`, `file:${store}#k/app:1`, '--json'], { cacheHome: await tempDir() });
+    expect(again.code, again.stderr).toBe(0);
+    expect(cleanedOf(again.stdout)).toEqual([{ path: path.join(uploads, left!), bytes: expect.any(Number) }]);
+    expect(await fs.readdir(uploads)).toEqual([]);
+  });
+
+  it('a push beside a live one into the same repository leaves the live one its upload; both complete', async () => {
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const bytes = await archive();
+    const live = background(['push', '-q', 'docker-archive:-', `file:${store}#c/app:1`], { XDG_CACHE_HOME: await tempDir() });
+    const first = midLayer(bytes);
+    live.child.stdin!.write(first);
+    const uploads = uploadsOf(store, 'c/app');
+    await until('the push is writing its first layer', async () => (await listAll(uploads)).some((p) => /\/data\.tmp-/.test(p)));
+    const during = await listAll(uploads);
+
+    const beside = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `file:${store}#c/app:2`, '--json']);
+    expect(beside.code, beside.stderr).toBe(0);
+    expect(cleanedOf(beside.stdout)).toEqual([]);
+    expect(await listAll(uploads)).toEqual(during);
+
+    live.child.stdin!.end(bytes.subarray(first.length));
+    expect(await live.exit).toBe(0);
+    expect(await fs.readdir(uploads)).toEqual([]);
+    expect(await fs.readdir(path.join(store, 'docker/registry/v2/repositories/c/app/_manifests/tags'))).toEqual(['1', '2']);
+  });
+
+  it('kill -9 mid-push into s3://, then the next push into the repository removes the upload keys it left', async () => {
+    const work = await tempDir();
+    const s3 = await startS3(path.join(work, 's3'));
+    try {
+      const keys = async (prefix: string) => ((await s3.client().send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix }))).Contents ?? []).map((o) => o.Key!);
+      const dest = `s3://${s3.bucket}/root#k/app:1`;
+      const uploads = 'root/docker/registry/v2/repositories/k/app/_uploads/';
+      const killed = background(['push', '-q', 'docker-archive:-', dest], { ...s3.env, XDG_CACHE_HOME: await tempDir() });
+      killed.child.stdin!.write(midLayer(await archive()));
+      await until('the push has opened its first upload', async () => (await keys(uploads)).some((k) => k.endsWith('/smartlayer-owner')) && (await keys(uploads)).some((k) => k.endsWith('/startedat')));
+      killed.child.kill('SIGKILL');
+      await killed.exit;
+      const left = await keys(uploads);
+      expect(left.length).toBeGreaterThanOrEqual(2);
+
+      const again = await smart(['push', `docker-archive:${fixtures().paths.dockerArchiveBasic}`, dest, '--json'], { cacheHome: await tempDir(), env: s3.env });
+      expect(again.code, again.stderr).toBe(0);
+      const id = left[0]!.slice(uploads.length).split('/')[0]!;
+      expect(cleanedOf(again.stdout)).toEqual([{ path: `s3://${s3.bucket}/${uploads}${id}`, bytes: expect.any(Number) }]);
+      expect(await keys(uploads)).toEqual([]);
+    } finally {
+      await s3.stop();
+    }
+  });
+});

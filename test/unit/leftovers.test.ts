@@ -1,0 +1,46 @@
+/**
+ * Owners of leftovers, told apart with real processes: this one, a child that runs, the same child
+ * once killed, a PID taken by another process, another boot, another machine.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { LEFTOVER_MAX_AGE_MS, currentOwner, isStale, ownerState, ownerTag, parseOwnerTag } from '../../src/storage/leftovers.js';
+
+const startOf = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[19]);
+
+describe('leftover owners', () => {
+  it('a tag reads back as the owner it names, and the rest of the name is kept apart', () => {
+    const me = currentOwner();
+    expect(parseOwnerTag(`${ownerTag()}-0a1b2c3d`)).toEqual({ owner: me, rest: '-0a1b2c3d' });
+    expect(parseOwnerTag(ownerTag())).toEqual({ owner: me, rest: '' });
+    expect(parseOwnerTag('12345-0a1b2c3d-1111-2222-3333-444455556666')).toBeUndefined(); // a bare PID and a UUID
+    expect(parseOwnerTag('not a tag')).toBeUndefined();
+  });
+
+  it.skipIf(process.platform !== 'linux')('running, gone once killed, gone when the PID is another process, another boot; unknown on another machine', async () => {
+    const me = currentOwner();
+    expect(ownerState(me)).toBe('running');
+    expect(ownerState({ ...me, start: me.start + 1 })).toBe('gone'); // this PID, but not this process
+    const child = spawn(process.execPath, ['-e', 'setTimeout(() => undefined, 60_000)'], { stdio: 'ignore' });
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    try {
+      const owner = { ...me, pid: child.pid!, start: startOf(child.pid!) };
+      expect(ownerState(owner)).toBe('running');
+      expect(isStale(owner, 10 * LEFTOVER_MAX_AGE_MS)).toBe(false); // however old: it runs
+      expect(ownerState({ ...owner, start: owner.start - 1 })).toBe('gone'); // the PID reused
+      expect(ownerState({ ...owner, boot: me.boot === '00000000' ? '11111111' : '00000000' })).toBe('gone');
+      const elsewhere = { ...owner, machine: me.machine === '00000000' ? '11111111' : '00000000' };
+      expect(ownerState(elsewhere)).toBe('unknown');
+      expect(isStale(elsewhere, 60_000)).toBe(false);
+      expect(isStale(elsewhere, LEFTOVER_MAX_AGE_MS + 1)).toBe(true);
+      child.kill('SIGKILL');
+      await exited;
+      // Reaped: the PID is free (or, rarely, already another process's: gone either way).
+      expect(ownerState(owner)).toBe('gone');
+      expect(isStale(owner, 0)).toBe(true);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+});
