@@ -200,13 +200,15 @@ export function addCacheCommands(program: Command): void {
       printPlan(plan, out);
       // BuildKit reads its cache from the registry itself: nothing to fetch for it, unless asked to write somewhere.
       const planOnly = !destination && (flags.printCacheFrom === 'buildkit' || flags.printCacheFrom === 'buildx');
-      const r = planOnly ? { plan, fetched: 0, bytes: 0, destination: 'nothing (BuildKit fetches from the registry)' } : await ops.pullPlanned(store, plan, {
-        ...s.ctx,
-        layerStore: s.layerStore,
-        ...(destination ? { destination } : {}),
-        ...(flags.tag ? { tag: flags.tag } : {}),
-        ...(flags.printCacheFrom === 'buildah' ? { perStep: true } : {}),
-      });
+      const r: PullResult = planOnly
+        ? { plan, fetched: 0, bytes: 0, destination: 'nothing (BuildKit fetches from the registry)' }
+        : await ops.pullPlanned(store, plan, {
+            ...s.ctx,
+            layerStore: s.layerStore,
+            ...(destination ? { destination } : {}),
+            ...(flags.tag ? { tag: flags.tag } : {}),
+            ...(flags.printCacheFrom === 'buildah' ? { perStep: true } : {}),
+          });
       out.info(`fetched ${r.fetched} layers (${formatBytes(r.bytes)}) into ${r.destination}${r.manifestDigest ? ` as ${r.manifestDigest}` : ''}`);
       if (r.images?.length === 1) out.info(`named ${r.images[0]}`);
       else if (r.images?.length) out.info(`${r.images.length} images, one per step: ${r.images.join(', ')}`);

@@ -16,6 +16,7 @@ import { historyLayerSteps, summaryStepKey } from '../../src/trie/image-steps.js
 import { chainIds, matchBuild, nodesOf, stepKeyString, type IndexedImage, type StepKey, type TrieNode, type TrieStore } from '../../src/trie/layer-trie.js';
 import { dockerfileSteps } from '../../src/trie/steps.js';
 import { edgesOf } from '../../src/cache/trie-store.js';
+import { configAtStep, stepCuts } from '../../src/ops/cache-images.js';
 import type { Digest } from '../../src/oci/digest.js';
 import { tempDir } from '../harness/tmp.js';
 
@@ -158,5 +159,36 @@ describe('matching a build in the trie', () => {
     expect([node.step, ...(node.also ?? [])].map((k) => stepKeyString(k!)).sort()).toEqual([stepKeyString(copyClassic), stepKeyString(copyOurs)].sort());
     const m = await matchBuild(trie, chainIds([d(1)]), [steps[0]!, { key: copyOurs }, steps[2]!]);
     expect(m.path).toHaveLength(4);
+  });
+});
+
+describe('per-step cache images', () => {
+  const history = [
+    { created_by: 'ADD busybox /' },
+    { created_by: '/bin/sh -c #(nop) WORKDIR /app', empty_layer: true },
+    { created_by: '/bin/sh -c #(nop) ENV A=1', empty_layer: true },
+    { created_by: '/bin/sh -c #(nop) COPY file:aa in ./ ' },
+    { created_by: '/bin/sh -c npm ci' },
+    { created_by: '/bin/sh -c #(nop) ENV B=2', empty_layer: true },
+    { created_by: '/bin/sh -c #(nop) COPY dir:bb in ./ ' },
+    { created_by: '/bin/sh -c #(nop) CMD ["node","x"]', empty_layer: true },
+  ];
+  const config = {
+    architecture: 'amd64',
+    os: 'linux',
+    config: { Env: ['PATH=/bin', 'A=1', 'B=2'], WorkingDir: '/app', Cmd: ['node', 'x'] },
+    rootfs: { type: 'layers' as const, diff_ids: [d(1), d(2), d(3), d(4)] },
+    history,
+  };
+
+  it('one image per step after the base, through the last matched layer and the empty steps after it', () => {
+    expect(stepCuts(history, 1, 3)).toEqual([2, 3, 4, 5, 6]);
+    expect(stepCuts(history, 1, 1)).toEqual([2, 3]); // the base alone: the empty steps after it
+  });
+
+  it('the settings as they were at the step: later ENV and CMD undone, earlier ones kept', () => {
+    expect(configAtStep(config, 5, 1)).toEqual({ Env: ['PATH=/bin', 'A=1'], WorkingDir: '/app' });
+    expect(configAtStep(config, 2, 1)).toEqual({ Env: ['PATH=/bin'], WorkingDir: '/app' });
+    expect(configAtStep(config, 8, 1)).toEqual(config.config);
   });
 });
