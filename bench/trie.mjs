@@ -83,7 +83,13 @@ for (let q = 0; q < 200; q++) {
   const i = (q * 37) % images;
   const img = image(i);
   const base = chainIds(img.layers.slice(0, 4).map((l) => l.diffId));
-  const steps = img.layers.slice(4).map((l, k) => ({ key: k === 3 ? { instruction: 'COPY . .', contentDigest: d(`changed${q}`) } : l.step }));
+  // As a plan asks: a COPY under its alternative keys too (the builders' references, the files), the WORKDIR optional.
+  const alternatives = (k) => ['classic', 'buildah', 'files-classic', 'files-buildah'].map((b) => ({ instruction: 'COPY ./', contentDigest: d(`${b}${q}-${k}`) }));
+  const steps = img.layers.slice(4).map((l, k) => ({
+    key: k === 3 ? { instruction: 'COPY . .', contentDigest: d(`changed${q}`) } : l.step,
+    ...(l.step.instruction.startsWith('COPY') ? { alternatives: alternatives(k) } : {}),
+    ...(l.step.instruction.startsWith('WORKDIR') ? { optional: true } : {}),
+  }));
   const t = performance.now();
   const m = await matchBuild(trie, base, steps);
   times.push(performance.now() - t);

@@ -10,7 +10,7 @@
 import { createHash } from 'node:crypto';
 import type { Digest } from '../oci/digest.js';
 import type { Descriptor } from '../oci/manifest.js';
-import { chainIds, nodesOf, stepKeyString, type IndexedImage, type StepKey, type TrieNode, type TrieStore } from '../trie/layer-trie.js';
+import { chainIds, keysOf, nodesOf, stepKeyString, type IndexedImage, type ImageRef, type StepKey, type TrieNode, type TrieStore } from '../trie/layer-trie.js';
 import type { MetadataCache } from './metadata-cache.js';
 
 const hashStep = (step: string) => createHash('sha256').update(step).digest('hex').slice(0, 32);
@@ -113,9 +113,9 @@ function parseOr<T>(raw: string): T | undefined {
   }
 }
 
-/** The edges that lead to `nodes` (those made by a known step). */
+/** The edges that lead to `nodes`: one per key each is known under. */
 export function edgesOf(nodes: readonly TrieNode[]): { parent: Digest | undefined; step: string; child: Digest }[] {
-  return nodes.filter((n) => n.step).map((n) => ({ parent: n.parent, step: stepKeyString(n.step!), child: n.chainId }));
+  return nodes.flatMap((n) => keysOf(n).map((k) => ({ parent: n.parent, step: stepKeyString(k), child: n.chainId })));
 }
 
 /**
@@ -127,13 +127,16 @@ export function indexedImageOf(
   manifest: Digest,
   layers: readonly { diffId: Digest; descriptor: Descriptor }[],
   steps: readonly (StepKey | undefined)[],
+  also: readonly (readonly StepKey[] | undefined)[] = [],
+  extra: Pick<ImageRef, 'inlineCache' | 'builder'> = {},
 ): IndexedImage {
   return {
-    ref: { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}), manifest },
+    ref: { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}), manifest, ...extra },
     layers: layers.map((l, i) => ({
       diffId: l.diffId,
       blob: { digest: l.descriptor.digest, size: l.descriptor.size, mediaType: l.descriptor.mediaType },
       ...(steps[i] ? { step: steps[i] } : {}),
+      ...(also[i]?.length ? { also: [...also[i]!] } : {}),
     })),
   };
 }

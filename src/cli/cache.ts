@@ -1,5 +1,6 @@
 /** `smart cache ...`: thin commands over ops/cache.ts. */
 import { Command, Option } from 'commander';
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError } from '../errors.js';
 import { cancel, collect, defaultCacheDir, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
@@ -13,6 +14,10 @@ interface CacheFlags extends CommonFlags {
   target?: string;
   buildArg?: string[];
   printCacheFrom?: string;
+  printCacheFromFile?: string;
+  builder?: string;
+  tag?: string;
+  for?: string;
   registry?: string;
   top?: number;
   strict?: boolean;
@@ -44,25 +49,33 @@ async function session(flags: CacheFlags, out: Output, names: { read: string[]; 
   });
 }
 
-function planOptions(flags: CacheFlags, context: string | undefined) {
+function planOptions(flags: CacheFlags, context: string | undefined, dockerfile = flags.file, builder = flags.builder ?? flags.printCacheFrom) {
   const contextDir = path.resolve(context ?? '.');
   return {
-    dockerfile: path.resolve(flags.file ?? path.join(contextDir, 'Dockerfile')),
+    dockerfile: path.resolve(dockerfile ?? path.join(contextDir, 'Dockerfile')),
     contextDir,
     ...(flags.target ? { stage: flags.target } : {}),
     ...(flags.buildArg?.length ? { buildArgs: buildArgs(flags.buildArg) } : {}),
     ...(flags.repo ? { repository: flags.repo } : {}),
+    ...(builder ? { builder: builder as (typeof BUILDERS)[number] } : {}),
   };
 }
 
+/** The builders a plan can be made for (and `--print-cache-from` prints for). */
+const BUILDERS = ['docker', 'buildkit', 'buildx', 'buildah'] as const;
+
 type PlanResult = Awaited<ReturnType<typeof import('../ops/cache.js').planBuild>>;
+type PullResult = Awaited<ReturnType<typeof import('../ops/cache.js').pullPlanned>>;
+
+const RESOLVED_VIA = { store: 'as', transport: 'read from', registry: 'from the registry as' } as const;
 
 function printPlan(plan: PlanResult, out: Output): void {
   if (plan.base) {
+    const b = plan.base;
     out.info(
-      plan.base.layers
-        ? `base ${plan.base.ref}: ${plan.base.inStore} of ${plan.base.layers} layers in the store${plan.base.storedAs ? ` (as ${plan.base.storedAs})` : ''}`
-        : `base ${plan.base.ref}: not in the store`,
+      b.layers
+        ? `base ${b.ref}: ${b.inStore} of ${b.layers} layers in the store${b.storedAs ? ` (${RESOLVED_VIA[b.resolvedVia ?? 'store']} ${b.storedAs})` : ''}`
+        : `base ${b.ref}: not in the store`,
     );
   }
   for (const s of plan.steps) out.info(`  line ${String(s.line).padStart(3)}  ${s.noLayer ? ' ' : s.matched ? '✓' : '✗'}  ${s.instruction}`);
@@ -72,9 +85,23 @@ function printPlan(plan: PlanResult, out: Output): void {
   }
   const b = plan.best;
   const which = plan.base ? ` (${b.baseLayers} of the base, ${b.steps} build steps)` : ' shared';
-  out.info(`best cache: ${b.image}@${b.manifest}: ${b.layers.length} layers${which}, ${formatBytes(b.bytes)} to fetch`);
+  out.info(`best cache: ${b.image}@${b.manifest}: ${b.layers.length} layers${which}, ${formatBytes(b.bytes)} to fetch${b.inlineCache ? ' (with BuildKit inline cache)' : ''}`);
   if (plan.naive) out.info(`a naive pull of ${plan.naive.image}: ${formatBytes(plan.naive.bytes)}`);
   if (plan.alternatives.length) out.info(`also holding these layers: ${plan.alternatives.join(', ')}`);
+}
+
+/**
+ * The builder's commands and flags: to `--print-cache-from-file`, else to stdout — or to stderr when
+ * stdout carries the image or the JSON summary (which then holds them too, as `cacheFrom`).
+ */
+async function printCacheFrom(r: PullResult, flags: CacheFlags, out: Output, stdoutTaken: boolean): Promise<void> {
+  const c = r.cacheFrom!;
+  if (c.note) out.warn(`${c.builder}: ${c.note}`);
+  const lines = [...c.commands, ...(c.flags ? [c.flags] : [])];
+  const text = lines.length ? `${lines.join('\n')}\n` : '';
+  if (flags.printCacheFromFile) await fs.writeFile(flags.printCacheFromFile, text);
+  else if (stdoutTaken) process.stderr.write(text);
+  else process.stdout.write(text);
 }
 
 export function addCacheCommands(program: Command): void {
@@ -104,7 +131,8 @@ export function addCacheCommands(program: Command): void {
         .option('-f, --file <Dockerfile>', 'the Dockerfile (default: CONTEXT/Dockerfile)')
         .option('--target <stage>', 'the stage to build (default: the last)')
         .option('--build-arg <key=value>', 'a build argument (repeatable)', collect, [])
-        .option('--repo <repository>', "the repository being built: its latest tag is the naive alternative"),
+        .option('--repo <repository>', "the repository being built: its latest tag is the naive alternative")
+        .addOption(new Option('--builder <builder>', 'match only layers this builder could reuse: docker (classic builder), buildkit, buildx or buildah').choices(BUILDERS)),
     );
 
   planLike(
@@ -146,8 +174,12 @@ export function addCacheCommands(program: Command): void {
       .description('fetch exactly the layers the plan matched: into the layer store, or as the truncated image to DEST')
       .argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')
       .argument('[context]', 'the build context (default: .)')
-      .argument('[destination]', 'where to write the truncated image, e.g. docker-archive:- for docker load (default: the layer store)')
-      .addOption(new Option('--print-cache-from <builder>', 'print the flags that make this builder use the cache').choices(['docker', 'buildx', 'buildah', 'kaniko']))
+      .argument('[destination]', 'where to write the truncated image, e.g. docker-archive:- for docker load, oci:DIR for buildah (default: the layer store)')
+      .addOption(
+        new Option('--print-cache-from <builder>', 'print what makes this builder use the cache (and plan for it): docker (classic builder), buildkit, buildx or buildah').choices(BUILDERS),
+      )
+      .option('--print-cache-from-file <file>', 'write those flags (and commands) to FILE instead')
+      .option('--tag <name:tag>', 'the name of a docker-archive written (default: smartcache/REPO:CHAIN, what --print-cache-from docker names)')
       .option('--registry <host[:port]>', 'the registry serving this store, for --print-cache-from (default: the store\'s for docker://)')
       .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
   ).action(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
@@ -157,21 +189,35 @@ export function addCacheCommands(program: Command): void {
       destination = context;
       context = undefined;
     }
-    if (flags.json && destination && /^docker-archive:-(:|$)/.test(destination)) {
+    const imageOnStdout = destination !== undefined && /^docker-archive:-(:|$)/.test(destination);
+    if (flags.json && imageOnStdout) {
       throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout', { input: destination });
     }
+    if (flags.printCacheFromFile && !flags.printCacheFrom) throw new SmartError('USAGE', '--print-cache-from-file needs --print-cache-from BUILDER');
     const out = new Output(outputOptions(flags));
     const ops = await import('../ops/cache.js');
     const s = await session(flags, out, { read: [store], write: destination ? [destination] : [] });
     try {
       const plan = await ops.planBuild(store, planOptions(flags, context), s.ctx);
       printPlan(plan, out);
-      const r = await ops.pullPlanned(store, plan, { ...s.ctx, layerStore: s.layerStore, ...(destination ? { destination } : {}) });
+      // BuildKit reads its cache from the registry itself: nothing to fetch for it, unless asked to write somewhere.
+      const planOnly = !destination && (flags.printCacheFrom === 'buildkit' || flags.printCacheFrom === 'buildx');
+      const r: PullResult = planOnly
+        ? { plan, fetched: 0, bytes: 0, destination: 'nothing (BuildKit fetches from the registry)' }
+        : await ops.pullPlanned(store, plan, {
+            ...s.ctx,
+            layerStore: s.layerStore,
+            ...(destination ? { destination } : {}),
+            ...(flags.tag ? { tag: flags.tag } : {}),
+            ...(flags.printCacheFrom === 'buildah' ? { perStep: true } : {}),
+          });
       out.info(`fetched ${r.fetched} layers (${formatBytes(r.bytes)}) into ${r.destination}${r.manifestDigest ? ` as ${r.manifestDigest}` : ''}`);
-      if (flags.printCacheFrom && plan.best) {
-        const host = flags.registry ?? (/^docker:\/\/([^/]+)/.exec(store)?.[1] ?? '');
-        const ref = `${host ? `${host}/` : ''}${plan.best.image.replace(/:[^:/]+$/, '')}@${plan.best.manifest}`;
-        process.stdout.write(`${ops.cacheFromFlags(flags.printCacheFrom, ref)}\n`);
+      if (r.images?.length === 1) out.info(`named ${r.images[0]}`);
+      else if (r.images?.length) out.info(`${r.images.length} images, one per step: ${r.images.join(', ')}`);
+      if (flags.printCacheFrom) {
+        const registry = flags.registry ?? /^docker:\/\/([^/]+)/.exec(store)?.[1];
+        r.cacheFrom = ops.cacheFromInstructions(flags.printCacheFrom as (typeof ops.CACHE_BUILDERS)[number], r, registry);
+        await printCacheFrom(r, flags, out, imageOnStdout || Boolean(flags.json));
       }
       if (flags.json) out.json(r);
     } finally {
@@ -182,17 +228,39 @@ export function addCacheCommands(program: Command): void {
   addCommonOptions(
     cache
       .command('warm')
-      .description('prefetch into the layer store the layer chains most shared across the store (for cron on build machines)')
+      .description('prefetch what builds will reuse, for cron on build machines: the layer chains most shared across the store, or --for a Dockerfile its plan\'s layers')
       .argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')
+      .argument('[context]', 'with --for: the build context (default: the Dockerfile\'s directory)')
+      .argument('[destination]', 'with --for: where to write the cache image, as cache pull (default: the layer store)')
       .addOption(new Option('--top <n>', 'how many chains').argParser(commanderParser(positiveInt('--top', 10_000))).default(10))
+      .option('--for <Dockerfile>', 'prefetch what the next build of this Dockerfile will reuse (its plan), not the most shared chains')
+      .option('--target <stage>', 'with --for: the stage to build (default: the last)')
+      .option('--build-arg <key=value>', 'with --for: a build argument (repeatable)', collect, [])
+      .option('--repo <repository>', 'with --for: the repository being built')
       .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
-  ).action(async function (this: Command, store: string) {
+  ).action(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
-    const { warmStore } = await import('../ops/cache.js');
-    const s = await session(flags, out, { read: [store], write: [] });
+    if (!flags.for && (context || destination)) throw new SmartError('USAGE', 'cache warm takes a context and a destination only with --for DOCKERFILE', { input: context ?? destination });
+    if (flags.json && destination && /^docker-archive:-(:|$)/.test(destination)) {
+      throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout', { input: destination });
+    }
+    const ops = await import('../ops/cache.js');
+    const s = await session(flags, out, { read: [store], write: destination ? [destination] : [] });
     try {
-      const r = await warmStore(store, flags.top ?? 10, { ...s.ctx, layerStore: s.layerStore });
+      if (flags.for) {
+        const dockerfile = path.resolve(flags.for);
+        const r = await ops.warmForBuild(store, planOptions(flags, context ?? path.dirname(dockerfile), dockerfile), {
+          ...s.ctx,
+          layerStore: s.layerStore,
+          ...(destination ? { destination } : {}),
+        });
+        printPlan(r.plan, out);
+        out.info(`warmed ${r.plan.best?.layers.length ?? 0} layers for ${flags.for}: ${r.fetched} fetched (${formatBytes(r.bytes)}) into ${r.destination}`);
+        if (flags.json) out.json(r);
+        return;
+      }
+      const r = await ops.warmStore(store, flags.top ?? 10, { ...s.ctx, layerStore: s.layerStore });
       out.info(`warmed ${r.chains} chains: ${r.layers} layers, ${r.fetched} fetched (${formatBytes(r.bytes)})`);
       if (flags.json) out.json(r);
     } finally {

@@ -6,14 +6,10 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import pLimit from 'p-limit';
 import { SmartError, isSmartError } from '../errors.js';
-import { parseImageConfig, type ImageConfig } from '../oci/config.js';
-import { sha256Digest, type Digest } from '../oci/digest.js';
-import type { Image, ImageSource, OpenOptions } from '../oci/image.js';
-import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
-import { configMediaType, manifestFamily } from '../oci/mediatypes.js';
+import type { Digest } from '../oci/digest.js';
+import type { Image, ImageSource } from '../oci/image.js';
 import { resolveImage } from '../oci/partial.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { parseReference, type Reference } from '../oci/reference.js';
@@ -25,6 +21,8 @@ import {
   chainIds,
   matchBuild,
   nodesOf,
+  type ImageBuilder,
+  type ImageRef,
   type IndexedImage,
   type Match,
   type StepKey,
@@ -46,27 +44,83 @@ function platformOf(ctx: CacheContext): Platform {
   return typeof ctx.platform === 'string' ? parsePlatform(ctx.platform) : (ctx.platform ?? hostPlatform());
 }
 
-/**
- * What the layers of an image were made by: layer descriptor annotations (ours) first, else the
- * image history's non-empty entries in order, in the normal form shared by every builder.
- */
-export async function stepsOfImage(image: Image): Promise<(StepKey | undefined)[]> {
-  const { normalizeCreatedBy } = await import('../trie/history.js');
-  const history = (image.config.history ?? []).filter((h) => !h.empty_layer);
-  const aligned = history.length === image.layers.length;
-  return image.layers.map((layer, i) => {
-    const a = layer.descriptor.annotations;
-    if (a?.[STEP_ANNOTATION]) return { instruction: a[STEP_ANNOTATION], ...(a[CONTENT_ANNOTATION] ? { contentDigest: a[CONTENT_ANNOTATION] } : {}) };
-    if (!aligned) return undefined;
-    const step = normalizeCreatedBy(history[i]?.created_by ?? '');
-    // A COPY whose history does not name its sources cannot be compared: no step key.
-    if (!step || step.sourcesElided) return undefined;
-    return { instruction: step.instruction };
-  });
+/** What made one layer: its key in the trie, and the other keys it is known under. */
+export interface LayerKeys {
+  step?: StepKey;
+  also?: StepKey[];
 }
 
-export async function indexedImage(image: Image, ref: { repository: string; tag?: string }): Promise<IndexedImage> {
-  return indexedImageOf(ref, image.manifest.digest, image.layers, await stepsOfImage(image));
+/** COPY/ADD layers up to this size (stored bytes) are read at index time for the summary of their files. */
+export const LAYER_SUMMARY_MAX_BYTES = 32 * 1024 * 1024;
+
+/**
+ * What the layers of an image were made by: layer descriptor annotations (ours) first, else the
+ * image history's non-empty entries in order, in the normal form shared by every builder (a
+ * COPY/ADD keyed by the content reference its builder wrote, when it wrote one). With
+ * `summaries`, COPY/ADD layers up to `maxBytes` are read, and the summary of their files is a
+ * key too (the step's own when the history gives no other): see trie/image-steps.ts.
+ */
+export async function layerKeysOfImage(image: Image, options: { summaries?: { maxBytes: number; jobs?: number } } = {}): Promise<LayerKeys[]> {
+  const { historyLayerSteps, historyStepKey, layerEntries, summarizable, summaryStepKey } = await import('../trie/image-steps.js');
+  const history = historyLayerSteps(image.config.history, image.layers.length);
+  const summaries = options.summaries;
+  const limit = pLimit(Math.max(1, summaries?.jobs ?? 2));
+  return Promise.all(
+    image.layers.map(async (layer, i): Promise<LayerKeys> => {
+      const keys: StepKey[] = [];
+      const a = layer.descriptor.annotations;
+      if (a?.[STEP_ANNOTATION]) keys.push({ instruction: a[STEP_ANNOTATION], ...(a[CONTENT_ANNOTATION] ? { contentDigest: a[CONTENT_ANNOTATION] } : {}) });
+      const h = history?.[i];
+      if (h) {
+        const fromHistory = historyStepKey(h);
+        // Not a base image's root file system (`ADD rootfs.tar /` as the first layer): no build copies it.
+        if (summaries && i > 0 && summarizable(h) && layer.descriptor.size <= summaries.maxBytes) {
+          // A layer that cannot be read is no reason to fail the index: it simply gets no summary.
+          const entries = await limit(async () => layerEntries(await layer.openUncompressed())).catch(() => undefined);
+          const summary = entries && summaryStepKey(h, entries);
+          if (summary) keys.push(summary);
+        }
+        if (fromHistory) keys.push(fromHistory);
+      }
+      const [step, ...also] = keys;
+      return { ...(step ? { step } : {}), ...(also.length ? { also } : {}) };
+    }),
+  );
+}
+
+/** The primary key of each layer (what a push records). */
+export async function stepsOfImage(image: Image): Promise<(StepKey | undefined)[]> {
+  return (await layerKeysOfImage(image)).map((k) => k.step);
+}
+
+/**
+ * What the trie records of an image besides its layers: whether it carries BuildKit's inline cache
+ * (its config holds the metadata), and which builder made its own steps, from the way its last
+ * history entries are written (BuildKit: `… # buildkit`; buildah: `FROM …` comments; the classic
+ * builder: `#(nop)` entries without them).
+ */
+export function imageFacts(image: Pick<Image, 'config'>): Pick<ImageRef, 'inlineCache' | 'builder'> {
+  const own = (image.config.history ?? []).filter((h) => h.created_by).slice(-3);
+  let builder: ImageRef['builder'];
+  if (own.some((h) => h.created_by!.endsWith(' # buildkit') || h.comment === 'buildkit.dockerfile.v0')) builder = 'buildkit';
+  else if (own.some((h) => h.comment?.startsWith('FROM '))) builder = 'buildah';
+  else if (own.some((h) => h.created_by!.includes('#(nop)'))) builder = 'docker';
+  return {
+    ...(Object.hasOwn(image.config, 'moby.buildkit.cache.v0') ? { inlineCache: true as const } : {}),
+    ...(builder ? { builder } : {}),
+  };
+}
+
+export async function indexedImage(image: Image, ref: { repository: string; tag?: string }, options: Parameters<typeof layerKeysOfImage>[1] = {}): Promise<IndexedImage> {
+  const keys = await layerKeysOfImage(image, options);
+  return indexedImageOf(
+    ref,
+    image.manifest.digest,
+    image.layers,
+    keys.map((k) => k.step),
+    keys.map((k) => k.also),
+    imageFacts(image),
+  );
 }
 
 export interface IndexSummary {
@@ -83,6 +137,8 @@ export interface IndexSummary {
 }
 
 const LOCK_TTL_S = 3600;
+/** What an index record holds changed (layer summaries, builder references): older records are made again. */
+const RECORD_VERSION = 2;
 
 /**
  * Builds or refreshes the trie of a whole store. Incremental: a tag whose manifest digest is the
@@ -126,12 +182,14 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
           if (!digest) return undefined;
           const prev = previous[i];
           // The record holds the top-level digest it was made from: unchanged tags cost one read.
-          if (prev && (prev as IndexedImage & { top?: string }).top === digest) return prev;
+          const record = prev as (IndexedImage & { top?: string; v?: number }) | undefined;
+          if (record && record.top === digest && record.v === RECORD_VERSION) return prev;
           const source = await store.source({ registry: '', repository: ref.repository, digest });
           try {
             const image = await resolveImage(source, platform);
             refreshed++;
-            return { ...(await indexedImage(image, ref)), top: digest } as IndexedImage;
+            const summaries = { maxBytes: LAYER_SUMMARY_MAX_BYTES, jobs: 2 };
+            return { ...(await indexedImage(image, ref, { summaries })), top: digest, v: RECORD_VERSION } as IndexedImage;
           } finally {
             await source.close();
           }
@@ -184,6 +242,8 @@ export interface PlanStep {
 export interface PlanCandidate {
   image: string;
   manifest: Digest;
+  /** The image carries BuildKit's inline cache metadata (images that do are preferred). */
+  inlineCache?: boolean;
   /** Layers that can be used as build cache: the base's and the matched steps'. */
   layers: { digest: Digest; diffId: Digest; size: number }[];
   baseLayers: number;
@@ -193,7 +253,8 @@ export interface PlanCandidate {
 
 export interface PlanResult {
   store: string;
-  base?: { ref: string; layers: number; inStore: number; storedAs?: string };
+  /** `history`: the base image's history entries (where a stored image's own steps begin). */
+  base?: { ref: string; layers: number; inStore: number; storedAs?: string; resolvedVia?: BaseResolution; history?: number };
   steps: PlanStep[];
   best?: PlanCandidate;
   /** Other images holding the same matched chain. */
@@ -201,14 +262,33 @@ export interface PlanResult {
   naive?: { image: string; bytes: number };
 }
 
-function candidateOf(match: Match): PlanCandidate | undefined {
+/** The kind of image each builder can use as its cache. */
+const BUILT_BY: Record<CacheBuilder, ImageBuilder> = { docker: 'docker', buildkit: 'buildkit', buildx: 'buildkit', buildah: 'buildah' };
+
+/** Whether an image could serve as this builder's cache (an image of unknown making might). */
+function usableBy(builder: CacheBuilder | undefined, image: ImageRef): boolean {
+  return !builder || !image.builder || image.builder === BUILT_BY[builder];
+}
+
+/**
+ * Images holding the chain, those the builder can use first, then those BuildKit can use as cache
+ * (the layers are the same either way).
+ */
+function preferred(images: readonly ImageRef[], builder?: CacheBuilder): ImageRef[] {
+  const usable = images.filter((i) => usableBy(builder, i));
+  const rest = images.filter((i) => !usableBy(builder, i));
+  return [...usable.filter((i) => i.inlineCache), ...usable.filter((i) => !i.inlineCache), ...rest];
+}
+
+function candidateOf(match: Match, builder?: CacheBuilder): PlanCandidate | undefined {
   const node = match.node;
-  const img = node?.images[0];
+  const img = node && preferred(node.images, builder)[0];
   if (!node || !img) return undefined;
   const layers = match.path.map((n) => ({ digest: n.blob.digest, diffId: n.diffId, size: n.blob.size }));
   return {
     image: `${img.repository}${img.tag ? `:${img.tag}` : ''}`,
     manifest: img.manifest,
+    ...(img.inlineCache ? { inlineCache: true } : {}),
     layers,
     baseLayers: match.baseLayers,
     steps: match.steps,
@@ -216,9 +296,41 @@ function candidateOf(match: Match): PlanCandidate | undefined {
   };
 }
 
-/** The FROM image in the store: `node:20` is looked for as `library/node:20`, then `node:20`. */
-async function resolveBase(store: StoreAccess, base: string, platform: Platform): Promise<{ image?: Image; storedAs?: string }> {
+/** How the FROM image was found: in the store, through its transport (`oci:DIR:TAG`...), or from its registry. */
+export type BaseResolution = 'store' | 'transport' | 'registry';
+
+/** FROM values naming an image through a transport, as buildah accepts them. */
+const TRANSPORT_BASE = /^(oci|oci-archive|docker-archive):|^docker:\/\//;
+
+/**
+ * The FROM image: through its transport when it names one; else in the store, under its name and
+ * the names it is mirrored under (`node:20` as `library/node:20`, then `node:20`; a registry's
+ * mirrors from registries.conf when the store is that mirror); else from its registry over the
+ * API, with the usual credentials, mirrors and registries.conf. Not found anywhere: no image (the
+ * plan then matches nothing), and a warning saying why.
+ */
+async function resolveBase(store: StoreAccess, base: string, platform: Platform, ctx: CacheContext): Promise<{ image?: Image; storedAs?: string; via?: BaseResolution }> {
   if (base === 'scratch') return {};
+  const { parseImageName } = await import('../transports/names.js');
+  const { openSource } = await import('./endpoints.js');
+  const resolveNamed = async (name: ReturnType<typeof parseImageName>): Promise<Image> => {
+    const opened = await openSource(name, ctx.endpoints);
+    if (opened.kind !== 'random') throw new SmartError('USAGE', `FROM ${base}: a stream cannot be a base image`, { input: base });
+    try {
+      return await resolveImage(opened.source, platform);
+    } finally {
+      await opened.source.close();
+    }
+  };
+  if (TRANSPORT_BASE.test(base)) {
+    try {
+      const name = parseImageName(base);
+      return { image: await resolveNamed(name), storedAs: base, via: name.transport === 'docker' ? 'registry' : 'transport' };
+    } catch (e) {
+      ctx.onWarning?.(`FROM ${base}: ${(e as Error).message}`);
+      return {};
+    }
+  }
   let ref: Reference;
   try {
     ref = parseReference(base);
@@ -228,13 +340,23 @@ async function resolveBase(store: StoreAccess, base: string, platform: Platform)
   const candidates = [ref.repository];
   if (ref.registry === 'docker.io' && ref.repository.startsWith('library/')) candidates.push(ref.repository.slice('library/'.length));
   if (ref.registry !== 'docker.io') candidates.push(`${ref.registry}/${ref.repository}`.replace(/:\d+\//, '/'));
+  const storeHost = /^docker:\/\/(.+)$/.exec(store.scope)?.[1];
+  if (storeHost) {
+    const { loadRegistriesConf, pullSources } = await import('../transports/registry/registries-conf.js');
+    try {
+      const mirrored = pullSources(await loadRegistriesConf(), ref, { dockerHub: ctx.endpoints.remote?.registryMirrors ?? [] });
+      for (const m of mirrored) if (m.registry === storeHost && !candidates.includes(m.repository)) candidates.push(m.repository);
+    } catch {
+      // A registries.conf that blocks the name or cannot be read: the store names only.
+    }
+  }
   for (const repository of candidates) {
     const tag = ref.tag ?? 'latest';
     const digest = ref.digest ?? (await store.tagDigest(repository, tag));
     if (!digest) continue;
     const source = await store.source({ registry: '', repository, digest });
     try {
-      return { image: await resolveImage(source, platform), storedAs: `${repository}${ref.digest ? `@${ref.digest}` : `:${tag}`}` };
+      return { image: await resolveImage(source, platform), storedAs: `${repository}${ref.digest ? `@${ref.digest}` : `:${tag}`}`, via: 'store' };
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_FOUND') continue;
       throw e;
@@ -242,7 +364,13 @@ async function resolveBase(store: StoreAccess, base: string, platform: Platform)
       await source.close();
     }
   }
-  return {};
+  try {
+    const image = await resolveNamed({ transport: 'docker', ref, raw: `docker://${base}` });
+    return { image, storedAs: `${ref.registry}/${ref.repository}${ref.digest ? `@${ref.digest}` : `:${ref.tag ?? 'latest'}`}`, via: 'registry' };
+  } catch (e) {
+    ctx.onWarning?.(`FROM ${base}: not in the store, and not found through its registry: ${(e as Error).message}`);
+    return {};
+  }
 }
 
 export interface PlanOptions {
@@ -252,6 +380,12 @@ export interface PlanOptions {
   buildArgs?: Record<string, string>;
   /** The repository being built, whose latest tag is the naive alternative. */
   repository?: string;
+  /**
+   * The builder the cache is for: only layers it could reuse are matched (its own history's content
+   * references; BuildKit: what `push --dockerfile` recorded and the layers' files). Absent: any
+   * builder's, and layers matched by their files alone.
+   */
+  builder?: CacheBuilder;
 }
 
 export async function planBuild(storeName: string, options: PlanOptions, ctx: CacheContext): Promise<PlanResult> {
@@ -267,8 +401,14 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
   const platform = platformOf(ctx);
   const store = await openStore(storeName, ctx.endpoints);
   try {
-    const firstPass = await dockerfileSteps(df, { contextDir: options.contextDir, dockerfilePath: options.dockerfile, ...(options.stage ? { stage: options.stage } : {}), ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}) });
-    const { image: baseImage, storedAs } = await resolveBase(store, firstPass.base, platform);
+    const firstPass = await dockerfileSteps(df, {
+      contextDir: options.contextDir,
+      dockerfilePath: options.dockerfile,
+      builderKeys: true,
+      ...(options.stage ? { stage: options.stage } : {}),
+      ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
+    });
+    const { image: baseImage, storedAs, via } = await resolveBase(store, firstPass.base, platform, ctx);
     // Keys are computed as `push --dockerfile` computes them (without the base's ENV), so that
     // both sides of the comparison agree whatever the base defines.
     const build = firstPass;
@@ -278,12 +418,30 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     const match = await matchBuild(
       trie,
       baseChain,
-      layerSteps.map((s) => ({ line: s.line, key: { instruction: s.instruction, ...(s.contentDigest ? { contentDigest: s.contentDigest } : {}) }, ...(s.layerOptional ? { optional: true } : {}) })),
+      layerSteps.map((s) => ({
+        line: s.line,
+        key: { instruction: s.instruction, ...(s.contentDigest ? { contentDigest: s.contentDigest } : {}) },
+        ...(s.alternatives ? { alternatives: s.alternatives.map((a) => a.key) } : {}),
+        ...(s.layerOptional ? { optional: true } : {}),
+      })),
+      // For a builder: only through layers that images it could have made hold.
+      options.builder ? { accept: (n) => n.images.some((i) => usableBy(options.builder, i)) } : {},
     );
-    const best = candidateOf(match);
+    const best = candidateOf(match, options.builder);
     const result: PlanResult = {
       store: store.scope,
-      ...(baseImage ? { base: { ref: build.base, layers: baseChain.length, inStore: match.baseLayers, ...(storedAs ? { storedAs } : {}) } } : { base: { ref: build.base, layers: 0, inStore: 0 } }),
+      ...(baseImage
+        ? {
+            base: {
+              ref: build.base,
+              layers: baseChain.length,
+              inStore: match.baseLayers,
+              ...(storedAs ? { storedAs } : {}),
+              ...(via ? { resolvedVia: via } : {}),
+              history: baseImage.config.history?.length ?? 0,
+            },
+          }
+        : { base: { ref: build.base, layers: 0, inStore: 0 } }),
       steps: build.steps
         .filter((s) => s.stage === build.stage)
         .map((s) => {
@@ -291,7 +449,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
           return { line: s.line, instruction: s.instruction, matched: match.matchedSteps.includes(k), ...(k < 0 ? { noLayer: true } : {}) };
         }),
       ...(best ? { best } : {}),
-      alternatives: (match.node?.images ?? []).slice(1, 6).map((r) => `${r.repository}${r.tag ? `:${r.tag}` : ''}`),
+      alternatives: preferred(match.node?.images ?? [], options.builder).slice(1, 6).map((r) => `${r.repository}${r.tag ? `:${r.tag}` : ''}`),
     };
     const naiveRepo = options.repository ?? match.node?.images[0]?.repository;
     if (naiveRepo) {
@@ -335,46 +493,6 @@ export async function planForImage(storeName: string, image: Image, ctx: CacheCo
 }
 
 // ---------------------------------------------------------------------------------------------
-// pull: the matched prefix of the best image, as a truncated image
-
-/**
- * The first `keep` layers of an image as an image of their own: the manifest cut to them, the
- * config's diff ids cut to match and its history cut after the last kept layer's entry. A builder
- * reusing it as cache finds exactly the matched steps.
- */
-export function truncatedSource(image: Image, source: ImageSource, keep: number): ImageSource {
-  const config: ImageConfig = parseImageConfig(image.configBytes);
-  let seen = 0;
-  const history = [];
-  for (const h of config.history ?? []) {
-    if (!h.empty_layer) {
-      if (seen === keep) break;
-      seen++;
-    }
-    history.push(h);
-  }
-  const cut = { ...config, rootfs: { type: 'layers' as const, diff_ids: config.rootfs.diff_ids.slice(0, keep) }, ...(config.history ? { history } : {}) };
-  const configBytes = Buffer.from(JSON.stringify(cut));
-  const family = manifestFamily(image.manifest.mediaType);
-  const doc: ImageManifest = {
-    schemaVersion: 2,
-    mediaType: image.manifest.mediaType,
-    config: { mediaType: image.manifest.manifest.config.mediaType ?? configMediaType(family), digest: sha256Digest(configBytes), size: configBytes.length },
-    layers: image.manifest.manifest.layers.slice(0, keep),
-  };
-  const manifest = parseManifest(serializeManifest(doc), doc.mediaType, `${image.name} (first ${keep} layers)`);
-  return {
-    name: `${image.name} (first ${keep} layers)`,
-    getManifest: async (): Promise<ParsedManifest> => manifest,
-    getManifestByDigest: async () => manifest,
-    getBlob: async (d: Descriptor, o?: OpenOptions) => (d.digest === doc.config.digest ? Readable.from([configBytes]) : source.getBlob(d, o)),
-    repoTags: () => [],
-    close: () => source.close(),
-  };
-}
-
-
-// ---------------------------------------------------------------------------------------------
 // pull, warm, lint
 
 export interface CachePullResult {
@@ -384,8 +502,25 @@ export interface CachePullResult {
   bytes: number;
   /** Where they went: the local layer store, or a destination image name. */
   destination: string;
-  /** A truncated image written to a destination: its manifest digest. */
+  /** A truncated image written to a destination: its manifest digest (the last one, per step). */
   manifestDigest?: Digest;
+  /** The names the written images carry (a docker-archive's, or each per-step image's `oci:DIR:TAG`). */
+  images?: string[];
+  /** What to give the builder, when asked for (`cacheFromInstructions`). */
+  cacheFrom?: CacheFromInstructions;
+}
+
+export interface CachePullOptions {
+  layerStore?: import('../cache/layer-store.js').LayerStore;
+  /** Where the matched prefix goes as an image (default: its layers into the layer store). */
+  destination?: string;
+  /** The name a docker-archive is written under (default `smartcache/REPO:CHAIN`, see `defaultCacheTag`). */
+  tag?: string;
+  /**
+   * One image per build step of the prefix (what buildah's `--layers` cache needs), into an OCI
+   * layout (`oci:DIR[:NAME]`), tagged `NAME-1`, `NAME-2`... (NAME default `smartcache`).
+   */
+  perStep?: boolean;
 }
 
 async function imageOf(store: StoreAccess, repository: string, manifest: Digest, platform: Platform): Promise<{ image: Image; source: ImageSource }> {
@@ -394,14 +529,33 @@ async function imageOf(store: StoreAccess, repository: string, manifest: Digest,
 }
 
 /**
- * Fetches exactly the layers the plan matched (not one more): into the local layer store, or, with
- * `destination`, as the truncated image (the matched prefix) written there.
+ * The name a docker-archive of the matched prefix carries by default: `smartcache/<repository>:<the
+ * first 12 hex digits of the prefix's chain id>` (the same prefix, the same name; `docker load`
+ * then tags it, and `--cache-from` names it).
  */
-export async function pullPlanned(
-  storeName: string,
-  plan: PlanResult,
-  ctx: CacheContext & { layerStore?: import('../cache/layer-store.js').LayerStore; destination?: string },
-): Promise<CachePullResult> {
+export function defaultCacheTag(plan: PlanResult): string | undefined {
+  const best = plan.best;
+  if (!best || best.layers.length === 0) return undefined;
+  const chain = chainIds(best.layers.map((l) => l.diffId)).at(-1)!;
+  return `smartcache/${best.image.replace(/:[^:/]+$/, '')}:${chain.slice(7, 19)}`;
+}
+
+/** How many history entries the matched prefix of `image` spans: through the entry of its last layer. */
+function prefixHistory(image: Image, keep: number): number {
+  let layers = 0;
+  const history = image.config.history ?? [];
+  for (let i = 0; i < history.length; i++) {
+    if (!history[i]!.empty_layer && ++layers === keep) return i + 1;
+  }
+  return history.length;
+}
+
+/**
+ * Fetches exactly the layers the plan matched (not one more): into the local layer store, or, with
+ * `destination`, as the truncated image (the matched prefix) written there — or, `perStep`, as one
+ * image per build step of the prefix.
+ */
+export async function pullPlanned(storeName: string, plan: PlanResult, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
   const best = plan.best;
   if (!best || best.layers.length === 0) {
     return { plan, fetched: 0, bytes: 0, destination: ctx.destination ?? 'layer store' };
@@ -416,24 +570,54 @@ export async function pullPlanned(
       const { parseImageName } = await import('../transports/names.js');
       const { openDestination } = await import('./endpoints.js');
       const { copyImage, writeImage } = await import('./copy.js');
-      const cut = truncatedSource(image, source, keep);
-      const dest = await openDestination(parseImageName(ctx.destination), ctx.endpoints);
+      const { historyCutSource, stepCuts } = await import('./cache-images.js');
+      const name = parseImageName(ctx.destination);
+      const baseHistory = plan.base?.history ?? prefixHistory(image, best.baseLayers);
+      // What to write: the prefix as one image, or one image per step, each to its own name.
+      let targets: { name: typeof name; raw: string; cut: ImageSource }[];
+      if (ctx.perStep) {
+        if (name.transport !== 'oci') {
+          throw new SmartError('USAGE', `${ctx.destination}: one image per step is written into an OCI layout; name one as oci:DIR[:NAME]`, { input: ctx.destination });
+        }
+        const dir = path.resolve(name.dir);
+        const prefix = name.tag ?? 'smartcache';
+        targets = stepCuts(image.config.history ?? [], baseHistory, keep).map((entries, i) => {
+          const raw = `oci:${dir}:${prefix}-${i + 1}`;
+          return { name: parseImageName(raw), raw, cut: historyCutSource(image, source, entries, { baseHistory }) };
+        });
+      } else {
+        const named = name.transport === 'docker-archive' && name.selection.kind === 'name' ? name.selection.name : undefined;
+        const tag = named ?? (name.transport === 'docker-archive' ? (ctx.tag ?? defaultCacheTag(plan)) : undefined);
+        targets = [{ name, raw: ctx.destination, cut: historyCutSource(image, source, prefixHistory(image, keep), { baseHistory, ...(tag ? { repoTags: [tag] } : {}) }) }];
+      }
       let bytes = 0;
       let fetched = 0;
+      let manifestDigest: Digest | undefined;
+      const counted = new Set<string>();
       const options = {
         platform,
         jobs: ctx.jobs ?? 4,
-        onLayer: (e: { status: string; bytes: number }) => {
-          if (e.status !== 'skipped') fetched++;
+        onLayer: (e: { status: string; bytes: number; digest: string }) => {
+          // Per step, the same layer is written several times but fetched once.
+          if (e.status === 'skipped' || counted.has(e.digest)) return;
+          counted.add(e.digest);
+          fetched++;
           bytes += e.bytes;
         },
       };
-      try {
-        const summary = dest.kind === 'blobs' ? await copyImage(cut, dest.dest, options) : await writeImage(cut, dest.writer, options);
-        return { plan, fetched, bytes, destination: ctx.destination, manifestDigest: summary.manifestDigest };
-      } finally {
-        if (dest.kind === 'blobs') await dest.dest.close();
+      const images: string[] = [];
+      for (const t of targets) {
+        const dest = await openDestination(t.name, ctx.endpoints);
+        try {
+          const summary = dest.kind === 'blobs' ? await copyImage(t.cut, dest.dest, options) : await writeImage(t.cut, dest.writer, options);
+          manifestDigest = summary.manifestDigest;
+        } finally {
+          if (dest.kind === 'blobs') await dest.dest.close();
+        }
+        const tags = t.cut.repoTags();
+        images.push(...(ctx.perStep ? [t.raw] : tags.length ? tags : [t.raw]));
       }
+      return { plan, fetched, bytes, destination: ctx.destination, ...(manifestDigest ? { manifestDigest } : {}), images };
     }
     if (!ctx.layerStore) throw new SmartError('USAGE', 'cache pull needs a destination or a layer store (--cache-dir)');
     const layerStore = ctx.layerStore;
@@ -458,20 +642,76 @@ export async function pullPlanned(
   }
 }
 
-/** The flags that make a builder use the planned image as its cache. */
-export function cacheFromFlags(builder: string, imageRef: string): string {
+/** The builders `--print-cache-from` knows. kaniko is not one: nothing here shows it would use what we could name. */
+export const CACHE_BUILDERS = ['docker', 'buildkit', 'buildx', 'buildah'] as const;
+export type CacheBuilder = (typeof CACHE_BUILDERS)[number];
+
+export interface CacheFromInstructions {
+  builder: CacheBuilder;
+  /** Commands to run before the build (buildah: pull each per-step image into its storage). */
+  commands: string[];
+  /** The build flags, one string (empty when the builder can use nothing: `note` says why). */
+  flags: string;
+  note?: string;
+}
+
+/**
+ * What makes a builder use what `pullPlanned` fetched:
+ * - `docker` (the classic builder, `DOCKER_BUILDKIT=0`): `--cache-from` the docker-archive's name
+ *   (after `docker load`); without an archive, the stored image's registry reference (to pull first);
+ * - `buildkit` (`DOCKER_BUILDKIT=1 docker build`) and `buildx`: the registry reference of a stored
+ *   image that carries BuildKit's inline cache — BuildKit reads its cache from the registry, and
+ *   can use no other image (`note` says so);
+ * - `buildah`: `buildah pull` of each per-step image, then `--layers`.
+ * `registry` is the host serving the store (`docker://HOST` stores name it themselves).
+ */
+export function cacheFromInstructions(builder: CacheBuilder, pulled: CachePullResult, registry?: string): CacheFromInstructions {
+  const best = pulled.plan.best;
+  const none = (note: string): CacheFromInstructions => ({ builder, commands: [], flags: '', note });
+  if (!best || best.layers.length === 0) return none('nothing in the store to use as cache');
+  const repository = best.image.replace(/:[^:/]+$/, '');
+  const tag = /:([^:/]+)$/.exec(best.image)?.[1];
+  const host = registry ? `${registry}/` : '';
   switch (builder) {
-    case 'docker':
-      return `--cache-from ${imageRef}`;
-    case 'buildx':
-      return `--cache-from type=registry,ref=${imageRef}`;
-    case 'buildah':
-      return `--layers --cache-from ${imageRef.replace(/[:@][^/]*$/, '')}`;
-    case 'kaniko':
-      return `--cache=true --cache-repo=${imageRef.replace(/[:@][^/]*$/, '')}`;
-    default:
-      throw new SmartError('USAGE', `unknown builder "${builder}": docker, buildx, buildah or kaniko`, { input: builder });
+    case 'docker': {
+      const archive = pulled.destination.startsWith('docker-archive:') ? pulled.images?.[0] : undefined;
+      if (archive) return { builder, commands: [], flags: `--cache-from ${archive}` };
+      return {
+        builder,
+        commands: [],
+        flags: `--cache-from ${host}${repository}@${best.manifest}`,
+        note: 'the classic builder uses only images it has: docker pull this one first, or write the cache as docker-archive:- | docker load',
+      };
+    }
+    case 'buildkit':
+    case 'buildx': {
+      if (!best.inlineCache) {
+        return none(
+          `BuildKit reads its cache from the registry, and ${best.image} carries no inline cache (none of the images holding these layers does): ` +
+            'build the stored images with --build-arg BUILDKIT_INLINE_CACHE=1 (or buildx --cache-to type=inline)',
+        );
+      }
+      if (!registry) return none('BuildKit reads its cache from the registry: name the registry serving this store with --registry HOST[:PORT]');
+      const ref = `${host}${repository}${tag ? `:${tag}` : `@${best.manifest}`}`;
+      return { builder, commands: [], flags: builder === 'buildx' ? `--cache-from type=registry,ref=${ref}` : `--cache-from ${ref}` };
+    }
+    case 'buildah': {
+      const images = pulled.destination.startsWith('oci:') ? (pulled.images ?? []) : [];
+      if (images.length === 0) return none('buildah needs one image per step: write them with an oci:DIR destination');
+      return { builder, commands: images.map((n) => `buildah pull ${n}`), flags: '--layers' };
+    }
   }
+}
+
+/**
+ * `cache warm --for Dockerfile`: what the next build of this app will reuse, fetched ahead of it
+ * (from cron on build machines): the plan, then exactly its layers, into the layer store or as
+ * the cache image(s) at `destination` (an OCI layout keeps what it already has: a second run
+ * fetches only what changed).
+ */
+export async function warmForBuild(storeName: string, options: PlanOptions, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
+  const plan = await planBuild(storeName, options, ctx);
+  return pullPlanned(storeName, plan, ctx);
 }
 
 export interface WarmResult {

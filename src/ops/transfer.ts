@@ -97,7 +97,8 @@ async function indexCopied(cache: MetadataCache, scope: string, ref: Reference, 
     ? current.layers.map((l) => l.step)
     : await (await import('./cache.js')).stepsOfImage({ ...copied.image, manifest: copied.manifest as Image['manifest'], layers });
   const at = { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}) };
-  await trie.addImage(indexedImageOf(at, copied.manifest.digest, layers, steps), { current });
+  const { imageFacts } = await import('./cache.js');
+  await trie.addImage(indexedImageOf(at, copied.manifest.digest, layers, steps, [], imageFacts(copied.image)), { current });
 }
 
 async function openLayerStore(dir: string) {

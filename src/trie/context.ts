@@ -325,7 +325,8 @@ function escapeClassChar(ch: string): string {
   return /[\]\\^-]/.test(ch) ? `\\${ch}` : ch;
 }
 
-function hasWildcards(p: string): boolean {
+/** Whether a source path holds `*`, `?` or `[` not escaped by a backslash: Docker expands it as a wildcard. */
+export function hasWildcards(p: string): boolean {
   for (let i = 0; i < p.length; i++) {
     const ch = p[i]!;
     if (ch === '\\') i++;
@@ -378,6 +379,11 @@ export interface ContextEntry {
   /** For change detection only (content hashes are cached on it); never part of a digest. */
   mtimeMs: number;
   ino: number;
+  /** Owner, device and link count: what the builders' own source hashes read (builder-hashes.ts). */
+  uid?: number;
+  gid?: number;
+  dev?: number;
+  nlink?: number;
 }
 
 export interface ListOptions {
@@ -445,7 +451,18 @@ async function entryOf(abs: string, rel: string): Promise<ContextEntry | undefin
     throw new SmartError('STORAGE', `cannot stat ${abs}: ${(e as Error).message}`, { input: abs, cause: e });
   }
   const type: EntryType = st.isDirectory() ? 'dir' : st.isFile() ? 'file' : st.isSymbolicLink() ? 'symlink' : 'other';
-  const entry: ContextEntry = { path: rel, type, mode: st.mode & 0o7777, size: type === 'file' ? st.size : 0, mtimeMs: st.mtimeMs, ino: st.ino };
+  const entry: ContextEntry = {
+    path: rel,
+    type,
+    mode: st.mode & 0o7777,
+    size: type === 'file' ? st.size : 0,
+    mtimeMs: st.mtimeMs,
+    ino: st.ino,
+    uid: st.uid,
+    gid: st.gid,
+    dev: st.dev,
+    nlink: st.nlink,
+  };
   if (type === 'symlink') entry.target = await fs.readlink(abs);
   return entry;
 }
@@ -522,7 +539,7 @@ export interface CopyOptions {
 const MAX_SYMLINKS = 32;
 
 /** Resolves a context path, following symlinks in every component, inside the context. */
-function resolveInContext(index: ContextIndex, rel: string): ContextEntry | undefined {
+export function resolveInContext(index: ContextIndex, rel: string): ContextEntry | undefined {
   let segs = rel === '' ? [] : rel.split('/');
   let hops = 0;
   for (let i = 0; i < segs.length; i++) {
@@ -544,8 +561,8 @@ function resolveInContext(index: ContextIndex, rel: string): ContextEntry | unde
   return index.entries.get(final);
 }
 
-/** Context paths matching a COPY wildcard source, segment by segment (filepath.Match). */
-function expandWildcard(index: ContextIndex, rel: string): string[] {
+/** Context paths matching a COPY wildcard source, segment by segment (filepath.Match), in walk order. */
+export function expandWildcard(index: ContextIndex, rel: string): string[] {
   let current = [''];
   for (const seg of rel.split('/')) {
     const next: string[] = [];
@@ -561,7 +578,8 @@ function expandWildcard(index: ContextIndex, rel: string): string[] {
   return current;
 }
 
-function descendants(index: ContextIndex, dir: string): ContextEntry[] {
+/** Every entry below a context directory, in walk order (a directory before its contents, names sorted). */
+export function descendants(index: ContextIndex, dir: string): ContextEntry[] {
   const out: ContextEntry[] = [];
   const visit = (d: string) => {
     for (const name of index.children.get(d) ?? []) {

@@ -34,6 +34,8 @@ export interface HistoryStep {
   sourcesElided?: true;
   /** COPY/ADD destination as written in the history. */
   destination?: string;
+  /** `--chown` of a COPY/ADD whose sources are elided (the classic builder records it). */
+  chown?: string;
   /** Build args the history records for a RUN (`|N K=V ...`). */
   buildArgs?: Record<string, string>;
   /** `--from=` of a COPY when the history names it (kaniko). */
@@ -82,10 +84,18 @@ export function normalizeCreatedBy(createdBy: string): HistoryStep | undefined {
   const nop = /^([^#]*?)\s*#\(nop\)\s*([\s\S]*)$/.exec(rest);
   if (nop) {
     const inner = nop[2]!.trim();
-    const elided = /^(COPY|ADD)((?:\s+--\S+)*)\s+((?:file|dir|multi):[0-9a-fA-F]+)\s+in\s+([\s\S]+)$/.exec(inner);
+    // The classic builder writes `COPY --chown=1000:1000file:<hex> in /app ` (no space after the owner).
+    const elided = /^(COPY|ADD)\s+(?:--chown=(\S*?)\s*)?((?:file|dir|multi):[0-9a-fA-F]+)\s+in\s+([\s\S]+)$/.exec(inner);
     if (elided) {
       const destination = elided[4]!.trim();
-      return { instruction: `${elided[1]} ${destination}`, contentRef: elided[3]!, sourcesElided: true, destination };
+      const chown = elided[2];
+      return {
+        instruction: elidedCopyInstruction(elided[1]!, destination, chown),
+        contentRef: elided[3]!,
+        sourcesElided: true,
+        destination,
+        ...(chown ? { chown } : {}),
+      };
     }
     return withArgs(fromInstructionText(inner), args);
   }
@@ -186,6 +196,14 @@ function lenientInstruction(text: string): HistoryStep | undefined {
   }
   if (!KEYWORD_RE.test(text)) return undefined;
   return { instruction: `${keyword} ${collapse(rest)}`.trim() };
+}
+
+/**
+ * The normal form of a COPY/ADD whose history names a content reference in place of its sources
+ * (classic builder, buildah): the keyword, the owner and the destination as written there.
+ */
+export function elidedCopyInstruction(keyword: string, destination: string, chown?: string): string {
+  return `${keyword}${chown ? ` --chown=${chown}` : ''} ${destination}`;
 }
 
 /**

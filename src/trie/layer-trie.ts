@@ -38,7 +38,13 @@ export interface ImageRef {
   repository: string;
   tag?: string;
   manifest: Digest;
+  /** The image carries BuildKit's inline cache metadata: BuildKit can use it as `--cache-from`. */
+  inlineCache?: true;
+  /** The builder that made the image's own steps, as its history tells (absent: unknown). */
+  builder?: ImageBuilder;
 }
+
+export type ImageBuilder = 'docker' | 'buildkit' | 'buildah';
 
 export interface TrieNode {
   chainId: Digest;
@@ -48,6 +54,11 @@ export interface TrieNode {
   /** The layer's blob in the store. */
   blob: { digest: Digest; size: number; mediaType: string };
   step?: StepKey;
+  /**
+   * Other keys the same layer is known under (another builder's history for the same layer, the
+   * summary of its files, what `push --dockerfile` recorded): each is an edge to this node too.
+   */
+  also?: StepKey[];
   /** Some images that contain this chain, newest first (at most MAX_IMAGES_PER_NODE). */
   images: ImageRef[];
   /** How many images of the store contain this chain (as of the last index run; pushes add). */
@@ -55,11 +66,31 @@ export interface TrieNode {
 }
 
 export const MAX_IMAGES_PER_NODE = 16;
+/** Keys kept per node besides its step (a layer is rarely known under more than a few). */
+export const MAX_KEYS_PER_NODE = 8;
 
 /** What indexing one image contributes: its layers in order, with their blobs and steps. */
 export interface IndexedImage {
   ref: ImageRef;
-  layers: { diffId: Digest; blob: { digest: Digest; size: number; mediaType: string }; step?: StepKey }[];
+  layers: { diffId: Digest; blob: { digest: Digest; size: number; mediaType: string }; step?: StepKey; also?: StepKey[] }[];
+}
+
+/** Every key a node (or an indexed layer) is known under: its step first. */
+export function keysOf(n: { step?: StepKey; also?: readonly StepKey[] }): StepKey[] {
+  return [...(n.step ? [n.step] : []), ...(n.also ?? [])];
+}
+
+/** Keys without repeats (by `stepKeyString`), in order, at most `max`. */
+function uniqueKeys(keys: readonly StepKey[], max: number): StepKey[] {
+  const seen = new Set<string>();
+  const out: StepKey[] = [];
+  for (const k of keys) {
+    const s = stepKeyString(k);
+    if (seen.has(s) || out.length >= max) continue;
+    seen.add(s);
+    out.push(k);
+  }
+  return out;
 }
 
 /** The nodes of one image, given the nodes already known (merged: images listed, counts kept). */
@@ -74,6 +105,7 @@ export function nodesOf(image: IndexedImage, known: ReadonlyMap<string, TrieNode
     );
     const listed = prev?.images.some((r) => r.repository === image.ref.repository && r.tag === image.ref.tag && r.manifest === image.ref.manifest);
     const step = layer.step ?? prev?.step;
+    const also = uniqueKeys([...keysOf(layer), ...(prev ? keysOf(prev) : [])], MAX_KEYS_PER_NODE + 1).filter((k) => !step || stepKeyString(k) !== stepKeyString(step));
     return {
       chainId,
       ...(i > 0 ? { parent: ids[i - 1]! } : {}),
@@ -81,6 +113,7 @@ export function nodesOf(image: IndexedImage, known: ReadonlyMap<string, TrieNode
       diffId: layer.diffId,
       blob: layer.blob,
       ...(step ? { step } : {}),
+      ...(also.length ? { also: also.slice(0, MAX_KEYS_PER_NODE) } : {}),
       images,
       imageCount: (prev?.imageCount ?? 0) + (countNew && !listed ? 1 : 0),
     };
@@ -100,6 +133,8 @@ export interface MatchStep {
   /** Dockerfile line, for reports. */
   line?: number;
   key: StepKey;
+  /** Other keys the builders may have recorded the same step under (their content references, the layer's files). */
+  alternatives?: readonly StepKey[];
   /** The builder may have made no layer for it (WORKDIR of an existing directory): skipped when unmatched. */
   optional?: boolean;
 }
@@ -119,11 +154,19 @@ export interface Match {
 
 /**
  * Walks the trie: first along `baseChain` (the FROM image's chain ids), then step by step along
- * edges whose step key equals the build's. Several children can carry the same key (a RUN rebuilt
- * without cache gives a new diff id): every such branch is followed, and the deepest wins (ties:
- * the one contained in most images).
+ * edges whose step key equals the build's (or one of its alternatives). Several children can carry
+ * the same key (a RUN rebuilt without cache gives a new diff id; two builders' layers for the same
+ * step): every such branch is followed (`accept`: only through the nodes it accepts), an optional
+ * step both taken and skipped, and the deepest
+ * wins — among equals, the one an image with BuildKit's inline cache holds, then the one in most
+ * images.
  */
-export async function matchBuild(store: TrieStore, baseChain: readonly Digest[], steps: readonly MatchStep[]): Promise<Match> {
+export async function matchBuild(
+  store: TrieStore,
+  baseChain: readonly Digest[],
+  steps: readonly MatchStep[],
+  options: { accept?: (node: TrieNode) => boolean } = {},
+): Promise<Match> {
   const baseNodes = baseChain.length ? await store.getNodes(baseChain) : [];
   let baseLayers = 0;
   while (baseLayers < baseNodes.length && baseNodes[baseLayers]) baseLayers++;
@@ -134,32 +177,52 @@ export async function matchBuild(store: TrieStore, baseChain: readonly Digest[],
   }
   type Frontier = { path: TrieNode[]; matched: number[] };
   let frontier: Frontier[] = [{ path: basePath, matched: [] }];
+  const rank = (f: Frontier) => {
+    const n = f.path.at(-1);
+    return [f.path.length, n?.images.some((i) => i.inlineCache) ? 1 : 0, n?.imageCount ?? 0];
+  };
+  const better = (a: Frontier, b: Frontier) => {
+    const [x, y] = [rank(a), rank(b)];
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return x[i]! > y[i]!;
+    return false;
+  };
   let best: Frontier = frontier[0]!;
   for (const [i, step] of steps.entries()) {
-    const key = stepKeyString(step.key);
-    const edges = await store.getEdges(frontier.map((f) => ({ chainId: f.path[f.path.length - 1]?.chainId, step: key })));
-    const childIds = edges.flat();
-    if (childIds.length === 0) {
-      if (step.optional) continue;
-      break;
-    }
-    const children = await store.getNodes(childIds);
+    const keys = [...new Set([step.key, ...(step.alternatives ?? [])].map(stepKeyString))];
+    const edges = await store.getEdges(frontier.flatMap((f) => keys.map((key) => ({ chainId: f.path[f.path.length - 1]?.chainId, step: key }))));
+    // Per frontier entry, the children reached by any of the keys (one child may be reached by several).
+    const reached = frontier.map((_, fi) => [...new Set(edges.slice(fi * keys.length, (fi + 1) * keys.length).flat())]);
+    const childIds = [...new Set(reached.flat())];
+    const nodes = childIds.length ? await store.getNodes(childIds) : [];
+    const byId = new Map(childIds.map((id, k) => [id, nodes[k]]));
     const next: Frontier[] = [];
-    let k = 0;
     for (const [fi, f] of frontier.entries()) {
-      for (const _ of edges[fi]!) {
-        const child = children[k++];
-        if (child && child.step && stepKeyString(child.step) === key) next.push({ path: [...f.path, child], matched: [...f.matched, i] });
+      for (const id of reached[fi]!) {
+        const child = byId.get(id);
+        // The node itself must carry the key: an edge is a hint, the node the fact.
+        if (!child || !keysOf(child).some((k) => keys.includes(stepKeyString(k)))) continue;
+        if (options.accept && !options.accept(child)) continue;
+        next.push({ path: [...f.path, child], matched: [...f.matched, i] });
       }
     }
-    if (next.length === 0) {
-      if (step.optional) continue;
-      break;
-    }
-    frontier = next;
-    best = next.reduce((a, b) => ((b.path.at(-1)?.imageCount ?? 0) > (a.path.at(-1)?.imageCount ?? 0) ? b : a));
+    // An optional step (a WORKDIR that may have made no layer) is also skipped, on every branch.
+    if (step.optional) next.push(...frontier);
+    if (next.length === 0) break;
+    frontier = dedupe(next);
+    for (const f of frontier) if (better(f, best)) best = f;
   }
   const node = best.path[best.path.length - 1];
   // Steps matched: counted in layers walked past the base (an optional step without a layer counts none).
   return { node, baseLayers, steps: best.path.length - baseLayers, path: best.path, matchedSteps: best.matched };
+}
+
+/** One frontier entry per node reached (the first, which matched the most steps on the way). */
+function dedupe<T extends { path: TrieNode[]; matched: number[] }>(entries: readonly T[]): T[] {
+  const byNode = new Map<string, T>();
+  for (const e of entries) {
+    const id = e.path.at(-1)?.chainId ?? '';
+    const known = byNode.get(id);
+    if (!known || e.matched.length > known.matched.length) byNode.set(id, e);
+  }
+  return [...byNode.values()];
 }

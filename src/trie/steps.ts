@@ -18,7 +18,6 @@
 import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, type Digest } from '../oci/digest.js';
 import {
-  cleanPath,
   collectCopyEntries,
   contextRelative,
   digestCopyEntries,
@@ -40,7 +39,10 @@ import {
   type Instruction,
   type Stage,
 } from './dockerfile.js';
-import { DEFAULT_SHELL, normalizeInstruction } from './history.js';
+import { ClassicContextSums, buildahSourceRef, loadOwnerNames, type OwnerNames } from './builder-hashes.js';
+import { DEFAULT_SHELL, elidedCopyInstruction, normalizeInstruction } from './history.js';
+import { elidedSummaryDigest, resolveCopyDestination } from './image-steps.js';
+import type { StepKey } from './layer-trie.js';
 
 export interface Step {
   /** Index of the stage the instruction is in (a target built on other stages lists theirs first). */
@@ -65,6 +67,13 @@ export interface Step {
   destination?: string;
   /** RUN: the stage's ARGs and their values, as BuildKit records them (`|N K=V`). */
   buildArgs?: Record<string, string>;
+  /**
+   * COPY/ADD from the context, with `builderKeys`: the keys the same step has in images built
+   * without `push --dockerfile` (the Docker classic builder's and buildah's content references,
+   * the summary of a layer whose history elides the sources), each with the builder whose history
+   * it is read from.
+   */
+  alternatives?: BuilderStepKey[];
   /** sha256 over this step alone. */
   stepKey: Digest;
   /** sha256 over the base and every earlier step that changes this one's result, and this step. */
@@ -99,6 +108,18 @@ export interface StepsOptions {
   baseWorkdir?: string;
   /** Content hashes cache (see context.ts). */
   hashCache?: Map<string, string>;
+  /** Compute `Step.alternatives` (reads the COPY sources again: what plans need, pushes not). */
+  builderKeys?: boolean;
+}
+
+/**
+ * A key a step has in some images: `builder` names the builder whose history gives it (`docker`
+ * the classic builder, `buildah`); none for the summary of a layer's files, which any builder's
+ * layer can match (the builder itself could then not reuse it).
+ */
+export interface BuilderStepKey {
+  key: StepKey;
+  builder?: 'docker' | 'buildah';
 }
 
 export const STEP_KEY_VERSION = 'smartlayer-step-v1';
@@ -123,6 +144,8 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
   let index: ContextIndex | undefined;
   const contextIndex = async () => (index ??= await indexContext(options.contextDir, matcher));
   const hashCache = options.hashCache ?? new Map<string, string>();
+  let classicSums: ClassicContextSums | undefined;
+  let ownerNames: OwnerNames | undefined;
   const globals = globalArgValues(df, buildArgs);
   const globalNames = new Set(df.globalArgs.flatMap((a) => (a.pairs ?? []).map((p) => p.key)));
 
@@ -156,6 +179,7 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
       let destination: string | undefined;
       let runArgs: Record<string, string> | undefined;
       let extra: Record<string, unknown> | undefined;
+      let alternatives: BuilderStepKey[] | undefined;
 
       switch (instr.keyword) {
         case 'ARG': {
@@ -216,7 +240,8 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
         case 'ADD': {
           instruction = norm();
           producesLayer = true;
-          destination = resolveDestination(state.workdir, expand(instr, instr.words[instr.words.length - 1]!, true));
+          const destWritten = expand(instr, instr.words[instr.words.length - 1]!, true);
+          destination = resolveCopyDestination(state.workdir, destWritten);
           const fromFlag = getFlag(instr, 'from');
           if (fromFlag !== undefined) {
             from = expand(instr, fromFlag, true);
@@ -264,6 +289,28 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
           }
           entries = [...entries, ...inlineCopyEntries(inline)];
           contentDigest = digestCopyEntries(entries, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) });
+          if (options.builderKeys && local.length > 0 && inline.length === 0) {
+            const index = await contextIndex();
+            classicSums ??= new ClassicContextSums(index);
+            ownerNames ??= await loadOwnerNames();
+            const kw = instr.keyword;
+            // buildah writes the destination as written, before substitution; the classic builder after it.
+            const destRaw = instr.words[instr.words.length - 1]!;
+            const keys: BuilderStepKey[] = [];
+            const classic = await classicSums.sourceRef(local);
+            if (classic) keys.push({ key: { instruction: elidedCopyInstruction(kw, destWritten, chown), contentDigest: classic }, builder: 'docker' });
+            // buildah names a single file after a destination that is not a directory; whether it is
+            // one depends on the image, so both names are tried.
+            const single = local.length === 1 && !/[*?[]/.test(local[0]!) && entries.length === 1 && entries[0]!.type === 'file';
+            const renames = single && !/\/\.?$/.test(destWritten) && destWritten !== '.' && destination !== state.workdir ? [undefined, destination.split('/').pop()!] : [undefined];
+            for (const renameTo of renames) {
+              const ref = await buildahSourceRef(index, local, { names: ownerNames, ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}), ...(renameTo ? { renameTo } : {}) });
+              if (ref) keys.push({ key: { instruction: elidedCopyInstruction(kw, destRaw), contentDigest: ref }, builder: 'buildah' });
+            }
+            const files = elidedSummaryDigest(entries, chmod);
+            keys.push({ key: { instruction: elidedCopyInstruction(kw, destWritten, chown), contentDigest: files } }, { key: { instruction: elidedCopyInstruction(kw, destRaw), contentDigest: files } });
+            alternatives = keys;
+          }
           break;
         }
         default:
@@ -281,6 +328,7 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
       if (from !== undefined) step.from = from;
       if (destination !== undefined) step.destination = destination;
       if (runArgs) step.buildArgs = runArgs;
+      if (alternatives) step.alternatives = alternatives;
       steps.push(step);
     }
   }
@@ -298,14 +346,6 @@ export function stageChain(df: Dockerfile, target: Stage, buildArgs: Record<stri
     chain.unshift(parentStage);
     cur = parentStage;
   }
-}
-
-/** A COPY destination as the builder resolves it: against the working directory; a trailing `/` (or `.`) kept as `/`. */
-function resolveDestination(workdir: string, dest: string): string {
-  const dir = dest.endsWith('/') || dest === '.' || dest.endsWith('/.');
-  const abs = dest.startsWith('/') ? dest : `${workdir.replace(/\/$/, '')}/${dest}`;
-  const clean = cleanPath(abs);
-  return dir && clean !== '/' ? `${clean}/` : clean;
 }
 
 function optional<T>(v: string | undefined, f: (v: string) => T): T | undefined {

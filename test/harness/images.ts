@@ -93,3 +93,26 @@ export async function writeImage(dir: string, spec: ImageSpec): Promise<{ manife
   const manifest = await writeLayout(dir, gz, config);
   return { manifest: sha(manifest), layers: gz.map((g) => ({ digest: sha(g), size: g.length })), config: { digest: sha(config), size: config.length } };
 }
+
+/**
+ * A one-layer OCI layout holding busybox and links to its applets, from the machine's
+ * busybox-static (`/bin/busybox`): a tiny base image real builders can RUN on, made offline.
+ */
+export async function busyboxLayout(dir: string, applets = ['sh', 'ls', 'mkdir', 'rm', 'echo', 'cat', 'ln', 'chmod', 'touch', 'mv', 'cp']): Promise<void> {
+  const busybox = await fs.readFile('/bin/busybox');
+  const pack = tar.pack();
+  const mtime = new Date(1704067200000);
+  for (const d of ['bin/', 'tmp/', 'etc/']) pack.entry({ name: d, type: 'directory', mode: d === 'tmp/' ? 0o1777 : 0o755, mtime });
+  pack.entry({ name: 'bin/busybox', mode: 0o755, mtime }, busybox);
+  for (const applet of applets) pack.entry({ name: `bin/${applet}`, type: 'symlink', linkname: 'busybox', mtime });
+  pack.entry({ name: 'etc/passwd', mode: 0o644, mtime }, 'root:x:0:0:root:/root:/bin/sh\n');
+  pack.finalize();
+  const chunks: Buffer[] = [];
+  for await (const c of pack as unknown as AsyncIterable<Buffer>) chunks.push(c);
+  const layer = Buffer.concat(chunks);
+  const gz = gzipSync(layer);
+  const config = Buffer.from(
+    JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/sh'] }, rootfs: { type: 'layers', diff_ids: [sha(layer)] }, history: [{ created_by: 'ADD busybox /' }] }),
+  );
+  await writeLayout(dir, [gz], config);
+}

@@ -3,39 +3,15 @@
  * image with RUN steps that delete, replace and add files over a busybox base; smart unpacks it
  * to the same tree as umoci does.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { gzipSync } from 'node:zlib';
-import tar from 'tar-stream';
 import { describe, expect, it } from 'vitest';
-import { writeLayout } from '../harness/images.js';
+import { busyboxLayout } from '../harness/images.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools, isRoot } from '../harness/tools.js';
 import { describeTree } from '../harness/tree.js';
-
-const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
-
-/** A one-layer OCI layout holding busybox and its sh/ls/mkdir... links, from the machine's busybox-static. */
-async function busyboxLayout(dir: string): Promise<void> {
-  const busybox = await fs.readFile('/bin/busybox');
-  const pack = tar.pack();
-  const mtime = new Date(1704067200000);
-  for (const d of ['bin/', 'tmp/', 'etc/']) pack.entry({ name: d, type: 'directory', mode: d === 'tmp/' ? 0o1777 : 0o755, mtime });
-  pack.entry({ name: 'bin/busybox', mode: 0o755, mtime }, busybox);
-  for (const applet of ['sh', 'ls', 'mkdir', 'rm', 'echo', 'cat', 'ln', 'chmod', 'touch', 'mv', 'cp']) {
-    pack.entry({ name: `bin/${applet}`, type: 'symlink', linkname: 'busybox', mtime });
-  }
-  pack.entry({ name: 'etc/passwd', mode: 0o644, mtime }, 'root:x:0:0:root:/root:/bin/sh\n');
-  pack.finalize();
-  const chunks: Buffer[] = [];
-  for await (const c of pack as unknown as AsyncIterable<Buffer>) chunks.push(c);
-  const layer = Buffer.concat(chunks);
-  const gz = gzipSync(layer);
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/sh'] }, rootfs: { type: 'layers', diff_ids: [sha(layer)] }, history: [{ created_by: 'ADD busybox /' }] }));
-  await writeLayout(dir, [gz], config);
-}
 
 describe.skipIf(!haveTools('buildah', 'umoci') || !isRoot || process.arch !== 'x64')('an image built by buildah with RUN steps', () => {
   it('unpacks to the same tree as umoci', async () => {

@@ -1,0 +1,147 @@
+/**
+ * The build steps that made an image's layers, read from the image alone (no Dockerfile): the
+ * history's entries in the normal form shared by every builder, and the keys a layer can be found
+ * under in the trie.
+ *
+ * - A COPY/ADD whose history names a content reference (Docker classic builder, buildah:
+ *   `COPY file:<hex> in ./`) is keyed by that reference (builder-hashes.ts computes it from a
+ *   context).
+ * - Any COPY/ADD layer small enough can also be keyed by a summary of its files (BuildKit's
+ *   history names no content; the classic builder and buildah have cases their reference cannot
+ *   be reproduced in): the entries below the step's destination, named relative to it, with their
+ *   type, permission bits, content sha256 and link target (`digestLayerEntries` in context.ts,
+ *   the digest a plan computes from the context as the instruction would place the files). Not
+ *   compared: times, owners (a `--chown` is compared as written in the history), the destination
+ *   directory and its parents, whiteouts. A single file copied under another name is not matched
+ *   this way (the two sides name it differently).
+ */
+import { createHash } from 'node:crypto';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import tar from 'tar-stream';
+import type { HistoryEntry } from '../oci/config.js';
+import { cleanPath, digestCopyEntries, digestLayerEntries, type LayerEntry } from './context.js';
+import { normalizeCreatedBy, type HistoryStep } from './history.js';
+import type { StepKey } from './layer-trie.js';
+
+/** One layer's step as its image's history tells it. */
+export interface HistoryLayerStep {
+  /** The normal form, or undefined when the history entry is not a build step (`ADD rootfs`, a comment). */
+  step?: HistoryStep;
+  /** COPY/ADD: the destination, absolute, `/`-terminated when written so (relative ones resolved against the WORKDIRs before it). */
+  destination?: string;
+}
+
+/**
+ * The history entry of each layer, with the working directory followed through every entry
+ * (empty ones too), or undefined when history and layers do not line up.
+ */
+export function historyLayerSteps(history: readonly HistoryEntry[] | undefined, layerCount: number): HistoryLayerStep[] | undefined {
+  const entries = history ?? [];
+  if (entries.filter((h) => !h.empty_layer).length !== layerCount) return undefined;
+  const out: HistoryLayerStep[] = [];
+  let workdir = '/';
+  for (const h of entries) {
+    const step = normalizeCreatedBy(h.created_by ?? '');
+    if (step?.instruction.startsWith('WORKDIR ')) {
+      const dir = step.instruction.slice('WORKDIR '.length);
+      workdir = cleanPath(dir.startsWith('/') ? dir : `${workdir}/${dir}`);
+    }
+    if (h.empty_layer) continue;
+    const kw = step?.instruction.split(' ')[0];
+    const copy = kw === 'COPY' || kw === 'ADD';
+    const dest = copy ? (step!.sourcesElided ? step!.destination : lastWord(step!.instruction)) : undefined;
+    out.push({ ...(step ? { step } : {}), ...(dest !== undefined ? { destination: resolveCopyDestination(workdir, dest) } : {}) });
+  }
+  return out;
+}
+
+function lastWord(instruction: string): string | undefined {
+  const words = instruction.split(' ');
+  return words.length >= 3 ? words[words.length - 1] : undefined;
+}
+
+/** A COPY destination as the builder resolves it: against the working directory; a trailing `/` (or `.`) kept as `/`. */
+export function resolveCopyDestination(workdir: string, dest: string): string {
+  const dir = dest.endsWith('/') || dest === '.' || dest.endsWith('/.');
+  const abs = dest.startsWith('/') ? dest : `${workdir.replace(/\/$/, '')}/${dest}`;
+  const clean = cleanPath(abs);
+  return dir && clean !== '/' ? `${clean}/` : clean;
+}
+
+/** Whether a layer's step is a COPY/ADD whose files a summary can stand for. */
+export function summarizable(h: HistoryLayerStep): boolean {
+  return h.destination !== undefined && h.step !== undefined && h.step.from === undefined;
+}
+
+/**
+ * The key a layer's history gives it: the normal form, with the builder's content reference for
+ * COPY/ADD that name one. A COPY/ADD naming neither sources nor a reference gets none.
+ */
+export function historyStepKey(h: HistoryLayerStep): StepKey | undefined {
+  const step = h.step;
+  if (!step) return undefined;
+  if (step.sourcesElided) return step.contentRef ? { instruction: step.instruction, contentDigest: step.contentRef } : undefined;
+  return { instruction: step.instruction };
+}
+
+/**
+ * The key of a COPY/ADD layer by its files (see the module comment): for a history naming the
+ * sources (BuildKit, kaniko) it is the key a plan computes for that instruction, `--chown` and
+ * `--chmod` included; for a history eliding them, the keyword, owner and destination with a digest
+ * that has no flags in it (the modes in the layer already carry a `--chmod`).
+ */
+export function summaryStepKey(h: HistoryLayerStep, entries: readonly LayerEntry[]): StepKey | undefined {
+  const step = h.step;
+  if (!step || h.destination === undefined) return undefined;
+  if (step.sourcesElided) return { instruction: step.instruction, contentDigest: digestLayerEntries(entries, h.destination) };
+  const flags = Object.fromEntries(
+    step.instruction
+      .split(' ')
+      .map((w) => /^--(chown|chmod)=(.*)$/.exec(w))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => [m[1]!, m[2]!]),
+  ) as { chown?: string; chmod?: string };
+  return { instruction: step.instruction, contentDigest: digestLayerEntries(entries, h.destination, flags) };
+}
+
+/** The digest a plan gives the files of a COPY for a history that elides its sources: the modes as the layer holds them, no flags. */
+export function elidedSummaryDigest(entries: Parameters<typeof digestCopyEntries>[0], chmod?: string): string {
+  const forced = chmod !== undefined && /^[0-7]{3,4}$/.test(chmod) ? parseInt(chmod, 8) : undefined;
+  return digestCopyEntries(forced === undefined ? entries : entries.map((e) => (e.type === 'file' || e.type === 'dir' ? { ...e, mode: forced } : e)));
+}
+
+/**
+ * The entries of a layer tar (the stream is consumed): files with their content sha256 (a
+ * hardlink as the file it links to), directories, symlinks; other types as `other`.
+ */
+export async function layerEntries(tarStream: Readable): Promise<LayerEntry[]> {
+  const extract = tar.extract();
+  const out: LayerEntry[] = [];
+  const byName = new Map<string, LayerEntry>();
+  const reading = (async () => {
+    for await (const entry of extract) {
+      const h = entry.header;
+      const name = h.name;
+      const mode = (h.mode ?? 0) & 0o7777;
+      let e: LayerEntry;
+      if (h.type === 'file' || h.type === 'contiguous-file') {
+        const hash = createHash('sha256');
+        for await (const chunk of entry as AsyncIterable<Buffer>) hash.update(chunk);
+        e = { path: name, type: 'file', mode, sha256: hash.digest('hex') };
+      } else {
+        entry.resume();
+        if (h.type === 'directory') e = { path: name, type: 'dir', mode };
+        else if (h.type === 'symlink') e = { path: name, type: 'symlink', mode, target: h.linkname ?? '' };
+        else if (h.type === 'link') {
+          const target = byName.get(cleanPath(`/${h.linkname ?? ''}`));
+          e = target?.sha256 !== undefined ? { path: name, type: 'file', mode: target.mode, sha256: target.sha256 } : { path: name, type: 'other', mode };
+        } else e = { path: name, type: 'other', mode };
+      }
+      byName.set(cleanPath(`/${name}`), e);
+      out.push(e);
+    }
+  })();
+  await Promise.all([pipeline(tarStream, extract as unknown as NodeJS.WritableStream), reading]);
+  return out;
+}

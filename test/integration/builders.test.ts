@@ -1,0 +1,243 @@
+/**
+ * smart cache end to end with the real builders: the Docker classic builder and BuildKit of a
+ * private dockerd (Debian docker.io 20.10), and buildah. Each builds an app (`WORKDIR`, `COPY
+ * package.json`, a slow `RUN`, `COPY . ./`) on a busybox base served by the stock registry from
+ * our store; v1 is pushed as any user would (`docker save | smart push`, `buildah push`), without
+ * `--dockerfile` (and once with it); the plan for v2, which changes only a source file, reaches
+ * past the slow RUN; and on a fresh runner (the daemon wiped, an empty buildah storage) the cache
+ * `smart cache pull` writes, given to the builder with the flags it prints, makes the builder reuse
+ * every matched step: the RUN is not run again.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { canStartDockerd, startDockerd, type RunningDockerd } from '../harness/dockerd.js';
+import { busyboxLayout } from '../harness/images.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { runOk, smart } from '../harness/run.js';
+import { haveTools } from '../harness/tools.js';
+
+interface Plan {
+  base?: { ref: string; layers: number; inStore: number; resolvedVia?: string };
+  steps: { line: number; instruction: string; matched: boolean; noLayer?: boolean }[];
+  best?: { image: string; layers: unknown[]; baseLayers: number; steps: number; inlineCache?: boolean };
+}
+
+const SLOW = 'sleep 3 && echo installed > deps';
+const dockerfile = (from: string) => `FROM ${from}\nWORKDIR /app\nCOPY package.json ./\nRUN ${SLOW}\nCOPY . ./\nCMD ["sh"]\n`;
+/** Dockerfile line of the slow RUN, and of the sources' COPY. */
+const RUN_LINE = 4;
+const SOURCES_LINE = 5;
+
+async function writeContext(dir: string, from: string, version: string): Promise<void> {
+  await fs.mkdir(path.join(dir, 'src'), { recursive: true });
+  await fs.writeFile(path.join(dir, 'Dockerfile'), dockerfile(from));
+  await fs.writeFile(path.join(dir, 'package.json'), '{"name":"app","version":"1.0.0"}\n');
+  await fs.writeFile(path.join(dir, 'src', 'index.js'), `console.log(${JSON.stringify(version)});\n`);
+  await fs.writeFile(path.join(dir, 'debug.log'), 'not sent\n');
+  await fs.writeFile(path.join(dir, '.dockerignore'), '*.log\n');
+}
+
+/** Dockerfile lines whose step the builder took from its cache, from its output. */
+function cachedLines(builder: 'classic' | 'buildkit' | 'buildah', output: string): number[] {
+  const out: number[] = [];
+  if (builder === 'classic') {
+    for (const m of output.matchAll(/^Step (\d+)\/\d+ : .*\n ---> Using cache$/gm)) out.push(Number(m[1]));
+  } else if (builder === 'buildah') {
+    for (const m of output.matchAll(/^STEP (\d+)\/\d+: .*\n--> Using cache/gm)) out.push(Number(m[1]));
+  } else {
+    const steps = new Map<string, number>();
+    for (const m of output.matchAll(/^(#\d+) \[(\d+)\/\d+\] /gm)) steps.set(m[1]!, Number(m[2]));
+    for (const m of output.matchAll(/^(#\d+) CACHED$/gm)) if (steps.has(m[1]!)) out.push(steps.get(m[1]!)!);
+  }
+  return [...new Set(out)].sort((a, b) => a - b);
+}
+
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', 'busybox') || process.arch !== 'x64')('smart cache with the real builders', () => {
+  let work: string;
+  let store: string;
+  let registry: RunningRegistry;
+  let dockerd: RunningDockerd;
+  let baseRef: string;
+  let baseLayout: string;
+  const times: Record<string, Record<string, string>> = {};
+  const reused: Record<string, string> = {};
+  const cacheHome = () => path.join(work, 'cache-home');
+  const run = (args: string[], input?: Buffer) => smart(args, { cacheHome: cacheHome(), ...(input ? { input } : {}) });
+  const runOkSmart = async (args: string[], input?: Buffer) => {
+    const r = await run(args, input);
+    expect(r.code, `smart ${args.join(' ')}: ${r.stderr}`).toBe(0);
+    return r;
+  };
+  const plan = async (storeName: string, ctx: string, ...extra: string[]): Promise<Plan> =>
+    JSON.parse((await runOkSmart(['cache', 'plan', storeName, ctx, '--json', ...extra])).stdout.toString()) as Plan;
+  const timed = async <T>(f: () => Promise<T>): Promise<[T, number]> => {
+    const t0 = Date.now();
+    const r = await f();
+    return [r, Date.now() - t0];
+  };
+  const ctxDir = (builder: string, version: string) => path.join(work, `ctx-${builder}-${version}`);
+  const contexts = async (builder: string, from: string) => {
+    await writeContext(ctxDir(builder, 'v1'), from, 'v1');
+    await writeContext(ctxDir(builder, 'v2'), from, 'v2');
+  };
+
+  beforeAll(async () => {
+    // buildah names an `oci:` base after its path, which must then be lower case (mkdtemp's is not).
+    work = path.join(os.tmpdir(), `smart-builders-${randomBytes(6).toString('hex')}`);
+    await fs.mkdir(work);
+    store = path.join(work, 'store');
+    await fs.mkdir(path.join(work, 'reg'));
+    registry = await startRegistry({ configDir: path.join(work, 'reg'), root: store });
+    dockerd = await startDockerd({ insecureRegistries: [registry.host] });
+    baseLayout = path.join(work, 'base');
+    await busyboxLayout(baseLayout, ['sh', 'sleep', 'echo', 'cat', 'ls', 'mkdir']);
+    baseRef = `${registry.host}/base/busybox:1`;
+    await runOkSmart(['push', `oci:${baseLayout}:latest`, `file:${store}#base/busybox:1`]);
+  });
+
+  afterAll(async () => {
+    await dockerd?.stop();
+    await registry?.stop();
+    if (work) await fs.rm(work, { recursive: true, force: true });
+    // The run's figures, for the record: per builder, steps reused on a fresh runner and build times.
+    if (Object.keys(times).length) {
+      const lines = Object.entries(times).map(([b, t]) => `  ${b}: ${Object.entries(t).map(([k, v]) => `${k} ${v}`).join(', ')}; reused on a fresh runner: ${reused[b] ?? '-'}`);
+      console.log(`build times (no cache: v1 on a fresh runner; the others: v2, sources changed):\n${lines.join('\n')}`);
+    }
+  });
+
+  it('Docker classic builder: v1 pushed with and without --dockerfile; a fresh daemon reuses every matched step', async () => {
+    await contexts('classic', baseRef);
+    const env = { DOCKER_BUILDKIT: '0' };
+    const build = (ctx: string, tag: string, extra: string[] = []) => dockerd.dockerOk(['build', '--network', 'none', ...extra, '-t', tag, ctx], { env });
+    // v1 on a fresh daemon: the time of a build with no cache (the base pulled, every step run).
+    const [, noCache] = await timed(() => build(ctxDir('classic', 'v1'), 'app:v1'));
+    const saved = (await dockerd.dockerOk(['save', 'app:v1'])).stdout;
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/classic:v1`], saved);
+    // The same image pushed with --dockerfile, into a store of its own (same layers, other keys).
+    const storeDf = path.join(work, 'store-df');
+    await runOkSmart(['push', `oci:${baseLayout}:latest`, `file:${storeDf}#base/busybox:1`]);
+    await runOkSmart(['push', 'docker-archive:-', `file:${storeDf}#apps/classic:v1`, '--dockerfile', path.join(ctxDir('classic', 'v1'), 'Dockerfile'), '--context', ctxDir('classic', 'v1')], saved);
+
+    // The history names the classic builder's own references (`COPY file:<hex> in ./`, `COPY dir:<hex>
+    // in ./`): the plan of the unchanged build reproduces both from the context.
+    const unchanged = await plan(`file:${store}`, ctxDir('classic', 'v1'), '--builder', 'docker');
+    expect(unchanged.steps.filter((s) => !s.noLayer && !s.matched)).toEqual([]); // COPY file: and COPY dir: both reproduced
+    for (const s of [store, storeDf]) {
+      const p = await plan(`file:${s}`, ctxDir('classic', 'v2'), '--builder', 'docker');
+      expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'store' });
+      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE]);
+      expect(p.steps.find((x) => x.line === SOURCES_LINE)?.matched).toBe(false);
+    }
+
+    // The runner that built v1.
+    const [warmOut, warm] = await timed(() => build(ctxDir('classic', 'v2'), 'app:v2'));
+    expect(cachedLines('classic', warmOut.stdout.toString())).toEqual([2, 3, RUN_LINE]);
+
+    for (const [label, s] of [
+      ['without --dockerfile', store],
+      ['with --dockerfile', storeDf],
+    ] as const) {
+      await dockerd.wipe();
+      const flagsFile = path.join(work, `classic-flags-${label.length}`);
+      const [fresh, total] = await timed(async () => {
+        const pulled = await runOkSmart(['cache', 'pull', `file:${s}`, ctxDir('classic', 'v2'), 'docker-archive:-', '--print-cache-from', 'docker', '--print-cache-from-file', flagsFile]);
+        const loaded = await dockerd.dockerOk(['load'], { input: pulled.stdout });
+        const flags = (await fs.readFile(flagsFile, 'utf8')).trim();
+        expect(flags).toMatch(/^--cache-from smartcache\/apps\/classic:[0-9a-f]{12}$/);
+        // The name `docker load` gave the image is the one the flags name.
+        expect(loaded.stdout.toString()).toContain(`Loaded image: ${flags.split(' ')[1]}`);
+        return build(ctxDir('classic', 'v2'), 'app:v2', flags.split(' '));
+      });
+      const cached = cachedLines('classic', fresh.stdout.toString());
+      expect(cached, `${label}: ${fresh.stdout.toString()}`).toEqual([2, 3, RUN_LINE]);
+      if (label === 'without --dockerfile') {
+        times.classic = { 'no cache': seconds(noCache), 'fresh runner + smart cache (pull, load, build)': seconds(total), 'runner that built v1': seconds(warm) };
+        reused.classic = `${cached.length} of 4 steps (WORKDIR, COPY package.json, RUN)`;
+      }
+    }
+  });
+
+  it('BuildKit: the plan matches its COPY layers by their files, and prefers images with inline cache, which a fresh daemon reuses', async () => {
+    await contexts('buildkit', baseRef);
+    const env = { DOCKER_BUILDKIT: '1' };
+    const build = (ctx: string, tag: string, extra: string[] = []) =>
+      dockerd.dockerOk(['build', '--network', 'none', '--progress', 'plain', ...extra, '-t', tag, ctx], { env });
+    await dockerd.wipe();
+    const [, noCache] = await timed(() => build(ctxDir('buildkit', 'v1'), 'bk:v1', ['--build-arg', 'BUILDKIT_INLINE_CACHE=1']));
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/buildkit:v1`], (await dockerd.dockerOk(['save', 'bk:v1'])).stdout);
+    // BuildKit's history names no content: the layers' files are summarised at index time.
+    await runOkSmart(['cache', 'index', `file:${store}`]);
+    const p = await plan(`file:${store}`, ctxDir('buildkit', 'v2'), '--builder', 'buildkit');
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE]);
+    expect(p.best).toMatchObject({ image: 'apps/buildkit:v1', inlineCache: true });
+
+    const [warmOut, warm] = await timed(() => build(ctxDir('buildkit', 'v2'), 'bk:v2'));
+    expect(cachedLines('buildkit', warmOut.stderr)).toEqual(expect.arrayContaining([2, 3, RUN_LINE]));
+    await dockerd.wipe();
+    const [fresh, total] = await timed(async () => {
+      const r = await runOkSmart(['cache', 'pull', `file:${store}`, ctxDir('buildkit', 'v2'), '--print-cache-from', 'buildkit', '--registry', registry.host, '-q']);
+      const flags = r.stdout.toString().trim();
+      expect(flags).toBe(`--cache-from ${registry.host}/apps/buildkit:v1`);
+      return build(ctxDir('buildkit', 'v2'), 'bk:v2', flags.split(' '));
+    });
+    const cached = cachedLines('buildkit', fresh.stderr);
+    expect(cached, fresh.stderr).toEqual(expect.arrayContaining([2, 3, RUN_LINE]));
+    expect(cached).not.toContain(SOURCES_LINE);
+    times.buildkit = { 'no cache': seconds(noCache), 'fresh runner + smart cache (plan, build from the registry cache)': seconds(total), 'runner that built v1': seconds(warm) };
+    reused.buildkit = `${cached.filter((l) => l > 1).length} of 4 steps`;
+  });
+
+  it('buildah: the plan matches its COPY references, FROM oci: is read through the transport, and an empty storage reuses every matched step', async () => {
+    const from = `oci:${baseLayout}:latest`;
+    await contexts('buildah', from);
+    const storage = (name: string) => ['--root', path.join(work, name, 'root'), '--runroot', path.join(work, name, 'run'), '--storage-driver', 'vfs'];
+    const bud = (s: string, ctx: string, extra: string[] = []) => runOk('buildah', [...storage(s), 'bud', '--isolation', 'chroot', ...extra, '-t', 'app:v', ctx]);
+    try {
+      const [, noCache] = await timed(() => bud('built-v1', ctxDir('buildah', 'v1'), ['--layers']));
+      const layout = path.join(work, 'buildah-v1');
+      await runOk('buildah', [...storage('built-v1'), 'push', 'app:v', `oci:${layout}:latest`]);
+      await runOkSmart(['push', `oci:${layout}:latest`, `file:${store}#apps/buildah:v1`]);
+      const p = await plan(`file:${store}`, ctxDir('buildah', 'v2'), '--builder', 'buildah');
+      expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'transport' });
+      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, RUN_LINE]); // buildah's WORKDIR makes no layer
+
+      const [warmOut, warm] = await timed(() => bud('built-v1', ctxDir('buildah', 'v2'), ['--layers']));
+      expect(cachedLines('buildah', warmOut.stdout.toString())).toEqual([2, 3, RUN_LINE]);
+      const [fresh, total] = await timed(async () => {
+        const flagsFile = path.join(work, 'buildah-flags');
+        await runOkSmart(['cache', 'pull', `file:${store}`, ctxDir('buildah', 'v2'), `oci:${path.join(work, 'buildah-cache')}`, '--print-cache-from', 'buildah', '--print-cache-from-file', flagsFile]);
+        const lines = (await fs.readFile(flagsFile, 'utf8')).trim().split('\n');
+        const flags = lines.pop()!;
+        expect(flags).toBe('--layers');
+        expect(lines.length).toBe(3); // WORKDIR, COPY package.json, RUN: one image each
+        for (const line of lines) {
+          const [cmd, verb, ...rest] = line.split(' ');
+          expect([cmd, verb]).toEqual(['buildah', 'pull']);
+          await runOk('buildah', [...storage('fresh'), 'pull', '-q', ...rest]);
+        }
+        return bud('fresh', ctxDir('buildah', 'v2'), flags.split(' '));
+      });
+      const cached = cachedLines('buildah', fresh.stdout.toString());
+      expect(cached, fresh.stdout.toString()).toEqual([2, 3, RUN_LINE]);
+      times.buildah = { 'no cache': seconds(noCache), 'fresh storage + smart cache (pull, buildah pull, build)': seconds(total), 'storage that built v1': seconds(warm) };
+      reused.buildah = `${cached.length} of 4 steps (WORKDIR, COPY package.json, RUN)`;
+    } finally {
+      for (const s of ['built-v1', 'fresh']) await runOk('buildah', [...storage(s), 'rmi', '--all', '--force']).catch(() => undefined);
+    }
+  });
+
+  it('resolves FROM through the registry API when the store does not hold the base', async () => {
+    // A store with the app only: the base is found where the Dockerfile names it, the registry.
+    const appsOnly = path.join(work, 'store-apps');
+    await runOkSmart(['push', `file:${store}#apps/classic:v1`, `file:${appsOnly}#apps/classic:v1`]);
+    const p = await plan(`file:${appsOnly}`, ctxDir('classic', 'v2'));
+    expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'registry' });
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE]);
+  });
+});

@@ -1,0 +1,194 @@
+/**
+ * The builders' own COPY references, reproduced from a context: against the values the real Docker
+ * classic builder (docker.io 20.10.24) and buildah (1.28.2) wrote into their histories for this very
+ * context (test/integration/builders.test.ts checks against the running programs); and the trie
+ * walk that uses them: alternative keys, optional steps taken and skipped, a builder's own layers.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ClassicContextSums, buildahSourceRef, type OwnerNames } from '../../src/trie/builder-hashes.js';
+import { indexContext, loadDockerignore } from '../../src/trie/context.js';
+import { parseDockerfile } from '../../src/trie/dockerfile.js';
+import { normalizeCreatedBy } from '../../src/trie/history.js';
+import { historyLayerSteps, summaryStepKey } from '../../src/trie/image-steps.js';
+import { chainIds, matchBuild, nodesOf, stepKeyString, type IndexedImage, type StepKey, type TrieNode, type TrieStore } from '../../src/trie/layer-trie.js';
+import { dockerfileSteps } from '../../src/trie/steps.js';
+import { edgesOf } from '../../src/cache/trie-store.js';
+import { configAtStep, stepCuts } from '../../src/ops/cache-images.js';
+import type { Digest } from '../../src/oci/digest.js';
+import { tempDir } from '../harness/tmp.js';
+
+const dockerfile = (from: string) => `FROM ${from}\nWORKDIR /app\nCOPY package.json ./\nRUN sleep 2 && echo installed > deps\nCOPY . ./\nCOPY src/index.js package.json /app/multi/\nCOPY src /app/srcdir\nCMD ["sh"]\n`;
+const DOCKERFILE = dockerfile('base:1');
+
+/** The context both builders were run on (the Dockerfile naming the base each used), modes set as they were. */
+async function context(from = 'base:1'): Promise<string> {
+  const dir = await tempDir();
+  await fs.mkdir(path.join(dir, 'src'));
+  const files: [string, string][] = [
+    ['package.json', '{"name":"app","version":"1.0.0"}\n'],
+    ['src/index.js', 'console.log(1)\n'],
+    ['.dockerignore', 'node_modules\n'],
+    ['Dockerfile', dockerfile(from)],
+  ];
+  for (const [f, text] of files) {
+    await fs.writeFile(path.join(dir, f), text);
+    await fs.chmod(path.join(dir, f), 0o644);
+  }
+  await fs.chmod(path.join(dir, 'src'), 0o755);
+  await fs.symlink('src/index.js', path.join(dir, 'link.js'));
+  return dir;
+}
+
+const root: OwnerNames = { user: () => 'root', group: () => 'root' };
+
+describe('builder content references', () => {
+  it('reproduces the Docker classic builder: file:, dir: (the context and a directory) and multi:', async () => {
+    const dir = await context();
+    const sums = new ClassicContextSums(await indexContext(dir, await loadDockerignore(dir)));
+    expect(await sums.sourceRef(['package.json'])).toBe('file:9dcba9cf2438c4fab39a3b8561aa4e267af229b183b9154d7795a514a6f1be76');
+    expect(await sums.sourceRef(['./package.json'])).toBe('file:9dcba9cf2438c4fab39a3b8561aa4e267af229b183b9154d7795a514a6f1be76');
+    expect(await sums.sourceRef(['.'])).toBe('dir:7b49dd527a5041b48e915728bb2bd6083b18e1c54e8aa06e1bb603129c795735');
+    expect(await sums.sourceRef(['src/index.js', 'package.json'])).toBe('multi:ef2499de16bcda4f7fddb546761ffb2eb1c4911d89657e0073f56da474afb862');
+    expect(await sums.sourceRef(['src'])).toBe('dir:b39e0b3ea1e28fdb577d572d816e23173bdd3b5eddab4691be2b72f4faaf8b59');
+    // A wildcard is its matches, in walk order; times are not part of it.
+    expect(await sums.sourceRef(['*.json'])).toBe('file:9dcba9cf2438c4fab39a3b8561aa4e267af229b183b9154d7795a514a6f1be76');
+    await fs.utimes(path.join(dir, 'package.json'), new Date(0), new Date(0));
+    const again = new ClassicContextSums(await indexContext(dir, await loadDockerignore(dir)));
+    expect(await again.sourceRef(['package.json'])).toBe('file:9dcba9cf2438c4fab39a3b8561aa4e267af229b183b9154d7795a514a6f1be76');
+    // Content and modes are.
+    await fs.chmod(path.join(dir, 'package.json'), 0o600);
+    const chmodded = new ClassicContextSums(await indexContext(dir, await loadDockerignore(dir)));
+    expect(await chmodded.sourceRef(['package.json'])).not.toBe('file:9dcba9cf2438c4fab39a3b8561aa4e267af229b183b9154d7795a514a6f1be76');
+  });
+
+  it('reproduces buildah: file:, dir: and multi: (owners root:root, as it ran)', async () => {
+    const dir = await context('oci:/tmp/exp/baseoci:latest');
+    const index = await indexContext(dir, await loadDockerignore(dir));
+    // --chown=0:0 stands for files owned by root whoever runs the test: names come from the files' owners.
+    const o = { names: root, chown: '0:0' };
+    expect(await buildahSourceRef(index, ['package.json'], o)).toBe('file:013139f5dc72b7cfa6f8dfe6fa1cd2ecedd31a5a8c74e70bc2088b56a50add20');
+    expect(await buildahSourceRef(index, ['.'], o)).toBe('dir:3c29fc6cf46cc73a1229ea2482b71bdb7d2916da13f08b9025bf3ee381e456e3');
+    expect(await buildahSourceRef(index, ['src/index.js', 'package.json'], o)).toBe('multi:acfbade3345b60e66837546c56f954c53a8a41f85e0b1f6380114d8146254c30');
+    expect(await buildahSourceRef(index, ['src'], o)).toBe('dir:a8035e4061d155fe7a96bf2470b04b7447aca8c7e991bbab0be81dd45c889fe1');
+    // What cannot be reproduced gives no reference: an owner by name.
+    expect(await buildahSourceRef(index, ['package.json'], { names: root, chown: 'node' })).toBeUndefined();
+  });
+
+  it('reads the classic builder history with --chown', () => {
+    const hex = '9dcba9cf2438c4fab39a3b8561aa4e267af229b183b9154d7795a514a6f1be76';
+    expect(normalizeCreatedBy(`/bin/sh -c #(nop) COPY --chown=1000:1000file:${hex} in /app `)).toEqual({
+      instruction: 'COPY --chown=1000:1000 /app',
+      contentRef: `file:${hex}`,
+      sourcesElided: true,
+      destination: '/app',
+      chown: '1000:1000',
+    });
+  });
+
+  it('gives a plan the same keys as the histories of the images those builders made', async () => {
+    const dir = await context();
+    const build = await dockerfileSteps(parseDockerfile(DOCKERFILE, 'Dockerfile'), { contextDir: dir, builderKeys: true });
+    const copy = build.steps.find((s) => s.instruction === 'COPY package.json ./')!;
+    const keys = copy.alternatives!.map((a) => stepKeyString(a.key));
+    const classic = normalizeCreatedBy('/bin/sh -c #(nop) COPY file:9dcba9cf2438c4fab39a3b8561aa4e267af229b183b9154d7795a514a6f1be76 in ./ ')!;
+    expect(keys).toContain(stepKeyString({ instruction: classic.instruction, contentDigest: classic.contentRef! }));
+    // A BuildKit layer's files give the step's own key (what push --dockerfile records).
+    const [, h] = historyLayerSteps([{ created_by: 'WORKDIR /app' }, { created_by: 'COPY package.json ./ # buildkit' }], 2)!;
+    const layer = [
+      { path: 'app/', type: 'dir' as const, mode: 0o755 },
+      { path: 'app/package.json', type: 'file' as const, mode: 0o644, sha256: createHash('sha256').update('{"name":"app","version":"1.0.0"}\n').digest('hex') },
+    ];
+    expect(summaryStepKey(h!, layer)).toEqual({ instruction: copy.instruction, contentDigest: copy.contentDigest });
+  });
+});
+
+/** The trie over a map: pure logic, as the metadata cache stores it. */
+function memoryTrie(images: IndexedImage[]): TrieStore {
+  const nodes = new Map<string, TrieNode>();
+  for (const image of images) for (const n of nodesOf(image, nodes, true)) nodes.set(n.chainId, n);
+  const edges = new Map<string, Digest[]>();
+  for (const e of edgesOf([...nodes.values()])) {
+    const k = `${e.parent ?? 'root'} ${e.step}`;
+    edges.set(k, [...(edges.get(k) ?? []), e.child]);
+  }
+  return {
+    getNodes: async (ids) => ids.map((id) => nodes.get(id)),
+    putNodes: async () => undefined,
+    getEdges: async (q) => q.map((p) => edges.get(`${p.chainId ?? 'root'} ${p.step}`) ?? []),
+    addEdges: async () => undefined,
+  };
+}
+
+const d = (n: number) => `sha256:${String(n).padStart(64, '0')}` as Digest;
+const blob = (n: number) => ({ digest: d(100 + n), size: 10, mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip' });
+const layer = (n: number, step?: StepKey, also?: StepKey[]) => ({ diffId: d(n), blob: blob(n), ...(step ? { step } : {}), ...(also ? { also } : {}) });
+
+describe('matching a build in the trie', () => {
+  const base = layer(1, { instruction: 'ADD busybox /' });
+  const copyOurs = { instruction: 'COPY package.json ./', contentDigest: 'sha256:ours' };
+  const copyClassic = { instruction: 'COPY ./', contentDigest: 'file:classic' };
+  const copyBuildah = { instruction: 'COPY ./', contentDigest: 'file:buildah' };
+  const run = { instruction: 'RUN npm ci' };
+  const workdir = { instruction: 'WORKDIR /app' };
+  // The classic builder makes a WORKDIR layer; buildah makes none.
+  const classic: IndexedImage = { ref: { repository: 'c', tag: '1', manifest: d(900), builder: 'docker' }, layers: [base, layer(2, workdir), layer(3, copyClassic), layer(4, run)] };
+  const buildah: IndexedImage = { ref: { repository: 'b', tag: '1', manifest: d(901), builder: 'buildah' }, layers: [base, layer(5, copyBuildah), layer(6, run)] };
+  const steps = [
+    { key: workdir, optional: true },
+    { key: copyOurs, alternatives: [copyClassic, copyBuildah] },
+    { key: run },
+  ];
+
+  it('follows a step under any of its keys, and an optional step both taken and skipped', async () => {
+    const trie = memoryTrie([classic, buildah]);
+    const baseChain = chainIds([d(1)]);
+    const m = await matchBuild(trie, baseChain, steps);
+    expect(m.path.map((n) => n.diffId)).toEqual([d(1), d(2), d(3), d(4)]); // the deepest: the classic image's
+    const forBuildah = await matchBuild(trie, baseChain, steps, { accept: (n) => n.images.some((i) => i.builder === 'buildah') });
+    expect(forBuildah.path.map((n) => n.diffId)).toEqual([d(1), d(5), d(6)]);
+    expect(forBuildah.matchedSteps).toEqual([1, 2]);
+  });
+
+  it('keeps every key a layer is known under (a push with --dockerfile and the history of another)', async () => {
+    const annotated: IndexedImage = { ...classic, ref: { ...classic.ref, repository: 'c-df' }, layers: classic.layers.map((l, i) => (i === 2 ? layer(3, copyOurs) : l)) };
+    const trie = memoryTrie([classic, annotated]);
+    const node = (await trie.getNodes(chainIds([d(1), d(2), d(3)])))[2]!;
+    expect([node.step, ...(node.also ?? [])].map((k) => stepKeyString(k!)).sort()).toEqual([stepKeyString(copyClassic), stepKeyString(copyOurs)].sort());
+    const m = await matchBuild(trie, chainIds([d(1)]), [steps[0]!, { key: copyOurs }, steps[2]!]);
+    expect(m.path).toHaveLength(4);
+  });
+});
+
+describe('per-step cache images', () => {
+  const history = [
+    { created_by: 'ADD busybox /' },
+    { created_by: '/bin/sh -c #(nop) WORKDIR /app', empty_layer: true },
+    { created_by: '/bin/sh -c #(nop) ENV A=1', empty_layer: true },
+    { created_by: '/bin/sh -c #(nop) COPY file:aa in ./ ' },
+    { created_by: '/bin/sh -c npm ci' },
+    { created_by: '/bin/sh -c #(nop) ENV B=2', empty_layer: true },
+    { created_by: '/bin/sh -c #(nop) COPY dir:bb in ./ ' },
+    { created_by: '/bin/sh -c #(nop) CMD ["node","x"]', empty_layer: true },
+  ];
+  const config = {
+    architecture: 'amd64',
+    os: 'linux',
+    config: { Env: ['PATH=/bin', 'A=1', 'B=2'], WorkingDir: '/app', Cmd: ['node', 'x'] },
+    rootfs: { type: 'layers' as const, diff_ids: [d(1), d(2), d(3), d(4)] },
+    history,
+  };
+
+  it('one image per step after the base, through the last matched layer and the empty steps after it', () => {
+    expect(stepCuts(history, 1, 3)).toEqual([2, 3, 4, 5, 6]);
+    expect(stepCuts(history, 1, 1)).toEqual([2, 3]); // the base alone: the empty steps after it
+  });
+
+  it('the settings as they were at the step: later ENV and CMD undone, earlier ones kept', () => {
+    expect(configAtStep(config, 5, 1)).toEqual({ Env: ['PATH=/bin', 'A=1'], WorkingDir: '/app' });
+    expect(configAtStep(config, 2, 1)).toEqual({ Env: ['PATH=/bin'], WorkingDir: '/app' });
+    expect(configAtStep(config, 8, 1)).toEqual(config.config);
+  });
+});
