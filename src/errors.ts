@@ -58,6 +58,15 @@ export function isSmartError(e: unknown): e is SmartError {
   return e instanceof SmartError;
 }
 
+/**
+ * An error that only says work was stopped (an AbortError, or CANCELLED): the consequence of
+ * another failure or of the user's wish, never the cause of a failure to report in its place.
+ */
+export function isCancellation(e: unknown): boolean {
+  if (isSmartError(e)) return e.code === 'CANCELLED';
+  return (e as Error)?.name === 'AbortError' || (e as NodeJS.ErrnoException)?.code === 'ABORT_ERR';
+}
+
 /** Node's fs errors carry a code; this narrows to them. */
 export function isErrno(e: unknown, code?: string): e is NodeJS.ErrnoException {
   return (

@@ -22,7 +22,7 @@ import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
 import tar from 'tar-stream';
 import type { Header } from 'tar-stream';
-import { SmartError, isErrno, isSmartError } from '../errors.js';
+import { SmartError, isCancellation, isErrno, isSmartError } from '../errors.js';
 import { digestHex, type Digest } from '../oci/digest.js';
 
 /** A layer entry kept in the store: its tar header, and where a regular file's content is. */
@@ -173,7 +173,8 @@ export class LayerStore {
       }
     } catch (e) {
       await fs.rm(tmp, { recursive: true, force: true });
-      if (isSmartError(e)) throw e;
+      // Stopped (another layer failed, or Ctrl-C): that is no fault of this layer's tar.
+      if (isSmartError(e) || isCancellation(e)) throw e;
       throw new SmartError('CORRUPT_ARCHIVE', `layer ${diffId}: ${(e as Error).message}`, { input: diffId, cause: e });
     }
   }

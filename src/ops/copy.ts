@@ -5,7 +5,7 @@
  * the tag, last. Reports through callbacks; never prints.
  */
 import { Readable, addAbortSignal, pipeline } from 'node:stream';
-import { SmartError, isSmartError } from '../errors.js';
+import { SmartError, isCancellation, isSmartError } from '../errors.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent, OpenOptions, ProgressEvent } from '../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
@@ -142,7 +142,8 @@ function compressorFor(options: CopyOptions): Promise<Compressor> {
 /**
  * Runs `work` for every item, `jobs` at a time. The first failure aborts the others (through the
  * signal they get) and is thrown once all have stopped, so nothing still writes when the caller
- * cleans up and reports.
+ * cleans up and reports. What the others fail with once aborted never replaces it; nor does a
+ * cancellation that came first from elsewhere replace a real failure (unless the caller cancelled).
  */
 async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: AbortSignal | undefined, work: (item: I, signal: AbortSignal) => Promise<T>): Promise<T[]> {
   const controller = new AbortController();
@@ -162,6 +163,8 @@ async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: Abor
           failed = true;
           firstError = e;
           controller.abort(e);
+        } else if (isCancellation(firstError) && !isCancellation(e) && !outer?.aborted) {
+          firstError = e;
         }
       }
     }

@@ -2,10 +2,12 @@
  * Bad input, each through the CLI as a user meets it: a clear one-line error naming the input, a
  * non-zero exit, and nothing half-written where a user would look (the tag is written last).
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { writeImage } from '../harness/images.js';
 import { smart, type RunResult } from '../harness/run.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
@@ -83,6 +85,26 @@ describe('bad input', () => {
     const r2 = await smart(['pull', src, `rootfs:${path.join(parent, 'root')}`], { cacheHome: await tempDir() });
     expectOneLineError(r2, 1, /truncated/);
     expect(await fs.readdir(parent)).toEqual([]);
+  });
+
+  it('a truncated layer is the one named, with its cause, while a larger layer is still in flight', async () => {
+    // Layer 1 is large (still being fetched when layer 2 fails at once), layer 2 is cut short.
+    const layout = path.join(work, 'short-second');
+    const noise = crypto.randomBytes(12 << 20).toString('base64');
+    const img = await writeImage(layout, { layers: [{ files: { 'big/noise': noise }, createdBy: 'big' }, { files: { 'etc/small': 'small\n'.repeat(2000) }, createdBy: 'small' }] });
+    const [big, short] = img.layers as [{ digest: string }, { digest: string; size: number }];
+    const blob = path.join(layout, 'blobs/sha256', short.digest.slice(7));
+    await fs.truncate(blob, Math.floor(short.size / 2));
+    const named = new RegExp(`^smart: error: (layer|blob) ${short.digest.slice(0, 19)} of oci:.*: ${Math.floor(short.size / 2)} bytes, but its descriptor declares ${short.size} \\(truncated\\?\\)`);
+    for (let i = 0; i < 3; i++) {
+      const pulled = await smart(['pull', `oci:${layout}:latest`, `rootfs:${path.join(work, 'short-second-root')}`], { cacheHome: await tempDir() });
+      expectOneLineError(pulled, 1, named);
+      expect(pulled.stderr).not.toContain(big.digest.slice(7, 19));
+      expect(pulled.stderr).not.toMatch(/aborted/i);
+      const pushed = await smart(['push', `oci:${layout}:latest`, `file:${path.join(work, 'short-second-store')}#x/y:z`], { cacheHome: await tempDir() });
+      expectOneLineError(pushed, 1, named);
+      expect(pushed.stderr).not.toMatch(/aborted/i);
+    }
   });
 
   it('a blob whose bytes do not match its digest', async () => {

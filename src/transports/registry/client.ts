@@ -11,7 +11,7 @@ import { Readable } from 'node:stream';
 import tls from 'node:tls';
 import type { Dispatcher } from 'undici';
 import { Agent } from './http-agent.js';
-import { SmartError, isErrno, isSmartError } from '../../errors.js';
+import { SmartError, isCancellation, isErrno, isSmartError } from '../../errors.js';
 import { sha256Digest, type Digest } from '../../oci/digest.js';
 import { MediaType } from '../../oci/mediatypes.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
@@ -592,7 +592,7 @@ export class RegistryClient {
       // When the bytes themselves failed (the source broke, or they do not match the digest), that
       // is the cause; otherwise the request's (a reset, a stall, a 5xx: retryable, so the caller
       // can send the blob again). Abandoning the body aborts the hash too, and that says nothing.
-      const bytesError = hash.errored && !isAbort(hash.errored) ? hash.errored : undefined;
+      const bytesError = hash.errored && !isCancellation(hash.errored) ? hash.errored : undefined;
       throw bytesError ?? e;
     }
     await patch.body.dump();
@@ -701,10 +701,6 @@ function isTransient(e: unknown): boolean {
 
 /** Errors that mean the registry could not be reached at all (as opposed to a connection that broke). */
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
-
-function isAbort(e: unknown): boolean {
-  return (e as Error)?.name === 'AbortError' || (e as NodeJS.ErrnoException)?.code === 'ABORT_ERR';
-}
 
 /** A TLS failure proper: a protocol mismatch or a certificate problem (a bare reset is not one). */
 function looksLikeTlsError(e: unknown): boolean {
