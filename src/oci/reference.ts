@@ -2,7 +2,7 @@
  * Image references, `[host[:port]/]path[:tag][@digest]`, with the grammar and the defaults of
  * Docker's distribution/reference: docker.io, library/ for one-component names, tag latest.
  */
-import { SmartError } from '../errors.js';
+import { SmartError, quoted } from '../errors.js';
 import { parseDigest, type Digest } from './digest.js';
 
 export const DEFAULT_REGISTRY = 'docker.io';
@@ -32,7 +32,7 @@ export function isValidTag(s: string): boolean {
 }
 
 function bad(s: string, why: string): SmartError {
-  return new SmartError('INVALID_REFERENCE', `invalid image reference "${s}": ${why}`, { input: s });
+  return new SmartError('INVALID_REFERENCE', `invalid image reference ${quoted(s)}: ${why}`, { input: s });
 }
 
 /** Splits `name[:tag][@digest]`; the tag colon is the last one after the last slash. */

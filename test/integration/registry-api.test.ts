@@ -243,6 +243,25 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     await expect(fs.stat(path.join(store, 'docker/registry/v2/repositories/x/y/_manifests/tags'))).rejects.toThrow();
   });
 
+  it('a registry message holding a newline or escape sequences stays on one line, in a retry warning and in the error', async () => {
+    const fx = fixtures();
+    const body = JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'down\nsmart: error: forged\u001b[2J' }] });
+    let patches = 0;
+    proxy.setFaults((req) => (req.method === 'PATCH' && ++patches === 1 ? { kind: 'status', status: 503, body } : undefined));
+    const pushed = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/api/escaped:v1`], { cacheHome: await tempDir() });
+    expect(pushed.code, pushed.stderr).toBe(0);
+    expect(pushed.stderr).not.toContain('\u001b');
+    expect(pushed.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+      expect.stringMatching(/answered 503 UNAVAILABLE: down\\nsmart: error: forged\\x1b\[2J to PATCH .*; sending it again/),
+    ]);
+    expect(pushed.stderr).not.toMatch(/^smart: error: forged/m);
+
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.includes('/manifests/') ? { kind: 'status', status: 403, body } : undefined));
+    const pulled = await smart(['pull', `docker://${reg}/api/escaped:v1`, `oci:${path.join(work, 'escaped-out')}:v1`]);
+    expect(pulled.code).toBe(1);
+    expect(pulled.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^smart: error: .*answered 403 UNAVAILABLE: down\\nsmart: error: forged\\x1b\[2J to GET manifest api\/escaped:v1/)]);
+  });
+
   it('says clearly when the image is not there', async () => {
     const r = await smart(['pull', `docker://${reg}/api/absent:v1`, `rootfs:${path.join(work, 'absent')}`]);
     expect(r.code).toBe(1);
