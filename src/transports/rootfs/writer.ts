@@ -98,7 +98,7 @@ export class RootfsWriter implements ImageWriter {
     const fetched = image.layers.map((layer) =>
       limit(async () => {
         signal.throwIfAborted();
-        return store.ensure(layer.diffId, () => layer.openUncompressed(progressOptions(layer, options, signal)), signal);
+        return store.ensure(layer.diffId, () => layer.openUncompressed(progressOptions(layer, options, signal)), signal, `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`);
       }),
     );
     // The first failure is the one reported: layers aborted because of it fail too, later, and
