@@ -6,7 +6,7 @@
  */
 import { Readable, pipeline } from 'node:stream';
 import tar from 'tar-stream';
-import { SmartError, isCancellation, isSmartError } from '../../errors.js';
+import { SmartError, isCancellation, isSmartError, quoted } from '../../errors.js';
 import { parseImageConfig, type ImageConfig } from '../../oci/config.js';
 import { sniffCompression, type Compression } from '../../oci/mediatypes.js';
 import { tarParseError } from '../../tar/errors.js';
@@ -140,11 +140,11 @@ export async function readDockerArchiveStream<T>(
   if (!manifestBytes) throw new SmartError('NOT_AN_IMAGE', `${name}: not a docker-archive (no manifest.json)`, { input: name });
   const entry = selectArchiveEntry(parseArchiveManifest(manifestBytes, name), selection, name);
   const configBytes = json.get(resolve(entry.Config));
-  if (!configBytes) throw new SmartError('CORRUPT_ARCHIVE', `${name}: config ${entry.Config} is not in the archive`, { input: name });
+  if (!configBytes) throw new SmartError('CORRUPT_ARCHIVE', `${name}: config ${quoted(entry.Config)} is not in the archive`, { input: name });
   const config = parseImageConfig(configBytes, `${name} config`);
   const layers = entry.Layers.map((l) => {
     const r = layerResults.get(resolve(l));
-    if (r === undefined) throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${l} is not in the archive`, { input: name });
+    if (r === undefined) throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${quoted(l)} is not in the archive`, { input: name });
     return r;
   });
   return { configBytes, config, repoTags: entry.RepoTags ?? [], layers };
