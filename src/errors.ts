@@ -58,6 +58,45 @@ export function isSmartError(e: unknown): e is SmartError {
   return e instanceof SmartError;
 }
 
+// C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the bidirectional
+// overrides and isolates (which can make text read differently from what it is).
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+function escapeChar(c: string): string {
+  if (c === '\n') return '\\n';
+  if (c === '\r') return '\\r';
+  if (c === '\t') return '\\t';
+  const code = c.charCodeAt(0);
+  return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
+}
+
+/**
+ * `text` with every control character (and anything that could break or disguise a line on a
+ * terminal) written as an escape (`\n`, `\x1b`, `\u202e`): safe to put in a one-line message.
+ */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, escapeChar);
+}
+
+/**
+ * An untrusted string (a name from an archive, a digest from a manifest, a reference typed by a
+ * user) as it goes into a message: in double quotes, escaped as `printable` does, quotes and
+ * backslashes escaped too, and cut at `max` characters.
+ */
+export function quoted(text: string, max = 200): string {
+  const cut = text.length > max ? `${text.slice(0, max)}…` : text;
+  return `"${printable(cut.replace(/[\\"]/g, (c) => `\\${c}`))}"`;
+}
+
+/**
+ * An error that only says work was stopped (an AbortError, or CANCELLED): the consequence of
+ * another failure or of the user's wish, never the cause of a failure to report in its place.
+ */
+export function isCancellation(e: unknown): boolean {
+  if (isSmartError(e)) return e.code === 'CANCELLED';
+  return (e as Error)?.name === 'AbortError' || (e as NodeJS.ErrnoException)?.code === 'ABORT_ERR';
+}
+
 /** Node's fs errors carry a code; this narrows to them. */
 export function isErrno(e: unknown, code?: string): e is NodeJS.ErrnoException {
   return (

@@ -22,9 +22,10 @@ import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
 import tar from 'tar-stream';
 import type { Header } from 'tar-stream';
-import { SmartError, isErrno, isSmartError } from '../errors.js';
+import { SmartError, isCancellation, isErrno, isSmartError } from '../errors.js';
 import { digestHex, type Digest } from '../oci/digest.js';
 import { currentOwner, isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
+import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
 
 /** A layer entry kept in the store: its tar header, and where a regular file's content is. */
 export interface StoredEntry {
@@ -92,8 +93,9 @@ export class LayerStore {
    * Makes the layer present: already there → 'present'; fetched and unpacked by us → 'fetched';
    * fetched by another process while we waited for its lock → 'waited'. `fetch` must return the
    * uncompressed tar, verified against `diffId` as it streams (an error in place of its end).
+   * `what` names the layer in errors (`layer sha256:… of IMAGE`).
    */
-  async ensure(diffId: Digest, fetch: () => Promise<Readable>, signal?: AbortSignal): Promise<'present' | 'fetched' | 'waited'> {
+  async ensure(diffId: Digest, fetch: () => Promise<Readable>, signal?: AbortSignal, what = `layer ${diffId}`): Promise<'present' | 'fetched' | 'waited'> {
     if (await this.has(diffId)) return 'present';
     let waited = false;
     for (;;) {
@@ -101,7 +103,7 @@ export class LayerStore {
       if (await this.tryLock(diffId)) {
         try {
           if (await this.has(diffId)) return waited ? 'waited' : 'present';
-          await this.ingest(diffId, await fetch());
+          await this.ingest(diffId, await fetch(), what);
           return 'fetched';
         } finally {
           await fs.rm(this.lockPath(diffId), { force: true });
@@ -138,9 +140,10 @@ export class LayerStore {
   }
 
   /** Unpacks a verified layer tar into tmp/, then renames it into layers/ (the commit). */
-  private async ingest(diffId: Digest, tarStream: Readable): Promise<void> {
+  private async ingest(diffId: Digest, tarStream: Readable, what: string): Promise<void> {
     const tmp = path.join(this.dir, 'tmp', `${ownerTag()}-${randomUUID().slice(0, 8)}`);
     await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
+    let lastEntry: string | undefined; // where a tar that breaks broke
     try {
       const lines: string[] = [];
       const extract = tar.extract();
@@ -148,6 +151,8 @@ export class LayerStore {
       const unpacking = (async () => {
         for await (const entry of extract) {
           const h = entry.header;
+          // Checked for every entry, as applying it would: values no filesystem call takes fail here, named.
+          const meta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
           const record: Record<string, unknown> = { ...h, mtime: h.mtime ? h.mtime.getTime() : 0 };
           if (h.type === 'file' || h.type === 'contiguous-file') {
             const name = String(n++);
@@ -160,12 +165,13 @@ export class LayerStore {
             } else {
               await pipeline(entry as unknown as Readable, createWriteStream(file, { flags: 'wx' }));
             }
-            this.setMeta(file, h);
+            this.setMeta(file, h, meta);
             record.file = name;
           } else {
             entry.resume();
           }
           lines.push(JSON.stringify(record));
+          lastEntry = h.name;
         }
       })();
       await Promise.all([pipeline(tarStream, extract as unknown as NodeJS.WritableStream), unpacking]);
@@ -181,18 +187,20 @@ export class LayerStore {
       }
     } catch (e) {
       await fs.rm(tmp, { recursive: true, force: true });
-      if (isSmartError(e)) throw e;
-      throw new SmartError('CORRUPT_ARCHIVE', `layer ${diffId}: ${(e as Error).message}`, { input: diffId, cause: e });
+      // Stopped (another layer failed, or Ctrl-C): that is no fault of this layer's tar.
+      if (isSmartError(e) || isCancellation(e)) throw e;
+      if (isErrno(e) && (e as NodeJS.ErrnoException).syscall) {
+        throw new SmartError('STORAGE', `${what}: cannot write the layer store ${this.dir}: ${(e as Error).message}`, { input: this.dir, cause: e });
+      }
+      throw tarParseError(e, { what, input: diffId, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
     }
   }
 
-  /** The stored file carries the entry's metadata, so that a hardlinked root filesystem has it too. */
-  private setMeta(file: string, h: Header): void {
-    const pax = (h.pax ?? {}) as Record<string, string>;
-    if (this.isRoot) chownSync(file, Number(pax.uid ?? h.uid ?? 0), Number(pax.gid ?? h.gid ?? 0));
+  /** The stored file carries the entry's metadata (checked), so that a hardlinked root filesystem has it too. */
+  private setMeta(file: string, h: Header, { uid, gid, atime, mtime }: ReturnType<typeof entryOwner> & ReturnType<typeof entryTimes>): void {
+    if (this.isRoot) chownSync(file, uid, gid);
     chmodSync(file, (h.mode ?? 0o644) & 0o7777);
-    const mtime = pax.mtime ? Number(pax.mtime) : (h.mtime ?? new Date(0));
-    utimesSync(file, mtime, mtime);
+    utimesSync(file, atime, mtime);
   }
 
   /** The layer's entries in tar order, with the paths of stored contents. */

@@ -1,5 +1,5 @@
 /** Human and machine output of the CLI: summaries on stdout (--json) or stderr, errors as one line. */
-import { isSmartError } from '../errors.js';
+import { isSmartError, printable } from '../errors.js';
 
 export interface OutputOptions {
   json: boolean;
@@ -44,8 +44,9 @@ export class Output {
     if (!this.options.quiet) this.stderr.write(`${line}\n`);
   }
 
+  /** One line, whatever the message holds (control characters are escaped). */
   warn(line: string): void {
-    this.stderr.write(`warning: ${line}\n`);
+    this.stderr.write(`warning: ${printable(line)}\n`);
   }
 
   /** The one machine-readable summary, on stdout. */
@@ -53,13 +54,14 @@ export class Output {
     this.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
   }
 
-  /** One line naming the input at fault; the stack and causes only with --debug. */
+  /**
+   * One line naming the input at fault, always one line: a message holding remote or user-supplied
+   * text (a digest with a newline, a registry's error message) has its control characters escaped.
+   * The stack and causes only with --debug.
+   */
   error(prog: string, e: unknown): void {
-    if (isSmartError(e)) {
-      this.stderr.write(`${prog}: error: ${e.message}${e.hint ? ` (${e.hint})` : ''}\n`);
-    } else {
-      this.stderr.write(`${prog}: error: ${(e as Error)?.message ?? String(e)}\n`);
-    }
+    const text = isSmartError(e) ? `${e.message}${e.hint ? ` (${e.hint})` : ''}` : String((e as Error)?.message ?? e);
+    this.stderr.write(`${prog}: error: ${printable(text)}\n`);
     if (this.options.debug) {
       let cause: unknown = e;
       while (cause) {

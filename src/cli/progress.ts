@@ -3,6 +3,7 @@
  * (CI logs) plain lines, a summary every few seconds; `--progress=json` one JSON event a line.
  */
 import type { LayerEvent, ProgressEvent } from '../ops/transfer.js';
+import { printable } from '../errors.js';
 import { formatBytes, short } from './output.js';
 
 export type ProgressMode = 'tty' | 'plain' | 'json' | 'none';
@@ -77,10 +78,10 @@ export class ProgressDisplay {
     else if (this.mode === 'plain') this.out.write(`layer ${short(e.digest)}: ${l.status}\n`);
   };
 
-  /** Any other line (a warning) must not be overwritten by the live display. */
+  /** Any other line (a warning) must not be overwritten by the live display; it stays one line (control characters escaped). */
   message(text: string): void {
     if (this.mode === 'tty') this.clear();
-    if (this.mode !== 'none') this.out.write(`${text}\n`);
+    if (this.mode !== 'none') this.out.write(`${printable(text)}\n`);
   }
 
   private json(value: object): void {

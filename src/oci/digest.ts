@@ -1,6 +1,6 @@
 /** Content digests: `sha256:<64 lowercase hex>`, the only algorithm the toolkit writes. */
 import { createHash } from 'node:crypto';
-import { SmartError } from '../errors.js';
+import { SmartError, quoted } from '../errors.js';
 
 /** A validated digest string. The brand keeps unchecked strings from being passed as digests. */
 export type Digest = string & { readonly __brand: 'Digest' };
@@ -17,11 +17,11 @@ export function isDigest(s: string): s is Digest {
 export function parseDigest(s: string, input?: string): Digest {
   if (SHA256_RE.test(s)) return s as Digest;
   if (ANY_DIGEST_RE.test(s) && !s.startsWith('sha256:')) {
-    throw new SmartError('UNSUPPORTED', `unsupported digest algorithm in "${s}": only sha256 is supported`, {
+    throw new SmartError('UNSUPPORTED', `unsupported digest algorithm in ${quoted(s, 100)}: only sha256 is supported`, {
       input: input ?? s,
     });
   }
-  throw new SmartError('INVALID_DIGEST', `invalid digest "${s}": expected sha256:<64 lowercase hex digits>`, {
+  throw new SmartError('INVALID_DIGEST', `invalid digest ${quoted(s, 100)}: expected sha256:<64 lowercase hex digits>`, {
     input: input ?? s,
   });
 }

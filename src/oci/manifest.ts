@@ -1,5 +1,5 @@
 /** Descriptors, image manifests and indexes of both families: types and validating parsers. */
-import { SmartError } from '../errors.js';
+import { SmartError, quoted } from '../errors.js';
 import { parseDigest, sha256Digest, type Digest } from './digest.js';
 import { isImageManifestMediaType, isIndexMediaType, MediaType } from './mediatypes.js';
 import type { Platform } from './platform.js';
@@ -116,7 +116,7 @@ export function parseManifest(bytes: Buffer, declaredMediaType?: string, input?:
       ? declaredMediaType
       : undefined;
   if (inner && declared && inner !== declared) {
-    throw invalid(`its mediaType ${inner} differs from the declared ${declared}`, input);
+    throw invalid(`its mediaType ${quoted(inner, 100)} differs from the declared ${quoted(declared, 100)}`, input);
   }
   let mediaType = inner ?? declared;
   if (!mediaType) {
@@ -155,7 +155,7 @@ export function parseManifest(bytes: Buffer, declaredMediaType?: string, input?:
   if (mediaType === MediaType.DOCKER_MANIFEST_V1 || mediaType === MediaType.DOCKER_MANIFEST_V1_SIGNED) {
     throw new SmartError('UNSUPPORTED', `Docker schema 1 manifests are not supported${input ? `: ${input}` : ''}`, { input });
   }
-  throw new SmartError('UNSUPPORTED', `unsupported manifest media type ${mediaType}${input ? ` in ${input}` : ''}`, { input });
+  throw new SmartError('UNSUPPORTED', `unsupported manifest media type ${quoted(mediaType, 100)}${input ? ` in ${input}` : ''}`, { input });
 }
 
 /**

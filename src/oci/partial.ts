@@ -5,7 +5,7 @@
  * when a layer is first opened: a push that finds every blob in place never opens one.
  */
 import { Transform, addAbortSignal, type Readable } from 'node:stream';
-import { SmartError } from '../errors.js';
+import { SmartError, quoted } from '../errors.js';
 import { verifiedStream } from '../pipeline/digest-stream.js';
 import { parseImageConfig, type ImageConfig } from './config.js';
 import { sha256Digest, shortDigest, type Digest } from './digest.js';
@@ -54,7 +54,7 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
     openUncompressed: async (options?: OpenOptions) => {
       const compression = layerCompression(descriptor.mediaType);
       if (compression === undefined) {
-        throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${descriptor.mediaType}`, { input: descriptor.digest });
+        throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${quoted(descriptor.mediaType, 100)}`, { input: descriptor.digest });
       }
       const { decompress } = await import('../pipeline/compression.js');
       const gunzip = compression === 'gzip' ? await (await import('../pipeline/parallel-gzip.js')).chooseGunzip() : undefined;
@@ -111,7 +111,7 @@ export function checkLayersMatchConfig(name: string, manifest: ImageManifest, co
   }
   for (const l of manifest.layers) {
     if (layerCompression(l.mediaType) === undefined && !isForeignLayer(l.mediaType)) {
-      throw new SmartError('UNSUPPORTED', `${name}: layer ${l.digest} has unsupported media type ${l.mediaType}`, { input: l.digest });
+      throw new SmartError('UNSUPPORTED', `${name}: layer ${l.digest} has unsupported media type ${quoted(l.mediaType, 100)}`, { input: l.digest });
     }
   }
 }

@@ -1,5 +1,5 @@
 /** Platforms (`os/arch[/variant]`) and picking one manifest out of an index. */
-import { SmartError } from '../errors.js';
+import { SmartError, printable, quoted } from '../errors.js';
 import type { Descriptor, ImageIndex } from './manifest.js';
 
 export interface Platform {
@@ -52,7 +52,7 @@ export function normalizePlatform(p: Platform): Platform {
 export function parsePlatform(s: string): Platform {
   const parts = s.split('/');
   if (parts.length < 2 || parts.length > 3 || parts.some((x) => x === '' || !/^[A-Za-z0-9_.-]+$/.test(x))) {
-    throw new SmartError('USAGE', `invalid platform "${s}": expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8`, {
+    throw new SmartError('USAGE', `invalid platform ${quoted(s)}: expected OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8`, {
       input: s,
     });
   }
@@ -94,7 +94,7 @@ export function pickPlatform(index: ImageIndex, platform: Platform, input?: stri
       .filter((x): x is string => x !== undefined && x !== 'unknown/unknown');
     throw new SmartError(
       'PLATFORM_NOT_FOUND',
-      `no manifest for platform ${formatPlatform(want)}${input ? ` in ${input}` : ''}; available: ${available.join(', ') || 'none'}`,
+      `no manifest for platform ${formatPlatform(want)}${input ? ` in ${input}` : ''}; available: ${printable(available.join(', ')) || 'none'}`,
       { input, hint: 'choose one with --platform OS/ARCH[/VARIANT]' },
     );
   }

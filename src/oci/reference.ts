@@ -2,7 +2,7 @@
  * Image references, `[host[:port]/]path[:tag][@digest]`, with the grammar and the defaults of
  * Docker's distribution/reference: docker.io, library/ for one-component names, tag latest.
  */
-import { SmartError } from '../errors.js';
+import { SmartError, quoted } from '../errors.js';
 import { redactImageName, userinfoEnd } from '../redact.js';
 import { parseDigest, type Digest } from './digest.js';
 
@@ -41,7 +41,7 @@ function bad(s: string, why: string): SmartError {
     const shown = redactImageName(s);
     return new SmartError('INVALID_REFERENCE', `invalid image reference "${shown}": credentials do not go inside an image name`, { input: shown, hint: CREDENTIALS_HINT });
   }
-  return new SmartError('INVALID_REFERENCE', `invalid image reference "${s}": ${why}`, { input: s });
+  return new SmartError('INVALID_REFERENCE', `invalid image reference ${quoted(s)}: ${why}`, { input: s });
 }
 
 /** Splits `name[:tag][@digest]`; the tag colon is the last one after the last slash. */

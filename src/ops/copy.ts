@@ -5,8 +5,8 @@
  * the tag, last. Reports through callbacks; never prints.
  */
 import { Readable, addAbortSignal, pipeline } from 'node:stream';
-import { SmartError, isSmartError } from '../errors.js';
-import { sha256Digest, type Digest } from '../oci/digest.js';
+import { SmartError, isCancellation, isSmartError } from '../errors.js';
+import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent, OpenOptions, ProgressEvent } from '../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
 import {
@@ -45,6 +45,8 @@ export interface CopyOptions {
   onCopied?: (copied: { image: Image; layers: Descriptor[]; manifest: ParsedManifest }) => Promise<void>;
   /** Remembers what uncompressed layers became at a destination, to skip compressing them again. */
   blobInfo?: BlobInfoCache;
+  /** Told of each blob transfer started again after a transient failure, with the failure: retries are visible, not silent. */
+  onRetry?: (message: string) => void;
 }
 
 export interface CopySummary {
@@ -140,7 +142,8 @@ function compressorFor(options: CopyOptions): Promise<Compressor> {
 /**
  * Runs `work` for every item, `jobs` at a time. The first failure aborts the others (through the
  * signal they get) and is thrown once all have stopped, so nothing still writes when the caller
- * cleans up and reports.
+ * cleans up and reports. What the others fail with once aborted never replaces it; nor does a
+ * cancellation that came first from elsewhere replace a real failure (unless the caller cancelled).
  */
 async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: AbortSignal | undefined, work: (item: I, signal: AbortSignal) => Promise<T>): Promise<T[]> {
   const controller = new AbortController();
@@ -160,6 +163,8 @@ async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: Abor
           failed = true;
           firstError = e;
           controller.abort(e);
+        } else if (isCancellation(firstError) && !isCancellation(e) && !outer?.aborted) {
+          firstError = e;
         }
       }
     }
@@ -171,17 +176,34 @@ async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: Abor
   return results;
 }
 
+/** Transfers of one blob, the first included: as many as the registry client's attempts at one request. */
+const TRANSFER_ATTEMPTS = 5;
+
 /**
- * Runs a layer transfer again (reopening its source) when it failed on something transient — a
- * connection reset mid-upload, a 5xx the client's own retries did not outlast.
+ * Runs a blob transfer again, from the start (its source reopened, a new upload session), when it
+ * failed on something transient: a connection reset or a stall mid-upload, a 5xx the client's own
+ * retries did not outlast. Each new attempt is told to `onRetry` with the failure that caused it.
+ * `what` names the blob (`layer sha256:…`).
  */
-async function retrying<T>(signal: AbortSignal, work: () => Promise<T>, attempts = 3): Promise<T> {
+async function retrying<T>(what: string, signal: AbortSignal | undefined, options: { onRetry?: (message: string) => void }, work: () => Promise<T>): Promise<T> {
   for (let i = 0; ; i++) {
     try {
       return await work();
     } catch (e) {
-      if (!isSmartError(e) || !e.retryable || signal.aborted || i >= attempts - 1) throw e;
-      await new Promise((r) => setTimeout(r, 300 * 2 ** i));
+      if (!isSmartError(e) || !e.retryable || signal?.aborted || i >= TRANSFER_ATTEMPTS - 1) throw e;
+      const delay = 300 * 2 ** i;
+      options.onRetry?.(`${what}: ${e.message}; sending it again in ${(delay / 1000).toFixed(1)} s (attempt ${i + 2} of ${TRANSFER_ATTEMPTS})`);
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => {
+          clearTimeout(timer);
+          reject(signal!.reason as Error);
+        };
+        const timer = setTimeout(() => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        }, delay);
+        signal?.addEventListener('abort', onAbort, { once: true });
+      });
     }
   }
 }
@@ -248,10 +270,13 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
   return desc;
 }
 
-async function putConfig(dest: BlobDestination, bytes: Buffer, descriptor: Descriptor): Promise<'pushed' | 'skipped'> {
-  if (await dest.reuseBlob(descriptor)) return 'skipped';
-  await dest.putBlob(Readable.from([bytes]), { mediaType: descriptor.mediaType, digest: descriptor.digest, size: descriptor.size });
-  return 'pushed';
+/** Stores the config blob, sent again (it is in memory) on a transient failure, as layers are. */
+async function putConfig(dest: BlobDestination, bytes: Buffer, descriptor: Descriptor, options: CopyOptions): Promise<'pushed' | 'skipped'> {
+  return retrying(`config ${shortDigest(descriptor.digest)}`, options.signal, options, async () => {
+    if (await dest.reuseBlob(descriptor)) return 'skipped';
+    await dest.putBlob(Readable.from([bytes]), { mediaType: descriptor.mediaType, digest: descriptor.digest, size: descriptor.size, ...(options.signal ? { signal: options.signal } : {}) });
+    return 'pushed';
+  });
 }
 
 /** The manifest family to write: the source's when the destination takes it, else the other. */
@@ -293,6 +318,7 @@ async function finishImage(
   dest: BlobDestination,
   image: { manifest?: ParsedManifest & { kind: 'manifest' }; family: ManifestFamily; configBytes: Buffer },
   layers: Descriptor[],
+  options: CopyOptions,
 ): Promise<{ manifest: ParsedManifest; converted: boolean; config: 'pushed' | 'skipped' }> {
   const source = image.manifest;
   const configDescriptor: Descriptor = source?.manifest.config ?? {
@@ -300,7 +326,7 @@ async function finishImage(
     digest: sha256Digest(image.configBytes),
     size: image.configBytes.length,
   };
-  const config = await putConfig(dest, image.configBytes, configDescriptor);
+  const config = await putConfig(dest, image.configBytes, configDescriptor, options);
   const unchanged =
     source !== undefined &&
     source.manifest.layers.every(
@@ -378,7 +404,9 @@ async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: Pa
       // Config and layers as opaque blobs: attestations and artifacts go along unchanged.
       const blobs = [m.manifest.config, ...m.manifest.layers];
       total += m.manifest.layers.length;
-      await allOrNothing(blobs, options.jobs, options.signal, (d, signal) => once(d.digest, () => retrying(signal, () => copyBlob(d, signal))));
+      await allOrNothing(blobs, options.jobs, options.signal, (d, signal) =>
+        once(d.digest, () => retrying(`blob ${shortDigest(d.digest)}`, signal, options, () => copyBlob(d, signal))),
+      );
     }
     await dest.putManifest(m);
   };
@@ -405,10 +433,10 @@ export async function copyImage(source: ImageSource, dest: BlobDestination, opti
     }
     const once = singleFlight<Descriptor>();
     let layers = await allOrNothing(image.layers, options.jobs, options.signal, (layer, signal) =>
-      once(layer.descriptor.digest, () => retrying(signal, () => transferLayer(layer, dest, options, tally, signal))),
+      once(layer.descriptor.digest, () => retrying(`layer ${shortDigest(layer.descriptor.digest)}`, signal, options, () => transferLayer(layer, dest, options, tally, signal))),
     );
     if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
-    const done = await finishImage(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType), configBytes: image.configBytes }, layers);
+    const done = await finishImage(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType), configBytes: image.configBytes }, layers, options);
     await options.onCopied?.({ image, layers, manifest: done.manifest });
     return summary(source.name, dest.name, done, image.layers.length, tally);
   } catch (e) {
@@ -465,7 +493,7 @@ export async function copyDockerArchiveStream(
         const hash = gz ? undefined : new DigestStream();
         const body = gz ? gz.stream : pipeline(layer.stream, hash!, () => undefined);
         const mediaType = compressor?.mediaType ?? MediaType.OCI_LAYER;
-        const stored = await dest.putBlob(body, { mediaType });
+        const stored = await dest.putBlob(body, { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
         const diffId = gz ? gz.diffId() : hash!.digest;
         if (compress) await options.blobInfo?.record(dest.cacheScope, diffId, { mediaType, digest: stored.digest, size: stored.size });
         record(tally, { digest: stored.digest, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
@@ -473,7 +501,7 @@ export async function copyDockerArchiveStream(
       }
       const tap = new DiffIdTap(layer.compression, what);
       const mediaType = layerMediaType('oci', layer.compression);
-      const stored = await dest.putBlob(pipeline(layer.stream, tap, () => undefined), { mediaType });
+      const stored = await dest.putBlob(pipeline(layer.stream, tap, () => undefined), { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
       record(tally, { digest: stored.digest, diffId: tap.diffId(), status: 'pushed', bytes: stored.size, mediaType }, options);
       return { diffId: tap.diffId(), descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
     });
@@ -499,13 +527,26 @@ export async function copyDockerArchiveStream(
     };
     let layers = streamed.layers.map((l) => l.descriptor);
     if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
-    const done = await finishImage(dest, { family: 'docker', configBytes: streamed.configBytes }, layers);
+    const done = await finishImage(dest, { family: 'docker', configBytes: streamed.configBytes }, layers, options);
     await options.onCopied?.({ image, layers, manifest: done.manifest });
     return summary(sourceName, dest.name, done, streamed.layers.length, tally);
   } catch (e) {
     await dest.abort().catch(() => undefined);
     throw e;
   }
+}
+
+/**
+ * A transient failure of a layer read from a stream, which cannot be read again: no longer
+ * retryable, with a hint that says what to do instead.
+ */
+function unrepeatable(e: unknown, sourceName: string): unknown {
+  if (!isSmartError(e) || !e.retryable) return e;
+  return new SmartError(e.code, e.message, {
+    ...(e.input !== undefined ? { input: e.input } : {}),
+    cause: e,
+    hint: `a layer read from ${sourceName} cannot be sent twice: run the push again, or save the archive to a file first (uploads from files are retried)`,
+  });
 }
 
 /** Resolves the image and hands it to a whole-image writer (docker-archive, rootfs, bundle). */

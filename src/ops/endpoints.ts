@@ -100,6 +100,7 @@ async function distributionStore(name: ImageName & { transport: 'file' | 's3' },
   const client = s3ClientFromEnvironment({
     ...(ctx.remote?.s3Endpoint ? { endpoint: ctx.remote.s3Endpoint } : {}),
     ...(ctx.remote?.s3Region ? { region: ctx.remote.s3Region } : {}),
+    ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}),
   });
   return new DistributionStore(new S3Driver({ bucket: name.bucket, rootDirectory: name.root, client, ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}) }));
 }

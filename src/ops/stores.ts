@@ -37,6 +37,7 @@ export async function openStore(name: string, ctx: EndpointContext): Promise<Sto
       const client = s3ClientFromEnvironment({
         ...(ctx.remote?.s3Endpoint ? { endpoint: ctx.remote.s3Endpoint } : {}),
         ...(ctx.remote?.s3Region ? { region: ctx.remote.s3Region } : {}),
+        ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}),
       });
       store = new DistributionStore(new S3Driver({ bucket: parsed.bucket, rootDirectory: parsed.root, client, ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}) }));
     }

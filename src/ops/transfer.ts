@@ -159,6 +159,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.onLayer ? { onLayer: req.onLayer } : {}),
     ...(req.onProgress ? { onProgress: req.onProgress } : {}),
+    ...(req.onWarning ? { onRetry: req.onWarning } : {}),
     ...(blobInfo ? { blobInfo } : {}),
     ...(req.dockerfile ? { layerSteps: (image: Image) => stepsFor(image, req.dockerfile!) } : {}),
     // Every push into a store keeps that store's layer trie fresh for what it pushed.

@@ -82,7 +82,10 @@ function envValue(name: string): string | undefined {
   return v === undefined || v === '' ? undefined : v;
 }
 
-function makeClient(o: { endpoint?: string; region?: string; profile?: string; forcePathStyle?: boolean; credentials?: S3Credentials }): S3Client {
+/** No byte either way on a request's connection for this long: the request fails (retryable) instead of hanging. */
+const DEFAULT_STALL_MS = 30_000;
+
+function makeClient(o: { endpoint?: string; region?: string; profile?: string; forcePathStyle?: boolean; credentials?: S3Credentials; stallTimeoutMs?: number }): S3Client {
   const endpoint = o.endpoint ?? envValue('AWS_ENDPOINT_URL_S3') ?? envValue('AWS_ENDPOINT_URL');
   const region = o.region ?? envValue('AWS_REGION') ?? envValue('AWS_DEFAULT_REGION') ?? 'us-east-1';
   const profile = o.profile ?? envValue('AWS_PROFILE');
@@ -93,6 +96,9 @@ function makeClient(o: { endpoint?: string; region?: string; profile?: string; f
     // trailer, and servers that do not speak it (s3rver) store the framing: silent corruption.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
+    // The socket's idle timer is the stall detector of every request, uploads included: an
+    // endpoint that stops reading a part (or stops answering) fails the request, which is retried.
+    requestHandler: { socketTimeout: o.stallTimeoutMs ?? DEFAULT_STALL_MS },
     ...(endpoint !== undefined ? { endpoint } : {}),
     ...(profile !== undefined ? { profile } : {}),
     ...(o.credentials ? { credentials: o.credentials } : {}),
@@ -106,7 +112,7 @@ function makeClient(o: { endpoint?: string; region?: string; profile?: string; f
  * (default us-east-1), profile from `AWS_PROFILE`, credentials from the SDK's default chain.
  * Checksums are sent only when an operation requires them (see the module comment).
  */
-export function s3ClientFromEnvironment(overrides: { endpoint?: string; region?: string; profile?: string } = {}): S3Client {
+export function s3ClientFromEnvironment(overrides: { endpoint?: string; region?: string; profile?: string; stallTimeoutMs?: number } = {}): S3Client {
   return makeClient(overrides);
 }
 
@@ -232,6 +238,7 @@ export class S3Driver implements StorageDriver {
         ...(options.region !== undefined ? { region: options.region } : {}),
         ...(options.forcePathStyle !== undefined ? { forcePathStyle: options.forcePathStyle } : {}),
         ...(options.credentials ? { credentials: options.credentials } : {}),
+        stallTimeoutMs: this.stallTimeoutMs,
       });
       this.ownsClient = true;
     }
@@ -305,6 +312,9 @@ export class S3Driver implements StorageDriver {
         retryable: f.code !== 'ENOTFOUND',
       });
     }
+    if (f.name === 'TimeoutError' && /socket timed out/.test(f.message)) {
+      return new SmartError('STORAGE', `cannot ${op} ${where}: no data for ${Number((this.stallTimeoutMs / 1000).toFixed(3))} s (stalled)`, { input: where, cause: e, retryable: true });
+    }
     const network = (f.code !== undefined && NETWORK_CODES.has(f.code)) || NETWORK_CODES.has(f.name);
     const retryable = network || (f.status !== undefined && (f.status >= 500 || f.status === 429));
     let hint: string | undefined;
@@ -313,10 +323,13 @@ export class S3Driver implements StorageDriver {
     } else if (f.status === 301 || f.name === 'PermanentRedirect' || f.name === 'AuthorizationHeaderMalformed') {
       hint = 'the bucket is in another region: set --s3-region / AWS_REGION';
     }
-    // The error code and message are the endpoint's words: redacted, one line, bounded.
+    // The error code and message are the endpoint's words: redacted, one line, bounded. An answer
+    // the SDK could not parse (a proxy's or load balancer's error page) says nothing beyond its status.
     const code = remoteText(network ? (f.code ?? f.name) : f.name, { max: 60 });
-    const detail = f.message && f.message !== code && f.message !== 'UnknownError' ? `: ${remoteText(f.message)}` : '';
-    return new SmartError('STORAGE', `cannot ${op} ${where}: ${code}${status}${detail}`, {
+    const message = /Deserialization error|XML parse error/.test(f.message ?? '') ? '' : remoteText((f.message ?? '').split('\n')[0] ?? '');
+    const detail = message && message !== code && message !== 'UnknownError' ? `: ${message}` : '';
+    const label = code === 'Error' && status ? status.slice(2) : `${code}${status}`;
+    return new SmartError('STORAGE', `cannot ${op} ${where}: ${label}${detail}`, {
       input: where,
       cause: e,
       retryable,

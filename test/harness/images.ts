@@ -72,6 +72,18 @@ export async function writeLayout(dir: string, gz: Buffer[], config: Buffer): Pr
   return manifest;
 }
 
+/**
+ * Writes an image of the given layer tars, taken as they are (crafted or damaged ones included), as
+ * an OCI layout at `dir` (tag `latest`): each gzip-compressed, its diff id in the config. Returns
+ * the layers' blob digests.
+ */
+export async function writeImageOfTars(dir: string, tars: Buffer[]): Promise<{ layers: { digest: string; diffId: string }[] }> {
+  const gz = tars.map((t) => gzipSync(t, { level: 6 }));
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: tars.map(sha) }, history: tars.map(() => ({ created_by: 'crafted' })) }));
+  await writeLayout(dir, gz, config);
+  return { layers: gz.map((g, i) => ({ digest: sha(g), diffId: sha(tars[i]!) })) };
+}
+
 /** Writes the image as an OCI layout at `dir` (tag `latest`); returns its manifest digest and layer sizes. */
 export async function writeImage(dir: string, spec: ImageSpec): Promise<{ manifest: string; layers: { digest: string; size: number }[]; config: { digest: string; size: number } }> {
   const tars = await Promise.all(spec.layers.map((l) => layerTar(l.files)));

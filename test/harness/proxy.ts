@@ -35,6 +35,18 @@ export type Fault = (
   | { kind: 'corrupt-body'; offset?: number }
   /** Wait `ms` before forwarding. */
   | { kind: 'delay'; ms: number }
+  /**
+   * Forward, and once `afterBytes` bytes of the REQUEST body have been forwarded, reset the
+   * client's connection and abort the forwarded request (an upload broken mid-way). A request
+   * body no longer than `afterBytes` goes whole.
+   */
+  | { kind: 'reset-mid-request'; afterBytes: number }
+  /**
+   * Forward, and once `afterBytes` bytes of the request body have been forwarded, read no more of
+   * it and never answer, keeping the connection open until `stop()` (an upload that hangs); the
+   * forwarded request is aborted.
+   */
+  | { kind: 'stall-mid-request'; afterBytes: number }
 ) & {
   /** Apply this fault to at most this many requests (counted by its contents); later ones pass through. */
   times?: number;
@@ -261,6 +273,31 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       });
     });
     if (fault?.kind === 'delay') req.resume();
+    if (fault?.kind === 'reset-mid-request' || fault?.kind === 'stall-mid-request') {
+      const limit = Math.max(0, fault.afterBytes);
+      let forwarded = 0;
+      const onData = (chunk: Buffer) => {
+        if (cut) return;
+        const piece = chunk.subarray(0, Math.max(0, limit - forwarded));
+        forwarded += piece.length;
+        if (piece.length && !upReq.write(piece)) {
+          req.pause();
+          upReq.once('drain', () => req.resume());
+        }
+        if (forwarded < limit || piece.length === chunk.length && forwarded === limit) return;
+        // The next byte would pass the limit: the upload breaks here.
+        cut = true;
+        req.off('data', onData);
+        upReq.destroy();
+        if (fault.kind === 'reset-mid-request') resetSocket(req.socket);
+        else req.pause(); // read nothing more; stop() closes the connection
+      };
+      req.on('data', onData);
+      req.once('end', () => {
+        if (!cut) upReq.end();
+      });
+      return;
+    }
     req.pipe(upReq);
   };
 

@@ -2,10 +2,13 @@
  * Bad input, each through the CLI as a user meets it: a clear one-line error naming the input, a
  * non-zero exit, and nothing half-written where a user would look (the tag is written last).
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import tar, { type Header } from 'tar-stream';
+import { writeImage, writeImageOfTars } from '../harness/images.js';
 import { smart, type RunResult } from '../harness/run.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
@@ -83,6 +86,101 @@ describe('bad input', () => {
     const r2 = await smart(['pull', src, `rootfs:${path.join(parent, 'root')}`], { cacheHome: await tempDir() });
     expectOneLineError(r2, 1, /truncated/);
     expect(await fs.readdir(parent)).toEqual([]);
+  });
+
+  it('a truncated layer is the one named, with its cause, while a larger layer is still in flight', async () => {
+    // Layer 1 is large (still being fetched when layer 2 fails at once), layer 2 is cut short.
+    const layout = path.join(work, 'short-second');
+    const noise = crypto.randomBytes(12 << 20).toString('base64');
+    const img = await writeImage(layout, { layers: [{ files: { 'big/noise': noise }, createdBy: 'big' }, { files: { 'etc/small': 'small\n'.repeat(2000) }, createdBy: 'small' }] });
+    const [big, short] = img.layers as [{ digest: string }, { digest: string; size: number }];
+    const blob = path.join(layout, 'blobs/sha256', short.digest.slice(7));
+    await fs.truncate(blob, Math.floor(short.size / 2));
+    const named = new RegExp(`^smart: error: (layer|blob) ${short.digest.slice(0, 19)} of oci:.*: ${Math.floor(short.size / 2)} bytes, but its descriptor declares ${short.size} \\(truncated\\?\\)`);
+    for (let i = 0; i < 3; i++) {
+      const pulled = await smart(['pull', `oci:${layout}:latest`, `rootfs:${path.join(work, 'short-second-root')}`], { cacheHome: await tempDir() });
+      expectOneLineError(pulled, 1, named);
+      expect(pulled.stderr).not.toContain(big.digest.slice(7, 19));
+      expect(pulled.stderr).not.toMatch(/aborted/i);
+      const pushed = await smart(['push', `oci:${layout}:latest`, `file:${path.join(work, 'short-second-store')}#x/y:z`], { cacheHome: await tempDir() });
+      expectOneLineError(pushed, 1, named);
+      expect(pushed.stderr).not.toMatch(/aborted/i);
+    }
+  });
+
+  describe('crafted or damaged layer tars: one line naming the layer, the entry and what is wrong', () => {
+    /** A tar of `entries` (tar-stream headers; a string body for files). */
+    const tarOf = async (entries: { header: Partial<Header> & { name: string }; body?: string }[]): Promise<Buffer> => {
+      const pack = tar.pack();
+      for (const e of entries) {
+        if (e.body === undefined) pack.entry(e.header);
+        else pack.entry(e.header, e.body);
+      }
+      pack.finalize();
+      const chunks: Buffer[] = [];
+      for await (const c of pack as unknown as AsyncIterable<Buffer>) chunks.push(c);
+      return Buffer.concat(chunks);
+    };
+    /** Rewrites the header block at `offset` with `edit`, then fixes its checksum (the header stays valid). */
+    const patchHeader = (t: Buffer, offset: number, edit: (block: Buffer) => void): Buffer => {
+      const out = Buffer.from(t);
+      const block = out.subarray(offset, offset + 512);
+      edit(block);
+      block.fill(0x20, 148, 156);
+      const sum = block.reduce((a, b) => a + b, 0);
+      block.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1');
+      return out;
+    };
+    const file = (name: string, extra: Partial<Partial<Header> & { name: string }> = {}) => ({ header: { name, mode: 0o644, mtime: new Date(1704067200000), ...extra }, body: `${name}\n` });
+    /** Pulls an image of `tars` into a root filesystem; its first layer's short digest is what the error must name. */
+    const pull = async (label: string, tars: Buffer[]) => {
+      const img = await writeImageOfTars(path.join(work, `crafted-${label}`), tars);
+      const r = await smart(['pull', `oci:${path.join(work, `crafted-${label}`)}:latest`, `rootfs:${path.join(work, `crafted-${label}-root`)}`], { cacheHome: await tempDir() });
+      return { r, layer: img.layers[0]!.digest.slice(0, 19) };
+    };
+
+    it('a damaged header: corrupt tar, after which entry', async () => {
+      const good = await tarOf([file('etc/a'), file('etc/b')]);
+      // The second header starts after the first's 512-byte header and one block of content.
+      const damaged = Buffer.from(good);
+      damaged[1024 + 3]! ^= 0xff;
+      const { r, layer } = await pull('checksum', [damaged]);
+      expectOneLineError(r, 1, new RegExp(`^smart: error: layer ${layer} of oci:.*: corrupt tar: wrong header checksum in the entry after "etc/a" \\(the tar is damaged`));
+      const notTar = await pull('not-tar', [Buffer.alloc(4096, 'x')]);
+      expectOneLineError(notTar.r, 1, /corrupt tar: wrong header checksum in its first entry \(is it a tar at all/);
+    });
+
+    it('a uid past 32 bits, a gid that is not a number, a time that is not one', async () => {
+      const bigUid = await pull('uid', [await tarOf([file('etc/a'), file('etc/owned', { pax: { uid: '99999999999' } })])]);
+      expectOneLineError(bigUid.r, 1, new RegExp(`^smart: error: layer ${bigUid.layer} of oci:.*: entry "etc/owned": uid 99999999999 is out of range`));
+      // '8' is no octal digit: the header's gid field, starting with one, reads as no number at all.
+      const nanGid = await pull('gid', [patchHeader(await tarOf([file('etc/b')]), 0, (b) => b.write('8000000\0', 116, 8, 'latin1'))]);
+      expectOneLineError(nanGid.r, 1, /entry "etc\/b": gid is not a number/);
+      const paxTime = await pull('pax-mtime', [await tarOf([file('etc/c', { pax: { mtime: 'yesterday' } })])]);
+      expectOneLineError(paxTime.r, 1, /entry "etc\/c": its pax mtime record "yesterday" is not a number/);
+      const badTime = await pull('mtime', [patchHeader(await tarOf([{ header: { name: 'etc/', type: 'directory', mode: 0o755 } }]), 0, (b) => b.write('99999999999\0', 136, 12, 'latin1'))]);
+      expectOneLineError(badTime.r, 1, /entry "etc\/": its modification time is not a valid time/);
+    });
+
+    it('entry names holding a newline or escape sequences are escaped in the one line', async () => {
+      const { r } = await pull('names', [await tarOf([file('../\u001b[2Jevil\nsmart: error: fake')])]);
+      expectOneLineError(r, 1, /entry "\.\.\/\\x1b\[2Jevil\\nsmart: error: fake" points outside the root/);
+    });
+
+    it('a docker save stream with a damaged header', async () => {
+      const archive = Buffer.from(await fs.readFile(fixtures().paths.dockerArchiveBasic));
+      // The second member's header: after the first header and its content blocks.
+      const firstSize = parseInt(archive.subarray(124, 136).toString('latin1').replace(/\0.*$/, '').trim(), 8);
+      const first = archive.subarray(0, 100).toString('utf8').replace(/\0.*$/s, '');
+      archive[512 + Math.ceil(firstSize / 512) * 512 + 3]! ^= 0xff;
+      const r = await smart(['push', 'docker-archive:-', `file:${path.join(work, 'store-damaged-stream')}#demo/damaged:v1`], { input: archive });
+      expectOneLineError(r, 1, new RegExp(`^smart: error: docker-archive:-: corrupt tar: wrong header checksum in the entry after "${first.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}"`));
+    });
+  });
+
+  it('a digest typed with a newline stays on one line, escaped', async () => {
+    const r = await smart(['pull', `file:${store}#demo/basic@sha256:${'a'.repeat(32)}\n${'b'.repeat(32)}`, `oci:${path.join(work, 'newline-out')}:x`]);
+    expectOneLineError(r, 2, /sha256:a{32}\\nb{32}/);
   });
 
   it('a blob whose bytes do not match its digest', async () => {

@@ -370,6 +370,32 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl', 'htpasswd'))(
       expect(e.partial.equals(original.subarray(0, 500))).toBe(true);
     });
 
+    it('breaks or stalls an upload after N bytes of the request body', async () => {
+      const session = async () => String((await rawRequest(`${proxy.url}/v2/harness/proxied/blobs/uploads/`, { method: 'POST' })).headers.location);
+      const body = crypto.randomBytes(256 * 1024);
+      proxy.setFaults((r) => (r.method === 'PATCH' ? { kind: 'reset-mid-request', afterBytes: 1000 } : undefined));
+      proxy.stats.clear();
+      const reset = await rejection(rawRequest(await session(), { method: 'PATCH', body }));
+      expect(['ECONNRESET', 'EPIPE']).toContain(reset.code);
+      expect(reset.status).toBeUndefined();
+      const patch = proxy.stats.requests.find((r) => r.method === 'PATCH')!;
+      expect(patch).toMatchObject({ status: 0, fault: 'reset-mid-request' });
+      expect(patch.requestBytes).toBeGreaterThanOrEqual(1000);
+
+      proxy.setFaults((r) => (r.method === 'PATCH' ? { kind: 'stall-mid-request', afterBytes: 1000 } : undefined));
+      const started = Date.now();
+      const stalled = await rejection(rawRequest(await session(), { method: 'PATCH', body, timeoutMs: 1500 }));
+      expect(stalled.code).toBe('ETIMEDOUT');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1400);
+
+      // A body no longer than the limit goes whole: the upload completes.
+      proxy.setFaults((r) => (r.method === 'PATCH' ? { kind: 'reset-mid-request', afterBytes: body.length } : undefined));
+      const whole = await rawRequest(await session(), { method: 'PATCH', body });
+      expect(whole.status).toBe(202);
+      expect(whole.headers.range).toBe(`0-${body.length - 1}`);
+      proxy.setFaults(undefined);
+    });
+
     it('flips one byte of the body, keeping its length', async () => {
       proxy.setFaults((r) => (r.path === blobPath ? { kind: 'corrupt-body', offset: 777 } : undefined));
       const r = await rawRequest(blobUrl);

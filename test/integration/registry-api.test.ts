@@ -1,15 +1,17 @@
 /**
  * `docker://` against the stock registry over its API, through a proxy that counts the bytes and
  * injects faults: what we push skopeo reads byte for byte, what skopeo pushes we read back, a
- * second push sends no blob bytes, another repository mounts, and transient failures are outlived.
+ * second push sends no blob bytes, another repository mounts, and transient failures are outlived:
+ * an upload that breaks, stalls or is refused mid-way is started again, its cause in the warning.
  */
-import { createHash } from 'node:crypto';
+import crypto, { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { blobFiles } from '../harness/layout.js';
-import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { writeImage } from '../harness/images.js';
+import { startProxy, type Fault, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
@@ -135,6 +137,93 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     await ok(['pull', `docker://${reg}/api/flaky:v1`, `rootfs:${path.join(work, 'flaky-rootfs')}`]);
   });
 
+  describe('uploads that break', () => {
+    const pushArgs = (src: string, repo: string, extra: string[] = []) => ['push', src, `docker://${reg}/${repo}:v1`, ...extra];
+    /** Faults the first `count` PATCHes (blob uploads: every layer's goes before the config's). */
+    const firstPatches = (count: number, fault: Fault) => {
+      let n = 0;
+      proxy.setFaults((req) => (req.method === 'PATCH' && ++n <= count ? fault : undefined));
+    };
+    const faulted = () => proxy.stats.requests.filter((r) => r.fault);
+    /** skopeo copies the image out of the registry itself (it verifies every digest) and the blobs are the layout's. */
+    const skopeoReadsBack = async (repo: string, layout: string) => {
+      const out = await tempDir();
+      await skopeo('copy', '--src-tls-verify=false', `docker://${registry.host}/${repo}:v1`, `oci:${out}:v1`);
+      const original = await blobFiles(layout);
+      const copied = await blobFiles(out);
+      expect([...copied.keys()].sort()).toEqual([...original.keys()].sort());
+      for (const [hex, bytes] of copied) expect(bytes.equals(original.get(hex)!), hex).toBe(true);
+    };
+    const retryWarnings = (stderr: string) => stderr.split('\n').filter((l) => /^warning: (layer|config) sha256:[0-9a-f]{12}: .*; sending it again in/.test(l));
+
+    it('starts an upload again when the connection resets mid-PATCH, from a layout and from a docker-archive compressed on the way', async () => {
+      const fx = fixtures();
+      firstPatches(2, { kind: 'reset-mid-request', afterBytes: 100 });
+      const r = await smart(pushArgs(`oci:${fx.paths.ociBasic}:latest`, 'retry/reset'), { cacheHome: await tempDir() });
+      expect(r.code, r.stderr).toBe(0);
+      expect(faulted().map((q) => q.status)).toEqual([0, 0]); // both cut: no answer reached the client
+      const warnings = retryWarnings(r.stderr);
+      expect(warnings, r.stderr).toHaveLength(2);
+      for (const w of warnings) expect(w).toMatch(/lost the connection to registry 127\.0\.0\.1:\d+: .*\(upload of blob sha256:[0-9a-f]{12} to retry\/reset\); sending it again in 0\.3 s \(attempt 2 of 5\)$/);
+      expect(r.stderr).not.toMatch(/aborted|TLS/);
+      await skopeoReadsBack('retry/reset', fx.paths.ociBasic);
+
+      proxy.stats.clear();
+      firstPatches(2, { kind: 'reset-mid-request', afterBytes: 100 });
+      const archive = await smart(pushArgs(`docker-archive:${fx.paths.dockerArchiveBasic}`, 'retry/reset-archive'), { cacheHome: await tempDir() });
+      expect(archive.code, archive.stderr).toBe(0);
+      expect(retryWarnings(archive.stderr), archive.stderr).toHaveLength(2);
+      const config = JSON.parse((await skopeo('inspect', '--config', '--tls-verify=false', `docker://${registry.host}/retry/reset-archive:v1`)).stdout.toString()) as {
+        rootfs: { diff_ids: string[] };
+      };
+      expect(config.rootfs.diff_ids).toEqual(fx.basic.diffIds);
+      await skopeo('copy', '--src-tls-verify=false', `docker://${registry.host}/retry/reset-archive:v1`, `oci:${await tempDir()}:v1`);
+    });
+
+    it('starts an upload again when it stalls mid-PATCH, the sender held back by the registry', async () => {
+      // Layers larger than the socket buffers: the sender is blocked when the proxy stops reading.
+      const layout = path.join(await tempDir(), 'big');
+      const noise = (n: number) => crypto.randomBytes(n).toString('base64');
+      await writeImage(layout, { layers: [{ files: { 'a/noise': noise(6 << 20) }, createdBy: 'a' }, { files: { 'b/noise': noise(3 << 20) }, createdBy: 'b' }] });
+      firstPatches(2, { kind: 'stall-mid-request', afterBytes: 64 * 1024 });
+      const started = Date.now();
+      const r = await smart(pushArgs(`oci:${layout}:latest`, 'retry/stall', ['--stall-timeout', '2']), { cacheHome: await tempDir() });
+      expect(r.code, r.stderr).toBe(0);
+      expect(Date.now() - started).toBeLessThan(30_000);
+      const warnings = retryWarnings(r.stderr);
+      expect(warnings, r.stderr).toHaveLength(2);
+      for (const w of warnings) expect(w).toMatch(/registry 127\.0\.0\.1:\d+ stalled: no data for 2 s \(upload of blob sha256:[0-9a-f]{12} to retry\/stall\); sending it again/);
+      await skopeoReadsBack('retry/stall', layout);
+    });
+
+    it('sends the config again when its PATCH answers 503', async () => {
+      const fx = fixtures();
+      // Three layers, then the config: the 4th PATCH.
+      let n = 0;
+      proxy.setFaults((req) => (req.method === 'PATCH' && ++n === 4 ? { kind: 'status', status: 503 } : undefined));
+      const r = await smart(pushArgs(`oci:${fx.paths.ociBasic}:latest`, 'retry/config'), { cacheHome: await tempDir() });
+      expect(r.code, r.stderr).toBe(0);
+      expect(faulted().map((q) => q.requestBytes)).toEqual([fx.basic.config.size]);
+      expect(retryWarnings(r.stderr), r.stderr).toEqual([
+        expect.stringMatching(/^warning: config sha256:[0-9a-f]{12}: registry 127\.0\.0\.1:\d+ answered 503 UNAVAILABLE: injected 503 to PATCH upload of blob sha256:[0-9a-f]{12} to retry\/config; sending it again/),
+      ]);
+      await skopeoReadsBack('retry/config', fx.paths.ociBasic);
+    });
+
+    it('gives up after five attempts with the reset as the cause, not an abort and not a TLS hint', async () => {
+      const fx = fixtures();
+      proxy.setFaults((req) => (req.method === 'PATCH' ? { kind: 'reset-mid-request', afterBytes: 100 } : undefined));
+      const r = await smart(pushArgs(`oci:${fx.paths.ociBasic}:latest`, 'retry/never', ['--jobs', '1']), { cacheHome: await tempDir() });
+      expect(r.code).toBe(1);
+      const lines = r.stderr.trim().split('\n');
+      expect(lines.filter((l) => l.includes('(attempt 5 of 5)'))).toHaveLength(1);
+      expect(lines.at(-1)).toMatch(/^smart: error: lost the connection to registry 127\.0\.0\.1:\d+: \S+ .* \(upload of blob sha256:[0-9a-f]{12} to retry\/never\)$/);
+      expect(r.stderr).not.toMatch(/aborted|TLS/);
+      // Every attempt opened a session of its own and closed it.
+      expect(proxy.stats.requests.filter((q) => q.method === 'PATCH')).toHaveLength(5);
+    });
+  });
+
   it('fails naming the digest when the registry serves a blob with wrong bytes, leaving nothing behind', async () => {
     const fx = fixtures();
     await ok(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/api/corrupt:v1`]);
@@ -152,6 +241,25 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     const r = await smart(['pull', `docker://${reg}/api/corrupt:v1`, `file:${store}#x/y:z`]);
     expect(r.code).toBe(1);
     await expect(fs.stat(path.join(store, 'docker/registry/v2/repositories/x/y/_manifests/tags'))).rejects.toThrow();
+  });
+
+  it('a registry message holding a newline or escape sequences stays on one line, in a retry warning and in the error', async () => {
+    const fx = fixtures();
+    const body = JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'down\nsmart: error: forged\u001b[2J' }] });
+    let patches = 0;
+    proxy.setFaults((req) => (req.method === 'PATCH' && ++patches === 1 ? { kind: 'status', status: 503, body } : undefined));
+    const pushed = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/api/escaped:v1`], { cacheHome: await tempDir() });
+    expect(pushed.code, pushed.stderr).toBe(0);
+    expect(pushed.stderr).not.toContain('\u001b');
+    expect(pushed.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+      expect.stringMatching(/answered 503 UNAVAILABLE: down\\nsmart: error: forged\\x1b\[2J to PATCH .*; sending it again/),
+    ]);
+    expect(pushed.stderr).not.toMatch(/^smart: error: forged/m);
+
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.includes('/manifests/') ? { kind: 'status', status: 403, body } : undefined));
+    const pulled = await smart(['pull', `docker://${reg}/api/escaped:v1`, `oci:${path.join(work, 'escaped-out')}:v1`]);
+    expect(pulled.code).toBe(1);
+    expect(pulled.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^smart: error: .*answered 403 UNAVAILABLE: down\\nsmart: error: forged\\x1b\[2J to GET manifest api\/escaped:v1/)]);
   });
 
   it('says clearly when the image is not there', async () => {

@@ -10,6 +10,7 @@ import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { blobFiles } from '../harness/layout.js';
+import { startProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart, smartBin } from '../harness/run.js';
 import { registryS3Config, startS3, type RunningS3 } from '../harness/s3.js';
@@ -133,6 +134,35 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
     expect(rerun.layers.skipped).toBe(3);
     expect(rerun.layers.pushed).toBe(0);
     expect(await keys('killed/docker/registry/v2/repositories/k/app/_manifests/tags/v1/current/link')).toHaveLength(1);
+  });
+
+  it('an upload the endpoint stops reading fails and is sent again instead of hanging; one it refuses fails on one line naming the object', async () => {
+    const fx = fixtures();
+    const proxy = await startProxy({ target: s3.endpoint });
+    try {
+      const env = { ...s3.env, AWS_ENDPOINT_URL_S3: proxy.url, AWS_ENDPOINT_URL: proxy.url };
+      let stalls = 0;
+      // The first two blob uploads of a store of its own (its blobs are not there yet).
+      proxy.setFaults((q) => (q.method === 'PUT' && q.path.includes('/blobs/') && stalls++ < 2 ? { kind: 'stall-mid-request', afterBytes: 100 } : undefined));
+      const started = Date.now();
+      // --timeout: a hang fails the test in bounded time.
+      const r = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `s3://${s3.bucket}/stalled#s/basic:v1`, '--stall-timeout', '2', '--timeout', '60'], { env });
+      expect(r.code, r.stderr).toBe(0);
+      expect(Date.now() - started).toBeLessThan(40_000);
+      expect(proxy.stats.requests.filter((q) => q.fault === 'stall-mid-request')).toHaveLength(2);
+      const out = path.join(work, 'stalled-out');
+      await ok(['pull', `s3://${s3.bucket}/stalled#s/basic:v1`, `oci:${out}:v1`]);
+      const original = await blobFiles(fx.paths.ociBasic);
+      for (const [hex, bytes] of await blobFiles(out)) expect(bytes.equals(original.get(hex)!), hex).toBe(true);
+
+      // An answer the SDK cannot parse (not S3's XML): the status, not the parser's two-line complaint.
+      proxy.setFaults((q) => (q.method === 'PUT' ? { kind: 'status', status: 400 } : undefined));
+      const refused = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `s3://${s3.bucket}/refused#r/basic:v1`], { env });
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/^smart: error: cannot upload s3:\/\/smart-test\/refused\/docker\/registry\/v2\/blobs\/sha256\/[0-9a-f]{2}\/[0-9a-f]{64}\/data: HTTP 400\n$/);
+    } finally {
+      await proxy.stop();
+    }
   });
 
   it('names the bucket when it is not there', async () => {

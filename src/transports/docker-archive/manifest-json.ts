@@ -1,5 +1,5 @@
 /** The `manifest.json` of a `docker save` archive (classic and Docker 25+ layouts both carry it). */
-import { SmartError } from '../../errors.js';
+import { SmartError, printable } from '../../errors.js';
 import { parseReference } from '../../oci/reference.js';
 
 export interface ArchiveEntry {
@@ -52,7 +52,7 @@ export function selectArchiveEntry(entries: ArchiveEntry[], selection: ArchiveSe
       const all = entries.flatMap((x) => x.RepoTags ?? []);
       throw new SmartError('NOT_FOUND', `${what}: no image named ${selection.name}`, {
         input: what,
-        hint: all.length ? `names there: ${all.join(', ')}` : 'the archive holds only untagged images; select one with :@N',
+        hint: all.length ? `names there: ${printable(all.join(', '))}` : 'the archive holds only untagged images; select one with :@N',
       });
     }
     return e;

@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { SmartError } from '../../errors.js';
+import { SmartError, quoted } from '../../errors.js';
 import { parseImageConfig } from '../../oci/config.js';
 import { sha256Digest, shortDigest, type Digest } from '../../oci/digest.js';
 import type { ImageSource, OpenOptions } from '../../oci/image.js';
@@ -33,7 +33,7 @@ export async function openDockerArchiveSource(file: string, selection: ArchiveSe
   const entry = selectArchiveEntry(parseArchiveManifest(await index.read(manifestMember), name), selection, name);
   const member = (p: string): TarMember => {
     const m = index.get(p);
-    if (!m) throw new SmartError('CORRUPT_ARCHIVE', `${name}: manifest.json names ${p}, which is not in the archive`, { input: file });
+    if (!m) throw new SmartError('CORRUPT_ARCHIVE', `${name}: manifest.json names ${quoted(p)}, which is not in the archive`, { input: file });
     return m;
   };
   const configBytes = await index.read(member(entry.Config));

@@ -6,9 +6,10 @@
  */
 import { Readable, pipeline } from 'node:stream';
 import tar from 'tar-stream';
-import { SmartError, isSmartError } from '../../errors.js';
+import { SmartError, isCancellation, isSmartError, quoted } from '../../errors.js';
 import { parseImageConfig, type ImageConfig } from '../../oci/config.js';
 import { sniffCompression, type Compression } from '../../oci/mediatypes.js';
+import { tarParseError } from '../../tar/errors.js';
 import { normalizeMemberName } from '../../tar/header.js';
 import { parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
@@ -60,6 +61,8 @@ export async function readDockerArchiveStream<T>(
   const layerResults = new Map<string, T>();
   const aliases = new Map<string, string>();
   let sawEntry = false;
+  // The last member read whole: where an archive that breaks broke.
+  let lastMember: string | undefined;
   let inputError: unknown;
   pipeline(input, extract as unknown as NodeJS.WritableStream, (e) => {
     if (e) inputError = e;
@@ -73,10 +76,12 @@ export async function readDockerArchiveStream<T>(
         const base = header.type === 'symlink' ? member.split('/').slice(0, -1) : [];
         aliases.set(member, normalizeMemberName([...base, header.linkname ?? ''].join('/')));
         entry.resume();
+        lastMember = header.name;
         continue;
       }
       if (header.type !== 'file' || !header.size) {
         entry.resume();
+        lastMember = header.name;
         continue;
       }
       // Gather the first block: enough to tell a tar (or a compressed tar) from JSON and the rest.
@@ -101,6 +106,7 @@ export async function readDockerArchiveStream<T>(
           if (kind === 'json') chunks.push(r.value);
         }
         if (kind === 'json' && header.size <= MAX_JSON_MEMBER) json.set(member, Buffer.concat(chunks));
+        lastMember = header.name;
         continue;
       }
       const body = Readable.from(
@@ -114,14 +120,15 @@ export async function readDockerArchiveStream<T>(
       layerResults.set(member, await onLayer({ member, compression: sniffCompression(head), stream: body }));
       // onLayer must have drained it; if it did not, skip the rest so the archive can go on.
       body.destroy();
+      lastMember = header.name;
     }
   } catch (e) {
     extract.destroy();
     input.destroy();
     if (isSmartError(e)) throw e;
-    throw corrupt(name, inputError ?? e);
+    throw corrupt(name, inputError ?? e, lastMember);
   }
-  if (inputError) throw corrupt(name, inputError);
+  if (inputError) throw corrupt(name, inputError, lastMember);
   if (!sawEntry) throw new SmartError('NOT_AN_IMAGE', `${name}: empty input, not a docker-archive`, { input: name });
 
   const resolve = (m: string): string => {
@@ -133,18 +140,18 @@ export async function readDockerArchiveStream<T>(
   if (!manifestBytes) throw new SmartError('NOT_AN_IMAGE', `${name}: not a docker-archive (no manifest.json)`, { input: name });
   const entry = selectArchiveEntry(parseArchiveManifest(manifestBytes, name), selection, name);
   const configBytes = json.get(resolve(entry.Config));
-  if (!configBytes) throw new SmartError('CORRUPT_ARCHIVE', `${name}: config ${entry.Config} is not in the archive`, { input: name });
+  if (!configBytes) throw new SmartError('CORRUPT_ARCHIVE', `${name}: config ${quoted(entry.Config)} is not in the archive`, { input: name });
   const config = parseImageConfig(configBytes, `${name} config`);
   const layers = entry.Layers.map((l) => {
     const r = layerResults.get(resolve(l));
-    if (r === undefined) throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${l} is not in the archive`, { input: name });
+    if (r === undefined) throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${quoted(l)} is not in the archive`, { input: name });
     return r;
   });
   return { configBytes, config, repoTags: entry.RepoTags ?? [], layers };
 }
 
-function corrupt(name: string, e: unknown): SmartError {
-  if (isSmartError(e)) return e;
-  const msg = (e as Error)?.message ?? String(e);
-  return new SmartError('CORRUPT_ARCHIVE', `${name}: not a readable tar archive (${msg})`, { input: name, cause: e });
+/** Why the archive could not be read: a cancellation as it is, else what the tar parser says (src/tar/errors.ts). */
+function corrupt(name: string, e: unknown, lastMember: string | undefined): unknown {
+  if (isCancellation(e)) return e;
+  return tarParseError(e, { what: name, ...(lastMember !== undefined ? { after: lastMember } : {}) });
 }

@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import tls from 'node:tls';
 import type { Dispatcher } from 'undici';
 import { Agent } from './http-agent.js';
-import { SmartError, isErrno, isSmartError } from '../../errors.js';
+import { SmartError, isCancellation, isErrno, isSmartError } from '../../errors.js';
 import { sha256Digest, type Digest } from '../../oci/digest.js';
 import { MediaType } from '../../oci/mediatypes.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
@@ -243,8 +243,12 @@ export class RegistryClient {
     this.pinged ??= (async () => {
       const agent = await this.agent();
       const attempt = async (scheme: 'https' | 'http', repeat: boolean) => {
-        const res = await this.withRetries(`ping ${this.host}`, repeat, signal, () =>
-          send(agent, { origin: `${scheme}://${this.apiHost}`, path: '/v2/', method: 'GET', headers: { 'user-agent': USER_AGENT } }, signal),
+        const res = await this.withRetries(
+          `ping ${this.host}`,
+          repeat,
+          signal,
+          () => send(agent, { origin: `${scheme}://${this.apiHost}`, path: '/v2/', method: 'GET', headers: { 'user-agent': USER_AGENT } }, signal),
+          'ping',
         );
         await res.body.dump();
         if (res.statusCode === 401) this.challenge = parseChallenge(header(res.headers, 'www-authenticate'));
@@ -323,12 +327,16 @@ export class RegistryClient {
     return { token, expires: Date.now() + lifetime * 1000 };
   }
 
-  /** Retries `send` on connection errors and 429/5xx answers, when the request can be repeated. */
+  /**
+   * Retries `send` on connection errors and 429/5xx answers, when the request can be repeated.
+   * `phase` is 'ping' for the first exchange with the registry (see `connectionError`).
+   */
   private async withRetries(
     what: string,
     repeatable: boolean,
     signal: AbortSignal | undefined,
     send: () => Promise<Dispatcher.ResponseData>,
+    phase: 'ping' | 'request' = 'request',
   ): Promise<Dispatcher.ResponseData> {
     for (let attempt = 0; ; attempt++) {
       let res: Dispatcher.ResponseData | undefined;
@@ -341,7 +349,7 @@ export class RegistryClient {
       const retryable = res ? RETRY_STATUS.has(res.statusCode) : !signal?.aborted && isTransient(error);
       if (!retryable || !repeatable || attempt >= this.maxRetries) {
         if (res) return res;
-        throw this.connectionError(error, what);
+        throw this.connectionError(error, what, phase);
       }
       let delay = this.retryDelayMs * 2 ** attempt;
       if (res) {
@@ -349,12 +357,17 @@ export class RegistryClient {
         if (Number.isFinite(after) && after > 0) delay = Math.min(after * 1000, 30_000);
         await res.body.dump().catch(() => undefined);
       }
-      this.options.onRetry?.(`${what}: ${res ? `registry ${this.host} answered ${res.statusCode}` : this.connectionError(error, what).message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+      this.options.onRetry?.(`${what}: ${res ? `registry ${this.host} answered ${res.statusCode}` : this.connectionError(error, what, phase).message}; retrying in ${(delay / 1000).toFixed(1)} s`);
       await sleep(delay, signal);
     }
   }
 
-  private connectionError(e: unknown, what: string): SmartError {
+  /**
+   * A failed connection as a SmartError naming the registry and the request. A TLS hint is given
+   * for TLS errors, and for a reset during the ping (the first exchange: a plain HTTP server resets
+   * a TLS hello), never for a connection that broke mid-request.
+   */
+  private connectionError(e: unknown, what: string, phase: 'ping' | 'request' = 'request'): SmartError {
     if (isSmartError(e)) return e;
     if ((e as Error)?.name === 'AbortError') return new SmartError('CANCELLED', `${what}: cancelled`, { cause: e });
     const msg = (e as Error)?.message ?? String(e);
@@ -363,13 +376,13 @@ export class RegistryClient {
       const s = Math.round((this.options.stallTimeoutMs ?? 30_000) / 1000);
       return new SmartError('REGISTRY', `registry ${this.host} stalled: no data for ${s} s (${what})`, { input: this.host, cause: e, retryable: true });
     }
-    return new SmartError('REGISTRY', `cannot reach registry ${this.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
+    const unreachable = phase === 'ping' || UNREACHABLE.has(code ?? '');
+    const tls = looksLikeTlsError(e) || (phase === 'ping' && code === 'ECONNRESET');
+    return new SmartError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${this.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
       input: this.host,
       cause: e,
       retryable: isTransient(e),
-      ...(looksLikeTlsMismatch(e) || /certificate/i.test(msg)
-        ? { hint: this.allowHttp ? 'check the registry TLS setup' : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR' }
-        : {}),
+      ...(tls ? { hint: this.allowHttp ? 'check the registry TLS setup' : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR' } : {}),
     });
   }
 
@@ -641,8 +654,13 @@ export class RegistryClient {
       );
     } catch (e) {
       patchBody.destroy();
+      source.destroy(); // whatever produces the bytes (a file, a download, a compressor) stops now
       await this.cancelUpload(location, scopes);
-      throw hash.errored ?? e;
+      // When the bytes themselves failed (the source broke, or they do not match the digest), that
+      // is the cause; otherwise the request's (a reset, a stall, a 5xx: retryable, so the caller
+      // can send the blob again). Abandoning the body aborts the hash too, and that says nothing.
+      const bytesError = hash.errored && !isCancellation(hash.errored) ? hash.errored : undefined;
+      throw bytesError ?? e;
     }
     await patch.body.dump();
     location = header(patch.headers, 'location') ?? location;
@@ -757,6 +775,18 @@ function isTransient(e: unknown): boolean {
   );
 }
 
+/** Errors that mean the registry could not be reached at all (as opposed to a connection that broke). */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
+
+/** A TLS failure proper: a protocol mismatch or a certificate problem (a bare reset is not one). */
+function looksLikeTlsError(e: unknown): boolean {
+  const err = (isSmartError(e) ? e.cause : e) as NodeJS.ErrnoException | undefined;
+  const code = err?.code ?? '';
+  const msg = err?.message ?? '';
+  return code === 'EPROTO' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || /wrong version number|packet length too long|http request|certificate/i.test(msg) || /CERT|SELF_SIGNED/.test(code);
+}
+
+/** What a plain server answers to a TLS hello (or a TLS server to plain HTTP): decides the ping's fall-back to http. */
 function looksLikeTlsMismatch(e: unknown): boolean {
   const err = (isSmartError(e) ? e.cause : e) as NodeJS.ErrnoException | undefined;
   const code = err?.code ?? '';

@@ -38,8 +38,9 @@ import { open, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { extract as tarExtract, type Header } from 'tar-stream';
-import { SmartError, isErrno, isSmartError } from '../../errors.js';
+import { SmartError, isCancellation, isErrno, isSmartError, quoted } from '../../errors.js';
 import type { StoredEntry } from '../../cache/layer-store.js';
+import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 
 export interface ApplyOptions {
   /** chown entries and create device nodes / fifos: only when running as root. */
@@ -146,7 +147,7 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
       if (++follows > MAX_SYMLINK_FOLLOWS) {
         throw new SmartError(
           'CORRUPT_ARCHIVE',
-          `${options.what ? `${options.what}: ` : ''}"${unsafePath}": too many levels of symbolic links`,
+          `${options.what ? `${options.what}: ` : ''}${quoted(unsafePath)}: too many levels of symbolic links`,
           { input: unsafePath },
         );
       }
@@ -161,7 +162,7 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
     } else if (create) {
       throw new SmartError(
         'CORRUPT_ARCHIVE',
-        `${options.what ? `${options.what}: ` : ''}"${unsafePath}": "/${next}" is not a directory`,
+        `${options.what ? `${options.what}: ` : ''}${quoted(unsafePath)}: ${quoted(`/${next}`)} is not a directory`,
         { input: unsafePath },
       );
     }
@@ -202,6 +203,8 @@ interface DirMeta {
 
 interface LayerState {
   what: string;
+  /** The name of the last entry applied whole: where a tar that breaks broke. */
+  lastEntry?: string;
   stats: LayerApplyStats;
   /** Root-relative paths this layer wrote, with their ancestors: what opaque and whiteout keep. */
   written: Set<string>;
@@ -216,12 +219,8 @@ function pax(h: Header): PaxRecords | null {
   return p && typeof p === 'object' ? (p as PaxRecords) : null;
 }
 
-function paxNumber(p: PaxRecords | null, key: string): number | undefined {
-  const v = p?.[key];
-  if (v === undefined || v === '') return undefined;
-  const n = Number(v);
-  return Number.isFinite(n) ? n : undefined;
-}
+/** An entry's owner and times, read from its header and pax records and checked once (src/tar/errors.ts). */
+type EntryMeta = ReturnType<typeof entryOwner> & ReturnType<typeof entryTimes>;
 
 function runMknod(target: string, kind: 'c' | 'b' | 'p', major: number, minor: number): Promise<void> {
   const args = kind === 'p' ? [target, 'p'] : [target, kind, String(major), String(minor)];
@@ -340,10 +339,11 @@ export class RootfsApplier {
       for await (const entry of extract) {
         state.stats.entries++;
         await this.applyEntry(entry.header, entry as unknown as AsyncIterable<Buffer>, state);
+        state.lastEntry = entry.header.name;
       }
       ok = true;
     } catch (e) {
-      throw this.toLayerError(e, inputError, what);
+      throw this.toLayerError(e, inputError, what, state.lastEntry);
     } finally {
       if (!ok) {
         tar.unpipe(extract as unknown as NodeJS.WritableStream);
@@ -410,36 +410,32 @@ export class RootfsApplier {
     }
   }
 
-  private toLayerError(e: unknown, inputError: unknown, what: string): SmartError {
+  /** Why a layer could not be applied: the input's failure first (a download, a digest check, a cancellation), then ours. */
+  private toLayerError(e: unknown, inputError: unknown, what: string, lastEntry: string | undefined): unknown {
     if (inputError !== undefined) {
-      if (isSmartError(inputError)) return inputError;
+      if (isSmartError(inputError) || isCancellation(inputError)) return inputError;
       return new SmartError('CORRUPT_ARCHIVE', `${what}: ${(inputError as Error)?.message ?? String(inputError)}`, {
         input: what,
         cause: inputError,
       });
     }
-    if (isSmartError(e)) return e;
+    if (isSmartError(e) || isCancellation(e)) return e;
     const original = e instanceof StreamFailure ? e.original : e;
     if (!(e instanceof StreamFailure) && isErrno(e)) {
       return new SmartError('STORAGE', `${what}: ${e.message}`, { input: what, cause: e });
     }
-    const reason = original instanceof Error ? original.message : String(original);
-    return new SmartError('CORRUPT_ARCHIVE', `${what}: ${reason}`, {
-      input: what,
-      hint: 'the layer tar is truncated or corrupt; fetch it again',
-      cause: original,
-    });
+    return tarParseError(original, { what, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
   }
 
   private async applyEntry(h: Header, body: AsyncIterable<Buffer>, state: LayerState, stored?: { path: string; link: boolean }): Promise<void> {
     const { what } = state;
     const name = h.name;
     if (name.includes('\0')) {
-      throw new SmartError('CORRUPT_ARCHIVE', `${what}: entry name ${JSON.stringify(name)} holds a NUL byte`, { input: what });
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: entry name ${quoted(name)} holds a NUL byte`, { input: what });
     }
     const rel = normaliseEntryName(name);
     if (rel === null) {
-      throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry "${name}" points outside the root`, {
+      throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry ${quoted(name)} points outside the root`, {
         input: what,
         hint: 'the layer was crafted to write outside its directory; do not use this image',
       });
@@ -448,6 +444,9 @@ export class RootfsApplier {
     if (p) {
       for (const key of Object.keys(p)) if (key.startsWith('SCHILY.xattr.')) state.droppedXattrs++;
     }
+    // Values no filesystem call takes (a uid past 32 bits, a time that is not one) stop the layer
+    // here, named, rather than as Node's argument errors in the middle of writing.
+    const meta: EntryMeta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
     try {
       const slash = rel.lastIndexOf('/');
       const base = rel.slice(slash + 1);
@@ -465,9 +464,9 @@ export class RootfsApplier {
       if (rel === '') {
         // The root itself: only its metadata, and only from a directory (as umoci).
         if (h.type !== 'directory') {
-          throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry "${name}" would replace the root directory`, { input: what });
+          throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry ${quoted(name)} would replace the root directory`, { input: what });
         }
-        this.applyDirMeta('', h, p);
+        this.applyDirMeta('', h, meta);
         return;
       }
 
@@ -505,27 +504,27 @@ export class RootfsApplier {
         case 'contiguous-file':
           this.markWritten(targetRel, state);
           state.stats.bytes += stored
-            ? await this.placeStoredFile(target, targetRel, h, p, stored)
+            ? await this.placeStoredFile(target, targetRel, h, meta, stored)
             : content
-              ? await this.writeSmallFile(target, targetRel, h, p, content)
-              : await this.writeLargeFile(target, targetRel, h, p, body);
+              ? await this.writeSmallFile(target, targetRel, h, meta, content)
+              : await this.writeLargeFile(target, targetRel, h, meta, body);
           return;
         case 'directory':
           this.markWritten(targetRel, state);
-          await this.makeDir(target, targetRel, h, p);
+          await this.makeDir(target, targetRel, h, meta);
           return;
         case 'symlink': {
           await drain(h, body);
           if (!h.linkname) {
-            throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink "${name}" has no target`, { input: what });
+            throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink ${quoted(name)} has no target`, { input: what });
           }
           this.markWritten(targetRel, state);
           await this.replace(target, targetRel, () => symlinkSync(h.linkname, target));
           if (this.preserveOwnership) {
-            const { uid, gid } = owner(h, p);
+            const { uid, gid } = meta;
             lchownSync(target, uid, gid);
           }
-          const { atime, mtime } = times(h, p);
+          const { atime, mtime } = meta;
           lutimesSync(target, atime, mtime);
           return;
         }
@@ -540,23 +539,23 @@ export class RootfsApplier {
           this.markWritten(targetRel, state);
           const kind = h.type === 'fifo' ? 'p' : h.type === 'block-device' ? 'b' : 'c';
           await this.replace(target, targetRel, () => runMknod(target, kind, h.devmajor ?? 0, h.devminor ?? 0));
-          const { uid, gid } = owner(h, p);
+          const { uid, gid } = meta;
           lchownSync(target, uid, gid);
           chmodSync(target, h.mode & 0o7777);
-          const { atime, mtime } = times(h, p);
+          const { atime, mtime } = meta;
           lutimesSync(target, atime, mtime);
           return;
         }
         default:
           throw new SmartError(
             'CORRUPT_ARCHIVE',
-            `${what}: entry "${name}" has a tar type this tool does not extract (${String(h.type)})`,
+            `${what}: entry ${quoted(name)} has a tar type this tool does not extract (${quoted(String(h.type), 40)})`,
             { input: what },
           );
       }
     } catch (e) {
       if (isSmartError(e) || e instanceof StreamFailure || !isErrno(e)) throw e;
-      throw new SmartError('STORAGE', `${what}: entry "${name}": ${e.message}`, { input: what, cause: e });
+      throw new SmartError('STORAGE', `${what}: entry ${quoted(name)}: ${e.message}`, { input: what, cause: e });
     }
   }
 
@@ -609,17 +608,17 @@ export class RootfsApplier {
     return create();
   }
 
-  private async writeSmallFile(target: string, rel: string, h: Header, p: PaxRecords | null, content: Buffer): Promise<number> {
+  private async writeSmallFile(target: string, rel: string, h: Header, meta: EntryMeta, content: Buffer): Promise<number> {
     const fd = await this.replace(target, rel, () => openSync(target, CREATE_FLAGS, 0o600));
     try {
       writeAllSync(fd, content);
       if (this.preserveOwnership) {
-        const { uid, gid } = owner(h, p);
+        const { uid, gid } = meta;
         fchownSync(fd, uid, gid);
       }
       // After chown: chown clears setuid/setgid.
       fchmodSync(fd, h.mode & 0o7777);
-      const { atime, mtime } = times(h, p);
+      const { atime, mtime } = meta;
       futimesSync(fd, atime, mtime);
     } finally {
       closeSync(fd);
@@ -628,7 +627,7 @@ export class RootfsApplier {
   }
 
   /** A file whose content is already on disk: cloned or copied (then given its metadata), or linked. */
-  private async placeStoredFile(target: string, rel: string, h: Header, p: PaxRecords | null, stored: { path: string; link: boolean }): Promise<number> {
+  private async placeStoredFile(target: string, rel: string, h: Header, meta: EntryMeta, stored: { path: string; link: boolean }): Promise<number> {
     if (stored.link) {
       // The stored file already carries the entry's mode, owner and times; a link shares them.
       await this.replace(target, rel, () => linkSync(stored.path, target));
@@ -636,11 +635,11 @@ export class RootfsApplier {
     }
     await this.replace(target, rel, () => copyFileSync(stored.path, target, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE));
     if (this.preserveOwnership) {
-      const { uid, gid } = owner(h, p);
+      const { uid, gid } = meta;
       lchownSync(target, uid, gid);
     }
     chmodSync(target, h.mode & 0o7777);
-    const { atime, mtime } = times(h, p);
+    const { atime, mtime } = meta;
     lutimesSync(target, atime, mtime);
     return h.size ?? 0;
   }
@@ -649,7 +648,7 @@ export class RootfsApplier {
     target: string,
     rel: string,
     h: Header,
-    p: PaxRecords | null,
+    meta: EntryMeta,
     body: AsyncIterable<Buffer>,
   ): Promise<number> {
     const file = await this.replace(target, rel, () => open(target, CREATE_FLAGS, 0o600));
@@ -660,12 +659,12 @@ export class RootfsApplier {
         bytes += chunk.length;
       }
       if (this.preserveOwnership) {
-        const { uid, gid } = owner(h, p);
+        const { uid, gid } = meta;
         await file.chown(uid, gid);
       }
       // After chown: chown clears setuid/setgid.
       await file.chmod(h.mode & 0o7777);
-      const { atime, mtime } = times(h, p);
+      const { atime, mtime } = meta;
       await file.utimes(atime, mtime);
     } catch (e) {
       await file.close().catch(() => undefined);
@@ -675,7 +674,7 @@ export class RootfsApplier {
     return bytes;
   }
 
-  private async makeDir(target: string, rel: string, h: Header, p: PaxRecords | null): Promise<void> {
+  private async makeDir(target: string, rel: string, h: Header, meta: EntryMeta): Promise<void> {
     if (!this.knownDirs.has(rel)) {
       try {
         mkdirSync(target, 0o700);
@@ -688,18 +687,18 @@ export class RootfsApplier {
       }
       this.knownDirs.add(rel);
     }
-    this.applyDirMeta(rel, h, p);
+    this.applyDirMeta(rel, h, meta);
   }
 
-  private applyDirMeta(rel: string, h: Header, p: PaxRecords | null): void {
+  private applyDirMeta(rel: string, h: Header, meta: EntryMeta): void {
     const full = path.join(this.root, rel);
     if (this.preserveOwnership) {
-      const { uid, gid } = owner(h, p);
+      const { uid, gid } = meta;
       lchownSync(full, uid, gid);
     }
     const mode = h.mode & 0o7777;
     chmodSync(full, mode | this.dirWriteBits);
-    const { atime, mtime } = times(h, p);
+    const { atime, mtime } = meta;
     this.dirMeta.set(rel, { mode, atime, mtime });
   }
 
@@ -708,25 +707,25 @@ export class RootfsApplier {
     const linkname = h.linkname ?? '';
     const lrel = linkname.includes('\0') ? null : normaliseEntryName(linkname);
     if (lrel === null) {
-      throw new SmartError('UNSAFE_ARCHIVE', `${what}: hardlink "${name}" points outside the root (to "${linkname}")`, {
+      throw new SmartError('UNSAFE_ARCHIVE', `${what}: hardlink ${quoted(name)} points outside the root (to ${quoted(linkname)})`, {
         input: what,
         hint: 'the layer was crafted to reach outside its directory; do not use this image',
       });
     }
     if (lrel === '') {
-      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink "${name}" has no target or targets the root`, { input: what });
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink ${quoted(name)} has no target or targets the root`, { input: what });
     }
     const srcDir = walkInRoot(this.root, parentOf(lrel), { followLast: true, knownDirs: this.knownDirs, what });
     const srcRel = joinRel(srcDir, lrel.slice(lrel.lastIndexOf('/') + 1));
     const src = path.join(this.root, srcRel);
     const st = lstatOrNull(src);
     if (!st) {
-      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink "${name}" points to "${linkname}", which does not exist`, {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink ${quoted(name)} points to ${quoted(linkname)}, which does not exist`, {
         input: what,
       });
     }
     if (st.isDirectory()) {
-      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink "${name}" points to a directory ("${linkname}")`, {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink ${quoted(name)} points to a directory (${quoted(linkname)})`, {
         input: what,
       });
     }
@@ -744,7 +743,7 @@ export class RootfsApplier {
     if (base !== WHITEOUT_OPAQUE && base.startsWith(WHITEOUT_META_PREFIX)) return; // aufs metadata
     const victim = base.slice(WHITEOUT_PREFIX.length);
     if (base !== WHITEOUT_OPAQUE && (victim === '' || victim === '.' || victim === '..')) {
-      throw new SmartError('UNSAFE_ARCHIVE', `${what}: whiteout "${name}" names no file in its directory`, { input: what });
+      throw new SmartError('UNSAFE_ARCHIVE', `${what}: whiteout ${quoted(name)} names no file in its directory`, { input: what });
     }
     const dirRel = walkInRoot(this.root, parentRel, { followLast: true, knownDirs: this.knownDirs, what });
     state.stats.whiteouts++;
@@ -775,13 +774,3 @@ export class RootfsApplier {
 }
 
 const CREATE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
-
-function owner(h: Header, p: PaxRecords | null): { uid: number; gid: number } {
-  return { uid: paxNumber(p, 'uid') ?? h.uid ?? 0, gid: paxNumber(p, 'gid') ?? h.gid ?? 0 };
-}
-
-function times(h: Header, p: PaxRecords | null): { atime: number | Date; mtime: number | Date } {
-  const mtime = paxNumber(p, 'mtime') ?? h.mtime ?? new Date(0);
-  const atime = paxNumber(p, 'atime') ?? mtime;
-  return { atime, mtime };
-}

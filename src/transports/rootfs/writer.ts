@@ -278,10 +278,18 @@ export class RootfsWriter implements ImageWriter {
     const fetched = image.layers.map((layer) =>
       limit(async () => {
         signal.throwIfAborted();
-        return store.ensure(layer.diffId, () => layer.openUncompressed(progressOptions(layer, options, signal)), signal);
+        return store.ensure(layer.diffId, () => layer.openUncompressed(progressOptions(layer, options, signal)), signal, `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`);
       }),
     );
-    for (const p of fetched) p.catch((e: unknown) => controller.abort(e));
+    // The first failure is the one reported: layers aborted because of it fail too, later, and
+    // the loop below may meet one of those first (it awaits the layers in order).
+    let first: { error: unknown } | undefined;
+    const fail = (e: unknown) => {
+      if (first) return;
+      first = { error: e };
+      controller.abort(e);
+    };
+    for (const p of fetched) p.catch(fail);
     try {
       for (const [i, layer] of image.layers.entries()) {
         const how = await fetched[i]!;
@@ -294,9 +302,9 @@ export class RootfsWriter implements ImageWriter {
         );
       }
     } catch (e) {
-      controller.abort(e);
+      fail(e);
       await Promise.allSettled(fetched);
-      throw e;
+      throw first!.error;
     }
     await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId));
   }
