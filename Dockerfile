@@ -1,8 +1,8 @@
 # smartlayer's CLI as an image, for CI systems that run each step in a container:
 #   docker run --rm -v "$PWD:/work" -w /work smartlayer push docker-archive:img.tar file:/work/registry#team/app:1
 # NODE_IMAGE is the base of both stages (a current Node LTS). INSTALL_PACKAGES=0 skips apt-get, for a
-# base that has no package index to reach: the image is then built without the native compressors
-# (smart falls back to the zstd program or Node's zlib) and without the zstd program.
+# base that has no package index to reach: the image then has no native compressors (gzip falls back
+# to Node's zlib) and, unless the base brings it, no zstd program.
 ARG NODE_IMAGE=node:24-bookworm-slim
 ARG INSTALL_PACKAGES=1
 
