@@ -51,12 +51,13 @@ export function defaultJobs(): number {
   return Math.max(4, os.availableParallelism());
 }
 
-/** The metadata cache of a run: Redis when asked for, else on disk under the cache dir. */
-export async function openCache(options: { cacheDir: string; redisUrl?: string; onWarning?: (m: string) => void }) {
+/** The metadata cache of a run: Redis when asked for, else on disk under the cache dir (`strict`: see openMetadataCache). */
+export async function openCache(options: { cacheDir: string; redisUrl?: string; strict?: boolean; onWarning?: (m: string) => void }) {
   const { openMetadataCache } = await import('../cache/metadata-cache.js');
   return openMetadataCache({
     diskDir: path.join(options.cacheDir, 'metadata'),
     ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}),
+    ...(options.strict ? { strict: true } : {}),
     onWarning: options.onWarning ?? (() => undefined),
   });
 }
