@@ -447,6 +447,13 @@ export async function pullPlanned(
   const { image, source } = await imageOf(store, repository, best.manifest, platform);
   try {
     const keep = best.layers.length;
+    // The plan comes from the trie, a hint: it is followed only as far as the stored image agrees.
+    if (!holdsChain(image.layers.slice(0, keep), chainIds(best.layers.map((l) => l.diffId)).at(-1)!)) {
+      throw new SmartError('NOT_FOUND', `${best.image}@${best.manifest} does not hold the ${keep} layers the plan names (the index is older than the store)`, {
+        input: `${best.image}@${best.manifest}`,
+        hint: `run smart cache index ${storeName}`,
+      });
+    }
     if (ctx.destination) {
       const { parseImageName } = await import('../transports/names.js');
       const { openDestination } = await import('./endpoints.js');
