@@ -206,6 +206,19 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
     }
   });
 
+  it('Redis that answers but refuses writes (out of memory): index exits 1 with its error', async () => {
+    const full = await startRedis(await tempDir());
+    try {
+      await full.cli('CONFIG', 'SET', 'maxmemory-policy', 'noeviction');
+      await full.cli('CONFIG', 'SET', 'maxmemory', '1');
+      const r = await smart(['cache', 'index', `file:${store}`, '--redis', full.url], { cacheHome: await cacheHome() });
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error: redis .*OOM/)]);
+    } finally {
+      await full.stop();
+    }
+  });
+
   it('Redis frozen (SIGSTOP): index gives up in bounded time with exit 1; a SET NX that ran late holds the lock one lease at most', async () => {
     const frozen = await startRedis(await tempDir());
     try {
