@@ -465,6 +465,7 @@ export async function pullPlanned(
       const options = {
         platform,
         jobs: ctx.jobs ?? 4,
+        ...(ctx.endpoints.signal ? { signal: ctx.endpoints.signal } : {}),
         onLayer: (e: { status: string; bytes: number }) => {
           if (e.status !== 'skipped') fetched++;
           bytes += e.bytes;
@@ -485,7 +486,8 @@ export async function pullPlanned(
     await Promise.all(
       image.layers.slice(0, keep).map((layer) =>
         limit(async () => {
-          const how = await layerStore.ensure(layer.diffId, () => layer.openUncompressed());
+          const signal = ctx.endpoints.signal;
+          const how = await layerStore.ensure(layer.diffId, () => layer.openUncompressed(signal ? { signal } : {}), signal);
           if (how === 'fetched') {
             fetched++;
             bytes += layer.descriptor.size;
