@@ -113,7 +113,7 @@ export const COMMON_OPTIONS: readonly OptionSpec[] = [
 const TAG_CACHE_TTL_OPTION: OptionSpec = {
   flags: '--tag-cache-ttl <seconds>',
   description:
-    "use a source tag's digest as the metadata cache learned it within this long, without asking the store (default 0: always ask; the cache, and whoever can write it, then decides what the tag pulls)",
+    "use what the metadata cache learned of a source tag within this long instead of asking the store; the cache, and whoever can write it, then decides which image the tag means (default 0: always ask the store)",
   parse: (v: string): number => {
     const n = Number(v);
     if (!/^\d+$/.test(v) || n > 86_400) throw new Error('--tag-cache-ttl must be an integer from 0 to 86400 (seconds)');
