@@ -33,12 +33,12 @@ function cancellable<A extends unknown[]>(action: (this: Command, ...args: A) =>
   return async function (this: Command, ...args: A): Promise<void> {
     const flags = this.opts<CacheFlags>();
     const timeout = flags.timeout ? setTimeout(() => cancel.abort(new SmartError('CANCELLED', `timed out after ${flags.timeout} s (--timeout)`)), flags.timeout * 1000) : undefined;
+    let rejectCancelled: (reason: unknown) => void = () => undefined;
+    const cancelled = new Promise<never>((_, reject) => (rejectCancelled = reject));
     let grace: NodeJS.Timeout | undefined;
     const onAbort = () => {
       grace = setTimeout(() => rejectCancelled(cancel.signal.reason), CANCEL_GRACE_MS);
     };
-    let rejectCancelled: (reason: unknown) => void = () => undefined;
-    const cancelled = new Promise<never>((_, reject) => (rejectCancelled = reject));
     if (cancel.signal.aborted) onAbort();
     else cancel.signal.addEventListener('abort', onAbort, { once: true });
     try {

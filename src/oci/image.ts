@@ -125,10 +125,11 @@ export interface BlobDestination {
   /** The repository written, in destinations that have repositories (registries and their storage). */
   readonly repository?: string;
   /**
-   * A source over an image this store already holds (`repository`, by manifest digest), to check a
-   * cached fact against the store itself. Closing it leaves the destination's connections open.
+   * A source over `repository` of this same store, to check a cached fact against what the store
+   * holds: manifests by digest (`getManifestByDigest`) and blobs, verified as any source's. It
+   * names no image (`getManifest` is not for it). Closing it leaves the destination's connections open.
    */
-  storedImage?(repository: string, digest: Digest): ImageSource;
+  storedSource?(repository: string): ImageSource;
   supportsManifestType(mediaType: string): boolean;
   /**
    * If the blob is already there, or can be made available without its bytes (linked or mounted

@@ -205,7 +205,7 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
   const compression = layerCompression(desc.mediaType);
   if (compression === 'none' && dest.layerCompression === 'compress') {
     // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
-    const known = await options.blobInfo?.compressedFor(dest, layer.diffId);
+    const known = await options.blobInfo?.compressedFor(dest, layer.diffId, signal);
     const reuse = known && (await dest.reuseBlob(known));
     if (known && reuse) {
       record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType }, options);
@@ -219,6 +219,8 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
     const stored = await dest.putBlob(gz.stream, { mediaType: compressor.mediaType, signal });
     const compressed: Descriptor = { ...desc, mediaType: compressor.mediaType, digest: stored.digest, size: stored.size };
     (tally.compressedHere ??= []).push({ diffId: gz.diffId(), descriptor: compressed });
+    // At once, not only with the image: a push killed before its manifest still spares the next one the work.
+    if (dest.repository) await options.blobInfo?.recordStored(dest.cacheScope, dest.repository, gz.diffId(), compressed);
     record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: compressor.mediaType }, options);
     return compressed;
   }
@@ -312,7 +314,7 @@ async function finishImage(
  */
 async function recordCompressed(dest: BlobDestination, tally: Tally, manifest: ParsedManifest, options: CopyOptions): Promise<void> {
   if (!options.blobInfo || !dest.repository || !tally.compressedHere?.length || manifest.kind !== 'manifest') return;
-  await options.blobInfo.record(dest.cacheScope, tally.compressedHere, { repository: dest.repository, manifest: manifest.digest });
+  await options.blobInfo.recordProven(dest.cacheScope, tally.compressedHere, { repository: dest.repository, manifest: manifest.digest });
 }
 
 /** Layer descriptors with the step that made each written as annotations. */
@@ -461,7 +463,11 @@ export async function copyDockerArchiveStream(
         const mediaType = compressor?.mediaType ?? MediaType.OCI_LAYER;
         const stored = await dest.putBlob(body, { mediaType });
         const diffId = gz ? gz.diffId() : hash!.digest;
-        if (compress) (tally.compressedHere ??= []).push({ diffId, descriptor: { mediaType, digest: stored.digest, size: stored.size } });
+        if (compress) {
+          const compressed: Descriptor = { mediaType, digest: stored.digest, size: stored.size };
+          (tally.compressedHere ??= []).push({ diffId, descriptor: compressed });
+          if (dest.repository) await options.blobInfo?.recordStored(dest.cacheScope, dest.repository, diffId, compressed);
+        }
         record(tally, { digest: stored.digest, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
         return { diffId, descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
       }

@@ -163,10 +163,13 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server', 'redis-c
     const otherManifest = JSON.parse(await fs.readFile(blobPath(s2, images.a.manifest), 'utf8')) as { layers: { digest: string; size: number }[] };
     const y = otherManifest.layers[0]!;
     // Every layer of the archive "was compressed to" the other image's layer: in the format of
-    // before (no proof) and with a proof that names a real image of the store.
-    for (const diffId of fx.basic.diffIds) {
-      await redis.cli('SET', `smartlayer:compressed:v1:file:${s2}:${diffId}`, JSON.stringify({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: y.digest, size: y.size }));
-      await redis.cli('SET', `smartlayer:compressed:v2:file:${s2}:${diffId}`, JSON.stringify({ digest: y.digest, repository: 'other', manifest: images.a.manifest }));
+    // before, and in today's two forms: with a proof naming a real image of the store (the first
+    // layer), and as just stored, the blob itself the evidence (the others).
+    const gzip = 'application/vnd.oci.image.layer.v1.tar+gzip';
+    for (const [i, diffId] of fx.basic.diffIds.entries()) {
+      await redis.cli('SET', `smartlayer:compressed:v1:file:${s2}:${diffId}`, JSON.stringify({ mediaType: gzip, digest: y.digest, size: y.size }));
+      const claim = { digest: y.digest, size: y.size, mediaType: gzip, repository: 'other', ...(i === 0 ? { manifest: images.a.manifest } : {}) };
+      await redis.cli('SET', `smartlayer:compressed:v2:file:${s2}:${diffId}`, JSON.stringify(claim));
     }
     const r = await smart(['push', `docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${s2}#app:1`, '--json', ...cache], { cacheHome: home });
     expect(r.code, r.stderr).toBe(0);

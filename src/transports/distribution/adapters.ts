@@ -102,8 +102,8 @@ export class DistributionDestination implements BlobDestination {
     this.repository = ref.repository;
   }
 
-  storedImage(repository: string, digest: Digest): ImageSource {
-    return new DistributionSource(this.store, { registry: '', repository, digest });
+  storedSource(repository: string): ImageSource {
+    return new DistributionSource(this.store, { registry: '', repository });
   }
 
   supportsManifestType(mediaType: string): boolean {

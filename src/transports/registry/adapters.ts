@@ -97,8 +97,8 @@ export class RegistryDestination implements BlobDestination {
     this.repository = ref.repository;
   }
 
-  storedImage(repository: string, digest: Digest): ImageSource {
-    return new RegistrySource(this.client, { registry: this.ref.registry, repository, digest }, { sharedClient: true });
+  storedSource(repository: string): ImageSource {
+    return new RegistrySource(this.client, { registry: this.ref.registry, repository }, { sharedClient: true });
   }
 
   supportsManifestType(mediaType: string): boolean {
