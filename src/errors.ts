@@ -20,6 +20,7 @@ export type ErrorCode =
   | 'STORAGE' // an I/O error of a storage backend
   | 'REGISTRY' // an error answered by a registry
   | 'CANCELLED'
+  | 'LOCKED' // another run holds the lock of the work asked for (cache index --fail-if-locked), or this run lost it
   | 'ADVICE' // smart cache lint --strict found something to say (exit 1)
   | 'INTERNAL';
 

@@ -1,34 +1,128 @@
 /**
  * What we learned compressing a layer for a destination: diff id → the compressed blob we stored
  * there. Lets a push of an uncompressed layer (docker save output) that was pushed before skip
- * compressing it again. Fed only with facts verified in this process; checked against the
- * destination (it must still hold the blob) before use.
+ * compressing it again. Fed only with facts verified in this process, and never believed alone,
+ * since a shared cache can be written by others: an entry is used only once the store confirms it.
+ *
+ * - Recorded with a proof (once the push that compressed the layer has committed its image): the
+ *   entry names that image; it is believed when the image, read from the store and verified against
+ *   its digests, lists the blob where its config lists the diff id. Two small reads per image.
+ * - Recorded as each layer is stored (a push killed before its manifest leaves only these): the
+ *   entry is believed when the blob, read back from the store, decompresses to the diff id. Costs a
+ *   read of the blob, still less than compressing and sending it again.
+ *
+ * A forged or stale entry is a miss: the layer is compressed again.
  */
-import { parseDigest, type Digest } from '../oci/digest.js';
+import { finished } from 'node:stream/promises';
+import { parseImageConfig } from '../oci/config.js';
+import { parseDigest, sha256Digest, type Digest } from '../oci/digest.js';
+import type { ImageSource } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
+import { layerCompression, layerMediaType } from '../oci/mediatypes.js';
+import { layerFromDescriptor, readBlob } from '../oci/partial.js';
+import { isValidRepository } from '../oci/reference.js';
 import type { MetadataCache } from './metadata-cache.js';
 
+/** An image the store holds that shows what its layers were compressed to: written and tagged by the push that compressed them. */
+export interface LayerProof {
+  repository: string;
+  manifest: Digest;
+}
+
+/** What checking an entry needs of a destination: its scope, and a way to read what it holds. */
+export interface ProvingStore {
+  readonly cacheScope: string;
+  storedSource?(repository: string): ImageSource;
+}
+
+interface Entry {
+  digest: Digest;
+  size: number;
+  mediaType: string;
+  /** The repository that holds the blob (and the proof image, when there is one). */
+  repository: string;
+  /** The proof image's manifest; absent: the blob itself is the evidence. */
+  manifest?: Digest;
+}
+
+/** A proof image as the store holds it: its layer blobs and, index for index, their diff ids. */
+interface ProofImage {
+  layers: readonly Descriptor[];
+  diffIds: readonly Digest[];
+}
+
+const MAX_CONFIG = 8 * 1024 * 1024;
+
 export class BlobInfoCache {
+  /** Proof images read in this process (one read per image however many layers it shows). */
+  private readonly proofs = new Map<string, Promise<ProofImage | undefined>>();
+  /** Entries as read, so that recording the same fact again writes nothing. */
+  private readonly seen = new Map<string, string>();
+
   constructor(private readonly cache: MetadataCache) {}
 
   private key(scope: string, diffId: Digest): string {
-    return `compressed:v1:${scope}:${diffId}`;
+    return `compressed:v2:${scope}:${diffId}`;
   }
 
-  async compressedFor(scope: string, diffId: Digest): Promise<Descriptor | undefined> {
-    const raw = await this.cache.get(this.key(scope, diffId));
-    if (!raw) return undefined;
-    try {
-      const d = JSON.parse(raw) as { mediaType: string; digest: string; size: number };
-      if (typeof d.mediaType !== 'string' || !Number.isSafeInteger(d.size)) return undefined;
-      return { mediaType: d.mediaType, digest: parseDigest(d.digest), size: d.size };
-    } catch {
-      return undefined;
+  /**
+   * The blob `diffId` was compressed to at `dest`, if `dest` itself confirms it (see the module
+   * comment), as it was compressed (OCI media type: the manifest's family is chosen when the
+   * image is written). Whether the blob is still linked where it is needed is the caller's check.
+   */
+  async compressedFor(dest: ProvingStore, diffId: Digest, signal?: AbortSignal): Promise<Descriptor | undefined> {
+    const key = this.key(dest.cacheScope, diffId);
+    const raw = await this.cache.get(key);
+    if (!raw || !dest.storedSource) return undefined;
+    this.seen.set(key, raw);
+    const entry = parseEntry(raw);
+    if (!entry) return undefined;
+    let found: Descriptor | undefined;
+    if (entry.manifest) {
+      const proof = await this.proofImage(dest, entry.repository, entry.manifest);
+      const i = proof ? proof.layers.findIndex((l, i) => l.digest === entry.digest && proof.diffIds[i] === diffId) : -1;
+      found = proof && i >= 0 ? proof.layers[i] : undefined;
+    } else {
+      const claimed = { mediaType: entry.mediaType, digest: entry.digest, size: entry.size };
+      found = (await decompressesTo(dest, entry.repository, claimed, diffId, signal)) ? claimed : undefined;
     }
+    const compression = found && layerCompression(found.mediaType);
+    if (!found || compression === undefined || compression === 'none') return undefined;
+    return { mediaType: layerMediaType('oci', compression), digest: found.digest, size: found.size };
   }
 
-  async record(scope: string, diffId: Digest, compressed: Descriptor): Promise<void> {
-    await this.cache.set(this.key(scope, diffId), JSON.stringify({ mediaType: compressed.mediaType, digest: compressed.digest, size: compressed.size }));
+  private proofImage(dest: ProvingStore, repository: string, manifest: Digest): Promise<ProofImage | undefined> {
+    const key = `${dest.cacheScope} ${repository}@${manifest}`;
+    let p = this.proofs.get(key);
+    if (!p) {
+      p = readProof(dest, repository, manifest);
+      this.proofs.set(key, p);
+    }
+    return p;
+  }
+
+  /** Records, as soon as it is stored in `repository`, what a layer was compressed to (evidence: the blob itself). */
+  async recordStored(scope: string, repository: string, diffId: Digest, compressed: Descriptor): Promise<void> {
+    await this.write([{ key: this.key(scope, diffId), entry: { digest: compressed.digest, size: compressed.size, mediaType: compressed.mediaType, repository } }]);
+  }
+
+  /**
+   * Records what these diff ids were compressed to at `scope`, with the image that shows it (just
+   * committed there). An entry that already says exactly this is not written again.
+   */
+  async recordProven(scope: string, layers: readonly { diffId: Digest; descriptor: Descriptor }[], proof: LayerProof): Promise<void> {
+    await this.write(
+      layers.map((l) => ({
+        key: this.key(scope, l.diffId),
+        entry: { digest: l.descriptor.digest, size: l.descriptor.size, mediaType: l.descriptor.mediaType, repository: proof.repository, manifest: proof.manifest },
+      })),
+    );
+  }
+
+  private async write(entries: { key: string; entry: Entry }[]): Promise<void> {
+    const changed = entries.map(({ key, entry }) => ({ key, value: JSON.stringify(entry) })).filter((e) => this.seen.get(e.key) !== e.value);
+    for (const e of changed) this.seen.set(e.key, e.value);
+    if (changed.length) await this.cache.setMany(changed);
   }
 
   /** Repositories of a registry where a blob was seen (newest first), to mount it from. */
@@ -49,4 +143,63 @@ export class BlobInfoCache {
     const next = [repository, ...known.filter((r) => r !== repository)].slice(0, 5);
     await this.cache.set(`location:v1:${scope}:${digest}`, JSON.stringify(next));
   }
+}
+
+function parseEntry(raw: string): Entry | undefined {
+  try {
+    const e = JSON.parse(raw) as Partial<Record<keyof Entry, unknown>>;
+    if (typeof e.digest !== 'string' || typeof e.mediaType !== 'string' || !Number.isSafeInteger(e.size)) return undefined;
+    if (typeof e.repository !== 'string' || !isValidRepository(e.repository)) return undefined;
+    if (e.manifest !== undefined && typeof e.manifest !== 'string') return undefined;
+    return {
+      digest: parseDigest(e.digest),
+      size: e.size as number,
+      mediaType: e.mediaType,
+      repository: e.repository,
+      ...(e.manifest !== undefined ? { manifest: parseDigest(e.manifest as string) } : {}),
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Runs `read` over a source of `repository` in the store; any failure (gone, unreadable, not so) is undefined. */
+async function reading<T>(dest: ProvingStore, repository: string, read: (source: ImageSource) => Promise<T | undefined>): Promise<T | undefined> {
+  let source: ImageSource;
+  try {
+    source = dest.storedSource!(repository);
+  } catch {
+    return undefined;
+  }
+  try {
+    return await read(source);
+  } catch {
+    return undefined;
+  } finally {
+    await source.close().catch(() => undefined);
+  }
+}
+
+/** The proof image read from the store, manifest and config verified against their digests. */
+function readProof(dest: ProvingStore, repository: string, manifest: Digest): Promise<ProofImage | undefined> {
+  return reading(dest, repository, async (source) => {
+    const m = await source.getManifestByDigest({ mediaType: '', digest: manifest, size: 0 });
+    if (m.kind !== 'manifest' || m.digest !== manifest) return undefined;
+    const configBytes = await readBlob(source, m.manifest.config, MAX_CONFIG);
+    if (sha256Digest(configBytes) !== m.manifest.config.digest) return undefined;
+    return { layers: m.manifest.layers, diffIds: parseImageConfig(configBytes).rootfs.diff_ids };
+  });
+}
+
+/** Whether the stored blob `claimed` (digest and size verified as it streams) decompresses to `diffId`. */
+async function decompressesTo(dest: ProvingStore, repository: string, claimed: Descriptor, diffId: Digest, signal?: AbortSignal): Promise<boolean> {
+  const compression = layerCompression(claimed.mediaType);
+  if (compression === undefined || compression === 'none') return false;
+  const ok = await reading(dest, repository, async (source) => {
+    const tar = await layerFromDescriptor(source, claimed, diffId).openUncompressed(signal ? { signal } : {});
+    tar.resume();
+    await finished(tar); // verified against the diff id: a mismatch errors instead of ending
+    return true;
+  });
+  return ok === true;
 }

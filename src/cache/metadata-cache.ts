@@ -2,12 +2,12 @@
  * The metadata cache: small facts (diff id → compressed digest, and later tags and manifests) kept
  * between runs. A hint, never the truth: every fact is re-checked against the store before it is
  * used, a miss or a stale entry changes speed and never the result, and a cache that fails is
- * reported once and then ignored.
+ * reported once and then ignored (except by the commands that exist to fill or read it: `strict`).
  */
 import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { isErrno } from '../errors.js';
+import { SmartError, isErrno, isSmartError } from '../errors.js';
 
 export interface MetadataCache {
   get(key: string): Promise<string | undefined>;
@@ -26,10 +26,18 @@ export interface MetadataCache {
   /** Removes the key; a key that is not there is no error. */
   delete(key: string): Promise<void>;
   /**
-   * Sets `key` only if it holds nothing (or an expired entry); true when this call set it. The one
-   * atomic step, for locks (one `cache index` run per store at a time).
+   * Sets `key` only if it holds nothing (or an expired entry); true when this call set it. With
+   * `renewIfEqual` and `deleteIfEqual`, the atomic steps of a lease (src/cache/lease.ts): one
+   * `cache index` run per store at a time.
    */
   setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean>;
+  /**
+   * Gives `key` a new time to live of `ttlSeconds` if it still holds `value` (unexpired); true when
+   * it did. Atomic on Redis (a script); on disk, see `DiskMetadataCache`.
+   */
+  renewIfEqual(key: string, value: string, ttlSeconds: number): Promise<boolean>;
+  /** Removes `key` if it still holds `value`; true when it did. Atomic like `renewIfEqual`. */
+  deleteIfEqual(key: string, value: string): Promise<boolean>;
   /** Releases connections so that the process can exit; the cache is not used afterwards. */
   close(): Promise<void>;
 }
@@ -57,15 +65,23 @@ export interface OpenMetadataCacheOptions {
   redisCa?: string[];
   /** Called at most once, when the cache fails: the run then goes on without it. */
   onWarning: (message: string) => void;
+  /**
+   * For the commands whose job is the cache itself (`smart cache`): a cache that fails is an error
+   * (SmartError STORAGE naming the cache), not a warning and silence.
+   */
+  strict?: boolean;
 }
 
 /**
  * The cache a command uses: Redis when `redisUrl` is set, else the disk, behind `forgivingCache`
- * (a cache that fails is one warning, then silence). Throws only for a `redisUrl` that does not
- * parse (SmartError USAGE); a Redis that is down is the warning, never an error. The Redis client
+ * (a cache that fails is one warning, then silence), or with `strict` behind `strictCache` (a cache
+ * that fails is an error). Throws only for a `redisUrl` that does not parse (SmartError USAGE); a
+ * Redis that is down is the warning (strict: the first operation's error). The Redis client
  * (ioredis) is loaded only here and only then. Call `close()` when the command ends.
  */
 export async function openMetadataCache(options: OpenMetadataCacheOptions): Promise<MetadataCache> {
+  let cache: MetadataCache;
+  let where: string;
   if (options.redisUrl) {
     const { createRedisMetadataCache } = await import('./redis-cache.js');
     const redis = await createRedisMetadataCache({
@@ -73,9 +89,13 @@ export async function openMetadataCache(options: OpenMetadataCacheOptions): Prom
       ...(options.keyPrefix !== undefined ? { keyPrefix: options.keyPrefix } : {}),
       ...(options.redisCa ? { ca: options.redisCa } : {}),
     });
-    return forgivingCache(redis, options.onWarning);
+    cache = redis;
+    where = `redis ${redis.where}`;
+  } else {
+    cache = new DiskMetadataCache(options.diskDir, options.keyPrefix ?? '');
+    where = options.diskDir;
   }
-  return forgivingCache(new DiskMetadataCache(options.diskDir, options.keyPrefix ?? ''), options.onWarning);
+  return options.strict ? strictCache(cache, where) : forgivingCache(cache, options.onWarning);
 }
 
 /** Runs `fn` over `items` with at most `limit` at once; answers in the order of `items`. */
@@ -93,6 +113,15 @@ async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T
 }
 
 const DISK_PARALLEL = 32;
+
+async function readIfThere(file: string): Promise<string | undefined> {
+  try {
+    return await fs.readFile(file, 'utf8');
+  } catch (e) {
+    if (isErrno(e, 'ENOENT')) return undefined;
+    throw e;
+  }
+}
 
 interface Entry {
   k: string;
@@ -117,21 +146,8 @@ export class DiskMetadataCache implements MetadataCache {
   }
 
   async get(key: string): Promise<string | undefined> {
-    let raw: string;
-    try {
-      raw = await fs.readFile(this.file(key), 'utf8');
-    } catch (e) {
-      if (isErrno(e, 'ENOENT')) return undefined;
-      throw e;
-    }
-    let entry: Entry;
-    try {
-      entry = JSON.parse(raw) as Entry;
-    } catch {
-      return undefined; // a damaged entry is a miss
-    }
-    if (entry.k !== this.keyPrefix + key || (entry.exp !== undefined && entry.exp < Date.now())) return undefined;
-    return entry.v;
+    const raw = await readIfThere(this.file(key));
+    return raw === undefined ? undefined : this.live(key, raw);
   }
 
   async set(key: string, value: string, ttlSeconds?: number): Promise<void> {
@@ -164,22 +180,73 @@ export class DiskMetadataCache implements MetadataCache {
     await fs.rm(this.file(key), { force: true });
   }
 
-  /** O_EXCL decides between racing processes; an expired entry is removed first (by whoever sees it). */
+  /**
+   * O_EXCL decides between racing processes. An expired (or damaged) entry is taken over by moving
+   * that very file aside first: of two processes that both saw it expire, one moves it and creates
+   * the new entry; the other then finds a live entry (or moved the new one, notices, and puts it
+   * back), so two never both get true.
+   */
   async setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     const file = this.file(key);
     const entry: Entry = { k: this.keyPrefix + key, v: value, exp: Date.now() + ttlSeconds * 1000 };
     await fs.mkdir(path.dirname(file), { recursive: true });
-    for (let attempt = 0; attempt < 2; attempt++) {
+    for (let attempt = 0; attempt < 3; attempt++) {
       try {
         await fs.writeFile(file, JSON.stringify(entry), { flag: 'wx' });
         return true;
       } catch (e) {
         if (!isErrno(e, 'EEXIST')) throw e;
       }
-      if ((await this.get(key)) !== undefined) return false;
-      await fs.rm(file, { force: true }); // expired or damaged: take it over
+      const seen = await readIfThere(file);
+      if (seen === undefined) continue; // gone meanwhile: try again
+      if (this.live(key, seen) !== undefined) return false;
+      const aside = `${file}.${randomUUID()}.stale`;
+      try {
+        await fs.rename(file, aside);
+      } catch (e) {
+        if (isErrno(e, 'ENOENT')) continue;
+        throw e;
+      }
+      const moved = await readIfThere(aside);
+      if (moved !== seen) {
+        // Not the expired entry: a new one, made between our read and the move. Put it back.
+        await fs.link(aside, file).catch(() => undefined);
+        await fs.rm(aside, { force: true });
+        return false;
+      }
+      await fs.rm(aside, { force: true });
     }
     return false;
+  }
+
+  /** The value an entry file's text holds for `key`, if it is that key's and unexpired. */
+  private live(key: string, raw: string): string | undefined {
+    let entry: Entry;
+    try {
+      entry = JSON.parse(raw) as Entry;
+    } catch {
+      return undefined; // a damaged entry is a miss
+    }
+    if (entry.k !== this.keyPrefix + key || (entry.exp !== undefined && entry.exp < Date.now())) return undefined;
+    return entry.v;
+  }
+
+  /**
+   * Read, compare, write (temporary name + rename). Not atomic against another process: the entry
+   * is a lease its holder renews well before it expires, so only a holder stalled past its own
+   * expiry races a taker here, and the lease helper stops renewing once its expiry has passed.
+   */
+  async renewIfEqual(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    if ((await this.get(key)) !== value) return false;
+    await this.set(key, value, ttlSeconds);
+    return true;
+  }
+
+  /** Read, compare, remove; not atomic against another process (see `renewIfEqual`). */
+  async deleteIfEqual(key: string, value: string): Promise<boolean> {
+    if ((await this.get(key)) !== value) return false;
+    await this.delete(key);
+    return true;
   }
 
   async close(): Promise<void> {}
@@ -228,6 +295,8 @@ export function forgivingCache(cache: MetadataCache, warn: (message: string) => 
     delete: (key) => guard(nothing, () => cache.delete(key)),
     // Without a working cache there is nothing to coordinate through: go ahead.
     setIfAbsent: (key, value, ttl) => guard(() => true, () => cache.setIfAbsent(key, value, ttl)),
+    renewIfEqual: (key, value, ttl) => guard(() => true, () => cache.renewIfEqual(key, value, ttl)),
+    deleteIfEqual: (key, value) => guard(() => true, () => cache.deleteIfEqual(key, value)),
     close: async () => {
       try {
         await cache.close();
@@ -235,5 +304,38 @@ export function forgivingCache(cache: MetadataCache, warn: (message: string) => 
         // closing a broken cache may fail too; nothing to do about it
       }
     },
+  };
+}
+
+/**
+ * Wraps a cache so that its failures are errors the command reports: SmartError STORAGE naming the
+ * cache (`where`: its directory, or the Redis servers), for the commands whose whole job is the
+ * cache (`smart cache index` fills it; plan, pull and warm read nothing else). Redis errors are
+ * already SmartErrors that name the server and are kept as they are.
+ */
+export function strictCache(cache: MetadataCache, where: string): MetadataCache {
+  const guard = async <T>(op: () => Promise<T>): Promise<T> => {
+    try {
+      return await op();
+    } catch (e) {
+      if (isSmartError(e)) throw e;
+      throw new SmartError('STORAGE', `metadata cache ${where}: ${e instanceof Error ? e.message : String(e)}`, { input: where, cause: e });
+    }
+  };
+  return {
+    get: (key) => guard(() => cache.get(key)),
+    set: (key, value, ttl) => guard(() => cache.set(key, value, ttl)),
+    getMany: (keys) =>
+      guard(async () => {
+        const values = await cache.getMany(keys);
+        if (values.length !== keys.length) throw new Error(`getMany answered ${values.length} values for ${keys.length} keys`);
+        return values;
+      }),
+    setMany: (entries) => guard(() => cache.setMany(entries)),
+    delete: (key) => guard(() => cache.delete(key)),
+    setIfAbsent: (key, value, ttl) => guard(() => cache.setIfAbsent(key, value, ttl)),
+    renewIfEqual: (key, value, ttl) => guard(() => cache.renewIfEqual(key, value, ttl)),
+    deleteIfEqual: (key, value) => guard(() => cache.deleteIfEqual(key, value)),
+    close: () => cache.close(),
   };
 }

@@ -179,6 +179,8 @@ export interface RedisCacheOptions {
 type Client = Redis | Cluster;
 type PipelineResult = [error: Error | null, result: unknown][] | null;
 
+const RENEW_IF_EQUAL = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+const DELETE_IF_EQUAL = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 const ALLOCATION_GROUP_ERROR = 'slots allocation group';
 const GENERIC_MESSAGES = ['Connection is closed', 'None of startup nodes is available', 'Failed to refresh slots cache', 'Cluster is disconnected'];
 
@@ -340,8 +342,20 @@ export class RedisMetadataCache implements MetadataCache {
   }
 
   async setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-    const r = await this.op('SET NX', () => this.client.set(this.k(key), value, 'EX', Math.max(1, Math.ceil(ttlSeconds)), 'NX'));
+    const r = await this.op('SET NX', () => this.client.set(this.k(key), value, 'PX', Math.max(1, Math.ceil(ttlSeconds * 1000)), 'NX'));
     return r === 'OK';
+  }
+
+  /** Redis's documented lock pattern: the compare and the change in one script, so atomic. */
+  async renewIfEqual(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const ms = Math.max(1, Math.ceil(ttlSeconds * 1000));
+    const r = await this.op('EVAL (renew if equal)', () => this.client.eval(RENEW_IF_EQUAL, 1, this.k(key), value, String(ms)));
+    return r === 1;
+  }
+
+  async deleteIfEqual(key: string, value: string): Promise<boolean> {
+    const r = await this.op('EVAL (delete if equal)', () => this.client.eval(DELETE_IF_EQUAL, 1, this.k(key), value));
+    return r === 1;
   }
 
   async getMany(keys: string[]): Promise<(string | undefined)[]> {

@@ -21,6 +21,42 @@ interface CacheFlags extends CommonFlags {
   registry?: string;
   top?: number;
   strict?: boolean;
+  failIfLocked?: boolean;
+  lease?: number;
+}
+
+/** How long work that was cancelled gets to stop by itself (release a lease, close a store) before the command ends anyway. */
+const CANCEL_GRACE_MS = 3000;
+
+/**
+ * A cache command's action under `--timeout` and Ctrl-C, as push and pull run theirs: both abort
+ * `cancel.signal`, which the library's loops and connections honour, so the work stops and cleans
+ * up (the index lock is released). Work that does not stop within a short grace (hashing a large
+ * build context) is left behind: the command ends with the cancellation all the same.
+ */
+function cancellable<A extends unknown[]>(action: (this: Command, ...args: A) => Promise<void>) {
+  return async function (this: Command, ...args: A): Promise<void> {
+    const flags = this.opts<CacheFlags>();
+    const timeout = flags.timeout ? setTimeout(() => cancel.abort(new SmartError('CANCELLED', `timed out after ${flags.timeout} s (--timeout)`)), flags.timeout * 1000) : undefined;
+    let rejectCancelled: (reason: unknown) => void = () => undefined;
+    const cancelled = new Promise<never>((_, reject) => (rejectCancelled = reject));
+    let grace: NodeJS.Timeout | undefined;
+    const onAbort = () => {
+      grace = setTimeout(() => rejectCancelled(cancel.signal.reason), CANCEL_GRACE_MS);
+    };
+    if (cancel.signal.aborted) onAbort();
+    else cancel.signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      await Promise.race([action.apply(this, args), cancelled]);
+    } catch (e) {
+      // The work's own error after a cancellation is the cancellation's doing: report that.
+      throw cancel.signal.aborted ? cancel.signal.reason : e;
+    } finally {
+      clearTimeout(timeout);
+      clearTimeout(grace);
+      cancel.signal.removeEventListener('abort', onAbort);
+    }
+  };
 }
 
 function buildArgs(list: string[] | undefined): Record<string, string> {
@@ -107,22 +143,39 @@ async function printCacheFrom(r: PullResult, flags: CacheFlags, out: Output, std
 export function addCacheCommands(program: Command): void {
   const cache = program.command('cache').description('the layer trie of a store: build-cache plans, precise cache pulls, warming, lint');
 
-  addCommonOptions(cache.command('index').description('build or refresh the layer trie of a whole store (safe from cron)').argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')).action(
-    async function (this: Command, store: string) {
+  addCommonOptions(
+    cache
+      .command('index')
+      .description('build or refresh the layer trie of a whole store (safe from cron: one run per store at a time)')
+      .argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')
+      .option('--fail-if-locked', 'exit 1 (not 0) when another run holds the store\'s index lock')
+      .addOption(
+        new Option('--lease <seconds>', 'the index lock\'s lease: renewed while the run lives, released when it ends; a killed run blocks others this long')
+          .argParser(commanderParser(positiveInt('--lease', 3600)))
+          .default(30),
+      ),
+  ).action(
+    cancellable(async function (this: Command, store: string) {
       const flags = this.opts<CacheFlags>();
       const out = new Output(outputOptions(flags));
       const { indexStore } = await import('../ops/cache.js');
       const s = await session(flags, out, { read: [store], write: [] });
       try {
-        const r = await indexStore(store, s.ctx);
-        if (r.skipped) out.info(`${r.store}: another index run is in progress; nothing done`);
-        else out.info(`${r.store}: ${r.tags} tags in ${r.repositories} repositories; ${r.refreshed} refreshed, ${r.unchanged} unchanged, ${r.failed.length} failed; ${r.nodes} layer chains`);
+        const r = await indexStore(store, s.ctx, { ...(flags.lease ? { leaseSeconds: flags.lease } : {}) });
+        if (r.skipped) {
+          const message = `${r.store}: another index run holds the lock${r.lockedBy ? ` (pid ${r.lockedBy.pid} on ${r.lockedBy.host})` : ''}; nothing done`;
+          if (flags.json) out.json(r);
+          if (flags.failIfLocked) throw new SmartError('LOCKED', message, { input: store, hint: 'it is released when that run ends, or one lease after it was killed' });
+          out.info(message);
+          return;
+        }
+        out.info(`${r.store}: ${r.tags} tags in ${r.repositories} repositories; ${r.refreshed} refreshed, ${r.unchanged} unchanged, ${r.failed.length} failed; ${r.nodes} layer chains`);
         for (const f of r.failed) out.warn(`${f.image}: ${f.error}`);
         if (flags.json) out.json(r);
       } finally {
         await s.close();
       }
-    },
+    }),
   );
 
   const planLike = (cmd: Command) =>
@@ -142,7 +195,7 @@ export function addCacheCommands(program: Command): void {
       .argument('<store>', 'file:ROOT, s3://BUCKET[/ROOT] or docker://HOST[:PORT]')
       .argument('[context]', 'the build context (default: .)')
       .option('--image <source>', 'plan for a built image instead: which stored images share most of its layers'),
-  ).action(async function (this: Command, store: string, context: string | undefined) {
+  ).action(cancellable(async function (this: Command, store: string, context: string | undefined) {
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
     const ops = await import('../ops/cache.js');
@@ -166,7 +219,7 @@ export function addCacheCommands(program: Command): void {
     } finally {
       await s.close();
     }
-  });
+  }));
 
   planLike(
     cache
@@ -182,7 +235,7 @@ export function addCacheCommands(program: Command): void {
       .option('--tag <name:tag>', 'the name of a docker-archive written (default: smartcache/REPO:CHAIN, what --print-cache-from docker names)')
       .option('--registry <host[:port]>', 'the registry serving this store, for --print-cache-from (default: the store\'s for docker://)')
       .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
-  ).action(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
+  ).action(cancellable(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
     const flags = this.opts<CacheFlags>();
     // `cache pull STORE DEST` (context omitted): an image name is never a directory.
     if (context && !destination && /^[a-z0-9-]+:/.test(context) && !context.startsWith('/')) {
@@ -223,7 +276,7 @@ export function addCacheCommands(program: Command): void {
     } finally {
       await s.close();
     }
-  });
+  }));
 
   addCommonOptions(
     cache
@@ -238,7 +291,7 @@ export function addCacheCommands(program: Command): void {
       .option('--build-arg <key=value>', 'with --for: a build argument (repeatable)', collect, [])
       .option('--repo <repository>', 'with --for: the repository being built')
       .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
-  ).action(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
+  ).action(cancellable(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
     if (!flags.for && (context || destination)) throw new SmartError('USAGE', 'cache warm takes a context and a destination only with --for DOCKERFILE', { input: context ?? destination });
@@ -266,7 +319,7 @@ export function addCacheCommands(program: Command): void {
     } finally {
       await s.close();
     }
-  });
+  }));
 
   cache
     .command('lint')

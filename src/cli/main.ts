@@ -47,6 +47,7 @@ export async function runTransfer(mode: 'push' | 'pull', source: string, destina
     ...(flags.dockerfile ? { dockerfile: dockerfileOption(flags) } : {}),
     cacheDir: flags.cacheDir ?? defaultCacheDir(),
     ...((flags.redis ?? process.env.SMART_REDIS_URL) ? { redisUrl: (flags.redis ?? process.env.SMART_REDIS_URL)! } : {}),
+    ...(flags.tagCacheTtl ? { tagCacheTtlS: flags.tagCacheTtl } : {}),
     ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
     ...(flags.link ? { link: true } : {}),
     ...(flags.force ? { force: true } : {}),

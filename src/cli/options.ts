@@ -50,6 +50,7 @@ export interface CommonFlags {
   platform?: string;
   cacheDir?: string;
   compressionLevel?: number;
+  tagCacheTtl?: number;
 }
 
 /**
@@ -112,6 +113,18 @@ export const COMMON_OPTIONS: readonly OptionSpec[] = [
   { flags: '--s3-region <region>', description: 'S3 region (default: $AWS_REGION, then us-east-1)' },
 ];
 
+/** Which image a source's tag names: asked of the store every time, unless the user trades that away. */
+const TAG_CACHE_TTL_OPTION: OptionSpec = {
+  flags: '--tag-cache-ttl <seconds>',
+  description:
+    "use what the metadata cache learned of a source tag within this long instead of asking the store; the cache, and whoever can write it, then decides which image the tag means (default 0: always ask the store)",
+  parse: (v: string): number => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n > 86_400) throw new Error('--tag-cache-ttl must be an integer from 0 to 86400 (seconds)');
+    return n;
+  },
+};
+
 /** `push`'s own options, before the common ones. */
 export const PUSH_OPTIONS: readonly OptionSpec[] = [
   { flags: '--compression <format>', description: 'what layers that must be compressed become', choices: ['gzip', 'zstd'], default: 'gzip' },
@@ -124,6 +137,7 @@ export const PUSH_OPTIONS: readonly OptionSpec[] = [
   { flags: '--context <dir>', description: 'the build context of --dockerfile (default: its directory)' },
   { flags: '--target <stage>', description: 'the stage of --dockerfile that was built (default: the last)' },
   { flags: '--build-arg <key=value>', description: 'a build argument the image was built with (repeatable)', repeatable: true },
+  TAG_CACHE_TTL_OPTION,
 ];
 
 /** `pull`'s own options, before the common ones. */
@@ -132,6 +146,7 @@ export const PULL_OPTIONS: readonly OptionSpec[] = [
   { flags: '--link', description: 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)' },
   { flags: '--prune [days]', description: 'after the pull, remove layers that no image pulled within DAYS (default 7) uses' },
   { flags: '--force', description: 'let rootfs:/bundle: replace a non-empty directory that smart pull did not make (its contents are lost)' },
+  TAG_CACHE_TTL_OPTION,
 ];
 
 interface ParsedFlags {

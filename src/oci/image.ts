@@ -56,6 +56,13 @@ export interface ImageSource {
   getManifest(): Promise<ParsedManifest>;
   /** A manifest named by an index. */
   getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest>;
+  /**
+   * What the reference names now, without reading the manifest: one HEAD on a registry, one read
+   * of the tag's link in a store. Undefined when the source cannot tell that cheaply (then
+   * `getManifest` answers). Present on sources whose tags move (stores), so that a cache of
+   * manifests by digest can serve a tag and still follow it.
+   */
+  headManifest?(): Promise<ManifestHead | undefined>;
   getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable>;
   /**
    * Bytes `start`..`endInclusive` of a blob, unverified (the caller verifies the whole): present
@@ -67,6 +74,14 @@ export interface ImageSource {
   /** Where each blob read so far came from (digest → registry), for sources with several (mirrors). */
   origins?(): Record<string, string>;
   close(): Promise<void>;
+}
+
+/** A top-level manifest as a store names it, before its bytes are read. */
+export interface ManifestHead {
+  digest: Digest;
+  /** As the store declares it, when it does. */
+  mediaType?: string;
+  size?: number;
 }
 
 /** What a destination does to layers (as containers/image's DesiredLayerCompression). */
@@ -107,6 +122,14 @@ export interface BlobDestination {
   /** Names the blob namespace (a whole store, not one repository) for facts cached about it. */
   readonly cacheScope: string;
   readonly layerCompression: LayerCompressionPolicy;
+  /** The repository written, in destinations that have repositories (registries and their storage). */
+  readonly repository?: string;
+  /**
+   * A source over `repository` of this same store, to check a cached fact against what the store
+   * holds: manifests by digest (`getManifestByDigest`) and blobs, verified as any source's. It
+   * names no image (`getManifest` is not for it). Closing it leaves the destination's connections open.
+   */
+  storedSource?(repository: string): ImageSource;
   supportsManifestType(mediaType: string): boolean;
   /**
    * If the blob is already there, or can be made available without its bytes (linked or mounted

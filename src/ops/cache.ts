@@ -133,43 +133,69 @@ export interface IndexSummary {
   unchanged: number;
   failed: { image: string; error: string }[];
   nodes: number;
+  /** Another run holds the store's index lock: nothing was done. */
   skipped?: 'locked';
+  /** Who holds it, as its lock entry says. */
+  lockedBy?: { pid: number; host: string };
 }
 
-const LOCK_TTL_S = 3600;
 /** What an index record holds changed (layer summaries, builder references): older records are made again. */
 const RECORD_VERSION = 2;
+/** How long the index lock lasts without renewal: what a killed run costs the next one. */
+export const INDEX_LEASE_S = 30;
+
+export interface IndexOptions {
+  /** The index lock's lease in seconds (default INDEX_LEASE_S); renewed every third of it while the run lives. */
+  leaseSeconds?: number;
+}
 
 /**
  * Builds or refreshes the trie of a whole store. Incremental: a tag whose manifest digest is the
- * one the last run saw is not fetched again. Runs exclusively per store (a lock in the metadata
- * cache; a second run started meanwhile reports `skipped: 'locked'`), and writes only complete
- * nodes, so cron runs and pushes never corrupt it.
+ * one the last run saw is not fetched again. Runs exclusively per store: a lease in the metadata
+ * cache (src/cache/lease.ts), renewed while the run lives and released when it ends, however it
+ * ends; a run started meanwhile reports `skipped: 'locked'`. Writes only complete nodes, so cron
+ * runs and pushes never corrupt it. Stops (throws the reason) when `ctx.endpoints.signal` aborts or
+ * the lease is lost. The cache is written through: open it strict, so that a cache that cannot be
+ * written fails the run (`openCacheSession`).
  */
-export async function indexStore(storeName: string, ctx: CacheContext): Promise<IndexSummary> {
+export async function indexStore(storeName: string, ctx: CacheContext, options: IndexOptions = {}): Promise<IndexSummary> {
   const store = await openStore(storeName, ctx.endpoints);
   try {
     const trie = new CachedTrieStore(ctx.cache, store.scope);
-    const lockKey = `trie:v1:${store.scope}:lock`;
-    const token = `${process.pid}-${Date.now()}`;
-    if (!(await ctx.cache.setIfAbsent(lockKey, token, LOCK_TTL_S))) {
-      return { store: store.scope, repositories: 0, tags: 0, refreshed: 0, unchanged: 0, failed: [], nodes: 0, skipped: 'locked' };
+    const { acquireLease } = await import('../cache/lease.js');
+    const got = await acquireLease(ctx.cache, `trie:v1:${store.scope}:lock`, {
+      ttlSeconds: options.leaseSeconds ?? INDEX_LEASE_S,
+      what: `the index lock of ${store.scope}`,
+      ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
+    });
+    if ('heldBy' in got) {
+      return { store: store.scope, repositories: 0, tags: 0, refreshed: 0, unchanged: 0, failed: [], nodes: 0, skipped: 'locked', ...(got.heldBy ? { lockedBy: got.heldBy } : {}) };
     }
+    const signal = ctx.endpoints.signal ? AbortSignal.any([ctx.endpoints.signal, got.lease.signal]) : got.lease.signal;
     try {
-      return await buildIndex(store, trie, ctx);
+      return await buildIndex(store, trie, ctx, signal);
     } finally {
-      if ((await ctx.cache.get(lockKey)) === token) await ctx.cache.delete(lockKey);
+      await got.lease.release();
     }
   } finally {
     await store.close();
   }
 }
 
-async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheContext): Promise<IndexSummary> {
+async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheContext, signal: AbortSignal): Promise<IndexSummary> {
   const platform = platformOf(ctx);
   const limit = pLimit(Math.max(1, ctx.jobs ?? 8));
   const repos = await store.repositories();
-  const refs = (await Promise.all(repos.map((repository) => limit(async () => (await store.tags(repository)).map((tag) => ({ repository, tag })))))).flat();
+  const refs = (
+    await Promise.all(
+      repos.map((repository) =>
+        limit(async () => {
+          signal.throwIfAborted();
+          return (await store.tags(repository)).map((tag) => ({ repository, tag }));
+        }),
+      ),
+    )
+  ).flat();
   const previous = await trie.getImageRecords(refs);
   const failed: IndexSummary['failed'] = [];
   let refreshed = 0;
@@ -177,6 +203,7 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
     refs.map((ref, i) =>
       limit(async (): Promise<IndexedImage | undefined> => {
         const name = `${ref.repository}:${ref.tag}`;
+        signal.throwIfAborted();
         try {
           const digest = await store.tagDigest(ref.repository, ref.tag);
           if (!digest) return undefined;
@@ -194,6 +221,7 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
             await source.close();
           }
         } catch (e) {
+          if (signal.aborted) throw signal.reason;
           // An image of another platform only, or a broken one: the rest of the store is indexed.
           failed.push({ image: name, error: (e as Error).message });
           return undefined;
@@ -206,9 +234,16 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
   const nodes = new Map<string, TrieNode>();
   for (const image of present) for (const n of nodesOf(image, nodes, true)) nodes.set(n.chainId, n);
   const all = [...nodes.values()];
-  for (let i = 0; i < all.length; i += 1000) await trie.putNodes(all.slice(i, i + 1000));
+  for (let i = 0; i < all.length; i += 1000) {
+    signal.throwIfAborted();
+    await trie.putNodes(all.slice(i, i + 1000));
+  }
   const edges = edgesOf(all);
-  for (let i = 0; i < edges.length; i += 1000) await trie.addEdges(edges.slice(i, i + 1000));
+  for (let i = 0; i < edges.length; i += 1000) {
+    signal.throwIfAborted();
+    await trie.addEdges(edges.slice(i, i + 1000));
+  }
+  signal.throwIfAborted();
   await trie.putImageRecords(present);
   // The most shared chains, deepest first among equals: what `cache warm --top` fetches.
   const top = all
@@ -566,6 +601,13 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
   const { image, source } = await imageOf(store, repository, best.manifest, platform);
   try {
     const keep = best.layers.length;
+    // The plan comes from the trie, a hint: it is followed only as far as the stored image agrees.
+    if (!holdsChain(image.layers.slice(0, keep), chainIds(best.layers.map((l) => l.diffId)).at(-1)!)) {
+      throw new SmartError('NOT_FOUND', `${best.image}@${best.manifest} does not hold the ${keep} layers the plan names (the index is older than the store)`, {
+        input: `${best.image}@${best.manifest}`,
+        hint: `run smart cache index ${storeName}`,
+      });
+    }
     if (ctx.destination) {
       const { parseImageName } = await import('../transports/names.js');
       const { openDestination } = await import('./endpoints.js');
@@ -597,6 +639,7 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
       const options = {
         platform,
         jobs: ctx.jobs ?? 4,
+        ...(ctx.endpoints.signal ? { signal: ctx.endpoints.signal } : {}),
         onLayer: (e: { status: string; bytes: number; digest: string }) => {
           // Per step, the same layer is written several times but fetched once.
           if (e.status === 'skipped' || counted.has(e.digest)) return;
@@ -627,7 +670,8 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
     await Promise.all(
       image.layers.slice(0, keep).map((layer) =>
         limit(async () => {
-          const how = await layerStore.ensure(layer.diffId, () => layer.openUncompressed());
+          const signal = ctx.endpoints.signal;
+          const how = await layerStore.ensure(layer.diffId, () => layer.openUncompressed(signal ? { signal } : {}), signal);
           if (how === 'fetched') {
             fetched++;
             bytes += layer.descriptor.size;
@@ -724,26 +768,38 @@ export interface WarmResult {
 /**
  * Prefetches into the local layer store the chains most shared across the store (as the last
  * `cache index` counted them): what cron runs on build machines so the next build finds its cache.
+ * The trie only chooses: each chain is read from the image the store holds (by manifest digest,
+ * verified), and a chain that image does not hold (an index older than the store, or a forged
+ * entry) is skipped with a warning. Stops (throws the reason) when `ctx.endpoints.signal` aborts.
  */
 export async function warmStore(storeName: string, top: number, ctx: CacheContext & { layerStore: import('../cache/layer-store.js').LayerStore }): Promise<WarmResult> {
   const store = await openStore(storeName, ctx.endpoints);
   const platform = platformOf(ctx);
+  const signal = ctx.endpoints.signal;
   try {
     const trie = new CachedTrieStore(ctx.cache, store.scope);
     const chosen = (await trie.getTop()).slice(0, top);
+    if (chosen.length === 0) ctx.onWarning?.(`the metadata cache holds no index of ${store.scope}: run smart cache index ${storeName} first`);
     const nodes = (await trie.getNodes(chosen)).filter((n): n is TrieNode => n !== undefined);
-    const result: WarmResult = { chains: nodes.length, layers: 0, fetched: 0, bytes: 0 };
+    const result: WarmResult = { chains: 0, layers: 0, fetched: 0, bytes: 0 };
     const done = new Set<string>();
     for (const node of nodes) {
+      signal?.throwIfAborted();
       const ref = node.images[0];
       if (!ref) continue;
       const { image, source } = await imageOf(store, ref.repository, ref.manifest, platform);
       try {
-        for (const layer of image.layers.slice(0, node.depth)) {
+        const layers = image.layers.slice(0, node.depth);
+        if (!holdsChain(layers, node.chainId)) {
+          ctx.onWarning?.(`${ref.repository}@${ref.manifest} does not hold the chain the index names (${node.chainId}); skipped: run smart cache index ${storeName}`);
+          continue;
+        }
+        result.chains++;
+        for (const layer of layers) {
           if (done.has(layer.diffId)) continue;
           done.add(layer.diffId);
           result.layers++;
-          if ((await ctx.layerStore.ensure(layer.diffId, () => layer.openUncompressed())) === 'fetched') {
+          if ((await ctx.layerStore.ensure(layer.diffId, () => layer.openUncompressed(signal ? { signal } : {}), signal)) === 'fetched') {
             result.fetched++;
             result.bytes += layer.descriptor.size;
           }
@@ -756,6 +812,11 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
   } finally {
     await store.close();
   }
+}
+
+/** True when `layers` (an image's first ones, from the store) are exactly the chain `chainId` names. */
+function holdsChain(layers: readonly { diffId: Digest }[], chainId: Digest): boolean {
+  return layers.length > 0 && chainIds(layers.map((l) => l.diffId)).at(-1) === chainId;
 }
 
 export async function lint(dockerfile: string, contextDir: string) {
@@ -778,7 +839,11 @@ export interface CacheSession {
   close(): Promise<void>;
 }
 
-/** What every cache command needs: the metadata cache (disk or Redis), endpoints settings, the layer store. */
+/**
+ * What every cache command needs: the metadata cache (disk or Redis), endpoints settings, the layer
+ * store. The cache is strict: its trie is what these commands fill or read, so a cache that cannot
+ * be reached or written is an error (SmartError STORAGE), where push and pull go on without it.
+ */
 export async function openCacheSession(options: {
   cacheDir: string;
   redisUrl?: string;
@@ -791,7 +856,7 @@ export async function openCacheSession(options: {
 }): Promise<CacheSession> {
   const { openCache } = await import('./transfer.js');
   const { LayerStore } = await import('../cache/layer-store.js');
-  const cache = await openCache({ cacheDir: options.cacheDir, ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}), ...(options.onWarning ? { onWarning: options.onWarning } : {}) });
+  const cache = await openCache({ cacheDir: options.cacheDir, strict: true, ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}), ...(options.onWarning ? { onWarning: options.onWarning } : {}) });
   const endpoints: EndpointContext = {
     stdin: process.stdin,
     stdout: process.stdout,

@@ -71,6 +71,8 @@ interface Tally {
   mounted: number;
   foreign: number;
   bytes: number;
+  /** Uncompressed layers the destination now holds compressed (compressed here, or found compressed before). */
+  compressedHere?: { diffId: Digest; descriptor: Descriptor }[];
 }
 
 function record(tally: Tally, event: LayerEvent, options: CopyOptions): void {
@@ -243,11 +245,12 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
   }
   const compression = layerCompression(desc.mediaType);
   if (compression === 'none' && dest.layerCompression === 'compress') {
-    // Compressed for this destination before? Then it only has to still be there.
-    const known = await options.blobInfo?.compressedFor(dest.cacheScope, layer.diffId);
+    // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
+    const known = await options.blobInfo?.compressedFor(dest, layer.diffId, signal);
     const reuse = known && (await dest.reuseBlob(known));
     if (known && reuse) {
       record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType }, options);
+      (tally.compressedHere ??= []).push({ diffId: layer.diffId, descriptor: known });
       return { ...desc, ...known };
     }
     const compressor = await compressorFor(options);
@@ -256,7 +259,9 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
     const gz = compressor.compress(await layer.open(openOptions(layer, options, signal)), desc.digest);
     const stored = await dest.putBlob(gz.stream, { mediaType: compressor.mediaType, signal });
     const compressed: Descriptor = { ...desc, mediaType: compressor.mediaType, digest: stored.digest, size: stored.size };
-    await options.blobInfo?.record(dest.cacheScope, gz.diffId(), compressed);
+    (tally.compressedHere ??= []).push({ diffId: gz.diffId(), descriptor: compressed });
+    // At once, not only with the image: a push killed before its manifest still spares the next one the work.
+    if (dest.repository) await options.blobInfo?.recordStored(dest.cacheScope, dest.repository, gz.diffId(), compressed);
     record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: compressor.mediaType }, options);
     return compressed;
   }
@@ -348,6 +353,15 @@ async function finishImage(
   return { manifest, converted, config };
 }
 
+/**
+ * Tells the blob-info cache what uncompressed layers became at the destination, with the image
+ * just committed there as the proof a later push checks before believing it.
+ */
+async function recordCompressed(dest: BlobDestination, tally: Tally, manifest: ParsedManifest, options: CopyOptions): Promise<void> {
+  if (!options.blobInfo || !dest.repository || !tally.compressedHere?.length || manifest.kind !== 'manifest') return;
+  await options.blobInfo.recordProven(dest.cacheScope, tally.compressedHere, { repository: dest.repository, manifest: manifest.digest });
+}
+
 /** Layer descriptors with the step that made each written as annotations. */
 function annotate(layers: Descriptor[], steps: (StepKey | undefined)[]): Descriptor[] {
   return layers.map((d, i) => {
@@ -437,6 +451,7 @@ export async function copyImage(source: ImageSource, dest: BlobDestination, opti
     );
     if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
     const done = await finishImage(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType), configBytes: image.configBytes }, layers, options);
+    await recordCompressed(dest, tally, done.manifest, options);
     await options.onCopied?.({ image, layers, manifest: done.manifest });
     return summary(source.name, dest.name, done, image.layers.length, tally);
   } catch (e) {
@@ -495,7 +510,11 @@ export async function copyDockerArchiveStream(
         const mediaType = compressor?.mediaType ?? MediaType.OCI_LAYER;
         const stored = await dest.putBlob(body, { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
         const diffId = gz ? gz.diffId() : hash!.digest;
-        if (compress) await options.blobInfo?.record(dest.cacheScope, diffId, { mediaType, digest: stored.digest, size: stored.size });
+        if (compress) {
+          const compressed: Descriptor = { mediaType, digest: stored.digest, size: stored.size };
+          (tally.compressedHere ??= []).push({ diffId, descriptor: compressed });
+          if (dest.repository) await options.blobInfo?.recordStored(dest.cacheScope, dest.repository, diffId, compressed);
+        }
         record(tally, { digest: stored.digest, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
         return { diffId, descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
       }
@@ -528,6 +547,7 @@ export async function copyDockerArchiveStream(
     let layers = streamed.layers.map((l) => l.descriptor);
     if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
     const done = await finishImage(dest, { family: 'docker', configBytes: streamed.configBytes }, layers, options);
+    await recordCompressed(dest, tally, done.manifest, options);
     await options.onCopied?.({ image, layers, manifest: done.manifest });
     return summary(sourceName, dest.name, done, streamed.layers.length, tally);
   } catch (e) {

@@ -2,6 +2,7 @@
  * A whole store (`file:ROOT`, `s3://BUCKET[/ROOT]`, `docker://HOST`) as the cache commands see it:
  * its repositories, their tags, what a tag points at, and an image source for any of them.
  */
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError } from '../errors.js';
 import { isDigest, type Digest } from '../oci/digest.js';
@@ -30,6 +31,10 @@ export async function openStore(name: string, ctx: EndpointContext): Promise<Sto
     const { DistributionSource } = await import('../transports/distribution/adapters.js');
     let store;
     if (parsed.transport === 'file') {
+      // A store that is not there is an error, not an empty store (a typo in a cron line).
+      const st = await fs.stat(parsed.root).catch(() => undefined);
+      if (!st) throw new SmartError('NOT_FOUND', `${name}: no such directory ${parsed.root}`, { input: name });
+      if (!st.isDirectory()) throw new SmartError('NOT_AN_IMAGE', `${name}: ${parsed.root} is not a directory (the registry storage root)`, { input: name });
       const { FsDriver } = await import('../storage/fs-driver.js');
       store = new DistributionStore(new FsDriver(path.resolve(parsed.root)));
     } else {

@@ -31,6 +31,11 @@ export interface TransferRequest {
   cacheDir?: string;
   /** Share the metadata cache in Redis (`redis://`, `rediss://`, `redis+cluster://`) instead of the disk. */
   redisUrl?: string;
+  /**
+   * Use what the metadata cache learned of a source's tag within this many seconds without asking
+   * the store (see CachedSourceOptions: the cache then decides which image the tag means). Default 0.
+   */
+  tagCacheTtlS?: number;
   /** Registry and S3 settings. */
   remote?: RemoteOptions;
   /** The local layer store for root filesystems and bundles (default: CACHE_DIR/layer-store; none without a cache dir). */
@@ -53,12 +58,13 @@ export function defaultJobs(): number {
   return Math.max(4, os.availableParallelism());
 }
 
-/** The metadata cache of a run: Redis when asked for, else on disk under the cache dir. */
-export async function openCache(options: { cacheDir: string; redisUrl?: string; onWarning?: (m: string) => void }) {
+/** The metadata cache of a run: Redis when asked for, else on disk under the cache dir (`strict`: see openMetadataCache). */
+export async function openCache(options: { cacheDir: string; redisUrl?: string; strict?: boolean; onWarning?: (m: string) => void }) {
   const { openMetadataCache } = await import('../cache/metadata-cache.js');
   return openMetadataCache({
     diskDir: path.join(options.cacheDir, 'metadata'),
     ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}),
+    ...(options.strict ? { strict: true } : {}),
     onWarning: options.onWarning ?? (() => undefined),
   });
 }
@@ -75,15 +81,16 @@ async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['d
 }
 
 async function indexCopied(cache: MetadataCache, scope: string, ref: Reference, copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) {
-  const { TAG_TTL_S, tagKey } = await import('./cached-source.js');
+  const { recordTag } = await import('./cached-source.js');
   const { CachedTrieStore, indexedImageOf } = await import('../cache/trie-store.js');
   // What a push leaves in the store, as the trie records it (every push keeps the trie fresh).
   const trie = new CachedTrieStore(cache, scope);
   const layers = copied.image.layers.map((l, i) => ({ ...l, descriptor: copied.layers[i] ?? l.descriptor }));
   const [current] = await Promise.all([
     ref.tag ? trie.getImageRecords([{ repository: ref.repository, tag: ref.tag }]).then((r) => r[0]) : undefined,
-    // Our own push moved the tag: what the cache says of it must move too (another key: meanwhile).
-    ref.tag ? cache.set(tagKey(scope, ref.repository, ref.tag), copied.manifest.digest, TAG_TTL_S) : undefined,
+    // Our own push moved the tag: what the cache last saw of it moves too (only `--tag-cache-ttl`
+    // trusts that entry; everyone else asks the store).
+    ref.tag ? recordTag(cache, scope, ref.repository, ref.tag, copied.manifest.digest) : undefined,
   ]);
   // The steps follow from the manifest and its config alone: the tag pushed again with the same
   // manifest keeps those its record holds, without loading the Dockerfile parser to find them.
@@ -172,7 +179,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   if (cache && source.kind === 'random' && (src.transport === 'file' || src.transport === 's3' || src.transport === 'docker') && src.ref) {
     const { CachedSource } = await import('./cached-source.js');
     const scope = src.transport === 'docker' ? `docker://${src.ref.registry}` : sourceScope(src);
-    source.source = new CachedSource(source.source, cache, scope, src.ref);
+    source.source = new CachedSource(source.source, cache, scope, src.ref, { ...(req.tagCacheTtlS ? { tagCacheTtlS: req.tagCacheTtlS } : {}) });
   }
   let destination: Awaited<ReturnType<typeof openDestination>> | undefined;
   try {

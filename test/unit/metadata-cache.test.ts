@@ -198,6 +198,40 @@ for (const c of cases) {
       expect(z).toBe(value);
     });
 
+    it('leases: setIfAbsent once, renewIfEqual and deleteIfEqual only for the holder, expiry frees it', async () => {
+      const cache = await c.make(freshPrefix());
+      expect(await cache.setIfAbsent('lock', 'mine', 1)).toBe(true);
+      expect(await cache.setIfAbsent('lock', 'theirs', 1)).toBe(false);
+      expect(await cache.renewIfEqual('lock', 'theirs', 1)).toBe(false);
+      expect(await cache.deleteIfEqual('lock', 'theirs')).toBe(false);
+      expect(await cache.get('lock')).toBe('mine');
+      // Renewed by its holder: still there after its first second.
+      await sleep(600);
+      expect(await cache.renewIfEqual('lock', 'mine', 1)).toBe(true);
+      await sleep(600);
+      expect(await cache.get('lock')).toBe('mine');
+      expect(await cache.deleteIfEqual('lock', 'mine')).toBe(true);
+      expect(await cache.get('lock')).toBeUndefined();
+      expect(await cache.deleteIfEqual('lock', 'mine')).toBe(false);
+      // Not renewed: gone after its lease, and then another can take it (but not renew the old one).
+      expect(await cache.setIfAbsent('lock', 'mine', 0.5)).toBe(true);
+      await sleep(700);
+      expect(await cache.renewIfEqual('lock', 'mine', 1)).toBe(false);
+      expect(await cache.setIfAbsent('lock', 'theirs', 1)).toBe(true);
+      expect(await cache.deleteIfEqual('lock', 'mine')).toBe(false);
+      expect(await cache.get('lock')).toBe('theirs');
+    });
+
+    it('leases: of 20 racing takers of an expired entry, exactly one wins', async () => {
+      const prefix = freshPrefix();
+      const caches = await Promise.all(Array.from({ length: 20 }, () => c.make(prefix)));
+      expect(await caches[0]!.setIfAbsent('race', 'old', 0.2)).toBe(true);
+      await sleep(400);
+      const won = await Promise.all(caches.map((cache, i) => cache.setIfAbsent('race', `taker ${i}`, 10)));
+      expect(won.filter(Boolean)).toHaveLength(1);
+      expect(await caches[0]!.get('race')).toBe(`taker ${won.indexOf(true)}`);
+    });
+
     it('1000 keys (on every cluster node) in one setMany and one getMany; latency of getMany(100)', async () => {
       const prefix = freshPrefix();
       const cache = await c.make(prefix);
@@ -498,6 +532,8 @@ describe('forgivingCache', () => {
       setMany: async () => void calls++,
       delete: async () => void calls++,
       setIfAbsent: async () => (calls++, true),
+      renewIfEqual: async () => (calls++, true),
+      deleteIfEqual: async () => (calls++, true),
       close: async () => {
         closed++;
         throw new Error('close boom');
@@ -519,7 +555,7 @@ describe('forgivingCache', () => {
   it('answers misses for a getMany of the wrong length', async () => {
     const disk = new DiskMetadataCache(await tempDir('smart-metadata-'));
     const warnings: string[] = [];
-    const cache = forgivingCache({ ...disk, get: (k) => disk.get(k), set: (k, v, t) => disk.set(k, v, t), getMany: async () => ['x'], setMany: (e) => disk.setMany(e), delete: (k) => disk.delete(k), setIfAbsent: (k, v, t) => disk.setIfAbsent(k, v, t), close: () => disk.close() }, (m) => warnings.push(m));
+    const cache = forgivingCache({ ...disk, get: (k) => disk.get(k), set: (k, v, t) => disk.set(k, v, t), getMany: async () => ['x'], setMany: (e) => disk.setMany(e), delete: (k) => disk.delete(k), setIfAbsent: (k, v, t) => disk.setIfAbsent(k, v, t), renewIfEqual: (k, v, t) => disk.renewIfEqual(k, v, t), deleteIfEqual: (k, v) => disk.deleteIfEqual(k, v), close: () => disk.close() }, (m) => warnings.push(m));
     expect(await cache.getMany(['a', 'b'])).toEqual([undefined, undefined]);
     expect(warnings).toHaveLength(1);
   });

@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { SmartError, isSmartError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import { shortDigest } from '../../oci/digest.js';
-import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import type { BlobDestination, BlobReuse, ImageSource, ManifestHead, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
 import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
 import { formatReference, type Reference } from '../../oci/reference.js';
@@ -34,6 +34,12 @@ export class DistributionSource implements ImageSource {
 
   async getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest> {
     return this.readManifest(descriptor.digest, descriptor.mediaType);
+  }
+
+  /** The tag's `current/link`: one small read. */
+  async headManifest(): Promise<ManifestHead> {
+    const { repository, tag, digest } = this.ref;
+    return { digest: digest ?? (await this.store.resolveTag(repository, tag!)) };
   }
 
   private async readManifest(digest: Digest, mediaType: string | undefined): Promise<ParsedManifest> {
@@ -87,6 +93,7 @@ export class DistributionDestination implements BlobDestination {
   readonly cacheScope: string;
   readonly layerCompression = 'compress' as const;
   private sweep: Promise<Cleaned[]> | undefined;
+  readonly repository: string;
 
   constructor(
     private readonly store: DistributionStore,
@@ -95,6 +102,11 @@ export class DistributionDestination implements BlobDestination {
   ) {
     this.name = refName(store, ref);
     this.cacheScope = store.name;
+    this.repository = ref.repository;
+  }
+
+  storedSource(repository: string): ImageSource {
+    return new DistributionSource(this.store, { registry: '', repository });
   }
 
   /**

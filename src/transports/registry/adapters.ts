@@ -2,7 +2,7 @@
 import { Readable } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { isDigest, shortDigest, type Digest } from '../../oci/digest.js';
-import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
+import type { BlobDestination, BlobReuse, ImageSource, ManifestHead, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
 import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
 import { formatReference, type Reference } from '../../oci/reference.js';
@@ -22,9 +22,11 @@ function nameOf(ref: Reference): string {
 export class RegistrySource implements ImageSource {
   readonly name: string;
 
+  /** `sharedClient`: the client belongs to someone else, and `close` leaves it open. */
   constructor(
     private readonly client: RegistryClient,
     private readonly ref: Reference,
+    private readonly options: { sharedClient?: boolean } = {},
   ) {
     this.name = nameOf(ref);
   }
@@ -36,6 +38,14 @@ export class RegistrySource implements ImageSource {
 
   async getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest> {
     return this.fetch(descriptor.digest, descriptor.digest, descriptor.mediaType);
+  }
+
+  /** One HEAD; undefined when the registry has no such manifest or does not say its digest. */
+  async headManifest(): Promise<ManifestHead | undefined> {
+    if (this.ref.digest) return { digest: this.ref.digest };
+    const head = await this.client.headManifest(this.ref.repository, this.ref.tag!);
+    if (!head?.digest || !isDigest(head.digest)) return undefined;
+    return { digest: head.digest, ...(head.mediaType ? { mediaType: head.mediaType } : {}), ...(head.size > 0 ? { size: head.size } : {}) };
   }
 
   private async fetch(reference: string, digest: Digest | undefined, declared?: string): Promise<ParsedManifest> {
@@ -61,7 +71,7 @@ export class RegistrySource implements ImageSource {
   }
 
   async close(): Promise<void> {
-    await this.client.close();
+    if (!this.options.sharedClient) await this.client.close();
   }
 }
 
@@ -75,6 +85,7 @@ export class RegistryDestination implements BlobDestination {
   readonly name: string;
   readonly cacheScope: string;
   readonly layerCompression = 'compress' as const;
+  readonly repository: string;
 
   constructor(
     private readonly client: RegistryClient,
@@ -83,6 +94,11 @@ export class RegistryDestination implements BlobDestination {
   ) {
     this.name = nameOf(ref);
     this.cacheScope = `docker://${ref.registry}`;
+    this.repository = ref.repository;
+  }
+
+  storedSource(repository: string): ImageSource {
+    return new RegistrySource(this.client, { registry: this.ref.registry, repository }, { sharedClient: true });
   }
 
   supportsManifestType(mediaType: string): boolean {
@@ -204,6 +220,19 @@ export class MirroredSource implements ImageSource {
 
   async getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest> {
     return this.firstThatAnswers(`manifest ${shortDigest(descriptor.digest)}`, this.order(), (e) => new RegistrySource(e.client, e.ref).getManifestByDigest(descriptor));
+  }
+
+  /** One HEAD at the first endpoint that knows the manifest; undefined when none does (getManifest then says why). */
+  async headManifest(): Promise<ManifestHead | undefined> {
+    return this.firstThatAnswers(
+      'the manifest',
+      this.endpoints.map((_, i) => i),
+      async (e) => {
+        const head = await new RegistrySource(e.client, e.ref).headManifest();
+        if (!head) throw new SmartError('NOT_FOUND', `no manifest ${formatReference(e.ref)} (HEAD)`, { input: formatReference(e.ref) });
+        return head;
+      },
+    ).catch(() => undefined);
   }
 
   async getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
