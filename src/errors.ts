@@ -22,6 +22,7 @@ export type ErrorCode =
   | 'CANCELLED'
   | 'LOCKED' // another run holds the lock of the work asked for (cache index --fail-if-locked), or this run lost it
   | 'ADVICE' // smart cache lint --strict found something to say (exit 1)
+  | 'INCONSISTENT' // smart store check found a problem in the store (exit 1)
   | 'INTERNAL';
 
 export interface SmartErrorOptions {

@@ -5,6 +5,7 @@
 import { Command } from 'commander';
 import { EXIT_HELP, PULL_OPTIONS, PUSH_OPTIONS, outputOptions, type CommonFlags } from './options.js';
 import { addCacheCommands } from './cache.js';
+import { addStoreCommands } from './store.js';
 import { addCommonOptions, addOptions } from './commander-options.js';
 import { Output } from './output.js';
 import { runTransfer } from './main.js';
@@ -51,6 +52,7 @@ export function buildProgram(): Command {
     .action(transferAction('pull'));
 
   addCacheCommands(program);
+  addStoreCommands(program);
   // Errors are the caller's to report: nothing in the program exits the process.
   const override = (c: Command): void => {
     c.exitOverride();

@@ -11,6 +11,12 @@ export interface StorageStat {
   isDirectory: boolean;
 }
 
+/** An object found by `walk`: its driver path and size. */
+export interface StorageEntry {
+  path: string;
+  size: number;
+}
+
 /**
  * A streaming writer. Contract: nothing is visible at `path` until `commit()` resolves, and then
  * the whole object appears at once (a temporary file renamed; an S3 upload completed); `cancel()`
@@ -48,6 +54,12 @@ export interface StorageDriver {
    * visible.
    */
   removeStaleTemporaries?(path: string): Promise<Cleaned[]>;
+  /**
+   * Every object under `path`, at any depth, in no particular order (empty when nothing is there):
+   * one pass, where `list` would cost a request per directory. Objects written or removed during
+   * the walk may or may not be seen.
+   */
+  walk?(path: string): AsyncIterable<StorageEntry>;
 }
 
 /** Joins driver path segments: `joinPath('/a', 'b/c')` is `/a/b/c`. */

@@ -5,7 +5,7 @@ import type { Readable } from 'node:stream';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno } from '../errors.js';
-import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
+import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './driver.js';
 import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned } from './leftovers.js';
 
 const TMP = '.tmp-';
@@ -139,6 +139,29 @@ export class FsDriver implements StorageDriver {
     } catch (e) {
       if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return [];
       this.fail(e, 'list', p);
+    }
+  }
+
+  async *walk(p: string): AsyncIterable<StorageEntry> {
+    const base = path.posix.normalize(`/${p}`).replace(/\/$/, '');
+    const dirs = [base];
+    for (let dir = dirs.pop(); dir !== undefined; dir = dirs.pop()) {
+      let entries;
+      try {
+        entries = await fs.readdir(this.full(dir), { withFileTypes: true });
+      } catch (e) {
+        // Gone meanwhile, or `p` names no directory: nothing under it.
+        if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) continue;
+        this.fail(e, 'list', dir);
+      }
+      for (const entry of entries) {
+        const child = `${dir}/${entry.name}`;
+        if (entry.isDirectory()) dirs.push(child);
+        else {
+          const st = await fs.stat(this.full(child)).catch((e: unknown) => (isErrno(e, 'ENOENT') ? undefined : this.fail(e, 'stat', child)));
+          if (st?.isFile()) yield { path: child, size: st.size };
+        }
+      }
     }
   }
 

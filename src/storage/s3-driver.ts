@@ -30,7 +30,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { guardStalls } from '../pipeline/stall.js';
 import { SmartError, isSmartError } from '../errors.js';
 import { remoteText } from '../redact.js';
-import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
+import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './driver.js';
 
 export interface S3Credentials {
   accessKeyId: string;
@@ -590,6 +590,27 @@ export class S3Driver implements StorageDriver {
       }
     }
     return [...names].sort();
+  }
+
+  async *walk(p: string): AsyncIterable<StorageEntry> {
+    const key = this.key(p);
+    const prefix = this.dirPrefix(key);
+    const rootPrefix = this.dirPrefix(this.root);
+    let token: string | undefined;
+    do {
+      let res;
+      try {
+        res = await this.client.send(
+          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ...(token ? { ContinuationToken: token } : {}) }),
+        );
+      } catch (e) {
+        throw await this.fail(e, 'list', key);
+      }
+      for (const o of res.Contents ?? []) {
+        if (typeof o.Key === 'string' && o.Key.startsWith(prefix)) yield { path: `/${o.Key.slice(rootPrefix.length)}`, size: o.Size ?? 0 };
+      }
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+    } while (token);
   }
 
   async move(from: string, to: string): Promise<void> {

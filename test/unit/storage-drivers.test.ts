@@ -409,6 +409,23 @@ describe.each(cases)('$label storage contract', (c) => {
       expect(await d.list('/')).toEqual(['l']);
     });
 
+    it('walks every object under a path at any depth, with its size, in one pass', async () => {
+      const d = await c.make();
+      const keys = ['/w/a/1', '/w/a/sub/deep/x', '/w/b/c/d/e', '/w/f', '/wx/not-under'];
+      await Promise.all(keys.map((k, i) => d.putContent(k, Buffer.alloc(i))));
+      const walked = async (p: string) => {
+        const out: string[] = [];
+        for await (const e of d.walk!(p)) out.push(`${e.path} ${e.size}`);
+        return out.sort();
+      };
+      expect(await walked('/w')).toEqual(['/w/a/1 0', '/w/a/sub/deep/x 1', '/w/b/c/d/e 2', '/w/f 3']);
+      expect(await walked('/w/')).toEqual(await walked('/w'));
+      expect(await walked('/w/b/c')).toEqual(['/w/b/c/d/e 2']);
+      expect(await walked('/nothing')).toEqual([]);
+      expect(await walked('/w/f')).toEqual([]); // an object is not a directory
+      expect((await walked('/')).length).toBe(5);
+    });
+
     it('lists and deletes more than 1000 children (paginated listings)', async () => {
       const d = await c.make();
       const names = Array.from({ length: 1100 }, (_, i) => `k${String(i).padStart(4, '0')}`);
