@@ -39,6 +39,8 @@ export interface RedisOptions {
   password?: string;
   /** Serve TLS only (`--tls-port`, no plain port): the URL is then `rediss://`. */
   tls?: { certFile: string; keyFile: string };
+  /** Listen on this port (a server started again where clients expect it), not a free one. */
+  port?: number;
 }
 
 const live = new Set<ChildProcess>();
@@ -159,6 +161,7 @@ async function spawnRedis(dir: string, port: number, options: RedisOptions): Pro
 
 /** Starts redis-server on 127.0.0.1 and a free port; resolves once it answers PING. */
 export async function startRedis(dir: string, options: RedisOptions = {}): Promise<RunningRedis> {
+  if (options.port !== undefined) return spawnRedis(dir, options.port, options);
   let lastError: unknown;
   // freePort() closes its probe before redis binds: another process may take the port between.
   for (let attempt = 0; attempt < 3; attempt++) {

@@ -34,18 +34,22 @@ const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 's3rver-m
 
 export const S3_TEST_BUCKET = 'smart-test';
 
-/** Starts s3rver over `root` (created if missing) with bucket `smart-test`. */
-export async function startS3(root: string): Promise<RunningS3> {
+/**
+ * Starts s3rver over `root` (created if missing) with bucket `smart-test`. `keys`: the access key
+ * the server accepts and the clients use, in place of s3rver's own S3RVER:S3RVER (which tests that
+ * look for a secret in output cannot tell from ordinary text).
+ */
+export async function startS3(root: string, keys?: { accessKeyId: string; secretAccessKey: string }): Promise<RunningS3> {
   await fs.mkdir(root, { recursive: true });
   const bucket = S3_TEST_BUCKET;
-  const accessKeyId = 'S3RVER';
-  const secretAccessKey = 'S3RVER';
+  const accessKeyId = keys?.accessKeyId ?? 'S3RVER';
+  const secretAccessKey = keys?.secretAccessKey ?? 'S3RVER';
   let lastError: unknown;
   // freePort() closes its probe before s3rver binds: another process may take the port between.
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();
     try {
-      const child = await spawnS3rver(port, root, bucket);
+      const child = await spawnS3rver(port, root, bucket, keys ? `${accessKeyId}:${secretAccessKey}` : undefined);
       return running(child, port, bucket, accessKeyId, secretAccessKey);
     } catch (e) {
       lastError = e;
@@ -55,9 +59,10 @@ export async function startS3(root: string): Promise<RunningS3> {
   throw lastError;
 }
 
-function spawnS3rver(port: number, root: string, bucket: string): Promise<ChildProcess> {
+function spawnS3rver(port: number, root: string, bucket: string, keys?: string): Promise<ChildProcess> {
   const env = { ...process.env };
   delete env.NODE_OPTIONS; // vitest's loader options are not for this child
+  if (keys) env.S3RVER_KEYS = keys;
   const child = spawn(process.execPath, ['--openssl-legacy-provider', script, String(port), root, bucket], {
     env,
     stdio: ['pipe', 'pipe', 'pipe'],
