@@ -2,7 +2,7 @@
 import type { Readable } from 'node:stream';
 import { SmartError, isSmartError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
-import { shortDigest } from '../../oci/digest.js';
+import { sha256Digest, shortDigest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, ManifestHead, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
 import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
@@ -44,11 +44,10 @@ export class DistributionSource implements ImageSource {
 
   private async readManifest(digest: Digest, mediaType: string | undefined): Promise<ParsedManifest> {
     const bytes = await this.store.getManifest(this.ref.repository, digest);
-    const parsed = parseManifest(bytes, mediaType, `${this.name} (${shortDigest(digest)})`);
-    if (parsed.digest !== digest) {
-      throw new SmartError('DIGEST_MISMATCH', `${this.name}: manifest blob ${digest} hashes to ${parsed.digest}`, { input: digest });
-    }
-    return parsed;
+    // The digest first: bytes changed on the way or on disk are not the manifest named, whatever they parse to.
+    const actual = sha256Digest(bytes);
+    if (actual !== digest) throw new SmartError('DIGEST_MISMATCH', `${this.name}: manifest blob ${digest} hashes to ${actual}`, { input: digest });
+    return parseManifest(bytes, mediaType, `${this.name} (${shortDigest(digest)})`);
   }
 
   async getBlob(descriptor: Descriptor, _options?: OpenOptions): Promise<Readable> {

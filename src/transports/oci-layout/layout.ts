@@ -5,7 +5,7 @@
  */
 import type { Readable } from 'node:stream';
 import { SmartError, isSmartError } from '../../errors.js';
-import { digestHex, shortDigest, type Digest } from '../../oci/digest.js';
+import { digestHex, sha256Digest, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType } from '../../oci/mediatypes.js';
@@ -80,11 +80,12 @@ export class OciLayoutSource implements ImageSource {
 
   async getManifestByDigest(descriptor: Descriptor): Promise<ParsedManifest> {
     const bytes = await this.readBlob(descriptor.digest, 'manifest');
-    const parsed = parseManifest(bytes, descriptor.mediaType, `${this.name} (${shortDigest(descriptor.digest)})`);
-    if (parsed.digest !== descriptor.digest) {
-      throw new SmartError('DIGEST_MISMATCH', `${this.name}: manifest ${descriptor.digest} hashes to ${parsed.digest}`, { input: descriptor.digest });
+    // The digest first: changed bytes are not the manifest named, whatever they parse to.
+    const actual = sha256Digest(bytes);
+    if (actual !== descriptor.digest) {
+      throw new SmartError('DIGEST_MISMATCH', `${this.name}: manifest ${descriptor.digest} hashes to ${actual}`, { input: descriptor.digest });
     }
-    return parsed;
+    return parseManifest(bytes, descriptor.mediaType, `${this.name} (${shortDigest(descriptor.digest)})`);
   }
 
   private async readBlob(d: Digest, what: string): Promise<Buffer> {
