@@ -3,9 +3,12 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { smart } from '../harness/run.js';
+import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 
 describe('found by the fault soak', () => {
@@ -32,5 +35,55 @@ describe('found by the fault soak', () => {
       expect(r.code).toBe(1);
       expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(new RegExp(`^smart: error: .*manifest.* ${manifest} hashes to sha256:[0-9a-f]{64}`))]);
     }
+  });
+
+  describe.skipIf(!haveTools('docker-registry'))('against the registry behind the fault proxy', () => {
+    let registry: RunningRegistry;
+    let proxy: RunningProxy;
+
+    beforeAll(async () => {
+      registry = await startRegistry({ configDir: await tempDir() });
+      proxy = await startProxy({ target: registry.url });
+      const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${registry.host}/found/basic:1`]);
+      expect(r.code, r.stderr).toBe(0);
+    });
+
+    afterAll(async () => {
+      await proxy?.stop();
+      await registry?.stop();
+    });
+
+    beforeEach(() => proxy.setFaults(undefined));
+
+    // Each wait between two attempts left a listener on the command's abort signal: past ten
+    // retries in one run, Node printed a MaxListenersExceededWarning (two lines, mid-output).
+    it('many retries in one run leave nothing on stderr but their warnings', async () => {
+      // Every blob's first three HEADs answer 503: twelve waits in one push.
+      proxy.setFaults((req, n) => (req.method === 'HEAD' && req.path.includes('/blobs/') && n <= 3 ? { kind: 'status', status: 503 } : undefined));
+      const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${proxy.host}/found/retries:1`, '--jobs', '4'], { cacheHome: await tempDir() });
+      expect(r.code, r.stderr).toBe(0);
+      expect(proxy.stats.requests.filter((q) => q.fault)).toHaveLength(12);
+      expect(r.stderr).not.toMatch(/MaxListeners|\(node:\d+\)/);
+      for (const line of r.stderr.trim().split('\n')) expect(line).toMatch(/^(warning: |layer [0-9a-f]{12}: |progress: |pushed )/);
+    });
+
+    // A manifest whose body was cut short (a reset mid-body) failed the pull at once, with Node's
+    // bare "read ECONNRESET" as the whole message: not retried, and naming neither registry nor manifest.
+    it('a manifest body cut short is fetched again; cut every time, the error names the registry and the manifest', async () => {
+      const fx = fixtures();
+      const manifestGet = (q: { method: string; path: string }) => q.method === 'GET' && q.path === '/v2/found/basic/manifests/1';
+      proxy.setFaults((req, n) => (manifestGet(req) && n <= 2 ? { kind: 'reset-mid-body', afterBytes: 20 } : undefined));
+      const out = path.join(await tempDir(), 'out');
+      const r = await smart(['pull', `docker://${proxy.host}/found/basic:1`, `oci:${out}:x`, '--json'], { cacheHome: await tempDir() });
+      expect(r.code, r.stderr).toBe(0);
+      expect((JSON.parse(r.stdout.toString()) as { manifestDigest: string }).manifestDigest).toBe(fx.basic.manifest.digest);
+      expect(r.stderr).toMatch(/^warning: .*manifest found\/basic:1.*retrying in/m);
+
+      proxy.setFaults((req) => (manifestGet(req) ? { kind: 'reset-mid-body', afterBytes: 20 } : undefined));
+      const broken = await smart(['pull', `docker://${proxy.host}/found/basic:1`, `oci:${path.join(await tempDir(), 'out')}:x`], { cacheHome: await tempDir() });
+      expect(broken.code).toBe(1);
+      const errors = broken.stderr.split('\n').filter((l) => l.startsWith('smart: error: '));
+      expect(errors).toEqual([expect.stringMatching(/^smart: error: lost the connection to registry 127\.0\.0\.1:\d+: .*\(manifest found\/basic:1\)$/)]);
+    });
   });
 });

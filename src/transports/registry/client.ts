@@ -98,13 +98,18 @@ function withinSite(host: string, other: string): boolean {
   return other === domain || other.endsWith(`.${domain}`);
 }
 
+/** Waits `ms`, or rejects when `signal` aborts; its listener goes with it (the signal outlives many waits). */
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => {
+    const onAbort = () => {
       clearTimeout(t);
-      reject(signal.reason as Error);
-    }, { once: true });
+      reject(signal!.reason as Error);
+    };
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
@@ -306,7 +311,7 @@ export class RegistryClient {
     const res = await this.withRetries(`token for ${this.host}`, true, signal, () =>
       send(agent, { origin: url.origin, path: `${url.pathname}${url.search}`, method: 'GET', headers }, signal),
     );
-    const body = await readBody(res.body);
+    const body = await this.readAll(res, `token for ${this.host}`);
     if (res.statusCode === 401 || res.statusCode === 403) {
       throw new SmartError('REGISTRY', `authentication to ${this.host} failed${c ? ` for user ${c.username}` : ''} (the token server answered ${res.statusCode})`, {
         input: this.host,
@@ -386,6 +391,15 @@ export class RegistryClient {
     });
   }
 
+  /** A whole (small) response body; a body that breaks is an error naming the registry and `what`. */
+  private async readAll(res: Dispatcher.ResponseData, what: string): Promise<Buffer> {
+    try {
+      return await readBody(res.body);
+    } catch (e) {
+      throw this.connectionError(e, what);
+    }
+  }
+
   /** A registry's answer as a SmartError naming the registry, the request and the status. */
   statusError(status: number, body: Buffer | undefined, what: string, method: string): SmartError {
     let detail = '';
@@ -459,11 +473,23 @@ export class RegistryClient {
   // ------------------------------------------------------------------ manifests
 
   async getManifest(repo: string, reference: string, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType: string | undefined }> {
-    const res = await this.request(
-      { method: 'GET', url: `/v2/${repo}/manifests/${reference}`, headers: { accept: MANIFEST_ACCEPT }, scopes: [`repository:${repo}:pull`], what: `manifest ${repo}:${reference}`, ...(signal ? { signal } : {}) },
-      [200],
-    );
-    const bytes = await readBody(res.body, 4 * 1024 * 1024);
+    const what = `manifest ${repo}:${reference}`;
+    let res: Dispatcher.ResponseData;
+    let bytes: Buffer;
+    for (let attempt = 0; ; attempt++) {
+      res = await this.request({ method: 'GET', url: `/v2/${repo}/manifests/${reference}`, headers: { accept: MANIFEST_ACCEPT }, scopes: [`repository:${repo}:pull`], what, ...(signal ? { signal } : {}) }, [200]);
+      try {
+        bytes = await readBody(res.body, 4 * 1024 * 1024);
+        break;
+      } catch (e) {
+        // A body cut short or stalled is as transient as a request that failed: the GET again.
+        const error = this.connectionError(e, what);
+        if (!error.retryable || signal?.aborted || attempt >= this.maxRetries) throw error;
+        const delay = this.retryDelayMs * 2 ** attempt;
+        this.options.onRetry?.(`${what}: ${error.message}; retrying in ${(delay / 1000).toFixed(1)} s`);
+        await sleep(delay, signal);
+      }
+    }
     const declared = header(res.headers, 'docker-content-digest');
     if (declared && declared.startsWith('sha256:') && declared !== sha256Digest(bytes)) {
       throw new SmartError('DIGEST_MISMATCH', `registry ${this.host} sent manifest ${repo}:${reference} whose bytes hash to ${sha256Digest(bytes)}, not the ${declared} it declares`, {
@@ -698,7 +724,7 @@ export class RegistryClient {
     let url: string | undefined = `/v2/${repo}/tags/list?n=1000`;
     while (url) {
       const res = await this.request({ method: 'GET', url, scopes: [`repository:${repo}:pull`], what: `tags of ${repo}` }, [200]);
-      const doc = this.json<{ tags?: string[] | null }>(await readBody(res.body), `tags of ${repo}`);
+      const doc = this.json<{ tags?: string[] | null }>(await this.readAll(res, `tags of ${repo}`), `tags of ${repo}`);
       out.push(...(doc.tags ?? []));
       url = nextLink(header(res.headers, 'link'));
     }
@@ -710,7 +736,7 @@ export class RegistryClient {
     let url: string | undefined = '/v2/_catalog?n=1000';
     while (url) {
       const res = await this.request({ method: 'GET', url, scopes: ['registry:catalog:*'], what: 'catalog' }, [200]);
-      const doc = this.json<{ repositories?: string[] }>(await readBody(res.body), 'catalog');
+      const doc = this.json<{ repositories?: string[] }>(await this.readAll(res, 'catalog'), 'catalog');
       out.push(...(doc.repositories ?? []));
       url = nextLink(header(res.headers, 'link'));
     }
