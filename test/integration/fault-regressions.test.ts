@@ -85,5 +85,15 @@ describe('found by the fault soak', () => {
       const errors = broken.stderr.split('\n').filter((l) => l.startsWith('smart: error: '));
       expect(errors).toEqual([expect.stringMatching(/^smart: error: lost the connection to registry 127\.0\.0\.1:\d+: .*\(manifest found\/basic:1\)$/)]);
     });
+
+    // A registry on plain HTTP (loopback) whose every connection resets: the error hinted at the
+    // TLS setup, which plain HTTP has none of; only the TLS attempt's reset can be about TLS.
+    it('every connection reset: one line naming the registry, no TLS hint for plain HTTP', async () => {
+      proxy.setFaults(() => ({ kind: 'reset' }));
+      const r = await smart(['pull', `docker://${proxy.host}/found/basic:1`, `oci:${path.join(await tempDir(), 'out')}:x`], { cacheHome: await tempDir() });
+      expect(r.code).toBe(1);
+      const errors = r.stderr.split('\n').filter((l) => l.startsWith('smart: error: '));
+      expect(errors).toEqual([expect.stringMatching(/^smart: error: cannot reach registry 127\.0\.0\.1:\d+: ECONNRESET .*\(ping 127\.0\.0\.1:\d+\)$/)]);
+    });
   });
 });

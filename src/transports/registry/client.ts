@@ -98,6 +98,9 @@ function withinSite(host: string, other: string): boolean {
   return other === domain || other.endsWith(`.${domain}`);
 }
 
+/** Which exchange a connection error happened in: the first one (over TLS, or plain HTTP), or any other. */
+type Phase = 'ping' | 'ping-http' | 'request';
+
 /** Waits `ms`, or rejects when `signal` aborts; its listener goes with it (the signal outlives many waits). */
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -253,7 +256,7 @@ export class RegistryClient {
           repeat,
           signal,
           () => send(agent, { origin: `${scheme}://${this.apiHost}`, path: '/v2/', method: 'GET', headers: { 'user-agent': USER_AGENT } }, signal),
-          'ping',
+          scheme === 'https' ? 'ping' : 'ping-http',
         );
         await res.body.dump();
         if (res.statusCode === 401) this.challenge = parseChallenge(header(res.headers, 'www-authenticate'));
@@ -334,14 +337,15 @@ export class RegistryClient {
 
   /**
    * Retries `send` on connection errors and 429/5xx answers, when the request can be repeated.
-   * `phase` is 'ping' for the first exchange with the registry (see `connectionError`).
+   * `phase` is 'ping' for the first exchange with the registry over TLS, 'ping-http' over plain
+   * HTTP (see `connectionError`).
    */
   private async withRetries(
     what: string,
     repeatable: boolean,
     signal: AbortSignal | undefined,
     send: () => Promise<Dispatcher.ResponseData>,
-    phase: 'ping' | 'request' = 'request',
+    phase: Phase = 'request',
   ): Promise<Dispatcher.ResponseData> {
     for (let attempt = 0; ; attempt++) {
       let res: Dispatcher.ResponseData | undefined;
@@ -369,10 +373,10 @@ export class RegistryClient {
 
   /**
    * A failed connection as a SmartError naming the registry and the request. A TLS hint is given
-   * for TLS errors, and for a reset during the ping (the first exchange: a plain HTTP server resets
-   * a TLS hello), never for a connection that broke mid-request.
+   * for TLS errors, and for a reset during the TLS ping (the first exchange: a plain HTTP server
+   * resets a TLS hello), never for a plain HTTP one nor a connection that broke mid-request.
    */
-  private connectionError(e: unknown, what: string, phase: 'ping' | 'request' = 'request'): SmartError {
+  private connectionError(e: unknown, what: string, phase: Phase = 'request'): SmartError {
     if (isSmartError(e)) return e;
     if ((e as Error)?.name === 'AbortError') return new SmartError('CANCELLED', `${what}: cancelled`, { cause: e });
     const msg = (e as Error)?.message ?? String(e);
@@ -381,7 +385,7 @@ export class RegistryClient {
       const s = Math.round((this.options.stallTimeoutMs ?? 30_000) / 1000);
       return new SmartError('REGISTRY', `registry ${this.host} stalled: no data for ${s} s (${what})`, { input: this.host, cause: e, retryable: true });
     }
-    const unreachable = phase === 'ping' || UNREACHABLE.has(code ?? '');
+    const unreachable = phase !== 'request' || UNREACHABLE.has(code ?? '');
     const tls = looksLikeTlsError(e) || (phase === 'ping' && code === 'ECONNRESET');
     return new SmartError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${this.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
       input: this.host,
