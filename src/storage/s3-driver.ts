@@ -82,6 +82,9 @@ function envValue(name: string): string | undefined {
   return v === undefined || v === '' ? undefined : v;
 }
 
+/** Attempts at one S3 request (unless AWS_MAX_ATTEMPTS says otherwise): a registry request's. */
+const MAX_ATTEMPTS = 5;
+
 /** No byte either way on a request's connection for this long: the request fails (retryable) instead of hanging. */
 const DEFAULT_STALL_MS = 30_000;
 
@@ -96,6 +99,9 @@ function makeClient(o: { endpoint?: string; region?: string; profile?: string; f
     // trailer, and servers that do not speak it (s3rver) store the framing: silent corruption.
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
+    // Five attempts, as a registry request gets, not the SDK's three: three 503 SlowDown in a row
+    // are S3 asking to slow down, not a reason to fail a push. AWS_MAX_ATTEMPTS still decides.
+    ...(envValue('AWS_MAX_ATTEMPTS') === undefined ? { maxAttempts: MAX_ATTEMPTS } : {}),
     // The socket's idle timer is the stall detector of every request, uploads included: an
     // endpoint that stops reading a part (or stops answering) fails the request, which is retried.
     requestHandler: { socketTimeout: o.stallTimeoutMs ?? DEFAULT_STALL_MS },

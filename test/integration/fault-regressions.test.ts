@@ -8,6 +8,7 @@ import { fixtures } from '../harness/fixtures.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { smart } from '../harness/run.js';
+import { startS3, type RunningS3 } from '../harness/s3.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 
@@ -94,6 +95,41 @@ describe('found by the fault soak', () => {
       expect(r.code).toBe(1);
       const errors = r.stderr.split('\n').filter((l) => l.startsWith('smart: error: '));
       expect(errors).toEqual([expect.stringMatching(/^smart: error: cannot reach registry 127\.0\.0\.1:\d+: ECONNRESET .*\(ping 127\.0\.0\.1:\d+\)$/)]);
+    });
+  });
+
+  // S3 requests had the SDK's default three attempts, where a registry's get five: three 503
+  // SlowDown answers in a row (S3 asking to slow down) failed a pull a registry would outlive.
+  describe('against S3 behind the fault proxy', () => {
+    let s3: RunningS3;
+    let proxy: RunningProxy;
+
+    beforeAll(async () => {
+      s3 = await startS3(path.join(await tempDir(), 's3'));
+      proxy = await startProxy({ target: s3.endpoint });
+      const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `s3://${s3.bucket}/reg#found/basic:1`], { env: s3.env });
+      expect(r.code, r.stderr).toBe(0);
+    });
+
+    afterAll(async () => {
+      await proxy?.stop();
+      await s3?.stop();
+    });
+
+    it('four 503 SlowDown answers in a row to one request are outlived, as from a registry', async () => {
+      const slowDown = '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>';
+      proxy.setFaults((req, n) =>
+        req.method === 'GET' && req.path.endsWith('/_manifests/tags/1/current/link') && n <= 4
+          ? { kind: 'status', status: 503, headers: { 'content-type': 'application/xml' }, body: slowDown }
+          : undefined,
+      );
+      const r = await smart(['pull', `s3://${s3.bucket}/reg#found/basic:1`, `oci:${path.join(await tempDir(), 'out')}:x`, '--json'], {
+        cacheHome: await tempDir(),
+        env: { ...s3.env, AWS_ENDPOINT_URL_S3: proxy.url },
+      });
+      expect(r.code, r.stderr).toBe(0);
+      expect(proxy.stats.requests.filter((q) => q.fault)).toHaveLength(4);
+      expect((JSON.parse(r.stdout.toString()) as { manifestDigest: string }).manifestDigest).toBe(fixtures().basic.manifest.digest);
     });
   });
 });
