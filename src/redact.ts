@@ -50,6 +50,21 @@ export function redactSecrets(text: string, known: readonly string[] = []): stri
     .replace(AWS_KEY_ID, REDACTED);
 }
 
+/**
+ * `text` with every word that looks like a secret (8 characters or more, letters mixed with digits
+ * or with `+`/`=`) replaced by `[redacted]`, the `keep` words (a host name, a program) excepted. For
+ * text that may hold a secret nobody told us, such as a credential helper's own message on
+ * failure (the helper holds the secret): a word hidden wrongly costs less there than a secret shown.
+ */
+export function redactSecretLike(text: string, keep: readonly string[] = []): string {
+  return text.replace(/\S{8,}/g, (word) => {
+    const core = word.replace(/^[("'[{<]+|[)"'\]}>,;:.!?]+$/g, '');
+    if (core.length < 8 || word.includes(REDACTED) || keep.includes(core)) return word;
+    const secretLike = /[A-Za-z]/.test(core) && /[0-9+=]/.test(core);
+    return secretLike ? word.replace(core, REDACTED) : word;
+  });
+}
+
 /** The forms a known secret may be echoed in: as is, base64 (a Basic header), URL-encoded. */
 function expandKnown(known: readonly string[]): string[] {
   const forms = new Set<string>();

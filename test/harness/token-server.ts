@@ -64,6 +64,8 @@ export interface RunningTokenServer {
   rootCertBundle: string;
   /** Every token request, in order. */
   requests: TokenRequestLog[];
+  /** Every token it issued over HTTP, in order: secrets a test may look for in what clients print. */
+  issued: string[];
   /** Mints a token directly (no HTTP, no `grants`): for tests that need a hand-made one. */
   mint(user: string | undefined, access: TokenScope[], overrides?: { exp?: number; nbf?: number; aud?: string; iss?: string }): string;
   stop(): Promise<void>;
@@ -144,6 +146,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Run
   };
 
   const requests: TokenRequestLog[] = [];
+  const issued: string[] = [];
 
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -203,6 +206,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Run
         if (actions.length) access.push({ ...scope, actions });
       }
       const token = mint(user, access);
+      issued.push(token);
       entry.status = 200;
       entry.access = access;
       json(200, { token, access_token: token, expires_in: expiresIn, issued_at: new Date().toISOString() });
@@ -220,6 +224,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Run
     issuer,
     rootCertBundle: certFile,
     requests,
+    issued,
     mint,
     stop: () =>
       (stopped ??= new Promise<void>((resolve) => {

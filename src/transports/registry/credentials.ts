@@ -8,7 +8,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../errors.js';
-import { remoteText } from '../../redact.js';
+import { redactSecretLike, remoteText } from '../../redact.js';
 
 export interface Credentials {
   username: string;
@@ -89,7 +89,8 @@ async function runHelper(name: string, server: string): Promise<Credentials | un
                 : `cannot run it: ${String(err.code ?? err.message)}`;
         const said = stderr.split('\n').find((line) => line.trim());
         reject(
-          new SmartError('REGISTRY', `credential helper ${program} failed for ${server} (${ended})${said ? `: ${remoteText(said, { max: 160 })}` : ''}`, {
+          // The helper holds the secret and may say it: what looks like one is hidden too.
+          new SmartError('REGISTRY', `credential helper ${program} failed for ${server} (${ended})${said ? `: ${redactSecretLike(remoteText(said, { max: 160 }), [server, program])}` : ''}`, {
             input: program,
             hint: `check that ${program} works: echo ${server} | ${program} get`,
           }),
