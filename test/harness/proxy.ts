@@ -35,6 +35,8 @@ export type Fault = (
   | { kind: 'corrupt-body'; offset?: number }
   /** Wait `ms` before forwarding. */
   | { kind: 'delay'; ms: number }
+  /** Forward, sending the response body `bytes` bytes every `everyMs` (a slow-loris server: never silent, never done). */
+  | { kind: 'slow-body'; bytes: number; everyMs: number }
   /**
    * Forward, and once `afterBytes` bytes of the REQUEST body have been forwarded, reset the
    * client's connection and abort the forwarded request (an upload broken mid-way). A request
@@ -242,6 +244,43 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
 
       if (cutAt === 0 && info.method !== 'HEAD' && declared !== 0) {
         void doCut();
+        return;
+      }
+      if (fault?.kind === 'slow-body') {
+        // A queue drained `bytes` at a time; the registry's side is paused while it is full.
+        const queue: Buffer[] = [];
+        let queued = 0;
+        let ended = false;
+        const tick = setInterval(() => {
+          let budget = Math.max(1, fault.bytes);
+          while (budget > 0 && queue.length) {
+            const head = queue[0]!;
+            const piece = head.subarray(0, budget);
+            if (piece.length === head.length) queue.shift();
+            else queue[0] = head.subarray(piece.length);
+            queued -= piece.length;
+            budget -= piece.length;
+            sent += piece.length;
+            stat.responseBytes = sent;
+            res.write(piece);
+          }
+          if (queued < 64 * 1024) upRes.resume();
+          if (ended && !queue.length) {
+            clearInterval(tick);
+            res.end();
+          }
+        }, Math.max(1, fault.everyMs));
+        res.once('close', () => clearInterval(tick));
+        upRes.on('data', (chunk: Buffer) => {
+          queue.push(chunk);
+          queued += chunk.length;
+          if (queued >= 64 * 1024) upRes.pause();
+        });
+        upRes.once('end', () => (ended = true));
+        upRes.once('error', () => {
+          clearInterval(tick);
+          resetSocket(req.socket);
+        });
         return;
       }
       upRes.on('data', (chunk: Buffer) => {
