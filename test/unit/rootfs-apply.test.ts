@@ -99,16 +99,17 @@ async function outsideUntouched() {
 const r = (...p: string[]) => path.join(root, ...p);
 
 describe('normaliseEntryName', () => {
-  it('strips leading slashes and ./, cleans, and refuses to climb', () => {
+  it('strips leading slashes and ./, cleans, and stops `..` at the root', () => {
     expect(normaliseEntryName('./a/b/')).toBe('a/b');
     expect(normaliseEntryName('/a//./b')).toBe('a/b');
     expect(normaliseEntryName('a/../b')).toBe('b');
     expect(normaliseEntryName('./')).toBe('');
     expect(normaliseEntryName('/')).toBe('');
-    expect(normaliseEntryName('../a')).toBeNull();
-    expect(normaliseEntryName('a/../../b')).toBeNull();
-    expect(normaliseEntryName('/../etc/passwd')).toBeNull();
-    expect(normaliseEntryName('..')).toBeNull();
+    expect(normaliseEntryName('')).toBe('');
+    expect(normaliseEntryName('../a')).toBe('a');
+    expect(normaliseEntryName('a/../../b')).toBe('b');
+    expect(normaliseEntryName('/../etc/passwd')).toBe('etc/passwd');
+    expect(normaliseEntryName('..')).toBe('');
   });
 });
 
@@ -373,21 +374,29 @@ describe('RootfsApplier', () => {
     expect(await readFile(r(outsideRel, 'victim'), 'utf8')).toBe('inside');
   });
 
-  it('refuses entry names that climb out of the root', async () => {
-    for (const name of ['../evil', 'a/../../evil', '/../evil', './../../evil']) {
-      const e = await applyError([[{ name, content: 'x' }]]);
-      expect(e.code).toBe('UNSAFE_ARCHIVE');
-      expect(e.message).toContain('points outside the root');
-      expect(e.message).toContain('layer 0');
-    }
-    expect(existsSync(path.join(tmp, 'evil'))).toBe(false);
+  it('resolves entry names that climb inside the root, as containerd does', async () => {
+    const names = ['../evil', 'a/../../evil2', '/../evil3', './../../evil4'];
+    await applyAll([names.map((name) => ({ name, content: name }))]);
+    expect((await readdir(root)).sort()).toEqual(['evil', 'evil2', 'evil3', 'evil4']);
+    expect(await readFile(r('evil2'), 'utf8')).toBe('a/../../evil2');
+    expect((await readdir(tmp)).sort()).toEqual(['outside', 'root']);
     await outsideUntouched();
   });
 
-  it('refuses hardlinks that climb out of the root', async () => {
-    const e = await applyError([[{ name: 'pw', type: 'link', linkname: '../../etc/passwd' }]]);
-    expect(e.code).toBe('UNSAFE_ARCHIVE');
-    expect(existsSync(r('pw'))).toBe(false);
+  it('resolves hardlink targets that climb inside the root', async () => {
+    await writeFile(path.join(tmp, 'host-file'), 'host');
+    await applyAll([[{ name: 'etc/passwd', content: 'inside' }, { name: 'pw', type: 'link', linkname: '../../../../etc/passwd' }]]);
+    expect((await stat(r('pw'))).ino).toBe((await stat(r('etc/passwd'))).ino);
+    const e = await applyError([[{ name: 'h', type: 'link', linkname: '../host-file' }]]);
+    expect(e.code).toBe('CORRUPT_ARCHIVE');
+    expect(e.message).toMatch(/"\.\.\/host-file", which does not exist/);
+    expect(await readFile(path.join(tmp, 'host-file'), 'utf8')).toBe('host');
+  });
+
+  it('refuses hardlinks without a target or to the root', async () => {
+    for (const linkname of ['', '/', '..', 'a/..', '.']) {
+      expect((await applyError([[{ name: 'h', type: 'link', linkname }]])).code).toBe('CORRUPT_ARCHIVE');
+    }
   });
 
   it('resolves hardlink targets inside the root through symlinks', async () => {
@@ -401,18 +410,26 @@ describe('RootfsApplier', () => {
     await outsideUntouched();
   });
 
-  it('refuses whiteouts that climb out of the root', async () => {
+  it('applies whiteouts that climb inside the root, and refuses ones that name no file', async () => {
     await writeFile(path.join(tmp, 'x'), 'keep');
-    for (const name of ['../.wh.x', 'a/../../.wh.x']) {
-      const e = await applyError([[{ name }]]);
-      expect(e.code).toBe('UNSAFE_ARCHIVE');
-    }
+    await applyAll([[{ name: 'x', content: 'inner' }], [{ name: '../.wh.x' }, { name: 'a/../../.wh.y' }]]);
+    expect(await readdir(root)).toEqual([]);
     expect(await readFile(path.join(tmp, 'x'), 'utf8')).toBe('keep');
-    expect((await applyError([[{ name: 'a/.wh...' }]])).code).toBe('UNSAFE_ARCHIVE');
+    for (const name of ['a/.wh...', '.wh..', '.wh...']) expect((await applyError([[{ name }]])).code).toBe('UNSAFE_ARCHIVE');
   });
 
-  it('refuses to replace the root with a non-directory', async () => {
-    expect((await applyError([[{ name: './', type: 'symlink', linkname: '/' }]])).code).toBe('UNSAFE_ARCHIVE');
+  it('skips entries that would replace the root with a non-directory, with one warning', async () => {
+    const { warnings } = await applyAll([
+      [
+        { name: './', type: 'symlink', linkname: '/' },
+        { name: '..', type: 'symlink', linkname: '/etc' },
+        { name: '', content: 'x' },
+        { name: 'f', content: 'f' },
+      ],
+    ]);
+    expect((await lstat(root)).isDirectory()).toBe(true);
+    expect(await readdir(root)).toEqual(['f']);
+    expect(warnings).toEqual([expect.stringMatching(/^layer 0: skipped 3 entries naming the root directory itself/)]);
   });
 
   it('fails on a symlink loop in a parent path', async () => {

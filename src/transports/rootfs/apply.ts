@@ -3,10 +3,14 @@
  * layer.md): whiteouts and opaque directories remove what lower layers left, a path may change type
  * between layers, and nothing is ever written outside the root.
  *
- * Safety rests on one rule: every parent path is resolved with symlinks SCOPED to the root (as Go's
+ * Safety rests on one rule: every path of a layer — entry names, hardlink targets, the parents of
+ * whiteouts — is resolved inside the root as if chrooted, exactly as containerd does (its
+ * `archive/tar_test.go` TestBreakouts cases are this module's tests): names are cleaned with `..`
+ * stopping at the root, and every parent is resolved with symlinks SCOPED to the root (as Go's
  * securejoin / containerd's `fs.RootPath`): an absolute link target is taken relative to the root
  * and `..` never climbs above it. The last component of a path is never followed: files are created
- * with O_EXCL, directories with mkdir, links with symlink/link, none of which follow a final symlink.
+ * with O_EXCL, directories with mkdir, links with symlink/link, none of which follow a final symlink
+ * (so a hardlink to a symlink links the symlink itself, as link(2), GNU tar and containerd do).
  *
  * Metadata calls (lstat, mkdir, chmod, small files...) are synchronous on purpose: a layer is mostly
  * small files, and a thread-pool round trip per call costs ten times the call itself. They never
@@ -64,16 +68,13 @@ const WHITEOUT_META_PREFIX = '.wh..wh.';
 const WHITEOUT_OPAQUE = '.wh..wh..opq';
 
 /**
- * Normalises a tar entry (or hardlink target) name to a root-relative path: leading `/` and `./`
- * stripped, `.`/`..`/duplicate slashes resolved lexically, no trailing slash; `''` is the root.
- * Returns null when the name climbs above the root.
+ * Normalises a tar entry name to a root-relative path, as containerd does (a lexical clean, then
+ * the parent resolved with `fs.RootPath`): `.`, duplicate slashes and a trailing slash dropped,
+ * `..` resolved lexically and never above the root (`../x` and `/../x` are `x`), an absolute name
+ * taken relative to the root; `''` is the root itself.
  */
-export function normaliseEntryName(name: string): string | null {
-  const stripped = name.replace(/^\/+/, '');
-  let n = path.posix.normalize(stripped === '' ? '.' : stripped);
-  if (n === '..' || n.startsWith('../')) return null;
-  n = n.replace(/\/+$/, '');
-  return n === '.' ? '' : n;
+export function normaliseEntryName(name: string): string {
+  return path.posix.normalize(`/${name}`).slice(1).replace(/\/+$/, '');
 }
 
 function parentOf(rel: string): string {
@@ -206,6 +207,8 @@ interface LayerState {
   /** Root-relative paths this layer wrote, with their ancestors: what opaque and whiteout keep. */
   written: Set<string>;
   skippedSpecial: number;
+  /** Non-directory entries naming the root itself. */
+  skippedRoot: number;
   droppedXattrs: number;
 }
 
@@ -322,6 +325,7 @@ export class RootfsApplier {
       stats: { entries: 0, bytes: 0, whiteouts: 0 },
       written: new Set(),
       skippedSpecial: 0,
+      skippedRoot: 0,
       droppedXattrs: 0,
     };
     const extract = tarExtract();
@@ -357,6 +361,7 @@ export class RootfsApplier {
         `${what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`,
       );
     }
+    if (state.skippedRoot > 0) this.onWarning?.(rootWarning(state));
     if (state.droppedXattrs > 0) {
       this.onWarning?.(`${what}: ignored ${state.droppedXattrs} extended attribute(s) (xattrs are not applied)`);
     }
@@ -372,7 +377,7 @@ export class RootfsApplier {
   async applyEntries(entries: AsyncIterable<StoredEntry>, what: string, options: { link: boolean }): Promise<LayerApplyStats> {
     if (this.busy || this.finished) throw new SmartError('INTERNAL', 'applyEntries called while busy or after finish');
     this.busy = true;
-    const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, droppedXattrs: 0 };
+    const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, skippedRoot: 0, droppedXattrs: 0 };
     try {
       for await (const entry of entries) {
         state.stats.entries++;
@@ -382,6 +387,7 @@ export class RootfsApplier {
       this.busy = false;
     }
     if (state.skippedSpecial > 0) this.onWarning?.(`${what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`);
+    if (state.skippedRoot > 0) this.onWarning?.(rootWarning(state));
     return state.stats;
   }
 
@@ -438,12 +444,6 @@ export class RootfsApplier {
       throw new SmartError('CORRUPT_ARCHIVE', `${what}: entry name ${JSON.stringify(name)} holds a NUL byte`, { input: what });
     }
     const rel = normaliseEntryName(name);
-    if (rel === null) {
-      throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry "${name}" points outside the root`, {
-        input: what,
-        hint: 'the layer was crafted to write outside its directory; do not use this image',
-      });
-    }
     const p = pax(h);
     if (p) {
       for (const key of Object.keys(p)) if (key.startsWith('SCHILY.xattr.')) state.droppedXattrs++;
@@ -463,11 +463,13 @@ export class RootfsApplier {
       }
 
       if (rel === '') {
-        // The root itself: only its metadata, and only from a directory (as umoci).
-        if (h.type !== 'directory') {
-          throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry "${name}" would replace the root directory`, { input: what });
+        // The root itself (`./`, `..`, `""`): a directory gives it its metadata (as umoci); anything
+        // else cannot replace it and is skipped, as containerd skips what resolves to the root.
+        if (h.type === 'directory') this.applyDirMeta('', h, p);
+        else {
+          await drain(h, body);
+          state.skippedRoot++;
         }
-        this.applyDirMeta('', h, p);
         return;
       }
 
@@ -516,8 +518,8 @@ export class RootfsApplier {
           return;
         case 'symlink': {
           await drain(h, body);
-          if (!h.linkname) {
-            throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink "${name}" has no target`, { input: what });
+          if (!h.linkname || h.linkname.includes('\0')) {
+            throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink "${name}" has ${h.linkname ? 'a NUL byte in its target' : 'no target'}`, { input: what });
           }
           this.markWritten(targetRel, state);
           await this.replace(target, targetRel, () => symlinkSync(h.linkname, target));
@@ -706,18 +708,18 @@ export class RootfsApplier {
   private async hardlink(target: string, targetRel: string, name: string, h: Header, state: LayerState): Promise<void> {
     const { what } = state;
     const linkname = h.linkname ?? '';
-    const lrel = linkname.includes('\0') ? null : normaliseEntryName(linkname);
-    if (lrel === null) {
-      throw new SmartError('UNSAFE_ARCHIVE', `${what}: hardlink "${name}" points outside the root (to "${linkname}")`, {
-        input: what,
-        hint: 'the layer was crafted to reach outside its directory; do not use this image',
-      });
+    if (linkname === '' || linkname.includes('\0')) {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink "${name}" has ${linkname ? 'a NUL byte in its target' : 'no target'}`, { input: what });
     }
-    if (lrel === '') {
-      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink "${name}" has no target or targets the root`, { input: what });
-    }
-    const srcDir = walkInRoot(this.root, parentOf(lrel), { followLast: true, knownDirs: this.knownDirs, what });
-    const srcRel = joinRel(srcDir, lrel.slice(lrel.lastIndexOf('/') + 1));
+    // As containerd's hardlinkRootPath: the target's parent is resolved inside the root (`..` stops
+    // at the root, symlinks are scoped to it), its last component is not followed: a hardlink to
+    // a symlink links the symlink. A last component of `.` or `..` (or none) names a directory.
+    const slash = linkname.lastIndexOf('/');
+    const base = linkname.slice(slash + 1);
+    const srcRel =
+      base === '' || base === '.' || base === '..'
+        ? walkInRoot(this.root, linkname, { followLast: true, knownDirs: this.knownDirs, what })
+        : joinRel(walkInRoot(this.root, linkname.slice(0, Math.max(slash, 0)), { followLast: true, knownDirs: this.knownDirs, what }), base);
     const src = path.join(this.root, srcRel);
     const st = lstatOrNull(src);
     if (!st) {
@@ -772,6 +774,10 @@ export class RootfsApplier {
     if (!st.isDirectory()) return;
     for (const child of readdirSync(full)) await this.removeLower(joinRel(rel, child), state);
   }
+}
+
+function rootWarning(state: LayerState): string {
+  return `${state.what}: skipped ${state.skippedRoot} entr${state.skippedRoot === 1 ? 'y' : 'ies'} naming the root directory itself (only a directory can)`;
 }
 
 const CREATE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
