@@ -1,5 +1,6 @@
 /** The image configuration (OCI image-spec config.md; Docker's is the same JSON). */
 import { SmartError } from '../errors.js';
+import { checkJson } from '../limits.js';
 import { parseDigest, type Digest } from './digest.js';
 
 export interface ContainerConfig {
@@ -40,7 +41,7 @@ export const MAX_CONFIG_BYTES = 8 * 1024 * 1024;
 export function parseImageConfig(bytes: Buffer, input?: string): ImageConfig {
   const bad = (why: string) =>
     new SmartError('MANIFEST_INVALID', `invalid image config${input ? ` ${input}` : ''}: ${why}`, { input });
-  if (bytes.length > MAX_CONFIG_BYTES) throw bad(`larger than ${MAX_CONFIG_BYTES} bytes`);
+  checkJson(bytes, MAX_CONFIG_BYTES, `image config${input ? ` ${input}` : ''}`, input);
   let doc: unknown;
   try {
     doc = JSON.parse(bytes.toString('utf8'));

@@ -7,6 +7,7 @@ import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { SmartError, isErrno } from '../errors.js';
+import { MAX_ARCHIVE_MEMBERS, limitExceeded } from '../limits.js';
 import { BLOCK, decodeHeader, entryType, isZeroBlock, normalizeMemberName, parsePax, type TarEntryType } from './header.js';
 
 export interface TarMember {
@@ -24,8 +25,11 @@ export class TarIndex {
     readonly members: ReadonlyMap<string, TarMember>,
   ) {}
 
-  /** Indexes `file`. A file that is not a tar is NOT_AN_IMAGE; a truncated one CORRUPT_ARCHIVE. */
-  static async open(file: string, what = file): Promise<TarIndex> {
+  /**
+   * Indexes `file`. A file that is not a tar is NOT_AN_IMAGE; a truncated one CORRUPT_ARCHIVE; one
+   * of more than `maxMembers` members LIMIT_EXCEEDED (each is held in memory).
+   */
+  static async open(file: string, what = file, maxMembers = MAX_ARCHIVE_MEMBERS): Promise<TarIndex> {
     let handle: fs.FileHandle;
     try {
       handle = await fs.open(file, 'r');
@@ -82,6 +86,7 @@ export class TarIndex {
             longLink = (await readData(dataOffset, header.size)).toString('utf8').replace(/\0+$/, '');
             continue;
         }
+        if (members.size >= maxMembers) throw limitExceeded(`${what}: holds more than ${maxMembers} members`, file);
         const name = normalizeMemberName(pax.path ?? longName ?? header.name);
         const size = pax.size !== undefined ? Number(pax.size) : header.size;
         members.set(name, {

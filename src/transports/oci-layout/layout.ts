@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import { SmartError, isSmartError } from '../../errors.js';
 import { digestHex, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
-import { parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
+import { MAX_MANIFEST_BYTES, parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType } from '../../oci/mediatypes.js';
 import { holdsImage } from '../../oci/partial.js';
 import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
@@ -22,7 +22,8 @@ const LAYOUT_CONTENT = Buffer.from('{"imageLayoutVersion":"1.0.0"}');
 
 /** The read side of a layout: a directory (FsDriver) or a tar archive. */
 export interface LayoutFiles {
-  getContent(path: string): Promise<Buffer>;
+  /** Throws NOT_FOUND when absent, LIMIT_EXCEEDED (before reading) when larger than `maxBytes`. */
+  getContent(path: string, maxBytes?: number): Promise<Buffer>;
   reader(path: string): Promise<Readable>;
 }
 
@@ -34,7 +35,7 @@ async function readIndex(files: LayoutFiles, name: string): Promise<ImageIndex> 
   let bytes: Buffer;
   try {
     // Both at once; either missing means the same: not a layout.
-    [, bytes] = await Promise.all([files.getContent(LAYOUT_FILE), files.getContent(INDEX_FILE)]);
+    [, bytes] = await Promise.all([files.getContent(LAYOUT_FILE, MAX_MANIFEST_BYTES), files.getContent(INDEX_FILE, MAX_MANIFEST_BYTES)]);
   } catch (e) {
     if (isSmartError(e) && e.code === 'NOT_FOUND') {
       throw new SmartError('NOT_AN_IMAGE', `${name}: not an OCI image layout (no oci-layout or index.json)`, { input: name, cause: e });
@@ -89,7 +90,7 @@ export class OciLayoutSource implements ImageSource {
 
   private async readBlob(d: Digest, what: string): Promise<Buffer> {
     try {
-      return await this.files.getContent(blobPath(d));
+      return await this.files.getContent(blobPath(d), MAX_MANIFEST_BYTES);
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_FOUND') {
         throw new SmartError('NOT_FOUND', `${this.name}: ${what} blob ${d} is missing`, { input: d, cause: e });
@@ -197,7 +198,7 @@ export class OciLayoutDestination implements BlobDestination {
     if (!entry) return undefined;
     const manifest = async ({ digest: d, mediaType }: { digest: Digest; mediaType?: string }): Promise<ParsedManifest | undefined> => {
       try {
-        return parseManifest(await this.driver.getContent(blobPath(d)), mediaType, `${this.name} (${shortDigest(d)})`);
+        return parseManifest(await this.driver.getContent(blobPath(d), MAX_MANIFEST_BYTES), mediaType, `${this.name} (${shortDigest(d)})`);
       } catch (e) {
         if (isSmartError(e) && (e.code === 'NOT_FOUND' || e.code === 'MANIFEST_INVALID' || e.code === 'UNSUPPORTED')) return undefined;
         throw e;
