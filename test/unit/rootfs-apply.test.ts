@@ -242,6 +242,48 @@ describe('RootfsApplier', () => {
     expect(await readdir(r('d/keepdir'))).toEqual(['upper']);
   });
 
+  it('keeps what a layer wrote into directories it created, whatever whiteouts follow', async () => {
+    await applyAll([
+      [
+        { name: 'd/', type: 'directory' },
+        { name: 'd/old', content: 'o' },
+      ],
+      [
+        { name: 'd/made/deep/f', content: 'implicit parents' },
+        { name: 'd/newdir/', type: 'directory' },
+        { name: 'd/newdir/g', content: 'g' },
+        { name: 'd/newdir/sub/', type: 'directory' },
+        { name: 'd/newdir/.wh.g' },
+        { name: 'd/newdir/sub/.wh..wh..opq' },
+        { name: 'd/made/.wh..wh..opq' },
+        { name: 'd/.wh..wh..opq' },
+        { name: 'fresh/x', content: 'x' },
+        { name: '.wh.fresh' },
+      ],
+    ]);
+    expect((await readdir(r('d'))).sort()).toEqual(['made', 'newdir']);
+    expect(await readFile(r('d/made/deep/f'), 'utf8')).toBe('implicit parents');
+    expect((await readdir(r('d/newdir'))).sort()).toEqual(['g', 'sub']);
+    expect(await readFile(r('fresh/x'), 'utf8')).toBe('x');
+  });
+
+  it('holds no per-file state for files in directories the layer creates, and bounds the rest', async () => {
+    // 3000 files in new directories pass a bound of 100 paths: only the 30 directories count.
+    const many = Array.from({ length: 30 }, (_, d) => Array.from({ length: 100 }, (_, i) => ({ name: `pkg${d}/file${i}`, content: '' }))).flat();
+    await applyAll([many], { maxTrackedPaths: 100 });
+    expect(await readdir(r('pkg29'))).toHaveLength(100);
+    await rm(root, { recursive: true });
+    await mkdir(root);
+    // Files written into a directory of a lower layer are tracked (a later whiteout must spare them).
+    const a = new RootfsApplier(root, { preserveOwnership: false, maxTrackedPaths: 100 });
+    await a.applyLayer(streamOf(await tarOf([{ name: 'lib/', type: 'directory' }])), 'layer 0');
+    const tooMany = Array.from({ length: 150 }, (_, i) => ({ name: `lib/f${i}`, content: '' }));
+    const e = await a.applyLayer(streamOf(await tarOf(tooMany)), 'layer 1').catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(SmartError);
+    expect((e as SmartError).code).toBe('LIMIT_EXCEEDED');
+    expect((e as SmartError).message).toMatch(/^layer 1: more than 100 paths to keep in memory/);
+  });
+
   it('ignores aufs metadata and what is below it', async () => {
     await applyAll([
       [

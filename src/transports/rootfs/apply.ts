@@ -44,11 +44,14 @@ import type { Readable } from 'node:stream';
 import { extract as tarExtract, type Header } from 'tar-stream';
 import { SmartError, isErrno, isSmartError } from '../../errors.js';
 import type { StoredEntry } from '../../cache/layer-store.js';
+import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
 export interface ApplyOptions {
   /** chown entries and create device nodes / fifos: only when running as root. */
   preserveOwnership: boolean;
   onWarning?: (message: string) => void;
+  /** The bound on paths held in memory (default MAX_TRACKED_PATHS); past it, LIMIT_EXCEEDED. */
+  maxTrackedPaths?: number;
 }
 
 export interface LayerApplyStats {
@@ -97,6 +100,8 @@ interface WalkOptions {
   knownDirs?: Set<string>;
   /** Create missing components as directories (mode 0755); a non-directory in the way is an error. */
   create?: boolean;
+  /** Told of each directory `create` made. */
+  onCreate?: (rel: string) => void;
   /** For messages. */
   what?: string;
 }
@@ -138,6 +143,7 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
         mkdirSync(full, 0o755);
         chmodSync(full, 0o755); // whatever the umask
         knownDirs?.add(next);
+        options.onCreate?.(next);
       }
       // Missing: the rest is joined lexically (it cannot exist either, unless `..` climbs back).
       cur = next;
@@ -204,7 +210,11 @@ interface DirMeta {
 interface LayerState {
   what: string;
   stats: LayerApplyStats;
-  /** Root-relative paths this layer wrote, with their ancestors: what opaque and whiteout keep. */
+  /**
+   * What opaque markers and whiteouts keep: the paths this layer wrote, with their ancestors, but
+   * not those inside directories the layer created (RootfsApplier.freshDirs), which hold nothing
+   * of lower layers. A layer of many files in new directories then tracks only the directories.
+   */
   written: Set<string>;
   skippedSpecial: number;
   /** Non-directory entries naming the root itself. */
@@ -300,6 +310,9 @@ export class RootfsApplier {
   private readonly knownDirs = new Set<string>();
   /** Directory metadata to set in finish(), last writer wins; dropped when the directory is removed. */
   private readonly dirMeta = new Map<string, DirMeta>();
+  /** Directories the current layer created: all they hold is the layer's own. */
+  private readonly freshDirs = new Set<string>();
+  private readonly maxTrackedPaths: number;
   private busy = false;
   private finished = false;
 
@@ -308,6 +321,7 @@ export class RootfsApplier {
     this.preserveOwnership = options.preserveOwnership;
     this.onWarning = options.onWarning;
     this.dirWriteBits = process.getuid?.() === 0 ? 0 : 0o700;
+    this.maxTrackedPaths = options.maxTrackedPaths ?? MAX_TRACKED_PATHS;
   }
 
   /** Applies one UNCOMPRESSED layer tar on top of the tree. Called in layer order, one at a time. `what` names the layer in errors. */
@@ -320,6 +334,7 @@ export class RootfsApplier {
       );
     }
     this.busy = true;
+    this.freshDirs.clear();
     const state: LayerState = {
       what,
       stats: { entries: 0, bytes: 0, whiteouts: 0 },
@@ -377,6 +392,7 @@ export class RootfsApplier {
   async applyEntries(entries: AsyncIterable<StoredEntry>, what: string, options: { link: boolean }): Promise<LayerApplyStats> {
     if (this.busy || this.finished) throw new SmartError('INTERNAL', 'applyEntries called while busy or after finish');
     this.busy = true;
+    this.freshDirs.clear();
     const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, skippedRoot: 0, droppedXattrs: 0 };
     try {
       for await (const entry of entries) {
@@ -497,6 +513,7 @@ export class RootfsApplier {
         followLast: true,
         knownDirs: this.knownDirs,
         create: true,
+        onCreate: (rel) => this.created(rel, state),
         what,
       });
       const targetRel = joinRel(dirRel, base);
@@ -514,7 +531,7 @@ export class RootfsApplier {
           return;
         case 'directory':
           this.markWritten(targetRel, state);
-          await this.makeDir(target, targetRel, h, p);
+          await this.makeDir(target, targetRel, h, p, state);
           return;
         case 'symlink': {
           await drain(h, body);
@@ -562,12 +579,28 @@ export class RootfsApplier {
     }
   }
 
-  /** Adds `rel` and its ancestors to the paths this layer wrote. */
+  /** Adds `rel` and its ancestors to the paths this layer wrote, unless its directory is fresh. */
   private markWritten(rel: string, state: LayerState): void {
+    if (this.freshDirs.has(parentOf(rel))) return;
     let r = rel;
     while (r !== '' && !state.written.has(r)) {
       state.written.add(r);
       r = parentOf(r);
+    }
+    this.checkTracked(state);
+  }
+
+  /** A directory the layer made where nothing was: written, and fresh. */
+  private created(rel: string, state: LayerState): void {
+    this.markWritten(rel, state);
+    this.freshDirs.add(rel);
+    this.checkTracked(state);
+  }
+
+  /** Bounds what is held per path: every directory (knownDirs; dirMeta and freshDirs are subsets), and `written`. */
+  private checkTracked(state: LayerState): void {
+    if (state.written.size + this.knownDirs.size > this.maxTrackedPaths) {
+      throw limitExceeded(`${state.what}: more than ${this.maxTrackedPaths} paths to keep in memory (directories, and what the layer writes into directories of lower layers)`, state.what);
     }
   }
 
@@ -576,11 +609,14 @@ export class RootfsApplier {
     if (rel === '') {
       this.knownDirs.clear();
       this.dirMeta.clear();
+      this.freshDirs.clear();
       return;
     }
     const prefix = `${rel}/`;
-    this.knownDirs.delete(rel);
-    for (const k of this.knownDirs) if (k.startsWith(prefix)) this.knownDirs.delete(k);
+    for (const set of [this.knownDirs, this.freshDirs]) {
+      set.delete(rel);
+      for (const k of set) if (k.startsWith(prefix)) set.delete(k);
+    }
     this.dirMeta.delete(rel);
     for (const k of this.dirMeta.keys()) if (k.startsWith(prefix)) this.dirMeta.delete(k);
   }
@@ -677,8 +713,9 @@ export class RootfsApplier {
     return bytes;
   }
 
-  private async makeDir(target: string, rel: string, h: Header, p: PaxRecords | null): Promise<void> {
+  private async makeDir(target: string, rel: string, h: Header, p: PaxRecords | null, state: LayerState): Promise<void> {
     if (!this.knownDirs.has(rel)) {
+      let made = true;
       try {
         mkdirSync(target, 0o700);
       } catch (e) {
@@ -686,9 +723,10 @@ export class RootfsApplier {
         if (!lstatSync(target).isDirectory()) {
           await this.removeExisting(target, rel, false);
           mkdirSync(target, 0o700);
-        }
+        } else made = false;
       }
       this.knownDirs.add(rel);
+      if (made) this.created(rel, state);
     }
     this.applyDirMeta(rel, h, p);
   }
@@ -764,6 +802,7 @@ export class RootfsApplier {
    * to lower layers only), but lower-layer contents of a directory it kept go.
    */
   private async removeLower(rel: string, state: LayerState): Promise<void> {
+    if (this.freshDirs.has(rel) || this.freshDirs.has(parentOf(rel))) return; // all the layer's own
     const full = path.join(this.root, rel);
     const st = lstatOrNull(full);
     if (!st) return;
