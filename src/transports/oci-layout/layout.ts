@@ -127,6 +127,8 @@ export class OciLayoutSource implements ImageSource {
 export class OciLayoutDestination implements BlobDestination {
   readonly layerCompression = 'preserve' as const;
   readonly cacheScope: string;
+  /** prepare() found an empty directory: the layout is this run's own until it commits. */
+  private fresh = false;
 
   constructor(
     readonly name: string,
@@ -139,6 +141,7 @@ export class OciLayoutDestination implements BlobDestination {
   /** Refuses a directory that holds something other than a layout; creates `oci-layout`. */
   async prepare(): Promise<void> {
     const children = await this.driver.list('/');
+    this.fresh = children.length === 0;
     if (children.length > 0 && !children.includes('oci-layout')) {
       throw new SmartError('USAGE', `${this.name}: the directory is not empty and is not an OCI layout; refusing to write into it`, {
         input: this.name,
@@ -228,7 +231,11 @@ export class OciLayoutDestination implements BlobDestination {
   }
 
   async abort(): Promise<void> {
-    // putBlob removes its own temporary file on failure; stored blobs are unreferenced, as with skopeo.
+    // putBlob removes its own temporary file on failure. A layout this run began (and no other run
+    // has committed to since) goes again, so that a failed copy leaves no half-made layout; in an
+    // existing one, stored blobs stay unreferenced, as with skopeo.
+    if (!this.fresh || (await this.driver.stat(INDEX_FILE))) return;
+    for (const child of await this.driver.list('/')) await this.driver.delete(`/${child}`);
   }
 
   async close(): Promise<void> {}
