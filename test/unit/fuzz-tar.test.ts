@@ -6,6 +6,7 @@
  * random-access index (docker-archive and oci-archive files), the streaming docker-archive
  * reader, and the layer applier (tar-stream), which never writes outside its root.
  */
+import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +14,9 @@ import { PassThrough, Readable } from 'node:stream';
 import fc from 'fast-check';
 import { pack } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LayerStore } from '../../src/cache/layer-store.js';
 import { SmartError } from '../../src/errors.js';
+import type { Digest } from '../../src/oci/digest.js';
 import { BLOCK, checksum, decodeHeader, normalizeMemberName, parsePax } from '../../src/tar/header.js';
 import { TarIndex } from '../../src/tar/tar-index.js';
 import { readDockerArchiveStream } from '../../src/transports/docker-archive/stream.js';
@@ -167,7 +170,7 @@ describe('tar readers on mutated archives', () => {
         await rm(file);
       }),
       // A size field of "-1" (parseInt read it), and pax sizes the index took as they came.
-      fuzzParams(300, [
+      fuzzParams(200, [
         [withField(layerSeeds[0]!, 0, 124, 12, '-1')],
         [await tarOf([{ name: 'a', body: 'x', pax: { size: '99999999999' } }])],
         [await tarOf([{ name: 'a', body: 'x', pax: { size: 'abc' } }])],
@@ -223,8 +226,34 @@ describe('tar readers on mutated archives', () => {
         expect(await readFile(path.join(outside, 'victim'), 'utf8')).toBe('original');
         await rm(root, { recursive: true, force: true });
       }),
-      fuzzParams(200),
+      fuzzParams(100),
     );
+  });
+
+  it('the layer store, then the applier from it: a SmartError or a tree inside the root', async () => {
+    const outside = path.join(work, 'outside');
+    await mkdir(outside, { recursive: true });
+    await writeFile(path.join(outside, 'victim'), 'original');
+    const store = new LayerStore(path.join(work, 'store'));
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.nat(layerSeeds.length - 1).chain((i) => mutated(layerSeeds[i]!)), async (bytes) => {
+        const diffId = `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest;
+        const root = path.join(work, `root-${n++}`);
+        await mkdir(root);
+        await totalAsync(async () => {
+          await store.ensure(diffId, async () => Readable.from([bytes]));
+          const applier = new RootfsApplier(root, { preserveOwnership: false });
+          await applier.applyEntries(store.entries(diffId), 'layer 0', { link: false });
+          await applier.finish();
+        });
+        expect(await readdir(outside)).toEqual(['victim']);
+        expect(await readFile(path.join(outside, 'victim'), 'utf8')).toBe('original');
+        await rm(root, { recursive: true, force: true });
+      }),
+      fuzzParams(100),
+    );
+    expect(await readdir(path.join(work, 'store', 'tmp')).catch(() => [])).toEqual([]);
   });
 
   it('the layer applier: a SmartError or a tree, never a write outside the root', async () => {
@@ -241,12 +270,12 @@ describe('tar readers on mutated archives', () => {
           await applier.applyLayer(Readable.from([bytes]), 'layer 0');
           await applier.finish();
         });
-        expect((await readdir(work)).filter((x) => !/^(root-\d+|outside|index-\d+\.tar)$/.test(x))).toEqual([]);
+        expect((await readdir(work)).filter((x) => !/^(root-\d+|outside|store|index-\d+\.tar)$/.test(x))).toEqual([]);
         expect(await readdir(outside)).toEqual(['victim']);
         expect(await readFile(path.join(outside, 'victim'), 'utf8')).toBe('original');
         await rm(root, { recursive: true, force: true });
       }),
-      fuzzParams(300),
+      fuzzParams(200),
     );
   });
 });
