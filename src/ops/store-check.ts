@@ -105,6 +105,8 @@ export interface StoreCheckOptions {
 
 const HEX_LENGTH: Record<string, number> = { sha256: 64, sha384: 96, sha512: 128 };
 const LINK_RE = /^sha256:[0-9a-f]{64}$/;
+/** A link file is 71 bytes; one far larger is not read whole. */
+const MAX_LINK_BYTES = 4096;
 /** Index nesting deeper than this is refused as manifest-invalid (content addressing rules out cycles). */
 const MAX_DEPTH = 8;
 
@@ -252,8 +254,12 @@ abstract class Check {
     }
     let bytes: Buffer;
     try {
-      bytes = await this.driver.getContent(blob.path);
+      bytes = await this.driver.getContent(blob.path, MAX_MANIFEST_BYTES);
     } catch (e) {
+      if (isSmartError(e) && e.code === 'LIMIT_EXCEEDED') {
+        this.problem({ kind: 'manifest-invalid', path: at, digest: d.digest, ...context, message: `manifest ${d.digest}: ${e.message}` });
+        return undefined;
+      }
       if (!(isSmartError(e) && e.code === 'NOT_FOUND')) throw e;
       this.problem({ kind: 'blob-missing', path: at, digest: d.digest, ...context, message: `manifest ${d.digest} is missing` });
       return undefined;
@@ -455,16 +461,18 @@ class DistributionCheck extends Check {
 
   /** Reads a link: well formed, naming what its path names, and pointing at a present blob. */
   private async readLink(link: LinkFile): Promise<void> {
-    let raw: Buffer;
-    try {
-      raw = await this.driver.getContent(link.path);
-    } catch (e) {
-      if (isSmartError(e) && e.code === 'NOT_FOUND') return; // removed meanwhile
-      throw e;
-    }
-    const text = raw.toString('latin1');
     const at = this.where(link.path);
     const context = { repository: link.repository, ...(link.tag !== undefined ? { tag: link.tag } : {}) };
+    let raw: Buffer;
+    try {
+      raw = await this.driver.getContent(link.path, MAX_LINK_BYTES);
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') return; // removed meanwhile
+      if (!(isSmartError(e) && e.code === 'LIMIT_EXCEEDED')) throw e;
+      this.problem({ kind: 'link-malformed', path: at, ...context, message: `link file of more than ${MAX_LINK_BYTES} bytes, not sha256:<64 hex digits>` });
+      return;
+    }
+    const text = raw.toString('latin1');
     if (!LINK_RE.test(text)) {
       this.problem({ kind: 'link-malformed', path: at, ...context, message: `link holds ${quoted(text, 80)}, not exactly sha256:<64 hex digits> without a newline` });
       return;
@@ -652,7 +660,16 @@ class LayoutCheck extends Check {
       else if (/^\/\.smart-tmp-[^/]+$/.test(entry.path) || TEMPORARY.test(entry.path)) this.temporaries.push(this.where(entry.path));
       else if (entry.path !== '/oci-layout' && entry.path !== '/index.json') this.unrecognised.push(this.where(entry.path));
     }
-    const read = async (p: string) => this.driver.getContent(p).catch((e: unknown) => (isSmartError(e) && e.code === 'NOT_FOUND' ? undefined : Promise.reject(e)));
+    const read = async (p: string): Promise<Buffer | undefined> => {
+      try {
+        return await this.driver.getContent(p, MAX_MANIFEST_BYTES);
+      } catch (e) {
+        if (isSmartError(e) && e.code === 'NOT_FOUND') return undefined;
+        if (!(isSmartError(e) && e.code === 'LIMIT_EXCEEDED')) throw e;
+        this.problem({ kind: 'layout-invalid', path: this.where(p), message: e.message });
+        return Buffer.alloc(0);
+      }
+    };
     const [marker, indexBytes] = await Promise.all([read('/oci-layout'), read('/index.json')]);
     if (!marker && !indexBytes) throw new SmartError('NOT_AN_IMAGE', `${this.name}: not an OCI image layout (no oci-layout or index.json)`, { input: this.name });
     let version: unknown;

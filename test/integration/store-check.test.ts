@@ -124,13 +124,18 @@ describe('smart store check', () => {
     await fs.writeFile(path.join(store, layerLink('team/app', l2)), `${l2}\n`); // link-malformed
     await fs.writeFile(path.join(store, revisionLink('team/app', manifest)), config); // link-mismatch
     await fs.rm(path.join(store, currentLink('other', 'v1'))); // tag-unset
+    const hugeLink = path.join(store, `${V2}/repositories/team/app/_manifests/tags/1/index/sha256/${manifest.slice(7)}/link`);
+    await fs.writeFile(hugeLink, Buffer.alloc(1 << 20, 'a')); // link-malformed, not read whole
     const { report } = await check(`file:${store}`);
     expect(kinds(report)).toEqual(['blob-missing', 'blob-mismatch', 'blob-size', 'link-dangling', 'link-malformed', 'link-mismatch', 'link-missing', 'tag-unset'].sort());
     const at = (kind: string) => report.problems.filter((p) => p.kind === kind);
     expect(at('blob-size')).toEqual([expect.objectContaining({ digest: l0, repository: 'team/app', tag: '1', path: path.join(store, blobData(l0)) })]);
     expect(at('blob-missing')).toEqual([expect.objectContaining({ digest: l1, repository: 'team/app' })]);
     expect(at('link-dangling')).toEqual([expect.objectContaining({ path: path.join(store, layerLink('team/app', l1)), digest: l1 })]);
-    expect(at('link-malformed')).toEqual([expect.objectContaining({ path: path.join(store, layerLink('team/app', l2)), message: expect.stringContaining('\\n') })]);
+    expect(at('link-malformed')).toEqual([
+      expect.objectContaining({ path: path.join(store, layerLink('team/app', l2)), message: expect.stringContaining('\\n') }),
+      expect.objectContaining({ path: hugeLink, message: 'link file of more than 4096 bytes, not sha256:<64 hex digits>' }),
+    ]);
     expect(at('link-mismatch')).toEqual([expect.objectContaining({ path: path.join(store, revisionLink('team/app', manifest)) })]);
     // The config's link is gone, and the manifest's revision link names another digest: both unlinked.
     expect(at('link-missing').map((p) => p.path).sort()).toEqual([path.join(store, layerLink('team/app', config)), path.join(store, layerLink('team/app', l2)), path.join(store, revisionLink('team/app', manifest))].sort());
