@@ -218,9 +218,10 @@ abstract class Check {
     this.options.signal?.throwIfAborted();
   }
 
-  /** The blob `digest`: from the inventory, else looked up (a listing may miss what was written meanwhile). */
+  /** Where the bytes of blob `digest` are, in the driver's paths. */
   protected abstract blobPath(digest: string): string;
 
+  /** The blob `digest`: from the inventory, else looked up (a listing may miss what was written meanwhile). */
   protected async findBlob(digest: string): Promise<Blob | undefined> {
     const known = this.blobs.get(digest);
     if (known) return known;
