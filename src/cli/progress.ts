@@ -90,14 +90,15 @@ export class ProgressDisplay {
 
   private rate(l: { done: number; started: number }): string {
     const s = (Date.now() - l.started) / 1000;
-    return s > 0.2 ? `${formatBytes(l.done / s)}/s` : '';
+    return s > 0.2 ? `${formatBytes(Math.round(l.done / s))}/s` : '';
   }
 
   private totals(): { done: number; total: number } {
     let done = 0;
     let total = 0;
     for (const l of this.layers.values()) {
-      done += l.done;
+      // A transfer started again counts its bytes again: what is shown is progress, not traffic.
+      done += l.total !== undefined ? Math.min(l.done, l.total) : l.done;
       total += l.total ?? l.done;
     }
     return { done, total };
@@ -111,7 +112,7 @@ export class ProgressDisplay {
   private draw(): void {
     this.clear();
     const rows = [...this.layers.values()].map((l) => {
-      const amount = l.total ? `${formatBytes(l.done)} / ${formatBytes(l.total)}` : formatBytes(l.done);
+      const amount = l.total ? `${formatBytes(Math.min(l.done, l.total))} / ${formatBytes(l.total)}` : formatBytes(l.done);
       return `${short(l.digest)}  ${l.status ?? `${amount}  ${this.rate(l)}`}`;
     });
     const t = this.totals();

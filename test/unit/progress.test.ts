@@ -1,0 +1,25 @@
+/** The plain progress display (CI logs): totals that add up after a transfer restarts, rates printed as rates. */
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ProgressDisplay } from '../../src/cli/progress.js';
+
+function capture(): { stream: NodeJS.WriteStream; text: () => string } {
+  let out = '';
+  return { stream: { write: (s: string) => ((out += s), true), columns: 100 } as unknown as NodeJS.WriteStream, text: () => out };
+}
+
+describe('plain progress', () => {
+  afterEach(() => vi.useRealTimers());
+
+  // Found by the fault soak: after uploads were sent again the summary read "3.66 KiB of 1.63 KiB
+  // 748.8502299540091 B/s": the bytes of every attempt counted, and a slow rate not rounded.
+  it('counts a layer sent again once, and rounds a slow rate', () => {
+    vi.useFakeTimers();
+    const { stream, text } = capture();
+    const display = new ProgressDisplay('plain', stream);
+    display.onProgress({ digest: 'sha256:' + 'a'.repeat(64), bytes: 1001, total: 1670 });
+    display.onProgress({ digest: 'sha256:' + 'a'.repeat(64), bytes: 1670, total: 1670 }); // the attempt that went through
+    vi.advanceTimersByTime(5000);
+    display.finish();
+    expect(text()).toMatch(/^progress: 1\.63 KiB of 1\.63 KiB \d+ B\/s\n$/);
+  });
+});
