@@ -18,6 +18,8 @@ export interface RemoteOptions {
   /** Registry credentials for the source and the destination (else the Docker config's). */
   sourceCredentials?: Credentials;
   destinationCredentials?: Credentials;
+  /** The containers auth.json to read instead of the default credential files (`--authfile`). */
+  authFile?: string;
   /** Hosts allowed plain HTTP and unverified TLS (`--insecure-registry`). */
   insecureRegistries?: string[];
   /** Extra CA directories (`--cert-dir`). */
@@ -55,6 +57,7 @@ async function registryClient(host: string, ctx: EndpointContext, credentials: C
     insecure: extra.insecure || (remote.insecureRegistries ?? []).includes(host),
     ...(remote.insecureRegistries ? { insecureHosts: remote.insecureRegistries } : {}),
     ...(credentials ? { credentials } : {}),
+    ...(remote.authFile ? { authFile: remote.authFile } : {}),
     ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
     ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
     ...(ctx.signal ? { signal: ctx.signal } : {}),

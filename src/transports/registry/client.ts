@@ -36,8 +36,10 @@ export interface RegistryClientOptions {
   insecure?: boolean;
   /** Every host allowed plain HTTP (`--insecure-registry`): a token realm on one of them may get credentials over plain HTTP. */
   insecureHosts?: readonly string[];
-  /** From --creds / SMART_REGISTRY_AUTH; otherwise looked up in the Docker config. */
+  /** From --creds / SMART_REGISTRY_AUTH; otherwise looked up in auth.json and the Docker config (credentials.ts). */
   credentials?: Credentials;
+  /** The containers auth.json read instead of the default credential files (`--authfile`). */
+  authFile?: string;
   /** Directories of extra CA certificates (`*.crt`), e.g. skopeo's --cert-dir. */
   certDirs?: string[];
   maxRetries?: number;
@@ -199,14 +201,14 @@ export class RegistryClient {
   }
 
   private creds(): Promise<Credentials | undefined> {
-    this.credentials ??= lookupCredentials(this.host, this.options.credentials).then((c) => (this.knownCredentials = c));
+    this.credentials ??= lookupCredentials(this.host, this.options.credentials, { ...(this.options.authFile ? { authFile: this.options.authFile } : {}) }).then((c) => (this.knownCredentials = c));
     return this.credentials;
   }
 
   /** Every secret this client holds, as redact.ts takes them: echoed back by a registry, they are replaced. */
   private secrets(): string[] {
     const c = this.knownCredentials ?? this.options.credentials;
-    return [...(c ? [c.password, `${c.username}:${c.password}`] : []), ...[...this.tokens.values()].map((t) => t.token)];
+    return [...(c ? [c.password, `${c.username}:${c.password}`, ...(c.identityToken ? [c.identityToken] : [])] : []), ...[...this.tokens.values()].map((t) => t.token)];
   }
 
   /**
@@ -275,6 +277,12 @@ export class RegistryClient {
   private async authorization(scopes: string[], signal?: AbortSignal): Promise<string | undefined> {
     if (this.challenge.scheme === 'basic') {
       const c = await this.creds();
+      if (c?.identityToken) {
+        throw new SmartError('REGISTRY', `the credentials for ${this.host} are an identity token, which only a registry with a token server takes (this one asks for Basic auth)`, {
+          input: this.host,
+          hint: 'log in with a user name and password (docker login, podman login), or pass --creds USER:PASSWORD',
+        });
+      }
       return c ? `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}` : undefined;
     }
     if (this.challenge.scheme !== 'bearer') return undefined;
@@ -293,24 +301,39 @@ export class RegistryClient {
     if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:')) {
       throw new SmartError('REGISTRY', `${this.host} names a token realm that is no http(s) URL: ${remoteText(realm, { max: 100 })}`, { input: this.host });
     }
+    // The realm as named (its own query kept), for the form POST; the GET carries its parameters in the query.
+    const realmPath = `${url.pathname}${url.search}`;
     if (service) url.searchParams.set('service', service);
     for (const s of scopes) url.searchParams.append('scope', s);
     const c = await this.creds();
     const headers: Record<string, string> = { 'user-agent': USER_AGENT };
-    if (c) {
+    // An identity token is an OAuth2 refresh token: POSTed as a form (the token spec's OAuth2 flow,
+    // as the Docker client does), the scopes space-separated.
+    let form: Buffer | undefined;
+    if (c?.identityToken) {
+      this.checkRealm(url);
+      const fields = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: c.identityToken, client_id: 'smartlayer' });
+      if (service) fields.set('service', service);
+      if (scopes.length) fields.set('scope', scopes.join(' '));
+      form = Buffer.from(fields.toString());
+      headers['content-type'] = 'application/x-www-form-urlencoded';
+    } else if (c) {
       this.checkRealm(url);
       headers.authorization = `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
       url.searchParams.set('account', c.username);
     }
     const agent = await this.agent();
     const res = await this.withRetries(`token for ${this.host}`, true, signal, () =>
-      send(agent, { origin: url.origin, path: `${url.pathname}${url.search}`, method: 'GET', headers }, signal),
+      form
+        ? send(agent, { origin: url.origin, path: realmPath, method: 'POST', headers, body: form }, signal)
+        : send(agent, { origin: url.origin, path: `${url.pathname}${url.search}`, method: 'GET', headers }, signal),
     );
     const body = await readBody(res.body);
     if (res.statusCode === 401 || res.statusCode === 403) {
-      throw new SmartError('REGISTRY', `authentication to ${this.host} failed${c ? ` for user ${c.username}` : ''} (the token server answered ${res.statusCode})`, {
+      const who = c?.identityToken ? ' with its identity token' : c ? ` for user ${c.username}` : '';
+      throw new SmartError('REGISTRY', `authentication to ${this.host} failed${who} (the token server answered ${res.statusCode})`, {
         input: this.host,
-        hint: c ? 'check the username and password' : 'log in with docker login, or pass --creds USER:PASSWORD',
+        hint: c?.identityToken ? 'the identity token may have expired or been revoked: log in again' : c ? 'check the username and password' : 'log in with docker login, or pass --creds USER:PASSWORD',
       });
     }
     if (res.statusCode !== 200) throw this.statusError(res.statusCode, body, `token for ${this.host}`, 'GET');
