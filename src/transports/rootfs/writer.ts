@@ -330,7 +330,7 @@ async function probeReflink(storeDir: string, tree: string): Promise<Materialize
 function progressOptions(layer: Layer, options: ImageWriteOptions, signal: AbortSignal | undefined): OpenOptions {
   const { onProgress } = options;
   const { digest, size } = layer.descriptor;
-  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ digest, bytes, total: size }) } : {}) };
+  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ layer: digest, bytes, total: size }) } : {}) };
 }
 
 /** Puts `staging` at `target`: the old directory is moved aside (to `old`) first and removed only after. */
