@@ -22,7 +22,9 @@ Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, defau
   SMART_REGISTRY_AUTH=USER:PASSWORD (as --creds; unused when a command talks to two registries);
   REGISTRY_AUTH_FILE (as --authfile), XDG_RUNTIME_DIR, XDG_CONFIG_HOME, DOCKER_CONFIG (registry credentials:
   containers auth.json, then Docker's config.json); AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_PROFILE,
-  AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
+  AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them);
+  SMART_MAX_DECOMPRESSION_RATIO (default 100; 0: no bound) and SMART_MIN_DECOMPRESSION_BYTES (default
+  256 MiB): a compressed layer that decompresses past both is refused as a decompression bomb.`;
 
 export interface CommonFlags {
   compression?: string;
