@@ -1,6 +1,7 @@
 /**
  * The `smart` command line: parses flags, calls the library, prints. The only place that catches
- * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else.
+ * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else, 130/143 a signal,
+ * 141 a reader of the image on stdout that went away.
  */
 import path from 'node:path';
 import { SmartError, isSmartError } from '../errors.js';
@@ -52,19 +53,6 @@ export function refuseTerminals(source: string | undefined, destination: string 
   }
 }
 
-/**
- * The reference of what a push stored, as `crane push` prints it: `HOST/REPO@sha256:…` for a
- * registry, the store's name with `#REPO@sha256:…` for `file:`/`s3://`; undefined for other
- * destinations (layouts and archives are files, their digest is in --json).
- */
-export async function pushedReference(destination: string, digest: string): Promise<string | undefined> {
-  const { parseImageName } = await import('../transports/names.js');
-  const name = parseImageName(destination);
-  if (name.transport === 'docker') return `${name.ref.registry}/${name.ref.repository}@${digest}`;
-  if ((name.transport === 'file' || name.transport === 's3') && name.ref) return `${name.raw.slice(0, name.raw.lastIndexOf('#'))}#${name.ref.repository}@${digest}`;
-  return undefined;
-}
-
 type CopySummary = import('../ops/copy.js').CopySummary;
 
 /**
@@ -97,7 +85,7 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
     throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout (docker-archive:-)', { input: destination });
   }
   refuseTerminals(source, destination);
-  const { transfer } = await import('../ops/transfer.js');
+  const { transfer, storedReference } = await import('../ops/transfer.js');
   const { formatBytes, guardedStdout } = await import('./output.js');
   const { ProgressDisplay } = await import('./progress.js');
   const progress = new ProgressDisplay(progressMode(flags), { command: mode, source, destination });
@@ -155,7 +143,7 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
     info(`read ${formatBytes(read)} in ${seconds.toFixed(2)} s (${formatBytes(read / Math.max(seconds, 0.001))}/s)${ratio}`);
   }
   if (flags.digestfile) await writeDigestFile(flags.digestfile, summary.manifestDigest);
-  const reference = mode === 'push' ? await pushedReference(destination, summary.manifestDigest) : undefined;
+  const reference = mode === 'push' ? storedReference(destination, summary.manifestDigest) : undefined;
   if (flags.json) out.json(transferDocument(mode, summary, { seconds, reference }));
   else if (reference) out.result(reference);
 }

@@ -248,6 +248,18 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
 }
 export type { LayerEvent, ProgressEvent } from '../oci/image.js';
 
+/**
+ * The reference of what a push stored, as `crane push` prints it: `HOST/REPO@sha256:…` for a
+ * registry, the store's name with `#REPO@sha256:…` for `file:`/`s3://`; undefined for other
+ * destinations (layouts and archives are files: their digest says it all).
+ */
+export function storedReference(destination: string, digest: string): string | undefined {
+  const name = parseImageName(destination);
+  if (name.transport === 'docker') return `${name.ref.registry}/${name.ref.repository}@${digest}`;
+  if ((name.transport === 'file' || name.transport === 's3') && name.ref) return `${name.raw.slice(0, name.raw.lastIndexOf('#'))}#${name.ref.repository}@${digest}`;
+  return undefined;
+}
+
 /** Opens any image name and resolves it (one platform): for commands that inspect rather than copy. */
 export async function resolveImageByName(name: string, options: { platform?: string; ctx?: Partial<EndpointContext> } = {}) {
   const parsed = parseImageName(name);

@@ -179,6 +179,19 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'skopeo'))(
     expect(requests.every((q) => q.method === 'POST' && q.grant === 'refresh_token' && q.user === 'carol' && q.status === 200)).toBe(true);
     expect(requests.some((q) => q.access?.some((a) => a.actions.includes('push')))).toBe(true);
     expectNoSecret(r);
+    // A credential helper hands one over as the user <token>.
+    const helped = await home({
+      'docker/config.json': { credHelpers: { [token.host]: 'tok' } },
+      'bin/docker-credential-tok': `#!/bin/sh\ncat >/dev/null\nprintf '{"ServerURL":"%s","Username":"<token>","Secret":"${REFRESH}"}' "${token.host}"\n`,
+    });
+    await fs.chmod(path.join(helped.dir, 'bin/docker-credential-tok'), 0o755);
+    const viaHelper = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${token.host}/lib/helped:1`, '--cert-dir', certDir], {
+      env: { ...helped.env, PATH: `${path.join(helped.dir, 'bin')}:${process.env.PATH ?? ''}` },
+      cacheHome: helped.cacheHome,
+    });
+    expect(viaHelper.code, viaHelper.stderr).toBe(0);
+    expect(tokens.requests.at(-1)).toMatchObject({ method: 'POST', grant: 'refresh_token', user: 'carol', status: 200 });
+    expectNoSecret(viaHelper);
     // The same in a containers auth.json; and a token the server does not know fails in one line, unshown.
     const revoked = await home({ 'runtime/containers/auth.json': { auths: { [token.host]: { identitytoken: `${REFRESH}-revoked` } } } });
     const failed = await smart(['pull', `docker://${token.host}/lib/refreshed:1`, `oci:${path.join(revoked.dir, 'out')}:x`, '--cert-dir', certDir], {

@@ -72,7 +72,7 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(proxy.stats.requests.filter((r) => r.path.includes('/manifests/') || r.path.includes('/blobs/')).map((r) => `${r.method} ${r.path}`)).toEqual([
       'HEAD /v2/multi/app/manifests/arm64',
     ]);
-    expect(JSON.parse(warm.stdout.toString())).toMatchObject({ layers: { skipped: 2, pushed: 0 }, details: { materialize: expect.stringMatching(/^(copy|reflink)$/) } });
+    expect(JSON.parse(warm.stdout.toString())).toMatchObject({ layers: { skipped: 2, written: 0 }, details: { materialize: expect.stringMatching(/^(copy|reflink)$/) } });
     expect(await describeTree(path.join(work, 'arm2'))).toEqual(await describeTree(path.join(work, 'arm')));
   });
 
