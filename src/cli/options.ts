@@ -91,8 +91,8 @@ export function positiveInt(name: string, max: number) {
 }
 
 export const COMMON_OPTIONS: readonly OptionSpec[] = [
-  { flags: '--json', description: 'print one machine-readable summary on stdout' },
-  { flags: '-q, --quiet', description: 'print nothing but errors (and the --json summary)' },
+  { flags: '--json', description: 'print the result, or the error, as one JSON document on stdout' },
+  { flags: '-q, --quiet', description: 'print nothing but errors (and the --json document, or the reference a push stored)' },
   { flags: '--debug', description: 'print stack traces of errors' },
   {
     flags: '--progress <mode>',

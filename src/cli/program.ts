@@ -87,8 +87,16 @@ export function buildProgram(prog = 'smart'): Command {
 
   program
     .command('completion')
-    .description('print a shell completion script: bash (source it, or put it in bash-completion\'s completions directory), zsh (a file named _smart in $fpath), fish (~/.config/fish/completions/smart.fish)')
+    .description('print the completion script of a shell (bash, zsh, fish), made from this command line')
     .addArgument(new Argument('<shell>', 'the shell').choices(['bash', 'zsh', 'fish']))
+    .addHelpText(
+      'after',
+      `
+Install:
+  bash  smart completion bash > ~/.local/share/bash-completion/completions/smart   (or: source <(smart completion bash))
+  zsh   smart completion zsh > "\${fpath[1]}/_smart"   (a directory in $fpath; then a new shell)
+  fish  smart completion fish > ~/.config/fish/completions/smart.fish`,
+    )
     .action(async (shell: string) => {
       const { completionScript } = await import('./completion.js');
       guardedStdout().write(completionScript(shell, buildProgram()));
