@@ -30,6 +30,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { guardStalls } from '../pipeline/stall.js';
 import { SmartError, isSmartError } from '../errors.js';
 import { remoteText } from '../redact.js';
+import { isTransient } from '../transient.js';
 import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
 
 export interface S3Credentials {
@@ -123,22 +124,6 @@ interface ErrorFacts {
   code: string | undefined;
   message: string;
 }
-
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'EPIPE',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ENETDOWN',
-  'ECONNABORTED',
-  'ERR_STREAM_PREMATURE_CLOSE',
-  'TimeoutError',
-  'RequestTimeout',
-  'RequestTimeoutException',
-]);
 
 function facts(e: unknown): ErrorFacts {
   const o = (typeof e === 'object' && e !== null ? e : {}) as {
@@ -315,8 +300,9 @@ export class S3Driver implements StorageDriver {
     if (f.name === 'TimeoutError' && /socket timed out/.test(f.message)) {
       return new SmartError('STORAGE', `cannot ${op} ${where}: no data for ${Number((this.stallTimeoutMs / 1000).toFixed(3))} s (stalled)`, { input: where, cause: e, retryable: true });
     }
-    const network = (f.code !== undefined && NETWORK_CODES.has(f.code)) || NETWORK_CODES.has(f.name);
-    const retryable = network || (f.status !== undefined && (f.status >= 500 || f.status === 429));
+    // No HTTP answer, and a code: a connection-level failure, named by its code.
+    const network = f.status === undefined && f.code !== undefined;
+    const retryable = isTransient(e);
     let hint: string | undefined;
     if (f.status === 403 || f.name === 'AccessDenied' || f.name === 'InvalidAccessKeyId' || f.name === 'SignatureDoesNotMatch') {
       hint = 'check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and their permissions on the bucket';
