@@ -1,7 +1,8 @@
 /**
  * Which failures are transient — trying the same step again may succeed — for every network
  * client of the library alike: the registry client (undici) and the S3 driver (the AWS SDK).
- * Cancellations never are: the user or another failure stopped the work.
+ * Cancellations never are: the user or another failure stopped the work. And the wait before
+ * another attempt, cut short by an abort.
  */
 import { isCancellation, isSmartError } from './errors.js';
 
@@ -72,4 +73,20 @@ export function isTransient(e: unknown): boolean {
   if ((typeof o.Code === 'string' && TRANSIENT_CODES.has(o.Code)) || (typeof o.name === 'string' && TRANSIENT_CODES.has(o.name))) return true;
   const status = errorStatus(e);
   return status !== undefined && isTransientStatus(status);
+}
+
+/** Waits `ms` before another attempt; rejects with the signal's reason as soon as it aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason as Error);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
 }

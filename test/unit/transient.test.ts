@@ -1,9 +1,21 @@
 /** One answer to "may another attempt outlive this failure?", shared by the registry client and the S3 driver. */
 import { describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
-import { errorCode, isTransient, isTransientStatus } from '../../src/transient.js';
+import { errorCode, isTransient, isTransientStatus, sleep } from '../../src/transient.js';
 
 const errno = (code: string) => Object.assign(new Error(code), { code });
+
+describe('sleep', () => {
+  it('waits, and stops at once with the reason when the signal aborts, before or during the wait', async () => {
+    await sleep(5);
+    const reason = new SmartError('CANCELLED', 'stop');
+    await expect(sleep(60_000, AbortSignal.abort(reason))).rejects.toBe(reason);
+    const c = new AbortController();
+    const waiting = sleep(60_000, c.signal);
+    c.abort(reason);
+    await expect(waiting).rejects.toBe(reason);
+  });
+});
 
 describe('isTransient', () => {
   it('takes a SmartError at its word', () => {

@@ -7,7 +7,7 @@
 import { PassThrough, type Readable } from 'node:stream';
 import { once } from 'node:events';
 import { SmartError } from '../../errors.js';
-import { isTransient, isTransientStatus } from '../../transient.js';
+import { isTransient, isTransientStatus, sleep } from '../../transient.js';
 import { header, type Response } from './http.js';
 
 export interface RetryOptions {
@@ -34,20 +34,6 @@ export interface AttemptJudge<T> {
 }
 
 const MAX_RETRY_AFTER_MS = 30_000;
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal!.reason as Error);
-    };
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-}
 
 /** A byte range of a resource, read from `offset` (absolute); a 206 answer starts there, a 200 at 0. */
 export type OpenAt = (offset: number, signal: AbortSignal) => Promise<Response>;
