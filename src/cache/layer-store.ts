@@ -14,7 +14,7 @@
  * when the layer is laid into a root filesystem.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, chownSync, createReadStream, createWriteStream, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, createReadStream, createWriteStream, openSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -44,6 +44,8 @@ const LOCK_POLL_MS = 100;
 const LOCK_WRITE_MS = 10_000;
 /** Files up to this size are gathered and written in one synchronous call. */
 const SMALL_FILE = 512 * 1024;
+/** Entry lines are written out in batches of about this many characters: none is held longer. */
+const ENTRIES_BATCH = 256 * 1024;
 
 /**
  * The owner of a lock's content or of a tmp/ entry's name: an owner tag, or the bare PID that
@@ -144,8 +146,19 @@ export class LayerStore {
     const tmp = path.join(this.dir, 'tmp', `${ownerTag()}-${randomUUID().slice(0, 8)}`);
     await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
     let lastEntry: string | undefined; // where a tar that breaks broke
+    // Written as they come: a layer of a million small files must not hold a line per file.
+    let entriesFd = openSync(path.join(tmp, 'entries'), 'wx');
+    let batch = '';
+    const flush = () => {
+      if (entriesFd >= 0) writeSync(entriesFd, batch);
+      batch = '';
+    };
+    const closeEntries = () => {
+      // Once: the number may belong to another file afterwards (an unpacking still running after a failure).
+      if (entriesFd >= 0) closeSync(entriesFd);
+      entriesFd = -1;
+    };
     try {
-      const lines: string[] = [];
       const extract = tar.extract();
       let n = 0;
       const unpacking = (async () => {
@@ -170,12 +183,14 @@ export class LayerStore {
           } else {
             entry.resume();
           }
-          lines.push(JSON.stringify(record));
+          batch += `${JSON.stringify(record)}\n`;
+          if (batch.length >= ENTRIES_BATCH) flush();
           lastEntry = h.name;
         }
       })();
       await Promise.all([pipeline(tarStream, extract as unknown as NodeJS.WritableStream), unpacking]);
-      writeFileSync(path.join(tmp, 'entries'), `${lines.join('\n')}\n`);
+      flush();
+      closeEntries();
       const final = this.layerDir(diffId);
       await fs.mkdir(path.dirname(final), { recursive: true });
       try {
@@ -186,6 +201,7 @@ export class LayerStore {
         await fs.rm(tmp, { recursive: true, force: true });
       }
     } catch (e) {
+      closeEntries();
       await fs.rm(tmp, { recursive: true, force: true });
       // Stopped (another layer failed, or Ctrl-C): that is no fault of this layer's tar.
       if (isSmartError(e) || isCancellation(e)) throw e;

@@ -16,6 +16,7 @@ import path from 'node:path';
 import { CopyObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { guardStalls } from '../pipeline/stall.js';
 import { SmartError } from '../errors.js';
+import { checkSize } from '../limits.js';
 import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
 import { DEFAULT_STALL_MS, makeS3Client, type S3Bucket, type S3Credentials } from './s3-client.js';
 import { deleteObject, deleteTree } from './s3-delete.js';
@@ -151,11 +152,15 @@ export class S3Driver implements StorageDriver {
 
   // ---- objects ---------------------------------------------------------------------------------
 
-  async getContent(p: string): Promise<Buffer> {
+  async getContent(p: string, maxBytes?: number): Promise<Buffer> {
     const key = this.key(p);
     try {
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
       if (!res.Body) return Buffer.alloc(0);
+      if (maxBytes !== undefined && res.ContentLength !== undefined && res.ContentLength > maxBytes) {
+        (res.Body as Readable).destroy();
+        checkSize(res.ContentLength, maxBytes, this.uri(key));
+      }
       const bytes = await res.Body.transformToByteArray();
       const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       if (res.ContentLength !== undefined && buf.length !== res.ContentLength) {

@@ -6,6 +6,7 @@
  */
 import { TomlDate, TomlError, parse } from 'smol-toml';
 import { SmartError, quoted } from '../../../errors.js';
+import { MAX_JSON_DEPTH } from '../../../limits.js';
 
 export type TomlValue = string | number | boolean | TomlValue[] | TomlTable;
 export interface TomlTable {
@@ -18,9 +19,6 @@ export interface TomlDocument {
   lineOf(table: TomlTable, key?: string): number | undefined;
 }
 
-/** Arrays and inline tables nested deeper than this are refused (real files nest two or three). */
-const MAX_NESTING = 64;
-
 export function isTable(v: TomlValue | undefined): v is TomlTable {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -29,7 +27,8 @@ export function isTable(v: TomlValue | undefined): v is TomlTable {
 export function parseToml(text: string, file: string): TomlDocument {
   let root: TomlTable;
   try {
-    root = parse(text, { maxDepth: MAX_NESTING }) as TomlTable;
+    // Arrays and inline tables nest as deep as JSON may (real files nest two or three).
+    root = parse(text, { maxDepth: MAX_JSON_DEPTH }) as TomlTable;
   } catch (e) {
     if (!(e instanceof TomlError)) throw new SmartError('USAGE', `${file}: not valid TOML (${(e as Error).message})`, { input: file, cause: e });
     throw new SmartError('USAGE', `${file}:${e.line}: ${describe(e, text)}`, { input: file, cause: e });
