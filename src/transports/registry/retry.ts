@@ -21,7 +21,7 @@ export interface RetryOptions {
 /** What became of one attempt, as the loop needs to know it. */
 export interface AttemptJudge<T> {
   /**
-   * A result that asks for another attempt (a 429 or 5xx answer): what to say, and the wait it
+   * A result that asks for another attempt (a 408, 429 or 5xx answer): what to say, and the wait it
    * asks for (else the backoff). Undefined: the result is final. Its resources are freed by
    * `discard` before the wait.
    */
