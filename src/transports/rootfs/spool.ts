@@ -1,0 +1,189 @@
+/**
+ * Spools: a layer fetched ahead of its turn is drained at once (its download never waits for the
+ * layers below it) and read back when the tree reaches it. Held in memory up to a budget shared by
+ * the spools of one pull, then in a file; once its reader is attached, the spool passes bytes
+ * through with a small window of back-pressure.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { SmartError, isErrno } from '../../errors.js';
+
+/** Memory shared by the spools of one pull: what they hold in memory together stays near `limit`. */
+export class SpoolBudget {
+  used = 0;
+  /** The most held at once (for tests and measurements). */
+  peak = 0;
+  constructor(readonly limit: number) {}
+
+  take(n: number): void {
+    this.used += n;
+    if (this.used > this.peak) this.peak = this.used;
+  }
+}
+
+export interface SpoolOptions {
+  budget: SpoolBudget;
+  /** What is spooled, for messages: `layer sha256:… of IMAGE`. */
+  what: string;
+  /**
+   * Opens the file the spool overflows into, called at most once, when the memory budget is spent.
+   * The file must not be reachable by name once opened (unlinked), so that nothing of it outlives
+   * the process; the spool closes it.
+   */
+  openFile: () => Promise<FileHandle>;
+  /** Bytes held in memory for an attached reader before the source waits (default 4 MiB). */
+  window?: number;
+}
+
+/** How much of the file the reader asks for at once. */
+const READ_CHUNK = 1024 * 1024;
+const DEFAULT_WINDOW = 4 * 1024 * 1024;
+
+/**
+ * Drains `source` from construction on, in order: first into memory while the budget allows,
+ * then (the budget spent) into the overflow file. `reader()` gives the bytes back in the same
+ * order, waiting for the source when it catches up with it. The source's error reaches the reader
+ * in place of the rest; `destroy` stops everything and closes the file.
+ *
+ * Memory: chunks held count against the shared budget; an attached reader whose overflow file is
+ * read through may take up to `window` more, and the source then waits for it.
+ */
+export class Spool {
+  private readonly mem: Buffer[] = [];
+  private memBytes = 0;
+  /** Bytes written to the overflow file, and how far the reader has read it. */
+  private fileBytes = 0;
+  private readPos = 0;
+  private file: FileHandle | undefined;
+  private attached = false;
+  private ended = false;
+  private error: unknown;
+  private destroyed = false;
+  /** Wakes the reader (data, end or error) and the source (room in the window). */
+  private wakeReader: (() => void) | undefined;
+  private wakeSource: (() => void) | undefined;
+  private readonly window: number;
+  /** Settles when the source has been read to its end (or failed): the download is over. */
+  readonly drained: Promise<void>;
+
+  constructor(
+    private readonly source: Readable,
+    private readonly options: SpoolOptions,
+  ) {
+    this.window = options.window ?? DEFAULT_WINDOW;
+    this.drained = this.drain();
+    // The reader (or whoever awaits `drained`) sees the failure; never an unhandled rejection.
+    this.drained.catch(() => undefined);
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      for await (const chunk of this.source as AsyncIterable<Buffer>) {
+        if (this.destroyed) break;
+        await this.put(chunk);
+      }
+      this.ended = true;
+    } catch (e) {
+      this.error ??= e;
+      throw e;
+    } finally {
+      this.wake();
+    }
+  }
+
+  private async put(chunk: Buffer): Promise<void> {
+    const budget = this.options.budget;
+    // Order is kept: once bytes went to the file, the next ones follow them there until the reader
+    // has caught up with the file.
+    const toFile = this.fileBytes > this.readPos || (!this.attached && budget.used + chunk.length > budget.limit);
+    if (toFile) {
+      try {
+        this.file ??= await this.options.openFile();
+        let off = 0;
+        while (off < chunk.length) {
+          const { bytesWritten } = await this.file.write(chunk, off, chunk.length - off, this.fileBytes + off);
+          off += bytesWritten;
+        }
+      } catch (e) {
+        throw isErrno(e) ? this.storageError(e) : e;
+      }
+      this.fileBytes += chunk.length;
+    } else {
+      this.mem.push(chunk);
+      this.memBytes += chunk.length;
+      budget.take(chunk.length);
+    }
+    this.wake();
+    while (this.attached && this.memBytes >= this.window && !this.destroyed) {
+      await new Promise<void>((resolve) => (this.wakeSource = resolve));
+    }
+  }
+
+  private storageError(e: NodeJS.ErrnoException): SmartError {
+    return new SmartError('STORAGE', `${this.options.what}: cannot spool it while the layers below it are written: ${e.message}`, { input: this.options.what, cause: e });
+  }
+
+  private wake(): void {
+    const reader = this.wakeReader;
+    this.wakeReader = undefined;
+    reader?.();
+  }
+
+  /** The spooled bytes then the rest of the source, in order; once. Destroying it destroys the spool. */
+  reader(): Readable {
+    if (this.attached) throw new Error('a spool is read once');
+    this.attached = true;
+    const out = Readable.from(this.read(), { objectMode: false, highWaterMark: 64 * 1024 });
+    out.once('close', () => void this.destroy());
+    return out;
+  }
+
+  private async *read(): AsyncGenerator<Buffer> {
+    for (;;) {
+      if (this.error !== undefined) throw this.error;
+      // Never a clean end short of the source's: the bytes are verified upstream, at its end.
+      if (this.destroyed) throw new Error('the spool was destroyed');
+      const chunk = this.mem.shift();
+      if (chunk) {
+        this.memBytes -= chunk.length;
+        this.options.budget.used -= chunk.length;
+        const source = this.wakeSource;
+        this.wakeSource = undefined;
+        source?.();
+        yield chunk;
+        continue;
+      }
+      if (this.readPos < this.fileBytes) {
+        const want = Math.min(READ_CHUNK, this.fileBytes - this.readPos);
+        const buf = Buffer.allocUnsafe(want);
+        let bytesRead: number;
+        try {
+          ({ bytesRead } = await this.file!.read(buf, 0, want, this.readPos));
+        } catch (e) {
+          throw isErrno(e) ? this.storageError(e) : e;
+        }
+        if (bytesRead === 0) throw new SmartError('INTERNAL', `${this.options.what}: its spool file ended early`);
+        this.readPos += bytesRead;
+        yield bytesRead === want ? buf : buf.subarray(0, bytesRead);
+        continue;
+      }
+      if (this.ended) return;
+      await new Promise<void>((resolve) => (this.wakeReader = resolve));
+    }
+  }
+
+  /** Stops the source, frees the memory held and closes the overflow file. Idempotent. */
+  async destroy(error?: unknown): Promise<void> {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    if (error !== undefined) this.error ??= error;
+    this.source.destroy();
+    this.options.budget.used -= this.memBytes;
+    this.mem.length = 0;
+    this.memBytes = 0;
+    this.wakeSource?.();
+    this.wake();
+    await this.drained.catch(() => undefined);
+    await this.file?.close().catch(() => undefined);
+  }
+}
