@@ -50,6 +50,7 @@ export async function runTransfer(mode: 'push' | 'pull', source: string, destina
     ...(flags.tagCacheTtl ? { tagCacheTtlS: flags.tagCacheTtl } : {}),
     ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
     ...(flags.link ? { link: true } : {}),
+    ...(flags.keepLayers !== undefined ? { keepLayers: flags.keepLayers } : {}),
     ...(flags.force ? { force: true } : {}),
     ...(flags.prune !== undefined ? { pruneAgeMs: pruneDays(flags.prune) * 86_400_000 } : {}),
     remote: await remoteOptions(flags, { read: [source], write: [destination] }, (m) => progress.message(`warning: ${m}`)),

@@ -51,6 +51,9 @@ const taken: string[][] = [
   ['push', SRC, DST, '--jobs', '2', '--jobs', '3'],
   ['pull', DST, 'rootfs:/tmp/r', '--layer-store', '/tmp/ls', '--link'],
   ['pull', DST, 'bundle:/b', '--force'],
+  ['pull', DST, 'rootfs:/r', '--keep-layers'],
+  ['pull', DST, 'bundle:/b', '--no-keep-layers'],
+  ['pull', DST, 'bundle:/b', '--keep-layers', '--no-keep-layers'],
   ['push', '', DST],
 ];
 
@@ -71,6 +74,7 @@ const declined: string[][] = [
   ['push', SRC, DST, '-qV'],
   ['push', SRC, DST, '--layer-store', '/x'],
   ['push', SRC, DST, '--force'],
+  ['push', SRC, DST, '--keep-layers'],
   ['pull', SRC, DST, '--compression', 'gzip'],
   ['pull', DST, 'bundle:/b', '--prune'],
   ['pull', DST, 'bundle:/b', '--prune', '3'],
