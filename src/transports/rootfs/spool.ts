@@ -52,7 +52,7 @@ export class Spool {
   private readonly mem: Buffer[] = [];
   private memBytes = 0;
   /** Bytes written to the overflow file, and how far the reader has read it. */
-  private fileBytes = 0;
+  #fileBytes = 0;
   private readPos = 0;
   private file: FileHandle | undefined;
   private attached = false;
@@ -63,6 +63,11 @@ export class Spool {
   private wakeReader: (() => void) | undefined;
   private wakeSource: (() => void) | undefined;
   private readonly window: number;
+  /** Bytes that went to the overflow file (the memory budget was spent). */
+  get fileBytes(): number {
+    return this.#fileBytes;
+  }
+
   /** Settles when the source has been read to its end (or failed): the download is over. */
   readonly drained: Promise<void>;
 
@@ -76,44 +81,83 @@ export class Spool {
     this.drained.catch(() => undefined);
   }
 
-  private async drain(): Promise<void> {
-    try {
-      for await (const chunk of this.source as AsyncIterable<Buffer>) {
-        if (this.destroyed) break;
-        await this.put(chunk);
-      }
-      this.ended = true;
-    } catch (e) {
-      this.error ??= e;
-      throw e;
-    } finally {
-      this.wake();
-    }
+  /**
+   * Takes the source's chunks as they come ('data' events: iterating a Readable would join what it
+   * has buffered into one copy), pausing it while a chunk goes to the file or the window is full.
+   */
+  private drain(): Promise<void> {
+    const source = this.source;
+    return new Promise<void>((resolve, reject) => {
+      let waiting = false;
+      let ended = false;
+      let settled = false;
+      const settle = (e?: unknown) => {
+        if (settled) return;
+        settled = true;
+        if (e === undefined) this.ended = true;
+        else this.error ??= e;
+        this.wake();
+        if (e === undefined) resolve();
+        else reject(e);
+      };
+      source.on('data', (chunk: Buffer) => {
+        if (this.destroyed || settled) return;
+        const put = this.put(chunk);
+        if (!put) return;
+        waiting = true;
+        source.pause();
+        put.then(
+          () => {
+            waiting = false;
+            if (ended) settle();
+            else if (!this.destroyed) source.resume();
+          },
+          (e: unknown) => {
+            source.destroy();
+            settle(e);
+          },
+        );
+      });
+      source.once('end', () => {
+        ended = true;
+        if (!waiting) settle();
+      });
+      source.once('error', (e) => settle(e));
+      source.once('close', () => {
+        if (!ended) settle(this.error ?? new Error('the layer stream closed before its end'));
+      });
+    });
   }
 
-  private async put(chunk: Buffer): Promise<void> {
+  /** Keeps a chunk; a promise when the source must wait (a write to the file, or a full window). */
+  private put(chunk: Buffer): Promise<void> | undefined {
     const budget = this.options.budget;
     // Order is kept: once bytes went to the file, the next ones follow them there until the reader
     // has caught up with the file.
-    const toFile = this.fileBytes > this.readPos || (!this.attached && budget.used + chunk.length > budget.limit);
-    if (toFile) {
-      try {
-        this.file ??= await this.options.openFile();
-        let off = 0;
-        while (off < chunk.length) {
-          const { bytesWritten } = await this.file.write(chunk, off, chunk.length - off, this.fileBytes + off);
-          off += bytesWritten;
-        }
-      } catch (e) {
-        throw isErrno(e) ? this.storageError(e) : e;
-      }
-      this.fileBytes += chunk.length;
-    } else {
-      this.mem.push(chunk);
-      this.memBytes += chunk.length;
-      budget.take(chunk.length);
-    }
+    if (this.#fileBytes > this.readPos || (!this.attached && budget.used + chunk.length > budget.limit)) return this.putInFile(chunk);
+    this.mem.push(chunk);
+    this.memBytes += chunk.length;
+    budget.take(chunk.length);
     this.wake();
+    return this.attached && this.memBytes >= this.window ? this.roomInWindow() : undefined;
+  }
+
+  private async putInFile(chunk: Buffer): Promise<void> {
+    try {
+      this.file ??= await this.options.openFile();
+      let off = 0;
+      while (off < chunk.length) {
+        const { bytesWritten } = await this.file.write(chunk, off, chunk.length - off, this.#fileBytes + off);
+        off += bytesWritten;
+      }
+    } catch (e) {
+      throw isErrno(e) ? this.storageError(e) : e;
+    }
+    this.#fileBytes += chunk.length;
+    this.wake();
+  }
+
+  private async roomInWindow(): Promise<void> {
     while (this.attached && this.memBytes >= this.window && !this.destroyed) {
       await new Promise<void>((resolve) => (this.wakeSource = resolve));
     }
@@ -153,8 +197,8 @@ export class Spool {
         yield chunk;
         continue;
       }
-      if (this.readPos < this.fileBytes) {
-        const want = Math.min(READ_CHUNK, this.fileBytes - this.readPos);
+      if (this.readPos < this.#fileBytes) {
+        const want = Math.min(READ_CHUNK, this.#fileBytes - this.readPos);
         const buf = Buffer.allocUnsafe(want);
         let bytesRead: number;
         try {

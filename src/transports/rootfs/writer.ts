@@ -20,6 +20,8 @@
 import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import pLimit from 'p-limit';
 import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
@@ -97,7 +99,7 @@ export type Materialize = KeepHow | 'stream';
 const SPOOL_MEMORY = 64 * 1024 * 1024;
 
 /** What is known of a layer when its turn comes: in the store, or a stream (kept in the store when `fill`). */
-type LayerPlan = { from: 'store'; how: 'present' | 'waited' } | { from: 'stream'; spool: Spool; fill?: LayerFill };
+type LayerPlan = { from: 'store'; how: 'present' | 'waited' } | { from: 'stream'; read: () => Readable; fill?: LayerFill };
 
 export class RootfsWriter implements ImageWriter {
   private readonly target: string;
@@ -294,18 +296,22 @@ export class RootfsWriter implements ImageWriter {
     // the loop below may meet one of those first (it awaits the layers in order).
     let first: { error: unknown } | undefined;
     const spools: Spool[] = [];
+    // Streams handed to the tree as they are: the layer was the one the tree waited for.
+    const direct: Readable[] = [];
+    let waitingFor = -1;
     const fail = (e: unknown) => {
       if (first) return;
       first = { error: e };
       controller.abort(e);
       // Streams that do not heed the signal stop too, and the layer being applied with them.
       for (const spool of spools) void spool.destroy(e);
+      for (const stream of direct) stream.destroy();
     };
     const limit = pLimit(Math.max(1, options.jobs));
     const budget = new SpoolBudget(this.options.spoolMemory ?? SPOOL_MEMORY);
     const fills: LayerFill[] = [];
     const tasks: Promise<void>[] = [];
-    const plans = image.layers.map((layer) => {
+    const plans = image.layers.map((layer, i) => {
       const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
       let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
       const plan = new Promise<LayerPlan>((resolve, reject) => (settle = { resolve, reject }));
@@ -320,11 +326,20 @@ export class RootfsWriter implements ImageWriter {
           fills.push((fill = claimed));
         }
         const stream = await layer.openUncompressed(progressOptions(layer, options, signal));
+        // The job's slot is held until the download is over.
+        if (waitingFor === i) {
+          // Its turn already: no spool, the tree reads it as it comes (it reports the stream's errors).
+          direct.push(stream);
+          if (first) stream.destroy();
+          settle.resolve({ from: 'stream', read: () => stream, ...(fill ? { fill } : {}) });
+          await finished(stream).catch(() => undefined);
+          return;
+        }
         const spool = new Spool(stream, { budget, what, openFile: () => this.spoolFile() });
         spools.push(spool);
         if (first) void spool.destroy(first.error);
-        settle.resolve({ from: 'stream', spool, ...(fill ? { fill } : {}) });
-        await spool.drained; // the job's slot is held until the download is over
+        settle.resolve({ from: 'stream', read: () => spool.reader(), ...(fill ? { fill } : {}) });
+        await spool.drained;
       }).catch((e: unknown) => {
         settle.reject(e);
         fail(e);
@@ -336,6 +351,7 @@ export class RootfsWriter implements ImageWriter {
     let kept = 0;
     try {
       for (const [i, layer] of image.layers.entries()) {
+        waitingFor = i;
         const plan = await plans[i]!;
         if (first) throw first.error;
         const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
@@ -346,7 +362,7 @@ export class RootfsWriter implements ImageWriter {
           options.onLayer?.({ digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0 });
           continue;
         }
-        const stats = await applier.applyLayer(plan.spool.reader(), what, plan.fill ? { keep: plan.fill } : {});
+        const stats = await applier.applyLayer(plan.read(), what, plan.fill ? { keep: plan.fill } : {});
         if (plan.fill) {
           await plan.fill.commit();
           kept++;
@@ -359,11 +375,17 @@ export class RootfsWriter implements ImageWriter {
     } finally {
       // Nothing outlives the pull: downloads stopped, spool files closed, unfinished layers dropped from the store.
       await Promise.all(spools.map((s) => s.destroy()));
+      for (const stream of direct) stream.destroy();
       await Promise.allSettled(tasks);
       await Promise.all([...spools.map((s) => s.destroy()), ...fills.map((f) => f.abort())]);
     }
     if (store && (fromStore > 0 || kept > 0)) await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId));
-    return { materialize: fromStore > 0 ? how! : 'stream', ...(kept > 0 ? { kept: { layers: kept, how: how! } } : {}) };
+    const spooledToFile = spools.reduce((n, s) => n + s.fileBytes, 0);
+    return {
+      materialize: fromStore > 0 ? how! : 'stream',
+      ...(kept > 0 ? { kept: { layers: kept, how: how! } } : {}),
+      ...(spools.length > 0 ? { spooled: { layers: spools.length, peakMemory: budget.peak, toFile: spooledToFile } } : {}),
+    };
   }
 
   /** A file to spool a layer into, beside the destination, already unlinked (a leftover's name if we die before that). */
