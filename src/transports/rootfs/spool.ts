@@ -2,7 +2,9 @@
  * Spools: a layer fetched ahead of its turn is drained at once (its download never waits for the
  * layers below it) and read back when the tree reaches it. Held in memory up to a budget shared by
  * the spools of one pull, then in a file; once its reader is attached, the spool passes bytes
- * through with a small window of back-pressure.
+ * through with a small window of back-pressure. The reader gets what is queued joined into chunks
+ * of up to 1 MiB: a pipe delivers 64 KiB at a time, and each chunk costs the tree's writer more
+ * than the copy that joins them.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
@@ -35,7 +37,7 @@ export interface SpoolOptions {
   window?: number;
 }
 
-/** How much of the file the reader asks for at once. */
+/** How much the reader gets at once at most: of the file, or of the chunks queued in memory. */
 const READ_CHUNK = 1024 * 1024;
 const DEFAULT_WINDOW = 4 * 1024 * 1024;
 
@@ -187,14 +189,17 @@ export class Spool {
       if (this.error !== undefined) throw this.error;
       // Never a clean end short of the source's: the bytes are verified upstream, at its end.
       if (this.destroyed) throw new Error('the spool was destroyed');
-      const chunk = this.mem.shift();
-      if (chunk) {
-        this.memBytes -= chunk.length;
-        this.options.budget.used -= chunk.length;
+      if (this.mem.length > 0) {
+        let n = this.mem[0]!.length;
+        let k = 1;
+        while (k < this.mem.length && n + this.mem[k]!.length <= READ_CHUNK) n += this.mem[k++]!.length;
+        const parts = this.mem.splice(0, k);
+        this.memBytes -= n;
+        this.options.budget.used -= n;
         const source = this.wakeSource;
         this.wakeSource = undefined;
         source?.();
-        yield chunk;
+        yield k === 1 ? parts[0]! : Buffer.concat(parts, n);
         continue;
       }
       if (this.readPos < this.#fileBytes) {

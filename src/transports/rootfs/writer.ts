@@ -21,7 +21,6 @@ import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { finished } from 'node:stream/promises';
 import pLimit from 'p-limit';
 import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
@@ -296,22 +295,18 @@ export class RootfsWriter implements ImageWriter {
     // the loop below may meet one of those first (it awaits the layers in order).
     let first: { error: unknown } | undefined;
     const spools: Spool[] = [];
-    // Streams handed to the tree as they are: the layer was the one the tree waited for.
-    const direct: Readable[] = [];
-    let waitingFor = -1;
     const fail = (e: unknown) => {
       if (first) return;
       first = { error: e };
       controller.abort(e);
       // Streams that do not heed the signal stop too, and the layer being applied with them.
       for (const spool of spools) void spool.destroy(e);
-      for (const stream of direct) stream.destroy();
     };
     const limit = pLimit(Math.max(1, options.jobs));
     const budget = new SpoolBudget(this.options.spoolMemory ?? SPOOL_MEMORY);
     const fills: LayerFill[] = [];
     const tasks: Promise<void>[] = [];
-    const plans = image.layers.map((layer, i) => {
+    const plans = image.layers.map((layer) => {
       const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
       let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
       const plan = new Promise<LayerPlan>((resolve, reject) => (settle = { resolve, reject }));
@@ -326,20 +321,12 @@ export class RootfsWriter implements ImageWriter {
           fills.push((fill = claimed));
         }
         const stream = await layer.openUncompressed(progressOptions(layer, options, signal));
-        // The job's slot is held until the download is over.
-        if (waitingFor === i) {
-          // Its turn already: no spool, the tree reads it as it comes (it reports the stream's errors).
-          direct.push(stream);
-          if (first) stream.destroy();
-          settle.resolve({ from: 'stream', read: () => stream, ...(fill ? { fill } : {}) });
-          await finished(stream).catch(() => undefined);
-          return;
-        }
+        // Spooled even when its turn has come: its reader then takes it as it comes, in larger chunks.
         const spool = new Spool(stream, { budget, what, openFile: () => this.spoolFile() });
         spools.push(spool);
         if (first) void spool.destroy(first.error);
         settle.resolve({ from: 'stream', read: () => spool.reader(), ...(fill ? { fill } : {}) });
-        await spool.drained;
+        await spool.drained; // the job's slot is held until the download is over
       }).catch((e: unknown) => {
         settle.reject(e);
         fail(e);
@@ -351,7 +338,6 @@ export class RootfsWriter implements ImageWriter {
     let kept = 0;
     try {
       for (const [i, layer] of image.layers.entries()) {
-        waitingFor = i;
         const plan = await plans[i]!;
         if (first) throw first.error;
         const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
@@ -375,7 +361,6 @@ export class RootfsWriter implements ImageWriter {
     } finally {
       // Nothing outlives the pull: downloads stopped, spool files closed, unfinished layers dropped from the store.
       await Promise.all(spools.map((s) => s.destroy()));
-      for (const stream of direct) stream.destroy();
       await Promise.allSettled(tasks);
       await Promise.all([...spools.map((s) => s.destroy()), ...fills.map((f) => f.abort())]);
     }
