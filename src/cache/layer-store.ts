@@ -18,7 +18,7 @@
  * the file just written into the tree (`keepFile`) rather than unpacked a second time.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, chownSync, constants as fsConstants, copyFileSync, createReadStream, createWriteStream, linkSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, createWriteStream, linkSync, openSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -48,6 +48,8 @@ const LOCK_POLL_MS = 100;
 const LOCK_WRITE_MS = 10_000;
 /** Files up to this size are gathered and written in one synchronous call. */
 const SMALL_FILE = 512 * 1024;
+/** Entry lines are written out in batches of about this many characters: none is held longer. */
+const ENTRIES_BATCH = 256 * 1024;
 
 /**
  * The owner of a lock's content or of a tmp/ entry's name: an owner tag, or the bare PID that
@@ -122,13 +124,14 @@ export class LayerStore {
       options.signal?.throwIfAborted();
       if (await this.tryLock(diffId)) {
         let fill: LayerFill | undefined;
+        const tmp = path.join(this.dir, 'tmp', `${ownerTag()}-${randomUUID().slice(0, 8)}`);
         try {
           if (await this.has(diffId)) return waited ? 'waited' : 'present';
-          const tmp = path.join(this.dir, 'tmp', `${ownerTag()}-${randomUUID().slice(0, 8)}`);
           await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
           fill = new LayerFill(this, diffId, tmp, options.keep ?? 'copy', options.what ?? `layer ${diffId}`);
           return fill;
         } catch (e) {
+          await fs.rm(tmp, { recursive: true, force: true });
           throw this.storageError(e, options.what ?? `layer ${diffId}`);
         } finally {
           if (!fill) await fs.rm(this.lockPath(diffId), { force: true });
@@ -316,7 +319,9 @@ function setMeta(file: string, h: Header, { uid, gid, atime, mtime }: EntryMeta)
  * Either releases the lock; until then the layer is invisible to every reader.
  */
 export class LayerFill {
-  private readonly lines: string[] = [];
+  /** Entry lines not yet written (as they come: a layer of a million small files must not hold a line per file). */
+  private batch = '';
+  private entriesFd: number;
   private files = 0;
   private done = false;
 
@@ -327,7 +332,20 @@ export class LayerFill {
     /** How `keepFile` keeps files. */
     readonly keep: KeepHow,
     private readonly what: string,
-  ) {}
+  ) {
+    this.entriesFd = openSync(path.join(tmp, 'entries'), 'wx');
+  }
+
+  private flush(): void {
+    if (this.entriesFd >= 0 && this.batch) writeSync(this.entriesFd, this.batch);
+    this.batch = '';
+  }
+
+  private closeEntries(): void {
+    // Once: the number may belong to another file afterwards (an unpacking still running after a failure).
+    if (this.entriesFd >= 0) closeSync(this.entriesFd);
+    this.entriesFd = -1;
+  }
 
   /** Records the next entry; for a regular file, returns the path its content must be put at. */
   add(h: Header): string | undefined {
@@ -338,7 +356,8 @@ export class LayerFill {
       record.file = name;
       file = path.join(this.tmp, 'files', name);
     }
-    this.lines.push(JSON.stringify(record));
+    this.batch += `${JSON.stringify(record)}\n`;
+    if (this.batch.length >= ENTRIES_BATCH) this.flush();
     return file;
   }
 
@@ -377,7 +396,8 @@ export class LayerFill {
     if (this.done) throw new SmartError('INTERNAL', 'a layer fill committed twice or after abort');
     this.done = true;
     try {
-      writeFileSync(path.join(this.tmp, 'entries'), `${this.lines.join('\n')}\n`);
+      this.flush();
+      this.closeEntries();
       const final = path.join(this.store.dir, 'layers', digestHex(this.diffId));
       await fs.mkdir(path.dirname(final), { recursive: true });
       try {
@@ -388,6 +408,7 @@ export class LayerFill {
         await fs.rm(this.tmp, { recursive: true, force: true });
       }
     } catch (e) {
+      this.closeEntries();
       await fs.rm(this.tmp, { recursive: true, force: true });
       throw this.store.storageError(e, this.what);
     } finally {
@@ -399,6 +420,7 @@ export class LayerFill {
   async abort(): Promise<void> {
     if (this.done) return;
     this.done = true;
+    this.closeEntries();
     await fs.rm(this.tmp, { recursive: true, force: true });
     await fs.rm(this.store.lockPath(this.diffId), { force: true });
   }

@@ -18,7 +18,9 @@ Image names (skopeo-style TRANSPORT:REFERENCE):
 Exit status: 0 on success, 2 on a usage error (bad flags, malformed image name), 1 on any other error.
 Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer);
   SMART_REGISTRY_AUTH=USER:PASSWORD (as --creds; unused when a command talks to two registries), DOCKER_CONFIG (registry credentials); AWS_ENDPOINT_URL_S3,
-  AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
+  AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them);
+  SMART_MAX_DECOMPRESSION_RATIO (default 100; 0: no bound) and SMART_MIN_DECOMPRESSION_BYTES (default
+  256 MiB): a compressed layer that decompresses past both is refused as a decompression bomb.`;
 
 export interface CommonFlags {
   compression?: string;

@@ -7,7 +7,8 @@
 import { Transform, addAbortSignal, type Readable } from 'node:stream';
 import { SmartError, quoted } from '../errors.js';
 import { verifiedStream } from '../pipeline/digest-stream.js';
-import { parseImageConfig, type ImageConfig } from './config.js';
+import { checkSize } from '../limits.js';
+import { MAX_CONFIG_BYTES, parseImageConfig, type ImageConfig } from './config.js';
 import { sha256Digest, shortDigest, type Digest } from './digest.js';
 import type { Image, ImageSource, Layer, OpenOptions } from './image.js';
 import type { Descriptor, ImageManifest, ParsedManifest } from './manifest.js';
@@ -16,11 +17,7 @@ import { pickPlatform, type Platform } from './platform.js';
 
 /** Reads a small blob (config) whole, verified. */
 export async function readBlob(source: ImageSource, descriptor: Descriptor, limit: number): Promise<Buffer> {
-  if (descriptor.size > limit) {
-    throw new SmartError('MANIFEST_INVALID', `${source.name}: blob ${descriptor.digest} declares ${descriptor.size} bytes, more than ${limit}`, {
-      input: descriptor.digest,
-    });
-  }
+  checkSize(descriptor.size, limit, `${source.name}: blob ${descriptor.digest}`, descriptor.digest);
   const chunks: Buffer[] = [];
   for await (const chunk of await source.getBlob(descriptor)) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);
@@ -59,7 +56,7 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
       const { decompress } = await import('../pipeline/compression.js');
       const gunzip = compression === 'gzip' ? await (await import('../pipeline/parallel-gzip.js')).chooseGunzip() : undefined;
       const blob = abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal);
-      return verifyUncompressed(decompress(blob, compression, what, gunzip ? { gunzip } : {}), diffId, what);
+      return verifyUncompressed(decompress(blob, compression, what, { compressedSize: descriptor.size, ...(gunzip ? { gunzip } : {}) }), diffId, what);
     },
   };
 }
@@ -119,7 +116,7 @@ export function checkLayersMatchConfig(name: string, manifest: ImageManifest, co
 /** Resolves a source to a single-platform image with its config fetched, verified and parsed. */
 export async function resolveImage(source: ImageSource, platform: Platform): Promise<Image> {
   const manifest = await resolvePlatformManifest(source, platform);
-  const configBytes = await readBlob(source, manifest.manifest.config, 8 * 1024 * 1024);
+  const configBytes = await readBlob(source, manifest.manifest.config, MAX_CONFIG_BYTES);
   if (sha256Digest(configBytes) !== manifest.manifest.config.digest) {
     throw new SmartError('DIGEST_MISMATCH', `${source.name}: config does not match ${manifest.manifest.config.digest}`);
   }

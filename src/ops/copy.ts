@@ -518,7 +518,7 @@ export async function copyDockerArchiveStream(
         record(tally, { digest: stored.digest, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
         return { diffId, descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
       }
-      const tap = new DiffIdTap(layer.compression, what);
+      const tap = new DiffIdTap(layer.compression, what, layer.size);
       const mediaType = layerMediaType('oci', layer.compression);
       const stored = await dest.putBlob(pipeline(layer.stream, tap, () => undefined), { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
       record(tally, { digest: stored.digest, diffId: tap.diffId(), status: 'pushed', bytes: stored.size, mediaType }, options);

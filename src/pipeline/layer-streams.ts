@@ -28,9 +28,10 @@ export class DiffIdTap extends Transform {
   private readonly branchDone: Promise<void>;
   private result: Digest | undefined;
 
-  constructor(compression: Compression, what: string) {
+  /** `compressedSize`, where known, bounds what the side branch may decompress to (decompress()). */
+  constructor(compression: Compression, what: string, compressedSize?: number) {
     super();
-    const branch = decompress(this.feed, compression, what);
+    const branch = decompress(this.feed, compression, what, compressedSize !== undefined ? { compressedSize } : {});
     this.branchDone = (async () => {
       for await (const chunk of branch) this.hash.update(chunk as Buffer);
     })();

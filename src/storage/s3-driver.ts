@@ -30,6 +30,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { guardStalls } from '../pipeline/stall.js';
 import { SmartError, isSmartError } from '../errors.js';
 import { remoteText } from '../redact.js';
+import { checkSize } from '../limits.js';
 import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
 
 export interface S3Credentials {
@@ -339,11 +340,15 @@ export class S3Driver implements StorageDriver {
 
   // ---- objects ---------------------------------------------------------------------------------
 
-  async getContent(p: string): Promise<Buffer> {
+  async getContent(p: string, maxBytes?: number): Promise<Buffer> {
     const key = this.key(p);
     try {
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
       if (!res.Body) return Buffer.alloc(0);
+      if (maxBytes !== undefined && res.ContentLength !== undefined && res.ContentLength > maxBytes) {
+        (res.Body as Readable).destroy();
+        checkSize(res.ContentLength, maxBytes, this.uri(key));
+      }
       const bytes = await res.Body.transformToByteArray();
       const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       if (res.ContentLength !== undefined && buf.length !== res.ContentLength) {

@@ -7,16 +7,19 @@
 import { Readable, pipeline } from 'node:stream';
 import tar from 'tar-stream';
 import { SmartError, isCancellation, isSmartError, quoted } from '../../errors.js';
-import { parseImageConfig, type ImageConfig } from '../../oci/config.js';
+import { MAX_ARCHIVE_JSON_BYTES, checkSize, limitExceeded } from '../../limits.js';
+import { MAX_CONFIG_BYTES, parseImageConfig, type ImageConfig } from '../../oci/config.js';
 import { sniffCompression, type Compression } from '../../oci/mediatypes.js';
 import { tarParseError } from '../../tar/errors.js';
 import { normalizeMemberName } from '../../tar/header.js';
-import { parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
+import { MAX_ARCHIVE_MANIFEST_BYTES, parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
 export interface StreamedLayer {
   /** Member name in the archive. */
   member: string;
   compression: Compression;
+  /** The member's size in the archive (its compressed size when it is compressed). */
+  size: number;
   /** The member's bytes; must be consumed (or destroyed) before `onLayer` resolves. */
   stream: Readable;
 }
@@ -29,8 +32,8 @@ export interface StreamedImage<T> {
   layers: T[];
 }
 
-/** Small JSON members (config, manifest.json, v1 json) are kept; anything larger is a layer. */
-const MAX_JSON_MEMBER = 8 * 1024 * 1024;
+/** JSON members (config, manifest.json, v1 json) up to this size are kept, up to MAX_ARCHIVE_JSON_BYTES in all. */
+const MAX_JSON_MEMBER = Math.max(MAX_CONFIG_BYTES, MAX_ARCHIVE_MANIFEST_BYTES);
 
 /**
  * What a member is, from its first block: a layer (a tar: ustar magic, or the all-zero block of an
@@ -58,6 +61,9 @@ export async function readDockerArchiveStream<T>(
 ): Promise<StreamedImage<T>> {
   const extract = tar.extract();
   const json = new Map<string, Buffer>();
+  let jsonBytes = 0;
+  /** JSON members too large to keep: named in the error if the image needs one. */
+  const oversized = new Map<string, number>();
   const layerResults = new Map<string, T>();
   const aliases = new Map<string, string>();
   let sawEntry = false;
@@ -101,11 +107,17 @@ export async function readDockerArchiveStream<T>(
       const head = Buffer.concat(headChunks);
       const kind = classifyMember(head);
       if (kind !== 'layer') {
+        if (member === 'manifest.json') checkSize(header.size, MAX_ARCHIVE_MANIFEST_BYTES, `${name}: manifest.json`, name);
+        const keep = kind === 'json' && header.size <= MAX_JSON_MEMBER;
+        if (kind === 'json' && !keep) oversized.set(member, header.size);
+        if (keep && (jsonBytes += header.size) > MAX_ARCHIVE_JSON_BYTES) {
+          throw limitExceeded(`${name}: holds more than ${MAX_ARCHIVE_JSON_BYTES} bytes of JSON members`, name);
+        }
         const chunks: Buffer[] = [head];
         for (let r = ended ? undefined : await it.next(); r && !r.done; r = await it.next()) {
-          if (kind === 'json') chunks.push(r.value);
+          if (keep) chunks.push(r.value);
         }
-        if (kind === 'json' && header.size <= MAX_JSON_MEMBER) json.set(member, Buffer.concat(chunks));
+        if (keep) json.set(member, Buffer.concat(chunks));
         lastMember = header.name;
         continue;
       }
@@ -117,7 +129,7 @@ export async function readDockerArchiveStream<T>(
         })(),
         { objectMode: false },
       );
-      layerResults.set(member, await onLayer({ member, compression: sniffCompression(head), stream: body }));
+      layerResults.set(member, await onLayer({ member, compression: sniffCompression(head), size: header.size, stream: body }));
       // onLayer must have drained it; if it did not, skip the rest so the archive can go on.
       body.destroy();
       lastMember = header.name;
@@ -140,6 +152,7 @@ export async function readDockerArchiveStream<T>(
   if (!manifestBytes) throw new SmartError('NOT_AN_IMAGE', `${name}: not a docker-archive (no manifest.json)`, { input: name });
   const entry = selectArchiveEntry(parseArchiveManifest(manifestBytes, name), selection, name);
   const configBytes = json.get(resolve(entry.Config));
+  if (!configBytes) checkSize(oversized.get(resolve(entry.Config)) ?? 0, MAX_CONFIG_BYTES, `${name}: config ${quoted(entry.Config)}`, name);
   if (!configBytes) throw new SmartError('CORRUPT_ARCHIVE', `${name}: config ${quoted(entry.Config)} is not in the archive`, { input: name });
   const config = parseImageConfig(configBytes, `${name} config`);
   const layers = entry.Layers.map((l) => {

@@ -12,6 +12,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../errors.js';
+import { MAX_JSON_DEPTH } from '../../limits.js';
 import { formatReference, isValidRepository, isValidTag, parseReference, type Reference } from '../../oci/reference.js';
 
 // ───────────────────────────── TOML subset ─────────────────────────────
@@ -52,6 +53,8 @@ const DATE_OR_TIME = /^(?:\d{4}-\d{2}-\d{2}|\d{2}:\d{2})/;
 
 class TomlReader {
   private pos = 0;
+  /** Arrays and inline tables open at `pos`: bounded, as the parser recurses into them. */
+  private nesting = 0;
   private readonly lineStarts: number[] = [0];
   readonly root: TomlTable = newTable();
   private readonly keyLines = new WeakMap<TomlTable, Map<string, number>>();
@@ -321,6 +324,7 @@ class TomlReader {
 
   private array(): TomlValue[] {
     const start = this.pos;
+    this.enter(start);
     this.pos++;
     const arr: TomlValue[] = [];
     for (;;) {
@@ -338,12 +342,18 @@ class TomlReader {
       this.fail(this.pos, `expected "," or "]" in the array, found ${describeChar(this.peek())}`);
     }
     this.pos++;
+    this.nesting--;
     this.closed.add(arr);
     return arr;
   }
 
+  private enter(start: number): void {
+    if (++this.nesting > MAX_JSON_DEPTH) this.fail(start, `arrays and inline tables nested deeper than ${MAX_JSON_DEPTH} levels`);
+  }
+
   private inlineTable(): TomlTable {
     const start = this.pos;
+    this.enter(start);
     this.pos++;
     const t = newTable();
     // Newlines and a trailing comma are accepted (TOML 1.1).
@@ -362,6 +372,7 @@ class TomlReader {
       this.fail(this.pos, `expected "," or "}" in the inline table, found ${describeChar(this.peek())}`);
     }
     this.pos++;
+    this.nesting--;
     const close = (x: TomlTable): void => {
       this.closed.add(x);
       for (const v of Object.values(x)) if (isTable(v)) close(v);
