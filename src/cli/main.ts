@@ -111,6 +111,7 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
       ...(flags.tagCacheTtl ? { tagCacheTtlS: flags.tagCacheTtl } : {}),
       ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
       ...(flags.link ? { link: true } : {}),
+      ...(flags.keepLayers !== undefined ? { keepLayers: flags.keepLayers } : {}),
       ...(flags.force ? { force: true } : {}),
       ...(flags.prune !== undefined ? { pruneAgeMs: pruneDays(flags.prune) * 86_400_000 } : {}),
       remote,

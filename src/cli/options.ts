@@ -46,6 +46,7 @@ export interface CommonFlags {
   progress?: string;
   layerStore?: string;
   link?: boolean;
+  keepLayers?: boolean;
   force?: boolean;
   prune?: string | boolean;
   creds?: string;
@@ -172,6 +173,11 @@ export const PUSH_OPTIONS: readonly OptionSpec[] = [
 export const PULL_OPTIONS: readonly OptionSpec[] = [
   { flags: '--layer-store <dir>', description: 'where unpacked layers are kept between pulls (default: CACHE_DIR/layer-store)' },
   { flags: '--link', description: 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)' },
+  {
+    flags: '--keep-layers',
+    description: 'keep the layers a rootfs:/bundle: pull fetches in the layer store, for the next pulls (default: for bundles, and whenever the filesystem clones files or with --link)',
+  },
+  { flags: '--no-keep-layers', description: 'keep nothing this pull fetches in the layer store: each file is written once, into the tree' },
   { flags: '--prune [days]', description: 'after the pull, remove layers that no image pulled within DAYS (default 7) uses' },
   { flags: '--force', description: 'let rootfs:/bundle: replace a non-empty directory that smart pull did not make (its contents are lost)' },
   TAG_CACHE_TTL_OPTION,
@@ -195,17 +201,20 @@ export function optionNames(spec: OptionSpec): { long: string; key: string } {
 interface ParsedFlags {
   short?: string;
   long: string;
-  /** The key in the parsed flags: the long name in camelCase, as commander names it. */
+  /** The key in the parsed flags: the long name in camelCase, as commander names it (without `no-`). */
   key: string;
   value: 'none' | 'required' | 'optional';
+  /** `--no-X`: sets X to false. */
+  negate: boolean;
 }
 
 function parseFlags(flags: string): ParsedFlags {
   const m = /^(?:(-[a-zA-Z]), )?(--[a-z0-9-]+)(?: ([<[]).*)?$/.exec(flags);
   if (!m) throw new Error(`option flags not understood: ${flags}`);
   const long = m[2]!;
-  const key = long.slice(2).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
-  return { ...(m[1] ? { short: m[1] } : {}), long, key, value: m[3] === '<' ? 'required' : m[3] === '[' ? 'optional' : 'none' };
+  const negate = long.startsWith('--no-');
+  const key = long.slice(negate ? 5 : 2).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  return { ...(m[1] ? { short: m[1] } : {}), long, key, value: m[3] === '<' ? 'required' : m[3] === '[' ? 'optional' : 'none', negate };
 }
 
 /** `smart push|pull|copy SOURCE DESTINATION [options]`, parsed as commander would parse it. */
@@ -248,7 +257,7 @@ export function parseTransferArgs(args: readonly string[]): TransferArgs | undef
     const { spec, flags: f } = option;
     if (f.value === 'none') {
       if (eq > 0) return undefined;
-      flags[f.key] = true;
+      flags[f.key] = !f.negate;
       continue;
     }
     let value: string | undefined;

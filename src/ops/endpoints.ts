@@ -43,6 +43,8 @@ export interface EndpointContext {
   layerStore?: LayerStore;
   /** Hardlink from the layer store rather than clone or copy. */
   link?: boolean;
+  /** Keep fetched layers in the layer store (undefined: the writer's default). */
+  keepLayers?: boolean;
   /** Let a root filesystem or bundle replace a non-empty directory no pull made. */
   force?: boolean;
   /** The command's cancellation (Ctrl-C, --timeout): every connection honours it. */
@@ -229,6 +231,7 @@ export async function openDestination(name: ImageName, ctx: EndpointContext, opt
         ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
         ...(ctx.layerStore ? { layerStore: ctx.layerStore } : {}),
         ...(ctx.link ? { link: true } : {}),
+        ...(ctx.keepLayers !== undefined ? { keepLayers: ctx.keepLayers } : {}),
         ...(ctx.force ? { force: true } : {}),
         protect: [...(options.source ? localPaths(options.source) : []), ...(ctx.layerStore ? [{ path: ctx.layerStore.dir, what: 'the layer store' }] : [])],
       });

@@ -44,6 +44,8 @@ export interface TransferRequest {
   layerStoreDir?: string;
   /** Hardlink files from the layer store into root filesystems (read-only uses). */
   link?: boolean;
+  /** Keep the layers a root filesystem or bundle pull fetches in the layer store (default: see RootfsWriterOptions.keepLayers). */
+  keepLayers?: boolean;
   /** Let `rootfs:`/`bundle:` replace a non-empty directory that no pull made. */
   force?: boolean;
   /** After the pull, remove from the layer store what no image used within this many ms uses. */
@@ -193,6 +195,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(blobInfo ? { blobInfo } : {}),
     ...(layerStore ? { layerStore } : {}),
     ...(req.link ? { link: true } : {}),
+    ...(req.keepLayers !== undefined ? { keepLayers: req.keepLayers } : {}),
     ...(req.force ? { force: true } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
   };
