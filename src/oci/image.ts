@@ -168,7 +168,11 @@ export interface ImageWriteOptions {
 }
 
 export interface ProgressEvent {
-  digest: string;
+  /**
+   * The layer as the source names it: its digest there, or its member in an archive read as a
+   * stream (whose digest is known only at its end). LayerEvent.layer names it the same way.
+   */
+  layer: string;
   /** Bytes read since the last event of this layer. */
   bytes: number;
   /** The blob's size when known. */
@@ -181,7 +185,10 @@ export interface ImageWriteResult {
 }
 
 export interface LayerEvent {
+  /** The layer's blob at the destination. */
   digest: string;
+  /** The layer as its progress events named it (ProgressEvent.layer), when that is not `digest` (a layer compressed on the way). */
+  layer?: string;
   diffId?: string;
   status: 'pushed' | 'skipped' | 'written' | 'foreign';
   /** For skipped blobs: already present, or mounted/linked from another repository. */

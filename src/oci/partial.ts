@@ -80,7 +80,7 @@ function abortable(stream: Readable, signal: AbortSignal | undefined): Readable 
 }
 
 /** `stream` as it is, or passed through a counter telling `onBytes` of every chunk. */
-function counted(stream: Readable, onBytes: ((n: number) => void) | undefined): Readable {
+export function counted(stream: Readable, onBytes: ((n: number) => void) | undefined): Readable {
   if (!onBytes) return stream;
   const counter = new Transform({
     transform(chunk: Buffer, _e, cb) {

@@ -19,8 +19,9 @@ import {
   MediaType,
   type ManifestFamily,
 } from '../oci/mediatypes.js';
-import { resolveImage } from '../oci/partial.js';
-import type { Platform } from '../oci/platform.js';
+import { counted, resolveImage } from '../oci/partial.js';
+import { formatPlatform, normalizePlatform, platformMatches, type Platform } from '../oci/platform.js';
+import type { ImageConfig } from '../oci/config.js';
 import type { CompressedLayerStream } from '../pipeline/layer-streams.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
 import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
@@ -28,9 +29,21 @@ import type { BlobInfoCache } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
 
 export interface CopyOptions {
+  /** The platform to pick from an index (unless `allPlatforms`), and to check a single-platform image against (`platformMismatch`). */
   platform: Platform;
-  /** Copy a whole multi-platform index (every manifest it names, the index bytes kept) instead of one platform. */
-  allPlatforms?: boolean;
+  /**
+   * Copy a whole multi-platform index (every manifest it names, the index bytes kept) instead of
+   * one platform. `where-held`: only into a destination that holds the index's media type (an OCI
+   * layout holds no Docker manifest list), else `platform` alone, said through `onWarning`.
+   */
+  allPlatforms?: boolean | 'where-held';
+  /**
+   * A single-platform image whose config names another platform than `platform`: refused
+   * (`error`), copied with a warning (`warn`), or copied as it is (`ignore`, the default).
+   */
+  platformMismatch?: 'error' | 'warn' | 'ignore';
+  /** Told of what the user should know that does not stop the copy (a platform mismatch let through). */
+  onWarning?: (message: string) => void;
   /** Layers in flight at once. */
   jobs: number;
   gzipLevel?: number;
@@ -213,7 +226,7 @@ async function retrying<T>(what: string, signal: AbortSignal | undefined, option
 function openOptions(layer: Layer, options: { onProgress?: (e: ProgressEvent) => void }, signal: AbortSignal): OpenOptions {
   const { onProgress } = options;
   const { digest, size } = layer.descriptor;
-  return onProgress ? { signal, onBytes: (bytes) => onProgress({ digest, bytes, total: size }) } : { signal };
+  return onProgress ? { signal, onBytes: (bytes) => onProgress({ layer: digest, bytes, total: size }) } : { signal };
 }
 
 /**
@@ -249,7 +262,7 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
     const known = await options.blobInfo?.compressedFor(dest, layer.diffId, signal);
     const reuse = known && (await dest.reuseBlob(known));
     if (known && reuse) {
-      record(tally, { digest: known.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType }, options);
+      record(tally, { digest: known.digest, layer: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType }, options);
       (tally.compressedHere ??= []).push({ diffId: layer.diffId, descriptor: known });
       return { ...desc, ...known };
     }
@@ -262,7 +275,7 @@ async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyO
     (tally.compressedHere ??= []).push({ diffId: gz.diffId(), descriptor: compressed });
     // At once, not only with the image: a push killed before its manifest still spares the next one the work.
     if (dest.repository) await options.blobInfo?.recordStored(dest.cacheScope, dest.repository, gz.diffId(), compressed);
-    record(tally, { digest: stored.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: compressor.mediaType }, options);
+    record(tally, { digest: stored.digest, layer: desc.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: compressor.mediaType }, options);
     return compressed;
   }
   const reuse = await dest.reuseBlob(desc);
@@ -383,14 +396,40 @@ async function alreadyThere(image: Image, dest: BlobDestination): Promise<boolea
 }
 
 /**
+ * Checks the platform an image's config names against the one wanted, as
+ * `options.platformMismatch` says: `error` refuses it, `warn` says so and lets it through, `ignore`
+ * (no platform was asked for) lets it be. A config that names no platform is let be.
+ */
+export function checkPlatform(config: ImageConfig, name: string, options: Pick<CopyOptions, 'platform' | 'platformMismatch' | 'onWarning'>): void {
+  const mismatch = options.platformMismatch ?? 'ignore';
+  if (mismatch === 'ignore' || typeof config.os !== 'string' || typeof config.architecture !== 'string' || !config.os || !config.architecture) return;
+  const have = normalizePlatform({ os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' && config.variant ? { variant: config.variant } : {}) });
+  if (platformMatches(options.platform, have)) return;
+  const message = `${name} is a ${formatPlatform(have)} image, not ${formatPlatform(normalizePlatform(options.platform))}`;
+  if (mismatch === 'warn') {
+    options.onWarning?.(`${message}; copying it as it is`);
+    return;
+  }
+  throw new SmartError('PLATFORM_NOT_FOUND', message, {
+    input: name,
+    hint: `to copy it all the same: --platform ${formatPlatform(have)}, or --platform-mismatch=warn`,
+  });
+}
+
+/** The platforms an index names, attestations (`unknown/unknown`) left out. */
+function indexPlatforms(top: ParsedManifest & { kind: 'index' }): string[] {
+  return top.index.manifests.map((d) => (d.platform ? formatPlatform(normalizePlatform(d.platform)) : undefined)).filter((p): p is string => p !== undefined && p !== 'unknown/unknown');
+}
+
+/**
  * Copies an index and everything it names, byte for byte (the index digest and every platform's
  * manifest digest survive): blobs first, each manifest after its blobs, the index last.
  */
 async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: ParsedManifest & { kind: 'index' }, options: CopyOptions, tally: Tally): Promise<CopySummary> {
   if (!dest.supportsManifestType(top.mediaType)) {
-    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}; copy one platform (omit --all-platforms)`, { input: dest.name });
+    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}`, { input: dest.name, hint: 'copy one platform: --platform OS/ARCH[/VARIANT]' });
   }
-  const base = { source: source.name, destination: dest.name, manifestDigest: top.digest, manifestMediaType: top.mediaType, converted: false };
+  const base = { source: source.name, destination: dest.name, manifestDigest: top.digest, manifestMediaType: top.mediaType, converted: false, details: { platforms: indexPlatforms(top) } };
   if (dest.currentDigest && (await dest.currentDigest()) === top.digest) {
     return { ...base, layers: { total: 0, pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytesPushed: 0 }, config: 'skipped' };
   }
@@ -406,7 +445,9 @@ async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: Pa
       record(tally, { digest: d.digest, status: 'skipped', reuse, bytes: 0, mediaType: d.mediaType }, options);
       return;
     }
-    const stored = await dest.putBlob(await source.getBlob(d, { signal }), { mediaType: d.mediaType, digest: d.digest, size: d.size, signal });
+    const { onProgress } = options;
+    const blob = counted(await source.getBlob(d, { signal }), onProgress && ((bytes) => onProgress({ layer: d.digest, bytes, total: d.size })));
+    const stored = await dest.putBlob(blob, { mediaType: d.mediaType, digest: d.digest, size: d.size, signal });
     record(tally, { digest: d.digest, status: 'pushed', bytes: stored.size, mediaType: d.mediaType }, options);
   };
   const copyManifest = async (descriptor: Descriptor): Promise<void> => {
@@ -436,9 +477,13 @@ export async function copyImage(source: ImageSource, dest: BlobDestination, opti
   try {
     if (options.allPlatforms) {
       const top = await source.getManifest();
-      if (top.kind === 'index') return await copyIndexAsIs(source, dest, top, options, tally);
+      if (top.kind === 'index') {
+        if (options.allPlatforms === true || dest.supportsManifestType(top.mediaType)) return await copyIndexAsIs(source, dest, top, options, tally);
+        options.onWarning?.(`${dest.name} cannot hold a ${top.mediaType}: copying ${formatPlatform(normalizePlatform(options.platform))} only (--platform chooses another)`);
+      }
     }
     const image = await resolveImage(source, options.platform);
+    checkPlatform(image.config, source.name, options);
     if (await alreadyThere(image, dest)) {
       for (const layer of image.layers) {
         record(tally, { digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType: layer.descriptor.mediaType }, options);
@@ -500,13 +545,16 @@ export async function copyDockerArchiveStream(
     const { DiffIdTap } = await import('../pipeline/layer-streams.js');
     const streamed = await readDockerArchiveStream(input, selection, sourceName, async (layer) => {
       const what = `layer ${layer.member} of ${sourceName}`;
+      // Progress: the bytes read from the stream, under the member's name (the digest comes at the end).
+      const onProgress = options.onProgress;
+      const tar = onProgress ? counted(layer.stream, (bytes) => onProgress({ layer: layer.member, bytes })) : layer.stream;
       if (layer.compression === 'none') {
         const compress = dest.layerCompression === 'compress';
         const compressor = compress ? await compressorFor(options) : undefined;
         if (compressor) tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, implementation: compressor.implementation, level: compressor.level };
-        const gz = compressor?.compress(layer.stream);
+        const gz = compressor?.compress(tar);
         const hash = gz ? undefined : new DigestStream();
-        const body = gz ? gz.stream : pipeline(layer.stream, hash!, () => undefined);
+        const body = gz ? gz.stream : pipeline(tar, hash!, () => undefined);
         const mediaType = compressor?.mediaType ?? MediaType.OCI_LAYER;
         const stored = await dest.putBlob(body, { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
         const diffId = gz ? gz.diffId() : hash!.digest;
@@ -515,13 +563,13 @@ export async function copyDockerArchiveStream(
           (tally.compressedHere ??= []).push({ diffId, descriptor: compressed });
           if (dest.repository) await options.blobInfo?.recordStored(dest.cacheScope, dest.repository, diffId, compressed);
         }
-        record(tally, { digest: stored.digest, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
+        record(tally, { digest: stored.digest, layer: layer.member, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
         return { diffId, descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
       }
       const tap = new DiffIdTap(layer.compression, what, layer.size);
       const mediaType = layerMediaType('oci', layer.compression);
-      const stored = await dest.putBlob(pipeline(layer.stream, tap, () => undefined), { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
-      record(tally, { digest: stored.digest, diffId: tap.diffId(), status: 'pushed', bytes: stored.size, mediaType }, options);
+      const stored = await dest.putBlob(pipeline(tar, tap, () => undefined), { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
+      record(tally, { digest: stored.digest, layer: layer.member, diffId: tap.diffId(), status: 'pushed', bytes: stored.size, mediaType }, options);
       return { diffId: tap.diffId(), descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
     });
     streamed.layers.forEach((l, i) => {
@@ -532,6 +580,8 @@ export async function copyDockerArchiveStream(
         });
       }
     });
+    // Known only now, at the end of the stream: nothing is tagged yet, so a refusal leaves nothing behind.
+    checkPlatform(streamed.config, sourceName, options);
     // The image as it stands at the destination, for step annotations and the layer trie.
     const unopenable = async (): Promise<Readable> => {
       throw new SmartError('INTERNAL', `${sourceName}: a streamed layer cannot be read again`);
@@ -573,6 +623,7 @@ function unrepeatable(e: unknown, sourceName: string): unknown {
 export async function writeImage(source: ImageSource, writer: ImageWriter, options: CopyOptions): Promise<CopySummary> {
   const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
   const image: Image = await resolveImage(source, options.platform);
+  checkPlatform(image.config, source.name, options);
   const result = await writer.write(image, {
     jobs: options.jobs,
     ...(options.signal ? { signal: options.signal } : {}),

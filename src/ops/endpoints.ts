@@ -18,6 +18,8 @@ export interface RemoteOptions {
   /** Registry credentials for the source and the destination (else the Docker config's). */
   sourceCredentials?: Credentials;
   destinationCredentials?: Credentials;
+  /** The containers auth.json to read instead of the default credential files (`--authfile`). */
+  authFile?: string;
   /** Hosts allowed plain HTTP and unverified TLS (`--insecure-registry`). */
   insecureRegistries?: string[];
   /** Extra CA directories (`--cert-dir`). */
@@ -41,6 +43,8 @@ export interface EndpointContext {
   layerStore?: LayerStore;
   /** Hardlink from the layer store rather than clone or copy. */
   link?: boolean;
+  /** Keep fetched layers in the layer store (undefined: the writer's default). */
+  keepLayers?: boolean;
   /** Let a root filesystem or bundle replace a non-empty directory no pull made. */
   force?: boolean;
   /** The command's cancellation (Ctrl-C, --timeout): every connection honours it. */
@@ -55,6 +59,7 @@ async function registryClient(host: string, ctx: EndpointContext, credentials: C
     insecure: extra.insecure || (remote.insecureRegistries ?? []).includes(host),
     ...(remote.insecureRegistries ? { insecureHosts: remote.insecureRegistries } : {}),
     ...(credentials ? { credentials } : {}),
+    ...(remote.authFile ? { authFile: remote.authFile } : {}),
     ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
     ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
@@ -226,6 +231,7 @@ export async function openDestination(name: ImageName, ctx: EndpointContext, opt
         ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
         ...(ctx.layerStore ? { layerStore: ctx.layerStore } : {}),
         ...(ctx.link ? { link: true } : {}),
+        ...(ctx.keepLayers !== undefined ? { keepLayers: ctx.keepLayers } : {}),
         ...(ctx.force ? { force: true } : {}),
         protect: [...(options.source ? localPaths(options.source) : []), ...(ctx.layerStore ? [{ path: ctx.layerStore.dir, what: 'the layer store' }] : [])],
       });

@@ -82,6 +82,9 @@ export function parseImageName(raw: string): ImageName {
       return { transport, dir: rest, raw };
     case 'docker': {
       if (!rest.startsWith('//')) throw usage(raw, 'write docker://HOST/REPO[:TAG|@DIGEST]');
+      if (!rest.slice(2).replace(/\/+$/, '')) {
+        throw usage(raw, 'it names no image', 'write docker://HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. docker://registry.example.com/team/app:1.0; docker://busybox is Docker Hub\'s library/busybox:latest');
+      }
       refuseUserinfo(raw);
       return { transport, ref: parseReference(rest.slice(2)), raw };
     }

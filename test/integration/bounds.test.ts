@@ -33,8 +33,8 @@ async function tarOf(members: [string, Buffer][]): Promise<Buffer> {
 function expectLimitLine(r: RunResult, pattern: RegExp): void {
   expect(r.code, r.stderr).toBe(1);
   const lines = r.stderr.trim().split('\n');
-  expect(lines.filter((l) => l.startsWith('smart: error: '))).toHaveLength(1);
-  expect(lines.at(-1)).toMatch(/^smart: error: /);
+  expect(lines.filter((l) => l.startsWith('smart: error [LIMIT_EXCEEDED]: '))).toHaveLength(1);
+  expect(lines.at(-1)).toMatch(/^smart: error \[LIMIT_EXCEEDED\]: /);
   expect(lines.at(-1)).toMatch(pattern);
   expect(r.stderr).not.toMatch(/\n\s+at /);
 }

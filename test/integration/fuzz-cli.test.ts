@@ -3,7 +3,7 @@
  * docker-save archive in both layouts, an OCI archive) are damaged at random — cut short, bytes
  * flipped (tar headers first), members or files dropped, JSON files rewritten — and pushed or
  * pulled with `node bin/smart.js`. Each run either fails cleanly (exit 1 or 2, one line
- * `smart: error: ...` last on stderr, no stack trace, nothing at the destination) or succeeds
+ * `smart: error [CODE]: ...` last on stderr, no stack trace, nothing at the destination) or succeeds
  * with a correct result: the root filesystem of the intact image, or a store / layout whose every
  * blob hashes to its name and every layer to its diff id. A run that takes longer than
  * RUN_TIMEOUT_MS is a hang.
@@ -226,9 +226,9 @@ describe('CLI mutation corpus', () => {
         expect([1, 2], `${label}: exit ${r.code}\n${r.stderr}`).toContain(r.code);
         expect(r.stderr, `${label}: a stack trace`).not.toMatch(/\n\s+at /);
         const lines = r.stderr.trimEnd().split('\n');
-        const errorAt = lines.findIndex((l) => l.startsWith('smart: error: '));
+        const errorAt = lines.findIndex((l) => /^smart: error \[[A-Z_]+\]: /.test(l));
         expect(errorAt, `${label}: no error line\n${r.stderr}`).toBeGreaterThanOrEqual(0);
-        expect(lines.filter((l) => l.startsWith('smart: error: ')), label).toHaveLength(1);
+        expect(lines.filter((l) => /^smart: error \[[A-Z_]+\]: /.test(l)), label).toHaveLength(1);
         // The error is the one last line, in the project's own words.
         expect(errorAt, `${label}: the error is not the last line\n${r.stderr}`).toBe(lines.length - 1);
         const message = lines[errorAt]!;

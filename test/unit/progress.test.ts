@@ -15,11 +15,11 @@ describe('plain progress', () => {
   it('counts a layer sent again once, and rounds a slow rate', () => {
     vi.useFakeTimers();
     const { stream, text } = capture();
-    const display = new ProgressDisplay('plain', stream);
-    display.onProgress({ digest: 'sha256:' + 'a'.repeat(64), bytes: 1001, total: 1670 });
-    display.onProgress({ digest: 'sha256:' + 'a'.repeat(64), bytes: 1670, total: 1670 }); // the attempt that went through
+    const display = new ProgressDisplay('plain', { command: 'push', source: 'oci:in', destination: 'file:out' }, stream);
+    display.onProgress({ layer: 'sha256:' + 'a'.repeat(64), bytes: 1001, total: 1670 });
+    display.onProgress({ layer: 'sha256:' + 'a'.repeat(64), bytes: 1670, total: 1670 }); // the attempt that went through
     vi.advanceTimersByTime(5000);
-    display.finish();
-    expect(text()).toMatch(/^progress: 1\.63 KiB of 1\.63 KiB \d+ B\/s\n$/);
+    display.finish({ ok: true, manifestDigest: 'sha256:' + 'b'.repeat(64) });
+    expect(text()).toMatch(/^progress: 1\.63 KiB of 1\.63 KiB \d+ B\/s \d+\.\d s\n$/);
   });
 });

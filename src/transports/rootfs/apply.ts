@@ -43,7 +43,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { extract as tarExtract, type Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError, quoted } from '../../errors.js';
-import type { StoredEntry } from '../../cache/layer-store.js';
+import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
@@ -223,6 +223,8 @@ interface LayerState {
   /** Non-directory entries naming the root itself. */
   skippedRoot: number;
   droppedXattrs: number;
+  /** Where the layer is being kept as it is applied (the layer store), if anywhere. */
+  keep?: LayerFill;
 }
 
 type PaxRecords = Record<string, string>;
@@ -246,6 +248,12 @@ function runMknod(target: string, kind: 'c' | 'b' | 'p', major: number, minor: n
   });
 }
 
+/** A regular file of a kept layer: the fill, and where it keeps this file. */
+interface KeptFile {
+  fill: LayerFill;
+  file: string;
+}
+
 const EMPTY_BODY: AsyncIterable<Buffer> = { async *[Symbol.asyncIterator]() {} };
 
 /** Files up to this size are read whole, then written with one synchronous burst. */
@@ -259,6 +267,16 @@ async function writeAll(fh: FileHandle, chunk: Buffer): Promise<void> {
     off += bytesWritten;
   }
 }
+
+/** Writes all of `parts` in one call (a thread-pool round trip each: fewer is faster), looping over a short write. */
+async function writeAllv(fh: FileHandle, parts: Buffer[]): Promise<void> {
+  const total = parts.reduce((n, p) => n + p.length, 0);
+  const { bytesWritten } = await fh.writev(parts);
+  if (bytesWritten < total) await writeAll(fh, Buffer.concat(parts).subarray(bytesWritten));
+}
+
+/** Bytes of a large file gathered before they are written. */
+const WRITE_BATCH = 1024 * 1024;
 
 function writeAllSync(fd: number, data: Buffer): void {
   let off = 0;
@@ -278,6 +296,17 @@ async function* chunks(entry: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     if (r.done) return;
     yield r.value;
   }
+}
+
+/** Reads an entry whole. */
+async function readWhole(body: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of chunks(body)) {
+    parts.push(c);
+    n += c.length;
+  }
+  return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
 }
 
 /** Consumes what an entry we do not write carries (tar-stream waits for it). */
@@ -323,8 +352,12 @@ export class RootfsApplier {
     this.maxTrackedPaths = options.maxTrackedPaths ?? MAX_TRACKED_PATHS;
   }
 
-  /** Applies one UNCOMPRESSED layer tar on top of the tree. Called in layer order, one at a time. `what` names the layer in errors. */
-  async applyLayer(tar: Readable, what: string): Promise<LayerApplyStats> {
+  /**
+   * Applies one UNCOMPRESSED layer tar on top of the tree. Called in layer order, one at a time.
+   * `what` names the layer in errors. With `keep`, every entry is also added to that layer-store
+   * fill, each regular file kept from the tree file just written (the caller commits or aborts it).
+   */
+  async applyLayer(tar: Readable, what: string, options: { keep?: LayerFill } = {}): Promise<LayerApplyStats> {
     if (this.busy || this.finished) {
       tar.destroy();
       throw new SmartError(
@@ -341,6 +374,7 @@ export class RootfsApplier {
       skippedSpecial: 0,
       skippedRoot: 0,
       droppedXattrs: 0,
+      ...(options.keep ? { keep: options.keep } : {}),
     };
     const extract = tarExtract();
     let inputError: unknown;
@@ -463,17 +497,19 @@ export class RootfsApplier {
     // Values no filesystem call takes (a uid past 32 bits, a time that is not one) stop the layer
     // here, named, rather than as Node's argument errors in the middle of writing.
     const meta: EntryMeta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
+    // Where the layer store keeps this entry's content (a regular file's), when the layer is kept.
+    const keptAt = state.keep?.add(h);
     try {
       const slash = rel.lastIndexOf('/');
       const base = rel.slice(slash + 1);
       if (base.startsWith(WHITEOUT_PREFIX)) {
-        await drain(h, body);
+        await this.skipContent(h, body, meta, state, keptAt);
         await this.whiteout(rel, name, state);
         return;
       }
       // aufs metadata (.wh..wh.plnk/...) is never materialised, nor anything below it.
       if (rel.includes(`/${WHITEOUT_META_PREFIX}`) || rel.startsWith(WHITEOUT_META_PREFIX)) {
-        await drain(h, body);
+        await this.skipContent(h, body, meta, state, keptAt);
         return;
       }
 
@@ -482,7 +518,7 @@ export class RootfsApplier {
         // else cannot replace it and is skipped, as containerd skips what resolves to the root.
         if (h.type === 'directory') this.applyDirMeta('', h, meta);
         else {
-          await drain(h, body);
+          await this.skipContent(h, body, meta, state, keptAt);
           state.skippedRoot++;
         }
         return;
@@ -498,15 +534,7 @@ export class RootfsApplier {
 
       // Small files are read before anything is created: nothing to clean up if the tar breaks.
       let content: Buffer | undefined;
-      if ((h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES) {
-        const parts: Buffer[] = [];
-        let n = 0;
-        for await (const c of chunks(body)) {
-          parts.push(c);
-          n += c.length;
-        }
-        content = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
-      }
+      if ((h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES) content = await readWhole(body);
 
       const dirRel = walkInRoot(this.root, rel.slice(0, Math.max(slash, 0)), {
         followLast: true,
@@ -518,6 +546,7 @@ export class RootfsApplier {
       const targetRel = joinRel(dirRel, base);
       const target = path.join(this.root, targetRel);
 
+      const keep = state.keep && keptAt !== undefined ? { fill: state.keep, file: keptAt } : undefined;
       switch (h.type) {
         case 'file':
         case 'contiguous-file':
@@ -525,8 +554,8 @@ export class RootfsApplier {
           state.stats.bytes += stored
             ? await this.placeStoredFile(target, targetRel, h, meta, stored)
             : content
-              ? await this.writeSmallFile(target, targetRel, h, meta, content)
-              : await this.writeLargeFile(target, targetRel, h, meta, body);
+              ? await this.writeSmallFile(target, targetRel, h, meta, content, keep)
+              : await this.writeLargeFile(target, targetRel, h, meta, body, keep);
           return;
         case 'directory':
           this.markWritten(targetRel, state);
@@ -576,6 +605,13 @@ export class RootfsApplier {
       if (isSmartError(e) || e instanceof StreamFailure || !isErrno(e)) throw e;
       throw new SmartError('STORAGE', `${what}: entry ${quoted(name)}: ${e.message}`, { input: what, cause: e });
     }
+  }
+
+  /** Consumes the content of an entry that is not written into the tree; a kept layer keeps it all the same. */
+  private async skipContent(h: Header, body: AsyncIterable<Buffer>, meta: EntryMeta, state: LayerState, keptAt: string | undefined): Promise<void> {
+    if (!state.keep || keptAt === undefined) return drain(h, body);
+    if ((h.size ?? 0) <= SMALL_FILE_BYTES) state.keep.keepContent(keptAt, await readWhole(body), h, meta);
+    else await state.keep.keepBody(keptAt, chunks(body), h, meta);
   }
 
   /** Adds `rel` and its ancestors to the paths this layer wrote, unless its directory is fresh. */
@@ -646,10 +682,12 @@ export class RootfsApplier {
     return create();
   }
 
-  private async writeSmallFile(target: string, rel: string, h: Header, meta: EntryMeta, content: Buffer): Promise<number> {
+  private async writeSmallFile(target: string, rel: string, h: Header, meta: EntryMeta, content: Buffer, keep?: KeptFile): Promise<number> {
     const fd = await this.replace(target, rel, () => openSync(target, CREATE_FLAGS, 0o600));
     try {
       writeAllSync(fd, content);
+      // Before its final mode, which may forbid reading it; a hardlink gets that mode with the tree's file.
+      if (keep) await keep.fill.keepFile(keep.file, target, h, meta, content);
       if (this.preserveOwnership) {
         const { uid, gid } = meta;
         fchownSync(fd, uid, gid);
@@ -688,14 +726,24 @@ export class RootfsApplier {
     h: Header,
     meta: EntryMeta,
     body: AsyncIterable<Buffer>,
+    keep?: KeptFile,
   ): Promise<number> {
     const file = await this.replace(target, rel, () => open(target, CREATE_FLAGS, 0o600));
     let bytes = 0;
     try {
+      let batch: Buffer[] = [];
+      let batched = 0;
       for await (const chunk of chunks(body)) {
-        await writeAll(file, chunk);
+        batch.push(chunk);
+        batched += chunk.length;
         bytes += chunk.length;
+        if (batched < WRITE_BATCH) continue;
+        await writeAllv(file, batch);
+        batch = [];
+        batched = 0;
       }
+      if (batch.length > 0) await writeAllv(file, batch);
+      if (keep) await keep.fill.keepFile(keep.file, target, h, meta);
       if (this.preserveOwnership) {
         const { uid, gid } = meta;
         await file.chown(uid, gid);
