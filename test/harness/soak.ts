@@ -148,7 +148,7 @@ export function runSmart(args: string[], options: { env?: NodeJS.ProcessEnv; cac
  */
 export function oneErrorLine(stderr: string): { ok: true; line: string } | { ok: false; why: string } {
   const lines = stderr.split('\n').filter((l) => l.trim() !== '');
-  const errors = lines.filter((l) => /^smart: error: /.test(l));
+  const errors = lines.filter((l) => /^smart: error \[[A-Z_]+\]: /.test(l));
   if (errors.length !== 1) return { ok: false, why: `${errors.length} error lines` };
   if (lines.at(-1) !== errors[0]) return { ok: false, why: 'the error line is not the last line' };
   if (lines.some((l) => /^\s+at /.test(l))) return { ok: false, why: 'a stack trace' };

@@ -34,7 +34,7 @@ async function check(store: string, extra: string[] = [], env?: NodeJS.ProcessEn
     expect(lines).toEqual([expect.stringMatching(/: consistent: /)]);
   } else {
     expect(r.code, r.stderr).toBe(1);
-    expect(lines.at(-1)).toMatch(/^smart: error: .*: \d+ inconsistenc(y|ies) \(/);
+    expect(lines.at(-1)).toMatch(/^smart: error \[INCONSISTENT\]: .*: \d+ inconsistenc(y|ies) \(/);
     expect(lines.slice(0, -1).every((l) => l.startsWith('problem: '))).toBe(true);
   }
   return { r, report };
@@ -211,12 +211,12 @@ describe('smart store check', () => {
     }
     const missing = await smart(['store', 'check', `file:${path.join(work, 'nope')}`]);
     expect(missing.code).toBe(1);
-    expect(missing.stderr).toMatch(/^smart: error: file:.*nope: no such directory .*\n$/);
+    expect(missing.stderr).toMatch(/^smart: error \[NOT_FOUND\]: file:.*nope: no such directory .*\n$/);
     const empty = path.join(work, 'empty');
     await fs.mkdir(empty);
     const none = await smart(['store', 'check', `file:${empty}`]);
     expect(none.code).toBe(1);
-    expect(none.stderr).toMatch(/^smart: error: .*no registry storage there \(nothing under docker\/registry\/v2\) \(name the registry's rootdirectory.*\)\n$/);
+    expect(none.stderr).toMatch(/^smart: error \[[A-Z_]+\]: .*no registry storage there \(nothing under docker\/registry\/v2\) \(name the registry's rootdirectory.*\)\n$/);
   });
 
   it('--help says what it checks', async () => {
@@ -267,7 +267,7 @@ describe('smart store check', () => {
     it('an S3 endpoint that does not answer is one error line', async () => {
       const r = await smart(['store', 'check', `s3://${s3.bucket}/reg`, '--s3-endpoint', 'http://127.0.0.1:1'], { env: { ...s3.env, AWS_MAX_ATTEMPTS: '1' } });
       expect(r.code).toBe(1);
-      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^smart: error: /)]);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^smart: error \[[A-Z_]+\]: /)]);
     });
   });
 

@@ -23,3 +23,12 @@ describe('plain progress', () => {
     expect(text()).toMatch(/^progress: 1\.63 KiB of 1\.63 KiB \d+ B\/s \d+\.\d s\n$/);
   });
 });
+
+describe('formatBytes', () => {
+  // Found by the fault soak: the summary after a slow pull read "(559.56790123456 B/s)".
+  it('prints whole bytes below a KiB, a rate included', async () => {
+    const { formatBytes } = await import('../../src/cli/output.js');
+    expect(formatBytes(559.5679012345679)).toBe('560 B');
+    expect(formatBytes(1536)).toBe('1.50 KiB');
+  });
+});
