@@ -107,7 +107,15 @@ async function distributionStore(name: ImageName & { transport: 'file' | 's3' },
     ...(ctx.remote?.s3Region ? { region: ctx.remote.s3Region } : {}),
     ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}),
   });
-  return new DistributionStore(new S3Driver({ bucket: name.bucket, rootDirectory: name.root, client, ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}) }));
+  return new DistributionStore(
+    new S3Driver({
+      bucket: name.bucket,
+      rootDirectory: name.root,
+      client,
+      ...(ctx.remote?.stallTimeoutMs ? { stallTimeoutMs: ctx.remote.stallTimeoutMs } : {}),
+      ...(ctx.onWarning ? { onRetry: ctx.onWarning } : {}),
+    }),
+  );
 }
 
 export type OpenedSource =

@@ -23,6 +23,7 @@ import { deleteObject, deleteTree } from './s3-delete.js';
 import { endpointLabel, facts, s3Error } from './s3-errors.js';
 import { anyUnder, childNames, dirPrefix, objectPages } from './s3-listing.js';
 import { s3Writer } from './s3-writer.js';
+import { resumingReader } from './resume.js';
 
 export { s3ClientFromEnvironment, type S3Credentials } from './s3-client.js';
 
@@ -43,11 +44,17 @@ export interface S3DriverOptions {
   partSize?: number;
   /** Parts of one streamed upload in flight at once. Default 4. */
   queueSize?: number;
+  /** A download resumed after it broke: the failure, as one line. */
+  onRetry?: (message: string) => void;
 }
 
 const MiB = 1024 * 1024;
 const DEFAULT_PART_SIZE = 8 * MiB;
 const MIN_PART_SIZE = 5 * MiB;
+/** Reads of one download, the first included, across breaks: a registry request's attempts. */
+const READ_ATTEMPTS = 5;
+/** The first wait before a download is resumed; doubles each time. */
+const RESUME_DELAY_MS = 300;
 /** Largest object a single CopyObject accepts. */
 const MAX_COPY_SIZE = 5 * 1024 * MiB;
 
@@ -89,6 +96,7 @@ export class S3Driver implements StorageDriver {
   private readonly endpointOption: string | undefined;
   private readonly partSize: number;
   private readonly queueSize: number;
+  private readonly onRetry: ((message: string) => void) | undefined;
   /** What the s3-*.ts modules share of this driver. */
   private readonly s3: S3Bucket;
 
@@ -104,6 +112,7 @@ export class S3Driver implements StorageDriver {
     this.endpointOption = options.endpoint;
     this.partSize = options.partSize ?? DEFAULT_PART_SIZE;
     this.queueSize = options.queueSize ?? 4;
+    this.onRetry = options.onRetry;
     if (this.partSize < MIN_PART_SIZE) throw new SmartError('USAGE', `S3 part size ${this.partSize} is below the 5 MiB minimum`);
     if (this.queueSize < 1) throw new SmartError('USAGE', 'S3 upload queue size must be at least 1');
     if (options.client) {
@@ -192,8 +201,24 @@ export class S3Driver implements StorageDriver {
     }
   }
 
+  /**
+   * A download cut or stalled mid-way is resumed from the byte reached (a range GET), up to
+   * READ_ATTEMPTS reads, each told to `onRetry`: the SDK retries a request, not a body that breaks.
+   */
   async reader(p: string, offset = 0, length?: number): Promise<Readable> {
     const key = this.key(p);
+    const first = await this.readRange(key, offset, length);
+    return resumingReader(first, (from, rest) => this.readRange(key, from, rest), {
+      offset,
+      ...(length !== undefined ? { length } : {}),
+      attempts: READ_ATTEMPTS,
+      delayMs: RESUME_DELAY_MS,
+      ...(this.onRetry ? { onRetry: this.onRetry } : {}),
+    });
+  }
+
+  /** One GET of `key` from `offset`: the body, its length checked, guarded against stalls. */
+  private async readRange(key: string, offset: number, length: number | undefined): Promise<Readable> {
     let res;
     try {
       res = await this.client.send(
