@@ -2,7 +2,7 @@
  * Secrets kept: pushes, pulls and cache commands run with known secrets of every kind smart is
  * given — a password for an htpasswd registry (by --creds, SMART_REGISTRY_AUTH, a docker config
  * `auth` entry, a credential helper), a token server's password and the tokens it issues, S3 keys,
- * a Redis password, an identity token in the docker config (which smart does not use) — in every
+ * a Redis password, an identity token in the docker config (exchanged for tokens; a revoked one too) — in every
  * output mode (plain, --debug, --json, --progress json, -q), succeeding and failing. Then every
  * place a secret could land is searched for each one, as it is, base64-encoded (also as the
  * `user:password` of a Basic header), and URL-encoded: stdout and stderr of every run, every file
@@ -40,6 +40,7 @@ const SECRET = {
   s3SecretKey: 's3Secret/K3y+with=signs7f3a9c2e1b',
   s3UnknownKeyId: 'AKIASOAKUNKNOWN00042',
   identityToken: 'identity-t0ken.7f3a9c2e1b.refresh',
+  revokedIdentityToken: 'rev0ked-identity.5c1d8e2a4f.refresh',
 } as const;
 
 const USERS = { basicPassword: 'alice', configPassword: 'dave', helperSecret: 'erin', tokenPassword: 'carol', wrongPassword: 'alice' } as const;
@@ -93,6 +94,8 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'redis-serv
   let fileStore: string;
   /** A docker config with an `auth` entry for the htpasswd registry, and an identity token for the token registry. */
   let dockerConfig: string;
+  /** A docker config with an identity token the token server does not know (revoked). */
+  let revokedConfig: string;
   /** A docker config whose credHelpers send the htpasswd registry to docker-credential-soak. */
   let helperConfig: string;
   let helperBin: string;
@@ -109,6 +112,7 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'redis-serv
     tokens = await startTokenServer({
       dir: path.join(work, 'tokens'),
       users: { carol: SECRET.tokenPassword },
+      refreshTokens: { [SECRET.identityToken]: 'carol' },
       grants: (user, scope) => (scope.type !== 'repository' ? (user ? ['*'] : []) : scope.actions.filter((a) => a === 'pull' || (a === 'push' && user === 'carol'))),
     });
     [basic, tokenRegistry, redis, s3] = await Promise.all([
@@ -129,6 +133,9 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'redis-serv
         },
       }),
     );
+    revokedConfig = path.join(work, 'revoked-config');
+    await fs.mkdir(revokedConfig);
+    await fs.writeFile(path.join(revokedConfig, 'config.json'), JSON.stringify({ auths: { [tokenRegistry.host]: { identitytoken: SECRET.revokedIdentityToken } } }));
     helperBin = path.join(work, 'helper-bin');
     await fs.mkdir(helperBin);
     await fs.writeFile(path.join(helperBin, 'docker-credential-soak'), `#!/bin/sh\nread server\nprintf '{"ServerURL":"%s","Username":"erin","Secret":"${SECRET.helperSecret}"}\\n' "$server"\n`, { mode: 0o755 });
@@ -183,7 +190,8 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'redis-serv
       ...(['debug', 'debug+json+progress-json'] as const).map((mode): Spec => ['pull --creds, a wrong password', mode, ['pull', basicRef('creds/app:0'), out(`wrong-${mode}`), ...creds('alice', SECRET.wrongPassword), ...cert()], ['wrongPassword'], 'fail']),
       ['pull --creds, the registry unreachable', 'debug', ['pull', 'docker://127.0.0.1:9/x/y:1', out('refused'), ...creds('alice', SECRET.basicPassword)], ['basicPassword'], 'fail'],
       ['pull SMART_REGISTRY_AUTH, a wrong password', 'debug', ['pull', basicRef('env/app:debug'), out('env-wrong'), ...cert()], ['wrongPassword'], 'fail', { SMART_REGISTRY_AUTH: `alice:${SECRET.wrongPassword}` }],
-      ...(['debug', 'json'] as const).map((mode): Spec => ['pull, an identity token in the docker config', mode, ['pull', tokenRef('lib/app:0'), out(`identity-${mode}`), ...cert()], ['configPassword', 'identityToken'], 'ok', { DOCKER_CONFIG: dockerConfig }]),
+      ...(['debug', 'json'] as const).map((mode): Spec => ['pull, an identity token in the docker config', mode, ['pull', tokenRef('lib/app:0'), out(`identity-${mode}`), ...cert()], ['configPassword', 'identityToken', 'issuedToken'], 'ok', { DOCKER_CONFIG: dockerConfig }]),
+      ...(['plain', 'debug+json+progress-json'] as const).map((mode): Spec => ['pull, a revoked identity token in the docker config', mode, ['pull', tokenRef('lib/app:0'), out(`revoked-${mode}`), ...cert()], ['revokedIdentityToken'], 'fail', { DOCKER_CONFIG: revokedConfig }]),
       ...(['plain', 'debug'] as const).map((mode): Spec => ['push token auth, a wrong password', mode, ['push', src(), tokenRef('lib/app:wrong'), ...creds('carol', SECRET.wrongPassword), ...cert()], ['wrongPassword'], 'fail']),
       ['copy --src-creds --dest-creds', 'debug+json+progress-json', ['push', basicRef('creds/app:0'), tokenRef('lib/copied:1'), '--src-creds', `alice:${SECRET.basicPassword}`, '--dest-creds', `carol:${SECRET.tokenPassword}`, ...cert()], ['basicPassword', 'tokenPassword', 'issuedToken'], 'ok'],
       ...(['plain', 'debug+json+progress-json'] as const).map((mode, i): Spec => ['pull from s3: with keys', mode, ['pull', `s3://${s3.bucket}/reg#team/app:${i}`, out(`s3-${mode}`)], ['s3AccessKeyId', 's3SecretKey'], 'ok', s3.env]),
