@@ -32,7 +32,8 @@ describe('found by the fault soak', () => {
       const bytes = await fs.readFile(file);
       bytes[0]! ^= 0xff; // no longer JSON
       await fs.writeFile(file, bytes);
-      const r = await smart(['pull', name, `oci:${path.join(work, 'out')}:x`]);
+      // A cache of its own: the suite's shared one may hold this manifest, read from elsewhere.
+      const r = await smart(['pull', name, `oci:${path.join(work, 'out')}:x`], { cacheHome: await tempDir() });
       expect(r.code).toBe(1);
       expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(new RegExp(`^smart: error \\[DIGEST_MISMATCH\\]: .*manifest.* ${manifest} hashes to sha256:[0-9a-f]{64}`))]);
     }
