@@ -16,6 +16,7 @@ import path from 'node:path';
 import { CopyObjectCommand, GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { guardStalls } from '../pipeline/stall.js';
 import { SmartError } from '../errors.js';
+import { sleep } from '../transient.js';
 import { checkSize } from '../limits.js';
 import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './driver.js';
 import { DEFAULT_STALL_MS, makeS3Client, type S3Bucket, type S3Credentials } from './s3-client.js';
@@ -161,26 +162,38 @@ export class S3Driver implements StorageDriver {
 
   // ---- objects ---------------------------------------------------------------------------------
 
+  /**
+   * The whole object. A body cut or stalled mid-way is read again, up to READ_ATTEMPTS reads, each
+   * told to `onRetry` (a failed request was already retried by the SDK, and is not again here).
+   */
   async getContent(p: string, maxBytes?: number): Promise<Buffer> {
     const key = this.key(p);
-    try {
-      const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
-      if (!res.Body) return Buffer.alloc(0);
-      if (maxBytes !== undefined && res.ContentLength !== undefined && res.ContentLength > maxBytes) {
-        (res.Body as Readable).destroy();
-        checkSize(res.ContentLength, maxBytes, this.uri(key));
+    for (let n = 0; ; n++) {
+      let reading = false;
+      try {
+        const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }));
+        if (!res.Body) return Buffer.alloc(0);
+        if (maxBytes !== undefined && res.ContentLength !== undefined && res.ContentLength > maxBytes) {
+          (res.Body as Readable).destroy();
+          checkSize(res.ContentLength, maxBytes, this.uri(key));
+        }
+        reading = true;
+        const bytes = await res.Body.transformToByteArray();
+        const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+        if (res.ContentLength !== undefined && buf.length !== res.ContentLength) {
+          throw new SmartError('STORAGE', `cannot read ${this.uri(key)}: got ${buf.length} of ${res.ContentLength} bytes`, {
+            input: this.uri(key),
+            retryable: true,
+          });
+        }
+        return buf;
+      } catch (e) {
+        const error = await this.fail(e, 'read', key);
+        if (!reading || !error.retryable || n + 1 >= READ_ATTEMPTS) throw error;
+        const delay = RESUME_DELAY_MS * 2 ** n;
+        this.onRetry?.(`${error.message}; reading it again in ${(delay / 1000).toFixed(1)} s (attempt ${n + 2} of ${READ_ATTEMPTS})`);
+        await sleep(delay);
       }
-      const bytes = await res.Body.transformToByteArray();
-      const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      if (res.ContentLength !== undefined && buf.length !== res.ContentLength) {
-        throw new SmartError('STORAGE', `cannot read ${this.uri(key)}: got ${buf.length} of ${res.ContentLength} bytes`, {
-          input: this.uri(key),
-          retryable: true,
-        });
-      }
-      return buf;
-    } catch (e) {
-      throw await this.fail(e, 'read', key);
     }
   }
 

@@ -161,5 +161,21 @@ describe('found by the fault soak', () => {
       ]);
       expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
     });
+
+    // A manifest or a link file read whole from S3 was read once: a body cut mid-way failed the
+    // pull (the SDK retries a request that fails, not a body that breaks after its headers).
+    it('a manifest and a tag link whose bodies are cut mid-way are read again', async () => {
+      const manifest = fixtures().basic.manifest.digest.slice(7);
+      const cut = (q: { method: string; path: string }) => q.method === 'GET' && (q.path.endsWith(`${manifest}/data`) || q.path.endsWith('/_manifests/tags/1/current/link'));
+      proxy.setFaults((req, n) => (cut(req) && n <= 2 ? { kind: 'reset-mid-body', afterBytes: 10 } : undefined));
+      const r = await smart(['pull', `s3://${s3.bucket}/reg#found/basic:1`, `oci:${path.join(await tempDir(), 'out')}:x`, '--json'], {
+        cacheHome: await tempDir(),
+        env: { ...s3.env, AWS_ENDPOINT_URL_S3: proxy.url },
+      });
+      expect(r.code, r.stderr).toBe(0);
+      expect(proxy.stats.requests.filter((q) => q.fault && cut(q))).toHaveLength(4);
+      expect(r.stderr.split('\n').filter((l) => /^warning: .*s3:\/\/.*; reading it again in 0\.[36] s \(attempt [23] of 5\)$/.test(l))).toHaveLength(4);
+      expect((JSON.parse(r.stdout.toString()) as { manifestDigest: string }).manifestDigest).toBe(fixtures().basic.manifest.digest);
+    });
   });
 });
