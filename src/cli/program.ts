@@ -85,7 +85,6 @@ export function buildProgram(prog = 'smart'): Command {
     .action(transferAction('copy'));
 
   addCacheCommands(program);
-  addVersionCommand(program);
 
   program
     .command('completion')
@@ -103,6 +102,8 @@ Install:
       const { completionScript } = await import('./completion.js');
       guardedStdout().write(completionScript(shell, buildProgram()));
     });
+
+  addVersionCommand(program);
 
   // Errors are the caller's to report (one line, through main), never commander's own text, and
   // nothing in the program exits the process. Help goes to stdout through the guard against `| head`.
