@@ -1,7 +1,8 @@
 /**
  * `smart version [--verbose] [--json]`: the version alone (as `--version`), or with what this
  * machine will compress with and why: Node, the native addon (its libraries, or why it is absent
- * and the command that builds it), the gzip engine of a push, the zstd engine, the cores.
+ * and the command that builds it), the gzip engine of a push, the zstd engine, the gunzip engine
+ * of a pull, the cores.
  */
 import type { Command } from 'commander';
 import { Output, formatBytes, guardedStdout } from './output.js';
@@ -36,6 +37,7 @@ export function addVersionCommand(program: Command): void {
         `native addon: ${n.loaded ? `loaded (${libraries}) from ${n.path}${n.reason ? `, ${n.reason}` : ''}` : n.reason}${n.fix ? `; to build it: ${n.fix}` : ''}`,
         `gzip engine (auto): ${r.gzip.engine}, ${r.gzip.implementation}, level ${r.gzip.level}, ${formatBytes(r.gzip.blockSize)} blocks, ${r.gzip.concurrency} at once; because ${r.gzip.why}`,
         `zstd engine: ${r.zstd.implementation ? `${r.zstd.implementation}, level ${r.zstd.level}, ${r.zstd.workers} workers; because ${r.zstd.why}` : `none: ${r.zstd.why}`}`,
+        `gunzip engine (pulls): ${r.gunzip.engine}, ${r.gunzip.implementation}; because ${r.gunzip.why}`,
         `cores for compression: ${r.cores}`,
       ];
       guardedStdout().write(`${lines.join('\n')}\n`);

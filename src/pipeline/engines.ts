@@ -1,9 +1,11 @@
 /**
  * The compression engines this process would use, and why: the native addon, the gzip engine of
- * `auto`, the zstd engine and the cores they run on (`smart version --verbose`). Looks, never
+ * `auto`, the zstd engine, the gunzip engine of pulls and the cores they run on (`smart version
+ * --verbose`). Looks, never
  * compresses; what it says is what a push started now with the same environment does.
  */
 import os from 'node:os';
+import { chooseGunzip } from './gunzip.js';
 import { autoGzipEngine } from './gzip-choice.js';
 import { nativeStatus, type NativeStatus } from './native.js';
 import { DEFAULT_ZSTD_LEVEL, requireZstd } from './zstd.js';
@@ -13,6 +15,8 @@ export interface EnginesReport {
   gzip: { engine: string; implementation: string; level: number; blockSize: number; concurrency: number; why: string };
   /** implementation null: no zstd here (`--compression zstd` fails, with `why`). */
   zstd: { implementation: string | null; level: number; workers: number; why: string };
+  /** What a pull decompresses gzip layers with. */
+  gunzip: { engine: string; implementation: string; why: string };
   /** The cores compression runs on (os.availableParallelism: the CPUs this process may use). */
   cores: number;
 }
@@ -34,10 +38,14 @@ export async function enginesReport(): Promise<EnginesReport> {
   } catch (e) {
     zstd = { implementation: null, level: DEFAULT_ZSTD_LEVEL, workers: cores, why: (e as Error).message };
   }
+  const gunzip = await chooseGunzip();
   return {
     native,
     gzip: { engine: engine.name, implementation: engine.implementation, level: engine.defaultLevel, blockSize: engine.defaultBlockSize, concurrency: engine.defaultConcurrency(engine.defaultBlockSize), why },
     zstd,
+    gunzip: gunzip.program
+      ? { engine: gunzip.name, implementation: gunzip.program, why: 'igzip is on PATH (it decompresses faster than zlib)' }
+      : { engine: gunzip.name, implementation: 'node-zlib', why: 'igzip is not on PATH (apt-get install isal)' },
     cores,
   };
 }

@@ -24,6 +24,7 @@ type VersionDoc = {
   native: { loaded: boolean; disabled: boolean; libdeflate?: string; zstd?: string; reason?: string; fix?: string; path: string };
   gzip: { engine: string; implementation: string; level: number; blockSize: number; concurrency: number; why: string };
   zstd: { implementation: string | null; level: number; workers: number; why: string };
+  gunzip: { engine: string; implementation: string; why: string };
   cores: number;
 };
 
@@ -92,9 +93,10 @@ describe('smart version', () => {
       expect(doc.zstd).toMatchObject({ implementation: `in-process ${doc.native.zstd}`, level: 3, workers: doc.cores });
       expect(lines[4]).toBe(`zstd engine: in-process ${doc.native.zstd}, level 3, ${doc.cores} workers; because the native addon has libzstd`);
     }
+    if (haveTools('igzip')) expect(lines[5]).toMatch(/^gunzip engine \(pulls\): igzip, \/.*igzip; because igzip is on PATH/);
     expect(doc.cores).toBeGreaterThanOrEqual(1);
-    expect(lines[5]).toBe(`cores for compression: ${doc.cores}`);
-    expect(lines).toHaveLength(6);
+    expect(lines[6]).toBe(`cores for compression: ${doc.cores}`);
+    expect(lines).toHaveLength(7);
   });
 
   it('with SMART_NATIVE=0: the addon off, gzip on zlib (never the libdeflate-gzip program), zstd the program, no command to fix a choice', async () => {
