@@ -69,9 +69,10 @@ export const WINDOW = 32 * KiB;
  * The rule: the fastest setting no more than 3% larger than skopeo's output and faster than it,
  * preferring an engine present here. igzip is 4.8-8% larger: out (and its program was seen,
  * rarely, to make other bytes for the same block). libdeflate level 1 is 1.7% larger at 1.95x
- * skopeo's speed in-process (0.89 CPU s against skopeo's 1.87): the default wherever libdeflate
- * is, in-process or (1.02x) as a program. Without it, zlib level 3 (1.1% larger, 1.16x) is the
- * best zlib setting; level 1 is 4.9% larger.
+ * skopeo's speed in-process (0.89 CPU s against skopeo's 1.87): the default wherever the addon
+ * has libdeflate. As a program it is only named, never chosen (1.02x alone here, but in a whole
+ * push a process per block loses to zlib: gzip-choice.ts). Without it, zlib level 3 (1.1% larger,
+ * 1.16x) is the best zlib setting; level 1 is 4.9% larger.
  * Block size and window, same run, libdeflate level 1 in-process: 1 / 2 / 4 / 8 MiB blocks at
  * concurrency 3: 281 / 292 / 301 / 273 MB/s, output within 0.2% of each other; 4 MiB at
  * concurrency 1 / 2 / 4: 199 / 306 / 318. zlib level 3 at concurrency 1 / 2 / 4 / 8: 96.7 / 149.7
