@@ -322,6 +322,7 @@ const ENGINE = {
   gzip: gzipOf(engines),
   gzipReadme: gzipOf(readmeEngines),
   zstd: `zstd ${engines.zstd.implementation ?? 'absent'} level ${engines.zstd.level}`,
+  gzipFast: engines.gzipFast.implementation ? `gzip ${engines.gzipFast.engine} (${engines.gzipFast.implementation}) level ${engines.gzipFast.level}` : null,
   gunzip: `gunzip ${engines.gunzip.engine} (${engines.gunzip.implementation})`,
   none: 'none (layers copied as they are)',
 };
@@ -361,6 +362,17 @@ const s1z = await bench('smart push --compression zstd docker-archive → file: 
 });
 pairs.push([s1z, k1]);
 sizePairs.push([s1, k1], [s1r, k1], [s1z, k1]);
+// --compression-level fast (ISA-L in the addon), where the addon has it.
+if (ENGINE.gzipFast) {
+  const s1f = await bench('smart push --compression-level fast docker-archive → file: (cold)', {
+    setup: freshStore,
+    command: (c) => `node ${smartBin} push -q --compression-level fast --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+    after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
+    engine: ENGINE.gzipFast,
+  });
+  pairs.push([s1f, k1]);
+  sizePairs.push([s1f, k1]);
+}
 
 // Overlap with the producer: docker-archive:- on stdin from a producer paced like `docker save`.
 // Hidden share = (T_producer + T_push_alone - T_pipeline) / T_push_alone, clamped to [0, 1].

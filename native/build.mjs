@@ -2,7 +2,8 @@
 /**
  * Builds native/build/smartlayer.node (see smartlayer.c) at install time (`npm ci` runs it as the
  * package's install script). The addon is an optional speed-up, never a requirement: each library
- * it wraps is compiled in when its headers are there (Debian: libdeflate-dev, libzstd-dev); with
+ * it wraps is compiled in when its headers are there (Debian: libdeflate-dev, libzstd-dev,
+ * libisal-dev); with
  * neither, or no C compiler or Node headers, this prints one line saying so and exits 0, and
  * smartlayer uses Node's zlib and the zstd program instead. SMART_NATIVE=0 skips the build.
  * What happened is also written to native/build/status.json ({ built, reason, without }), so that
@@ -87,6 +88,8 @@ function hasHeader(header) {
 const libraries = [
   { header: 'libdeflate.h', define: 'SMART_HAVE_LIBDEFLATE', link: '-ldeflate', pkg: 'libdeflate-dev' },
   { header: 'zstd.h', define: 'SMART_HAVE_ZSTD', link: '-lzstd', pkg: 'libzstd-dev' },
+  // ISA-L's igzip: `--compression-level fast` (opt-in; the default stays libdeflate's size).
+  { header: 'isa-l.h', define: 'SMART_HAVE_ISAL', link: '-lisal', pkg: 'libisal-dev' },
 ];
 const present = libraries.filter((l) => hasHeader(l.header));
 const absent = libraries.filter((l) => !present.includes(l));

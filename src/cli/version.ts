@@ -30,12 +30,13 @@ export function addVersionCommand(program: Command): void {
         return;
       }
       const n = r.native;
-      const libraries = [n.libdeflate ? `libdeflate ${n.libdeflate}` : null, n.zstd ? `zstd ${n.zstd}` : null].filter(Boolean).join(', ');
+      const libraries = [n.libdeflate ? `libdeflate ${n.libdeflate}` : null, n.zstd ? `zstd ${n.zstd}` : null, n.isal ? `isa-l ${n.isal}` : null].filter(Boolean).join(', ');
       const lines = [
         `smart ${VERSION}`,
         `node: ${node.version} (${node.path})`,
         `native addon: ${n.loaded ? `loaded (${libraries}) from ${n.path}${n.reason ? `, ${n.reason}` : ''}` : n.reason}${n.fix ? `; to build it: ${n.fix}` : ''}`,
         `gzip engine (auto): ${r.gzip.engine}, ${r.gzip.implementation}, level ${r.gzip.level}, ${formatBytes(r.gzip.blockSize)} blocks, ${r.gzip.concurrency} at once; because ${r.gzip.why}`,
+        `gzip engine (--compression-level fast): ${r.gzipFast.implementation ? `${r.gzipFast.engine}, ${r.gzipFast.implementation}, level ${r.gzipFast.level}` : 'none'}; because ${r.gzipFast.why}`,
         `zstd engine: ${r.zstd.implementation ? `${r.zstd.implementation}, level ${r.zstd.level}, ${r.zstd.workers} workers; because ${r.zstd.why}` : `none: ${r.zstd.why}`}`,
         `gunzip engine (pulls): ${r.gunzip.engine}, ${r.gunzip.implementation}; because ${r.gunzip.why}`,
         `cores for compression: ${r.cores}`,

@@ -6,13 +6,15 @@
  */
 import os from 'node:os';
 import { chooseGunzip } from './gunzip.js';
-import { autoGzipEngine } from './gzip-choice.js';
+import { autoGzipEngine, inProcessIgzip } from './gzip-choice.js';
 import { nativeStatus, type NativeStatus } from './native.js';
 import { DEFAULT_ZSTD_LEVEL, requireZstd } from './zstd.js';
 
 export interface EnginesReport {
   native: NativeStatus;
   gzip: { engine: string; implementation: string; level: number; blockSize: number; concurrency: number; why: string };
+  /** `--compression-level fast`: igzip in this process, or null (the push fails, with `why`). */
+  gzipFast: { engine: string; implementation: string | null; level: number; why: string };
   /** implementation null: no zstd here (`--compression zstd` fails, with `why`). */
   zstd: { implementation: string | null; level: number; workers: number; why: string };
   /** What a pull decompresses gzip layers with. */
@@ -39,9 +41,13 @@ export async function enginesReport(): Promise<EnginesReport> {
     zstd = { implementation: null, level: DEFAULT_ZSTD_LEVEL, workers: cores, why: (e as Error).message };
   }
   const gunzip = await chooseGunzip();
+  const fast = inProcessIgzip();
   return {
     native,
     gzip: { engine: engine.name, implementation: engine.implementation, level: engine.defaultLevel, blockSize: engine.defaultBlockSize, concurrency: engine.defaultConcurrency(engine.defaultBlockSize), why },
+    gzipFast: fast
+      ? { engine: fast.name, implementation: fast.implementation, level: fast.defaultLevel, why: 'the native addon has ISA-L' }
+      : { engine: 'igzip', implementation: null, level: 1, why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? 'is built without ISA-L (libisal-dev)' : 'is absent'}` },
     zstd,
     gunzip: gunzip.program
       ? { engine: gunzip.name, implementation: gunzip.program, why: 'igzip is on PATH (it decompresses faster than zlib)' }

@@ -7,8 +7,8 @@
  * pipes and header rewrite of each block cost more than the library saves).
  */
 import { SmartError } from '../errors.js';
-import { memberEngine, nativeLibdeflateEngine, zlibEngine, type GzipEngine, type GzipEngineName, type GzipEnginePreference } from './gzip-engines.js';
-import { nativeBinding, nativeStatus } from './native.js';
+import { memberEngine, nativeIgzipEngine, nativeLibdeflateEngine, zlibEngine, type GzipEngine, type GzipEngineName, type GzipEnginePreference } from './gzip-engines.js';
+import { nativeBinding, nativeFixCommand, nativeStatus } from './native.js';
 import { findProgram } from './programs.js';
 
 /** The engine order of `chooseGzipEngine('auto')`: the first one present in this process wins (why: the measurements above and in gzip-engines.ts). */
@@ -16,9 +16,15 @@ export const DEFAULT_GZIP_ENGINE_ORDER: readonly GzipEngineName[] = ['libdeflate
 const PROGRAMS: Record<'igzip' | 'libdeflate', string> = { igzip: 'igzip', libdeflate: 'libdeflate-gzip' };
 const PACKAGES: Record<'igzip' | 'libdeflate', string> = { igzip: 'isal', libdeflate: 'libdeflate-tools' };
 
+/** igzip inside this process, when the addon was built with ISA-L; else null. */
+export function inProcessIgzip(): GzipEngine | null {
+  const binding = nativeBinding();
+  return binding?.igzipMember && binding.isalVersion ? nativeIgzipEngine({ igzipMember: binding.igzipMember, isalVersion: binding.isalVersion }) : null;
+}
+
 /**
- * The engine of that name if it is usable here, else null (zlib always is). libdeflate is the
- * native addon when it is built, else the libdeflate-gzip program (`via: 'program'` asks for the
+ * The engine of that name if it is usable here, else null (zlib always is). libdeflate and igzip
+ * are the native addon's when it has them, else their programs (`via: 'program'` asks for the
  * program even when the addon is there: tests compare the two).
  */
 export async function findGzipEngine(name: GzipEngineName, via: 'best' | 'program' = 'best'): Promise<GzipEngine | null> {
@@ -26,6 +32,10 @@ export async function findGzipEngine(name: GzipEngineName, via: 'best' | 'progra
   if (name === 'libdeflate' && via === 'best') {
     const binding = nativeBinding();
     if (binding?.gzipMember && binding.libdeflateVersion) return nativeLibdeflateEngine({ gzipMember: binding.gzipMember, libdeflateVersion: binding.libdeflateVersion });
+  }
+  if (name === 'igzip' && via === 'best') {
+    const igzip = inProcessIgzip();
+    if (igzip) return igzip;
   }
   const program = await findProgram(PROGRAMS[name]);
   return program ? memberEngine(name, program) : null;
@@ -56,8 +66,16 @@ export function autoGzipEngine(): { engine: GzipEngine; why: string } {
  */
 export async function chooseGzipEngine(preference: GzipEnginePreference = 'auto'): Promise<GzipEngine> {
   if (preference === 'auto') return autoGzipEngine().engine;
+  if (preference === 'fast') {
+    const igzip = inProcessIgzip();
+    if (igzip) return igzip;
+    const status = nativeStatus();
+    throw new SmartError('UNSUPPORTED', `--compression-level fast needs the native addon built with ISA-L, and it is ${status.loaded ? 'built without it' : status.reason}`, {
+      hint: status.disabled ? 'unset SMART_NATIVE' : `install libisal-dev and build the addon again: ${nativeFixCommand()}`,
+    });
+  }
   if (preference !== 'zlib' && preference !== 'igzip' && preference !== 'libdeflate') {
-    throw new SmartError('USAGE', `unknown gzip engine "${String(preference)}" (auto, zlib, igzip or libdeflate)`);
+    throw new SmartError('USAGE', `unknown gzip engine "${String(preference)}" (auto, fast, zlib, igzip or libdeflate)`);
   }
   const engine = await findGzipEngine(preference);
   if (!engine) {

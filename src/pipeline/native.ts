@@ -20,6 +20,9 @@ export interface NativeBinding {
   zstdCompress?(context: unknown, input: Buffer, end: boolean): Promise<Buffer>;
   zstdFree?(context: unknown): void;
   readonly zstdVersion?: string;
+  /** One complete gzip member of `input` by ISA-L's igzip (levels 0-3), on the libuv pool. */
+  igzipMember?(input: Buffer, level: number): Promise<Buffer>;
+  readonly isalVersion?: string;
 }
 
 /** dist/pipeline/native.js (or src/pipeline/native.ts) → the package root. */
@@ -58,6 +61,8 @@ export interface NativeStatus {
   /** The versions of the libraries compiled in (absent: built without it, or not loaded). */
   libdeflate?: string;
   zstd?: string;
+  /** ISA-L, for `--compression-level fast` only: its absence is nothing to warn of. */
+  isal?: string;
   /** Why it is not loaded, or which library it was built without; absent when it has both. */
   reason?: string;
   /** The one command that builds it with both libraries here (absent when nothing is missing or it is disabled). */
@@ -97,6 +102,7 @@ export function nativeStatus(): NativeStatus {
       disabled,
       ...(b.libdeflateVersion ? { libdeflate: b.libdeflateVersion } : {}),
       ...(b.zstdVersion ? { zstd: b.zstdVersion } : {}),
+      ...(b.isalVersion ? { isal: b.isalVersion } : {}),
       ...(without.length ? { reason: `built without ${without.join(' and ')}`, fix: nativeFixCommand() } : {}),
     };
   }

@@ -21,8 +21,9 @@ type VersionDoc = {
   command: string;
   version: string;
   node: { version: string; path: string };
-  native: { loaded: boolean; disabled: boolean; libdeflate?: string; zstd?: string; reason?: string; fix?: string; path: string };
+  native: { loaded: boolean; disabled: boolean; libdeflate?: string; zstd?: string; isal?: string; reason?: string; fix?: string; path: string };
   gzip: { engine: string; implementation: string; level: number; blockSize: number; concurrency: number; why: string };
+  gzipFast: { engine: string; implementation: string | null; level: number; why: string };
   zstd: { implementation: string | null; level: number; workers: number; why: string };
   gunzip: { engine: string; implementation: string; why: string };
   cores: number;
@@ -87,16 +88,22 @@ describe('smart version', () => {
     expect(lines[1]).toBe(`node: ${process.versions.node} (${process.execPath})`);
     if (inCI) expect(doc.native.loaded, 'CI builds the addon').toBe(true);
     if (doc.native.loaded && doc.native.libdeflate) {
-      expect(lines[2]).toBe(`native addon: loaded (libdeflate ${doc.native.libdeflate}, zstd ${doc.native.zstd}) from ${path.join(repoRoot, 'native', 'build', 'smartlayer.node')}`);
+      const isal = doc.native.isal ? `, isa-l ${doc.native.isal}` : '';
+      expect(lines[2]).toBe(`native addon: loaded (libdeflate ${doc.native.libdeflate}, zstd ${doc.native.zstd}${isal}) from ${path.join(repoRoot, 'native', 'build', 'smartlayer.node')}`);
       expect(doc.gzip).toMatchObject({ engine: 'libdeflate', implementation: `in-process ${doc.native.libdeflate}`, level: 1, blockSize: 4 * 1024 * 1024, why: 'the native addon has libdeflate' });
       expect(lines[3]).toBe(`gzip engine (auto): libdeflate, in-process ${doc.native.libdeflate}, level 1, 4.00 MiB blocks, ${doc.gzip.concurrency} at once; because the native addon has libdeflate`);
+      if (inCI) expect(doc.native.isal, 'CI builds the addon with ISA-L (libisal-dev)').toBeDefined();
+      if (doc.native.isal) {
+        expect(doc.gzipFast).toEqual({ engine: 'igzip', implementation: `in-process isa-l ${doc.native.isal}`, level: 1, why: 'the native addon has ISA-L' });
+        expect(lines[4]).toBe(`gzip engine (--compression-level fast): igzip, in-process isa-l ${doc.native.isal}, level 1; because the native addon has ISA-L`);
+      }
       expect(doc.zstd).toMatchObject({ implementation: `in-process ${doc.native.zstd}`, level: 3, workers: doc.cores });
-      expect(lines[4]).toBe(`zstd engine: in-process ${doc.native.zstd}, level 3, ${doc.cores} workers; because the native addon has libzstd`);
+      expect(lines[5]).toBe(`zstd engine: in-process ${doc.native.zstd}, level 3, ${doc.cores} workers; because the native addon has libzstd`);
     }
-    if (haveTools('igzip')) expect(lines[5]).toMatch(/^gunzip engine \(pulls\): igzip, \/.*igzip; because igzip is on PATH/);
+    if (haveTools('igzip')) expect(lines[6]).toMatch(/^gunzip engine \(pulls\): igzip, \/.*igzip; because igzip is on PATH/);
     expect(doc.cores).toBeGreaterThanOrEqual(1);
-    expect(lines[6]).toBe(`cores for compression: ${doc.cores}`);
-    expect(lines).toHaveLength(7);
+    expect(lines[7]).toBe(`cores for compression: ${doc.cores}`);
+    expect(lines).toHaveLength(8);
   });
 
   it('with SMART_NATIVE=0: the addon off, gzip on zlib (never the libdeflate-gzip program), zstd the program, no command to fix a choice', async () => {
@@ -110,7 +117,8 @@ describe('smart version', () => {
     expect(lines[3]).toBe(
       `gzip engine (auto): zlib, node-zlib, level 3, 1.00 MiB blocks, ${doc.gzip.concurrency} at once; because the native addon is turned off (SMART_NATIVE=0); a program per block (libdeflate-gzip) is slower than zlib in this process and is used only when named`,
     );
-    if (haveTools('zstd')) expect(lines[4]).toMatch(/^zstd engine: \/.*zstd, level 3, \d+ workers; because the native addon is turned off \(SMART_NATIVE=0\): the zstd program$/);
+    expect(lines[4]).toBe('gzip engine (--compression-level fast): none; because the native addon is turned off (SMART_NATIVE=0)');
+    if (haveTools('zstd')) expect(lines[5]).toMatch(/^zstd engine: \/.*zstd, level 3, \d+ workers; because the native addon is turned off \(SMART_NATIVE=0\): the zstd program$/);
   });
 });
 
@@ -182,9 +190,11 @@ describe('the bytes of a push', () => {
 
   // taskset limits the CPUs the process may use, which is what os.availableParallelism reports.
   it.runIf(haveTools('taskset'))('do not depend on the cores the process may use, for every engine auto may pick and for zstd', async () => {
+    const isal = (JSON.parse((await smart(['version', '--json'])).stdout.toString()) as VersionDoc).native.isal;
     const cases: { name: string; args: string[]; env: NodeJS.ProcessEnv }[] = [
       { name: 'gzip, auto', args: [], env: {} },
       { name: 'gzip, zlib', args: [], env: { SMART_NATIVE: '0' } },
+      ...(isal ? [{ name: 'gzip, fast (igzip)', args: ['--compression-level', 'fast'], env: {} }] : []),
       ...(haveTools('zstd') ? [{ name: 'zstd', args: ['--compression', 'zstd'], env: {} }, { name: 'zstd program', args: ['--compression', 'zstd'], env: { SMART_NATIVE: '0' } }] : []),
     ];
     for (const c of cases) {
@@ -198,5 +208,23 @@ describe('the bytes of a push', () => {
       }
       expect(digests.size, c.name).toBe(1);
     }
+  });
+
+  it('--compression-level fast: igzip in this process, read back whole by a pull; refused, naming the cause, without the addon', async () => {
+    const doc = JSON.parse((await smart(['version', '--json'])).stdout.toString()) as VersionDoc;
+    if (inCI) expect(doc.native.isal, 'CI builds the addon with ISA-L').toBeDefined();
+    const store = `file:${path.join(work, 'fast')}#big:1`;
+    if (doc.native.isal) {
+      const push = await smart(['push', `docker-archive:${archive}`, store, '--compression-level', 'fast', '--json'], { cacheHome: path.join(work, 'cache-fast') });
+      expect(push.code, push.stderr).toBe(0);
+      const summary = JSON.parse(push.stdout.toString()) as { compression: Record<string, unknown>; layers: { bytesPushed: number } };
+      expect(summary.compression).toEqual({ format: 'gzip', engine: 'igzip', implementation: `in-process isa-l ${doc.native.isal}`, level: 1 });
+      // Every member and the content come back: a pull to docker-archive gunzips and checks the diff id.
+      const pull = await smart(['pull', store, `docker-archive:${path.join(work, 'fast-back.tar')}`], { cacheHome: path.join(work, 'cache-fast-pull') });
+      expect(pull.code, pull.stderr).toBe(0);
+    }
+    const off = await smart(['push', `docker-archive:${archive}`, `file:${path.join(work, 'fast-off')}#big:1`, '--compression-level', 'fast'], { env: { SMART_NATIVE: '0' }, cacheHome: path.join(work, 'cache-fast-off') });
+    expect(off.code).toBe(1);
+    expect(off.stderr).toContain('smart: error [UNSUPPORTED]: --compression-level fast needs the native addon built with ISA-L, and it is turned off (SMART_NATIVE=0) (unset SMART_NATIVE)');
   });
 });

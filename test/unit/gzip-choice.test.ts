@@ -45,6 +45,19 @@ describe('the gzip engine auto picks', () => {
     expect(nativeMissingWarning('gzip', 'zlib')).toBeUndefined();
   });
 
+  it("'fast' is igzip in this process when the addon has ISA-L, and an error without it (never the igzip program)", async () => {
+    const on = await freshChoice({ SMART_NATIVE: undefined });
+    const isal = on.nativeBinding()?.isalVersion;
+    if (inCI) expect(isal, 'CI builds the addon with ISA-L (libisal-dev)').toBeDefined();
+    if (isal) {
+      const fast = await on.chooseGzipEngine('fast');
+      expect(fast).toMatchObject({ name: 'igzip', program: null, implementation: `in-process isa-l ${isal}`, defaultLevel: 1, framing: 'members' });
+      expect((await on.findGzipEngine('igzip'))!.program).toBeNull();
+    }
+    const off = await freshChoice({ SMART_NATIVE: '0' });
+    await expect(off.chooseGzipEngine('fast')).rejects.toMatchObject({ code: 'UNSUPPORTED', hint: 'unset SMART_NATIVE' });
+  });
+
   it('is libdeflate in this process when the addon has it, and never a program', async () => {
     const { chooseGzipEngine, nativeBinding, nativeStatus } = await freshChoice({ SMART_NATIVE: undefined });
     const auto = await chooseGzipEngine();
