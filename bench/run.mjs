@@ -326,7 +326,7 @@ const ENGINE = {
   gunzip: `gunzip ${engines.gunzip.engine} (${engines.gunzip.implementation})`,
   none: 'none (layers copied as they are)',
 };
-process.stderr.write(`bench: native addon ${engines.native.loaded ? `loaded (libdeflate ${engines.native.libdeflate ?? '-'}, zstd ${engines.native.zstd ?? '-'})` : engines.native.reason}; ${ENGINE.gzip}; README path without it: ${ENGINE.gzipReadme}\n`);
+process.stderr.write(`bench: native addon ${engines.native.loaded ? `loaded (libdeflate ${engines.native.libdeflate ?? '-'}, zstd ${engines.native.zstd ?? '-'}, isa-l ${engines.native.isal ?? '-'})` : engines.native.reason}; ${ENGINE.gzip}; README path without it: ${ENGINE.gzipReadme}\n`);
 // 1. cold push from a docker-save tar: everything to compress.
 const s1 = await bench('smart push docker-archive → file: (cold)', {
   setup: freshStore,
@@ -676,7 +676,7 @@ const mb = (n) => (n / 1e6).toFixed(1);
 const lines = [
   `image: ${mb(img.sizes.tar)} MB docker-save tar (libs ${mb(img.sizes.libs)} MB, docs ${mb(img.sizes.docs)} MB, ${img.sizes.smallFiles} small files ${mb(img.sizes.small)} MB, patch); ${os.availableParallelism()} cores; median of ${runs}${smoke ? ' (--smoke: a small image, nothing to quote)' : ''}`,
   `start-up, the floor of every row (median of 11): node -e 0 ${startup.node.toFixed(3)} s (Node ${process.versions.node}), skopeo -v ${startup.skopeo.toFixed(3)} s`,
-  `native addon: ${engines.native.loaded ? `loaded (libdeflate ${engines.native.libdeflate ?? 'absent'}, zstd ${engines.native.zstd ?? 'absent'})` : engines.native.reason}; README path without it (SMART_NATIVE=0): ${ENGINE.gzipReadme}`,
+  `native addon: ${engines.native.loaded ? `loaded (libdeflate ${engines.native.libdeflate ?? 'absent'}, zstd ${engines.native.zstd ?? 'absent'}, isa-l ${engines.native.isal ?? 'absent'})` : engines.native.reason}; README path without it (SMART_NATIVE=0): ${ENGINE.gzipReadme}`,
   '',
   '| case | engine | wall s | CPU s | peak RSS MB | vs | ratio (their wall / ours) |',
   '|---|---|---|---|---|---|---|',
