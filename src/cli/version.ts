@@ -22,7 +22,7 @@ export function addVersionCommand(program: Command): void {
         guardedStdout().write(`${VERSION}\n`);
         return;
       }
-      const { enginesReport } = await import('../pipeline/engines.js');
+      const { enginesReport } = await import('../ops/engines.js');
       const r = await enginesReport();
       const node = { version: process.versions.node, path: process.execPath };
       if (flags.json) {

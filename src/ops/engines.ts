@@ -1,14 +1,14 @@
 /**
  * The compression engines this process would use, and why: the native addon, the gzip engine of
- * `auto`, the zstd engine, the gunzip engine of pulls and the cores they run on (`smart version
- * --verbose`). Looks, never
- * compresses; what it says is what a push started now with the same environment does.
+ * `auto` and of `--compression-level fast`, the zstd engine, the gunzip engine of pulls and the
+ * cores they run on (`smart version --verbose`). Looks, never compresses; what it says is what a
+ * push started now with the same environment does.
  */
 import os from 'node:os';
-import { chooseGunzip } from './gunzip.js';
-import { autoGzipEngine, inProcessIgzip } from './gzip-choice.js';
-import { nativeStatus, type NativeStatus } from './native.js';
-import { DEFAULT_ZSTD_LEVEL, requireZstd } from './zstd.js';
+import { chooseGunzip } from '../pipeline/gunzip.js';
+import { autoGzipEngine, inProcessIgzip } from '../pipeline/gzip-choice.js';
+import { nativeStatus, type NativeStatus } from '../pipeline/native.js';
+import { DEFAULT_ZSTD_LEVEL, requireZstd } from '../pipeline/zstd.js';
 
 export interface EnginesReport {
   native: NativeStatus;
