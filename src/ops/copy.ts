@@ -46,7 +46,8 @@ export interface CopyOptions {
   onWarning?: (message: string) => void;
   /** Layers in flight at once. */
   jobs: number;
-  gzipLevel?: number;
+  /** The level of layers compressed here; 'fast': igzip in-process for gzip (ISA-L in the addon), level 1 for zstd. */
+  gzipLevel?: number | 'fast';
   /** What uncompressed layers are compressed to for stores (default gzip). */
   compression?: 'gzip' | 'zstd';
   signal?: AbortSignal;
@@ -139,12 +140,14 @@ function compressorFor(options: CopyOptions): Promise<Compressor> {
       if (options.compression === 'zstd') {
         const { requireZstd, DEFAULT_ZSTD_LEVEL } = await import('../pipeline/zstd.js');
         const zstd = await requireZstd();
-        const level = options.gzipLevel ?? DEFAULT_ZSTD_LEVEL;
+        await warnOfMissingNative(options, 'zstd', 'in the zstd program');
+        const level = options.gzipLevel === 'fast' ? 1 : (options.gzipLevel ?? DEFAULT_ZSTD_LEVEL);
         return { mediaType: MediaType.OCI_LAYER_ZSTD, engine: 'zstd', implementation: zstd.implementation, level, compress: (tar, verifiedDiffId) => zstd.layerStream(tar, level, verifiedDiffId) };
       }
       const { chooseGzipEngine, gzipLayerStreamParallel } = await import('../pipeline/parallel-gzip.js');
-      const engine = await chooseGzipEngine('auto');
-      const level = options.gzipLevel ?? engine.defaultLevel;
+      const engine = await chooseGzipEngine(options.gzipLevel === 'fast' ? 'fast' : 'auto');
+      await warnOfMissingNative(options, 'gzip', engine.name === 'zlib' ? "on Node's zlib, slower" : `on ${engine.implementation}`);
+      const level = typeof options.gzipLevel === 'number' ? options.gzipLevel : engine.defaultLevel;
       return { mediaType: MediaType.OCI_LAYER_GZIP, engine: engine.name, implementation: engine.implementation, level, compress: (tar, verifiedDiffId) => gzipLayerStreamParallel(tar, { engine, level, ...(verifiedDiffId ? { verifiedDiffId } : {}) }) };
     })();
     compressors.set(key, c);
@@ -153,6 +156,13 @@ function compressorFor(options: CopyOptions): Promise<Compressor> {
   return c;
 }
 
+/** Says once per process, through onWarning, that compression runs slower than it could here and what fixes it. */
+async function warnOfMissingNative(options: CopyOptions, format: 'gzip' | 'zstd', runs: string): Promise<void> {
+  if (!options.onWarning) return;
+  const { nativeMissingWarning } = await import('../pipeline/native.js');
+  const warning = nativeMissingWarning(format, runs);
+  if (warning) options.onWarning(warning);
+}
 
 /**
  * Runs `work` for every item, `jobs` at a time. The first failure aborts the others (through the
