@@ -28,13 +28,13 @@ import {
   type StepKey,
   type TrieNode,
 } from '../trie/layer-trie.js';
-import type { EndpointContext } from './endpoints.js';
-import { openStore, type StoreAccess } from './stores.js';
+import { openStore } from '../transports/all.js';
+import type { OpenContext, StoreAccess } from '../transports/transport.js';
 
 
 export interface CacheContext {
   cache: MetadataCache;
-  endpoints: EndpointContext;
+  endpoints: OpenContext;
   platform?: string | Platform;
   jobs?: number;
   onWarning?: (message: string) => void;
@@ -346,15 +346,15 @@ const TRANSPORT_BASE = /^(oci|oci-archive|docker-archive):|^docker:\/\//;
  */
 async function resolveBase(store: StoreAccess, base: string, platform: Platform, ctx: CacheContext): Promise<{ image?: Image; storedAs?: string; via?: BaseResolution }> {
   if (base === 'scratch') return {};
-  const { parseImageName } = await import('../transports/names.js');
-  const { openSource } = await import('./endpoints.js');
+  const { openSource, parseImageName } = await import('../transports/all.js');
+  const { isStreamed } = await import('../oci/image.js');
   const resolveNamed = async (name: ReturnType<typeof parseImageName>): Promise<Image> => {
     const opened = await openSource(name, ctx.endpoints);
-    if (opened.kind !== 'random') throw new SmartError('USAGE', `FROM ${base}: a stream cannot be a base image`, { input: base });
+    if (isStreamed(opened)) throw new SmartError('USAGE', `FROM ${base}: a stream cannot be a base image`, { input: base });
     try {
-      return await resolveImage(opened.source, platform);
+      return await resolveImage(opened, platform);
     } finally {
-      await opened.source.close();
+      await opened.close();
     }
   };
   if (TRANSPORT_BASE.test(base)) {
@@ -400,7 +400,7 @@ async function resolveBase(store: StoreAccess, base: string, platform: Platform,
     }
   }
   try {
-    const image = await resolveNamed({ transport: 'docker', ref, raw: `docker://${base}` });
+    const image = await resolveNamed({ transport: 'docker' as const, ref, raw: `docker://${base}` });
     return { image, storedAs: `${ref.registry}/${ref.repository}${ref.digest ? `@${ref.digest}` : `:${ref.tag ?? 'latest'}`}`, via: 'registry' };
   } catch (e) {
     ctx.onWarning?.(`FROM ${base}: not in the store, and not found through its registry: ${(e as Error).message}`);
@@ -609,8 +609,8 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
       });
     }
     if (ctx.destination) {
-      const { parseImageName } = await import('../transports/names.js');
-      const { openDestination } = await import('./endpoints.js');
+      const { openDestination, parseImageName } = await import('../transports/all.js');
+      const { isImageWriter } = await import('../oci/image.js');
       const { copyImage, writeImage } = await import('./copy.js');
       const { historyCutSource, stepCuts } = await import('./cache-images.js');
       const name = parseImageName(ctx.destination);
@@ -652,10 +652,10 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
       for (const t of targets) {
         const dest = await openDestination(t.name, ctx.endpoints);
         try {
-          const summary = dest.kind === 'blobs' ? await copyImage(t.cut, dest.dest, options) : await writeImage(t.cut, dest.writer, options);
+          const summary = isImageWriter(dest) ? await writeImage(t.cut, dest, options) : await copyImage(t.cut, dest, options);
           manifestDigest = summary.manifestDigest;
         } finally {
-          if (dest.kind === 'blobs') await dest.dest.close();
+          if (!isImageWriter(dest)) await dest.close();
         }
         const tags = t.cut.repoTags();
         images.push(...(ctx.perStep ? [t.raw] : tags.length ? tags : [t.raw]));
@@ -848,7 +848,7 @@ export async function openCacheSession(options: {
   cacheDir: string;
   redisUrl?: string;
   layerStoreDir?: string;
-  remote?: import('./endpoints.js').RemoteOptions;
+  remote?: import('../transports/transport.js').RemoteOptions;
   platform?: string;
   jobs?: number;
   signal?: AbortSignal;
@@ -857,7 +857,7 @@ export async function openCacheSession(options: {
   const { openCache } = await import('./transfer.js');
   const { LayerStore } = await import('../cache/layer-store.js');
   const cache = await openCache({ cacheDir: options.cacheDir, strict: true, ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}), ...(options.onWarning ? { onWarning: options.onWarning } : {}) });
-  const endpoints: EndpointContext = {
+  const endpoints: OpenContext = {
     stdin: process.stdin,
     stdout: process.stdout,
     ...(options.remote ? { remote: options.remote } : {}),

@@ -4,10 +4,10 @@
  * compressing or converting only when the destination needs it, and writing the manifest, then
  * the tag, last. Reports through callbacks; never prints.
  */
-import { Readable, addAbortSignal, pipeline } from 'node:stream';
+import { Readable, pipeline } from 'node:stream';
 import { SmartError, isCancellation, isSmartError } from '../errors.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
-import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent, OpenOptions, ProgressEvent } from '../oci/image.js';
+import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent, OpenOptions, ProgressEvent, StreamedImageSource } from '../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
 import {
   configMediaType,
@@ -23,7 +23,6 @@ import { resolveImage } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
 import type { CompressedLayerStream } from '../pipeline/layer-streams.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
-import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
 
@@ -484,22 +483,14 @@ function summary(
  * each layer is compressed and stored as soon as its bytes come, before the archive has ended;
  * the manifest (which the archive reveals only at its end) is written last.
  */
-export async function copyDockerArchiveStream(
-  input: Readable,
-  selection: ArchiveSelection,
-  sourceName: string,
-  dest: BlobDestination,
-  options: CopyOptions,
-): Promise<CopySummary> {
+export async function copyDockerArchiveStream(source: StreamedImageSource, dest: BlobDestination, options: CopyOptions): Promise<CopySummary> {
   const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
+  const sourceName = source.name;
   try {
-    if (options.signal) addAbortSignal(options.signal, input);
-    // Loaded here: tar parsing is needed only for archives on a pipe.
-    const { readDockerArchiveStream } = await import('../transports/docker-archive/stream.js');
-    // Loaded here too: it pulls in every compressor, which a push that sends nothing never needs.
+    // Loaded here: it pulls in every compressor, which a push that sends nothing never needs.
     const { DiffIdTap } = await import('../pipeline/layer-streams.js');
-    const streamed = await readDockerArchiveStream(input, selection, sourceName, async (layer) => {
-      const what = `layer ${layer.member} of ${sourceName}`;
+    const streamed = await source.read(async (layer) => {
+      const what = layer.what;
       if (layer.compression === 'none') {
         const compress = dest.layerCompression === 'compress';
         const compressor = compress ? await compressorFor(options) : undefined;
@@ -523,7 +514,7 @@ export async function copyDockerArchiveStream(
       const stored = await dest.putBlob(pipeline(layer.stream, tap, () => undefined), { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
       record(tally, { digest: stored.digest, diffId: tap.diffId(), status: 'pushed', bytes: stored.size, mediaType }, options);
       return { diffId: tap.diffId(), descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
-    });
+    }, options.signal);
     streamed.layers.forEach((l, i) => {
       const want = streamed.config.rootfs.diff_ids[i];
       if (l.diffId !== want) {

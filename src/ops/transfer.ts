@@ -5,12 +5,11 @@ import type { Readable, Writable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
-import { parseImageName, type ImageName } from '../transports/names.js';
+import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS } from '../transports/all.js';
+import type { OpenContext, RemoteOptions } from '../transports/transport.js';
 import { copyDockerArchiveStream, copyImage, writeImage, type CopyOptions, type CopySummary } from './copy.js';
-import type { Image } from '../oci/image.js';
-import type { Reference } from '../oci/reference.js';
+import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
-import { openDestination, openSource, type EndpointContext, type RemoteOptions } from './endpoints.js';
 
 export interface TransferRequest {
   mode: 'push' | 'pull';
@@ -69,18 +68,12 @@ export async function openCache(options: { cacheDir: string; redisUrl?: string; 
   });
 }
 
-function sourceScope(name: ImageName): string {
-  if (name.transport === 'file') return `file:${path.resolve(name.root)}`;
-  if (name.transport === 's3') return `s3://${name.bucket}${name.root ? `/${name.root}` : ''}`;
-  return name.raw;
-}
-
 async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['dockerfile']>) {
   const { stepsForPush } = await import('./cache.js');
   return stepsForPush(image, { dockerfile: dockerfile.path, contextDir: dockerfile.contextDir, ...(dockerfile.stage ? { stage: dockerfile.stage } : {}), ...(dockerfile.buildArgs ? { buildArgs: dockerfile.buildArgs } : {}) });
 }
 
-async function indexCopied(cache: MetadataCache, scope: string, ref: Reference, copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) {
+async function indexCopied(cache: MetadataCache, scope: string, ref: { repository: string; tag?: string }, copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) {
   const { recordTag } = await import('./cached-source.js');
   const { CachedTrieStore, indexedImageOf } = await import('../cache/trie-store.js');
   // What a push leaves in the store, as the trie records it (every push keeps the trie fresh).
@@ -129,15 +122,21 @@ export async function transfer(request: TransferRequest): Promise<CopySummary> {
   return summary;
 }
 
+/** `oci:`, `docker://`...: how the names of these transports begin, for messages. */
+function prefixes(transports: readonly { form: string }[]): string {
+  return transports.map((t) => t.form.slice(0, t.form.indexOf(':') + 1) + (t.form.includes('://') ? '//' : '')).join(', ');
+}
+
 async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const src = parseImageName(req.source);
   const dst = parseImageName(req.destination);
-  if (req.mode === 'push' && (dst.transport === 'rootfs' || dst.transport === 'bundle')) {
+  if (req.mode === 'push' && transportOf(dst).capabilities.pullOnly) {
     throw new SmartError('USAGE', `push writes images into stores; to unpack into ${dst.transport}: use smart pull`, { input: req.destination });
   }
-  const streaming = src.transport === 'docker-archive' && src.file === '-';
-  if (streaming && !['file', 's3', 'docker', 'oci', 'oci-archive'].includes(dst.transport)) {
-    throw new SmartError('USAGE', `${req.source} (a stream) can only be copied into a store (docker://, file:, s3://, oci:, oci-archive:); save it to a file first`, {
+  const streaming = transportOf(src).isStdio?.(src) ?? false;
+  if (streaming && !transportOf(dst).capabilities.contentAddressed) {
+    const stores = TRANSPORTS.filter((t) => t.capabilities.contentAddressed);
+    throw new SmartError('USAGE', `${req.source} (a stream) can only be copied into a store (${prefixes(stores)}); save it to a file first`, {
       input: req.source,
     });
   }
@@ -145,8 +144,8 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const cache = req.cacheDir ? await openCache({ cacheDir: req.cacheDir, ...(req.redisUrl ? { redisUrl: req.redisUrl } : {}), ...(req.onWarning ? { onWarning: req.onWarning } : {}) }) : undefined;
   const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache) : undefined;
   const layerStoreDir = req.layerStoreDir ?? (req.cacheDir ? path.join(req.cacheDir, 'layer-store') : undefined);
-  const layerStore = layerStoreDir && (dst.transport === 'rootfs' || dst.transport === 'bundle') ? await openLayerStore(layerStoreDir) : undefined;
-  const ctx: EndpointContext = {
+  const layerStore = layerStoreDir && transportOf(dst).capabilities.pullOnly ? await openLayerStore(layerStoreDir) : undefined;
+  const ctx: OpenContext = {
     stdin: req.stdin ?? process.stdin,
     stdout: req.stdout ?? process.stdout,
     ...(req.onWarning ? { onWarning: req.onWarning } : {}),
@@ -157,6 +156,10 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(req.force ? { force: true } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
   };
+  // Every push into a store keeps that store's layer trie fresh for what it pushed.
+  const indexed = cache ? storeScope(dst)?.ref : undefined;
+  let destinationScope = '';
+  let destinationRepository = '';
   const options = {
     platform,
     jobs: req.jobs ?? defaultJobs(),
@@ -169,56 +172,60 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(req.onWarning ? { onRetry: req.onWarning } : {}),
     ...(blobInfo ? { blobInfo } : {}),
     ...(req.dockerfile ? { layerSteps: (image: Image) => stepsFor(image, req.dockerfile!) } : {}),
-    // Every push into a store keeps that store's layer trie fresh for what it pushed.
-    ...(cache && (dst.transport === 'file' || dst.transport === 's3' || dst.transport === 'docker') && dst.ref
-      ? { onCopied: (copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) => indexCopied(cache, destinationScope, dst.ref!, copied) }
+    ...(cache && indexed
+      ? {
+          onCopied: (copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) =>
+            indexCopied(cache, destinationScope, { repository: destinationRepository, ...(indexed.tag ? { tag: indexed.tag } : {}) }, copied),
+        }
       : {}),
   };
-  let destinationScope = '';
-  const source = await openSource(src, ctx);
-  if (cache && source.kind === 'random' && (src.transport === 'file' || src.transport === 's3' || src.transport === 'docker') && src.ref) {
+  let source = await openSource(src, ctx);
+  const cached = cache && !isStreamed(source) ? storeScope(src) : undefined;
+  if (cache && cached?.ref && !isStreamed(source)) {
     const { CachedSource } = await import('./cached-source.js');
-    const scope = src.transport === 'docker' ? `docker://${src.ref.registry}` : sourceScope(src);
-    source.source = new CachedSource(source.source, cache, scope, src.ref, { ...(req.tagCacheTtlS ? { tagCacheTtlS: req.tagCacheTtlS } : {}) });
+    source = new CachedSource(source, cache, cached.scope, cached.ref, { ...(req.tagCacheTtlS ? { tagCacheTtlS: req.tagCacheTtlS } : {}) });
   }
   let destination: Awaited<ReturnType<typeof openDestination>> | undefined;
   try {
-    destination = await openDestination(dst, ctx, { source: src });
-    if (destination.kind === 'blobs') destinationScope = destination.dest.cacheScope;
+    destination = await openDestination(dst, ctx, src);
+    if (!isImageWriter(destination)) {
+      destinationScope = destination.cacheScope;
+      destinationRepository = destination.repository ?? indexed?.repository ?? '';
+    }
     let summary: CopySummary;
-    if (source.kind === 'stream') {
-      if (destination.kind !== 'blobs') throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
-      summary = await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
+    if (isStreamed(source)) {
+      if (isImageWriter(destination)) throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
+      summary = await copyDockerArchiveStream(source, destination, options);
     } else {
-      summary = destination.kind === 'blobs' ? await copyImage(source.source, destination.dest, options) : await writeImage(source.source, destination.writer, options);
-      const origins = source.source.origins?.();
+      summary = !isImageWriter(destination) ? await copyImage(source, destination, options) : await writeImage(source, destination, options);
+      const origins = source.origins?.();
       if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
     }
     // What killed runs left there and this one removed (a whole-image writer reports its own).
-    const cleaned = destination.kind === 'blobs' ? await destination.dest.cleaned?.() : undefined;
+    const cleaned = !isImageWriter(destination) ? await destination.cleaned?.() : undefined;
     if (cleaned?.length) summary.details = { ...summary.details, cleaned };
     if (layerStore && req.pruneAgeMs !== undefined) summary.details = { ...summary.details, prune: await layerStore.gc({ maxAgeMs: req.pruneAgeMs }) };
     return summary;
   } finally {
     // Open connections would keep the process alive for their keep-alive time.
-    if (destination?.kind === 'blobs') await destination.dest.close().catch(() => undefined);
-    if (source.kind === 'random') await source.source.close().catch(() => undefined);
+    if (destination && !isImageWriter(destination)) await destination.close().catch(() => undefined);
+    if (!isStreamed(source)) await source.close().catch(() => undefined);
     await cache?.close();
   }
 }
 export type { LayerEvent, ProgressEvent } from '../oci/image.js';
 
 /** Opens any image name and resolves it (one platform): for commands that inspect rather than copy. */
-export async function resolveImageByName(name: string, options: { platform?: string; ctx?: Partial<EndpointContext> } = {}) {
+export async function resolveImageByName(name: string, options: { platform?: string; ctx?: Partial<OpenContext> } = {}) {
   const parsed = parseImageName(name);
   const source = await openSource(parsed, { stdin: process.stdin, stdout: process.stdout, ...options.ctx });
-  if (source.kind !== 'random') throw new SmartError('USAGE', `${name}: a stream cannot be inspected; save it to a file first`, { input: name });
+  if (isStreamed(source)) throw new SmartError('USAGE', `${name}: a stream cannot be inspected; save it to a file first`, { input: name });
   try {
     const { resolveImage } = await import('../oci/partial.js');
-    const image = await resolveImage(source.source, options.platform ? parsePlatform(options.platform) : hostPlatform());
-    return { image, close: () => source.source.close() };
+    const image = await resolveImage(source, options.platform ? parsePlatform(options.platform) : hostPlatform());
+    return { image, close: () => source.close() };
   } catch (e) {
-    await source.source.close();
+    await source.close();
     throw e;
   }
 }
