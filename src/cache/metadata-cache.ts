@@ -8,6 +8,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno, isSmartError } from '../errors.js';
+import { TaskGroup } from '../pipeline/concurrency.js';
 
 export interface MetadataCache {
   get(key: string): Promise<string | undefined>;
@@ -98,20 +99,6 @@ export async function openMetadataCache(options: OpenMetadataCacheOptions): Prom
   return options.strict ? strictCache(cache, where) : forgivingCache(cache, options.onWarning);
 }
 
-/** Runs `fn` over `items` with at most `limit` at once; answers in the order of `items`. */
-async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
-}
-
 const DISK_PARALLEL = 32;
 
 async function readIfThere(file: string): Promise<string | undefined> {
@@ -167,13 +154,13 @@ export class DiskMetadataCache implements MetadataCache {
   }
 
   getMany(keys: string[]): Promise<(string | undefined)[]> {
-    return mapLimited(keys, DISK_PARALLEL, (k) => this.get(k));
+    return new TaskGroup({ jobs: DISK_PARALLEL }).all(keys, (k) => this.get(k));
   }
 
   async setMany(entries: MetadataCacheEntry[]): Promise<void> {
     // A key given twice: the last entry wins, as on Redis (parallel writes would race).
     const last = new Map(entries.map((e) => [e.key, e]));
-    await mapLimited([...last.values()], DISK_PARALLEL, (e) => this.set(e.key, e.value, e.ttlSeconds));
+    await new TaskGroup({ jobs: DISK_PARALLEL }).all([...last.values()], (e) => this.set(e.key, e.value, e.ttlSeconds));
   }
 
   async delete(key: string): Promise<void> {

@@ -6,7 +6,6 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import pLimit from 'p-limit';
 import { SmartError, isSmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import type { Image, ImageSource } from '../oci/image.js';
@@ -14,6 +13,7 @@ import { resolveImage } from '../oci/partial.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { parseReference, type Reference } from '../oci/reference.js';
 import { CachedTrieStore, edgesOf, indexedImageOf } from '../cache/trie-store.js';
+import { defaultJobs, TaskGroup } from '../pipeline/concurrency.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 import {
   CONTENT_ANNOTATION,
@@ -64,7 +64,8 @@ export async function layerKeysOfImage(image: Image, options: { summaries?: { ma
   const { historyLayerSteps, historyStepKey, layerEntries, summarizable, summaryStepKey } = await import('../trie/image-steps.js');
   const history = historyLayerSteps(image.config.history, image.layers.length);
   const summaries = options.summaries;
-  const limit = pLimit(Math.max(1, summaries?.jobs ?? 2));
+  // Independent reads: one that fails costs its layer its summary, not the others theirs.
+  const reads = new TaskGroup({ jobs: summaries?.jobs ?? 2, failFast: false });
   return Promise.all(
     image.layers.map(async (layer, i): Promise<LayerKeys> => {
       const keys: StepKey[] = [];
@@ -76,7 +77,7 @@ export async function layerKeysOfImage(image: Image, options: { summaries?: { ma
         // Not a base image's root file system (`ADD rootfs.tar /` as the first layer): no build copies it.
         if (summaries && i > 0 && summarizable(h) && layer.descriptor.size <= summaries.maxBytes) {
           // A layer that cannot be read is no reason to fail the index: it simply gets no summary.
-          const entries = await limit(async () => layerEntries(await layer.openUncompressed())).catch(() => undefined);
+          const entries = await reads.run(async () => layerEntries(await layer.openUncompressed())).catch(() => undefined);
           const summary = entries && summaryStepKey(h, entries);
           if (summary) keys.push(summary);
         }
@@ -184,51 +185,37 @@ export async function indexStore(storeName: string, ctx: CacheContext, options: 
 
 async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheContext, signal: AbortSignal): Promise<IndexSummary> {
   const platform = platformOf(ctx);
-  const limit = pLimit(Math.max(1, ctx.jobs ?? 8));
+  const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), signal });
   const repos = await store.repositories();
-  const refs = (
-    await Promise.all(
-      repos.map((repository) =>
-        limit(async () => {
-          signal.throwIfAborted();
-          return (await store.tags(repository)).map((tag) => ({ repository, tag }));
-        }),
-      ),
-    )
-  ).flat();
+  const refs = (await group.all(repos, async (repository) => (await store.tags(repository)).map((tag) => ({ repository, tag })))).flat();
   const previous = await trie.getImageRecords(refs);
   const failed: IndexSummary['failed'] = [];
   let refreshed = 0;
-  const images = await Promise.all(
-    refs.map((ref, i) =>
-      limit(async (): Promise<IndexedImage | undefined> => {
-        const name = `${ref.repository}:${ref.tag}`;
-        signal.throwIfAborted();
-        try {
-          const digest = await store.tagDigest(ref.repository, ref.tag);
-          if (!digest) return undefined;
-          const prev = previous[i];
-          // The record holds the top-level digest it was made from: unchanged tags cost one read.
-          const record = prev as (IndexedImage & { top?: string; v?: number }) | undefined;
-          if (record && record.top === digest && record.v === RECORD_VERSION) return prev;
-          const source = await store.source({ registry: '', repository: ref.repository, digest });
-          try {
-            const image = await resolveImage(source, platform);
-            refreshed++;
-            const summaries = { maxBytes: LAYER_SUMMARY_MAX_BYTES, jobs: 2 };
-            return { ...(await indexedImage(image, ref, { summaries })), top: digest, v: RECORD_VERSION } as IndexedImage;
-          } finally {
-            await source.close();
-          }
-        } catch (e) {
-          if (signal.aborted) throw signal.reason;
-          // An image of another platform only, or a broken one: the rest of the store is indexed.
-          failed.push({ image: name, error: (e as Error).message });
-          return undefined;
-        }
-      }),
-    ),
-  );
+  const images = await group.all(refs.map((ref, i) => ({ ref, i })), async ({ ref, i }): Promise<IndexedImage | undefined> => {
+    const name = `${ref.repository}:${ref.tag}`;
+    try {
+      const digest = await store.tagDigest(ref.repository, ref.tag);
+      if (!digest) return undefined;
+      const prev = previous[i];
+      // The record holds the top-level digest it was made from: unchanged tags cost one read.
+      const record = prev as (IndexedImage & { top?: string; v?: number }) | undefined;
+      if (record && record.top === digest && record.v === RECORD_VERSION) return prev;
+      const source = await store.source({ registry: '', repository: ref.repository, digest });
+      try {
+        const image = await resolveImage(source, platform);
+        refreshed++;
+        const summaries = { maxBytes: LAYER_SUMMARY_MAX_BYTES, jobs: 2 };
+        return { ...(await indexedImage(image, ref, { summaries })), top: digest, v: RECORD_VERSION } as IndexedImage;
+      } finally {
+        await source.close();
+      }
+    } catch (e) {
+      if (signal.aborted) throw signal.reason;
+      // An image of another platform only, or a broken one: the rest of the store is indexed.
+      failed.push({ image: name, error: (e as Error).message });
+      return undefined;
+    }
+  });
   const present = images.filter((x): x is IndexedImage => x !== undefined);
   // The whole trie from scratch, in memory: counts are exact after a full run.
   const nodes = new Map<string, TrieNode>();
@@ -611,7 +598,7 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
     if (ctx.destination) {
       const { openDestination, parseImageName } = await import('../transports/all.js');
       const { isImageWriter } = await import('../oci/image.js');
-      const { copyImage, writeImage } = await import('./copy.js');
+      const { copy } = await import('./copy.js');
       const { historyCutSource, stepCuts } = await import('./cache-images.js');
       const name = parseImageName(ctx.destination);
       const baseHistory = plan.base?.history ?? prefixHistory(image, best.baseLayers);
@@ -638,7 +625,7 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
       const counted = new Set<string>();
       const options = {
         platform,
-        jobs: ctx.jobs ?? 4,
+        jobs: ctx.jobs ?? defaultJobs(),
         ...(ctx.endpoints.signal ? { signal: ctx.endpoints.signal } : {}),
         onLayer: (e: { status: string; bytes: number; digest: string }) => {
           // Per step, the same layer is written several times but fetched once.
@@ -652,7 +639,7 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
       for (const t of targets) {
         const dest = await openDestination(t.name, ctx.endpoints);
         try {
-          const summary = isImageWriter(dest) ? await writeImage(t.cut, dest, options) : await copyImage(t.cut, dest, options);
+          const summary = await copy(t.cut, dest, options);
           manifestDigest = summary.manifestDigest;
         } finally {
           if (!isImageWriter(dest)) await dest.close();
@@ -666,19 +653,15 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
     const layerStore = ctx.layerStore;
     let fetched = 0;
     let bytes = 0;
-    const limit = pLimit(Math.max(1, ctx.jobs ?? 4));
-    await Promise.all(
-      image.layers.slice(0, keep).map((layer) =>
-        limit(async () => {
-          const signal = ctx.endpoints.signal;
-          const how = await layerStore.ensure(layer.diffId, () => layer.openUncompressed(signal ? { signal } : {}), signal);
-          if (how === 'fetched') {
-            fetched++;
-            bytes += layer.descriptor.size;
-          }
-        }),
-      ),
-    );
+    const signal = ctx.endpoints.signal;
+    const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), ...(signal ? { signal } : {}) });
+    await group.all(image.layers.slice(0, keep), async (layer, s) => {
+      const how = await layerStore.ensure(layer.diffId, () => layer.openUncompressed({ signal: s }), s);
+      if (how === 'fetched') {
+        fetched++;
+        bytes += layer.descriptor.size;
+      }
+    });
     return { plan, fetched, bytes, destination: layerStore.dir };
   } finally {
     await source.close();

@@ -1,13 +1,13 @@
 /** `push` and `pull`: one copy between any sensible pair of image names. */
-import os from 'node:os';
-import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import path from 'node:path';
 import { SmartError } from '../errors.js';
 import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS } from '../transports/all.js';
 import type { OpenContext, RemoteOptions } from '../transports/transport.js';
-import { copyDockerArchiveStream, copyImage, writeImage, type CopyOptions, type CopySummary } from './copy.js';
+import { copy, type CopyOptions, type CopySummary } from './copy.js';
+import { defaultJobs } from '../pipeline/concurrency.js';
 import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 
@@ -50,11 +50,6 @@ export interface TransferRequest {
   onLayer?: (event: LayerEvent) => void;
   onProgress?: (event: ProgressEvent) => void;
   onWarning?: (message: string) => void;
-}
-
-/** Parallel layers by default: transfers wait on I/O as much as on CPU, so at least 4. */
-export function defaultJobs(): number {
-  return Math.max(4, os.availableParallelism());
 }
 
 /** The metadata cache of a run: Redis when asked for, else on disk under the cache dir (`strict`: see openMetadataCache). */
@@ -192,15 +187,9 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
       destinationScope = destination.cacheScope;
       destinationRepository = destination.repository ?? indexed?.repository ?? '';
     }
-    let summary: CopySummary;
-    if (isStreamed(source)) {
-      if (isImageWriter(destination)) throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
-      summary = await copyDockerArchiveStream(source, destination, options);
-    } else {
-      summary = !isImageWriter(destination) ? await copyImage(source, destination, options) : await writeImage(source, destination, options);
-      const origins = source.origins?.();
-      if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
-    }
+    const summary = await copy(source, destination, options);
+    const origins = isStreamed(source) ? undefined : source.origins?.();
+    if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
     // What killed runs left there and this one removed (a whole-image writer reports its own).
     const cleaned = !isImageWriter(destination) ? await destination.cleaned?.() : undefined;
     if (cleaned?.length) summary.details = { ...summary.details, cleaned };

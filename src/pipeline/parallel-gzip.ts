@@ -39,7 +39,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
-import pLimit from 'p-limit';
+import { TaskGroup } from './concurrency.js';
 import { Duplex, PassThrough, Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
@@ -194,7 +194,7 @@ const liveChildren = new Set<ChildProcess>();
  * Compressor processes of the whole process, every layer together: layers compressed at once
  * share the cores rather than each starting a full set (oversubscription costs time and memory).
  */
-const processSlots = pLimit(os.availableParallelism() + 1);
+const processSlots = new TaskGroup({ jobs: os.availableParallelism() + 1, failFast: false });
 
 /** How many compressor/decompressor child processes of this module are running (for tests). */
 export function liveChildProcessCount(): number {
@@ -281,7 +281,7 @@ function memberEngine(name: 'igzip' | 'libdeflate', program: string): GzipEngine
       if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
       // igzip: -c to stdout, stdin as input; single-threaded by default (its -T is off).
       const args = name === 'igzip' ? [`-${job.level}`, '-c', '-n'] : [`-${job.level}`, '-c'];
-      const member = await processSlots(() => runFilter(program, args, block, job.signal));
+      const member = await processSlots.run(() => runFilter(program, args, block, job.signal));
       return normalizeMember(member, block.length, name);
     },
   };
@@ -312,7 +312,7 @@ function nativeLibdeflateEngine(binding: Required<Pick<NativeBinding, 'gzipMembe
       if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
       let member: Buffer;
       try {
-        member = await nativeSlots(() => binding.gzipMember(block, job.level));
+        member = await nativeSlots.run(() => binding.gzipMember(block, job.level));
       } catch (e) {
         throw new SmartError('INTERNAL', `libdeflate failed to compress a block (${(e as Error).message})`, { cause: e });
       }
@@ -322,7 +322,7 @@ function nativeLibdeflateEngine(binding: Required<Pick<NativeBinding, 'gzipMembe
 }
 
 /** Compressions on the libuv pool at once, every stream together: the cores, and one pool thread always left for I/O. */
-const nativeSlots = pLimit(Math.max(1, Math.min(os.availableParallelism(), libuvPoolSize() - 1)));
+const nativeSlots = new TaskGroup({ jobs: Math.max(1, Math.min(os.availableParallelism(), libuvPoolSize() - 1)), failFast: false });
 
 /**
  * The engine of that name if it is usable here, else null (zlib always is). libdeflate is the

@@ -14,10 +14,10 @@
 import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs from 'node:fs/promises';
-import pLimit from 'p-limit';
 import type { LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
+import { TaskGroup } from '../../pipeline/concurrency.js';
 import { isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
@@ -272,24 +272,10 @@ export class RootfsWriter implements ImageWriter {
    * result is what applying the layers in order gives, whatever order the downloads end in.
    */
   private async viaLayerStore(image: Image, applier: RootfsApplier, store: LayerStore, options: ImageWriteOptions): Promise<void> {
-    const controller = new AbortController();
-    const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
-    const limit = pLimit(Math.max(1, options.jobs));
+    const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
     const fetched = image.layers.map((layer) =>
-      limit(async () => {
-        signal.throwIfAborted();
-        return store.ensure(layer.diffId, () => layer.openUncompressed(progressOptions(layer, options, signal)), signal, `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`);
-      }),
+      group.run((signal) => store.ensure(layer.diffId, () => layer.openUncompressed(progressOptions(layer, options, signal)), signal, `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`)),
     );
-    // The first failure is the one reported: layers aborted because of it fail too, later, and
-    // the loop below may meet one of those first (it awaits the layers in order).
-    let first: { error: unknown } | undefined;
-    const fail = (e: unknown) => {
-      if (first) return;
-      first = { error: e };
-      controller.abort(e);
-    };
-    for (const p of fetched) p.catch(fail);
     try {
       for (const [i, layer] of image.layers.entries()) {
         const how = await fetched[i]!;
@@ -302,10 +288,11 @@ export class RootfsWriter implements ImageWriter {
         );
       }
     } catch (e) {
-      fail(e);
-      await Promise.allSettled(fetched);
-      throw first!.error;
+      // The first failure is the one reported: layers aborted because of it fail too, later, and
+      // the loop above may meet one of those first (it awaits the layers in order).
+      group.fail(e);
     }
+    await group.settle();
     await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId));
   }
 }
