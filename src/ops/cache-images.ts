@@ -38,11 +38,17 @@ function sourceOf(image: Image, source: ImageSource, cut: ImageConfig, keep: num
     layers: image.manifest.manifest.layers.slice(0, keep),
   };
   const manifest = parseManifest(serializeManifest(doc), doc.mediaType, name);
+  const { getBlobRange, origins } = source;
   return {
     name,
     getManifest: async (): Promise<ParsedManifest> => manifest,
     getManifestByDigest: async () => manifest,
     getBlob: async (d: Descriptor, o?: OpenOptions) => (d.digest === doc.config.digest ? Readable.from([configBytes]) : source.getBlob(d, o)),
+    // The layers are the stored image's: its ranged reads and origins serve them as they are.
+    ...(getBlobRange
+      ? { getBlobRange: async (d: Descriptor, start: number, end: number, o?: OpenOptions) => (d.digest === doc.config.digest ? configBytes.subarray(start, end + 1) : getBlobRange.call(source, d, start, end, o)) }
+      : {}),
+    ...(origins ? { origins: origins.bind(source) } : {}),
     repoTags: () => repoTags,
     // The stored image's source is shared by every cut: its owner closes it.
     close: async () => undefined,

@@ -12,6 +12,7 @@ import type { Image, ImageSource } from '../oci/image.js';
 import { resolveImage } from '../oci/partial.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { parseReference, type Reference } from '../oci/reference.js';
+import { trieKeys } from '../cache/keys.js';
 import { CachedTrieStore, edgesOf, indexedImageOf } from '../cache/trie-store.js';
 import { defaultJobs, TaskGroup } from '../pipeline/concurrency.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
@@ -164,7 +165,7 @@ export async function indexStore(storeName: string, ctx: CacheContext, options: 
   try {
     const trie = new CachedTrieStore(ctx.cache, store.scope);
     const { acquireLease } = await import('../cache/lease.js');
-    const got = await acquireLease(ctx.cache, `trie:v1:${store.scope}:lock`, {
+    const got = await acquireLease(ctx.cache, trieKeys(store.scope).lock, {
       ttlSeconds: options.leaseSeconds ?? INDEX_LEASE_S,
       what: `the index lock of ${store.scope}`,
       ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),

@@ -69,7 +69,7 @@ async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['d
 }
 
 async function indexCopied(cache: MetadataCache, scope: string, ref: { repository: string; tag?: string }, copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) {
-  const { recordTag } = await import('./cached-source.js');
+  const { recordTag } = await import('../cache/cached-source.js');
   const { CachedTrieStore, indexedImageOf } = await import('../cache/trie-store.js');
   // What a push leaves in the store, as the trie records it (every push keeps the trie fresh).
   const trie = new CachedTrieStore(cache, scope);
@@ -177,7 +177,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   let source = await openSource(src, ctx);
   const cached = cache && !isStreamed(source) ? storeScope(src) : undefined;
   if (cache && cached?.ref && !isStreamed(source)) {
-    const { CachedSource } = await import('./cached-source.js');
+    const { CachedSource } = await import('../cache/cached-source.js');
     source = new CachedSource(source, cache, cached.scope, cached.ref, { ...(req.tagCacheTtlS ? { tagCacheTtlS: req.tagCacheTtlS } : {}) });
   }
   let destination: Awaited<ReturnType<typeof openDestination>> | undefined;
