@@ -7,7 +7,7 @@ import { EXIT_HELP, PULL_OPTIONS, PUSH_OPTIONS, outputOptions, type CommonFlags 
 import { addCacheCommands } from './cache.js';
 import { addCommonOptions, addOptions } from './commander-options.js';
 import { Output } from './output.js';
-import { runTransfer } from './main.js';
+import { runTransfer } from './transfer.js';
 
 export { CommanderError } from 'commander';
 

@@ -46,7 +46,7 @@ export interface Image {
 
 /**
  * A random-access image source: what a transport alone can answer. Everything else (platform
- * choice, config parsing, layer objects) is derived by `resolveImage` in `oci/partial.ts`.
+ * choice, config parsing, layer objects) is derived by `resolveImage` in `pipeline/layers.ts`.
  *
  * Contract: `getBlob` returns a stream verified against `descriptor` (digest and size), erroring
  * instead of ending on a mismatch. `close` releases files and connections; it is always called.

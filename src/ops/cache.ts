@@ -9,7 +9,7 @@ import path from 'node:path';
 import { SmartError, isSmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import type { Image, ImageSource } from '../oci/image.js';
-import { resolveImage } from '../oci/partial.js';
+import { resolveImage } from '../pipeline/layers.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { parseReference, type Reference } from '../oci/reference.js';
 import { trieKeys } from '../cache/keys.js';
@@ -838,7 +838,7 @@ export async function openCacheSession(options: {
   signal?: AbortSignal;
   onWarning?: (m: string) => void;
 }): Promise<CacheSession> {
-  const { openCache } = await import('./transfer.js');
+  const { openCache, layerStoreDir } = await import('./local-state.js');
   const { LayerStore } = await import('../cache/layer-store.js');
   const cache = await openCache({ cacheDir: options.cacheDir, strict: true, ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}), ...(options.onWarning ? { onWarning: options.onWarning } : {}) });
   const endpoints: OpenContext = {
@@ -856,7 +856,7 @@ export async function openCacheSession(options: {
       ...(options.jobs ? { jobs: options.jobs } : {}),
       ...(options.onWarning ? { onWarning: options.onWarning } : {}),
     },
-    layerStore: new LayerStore(options.layerStoreDir ?? path.join(options.cacheDir, 'layer-store')),
+    layerStore: new LayerStore(layerStoreDir(options.cacheDir, options.layerStoreDir)),
     close: () => cache.close(),
   };
 }

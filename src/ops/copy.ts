@@ -31,11 +31,11 @@ import {
 } from '../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
 import { configMediaType, isForeignLayer, layerCompression, layerMediaType, manifestFamily, manifestMediaType, MediaType, type Compression, type ManifestFamily } from '../oci/mediatypes.js';
-import { resolveImage } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
 import { layerCompressor, type CompressionFormat, type LayerCompressor } from '../pipeline/compressor.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
+import { resolveImage } from '../pipeline/layers.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
 
@@ -319,7 +319,7 @@ async function putLayer(
     [body, mediaType, diffIdOf] = [pipeline(bytes, hash, () => undefined), MediaType.OCI_LAYER, () => hash.digest];
   } else {
     // Loaded here: it pulls in every decompressor, which a push that sends nothing never needs.
-    const { DiffIdTap } = await import('../pipeline/layer-streams.js');
+    const { DiffIdTap } = await import('../pipeline/compression.js');
     const tap = new DiffIdTap(layer.compression, layer.what);
     [body, mediaType, diffIdOf] = [pipeline(bytes, tap, () => undefined), layerMediaType('oci', layer.compression), () => tap.diffId()];
   }

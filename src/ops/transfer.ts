@@ -1,12 +1,12 @@
 /** `push` and `pull`: one copy between any sensible pair of image names. */
 import type { Readable, Writable } from 'node:stream';
-import path from 'node:path';
 import { SmartError } from '../errors.js';
 import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS } from '../transports/all.js';
 import type { OpenContext, RemoteOptions } from '../transports/transport.js';
 import { copy, type CopyOptions, type CopySummary } from './copy.js';
+import { layerStoreDir, openCache } from './local-state.js';
 import { defaultJobs } from '../pipeline/concurrency.js';
 import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
@@ -50,17 +50,6 @@ export interface TransferRequest {
   onLayer?: (event: LayerEvent) => void;
   onProgress?: (event: ProgressEvent) => void;
   onWarning?: (message: string) => void;
-}
-
-/** The metadata cache of a run: Redis when asked for, else on disk under the cache dir (`strict`: see openMetadataCache). */
-export async function openCache(options: { cacheDir: string; redisUrl?: string; strict?: boolean; onWarning?: (m: string) => void }) {
-  const { openMetadataCache } = await import('../cache/metadata-cache.js');
-  return openMetadataCache({
-    diskDir: path.join(options.cacheDir, 'metadata'),
-    ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}),
-    ...(options.strict ? { strict: true } : {}),
-    onWarning: options.onWarning ?? (() => undefined),
-  });
 }
 
 async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['dockerfile']>) {
@@ -138,8 +127,8 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const platform = typeof req.platform === 'string' ? parsePlatform(req.platform) : (req.platform ?? hostPlatform());
   const cache = req.cacheDir ? await openCache({ cacheDir: req.cacheDir, ...(req.redisUrl ? { redisUrl: req.redisUrl } : {}), ...(req.onWarning ? { onWarning: req.onWarning } : {}) }) : undefined;
   const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache) : undefined;
-  const layerStoreDir = req.layerStoreDir ?? (req.cacheDir ? path.join(req.cacheDir, 'layer-store') : undefined);
-  const layerStore = layerStoreDir && transportOf(dst).capabilities.pullOnly ? await openLayerStore(layerStoreDir) : undefined;
+  const storeDir = req.cacheDir ? layerStoreDir(req.cacheDir, req.layerStoreDir) : req.layerStoreDir;
+  const layerStore = storeDir && transportOf(dst).capabilities.pullOnly ? await openLayerStore(storeDir) : undefined;
   const ctx: OpenContext = {
     stdin: req.stdin ?? process.stdin,
     stdout: req.stdout ?? process.stdout,
@@ -210,7 +199,7 @@ export async function resolveImageByName(name: string, options: { platform?: str
   const source = await openSource(parsed, { stdin: process.stdin, stdout: process.stdout, ...options.ctx });
   if (isStreamed(source)) throw new SmartError('USAGE', `${name}: a stream cannot be inspected; save it to a file first`, { input: name });
   try {
-    const { resolveImage } = await import('../oci/partial.js');
+    const { resolveImage } = await import('../pipeline/layers.js');
     const image = await resolveImage(source, options.platform ? parsePlatform(options.platform) : hostPlatform());
     return { image, close: () => source.close() };
   } catch (e) {

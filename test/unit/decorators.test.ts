@@ -11,7 +11,7 @@ import { DiskMetadataCache } from '../../src/cache/metadata-cache.js';
 import { isStreamed, type ImageSource } from '../../src/oci/image.js';
 import type { Descriptor } from '../../src/oci/manifest.js';
 import { parseDigest } from '../../src/oci/digest.js';
-import { resolveImage } from '../../src/oci/partial.js';
+import { resolveImage } from '../../src/pipeline/layers.js';
 import { hostPlatform } from '../../src/oci/platform.js';
 import { historyCutSource } from '../../src/ops/cache-images.js';
 import { copy } from '../../src/ops/copy.js';
