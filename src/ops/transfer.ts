@@ -53,7 +53,7 @@ export interface TransferRequest {
 }
 
 async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['dockerfile']>) {
-  const { stepsForPush } = await import('./cache.js');
+  const { stepsForPush } = await import('./build-cache/steps.js');
   return stepsForPush(image, { dockerfile: dockerfile.path, contextDir: dockerfile.contextDir, ...(dockerfile.stage ? { stage: dockerfile.stage } : {}), ...(dockerfile.buildArgs ? { buildArgs: dockerfile.buildArgs } : {}) });
 }
 
@@ -79,9 +79,9 @@ async function indexCopied(cache: MetadataCache, scope: string, ref: { repositor
     current.layers.every((l, i) => l?.diffId === layers[i]!.diffId);
   const steps = again
     ? current.layers.map((l) => l.step)
-    : await (await import('./cache.js')).stepsOfImage({ ...copied.image, manifest: copied.manifest as Image['manifest'], layers });
+    : await (await import('./build-cache/steps.js')).stepsOfImage({ ...copied.image, manifest: copied.manifest as Image['manifest'], layers });
   const at = { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}) };
-  const { imageFacts } = await import('./cache.js');
+  const { imageFacts } = await import('./build-cache/steps.js');
   await trie.addImage(indexedImageOf(at, copied.manifest.digest, layers, steps, [], imageFacts(copied.image)), { current });
 }
 

@@ -16,7 +16,7 @@ import { historyLayerSteps, summaryStepKey } from '../../src/trie/image-steps.js
 import { chainIds, matchBuild, nodesOf, stepKeyString, type IndexedImage, type StepKey, type TrieNode, type TrieStore } from '../../src/trie/layer-trie.js';
 import { dockerfileSteps } from '../../src/trie/steps.js';
 import { edgesOf } from '../../src/cache/trie-store.js';
-import { configAtStep, stepCuts } from '../../src/ops/cache-images.js';
+import { configAtStep, stepCuts } from '../../src/ops/build-cache/images.js';
 import type { Digest } from '../../src/oci/digest.js';
 import { tempDir } from '../harness/tmp.js';
 

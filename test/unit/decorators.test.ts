@@ -13,7 +13,7 @@ import type { Descriptor } from '../../src/oci/manifest.js';
 import { parseDigest } from '../../src/oci/digest.js';
 import { resolveImage } from '../../src/pipeline/layers.js';
 import { hostPlatform } from '../../src/oci/platform.js';
-import { historyCutSource } from '../../src/ops/cache-images.js';
+import { historyCutSource } from '../../src/ops/build-cache/images.js';
 import { copy } from '../../src/ops/copy.js';
 import { openDestination, openSource, parseImageName } from '../../src/transports/all.js';
 import type { OpenContext } from '../../src/transports/transport.js';

@@ -4,11 +4,11 @@
  * that prefix (what buildah's `--layers` looks for: a local image whose history ends with the step).
  */
 import { Readable } from 'node:stream';
-import { parseImageConfig, type HistoryEntry, type ImageConfig } from '../oci/config.js';
-import { sha256Digest } from '../oci/digest.js';
-import type { Image, ImageSource, OpenOptions } from '../oci/image.js';
-import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
-import { configMediaType, manifestFamily } from '../oci/mediatypes.js';
+import { parseImageConfig, type HistoryEntry, type ImageConfig } from '../../oci/config.js';
+import { sha256Digest } from '../../oci/digest.js';
+import type { Image, ImageSource, OpenOptions } from '../../oci/image.js';
+import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../../oci/manifest.js';
+import { configMediaType, manifestFamily } from '../../oci/mediatypes.js';
 
 /**
  * The image cut after its first `historyEntries` history entries: the manifest and the config's
