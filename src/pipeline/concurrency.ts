@@ -4,6 +4,7 @@
  * at once; a task with a key (a digest) runs once however often it is asked for; and the first
  * real failure stops the rest.
  */
+import { setMaxListeners } from 'node:events';
 import os from 'node:os';
 import { isCancellation } from '../errors.js';
 
@@ -52,6 +53,8 @@ export class TaskGroup {
     this.failFast = options.failFast ?? true;
     this.outer = options.signal;
     this.signal = options.signal ? AbortSignal.any([options.signal, this.controller.signal]) : this.controller.signal;
+    // Each running task listens on it several times over (its streams, its requests, its pipelines).
+    setMaxListeners(Math.max(10, this.jobs * 8), this.signal);
   }
 
   /**
