@@ -410,9 +410,15 @@ try {
       setup: fresh,
       command: (c) => `node ${smartBin} pull -q --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
     });
+    // Cold, keeping the layers in the layer store as they are written (a bundle's default).
+    const s5k = await bench(`smart pull --keep-layers file: → rootfs (${where}, cold)`, {
+      setup: fresh,
+      command: (c) => `node ${smartBin} pull -q --keep-layers --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
+    });
+    pairs.push([s5k, s5]);
     // Warm: every layer already in the layer store; the tree is built from it.
     const warmCache = fs.mkdtempSync(path.join(base, 'smart-bench-cache-'));
-    execFileSync('node', [smartBin, 'pull', '-q', '--cache-dir', warmCache, `file:${store}/data#bench/app:1`, `rootfs:${warmCache}/first`]);
+    execFileSync('node', [smartBin, 'pull', '-q', '--keep-layers', '--cache-dir', warmCache, `file:${store}/data#bench/app:1`, `rootfs:${warmCache}/first`]);
     const s5w = await bench(`smart pull file: → rootfs (${where}, warm)`, {
       setup: fresh,
       command: (c) => `node ${smartBin} pull -q --cache-dir ${warmCache} file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,

@@ -60,6 +60,10 @@ if [ "$test_programs" -eq 1 ]; then
     [busybox]=busybox-static
     [libdeflate-gzip]=libdeflate-tools
     [igzip]=isal
+    # The shells `smart completion` writes scripts for; `script` gives a command a terminal.
+    [zsh]=zsh
+    [fish]=fish
+    [script]=bsdutils
   )
 fi
 

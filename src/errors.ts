@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'SIZE_MISMATCH'
   | 'CORRUPT_ARCHIVE' // a truncated or malformed tar or compressed stream
   | 'UNSAFE_ARCHIVE' // a tar entry that would write outside its root
+  | 'LIMIT_EXCEEDED' // an input past a resource bound (size, JSON depth, decompression ratio, entry count): src/limits.ts
   | 'UNSUPPORTED' // a valid input we do not handle (media type, platform, transport)
   | 'PLATFORM_NOT_FOUND'
   | 'STORAGE' // an I/O error of a storage backend

@@ -12,12 +12,16 @@
  * Paths from the tar are never used as paths here (files are numbered), so unpacking a hostile
  * layer into the store cannot write anywhere but its own directory; the names are checked again
  * when the layer is laid into a root filesystem.
+ *
+ * A layer enters the store through a `LayerFill` (`claim`): from its tar (`ensure`), or kept while
+ * a pull lays it straight into a root filesystem, each file then cloned, hardlinked or copied from
+ * the file just written into the tree (`keepFile`) rather than unpacked a second time.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, chownSync, createReadStream, createWriteStream, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, createWriteStream, linkSync, openSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
 import tar from 'tar-stream';
@@ -44,6 +48,8 @@ const LOCK_POLL_MS = 100;
 const LOCK_WRITE_MS = 10_000;
 /** Files up to this size are gathered and written in one synchronous call. */
 const SMALL_FILE = 512 * 1024;
+/** Entry lines are written out in batches of about this many characters: none is held longer. */
+const ENTRIES_BATCH = 256 * 1024;
 
 /**
  * The owner of a lock's content or of a tmp/ entry's name: an owner tag, or the bare PID that
@@ -77,8 +83,6 @@ async function dirSize(p: string): Promise<number> {
 }
 
 export class LayerStore {
-  private readonly isRoot = process.getuid?.() === 0;
-
   constructor(readonly dir: string) {}
 
   private layerDir(diffId: Digest): string {
@@ -96,17 +100,41 @@ export class LayerStore {
    * `what` names the layer in errors (`layer sha256:… of IMAGE`).
    */
   async ensure(diffId: Digest, fetch: () => Promise<Readable>, signal?: AbortSignal, what = `layer ${diffId}`): Promise<'present' | 'fetched' | 'waited'> {
+    const claimed = await this.claim(diffId, { signal, what });
+    if (typeof claimed === 'string') return claimed;
+    try {
+      await this.ingest(claimed, await fetch(), what);
+      await claimed.commit();
+    } finally {
+      await claimed.abort();
+    }
+    return 'fetched';
+  }
+
+  /**
+   * Takes the layer's lock to fill it in: 'present' when it is already there; 'waited' when
+   * another process held the lock and stored it meanwhile (we wait as long as that process lives);
+   * else a LayerFill holding the lock, which the caller must `commit` or `abort` (both release it).
+   * `keep` says how a fill from a tree keeps files (see LayerFill.keepFile; default 'copy').
+   */
+  async claim(diffId: Digest, options: { signal?: AbortSignal | undefined; what?: string; keep?: KeepHow } = {}): Promise<'present' | 'waited' | LayerFill> {
     if (await this.has(diffId)) return 'present';
     let waited = false;
     for (;;) {
-      signal?.throwIfAborted();
+      options.signal?.throwIfAborted();
       if (await this.tryLock(diffId)) {
+        let fill: LayerFill | undefined;
+        const tmp = path.join(this.dir, 'tmp', `${ownerTag()}-${randomUUID().slice(0, 8)}`);
         try {
           if (await this.has(diffId)) return waited ? 'waited' : 'present';
-          await this.ingest(diffId, await fetch(), what);
-          return 'fetched';
+          await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
+          fill = new LayerFill(this, diffId, tmp, options.keep ?? 'copy', options.what ?? `layer ${diffId}`);
+          return fill;
+        } catch (e) {
+          await fs.rm(tmp, { recursive: true, force: true });
+          throw this.storageError(e, options.what ?? `layer ${diffId}`);
         } finally {
-          await fs.rm(this.lockPath(diffId), { force: true });
+          if (!fill) await fs.rm(this.lockPath(diffId), { force: true });
         }
       }
       waited = true;
@@ -115,7 +143,14 @@ export class LayerStore {
     }
   }
 
-  private lockPath(diffId: Digest): string {
+  /** A failure to write the store, in our words (a SmartError or a cancellation passes through). */
+  storageError(e: unknown, what: string): unknown {
+    if (isSmartError(e) || isCancellation(e) || !isErrno(e) || !(e as NodeJS.ErrnoException).syscall) return e;
+    return new SmartError('STORAGE', `${what}: cannot write the layer store ${this.dir}: ${(e as Error).message}`, { input: this.dir, cause: e });
+  }
+
+  /** @internal the lock file of a layer (LayerFill releases it). */
+  lockPath(diffId: Digest): string {
     return path.join(this.dir, 'locks', digestHex(diffId));
   }
 
@@ -139,68 +174,39 @@ export class LayerStore {
     return false;
   }
 
-  /** Unpacks a verified layer tar into tmp/, then renames it into layers/ (the commit). */
-  private async ingest(diffId: Digest, tarStream: Readable, what: string): Promise<void> {
-    const tmp = path.join(this.dir, 'tmp', `${ownerTag()}-${randomUUID().slice(0, 8)}`);
-    await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
+  /** Unpacks a verified layer tar into the fill's directory (the caller commits it). */
+  private async ingest(fill: LayerFill, tarStream: Readable, what: string): Promise<void> {
     let lastEntry: string | undefined; // where a tar that breaks broke
     try {
-      const lines: string[] = [];
       const extract = tar.extract();
-      let n = 0;
       const unpacking = (async () => {
         for await (const entry of extract) {
           const h = entry.header;
           // Checked for every entry, as applying it would: values no filesystem call takes fail here, named.
           const meta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
-          const record: Record<string, unknown> = { ...h, mtime: h.mtime ? h.mtime.getTime() : 0 };
-          if (h.type === 'file' || h.type === 'contiguous-file') {
-            const name = String(n++);
-            const file = path.join(tmp, 'files', name);
+          const file = fill.add(h);
+          if (file !== undefined) {
             if ((h.size ?? 0) <= SMALL_FILE) {
               // Most files of a layer are small: one synchronous write beats a stream's round trips.
               const chunks: Buffer[] = [];
               for await (const c of entry as AsyncIterable<Buffer>) chunks.push(c);
-              writeFileSync(file, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), { flag: 'wx' });
+              fill.keepContent(file, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), h, meta);
             } else {
-              await pipeline(entry as unknown as Readable, createWriteStream(file, { flags: 'wx' }));
+              await fill.keepBody(file, entry as AsyncIterable<Buffer>, h, meta);
             }
-            this.setMeta(file, h, meta);
-            record.file = name;
           } else {
             entry.resume();
           }
-          lines.push(JSON.stringify(record));
           lastEntry = h.name;
         }
       })();
       await Promise.all([pipeline(tarStream, extract as unknown as NodeJS.WritableStream), unpacking]);
-      writeFileSync(path.join(tmp, 'entries'), `${lines.join('\n')}\n`);
-      const final = this.layerDir(diffId);
-      await fs.mkdir(path.dirname(final), { recursive: true });
-      try {
-        await fs.rename(tmp, final);
-      } catch (e) {
-        // Someone else committed it meanwhile (without our lock: an older tool, or a taken-over lock).
-        if (!isErrno(e, 'ENOTEMPTY') && !isErrno(e, 'EEXIST')) throw e;
-        await fs.rm(tmp, { recursive: true, force: true });
-      }
     } catch (e) {
-      await fs.rm(tmp, { recursive: true, force: true });
       // Stopped (another layer failed, or Ctrl-C): that is no fault of this layer's tar.
       if (isSmartError(e) || isCancellation(e)) throw e;
-      if (isErrno(e) && (e as NodeJS.ErrnoException).syscall) {
-        throw new SmartError('STORAGE', `${what}: cannot write the layer store ${this.dir}: ${(e as Error).message}`, { input: this.dir, cause: e });
-      }
-      throw tarParseError(e, { what, input: diffId, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
+      if (isErrno(e) && (e as NodeJS.ErrnoException).syscall) throw this.storageError(e, what);
+      throw tarParseError(e, { what, input: fill.diffId, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
     }
-  }
-
-  /** The stored file carries the entry's metadata (checked), so that a hardlinked root filesystem has it too. */
-  private setMeta(file: string, h: Header, { uid, gid, atime, mtime }: ReturnType<typeof entryOwner> & ReturnType<typeof entryTimes>): void {
-    if (this.isRoot) chownSync(file, uid, gid);
-    chmodSync(file, (h.mode ?? 0o644) & 0o7777);
-    utimesSync(file, atime, mtime);
   }
 
   /** The layer's entries in tar order, with the paths of stored contents. */
@@ -290,3 +296,132 @@ export class LayerStore {
   }
 }
 
+/** How a fill from a tree keeps each file: a hardlink to the tree's (`--link`), a clone (reflink), or a copy. */
+export type KeepHow = 'hardlink' | 'reflink' | 'copy';
+
+/** An entry's owner and times, checked (src/tar/errors.ts). */
+type EntryMeta = ReturnType<typeof entryOwner> & ReturnType<typeof entryTimes>;
+
+const isRoot = process.getuid?.() === 0;
+
+/** The stored file carries the entry's metadata (checked), so that a hardlinked root filesystem has it too. */
+function setMeta(file: string, h: Header, { uid, gid, atime, mtime }: EntryMeta): void {
+  if (isRoot) chownSync(file, uid, gid);
+  chmodSync(file, (h.mode ?? 0o644) & 0o7777);
+  utimesSync(file, atime, mtime);
+}
+
+/**
+ * A layer being written into the store, its lock held (from `LayerStore.claim`): entries are
+ * added in tar order (`add`), each regular file's content put where `add` says (`keepContent`, or
+ * `keepFile` from a file already written elsewhere), and the whole made visible at once by
+ * `commit` (its directory renamed into layers/). `abort` (a no-op after commit) removes it.
+ * Either releases the lock; until then the layer is invisible to every reader.
+ */
+export class LayerFill {
+  /** Entry lines not yet written (as they come: a layer of a million small files must not hold a line per file). */
+  private batch = '';
+  private entriesFd: number;
+  private files = 0;
+  private done = false;
+
+  constructor(
+    private readonly store: LayerStore,
+    readonly diffId: Digest,
+    private readonly tmp: string,
+    /** How `keepFile` keeps files. */
+    readonly keep: KeepHow,
+    private readonly what: string,
+  ) {
+    this.entriesFd = openSync(path.join(tmp, 'entries'), 'wx');
+  }
+
+  private flush(): void {
+    if (this.entriesFd >= 0 && this.batch) writeSync(this.entriesFd, this.batch);
+    this.batch = '';
+  }
+
+  private closeEntries(): void {
+    // Once: the number may belong to another file afterwards (an unpacking still running after a failure).
+    if (this.entriesFd >= 0) closeSync(this.entriesFd);
+    this.entriesFd = -1;
+  }
+
+  /** Records the next entry; for a regular file, returns the path its content must be put at. */
+  add(h: Header): string | undefined {
+    const record: Record<string, unknown> = { ...h, mtime: h.mtime ? h.mtime.getTime() : 0 };
+    let file: string | undefined;
+    if (h.type === 'file' || h.type === 'contiguous-file') {
+      const name = String(this.files++);
+      record.file = name;
+      file = path.join(this.tmp, 'files', name);
+    }
+    this.batch += `${JSON.stringify(record)}\n`;
+    if (this.batch.length >= ENTRIES_BATCH) this.flush();
+    return file;
+  }
+
+  /** Writes a file's content (read whole) at `file` (from `add`), with the entry's metadata. */
+  keepContent(file: string, content: Buffer, h: Header, meta: EntryMeta): void {
+    writeFileSync(file, content, { flag: 'wx' });
+    setMeta(file, h, meta);
+  }
+
+  /** Writes a file's content as it streams at `file` (from `add`), with the entry's metadata. */
+  async keepBody(file: string, body: AsyncIterable<Buffer>, h: Header, meta: EntryMeta): Promise<void> {
+    await pipeline(Readable.from(body, { objectMode: false }), createWriteStream(file, { flags: 'wx' }));
+    setMeta(file, h, meta);
+  }
+
+  /**
+   * Keeps the regular file just written at `tree` (its content complete) as `file` (from `add`):
+   * hardlinked (the store then shares the inode, and the metadata the tree gives it), cloned, or
+   * copied (a clone where the filesystem can) and given the entry's metadata. `content`, when the
+   * file was read whole, is written instead of copying. Called before the tree file gets its final
+   * mode, which may forbid reading it.
+   */
+  async keepFile(file: string, tree: string, h: Header, meta: EntryMeta, content?: Buffer): Promise<void> {
+    if (this.keep === 'hardlink') {
+      linkSync(tree, file);
+      return;
+    }
+    if (content && this.keep === 'copy') return this.keepContent(file, content, h, meta);
+    if ((h.size ?? 0) <= SMALL_FILE) copyFileSync(tree, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+    else await fs.copyFile(tree, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+    setMeta(file, h, meta);
+  }
+
+  /** Makes the layer visible (its entries written, its directory renamed into layers/) and releases the lock. */
+  async commit(): Promise<void> {
+    if (this.done) throw new SmartError('INTERNAL', 'a layer fill committed twice or after abort');
+    this.done = true;
+    try {
+      this.flush();
+      this.closeEntries();
+      const final = path.join(this.store.dir, 'layers', digestHex(this.diffId));
+      await fs.mkdir(path.dirname(final), { recursive: true });
+      try {
+        await fs.rename(this.tmp, final);
+      } catch (e) {
+        // Someone else committed it meanwhile (without our lock: an older tool, or a taken-over lock).
+        if (!isErrno(e, 'ENOTEMPTY') && !isErrno(e, 'EEXIST')) throw e;
+        await fs.rm(this.tmp, { recursive: true, force: true });
+      }
+    } catch (e) {
+      this.closeEntries();
+      await fs.rm(this.tmp, { recursive: true, force: true });
+      throw this.store.storageError(e, this.what);
+    } finally {
+      await fs.rm(this.store.lockPath(this.diffId), { force: true });
+    }
+  }
+
+  /** Drops what was written and releases the lock; nothing after a commit. */
+  async abort(): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    this.closeEntries();
+    await fs.rm(this.tmp, { recursive: true, force: true });
+    await fs.rm(this.store.lockPath(this.diffId), { force: true });
+  }
+}

@@ -5,7 +5,8 @@ import path from 'node:path';
 import { SmartError } from '../errors.js';
 import { cancel, collect, defaultCacheDir, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
 import { addCommonOptions, commanderParser } from './commander-options.js';
-import { Output, formatBytes } from './output.js';
+import { Output, formatBytes, guardedStdout } from './output.js';
+import { refuseTerminals, toStdout } from './transfer.js';
 
 interface CacheFlags extends CommonFlags {
   file?: string;
@@ -137,7 +138,7 @@ async function printCacheFrom(r: PullResult, flags: CacheFlags, out: Output, std
   const text = lines.length ? `${lines.join('\n')}\n` : '';
   if (flags.printCacheFromFile) await fs.writeFile(flags.printCacheFromFile, text);
   else if (stdoutTaken) process.stderr.write(text);
-  else process.stdout.write(text);
+  else guardedStdout().write(text);
 }
 
 export function addCacheCommands(program: Command): void {
@@ -242,10 +243,13 @@ export function addCacheCommands(program: Command): void {
       destination = context;
       context = undefined;
     }
-    const imageOnStdout = destination !== undefined && /^docker-archive:-(:|$)/.test(destination);
+    const imageOnStdout = toStdout(destination);
     if (flags.json && imageOnStdout) {
       throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout', { input: destination });
     }
+    refuseTerminals(undefined, destination);
+    // A reader that goes away (`| head`) ends the command quietly (main: EXIT_BROKEN_PIPE).
+    if (imageOnStdout) guardedStdout();
     if (flags.printCacheFromFile && !flags.printCacheFrom) throw new SmartError('USAGE', '--print-cache-from-file needs --print-cache-from BUILDER');
     const out = new Output(outputOptions(flags));
     const ops = await import('../ops/cache.js');
@@ -295,9 +299,11 @@ export function addCacheCommands(program: Command): void {
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
     if (!flags.for && (context || destination)) throw new SmartError('USAGE', 'cache warm takes a context and a destination only with --for DOCKERFILE', { input: context ?? destination });
-    if (flags.json && destination && /^docker-archive:-(:|$)/.test(destination)) {
+    if (flags.json && toStdout(destination)) {
       throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout', { input: destination });
     }
+    refuseTerminals(undefined, destination);
+    if (toStdout(destination)) guardedStdout();
     const ops = await import('../ops/cache.js');
     const s = await session(flags, out, { read: [store], write: destination ? [destination] : [] });
     try {

@@ -1,18 +1,22 @@
 /**
  * The `smart` command line: parses flags, calls the library, prints. The only place that catches
- * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else.
+ * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else, 130/143 a signal,
+ * 141 a reader of the image on stdout that went away.
  */
 import { SmartError, isSmartError } from '../errors.js';
 import { declareShortLivedProcess } from '../runtime.js';
 import { outputOptions, parseTransferArgs, cancel } from './options.js';
-import { Output, type OutputOptions } from './output.js';
+import { Output, stdoutClosed, type OutputOptions } from './output.js';
 import { runTransfer } from './transfer.js';
+
+/** Exit status when the reader of stdout went away before the image was written (`… docker-archive:- | head`): 128 + SIGPIPE, as a program that SIGPIPE killed. */
+export const EXIT_BROKEN_PIPE = 141;
 
 /** Runs the CLI on `argv` (as process.argv) and resolves to the exit code; never calls process.exit. */
 export async function main(argv: string[], prog = 'smart'): Promise<number> {
   declareShortLivedProcess();
   // Loaded with the program, only when commander parses the command line.
-  let CommanderError: typeof import('commander').CommanderError | undefined;
+  let program: typeof import('./program.js') | undefined;
   const flagsOf = (): OutputOptions => {
     const args = argv.slice(2);
     return { json: args.includes('--json'), quiet: args.includes('-q') || args.includes('--quiet'), debug: args.includes('--debug') };
@@ -34,9 +38,8 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     const fast = parseTransferArgs(argv.slice(2));
     if (fast) await runTransfer(fast.mode, fast.source, fast.destination, fast.flags, new Output(outputOptions(fast.flags)));
     else {
-      const program = await import('./program.js');
-      CommanderError = program.CommanderError;
-      await program.buildProgram().parseAsync(argv);
+      program = await import('./program.js');
+      await program.buildProgram(prog).parseAsync(argv);
     }
     return signalled ? (signalled === 'SIGINT' ? 130 : 143) : 0;
   } catch (e) {
@@ -44,9 +47,13 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
       new Output(flagsOf()).error(prog, new SmartError('CANCELLED', signalled === 'SIGINT' ? 'interrupted' : 'terminated'));
       return signalled === 'SIGINT' ? 130 : 143;
     }
-    if (CommanderError && e instanceof CommanderError) {
-      // Commander printed its own message; help and version are successes.
-      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') return 0;
+    // Help and version are successes (also when `| head` read only a part of them).
+    if (program && e instanceof program.CommanderError && ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(e.code)) return 0;
+    // The reader of the image went away (`| head`): its choice, said by the status alone.
+    if (stdoutClosed()) return EXIT_BROKEN_PIPE;
+    if (program && e instanceof program.CommanderError) {
+      // Any other refusal of commander's is one usage line, as our own.
+      new Output(flagsOf()).error(prog, program.usageError(e));
       return 2;
     }
     const out = new Output(flagsOf());
@@ -57,4 +64,3 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     process.off('SIGTERM', onTerm);
   }
 }
-

@@ -15,10 +15,16 @@ Image names (skopeo-style TRANSPORT:REFERENCE):
   rootfs:DIR                         (pull only) the flattened root filesystem
   bundle:DIR                         (pull only) an OCI runtime bundle for runc: DIR/config.json + DIR/rootfs
 
-Exit status: 0 on success, 2 on a usage error (bad flags, malformed image name), 1 on any other error.
+Exit status: 0 on success, 2 on a usage error (bad flags, malformed image name), 1 on any other error,
+  130/143 interrupted (SIGINT/SIGTERM), 141 when the reader of an image on stdout went away (| head).
+Errors: one line on stderr, "smart: error [CODE]: message (hint)"; with --json also a document on stdout.
 Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer);
-  SMART_REGISTRY_AUTH=USER:PASSWORD (as --creds; unused when a command talks to two registries), DOCKER_CONFIG (registry credentials); AWS_ENDPOINT_URL_S3,
-  AWS_REGION, AWS_PROFILE, AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them).`;
+  SMART_REGISTRY_AUTH=USER:PASSWORD (as --creds; unused when a command talks to two registries);
+  REGISTRY_AUTH_FILE (as --authfile), XDG_RUNTIME_DIR, XDG_CONFIG_HOME, DOCKER_CONFIG (registry credentials:
+  containers auth.json, then Docker's config.json); AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_PROFILE,
+  AWS_ACCESS_KEY_ID... (S3, as the AWS CLI reads them);
+  SMART_MAX_DECOMPRESSION_RATIO (default 100; 0: no bound) and SMART_MIN_DECOMPRESSION_BYTES (default
+  256 MiB): a compressed layer that decompresses past both is refused as a decompression bomb.`;
 
 export interface CommonFlags {
   compression?: string;
@@ -27,6 +33,12 @@ export interface CommonFlags {
   target?: string;
   buildArg?: string[];
   allPlatforms?: boolean;
+  platformMismatch?: string;
+  digestfile?: string;
+  authfile?: string;
+  credsFile?: string;
+  username?: string;
+  passwordStdin?: boolean;
   registryMirror?: string[];
   stallTimeout?: number;
   timeout?: number;
@@ -34,6 +46,7 @@ export interface CommonFlags {
   progress?: string;
   layerStore?: string;
   link?: boolean;
+  keepLayers?: boolean;
   force?: boolean;
   prune?: string | boolean;
   creds?: string;
@@ -79,8 +92,8 @@ export function positiveInt(name: string, max: number) {
 }
 
 export const COMMON_OPTIONS: readonly OptionSpec[] = [
-  { flags: '--json', description: 'print one machine-readable summary on stdout' },
-  { flags: '-q, --quiet', description: 'print nothing but errors (and the --json summary)' },
+  { flags: '--json', description: 'print the result, or the error, as one JSON document on stdout' },
+  { flags: '-q, --quiet', description: 'print nothing but errors (and the --json document, or the reference a push stored)' },
   { flags: '--debug', description: 'print stack traces of errors' },
   {
     flags: '--progress <mode>',
@@ -89,13 +102,29 @@ export const COMMON_OPTIONS: readonly OptionSpec[] = [
     default: 'auto',
   },
   { flags: '--jobs <n>', description: 'layers in flight at once (default: from the core count)', parse: positiveInt('--jobs', 256) },
-  { flags: '--platform <os/arch[/variant]>', description: 'platform to pick from a multi-platform image (default: this machine)' },
-  { flags: '--all-platforms', description: 'copy every platform of a multi-platform image and the index itself, digests unchanged (into stores)' },
+  {
+    flags: '--platform <os/arch[/variant]>',
+    description: 'copy this platform only: picked from a multi-platform image, checked against a single-platform one (default: push copies every platform, pull picks this machine\'s)',
+  },
+  { flags: '--all-platforms', description: 'copy every platform of a multi-platform image and the index itself, digests unchanged (what push does by default; a pull into a store or layout does it on request)' },
+  {
+    flags: '--platform-mismatch <action>',
+    description: 'a single-platform image of another platform than the one wanted: error, or warn and copy it (default: error with --platform, warn for the machine\'s own)',
+    choices: ['error', 'warn'],
+  },
+  { flags: '--digestfile <file>', description: 'after the copy, write the digest of the manifest (or index) written to FILE, as skopeo does' },
   { flags: '--cache-dir <dir>', description: 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)' },
   { flags: '--redis <url>', description: 'share the metadata cache in Redis: redis://, rediss://, redis+cluster://h1:p1,h2:p2 (default: $SMART_REDIS_URL; else on disk)' },
   {
     flags: '--creds <user:password>',
-    description: 'credentials for the registry the command talks to; with two registries use --src-creds/--dest-creds (default: $SMART_REGISTRY_AUTH, then ~/.docker/config.json)',
+    description: 'credentials for the registry the command talks to; with two registries use --src-creds/--dest-creds (default: $SMART_REGISTRY_AUTH, then auth.json and ~/.docker/config.json)',
+  },
+  { flags: '--creds-file <file>', description: 'as --creds, read from FILE (USER:PASSWORD on its first line): the secret stays out of ps and logs' },
+  { flags: '--username <user>', description: 'with --password-stdin: the user of the credentials' },
+  { flags: '--password-stdin', description: 'as --creds, the password read from stdin (with --username), as docker login --password-stdin' },
+  {
+    flags: '--authfile <file>',
+    description: 'the containers auth.json to read credentials from, as podman/skopeo login write it, instead of the default files (default: $REGISTRY_AUTH_FILE)',
   },
   { flags: '--src-creds <user:password>', description: 'registry credentials for the source only' },
   { flags: '--dest-creds <user:password>', description: 'registry credentials for the destination only' },
@@ -144,30 +173,53 @@ export const PUSH_OPTIONS: readonly OptionSpec[] = [
 export const PULL_OPTIONS: readonly OptionSpec[] = [
   { flags: '--layer-store <dir>', description: 'where unpacked layers are kept between pulls (default: CACHE_DIR/layer-store)' },
   { flags: '--link', description: 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)' },
+  {
+    flags: '--keep-layers',
+    description: 'keep the layers a rootfs:/bundle: pull fetches in the layer store, for the next pulls (default: for bundles, and whenever the filesystem clones files or with --link)',
+  },
+  { flags: '--no-keep-layers', description: 'keep nothing this pull fetches in the layer store: each file is written once, into the tree' },
   { flags: '--prune [days]', description: 'after the pull, remove layers that no image pulled within DAYS (default 7) uses' },
   { flags: '--force', description: 'let rootfs:/bundle: replace a non-empty directory that smart pull did not make (its contents are lost)' },
   TAG_CACHE_TTL_OPTION,
 ];
 
+/**
+ * `copy`'s options: push's and pull's (the mode is chosen by the destination, and the options of
+ * the other mode are refused), with no defaults of their own: a value present was typed.
+ */
+export const COPY_OPTIONS: readonly OptionSpec[] = [
+  ...PUSH_OPTIONS.map(({ default: _, ...spec }) => (spec.flags === TAG_CACHE_TTL_OPTION.flags ? TAG_CACHE_TTL_OPTION : spec)),
+  ...PULL_OPTIONS.filter((spec) => spec !== TAG_CACHE_TTL_OPTION),
+];
+
+/** An option's long flag and its key in the parsed flags. */
+export function optionNames(spec: OptionSpec): { long: string; key: string } {
+  const { long, key } = parseFlags(spec.flags);
+  return { long, key };
+}
+
 interface ParsedFlags {
   short?: string;
   long: string;
-  /** The key in the parsed flags: the long name in camelCase, as commander names it. */
+  /** The key in the parsed flags: the long name in camelCase, as commander names it (without `no-`). */
   key: string;
   value: 'none' | 'required' | 'optional';
+  /** `--no-X`: sets X to false. */
+  negate: boolean;
 }
 
 function parseFlags(flags: string): ParsedFlags {
   const m = /^(?:(-[a-zA-Z]), )?(--[a-z0-9-]+)(?: ([<[]).*)?$/.exec(flags);
   if (!m) throw new Error(`option flags not understood: ${flags}`);
   const long = m[2]!;
-  const key = long.slice(2).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
-  return { ...(m[1] ? { short: m[1] } : {}), long, key, value: m[3] === '<' ? 'required' : m[3] === '[' ? 'optional' : 'none' };
+  const negate = long.startsWith('--no-');
+  const key = long.slice(negate ? 5 : 2).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  return { ...(m[1] ? { short: m[1] } : {}), long, key, value: m[3] === '<' ? 'required' : m[3] === '[' ? 'optional' : 'none', negate };
 }
 
-/** `smart push|pull SOURCE DESTINATION [options]`, parsed as commander would parse it. */
+/** `smart push|pull|copy SOURCE DESTINATION [options]`, parsed as commander would parse it. */
 export interface TransferArgs {
-  mode: 'push' | 'pull';
+  mode: 'push' | 'pull' | 'copy';
   source: string;
   destination: string;
   flags: CommonFlags;
@@ -181,8 +233,8 @@ export interface TransferArgs {
  */
 export function parseTransferArgs(args: readonly string[]): TransferArgs | undefined {
   const mode = args[0];
-  if (mode !== 'push' && mode !== 'pull') return undefined;
-  const specs = [...(mode === 'push' ? PUSH_OPTIONS : PULL_OPTIONS), ...COMMON_OPTIONS];
+  if (mode !== 'push' && mode !== 'pull' && mode !== 'copy') return undefined;
+  const specs = [...(mode === 'push' ? PUSH_OPTIONS : mode === 'pull' ? PULL_OPTIONS : COPY_OPTIONS), ...COMMON_OPTIONS];
   const known = new Map<string, { spec: OptionSpec; flags: ParsedFlags }>();
   const flags: Record<string, unknown> = {};
   for (const spec of specs) {
@@ -205,7 +257,7 @@ export function parseTransferArgs(args: readonly string[]): TransferArgs | undef
     const { spec, flags: f } = option;
     if (f.value === 'none') {
       if (eq > 0) return undefined;
-      flags[f.key] = true;
+      flags[f.key] = !f.negate;
       continue;
     }
     let value: string | undefined;
@@ -241,13 +293,66 @@ export function collect(value: string, previous: string[]): string[] {
   return [...previous, value];
 }
 
+/** The most a password on stdin may be: a token, not a file. */
+const MAX_STDIN_PASSWORD = 64 * 1024;
+
+async function readPasswordFromStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  let length = 0;
+  for await (const chunk of process.stdin) {
+    chunks.push(chunk as Buffer);
+    length += (chunk as Buffer).length;
+    if (length > MAX_STDIN_PASSWORD) throw new SmartError('USAGE', `--password-stdin: more than ${MAX_STDIN_PASSWORD} bytes on stdin`, { input: '--password-stdin' });
+  }
+  // As docker login --password-stdin: the line's end is not part of the password.
+  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+}
+
+/**
+ * The one credential typed for this command, wherever it was typed: `--creds`, `--creds-file`
+ * (its first line), `--username` with `--password-stdin`, else `$SMART_REGISTRY_AUTH`. The last
+ * two keep the secret out of `ps` and of CI logs.
+ */
+async function sharedCredentials(flags: CommonFlags, names: { read: string[] }) {
+  const typed = [flags.creds ? '--creds' : '', flags.credsFile ? '--creds-file' : '', flags.passwordStdin ? '--password-stdin' : ''].filter(Boolean);
+  if (typed.length > 1) throw new SmartError('USAGE', `${typed.join(' and ')} each give the credentials: choose one`, { input: typed[1] });
+  if (flags.username && !flags.passwordStdin) {
+    throw new SmartError('USAGE', '--username goes with --password-stdin', { input: '--username', hint: 'pipe the password in with --password-stdin, or give USER:PASSWORD in --creds-file FILE' });
+  }
+  if (flags.passwordStdin) {
+    if (!flags.username) throw new SmartError('USAGE', '--password-stdin needs --username USER', { input: '--password-stdin' });
+    if (names.read.some((n) => /^docker-archive:-(:|$)/.test(n))) {
+      throw new SmartError('USAGE', '--password-stdin and docker-archive:- would both read stdin', {
+        input: '--password-stdin',
+        hint: 'give the credentials in --creds-file FILE, or read the archive from a file',
+      });
+    }
+    const password = await readPasswordFromStdin();
+    if (!password) throw new SmartError('USAGE', '--password-stdin: no password on stdin', { input: '--password-stdin' });
+    return { value: `${flags.username}:${password}`, from: '--password-stdin' as const };
+  }
+  if (flags.credsFile) {
+    let text: string;
+    try {
+      text = await (await import('node:fs/promises')).readFile(flags.credsFile, 'utf8');
+    } catch (e) {
+      throw new SmartError('USAGE', `cannot read --creds-file ${flags.credsFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { input: flags.credsFile });
+    }
+    const line = text.split(/\r?\n/)[0] ?? '';
+    if (line.indexOf(':') <= 0) throw new SmartError('USAGE', `--creds-file ${flags.credsFile} must hold USER:PASSWORD on its first line`, { input: flags.credsFile });
+    return { value: line, from: '--creds-file' as const };
+  }
+  if (flags.creds) return { value: flags.creds, from: '--creds' as const };
+  const env = process.env.SMART_REGISTRY_AUTH;
+  return env ? { value: env, from: 'SMART_REGISTRY_AUTH' as const } : undefined;
+}
+
 /**
  * Registry and S3 settings from the flags. `names`: what the command reads and writes, which
  * decides the registry each explicit credential goes to (ops/credentials.ts assignCredentials).
  */
 export async function remoteOptions(flags: CommonFlags, names: { read: string[]; write: string[] }, onWarning?: (message: string) => void) {
-  const env = process.env.SMART_REGISTRY_AUTH;
-  const shared = flags.creds ? { value: flags.creds, from: '--creds' as const } : env ? { value: env, from: 'SMART_REGISTRY_AUTH' as const } : undefined;
+  const shared = await sharedCredentials(flags, names);
   // The credentials module is loaded only when there are credentials to give.
   const { sourceCredentials: source, destinationCredentials: destination } =
     shared || flags.srcCreds || flags.destCreds
@@ -260,6 +365,7 @@ export async function remoteOptions(flags: CommonFlags, names: { read: string[];
   return {
     ...(source ? { sourceCredentials: source } : {}),
     ...(destination ? { destinationCredentials: destination } : {}),
+    ...(flags.authfile ? { authFile: flags.authfile } : {}),
     ...(flags.insecureRegistry?.length ? { insecureRegistries: flags.insecureRegistry } : {}),
     ...(flags.certDir?.length ? { certDirs: flags.certDir } : {}),
     ...(flags.registryMirror?.length ? { registryMirrors: flags.registryMirror } : {}),

@@ -1,5 +1,26 @@
 /** Human and machine output of the CLI: summaries on stdout (--json) or stderr, errors as one line. */
-import { isSmartError, printable } from '../errors.js';
+import { isErrno, isSmartError, printable, type ErrorCode } from '../errors.js';
+
+/**
+ * The version of every JSON document the CLI prints (summaries, cache results, errors, progress
+ * events): raised when a key changes meaning or goes away, not when one is added.
+ */
+export const JSON_SCHEMA_VERSION = 1;
+
+/** What an error says to a script: the code, the message, the input at fault, the hint, whether trying again may help. */
+export interface ErrorDocument {
+  code: ErrorCode;
+  message: string;
+  input: string | null;
+  hint: string | null;
+  retryable: boolean;
+}
+
+/** Any thrown value as an error document: a SmartError as it is, anything else INTERNAL. */
+export function errorDocument(e: unknown): ErrorDocument {
+  if (isSmartError(e)) return { code: e.code, message: e.message, input: e.input ?? null, hint: e.hint ?? null, retryable: e.retryable };
+  return { code: 'INTERNAL', message: String((e as Error)?.message ?? e), input: null, hint: null, retryable: false };
+}
 
 export interface OutputOptions {
   json: boolean;
@@ -23,6 +44,35 @@ export function short(d: string): string {
   return d.startsWith('sha256:') ? d.slice(7, 19) : d;
 }
 
+let stdoutGuarded = false;
+let stdoutBroken = false;
+
+/**
+ * process.stdout, made on first use, with a closed pipe made harmless: when the reader goes away
+ * (`smart push --help | head -1`) the write fails with EPIPE, which would otherwise be thrown as an
+ * unhandled stream error with a stack trace. It is noted instead (stdoutClosed) and the writes
+ * that follow are dropped.
+ */
+export function guardedStdout(): NodeJS.WriteStream {
+  if (!stdoutGuarded) {
+    stdoutGuarded = true;
+    process.stdout.on('error', (e) => {
+      // After EPIPE, writes that were already queued fail too (the stream is destroyed).
+      if (!isErrno(e, 'EPIPE') && !stdoutBroken) throw e;
+      stdoutBroken = true;
+    });
+  }
+  return process.stdout;
+}
+
+/** Whether a write to stdout found its reader gone. */
+export function stdoutClosed(): boolean {
+  return stdoutBroken;
+}
+
+/** Set once a JSON document went to stdout: a command prints one, its result or else its error. */
+let documentPrinted = false;
+
 export class Output {
   constructor(
     readonly options: OutputOptions,
@@ -36,7 +86,7 @@ export class Output {
   }
 
   private get stdout(): NodeJS.WritableStream {
-    return this.streams.stdout ?? process.stdout;
+    return this.streams.stdout ?? guardedStdout();
   }
 
   /** Progress and human text: stderr, silenced by -q. */
@@ -49,19 +99,29 @@ export class Output {
     this.stderr.write(`warning: ${printable(line)}\n`);
   }
 
-  /** The one machine-readable summary, on stdout. */
-  json(value: unknown): void {
-    this.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  /** The one machine-readable summary, on stdout, its schema version first. */
+  json(value: object): void {
+    documentPrinted = true;
+    this.stdout.write(`${JSON.stringify({ schemaVersion: JSON_SCHEMA_VERSION, ...value }, null, 2)}\n`);
+  }
+
+  /** A line of the command's result on stdout (the pushed reference): printed with -q too, never with --json. */
+  result(line: string): void {
+    if (!this.options.json) this.stdout.write(`${line}\n`);
   }
 
   /**
-   * One line naming the input at fault, always one line: a message holding remote or user-supplied
-   * text (a digest with a newline, a registry's error message) has its control characters escaped.
-   * The stack and causes only with --debug.
+   * One line naming the error's code and the input at fault, always one line: a message holding
+   * remote or user-supplied text (a digest with a newline, a registry's error message) has its
+   * control characters escaped. With --json the same error as a document on stdout too, unless the
+   * command printed its result already (`cache lint --strict` with advice). The stack and causes
+   * only with --debug.
    */
   error(prog: string, e: unknown): void {
-    const text = isSmartError(e) ? `${e.message}${e.hint ? ` (${e.hint})` : ''}` : String((e as Error)?.message ?? e);
-    this.stderr.write(`${prog}: error: ${printable(text)}\n`);
+    const doc = errorDocument(e);
+    const text = `${doc.message}${doc.hint ? ` (${doc.hint})` : ''}`;
+    this.stderr.write(`${prog}: error [${doc.code}]: ${printable(text)}\n`);
+    if (this.options.json && !documentPrinted) this.json({ error: doc });
     if (this.options.debug) {
       let cause: unknown = e;
       while (cause) {

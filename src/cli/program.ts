@@ -2,23 +2,43 @@
  * The commander program: every command, its help and its errors. Loaded only when the fast path
  * (options.ts parseTransferArgs) does not take the command line.
  */
-import { Command } from 'commander';
-import { EXIT_HELP, PULL_OPTIONS, PUSH_OPTIONS, outputOptions, type CommonFlags } from './options.js';
+import { Argument, Command, CommanderError } from 'commander';
+import { SmartError } from '../errors.js';
+import { COPY_OPTIONS, EXIT_HELP, PULL_OPTIONS, PUSH_OPTIONS, outputOptions, type CommonFlags } from './options.js';
 import { addCacheCommands } from './cache.js';
 import { addCommonOptions, addOptions } from './commander-options.js';
-import { Output } from './output.js';
+import { Output, guardedStdout } from './output.js';
 import { runTransfer } from './transfer.js';
 
 export { CommanderError } from 'commander';
 
-export function buildProgram(): Command {
+/** The command a commander error was raised by (`smart push`), for the hint of the usage line. */
+const raisedBy = new WeakMap<CommanderError, string>();
+
+/**
+ * Commander's refusal of a command line as our own usage error: one line (commander's
+ * "error: " prefix dropped, its "(Did you mean …?)" line joined), with the help to run.
+ */
+export function usageError(e: CommanderError): SmartError {
+  const message = e.message
+    .replace(/^error: /, '')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .join(' ')
+    .replace('(Did you mean', '(did you mean');
+  const command = raisedBy.get(e) ?? 'smart';
+  return new SmartError('USAGE', message, { hint: `run ${command} --help for usage` });
+}
+
+/** `prog`: the name the command was run as (`smart`, `smart-push`), for help and messages. */
+export function buildProgram(prog = 'smart'): Command {
   const program = new Command('smart')
     .description('Fast container image push, pull and build cache, without the Docker daemon')
     .version('0.1.0')
-    .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', EXIT_HELP);
 
-  const transferAction = (mode: 'push' | 'pull') =>
+  const transferAction = (mode: 'push' | 'pull' | 'copy') =>
     async function (this: Command, source: string, destination: string) {
       const flags = this.opts<CommonFlags>();
       await runTransfer(mode, source, destination, flags, new Output(outputOptions(flags)));
@@ -28,7 +48,7 @@ export function buildProgram(): Command {
     addOptions(
       program
         .command('push')
-        .description('copy an image into a store, skipping every blob already there')
+        .description('copy an image into a store, skipping every blob already there; prints the reference pushed (HOST/REPO@sha256:…)')
         .argument('<source>', 'image to read, e.g. docker-archive:img.tar or oci:dir:tag')
         .argument('<destination>', 'store to write, e.g. file:/srv/registry#team/app:1.0'),
       PUSH_OPTIONS,
@@ -50,12 +70,48 @@ export function buildProgram(): Command {
     .addHelpText('after', EXIT_HELP)
     .action(transferAction('pull'));
 
+  addCommonOptions(
+    addOptions(
+      program
+        .command('copy')
+        .description('push or pull, by the destination: a push into a registry, file: or s3://, else a pull')
+        .argument('<source>', 'image to read')
+        .argument('<destination>', 'where to write it'),
+      COPY_OPTIONS,
+    ),
+  )
+    .addHelpText('after', EXIT_HELP)
+    .action(transferAction('copy'));
+
   addCacheCommands(program);
-  // Errors are the caller's to report: nothing in the program exits the process.
-  const override = (c: Command): void => {
-    c.exitOverride();
-    c.commands.forEach(override);
+
+  program
+    .command('completion')
+    .description('print the completion script of a shell (bash, zsh, fish), made from this command line')
+    .addArgument(new Argument('<shell>', 'the shell').choices(['bash', 'zsh', 'fish']))
+    .addHelpText(
+      'after',
+      `
+Install:
+  bash  smart completion bash > ~/.local/share/bash-completion/completions/smart   (or: source <(smart completion bash))
+  zsh   smart completion zsh > "\${fpath[1]}/_smart"   (a directory in $fpath; then a new shell)
+  fish  smart completion fish > ~/.config/fish/completions/smart.fish`,
+    )
+    .action(async (shell: string) => {
+      const { completionScript } = await import('./completion.js');
+      guardedStdout().write(completionScript(shell, buildProgram()));
+    });
+
+  // Errors are the caller's to report (one line, through main), never commander's own text, and
+  // nothing in the program exits the process. Help goes to stdout through the guard against `| head`.
+  const configure = (c: Command, path: string): void => {
+    c.exitOverride((e) => {
+      raisedBy.set(e, path);
+      throw e;
+    });
+    c.configureOutput({ writeOut: (text) => guardedStdout().write(text), outputError: () => undefined });
+    for (const sub of c.commands) configure(sub, `${path} ${sub.name()}`);
   };
-  override(program);
+  configure(program, prog);
   return program;
 }

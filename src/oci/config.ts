@@ -1,5 +1,6 @@
 /** The image configuration (OCI image-spec config.md; Docker's is the same JSON). */
 import { SmartError } from '../errors.js';
+import { checkJson } from '../limits.js';
 import { parseDigest, type Digest } from './digest.js';
 
 export interface ContainerConfig {
@@ -40,7 +41,7 @@ export const MAX_CONFIG_BYTES = 8 * 1024 * 1024;
 export function parseImageConfig(bytes: Buffer, input?: string): ImageConfig {
   const bad = (why: string) =>
     new SmartError('MANIFEST_INVALID', `invalid image config${input ? ` ${input}` : ''}: ${why}`, { input });
-  if (bytes.length > MAX_CONFIG_BYTES) throw bad(`larger than ${MAX_CONFIG_BYTES} bytes`);
+  checkJson(bytes, MAX_CONFIG_BYTES, `image config${input ? ` ${input}` : ''}`, input);
   let doc: unknown;
   try {
     doc = JSON.parse(bytes.toString('utf8'));
@@ -60,5 +61,58 @@ export function parseImageConfig(bytes: Buffer, input?: string): ImageConfig {
     }
   });
   if (typeof c.os !== 'string' || typeof c.architecture !== 'string') throw bad('os and architecture are required');
+  const why = shapeError(c);
+  if (why) throw bad(why);
   return { ...(c as object), rootfs: { type: 'layers', diff_ids: diffIds } } as ImageConfig;
+}
+
+type Kind = 'string' | 'boolean' | 'strings' | 'object' | 'stringMap';
+
+function is(v: unknown, kind: Kind): boolean {
+  if (v === undefined || v === null) return true; // Go reads null as the zero value
+  switch (kind) {
+    case 'string':
+    case 'boolean':
+      return typeof v === kind;
+    case 'strings':
+      return Array.isArray(v) && v.every((x) => typeof x === 'string');
+    case 'object':
+      return typeof v === 'object' && !Array.isArray(v);
+    case 'stringMap':
+      return typeof v === 'object' && !Array.isArray(v) && Object.values(v as object).every((x) => typeof x === 'string');
+  }
+}
+
+const CONTAINER_FIELDS: Record<string, Kind> = {
+  User: 'string',
+  Env: 'strings',
+  Entrypoint: 'strings',
+  Cmd: 'strings',
+  WorkingDir: 'string',
+  StopSignal: 'string',
+  ExposedPorts: 'object',
+  Volumes: 'object',
+  Labels: 'stringMap',
+};
+const HISTORY_FIELDS: Record<string, Kind> = { created: 'string', created_by: 'string', author: 'string', comment: 'string', empty_layer: 'boolean' };
+
+/**
+ * The fields the toolkit reads (a bundle's process, history steps) must have their spec types, as
+ * Go's json.Unmarshal into the spec's structs demands: what does not is named, never used.
+ */
+function shapeError(c: Record<string, unknown>): string | undefined {
+  for (const k of ['created', 'author', 'variant'] as const) if (!is(c[k], 'string')) return `${k} must be a string`;
+  if (!is(c.config, 'object')) return 'config must be an object';
+  const cc = (c.config ?? {}) as Record<string, unknown>;
+  for (const [k, kind] of Object.entries(CONTAINER_FIELDS)) {
+    if (!is(cc[k], kind)) return `config.${k} must be ${kind === 'strings' ? 'an array of strings' : kind === 'stringMap' ? 'an object of strings' : `a${kind === 'object' ? 'n' : ''} ${kind}`}`;
+  }
+  if (c.history !== undefined && c.history !== null) {
+    if (!Array.isArray(c.history)) return 'history must be an array';
+    for (const [i, h] of c.history.entries()) {
+      if (typeof h !== 'object' || h === null || Array.isArray(h)) return `history[${i}] must be an object`;
+      for (const [k, kind] of Object.entries(HISTORY_FIELDS)) if (!is((h as Record<string, unknown>)[k], kind)) return `history[${i}].${k} must be a ${kind}`;
+    }
+  }
+  return undefined;
 }

@@ -82,10 +82,14 @@ export interface ImageSource {
  * `stream.Layer`: a member of a docker-archive read from a pipe. Its bytes can be read once.
  */
 export interface StreamedLayer {
+  /** Its name in the stream (an archive member): progress is told under it until its digest is known. */
+  readonly member: string;
   /** For messages: `layer MEMBER of NAME`. */
   readonly what: string;
   /** As its first bytes show. */
   readonly compression: Compression;
+  /** Its size in the stream (compressed, when it is), where the stream says: bounds what it may decompress to. */
+  readonly size?: number;
   /** The bytes, verified by nothing yet: consumed (or destroyed) by the reader before the next layer can arrive. */
   readonly stream: Readable;
 }
@@ -225,7 +229,11 @@ export interface ImageWriteOptions {
 }
 
 export interface ProgressEvent {
-  digest: string;
+  /**
+   * The layer as the source names it: its digest there, or its member in an archive read as a
+   * stream (whose digest is known only at its end). LayerEvent.layer names it the same way.
+   */
+  layer: string;
   /** Bytes read since the last event of this layer. */
   bytes: number;
   /** The blob's size when known. */
@@ -238,7 +246,10 @@ export interface ImageWriteResult {
 }
 
 export interface LayerEvent {
+  /** The layer's blob at the destination. */
   digest: string;
+  /** The layer as its progress events named it (ProgressEvent.layer), when that is not `digest` (a layer compressed on the way). */
+  layer?: string;
   diffId?: string;
   status: 'pushed' | 'skipped' | 'written' | 'foreign';
   /** For skipped blobs: already present, or mounted/linked from another repository. */

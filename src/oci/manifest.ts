@@ -1,5 +1,6 @@
 /** Descriptors, image manifests and indexes of both families: types and validating parsers. */
 import { SmartError, quoted } from '../errors.js';
+import { checkJson } from '../limits.js';
 import { parseDigest, sha256Digest, type Digest } from './digest.js';
 import { isImageManifestMediaType, isIndexMediaType, MediaType } from './mediatypes.js';
 
@@ -46,7 +47,7 @@ export type ParsedManifest =
   | { kind: 'manifest'; mediaType: string; digest: Digest; bytes: Buffer; manifest: ImageManifest }
   | { kind: 'index'; mediaType: string; digest: Digest; bytes: Buffer; index: ImageIndex };
 
-/** Larger manifests are refused: no real one comes close, and the bytes are held in memory. */
+/** Larger manifests are refused (as the registry refuses them): no real one comes close, and the bytes are held in memory. */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 function invalid(what: string, input: string | undefined): SmartError {
@@ -103,7 +104,7 @@ export function parseDescriptor(v: unknown, where: string, input?: string): Desc
  * Content-Type); when the bytes carry their own mediaType the two must agree.
  */
 export function parseManifest(bytes: Buffer, declaredMediaType?: string, input?: string): ParsedManifest {
-  if (bytes.length > MAX_MANIFEST_BYTES) throw invalid(`larger than ${MAX_MANIFEST_BYTES} bytes`, input);
+  checkJson(bytes, MAX_MANIFEST_BYTES, `manifest${input ? ` ${input}` : ''}`, input);
   let doc: unknown;
   try {
     doc = JSON.parse(bytes.toString('utf8'));

@@ -5,6 +5,7 @@
  * opens layer streams (verified, decompressed, ranged) is pipeline/layers.ts.
  */
 import { SmartError, quoted } from '../errors.js';
+import { checkSize } from '../limits.js';
 import type { ImageConfig } from './config.js';
 import type { Digest } from './digest.js';
 import type { ImageSource } from './image.js';
@@ -14,11 +15,7 @@ import { pickPlatform, type Platform } from './platform.js';
 
 /** Reads a small blob (config) whole, verified. */
 export async function readBlob(source: ImageSource, descriptor: Descriptor, limit: number): Promise<Buffer> {
-  if (descriptor.size > limit) {
-    throw new SmartError('MANIFEST_INVALID', `${source.name}: blob ${descriptor.digest} declares ${descriptor.size} bytes, more than ${limit}`, {
-      input: descriptor.digest,
-    });
-  }
+  checkSize(descriptor.size, limit, `${source.name}: blob ${descriptor.digest}`, descriptor.digest);
   const chunks: Buffer[] = [];
   for await (const chunk of await source.getBlob(descriptor)) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks);

@@ -31,18 +31,31 @@ import {
 } from '../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
 import { configMediaType, isForeignLayer, layerCompression, layerMediaType, manifestFamily, manifestMediaType, MediaType, type Compression, type ManifestFamily } from '../oci/mediatypes.js';
-import type { Platform } from '../oci/platform.js';
+import type { ImageConfig } from '../oci/config.js';
+import { formatPlatform, normalizePlatform, platformMatches, type Platform } from '../oci/platform.js';
 import { layerCompressor, type CompressionFormat, type LayerCompressor } from '../pipeline/compressor.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
-import { resolveImage } from '../pipeline/layers.js';
+import { counted, resolveImage } from '../pipeline/layers.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
 
 export interface CopyOptions {
+  /** The platform to pick from an index (unless `allPlatforms`), and to check a single-platform image against (`platformMismatch`). */
   platform: Platform;
-  /** Copy a whole multi-platform index (every manifest it names, the index bytes kept) instead of one platform. */
-  allPlatforms?: boolean;
+  /**
+   * Copy a whole multi-platform index (every manifest it names, the index bytes kept) instead of
+   * one platform. `where-held`: only into a destination that holds the index's media type (an OCI
+   * layout holds no Docker manifest list), else `platform` alone, said through `onWarning`.
+   */
+  allPlatforms?: boolean | 'where-held';
+  /**
+   * A single-platform image whose config names another platform than `platform`: refused
+   * (`error`), copied with a warning (`warn`), or copied as it is (`ignore`, the default).
+   */
+  platformMismatch?: 'error' | 'warn' | 'ignore';
+  /** Told of what the user should know that does not stop the copy (a platform mismatch let through). */
+  onWarning?: (message: string) => void;
   /** Layers in flight at once. */
   jobs: number;
   gzipLevel?: number;
@@ -141,9 +154,13 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
     if (isStreamed(source)) return await copyStream(source, dest, run);
     if (options.allPlatforms) {
       const top = await source.getManifest();
-      if (top.kind === 'index') return await copyIndexAsIs(source, dest, top, run);
+      if (top.kind === 'index') {
+        if (options.allPlatforms === true || dest.supportsManifestType(top.mediaType)) return await copyIndexAsIs(source, dest, top, run);
+        options.onWarning?.(`${dest.name} cannot hold a ${top.mediaType}: copying ${formatPlatform(normalizePlatform(options.platform))} only (--platform chooses another)`);
+      }
     }
     const image = await resolveImage(source, options.platform);
+    checkPlatform(image.config, source.name, options);
     if (await alreadyThere(image, dest)) {
       for (const layer of image.layers) {
         run.record({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType: layer.descriptor.mediaType });
@@ -177,6 +194,8 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
       throw new SmartError('DIGEST_MISMATCH', `${source.name}: layer ${i + 1} hashes to ${l.diffId}, but the config says ${want ?? 'nothing'}`, { input: source.name });
     }
   });
+  // Known only now, at the end of the stream: nothing is tagged yet, so a refusal leaves nothing behind.
+  checkPlatform(streamed.config, source.name, run.options);
   // The image as it stands at the destination, for step annotations and the layer trie.
   const unopenable = async (): Promise<Readable> => {
     throw new SmartError('INTERNAL', `${source.name}: a streamed layer cannot be read again`);
@@ -197,6 +216,7 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
 async function writeWhole(source: ImageSource, writer: ImageWriter, run: CopyRun): Promise<CopySummary> {
   const { options } = run;
   const image = await resolveImage(source, options.platform);
+  checkPlatform(image.config, source.name, options);
   const result = await writer.write(image, {
     jobs: options.jobs,
     ...(options.signal ? { signal: options.signal } : {}),
@@ -272,7 +292,12 @@ function isStreamedLayer(layer: Layer | StreamedLayer): layer is StreamedLayer {
 
 /** One layer into the destination: the descriptor it has there, and its diff id. */
 async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<CopiedLayer> {
-  if (isStreamedLayer(layer)) return putLayer(layer.stream, { compression: layer.compression, what: layer.what }, dest, run, signal);
+  if (isStreamedLayer(layer)) {
+    // Progress: the bytes read from the stream, under the member's name (the digest comes at the end).
+    const onProgress = run.options.onProgress;
+    const bytes = onProgress ? counted(layer.stream, (n) => onProgress({ layer: layer.member, bytes: n })) : layer.stream;
+    return putLayer(bytes, { compression: layer.compression, what: layer.what, named: layer.member, ...(layer.size !== undefined ? { size: layer.size } : {}) }, dest, run, signal);
+  }
   const desc = layer.descriptor;
   const open = (s: AbortSignal | undefined) => layer.open(openOptions(layer, run.options, s));
   if (isForeignLayer(desc.mediaType) || layerCompression(desc.mediaType) !== 'none' || dest.layerCompression !== 'compress') {
@@ -283,12 +308,12 @@ async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, ru
   const known = await run.options.blobInfo?.compressedFor(dest, layer.diffId, signal);
   const reuse = known && (await dest.reuseBlob(known));
   if (known && reuse) {
-    run.record({ digest: known.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType });
+    run.record({ digest: known.digest, layer: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType });
     run.compressedHere.push({ diffId: layer.diffId, descriptor: known });
     return { descriptor: { ...desc, ...known }, diffId: layer.diffId };
   }
   // An uncompressed blob is its tar: open() verifies it against its digest, which is therefore the diff id.
-  const stored = await putLayer(await open(signal), { compression: 'none', verifiedDiffId: desc.digest, what: `layer ${shortDigest(desc.digest)}` }, dest, run, signal);
+  const stored = await putLayer(await open(signal), { compression: 'none', verifiedDiffId: desc.digest, what: `layer ${shortDigest(desc.digest)}`, named: desc.digest }, dest, run, signal);
   return { descriptor: { ...desc, ...stored.descriptor }, diffId: stored.diffId };
 }
 
@@ -301,7 +326,7 @@ async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, ru
  */
 async function putLayer(
   bytes: Readable,
-  layer: { compression: Compression; verifiedDiffId?: Digest; what: string },
+  layer: { compression: Compression; verifiedDiffId?: Digest; what: string; named: string; size?: number },
   dest: BlobDestination,
   run: CopyRun,
   signal: AbortSignal | undefined,
@@ -320,7 +345,7 @@ async function putLayer(
   } else {
     // Loaded here: it pulls in every decompressor, which a push that sends nothing never needs.
     const { DiffIdTap } = await import('../pipeline/compression.js');
-    const tap = new DiffIdTap(layer.compression, layer.what);
+    const tap = new DiffIdTap(layer.compression, layer.what, layer.size);
     [body, mediaType, diffIdOf] = [pipeline(bytes, tap, () => undefined), layerMediaType('oci', layer.compression), () => tap.diffId()];
   }
   const stored = await dest.putBlob(body, { mediaType, ...(signal ? { signal } : {}) });
@@ -330,7 +355,7 @@ async function putLayer(
     run.compressedHere.push({ diffId, descriptor });
     if (dest.repository) await run.options.blobInfo?.recordStored(dest.cacheScope, dest.repository, diffId, descriptor);
   }
-  run.record({ digest: stored.digest, diffId, status: 'pushed', bytes: stored.size, mediaType });
+  run.record({ digest: stored.digest, ...(layer.named !== stored.digest ? { layer: layer.named } : {}), diffId, status: 'pushed', bytes: stored.size, mediaType });
   return { descriptor, diffId };
 }
 
@@ -350,7 +375,7 @@ function unrepeatable(e: unknown, sourceName: string): unknown {
 function openOptions(layer: Layer, options: { onProgress?: (e: ProgressEvent) => void }, signal: AbortSignal | undefined): OpenOptions {
   const { onProgress } = options;
   const { digest, size } = layer.descriptor;
-  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ digest, bytes, total: size }) } : {}) };
+  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ layer: digest, bytes, total: size }) } : {}) };
 }
 
 /** Transfers of one blob, the first included: as many as the registry client's attempts at one request. */
@@ -460,10 +485,11 @@ async function alreadyThere(image: Image, dest: BlobDestination): Promise<boolea
 async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: ParsedManifest & { kind: 'index' }, run: CopyRun): Promise<CopySummary> {
   const { options } = run;
   if (!dest.supportsManifestType(top.mediaType)) {
-    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}; copy one platform (omit --all-platforms)`, { input: dest.name });
+    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}`, { input: dest.name, hint: 'copy one platform: --platform OS/ARCH[/VARIANT]' });
   }
+  const details = { platforms: indexPlatforms(top) };
   if (dest.currentDigest && (await dest.currentDigest()) === top.digest) {
-    return run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'skipped' }, 0);
+    return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'skipped' }, 0), details };
   }
   // One group for the whole index: a blob two platforms share is sent once.
   const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
@@ -478,7 +504,7 @@ async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: Pa
       total += m.manifest.layers.length;
       await group.all(
         [m.manifest.config, ...m.manifest.layers],
-        (d, signal) => retrying(`blob ${shortDigest(d.digest)}`, signal, options, () => sendBlob(d, (s) => source.getBlob(d, s ? { signal: s } : {}), dest, run, signal)),
+        (d, signal) => retrying(`blob ${shortDigest(d.digest)}`, signal, options, () => sendBlob(d, (s) => openIndexBlob(source, d, options, s), dest, run, signal)),
         (d) => d.digest,
       );
     }
@@ -487,7 +513,39 @@ async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: Pa
   for (const child of top.index.manifests) await copyManifest(child);
   await dest.putManifest(top);
   await dest.commit(top);
-  return run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'pushed' }, total);
+  return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'pushed' }, total), details };
+}
+
+/** A blob of an index copied whole, its bytes told to `onProgress` as they are read. */
+async function openIndexBlob(source: ImageSource, d: Descriptor, options: CopyOptions, signal: AbortSignal | undefined): Promise<Readable> {
+  const { onProgress } = options;
+  return counted(await source.getBlob(d, signal ? { signal } : {}), onProgress && ((bytes) => onProgress({ layer: d.digest, bytes, total: d.size })));
+}
+
+/** The platforms an index names, attestations (`unknown/unknown`) left out. */
+function indexPlatforms(top: ParsedManifest & { kind: 'index' }): string[] {
+  return top.index.manifests.map((d) => (d.platform ? formatPlatform(normalizePlatform(d.platform)) : undefined)).filter((p): p is string => p !== undefined && p !== 'unknown/unknown');
+}
+
+/**
+ * Checks the platform an image's config names against the one wanted, as
+ * `options.platformMismatch` says: `error` refuses it, `warn` says so and lets it through, `ignore`
+ * (no platform was asked for) lets it be. A config that names no platform is let be.
+ */
+export function checkPlatform(config: ImageConfig, name: string, options: Pick<CopyOptions, 'platform' | 'platformMismatch' | 'onWarning'>): void {
+  const mismatch = options.platformMismatch ?? 'ignore';
+  if (mismatch === 'ignore' || typeof config.os !== 'string' || typeof config.architecture !== 'string' || !config.os || !config.architecture) return;
+  const have = normalizePlatform({ os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' && config.variant ? { variant: config.variant } : {}) });
+  if (platformMatches(options.platform, have)) return;
+  const message = `${name} is a ${formatPlatform(have)} image, not ${formatPlatform(normalizePlatform(options.platform))}`;
+  if (mismatch === 'warn') {
+    options.onWarning?.(`${message}; copying it as it is`);
+    return;
+  }
+  throw new SmartError('PLATFORM_NOT_FOUND', message, {
+    input: name,
+    hint: `to copy it all the same: --platform ${formatPlatform(have)}, or --platform-mismatch=warn`,
+  });
 }
 
 /** The manifest family to write: the source's when the destination takes it, else the other. */

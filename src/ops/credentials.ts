@@ -10,8 +10,11 @@ export { parseCredentials, type Credentials };
 
 /** The explicit credentials of a command, as typed. */
 export interface ExplicitCredentials {
-  /** `--creds`, else `$SMART_REGISTRY_AUTH`: one credential for the one registry the command talks to. */
-  shared?: { value: string; from: '--creds' | 'SMART_REGISTRY_AUTH' };
+  /**
+   * `--creds` (or the same from `--creds-file`, `--username` with `--password-stdin`), else
+   * `$SMART_REGISTRY_AUTH`: one credential for the one registry the command talks to.
+   */
+  shared?: { value: string; from: '--creds' | '--creds-file' | '--password-stdin' | 'SMART_REGISTRY_AUTH' };
   /** `--src-creds`: for the registry the command reads. */
   source?: string;
   /** `--dest-creds`: for the registry the command writes. */
@@ -57,9 +60,9 @@ export function assignCredentials(
   if (explicit.shared) {
     const { value, from } = explicit.shared;
     if (all.length <= 1) shared = parseCredentials(value, from);
-    else if (from === '--creds') {
-      throw new SmartError('USAGE', `--creds would go to both registries (${all.join(' and ')}): give each its own`, {
-        input: '--creds',
+    else if (from !== 'SMART_REGISTRY_AUTH') {
+      throw new SmartError('USAGE', `${from} would go to both registries (${all.join(' and ')}): give each its own`, {
+        input: from,
         hint: read.length > 1 ? PER_REGISTRY_HINT : `--src-creds USER:PASSWORD for ${read[0]}, --dest-creds USER:PASSWORD for ${write[0]}`,
       });
     } else if ((read.length && !explicit.source) || (write.length && !explicit.destination)) {

@@ -3,7 +3,7 @@ import type { Readable, Writable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
-import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS } from '../transports/all.js';
+import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS, type ImageName } from '../transports/all.js';
 import type { OpenContext, RemoteOptions } from '../transports/transport.js';
 import { copy, type CopyOptions, type CopySummary } from './copy.js';
 import { layerStoreDir, openCache } from './local-state.js';
@@ -15,10 +15,12 @@ export interface TransferRequest {
   mode: 'push' | 'pull';
   source: string;
   destination: string;
-  /** `os/arch[/variant]`; the running platform when absent. */
+  /** `os/arch[/variant]`: copy this platform only (see choosePlatforms); absent: a push copies every platform, a pull the running machine's. */
   platform?: string | Platform;
-  /** Copy every platform of a multi-platform image, keeping the index (stores only). */
+  /** Copy every platform of a multi-platform image, keeping the index (what a push does by default; stores and layouts only). */
   allPlatforms?: boolean;
+  /** A single-platform image of another platform than the one wanted: refused or let through with a warning (default: see choosePlatforms). */
+  platformMismatch?: 'error' | 'warn';
   jobs?: number;
   gzipLevel?: number;
   /** What uncompressed layers become in stores: gzip (default) or zstd. */
@@ -41,6 +43,8 @@ export interface TransferRequest {
   layerStoreDir?: string;
   /** Hardlink files from the layer store into root filesystems (read-only uses). */
   link?: boolean;
+  /** Keep the layers a root filesystem or bundle pull fetches in the layer store (default: see RootfsWriterOptions.keepLayers). */
+  keepLayers?: boolean;
   /** Let `rootfs:`/`bundle:` replace a non-empty directory that no pull made. */
   force?: boolean;
   /** After the pull, remove from the layer store what no image used within this many ms uses. */
@@ -50,6 +54,43 @@ export interface TransferRequest {
   onLayer?: (event: LayerEvent) => void;
   onProgress?: (event: ProgressEvent) => void;
   onWarning?: (message: string) => void;
+}
+
+/** What a copy does with platforms: the one decision, taken before anything is read. */
+export interface PlatformChoice {
+  /** Copy a multi-platform index whole (`where-held`: when the destination holds its media type). */
+  all: boolean | 'where-held';
+  /** The platform picked from an index when not copying it whole, and checked against a single-platform image. */
+  platform: Platform;
+  /** A single-platform image of another platform: refused, let through with a warning, or copied as it is (nothing was asked). */
+  mismatch: 'error' | 'warn' | 'ignore';
+}
+
+/**
+ * Which platforms a copy takes. A push copies a multi-platform index whole (every platform, the
+ * index bytes and digest kept: what `repo@sha256:` pins name), as `crane copy` does, and a
+ * single-platform image as it is. `--platform` copies that platform only: picked from an index,
+ * and a single-platform image of another platform is refused (`--platform-mismatch=warn` lets it
+ * through with a warning), as `docker pull --platform` refuses it. A pull picks the running
+ * machine's platform from an index (`--all-platforms` keeps the index, into a store or a layout);
+ * a single-platform image of another platform than the machine's is pulled with a warning, since
+ * that platform was a default, not a request (`--platform-mismatch=error` refuses it). Root
+ * filesystems, bundles and docker-archives hold one image: always one platform.
+ */
+export function choosePlatforms(req: Pick<TransferRequest, 'mode' | 'platform' | 'allPlatforms' | 'platformMismatch'>, destination: ImageName): PlatformChoice {
+  const oneImage = transportOf(destination).capabilities.holdsOneImage === true;
+  if (req.allPlatforms && req.platform !== undefined) throw new SmartError('USAGE', '--platform copies one platform, --all-platforms every one: give one of them', { input: '--all-platforms' });
+  if (req.allPlatforms && oneImage) {
+    throw new SmartError('USAGE', `${destination.raw} holds one image: --all-platforms needs a store or a layout`, { input: '--all-platforms', hint: 'pick one with --platform OS/ARCH[/VARIANT]' });
+  }
+  if (req.platform !== undefined) {
+    const platform = typeof req.platform === 'string' ? parsePlatform(req.platform) : req.platform;
+    return { all: false, platform, mismatch: req.platformMismatch ?? 'error' };
+  }
+  const platform = hostPlatform();
+  if (req.allPlatforms) return { all: true, platform, mismatch: 'ignore' };
+  if (req.mode === 'push') return { all: oneImage ? false : 'where-held', platform, mismatch: req.platformMismatch ?? 'ignore' };
+  return { all: false, platform, mismatch: req.platformMismatch ?? 'warn' };
 }
 
 async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['dockerfile']>) {
@@ -124,7 +165,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
       input: req.source,
     });
   }
-  const platform = typeof req.platform === 'string' ? parsePlatform(req.platform) : (req.platform ?? hostPlatform());
+  const platforms = choosePlatforms(req, dst);
   const cache = req.cacheDir ? await openCache({ cacheDir: req.cacheDir, ...(req.redisUrl ? { redisUrl: req.redisUrl } : {}), ...(req.onWarning ? { onWarning: req.onWarning } : {}) }) : undefined;
   const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache) : undefined;
   const storeDir = req.cacheDir ? layerStoreDir(req.cacheDir, req.layerStoreDir) : req.layerStoreDir;
@@ -137,6 +178,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(blobInfo ? { blobInfo } : {}),
     ...(layerStore ? { layerStore } : {}),
     ...(req.link ? { link: true } : {}),
+    ...(req.keepLayers !== undefined ? { keepLayers: req.keepLayers } : {}),
     ...(req.force ? { force: true } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
   };
@@ -145,15 +187,16 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   let destinationScope = '';
   let destinationRepository = '';
   const options = {
-    platform,
+    platform: platforms.platform,
     jobs: req.jobs ?? defaultJobs(),
-    ...(req.allPlatforms ? { allPlatforms: true } : {}),
+    ...(platforms.all ? { allPlatforms: platforms.all } : {}),
+    platformMismatch: platforms.mismatch,
     ...(req.gzipLevel !== undefined ? { gzipLevel: req.gzipLevel } : {}),
     ...(req.compression ? { compression: req.compression } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
     ...(req.onLayer ? { onLayer: req.onLayer } : {}),
     ...(req.onProgress ? { onProgress: req.onProgress } : {}),
-    ...(req.onWarning ? { onRetry: req.onWarning } : {}),
+    ...(req.onWarning ? { onRetry: req.onWarning, onWarning: req.onWarning } : {}),
     ...(blobInfo ? { blobInfo } : {}),
     ...(req.dockerfile ? { layerSteps: (image: Image) => stepsFor(image, req.dockerfile!) } : {}),
     ...(cache && indexed
@@ -192,6 +235,18 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   }
 }
 export type { LayerEvent, ProgressEvent } from '../oci/image.js';
+
+/**
+ * The reference of what a push stored, as `crane push` prints it: `HOST/REPO@sha256:…` for a
+ * registry, the store's name with `#REPO@sha256:…` for `file:`/`s3://`; undefined for other
+ * destinations (layouts and archives are files: their digest says it all).
+ */
+export function storedReference(destination: string, digest: string): string | undefined {
+  const name = parseImageName(destination);
+  if (name.transport === 'docker') return `${name.ref.registry}/${name.ref.repository}@${digest}`;
+  if ((name.transport === 'file' || name.transport === 's3') && name.ref) return `${name.raw.slice(0, name.raw.lastIndexOf('#'))}#${name.ref.repository}@${digest}`;
+  return undefined;
+}
 
 /** Opens any image name and resolves it (one platform): for commands that inspect rather than copy. */
 export async function resolveImageByName(name: string, options: { platform?: string; ctx?: Partial<OpenContext> } = {}) {

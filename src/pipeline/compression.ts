@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { Duplex, PassThrough, Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
 import { SmartError, isSmartError } from '../errors.js';
+import { decompressionBomb, decompressionBound, maxDecompressedBytes } from '../limits.js';
 import type { Digest } from '../oci/digest.js';
 import type { Compression } from '../oci/mediatypes.js';
 import { gunzipDecoder, type GunzipEngine } from './parallel-gzip.js';
@@ -25,6 +26,12 @@ export interface DecompressOptions {
    * `igzip -d` as a child process when it is installed (faster), zlib otherwise.
    */
   gunzip?: GunzipEngine;
+  /**
+   * The compressed size, where the source declares one (a descriptor's size, a tar member's): the
+   * output is then bounded relative to it (src/limits.ts `maxDecompressedBytes`), and a stream that
+   * decompresses past the bound is stopped there with LIMIT_EXCEEDED, a decompression bomb.
+   */
+  compressedSize?: number;
 }
 
 /**
@@ -35,16 +42,30 @@ export interface DecompressOptions {
  */
 export function decompress(source: Readable, compression: Compression, what: string, options: DecompressOptions = {}): Readable {
   if (compression === 'none') return source;
+  let limit: ((total: number) => void) | undefined;
+  const size = options.compressedSize;
+  if (size !== undefined) {
+    const bound = decompressionBound();
+    const max = maxDecompressedBytes(size, bound);
+    limit = (total) => {
+      if (total > max) throw decompressionBomb(what, size, max, bound);
+    };
+  }
   const engine = compression === 'gzip' ? gunzipDecoder(what, options.gunzip) : zstdDecompressor(what);
   const out = pipeline(source, engine, () => {
     /* errors surface through the iterator below */
   });
-  return Readable.from(renameErrors(out, what, compression), { objectMode: false, highWaterMark: 64 * 1024 });
+  return Readable.from(renameErrors(out, what, compression, limit), { objectMode: false, highWaterMark: 64 * 1024 });
 }
 
-async function* renameErrors(stream: AsyncIterable<Buffer>, what: string, format: string): AsyncGenerator<Buffer> {
+/** Passes the chunks on, naming the decoder's errors; `limit` sees the running total and may throw. */
+async function* renameErrors(stream: AsyncIterable<Buffer>, what: string, format: string, limit?: (total: number) => void): AsyncGenerator<Buffer> {
+  let total = 0;
   try {
-    for await (const chunk of stream) yield chunk;
+    for await (const chunk of stream) {
+      if (limit) limit((total += chunk.length));
+      yield chunk;
+    }
   } catch (e) {
     if (isSmartError(e)) throw e;
     const err = e as NodeJS.ErrnoException;
@@ -100,9 +121,10 @@ export class DiffIdTap extends Transform {
   private readonly branchDone: Promise<void>;
   private result: Digest | undefined;
 
-  constructor(compression: Compression, what: string) {
+  /** `compressedSize`, where known, bounds what the side branch may decompress to (decompress()). */
+  constructor(compression: Compression, what: string, compressedSize?: number) {
     super();
-    const branch = decompress(this.feed, compression, what);
+    const branch = decompress(this.feed, compression, what, compressedSize !== undefined ? { compressedSize } : {});
     this.branchDone = (async () => {
       for await (const chunk of branch) this.hash.update(chunk as Buffer);
     })();

@@ -8,7 +8,7 @@
  */
 import { Transform, addAbortSignal, type Readable } from 'node:stream';
 import { SmartError, quoted } from '../errors.js';
-import { parseImageConfig } from '../oci/config.js';
+import { MAX_CONFIG_BYTES, parseImageConfig } from '../oci/config.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import type { Image, ImageSource, Layer, OpenOptions } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
@@ -32,7 +32,7 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
       const { decompress } = await import('./compression.js');
       const gunzip = compression === 'gzip' ? await (await import('./parallel-gzip.js')).chooseGunzip() : undefined;
       const blob = abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal);
-      return verifyUncompressed(decompress(blob, compression, what, gunzip ? { gunzip } : {}), diffId, what);
+      return verifyUncompressed(decompress(blob, compression, what, { compressedSize: descriptor.size, ...(gunzip ? { gunzip } : {}) }), diffId, what);
     },
   };
 }
@@ -56,7 +56,7 @@ function abortable(stream: Readable, signal: AbortSignal | undefined): Readable 
 }
 
 /** `stream` as it is, or passed through a counter telling `onBytes` of every chunk. */
-function counted(stream: Readable, onBytes: ((n: number) => void) | undefined): Readable {
+export function counted(stream: Readable, onBytes: ((n: number) => void) | undefined): Readable {
   if (!onBytes) return stream;
   const counter = new Transform({
     transform(chunk: Buffer, _e, cb) {
@@ -78,7 +78,7 @@ export function verifyUncompressed(tar: Readable, diffId: Digest, what: string):
 /** Resolves a source to a single-platform image with its config fetched, verified and parsed. */
 export async function resolveImage(source: ImageSource, platform: Platform): Promise<Image> {
   const manifest = await resolvePlatformManifest(source, platform);
-  const configBytes = await readBlob(source, manifest.manifest.config, 8 * 1024 * 1024);
+  const configBytes = await readBlob(source, manifest.manifest.config, MAX_CONFIG_BYTES);
   if (sha256Digest(configBytes) !== manifest.manifest.config.digest) {
     throw new SmartError('DIGEST_MISMATCH', `${source.name}: config does not match ${manifest.manifest.config.digest}`);
   }

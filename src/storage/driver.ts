@@ -25,8 +25,11 @@ export interface StorageWriter {
 export interface StorageDriver {
   /** For messages: `file:/srv/registry`, `s3://bucket/root`. */
   readonly name: string;
-  /** Whole small objects (links, manifests). Throws NOT_FOUND when absent. */
-  getContent(path: string): Promise<Buffer>;
+  /**
+   * Whole small objects (links, manifests). Throws NOT_FOUND when absent, and LIMIT_EXCEEDED,
+   * before reading it, when the object is larger than `maxBytes`.
+   */
+  getContent(path: string, maxBytes?: number): Promise<Buffer>;
   /** Replaces the object atomically: a reader sees the old bytes or the new, never a mix. */
   putContent(path: string, content: Buffer): Promise<void>;
   /** Streams an object from `offset` (`length` bytes, or to the end). Throws NOT_FOUND when absent. */

@@ -4,7 +4,8 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { SmartError, isErrno } from '../errors.js';
+import { SmartError, isErrno, isSmartError } from '../errors.js';
+import { checkSize } from '../limits.js';
 import type { StorageDriver, StorageStat, StorageWriter } from './driver.js';
 import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned } from './leftovers.js';
 
@@ -41,11 +42,18 @@ export class FsDriver implements StorageDriver {
     throw new SmartError('STORAGE', `${this.name}: cannot ${op} ${p}: ${(e as Error).message}`, { input: p, cause: e });
   }
 
-  async getContent(p: string): Promise<Buffer> {
+  async getContent(p: string, maxBytes?: number): Promise<Buffer> {
+    let handle: fs.FileHandle | undefined;
     try {
-      return await fs.readFile(this.full(p));
+      if (maxBytes === undefined) return await fs.readFile(this.full(p));
+      handle = await fs.open(this.full(p), 'r');
+      checkSize((await handle.stat()).size, maxBytes, `${this.name}: ${p}`, p);
+      return await handle.readFile();
     } catch (e) {
-      this.fail(e, 'read', p);
+      if (isSmartError(e)) throw e;
+      return this.fail(e, 'read', p);
+    } finally {
+      await handle?.close();
     }
   }
 

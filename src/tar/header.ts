@@ -28,7 +28,8 @@ function readNumber(buf: Buffer, offset: number, length: number): number {
     return value;
   }
   const text = readString(buf, offset, length).trim();
-  return text === '' ? 0 : parseInt(text, 8);
+  // Octal digits only: parseInt would read "-1" or "12zz" as numbers.
+  return text === '' ? 0 : /^[0-7]+$/.test(text) ? parseInt(text, 8) : NaN;
 }
 
 export function checksum(block: Buffer): number {
@@ -42,10 +43,12 @@ export function isZeroBlock(block: Buffer): boolean {
   return true;
 }
 
-/** Decodes a header block; undefined when its checksum is wrong (not a tar, or corrupt). */
+/** Decodes a header block; undefined when its checksum or its size is wrong (not a tar, or corrupt). */
 export function decodeHeader(block: Buffer): RawHeader | undefined {
   const stored = readNumber(block, 148, 8);
   if (Number.isNaN(stored) || stored !== checksum(block)) return undefined;
+  const size = readNumber(block, 124, 12);
+  if (!Number.isSafeInteger(size)) return undefined;
   let name = readString(block, 0, 100);
   const magic = block.subarray(257, 263).toString('latin1');
   if (magic.startsWith('ustar')) {
@@ -54,7 +57,7 @@ export function decodeHeader(block: Buffer): RawHeader | undefined {
   }
   return {
     name,
-    size: readNumber(block, 124, 12),
+    size,
     typeflag: String.fromCharCode(block[156] || 0x30),
     linkname: readString(block, 157, 100),
     mode: readNumber(block, 100, 8),

@@ -7,6 +7,7 @@ import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { SmartError, isErrno } from '../errors.js';
+import { MAX_ARCHIVE_MEMBERS, limitExceeded } from '../limits.js';
 import { BLOCK, decodeHeader, entryType, isZeroBlock, normalizeMemberName, parsePax, type TarEntryType } from './header.js';
 
 export interface TarMember {
@@ -24,8 +25,11 @@ export class TarIndex {
     readonly members: ReadonlyMap<string, TarMember>,
   ) {}
 
-  /** Indexes `file`. A file that is not a tar is NOT_AN_IMAGE; a truncated one CORRUPT_ARCHIVE. */
-  static async open(file: string, what = file): Promise<TarIndex> {
+  /**
+   * Indexes `file`. A file that is not a tar is NOT_AN_IMAGE; a truncated one CORRUPT_ARCHIVE; one
+   * of more than `maxMembers` members LIMIT_EXCEEDED (each is held in memory).
+   */
+  static async open(file: string, what = file, maxMembers = MAX_ARCHIVE_MEMBERS): Promise<TarIndex> {
     let handle: fs.FileHandle;
     try {
       handle = await fs.open(file, 'r');
@@ -63,27 +67,33 @@ export class TarIndex {
             input: file,
           });
         }
+        const extension = header.typeflag === 'x' || header.typeflag === 'g' || header.typeflag === 'L' || header.typeflag === 'K';
+        // A pax size overrides the header's (files past the octal field's 8 GiB): it places the next header too.
+        const paxSize = extension ? undefined : pax.size;
+        if (paxSize !== undefined && !/^\d{1,15}$/.test(paxSize)) {
+          throw new SmartError('CORRUPT_ARCHIVE', `${what}: corrupt tar header at byte ${pos} (pax size "${paxSize.slice(0, 20)}")`, { input: file });
+        }
+        const size = paxSize !== undefined ? Number(paxSize) : header.size;
         const dataOffset = pos + BLOCK;
-        const paddedSize = Math.ceil(header.size / BLOCK) * BLOCK;
-        if (dataOffset + header.size > fileSize) {
+        if (dataOffset + size > fileSize) {
           throw new SmartError('CORRUPT_ARCHIVE', `${what}: truncated tar archive (member "${header.name}" runs past the end)`, { input: file });
         }
-        pos = dataOffset + paddedSize;
+        pos = dataOffset + Math.ceil(size / BLOCK) * BLOCK;
         switch (header.typeflag) {
           case 'x':
-            pax = parsePax(await readData(dataOffset, header.size));
+            pax = parsePax(await readData(dataOffset, size));
             continue;
           case 'g':
             continue;
           case 'L':
-            longName = (await readData(dataOffset, header.size)).toString('utf8').replace(/\0+$/, '');
+            longName = (await readData(dataOffset, size)).toString('utf8').replace(/\0+$/, '');
             continue;
           case 'K':
-            longLink = (await readData(dataOffset, header.size)).toString('utf8').replace(/\0+$/, '');
+            longLink = (await readData(dataOffset, size)).toString('utf8').replace(/\0+$/, '');
             continue;
         }
+        if (members.size >= maxMembers) throw limitExceeded(`${what}: holds more than ${maxMembers} members`, file);
         const name = normalizeMemberName(pax.path ?? longName ?? header.name);
-        const size = pax.size !== undefined ? Number(pax.size) : header.size;
         members.set(name, {
           name,
           type: entryType(header.typeflag),

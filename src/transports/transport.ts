@@ -28,6 +28,8 @@ export interface TransportCapabilities {
   writesStdout?: boolean;
   /** A destination of `pull` only (a root filesystem, a bundle): `push` refuses it. */
   pullOnly?: boolean;
+  /** A destination that holds one image (a root filesystem, a bundle, a docker-archive): one platform of an index, never all. */
+  holdsOneImage?: boolean;
   /** A name without a repository names a whole store (`file:ROOT`), as the cache commands take it. */
   namesStore?: boolean;
   /**
@@ -48,6 +50,8 @@ export interface RemoteOptions {
   /** Registry credentials for the source and the destination (else the Docker config's). */
   sourceCredentials?: Credentials;
   destinationCredentials?: Credentials;
+  /** The containers auth.json to read instead of the default credential files (`--authfile`). */
+  authFile?: string;
   /** Hosts allowed plain HTTP and unverified TLS (`--insecure-registry`). */
   insecureRegistries?: string[];
   /** Extra CA directories (`--cert-dir`). */
@@ -73,6 +77,8 @@ export interface OpenContext {
   layerStore?: LayerStore;
   /** Hardlink from the layer store rather than clone or copy. */
   link?: boolean;
+  /** Keep fetched layers in the layer store (undefined: the writer's default). */
+  keepLayers?: boolean;
   /** Let a root filesystem or bundle replace a non-empty directory no pull made. */
   force?: boolean;
   /** The command's cancellation (Ctrl-C, --timeout): every connection honours it. */

@@ -133,7 +133,7 @@ export function createMatcher(patterns: readonly (string | DockerignoreLine)[], 
     }
     let matches: (s: string) => boolean;
     try {
-      goMatchSource(p, false); // syntax check, as filepath.Match(p, ".") in patternmatcher
+      goMatchTokens(p, false); // syntax check, as filepath.Match(p, ".") in patternmatcher
       matches = compileIgnorePattern(p);
     } catch {
       throw new SmartError('USAGE', `${where}: syntax error in pattern "${written}"`, { input: written });
@@ -187,21 +187,85 @@ function couldMatchBelow(patternSegs: readonly string[], segs: readonly string[]
     const ps = patternSegs[i]!;
     if (ps.includes('**')) return true;
     if (i === segs.length) return true;
-    let re: RegExp;
+    let tokens: Glob[];
     try {
-      re = new RegExp(`^${goMatchSource(ps, true)}$`);
+      tokens = goMatchTokens(ps, true);
     } catch {
       return true;
     }
-    if (!re.test(segs[i]!)) return false;
+    if (!globMatch(tokens, segs[i]!)) return false;
   }
 }
 
-const ESCAPED_IN_IGNORE = new Set(['.', '+', '(', ')', '|', '{', '}', '$']);
+/**
+ * A compiled pattern: what Docker compiles to a Go regexp (RE2, linear time) is matched here by an
+ * automaton in time linear in path × pattern, never by a backtracking RegExp (where `a*a*a*...c`
+ * against a long name takes exponential time).
+ */
+type Glob =
+  | { k: 'lit'; c: string }
+  /** One character but `/` (`?`). */
+  | { k: 'one' }
+  | { k: 'class'; negated: boolean; ranges: [string, string][] }
+  /** Any run of characters but `/` (`*`). */
+  | { k: 'star' }
+  /** Any run of characters (a trailing `**`). */
+  | { k: 'all' }
+  /** Nothing, or any run ending in `/` (`**` followed by more). */
+  | { k: 'dirs' }
+  /** Matches nothing, only at the start: a `^` in the middle of a pattern is an anchor in Docker's regexp. */
+  | { k: 'start' };
 
-/** patternmatcher's compile: exact, prefix (`dir/**`), suffix (`**\/name`) or regexp match. */
+function inClass(t: Extract<Glob, { k: 'class' }>, ch: string): boolean {
+  return t.ranges.some(([lo, hi]) => ch >= lo && ch <= hi) !== t.negated;
+}
+
+/** Whether `s` matches the tokens whole. States: i = before token i (n: done), n+1+i = inside the run of `dirs` token i. */
+function globMatch(tokens: readonly Glob[], s: string): boolean {
+  const n = tokens.length;
+  const closure = (set: Set<number>, first: number, pos: number) => {
+    const stack = [first];
+    while (stack.length > 0) {
+      const st = stack.pop()!;
+      if (set.has(st)) continue;
+      set.add(st);
+      const t = st < n ? tokens[st]! : undefined;
+      if (t && (t.k === 'star' || t.k === 'all' || t.k === 'dirs' || (t.k === 'start' && pos === 0))) stack.push(st + 1);
+    }
+  };
+  let current = new Set<number>();
+  closure(current, 0, 0);
+  for (let pos = 0; pos < s.length; pos++) {
+    const ch = s[pos]!;
+    const next = new Set<number>();
+    for (const st of current) {
+      if (st > n) {
+        closure(next, st, pos + 1);
+        if (ch === '/') closure(next, st - n, pos + 1);
+        continue;
+      }
+      const t = tokens[st];
+      if (!t) continue;
+      if (t.k === 'lit' ? ch === t.c : t.k === 'one' ? ch !== '/' : t.k === 'class' ? inClass(t, ch) : false) closure(next, st + 1, pos + 1);
+      else if ((t.k === 'star' && ch !== '/') || t.k === 'all') closure(next, st, pos + 1);
+      else if (t.k === 'dirs') {
+        closure(next, n + 1 + st, pos + 1);
+        if (ch === '/') closure(next, st + 1, pos + 1);
+      }
+    }
+    if (next.size === 0) return false;
+    current = next;
+  }
+  return current.has(n);
+}
+
+/**
+ * patternmatcher's compile: exact, prefix (`dir/**`), suffix (`**\/name`) or a match of the whole
+ * path. A class is read as filepath.Match reads it (Docker's regexp differs only for a `*` or
+ * `?` inside brackets, which it turns into regexp syntax there).
+ */
 function compileIgnorePattern(pattern: string): (path: string) => boolean {
-  let re = '^';
+  const tokens: Glob[] = [];
   let type: 'exact' | 'prefix' | 'suffix' | 'regexp' = 'exact';
   let pos = 0;
   for (let i = 0; pos < pattern.length; i++) {
@@ -213,32 +277,35 @@ function compileIgnorePattern(pattern: string): (path: string) => boolean {
         if (pos >= pattern.length) {
           if (type === 'exact') type = 'prefix';
           else {
-            re += '[\\s\\S]*';
+            tokens.push({ k: 'all' });
             type = 'regexp';
           }
         } else {
-          re += '([\\s\\S]*/)?';
+          tokens.push({ k: 'dirs' });
           type = 'regexp';
         }
         if (i === 0) type = 'suffix';
       } else {
-        re += '[^/]*';
+        tokens.push({ k: 'star' });
         type = 'regexp';
       }
     } else if (ch === '?') {
-      re += '[^/]';
+      tokens.push({ k: 'one' });
       type = 'regexp';
-    } else if (ESCAPED_IN_IGNORE.has(ch)) {
-      re += `\\${ch}`;
     } else if (ch === '\\') {
       if (pos < pattern.length) {
-        re += escapeRegExpChar(pattern[pos++]!);
+        tokens.push({ k: 'lit', c: pattern[pos++]! });
         type = 'regexp';
-      } else re += '\\\\';
-    } else if (ch === '[' || ch === ']') {
-      re += ch;
+      } else tokens.push({ k: 'lit', c: '\\' });
+    } else if (ch === '[') {
+      const cls = parseClass(pattern, pos);
+      tokens.push(cls.token);
+      pos = cls.next;
       type = 'regexp';
-    } else re += ch === '/' ? '/' : escapeLiteralForIgnore(ch);
+    } else if (ch === ']') {
+      tokens.push({ k: 'lit', c: ']' });
+      type = 'regexp';
+    } else tokens.push(ch === '^' ? { k: 'start' } : { k: 'lit', c: ch });
   }
   switch (type) {
     case 'exact':
@@ -251,63 +318,55 @@ function compileIgnorePattern(pattern: string): (path: string) => boolean {
       const suffix = pattern.slice(2);
       return (p) => p.endsWith(suffix) || (suffix.startsWith('/') && p === suffix.slice(1));
     }
-    default: {
-      const regexp = new RegExp(`${re}$`);
-      return (p) => regexp.test(p);
-    }
+    default:
+      return (p) => globMatch(tokens, p);
   }
 }
 
-/** Characters Go's regexp would take literally but JS would not (`^` stays an anchor in both). */
-function escapeLiteralForIgnore(ch: string): string {
-  return ch === '^' ? ch : /[*?[\]\\]/.test(ch) ? `\\${ch}` : ch;
-}
-
-function escapeRegExpChar(ch: string): string {
-  return /[.*+?^${}()|[\]\\/-]/.test(ch) ? `\\${ch}` : ch;
+/** A filepath.Match class whose `[` is just before `j`: `[^a-z\]]`. Throws on a malformed one. */
+function parseClass(pattern: string, j: number): { token: Glob; next: number } {
+  const ranges: [string, string][] = [];
+  let negated = false;
+  if (pattern[j] === '^') {
+    negated = true;
+    j++;
+  }
+  for (;;) {
+    if (j >= pattern.length) throw new Error('bad pattern');
+    if (pattern[j] === ']' && ranges.length > 0) break;
+    const lo = classChar(pattern, j);
+    j = lo.next;
+    if (pattern[j] === '-') {
+      const hi = classChar(pattern, j + 1);
+      if (hi.ch < lo.ch) throw new Error('bad pattern');
+      ranges.push([lo.ch, hi.ch]);
+      j = hi.next;
+    } else ranges.push([lo.ch, lo.ch]);
+  }
+  return { token: { k: 'class', negated, ranges }, next: j + 1 };
 }
 
 /**
- * Go's filepath.Match pattern as regex source: `*` and `?` stop at `/`, `[^a-z]` classes,
- * `\` escapes. Throws on a malformed pattern (ErrBadPattern). `segment`: `/` may not appear.
+ * Go's filepath.Match pattern as tokens: `*` and `?` stop at `/`, `[^a-z]` classes, `\` escapes.
+ * Throws on a malformed pattern (ErrBadPattern). `segment`: `/` may not appear.
  */
-function goMatchSource(pattern: string, segment: boolean): string {
-  const notSep = '[^/]';
-  let re = '';
+function goMatchTokens(pattern: string, segment: boolean): Glob[] {
+  const tokens: Glob[] = [];
   for (let i = 0; i < pattern.length; i++) {
     const ch = pattern[i]!;
-    if (ch === '*') re += `${notSep}*`;
-    else if (ch === '?') re += notSep;
+    if (ch === '*') tokens.push({ k: 'star' });
+    else if (ch === '?') tokens.push({ k: 'one' });
     else if (ch === '\\') {
       if (i + 1 >= pattern.length) throw new Error('bad pattern');
-      re += escapeRegExpChar(pattern[++i]!);
+      tokens.push({ k: 'lit', c: pattern[++i]! });
     } else if (ch === '[') {
-      let j = i + 1;
-      let cls = '';
-      if (pattern[j] === '^') {
-        cls += '^';
-        j++;
-      }
-      let n = 0;
-      for (;;) {
-        if (j >= pattern.length) throw new Error('bad pattern');
-        if (pattern[j] === ']' && n > 0) break;
-        const lo = classChar(pattern, j);
-        j = lo.next;
-        if (pattern[j] === '-') {
-          const hi = classChar(pattern, j + 1);
-          if (hi.ch < lo.ch) throw new Error('bad pattern');
-          cls += `${escapeClassChar(lo.ch)}-${escapeClassChar(hi.ch)}`;
-          j = hi.next;
-        } else cls += escapeClassChar(lo.ch);
-        n++;
-      }
-      re += `[${cls}]`;
-      i = j;
+      const cls = parseClass(pattern, i + 1);
+      tokens.push(cls.token);
+      i = cls.next - 1;
     } else if (segment && ch === '/') throw new Error('bad pattern');
-    else re += escapeRegExpChar(ch);
+    else tokens.push({ k: 'lit', c: ch });
   }
-  return re;
+  return tokens;
 }
 
 function classChar(pattern: string, j: number): { ch: string; next: number } {
@@ -319,10 +378,6 @@ function classChar(pattern: string, j: number): { ch: string; next: number } {
     return { ch: e, next: j + 2 };
   }
   return { ch: c, next: j + 1 };
-}
-
-function escapeClassChar(ch: string): string {
-  return /[\]\\^-]/.test(ch) ? `\\${ch}` : ch;
 }
 
 /** Whether a source path holds `*`, `?` or `[` not escaped by a backslash: Docker expands it as a wildcard. */
@@ -566,11 +621,16 @@ export function expandWildcard(index: ContextIndex, rel: string): string[] {
   let current = [''];
   for (const seg of rel.split('/')) {
     const next: string[] = [];
-    const re = hasWildcards(seg) ? new RegExp(`^${goMatchSource(seg, true)}$`) : undefined;
+    let tokens: Glob[] | undefined;
+    try {
+      tokens = hasWildcards(seg) ? goMatchTokens(seg, true) : undefined;
+    } catch {
+      throw new SmartError('USAGE', `COPY source "${rel}": syntax error in pattern "${seg}"`, { input: rel });
+    }
     for (const dir of current) {
       const kids = index.children.get(dir) ?? [];
       for (const name of kids) {
-        if (re ? re.test(name) : name === seg.replace(/\\(.)/g, '$1')) next.push(dir ? `${dir}/${name}` : name);
+        if (tokens ? globMatch(tokens, name) : name === seg.replace(/\\(.)/g, '$1')) next.push(dir ? `${dir}/${name}` : name);
       }
     }
     current = next;

@@ -10,6 +10,7 @@
  * Malformed input throws `SmartError('USAGE', '<file>:<line>: ...')`.
  */
 import { SmartError } from '../errors.js';
+import { MAX_JSON_DEPTH } from '../limits.js';
 
 export type EscapeChar = '\\' | '`';
 
@@ -494,11 +495,11 @@ function parseNameVal(rest: string, keyword: string, escape: EscapeChar): KeyVal
   const words = parseWords(rest, escape);
   if (words.length === 0) return [];
   if (!words[0]!.includes('=')) {
-    // Legacy `ENV name value with spaces`.
-    const parts = rest.split(WS);
-    if (parts.length < 2) throw new ParseError(`${keyword} must have two arguments`);
-    const m = /^(\S+)[\t\v\f\r ]+([\s\S]*)$/.exec(rest)!;
-    return [{ key: m[1]!, value: m[2]! }];
+    // Legacy `ENV name value with spaces`: split at the first run of whitespace (BuildKit's
+    // reWhitespace, ASCII only: a no-break space belongs to the name, as there).
+    const sp = WS.exec(rest);
+    if (!sp) throw new ParseError(`${keyword} must have two arguments`);
+    return [{ key: rest.slice(0, sp.index), value: rest.slice(sp.index + sp[0].length) }];
   }
   return words.map((w) => {
     const eq = w.indexOf('=');
@@ -764,6 +765,8 @@ export function expandInstructionWord(df: Pick<Dockerfile, 'file' | 'escape'>, i
 class Lexer {
   private pos = 0;
   private readonly esc: string;
+  /** `${...}` open at `pos`: bounded, as the lexer recurses into them. */
+  private nesting = 0;
 
   constructor(
     private readonly src: string,
@@ -785,11 +788,13 @@ class Lexer {
   }
 
   private until(stop: string | undefined): string {
+    if (stop !== undefined && ++this.nesting > MAX_JSON_DEPTH) throw new ParseError(`variable substitutions nested deeper than ${MAX_JSON_DEPTH} levels`);
     let out = '';
     while (this.pos < this.src.length) {
       const ch = this.peek()!;
       if (stop !== undefined && ch === stop) {
         this.pos++;
+        this.nesting--;
         return out;
       }
       if (ch === '$') out += this.dollar();

@@ -81,9 +81,11 @@ export function normalizeCreatedBy(createdBy: string): HistoryStep | undefined {
   if (buildkit) return fromInstructionText(s);
 
   const { args, rest } = splitBuildArgs(s);
-  const nop = /^([^#]*?)\s*#\(nop\)\s*([\s\S]*)$/.exec(rest);
-  if (nop) {
-    const inner = nop[2]!.trim();
+  // `... #(nop) X`: the first `#` of the text opens `#(nop)` (found without a regexp, which
+  // took time quadratic in the length of a long line with no `#(nop)` in it).
+  const hash = rest.indexOf('#');
+  if (hash >= 0 && rest.startsWith('#(nop)', hash)) {
+    const inner = rest.slice(hash + '#(nop)'.length).trim();
     // The classic builder writes `COPY --chown=1000:1000file:<hex> in /app ` (no space after the owner).
     const elided = /^(COPY|ADD)\s+(?:--chown=(\S*?)\s*)?((?:file|dir|multi):[0-9a-fA-F]+)\s+in\s+([\s\S]+)$/.exec(inner);
     if (elided) {

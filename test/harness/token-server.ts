@@ -3,7 +3,8 @@
  * started with `auth.token` (test/harness/registry.ts).
  *
  *   GET /token?service=S&scope=repository:NAME:pull,push&scope=...&account=U   (HTTP Basic optional)
- *   POST /token   (OAuth2 form: grant_type=password, username, password, service, scope)
+ *   POST /token   (OAuth2 form: grant_type=password, username, password, service, scope;
+ *                  or grant_type=refresh_token, refresh_token: an identity token of `refreshTokens`)
  *
  * Answers `{token, access_token, expires_in, issued_at}`: a JWT signed ES256 (default) or RS256
  * with node:crypto, whose header carries `x5c: [the signing certificate]`. The signing certificate
@@ -32,6 +33,8 @@ export interface TokenRequestLog {
   service?: string;
   account?: string;
   method: string;
+  /** The OAuth2 grant of a POST (`password`, `refresh_token`). */
+  grant?: string;
   /** 200 issued, 401 bad credentials, 400 bad request. */
   status: number;
   /** What the token granted (after `grants`), when one was issued. */
@@ -43,6 +46,8 @@ export interface TokenServerOptions {
   dir: string;
   /** HTTP Basic users: name → password. A request without credentials is anonymous. */
   users: Record<string, string>;
+  /** Identity tokens (OAuth2 refresh tokens) the POST flow takes: token → the user it stands for. */
+  refreshTokens?: Record<string, string>;
   /** The actions granted to `user` (undefined: anonymous) for one requested scope; `'*'` grants all asked. */
   grants: (user: string | undefined, scope: TokenScope) => string[];
   /** `aud` and the expected `service` parameter. Default `smartlayer-test-registry`. */
@@ -160,19 +165,28 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Run
       }
       let params = u.searchParams;
       let creds = basicUser(req.headers.authorization);
+      // A refresh token stands for its user without a password (null: one the server never issued).
+      let refreshed: string | null | undefined;
       if (req.method === 'POST') {
         params = new URLSearchParams(Buffer.concat(chunks).toString('utf8'));
         if (params.get('grant_type') === 'password') creds = { user: params.get('username') ?? '', password: params.get('password') ?? '' };
+        if (params.get('grant_type') === 'refresh_token') {
+          const token = params.get('refresh_token') ?? '';
+          refreshed = Object.hasOwn(options.refreshTokens ?? {}, token) ? options.refreshTokens![token]! : null;
+          creds = undefined;
+        }
       }
       const scopeStrings = params.getAll('scope').flatMap((s) => s.split(' ')).filter(Boolean);
       const entry: TokenRequestLog = { scopes: scopeStrings, method: req.method, status: 0 };
+      const grant = params.get('grant_type');
+      if (req.method === 'POST' && grant !== null) entry.grant = grant;
       const svc = params.get('service');
       if (svc !== null) entry.service = svc;
       const account = params.get('account') ?? params.get('username');
       if (account !== null) entry.account = account;
       requests.push(entry);
 
-      if (creds === null || (creds && !(Object.hasOwn(options.users, creds.user) && safeEqual(options.users[creds.user]!, creds.password)))) {
+      if (refreshed === null || creds === null || (creds && !(Object.hasOwn(options.users, creds.user) && safeEqual(options.users[creds.user]!, creds.password)))) {
         entry.status = 401;
         json(401, { errors: [{ code: 'UNAUTHORIZED', message: 'invalid username or password' }] }, { 'www-authenticate': 'Basic realm="smartlayer test token server"' });
         return;
@@ -182,7 +196,7 @@ export async function startTokenServer(options: TokenServerOptions): Promise<Run
         json(400, { errors: [{ code: 'INVALID_REQUEST', message: `unknown service ${svc}` }] });
         return;
       }
-      const user = creds?.user;
+      const user = refreshed ?? creds?.user;
       if (user !== undefined) entry.user = user;
       if (account !== null && user !== undefined && account !== user) {
         entry.status = 400;

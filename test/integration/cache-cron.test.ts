@@ -88,7 +88,8 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
     const r = await smart(['cache', 'index', `file:${missing}`, '--json'], { cacheHome: await cacheHome() });
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringContaining(missing)]);
-    expect(r.stdout.toString()).toBe('');
+    // With --json the error is the one document on stdout.
+    expect(JSON.parse(r.stdout.toString())).toMatchObject({ schemaVersion: 1, error: { code: 'NOT_FOUND', input: `file:${missing}` } });
   });
 
   it('a killed run (kill -9) holds the lock one lease at most: a run meanwhile is skipped (exit 1 with --fail-if-locked), the next proceeds', async () => {
@@ -111,7 +112,7 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
 
     const failing = await smart(['cache', 'index', `docker://${proxy.host}`, '--redis', redis.url, '--fail-if-locked'], { cacheHome: await cacheHome() });
     expect(failing.code).toBe(1);
-    expect(failing.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error: .*another index run holds the lock/)]);
+    expect(failing.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error \[LOCKED\]: .*another index run holds the lock/)]);
 
     await until('the lease runs out', 10_000, async () => (await redis.cli('EXISTS', lockKey)) === '0');
     const next = await smart(['cache', 'index', `docker://${proxy.host}`, '--redis', redis.url, '--json', '--fail-if-locked'], { cacheHome: await cacheHome() });
@@ -142,7 +143,7 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
       const timed = smartChild(['cache', 'index', `docker://${proxy.host}`, '--redis', redis.url, '--timeout', '2'], await cacheHome());
       const r = await timed.done;
       expect(r.code).toBe(1);
-      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error: timed out after 2 s \(--timeout\)/)]);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error \[CANCELLED\]: timed out after 2 s \(--timeout\)/)]);
       expect(r.ms).toBeLessThan(6000);
       expect(await redis.cli('EXISTS', lockKey)).toBe('0');
 
@@ -202,7 +203,7 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
     ]) {
       const r = await smart([...args, '--redis', down.url], { cacheHome: home });
       expect(r.code, `${args[1]}: ${r.stderr}`).toBe(1);
-      expect(r.stderr.trim().split('\n'), args[1]).toEqual([expect.stringMatching(new RegExp(`error: redis 127\\.0\\.0\\.1:${down.port}: .*ECONNREFUSED`))]);
+      expect(r.stderr.trim().split('\n'), args[1]).toEqual([expect.stringMatching(new RegExp(`error \\[STORAGE\\]: redis 127\\.0\\.0\\.1:${down.port}: .*ECONNREFUSED`))]);
     }
   });
 
@@ -213,7 +214,7 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
       await full.cli('CONFIG', 'SET', 'maxmemory', '1');
       const r = await smart(['cache', 'index', `file:${store}`, '--redis', full.url], { cacheHome: await cacheHome() });
       expect(r.code).toBe(1);
-      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error: redis .*OOM/)]);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error \[STORAGE\]: redis .*OOM/)]);
     } finally {
       await full.stop();
     }
@@ -225,7 +226,7 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
       process.kill(frozen.pid, 'SIGSTOP');
       const r = await smartChild(['cache', 'index', `file:${store}`, '--redis', frozen.url, '--lease', '2'], await cacheHome()).done;
       expect(r.code).toBe(1);
-      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error: redis .*no answer|error: redis .*timed? ?out/i)]);
+      expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/error \[STORAGE\]: redis .*no answer|error \[STORAGE\]: redis .*timed? ?out/i)]);
       expect(r.ms).toBeLessThan(8000);
       process.kill(frozen.pid, 'SIGCONT');
       // Whatever the frozen server did with the SET NX it got, the store can be indexed one lease later.

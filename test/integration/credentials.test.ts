@@ -36,9 +36,9 @@ function expectNoSecret(r: RunResult): void {
 /** The error line of a failed run: exactly one line on stderr, no stack trace. */
 function errorLine(r: RunResult): string {
   const lines = r.stderr.split('\n').filter((l) => l.trim());
-  expect(lines.filter((l) => /^smart: error: /.test(l)), r.stderr).toHaveLength(1);
+  expect(lines.filter((l) => /^smart: error \[[A-Z_]+\]: /.test(l)), r.stderr).toHaveLength(1);
   expect(r.stderr).not.toMatch(/^\s+at /m);
-  return lines.find((l) => /^smart: error: /.test(l))!;
+  return lines.find((l) => /^smart: error \[[A-Z_]+\]: /.test(l))!;
 }
 
 describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd'))('credentials', () => {

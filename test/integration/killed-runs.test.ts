@@ -68,7 +68,8 @@ describe.skipIf(!haveTools('docker-registry'))('runs killed mid-way, from a regi
     const victim = fixtures().basic.layers[2]!.digest;
     proxy.stats.clear();
     proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(victim) ? { kind: 'stall-mid-body', afterBytes: 50, times: 1 } : undefined));
-    const run = background(['pull', '-q', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, ...extra], { XDG_CACHE_HOME: cacheHome });
+    // Kept in the layer store: the stalled layer is being written there (under tmp/) as well.
+    const run = background(['pull', '-q', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--keep-layers', ...extra], { XDG_CACHE_HOME: cacheHome });
     running.push(run.child);
     const parent = path.dirname(dest);
     const tmp = path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp');

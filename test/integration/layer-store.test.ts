@@ -1,7 +1,8 @@
 /**
  * Pulls into root filesystems through the local layer store, against the stock registry behind a
- * counting proxy: shared layers are fetched once per machine, concurrent pulls do not fetch twice
- * or corrupt the store, and a pull killed mid-way leaves a store the next pull completes.
+ * counting proxy: layers kept (`--keep-layers`) are fetched once per machine, concurrent pulls do
+ * not fetch twice or corrupt the store, and a pull killed mid-way leaves a store the next pull
+ * completes; without `--keep-layers` a root filesystem pull keeps nothing (where files copy).
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -51,12 +52,12 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     const arm = fx.multi.platforms['linux/arm64/v8']!;
     expect(amd.layers[0]!.digest).toBe(arm.layers[0]!.digest); // the shared base layer
 
-    const first = await smart(['pull', `docker://${proxy.host}/multi/app:amd64`, `rootfs:${path.join(work, 'amd')}`], { cacheHome });
+    const first = await smart(['pull', `docker://${proxy.host}/multi/app:amd64`, `rootfs:${path.join(work, 'amd')}`, '--keep-layers'], { cacheHome });
     expect(first.code, first.stderr).toBe(0);
     expect(proxy.stats.bytesDown()).toBe(amd.config.size + amd.layers.reduce((n, l) => n + l.size, 0));
 
     proxy.stats.clear();
-    const second = await smart(['pull', `docker://${proxy.host}/multi/app:arm64`, `rootfs:${path.join(work, 'arm')}`], { cacheHome });
+    const second = await smart(['pull', `docker://${proxy.host}/multi/app:arm64`, `rootfs:${path.join(work, 'arm')}`, '--keep-layers'], { cacheHome });
     expect(second.code, second.stderr).toBe(0);
     // The config and the arm64 layer; the base layer comes from the store.
     expect(proxy.stats.bytesDown()).toBe(arm.config.size + arm.layers[1]!.size);
@@ -72,8 +73,20 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(proxy.stats.requests.filter((r) => r.path.includes('/manifests/') || r.path.includes('/blobs/')).map((r) => `${r.method} ${r.path}`)).toEqual([
       'HEAD /v2/multi/app/manifests/arm64',
     ]);
-    expect(JSON.parse(warm.stdout.toString())).toMatchObject({ layers: { skipped: 2, pushed: 0 }, details: { materialize: expect.stringMatching(/^(copy|reflink)$/) } });
+    expect(JSON.parse(warm.stdout.toString())).toMatchObject({ layers: { skipped: 2, written: 0 }, details: { materialize: expect.stringMatching(/^(copy|reflink)$/) } });
     expect(await describeTree(path.join(work, 'arm2'))).toEqual(await describeTree(path.join(work, 'arm')));
+
+    // Without --keep-layers, a cold pull writes its files once, into the tree; the store gains
+    // nothing where files would have to be copied into it (a clone is free, and then kept).
+    const other = await tempDir();
+    const cold = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'cold')}`, '--json'], { cacheHome: other });
+    expect(cold.code, cold.stderr).toBe(0);
+    const details = (JSON.parse(cold.stdout.toString()) as { details: { materialize: string; kept?: { how: string } } }).details;
+    expect(details.materialize).toBe('stream');
+    const kept = await fs.readdir(path.join(other, 'smartlayer', 'layer-store', 'layers')).catch(() => []);
+    expect(kept).toHaveLength(details.kept ? fx.basic.layers.length : 0);
+    if (details.kept) expect(details.kept.how).toBe('reflink');
+    expect(await fs.readFile(path.join(work, 'cold/etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
   });
 
   it('two pulls at once into one store both succeed, fetch each layer once, and leave a store that verifies', async () => {
@@ -82,8 +95,8 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     // Slow every blob download down so that the two pulls overlap for real.
     proxy.setFaults((req) => (req.method === 'GET' && req.path.includes('/blobs/') ? { kind: 'delay', ms: 300 } : undefined));
     const [a, b] = await Promise.all([
-      smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'c1')}`], { cacheHome }),
-      smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'c2')}`], { cacheHome }),
+      smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'c1')}`, '--keep-layers'], { cacheHome }),
+      smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'c2')}`, '--keep-layers'], { cacheHome }),
     ]);
     expect(a.code, a.stderr).toBe(0);
     expect(b.code, b.stderr).toBe(0);
@@ -100,7 +113,7 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     // One layer stalls half-way: the pull is stuck there, with the other layers already stored.
     proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(victim) ? { kind: 'stall-mid-body', afterBytes: 50 } : undefined));
     const dest = path.join(work, 'killed');
-    const child = spawn(process.execPath, [smartBin, 'pull', '-q', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`], {
+    const child = spawn(process.execPath, [smartBin, 'pull', '-q', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--keep-layers'], {
       stdio: 'ignore',
       env: { ...process.env, XDG_CACHE_HOME: cacheHome },
     });
@@ -115,10 +128,11 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     await exited;
     await expect(fs.stat(dest)).rejects.toThrow(); // no partial destination
     proxy.setFaults(undefined);
-    const again = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`], { cacheHome });
+    const again = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--keep-layers'], { cacheHome });
     expect(again.code, again.stderr).toBe(0);
     expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
     const store = new LayerStore(storeDir);
+    expect((await fs.readdir(path.join(storeDir, 'layers'))).length).toBe(fx.basic.layers.length);
     expect(await store.verify()).toEqual([]);
     // What the killed run left (its temporary unpacking) goes with the next gc.
     await store.gc({ maxAgeMs: 86_400_000 });

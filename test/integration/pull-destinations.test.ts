@@ -17,7 +17,7 @@ function expectRefused(r: RunResult, pattern: RegExp): void {
   expect(r.code, r.stderr).toBe(2);
   const lines = r.stderr.trim().split('\n');
   expect(lines, r.stderr).toHaveLength(1);
-  expect(lines[0]).toMatch(/^smart: error: /);
+  expect(lines[0]).toMatch(/^smart: error \[[A-Z_]+\]: /);
   expect(lines[0]).toMatch(pattern);
 }
 

@@ -82,7 +82,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl', 'htpasswd'))(
     const dest = `rootfs:${path.join(work, 'never')}`;
     const wrong = await smart(['pull', name, dest, '--creds', 'alice:wrong-password', '--cert-dir', certDir, '--debug'], await fresh());
     expect(wrong.code).toBe(1);
-    expect(wrong.stderr).toMatch(/smart: error: registry 127\.0\.0\.1:\d+ answered 401 UNAUTHORIZED.*\(check the credentials/);
+    expect(wrong.stderr).toMatch(/smart: error \[[A-Z_]+\]: registry 127\.0\.0\.1:\d+ answered 401 UNAUTHORIZED.*\(check the credentials/);
     expect(wrong.stderr).not.toContain('wrong-password');
     const anonymous = await smart(['pull', name, dest, '--cert-dir', certDir], await fresh());
     expect(anonymous.code).toBe(1);
@@ -167,7 +167,7 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
     const fx = fixtures();
     const bobPush = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/team/app:bob`, '--creds', 'bob:bob-pass'], await fresh());
     expect(bobPush.code).toBe(1);
-    expect(bobPush.stderr).toMatch(/smart: error: registry 127\.0\.0\.1:\d+ answered 401/);
+    expect(bobPush.stderr).toMatch(/smart: error \[[A-Z_]+\]: registry 127\.0\.0\.1:\d+ answered 401/);
     const outside = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/other/app:v1`, '--creds', `alice:${PASSWORD}`], await fresh());
     expect(outside.code).toBe(1);
     expect(outside.stderr).toMatch(/answered 401/);

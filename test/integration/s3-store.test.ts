@@ -159,7 +159,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
       proxy.setFaults((q) => (q.method === 'PUT' ? { kind: 'status', status: 400 } : undefined));
       const refused = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `s3://${s3.bucket}/refused#r/basic:v1`], { env });
       expect(refused.code).toBe(1);
-      expect(refused.stderr).toMatch(/^smart: error: cannot upload s3:\/\/smart-test\/refused\/docker\/registry\/v2\/blobs\/sha256\/[0-9a-f]{2}\/[0-9a-f]{64}\/data: HTTP 400\n$/);
+      expect(refused.stderr).toMatch(/^smart: error \[[A-Z_]+\]: cannot upload s3:\/\/smart-test\/refused\/docker\/registry\/v2\/blobs\/sha256\/[0-9a-f]{2}\/[0-9a-f]{64}\/data: HTTP 400\n$/);
     } finally {
       await proxy.stop();
     }
@@ -169,6 +169,6 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
     const fx = fixtures();
     const r = await run(['push', `oci:${fx.paths.ociBasic}:latest`, 's3://no-such-bucket#x/y:z']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/smart: error: .*no-such-bucket/);
+    expect(r.stderr).toMatch(/smart: error \[[A-Z_]+\]: .*no-such-bucket/);
   });
 });

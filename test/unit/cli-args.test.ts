@@ -16,7 +16,7 @@ async function viaCommander(args: string[]): Promise<{ mode: string; source: str
     c.commands.forEach(quiet);
   };
   quiet(program);
-  for (const mode of ['push', 'pull']) {
+  for (const mode of ['push', 'pull', 'copy']) {
     program.commands
       .find((c) => c.name() === mode)!
       .action(function (this: Command, source: string, destination: string) {
@@ -51,7 +51,14 @@ const taken: string[][] = [
   ['push', SRC, DST, '--jobs', '2', '--jobs', '3'],
   ['pull', DST, 'rootfs:/tmp/r', '--layer-store', '/tmp/ls', '--link'],
   ['pull', DST, 'bundle:/b', '--force'],
+  ['pull', DST, 'rootfs:/r', '--keep-layers'],
+  ['pull', DST, 'bundle:/b', '--no-keep-layers'],
+  ['pull', DST, 'bundle:/b', '--keep-layers', '--no-keep-layers'],
   ['push', '', DST],
+  ['push', SRC, DST, '--platform-mismatch', 'warn', '--digestfile', '/tmp/d', '--authfile', '/tmp/auth.json'],
+  ['push', SRC, DST, '--creds-file', '/tmp/c', '--username', 'u', '--password-stdin'],
+  ['copy', SRC, DST],
+  ['copy', DST, 'rootfs:/tmp/r', '--link', '--compression-level', '3', '--tag-cache-ttl', '5', '-q'],
 ];
 
 // Command lines it must leave to commander (which then accepts or rejects them).
@@ -71,6 +78,7 @@ const declined: string[][] = [
   ['push', SRC, DST, '-qV'],
   ['push', SRC, DST, '--layer-store', '/x'],
   ['push', SRC, DST, '--force'],
+  ['push', SRC, DST, '--keep-layers'],
   ['pull', SRC, DST, '--compression', 'gzip'],
   ['pull', DST, 'bundle:/b', '--prune'],
   ['pull', DST, 'bundle:/b', '--prune', '3'],
@@ -79,6 +87,9 @@ const declined: string[][] = [
   ['push', SRC, DST, '--platform', '--json'],
   ['--json', 'push', SRC, DST],
   ['cache', 'index', DST],
+  ['push', SRC, DST, '--platform-mismatch', 'ignore'],
+  ['copy', SRC, DST, '--prune'],
+  ['completion', 'bash'],
 ];
 
 describe('parseTransferArgs', () => {

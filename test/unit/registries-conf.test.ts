@@ -13,6 +13,7 @@ import {
   pushDestination,
   type PullSource,
   type RegistriesConf,
+  type TomlTable,
 } from '../../src/transports/registry/registries-conf.js';
 import { tempDir } from '../harness/tmp.js';
 
@@ -115,22 +116,59 @@ describe('the TOML subset', () => {
     expect(doc.lineOf(r, 'y')).toBe(7);
   });
 
+  it('finds the lines past multi-line strings, in inline tables, and of quoted and dotted keys', () => {
+    const doc = parseToml(
+      [
+        'text = """',
+        '[not.a.table]',
+        'b = \\"""',
+        '""""',
+        "raw = '''x = 1",
+        "''''",
+        '"k\\u00e9y" = 1',
+        "'dotted.key' = 2",
+        'site.name = "x"',
+        '[ "t.1" . sub ]',
+        'inline = [',
+        '  { a = 1 },',
+        '  # a comment',
+        '  { b = { c = [1, 2] } },',
+        ']',
+      ].join('\n'),
+      'f.toml',
+    );
+    const t = (v: unknown) => v as TomlTable;
+    expect(doc.lineOf(doc.root, 'raw')).toBe(5);
+    expect(doc.lineOf(doc.root, 'kéy')).toBe(7);
+    expect(doc.lineOf(doc.root, 'dotted.key')).toBe(8);
+    expect(doc.lineOf(t(doc.root['site']), 'name')).toBe(9);
+    const sub = t(t(doc.root['t.1'])['sub']);
+    expect(doc.lineOf(sub)).toBe(10);
+    const inline = sub['inline'] as TomlTable[];
+    expect(doc.lineOf(inline[0]!, 'a')).toBe(12);
+    expect(doc.lineOf(inline[1]!)).toBe(14);
+    expect(doc.lineOf(t(inline[1]!['b']), 'c')).toBe(14);
+    expect(JSON.parse(JSON.stringify(doc.root))).toMatchObject({ text: '[not.a.table]\nb = """\n"', raw: "x = 1\n'" });
+  });
+
   it.each([
-    ['a = 1\nb = \n', 2, 'expected a value'],
-    ['a = 1\n\nb = "unterminated\n', 3, 'unterminated string'],
-    ['a = 1\na = 2\n', 2, 'duplicate key "a"'],
-    ['[t]\nx = 1\n[t]\n', 3, 'table [t] is defined twice'],
-    ['x = yes\n', 1, 'invalid value "yes" (strings need quotes)'],
-    ['x = [\n "a"\n "b"\n]\n', 3, 'expected "," or "]"'],
-    ['x = [\n "a",\n', 1, 'unterminated array'],
-    ['x = "a" "b"\n', 1, 'expected the end of the line'],
-    ['\n\n[t\n', 3, 'to close the table header'],
-    ['x = "bad \\q escape"\n', 1, 'invalid escape "\\q"'],
-    ['d = 1979-05-27\n', 1, 'dates and times are not supported'],
-    ['= 1\n', 1, 'expected a key'],
-    ['a = 1\n[a]\n', 2, 'already set to a value'],
-    ['[a]\n[[a]]\n', 2, 'already defined as something other than an array of tables'],
-    ['x = 99999999999999999999\n', 1, 'out of range'],
+    ['a = 1\nb = \n', 2, 'invalid value'],
+    ['a = 1\n\nb = "unterminated\n', 3, 'control characters are not allowed in strings'],
+    ['a = 1\na = 2\n', 2, 'trying to redefine an already defined table or value (at "a")'],
+    ['[t]\nx = 1\n[t]\n', 3, 'trying to redefine an already defined table or value (at "t")'],
+    ['x = yes\n', 1, 'invalid value (at "yes")'],
+    ['x = [\n "a"\n "b"\n]\n', 3, 'expected comma or end of structure'],
+    ['x = [\n "a",\n', 3, 'invalid value'],
+    ['x = "a" "b"\n', 1, 'each key-value declaration must be followed by an end-of-line'],
+    ['\n\n[t\n', 3, 'illegal character in key'],
+    ['x = "bad \\q escape"\n', 1, 'unrecognised escape sequence (at "\\\\q")'],
+    ['d = 1979-05-27\n', 1, 'dates and times are not supported ("1979-05-27")'],
+    ['d = [1, 2]\ne = [\n  "x",\n  1979-05-27 07:32:00Z,\n]\n', 4, 'dates and times are not supported ("1979-05-27 07:32:00Z")'],
+    ['= 1\n', 1, 'unexpected end of key'],
+    ['a = 1\n[a]\n', 2, 'trying to redefine an already defined table or value'],
+    ['[a]\n[[a]]\n', 2, 'trying to redefine an already defined table or value'],
+    ['x = 99999999999999999999\n', 1, 'integer value cannot be represented losslessly'],
+    [`x = ${'['.repeat(65)}${']'.repeat(65)}\n`, 1, 'excessively nested'],
   ])('refuses %j with the line number', (text, line, message) => {
     const e = thrown(() => parseToml(text, '/etc/x.conf'));
     expect(e.code).toBe('USAGE');
@@ -337,7 +375,7 @@ describe('the files read', () => {
     await write(system, reg('ok.example.com'));
     const bad = await write(path.join(path.dirname(system), 'registries.conf.d', 'bad.conf'), '[[registry]]\nlocation = "ok.example.com"\ninsecure = maybe\n');
     const e2 = await rejected(loadRegistriesConf({ env: { HOME: home }, systemPath: system }));
-    expect(e2.message).toContain(`${bad}:3: invalid value "maybe"`);
+    expect(e2.message).toContain(`${bad}:3: invalid value (at "maybe")`);
   });
 
   it('refuses the v1 format in a drop-in file', async () => {

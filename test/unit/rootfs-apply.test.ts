@@ -99,16 +99,17 @@ async function outsideUntouched() {
 const r = (...p: string[]) => path.join(root, ...p);
 
 describe('normaliseEntryName', () => {
-  it('strips leading slashes and ./, cleans, and refuses to climb', () => {
+  it('strips leading slashes and ./, cleans, and stops `..` at the root', () => {
     expect(normaliseEntryName('./a/b/')).toBe('a/b');
     expect(normaliseEntryName('/a//./b')).toBe('a/b');
     expect(normaliseEntryName('a/../b')).toBe('b');
     expect(normaliseEntryName('./')).toBe('');
     expect(normaliseEntryName('/')).toBe('');
-    expect(normaliseEntryName('../a')).toBeNull();
-    expect(normaliseEntryName('a/../../b')).toBeNull();
-    expect(normaliseEntryName('/../etc/passwd')).toBeNull();
-    expect(normaliseEntryName('..')).toBeNull();
+    expect(normaliseEntryName('')).toBe('');
+    expect(normaliseEntryName('../a')).toBe('a');
+    expect(normaliseEntryName('a/../../b')).toBe('b');
+    expect(normaliseEntryName('/../etc/passwd')).toBe('etc/passwd');
+    expect(normaliseEntryName('..')).toBe('');
   });
 });
 
@@ -239,6 +240,48 @@ describe('RootfsApplier', () => {
     // directories the layer kept lose what lower layers had in them
     expect(await readdir(r('d/sub'))).toEqual([]);
     expect(await readdir(r('d/keepdir'))).toEqual(['upper']);
+  });
+
+  it('keeps what a layer wrote into directories it created, whatever whiteouts follow', async () => {
+    await applyAll([
+      [
+        { name: 'd/', type: 'directory' },
+        { name: 'd/old', content: 'o' },
+      ],
+      [
+        { name: 'd/made/deep/f', content: 'implicit parents' },
+        { name: 'd/newdir/', type: 'directory' },
+        { name: 'd/newdir/g', content: 'g' },
+        { name: 'd/newdir/sub/', type: 'directory' },
+        { name: 'd/newdir/.wh.g' },
+        { name: 'd/newdir/sub/.wh..wh..opq' },
+        { name: 'd/made/.wh..wh..opq' },
+        { name: 'd/.wh..wh..opq' },
+        { name: 'fresh/x', content: 'x' },
+        { name: '.wh.fresh' },
+      ],
+    ]);
+    expect((await readdir(r('d'))).sort()).toEqual(['made', 'newdir']);
+    expect(await readFile(r('d/made/deep/f'), 'utf8')).toBe('implicit parents');
+    expect((await readdir(r('d/newdir'))).sort()).toEqual(['g', 'sub']);
+    expect(await readFile(r('fresh/x'), 'utf8')).toBe('x');
+  });
+
+  it('holds no per-file state for files in directories the layer creates, and bounds the rest', async () => {
+    // 3000 files in new directories pass a bound of 100 paths: only the 30 directories count.
+    const many = Array.from({ length: 30 }, (_, d) => Array.from({ length: 100 }, (_, i) => ({ name: `pkg${d}/file${i}`, content: '' }))).flat();
+    await applyAll([many], { maxTrackedPaths: 100 });
+    expect(await readdir(r('pkg29'))).toHaveLength(100);
+    await rm(root, { recursive: true });
+    await mkdir(root);
+    // Files written into a directory of a lower layer are tracked (a later whiteout must spare them).
+    const a = new RootfsApplier(root, { preserveOwnership: false, maxTrackedPaths: 100 });
+    await a.applyLayer(streamOf(await tarOf([{ name: 'lib/', type: 'directory' }])), 'layer 0');
+    const tooMany = Array.from({ length: 150 }, (_, i) => ({ name: `lib/f${i}`, content: '' }));
+    const e = await a.applyLayer(streamOf(await tarOf(tooMany)), 'layer 1').catch((err: unknown) => err);
+    expect(e).toBeInstanceOf(SmartError);
+    expect((e as SmartError).code).toBe('LIMIT_EXCEEDED');
+    expect((e as SmartError).message).toMatch(/^layer 1: more than 100 paths to keep in memory/);
   });
 
   it('ignores aufs metadata and what is below it', async () => {
@@ -373,21 +416,29 @@ describe('RootfsApplier', () => {
     expect(await readFile(r(outsideRel, 'victim'), 'utf8')).toBe('inside');
   });
 
-  it('refuses entry names that climb out of the root', async () => {
-    for (const name of ['../evil', 'a/../../evil', '/../evil', './../../evil']) {
-      const e = await applyError([[{ name, content: 'x' }]]);
-      expect(e.code).toBe('UNSAFE_ARCHIVE');
-      expect(e.message).toContain('points outside the root');
-      expect(e.message).toContain('layer 0');
-    }
-    expect(existsSync(path.join(tmp, 'evil'))).toBe(false);
+  it('resolves entry names that climb inside the root, as containerd does', async () => {
+    const names = ['../evil', 'a/../../evil2', '/../evil3', './../../evil4'];
+    await applyAll([names.map((name) => ({ name, content: name }))]);
+    expect((await readdir(root)).sort()).toEqual(['evil', 'evil2', 'evil3', 'evil4']);
+    expect(await readFile(r('evil2'), 'utf8')).toBe('a/../../evil2');
+    expect((await readdir(tmp)).sort()).toEqual(['outside', 'root']);
     await outsideUntouched();
   });
 
-  it('refuses hardlinks that climb out of the root', async () => {
-    const e = await applyError([[{ name: 'pw', type: 'link', linkname: '../../etc/passwd' }]]);
-    expect(e.code).toBe('UNSAFE_ARCHIVE');
-    expect(existsSync(r('pw'))).toBe(false);
+  it('resolves hardlink targets that climb inside the root', async () => {
+    await writeFile(path.join(tmp, 'host-file'), 'host');
+    await applyAll([[{ name: 'etc/passwd', content: 'inside' }, { name: 'pw', type: 'link', linkname: '../../../../etc/passwd' }]]);
+    expect((await stat(r('pw'))).ino).toBe((await stat(r('etc/passwd'))).ino);
+    const e = await applyError([[{ name: 'h', type: 'link', linkname: '../host-file' }]]);
+    expect(e.code).toBe('CORRUPT_ARCHIVE');
+    expect(e.message).toMatch(/"\.\.\/host-file", which does not exist/);
+    expect(await readFile(path.join(tmp, 'host-file'), 'utf8')).toBe('host');
+  });
+
+  it('refuses hardlinks without a target or to the root', async () => {
+    for (const linkname of ['', '/', '..', 'a/..', '.']) {
+      expect((await applyError([[{ name: 'h', type: 'link', linkname }]])).code).toBe('CORRUPT_ARCHIVE');
+    }
   });
 
   it('resolves hardlink targets inside the root through symlinks', async () => {
@@ -401,18 +452,26 @@ describe('RootfsApplier', () => {
     await outsideUntouched();
   });
 
-  it('refuses whiteouts that climb out of the root', async () => {
+  it('applies whiteouts that climb inside the root, and refuses ones that name no file', async () => {
     await writeFile(path.join(tmp, 'x'), 'keep');
-    for (const name of ['../.wh.x', 'a/../../.wh.x']) {
-      const e = await applyError([[{ name }]]);
-      expect(e.code).toBe('UNSAFE_ARCHIVE');
-    }
+    await applyAll([[{ name: 'x', content: 'inner' }], [{ name: '../.wh.x' }, { name: 'a/../../.wh.y' }]]);
+    expect(await readdir(root)).toEqual([]);
     expect(await readFile(path.join(tmp, 'x'), 'utf8')).toBe('keep');
-    expect((await applyError([[{ name: 'a/.wh...' }]])).code).toBe('UNSAFE_ARCHIVE');
+    for (const name of ['a/.wh...', '.wh..', '.wh...']) expect((await applyError([[{ name }]])).code).toBe('UNSAFE_ARCHIVE');
   });
 
-  it('refuses to replace the root with a non-directory', async () => {
-    expect((await applyError([[{ name: './', type: 'symlink', linkname: '/' }]])).code).toBe('UNSAFE_ARCHIVE');
+  it('skips entries that would replace the root with a non-directory, with one warning', async () => {
+    const { warnings } = await applyAll([
+      [
+        { name: './', type: 'symlink', linkname: '/' },
+        { name: '..', type: 'symlink', linkname: '/etc' },
+        { name: '', content: 'x' },
+        { name: 'f', content: 'f' },
+      ],
+    ]);
+    expect((await lstat(root)).isDirectory()).toBe(true);
+    expect(await readdir(root)).toEqual(['f']);
+    expect(warnings).toEqual([expect.stringMatching(/^layer 0: skipped 3 entries naming the root directory itself/)]);
   });
 
   it('fails on a symlink loop in a parent path', async () => {

@@ -9,12 +9,16 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { SmartError, isSmartError } from '../../errors.js';
 import { isDigest, sha256Digest, type Digest } from '../../oci/digest.js';
+import { MAX_MANIFEST_BYTES } from '../../oci/manifest.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { isStale, ownerTag, parseOwnerTag, type Cleaned } from '../../storage/leftovers.js';
 import { linkContent, pathFor } from './layout.js';
 
 export type LinkKind = 'layer' | 'manifest';
+
+/** A link file holds 71 bytes; anything much larger is not one, and is not read. */
+const MAX_LINK_BYTES = 4096;
 
 export class DistributionStore {
   private readonly removed: Cleaned[] = [];
@@ -31,7 +35,7 @@ export class DistributionStore {
 
   /** Reads a link file, strictly: what the registry would refuse, we refuse too. */
   private async readLink(path: string, what: string): Promise<Digest> {
-    const raw = (await this.driver.getContent(path)).toString('utf8');
+    const raw = (await this.driver.getContent(path, MAX_LINK_BYTES)).toString('utf8');
     if (!isDigest(raw)) {
       throw new SmartError('MANIFEST_INVALID', `${this.name}: malformed link file for ${what} (${JSON.stringify(raw.slice(0, 80))})`, {
         input: path,
@@ -59,7 +63,7 @@ export class DistributionStore {
    */
   private async ensureLink(path: string, digest: Digest): Promise<void> {
     const content = linkContent(digest);
-    const current = await this.driver.getContent(path).catch(() => undefined);
+    const current = await this.driver.getContent(path, MAX_LINK_BYTES).catch(() => undefined);
     if (current?.equals(content)) return;
     await this.driver.putContent(path, content);
   }
@@ -68,8 +72,9 @@ export class DistributionStore {
     return this.driver.reader(pathFor({ kind: 'blobData', digest }), offset, length);
   }
 
-  async getBlobContent(digest: Digest): Promise<Buffer> {
-    return this.driver.getContent(pathFor({ kind: 'blobData', digest }));
+  /** A small blob whole (manifests); larger than `maxBytes` is LIMIT_EXCEEDED, before reading. */
+  async getBlobContent(digest: Digest, maxBytes?: number): Promise<Buffer> {
+    return this.driver.getContent(pathFor({ kind: 'blobData', digest }), maxBytes);
   }
 
   /**
@@ -188,7 +193,7 @@ export class DistributionStore {
       throw new SmartError('NOT_FOUND', `manifest ${digest} not found in ${this.name}#${repo}`, { input: `${repo}@${digest}` });
     }
     try {
-      return await this.getBlobContent(digest);
+      return await this.getBlobContent(digest, MAX_MANIFEST_BYTES);
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_FOUND') {
         throw new SmartError('NOT_FOUND', `${this.name}: manifest ${digest} of ${repo} is linked but its blob is missing`, { input: digest });

@@ -1,5 +1,6 @@
 /** The `manifest.json` of a `docker save` archive (classic and Docker 25+ layouts both carry it). */
 import { SmartError, printable } from '../../errors.js';
+import { checkJson } from '../../limits.js';
 import { parseReference } from '../../oci/reference.js';
 
 export interface ArchiveEntry {
@@ -8,10 +9,14 @@ export interface ArchiveEntry {
   Layers: string[];
 }
 
+/** A larger manifest.json is refused before it is read: `docker save` of hundreds of images stays far below. */
+export const MAX_ARCHIVE_MANIFEST_BYTES = 8 * 1024 * 1024;
+
 /** Which image of an archive: by name (`NAME:TAG`), by position (`@N`), or the only one. */
 export type ArchiveSelection = { kind: 'only' } | { kind: 'name'; name: string } | { kind: 'index'; index: number };
 
 export function parseArchiveManifest(bytes: Buffer, what: string): ArchiveEntry[] {
+  checkJson(bytes, MAX_ARCHIVE_MANIFEST_BYTES, `${what}: manifest.json`, what);
   let doc: unknown;
   try {
     doc = JSON.parse(bytes.toString('utf8'));

@@ -6,14 +6,15 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { SmartError, quoted } from '../../errors.js';
-import { parseImageConfig } from '../../oci/config.js';
+import { checkSize } from '../../limits.js';
+import { MAX_CONFIG_BYTES, parseImageConfig } from '../../oci/config.js';
 import { sha256Digest, shortDigest, type Digest } from '../../oci/digest.js';
 import type { ImageSource, OpenOptions } from '../../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType, layerMediaType, sniffCompression } from '../../oci/mediatypes.js';
 import { verifiedStream } from '../../pipeline/digest-stream.js';
 import { TarIndex, type TarMember } from '../../tar/tar-index.js';
-import { parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
+import { MAX_ARCHIVE_MANIFEST_BYTES, parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
 async function hashMember(index: TarIndex, member: TarMember): Promise<Digest> {
   const hash = createHash('sha256');
@@ -30,13 +31,16 @@ export async function openDockerArchiveSource(file: string, selection: ArchiveSe
       hint: index.get('index.json') ? 'this looks like an OCI archive: use oci-archive:' : undefined,
     });
   }
+  checkSize(manifestMember.size, MAX_ARCHIVE_MANIFEST_BYTES, `${name}: manifest.json`, file);
   const entry = selectArchiveEntry(parseArchiveManifest(await index.read(manifestMember), name), selection, name);
   const member = (p: string): TarMember => {
     const m = index.get(p);
     if (!m) throw new SmartError('CORRUPT_ARCHIVE', `${name}: manifest.json names ${quoted(p)}, which is not in the archive`, { input: file });
     return m;
   };
-  const configBytes = await index.read(member(entry.Config));
+  const configMember = member(entry.Config);
+  checkSize(configMember.size, MAX_CONFIG_BYTES, `${name}: config ${entry.Config}`, file);
+  const configBytes = await index.read(configMember);
   const config = parseImageConfig(configBytes, `${name} config`);
   if (config.rootfs.diff_ids.length !== entry.Layers.length) {
     throw new SmartError('MANIFEST_INVALID', `${name}: manifest.json lists ${entry.Layers.length} layers, the config ${config.rootfs.diff_ids.length}`);

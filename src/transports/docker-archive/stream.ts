@@ -7,12 +7,13 @@
 import { Readable, addAbortSignal, pipeline } from 'node:stream';
 import tar from 'tar-stream';
 import { SmartError, isCancellation, isSmartError, quoted } from '../../errors.js';
-import { parseImageConfig } from '../../oci/config.js';
+import { MAX_ARCHIVE_JSON_BYTES, checkSize, limitExceeded } from '../../limits.js';
+import { MAX_CONFIG_BYTES, parseImageConfig } from '../../oci/config.js';
 import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
 import { sniffCompression } from '../../oci/mediatypes.js';
 import { tarParseError } from '../../tar/errors.js';
 import { normalizeMemberName } from '../../tar/header.js';
-import { parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
+import { MAX_ARCHIVE_MANIFEST_BYTES, parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
 /** `docker-archive:-`: the image `input` carries, read once as it arrives. */
 export function dockerArchiveStream(input: Readable, selection: ArchiveSelection, name: string): StreamedImageSource {
@@ -26,8 +27,8 @@ export function dockerArchiveStream(input: Readable, selection: ArchiveSelection
   };
 }
 
-/** Small JSON members (config, manifest.json, v1 json) are kept; anything larger is a layer. */
-const MAX_JSON_MEMBER = 8 * 1024 * 1024;
+/** JSON members (config, manifest.json, v1 json) up to this size are kept, up to MAX_ARCHIVE_JSON_BYTES in all. */
+const MAX_JSON_MEMBER = Math.max(MAX_CONFIG_BYTES, MAX_ARCHIVE_MANIFEST_BYTES);
 
 /**
  * What a member is, from its first block: a layer (a tar: ustar magic, or the all-zero block of an
@@ -47,7 +48,8 @@ function classifyMember(head: Buffer): 'layer' | 'json' | 'other' {
   return 'other';
 }
 
-async function readDockerArchiveStream<T>(
+/** Reads the archive `input` carries, handing each layer to `onLayer` as it arrives (dockerArchiveStream's `read`); the image at its end. */
+export async function readDockerArchiveStream<T>(
   input: Readable,
   selection: ArchiveSelection,
   name: string,
@@ -55,6 +57,9 @@ async function readDockerArchiveStream<T>(
 ): Promise<StreamedImage<T>> {
   const extract = tar.extract();
   const json = new Map<string, Buffer>();
+  let jsonBytes = 0;
+  /** JSON members too large to keep: named in the error if the image needs one. */
+  const oversized = new Map<string, number>();
   const layerResults = new Map<string, T>();
   const aliases = new Map<string, string>();
   let sawEntry = false;
@@ -98,11 +103,17 @@ async function readDockerArchiveStream<T>(
       const head = Buffer.concat(headChunks);
       const kind = classifyMember(head);
       if (kind !== 'layer') {
+        if (member === 'manifest.json') checkSize(header.size, MAX_ARCHIVE_MANIFEST_BYTES, `${name}: manifest.json`, name);
+        const keep = kind === 'json' && header.size <= MAX_JSON_MEMBER;
+        if (kind === 'json' && !keep) oversized.set(member, header.size);
+        if (keep && (jsonBytes += header.size) > MAX_ARCHIVE_JSON_BYTES) {
+          throw limitExceeded(`${name}: holds more than ${MAX_ARCHIVE_JSON_BYTES} bytes of JSON members`, name);
+        }
         const chunks: Buffer[] = [head];
         for (let r = ended ? undefined : await it.next(); r && !r.done; r = await it.next()) {
-          if (kind === 'json') chunks.push(r.value);
+          if (keep) chunks.push(r.value);
         }
-        if (kind === 'json' && header.size <= MAX_JSON_MEMBER) json.set(member, Buffer.concat(chunks));
+        if (keep) json.set(member, Buffer.concat(chunks));
         lastMember = header.name;
         continue;
       }
@@ -114,7 +125,7 @@ async function readDockerArchiveStream<T>(
         })(),
         { objectMode: false },
       );
-      layerResults.set(member, await onLayer({ what: `layer ${member} of ${name}`, compression: sniffCompression(head), stream: body }));
+      layerResults.set(member, await onLayer({ member, what: `layer ${member} of ${name}`, compression: sniffCompression(head), size: header.size, stream: body }));
       // onLayer must have drained it; if it did not, skip the rest so the archive can go on.
       body.destroy();
       lastMember = header.name;
@@ -137,6 +148,7 @@ async function readDockerArchiveStream<T>(
   if (!manifestBytes) throw new SmartError('NOT_AN_IMAGE', `${name}: not a docker-archive (no manifest.json)`, { input: name });
   const entry = selectArchiveEntry(parseArchiveManifest(manifestBytes, name), selection, name);
   const configBytes = json.get(resolve(entry.Config));
+  if (!configBytes) checkSize(oversized.get(resolve(entry.Config)) ?? 0, MAX_CONFIG_BYTES, `${name}: config ${quoted(entry.Config)}`, name);
   if (!configBytes) throw new SmartError('CORRUPT_ARCHIVE', `${name}: config ${quoted(entry.Config)} is not in the archive`, { input: name });
   const config = parseImageConfig(configBytes, `${name} config`);
   const layers = entry.Layers.map((l) => {

@@ -17,7 +17,7 @@ export const dockerArchive: Transport<DockerArchiveName> = {
   name: 'docker-archive',
   form: 'docker-archive:FILE[:NAME:TAG|:@N]',
   help: 'docker save / docker load tar; FILE "-" is stdin or stdout',
-  capabilities: { readsStdin: true, writesStdout: true },
+  capabilities: { readsStdin: true, writesStdout: true, holdsOneImage: true },
   parse(rest, raw) {
     const [p, ref] = splitPath(rest);
     if (!p) throw invalidName(raw, 'missing path (use - for stdin/stdout)');

@@ -8,6 +8,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { SmartError } from '../../errors.js';
+import { checkSize } from '../../limits.js';
 import type { BlobDestination, BlobReuse, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import type { Descriptor, ParsedManifest } from '../../oci/manifest.js';
 import { FsDriver } from '../../storage/fs-driver.js';
@@ -19,9 +20,10 @@ import { layoutPath, memberName } from './paths.js';
 export async function openOciArchiveSource(file: string, tag: string | undefined, name: string): Promise<OciLayoutSource> {
   const index = await TarIndex.open(file, name);
   const files: LayoutFiles = {
-    getContent: async (p) => {
+    getContent: async (p, maxBytes) => {
       const member = index.get(p);
       if (!member) throw new SmartError('NOT_FOUND', `${name}: ${memberName(p)} not in the archive`, { input: file });
+      if (maxBytes !== undefined) checkSize(member.size, maxBytes, `${name}: ${memberName(p)}`, file);
       return index.read(member);
     },
     reader: async (p) => {

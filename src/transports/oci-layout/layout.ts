@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import { SmartError, isSmartError } from '../../errors.js';
 import { shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
-import { parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
+import { MAX_MANIFEST_BYTES, parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType } from '../../oci/mediatypes.js';
 import { holdsImage } from '../../oci/partial.js';
 import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
@@ -21,7 +21,8 @@ const INDEX_FILE = layoutPath({ kind: 'index' });
 
 /** The read side of a layout: a directory (FsDriver) or a tar archive. */
 export interface LayoutFiles {
-  getContent(path: string): Promise<Buffer>;
+  /** Throws NOT_FOUND when absent, LIMIT_EXCEEDED (before reading) when larger than `maxBytes`. */
+  getContent(path: string, maxBytes?: number): Promise<Buffer>;
   reader(path: string): Promise<Readable>;
 }
 
@@ -33,7 +34,7 @@ async function readIndex(files: LayoutFiles, name: string): Promise<ImageIndex> 
   let bytes: Buffer;
   try {
     // Both at once; either missing means the same: not a layout.
-    [, bytes] = await Promise.all([files.getContent(LAYOUT_FILE), files.getContent(INDEX_FILE)]);
+    [, bytes] = await Promise.all([files.getContent(LAYOUT_FILE, MAX_MANIFEST_BYTES), files.getContent(INDEX_FILE, MAX_MANIFEST_BYTES)]);
   } catch (e) {
     if (isSmartError(e) && e.code === 'NOT_FOUND') {
       throw new SmartError('NOT_AN_IMAGE', `${name}: not an OCI image layout (no oci-layout or index.json)`, { input: name, cause: e });
@@ -88,7 +89,7 @@ export class OciLayoutSource implements ImageSource {
 
   private async readBlob(d: Digest, what: string): Promise<Buffer> {
     try {
-      return await this.files.getContent(blobPath(d));
+      return await this.files.getContent(blobPath(d), MAX_MANIFEST_BYTES);
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_FOUND') {
         throw new SmartError('NOT_FOUND', `${this.name}: ${what} blob ${d} is missing`, { input: d, cause: e });
@@ -125,6 +126,8 @@ export class OciLayoutSource implements ImageSource {
 export class OciLayoutDestination implements BlobDestination {
   readonly layerCompression = 'preserve' as const;
   readonly cacheScope: string;
+  /** prepare() found an empty directory: the layout is this run's own until it commits. */
+  private fresh = false;
 
   constructor(
     readonly name: string,
@@ -138,6 +141,7 @@ export class OciLayoutDestination implements BlobDestination {
   async prepare(): Promise<void> {
     const children = await this.driver.list('/');
     const layoutFile = memberName(LAYOUT_FILE);
+    this.fresh = children.length === 0;
     if (children.length > 0 && !children.includes(layoutFile)) {
       throw new SmartError('USAGE', `${this.name}: the directory is not empty and is not an OCI layout; refusing to write into it`, {
         input: this.name,
@@ -197,7 +201,7 @@ export class OciLayoutDestination implements BlobDestination {
     if (!entry) return undefined;
     const manifest = async ({ digest: d, mediaType }: { digest: Digest; mediaType?: string }): Promise<ParsedManifest | undefined> => {
       try {
-        return parseManifest(await this.driver.getContent(blobPath(d)), mediaType, `${this.name} (${shortDigest(d)})`);
+        return parseManifest(await this.driver.getContent(blobPath(d), MAX_MANIFEST_BYTES), mediaType, `${this.name} (${shortDigest(d)})`);
       } catch (e) {
         if (isSmartError(e) && (e.code === 'NOT_FOUND' || e.code === 'MANIFEST_INVALID' || e.code === 'UNSUPPORTED')) return undefined;
         throw e;
@@ -227,7 +231,11 @@ export class OciLayoutDestination implements BlobDestination {
   }
 
   async abort(): Promise<void> {
-    // putBlob removes its own temporary file on failure; stored blobs are unreferenced, as with skopeo.
+    // putBlob removes its own temporary file on failure. A layout this run began (and no other run
+    // has committed to since) goes again, so that a failed copy leaves no half-made layout; in an
+    // existing one, stored blobs stay unreferenced, as with skopeo.
+    if (!this.fresh || (await this.driver.stat(INDEX_FILE))) return;
+    for (const child of await this.driver.list('/')) await this.driver.delete(`/${child}`);
   }
 
   async close(): Promise<void> {}

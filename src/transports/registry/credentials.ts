@@ -1,8 +1,15 @@
 /**
- * Registry credentials, found as Docker finds them: `--creds`/`SMART_REGISTRY_AUTH` first, then
- * `$DOCKER_CONFIG/config.json` (default `~/.docker/config.json`): `credHelpers[host]`, `auths[host]`,
- * then `credsStore`, running `docker-credential-NAME get`. Secrets stay inside this module and
- * the auth header builder: they never reach a message, an error or --debug output.
+ * Registry credentials, found as skopeo, podman and Docker find them: `--creds` (and the like)
+ * first, then the files their logins write, in the order containers/image reads them
+ * (pkg/docker/config): `--authfile` or `$REGISTRY_AUTH_FILE` alone when given; else
+ * `$XDG_RUNTIME_DIR/containers/auth.json` (`/run/containers/UID/auth.json` without it),
+ * `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config/containers/auth.json`), then Docker's
+ * `$DOCKER_CONFIG/config.json` (`~/.docker/config.json`). The first file that knows the host
+ * answers: `credHelpers[host]` (running `docker-credential-NAME get`), `auths[host]`, and in
+ * Docker's file its `credsStore`. An `identitytoken` (an OAuth2 refresh token, what `docker login`
+ * keeps for an identity provider) is exchanged at the token endpoint, never sent to the registry.
+ * Secrets stay inside this module and the auth header builder: they never reach a message, an
+ * error or --debug output.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -12,7 +19,14 @@ import { remoteText } from '../../redact.js';
 
 export interface Credentials {
   username: string;
+  /** Empty when the credential is an identity token. */
   password: string;
+  /**
+   * An OAuth2 refresh token (`identitytoken` in a config file, or a credential helper's answer for
+   * the user `<token>`): exchanged at the registry's token endpoint for access tokens
+   * (grant_type=refresh_token), never sent to the registry itself.
+   */
+  identityToken?: string;
 }
 
 /** Parses `USER:PASS` (the password may contain colons). */
@@ -30,30 +44,52 @@ export function configKeys(host: string): string[] {
   return [host, `https://${host}`, `http://${host}`, `https://${host}/v1/`, `https://${host}/v2/`];
 }
 
+/** Docker's config.json and the containers auth.json share this shape (auth.json has no credsStore). */
 interface DockerConfig {
   auths?: Record<string, { auth?: string; username?: string; password?: string; identitytoken?: string }>;
   credHelpers?: Record<string, string>;
   credsStore?: string;
 }
 
-function dockerConfigPath(): string {
-  const dir = process.env.DOCKER_CONFIG ?? path.join(os.homedir(), '.docker');
-  return path.join(dir, 'config.json');
+/** A credentials file to read: a containers auth.json, or Docker's config.json (whose credsStore counts). */
+export interface CredentialFile {
+  path: string;
+  docker: boolean;
+  /** Named by the user (`--authfile`, `$REGISTRY_AUTH_FILE`): it must exist. */
+  named?: string;
 }
 
-async function readDockerConfig(): Promise<DockerConfig | undefined> {
-  const file = dockerConfigPath();
+/**
+ * The files credentials are read from, in order (containers/image's getAuthFilePaths): the one the
+ * user names alone, else the per-session auth.json, the per-user one, and Docker's config.
+ */
+export function credentialFiles(options: { authFile?: string } = {}, env: NodeJS.ProcessEnv = process.env): CredentialFile[] {
+  const named = options.authFile ? { path: options.authFile, named: '--authfile' } : env.REGISTRY_AUTH_FILE ? { path: env.REGISTRY_AUTH_FILE, named: 'REGISTRY_AUTH_FILE' } : undefined;
+  if (named) return [{ path: named.path, docker: false, named: named.named }];
+  const home = os.homedir();
+  const runtime = env.XDG_RUNTIME_DIR ? path.join(env.XDG_RUNTIME_DIR, 'containers', 'auth.json') : `/run/containers/${process.getuid?.() ?? 0}/auth.json`;
+  return [
+    { path: runtime, docker: false },
+    { path: path.join(env.XDG_CONFIG_HOME || path.join(home, '.config'), 'containers', 'auth.json'), docker: false },
+    { path: path.join(env.DOCKER_CONFIG ?? path.join(home, '.docker'), 'config.json'), docker: true },
+  ];
+}
+
+async function readCredentialFile(file: CredentialFile): Promise<DockerConfig | undefined> {
   let text: string;
   try {
-    text = await fs.readFile(file, 'utf8');
+    text = await fs.readFile(file.path, 'utf8');
   } catch (e) {
-    if (isErrno(e, 'ENOENT')) return undefined;
-    throw new SmartError('USAGE', `cannot read ${file}: ${(e as Error).message}`, { input: file });
+    if (isErrno(e, 'ENOENT') && !file.named) return undefined;
+    const why = isErrno(e, 'ENOENT') ? 'no such file' : (e as Error).message;
+    throw new SmartError('USAGE', `cannot read ${file.named ? `${file.named} ` : ''}${file.path}: ${why}`, { input: file.path });
   }
   try {
-    return JSON.parse(text) as DockerConfig;
+    const parsed = JSON.parse(text) as unknown;
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
+    return parsed as DockerConfig;
   } catch {
-    throw new SmartError('USAGE', `${file} is not valid JSON`, { input: file });
+    throw new SmartError('USAGE', `${file.path} is not valid JSON`, { input: file.path });
   }
 }
 
@@ -98,7 +134,9 @@ async function runHelper(name: string, server: string): Promise<Credentials | un
       }
       try {
         const out = JSON.parse(stdout) as { Username?: string; Secret?: string };
-        resolve(out.Secret ? { username: out.Username ?? '', password: out.Secret } : undefined);
+        // The helper protocol's way to hand over an identity token: the user `<token>`.
+        if (out.Secret && out.Username === '<token>') resolve({ username: '', password: '', identityToken: out.Secret });
+        else resolve(out.Secret ? { username: out.Username ?? '', password: out.Secret } : undefined);
       } catch {
         reject(new SmartError('REGISTRY', `credential helper ${program} answered something that is not JSON`, { input: program }));
       }
@@ -111,40 +149,67 @@ async function runHelper(name: string, server: string): Promise<Credentials | un
 }
 
 function fromAuthEntry(entry: NonNullable<DockerConfig['auths']>[string]): Credentials | undefined {
-  if (entry.auth) {
+  if (typeof entry !== 'object' || entry === null) return undefined;
+  let username = entry.username ?? '';
+  let password = entry.password ?? '';
+  if (typeof entry.auth === 'string' && entry.auth) {
     const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
     const i = decoded.indexOf(':');
-    if (i > 0) return { username: decoded.slice(0, i), password: decoded.slice(i + 1) };
+    if (i > 0) {
+      username = decoded.slice(0, i);
+      password = decoded.slice(i + 1).replace(/\0+$/, '');
+    }
   }
-  if (entry.username && entry.password) return { username: entry.username, password: entry.password };
+  // docker login with an identity provider keeps a refresh token (and the user, without a password).
+  if (typeof entry.identitytoken === 'string' && entry.identitytoken) return { username, password: '', identityToken: entry.identitytoken };
+  if (username && password) return { username, password };
   return undefined;
 }
 
-/**
- * Finds credentials for `host`. `explicit` (from --creds or SMART_REGISTRY_AUTH) wins; a host
- * with nothing configured gets undefined (anonymous).
- */
-export async function lookupCredentials(host: string, explicit?: Credentials): Promise<Credentials | undefined> {
-  if (explicit) return explicit;
-  const config = await readDockerConfig();
-  if (!config) return undefined;
+/** `https://host/v1/` → `host`; Docker Hub's names → `index.docker.io` (containers/image normalizeRegistry). */
+function normalizeKey(key: string): string {
+  const host = key.replace(/^https?:\/\//, '').split('/')[0]!;
+  return host === 'docker.io' || host === 'registry-1.docker.io' ? 'index.docker.io' : host;
+}
+
+/** What one file knows of `host`: a helper's answer, an auths entry, or (Docker's file) its credsStore's. */
+async function fromFile(config: DockerConfig, host: string, docker: boolean): Promise<Credentials | undefined> {
   const keys = configKeys(host);
   for (const key of keys) {
     const helper = config.credHelpers?.[key];
-    if (helper) return runHelper(helper, key);
+    if (typeof helper === 'string' && helper) return runHelper(helper, key);
   }
+  const auths = typeof config.auths === 'object' && config.auths !== null ? config.auths : {};
   for (const key of keys) {
-    const entry = config.auths?.[key];
+    const entry = auths[key];
     if (entry) {
       const creds = fromAuthEntry(entry);
       if (creds) return creds;
     }
   }
-  if (config.credsStore) {
-    for (const key of keys.slice(0, 1)) {
-      const creds = await runHelper(config.credsStore, key);
-      if (creds) return creds;
-    }
+  // Keys written as URLs (`https://host/v2/`, what older logins kept), matched by their host.
+  const wanted = normalizeKey(host);
+  for (const [key, entry] of Object.entries(auths)) {
+    if (normalizeKey(key) !== wanted) continue;
+    const creds = fromAuthEntry(entry);
+    if (creds) return creds;
+  }
+  if (docker && typeof config.credsStore === 'string' && config.credsStore) return runHelper(config.credsStore, keys[0]!);
+  return undefined;
+}
+
+/**
+ * Finds credentials for `host`. `explicit` (from --creds or SMART_REGISTRY_AUTH) wins; then the
+ * credential files in order (credentialFiles), the first that knows the host answering; a host
+ * nothing is configured for gets undefined (anonymous).
+ */
+export async function lookupCredentials(host: string, explicit?: Credentials, options: { authFile?: string } = {}): Promise<Credentials | undefined> {
+  if (explicit) return explicit;
+  for (const file of credentialFiles(options)) {
+    const config = await readCredentialFile(file);
+    if (!config) continue;
+    const creds = await fromFile(config, host, file.docker);
+    if (creds) return creds;
   }
   return undefined;
 }

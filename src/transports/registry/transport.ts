@@ -35,6 +35,7 @@ async function clientFor(host: string, ctx: OpenContext, credentials: Credential
     insecure: extra.insecure || (remote.insecureRegistries ?? []).includes(host),
     ...(remote.insecureRegistries ? { insecureHosts: remote.insecureRegistries } : {}),
     ...(credentials ? { credentials } : {}),
+    ...(remote.authFile ? { authFile: remote.authFile } : {}),
     ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
     ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
@@ -74,6 +75,9 @@ export const docker: Transport<DockerName, DockerStoreName> = {
   capabilities: { namesStore: true, contentAddressed: true },
   parse(rest, raw) {
     if (!rest.startsWith('//')) throw invalidName(raw, 'write docker://HOST/REPO[:TAG|@DIGEST]');
+    if (!rest.slice(2).replace(/\/+$/, '')) {
+      throw invalidName(raw, 'it names no image', 'write docker://HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. docker://registry.example.com/team/app:1.0; docker://busybox is Docker Hub\'s library/busybox:latest');
+    }
     refuseUserinfo(raw);
     return { transport: 'docker', ref: parseReference(rest.slice(2)), raw };
   },

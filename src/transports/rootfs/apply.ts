@@ -3,10 +3,14 @@
  * layer.md): whiteouts and opaque directories remove what lower layers left, a path may change type
  * between layers, and nothing is ever written outside the root.
  *
- * Safety rests on one rule: every parent path is resolved with symlinks SCOPED to the root (as Go's
+ * Safety rests on one rule: every path of a layer — entry names, hardlink targets, the parents of
+ * whiteouts — is resolved inside the root as if chrooted, exactly as containerd does (its
+ * `archive/tar_test.go` TestBreakouts cases are this module's tests): names are cleaned with `..`
+ * stopping at the root, and every parent is resolved with symlinks SCOPED to the root (as Go's
  * securejoin / containerd's `fs.RootPath`): an absolute link target is taken relative to the root
  * and `..` never climbs above it. The last component of a path is never followed: files are created
- * with O_EXCL, directories with mkdir, links with symlink/link, none of which follow a final symlink.
+ * with O_EXCL, directories with mkdir, links with symlink/link, none of which follow a final symlink
+ * (so a hardlink to a symlink links the symlink itself, as link(2), GNU tar and containerd do).
  *
  * Metadata calls (lstat, mkdir, chmod, small files...) are synchronous on purpose: a layer is mostly
  * small files, and a thread-pool round trip per call costs ten times the call itself. They never
@@ -39,13 +43,16 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { extract as tarExtract, type Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError, quoted } from '../../errors.js';
-import type { StoredEntry } from '../../cache/layer-store.js';
+import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
+import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
 export interface ApplyOptions {
   /** chown entries and create device nodes / fifos: only when running as root. */
   preserveOwnership: boolean;
   onWarning?: (message: string) => void;
+  /** The bound on paths held in memory (default MAX_TRACKED_PATHS); past it, LIMIT_EXCEEDED. */
+  maxTrackedPaths?: number;
 }
 
 export interface LayerApplyStats {
@@ -65,16 +72,13 @@ const WHITEOUT_META_PREFIX = '.wh..wh.';
 const WHITEOUT_OPAQUE = '.wh..wh..opq';
 
 /**
- * Normalises a tar entry (or hardlink target) name to a root-relative path: leading `/` and `./`
- * stripped, `.`/`..`/duplicate slashes resolved lexically, no trailing slash; `''` is the root.
- * Returns null when the name climbs above the root.
+ * Normalises a tar entry name to a root-relative path, as containerd does (a lexical clean, then
+ * the parent resolved with `fs.RootPath`): `.`, duplicate slashes and a trailing slash dropped,
+ * `..` resolved lexically and never above the root (`../x` and `/../x` are `x`), an absolute name
+ * taken relative to the root; `''` is the root itself.
  */
-export function normaliseEntryName(name: string): string | null {
-  const stripped = name.replace(/^\/+/, '');
-  let n = path.posix.normalize(stripped === '' ? '.' : stripped);
-  if (n === '..' || n.startsWith('../')) return null;
-  n = n.replace(/\/+$/, '');
-  return n === '.' ? '' : n;
+export function normaliseEntryName(name: string): string {
+  return path.posix.normalize(`/${name}`).slice(1).replace(/\/+$/, '');
 }
 
 function parentOf(rel: string): string {
@@ -97,6 +101,8 @@ interface WalkOptions {
   knownDirs?: Set<string>;
   /** Create missing components as directories (mode 0755); a non-directory in the way is an error. */
   create?: boolean;
+  /** Told of each directory `create` made. */
+  onCreate?: (rel: string) => void;
   /** For messages. */
   what?: string;
 }
@@ -138,6 +144,7 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
         mkdirSync(full, 0o755);
         chmodSync(full, 0o755); // whatever the umask
         knownDirs?.add(next);
+        options.onCreate?.(next);
       }
       // Missing: the rest is joined lexically (it cannot exist either, unless `..` climbs back).
       cur = next;
@@ -206,10 +213,18 @@ interface LayerState {
   /** The name of the last entry applied whole: where a tar that breaks broke. */
   lastEntry?: string;
   stats: LayerApplyStats;
-  /** Root-relative paths this layer wrote, with their ancestors: what opaque and whiteout keep. */
+  /**
+   * What opaque markers and whiteouts keep: the paths this layer wrote, with their ancestors, but
+   * not those inside directories the layer created (RootfsApplier.freshDirs), which hold nothing
+   * of lower layers. A layer of many files in new directories then tracks only the directories.
+   */
   written: Set<string>;
   skippedSpecial: number;
+  /** Non-directory entries naming the root itself. */
+  skippedRoot: number;
   droppedXattrs: number;
+  /** Where the layer is being kept as it is applied (the layer store), if anywhere. */
+  keep?: LayerFill;
 }
 
 type PaxRecords = Record<string, string>;
@@ -233,6 +248,12 @@ function runMknod(target: string, kind: 'c' | 'b' | 'p', major: number, minor: n
   });
 }
 
+/** A regular file of a kept layer: the fill, and where it keeps this file. */
+interface KeptFile {
+  fill: LayerFill;
+  file: string;
+}
+
 const EMPTY_BODY: AsyncIterable<Buffer> = { async *[Symbol.asyncIterator]() {} };
 
 /** Files up to this size are read whole, then written with one synchronous burst. */
@@ -246,6 +267,16 @@ async function writeAll(fh: FileHandle, chunk: Buffer): Promise<void> {
     off += bytesWritten;
   }
 }
+
+/** Writes all of `parts` in one call (a thread-pool round trip each: fewer is faster), looping over a short write. */
+async function writeAllv(fh: FileHandle, parts: Buffer[]): Promise<void> {
+  const total = parts.reduce((n, p) => n + p.length, 0);
+  const { bytesWritten } = await fh.writev(parts);
+  if (bytesWritten < total) await writeAll(fh, Buffer.concat(parts).subarray(bytesWritten));
+}
+
+/** Bytes of a large file gathered before they are written. */
+const WRITE_BATCH = 1024 * 1024;
 
 function writeAllSync(fd: number, data: Buffer): void {
   let off = 0;
@@ -265,6 +296,17 @@ async function* chunks(entry: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     if (r.done) return;
     yield r.value;
   }
+}
+
+/** Reads an entry whole. */
+async function readWhole(body: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of chunks(body)) {
+    parts.push(c);
+    n += c.length;
+  }
+  return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
 }
 
 /** Consumes what an entry we do not write carries (tar-stream waits for it). */
@@ -296,6 +338,9 @@ export class RootfsApplier {
   private readonly knownDirs = new Set<string>();
   /** Directory metadata to set in finish(), last writer wins; dropped when the directory is removed. */
   private readonly dirMeta = new Map<string, DirMeta>();
+  /** Directories the current layer created: all they hold is the layer's own. */
+  private readonly freshDirs = new Set<string>();
+  private readonly maxTrackedPaths: number;
   private busy = false;
   private finished = false;
 
@@ -304,10 +349,15 @@ export class RootfsApplier {
     this.preserveOwnership = options.preserveOwnership;
     this.onWarning = options.onWarning;
     this.dirWriteBits = process.getuid?.() === 0 ? 0 : 0o700;
+    this.maxTrackedPaths = options.maxTrackedPaths ?? MAX_TRACKED_PATHS;
   }
 
-  /** Applies one UNCOMPRESSED layer tar on top of the tree. Called in layer order, one at a time. `what` names the layer in errors. */
-  async applyLayer(tar: Readable, what: string): Promise<LayerApplyStats> {
+  /**
+   * Applies one UNCOMPRESSED layer tar on top of the tree. Called in layer order, one at a time.
+   * `what` names the layer in errors. With `keep`, every entry is also added to that layer-store
+   * fill, each regular file kept from the tree file just written (the caller commits or aborts it).
+   */
+  async applyLayer(tar: Readable, what: string, options: { keep?: LayerFill } = {}): Promise<LayerApplyStats> {
     if (this.busy || this.finished) {
       tar.destroy();
       throw new SmartError(
@@ -316,12 +366,15 @@ export class RootfsApplier {
       );
     }
     this.busy = true;
+    this.freshDirs.clear();
     const state: LayerState = {
       what,
       stats: { entries: 0, bytes: 0, whiteouts: 0 },
       written: new Set(),
       skippedSpecial: 0,
+      skippedRoot: 0,
       droppedXattrs: 0,
+      ...(options.keep ? { keep: options.keep } : {}),
     };
     const extract = tarExtract();
     let inputError: unknown;
@@ -357,6 +410,7 @@ export class RootfsApplier {
         `${what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`,
       );
     }
+    if (state.skippedRoot > 0) this.onWarning?.(rootWarning(state));
     if (state.droppedXattrs > 0) {
       this.onWarning?.(`${what}: ignored ${state.droppedXattrs} extended attribute(s) (xattrs are not applied)`);
     }
@@ -372,7 +426,8 @@ export class RootfsApplier {
   async applyEntries(entries: AsyncIterable<StoredEntry>, what: string, options: { link: boolean }): Promise<LayerApplyStats> {
     if (this.busy || this.finished) throw new SmartError('INTERNAL', 'applyEntries called while busy or after finish');
     this.busy = true;
-    const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, droppedXattrs: 0 };
+    this.freshDirs.clear();
+    const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, skippedRoot: 0, droppedXattrs: 0 };
     try {
       for await (const entry of entries) {
         state.stats.entries++;
@@ -382,6 +437,7 @@ export class RootfsApplier {
       this.busy = false;
     }
     if (state.skippedSpecial > 0) this.onWarning?.(`${what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`);
+    if (state.skippedRoot > 0) this.onWarning?.(rootWarning(state));
     return state.stats;
   }
 
@@ -434,12 +490,6 @@ export class RootfsApplier {
       throw new SmartError('CORRUPT_ARCHIVE', `${what}: entry name ${quoted(name)} holds a NUL byte`, { input: what });
     }
     const rel = normaliseEntryName(name);
-    if (rel === null) {
-      throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry ${quoted(name)} points outside the root`, {
-        input: what,
-        hint: 'the layer was crafted to write outside its directory; do not use this image',
-      });
-    }
     const p = pax(h);
     if (p) {
       for (const key of Object.keys(p)) if (key.startsWith('SCHILY.xattr.')) state.droppedXattrs++;
@@ -447,26 +497,30 @@ export class RootfsApplier {
     // Values no filesystem call takes (a uid past 32 bits, a time that is not one) stop the layer
     // here, named, rather than as Node's argument errors in the middle of writing.
     const meta: EntryMeta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
+    // Where the layer store keeps this entry's content (a regular file's), when the layer is kept.
+    const keptAt = state.keep?.add(h);
     try {
       const slash = rel.lastIndexOf('/');
       const base = rel.slice(slash + 1);
       if (base.startsWith(WHITEOUT_PREFIX)) {
-        await drain(h, body);
+        await this.skipContent(h, body, meta, state, keptAt);
         await this.whiteout(rel, name, state);
         return;
       }
       // aufs metadata (.wh..wh.plnk/...) is never materialised, nor anything below it.
       if (rel.includes(`/${WHITEOUT_META_PREFIX}`) || rel.startsWith(WHITEOUT_META_PREFIX)) {
-        await drain(h, body);
+        await this.skipContent(h, body, meta, state, keptAt);
         return;
       }
 
       if (rel === '') {
-        // The root itself: only its metadata, and only from a directory (as umoci).
-        if (h.type !== 'directory') {
-          throw new SmartError('UNSAFE_ARCHIVE', `${what}: entry ${quoted(name)} would replace the root directory`, { input: what });
+        // The root itself (`./`, `..`, `""`): a directory gives it its metadata (as umoci); anything
+        // else cannot replace it and is skipped, as containerd skips what resolves to the root.
+        if (h.type === 'directory') this.applyDirMeta('', h, meta);
+        else {
+          await this.skipContent(h, body, meta, state, keptAt);
+          state.skippedRoot++;
         }
-        this.applyDirMeta('', h, meta);
         return;
       }
 
@@ -480,25 +534,19 @@ export class RootfsApplier {
 
       // Small files are read before anything is created: nothing to clean up if the tar breaks.
       let content: Buffer | undefined;
-      if ((h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES) {
-        const parts: Buffer[] = [];
-        let n = 0;
-        for await (const c of chunks(body)) {
-          parts.push(c);
-          n += c.length;
-        }
-        content = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
-      }
+      if ((h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES) content = await readWhole(body);
 
       const dirRel = walkInRoot(this.root, rel.slice(0, Math.max(slash, 0)), {
         followLast: true,
         knownDirs: this.knownDirs,
         create: true,
+        onCreate: (rel) => this.created(rel, state),
         what,
       });
       const targetRel = joinRel(dirRel, base);
       const target = path.join(this.root, targetRel);
 
+      const keep = state.keep && keptAt !== undefined ? { fill: state.keep, file: keptAt } : undefined;
       switch (h.type) {
         case 'file':
         case 'contiguous-file':
@@ -506,17 +554,17 @@ export class RootfsApplier {
           state.stats.bytes += stored
             ? await this.placeStoredFile(target, targetRel, h, meta, stored)
             : content
-              ? await this.writeSmallFile(target, targetRel, h, meta, content)
-              : await this.writeLargeFile(target, targetRel, h, meta, body);
+              ? await this.writeSmallFile(target, targetRel, h, meta, content, keep)
+              : await this.writeLargeFile(target, targetRel, h, meta, body, keep);
           return;
         case 'directory':
           this.markWritten(targetRel, state);
-          await this.makeDir(target, targetRel, h, meta);
+          await this.makeDir(target, targetRel, h, meta, state);
           return;
         case 'symlink': {
           await drain(h, body);
-          if (!h.linkname) {
-            throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink ${quoted(name)} has no target`, { input: what });
+          if (!h.linkname || h.linkname.includes('\0')) {
+            throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink ${quoted(name)} has ${h.linkname ? 'a NUL byte in its target' : 'no target'}`, { input: what });
           }
           this.markWritten(targetRel, state);
           await this.replace(target, targetRel, () => symlinkSync(h.linkname, target));
@@ -559,12 +607,35 @@ export class RootfsApplier {
     }
   }
 
-  /** Adds `rel` and its ancestors to the paths this layer wrote. */
+  /** Consumes the content of an entry that is not written into the tree; a kept layer keeps it all the same. */
+  private async skipContent(h: Header, body: AsyncIterable<Buffer>, meta: EntryMeta, state: LayerState, keptAt: string | undefined): Promise<void> {
+    if (!state.keep || keptAt === undefined) return drain(h, body);
+    if ((h.size ?? 0) <= SMALL_FILE_BYTES) state.keep.keepContent(keptAt, await readWhole(body), h, meta);
+    else await state.keep.keepBody(keptAt, chunks(body), h, meta);
+  }
+
+  /** Adds `rel` and its ancestors to the paths this layer wrote, unless its directory is fresh. */
   private markWritten(rel: string, state: LayerState): void {
+    if (this.freshDirs.has(parentOf(rel))) return;
     let r = rel;
     while (r !== '' && !state.written.has(r)) {
       state.written.add(r);
       r = parentOf(r);
+    }
+    this.checkTracked(state);
+  }
+
+  /** A directory the layer made where nothing was: written, and fresh. */
+  private created(rel: string, state: LayerState): void {
+    this.markWritten(rel, state);
+    this.freshDirs.add(rel);
+    this.checkTracked(state);
+  }
+
+  /** Bounds what is held per path: every directory (knownDirs; dirMeta and freshDirs are subsets), and `written`. */
+  private checkTracked(state: LayerState): void {
+    if (state.written.size + this.knownDirs.size > this.maxTrackedPaths) {
+      throw limitExceeded(`${state.what}: more than ${this.maxTrackedPaths} paths to keep in memory (directories, and what the layer writes into directories of lower layers)`, state.what);
     }
   }
 
@@ -573,11 +644,14 @@ export class RootfsApplier {
     if (rel === '') {
       this.knownDirs.clear();
       this.dirMeta.clear();
+      this.freshDirs.clear();
       return;
     }
     const prefix = `${rel}/`;
-    this.knownDirs.delete(rel);
-    for (const k of this.knownDirs) if (k.startsWith(prefix)) this.knownDirs.delete(k);
+    for (const set of [this.knownDirs, this.freshDirs]) {
+      set.delete(rel);
+      for (const k of set) if (k.startsWith(prefix)) set.delete(k);
+    }
     this.dirMeta.delete(rel);
     for (const k of this.dirMeta.keys()) if (k.startsWith(prefix)) this.dirMeta.delete(k);
   }
@@ -608,10 +682,12 @@ export class RootfsApplier {
     return create();
   }
 
-  private async writeSmallFile(target: string, rel: string, h: Header, meta: EntryMeta, content: Buffer): Promise<number> {
+  private async writeSmallFile(target: string, rel: string, h: Header, meta: EntryMeta, content: Buffer, keep?: KeptFile): Promise<number> {
     const fd = await this.replace(target, rel, () => openSync(target, CREATE_FLAGS, 0o600));
     try {
       writeAllSync(fd, content);
+      // Before its final mode, which may forbid reading it; a hardlink gets that mode with the tree's file.
+      if (keep) await keep.fill.keepFile(keep.file, target, h, meta, content);
       if (this.preserveOwnership) {
         const { uid, gid } = meta;
         fchownSync(fd, uid, gid);
@@ -650,14 +726,24 @@ export class RootfsApplier {
     h: Header,
     meta: EntryMeta,
     body: AsyncIterable<Buffer>,
+    keep?: KeptFile,
   ): Promise<number> {
     const file = await this.replace(target, rel, () => open(target, CREATE_FLAGS, 0o600));
     let bytes = 0;
     try {
+      let batch: Buffer[] = [];
+      let batched = 0;
       for await (const chunk of chunks(body)) {
-        await writeAll(file, chunk);
+        batch.push(chunk);
+        batched += chunk.length;
         bytes += chunk.length;
+        if (batched < WRITE_BATCH) continue;
+        await writeAllv(file, batch);
+        batch = [];
+        batched = 0;
       }
+      if (batch.length > 0) await writeAllv(file, batch);
+      if (keep) await keep.fill.keepFile(keep.file, target, h, meta);
       if (this.preserveOwnership) {
         const { uid, gid } = meta;
         await file.chown(uid, gid);
@@ -674,8 +760,9 @@ export class RootfsApplier {
     return bytes;
   }
 
-  private async makeDir(target: string, rel: string, h: Header, meta: EntryMeta): Promise<void> {
+  private async makeDir(target: string, rel: string, h: Header, meta: EntryMeta, state: LayerState): Promise<void> {
     if (!this.knownDirs.has(rel)) {
+      let made = true;
       try {
         mkdirSync(target, 0o700);
       } catch (e) {
@@ -683,9 +770,10 @@ export class RootfsApplier {
         if (!lstatSync(target).isDirectory()) {
           await this.removeExisting(target, rel, false);
           mkdirSync(target, 0o700);
-        }
+        } else made = false;
       }
       this.knownDirs.add(rel);
+      if (made) this.created(rel, state);
     }
     this.applyDirMeta(rel, h, meta);
   }
@@ -705,18 +793,18 @@ export class RootfsApplier {
   private async hardlink(target: string, targetRel: string, name: string, h: Header, state: LayerState): Promise<void> {
     const { what } = state;
     const linkname = h.linkname ?? '';
-    const lrel = linkname.includes('\0') ? null : normaliseEntryName(linkname);
-    if (lrel === null) {
-      throw new SmartError('UNSAFE_ARCHIVE', `${what}: hardlink ${quoted(name)} points outside the root (to ${quoted(linkname)})`, {
-        input: what,
-        hint: 'the layer was crafted to reach outside its directory; do not use this image',
-      });
+    if (linkname === '' || linkname.includes('\0')) {
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink ${quoted(name)} has ${linkname ? 'a NUL byte in its target' : 'no target'}`, { input: what });
     }
-    if (lrel === '') {
-      throw new SmartError('CORRUPT_ARCHIVE', `${what}: hardlink ${quoted(name)} has no target or targets the root`, { input: what });
-    }
-    const srcDir = walkInRoot(this.root, parentOf(lrel), { followLast: true, knownDirs: this.knownDirs, what });
-    const srcRel = joinRel(srcDir, lrel.slice(lrel.lastIndexOf('/') + 1));
+    // As containerd's hardlinkRootPath: the target's parent is resolved inside the root (`..` stops
+    // at the root, symlinks are scoped to it), its last component is not followed: a hardlink to
+    // a symlink links the symlink. A last component of `.` or `..` (or none) names a directory.
+    const slash = linkname.lastIndexOf('/');
+    const base = linkname.slice(slash + 1);
+    const srcRel =
+      base === '' || base === '.' || base === '..'
+        ? walkInRoot(this.root, linkname, { followLast: true, knownDirs: this.knownDirs, what })
+        : joinRel(walkInRoot(this.root, linkname.slice(0, Math.max(slash, 0)), { followLast: true, knownDirs: this.knownDirs, what }), base);
     const src = path.join(this.root, srcRel);
     const st = lstatOrNull(src);
     if (!st) {
@@ -761,6 +849,7 @@ export class RootfsApplier {
    * to lower layers only), but lower-layer contents of a directory it kept go.
    */
   private async removeLower(rel: string, state: LayerState): Promise<void> {
+    if (this.freshDirs.has(rel) || this.freshDirs.has(parentOf(rel))) return; // all the layer's own
     const full = path.join(this.root, rel);
     const st = lstatOrNull(full);
     if (!st) return;
@@ -771,6 +860,10 @@ export class RootfsApplier {
     if (!st.isDirectory()) return;
     for (const child of readdirSync(full)) await this.removeLower(joinRel(rel, child), state);
   }
+}
+
+function rootWarning(state: LayerState): string {
+  return `${state.what}: skipped ${state.skippedRoot} entr${state.skippedRoot === 1 ? 'y' : 'ies'} naming the root directory itself (only a directory can)`;
 }
 
 const CREATE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;

@@ -22,6 +22,7 @@ async function openWriter(name: RootfsName, ctx: OpenContext, source: SourceFact
     ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
     ...(ctx.layerStore ? { layerStore: ctx.layerStore } : {}),
     ...(ctx.link ? { link: true } : {}),
+    ...(ctx.keepLayers !== undefined ? { keepLayers: ctx.keepLayers } : {}),
     ...(ctx.force ? { force: true } : {}),
     protect: [...(source?.localPaths ?? []), ...(ctx.layerStore ? [{ path: ctx.layerStore.dir, what: 'the layer store' }] : [])],
   });
@@ -34,7 +35,7 @@ export const rootfs: Transport<RootfsName & { transport: 'rootfs' }> = {
   name: 'rootfs',
   form: 'rootfs:DIR',
   help: '(pull only) the flattened root filesystem',
-  capabilities: { pullOnly: true },
+  capabilities: { pullOnly: true, holdsOneImage: true },
   parse: parseDir('rootfs'),
   openDestination: openWriter,
 };
@@ -43,7 +44,7 @@ export const bundle: Transport<RootfsName & { transport: 'bundle' }> = {
   name: 'bundle',
   form: 'bundle:DIR',
   help: '(pull only) an OCI runtime bundle for runc: DIR/config.json + DIR/rootfs',
-  capabilities: { pullOnly: true },
+  capabilities: { pullOnly: true, holdsOneImage: true },
   parse: parseDir('bundle'),
   openDestination: openWriter,
 };

@@ -4,6 +4,12 @@
  * into place only when complete, so a failed or killed pull leaves the old DIR as it was and no
  * partial one; the next pull removes what a killed one left beside DIR.
  *
+ * Layers already in the local layer store are laid down from it (cloned, copied or hardlinked);
+ * the others stream straight into the tree as they arrive, fetched in parallel, those that arrive
+ * before their turn spooled (spool.ts), so a cold pull writes each file once. A fetched layer is
+ * also kept in the store when that is free (a clone, or a hardlink with `link`), for bundles, or
+ * when asked (`keepLayers`).
+ *
  * DIR is replaced only when that loses nothing: it is new, empty, or a previous result of a pull
  * (marked: `DIR/.smart-pull.json` in a bundle, beside `config.json`; `.DIR.smart-pull.json` next
  * to a root filesystem, naming the directory by inode and birth time, so that the tree a container
@@ -13,8 +19,9 @@
  */
 import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
-import fs from 'node:fs/promises';
-import type { LayerStore } from '../../cache/layer-store.js';
+import fs, { type FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
@@ -23,15 +30,24 @@ import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
 import { makeRuntimeSpec } from './runtime-spec.js';
 import { RootfsApplier } from './apply.js';
+import { Spool, SpoolBudget } from './spool.js';
 
 export interface RootfsWriterOptions {
   /** Write a runtime bundle (DIR/config.json + DIR/rootfs) instead of a bare root filesystem. */
   bundle: boolean;
   onWarning?: (message: string) => void;
-  /** Where layers are kept between pulls; without one, layers stream straight into the tree. */
+  /** Where layers are kept between pulls; without one, every layer streams straight into the tree. */
   layerStore?: LayerStore;
   /** Hardlink files from the layer store instead of cloning or copying them (read-only uses). */
   link?: boolean;
+  /**
+   * Keep the layers this pull fetches in the layer store (`--keep-layers`). Default: when that
+   * costs no second copy of the files (the store's filesystem clones them, or `link`), and for
+   * bundles; a root filesystem on a filesystem that copies is written once and nothing kept.
+   */
+  keepLayers?: boolean;
+  /** Bytes of layers fetched ahead of their turn held in memory; beyond, they are spooled to a file beside DIR (default 64 MiB). */
+  spoolMemory?: number;
   /** Replace a non-empty directory that no pull made (`--force`). */
   force?: boolean;
   /** Paths the destination must neither hold nor lie inside, and what each is: the source, the layer store. */
@@ -75,8 +91,14 @@ async function realPath(p: string): Promise<string> {
   }
 }
 
-/** How files from the layer store are put into the tree, for --json. */
-export type Materialize = 'reflink' | 'copy' | 'hardlink' | 'stream';
+/** How files from the layer store are put into the tree, for --json: 'stream' when no layer came from the store. */
+export type Materialize = KeepHow | 'stream';
+
+/** What spools hold in memory at most by default, all layers together. */
+const SPOOL_MEMORY = 64 * 1024 * 1024;
+
+/** What is known of a layer when its turn comes: in the store, or a stream (kept in the store when `fill`). */
+type LayerPlan = { from: 'store'; how: 'present' | 'waited' } | { from: 'stream'; read: () => Readable; fill?: LayerFill };
 
 export class RootfsWriter implements ImageWriter {
   private readonly target: string;
@@ -222,20 +244,8 @@ export class RootfsWriter implements ImageWriter {
         preserveOwnership: process.getuid?.() === 0,
         ...(this.options.onWarning ? { onWarning: this.options.onWarning } : {}),
       });
-      let materialize: Materialize = 'stream';
-      if (this.options.layerStore) {
-        materialize = this.options.link ? 'hardlink' : await probeReflink(this.options.layerStore.dir, staging);
-        await this.viaLayerStore(image, applier, this.options.layerStore, options);
-      } else {
-        for (const layer of image.layers) {
-          options.signal?.throwIfAborted();
-          const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
-          const stats = await applier.applyLayer(await layer.openUncompressed(progressOptions(layer, options, options.signal)), what);
-          options.onLayer?.({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
-        }
-      }
+      Object.assign(details, await this.layDown(image, applier, staging, options));
       await applier.finish();
-      details.materialize = materialize;
       const manifest = image.manifest.digest;
       if (this.options.bundle) {
         const spec = await makeRuntimeSpec(image.config, rootfs);
@@ -266,44 +276,137 @@ export class RootfsWriter implements ImageWriter {
   }
 
   /**
-   * Every layer is fetched, verified and unpacked into the layer store at once (up to `jobs` in
-   * flight, in whatever order they finish), while the tree is built from them strictly in layer
-   * order: layer i is laid down as soon as it and every layer below it are in the store. The
-   * result is what applying the layers in order gives, whatever order the downloads end in.
+   * Lays the image's layers down in order. A layer in the layer store is laid from it; the others
+   * are fetched (up to `jobs` at once) and applied as they stream in, one that arrives before its
+   * turn drained into a spool meanwhile, so that no download waits for the tree. A fetched layer is
+   * kept in the store when `keep` (see RootfsWriterOptions.keepLayers): under its lock, taken before
+   * the fetch, so that two pulls at once fetch it once (the second waits, then lays it from the
+   * store), and committed once applied and verified. The result is what applying the layers in
+   * order gives, whatever order the downloads end in. Returns the facts for --json.
    */
-  private async viaLayerStore(image: Image, applier: RootfsApplier, store: LayerStore, options: ImageWriteOptions): Promise<void> {
-    const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
-    const fetched = image.layers.map((layer) =>
-      group.run((signal) => store.ensure(layer.diffId, () => layer.openUncompressed(progressOptions(layer, options, signal)), signal, `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`)),
-    );
+  private async layDown(image: Image, applier: RootfsApplier, staging: string, options: ImageWriteOptions): Promise<Record<string, unknown>> {
+    const store = this.options.layerStore;
+    const how = store ? await probeFill(store.dir, staging, this.options.link ?? false) : undefined;
+    if (store && this.options.link && how !== 'hardlink') this.options.onWarning?.(`${this.name}: cannot hardlink files of the layer store ${store.dir} (another filesystem): copying them`);
+    const keep = store !== undefined && how !== undefined && (this.options.keepLayers ?? (how !== 'copy' || this.options.bundle));
+    const controller = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
+    // The first failure is the one reported: layers aborted because of it fail too, later, and
+    // the loop below may meet one of those first (it awaits the layers in order).
+    let first: { error: unknown } | undefined;
+    const spools: Spool[] = [];
+    const fail = (e: unknown) => {
+      if (first) return;
+      first = { error: e };
+      controller.abort(e);
+      // Streams that do not heed the signal stop too, and the layer being applied with them.
+      for (const spool of spools) void spool.destroy(e);
+    };
+    // A bound alone: the first failure is handled by `fail` above, which also stops the spools.
+    const slots = new TaskGroup({ jobs: options.jobs, failFast: false });
+    const budget = new SpoolBudget(this.options.spoolMemory ?? SPOOL_MEMORY);
+    const fills: LayerFill[] = [];
+    const tasks: Promise<void>[] = [];
+    const plans = image.layers.map((layer) => {
+      const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
+      let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
+      const plan = new Promise<LayerPlan>((resolve, reject) => (settle = { resolve, reject }));
+      plan.catch(() => undefined); // reported through `fail`
+      const task = slots.run(async () => {
+        signal.throwIfAborted();
+        if (store && (await store.has(layer.diffId))) return settle.resolve({ from: 'store', how: 'present' });
+        let fill: LayerFill | undefined;
+        if (store && keep) {
+          const claimed = await store.claim(layer.diffId, { signal, what, keep: how });
+          if (typeof claimed === 'string') return settle.resolve({ from: 'store', how: claimed });
+          fills.push((fill = claimed));
+        }
+        const stream = await layer.openUncompressed(progressOptions(layer, options, signal));
+        // Spooled even when its turn has come: its reader then takes it as it comes, in larger chunks.
+        const spool = new Spool(stream, { budget, what, openFile: () => this.spoolFile() });
+        spools.push(spool);
+        if (first) void spool.destroy(first.error);
+        settle.resolve({ from: 'stream', read: () => spool.reader(), ...(fill ? { fill } : {}) });
+        await spool.drained; // the job's slot is held until the download is over
+      }).catch((e: unknown) => {
+        settle.reject(e);
+        fail(e);
+      });
+      tasks.push(task);
+      return plan;
+    });
+    let fromStore = 0;
+    let kept = 0;
     try {
       for (const [i, layer] of image.layers.entries()) {
-        const how = await fetched[i]!;
+        const plan = await plans[i]!;
+        if (first) throw first.error;
         const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
-        const stats = await applier.applyEntries(store.entries(layer.diffId), what, { link: this.options.link ?? false });
-        options.onLayer?.(
-          how === 'fetched'
-            ? { digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes }
-            : { digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0 },
-        );
+        const { digest } = layer.descriptor;
+        if (plan.from === 'store') {
+          await applier.applyEntries(store!.entries(layer.diffId), what, { link: how === 'hardlink' });
+          fromStore++;
+          options.onLayer?.({ digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0 });
+          continue;
+        }
+        const stats = await applier.applyLayer(plan.read(), what, plan.fill ? { keep: plan.fill } : {});
+        if (plan.fill) {
+          await plan.fill.commit();
+          kept++;
+        }
+        options.onLayer?.({ digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
       }
     } catch (e) {
-      // The first failure is the one reported: layers aborted because of it fail too, later, and
-      // the loop above may meet one of those first (it awaits the layers in order).
-      group.fail(e);
+      fail(e);
+      throw first!.error;
+    } finally {
+      // Nothing outlives the pull: downloads stopped, spool files closed, unfinished layers dropped from the store.
+      await Promise.all(spools.map((s) => s.destroy()));
+      await Promise.allSettled(tasks);
+      await Promise.all([...spools.map((s) => s.destroy()), ...fills.map((f) => f.abort())]);
     }
-    await group.settle();
-    await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId));
+    if (store && (fromStore > 0 || kept > 0)) await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId));
+    const spooledToFile = spools.reduce((n, s) => n + s.fileBytes, 0);
+    return {
+      materialize: fromStore > 0 ? how! : 'stream',
+      ...(kept > 0 ? { kept: { layers: kept, how: how! } } : {}),
+      ...(spools.length > 0 ? { spooled: { layers: spools.length, peakMemory: budget.peak, toFile: spooledToFile } } : {}),
+    };
+  }
+
+  /** A file to spool a layer into, beside the destination, already unlinked (a leftover's name if we die before that). */
+  private async spoolFile(): Promise<FileHandle> {
+    const name = this.aside('new');
+    const file = await fs.open(name, 'wx+', 0o600);
+    try {
+      await fs.unlink(name);
+    } catch (e) {
+      await file.close();
+      throw e;
+    }
+    return file;
   }
 }
 
-/** Whether files of the store can be cloned (reflink) into the tree: btrfs and XFS can, ext4 and tmpfs copy. */
-async function probeReflink(storeDir: string, tree: string): Promise<Materialize> {
+/**
+ * How files can move between the layer store and the tree: hardlinked (when `link` asks for it
+ * and both lie on one filesystem), cloned (reflink: btrfs and XFS can, ext4 and tmpfs cannot), or
+ * copied.
+ */
+async function probeFill(storeDir: string, tree: string, link: boolean): Promise<KeepHow> {
   await fs.mkdir(storeDir, { recursive: true });
   const a = path.join(storeDir, `.reflink-probe-${randomUUID()}`);
   const b = path.join(tree, `.reflink-probe-${randomUUID()}`);
   try {
     await fs.writeFile(a, 'x');
+    if (link) {
+      try {
+        await fs.link(a, b);
+        return 'hardlink';
+      } catch {
+        // another filesystem: a clone cannot cross it either, but try
+      }
+    }
     await fs.copyFile(a, b, fsConstants.COPYFILE_FICLONE_FORCE);
     return 'reflink';
   } catch {
@@ -317,7 +420,7 @@ async function probeReflink(storeDir: string, tree: string): Promise<Materialize
 function progressOptions(layer: Layer, options: ImageWriteOptions, signal: AbortSignal | undefined): OpenOptions {
   const { onProgress } = options;
   const { digest, size } = layer.descriptor;
-  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ digest, bytes, total: size }) } : {}) };
+  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ layer: digest, bytes, total: size }) } : {}) };
 }
 
 /** Puts `staging` at `target`: the old directory is moved aside (to `old`) first and removed only after. */

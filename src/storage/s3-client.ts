@@ -1,0 +1,76 @@
+/**
+ * S3 clients for the storage driver, made from its options and the standard AWS environment.
+ * Every client made here sends checksums only when an operation requires them: otherwise a
+ * stream body is sent `aws-chunked` and s3rver stores the framing. S3Bucket is what the driver's
+ * modules share of one bucket.
+ */
+import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
+import type { SmartError } from '../errors.js';
+
+export interface S3Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+/** A bucket as the driver's modules share it: the client, the bucket, and how they name keys and failures. */
+export interface S3Bucket {
+  readonly client: S3Client;
+  readonly bucket: string;
+  /** `s3://bucket/key`, for messages. */
+  uri(key: string): string;
+  /** An SDK or network error as a SmartError naming `s3://bucket/key` and the operation (s3-errors.ts). */
+  fail(e: unknown, op: string, key: string): Promise<SmartError>;
+}
+
+/** The SDK warns on Node < 22 about releases it has not made yet; the version here is pinned. */
+function quietly<T>(make: () => T): T {
+  const name = 'AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED';
+  const before = process.env[name];
+  process.env[name] = 'true';
+  try {
+    return make();
+  } finally {
+    if (before === undefined) delete process.env[name];
+    else process.env[name] = before;
+  }
+}
+
+function envValue(name: string): string | undefined {
+  const v = process.env[name];
+  return v === undefined || v === '' ? undefined : v;
+}
+
+/** No byte either way on a request's connection for this long: the request fails (retryable) instead of hanging. */
+export const DEFAULT_STALL_MS = 30_000;
+
+export function makeS3Client(o: { endpoint?: string; region?: string; profile?: string; forcePathStyle?: boolean; credentials?: S3Credentials; stallTimeoutMs?: number }): S3Client {
+  const endpoint = o.endpoint ?? envValue('AWS_ENDPOINT_URL_S3') ?? envValue('AWS_ENDPOINT_URL');
+  const region = o.region ?? envValue('AWS_REGION') ?? envValue('AWS_DEFAULT_REGION') ?? 'us-east-1';
+  const profile = o.profile ?? envValue('AWS_PROFILE');
+  const config: S3ClientConfig = {
+    region,
+    forcePathStyle: o.forcePathStyle ?? endpoint !== undefined,
+    // Without these two a PutObject with a stream body goes out `aws-chunked` with a checksum
+    // trailer, and servers that do not speak it (s3rver) store the framing: silent corruption.
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    // The socket's idle timer is the stall detector of every request, uploads included: an
+    // endpoint that stops reading a part (or stops answering) fails the request, which is retried.
+    requestHandler: { socketTimeout: o.stallTimeoutMs ?? DEFAULT_STALL_MS },
+    ...(endpoint !== undefined ? { endpoint } : {}),
+    ...(profile !== undefined ? { profile } : {}),
+    ...(o.credentials ? { credentials: o.credentials } : {}),
+  };
+  return quietly(() => new S3Client(config));
+}
+
+/**
+ * A client from the standard AWS environment: endpoint from `AWS_ENDPOINT_URL_S3` or
+ * `AWS_ENDPOINT_URL` (then path-style requests), region from `AWS_REGION` / `AWS_DEFAULT_REGION`
+ * (default us-east-1), profile from `AWS_PROFILE`, credentials from the SDK's default chain.
+ * Checksums are sent only when an operation requires them (see the module comment).
+ */
+export function s3ClientFromEnvironment(overrides: { endpoint?: string; region?: string; profile?: string; stallTimeoutMs?: number } = {}): S3Client {
+  return makeS3Client(overrides);
+}

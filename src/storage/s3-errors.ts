@@ -1,0 +1,120 @@
+/**
+ * S3 failures as SmartErrors: what the SDK or the network said, mapped to NOT_FOUND or STORAGE
+ * with the object (`s3://bucket/key`) and the operation named, a hint where one helps, and the
+ * retryable flag of transient.ts. The endpoint's own words are redacted, one line, bounded; no
+ * credential enters a message.
+ */
+import type { S3Client } from '@aws-sdk/client-s3';
+import { SmartError, isSmartError } from '../errors.js';
+import { remoteText } from '../redact.js';
+import { errorCode, errorStatus, isTransient } from '../transient.js';
+
+/** What an SDK or network error says about itself. */
+export interface ErrorFacts {
+  /** The S3 error code (`NoSuchKey`, `AccessDenied`), else the error's name. */
+  name: string;
+  status: number | undefined;
+  /** The errno-like code, from the error, its AggregateError parts or its cause. */
+  code: string | undefined;
+  message: string;
+}
+
+export function facts(e: unknown): ErrorFacts {
+  const o = (typeof e === 'object' && e !== null ? e : {}) as { name?: unknown; Code?: unknown; message?: unknown };
+  const name = typeof o.Code === 'string' ? o.Code : typeof o.name === 'string' ? o.name : 'Error';
+  return { name, status: errorStatus(e), code: errorCode(e), message: typeof o.message === 'string' ? o.message : String(e) };
+}
+
+/** A 5xx answer: s3rver gives them for deletes that succeeded (see s3-delete.ts). */
+export function isServerError(e: unknown): boolean {
+  const status = errorStatus(e);
+  return status !== undefined && status >= 500;
+}
+
+/** Removes user:password@ from an endpoint before it goes into a message. */
+function safeUrl(u: string): string {
+  try {
+    const url = new URL(u);
+    url.username = '';
+    url.password = '';
+    return url.toString().replace(/\/$/, '');
+  } catch {
+    return u.replace(/\/\/[^@/]*@/, '//');
+  }
+}
+
+/** The endpoint a client talks to, for a message: the option given, the client's, or AWS's for its region. */
+export async function endpointLabel(client: S3Client, endpointOption: string | undefined): Promise<string> {
+  if (endpointOption) return safeUrl(endpointOption);
+  try {
+    const ep = await client.config.endpoint?.();
+    if (ep) return safeUrl(`${ep.protocol}//${ep.hostname}${ep.port ? `:${ep.port}` : ''}${ep.path ?? ''}`);
+  } catch {
+    // fall through to the default
+  }
+  try {
+    return `https://s3.${await client.config.region()}.amazonaws.com`;
+  } catch {
+    return 'https://s3.amazonaws.com';
+  }
+}
+
+export interface S3ErrorContext {
+  /** What was being done: `read`, `write`, `upload`, `delete`… */
+  op: string;
+  /** `s3://bucket/key`. */
+  where: string;
+  bucket: string;
+  stallTimeoutMs: number;
+  /** Asked only when the endpoint cannot be reached. */
+  endpoint(): Promise<string>;
+}
+
+/** An SDK or network error as a SmartError naming `s3://bucket/key`, never credentials. A SmartError passes unchanged. */
+export async function s3Error(e: unknown, ctx: S3ErrorContext): Promise<SmartError> {
+  if (isSmartError(e)) return e;
+  const { op, where } = ctx;
+  const f = facts(e);
+  const status = f.status !== undefined ? `, HTTP ${f.status}` : '';
+  if (f.name === 'NoSuchKey' || f.name === 'NotFound' || (f.status === 404 && f.name !== 'NoSuchBucket' && f.name !== 'NoSuchUpload')) {
+    return new SmartError('NOT_FOUND', `${where} not found`, { input: where, cause: e });
+  }
+  if (f.name === 'NoSuchBucket') {
+    return new SmartError('STORAGE', `cannot ${op} ${where}: bucket "${ctx.bucket}" does not exist (NoSuchBucket${status})`, {
+      input: where,
+      hint: 'create the bucket or check --s3-endpoint',
+      cause: e,
+    });
+  }
+  if (f.code === 'ECONNREFUSED' || f.code === 'ENOTFOUND' || f.code === 'EAI_AGAIN') {
+    return new SmartError('STORAGE', `cannot reach the S3 endpoint ${await ctx.endpoint()} (${f.code}) to ${op} ${where}`, {
+      input: where,
+      hint: 'check --s3-endpoint / AWS_ENDPOINT_URL_S3 and that the server runs',
+      cause: e,
+      retryable: isTransient(e),
+    });
+  }
+  if (f.name === 'TimeoutError' && /socket timed out/.test(f.message)) {
+    return new SmartError('STORAGE', `cannot ${op} ${where}: no data for ${Number((ctx.stallTimeoutMs / 1000).toFixed(3))} s (stalled)`, { input: where, cause: e, retryable: true });
+  }
+  // No HTTP answer, and a code: a connection-level failure, named by its code.
+  const network = f.status === undefined && f.code !== undefined;
+  let hint: string | undefined;
+  if (f.status === 403 || f.name === 'AccessDenied' || f.name === 'InvalidAccessKeyId' || f.name === 'SignatureDoesNotMatch') {
+    hint = 'check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and their permissions on the bucket';
+  } else if (f.status === 301 || f.name === 'PermanentRedirect' || f.name === 'AuthorizationHeaderMalformed') {
+    hint = 'the bucket is in another region: set --s3-region / AWS_REGION';
+  }
+  // The error code and message are the endpoint's words: redacted, one line, bounded. An answer
+  // the SDK could not parse (a proxy's or load balancer's error page) says nothing beyond its status.
+  const code = remoteText(network ? (f.code ?? f.name) : f.name, { max: 60 });
+  const message = /Deserialization error|XML parse error/.test(f.message ?? '') ? '' : remoteText((f.message ?? '').split('\n')[0] ?? '');
+  const detail = message && message !== code && message !== 'UnknownError' ? `: ${message}` : '';
+  const label = code === 'Error' && status ? status.slice(2) : `${code}${status}`;
+  return new SmartError('STORAGE', `cannot ${op} ${where}: ${label}${detail}`, {
+    input: where,
+    cause: e,
+    retryable: isTransient(e),
+    ...(hint ? { hint } : {}),
+  });
+}

@@ -1,0 +1,92 @@
+/**
+ * Which failures are transient — trying the same step again may succeed — for every network
+ * client of the library alike: the registry client (undici) and the S3 driver (the AWS SDK).
+ * Cancellations never are: the user or another failure stopped the work. And the wait before
+ * another attempt, cut short by an abort.
+ */
+import { isCancellation, isSmartError } from './errors.js';
+
+/**
+ * Connection-level failures: refused, reset, cut or timed out on the way (as errno codes, Node's
+ * stream codes and the names the AWS SDK gives its own timeouts). A host that does not resolve
+ * (ENOTFOUND) is not among them: it will not resolve on the next attempt either.
+ */
+const TRANSIENT_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'EHOSTUNREACH',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'TimeoutError',
+  'RequestTimeout',
+  'RequestTimeoutException',
+]);
+
+/**
+ * An HTTP status that asks for another attempt: a timeout (408), too many requests (429), or a
+ * server error other than 501 (not implemented) and 505 (HTTP version), which stay as they are.
+ */
+export function isTransientStatus(status: number): boolean {
+  return status === 408 || status === 429 || (status >= 500 && status <= 599 && status !== 501 && status !== 505);
+}
+
+/** The errno-like code of an error, looked for in an AggregateError's errors and in the cause too (Node's happy-eyeballs connect). */
+export function errorCode(e: unknown, depth = 0): string | undefined {
+  if (typeof e !== 'object' || e === null || depth > 4) return undefined;
+  const o = e as { code?: unknown; errors?: unknown; cause?: unknown };
+  if (typeof o.code === 'string') return o.code;
+  if (Array.isArray(o.errors)) {
+    for (const x of o.errors as unknown[]) {
+      const c = errorCode(x, depth + 1);
+      if (c !== undefined) return c;
+    }
+  }
+  return o.cause !== undefined && o.cause !== e ? errorCode(o.cause, depth + 1) : undefined;
+}
+
+/** The HTTP status an error carries: the AWS SDK's `$metadata.httpStatusCode`, or `statusCode`. */
+export function errorStatus(e: unknown): number | undefined {
+  if (typeof e !== 'object' || e === null) return undefined;
+  const o = e as { $metadata?: { httpStatusCode?: unknown }; statusCode?: unknown };
+  const status = o.$metadata?.httpStatusCode ?? o.statusCode;
+  return typeof status === 'number' ? status : undefined;
+}
+
+/**
+ * Whether another attempt may outlive `e`: a SmartError says so itself (`retryable`); a raw error
+ * is transient when it is a connection failure (see TRANSIENT_CODES), one of undici's own
+ * (`UND_ERR_*`: socket closed, headers or body timeout…) other than an abort, or an HTTP answer
+ * with a transient status. An abort signal's reason (an AbortError, a DOMException TimeoutError
+ * from `AbortSignal.timeout`) never is: the time allowed is spent.
+ */
+export function isTransient(e: unknown): boolean {
+  if (isSmartError(e)) return e.retryable;
+  if (isCancellation(e) || e instanceof DOMException) return false;
+  const code = errorCode(e) ?? '';
+  if (TRANSIENT_CODES.has(code) || (code.startsWith('UND_ERR_') && code !== 'UND_ERR_ABORTED')) return true;
+  const o = (typeof e === 'object' && e !== null ? e : {}) as { name?: unknown; Code?: unknown };
+  if ((typeof o.Code === 'string' && TRANSIENT_CODES.has(o.Code)) || (typeof o.name === 'string' && TRANSIENT_CODES.has(o.name))) return true;
+  const status = errorStatus(e);
+  return status !== undefined && isTransientStatus(status);
+}
+
+/** Waits `ms` before another attempt; rejects with the signal's reason as soon as it aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason as Error);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}

@@ -1,0 +1,295 @@
+/**
+ * The OCI Distribution API, what to ask a registry: manifests, blobs (streamed both ways, read
+ * as one stream across broken connections, or by byte range), cross-repository mounts, uploads
+ * and listings. How a request is made — ping, authentication, retries, errors — is the
+ * subclass's (client.ts): this layer only names requests and reads answers.
+ */
+import { Readable } from 'node:stream';
+import { SmartError, isCancellation } from '../../errors.js';
+import { sha256Digest, type Digest } from '../../oci/digest.js';
+import { MediaType } from '../../oci/mediatypes.js';
+import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
+import { header, readBody, type Response } from './http.js';
+import type { Retry } from './retry.js';
+
+export const MANIFEST_ACCEPT = [
+  MediaType.OCI_INDEX,
+  MediaType.OCI_MANIFEST,
+  MediaType.DOCKER_MANIFEST_LIST,
+  MediaType.DOCKER_MANIFEST,
+  MediaType.DOCKER_MANIFEST_V1_SIGNED,
+].join(', ');
+
+export interface RequestSpec {
+  method: 'GET' | 'HEAD' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+  /** `/v2/...` on the registry, or an absolute URL (upload locations, redirects). */
+  url: string;
+  headers?: Record<string, string>;
+  /** A Buffer can be sent again; a stream cannot, so a request with one is never retried. */
+  body?: Buffer | Readable;
+  /** Token scopes the request needs, e.g. `repository:team/app:pull`. */
+  scopes: string[];
+  /** What the request is about, for messages: `team/app`, `blob sha256:…`. */
+  what: string;
+  signal?: AbortSignal;
+}
+
+/** One registry's API over an authenticated, retried request (see client.ts). */
+export abstract class RegistryApi {
+  /** `host[:port]` as in the image reference, for messages. */
+  abstract readonly host: string;
+  /** The retry policy of this client: blob bodies are resumed with it. */
+  protected abstract readonly retry: Retry;
+
+  /**
+   * One API request with authentication, retried where it can be; an answer whose status is not
+   * in `expected` throws a RegistryError (its body read into the message).
+   */
+  abstract request(spec: RequestSpec, expected: number[]): Promise<Response>;
+
+  /** `location` (an upload Location, a redirect) as an absolute URL, relative to `base` or to the API's origin. */
+  protected abstract resolve(location: string, base?: string): URL;
+
+  /** The signal of this client's requests when the caller gives none. */
+  protected abstract readonly defaultSignal: AbortSignal | undefined;
+
+  /** A connection that failed or broke during `what`, as the error to tell and throw. */
+  protected abstract connectionError(e: unknown, what: string): SmartError;
+
+  // ------------------------------------------------------------------ manifests
+
+  async getManifest(repo: string, reference: string, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType: string | undefined }> {
+    const res = await this.request(
+      { method: 'GET', url: `/v2/${repo}/manifests/${reference}`, headers: { accept: MANIFEST_ACCEPT }, scopes: [`repository:${repo}:pull`], what: `manifest ${repo}:${reference}`, ...(signal ? { signal } : {}) },
+      [200],
+    );
+    const bytes = await readBody(res.body, 4 * 1024 * 1024);
+    const declared = header(res.headers, 'docker-content-digest');
+    if (declared && declared.startsWith('sha256:') && declared !== sha256Digest(bytes)) {
+      throw new SmartError('DIGEST_MISMATCH', `registry ${this.host} sent manifest ${repo}:${reference} whose bytes hash to ${sha256Digest(bytes)}, not the ${declared} it declares`, {
+        input: `${repo}:${reference}`,
+      });
+    }
+    const contentType = header(res.headers, 'content-type')?.split(';')[0]?.trim();
+    return { bytes, mediaType: contentType };
+  }
+
+  /** The digest a tag points at, or undefined when the manifest does not exist. */
+  async headManifest(repo: string, reference: string): Promise<{ digest: string | undefined; mediaType: string | undefined; size: number } | undefined> {
+    const res = await this.request(
+      { method: 'HEAD', url: `/v2/${repo}/manifests/${reference}`, headers: { accept: MANIFEST_ACCEPT }, scopes: [`repository:${repo}:pull`], what: `manifest ${repo}:${reference}` },
+      [200, 404],
+    );
+    await res.body.dump();
+    if (res.statusCode === 404) return undefined;
+    return {
+      digest: header(res.headers, 'docker-content-digest'),
+      mediaType: header(res.headers, 'content-type')?.split(';')[0]?.trim(),
+      size: Number(header(res.headers, 'content-length') ?? 0),
+    };
+  }
+
+  async putManifest(repo: string, reference: string, bytes: Buffer, mediaType: string, signal?: AbortSignal): Promise<void> {
+    const res = await this.request(
+      {
+        method: 'PUT',
+        url: `/v2/${repo}/manifests/${reference}`,
+        headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
+        body: bytes,
+        scopes: [`repository:${repo}:pull,push`],
+        what: `manifest ${repo}:${reference}`,
+        ...(signal ? { signal } : {}),
+      },
+      [200, 201, 202],
+    );
+    await res.body.dump();
+  }
+
+  // ------------------------------------------------------------------ blobs
+
+  async headBlob(repo: string, digest: Digest, signal?: AbortSignal): Promise<number | undefined> {
+    const res = await this.request(
+      { method: 'HEAD', url: `/v2/${repo}/blobs/${digest}`, scopes: [`repository:${repo}:pull`], what: `blob ${digest} in ${repo}`, ...(signal ? { signal } : {}) },
+      [200, 307, 302, 404],
+    );
+    await res.body.dump();
+    if (res.statusCode === 404) return undefined;
+    const len = header(res.headers, 'content-length');
+    return len === undefined ? -1 : Number(len);
+  }
+
+  /** One GET of a blob from `offset`, following redirects (without our credentials when they leave the registry). */
+  private async getBlobResponse(repo: string, digest: Digest, offset: number, signal: AbortSignal | undefined, endInclusive?: number): Promise<Response> {
+    let url = `/v2/${repo}/blobs/${digest}`;
+    const range: Record<string, string> =
+      endInclusive !== undefined ? { range: `bytes=${offset}-${endInclusive}` } : offset > 0 ? { range: `bytes=${offset}-` } : {};
+    for (let hops = 0; hops < 6; hops++) {
+      const res = await this.request(
+        { method: 'GET', url, headers: range, scopes: [`repository:${repo}:pull`], what: `blob ${digest} of ${repo}`, ...(signal ? { signal } : {}) },
+        [200, 206, 301, 302, 303, 307, 308],
+      );
+      if (res.statusCode < 300) return res;
+      await res.body.dump();
+      const location = header(res.headers, 'location');
+      if (!location) throw new SmartError('REGISTRY', `registry ${this.host} redirected blob ${digest} nowhere`, { input: digest });
+      url = this.resolve(location, this.resolve(url).toString()).toString();
+    }
+    throw new SmartError('REGISTRY', `registry ${this.host}: too many redirects for blob ${digest}`, { input: digest });
+  }
+
+  /**
+   * A blob's bytes as one stream. A connection that breaks mid-way is resumed from the last byte
+   * received with a Range request (or, if the server ignores ranges, by skipping what was already
+   * delivered), up to the retry limit. The caller verifies the digest over the whole stream.
+   */
+  openBlob(repo: string, digest: Digest, signal: AbortSignal | undefined = this.defaultSignal): Readable {
+    const what = `blob ${digest} of ${repo}`;
+    return this.retry.body((offset, s) => this.getBlobResponse(repo, digest, offset, s), { signal, failure: (e) => this.connectionError(e, what) });
+  }
+
+  /** Bytes `start`..`endInclusive` of a blob (a 206, or cut from a 200), resumed as `openBlob` is. */
+  async getBlobRange(repo: string, digest: Digest, start: number, endInclusive: number, signal: AbortSignal | undefined = this.defaultSignal): Promise<Buffer> {
+    const what = `blob ${digest} of ${repo}`;
+    const want = endInclusive - start + 1;
+    const body = this.retry.body((offset, s) => this.getBlobResponse(repo, digest, offset, s, endInclusive), { start, length: want, signal, failure: (e) => this.connectionError(e, what) });
+    const chunks: Buffer[] = [];
+    for await (const c of body) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
+  }
+
+  /**
+   * Mounts a blob from another repository of this registry. True when the registry linked it
+   * (201); false when it opened an upload instead (202, the mount was refused), which is closed.
+   */
+  async mountBlob(repo: string, digest: Digest, from: string, signal?: AbortSignal): Promise<boolean> {
+    const res = await this.request(
+      {
+        method: 'POST',
+        url: `/v2/${repo}/blobs/uploads/?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(from)}`,
+        headers: { 'content-length': '0' },
+        scopes: [`repository:${repo}:pull,push`, `repository:${from}:pull`],
+        what: `mount of blob ${digest} into ${repo}`,
+        ...(signal ? { signal } : {}),
+      },
+      [201, 202],
+    );
+    await res.body.dump();
+    if (res.statusCode === 201) return true;
+    const location = header(res.headers, 'location');
+    if (location) await this.cancelUpload(location, [`repository:${repo}:pull,push`], `upload of ${repo}`);
+    return false;
+  }
+
+  /**
+   * Streams a blob into `repo`: POST opens an upload, one PATCH carries the bytes as they are
+   * produced (chunked transfer encoding, no temporary file), PUT `?digest=` closes it. With the
+   * digest known the bytes are verified as they pass, so a mismatch aborts before the PUT.
+   *
+   * A PATCH that fails destroys `source`, closes the upload, and throws the cause: the bytes'
+   * own error (the source broke, or they do not match the digest), else the request's (a reset, a
+   * stall, a 5xx: retryable, so the caller can open the source again and send the blob again).
+   */
+  async uploadBlob(repo: string, source: Readable, expected: { digest?: Digest; size?: number; what: string }, signal?: AbortSignal): Promise<{ digest: Digest; size: number }> {
+    const scopes = [`repository:${repo}:pull,push`];
+    const start = await this.request(
+      { method: 'POST', url: `/v2/${repo}/blobs/uploads/`, headers: { 'content-length': '0' }, scopes, what: `upload to ${repo}`, ...(signal ? { signal } : {}) },
+      [202],
+    );
+    await start.body.dump();
+    let location = header(start.headers, 'location');
+    if (!location) throw new SmartError('REGISTRY', `registry ${this.host} opened an upload without a Location`, { input: repo });
+    const hash = expected.digest
+      ? new VerifyStream({ digest: expected.digest, ...(expected.size !== undefined ? { size: expected.size } : {}), what: expected.what })
+      : new DigestStream();
+    // undici pulls the body as the socket drains: back-pressure reaches the source.
+    const patchBody = Readable.from(hashedChunks(source, hash), { objectMode: false });
+    let patch: Response;
+    try {
+      patch = await this.request(
+        {
+          method: 'PATCH',
+          url: this.resolve(location).toString(),
+          headers: { 'content-type': 'application/octet-stream' },
+          body: patchBody,
+          scopes,
+          what: `upload of ${expected.what} to ${repo}`,
+          ...(signal ? { signal } : {}),
+        },
+        [202, 204],
+      );
+    } catch (e) {
+      patchBody.destroy();
+      source.destroy(); // whatever produces the bytes (a file, a download, a compressor) stops now
+      await this.cancelUpload(location, scopes, 'upload');
+      // Abandoning the body aborts the hash too, and that says nothing.
+      const bytesError = hash.errored && !isCancellation(hash.errored) ? hash.errored : undefined;
+      throw bytesError ?? e;
+    }
+    await patch.body.dump();
+    location = header(patch.headers, 'location') ?? location;
+    const digest = hash instanceof VerifyStream ? expected.digest! : hash.digest;
+    const done = this.resolve(location);
+    done.searchParams.set('digest', digest);
+    const put = await this.request(
+      { method: 'PUT', url: done.toString(), headers: { 'content-length': '0' }, scopes, what: `upload of ${expected.what} to ${repo}`, ...(signal ? { signal } : {}) },
+      [201, 204],
+    );
+    await put.body.dump();
+    return { digest, size: hash.size };
+  }
+
+  /** Closes an upload session; a failure to do so is left unsaid (the registry expires it). */
+  private async cancelUpload(location: string, scopes: string[], what: string): Promise<void> {
+    await this.request({ method: 'DELETE', url: this.resolve(location).toString(), scopes, what }, [200, 202, 204, 404]).then(
+      (r) => r.body.dump(),
+      () => undefined,
+    );
+  }
+
+  // ------------------------------------------------------------------ listings
+
+  /** A JSON answer; anything else fails naming the request, without echoing what came (JSON.parse would). */
+  private json<T>(body: Buffer, what: string): T {
+    try {
+      return JSON.parse(body.toString('utf8')) as T;
+    } catch {
+      throw new SmartError('REGISTRY', `registry ${this.host} answered something that is not JSON to GET ${what}`, { input: this.host });
+    }
+  }
+
+  async listTags(repo: string): Promise<string[]> {
+    const out: string[] = [];
+    let url: string | undefined = `/v2/${repo}/tags/list?n=1000`;
+    while (url) {
+      const res = await this.request({ method: 'GET', url, scopes: [`repository:${repo}:pull`], what: `tags of ${repo}` }, [200]);
+      const doc = this.json<{ tags?: string[] | null }>(await readBody(res.body), `tags of ${repo}`);
+      out.push(...(doc.tags ?? []));
+      url = nextLink(header(res.headers, 'link'));
+    }
+    return out;
+  }
+
+  async catalog(): Promise<string[]> {
+    const out: string[] = [];
+    let url: string | undefined = '/v2/_catalog?n=1000';
+    while (url) {
+      const res = await this.request({ method: 'GET', url, scopes: ['registry:catalog:*'], what: 'catalog' }, [200]);
+      const doc = this.json<{ repositories?: string[] }>(await readBody(res.body), 'catalog');
+      out.push(...(doc.repositories ?? []));
+      url = nextLink(header(res.headers, 'link'));
+    }
+    return out;
+  }
+}
+
+/** Passes `source` through `hash` and yields what comes out, so the hash sees every byte sent. */
+async function* hashedChunks(source: Readable, hash: DigestStream | VerifyStream): AsyncGenerator<Buffer> {
+  source.on('error', (e) => hash.destroy(e));
+  source.pipe(hash);
+  for await (const c of hash) yield c as Buffer;
+}
+
+function nextLink(link: string | undefined): string | undefined {
+  const m = link ? /<([^>]+)>\s*;\s*rel="?next"?/.exec(link) : null;
+  return m ? m[1] : undefined;
+}

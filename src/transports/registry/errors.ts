@@ -1,0 +1,149 @@
+/**
+ * What goes wrong talking to a registry, as errors: an answer with an unexpected status (the
+ * registry's own error codes kept, every one of them), and a connection that could not be made or
+ * broke. What the registry wrote enters a message only through redact.ts, with the secrets the
+ * client holds replaced.
+ */
+import { SmartError, type ErrorCode } from '../../errors.js';
+import { redactUrl, remoteText } from '../../redact.js';
+import { errorCode, isTransient, isTransientStatus } from '../../transient.js';
+
+/** One entry of the Distribution spec's error body: `{"errors": [{"code", "message", "detail"}]}`. */
+export interface RegistryErrorDetail {
+  /** `MANIFEST_UNKNOWN`, `DENIED`, `UNAUTHORIZED`…: the spec's codes, or whatever the registry wrote (one line, capped). */
+  code: string;
+  /** The registry's words, one line, secrets redacted, capped; '' when it gave none. */
+  message: string;
+}
+
+export interface RegistryErrorOptions {
+  input?: string;
+  hint?: string;
+  cause?: unknown;
+  retryable?: boolean;
+  /** The status of the answer; undefined when none came (the connection failed or broke). */
+  status?: number;
+  details?: readonly RegistryErrorDetail[];
+  method?: string;
+  /** The request's URL: redacted here before it is kept. */
+  url?: string;
+}
+
+/** A failed exchange with a registry: a SmartError that keeps what a program may want to match on. */
+export class RegistryError extends SmartError {
+  /** The HTTP status answered; undefined when no answer came. */
+  readonly status: number | undefined;
+  /** Every error the registry listed in its body, in order; empty when it listed none. */
+  readonly details: readonly RegistryErrorDetail[];
+  readonly method: string | undefined;
+  /** The request's URL with userinfo and secret parameters redacted (redact.ts). */
+  readonly url: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: RegistryErrorOptions = {}) {
+    const { status, details, method, url, ...rest } = options;
+    super(code, message, rest);
+    this.name = 'RegistryError';
+    this.status = status;
+    this.details = details ?? [];
+    this.method = method;
+    this.url = url === undefined ? undefined : redactUrl(url);
+  }
+
+  /** The registry's error codes, in order (`['MANIFEST_UNKNOWN']`). */
+  get codes(): string[] {
+    return this.details.map((d) => d.code);
+  }
+}
+
+export function isRegistryError(e: unknown): e is RegistryError {
+  return e instanceof RegistryError;
+}
+
+/** What every error of one client says about the registry. */
+export interface ErrorContext {
+  /** `host[:port]` as the user named it. */
+  host: string;
+  /** Plain HTTP is allowed for this registry: a TLS error then gets no --insecure-registry hint. */
+  allowHttp: boolean;
+  stallTimeoutMs: number;
+  /** The credentials and tokens the client holds, redacted from anything the registry echoes. */
+  secrets(): string[];
+}
+
+export interface RequestFacts {
+  /** What the request is about, for messages: `manifest team/app:1`, `blob sha256:… of team/app`. */
+  what: string;
+  method?: string;
+  url?: string;
+}
+
+/** The error entries of a spec error body, as written; undefined when the body is no such JSON. */
+function parseDetails(body: Buffer): RegistryErrorDetail[] | undefined {
+  let doc: { errors?: unknown };
+  try {
+    doc = JSON.parse(body.toString('utf8')) as { errors?: unknown };
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(doc?.errors)) return [];
+  return (doc.errors as { code?: unknown; message?: unknown }[]).map((e) => ({ code: String(e?.code ?? ''), message: e?.message ? String(e.message) : '' }));
+}
+
+/** A registry's answer with an unexpected status, naming the registry, the request and the status, and every error code it gave. */
+export function statusError(ctx: ErrorContext, status: number, body: Buffer | undefined, request: RequestFacts & { method: string }): RegistryError {
+  const known = ctx.secrets();
+  const raw = body?.length ? parseDetails(body) : [];
+  // Redacted once, as a whole: redacting text already redacted garbles it.
+  const detail =
+    raw === undefined ? remoteText(body!.toString('utf8'), { max: 120, known }) : remoteText(raw.map((d) => `${d.code}${d.message ? `: ${d.message}` : ''}`).join('; '), { known });
+  const details = (raw ?? []).map((d) => ({ code: remoteText(d.code, { max: 60, known }), message: remoteText(d.message, { known }) }));
+  const message = `registry ${ctx.host} answered ${status}${detail ? ` ${detail}` : ''} to ${request.method} ${request.what}`;
+  const facts = { status, details, method: request.method, ...(request.url !== undefined ? { url: request.url } : {}) };
+  if (status === 401 || status === 403) {
+    return new RegistryError('REGISTRY', message, {
+      ...facts,
+      input: ctx.host,
+      hint: 'check the credentials (docker login, --creds USER:PASSWORD) and that they may access this repository',
+    });
+  }
+  if (status === 404) return new RegistryError('NOT_FOUND', message, { ...facts, input: request.what });
+  return new RegistryError('REGISTRY', message, { ...facts, input: ctx.host, retryable: isTransientStatus(status) });
+}
+
+/** Errors that mean the registry could not be reached at all (as opposed to a connection that broke). */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
+
+/** A TLS failure proper: a protocol mismatch or a certificate problem (a bare reset is not one). */
+function looksLikeTlsError(e: unknown): boolean {
+  const err = e as NodeJS.ErrnoException | undefined;
+  const code = err?.code ?? '';
+  const msg = err?.message ?? '';
+  return code === 'EPROTO' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || /wrong version number|packet length too long|http request|certificate/i.test(msg) || /CERT|SELF_SIGNED/.test(code);
+}
+
+/**
+ * A failed connection as an error naming the registry and the request. A TLS hint is given for TLS
+ * errors, and for a reset during the ping (the first exchange: a plain HTTP server resets a TLS
+ * hello), never for a connection that broke mid-request. A SmartError passes unchanged.
+ */
+export function connectionError(ctx: ErrorContext, e: unknown, request: RequestFacts, phase: 'ping' | 'request' = 'request'): SmartError {
+  if (e instanceof SmartError) return e;
+  const { what } = request;
+  if ((e as Error)?.name === 'AbortError') return new SmartError('CANCELLED', `${what}: cancelled`, { cause: e });
+  const facts = { ...(request.method !== undefined ? { method: request.method } : {}), ...(request.url !== undefined ? { url: request.url } : {}) };
+  const msg = (e as Error)?.message ?? String(e);
+  const code = errorCode(e);
+  if (code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT') {
+    const s = Math.round(ctx.stallTimeoutMs / 1000);
+    return new RegistryError('REGISTRY', `registry ${ctx.host} stalled: no data for ${s} s (${what})`, { ...facts, input: ctx.host, cause: e, retryable: true });
+  }
+  const unreachable = phase === 'ping' || UNREACHABLE.has(code ?? '');
+  const tls = looksLikeTlsError(e) || (phase === 'ping' && code === 'ECONNRESET');
+  return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
+    ...facts,
+    input: ctx.host,
+    cause: e,
+    retryable: isTransient(e),
+    ...(tls ? { hint: ctx.allowHttp ? 'check the registry TLS setup' : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR' } : {}),
+  });
+}

@@ -1,0 +1,58 @@
+/**
+ * The first exchange with a registry, `GET /v2/`: it chooses the scheme (https, or plain http
+ * where that is allowed: loopback, --insecure-registry) and learns the authentication challenge.
+ */
+import { SmartError } from '../../errors.js';
+import { parseChallenge, type Challenge } from './auth.js';
+import { connectionError, statusError, type ErrorContext } from './errors.js';
+import { USER_AGENT, header, type Http } from './http.js';
+import type { Retry } from './retry.js';
+
+export interface PingResult {
+  /** `https://host[:port]` or `http://…`: where the API answers. */
+  base: string;
+  /** What a 401 to the ping asked for; `none` when the registry answered without one. */
+  challenge: Challenge;
+}
+
+/** What a plain server answers to a TLS hello (or a TLS server to plain HTTP): decides the fall-back to http. */
+function looksLikeTlsMismatch(e: unknown): boolean {
+  const err = (e instanceof SmartError ? e.cause : e) as NodeJS.ErrnoException | undefined;
+  const code = err?.code ?? '';
+  const msg = err?.message ?? '';
+  return code === 'EPROTO' || code === 'ERR_SSL_WRONG_VERSION_NUMBER' || /wrong version number|packet length too long|http request/i.test(msg) || code === 'ECONNRESET';
+}
+
+/**
+ * Pings `apiHost`. Where plain HTTP is allowed, one TLS attempt decides (a plain server resets or
+ * answers garbage) and http is tried next; elsewhere https alone, retried as any request. A 404 is
+ * taken for an answer (some registries do not implement `/v2/` alone: the next request will tell).
+ */
+export async function ping(
+  deps: { http: Http; retry: Retry; errors: ErrorContext },
+  target: { apiHost: string; allowHttp: boolean },
+  signal: AbortSignal | undefined,
+): Promise<PingResult> {
+  const { http, retry, errors } = deps;
+  const what = `ping ${errors.host}`;
+  const attempt = async (scheme: 'https' | 'http', repeatable: boolean): Promise<PingResult> => {
+    const base = `${scheme}://${target.apiHost}`;
+    const request = { what, method: 'GET', url: `${base}/v2/` };
+    const res = await retry.send(what, () => http.send({ origin: base, path: '/v2/', method: 'GET', headers: { 'user-agent': USER_AGENT } }, signal), {
+      host: errors.host,
+      signal,
+      repeatable,
+      failure: (e) => connectionError(errors, e, request, 'ping'),
+    });
+    await res.body.dump();
+    if (res.statusCode === 401) return { base, challenge: parseChallenge(header(res.headers, 'www-authenticate')) };
+    if (res.statusCode !== 200 && res.statusCode !== 404) throw statusError(errors, res.statusCode, undefined, request);
+    return { base, challenge: { scheme: 'none' } };
+  };
+  try {
+    return await attempt('https', !target.allowHttp);
+  } catch (e) {
+    if (!target.allowHttp || !looksLikeTlsMismatch(e)) throw e;
+    return attempt('http', true);
+  }
+}

@@ -1,0 +1,167 @@
+/**
+ * The one retry loop of the registry client, and what is built on it: a request sent again on a
+ * connection error or a 408/429/5xx answer (waiting what Retry-After asks), and a response body
+ * read as one stream across broken connections (resumed with a Range request from the byte
+ * reached). Every retry is told to `onRetry` before it happens: retries are visible, not silent.
+ */
+import { PassThrough, type Readable } from 'node:stream';
+import { once } from 'node:events';
+import { SmartError } from '../../errors.js';
+import { isTransient, isTransientStatus, sleep } from '../../transient.js';
+import { header, type Response } from './http.js';
+
+export interface RetryOptions {
+  /** Attempts after the first. */
+  maxRetries: number;
+  /** The first backoff delay; doubles per attempt. */
+  delayMs: number;
+  onRetry?: (message: string) => void;
+}
+
+/** What became of one attempt, as the loop needs to know it. */
+export interface AttemptJudge<T> {
+  /**
+   * A result that asks for another attempt (a 408, 429 or 5xx answer): what to say, and the wait it
+   * asks for (else the backoff). Undefined: the result is final. Its resources are freed by
+   * `discard` before the wait.
+   */
+  again?(value: T): { message: string; delayMs?: number } | undefined;
+  discard?(value: T): Promise<void>;
+  /** A failure as it is to be thrown or told, and whether it may be outlived (default: isTransient of the error). */
+  failure(e: unknown): { error: unknown; retry?: boolean };
+  /** The retry warning for `message`, before a wait of `delayMs`. */
+  told(message: string, delayMs: number): string;
+}
+
+const MAX_RETRY_AFTER_MS = 30_000;
+
+/** A byte range of a resource, read from `offset` (absolute); a 206 answer starts there, a 200 at 0. */
+export type OpenAt = (offset: number, signal: AbortSignal) => Promise<Response>;
+
+export interface BodyOptions {
+  /** The first byte wanted (0: the whole resource). */
+  start?: number;
+  /** How many bytes are wanted from `start`; undefined: to the end. A body that ends short of it is resumed. */
+  length?: number;
+  signal?: AbortSignal;
+  /** The error a broken body is told and thrown as (its message goes into the retry warning). */
+  failure(e: unknown): SmartError;
+}
+
+export class Retry {
+  constructor(readonly options: RetryOptions) {}
+
+  /**
+   * Runs `attempt` until it gives a final result, fails on something that cannot be outlived, or
+   * the attempts are spent (the last result is then returned as it is, the last failure thrown).
+   * `repeatable: false` makes one attempt only (a streamed request body cannot be sent twice).
+   * Aborting `signal` ends the wait and the loop.
+   */
+  async run<T>(attempt: (n: number) => Promise<T>, judge: AttemptJudge<T>, options: { signal?: AbortSignal | undefined; repeatable?: boolean } = {}): Promise<T> {
+    const { signal } = options;
+    const attempts = options.repeatable === false ? 1 : this.options.maxRetries + 1;
+    for (let n = 0; ; n++) {
+      const last = n + 1 >= attempts;
+      let delay = this.options.delayMs * 2 ** n;
+      let message: string;
+      try {
+        const value = await attempt(n);
+        const again = judge.again?.(value);
+        if (!again || last) return value;
+        if (again.delayMs !== undefined) delay = again.delayMs;
+        await judge.discard?.(value);
+        message = again.message;
+      } catch (e) {
+        const { error, retry = isTransient(error) } = judge.failure(e);
+        if (!retry || last || signal?.aborted) throw error;
+        message = (error as Error).message;
+      }
+      this.options.onRetry?.(judge.told(message, delay));
+      await sleep(delay, signal);
+    }
+  }
+
+  /**
+   * Sends a request (`send`) until an answer comes that is not 408, 429 or 5xx, or the attempts
+   * are spent (the last answer is then returned: the caller reads its body into the error). A
+   * connection error is retried when transient; `failure` turns it into the error to throw.
+   */
+  send(what: string, send: () => Promise<Response>, options: { host: string; signal?: AbortSignal | undefined; repeatable?: boolean; failure: (e: unknown) => SmartError }): Promise<Response> {
+    return this.run(send, {
+      again: (res) => {
+        if (!isTransientStatus(res.statusCode)) return undefined;
+        const after = Number(header(res.headers, 'retry-after'));
+        return {
+          message: `registry ${options.host} answered ${res.statusCode}`,
+          ...(Number.isFinite(after) && after > 0 ? { delayMs: Math.min(after * 1000, MAX_RETRY_AFTER_MS) } : {}),
+        };
+      },
+      discard: (res) => res.body.dump().catch(() => undefined),
+      failure: (e) => {
+        const error = options.failure(e);
+        return { error, retry: isTransient(e) };
+      },
+      told: (message, delay) => `${what}: ${message}; retrying in ${(delay / 1000).toFixed(1)} s`,
+    }, options);
+  }
+
+  /**
+   * A response body as one stream. A body that breaks on something transient (a reset, a stall)
+   * is opened again from the byte reached (`open(offset)`: a Range request; a server that ignores
+   * ranges answers 200 and what was delivered is skipped), up to the retry limit. A failure to
+   * open is not retried here: the request already was. The caller verifies the digest of the
+   * whole; destroying the stream releases the connection.
+   */
+  body(open: OpenAt, options: BodyOptions): Readable {
+    const start = options.start ?? 0;
+    const { length } = options;
+    const out = new PassThrough({ highWaterMark: 256 * 1024 });
+    // The consumer gone (destroyed, or an error downstream): the attempt in flight stops reading.
+    const stop = new AbortController();
+    out.once('close', () => stop.abort(new SmartError('CANCELLED', 'body no longer read')));
+    const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+    let delivered = 0;
+    let reading = false;
+    const attempt = async (): Promise<void> => {
+      reading = false;
+      const res = await open(start + delivered, signal);
+      reading = true;
+      let skip = res.statusCode === 200 ? start + delivered : 0;
+      try {
+        for await (const chunk of res.body) {
+          let c = chunk as Buffer;
+          if (skip > 0) {
+            const drop = Math.min(skip, c.length);
+            skip -= drop;
+            c = c.subarray(drop);
+          }
+          if (length !== undefined && delivered + c.length > length) c = c.subarray(0, length - delivered);
+          if (c.length > 0) {
+            delivered += c.length;
+            if (!out.write(c)) await once(out, 'drain', { signal });
+          }
+          if (length !== undefined && delivered === length) break;
+        }
+      } finally {
+        res.body.destroy();
+      }
+      if (length !== undefined && delivered < length) {
+        // A body cut short without an error is a connection closed early, as transient as a reset.
+        throw Object.assign(new Error(`the answer ended after ${delivered} of the ${length} bytes asked for`), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+      }
+    };
+    this.run(attempt, {
+      failure: (e) => {
+        const error = stop.signal.aborted ? stop.signal.reason : options.failure(e);
+        return { error, retry: reading && !stop.signal.aborted && isTransient(e) };
+      },
+      told: (message) => `${message}; resuming from byte ${start + delivered}`,
+    }, { signal }).then(
+      () => out.end(),
+      (e: unknown) => {
+        if (!out.destroyed) out.destroy(e as Error);
+      },
+    );
+    return out;
+  }
+}

@@ -1,0 +1,248 @@
+/**
+ * The command line as scripts and CI logs see it, driving the built CLI: errors as one line with
+ * their code (and a document on stdout with --json), a schemaVersion in every JSON document, pull
+ * words for pulls, progress events with a time, a start, an end and one key per layer, progress
+ * of a `docker save` stream, the pushed reference on stdout, --digestfile, `copy`, shell
+ * completion, closed pipes and terminals.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { run, smart, smartBin, type RunResult } from '../harness/run.js';
+import { haveTools } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+
+/** Exactly one line on stderr, `smart: error [CODE]: …`, no stack trace. */
+function oneErrorLine(r: RunResult, code: string): string {
+  const lines = r.stderr.split('\n').filter((l) => l.trim());
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(new RegExp(`^smart: error \\[${code}\\]: `));
+  return lines[0]!;
+}
+
+type Doc = Record<string, unknown> & { schemaVersion: number };
+const jsonLines = (text: string): Doc[] =>
+  text
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l) => JSON.parse(l) as Doc);
+
+/** `sh -c SCRIPT` with SMART standing for the built CLI. */
+function sh(script: string, env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
+  return run('sh', ['-c', script], { env: { ...process.env, SMART: `${process.execPath} ${smartBin}`, ...env } });
+}
+
+describe('the command line contract', () => {
+  let work: string;
+  let store: string;
+
+  beforeAll(async () => {
+    work = await tempDir();
+    store = path.join(work, 'store');
+  });
+
+  describe('errors', () => {
+    it('are one line naming their code; with --json also a document on stdout, the exit status unchanged', async () => {
+      const missing = await smart(['pull', `oci:${path.join(work, 'nowhere')}:x`, `oci:${path.join(work, 'out')}:x`, '--json']);
+      expect(missing.code).toBe(1);
+      const line = oneErrorLine(missing, 'NOT_FOUND');
+      const doc = JSON.parse(missing.stdout.toString()) as Doc & { error: Record<string, unknown> };
+      expect(doc.schemaVersion).toBe(1);
+      expect(Object.keys(doc.error).sort()).toEqual(['code', 'hint', 'input', 'message', 'retryable']);
+      expect(doc.error).toMatchObject({ code: 'NOT_FOUND', retryable: false });
+      expect(line).toContain(doc.error.message as string);
+
+      // commander's refusals too: one line, our prefix, exit 2.
+      const usage = await smart(['push', 'a', 'b', '--jobs', '0', '--json']);
+      expect(usage.code).toBe(2);
+      expect(oneErrorLine(usage, 'USAGE')).toBe("smart: error [USAGE]: option '--jobs <n>' argument '0' is invalid. --jobs must be an integer from 1 to 256 (run smart push --help for usage)");
+      expect((JSON.parse(usage.stdout.toString()) as { error: { code: string } }).error.code).toBe('USAGE');
+    });
+
+    it.each([
+      [['push', 'a', 'b', '--bogus'], "unknown option '--bogus' (run smart push --help for usage)"],
+      [['push', 'a', 'b', '--jsn'], "unknown option '--jsn' (did you mean --json?) (run smart push --help for usage)"],
+      [['frob'], "unknown command 'frob' (run smart --help for usage)"],
+      [['pull', 'a'], "missing required argument 'destination' (run smart pull --help for usage)"],
+      [['cache', 'index'], "missing required argument 'store' (run smart cache index --help for usage)"],
+      [['push', 'docker://', 'file:/tmp/x#a:b'], 'invalid image name "docker://": it names no image (write docker://HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. docker://registry.example.com/team/app:1.0;'],
+    ])('a usage error is one line: %j', async (args, message) => {
+      const r = await smart(args);
+      expect(r.code).toBe(2);
+      expect(oneErrorLine(r, r.stderr.includes('[INVALID_REFERENCE]') ? 'INVALID_REFERENCE' : 'USAGE')).toContain(message);
+      expect(r.stdout.length).toBe(0);
+    });
+  });
+
+  describe('JSON documents and progress events', () => {
+    it('a push prints its reference and its summary with a schemaVersion; a pull says written, not pushed', async () => {
+      const fx = fixtures();
+      const pushed = await smart(['push', `docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#team/app:1.0`, '--json', '--progress', 'json']);
+      expect(pushed.code, pushed.stderr).toBe(0);
+      const summary = JSON.parse(pushed.stdout.toString()) as Doc & { reference: string; manifestDigest: string; layers: Record<string, number>; config: string };
+      expect(summary).toMatchObject({ schemaVersion: 1, command: 'push', reference: `file:${store}#team/app@${summary.manifestDigest}`, config: 'pushed' });
+      expect(Object.keys(summary.layers)).toEqual(['total', 'pushed', 'skipped', 'mounted', 'foreign', 'bytesPushed']);
+
+      // Events: a start, an end, a time each, and one key per layer though the layer is read as
+      // a tar (its diff id) and stored compressed (another digest).
+      const events = jsonLines(pushed.stderr) as (Doc & { event: string; time: string; layer?: string; digest?: string; status?: string })[];
+      expect(events.every((e) => e.schemaVersion === 1 && !Number.isNaN(Date.parse(e.time)))).toBe(true);
+      expect(events[0]).toMatchObject({ event: 'start', command: 'push', source: `docker-archive:${fx.paths.dockerArchiveBasic}` });
+      expect(events.at(-1)).toMatchObject({ event: 'end', ok: true, manifestDigest: summary.manifestDigest });
+      const layerEvents = events.filter((e) => e.event === 'layer');
+      const keys = new Set(layerEvents.map((e) => e.layer));
+      expect(keys.size).toBe(3);
+      expect(events.filter((e) => e.event === 'progress').every((e) => keys.has(e.layer))).toBe(true);
+      expect(layerEvents.every((e) => e.layer !== e.digest && e.status === 'pushed')).toBe(true);
+
+      const out = path.join(work, 'pulled');
+      const pulled = await smart(['pull', `file:${store}#team/app:1.0`, `oci:${out}:x`, '--json', '--progress', 'json']);
+      expect(pulled.code, pulled.stderr).toBe(0);
+      const pull = JSON.parse(pulled.stdout.toString()) as Doc & { layers: Record<string, number>; config: string };
+      expect(pull).toMatchObject({ schemaVersion: 1, command: 'pull', config: 'written' });
+      expect(pull.layers).toEqual({ total: 3, written: 3, skipped: 0, mounted: 0, foreign: 0, bytesWritten: summary.layers.bytesPushed });
+      expect(pull).not.toHaveProperty('reference');
+      const statuses = jsonLines(pulled.stderr).filter((e) => e.event === 'layer').map((e) => e.status);
+      expect(statuses).toEqual(['written', 'written', 'written']);
+    });
+
+    it('the cache commands print their results with a schemaVersion', async () => {
+      const index = await smart(['cache', 'index', `file:${store}`, '--json']);
+      expect(index.code, index.stderr).toBe(0);
+      expect((JSON.parse(index.stdout.toString()) as Doc).schemaVersion).toBe(1);
+      const context = path.join(work, 'context');
+      await fs.mkdir(context, { recursive: true });
+      await fs.writeFile(path.join(context, 'Dockerfile'), 'FROM scratch\nCOPY . /\n');
+      const lint = await smart(['cache', 'lint', context, '--json']);
+      expect(lint.code, lint.stderr).toBe(0);
+      expect((JSON.parse(lint.stdout.toString()) as Doc).schemaVersion).toBe(1);
+    });
+  });
+
+  describe('a docker save stream', () => {
+    it('shows the bytes read per layer, never 0 B / 0 B, and ends with throughput and compression ratio', async () => {
+      const fx = fixtures();
+      const archive = await fs.readFile(fx.paths.dockerArchiveBasic);
+      const tty = await smart(['push', 'docker-archive:-', `file:${store}#stream/tty:1`, '--progress', 'tty'], { input: archive });
+      expect(tty.code, tty.stderr).toBe(0);
+      expect(tty.stderr).not.toMatch(/0 B \/ 0 B/);
+      expect(tty.stderr).toMatch(/^total {2}[\d.]+ (B|KiB) (read|\/ [\d.]+ KiB) /m);
+      expect(tty.stderr).toMatch(/^[0-9a-f]{12} {2}pushed [\d.]+ (B|KiB) \([\d.]+ KiB read\)$/m);
+      expect(tty.stderr).toMatch(/^read [\d.]+ KiB in [\d.]+ s \([\d.]+ (B|KiB|MiB)\/s\); stored [\d.]+ KiB, compressed [\d.]+:1 \((gzip), \S+ level \d+\)$/m);
+
+      const json = await smart(['push', 'docker-archive:-', `file:${store}#stream/json:1`, '--progress', 'json'], { input: archive });
+      expect(json.code, json.stderr).toBe(0);
+      const events = jsonLines(json.stderr.split('\n').filter((l) => l.startsWith('{')).join('\n')) as (Doc & { event: string; layer?: string; bytes?: number; read?: number })[];
+      const progress = events.filter((e) => e.event === 'progress');
+      expect(progress.length).toBeGreaterThanOrEqual(3);
+      expect(progress.every((e) => /[0-9a-f]{64}/.test(e.layer!) && e.bytes! > 0)).toBe(true);
+      const layers = events.filter((e) => e.event === 'layer');
+      expect(layers.map((e) => e.layer).sort()).toEqual([...new Set(progress.map((e) => e.layer))].sort());
+      expect(layers.reduce((n, e) => n + e.read!, 0)).toBe(events.at(-1)!.bytesRead);
+    });
+  });
+
+  describe('the reference pushed, --digestfile, copy', () => {
+    it('prints the reference on stdout (with -q too), writes --digestfile, and copy pushes or pulls by the destination', async () => {
+      const fx = fixtures();
+      const digestfile = path.join(work, 'digest');
+      const pushed = await smart(['copy', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#copy/app:1`, '-q', '--digestfile', digestfile]);
+      expect(pushed.code, pushed.stderr).toBe(0);
+      expect(pushed.stderr).toBe('');
+      expect(pushed.stdout.toString()).toBe(`file:${store}#copy/app@${fx.basic.manifest.digest}\n`);
+      expect(await fs.readFile(digestfile, 'utf8')).toBe(fx.basic.manifest.digest);
+
+      const pulled = await smart(['copy', `file:${store}#copy/app:1`, `oci:${path.join(work, 'copied')}:x`, '--json']);
+      expect(pulled.code, pulled.stderr).toBe(0);
+      expect(JSON.parse(pulled.stdout.toString())).toMatchObject({ command: 'pull', manifestDigest: fx.basic.manifest.digest });
+
+      const wrongMode = await smart(['copy', `file:${store}#copy/app:1`, `oci:${path.join(work, 'copied')}:y`, '--compression', 'zstd']);
+      expect(wrongMode.code).toBe(2);
+      expect(oneErrorLine(wrongMode, 'USAGE')).toMatch(/--compression applies to pushes, and smart copy pulls into oci:/);
+    });
+  });
+
+  describe.skipIf(!haveTools('bash', 'zsh', 'fish'))('shell completion', () => {
+    it('bash completes commands, options, their choices and image names', async () => {
+      const script = path.join(work, 'smart.bash');
+      const r = await smart(['completion', 'bash']);
+      expect(r.code, r.stderr).toBe(0);
+      await fs.writeFile(script, r.stdout);
+      const probe = (line: string) => `COMP_LINE=${JSON.stringify(line)}; COMP_POINT=\${#COMP_LINE}; COMPREPLY=(); _smart; echo "\${COMPREPLY[*]}"`;
+      const lines = ['smart ', 'smart push --prog', 'smart push --progress ', 'smart cache ', 'smart cache pull --builder b', 'smart-push --json d', 'smart completion '];
+      const out = await run('bash', ['-c', [`source ${script}`, ...lines.map(probe)].join('\n')]);
+      expect(out.code, out.stderr).toBe(0);
+      expect(out.stdout.toString().split('\n').slice(0, lines.length)).toEqual([
+        'push pull copy cache completion',
+        '--progress',
+        'auto tty plain json none',
+        'index plan pull warm lint',
+        'buildkit buildx buildah',
+        'docker-archive: docker://',
+        'bash zsh fish',
+      ]);
+    });
+
+    it('zsh and fish load their scripts and complete from the same program', async () => {
+      const zsh = await smart(['completion', 'zsh']);
+      const fish = await smart(['completion', 'fish']);
+      expect(zsh.code + fish.code).toBe(0);
+      const zshFile = path.join(work, '_smart');
+      const fishFile = path.join(work, 'smart.fish');
+      await fs.writeFile(zshFile, zsh.stdout);
+      await fs.writeFile(fishFile, fish.stdout);
+      expect((await run('zsh', ['-n', zshFile])).code).toBe(0);
+      // zsh: the completion function with the completion system's builtins recording what they were given.
+      const zshProbe = await run('zsh', [
+        '-fc',
+        [
+          'compdef() { }',
+          `source ${zshFile}`,
+          'compadd() { print -r -- "${@[-1]}" }',
+          '_describe() { print -r -- "${(P)argv[-1]}" }',
+          "words=(smart push --progress ''); CURRENT=4; PREFIX=; _smart",
+          "words=(smart cache ''); CURRENT=3; PREFIX=; _smart",
+        ].join('\n'),
+      ]);
+      expect(zshProbe.code, zshProbe.stderr).toBe(0);
+      expect(zshProbe.stdout.toString()).toMatch(/^none\nindex:build or refresh the layer trie.* plan:.* pull:.* warm:.* lint:/);
+      const fishProbe = await run('fish', ['-c', `source ${fishFile}; complete -C 'smart push --progress '; complete -C 'smart-cache pull --print-cache-from '`]);
+      expect(fishProbe.code, fishProbe.stderr).toBe(0);
+      const words = fishProbe.stdout.toString().split('\n').map((l) => l.split('\t')[0]).filter(Boolean);
+      expect(words).toEqual(['auto', 'json', 'none', 'plain', 'tty', 'buildah', 'buildkit', 'buildx', 'docker']);
+    });
+  });
+
+  describe('pipes and terminals', () => {
+    it('help read in part by head ends quietly, exit 0', async () => {
+      const r = await sh('$SMART push --help | head -1; echo "status=${PIPESTATUS:-}"', {});
+      expect(r.stdout.toString().split('\n')[0]).toBe('Usage: smart push [options] <source> <destination>');
+      expect(r.stderr).toBe('');
+      const status = await run('bash', ['-c', `"${process.execPath}" "${smartBin}" push --help | head -1 >/dev/null; echo "\${PIPESTATUS[0]}"`]);
+      expect(status.stdout.toString().trim()).toBe('0');
+      expect(status.stderr).toBe('');
+    });
+
+    it('an image stream whose reader goes away ends quietly with 141, as a program SIGPIPE killed', async () => {
+      const fx = fixtures();
+      const r = await run('bash', ['-c', `"${process.execPath}" "${smartBin}" pull oci:${fx.paths.ociBasic}:latest docker-archive:- | head -c 100 >/dev/null; echo "\${PIPESTATUS[0]}"`], {
+        env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') },
+      });
+      expect(r.stdout.toString().trim()).toBe('141');
+      expect(r.stderr).toBe('');
+    });
+
+    it.skipIf(!haveTools('script'))('refuses to write an archive to a terminal, or to wait on one for an archive', async () => {
+      const fx = fixtures();
+      // `script` runs the command with a terminal on stdin, stdout and stderr.
+      const tty = (args: string) => run('script', ['-qec', `"${process.execPath}" "${smartBin}" ${args}`, '/dev/null'], { env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') } });
+      const out = await tty(`pull oci:${fx.paths.ociBasic}:latest docker-archive:-`);
+      expect(out.code).toBe(2);
+      expect(out.stdout.toString()).toMatch(/^smart: error \[USAGE\]: docker-archive:- writes the image archive to stdout, which is a terminal \(redirect it to a file, > image\.tar, or pipe it: \| docker load\)\r?\n$/);
+      const inp = await tty(`push docker-archive:- file:${store}#tty/in:1`);
+      expect(inp.code).toBe(2);
+      expect(inp.stdout.toString()).toMatch(/^smart: error \[USAGE\]: docker-archive:- reads the image archive from stdin, which is a terminal/);
+    });
+  });
+});

@@ -1,0 +1,126 @@
+/**
+ * The registry client as a library, against the stock registry behind a fault-injecting proxy:
+ * a byte range broken mid-body is resumed from the byte reached (the one resumable-body helper
+ * of blob reads), and an error answer becomes a RegistryError that keeps the status, every error
+ * code the registry listed, the method and the URL with its secrets redacted.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { parseDigest } from '../../src/oci/digest.js';
+import { RegistryClient, RegistryError } from '../../src/transports/registry/client.js';
+import { fixtures } from '../harness/fixtures.js';
+import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { smart } from '../harness/run.js';
+import { haveTools } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+
+describe.skipIf(!haveTools('docker-registry'))('the registry client', () => {
+  let registry: RegistryClient;
+  let upstream: RunningRegistry;
+  let proxy: RunningProxy;
+  const told: string[] = [];
+
+  beforeAll(async () => {
+    const work = await tempDir();
+    upstream = await startRegistry({ configDir: work });
+    proxy = await startProxy({ target: upstream.url });
+    const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${upstream.host}/client/basic:v1`]);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  afterAll(async () => {
+    await registry?.close();
+    await proxy?.stop();
+    await upstream?.stop();
+  });
+
+  beforeEach(async () => {
+    await registry?.close();
+    registry = new RegistryClient({ host: proxy.host, retryDelayMs: 10, onRetry: (m) => told.push(m) });
+    told.length = 0;
+    proxy.setFaults(undefined);
+  });
+
+  /** The largest layer of the basic fixture, and its bytes. */
+  const bigLayer = async () => {
+    const fx = fixtures();
+    const layer = [...fx.basic.layers].sort((a, b) => b.size - a.size)[0]!;
+    const bytes = await fs.readFile(path.join(fx.paths.ociBasic, 'blobs', 'sha256', layer.digest.slice('sha256:'.length)));
+    return { digest: parseDigest(layer.digest), bytes };
+  };
+
+  it('resumes a byte range broken mid-body from the byte reached, and says so', async () => {
+    const { digest, bytes } = await bigLayer();
+    expect(bytes.length).toBeGreaterThan(300);
+    const ranges: (string | undefined)[] = [];
+    proxy.setFaults((req, n) => {
+      if (req.method !== 'GET' || !req.path.endsWith(digest)) return undefined;
+      ranges.push(req.headers.range);
+      return n === 1 ? { kind: 'reset-mid-body', afterBytes: 100 } : undefined;
+    });
+    const start = 10;
+    const end = bytes.length - 6;
+    const part = await registry.getBlobRange('client/basic', digest, start, end);
+    expect(part.equals(bytes.subarray(start, end + 1))).toBe(true);
+    expect(ranges).toEqual([`bytes=${start}-${end}`, `bytes=${start + 100}-${end}`]);
+    expect(told).toEqual([expect.stringMatching(/ registry 127\.0\.0\.1:\d+: .*\(blob sha256:[0-9a-f]{64} of client\/basic\); resuming from byte 110$/)]);
+  });
+
+  it('reads a whole blob across a broken connection, from the byte reached', async () => {
+    const { digest, bytes } = await bigLayer();
+    const ranges: (string | undefined)[] = [];
+    proxy.setFaults((req, n) => {
+      if (req.method !== 'GET' || !req.path.endsWith(digest)) return undefined;
+      ranges.push(req.headers.range);
+      return n === 1 ? { kind: 'reset-mid-body', afterBytes: 200 } : undefined;
+    });
+    const chunks: Buffer[] = [];
+    for await (const c of registry.openBlob('client/basic', digest)) chunks.push(c as Buffer);
+    expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
+    expect(ranges).toEqual([undefined, 'bytes=200-']);
+    expect(told).toEqual([expect.stringMatching(/; resuming from byte 200$/)]);
+  });
+
+  it('keeps the status, every error code, the method and the redacted URL of an error answer', async () => {
+    const { digest } = await bigLayer();
+    const secret = 'sig-0123456789abcdef';
+    const redirect = `/elsewhere/blob?X-Amz-Signature=${secret}&part=1`;
+    const body = JSON.stringify({ errors: [{ code: 'DENIED', message: 'not yours' }, { code: 'UNAUTHORIZED', message: 'signature expired' }] });
+    proxy.setFaults((req) => {
+      if (req.method === 'GET' && req.path.endsWith(digest)) return { kind: 'status', status: 307, headers: { location: `http://${proxy.host}${redirect}` } };
+      if (req.path === '/elsewhere/blob') return { kind: 'status', status: 403, body };
+      return undefined;
+    });
+    let error: unknown;
+    try {
+      for await (const c of registry.openBlob('client/basic', digest)) void c;
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(RegistryError);
+    const e = error as RegistryError;
+    expect(e.code).toBe('REGISTRY');
+    expect(e.status).toBe(403);
+    expect(e.codes).toEqual(['DENIED', 'UNAUTHORIZED']);
+    expect(e.method).toBe('GET');
+    expect(e.url).toBe(`http://${proxy.host}/elsewhere/blob?X-Amz-Signature=[redacted]&part=1`);
+    expect(e.retryable).toBe(false);
+    expect(e.message).toMatch(/^registry 127\.0\.0\.1:\d+ answered 403 DENIED: not yours; UNAUTHORIZED: signature expired to GET blob sha256:/);
+    expect(JSON.stringify({ message: e.message, url: e.url, details: e.details })).not.toContain(secret);
+  });
+
+  it('marks a 5xx answer retryable once its retries are spent, with its status and code', async () => {
+    const body = JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'maintenance' }] });
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.includes('/manifests/') ? { kind: 'status', status: 503, body } : undefined));
+    const e = await registry.getManifest('client/basic', 'v1').then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    expect(e).toBeInstanceOf(RegistryError);
+    expect(e).toMatchObject({ status: 503, codes: ['UNAVAILABLE'], method: 'GET', retryable: true });
+    expect(told).toHaveLength(4);
+    expect(told[0]).toMatch(/^manifest client\/basic:v1: registry 127\.0\.0\.1:\d+ answered 503; retrying in 0\.0 s$/);
+  });
+});

@@ -1,0 +1,281 @@
+/**
+ * Property-based tests of the tar readers, on archives mutated from real ones: ustar, pax (long
+ * names, sizes, ids, times), GNU long names, base-256 sizes, every entry type. Bytes are flipped
+ * (mostly in headers), numeric fields rewritten, archives cut short. Every reader gives a
+ * SmartError or a correct result, never another exception or a hang: the header decoder, the
+ * random-access index (docker-archive and oci-archive files), the streaming docker-archive
+ * reader, and the layer applier (tar-stream), which never writes outside its root.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import fc from 'fast-check';
+import { pack } from 'tar-stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LayerStore } from '../../src/cache/layer-store.js';
+import { SmartError } from '../../src/errors.js';
+import type { Digest } from '../../src/oci/digest.js';
+import { BLOCK, checksum, decodeHeader, normalizeMemberName, parsePax } from '../../src/tar/header.js';
+import { TarIndex } from '../../src/tar/tar-index.js';
+import { readDockerArchiveStream } from '../../src/transports/docker-archive/stream.js';
+import { RootfsApplier } from '../../src/transports/rootfs/apply.js';
+import { fuzzParams, total, totalAsync } from '../harness/fuzz.js';
+
+type Entry = { name: string; type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'fifo'; body?: Buffer | string; linkname?: string; pax?: Record<string, string>; mode?: number; uid?: number; gid?: number };
+
+async function tarOf(entries: Entry[]): Promise<Buffer> {
+  const p = pack();
+  const out: Buffer[] = [];
+  p.on('data', (c) => out.push(c as Buffer));
+  const ended = new Promise<void>((resolve) => p.on('end', () => resolve()));
+  for (const e of entries) {
+    const body = e.type && e.type !== 'file' ? Buffer.alloc(0) : Buffer.from(e.body ?? '');
+    p.entry({ mtime: new Date(1_700_000_000_000), mode: 0o644, ...e, type: e.type ?? 'file', size: body.length }, body);
+  }
+  p.finalize();
+  await ended;
+  return Buffer.concat(out);
+}
+
+/** A GNU long-name member ('L') and the member it names, written by hand (tar-stream writes pax). */
+function gnuLongName(name: string, body: string): Buffer {
+  const header = (n: string, size: number, type: string) => {
+    const b = Buffer.alloc(BLOCK);
+    b.write(n.slice(0, 99), 0, 'utf8');
+    b.write('0000644\0', 100, 'latin1');
+    b.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
+    b.write('14000000000\0', 136, 'latin1');
+    b.write(type, 156, 'latin1');
+    b.write('ustar  \0', 257, 'latin1');
+    b.write(`${checksum(b).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+    return b;
+  };
+  const pad = (s: Buffer) => Buffer.concat([s, Buffer.alloc((BLOCK - (s.length % BLOCK)) % BLOCK)]);
+  const nameBytes = Buffer.from(`${name}\0`);
+  return Buffer.concat([header('././@LongLink', nameBytes.length, 'L'), pad(nameBytes), header(name.slice(0, 99), body.length, '0'), pad(Buffer.from(body))]);
+}
+
+/** Mutations of an archive: byte flips (headers first), numeric fields rewritten, cuts, spliced blocks. */
+function mutated(seed: Buffer): fc.Arbitrary<Buffer> {
+  const blocks = Math.max(1, Math.floor(seed.length / BLOCK));
+  const field = fc.constantFrom([100, 8], [108, 8], [116, 8], [124, 12], [136, 12], [148, 8], [156, 1], [345, 155], [0, 100], [157, 100]);
+  const junkNumber = fc.oneof(
+    fc.constantFrom('77777777777\0', '\x80\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff', '\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff', 'zz', '-1', ' ', '', '0x10', '1e10', 'L', 'x', 'g', 'K', '7', '3', '4', '6', 'S', 'V', '5'),
+    fc.string({ maxLength: 12 }),
+  );
+  const mutation = fc.oneof(
+    fc.record({ kind: fc.constant('flip' as const), at: fc.nat(seed.length - 1), to: fc.integer({ min: 0, max: 255 }) }),
+    fc.record({ kind: fc.constant('field' as const), block: fc.nat(blocks - 1), field, text: junkNumber, fix: fc.boolean() }),
+    fc.record({ kind: fc.constant('cut' as const), at: fc.nat(seed.length) }),
+    fc.record({ kind: fc.constant('splice' as const), from: fc.nat(blocks - 1), to: fc.nat(blocks - 1) }),
+  );
+  return fc.array(mutation, { minLength: 1, maxLength: 4 }).map((ms) => {
+    let b = Buffer.from(seed);
+    for (const m of ms) {
+      if (m.kind === 'flip' && m.at < b.length) b[m.at] = m.to;
+      else if (m.kind === 'field' && (m.block + 1) * BLOCK <= b.length) {
+        const h = b.subarray(m.block * BLOCK, (m.block + 1) * BLOCK);
+        const off = m.field[0];
+        const len = m.field[1];
+        h.fill(0, off, off + len);
+        h.write(m.text, off, len, 'latin1');
+        // Mostly with a right checksum, so that readers go past the header check.
+        if (m.fix) h.write(`${checksum(h).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+      } else if (m.kind === 'cut') b = b.subarray(0, m.at);
+      else if (m.kind === 'splice' && (Math.max(m.from, m.to) + 1) * BLOCK <= b.length) b.copy(b, m.to * BLOCK, m.from * BLOCK, (m.from + 1) * BLOCK);
+    }
+    return b;
+  });
+}
+
+/** `seed` with a header field rewritten (and the checksum made right again). */
+function withField(seed: Buffer, block: number, offset: number, length: number, text: string): Buffer {
+  const b = Buffer.from(seed);
+  const h = b.subarray(block * BLOCK, (block + 1) * BLOCK);
+  h.fill(0, offset, offset + length);
+  h.write(text, offset, length, 'latin1');
+  h.write(`${checksum(h).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  return b;
+}
+
+let work: string;
+let layerSeeds: Buffer[];
+let archiveSeeds: Buffer[];
+
+beforeAll(async () => {
+  work = await mkdtemp(path.join(os.tmpdir(), 'smartlayer-fuzz-tar-'));
+  const long = `${'dir-with-a-long-name/'.repeat(8)}file`;
+  layerSeeds = [
+    await tarOf([
+      { name: 'etc/', type: 'directory', mode: 0o755 },
+      { name: 'etc/passwd', body: 'root:x:0:0::/root:/bin/sh\n' },
+      { name: 'etc/link', type: 'symlink', linkname: '/etc/passwd' },
+      { name: 'etc/hard', type: 'link', linkname: 'etc/passwd' },
+      { name: 'etc/.wh.gone' },
+      { name: 'tmp/.wh..wh..opq' },
+      { name: long, body: 'long' },
+      { name: 'big-ids', body: 'x', pax: { uid: '3000000000', gid: '7', mtime: '1600000000.5', 'SCHILY.xattr.user.a': 'b' } },
+      { name: 'dev/null', type: 'character-device', mode: 0o666 },
+    ]),
+    Buffer.concat([gnuLongName(`${'g'.repeat(150)}/name`, 'gnu body'), Buffer.alloc(2 * BLOCK)]),
+  ];
+  const config = JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [`sha256:${'a'.repeat(64)}`] } });
+  archiveSeeds = [
+    await tarOf([
+      { name: 'layer.tar', body: layerSeeds[0] },
+      { name: 'config.json', body: config },
+      { name: 'manifest.json', body: JSON.stringify([{ Config: 'config.json', RepoTags: ['x:1'], Layers: ['layer.tar'] }]) },
+      { name: 'alias.tar', type: 'symlink', linkname: 'layer.tar' },
+    ]),
+  ];
+});
+
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('tar headers', () => {
+  it('decodeHeader, parsePax and normalizeMemberName: a header or nothing, never an exception', () => {
+    const block = fc.oneof(fc.uint8Array({ minLength: BLOCK, maxLength: BLOCK }).map((a) => Buffer.from(a)), fc.constant(null));
+    fc.assert(
+      fc.property(block, fc.uint8Array({ maxLength: 600 }), fc.string({ maxLength: 50 }), (raw, paxData, name) => {
+        const b = raw ?? layerSeeds[0]!.subarray(0, BLOCK);
+        const h = total(() => decodeHeader(b));
+        if (h && !(h instanceof SmartError)) expect(typeof h.name).toBe('string');
+        total(() => parsePax(Buffer.from(paxData)));
+        total(() => normalizeMemberName(name));
+      }),
+      fuzzParams(500),
+    );
+  });
+});
+
+describe('tar readers on mutated archives', () => {
+  it('TarIndex: a SmartError, or members whose bytes lie inside the file', async () => {
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.nat(1).chain((i) => mutated([...archiveSeeds, ...layerSeeds][i]!)), async (bytes) => {
+        const file = path.join(work, `index-${n++}.tar`);
+        await writeFile(file, bytes);
+        const index = await totalAsync(() => TarIndex.open(file, 'docker-archive:fuzz'));
+        if (!(index instanceof SmartError)) {
+          for (const m of index.members.values()) {
+            expect(Number.isSafeInteger(m.size) && m.size >= 0, `size of ${m.name}`).toBe(true);
+            expect(m.offset + m.size).toBeLessThanOrEqual(bytes.length);
+            await totalAsync(() => index.read(m));
+          }
+        }
+        await rm(file);
+      }),
+      // A size field of "-1" (parseInt read it), and pax sizes the index took as they came.
+      fuzzParams(200, [
+        [withField(layerSeeds[0]!, 0, 124, 12, '-1')],
+        [await tarOf([{ name: 'a', body: 'x', pax: { size: '99999999999' } }])],
+        [await tarOf([{ name: 'a', body: 'x', pax: { size: 'abc' } }])],
+      ]),
+    );
+  });
+
+  it('the streaming docker-archive reader: a SmartError or the image', async () => {
+    await fc.assert(
+      fc.asyncProperty(mutated(archiveSeeds[0]!), async (bytes) => {
+        const input = new PassThrough();
+        input.end(bytes);
+        await totalAsync(() =>
+          readDockerArchiveStream(input, { kind: 'only' }, 'docker-archive:-', async (layer) => {
+            for await (const _ of layer.stream) {
+              // drained
+            }
+            return layer.member;
+          }),
+        );
+      }),
+      fuzzParams(300),
+    );
+  });
+
+  it('the layer applier on layers of hostile names and pax records: a SmartError or a tree inside the root', async () => {
+    const outside = path.join(work, 'outside');
+    await mkdir(outside, { recursive: true });
+    await writeFile(path.join(outside, 'victim'), 'original');
+    const name = fc.oneof(
+      fc.constantFrom('a', 'a/b', '../a', '/abs', '', '.', '..', './', 'dir/', 'outside/victim', '../outside/victim', '.wh.a', 'a/.wh..wh..opq', '.wh..wh.plnk/x', 'x\0y', 'a'.repeat(300)),
+      fc.string({ maxLength: 20 }),
+    );
+    const junk = fc.oneof(fc.constantFrom('', '0', '-1', '1.5', '1e400', 'NaN', '99999999999999999999', '4294967296', '3000000000', 'abc', '../../x', '/etc'), fc.string({ maxLength: 12 }));
+    const entry = fc.record({
+      name,
+      type: fc.constantFrom('file' as const, 'directory' as const, 'symlink' as const, 'link' as const, 'fifo' as const),
+      linkname: fc.oneof(name, fc.constant(path.join(outside, 'victim'))),
+      body: fc.string({ maxLength: 20 }),
+      pax: fc.dictionary(fc.constantFrom('path', 'linkpath', 'uid', 'gid', 'mtime', 'atime', 'uname', 'SCHILY.xattr.user.x'), junk, { maxKeys: 3 }),
+    });
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.array(entry, { maxLength: 6 }), { minLength: 1, maxLength: 2 }), async (layers) => {
+        const root = path.join(work, `root-${n++}`);
+        await mkdir(root);
+        const applier = new RootfsApplier(root, { preserveOwnership: process.getuid?.() === 0 });
+        await totalAsync(async () => {
+          for (const [i, l] of layers.entries()) await applier.applyLayer(Readable.from([await tarOf(l.map((e) => ({ ...e, ...(Object.keys(e.pax).length ? {} : { pax: undefined }) })))]), `layer ${i}`);
+          await applier.finish();
+        });
+        expect(await readdir(outside)).toEqual(['victim']);
+        expect(await readFile(path.join(outside, 'victim'), 'utf8')).toBe('original');
+        await rm(root, { recursive: true, force: true });
+      }),
+      fuzzParams(100),
+    );
+  });
+
+  it('the layer store, then the applier from it: a SmartError or a tree inside the root', async () => {
+    const outside = path.join(work, 'outside');
+    await mkdir(outside, { recursive: true });
+    await writeFile(path.join(outside, 'victim'), 'original');
+    const store = new LayerStore(path.join(work, 'store'));
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.nat(layerSeeds.length - 1).chain((i) => mutated(layerSeeds[i]!)), async (bytes) => {
+        const diffId = `sha256:${createHash('sha256').update(bytes).digest('hex')}` as Digest;
+        const root = path.join(work, `root-${n++}`);
+        await mkdir(root);
+        await totalAsync(async () => {
+          await store.ensure(diffId, async () => Readable.from([bytes]));
+          const applier = new RootfsApplier(root, { preserveOwnership: false });
+          await applier.applyEntries(store.entries(diffId), 'layer 0', { link: false });
+          await applier.finish();
+        });
+        expect(await readdir(outside)).toEqual(['victim']);
+        expect(await readFile(path.join(outside, 'victim'), 'utf8')).toBe('original');
+        await rm(root, { recursive: true, force: true });
+      }),
+      fuzzParams(100),
+    );
+    expect(await readdir(path.join(work, 'store', 'tmp')).catch(() => [])).toEqual([]);
+  });
+
+  it('the layer applier: a SmartError or a tree, never a write outside the root', async () => {
+    const outside = path.join(work, 'outside');
+    await mkdir(outside, { recursive: true });
+    await writeFile(path.join(outside, 'victim'), 'original');
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.nat(layerSeeds.length - 1).chain((i) => mutated(layerSeeds[i]!)), async (bytes) => {
+        const root = path.join(work, `root-${n++}`);
+        await mkdir(root);
+        const applier = new RootfsApplier(root, { preserveOwnership: false });
+        await totalAsync(async () => {
+          await applier.applyLayer(Readable.from([bytes]), 'layer 0');
+          await applier.finish();
+        });
+        expect((await readdir(work)).filter((x) => !/^(root-\d+|outside|store|index-\d+\.tar)$/.test(x))).toEqual([]);
+        expect(await readdir(outside)).toEqual(['victim']);
+        expect(await readFile(path.join(outside, 'victim'), 'utf8')).toBe('original');
+        await rm(root, { recursive: true, force: true });
+      }),
+      fuzzParams(200),
+    );
+  });
+});
