@@ -39,6 +39,7 @@ import { DigestStream } from '../pipeline/digest-stream.js';
 import { counted, resolveImage } from '../pipeline/layers.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
+import { sleep } from '../transient.js';
 
 export interface CopyOptions {
   /** The platform to pick from an index (unless `allPlatforms`), and to check a single-platform image against (`platformMismatch`). */
@@ -395,17 +396,7 @@ async function retrying<T>(what: string, signal: AbortSignal | undefined, option
       if (!isSmartError(e) || !e.retryable || signal?.aborted || i >= TRANSFER_ATTEMPTS - 1) throw e;
       const delay = 300 * 2 ** i;
       options.onRetry?.(`${what}: ${e.message}; sending it again in ${(delay / 1000).toFixed(1)} s (attempt ${i + 2} of ${TRANSFER_ATTEMPTS})`);
-      await new Promise<void>((resolve, reject) => {
-        const onAbort = () => {
-          clearTimeout(timer);
-          reject(signal!.reason as Error);
-        };
-        const timer = setTimeout(() => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve();
-        }, delay);
-        signal?.addEventListener('abort', onAbort, { once: true });
-      });
+      await sleep(delay, signal);
     }
   }
 }
