@@ -21,9 +21,9 @@ import { formatReference, isValidRepository, isValidTag, parseReference, parseRe
 import { parseArchiveManifest, selectArchiveEntry } from '../../src/transports/docker-archive/manifest-json.js';
 import { parseImageName } from '../../src/transports/all.js';
 import { parseDockerMirror, parseRegistriesConf, pullSources, pushDestination } from '../../src/transports/registry/registries-conf.js';
-import { collectCopyEntries, createMatcher, indexContext, parseDockerignore } from '../../src/trie/context.js';
-import { expandWord, parseDockerfile, parseWords } from '../../src/trie/dockerfile.js';
-import { normalizeCreatedBy, normalizeInstruction } from '../../src/trie/history.js';
+import { collectCopyEntries, createMatcher, indexContext, parseDockerignore } from '../../src/dockerfile/context.js';
+import { expandWord, parseDockerfile, parseWords } from '../../src/dockerfile/parser.js';
+import { normalizeCreatedBy, normalizeInstruction } from '../../src/dockerfile/history.js';
 import { imageAnnotations, makeRuntimeSpec } from '../../src/transports/rootfs/runtime-spec.js';
 import { anyText, fuzzParams, pieces, total, totalAsync } from '../harness/fuzz.js';
 import { tempDir } from '../harness/tmp.js';

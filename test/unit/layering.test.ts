@@ -23,6 +23,7 @@ const RANK: Record<string, number> = {
   oci: 1,
   tar: 1,
   pipeline: 2,
+  dockerfile: 2,
   storage: 3,
   trie: 3,
   cache: 4,

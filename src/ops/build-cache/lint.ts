@@ -2,8 +2,8 @@
 import { readDockerfile } from './steps.js';
 
 export async function lint(dockerfile: string, contextDir: string) {
-  const { parseDockerfile } = await import('../../trie/dockerfile.js');
-  const { lintBuild } = await import('../../trie/lint.js');
+  const { parseDockerfile } = await import('../../dockerfile/parser.js');
+  const { lintBuild } = await import('../../dockerfile/lint.js');
   const text = await readDockerfile(dockerfile);
   const advice = await lintBuild(parseDockerfile(text, dockerfile), contextDir, { dockerfilePath: dockerfile });
   return { advice: [...advice], contextSizes: advice.contextSizes };

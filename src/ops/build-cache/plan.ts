@@ -178,7 +178,7 @@ export interface PlanOptions {
 }
 
 export async function planBuild(storeName: string, options: PlanOptions, ctx: CacheContext): Promise<PlanResult> {
-  const { parseDockerfile } = await import('../../trie/dockerfile.js');
+  const { parseDockerfile } = await import('../../dockerfile/parser.js');
   const { dockerfileSteps } = await import('../../trie/steps.js');
   const text = await readDockerfile(options.dockerfile);
   const df = parseDockerfile(text, options.dockerfile);

@@ -106,9 +106,9 @@ export async function readDockerfile(file: string): Promise<string> {
  * layers before them are the base's and get no step.
  */
 export async function stepsForPush(image: Image, options: { dockerfile: string; contextDir: string; stage?: string; buildArgs?: Record<string, string> }): Promise<(StepKey | undefined)[]> {
-  const { parseDockerfile } = await import('../../trie/dockerfile.js');
+  const { parseDockerfile } = await import('../../dockerfile/parser.js');
   const { dockerfileSteps } = await import('../../trie/steps.js');
-  const { normalizeCreatedBy } = await import('../../trie/history.js');
+  const { normalizeCreatedBy } = await import('../../dockerfile/history.js');
   const text = await readDockerfile(options.dockerfile);
   const build = await dockerfileSteps(parseDockerfile(text, options.dockerfile), {
     contextDir: options.contextDir,
