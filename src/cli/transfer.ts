@@ -23,11 +23,6 @@ function dockerfileOption(flags: CommonFlags) {
   };
 }
 
-/** `smart copy SRC DEST`: a push when DEST is a store (a registry, `file:`, `s3://`), else a pull. */
-export function copyMode(destination: string): 'push' | 'pull' {
-  return /^(docker:\/\/|file:|s3:\/\/)/.test(destination) ? 'push' : 'pull';
-}
-
 /** `docker-archive:-` as a destination: the image goes to stdout. */
 export const toStdout = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)/.test(name);
 
@@ -77,13 +72,13 @@ export function transferDocument(mode: 'push' | 'pull', summary: CopySummary, ex
 }
 
 export async function runTransfer(command: 'push' | 'pull' | 'copy', source: string, destination: string, flags: CommonFlags, out: Output): Promise<void> {
+  const { copyMode, storedReference, transfer } = await import('../ops/transfer.js');
   const mode = command === 'copy' ? copyMode(destination) : command;
   if (command === 'copy') refuseOptionsOfOtherMode(mode, destination, flags);
   if (flags.json && toStdout(destination)) {
     throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout (docker-archive:-)', { input: destination });
   }
   refuseTerminals(source, destination);
-  const { transfer, storedReference } = await import('../ops/transfer.js');
   const { formatBytes, guardedStdout } = await import('./output.js');
   const { ProgressDisplay } = await import('./progress.js');
   const progress = new ProgressDisplay(progressMode(flags), { command: mode, source, destination });

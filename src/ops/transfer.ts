@@ -1,6 +1,7 @@
 /** `push` and `pull`: one copy between any sensible pair of image names. */
 import type { Readable, Writable } from 'node:stream';
 import { SmartError } from '../errors.js';
+import type { Digest } from '../oci/digest.js';
 import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS, type ImageName } from '../transports/all.js';
@@ -235,17 +236,21 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   }
 }
 export type { LayerEvent, ProgressEvent } from '../oci/image.js';
+export { transportPrefixes } from '../transports/all.js';
 
 /**
  * The reference of what a push stored, as `crane push` prints it: `HOST/REPO@sha256:…` for a
  * registry, the store's name with `#REPO@sha256:…` for `file:`/`s3://`; undefined for other
  * destinations (layouts and archives are files: their digest says it all).
  */
-export function storedReference(destination: string, digest: string): string | undefined {
+export function storedReference(destination: string, digest: Digest): string | undefined {
   const name = parseImageName(destination);
-  if (name.transport === 'docker') return `${name.ref.registry}/${name.ref.repository}@${digest}`;
-  if ((name.transport === 'file' || name.transport === 's3') && name.ref) return `${name.raw.slice(0, name.raw.lastIndexOf('#'))}#${name.ref.repository}@${digest}`;
-  return undefined;
+  return transportOf(name).storedReference?.(name, digest);
+}
+
+/** `smart copy SRC DEST`: a push when DEST names an image in a store (a registry, `file:`, `s3://`), else a pull. */
+export function copyMode(destination: string): 'push' | 'pull' {
+  return transportOf(parseImageName(destination)).capabilities.namesStore ? 'push' : 'pull';
 }
 
 /** Opens any image name and resolves it (one platform): for commands that inspect rather than copy. */

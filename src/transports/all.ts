@@ -39,6 +39,14 @@ export function transportHelp(): { form: string; help: string }[] {
   return TRANSPORTS.map((t) => ({ form: t.form, help: t.help }));
 }
 
+/**
+ * What an image name of each transport starts with (`oci:`, `docker://`), and whether a path
+ * follows it (`oci:DIR`, `file:ROOT`): read off the forms, for shell completion.
+ */
+export function transportPrefixes(): { prefix: string; takesPath: boolean }[] {
+  return TRANSPORTS.map((t) => ({ prefix: /^[a-z0-9-]+:(\/\/)?/.exec(t.form)![0], takesPath: /^[a-z0-9-]+:(DIR|FILE|ROOT)\b/.test(t.form) }));
+}
+
 /** Levenshtein distance: how many single-character edits turn `a` into `b`. */
 function editDistance(a: string, b: string): number {
   let prev = Array.from({ length: b.length + 1 }, (_, j) => j);

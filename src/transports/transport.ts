@@ -149,6 +149,12 @@ export interface Transport<N extends ImageNameBase = ImageNameBase, S extends Im
   repoTag?(name: N): string | undefined;
   /** Local files and directories the name reads. */
   localPaths?(name: N): LocalPath[];
+  /**
+   * The reference of what a push to this name stored, as `crane push` prints it
+   * (`HOST/REPO@sha256:…`, `file:ROOT#REPO@sha256:…`); undefined where the digest says it all
+   * (layouts and archives are files).
+   */
+  storedReference?(name: N, digest: Digest): string | undefined;
   /** The registry host this name talks to, which decides the credentials it gets. */
   registryHost?(name: N | S): string | undefined;
 }

@@ -8,7 +8,9 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EXIT_HELP } from '../../src/cli/options.js';
 import { isSmartError } from '../../src/errors.js';
-import { parseImageName, transportHelp, TRANSPORTS } from '../../src/transports/all.js';
+import { parseImageName, transportHelp, transportPrefixes, TRANSPORTS } from '../../src/transports/all.js';
+import { copyMode, storedReference } from '../../src/ops/transfer.js';
+import type { Digest } from '../../src/oci/digest.js';
 import { repoRoot } from '../harness/run.js';
 
 /** The rows of the README table that lists image names: the first cell (unquoted, unescaped) and the second. */
@@ -81,5 +83,22 @@ describe('the transport map', () => {
     expect(usageError('bundel:./out').hint).toMatch(/^did you mean "bundle:"\?/);
     expect(usageError('s4://bucket#a/b').hint).toMatch(/^did you mean "s3:"\?/);
     expect(usageError('no-colon-here').message).toMatch(/no transport/);
+  });
+
+  it("gives shell completion every transport's prefix, and says which are followed by a path", () => {
+    const prefixes = transportPrefixes();
+    expect(prefixes.map((p) => p.prefix)).toEqual(['oci:', 'oci-archive:', 'docker-archive:', 'docker://', 'file:', 's3://', 'rootfs:', 'bundle:']);
+    expect(prefixes.filter((p) => p.takesPath).map((p) => p.prefix)).toEqual(['oci:', 'oci-archive:', 'docker-archive:', 'file:', 'rootfs:', 'bundle:']);
+  });
+
+  it("answers a push's stored reference and a copy's mode from the transport, not from the name's spelling", () => {
+    const d = `sha256:${'ab'.repeat(32)}` as Digest;
+    expect(storedReference('docker://127.0.0.1:5000/team/app:1', d)).toBe(`127.0.0.1:5000/team/app@${d}`);
+    expect(storedReference('file:/srv/registry#team/app:1', d)).toBe(`file:/srv/registry#team/app@${d}`);
+    expect(storedReference('s3://bucket/root#team/app:1', d)).toBe(`s3://bucket/root#team/app@${d}`);
+    expect(storedReference('oci:/tmp/layout:v1', d)).toBeUndefined();
+    expect(storedReference('docker-archive:-', d)).toBeUndefined();
+    for (const name of ['docker://127.0.0.1:5000/team/app:1', 'file:/srv/registry#team/app:1', 's3://bucket#team/app']) expect(copyMode(name)).toBe('push');
+    for (const name of ['oci:/tmp/layout', 'oci-archive:img.tar', 'docker-archive:-', 'rootfs:./out', 'bundle:./out']) expect(copyMode(name)).toBe('pull');
   });
 });

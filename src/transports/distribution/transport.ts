@@ -63,7 +63,7 @@ function imageRef(name: StoreName, what: string): Reference {
   return name.ref;
 }
 
-const factories: Pick<Transport<StoreName>, 'openSource' | 'openDestination' | 'openStore' | 'storeScope'> = {
+const factories: Pick<Transport<StoreName>, 'openSource' | 'openDestination' | 'openStore' | 'storeScope' | 'storedReference'> = {
   async openSource(name, ctx) {
     const ref = imageRef(name, 'an image');
     const { DistributionSource } = await import('./adapters.js');
@@ -89,6 +89,7 @@ const factories: Pick<Transport<StoreName>, 'openSource' | 'openDestination' | '
     };
   },
   storeScope: (name) => ({ scope: scopeOf(name), ...(name.ref ? { ref: name.ref } : {}) }),
+  storedReference: (name, digest) => (name.ref ? `${name.raw.slice(0, name.raw.lastIndexOf('#'))}#${name.ref.repository}@${digest}` : undefined),
 };
 
 export const file: Transport<FileName> = {

@@ -124,6 +124,7 @@ export const docker: Transport<DockerName, DockerStoreName> = {
     };
   },
   storeScope: (name) => ({ scope: `docker://${name.ref.registry}`, ref: name.ref }),
+  storedReference: (name, digest) => `${name.ref.registry}/${name.ref.repository}@${digest}`,
   repoTag(name) {
     if (!name.ref.tag) return undefined;
     // Docker's familiar form, as `docker save` writes it: busybox:latest, not docker.io/library/busybox:latest.
