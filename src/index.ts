@@ -5,7 +5,7 @@
  * Nothing here prints or exits: a failure is a `SmartError` (a stable `code`, the `input` at
  * fault, a `hint`), and progress, warnings and each layer's outcome come through callbacks.
  */
-import { transfer, type TransferRequest } from './ops/transfer.js';
+import { copyMode, transfer, type TransferRequest } from './ops/transfer.js';
 import type { CopySummary } from './ops/copy.js';
 
 /** What `push`, `pull` and `copy` take besides the two names (all optional; see TransferRequest). */
@@ -25,9 +25,12 @@ export function pull(source: string, destination: string, options: TransferOptio
   return transfer({ ...options, mode: 'pull', source, destination });
 }
 
-/** Copies any sensible pair, as `pull` does (`push` is the same with `rootfs:` and `bundle:` refused). */
+/**
+ * Copies any sensible pair, as `smart copy` does: a push when `destination` names an image in a
+ * store (`docker://`, `file:`, `s3://`: a multi-platform index is kept whole), else a pull.
+ */
 export function copy(source: string, destination: string, options: TransferOptions = {}): Promise<CopySummary> {
-  return pull(source, destination, options);
+  return transfer({ ...options, mode: copyMode(destination), source, destination });
 }
 
 export type { CopySummary } from './ops/copy.js';

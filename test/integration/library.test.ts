@@ -30,6 +30,7 @@ describe.skipIf(!haveTools('docker-registry'))('the library, imported as smartla
     const fx = fixtures();
     const names = {
       layout: fx.paths.ociBasic,
+      multi: fx.paths.ociMulti,
       store: path.join(work, 'store'),
       registry: registry.host,
       out: path.join(work, 'out'),
@@ -51,9 +52,10 @@ describe.skipIf(!haveTools('docker-registry'))('the library, imported as smartla
     expect(steps['push to file:']).toMatchObject({ manifestDigest: digest, pushed: 3, events: ['pushed', 'pushed', 'pushed'] });
     expect(steps['push again']).toMatchObject({ manifestDigest: digest, pushed: 0, skipped: 3 });
     expect(steps['copy to docker://']).toMatchObject({ manifestDigest: digest });
+    expect(steps['copy an index to file:']).toMatchObject({ manifestDigest: fx.multi.manifest.digest, platforms: ['linux/amd64', 'linux/arm64'] });
     expect(steps['pull to oci:']).toMatchObject({ manifestDigest: digest });
     expect(steps['pull to rootfs:']).toMatchObject({ path: names.rootfs });
-    expect(steps['cache index']).toMatchObject({ tags: 1, repositories: 1 });
+    expect(steps['cache index']).toMatchObject({ tags: 2, repositories: 2 });
     expect(steps['push to rootfs:']).toMatchObject({ smartError: true, code: 'USAGE' });
     expect(steps.names).toMatchObject({ transport: 'file', transports: ['oci', 'oci-archive', 'docker-archive', 'docker', 'file', 's3', 'rootfs', 'bundle'] });
     const index = JSON.parse(await fs.readFile(path.join(names.out, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };

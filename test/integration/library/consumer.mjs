@@ -3,7 +3,7 @@
 // library.test.ts with the names to use as JSON in argv[2]; prints one JSON line per step.
 import { copy, indexStore, isSmartError, openCacheSession, parseImageName, pull, push, SmartError, TRANSPORTS } from 'smartlayer';
 
-const { layout, store, registry, out, rootfs, cacheDir } = JSON.parse(process.argv[2]);
+const { layout, multi, store, registry, out, rootfs, cacheDir } = JSON.parse(process.argv[2]);
 const say = (step, value) => process.stdout.write(`${JSON.stringify({ step, ...value })}\n`);
 
 const layers = [];
@@ -15,6 +15,10 @@ say('push again', { manifestDigest: again.manifestDigest, pushed: again.layers.p
 
 const toRegistry = await copy(`file:${store}#api/basic:1`, `docker://${registry}/api/basic:1`, { cacheDir });
 say('copy to docker://', { manifestDigest: toRegistry.manifestDigest });
+
+// As `smart copy`: into a store it is a push, which keeps a multi-platform index whole.
+const wholeIndex = await copy(`oci:${multi}:latest`, `file:${store}#api/multi:1`, { cacheDir });
+say('copy an index to file:', { manifestDigest: wholeIndex.manifestDigest, platforms: wholeIndex.details?.platforms });
 
 const pulled = await pull(`docker://${registry}/api/basic:1`, `oci:${out}:x`, { cacheDir });
 say('pull to oci:', { manifestDigest: pulled.manifestDigest });
