@@ -6,22 +6,27 @@
  * every manifest before the index, the tag last and invisible until then — proven by a wrapper that
  * records the order of the writes the copy engine makes. A copy that fails tags nothing. Run against
  * real stores: `file:`, `s3://` (s3rver), `docker://` (the stock registry), `oci:`, `oci-archive:`.
+ * The whole-image writer `docker-archive:` (a file, or `-` on a stream) is held to what it can
+ * promise: what it writes passes the source contract, and a copy that fails leaves no file.
  */
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { BlobInfoCache } from '../../src/cache/blob-info.js';
 import { DiskMetadataCache } from '../../src/cache/metadata-cache.js';
 import { SmartError } from '../../src/errors.js';
 import { parseDigest, type Digest } from '../../src/oci/digest.js';
-import type { BlobDestination, BlobReuse, ImageSource, PutBlobInfo, StoredBlob } from '../../src/oci/image.js';
+import { isStreamed, type BlobDestination, type BlobReuse, type ImageSource, type PutBlobInfo, type StoredBlob } from '../../src/oci/image.js';
 import type { Descriptor, ParsedManifest } from '../../src/oci/manifest.js';
 import { MediaType } from '../../src/oci/mediatypes.js';
-import { openDestination, parseImageName } from '../../src/transports/all.js';
+import { hostPlatform } from '../../src/oci/platform.js';
+import { copy } from '../../src/ops/copy.js';
+import { openDestination, openSource, parseImageName } from '../../src/transports/all.js';
 import { fixtures } from '../harness/fixtures.js';
 import { tempDir } from '../harness/tmp.js';
-import { ctx, haveServers, libraryCopy, openBlobDestination, openRandom, rejection, sha256, startServers, type Servers } from './stores.js';
+import { ctx, haveServers, libraryCopy, openBlobDestination, openRandom, readAll, rejection, sha256, startServers, validateSource, type Servers } from './stores.js';
 
 interface DestinationCase {
   label: string;
@@ -264,5 +269,65 @@ describe.skipIf(!haveServers)('the destination contract', () => {
         }));
       }
     });
+  });
+});
+
+/** A source whose `broken`-th layer blob fails midway, as a connection that drops. */
+function breakingLayer(inner: ImageSource, broken: number): ImageSource {
+  let layers = 0;
+  return {
+    ...inner,
+    name: inner.name,
+    getManifest: () => inner.getManifest(),
+    getManifestByDigest: (d) => inner.getManifestByDigest(d),
+    repoTags: () => inner.repoTags(),
+    close: () => inner.close(),
+    getBlob: async (d, options) => {
+      if (d.mediaType === MediaType.OCI_CONFIG || d.mediaType === MediaType.DOCKER_CONFIG || ++layers !== broken) return inner.getBlob(d, options);
+      return breaking(randomBytes(1000));
+    },
+  };
+}
+
+describe.skipIf(!haveServers)('the whole-image destination contract (docker-archive:)', () => {
+  it('writes an archive the source contract holds for, to a file and to a stream alike; a copy that fails leaves no file', async () => {
+    const fx = fixtures();
+    const dir = await tempDir('smart-contract-archive-');
+    const basic = `oci:${fx.paths.ociBasic}:latest`;
+    const file = path.join(dir, 'basic.tar');
+    await libraryCopy(basic, `docker-archive:${file}:contract/basic:1`);
+    await validateSource(await openRandom(`docker-archive:${file}`), { name: file });
+    const written = await openRandom(`docker-archive:${file}`);
+    expect(written.repoTags()).toEqual(['contract/basic:1']);
+    await written.close();
+
+    // docker-archive:- : the same image on a stream, read back as a stream and as a file.
+    const out = new PassThrough();
+    const collected = readAll(out);
+    const toStdout = await openDestination(parseImageName('docker-archive:-'), { ...ctx(), stdout: out }, parseImageName(basic));
+    const source = await openRandom(basic);
+    try {
+      await copy(source, toStdout, { platform: hostPlatform(), jobs: 4 });
+    } finally {
+      await source.close();
+    }
+    out.end();
+    const bytes = await collected;
+    const streamed = await openSource(parseImageName('docker-archive:-'), ctx(Readable.from([bytes])));
+    if (!isStreamed(streamed)) throw new Error('docker-archive:- did not open as a stream');
+    const read = await streamed.read(async (layer) => sha256(await readAll(layer.stream)));
+    expect(read.layers).toEqual(fx.basic.diffIds);
+    const asFile = path.join(dir, 'streamed.tar');
+    await fs.writeFile(asFile, bytes);
+    await validateSource(await openRandom(`docker-archive:${asFile}`), { name: asFile });
+
+    // A layer that breaks midway: the copy fails, and nothing is left where the archive would be.
+    const failed = path.join(dir, 'failed.tar');
+    const before = (await fs.readdir(dir)).sort();
+    const breaks = breakingLayer(await openRandom(basic), 2);
+    const dest = await openDestination(parseImageName(`docker-archive:${failed}`), ctx(), parseImageName(basic));
+    await rejection(copy(breaks, dest, { platform: hostPlatform(), jobs: 4 }));
+    await breaks.close();
+    expect((await fs.readdir(dir)).sort()).toEqual(before);
   });
 });

@@ -9,61 +9,11 @@
  */
 import fs from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { parseDigest } from '../../src/oci/digest.js';
-import { isStreamed, type ImageSource } from '../../src/oci/image.js';
-import type { Descriptor } from '../../src/oci/manifest.js';
-import { resolveImage } from '../../src/pipeline/layers.js';
-import { hostPlatform } from '../../src/oci/platform.js';
+import { isStreamed } from '../../src/oci/image.js';
 import { openSource, parseImageName } from '../../src/transports/all.js';
 import { fixtures } from '../harness/fixtures.js';
 import { tempDir } from '../harness/tmp.js';
-import { ctx, haveServers, libraryCopy, openRandom, readAll, rejection, sha256, startServers } from './stores.js';
-
-interface SourceCase {
-  name: string;
-  /** The manifest digest the source must answer (kept byte for byte), when it keeps the pushed one. */
-  manifest?: string;
-  /** Whether the top manifest is an index (a multi-platform image). */
-  index?: boolean;
-}
-
-const asDescriptor = (d: { mediaType: string; digest: string; size: number }): Descriptor => ({ mediaType: d.mediaType, digest: parseDigest(d.digest), size: d.size });
-
-/** The whole contract, on one source. */
-async function validateSource(source: ImageSource, c: SourceCase): Promise<void> {
-  const top = await source.getManifest();
-  expect(sha256(top.bytes)).toBe(top.digest);
-  if (c.manifest) expect(top.digest).toBe(c.manifest);
-  expect(top.kind).toBe(c.index ? 'index' : 'manifest');
-  const again = await source.getManifestByDigest({ mediaType: top.mediaType, digest: top.digest, size: top.bytes.length });
-  expect(again.bytes.equals(top.bytes)).toBe(true);
-
-  const image = await resolveImage(source, hostPlatform());
-  expect(sha256(image.configBytes)).toBe(image.manifest.manifest.config.digest);
-  expect(image.layers.map((l) => l.diffId)).toEqual(image.config.rootfs.diff_ids);
-  for (const layer of image.layers) {
-    const blob = await readAll(await layer.open());
-    expect(sha256(blob), `blob of ${layer.descriptor.digest}`).toBe(layer.descriptor.digest);
-    expect(blob.length).toBe(layer.descriptor.size);
-    const tar = await readAll(await layer.openUncompressed());
-    expect(sha256(tar), `tar of ${layer.descriptor.digest}`).toBe(layer.diffId);
-    if (source.getBlobRange && layer.descriptor.size > 20) {
-      const slice = await source.getBlobRange(layer.descriptor, 7, 19);
-      expect(slice.equals(blob.subarray(7, 20))).toBe(true);
-    }
-  }
-
-  // Wrong facts about a blob are errors while it streams (or before), never a clean end.
-  const first = image.layers[0]!.descriptor;
-  const short = await rejection(source.getBlob({ ...first, size: first.size - 1 }).then(readAll));
-  expect(short.code).toMatch(/SIZE_MISMATCH|DIGEST_MISMATCH/);
-  const absent = { ...first, digest: parseDigest(sha256(Buffer.from('no such blob'))) };
-  expect((await rejection(source.getBlob(absent).then(readAll))).code).toMatch(/NOT_FOUND|DIGEST_MISMATCH|SIZE_MISMATCH|REGISTRY/);
-
-  if (source.headManifest) expect((await source.headManifest())?.digest).toBe(top.digest);
-  expect(Array.isArray(source.repoTags())).toBe(true);
-  await source.close();
-}
+import { asDescriptor, ctx, haveServers, libraryCopy, openRandom, readAll, rejection, sha256, startServers, validateSource, type SourceCase } from './stores.js';
 
 describe.skipIf(!haveServers)('the source contract', () => {
   const cases: SourceCase[] = [];

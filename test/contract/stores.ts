@@ -6,9 +6,12 @@
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { afterAll } from 'vitest';
+import { afterAll, expect } from 'vitest';
 import { isStreamed, isImageWriter, type BlobDestination, type ImageSource, type Source } from '../../src/oci/image.js';
+import { parseDigest } from '../../src/oci/digest.js';
+import type { Descriptor } from '../../src/oci/manifest.js';
 import { hostPlatform } from '../../src/oci/platform.js';
+import { resolveImage } from '../../src/pipeline/layers.js';
 import type { BlobInfoCache } from '../../src/cache/blob-info.js';
 import { copy, type CopySummary } from '../../src/ops/copy.js';
 import { openDestination, openSource, parseImageName } from '../../src/transports/all.js';
@@ -79,4 +82,51 @@ export async function rejection(p: Promise<unknown>): Promise<Error & { code?: s
     return e as Error & { code?: string };
   }
   throw new Error('resolved, expected a rejection');
+}
+
+/** A source the source contract reads, and what it must answer. */
+export interface SourceCase {
+  name: string;
+  /** The manifest digest the source must answer (kept byte for byte), when it keeps the pushed one. */
+  manifest?: string;
+  /** Whether the top manifest is an index (a multi-platform image). */
+  index?: boolean;
+}
+
+export const asDescriptor = (d: { mediaType: string; digest: string; size: number }): Descriptor => ({ mediaType: d.mediaType, digest: parseDigest(d.digest), size: d.size });
+
+/** The whole contract, on one source. */
+export async function validateSource(source: ImageSource, c: SourceCase): Promise<void> {
+  const top = await source.getManifest();
+  expect(sha256(top.bytes)).toBe(top.digest);
+  if (c.manifest) expect(top.digest).toBe(c.manifest);
+  expect(top.kind).toBe(c.index ? 'index' : 'manifest');
+  const again = await source.getManifestByDigest({ mediaType: top.mediaType, digest: top.digest, size: top.bytes.length });
+  expect(again.bytes.equals(top.bytes)).toBe(true);
+
+  const image = await resolveImage(source, hostPlatform());
+  expect(sha256(image.configBytes)).toBe(image.manifest.manifest.config.digest);
+  expect(image.layers.map((l) => l.diffId)).toEqual(image.config.rootfs.diff_ids);
+  for (const layer of image.layers) {
+    const blob = await readAll(await layer.open());
+    expect(sha256(blob), `blob of ${layer.descriptor.digest}`).toBe(layer.descriptor.digest);
+    expect(blob.length).toBe(layer.descriptor.size);
+    const tar = await readAll(await layer.openUncompressed());
+    expect(sha256(tar), `tar of ${layer.descriptor.digest}`).toBe(layer.diffId);
+    if (source.getBlobRange && layer.descriptor.size > 20) {
+      const slice = await source.getBlobRange(layer.descriptor, 7, 19);
+      expect(slice.equals(blob.subarray(7, 20))).toBe(true);
+    }
+  }
+
+  // Wrong facts about a blob are errors while it streams (or before), never a clean end.
+  const first = image.layers[0]!.descriptor;
+  const short = await rejection(source.getBlob({ ...first, size: first.size - 1 }).then(readAll));
+  expect(short.code).toMatch(/SIZE_MISMATCH|DIGEST_MISMATCH/);
+  const absent = { ...first, digest: parseDigest(sha256(Buffer.from('no such blob'))) };
+  expect((await rejection(source.getBlob(absent).then(readAll))).code).toMatch(/NOT_FOUND|DIGEST_MISMATCH|SIZE_MISMATCH|REGISTRY/);
+
+  if (source.headManifest) expect((await source.headManifest())?.digest).toBe(top.digest);
+  expect(Array.isArray(source.repoTags())).toBe(true);
+  await source.close();
 }
