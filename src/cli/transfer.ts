@@ -23,8 +23,13 @@ function dockerfileOption(flags: CommonFlags) {
   };
 }
 
-/** `docker-archive:-` as a destination: the image goes to stdout. */
+/**
+ * `docker-archive:-` as a destination: the image goes to stdout; as a source: it comes from stdin.
+ * Spelled here, not read off the transport map, so that a command refused for it loads nothing;
+ * test/unit/transports.test.ts holds both to the map's `writesStdout`, `readsStdin` and `isStdio`.
+ */
 export const toStdout = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)/.test(name);
+export const fromStdin = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)/.test(name);
 
 /**
  * Refuses, as `docker save` and `docker load` do, to write an archive to a terminal (bytes no one
@@ -38,7 +43,7 @@ export function refuseTerminals(source: string | undefined, destination: string 
       hint: 'redirect it to a file, > image.tar, or pipe it: | docker load',
     });
   }
-  if (source !== undefined && /^docker-archive:-(:|$)/.test(source) && process.stdin.isTTY) {
+  if (fromStdin(source) && process.stdin.isTTY) {
     throw new SmartError('USAGE', `${source} reads the image archive from stdin, which is a terminal`, {
       input: source,
       hint: 'pipe it in, docker save IMAGE | smart push docker-archive:- …, or name the archive file',

@@ -10,6 +10,7 @@ import { EXIT_HELP } from '../../src/cli/options.js';
 import { isSmartError } from '../../src/errors.js';
 import { parseImageName, transportHelp, transportPrefixes, TRANSPORTS } from '../../src/transports/all.js';
 import { copyMode, storedReference } from '../../src/ops/transfer.js';
+import { fromStdin, toStdout } from '../../src/cli/transfer.js';
 import type { Digest } from '../../src/oci/digest.js';
 import { repoRoot } from '../harness/run.js';
 
@@ -89,6 +90,23 @@ describe('the transport map', () => {
     const prefixes = transportPrefixes();
     expect(prefixes.map((p) => p.prefix)).toEqual(['oci:', 'oci-archive:', 'docker-archive:', 'docker://', 'file:', 's3://', 'rootfs:', 'bundle:']);
     expect(prefixes.filter((p) => p.takesPath).map((p) => p.prefix)).toEqual(['oci:', 'oci-archive:', 'docker-archive:', 'file:', 'rootfs:', 'bundle:']);
+  });
+
+  it('knows stdin and stdout names in the CLI exactly as the map does', () => {
+    for (const { prefix } of transportPrefixes()) {
+      const t = TRANSPORTS.find((x) => prefix.startsWith(`${x.name}:`))!;
+      for (const raw of [`${prefix}-`, `${prefix}-:app:1`, `${prefix}./x`]) {
+        let name: ReturnType<typeof parseImageName> | undefined;
+        try {
+          name = parseImageName(raw);
+        } catch {
+          name = undefined;
+        }
+        const stdio = name !== undefined && (t.isStdio as ((n: typeof name) => boolean) | undefined)?.(name) === true;
+        expect(toStdout(raw), raw).toBe(stdio && t.capabilities.writesStdout === true);
+        expect(fromStdin(raw), raw).toBe(stdio && t.capabilities.readsStdin === true);
+      }
+    }
   });
 
   it("answers a push's stored reference and a copy's mode from the transport, not from the name's spelling", () => {
