@@ -15,11 +15,11 @@ COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-# The native compressors (libdeflate and libzstd in-process): built here, linked against the runtime's libraries.
+# The native compressors (libdeflate, libzstd and ISA-L in-process): built here, linked against the runtime's libraries.
 COPY native ./native
 RUN if [ "$INSTALL_PACKAGES" = 1 ]; then \
       apt-get update \
-      && apt-get install -y --no-install-recommends gcc libc6-dev libdeflate-dev libzstd-dev \
+      && apt-get install -y --no-install-recommends gcc libc6-dev libdeflate-dev libzstd-dev libisal-dev \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
  && node native/build.mjs \
@@ -28,10 +28,11 @@ RUN npm run build && npm prune --omit=dev
 
 FROM ${NODE_IMAGE}
 ARG INSTALL_PACKAGES
-# zstd: pulls of zstd-compressed layers; libdeflate0: the native gzip engine.
+# zstd: pulls of zstd-compressed layers; libdeflate0 and libisal2: the native gzip engines (the addon
+# links both: without either it would not load at all).
 RUN if [ "$INSTALL_PACKAGES" = 1 ]; then \
       apt-get update \
-      && apt-get install -y --no-install-recommends zstd libdeflate0 ca-certificates \
+      && apt-get install -y --no-install-recommends zstd libdeflate0 libisal2 ca-certificates \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /opt/smartlayer

@@ -7,8 +7,15 @@
  * Beside the times: the compressed size of the pushed layers (read from the manifests in the
  * destination) against skopeo's and the pigz/zstd limits; how much of a push from stdin hides behind
  * a paced producer (bench/pace.mjs); peak RSS pushing a 1 GB layer as it is and one to compress.
+ * The machine beside the rows: `node -e 0` and `skopeo -v` start-up (a warm push is mostly start-
+ * up), and for each smart row the engine it ran with (from `smart version --json` in the row's
+ * environment). The README's set-up without the native addon (SMART_NATIVE=0: Node's zlib, as on a
+ * machine without the -dev headers) is a row of its own.
  *
- *   npm run bench [-- --runs N] [-- --keep]
+ *   npm run bench [-- --runs N] [-- --keep] [-- --smoke]
+ *
+ * --smoke: every case once on a ~10 MB image, without the 1 GB memory rows and the trie: checks
+ * that the script runs (a few minutes), measures nothing worth quoting; results.json is not written.
  *
  * Needs: docker-registry, skopeo, umoci, pigz, zstd, GNU tar and /usr/bin/time (Debian `time`).
  * Writes bench/out/ (generated image, results.json); removed unless --keep, except results.json.
@@ -26,8 +33,11 @@ import { LIBRARY_ROOTS, isLibrary, pickFiles } from './pick-files.mjs';
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const out = path.join(repo, 'bench', 'out');
 const smartBin = path.join(repo, 'bin', 'smart.js');
-const runs = Number(process.argv[process.argv.indexOf('--runs') + 1]) || 3;
+const smoke = process.argv.includes('--smoke');
+const runs = smoke ? 1 : Number(process.argv[process.argv.indexOf('--runs') + 1]) || 3;
 const keep = process.argv.includes('--keep');
+/** The image's size relative to the real one (--smoke: a twentieth). */
+const scale = smoke ? 0.05 : 1;
 const shm = fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir();
 
 for (const tool of ['docker-registry', 'skopeo', 'umoci', 'pigz', 'zstd', 'tar', '/usr/bin/time']) {
@@ -57,9 +67,9 @@ function sha256File(file) {
 
 async function makeImage() {
   fs.mkdirSync(out, { recursive: true });
-  const libs = pickFiles(LIBRARY_ROOTS, 150e6, Infinity, isLibrary);
-  const docs = pickFiles(['/usr/share/doc', '/usr/share/man'], 30e6);
-  const small = pickFiles([path.join(repo, 'node_modules'), '/usr/share/locale', '/usr/share/zoneinfo'], 14e6, 2500);
+  const libs = pickFiles(LIBRARY_ROOTS, 150e6 * scale, Infinity, isLibrary);
+  const docs = pickFiles(['/usr/share/doc', '/usr/share/man'], 30e6 * scale);
+  const small = pickFiles([path.join(repo, 'node_modules'), '/usr/share/locale', '/usr/share/zoneinfo'], 14e6 * scale, Math.ceil(2500 * scale));
   // The patch layer: one file and a whiteout of a doc file.
   const patchDir = path.join(out, 'patch');
   fs.mkdirSync(path.join(patchDir, 'etc'), { recursive: true });
@@ -226,9 +236,10 @@ const skopeoCache = '/var/lib/containers/cache/blob-info-cache-v1.boltdb';
 
 /**
  * Runs one case `runs` times. `after(ctx)`, when given, runs after each measured command and before
- * the teardown, and returns the bytes the case wrote (its pushed layers): kept as `bytes`.
+ * the teardown, and returns the bytes the case wrote (its pushed layers): kept as `bytes`. `engine`
+ * says what the case (de)compresses with, for the table.
  */
-async function bench(name, { setup, command, env, after }) {
+async function bench(name, { setup, command, env, after, engine }) {
   const samples = [];
   let bytes;
   for (let i = 0; i < runs; i++) {
@@ -242,7 +253,8 @@ async function bench(name, { setup, command, env, after }) {
   }
   const r = { name, wall: median(samples.map((s) => s.wall)), cpu: median(samples.map((s) => s.cpu)), rss: median(samples.map((s) => s.rss)), samples };
   if (bytes !== undefined) r.bytes = bytes;
-  process.stderr.write(`  ${name}: ${r.wall.toFixed(2)} s\n`);
+  if (engine) r.engine = engine;
+  process.stderr.write(`  ${name}: ${r.wall.toFixed(2)} s${engine ? ` (${engine})` : ''}\n`);
   return r;
 }
 
@@ -285,31 +297,82 @@ async function freshRegistry() {
   return { dir, host: reg.host, teardown: async () => { await reg.stop(); rm(dir); } };
 }
 
-process.stderr.write(`bench: ${runs} runs per case\n`);
+process.stderr.write(`bench: ${runs} runs per case${smoke ? ' (--smoke: a small image, nothing to quote)' : ''}\n`);
+
+/** Median wall seconds of 11 runs of a command that does almost nothing, timed here (finer than /usr/bin/time's 10 ms). */
+function startUp(cmd, args) {
+  const walls = [];
+  for (let i = 0; i < 11; i++) {
+    const t = process.hrtime.bigint();
+    execFileSync(cmd, args, { stdio: 'ignore' });
+    walls.push(Number(process.hrtime.bigint() - t) / 1e9);
+  }
+  return median(walls);
+}
+// What a command costs here before it does anything: the floor of a warm push, beside skopeo's.
+const startup = { node: startUp(process.execPath, ['-e', '0']), skopeo: startUp('skopeo', ['-v']) };
+process.stderr.write(`bench: start-up: node -e 0 ${startup.node.toFixed(3)} s, skopeo -v ${startup.skopeo.toFixed(3)} s\n`);
+// The engines each row runs with, as smart itself reports them in that environment.
+const enginesIn = (env = {}) => JSON.parse(execFileSync(process.execPath, [smartBin, 'version', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8' }));
+const README_PATH_ENV = { SMART_NATIVE: '0' };
+const engines = enginesIn();
+const readmeEngines = enginesIn(README_PATH_ENV);
+const gzipOf = (e) => `gzip ${e.gzip.engine} (${e.gzip.implementation}) level ${e.gzip.level}`;
+const ENGINE = {
+  gzip: gzipOf(engines),
+  gzipReadme: gzipOf(readmeEngines),
+  zstd: `zstd ${engines.zstd.implementation ?? 'absent'} level ${engines.zstd.level}`,
+  gzipFast: engines.gzipFast.implementation ? `gzip ${engines.gzipFast.engine} (${engines.gzipFast.implementation}) level ${engines.gzipFast.level}` : null,
+  gunzip: `gunzip ${engines.gunzip.engine} (${engines.gunzip.implementation})`,
+  none: 'none (layers copied as they are)',
+};
+process.stderr.write(`bench: native addon ${engines.native.loaded ? `loaded (libdeflate ${engines.native.libdeflate ?? '-'}, zstd ${engines.native.zstd ?? '-'}, isa-l ${engines.native.isal ?? '-'})` : engines.native.reason}; ${ENGINE.gzip}; README path without it: ${ENGINE.gzipReadme}\n`);
 // 1. cold push from a docker-save tar: everything to compress.
 const s1 = await bench('smart push docker-archive → file: (cold)', {
   setup: freshStore,
   command: (c) => `${smart.replace(' -q', '')} push -q --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
   after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
+  engine: ENGINE.gzip,
+});
+// The README's set-up on a machine without the addon's headers: what a push runs with then.
+const s1r = await bench('smart push docker-archive → file: (cold, README path without the addon: SMART_NATIVE=0)', {
+  setup: freshStore,
+  env: README_PATH_ENV,
+  command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+  after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
+  engine: ENGINE.gzipReadme,
 });
 const s1s = await bench('smart push docker-archive:- (stdin) → file: (cold)', {
   setup: freshStore,
   command: (c) => `cat ${img.archive} | node ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:- file:${c.dir}/store#bench/app:1`,
+  engine: ENGINE.gzip,
 });
 const k1 = await bench('skopeo copy docker-archive → registry (cold)', {
   setup: freshRegistry,
   command: (c) => `skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:${img.archive} docker://${c.host}/bench/app:1`,
   after: (c) => layerBytes(c.dir, 'bench/app', '1'),
 });
-pairs.push([s1, k1], [s1s, k1]);
+pairs.push([s1, k1], [s1r, k1], [s1s, k1]);
 // The same push with zstd layers, against skopeo's (gzip) push.
 const s1z = await bench('smart push --compression zstd docker-archive → file: (cold)', {
   setup: freshStore,
   command: (c) => `node ${smartBin} push -q --compression zstd --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
   after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
+  engine: ENGINE.zstd,
 });
 pairs.push([s1z, k1]);
-sizePairs.push([s1, k1], [s1z, k1]);
+sizePairs.push([s1, k1], [s1r, k1], [s1z, k1]);
+// --compression-level fast (ISA-L in the addon), where the addon has it.
+if (ENGINE.gzipFast) {
+  const s1f = await bench('smart push --compression-level fast docker-archive → file: (cold)', {
+    setup: freshStore,
+    command: (c) => `node ${smartBin} push -q --compression-level fast --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+    after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
+    engine: ENGINE.gzipFast,
+  });
+  pairs.push([s1f, k1]);
+  sizePairs.push([s1f, k1]);
+}
 
 // Overlap with the producer: docker-archive:- on stdin from a producer paced like `docker save`.
 // Hidden share = (T_producer + T_push_alone - T_pipeline) / T_push_alone, clamped to [0, 1].
@@ -319,6 +382,7 @@ const prod = await bench(`producer: image.tar paced at ${paceRate} MB/s → /dev
 const s1p = await bench(`smart push docker-archive:- from the ${paceRate} MB/s producer → file: (cold)`, {
   setup: freshStore,
   command: (c) => `${pace} | node ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:- file:${c.dir}/store#bench/app:1`,
+  engine: ENGINE.gzip,
 });
 const hidden = (alone, pipe) => Math.min(1, Math.max(0, (prod.wall + alone.wall - pipe.wall) / alone.wall));
 overlap.push({ tool: 'smart', producer: prod.wall, alone: s1.wall, pipeline: s1p.wall, hidden: hidden(s1, s1p) });
@@ -348,6 +412,7 @@ pairs.push([s1p, s1]);
 
 // 2. cold push from an OCI layout: nothing to compress.
 const s2 = await bench('smart push oci → file: (cold)', {
+  engine: ENGINE.none,
   setup: freshStore,
   command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest file:${c.dir}/store#bench/app:1`,
 });
@@ -368,13 +433,14 @@ const reg = await startRegistry(path.join(store, 'registry'));
 execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', '--dest-tls-verify=false', `docker-archive:${img.archive}`, `docker://${reg.host}/bench/app:1`]);
 try {
   const s3 = await bench('smart push docker-archive → file: (warm)', {
+    engine: 'nothing to compress (every layer present)',
     command: `node ${smartBin} push -q --cache-dir ${cacheDir} docker-archive:${img.archive} file:${store}/data#bench/app:1`,
   });
   const k3 = await bench('skopeo copy docker-archive → registry (warm)', {
     command: `skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:${img.archive} docker://${reg.host}/bench/app:1`,
   });
   pairs.push([s3, k3]);
-  const s3b = await bench('smart push oci → file: (warm)', { command: `node ${smartBin} push -q oci:${img.layout}:latest file:${store}/data#bench/app:1` });
+  const s3b = await bench('smart push oci → file: (warm)', { engine: ENGINE.none, command: `node ${smartBin} push -q oci:${img.layout}:latest file:${store}/data#bench/app:1` });
   k3b = await bench('skopeo copy oci → registry (warm)', {
     command: `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${reg.host}/bench/app:1`,
   });
@@ -382,6 +448,7 @@ try {
 
   const target = (c) => c.dir;
   const s4 = await bench('smart pull file: → oci', {
+    engine: ENGINE.none,
     setup: freshStore,
     command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 oci:${target(c)}/oci:x`,
   });
@@ -391,6 +458,7 @@ try {
   });
   pairs.push([s4, k4]);
   const s4b = await bench('smart pull file: → docker-archive', {
+    engine: ENGINE.gunzip,
     setup: freshStore,
     command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 docker-archive:${target(c)}/img.tar`,
   });
@@ -407,11 +475,13 @@ try {
       return { dir, teardown: () => rm(dir) };
     };
     const s5 = await bench(`smart pull file: → rootfs (${where}, cold)`, {
+      engine: ENGINE.gunzip,
       setup: fresh,
       command: (c) => `node ${smartBin} pull -q --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
     });
     // Cold, keeping the layers in the layer store as they are written (a bundle's default).
     const s5k = await bench(`smart pull --keep-layers file: → rootfs (${where}, cold)`, {
+      engine: ENGINE.gunzip,
       setup: fresh,
       command: (c) => `node ${smartBin} pull -q --keep-layers --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
     });
@@ -420,6 +490,7 @@ try {
     const warmCache = fs.mkdtempSync(path.join(base, 'smart-bench-cache-'));
     execFileSync('node', [smartBin, 'pull', '-q', '--keep-layers', '--cache-dir', warmCache, `file:${store}/data#bench/app:1`, `rootfs:${warmCache}/first`]);
     const s5w = await bench(`smart pull file: → rootfs (${where}, warm)`, {
+      engine: 'nothing to decompress (layer store)',
       setup: fresh,
       command: (c) => `node ${smartBin} pull -q --cache-dir ${warmCache} file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
     });
@@ -443,6 +514,7 @@ try {
 
 // 6. Through the registry API, and straight into S3 (s3rver on loopback), beside skopeo.
 const s6a = await bench('smart push docker-archive → docker:// (cold)', {
+  engine: ENGINE.gzip,
   setup: async (i) => {
     const r = await freshRegistry();
     const dir = fs.mkdtempSync(path.join(out, 'cache-'));
@@ -458,6 +530,7 @@ sizePairs.push([s6a, k1]);
 // push to bench/other should mount them across repositories (each tool after its own first push,
 // with its own cache of what it pushed where).
 const s6m = await bench('smart push docker-archive → docker:// second repo (cross-repo mount)', {
+  engine: 'nothing to compress (mounted)',
   setup: async () => {
     const r = await freshRegistry();
     const cache = fs.mkdtempSync(path.join(out, 'cache-'));
@@ -478,6 +551,7 @@ const k6m = await bench('skopeo copy docker-archive → registry second repo (cr
 });
 pairs.push([s6m, k6m]);
 const s6b = await bench('smart push oci → docker:// (cold)', {
+  engine: ENGINE.none,
   setup: freshRegistry,
   command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest docker://${c.host}/bench/app:1`,
 });
@@ -487,12 +561,12 @@ pairs.push([s6b, k2]);
   const api = await startRegistry(regDir);
   execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', '--dest-tls-verify=false', `oci:${img.layout}:latest`, `docker://${api.host}/bench/app:1`]);
   try {
-    const s6c = await bench('smart push oci → docker:// (warm)', { command: `node ${smartBin} push -q oci:${img.layout}:latest docker://${api.host}/bench/app:1` });
+    const s6c = await bench('smart push oci → docker:// (warm)', { engine: ENGINE.none, command: `node ${smartBin} push -q oci:${img.layout}:latest docker://${api.host}/bench/app:1` });
     const k6c = await bench('skopeo copy oci → registry (warm, again)', {
       command: `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${api.host}/bench/app:1`,
     });
     pairs.push([s6c, k6c]);
-    const s6d = await bench('smart pull docker:// → oci', { setup: freshStore, command: (c) => `node ${smartBin} pull -q docker://${api.host}/bench/app:1 oci:${c.dir}/oci:x` });
+    const s6d = await bench('smart pull docker:// → oci', { engine: ENGINE.none, setup: freshStore, command: (c) => `node ${smartBin} pull -q docker://${api.host}/bench/app:1 oci:${c.dir}/oci:x` });
     const k6d = await bench('skopeo copy registry → oci (same registry)', {
       setup: freshStore,
       command: (c) => `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${api.host}/bench/app:1 oci:${c.dir}/oci:x`,
@@ -514,6 +588,7 @@ pairs.push([s6b, k2]);
   try {
     let n = 0;
     const s6e = await bench('smart push docker-archive → s3:// (cold)', {
+      engine: ENGINE.gzip,
       env,
       setup: async () => {
         const dir = fs.mkdtempSync(path.join(out, 'cache-'));
@@ -523,14 +598,15 @@ pairs.push([s6b, k2]);
     });
     pairs.push([s6e, k1]);
     const s6f = await bench('smart push oci → s3:// (cold)', {
+      engine: ENGINE.none,
       env,
       setup: async () => ({ root: `oci${n++}` }),
       command: (c) => `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/${c.root}#bench/app:1`,
     });
     pairs.push([s6f, k2]);
-    const s6g = await bench('smart push oci → s3:// (warm)', { env, command: `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/oci0#bench/app:1` });
+    const s6g = await bench('smart push oci → s3:// (warm)', { engine: ENGINE.none, env, command: `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/oci0#bench/app:1` });
     pairs.push([s6g, k3b]);
-    const s6h = await bench('smart pull s3:// → oci', { env, setup: freshStore, command: (c) => `node ${smartBin} pull -q s3://bench/oci0#bench/app:1 oci:${c.dir}/oci:x` });
+    const s6h = await bench('smart pull s3:// → oci', { engine: ENGINE.none, env, setup: freshStore, command: (c) => `node ${smartBin} pull -q s3://bench/oci0#bench/app:1 oci:${c.dir}/oci:x` });
     pairs.push([s6h, k4]);
   } finally {
     s3.kill('SIGTERM');
@@ -539,7 +615,7 @@ pairs.push([s6b, k2]);
 }
 
 // 7. Memory with a 1 GB layer: pushed as it is (gzip) into a store, then pulled into a root filesystem.
-{
+if (!smoke) {
   const bigDir = fs.mkdtempSync(path.join(out, 'big-'));
   execFileSync('sh', ['-c', `cd ${bigDir} && truncate -s 1G big.bin && tar -cf - big.bin | pigz -1 -p${os.availableParallelism()} > layer.gz && sha256sum big.bin > /dev/null`]);
   const tarSha = execFileSync('sh', ['-c', `cd ${bigDir} && tar -cf - big.bin | sha256sum | cut -d' ' -f1`], { encoding: 'utf8' }).trim();
@@ -552,14 +628,14 @@ pairs.push([s6b, k2]);
   for (const b of [gz, cfg, manifest]) fs.writeFileSync(path.join(layout, 'blobs', 'sha256', hash(b)), b);
   fs.writeFileSync(path.join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
   fs.writeFileSync(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${hash(manifest)}`, size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'big' } }] }));
-  const m1 = await bench('smart push of a 1 GB layer → file: (memory)', { setup: freshStore, command: (c) => `node ${smartBin} push -q oci:${layout}:big file:${c.dir}/store#big/app:1` });
-  const m2 = await bench('smart pull of a 1 GB layer → rootfs (memory)', { setup: freshStore, command: (c) => `node ${smartBin} pull -q --cache-dir ${c.dir}/cache oci:${layout}:big rootfs:${c.dir}/rootfs` });
+  const m1 = await bench('smart push of a 1 GB layer → file: (memory)', { engine: ENGINE.none, setup: freshStore, command: (c) => `node ${smartBin} push -q oci:${layout}:big file:${c.dir}/store#big/app:1` });
+  const m2 = await bench('smart pull of a 1 GB layer → rootfs (memory)', { engine: ENGINE.gunzip, setup: freshStore, command: (c) => `node ${smartBin} pull -q --cache-dir ${c.dir}/cache oci:${layout}:big rootfs:${c.dir}/rootfs` });
   results.push(m1, m2);
   memoryRows.push(m1, m2);
   rm(bigDir);
 }
 // ... and a 1 GB layer that must be compressed: a docker-save tar of one ~1 GB file.
-{
+if (!smoke) {
   const bigDir = fs.mkdtempSync(path.join(out, 'big-'));
   const big = writeCompressibleArchive(path.join(bigDir, 'image.tar'), 2 ** 30, img.layerNames.slice(0, 2).map((n) => path.join(img.archiveDir, n)));
   const cases = [
@@ -568,6 +644,7 @@ pairs.push([s6b, k2]);
   ];
   for (const [name, flags] of cases) {
     const m = await bench(name, {
+      engine: flags ? ENGINE.zstd : ENGINE.gzip,
       setup: freshStore,
       command: (c) => `node ${smartBin} push -q ${flags}--cache-dir ${c.dir}/cache docker-archive:${big.archive} file:${c.dir}/store#big/app:1`,
       after: (c) => layerBytes(`${c.dir}/store`, 'big/app', '1'),
@@ -597,20 +674,22 @@ results.push(...new Set([...pairs.flat(), prod]));
 // ---------------------------------------------------------------------------------------------
 const mb = (n) => (n / 1e6).toFixed(1);
 const lines = [
-  `image: ${mb(img.sizes.tar)} MB docker-save tar (libs ${mb(img.sizes.libs)} MB, docs ${mb(img.sizes.docs)} MB, ${img.sizes.smallFiles} small files ${mb(img.sizes.small)} MB, patch); ${os.availableParallelism()} cores; median of ${runs}`,
+  `image: ${mb(img.sizes.tar)} MB docker-save tar (libs ${mb(img.sizes.libs)} MB, docs ${mb(img.sizes.docs)} MB, ${img.sizes.smallFiles} small files ${mb(img.sizes.small)} MB, patch); ${os.availableParallelism()} cores; median of ${runs}${smoke ? ' (--smoke: a small image, nothing to quote)' : ''}`,
+  `start-up, the floor of every row (median of 11): node -e 0 ${startup.node.toFixed(3)} s (Node ${process.versions.node}), skopeo -v ${startup.skopeo.toFixed(3)} s`,
+  `native addon: ${engines.native.loaded ? `loaded (libdeflate ${engines.native.libdeflate ?? 'absent'}, zstd ${engines.native.zstd ?? 'absent'}, isa-l ${engines.native.isal ?? 'absent'})` : engines.native.reason}; README path without it (SMART_NATIVE=0): ${ENGINE.gzipReadme}`,
   '',
-  '| case | wall s | CPU s | peak RSS MB | vs | ratio (their wall / ours) |',
-  '|---|---|---|---|---|---|',
+  '| case | engine | wall s | CPU s | peak RSS MB | vs | ratio (their wall / ours) |',
+  '|---|---|---|---|---|---|---|',
 ];
 const seen = new Set();
 for (const [ours, theirs] of pairs) {
-  const row = `| ${ours.name} | ${ours.wall.toFixed(2)} | ${ours.cpu.toFixed(2)} | ${ours.rss.toFixed(0)} | ${theirs.name} (${theirs.wall.toFixed(2)} s, ${theirs.rss.toFixed(0)} MB) | ${(theirs.wall / ours.wall).toFixed(2)}x |`;
+  const row = `| ${ours.name} | ${ours.engine ?? '-'} | ${ours.wall.toFixed(2)} | ${ours.cpu.toFixed(2)} | ${ours.rss.toFixed(0)} | ${theirs.name} (${theirs.wall.toFixed(2)} s, ${theirs.rss.toFixed(0)} MB) | ${(theirs.wall / ours.wall).toFixed(2)}x |`;
   if (!seen.has(row)) lines.push(row);
   seen.add(row);
 }
 for (const m of memoryRows) {
   const shrink = m.input ? `; ${mb(m.input)} MB layer → ${mb(m.bytes)} MB` : '';
-  lines.push(`| ${m.name} | ${m.wall.toFixed(2)} | ${m.cpu.toFixed(2)} | ${m.rss.toFixed(0)} | target: peak RSS < 150 MB${shrink} | ${m.rss < 150 ? `${(150 / m.rss).toFixed(2)}x under` : `OVER by ${(m.rss - 150).toFixed(0)} MB`} |`);
+  lines.push(`| ${m.name} | ${m.engine ?? '-'} | ${m.wall.toFixed(2)} | ${m.cpu.toFixed(2)} | ${m.rss.toFixed(0)} | target: peak RSS < 150 MB${shrink} | ${m.rss < 150 ? `${(150 / m.rss).toFixed(2)}x under` : `OVER by ${(m.rss - 150).toFixed(0)} MB`} |`);
 }
 const sizes = sizePairs.map(([ours, theirs]) => ({ ours: ours.name, theirs: theirs.name, oursBytes: ours.bytes, theirsBytes: theirs.bytes, ratio: ours.bytes / theirs.bytes }));
 const extra = [
@@ -629,18 +708,20 @@ const extra = [
   ...overlap.filter((o) => o.note).map((o) => `\n${o.tool}: ${o.note}`),
 ];
 console.log(lines.join('\n'));
-fs.writeFileSync(path.join(repo, 'bench', 'results.json'), JSON.stringify({ date: new Date().toISOString(), runs, image: img.sizes, results, sizes, overlap }, null, 2));
-process.stderr.write(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s; results in bench/results.json\n`);
+if (!smoke) fs.writeFileSync(path.join(repo, 'bench', 'results.json'), JSON.stringify({ date: new Date().toISOString(), runs, image: img.sizes, startup, engines: { default: engines, readmePath: readmeEngines }, results, sizes, overlap }, null, 2));
+process.stderr.write(`bench: done in ${((Date.now() - started) / 1000).toFixed(0)} s${smoke ? '' : '; results in bench/results.json'}\n`);
 if (!keep) rm(out);
 rm(process.env.XDG_CACHE_HOME);
 
 // The layer trie at scale (10,000 and 100,000 images × 10 layers), against a real Redis.
-try {
-  execFileSync('sh', ['-c', 'command -v redis-server'], { stdio: 'ignore' });
-  for (const images of [10_000, 100_000]) {
-    console.log(execFileSync(process.execPath, [path.join(repo, 'bench', 'trie.mjs'), '--images', String(images)], { encoding: 'utf8' }).trim());
+if (!smoke) {
+  try {
+    execFileSync('sh', ['-c', 'command -v redis-server'], { stdio: 'ignore' });
+    for (const images of [10_000, 100_000]) {
+      console.log(execFileSync(process.execPath, [path.join(repo, 'bench', 'trie.mjs'), '--images', String(images)], { encoding: 'utf8' }).trim());
+    }
+  } catch (e) {
+    console.error(`bench: trie skipped (${e.message.split('\n')[0]})`);
   }
-} catch (e) {
-  console.error(`bench: trie skipped (${e.message.split('\n')[0]})`);
 }
 console.log(extra.join('\n'));

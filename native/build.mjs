@@ -2,10 +2,12 @@
 /**
  * Builds native/build/smartlayer.node (see smartlayer.c) at install time (`npm ci` runs it as the
  * package's install script). The addon is an optional speed-up, never a requirement: each library
- * it wraps is compiled in when its headers are there (Debian: libdeflate-dev, libzstd-dev); with
+ * it wraps is compiled in when its headers are there (Debian: libdeflate-dev, libzstd-dev,
+ * libisal-dev); with
  * neither, or no C compiler or Node headers, this prints one line saying so and exits 0, and
- * smartlayer uses the libdeflate-gzip and zstd programs or Node's zlib instead. SMART_NATIVE=0
- * skips the build.
+ * smartlayer uses Node's zlib and the zstd program instead. SMART_NATIVE=0 skips the build.
+ * What happened is also written to native/build/status.json ({ built, reason, without }), so that
+ * `smart version --verbose` and the warning of a push can say later why the addon is not there.
  *
  * Plain `cc`, not node-gyp: one C file, Node-API only (no libnode symbols to link), and no Python.
  */
@@ -17,6 +19,27 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const out = path.join(here, 'build', 'smartlayer.node');
 const say = (msg) => console.error(`smartlayer: ${msg}`);
+
+/** Records the outcome for the runtime (src/pipeline/native.ts reads it when the addon is absent). */
+function record(status) {
+  try {
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    fs.writeFileSync(path.join(here, 'build', 'status.json'), `${JSON.stringify(status)}\n`);
+  } catch {
+    /* a read-only package directory: the runtime then says only that the addon is missing */
+  }
+}
+
+/** The command that builds it, as src/pipeline/native.ts words it for a clone and for an installed package. */
+const fix = fs.existsSync(path.join(here, '..', 'scripts', 'setup-debian.sh'))
+  ? 'scripts/setup-debian.sh && npm rebuild'
+  : `apt-get install gcc libc6-dev libdeflate-dev libzstd-dev, then node native/build.mjs in ${path.dirname(here)}`;
+
+/** Says the addon was not built, and why, on stderr and in status.json. */
+function notBuilt(reason, without = []) {
+  record({ built: false, reason, without });
+  say(`native compressor not built (${reason}); gzip will use Node's zlib (slower) and zstd the zstd program; to build it: ${fix}`);
+}
 
 if (process.env.SMART_NATIVE === '0') {
   say('SMART_NATIVE=0: native compressor not built');
@@ -48,7 +71,7 @@ function compiler() {
 const headers = nodeHeaders();
 const cc = compiler();
 if (!headers || !cc) {
-  say(`native compressor not built (${!cc ? 'no C compiler' : 'no Node headers (node_api.h)'}); using libdeflate-gzip or zlib`);
+  notBuilt(!cc ? 'no C compiler' : 'no Node headers (node_api.h)');
   process.exit(0);
 }
 
@@ -65,13 +88,16 @@ function hasHeader(header) {
 const libraries = [
   { header: 'libdeflate.h', define: 'SMART_HAVE_LIBDEFLATE', link: '-ldeflate', pkg: 'libdeflate-dev' },
   { header: 'zstd.h', define: 'SMART_HAVE_ZSTD', link: '-lzstd', pkg: 'libzstd-dev' },
+  // ISA-L's igzip: `--compression-level fast` (opt-in; the default stays libdeflate's size).
+  { header: 'isa-l.h', define: 'SMART_HAVE_ISAL', link: '-lisal', pkg: 'libisal-dev' },
 ];
 const present = libraries.filter((l) => hasHeader(l.header));
 const absent = libraries.filter((l) => !present.includes(l));
 const missingNote = absent.length ? `; without ${absent.map((l) => l.header).join(', ')} (apt-get install ${absent.map((l) => l.pkg).join(' ')})` : '';
+const without = absent.map((l) => ({ header: l.header, package: l.pkg }));
 if (present.length === 0) {
   fs.rmSync(out, { force: true });
-  say(`native compressor not built${missingNote}; using the libdeflate-gzip and zstd programs or zlib`);
+  notBuilt(`no ${absent.map((l) => l.header).join(' nor ')}`, without);
   process.exit(0);
 }
 
@@ -96,9 +122,10 @@ try {
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   fs.renameSync(tmp, out);
+  record({ built: true, without });
   say(`native compressor built with ${present.map((l) => l.header.replace(/\.h$/, '')).join(' and ')}${missingNote}`);
 } catch (e) {
   fs.rmSync(tmp, { force: true });
   fs.rmSync(out, { force: true });
-  say(`native compressor not built (${String(e.stderr ?? e.message).trim().split('\n')[0]}); using the libdeflate-gzip and zstd programs or zlib`);
+  notBuilt(`the compiler failed: ${String(e.stderr ?? e.message).trim().split('\n')[0]}`);
 }

@@ -21,6 +21,12 @@
  *     is freed when garbage-collected or by zstdFree (never while a call is running).
  *   zstdFree(context): void
  *   zstdVersion: string
+ *   igzipMember(input: Buffer, level: number): Promise<Buffer>
+ *     One complete gzip member of `input` with ISA-L's igzip (isal_deflate_stateless, levels
+ *     0-3, a level buffer of ISA-L's default size for the level): about three times libdeflate
+ *     level 1's speed on x86 for a few percent more bytes. One call on the whole block, so its
+ *     bytes do not depend on how the input arrived (the igzip program's, read in pieces, can).
+ *   isalVersion: string
  */
 #define NAPI_VERSION 8
 #include <node_api.h>
@@ -33,6 +39,9 @@
 #endif
 #ifdef SMART_HAVE_ZSTD
 #include <zstd.h>
+#endif
+#ifdef SMART_HAVE_ISAL
+#include <isa-l.h>
 #endif
 
 #define CHECK(env, call)                                          \
@@ -74,7 +83,7 @@ static napi_value queue_work(napi_env env, const char *name, napi_async_execute_
 }
 
 
-#ifdef SMART_HAVE_LIBDEFLATE
+#if defined(SMART_HAVE_LIBDEFLATE) || defined(SMART_HAVE_ISAL)
 /* Frees a compressed block handed to JavaScript, and takes it back off the external memory V8
  * was told of when it was handed over (the hint carries the length). */
 static void free_output(napi_env env, void *data, void *hint) {
@@ -83,11 +92,7 @@ static void free_output(napi_env env, void *data, void *hint) {
   free(data);
 }
 
-/* One compressor per pool thread, reallocated only when the level changes: allocating one costs
- * more than compressing a small block. The pool threads live as long as the process. */
-static __thread struct libdeflate_compressor *thread_compressor = NULL;
-static __thread int thread_level = -1;
-
+/* A compressed block's job: the input (kept alive by a reference), the output made on the pool. */
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
@@ -99,6 +104,66 @@ typedef struct {
   size_t output_length;
   const char *error;
 } GzipJob;
+
+static void gzip_complete(napi_env env, napi_status status, void *data) {
+  GzipJob *job = data;
+  napi_value result = NULL;
+  if (status == napi_ok && job->error == NULL &&
+      napi_create_external_buffer(env, job->output_length, job->output, free_output, (void *)(uintptr_t)job->output_length, &result) == napi_ok) {
+    /* Counted, so the garbage collector runs as compressed blocks pile up, not only as the JavaScript heap grows. */
+    int64_t adjusted;
+    napi_adjust_external_memory(env, (int64_t)job->output_length, &adjusted);
+    job->output = NULL; /* owned by the Buffer now */
+  } else {
+    result = NULL;
+  }
+  settle(env, job->deferred, status, result, job->error, "could not return the compressed block");
+  free(job->output);
+  napi_delete_reference(env, job->input_ref);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+/* Queues `execute` on a block (argv: input Buffer, level in [0, max_level]); `usage` and `range` are the errors of bad arguments. */
+static napi_value queue_block(napi_env env, napi_callback_info info, const char *name, napi_async_execute_callback execute, int max_level, const char *usage,
+                              const char *range) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool is_buffer = false;
+  if (argc < 2 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  int32_t level;
+  if (napi_get_value_int32(env, argv[1], &level) != napi_ok || level < 0 || level > max_level) {
+    napi_throw_range_error(env, NULL, range);
+    return NULL;
+  }
+  GzipJob *job = calloc(1, sizeof *job);
+  if (job == NULL) {
+    napi_throw_error(env, NULL, "out of memory");
+    return NULL;
+  }
+  void *input;
+  CHECK(env, napi_get_buffer_info(env, argv[0], &input, &job->input_length));
+  job->input = input;
+  job->level = level;
+  CHECK(env, napi_create_reference(env, argv[0], 1, &job->input_ref));
+  napi_value promise = queue_work(env, name, execute, gzip_complete, job, &job->work, &job->deferred);
+  if (promise == NULL) {
+    napi_delete_reference(env, job->input_ref);
+    free(job);
+  }
+  return promise;
+}
+#endif
+
+#ifdef SMART_HAVE_LIBDEFLATE
+/* One compressor per pool thread, reallocated only when the level changes: allocating one costs
+ * more than compressing a small block. The pool threads live as long as the process. */
+static __thread struct libdeflate_compressor *thread_compressor = NULL;
+static __thread int thread_level = -1;
 
 static void gzip_execute(napi_env env, void *data) {
   (void)env;
@@ -132,58 +197,79 @@ static void gzip_execute(napi_env env, void *data) {
 }
 
 
-static void gzip_complete(napi_env env, napi_status status, void *data) {
-  GzipJob *job = data;
-  napi_value result = NULL;
-  if (status == napi_ok && job->error == NULL &&
-      napi_create_external_buffer(env, job->output_length, job->output, free_output, (void *)(uintptr_t)job->output_length, &result) == napi_ok) {
-    /* Counted, so the garbage collector runs as compressed blocks pile up, not only as the JavaScript heap grows. */
-    int64_t adjusted;
-    napi_adjust_external_memory(env, (int64_t)job->output_length, &adjusted);
-    job->output = NULL; /* owned by the Buffer now */
-  } else {
-    result = NULL;
-  }
-  settle(env, job->deferred, status, result, job->error, "could not return the compressed block");
-  free(job->output);
-  napi_delete_reference(env, job->input_ref);
-  napi_delete_async_work(env, job->work);
-  free(job);
-}
-
 static napi_value gzip_member(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  bool is_buffer = false;
-  if (argc < 2 || napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer) {
-    napi_throw_type_error(env, NULL, "gzipMember(input: Buffer, level: number)");
-    return NULL;
-  }
-  int32_t level;
-  if (napi_get_value_int32(env, argv[1], &level) != napi_ok || level < 0 || level > 12) {
-    napi_throw_range_error(env, NULL, "libdeflate level must be 0-12");
-    return NULL;
-  }
-  GzipJob *job = calloc(1, sizeof *job);
-  if (job == NULL) {
-    napi_throw_error(env, NULL, "out of memory");
-    return NULL;
-  }
-  void *input;
-  CHECK(env, napi_get_buffer_info(env, argv[0], &input, &job->input_length));
-  job->input = input;
-  job->level = level;
-  CHECK(env, napi_create_reference(env, argv[0], 1, &job->input_ref));
-  napi_value promise = queue_work(env, "smartlayer.gzipMember", gzip_execute, gzip_complete, job, &job->work, &job->deferred);
-  if (promise == NULL) {
-    napi_delete_reference(env, job->input_ref);
-    free(job);
-  }
-  return promise;
+  return queue_block(env, info, "smartlayer.gzipMember", gzip_execute, 12, "gzipMember(input: Buffer, level: number)", "libdeflate level must be 0-12");
 }
 
 #endif /* SMART_HAVE_LIBDEFLATE */
+
+#ifdef SMART_HAVE_ISAL
+/* ISA-L's level buffer of each pool thread, of the default size of the level last used there:
+ * the size is part of what makes the bytes, so it is always the default of the level. */
+static __thread uint8_t *thread_isal_buffer = NULL;
+static __thread int thread_isal_level = -1;
+
+static uint32_t isal_buffer_size(int level) {
+  switch (level) {
+    case 1: return ISAL_DEF_LVL1_DEFAULT;
+    case 2: return ISAL_DEF_LVL2_DEFAULT;
+    case 3: return ISAL_DEF_LVL3_DEFAULT;
+    default: return 0;
+  }
+}
+
+static void igzip_execute(napi_env env, void *data) {
+  (void)env;
+  GzipJob *job = data;
+  uint32_t buffer_size = isal_buffer_size(job->level);
+  if (thread_isal_level != job->level) {
+    free(thread_isal_buffer);
+    thread_isal_buffer = buffer_size ? malloc(buffer_size) : NULL;
+    thread_isal_level = (buffer_size == 0 || thread_isal_buffer) ? job->level : -1;
+    if (thread_isal_level < 0) {
+      job->error = "out of memory";
+      return;
+    }
+  }
+  if (job->input_length > UINT32_MAX / 2) {
+    job->error = "block too large for igzip";
+    return;
+  }
+  /* Stored blocks at worst: the input, 5 bytes a 64 KiB block, the gzip header and trailer. */
+  size_t bound = job->input_length + 5 * (job->input_length / 65535 + 1) + 1024;
+  job->output = malloc(bound);
+  if (job->output == NULL) {
+    job->error = "out of memory";
+    return;
+  }
+  struct isal_zstream stream;
+  isal_deflate_stateless_init(&stream);
+  stream.level = job->level;
+  stream.level_buf = thread_isal_buffer;
+  stream.level_buf_size = buffer_size;
+  stream.gzip_flag = IGZIP_GZIP;
+  stream.end_of_stream = 1;
+  stream.flush = NO_FLUSH;
+  stream.next_in = (uint8_t *)job->input;
+  stream.avail_in = (uint32_t)job->input_length;
+  stream.next_out = job->output;
+  stream.avail_out = (uint32_t)bound;
+  int rc = isal_deflate_stateless(&stream);
+  if (rc != COMP_OK) {
+    free(job->output);
+    job->output = NULL;
+    job->error = rc == STATELESS_OVERFLOW ? "isal_deflate_stateless: output larger than its bound" : "isal_deflate_stateless failed";
+    return;
+  }
+  job->output_length = stream.total_out;
+  uint8_t *shrunk = realloc(job->output, job->output_length);
+  if (shrunk) job->output = shrunk;
+}
+
+static napi_value igzip_member(napi_env env, napi_callback_info info) {
+  return queue_block(env, info, "smartlayer.igzipMember", igzip_execute, ISAL_DEF_MAX_LEVEL, "igzipMember(input: Buffer, level: number)", "igzip level must be 0-3");
+}
+#endif /* SMART_HAVE_ISAL */
 
 #ifdef SMART_HAVE_ZSTD
 typedef struct {
@@ -398,6 +484,12 @@ static napi_value init(napi_env env, napi_value exports) {
 #ifdef SMART_HAVE_LIBDEFLATE
   if (!export_function(env, exports, "gzipMember", gzip_member)) return NULL;
   if (!export_string(env, exports, "libdeflateVersion", LIBDEFLATE_VERSION_STRING)) return NULL;
+#endif
+#ifdef SMART_HAVE_ISAL
+  if (!export_function(env, exports, "igzipMember", igzip_member)) return NULL;
+#define SMART_STR2(x) #x
+#define SMART_STR(x) SMART_STR2(x)
+  if (!export_string(env, exports, "isalVersion", SMART_STR(ISAL_MAJOR_VERSION) "." SMART_STR(ISAL_MINOR_VERSION) "." SMART_STR(ISAL_PATCH_VERSION))) return NULL;
 #endif
 #ifdef SMART_HAVE_ZSTD
   if (!export_function(env, exports, "zstdCreate", zstd_create)) return NULL;

@@ -3,8 +3,9 @@
 # command and .ci/run both run this, so what a user installs and what CI tests cannot drift apart.
 #
 #   scripts/setup-debian.sh          what `npm ci` builds the native compressors with (a C compiler,
-#                                    libc and the libdeflate and zstd headers: native/build.mjs) and
-#                                    the zstd program (pulls of zstd-compressed layers)
+#                                    libc and the libdeflate, zstd and ISA-L headers: native/build.mjs),
+#                                    the zstd program (pulls of zstd-compressed layers) and igzip
+#                                    (faster gunzip on pulls)
 #   scripts/setup-debian.sh --test   also every real program the integration tests start
 #
 # Only what is missing is installed (a second run does nothing); apt-get runs through sudo when not
@@ -33,12 +34,14 @@ fi
 declare -A packages=(
   [cc]=gcc
   [zstd]=zstd
+  [igzip]=isal
 )
 # header → Debian package (-dev packages have no command to look for).
 declare -A headers=(
   [stdlib.h]=libc6-dev
   [libdeflate.h]=libdeflate-dev
   [zstd.h]=libzstd-dev
+  [isa-l.h]=libisal-dev
 )
 if [ "$test_programs" -eq 1 ]; then
   # command → Debian package
@@ -59,7 +62,6 @@ if [ "$test_programs" -eq 1 ]; then
     [/usr/bin/docker]=docker.io
     [busybox]=busybox-static
     [libdeflate-gzip]=libdeflate-tools
-    [igzip]=isal
     # The shells `smart completion` writes scripts for; `script` gives a command a terminal.
     [zsh]=zsh
     [fish]=fish

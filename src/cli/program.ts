@@ -9,6 +9,7 @@ import { addCacheCommands } from './cache.js';
 import { addCommonOptions, addOptions } from './commander-options.js';
 import { Output, guardedStdout } from './output.js';
 import { runTransfer } from './transfer.js';
+import { VERSION, addVersionCommand } from './version.js';
 
 export { CommanderError } from 'commander';
 
@@ -35,7 +36,7 @@ export function usageError(e: CommanderError): SmartError {
 export function buildProgram(prog = 'smart'): Command {
   const program = new Command('smart')
     .description('Fast container image push, pull and build cache, without the Docker daemon')
-    .version('0.1.0')
+    .version(VERSION)
     .addHelpText('after', EXIT_HELP);
 
   const transferAction = (mode: 'push' | 'pull' | 'copy') =>
@@ -101,6 +102,8 @@ Install:
       const { completionScript } = await import('./completion.js');
       guardedStdout().write(completionScript(shell, buildProgram()));
     });
+
+  addVersionCommand(program);
 
   // Errors are the caller's to report (one line, through main), never commander's own text, and
   // nothing in the program exits the process. Help goes to stdout through the guard against `| head`.

@@ -59,7 +59,8 @@ export interface CopyOptions {
   onWarning?: (message: string) => void;
   /** Layers in flight at once. */
   jobs: number;
-  gzipLevel?: number;
+  /** The level of layers compressed here; 'fast': igzip in-process for gzip (ISA-L in the addon), level 1 for zstd. */
+  gzipLevel?: number | 'fast';
   /** What uncompressed layers are compressed to for stores (default gzip). */
   compression?: CompressionFormat;
   signal?: AbortSignal;
@@ -123,6 +124,12 @@ class CopyRun {
   async compressor(): Promise<LayerCompressor> {
     const c = await layerCompressor(this.options.compression, this.options.gzipLevel);
     this.compression = { format: c.format, engine: c.engine, implementation: c.implementation, level: c.level };
+    if (this.options.onWarning) {
+      // Said once per process (native.ts): compression runs slower than it could here, and what fixes it.
+      const { nativeMissingWarning } = await import('../pipeline/native.js');
+      const warning = nativeMissingWarning(c.format, c.format === 'zstd' ? 'in the zstd program' : c.engine === 'zlib' ? "on Node's zlib, slower" : `on ${c.implementation}`);
+      if (warning) this.options.onWarning(warning);
+    }
     return c;
   }
 

@@ -23,7 +23,8 @@ export interface TransferRequest {
   /** A single-platform image of another platform than the one wanted: refused or let through with a warning (default: see choosePlatforms). */
   platformMismatch?: 'error' | 'warn';
   jobs?: number;
-  gzipLevel?: number;
+  /** The compression level; 'fast' (`--compression-level fast`): see CopyOptions. */
+  gzipLevel?: number | 'fast';
   /** What uncompressed layers become in stores: gzip (default) or zstd. */
   compression?: 'gzip' | 'zstd';
   stdin?: Readable;

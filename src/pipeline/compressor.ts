@@ -26,10 +26,11 @@ const chosen = new Map<string, Promise<LayerCompressor>>();
 /**
  * gzip on every core in fixed blocks (libdeflate in-process or as a program, else Node's zlib, with
  * output that does not depend on the core count), or zstd (libzstd in-process, else its program).
- * `level` absent: the engine's default. Each engine is loaded only when first asked for: a push
- * that sends nothing never loads one.
+ * `level` absent: the engine's default; 'fast': igzip in this process for gzip (ISA-L in the addon),
+ * level 1 for zstd. Each engine is loaded only when first asked for: a push that sends nothing
+ * never loads one.
  */
-export function layerCompressor(format: CompressionFormat = 'gzip', level?: number): Promise<LayerCompressor> {
+export function layerCompressor(format: CompressionFormat = 'gzip', level?: number | 'fast'): Promise<LayerCompressor> {
   const key = `${format}:${level ?? ''}`;
   let c = chosen.get(key);
   if (!c) {
@@ -37,12 +38,12 @@ export function layerCompressor(format: CompressionFormat = 'gzip', level?: numb
       if (format === 'zstd') {
         const { requireZstd, DEFAULT_ZSTD_LEVEL } = await import('./zstd.js');
         const zstd = await requireZstd();
-        const at = level ?? DEFAULT_ZSTD_LEVEL;
+        const at = level === 'fast' ? 1 : (level ?? DEFAULT_ZSTD_LEVEL);
         return { format, mediaType: MediaType.OCI_LAYER_ZSTD, engine: 'zstd', implementation: zstd.implementation, level: at, compress: (tar, verifiedDiffId) => zstd.layerStream(tar, at, verifiedDiffId) };
       }
       const { chooseGzipEngine, gzipLayerStreamParallel } = await import('./parallel-gzip.js');
-      const engine = await chooseGzipEngine('auto');
-      const at = level ?? engine.defaultLevel;
+      const engine = await chooseGzipEngine(level === 'fast' ? 'fast' : 'auto');
+      const at = typeof level === 'number' ? level : engine.defaultLevel;
       return {
         format,
         mediaType: MediaType.OCI_LAYER_GZIP,

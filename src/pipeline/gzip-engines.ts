@@ -12,7 +12,8 @@ import { runFilter } from './filter-process.js';
 import type { NativeBinding } from './native.js';
 
 export type GzipEngineName = 'zlib' | 'igzip' | 'libdeflate';
-export type GzipEnginePreference = 'auto' | GzipEngineName;
+/** 'fast': igzip in this process (`--compression-level fast`), a few percent larger than the default for about three times its speed. */
+export type GzipEnginePreference = 'auto' | 'fast' | GzipEngineName;
 
 export interface BlockJob {
   level: number;
@@ -69,9 +70,10 @@ export const WINDOW = 32 * KiB;
  * The rule: the fastest setting no more than 3% larger than skopeo's output and faster than it,
  * preferring an engine present here. igzip is 4.8-8% larger: out (and its program was seen,
  * rarely, to make other bytes for the same block). libdeflate level 1 is 1.7% larger at 1.95x
- * skopeo's speed in-process (0.89 CPU s against skopeo's 1.87): the default wherever libdeflate
- * is, in-process or (1.02x) as a program. Without it, zlib level 3 (1.1% larger, 1.16x) is the
- * best zlib setting; level 1 is 4.9% larger.
+ * skopeo's speed in-process (0.89 CPU s against skopeo's 1.87): the default wherever the addon
+ * has libdeflate. As a program it is only named, never chosen (1.02x alone here, but in a whole
+ * push a process per block loses to zlib: gzip-choice.ts). Without it, zlib level 3 (1.1% larger,
+ * 1.16x) is the best zlib setting; level 1 is 4.9% larger.
  * Block size and window, same run, libdeflate level 1 in-process: 1 / 2 / 4 / 8 MiB blocks at
  * concurrency 3: 281 / 292 / 301 / 273 MB/s, output within 0.2% of each other; 4 MiB at
  * concurrency 1 / 2 / 4: 199 / 306 / 318. zlib level 3 at concurrency 1 / 2 / 4 / 8: 96.7 / 149.7
@@ -221,6 +223,39 @@ export function nativeLibdeflateEngine(binding: Required<Pick<NativeBinding, 'gz
         throw new SmartError('INTERNAL', `libdeflate failed to compress a block (${(e as Error).message})`, { cause: e });
       }
       return normalizeMember(member, block.length, 'libdeflate');
+    },
+  };
+}
+
+/**
+ * ISA-L's igzip inside this process (the native addon built with libisal-dev): what
+ * `--compression-level fast` uses. Measured here: igzip level 1 compresses ~3.5x faster than
+ * libdeflate level 1 for 4.8-8% more bytes, so it is never the default (which stays within 3% of
+ * skopeo's size). One stateless call a block, so the bytes depend on the block alone, never on the
+ * concurrency; they may differ between ISA-L versions and CPU families (its code is chosen by
+ * CPU), which the diff id → digest memory covers as it does for any other engine.
+ */
+export function nativeIgzipEngine(binding: Required<Pick<NativeBinding, 'igzipMember' | 'isalVersion'>>): GzipEngine {
+  return {
+    name: 'igzip',
+    program: null,
+    implementation: `in-process isa-l ${binding.isalVersion}`,
+    minLevel: 0,
+    maxLevel: 3,
+    defaultLevel: DEFAULT_IGZIP_LEVEL,
+    defaultBlockSize: DEFAULT_PROCESS_BLOCK_SIZE,
+    framing: 'members',
+    defaultConcurrency: (blockSize) => windowCap(blockSize, os.availableParallelism() + 1),
+    async compressBlock(block, job) {
+      if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
+      if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
+      let member: Buffer;
+      try {
+        member = await nativeSlots.run(() => binding.igzipMember(block, job.level));
+      } catch (e) {
+        throw new SmartError('INTERNAL', `igzip failed to compress a block (${(e as Error).message})`, { cause: e });
+      }
+      return normalizeMember(member, block.length, 'igzip');
     },
   };
 }

@@ -1,9 +1,13 @@
 /**
  * The optional native addon (native/smartlayer.c, built at install time by native/build.mjs).
  * Loaded on first use only; absent, unloadable (built against another libdeflate, say) or turned
- * off with SMART_NATIVE=0, it is simply not there and callers fall back.
+ * off with SMART_NATIVE=0, it is simply not there and callers fall back. nativeStatus says which,
+ * and what would build it, for `smart version --verbose` and the one warning of a push.
  */
+import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 /** What native/smartlayer.c exports; each part only if its library was there at build time. */
 export interface NativeBinding {
@@ -16,7 +20,14 @@ export interface NativeBinding {
   zstdCompress?(context: unknown, input: Buffer, end: boolean): Promise<Buffer>;
   zstdFree?(context: unknown): void;
   readonly zstdVersion?: string;
+  /** One complete gzip member of `input` by ISA-L's igzip (levels 0-3), on the libuv pool. */
+  igzipMember?(input: Buffer, level: number): Promise<Buffer>;
+  readonly isalVersion?: string;
 }
+
+/** dist/pipeline/native.js (or src/pipeline/native.ts) → the package root. */
+const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const addonPath = path.join(packageRoot, 'native', 'build', 'smartlayer.node');
 
 let binding: NativeBinding | null | undefined;
 let loadError: string | undefined;
@@ -28,8 +39,7 @@ export function nativeBinding(): NativeBinding | null {
     return (binding = null);
   }
   try {
-    // dist/pipeline/native.js → native/build/smartlayer.node at the package root.
-    binding = createRequire(import.meta.url)('../../native/build/smartlayer.node') as NativeBinding;
+    binding = createRequire(import.meta.url)(addonPath) as NativeBinding;
   } catch (e) {
     loadError = (e as Error).message.split('\n')[0];
     binding = null;
@@ -40,4 +50,81 @@ export function nativeBinding(): NativeBinding | null {
 /** Why the addon is not there (for diagnostics), or undefined when it is or was not looked for. */
 export function nativeLoadError(): string | undefined {
   return loadError;
+}
+
+export interface NativeStatus {
+  /** The file the addon is loaded from, or would be. */
+  path: string;
+  loaded: boolean;
+  /** Turned off with SMART_NATIVE=0: the user's choice, nothing to warn of. */
+  disabled: boolean;
+  /** The versions of the libraries compiled in (absent: built without it, or not loaded). */
+  libdeflate?: string;
+  zstd?: string;
+  /** ISA-L, for `--compression-level fast` only: its absence is nothing to warn of. */
+  isal?: string;
+  /** Why it is not loaded, or which library it was built without; absent when it has both. */
+  reason?: string;
+  /** The one command that builds it with both libraries here (absent when nothing is missing or it is disabled). */
+  fix?: string;
+}
+
+/** What native/build.mjs recorded of its last run (native/build/status.json), if it could. */
+function buildRecord(): { built: boolean; reason?: string } | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(path.join(packageRoot, 'native', 'build', 'status.json'), 'utf8')) as { built: boolean; reason?: string };
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The command that installs what the addon builds with and builds it: from a clone (the README's
+ * path) the setup script and `npm rebuild` (which runs the package's install script); from an
+ * installed package, which has no setup script, the Debian packages and the build script itself.
+ */
+export function nativeFixCommand(): string {
+  const inRoot = path.resolve(process.cwd()) === packageRoot ? '' : `cd ${packageRoot} && `;
+  if (fs.existsSync(path.join(packageRoot, 'scripts', 'setup-debian.sh'))) return `${inRoot}scripts/setup-debian.sh && npm rebuild`;
+  const sudo = process.getuid?.() === 0 ? '' : 'sudo ';
+  return `${sudo}apt-get install gcc libc6-dev libdeflate-dev libzstd-dev && ${inRoot || `cd ${packageRoot} && `}node native/build.mjs`;
+}
+
+/** The addon as it is in this process: loaded (with which libraries), off, or why it is absent. */
+export function nativeStatus(): NativeStatus {
+  const b = nativeBinding();
+  const disabled = process.env.SMART_NATIVE === '0';
+  if (b) {
+    const without = [b.libdeflateVersion ? null : 'libdeflate', b.zstdVersion ? null : 'zstd'].filter((n): n is string => n !== null);
+    return {
+      path: addonPath,
+      loaded: true,
+      disabled,
+      ...(b.libdeflateVersion ? { libdeflate: b.libdeflateVersion } : {}),
+      ...(b.zstdVersion ? { zstd: b.zstdVersion } : {}),
+      ...(b.isalVersion ? { isal: b.isalVersion } : {}),
+      ...(without.length ? { reason: `built without ${without.join(' and ')}`, fix: nativeFixCommand() } : {}),
+    };
+  }
+  if (disabled) return { path: addonPath, loaded: false, disabled, reason: 'turned off (SMART_NATIVE=0)' };
+  const record = buildRecord();
+  const missing = !fs.existsSync(addonPath);
+  const reason = missing ? `not built${record && !record.built && record.reason ? ` (${record.reason})` : ''}` : `not loadable (${loadError ?? 'unknown error'})`;
+  return { path: addonPath, loaded: false, disabled, reason, fix: nativeFixCommand() };
+}
+
+let warned = false;
+
+/**
+ * The warning of a compression that runs slower than it could because the addon lacks the
+ * library of `format` (absent, unloadable, built without it): how it runs instead (`runs`, "on
+ * Node's zlib, slower") and the command that fixes it. Once per process: undefined after the
+ * first, and whenever nothing is missing or the user turned the addon off (SMART_NATIVE=0, a choice).
+ */
+export function nativeMissingWarning(format: 'gzip' | 'zstd', runs: string): string | undefined {
+  if (warned) return undefined;
+  const status = nativeStatus();
+  if (status.disabled || (format === 'gzip' ? status.libdeflate : status.zstd) || !status.fix) return undefined;
+  warned = true;
+  return `native compressor ${status.reason}: ${format} runs ${runs}; to build it: ${status.fix} (SMART_NATIVE=0 silences this)`;
 }

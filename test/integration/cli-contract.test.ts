@@ -174,7 +174,7 @@ describe('the command line contract', () => {
       const out = await run('bash', ['-c', [`source ${script}`, ...lines.map(probe)].join('\n')]);
       expect(out.code, out.stderr).toBe(0);
       expect(out.stdout.toString().split('\n').slice(0, lines.length)).toEqual([
-        'push pull copy cache completion',
+        'push pull copy cache completion version',
         '--progress',
         'auto tty plain json none',
         'index plan pull warm lint',

@@ -1,0 +1,57 @@
+/**
+ * The compression engines this process would use, and why: the native addon, the gzip engine of
+ * `auto` and of `--compression-level fast`, the zstd engine, the gunzip engine of pulls and the
+ * cores they run on (`smart version --verbose`). Looks, never compresses; what it says is what a
+ * push started now with the same environment does.
+ */
+import os from 'node:os';
+import { chooseGunzip } from '../pipeline/gunzip.js';
+import { autoGzipEngine, inProcessIgzip } from '../pipeline/gzip-choice.js';
+import { nativeStatus, type NativeStatus } from '../pipeline/native.js';
+import { DEFAULT_ZSTD_LEVEL, requireZstd } from '../pipeline/zstd.js';
+
+export interface EnginesReport {
+  native: NativeStatus;
+  gzip: { engine: string; implementation: string; level: number; blockSize: number; concurrency: number; why: string };
+  /** `--compression-level fast`: igzip in this process, or null (the push fails, with `why`). */
+  gzipFast: { engine: string; implementation: string | null; level: number; why: string };
+  /** implementation null: no zstd here (`--compression zstd` fails, with `why`). */
+  zstd: { implementation: string | null; level: number; workers: number; why: string };
+  /** What a pull decompresses gzip layers with. */
+  gunzip: { engine: string; implementation: string; why: string };
+  /** The cores compression runs on (os.availableParallelism: the CPUs this process may use). */
+  cores: number;
+}
+
+export async function enginesReport(): Promise<EnginesReport> {
+  const native = nativeStatus();
+  const { engine, why } = autoGzipEngine();
+  const cores = os.availableParallelism();
+  let zstd: EnginesReport['zstd'];
+  try {
+    const z = await requireZstd();
+    const inProcess = z.implementation.startsWith('in-process');
+    zstd = {
+      implementation: z.implementation,
+      level: DEFAULT_ZSTD_LEVEL,
+      workers: cores,
+      why: inProcess ? 'the native addon has libzstd' : `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? 'is built without zstd' : 'is absent'}: the zstd program`,
+    };
+  } catch (e) {
+    zstd = { implementation: null, level: DEFAULT_ZSTD_LEVEL, workers: cores, why: (e as Error).message };
+  }
+  const gunzip = await chooseGunzip();
+  const fast = inProcessIgzip();
+  return {
+    native,
+    gzip: { engine: engine.name, implementation: engine.implementation, level: engine.defaultLevel, blockSize: engine.defaultBlockSize, concurrency: engine.defaultConcurrency(engine.defaultBlockSize), why },
+    gzipFast: fast
+      ? { engine: fast.name, implementation: fast.implementation, level: fast.defaultLevel, why: 'the native addon has ISA-L' }
+      : { engine: 'igzip', implementation: null, level: 1, why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? 'is built without ISA-L (libisal-dev)' : 'is absent'}` },
+    zstd,
+    gunzip: gunzip.program
+      ? { engine: gunzip.name, implementation: gunzip.program, why: 'igzip is on PATH (it decompresses faster than zlib)' }
+      : { engine: gunzip.name, implementation: 'node-zlib', why: 'igzip is not on PATH (apt-get install isal)' },
+    cores,
+  };
+}
