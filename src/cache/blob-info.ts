@@ -19,8 +19,10 @@ import { parseDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import type { ImageSource } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
 import { layerCompression, layerMediaType } from '../oci/mediatypes.js';
-import { layerFromDescriptor, readBlob } from '../oci/partial.js';
+import { readBlob } from '../oci/partial.js';
+import { layerFromDescriptor } from '../pipeline/layers.js';
 import { isValidRepository } from '../oci/reference.js';
+import { compressedKey, locationKey } from './keys.js';
 import type { MetadataCache } from './metadata-cache.js';
 
 /** An image the store holds that shows what its layers were compressed to: written and tagged by the push that compressed them. */
@@ -62,7 +64,7 @@ export class BlobInfoCache {
   constructor(private readonly cache: MetadataCache) {}
 
   private key(scope: string, diffId: Digest): string {
-    return `compressed:v2:${scope}:${diffId}`;
+    return compressedKey(scope, diffId);
   }
 
   /**
@@ -127,7 +129,7 @@ export class BlobInfoCache {
 
   /** Repositories of a registry where a blob was seen (newest first), to mount it from. */
   async locations(scope: string, digest: Digest): Promise<string[]> {
-    const raw = await this.cache.get(`location:v1:${scope}:${digest}`);
+    const raw = await this.cache.get(locationKey(scope, digest));
     if (!raw) return [];
     try {
       const list = JSON.parse(raw) as unknown;
@@ -141,7 +143,7 @@ export class BlobInfoCache {
     const known = await this.locations(scope, digest);
     if (known[0] === repository) return;
     const next = [repository, ...known.filter((r) => r !== repository)].slice(0, 5);
-    await this.cache.set(`location:v1:${scope}:${digest}`, JSON.stringify(next));
+    await this.cache.set(locationKey(scope, digest), JSON.stringify(next));
   }
 }
 

@@ -8,46 +8,10 @@ import { createHash, randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno, isSmartError } from '../errors.js';
+import { TaskGroup } from '../pipeline/concurrency.js';
+import type { MetadataCache, MetadataCacheEntry } from './metadata.js';
 
-export interface MetadataCache {
-  get(key: string): Promise<string | undefined>;
-  /**
-   * `ttlSeconds` absent (or Infinity): kept until evicted; zero or less (or NaN): the entry is
-   * already expired (removed). Redis rounds a fractional TTL up to the millisecond.
-   */
-  set(key: string, value: string, ttlSeconds?: number): Promise<void>;
-  /**
-   * One answer per key, in the order asked (a key asked twice is answered twice). On Redis this is
-   * one pipelined round trip (on a cluster: one per node, in parallel).
-   */
-  getMany(keys: string[]): Promise<(string | undefined)[]>;
-  /** Writes every entry (one round trip on Redis, one per node on a cluster); not atomic. */
-  setMany(entries: MetadataCacheEntry[]): Promise<void>;
-  /** Removes the key; a key that is not there is no error. */
-  delete(key: string): Promise<void>;
-  /**
-   * Sets `key` only if it holds nothing (or an expired entry); true when this call set it. With
-   * `renewIfEqual` and `deleteIfEqual`, the atomic steps of a lease (src/cache/lease.ts): one
-   * `cache index` run per store at a time.
-   */
-  setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean>;
-  /**
-   * Gives `key` a new time to live of `ttlSeconds` if it still holds `value` (unexpired); true when
-   * it did. Atomic on Redis (a script); on disk, see `DiskMetadataCache`.
-   */
-  renewIfEqual(key: string, value: string, ttlSeconds: number): Promise<boolean>;
-  /** Removes `key` if it still holds `value`; true when it did. Atomic like `renewIfEqual`. */
-  deleteIfEqual(key: string, value: string): Promise<boolean>;
-  /** Releases connections so that the process can exit; the cache is not used afterwards. */
-  close(): Promise<void>;
-}
-
-export interface MetadataCacheEntry {
-  key: string;
-  value: string;
-  /** Absent: kept until evicted. */
-  ttlSeconds?: number;
-}
+export type { MetadataCache, MetadataCacheEntry } from './metadata.js';
 
 export interface OpenMetadataCacheOptions {
   /**
@@ -96,20 +60,6 @@ export async function openMetadataCache(options: OpenMetadataCacheOptions): Prom
     where = options.diskDir;
   }
   return options.strict ? strictCache(cache, where) : forgivingCache(cache, options.onWarning);
-}
-
-/** Runs `fn` over `items` with at most `limit` at once; answers in the order of `items`. */
-async function mapLimited<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out = new Array<R>(items.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < items.length) {
-      const i = next++;
-      out[i] = await fn(items[i]!);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return out;
 }
 
 const DISK_PARALLEL = 32;
@@ -167,13 +117,13 @@ export class DiskMetadataCache implements MetadataCache {
   }
 
   getMany(keys: string[]): Promise<(string | undefined)[]> {
-    return mapLimited(keys, DISK_PARALLEL, (k) => this.get(k));
+    return new TaskGroup({ jobs: DISK_PARALLEL }).all(keys, (k) => this.get(k));
   }
 
   async setMany(entries: MetadataCacheEntry[]): Promise<void> {
     // A key given twice: the last entry wins, as on Redis (parallel writes would race).
     const last = new Map(entries.map((e) => [e.key, e]));
-    await mapLimited([...last.values()], DISK_PARALLEL, (e) => this.set(e.key, e.value, e.ttlSeconds));
+    await new TaskGroup({ jobs: DISK_PARALLEL }).all([...last.values()], (e) => this.set(e.key, e.value, e.ttlSeconds));
   }
 
   async delete(key: string): Promise<void> {

@@ -25,7 +25,7 @@
 import tls from 'node:tls';
 import type { ChainableCommander, Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
 import { SmartError } from '../errors.js';
-import type { MetadataCache, MetadataCacheEntry } from './metadata-cache.js';
+import type { MetadataCache, MetadataCacheEntry } from './metadata.js';
 
 export const DEFAULT_REDIS_KEY_PREFIX = 'smartlayer:';
 const DEFAULT_TIMEOUT_MS = 2000;

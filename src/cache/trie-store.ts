@@ -1,40 +1,36 @@
 /**
- * The layer trie of one store, kept in the metadata cache (on disk by default, Redis when shared):
- *   trie:v1:<scope>:n:<chain id>              a node (JSON)
- *   trie:v1:<scope>:e:<parent chain id>:<h>   child chain ids reached from the parent by a step
- *                                             whose key hashes to h ("root" for no parent)
- *   trie:v1:<scope>:i:<repo>:<tag>            what the last index saw for a tag (manifest, layers)
- * Like everything in the metadata cache it is a hint: a lost edge or a stale node changes the
- * quality of a plan, never what a pull verifies.
+ * The layer trie of one store, kept in the metadata cache (on disk by default, Redis when shared),
+ * under the keys `trieKeys` builds (keys.ts draws them): nodes (JSON), the child chain ids a step
+ * reaches from a parent, and what the last index saw of each tag. Like everything in the metadata
+ * cache it is a hint: a lost edge or a stale node changes the quality of a plan, never what a pull
+ * verifies.
  */
-import { createHash } from 'node:crypto';
 import type { Digest } from '../oci/digest.js';
 import type { Descriptor } from '../oci/manifest.js';
 import { chainIds, keysOf, nodesOf, stepKeyString, type IndexedImage, type ImageRef, type StepKey, type TrieNode, type TrieStore } from '../trie/layer-trie.js';
+import { trieKeys } from './keys.js';
 import type { MetadataCache } from './metadata-cache.js';
 
-const hashStep = (step: string) => createHash('sha256').update(step).digest('hex').slice(0, 32);
-
 export class CachedTrieStore implements TrieStore {
-  private readonly prefix: string;
+  private readonly keys: ReturnType<typeof trieKeys>;
 
   constructor(
     private readonly cache: MetadataCache,
     scope: string,
   ) {
-    this.prefix = `trie:v1:${scope}:`;
+    this.keys = trieKeys(scope);
   }
 
   private nodeKey(id: Digest): string {
-    return `${this.prefix}n:${id}`;
+    return this.keys.node(id);
   }
 
   private edgeKey(parent: Digest | undefined, step: string): string {
-    return `${this.prefix}e:${parent ?? 'root'}:${hashStep(step)}`;
+    return this.keys.edge(parent, step);
   }
 
   private imageKey(repository: string, tag: string): string {
-    return `${this.prefix}i:${repository}:${tag}`;
+    return this.keys.image(repository, tag);
   }
 
   async getNodes(chainIds: readonly Digest[]): Promise<(TrieNode | undefined)[]> {
@@ -96,12 +92,12 @@ export class CachedTrieStore implements TrieStore {
 
   /** The chains most shared across the store, as the last full index counted them. */
   async getTop(): Promise<Digest[]> {
-    const raw = await this.cache.get(`${this.prefix}top`);
+    const raw = await this.cache.get(this.keys.top);
     return raw ? (parseOr<Digest[]>(raw) ?? []) : [];
   }
 
   async putTop(chainIds: readonly Digest[]): Promise<void> {
-    await this.cache.set(`${this.prefix}top`, JSON.stringify(chainIds));
+    await this.cache.set(this.keys.top, JSON.stringify(chainIds));
   }
 }
 

@@ -6,7 +6,7 @@ import { SmartError } from '../errors.js';
 import { cancel, collect, defaultCacheDir, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
 import { addCommonOptions, commanderParser } from './commander-options.js';
 import { Output, formatBytes, guardedStdout } from './output.js';
-import { refuseTerminals, toStdout } from './main.js';
+import { refuseTerminals, toStdout } from './transfer.js';
 
 interface CacheFlags extends CommonFlags {
   file?: string;

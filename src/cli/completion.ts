@@ -6,6 +6,7 @@
  */
 import type { Command } from 'commander';
 import { SmartError } from '../errors.js';
+import { transportPrefixes } from '../ops/transfer.js';
 
 interface OptionFacts {
   /** Every spelling: `--quiet`, `-q`. */
@@ -26,9 +27,11 @@ interface CommandFacts {
   positional: readonly string[] | 'images';
 }
 
-/** The transports an image name starts with; those before `PATH_TRANSPORTS` end are followed by a path. */
-const PATH_TRANSPORTS = ['oci', 'oci-archive', 'docker-archive', 'file', 'rootfs', 'bundle'];
-const TRANSPORTS = ['oci:', 'oci-archive:', 'docker-archive:', 'docker://', 'file:', 's3://', 'rootfs:', 'bundle:'];
+/** What image names start with (the transport map's forms), and the transports whose names are followed by a path. */
+const TRANSPORTS = transportPrefixes().map((t) => t.prefix);
+const PATH_TRANSPORTS = transportPrefixes()
+  .filter((t) => t.takesPath)
+  .map((t) => t.prefix.slice(0, -1));
 
 /** The bin names and the command each stands for. */
 const BINS: Record<string, string> = { smart: '', smartlayer: '', 'smart-push': 'push', 'smart-pull': 'pull', 'smart-cache': 'cache' };

@@ -9,7 +9,7 @@ import { addCacheCommands } from './cache.js';
 import { addStoreCommands } from './store.js';
 import { addCommonOptions, addOptions } from './commander-options.js';
 import { Output, guardedStdout } from './output.js';
-import { runTransfer } from './main.js';
+import { runTransfer } from './transfer.js';
 import { VERSION, addVersionCommand } from './version.js';
 
 export { CommanderError } from 'commander';

@@ -6,6 +6,7 @@ import type { Readable } from 'node:stream';
 import type { Digest } from './digest.js';
 import type { ImageConfig } from './config.js';
 import type { Descriptor, ImageManifest, ParsedManifest } from './manifest.js';
+import type { Compression } from './mediatypes.js';
 
 export interface OpenOptions {
   signal?: AbortSignal;
@@ -45,7 +46,7 @@ export interface Image {
 
 /**
  * A random-access image source: what a transport alone can answer. Everything else (platform
- * choice, config parsing, layer objects) is derived by `resolveImage` in `oci/partial.ts`.
+ * choice, config parsing, layer objects) is derived by `resolveImage` in `pipeline/layers.ts`.
  *
  * Contract: `getBlob` returns a stream verified against `descriptor` (digest and size), erroring
  * instead of ending on a mismatch. `close` releases files and connections; it is always called.
@@ -74,6 +75,54 @@ export interface ImageSource {
   /** Where each blob read so far came from (digest → registry), for sources with several (mirrors). */
   origins?(): Record<string, string>;
   close(): Promise<void>;
+}
+
+/**
+ * A layer whose digests are known only once its bytes have been read, as go-containerregistry's
+ * `stream.Layer`: a member of a docker-archive read from a pipe. Its bytes can be read once.
+ */
+export interface StreamedLayer {
+  /** Its name in the stream (an archive member): progress is told under it until its digest is known. */
+  readonly member: string;
+  /** For messages: `layer MEMBER of NAME`. */
+  readonly what: string;
+  /** As its first bytes show. */
+  readonly compression: Compression;
+  /** Its size in the stream (compressed, when it is), where the stream says: bounds what it may decompress to. */
+  readonly size?: number;
+  /** The bytes, verified by nothing yet: consumed (or destroyed) by the reader before the next layer can arrive. */
+  readonly stream: Readable;
+}
+
+/** What a streamed image turned out to be, once its stream has ended. */
+export interface StreamedImage<T> {
+  configBytes: Buffer;
+  config: ImageConfig;
+  repoTags: string[];
+  /** What the reader returned for each layer, in the image's order (the archive's may differ). */
+  layers: T[];
+}
+
+/**
+ * An image read from a stream (`docker-archive:-`): each layer becomes known as its bytes arrive,
+ * the config and the order of the layers only at the end. Read once, never reopened.
+ */
+export interface StreamedImageSource {
+  readonly name: string;
+  readonly streamed: true;
+  /**
+   * Reads the stream, handing each layer to `visit` as it arrives (one at a time, in the archive's
+   * order), and resolves to the image with what `visit` returned for each of its layers. Aborting
+   * `signal` destroys the input.
+   */
+  read<T>(visit: (layer: StreamedLayer) => Promise<T>, signal?: AbortSignal): Promise<StreamedImage<T>>;
+}
+
+/** What a copy reads: a random-access source, whose layers are known up front, or a stream. */
+export type Source = ImageSource | StreamedImageSource;
+
+export function isStreamed(source: Source): source is StreamedImageSource {
+  return 'streamed' in source && source.streamed === true;
 }
 
 /** A top-level manifest as a store names it, before its bytes are read. */
@@ -153,10 +202,22 @@ export interface BlobDestination {
   close(): Promise<void>;
 }
 
-/** A destination that consumes a whole resolved image (docker-archive, rootfs, bundle). */
+/**
+ * A destination that consumes a whole resolved image (docker-archive, rootfs, bundle): the narrow
+ * variant of a destination for formats that are not content-addressed. Contract: nothing is
+ * visible at the destination until `write` resolves (built aside, renamed into place), and a
+ * failure leaves it as it was.
+ */
 export interface ImageWriter {
   readonly name: string;
   write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult>;
+}
+
+/** Where a copy writes: blob by blob, or a whole image at once. */
+export type Destination = BlobDestination | ImageWriter;
+
+export function isImageWriter(dest: Destination): dest is ImageWriter {
+  return 'write' in dest;
 }
 
 export interface ImageWriteOptions {

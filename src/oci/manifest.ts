@@ -3,7 +3,15 @@ import { SmartError, quoted } from '../errors.js';
 import { checkJson } from '../limits.js';
 import { parseDigest, sha256Digest, type Digest } from './digest.js';
 import { isImageManifestMediaType, isIndexMediaType, MediaType } from './mediatypes.js';
-import type { Platform } from './platform.js';
+
+/** What a descriptor in an index says it runs on (parsing and picking one: platform.ts). */
+export interface Platform {
+  os: string;
+  architecture: string;
+  variant?: string;
+  'os.version'?: string;
+  'os.features'?: string[];
+}
 
 export interface Descriptor {
   mediaType: string;

@@ -1,14 +1,8 @@
 /** Platforms (`os/arch[/variant]`) and picking one manifest out of an index. */
 import { SmartError, printable, quoted } from '../errors.js';
-import type { Descriptor, ImageIndex } from './manifest.js';
+import type { Descriptor, ImageIndex, Platform } from './manifest.js';
 
-export interface Platform {
-  os: string;
-  architecture: string;
-  variant?: string;
-  'os.version'?: string;
-  'os.features'?: string[];
-}
+export type { Platform };
 
 // Node's names → the GOARCH names images use.
 const NODE_ARCH: Record<string, string> = {

@@ -1,32 +1,45 @@
 /**
- * The copy engine behind `smart push` and `smart pull`: moves one image from a source to a
- * destination, layer by layer in parallel, reusing every blob the destination already has,
- * compressing or converting only when the destination needs it, and writing the manifest, then
- * the tag, last. Reports through callbacks; never prints.
+ * The copy engine behind `smart push`, `smart pull` and `smart cache pull`, after containers/image's
+ * copy.go → single.go → blob.go: one image from any source to any destination. The layers of a
+ * random-access source are known up front and move in parallel; those of a stream become known as
+ * they arrive (go-containerregistry's stream.Layer) and move as they do. Every blob goes through the
+ * same step: reuse, else put, then record. Blobs the destination has are reused, layers are
+ * compressed only when it needs them compressed, and the manifest, then the tag, is written last.
+ * Whole-image destinations (docker-archive, rootfs, bundle) take the resolved image at once.
+ * Reports through callbacks; never prints.
  */
-import { Readable, addAbortSignal, pipeline } from 'node:stream';
-import { SmartError, isCancellation, isSmartError } from '../errors.js';
+import { Readable, pipeline } from 'node:stream';
+import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
-import type { BlobDestination, Image, ImageSource, ImageWriter, Layer, LayerEvent, OpenOptions, ProgressEvent } from '../oci/image.js';
-import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
 import {
-  configMediaType,
-  isForeignLayer,
-  layerCompression,
-  layerMediaType,
-  manifestFamily,
-  manifestMediaType,
-  MediaType,
-  type ManifestFamily,
-} from '../oci/mediatypes.js';
-import { counted, resolveImage } from '../oci/partial.js';
-import { formatPlatform, normalizePlatform, platformMatches, type Platform } from '../oci/platform.js';
+  isImageWriter,
+  isStreamed,
+  type BlobDestination,
+  type BlobReuse,
+  type Destination,
+  type Image,
+  type ImageSource,
+  type ImageWriter,
+  type Layer,
+  type LayerEvent,
+  type OpenOptions,
+  type ProgressEvent,
+  type Source,
+  type StoredBlob,
+  type StreamedImageSource,
+  type StreamedLayer,
+} from '../oci/image.js';
+import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
+import { configMediaType, isForeignLayer, layerCompression, layerMediaType, manifestFamily, manifestMediaType, MediaType, type Compression, type ManifestFamily } from '../oci/mediatypes.js';
 import type { ImageConfig } from '../oci/config.js';
-import type { CompressedLayerStream } from '../pipeline/layer-streams.js';
+import { formatPlatform, normalizePlatform, platformMatches, type Platform } from '../oci/platform.js';
+import { layerCompressor, type CompressionFormat, type LayerCompressor } from '../pipeline/compressor.js';
+import { TaskGroup } from '../pipeline/concurrency.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
-import type { ArchiveSelection } from '../transports/docker-archive/manifest-json.js';
+import { counted, resolveImage } from '../pipeline/layers.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
+import { sleep } from '../transient.js';
 
 export interface CopyOptions {
   /** The platform to pick from an index (unless `allPlatforms`), and to check a single-platform image against (`platformMismatch`). */
@@ -49,7 +62,7 @@ export interface CopyOptions {
   /** The level of layers compressed here; 'fast': igzip in-process for gzip (ISA-L in the addon), level 1 for zstd. */
   gzipLevel?: number | 'fast';
   /** What uncompressed layers are compressed to for stores (default gzip). */
-  compression?: 'gzip' | 'zstd';
+  compression?: CompressionFormat;
   signal?: AbortSignal;
   onLayer?: (event: LayerEvent) => void;
   onProgress?: (event: ProgressEvent) => void;
@@ -73,132 +86,304 @@ export interface CopySummary {
   layers: { total: number; pushed: number; skipped: number; mounted: number; foreign: number; bytesPushed: number };
   config: 'pushed' | 'skipped';
   /** How layers compressed here were compressed (absent: none was). */
-  compression?: { format: 'gzip' | 'zstd'; engine: string; implementation: string; level: number };
+  compression?: { format: CompressionFormat; engine: string; implementation: string; level: number };
   details?: Record<string, unknown>;
 }
 
-interface Tally {
+/** A layer as it is at the destination: its blob there, and the tar inside. */
+interface CopiedLayer {
+  descriptor: Descriptor;
+  diffId: Digest;
+}
+
+/** One copy under way: the tally of what each blob became, the events it tells, the compressor it chose. */
+class CopyRun {
+  pushed = 0;
+  skipped = 0;
+  mounted = 0;
+  foreign = 0;
+  bytes = 0;
   /** Set when layers were compressed here: which engine and level made them. */
-  compression?: { format: 'gzip' | 'zstd'; engine: string; implementation: string; level: number };
-  pushed: number;
-  skipped: number;
-  mounted: number;
-  foreign: number;
-  bytes: number;
+  compression?: CopySummary['compression'];
   /** Uncompressed layers the destination now holds compressed (compressed here, or found compressed before). */
-  compressedHere?: { diffId: Digest; descriptor: Descriptor }[];
-}
+  readonly compressedHere: { diffId: Digest; descriptor: Descriptor }[] = [];
 
-function record(tally: Tally, event: LayerEvent, options: CopyOptions): void {
-  if (event.status === 'pushed' || event.status === 'written') {
-    tally.pushed++;
-    tally.bytes += event.bytes;
-  } else if (event.status === 'skipped') {
-    tally.skipped++;
-    if (event.reuse?.how === 'mounted') tally.mounted++;
+  constructor(readonly options: CopyOptions) {}
+
+  record(event: LayerEvent): void {
+    if (event.status === 'pushed' || event.status === 'written') {
+      this.pushed++;
+      this.bytes += event.bytes;
+    } else if (event.status === 'skipped') {
+      this.skipped++;
+      if (event.reuse?.how === 'mounted') this.mounted++;
+    } else this.foreign++;
+    this.options.onLayer?.(event);
   }
-  else tally.foreign++;
-  options.onLayer?.(event);
-}
 
-/** Does the work for each distinct digest once, however many times an image lists it. */
-function singleFlight<T>(): (key: string, work: () => Promise<T>) => Promise<T> {
-  const inFlight = new Map<string, Promise<T>>();
-  return (key, work) => {
-    let p = inFlight.get(key);
-    if (!p) {
-      p = work();
-      inFlight.set(key, p);
+  async compressor(): Promise<LayerCompressor> {
+    const c = await layerCompressor(this.options.compression, this.options.gzipLevel);
+    this.compression = { format: c.format, engine: c.engine, implementation: c.implementation, level: c.level };
+    if (this.options.onWarning) {
+      // Said once per process (native.ts): compression runs slower than it could here, and what fixes it.
+      const { nativeMissingWarning } = await import('../pipeline/native.js');
+      const warning = nativeMissingWarning(c.format, c.format === 'zstd' ? 'in the zstd program' : c.engine === 'zlib' ? "on Node's zlib, slower" : `on ${c.implementation}`);
+      if (warning) this.options.onWarning(warning);
     }
-    return p;
-  };
-}
-
-/** How this process compresses layers, chosen once: the engine is part of every layer it makes. */
-interface Compressor {
-  mediaType: string;
-  engine: string;
-  /** How the engine runs here: in-process, a program's path, node-zlib. */
-  implementation: string;
-  level: number;
-  /** `verifiedDiffId`: the tar is verified against it upstream, so it is not hashed again. */
-  compress(tar: Readable, verifiedDiffId?: Digest): CompressedLayerStream;
-}
-
-const compressors = new Map<string, Promise<Compressor>>();
-
-/**
- * gzip on every core in fixed blocks (libdeflate in-process or as a program, else Node's zlib,
- * with output that does not depend on the core count), or zstd (libzstd in-process, else its
- * program).
- */
-function compressorFor(options: CopyOptions): Promise<Compressor> {
-  const key = `${options.compression ?? 'gzip'}:${options.gzipLevel ?? ''}`;
-  let c = compressors.get(key);
-  if (!c) {
-    c = (async (): Promise<Compressor> => {
-      if (options.compression === 'zstd') {
-        const { requireZstd, DEFAULT_ZSTD_LEVEL } = await import('../pipeline/zstd.js');
-        const zstd = await requireZstd();
-        await warnOfMissingNative(options, 'zstd', 'in the zstd program');
-        const level = options.gzipLevel === 'fast' ? 1 : (options.gzipLevel ?? DEFAULT_ZSTD_LEVEL);
-        return { mediaType: MediaType.OCI_LAYER_ZSTD, engine: 'zstd', implementation: zstd.implementation, level, compress: (tar, verifiedDiffId) => zstd.layerStream(tar, level, verifiedDiffId) };
-      }
-      const { chooseGzipEngine, gzipLayerStreamParallel } = await import('../pipeline/parallel-gzip.js');
-      const engine = await chooseGzipEngine(options.gzipLevel === 'fast' ? 'fast' : 'auto');
-      await warnOfMissingNative(options, 'gzip', engine.name === 'zlib' ? "on Node's zlib, slower" : `on ${engine.implementation}`);
-      const level = typeof options.gzipLevel === 'number' ? options.gzipLevel : engine.defaultLevel;
-      return { mediaType: MediaType.OCI_LAYER_GZIP, engine: engine.name, implementation: engine.implementation, level, compress: (tar, verifiedDiffId) => gzipLayerStreamParallel(tar, { engine, level, ...(verifiedDiffId ? { verifiedDiffId } : {}) }) };
-    })();
-    compressors.set(key, c);
-    c.catch(() => compressors.delete(key));
+    return c;
   }
-  return c;
-}
 
-/** Says once per process, through onWarning, that compression runs slower than it could here and what fixes it. */
-async function warnOfMissingNative(options: CopyOptions, format: 'gzip' | 'zstd', runs: string): Promise<void> {
-  if (!options.onWarning) return;
-  const { nativeMissingWarning } = await import('../pipeline/native.js');
-  const warning = nativeMissingWarning(format, runs);
-  if (warning) options.onWarning(warning);
+  summary(source: string, destination: string, done: { manifest: { digest: Digest; mediaType: string }; converted: boolean; config: 'pushed' | 'skipped' }, total: number): CopySummary {
+    return {
+      source,
+      destination,
+      manifestDigest: done.manifest.digest,
+      manifestMediaType: done.manifest.mediaType,
+      converted: done.converted,
+      layers: { total, pushed: this.pushed, skipped: this.skipped, mounted: this.mounted, foreign: this.foreign, bytesPushed: this.bytes },
+      config: done.config,
+      ...(this.compression ? { compression: this.compression } : {}),
+    };
+  }
 }
 
 /**
- * Runs `work` for every item, `jobs` at a time. The first failure aborts the others (through the
- * signal they get) and is thrown once all have stopped, so nothing still writes when the caller
- * cleans up and reports. What the others fail with once aborted never replaces it; nor does a
- * cancellation that came first from elsewhere replace a real failure (unless the caller cancelled).
+ * Copies the image `source` names (one platform of an index, or all with `allPlatforms`) into
+ * `dest`. A streamed source goes into content-addressed destinations only (a whole-image writer
+ * needs the image before its layers). On failure a blob destination is aborted: nothing is tagged.
  */
-async function allOrNothing<I, T>(items: readonly I[], jobs: number, outer: AbortSignal | undefined, work: (item: I, signal: AbortSignal) => Promise<T>): Promise<T[]> {
-  const controller = new AbortController();
-  const signal = outer ? AbortSignal.any([outer, controller.signal]) : controller.signal;
-  let failed = false;
-  let firstError: unknown;
-  const results = new Array<T>(items.length);
-  let next = 0;
-  // `jobs` workers taking the items in order (p-limit's package resolution alone cost a warm push ~3 ms).
-  const worker = async (): Promise<void> => {
-    for (let i = next++; i < items.length; i = next++) {
-      if (signal.aborted) continue; // stopped by the first failure or by the caller
-      try {
-        results[i] = await work(items[i]!, signal);
-      } catch (e) {
-        if (!failed) {
-          failed = true;
-          firstError = e;
-          controller.abort(e);
-        } else if (isCancellation(firstError) && !isCancellation(e) && !outer?.aborted) {
-          firstError = e;
-        }
+export async function copy(source: Source, dest: Destination, options: CopyOptions): Promise<CopySummary> {
+  const run = new CopyRun(options);
+  if (isImageWriter(dest)) {
+    if (isStreamed(source)) throw new SmartError('USAGE', `${source.name} (a stream) can only be copied into a store; save it to a file first`, { input: source.name });
+    return writeWhole(source, dest, run);
+  }
+  try {
+    if (isStreamed(source)) return await copyStream(source, dest, run);
+    if (options.allPlatforms) {
+      const top = await source.getManifest();
+      if (top.kind === 'index') {
+        if (options.allPlatforms === true || dest.supportsManifestType(top.mediaType)) return await copyIndexAsIs(source, dest, top, run);
+        options.onWarning?.(`${dest.name} cannot hold a ${top.mediaType}: copying ${formatPlatform(normalizePlatform(options.platform))} only (--platform chooses another)`);
       }
     }
+    const image = await resolveImage(source, options.platform);
+    checkPlatform(image.config, source.name, options);
+    if (await alreadyThere(image, dest)) {
+      for (const layer of image.layers) {
+        run.record({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType: layer.descriptor.mediaType });
+      }
+      return run.summary(source.name, dest.name, { manifest: image.manifest, converted: false, config: 'skipped' }, image.layers.length);
+    }
+    const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
+    const layers = await group.all(
+      image.layers,
+      (layer, signal) => retrying(`layer ${shortDigest(layer.descriptor.digest)}`, signal, options, () => copyLayer(layer, dest, run, signal)),
+      (layer) => layer.descriptor.digest,
+    );
+    return await finish(source.name, dest, image, layers, run, image.manifest);
+  } catch (e) {
+    await dest.abort().catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * A stream's layers, each stored as it arrives (compressed on the way when the destination wants
+ * it), before the archive has ended; the image, which the archive reveals at its end, last.
+ */
+async function copyStream(source: StreamedImageSource, dest: BlobDestination, run: CopyRun): Promise<CopySummary> {
+  const signal = run.options.signal;
+  const streamed = await source.read((layer) => copyLayer(layer, dest, run, signal).catch((e: unknown) => Promise.reject(unrepeatable(e, source.name))), signal);
+  const layers = streamed.layers;
+  layers.forEach((l, i) => {
+    const want = streamed.config.rootfs.diff_ids[i];
+    if (l.diffId !== want) {
+      throw new SmartError('DIGEST_MISMATCH', `${source.name}: layer ${i + 1} hashes to ${l.diffId}, but the config says ${want ?? 'nothing'}`, { input: source.name });
+    }
+  });
+  // Known only now, at the end of the stream: nothing is tagged yet, so a refusal leaves nothing behind.
+  checkPlatform(streamed.config, source.name, run.options);
+  // The image as it stands at the destination, for step annotations and the layer trie.
+  const unopenable = async (): Promise<Readable> => {
+    throw new SmartError('INTERNAL', `${source.name}: a streamed layer cannot be read again`);
   };
-  await Promise.all(Array.from({ length: Math.min(Math.max(1, jobs), items.length) }, worker));
-  if (failed) throw firstError;
-  // Cancelled by the caller between items: some were skipped, so there is no whole result.
-  signal.throwIfAborted();
-  return results;
+  const config = { mediaType: configMediaType('docker'), digest: sha256Digest(streamed.configBytes), size: streamed.configBytes.length };
+  const image: Image = {
+    name: source.name,
+    manifest: buildManifest('docker', config, layers.map((l) => l.descriptor)),
+    configBytes: streamed.configBytes,
+    config: streamed.config,
+    layers: layers.map((l) => ({ descriptor: l.descriptor, diffId: l.diffId, open: unopenable, openUncompressed: unopenable })),
+    repoTags: streamed.repoTags,
+  };
+  return finish(source.name, dest, image, layers, run, undefined);
+}
+
+/** Resolves the image and hands it to a whole-image writer, which fetches its layers itself. */
+async function writeWhole(source: ImageSource, writer: ImageWriter, run: CopyRun): Promise<CopySummary> {
+  const { options } = run;
+  const image = await resolveImage(source, options.platform);
+  checkPlatform(image.config, source.name, options);
+  const result = await writer.write(image, {
+    jobs: options.jobs,
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+    onLayer: (e) => run.record(e),
+  });
+  const summary = run.summary(source.name, writer.name, { manifest: image.manifest, converted: false, config: 'pushed' }, image.layers.length);
+  return result.details ? { ...summary, details: result.details } : summary;
+}
+
+/**
+ * The last steps of a copy into a blob destination: the step annotations, the config, the
+ * manifest (the source's bytes when nothing changed), the tag; then what the cache learns.
+ */
+async function finish(sourceName: string, dest: BlobDestination, image: Image, copied: CopiedLayer[], run: CopyRun, manifest: Image['manifest'] | undefined): Promise<CopySummary> {
+  const { options } = run;
+  let layers = copied.map((l) => l.descriptor);
+  if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
+  const family = manifest ? manifestFamily(manifest.mediaType) : 'docker';
+  const done = await commitImage(dest, { ...(manifest ? { manifest } : {}), family, configBytes: image.configBytes }, layers, options);
+  // What uncompressed layers became here, with the image just committed as the proof a later push checks.
+  if (options.blobInfo && dest.repository && run.compressedHere.length && done.manifest.kind === 'manifest') {
+    await options.blobInfo.recordProven(dest.cacheScope, run.compressedHere, { repository: dest.repository, manifest: done.manifest.digest });
+  }
+  await options.onCopied?.({ image, layers, manifest: done.manifest });
+  return run.summary(sourceName, dest.name, done, copied.length);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One blob: reuse, else put, then record.
+
+/** The bytes of a blob to send: opened only when the destination does not have it. */
+type Opener = (signal: AbortSignal | undefined) => Promise<Readable>;
+
+/** The destination's copy of `d` when it has one or can make one without the bytes, else the blob stored from `open`. */
+async function reuseElsePut(d: Descriptor, open: Opener, dest: BlobDestination, signal: AbortSignal | undefined): Promise<{ reuse: BlobReuse } | { stored: StoredBlob }> {
+  const reuse = await dest.reuseBlob(d);
+  if (reuse) return { reuse };
+  return { stored: await dest.putBlob(await open(signal), { mediaType: d.mediaType, digest: d.digest, size: d.size, ...(signal ? { signal } : {}) }) };
+}
+
+/** A blob that goes as it is (a layer the destination takes as stored, a blob of an index copied whole), recorded as a layer. */
+async function sendBlob(d: Descriptor, open: Opener, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined, diffId?: Digest): Promise<void> {
+  if (isForeignLayer(d.mediaType)) return keepForeignLayer(d, dest, run);
+  const r = await reuseElsePut(d, open, dest, signal);
+  const known = { digest: d.digest, ...(diffId ? { diffId } : {}), mediaType: d.mediaType };
+  run.record('reuse' in r ? { ...known, status: 'skipped', reuse: r.reuse, bytes: 0 } : { ...known, status: 'pushed', bytes: r.stored.size });
+}
+
+/**
+ * A foreign (Windows base) layer stays where its URLs point, as every registry client leaves it.
+ * One that names no URL can be fetched from nowhere: unless the destination holds it already, the
+ * copy would tag a manifest whose blob exists nowhere, so it is refused.
+ */
+async function keepForeignLayer(d: Descriptor, dest: BlobDestination, run: CopyRun): Promise<void> {
+  if (d.urls?.length) {
+    run.record({ digest: d.digest, status: 'foreign', bytes: 0, mediaType: d.mediaType });
+    return;
+  }
+  const reuse = await dest.reuseBlob(d);
+  if (!reuse) {
+    throw new SmartError('UNSUPPORTED', `layer ${d.digest} is foreign (${d.mediaType}) and names no URLs: ${dest.name} would get a manifest whose blob is nowhere`, {
+      input: d.digest,
+      hint: 'give the layer its URLs in the manifest, or make it a regular layer',
+    });
+  }
+  run.record({ digest: d.digest, status: 'skipped', reuse, bytes: 0, mediaType: d.mediaType });
+}
+
+function isStreamedLayer(layer: Layer | StreamedLayer): layer is StreamedLayer {
+  return !('descriptor' in layer);
+}
+
+/** One layer into the destination: the descriptor it has there, and its diff id. */
+async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<CopiedLayer> {
+  if (isStreamedLayer(layer)) {
+    // Progress: the bytes read from the stream, under the member's name (the digest comes at the end).
+    const onProgress = run.options.onProgress;
+    const bytes = onProgress ? counted(layer.stream, (n) => onProgress({ layer: layer.member, bytes: n })) : layer.stream;
+    return putLayer(bytes, { compression: layer.compression, what: layer.what, named: layer.member, ...(layer.size !== undefined ? { size: layer.size } : {}) }, dest, run, signal);
+  }
+  const desc = layer.descriptor;
+  const open = (s: AbortSignal | undefined) => layer.open(openOptions(layer, run.options, s));
+  if (isForeignLayer(desc.mediaType) || layerCompression(desc.mediaType) !== 'none' || dest.layerCompression !== 'compress') {
+    await sendBlob(desc, open, dest, run, signal, layer.diffId);
+    return { descriptor: desc, diffId: layer.diffId };
+  }
+  // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
+  const known = await run.options.blobInfo?.compressedFor(dest, layer.diffId, signal);
+  const reuse = known && (await dest.reuseBlob(known));
+  if (known && reuse) {
+    run.record({ digest: known.digest, layer: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType });
+    run.compressedHere.push({ diffId: layer.diffId, descriptor: known });
+    return { descriptor: { ...desc, ...known }, diffId: layer.diffId };
+  }
+  // An uncompressed blob is its tar: open() verifies it against its digest, which is therefore the diff id.
+  const stored = await putLayer(await open(signal), { compression: 'none', verifiedDiffId: desc.digest, what: `layer ${shortDigest(desc.digest)}`, named: desc.digest }, dest, run, signal);
+  return { descriptor: { ...desc, ...stored.descriptor }, diffId: stored.diffId };
+}
+
+/**
+ * Puts a layer's bytes whose blob digest is not known yet: compressed on the way when the
+ * destination wants layers compressed (the diff id hashed as the tar passes, unless verified
+ * upstream), else as they are (the diff id learned by hashing, or by a decompressing tap). Then
+ * records it, and what it was compressed to (at once, not only with the image: a push killed
+ * before its manifest still spares the next one the work).
+ */
+async function putLayer(
+  bytes: Readable,
+  layer: { compression: Compression; verifiedDiffId?: Digest; what: string; named: string; size?: number },
+  dest: BlobDestination,
+  run: CopyRun,
+  signal: AbortSignal | undefined,
+): Promise<CopiedLayer> {
+  const compressing = layer.compression === 'none' && dest.layerCompression === 'compress';
+  let body: Readable;
+  let mediaType: string;
+  let diffIdOf: () => Digest;
+  if (compressing) {
+    const compressor = await run.compressor();
+    const out = compressor.compress(bytes, layer.verifiedDiffId);
+    [body, mediaType, diffIdOf] = [out.stream, compressor.mediaType, out.diffId];
+  } else if (layer.compression === 'none') {
+    const hash = new DigestStream();
+    [body, mediaType, diffIdOf] = [pipeline(bytes, hash, () => undefined), MediaType.OCI_LAYER, () => hash.digest];
+  } else {
+    // Loaded here: it pulls in every decompressor, which a push that sends nothing never needs.
+    const { DiffIdTap } = await import('../pipeline/compression.js');
+    const tap = new DiffIdTap(layer.compression, layer.what, layer.size);
+    [body, mediaType, diffIdOf] = [pipeline(bytes, tap, () => undefined), layerMediaType('oci', layer.compression), () => tap.diffId()];
+  }
+  const stored = await dest.putBlob(body, { mediaType, ...(signal ? { signal } : {}) });
+  const descriptor: Descriptor = { mediaType, digest: stored.digest, size: stored.size };
+  const diffId = diffIdOf();
+  if (compressing) {
+    run.compressedHere.push({ diffId, descriptor });
+    if (dest.repository) await run.options.blobInfo?.recordStored(dest.cacheScope, dest.repository, diffId, descriptor);
+  }
+  run.record({ digest: stored.digest, ...(layer.named !== stored.digest ? { layer: layer.named } : {}), diffId, status: 'pushed', bytes: stored.size, mediaType });
+  return { descriptor, diffId };
+}
+
+/**
+ * A transient failure of a layer read from a stream, which cannot be read again: no longer
+ * retryable, with a hint that says what to do instead.
+ */
+function unrepeatable(e: unknown, sourceName: string): unknown {
+  if (!isSmartError(e) || !e.retryable) return e;
+  return new SmartError(e.code, e.message, {
+    ...(e.input !== undefined ? { input: e.input } : {}),
+    cause: e,
+    hint: `a layer read from ${sourceName} cannot be sent twice: run the push again, or save the archive to a file first (uploads from files are retried)`,
+  });
+}
+
+function openOptions(layer: Layer, options: { onProgress?: (e: ProgressEvent) => void }, signal: AbortSignal | undefined): OpenOptions {
+  const { onProgress } = options;
+  const { digest, size } = layer.descriptor;
+  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ layer: digest, bytes, total: size }) } : {}) };
 }
 
 /** Transfers of one blob, the first included: as many as the registry client's attempts at one request. */
@@ -218,92 +403,146 @@ async function retrying<T>(what: string, signal: AbortSignal | undefined, option
       if (!isSmartError(e) || !e.retryable || signal?.aborted || i >= TRANSFER_ATTEMPTS - 1) throw e;
       const delay = 300 * 2 ** i;
       options.onRetry?.(`${what}: ${e.message}; sending it again in ${(delay / 1000).toFixed(1)} s (attempt ${i + 2} of ${TRANSFER_ATTEMPTS})`);
-      await new Promise<void>((resolve, reject) => {
-        const onAbort = () => {
-          clearTimeout(timer);
-          reject(signal!.reason as Error);
-        };
-        const timer = setTimeout(() => {
-          signal?.removeEventListener('abort', onAbort);
-          resolve();
-        }, delay);
-        signal?.addEventListener('abort', onAbort, { once: true });
-      });
+      await sleep(delay, signal);
     }
   }
 }
 
-function openOptions(layer: Layer, options: { onProgress?: (e: ProgressEvent) => void }, signal: AbortSignal): OpenOptions {
-  const { onProgress } = options;
-  const { digest, size } = layer.descriptor;
-  return onProgress ? { signal, onBytes: (bytes) => onProgress({ layer: digest, bytes, total: size }) } : { signal };
-}
-
-/**
- * A foreign (Windows base) layer stays where its URLs point, as every registry client leaves it.
- * One that names no URL can be fetched from nowhere: unless the destination holds it already, the
- * copy would tag a manifest whose blob exists nowhere, so it is refused.
- */
-async function keepForeignLayer(d: Descriptor, dest: BlobDestination, options: CopyOptions, tally: Tally): Promise<void> {
-  if (d.urls?.length) {
-    record(tally, { digest: d.digest, status: 'foreign', bytes: 0, mediaType: d.mediaType }, options);
-    return;
-  }
-  const reuse = await dest.reuseBlob(d);
-  if (!reuse) {
-    throw new SmartError('UNSUPPORTED', `layer ${d.digest} is foreign (${d.mediaType}) and names no URLs: ${dest.name} would get a manifest whose blob is nowhere`, {
-      input: d.digest,
-      hint: 'give the layer its URLs in the manifest, or make it a regular layer',
-    });
-  }
-  record(tally, { digest: d.digest, status: 'skipped', reuse, bytes: 0, mediaType: d.mediaType }, options);
-}
-
-/** The descriptor of one layer at the destination. */
-async function transferLayer(layer: Layer, dest: BlobDestination, options: CopyOptions, tally: Tally, signal: AbortSignal): Promise<Descriptor> {
-  const desc = layer.descriptor;
-  if (isForeignLayer(desc.mediaType)) {
-    await keepForeignLayer(desc, dest, options, tally);
-    return desc;
-  }
-  const compression = layerCompression(desc.mediaType);
-  if (compression === 'none' && dest.layerCompression === 'compress') {
-    // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
-    const known = await options.blobInfo?.compressedFor(dest, layer.diffId, signal);
-    const reuse = known && (await dest.reuseBlob(known));
-    if (known && reuse) {
-      record(tally, { digest: known.digest, layer: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType }, options);
-      (tally.compressedHere ??= []).push({ diffId: layer.diffId, descriptor: known });
-      return { ...desc, ...known };
-    }
-    const compressor = await compressorFor(options);
-    tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, implementation: compressor.implementation, level: compressor.level };
-    // An uncompressed blob is its tar: open() verifies it against its digest, which is therefore the diff id.
-    const gz = compressor.compress(await layer.open(openOptions(layer, options, signal)), desc.digest);
-    const stored = await dest.putBlob(gz.stream, { mediaType: compressor.mediaType, signal });
-    const compressed: Descriptor = { ...desc, mediaType: compressor.mediaType, digest: stored.digest, size: stored.size };
-    (tally.compressedHere ??= []).push({ diffId: gz.diffId(), descriptor: compressed });
-    // At once, not only with the image: a push killed before its manifest still spares the next one the work.
-    if (dest.repository) await options.blobInfo?.recordStored(dest.cacheScope, dest.repository, gz.diffId(), compressed);
-    record(tally, { digest: stored.digest, layer: desc.digest, diffId: gz.diffId(), status: 'pushed', bytes: stored.size, mediaType: compressor.mediaType }, options);
-    return compressed;
-  }
-  const reuse = await dest.reuseBlob(desc);
-  if (reuse) {
-    record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: desc.mediaType }, options);
-    return desc;
-  }
-  const stored = await dest.putBlob(await layer.open(openOptions(layer, options, signal)), { mediaType: desc.mediaType, digest: desc.digest, size: desc.size, signal });
-  record(tally, { digest: desc.digest, diffId: layer.diffId, status: 'pushed', bytes: stored.size, mediaType: desc.mediaType }, options);
-  return desc;
-}
+// ---------------------------------------------------------------------------------------------
+// The image: config, manifest, tag.
 
 /** Stores the config blob, sent again (it is in memory) on a transient failure, as layers are. */
 async function putConfig(dest: BlobDestination, bytes: Buffer, descriptor: Descriptor, options: CopyOptions): Promise<'pushed' | 'skipped'> {
   return retrying(`config ${shortDigest(descriptor.digest)}`, options.signal, options, async () => {
-    if (await dest.reuseBlob(descriptor)) return 'skipped';
-    await dest.putBlob(Readable.from([bytes]), { mediaType: descriptor.mediaType, digest: descriptor.digest, size: descriptor.size, ...(options.signal ? { signal: options.signal } : {}) });
-    return 'pushed';
+    const r = await reuseElsePut(descriptor, async () => Readable.from([bytes]), dest, options.signal);
+    return 'reuse' in r ? 'skipped' : 'pushed';
+  });
+}
+
+/**
+ * The config, then the manifest (the source's, byte for byte, when the layers are as they were and
+ * the destination takes its type; else one built for the layers as they are now), then the tag.
+ */
+async function commitImage(
+  dest: BlobDestination,
+  image: { manifest?: Image['manifest']; family: ManifestFamily; configBytes: Buffer },
+  layers: Descriptor[],
+  options: CopyOptions,
+): Promise<{ manifest: ParsedManifest; converted: boolean; config: 'pushed' | 'skipped' }> {
+  const source = image.manifest;
+  const configDescriptor: Descriptor = source?.manifest.config ?? {
+    mediaType: configMediaType(image.family),
+    digest: sha256Digest(image.configBytes),
+    size: image.configBytes.length,
+  };
+  const config = await putConfig(dest, image.configBytes, configDescriptor, options);
+  const unchanged =
+    source !== undefined &&
+    source.manifest.layers.every(
+      (l, i) => l.digest === layers[i]?.digest && l.mediaType === layers[i]?.mediaType && JSON.stringify(l.annotations) === JSON.stringify(layers[i]?.annotations),
+    );
+  let manifest: ParsedManifest;
+  let converted = false;
+  if (source && unchanged && dest.supportsManifestType(source.mediaType)) {
+    manifest = source; // byte for byte: digests and repo@sha256 pins survive the copy
+  } else {
+    // Docker's schema 2 has no zstd layer type: zstd layers go in an OCI manifest (as containers/image does).
+    const preferred = layers.some((l) => layerCompression(l.mediaType) === 'zstd') ? 'oci' : image.family;
+    manifest = buildManifest(targetFamily(dest, preferred), configDescriptor, layers, source?.manifest.annotations);
+    converted = true;
+  }
+  await dest.putManifest(manifest);
+  await dest.commit(manifest);
+  return { manifest, converted, config };
+}
+
+/** Layer descriptors with the step that made each written as annotations. */
+function annotate(layers: Descriptor[], steps: (StepKey | undefined)[]): Descriptor[] {
+  return layers.map((d, i) => {
+    const step = steps[i];
+    if (!step) return d;
+    return { ...d, annotations: { ...d.annotations, [STEP_ANNOTATION]: step.instruction, ...(step.contentDigest ? { [CONTENT_ANNOTATION]: step.contentDigest } : {}) } };
+  });
+}
+
+/**
+ * True when the copy would keep the manifest byte for byte and the destination's tag already
+ * points at it: one manifest request instead of one per blob (the cron job keeping copies fresh).
+ */
+async function alreadyThere(image: Image, dest: BlobDestination): Promise<boolean> {
+  if (!dest.currentDigest || !dest.supportsManifestType(image.manifest.mediaType)) return false;
+  const needsCompression = dest.layerCompression === 'compress' && image.layers.some((l) => layerCompression(l.descriptor.mediaType) === 'none');
+  if (needsCompression) return false;
+  return (await dest.currentDigest()) === image.manifest.digest;
+}
+
+/**
+ * Copies an index and everything it names, byte for byte (the index digest and every platform's
+ * manifest digest survive): blobs first, each manifest after its blobs, the index last.
+ */
+async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: ParsedManifest & { kind: 'index' }, run: CopyRun): Promise<CopySummary> {
+  const { options } = run;
+  if (!dest.supportsManifestType(top.mediaType)) {
+    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}`, { input: dest.name, hint: 'copy one platform: --platform OS/ARCH[/VARIANT]' });
+  }
+  const details = { platforms: indexPlatforms(top) };
+  if (dest.currentDigest && (await dest.currentDigest()) === top.digest) {
+    return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'skipped' }, 0), details };
+  }
+  // One group for the whole index: a blob two platforms share is sent once.
+  const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
+  let total = 0;
+  const copyManifest = async (descriptor: Descriptor): Promise<void> => {
+    const m = await source.getManifestByDigest(descriptor);
+    if (m.digest !== descriptor.digest) throw new SmartError('DIGEST_MISMATCH', `${source.name}: manifest ${descriptor.digest} hashes to ${m.digest}`);
+    if (m.kind === 'index') {
+      for (const child of m.index.manifests) await copyManifest(child);
+    } else {
+      // Config and layers as opaque blobs: attestations and artifacts go along unchanged.
+      total += m.manifest.layers.length;
+      await group.all(
+        [m.manifest.config, ...m.manifest.layers],
+        (d, signal) => retrying(`blob ${shortDigest(d.digest)}`, signal, options, () => sendBlob(d, (s) => openIndexBlob(source, d, options, s), dest, run, signal)),
+        (d) => d.digest,
+      );
+    }
+    await dest.putManifest(m);
+  };
+  for (const child of top.index.manifests) await copyManifest(child);
+  await dest.putManifest(top);
+  await dest.commit(top);
+  return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'pushed' }, total), details };
+}
+
+/** A blob of an index copied whole, its bytes told to `onProgress` as they are read. */
+async function openIndexBlob(source: ImageSource, d: Descriptor, options: CopyOptions, signal: AbortSignal | undefined): Promise<Readable> {
+  const { onProgress } = options;
+  return counted(await source.getBlob(d, signal ? { signal } : {}), onProgress && ((bytes) => onProgress({ layer: d.digest, bytes, total: d.size })));
+}
+
+/** The platforms an index names, attestations (`unknown/unknown`) left out. */
+function indexPlatforms(top: ParsedManifest & { kind: 'index' }): string[] {
+  return top.index.manifests.map((d) => (d.platform ? formatPlatform(normalizePlatform(d.platform)) : undefined)).filter((p): p is string => p !== undefined && p !== 'unknown/unknown');
+}
+
+/**
+ * Checks the platform an image's config names against the one wanted, as
+ * `options.platformMismatch` says: `error` refuses it, `warn` says so and lets it through, `ignore`
+ * (no platform was asked for) lets it be. A config that names no platform is let be.
+ */
+export function checkPlatform(config: ImageConfig, name: string, options: Pick<CopyOptions, 'platform' | 'platformMismatch' | 'onWarning'>): void {
+  const mismatch = options.platformMismatch ?? 'ignore';
+  if (mismatch === 'ignore' || typeof config.os !== 'string' || typeof config.architecture !== 'string' || !config.os || !config.architecture) return;
+  const have = normalizePlatform({ os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' && config.variant ? { variant: config.variant } : {}) });
+  if (platformMatches(options.platform, have)) return;
+  const message = `${name} is a ${formatPlatform(have)} image, not ${formatPlatform(normalizePlatform(options.platform))}`;
+  if (mismatch === 'warn') {
+    options.onWarning?.(`${message}; copying it as it is`);
+    return;
+  }
+  throw new SmartError('PLATFORM_NOT_FOUND', message, {
+    input: name,
+    hint: `to copy it all the same: --platform ${formatPlatform(have)}, or --platform-mismatch=warn`,
   });
 }
 
@@ -341,314 +580,3 @@ export function buildManifest(
   if (parsed.kind !== 'manifest') throw new SmartError('INTERNAL', 'built a manifest that parses as an index');
   return parsed as ParsedManifest & { kind: 'manifest' };
 }
-
-async function finishImage(
-  dest: BlobDestination,
-  image: { manifest?: ParsedManifest & { kind: 'manifest' }; family: ManifestFamily; configBytes: Buffer },
-  layers: Descriptor[],
-  options: CopyOptions,
-): Promise<{ manifest: ParsedManifest; converted: boolean; config: 'pushed' | 'skipped' }> {
-  const source = image.manifest;
-  const configDescriptor: Descriptor = source?.manifest.config ?? {
-    mediaType: configMediaType(image.family),
-    digest: sha256Digest(image.configBytes),
-    size: image.configBytes.length,
-  };
-  const config = await putConfig(dest, image.configBytes, configDescriptor, options);
-  const unchanged =
-    source !== undefined &&
-    source.manifest.layers.every(
-      (l, i) => l.digest === layers[i]?.digest && l.mediaType === layers[i]?.mediaType && JSON.stringify(l.annotations) === JSON.stringify(layers[i]?.annotations),
-    );
-  let manifest: ParsedManifest;
-  let converted = false;
-  if (source && unchanged && dest.supportsManifestType(source.mediaType)) {
-    manifest = source; // byte for byte: digests and repo@sha256 pins survive the copy
-  } else {
-    // Docker's schema 2 has no zstd layer type: zstd layers go in an OCI manifest (as containers/image does).
-    const preferred = layers.some((l) => layerCompression(l.mediaType) === 'zstd') ? 'oci' : image.family;
-    const family = targetFamily(dest, preferred);
-    manifest = buildManifest(family, configDescriptor, layers, source?.manifest.annotations);
-    converted = true;
-  }
-  await dest.putManifest(manifest);
-  await dest.commit(manifest);
-  return { manifest, converted, config };
-}
-
-/**
- * Tells the blob-info cache what uncompressed layers became at the destination, with the image
- * just committed there as the proof a later push checks before believing it.
- */
-async function recordCompressed(dest: BlobDestination, tally: Tally, manifest: ParsedManifest, options: CopyOptions): Promise<void> {
-  if (!options.blobInfo || !dest.repository || !tally.compressedHere?.length || manifest.kind !== 'manifest') return;
-  await options.blobInfo.recordProven(dest.cacheScope, tally.compressedHere, { repository: dest.repository, manifest: manifest.digest });
-}
-
-/** Layer descriptors with the step that made each written as annotations. */
-function annotate(layers: Descriptor[], steps: (StepKey | undefined)[]): Descriptor[] {
-  return layers.map((d, i) => {
-    const step = steps[i];
-    if (!step) return d;
-    return { ...d, annotations: { ...d.annotations, [STEP_ANNOTATION]: step.instruction, ...(step.contentDigest ? { [CONTENT_ANNOTATION]: step.contentDigest } : {}) } };
-  });
-}
-
-/**
- * True when the copy would keep the manifest byte for byte and the destination's tag already
- * points at it: one manifest request instead of one per blob (the cron job keeping copies fresh).
- */
-async function alreadyThere(image: Image, dest: BlobDestination): Promise<boolean> {
-  if (!dest.currentDigest || !dest.supportsManifestType(image.manifest.mediaType)) return false;
-  const needsCompression = dest.layerCompression === 'compress' && image.layers.some((l) => layerCompression(l.descriptor.mediaType) === 'none');
-  if (needsCompression) return false;
-  return (await dest.currentDigest()) === image.manifest.digest;
-}
-
-/**
- * Checks the platform an image's config names against the one wanted, as
- * `options.platformMismatch` says: `error` refuses it, `warn` says so and lets it through, `ignore`
- * (no platform was asked for) lets it be. A config that names no platform is let be.
- */
-export function checkPlatform(config: ImageConfig, name: string, options: Pick<CopyOptions, 'platform' | 'platformMismatch' | 'onWarning'>): void {
-  const mismatch = options.platformMismatch ?? 'ignore';
-  if (mismatch === 'ignore' || typeof config.os !== 'string' || typeof config.architecture !== 'string' || !config.os || !config.architecture) return;
-  const have = normalizePlatform({ os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' && config.variant ? { variant: config.variant } : {}) });
-  if (platformMatches(options.platform, have)) return;
-  const message = `${name} is a ${formatPlatform(have)} image, not ${formatPlatform(normalizePlatform(options.platform))}`;
-  if (mismatch === 'warn') {
-    options.onWarning?.(`${message}; copying it as it is`);
-    return;
-  }
-  throw new SmartError('PLATFORM_NOT_FOUND', message, {
-    input: name,
-    hint: `to copy it all the same: --platform ${formatPlatform(have)}, or --platform-mismatch=warn`,
-  });
-}
-
-/** The platforms an index names, attestations (`unknown/unknown`) left out. */
-function indexPlatforms(top: ParsedManifest & { kind: 'index' }): string[] {
-  return top.index.manifests.map((d) => (d.platform ? formatPlatform(normalizePlatform(d.platform)) : undefined)).filter((p): p is string => p !== undefined && p !== 'unknown/unknown');
-}
-
-/**
- * Copies an index and everything it names, byte for byte (the index digest and every platform's
- * manifest digest survive): blobs first, each manifest after its blobs, the index last.
- */
-async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: ParsedManifest & { kind: 'index' }, options: CopyOptions, tally: Tally): Promise<CopySummary> {
-  if (!dest.supportsManifestType(top.mediaType)) {
-    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}`, { input: dest.name, hint: 'copy one platform: --platform OS/ARCH[/VARIANT]' });
-  }
-  const base = { source: source.name, destination: dest.name, manifestDigest: top.digest, manifestMediaType: top.mediaType, converted: false, details: { platforms: indexPlatforms(top) } };
-  if (dest.currentDigest && (await dest.currentDigest()) === top.digest) {
-    return { ...base, layers: { total: 0, pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytesPushed: 0 }, config: 'skipped' };
-  }
-  const once = singleFlight<void>();
-  let total = 0;
-  const copyBlob = async (d: Descriptor, signal: AbortSignal): Promise<void> => {
-    if (isForeignLayer(d.mediaType)) {
-      await keepForeignLayer(d, dest, options, tally);
-      return;
-    }
-    const reuse = await dest.reuseBlob(d);
-    if (reuse) {
-      record(tally, { digest: d.digest, status: 'skipped', reuse, bytes: 0, mediaType: d.mediaType }, options);
-      return;
-    }
-    const { onProgress } = options;
-    const blob = counted(await source.getBlob(d, { signal }), onProgress && ((bytes) => onProgress({ layer: d.digest, bytes, total: d.size })));
-    const stored = await dest.putBlob(blob, { mediaType: d.mediaType, digest: d.digest, size: d.size, signal });
-    record(tally, { digest: d.digest, status: 'pushed', bytes: stored.size, mediaType: d.mediaType }, options);
-  };
-  const copyManifest = async (descriptor: Descriptor): Promise<void> => {
-    const m = await source.getManifestByDigest(descriptor);
-    if (m.digest !== descriptor.digest) throw new SmartError('DIGEST_MISMATCH', `${source.name}: manifest ${descriptor.digest} hashes to ${m.digest}`);
-    if (m.kind === 'index') {
-      for (const child of m.index.manifests) await copyManifest(child);
-    } else {
-      // Config and layers as opaque blobs: attestations and artifacts go along unchanged.
-      const blobs = [m.manifest.config, ...m.manifest.layers];
-      total += m.manifest.layers.length;
-      await allOrNothing(blobs, options.jobs, options.signal, (d, signal) =>
-        once(d.digest, () => retrying(`blob ${shortDigest(d.digest)}`, signal, options, () => copyBlob(d, signal))),
-      );
-    }
-    await dest.putManifest(m);
-  };
-  for (const child of top.index.manifests) await copyManifest(child);
-  await dest.putManifest(top);
-  await dest.commit(top);
-  return { ...base, layers: { total, pushed: tally.pushed, skipped: tally.skipped, mounted: tally.mounted, foreign: tally.foreign, bytesPushed: tally.bytes }, config: 'pushed' };
-}
-
-/** Copies the image `source` names (one platform of an index, or all with `allPlatforms`) into a content-addressed destination. */
-export async function copyImage(source: ImageSource, dest: BlobDestination, options: CopyOptions): Promise<CopySummary> {
-  const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
-  try {
-    if (options.allPlatforms) {
-      const top = await source.getManifest();
-      if (top.kind === 'index') {
-        if (options.allPlatforms === true || dest.supportsManifestType(top.mediaType)) return await copyIndexAsIs(source, dest, top, options, tally);
-        options.onWarning?.(`${dest.name} cannot hold a ${top.mediaType}: copying ${formatPlatform(normalizePlatform(options.platform))} only (--platform chooses another)`);
-      }
-    }
-    const image = await resolveImage(source, options.platform);
-    checkPlatform(image.config, source.name, options);
-    if (await alreadyThere(image, dest)) {
-      for (const layer of image.layers) {
-        record(tally, { digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType: layer.descriptor.mediaType }, options);
-      }
-      return summary(source.name, dest.name, { manifest: image.manifest, converted: false, config: 'skipped' }, image.layers.length, tally);
-    }
-    const once = singleFlight<Descriptor>();
-    let layers = await allOrNothing(image.layers, options.jobs, options.signal, (layer, signal) =>
-      once(layer.descriptor.digest, () => retrying(`layer ${shortDigest(layer.descriptor.digest)}`, signal, options, () => transferLayer(layer, dest, options, tally, signal))),
-    );
-    if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
-    const done = await finishImage(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType), configBytes: image.configBytes }, layers, options);
-    await recordCompressed(dest, tally, done.manifest, options);
-    await options.onCopied?.({ image, layers, manifest: done.manifest });
-    return summary(source.name, dest.name, done, image.layers.length, tally);
-  } catch (e) {
-    await dest.abort().catch(() => undefined);
-    throw e;
-  }
-}
-
-function summary(
-  source: string,
-  destination: string,
-  done: { manifest: ParsedManifest; converted: boolean; config: 'pushed' | 'skipped' },
-  total: number,
-  tally: Tally,
-): CopySummary {
-  return {
-    source,
-    destination,
-    manifestDigest: done.manifest.digest,
-    manifestMediaType: done.manifest.mediaType,
-    converted: done.converted,
-    layers: { total, pushed: tally.pushed, skipped: tally.skipped, mounted: tally.mounted, foreign: tally.foreign, bytesPushed: tally.bytes },
-    config: done.config,
-    ...(tally.compression ? { compression: tally.compression } : {}),
-  };
-}
-
-/**
- * Copies a `docker save` stream (stdin) into a content-addressed destination while it arrives:
- * each layer is compressed and stored as soon as its bytes come, before the archive has ended;
- * the manifest (which the archive reveals only at its end) is written last.
- */
-export async function copyDockerArchiveStream(
-  input: Readable,
-  selection: ArchiveSelection,
-  sourceName: string,
-  dest: BlobDestination,
-  options: CopyOptions,
-): Promise<CopySummary> {
-  const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
-  try {
-    if (options.signal) addAbortSignal(options.signal, input);
-    // Loaded here: tar parsing is needed only for archives on a pipe.
-    const { readDockerArchiveStream } = await import('../transports/docker-archive/stream.js');
-    // Loaded here too: it pulls in every compressor, which a push that sends nothing never needs.
-    const { DiffIdTap } = await import('../pipeline/layer-streams.js');
-    const streamed = await readDockerArchiveStream(input, selection, sourceName, async (layer) => {
-      const what = `layer ${layer.member} of ${sourceName}`;
-      // Progress: the bytes read from the stream, under the member's name (the digest comes at the end).
-      const onProgress = options.onProgress;
-      const tar = onProgress ? counted(layer.stream, (bytes) => onProgress({ layer: layer.member, bytes })) : layer.stream;
-      if (layer.compression === 'none') {
-        const compress = dest.layerCompression === 'compress';
-        const compressor = compress ? await compressorFor(options) : undefined;
-        if (compressor) tally.compression = { format: options.compression ?? 'gzip', engine: compressor.engine, implementation: compressor.implementation, level: compressor.level };
-        const gz = compressor?.compress(tar);
-        const hash = gz ? undefined : new DigestStream();
-        const body = gz ? gz.stream : pipeline(tar, hash!, () => undefined);
-        const mediaType = compressor?.mediaType ?? MediaType.OCI_LAYER;
-        const stored = await dest.putBlob(body, { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
-        const diffId = gz ? gz.diffId() : hash!.digest;
-        if (compress) {
-          const compressed: Descriptor = { mediaType, digest: stored.digest, size: stored.size };
-          (tally.compressedHere ??= []).push({ diffId, descriptor: compressed });
-          if (dest.repository) await options.blobInfo?.recordStored(dest.cacheScope, dest.repository, diffId, compressed);
-        }
-        record(tally, { digest: stored.digest, layer: layer.member, diffId, status: 'pushed', bytes: stored.size, mediaType }, options);
-        return { diffId, descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
-      }
-      const tap = new DiffIdTap(layer.compression, what, layer.size);
-      const mediaType = layerMediaType('oci', layer.compression);
-      const stored = await dest.putBlob(pipeline(tar, tap, () => undefined), { mediaType }).catch((e: unknown) => Promise.reject(unrepeatable(e, sourceName)));
-      record(tally, { digest: stored.digest, layer: layer.member, diffId: tap.diffId(), status: 'pushed', bytes: stored.size, mediaType }, options);
-      return { diffId: tap.diffId(), descriptor: { mediaType, digest: stored.digest, size: stored.size } satisfies Descriptor };
-    });
-    streamed.layers.forEach((l, i) => {
-      const want = streamed.config.rootfs.diff_ids[i];
-      if (l.diffId !== want) {
-        throw new SmartError('DIGEST_MISMATCH', `${sourceName}: layer ${i + 1} hashes to ${l.diffId}, but the config says ${want ?? 'nothing'}`, {
-          input: sourceName,
-        });
-      }
-    });
-    // Known only now, at the end of the stream: nothing is tagged yet, so a refusal leaves nothing behind.
-    checkPlatform(streamed.config, sourceName, options);
-    // The image as it stands at the destination, for step annotations and the layer trie.
-    const unopenable = async (): Promise<Readable> => {
-      throw new SmartError('INTERNAL', `${sourceName}: a streamed layer cannot be read again`);
-    };
-    const image: Image = {
-      name: sourceName,
-      manifest: buildManifest('docker', { mediaType: configMediaType('docker'), digest: sha256Digest(streamed.configBytes), size: streamed.configBytes.length }, streamed.layers.map((l) => l.descriptor)),
-      configBytes: streamed.configBytes,
-      config: streamed.config,
-      layers: streamed.layers.map((l) => ({ descriptor: l.descriptor, diffId: l.diffId, open: unopenable, openUncompressed: unopenable })),
-      repoTags: streamed.repoTags,
-    };
-    let layers = streamed.layers.map((l) => l.descriptor);
-    if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
-    const done = await finishImage(dest, { family: 'docker', configBytes: streamed.configBytes }, layers, options);
-    await recordCompressed(dest, tally, done.manifest, options);
-    await options.onCopied?.({ image, layers, manifest: done.manifest });
-    return summary(sourceName, dest.name, done, streamed.layers.length, tally);
-  } catch (e) {
-    await dest.abort().catch(() => undefined);
-    throw e;
-  }
-}
-
-/**
- * A transient failure of a layer read from a stream, which cannot be read again: no longer
- * retryable, with a hint that says what to do instead.
- */
-function unrepeatable(e: unknown, sourceName: string): unknown {
-  if (!isSmartError(e) || !e.retryable) return e;
-  return new SmartError(e.code, e.message, {
-    ...(e.input !== undefined ? { input: e.input } : {}),
-    cause: e,
-    hint: `a layer read from ${sourceName} cannot be sent twice: run the push again, or save the archive to a file first (uploads from files are retried)`,
-  });
-}
-
-/** Resolves the image and hands it to a whole-image writer (docker-archive, rootfs, bundle). */
-export async function writeImage(source: ImageSource, writer: ImageWriter, options: CopyOptions): Promise<CopySummary> {
-  const tally: Tally = { pushed: 0, skipped: 0, mounted: 0, foreign: 0, bytes: 0 };
-  const image: Image = await resolveImage(source, options.platform);
-  checkPlatform(image.config, source.name, options);
-  const result = await writer.write(image, {
-    jobs: options.jobs,
-    ...(options.signal ? { signal: options.signal } : {}),
-    ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-    onLayer: (e) => record(tally, e, options),
-  });
-  return {
-    source: source.name,
-    destination: writer.name,
-    manifestDigest: image.manifest.digest,
-    manifestMediaType: image.manifest.mediaType,
-    converted: false,
-    layers: { total: image.layers.length, pushed: tally.pushed, skipped: tally.skipped, mounted: tally.mounted, foreign: tally.foreign, bytesPushed: tally.bytes },
-    config: 'pushed',
-    ...(result.details ? { details: result.details } : {}),
-  };
-}
-

@@ -3,7 +3,7 @@
  * credential typed once is meant for one registry, so it never goes to a second one.
  */
 import { SmartError } from '../errors.js';
-import { parseImageName, parseRegistryStore } from '../transports/names.js';
+import { registryHost } from '../transports/all.js';
 import { parseCredentials, type Credentials } from '../transports/registry/credentials.js';
 
 export { parseCredentials, type Credentials };
@@ -29,11 +29,7 @@ export interface CommandNames {
 
 /** The registry host a name talks to; undefined for names that are no registry. */
 export function registryOf(name: string): string | undefined {
-  if (!name.startsWith('docker://')) return undefined;
-  const store = parseRegistryStore(name);
-  if (store) return store;
-  const parsed = parseImageName(name);
-  return parsed.transport === 'docker' ? parsed.ref.registry : undefined;
+  return registryHost(name);
 }
 
 const PER_REGISTRY_HINT = 'log in to each registry with docker login: $DOCKER_CONFIG/config.json keeps credentials per registry';

@@ -12,13 +12,13 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
-import pLimit from 'p-limit';
 import { SmartError, isSmartError, quoted } from '../errors.js';
 import { isDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.js';
 import { MediaType, isForeignLayer } from '../oci/mediatypes.js';
 import type { StorageDriver, StorageEntry } from '../storage/driver.js';
-import { parseImageName } from '../transports/names.js';
+import { TaskGroup } from '../pipeline/concurrency.js';
+import { parseImageName } from '../transports/all.js';
 import { pathFor } from '../transports/distribution/layout.js';
 
 export type StoreProblemKind =
@@ -101,6 +101,14 @@ export interface StoreCheckOptions {
   s3Endpoint?: string;
   s3Region?: string;
   stallTimeoutMs?: number;
+}
+
+type Limiter = <T>(work: () => Promise<T>) => Promise<T>;
+
+/** Runs work `jobs` at a time (4 when unset); each failure is its own task's (the check reports, it does not stop). */
+function limiter(jobs: number | undefined): Limiter {
+  const group = new TaskGroup({ jobs: Math.max(1, jobs ?? 4), failFast: false });
+  return (work) => group.run(() => work());
 }
 
 const HEX_LENGTH: Record<string, number> = { sha256: 64, sha384: 96, sha512: 128 };
@@ -191,7 +199,7 @@ abstract class Check {
   private readonly seenProblems = new Set<string>();
   protected readonly temporaries: string[] = [];
   protected readonly unrecognised: string[] = [];
-  protected readonly limit: ReturnType<typeof pLimit>;
+  protected readonly limit: Limiter;
   protected manifestsChecked = 0;
   private rehashed = 0;
 
@@ -200,7 +208,7 @@ abstract class Check {
     protected readonly driver: StorageDriver,
     protected readonly options: StoreCheckOptions,
   ) {
-    this.limit = pLimit(Math.max(1, options.jobs ?? 4));
+    this.limit = limiter(options.jobs);
   }
 
   protected problem(p: StoreProblem): void {
@@ -589,7 +597,7 @@ class DistributionCheck extends Check {
       }
     }
     // Top-level checks `jobs` at a time; an index's children within its own.
-    const images = pLimit(Math.max(1, this.options.jobs ?? 4));
+    const images = limiter(this.options.jobs);
     await Promise.all(tagged.map((check) => images(check)));
     // Every manifest a repository links is whole too: it can be pulled by digest.
     const revisions = this.links.filter((l) => l.kind === 'revision' && l.target);

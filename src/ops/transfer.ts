@@ -1,16 +1,16 @@
 /** `push` and `pull`: one copy between any sensible pair of image names. */
-import os from 'node:os';
-import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { SmartError } from '../errors.js';
+import type { Digest } from '../oci/digest.js';
 import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
-import { parseImageName, type ImageName } from '../transports/names.js';
-import { copyDockerArchiveStream, copyImage, writeImage, type CopyOptions, type CopySummary } from './copy.js';
-import type { Image } from '../oci/image.js';
-import type { Reference } from '../oci/reference.js';
+import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS, type ImageName } from '../transports/all.js';
+import type { OpenContext, RemoteOptions } from '../transports/transport.js';
+import { copy, type CopyOptions, type CopySummary } from './copy.js';
+import { layerStoreDir, openCache } from './local-state.js';
+import { defaultJobs } from '../pipeline/concurrency.js';
+import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
-import { openDestination, openSource, type EndpointContext, type RemoteOptions } from './endpoints.js';
 
 export interface TransferRequest {
   mode: 'push' | 'pull';
@@ -58,22 +58,6 @@ export interface TransferRequest {
   onWarning?: (message: string) => void;
 }
 
-/** Parallel layers by default: transfers wait on I/O as much as on CPU, so at least 4. */
-export function defaultJobs(): number {
-  return Math.max(4, os.availableParallelism());
-}
-
-/** The metadata cache of a run: Redis when asked for, else on disk under the cache dir (`strict`: see openMetadataCache). */
-export async function openCache(options: { cacheDir: string; redisUrl?: string; strict?: boolean; onWarning?: (m: string) => void }) {
-  const { openMetadataCache } = await import('../cache/metadata-cache.js');
-  return openMetadataCache({
-    diskDir: path.join(options.cacheDir, 'metadata'),
-    ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}),
-    ...(options.strict ? { strict: true } : {}),
-    onWarning: options.onWarning ?? (() => undefined),
-  });
-}
-
 /** What a copy does with platforms: the one decision, taken before anything is read. */
 export interface PlatformChoice {
   /** Copy a multi-platform index whole (`where-held`: when the destination holds its media type). */
@@ -96,7 +80,7 @@ export interface PlatformChoice {
  * filesystems, bundles and docker-archives hold one image: always one platform.
  */
 export function choosePlatforms(req: Pick<TransferRequest, 'mode' | 'platform' | 'allPlatforms' | 'platformMismatch'>, destination: ImageName): PlatformChoice {
-  const oneImage = destination.transport === 'rootfs' || destination.transport === 'bundle' || destination.transport === 'docker-archive';
+  const oneImage = transportOf(destination).capabilities.holdsOneImage === true;
   if (req.allPlatforms && req.platform !== undefined) throw new SmartError('USAGE', '--platform copies one platform, --all-platforms every one: give one of them', { input: '--all-platforms' });
   if (req.allPlatforms && oneImage) {
     throw new SmartError('USAGE', `${destination.raw} holds one image: --all-platforms needs a store or a layout`, { input: '--all-platforms', hint: 'pick one with --platform OS/ARCH[/VARIANT]' });
@@ -111,19 +95,13 @@ export function choosePlatforms(req: Pick<TransferRequest, 'mode' | 'platform' |
   return { all: false, platform, mismatch: req.platformMismatch ?? 'warn' };
 }
 
-function sourceScope(name: ImageName): string {
-  if (name.transport === 'file') return `file:${path.resolve(name.root)}`;
-  if (name.transport === 's3') return `s3://${name.bucket}${name.root ? `/${name.root}` : ''}`;
-  return name.raw;
-}
-
 async function stepsFor(image: Image, dockerfile: NonNullable<TransferRequest['dockerfile']>) {
-  const { stepsForPush } = await import('./cache.js');
+  const { stepsForPush } = await import('./build-cache/steps.js');
   return stepsForPush(image, { dockerfile: dockerfile.path, contextDir: dockerfile.contextDir, ...(dockerfile.stage ? { stage: dockerfile.stage } : {}), ...(dockerfile.buildArgs ? { buildArgs: dockerfile.buildArgs } : {}) });
 }
 
-async function indexCopied(cache: MetadataCache, scope: string, ref: Reference, copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) {
-  const { recordTag } = await import('./cached-source.js');
+async function indexCopied(cache: MetadataCache, scope: string, ref: { repository: string; tag?: string }, copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) {
+  const { recordTag } = await import('../cache/cached-source.js');
   const { CachedTrieStore, indexedImageOf } = await import('../cache/trie-store.js');
   // What a push leaves in the store, as the trie records it (every push keeps the trie fresh).
   const trie = new CachedTrieStore(cache, scope);
@@ -144,9 +122,9 @@ async function indexCopied(cache: MetadataCache, scope: string, ref: Reference, 
     current.layers.every((l, i) => l?.diffId === layers[i]!.diffId);
   const steps = again
     ? current.layers.map((l) => l.step)
-    : await (await import('./cache.js')).stepsOfImage({ ...copied.image, manifest: copied.manifest as Image['manifest'], layers });
+    : await (await import('./build-cache/steps.js')).stepsOfImage({ ...copied.image, manifest: copied.manifest as Image['manifest'], layers });
   const at = { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}) };
-  const { imageFacts } = await import('./cache.js');
+  const { imageFacts } = await import('./build-cache/steps.js');
   await trie.addImage(indexedImageOf(at, copied.manifest.digest, layers, steps, [], imageFacts(copied.image)), { current });
 }
 
@@ -171,24 +149,30 @@ export async function transfer(request: TransferRequest): Promise<CopySummary> {
   return summary;
 }
 
+/** `oci:`, `docker://`...: how the names of these transports begin, for messages. */
+function prefixes(transports: readonly { form: string }[]): string {
+  return transports.map((t) => t.form.slice(0, t.form.indexOf(':') + 1) + (t.form.includes('://') ? '//' : '')).join(', ');
+}
+
 async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const src = parseImageName(req.source);
   const dst = parseImageName(req.destination);
-  if (req.mode === 'push' && (dst.transport === 'rootfs' || dst.transport === 'bundle')) {
+  if (req.mode === 'push' && transportOf(dst).capabilities.pullOnly) {
     throw new SmartError('USAGE', `push writes images into stores; to unpack into ${dst.transport}: use smart pull`, { input: req.destination });
   }
-  const streaming = src.transport === 'docker-archive' && src.file === '-';
-  if (streaming && !['file', 's3', 'docker', 'oci', 'oci-archive'].includes(dst.transport)) {
-    throw new SmartError('USAGE', `${req.source} (a stream) can only be copied into a store (docker://, file:, s3://, oci:, oci-archive:); save it to a file first`, {
+  const streaming = transportOf(src).isStdio?.(src) ?? false;
+  if (streaming && !transportOf(dst).capabilities.contentAddressed) {
+    const stores = TRANSPORTS.filter((t) => t.capabilities.contentAddressed);
+    throw new SmartError('USAGE', `${req.source} (a stream) can only be copied into a store (${prefixes(stores)}); save it to a file first`, {
       input: req.source,
     });
   }
   const platforms = choosePlatforms(req, dst);
   const cache = req.cacheDir ? await openCache({ cacheDir: req.cacheDir, ...(req.redisUrl ? { redisUrl: req.redisUrl } : {}), ...(req.onWarning ? { onWarning: req.onWarning } : {}) }) : undefined;
   const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache) : undefined;
-  const layerStoreDir = req.layerStoreDir ?? (req.cacheDir ? path.join(req.cacheDir, 'layer-store') : undefined);
-  const layerStore = layerStoreDir && (dst.transport === 'rootfs' || dst.transport === 'bundle') ? await openLayerStore(layerStoreDir) : undefined;
-  const ctx: EndpointContext = {
+  const storeDir = req.cacheDir ? layerStoreDir(req.cacheDir, req.layerStoreDir) : req.layerStoreDir;
+  const layerStore = storeDir && transportOf(dst).capabilities.pullOnly ? await openLayerStore(storeDir) : undefined;
+  const ctx: OpenContext = {
     stdin: req.stdin ?? process.stdin,
     stdout: req.stdout ?? process.stdout,
     ...(req.onWarning ? { onWarning: req.onWarning } : {}),
@@ -200,6 +184,10 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(req.force ? { force: true } : {}),
     ...(req.signal ? { signal: req.signal } : {}),
   };
+  // Every push into a store keeps that store's layer trie fresh for what it pushed.
+  const indexed = cache ? storeScope(dst)?.ref : undefined;
+  let destinationScope = '';
+  let destinationRepository = '';
   const options = {
     platform: platforms.platform,
     jobs: req.jobs ?? defaultJobs(),
@@ -213,68 +201,70 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(req.onWarning ? { onRetry: req.onWarning, onWarning: req.onWarning } : {}),
     ...(blobInfo ? { blobInfo } : {}),
     ...(req.dockerfile ? { layerSteps: (image: Image) => stepsFor(image, req.dockerfile!) } : {}),
-    // Every push into a store keeps that store's layer trie fresh for what it pushed.
-    ...(cache && (dst.transport === 'file' || dst.transport === 's3' || dst.transport === 'docker') && dst.ref
-      ? { onCopied: (copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) => indexCopied(cache, destinationScope, dst.ref!, copied) }
+    ...(cache && indexed
+      ? {
+          onCopied: (copied: Parameters<NonNullable<CopyOptions['onCopied']>>[0]) =>
+            indexCopied(cache, destinationScope, { repository: destinationRepository, ...(indexed.tag ? { tag: indexed.tag } : {}) }, copied),
+        }
       : {}),
   };
-  let destinationScope = '';
-  const source = await openSource(src, ctx);
-  if (cache && source.kind === 'random' && (src.transport === 'file' || src.transport === 's3' || src.transport === 'docker') && src.ref) {
-    const { CachedSource } = await import('./cached-source.js');
-    const scope = src.transport === 'docker' ? `docker://${src.ref.registry}` : sourceScope(src);
-    source.source = new CachedSource(source.source, cache, scope, src.ref, { ...(req.tagCacheTtlS ? { tagCacheTtlS: req.tagCacheTtlS } : {}) });
+  let source = await openSource(src, ctx);
+  const cached = cache && !isStreamed(source) ? storeScope(src) : undefined;
+  if (cache && cached?.ref && !isStreamed(source)) {
+    const { CachedSource } = await import('../cache/cached-source.js');
+    source = new CachedSource(source, cache, cached.scope, cached.ref, { ...(req.tagCacheTtlS ? { tagCacheTtlS: req.tagCacheTtlS } : {}) });
   }
   let destination: Awaited<ReturnType<typeof openDestination>> | undefined;
   try {
-    destination = await openDestination(dst, ctx, { source: src });
-    if (destination.kind === 'blobs') destinationScope = destination.dest.cacheScope;
-    let summary: CopySummary;
-    if (source.kind === 'stream') {
-      if (destination.kind !== 'blobs') throw new SmartError('INTERNAL', 'stream source with a whole-image destination');
-      summary = await copyDockerArchiveStream(source.input, source.selection, source.name, destination.dest, options);
-    } else {
-      summary = destination.kind === 'blobs' ? await copyImage(source.source, destination.dest, options) : await writeImage(source.source, destination.writer, options);
-      const origins = source.source.origins?.();
-      if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
+    destination = await openDestination(dst, ctx, src);
+    if (!isImageWriter(destination)) {
+      destinationScope = destination.cacheScope;
+      destinationRepository = destination.repository ?? indexed?.repository ?? '';
     }
+    const summary = await copy(source, destination, options);
+    const origins = isStreamed(source) ? undefined : source.origins?.();
+    if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
     // What killed runs left there and this one removed (a whole-image writer reports its own).
-    const cleaned = destination.kind === 'blobs' ? await destination.dest.cleaned?.() : undefined;
+    const cleaned = !isImageWriter(destination) ? await destination.cleaned?.() : undefined;
     if (cleaned?.length) summary.details = { ...summary.details, cleaned };
     if (layerStore && req.pruneAgeMs !== undefined) summary.details = { ...summary.details, prune: await layerStore.gc({ maxAgeMs: req.pruneAgeMs }) };
     return summary;
   } finally {
     // Open connections would keep the process alive for their keep-alive time.
-    if (destination?.kind === 'blobs') await destination.dest.close().catch(() => undefined);
-    if (source.kind === 'random') await source.source.close().catch(() => undefined);
+    if (destination && !isImageWriter(destination)) await destination.close().catch(() => undefined);
+    if (!isStreamed(source)) await source.close().catch(() => undefined);
     await cache?.close();
   }
 }
 export type { LayerEvent, ProgressEvent } from '../oci/image.js';
+export { transportPrefixes } from '../transports/all.js';
 
 /**
  * The reference of what a push stored, as `crane push` prints it: `HOST/REPO@sha256:…` for a
  * registry, the store's name with `#REPO@sha256:…` for `file:`/`s3://`; undefined for other
  * destinations (layouts and archives are files: their digest says it all).
  */
-export function storedReference(destination: string, digest: string): string | undefined {
+export function storedReference(destination: string, digest: Digest): string | undefined {
   const name = parseImageName(destination);
-  if (name.transport === 'docker') return `${name.ref.registry}/${name.ref.repository}@${digest}`;
-  if ((name.transport === 'file' || name.transport === 's3') && name.ref) return `${name.raw.slice(0, name.raw.lastIndexOf('#'))}#${name.ref.repository}@${digest}`;
-  return undefined;
+  return transportOf(name).storedReference?.(name, digest);
+}
+
+/** `smart copy SRC DEST`: a push when DEST names an image in a store (a registry, `file:`, `s3://`), else a pull. */
+export function copyMode(destination: string): 'push' | 'pull' {
+  return transportOf(parseImageName(destination)).capabilities.namesStore ? 'push' : 'pull';
 }
 
 /** Opens any image name and resolves it (one platform): for commands that inspect rather than copy. */
-export async function resolveImageByName(name: string, options: { platform?: string; ctx?: Partial<EndpointContext> } = {}) {
+export async function resolveImageByName(name: string, options: { platform?: string; ctx?: Partial<OpenContext> } = {}) {
   const parsed = parseImageName(name);
   const source = await openSource(parsed, { stdin: process.stdin, stdout: process.stdout, ...options.ctx });
-  if (source.kind !== 'random') throw new SmartError('USAGE', `${name}: a stream cannot be inspected; save it to a file first`, { input: name });
+  if (isStreamed(source)) throw new SmartError('USAGE', `${name}: a stream cannot be inspected; save it to a file first`, { input: name });
   try {
-    const { resolveImage } = await import('../oci/partial.js');
-    const image = await resolveImage(source.source, options.platform ? parsePlatform(options.platform) : hostPlatform());
-    return { image, close: () => source.source.close() };
+    const { resolveImage } = await import('../pipeline/layers.js');
+    const image = await resolveImage(source, options.platform ? parsePlatform(options.platform) : hostPlatform());
+    return { image, close: () => source.close() };
   } catch (e) {
-    await source.source.close();
+    await source.close();
     throw e;
   }
 }

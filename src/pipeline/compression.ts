@@ -1,8 +1,13 @@
-/** Compressing and decompressing layer streams; the engine is chosen here, callers name only the format. */
+/**
+ * Decompressing layer streams (the engine is chosen here, callers name only the format), and a tap
+ * that learns the diff id of a compressed stream without changing its bytes.
+ */
 import { spawn } from 'node:child_process';
-import { Duplex, PassThrough, Readable, pipeline } from 'node:stream';
+import { createHash } from 'node:crypto';
+import { Duplex, PassThrough, Readable, Transform, pipeline, type TransformCallback } from 'node:stream';
 import { SmartError, isSmartError } from '../errors.js';
 import { decompressionBomb, decompressionBound, maxDecompressedBytes } from '../limits.js';
+import type { Digest } from '../oci/digest.js';
 import type { Compression } from '../oci/mediatypes.js';
 import { gunzipDecoder, type GunzipEngine } from './parallel-gzip.js';
 import { findProgram } from './programs.js';
@@ -103,4 +108,62 @@ function zstdDecompressor(what: string): Duplex {
     output.end();
   })().catch((e: unknown) => output.destroy(e as Error));
   return Duplex.from({ writable: input, readable: output });
+}
+
+/**
+ * Passes compressed bytes through unchanged while decompressing a copy to hash the tar inside.
+ * The end of the stream waits for the side branch, so `diffId()` is valid once it has ended; a
+ * corrupt compressed stream errors the main stream.
+ */
+export class DiffIdTap extends Transform {
+  private readonly hash = createHash('sha256');
+  private readonly feed = new PassThrough();
+  private readonly branchDone: Promise<void>;
+  private result: Digest | undefined;
+
+  /** `compressedSize`, where known, bounds what the side branch may decompress to (decompress()). */
+  constructor(compression: Compression, what: string, compressedSize?: number) {
+    super();
+    const branch = decompress(this.feed, compression, what, compressedSize !== undefined ? { compressedSize } : {});
+    this.branchDone = (async () => {
+      for await (const chunk of branch) this.hash.update(chunk as Buffer);
+    })();
+    // Never an unhandled rejection: the error is delivered through _transform/_flush.
+    this.branchDone.catch(() => undefined);
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.push(chunk);
+    if (this.feed.write(chunk)) cb();
+    else {
+      // The side branch is slower (it decompresses): wait for it, or for its failure.
+      const onDrain = () => cb();
+      this.feed.once('drain', onDrain);
+      this.branchDone.catch((e: Error) => {
+        this.feed.off('drain', onDrain);
+        cb(e);
+      });
+    }
+  }
+
+  override _flush(cb: TransformCallback): void {
+    this.feed.end();
+    this.branchDone.then(
+      () => {
+        this.result = `sha256:${this.hash.digest('hex')}` as Digest;
+        cb();
+      },
+      (e: Error) => cb(e),
+    );
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    this.feed.destroy();
+    cb(err);
+  }
+
+  diffId(): Digest {
+    if (!this.result) throw new SmartError('INTERNAL', 'diff id read before the stream ended');
+    return this.result;
+  }
 }

@@ -5,9 +5,9 @@
  * process or as a program, and igzip make one gzip member a block.
  */
 import os from 'node:os';
-import pLimit from 'p-limit';
 import zlib from 'node:zlib';
 import { SmartError } from '../errors.js';
+import { TaskGroup } from './concurrency.js';
 import { runFilter } from './filter-process.js';
 import type { NativeBinding } from './native.js';
 
@@ -151,7 +151,7 @@ export const zlibEngine: GzipEngine = {
  * Compressor processes of the whole process, every layer together: layers compressed at once
  * share the cores rather than each starting a full set (oversubscription costs time and memory).
  */
-const processSlots = pLimit(os.availableParallelism() + 1);
+const processSlots = new TaskGroup({ jobs: os.availableParallelism() + 1, failFast: false });
 
 /** Replaces the header of one gzip member by GZIP_HEADER (the tools put a time or a name in theirs). */
 function normalizeMember(member: Buffer, blockLength: number, program: string): Buffer {
@@ -190,7 +190,7 @@ export function memberEngine(name: 'igzip' | 'libdeflate', program: string): Gzi
       if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
       // igzip: -c to stdout, stdin as input; single-threaded by default (its -T is off).
       const args = name === 'igzip' ? [`-${job.level}`, '-c', '-n'] : [`-${job.level}`, '-c'];
-      const member = await processSlots(() => runFilter(program, args, block, job.signal));
+      const member = await processSlots.run(() => runFilter(program, args, block, job.signal));
       return normalizeMember(member, block.length, name);
     },
   };
@@ -218,7 +218,7 @@ export function nativeLibdeflateEngine(binding: Required<Pick<NativeBinding, 'gz
       if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
       let member: Buffer;
       try {
-        member = await nativeSlots(() => binding.gzipMember(block, job.level));
+        member = await nativeSlots.run(() => binding.gzipMember(block, job.level));
       } catch (e) {
         throw new SmartError('INTERNAL', `libdeflate failed to compress a block (${(e as Error).message})`, { cause: e });
       }
@@ -251,7 +251,7 @@ export function nativeIgzipEngine(binding: Required<Pick<NativeBinding, 'igzipMe
       if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
       let member: Buffer;
       try {
-        member = await nativeSlots(() => binding.igzipMember(block, job.level));
+        member = await nativeSlots.run(() => binding.igzipMember(block, job.level));
       } catch (e) {
         throw new SmartError('INTERNAL', `igzip failed to compress a block (${(e as Error).message})`, { cause: e });
       }
@@ -261,4 +261,4 @@ export function nativeIgzipEngine(binding: Required<Pick<NativeBinding, 'igzipMe
 }
 
 /** Compressions on the libuv pool at once, every stream together: the cores, and one pool thread always left for I/O. */
-const nativeSlots = pLimit(Math.max(1, Math.min(os.availableParallelism(), libuvPoolSize() - 1)));
+const nativeSlots = new TaskGroup({ jobs: Math.max(1, Math.min(os.availableParallelism(), libuvPoolSize() - 1)), failFast: false });

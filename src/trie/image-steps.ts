@@ -20,8 +20,8 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 import type { HistoryEntry } from '../oci/config.js';
-import { cleanPath, digestCopyEntries, digestLayerEntries, type LayerEntry } from './context.js';
-import { normalizeCreatedBy, type HistoryStep } from './history.js';
+import { cleanPath, digestCopyEntries, digestLayerEntries, type LayerEntry } from '../dockerfile/context.js';
+import { normalizeCreatedBy, type HistoryStep } from '../dockerfile/history.js';
 import type { StepKey } from './layer-trie.js';
 
 /** One layer's step as its image's history tells it. */

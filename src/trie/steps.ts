@@ -27,20 +27,21 @@ import {
   type ContextIndex,
   type ContextMatcher,
   type CopyEntry,
-} from './context.js';
+} from '../dockerfile/context.js';
 import {
   expandInstructionWord,
   findStage,
   getFlag,
   getFlags,
   globalArgValues,
+  isRemote,
   resolveStageBase,
   type Dockerfile,
   type Instruction,
   type Stage,
-} from './dockerfile.js';
-import { ClassicContextSums, buildahSourceRef, loadOwnerNames, type OwnerNames } from './builder-hashes.js';
-import { DEFAULT_SHELL, elidedCopyInstruction, normalizeInstruction } from './history.js';
+} from '../dockerfile/parser.js';
+import { ClassicContextSums, buildahSourceRef, loadOwnerNames, type OwnerNames } from '../dockerfile/builder-hashes.js';
+import { DEFAULT_SHELL, elidedCopyInstruction, normalizeInstruction } from '../dockerfile/history.js';
 import { elidedSummaryDigest, resolveCopyDestination } from './image-steps.js';
 import type { StepKey } from './layer-trie.js';
 
@@ -350,11 +351,6 @@ export function stageChain(df: Dockerfile, target: Stage, buildArgs: Record<stri
 
 function optional<T>(v: string | undefined, f: (v: string) => T): T | undefined {
   return v === undefined ? undefined : f(v);
-}
-
-/** A source ADD fetches instead of reading the context: http(s) URLs and git references. */
-export function isRemote(src: string): boolean {
-  return /^(https?:\/\/|git@|git:\/\/|ssh:\/\/)/i.test(src);
 }
 
 interface Mount {

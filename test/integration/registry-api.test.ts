@@ -137,6 +137,24 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     await ok(['pull', `docker://${reg}/api/flaky:v1`, `rootfs:${path.join(work, 'flaky-rootfs')}`]);
   });
 
+  it('smart cache over a whole registry retries as push and pull do: each retry a warning, a stall cut by --stall-timeout', async () => {
+    const fx = fixtures();
+    await ok(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/cron/basic:v1`], { cacheHome: await tempDir() });
+    proxy.setFaults((req, n) => {
+      if (req.method === 'GET' && req.path === '/v2/_catalog' && n === 1) return { kind: 'status', status: 503 };
+      if (req.method === 'HEAD' && req.path === '/v2/cron/basic/manifests/v1' && n === 1) return { kind: 'delay', ms: 8000 };
+      return undefined;
+    });
+    const started = Date.now();
+    const r = await smart(['cache', 'index', `docker://${reg}`, '--stall-timeout', '2', '--json'], { cacheHome: await tempDir() });
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout.toString()) as { tags: number }).tags).toBeGreaterThanOrEqual(1);
+    expect(r.stderr).toMatch(/warning: catalog: .*answered 503; retrying in/);
+    // A registry silent for longer than --stall-timeout (2 s), not only the default 30 s, is tried again.
+    expect(r.stderr).toMatch(/warning: .*cron\/basic.*retrying in/);
+    expect(Date.now() - started).toBeLessThan(8000);
+  });
+
   describe('uploads that break', () => {
     const pushArgs = (src: string, repo: string, extra: string[] = []) => ['push', src, `docker://${reg}/${repo}:v1`, ...extra];
     /** Faults the first `count` PATCHes (blob uploads: every layer's goes before the config's). */

@@ -86,6 +86,22 @@ describe.skipIf(!haveTools('docker-registry'))('mirrors, stalls, timeouts and si
     expect((JSON.parse(r.stdout.toString()) as { manifestDigest: string }).manifestDigest).toBe(fixtures().basic.manifest.digest);
   });
 
+  it('applies registries.conf to a push as to a pull: a rewrite is followed, a blocked registry refuses before sending anything', async () => {
+    const fx = fixtures();
+    const rewrite = await conf(`[[registry]]\nprefix = "push.example.invalid/team"\nlocation = "${upstream.host}/pushed"\n`);
+    const r = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, 'docker://push.example.invalid/team/basic:2', '--json'], { env: rewrite, cacheHome: await tempDir() });
+    expect(r.code, r.stderr).toBe(0);
+    const tag = await rawRequest(`${upstream.url}/v2/pushed/basic/manifests/2`, { method: 'HEAD', headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } });
+    expect(tag.status).toBe(200);
+    expect(tag.headers['docker-content-digest']).toBe(fx.basic.manifest.digest);
+
+    const blocked = await conf(`[[registry]]\nprefix = "${proxy.host}/locked"\nlocation = "${proxy.host}/locked"\nblocked = true\n`);
+    const refused = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${proxy.host}/locked/basic:1`], { env: blocked, cacheHome: await tempDir() });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toMatch(/registry .*\/locked is blocked by .*registries-.*\.conf/);
+    expect(proxy.stats.requests).toEqual([]);
+  });
+
   it('resumes a blob download that stalls half-way from the byte it had reached', async () => {
     const fx = fixtures();
     const victim = fx.basic.layers[0]!.digest;

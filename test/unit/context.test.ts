@@ -14,9 +14,9 @@ import {
   listContext,
   loadDockerignore,
   parseDockerignore,
-} from '../../src/trie/context.js';
-import { parseDockerfile } from '../../src/trie/dockerfile.js';
-import { normalizeCreatedBy } from '../../src/trie/history.js';
+} from '../../src/dockerfile/context.js';
+import { parseDockerfile } from '../../src/dockerfile/parser.js';
+import { normalizeCreatedBy } from '../../src/dockerfile/history.js';
 import { dockerfileSteps, parseMount } from '../../src/trie/steps.js';
 import { tempDir } from '../harness/tmp.js';
 

@@ -1,8 +1,8 @@
 /** The Dockerfile parser and the normal form of build steps (from a Dockerfile and from image histories). */
 import { describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
-import { expandWord, findStage, parseDockerfile, type Instruction } from '../../src/trie/dockerfile.js';
-import { instructionsMatch, normalizeCreatedBy, normalizeInstruction } from '../../src/trie/history.js';
+import { expandWord, findStage, parseDockerfile, type Instruction } from '../../src/dockerfile/parser.js';
+import { instructionsMatch, normalizeCreatedBy, normalizeInstruction } from '../../src/dockerfile/history.js';
 
 function error(fn: () => unknown): SmartError {
   try {

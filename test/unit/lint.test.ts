@@ -2,8 +2,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseDockerfile } from '../../src/trie/dockerfile.js';
-import { lintBuild, type Advice } from '../../src/trie/lint.js';
+import { parseDockerfile } from '../../src/dockerfile/parser.js';
+import { lintBuild, type Advice } from '../../src/dockerfile/lint.js';
 import { tempDir } from '../harness/tmp.js';
 
 async function context(files: Record<string, string>): Promise<string> {

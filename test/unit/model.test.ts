@@ -6,7 +6,7 @@ import { parseManifest } from '../../src/oci/manifest.js';
 import { MediaType } from '../../src/oci/mediatypes.js';
 import { parsePlatform, pickPlatform } from '../../src/oci/platform.js';
 import { formatReference, parseReference, parseRepositoryReference } from '../../src/oci/reference.js';
-import { parseImageName } from '../../src/transports/names.js';
+import { parseImageName } from '../../src/transports/all.js';
 import { parseChallenge } from '../../src/transports/registry/client.js';
 import { configKeys, parseCredentials } from '../../src/transports/registry/credentials.js';
 

@@ -11,7 +11,7 @@ import { CommanderError, type Command } from 'commander';
 import { describe, expect, it } from 'vitest';
 import { parseTransferArgs } from '../../src/cli/options.js';
 import { buildProgram } from '../../src/cli/program.js';
-import { parseImageName } from '../../src/transports/names.js';
+import { parseImageName } from '../../src/transports/all.js';
 import { repoRoot } from '../harness/run.js';
 
 const README = fs.readFileSync(path.join(repoRoot, 'README.md'), 'utf8');

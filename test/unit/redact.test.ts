@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
 import { assignCredentials } from '../../src/ops/credentials.js';
-import { parseImageName } from '../../src/transports/names.js';
+import { parseImageName } from '../../src/transports/all.js';
 import { parseReference } from '../../src/oci/reference.js';
 import { capLength, oneLine, redactImageName, redactSecrets, remoteText, userinfoEnd } from '../../src/redact.js';
 

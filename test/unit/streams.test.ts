@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { sha256Digest } from '../../src/oci/digest.js';
 import { decompress } from '../../src/pipeline/compression.js';
 import { verifiedStream } from '../../src/pipeline/digest-stream.js';
-import { DiffIdTap } from '../../src/pipeline/layer-streams.js';
+import { DiffIdTap } from '../../src/pipeline/compression.js';
 import { gzipLayerStreamParallel, zlibEngine } from '../../src/pipeline/parallel-gzip.js';
 import { TarIndex } from '../../src/tar/tar-index.js';
 import { TarWriter, fileSink } from '../../src/tar/tar-writer.js';

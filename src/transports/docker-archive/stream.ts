@@ -1,35 +1,30 @@
 /**
  * Reads a `docker save` archive as a stream (stdin), never holding a layer in memory or on disk.
  * Docker writes manifest.json near the END, after the layers, so the image's shape is known only
- * when the stream is over: each layer is handed to `onLayer` as it arrives (the caller compresses
- * and uploads it at once), JSON members are kept, and the image is assembled at the end.
+ * when the stream is over: each layer is handed to the reader as it arrives (the copy compresses
+ * and stores it at once), JSON members are kept, and the image is assembled at the end.
  */
-import { Readable, pipeline } from 'node:stream';
+import { Readable, addAbortSignal, pipeline } from 'node:stream';
 import tar from 'tar-stream';
 import { SmartError, isCancellation, isSmartError, quoted } from '../../errors.js';
 import { MAX_ARCHIVE_JSON_BYTES, checkSize, limitExceeded } from '../../limits.js';
-import { MAX_CONFIG_BYTES, parseImageConfig, type ImageConfig } from '../../oci/config.js';
-import { sniffCompression, type Compression } from '../../oci/mediatypes.js';
+import { MAX_CONFIG_BYTES, parseImageConfig } from '../../oci/config.js';
+import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
+import { sniffCompression } from '../../oci/mediatypes.js';
 import { tarParseError } from '../../tar/errors.js';
 import { normalizeMemberName } from '../../tar/header.js';
 import { MAX_ARCHIVE_MANIFEST_BYTES, parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
-export interface StreamedLayer {
-  /** Member name in the archive. */
-  member: string;
-  compression: Compression;
-  /** The member's size in the archive (its compressed size when it is compressed). */
-  size: number;
-  /** The member's bytes; must be consumed (or destroyed) before `onLayer` resolves. */
-  stream: Readable;
-}
-
-export interface StreamedImage<T> {
-  configBytes: Buffer;
-  config: ImageConfig;
-  repoTags: string[];
-  /** What `onLayer` returned for each layer of the image, in the image's order. */
-  layers: T[];
+/** `docker-archive:-`: the image `input` carries, read once as it arrives. */
+export function dockerArchiveStream(input: Readable, selection: ArchiveSelection, name: string): StreamedImageSource {
+  return {
+    name,
+    streamed: true,
+    read: (visit, signal) => {
+      if (signal) addAbortSignal(signal, input);
+      return readDockerArchiveStream(input, selection, name, visit);
+    },
+  };
 }
 
 /** JSON members (config, manifest.json, v1 json) up to this size are kept, up to MAX_ARCHIVE_JSON_BYTES in all. */
@@ -53,6 +48,7 @@ function classifyMember(head: Buffer): 'layer' | 'json' | 'other' {
   return 'other';
 }
 
+/** Reads the archive `input` carries, handing each layer to `onLayer` as it arrives (dockerArchiveStream's `read`); the image at its end. */
 export async function readDockerArchiveStream<T>(
   input: Readable,
   selection: ArchiveSelection,
@@ -129,7 +125,7 @@ export async function readDockerArchiveStream<T>(
         })(),
         { objectMode: false },
       );
-      layerResults.set(member, await onLayer({ member, compression: sniffCompression(head), size: header.size, stream: body }));
+      layerResults.set(member, await onLayer({ member, what: `layer ${member} of ${name}`, compression: sniffCompression(head), size: header.size, stream: body }));
       // onLayer must have drained it; if it did not, skip the rest so the archive can go on.
       body.destroy();
       lastMember = header.name;

@@ -15,19 +15,20 @@ import { FsDriver } from '../../storage/fs-driver.js';
 import { TarIndex } from '../../tar/tar-index.js';
 import { TarWriter, fileSink } from '../../tar/tar-writer.js';
 import { OciLayoutDestination, OciLayoutSource, type LayoutFiles } from './layout.js';
+import { layoutPath, memberName } from './paths.js';
 
 export async function openOciArchiveSource(file: string, tag: string | undefined, name: string): Promise<OciLayoutSource> {
   const index = await TarIndex.open(file, name);
   const files: LayoutFiles = {
     getContent: async (p, maxBytes) => {
       const member = index.get(p);
-      if (!member) throw new SmartError('NOT_FOUND', `${name}: ${p.replace(/^\//, '')} not in the archive`, { input: file });
-      if (maxBytes !== undefined) checkSize(member.size, maxBytes, `${name}: ${p.replace(/^\//, '')}`, file);
+      if (!member) throw new SmartError('NOT_FOUND', `${name}: ${memberName(p)} not in the archive`, { input: file });
+      if (maxBytes !== undefined) checkSize(member.size, maxBytes, `${name}: ${memberName(p)}`, file);
       return index.read(member);
     },
     reader: async (p) => {
       const member = index.get(p);
-      if (!member) throw new SmartError('NOT_FOUND', `${name}: ${p.replace(/^\//, '')} not in the archive`, { input: file });
+      if (!member) throw new SmartError('NOT_FOUND', `${name}: ${memberName(p)} not in the archive`, { input: file });
       return index.open(member);
     },
   };
@@ -78,17 +79,17 @@ export class OciArchiveDestination implements BlobDestination {
     const tmp = `${this.file}.smart-${randomUUID()}.tmp`;
     try {
       const writer = new TarWriter(fileSink(await fs.open(tmp, 'w')));
-      await writer.addBuffer('oci-layout', await fs.readFile(path.join(this.staging, 'oci-layout')));
-      await writer.addBuffer('index.json', await fs.readFile(path.join(this.staging, 'index.json')));
-      await writer.addDirectory('blobs');
-      await writer.addDirectory('blobs/sha256');
-      const blobDir = path.join(this.staging, 'blobs', 'sha256');
-      for (const hex of (await fs.readdir(blobDir)).sort()) {
-        const p = path.join(blobDir, hex);
-        const { size } = await fs.stat(p);
-        const handle = await fs.open(p, 'r');
+      const local = (p: string) => path.join(this.staging, memberName(p));
+      for (const file of [layoutPath({ kind: 'layoutFile' }), layoutPath({ kind: 'index' })]) await writer.addBuffer(memberName(file), await fs.readFile(local(file)));
+      const blobs = layoutPath({ kind: 'blobs' });
+      await writer.addDirectory(memberName(layoutPath({ kind: 'blobsRoot' })));
+      await writer.addDirectory(memberName(blobs));
+      for (const hex of (await fs.readdir(local(blobs))).sort()) {
+        const p = `${blobs}/${hex}`;
+        const { size } = await fs.stat(local(p));
+        const handle = await fs.open(local(p), 'r');
         try {
-          await writer.addStream(`blobs/sha256/${hex}`, handle.createReadStream({ highWaterMark: 256 * 1024 }), size);
+          await writer.addStream(memberName(p), handle.createReadStream({ highWaterMark: 256 * 1024 }), size);
         } finally {
           await handle.close().catch(() => undefined);
         }

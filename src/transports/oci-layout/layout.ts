@@ -1,11 +1,11 @@
 /**
- * OCI image layout (image-spec image-layout.md): `oci-layout`, `index.json`, `blobs/<alg>/<hex>`.
- * `oci:DIR[:TAG]` reads and writes a directory; `oci-archive:FILE[:TAG]` is the same layout in a tar.
- * Tags are the `org.opencontainers.image.ref.name` annotation of index.json entries, as skopeo uses it.
+ * OCI image layout (image-spec image-layout.md; its file names in paths.ts): `oci:DIR[:TAG]` reads
+ * and writes a directory; `oci-archive:FILE[:TAG]` is the same layout in a tar. Tags are the
+ * `org.opencontainers.image.ref.name` annotation of index.json entries, as skopeo uses it.
  */
 import type { Readable } from 'node:stream';
 import { SmartError, isSmartError } from '../../errors.js';
-import { digestHex, sha256Digest, shortDigest, type Digest } from '../../oci/digest.js';
+import { sha256Digest, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { MAX_MANIFEST_BYTES, parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType } from '../../oci/mediatypes.js';
@@ -14,11 +14,10 @@ import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
+import { LAYOUT_FILE_CONTENT, REF_NAME, layoutPath, memberName } from './paths.js';
 
-export const REF_NAME = 'org.opencontainers.image.ref.name';
-const LAYOUT_FILE = '/oci-layout';
-const INDEX_FILE = '/index.json';
-const LAYOUT_CONTENT = Buffer.from('{"imageLayoutVersion":"1.0.0"}');
+const LAYOUT_FILE = layoutPath({ kind: 'layoutFile' });
+const INDEX_FILE = layoutPath({ kind: 'index' });
 
 /** The read side of a layout: a directory (FsDriver) or a tar archive. */
 export interface LayoutFiles {
@@ -27,8 +26,8 @@ export interface LayoutFiles {
   reader(path: string): Promise<Readable>;
 }
 
-export function blobPath(d: Digest): string {
-  return `/blobs/sha256/${digestHex(d)}`;
+function blobPath(digest: Digest): string {
+  return layoutPath({ kind: 'blob', digest });
 }
 
 async function readIndex(files: LayoutFiles, name: string): Promise<ImageIndex> {
@@ -142,13 +141,14 @@ export class OciLayoutDestination implements BlobDestination {
   /** Refuses a directory that holds something other than a layout; creates `oci-layout`. */
   async prepare(): Promise<void> {
     const children = await this.driver.list('/');
+    const layoutFile = memberName(LAYOUT_FILE);
     this.fresh = children.length === 0;
-    if (children.length > 0 && !children.includes('oci-layout')) {
+    if (children.length > 0 && !children.includes(layoutFile)) {
       throw new SmartError('USAGE', `${this.name}: the directory is not empty and is not an OCI layout; refusing to write into it`, {
         input: this.name,
       });
     }
-    if (!children.includes('oci-layout')) await this.driver.putContent(LAYOUT_FILE, LAYOUT_CONTENT);
+    if (!children.includes(layoutFile)) await this.driver.putContent(LAYOUT_FILE, LAYOUT_FILE_CONTENT);
   }
 
   supportsManifestType(mediaType: string): boolean {
@@ -162,7 +162,7 @@ export class OciLayoutDestination implements BlobDestination {
   }
 
   async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
-    const tmp = `/.smart-tmp-${randomUUID()}`;
+    const tmp = layoutPath({ kind: 'temporaryBlob', id: randomUUID() });
     const writer = await this.driver.writer(tmp);
     const hash = new DigestStream();
     try {

@@ -21,10 +21,10 @@ import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import pLimit from 'p-limit';
 import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
+import { TaskGroup } from '../../pipeline/concurrency.js';
 import { isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
@@ -302,7 +302,8 @@ export class RootfsWriter implements ImageWriter {
       // Streams that do not heed the signal stop too, and the layer being applied with them.
       for (const spool of spools) void spool.destroy(e);
     };
-    const limit = pLimit(Math.max(1, options.jobs));
+    // A bound alone: the first failure is handled by `fail` above, which also stops the spools.
+    const slots = new TaskGroup({ jobs: options.jobs, failFast: false });
     const budget = new SpoolBudget(this.options.spoolMemory ?? SPOOL_MEMORY);
     const fills: LayerFill[] = [];
     const tasks: Promise<void>[] = [];
@@ -311,7 +312,7 @@ export class RootfsWriter implements ImageWriter {
       let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
       const plan = new Promise<LayerPlan>((resolve, reject) => (settle = { resolve, reject }));
       plan.catch(() => undefined); // reported through `fail`
-      const task = limit(async () => {
+      const task = slots.run(async () => {
         signal.throwIfAborted();
         if (store && (await store.has(layer.diffId))) return settle.resolve({ from: 'store', how: 'present' });
         let fill: LayerFill | undefined;

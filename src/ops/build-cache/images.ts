@@ -4,11 +4,11 @@
  * that prefix (what buildah's `--layers` looks for: a local image whose history ends with the step).
  */
 import { Readable } from 'node:stream';
-import { parseImageConfig, type HistoryEntry, type ImageConfig } from '../oci/config.js';
-import { sha256Digest } from '../oci/digest.js';
-import type { Image, ImageSource, OpenOptions } from '../oci/image.js';
-import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
-import { configMediaType, manifestFamily } from '../oci/mediatypes.js';
+import { parseImageConfig, type HistoryEntry, type ImageConfig } from '../../oci/config.js';
+import { sha256Digest } from '../../oci/digest.js';
+import type { Image, ImageSource, OpenOptions } from '../../oci/image.js';
+import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../../oci/manifest.js';
+import { configMediaType, manifestFamily } from '../../oci/mediatypes.js';
 
 /**
  * The image cut after its first `historyEntries` history entries: the manifest and the config's
@@ -38,11 +38,17 @@ function sourceOf(image: Image, source: ImageSource, cut: ImageConfig, keep: num
     layers: image.manifest.manifest.layers.slice(0, keep),
   };
   const manifest = parseManifest(serializeManifest(doc), doc.mediaType, name);
+  const { getBlobRange, origins } = source;
   return {
     name,
     getManifest: async (): Promise<ParsedManifest> => manifest,
     getManifestByDigest: async () => manifest,
     getBlob: async (d: Descriptor, o?: OpenOptions) => (d.digest === doc.config.digest ? Readable.from([configBytes]) : source.getBlob(d, o)),
+    // The layers are the stored image's: its ranged reads and origins serve them as they are.
+    ...(getBlobRange
+      ? { getBlobRange: async (d: Descriptor, start: number, end: number, o?: OpenOptions) => (d.digest === doc.config.digest ? configBytes.subarray(start, end + 1) : getBlobRange.call(source, d, start, end, o)) }
+      : {}),
+    ...(origins ? { origins: origins.bind(source) } : {}),
     repoTags: () => repoTags,
     // The stored image's source is shared by every cut: its owner closes it.
     close: async () => undefined,

@@ -968,3 +968,8 @@ function trimPattern(value: string, pattern: string, side: 'prefix' | 'suffix', 
 export function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 }
+
+/** A source ADD fetches instead of reading the context: http(s) URLs and git references. */
+export function isRemote(src: string): boolean {
+  return /^(https?:\/\/|git@|git:\/\/|ssh:\/\/)/i.test(src);
+}

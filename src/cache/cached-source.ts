@@ -8,24 +8,21 @@
  * `--tag-cache-ttl`) trusts the cache's word for a tag, for that long.
  */
 import { Readable } from 'node:stream';
-import type { MetadataCache } from '../cache/metadata-cache.js';
 import { SmartError } from '../errors.js';
 import { isDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import type { ImageSource, ManifestHead, OpenOptions } from '../oci/image.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.js';
 import { MediaType } from '../oci/mediatypes.js';
 import type { Reference } from '../oci/reference.js';
+import { configKey, manifestKey, tagKey } from './keys.js';
+import type { MetadataCache } from './metadata-cache.js';
 
 /** How long the cache keeps what a tag was last seen to name: as far back as `--tag-cache-ttl` reaches. */
 export const TAG_ENTRY_TTL_S = 86_400;
 const MAX_CACHED_BLOB = 1024 * 1024;
 const CONFIG_TYPES = new Set<string>([MediaType.OCI_CONFIG, MediaType.DOCKER_CONFIG]);
 
-/** What a tag was last seen to name in a store (`scope`), and when (ms since the epoch). */
-export function tagKey(scope: string, repository: string, tag: string): string {
-  return `tag:v2:${scope}:${repository}:${tag}`;
-}
-
+/** What a tag was last seen to name in a store, and when (ms since the epoch). */
 interface TagEntry {
   digest: Digest;
   at: number;
@@ -46,14 +43,6 @@ function parseTagEntry(raw: string | undefined): TagEntry | undefined {
   }
 }
 
-function manifestKey(digest: string): string {
-  return `manifest:v1:${digest}`;
-}
-
-function blobKey(digest: string): string {
-  return `config:v1:${digest}`;
-}
-
 interface CachedManifest {
   mediaType: string;
   bytes: string;
@@ -69,6 +58,10 @@ export interface CachedSourceOptions {
   tagCacheTtlS?: number;
 }
 
+/**
+ * A decorator: what it does not answer from the cache it asks the source it wraps, and it keeps
+ * that source's optional abilities (ranged reads, a cheap HEAD, origins) rather than dropping them.
+ */
 export class CachedSource implements ImageSource {
   readonly name: string;
   private readonly tagCacheTtlMs: number;
@@ -82,11 +75,15 @@ export class CachedSource implements ImageSource {
   ) {
     this.name = inner.name;
     this.tagCacheTtlMs = Math.max(0, options.tagCacheTtlS ?? 0) * 1000;
-    // Ranged reads pass straight through, when the source has them.
+    // Ranged reads, HEADs and origins pass straight through, when the source has them.
     if (inner.getBlobRange) this.getBlobRange = inner.getBlobRange.bind(inner);
+    if (inner.headManifest) this.headManifest = inner.headManifest.bind(inner);
+    if (inner.origins) this.origins = inner.origins.bind(inner);
   }
 
   getBlobRange?: ImageSource['getBlobRange'];
+  headManifest?: ImageSource['headManifest'];
+  origins?: ImageSource['origins'];
 
   /** The cached manifest of `digest`, if its bytes hash to it (anything else is a miss). */
   private async cachedManifest(digest: Digest, declaredMediaType?: string): Promise<ParsedManifest | undefined> {
@@ -156,7 +153,7 @@ export class CachedSource implements ImageSource {
 
   async getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
     if (!CONFIG_TYPES.has(descriptor.mediaType) || descriptor.size > MAX_CACHED_BLOB) return this.inner.getBlob(descriptor, options);
-    const raw = await this.cache.get(blobKey(descriptor.digest));
+    const raw = await this.cache.get(configKey(descriptor.digest));
     if (raw) {
       const bytes = Buffer.from(raw, 'base64');
       if (sha256Digest(bytes) === descriptor.digest) return Readable.from([bytes]);
@@ -164,16 +161,12 @@ export class CachedSource implements ImageSource {
     const chunks: Buffer[] = [];
     for await (const c of await this.inner.getBlob(descriptor, options)) chunks.push(c as Buffer);
     const bytes = Buffer.concat(chunks); // verified by the inner source as it streamed
-    await this.cache.set(blobKey(descriptor.digest), bytes.toString('base64'));
+    await this.cache.set(configKey(descriptor.digest), bytes.toString('base64'));
     return Readable.from([bytes]);
   }
 
   repoTags(): readonly string[] {
     return this.inner.repoTags();
-  }
-
-  origins(): Record<string, string> {
-    return this.inner.origins?.() ?? {};
   }
 
   close(): Promise<void> {

@@ -23,7 +23,7 @@
  * `CMD ["node","x"]` / `CMD node x`; `EXPOSE 80/tcp`; `VOLUME ["/data"]`...
  */
 import { cleanPath } from './context.js';
-import { expandWord, parseInstructionLine, type EscapeChar, type Instruction } from './dockerfile.js';
+import { expandWord, parseInstructionLine, type EscapeChar, type Instruction } from './parser.js';
 
 export interface HistoryStep {
   /** The normal form. */

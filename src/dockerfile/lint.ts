@@ -20,9 +20,8 @@
  */
 import { isSmartError } from '../errors.js';
 import { collectCopyEntries, contextRelative, createMatcher, indexContext, listContext, loadDockerignore, type ContextIndex, type ContextMatcher } from './context.js';
-import { expandWord, getFlag, resolveStageBase, type Dockerfile, type Instruction } from './dockerfile.js';
+import { expandWord, getFlag, isRemote, resolveStageBase, type Dockerfile, type Instruction } from './parser.js';
 import { runCommandText } from './history.js';
-import { isRemote } from './steps.js';
 
 export interface Advice {
   line?: number;

@@ -1,0 +1,180 @@
+/**
+ * `smart push`, `smart pull` and `smart copy`: the flags turned into a transfer, its progress and
+ * its summary printed (a line, the stored reference, or the --json document).
+ */
+import path from 'node:path';
+import { SmartError } from '../errors.js';
+import { PULL_OPTIONS, PUSH_OPTIONS, defaultCacheDir, optionNames, progressMode, pruneDays, remoteOptions, cancel, type CommonFlags } from './options.js';
+import type { Output } from './output.js';
+
+function dockerfileOption(flags: CommonFlags) {
+  const file = path.resolve(flags.dockerfile!);
+  const buildArgs: Record<string, string> = {};
+  for (const kv of flags.buildArg ?? []) {
+    const eq = kv.indexOf('=');
+    if (eq <= 0) throw new SmartError('USAGE', `--build-arg takes KEY=VALUE, not "${kv}"`, { input: kv });
+    buildArgs[kv.slice(0, eq)] = kv.slice(eq + 1);
+  }
+  return {
+    path: file,
+    contextDir: path.resolve(flags.context ?? path.dirname(file)),
+    ...(flags.target ? { stage: flags.target } : {}),
+    ...(Object.keys(buildArgs).length ? { buildArgs } : {}),
+  };
+}
+
+/**
+ * `docker-archive:-` as a destination: the image goes to stdout; as a source: it comes from stdin.
+ * Spelled here, not read off the transport map, so that a command refused for it loads nothing;
+ * test/unit/transports.test.ts holds both to the map's `writesStdout`, `readsStdin` and `isStdio`.
+ */
+export const toStdout = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)/.test(name);
+export const fromStdin = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)/.test(name);
+
+/**
+ * Refuses, as `docker save` and `docker load` do, to write an archive to a terminal (bytes no one
+ * can read, and a terminal they can confuse) or to wait on a terminal for one (a command that
+ * seems to hang while it waits for a `docker save` that was never piped in).
+ */
+export function refuseTerminals(source: string | undefined, destination: string | undefined): void {
+  if (toStdout(destination) && process.stdout.isTTY) {
+    throw new SmartError('USAGE', `${destination} writes the image archive to stdout, which is a terminal`, {
+      input: destination,
+      hint: 'redirect it to a file, > image.tar, or pipe it: | docker load',
+    });
+  }
+  if (fromStdin(source) && process.stdin.isTTY) {
+    throw new SmartError('USAGE', `${source} reads the image archive from stdin, which is a terminal`, {
+      input: source,
+      hint: 'pipe it in, docker save IMAGE | smart push docker-archive:- …, or name the archive file',
+    });
+  }
+}
+
+type CopySummary = import('../ops/copy.js').CopySummary;
+
+/**
+ * The --json document of a push or a pull, in its own words: a push `pushed` layers
+ * (`bytesPushed`) and a config, a pull `written` ones (`bytesWritten`).
+ */
+export function transferDocument(mode: 'push' | 'pull', summary: CopySummary, extra: { seconds: number; reference?: string | undefined }) {
+  const { source, destination, manifestDigest, manifestMediaType, converted, layers: l, config, compression, details } = summary;
+  const rest = { skipped: l.skipped, mounted: l.mounted, foreign: l.foreign };
+  return {
+    command: mode,
+    source,
+    destination,
+    ...(extra.reference ? { reference: extra.reference } : {}),
+    manifestDigest,
+    manifestMediaType,
+    converted,
+    layers: mode === 'push' ? { total: l.total, pushed: l.pushed, ...rest, bytesPushed: l.bytesPushed } : { total: l.total, written: l.pushed, ...rest, bytesWritten: l.bytesPushed },
+    config: mode === 'pull' && config === 'pushed' ? 'written' : config,
+    ...(compression ? { compression } : {}),
+    ...(details ? { details } : {}),
+    seconds: Number(extra.seconds.toFixed(3)),
+  };
+}
+
+export async function runTransfer(command: 'push' | 'pull' | 'copy', source: string, destination: string, flags: CommonFlags, out: Output): Promise<void> {
+  const { copyMode, storedReference, transfer } = await import('../ops/transfer.js');
+  const mode = command === 'copy' ? copyMode(destination) : command;
+  if (command === 'copy') refuseOptionsOfOtherMode(mode, destination, flags);
+  if (flags.json && toStdout(destination)) {
+    throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout (docker-archive:-)', { input: destination });
+  }
+  refuseTerminals(source, destination);
+  const { formatBytes, guardedStdout } = await import('./output.js');
+  const { ProgressDisplay } = await import('./progress.js');
+  const progress = new ProgressDisplay(progressMode(flags), { command: mode, source, destination });
+  const timeout = flags.timeout ? setTimeout(() => cancel.abort(new SmartError('CANCELLED', `timed out after ${flags.timeout} s (--timeout)`)), flags.timeout * 1000) : undefined;
+  let summary: CopySummary;
+  try {
+    const remote = await remoteOptions(flags, { read: [source], write: [destination] }, (m) => progress.warning(m));
+    summary = await transfer({
+      mode,
+      source,
+      destination,
+      signal: cancel.signal,
+      ...(toStdout(destination) ? { stdout: guardedStdout() } : {}),
+      ...(flags.platform ? { platform: flags.platform } : {}),
+      ...(flags.platformMismatch ? { platformMismatch: flags.platformMismatch as 'warn' | 'error' } : {}),
+      ...(flags.jobs ? { jobs: flags.jobs } : {}),
+      ...(flags.allPlatforms ? { allPlatforms: true } : {}),
+      ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
+      ...(flags.compression === 'zstd' ? { compression: 'zstd' as const } : {}),
+      ...(flags.dockerfile ? { dockerfile: dockerfileOption(flags) } : {}),
+      cacheDir: flags.cacheDir ?? defaultCacheDir(),
+      ...((flags.redis ?? process.env.SMART_REDIS_URL) ? { redisUrl: (flags.redis ?? process.env.SMART_REDIS_URL)! } : {}),
+      ...(flags.tagCacheTtl ? { tagCacheTtlS: flags.tagCacheTtl } : {}),
+      ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
+      ...(flags.link ? { link: true } : {}),
+      ...(flags.keepLayers !== undefined ? { keepLayers: flags.keepLayers } : {}),
+      ...(flags.force ? { force: true } : {}),
+      ...(flags.prune !== undefined ? { pruneAgeMs: pruneDays(flags.prune) * 86_400_000 } : {}),
+      remote,
+      onLayer: progress.onLayer,
+      onProgress: progress.onProgress,
+      onWarning: (m) => progress.warning(m),
+    });
+  } catch (e) {
+    progress.finish({ ok: false, error: e });
+    throw e;
+  } finally {
+    clearTimeout(timeout);
+  }
+  const seconds = progress.seconds();
+  progress.finish({ ok: true, manifestDigest: summary.manifestDigest });
+  const l = summary.layers;
+  // With --progress json stderr holds events only: the end event (and --json) carry the result.
+  const info = (line: string) => progress.mode !== 'json' && out.info(line);
+  info(
+    `${mode === 'push' ? 'pushed' : 'pulled'} ${summary.source} → ${summary.destination}: ` +
+      `${l.pushed} layer${l.pushed === 1 ? '' : 's'} written (${formatBytes(l.bytesPushed)}), ${l.skipped} skipped${l.mounted ? ` (${l.mounted} mounted)` : ''}` +
+      `${l.foreign ? `, ${l.foreign} foreign` : ''}; ${platformsOf(summary) ? `index ${summary.manifestDigest} (${platformsOf(summary)!.join(', ')})` : `manifest ${summary.manifestDigest}`}` +
+      `${summary.converted ? ' (converted)' : ''} in ${seconds.toFixed(2)} s`,
+  );
+  // Throughput: what was read from the source (for a docker save stream, the uncompressed layers),
+  // and for layers compressed here how much smaller they were stored.
+  const read = progress.bytesRead();
+  if (read > 0) {
+    const ratio = summary.compression && l.bytesPushed > 0 ? `; stored ${formatBytes(l.bytesPushed)}, compressed ${(read / l.bytesPushed).toFixed(2)}:1 (${summary.compression.format}, ${summary.compression.engine} level ${summary.compression.level})` : '';
+    info(`read ${formatBytes(read)} in ${seconds.toFixed(2)} s (${formatBytes(read / Math.max(seconds, 0.001))}/s)${ratio}`);
+  }
+  if (flags.digestfile) await writeDigestFile(flags.digestfile, summary.manifestDigest);
+  const reference = mode === 'push' ? storedReference(destination, summary.manifestDigest) : undefined;
+  if (flags.json) out.json(transferDocument(mode, summary, { seconds, reference }));
+  else if (reference) out.result(reference);
+}
+
+/** The platforms of a multi-platform index copied whole. */
+function platformsOf(summary: CopySummary): string[] | undefined {
+  const platforms = summary.details?.platforms;
+  return Array.isArray(platforms) ? (platforms as string[]) : undefined;
+}
+
+/** `--digestfile FILE`: the digest of what was written, as skopeo writes it (no newline). */
+async function writeDigestFile(file: string, digest: string): Promise<void> {
+  const fs = await import('node:fs/promises');
+  try {
+    await fs.writeFile(file, digest);
+  } catch (e) {
+    throw new SmartError('STORAGE', `cannot write --digestfile ${file}: ${(e as Error).message}`, { input: file, cause: e });
+  }
+}
+
+/** `smart copy` takes push's and pull's options; those of the mode it is not running would be ignored, so they are refused. */
+function refuseOptionsOfOtherMode(mode: 'push' | 'pull', destination: string, flags: CommonFlags): void {
+  const own = mode === 'push' ? PUSH_OPTIONS : PULL_OPTIONS;
+  const other = mode === 'push' ? PULL_OPTIONS : PUSH_OPTIONS;
+  for (const spec of other) {
+    if (own.includes(spec)) continue;
+    const { long, key } = optionNames(spec);
+    const value = (flags as Record<string, unknown>)[key];
+    if (value === undefined || (Array.isArray(value) && value.length === 0)) continue;
+    throw new SmartError('USAGE', `${long} applies to ${mode === 'push' ? 'pulls' : 'pushes'}, and smart copy ${mode === 'push' ? 'pushes into' : 'pulls into'} ${destination}`, {
+      input: long,
+      hint: `copy into ${mode === 'push' ? 'an OCI layout, an archive, rootfs: or bundle:' : 'a registry, file: or s3://'} to ${mode === 'push' ? 'pull' : 'push'}, or leave ${long} out`,
+    });
+  }
+}

@@ -1,0 +1,139 @@
+/**
+ * `smart cache index`: the layer trie of a whole store, built or refreshed incrementally, one run
+ * per store at a time.
+ */
+import { trieKeys } from '../../cache/keys.js';
+import { CachedTrieStore, edgesOf } from '../../cache/trie-store.js';
+import { defaultJobs, TaskGroup } from '../../pipeline/concurrency.js';
+import { resolveImage } from '../../pipeline/layers.js';
+import { nodesOf, type IndexedImage, type TrieNode } from '../../trie/layer-trie.js';
+import { openStore } from '../../transports/all.js';
+import type { StoreAccess } from '../../transports/transport.js';
+import { platformOf, type CacheContext } from './session.js';
+import { indexedImage, LAYER_SUMMARY_MAX_BYTES } from './steps.js';
+
+export interface IndexSummary {
+  store: string;
+  repositories: number;
+  tags: number;
+  /** Tags whose manifest changed since the last run (fetched again). */
+  refreshed: number;
+  /** Tags unchanged (not fetched). */
+  unchanged: number;
+  failed: { image: string; error: string }[];
+  nodes: number;
+  /** Another run holds the store's index lock: nothing was done. */
+  skipped?: 'locked';
+  /** Who holds it, as its lock entry says. */
+  lockedBy?: { pid: number; host: string };
+}
+
+/** What an index record holds changed (layer summaries, builder references): older records are made again. */
+const RECORD_VERSION = 2;
+/** How long the index lock lasts without renewal: what a killed run costs the next one. */
+export const INDEX_LEASE_S = 30;
+
+export interface IndexOptions {
+  /** The index lock's lease in seconds (default INDEX_LEASE_S); renewed every third of it while the run lives. */
+  leaseSeconds?: number;
+}
+
+/**
+ * Builds or refreshes the trie of a whole store. Incremental: a tag whose manifest digest is the
+ * one the last run saw is not fetched again. Runs exclusively per store: a lease in the metadata
+ * cache (src/cache/lease.ts), renewed while the run lives and released when it ends, however it
+ * ends; a run started meanwhile reports `skipped: 'locked'`. Writes only complete nodes, so cron
+ * runs and pushes never corrupt it. Stops (throws the reason) when `ctx.endpoints.signal` aborts or
+ * the lease is lost. The cache is written through: open it strict, so that a cache that cannot be
+ * written fails the run (`openCacheSession`).
+ */
+export async function indexStore(storeName: string, ctx: CacheContext, options: IndexOptions = {}): Promise<IndexSummary> {
+  const store = await openStore(storeName, ctx.endpoints);
+  try {
+    const trie = new CachedTrieStore(ctx.cache, store.scope);
+    const { acquireLease } = await import('../../cache/lease.js');
+    const got = await acquireLease(ctx.cache, trieKeys(store.scope).lock, {
+      ttlSeconds: options.leaseSeconds ?? INDEX_LEASE_S,
+      what: `the index lock of ${store.scope}`,
+      ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
+    });
+    if ('heldBy' in got) {
+      return { store: store.scope, repositories: 0, tags: 0, refreshed: 0, unchanged: 0, failed: [], nodes: 0, skipped: 'locked', ...(got.heldBy ? { lockedBy: got.heldBy } : {}) };
+    }
+    const signal = ctx.endpoints.signal ? AbortSignal.any([ctx.endpoints.signal, got.lease.signal]) : got.lease.signal;
+    try {
+      return await buildIndex(store, trie, ctx, signal);
+    } finally {
+      await got.lease.release();
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheContext, signal: AbortSignal): Promise<IndexSummary> {
+  const platform = platformOf(ctx);
+  const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), signal });
+  const repos = await store.repositories();
+  const refs = (await group.all(repos, async (repository) => (await store.tags(repository)).map((tag) => ({ repository, tag })))).flat();
+  const previous = await trie.getImageRecords(refs);
+  const failed: IndexSummary['failed'] = [];
+  let refreshed = 0;
+  const images = await group.all(refs.map((ref, i) => ({ ref, i })), async ({ ref, i }): Promise<IndexedImage | undefined> => {
+    const name = `${ref.repository}:${ref.tag}`;
+    try {
+      const digest = await store.tagDigest(ref.repository, ref.tag);
+      if (!digest) return undefined;
+      const prev = previous[i];
+      // The record holds the top-level digest it was made from: unchanged tags cost one read.
+      const record = prev as (IndexedImage & { top?: string; v?: number }) | undefined;
+      if (record && record.top === digest && record.v === RECORD_VERSION) return prev;
+      const source = await store.source({ registry: '', repository: ref.repository, digest });
+      try {
+        const image = await resolveImage(source, platform);
+        refreshed++;
+        const summaries = { maxBytes: LAYER_SUMMARY_MAX_BYTES, jobs: 2 };
+        return { ...(await indexedImage(image, ref, { summaries })), top: digest, v: RECORD_VERSION } as IndexedImage;
+      } finally {
+        await source.close();
+      }
+    } catch (e) {
+      if (signal.aborted) throw signal.reason;
+      // An image of another platform only, or a broken one: the rest of the store is indexed.
+      failed.push({ image: name, error: (e as Error).message });
+      return undefined;
+    }
+  });
+  const present = images.filter((x): x is IndexedImage => x !== undefined);
+  // The whole trie from scratch, in memory: counts are exact after a full run.
+  const nodes = new Map<string, TrieNode>();
+  for (const image of present) for (const n of nodesOf(image, nodes, true)) nodes.set(n.chainId, n);
+  const all = [...nodes.values()];
+  for (let i = 0; i < all.length; i += 1000) {
+    signal.throwIfAborted();
+    await trie.putNodes(all.slice(i, i + 1000));
+  }
+  const edges = edgesOf(all);
+  for (let i = 0; i < edges.length; i += 1000) {
+    signal.throwIfAborted();
+    await trie.addEdges(edges.slice(i, i + 1000));
+  }
+  signal.throwIfAborted();
+  await trie.putImageRecords(present);
+  // The most shared chains, deepest first among equals: what `cache warm --top` fetches.
+  const top = all
+    .filter((n) => n.imageCount > 1)
+    .sort((a, b) => b.imageCount * b.depth - a.imageCount * a.depth)
+    .slice(0, 100)
+    .map((n) => n.chainId);
+  await trie.putTop(top);
+  return {
+    store: store.scope,
+    repositories: repos.length,
+    tags: refs.length,
+    refreshed,
+    unchanged: present.length - refreshed,
+    failed,
+    nodes: all.length,
+  };
+}

@@ -1,0 +1,277 @@
+/**
+ * `smart cache plan`: which stored image's which layers are the best build cache for a Dockerfile
+ * (or for a built image): the trie walked along the Dockerfile's steps from its FROM image, found
+ * in the store, through its transport, or from its registry.
+ */
+import { SmartError, isSmartError } from '../../errors.js';
+import type { Digest } from '../../oci/digest.js';
+import type { Image } from '../../oci/image.js';
+import { parseReference, type Reference } from '../../oci/reference.js';
+import type { Platform } from '../../oci/platform.js';
+import { CachedTrieStore } from '../../cache/trie-store.js';
+import { resolveImage } from '../../pipeline/layers.js';
+import { chainIds, matchBuild, type ImageBuilder, type ImageRef, type Match, type TrieNode } from '../../trie/layer-trie.js';
+import { openStore } from '../../transports/all.js';
+import type { StoreAccess } from '../../transports/transport.js';
+import { platformOf, type CacheContext } from './session.js';
+import { readDockerfile } from './steps.js';
+
+/** The builders `--print-cache-from` knows. kaniko is not one: nothing here shows it would use what we could name. */
+export const CACHE_BUILDERS = ['docker', 'buildkit', 'buildx', 'buildah'] as const;
+export type CacheBuilder = (typeof CACHE_BUILDERS)[number];
+
+export interface PlanStep {
+  line: number;
+  instruction: string;
+  matched: boolean;
+  /** The step changes nothing the trie records (ENV, CMD...) or has no layer (WORKDIR /). */
+  noLayer?: boolean;
+}
+
+export interface PlanCandidate {
+  image: string;
+  manifest: Digest;
+  /** The image carries BuildKit's inline cache metadata (images that do are preferred). */
+  inlineCache?: boolean;
+  /** Layers that can be used as build cache: the base's and the matched steps'. */
+  layers: { digest: Digest; diffId: Digest; size: number }[];
+  baseLayers: number;
+  steps: number;
+  bytes: number;
+}
+
+export interface PlanResult {
+  store: string;
+  /** `history`: the base image's history entries (where a stored image's own steps begin). */
+  base?: { ref: string; layers: number; inStore: number; storedAs?: string; resolvedVia?: BaseResolution; history?: number };
+  steps: PlanStep[];
+  best?: PlanCandidate;
+  /** Other images holding the same matched chain. */
+  alternatives: string[];
+  naive?: { image: string; bytes: number };
+}
+
+/** The kind of image each builder can use as its cache. */
+const BUILT_BY: Record<CacheBuilder, ImageBuilder> = { docker: 'docker', buildkit: 'buildkit', buildx: 'buildkit', buildah: 'buildah' };
+
+/** Whether an image could serve as this builder's cache (an image of unknown making might). */
+function usableBy(builder: CacheBuilder | undefined, image: ImageRef): boolean {
+  return !builder || !image.builder || image.builder === BUILT_BY[builder];
+}
+
+/**
+ * Images holding the chain, those the builder can use first, then those BuildKit can use as cache
+ * (the layers are the same either way).
+ */
+function preferred(images: readonly ImageRef[], builder?: CacheBuilder): ImageRef[] {
+  const usable = images.filter((i) => usableBy(builder, i));
+  const rest = images.filter((i) => !usableBy(builder, i));
+  return [...usable.filter((i) => i.inlineCache), ...usable.filter((i) => !i.inlineCache), ...rest];
+}
+
+function candidateOf(match: Match, builder?: CacheBuilder): PlanCandidate | undefined {
+  const node = match.node;
+  const img = node && preferred(node.images, builder)[0];
+  if (!node || !img) return undefined;
+  const layers = match.path.map((n) => ({ digest: n.blob.digest, diffId: n.diffId, size: n.blob.size }));
+  return {
+    image: `${img.repository}${img.tag ? `:${img.tag}` : ''}`,
+    manifest: img.manifest,
+    ...(img.inlineCache ? { inlineCache: true } : {}),
+    layers,
+    baseLayers: match.baseLayers,
+    steps: match.steps,
+    bytes: layers.reduce((n, l) => n + l.size, 0),
+  };
+}
+
+/** How the FROM image was found: in the store, through its transport (`oci:DIR:TAG`...), or from its registry. */
+export type BaseResolution = 'store' | 'transport' | 'registry';
+
+/** FROM values naming an image through a transport, as buildah accepts them. */
+const TRANSPORT_BASE = /^(oci|oci-archive|docker-archive):|^docker:\/\//;
+
+/**
+ * The FROM image: through its transport when it names one; else in the store, under its name and
+ * the names it is mirrored under (`node:20` as `library/node:20`, then `node:20`; a registry's
+ * mirrors from registries.conf when the store is that mirror); else from its registry over the
+ * API, with the usual credentials, mirrors and registries.conf. Not found anywhere: no image (the
+ * plan then matches nothing), and a warning saying why.
+ */
+async function resolveBase(store: StoreAccess, base: string, platform: Platform, ctx: CacheContext): Promise<{ image?: Image; storedAs?: string; via?: BaseResolution }> {
+  if (base === 'scratch') return {};
+  const { openSource, parseImageName } = await import('../../transports/all.js');
+  const { isStreamed } = await import('../../oci/image.js');
+  const resolveNamed = async (name: ReturnType<typeof parseImageName>): Promise<Image> => {
+    const opened = await openSource(name, ctx.endpoints);
+    if (isStreamed(opened)) throw new SmartError('USAGE', `FROM ${base}: a stream cannot be a base image`, { input: base });
+    try {
+      return await resolveImage(opened, platform);
+    } finally {
+      await opened.close();
+    }
+  };
+  if (TRANSPORT_BASE.test(base)) {
+    try {
+      const name = parseImageName(base);
+      return { image: await resolveNamed(name), storedAs: base, via: name.transport === 'docker' ? 'registry' : 'transport' };
+    } catch (e) {
+      ctx.onWarning?.(`FROM ${base}: ${(e as Error).message}`);
+      return {};
+    }
+  }
+  let ref: Reference;
+  try {
+    ref = parseReference(base);
+  } catch {
+    return {};
+  }
+  const candidates = [ref.repository];
+  if (ref.registry === 'docker.io' && ref.repository.startsWith('library/')) candidates.push(ref.repository.slice('library/'.length));
+  if (ref.registry !== 'docker.io') candidates.push(`${ref.registry}/${ref.repository}`.replace(/:\d+\//, '/'));
+  const storeHost = /^docker:\/\/(.+)$/.exec(store.scope)?.[1];
+  if (storeHost) {
+    const { loadRegistriesConf, pullSources } = await import('../../transports/registry/registries-conf.js');
+    try {
+      const mirrored = pullSources(await loadRegistriesConf(), ref, { dockerHub: ctx.endpoints.remote?.registryMirrors ?? [] });
+      for (const m of mirrored) if (m.registry === storeHost && !candidates.includes(m.repository)) candidates.push(m.repository);
+    } catch {
+      // A registries.conf that blocks the name or cannot be read: the store names only.
+    }
+  }
+  for (const repository of candidates) {
+    const tag = ref.tag ?? 'latest';
+    const digest = ref.digest ?? (await store.tagDigest(repository, tag));
+    if (!digest) continue;
+    const source = await store.source({ registry: '', repository, digest });
+    try {
+      return { image: await resolveImage(source, platform), storedAs: `${repository}${ref.digest ? `@${ref.digest}` : `:${tag}`}`, via: 'store' };
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') continue;
+      throw e;
+    } finally {
+      await source.close();
+    }
+  }
+  try {
+    const image = await resolveNamed({ transport: 'docker' as const, ref, raw: `docker://${base}` });
+    return { image, storedAs: `${ref.registry}/${ref.repository}${ref.digest ? `@${ref.digest}` : `:${ref.tag ?? 'latest'}`}`, via: 'registry' };
+  } catch (e) {
+    ctx.onWarning?.(`FROM ${base}: not in the store, and not found through its registry: ${(e as Error).message}`);
+    return {};
+  }
+}
+
+export interface PlanOptions {
+  dockerfile: string;
+  contextDir: string;
+  stage?: string;
+  buildArgs?: Record<string, string>;
+  /** The repository being built, whose latest tag is the naive alternative. */
+  repository?: string;
+  /**
+   * The builder the cache is for: only layers it could reuse are matched (its own history's content
+   * references; BuildKit: what `push --dockerfile` recorded and the layers' files). Absent: any
+   * builder's, and layers matched by their files alone.
+   */
+  builder?: CacheBuilder;
+}
+
+export async function planBuild(storeName: string, options: PlanOptions, ctx: CacheContext): Promise<PlanResult> {
+  const { parseDockerfile } = await import('../../dockerfile/parser.js');
+  const { dockerfileSteps } = await import('../../trie/steps.js');
+  const text = await readDockerfile(options.dockerfile);
+  const df = parseDockerfile(text, options.dockerfile);
+  const platform = platformOf(ctx);
+  const store = await openStore(storeName, ctx.endpoints);
+  try {
+    const firstPass = await dockerfileSteps(df, {
+      contextDir: options.contextDir,
+      dockerfilePath: options.dockerfile,
+      builderKeys: true,
+      ...(options.stage ? { stage: options.stage } : {}),
+      ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
+    });
+    const { image: baseImage, storedAs, via } = await resolveBase(store, firstPass.base, platform, ctx);
+    // Keys are computed as `push --dockerfile` computes them (without the base's ENV), so that
+    // both sides of the comparison agree whatever the base defines.
+    const build = firstPass;
+    const layerSteps = build.steps.filter((s) => s.producesLayer && s.stage === build.stage);
+    const trie = new CachedTrieStore(ctx.cache, store.scope);
+    const baseChain = baseImage ? chainIds(baseImage.layers.map((l) => l.diffId)) : [];
+    const match = await matchBuild(
+      trie,
+      baseChain,
+      layerSteps.map((s) => ({
+        line: s.line,
+        key: { instruction: s.instruction, ...(s.contentDigest ? { contentDigest: s.contentDigest } : {}) },
+        ...(s.alternatives ? { alternatives: s.alternatives.map((a) => a.key) } : {}),
+        ...(s.layerOptional ? { optional: true } : {}),
+      })),
+      // For a builder: only through layers that images it could have made hold.
+      options.builder ? { accept: (n) => n.images.some((i) => usableBy(options.builder, i)) } : {},
+    );
+    const best = candidateOf(match, options.builder);
+    const result: PlanResult = {
+      store: store.scope,
+      ...(baseImage
+        ? {
+            base: {
+              ref: build.base,
+              layers: baseChain.length,
+              inStore: match.baseLayers,
+              ...(storedAs ? { storedAs } : {}),
+              ...(via ? { resolvedVia: via } : {}),
+              history: baseImage.config.history?.length ?? 0,
+            },
+          }
+        : { base: { ref: build.base, layers: 0, inStore: 0 } }),
+      steps: build.steps
+        .filter((s) => s.stage === build.stage)
+        .map((s) => {
+          const k = layerSteps.indexOf(s);
+          return { line: s.line, instruction: s.instruction, matched: match.matchedSteps.includes(k), ...(k < 0 ? { noLayer: true } : {}) };
+        }),
+      ...(best ? { best } : {}),
+      alternatives: preferred(match.node?.images ?? [], options.builder).slice(1, 6).map((r) => `${r.repository}${r.tag ? `:${r.tag}` : ''}`),
+    };
+    const naiveRepo = options.repository ?? match.node?.images[0]?.repository;
+    if (naiveRepo) {
+      const digest = await store.tagDigest(naiveRepo, 'latest');
+      if (digest) {
+        const source = await store.source({ registry: '', repository: naiveRepo, digest });
+        try {
+          const latest = await resolveImage(source, platform);
+          result.naive = { image: `${naiveRepo}:latest`, bytes: latest.layers.reduce((n, l) => n + l.descriptor.size, 0) };
+        } finally {
+          await source.close();
+        }
+      }
+    }
+    return result;
+  } finally {
+    await store.close();
+  }
+}
+
+/** `--image SRC`: which stored images share most of a built image's layers. */
+export async function planForImage(storeName: string, image: Image, ctx: CacheContext): Promise<PlanResult> {
+  const store = await openStore(storeName, ctx.endpoints);
+  try {
+    const trie = new CachedTrieStore(ctx.cache, store.scope);
+    const ids = chainIds(image.layers.map((l) => l.diffId));
+    const nodes = await trie.getNodes(ids);
+    let depth = 0;
+    while (depth < nodes.length && nodes[depth]) depth++;
+    const path = nodes.slice(0, depth) as TrieNode[];
+    const best = candidateOf({ node: path[path.length - 1], baseLayers: depth, steps: 0, path, matchedSteps: [] });
+    return {
+      store: store.scope,
+      steps: [],
+      ...(best ? { best } : {}),
+      alternatives: (path[path.length - 1]?.images ?? []).slice(1, 6).map((r) => `${r.repository}${r.tag ? `:${r.tag}` : ''}`),
+    };
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,243 @@
+/**
+ * `smart cache pull`: exactly the layers a plan matched, into the local layer store or as the
+ * truncated image (one per build step for buildah) at a destination; what makes each builder use
+ * them; and `cache warm --for`, the plan and its pull ahead of the next build.
+ */
+import path from 'node:path';
+import { SmartError } from '../../errors.js';
+import type { Digest } from '../../oci/digest.js';
+import type { Image, ImageSource } from '../../oci/image.js';
+import type { Platform } from '../../oci/platform.js';
+import type { LayerStore } from '../../cache/layer-store.js';
+import { defaultJobs, TaskGroup } from '../../pipeline/concurrency.js';
+import { resolveImage } from '../../pipeline/layers.js';
+import { chainIds } from '../../trie/layer-trie.js';
+import { openStore } from '../../transports/all.js';
+import type { StoreAccess } from '../../transports/transport.js';
+import { planBuild, type CacheBuilder, type PlanOptions, type PlanResult } from './plan.js';
+import { platformOf, type CacheContext } from './session.js';
+
+export interface CachePullResult {
+  plan: PlanResult;
+  /** Layers fetched (not already on the machine) and their compressed bytes. */
+  fetched: number;
+  bytes: number;
+  /** Where they went: the local layer store, or a destination image name. */
+  destination: string;
+  /** A truncated image written to a destination: its manifest digest (the last one, per step). */
+  manifestDigest?: Digest;
+  /** The names the written images carry (a docker-archive's, or each per-step image's `oci:DIR:TAG`). */
+  images?: string[];
+  /** What to give the builder, when asked for (`cacheFromInstructions`). */
+  cacheFrom?: CacheFromInstructions;
+}
+
+export interface CachePullOptions {
+  layerStore?: LayerStore;
+  /** Where the matched prefix goes as an image (default: its layers into the layer store). */
+  destination?: string;
+  /** The name a docker-archive is written under (default `smartcache/REPO:CHAIN`, see `defaultCacheTag`). */
+  tag?: string;
+  /**
+   * One image per build step of the prefix (what buildah's `--layers` cache needs), into an OCI
+   * layout (`oci:DIR[:NAME]`), tagged `NAME-1`, `NAME-2`... (NAME default `smartcache`).
+   */
+  perStep?: boolean;
+}
+
+export async function imageOf(store: StoreAccess, repository: string, manifest: Digest, platform: Platform): Promise<{ image: Image; source: ImageSource }> {
+  const source = await store.source({ registry: '', repository, digest: manifest });
+  return { image: await resolveImage(source, platform), source };
+}
+
+/**
+ * The name a docker-archive of the matched prefix carries by default: `smartcache/<repository>:<the
+ * first 12 hex digits of the prefix's chain id>` (the same prefix, the same name; `docker load`
+ * then tags it, and `--cache-from` names it).
+ */
+export function defaultCacheTag(plan: PlanResult): string | undefined {
+  const best = plan.best;
+  if (!best || best.layers.length === 0) return undefined;
+  const chain = chainIds(best.layers.map((l) => l.diffId)).at(-1)!;
+  return `smartcache/${best.image.replace(/:[^:/]+$/, '')}:${chain.slice(7, 19)}`;
+}
+
+/** How many history entries the matched prefix of `image` spans: through the entry of its last layer. */
+function prefixHistory(image: Image, keep: number): number {
+  let layers = 0;
+  const history = image.config.history ?? [];
+  for (let i = 0; i < history.length; i++) {
+    if (!history[i]!.empty_layer && ++layers === keep) return i + 1;
+  }
+  return history.length;
+}
+
+/**
+ * Fetches exactly the layers the plan matched (not one more): into the local layer store, or, with
+ * `destination`, as the truncated image (the matched prefix) written there — or, `perStep`, as one
+ * image per build step of the prefix.
+ */
+export async function pullPlanned(storeName: string, plan: PlanResult, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
+  const best = plan.best;
+  if (!best || best.layers.length === 0) {
+    return { plan, fetched: 0, bytes: 0, destination: ctx.destination ?? 'layer store' };
+  }
+  const store = await openStore(storeName, ctx.endpoints);
+  const platform = platformOf(ctx);
+  const repository = best.image.replace(/:[^:/]+$/, '');
+  const { image, source } = await imageOf(store, repository, best.manifest, platform);
+  try {
+    const keep = best.layers.length;
+    // The plan comes from the trie, a hint: it is followed only as far as the stored image agrees.
+    if (!holdsChain(image.layers.slice(0, keep), chainIds(best.layers.map((l) => l.diffId)).at(-1)!)) {
+      throw new SmartError('NOT_FOUND', `${best.image}@${best.manifest} does not hold the ${keep} layers the plan names (the index is older than the store)`, {
+        input: `${best.image}@${best.manifest}`,
+        hint: `run smart cache index ${storeName}`,
+      });
+    }
+    if (ctx.destination) {
+      const { openDestination, parseImageName } = await import('../../transports/all.js');
+      const { isImageWriter } = await import('../../oci/image.js');
+      const { copy } = await import('../copy.js');
+      const { historyCutSource, stepCuts } = await import('./images.js');
+      const name = parseImageName(ctx.destination);
+      const baseHistory = plan.base?.history ?? prefixHistory(image, best.baseLayers);
+      // What to write: the prefix as one image, or one image per step, each to its own name.
+      let targets: { name: typeof name; raw: string; cut: ImageSource }[];
+      if (ctx.perStep) {
+        if (name.transport !== 'oci') {
+          throw new SmartError('USAGE', `${ctx.destination}: one image per step is written into an OCI layout; name one as oci:DIR[:NAME]`, { input: ctx.destination });
+        }
+        const dir = path.resolve(name.dir);
+        const prefix = name.tag ?? 'smartcache';
+        targets = stepCuts(image.config.history ?? [], baseHistory, keep).map((entries, i) => {
+          const raw = `oci:${dir}:${prefix}-${i + 1}`;
+          return { name: parseImageName(raw), raw, cut: historyCutSource(image, source, entries, { baseHistory }) };
+        });
+      } else {
+        const named = name.transport === 'docker-archive' && name.selection.kind === 'name' ? name.selection.name : undefined;
+        const tag = named ?? (name.transport === 'docker-archive' ? (ctx.tag ?? defaultCacheTag(plan)) : undefined);
+        targets = [{ name, raw: ctx.destination, cut: historyCutSource(image, source, prefixHistory(image, keep), { baseHistory, ...(tag ? { repoTags: [tag] } : {}) }) }];
+      }
+      let bytes = 0;
+      let fetched = 0;
+      let manifestDigest: Digest | undefined;
+      const counted = new Set<string>();
+      const options = {
+        platform,
+        jobs: ctx.jobs ?? defaultJobs(),
+        ...(ctx.endpoints.signal ? { signal: ctx.endpoints.signal } : {}),
+        onLayer: (e: { status: string; bytes: number; digest: string }) => {
+          // Per step, the same layer is written several times but fetched once.
+          if (e.status === 'skipped' || counted.has(e.digest)) return;
+          counted.add(e.digest);
+          fetched++;
+          bytes += e.bytes;
+        },
+      };
+      const images: string[] = [];
+      for (const t of targets) {
+        const dest = await openDestination(t.name, ctx.endpoints);
+        try {
+          const summary = await copy(t.cut, dest, options);
+          manifestDigest = summary.manifestDigest;
+        } finally {
+          if (!isImageWriter(dest)) await dest.close();
+        }
+        const tags = t.cut.repoTags();
+        images.push(...(ctx.perStep ? [t.raw] : tags.length ? tags : [t.raw]));
+      }
+      return { plan, fetched, bytes, destination: ctx.destination, ...(manifestDigest ? { manifestDigest } : {}), images };
+    }
+    if (!ctx.layerStore) throw new SmartError('USAGE', 'cache pull needs a destination or a layer store (--cache-dir)');
+    const layerStore = ctx.layerStore;
+    let fetched = 0;
+    let bytes = 0;
+    const signal = ctx.endpoints.signal;
+    const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), ...(signal ? { signal } : {}) });
+    await group.all(image.layers.slice(0, keep), async (layer, s) => {
+      const how = await layerStore.ensure(layer.diffId, () => layer.openUncompressed({ signal: s }), s);
+      if (how === 'fetched') {
+        fetched++;
+        bytes += layer.descriptor.size;
+      }
+    });
+    return { plan, fetched, bytes, destination: layerStore.dir };
+  } finally {
+    await source.close();
+    await store.close();
+  }
+}
+
+export interface CacheFromInstructions {
+  builder: CacheBuilder;
+  /** Commands to run before the build (buildah: pull each per-step image into its storage). */
+  commands: string[];
+  /** The build flags, one string (empty when the builder can use nothing: `note` says why). */
+  flags: string;
+  note?: string;
+}
+
+/**
+ * What makes a builder use what `pullPlanned` fetched:
+ * - `docker` (the classic builder, `DOCKER_BUILDKIT=0`): `--cache-from` the docker-archive's name
+ *   (after `docker load`); without an archive, the stored image's registry reference (to pull first);
+ * - `buildkit` (`DOCKER_BUILDKIT=1 docker build`) and `buildx`: the registry reference of a stored
+ *   image that carries BuildKit's inline cache — BuildKit reads its cache from the registry, and
+ *   can use no other image (`note` says so);
+ * - `buildah`: `buildah pull` of each per-step image, then `--layers`.
+ * `registry` is the host serving the store (`docker://HOST` stores name it themselves).
+ */
+export function cacheFromInstructions(builder: CacheBuilder, pulled: CachePullResult, registry?: string): CacheFromInstructions {
+  const best = pulled.plan.best;
+  const none = (note: string): CacheFromInstructions => ({ builder, commands: [], flags: '', note });
+  if (!best || best.layers.length === 0) return none('nothing in the store to use as cache');
+  const repository = best.image.replace(/:[^:/]+$/, '');
+  const tag = /:([^:/]+)$/.exec(best.image)?.[1];
+  const host = registry ? `${registry}/` : '';
+  switch (builder) {
+    case 'docker': {
+      const archive = pulled.destination.startsWith('docker-archive:') ? pulled.images?.[0] : undefined;
+      if (archive) return { builder, commands: [], flags: `--cache-from ${archive}` };
+      return {
+        builder,
+        commands: [],
+        flags: `--cache-from ${host}${repository}@${best.manifest}`,
+        note: 'the classic builder uses only images it has: docker pull this one first, or write the cache as docker-archive:- | docker load',
+      };
+    }
+    case 'buildkit':
+    case 'buildx': {
+      if (!best.inlineCache) {
+        return none(
+          `BuildKit reads its cache from the registry, and ${best.image} carries no inline cache (none of the images holding these layers does): ` +
+            'build the stored images with --build-arg BUILDKIT_INLINE_CACHE=1 (or buildx --cache-to type=inline)',
+        );
+      }
+      if (!registry) return none('BuildKit reads its cache from the registry: name the registry serving this store with --registry HOST[:PORT]');
+      const ref = `${host}${repository}${tag ? `:${tag}` : `@${best.manifest}`}`;
+      return { builder, commands: [], flags: builder === 'buildx' ? `--cache-from type=registry,ref=${ref}` : `--cache-from ${ref}` };
+    }
+    case 'buildah': {
+      const images = pulled.destination.startsWith('oci:') ? (pulled.images ?? []) : [];
+      if (images.length === 0) return none('buildah needs one image per step: write them with an oci:DIR destination');
+      return { builder, commands: images.map((n) => `buildah pull ${n}`), flags: '--layers' };
+    }
+  }
+}
+
+/**
+ * `cache warm --for Dockerfile`: what the next build of this app will reuse, fetched ahead of it
+ * (from cron on build machines): the plan, then exactly its layers, into the layer store or as
+ * the cache image(s) at `destination` (an OCI layout keeps what it already has: a second run
+ * fetches only what changed).
+ */
+export async function warmForBuild(storeName: string, options: PlanOptions, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
+  const plan = await planBuild(storeName, options, ctx);
+  return pullPlanned(storeName, plan, ctx);
+}
+
+/** True when `layers` (an image's first ones, from the store) are exactly the chain `chainId` names. */
+export function holdsChain(layers: readonly { diffId: Digest }[], chainId: Digest): boolean {
+  return layers.length > 0 && chainIds(layers.map((l) => l.diffId)).at(-1) === chainId;
+}

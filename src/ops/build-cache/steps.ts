@@ -1,0 +1,133 @@
+/**
+ * Which build step made which layer: of an image as the trie records it (annotations of ours,
+ * else its history in the builders' shared normal form, and COPY/ADD layers summarised by their
+ * files), and of an image being pushed with the Dockerfile that built it (`push --dockerfile`).
+ */
+import fs from 'node:fs/promises';
+import { SmartError } from '../../errors.js';
+import type { Image } from '../../oci/image.js';
+import { indexedImageOf } from '../../cache/trie-store.js';
+import { TaskGroup } from '../../pipeline/concurrency.js';
+import { CONTENT_ANNOTATION, STEP_ANNOTATION, type ImageRef, type IndexedImage, type StepKey } from '../../trie/layer-trie.js';
+
+/** What made one layer: its key in the trie, and the other keys it is known under. */
+export interface LayerKeys {
+  step?: StepKey;
+  also?: StepKey[];
+}
+
+/** COPY/ADD layers up to this size (stored bytes) are read at index time for the summary of their files. */
+export const LAYER_SUMMARY_MAX_BYTES = 32 * 1024 * 1024;
+
+/**
+ * What the layers of an image were made by: layer descriptor annotations (ours) first, else the
+ * image history's non-empty entries in order, in the normal form shared by every builder (a
+ * COPY/ADD keyed by the content reference its builder wrote, when it wrote one). With
+ * `summaries`, COPY/ADD layers up to `maxBytes` are read, and the summary of their files is a
+ * key too (the step's own when the history gives no other): see trie/image-steps.ts.
+ */
+export async function layerKeysOfImage(image: Image, options: { summaries?: { maxBytes: number; jobs?: number } } = {}): Promise<LayerKeys[]> {
+  const { historyLayerSteps, historyStepKey, layerEntries, summarizable, summaryStepKey } = await import('../../trie/image-steps.js');
+  const history = historyLayerSteps(image.config.history, image.layers.length);
+  const summaries = options.summaries;
+  // Independent reads: one that fails costs its layer its summary, not the others theirs.
+  const reads = new TaskGroup({ jobs: summaries?.jobs ?? 2, failFast: false });
+  return Promise.all(
+    image.layers.map(async (layer, i): Promise<LayerKeys> => {
+      const keys: StepKey[] = [];
+      const a = layer.descriptor.annotations;
+      if (a?.[STEP_ANNOTATION]) keys.push({ instruction: a[STEP_ANNOTATION], ...(a[CONTENT_ANNOTATION] ? { contentDigest: a[CONTENT_ANNOTATION] } : {}) });
+      const h = history?.[i];
+      if (h) {
+        const fromHistory = historyStepKey(h);
+        // Not a base image's root file system (`ADD rootfs.tar /` as the first layer): no build copies it.
+        if (summaries && i > 0 && summarizable(h) && layer.descriptor.size <= summaries.maxBytes) {
+          // A layer that cannot be read is no reason to fail the index: it simply gets no summary.
+          const entries = await reads.run(async () => layerEntries(await layer.openUncompressed())).catch(() => undefined);
+          const summary = entries && summaryStepKey(h, entries);
+          if (summary) keys.push(summary);
+        }
+        if (fromHistory) keys.push(fromHistory);
+      }
+      const [step, ...also] = keys;
+      return { ...(step ? { step } : {}), ...(also.length ? { also } : {}) };
+    }),
+  );
+}
+
+/** The primary key of each layer (what a push records). */
+export async function stepsOfImage(image: Image): Promise<(StepKey | undefined)[]> {
+  return (await layerKeysOfImage(image)).map((k) => k.step);
+}
+
+/**
+ * What the trie records of an image besides its layers: whether it carries BuildKit's inline cache
+ * (its config holds the metadata), and which builder made its own steps, from the way its last
+ * history entries are written (BuildKit: `… # buildkit`; buildah: `FROM …` comments; the classic
+ * builder: `#(nop)` entries without them).
+ */
+export function imageFacts(image: Pick<Image, 'config'>): Pick<ImageRef, 'inlineCache' | 'builder'> {
+  const own = (image.config.history ?? []).filter((h) => h.created_by).slice(-3);
+  let builder: ImageRef['builder'];
+  if (own.some((h) => h.created_by!.endsWith(' # buildkit') || h.comment === 'buildkit.dockerfile.v0')) builder = 'buildkit';
+  else if (own.some((h) => h.comment?.startsWith('FROM '))) builder = 'buildah';
+  else if (own.some((h) => h.created_by!.includes('#(nop)'))) builder = 'docker';
+  return {
+    ...(Object.hasOwn(image.config, 'moby.buildkit.cache.v0') ? { inlineCache: true as const } : {}),
+    ...(builder ? { builder } : {}),
+  };
+}
+
+export async function indexedImage(image: Image, ref: { repository: string; tag?: string }, options: Parameters<typeof layerKeysOfImage>[1] = {}): Promise<IndexedImage> {
+  const keys = await layerKeysOfImage(image, options);
+  return indexedImageOf(
+    ref,
+    image.manifest.digest,
+    image.layers,
+    keys.map((k) => k.step),
+    keys.map((k) => k.also),
+    imageFacts(image),
+  );
+}
+
+/** A Dockerfile's text; a file that is not there is NOT_FOUND naming it. */
+export async function readDockerfile(file: string): Promise<string> {
+  try {
+    return await fs.readFile(file, 'utf8');
+  } catch (e) {
+    throw new SmartError('NOT_FOUND', `${file}: no such file`, { input: file, cause: e });
+  }
+}
+
+/**
+ * `smart push --dockerfile F --context DIR`: which Dockerfile step made which layer of the image.
+ * The target stage's layer-producing steps are the image's last layers; a WORKDIR may have made a
+ * layer or not, which the history tells (a non-empty WORKDIR entry). Aligned from the end; the
+ * layers before them are the base's and get no step.
+ */
+export async function stepsForPush(image: Image, options: { dockerfile: string; contextDir: string; stage?: string; buildArgs?: Record<string, string> }): Promise<(StepKey | undefined)[]> {
+  const { parseDockerfile } = await import('../../dockerfile/parser.js');
+  const { dockerfileSteps } = await import('../../trie/steps.js');
+  const { normalizeCreatedBy } = await import('../../dockerfile/history.js');
+  const text = await readDockerfile(options.dockerfile);
+  const build = await dockerfileSteps(parseDockerfile(text, options.dockerfile), {
+    contextDir: options.contextDir,
+    dockerfilePath: options.dockerfile,
+    ...(options.stage ? { stage: options.stage } : {}),
+    ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
+  });
+  const steps = build.steps.filter((s) => s.producesLayer && s.stage === build.stage);
+  const history = (image.config.history ?? []).filter((h) => !h.empty_layer);
+  const aligned = history.length === image.layers.length;
+  const out: (StepKey | undefined)[] = image.layers.map(() => undefined);
+  let layer = image.layers.length - 1;
+  for (let s = steps.length - 1; s >= 0 && layer >= 0; s--) {
+    const step = steps[s]!;
+    if (step.layerOptional) {
+      const h = aligned ? normalizeCreatedBy(history[layer]?.created_by ?? '') : undefined;
+      if (!h || !h.instruction.startsWith('WORKDIR')) continue; // this WORKDIR made no layer
+    }
+    out[layer--] = { instruction: step.instruction, ...(step.contentDigest ? { contentDigest: step.contentDigest } : {}) };
+  }
+  return out;
+}

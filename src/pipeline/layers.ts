@@ -1,0 +1,89 @@
+/**
+ * Layers of a random-access source, their streams verified as they flow (go-containerregistry's
+ * `partial`, the part that streams; the pure part is oci/partial.ts): a layer's blob against its
+ * digest and size, read in parallel ranges when the source can; its tar, decompressed here, against
+ * its diff id. And `resolveImage`, the single-platform image a source names, made of such layers.
+ * The decompressors and the ranged reader are loaded when a layer is first opened: a push that
+ * finds every blob in place never opens one.
+ */
+import { Transform, addAbortSignal, type Readable } from 'node:stream';
+import { SmartError, quoted } from '../errors.js';
+import { MAX_CONFIG_BYTES, parseImageConfig } from '../oci/config.js';
+import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
+import type { Image, ImageSource, Layer, OpenOptions } from '../oci/image.js';
+import type { Descriptor } from '../oci/manifest.js';
+import { layerCompression } from '../oci/mediatypes.js';
+import { checkLayersMatchConfig, readBlob, resolvePlatformManifest } from '../oci/partial.js';
+import type { Platform } from '../oci/platform.js';
+import { verifiedStream } from './digest-stream.js';
+
+/** A layer whose streams come from `source.getBlob` (verified by the source) and are decompressed here. */
+export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor, diffId: Digest): Layer {
+  const what = `layer ${shortDigest(descriptor.digest)} of ${source.name}`;
+  return {
+    descriptor,
+    diffId,
+    open: async (options?: OpenOptions) => abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal),
+    openUncompressed: async (options?: OpenOptions) => {
+      const compression = layerCompression(descriptor.mediaType);
+      if (compression === undefined) {
+        throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${quoted(descriptor.mediaType, 100)}`, { input: descriptor.digest });
+      }
+      const { decompress } = await import('./compression.js');
+      const gunzip = compression === 'gzip' ? await (await import('./parallel-gzip.js')).chooseGunzip() : undefined;
+      const blob = abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal);
+      return verifyUncompressed(decompress(blob, compression, what, { compressedSize: descriptor.size, ...(gunzip ? { gunzip } : {}) }), diffId, what);
+    },
+  };
+}
+
+/** A blob's verified stream: large ones in parallel ranges where the source can read ranges. */
+async function openBlob(source: ImageSource, descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
+  if (!source.getBlobRange) return source.getBlob(descriptor, options);
+  const { RANGED_CHUNK_SIZE, RANGED_CONCURRENCY, RANGED_MIN_SIZE, rangedStream } = await import('./ranged.js');
+  if (descriptor.size < RANGED_MIN_SIZE) return source.getBlob(descriptor, options);
+  const raw = rangedStream(descriptor.size, (start, end) => source.getBlobRange!(descriptor, start, end, options), {
+    chunkSize: RANGED_CHUNK_SIZE,
+    concurrency: RANGED_CONCURRENCY,
+    ...(options?.signal ? { signal: options.signal } : {}),
+  });
+  return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${source.name}` });
+}
+
+/** Destroys `stream` when `signal` aborts: every source then stops promptly (Ctrl-C, --timeout). */
+function abortable(stream: Readable, signal: AbortSignal | undefined): Readable {
+  return signal ? addAbortSignal(signal, stream) : stream;
+}
+
+/** `stream` as it is, or passed through a counter telling `onBytes` of every chunk. */
+export function counted(stream: Readable, onBytes: ((n: number) => void) | undefined): Readable {
+  if (!onBytes) return stream;
+  const counter = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      onBytes(chunk.length);
+      cb(null, chunk);
+    },
+  });
+  counter.on('error', () => undefined); // delivered to the consumer through `errored`
+  stream.on('error', (e) => counter.destroy(e));
+  counter.on('close', () => stream.destroy());
+  return stream.pipe(counter);
+}
+
+/** Verifies an uncompressed layer against its diff id as it streams. */
+export function verifyUncompressed(tar: Readable, diffId: Digest, what: string): Readable {
+  return verifiedStream(tar, { digest: diffId, what: `${what} (uncompressed)` });
+}
+
+/** Resolves a source to a single-platform image with its config fetched, verified and parsed. */
+export async function resolveImage(source: ImageSource, platform: Platform): Promise<Image> {
+  const manifest = await resolvePlatformManifest(source, platform);
+  const configBytes = await readBlob(source, manifest.manifest.config, MAX_CONFIG_BYTES);
+  if (sha256Digest(configBytes) !== manifest.manifest.config.digest) {
+    throw new SmartError('DIGEST_MISMATCH', `${source.name}: config does not match ${manifest.manifest.config.digest}`);
+  }
+  const config = parseImageConfig(configBytes, `${source.name} config ${shortDigest(manifest.manifest.config.digest)}`);
+  checkLayersMatchConfig(source.name, manifest.manifest, config);
+  const layers = manifest.manifest.layers.map((d, i) => layerFromDescriptor(source, d, config.rootfs.diff_ids[i]!));
+  return { name: source.name, manifest, configBytes, config, layers, repoTags: source.repoTags() };
+}

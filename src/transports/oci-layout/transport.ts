@@ -1,0 +1,75 @@
+/** `oci:DIR[:TAG]` and `oci-archive:FILE[:TAG]`: an OCI image layout, as a directory or in a tar. */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { isValidTag } from '../../oci/reference.js';
+import { invalidName, requireDirectory, splitPath, type Transport } from '../transport.js';
+
+export interface OciName {
+  transport: 'oci';
+  dir: string;
+  tag?: string;
+  raw: string;
+}
+
+export interface OciArchiveName {
+  transport: 'oci-archive';
+  file: string;
+  tag?: string;
+  raw: string;
+}
+
+/** `PATH[:TAG]`, the tag checked. */
+function pathAndTag(rest: string, raw: string): { path: string; tag?: string } {
+  const [p, tag] = splitPath(rest);
+  if (!p) throw invalidName(raw, 'missing path');
+  if (tag !== undefined && !isValidTag(tag)) throw invalidName(raw, `invalid tag "${tag}"`);
+  return { path: p, ...(tag !== undefined ? { tag } : {}) };
+}
+
+export const oci: Transport<OciName> = {
+  name: 'oci',
+  form: 'oci:DIR[:TAG]',
+  help: 'OCI image layout directory',
+  capabilities: { contentAddressed: true },
+  parse(rest, raw) {
+    const { path: dir, tag } = pathAndTag(rest, raw);
+    return { transport: 'oci', dir, ...(tag !== undefined ? { tag } : {}), raw };
+  },
+  async openSource(name) {
+    await requireDirectory(name.dir, name.raw, 'an OCI layout is a directory');
+    const { OciLayoutSource } = await import('./layout.js');
+    const { FsDriver } = await import('../../storage/fs-driver.js');
+    return new OciLayoutSource(name.raw, new FsDriver(path.resolve(name.dir)), name.tag);
+  },
+  async openDestination(name) {
+    const { OciLayoutDestination } = await import('./layout.js');
+    const { FsDriver } = await import('../../storage/fs-driver.js');
+    await fs.mkdir(name.dir, { recursive: true });
+    const dest = new OciLayoutDestination(name.raw, new FsDriver(path.resolve(name.dir)), name.tag);
+    await dest.prepare();
+    return dest;
+  },
+  localPaths: (name) => [{ path: name.dir, what: 'the source layout' }],
+};
+
+export const ociArchive: Transport<OciArchiveName> = {
+  name: 'oci-archive',
+  form: 'oci-archive:FILE[:TAG]',
+  help: 'OCI image layout in a tar file',
+  capabilities: { contentAddressed: true },
+  parse(rest, raw) {
+    const { path: file, tag } = pathAndTag(rest, raw);
+    return { transport: 'oci-archive', file, ...(tag !== undefined ? { tag } : {}), raw };
+  },
+  async openSource(name) {
+    const { openOciArchiveSource } = await import('./archive.js');
+    return openOciArchiveSource(name.file, name.tag, name.raw);
+  },
+  async openDestination(name) {
+    const { OciArchiveDestination } = await import('./archive.js');
+    const dest = new OciArchiveDestination(name.raw, path.resolve(name.file), name.tag);
+    await dest.prepare();
+    return dest;
+  },
+  localPaths: (name) => [{ path: name.file, what: 'the source archive' }],
+};

@@ -1,0 +1,136 @@
+/**
+ * `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: a registry over the OCI Distribution API, with
+ * registries.conf applied both ways (mirrors and rewrites when reading; rewrites, `blocked` and
+ * `insecure` when writing), and `docker://HOST[:PORT]` the whole registry for the cache commands.
+ * Every client is made by `clientFor`, so each gets the command's remote settings the same way.
+ */
+import { isDigest } from '../../oci/digest.js';
+import { parseReference, type Reference } from '../../oci/reference.js';
+import { invalidName, refuseUserinfo, type OpenContext, type StoreAccess, type Transport } from '../transport.js';
+import type { Credentials } from './credentials.js';
+
+export interface DockerName {
+  transport: 'docker';
+  ref: Reference;
+  raw: string;
+}
+
+/** `docker://HOST[:PORT][/]`: a whole registry. */
+export interface DockerStoreName {
+  transport: 'docker';
+  host: string;
+  raw: string;
+}
+
+/**
+ * A client of `host` with the command's settings: TLS (`--cert-dir`, `--insecure-registry`), the
+ * stall timeout, cancellation, and retries and warnings told to `ctx.onWarning`. `mirror`: a
+ * mirror that does not answer is skipped for the next endpoint, not retried at length.
+ */
+async function clientFor(host: string, ctx: OpenContext, credentials: Credentials | undefined, extra: { insecure?: boolean; mirror?: boolean } = {}) {
+  const { RegistryClient } = await import('./client.js');
+  const remote = ctx.remote ?? {};
+  return new RegistryClient({
+    host,
+    insecure: extra.insecure || (remote.insecureRegistries ?? []).includes(host),
+    ...(remote.insecureRegistries ? { insecureHosts: remote.insecureRegistries } : {}),
+    ...(credentials ? { credentials } : {}),
+    ...(remote.authFile ? { authFile: remote.authFile } : {}),
+    ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
+    ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
+    ...(ctx.signal ? { signal: ctx.signal } : {}),
+    ...(ctx.onWarning ? { onRetry: ctx.onWarning, onWarning: ctx.onWarning } : {}),
+    ...(extra.mirror ? { maxRetries: 1 } : {}),
+  });
+}
+
+/**
+ * The registries to pull `ref` from, in order: mirrors (registries.conf, --registry-mirror for
+ * Docker Hub), then the upstream (with a registries.conf location rewrite). Explicit credentials
+ * go to the named registry only, never to a mirror.
+ */
+async function pullSource(ref: Reference, ctx: OpenContext) {
+  const { RegistrySource, MirroredSource } = await import('./adapters.js');
+  const { loadRegistriesConf, pullSources } = await import('./registries-conf.js');
+  const remote = ctx.remote ?? {};
+  const sources = pullSources(await loadRegistriesConf(), ref, { dockerHub: remote.registryMirrors ?? [] });
+  const only = sources.length === 1 ? sources[0]! : undefined;
+  if (only && only.registry === ref.registry && only.repository === ref.repository) {
+    return new RegistrySource(await clientFor(ref.registry, ctx, remote.sourceCredentials, { insecure: only.insecure }), ref);
+  }
+  const endpoints = await Promise.all(
+    sources.map(async (s) => ({
+      client: await clientFor(s.registry, ctx, s.registry === ref.registry ? remote.sourceCredentials : undefined, { insecure: s.insecure, mirror: s.mirror }),
+      ref: { ...ref, registry: s.registry, repository: s.repository },
+      mirror: s.mirror,
+    })),
+  );
+  return new MirroredSource(endpoints, ctx.onWarning ?? (() => undefined));
+}
+
+export const docker: Transport<DockerName, DockerStoreName> = {
+  name: 'docker',
+  form: 'docker://HOST[:PORT]/REPO[:TAG|@DIGEST]',
+  help: 'a registry, over the OCI Distribution API',
+  capabilities: { namesStore: true, contentAddressed: true },
+  parse(rest, raw) {
+    if (!rest.startsWith('//')) throw invalidName(raw, 'write docker://HOST/REPO[:TAG|@DIGEST]');
+    if (!rest.slice(2).replace(/\/+$/, '')) {
+      throw invalidName(raw, 'it names no image', 'write docker://HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. docker://registry.example.com/team/app:1.0; docker://busybox is Docker Hub\'s library/busybox:latest');
+    }
+    refuseUserinfo(raw);
+    return { transport: 'docker', ref: parseReference(rest.slice(2)), raw };
+  },
+  parseStore(rest, raw) {
+    const m = /^\/\/([^/]+)\/?$/.exec(rest);
+    if (!m) return undefined;
+    refuseUserinfo(raw);
+    return { transport: 'docker', host: m[1]!, raw };
+  },
+  openSource: (name, ctx) => pullSource(name.ref, ctx),
+  /**
+   * registries.conf applies as it does to pulls, without mirrors: the location rewrite, `blocked`
+   * (refused before anything is sent) and `insecure`. Explicit credentials go to the named
+   * registry only, never to the one a rewrite leads to; blobs are mounted from the source's
+   * repository when it lives on the same registry.
+   */
+  async openDestination(name, ctx, source) {
+    const { loadRegistriesConf, pushDestination } = await import('./registries-conf.js');
+    const target = pushDestination(await loadRegistriesConf(), name.ref);
+    const ref: Reference = { ...name.ref, registry: target.registry, repository: target.repository };
+    const credentials = target.registry === name.ref.registry ? ctx.remote?.destinationCredentials : undefined;
+    const { RegistryDestination } = await import('./adapters.js');
+    const mountFrom = source?.registry?.host === ref.registry ? source.registry.repository : undefined;
+    return new RegistryDestination(await clientFor(ref.registry, ctx, credentials, { insecure: target.insecure }), ref, {
+      ...(mountFrom ? { mountFrom } : {}),
+      ...(ctx.blobInfo ? { locations: ctx.blobInfo } : {}),
+    });
+  },
+  async openStore(name, ctx): Promise<StoreAccess> {
+    const { RegistrySource } = await import('./adapters.js');
+    const host = name.host;
+    const client = await clientFor(host, ctx, ctx.remote?.sourceCredentials);
+    return {
+      scope: `docker://${host}`,
+      repositories: () => client.catalog(),
+      tags: (repo) => client.listTags(repo),
+      tagDigest: async (repo, tag) => {
+        const head = await client.headManifest(repo, tag);
+        return head?.digest && isDigest(head.digest) ? head.digest : undefined;
+      },
+      // One client for the whole store: closing one image must not close it for the others.
+      source: async (ref) => new RegistrySource(client, { ...ref, registry: host }, { sharedClient: true }),
+      close: () => client.close(),
+    };
+  },
+  storeScope: (name) => ({ scope: `docker://${name.ref.registry}`, ref: name.ref }),
+  storedReference: (name, digest) => `${name.ref.registry}/${name.ref.repository}@${digest}`,
+  repoTag(name) {
+    if (!name.ref.tag) return undefined;
+    // Docker's familiar form, as `docker save` writes it: busybox:latest, not docker.io/library/busybox:latest.
+    const { registry, repository, tag } = name.ref;
+    if (registry !== 'docker.io') return `${registry}/${repository}:${tag}`;
+    return `${repository.replace(/^library\//, '')}:${tag}`;
+  },
+  registryHost: (name) => ('host' in name ? name.host : name.ref.registry),
+};

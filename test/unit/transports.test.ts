@@ -1,0 +1,122 @@
+/**
+ * The transport map is the one list of transports: the README's table and the CLI's help list
+ * exactly its transports, with its forms and help lines, in its order; a mistyped transport is
+ * answered with the nearest one.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { EXIT_HELP } from '../../src/cli/options.js';
+import { isSmartError } from '../../src/errors.js';
+import { parseImageName, transportHelp, transportPrefixes, TRANSPORTS } from '../../src/transports/all.js';
+import { copyMode, storedReference } from '../../src/ops/transfer.js';
+import { fromStdin, toStdout } from '../../src/cli/transfer.js';
+import type { Digest } from '../../src/oci/digest.js';
+import { repoRoot } from '../harness/run.js';
+
+/** The rows of the README table that lists image names: the first cell (unquoted, unescaped) and the second. */
+function readmeTransportRows(): { form: string; what: string }[] {
+  const lines = fs.readFileSync(path.join(repoRoot, 'README.md'), 'utf8').split('\n');
+  const start = lines.findIndex((l) => /^\| image name/.test(l));
+  expect(start).toBeGreaterThan(0);
+  const rows: { form: string; what: string }[] = [];
+  for (const line of lines.slice(start + 2)) {
+    if (!line.startsWith('|')) break;
+    const cells = line.split(/(?<!\\)\|/).slice(1, -1).map((c) => c.trim());
+    rows.push({ form: cells[0]!.replace(/^`|`$/g, '').replace(/\\\|/g, '|'), what: cells[1]! });
+  }
+  return rows;
+}
+
+/** The "Image names" section of the CLI's help: one transport a line, its form then its help. */
+function helpTransportLines(): { form: string; help: string }[] {
+  const section = EXIT_HELP.split('\n\n')[0]!.split('\n').filter((l) => /^ {2}\S/.test(l));
+  return section.map((l) => {
+    const m = /^ {2}(\S+)\s+(.*)$/.exec(l)!;
+    return { form: m[1]!, help: m[2]! };
+  });
+}
+
+function usageError(name: string): { message: string; hint: string } {
+  try {
+    parseImageName(name);
+  } catch (e) {
+    if (isSmartError(e)) return { message: e.message, hint: e.hint ?? '' };
+    throw e;
+  }
+  throw new Error(`${name} parsed`);
+}
+
+describe('the transport map', () => {
+  it('is what the README table lists, form for form, in order', () => {
+    expect(readmeTransportRows().map((r) => r.form)).toEqual(TRANSPORTS.map((t) => t.form));
+  });
+
+  it('is what the CLI help lists, form and help line for each, in order', () => {
+    expect(helpTransportLines()).toEqual(transportHelp());
+  });
+
+  it('parses a name of every transport, whose form names it', () => {
+    const examples: Record<string, string> = {
+      oci: 'oci:/tmp/layout:v1',
+      'oci-archive': 'oci-archive:img.tar',
+      'docker-archive': 'docker-archive:-',
+      docker: 'docker://127.0.0.1:5000/team/app:1',
+      file: 'file:/srv/registry#team/app:1',
+      s3: 's3://bucket/root#team/app:1',
+      rootfs: 'rootfs:./out',
+      bundle: 'bundle:./out',
+    };
+    for (const t of TRANSPORTS) {
+      expect(t.form.startsWith(`${t.name}:`)).toBe(true);
+      expect(parseImageName(examples[t.name]!).transport).toBe(t.name);
+    }
+  });
+
+  it('answers an unknown transport with every form, and the nearest transport when one is near', () => {
+    const unknown = usageError('ftp:thing');
+    expect(unknown.message).toMatch(/unknown transport "ftp"/);
+    expect(unknown.hint).not.toMatch(/did you mean/);
+    for (const t of TRANSPORTS) expect(unknown.hint).toContain(t.form);
+    expect(usageError('ocii:dir').hint).toMatch(/^did you mean "oci:"\?/);
+    expect(usageError('OCI:dir').hint).toMatch(/^did you mean "oci:"\?/);
+    expect(usageError('docker-achive:img.tar').hint).toMatch(/^did you mean "docker-archive:"\?/);
+    expect(usageError('bundel:./out').hint).toMatch(/^did you mean "bundle:"\?/);
+    expect(usageError('s4://bucket#a/b').hint).toMatch(/^did you mean "s3:"\?/);
+    expect(usageError('no-colon-here').message).toMatch(/no transport/);
+  });
+
+  it("gives shell completion every transport's prefix, and says which are followed by a path", () => {
+    const prefixes = transportPrefixes();
+    expect(prefixes.map((p) => p.prefix)).toEqual(['oci:', 'oci-archive:', 'docker-archive:', 'docker://', 'file:', 's3://', 'rootfs:', 'bundle:']);
+    expect(prefixes.filter((p) => p.takesPath).map((p) => p.prefix)).toEqual(['oci:', 'oci-archive:', 'docker-archive:', 'file:', 'rootfs:', 'bundle:']);
+  });
+
+  it('knows stdin and stdout names in the CLI exactly as the map does', () => {
+    for (const { prefix } of transportPrefixes()) {
+      const t = TRANSPORTS.find((x) => prefix.startsWith(`${x.name}:`))!;
+      for (const raw of [`${prefix}-`, `${prefix}-:app:1`, `${prefix}./x`]) {
+        let name: ReturnType<typeof parseImageName> | undefined;
+        try {
+          name = parseImageName(raw);
+        } catch {
+          name = undefined;
+        }
+        const stdio = name !== undefined && (t.isStdio as ((n: typeof name) => boolean) | undefined)?.(name) === true;
+        expect(toStdout(raw), raw).toBe(stdio && t.capabilities.writesStdout === true);
+        expect(fromStdin(raw), raw).toBe(stdio && t.capabilities.readsStdin === true);
+      }
+    }
+  });
+
+  it("answers a push's stored reference and a copy's mode from the transport, not from the name's spelling", () => {
+    const d = `sha256:${'ab'.repeat(32)}` as Digest;
+    expect(storedReference('docker://127.0.0.1:5000/team/app:1', d)).toBe(`127.0.0.1:5000/team/app@${d}`);
+    expect(storedReference('file:/srv/registry#team/app:1', d)).toBe(`file:/srv/registry#team/app@${d}`);
+    expect(storedReference('s3://bucket/root#team/app:1', d)).toBe(`s3://bucket/root#team/app@${d}`);
+    expect(storedReference('oci:/tmp/layout:v1', d)).toBeUndefined();
+    expect(storedReference('docker-archive:-', d)).toBeUndefined();
+    for (const name of ['docker://127.0.0.1:5000/team/app:1', 'file:/srv/registry#team/app:1', 's3://bucket#team/app']) expect(copyMode(name)).toBe('push');
+    for (const name of ['oci:/tmp/layout', 'oci-archive:img.tar', 'docker-archive:-', 'rootfs:./out', 'bundle:./out']) expect(copyMode(name)).toBe('pull');
+  });
+});
