@@ -202,29 +202,8 @@ export function memberEngine(name: 'igzip' | 'libdeflate', program: string): Gzi
  * once for the whole process, which leaves pool threads free for the file reads that feed them.
  */
 export function nativeLibdeflateEngine(binding: Required<Pick<NativeBinding, 'gzipMember' | 'libdeflateVersion'>>): GzipEngine {
-  return {
-    name: 'libdeflate',
-    program: null,
-    implementation: `in-process ${binding.libdeflateVersion}`,
-    minLevel: 1,
-    maxLevel: 12,
-    defaultLevel: DEFAULT_LIBDEFLATE_LEVEL,
-    // The same block size as the program engine: the same bytes, so the same digests, either way.
-    defaultBlockSize: DEFAULT_PROCESS_BLOCK_SIZE,
-    framing: 'members',
-    defaultConcurrency: (blockSize) => windowCap(blockSize, os.availableParallelism() + 1),
-    async compressBlock(block, job) {
-      if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
-      if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
-      let member: Buffer;
-      try {
-        member = await nativeSlots.run(() => binding.gzipMember(block, job.level));
-      } catch (e) {
-        throw new SmartError('INTERNAL', `libdeflate failed to compress a block (${(e as Error).message})`, { cause: e });
-      }
-      return normalizeMember(member, block.length, 'libdeflate');
-    },
-  };
+  // The same block size as the program engine: the same bytes, so the same digests, either way.
+  return nativeMemberEngine('libdeflate', `in-process ${binding.libdeflateVersion}`, { min: 1, max: 12, default: DEFAULT_LIBDEFLATE_LEVEL }, binding.gzipMember);
 }
 
 /**
@@ -236,26 +215,36 @@ export function nativeLibdeflateEngine(binding: Required<Pick<NativeBinding, 'gz
  * CPU), which the diff id → digest memory covers as it does for any other engine.
  */
 export function nativeIgzipEngine(binding: Required<Pick<NativeBinding, 'igzipMember' | 'isalVersion'>>): GzipEngine {
+  return nativeMemberEngine('igzip', `in-process isa-l ${binding.isalVersion}`, { min: 0, max: 3, default: DEFAULT_IGZIP_LEVEL }, binding.igzipMember);
+}
+
+/** An engine of the addon: one gzip member a block, made on the libuv pool within `nativeSlots`. */
+function nativeMemberEngine(
+  name: 'libdeflate' | 'igzip',
+  implementation: string,
+  levels: { min: number; max: number; default: number },
+  member: (input: Buffer, level: number) => Promise<Buffer>,
+): GzipEngine {
   return {
-    name: 'igzip',
+    name,
     program: null,
-    implementation: `in-process isa-l ${binding.isalVersion}`,
-    minLevel: 0,
-    maxLevel: 3,
-    defaultLevel: DEFAULT_IGZIP_LEVEL,
+    implementation,
+    minLevel: levels.min,
+    maxLevel: levels.max,
+    defaultLevel: levels.default,
     defaultBlockSize: DEFAULT_PROCESS_BLOCK_SIZE,
     framing: 'members',
     defaultConcurrency: (blockSize) => windowCap(blockSize, os.availableParallelism() + 1),
     async compressBlock(block, job) {
       if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
       if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
-      let member: Buffer;
+      let compressed: Buffer;
       try {
-        member = await nativeSlots.run(() => binding.igzipMember(block, job.level));
+        compressed = await nativeSlots.run(() => member(block, job.level));
       } catch (e) {
-        throw new SmartError('INTERNAL', `igzip failed to compress a block (${(e as Error).message})`, { cause: e });
+        throw new SmartError('INTERNAL', `${name} failed to compress a block (${(e as Error).message})`, { cause: e });
       }
-      return normalizeMember(member, block.length, 'igzip');
+      return normalizeMember(compressed, block.length, name);
     },
   };
 }
