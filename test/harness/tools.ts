@@ -6,7 +6,8 @@ import { execFileSync } from 'node:child_process';
 
 const cache = new Map<string, boolean>();
 
-function onPath(name: string): boolean {
+/** True when `name` is on PATH (looked up once); for programs a test can do without, even in CI. */
+export function onPath(name: string): boolean {
   let found = cache.get(name);
   if (found === undefined) {
     try {

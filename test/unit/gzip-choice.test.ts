@@ -3,18 +3,8 @@
  * Node's zlib; never a program per block (slower than zlib in the process), which is used only
  * when named. Each case loads the modules afresh: the addon is looked for once per process.
  */
-import { execFileSync } from 'node:child_process';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { inCI } from '../harness/tools.js';
-
-function onPath(name: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { inCI, onPath } from '../harness/tools.js';
 
 async function freshChoice(env: Record<string, string | undefined>) {
   vi.resetModules();

@@ -5,7 +5,7 @@
  * decompressor. igzip and libdeflate-gzip are optional for users (an engine absent here is
  * skipped); the native addon is required under CI, which installs what it builds with.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -30,7 +30,7 @@ import {
   zlibEngine,
 } from '../../src/pipeline/parallel-gzip.js';
 import { nativeBinding, nativeLoadError } from '../../src/pipeline/native.js';
-import { inCI } from '../harness/tools.js';
+import { inCI, onPath } from '../harness/tools.js';
 
 const igzipProgram = await findGzipEngine('igzip', 'program');
 // The best of each engine, and the igzip program beside igzip in this process (ISA-L in the addon).
@@ -38,15 +38,6 @@ const engines: GzipEngine[] = await availableGzipEngines();
 if (igzipProgram && engines.some((e) => e.name === 'igzip' && e.program === null)) engines.splice(-1, 0, igzipProgram);
 const igzipGunzip = igzipProgram ? await chooseGunzip('igzip') : null;
 const gunzipEngines = [await chooseGunzip('zlib'), ...(igzipGunzip ? [igzipGunzip] : [])];
-
-function onPath(name: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
