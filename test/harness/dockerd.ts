@@ -6,10 +6,11 @@
  * it: SIGTERM to the daemon, which takes its containerd with it, both waited for, then the
  * directory is removed.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { ownChild } from './children.js';
 import { run, type RunResult } from './run.js';
 import { haveTools, inCI, isRoot } from './tools.js';
 
@@ -38,17 +39,6 @@ export interface RunningDockerd {
   /** Removes every image, container and build cache: the daemon as a fresh runner's. */
   wipe(): Promise<void>;
   stop(): Promise<void>;
-}
-
-const running = new Set<ChildProcess>();
-let exitHooked = false;
-
-function hookExit(): void {
-  if (exitHooked) return;
-  exitHooked = true;
-  process.once('exit', () => {
-    for (const child of running) child.kill('SIGKILL');
-  });
 }
 
 async function pidAlive(pid: number): Promise<boolean> {
@@ -83,18 +73,12 @@ export async function startDockerd(options: { insecureRegistries?: string[] } = 
     `smart-test-plugins-${path.basename(dir)}`,
     ...(options.insecureRegistries ?? []).flatMap((r) => ['--insecure-registry', r]),
   ];
-  hookExit();
   const child = spawn(DOCKERD, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DOCKER_CONFIG: path.join(dir, 'client') } });
-  running.add(child);
+  const exited = ownChild(child);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-64_000);
   });
-  const exited = new Promise<void>((resolve) => {
-    child.once('exit', () => resolve());
-    child.once('error', () => resolve());
-  });
-  void exited.then(() => running.delete(child));
   const host = `unix://${sock}`;
   // The client's config (credentials, contexts) is the test's own, never the user's.
   const clientEnv = { ...process.env, DOCKER_CONFIG: path.join(dir, 'client'), DOCKER_HOST: host };

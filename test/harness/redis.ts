@@ -9,6 +9,7 @@ import fs from 'node:fs/promises';
 import net from 'node:net';
 import tls from 'node:tls';
 import path from 'node:path';
+import { ownChild } from './children.js';
 import { freePort } from './ports.js';
 import { runOk } from './run.js';
 
@@ -41,19 +42,6 @@ export interface RedisOptions {
   tls?: { certFile: string; keyFile: string };
   /** Listen on this port (a server started again where clients expect it), not a free one. */
   port?: number;
-}
-
-const live = new Set<ChildProcess>();
-let exitHooked = false;
-function own(child: ChildProcess): void {
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  if (!exitHooked) {
-    exitHooked = true;
-    process.once('exit', () => {
-      for (const c of live) c.kill('SIGKILL');
-    });
-  }
 }
 
 /** One RESP command over a fresh socket; resolves with the raw reply, rejects on error or after `ms`. */
@@ -107,7 +95,7 @@ async function spawnRedis(dir: string, port: number, options: RedisOptions): Pro
     [...listen, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', dir, '--logfile', '', ...(options.args ?? [])],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
-  own(child);
+  void ownChild(child);
   let log = '';
   const keep = (d: Buffer) => {
     log = (log + d.toString()).slice(-4000);

@@ -11,6 +11,7 @@ import fs from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
+import { ownChild } from './children.js';
 import { freePort } from './ports.js';
 
 export type RegistryAuth =
@@ -130,18 +131,6 @@ export function rawRequest(url: string, options: RawRequestOptions = {}): Promis
 
 // ---------------------------------------------------------------------------------------------
 
-const running = new Set<ChildProcess>();
-let exitHooked = false;
-
-function hookExit(): void {
-  if (exitHooked) return;
-  exitHooked = true;
-  // A crashed or killed test worker must not leave registries listening.
-  process.once('exit', () => {
-    for (const child of running) child.kill('SIGKILL');
-  });
-}
-
 async function waitReady(url: string, okStatus: number, child: ChildProcess, log: () => string, tls: RawRequestOptions): Promise<void> {
   const deadline = Date.now() + 15_000;
   let last = '';
@@ -224,21 +213,12 @@ export async function startRegistry(a: string | RegistryOptions, b?: string): Pr
 
   const env = { ...process.env };
   delete env.AWS_CA_BUNDLE; // the registry panics at start when it is set
-  hookExit();
   const child = spawn('docker-registry', ['serve', config], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-  running.add(child);
+  const exited = ownChild(child);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-16_000);
   });
-  const exited = new Promise<void>((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) resolve();
-    else {
-      child.once('exit', () => resolve());
-      child.once('error', () => resolve()); // never spawned (ENOENT): no 'exit' follows
-    }
-  });
-  void exited.then(() => running.delete(child));
   const spawnError = new Promise<never>((_, reject) => child.once('error', reject));
   spawnError.catch(() => undefined);
 
