@@ -29,13 +29,18 @@ export interface Servers {
   s3: RunningS3;
 }
 
+const started: Servers[] = [];
+
+// Registered as the test file is collected: an afterAll registered inside its beforeAll never runs.
+afterAll(async () => {
+  await Promise.all(started.splice(0).flatMap(({ registry, s3 }) => [registry.stop(), s3.stop()]));
+});
+
 /** Starts the stock registry and s3rver for the file; both stopped after it. The S3 settings go into this process's environment, as the AWS CLI reads them. */
 export async function startServers(): Promise<Servers> {
   const work = await tempDir('smart-contract-');
   const [registry, s3] = await Promise.all([startRegistry({ configDir: work }), startS3(`${work}/s3`)]);
-  afterAll(async () => {
-    await Promise.all([registry.stop(), s3.stop()]);
-  });
+  started.push({ registry, s3 });
   Object.assign(process.env, s3.env);
   return { registry, s3 };
 }
