@@ -18,7 +18,6 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import tar from 'tar-stream';
 import type { HistoryEntry } from '../oci/config.js';
 import { cleanPath, digestCopyEntries, digestLayerEntries, type LayerEntry } from '../dockerfile/context.js';
 import { normalizeCreatedBy, type HistoryStep } from '../dockerfile/history.js';
@@ -116,6 +115,8 @@ export function elidedSummaryDigest(entries: Parameters<typeof digestCopyEntries
  * hardlink as the file it links to), directories, symlinks; other types as `other`.
  */
 export async function layerEntries(tarStream: Readable): Promise<LayerEntry[]> {
+  // Loaded here: a push records its steps through this module and never reads a layer.
+  const { default: tar } = await import('tar-stream');
   const extract = tar.extract();
   const out: LayerEntry[] = [];
   const byName = new Map<string, LayerEntry>();

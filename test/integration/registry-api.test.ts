@@ -90,6 +90,34 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     expect(proxy.stats.bytesUp()).toBe(0);
   });
 
+  it('mounts at once, without a HEAD first, and puts the manifest once, by its tag', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const archive = `docker-archive:${fx.paths.dockerArchiveBasic}`;
+    await ok(['push', archive, `docker://${reg}/api/count-src:v1`], { cacheHome });
+    const seen = () => proxy.stats.requests.map((r) => `${r.method} ${r.path}`);
+    const blobs = fx.basic.layers.length + 1; // and the config
+
+    proxy.stats.clear();
+    const other = await ok(['push', archive, `docker://${reg}/api/count-dst:v1`], { cacheHome });
+    expect(other.layers).toMatchObject({ pushed: 0, mounted: fx.basic.layers.length });
+    // The cache saw every blob in count-src: each is mounted straight away (201), as skopeo
+    // mounts. Besides: /v2/, and the manifest and config of the image that proves what the
+    // archive's layers were compressed to (two reads).
+    expect(seen().filter((r) => r.startsWith('HEAD '))).toEqual([]);
+    expect(proxy.stats.requests.filter((r) => r.method === 'POST' && r.url.includes('mount=')).map((r) => r.status)).toEqual(Array(blobs).fill(201));
+    expect(seen().filter((r) => r.startsWith('PUT '))).toEqual(['PUT /v2/api/count-dst/manifests/v1']);
+    expect(proxy.stats.requests.length).toBeLessThanOrEqual(1 + 2 + blobs + 1);
+
+    // Pushed again: one HEAD a blob, one PUT by tag.
+    proxy.stats.clear();
+    const again = await ok(['push', archive, `docker://${reg}/api/count-dst:v1`], { cacheHome });
+    expect(again.layers).toMatchObject({ pushed: 0, skipped: fx.basic.layers.length, mounted: 0 });
+    expect(seen().filter((r) => r.startsWith('HEAD ') && r.includes('/blobs/'))).toHaveLength(blobs);
+    expect(seen().filter((r) => r.startsWith('PUT ') || r.startsWith('POST '))).toEqual(['PUT /v2/api/count-dst/manifests/v1']);
+    expect(proxy.stats.requests.length).toBeLessThanOrEqual(1 + 2 + blobs + 1);
+  });
+
   it('reads back byte for byte an image skopeo pushed, into a layout and a root filesystem', async () => {
     const fx = fixtures();
     await skopeo('copy', '--dest-tls-verify=false', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/api/by-skopeo:v1`);

@@ -86,6 +86,10 @@ export class RegistryDestination implements BlobDestination {
   readonly cacheScope: string;
   readonly layerCompression = 'compress' as const;
   readonly repository: string;
+  /** Blobs this destination stored or mounted into its repository. */
+  private readonly placed = new Set<Digest>();
+  /** With a tag: the manifest last put, not sent yet (see putManifest). */
+  private held: ParsedManifest | undefined;
 
   constructor(
     private readonly client: RegistryClient,
@@ -105,19 +109,34 @@ export class RegistryDestination implements BlobDestination {
     return isImageManifestMediaType(mediaType) || isIndexMediaType(mediaType);
   }
 
+  /**
+   * Present here, else mounted from another repository of this registry. A blob the cache saw in
+   * this repository is HEADed first (a push again: one HEAD). One it saw elsewhere (or that the
+   * source's repository holds) is mounted at once, as skopeo mounts: a 201 says all a HEAD would,
+   * one round trip sooner; only when no mount answers is this repository asked. (Blobs this
+   * destination stored or mounted itself count as seen here, with or without a cache.)
+   */
   async reuseBlob(descriptor: Descriptor): Promise<BlobReuse | undefined> {
     const repo = this.ref.repository;
-    const size = await this.client.headBlob(repo, descriptor.digest);
-    if (size !== undefined && (size === descriptor.size || size < 0)) return { how: 'present' };
+    const seen = (await this.options.locations?.locations(this.cacheScope, descriptor.digest)) ?? [];
+    if (this.placed.has(descriptor.digest)) seen.push(repo);
     const candidates = new Set<string>();
     if (this.options.mountFrom && this.options.mountFrom !== repo) candidates.add(this.options.mountFrom);
-    for (const r of (await this.options.locations?.locations(this.cacheScope, descriptor.digest)) ?? []) if (r !== repo) candidates.add(r);
+    for (const r of seen) if (r !== repo) candidates.add(r);
+    const present = async () => {
+      const size = await this.client.headBlob(repo, descriptor.digest);
+      return size !== undefined && (size === descriptor.size || size < 0);
+    };
+    const headFirst = candidates.size === 0 || seen.includes(repo);
+    if (headFirst && (await present())) return { how: 'present' };
     for (const from of candidates) {
       if (await this.client.mountBlob(repo, descriptor.digest, from)) {
+        this.placed.add(descriptor.digest);
         await this.options.locations?.recordLocation(this.cacheScope, descriptor.digest, repo);
         return { how: 'mounted', from };
       }
     }
+    if (!headFirst && (await present())) return { how: 'present' };
     return undefined;
   }
 
@@ -132,13 +151,30 @@ export class RegistryDestination implements BlobDestination {
       },
       info.signal,
     );
+    this.placed.add(stored.digest);
     await this.options.locations?.recordLocation(this.cacheScope, stored.digest, this.ref.repository);
     return stored;
   }
 
+  /**
+   * By digest: stored but not yet tagged; `commit` moves the tag. With a tag to move, the last
+   * manifest put is held until the next put or the commit: a PUT by tag stores the manifest and
+   * moves the tag in one request, so the top manifest goes once, by tag, instead of twice.
+   */
   async putManifest(manifest: ParsedManifest): Promise<void> {
-    // By digest: stored but not yet tagged; `commit` moves the tag.
+    if (this.ref.tag) {
+      await this.putHeld();
+      this.held = manifest;
+      return;
+    }
     await this.client.putManifest(this.ref.repository, manifest.digest, manifest.bytes, manifest.mediaType);
+  }
+
+  /** The manifest putManifest holds back, if any, stored by digest. */
+  private async putHeld(): Promise<void> {
+    const m = this.held;
+    this.held = undefined;
+    if (m) await this.client.putManifest(this.ref.repository, m.digest, m.bytes, m.mediaType);
   }
 
   async currentDigest(): Promise<Digest | undefined> {
@@ -151,10 +187,13 @@ export class RegistryDestination implements BlobDestination {
     if (this.ref.digest && this.ref.digest !== top.digest) {
       throw new SmartError('DIGEST_MISMATCH', `${this.name}: the copied manifest is ${top.digest}, not the digest the destination names`, { input: this.ref.digest });
     }
+    if (this.held?.digest !== top.digest) await this.putHeld();
+    this.held = undefined;
     if (this.ref.tag) await this.client.putManifest(this.ref.repository, this.ref.tag, top.bytes, top.mediaType);
   }
 
   async abort(): Promise<void> {
+    this.held = undefined;
     // Uploads close themselves on failure; blobs already sent are unreferenced, as with skopeo.
   }
 

@@ -45,15 +45,27 @@ async function clientFor(host: string, ctx: OpenContext, credentials: Credential
 }
 
 /**
+ * registries.conf, read while the modules that talk to the registry load (the client, undici, is
+ * most of a command's start). Not through the barrel registries-conf.js, which loads the TOML
+ * parser that only a file present needs. Handled at once (awaited later): a failure of the read
+ * must not count as unhandled while the modules load.
+ */
+function registriesConf() {
+  const conf = import('./registries-conf/load.js').then((m) => m.loadRegistriesConf());
+  conf.catch(() => undefined);
+  return conf;
+}
+
+/**
  * The registries to pull `ref` from, in order: mirrors (registries.conf, --registry-mirror for
  * Docker Hub), then the upstream (with a registries.conf location rewrite). Explicit credentials
  * go to the named registry only, never to a mirror.
  */
 async function pullSource(ref: Reference, ctx: OpenContext) {
-  const { RegistrySource, MirroredSource } = await import('./adapters.js');
-  const { loadRegistriesConf, pullSources } = await import('./registries-conf.js');
+  const conf = registriesConf();
+  const [{ RegistrySource, MirroredSource }, { pullSources }] = await Promise.all([import('./adapters.js'), import('./registries-conf/endpoints.js'), import('./client.js')]);
   const remote = ctx.remote ?? {};
-  const sources = pullSources(await loadRegistriesConf(), ref, { dockerHub: remote.registryMirrors ?? [] });
+  const sources = pullSources(await conf, ref, { dockerHub: remote.registryMirrors ?? [] });
   const only = sources.length === 1 ? sources[0]! : undefined;
   if (only && only.registry === ref.registry && only.repository === ref.repository) {
     return new RegistrySource(await clientFor(ref.registry, ctx, remote.sourceCredentials, { insecure: only.insecure }), ref);
@@ -95,11 +107,11 @@ export const docker: Transport<DockerName, DockerStoreName> = {
    * repository when it lives on the same registry.
    */
   async openDestination(name, ctx, source) {
-    const { loadRegistriesConf, pushDestination } = await import('./registries-conf.js');
-    const target = pushDestination(await loadRegistriesConf(), name.ref);
+    const conf = registriesConf();
+    const [{ pushDestination }, { RegistryDestination }] = await Promise.all([import('./registries-conf/endpoints.js'), import('./adapters.js'), import('./client.js')]);
+    const target = pushDestination(await conf, name.ref);
     const ref: Reference = { ...name.ref, registry: target.registry, repository: target.repository };
     const credentials = target.registry === name.ref.registry ? ctx.remote?.destinationCredentials : undefined;
-    const { RegistryDestination } = await import('./adapters.js');
     const mountFrom = source?.registry?.host === ref.registry ? source.registry.repository : undefined;
     return new RegistryDestination(await clientFor(ref.registry, ctx, credentials, { insecure: target.insecure }), ref, {
       ...(mountFrom ? { mountFrom } : {}),

@@ -7,8 +7,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../../errors.js';
 import { emptyRegistriesConf, mergeRegistriesConf, type RegistriesConf } from './model.js';
-import { parseRegistriesConf, readRegistriesConf } from './parse.js';
-import { parseToml } from './toml.js';
 
 export const SYSTEM_REGISTRIES_CONF = '/etc/containers/registries.conf';
 
@@ -93,11 +91,15 @@ export async function loadRegistriesConf(options: LoadRegistriesConfOptions = {}
     dirs = [path.join(path.dirname(main), 'registries.conf.d'), userDir];
   }
   const text = await readIfExists(main, required, why);
-  let conf = text === undefined ? emptyRegistriesConf() : parseRegistriesConf(text, main);
+  // The parser (smol-toml and the readers, a dozen modules) is loaded only when there is a file to
+  // parse: most machines have none, and every command that talks to a registry comes here.
+  const parser = () => Promise.all([import('./parse.js'), import('./toml.js')]);
+  let conf = text === undefined ? emptyRegistriesConf() : (await parser())[0].parseRegistriesConf(text, main);
   for (const dir of [...new Set(dirs)]) {
     for (const file of await dropIns(dir)) {
       const t = await readIfExists(file, false, '');
       if (t === undefined) continue; // removed since the listing
+      const [{ readRegistriesConf }, { parseToml }] = await parser();
       const doc = parseToml(t, file);
       if (doc.root['registries'] !== undefined) {
         throw new SmartError('USAGE', `${file}:${doc.lineOf(doc.root, 'registries') ?? 1}: a drop-in file must use the v2 format ([[registry]]), not [registries.*]`, { input: file });
