@@ -14,6 +14,7 @@ COPY package.json package-lock.json ./
 # --ignore-scripts: `prepare` would build before the sources are here; build explicitly below.
 RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
+COPY scripts/bundle-cli.mjs ./scripts/
 COPY src ./src
 # The native compressors (libdeflate, libzstd and ISA-L in-process): built here, linked against the runtime's libraries.
 COPY native ./native

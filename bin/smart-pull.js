@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // smart-pull ARGS is smart pull ARGS.
-import { main } from '../dist/cli/main.js';
+import { main } from '../dist/bundle/main.js';
 
 const code = await main([process.argv[0], process.argv[1], 'pull', ...process.argv.slice(2)], 'smart-pull');
 process.exitCode = code;

@@ -4,9 +4,10 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
-import { smart } from '../harness/run.js';
+import { repoRoot, smart } from '../harness/run.js';
 import { tempDir } from '../harness/tmp.js';
 
 interface Summary {
@@ -49,6 +50,28 @@ describe('pushing again', () => {
     // Only the tag's entry is written again (its lifetime starts over).
     expect([...cache.keys()].filter((k) => cache.get(k) !== before.cache.get(k))).toHaveLength(1);
     expect([...cache.keys()].sort()).toEqual([...before.cache.keys()].sort());
+  });
+
+  it('loads the command as a few chunks, not module by module (scripts/bundle-cli.mjs)', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const cacheHome = path.join(work, 'cache');
+    const args = [`docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#w/app:1`];
+    await push(args, cacheHome);
+    // A loader hook that writes down every module Node loads, registered before the command starts.
+    const loaded = path.join(work, 'loaded.txt');
+    const hooks = path.join(work, 'hooks.mjs');
+    const register = path.join(work, 'register.mjs');
+    await fs.writeFile(hooks, `import fs from 'node:fs';\nexport async function load(url, context, next) {\n  fs.appendFileSync(${JSON.stringify(loaded)}, url + '\\n');\n  return next(url, context);\n}\n`);
+    await fs.writeFile(register, `import { register } from 'node:module';\nregister(${JSON.stringify(pathToFileURL(hooks).href)});\n`);
+    const r = await smart(['push', ...args, '--json'], { cacheHome, env: { NODE_OPTIONS: `--import=${pathToFileURL(register).href}` } });
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout.toString()) as Summary).layers).toMatchObject({ pushed: 0 });
+    const ours = (await fs.readFile(loaded, 'utf8')).split('\n').filter((u) => u.startsWith(`${pathToFileURL(repoRoot).href}/`));
+    // bin/smart.js, the entry, the runtime, the core chunk; was 49 modules, each resolved, read and compiled on its own.
+    expect(ours.length, ours.join('\n')).toBeLessThanOrEqual(5);
+    expect(ours.filter((u) => u.includes('/node_modules/'))).toEqual([]);
   });
 
   it('puts back a blob or a link deleted from the store since', async () => {
