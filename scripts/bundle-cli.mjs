@@ -26,11 +26,24 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { rolldown } from 'rolldown';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dist = path.join(root, 'dist');
 const out = path.join(dist, 'bundle');
+
+// rolldown is native code: on a system it cannot load on (a minimal container base without librt),
+// bin/ gets an entry that loads tsc's modules one by one, as before: slower to start, the same
+// command. Said once, on stderr, by the build.
+let rolldown;
+try {
+  ({ rolldown } = await import('rolldown'));
+} catch (e) {
+  fs.rmSync(out, { recursive: true, force: true });
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, 'main.js'), "// rolldown could not load where this was built: the command's modules as tsc wrote them.\nexport * from '../cli/main.js';\n");
+  process.stderr.write(`bundle-cli: rolldown cannot load here (${String(e?.cause?.cause?.message ?? e?.message).split('\n')[0]}); dist/bundle/main.js loads dist/cli/ module by module\n`);
+  process.exit(0);
+}
 
 /** The modules a push or pull loads on its common path (stores on disk, layouts, archives); with their static imports. */
 const CORE_ROOTS = [
