@@ -11,8 +11,10 @@
  * splitting (a chunk per dynamic import, 44 loaded by that push) saved 3 ms.
  *
  * The chunks:
+ * - `cli`: the entry's static imports (argument parsing, output, errors), all that `--version`,
+ *   `--help` and the commander commands load of ours before their own modules;
  * - `core`: what a push or pull loads on its common path (CORE_ROOTS and what they import
- *   statically), the command line included;
+ *   statically);
  * - `registry`: the registry client and registries.conf's reader, loaded together by the first
  *   command that talks to a registry;
  * - `steps`: what a push to a tag new to the layer trie reads its layers' build steps with;
@@ -116,10 +118,12 @@ function closure(roots, except, packagesToo = false) {
   }
   return seen;
 }
-const core = closure(CORE_ROOTS, new Set());
+// The entry's own static imports apart: `--version`, `--help` and the cache commands do not evaluate core.
+const cli = closure(['cli/main.js'], new Set());
+const core = closure(CORE_ROOTS, cli);
 // undici comes with the client whenever it is used: its loading may come with the chunk.
-const registry = closure(REGISTRY_ROOTS, core, true);
-const steps = closure(STEPS_ROOTS, new Set([...core, ...registry]));
+const registry = closure(REGISTRY_ROOTS, new Set([...cli, ...core]), true);
+const steps = closure(STEPS_ROOTS, new Set([...cli, ...core, ...registry]));
 
 fs.rmSync(out, { recursive: true, force: true });
 const bundle = await rolldown({
@@ -137,6 +141,7 @@ await bundle.write({
   chunkFileNames: '[name]-[hash].js',
   codeSplitting: {
     groups: [
+      { name: 'cli', test: (id) => cli.has(id) },
       { name: 'core', test: (id) => core.has(id) },
       { name: 'registry', test: (id) => registry.has(id) },
       { name: 'steps', test: (id) => steps.has(id) },
