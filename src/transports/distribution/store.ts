@@ -80,7 +80,8 @@ export class DistributionStore {
   /**
    * Streams a blob into the store, hashed on the way. With the digest known, straight to its
    * content address, verified in the stream so that a mismatch fails before the writer commits
-   * (nothing appears). Without it (a layer being compressed), into the repository's
+   * (nothing appears), or by the stream itself when `verified` says it checks itself against the
+   * digest and size. Without it (a layer being compressed), into the repository's
    * `_uploads/<id>/data`, where the registry stages its own uploads and purges stale ones, then
    * moved to its address; the upload records its owner beside `startedat`, so that the next push
    * can tell one a killed run left from a live one. Returns the digest and size; nothing is left
@@ -89,7 +90,7 @@ export class DistributionStore {
   async writeBlob(
     repo: string,
     source: Readable,
-    expected?: { digest?: Digest; size?: number; what: string },
+    expected?: { digest?: Digest; size?: number; verified?: boolean; what: string },
     signal?: AbortSignal,
   ): Promise<{ digest: Digest; size: number }> {
     const known = expected?.digest;
@@ -106,16 +107,22 @@ export class DistributionStore {
         ]);
       }
       const writer = await this.driver.writer(target);
-      const hash = known
-        ? new VerifyStream({ digest: known, ...(expected?.size !== undefined ? { size: expected.size } : {}), what: expected!.what })
-        : new DigestStream();
+      // Verified upstream (it errors in place of its end): not hashed again, only committed after a clean end.
+      const verifiedSize = known && expected?.verified ? expected.size : undefined;
+      const hash =
+        verifiedSize !== undefined
+          ? undefined
+          : known
+            ? new VerifyStream({ digest: known, ...(expected?.size !== undefined ? { size: expected.size } : {}), what: expected!.what })
+            : new DigestStream();
       try {
-        await pipeline(source, hash, writer.stream, ...(signal ? [{ signal }] : []));
+        await pipeline([source, ...(hash ? [hash] : []), writer.stream], ...(signal ? [{ signal }] : []));
       } catch (e) {
         await writer.cancel().catch(() => undefined);
         throw e;
       }
       await writer.commit();
+      if (!hash) return { digest: known!, size: verifiedSize! };
       if (hash instanceof VerifyStream) return { digest: known!, size: hash.size };
       const digest = hash.digest;
       // Another writer may have stored the same content meanwhile; content addressing makes either copy right.

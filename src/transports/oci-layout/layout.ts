@@ -164,24 +164,27 @@ export class OciLayoutDestination implements BlobDestination {
   async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
     const tmp = layoutPath({ kind: 'temporaryBlob', id: randomUUID() });
     const writer = await this.driver.writer(tmp);
-    const hash = new DigestStream();
+    // Verified upstream (it errors in place of its end): not hashed again, only kept after a clean end.
+    const verified = info.verified && info.digest && info.size !== undefined ? { digest: info.digest, size: info.size } : undefined;
+    const hash = verified ? undefined : new DigestStream();
     try {
-      await pipeline(stream, hash, writer.stream, ...(info.signal ? [{ signal: info.signal }] : []));
+      await pipeline([stream, ...(hash ? [hash] : []), writer.stream], ...(info.signal ? [{ signal: info.signal }] : []));
       await writer.commit();
     } catch (e) {
       await writer.cancel().catch(() => undefined);
       throw e;
     }
+    const stored = verified ?? { digest: hash!.digest, size: hash!.size };
     try {
-      if (info.digest && hash.digest !== info.digest) {
-        throw new SmartError('DIGEST_MISMATCH', `blob for ${this.name}: content hashes to ${hash.digest}, not ${info.digest}`, { input: info.digest });
+      if (info.digest && stored.digest !== info.digest) {
+        throw new SmartError('DIGEST_MISMATCH', `blob for ${this.name}: content hashes to ${stored.digest}, not ${info.digest}`, { input: info.digest });
       }
-      await this.driver.move(tmp, blobPath(hash.digest));
+      await this.driver.move(tmp, blobPath(stored.digest));
     } catch (e) {
       await this.driver.delete(tmp).catch(() => undefined);
       throw e;
     }
-    return { digest: hash.digest, size: hash.size };
+    return stored;
   }
 
   async putManifest(manifest: ParsedManifest): Promise<void> {
