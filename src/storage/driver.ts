@@ -43,6 +43,12 @@ export interface StorageDriver {
   writer(path: string): Promise<StorageWriter>;
   /** undefined when nothing is at `path`. A "directory" is a prefix with objects under it. */
   stat(path: string): Promise<StorageStat | undefined>;
+  /**
+   * The size of the object (file) at `path`, undefined when there is none, a directory included:
+   * for paths that name objects only (blob data, links), where `stat` would also ask whether a
+   * missing object is a directory (on S3 a listing after every 404).
+   */
+  objectSize?(path: string): Promise<number | undefined>;
   /** Names (not paths) of the direct children of `path`; empty when it does not exist. */
   list(path: string): Promise<string[]>;
   /** Moves an object, replacing any object at `to`. */

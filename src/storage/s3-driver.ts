@@ -293,6 +293,19 @@ export class S3Driver implements StorageDriver {
     return (await anyUnder(this.s3, dirPrefix(key), key, 'stat')) ? { size: 0, isDirectory: true } : undefined;
   }
 
+  /** One HEAD: a 404 is no object, with no listing to tell a directory from nothing (see StorageDriver.objectSize). */
+  async objectSize(p: string): Promise<number | undefined> {
+    const key = this.key(p);
+    try {
+      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: key }));
+      return head.ContentLength ?? 0;
+    } catch (e) {
+      const err = await this.fail(e, 'stat', key);
+      if (err.code !== 'NOT_FOUND') throw err;
+      return undefined;
+    }
+  }
+
   async list(p: string): Promise<string[]> {
     return childNames(this.s3, this.key(p));
   }

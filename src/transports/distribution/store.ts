@@ -45,12 +45,18 @@ export class DistributionStore {
   }
 
   async blobSize(digest: Digest): Promise<number | undefined> {
-    const st = await this.driver.stat(pathFor({ kind: 'blobData', digest }));
-    return st && !st.isDirectory ? st.size : undefined;
+    return this.objectSize(pathFor({ kind: 'blobData', digest }));
   }
 
   async isLinked(repo: string, digest: Digest, kind: LinkKind): Promise<boolean> {
-    return (await this.driver.stat(this.linkPath(repo, digest, kind))) !== undefined;
+    return (await this.objectSize(this.linkPath(repo, digest, kind))) !== undefined;
+  }
+
+  /** The size of the object at `path`; a directory there is none. One request on S3, where `stat` of a missing key lists too. */
+  private async objectSize(path: string): Promise<number | undefined> {
+    if (this.driver.objectSize) return this.driver.objectSize(path);
+    const st = await this.driver.stat(path);
+    return st && !st.isDirectory ? st.size : undefined;
   }
 
   async link(repo: string, digest: Digest, kind: LinkKind): Promise<void> {

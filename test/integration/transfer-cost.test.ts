@@ -1,9 +1,11 @@
 /**
- * A blob copied as it is (no recompression) is hashed once on its way: the source's stream is
- * verified against its digest as it flows, and the destination (the stock registry over its API,
- * a `file:` store, s3rver behind an `s3://` store, an OCI layout) keeps it only after that stream
- * ended cleanly, without hashing it a second time. Measured by counting the bytes every sha256 in
- * the process is fed, on a layer large enough to dwarf manifests and configs.
+ * What moving a blob costs beyond its bytes. A blob copied as it is (no recompression) is hashed
+ * once on its way: the source's stream is verified against its digest as it flows, and the
+ * destination (the stock registry over its API, a `file:` store, s3rver behind an `s3://` store,
+ * an OCI layout) keeps it only after that stream ended cleanly, without hashing it a second time
+ * (measured by counting the bytes every sha256 in the process is fed, on a layer large enough to
+ * dwarf manifests and configs). And a push into S3 asks once whether each blob is there: one
+ * HEAD, no listing after its 404.
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -87,6 +89,29 @@ describe.skipIf(!haveTools('docker-registry'))('a blob copied as it is is hashed
       expect(hashed.bytes).toBeLessThan(LAYER_BYTES * 1.1);
     });
   }
+
+  it('asks S3 once per blob whether it is there: a HEAD, no listing after its 404', async () => {
+    const { S3Client } = await import('@aws-sdk/client-s3');
+    const sent: { command: string; input: Record<string, unknown> }[] = [];
+    // A recording wrapper around every command the SDK sends, in this process.
+    const original = S3Client.prototype.send as (...args: unknown[]) => Promise<unknown>;
+    const send = vi.spyOn(S3Client.prototype, 'send').mockImplementation(function (this: InstanceType<typeof S3Client>, command: unknown, ...rest: unknown[]) {
+      sent.push({ command: (command as object).constructor.name, input: (command as { input: Record<string, unknown> }).input });
+      return original.call(this, command, ...rest);
+    } as never);
+    const saved = { ...process.env };
+    Object.assign(process.env, s3.env);
+    try {
+      await copy(`oci:${layout}:latest`, `s3://${s3.bucket}/requests#once/app:1`, { cacheDir: path.join(work, 'cache') });
+    } finally {
+      process.env = saved;
+      send.mockRestore();
+    }
+    const blobKeys = (command: string) => sent.filter((r) => r.command === command && /\/blobs\/sha256\/[0-9a-f]{2}\/[0-9a-f]{64}\/data\/?$/.test(String(r.input.Key ?? r.input.Prefix)));
+    // Layer, config, manifest: each looked for once, never listed.
+    expect(blobKeys('HeadObjectCommand')).toHaveLength(3);
+    expect(blobKeys('ListObjectsV2Command')).toEqual([]);
+  });
 
   it('still refuses a blob whose bytes do not match its digest, leaving nothing behind', async () => {
     const bad = path.join(work, 'bad');
