@@ -4,6 +4,8 @@
  * relative to the driver's root (`/docker/registry/v2/...`).
  */
 import type { Readable, Writable } from 'node:stream';
+import type { Digest } from '../oci/digest.js';
+import type { LocalFile } from '../pipeline/local-file.js';
 import type { Cleaned } from './leftovers.js';
 
 export interface StorageStat {
@@ -57,6 +59,12 @@ export interface StorageDriver {
   delete(path: string): Promise<void>;
   /** Where `path` is, for what a user reads: a local path, `s3://bucket/key`. */
   location(path: string): string;
+  /**
+   * Stores a copy of the local file `file` at `path`, checked against `expect` (the copy is hashed,
+   * `file.onBytes` told as it is), visible only once whole and checked, as a writer's commit is.
+   * Present where the driver can copy a local file without moving its bytes through the process.
+   */
+  importFile?(file: LocalFile, path: string, expect: { digest: Digest; size: number; what: string }): Promise<void>;
   /**
    * Removes from the directory `path` the driver's own temporaries that writers killed mid-way left
    * (never one a live writer uses), and says what went. Absent where a killed writer leaves nothing

@@ -37,6 +37,7 @@ vi.mock('node:crypto', async (importOriginal) => {
 });
 
 const LAYER_BYTES = 8 * 1024 * 1024;
+type FsDriverImport = NonNullable<import('../../src/storage/fs-driver.js').FsDriver['importFile']>;
 
 describe.skipIf(!haveTools('docker-registry'))('a blob copied as it is is hashed once', () => {
   let work: string;
@@ -89,6 +90,30 @@ describe.skipIf(!haveTools('docker-registry'))('a blob copied as it is is hashed
       expect(hashed.bytes).toBeLessThan(LAYER_BYTES * 1.1);
     });
   }
+
+  it('copies a blob from a local file into a local destination in the kernel, then checks the copy', async () => {
+    const { FsDriver } = await import('../../src/storage/fs-driver.js');
+    const imported: string[] = [];
+    const importFile = FsDriver.prototype.importFile as FsDriverImport | undefined;
+    FsDriver.prototype.importFile = async function (this: InstanceType<typeof FsDriver>, ...args: Parameters<FsDriverImport>) {
+      imported.push(args[1]);
+      return importFile!.apply(this, args);
+    };
+    const events: { layer: string; bytes: number }[] = [];
+    try {
+      const store = `file:${path.join(work, 'kernel-store')}#once/app:1`;
+      await copy(`oci:${layout}:latest`, store, { cacheDir: path.join(work, 'cache') });
+      await copy(store, `oci:${path.join(work, 'kernel-out')}:1`, { cacheDir: path.join(work, 'cache'), onProgress: (e) => events.push(e) });
+    } finally {
+      FsDriver.prototype.importFile = importFile!;
+    }
+    // The layer, into the store and back out into a layout (the config and manifests are written whole).
+    expect(imported.filter((p) => p.includes('/blobs/sha256/'))).toHaveLength(2);
+    // Hashed once each way (the copy, not the source), and the progress of the pull still told.
+    expect(hashed.bytes).toBeGreaterThanOrEqual(2 * LAYER_BYTES);
+    expect(hashed.bytes).toBeLessThan(2 * LAYER_BYTES * 1.1);
+    expect(events.reduce((n, e) => n + e.bytes, 0)).toBeGreaterThanOrEqual(LAYER_BYTES);
+  });
 
   it('asks S3 once per blob whether it is there: a HEAD, no listing after its 404', async () => {
     const { S3Client } = await import('@aws-sdk/client-s3');

@@ -11,6 +11,7 @@ import { SmartError, isSmartError } from '../../errors.js';
 import { isDigest, sha256Digest, type Digest } from '../../oci/digest.js';
 import { MAX_MANIFEST_BYTES } from '../../oci/manifest.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
+import { localFileOf } from '../../pipeline/local-file.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { isStale, ownerTag, parseOwnerTag, type Cleaned } from '../../storage/leftovers.js';
 import { linkContent, pathFor } from './layout.js';
@@ -111,6 +112,13 @@ export class DistributionStore {
           this.driver.putContent(pathFor({ kind: 'uploadOwner', repo, id }), Buffer.from(ownerTag())),
           this.driver.putContent(pathFor({ kind: 'uploadStartedAt', repo, id }), Buffer.from(new Date().toISOString())),
         ]);
+      }
+      // A verified local file (from an OCI layout or another file: store): copied in the kernel, the copy checked.
+      const file = known && expected?.verified && expected.size !== undefined && this.driver.importFile ? localFileOf(source) : undefined;
+      if (file) {
+        source.destroy();
+        await this.driver.importFile!(file, target, { digest: known!, size: expected!.size!, what: expected!.what });
+        return { digest: known!, size: expected!.size! };
       }
       const writer = await this.driver.writer(target);
       // Verified upstream (it errors in place of its end): not hashed again, only committed after a clean end.

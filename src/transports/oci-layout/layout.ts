@@ -11,6 +11,7 @@ import { MAX_MANIFEST_BYTES, parseManifest, serializeManifest, type Descriptor, 
 import { MediaType } from '../../oci/mediatypes.js';
 import { holdsImage } from '../../oci/partial.js';
 import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
+import { localFileOf } from '../../pipeline/local-file.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
@@ -162,6 +163,13 @@ export class OciLayoutDestination implements BlobDestination {
   }
 
   async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
+    // A verified local file (a pull from a file: store or another layout): copied in the kernel, the copy checked.
+    const file = info.verified && info.digest && info.size !== undefined && this.driver.importFile ? localFileOf(stream) : undefined;
+    if (file) {
+      stream.destroy();
+      await this.driver.importFile!(file, blobPath(info.digest!), { digest: info.digest!, size: info.size!, what: `blob ${shortDigest(info.digest!)} for ${this.name}` });
+      return { digest: info.digest!, size: info.size! };
+    }
     const tmp = layoutPath({ kind: 'temporaryBlob', id: randomUUID() });
     const writer = await this.driver.writer(tmp);
     // Verified upstream (it errors in place of its end): not hashed again, only kept after a clean end.
