@@ -95,7 +95,7 @@ export class VerifyStream extends Transform {
 export function verifiedStream(raw: NodeJS.ReadableStream & { destroy(error?: Error): void }, expect: VerifyExpectation): VerifyStream {
   const verify = new VerifyStream(expect);
   const file = raw instanceof Readable ? localFileOf(raw) : undefined;
-  if (file) markLocalFile(verify, file);
+  if (file) markLocalFile(verify, { ...file, what: expect.what });
   verify.on('error', () => undefined);
   raw.on('error', (e: Error) => verify.destroy(e));
   verify.on('close', () => raw.destroy());

@@ -70,7 +70,7 @@ export function counted(stream: Readable, onBytes: ((n: number) => void) | undef
   counter.on('close', () => stream.destroy());
   const file = localFileOf(stream);
   // A writer that copies the file in the kernel tells the bytes it verifies instead.
-  if (file) markLocalFile(counter, { path: file.path, onBytes: file.onBytes ? (n) => (file.onBytes!(n), onBytes(n)) : onBytes });
+  if (file) markLocalFile(counter, { ...file, onBytes: file.onBytes ? (n) => (file.onBytes!(n), onBytes(n)) : onBytes });
   return stream.pipe(counter);
 }
 

@@ -17,6 +17,8 @@ export interface LocalFile {
   path: string;
   /** Told of the bytes as a copy is verified, in place of the stream's progress (see `counted`). */
   onBytes?: (bytes: number) => void;
+  /** What the bytes are, as the stream's verification names them (`blob sha256:… of oci:dir`): a copy that fails its check is named so. */
+  what?: string;
 }
 
 const marks = new WeakMap<Readable, LocalFile>();
@@ -51,9 +53,9 @@ export async function verifyFile(path: string, expect: { digest: Digest; size: n
   } finally {
     await handle.close();
   }
-  if (total !== expect.size) {
-    throw new SmartError('SIZE_MISMATCH', `${expect.what}: ${total > expect.size ? 'more bytes than' : `${total} bytes, but`} the ${expect.size} its descriptor declares`, { input: expect.digest });
-  }
+  // The messages of VerifyStream: a copy fails as the stream it replaces would have.
+  if (total > expect.size) throw new SmartError('SIZE_MISMATCH', `${expect.what}: more bytes than the ${expect.size} its descriptor declares`, { input: expect.digest });
+  if (total < expect.size) throw new SmartError('SIZE_MISMATCH', `${expect.what}: ${total} bytes, but its descriptor declares ${expect.size} (truncated?)`, { input: expect.digest });
   const got = `sha256:${hash.digest('hex')}`;
   if (got !== expect.digest) throw new SmartError('DIGEST_MISMATCH', `${expect.what}: content hashes to ${got}, not ${expect.digest}`, { input: expect.digest });
 }

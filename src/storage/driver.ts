@@ -63,8 +63,9 @@ export interface StorageDriver {
    * Stores a copy of the local file `file` at `path`, checked against `expect` (the copy is hashed,
    * `file.onBytes` told as it is), visible only once whole and checked, as a writer's commit is.
    * Present where the driver can copy a local file without moving its bytes through the process.
+   * Aborting `signal` before the copy appears removes it, as a writer's cancel does.
    */
-  importFile?(file: LocalFile, path: string, expect: { digest: Digest; size: number; what: string }): Promise<void>;
+  importFile?(file: LocalFile, path: string, expect: { digest: Digest; size: number; what: string }, signal?: AbortSignal): Promise<void>;
   /**
    * Removes from the directory `path` the driver's own temporaries that writers killed mid-way left
    * (never one a live writer uses), and says what went. Absent where a killed writer leaves nothing

@@ -88,17 +88,20 @@ export class FsDriver implements StorageDriver {
    * A clone where the filesystem can (btrfs, XFS), else copy_file_range: no byte through the
    * process; then the copy is hashed through one reused buffer, and renamed into place.
    */
-  async importFile(file: LocalFile, p: string, expect: { digest: Digest; size: number; what: string }): Promise<void> {
+  async importFile(file: LocalFile, p: string, expect: { digest: Digest; size: number; what: string }, signal?: AbortSignal): Promise<void> {
     const target = this.full(p);
     const tmp = tmpName(target);
     try {
+      signal?.throwIfAborted();
       await fs.mkdir(path.dirname(target), { recursive: true });
       await fs.copyFile(file.path, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
-      await verifyFile(tmp, expect, file.onBytes);
+      await verifyFile(tmp, { ...expect, what: file.what ?? expect.what }, file.onBytes);
+      // A copy whose command failed meanwhile (another layer refused, Ctrl-C) does not appear.
+      signal?.throwIfAborted();
       await fs.rename(tmp, target);
     } catch (e) {
       await fs.rm(tmp, { force: true }).catch(() => undefined);
-      if (isSmartError(e)) throw e;
+      if (isSmartError(e) || signal?.aborted) throw e;
       this.fail(e, 'write', p);
     }
   }

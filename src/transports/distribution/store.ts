@@ -117,7 +117,7 @@ export class DistributionStore {
       const file = known && expected?.verified && expected.size !== undefined && this.driver.importFile ? localFileOf(source) : undefined;
       if (file) {
         source.destroy();
-        await this.driver.importFile!(file, target, { digest: known!, size: expected!.size!, what: expected!.what });
+        await this.driver.importFile!(file, target, { digest: known!, size: expected!.size!, what: expected!.what }, signal);
         return { digest: known!, size: expected!.size! };
       }
       const writer = await this.driver.writer(target);

@@ -167,7 +167,7 @@ export class OciLayoutDestination implements BlobDestination {
     const file = info.verified && info.digest && info.size !== undefined && this.driver.importFile ? localFileOf(stream) : undefined;
     if (file) {
       stream.destroy();
-      await this.driver.importFile!(file, blobPath(info.digest!), { digest: info.digest!, size: info.size!, what: `blob ${shortDigest(info.digest!)} for ${this.name}` });
+      await this.driver.importFile!(file, blobPath(info.digest!), { digest: info.digest!, size: info.size!, what: `blob ${shortDigest(info.digest!)} for ${this.name}` }, info.signal);
       return { digest: info.digest!, size: info.size! };
     }
     const tmp = layoutPath({ kind: 'temporaryBlob', id: randomUUID() });
