@@ -10,7 +10,8 @@
  * The machine beside the rows: `node -e 0` and `skopeo -v` start-up (a warm push is mostly start-
  * up), and for each smart row the engine it ran with (from `smart version --json` in the row's
  * environment). The README's set-up without the native addon (SMART_NATIVE=0: Node's zlib, as on a
- * machine without the -dev headers) is a row of its own.
+ * machine without the -dev headers) is a row of its own. The S3 rows are paired with skopeo's push
+ * and with the limit: the same blobs uploaded by the AWS SDK alone (bench/s3-limit.mjs).
  *
  *   npm run bench [-- --runs N] [-- --keep] [-- --smoke]
  *
@@ -596,14 +597,20 @@ pairs.push([s6b, k2]);
       },
       command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir} docker-archive:${img.archive} s3://bench/${c.root}#bench/app:1`,
     });
-    pairs.push([s6e, k1]);
     const s6f = await bench('smart push oci → s3:// (cold)', {
       engine: ENGINE.none,
       env,
       setup: async () => ({ root: `oci${n++}` }),
       command: (c) => `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/${c.root}#bench/app:1`,
     });
-    pairs.push([s6f, k2]);
+    // The limit of both: the same compressed blobs (the layout's) uploaded by the AWS SDK alone, as
+    // smart's S3 writer sends them (lib-storage Upload, same part size, parts and objects in flight).
+    const l6 = await bench('limit: AWS SDK Upload of the same blobs → s3:// (s3rver)', {
+      env,
+      setup: async () => ({ root: `sdk${n++}` }),
+      command: (c) => `node ${path.join(repo, 'bench', 's3-limit.mjs')} bench ${c.root} ${path.join(img.layout, 'blobs', 'sha256')}/* 2>/dev/null`,
+    });
+    pairs.push([s6e, k1], [s6e, l6], [s6f, k2], [s6f, l6]);
     const s6g = await bench('smart push oci → s3:// (warm)', { engine: ENGINE.none, env, command: `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/oci0#bench/app:1` });
     pairs.push([s6g, k3b]);
     const s6h = await bench('smart pull s3:// → oci', { engine: ENGINE.none, env, setup: freshStore, command: (c) => `node ${smartBin} pull -q s3://bench/oci0#bench/app:1 oci:${c.dir}/oci:x` });

@@ -259,17 +259,21 @@ async function finish(sourceName: string, dest: BlobDestination, image: Image, c
 /** The bytes of a blob to send: opened only when the destination does not have it. */
 type Opener = (signal: AbortSignal | undefined) => Promise<Readable>;
 
-/** The destination's copy of `d` when it has one or can make one without the bytes, else the blob stored from `open`. */
-async function reuseElsePut(d: Descriptor, open: Opener, dest: BlobDestination, signal: AbortSignal | undefined): Promise<{ reuse: BlobReuse } | { stored: StoredBlob }> {
+/**
+ * The destination's copy of `d` when it has one or can make one without the bytes, else the blob
+ * stored from `open`. `verified`: what `open` gives is verified against `d` as it flows (a Layer's
+ * open(), a source's getBlob), so the destination does not hash it again.
+ */
+async function reuseElsePut(d: Descriptor, open: Opener, dest: BlobDestination, signal: AbortSignal | undefined, verified: boolean): Promise<{ reuse: BlobReuse } | { stored: StoredBlob }> {
   const reuse = await dest.reuseBlob(d);
   if (reuse) return { reuse };
-  return { stored: await dest.putBlob(await open(signal), { mediaType: d.mediaType, digest: d.digest, size: d.size, ...(signal ? { signal } : {}) }) };
+  return { stored: await dest.putBlob(await open(signal), { mediaType: d.mediaType, digest: d.digest, size: d.size, verified, ...(signal ? { signal } : {}) }) };
 }
 
 /** A blob that goes as it is (a layer the destination takes as stored, a blob of an index copied whole), recorded as a layer. */
 async function sendBlob(d: Descriptor, open: Opener, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined, diffId?: Digest): Promise<void> {
   if (isForeignLayer(d.mediaType)) return keepForeignLayer(d, dest, run);
-  const r = await reuseElsePut(d, open, dest, signal);
+  const r = await reuseElsePut(d, open, dest, signal, true);
   const known = { digest: d.digest, ...(diffId ? { diffId } : {}), mediaType: d.mediaType };
   run.record('reuse' in r ? { ...known, status: 'skipped', reuse: r.reuse, bytes: 0 } : { ...known, status: 'pushed', bytes: r.stored.size });
 }
@@ -414,7 +418,7 @@ async function retrying<T>(what: string, signal: AbortSignal | undefined, option
 /** Stores the config blob, sent again (it is in memory) on a transient failure, as layers are. */
 async function putConfig(dest: BlobDestination, bytes: Buffer, descriptor: Descriptor, options: CopyOptions): Promise<'pushed' | 'skipped'> {
   return retrying(`config ${shortDigest(descriptor.digest)}`, options.signal, options, async () => {
-    const r = await reuseElsePut(descriptor, async () => Readable.from([bytes]), dest, options.signal);
+    const r = await reuseElsePut(descriptor, async () => Readable.from([bytes]), dest, options.signal, false);
     return 'reuse' in r ? 'skipped' : 'pushed';
   });
 }

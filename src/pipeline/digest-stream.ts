@@ -1,8 +1,9 @@
 /** Pass-through stages that hash bytes as they flow: digests cost no extra pass and no buffer. */
 import { createHash, type Hash } from 'node:crypto';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
+import { localFileOf, markLocalFile } from './local-file.js';
 
 /** Hashes and counts what passes through; `digest` and `size` are final once the stream has ended. */
 export class DigestStream extends Transform {
@@ -93,6 +94,8 @@ export class VerifyStream extends Transform {
  */
 export function verifiedStream(raw: NodeJS.ReadableStream & { destroy(error?: Error): void }, expect: VerifyExpectation): VerifyStream {
   const verify = new VerifyStream(expect);
+  const file = raw instanceof Readable ? localFileOf(raw) : undefined;
+  if (file) markLocalFile(verify, { ...file, what: expect.what });
   verify.on('error', () => undefined);
   raw.on('error', (e: Error) => verify.destroy(e));
   verify.on('close', () => raw.destroy());

@@ -16,6 +16,7 @@ import { layerCompression } from '../oci/mediatypes.js';
 import { checkLayersMatchConfig, readBlob, resolvePlatformManifest } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
 import { verifiedStream } from './digest-stream.js';
+import { localFileOf, markLocalFile } from './local-file.js';
 
 /** A layer whose streams come from `source.getBlob` (verified by the source) and are decompressed here. */
 export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor, diffId: Digest): Layer {
@@ -67,6 +68,9 @@ export function counted(stream: Readable, onBytes: ((n: number) => void) | undef
   counter.on('error', () => undefined); // delivered to the consumer through `errored`
   stream.on('error', (e) => counter.destroy(e));
   counter.on('close', () => stream.destroy());
+  const file = localFileOf(stream);
+  // A writer that copies the file in the kernel tells the bytes it verifies instead.
+  if (file) markLocalFile(counter, { ...file, onBytes: file.onBytes ? (n) => (file.onBytes!(n), onBytes(n)) : onBytes });
   return stream.pipe(counter);
 }
 

@@ -4,6 +4,8 @@
  * relative to the driver's root (`/docker/registry/v2/...`).
  */
 import type { Readable, Writable } from 'node:stream';
+import type { Digest } from '../oci/digest.js';
+import type { LocalFile } from '../pipeline/local-file.js';
 import type { Cleaned } from './leftovers.js';
 
 export interface StorageStat {
@@ -43,6 +45,12 @@ export interface StorageDriver {
   writer(path: string): Promise<StorageWriter>;
   /** undefined when nothing is at `path`. A "directory" is a prefix with objects under it. */
   stat(path: string): Promise<StorageStat | undefined>;
+  /**
+   * The size of the object (file) at `path`, undefined when there is none, a directory included:
+   * for paths that name objects only (blob data, links), where `stat` would also ask whether a
+   * missing object is a directory (on S3 a listing after every 404).
+   */
+  objectSize?(path: string): Promise<number | undefined>;
   /** Names (not paths) of the direct children of `path`; empty when it does not exist. */
   list(path: string): Promise<string[]>;
   /** Moves an object, replacing any object at `to`. */
@@ -51,6 +59,13 @@ export interface StorageDriver {
   delete(path: string): Promise<void>;
   /** Where `path` is, for what a user reads: a local path, `s3://bucket/key`. */
   location(path: string): string;
+  /**
+   * Stores a copy of the local file `file` at `path`, checked against `expect` (the copy is hashed,
+   * `file.onBytes` told as it is), visible only once whole and checked, as a writer's commit is.
+   * Present where the driver can copy a local file without moving its bytes through the process.
+   * Aborting `signal` before the copy appears removes it, as a writer's cancel does.
+   */
+  importFile?(file: LocalFile, path: string, expect: { digest: Digest; size: number; what: string }, signal?: AbortSignal): Promise<void>;
   /**
    * Removes from the directory `path` the driver's own temporaries that writers killed mid-way left
    * (never one a live writer uses), and says what went. Absent where a killed writer leaves nothing

@@ -6,6 +6,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno, isSmartError } from '../errors.js';
 import { checkSize } from '../limits.js';
+import type { Digest } from '../oci/digest.js';
+import { markLocalFile, verifyFile, type LocalFile } from '../pipeline/local-file.js';
 import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './driver.js';
 import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned } from './leftovers.js';
 
@@ -78,7 +80,30 @@ export class FsDriver implements StorageDriver {
     } catch (e) {
       this.fail(e, 'open', p);
     }
-    return createReadStream('', { fd: handle, start: offset, ...(length !== undefined ? { end: offset + length - 1 } : {}), highWaterMark: 256 * 1024 });
+    const stream = createReadStream('', { fd: handle, start: offset, ...(length !== undefined ? { end: offset + length - 1 } : {}), highWaterMark: 256 * 1024 });
+    return offset === 0 && length === undefined ? markLocalFile(stream, { path: full }) : stream;
+  }
+
+  /**
+   * A clone where the filesystem can (btrfs, XFS), else copy_file_range: no byte through the
+   * process; then the copy is hashed through one reused buffer, and renamed into place.
+   */
+  async importFile(file: LocalFile, p: string, expect: { digest: Digest; size: number; what: string }, signal?: AbortSignal): Promise<void> {
+    const target = this.full(p);
+    const tmp = tmpName(target);
+    try {
+      signal?.throwIfAborted();
+      await fs.mkdir(path.dirname(target), { recursive: true });
+      await fs.copyFile(file.path, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
+      await verifyFile(tmp, { ...expect, what: file.what ?? expect.what }, file.onBytes);
+      // A copy whose command failed meanwhile (another layer refused, Ctrl-C) does not appear.
+      signal?.throwIfAborted();
+      await fs.rename(tmp, target);
+    } catch (e) {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      if (isSmartError(e) || signal?.aborted) throw e;
+      this.fail(e, 'write', p);
+    }
   }
 
   async writer(p: string): Promise<StorageWriter> {

@@ -141,6 +141,7 @@ export class DistributionDestination implements BlobDestination {
     const stored = await this.store.writeBlob(this.ref.repository, stream, {
       ...(info.digest ? { digest: info.digest } : {}),
       ...(info.size !== undefined ? { size: info.size } : {}),
+      ...(info.verified ? { verified: true } : {}),
       what: `blob ${info.digest ? shortDigest(info.digest) : '(new)'} for ${this.name}`,
     }, info.signal);
     await this.store.link(this.ref.repository, stored.digest, 'layer');

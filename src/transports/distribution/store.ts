@@ -11,6 +11,7 @@ import { SmartError, isSmartError } from '../../errors.js';
 import { isDigest, sha256Digest, type Digest } from '../../oci/digest.js';
 import { MAX_MANIFEST_BYTES } from '../../oci/manifest.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
+import { localFileOf } from '../../pipeline/local-file.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { isStale, ownerTag, parseOwnerTag, type Cleaned } from '../../storage/leftovers.js';
 import { linkContent, pathFor } from './layout.js';
@@ -45,12 +46,18 @@ export class DistributionStore {
   }
 
   async blobSize(digest: Digest): Promise<number | undefined> {
-    const st = await this.driver.stat(pathFor({ kind: 'blobData', digest }));
-    return st && !st.isDirectory ? st.size : undefined;
+    return this.objectSize(pathFor({ kind: 'blobData', digest }));
   }
 
   async isLinked(repo: string, digest: Digest, kind: LinkKind): Promise<boolean> {
-    return (await this.driver.stat(this.linkPath(repo, digest, kind))) !== undefined;
+    return (await this.objectSize(this.linkPath(repo, digest, kind))) !== undefined;
+  }
+
+  /** The size of the object at `path`; a directory there is none. One request on S3, where `stat` of a missing key lists too. */
+  private async objectSize(path: string): Promise<number | undefined> {
+    if (this.driver.objectSize) return this.driver.objectSize(path);
+    const st = await this.driver.stat(path);
+    return st && !st.isDirectory ? st.size : undefined;
   }
 
   async link(repo: string, digest: Digest, kind: LinkKind): Promise<void> {
@@ -80,7 +87,8 @@ export class DistributionStore {
   /**
    * Streams a blob into the store, hashed on the way. With the digest known, straight to its
    * content address, verified in the stream so that a mismatch fails before the writer commits
-   * (nothing appears). Without it (a layer being compressed), into the repository's
+   * (nothing appears), or by the stream itself when `verified` says it checks itself against the
+   * digest and size. Without it (a layer being compressed), into the repository's
    * `_uploads/<id>/data`, where the registry stages its own uploads and purges stale ones, then
    * moved to its address; the upload records its owner beside `startedat`, so that the next push
    * can tell one a killed run left from a live one. Returns the digest and size; nothing is left
@@ -89,7 +97,7 @@ export class DistributionStore {
   async writeBlob(
     repo: string,
     source: Readable,
-    expected?: { digest?: Digest; size?: number; what: string },
+    expected?: { digest?: Digest; size?: number; verified?: boolean; what: string },
     signal?: AbortSignal,
   ): Promise<{ digest: Digest; size: number }> {
     const known = expected?.digest;
@@ -105,17 +113,30 @@ export class DistributionStore {
           this.driver.putContent(pathFor({ kind: 'uploadStartedAt', repo, id }), Buffer.from(new Date().toISOString())),
         ]);
       }
+      // A verified local file (from an OCI layout or another file: store): copied in the kernel, the copy checked.
+      const file = known && expected?.verified && expected.size !== undefined && this.driver.importFile ? localFileOf(source) : undefined;
+      if (file) {
+        source.destroy();
+        await this.driver.importFile!(file, target, { digest: known!, size: expected!.size!, what: expected!.what }, signal);
+        return { digest: known!, size: expected!.size! };
+      }
       const writer = await this.driver.writer(target);
-      const hash = known
-        ? new VerifyStream({ digest: known, ...(expected?.size !== undefined ? { size: expected.size } : {}), what: expected!.what })
-        : new DigestStream();
+      // Verified upstream (it errors in place of its end): not hashed again, only committed after a clean end.
+      const verifiedSize = known && expected?.verified ? expected.size : undefined;
+      const hash =
+        verifiedSize !== undefined
+          ? undefined
+          : known
+            ? new VerifyStream({ digest: known, ...(expected?.size !== undefined ? { size: expected.size } : {}), what: expected!.what })
+            : new DigestStream();
       try {
-        await pipeline(source, hash, writer.stream, ...(signal ? [{ signal }] : []));
+        await pipeline([source, ...(hash ? [hash] : []), writer.stream], ...(signal ? [{ signal }] : []));
       } catch (e) {
         await writer.cancel().catch(() => undefined);
         throw e;
       }
       await writer.commit();
+      if (!hash) return { digest: known!, size: verifiedSize! };
       if (hash instanceof VerifyStream) return { digest: known!, size: hash.size };
       const digest = hash.digest;
       // Another writer may have stored the same content meanwhile; content addressing makes either copy right.

@@ -11,6 +11,7 @@ import { MAX_MANIFEST_BYTES, parseManifest, serializeManifest, type Descriptor, 
 import { MediaType } from '../../oci/mediatypes.js';
 import { holdsImage } from '../../oci/partial.js';
 import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
+import { localFileOf } from '../../pipeline/local-file.js';
 import type { StorageDriver } from '../../storage/driver.js';
 import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
@@ -162,26 +163,36 @@ export class OciLayoutDestination implements BlobDestination {
   }
 
   async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
+    // A verified local file (a pull from a file: store or another layout): copied in the kernel, the copy checked.
+    const file = info.verified && info.digest && info.size !== undefined && this.driver.importFile ? localFileOf(stream) : undefined;
+    if (file) {
+      stream.destroy();
+      await this.driver.importFile!(file, blobPath(info.digest!), { digest: info.digest!, size: info.size!, what: `blob ${shortDigest(info.digest!)} for ${this.name}` }, info.signal);
+      return { digest: info.digest!, size: info.size! };
+    }
     const tmp = layoutPath({ kind: 'temporaryBlob', id: randomUUID() });
     const writer = await this.driver.writer(tmp);
-    const hash = new DigestStream();
+    // Verified upstream (it errors in place of its end): not hashed again, only kept after a clean end.
+    const verified = info.verified && info.digest && info.size !== undefined ? { digest: info.digest, size: info.size } : undefined;
+    const hash = verified ? undefined : new DigestStream();
     try {
-      await pipeline(stream, hash, writer.stream, ...(info.signal ? [{ signal: info.signal }] : []));
+      await pipeline([stream, ...(hash ? [hash] : []), writer.stream], ...(info.signal ? [{ signal: info.signal }] : []));
       await writer.commit();
     } catch (e) {
       await writer.cancel().catch(() => undefined);
       throw e;
     }
+    const stored = verified ?? { digest: hash!.digest, size: hash!.size };
     try {
-      if (info.digest && hash.digest !== info.digest) {
-        throw new SmartError('DIGEST_MISMATCH', `blob for ${this.name}: content hashes to ${hash.digest}, not ${info.digest}`, { input: info.digest });
+      if (info.digest && stored.digest !== info.digest) {
+        throw new SmartError('DIGEST_MISMATCH', `blob for ${this.name}: content hashes to ${stored.digest}, not ${info.digest}`, { input: info.digest });
       }
-      await this.driver.move(tmp, blobPath(hash.digest));
+      await this.driver.move(tmp, blobPath(stored.digest));
     } catch (e) {
       await this.driver.delete(tmp).catch(() => undefined);
       throw e;
     }
-    return { digest: hash.digest, size: hash.size };
+    return stored;
   }
 
   async putManifest(manifest: ParsedManifest): Promise<void> {

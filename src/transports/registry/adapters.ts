@@ -147,6 +147,7 @@ export class RegistryDestination implements BlobDestination {
       {
         ...(info.digest ? { digest: info.digest } : {}),
         ...(info.size !== undefined ? { size: info.size } : {}),
+        ...(info.verified ? { verified: true } : {}),
         what: `blob ${info.digest ? shortDigest(info.digest) : '(new)'}`,
       },
       info.signal,

@@ -198,14 +198,17 @@ export abstract class RegistryApi {
 
   /**
    * Streams a blob into `repo`: POST opens an upload, one PATCH carries the bytes as they are
-   * produced (chunked transfer encoding, no temporary file), PUT `?digest=` closes it. With the
-   * digest known the bytes are verified as they pass, so a mismatch aborts before the PUT.
+   * produced (no temporary file), PUT `?digest=` closes it. With the digest known the bytes are
+   * verified as they pass, so a mismatch aborts before the PUT; a stream verified upstream against
+   * the digest and size (`verified`: it errors in place of its end) is sent as it is, unhashed
+   * here. The PATCH is chunked even when the size is known: its last chunk goes only once the
+   * source has ended cleanly, so the registry cannot accept bytes that fail their check at the end.
    *
    * A PATCH that fails destroys `source`, closes the upload, and throws the cause: the bytes'
    * own error (the source broke, or they do not match the digest), else the request's (a reset, a
    * stall, a 5xx: retryable, so the caller can open the source again and send the blob again).
    */
-  async uploadBlob(repo: string, source: Readable, expected: { digest?: Digest; size?: number; what: string }, signal?: AbortSignal): Promise<{ digest: Digest; size: number }> {
+  async uploadBlob(repo: string, source: Readable, expected: { digest?: Digest; size?: number; verified?: boolean; what: string }, signal?: AbortSignal): Promise<{ digest: Digest; size: number }> {
     const scopes = [`repository:${repo}:pull,push`];
     const start = await this.request(
       { method: 'POST', url: `/v2/${repo}/blobs/uploads/`, headers: { 'content-length': '0' }, scopes, what: `upload to ${repo}`, ...(signal ? { signal } : {}) },
@@ -214,11 +217,15 @@ export abstract class RegistryApi {
     await start.body.dump();
     let location = header(start.headers, 'location');
     if (!location) throw new SmartError('REGISTRY', `registry ${this.host} opened an upload without a Location`, { input: repo });
-    const hash = expected.digest
-      ? new VerifyStream({ digest: expected.digest, ...(expected.size !== undefined ? { size: expected.size } : {}), what: expected.what })
-      : new DigestStream();
+    const verifiedSize = expected.verified && expected.digest ? expected.size : undefined;
+    const hash =
+      verifiedSize !== undefined
+        ? undefined
+        : expected.digest
+          ? new VerifyStream({ digest: expected.digest, ...(expected.size !== undefined ? { size: expected.size } : {}), what: expected.what })
+          : new DigestStream();
     // undici pulls the body as the socket drains: back-pressure reaches the source.
-    const patchBody = Readable.from(hashedChunks(source, hash), { objectMode: false });
+    const patchBody = Readable.from(hash ? hashedChunks(source, hash) : source, { objectMode: false });
     let patch: Response;
     try {
       patch = await this.request(
@@ -238,12 +245,13 @@ export abstract class RegistryApi {
       source.destroy(); // whatever produces the bytes (a file, a download, a compressor) stops now
       await this.cancelUpload(location, scopes, 'upload');
       // Abandoning the body aborts the hash too, and that says nothing.
-      const bytesError = hash.errored && !isCancellation(hash.errored) ? hash.errored : undefined;
+      const bytes = hash ?? source;
+      const bytesError = bytes.errored && !isCancellation(bytes.errored) ? bytes.errored : undefined;
       throw bytesError ?? e;
     }
     await patch.body.dump();
     location = header(patch.headers, 'location') ?? location;
-    const digest = hash instanceof VerifyStream ? expected.digest! : hash.digest;
+    const digest = hash instanceof DigestStream ? hash.digest : expected.digest!;
     const done = this.resolve(location);
     done.searchParams.set('digest', digest);
     const put = await this.request(
@@ -251,7 +259,7 @@ export abstract class RegistryApi {
       [201, 204],
     );
     await put.body.dump();
-    return { digest, size: hash.size };
+    return { digest, size: hash ? hash.size : verifiedSize! };
   }
 
   /** Closes an upload session; a failure to do so is left unsaid (the registry expires it). */

@@ -1,0 +1,61 @@
+/**
+ * Streams that are a whole local file as it is, marked with the file: a writer on the same machine
+ * may then copy the file in the kernel (copy_file_range, or a clone where the filesystem can) and
+ * verify the copy, in place of moving every byte through the process. Here every fresh buffer a
+ * stream allocates costs page faults: reading 50 MB through a stream took ~200 ms of system time,
+ * into one reused buffer 18 ms. Stages that pass the bytes unchanged (verification, counting) carry
+ * the mark to their output; a reader that does not know it reads the stream as before.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { SmartError } from '../errors.js';
+import type { Digest } from '../oci/digest.js';
+
+export interface LocalFile {
+  /** The file's path; the stream is its whole content. */
+  path: string;
+  /** Told of the bytes as a copy is verified, in place of the stream's progress (see `counted`). */
+  onBytes?: (bytes: number) => void;
+  /** What the bytes are, as the stream's verification names them (`blob sha256:… of oci:dir`): a copy that fails its check is named so. */
+  what?: string;
+}
+
+const marks = new WeakMap<Readable, LocalFile>();
+
+/** Marks `stream` as the whole of `file`; returns it. */
+export function markLocalFile<T extends Readable>(stream: T, file: LocalFile): T {
+  marks.set(stream, file);
+  return stream;
+}
+
+/** The file `stream` is the whole of, when it is marked so. */
+export function localFileOf(stream: Readable): LocalFile | undefined {
+  return marks.get(stream);
+}
+
+/**
+ * Checks the file at `path` against a digest and size, read through one reused buffer; `onBytes`
+ * is told of the bytes as they are hashed. Throws SIZE_MISMATCH or DIGEST_MISMATCH as VerifyStream does.
+ */
+export async function verifyFile(path: string, expect: { digest: Digest; size: number; what: string }, onBytes?: (bytes: number) => void): Promise<void> {
+  const hash = createHash('sha256');
+  const buffer = Buffer.allocUnsafe(1 << 20);
+  let total = 0;
+  const handle = await fs.open(path, 'r');
+  try {
+    for (let n; (n = (await handle.read(buffer, 0, buffer.length, null)).bytesRead) > 0; ) {
+      total += n;
+      if (total > expect.size) break;
+      hash.update(buffer.subarray(0, n));
+      onBytes?.(n);
+    }
+  } finally {
+    await handle.close();
+  }
+  // The messages of VerifyStream: a copy fails as the stream it replaces would have.
+  if (total > expect.size) throw new SmartError('SIZE_MISMATCH', `${expect.what}: more bytes than the ${expect.size} its descriptor declares`, { input: expect.digest });
+  if (total < expect.size) throw new SmartError('SIZE_MISMATCH', `${expect.what}: ${total} bytes, but its descriptor declares ${expect.size} (truncated?)`, { input: expect.digest });
+  const got = `sha256:${hash.digest('hex')}`;
+  if (got !== expect.digest) throw new SmartError('DIGEST_MISMATCH', `${expect.what}: content hashes to ${got}, not ${expect.digest}`, { input: expect.digest });
+}
