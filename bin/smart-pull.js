@@ -1,4 +1,6 @@
-#!/usr/bin/env node
+#!/bin/sh
+':' //; export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"; exec node "$0" "$@"
+// sh, then JS: see smart.js.
 // smart-pull ARGS is smart pull ARGS.
 import { main } from '../dist/bundle/main.js';
 

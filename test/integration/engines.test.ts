@@ -27,6 +27,7 @@ type VersionDoc = {
   zstd: { implementation: string | null; level: number; workers: number; why: string };
   gunzip: { engine: string; implementation: string; why: string };
   cores: number;
+  malloc: { hugePages: boolean; why: string };
 };
 
 const warnings = (r: RunResult) => r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
@@ -103,7 +104,30 @@ describe('smart version', () => {
     if (haveTools('igzip')) expect(lines[6]).toMatch(/^gunzip engine \(pulls\): igzip, \/.*igzip; because igzip is on PATH/);
     expect(doc.cores).toBeGreaterThanOrEqual(1);
     expect(lines[7]).toBe(`cores for compression: ${doc.cores}`);
-    expect(lines).toHaveLength(8);
+    // Started by `node bin/smart.js` (as the harness does), not by the command's sh line.
+    expect(doc.malloc).toEqual({ hugePages: false, why: 'GLIBC_TUNABLES is not set (Node was started without bin/smart, e.g. by `node bin/smart.js`)' });
+    expect(lines[8]).toBe(`malloc: on 4 KiB pages; because ${doc.malloc.why}`);
+    expect(lines).toHaveLength(9);
+  });
+
+  it('run as a command (its #! line, through a symlink as npm links it): Node starts with malloc on huge pages, unless the caller set GLIBC_TUNABLES', async () => {
+    const dir = await tempDir();
+    const link = path.join(dir, 'smart');
+    await fs.symlink(path.join(repoRoot, 'bin', 'smart.js'), link);
+    const env: NodeJS.ProcessEnv = { ...process.env, GLIBC_TUNABLES: undefined };
+    const doc = JSON.parse((await run(link, ['version', '--json'], { env })).stdout.toString()) as VersionDoc;
+    const thp = await fs.readFile('/sys/kernel/mm/transparent_hugepage/enabled', 'utf8').catch(() => '[never]');
+    if (/\[never\]/.test(thp)) expect(doc.malloc.hugePages).toBe(false);
+    else expect(doc.malloc).toMatchObject({ hugePages: true, why: expect.stringMatching(/^GLIBC_TUNABLES=glibc\.malloc\.hugetlb=1 and the kernel's transparent huge pages are \[(always|madvise)\]/) });
+    // The caller's tunables are theirs: kept as they are, and GLIBC_TUNABLES= turns huge pages off.
+    for (const value of ['glibc.malloc.arena_max=2', '']) {
+      const own = JSON.parse((await run(link, ['version', '--json'], { env: { ...env, GLIBC_TUNABLES: value } })).stdout.toString()) as VersionDoc;
+      expect(own.malloc).toEqual({ hugePages: false, why: 'GLIBC_TUNABLES is set without glibc.malloc.hugetlb' });
+    }
+    // smart-push and friends start the same way and pass their arguments through.
+    const push = await run(path.join(repoRoot, 'bin', 'smart-push.js'), ['--help'], { env });
+    expect(push.code).toBe(0);
+    expect(push.stdout.toString()).toMatch(/^Usage: smart push /);
   });
 
   it('with SMART_NATIVE=0: the addon off, gzip on zlib (never the libdeflate-gzip program), zstd the program, no command to fix a choice', async () => {
