@@ -33,6 +33,7 @@ import { LIBRARY_ROOTS, isLibrary, pickFiles } from './pick-files.mjs';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const out = path.join(repo, 'bench', 'out');
+// Run as the installed command is (its #! line: sh starts Node with glibc's malloc on huge pages), not by `node`.
 const smartBin = path.join(repo, 'bin', 'smart.js');
 const smoke = process.argv.includes('--smoke');
 const runs = smoke ? 1 : Number(process.argv[process.argv.indexOf('--runs') + 1]) || 3;
@@ -276,7 +277,7 @@ function layerBytes(root, repoName, tag) {
 const started = Date.now();
 process.stderr.write('bench: generating the image...\n');
 const img = await makeImage();
-const smart = `node ${smartBin} -q`;
+const smart = `${smartBin} -q`;
 // Every smart run without its own --cache-dir uses this one, never the user's.
 process.env.XDG_CACHE_HOME = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-bench-xdg-'));
 const results = [];
@@ -314,7 +315,7 @@ function startUp(cmd, args) {
 const startup = { node: startUp(process.execPath, ['-e', '0']), skopeo: startUp('skopeo', ['-v']) };
 process.stderr.write(`bench: start-up: node -e 0 ${startup.node.toFixed(3)} s, skopeo -v ${startup.skopeo.toFixed(3)} s\n`);
 // The engines each row runs with, as smart itself reports them in that environment.
-const enginesIn = (env = {}) => JSON.parse(execFileSync(process.execPath, [smartBin, 'version', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8' }));
+const enginesIn = (env = {}) => JSON.parse(execFileSync(smartBin, ['version', '--json'], { env: { ...process.env, ...env }, encoding: 'utf8' }));
 const README_PATH_ENV = { SMART_NATIVE: '0' };
 const engines = enginesIn();
 const readmeEngines = enginesIn(README_PATH_ENV);
@@ -339,13 +340,13 @@ const s1 = await bench('smart push docker-archive → file: (cold)', {
 const s1r = await bench('smart push docker-archive → file: (cold, README path without the addon: SMART_NATIVE=0)', {
   setup: freshStore,
   env: README_PATH_ENV,
-  command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+  command: (c) => `${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
   after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
   engine: ENGINE.gzipReadme,
 });
 const s1s = await bench('smart push docker-archive:- (stdin) → file: (cold)', {
   setup: freshStore,
-  command: (c) => `cat ${img.archive} | node ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:- file:${c.dir}/store#bench/app:1`,
+  command: (c) => `cat ${img.archive} | ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:- file:${c.dir}/store#bench/app:1`,
   engine: ENGINE.gzip,
 });
 const k1 = await bench('skopeo copy docker-archive → registry (cold)', {
@@ -357,7 +358,7 @@ pairs.push([s1, k1], [s1r, k1], [s1s, k1]);
 // The same push with zstd layers, against skopeo's (gzip) push.
 const s1z = await bench('smart push --compression zstd docker-archive → file: (cold)', {
   setup: freshStore,
-  command: (c) => `node ${smartBin} push -q --compression zstd --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+  command: (c) => `${smartBin} push -q --compression zstd --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
   after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
   engine: ENGINE.zstd,
 });
@@ -367,7 +368,7 @@ sizePairs.push([s1, k1], [s1r, k1], [s1z, k1]);
 if (ENGINE.gzipFast) {
   const s1f = await bench('smart push --compression-level fast docker-archive → file: (cold)', {
     setup: freshStore,
-    command: (c) => `node ${smartBin} push -q --compression-level fast --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
+    command: (c) => `${smartBin} push -q --compression-level fast --cache-dir ${c.dir}/cache docker-archive:${img.archive} file:${c.dir}/store#bench/app:1`,
     after: (c) => layerBytes(`${c.dir}/store`, 'bench/app', '1'),
     engine: ENGINE.gzipFast,
   });
@@ -382,7 +383,7 @@ const pace = `node ${path.join(repo, 'bench', 'pace.mjs')} ${img.archive} ${pace
 const prod = await bench(`producer: image.tar paced at ${paceRate} MB/s → /dev/null`, { command: `${pace} > /dev/null` });
 const s1p = await bench(`smart push docker-archive:- from the ${paceRate} MB/s producer → file: (cold)`, {
   setup: freshStore,
-  command: (c) => `${pace} | node ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:- file:${c.dir}/store#bench/app:1`,
+  command: (c) => `${pace} | ${smartBin} push -q --cache-dir ${c.dir}/cache docker-archive:- file:${c.dir}/store#bench/app:1`,
   engine: ENGINE.gzip,
 });
 const hidden = (alone, pipe) => Math.min(1, Math.max(0, (prod.wall + alone.wall - pipe.wall) / alone.wall));
@@ -415,7 +416,7 @@ pairs.push([s1p, s1]);
 const s2 = await bench('smart push oci → file: (cold)', {
   engine: ENGINE.none,
   setup: freshStore,
-  command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest file:${c.dir}/store#bench/app:1`,
+  command: (c) => `${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest file:${c.dir}/store#bench/app:1`,
 });
 const k2 = await bench('skopeo copy oci → registry (cold)', {
   setup: freshRegistry,
@@ -435,13 +436,13 @@ execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', '--dest-tls-verify=fa
 try {
   const s3 = await bench('smart push docker-archive → file: (warm)', {
     engine: 'nothing to compress (every layer present)',
-    command: `node ${smartBin} push -q --cache-dir ${cacheDir} docker-archive:${img.archive} file:${store}/data#bench/app:1`,
+    command: `${smartBin} push -q --cache-dir ${cacheDir} docker-archive:${img.archive} file:${store}/data#bench/app:1`,
   });
   const k3 = await bench('skopeo copy docker-archive → registry (warm)', {
     command: `skopeo --insecure-policy copy -q --dest-tls-verify=false docker-archive:${img.archive} docker://${reg.host}/bench/app:1`,
   });
   pairs.push([s3, k3]);
-  const s3b = await bench('smart push oci → file: (warm)', { engine: ENGINE.none, command: `node ${smartBin} push -q oci:${img.layout}:latest file:${store}/data#bench/app:1` });
+  const s3b = await bench('smart push oci → file: (warm)', { engine: ENGINE.none, command: `${smartBin} push -q oci:${img.layout}:latest file:${store}/data#bench/app:1` });
   k3b = await bench('skopeo copy oci → registry (warm)', {
     command: `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${reg.host}/bench/app:1`,
   });
@@ -451,7 +452,7 @@ try {
   const s4 = await bench('smart pull file: → oci', {
     engine: ENGINE.none,
     setup: freshStore,
-    command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 oci:${target(c)}/oci:x`,
+    command: (c) => `${smartBin} pull -q file:${store}/data#bench/app:1 oci:${target(c)}/oci:x`,
   });
   k4 = await bench('skopeo copy registry → oci', {
     setup: freshStore,
@@ -461,7 +462,7 @@ try {
   const s4b = await bench('smart pull file: → docker-archive', {
     engine: ENGINE.gunzip,
     setup: freshStore,
-    command: (c) => `node ${smartBin} pull -q file:${store}/data#bench/app:1 docker-archive:${target(c)}/img.tar`,
+    command: (c) => `${smartBin} pull -q file:${store}/data#bench/app:1 docker-archive:${target(c)}/img.tar`,
   });
   const k4b = await bench('skopeo copy registry → docker-archive', {
     setup: freshStore,
@@ -478,13 +479,13 @@ try {
     const s5 = await bench(`smart pull file: → rootfs (${where}, cold)`, {
       engine: ENGINE.gunzip,
       setup: fresh,
-      command: (c) => `node ${smartBin} pull -q --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
+      command: (c) => `${smartBin} pull -q --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
     });
     // Cold, keeping the layers in the layer store as they are written (a bundle's default).
     const s5k = await bench(`smart pull --keep-layers file: → rootfs (${where}, cold)`, {
       engine: ENGINE.gunzip,
       setup: fresh,
-      command: (c) => `node ${smartBin} pull -q --keep-layers --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
+      command: (c) => `${smartBin} pull -q --keep-layers --cache-dir ${c.dir}/cache file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
     });
     pairs.push([s5k, s5]);
     // Warm: every layer already in the layer store; the tree is built from it.
@@ -493,7 +494,7 @@ try {
     const s5w = await bench(`smart pull file: → rootfs (${where}, warm)`, {
       engine: 'nothing to decompress (layer store)',
       setup: fresh,
-      command: (c) => `node ${smartBin} pull -q --cache-dir ${warmCache} file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
+      command: (c) => `${smartBin} pull -q --cache-dir ${warmCache} file:${store}/data#bench/app:1 rootfs:${c.dir}/rootfs`,
     });
     rm(warmCache);
     pairs.push([s5w, s5]);
@@ -521,7 +522,7 @@ const s6a = await bench('smart push docker-archive → docker:// (cold)', {
     const dir = fs.mkdtempSync(path.join(out, 'cache-'));
     return { ...r, cache: dir, teardown: async () => { await r.teardown(); rm(dir); } };
   },
-  command: (c) => `node ${smartBin} push -q --cache-dir ${c.cache} docker-archive:${img.archive} docker://${c.host}/bench/app:1`,
+  command: (c) => `${smartBin} push -q --cache-dir ${c.cache} docker-archive:${img.archive} docker://${c.host}/bench/app:1`,
   after: (c) => layerBytes(c.dir, 'bench/app', '1'),
 });
 // Straight into file: storage beside the same push through the API.
@@ -538,7 +539,7 @@ const s6m = await bench('smart push docker-archive → docker:// second repo (cr
     execFileSync('node', [smartBin, 'push', '-q', '--cache-dir', cache, `docker-archive:${img.archive}`, `docker://${r.host}/bench/app:1`]);
     return { ...r, cache, teardown: async () => { await r.teardown(); rm(cache); } };
   },
-  command: (c) => `node ${smartBin} push -q --cache-dir ${c.cache} docker-archive:${img.archive} docker://${c.host}/bench/other:1`,
+  command: (c) => `${smartBin} push -q --cache-dir ${c.cache} docker-archive:${img.archive} docker://${c.host}/bench/other:1`,
   after: (c) => layerBytes(c.dir, 'bench/other', '1'),
 });
 const k6m = await bench('skopeo copy docker-archive → registry second repo (cross-repo mount)', {
@@ -554,7 +555,7 @@ pairs.push([s6m, k6m]);
 const s6b = await bench('smart push oci → docker:// (cold)', {
   engine: ENGINE.none,
   setup: freshRegistry,
-  command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest docker://${c.host}/bench/app:1`,
+  command: (c) => `${smartBin} push -q --cache-dir ${c.dir}/cache oci:${img.layout}:latest docker://${c.host}/bench/app:1`,
 });
 pairs.push([s6b, k2]);
 {
@@ -562,12 +563,12 @@ pairs.push([s6b, k2]);
   const api = await startRegistry(regDir);
   execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', '--dest-tls-verify=false', `oci:${img.layout}:latest`, `docker://${api.host}/bench/app:1`]);
   try {
-    const s6c = await bench('smart push oci → docker:// (warm)', { engine: ENGINE.none, command: `node ${smartBin} push -q oci:${img.layout}:latest docker://${api.host}/bench/app:1` });
+    const s6c = await bench('smart push oci → docker:// (warm)', { engine: ENGINE.none, command: `${smartBin} push -q oci:${img.layout}:latest docker://${api.host}/bench/app:1` });
     const k6c = await bench('skopeo copy oci → registry (warm, again)', {
       command: `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${api.host}/bench/app:1`,
     });
     pairs.push([s6c, k6c]);
-    const s6d = await bench('smart pull docker:// → oci', { engine: ENGINE.none, setup: freshStore, command: (c) => `node ${smartBin} pull -q docker://${api.host}/bench/app:1 oci:${c.dir}/oci:x` });
+    const s6d = await bench('smart pull docker:// → oci', { engine: ENGINE.none, setup: freshStore, command: (c) => `${smartBin} pull -q docker://${api.host}/bench/app:1 oci:${c.dir}/oci:x` });
     const k6d = await bench('skopeo copy registry → oci (same registry)', {
       setup: freshStore,
       command: (c) => `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${api.host}/bench/app:1 oci:${c.dir}/oci:x`,
@@ -595,13 +596,13 @@ pairs.push([s6b, k2]);
         const dir = fs.mkdtempSync(path.join(out, 'cache-'));
         return { dir, root: `run${n++}`, teardown: () => rm(dir) };
       },
-      command: (c) => `node ${smartBin} push -q --cache-dir ${c.dir} docker-archive:${img.archive} s3://bench/${c.root}#bench/app:1`,
+      command: (c) => `${smartBin} push -q --cache-dir ${c.dir} docker-archive:${img.archive} s3://bench/${c.root}#bench/app:1`,
     });
     const s6f = await bench('smart push oci → s3:// (cold)', {
       engine: ENGINE.none,
       env,
       setup: async () => ({ root: `oci${n++}` }),
-      command: (c) => `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/${c.root}#bench/app:1`,
+      command: (c) => `${smartBin} push -q oci:${img.layout}:latest s3://bench/${c.root}#bench/app:1`,
     });
     // The limit of both: the same compressed blobs (the layout's) uploaded by the AWS SDK alone, as
     // smart's S3 writer sends them (lib-storage Upload, same part size, parts and objects in flight).
@@ -611,9 +612,9 @@ pairs.push([s6b, k2]);
       command: (c) => `node ${path.join(repo, 'bench', 's3-limit.mjs')} bench ${c.root} ${path.join(img.layout, 'blobs', 'sha256')}/* 2>/dev/null`,
     });
     pairs.push([s6e, k1], [s6e, l6], [s6f, k2], [s6f, l6]);
-    const s6g = await bench('smart push oci → s3:// (warm)', { engine: ENGINE.none, env, command: `node ${smartBin} push -q oci:${img.layout}:latest s3://bench/oci0#bench/app:1` });
+    const s6g = await bench('smart push oci → s3:// (warm)', { engine: ENGINE.none, env, command: `${smartBin} push -q oci:${img.layout}:latest s3://bench/oci0#bench/app:1` });
     pairs.push([s6g, k3b]);
-    const s6h = await bench('smart pull s3:// → oci', { engine: ENGINE.none, env, setup: freshStore, command: (c) => `node ${smartBin} pull -q s3://bench/oci0#bench/app:1 oci:${c.dir}/oci:x` });
+    const s6h = await bench('smart pull s3:// → oci', { engine: ENGINE.none, env, setup: freshStore, command: (c) => `${smartBin} pull -q s3://bench/oci0#bench/app:1 oci:${c.dir}/oci:x` });
     pairs.push([s6h, k4]);
   } finally {
     s3.kill('SIGTERM');
@@ -637,8 +638,8 @@ if (!smoke) {
   for (const b of [gz, cfg, manifest]) fs.writeFileSync(path.join(layout, 'blobs', 'sha256', hash(b)), b);
   fs.writeFileSync(path.join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
   fs.writeFileSync(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${hash(manifest)}`, size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'big' } }] }));
-  const m1 = await bench('smart push of a 1 GB layer → file: (memory)', { engine: ENGINE.none, setup: freshStore, command: (c) => `node ${smartBin} push -q oci:${layout}:big file:${c.dir}/store#big/app:1` });
-  const m2 = await bench('smart pull of a 1 GB layer → rootfs (memory)', { engine: ENGINE.gunzip, setup: freshStore, command: (c) => `SMART_MAX_DECOMPRESSION_RATIO=0 node ${smartBin} pull -q --cache-dir ${c.dir}/cache oci:${layout}:big rootfs:${c.dir}/rootfs` });
+  const m1 = await bench('smart push of a 1 GB layer → file: (memory)', { engine: ENGINE.none, setup: freshStore, command: (c) => `${smartBin} push -q oci:${layout}:big file:${c.dir}/store#big/app:1` });
+  const m2 = await bench('smart pull of a 1 GB layer → rootfs (memory)', { engine: ENGINE.gunzip, setup: freshStore, command: (c) => `SMART_MAX_DECOMPRESSION_RATIO=0 ${smartBin} pull -q --cache-dir ${c.dir}/cache oci:${layout}:big rootfs:${c.dir}/rootfs` });
   results.push(m1, m2);
   memoryRows.push(m1, m2);
   rm(bigDir);
@@ -655,7 +656,7 @@ if (!smoke) {
     const m = await bench(name, {
       engine: flags ? ENGINE.zstd : ENGINE.gzip,
       setup: freshStore,
-      command: (c) => `node ${smartBin} push -q ${flags}--cache-dir ${c.dir}/cache docker-archive:${big.archive} file:${c.dir}/store#big/app:1`,
+      command: (c) => `${smartBin} push -q ${flags}--cache-dir ${c.dir}/cache docker-archive:${big.archive} file:${c.dir}/store#big/app:1`,
       after: (c) => layerBytes(`${c.dir}/store`, 'big/app', '1'),
     });
     m.input = big.layerBytes;
@@ -686,6 +687,7 @@ const lines = [
   `image: ${mb(img.sizes.tar)} MB docker-save tar (libs ${mb(img.sizes.libs)} MB, docs ${mb(img.sizes.docs)} MB, ${img.sizes.smallFiles} small files ${mb(img.sizes.small)} MB, patch); ${os.availableParallelism()} cores; median of ${runs}${smoke ? ' (--smoke: a small image, nothing to quote)' : ''}`,
   `start-up, the floor of every row (median of 11): node -e 0 ${startup.node.toFixed(3)} s (Node ${process.versions.node}), skopeo -v ${startup.skopeo.toFixed(3)} s`,
   `native addon: ${engines.native.loaded ? `loaded (libdeflate ${engines.native.libdeflate ?? 'absent'}, zstd ${engines.native.zstd ?? 'absent'}, isa-l ${engines.native.isal ?? 'absent'})` : engines.native.reason}; README path without it (SMART_NATIVE=0): ${ENGINE.gzipReadme}`,
+  `malloc: ${engines.malloc?.hugePages ? 'on transparent huge pages' : 'on 4 KiB pages'} (${engines.malloc?.why ?? 'not reported'})`,
   '',
   '| case | engine | wall s | CPU s | peak RSS MB | vs | ratio (their wall / ours) |',
   '|---|---|---|---|---|---|---|',
