@@ -6,7 +6,9 @@
  * without redis-server/redis-cli; under CI that is a failure (haveTools throws).
  */
 import { createRequire } from 'node:module';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { isSmartError } from '../../src/errors.js';
 import { DiskMetadataCache, forgivingCache, openMetadataCache, type MetadataCache } from '../../src/cache/metadata-cache.js';
@@ -259,6 +261,47 @@ for (const c of cases) {
 }
 
 // ---- Redis specifics ----------------------------------------------------------------------------
+
+describe('DiskMetadataCache specifics', () => {
+  it('leases: in 200 races of 20 takers of an expired entry, exactly one wins each, and holds it', async () => {
+    // Moving the expired entry aside (the earlier takeover) let a slow taker move a winner's new
+    // entry away: 144 of 300 such races had two winners or none.
+    const dir = await tempDir('smart-metadata-race-');
+    const races: number[] = [];
+    for (let round = 0; round < 200; round++) {
+      const caches = Array.from({ length: 20 }, () => new DiskMetadataCache(dir, `race${round}:`));
+      expect(await caches[0]!.setIfAbsent('lock', 'old', 0.001)).toBe(true);
+      await sleep(3);
+      const won = await Promise.all(caches.map((cache, i) => cache.setIfAbsent('lock', `taker ${i}`, 10)));
+      races.push(won.filter(Boolean).length);
+      if (won.filter(Boolean).length === 1) expect(await caches[0]!.get('lock')).toBe(`taker ${won.indexOf(true)}`);
+    }
+    expect(races.filter((n) => n !== 1)).toEqual([]);
+    // No claim is left behind.
+    const left = (await fs.promises.readdir(dir, { recursive: true })).filter((f) => String(f).endsWith('.claim'));
+    expect(left).toEqual([]);
+  });
+
+  it('leases: a takeover claim left by a taker that died is freed after 10 s, not before', async () => {
+    const dir = await tempDir('smart-metadata-claim-');
+    const cache = new DiskMetadataCache(dir, 'claim:');
+    expect(await cache.setIfAbsent('lock', 'old', 0.001)).toBe(true);
+    await sleep(3);
+    // The claim a taker would make for that expired entry: named after its bytes, beside it.
+    const [sub] = (await fs.promises.readdir(dir)).filter((d) => d.length === 2);
+    const [entry] = await fs.promises.readdir(path.join(dir, sub!));
+    const file = path.join(dir, sub!, entry!);
+    const bytes = await fs.promises.readFile(file);
+    const claim = `${file}.${createHash('sha256').update(bytes).digest('hex').slice(0, 16)}.claim`;
+    await fs.promises.writeFile(claim, '');
+    expect(await cache.setIfAbsent('lock', 'new', 10)).toBe(false); // another taker is replacing it
+    const past = new Date(Date.now() - 11_000);
+    await fs.promises.utimes(claim, past, past);
+    expect(await cache.setIfAbsent('lock', 'new', 10)).toBe(true);
+    expect(await cache.get('lock')).toBe('new');
+    expect(fs.existsSync(claim)).toBe(false);
+  });
+});
 
 describe.skipIf(!haveRedis)('RedisMetadataCache specifics', () => {
   it('stores under the key prefix (default smartlayer:), with SET EX for a TTL, in the database of the URL', async () => {
