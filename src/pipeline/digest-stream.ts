@@ -3,7 +3,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
-import { localFileOf, markLocalFile } from './local-file.js';
+import { fileRangeOf, localFileOf, markFileRange, markLocalFile, verifyError, type VerifyExpectation } from './local-file.js';
 
 /** Hashes and counts what passes through; `digest` and `size` are final once the stream has ended. */
 export class DigestStream extends Transform {
@@ -33,13 +33,7 @@ export class DigestStream extends Transform {
   }
 }
 
-export interface VerifyExpectation {
-  digest: Digest;
-  /** Known size: more bytes error at once, fewer at the end. */
-  size?: number;
-  /** What the bytes are, for the message: "layer sha256:… of oci:dir". */
-  what: string;
-}
+export type { VerifyExpectation } from './local-file.js';
 
 /**
  * Passes bytes through and checks them against a digest (and size). A mismatch errors the stream in
@@ -68,17 +62,7 @@ export class VerifyStream extends Transform {
   }
 
   override _flush(cb: TransformCallback): void {
-    const { size, digest, what } = this.expect;
-    if (size !== undefined && this.bytes !== size) {
-      cb(new SmartError('SIZE_MISMATCH', `${what}: ${this.bytes} bytes, but its descriptor declares ${size} (truncated?)`, { input: digest }));
-      return;
-    }
-    const got = `sha256:${this.hash.digest('hex')}`;
-    if (got !== digest) {
-      cb(new SmartError('DIGEST_MISMATCH', `${what}: content hashes to ${got}, not ${digest}`, { input: digest }));
-      return;
-    }
-    cb();
+    cb(verifyError(this.expect, this.bytes, `sha256:${this.hash.digest('hex')}` as Digest));
   }
 
   get size(): number {
@@ -96,6 +80,8 @@ export function verifiedStream(raw: NodeJS.ReadableStream & { destroy(error?: Er
   const verify = new VerifyStream(expect);
   const file = raw instanceof Readable ? localFileOf(raw) : undefined;
   if (file) markLocalFile(verify, { ...file, what: expect.what });
+  const range = raw instanceof Readable ? fileRangeOf(raw) : undefined;
+  if (range) markFileRange(verify, { ...range, checks: [...(range.checks ?? []), expect] });
   verify.on('error', () => undefined);
   raw.on('error', (e: Error) => verify.destroy(e));
   verify.on('close', () => raw.destroy());

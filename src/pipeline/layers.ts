@@ -16,7 +16,7 @@ import { layerCompression } from '../oci/mediatypes.js';
 import { checkLayersMatchConfig, readBlob, resolvePlatformManifest } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
 import { verifiedStream } from './digest-stream.js';
-import { localFileOf, markLocalFile } from './local-file.js';
+import { fileRangeOf, localFileOf, markFileRange, markLocalFile } from './local-file.js';
 
 /** A layer whose streams come from `source.getBlob` (verified by the source) and are decompressed here. */
 export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor, diffId: Digest): Layer {
@@ -71,6 +71,8 @@ export function counted(stream: Readable, onBytes: ((n: number) => void) | undef
   const file = localFileOf(stream);
   // A writer that copies the file in the kernel tells the bytes it verifies instead.
   if (file) markLocalFile(counter, { ...file, onBytes: file.onBytes ? (n) => (file.onBytes!(n), onBytes(n)) : onBytes });
+  const range = fileRangeOf(stream);
+  if (range) markFileRange(counter, { ...range, onBytes: range.onBytes ? (n) => (range.onBytes!(n), onBytes(n)) : onBytes });
   return stream.pipe(counter);
 }
 

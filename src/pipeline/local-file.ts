@@ -34,6 +34,42 @@ export function localFileOf(stream: Readable): LocalFile | undefined {
   return marks.get(stream);
 }
 
+export interface VerifyExpectation {
+  digest: Digest;
+  /** Known size: more bytes error at once, fewer at the end. */
+  size?: number;
+  /** What the bytes are, for the message: "layer sha256:… of oci:dir". */
+  what: string;
+}
+
+/**
+ * A stream that is a byte range of a local file as it is (a layer tar inside a docker-save
+ * archive), marked so: a compressor may then read the range itself, straight into the buffers it
+ * compresses, in place of taking the stream's chunks (fresh buffers, each copied once more). The
+ * stages that pass the bytes unchanged carry the mark with what they would have done: the digests
+ * they check the bytes against (`checks`, every one of them), and whom they tell of the bytes.
+ */
+export interface FileRange {
+  path: string;
+  offset: number;
+  length: number;
+  checks?: VerifyExpectation[];
+  onBytes?: (bytes: number) => void;
+}
+
+const rangeMarks = new WeakMap<Readable, FileRange>();
+
+/** Marks `stream` as the bytes of `range`; returns it. */
+export function markFileRange<T extends Readable>(stream: T, range: FileRange): T {
+  rangeMarks.set(stream, range);
+  return stream;
+}
+
+/** The file range `stream` is, when it is marked so. */
+export function fileRangeOf(stream: Readable): FileRange | undefined {
+  return rangeMarks.get(stream);
+}
+
 /**
  * Checks the file at `path` against a digest and size, read through one reused buffer; `onBytes`
  * is told of the bytes as they are hashed. Throws SIZE_MISMATCH or DIGEST_MISMATCH as VerifyStream does.
@@ -55,7 +91,17 @@ export async function verifyFile(path: string, expect: { digest: Digest; size: n
   }
   // The messages of VerifyStream: a copy fails as the stream it replaces would have.
   if (total > expect.size) throw new SmartError('SIZE_MISMATCH', `${expect.what}: more bytes than the ${expect.size} its descriptor declares`, { input: expect.digest });
-  if (total < expect.size) throw new SmartError('SIZE_MISMATCH', `${expect.what}: ${total} bytes, but its descriptor declares ${expect.size} (truncated?)`, { input: expect.digest });
-  const got = `sha256:${hash.digest('hex')}`;
-  if (got !== expect.digest) throw new SmartError('DIGEST_MISMATCH', `${expect.what}: content hashes to ${got}, not ${expect.digest}`, { input: expect.digest });
+  const failed = verifyError(expect, total, `sha256:${hash.digest('hex')}` as Digest);
+  if (failed) throw failed;
+}
+
+/**
+ * What VerifyStream fails with at the end of `bytes` bytes that hash to `got`, checked against
+ * `expect`; undefined when they match. Shared by every reader that checks bytes in its place.
+ */
+export function verifyError(expect: VerifyExpectation, bytes: number, got: Digest): SmartError | undefined {
+  const { size, digest, what } = expect;
+  if (size !== undefined && bytes !== size) return new SmartError('SIZE_MISMATCH', `${what}: ${bytes} bytes, but its descriptor declares ${size} (truncated?)`, { input: digest });
+  if (got !== digest) return new SmartError('DIGEST_MISMATCH', `${what}: content hashes to ${got}, not ${digest}`, { input: digest });
+  return undefined;
 }

@@ -40,6 +40,8 @@
  * `gunzipDecoder`, used by `decompress` in compression.ts) in gunzip.ts; what they export is
  * exported here too.
  */
+import { createHash, type Hash } from 'node:crypto';
+import fs, { type FileHandle } from 'node:fs/promises';
 import { Transform, pipeline, type Readable, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
@@ -48,6 +50,7 @@ import { diffIdStage } from './digest-stream.js';
 import { GZIP_HEADER, KiB, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, WINDOW, type GzipEngine, type GzipEngineName } from './gzip-engines.js';
 import { returnBlockBuffer, sharedWindow, takeBlockBuffer } from './gzip-window.js';
 import type { CompressedLayerStream } from './layer-streams.js';
+import { fileRangeOf, verifyError, type FileRange } from './local-file.js';
 
 export {
   DEFAULT_IGZIP_LEVEL,
@@ -95,6 +98,19 @@ export interface ParallelGzipStats {
   bytesOut: number;
 }
 
+/** The input read from a file range (see `readFileRange`). */
+interface FileInput {
+  range: FileRange;
+  handle?: FileHandle;
+  /** The next byte to read, and how many are left. */
+  position: number;
+  remaining: number;
+  reading: boolean;
+  hash: Hash;
+  /** The sha256 of the range, once read whole and checked. */
+  digest?: Digest;
+}
+
 interface Job {
   length: number;
   done: boolean;
@@ -125,6 +141,7 @@ export class ParallelGzip extends Transform {
   private waitingWrite: TransformCallback | null = null;
   private flushCallback: TransformCallback | null = null;
   private readonly abort = new AbortController();
+  private file: FileInput | null = null;
   private readonly counters = { maxBlocksInFlight: 0, maxBufferedInput: 0, heldInput: 0, maxHeldInput: 0, bytesIn: 0, bytesOut: 0 };
 
   constructor(options: ParallelGzipOptions) {
@@ -163,7 +180,118 @@ export class ParallelGzip extends Transform {
     return this.ready.length * this.blockSize + this.fillLength;
   }
 
+  /**
+   * Takes the input from `range` of a local file in place of writes (nothing may be written then):
+   * read a block at a time straight into the pooled block buffers that are compressed, hashed as
+   * read and checked against `range.checks` before the last block is compressed. A stream hands
+   * over its bytes in fresh 256 KiB buffers, each then copied into a block: on a 190 MB push those
+   * allocations and copies were ~0.11 s of the main thread, and its ~750 reads as many pool
+   * hand-offs, against ~50 here. The sha256 of the range is `fileDigest` at the end.
+   */
+  readFileRange(range: FileRange): this {
+    this.file = { range, position: range.offset, remaining: range.length, reading: false, hash: createHash('sha256') };
+    process.nextTick(() => this.pump());
+    return this;
+  }
+
+  /** The sha256 of the file range read (see readFileRange), once it has been read whole. */
+  get fileDigest(): Digest {
+    if (!this.file?.digest) throw new SmartError('INTERNAL', 'file digest read before the range was read');
+    return this.file.digest;
+  }
+
+  /** Counts input bytes taken (and folds them into the CRC of a single stream). */
+  private took(bytes: Buffer): void {
+    if (this.engine.framing === 'single-stream') this.crc = zlib.crc32(bytes, this.crc);
+    this.counters.bytesIn += bytes.length;
+    this.counters.heldInput += bytes.length;
+    this.counters.maxBufferedInput = Math.max(this.counters.maxBufferedInput, this.bufferedInput);
+    this.counters.maxHeldInput = Math.max(this.counters.maxHeldInput, this.counters.heldInput);
+  }
+
+  /** Reads the next block of the file range, when none is waiting to be cut and none is being read. */
+  private readBlock(file: FileInput): void {
+    if (file.reading || file.digest || this.ready.length > 0 || this.destroyed) return;
+    file.reading = true;
+    const buffer = takeBlockBuffer(this.blockSize);
+    const want = Math.min(this.blockSize, file.remaining);
+    this.readInto(file, buffer, want).then(
+      () => {
+        file.reading = false;
+        if (this.destroyed) {
+          returnBlockBuffer(buffer);
+          return;
+        }
+        const block = buffer.subarray(0, want);
+        file.hash.update(block);
+        file.range.onBytes?.(want);
+        file.position += want;
+        file.remaining -= want;
+        if (file.remaining > 0) {
+          // A full block with more input after it.
+          this.ready.push(buffer);
+          this.took(block);
+          this.pump();
+          return;
+        }
+        // The last block: compressed only once the range checks out, so a bad layer never ends cleanly.
+        this.filling = buffer;
+        this.fillLength = want;
+        this.took(block);
+        this.finishFile(file);
+      },
+      (e: unknown) => {
+        file.reading = false;
+        returnBlockBuffer(buffer);
+        if (!this.destroyed) this.destroy(e as Error);
+      },
+    );
+  }
+
+  private async readInto(file: FileInput, buffer: Buffer, want: number): Promise<void> {
+    if (!file.handle) {
+      const handle = await fs.open(file.range.path, 'r');
+      if (this.destroyed) {
+        await handle.close();
+        throw new SmartError('CANCELLED', 'gzip input not read: the stream was destroyed');
+      }
+      file.handle = handle;
+    }
+    for (let off = 0; off < want; ) {
+      const { bytesRead } = await file.handle.read(buffer, off, want - off, file.position + off);
+      if (bytesRead === 0) {
+        const check = file.range.checks?.[0];
+        const got = file.position + off - file.range.offset;
+        throw check
+          ? verifyError({ ...check, size: file.range.length }, got, check.digest)!
+          : new SmartError('CORRUPT_ARCHIVE', `${file.range.path}: ended ${got} bytes into a ${file.range.length}-byte member (truncated?)`);
+      }
+      off += bytesRead;
+    }
+  }
+
+  /** The range is read whole: check it, close the file, and end the input. */
+  private finishFile(file: FileInput): void {
+    const digest = `sha256:${file.hash.digest('hex')}` as Digest;
+    for (const check of file.range.checks ?? []) {
+      const failed = verifyError(check, file.range.length, digest);
+      if (failed) {
+        this.destroy(failed);
+        return;
+      }
+    }
+    file.digest = digest;
+    const handle = file.handle;
+    file.handle = undefined;
+    void handle?.close().catch(() => undefined);
+    this.end();
+  }
+
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    if (this.file) {
+      cb(new SmartError('INTERNAL', 'a gzip stream reading a file range was written to'));
+      return;
+    }
     if (chunk.length) {
       if (this.engine.framing === 'single-stream') this.crc = zlib.crc32(chunk, this.crc);
       // Copied into pooled block buffers: one cheap copy into memory already mapped, instead of
@@ -214,6 +342,10 @@ export class ParallelGzip extends Transform {
     // Blocks not submitted go back to the pool; submitted ones return when their compression settles.
     for (const block of this.ready.splice(0)) returnBlockBuffer(block);
     if (this.filling) returnBlockBuffer(this.filling);
+    // A read in flight finishes first (close waits for it), then returns its buffer.
+    const handle = this.file?.handle;
+    if (this.file) this.file.handle = undefined;
+    void handle?.close().catch(() => undefined);
     this.filling = null;
     this.fillLength = 0;
     this.waitingWrite = null;
@@ -301,6 +433,7 @@ export class ParallelGzip extends Transform {
       if (!progressed) break;
     }
     // 3. Take more input once no whole block is waiting to be cut.
+    if (this.file && this.ready.length === 0) this.readBlock(this.file);
     if (this.waitingWrite && this.ready.length === 0) {
       const cb = this.waitingWrite;
       this.waitingWrite = null;
@@ -339,6 +472,8 @@ export interface ParallelCompressedLayerStream extends CompressedLayerStream {
  * `verifiedDiffId` when the input is already verified against it upstream (see diffIdStage).
  */
 export function gzipLayerStreamParallel(tar: Readable, options: ParallelGzipOptions & { verifiedDiffId?: Digest }): ParallelCompressedLayerStream {
+  const range = fileRangeOf(tar);
+  if (range && !tar.readableDidRead) return gzipFileRange(tar, range, options);
   const diff = diffIdStage(options.verifiedDiffId);
   const gz = new ParallelGzip(options);
   const out = pipeline(tar, diff.stage, gz, () => {
@@ -348,6 +483,37 @@ export function gzipLayerStreamParallel(tar: Readable, options: ParallelGzipOpti
     stream: out,
     diffId: diff.diffId,
     uncompressedSize: diff.size,
+    engine: gz.engine.name,
+    level: gz.level,
+    blockSize: gz.blockSize,
+  };
+}
+
+/**
+ * The same, with the tar read by the compressor from the file range `tar` is marked as (see
+ * readFileRange): its diff id is the sha256 of the range, checked there against what `tar` would
+ * have checked. `tar` itself is never read; it is kept until the compressed stream closes so that
+ * destroying it (an abort signal attached to it) still stops the compression, and destroyed then.
+ */
+function gzipFileRange(tar: Readable, range: FileRange, options: ParallelGzipOptions & { verifiedDiffId?: Digest }): ParallelCompressedLayerStream {
+  // The diff id a caller says it verified is checked here too: the mark carries every check it knows of.
+  const checks = [...(range.checks ?? [])];
+  const verified = options.verifiedDiffId;
+  if (verified && !checks.some((c) => c.digest === verified)) checks.push({ digest: verified, what: `layer ${verified} (uncompressed)` });
+  const gz = new ParallelGzip(options).readFileRange({ ...range, checks });
+  const stop = (): void => {
+    if (!gz.destroyed && !gz.writableFinished) gz.destroy(tar.errored ?? new SmartError('CANCELLED', 'layer read cancelled'));
+  };
+  tar.on('error', () => undefined);
+  tar.once('close', stop);
+  gz.once('close', () => {
+    tar.off('close', stop);
+    tar.destroy();
+  });
+  return {
+    stream: gz,
+    diffId: () => gz.fileDigest,
+    uncompressedSize: () => gz.stats.bytesIn,
     engine: gz.engine.name,
     level: gz.level,
     blockSize: gz.blockSize,

@@ -132,6 +132,11 @@ export class TarIndex {
     }
   }
 
+  /** Where the member's bytes from `start` are in the archive file (for readers that read them themselves). */
+  rangeOf(member: TarMember, start = 0): { path: string; offset: number; length: number } {
+    return { path: this.path, offset: member.offset + start, length: member.size - start };
+  }
+
   /**
    * The member's bytes from `start`, in 256 KiB chunks: every stage a stream passes through may
    * hold two or three chunks, so larger ones multiply memory (measured with 8 MiB: +65 MB).

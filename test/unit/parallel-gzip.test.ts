@@ -9,11 +9,15 @@ import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createGunzip, gunzipSync, gzipSync } from 'node:zlib';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import type { Digest } from '../../src/oci/digest.js';
+import type { VerifyExpectation } from '../../src/pipeline/digest-stream.js';
+import { markFileRange } from '../../src/pipeline/local-file.js';
 import { decompress } from '../../src/pipeline/compression.js';
 import {
   DEFAULT_PROCESS_BLOCK_SIZE,
@@ -291,6 +295,83 @@ describe.each(engines.map((e) => [`${e.name} (${e.program ? 'program' : 'in-proc
     expect(layer.engine).toBe(engine.name);
     expect(layer.level).toBe(engine.defaultLevel);
     expect(layer.blockSize).toBe(BLOCK);
+  });
+
+  describe('a marked file range, read by the compressor itself', () => {
+    /** A file with `data` at `offset` between other bytes, and a stream of that range marked as such (as a docker-save member is). */
+    function rangeOf(data: Buffer, offset: number, checks?: VerifyExpectation[]) {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-range-'));
+      const file = path.join(dir, 'archive');
+      fs.writeFileSync(file, Buffer.concat([mixed(offset, 3), data, mixed(777, 4)]));
+      const raw = data.length ? fs.createReadStream(file, { start: offset, end: offset + data.length - 1 }) : Readable.from([]);
+      const tar = markFileRange(raw, { path: file, offset, length: data.length, ...(checks ? { checks } : {}) });
+      return { file, tar, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+    }
+
+    it('makes the bytes the stream would, reads in whole blocks, and reports the diff id and size', async () => {
+      for (const size of [0, 5, BLOCK, 3 * BLOCK, Math.floor(3.5 * BLOCK) + 5]) {
+        const data = mixed(size, 21 + size);
+        const r = rangeOf(data, 1536);
+        try {
+          const fromStream = await compress(data, { engine, blockSize: BLOCK, concurrency: 2 });
+          const layer = gzipLayerStreamParallel(r.tar, { engine, blockSize: BLOCK, concurrency: 2 });
+          const gz = await collect(layer.stream);
+          expect(sha(gz), `size ${size}`).toBe(sha(fromStream));
+          expect(gunzipSync(gz).equals(data)).toBe(true);
+          expect(layer.diffId()).toBe(`sha256:${sha(data)}`);
+          expect(layer.uncompressedSize()).toBe(size);
+          // The marked stream was never read through, and is closed with the compressor.
+          expect(r.tar.readableDidRead).toBe(false);
+          await vi.waitFor(() => expect(r.tar.destroyed).toBe(true));
+        } finally {
+          r.cleanup();
+        }
+      }
+    });
+
+    it('checks the range against every digest the mark carries before its last block, and fails as VerifyStream would', async () => {
+      const data = mixed(3 * BLOCK + 9, 5);
+      const good = { digest: `sha256:${sha(data)}` as Digest, size: data.length, what: 'layer x of docker-archive:a.tar' };
+      const bad = { digest: `sha256:${'0'.repeat(64)}` as Digest, what: 'layer y of docker-archive:a.tar' };
+      const r = rangeOf(data, 512, [good, bad]);
+      try {
+        const layer = gzipLayerStreamParallel(r.tar, { engine, blockSize: BLOCK });
+        await expect(collect(layer.stream)).rejects.toMatchObject({ code: 'DIGEST_MISMATCH', message: expect.stringMatching(/^layer y of docker-archive:a\.tar: content hashes to sha256:/) });
+      } finally {
+        r.cleanup();
+      }
+      // A diff id the caller says it verified is checked too.
+      const r2 = rangeOf(data, 512);
+      try {
+        const layer = gzipLayerStreamParallel(r2.tar, { engine, blockSize: BLOCK, verifiedDiffId: bad.digest });
+        await expect(collect(layer.stream)).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
+      } finally {
+        r2.cleanup();
+      }
+    });
+
+    it('fails a file cut short under it (truncated), and stops when the marked stream is destroyed', async () => {
+      const data = mixed(4 * BLOCK, 6);
+      const r = rangeOf(data, 0, [{ digest: `sha256:${sha(data)}` as Digest, size: data.length, what: 'layer z' }]);
+      try {
+        fs.truncateSync(r.file, 2 * BLOCK + 100);
+        const layer = gzipLayerStreamParallel(r.tar, { engine, blockSize: BLOCK });
+        await expect(collect(layer.stream)).rejects.toMatchObject({ code: 'SIZE_MISMATCH', message: expect.stringMatching(/^layer z: \d+ bytes, but its descriptor declares \d+ \(truncated\?\)/) });
+      } finally {
+        r.cleanup();
+      }
+      const big = mixed(16 * MiB, 8);
+      const r2 = rangeOf(big, 0);
+      try {
+        const layer = gzipLayerStreamParallel(r2.tar, { engine, blockSize: 1 * MiB, concurrency: 2 });
+        const reading = collect(layer.stream);
+        r2.tar.destroy(new Error('aborted by the caller'));
+        await expect(reading).rejects.toThrow(/aborted by the caller/);
+        await noChildrenLeft();
+      } finally {
+        r2.cleanup();
+      }
+    });
   });
 
   it('errors (no hang) when its input errors mid-way, and leaves no process running', async () => {

@@ -13,6 +13,7 @@ import type { ImageSource, OpenOptions } from '../../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType, layerMediaType, sniffCompression } from '../../oci/mediatypes.js';
 import { verifiedStream } from '../../pipeline/digest-stream.js';
+import { markFileRange } from '../../pipeline/local-file.js';
 import { TarIndex, type TarMember } from '../../tar/tar-index.js';
 import { MAX_ARCHIVE_MANIFEST_BYTES, parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
@@ -78,7 +79,9 @@ export async function openDockerArchiveSource(file: string, selection: ArchiveSe
     getBlob: async (d: Descriptor, _options?: OpenOptions): Promise<Readable> => {
       const m = blobs.get(d.digest);
       if (!m) throw new SmartError('NOT_FOUND', `${name}: no blob ${d.digest}`, { input: d.digest });
-      return verifiedStream(index.open(m), { digest: d.digest, size: d.size, what: `layer ${shortDigest(d.digest)} of ${name}` });
+      // Marked as the range of the archive it is: a compressor reads it into its own blocks (see FileRange).
+      const raw = m.size > 0 ? markFileRange(index.open(m), index.rangeOf(m)) : index.open(m);
+      return verifiedStream(raw, { digest: d.digest, size: d.size, what: `layer ${shortDigest(d.digest)} of ${name}` });
     },
     repoTags: () => repoTags,
     close: async () => undefined,

@@ -11,6 +11,7 @@ import { SmartError } from '../../errors.js';
 import { checkSize } from '../../limits.js';
 import type { BlobDestination, BlobReuse, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import type { Descriptor, ParsedManifest } from '../../oci/manifest.js';
+import { markFileRange } from '../../pipeline/local-file.js';
 import { FsDriver } from '../../storage/fs-driver.js';
 import { TarIndex } from '../../tar/tar-index.js';
 import { TarWriter, fileSink } from '../../tar/tar-writer.js';
@@ -29,7 +30,8 @@ export async function openOciArchiveSource(file: string, tag: string | undefined
     reader: async (p) => {
       const member = index.get(p);
       if (!member) throw new SmartError('NOT_FOUND', `${name}: ${memberName(p)} not in the archive`, { input: file });
-      return index.open(member);
+      // Marked as the range of the archive it is: a compressor reads it into its own blocks (see FileRange).
+      return member.size > 0 ? markFileRange(index.open(member), index.rangeOf(member)) : index.open(member);
     },
   };
   return new OciLayoutSource(name, files, tag);
