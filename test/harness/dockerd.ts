@@ -50,6 +50,21 @@ async function pidAlive(pid: number): Promise<boolean> {
   }
 }
 
+/**
+ * Unmounts what is still mounted under `dir`, deepest first: dockerd bind-mounts its data root
+ * over itself and BuildKit mounts its snapshots there; a daemon that had to be killed leaves them,
+ * and the tree then cannot be removed (a run killed mid-build left one behind in the temp dir).
+ */
+async function unmountUnder(dir: string): Promise<void> {
+  const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  const points = mountinfo
+    .split('\n')
+    .map((line) => line.split(' ')[4]?.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+    .filter((p): p is string => p !== undefined && (p === dir || p.startsWith(`${dir}/`)))
+    .sort((a, b) => b.length - a.length);
+  for (const p of points) await run('umount', ['-l', p]).catch(() => undefined);
+}
+
 export async function startDockerd(options: { insecureRegistries?: string[] } = {}): Promise<RunningDockerd> {
   // Short paths: the daemon's and containerd's sockets live under it (108-byte limit).
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'smart-dockerd-'));
@@ -107,6 +122,7 @@ export async function startDockerd(options: { insecureRegistries?: string[] } = 
       while ((await pidAlive(containerd)) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
       if (await pidAlive(containerd)) process.kill(containerd, 'SIGKILL');
     }
+    await unmountUnder(dir);
     await fs.rm(dir, { recursive: true, force: true, maxRetries: 3 });
   };
 
