@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -97,6 +97,12 @@ async function outsideUntouched() {
 }
 
 const r = (...p: string[]) => path.join(root, ...p);
+
+/** Gives the root a mode and group before the layers are applied (a target below a set-group-ID directory). */
+async function chmodRoot(mode: number, gid: number) {
+  await chown(root, 0, gid);
+  await chmod(root, mode);
+}
 
 describe('normaliseEntryName', () => {
   it('strips leading slashes and ./, cleans, and stops `..` at the root', () => {
@@ -648,5 +654,57 @@ describe('RootfsApplier', () => {
     const fifo = await lstat(r('dev/fifo'));
     expect(fifo.isFIFO()).toBe(true);
     expect(fifo.mode & 0o7777).toBe(0o640);
+  });
+
+  it.skipIf(!isRoot)("gives files this process's own owner and group only where a directory's set-group-ID bit would not change the group", async () => {
+    // Files owned as the process creates them skip their chown; one made in a set-group-ID directory
+    // would take the directory's group, so it gets its chown: in a directory whose entry sets the bit,
+    // in one made below the root when the root has it, and never after a later entry clears it.
+    await chmodRoot(0o2755, 4242);
+    await applyAll(
+      [
+        [
+          { name: 'shared/', type: 'directory', mode: 0o2775, uid: 0, gid: 50 },
+          { name: 'shared/root-owned', content: 'r', uid: 0, gid: 0 },
+          { name: 'shared/inherits', content: 'i', uid: 0, gid: 50 },
+          { name: 'top-file', content: 't', uid: 0, gid: 0 },
+          { name: 'plain/file', content: 'p', uid: 0, gid: 0 },
+        ],
+        [
+          { name: 'shared/', type: 'directory', mode: 0o755, uid: 0, gid: 50 },
+          { name: 'shared/later', content: 'l', uid: 0, gid: 0 },
+        ],
+      ],
+      { preserveOwnership: true },
+    );
+    const owner = async (p: string) => {
+      const st = await stat(r(p));
+      return [st.uid, st.gid];
+    };
+    expect(await owner('shared/root-owned')).toEqual([0, 0]);
+    expect(await owner('shared/inherits')).toEqual([0, 50]);
+    expect(await owner('shared/later')).toEqual([0, 0]);
+    expect(await owner('top-file')).toEqual([0, 0]);
+    expect(await owner('plain/file')).toEqual([0, 0]);
+  });
+
+  it('gives files their exact mode whatever the umask, with and without a chmod', async () => {
+    const old = process.umask(0o027);
+    try {
+      await applyAll([
+        [
+          { name: 'a', content: 'a', mode: 0o644 },
+          { name: 'b', content: 'b', mode: 0o600 },
+          { name: 'c', content: 'c', mode: 0o755 },
+          { name: 'd', content: 'd', mode: 0o666 },
+          { name: 'e', content: 'e', mode: 0o4750 },
+          { name: 'f', content: 'f', mode: 0o400 },
+        ],
+      ]);
+    } finally {
+      process.umask(old);
+    }
+    const modes = await Promise.all(['a', 'b', 'c', 'd', 'e', 'f'].map(async (n) => (await stat(r(n))).mode & 0o7777));
+    expect(modes).toEqual([0o644, 0o600, 0o755, 0o666, 0o4750, 0o400]);
   });
 });

