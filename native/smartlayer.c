@@ -27,7 +27,19 @@
  *     level 1's speed on x86 for a few percent more bytes. One call on the whole block, so its
  *     bytes do not depend on how the input arrived (the igzip program's, read in pieces, can).
  *   isalVersion: string
+ *   makePipe(bytes: number): [readFd: number, writeFd: number]   (Linux)
+ *     A pipe (both ends close-on-exec) of `bytes` capacity where the kernel allows it (1 MiB is
+ *     the most an unprivileged process may ask for by default; a refusal leaves 64 KiB). For a
+ *     decompressor program's stdout: Node gives a child a socket pair, through which `igzip -d`
+ *     stalls whenever the event loop does not read at once; 150 MB of output through a socket
+ *     pair took 0.33 s, through a 1 MiB pipe 0.25 s (igzip alone, to /dev/null: 0.25 s).
  */
+#ifdef __linux__
+#define _GNU_SOURCE /* F_SETPIPE_SZ */
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#endif
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <stdbool.h>
@@ -466,6 +478,32 @@ static napi_value zstd_free(napi_env env, napi_callback_info info) {
   return NULL;
 }
 #endif /* SMART_HAVE_ZSTD */
+#ifdef __linux__
+static napi_value make_pipe(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t bytes = 0;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &bytes) != napi_ok || bytes < 0) {
+    napi_throw_type_error(env, NULL, "makePipe(bytes): a size in bytes");
+    return NULL;
+  }
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) {
+    napi_throw_error(env, NULL, strerror(errno));
+    return NULL;
+  }
+  if (bytes > 0) (void)fcntl(fds[1], F_SETPIPE_SZ, bytes);
+  napi_value out, fd;
+  CHECK(env, napi_create_array_with_length(env, 2, &out));
+  for (uint32_t i = 0; i < 2; i++) {
+    CHECK(env, napi_create_int32(env, fds[i], &fd));
+    CHECK(env, napi_set_element(env, out, i, fd));
+  }
+  return out;
+}
+#endif
+
 static napi_value export_function(napi_env env, napi_value exports, const char *name, napi_callback cb) {
   napi_value fn;
   CHECK(env, napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn));
@@ -481,6 +519,9 @@ static napi_value export_string(napi_env env, napi_value exports, const char *na
 }
 
 static napi_value init(napi_env env, napi_value exports) {
+#ifdef __linux__
+  if (!export_function(env, exports, "makePipe", make_pipe)) return NULL;
+#endif
 #ifdef SMART_HAVE_LIBDEFLATE
   if (!export_function(env, exports, "gzipMember", gzip_member)) return NULL;
   if (!export_string(env, exports, "libdeflateVersion", LIBDEFLATE_VERSION_STRING)) return NULL;

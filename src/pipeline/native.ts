@@ -23,6 +23,8 @@ export interface NativeBinding {
   /** One complete gzip member of `input` by ISA-L's igzip (levels 0-3), on the libuv pool. */
   igzipMember?(input: Buffer, level: number): Promise<Buffer>;
   readonly isalVersion?: string;
+  /** A pipe of `bytes` capacity where the kernel allows it, both ends close-on-exec (Linux): [read end, write end]. */
+  makePipe?(bytes: number): [number, number];
 }
 
 /** dist/pipeline/native.js (or src/pipeline/native.ts) → the package root. */

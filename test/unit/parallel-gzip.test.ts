@@ -28,6 +28,7 @@ import {
   chooseGzipEngine,
   findGzipEngine,
   gzipLayerStreamParallel,
+  igzipDecompressor,
   liveChildProcessCount,
   parallelGzipStream,
   sharedWindowInUse,
@@ -518,6 +519,23 @@ describe('decompress with a gunzip engine', () => {
     const big = gzipSync(mixed(8 * MiB, 4));
     for await (const _c of decompress(Readable.from(chunksOf(big, 64 * KiB)), 'gzip', 'layer', { gunzip: g })) break;
     await noChildrenLeft();
+  });
+
+  it.skipIf(!igzipProgram)('igzip: destroyed whole by its consumer, it leaves no process and no descriptor behind', async () => {
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    // Its input all written at once (a few KiB), its output still coming when it is destroyed.
+    const small = gzipSync(Buffer.alloc(3 * MiB, 7));
+    // One run first: the first child makes descriptors the process keeps (its event loop's).
+    await pipeline(Readable.from([small]), igzipDecompressor(igzipProgram!.program!, 'layer'), new Writable({ write: (_c, _e, cb) => cb() }));
+    const before = fds();
+    for (let i = 0; i < 5; i++) {
+      const d = igzipDecompressor(igzipProgram!.program!, 'layer');
+      const done = pipeline(Readable.from([small]), d, new Writable({ write: (_c, _e, cb) => cb() }));
+      setTimeout(() => d.destroy(new Error('gave up')), 1);
+      await expect(done).rejects.toThrow('gave up');
+    }
+    await noChildrenLeft();
+    await vi.waitFor(() => expect(fds()).toBe(before));
   });
 
   it('chooseGunzip: igzip when present, zlib on request', async () => {
