@@ -501,6 +501,10 @@ function gzipFileRange(tar: Readable, range: FileRange, options: ParallelGzipOpt
   const verified = options.verifiedDiffId;
   if (verified && !checks.some((c) => c.digest === verified)) checks.push({ digest: verified, what: `layer ${verified} (uncompressed)` });
   const gz = new ParallelGzip(options).readFileRange({ ...range, checks });
+  // A small layer can be read, found bad and destroyed before its consumer attaches: the error is
+  // kept on the stream (`errored`) and reaches the consumer when it pipes or iterates, as from a
+  // pipeline, instead of crashing the process as an unhandled 'error' event.
+  gz.on('error', () => undefined);
   const stop = (): void => {
     if (!gz.destroyed && !gz.writableFinished) gz.destroy(tar.errored ?? new SmartError('CANCELLED', 'layer read cancelled'));
   };

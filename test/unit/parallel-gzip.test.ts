@@ -341,6 +341,15 @@ describe.each(engines.map((e) => [`${e.name} (${e.program ? 'program' : 'in-proc
       } finally {
         r.cleanup();
       }
+      // Found bad before anyone reads it (a small layer, a consumer that attaches late): the error waits for the consumer.
+      const r1 = rangeOf(data, 512, [bad]);
+      try {
+        const layer = gzipLayerStreamParallel(r1.tar, { engine, blockSize: BLOCK });
+        await vi.waitFor(() => expect(layer.stream.destroyed).toBe(true));
+        await expect(collect(layer.stream)).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
+      } finally {
+        r1.cleanup();
+      }
       // A diff id the caller says it verified is checked too.
       const r2 = rangeOf(data, 512);
       try {
