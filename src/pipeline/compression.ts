@@ -9,6 +9,8 @@ import { SmartError, isSmartError } from '../errors.js';
 import { decompressionBomb, decompressionBound, maxDecompressedBytes } from '../limits.js';
 import type { Digest } from '../oci/digest.js';
 import type { Compression } from '../oci/mediatypes.js';
+import { igzipFileDecompressor } from './gunzip.js';
+import { localFileOf, verifyFile } from './local-file.js';
 import { gunzipDecoder, type GunzipEngine } from './parallel-gzip.js';
 import { findProgram } from './programs.js';
 
@@ -51,10 +53,28 @@ export function decompress(source: Readable, compression: Compression, what: str
       if (total > max) throw decompressionBomb(what, size, max, bound);
     };
   }
-  const engine = compression === 'gzip' ? gunzipDecoder(what, options.gunzip) : zstdDecompressor(what);
-  const out = pipeline(source, engine, () => {
-    /* errors surface through the iterator below */
-  });
+  const program = compression === 'gzip' && options.gunzip?.name === 'igzip' ? options.gunzip.program : null;
+  const file = program ? localFileOf(source) : undefined;
+  const check = file?.checks?.length === 1 ? file.checks[0] : undefined;
+  let out: Readable;
+  if (program && file && check?.size !== undefined && !source.readableDidRead) {
+    // A local file checked against one digest: igzip reads the file itself, checked alongside
+    // through one reused buffer (the gzip bytes no longer pass through this process on their way
+    // to igzip: ~50 ms of a 190 MB pull's main thread were those writes alone).
+    const expect = { digest: check.digest, size: check.size, what: file.what ?? check.what };
+    const verified = verifyFile(file.path, expect, file.onBytes);
+    verified.catch(() => undefined);
+    out = igzipFileDecompressor(program, what, { path: file.path, size: check.size, verified });
+    source.on('error', () => undefined);
+    // Nothing reads `source` now; destroyed with the output (an abort signal on it still stops both).
+    source.once('close', () => out.destroy(source.errored ?? undefined));
+    out.once('close', () => source.destroy());
+  } else {
+    const engine = compression === 'gzip' ? gunzipDecoder(what, options.gunzip) : zstdDecompressor(what);
+    out = pipeline(source, engine, () => {
+      /* errors surface through the iterator below */
+    });
+  }
   return Readable.from(renameErrors(out, what, compression, limit), { objectMode: false, highWaterMark: 64 * 1024 });
 }
 

@@ -79,7 +79,7 @@ export class VerifyStream extends Transform {
 export function verifiedStream(raw: NodeJS.ReadableStream & { destroy(error?: Error): void }, expect: VerifyExpectation): VerifyStream {
   const verify = new VerifyStream(expect);
   const file = raw instanceof Readable ? localFileOf(raw) : undefined;
-  if (file) markLocalFile(verify, { ...file, what: expect.what });
+  if (file) markLocalFile(verify, { ...file, what: expect.what, checks: [...(file.checks ?? []), expect] });
   const range = raw instanceof Readable ? fileRangeOf(raw) : undefined;
   if (range) markFileRange(verify, { ...range, checks: [...(range.checks ?? []), expect] });
   verify.on('error', () => undefined);

@@ -3,7 +3,7 @@
  * Node's zlib otherwise; both report a corrupt or truncated stream as CORRUPT_ARCHIVE.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { Duplex, PassThrough, type Readable } from 'node:stream';
 import zlib from 'node:zlib';
@@ -75,31 +75,67 @@ function outputPipe(): { childEnd: number; open(): Readable } | undefined {
  */
 export function igzipDecompressor(program: string, what: string): Duplex {
   const input = new PassThrough({ highWaterMark: 256 * KiB });
+  let inputBytes = 0;
+  input.on('data', (d: Buffer) => (inputBytes += d.length));
+  const run = runIgzip(program, what, 'pipe', () => inputBytes);
+  if (run.child.stdin) input.pipe(run.child.stdin);
+  input.once('close', () => {
+    // The writable side destroyed before its end (an upstream error): stop the child too.
+    if (!input.writableFinished) run.kill();
+  });
+  const duplex = Duplex.from({ writable: input, readable: run.output });
+  // Destroyed as a whole (the consumer gave up), it need not destroy its two sides: stop the child here too.
+  duplex.once('close', run.kill);
+  return duplex;
+}
+
+/**
+ * The same for a local file of `size` bytes, which `igzip` reads itself (no byte of the gzip
+ * through this process): its output ends only once `verified` (the file checked against its
+ * digest, read alongside) has resolved, and errors with its rejection. Destroying it kills the
+ * process.
+ */
+export function igzipFileDecompressor(program: string, what: string, file: { path: string; size: number; verified: Promise<void> }): Readable {
+  const fd = openSync(file.path, 'r');
+  let run: ReturnType<typeof runIgzip>;
+  try {
+    run = runIgzip(program, what, fd, () => file.size, file.verified);
+  } finally {
+    // The child has its own copy.
+    closeSync(fd);
+  }
+  return run.output;
+}
+
+/**
+ * Runs `igzip -d -c` with `stdin` as its input: its output as a stream that ends once the child
+ * has exited well, all its output is through and `before` (if any) has resolved.
+ */
+function runIgzip(program: string, what: string, stdin: 'pipe' | number, inputBytes: () => number, before?: Promise<void>) {
   const output = new PassThrough({ highWaterMark: 256 * KiB });
   const pipe = outputPipe();
   let child: ChildProcess;
   try {
-    child = spawn(program, ['-d', '-c'], { stdio: ['pipe', pipe?.childEnd ?? 'pipe', 'pipe'] });
+    child = spawn(program, ['-d', '-c'], { stdio: [stdin, pipe?.childEnd ?? 'pipe', 'pipe'] });
   } catch (e) {
     pipe?.open().destroy();
     throw e;
   }
   const stdout = pipe ? pipe.open() : child.stdout!;
   liveChildren.add(child);
-  let inputBytes = 0;
   let stderr = '';
-  input.on('data', (d: Buffer) => (inputBytes += d.length));
   child.stderr!.on('data', (d: Buffer) => {
     if (stderr.length < 4096) stderr += d.toString();
   });
-  child.stdin!.on('error', () => {
+  child.stdin?.on('error', () => {
     /* the exit status reports it */
   });
-  input.pipe(child.stdin!);
   // All the output is through once stdout has ended: on our own pipe that can come after 'close'.
   const drained = new Promise<void>((resolve) => stdout.once('end', resolve));
   stdout.on('error', (e: Error) => output.destroy(new SmartError('INTERNAL', `${what}: reading ${program}: ${e.message}`, { cause: e })));
   stdout.pipe(output, { end: false });
+  // A check that fails stops everything at once; one that passes lets the output end.
+  before?.catch((e: unknown) => output.destroy(e as Error));
   let exited = false;
   child.once('error', (e) => {
     exited = true;
@@ -114,24 +150,27 @@ export function igzipDecompressor(program: string, what: string): Duplex {
     // Node's zlib calls an empty input truncated, igzip accepts it: zlib's answer wins here.
     // Trailing garbage after the last member igzip ignores silently (as `gzip -d` does, with a
     // warning), where zlib calls it corrupt: the data is whole either way.
-    if (sig) output.destroy(new SmartError('INTERNAL', `${what}: ${program} killed by ${sig}`));
-    else if (inputBytes === 0) output.destroy(corrupt(what, true, ''));
-    else if (code === 0 && !stderr.trim()) void drained.then(() => !output.destroyed && output.end());
-    else output.destroy(corrupt(what, /complete gzip file|unexpected end|truncat/i.test(message), message || `exit status ${code}`));
+    // A failure waits for the check of the input: a blob that is not what its digest says is the
+    // cause to name (a cut-short file makes igzip fail too, as 'truncated gzip stream').
+    const fail = (err: Error): void => {
+      if (!before) output.destroy(err);
+      else void before.then(() => !output.destroyed && output.destroy(err), () => undefined);
+    };
+    if (sig) fail(new SmartError('INTERNAL', `${what}: ${program} killed by ${sig}`));
+    else if (inputBytes() === 0) fail(corrupt(what, true, ''));
+    else if (code === 0 && !stderr.trim()) {
+      void Promise.all([drained, before]).then(
+        () => !output.destroyed && output.end(),
+        () => undefined,
+      );
+    } else fail(corrupt(what, /complete gzip file|unexpected end|truncat/i.test(message), message || `exit status ${code}`));
   });
-  const kill = () => {
+  const kill = (): void => {
     if (!exited) child.kill('SIGKILL');
     if (stdout !== child.stdout) stdout.destroy();
   };
   output.once('close', kill);
-  input.once('close', () => {
-    // The writable side destroyed before its end (an upstream error): stop the child too.
-    if (!input.writableFinished) kill();
-  });
-  const duplex = Duplex.from({ writable: input, readable: output });
-  // Destroyed as a whole (the consumer gave up), it need not destroy its two sides: stop the child here too.
-  duplex.once('close', kill);
-  return duplex;
+  return { child, output, kill };
 }
 
 /** The bare decoder stage of `engine` (zlib errors are raw Z_ codes; igzip's are SmartErrors). */

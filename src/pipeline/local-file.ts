@@ -19,6 +19,8 @@ export interface LocalFile {
   onBytes?: (bytes: number) => void;
   /** What the bytes are, as the stream's verification names them (`blob sha256:… of oci:dir`): a copy that fails its check is named so. */
   what?: string;
+  /** The digests the stream checks the bytes against (verifiedStream), for a reader that reads the file itself. */
+  checks?: VerifyExpectation[];
 }
 
 const marks = new WeakMap<Readable, LocalFile>();

@@ -17,7 +17,8 @@ import { createGunzip, gunzipSync, gzipSync } from 'node:zlib';
 import { describe, expect, it, vi } from 'vitest';
 import type { Digest } from '../../src/oci/digest.js';
 import type { VerifyExpectation } from '../../src/pipeline/digest-stream.js';
-import { markFileRange } from '../../src/pipeline/local-file.js';
+import { verifiedStream } from '../../src/pipeline/digest-stream.js';
+import { markFileRange, markLocalFile } from '../../src/pipeline/local-file.js';
 import { decompress } from '../../src/pipeline/compression.js';
 import {
   DEFAULT_PROCESS_BLOCK_SIZE,
@@ -528,6 +529,53 @@ describe('decompress with a gunzip engine', () => {
     const big = gzipSync(mixed(8 * MiB, 4));
     for await (const _c of decompress(Readable.from(chunksOf(big, 64 * KiB)), 'gzip', 'layer', { gunzip: g })) break;
     await noChildrenLeft();
+  });
+
+  it.skipIf(!igzipGunzip)('igzip: a verified local file is read by igzip itself, checked alongside, and fails as the stream would', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-gunzip-file-'));
+    try {
+      /** The blob as a store gives it: a file stream, marked as the whole file, verified against `digest` (and `size`). */
+      const blob = (file: string, digest: string, size: number) =>
+        verifiedStream(markLocalFile(fs.createReadStream(file), { path: file }), { digest: digest as Digest, size, what: 'blob sha256:b of file:s' });
+      const file = path.join(dir, 'blob');
+      fs.writeFileSync(file, gz);
+      const digest = `sha256:${sha(gz)}`;
+      const children = () => compressorChildren().length;
+      const source = blob(file, digest, gz.length);
+      expect((await collect(decompress(source, 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! }))).equals(data)).toBe(true);
+      // igzip read the file: nothing was read through the stream, which is closed with the output.
+      expect(source.readableDidRead).toBe(false);
+      await vi.waitFor(() => expect(source.destroyed).toBe(true));
+      expect(children()).toBe(0);
+      // The file differs from its digest, or is cut short: the output fails with the blob's own
+      // error (the cause, though igzip fails too), never ends cleanly.
+      const bad = Buffer.from(gz);
+      bad[bad.length - 20] = bad[bad.length - 20]! ^ 1;
+      fs.writeFileSync(file, bad);
+      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! }))).rejects.toMatchObject({
+        code: 'DIGEST_MISMATCH',
+        message: expect.stringMatching(/^blob sha256:b of file:s: content hashes to /),
+      });
+      fs.writeFileSync(file, gz.subarray(0, gz.length >> 1));
+      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! }))).rejects.toMatchObject({
+        code: 'SIZE_MISMATCH',
+        message: expect.stringMatching(/truncated\?\)$/),
+      });
+      // Longer than its descriptor says (good gzip, then junk): the size check fails it.
+      fs.writeFileSync(file, Buffer.concat([gz, Buffer.from('junk')]));
+      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! }))).rejects.toMatchObject({
+        code: 'SIZE_MISMATCH',
+        message: expect.stringMatching(/^blob sha256:b of file:s: /),
+      });
+      // Destroyed by its reader mid-way: igzip is stopped.
+      const big = gzipSync(mixed(16 * MiB, 3));
+      fs.writeFileSync(file, big);
+      const reading = decompress(blob(file, `sha256:${sha(big)}`, big.length), 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! });
+      for await (const _c of reading) break;
+      await noChildrenLeft();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it.skipIf(!igzipProgram)('igzip: destroyed whole by its consumer, it leaves no process and no descriptor behind', async () => {
