@@ -303,11 +303,17 @@ describe.each(engines.map((e) => [`${e.name} (${e.program ? 'program' : 'in-proc
     /** A file with `data` at `offset` between other bytes, and a stream of that range marked as such (as a docker-save member is). */
     function rangeOf(data: Buffer, offset: number, checks?: VerifyExpectation[]) {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-range-'));
-      const file = path.join(dir, 'archive');
-      fs.writeFileSync(file, Buffer.concat([mixed(offset, 3), data, mixed(777, 4)]));
-      const raw = data.length ? fs.createReadStream(file, { start: offset, end: offset + data.length - 1 }) : Readable.from([]);
-      const tar = markFileRange(raw, { path: file, offset, length: data.length, ...(checks ? { checks } : {}) });
-      return { file, tar, cleanup: () => fs.rmSync(dir, { recursive: true, force: true }) };
+      const cleanup = () => fs.rmSync(dir, { recursive: true, force: true });
+      try {
+        const file = path.join(dir, 'archive');
+        fs.writeFileSync(file, Buffer.concat([mixed(offset, 3), data, mixed(777, 4)]));
+        const raw = data.length ? fs.createReadStream(file, { start: offset, end: offset + data.length - 1 }) : Readable.from([]);
+        const tar = markFileRange(raw, { path: file, offset, length: data.length, ...(checks ? { checks } : {}) });
+        return { file, tar, cleanup };
+      } catch (e) {
+        cleanup();
+        throw e;
+      }
     }
 
     it('makes the bytes the stream would, reads in whole blocks, and reports the diff id and size', async () => {
