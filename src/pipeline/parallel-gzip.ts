@@ -258,6 +258,8 @@ export class ParallelGzip extends Transform {
       file.handle = handle;
     }
     for (let off = 0; off < want; ) {
+      // Destroyed meanwhile: its handle is closed (or closing) and nothing wants the rest.
+      if (!file.handle) throw new SmartError('CANCELLED', 'gzip input not read: the stream was destroyed');
       const { bytesRead } = await file.handle.read(buffer, off, want - off, file.position + off);
       if (bytesRead === 0) {
         const check = file.range.checks?.[0];
@@ -293,7 +295,6 @@ export class ParallelGzip extends Transform {
       return;
     }
     if (chunk.length) {
-      if (this.engine.framing === 'single-stream') this.crc = zlib.crc32(chunk, this.crc);
       // Copied into pooled block buffers: one cheap copy into memory already mapped, instead of
       // cutting blocks out of the input chunks (a fresh allocation per block, page faults and
       // all) or asking the source for block-sized chunks (which every stage before this one
@@ -313,10 +314,7 @@ export class ParallelGzip extends Transform {
         this.fillLength += n;
         offset += n;
       }
-      this.counters.bytesIn += chunk.length;
-      this.counters.heldInput += chunk.length;
-      this.counters.maxBufferedInput = Math.max(this.counters.maxBufferedInput, this.bufferedInput);
-      this.counters.maxHeldInput = Math.max(this.counters.maxHeldInput, this.counters.heldInput);
+      this.took(chunk);
     }
     this.waitingWrite = cb;
     this.pump();
