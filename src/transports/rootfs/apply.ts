@@ -42,10 +42,11 @@ import {
 import { open, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { extract as tarExtract, type Header } from 'tar-stream';
+import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError, quoted } from '../../errors.js';
 import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
+import { TarStreamReader } from '../../tar/stream-reader.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
 export interface ApplyOptions {
@@ -261,7 +262,35 @@ interface KeptFile {
   file: string;
 }
 
-const EMPTY_BODY: AsyncIterable<Buffer> = { async *[Symbol.asyncIterator]() {} };
+/**
+ * An entry's content as the applier reads it: from the tar being read (what an entry leaves
+ * unread is skipped when the next one is read), or none (an entry from the layer store).
+ */
+interface EntryBody {
+  /** The whole content, for an entry small enough to hold: without a promise when it is all here. */
+  whole(): Buffer | Promise<Buffer>;
+  /** The content in the pieces it arrives in. */
+  chunks(): AsyncIterable<Buffer>;
+}
+
+const EMPTY = Buffer.alloc(0);
+const EMPTY_BODY: EntryBody = { whole: () => EMPTY, chunks: async function* () {} };
+
+/** The current entry of `reader`, its failures marked as the tar's. */
+function tarBody(reader: TarStreamReader): EntryBody {
+  return {
+    whole() {
+      let content: Buffer | undefined;
+      try {
+        content = reader.contentSync();
+      } catch (e) {
+        throw new StreamFailure(e);
+      }
+      return content ?? reader.content().catch((e: unknown) => Promise.reject(new StreamFailure(e)));
+    },
+    chunks: () => chunks(reader.contentChunks()),
+  };
+}
 
 /** Files up to this size are read whole, then written with one synchronous burst. */
 const SMALL_FILE_BYTES = 512 * 1024;
@@ -302,26 +331,6 @@ async function* chunks(entry: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     }
     if (r.done) return;
     yield r.value;
-  }
-}
-
-/** Reads an entry whole. */
-async function readWhole(body: AsyncIterable<Buffer>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let n = 0;
-  for await (const c of chunks(body)) {
-    parts.push(c);
-    n += c.length;
-  }
-  return parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts, n);
-}
-
-/** Consumes what an entry we do not write carries (tar-stream waits for it). */
-async function drain(h: Header, entry: AsyncIterable<Buffer>): Promise<void> {
-  // tar-stream hands empty entries and directories over already ended.
-  if (!h.size || h.type === 'directory') return;
-  for await (const _ of chunks(entry)) {
-    // discard
   }
 }
 
@@ -394,33 +403,32 @@ export class RootfsApplier {
       droppedXattrs: 0,
       ...(options.keep ? { keep: options.keep } : {}),
     };
-    const extract = tarExtract();
     let inputError: unknown;
     // Stays attached: an error the input emits after we are done must not go unhandled.
     tar.on('error', (e) => {
       inputError ??= e;
-      extract.destroy(e);
     });
-    tar.once('close', () => {
-      if (!tar.readableEnded) extract.destroy(inputError instanceof Error ? inputError : new Error('the stream closed before its end'));
-    });
-    tar.pipe(extract as unknown as NodeJS.WritableStream);
+    const reader = new TarStreamReader(tar);
+    const body = tarBody(reader);
     let ok = false;
     try {
-      for await (const entry of extract) {
+      for (;;) {
+        let h: Header | null | undefined;
+        try {
+          h = reader.nextSync() ?? (await reader.next());
+        } catch (e) {
+          throw new StreamFailure(e);
+        }
+        if (h === null) break;
         state.stats.entries++;
-        await this.applyEntry(entry.header, entry as unknown as AsyncIterable<Buffer>, state);
-        state.lastEntry = entry.header.name;
+        await this.applyEntry(h, body, state);
+        state.lastEntry = h.name;
       }
       ok = true;
     } catch (e) {
       throw this.toLayerError(e, inputError, what, state.lastEntry);
     } finally {
-      if (!ok) {
-        tar.unpipe(extract as unknown as NodeJS.WritableStream);
-        tar.destroy();
-        extract.destroy();
-      }
+      if (!ok) tar.destroy();
       this.busy = false;
     }
     if (state.skippedSpecial > 0) {
@@ -501,7 +509,7 @@ export class RootfsApplier {
     return tarParseError(original, { what, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
   }
 
-  private async applyEntry(h: Header, body: AsyncIterable<Buffer>, state: LayerState, stored?: { path: string; link: boolean }): Promise<void> {
+  private async applyEntry(h: Header, body: EntryBody, state: LayerState, stored?: { path: string; link: boolean }): Promise<void> {
     const { what } = state;
     const name = h.name;
     if (name.includes('\0')) {
@@ -544,7 +552,6 @@ export class RootfsApplier {
 
       if (h.type === 'character-device' || h.type === 'block-device' || h.type === 'fifo') {
         if (!this.preserveOwnership) {
-          await drain(h, body);
           state.skippedSpecial++;
           return;
         }
@@ -552,7 +559,10 @@ export class RootfsApplier {
 
       // Small files are read before anything is created: nothing to clean up if the tar breaks.
       let content: Buffer | undefined;
-      if ((h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES) content = await readWhole(body);
+      if ((h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES) {
+        const whole = body.whole();
+        content = whole instanceof Promise ? await whole : whole;
+      }
 
       const dirRel = walkInRoot(this.root, rel.slice(0, Math.max(slash, 0)), {
         followLast: true,
@@ -581,7 +591,6 @@ export class RootfsApplier {
           await this.makeDir(target, targetRel, h, meta, state);
           return;
         case 'symlink': {
-          await drain(h, body);
           if (!h.linkname || h.linkname.includes('\0')) {
             throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink ${quoted(name)} has ${h.linkname ? 'a NUL byte in its target' : 'no target'}`, { input: what });
           }
@@ -596,13 +605,11 @@ export class RootfsApplier {
           return;
         }
         case 'link':
-          await drain(h, body);
           await this.hardlink(target, targetRel, name, h, state);
           return;
         case 'character-device':
         case 'block-device':
         case 'fifo': {
-          await drain(h, body);
           this.markWritten(targetRel, state);
           const kind = h.type === 'fifo' ? 'p' : h.type === 'block-device' ? 'b' : 'c';
           await this.replace(target, targetRel, () => runMknod(target, kind, h.devmajor ?? 0, h.devminor ?? 0));
@@ -627,10 +634,10 @@ export class RootfsApplier {
   }
 
   /** Consumes the content of an entry that is not written into the tree; a kept layer keeps it all the same. */
-  private async skipContent(h: Header, body: AsyncIterable<Buffer>, meta: EntryMeta, state: LayerState, keptAt: string | undefined): Promise<void> {
-    if (!state.keep || keptAt === undefined) return drain(h, body);
-    if ((h.size ?? 0) <= SMALL_FILE_BYTES) state.keep.keepContent(keptAt, await readWhole(body), h, meta);
-    else await state.keep.keepBody(keptAt, chunks(body), h, meta);
+  private async skipContent(h: Header, body: EntryBody, meta: EntryMeta, state: LayerState, keptAt: string | undefined): Promise<void> {
+    if (!state.keep || keptAt === undefined) return; // left unread: skipped with the next entry
+    if ((h.size ?? 0) <= SMALL_FILE_BYTES) state.keep.keepContent(keptAt, await body.whole(), h, meta);
+    else await state.keep.keepBody(keptAt, body.chunks(), h, meta);
   }
 
   /** Adds `rel` and its ancestors to the paths this layer wrote, unless its directory is fresh. */
@@ -753,7 +760,7 @@ export class RootfsApplier {
     rel: string,
     h: Header,
     meta: EntryMeta,
-    body: AsyncIterable<Buffer>,
+    body: EntryBody,
     keep?: KeptFile,
   ): Promise<number> {
     const file = await this.replace(target, rel, () => open(target, CREATE_FLAGS, 0o600));
@@ -761,7 +768,7 @@ export class RootfsApplier {
     try {
       let batch: Buffer[] = [];
       let batched = 0;
-      for await (const chunk of chunks(body)) {
+      for await (const chunk of body.chunks()) {
         batch.push(chunk);
         batched += chunk.length;
         bytes += chunk.length;
