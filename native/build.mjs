@@ -118,6 +118,8 @@ try {
       tmp,
       path.join(here, 'smartlayer.c'),
       ...present.map((l) => l.link),
+      // dlsym (sha256 with the process's OpenSSL): in libc since glibc 2.34, in libdl before.
+      ...(process.platform === 'linux' ? ['-ldl'] : []),
     ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );

@@ -67,6 +67,7 @@ export function addVersionCommand(program: Command): void {
         `gzip engine (--compression-level fast): ${r.gzipFast.implementation ? `${r.gzipFast.engine}, ${r.gzipFast.implementation}, level ${r.gzipFast.level}` : 'none'}; because ${r.gzipFast.why}`,
         `zstd engine: ${r.zstd.implementation ? `${r.zstd.implementation}, level ${r.zstd.level}, ${r.zstd.workers} workers; because ${r.zstd.why}` : `none: ${r.zstd.why}`}`,
         `gunzip engine (pulls): ${r.gunzip.engine}, ${r.gunzip.implementation}; because ${r.gunzip.why}`,
+        `sha256 checks (pulls): on the ${r.sha256.where}; because ${r.sha256.why}`,
         `cores for compression: ${r.cores}`,
         `malloc: ${malloc.hugePages ? 'on transparent huge pages' : 'on 4 KiB pages'}; because ${malloc.why}`,
       ];

@@ -1,13 +1,13 @@
 /**
  * The compression engines this process would use, and why: the native addon, the gzip engine of
- * `auto` and of `--compression-level fast`, the zstd engine, the gunzip engine of pulls and the
- * cores they run on (`smart version --verbose`). Looks, never compresses; what it says is what a
+ * `auto` and of `--compression-level fast`, the zstd engine, the gunzip engine of pulls, where
+ * digests are checked, and the cores they run on (`smart version --verbose`). Looks, never compresses; what it says is what a
  * push started now with the same environment does.
  */
 import os from 'node:os';
 import { chooseGunzip } from '../pipeline/gunzip.js';
 import { autoGzipEngine, inProcessIgzip } from '../pipeline/gzip-choice.js';
-import { nativeStatus, type NativeStatus } from '../pipeline/native.js';
+import { nativeBinding, nativeStatus, type NativeStatus } from '../pipeline/native.js';
 import { DEFAULT_ZSTD_LEVEL, requireZstd } from '../pipeline/zstd.js';
 
 export interface EnginesReport {
@@ -19,6 +19,8 @@ export interface EnginesReport {
   zstd: { implementation: string | null; level: number; workers: number; why: string };
   /** What a pull decompresses gzip layers with. */
   gunzip: { engine: string; implementation: string; why: string };
+  /** Where a pull's digest checks of local blob files and of uncompressed layers run. */
+  sha256: { where: 'thread pool' | 'main thread'; why: string };
   /** The cores compression runs on (os.availableParallelism: the CPUs this process may use). */
   cores: number;
 }
@@ -52,6 +54,9 @@ export async function enginesReport(): Promise<EnginesReport> {
     gunzip: gunzip.program
       ? { engine: gunzip.name, implementation: gunzip.program, why: 'igzip is on PATH (it decompresses faster than zlib)' }
       : { engine: gunzip.name, implementation: 'node-zlib', why: 'igzip is not on PATH (apt-get install isal)' },
+    sha256: nativeBinding()?.sha256Create
+      ? { where: 'thread pool', why: "the native addon found Node's OpenSSL: the same sha256 as crypto, off the thread that writes the tree" }
+      : { where: 'main thread', why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? "found no OpenSSL in this Node" : 'is absent'}: crypto` },
     cores,
   };
 }

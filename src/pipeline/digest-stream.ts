@@ -3,6 +3,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
+import { chunkHasher, inThreadHasher, type ChunkHasher } from './sha256.js';
 import { fileRangeOf, localFileOf, markFileRange, markLocalFile, verifyError, type VerifyExpectation } from './local-file.js';
 
 /** Hashes and counts what passes through; `digest` and `size` are final once the stream has ended. */
@@ -40,11 +41,20 @@ export type { VerifyExpectation } from './local-file.js';
  * place of its end, so nothing downstream sees a clean end of bad bytes.
  */
 export class VerifyStream extends Transform {
-  private readonly hash: Hash = createHash('sha256');
+  private readonly hash: ChunkHasher;
   private bytes = 0;
 
-  constructor(private readonly expect: VerifyExpectation) {
+  /**
+   * `offThread`: hash on the libuv pool where the addon can (src/pipeline/sha256.ts), for a source
+   * whose chunks are never modified after they are passed on (a decompressor's output, say: not a
+   * reader that refills one buffer).
+   */
+  constructor(
+    private readonly expect: VerifyExpectation,
+    options: { offThread?: boolean } = {},
+  ) {
     super();
+    this.hash = options.offThread ? chunkHasher() : inThreadHasher();
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -57,12 +67,12 @@ export class VerifyStream extends Transform {
       );
       return;
     }
-    this.hash.update(chunk);
-    cb(null, chunk);
+    if (this.hash.update(chunk)) cb(null, chunk);
+    else this.hash.drained().then(() => cb(null, chunk), cb);
   }
 
   override _flush(cb: TransformCallback): void {
-    cb(verifyError(this.expect, this.bytes, `sha256:${this.hash.digest('hex')}` as Digest));
+    this.hash.digest().then((hex) => cb(verifyError(this.expect, this.bytes, `sha256:${hex}` as Digest)), cb);
   }
 
   get size(): number {
@@ -76,8 +86,8 @@ export class VerifyStream extends Transform {
  * stream (`errored`) and reaches the consumer when it pipes or iterates, instead of crashing the
  * process as an unhandled 'error' event. Destroying the result destroys `raw`.
  */
-export function verifiedStream(raw: NodeJS.ReadableStream & { destroy(error?: Error): void }, expect: VerifyExpectation): VerifyStream {
-  const verify = new VerifyStream(expect);
+export function verifiedStream(raw: NodeJS.ReadableStream & { destroy(error?: Error): void }, expect: VerifyExpectation, options: { offThread?: boolean } = {}): VerifyStream {
+  const verify = new VerifyStream(expect, options);
   const file = raw instanceof Readable ? localFileOf(raw) : undefined;
   if (file) markLocalFile(verify, { ...file, what: expect.what, checks: [...(file.checks ?? []), expect] });
   const range = raw instanceof Readable ? fileRangeOf(raw) : undefined;

@@ -76,9 +76,13 @@ export function counted(stream: Readable, onBytes: ((n: number) => void) | undef
   return stream.pipe(counter);
 }
 
-/** Verifies an uncompressed layer against its diff id as it streams. */
+/**
+ * Verifies an uncompressed layer against its diff id as it streams, hashed off the main thread
+ * where the addon can: the tar comes from a decompressor or a blob's reader, which hand on fresh
+ * buffers, and the main thread is what writes a tree.
+ */
 export function verifyUncompressed(tar: Readable, diffId: Digest, what: string): Readable {
-  return verifiedStream(tar, { digest: diffId, what: `${what} (uncompressed)` });
+  return verifiedStream(tar, { digest: diffId, what: `${what} (uncompressed)` }, { offThread: true });
 }
 
 /** Resolves a source to a single-platform image with its config fetched, verified and parsed. */

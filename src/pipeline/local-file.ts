@@ -11,6 +11,7 @@ import fs from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
+import { sha256FileOffThread } from './sha256.js';
 
 export interface LocalFile {
   /** The file's path; the stream is its whole content. */
@@ -77,6 +78,15 @@ export function fileRangeOf(stream: Readable): FileRange | undefined {
  * is told of the bytes as they are hashed. Throws SIZE_MISMATCH or DIGEST_MISMATCH as VerifyStream does.
  */
 export async function verifyFile(path: string, expect: { digest: Digest; size: number; what: string }, onBytes?: (bytes: number) => void): Promise<void> {
+  // Read and hashed on the pool where the addon can (progress is then told once, at the end).
+  const offThread = await sha256FileOffThread(path, expect.size);
+  if (offThread) {
+    if (offThread.bytes > expect.size) throw tooLong(expect);
+    onBytes?.(offThread.bytes);
+    const failed = verifyError(expect, offThread.bytes, `sha256:${offThread.hex}` as Digest);
+    if (failed) throw failed;
+    return;
+  }
   const hash = createHash('sha256');
   const buffer = Buffer.allocUnsafe(1 << 20);
   let total = 0;
@@ -92,9 +102,13 @@ export async function verifyFile(path: string, expect: { digest: Digest; size: n
     await handle.close();
   }
   // The messages of VerifyStream: a copy fails as the stream it replaces would have.
-  if (total > expect.size) throw new SmartError('SIZE_MISMATCH', `${expect.what}: more bytes than the ${expect.size} its descriptor declares`, { input: expect.digest });
+  if (total > expect.size) throw tooLong(expect);
   const failed = verifyError(expect, total, `sha256:${hash.digest('hex')}` as Digest);
   if (failed) throw failed;
+}
+
+function tooLong(expect: { digest: Digest; size: number; what: string }): SmartError {
+  return new SmartError('SIZE_MISMATCH', `${expect.what}: more bytes than the ${expect.size} its descriptor declares`, { input: expect.digest });
 }
 
 /**

@@ -25,6 +25,14 @@ export interface NativeBinding {
   readonly isalVersion?: string;
   /** A pipe of `bytes` capacity where the kernel allows it, both ends close-on-exec (Linux): [read end, write end]. */
   makePipe?(bytes: number): [number, number];
+  /** sha256 on the libuv pool with the process's OpenSSL (where it has one): a context, */
+  sha256Create?(): unknown;
+  /** chunks hashed in order (not to be modified until it settles; calls must not overlap), */
+  sha256Update?(context: unknown, chunks: Buffer[]): Promise<void>;
+  /** the hex digest (the context is then done), */
+  sha256Digest?(context: unknown): string;
+  /** and a file's [hex digest, bytes read], stopping after `limit` + 1 bytes. */
+  sha256File?(path: string, limit: number): Promise<[string, number]>;
 }
 
 /** dist/pipeline/native.js (or src/pipeline/native.ts) → the package root. */

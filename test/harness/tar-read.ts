@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { extract, type Header } from 'tar-stream';
+import { extract, pack, type Header } from 'tar-stream';
 import { TarStreamReader } from '../../src/tar/stream-reader.js';
 
 export type TarRead = { entries: Record<string, unknown>[] } | { error: string };
@@ -77,4 +77,22 @@ export async function readWithTarStream(bytes: Buffer, ms = 1000): Promise<TarRe
 export function skippedLikeReader(read: TarRead): TarRead {
   if ('error' in read) return read;
   return { entries: read.entries.map((e, i) => (i % 2 === 1 ? { ...e, content: 'skipped' } : e)) };
+}
+
+/** An entry for `tarOf`: a file unless it says otherwise. */
+export type TarEntry = { name: string; type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'fifo'; body?: Buffer | string; linkname?: string; pax?: Record<string, string>; mode?: number; uid?: number; gid?: number };
+
+/** A tar of `entries`, written by tar-stream's pack (pax records where they are needed). */
+export async function tarOf(entries: TarEntry[]): Promise<Buffer> {
+  const p = pack();
+  const out: Buffer[] = [];
+  p.on('data', (c) => out.push(c as Buffer));
+  const ended = new Promise<void>((resolve) => p.on('end', () => resolve()));
+  for (const e of entries) {
+    const body = e.type && e.type !== 'file' ? Buffer.alloc(0) : Buffer.from(e.body ?? '');
+    p.entry({ mtime: new Date(1_700_000_000_000), mode: 0o644, ...e, type: e.type ?? 'file', size: body.length }, body);
+  }
+  p.finalize();
+  await ended;
+  return Buffer.concat(out);
 }

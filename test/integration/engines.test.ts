@@ -26,6 +26,7 @@ type VersionDoc = {
   gzipFast: { engine: string; implementation: string | null; level: number; why: string };
   zstd: { implementation: string | null; level: number; workers: number; why: string };
   gunzip: { engine: string; implementation: string; why: string };
+  sha256: { where: string; why: string };
   cores: number;
   malloc: { hugePages: boolean; why: string };
 };
@@ -102,12 +103,15 @@ describe('smart version', () => {
       expect(lines[5]).toBe(`zstd engine: in-process ${doc.native.zstd}, level 3, ${doc.cores} workers; because the native addon has libzstd`);
     }
     if (haveTools('igzip')) expect(lines[6]).toMatch(/^gunzip engine \(pulls\): igzip, \/.*igzip; because igzip is on PATH/);
+    // Node's own OpenSSL is there in every Node this supports; CI's addon finds it.
+    if (inCI) expect(doc.sha256.where, 'CI hashes on the thread pool').toBe('thread pool');
+    expect(lines[7]).toBe(`sha256 checks (pulls): on the ${doc.sha256.where}; because ${doc.sha256.why}`);
     expect(doc.cores).toBeGreaterThanOrEqual(1);
-    expect(lines[7]).toBe(`cores for compression: ${doc.cores}`);
+    expect(lines[8]).toBe(`cores for compression: ${doc.cores}`);
     // Started by `node bin/smart.js` (as the harness does), not by the command's sh line.
     expect(doc.malloc).toEqual({ hugePages: false, why: 'GLIBC_TUNABLES is not set (Node was started without bin/smart, e.g. by `node bin/smart.js`)' });
-    expect(lines[8]).toBe(`malloc: on 4 KiB pages; because ${doc.malloc.why}`);
-    expect(lines).toHaveLength(9);
+    expect(lines[9]).toBe(`malloc: on 4 KiB pages; because ${doc.malloc.why}`);
+    expect(lines).toHaveLength(10);
   });
 
   it('run as a command (its #! line, through a symlink as npm links it): Node starts with malloc on huge pages, unless the caller set GLIBC_TUNABLES', async () => {

@@ -13,7 +13,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import fc from 'fast-check';
-import { pack } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LayerStore } from '../../src/cache/layer-store.js';
 import { SmartError } from '../../src/errors.js';
@@ -23,24 +22,8 @@ import { TarIndex } from '../../src/tar/tar-index.js';
 import { readDockerArchiveStream } from '../../src/transports/docker-archive/stream.js';
 import { RootfsApplier } from '../../src/transports/rootfs/apply.js';
 import { fuzzParams, total, totalAsync } from '../harness/fuzz.js';
-import { pieces, readWithStreamReader, readWithTarStream } from '../harness/tar-read.js';
+import { pieces, readWithStreamReader, readWithTarStream, tarOf } from '../harness/tar-read.js';
 import { TAR_MESSAGES, decodeTarHeader } from '../../src/tar/stream-reader.js';
-
-type Entry = { name: string; type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'fifo'; body?: Buffer | string; linkname?: string; pax?: Record<string, string>; mode?: number; uid?: number; gid?: number };
-
-async function tarOf(entries: Entry[]): Promise<Buffer> {
-  const p = pack();
-  const out: Buffer[] = [];
-  p.on('data', (c) => out.push(c as Buffer));
-  const ended = new Promise<void>((resolve) => p.on('end', () => resolve()));
-  for (const e of entries) {
-    const body = e.type && e.type !== 'file' ? Buffer.alloc(0) : Buffer.from(e.body ?? '');
-    p.entry({ mtime: new Date(1_700_000_000_000), mode: 0o644, ...e, type: e.type ?? 'file', size: body.length }, body);
-  }
-  p.finalize();
-  await ended;
-  return Buffer.concat(out);
-}
 
 /** A GNU long-name member ('L') and the member it names, written by hand (tar-stream writes pax). */
 function gnuLongName(name: string, body: string): Buffer {

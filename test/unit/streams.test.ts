@@ -10,6 +10,9 @@ import { describe, expect, it } from 'vitest';
 import { sha256Digest } from '../../src/oci/digest.js';
 import { decompress } from '../../src/pipeline/compression.js';
 import { verifiedStream } from '../../src/pipeline/digest-stream.js';
+import { verifyFile } from '../../src/pipeline/local-file.js';
+import { nativeBinding } from '../../src/pipeline/native.js';
+import { chunkHasher, sha256FileOffThread } from '../../src/pipeline/sha256.js';
 import { DiffIdTap } from '../../src/pipeline/compression.js';
 import { gzipLayerStreamParallel, zlibEngine } from '../../src/pipeline/parallel-gzip.js';
 import { TarIndex } from '../../src/tar/tar-index.js';
@@ -39,6 +42,69 @@ describe('verifiedStream', () => {
     await expect(collect(wrong)).rejects.toThrow(/blob x: content hashes to/);
     await expect(collect(verifiedStream(Readable.from([data]), { digest: sha256Digest(data), size: 5, what: 'b' }))).rejects.toThrow(/more bytes/);
     await expect(collect(verifiedStream(Readable.from([data]), { digest: sha256Digest(data), size: 50, what: 'b' }))).rejects.toThrow(/truncated/);
+  });
+});
+
+describe('sha256 off the main thread', () => {
+  // The addon is built wherever CI runs (scripts/setup-debian.sh installs what it needs); where it
+  // is not, the same interfaces hash in this thread and these tests check that path instead.
+  const native = Boolean(nativeBinding()?.sha256Create);
+
+  it('hashes chunks in order, however they are batched, as crypto does', async () => {
+    const seed = createHash('sha256').update('seed').digest();
+    const data = Buffer.concat(Array.from({ length: 2000 }, (_, i) => createHash('sha256').update(seed).update(String(i)).digest()));
+    for (const sizes of [[data.length], [1], [7, 0, 4096], [65536]]) {
+      const hasher = chunkHasher();
+      for (let off = 0, i = 0; off < data.length; i++) {
+        const n = sizes[i % sizes.length]!;
+        if (!hasher.update(data.subarray(off, off + n))) await hasher.drained();
+        off += n;
+        // Now and then, let a batch finish between two chunks.
+        if (i % 97 === 0) await new Promise((r) => setImmediate(r));
+      }
+      expect(await hasher.digest()).toBe(createHash('sha256').update(data).digest('hex'));
+    }
+    expect(await chunkHasher().digest()).toBe(createHash('sha256').digest('hex'));
+  });
+
+  it('asks the writer to wait once 8 MiB are queued, and lets it go on once they are hashed', async () => {
+    const hasher = chunkHasher();
+    const chunk = Buffer.alloc(1024 * 1024, 7);
+    let accepted = 0;
+    while (hasher.update(chunk) && accepted < 64) accepted++;
+    // In this thread nothing queues; on the pool, 8 MiB wait behind the first chunk's batch.
+    expect(accepted).toBe(native ? 8 : 64);
+    await hasher.drained();
+    expect(await hasher.digest()).toMatch(/^[0-9a-f]{64}$/);
+  });
+
+  it('verifies a file as the stream does: the same errors for a short, a long and an altered file', async () => {
+    const dir = await tempDir('smartlayer-sha256-');
+    const file = path.join(dir, 'blob');
+    const data = Buffer.alloc(3 * 1024 * 1024 + 5, 'x');
+    await fs.writeFile(file, data);
+    const digest = sha256Digest(data);
+    let told = 0;
+    await verifyFile(file, { digest, size: data.length, what: 'blob b' }, (n) => (told += n));
+    expect(told).toBe(data.length);
+    await expect(verifyFile(file, { digest, size: data.length - 1, what: 'blob b' })).rejects.toThrow('blob b: more bytes than the 3145732 its descriptor declares');
+    await expect(verifyFile(file, { digest, size: data.length + 1, what: 'blob b' })).rejects.toThrow(`blob b: ${data.length} bytes, but its descriptor declares ${data.length + 1} (truncated?)`);
+    await expect(verifyFile(file, { digest: sha256Digest('other'), size: data.length, what: 'blob b' })).rejects.toThrow(`blob b: content hashes to ${digest}, not`);
+    await expect(verifyFile(path.join(dir, 'missing'), { digest, size: 1, what: 'blob b' })).rejects.toMatchObject({ code: 'ENOENT' });
+    if (native) {
+      expect(await sha256FileOffThread(file, data.length)).toEqual({ hex: digest.slice(7), bytes: data.length });
+      await expect(sha256FileOffThread(dir, 10)).rejects.toMatchObject({ code: 'EISDIR' });
+    } else {
+      expect(await sha256FileOffThread(file, data.length)).toBeUndefined();
+    }
+  });
+
+  it('an off-thread verified stream passes matching bytes and fails a mismatch in place of its end', async () => {
+    const data = Buffer.alloc(5 * 1024 * 1024, 'y');
+    const chunks = Array.from({ length: 80 }, (_, i) => data.subarray(i * 65536, (i + 1) * 65536));
+    // Compared with equals(): toEqual walks a 5 MB Buffer byte by byte, for half a minute.
+    expect((await collect(verifiedStream(Readable.from(chunks), { digest: sha256Digest(data), size: data.length, what: 'tar' }, { offThread: true }))).equals(data)).toBe(true);
+    await expect(collect(verifiedStream(Readable.from(chunks), { digest: sha256Digest('x'), what: 'tar t' }, { offThread: true }))).rejects.toThrow(/tar t: content hashes to/);
   });
 });
 

@@ -5,27 +5,10 @@
  * is read whole, in pieces or skipped. Mutated archives are compared in fuzz-tar.test.ts.
  */
 import { PassThrough, Readable } from 'node:stream';
-import { pack } from 'tar-stream';
 import { describe, expect, it } from 'vitest';
 import { BLOCK, checksum } from '../../src/tar/header.js';
 import { TAR_MESSAGES, TarStreamReader, decodePaxRecords } from '../../src/tar/stream-reader.js';
-import { pieces, readWithStreamReader, readWithTarStream, skippedLikeReader } from '../harness/tar-read.js';
-
-type Entry = { name: string; type?: 'file' | 'directory' | 'symlink' | 'link'; body?: Buffer | string; linkname?: string; pax?: Record<string, string> };
-
-async function tarOf(entries: Entry[]): Promise<Buffer> {
-  const p = pack();
-  const out: Buffer[] = [];
-  p.on('data', (c) => out.push(c as Buffer));
-  const ended = new Promise<void>((resolve) => p.on('end', () => resolve()));
-  for (const e of entries) {
-    const body = e.type && e.type !== 'file' ? Buffer.alloc(0) : Buffer.from(e.body ?? '');
-    p.entry({ mtime: new Date(1_700_000_000_000), mode: 0o644, ...e, type: e.type ?? 'file', size: body.length }, body);
-  }
-  p.finalize();
-  await ended;
-  return Buffer.concat(out);
-}
+import { pieces, readWithStreamReader, readWithTarStream, skippedLikeReader, tarOf } from '../harness/tar-read.js';
 
 const pad = (b: Buffer) => Buffer.concat([b, Buffer.alloc((BLOCK - (b.length % BLOCK)) % BLOCK)]);
 
