@@ -52,7 +52,7 @@ export async function enginesReport(): Promise<EnginesReport> {
       : { engine: 'igzip', implementation: null, level: 1, why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? 'is built without ISA-L (libisal-dev)' : 'is absent'}` },
     zstd,
     gunzip: gunzip.program
-      ? { engine: gunzip.name, implementation: gunzip.program, why: 'igzip is on PATH (it decompresses faster than zlib)' }
+      ? { engine: gunzip.name, implementation: gunzip.program, why: 'igzip is on PATH (it decompresses faster than zlib; a blob under 256 KiB stays in zlib, not worth a process)' }
       : { engine: gunzip.name, implementation: 'node-zlib', why: 'igzip is not on PATH (apt-get install isal)' },
     sha256: nativeBinding()?.sha256Create
       ? { where: 'thread pool', why: "the native addon found Node's OpenSSL: the same sha256 as crypto, off the thread that writes the tree" }

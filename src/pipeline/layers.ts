@@ -18,6 +18,9 @@ import type { Platform } from '../oci/platform.js';
 import { verifiedStream } from './digest-stream.js';
 import { fileRangeOf, localFileOf, markFileRange, markLocalFile } from './local-file.js';
 
+/** Compressed layers smaller than this are gunzipped by Node's zlib, not by an igzip process. */
+export const IN_PROCESS_GUNZIP_BELOW = 256 * 1024;
+
 /** A layer whose streams come from `source.getBlob` (verified by the source) and are decompressed here. */
 export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor, diffId: Digest): Layer {
   const what = `layer ${shortDigest(descriptor.digest)} of ${source.name}`;
@@ -31,7 +34,9 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
         throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${quoted(descriptor.mediaType, 100)}`, { input: descriptor.digest });
       }
       const { decompress } = await import('./compression.js');
-      const gunzip = compression === 'gzip' ? await (await import('./parallel-gzip.js')).chooseGunzip() : undefined;
+      // A small blob is gunzipped by zlib in this process: starting igzip costs the main thread
+      // about what zlib takes for a few hundred KiB, and images often have several tiny layers.
+      const gunzip = compression === 'gzip' && descriptor.size >= IN_PROCESS_GUNZIP_BELOW ? await (await import('./parallel-gzip.js')).chooseGunzip() : undefined;
       const blob = abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal);
       return verifyUncompressed(decompress(blob, compression, what, { compressedSize: descriptor.size, ...(gunzip ? { gunzip } : {}) }), diffId, what);
     },

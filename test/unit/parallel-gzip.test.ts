@@ -20,6 +20,8 @@ import type { VerifyExpectation } from '../../src/pipeline/digest-stream.js';
 import { verifiedStream } from '../../src/pipeline/digest-stream.js';
 import { markFileRange, markLocalFile } from '../../src/pipeline/local-file.js';
 import { decompress } from '../../src/pipeline/compression.js';
+import { IN_PROCESS_GUNZIP_BELOW, layerFromDescriptor } from '../../src/pipeline/layers.js';
+import type { ImageSource } from '../../src/oci/image.js';
 import {
   DEFAULT_PROCESS_BLOCK_SIZE,
   type GzipEngine,
@@ -534,6 +536,28 @@ describe('decompress with a gunzip engine', () => {
     // A reader that stops early.
     const big = gzipSync(mixed(8 * MiB, 4));
     for await (const _c of decompress(Readable.from(chunksOf(big, 64 * KiB)), 'gzip', 'layer', { gunzip: g })) break;
+    await noChildrenLeft();
+  });
+
+  it.skipIf(!igzipGunzip)('a layer under 256 KiB compressed is gunzipped in this process; a larger one by igzip', async () => {
+    const source = (blob: Buffer): ImageSource => ({
+      name: 'test',
+      getManifest: () => Promise.reject(new Error('unused')),
+      getManifestByDigest: () => Promise.reject(new Error('unused')),
+      getBlob: async () => Readable.from([blob]),
+      repoTags: () => [],
+      close: async () => undefined,
+    });
+    for (const [data, small] of [[mixed(200 * KiB, 5), true], [randomBytes(300 * KiB), false]] as const) {
+      const blob = gzipSync(data);
+      expect(blob.length < IN_PROCESS_GUNZIP_BELOW).toBe(small);
+      const digest = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
+      const layer = layerFromDescriptor(source(blob), { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: digest(blob), size: blob.length }, digest(data));
+      const stream = await layer.openUncompressed();
+      // igzip, when it is used, is running from the moment the stream is opened.
+      expect(liveChildProcessCount()).toBe(small ? 0 : 1);
+      expect((await collect(stream)).equals(data)).toBe(true);
+    }
     await noChildrenLeft();
   });
 
