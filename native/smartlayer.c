@@ -34,7 +34,7 @@
  *     settles (a reference keeps them alive); calls on one context must not overlap.
  *   sha256Digest(context): string   the hex digest of all that was hashed; the context is done.
  *   sha256File(path: string, limit: number): Promise<[hex: string, bytes: number]>
- *     Reads and hashes a file on the pool, stopping after `limit` + 1 bytes (too long already).
+ *     Reads and hashes a file on the pool, stopping once past `limit` bytes (too long already).
  *     All four exist only where the process has OpenSSL's EVP functions (Node's own, looked up
  *     when the addon loads: the code of crypto.createHash, SHA extensions included), never linked.
  *   makePipe(bytes: number): [readFd: number, writeFd: number]   (Linux)

@@ -31,7 +31,7 @@ export interface NativeBinding {
   sha256Update?(context: unknown, chunks: Buffer[]): Promise<void>;
   /** the hex digest (the context is then done), */
   sha256Digest?(context: unknown): string;
-  /** and a file's [hex digest, bytes read], stopping after `limit` + 1 bytes. */
+  /** and a file's [hex digest, bytes read], stopping once past `limit` bytes. */
   sha256File?(path: string, limit: number): Promise<[string, number]>;
 }
 

@@ -119,8 +119,8 @@ export function chunkHasher(): ChunkHasher {
 }
 
 /**
- * The sha256 of the file at `path` and its size, read and hashed on the pool; reading stops after
- * `limit` + 1 bytes (then `bytes` > `limit` and the digest is of nothing). Undefined when the addon
+ * The sha256 of the file at `path` and its size, read and hashed on the pool; reading stops once
+ * past `limit` bytes (then `bytes` > `limit` and the digest means nothing). Undefined when the addon
  * cannot, for the caller to read it itself. Fails as fs does (an Error with `code`).
  */
 export async function sha256FileOffThread(path: string, limit: number): Promise<{ hex: string; bytes: number } | undefined> {

@@ -3,8 +3,8 @@
  * once on its way: the source's stream is verified against its digest as it flows, and the
  * destination (the stock registry over its API, a `file:` store, s3rver behind an `s3://` store,
  * an OCI layout) keeps it only after that stream ended cleanly, without hashing it a second time
- * (measured by counting the bytes every sha256 in the process is fed, on a layer large enough to
- * dwarf manifests and configs). And a push into S3 asks once whether each blob is there: one
+ * (measured by counting the bytes every sha256 in the process is fed, crypto's and the addon's,
+ * on a layer large enough to dwarf manifests and configs). And a push into S3 asks once whether each blob is there: one
  * HEAD, no listing after its 404.
  */
 import { randomBytes } from 'node:crypto';
@@ -34,6 +34,30 @@ vi.mock('node:crypto', async (importOriginal) => {
     return hash;
   }) as typeof real.createHash;
   return { ...real, createHash, default: { ...real, createHash } };
+});
+
+// And every byte the addon hashes on the thread pool (src/pipeline/sha256.ts), where it is built.
+vi.mock('../../src/pipeline/native.js', async (importOriginal) => {
+  const real = await importOriginal<typeof import('../../src/pipeline/native.js')>();
+  let counting: ReturnType<typeof real.nativeBinding> | undefined;
+  const nativeBinding = () => {
+    const b = real.nativeBinding();
+    if (!b?.sha256Update || !b.sha256File) return b;
+    const { sha256Update, sha256File } = b;
+    counting ??= Object.assign(Object.create(b) as typeof b, {
+      sha256Update: (context: unknown, chunks: Buffer[]) => {
+        for (const c of chunks) hashed.bytes += c.length;
+        return sha256Update(context, chunks);
+      },
+      sha256File: async (file: string, limit: number) => {
+        const result = await sha256File(file, limit);
+        hashed.bytes += result[1];
+        return result;
+      },
+    });
+    return counting;
+  };
+  return { ...real, nativeBinding };
 });
 
 const LAYER_BYTES = 8 * 1024 * 1024;
