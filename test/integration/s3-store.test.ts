@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { blobFiles } from '../harness/layout.js';
@@ -134,6 +134,21 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
     expect(rerun.layers.skipped).toBe(3);
     expect(rerun.layers.pushed).toBe(0);
     expect(await keys('killed/docker/registry/v2/repositories/k/app/_manifests/tags/v1/current/link')).toHaveLength(1);
+  });
+
+  it('a layer link cut short (a push killed mid-write into a server that writes objects in place) is written again by the next push', async () => {
+    const fx = fixtures();
+    const dest = `s3://${s3.bucket}/cut#c/app:v1`;
+    await ok(['push', `oci:${fx.paths.ociBasic}:latest`, dest]);
+    const links = (await keys('cut/docker/registry/v2/repositories/c/app/_layers/')).filter((k) => k.endsWith('/link'));
+    expect(links.length).toBeGreaterThan(0);
+    await s3.client().send(new PutObjectCommand({ Bucket: s3.bucket, Key: links[0]!, Body: Buffer.alloc(0) }));
+    expect((await run(['store', 'check', `s3://${s3.bucket}/cut`])).code).toBe(1);
+    await ok(['push', `oci:${fx.paths.ociBasic}:latest`, dest]);
+    const body = await (await s3.client().send(new GetObjectCommand({ Bucket: s3.bucket, Key: links[0]! }))).Body!.transformToString();
+    expect(body).toBe(`sha256:${links[0]!.split('/').at(-2)}`);
+    const check = await run(['store', 'check', `s3://${s3.bucket}/cut`]);
+    expect(check.code, check.stderr).toBe(0);
   });
 
   it('an upload the endpoint stops reading fails and is sent again instead of hanging; one it refuses fails on one line naming the object', async () => {

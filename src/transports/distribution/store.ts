@@ -49,8 +49,13 @@ export class DistributionStore {
     return this.objectSize(pathFor({ kind: 'blobData', digest }));
   }
 
+  /**
+   * Whether `digest` is linked in `repo`: a link file of a link's length. One cut short is none, and
+   * is written again: a push killed mid-write into an S3 server that writes objects in place (not
+   * AWS, whose PUT is atomic) leaves an empty one, which the registry would refuse to serve.
+   */
   async isLinked(repo: string, digest: Digest, kind: LinkKind): Promise<boolean> {
-    return (await this.objectSize(this.linkPath(repo, digest, kind))) !== undefined;
+    return (await this.objectSize(this.linkPath(repo, digest, kind))) === linkContent(digest).length;
   }
 
   /** The size of the object at `path`; a directory there is none. One request on S3, where `stat` of a missing key lists too. */
