@@ -51,9 +51,12 @@ export async function enginesReport(): Promise<EnginesReport> {
       ? { engine: fast.name, implementation: fast.implementation, level: fast.defaultLevel, why: 'the native addon has ISA-L' }
       : { engine: 'igzip', implementation: null, level: 1, why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? 'is built without ISA-L (libisal-dev)' : 'is absent'}` },
     zstd,
-    gunzip: gunzip.program
-      ? { engine: gunzip.name, implementation: gunzip.program, why: 'igzip is on PATH (it decompresses faster than zlib; a blob under 256 KiB stays in zlib, not worth a process)' }
-      : { engine: gunzip.name, implementation: 'node-zlib', why: 'igzip is not on PATH (apt-get install isal)' },
+    gunzip:
+      gunzip.name === 'isal'
+        ? { engine: gunzip.name, implementation: `in-process isa-l ${native.isal ?? '?'}, on the thread pool`, why: 'the native addon has ISA-L (no process per layer; a local blob file is read, hashed and inflated by the same jobs)' }
+        : gunzip.program
+          ? { engine: gunzip.name, implementation: gunzip.program, why: 'igzip is on PATH, the native addon with ISA-L is not here (igzip decompresses faster than zlib; a blob under 256 KiB stays in zlib, not worth a process)' }
+          : { engine: gunzip.name, implementation: 'node-zlib', why: 'neither the native addon with ISA-L nor igzip is here (scripts/setup-debian.sh installs both)' },
     sha256: nativeBinding()?.sha256Create
       ? { where: 'thread pool', why: "the native addon found Node's OpenSSL: the same sha256 as crypto, off the thread that writes the tree" }
       : { where: 'main thread', why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? "found no OpenSSL in this Node" : 'is absent'}: crypto` },

@@ -10,7 +10,9 @@ import { decompressionBomb, decompressionBound, maxDecompressedBytes } from '../
 import type { Digest } from '../oci/digest.js';
 import type { Compression } from '../oci/mediatypes.js';
 import { igzipFileDecompressor } from './gunzip.js';
-import { localFileOf, verifyFile } from './local-file.js';
+import { verifiedStream } from './digest-stream.js';
+import { localFileOf, verifyFile, type VerifyExpectation } from './local-file.js';
+import { NativeGunzip, NativeGunzipFile, nativeInflate } from './native-gunzip.js';
 import { gunzipDecoder, type GunzipEngine } from './parallel-gzip.js';
 import { findProgram } from './programs.js';
 
@@ -34,6 +36,12 @@ export interface DecompressOptions {
    * decompresses past the bound is stopped there with LIMIT_EXCEEDED, a decompression bomb.
    */
   compressedSize?: number;
+  /**
+   * The digest the decompressed bytes must have (a layer's diff id): the result is then checked
+   * against it, and errors in place of its end when it differs (the isal engine hashes in its own
+   * jobs; the others through a VerifyStream hashing on the pool).
+   */
+  verify?: VerifyExpectation;
 }
 
 /**
@@ -43,7 +51,7 @@ export interface DecompressOptions {
  * of `source` pass through unchanged. Destroying the result destroys `source`.
  */
 export function decompress(source: Readable, compression: Compression, what: string, options: DecompressOptions = {}): Readable {
-  if (compression === 'none') return source;
+  if (compression === 'none') return options.verify ? verifiedStream(source, options.verify, { offThread: true }) : source;
   let limit: ((total: number) => void) | undefined;
   const size = options.compressedSize;
   if (size !== undefined) {
@@ -53,6 +61,8 @@ export function decompress(source: Readable, compression: Compression, what: str
       if (total > max) throw decompressionBomb(what, size, max, bound);
     };
   }
+  const inflate = compression === 'gzip' && options.gunzip?.name === 'isal' ? nativeInflate() : undefined;
+  if (inflate) return nativeDecompress(inflate, source, what, limit, options.verify);
   const program = compression === 'gzip' && options.gunzip?.name === 'igzip' ? options.gunzip.program : null;
   const file = program ? localFileOf(source) : undefined;
   const check = file?.checks?.length === 1 ? file.checks[0] : undefined;
@@ -75,7 +85,33 @@ export function decompress(source: Readable, compression: Compression, what: str
       /* errors surface through the iterator below */
     });
   }
-  return Readable.from(renameErrors(out, what, compression, limit), { objectMode: false, highWaterMark: 64 * 1024 });
+  const renamed = Readable.from(renameErrors(out, what, compression, limit), { objectMode: false, highWaterMark: 64 * 1024 });
+  // The decompressors hand on fresh buffers, never touched again: they may be hashed on the pool.
+  return options.verify ? verifiedStream(renamed, options.verify, { offThread: true }) : renamed;
+}
+
+/**
+ * gzip through ISA-L's inflate on the pool (native-gunzip.ts), the output checked by hashing jobs
+ * that run beside it. A local blob file checked against one digest is read by the jobs themselves.
+ */
+function nativeDecompress(inflate: NonNullable<ReturnType<typeof nativeInflate>>, source: Readable, what: string, limit: ((total: number) => void) | undefined, verify: VerifyExpectation | undefined): Readable {
+  const options = { what, ...(limit ? { limit } : {}), ...(verify ? { verify } : {}) };
+  const file = localFileOf(source);
+  const check = file?.checks?.length === 1 ? file.checks[0] : undefined;
+  if (!file || check?.size === undefined || source.readableDidRead) {
+    return pipeline(source, new NativeGunzip(inflate, options), () => {
+      /* the error reaches the reader through the stream */
+    });
+  }
+  const out = new NativeGunzipFile(inflate, {
+    ...options,
+    file: { path: file.path, check: { digest: check.digest, size: check.size, what: file.what ?? check.what }, ...(file.onBytes ? { onBytes: file.onBytes } : {}) },
+  });
+  source.on('error', () => undefined);
+  // Nothing reads `source` now; destroyed with the output (an abort signal on it still stops both).
+  source.once('close', () => out.destroy(source.errored ?? undefined));
+  out.once('close', () => source.destroy());
+  return out;
 }
 
 /** Passes the chunks on, naming the decoder's errors; `limit` sees the running total and may throw. */

@@ -16,10 +16,20 @@ import { layerCompression } from '../oci/mediatypes.js';
 import { checkLayersMatchConfig, readBlob, resolvePlatformManifest } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
 import { verifiedStream } from './digest-stream.js';
+import type { GunzipEngine } from './gunzip.js';
 import { fileRangeOf, localFileOf, markFileRange, markLocalFile } from './local-file.js';
 
-/** Compressed layers smaller than this are gunzipped by Node's zlib, not by an igzip process. */
+/** Compressed layers smaller than this are gunzipped by Node's zlib rather than by an igzip process. */
 export const IN_PROCESS_GUNZIP_BELOW = 256 * 1024;
+
+/**
+ * The gunzip engine for a blob of `size` bytes: `engine`, except that a small blob is gunzipped by
+ * zlib (undefined) rather than by an igzip process: starting one costs the main thread about what
+ * zlib takes for a few hundred KiB, and images often have several tiny layers.
+ */
+export function gunzipEngineFor(engine: GunzipEngine, size: number): GunzipEngine | undefined {
+  return engine.program && size < IN_PROCESS_GUNZIP_BELOW ? undefined : engine;
+}
 
 /** A layer whose streams come from `source.getBlob` (verified by the source) and are decompressed here. */
 export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor, diffId: Digest): Layer {
@@ -34,11 +44,11 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
         throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${quoted(descriptor.mediaType, 100)}`, { input: descriptor.digest });
       }
       const { decompress } = await import('./compression.js');
-      // A small blob is gunzipped by zlib in this process: starting igzip costs the main thread
-      // about what zlib takes for a few hundred KiB, and images often have several tiny layers.
-      const gunzip = compression === 'gzip' && descriptor.size >= IN_PROCESS_GUNZIP_BELOW ? await (await import('./parallel-gzip.js')).chooseGunzip() : undefined;
+      const gunzip = compression === 'gzip' ? gunzipEngineFor(await (await import('./parallel-gzip.js')).chooseGunzip(), descriptor.size) : undefined;
       const blob = abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal);
-      return verifyUncompressed(decompress(blob, compression, what, { compressedSize: descriptor.size, ...(gunzip ? { gunzip } : {}) }), diffId, what);
+      // The tar is checked against its diff id as it streams.
+      const verify = { digest: diffId, what: `${what} (uncompressed)` };
+      return decompress(blob, compression, what, { compressedSize: descriptor.size, verify, ...(gunzip ? { gunzip } : {}) });
     },
   };
 }
@@ -79,15 +89,6 @@ export function counted(stream: Readable, onBytes: ((n: number) => void) | undef
   const range = fileRangeOf(stream);
   if (range) markFileRange(counter, { ...range, onBytes: range.onBytes ? (n) => (range.onBytes!(n), onBytes(n)) : onBytes });
   return stream.pipe(counter);
-}
-
-/**
- * Verifies an uncompressed layer against its diff id as it streams, hashed off the main thread
- * where the addon can: the tar comes from a decompressor or a blob's reader, which hand on fresh
- * buffers, and the main thread is what writes a tree.
- */
-export function verifyUncompressed(tar: Readable, diffId: Digest, what: string): Readable {
-  return verifiedStream(tar, { digest: diffId, what: `${what} (uncompressed)` }, { offThread: true });
 }
 
 /** Resolves a source to a single-platform image with its config fetched, verified and parsed. */

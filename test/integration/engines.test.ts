@@ -102,7 +102,11 @@ describe('smart version', () => {
       expect(doc.zstd).toMatchObject({ implementation: `in-process ${doc.native.zstd}`, level: 3, workers: doc.cores });
       expect(lines[5]).toBe(`zstd engine: in-process ${doc.native.zstd}, level 3, ${doc.cores} workers; because the native addon has libzstd`);
     }
-    if (haveTools('igzip')) expect(lines[6]).toMatch(/^gunzip engine \(pulls\): igzip, \/.*igzip; because igzip is on PATH/);
+    if (doc.native.isal) {
+      // With ISA-L in the addon, pulls inflate in the process: no igzip process per layer.
+      expect(doc.gunzip).toMatchObject({ engine: 'isal', implementation: `in-process isa-l ${doc.native.isal}, on the thread pool` });
+      expect(lines[6]).toBe(`gunzip engine (pulls): isal, in-process isa-l ${doc.native.isal}, on the thread pool; because ${doc.gunzip.why}`);
+    } else if (haveTools('igzip')) expect(lines[6]).toMatch(/^gunzip engine \(pulls\): igzip, \/.*igzip; because igzip is on PATH/);
     // Node's own OpenSSL is there in every Node this supports; CI's addon finds it.
     if (inCI) expect(doc.sha256.where, 'CI hashes on the thread pool').toBe('thread pool');
     expect(lines[7]).toBe(`sha256 checks (pulls): on the ${doc.sha256.where}; because ${doc.sha256.why}`);

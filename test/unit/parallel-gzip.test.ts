@@ -20,7 +20,8 @@ import type { VerifyExpectation } from '../../src/pipeline/digest-stream.js';
 import { verifiedStream } from '../../src/pipeline/digest-stream.js';
 import { markFileRange, markLocalFile } from '../../src/pipeline/local-file.js';
 import { decompress } from '../../src/pipeline/compression.js';
-import { IN_PROCESS_GUNZIP_BELOW, layerFromDescriptor } from '../../src/pipeline/layers.js';
+import { IN_PROCESS_GUNZIP_BELOW, gunzipEngineFor, layerFromDescriptor } from '../../src/pipeline/layers.js';
+import { DecodeSlots } from '../../src/pipeline/native-gunzip.js';
 import type { ImageSource } from '../../src/oci/image.js';
 import {
   DEFAULT_PROCESS_BLOCK_SIZE,
@@ -45,7 +46,11 @@ const igzipProgram = await findGzipEngine('igzip', 'program');
 const engines: GzipEngine[] = await availableGzipEngines();
 if (igzipProgram && engines.some((e) => e.name === 'igzip' && e.program === null)) engines.splice(-1, 0, igzipProgram);
 const igzipGunzip = igzipProgram ? await chooseGunzip('igzip') : null;
-const gunzipEngines = [await chooseGunzip('zlib'), ...(igzipGunzip ? [igzipGunzip] : [])];
+// ISA-L's inflate in the addon, on the pool (CI builds the addon with it).
+const isalGunzip = nativeBinding()?.gunzipCreate ? await chooseGunzip('isal') : null;
+const gunzipEngines = [await chooseGunzip('zlib'), ...(igzipGunzip ? [igzipGunzip] : []), ...(isalGunzip ? [isalGunzip] : [])];
+/** The engines that read a local blob file themselves. */
+const fileGunzipEngines = gunzipEngines.filter((g) => g.name !== 'zlib');
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -539,7 +544,15 @@ describe('decompress with a gunzip engine', () => {
     await noChildrenLeft();
   });
 
-  it.skipIf(!igzipGunzip)('a layer under 256 KiB compressed is gunzipped in this process; a larger one by igzip', async () => {
+  it('an igzip process is started for a blob from 256 KiB compressed only; the engines in the process take every size', () => {
+    if (igzipGunzip) {
+      expect(gunzipEngineFor(igzipGunzip, IN_PROCESS_GUNZIP_BELOW - 1)).toBeUndefined(); // zlib
+      expect(gunzipEngineFor(igzipGunzip, IN_PROCESS_GUNZIP_BELOW)).toBe(igzipGunzip);
+    }
+    for (const g of gunzipEngines.filter((e) => e.program === null)) expect(gunzipEngineFor(g, 1)).toBe(g);
+  });
+
+  it.skipIf(!igzipGunzip && !isalGunzip)('a layer under 256 KiB compressed is gunzipped in this process; a larger one by the engine chosen (no process with ISA-L in the addon)', async () => {
     const source = (blob: Buffer): ImageSource => ({
       name: 'test',
       getManifest: () => Promise.reject(new Error('unused')),
@@ -555,14 +568,16 @@ describe('decompress with a gunzip engine', () => {
       const layer = layerFromDescriptor(source(blob), { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: digest(blob), size: blob.length }, digest(data));
       const stream = await layer.openUncompressed();
       // igzip, when it is used, is running from the moment the stream is opened.
-      expect(liveChildProcessCount()).toBe(small ? 0 : 1);
+      expect(liveChildProcessCount()).toBe(small || isalGunzip ? 0 : 1);
       expect((await collect(stream)).equals(data)).toBe(true);
     }
     await noChildrenLeft();
   });
 
-  it.skipIf(!igzipGunzip)('igzip: a verified local file is read by igzip itself, checked alongside, and fails as the stream would', async () => {
+  it.each(fileGunzipEngines.map((g) => [g.name, g] as const))('%s: a verified local file is read by the decompressor itself, checked alongside, and fails as the stream would', async (_n, engine) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-gunzip-file-'));
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const fdsBefore = fds();
     try {
       /** The blob as a store gives it: a file stream, marked as the whole file, verified against `digest` (and `size`). */
       const blob = (file: string, digest: string, size: number) =>
@@ -572,37 +587,48 @@ describe('decompress with a gunzip engine', () => {
       const digest = `sha256:${sha(gz)}`;
       const children = () => compressorChildren().length;
       const source = blob(file, digest, gz.length);
-      expect((await collect(decompress(source, 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! }))).equals(data)).toBe(true);
-      // igzip read the file: nothing was read through the stream, which is closed with the output.
+      expect((await collect(decompress(source, 'gzip', 'layer sha256:f', { gunzip: engine }))).equals(data)).toBe(true);
+      // The decompressor read the file: nothing was read through the stream, which is closed with the output.
       expect(source.readableDidRead).toBe(false);
       await vi.waitFor(() => expect(source.destroyed).toBe(true));
       expect(children()).toBe(0);
       // The file differs from its digest, or is cut short: the output fails with the blob's own
-      // error (the cause, though igzip fails too), never ends cleanly.
-      const bad = Buffer.from(gz);
-      bad[bad.length - 20] = bad[bad.length - 20]! ^ 1;
-      fs.writeFileSync(file, bad);
-      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! }))).rejects.toMatchObject({
-        code: 'DIGEST_MISMATCH',
-        message: expect.stringMatching(/^blob sha256:b of file:s: content hashes to /),
-      });
+      // error (the cause, though the gzip inside is bad too), never ends cleanly.
+      for (const at of [20, 1000]) {
+        const bad = Buffer.from(gz);
+        bad[bad.length - at] = bad[bad.length - at]! ^ 1;
+        fs.writeFileSync(file, bad);
+        await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: engine }))).rejects.toMatchObject({
+          code: 'DIGEST_MISMATCH',
+          message: expect.stringMatching(/^blob sha256:b of file:s: content hashes to /),
+        });
+      }
       fs.writeFileSync(file, gz.subarray(0, gz.length >> 1));
-      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! }))).rejects.toMatchObject({
+      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: engine }))).rejects.toMatchObject({
         code: 'SIZE_MISMATCH',
         message: expect.stringMatching(/truncated\?\)$/),
       });
       // Longer than its descriptor says (good gzip, then junk): the size check fails it.
       fs.writeFileSync(file, Buffer.concat([gz, Buffer.from('junk')]));
-      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! }))).rejects.toMatchObject({
+      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: engine }))).rejects.toMatchObject({
         code: 'SIZE_MISMATCH',
         message: expect.stringMatching(/^blob sha256:b of file:s: /),
       });
-      // Destroyed by its reader mid-way: igzip is stopped.
+      // The tar inside checked against its diff id, when asked: a mismatch fails the output.
+      const verify = { digest: `sha256:${'0'.repeat(64)}` as Digest, what: 'layer sha256:f (uncompressed)' };
+      fs.writeFileSync(file, gz);
+      await expect(collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: engine, verify }))).rejects.toMatchObject({
+        code: 'DIGEST_MISMATCH',
+        message: `layer sha256:f (uncompressed): content hashes to sha256:${sha(data)}, not ${verify.digest}`,
+      });
+      expect((await collect(decompress(blob(file, digest, gz.length), 'gzip', 'layer sha256:f', { gunzip: engine, verify: { ...verify, digest: `sha256:${sha(data)}` as Digest } }))).equals(data)).toBe(true);
+      // Destroyed by its reader mid-way: the decompressor is stopped, and the file closed.
       const big = gzipSync(mixed(16 * MiB, 3));
       fs.writeFileSync(file, big);
-      const reading = decompress(blob(file, `sha256:${sha(big)}`, big.length), 'gzip', 'layer sha256:f', { gunzip: igzipGunzip! });
+      const reading = decompress(blob(file, `sha256:${sha(big)}`, big.length), 'gzip', 'layer sha256:f', { gunzip: engine });
       for await (const _c of reading) break;
       await noChildrenLeft();
+      await vi.waitFor(() => expect(fds()).toBe(fdsBefore));
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -625,8 +651,45 @@ describe('decompress with a gunzip engine', () => {
     await vi.waitFor(() => expect(fds()).toBe(before));
   });
 
-  it('chooseGunzip: igzip when present, zlib on request', async () => {
+  it('chooseGunzip: ISA-L in the addon when it has it, else igzip when present; each on request', async () => {
     expect((await chooseGunzip('zlib')).name).toBe('zlib');
-    expect((await chooseGunzip()).name).toBe(igzipGunzip ? 'igzip' : 'zlib');
+    expect((await chooseGunzip()).name).toBe(isalGunzip ? 'isal' : igzipGunzip ? 'igzip' : 'zlib');
+    if (igzipGunzip) expect(await chooseGunzip('igzip')).toEqual({ name: 'igzip', program: igzipProgram!.program });
+    if (inCI) expect(isalGunzip, 'CI builds the addon with ISA-L').not.toBeNull();
+  });
+
+  it.skipIf(!isalGunzip)('isal: bad arguments are errors, overlapping calls refused; the tar is checked against its digest', async () => {
+    const b = nativeBinding()!;
+    expect(() => b.gunzipCreate!(-2, 0)).toThrow(/gunzipCreate/);
+    const context = b.gunzipCreate!(-1, 0);
+    expect(() => b.gunzipRun!(context, 'x' as unknown as Buffer[], false, 1024)).toThrow(/gunzipRun/);
+    expect(() => b.gunzipRun!(context, ['x' as unknown as Buffer], false, 1024)).toThrow(/Buffer/);
+    expect(() => b.gunzipRun!({} as unknown, [], false, 1024)).toThrow(/gunzip context/);
+    const running = b.gunzipRun!(context, [gz], true, 1024);
+    expect(() => b.gunzipRun!(context, [], true, 1024)).toThrow(/already running/);
+    await running;
+    // Through a stream from chunks: a diff id that does not match fails it in place of its end.
+    const verify = { digest: `sha256:${'0'.repeat(64)}` as Digest, what: 'layer sha256:x (uncompressed)' };
+    await expect(collect(decompress(Readable.from(chunksOf(gz, 3000)), 'gzip', 'layer sha256:x', { gunzip: isalGunzip!, verify }))).rejects.toMatchObject({
+      code: 'DIGEST_MISMATCH',
+      message: `layer sha256:x (uncompressed): content hashes to sha256:${sha(data)}, not ${verify.digest}`,
+    });
+    const good = { ...verify, digest: `sha256:${sha(data)}` as Digest };
+    expect((await collect(decompress(Readable.from(chunksOf(gz, 3000)), 'gzip', 'layer sha256:x', { gunzip: isalGunzip!, verify: good }))).equals(data)).toBe(true);
+    // Output in pieces bigger than any one input chunk: a whole member from one small input and a large output.
+    const zeros = gzipSync(Buffer.alloc(9 * MiB));
+    expect((await collect(decompress(Readable.from([zeros]), 'gzip', 'layer sha256:z', { gunzip: isalGunzip! }))).equals(Buffer.alloc(9 * MiB))).toBe(true);
+  });
+
+  it('decoding jobs wait for a slot earliest stream first', async () => {
+    const slots = new DecodeSlots(1);
+    const order: number[] = [];
+    let release!: () => void;
+    const first = slots.run(slots.rank(), () => new Promise<void>((r) => (release = r)));
+    const [a, b, c] = [slots.rank(), slots.rank(), slots.rank()];
+    const runs = [c, a, b].map((rank) => slots.run(rank, async () => void order.push(rank)));
+    release();
+    await Promise.all([first, ...runs]);
+    expect(order).toEqual([a, b, c]);
   });
 });
