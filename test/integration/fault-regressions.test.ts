@@ -69,6 +69,29 @@ describe('found by the fault soak', () => {
       for (const line of r.stderr.trim().split('\n')) expect(line).toMatch(/^(warning: |layer [0-9a-f]{12}: |progress: |pushed |read )/);
     });
 
+    // Two pushes of one image to two tags of a repository at once: the stock registry rewrites a
+    // link file in place while the other push mounts the same blob, and a manifest PUT in that
+    // moment was refused (400 DIGEST_INVALID, MANIFEST_BLOB_UNKNOWN), failing the push.
+    it('a manifest PUT refused for a blob unknown is sent again; refused every time, the registry\'s answer is the error', async () => {
+      const racing = JSON.stringify({
+        errors: [
+          { code: 'DIGEST_INVALID', message: 'provided digest did not match uploaded content', detail: null },
+          { code: 'MANIFEST_BLOB_UNKNOWN', message: 'blob unknown to registry', detail: 'sha256:0' },
+        ],
+      });
+      const manifestPut = (q: { method: string; path: string }) => q.method === 'PUT' && q.path.includes('/manifests/');
+      proxy.setFaults((req, n) => (manifestPut(req) && n <= 1 ? { kind: 'status', status: 400, body: racing } : undefined));
+      const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${proxy.host}/found/race:1`], { cacheHome: await tempDir() });
+      expect(r.code, r.stderr).toBe(0);
+      expect(proxy.stats.requests.filter((q) => manifestPut(q) && q.path.endsWith('/race/manifests/1'))).toHaveLength(2);
+
+      proxy.setFaults((req) => (manifestPut(req) ? { kind: 'status', status: 400, body: racing } : undefined));
+      const refused = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${proxy.host}/found/race:2`], { cacheHome: await tempDir() });
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/^smart: error \[REGISTRY\]: registry 127\.0\.0\.1:\d+ answered 400 DIGEST_INVALID: .*MANIFEST_BLOB_UNKNOWN/m);
+      expect(proxy.stats.requests.filter((q) => manifestPut(q) && q.path.endsWith('/race/manifests/2'))).toHaveLength(3);
+    });
+
     // A manifest whose body was cut short (a reset mid-body) failed the pull at once, with Node's
     // bare "read ECONNRESET" as the whole message: not retried, and naming neither registry nor manifest.
     it('a manifest body cut short is fetched again; cut every time, the error names the registry and the manifest', async () => {

@@ -1,5 +1,6 @@
 /** `docker://HOST[:PORT]/REPO[:TAG|@DIGEST]`: image source and destination over the Distribution API. */
 import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { SmartError } from '../../errors.js';
 import { isDigest, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, ManifestHead, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
@@ -8,6 +9,10 @@ import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes
 import { formatReference, type Reference } from '../../oci/reference.js';
 import { verifiedStream } from '../../pipeline/digest-stream.js';
 import type { RegistryClient } from './client.js';
+import { isRegistryError } from './errors.js';
+
+/** Manifest PUTs sent again when the registry finds a blob unknown (see sendManifest). */
+const MANIFEST_BLOB_RETRIES = 2;
 
 /** Where blobs were seen on a registry, so a push can mount instead of upload (a hint). */
 export interface BlobLocations {
@@ -168,14 +173,34 @@ export class RegistryDestination implements BlobDestination {
       this.held = manifest;
       return;
     }
-    await this.client.putManifest(this.ref.repository, manifest.digest, manifest.bytes, manifest.mediaType);
+    await this.sendManifest(manifest.digest, manifest);
   }
 
   /** The manifest putManifest holds back, if any, stored by digest. */
   private async putHeld(): Promise<void> {
     const m = this.held;
     this.held = undefined;
-    if (m) await this.client.putManifest(this.ref.repository, m.digest, m.bytes, m.mediaType);
+    if (m) await this.sendManifest(m.digest, m);
+  }
+
+  /**
+   * PUT of a manifest, sent again after a moment (twice at most) when the registry answers that one
+   * of its blobs is unknown or its link unreadable. The stock registry writes a repository's link
+   * files in place: while another push mounts or uploads the same blob into the same repository,
+   * its manifest check can read that link empty (400 DIGEST_INVALID, MANIFEST_BLOB_UNKNOWN). Two
+   * pushes of one image to two tags at once met it; a blob that is really missing still fails,
+   * with the registry's answer, half a second later.
+   */
+  private async sendManifest(reference: string, m: ParsedManifest): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.client.putManifest(this.ref.repository, reference, m.bytes, m.mediaType);
+      } catch (e) {
+        const racing = isRegistryError(e) && e.status === 400 && e.codes.some((c) => c === 'MANIFEST_BLOB_UNKNOWN' || c === 'DIGEST_INVALID');
+        if (!racing || attempt > MANIFEST_BLOB_RETRIES) throw e;
+        await sleep(100 * 2 ** attempt);
+      }
+    }
   }
 
   async currentDigest(): Promise<Digest | undefined> {
@@ -190,7 +215,7 @@ export class RegistryDestination implements BlobDestination {
     }
     if (this.held?.digest !== top.digest) await this.putHeld();
     this.held = undefined;
-    if (this.ref.tag) await this.client.putManifest(this.ref.repository, this.ref.tag, top.bytes, top.mediaType);
+    if (this.ref.tag) await this.sendManifest(this.ref.tag, top);
   }
 
   async abort(): Promise<void> {
