@@ -24,7 +24,6 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
-import tar from 'tar-stream';
 import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError } from '../errors.js';
 import { digestHex, type Digest } from '../oci/digest.js';
@@ -178,6 +177,9 @@ export class LayerStore {
   private async ingest(fill: LayerFill, tarStream: Readable, what: string): Promise<void> {
     let lastEntry: string | undefined; // where a tar that breaks broke
     try {
+      // Loaded here, not with the module: every pull into a tree loads the store, few fill it from
+      // a tar this way, and tar-stream with its dependencies takes 10-20 ms to load.
+      const { default: tar } = await import('tar-stream');
       const extract = tar.extract();
       const unpacking = (async () => {
         for await (const entry of extract) {
