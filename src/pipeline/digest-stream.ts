@@ -1,26 +1,36 @@
 /** Pass-through stages that hash bytes as they flow: digests cost no extra pass and no buffer. */
-import { createHash, type Hash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import { chunkHasher, inThreadHasher, type ChunkHasher } from './sha256.js';
 import { fileRangeOf, localFileOf, markFileRange, markLocalFile, verifyError, type VerifyExpectation } from './local-file.js';
 
-/** Hashes and counts what passes through; `digest` and `size` are final once the stream has ended. */
+/**
+ * Hashes and counts what passes through; `digest` and `size` are final once the stream has ended.
+ * `offThread`: hashed on the libuv pool where the addon can (src/pipeline/sha256.ts), for a
+ * source whose chunks are never modified after they are passed on (a compressor's output).
+ */
 export class DigestStream extends Transform {
-  private readonly hash: Hash = createHash('sha256');
+  private readonly hash: ChunkHasher;
   private bytes = 0;
   private result: Digest | undefined;
 
+  constructor(options: { offThread?: boolean } = {}) {
+    super();
+    this.hash = options.offThread ? chunkHasher() : inThreadHasher();
+  }
+
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.hash.update(chunk);
     this.bytes += chunk.length;
-    cb(null, chunk);
+    if (this.hash.update(chunk)) cb(null, chunk);
+    else this.hash.drained().then(() => cb(null, chunk), cb);
   }
 
   override _flush(cb: TransformCallback): void {
-    this.result = `sha256:${this.hash.digest('hex')}` as Digest;
-    cb();
+    this.hash.digest().then((hex) => {
+      this.result = `sha256:${hex}` as Digest;
+      cb();
+    }, cb);
   }
 
   get size(): number {

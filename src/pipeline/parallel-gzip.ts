@@ -40,13 +40,13 @@
  * `gunzipDecoder`, used by `decompress` in compression.ts) in gunzip.ts; what they export is
  * exported here too.
  */
-import { createHash, type Hash } from 'node:crypto';
 import fs, { type FileHandle } from 'node:fs/promises';
 import { Transform, pipeline, type Readable, type TransformCallback } from 'node:stream';
 import zlib from 'node:zlib';
 import { SmartError, isSmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import { diffIdStage } from './digest-stream.js';
+import { chunkHasher, type ChunkHasher } from './sha256.js';
 import { GZIP_HEADER, KiB, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, WINDOW, type GzipEngine, type GzipEngineName } from './gzip-engines.js';
 import { returnBlockBuffer, sharedWindow, takeBlockBuffer } from './gzip-window.js';
 import type { CompressedLayerStream } from './layer-streams.js';
@@ -106,7 +106,10 @@ interface FileInput {
   position: number;
   remaining: number;
   reading: boolean;
-  hash: Hash;
+  /** The range's sha256, on the pool where the addon can: its blocks are compressed meanwhile. */
+  hash: ChunkHasher;
+  /** Read whole: its digest is being checked (see finishFile). */
+  finishing?: boolean;
   /** The sha256 of the range, once read whole and checked. */
   digest?: Digest;
 }
@@ -189,7 +192,7 @@ export class ParallelGzip extends Transform {
    * hand-offs, against ~50 here. The sha256 of the range is `fileDigest` at the end.
    */
   readFileRange(range: FileRange): this {
-    this.file = { range, position: range.offset, remaining: range.length, reading: false, hash: createHash('sha256') };
+    this.file = { range, position: range.offset, remaining: range.length, reading: false, hash: chunkHasher() };
     process.nextTick(() => this.pump());
     return this;
   }
@@ -211,7 +214,7 @@ export class ParallelGzip extends Transform {
 
   /** Reads the next block of the file range, when none is waiting to be cut and none is being read. */
   private readBlock(file: FileInput): void {
-    if (file.reading || file.digest || this.ready.length > 0 || this.destroyed) return;
+    if (file.reading || file.finishing || this.ready.length > 0 || this.destroyed) return;
     file.reading = true;
     const buffer = takeBlockBuffer(this.blockSize);
     const want = Math.min(this.blockSize, file.remaining);
@@ -274,19 +277,28 @@ export class ParallelGzip extends Transform {
 
   /** The range is read whole: check it, close the file, and end the input. */
   private finishFile(file: FileInput): void {
-    const digest = `sha256:${file.hash.digest('hex')}` as Digest;
-    for (const check of file.range.checks ?? []) {
-      const failed = verifyError(check, file.range.length, digest);
-      if (failed) {
-        this.destroy(failed);
-        return;
-      }
-    }
-    file.digest = digest;
+    file.finishing = true;
     const handle = file.handle;
     file.handle = undefined;
     void handle?.close().catch(() => undefined);
-    this.end();
+    file.hash.digest().then(
+      (hex) => {
+        if (this.destroyed) return;
+        const digest = `sha256:${hex}` as Digest;
+        for (const check of file.range.checks ?? []) {
+          const failed = verifyError(check, file.range.length, digest);
+          if (failed) {
+            this.destroy(failed);
+            return;
+          }
+        }
+        file.digest = digest;
+        this.end();
+      },
+      (e: unknown) => {
+        if (!this.destroyed) this.destroy(e as Error);
+      },
+    );
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
@@ -377,15 +389,21 @@ export class ParallelGzip extends Transform {
       this.dictionary = Buffer.from(block.subarray(block.length - WINDOW));
     }
     if (last) this.lastSubmitted = true;
+    // A block read from a file is hashed on the pool: its buffer goes back once that is done too.
+    const hashing = this.file?.hash;
+    const giveBack = (): void => {
+      if (hashing) hashing.flushed().then(() => returnBlockBuffer(buffer), () => returnBlockBuffer(buffer));
+      else returnBlockBuffer(buffer);
+    };
     this.engine.compressBlock(block, { level: this.level, dictionary, last, signal: this.abort.signal }).then(
       (output) => {
-        returnBlockBuffer(buffer);
+        giveBack();
         job.done = true;
         job.output = output;
         this.pump();
       },
       (e: unknown) => {
-        returnBlockBuffer(buffer);
+        giveBack();
         if (!this.destroyed) this.destroy(isSmartError(e) ? e : new SmartError('INTERNAL', `gzip block failed: ${String(e)}`, { cause: e }));
       },
     );

@@ -25,6 +25,8 @@ export interface ChunkHasher {
   update(chunk: Buffer): boolean;
   /** Settles once what is queued is below the bound (rejects if hashing failed). */
   drained(): Promise<void>;
+  /** Settles once every chunk added so far is hashed: they may then be modified (rejects if hashing failed). */
+  flushed(): Promise<void>;
   /** The hex digest of all chunks, once they are hashed; the hasher is done. */
   digest(): Promise<string>;
 }
@@ -36,6 +38,7 @@ class InThreadHasher implements ChunkHasher {
     return true;
   }
   async drained(): Promise<void> {}
+  async flushed(): Promise<void> {}
   async digest(): Promise<string> {
     return this.hash.digest('hex');
   }
@@ -96,12 +99,16 @@ class PoolHasher implements ChunkHasher {
     if (this.failure) throw this.failure.error;
   }
 
-  async digest(): Promise<string> {
+  async flushed(): Promise<void> {
     while (!this.failure && (this.running || this.queue.length > 0)) {
       if (!this.running) this.pump();
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
     if (this.failure) throw this.failure.error;
+  }
+
+  async digest(): Promise<string> {
+    await this.flushed();
     return this.native.sha256Digest(this.context);
   }
 }

@@ -133,7 +133,8 @@ export class DistributionStore {
           ? undefined
           : known
             ? new VerifyStream({ digest: known, ...(expected?.size !== undefined ? { size: expected.size } : {}), what: expected!.what })
-            : new DigestStream();
+            : // A layer compressed on its way here: the compressors hand on fresh buffers, hashed on the pool.
+              new DigestStream({ offThread: true });
       try {
         await pipeline([source, ...(hash ? [hash] : []), writer.stream], ...(signal ? [{ signal }] : []));
       } catch (e) {
