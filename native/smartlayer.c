@@ -913,6 +913,17 @@ static bool gunzip_fill(GunzipContext *c, GunzipJob *job) {
     c->in_len -= c->in_pos;
     c->in_pos = 0;
   }
+  if (c->in_len == c->in_cap) {
+    /* All of it unread and more wanted (inflate took none of it): room for more, never a read of
+     * nothing that would look like the end of the file. */
+    uint8_t *grown = realloc(c->in, c->in_cap * 2);
+    if (grown == NULL) {
+      job->error_number = ENOMEM;
+      return false;
+    }
+    c->in = grown;
+    c->in_cap *= 2;
+  }
   for (;;) {
     ssize_t n = pread(c->fd, c->in + c->in_len, c->in_cap - c->in_len, (off_t)c->in_total);
     if (n < 0) {
