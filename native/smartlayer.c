@@ -572,40 +572,64 @@ static napi_value sha256_create(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/* The bytes and lengths of the Buffers in a JavaScript array, for a job (a reference to the array
- * keeps them alive); false, with a TypeError saying `error` pending, when one is not a Buffer. */
-static bool buffer_list(napi_env env, napi_value array, uint32_t count, const uint8_t **data, size_t *lengths, const char *error) {
-  for (uint32_t i = 0; i < count; i++) {
+/* The Buffers of a JavaScript array, for a job on the pool: their bytes and lengths, kept alive by a
+ * reference to the array until the job is freed. */
+typedef struct {
+  uint32_t count;
+  const uint8_t **data;
+  size_t *lengths;
+  napi_ref ref;
+} BufferList;
+
+/* Fills `list` from `array`; false with an exception pending (a TypeError saying `error` when an
+ * element is not a Buffer). Whatever it took is released by buffer_list_free, either way. */
+static bool buffer_list_take(napi_env env, napi_value array, BufferList *list, const char *error) {
+  if (napi_get_array_length(env, array, &list->count) != napi_ok) {
+    napi_throw_type_error(env, NULL, error);
+    return false;
+  }
+  if (list->count > 0 && ((list->data = calloc(list->count, sizeof *list->data)) == NULL || (list->lengths = calloc(list->count, sizeof *list->lengths)) == NULL)) {
+    napi_throw_error(env, NULL, "out of memory");
+    return false;
+  }
+  for (uint32_t i = 0; i < list->count; i++) {
     napi_value chunk;
     bool is_buffer = false;
     void *bytes;
     if (napi_get_element(env, array, i, &chunk) != napi_ok || napi_is_buffer(env, chunk, &is_buffer) != napi_ok || !is_buffer ||
-        napi_get_buffer_info(env, chunk, &bytes, &lengths[i]) != napi_ok) {
+        napi_get_buffer_info(env, chunk, &bytes, &list->lengths[i]) != napi_ok) {
       napi_throw_type_error(env, NULL, error);
       return false;
     }
-    data[i] = bytes;
+    list->data[i] = bytes;
+  }
+  if (napi_create_reference(env, array, 1, &list->ref) != napi_ok) {
+    napi_throw_error(env, NULL, "could not keep the chunks");
+    return false;
   }
   return true;
+}
+
+static void buffer_list_free(napi_env env, BufferList *list) {
+  if (list->ref) napi_delete_reference(env, list->ref);
+  free(list->data);
+  free(list->lengths);
 }
 
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
-  napi_ref chunks_ref;
   napi_ref context_ref;
   Sha256Context *context;
-  uint32_t count;
-  const uint8_t **data;
-  size_t *lengths;
+  BufferList chunks;
   const char *error;
 } Sha256Job;
 
 static void sha256_update_execute(napi_env env, void *data) {
   (void)env;
   Sha256Job *job = data;
-  for (uint32_t i = 0; i < job->count; i++) {
-    if (evp.update(job->context->ctx, job->data[i], job->lengths[i]) != 1) {
+  for (uint32_t i = 0; i < job->chunks.count; i++) {
+    if (evp.update(job->context->ctx, job->chunks.data[i], job->chunks.lengths[i]) != 1) {
       job->error = "sha256: update failed";
       return;
     }
@@ -613,11 +637,9 @@ static void sha256_update_execute(napi_env env, void *data) {
 }
 
 static void sha256_job_free(napi_env env, Sha256Job *job) {
-  if (job->chunks_ref) napi_delete_reference(env, job->chunks_ref);
+  buffer_list_free(env, &job->chunks);
   if (job->context_ref) napi_delete_reference(env, job->context_ref);
   if (job->work) napi_delete_async_work(env, job->work);
-  free(job->data);
-  free(job->lengths);
   free(job);
 }
 
@@ -645,23 +667,19 @@ static napi_value sha256_update(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, context->done ? "sha256 context already digested" : "sha256 context already hashing");
     return NULL;
   }
-  uint32_t count = 0;
-  CHECK(env, napi_get_array_length(env, argv[1], &count));
   Sha256Job *job = calloc(1, sizeof *job);
-  if (job == NULL || (count > 0 && ((job->data = calloc(count, sizeof *job->data)) == NULL || (job->lengths = calloc(count, sizeof *job->lengths)) == NULL))) {
-    if (job) sha256_job_free(env, job);
+  if (job == NULL) {
     napi_throw_error(env, NULL, "out of memory");
     return NULL;
   }
   job->context = context;
-  job->count = count;
-  if (!buffer_list(env, argv[1], count, job->data, job->lengths, "sha256Update: every chunk must be a Buffer")) {
+  if (!buffer_list_take(env, argv[1], &job->chunks, "sha256Update: every chunk must be a Buffer")) {
     sha256_job_free(env, job);
     return NULL;
   }
-  if (napi_create_reference(env, argv[1], 1, &job->chunks_ref) != napi_ok || napi_create_reference(env, argv[0], 1, &job->context_ref) != napi_ok) {
+  if (napi_create_reference(env, argv[0], 1, &job->context_ref) != napi_ok) {
     sha256_job_free(env, job);
-    napi_throw_error(env, NULL, "sha256: could not keep the chunks");
+    napi_throw_error(env, NULL, "sha256: could not keep the context");
     return NULL;
   }
   napi_value promise = queue_work(env, "smartlayer.sha256Update", sha256_update_execute, sha256_update_complete, job, &job->work, &job->deferred);
@@ -892,11 +910,8 @@ typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   napi_ref context_ref;
-  napi_ref chunks_ref;
   GunzipContext *context;
-  uint32_t count;
-  const uint8_t **data;
-  size_t *lengths;
+  BufferList chunks;
   bool end;
   size_t out_cap, out_len;
   uint8_t *out;
@@ -1062,7 +1077,7 @@ static void gunzip_execute(napi_env env, void *data) {
   if (c->fd < 0) {
     /* The chunks after what the last call left: kept here, so that a call may stop short of them. */
     size_t add = 0;
-    for (uint32_t i = 0; i < job->count; i++) add += job->lengths[i];
+    for (uint32_t i = 0; i < job->chunks.count; i++) add += job->chunks.lengths[i];
     if (c->in_pos > 0) {
       memmove(c->in, c->in + c->in_pos, c->in_len - c->in_pos);
       c->in_len -= c->in_pos;
@@ -1078,9 +1093,9 @@ static void gunzip_execute(napi_env env, void *data) {
       c->in = grown;
       c->in_cap = cap;
     }
-    for (uint32_t i = 0; i < job->count; i++) {
-      memcpy(c->in + c->in_len, job->data[i], job->lengths[i]);
-      c->in_len += job->lengths[i];
+    for (uint32_t i = 0; i < job->chunks.count; i++) {
+      memcpy(c->in + c->in_len, job->chunks.data[i], job->chunks.lengths[i]);
+      c->in_len += job->chunks.lengths[i];
     }
     c->in_total += (double)add;
     if (job->end) c->input_ended = true;
@@ -1113,12 +1128,10 @@ static void gunzip_execute(napi_env env, void *data) {
 }
 
 static void gunzip_job_free(napi_env env, GunzipJob *job) {
-  if (job->chunks_ref) napi_delete_reference(env, job->chunks_ref);
+  buffer_list_free(env, &job->chunks);
   if (job->context_ref) napi_delete_reference(env, job->context_ref);
   if (job->work) napi_delete_async_work(env, job->work);
   gunzip_output_free(job->out, job->out_cap);
-  free(job->data);
-  free(job->lengths);
   free(job);
 }
 
@@ -1164,29 +1177,26 @@ static napi_value gunzip_run(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "gunzip context already running");
     return NULL;
   }
-  uint32_t count = 0;
-  CHECK(env, napi_get_array_length(env, argv[1], &count));
-  if (count > 0 && c->fd >= 0) {
-    napi_throw_type_error(env, NULL, "gunzipRun: a context that reads a file takes no chunks");
-    return NULL;
-  }
   GunzipJob *job = calloc(1, sizeof *job);
-  if (job == NULL || (count > 0 && ((job->data = calloc(count, sizeof *job->data)) == NULL || (job->lengths = calloc(count, sizeof *job->lengths)) == NULL))) {
-    if (job) gunzip_job_free(env, job);
+  if (job == NULL) {
     napi_throw_error(env, NULL, "out of memory");
     return NULL;
   }
   job->context = c;
-  job->count = count;
   job->end = end;
   job->out_cap = (size_t)out_cap;
-  if (!buffer_list(env, argv[1], count, job->data, job->lengths, "gunzipRun: every chunk must be a Buffer")) {
+  if (!buffer_list_take(env, argv[1], &job->chunks, "gunzipRun: every chunk must be a Buffer")) {
     gunzip_job_free(env, job);
     return NULL;
   }
-  if (napi_create_reference(env, argv[1], 1, &job->chunks_ref) != napi_ok || napi_create_reference(env, argv[0], 1, &job->context_ref) != napi_ok) {
+  if (job->chunks.count > 0 && c->fd >= 0) {
     gunzip_job_free(env, job);
-    napi_throw_error(env, NULL, "gunzip: could not keep the chunks");
+    napi_throw_type_error(env, NULL, "gunzipRun: a context that reads a file takes no chunks");
+    return NULL;
+  }
+  if (napi_create_reference(env, argv[0], 1, &job->context_ref) != napi_ok) {
+    gunzip_job_free(env, job);
+    napi_throw_error(env, NULL, "gunzip: could not keep the context");
     return NULL;
   }
   napi_value promise = queue_work(env, "smartlayer.gunzipRun", gunzip_execute, gunzip_complete, job, &job->work, &job->deferred);

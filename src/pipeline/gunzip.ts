@@ -11,7 +11,7 @@ import zlib from 'node:zlib';
 import { SmartError } from '../errors.js';
 import { liveChildren } from './filter-process.js';
 import { nativeBinding } from './native.js';
-import { NativeGunzip, corruptGzip, nativeInflate } from './native-gunzip.js';
+import { corruptGzip } from './native-gunzip.js';
 import { findProgram } from './programs.js';
 
 const KiB = 1024;
@@ -178,11 +178,12 @@ function runIgzip(program: string, what: string, stdin: 'pipe' | number, inputBy
   return { child, output, kill };
 }
 
-/** The bare decoder stage of `engine` (zlib errors are raw Z_ codes; the others' are SmartErrors). */
+/**
+ * The bare decoder stage of `engine` (zlib errors are raw Z_ codes; igzip's are SmartErrors). The
+ * isal engine has no bare stage: decompress() runs it, checks and all (native-gunzip.ts).
+ */
 export function gunzipDecoder(what: string, engine: GunzipEngine = zlibGunzip): Duplex {
   if (engine.name === 'igzip' && engine.program) return igzipDecompressor(engine.program, what);
-  const inflate = engine.name === 'isal' ? nativeInflate() : undefined;
-  if (inflate) return new NativeGunzip(inflate, { what });
   return zlib.createGunzip({ chunkSize: 64 * KiB });
 }
 
