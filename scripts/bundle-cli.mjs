@@ -21,7 +21,7 @@
  * - everything else as the dynamic imports cut it, so the lazy stays lazy: commander, the S3 SDK,
  *   tar-stream, the TOML parser, the root filesystem writer load only when used.
  * A module that statically imports a package (or such a module) never joins core: a chunk's
- * static imports run when it loads (the registry chunk takes undici, which its client needs). Packages stay external (resolved from node_modules as
+ * static imports run when it loads (the registry chunk takes the packages its modules need). Packages stay external (resolved from node_modules as
  * before), so are `import.meta.url` users: the chunks sit in dist/bundle/, at the depth of every
  * dist/<folder>/ module, so native.js still finds the package root two levels up.
  */
@@ -84,7 +84,7 @@ function staticImports() {
     const specs = [...text.matchAll(/^(?:import|export)\s[^'";]*?from\s*'([^']+)'|^import\s*'([^']+)'/gm)].map((m) => m[1] ?? m[2]);
     graph.set(file, {
       modules: specs.filter((s) => s.startsWith('.')).map((s) => path.resolve(path.dirname(file), s)),
-      // A package, imported or required at the top (http.js requires undici's parts by createRequire).
+      // A package, imported or required at the top (by createRequire).
       package: specs.some((s) => !s.startsWith('.') && !s.startsWith('node:')) || /^const \w+ = require\(/m.test(text),
     });
   }
@@ -121,7 +121,7 @@ function closure(roots, except, packagesToo = false) {
 // The entry's own static imports apart: `--version`, `--help` and the cache commands do not evaluate core.
 const cli = closure(['cli/main.js'], new Set());
 const core = closure(CORE_ROOTS, cli);
-// undici comes with the client whenever it is used: its loading may come with the chunk.
+// The registry chunk's packages come with the client whenever it is used: their loading may come with the chunk.
 const registry = closure(REGISTRY_ROOTS, new Set([...cli, ...core]), true);
 const steps = closure(STEPS_ROOTS, new Set([...cli, ...core, ...registry]));
 

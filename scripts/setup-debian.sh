@@ -20,7 +20,7 @@ case "${1:-}" in
   *) echo "usage: $0 [--test]" >&2; exit 2 ;;
 esac
 
-# Node.js 20.18.1 or later (what undici 7 needs), with npm: from nodejs.org, NodeSource or nvm.
+# Node.js 20.18.1 or later (package.json's engines), with npm: from nodejs.org, NodeSource or nvm.
 node_ok=0
 if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   node -e 'const [a, b, c] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && (b > 18 || (b === 18 && c >= 1))) ? 0 : 1)' && node_ok=1

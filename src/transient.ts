@@ -1,17 +1,23 @@
 /**
  * Which failures are transient — trying the same step again may succeed — for every network
- * client of the library alike: the registry client (undici) and the S3 driver (the AWS SDK).
+ * client of the library alike: the registry client (Node's http) and the S3 driver (the AWS SDK).
  * Cancellations never are: the user or another failure stopped the work. And the wait before
  * another attempt, cut short by an abort.
  */
 import { isCancellation, isSmartError } from './errors.js';
 
+/** The registry client's own: no byte for the stall timeout, and a connection not made in time (registry/http.ts). */
+export const HTTP_STALL = 'SMART_HTTP_STALL';
+export const HTTP_CONNECT_TIMEOUT = 'SMART_HTTP_CONNECT_TIMEOUT';
+
 /**
  * Connection-level failures: refused, reset, cut or timed out on the way (as errno codes, Node's
- * stream codes and the names the AWS SDK gives its own timeouts). A host that does not resolve
- * (ENOTFOUND) is not among them: it will not resolve on the next attempt either.
+ * stream codes, the registry client's timeouts and the names the AWS SDK gives its own). A host
+ * that does not resolve (ENOTFOUND) is not among them: it will not resolve on the next attempt either.
  */
 const TRANSIENT_CODES = new Set([
+  HTTP_STALL,
+  HTTP_CONNECT_TIMEOUT,
   'ECONNRESET',
   'ECONNREFUSED',
   'ECONNABORTED',
@@ -59,16 +65,15 @@ export function errorStatus(e: unknown): number | undefined {
 
 /**
  * Whether another attempt may outlive `e`: a SmartError says so itself (`retryable`); a raw error
- * is transient when it is a connection failure (see TRANSIENT_CODES), one of undici's own
- * (`UND_ERR_*`: socket closed, headers or body timeout…) other than an abort, or an HTTP answer
- * with a transient status. An abort signal's reason (an AbortError, a DOMException TimeoutError
+ * is transient when it is a connection failure or a stall (see TRANSIENT_CODES), or an HTTP
+ * answer with a transient status. An abort signal's reason (an AbortError, a DOMException TimeoutError
  * from `AbortSignal.timeout`) never is: the time allowed is spent.
  */
 export function isTransient(e: unknown): boolean {
   if (isSmartError(e)) return e.retryable;
   if (isCancellation(e) || e instanceof DOMException) return false;
   const code = errorCode(e) ?? '';
-  if (TRANSIENT_CODES.has(code) || (code.startsWith('UND_ERR_') && code !== 'UND_ERR_ABORTED')) return true;
+  if (TRANSIENT_CODES.has(code)) return true;
   const o = (typeof e === 'object' && e !== null ? e : {}) as { name?: unknown; Code?: unknown };
   if ((typeof o.Code === 'string' && TRANSIENT_CODES.has(o.Code)) || (typeof o.name === 'string' && TRANSIENT_CODES.has(o.name))) return true;
   const status = errorStatus(e);

@@ -4,7 +4,6 @@
  * 141 a reader of the image on stdout that went away.
  */
 import { SmartError, isSmartError } from '../errors.js';
-import { declareShortLivedProcess } from '../runtime.js';
 import { outputOptions, parseTransferArgs, cancel } from './options.js';
 import { Output, stdoutClosed, type OutputOptions } from './output.js';
 import { runTransfer } from './transfer.js';
@@ -14,7 +13,6 @@ export const EXIT_BROKEN_PIPE = 141;
 
 /** Runs the CLI on `argv` (as process.argv) and resolves to the exit code; never calls process.exit. */
 export async function main(argv: string[], prog = 'smart'): Promise<number> {
-  declareShortLivedProcess();
   // Loaded with the program, only when commander parses the command line.
   let program: typeof import('./program.js') | undefined;
   const flagsOf = (): OutputOptions => {

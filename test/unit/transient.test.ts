@@ -23,13 +23,13 @@ describe('isTransient', () => {
     expect(isTransient(new SmartError('STORAGE', 'x'))).toBe(false);
   });
 
-  it('retries connection failures, undici errors other than an abort, and the AWS SDK timeouts', () => {
-    for (const code of ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENETDOWN', 'ERR_STREAM_PREMATURE_CLOSE', 'UND_ERR_SOCKET', 'UND_ERR_BODY_TIMEOUT']) {
+  it('retries connection failures, the registry client\'s stalls and connect timeouts, and the AWS SDK timeouts', () => {
+    for (const code of ['ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENETDOWN', 'ERR_STREAM_PREMATURE_CLOSE', 'SMART_HTTP_STALL', 'SMART_HTTP_CONNECT_TIMEOUT']) {
       expect(isTransient(errno(code)), code).toBe(true);
     }
     expect(isTransient(Object.assign(new Error('slow'), { name: 'TimeoutError' }))).toBe(true);
     expect(isTransient(Object.assign(new Error('slow'), { name: 'S3ServiceException', Code: 'RequestTimeout', $metadata: { httpStatusCode: 400 } }))).toBe(true);
-    for (const code of ['ENOTFOUND', 'UND_ERR_ABORTED', 'EACCES']) expect(isTransient(errno(code)), code).toBe(false);
+    for (const code of ['ENOTFOUND', 'ABORT_ERR', 'SMART_HTTP_CLOSED', 'EACCES']) expect(isTransient(errno(code)), code).toBe(false);
   });
 
   it('finds the code in an AggregateError (happy-eyeballs connect) and in a cause', () => {

@@ -224,7 +224,7 @@ export abstract class RegistryApi {
         : expected.digest
           ? new VerifyStream({ digest: expected.digest, ...(expected.size !== undefined ? { size: expected.size } : {}), what: expected.what })
           : new DigestStream();
-    // undici pulls the body as the socket drains: back-pressure reaches the source.
+    // Piped into the request as the socket drains: back-pressure reaches the source.
     const patchBody = Readable.from(hash ? hashedChunks(source, hash) : source, { objectMode: false });
     let patch: Response;
     try {

@@ -1,6 +1,6 @@
 /**
  * A client of the OCI Distribution API (the Docker registry v2 API), composed of layers as
- * go-containerregistry's remote/transport is: `http` (undici's pool, TLS, sending with abort),
+ * go-containerregistry's remote/transport is: `http` (Node's http with a keep-alive pool, TLS, sending with abort),
  * `ping` (the scheme and the challenge), `auth` (Basic, Bearer tokens per scope), `retry` (the one
  * retry loop: connection errors, 408/429/5xx with Retry-After, blob bodies resumed with Range),
  * `errors` (RegistryError: the status, every error code of the registry, the method, a redacted

@@ -6,7 +6,7 @@
  */
 import { SmartError, type ErrorCode } from '../../errors.js';
 import { redactUrl, remoteText } from '../../redact.js';
-import { errorCode, isTransient, isTransientStatus } from '../../transient.js';
+import { HTTP_CONNECT_TIMEOUT, HTTP_STALL, errorCode, isTransient, isTransientStatus } from '../../transient.js';
 
 /** One entry of the Distribution spec's error body: `{"errors": [{"code", "message", "detail"}]}`. */
 export interface RegistryErrorDetail {
@@ -111,7 +111,7 @@ export function statusError(ctx: ErrorContext, status: number, body: Buffer | un
 }
 
 /** Errors that mean the registry could not be reached at all (as opposed to a connection that broke). */
-const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT']);
+const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', HTTP_CONNECT_TIMEOUT]);
 
 /** A TLS failure proper: a protocol mismatch or a certificate problem (a bare reset is not one). */
 function looksLikeTlsError(e: unknown): boolean {
@@ -137,7 +137,7 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
   const facts = { ...(request.method !== undefined ? { method: request.method } : {}), ...(request.url !== undefined ? { url: request.url } : {}) };
   const msg = (e as Error)?.message ?? String(e);
   const code = errorCode(e);
-  if (code === 'UND_ERR_BODY_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT') {
+  if (code === HTTP_STALL) {
     const s = Math.round(ctx.stallTimeoutMs / 1000);
     return new RegistryError('REGISTRY', `registry ${ctx.host} stalled: no data for ${s} s (${what})`, { ...facts, input: ctx.host, cause: e, retryable: true });
   }

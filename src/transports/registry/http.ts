@@ -1,41 +1,49 @@
 /**
- * The bottom layer of the registry client: undici's connection pool for one registry (TLS, extra
- * CA certificates, the stall timeouts), one request sent with an abort signal that settles at
- * once, and the small helpers every layer above reads answers with.
+ * The bottom layer of the registry client: Node's own HTTP client with a keep-alive connection
+ * pool for one registry (TLS, extra CA certificates, the stall timeouts), one request sent with an
+ * abort signal that settles at once, and the small helpers every layer above reads answers with.
  *
- * undici's connection pool and request API are loaded without the rest of undici. Its index
- * module also loads fetch, WebSocket, caches and mocks: ~70 ms at every start of a command that
- * talks to a registry, against ~24 ms for the two parts used here. The version is pinned
- * (package.json), and the same composition as undici's index (the request API mixed into the
- * dispatcher) is done here.
+ * Node's http module, not a client library: it is part of the runtime (its parser is llhttp in
+ * C++), so a command that talks to a registry pays ~10 ms to load it and nothing to compile a
+ * parser. undici, used before, cost ~40 ms to load and ~25 ms more at the first request (its
+ * parser is WebAssembly, compiled then), on every command: a warm push took 0.25 s, of which the
+ * work itself is a few milliseconds.
  */
 import fs from 'node:fs/promises';
-import { createRequire } from 'node:module';
+import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import type { Agent as HttpsAgent } from 'node:https';
 import path from 'node:path';
+import { Readable, pipeline } from 'node:stream';
 import tls from 'node:tls';
-import { setFlagsFromString } from 'node:v8';
-import type { Agent as UndiciAgent, Dispatcher } from 'undici';
 import { SmartError } from '../../errors.js';
-import { isShortLivedProcess } from '../../runtime.js';
-
-// In a short-lived command (see runtime.ts), WebAssembly stays on the baseline compiler so that the
-// exit does not wait for undici's parser to be optimized. Set here, when a registry is first used,
-// not at start-up: a flag changed at start-up makes V8 refuse the code cache of every Node module
-// loaded after it (~10 ms on a push that never talks HTTP).
-if (isShortLivedProcess()) setFlagsFromString('--liftoff-only');
-
-const require = createRequire(import.meta.url);
-const DispatcherClass = require('undici/lib/dispatcher/dispatcher.js') as { prototype: object };
-const api = require('undici/lib/api/index.js') as object;
-Object.assign(DispatcherClass.prototype, api);
-
-const Agent = require('undici/lib/dispatcher/agent.js') as typeof UndiciAgent;
-type Agent = UndiciAgent;
-
-export type Response = Dispatcher.ResponseData;
-export type RequestOptions = Dispatcher.RequestOptions;
+import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
+
+/** At most this many connections to one origin at once (layers go in parallel). */
+const CONNECTIONS = 16;
+/** An answer's body that a dump would read further than this is not worth its connection: closed instead. */
+const DUMP_LIMIT = 256 * 1024;
+
+export interface RequestOptions {
+  /** `scheme://host[:port]`. */
+  origin: string;
+  /** Path and query. */
+  path: string;
+  method: string;
+  headers?: Record<string, string>;
+  /** A Buffer is sent with its length; a stream chunked, as it is read (back-pressure reaches it). */
+  body?: Buffer | Readable;
+}
+
+/** An answer's body: its bytes as a stream, and `dump` to discard the rest (the connection is then reused). */
+export type ResponseBody = IncomingMessage & { dump(): Promise<void> };
+
+export interface Response {
+  statusCode: number;
+  headers: IncomingHttpHeaders;
+  body: ResponseBody;
+}
 
 export function isLoopback(host: string): boolean {
   const h = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
@@ -69,69 +77,148 @@ export interface HttpOptions {
   insecure: boolean;
   /** Directories of extra CA certificates (`*.crt`), e.g. skopeo's --cert-dir. */
   certDirs?: string[];
-  /** No byte for this long (waiting for an answer, or between body chunks): the request fails with undici's timeout. */
+  /** No byte for this long (waiting for an answer, or between body chunks): the request fails with HTTP_STALL. */
   stallTimeoutMs: number;
+}
+
+function codedError(message: string, code: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/** The error a body read while the request is aborted fails with (an AbortError, as fetch's). */
+function abortError(signal: AbortSignal): Error {
+  return Object.assign(new Error('the operation was aborted', { cause: signal.reason }), { name: 'AbortError', code: 'ABORT_ERR' });
+}
+
+/**
+ * Reads the rest of `res` to reuse its connection, or closes it when there is too much left. Even
+ * an answer already complete (a HEAD's) holds its connection until its stream has ended.
+ */
+function dumpBody(res: IncomingMessage): Promise<void> {
+  if (res.readableEnded || res.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    let read = 0;
+    const done = () => {
+      res.off('data', count);
+      resolve();
+    };
+    const count = (c: Buffer) => {
+      read += c.length;
+      if (read > DUMP_LIMIT) {
+        res.destroy();
+        done();
+      }
+    };
+    res.on('data', count);
+    res.once('end', done);
+    res.once('close', done);
+    res.once('error', done);
+    res.resume();
+  });
 }
 
 /** The connections to one registry (and the token servers and redirect targets it names). */
 export class Http {
-  private agentPromise: Promise<Agent> | undefined;
+  private httpAgent: http.Agent | undefined;
+  private httpsAgent: Promise<HttpsAgent> | undefined;
+  private closed = false;
 
   constructor(private readonly options: HttpOptions) {}
 
-  private agent(): Promise<Agent> {
-    this.agentPromise ??= (async () => {
+  private agentFor(protocol: string): http.Agent | Promise<HttpsAgent> {
+    if (protocol === 'http:') return (this.httpAgent ??= new http.Agent({ keepAlive: true, maxSockets: CONNECTIONS }));
+    // https (and tls) only when a registry speaks it.
+    this.httpsAgent ??= (async () => {
       const extra: string[] = [];
       const dirs = [...(this.options.certDirs ?? []), ...defaultCertDirs(this.options.host)];
       for (const dir of dirs) {
         const names = await fs.readdir(dir).catch(() => [] as string[]);
         for (const n of names.filter((x) => x.endsWith('.crt'))) extra.push(await fs.readFile(path.join(dir, n), 'utf8'));
       }
-      const stall = this.options.stallTimeoutMs;
-      return new Agent({
-        connections: 16,
-        keepAliveTimeout: 10_000,
-        // undici's own idle timers are the stall detector: no headers, or no body bytes, for this long.
-        headersTimeout: stall,
-        bodyTimeout: stall,
-        connectTimeout: Math.min(stall, 10_000),
-        connect: {
-          ...(extra.length ? { ca: [...tls.rootCertificates, ...extra] } : {}),
-          ...(this.options.insecure ? { rejectUnauthorized: false } : {}),
-        },
+      const https = await import('node:https');
+      return new https.Agent({
+        keepAlive: true,
+        maxSockets: CONNECTIONS,
+        ...(extra.length ? { ca: [...tls.rootCertificates, ...extra] } : {}),
+        ...(this.options.insecure ? { rejectUnauthorized: false } : {}),
       });
     })();
-    return this.agentPromise;
+    return this.httpsAgent;
   }
 
   /**
-   * One request, settled as soon as `signal` aborts: undici does not interrupt a connection still
-   * being set up (TCP or TLS), and a Ctrl-C or --timeout must not wait for its connect timeout. The
-   * abandoned attempt ends when the connections are closed.
+   * One request; settles with the answer's status and headers (its body still to be read), or
+   * fails: at once when `signal` aborts (with its reason), and with HTTP_CONNECT_TIMEOUT or
+   * HTTP_STALL when the registry does not connect or answer in time. A body read after the
+   * answer fails the same way (an AbortError once aborted).
    */
   async send(options: RequestOptions, signal: AbortSignal | undefined): Promise<Response> {
-    const agent = await this.agent();
-    if (!signal) return agent.request(options);
-    signal.throwIfAborted();
-    return new Promise((resolve, reject) => {
-      const onAbort = () => reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
-      signal.addEventListener('abort', onAbort, { once: true });
-      agent.request({ ...options, signal }).then(
-        (res) => {
-          signal.removeEventListener('abort', onAbort);
-          resolve(res);
-        },
-        (e: unknown) => {
-          signal.removeEventListener('abort', onAbort);
+    signal?.throwIfAborted();
+    const url = new URL(options.path, options.origin);
+    const agent = await this.agentFor(url.protocol);
+    signal?.throwIfAborted();
+    if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
+    const { body } = options;
+    const stall = this.options.stallTimeoutMs;
+    const transport = url.protocol === 'http:' ? http : await import('node:https');
+    return new Promise<Response>((resolve, reject) => {
+      let res: IncomingMessage | undefined;
+      let settled = false;
+      const fail = (e: Error) => {
+        if (!settled) {
+          settled = true;
           reject(e);
-        },
-      );
+        }
+      };
+      const req = transport.request(url, { method: options.method, headers: options.headers, agent: agent as http.Agent });
+      // One failure for the request and its answer's body, whichever is being read.
+      const stop = (e: Error) => {
+        if (res && !res.complete) res.destroy(e);
+        req.destroy(e);
+      };
+      const onAbort = () => {
+        fail(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'));
+        stop(abortError(signal!));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const release = () => signal?.removeEventListener('abort', onAbort);
+      req.on('error', (e) => {
+        release();
+        fail(e);
+      });
+      req.on('close', () => {
+        if (!res) release();
+      });
+      // No byte either way for `stall` ms, from the socket's connect to the body's end.
+      req.setTimeout(stall, () => stop(codedError(`no data for ${Math.round(stall / 1000)} s`, HTTP_STALL)));
+      req.on('socket', (socket) => {
+        if (!socket.connecting) return;
+        const timer = setTimeout(() => stop(codedError('connect timed out', HTTP_CONNECT_TIMEOUT)), Math.min(stall, 10_000));
+        socket.once('connect', () => clearTimeout(timer));
+        socket.once('close', () => clearTimeout(timer));
+      });
+      req.on('response', (answer: IncomingMessage) => {
+        res = answer;
+        answer.once('close', release);
+        settled = true;
+        const out = answer as ResponseBody;
+        out.dump = () => dumpBody(answer);
+        resolve({ statusCode: answer.statusCode ?? 0, headers: answer.headers, body: out });
+      });
+      if (body instanceof Readable) {
+        // The request ends when the stream does; a stream that fails destroys the request with its error.
+        pipeline(body, req, () => undefined);
+      } else {
+        req.end(body);
+      }
     });
   }
 
   /** Ends every connection at once (see RegistryClient.close). */
   async close(): Promise<void> {
-    if (this.agentPromise) await (await this.agentPromise).destroy();
+    this.closed = true;
+    this.httpAgent?.destroy();
+    if (this.httpsAgent) (await this.httpsAgent.catch(() => undefined))?.destroy();
   }
 }
 
@@ -140,3 +227,4 @@ function defaultCertDirs(host: string): string[] {
   const home = process.env.HOME ?? '';
   return [`/etc/containers/certs.d/${host}`, `/etc/docker/certs.d/${host}`, ...(home ? [`${home}/.config/containers/certs.d/${host}`] : [])];
 }
+

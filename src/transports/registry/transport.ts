@@ -45,8 +45,7 @@ async function clientFor(host: string, ctx: OpenContext, credentials: Credential
 }
 
 /**
- * registries.conf, read while the modules that talk to the registry load (the client, undici, is
- * most of a command's start). Not through the barrel registries-conf.js, which loads the TOML
+ * registries.conf, read while the modules that talk to the registry load. Not through the barrel registries-conf.js, which loads the TOML
  * parser that only a file present needs. Handled at once (awaited later): a failure of the read
  * must not count as unhandled while the modules load.
  */
