@@ -2,10 +2,14 @@
  * The registry client as a library, against the stock registry behind a fault-injecting proxy:
  * a byte range broken mid-body is resumed from the byte reached (the one resumable-body helper
  * of blob reads), and an error answer becomes a RegistryError that keeps the status, every error
- * code the registry listed, the method and the URL with its secrets redacted.
+ * code the registry listed, the method and the URL with its secrets redacted; and a stall is the
+ * registry's silence only, never a producer or a reader of ours that is slow.
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { parseDigest } from '../../src/oci/digest.js';
 import { RegistryClient, RegistryError } from '../../src/transports/registry/client.js';
@@ -109,6 +113,38 @@ describe.skipIf(!haveTools('docker-registry'))('the registry client', () => {
     expect(e.retryable).toBe(false);
     expect(e.message).toMatch(/^registry 127\.0\.0\.1:\d+ answered 403 DENIED: not yours; UNAUTHORIZED: signature expired to GET blob sha256:/);
     expect(JSON.stringify({ message: e.message, url: e.url, details: e.details })).not.toContain(secret);
+  });
+
+  it('takes for a stall the registry falling silent, not a slow producer or reader of ours', async () => {
+    const slow = new RegistryClient({ host: proxy.host, retryDelayMs: 10, stallTimeoutMs: 300, onRetry: (m) => told.push(m) });
+    try {
+      // 8 MiB: more than the socket's and the answer's buffers hold, so the connection waits on the reader.
+      const bytes = Buffer.alloc(8 << 20);
+      for (let i = 0; i < bytes.length; i += 4) bytes.writeUInt32LE((i * 2654435761) >>> 0, i);
+      const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+      // The producer falls silent for three stall periods in the middle of the upload.
+      async function* paced(): AsyncGenerator<Buffer> {
+        yield bytes.subarray(0, 1 << 20);
+        await sleep(900);
+        yield bytes.subarray(1 << 20);
+      }
+      expect(await slow.uploadBlob('client/slow', Readable.from(paced()), { what: 'a paced blob' })).toEqual({ digest, size: bytes.length });
+      // The reader takes nothing for three stall periods after its first chunk.
+      const chunks: Buffer[] = [];
+      for await (const c of slow.openBlob('client/slow', parseDigest(digest))) {
+        if (chunks.push(c as Buffer) === 1) await sleep(900);
+      }
+      expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
+      expect(told).toEqual([]);
+      // The registry silent mid-body, with the reader waiting: a stall, and the read resumes after it.
+      proxy.setFaults((req, n) => (req.method === 'GET' && req.path.endsWith(digest) && n === 1 ? { kind: 'stall-mid-body', afterBytes: 1 << 20 } : undefined));
+      const again: Buffer[] = [];
+      for await (const c of slow.openBlob('client/slow', parseDigest(digest))) again.push(c as Buffer);
+      expect(Buffer.concat(again).equals(bytes)).toBe(true);
+      expect(told).toEqual([expect.stringMatching(/stalled: no data for .*; resuming from byte \d+$/)]);
+    } finally {
+      await slow.close();
+    }
   });
 
   it('marks a 5xx answer retryable once its retries are spent, with its status and code', async () => {

@@ -189,13 +189,27 @@ export class Http {
       req.on('close', () => {
         if (!res) release();
       });
-      // No byte either way for `stall` ms, from the socket's connect to the body's end.
-      req.setTimeout(stall, () => stop(codedError(`no data for ${Math.round(stall / 1000)} s`, HTTP_STALL)));
       req.on('socket', (socket) => {
-        if (!socket.connecting) return;
-        const timer = setTimeout(() => stop(codedError('connect timed out', HTTP_CONNECT_TIMEOUT)), Math.min(stall, 10_000));
-        socket.once('connect', () => clearTimeout(timer));
-        socket.once('close', () => clearTimeout(timer));
+        if (socket.connecting) {
+          const timer = setTimeout(() => stop(codedError('connect timed out', HTTP_CONNECT_TIMEOUT)), Math.min(stall, 10_000));
+          socket.once('connect', () => clearTimeout(timer));
+          socket.once('close', () => clearTimeout(timer));
+        }
+        // A stall is the registry's: no byte either way for `stall` ms while it has something to
+        // do. Quiet because our own side is slow (a request body whose producer has nothing yet,
+        // an answer whose reader has not taken what came) is looked at again a period later.
+        const onIdle = () => {
+          const sending = !req.writableFinished;
+          const ours = sending ? req.writableLength === 0 && socket.writableLength === 0 : res !== undefined && !res.readableEnded && res.readableLength > 0;
+          if (ours) socket.setTimeout(stall);
+          else stop(codedError(`no data for ${Math.round(stall / 1000)} s`, HTTP_STALL));
+        };
+        socket.setTimeout(stall);
+        socket.on('timeout', onIdle);
+        // The socket goes back to the pool for the next request: this one no longer watches it.
+        const detach = () => socket.off('timeout', onIdle);
+        req.once('close', detach);
+        req.once('response', (answer: IncomingMessage) => answer.once('end', detach));
       });
       req.on('response', (answer: IncomingMessage) => {
         res = answer;
