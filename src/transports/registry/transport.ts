@@ -45,9 +45,9 @@ async function clientFor(host: string, ctx: OpenContext, credentials: Credential
 }
 
 /**
- * registries.conf, read while the modules that talk to the registry load. Not through the barrel registries-conf.js, which loads the TOML
- * parser that only a file present needs. Handled at once (awaited later): a failure of the read
- * must not count as unhandled while the modules load.
+ * registries.conf, read while the modules that talk to the registry load. Not through the barrel
+ * registries-conf.js, which loads the TOML parser that only a file present needs. Handled at once
+ * (awaited later): a failure of the read must not count as unhandled while the modules load.
  */
 function registriesConf() {
   const conf = import('./registries-conf/load.js').then((m) => m.loadRegistriesConf());
