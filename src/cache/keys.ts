@@ -10,6 +10,7 @@
  *   tag:v2:<scope>:<repo>:<tag>               what a tag named when last resolved or pushed, and when
  *   compressed:v2:<scope>:<diff id>           the blob a layer was compressed to there, and its proof
  *   location:v1:<scope>:<digest>              repositories of a registry that hold a blob (mount sources)
+ *   scheme:v1:<host[:port]>                   http: a registry allowed plain HTTP answered on it (on the local disk only)
  *   trie:v1:<scope>:
  *     ├─ n:<chain id>                         a node of the layer trie
  *     ├─ e:<parent chain id | root>:<h>       the nodes a step (hashed: h) leads to from a parent
@@ -42,6 +43,14 @@ export function compressedKey(scope: string, diffId: string): string {
 /** Where in a registry a blob was seen. */
 export function locationKey(scope: string, digest: string): string {
   return `location:v1:${scope}:${digest}`;
+}
+
+/**
+ * The scheme a registry allowed plain HTTP answered on from this machine. Kept on the local disk
+ * even when the cache is in Redis: `localhost:5000` is another registry on every machine.
+ */
+export function schemeKey(apiHost: string): string {
+  return `scheme:v1:${apiHost}`;
 }
 
 /** The keys of one store's layer trie. */

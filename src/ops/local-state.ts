@@ -1,16 +1,22 @@
 /**
  * What a run keeps on this machine under its cache directory (`--cache-dir`, default
- * `$XDG_CACHE_HOME/smartlayer`): `metadata/`, the metadata cache on disk (unless it is in Redis),
- * and `layer-store/`, the unpacked layers root filesystems are built from. The one owner of that
- * layout.
+ * `$XDG_CACHE_HOME/smartlayer`): `metadata/`, the metadata cache on disk (unless it is in Redis;
+ * the facts about this machine alone stay there even then), and `layer-store/`, the unpacked layers
+ * root filesystems are built from. The one owner of that layout.
  */
 import path from 'node:path';
+import type { MetadataCache } from '../cache/metadata.js';
+import type { RegistrySchemes } from '../transports/registry/client.js';
+
+function metadataDir(cacheDir: string): string {
+  return path.join(cacheDir, 'metadata');
+}
 
 /** The metadata cache of a run: Redis when asked for, else on disk under the cache dir (`strict`: see openMetadataCache). */
 export async function openCache(options: { cacheDir: string; redisUrl?: string; strict?: boolean; onWarning?: (m: string) => void }) {
   const { openMetadataCache } = await import('../cache/metadata-cache.js');
   return openMetadataCache({
-    diskDir: path.join(options.cacheDir, 'metadata'),
+    diskDir: metadataDir(options.cacheDir),
     ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}),
     ...(options.strict ? { strict: true } : {}),
     onWarning: options.onWarning ?? (() => undefined),
@@ -20,4 +26,25 @@ export async function openCache(options: { cacheDir: string; redisUrl?: string; 
 /** Where the local layer store is: `--layer-store`, else under the cache dir. */
 export function layerStoreDir(cacheDir: string, explicit?: string): string {
   return explicit ?? path.join(cacheDir, 'layer-store');
+}
+
+/**
+ * The scheme each registry allowed plain HTTP answered on (see ping.ts), on the local disk whatever
+ * the metadata cache is. A hint: a read or write that fails is a miss, silently (the cost is one
+ * TLS attempt), and the registry's answer decides.
+ */
+export function registrySchemes(cacheDir: string): RegistrySchemes {
+  let disk: Promise<MetadataCache> | undefined;
+  const open = () => (disk ??= import('../cache/metadata-cache.js').then((m) => new m.DiskMetadataCache(metadataDir(cacheDir))));
+  return {
+    async get(apiHost) {
+      const { schemeKey } = await import('../cache/keys.js');
+      const value = await (await open()).get(schemeKey(apiHost)).catch(() => undefined);
+      return value === 'http' || value === 'https' ? value : undefined;
+    },
+    async set(apiHost, scheme) {
+      const { schemeKey } = await import('../cache/keys.js');
+      await (await open()).set(schemeKey(apiHost), scheme).catch(() => undefined);
+    },
+  };
 }

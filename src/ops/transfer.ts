@@ -7,7 +7,7 @@ import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS, type ImageName } from '../transports/all.js';
 import type { OpenContext, RemoteOptions } from '../transports/transport.js';
 import { copy, type CopyOptions, type CopySummary } from './copy.js';
-import { layerStoreDir, openCache } from './local-state.js';
+import { layerStoreDir, openCache, registrySchemes } from './local-state.js';
 import { defaultJobs } from '../pipeline/concurrency.js';
 import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
@@ -177,6 +177,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     stdout: req.stdout ?? process.stdout,
     ...(req.onWarning ? { onWarning: req.onWarning } : {}),
     ...(req.remote ? { remote: req.remote } : {}),
+    ...(req.cacheDir ? { registrySchemes: registrySchemes(req.cacheDir) } : {}),
     ...(blobInfo ? { blobInfo } : {}),
     ...(layerStore ? { layerStore } : {}),
     ...(req.link ? { link: true } : {}),

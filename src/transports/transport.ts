@@ -13,6 +13,7 @@ import { CREDENTIALS_HINT, type Reference } from '../oci/reference.js';
 import { redactImageName, userinfoEnd } from '../redact.js';
 import type { BlobInfoCache } from '../cache/blob-info.js';
 import type { LayerStore } from '../cache/layer-store.js';
+import type { RegistrySchemes } from './registry/client.js';
 import type { Credentials } from './registry/credentials.js';
 
 /** A parsed image name: the transport, the name as typed, and what the transport made of the rest. */
@@ -72,6 +73,8 @@ export interface OpenContext {
   /** Told of retries, stalls, mirror fall-backs: what does not stop the work but the user should see. */
   onWarning?: (message: string) => void;
   remote?: RemoteOptions;
+  /** What scheme registries allowed plain HTTP answered on last time (local-state.ts). */
+  registrySchemes?: RegistrySchemes;
   blobInfo?: BlobInfoCache;
   /** The local layer store root filesystems are built from; none: layers stream into the tree. */
   layerStore?: LayerStore;

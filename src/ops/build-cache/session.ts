@@ -40,13 +40,14 @@ export async function openCacheSession(options: {
   signal?: AbortSignal;
   onWarning?: (m: string) => void;
 }): Promise<CacheSession> {
-  const { openCache, layerStoreDir } = await import('../local-state.js');
+  const { openCache, layerStoreDir, registrySchemes } = await import('../local-state.js');
   const { LayerStore } = await import('../../cache/layer-store.js');
   const cache = await openCache({ cacheDir: options.cacheDir, strict: true, ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}), ...(options.onWarning ? { onWarning: options.onWarning } : {}) });
   const endpoints: OpenContext = {
     stdin: process.stdin,
     stdout: process.stdout,
     ...(options.remote ? { remote: options.remote } : {}),
+    registrySchemes: registrySchemes(options.cacheDir),
     ...(options.signal ? { signal: options.signal } : {}),
     ...(options.onWarning ? { onWarning: options.onWarning } : {}),
   };

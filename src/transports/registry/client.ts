@@ -46,6 +46,14 @@ export interface RegistryClientOptions {
   signal?: AbortSignal;
   /** First backoff delay; doubles per attempt. */
   retryDelayMs?: number;
+  /** The scheme each registry allowed plain HTTP answered on last time (see ping.ts): a hint, kept by the caller. */
+  schemes?: RegistrySchemes;
+}
+
+/** Where the scheme a registry answered on is remembered between commands. Neither call throws. */
+export interface RegistrySchemes {
+  get(apiHost: string): Promise<'http' | 'https' | undefined>;
+  set(apiHost: string, scheme: 'http' | 'https'): Promise<void>;
 }
 
 export class RegistryClient extends RegistryApi {
@@ -97,9 +105,18 @@ export class RegistryClient extends RegistryApi {
   /** Pings once per client (again after a failed ping): the scheme, and the challenge. */
   private ping(signal: AbortSignal | undefined): Promise<void> {
     this.pinged ??= (async () => {
-      const { base, challenge } = await ping({ http: this.http, retry: this.retry, errors: this.errors }, { apiHost: this.apiHost, allowHttp: this.allowHttp }, signal);
+      // Only where plain HTTP is allowed is there a choice to remember.
+      const schemes = this.allowHttp ? this.options.schemes : undefined;
+      const remembered = await schemes?.get(this.apiHost);
+      const { base, challenge } = await ping(
+        { http: this.http, retry: this.retry, errors: this.errors },
+        { apiHost: this.apiHost, allowHttp: this.allowHttp, remembered },
+        signal,
+      );
       if (challenge.scheme !== 'none') this.auth.challenge = challenge;
       this.base = base;
+      const scheme = base.startsWith('http:') ? 'http' : 'https';
+      if (scheme !== (remembered ?? 'https')) await schemes?.set(this.apiHost, scheme);
     })();
     this.pinged.catch(() => {
       this.pinged = undefined;

@@ -41,6 +41,7 @@ async function clientFor(host: string, ctx: OpenContext, credentials: Credential
     ...(ctx.signal ? { signal: ctx.signal } : {}),
     ...(ctx.onWarning ? { onRetry: ctx.onWarning, onWarning: ctx.onWarning } : {}),
     ...(extra.mirror ? { maxRetries: 1 } : {}),
+    ...(ctx.registrySchemes ? { schemes: ctx.registrySchemes } : {}),
   });
 }
 

@@ -1,0 +1,110 @@
+/**
+ * The ping's scheme, remembered: a registry allowed plain HTTP (loopback here) that answered on it
+ * is asked over plain HTTP first the next time, with no TLS attempt (what every such command paid:
+ * loading TLS and a failed handshake); a registry that has since moved to TLS on the same address
+ * is still reached, over TLS, and remembered so. A TCP relay in front of the stock registry records
+ * how each connection begins (a TLS handshake opens with byte 0x16).
+ */
+import net from 'node:net';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { smart } from '../harness/run.js';
+import { certDirFor, makeTestCA } from '../harness/tls.js';
+import { haveTools } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+
+/** A TCP relay on a free loopback port to `target` (changeable), recording each connection's first byte. */
+async function startRelay() {
+  let target = 0;
+  const firstBytes: ('tls' | 'plain')[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    sockets.add(client);
+    client.once('data', (chunk) => {
+      firstBytes.push(chunk[0] === 0x16 ? 'tls' : 'plain');
+      const upstream = net.connect(target, '127.0.0.1');
+      sockets.add(upstream);
+      upstream.write(chunk);
+      client.pipe(upstream).on('error', () => client.destroy());
+      upstream.pipe(client).on('error', () => upstream.destroy());
+      upstream.on('error', () => client.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    client.on('error', () => undefined);
+    client.on('close', () => sockets.delete(client));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    host: `127.0.0.1:${port}`,
+    firstBytes,
+    /** The connections made since the last call, by how they began. */
+    take: () => firstBytes.splice(0),
+    to: (registry: RunningRegistry) => {
+      target = Number(registry.host.split(':')[1]);
+    },
+    stop: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+describe.skipIf(!haveTools('docker-registry', 'openssl'))('the ping of a registry allowed plain HTTP', () => {
+  let work: string;
+  let plain: RunningRegistry;
+  let secure: RunningRegistry;
+  let certDir: string;
+  let relay: Awaited<ReturnType<typeof startRelay>>;
+
+  beforeAll(async () => {
+    work = await tempDir();
+    const ca = await makeTestCA(path.join(work, 'ca'));
+    certDir = await certDirFor(ca, path.join(work, 'certs'));
+    plain = await startRegistry({ configDir: work });
+    secure = await startRegistry({ configDir: work, tls: { certFile: ca.certFile, keyFile: ca.keyFile, caFile: ca.caCertFile } });
+    relay = await startRelay();
+  });
+
+  afterAll(async () => {
+    await relay?.stop();
+    await plain?.stop();
+    await secure?.stop();
+  });
+
+  it('tries TLS once, then goes straight to plain HTTP; a registry moved to TLS is still reached', async () => {
+    const cacheHome = path.join(work, 'cache');
+    const source = `oci:${fixtures().paths.ociBasic}:latest`;
+    const dest = `docker://${relay.host}/ping/basic:v1`;
+    relay.to(plain);
+
+    const first = await smart(['push', source, dest], { cacheHome });
+    expect(first.code, first.stderr).toBe(0);
+    const firstConnections = relay.take();
+    expect(firstConnections[0]).toBe('tls');
+    expect(firstConnections.slice(1)).not.toContain('tls');
+
+    const again = await smart(['push', source, dest], { cacheHome });
+    expect(again.code, again.stderr).toBe(0);
+    const againConnections = relay.take();
+    expect(againConnections.length).toBeGreaterThan(0);
+    expect(againConnections).not.toContain('tls');
+
+    // The same address now speaks TLS: the plain attempt is answered 400, and TLS is used and remembered.
+    relay.to(secure);
+    const moved = await smart(['push', source, dest, '--cert-dir', certDir], { cacheHome });
+    expect(moved.code, moved.stderr).toBe(0);
+    const movedConnections = relay.take();
+    expect(movedConnections[0]).toBe('plain');
+    expect(movedConnections.slice(1)).not.toContain('plain');
+    expect(movedConnections.slice(1).length).toBeGreaterThan(0);
+
+    const secureAgain = await smart(['pull', dest, `oci:${path.join(work, 'out')}:v1`, '--cert-dir', certDir], { cacheHome });
+    expect(secureAgain.code, secureAgain.stderr).toBe(0);
+    const secureConnections = relay.take();
+    expect(secureConnections.length).toBeGreaterThan(0);
+    expect(secureConnections).not.toContain('plain');
+  });
+});
