@@ -49,6 +49,9 @@
  *     come, 2 done (with a file, its digest is there), negative a failure: ISA-L's error codes,
  *     -100 truncated, -101 not gzip, -102 a read error (errno), -103 past the limit. After a
  *     failure in a file the rest is read and its digest given too. Calls must not overlap.
+ *   heapRetain(topPad: number): boolean   (glibc)
+ *     mallopt(M_TOP_PAD, topPad), with M_MMAP_THRESHOLD at 32 MiB (see heap_retain); false when
+ *     glibc refused.
  *   makePipe(bytes: number): [readFd: number, writeFd: number]   (Linux)
  *     A pipe (both ends close-on-exec) of `bytes` capacity where the kernel allows it (1 MiB is
  *     the most an unprivileged process may ask for by default; a refusal leaves 64 KiB). For a
@@ -67,6 +70,9 @@
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <stdbool.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1239,6 +1245,29 @@ static napi_value make_pipe(napi_env env, napi_callback_info info) {
 }
 #endif
 
+#ifdef __GLIBC__
+/* heapRetain(topPad): glibc's malloc keeps `topPad` bytes at the top of each heap instead of
+ * giving every freed block back to the kernel at once. Set once a push starts compressing gzip
+ * blocks: each block's output was written into pages just given back, a fault per 4 KiB taken
+ * again, and faults are dear on virtual machines. Setting it stops glibc's own adjusting of the
+ * size from which a block gets a mapping of its own, so that is set to the ceiling the adjusting
+ * reaches (32 MiB): blocks stay on the heap as they did. */
+static napi_value heap_retain(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t pad = 0;
+  if (argc < 1 || napi_get_value_int32(env, argv[0], &pad) != napi_ok || pad < 0) {
+    napi_throw_type_error(env, NULL, "heapRetain(topPad: number)");
+    return NULL;
+  }
+  bool ok = mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1 && mallopt(M_TOP_PAD, pad) == 1;
+  napi_value result;
+  CHECK(env, napi_get_boolean(env, ok, &result));
+  return result;
+}
+#endif
+
 static napi_value export_function(napi_env env, napi_value exports, const char *name, napi_callback cb) {
   napi_value fn;
   CHECK(env, napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn));
@@ -1254,6 +1283,9 @@ static napi_value export_string(napi_env env, napi_value exports, const char *na
 }
 
 static napi_value init(napi_env env, napi_value exports) {
+#ifdef __GLIBC__
+  if (!export_function(env, exports, "heapRetain", heap_retain)) return NULL;
+#endif
 #ifdef __linux__
   if (!export_function(env, exports, "makePipe", make_pipe)) return NULL;
   if (evp_load()) {
