@@ -515,6 +515,21 @@ static napi_value zstd_free(napi_env env, napi_callback_info info) {
   return NULL;
 }
 #endif /* SMART_HAVE_ZSTD */
+
+#if defined(__linux__) || defined(__GLIBC__)
+/* The one argument of a function that takes a size: false, with a TypeError saying `usage`
+ * pending, when it is missing, not an int32 or negative. */
+static bool size_arg(napi_env env, napi_callback_info info, const char *usage, int32_t *out) {
+  size_t argc = 1;
+  napi_value argv[1];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 || napi_get_value_int32(env, argv[0], out) != napi_ok || *out < 0) {
+    napi_throw_type_error(env, NULL, usage);
+    return false;
+  }
+  return true;
+}
+#endif
+
 #ifdef __linux__
 /* SHA-256 with the OpenSSL the process already has (Node's), found by name at load time: no
  * header and no link-time dependency, and nothing exported when it is not there. */
@@ -1221,14 +1236,8 @@ static napi_value gunzip_run(napi_env env, napi_callback_info info) {
 #endif /* SMART_HAVE_ISAL && __linux__ */
 
 static napi_value make_pipe(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t bytes = 0;
-  if (argc < 1 || napi_get_value_int32(env, argv[0], &bytes) != napi_ok || bytes < 0) {
-    napi_throw_type_error(env, NULL, "makePipe(bytes): a size in bytes");
-    return NULL;
-  }
+  if (!size_arg(env, info, "makePipe(bytes): a size in bytes", &bytes)) return NULL;
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) {
     napi_throw_error(env, NULL, strerror(errno));
@@ -1253,14 +1262,8 @@ static napi_value make_pipe(napi_env env, napi_callback_info info) {
  * size from which a block gets a mapping of its own, so that is set to the ceiling the adjusting
  * reaches (32 MiB): blocks stay on the heap as they did. */
 static napi_value heap_retain(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t pad = 0;
-  if (argc < 1 || napi_get_value_int32(env, argv[0], &pad) != napi_ok || pad < 0) {
-    napi_throw_type_error(env, NULL, "heapRetain(topPad: number)");
-    return NULL;
-  }
+  if (!size_arg(env, info, "heapRetain(topPad: number)", &pad)) return NULL;
   bool ok = mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024) == 1 && mallopt(M_TOP_PAD, pad) == 1;
   napi_value result;
   CHECK(env, napi_get_boolean(env, ok, &result));
