@@ -84,8 +84,8 @@ function staticImports() {
     const specs = [...text.matchAll(/^(?:import|export)\s[^'";]*?from\s*'([^']+)'|^import\s*'([^']+)'/gm)].map((m) => m[1] ?? m[2]);
     graph.set(file, {
       modules: specs.filter((s) => s.startsWith('.')).map((s) => path.resolve(path.dirname(file), s)),
-      // A package, imported or required at the top (by createRequire).
-      package: specs.some((s) => !s.startsWith('.') && !s.startsWith('node:')) || /^const \w+ = require\(/m.test(text),
+      // A package imported at the top.
+      package: specs.some((s) => !s.startsWith('.') && !s.startsWith('node:')),
     });
   }
   return graph;

@@ -64,7 +64,7 @@ export function nativeBinding(): NativeBinding | null {
 }
 
 /** What the heap keeps at its top once gzip blocks are compressed in the process (see retainHeapForCompression). */
-export const COMPRESSION_HEAP_PAD = 8 * 1024 * 1024;
+const COMPRESSION_HEAP_PAD = 8 * 1024 * 1024;
 
 let heapRetained = false;
 

@@ -241,4 +241,3 @@ function defaultCertDirs(host: string): string[] {
   const home = process.env.HOME ?? '';
   return [`/etc/containers/certs.d/${host}`, `/etc/docker/certs.d/${host}`, ...(home ? [`${home}/.config/containers/certs.d/${host}`] : [])];
 }
-
