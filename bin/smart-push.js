@@ -1,5 +1,5 @@
 #!/bin/sh
-':' //; export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"; exec node "$0" "$@"
+':' //; export GLIBC_TUNABLES="${GLIBC_TUNABLES-glibc.malloc.hugetlb=1}"; case "${NODE_OPTIONS-}" in *-ca*) ;; *) [ -z "${NODE_EXTRA_CA_CERTS-}" ] || { export SMART_DEFERRED_CA_CERTS="$NODE_EXTRA_CA_CERTS"; unset NODE_EXTRA_CA_CERTS; } ;; esac; exec node "$0" "$@"
 // sh, then JS: see smart.js.
 // smart-push ARGS is smart push ARGS.
 import { main } from '../dist/bundle/main.js';

@@ -23,6 +23,7 @@
  * needs none; nothing else of the client prints (its error events are consumed here).
  */
 import tls from 'node:tls';
+import { trustDeferredCaCerts } from '../tls-trust.js';
 import type { ChainableCommander, Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
 import { SmartError } from '../errors.js';
 import type { MetadataCache, MetadataCacheEntry } from './metadata.js';
@@ -196,6 +197,7 @@ export async function createRedisMetadataCache(options: RedisCacheOptions): Prom
   // Before the first command that worked: no retry (the run goes on without the cache at once).
   // After a loss: two quick attempts (a server that closed an idle connection), then it stays closed.
   const retry = (times: number): number | null => (state.everReady && times <= 2 ? 100 * times : null);
+  if (target.tls) trustDeferredCaCerts(tls);
   const common: RedisOptions = {
     connectTimeout: timeoutMs,
     commandTimeout: timeoutMs,

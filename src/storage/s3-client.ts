@@ -5,6 +5,8 @@
  * modules share of one bucket.
  */
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
+import tls from 'node:tls';
+import { trustDeferredCaCerts } from '../tls-trust.js';
 import type { SmartError } from '../errors.js';
 
 export interface S3Credentials {
@@ -48,6 +50,8 @@ const MAX_ATTEMPTS = 5;
 export const DEFAULT_STALL_MS = 30_000;
 
 export function makeS3Client(o: { endpoint?: string; region?: string; profile?: string; forcePathStyle?: boolean; credentials?: S3Credentials; stallTimeoutMs?: number }): S3Client {
+  // Before the SDK connects: to the endpoint, or (credentials from STS or SSO) elsewhere over TLS.
+  trustDeferredCaCerts(tls);
   const endpoint = o.endpoint ?? envValue('AWS_ENDPOINT_URL_S3') ?? envValue('AWS_ENDPOINT_URL');
   const region = o.region ?? envValue('AWS_REGION') ?? envValue('AWS_DEFAULT_REGION') ?? 'us-east-1';
   const profile = o.profile ?? envValue('AWS_PROFILE');

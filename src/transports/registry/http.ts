@@ -16,6 +16,7 @@ import type { Agent as HttpsAgent } from 'node:https';
 import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
+import { trustDeferredCaCerts } from '../../tls-trust.js';
 import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
@@ -136,6 +137,7 @@ export class Http {
         for (const n of names.filter((x) => x.endsWith('.crt'))) extra.push(await fs.readFile(path.join(dir, n), 'utf8'));
       }
       const [https, tls] = await Promise.all([import('node:https'), import('node:tls')]);
+      trustDeferredCaCerts(tls.default);
       return new https.Agent({
         keepAlive: true,
         maxSockets: CONNECTIONS,

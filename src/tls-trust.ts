@@ -1,0 +1,104 @@
+/**
+ * NODE_EXTRA_CA_CERTS, loaded at the first TLS connection instead of when Node starts.
+ *
+ * Node 20 reads that file, and builds the root store it adds it to, before any JS runs: 30-50 ms
+ * of every command where the environment names a CA bundle (CI images often name the system's,
+ * some 140 certificates), a third of Node's start-up here, though most commands talk plain HTTP
+ * to a registry on loopback, or to no network at all. So the launchers (the first line of
+ * bin/*.js) start Node with the variable moved to SMART_DEFERRED_CA_CERTS, the CLI hands it here
+ * (deferExtraCaCerts), and each TLS client of the library (registry, S3, Redis) calls
+ * trustDeferredCaCerts before it connects. That makes tls.createSecureContext trust what Node
+ * would have trusted: the bundled roots and the file's certificates, in every context made
+ * without an explicit `ca` (an explicit `ca` replaces both, as it does in Node). The AWS SDK's
+ * own clients (credentials from STS or SSO) make their contexts through it too.
+ *
+ * A program that embeds the library never calls deferExtraCaCerts: Node loaded its file already.
+ */
+import { readFileSync } from 'node:fs';
+import type { SecureContext, SecureContextOptions } from 'node:tls';
+
+type Tls = typeof import('node:tls');
+
+/** Where bin/*.js puts NODE_EXTRA_CA_CERTS before starting Node. */
+export const DEFERRED_CA_CERTS_ENV = 'SMART_DEFERRED_CA_CERTS';
+
+/**
+ * The options of tls.createSecureContext, other than `ca`, that make a context differ from the
+ * default one (Node 20-24). A context asked for with any of them is made afresh, with the roots
+ * and the file's certificates; the others share one.
+ */
+const CONTEXT_OPTIONS = [
+  'allowPartialTrustChain', 'cert', 'ciphers', 'clientCertEngine', 'crl', 'dhparam', 'ecdhCurve',
+  'honorCipherOrder', 'key', 'maxVersion', 'minVersion', 'passphrase', 'pfx', 'privateKeyEngine',
+  'privateKeyIdentifier', 'secureOptions', 'secureProtocol', 'sessionIdContext', 'sessionTimeout',
+  'sigalgs', 'ticketKeys',
+] as const;
+
+/** Whether a context made with `options` is the same as one made with none (tls.connect sets `ciphers` to the default). */
+function isDefault(tls: Tls, options: SecureContextOptions): boolean {
+  const given = options as Record<string, unknown>;
+  return CONTEXT_OPTIONS.every((k) => given[k] === undefined || (k === 'ciphers' && given[k] === tls.DEFAULT_CIPHERS));
+}
+
+let deferred: { file: string; onWarning: (message: string) => void } | undefined;
+
+/**
+ * Takes the file bin/*.js set aside (if it did) and puts NODE_EXTRA_CA_CERTS back into `env`, for
+ * the programs this one starts (credential helpers, builders). `onWarning` hears, once, that the
+ * file could not be loaded; Node says the same at start-up and goes on without it.
+ */
+export function deferExtraCaCerts(env: NodeJS.ProcessEnv, onWarning: (message: string) => void): void {
+  const file = env[DEFERRED_CA_CERTS_ENV];
+  if (file === undefined) return;
+  delete env[DEFERRED_CA_CERTS_ENV];
+  env.NODE_EXTRA_CA_CERTS = file;
+  if (file !== '') deferred = { file, onWarning };
+}
+
+/**
+ * Makes `tls` trust the deferred CA file (read at the first context made, once). Every TLS client
+ * of the library calls this with node:tls before it may connect; without a deferred file, or
+ * after the first call, it does nothing.
+ */
+export function trustDeferredCaCerts(tls: Tls): void {
+  if (!deferred) return;
+  const { file, onWarning } = deferred;
+  deferred = undefined;
+  const original = tls.createSecureContext;
+  // A context as Node makes one with the file: the roots, then the file's certificates. Added the
+  // way the `ca` option adds them (the native context's addCACert), on a copy of Node's root store
+  // (parsed once per process): ~30 ms less than `ca: [...tls.rootCertificates, text]`, which
+  // parses the roots again. The public form stays for a Node without that method.
+  const make = (options: SecureContextOptions | undefined, text: string): SecureContext => {
+    const context = original(options);
+    const native = (context as unknown as { context?: { addCACert?: (pem: string) => void } }).context;
+    if (typeof native?.addCACert !== 'function') return original({ ...options, ca: [...tls.rootCertificates, text] });
+    native.addCACert(text);
+    return context;
+  };
+  // The file's text: undefined until the first context is asked for, null if it cannot be used.
+  let pem: string | null | undefined;
+  let shared: SecureContext | undefined;
+  const load = (): boolean => {
+    if (pem === undefined) {
+      try {
+        const text = readFileSync(file, 'utf8');
+        // A file that cannot be read is said once, here. Text that is not PEM adds nothing, as
+        // the `ca` option and Node at start-up treat it.
+        shared = make(undefined, text);
+        pem = text;
+      } catch (e) {
+        const why = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+        onWarning(`ignoring extra certs from ${file} (NODE_EXTRA_CA_CERTS), load failed: ${why}`);
+        pem = null;
+      }
+    }
+    return pem !== null;
+  };
+  // Called per connection (https.Agent, ioredis and the SDK pass no context of their own): the
+  // default one is made once and shared, as Node shares its root store.
+  tls.createSecureContext = (options?: SecureContextOptions): SecureContext => {
+    if (options?.ca !== undefined || !load()) return original(options);
+    return options && !isDefault(tls, options) ? make(options, pem!) : shared!;
+  };
+}
