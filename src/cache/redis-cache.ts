@@ -23,7 +23,7 @@
  * needs none; nothing else of the client prints (its error events are consumed here).
  */
 import tls from 'node:tls';
-import { trustDeferredCaCerts } from '../tls-trust.js';
+import { contextTrusting, trustDeferredCaCerts } from '../tls-trust.js';
 import type { ChainableCommander, Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
 import { SmartError } from '../errors.js';
 import type { MetadataCache, MetadataCacheEntry } from './metadata.js';
@@ -214,7 +214,7 @@ export async function createRedisMetadataCache(options: RedisCacheOptions): Prom
     disconnectTimeout: 200,
     ...(target.username !== undefined ? { username: target.username } : {}),
     ...(target.password !== undefined ? { password: target.password } : {}),
-    ...(target.tls ? { tls: { ...(options.ca?.length ? { ca: [...tls.rootCertificates, ...options.ca] } : {}) } } : {}),
+    ...(target.tls ? { tls: { ...(options.ca?.length ? { secureContext: contextTrusting(tls, options.ca) } : {}) } } : {}),
   };
   let client: Client;
   if (target.cluster) {

@@ -16,7 +16,7 @@ import type { Agent as HttpsAgent } from 'node:https';
 import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
-import { trustDeferredCaCerts } from '../../tls-trust.js';
+import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
 import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
@@ -141,7 +141,7 @@ export class Http {
       return new https.Agent({
         keepAlive: true,
         maxSockets: CONNECTIONS,
-        ...(extra.length ? { ca: [...tls.rootCertificates, ...extra] } : {}),
+        ...(extra.length ? { secureContext: contextTrusting(tls.default, extra) } : {}),
         ...(this.options.insecure ? { rejectUnauthorized: false } : {}),
       });
     })();
