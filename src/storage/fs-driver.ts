@@ -1,6 +1,6 @@
 /** The storage driver over a local directory (the registry's `filesystem` driver `rootdirectory`). */
 import { randomUUID } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -9,6 +9,7 @@ import { checkSize } from '../limits.js';
 import type { Digest } from '../oci/digest.js';
 import { markLocalFile, verifyFile, type LocalFile } from '../pipeline/local-file.js';
 import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './driver.js';
+import { openBatchedFileWriter } from './batched-file-writer.js';
 import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned } from './leftovers.js';
 
 const TMP = '.tmp-';
@@ -110,12 +111,7 @@ export class FsDriver implements StorageDriver {
     const target = this.full(p);
     const tmp = tmpName(target);
     await fs.mkdir(path.dirname(target), { recursive: true }).catch((e: unknown) => this.fail(e, 'create', p));
-    const stream = createWriteStream(tmp, { flags: 'wx', highWaterMark: 256 * 1024 });
-    const opened = new Promise<void>((resolve, reject) => {
-      stream.once('open', () => resolve());
-      stream.once('error', reject);
-    });
-    await opened.catch((e: unknown) => this.fail(e, 'create', p));
+    const stream = await openBatchedFileWriter(tmp, 'wx').catch((e: unknown) => this.fail(e, 'create', p));
     const closed = (): Promise<void> =>
       new Promise((resolve) => {
         if (stream.closed) resolve();

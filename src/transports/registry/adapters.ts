@@ -64,7 +64,8 @@ export class RegistrySource implements ImageSource {
 
   async getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
     const raw = this.client.openBlob(this.ref.repository, descriptor.digest, options?.signal);
-    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${this.name}` });
+    // Hashed on the pool: every chunk of an answer's body is a buffer of its own, never written again.
+    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${this.name}` }, { offThread: true });
   }
 
   getBlobRange(descriptor: Descriptor, start: number, endInclusive: number, options?: OpenOptions): Promise<Buffer> {
@@ -323,7 +324,7 @@ export class MirroredSource implements ImageSource {
       }
     }
     const raw = Readable.from(bytes(), { objectMode: false, highWaterMark: 256 * 1024 });
-    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `${what} of ${this.name}` });
+    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `${what} of ${this.name}` }, { offThread: true });
   }
 
   /** Which registry each blob read so far came from (digest → host). */
