@@ -8,7 +8,7 @@
 // the line is a string and a comment. Musl, and kernels without THP, ignore the tunable.
 // It also moves NODE_EXTRA_CA_CERTS aside (SMART_DEFERRED_CA_CERTS), unless NODE_OPTIONS chooses the
 // CA store (--use-openssl-ca and the like): Node 20 reads that file and builds its root store
-// before any JS runs, 30-50 ms of every command here; the CLI loads it at the first TLS
+// before any JS runs, 35-50 ms of every command here; the CLI loads it at the first TLS
 // connection instead, and gives the variable back to the programs it starts (src/tls-trust.ts).
 import { main } from '../dist/bundle/main.js';
 

@@ -1,7 +1,7 @@
 /**
  * NODE_EXTRA_CA_CERTS, loaded at the first TLS connection instead of when Node starts.
  *
- * Node 20 reads that file, and builds the root store it adds it to, before any JS runs: 30-50 ms
+ * Node 20 reads that file, and builds the root store it adds it to, before any JS runs: 35-50 ms
  * of every command where the environment names a CA bundle (CI images often name the system's,
  * some 140 certificates), a third of Node's start-up here, though most commands talk plain HTTP
  * to a registry on loopback, or to no network at all. So the launchers (the first line of
