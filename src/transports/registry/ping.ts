@@ -2,6 +2,7 @@
  * The first exchange with a registry, `GET /v2/`: it chooses the scheme (https, or plain http
  * where that is allowed: loopback, --insecure-registry) and learns the authentication challenge.
  */
+import { isIP } from 'node:net';
 import { SmartError } from '../../errors.js';
 import { parseChallenge, type Challenge } from './auth.js';
 import { connectionError, statusError, type ErrorContext } from './errors.js';
@@ -24,9 +25,49 @@ function looksLikeTlsMismatch(e: unknown): boolean {
 }
 
 /**
- * Pings `apiHost`. Where plain HTTP is allowed, one TLS attempt decides (a plain server resets or
- * answers garbage) and http is tried next; elsewhere https alone, retried as any request. A 404 is
- * taken for an answer (some registries do not implement `/v2/` alone: the next request will tell).
+ * Whether the server at `apiHost` completes a TLS handshake, asked with a context that trusts
+ * nothing and checks nothing, and closed at once (nothing is sent): true if it does, false if it
+ * answers as a plain server does (looksLikeTlsMismatch), undefined for any other failure, which
+ * the usual attempt then meets and reports. Why: the usual attempt builds the context that
+ * verifies, Node's root store and NODE_EXTRA_CA_CERTS's file (20-45 ms here), only to learn that
+ * a registry on loopback speaks plain HTTP.
+ */
+async function answersTls(apiHost: string, signal: AbortSignal | undefined): Promise<boolean | undefined> {
+  const tls = await import('node:tls');
+  const { hostname, port } = new URL(`https://${apiHost}`);
+  const host = hostname.replace(/^\[(.*)\]$/, '$1');
+  return new Promise((resolve) => {
+    const socket = tls.connect({
+      host,
+      port: Number(port || 443),
+      ...(isIP(host) ? {} : { servername: host }),
+      secureContext: tls.createSecureContext({ ca: [] }),
+      rejectUnauthorized: false,
+    });
+    const done = (answer: boolean | undefined) => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', abort);
+      socket.destroy();
+      resolve(answer);
+    };
+    const abort = () => done(undefined);
+    const timer = setTimeout(abort, PROBE_MS);
+    signal?.addEventListener('abort', abort, { once: true });
+    socket.once('secureConnect', () => done(true));
+    socket.once('error', (e) => done(looksLikeTlsMismatch(e) ? false : undefined));
+    socket.once('close', () => done(undefined));
+  });
+}
+
+/** A probe that takes longer leaves the decision to the usual attempt (a slow registry is no plain one). */
+const PROBE_MS = 5_000;
+
+/**
+ * Pings `apiHost`. Where plain HTTP is allowed, TLS is tried first and a plain server's answer to
+ * it (a reset, garbage) makes http the next try: asked first with a bare handshake (answersTls),
+ * then, unless that showed a plain server, with the usual attempt. Elsewhere https alone, retried
+ * as any request. A 404 is taken for an answer (some registries do not implement `/v2/` alone:
+ * the next request will tell).
  *
  * `remembered: 'http'` (a registry that answered on plain HTTP last time, where that is allowed):
  * one plain attempt first, which spares the TLS attempt its cost (loading TLS and failing a
@@ -61,6 +102,10 @@ export async function ping(
     } catch (e) {
       if (signal?.aborted) throw e;
     }
+  }
+  if (target.allowHttp && (await answersTls(target.apiHost, signal)) === false) {
+    signal?.throwIfAborted();
+    return attempt('http', true);
   }
   try {
     return await attempt('https', !target.allowHttp);
