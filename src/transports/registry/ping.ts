@@ -59,8 +59,12 @@ async function answersTls(apiHost: string, signal: AbortSignal | undefined): Pro
   });
 }
 
-/** A probe that takes longer leaves the decision to the usual attempt (a slow registry is no plain one). */
-const PROBE_MS = 5_000;
+/**
+ * A probe that takes longer leaves the decision to the usual attempt (a slow registry is no plain
+ * one). A handshake takes milliseconds on loopback and a few round trips elsewhere; a server that
+ * hangs costs this much more than before the probe, before the usual attempt reports it.
+ */
+const PROBE_MS = 2_000;
 
 /**
  * Pings `apiHost`. Where plain HTTP is allowed, TLS is tried first and a plain server's answer to
@@ -103,6 +107,7 @@ export async function ping(
       if (signal?.aborted) throw e;
     }
   }
+  signal?.throwIfAborted();
   if (target.allowHttp && (await answersTls(target.apiHost, signal)) === false) {
     signal?.throwIfAborted();
     return attempt('http', true);
