@@ -10,7 +10,7 @@
  *   tag:v2:<scope>:<repo>:<tag>               what a tag named when last resolved or pushed, and when
  *   compressed:v2:<scope>:<diff id>           the blob a layer was compressed to there, and its proof
  *   location:v1:<scope>:<digest>              repositories of a registry that hold a blob (mount sources)
- *   scheme:v1:<host[:port]>                   http: a registry allowed plain HTTP answered on it (on the local disk only)
+ *   scheme:v1:<host[:port]>                   http|https: what a registry allowed plain HTTP answered on (on the local disk only)
  *   trie:v1:<scope>:
  *     ├─ n:<chain id>                         a node of the layer trie
  *     ├─ e:<parent chain id | root>:<h>       the nodes a step (hashed: h) leads to from a parent

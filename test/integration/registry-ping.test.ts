@@ -106,5 +106,11 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('the ping of a registr
     const secureConnections = relay.take();
     expect(secureConnections.length).toBeGreaterThan(0);
     expect(secureConnections).not.toContain('plain');
+
+    // Remembered as TLS: asked over TLS at once, without a bare handshake before it. A push that
+    // finds everything there, one layer at a time, then keeps to one connection.
+    const warmSecure = await smart(['push', source, dest, '--cert-dir', certDir, '--jobs', '1'], { cacheHome });
+    expect(warmSecure.code, warmSecure.stderr).toBe(0);
+    expect(relay.take()).toEqual(['tls']);
   });
 });

@@ -116,7 +116,7 @@ export class RegistryClient extends RegistryApi {
       if (challenge.scheme !== 'none') this.auth.challenge = challenge;
       this.base = base;
       const scheme = base.startsWith('http:') ? 'http' : 'https';
-      if (scheme !== (remembered ?? 'https')) await schemes?.set(this.apiHost, scheme);
+      if (scheme !== remembered) await schemes?.set(this.apiHost, scheme);
     })();
     this.pinged.catch(() => {
       this.pinged = undefined;

@@ -77,7 +77,9 @@ const PROBE_MS = 2_000;
  * one plain attempt first, which spares the TLS attempt its cost (loading TLS and failing a
  * handshake: ~20 ms of every command). Any failure of it (a TLS server's 400 to plain HTTP, a
  * reset, a registry down) and the ping is done as if nothing were remembered. It sends nothing
- * secret and chooses nothing that the TLS attempt failing would not choose.
+ * secret and chooses nothing that the TLS attempt failing would not choose. `remembered: 'https'`:
+ * the usual TLS attempt at once, without the bare handshake (a registry since moved to plain HTTP
+ * fails it as a plain server does, and http follows).
  */
 export async function ping(
   deps: { http: Http; retry: Retry; errors: ErrorContext },
@@ -108,7 +110,8 @@ export async function ping(
     }
   }
   signal?.throwIfAborted();
-  if (target.allowHttp && (await answersTls(target.apiHost, signal)) === false) {
+  // A registry that answered over TLS last time is asked over TLS at once: no bare handshake first.
+  if (target.allowHttp && target.remembered !== 'https' && (await answersTls(target.apiHost, signal)) === false) {
     signal?.throwIfAborted();
     return attempt('http', true);
   }
