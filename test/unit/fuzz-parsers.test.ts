@@ -20,12 +20,21 @@ import { parsePlatform, pickPlatform } from '../../src/oci/platform.js';
 import { formatReference, isValidRepository, isValidTag, parseReference, parseRepositoryReference } from '../../src/oci/reference.js';
 import { parseArchiveManifest, selectArchiveEntry } from '../../src/transports/docker-archive/manifest-json.js';
 import { parseImageName } from '../../src/transports/all.js';
-import { parseDockerMirror, parseRegistriesConf, pullSources, pushDestination } from '../../src/transports/registry/registries-conf.js';
+import {
+  parseDockerMirror,
+  parseRegistriesConf,
+  parseToml,
+  pullSources,
+  pushDestination,
+  simpleTomlDocument,
+  type TomlDocument,
+  type TomlTable,
+} from '../../src/transports/registry/registries-conf.js';
 import { collectCopyEntries, createMatcher, indexContext, parseDockerignore } from '../../src/dockerfile/context.js';
 import { expandWord, parseDockerfile, parseWords } from '../../src/dockerfile/parser.js';
 import { normalizeCreatedBy, normalizeInstruction } from '../../src/dockerfile/history.js';
 import { imageAnnotations, makeRuntimeSpec } from '../../src/transports/rootfs/runtime-spec.js';
-import { anyText, fuzzParams, pieces, total, totalAsync } from '../harness/fuzz.js';
+import { FUZZ_SCALE, anyText, fuzzParams, pieces, total, totalAsync } from '../harness/fuzz.js';
 import { tempDir } from '../harness/tmp.js';
 
 const hex = (n: number) => fc.string({ unit: fc.constantFrom(...'0123456789abcdef'), minLength: n, maxLength: n });
@@ -292,6 +301,51 @@ describe('registries.conf', () => {
       // Deep nesting overflowed the stack of the recursive parser.
       fuzzParams(800, [[`a = ${'['.repeat(100_000)}`, 'docker.io/library/busybox:latest'], [`a = ${'{b='.repeat(100_000)}`, 'quay.io/a/b:c']]),
     );
+  });
+
+  // The plain files read without smol-toml must read exactly as smol-toml reads them: values and
+  // lines. Lines built the way such files are written, from pieces at the edges of what the simple
+  // reader takes (escapes, control characters, CR, BOM, dotted, repeated and clashing keys and
+  // tables, other value types), so that many texts are taken by it and many just miss.
+  const ws = fc.constantFrom('', ' ', '  ', '\t');
+  const oddWs = fc.constantFrom('\u00a0', '\x0b', '\r');
+  const key = fc.constantFrom('a', 'b-c_1', 'aliases', 'x', 'registries', '"a"', '"a b"', '""', '"k.x"', '"é"', '"x"', '1');
+  const oddKey = fc.constantFrom('__proto__', '"__proto__"', "'lit'", 'a.b', 'é', '"a\\"', '"\x01"', '');
+  const value = fc.constantFrom('"v"', '""', '"é 😀"', '"tab\there"', '"docker.io/library/busybox"', '"#"', '"="', '"[x]"');
+  const oddValue = fc.constantFrom('"\\"', '"\\u00e9"', '"\x00"', '"\x1f"', '"\x7f"', '"a"b"', '"""m"""', "'lit'", '1', 'true', '["a"]', '{ a = "b" }', '"v', 'v"', '');
+  const comment = fc.constantFrom('', '#', '# c', '#\t', '# "a" = "b"', '#[x]');
+  const oddComment = fc.constantFrom('#\x01', '#\x7f', 'x', '#\r');
+  const odd = <T,>(plain: fc.Arbitrary<T>, other: fc.Arbitrary<T>) => fc.oneof({ arbitrary: plain, weight: 12 }, { arbitrary: other, weight: 1 });
+  const line = fc.oneof(
+    fc.tuple(odd(ws, oddWs), odd(comment, oddComment)).map(([w, c]) => w + c),
+    fc
+      .tuple(odd(ws, oddWs), odd(fc.constant('['), fc.constantFrom('[[', '')), ws, odd(key, oddKey), ws, odd(fc.constant(']'), fc.constantFrom(']]', '')), ws, odd(comment, oddComment))
+      .map((p) => p.join('')),
+    { arbitrary: fc.tuple(odd(ws, oddWs), odd(key, oddKey), ws, odd(fc.constant('='), fc.constantFrom('', '==')), ws, odd(value, oddValue), ws, odd(comment, oddComment)).map((p) => p.join('')), weight: 4 },
+    { arbitrary: anyText(6), weight: 1 },
+  );
+  const plainText = fc
+    .tuple(fc.constantFrom('', '\ufeff'), fc.array(line, { maxLength: 12 }), fc.constantFrom('\n', '\r\n', '\r'), fc.constantFrom('', '\n', '\r\n', '\r'))
+    .map(([bom, lines, eol, last]) => bom + lines.join(eol) + last);
+
+  it('simpleTomlDocument: a document only where smol-toml reads the same values, on the same lines', () => {
+    let withKeys = 0;
+    fc.assert(
+      fc.property(plainText, (text) => {
+        const simple = simpleTomlDocument(text);
+        if (simple === undefined) return;
+        if (Object.keys(simple.root).length > 0) withKeys++;
+        const full = parseToml(text, 'f.conf');
+        expect(JSON.stringify(simple.root)).toBe(JSON.stringify(full.root));
+        const tables = (doc: TomlDocument) => [doc.root, ...Object.values(doc.root).filter((v): v is TomlTable => typeof v === 'object' && !Array.isArray(v))];
+        const lines = (doc: TomlDocument) => tables(doc).map((t) => [doc.lineOf(t), ...Object.keys(t).map((k) => doc.lineOf(t, k))]);
+        expect(lines(simple)).toEqual(lines(full));
+      }),
+      fuzzParams(3000, [['\ufeff# c\r\n[aliases]\r\n  "a" = "b" # x\r\nc = "d"\n']]),
+    );
+    // The generator must give the simple reader documents with keys often enough for the comparison
+    // to mean something (~5% of the texts).
+    expect(withKeys).toBeGreaterThan(30 * FUZZ_SCALE);
   });
 
   it('parseDockerMirror: a SmartError or a host', () => {

@@ -378,6 +378,29 @@ describe('the files read', () => {
     expect(e2.message).toContain(`${bad}:3: invalid value (at "maybe")`);
   });
 
+  it('reads the plain files containers-common ships (comments, [aliases]) as it reads any file, lines included', async () => {
+    const { home, system } = await layout();
+    const sysDir = path.join(path.dirname(system), 'registries.conf.d');
+    // The first two take the reader without smol-toml (toml-document.ts); the third, with an escape
+    // in a string, goes to smol-toml.
+    await write(system, '# unqualified-search-registries = ["example.com"]\n\nshort-name-mode = "permissive"\ncolour = "red" # unknown\n');
+    const aliases = await write(path.join(sysDir, '000-shortnames.conf'), '[aliases]\r\n  # almalinux\r\n  "almalinux" = "docker.io/library/almalinux"\r\n  fedora = "registry.fedoraproject.org/fedora"\r\n');
+    await write(path.join(sysDir, '010-more.conf'), '[aliases]\n"busybox" = "docker.io/library/busybox" # from Docker Hub\nalpine = "docker.io/library/alp\\u0069ne"\n');
+    const c = await loadRegistriesConf({ env: { HOME: home }, systemPath: system });
+    expect(c.shortNameMode).toBe('permissive');
+    expect(c.aliases).toEqual({
+      almalinux: 'docker.io/library/almalinux',
+      fedora: 'registry.fedoraproject.org/fedora',
+      busybox: 'docker.io/library/busybox',
+      alpine: 'docker.io/library/alpine',
+    });
+    expect(c.warnings).toEqual([`${system}:4: unknown key "colour" ignored`]);
+    // A plain file can still be wrong, and is told so on its line.
+    await write(aliases, '# shortnames\n[aliases]\n"x" = "y"\n[registries]\n');
+    const e = await rejected(loadRegistriesConf({ env: { HOME: home }, systemPath: system }));
+    expect(e.message).toBe(`${aliases}:4: a drop-in file must use the v2 format ([[registry]]), not [registries.*]`);
+  });
+
   it('refuses the v1 format in a drop-in file', async () => {
     const { home, system } = await layout();
     const v1 = await write(path.join(path.dirname(system), 'registries.conf.d', 'v1.conf'), '\n[registries.insecure]\nregistries = ["x.example.com"]\n');

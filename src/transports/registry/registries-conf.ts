@@ -5,12 +5,15 @@
  * to it as containers/image does. Mirrors are for pulls only: a push goes to the (rewritten)
  * location, never to a mirror.
  *
- * One concern a file, under registries-conf/: `toml` (smol-toml, and the line of every key for
- * messages), `model` (what a configuration says; drop-ins merged), `reader` (typed settings,
- * locations and prefixes), `v1` and `v2` (the two formats), `parse` (one file), `load` (which files,
- * in which order) and `endpoints` (pull sources and push destinations of a reference).
+ * One concern a file, under registries-conf/: `toml-document` (the document the readers see, and
+ * plain files read without a TOML parser), `toml` (smol-toml for the others, and the line of every
+ * key for messages), `model` (what a configuration says; drop-ins merged), `reader` (typed
+ * settings, locations and prefixes), `v1` and `v2` (the two formats), `read` (one document's
+ * configuration), `parse` (one file's text), `load` (which files, in which order) and `endpoints`
+ * (pull sources and push destinations of a reference).
  */
 export { parseToml, type TomlDocument, type TomlTable, type TomlValue } from './registries-conf/toml.js';
+export { simpleTomlDocument } from './registries-conf/toml-document.js';
 export {
   emptyRegistriesConf,
   mergeRegistriesConf,

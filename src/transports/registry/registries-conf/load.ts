@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../../errors.js';
 import { emptyRegistriesConf, mergeRegistriesConf, type RegistriesConf } from './model.js';
+import { simpleTomlDocument, type TomlDocument } from './toml-document.js';
 
 export const SYSTEM_REGISTRIES_CONF = '/etc/containers/registries.conf';
 
@@ -91,20 +92,21 @@ export async function loadRegistriesConf(options: LoadRegistriesConfOptions = {}
     dirs = [path.join(path.dirname(main), 'registries.conf.d'), userDir];
   }
   const text = await readIfExists(main, required, why);
-  // The parser (smol-toml and the readers, a dozen modules) is loaded only when there is a file to
-  // parse: most machines have none, and every command that talks to a registry comes here.
-  const parser = () => Promise.all([import('./parse.js'), import('./toml.js')]);
-  let conf = text === undefined ? emptyRegistriesConf() : (await parser())[0].parseRegistriesConf(text, main);
+  // Most machines have a main file of comments and drop-ins of aliases: read without the TOML
+  // parser (toml-document.ts). The readers, and smol-toml for any other file, are loaded only
+  // when a file needs them: every command that talks to a registry comes here.
+  const read = async (t: string, file: string): Promise<TomlDocument> => simpleTomlDocument(t) ?? (await import('./toml.js')).parseToml(t, file);
+  const reader = () => import('./read.js');
+  let conf = text === undefined ? emptyRegistriesConf() : (await reader()).readRegistriesConf(await read(text, main), main);
   for (const dir of [...new Set(dirs)]) {
     for (const file of await dropIns(dir)) {
       const t = await readIfExists(file, false, '');
       if (t === undefined) continue; // removed since the listing
-      const [{ readRegistriesConf }, { parseToml }] = await parser();
-      const doc = parseToml(t, file);
+      const doc = await read(t, file);
       if (doc.root['registries'] !== undefined) {
         throw new SmartError('USAGE', `${file}:${doc.lineOf(doc.root, 'registries') ?? 1}: a drop-in file must use the v2 format ([[registry]]), not [registries.*]`, { input: file });
       }
-      conf = mergeRegistriesConf(conf, readRegistriesConf(doc, file));
+      conf = mergeRegistriesConf(conf, (await reader()).readRegistriesConf(doc, file));
     }
   }
   return conf;

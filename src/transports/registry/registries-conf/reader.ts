@@ -6,7 +6,7 @@
 import { SmartError } from '../../../errors.js';
 import { isValidRepository, isValidTag } from '../../../oci/reference.js';
 import { DIGEST_RE, HOST_RE, WILDCARD_RE, emptyRegistriesConf, hostOf, looksLikeHost, type RegistriesConf } from './model.js';
-import { isTable, type TomlDocument, type TomlTable } from './toml.js';
+import { isTable, type TomlDocument, type TomlTable } from './toml-document.js';
 
 /** One file being read: its document, and the configuration it makes. */
 export class ConfReader {

@@ -7,21 +7,9 @@
 import { TomlDate, TomlError, parse } from 'smol-toml';
 import { SmartError, quoted } from '../../../errors.js';
 import { MAX_JSON_DEPTH } from '../../../limits.js';
+import type { TomlDocument, TomlTable, TomlValue } from './toml-document.js';
 
-export type TomlValue = string | number | boolean | TomlValue[] | TomlTable;
-export interface TomlTable {
-  [key: string]: TomlValue;
-}
-
-export interface TomlDocument {
-  root: TomlTable;
-  /** The line a key was set on (1-based), or the line of a table's header (or of the `{` of an inline table) when `key` is omitted. */
-  lineOf(table: TomlTable, key?: string): number | undefined;
-}
-
-export function isTable(v: TomlValue | undefined): v is TomlTable {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
+export { isTable, type TomlDocument, type TomlTable, type TomlValue } from './toml-document.js';
 
 /** Reads `text` as TOML; errors are `USAGE` errors naming `<file>:<line>`. */
 export function parseToml(text: string, file: string): TomlDocument {

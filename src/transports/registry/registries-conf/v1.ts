@@ -4,7 +4,7 @@
  */
 import type { RegistryEntry } from './model.js';
 import type { ConfReader } from './reader.js';
-import { isTable, type TomlTable, type TomlValue } from './toml.js';
+import { isTable, type TomlTable, type TomlValue } from './toml-document.js';
 
 /** Reads the `registries` table `v1` of `root` into `r.conf`. */
 export function readV1(r: ConfReader, root: TomlTable, v1: TomlValue): void {

@@ -4,7 +4,7 @@
  */
 import type { PullFromMirror, RegistryEntry, RegistryMirror } from './model.js';
 import type { ConfReader } from './reader.js';
-import { isTable, type TomlTable } from './toml.js';
+import { isTable, type TomlTable } from './toml-document.js';
 
 export const V2_KEYS = new Set(['registry', 'unqualified-search-registries', 'short-name-mode', 'credential-helpers', 'aliases', 'additional-layer-store-auth-helper']);
 const REGISTRY_KEYS = new Set(['prefix', 'location', 'insecure', 'blocked', 'mirror-by-digest-only', 'mirror', 'pull-from-mirror']);
