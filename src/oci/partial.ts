@@ -21,12 +21,13 @@ export async function readBlob(source: ImageSource, descriptor: Descriptor, limi
   return Buffer.concat(chunks);
 }
 
-/** The manifest of one platform: the top manifest itself, or the pick out of an index. */
+/** The manifest of one platform: the top manifest itself (`known`, when already read), or the pick out of an index. */
 export async function resolvePlatformManifest(
   source: ImageSource,
   platform: Platform,
+  known?: ParsedManifest,
 ): Promise<ParsedManifest & { kind: 'manifest' }> {
-  const top = await source.getManifest();
+  const top = known ?? (await source.getManifest());
   if (top.kind === 'manifest') return top;
   const picked = pickPlatform(top.index, platform, source.name);
   const child = await source.getManifestByDigest(picked);

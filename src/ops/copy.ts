@@ -160,14 +160,15 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
   }
   try {
     if (isStreamed(source)) return await copyStream(source, dest, run);
+    let top: ParsedManifest | undefined;
     if (options.allPlatforms) {
-      const top = await source.getManifest();
+      top = await source.getManifest();
       if (top.kind === 'index') {
         if (options.allPlatforms === true || dest.supportsManifestType(top.mediaType)) return await copyIndexAsIs(source, dest, top, run);
         options.onWarning?.(`${dest.name} cannot hold a ${top.mediaType}: copying ${formatPlatform(normalizePlatform(options.platform))} only (--platform chooses another)`);
       }
     }
-    const image = await resolveImage(source, options.platform);
+    const image = await resolveImage(source, options.platform, top);
     checkPlatform(image.config, source.name, options);
     if (await alreadyThere(image, dest)) {
       for (const layer of image.layers) {

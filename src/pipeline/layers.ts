@@ -11,7 +11,7 @@ import { SmartError, quoted } from '../errors.js';
 import { MAX_CONFIG_BYTES, parseImageConfig } from '../oci/config.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import type { Image, ImageSource, Layer, OpenOptions } from '../oci/image.js';
-import type { Descriptor } from '../oci/manifest.js';
+import type { Descriptor, ParsedManifest } from '../oci/manifest.js';
 import { layerCompression } from '../oci/mediatypes.js';
 import { checkLayersMatchConfig, readBlob, resolvePlatformManifest } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
@@ -91,9 +91,13 @@ export function counted(stream: Readable, onBytes: ((n: number) => void) | undef
   return stream.pipe(counter);
 }
 
-/** Resolves a source to a single-platform image with its config fetched, verified and parsed. */
-export async function resolveImage(source: ImageSource, platform: Platform): Promise<Image> {
-  const manifest = await resolvePlatformManifest(source, platform);
+/**
+ * Resolves a source to a single-platform image with its config fetched, verified and parsed.
+ * `top`: the source's top manifest when the caller has read it already (not read again: a second
+ * read costs a registry a round trip, and could answer differently).
+ */
+export async function resolveImage(source: ImageSource, platform: Platform, top?: ParsedManifest): Promise<Image> {
+  const manifest = await resolvePlatformManifest(source, platform, top);
   const configBytes = await readBlob(source, manifest.manifest.config, MAX_CONFIG_BYTES);
   if (sha256Digest(configBytes) !== manifest.manifest.config.digest) {
     throw new SmartError('DIGEST_MISMATCH', `${source.name}: config does not match ${manifest.manifest.config.digest}`);
