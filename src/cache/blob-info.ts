@@ -47,6 +47,12 @@ interface Entry {
   manifest?: Digest;
 }
 
+/** A config the caller holds, verified against its digest: a proof image naming it is read without reading it again. */
+export interface KnownConfig {
+  digest: Digest;
+  diffIds: readonly Digest[];
+}
+
 /** A proof image as the store holds it: its layer blobs and, index for index, their diff ids. */
 interface ProofImage {
   layers: readonly Descriptor[];
@@ -71,8 +77,10 @@ export class BlobInfoCache {
    * The blob `diffId` was compressed to at `dest`, if `dest` itself confirms it (see the module
    * comment), as it was compressed (OCI media type: the manifest's family is chosen when the
    * image is written). Whether the blob is still linked where it is needed is the caller's check.
+   * `config`: the config of the image being pushed; a proof image that names it (the same image
+   * pushed before, the usual case) is confirmed with one read, of its manifest.
    */
-  async compressedFor(dest: ProvingStore, diffId: Digest, signal?: AbortSignal): Promise<Descriptor | undefined> {
+  async compressedFor(dest: ProvingStore, diffId: Digest, signal?: AbortSignal, config?: KnownConfig): Promise<Descriptor | undefined> {
     const key = this.key(dest.cacheScope, diffId);
     const raw = await this.cache.get(key);
     if (!raw || !dest.storedSource) return undefined;
@@ -81,7 +89,7 @@ export class BlobInfoCache {
     if (!entry) return undefined;
     let found: Descriptor | undefined;
     if (entry.manifest) {
-      const proof = await this.proofImage(dest, entry.repository, entry.manifest);
+      const proof = await this.proofImage(dest, entry.repository, entry.manifest, config);
       const i = proof ? proof.layers.findIndex((l, i) => l.digest === entry.digest && proof.diffIds[i] === diffId) : -1;
       found = proof && i >= 0 ? proof.layers[i] : undefined;
     } else {
@@ -93,11 +101,12 @@ export class BlobInfoCache {
     return { mediaType: layerMediaType('oci', compression), digest: found.digest, size: found.size };
   }
 
-  private proofImage(dest: ProvingStore, repository: string, manifest: Digest): Promise<ProofImage | undefined> {
+  private proofImage(dest: ProvingStore, repository: string, manifest: Digest, config: KnownConfig | undefined): Promise<ProofImage | undefined> {
+    // The same whichever way it is read: a config is the same bytes wherever its digest is.
     const key = `${dest.cacheScope} ${repository}@${manifest}`;
     let p = this.proofs.get(key);
     if (!p) {
-      p = readProof(dest, repository, manifest);
+      p = readProof(dest, repository, manifest, config);
       this.proofs.set(key, p);
     }
     return p;
@@ -182,11 +191,15 @@ async function reading<T>(dest: ProvingStore, repository: string, read: (source:
   }
 }
 
-/** The proof image read from the store, manifest and config verified against their digests. */
-function readProof(dest: ProvingStore, repository: string, manifest: Digest): Promise<ProofImage | undefined> {
+/**
+ * The proof image read from the store, manifest and config verified against their digests; the
+ * config not read when it is `known` (the manifest names the very config the caller verified).
+ */
+function readProof(dest: ProvingStore, repository: string, manifest: Digest, known: KnownConfig | undefined): Promise<ProofImage | undefined> {
   return reading(dest, repository, async (source) => {
     const m = await source.getManifestByDigest({ mediaType: '', digest: manifest, size: 0 });
     if (m.kind !== 'manifest' || m.digest !== manifest) return undefined;
+    if (known && m.manifest.config.digest === known.digest) return { layers: m.manifest.layers, diffIds: known.diffIds };
     const configBytes = await readBlob(source, m.manifest.config, MAX_CONFIG);
     if (sha256Digest(configBytes) !== m.manifest.config.digest) return undefined;
     return { layers: m.manifest.layers, diffIds: parseImageConfig(configBytes).rootfs.diff_ids };

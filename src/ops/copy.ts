@@ -37,7 +37,7 @@ import { layerCompressor, type CompressionFormat, type LayerCompressor } from '.
 import { TaskGroup } from '../pipeline/concurrency.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
 import { counted, resolveImage } from '../pipeline/layers.js';
-import type { BlobInfoCache } from '../cache/blob-info.js';
+import type { BlobInfoCache, KnownConfig } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
 import { sleep } from '../transient.js';
 
@@ -107,6 +107,8 @@ class CopyRun {
   compression?: CopySummary['compression'];
   /** Uncompressed layers the destination now holds compressed (compressed here, or found compressed before). */
   readonly compressedHere: { diffId: Digest; descriptor: Descriptor }[] = [];
+  /** The config of the image being copied (verified against its digest), once resolved: a proof image that names it needs no read of it. */
+  config?: KnownConfig;
 
   constructor(readonly options: CopyOptions) {}
 
@@ -170,6 +172,7 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
     }
     const image = await resolveImage(source, options.platform, top);
     checkPlatform(image.config, source.name, options);
+    run.config = { digest: image.manifest.manifest.config.digest, diffIds: image.config.rootfs.diff_ids };
     if (await alreadyThere(image, dest)) {
       for (const layer of image.layers) {
         run.record({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType: layer.descriptor.mediaType });
@@ -318,7 +321,7 @@ async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, ru
     return { descriptor: desc, diffId: layer.diffId };
   }
   // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
-  const known = await run.options.blobInfo?.compressedFor(dest, layer.diffId, signal);
+  const known = await run.options.blobInfo?.compressedFor(dest, layer.diffId, signal, run.config);
   const reuse = known && (await dest.reuseBlob(known));
   if (known && reuse) {
     run.record({ digest: known.digest, layer: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType });

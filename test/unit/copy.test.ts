@@ -1,13 +1,17 @@
 /**
- * What a copy asks of its source: a push (which keeps an index where the destination can hold
- * one) reads the top manifest once, not once to see whether it is an index and again to resolve
- * the image; through the metadata cache the second read was a HEAD, a round trip to a registry.
+ * What a copy asks of its source and its destination: a push (which keeps an index where the
+ * destination can hold one) reads the top manifest once, not once to see whether it is an index
+ * and again to resolve the image (through the metadata cache the second read was a HEAD, a round
+ * trip to a registry); and a push of layers compressed before confirms what they became with a read
+ * of the image that showed it, its config not read when it is the config being pushed.
  */
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { BlobInfoCache } from '../../src/cache/blob-info.js';
 import { CachedSource } from '../../src/cache/cached-source.js';
 import { DiskMetadataCache } from '../../src/cache/metadata-cache.js';
-import { isStreamed, type ImageSource } from '../../src/oci/image.js';
+import { isStreamed, type BlobDestination, type ImageSource, type OpenOptions } from '../../src/oci/image.js';
+import type { Descriptor } from '../../src/oci/manifest.js';
 import { hostPlatform } from '../../src/oci/platform.js';
 import { copy } from '../../src/ops/copy.js';
 import { openDestination, openSource, parseImageName } from '../../src/transports/all.js';
@@ -54,5 +58,34 @@ describe('a copy reads the top manifest of its source once', () => {
     expect(summary.manifestDigest).toBe(fx.basic.manifest.digest);
     expect(calls.get('getManifest')).toBe(1);
     expect(calls.get('headManifest') ?? 0).toBe(0);
+  });
+});
+
+describe('a push of layers compressed before', () => {
+  it('confirms what they became with one read of the image that showed it when that image has the same config', async () => {
+    const fx = fixtures();
+    const root = await tempDir();
+    const blobInfo = new BlobInfoCache(new DiskMetadataCache(path.join(await tempDir(), 'metadata')));
+    const archive = `docker-archive:${fx.paths.dockerArchiveBasic}`;
+    const first = await copy(await open(archive), await openDestination(parseImageName(`file:${root}#learn/a:1`), ctx), { platform: hostPlatform(), jobs: 2, blobInfo });
+    expect(first.layers.pushed).toBeGreaterThan(0);
+
+    // The second push, to another repository: what it reads of the store to believe the cache.
+    const reads: string[] = [];
+    const dest = (await openDestination(parseImageName(`file:${root}#learn/b:1`), ctx)) as BlobDestination;
+    const storedSource = dest.storedSource!.bind(dest);
+    dest.storedSource = (repository) => {
+      const stored = storedSource(repository);
+      const getBlob = stored.getBlob.bind(stored);
+      const getManifestByDigest = stored.getManifestByDigest.bind(stored);
+      return Object.assign(stored, {
+        getBlob: (d: Descriptor, options?: OpenOptions) => (reads.push(`blob ${d.mediaType}`), getBlob(d, options)),
+        getManifestByDigest: (d: Descriptor) => (reads.push('manifest'), getManifestByDigest(d)),
+      });
+    };
+    const summary = await copy(await open(archive), dest, { platform: hostPlatform(), jobs: 2, blobInfo });
+    expect(summary.layers.pushed).toBe(0);
+    expect(summary.compression).toBeUndefined(); // nothing compressed again
+    expect(reads).toEqual(['manifest']);
   });
 });
