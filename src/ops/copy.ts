@@ -180,12 +180,16 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
       return run.summary(source.name, dest.name, { manifest: image.manifest, converted: false, config: 'skipped' }, image.layers.length);
     }
     const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
+    // The config is in memory from the start: stored first, beside the layers, rather than after
+    // them (to a registry a HEAD, or a POST, PATCH and PUT, fewer at the end), before the manifest
+    // as ever. A task of the group, so --jobs counts it, and a failure of either stops the other.
+    const config = group.run((signal) => putConfig(dest, image.configBytes, image.manifest.manifest.config, options, signal));
     const layers = await group.all(
       image.layers,
       (layer, signal) => retrying(`layer ${shortDigest(layer.descriptor.digest)}`, signal, options, () => copyLayer(layer, dest, run, signal)),
       (layer) => layer.descriptor.digest,
     );
-    return await finish(source.name, dest, image, layers, run, image.manifest);
+    return await finish(source.name, dest, image, layers, run, image.manifest, await config);
   } catch (e) {
     await dest.abort().catch(() => undefined);
     throw e;
@@ -240,15 +244,24 @@ async function writeWhole(source: ImageSource, writer: ImageWriter, run: CopyRun
 }
 
 /**
- * The last steps of a copy into a blob destination: the step annotations, the config, the
- * manifest (the source's bytes when nothing changed), the tag; then what the cache learns.
+ * The last steps of a copy into a blob destination: the step annotations, the config (unless
+ * `configStored`: stored beside the layers), the manifest (the source's bytes when nothing
+ * changed), the tag; then what the cache learns.
  */
-async function finish(sourceName: string, dest: BlobDestination, image: Image, copied: CopiedLayer[], run: CopyRun, manifest: Image['manifest'] | undefined): Promise<CopySummary> {
+async function finish(
+  sourceName: string,
+  dest: BlobDestination,
+  image: Image,
+  copied: CopiedLayer[],
+  run: CopyRun,
+  manifest: Image['manifest'] | undefined,
+  configStored?: 'pushed' | 'skipped',
+): Promise<CopySummary> {
   const { options } = run;
   let layers = copied.map((l) => l.descriptor);
   if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
   const family = manifest ? manifestFamily(manifest.mediaType) : 'docker';
-  const done = await commitImage(dest, { ...(manifest ? { manifest } : {}), family, configBytes: image.configBytes }, layers, options);
+  const done = await commitImage(dest, { ...(manifest ? { manifest } : {}), family, configBytes: image.configBytes }, layers, options, configStored);
   // What uncompressed layers became here, with the image just committed as the proof a later push checks.
   if (options.blobInfo && dest.repository && run.compressedHere.length && done.manifest.kind === 'manifest') {
     await options.blobInfo.recordProven(dest.cacheScope, run.compressedHere, { repository: dest.repository, manifest: done.manifest.digest });
@@ -420,22 +433,24 @@ async function retrying<T>(what: string, signal: AbortSignal | undefined, option
 // The image: config, manifest, tag.
 
 /** Stores the config blob, sent again (it is in memory) on a transient failure, as layers are. */
-async function putConfig(dest: BlobDestination, bytes: Buffer, descriptor: Descriptor, options: CopyOptions): Promise<'pushed' | 'skipped'> {
-  return retrying(`config ${shortDigest(descriptor.digest)}`, options.signal, options, async () => {
-    const r = await reuseElsePut(descriptor, async () => Readable.from([bytes]), dest, options.signal, false);
+async function putConfig(dest: BlobDestination, bytes: Buffer, descriptor: Descriptor, options: CopyOptions, signal = options.signal): Promise<'pushed' | 'skipped'> {
+  return retrying(`config ${shortDigest(descriptor.digest)}`, signal, options, async () => {
+    const r = await reuseElsePut(descriptor, async () => Readable.from([bytes]), dest, signal, false);
     return 'reuse' in r ? 'skipped' : 'pushed';
   });
 }
 
 /**
- * The config, then the manifest (the source's, byte for byte, when the layers are as they were and
- * the destination takes its type; else one built for the layers as they are now), then the tag.
+ * The config (unless `configStored`: stored already, beside the layers), then the manifest (the
+ * source's, byte for byte, when the layers are as they were and the destination takes its type;
+ * else one built for the layers as they are now), then the tag.
  */
 async function commitImage(
   dest: BlobDestination,
   image: { manifest?: Image['manifest']; family: ManifestFamily; configBytes: Buffer },
   layers: Descriptor[],
   options: CopyOptions,
+  configStored?: 'pushed' | 'skipped',
 ): Promise<{ manifest: ParsedManifest; converted: boolean; config: 'pushed' | 'skipped' }> {
   const source = image.manifest;
   const configDescriptor: Descriptor = source?.manifest.config ?? {
@@ -443,7 +458,7 @@ async function commitImage(
     digest: sha256Digest(image.configBytes),
     size: image.configBytes.length,
   };
-  const config = await putConfig(dest, image.configBytes, configDescriptor, options);
+  const config = configStored ?? (await putConfig(dest, image.configBytes, configDescriptor, options));
   const unchanged =
     source !== undefined &&
     source.manifest.layers.every(

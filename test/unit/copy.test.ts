@@ -10,8 +10,10 @@ import { describe, expect, it } from 'vitest';
 import { BlobInfoCache } from '../../src/cache/blob-info.js';
 import { CachedSource } from '../../src/cache/cached-source.js';
 import { DiskMetadataCache } from '../../src/cache/metadata-cache.js';
+import { SmartError } from '../../src/errors.js';
 import { isStreamed, type BlobDestination, type ImageSource, type OpenOptions } from '../../src/oci/image.js';
 import type { Descriptor } from '../../src/oci/manifest.js';
+import { MediaType } from '../../src/oci/mediatypes.js';
 import { hostPlatform } from '../../src/oci/platform.js';
 import { copy } from '../../src/ops/copy.js';
 import { openDestination, openSource, parseImageName } from '../../src/transports/all.js';
@@ -87,5 +89,44 @@ describe('a push of layers compressed before', () => {
     expect(summary.layers.pushed).toBe(0);
     expect(summary.compression).toBeUndefined(); // nothing compressed again
     expect(reads).toEqual(['manifest']);
+  });
+});
+
+describe('the config of a copy', () => {
+  const isConfig = (mediaType: string) => mediaType === MediaType.OCI_CONFIG || mediaType === MediaType.DOCKER_CONFIG;
+
+  it('is stored beside the layers, not after them: a layer that waits for it is not left waiting', async () => {
+    const fx = fixtures();
+    const root = await tempDir();
+    const dest = (await openDestination(parseImageName(`file:${root}#config/early:1`), ctx)) as BlobDestination;
+    let configAsked!: () => void;
+    const asked = new Promise<void>((resolve) => (configAsked = resolve));
+    const late = new Promise<false>((resolve) => setTimeout(() => resolve(false), 3000).unref());
+    const putBlob = dest.putBlob.bind(dest);
+    dest.putBlob = async (stream, info) => {
+      if (isConfig(info.mediaType)) configAsked();
+      else if (!(await Promise.race([asked.then(() => true), late]))) throw new Error('the config was not asked for before the layers were stored');
+      return putBlob(stream, info);
+    };
+    const summary = await copy(await open(`oci:${fx.paths.ociBasic}:latest`), dest, { platform: hostPlatform(), jobs: 1 });
+    expect(summary.manifestDigest).toBe(fx.basic.manifest.digest);
+    expect(summary.config).toBe('pushed');
+  });
+
+  it('that fails stops the copy with its error, and nothing is tagged', async () => {
+    const fx = fixtures();
+    const root = await tempDir();
+    const name = `file:${root}#config/fails:1`;
+    const dest = (await openDestination(parseImageName(name), ctx)) as BlobDestination;
+    const putBlob = dest.putBlob.bind(dest);
+    dest.putBlob = async (stream, info) => {
+      if (isConfig(info.mediaType)) {
+        stream.destroy();
+        throw new SmartError('STORAGE', 'the store refused the config');
+      }
+      return putBlob(stream, info);
+    };
+    await expect(copy(await open(`oci:${fx.paths.ociBasic}:latest`), dest, { platform: hostPlatform(), jobs: 2 })).rejects.toThrow('the store refused the config');
+    await expect(open(name).then((s) => s.getManifest())).rejects.toThrow();
   });
 });
