@@ -2,8 +2,9 @@
  * What a copy asks of its source and its destination: a push (which keeps an index where the
  * destination can hold one) reads the top manifest once, not once to see whether it is an index
  * and again to resolve the image (through the metadata cache the second read was a HEAD, a round
- * trip to a registry); and a push of layers compressed before confirms what they became with a read
- * of the image that showed it, its config not read when it is the config being pushed.
+ * trip to a registry); a push of layers compressed before confirms what they became with a read
+ * of the image that showed it, its config not read when it is the config being pushed; and the
+ * config is stored first, beside the layers, a failure of it stopping the copy untagged.
  */
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';

@@ -12,8 +12,8 @@
  * configuration), `parse` (one file's text), `load` (which files, in which order) and `endpoints`
  * (pull sources and push destinations of a reference).
  */
-export { parseToml, type TomlDocument, type TomlTable, type TomlValue } from './registries-conf/toml.js';
-export { simpleTomlDocument } from './registries-conf/toml-document.js';
+export { parseToml } from './registries-conf/toml.js';
+export { simpleTomlDocument, type TomlDocument, type TomlTable, type TomlValue } from './registries-conf/toml-document.js';
 export {
   emptyRegistriesConf,
   mergeRegistriesConf,

@@ -9,8 +9,6 @@ import { SmartError, quoted } from '../../../errors.js';
 import { MAX_JSON_DEPTH } from '../../../limits.js';
 import type { TomlDocument, TomlTable, TomlValue } from './toml-document.js';
 
-export { isTable, type TomlDocument, type TomlTable, type TomlValue } from './toml-document.js';
-
 /** Reads `text` as TOML; errors are `USAGE` errors naming `<file>:<line>`. */
 export function parseToml(text: string, file: string): TomlDocument {
   let root: TomlTable;
