@@ -181,7 +181,7 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
     }
     const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
     // The config is in memory from the start: stored first, beside the layers, rather than after
-    // them (to a registry a HEAD, or a POST, PATCH and PUT, fewer at the end), before the manifest
+    // them (to a registry a HEAD, or a POST and a PUT, fewer at the end), before the manifest
     // as ever. A task of the group, so --jobs counts it, and a failure of either stops the other.
     const config = group.run((signal) => putConfig(dest, image.configBytes, image.manifest.manifest.config, options, signal));
     const layers = await group.all(

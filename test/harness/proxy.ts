@@ -65,6 +65,16 @@ export interface ProxiedRequest {
 
 export type FaultFn = (req: ProxiedRequest, n: number) => Fault | undefined;
 
+/**
+ * A request that carries a blob's bytes into an upload: a PATCH, or a PUT that closes the upload
+ * with them (a blob whose digest is known goes in one PUT); not the empty PUT after a PATCH.
+ */
+export function carriesBlobBytes(req: Pick<ProxiedRequest, 'method' | 'path' | 'headers'>): boolean {
+  if (!req.path.includes('/blobs/uploads/')) return false;
+  if (req.method === 'PATCH') return true;
+  return req.method === 'PUT' && (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0);
+}
+
 export interface ProxyRequestStat {
   method: string;
   /** Path without the query string. */

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { blobFiles } from '../harness/layout.js';
 import { writeImage } from '../harness/images.js';
-import { startProxy, type Fault, type RunningProxy } from '../harness/proxy.js';
+import { carriesBlobBytes, startProxy, type Fault, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
@@ -61,6 +61,10 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     expect(first.manifestDigest).toBe(fx.basic.manifest.digest);
     expect(first.layers.pushed).toBe(3);
     expect(proxy.stats.bytesUp()).toBe(fx.basic.layers.reduce((n, l) => n + l.size, 0) + fx.basic.config.size);
+    // Every blob's digest is known: each goes in one PUT that closes its upload, no PATCH.
+    const uploads = proxy.stats.requests.filter((r) => r.path.includes('/blobs/uploads/'));
+    expect(uploads.filter((r) => r.method === 'PATCH')).toEqual([]);
+    expect(uploads.filter((r) => r.method === 'PUT' && r.status === 201 && r.requestBytes > 0)).toHaveLength(fx.basic.layers.length + 1);
 
     const out = path.join(work, 'skopeo-out');
     await skopeo('copy', '--src-tls-verify=false', `docker://${registry.host}/api/basic:v1`, `oci:${out}:v1`);
@@ -148,7 +152,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     // uploads reset mid-way, blob downloads cut after 100 bytes, everything else a 503.
     const seen = new Map<string, number>();
     proxy.setFaults((req) => {
-      const kind = req.method === 'PATCH' ? 'upload' : req.method === 'GET' && req.path.includes('/blobs/') ? 'download' : 'other';
+      const kind = carriesBlobBytes(req) ? 'upload' : req.method === 'GET' && req.path.includes('/blobs/') ? 'download' : 'other';
       const n = (seen.get(kind) ?? 0) + 1;
       seen.set(kind, n);
       if (n % 3 !== 1) return undefined;
@@ -185,10 +189,10 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
 
   describe('uploads that break', () => {
     const pushArgs = (src: string, repo: string, extra: string[] = []) => ['push', src, `docker://${reg}/${repo}:v1`, ...extra];
-    /** Faults the first `count` PATCHes (blob uploads: every layer's goes before the config's). */
-    const firstPatches = (count: number, fault: Fault) => {
+    /** Faults the first `count` requests that carry a blob's bytes (the config's goes first). */
+    const firstUploads = (count: number, fault: Fault) => {
       let n = 0;
-      proxy.setFaults((req) => (req.method === 'PATCH' && ++n <= count ? fault : undefined));
+      proxy.setFaults((req) => (carriesBlobBytes(req) && ++n <= count ? fault : undefined));
     };
     const faulted = () => proxy.stats.requests.filter((r) => r.fault);
     /** skopeo copies the image out of the registry itself (it verifies every digest) and the blobs are the layout's. */
@@ -202,9 +206,9 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     };
     const retryWarnings = (stderr: string) => stderr.split('\n').filter((l) => /^warning: (layer|config) sha256:[0-9a-f]{12}: .*; sending it again in/.test(l));
 
-    it('starts an upload again when the connection resets mid-PATCH, from a layout and from a docker-archive compressed on the way', async () => {
+    it('starts an upload again when the connection resets mid-body, from a layout and from a docker-archive compressed on the way', async () => {
       const fx = fixtures();
-      firstPatches(2, { kind: 'reset-mid-request', afterBytes: 100 });
+      firstUploads(2, { kind: 'reset-mid-request', afterBytes: 100 });
       const r = await smart(pushArgs(`oci:${fx.paths.ociBasic}:latest`, 'retry/reset'), { cacheHome: await tempDir() });
       expect(r.code, r.stderr).toBe(0);
       expect(faulted().map((q) => q.status)).toEqual([0, 0]); // both cut: no answer reached the client
@@ -215,7 +219,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
       await skopeoReadsBack('retry/reset', fx.paths.ociBasic);
 
       proxy.stats.clear();
-      firstPatches(2, { kind: 'reset-mid-request', afterBytes: 100 });
+      firstUploads(2, { kind: 'reset-mid-request', afterBytes: 100 });
       const archive = await smart(pushArgs(`docker-archive:${fx.paths.dockerArchiveBasic}`, 'retry/reset-archive'), { cacheHome: await tempDir() });
       expect(archive.code, archive.stderr).toBe(0);
       expect(retryWarnings(archive.stderr), archive.stderr).toHaveLength(2);
@@ -226,13 +230,13 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
       await skopeo('copy', '--src-tls-verify=false', `docker://${registry.host}/retry/reset-archive:v1`, `oci:${await tempDir()}:v1`);
     });
 
-    it('starts an upload again when it stalls mid-PATCH, the sender held back by the registry', async () => {
+    it('starts an upload again when it stalls mid-body, the sender held back by the registry', async () => {
       // Layers larger than the socket buffers: the sender is blocked when the proxy stops reading.
       const layout = path.join(await tempDir(), 'big');
       const noise = (n: number) => crypto.randomBytes(n).toString('base64');
       await writeImage(layout, { layers: [{ files: { 'a/noise': noise(6 << 20) }, createdBy: 'a' }, { files: { 'b/noise': noise(3 << 20) }, createdBy: 'b' }] });
-      // The first PATCH of each blob: the config's is over before the point where the stall starts.
-      firstPatches(3, { kind: 'stall-mid-request', afterBytes: 64 * 1024 });
+      // The first upload of each blob: the config's is over before the point where the stall starts.
+      firstUploads(3, { kind: 'stall-mid-request', afterBytes: 64 * 1024 });
       const started = Date.now();
       const r = await smart(pushArgs(`oci:${layout}:latest`, 'retry/stall', ['--stall-timeout', '2']), { cacheHome: await tempDir() });
       expect(r.code, r.stderr).toBe(0);
@@ -243,23 +247,22 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
       await skopeoReadsBack('retry/stall', layout);
     });
 
-    it('sends the config again when its PATCH answers 503', async () => {
+    it('sends the config again when its upload answers 503', async () => {
       const fx = fixtures();
-      // One at a time, the config first (it is in memory from the start): the 1st PATCH.
-      let n = 0;
-      proxy.setFaults((req) => (req.method === 'PATCH' && ++n === 1 ? { kind: 'status', status: 503 } : undefined));
+      // One at a time, the config first (it is in memory from the start): the 1st upload.
+      firstUploads(1, { kind: 'status', status: 503 });
       const r = await smart(pushArgs(`oci:${fx.paths.ociBasic}:latest`, 'retry/config', ['--jobs', '1']), { cacheHome: await tempDir() });
       expect(r.code, r.stderr).toBe(0);
       expect(faulted().map((q) => q.requestBytes)).toEqual([fx.basic.config.size]);
       expect(retryWarnings(r.stderr), r.stderr).toEqual([
-        expect.stringMatching(/^warning: config sha256:[0-9a-f]{12}: registry 127\.0\.0\.1:\d+ answered 503 UNAVAILABLE: injected 503 to PATCH upload of blob sha256:[0-9a-f]{12} to retry\/config; sending it again/),
+        expect.stringMatching(/^warning: config sha256:[0-9a-f]{12}: registry 127\.0\.0\.1:\d+ answered 503 UNAVAILABLE: injected 503 to PUT upload of blob sha256:[0-9a-f]{12} to retry\/config; sending it again/),
       ]);
       await skopeoReadsBack('retry/config', fx.paths.ociBasic);
     });
 
     it('gives up after five attempts with the reset as the cause, not an abort and not a TLS hint', async () => {
       const fx = fixtures();
-      proxy.setFaults((req) => (req.method === 'PATCH' ? { kind: 'reset-mid-request', afterBytes: 100 } : undefined));
+      proxy.setFaults((req) => (carriesBlobBytes(req) ? { kind: 'reset-mid-request', afterBytes: 100 } : undefined));
       const r = await smart(pushArgs(`oci:${fx.paths.ociBasic}:latest`, 'retry/never', ['--jobs', '1']), { cacheHome: await tempDir() });
       expect(r.code).toBe(1);
       const lines = r.stderr.trim().split('\n');
@@ -267,7 +270,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
       expect(lines.at(-1)).toMatch(/^smart: error \[[A-Z_]+\]: lost the connection to registry 127\.0\.0\.1:\d+: \S+ .* \(upload of blob sha256:[0-9a-f]{12} to retry\/never\)$/);
       expect(r.stderr).not.toMatch(/aborted|TLS/);
       // Every attempt opened a session of its own and closed it.
-      expect(proxy.stats.requests.filter((q) => q.method === 'PATCH')).toHaveLength(5);
+      expect(proxy.stats.requests.filter((q) => q.method === 'PUT' && q.fault)).toHaveLength(5);
     });
   });
 
@@ -290,17 +293,43 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     await expect(fs.stat(path.join(store, 'docker/registry/v2/repositories/x/y/_manifests/tags'))).rejects.toThrow();
   });
 
+  it('a layout blob whose bytes do not match its digest: its one PUT is cut before the last chunk, nothing is stored or tagged', async () => {
+    // A layer of many chunks (incompressible), one byte of its blob flipped in the middle: the
+    // size is right, only the hash at the end tells.
+    const layout = path.join(await tempDir(), 'flipped');
+    const image = await writeImage(layout, { layers: [{ files: { 'a/noise': crypto.randomBytes(3 << 20).toString('base64') }, createdBy: 'a' }] });
+    const victim = image.layers[0]!;
+    const file = path.join(layout, 'blobs/sha256', victim.digest.slice('sha256:'.length));
+    const bytes = await fs.readFile(file);
+    const middle = bytes.length >> 1;
+    bytes.writeUInt8(bytes.readUInt8(middle) ^ 0xff, middle);
+    await fs.writeFile(file, bytes);
+    const r = await smart(['push', `oci:${layout}:latest`, `docker://${reg}/api/mismatch:v1`, '--jobs', '1'], { cacheHome: await tempDir() });
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n').at(-1)).toMatch(/^smart: error \[DIGEST_MISMATCH\]: blob sha256:[0-9a-f]{12} .*: content hashes to sha256:[0-9a-f]{64}, not sha256:/);
+    // The PUT names the digest, and its last chunk waits for our check, which failed: the
+    // registry never had the whole body, so it stored nothing; the upload was closed.
+    const puts = proxy.stats.requests.filter((q) => q.method === 'PUT' && q.url.includes(victim.digest.slice('sha256:'.length)));
+    expect(puts).toHaveLength(1);
+    expect(puts[0]!.requestBytes).toBeGreaterThan(0);
+    expect(puts[0]!.requestBytes).toBeLessThan(victim.size);
+    expect(proxy.stats.requests.filter((q) => q.method === 'DELETE' && q.path.includes('/blobs/uploads/'))).toHaveLength(1);
+    const v2 = path.join(registry.root, 'docker/registry/v2');
+    await expect(fs.stat(path.join(v2, 'blobs/sha256', victim.digest.slice(7, 9), victim.digest.slice(7), 'data'))).rejects.toThrow();
+    await expect(fs.stat(path.join(v2, 'repositories/api/mismatch/_manifests/tags'))).rejects.toThrow();
+  });
+
   it('a registry message holding a newline or escape sequences stays on one line, in a retry warning and in the error', async () => {
     const fx = fixtures();
     const body = JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'down\nsmart: error: forged\u001b[2J' }] });
-    let patches = 0;
-    proxy.setFaults((req) => (req.method === 'PATCH' && ++patches === 1 ? { kind: 'status', status: 503, body } : undefined));
+    let uploads = 0;
+    proxy.setFaults((req) => (carriesBlobBytes(req) && ++uploads === 1 ? { kind: 'status', status: 503, body } : undefined));
     const pushed = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/api/escaped:v1`], { cacheHome: await tempDir() });
     expect(pushed.code, pushed.stderr).toBe(0);
     expect(pushed.stderr).not.toContain('\u001b');
     expect(pushed.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
       // The registry's words are made one line where they enter the message (control characters become spaces).
-      expect.stringMatching(/answered 503 UNAVAILABLE: down smart: error: forged \[2J to PATCH .*; sending it again/),
+      expect.stringMatching(/answered 503 UNAVAILABLE: down smart: error: forged \[2J to PUT .*; sending it again/),
     ]);
     expect(pushed.stderr).not.toMatch(/^smart: error: forged/m);
 

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { freePort } from '../harness/ports.js';
-import { startProxy, type RunningProxy } from '../harness/proxy.js';
+import { carriesBlobBytes, startProxy, type RunningProxy } from '../harness/proxy.js';
 import { rawRequest, startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { smart, smartBin } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
@@ -150,7 +150,7 @@ describe.skipIf(!haveTools('docker-registry'))('mirrors, stalls, timeouts and si
       return { code: await code, stderr };
     };
     // Push: the upload of one blob hangs; Ctrl-C.
-    proxy.setFaults((req) => (req.method === 'PATCH' ? { kind: 'delay', ms: 60_000 } : undefined));
+    proxy.setFaults((req) => (carriesBlobBytes(req) ? { kind: 'delay', ms: 60_000 } : undefined));
     const pushed = await interrupt(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${proxy.host}/sig/app:1`]);
     expect(pushed.code).toBe(130);
     expect(pushed.stderr).toMatch(/smart: error \[[A-Z_]+\]: interrupted/);

@@ -197,19 +197,23 @@ export abstract class RegistryApi {
   }
 
   /**
-   * Streams a blob into `repo`: POST opens an upload, one PATCH carries the bytes as they are
-   * produced (no temporary file), PUT `?digest=` closes it. With the digest known the bytes are
-   * verified as they pass, so a mismatch aborts before the PUT; a stream verified upstream against
-   * the digest and size (`verified`: it errors in place of its end) is sent as it is, unhashed
-   * here. The PATCH is chunked even when the size is known: its last chunk goes only once the
-   * source has ended cleanly, so the registry cannot accept bytes that fail their check at the end.
+   * Streams a blob into `repo` as it is produced (no temporary file). POST opens an upload; with
+   * the digest and size known, one PUT `?digest=` carries the bytes and closes it, as containerd
+   * sends a blob (one round trip less than a PATCH and a PUT, and the registry does not save and
+   * load its hash state between them); else one chunked PATCH carries them and a PUT names the
+   * digest they hashed to. With the digest known the bytes are verified as they pass; a stream
+   * verified upstream against the digest and size (`verified`: it errors in place of its end) is
+   * sent as it is, unhashed here. Either way the body is complete only once the source has ended
+   * cleanly (the PUT's last chunk is held back until then, the PATCH's end with it), so the
+   * registry cannot accept bytes that fail their check at the end.
    *
-   * A PATCH that fails destroys `source`, closes the upload, and throws the cause: the bytes'
-   * own error (the source broke, or they do not match the digest), else the request's (a reset, a
-   * stall, a 5xx: retryable, so the caller can open the source again and send the blob again).
+   * A body request that fails destroys `source`, closes the upload, and throws the cause: the
+   * bytes' own error (the source broke, or they do not match the digest), else the request's (a
+   * reset, a stall, a 5xx: retryable, so the caller can open the source again and send it again).
    */
   async uploadBlob(repo: string, source: Readable, expected: { digest?: Digest; size?: number; verified?: boolean; what: string }, signal?: AbortSignal): Promise<{ digest: Digest; size: number }> {
     const scopes = [`repository:${repo}:pull,push`];
+    const what = `upload of ${expected.what} to ${repo}`;
     const start = await this.request(
       { method: 'POST', url: `/v2/${repo}/blobs/uploads/`, headers: { 'content-length': '0' }, scopes, what: `upload to ${repo}`, ...(signal ? { signal } : {}) },
       [202],
@@ -224,24 +228,28 @@ export abstract class RegistryApi {
         : expected.digest
           ? new VerifyStream({ digest: expected.digest, ...(expected.size !== undefined ? { size: expected.size } : {}), what: expected.what })
           : new DigestStream();
+    const chunks = hash ? hashedChunks(source, hash) : (source as AsyncIterable<Buffer>);
+    const known = expected.digest !== undefined && expected.size !== undefined ? { digest: expected.digest, size: expected.size } : undefined;
+    const url = this.resolve(location);
+    if (known) url.searchParams.set('digest', known.digest);
     // Piped into the request as the socket drains: back-pressure reaches the source.
-    const patchBody = Readable.from(hash ? hashedChunks(source, hash) : source, { objectMode: false });
-    let patch: Response;
+    const body = Readable.from(known ? lastHeldBack(chunks) : chunks, { objectMode: false });
+    let sent: Response;
     try {
-      patch = await this.request(
+      sent = await this.request(
         {
-          method: 'PATCH',
-          url: this.resolve(location).toString(),
-          headers: { 'content-type': 'application/octet-stream' },
-          body: patchBody,
+          method: known ? 'PUT' : 'PATCH',
+          url: url.toString(),
+          headers: { 'content-type': 'application/octet-stream', ...(known ? { 'content-length': String(known.size) } : {}) },
+          body,
           scopes,
-          what: `upload of ${expected.what} to ${repo}`,
+          what,
           ...(signal ? { signal } : {}),
         },
-        [202, 204],
+        known ? [201, 204] : [202, 204],
       );
     } catch (e) {
-      patchBody.destroy();
+      body.destroy();
       source.destroy(); // whatever produces the bytes (a file, a download, a compressor) stops now
       await this.cancelUpload(location, scopes, 'upload');
       // Abandoning the body aborts the hash too, and that says nothing.
@@ -249,15 +257,13 @@ export abstract class RegistryApi {
       const bytesError = bytes.errored && !isCancellation(bytes.errored) ? bytes.errored : undefined;
       throw bytesError ?? e;
     }
-    await patch.body.dump();
-    location = header(patch.headers, 'location') ?? location;
+    await sent.body.dump();
+    if (known) return known;
+    location = header(sent.headers, 'location') ?? location;
     const digest = hash instanceof DigestStream ? hash.digest : expected.digest!;
     const done = this.resolve(location);
     done.searchParams.set('digest', digest);
-    const put = await this.request(
-      { method: 'PUT', url: done.toString(), headers: { 'content-length': '0' }, scopes, what: `upload of ${expected.what} to ${repo}`, ...(signal ? { signal } : {}) },
-      [201, 204],
-    );
+    const put = await this.request({ method: 'PUT', url: done.toString(), headers: { 'content-length': '0' }, scopes, what, ...(signal ? { signal } : {}) }, [201, 204]);
     await put.body.dump();
     return { digest, size: hash ? hash.size : verifiedSize! };
   }
@@ -320,6 +326,20 @@ async function* hashedChunks(source: Readable, hash: DigestStream | VerifyStream
   source.on('error', (e) => hash.destroy(e));
   source.pipe(hash);
   for await (const c of hash) yield c as Buffer;
+}
+
+/**
+ * `chunks` with the last one held back until they end cleanly: a body whose length its request
+ * declares is whole only once the bytes have passed their check (a check that fails throws here,
+ * and the request is cut one chunk short).
+ */
+async function* lastHeldBack(chunks: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  let held: Buffer | undefined;
+  for await (const c of chunks) {
+    if (held) yield held;
+    held = c;
+  }
+  if (held) yield held;
 }
 
 function nextLink(link: string | undefined): string | undefined {
