@@ -149,3 +149,31 @@ await bundle.write({
   },
 });
 await bundle.close();
+
+// The chunks' static imports of Node's builtins become process.getBuiltinModule calls (Node
+// 20.16+): an ES import of a builtin builds a module facade that reads every export (crypto's
+// lazy getters included). Measured here: ten builtins imported took 8-9 ms over an empty module,
+// 5 ms through getBuiltinModule; a warm push to file: 114 -> 110 ms (3 x 20 runs interleaved).
+// A default import is the module's exports, as it is for a builtin; named imports are its
+// properties, read once (a builtin's exports are not reassigned). Other forms are left as they are.
+const BUILTIN_IMPORT = /^import\s+(?:([\w$]+)\s*,?\s*)?(?:\{([^}]*)\})?\s*from\s*"(node:[\w/]+)";$/gm;
+const destructured = (names) =>
+  names
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .map((s) => s.replace(/\s+as\s+/, ': '))
+    .join(', ');
+for (const name of fs.readdirSync(out)) {
+  if (!name.endsWith('.js')) continue;
+  const file = path.join(out, name);
+  const text = fs.readFileSync(file, 'utf8');
+  const rewritten = text.replace(BUILTIN_IMPORT, (statement, binding, names, id) => {
+    const get = `process.getBuiltinModule(${JSON.stringify(id)})`;
+    if (binding && names) return `const ${binding} = ${get}, { ${destructured(names)} } = ${binding};`;
+    if (binding) return `const ${binding} = ${get};`;
+    if (names) return `const { ${destructured(names)} } = ${get};`;
+    return statement;
+  });
+  if (rewritten !== text) fs.writeFileSync(file, rewritten);
+}

@@ -102,7 +102,7 @@ const HELPER_TIMEOUT_MS = 30_000;
 async function runHelper(name: string, server: string): Promise<Credentials | undefined> {
   const program = `docker-credential-${name}`;
   // child_process is loaded only here: most commands never run a helper.
-  const { execFile } = await import('node:child_process');
+  const { execFile } = process.getBuiltinModule('node:child_process');
   return new Promise((resolve, reject) => {
     const child = execFile(program, ['get'], { timeout: HELPER_TIMEOUT_MS }, (err, stdout, stderr) => {
       if (err) {

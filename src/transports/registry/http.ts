@@ -8,7 +8,8 @@
  * parser. undici, used before, cost ~40 ms to load and ~25 ms more at the first request (its
  * parser is WebAssembly, compiled then), on every command: a warm push of the bench image through
  * the API took 0.27 s with it, 0.22 s without. https and tls are loaded only for a registry that
- * speaks TLS.
+ * speaks TLS, with process.getBuiltinModule rather than import(): an import of a builtin builds its
+ * ES module facade, reading every export (loading both took 15.5 ms that way here, 10.5 ms this).
  */
 import fs from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
@@ -136,12 +137,13 @@ export class Http {
         const names = await fs.readdir(dir).catch(() => [] as string[]);
         for (const n of names.filter((x) => x.endsWith('.crt'))) extra.push(await fs.readFile(path.join(dir, n), 'utf8'));
       }
-      const [https, tls] = await Promise.all([import('node:https'), import('node:tls')]);
-      trustDeferredCaCerts(tls.default);
+      const https = process.getBuiltinModule('node:https');
+      const tls = process.getBuiltinModule('node:tls');
+      trustDeferredCaCerts(tls);
       return new https.Agent({
         keepAlive: true,
         maxSockets: CONNECTIONS,
-        ...(extra.length ? { secureContext: contextTrusting(tls.default, extra) } : {}),
+        ...(extra.length ? { secureContext: contextTrusting(tls, extra) } : {}),
         ...(this.options.insecure ? { rejectUnauthorized: false } : {}),
       });
     })();
@@ -162,7 +164,7 @@ export class Http {
     if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
     const { body } = options;
     const stall = this.options.stallTimeoutMs;
-    const transport = url.protocol === 'http:' ? http : await import('node:https');
+    const transport = url.protocol === 'http:' ? http : process.getBuiltinModule('node:https');
     return new Promise<Response>((resolve, reject) => {
       let res: IncomingMessage | undefined;
       let settled = false;

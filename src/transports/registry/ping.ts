@@ -33,7 +33,7 @@ function looksLikeTlsMismatch(e: unknown): boolean {
  * a registry on loopback speaks plain HTTP.
  */
 async function answersTls(apiHost: string, signal: AbortSignal | undefined): Promise<boolean | undefined> {
-  const tls = await import('node:tls');
+  const tls = process.getBuiltinModule('node:tls');
   const { hostname, port } = new URL(`https://${apiHost}`);
   const host = hostname.replace(/^\[(.*)\]$/, '$1');
   return new Promise((resolve) => {
