@@ -137,6 +137,11 @@ const bundle = await rolldown({
 await bundle.write({
   dir: out,
   format: 'esm',
+  // The chunks are read by Node, not by people (tsc's modules keep the comments): without comments
+  // and with the few non-ASCII characters of string literals escaped (below), each chunk is
+  // one-byte text, decoded and scanned on V8's fast paths. A warm push to file: 120.4 -> 118.4 ms
+  // (medians of 50 runs alternated), to a registry 152.1 -> 149.6 ms.
+  comments: false,
   entryFileNames: '[name].js',
   chunkFileNames: '[name]-[hash].js',
   codeSplitting: {
@@ -150,6 +155,9 @@ await bundle.write({
 });
 await bundle.close();
 
+// Every chunk is made ASCII: a character past it can only stand in a string, template or regular
+// expression literal now (comments are gone), where \uXXXX means the same UTF-16 unit.
+//
 // The chunks' static imports of Node's builtins become process.getBuiltinModule calls (Node
 // 20.16+): an ES import of a builtin builds a module facade that reads every export (crypto's
 // lazy getters included). Measured here: ten builtins imported took 8-9 ms over an empty module,
@@ -168,7 +176,8 @@ for (const name of fs.readdirSync(out)) {
   if (!name.endsWith('.js')) continue;
   const file = path.join(out, name);
   const text = fs.readFileSync(file, 'utf8');
-  const rewritten = text.replace(BUILTIN_IMPORT, (statement, binding, names, id) => {
+  const ascii = text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  const rewritten = ascii.replace(BUILTIN_IMPORT, (statement, binding, names, id) => {
     const get = `process.getBuiltinModule(${JSON.stringify(id)})`;
     if (binding && names) return `const ${binding} = ${get}, { ${destructured(names)} } = ${binding};`;
     if (binding) return `const ${binding} = ${get};`;
