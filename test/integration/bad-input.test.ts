@@ -46,6 +46,12 @@ describe('bad input', () => {
     await expect(fs.stat(dest)).rejects.toThrow();
     const r2 = await smart(['push', `docker-archive:${path.join(work, 'nope.tar')}`, `file:${store}#demo/missing:v1`]);
     expectOneLineError(r2, 1, /nope\.tar: no such file/);
+    // A directory where an archive is named: said so, not an internal error of the read.
+    for (const transport of ['docker-archive', 'oci-archive']) {
+      const r3 = await smart(['push', `${transport}:${work}`, `file:${store}#demo/missing:v1`]);
+      expectOneLineError(r3, 1, /^smart: error \[NOT_AN_IMAGE\]: .*: is a directory, not a tar archive$/);
+    }
+    expect(await tagsOf('demo/missing')).toEqual([]);
   });
 
   it('a malformed reference or image name is a usage error (exit 2)', async () => {
