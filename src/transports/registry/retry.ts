@@ -4,8 +4,7 @@
  * read as one stream across broken connections (resumed with a Range request from the byte
  * reached). Every retry is told to `onRetry` before it happens: retries are visible, not silent.
  */
-import { PassThrough, type Readable } from 'node:stream';
-import { once } from 'node:events';
+import { Readable, finished } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { isTransient, isTransientStatus, sleep } from '../../transient.js';
 import { header, type Response } from './http.js';
@@ -115,7 +114,13 @@ export class Retry {
   body(open: OpenAt, options: BodyOptions): Readable {
     const start = options.start ?? 0;
     const { length } = options;
-    const out = new PassThrough({ highWaterMark: 256 * 1024 });
+    /** The answer being read, resumed when the consumer asks for more (paused while it has enough). */
+    let current: Readable | undefined;
+    // The answer's chunks are pushed straight into `out` from its 'data' events, with pause and
+    // resume for back-pressure: not through an async iterator into a PassThrough, which cost a
+    // promise and two stream hops per 64 KiB chunk (a 50 MB blob from a loopback registry took
+    // ~20 ms longer that way, in a process that has not warmed up).
+    const out = new Readable({ highWaterMark: 256 * 1024, read: () => void current?.resume() });
     // The consumer gone (destroyed, or an error downstream): the attempt in flight stops reading.
     const stop = new AbortController();
     out.once('close', () => stop.abort(new SmartError('CANCELLED', 'body no longer read')));
@@ -127,23 +132,48 @@ export class Retry {
       const res = await open(start + delivered, signal);
       reading = true;
       let skip = res.statusCode === 200 ? start + delivered : 0;
+      const body = res.body;
       try {
-        for await (const chunk of res.body) {
-          let c = chunk as Buffer;
-          if (skip > 0) {
-            const drop = Math.min(skip, c.length);
-            skip -= drop;
-            c = c.subarray(drop);
+        await new Promise<void>((resolve, reject) => {
+          let settled = false;
+          const settle = (e?: unknown) => {
+            if (settled) return;
+            settled = true;
+            body.off('data', onData);
+            signal.removeEventListener('abort', onAbort);
+            cleanup();
+            if (e === undefined) resolve();
+            else reject(e as Error);
+          };
+          const onData = (chunk: Buffer) => {
+            let c = chunk;
+            if (skip > 0) {
+              const drop = Math.min(skip, c.length);
+              skip -= drop;
+              c = c.subarray(drop);
+            }
+            if (length !== undefined && delivered + c.length > length) c = c.subarray(0, length - delivered);
+            if (c.length > 0) {
+              delivered += c.length;
+              if (!out.push(c)) body.pause();
+            }
+            if (length !== undefined && delivered === length) settle();
+          };
+          // A paused answer that is already complete is not destroyed by the abort (see Http.send).
+          const onAbort = () => settle(signal.reason);
+          // End, error, or a close before the end (ERR_STREAM_PREMATURE_CLOSE), as for await would see them.
+          const cleanup = finished(body, (e) => settle(e ?? undefined));
+          signal.addEventListener('abort', onAbort, { once: true });
+          if (signal.aborted) {
+            onAbort();
+            return;
           }
-          if (length !== undefined && delivered + c.length > length) c = c.subarray(0, length - delivered);
-          if (c.length > 0) {
-            delivered += c.length;
-            if (!out.write(c)) await once(out, 'drain', { signal });
-          }
-          if (length !== undefined && delivered === length) break;
-        }
+          current = body;
+          body.on('data', onData);
+        });
       } finally {
-        res.body.destroy();
+        current = undefined;
+        body.destroy();
       }
       if (length !== undefined && delivered < length) {
         // A body cut short without an error is a connection closed early, as transient as a reset.
@@ -157,7 +187,7 @@ export class Retry {
       },
       told: (message) => `${message}; resuming from byte ${start + delivered}`,
     }, { signal }).then(
-      () => out.end(),
+      () => out.push(null),
       (e: unknown) => {
         if (!out.destroyed) out.destroy(e as Error);
       },

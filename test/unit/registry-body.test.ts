@@ -1,0 +1,102 @@
+/**
+ * A registry answer's body read as one stream across broken connections (Retry.body in
+ * transports/registry/retry.ts): pure stream logic over answers made here, no server. The
+ * registry client's tests drive the same code against the stock registry behind a faulting proxy.
+ */
+import { Readable } from 'node:stream';
+import { buffer } from 'node:stream/consumers';
+import { describe, expect, it } from 'vitest';
+import { SmartError } from '../../src/errors.js';
+import type { Response } from '../../src/transports/registry/http.js';
+import { Retry } from '../../src/transports/registry/retry.js';
+
+const BLOB = Buffer.from(Array.from({ length: 40 }, (_, i) => String.fromCharCode(97 + (i % 26))).join(''));
+
+/** An answer: `bytes` in chunks of `chunk`, then an ECONNRESET when `cut`. */
+function answer(status: number, bytes: Buffer, options: { chunk?: number; cut?: boolean } = {}): Response & { body: Readable } {
+  const size = options.chunk ?? 4;
+  const body = Readable.from(
+    (async function* () {
+      for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, i + size);
+      if (options.cut) throw Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' });
+    })(),
+    { objectMode: false },
+  );
+  return { statusCode: status, headers: {}, body: Object.assign(body, { dump: async () => void body.destroy() }) as unknown as Response['body'] };
+}
+
+const failure = (e: unknown) => new SmartError('REGISTRY', (e as Error).message, { retryable: true });
+
+describe('Retry.body', () => {
+  it('resumes from the byte reached; a server that ignores the range has what was delivered skipped', async () => {
+    const told: string[] = [];
+    const retry = new Retry({ maxRetries: 3, delayMs: 1, onRetry: (m) => told.push(m) });
+    const asked: number[] = [];
+    const out = retry.body(
+      async (offset) => {
+        asked.push(offset);
+        // The first answer breaks after 10 bytes; the second ignores the range (200, from byte 0).
+        return asked.length === 1 ? answer(200, BLOB.subarray(0, 10), { cut: true }) : answer(200, BLOB);
+      },
+      { failure },
+    );
+    expect((await buffer(out)).equals(BLOB)).toBe(true);
+    expect(asked).toEqual([0, 10]);
+    expect(told).toEqual([expect.stringMatching(/resuming from byte 10$/)]);
+  });
+
+  it('stops at the length asked for, and resumes a range short of it', async () => {
+    const retry = new Retry({ maxRetries: 3, delayMs: 1 });
+    const asked: number[] = [];
+    const out = retry.body(
+      async (offset) => {
+        asked.push(offset);
+        // A 206 that ends early without an error, then one longer than asked for.
+        return asked.length === 1 ? answer(206, BLOB.subarray(5, 9)) : answer(206, BLOB.subarray(offset));
+      },
+      { start: 5, length: 20, failure },
+    );
+    expect((await buffer(out)).toString()).toBe(BLOB.subarray(5, 25).toString());
+    expect(asked).toEqual([5, 9]);
+  });
+
+  it('pauses the answer while the consumer has enough, and reads on when it asks', async () => {
+    const retry = new Retry({ maxRetries: 0, delayMs: 1 });
+    const big = Buffer.alloc(4 * 1024 * 1024, 7);
+    const res = answer(200, big, { chunk: 64 * 1024 });
+    const out = retry.body(async () => res, { failure });
+    // Nobody reads: the answer stops flowing once the stream's buffer is full, far short of 4 MiB.
+    await new Promise((r) => setTimeout(r, 50));
+    expect(res.body.isPaused()).toBe(true);
+    expect(out.readableLength).toBeLessThan(1024 * 1024);
+    expect((await buffer(out)).length).toBe(big.length);
+  });
+
+  it('a consumer that goes away mid-way (the answer paused) ends the attempt and frees the answer', async () => {
+    const retry = new Retry({ maxRetries: 3, delayMs: 1 });
+    let opens = 0;
+    const res = answer(200, Buffer.alloc(4 * 1024 * 1024, 1), { chunk: 64 * 1024 });
+    const out = retry.body(async () => (opens++, res), { failure });
+    await new Promise((r) => setTimeout(r, 50));
+    out.destroy();
+    await new Promise((r) => res.body.once('close', r));
+    expect(res.body.destroyed).toBe(true);
+    expect(opens).toBe(1);
+  });
+
+  it('an error that is not transient ends the stream with it, without another attempt', async () => {
+    const retry = new Retry({ maxRetries: 3, delayMs: 1 });
+    let opens = 0;
+    const out = retry.body(
+      async () => {
+        opens++;
+        const res = answer(200, BLOB.subarray(0, 8));
+        res.body.destroy(Object.assign(new Error('read EACCES'), { code: 'EACCES' }));
+        return res;
+      },
+      { failure: (e) => new SmartError('REGISTRY', `broken: ${(e as Error).message}`) },
+    );
+    await expect(buffer(out)).rejects.toThrow('broken: read EACCES');
+    expect(opens).toBe(1);
+  });
+});
