@@ -29,9 +29,11 @@ export function layerStoreDir(cacheDir: string, explicit?: string): string {
 }
 
 /**
- * The scheme each registry allowed plain HTTP answered on (see ping.ts), on the local disk whatever
- * the metadata cache is. A hint: a read or write that fails is a miss, silently (the cost is one
- * TLS attempt), and the registry's answer decides.
+ * How each registry answered its ping (RegistryContact in registry/client.ts), on the local disk
+ * whatever the metadata cache is: what the memory chooses is the one machine's business, and a
+ * shared cache must not tell it where to send credentials. A hint: a read or write that fails is a
+ * miss, silently (the cost is a ping), and the registry's answers decide. Stored as `SCHEME` or
+ * `SCHEME CHALLENGE` (`http none`); an older version reads the second form as nothing known.
  */
 export function registrySchemes(cacheDir: string): RegistrySchemes {
   let disk: Promise<MetadataCache> | undefined;
@@ -40,11 +42,14 @@ export function registrySchemes(cacheDir: string): RegistrySchemes {
     async get(apiHost) {
       const { schemeKey } = await import('../cache/keys.js');
       const value = await (await open()).get(schemeKey(apiHost)).catch(() => undefined);
-      return value === 'http' || value === 'https' ? value : undefined;
+      const [scheme, challenge, ...rest] = (value ?? '').split(' ');
+      if ((scheme !== 'http' && scheme !== 'https') || rest.length > 0) return undefined;
+      if (challenge === undefined) return { scheme };
+      return challenge === 'none' || challenge === 'basic' ? { scheme, challenge } : undefined;
     },
-    async set(apiHost, scheme) {
+    async set(apiHost, contact) {
       const { schemeKey } = await import('../cache/keys.js');
-      await (await open()).set(schemeKey(apiHost), scheme).catch(() => undefined);
+      await (await open()).set(schemeKey(apiHost), contact.challenge ? `${contact.scheme} ${contact.challenge}` : contact.scheme).catch(() => undefined);
     },
   };
 }

@@ -33,10 +33,12 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl', 'htpasswd'))(
   let work: string;
   let registry: RunningRegistry;
   let certDir: string;
+  let caCertFile: string;
 
   beforeAll(async () => {
     work = await tempDir();
     const ca = await makeTestCA(path.join(work, 'ca'));
+    caCertFile = ca.caCertFile;
     certDir = await certDirFor(ca, path.join(work, 'certs'));
     const htpasswd = path.join(work, 'htpasswd');
     await writeHtpasswd(htpasswd, { alice: PASSWORD });
@@ -92,6 +94,42 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl', 'htpasswd'))(
     expect(untrusted.stderr).toMatch(/certificate/i);
     expectNoSecret(untrusted);
     await expect(fs.stat(path.join(work, 'never'))).rejects.toThrow();
+  });
+
+  it('remembers that the registry asks for Basic: the next commands send no ping, and still fail clearly on a wrong password', async () => {
+    // Through a plain proxy on loopback, which sees every request.
+    const proxy = await startProxy({ target: registry.url, ca: await fs.readFile(caCertFile) });
+    try {
+      const name = `docker://${proxy.host}/team/basic:v1`;
+      const cache = await fresh();
+      const pings = () => proxy.stats.requests.filter((r) => r.path === '/v2/').length;
+      const first = await smart(['pull', name, `oci:${path.join(work, 'remembered')}:v1`, '--creds', `alice:${PASSWORD}`], cache);
+      expect(first.code, first.stderr).toBe(0);
+      expect(pings()).toBe(1);
+      // The contact, under the cache dir: the scheme and the challenge's kind, no credentials.
+      const metadata = path.join(cache.cacheHome, 'smartlayer', 'metadata');
+      const files = (await fs.readdir(metadata, { recursive: true, withFileTypes: true })).filter((d) => d.isFile()).map((d) => path.join(d.parentPath, d.name));
+      const contents = await Promise.all(files.map((f) => fs.readFile(f, 'utf8')));
+      expect(contents.map((c) => (JSON.parse(c) as { v: unknown }).v)).toContain('http basic');
+      for (const c of contents) expect(c).not.toContain(PASSWORD);
+
+      proxy.stats.clear();
+      const again = await smart(['pull', name, `oci:${path.join(work, 'remembered')}:v1`, '--creds', `alice:${PASSWORD}`, '--debug'], cache);
+      expect(again.code, again.stderr).toBe(0);
+      expect(proxy.stats.requests.length).toBeGreaterThan(0);
+      expect(pings()).toBe(0);
+      expect(proxy.stats.requests.every((r) => r.status !== 401)).toBe(true);
+      expectNoSecret(again);
+
+      const wrong = await smart(['pull', name, `rootfs:${path.join(work, 'never-remembered')}`, '--creds', 'alice:wrong-password'], cache);
+      expect(wrong.code).toBe(1);
+      // The manifest's digest is cached by the first pull: a HEAD asks for it, and a HEAD's 401 has no body to quote.
+      expect(wrong.stderr).toMatch(/smart: error \[[A-Z_]+\]: registry 127\.0\.0\.1:\d+ answered 401 to HEAD manifest.*\(check the credentials/);
+      expect(wrong.stderr.trim().split('\n')).toHaveLength(1);
+      expect(wrong.stderr).not.toContain('wrong-password');
+    } finally {
+      await proxy.stop();
+    }
   });
 });
 

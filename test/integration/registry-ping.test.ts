@@ -15,17 +15,29 @@ import { certDirFor, makeTestCA } from '../harness/tls.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 
-/** A TCP relay on a free loopback port to `target` (changeable), recording each connection's first byte. */
+/**
+ * A TCP relay on a free loopback port to `target` (changeable), recording each connection's first
+ * byte, and the request lines sent in plain HTTP (`GET /v2/`).
+ */
 async function startRelay() {
   let target = 0;
   const firstBytes: ('tls' | 'plain')[] = [];
+  const requests: string[] = [];
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
     sockets.add(client);
     client.once('data', (chunk) => {
-      firstBytes.push(chunk[0] === 0x16 ? 'tls' : 'plain');
+      const tls = chunk[0] === 0x16;
+      firstBytes.push(tls ? 'tls' : 'plain');
       const upstream = net.connect(target, '127.0.0.1');
       sockets.add(upstream);
+      const record = (c: Buffer) => {
+        for (const m of c.toString('latin1').matchAll(/^(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP\/1\.1\r$/gm)) requests.push(`${m[1]} ${m[2]!.replace(/\?.*$/, '')}`);
+      };
+      if (!tls) {
+        record(chunk);
+        client.on('data', record);
+      }
       upstream.write(chunk);
       client.pipe(upstream).on('error', () => client.destroy());
       upstream.pipe(client).on('error', () => upstream.destroy());
@@ -42,6 +54,8 @@ async function startRelay() {
     firstBytes,
     /** The connections made since the last call, by how they began. */
     take: () => firstBytes.splice(0),
+    /** The plain HTTP requests sent since the last call: `METHOD path` (no query). */
+    takeRequests: () => requests.splice(0),
     to: (registry: RunningRegistry) => {
       target = Number(registry.host.split(':')[1]);
     },
@@ -86,20 +100,29 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('the ping of a registr
     expect(firstConnections[0]).toBe('tls');
     expect(firstConnections.slice(1)).not.toContain('tls');
 
+    expect(relay.takeRequests()).toContain('GET /v2/');
+
+    // Remembered with its challenge (none): no TLS attempt, and no ping either.
     const again = await smart(['push', source, dest], { cacheHome });
     expect(again.code, again.stderr).toBe(0);
     const againConnections = relay.take();
     expect(againConnections.length).toBeGreaterThan(0);
     expect(againConnections).not.toContain('tls');
+    const againRequests = relay.takeRequests();
+    expect(againRequests.length).toBeGreaterThan(0);
+    expect(againRequests).not.toContain('GET /v2/');
 
-    // The same address now speaks TLS: the plain attempt is answered 400, and TLS is used and remembered.
+    // The same address now speaks TLS: the one request sent first in plain HTTP (the others wait
+    // for its answer) is answered 400, the registry is pinged after all, and TLS is used and remembered.
     relay.to(secure);
+    relay.takeRequests();
     const moved = await smart(['push', source, dest, '--cert-dir', certDir], { cacheHome });
     expect(moved.code, moved.stderr).toBe(0);
     const movedConnections = relay.take();
     expect(movedConnections[0]).toBe('plain');
     expect(movedConnections.slice(1)).not.toContain('plain');
     expect(movedConnections.slice(1).length).toBeGreaterThan(0);
+    expect(relay.takeRequests()).toHaveLength(1);
 
     const secureAgain = await smart(['pull', dest, `oci:${path.join(work, 'out')}:v1`, '--cert-dir', certDir], { cacheHome });
     expect(secureAgain.code, secureAgain.stderr).toBe(0);

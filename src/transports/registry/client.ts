@@ -15,7 +15,7 @@ import { Auth } from './auth.js';
 import type { Credentials } from './credentials.js';
 import { connectionError, statusError, type ErrorContext } from './errors.js';
 import { Http, USER_AGENT, header, isLoopback, readBody, type Response } from './http.js';
-import { ping } from './ping.js';
+import { looksLikeTlsMismatch, ping } from './ping.js';
 import { Retry } from './retry.js';
 
 export { MANIFEST_ACCEPT, type RequestSpec } from './api.js';
@@ -46,14 +46,27 @@ export interface RegistryClientOptions {
   signal?: AbortSignal;
   /** First backoff delay; doubles per attempt. */
   retryDelayMs?: number;
-  /** The scheme each registry allowed plain HTTP answered on last time (see ping.ts): a hint, kept by the caller. */
+  /** How each registry answered its ping last time (see RegistryContact): a hint, kept by the caller. */
   schemes?: RegistrySchemes;
 }
 
-/** Where the scheme a registry answered on is remembered between commands. Neither call throws. */
+/**
+ * What a registry's ping found, remembered between commands: the scheme it answered on (a choice
+ * only where plain HTTP is allowed), and its challenge when that asks for no token (`none`, or
+ * `basic`: credentials go to the registry itself). With a challenge remembered the ping is not
+ * sent at all, as containerd never sends one: one round trip less per command, to a local
+ * registry and to a far one alike. A Bearer challenge is pinged for every time: its token
+ * server, which gets the credentials, is learned fresh.
+ */
+export interface RegistryContact {
+  scheme: 'http' | 'https';
+  challenge?: 'none' | 'basic';
+}
+
+/** Where each registry's contact is remembered between commands. Neither call throws. */
 export interface RegistrySchemes {
-  get(apiHost: string): Promise<'http' | 'https' | undefined>;
-  set(apiHost: string, scheme: 'http' | 'https'): Promise<void>;
+  get(apiHost: string): Promise<RegistryContact | undefined>;
+  set(apiHost: string, contact: RegistryContact): Promise<void>;
 }
 
 export class RegistryClient extends RegistryApi {
@@ -66,9 +79,18 @@ export class RegistryClient extends RegistryApi {
   private readonly http: Http;
   private readonly auth: Auth;
   private readonly errors: ErrorContext;
-  /** Where the API answers, once pinged. */
+  /** Where the API answers, once pinged (or remembered). */
   private base: string | undefined;
   private pinged: Promise<void> | undefined;
+  /**
+   * The base and challenge are remembered, not yet confirmed by an answer in this run: a request
+   * that meets a TLS server with plain HTTP (or the reverse) makes the ping happen after all.
+   */
+  private remembered: RegistryContact | undefined;
+  /** The memory was wrong once in this run: pinged from now on. */
+  private distrustMemory = false;
+  /** The one request sent first on a remembered contact, as the ping would be: the others wait for its answer. */
+  private firstContact: Promise<void> | undefined;
 
   constructor(readonly options: RegistryClientOptions) {
     super();
@@ -102,26 +124,73 @@ export class RegistryClient extends RegistryApi {
     await this.http.close();
   }
 
-  /** Pings once per client (again after a failed ping): the scheme, and the challenge. */
+  /**
+   * Pings once per client (again after a failed ping): the scheme, and the challenge. Unless the
+   * registry's contact is remembered with its challenge: then nothing is sent (see RegistryContact).
+   */
   private ping(signal: AbortSignal | undefined): Promise<void> {
     this.pinged ??= (async () => {
-      // Only where plain HTTP is allowed is there a choice to remember.
-      const schemes = this.allowHttp ? this.options.schemes : undefined;
-      const remembered = await schemes?.get(this.apiHost);
+      const memory = this.distrustMemory ? undefined : await this.options.schemes?.get(this.apiHost);
+      // Plain HTTP remembered counts only where it is still allowed.
+      const known = memory && (memory.scheme === 'https' || this.allowHttp) ? memory : undefined;
+      if (known?.challenge) {
+        this.base = `${known.scheme}://${this.apiHost}`;
+        if (known.challenge === 'basic') this.auth.challenge = { scheme: 'basic' };
+        this.remembered = known;
+        return;
+      }
       const { base, challenge } = await ping(
         { http: this.http, retry: this.retry, errors: this.errors },
-        { apiHost: this.apiHost, allowHttp: this.allowHttp, remembered },
+        { apiHost: this.apiHost, allowHttp: this.allowHttp, remembered: this.allowHttp ? known?.scheme : undefined },
         signal,
       );
       if (challenge.scheme !== 'none') this.auth.challenge = challenge;
       this.base = base;
-      const scheme = base.startsWith('http:') ? 'http' : 'https';
-      if (scheme !== remembered) await schemes?.set(this.apiHost, scheme);
+      const contact: RegistryContact = { scheme: base.startsWith('http:') ? 'http' : 'https', ...(challenge.scheme !== 'bearer' ? { challenge: challenge.scheme } : {}) };
+      if (contact.scheme !== memory?.scheme || contact.challenge !== memory?.challenge) await this.options.schemes?.set(this.apiHost, contact);
     })();
     this.pinged.catch(() => {
       this.pinged = undefined;
     });
     return this.pinged;
+  }
+
+  /**
+   * A request sent on the remembered contact failed as a wrong scheme does (a TLS server's 400 to
+   * plain HTTP, a plain server's answer to a TLS hello): the memory is dropped and the registry
+   * pinged as if met for the first time. Concurrent requests share the one ping.
+   */
+  private async pingAfterAll(signal: AbortSignal | undefined): Promise<void> {
+    if (this.remembered) {
+      this.remembered = undefined;
+      this.distrustMemory = true;
+      this.pinged = undefined;
+    }
+    await this.ping(signal);
+  }
+
+  /**
+   * On a remembered contact not yet confirmed, the first request goes alone (the others wait for
+   * its answer, as they would for the ping): a wrong memory then costs one request, not one per
+   * layer. Returns the release of the caller's turn as that first request, if it is.
+   */
+  private async awaitFirstContact(): Promise<(() => void) | undefined> {
+    while (this.remembered && this.firstContact) await this.firstContact;
+    if (!this.remembered) return undefined;
+    let release!: () => void;
+    this.firstContact = new Promise((resolve) => (release = resolve));
+    return () => {
+      this.firstContact = undefined;
+      release();
+    };
+  }
+
+  /** An answer came on the remembered contact: it holds for the rest of the run. A 401 makes the next command ping again. */
+  private confirmRemembered(status: number): void {
+    const contact = this.remembered;
+    if (!contact) return;
+    this.remembered = undefined;
+    if (status === 401) void this.options.schemes?.set(this.apiHost, { scheme: contact.scheme });
   }
 
   protected resolve(location: string, base?: string): URL {
@@ -145,16 +214,50 @@ export class RegistryClient extends RegistryApi {
   async request(spec: RequestSpec, expected: number[]): Promise<Response> {
     const signal = spec.signal && this.options.signal ? AbortSignal.any([spec.signal, this.options.signal]) : (spec.signal ?? this.options.signal);
     await this.ping(signal);
-    const url = this.resolve(spec.url);
+    const first = await this.awaitFirstContact();
+    try {
+      // Pinged after all, if the first request found the memory wrong.
+      if (!first) await this.ping(signal);
+      return await this.authenticated(spec, expected, signal);
+    } finally {
+      first?.();
+    }
+  }
+
+  private async authenticated(spec: RequestSpec, expected: number[], signal: AbortSignal | undefined): Promise<Response> {
     const repeatable = !(spec.body instanceof Readable);
-    const request = { what: spec.what, method: spec.method, url: url.toString() };
-    for (let authAttempt = 0; ; authAttempt++) {
+    let url = this.resolve(spec.url);
+    let request = { what: spec.what, method: spec.method, url: url.toString() };
+    let authRetried = false;
+    for (;;) {
       const auth = url.host === new URL(this.base!).host ? await this.auth.authorization(spec.scopes, signal) : undefined;
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...spec.headers, ...(auth ? { authorization: auth } : {}) };
       const send = () =>
         this.http.send({ origin: url.origin, path: `${url.pathname}${url.search}`, method: spec.method, headers, ...(spec.body !== undefined ? { body: spec.body } : {}) }, signal);
-      const res = await this.retry.send(spec.what, send, { host: this.host, signal, repeatable, failure: (e) => connectionError(this.errors, e, request) });
-      if (res.statusCode === 401 && authAttempt === 0 && repeatable) {
+      // On a remembered contact the request itself meets a wrong scheme: the ping then happens
+      // after all, and the request goes again where it found the API.
+      const memory = this.allowHttp && repeatable && url.origin === this.base ? this.remembered : undefined;
+      const pingAfterAll = async () => {
+        await this.pingAfterAll(signal);
+        url = this.resolve(spec.url);
+        request = { ...request, url: url.toString() };
+      };
+      let res: Response;
+      try {
+        res = await this.retry.send(spec.what, send, { host: this.host, signal, repeatable, failure: (e) => connectionError(this.errors, e, request) });
+      } catch (e) {
+        if (!memory || signal?.aborted || !looksLikeTlsMismatch(e)) throw e;
+        await pingAfterAll();
+        continue;
+      }
+      if (memory?.scheme === 'http' && res.statusCode === 400) {
+        await res.body.dump();
+        await pingAfterAll();
+        continue;
+      }
+      if (url.origin === this.base) this.confirmRemembered(res.statusCode);
+      if (res.statusCode === 401 && !authRetried && repeatable) {
+        authRetried = true;
         await res.body.dump();
         await this.auth.rejected(header(res.headers, 'www-authenticate'), spec.scopes, spec.what);
         continue;

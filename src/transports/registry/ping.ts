@@ -1,6 +1,7 @@
 /**
  * The first exchange with a registry, `GET /v2/`: it chooses the scheme (https, or plain http
  * where that is allowed: loopback, --insecure-registry) and learns the authentication challenge.
+ * Not sent when both are remembered from an earlier command (RegistryContact in client.ts).
  */
 import { isIP } from 'node:net';
 import { SmartError } from '../../errors.js';
@@ -17,7 +18,7 @@ export interface PingResult {
 }
 
 /** What a plain server answers to a TLS hello (or a TLS server to plain HTTP): decides the fall-back to http. */
-function looksLikeTlsMismatch(e: unknown): boolean {
+export function looksLikeTlsMismatch(e: unknown): boolean {
   const err = (e instanceof SmartError ? e.cause : e) as NodeJS.ErrnoException | undefined;
   const code = err?.code ?? '';
   const msg = err?.message ?? '';
