@@ -5,6 +5,7 @@
  * reported once and then ignored (except by the commands that exist to fill or read it: `strict`).
  */
 import { createHash, randomUUID } from 'node:crypto';
+import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno, isSmartError } from '../errors.js';
@@ -92,6 +93,16 @@ async function readIfThere(file: string): Promise<string | undefined> {
   }
 }
 
+/** `readIfThere` with one synchronous read (see DiskMetadataCache: why its entries are read and written so). */
+function readIfThereSync(file: string): string | undefined {
+  try {
+    return fsSync.readFileSync(file, 'utf8');
+  } catch (e) {
+    if (isErrno(e, 'ENOENT')) return undefined;
+    throw e;
+  }
+}
+
 interface Entry {
   k: string;
   v: string;
@@ -101,6 +112,13 @@ interface Entry {
 /**
  * The embedded default: one small file per key under `dir` (sharded by the key's hash), written to
  * a temporary name and renamed, so concurrent runs on one machine never see a torn entry.
+ *
+ * `get`, `set` and `delete` make their system calls synchronously: an entry is a few hundred
+ * bytes in the page cache, read or written in microseconds, while each asynchronous call is a
+ * round trip to libuv's thread pool (0.2-0.5 ms on the VMs CI runs on), and `fs.promises`
+ * spends four of them on a read and five on a write. A push makes a dozen or more of these; every
+ * one of them was a wait on its way in or out. The leases (`setIfAbsent` and the rest) keep their
+ * asynchronous calls: they are few, and race other processes.
  */
 export class DiskMetadataCache implements MetadataCache {
   /** `keyPrefix` is prepended to every key: two prefixes over one directory never see each other's entries. */
@@ -115,7 +133,7 @@ export class DiskMetadataCache implements MetadataCache {
   }
 
   async get(key: string): Promise<string | undefined> {
-    const raw = await readIfThere(this.file(key));
+    const raw = readIfThereSync(this.file(key));
     return raw === undefined ? undefined : this.live(key, raw);
   }
 
@@ -124,13 +142,20 @@ export class DiskMetadataCache implements MetadataCache {
     const file = this.file(key);
     const expires = ttlSeconds !== undefined && ttlSeconds !== Infinity;
     const entry: Entry = { k: this.keyPrefix + key, v: value, ...(expires ? { exp: Date.now() + ttlSeconds * 1000 } : {}) };
-    await fs.mkdir(path.dirname(file), { recursive: true });
+    const text = JSON.stringify(entry);
     const tmp = `${file}.${randomUUID()}.tmp`;
     try {
-      await fs.writeFile(tmp, JSON.stringify(entry));
-      await fs.rename(tmp, file);
+      try {
+        fsSync.writeFileSync(tmp, text);
+      } catch (e) {
+        // The shard's directory, made by its first entry.
+        if (!isErrno(e, 'ENOENT')) throw e;
+        fsSync.mkdirSync(path.dirname(file), { recursive: true });
+        fsSync.writeFileSync(tmp, text);
+      }
+      fsSync.renameSync(tmp, file);
     } catch (e) {
-      await fs.rm(tmp, { force: true });
+      fsSync.rmSync(tmp, { force: true });
       throw e;
     }
   }
@@ -146,7 +171,7 @@ export class DiskMetadataCache implements MetadataCache {
   }
 
   async delete(key: string): Promise<void> {
-    await fs.rm(this.file(key), { force: true });
+    fsSync.rmSync(this.file(key), { force: true });
   }
 
   /**
