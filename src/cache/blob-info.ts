@@ -5,8 +5,11 @@
  * since a shared cache can be written by others: an entry is used only once the store confirms it.
  *
  * - Recorded with a proof (once the push that compressed the layer has committed its image): the
- *   entry names that image; it is believed when the image, read from the store and verified against
- *   its digests, lists the blob where its config lists the diff id. Two small reads per image.
+ *   entry names that image; it is believed when the image, verified against its digests, lists the
+ *   blob where its config lists the diff id. Two small reads per image, from the store; none when
+ *   the image is the one being pushed again and its manifest is in this machine's own cache (see
+ *   `local`).
+
  * - Recorded as each layer is stored (a push killed before its manifest leaves only these): the
  *   entry is believed when the blob, read back from the store, decompresses to the diff id. Costs a
  *   read of the blob, still less than compressing and sending it again.
@@ -17,11 +20,12 @@ import { finished } from 'node:stream/promises';
 import { parseImageConfig } from '../oci/config.js';
 import { parseDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import type { ImageSource } from '../oci/image.js';
-import type { Descriptor } from '../oci/manifest.js';
+import type { Descriptor, ParsedManifest } from '../oci/manifest.js';
 import { layerCompression, layerMediaType } from '../oci/mediatypes.js';
 import { readBlob } from '../oci/partial.js';
 import { layerFromDescriptor } from '../pipeline/layers.js';
 import { isValidRepository } from '../oci/reference.js';
+import { cachedManifest, rememberManifest } from './cached-source.js';
 import { compressedKey, locationKey } from './keys.js';
 import type { MetadataCache } from './metadata-cache.js';
 
@@ -30,6 +34,9 @@ export interface LayerProof {
   repository: string;
   manifest: Digest;
 }
+
+/** The proof image's manifest as committed, kept in the local cache (see BlobInfoCache's `local`). */
+export type ProofManifest = Pick<ParsedManifest, 'digest' | 'mediaType' | 'bytes'>;
 
 /** What checking an entry needs of a destination: its scope, and a way to read what it holds. */
 export interface ProvingStore {
@@ -67,7 +74,18 @@ export class BlobInfoCache {
   /** Entries as read, so that recording the same fact again writes nothing. */
   private readonly seen = new Map<string, string>();
 
-  constructor(private readonly cache: MetadataCache) {}
+  /**
+   * `local`: the metadata cache on this machine's disk, which only this user's own runs write
+   * (the same cache as `cache` unless that one is Redis, shared). A proof image's manifest is read
+   * from it when there, verified against its digest: the bytes the store would answer, without the
+   * round trip on the way to the first layer. Never from a shared cache, where whoever can write it
+   * could name a manifest of their own making; the blob itself is still asked of the store (a
+   * HEAD or a mount) before it is used. The manifest of every image recorded as a proof goes there.
+   */
+  constructor(
+    private readonly cache: MetadataCache,
+    private readonly local?: MetadataCache,
+  ) {}
 
   private key(scope: string, diffId: Digest): string {
     return compressedKey(scope, diffId);
@@ -106,7 +124,11 @@ export class BlobInfoCache {
     const key = `${dest.cacheScope} ${repository}@${manifest}`;
     let p = this.proofs.get(key);
     if (!p) {
-      p = readProof(dest, repository, manifest, config);
+      p = (async () => {
+        const kept = this.local ? await cachedManifest(this.local, manifest, `${repository}@${manifest}`).catch(() => undefined) : undefined;
+        if (kept?.kind === 'manifest' && config && kept.manifest.config.digest === config.digest) return { layers: kept.manifest.layers, diffIds: config.diffIds };
+        return readProof(dest, repository, manifest, config);
+      })();
       this.proofs.set(key, p);
     }
     return p;
@@ -121,13 +143,22 @@ export class BlobInfoCache {
    * Records what these diff ids were compressed to at `scope`, with the image that shows it (just
    * committed there). An entry that already says exactly this is not written again.
    */
-  async recordProven(scope: string, layers: readonly { diffId: Digest; descriptor: Descriptor }[], proof: LayerProof): Promise<void> {
+  async recordProven(scope: string, layers: readonly { diffId: Digest; descriptor: Descriptor }[], proof: LayerProof, manifest?: ProofManifest): Promise<void> {
+    // Written once: a push that changes nothing writes nothing.
+    const local = this.local;
+    const kept =
+      manifest && local
+        ? cachedManifest(local, manifest.digest, `${proof.repository}@${manifest.digest}`)
+            .then((there) => (there ? undefined : rememberManifest(local, manifest)))
+            .catch(() => undefined)
+        : undefined;
     await this.write(
       layers.map((l) => ({
         key: this.key(scope, l.diffId),
         entry: { digest: l.descriptor.digest, size: l.descriptor.size, mediaType: l.descriptor.mediaType, repository: proof.repository, manifest: proof.manifest },
       })),
     );
+    await kept;
   }
 
   private async write(entries: { key: string; entry: Entry }[]): Promise<void> {

@@ -48,6 +48,29 @@ interface CachedManifest {
   bytes: string;
 }
 
+/** Keeps a manifest in `cache` under its digest (read back by `cachedManifest`, verified). */
+export async function rememberManifest(cache: MetadataCache, m: Pick<ParsedManifest, 'digest' | 'mediaType' | 'bytes'>): Promise<void> {
+  await cache.set(manifestKey(m.digest), JSON.stringify({ mediaType: m.mediaType, bytes: m.bytes.toString('base64') } satisfies CachedManifest));
+}
+
+/**
+ * The manifest of `digest` kept in `cache`, if its bytes hash to it (anything else, a damaged or
+ * forged entry included, is a miss). `declaredMediaType`: the type the store declares, when known,
+ * over the one stored beside the bytes.
+ */
+export async function cachedManifest(cache: MetadataCache, digest: Digest, name: string, declaredMediaType?: string): Promise<ParsedManifest | undefined> {
+  const raw = await cache.get(manifestKey(digest));
+  if (!raw) return undefined;
+  try {
+    const m = JSON.parse(raw) as CachedManifest;
+    const bytes = Buffer.from(m.bytes, 'base64');
+    if (sha256Digest(bytes) !== digest) return undefined;
+    return parseManifest(bytes, declaredMediaType || m.mediaType, name);
+  } catch {
+    return undefined;
+  }
+}
+
 export interface CachedSourceOptions {
   /**
    * Seconds for which a tag's digest learned before (by any machine sharing the cache) is used
@@ -85,23 +108,12 @@ export class CachedSource implements ImageSource {
   headManifest?: ImageSource['headManifest'];
   origins?: ImageSource['origins'];
 
-  /** The cached manifest of `digest`, if its bytes hash to it (anything else is a miss). */
-  private async cachedManifest(digest: Digest, declaredMediaType?: string): Promise<ParsedManifest | undefined> {
-    const raw = await this.cache.get(manifestKey(digest));
-    if (!raw) return undefined;
-    try {
-      const m = JSON.parse(raw) as CachedManifest;
-      const bytes = Buffer.from(m.bytes, 'base64');
-      if (sha256Digest(bytes) !== digest) return undefined; // a damaged or forged entry is a miss
-      // The type the store declares, when known, over the one stored beside the bytes.
-      return parseManifest(bytes, declaredMediaType || m.mediaType, this.name);
-    } catch {
-      return undefined;
-    }
+  private cachedManifest(digest: Digest, declaredMediaType?: string): Promise<ParsedManifest | undefined> {
+    return cachedManifest(this.cache, digest, this.name, declaredMediaType);
   }
 
-  private async remember(m: ParsedManifest): Promise<void> {
-    await this.cache.set(manifestKey(m.digest), JSON.stringify({ mediaType: m.mediaType, bytes: m.bytes.toString('base64') } satisfies CachedManifest));
+  private remember(m: ParsedManifest): Promise<void> {
+    return rememberManifest(this.cache, m);
   }
 
   /** The manifest a store answered `head` with: from the cache when there, else read by digest. */

@@ -182,8 +182,10 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
     const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
     // The config is in memory from the start: stored first, beside the layers, rather than after
     // them (to a registry a HEAD, or a POST and a PUT, fewer at the end), before the manifest
-    // as ever. A task of the group, so --jobs counts it, and a failure of either stops the other.
-    const config = group.run((signal) => putConfig(dest, image.configBytes, image.manifest.manifest.config, options, signal));
+    // as ever. A task of the group, so a failure of either stops the other; but not one of the
+    // --jobs layers in flight: holding a slot, it held the last layer of a four-layer image back
+    // by its round trip (a mount push of the bench image: the fourth mount waited for it).
+    const config = group.run((signal) => putConfig(dest, image.configBytes, image.manifest.manifest.config, options, signal), undefined, { slot: false });
     const layers = await group.all(
       image.layers,
       (layer, signal) => retrying(`layer ${shortDigest(layer.descriptor.digest)}`, signal, options, () => copyLayer(layer, dest, run, signal)),
@@ -262,11 +264,15 @@ async function finish(
   if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
   const family = manifest ? manifestFamily(manifest.mediaType) : 'docker';
   const done = await commitImage(dest, { ...(manifest ? { manifest } : {}), family, configBytes: image.configBytes }, layers, options, configStored);
-  // What uncompressed layers became here, with the image just committed as the proof a later push checks.
-  if (options.blobInfo && dest.repository && run.compressedHere.length && done.manifest.kind === 'manifest') {
-    await options.blobInfo.recordProven(dest.cacheScope, run.compressedHere, { repository: dest.repository, manifest: done.manifest.digest });
-  }
-  await options.onCopied?.({ image, layers, manifest: done.manifest });
+  // What uncompressed layers became here, with the image just committed as the proof a later push
+  // checks; and what the caller keeps of the image (the layer trie). Both at once: each is a few
+  // small writes, whose round trips to the thread pool added up on the way out of every push.
+  const proven =
+    options.blobInfo && dest.repository && run.compressedHere.length && done.manifest.kind === 'manifest'
+      ? options.blobInfo.recordProven(dest.cacheScope, run.compressedHere, { repository: dest.repository, manifest: done.manifest.digest }, done.manifest)
+      : undefined;
+  const recorded = await Promise.allSettled([proven, options.onCopied?.({ image, layers, manifest: done.manifest })]);
+  for (const r of recorded) if (r.status === 'rejected') throw r.reason;
   return run.summary(sourceName, dest.name, done, copied.length);
 }
 

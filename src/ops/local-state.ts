@@ -23,6 +23,16 @@ export async function openCache(options: { cacheDir: string; redisUrl?: string; 
   });
 }
 
+/**
+ * The metadata cache on this machine's disk, whatever the command's metadata cache is: for what
+ * only this user's own runs may write (a proof image's manifest, see BlobInfoCache). Its reads and
+ * writes may fail; callers take a failure for a miss.
+ */
+export async function localMetadata(cacheDir: string): Promise<MetadataCache> {
+  const { DiskMetadataCache } = await import('../cache/metadata-cache.js');
+  return new DiskMetadataCache(metadataDir(cacheDir));
+}
+
 /** Where the local layer store is: `--layer-store`, else under the cache dir. */
 export function layerStoreDir(cacheDir: string, explicit?: string): string {
   return explicit ?? path.join(cacheDir, 'layer-store');

@@ -7,7 +7,7 @@ import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
 import { openDestination, openSource, parseImageName, storeScope, transportOf, TRANSPORTS, type ImageName } from '../transports/all.js';
 import type { OpenContext, RemoteOptions } from '../transports/transport.js';
 import { copy, type CopyOptions, type CopySummary } from './copy.js';
-import { layerStoreDir, openCache, registrySchemes } from './local-state.js';
+import { layerStoreDir, localMetadata, openCache, registrySchemes } from './local-state.js';
 import { defaultJobs } from '../pipeline/concurrency.js';
 import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
@@ -169,7 +169,8 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   }
   const platforms = choosePlatforms(req, dst);
   const cache = req.cacheDir ? await openCache({ cacheDir: req.cacheDir, ...(req.redisUrl ? { redisUrl: req.redisUrl } : {}), ...(req.onWarning ? { onWarning: req.onWarning } : {}) }) : undefined;
-  const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache) : undefined;
+  // Proof images' manifests are kept on this machine's disk, never in a shared cache (see BlobInfoCache).
+  const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache, req.redisUrl ? await localMetadata(req.cacheDir!) : cache) : undefined;
   const storeDir = req.cacheDir ? layerStoreDir(req.cacheDir, req.layerStoreDir) : req.layerStoreDir;
   const layerStore = storeDir && transportOf(dst).capabilities.pullOnly ? await openLayerStore(storeDir) : undefined;
   const ctx: OpenContext = {

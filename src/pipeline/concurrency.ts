@@ -59,15 +59,18 @@ export class TaskGroup {
 
   /**
    * Runs `work` when a slot is free, with the group's signal. With a `key`, work already asked for
-   * under it is not run again: its promise is answered (single-flight).
+   * under it is not run again: its promise is answered (single-flight). `slot: false`: at once,
+   * beside the tasks `jobs` counts (a small task that must not hold one of them back), still
+   * stopped with the group and failing it.
    */
-  run<T>(work: (signal: AbortSignal) => Promise<T>, key?: string): Promise<T> {
+  run<T>(work: (signal: AbortSignal) => Promise<T>, key?: string, options: { slot?: boolean } = {}): Promise<T> {
     if (key !== undefined) {
       const known = this.byKey.get(key);
       if (known) return known as Promise<T>;
     }
+    const slot = options.slot ?? true;
     const task = (async () => {
-      await this.acquire();
+      if (slot) await this.acquire();
       try {
         this.signal.throwIfAborted(); // stopped meanwhile: never started
         return await work(this.signal);
@@ -75,7 +78,7 @@ export class TaskGroup {
         if (this.failFast) this.fail(e);
         throw e;
       } finally {
-        this.release();
+        if (slot) this.release();
       }
     })();
     // Reported through `settle` or the caller's own await, never as an unhandled rejection.

@@ -186,6 +186,36 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server', 'redis-c
     expect(again.code, again.stderr).toBe(0);
     expect(JSON.parse(again.stdout.toString())).toMatchObject({ manifestDigest: pushed.manifestDigest, layers: { pushed: 0, skipped: fx.basic.diffIds.length } });
   });
+
+  it("a push again takes its proof image's manifest from this machine's disk, never from Redis", async () => {
+    const fx = fixtures();
+    const cache = ['--redis', redis.url];
+    const home = await tempDir();
+    const archive = `docker-archive:${fx.paths.dockerArchiveBasic}`;
+    const push = async (repo: string, cacheHome: string) => {
+      proxy.stats.clear();
+      const r = await smart(['push', archive, `docker://${proxy.host}/proof/${repo}:1`, '--json', ...cache], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      const summary = JSON.parse(r.stdout.toString()) as { manifestDigest: string; layers: { pushed: number; skipped: number } };
+      const manifestReads = proxy.stats.requests.filter((q) => q.method === 'GET' && /\/manifests\/sha256:/.test(q.path)).length;
+      return { summary, manifestReads };
+    };
+    const first = await push('one', home);
+    expect(first.summary.layers.pushed).toBe(fx.basic.diffIds.length);
+    // Another repository from the same machine: the layers mounted on the proof of the first push,
+    // its manifest read from the disk cache.
+    const mounted = await push('two', home);
+    expect(mounted.summary.layers).toMatchObject({ pushed: 0, skipped: fx.basic.diffIds.length });
+    expect(mounted.manifestReads).toBe(0);
+    // Another machine sharing Redis: the same entries, but the manifest is asked of the registry,
+    // even with one planted in Redis under its digest (bytes that hash to it, as a writer of
+    // Redis could plant any manifest of their own making).
+    const proof = (await fs.readFile(blobPath(store, first.summary.manifestDigest))).toString('base64');
+    await redis.cli('SET', `smartlayer:manifest:v1:${first.summary.manifestDigest}`, JSON.stringify({ mediaType: 'application/vnd.oci.image.manifest.v1+json', bytes: proof }));
+    const elsewhere = await push('three', await tempDir());
+    expect(elsewhere.summary.layers).toMatchObject({ pushed: 0, skipped: fx.basic.diffIds.length });
+    expect(elsewhere.manifestReads).toBe(1);
+  });
 });
 
 function blobPath(root: string, digest: string): string {
