@@ -2,14 +2,14 @@
  * What we learned compressing a layer for a destination: diff id → the compressed blob we stored
  * there. Lets a push of an uncompressed layer (docker save output) that was pushed before skip
  * compressing it again. Fed only with facts verified in this process, and never believed alone,
- * since a shared cache can be written by others: an entry is used only once the store confirms it.
+ * since a shared cache can be written by others: an entry is used only once the store confirms it
+ * (and the proof image is taken from a cache only from this machine's own, see `local`).
  *
  * - Recorded with a proof (once the push that compressed the layer has committed its image): the
  *   entry names that image; it is believed when the image, verified against its digests, lists the
  *   blob where its config lists the diff id. Two small reads per image, from the store; none when
  *   the image is the one being pushed again and its manifest is in this machine's own cache (see
  *   `local`).
-
  * - Recorded as each layer is stored (a push killed before its manifest leaves only these): the
  *   entry is believed when the blob, read back from the store, decompresses to the diff id. Costs a
  *   read of the blob, still less than compressing and sending it again.
