@@ -47,7 +47,7 @@ export function layerStoreDir(cacheDir: string, explicit?: string): string {
  */
 export function registrySchemes(cacheDir: string): RegistrySchemes {
   let disk: Promise<MetadataCache> | undefined;
-  const open = () => (disk ??= import('../cache/metadata-cache.js').then((m) => new m.DiskMetadataCache(metadataDir(cacheDir))));
+  const open = () => (disk ??= localMetadata(cacheDir));
   return {
     async get(apiHost) {
       const { schemeKey } = await import('../cache/keys.js');

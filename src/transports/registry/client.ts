@@ -237,22 +237,17 @@ export class RegistryClient extends RegistryApi {
       // On a remembered contact the request itself meets a wrong scheme: the ping then happens
       // after all, and the request goes again where it found the API.
       const memory = this.allowHttp && repeatable && url.origin === this.base ? this.remembered : undefined;
-      const pingAfterAll = async () => {
-        await this.pingAfterAll(signal);
-        url = this.resolve(spec.url);
-        request = { ...request, url: url.toString() };
-      };
-      let res: Response;
+      let res: Response | undefined;
       try {
         res = await this.retry.send(spec.what, send, { host: this.host, signal, repeatable, failure: (e) => connectionError(this.errors, e, request) });
       } catch (e) {
         if (!memory || signal?.aborted || !looksLikeTlsMismatch(e)) throw e;
-        await pingAfterAll();
-        continue;
       }
-      if (memory?.scheme === 'http' && res.statusCode === 400) {
-        await res.body.dump();
-        await pingAfterAll();
+      if (res === undefined || (memory?.scheme === 'http' && res.statusCode === 400)) {
+        await res?.body.dump();
+        await this.pingAfterAll(signal);
+        url = this.resolve(spec.url);
+        request = { ...request, url: url.toString() };
         continue;
       }
       if (url.origin === this.base) this.confirmRemembered(res.statusCode);
