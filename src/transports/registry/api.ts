@@ -227,7 +227,8 @@ export abstract class RegistryApi {
         ? undefined
         : expected.digest
           ? new VerifyStream({ digest: expected.digest, ...(expected.size !== undefined ? { size: expected.size } : {}), what: expected.what })
-          : new DigestStream();
+          : // A layer compressed on its way here: fresh buffers, hashed on the pool (as the file: store does).
+            new DigestStream({ offThread: true });
     const chunks = hash ? hashedChunks(source, hash) : (source as AsyncIterable<Buffer>);
     const known = expected.digest !== undefined && expected.size !== undefined ? { digest: expected.digest, size: expected.size } : undefined;
     const url = this.resolve(location);
