@@ -10,10 +10,13 @@
 // CA store (--use-openssl-ca and the like): Node 20 reads that file and builds its root store
 // before any JS runs, 35-50 ms of every command here; the CLI loads it at the first TLS
 // connection instead, and gives the variable back to the programs it starts (src/tls-trust.ts).
-import { main } from '../dist/bundle/main.js';
+// CommonJS (bin/package.json), as the chunks it loads are: no ES module loader to start (see
+// scripts/bundle-cli.mjs).
+const { main } = require('../dist/bundle/main.js');
 
-const code = await main(process.argv);
-process.exitCode = code;
-// The work is done: a connection some library still holds open (an abandoned connect to a registry
-// that never answered) must not keep the command alive. A clean run has exited before this fires.
-setTimeout(() => process.exit(code), 200).unref();
+main(process.argv).then((code) => {
+  process.exitCode = code;
+  // The work is done: a connection some library still holds open (an abandoned connect to a registry
+  // that never answered) must not keep the command alive. A clean run has exited before this fires.
+  setTimeout(() => process.exit(code), 200).unref();
+});

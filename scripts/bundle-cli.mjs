@@ -10,6 +10,13 @@
  * (600 kB, every module evaluated by every command) was slower than no bundle at all, and esbuild's
  * splitting (a chunk per dynamic import, 44 loaded by that push) saved 3 ms.
  *
+ * The chunks are CommonJS (dist/bundle/package.json says so, as bin/package.json does for bin/),
+ * loaded with `require`: Node 20 starts its ES module loader only for an ES module, and that start
+ * alone costs ~8 ms of every command here (an empty .mjs file ran in 79 ms, an empty .cjs one in
+ * 71, `node -e 0` in 72; medians of 40 alternated runs). A warm push to file: 155 -> 144 ms
+ * (medians of 40 alternated). The packages are loaded with `require` too, the dynamic imports of
+ * them included (below): each has a CommonJS entry.
+ *
  * The chunks:
  * - `cli`: the entry's static imports (argument parsing, output, errors), all that `--version`,
  *   `--help` and the commander commands load of ours before their own modules;
@@ -42,7 +49,11 @@ try {
 } catch (e) {
   fs.rmSync(out, { recursive: true, force: true });
   fs.mkdirSync(out, { recursive: true });
-  fs.writeFileSync(path.join(out, 'main.js'), "// rolldown could not load where this was built: the command's modules as tsc wrote them.\nexport * from '../cli/main.js';\n");
+  fs.writeFileSync(path.join(out, 'package.json'), '{ "type": "commonjs" }\n');
+  fs.writeFileSync(
+    path.join(out, 'main.js'),
+    "// rolldown could not load where this was built: the command's modules as tsc wrote them.\nexports.main = (...args) => import('../cli/main.js').then((m) => m.main(...args));\n",
+  );
   process.stderr.write(`bundle-cli: rolldown cannot load here (${String(e?.cause?.cause?.message ?? e?.message).split('\n')[0]}); dist/bundle/main.js loads dist/cli/ module by module\n`);
   process.exit(0);
 }
@@ -136,7 +147,7 @@ const bundle = await rolldown({
 });
 await bundle.write({
   dir: out,
-  format: 'esm',
+  format: 'cjs',
   // The chunks are read by Node, not by people (tsc's modules keep the comments): without comments
   // and with the few non-ASCII characters of string literals escaped (below), each chunk is
   // one-byte text, decoded and scanned on V8's fast paths. A warm push to file: 120.4 -> 118.4 ms
@@ -155,34 +166,23 @@ await bundle.write({
 });
 await bundle.close();
 
+fs.writeFileSync(path.join(out, 'package.json'), '{ "type": "commonjs" }\n');
+
 // Every chunk is made ASCII: a character past it can only stand in a string, template or regular
 // expression literal now (comments are gone), where \uXXXX means the same UTF-16 unit.
 //
-// The chunks' static imports of Node's builtins become process.getBuiltinModule calls (Node
-// 20.16+): an ES import of a builtin builds a module facade that reads every export (crypto's
-// lazy getters included). Measured here: ten builtins imported took 8-9 ms over an empty module,
-// 5 ms through getBuiltinModule; a warm push to file: 114 -> 110 ms (3 x 20 runs interleaved).
-// A default import is the module's exports, as it is for a builtin; named imports are its
-// properties, read once (a builtin's exports are not reassigned). Other forms are left as they are.
-const BUILTIN_IMPORT = /^import\s+(?:([\w$]+)\s*,?\s*)?(?:\{([^}]*)\})?\s*from\s*"(node:[\w/]+)";$/gm;
-const destructured = (names) =>
-  names
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean)
-    .map((s) => s.replace(/\s+as\s+/, ': '))
-    .join(', ');
+// rolldown keeps a dynamic import of a package or a builtin as `import()`, which would start the
+// ES module loader for it (see the top): it becomes a `require` on a later tick, whose result has
+// what `import()` of a CommonJS module gives, the exports by name and as `default`.
+const DYNAMIC_IMPORT = /\bimport\("((?:node:)?[@\w][\w./@-]*)"\)/g;
 for (const name of fs.readdirSync(out)) {
   if (!name.endsWith('.js')) continue;
   const file = path.join(out, name);
   const text = fs.readFileSync(file, 'utf8');
   const ascii = text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-  const rewritten = ascii.replace(BUILTIN_IMPORT, (statement, binding, names, id) => {
-    const get = `process.getBuiltinModule(${JSON.stringify(id)})`;
-    if (binding && names) return `const ${binding} = ${get}, { ${destructured(names)} } = ${binding};`;
-    if (binding) return `const ${binding} = ${get};`;
-    if (names) return `const { ${destructured(names)} } = ${get};`;
-    return statement;
-  });
+  const rewritten = ascii.replace(DYNAMIC_IMPORT, (_, id) => `Promise.resolve().then(() => { const m = require(${JSON.stringify(id)}); return { ...m, default: m }; })`);
+  if (/\bimport\(/.test(rewritten.replace(/"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|`(?:[^`\\]|\\.)*`/g, '""'))) {
+    throw new Error(`bundle-cli: ${name} still has an import() the rewrite above does not know`);
+  }
   if (rewritten !== text) fs.writeFileSync(file, rewritten);
 }
