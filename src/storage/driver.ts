@@ -53,8 +53,11 @@ export interface StorageDriver {
   objectSize?(path: string): Promise<number | undefined>;
   /** Names (not paths) of the direct children of `path`; empty when it does not exist. */
   list(path: string): Promise<string[]>;
-  /** Moves an object, replacing any object at `to`. */
-  move(from: string, to: string): Promise<void>;
+  /**
+   * Moves an object, replacing any object at `to`. `size`, when the caller knows the object's size
+   * (it has just written it), spares a driver the request that would ask it.
+   */
+  move(from: string, to: string, size?: number): Promise<void>;
   /** Removes an object or a whole prefix; no error when absent. */
   delete(path: string): Promise<void>;
   /** Where `path` is, for what a user reads: a local path, `s3://bucket/key`. */

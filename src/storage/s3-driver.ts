@@ -327,15 +327,18 @@ export class S3Driver implements StorageDriver {
     }
   }
 
-  async move(from: string, to: string): Promise<void> {
+  async move(from: string, to: string, knownSize?: number): Promise<void> {
     const src = this.key(from);
     const dst = this.key(to);
     let size: number;
-    try {
-      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: src }));
-      size = head.ContentLength ?? 0;
-    } catch (e) {
-      throw await this.fail(e, 'move', src);
+    if (knownSize !== undefined && src !== dst) size = knownSize;
+    else {
+      try {
+        const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: src }));
+        size = head.ContentLength ?? 0;
+      } catch (e) {
+        throw await this.fail(e, 'move', src);
+      }
     }
     if (src === dst) return;
     if (size > MAX_COPY_SIZE) {

@@ -5,7 +5,8 @@
  * an OCI layout) keeps it only after that stream ended cleanly, without hashing it a second time
  * (measured by counting the bytes every sha256 in the process is fed, crypto's and the addon's,
  * on a layer large enough to dwarf manifests and configs). And a push into S3 asks once whether each blob is there: one
- * HEAD, no listing after its 404.
+ * HEAD, no listing after its 404; a layer compressed on its way is moved to its address without a HEAD for its size, and
+ * its link does not wait for its upload directory to be removed.
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -14,6 +15,7 @@ import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { copy } from '../../src/index.js';
 import { sha256Digest } from '../../src/oci/digest.js';
+import { fixtures } from '../harness/fixtures.js';
 import { writeLayout } from '../harness/images.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { startS3, type RunningS3 } from '../harness/s3.js';
@@ -160,6 +162,44 @@ describe.skipIf(!haveTools('docker-registry'))('a blob copied as it is is hashed
     // Layer, config, manifest: each looked for once, never listed.
     expect(blobKeys('HeadObjectCommand')).toHaveLength(3);
     expect(blobKeys('ListObjectsV2Command')).toEqual([]);
+  });
+
+  it('moves layers compressed on their way into S3 without asking their size, and links them without waiting for their uploads to go', async () => {
+    const { S3Client } = await import('@aws-sdk/client-s3');
+    const sent: { command: string; input: Record<string, unknown> }[] = [];
+    let linkedBeforeUploadGone = false;
+    let layers = 0;
+    const original = S3Client.prototype.send as (...args: unknown[]) => Promise<unknown>;
+    const send = vi.spyOn(S3Client.prototype, 'send').mockImplementation(function (this: InstanceType<typeof S3Client>, command: unknown, ...rest: unknown[]) {
+      const r = { command: (command as object).constructor.name, input: (command as { input: Record<string, unknown> }).input };
+      sent.push(r);
+      // The first layer's link goes out while its upload directory is still being removed (no DeleteObjects yet).
+      if (r.command === 'PutObjectCommand' && /\/_layers\/sha256\/[0-9a-f]{64}\/link$/.test(String(r.input.Key))) {
+        linkedBeforeUploadGone ||= !sent.some((q) => q.command === 'DeleteObjectsCommand');
+      }
+      return original.call(this, command, ...rest);
+    } as never);
+    const saved = { ...process.env };
+    Object.assign(process.env, s3.env);
+    try {
+      // A docker save tar: its layers are compressed on their way, so their digests are known only at their ends.
+      const summary = await copy(`docker-archive:${fixtures().paths.dockerArchiveBasic}`, `s3://${s3.bucket}/moved#once/app:1`, { cacheDir: path.join(work, 'cache-moved') });
+      expect(summary.layers.pushed).toBe(summary.layers.total);
+      layers = summary.layers.total;
+    } finally {
+      process.env = saved;
+      send.mockRestore();
+    }
+    const uploads = (command: string) => sent.filter((r) => r.command === command && String(r.input.Key ?? r.input.CopySource ?? '').includes('/_uploads/'));
+    // Written under _uploads, copied to its address, and never HEADed there: its size is known.
+    expect(layers).toBeGreaterThan(0);
+    expect(sent.filter((r) => r.command === 'CopyObjectCommand')).toHaveLength(layers);
+    expect(uploads('HeadObjectCommand')).toEqual([]);
+    expect(linkedBeforeUploadGone).toBe(true);
+    // And nothing is left under _uploads once the copy returns.
+    const { ListObjectsV2Command } = await import('@aws-sdk/client-s3');
+    const left = await s3.client().send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: 'moved/docker/registry/v2/repositories/once/app/_uploads/' }));
+    expect(left.Contents ?? []).toEqual([]);
   });
 
   it('still refuses a blob whose bytes do not match its digest, leaving nothing behind', async () => {

@@ -129,9 +129,11 @@ export class DistributionDestination implements BlobDestination {
 
   async reuseBlob(descriptor: Descriptor): Promise<BlobReuse | undefined> {
     const repo = this.ref.repository;
-    // A link without data would make the registry fail the pull: the data decides.
-    if ((await this.store.blobSize(descriptor.digest)) !== descriptor.size) return undefined;
-    if (await this.store.isLinked(repo, descriptor.digest, 'layer')) return { how: 'present' };
+    // Both asked at once (on S3 each is a request). A link without data would make the registry
+    // fail the pull: the data decides.
+    const [size, linked] = await Promise.all([this.store.blobSize(descriptor.digest), this.store.isLinked(repo, descriptor.digest, 'layer')]);
+    if (size !== descriptor.size) return undefined;
+    if (linked) return { how: 'present' };
     // Present for another repository: link it here, as a cross-repository mount does.
     await this.store.link(repo, descriptor.digest, 'layer');
     return { how: 'mounted' };
@@ -195,6 +197,6 @@ export class DistributionDestination implements BlobDestination {
   }
 
   async close(): Promise<void> {
-    await this.sweep;
+    await Promise.all([this.sweep, this.store.settled()]);
   }
 }

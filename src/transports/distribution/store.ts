@@ -23,6 +23,8 @@ const MAX_LINK_BYTES = 4096;
 
 export class DistributionStore {
   private readonly removed: Cleaned[] = [];
+  /** Upload directories of blobs already stored, being removed (see `settled`). */
+  private readonly removing: Promise<void>[] = [];
 
   constructor(readonly driver: StorageDriver) {}
 
@@ -69,15 +71,10 @@ export class DistributionStore {
     await this.driver.putContent(this.linkPath(repo, digest, kind), linkContent(digest));
   }
 
-  /**
-   * Writes a link file unless it already names `digest`: pushing an image again then writes
-   * nothing (a read costs less than a write, on disk and in S3). Anything unreadable is rewritten.
-   */
-  private async ensureLink(path: string, digest: Digest): Promise<void> {
-    const content = linkContent(digest);
+  /** Whether the link file at `path` names `digest` already; anything unreadable does not. */
+  private async linkNames(path: string, digest: Digest): Promise<boolean> {
     const current = await this.driver.getContent(path, MAX_LINK_BYTES).catch(() => undefined);
-    if (current?.equals(content)) return;
-    await this.driver.putContent(path, content);
+    return current?.equals(linkContent(digest)) ?? false;
   }
 
   async openBlob(digest: Digest, offset = 0, length?: number): Promise<Readable> {
@@ -96,8 +93,10 @@ export class DistributionStore {
    * digest and size. Without it (a layer being compressed), into the repository's
    * `_uploads/<id>/data`, where the registry stages its own uploads and purges stale ones, then
    * moved to its address; the upload records its owner beside `startedat`, so that the next push
-   * can tell one a killed run left from a live one. Returns the digest and size; nothing is left
-   * in `_uploads`.
+   * can tell one a killed run left from a live one. Returns the digest and size once the blob is at
+   * its address; its upload directory is removed meanwhile, and nothing is left in `_uploads` once
+   * `settled()` resolves (on S3 that removal is a listing and a delete or two: a blob's link and the
+   * next blobs need not wait for it).
    */
   async writeBlob(
     repo: string,
@@ -108,6 +107,7 @@ export class DistributionStore {
     const known = expected?.digest;
     const id = randomUUID();
     const target = known ? pathFor({ kind: 'blobData', digest: known }) : pathFor({ kind: 'uploadData', repo, id });
+    let stored = false;
     try {
       if (known) {
         // A writer of this blob killed before: its temporary file is beside the one we make.
@@ -146,11 +146,21 @@ export class DistributionStore {
       if (hash instanceof VerifyStream) return { digest: known!, size: hash.size };
       const digest = hash.digest;
       // Another writer may have stored the same content meanwhile; content addressing makes either copy right.
-      if ((await this.blobSize(digest)) !== hash.size) await this.driver.move(target, pathFor({ kind: 'blobData', digest }));
+      if ((await this.blobSize(digest)) !== hash.size) await this.driver.move(target, pathFor({ kind: 'blobData', digest }), hash.size);
+      stored = true;
       return { digest, size: hash.size };
     } finally {
-      if (!known) await this.driver.delete(pathFor({ kind: 'upload', repo, id })).catch(() => undefined);
+      if (!known) {
+        const removal = this.driver.delete(pathFor({ kind: 'upload', repo, id })).catch(() => undefined);
+        if (stored) this.removing.push(removal);
+        else await removal;
+      }
     }
+  }
+
+  /** Resolves once the upload directories of the blobs stored so far are removed (never rejects). */
+  async settled(): Promise<void> {
+    while (this.removing.length) await Promise.all(this.removing.splice(0));
   }
 
   /** Leftovers of killed runs this store removed while writing blobs (see `removeStaleUploads` for the rest). */
@@ -183,20 +193,30 @@ export class DistributionStore {
     return removed;
   }
 
-  /** Stores manifest bytes as a blob and links them as a revision of `repo` (not yet tagged). */
+  /**
+   * Stores manifest bytes as a blob and links them as a revision of `repo` (not yet tagged). What
+   * is there already is not written again (pushing an image again writes nothing); both are read
+   * at once, and the blob is written before its link.
+   */
   async putManifest(repo: string, bytes: Buffer): Promise<Digest> {
     const digest = sha256Digest(bytes);
-    if ((await this.blobSize(digest)) !== bytes.length) {
-      await this.driver.putContent(pathFor({ kind: 'blobData', digest }), bytes);
-    }
-    await this.ensureLink(this.linkPath(repo, digest, 'manifest'), digest);
+    const link = this.linkPath(repo, digest, 'manifest');
+    const [size, linked] = await Promise.all([this.blobSize(digest), this.linkNames(link, digest)]);
+    if (size !== bytes.length) await this.driver.putContent(pathFor({ kind: 'blobData', digest }), bytes);
+    if (!linked) await this.driver.putContent(link, linkContent(digest));
     return digest;
   }
 
-  /** Points `tag` at `digest`: the tag index link first, `current/link` last (the visible switch). */
+  /**
+   * Points `tag` at `digest`: the tag index link first, `current/link` last (the visible switch).
+   * Both are read at once, and a link that names `digest` already is not written again.
+   */
   async tag(repo: string, tag: string, digest: Digest): Promise<void> {
-    await this.ensureLink(pathFor({ kind: 'tagIndexLink', repo, tag, digest }), digest);
-    await this.ensureLink(pathFor({ kind: 'tagCurrentLink', repo, tag }), digest);
+    const index = pathFor({ kind: 'tagIndexLink', repo, tag, digest });
+    const current = pathFor({ kind: 'tagCurrentLink', repo, tag });
+    const [indexed, moved] = await Promise.all([this.linkNames(index, digest), this.linkNames(current, digest)]);
+    if (!indexed) await this.driver.putContent(index, linkContent(digest));
+    if (!moved) await this.driver.putContent(current, linkContent(digest));
   }
 
   async resolveTag(repo: string, tag: string): Promise<Digest> {
