@@ -266,7 +266,7 @@ async function finish(
   const done = await commitImage(dest, { ...(manifest ? { manifest } : {}), family, configBytes: image.configBytes }, layers, options, configStored);
   // What uncompressed layers became here, with the image just committed as the proof a later push
   // checks; and what the caller keeps of the image (the layer trie). Both at once: each is a few
-  // small writes, whose round trips to the thread pool added up on the way out of every push.
+  // small writes, which in Redis are round trips, added up on the way out of every push.
   const proven =
     options.blobInfo && dest.repository && run.compressedHere.length && done.manifest.kind === 'manifest'
       ? options.blobInfo.recordProven(dest.cacheScope, run.compressedHere, { repository: dest.repository, manifest: done.manifest.digest }, done.manifest)
