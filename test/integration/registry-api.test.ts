@@ -309,18 +309,28 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     const middle = bytes.length >> 1;
     bytes.writeUInt8(bytes.readUInt8(middle) ^ 0xff, middle);
     await fs.writeFile(file, bytes);
+    // The config goes beside the layer; its PUT is held so that it is still on its way when the
+    // layer fails, as it can be on a loaded machine: its upload must be closed too.
+    const configHex = image.config.digest.slice('sha256:'.length);
+    proxy.setFaults((req) => (req.method === 'PUT' && req.url.includes(configHex) ? { kind: 'delay', ms: 2000 } : undefined));
     const r = await smart(['push', `oci:${layout}:latest`, `docker://${reg}/api/mismatch:v1`, '--jobs', '1'], { cacheHome: await tempDir() });
     expect(r.code).toBe(1);
     expect(r.stderr.trim().split('\n').at(-1)).toMatch(/^smart: error \[DIGEST_MISMATCH\]: blob sha256:[0-9a-f]{12} .*: content hashes to sha256:[0-9a-f]{64}, not sha256:/);
     // The PUT names the digest, and its last chunk waits for our check, which failed: the
-    // registry never had the whole body, so it stored nothing; the upload was closed.
+    // registry never had the whole body, so it stored nothing; its upload was closed, and so was
+    // the config's.
     const puts = proxy.stats.requests.filter((q) => q.method === 'PUT' && q.url.includes(victim.digest.slice('sha256:'.length)));
     expect(puts).toHaveLength(1);
     expect(puts[0]!.requestBytes).toBeGreaterThan(0);
     expect(puts[0]!.requestBytes).toBeLessThan(victim.size);
-    expect(proxy.stats.requests.filter((q) => q.method === 'DELETE' && q.path.includes('/blobs/uploads/'))).toHaveLength(1);
+    expect(puts[0]!.path).toContain('/blobs/uploads/');
+    const configPut = proxy.stats.requests.filter((q) => q.method === 'PUT' && q.url.includes(configHex));
+    expect(configPut).toHaveLength(1);
+    const deletes = proxy.stats.requests.filter((q) => q.method === 'DELETE').map((q) => q.path);
+    expect(deletes.sort()).toEqual([puts[0]!.path, configPut[0]!.path].sort());
     const v2 = path.join(registry.root, 'docker/registry/v2');
     await expect(fs.stat(path.join(v2, 'blobs/sha256', victim.digest.slice(7, 9), victim.digest.slice(7), 'data'))).rejects.toThrow();
+    await expect(fs.stat(path.join(v2, 'blobs/sha256', configHex.slice(0, 2), configHex, 'data'))).rejects.toThrow();
     await expect(fs.stat(path.join(v2, 'repositories/api/mismatch/_manifests/tags'))).rejects.toThrow();
   });
 
