@@ -8,6 +8,7 @@ import { outputOptions, parseTransferArgs, cancel } from './options.js';
 import { Output, stdoutClosed, type OutputOptions } from './output.js';
 import { runTransfer } from './transfer.js';
 import { deferExtraCaCerts } from '../tls-trust.js';
+import { enableCompileCache } from './compile-cache.js';
 
 /** Exit status when the reader of stdout went away before the image was written (`… docker-archive:- | head`): 128 + SIGPIPE, as a program that SIGPIPE killed. */
 export const EXIT_BROKEN_PIPE = 141;
@@ -22,6 +23,8 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   };
   // NODE_EXTRA_CA_CERTS, which bin/*.js set aside: read at the first TLS connection (tls-trust.ts).
   deferExtraCaCerts(process.env, (m) => new Output(flagsOf()).warn(m));
+  // Before any package loads: their compiled code is kept on this machine (compile-cache.ts).
+  enableCompileCache();
   // Ctrl-C / SIGTERM cancel the work: in-flight transfers stop, temporary data is removed, nothing
   // half-written remains; then the exit status is 128 + the signal number. A second one exits at once.
   let signalled: 'SIGINT' | 'SIGTERM' | undefined;

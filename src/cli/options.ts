@@ -18,7 +18,8 @@ Image names (skopeo-style TRANSPORT:REFERENCE):
 Exit status: 0 on success, 2 on a usage error (bad flags, malformed image name), 1 on any other error,
   130/143 interrupted (SIGINT/SIGTERM), 141 when the reader of an image on stdout went away (| head).
 Errors: one line on stderr, "smart: error [CODE]: message (hint)"; with --json also a document on stdout.
-Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer);
+Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer;
+  also the compiled code of the packages a command loads, unless SMART_COMPILE_CACHE=0);
   SMART_REGISTRY_AUTH=USER:PASSWORD (as --creds; unused when a command talks to two registries);
   REGISTRY_AUTH_FILE (as --authfile), XDG_RUNTIME_DIR, XDG_CONFIG_HOME, DOCKER_CONFIG (registry credentials:
   containers auth.json, then Docker's config.json); AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_PROFILE,

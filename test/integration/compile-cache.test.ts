@@ -1,0 +1,125 @@
+/**
+ * The code cache of the packages a command loads (src/cli/compile-cache.ts), in real Node
+ * processes: written once, used after, never stale, never in the way.
+ */
+import { execFile } from 'node:child_process';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { repoRoot } from '../harness/run.js';
+import { tempDir } from '../harness/tmp.js';
+
+const run = promisify(execFile);
+const compileCache = pathToFileURL(path.join(repoRoot, 'dist/cli/compile-cache.js')).href;
+
+/** A process that turns the cache on, as the command does, then requires `entry` and prints what it exports. */
+async function requireWithCache(cacheHome: string, entry: string, env: NodeJS.ProcessEnv = {}): Promise<string> {
+  const script = [
+    `import { createRequire } from 'node:module';`,
+    `import { enableCompileCache } from ${JSON.stringify(compileCache)};`,
+    `enableCompileCache();`,
+    `console.log(JSON.stringify(createRequire(import.meta.url)(${JSON.stringify(entry)})));`,
+  ].join('\n');
+  const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script], {
+    env: { ...process.env, XDG_CACHE_HOME: cacheHome, NODE_OPTIONS: '', SMART_COMPILE_CACHE: '', ...env },
+  });
+  return stdout.trim();
+}
+
+/** The cache files, by name, with their modification times. */
+async function cacheFiles(cacheHome: string): Promise<Map<string, number>> {
+  const dir = path.join(cacheHome, 'smartlayer', 'compile-cache');
+  const out = new Map<string, number>();
+  for (const e of await fs.readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) {
+    if (e.isFile()) out.set(path.join(e.parentPath, e.name), (await fs.stat(path.join(e.parentPath, e.name))).mtimeMs);
+  }
+  return out;
+}
+
+/** A package `pkg` under `root/node_modules` whose main module requires a second one. */
+async function writePackage(root: string, value: string): Promise<string> {
+  const pkg = path.join(root, 'node_modules', 'pkg');
+  await fs.mkdir(pkg, { recursive: true });
+  await fs.writeFile(path.join(pkg, 'package.json'), JSON.stringify({ name: 'pkg', main: 'main.js' }));
+  await fs.writeFile(
+    path.join(pkg, 'main.js'),
+    [
+      `'use strict';`,
+      `const part = require('./part.js');`,
+      `function late() { return ${JSON.stringify(value)}; }`,
+      `module.exports = { value: late(), part, file: path(__filename), dir: path(__dirname), resolved: path(require.resolve('./part.js')), main: require.main === undefined };`,
+      `function path(p) { return require('node:path').relative(${JSON.stringify(root)}, p); }`,
+    ].join('\n'),
+  );
+  await fs.writeFile(path.join(pkg, 'part.js'), `module.exports = 'part';\n`);
+  return pkg;
+}
+
+describe('compile cache', () => {
+  it('is written by the first run, read by the next ones, and a package changed in place is compiled afresh', async () => {
+    const work = await tempDir();
+    const cacheHome = path.join(work, 'cache');
+    const pkg = await writePackage(work, 'one');
+    const want = { value: 'one', part: 'part', file: 'node_modules/pkg/main.js', dir: 'node_modules/pkg', resolved: 'node_modules/pkg/part.js', main: true };
+    expect(JSON.parse(await requireWithCache(cacheHome, pkg))).toEqual(want);
+    const first = await cacheFiles(cacheHome);
+    expect([...first.keys()].map((f) => path.basename(f))).toHaveLength(2);
+    expect([...first.keys()].every((f) => /[/]v8-[^/]+[/][0-9a-f]{64}$/.test(f))).toBe(true);
+    // Read, not written again.
+    expect(JSON.parse(await requireWithCache(cacheHome, pkg))).toEqual(want);
+    expect(await cacheFiles(cacheHome)).toEqual(first);
+    // The same length, another value: V8 alone would take the old cache for it.
+    await writePackage(work, 'two');
+    expect(JSON.parse(await requireWithCache(cacheHome, pkg))).toEqual({ ...want, value: 'two' });
+    expect((await cacheFiles(cacheHome)).size).toBe(3);
+  });
+
+  it('a damaged cache file is refused and made again; a module outside node_modules is left to Node', async () => {
+    const work = await tempDir();
+    const cacheHome = path.join(work, 'cache');
+    const pkg = await writePackage(work, 'one');
+    await requireWithCache(cacheHome, pkg);
+    const files = [...(await cacheFiles(cacheHome)).keys()];
+    const good = new Map(await Promise.all(files.map(async (f) => [f, await fs.readFile(f)] as const)));
+    // Garbage, which V8 refuses by itself; then one byte flipped in the middle of the compiled code,
+    // which V8 would run (it checks no checksum in a release build): the file's own checksum catches it.
+    for (const damage of [(b: Buffer) => Buffer.alloc(b.length, 0x5a), (b: Buffer) => Buffer.from(b).fill(b[b.length >> 1]! ^ 0xff, b.length >> 1, (b.length >> 1) + 1)]) {
+      for (const [f, bytes] of good) await fs.writeFile(f, damage(bytes));
+      expect(JSON.parse(await requireWithCache(cacheHome, pkg))).toMatchObject({ value: 'one', part: 'part' });
+      for (const [f, bytes] of good) expect((await fs.readFile(f)).equals(damage(bytes)), f).toBe(false);
+    }
+    // Not under node_modules: nothing cached.
+    const own = path.join(work, 'own.cjs');
+    await fs.writeFile(own, `module.exports = 7;\n`);
+    const other = path.join(work, 'other-cache');
+    expect(await requireWithCache(other, own)).toBe('7');
+    expect((await cacheFiles(other)).size).toBe(0);
+  });
+
+  it('SMART_COMPILE_CACHE=0 writes nothing; a cache that cannot be written fails nothing; an ES module package loads as Node loads it', async () => {
+    const work = await tempDir();
+    const pkg = await writePackage(work, 'one');
+    const off = path.join(work, 'off');
+    expect(JSON.parse(await requireWithCache(off, pkg, { SMART_COMPILE_CACHE: '0' }))).toMatchObject({ value: 'one' });
+    await expect(fs.stat(path.join(off, 'smartlayer'))).rejects.toThrow();
+    // A file where the directory would be.
+    const blocked = path.join(work, 'blocked');
+    await fs.mkdir(path.join(blocked, 'smartlayer'), { recursive: true });
+    await fs.writeFile(path.join(blocked, 'smartlayer', 'compile-cache'), '');
+    expect(JSON.parse(await requireWithCache(blocked, pkg))).toMatchObject({ value: 'one' });
+    // A package of ES modules, required: whatever Node does with it (load it, or refuse it in its
+    // own words), it does the same with the cache on.
+    const esm = path.join(work, 'node_modules', 'esm');
+    await fs.mkdir(esm, { recursive: true });
+    await fs.writeFile(path.join(esm, 'package.json'), JSON.stringify({ name: 'esm', type: 'module', main: 'index.js' }));
+    await fs.writeFile(path.join(esm, 'index.js'), `export const value = 'esm';\n`);
+    const outcome = (env: NodeJS.ProcessEnv) =>
+      requireWithCache(path.join(work, 'esm-cache'), esm, env).then(
+        (out) => out,
+        (e: { stderr?: string }) => String(e.stderr).match(/\b(ERR_[A-Z_]+)/)?.[1] ?? 'failed',
+      );
+    expect(await outcome({})).toBe(await outcome({ SMART_COMPILE_CACHE: '0' }));
+  });
+});
