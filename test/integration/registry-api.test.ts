@@ -310,7 +310,9 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     bytes.writeUInt8(bytes.readUInt8(middle) ^ 0xff, middle);
     await fs.writeFile(file, bytes);
     // The config goes beside the layer; its PUT is held so that it is still on its way when the
-    // layer fails, as it can be on a loaded machine: its upload must be closed too.
+    // layer fails, as it can be on a loaded machine: its upload must be closed too. (Where the
+    // config's task stands when the layer fails is up to the scheduler: its PUT is usually out,
+    // but it may not be, so what is checked of it holds either way.)
     const configHex = image.config.digest.slice('sha256:'.length);
     proxy.setFaults((req) => (req.method === 'PUT' && req.url.includes(configHex) ? { kind: 'delay', ms: 2000 } : undefined));
     const r = await smart(['push', `oci:${layout}:latest`, `docker://${reg}/api/mismatch:v1`, '--jobs', '1'], { cacheHome: await tempDir() });
@@ -324,10 +326,11 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     expect(puts[0]!.requestBytes).toBeGreaterThan(0);
     expect(puts[0]!.requestBytes).toBeLessThan(victim.size);
     expect(puts[0]!.path).toContain('/blobs/uploads/');
-    const configPut = proxy.stats.requests.filter((q) => q.method === 'PUT' && q.url.includes(configHex));
-    expect(configPut).toHaveLength(1);
     const deletes = proxy.stats.requests.filter((q) => q.method === 'DELETE').map((q) => q.path);
-    expect(deletes.sort()).toEqual([puts[0]!.path, configPut[0]!.path].sort());
+    expect(deletes).toContain(puts[0]!.path);
+    for (const configPut of proxy.stats.requests.filter((q) => q.method === 'PUT' && q.url.includes(configHex))) expect(deletes).toContain(configPut.path);
+    expect(deletes.length).toBeLessThanOrEqual(2);
+    expect(deletes.every((p) => p.includes('/blobs/uploads/'))).toBe(true);
     const v2 = path.join(registry.root, 'docker/registry/v2');
     await expect(fs.stat(path.join(v2, 'blobs/sha256', victim.digest.slice(7, 9), victim.digest.slice(7), 'data'))).rejects.toThrow();
     await expect(fs.stat(path.join(v2, 'blobs/sha256', configHex.slice(0, 2), configHex, 'data'))).rejects.toThrow();
