@@ -51,25 +51,55 @@ export function compileCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(base, 'smartlayer', 'compile-cache');
 }
 
-let enabled = false;
+/** Whether this process keeps compiled code, where, and why (as `smart version --verbose` says it). */
+export interface CompileCacheStatus {
+  on: boolean;
+  /** Who keeps it: Node itself (22.1+), or this module (CommonJS modules of packages). */
+  by?: 'node' | 'smartlayer';
+  dir?: string;
+  why: string;
+}
+
+let status: CompileCacheStatus | undefined;
+
+export function compileCacheStatus(): CompileCacheStatus {
+  return status ?? { on: false, why: 'not turned on in this process (only the command does)' };
+}
 
 /** Turns the cache on for this process. Called by the command's entry before any package loads. */
 export function enableCompileCache(env: NodeJS.ProcessEnv = process.env): void {
-  if (enabled || env.SMART_COMPILE_CACHE === '0') return;
-  enabled = true;
+  if (status) return;
+  if (env.SMART_COMPILE_CACHE === '0') {
+    status = { on: false, why: 'SMART_COMPILE_CACHE=0' };
+    return;
+  }
   const M = Module as unknown as CjsModuleClass;
   const dir = compileCacheDir(env);
   if (typeof M.enableCompileCache === 'function') {
     try {
-      M.enableCompileCache(dir);
-    } catch {
+      const r = M.enableCompileCache(dir) as { status?: number; message?: string; directory?: string } | undefined;
+      const codes = (Module as unknown as { constants?: { compileCacheStatus?: { FAILED?: number; DISABLED?: number } } }).constants?.compileCacheStatus;
+      if (r?.status !== undefined && r.status === codes?.FAILED) status = { on: false, why: `Node could not turn its compile cache on: ${r.message ?? 'no reason given'}` };
+      else if (r?.status !== undefined && r.status === codes?.DISABLED) status = { on: false, why: "Node's compile cache is disabled (NODE_DISABLE_COMPILE_CACHE)" };
+      else status = { on: true, by: 'node', dir: r?.directory ?? dir, why: `Node ${process.versions.node} keeps compiled code itself (module.enableCompileCache)` };
+    } catch (e) {
       // A command runs the same without it.
+      status = { on: false, why: `Node could not turn its compile cache on: ${(e as Error).message}` };
     }
     return;
   }
   // Source maps asked for (--enable-source-maps): Node's own compile registers them; leave it to it.
-  if (process.sourceMapsEnabled) return;
+  if (process.sourceMapsEnabled) {
+    status = { on: false, why: 'source maps are on (--enable-source-maps), which Node registers as it compiles' };
+    return;
+  }
   const versionDir = path.join(dir, `v8-${process.versions.v8}-${process.arch}`);
+  status = {
+    on: true,
+    by: 'smartlayer',
+    dir: versionDir,
+    why: `Node ${process.versions.node} has no compile cache of its own (22.1+ has): the packages' CommonJS modules are compiled with V8's code cache here`,
+  };
   const packages = `${path.sep}node_modules${path.sep}`;
   const compile = M.prototype._compile;
   const pending: { file: string; script: vmTypes.Script }[] = [];

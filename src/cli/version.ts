@@ -2,11 +2,12 @@
  * `smart version [--verbose] [--json]`: the version alone (as `--version`), or with what this
  * machine will compress with and why: Node, the native addon (its libraries, or why it is absent
  * and the command that builds it), the gzip engine of a push, the zstd engine, the gunzip engine
- * of a pull, the cores.
+ * of a pull, the cores, malloc's pages, and where compiled code is kept.
  */
 import type { Command } from 'commander';
 import fs from 'node:fs';
 import { Output, formatBytes, guardedStdout } from './output.js';
+import { compileCacheStatus } from './compile-cache.js';
 
 /**
  * Whether glibc's malloc puts this process's heap on transparent huge pages, and why: bin/*.js
@@ -53,8 +54,9 @@ export function addVersionCommand(program: Command): void {
       const r = await enginesReport();
       const node = { version: process.versions.node, path: process.execPath };
       const malloc = mallocReport();
+      const compileCache = compileCacheStatus();
       if (flags.json) {
-        out.json({ command: 'version', version: VERSION, node, malloc, ...r });
+        out.json({ command: 'version', version: VERSION, node, malloc, compileCache, ...r });
         return;
       }
       const n = r.native;
@@ -70,6 +72,7 @@ export function addVersionCommand(program: Command): void {
         `sha256 checks (pulls): on the ${r.sha256.where}; because ${r.sha256.why}`,
         `cores for compression: ${r.cores}`,
         `malloc: ${malloc.hugePages ? 'on transparent huge pages' : 'on 4 KiB pages'}; because ${malloc.why}`,
+        `compile cache: ${compileCache.on ? `on, in ${compileCache.dir}` : 'off'}; because ${compileCache.why}`,
       ];
       guardedStdout().write(`${lines.join('\n')}\n`);
     });

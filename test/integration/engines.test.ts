@@ -29,6 +29,7 @@ type VersionDoc = {
   sha256: { where: string; why: string };
   cores: number;
   malloc: { hugePages: boolean; why: string };
+  compileCache: { on: boolean; by?: string; dir?: string; why: string };
 };
 
 const warnings = (r: RunResult) => r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
@@ -115,7 +116,14 @@ describe('smart version', () => {
     // Started by `node bin/smart.js` (as the harness does), not by the command's sh line.
     expect(doc.malloc).toEqual({ hugePages: false, why: 'GLIBC_TUNABLES is not set (Node was started without bin/smart, e.g. by `node bin/smart.js`)' });
     expect(lines[9]).toBe(`malloc: on 4 KiB pages; because ${doc.malloc.why}`);
-    expect(lines).toHaveLength(10);
+    // Where the packages' compiled code is kept (src/cli/compile-cache.ts): under the cache home.
+    const nodeKeepsIt = typeof ((await import('node:module')).default as unknown as { enableCompileCache?: unknown }).enableCompileCache === 'function';
+    expect(doc.compileCache).toMatchObject({ on: true, by: nodeKeepsIt ? 'node' : 'smartlayer' });
+    expect(doc.compileCache.dir).toMatch(nodeKeepsIt ? /\/smartlayer\/compile-cache$/ : new RegExp(`/smartlayer/compile-cache/v8-${process.versions.v8.replace(/[.]/g, '\\.')}-${process.arch}$`));
+    expect(lines[10]).toBe(`compile cache: on, in ${doc.compileCache.dir}; because ${doc.compileCache.why}`);
+    expect(lines).toHaveLength(11);
+    const off = JSON.parse((await smart(['version', '--json'], { env: { SMART_COMPILE_CACHE: '0' } })).stdout.toString()) as VersionDoc;
+    expect(off.compileCache).toEqual({ on: false, why: 'SMART_COMPILE_CACHE=0' });
   });
 
   it('run as a command (its #! line, through a symlink as npm links it): Node starts with malloc on huge pages, unless the caller set GLIBC_TUNABLES', async () => {
