@@ -24,10 +24,17 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const cacheHome = path.join(dir, 'cache-home');
   await fs.mkdir(cacheHome);
   project.provide('cacheHome', cacheHome);
+  // And for every program a test starts with its own environment built from process.env (a
+  // command run by its #! line, a child killed mid-way): the forked workers inherit it, so nothing
+  // a test runs writes into the user's own cache (metadata, the packages' compiled code).
+  const userCacheHome = process.env.XDG_CACHE_HOME;
+  process.env.XDG_CACHE_HOME = cacheHome;
   const registriesConf = path.join(dir, 'registries.conf');
   await fs.writeFile(registriesConf, '# empty: tests choose their mirrors themselves\n');
   project.provide('registriesConf', registriesConf);
   return async () => {
+    if (userCacheHome === undefined) delete process.env.XDG_CACHE_HOME;
+    else process.env.XDG_CACHE_HOME = userCacheHome;
     await fs.rm(dir, { recursive: true, force: true });
   };
 }

@@ -7,7 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, inject, it } from 'vitest';
 import { repoRoot } from '../harness/run.js';
 import { tempDir } from '../harness/tmp.js';
 
@@ -58,6 +58,10 @@ async function writePackage(root: string, value: string): Promise<string> {
 }
 
 describe('compile cache', () => {
+  it("is never the user's own in the tests: every program a test starts inherits the run's cache home", () => {
+    expect(process.env.XDG_CACHE_HOME).toBe(inject('cacheHome'));
+  });
+
   it('is written by the first run, read by the next ones, and a package changed in place is compiled afresh', async () => {
     const work = await tempDir();
     const cacheHome = path.join(work, 'cache');
