@@ -38,7 +38,9 @@ try {
   const prefix = path.join(work, 'prefix');
   sh('npm', ['install', '--global', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball], { cwd: work });
   const bin = (name) => path.join(prefix, 'bin', name);
-  for (const name of ['smart', 'smartlayer']) check(sh(bin(name), ['--version']).trim() === version, `${name} --version is not ${version}`);
+  // Every command with a cache home of its own, removed with the rest: nothing in the machine's ~/.cache.
+  const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') };
+  for (const name of ['smart', 'smartlayer']) check(sh(bin(name), ['--version'], { env }).trim() === version, `${name} --version is not ${version}`);
   if (process.env.CI === 'true') {
     // CI has the compiler and headers (scripts/setup-debian.sh): the install script must have built the addon.
     await fs.access(path.join(prefix, 'lib', 'node_modules', 'smartlayer', 'native', 'build', 'smartlayer.node')).catch(() => {
@@ -48,7 +50,6 @@ try {
 
   const fixtures = path.join(work, 'fixtures');
   await makeFixtures(fixtures);
-  const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') };
   const store = path.join(work, 'store');
   const pushed = JSON.parse(sh(bin('smart'), ['push', '-q', '--json', `docker-archive:${path.join(fixtures, 'docker-archive', 'basic.tar')}`, `file:${store}#demo/app:1`], { env }));
   const tag = await fs.readFile(path.join(store, 'docker/registry/v2/repositories/demo/app/_manifests/tags/1/current/link'), 'utf8');
