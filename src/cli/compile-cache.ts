@@ -26,9 +26,9 @@
  */
 import fs from 'node:fs';
 import Module from 'node:module';
-import os from 'node:os';
 import path from 'node:path';
 import type * as vmTypes from 'node:vm';
+import { defaultCacheDir } from './options.js';
 
 /** The parts of CommonJS's Module this relies on, as Node builds a module's `require` (v8-compile-cache relied on the same). */
 interface CjsModule {
@@ -42,13 +42,9 @@ interface CjsModuleClass {
   _resolveLookupPaths(request: string, parent: CjsModule): string[] | null;
   _extensions: unknown;
   _cache: unknown;
-  enableCompileCache?: (dir: string) => unknown;
-}
-
-/** Where the cache lives, from the environment alone (see the top). */
-export function compileCacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  const base = env.XDG_CACHE_HOME ? env.XDG_CACHE_HOME : path.join(os.homedir(), '.cache');
-  return path.join(base, 'smartlayer', 'compile-cache');
+  /** Node 22.1+. */
+  enableCompileCache?: (dir: string) => { status?: number; message?: string; directory?: string } | undefined;
+  constants?: { compileCacheStatus?: { FAILED?: number; DISABLED?: number } };
 }
 
 /** Whether this process keeps compiled code, where, and why (as `smart version --verbose` says it). */
@@ -67,18 +63,19 @@ export function compileCacheStatus(): CompileCacheStatus {
 }
 
 /** Turns the cache on for this process. Called by the command's entry before any package loads. */
-export function enableCompileCache(env: NodeJS.ProcessEnv = process.env): void {
+export function enableCompileCache(): void {
   if (status) return;
-  if (env.SMART_COMPILE_CACHE === '0') {
+  if (process.env.SMART_COMPILE_CACHE === '0') {
     status = { on: false, why: 'SMART_COMPILE_CACHE=0' };
     return;
   }
   const M = Module as unknown as CjsModuleClass;
-  const dir = compileCacheDir(env);
+  // From the environment alone (XDG_CACHE_HOME), as it starts before the arguments are read.
+  const dir = path.join(defaultCacheDir(), 'compile-cache');
   if (typeof M.enableCompileCache === 'function') {
     try {
-      const r = M.enableCompileCache(dir) as { status?: number; message?: string; directory?: string } | undefined;
-      const codes = (Module as unknown as { constants?: { compileCacheStatus?: { FAILED?: number; DISABLED?: number } } }).constants?.compileCacheStatus;
+      const r = M.enableCompileCache(dir);
+      const codes = M.constants?.compileCacheStatus;
       if (r?.status !== undefined && r.status === codes?.FAILED) status = { on: false, why: `Node could not turn its compile cache on: ${r.message ?? 'no reason given'}` };
       else if (r?.status !== undefined && r.status === codes?.DISABLED) status = { on: false, why: "Node's compile cache is disabled (NODE_DISABLE_COMPILE_CACHE)" };
       else status = { on: true, by: 'node', dir: r?.directory ?? dir, why: `Node ${process.versions.node} keeps compiled code itself (module.enableCompileCache)` };
