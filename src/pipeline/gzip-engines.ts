@@ -9,7 +9,7 @@ import zlib from 'node:zlib';
 import { SmartError } from '../errors.js';
 import { TaskGroup } from './concurrency.js';
 import { runFilter } from './filter-process.js';
-import { retainHeapForCompression, type NativeBinding } from './native.js';
+import { retainHeap, type NativeBinding } from './native.js';
 
 export type GzipEngineName = 'zlib' | 'igzip' | 'libdeflate';
 /** 'fast': igzip in this process (`--compression-level fast`), a few percent larger than the default for about three times its speed. */
@@ -238,7 +238,7 @@ function nativeMemberEngine(
     async compressBlock(block, job) {
       if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
       if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
-      retainHeapForCompression();
+      retainHeap();
       let compressed: Buffer;
       try {
         compressed = await nativeSlots.run(() => member(block, job.level));

@@ -23,7 +23,7 @@ export interface NativeBinding {
   /** One complete gzip member of `input` by ISA-L's igzip (levels 0-3), on the libuv pool. */
   igzipMember?(input: Buffer, level: number): Promise<Buffer>;
   readonly isalVersion?: string;
-  /** glibc's malloc keeps `topPad` bytes at the top of each heap (see retainHeapForCompression); false when refused. */
+  /** glibc's malloc keeps `topPad` bytes at the top of each heap (see retainHeap); false when refused. */
   heapRetain?(topPad: number): boolean;
   /** A pipe of `bytes` capacity where the kernel allows it, both ends close-on-exec (Linux): [read end, write end]. */
   makePipe?(bytes: number): [number, number];
@@ -63,27 +63,29 @@ export function nativeBinding(): NativeBinding | null {
   return binding;
 }
 
-/** What the heap keeps at its top once gzip blocks are compressed in the process (see retainHeapForCompression). */
-const COMPRESSION_HEAP_PAD = 8 * 1024 * 1024;
+/** What the heap keeps at its top once large buffers move through the process (see retainHeap). */
+const HEAP_PAD = 8 * 1024 * 1024;
 
-let heapRetained = false;
+let heapRetained: boolean | undefined;
 
 /**
- * Once, when a push starts compressing gzip blocks in the process: glibc's malloc keeps 8 MiB at
- * the top of each heap rather than giving each freed block straight back to the kernel, to fault
- * its pages in again for the next one (on the virtual machines CI runs on a fault costs
- * ~15-50 us). Measured here, interleaved: the bench image's push 1.09 -> 0.98 s, through the API
- * 1.41 -> 1.32 s, a 1 GB layer 4.77 -> 4.09 s; peak RSS +11 to +20 MB (the 1 GB push 109 -> 130
- * MB). 16 MiB was ~2% faster still for another 15 MB; pulls and zstd pushes gained nothing, so
- * they are left as they are. Only in a process that bin/smart started (GLIBC_TUNABLES as its
- * first line sets it): malloc is the whole process's, so a program that embeds the library, or
- * whoever tunes malloc themselves, keeps its own settings.
+ * Once, when a command starts moving large buffers through the process (gzip blocks compressed
+ * here, blob bodies read in 1 MiB buffers: see bulk-get.ts): glibc's malloc takes buffers up to
+ * 32 MiB from its heap, and keeps 8 MiB at the top of each heap, rather than mapping each one
+ * afresh and giving it straight back to the kernel, to fault its pages in again for the next one
+ * (on the virtual machines CI runs on a fault costs ~15-50 us). Measured here, interleaved: the
+ * bench image's push 1.09 -> 0.98 s, through the API 1.41 -> 1.32 s, a 1 GB layer 4.77 -> 4.09 s;
+ * peak RSS +11 to +20 MB (the 1 GB push 109 -> 130 MB). 16 MiB was ~2% faster still for another
+ * 15 MB. Blob bodies read in 1 MiB buffers need it as much: a pull from the registry was slower
+ * with them than with Node's 64 KiB chunks until they came from the heap (see bulk-get.ts). Only in a process that bin/smart started (GLIBC_TUNABLES as its first line sets it):
+ * malloc is the whole process's, so a program that embeds the library, or whoever tunes malloc
+ * themselves, keeps its own settings. True when the heap is kept so (the caller may then use
+ * buffers past glibc's own 128 KiB mapping threshold at no cost in faults).
  */
-export function retainHeapForCompression(env: NodeJS.ProcessEnv = process.env): void {
-  if (heapRetained) return;
-  heapRetained = true;
-  if (env.GLIBC_TUNABLES !== BIN_TUNABLES) return;
-  nativeBinding()?.heapRetain?.(COMPRESSION_HEAP_PAD);
+export function retainHeap(env: NodeJS.ProcessEnv = process.env): boolean {
+  if (heapRetained !== undefined) return heapRetained;
+  heapRetained = env.GLIBC_TUNABLES === BIN_TUNABLES && nativeBinding()?.heapRetain?.(HEAP_PAD) === true;
+  return heapRetained;
 }
 
 /** What the first line of bin/*.js sets GLIBC_TUNABLES to when the caller did not. */

@@ -32,6 +32,8 @@ export interface RequestSpec {
   /** What the request is about, for messages: `team/app`, `blob sha256:…`. */
   what: string;
   signal?: AbortSignal;
+  /** A GET of a blob's bytes (see RequestOptions.bulk). */
+  bulk?: boolean;
 }
 
 /** One registry's API over an authenticated, retried request (see client.ts). */
@@ -141,7 +143,7 @@ export abstract class RegistryApi {
       endInclusive !== undefined ? { range: `bytes=${offset}-${endInclusive}` } : offset > 0 ? { range: `bytes=${offset}-` } : {};
     for (let hops = 0; hops < 6; hops++) {
       const res = await this.request(
-        { method: 'GET', url, headers: range, scopes: [`repository:${repo}:pull`], what: `blob ${digest} of ${repo}`, ...(signal ? { signal } : {}) },
+        { method: 'GET', url, headers: range, scopes: [`repository:${repo}:pull`], what: `blob ${digest} of ${repo}`, bulk: true, ...(signal ? { signal } : {}) },
         [200, 206, 301, 302, 303, 307, 308],
       );
       if (res.statusCode < 300) return res;

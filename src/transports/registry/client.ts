@@ -233,7 +233,7 @@ export class RegistryClient extends RegistryApi {
       const auth = url.host === new URL(this.base!).host ? await this.auth.authorization(spec.scopes, signal) : undefined;
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...spec.headers, ...(auth ? { authorization: auth } : {}) };
       const send = () =>
-        this.http.send({ origin: url.origin, path: `${url.pathname}${url.search}`, method: spec.method, headers, ...(spec.body !== undefined ? { body: spec.body } : {}) }, signal);
+        this.http.send({ origin: url.origin, path: `${url.pathname}${url.search}`, method: spec.method, headers, ...(spec.body !== undefined ? { body: spec.body } : {}), ...(spec.bulk ? { bulk: true } : {}) }, signal);
       // On a remembered contact the request itself meets a wrong scheme: the ping then happens
       // after all, and the request goes again where it found the API.
       const memory = this.allowHttp && repeatable && url.origin === this.base ? this.remembered : undefined;

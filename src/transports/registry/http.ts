@@ -10,10 +10,12 @@
  * the API took 0.27 s with it, 0.22 s without. https and tls are loaded only for a registry that
  * speaks TLS, with process.getBuiltinModule rather than import(): an import of a builtin builds its
  * ES module facade, reading every export (loading both took 15.5 ms that way here, 10.5 ms this).
+ * The one exception: a blob's bytes from a plain-HTTP registry are read past it (bulk-get.ts).
  */
 import fs from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import type { Agent as HttpsAgent } from 'node:https';
+import type { Socket } from 'node:net';
 import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
@@ -36,6 +38,8 @@ export interface RequestOptions {
   headers?: Record<string, string>;
   /** A Buffer is sent with its length; a stream chunked, as it is read (back-pressure reaches it). */
   body?: Buffer | Readable;
+  /** A GET of a blob's bytes: over plain HTTP, read on a connection of its own past Node's client (see bulk-get.ts). */
+  bulk?: boolean;
 }
 
 /** An answer's body: its bytes as a stream, and `dump` to discard the rest (the connection is then reused). */
@@ -124,6 +128,8 @@ export class Http {
   private httpAgent: http.Agent | undefined;
   private httpsAgent: Promise<HttpsAgent> | undefined;
   private closed = false;
+  /** The connections of bulk GETs (bulk-get.ts), each its own. */
+  private readonly bulkSockets = new Set<Socket>();
 
   constructor(private readonly options: HttpOptions) {}
 
@@ -164,6 +170,14 @@ export class Http {
     if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
     const { body } = options;
     const stall = this.options.stallTimeoutMs;
+    if (options.bulk && url.protocol === 'http:' && options.method === 'GET' && body === undefined) {
+      const { bulkGet } = await import('./bulk-get.js');
+      const track = (socket: Socket, open: boolean) => void (open ? this.bulkSockets.add(socket) : this.bulkSockets.delete(socket));
+      const answer = await bulkGet({ url, headers: options.headers ?? {}, stallMs: stall, connectMs: Math.min(stall, 10_000), signal, track });
+      // Read by the layers above as an IncomingMessage's stream is: they use no more of it.
+      if (answer) return answer as unknown as Response;
+      if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
+    }
     const transport = url.protocol === 'http:' ? http : process.getBuiltinModule('node:https');
     return new Promise<Response>((resolve, reject) => {
       let res: IncomingMessage | undefined;
@@ -235,6 +249,7 @@ export class Http {
   /** Ends every connection at once (see RegistryClient.close). */
   async close(): Promise<void> {
     this.closed = true;
+    for (const socket of this.bulkSockets) socket.destroy();
     this.httpAgent?.destroy();
     if (this.httpsAgent) (await this.httpsAgent.catch(() => undefined))?.destroy();
   }

@@ -1,0 +1,171 @@
+/**
+ * The bulk GET of blob bodies (transports/registry/bulk-get.ts), against answers a raw server on
+ * loopback writes byte by byte: the framings the stock registry never sends (chunked, to the close,
+ * headers split across reads, a body cut short), and what a caller does to one (abort it, read it
+ * slowly). The stock registry, behind the fault-injecting proxy, drives it in the registry client's
+ * tests (resets, stalls, redirects).
+ */
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { buffer } from 'node:stream/consumers';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterEach, describe, expect, it } from 'vitest';
+import { bulkGet, parseHead } from '../../src/transports/registry/bulk-get.js';
+import { Http } from '../../src/transports/registry/http.js';
+
+/** A server that answers each connection with `answer` (given the request's text), then does as it says. */
+async function rawServer(answer: (request: string, socket: net.Socket) => void | Promise<void>): Promise<{ url: string; requests: string[]; close: () => Promise<void> }> {
+  const requests: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => undefined);
+    let text = '';
+    socket.on('data', (d) => {
+      text += d.toString('latin1');
+      if (text.includes('\r\n\r\n')) {
+        requests.push(text);
+        void answer(text, socket);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    requests,
+    close: () =>
+      new Promise((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
+  };
+}
+
+const servers: { close: () => Promise<void> }[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+
+async function serve(answer: Parameters<typeof rawServer>[0]) {
+  const s = await rawServer(answer);
+  servers.push(s);
+  return s;
+}
+
+const BLOB = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7) % 251));
+
+function get(url: string, extra: Partial<Parameters<typeof bulkGet>[0]> = {}) {
+  return bulkGet({ url: new URL('/v2/a/blobs/sha256:x', url), headers: { 'user-agent': 'test' }, stallMs: 5_000, connectMs: 5_000, signal: undefined, track: () => undefined, ...extra });
+}
+
+describe('parseHead', () => {
+  it('reads the status, the headers in lower case, and how the body ends', () => {
+    expect(parseHead('HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-A: 1\r\nx-a: 2')).toEqual({ status: 200, headers: { 'content-length': '12', 'x-a': '1, 2' }, framing: 12 });
+    expect(parseHead('HTTP/1.0 400 Bad Request')).toEqual({ status: 400, headers: {}, framing: Infinity });
+    expect(parseHead('HTTP/1.1 204 No Content')?.framing).toBe(0);
+    expect(parseHead('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked')?.framing).toBe('elsewhere');
+    expect(parseHead('HTTP/1.1 100 Continue')?.framing).toBe('elsewhere');
+  });
+
+  it('refuses what is not an answer: no status line, a header without a name, two lengths that differ', () => {
+    expect(parseHead('SSH-2.0-OpenSSH')).toBeUndefined();
+    expect(parseHead('HTTP/1.1 200 OK\r\n: x')).toBeUndefined();
+    expect(parseHead('HTTP/1.1 200 OK\r\nbad name: x')).toBeUndefined();
+    expect(parseHead('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6')).toBeUndefined();
+    expect(parseHead('HTTP/1.1 200 OK\r\nContent-Length: -1')).toBeUndefined();
+  });
+});
+
+describe('bulkGet', () => {
+  it('reads a body of Content-Length bytes whose headers and bytes come in small pieces, and sends the request it was given', async () => {
+    const s = await serve(async (_req, socket) => {
+      const head = Buffer.from(`HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: ${BLOB.length}\r\n\r\n`);
+      const all = Buffer.concat([head, BLOB]);
+      for (let i = 0; i < all.length; ) {
+        const n = i < head.length + 10 ? 7 : 65_536;
+        socket.write(all.subarray(i, i + n));
+        i += n;
+        if (i < head.length + 20) await sleep(1);
+      }
+    });
+    const res = await get(s.url, { headers: { 'user-agent': 'test', authorization: 'Bearer t0ken', range: 'bytes=0-' } });
+    expect(res?.statusCode).toBe(200);
+    expect(res?.headers['content-type']).toBe('application/octet-stream');
+    expect((await buffer(res!.body)).equals(BLOB)).toBe(true);
+    const port = new URL(s.url).port;
+    expect(s.requests[0]).toBe(`GET /v2/a/blobs/sha256:x HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\nconnection: close\r\nuser-agent: test\r\nauthorization: Bearer t0ken\r\nrange: bytes=0-\r\n\r\n`);
+  });
+
+  it('reads a body without a length to the close of the connection', async () => {
+    const s = await serve((_req, socket) => {
+      socket.end(Buffer.concat([Buffer.from('HTTP/1.0 200 OK\r\n\r\n'), BLOB]));
+    });
+    const res = await get(s.url);
+    expect((await buffer(res!.body)).equals(BLOB)).toBe(true);
+  });
+
+  it('leaves a chunked answer to the usual client (undefined), having read none of its body', async () => {
+    const s = await serve((_req, socket) => {
+      socket.end('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n');
+    });
+    expect(await get(s.url)).toBeUndefined();
+  });
+
+  it('a body cut short fails with a connection error (ECONNRESET), which the caller resumes', async () => {
+    const s = await serve((_req, socket) => {
+      socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BLOB.length}\r\n\r\n`), BLOB.subarray(0, 1000)]));
+    });
+    const res = await get(s.url);
+    await expect(buffer(res!.body)).rejects.toMatchObject({ code: 'ECONNRESET', message: expect.stringMatching(/closed the connection \d+ bytes before the end/) });
+  });
+
+  it('a connection closed before any answer, or an answer that is not HTTP, fails the request', async () => {
+    const closed = await serve((_req, socket) => void socket.destroy());
+    await expect(get(closed.url)).rejects.toMatchObject({ code: 'ECONNRESET' });
+    const garbage = await serve((_req, socket) => void socket.end('SSH-2.0-OpenSSH_9.2\r\n\r\n'));
+    await expect(get(garbage.url)).rejects.toThrow(/malformed HTTP answer/);
+  });
+
+  it('refuses a header value that would add a header of its own (a token with a line break)', async () => {
+    const s = await serve((_req, socket) => void socket.end('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'));
+    await expect(get(s.url, { headers: { authorization: 'Bearer x\r\nx-evil: 1' } })).rejects.toMatchObject({ code: 'ERR_INVALID_CHAR' });
+    expect(s.requests).toEqual([]);
+  });
+
+  it('an abort before the answer rejects with its reason; after it, the body fails with an AbortError', async () => {
+    const silent = await serve(() => undefined);
+    const early = new AbortController();
+    const pending = get(silent.url, { signal: early.signal });
+    setTimeout(() => early.abort(new Error('stop now')), 20);
+    await expect(pending).rejects.toThrow('stop now');
+
+    const slow = await serve((_req, socket) => void socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BLOB.length}\r\n\r\n`), BLOB.subarray(0, 10)])));
+    const late = new AbortController();
+    const res = await get(slow.url, { signal: late.signal });
+    setTimeout(() => late.abort(new Error('stop now')), 20);
+    await expect(buffer(res!.body)).rejects.toMatchObject({ name: 'AbortError' });
+  });
+
+  it('a registry that falls silent mid-body is a stall; a reader that takes nothing for a while is not', async () => {
+    const silent = await serve((_req, socket) => void socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BLOB.length}\r\n\r\n`), BLOB.subarray(0, 10)])));
+    const res = await get(silent.url, { stallMs: 100 });
+    await expect(buffer(res!.body)).rejects.toMatchObject({ code: 'SMART_HTTP_STALL' });
+
+    const big = Buffer.alloc(16 << 20, 1);
+    const steady = await serve((_req, socket) => void socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n`), big])));
+    const paused = await get(steady.url, { stallMs: 100 });
+    await sleep(400); // the socket is paused by then: the reader has not asked
+    expect((await buffer(paused!.body)).length).toBe(big.length);
+  });
+
+  it('Http.close ends a bulk read under way', async () => {
+    const s = await serve((_req, socket) => void socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BLOB.length}\r\n\r\n`), BLOB.subarray(0, 10)])));
+    const http = new Http({ host: new URL(s.url).host, insecure: false, stallTimeoutMs: 5_000 });
+    const res = await http.send({ origin: s.url, path: '/v2/a/blobs/sha256:x', method: 'GET', bulk: true }, undefined);
+    const read = buffer(res.body);
+    await http.close();
+    await expect(read).rejects.toMatchObject({ code: 'ECONNRESET' });
+  });
+});
