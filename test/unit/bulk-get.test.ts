@@ -5,13 +5,18 @@
  * slowly). The stock registry, behind the fault-injecting proxy, drives it in the registry client's
  * tests (resets, stalls, redirects).
  */
+import fs from 'node:fs/promises';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
 import { buffer } from 'node:stream/consumers';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 import { bulkGet, parseHead } from '../../src/transports/registry/bulk-get.js';
 import { Http } from '../../src/transports/registry/http.js';
+import { makeTestCA } from '../harness/tls.js';
 
 /** A server that answers each connection with `answer` (given the request's text), then does as it says. */
 async function rawServer(answer: (request: string, socket: net.Socket) => void | Promise<void>): Promise<{ url: string; requests: string[]; close: () => Promise<void> }> {
@@ -146,6 +151,14 @@ describe('bulkGet', () => {
     const res = await get(slow.url, { signal: late.signal });
     setTimeout(() => late.abort(new Error('stop now')), 20);
     await expect(buffer(res!.body)).rejects.toMatchObject({ name: 'AbortError' });
+
+    // A body nobody reads any more (its reader detached on the same abort) is closed without an
+    // 'error' nobody listens for, which would end the process, as Node's own answers are.
+    const unread = new AbortController();
+    const left = await get(slow.url, { signal: unread.signal });
+    unread.abort(new Error('stop now'));
+    await sleep(20);
+    expect(left!.body.destroyed).toBe(true);
   });
 
   it('a registry that falls silent mid-body is a stall; a reader that takes nothing for a while is not', async () => {
@@ -167,5 +180,27 @@ describe('bulkGet', () => {
     const read = buffer(res.body);
     await http.close();
     await expect(read).rejects.toMatchObject({ code: 'ECONNRESET' });
+  });
+
+  it('over TLS: trusts what it is told to, reads the cleartext into its buffers, refuses an unknown CA', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'bulk-tls-'));
+    try {
+      const ca = await makeTestCA(dir);
+      const server = tls.createServer({ key: await fs.readFile(ca.keyFile), cert: await fs.readFile(ca.certFile), ALPNProtocols: ['http/1.1'] }, (socket) => {
+        socket.on('error', () => undefined);
+        socket.once('data', () => socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BLOB.length}\r\n\r\n`), BLOB])));
+      });
+      server.on('tlsClientError', () => undefined);
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      servers.push({ close: () => new Promise((r) => server.close(() => r())) });
+      const url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+      const trusted = await get(url, { tls: { secureContext: tls.createSecureContext({ ca: ca.caPem }) } });
+      expect((await buffer(trusted!.body)).equals(BLOB)).toBe(true);
+      const insecure = await get(url, { tls: { rejectUnauthorized: false } });
+      expect((await buffer(insecure!.body)).equals(BLOB)).toBe(true);
+      await expect(get(url, { tls: {} })).rejects.toMatchObject({ code: expect.stringMatching(/VERIFY|CERT|SIGNED|ISSUER/) });
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });

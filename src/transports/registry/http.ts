@@ -10,7 +10,7 @@
  * the API took 0.27 s with it, 0.22 s without. https and tls are loaded only for a registry that
  * speaks TLS, with process.getBuiltinModule rather than import(): an import of a builtin builds its
  * ES module facade, reading every export (loading both took 15.5 ms that way here, 10.5 ms this).
- * The one exception: a blob's bytes from a plain-HTTP registry are read past it (bulk-get.ts).
+ * The one exception: a blob's bytes are read past it (bulk-get.ts).
  */
 import fs from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
@@ -20,6 +20,7 @@ import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
+import type { TlsTrust } from './bulk-get.js';
 import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
@@ -38,7 +39,7 @@ export interface RequestOptions {
   headers?: Record<string, string>;
   /** A Buffer is sent with its length; a stream chunked, as it is read (back-pressure reaches it). */
   body?: Buffer | Readable;
-  /** A GET of a blob's bytes: over plain HTTP, read on a connection of its own past Node's client (see bulk-get.ts). */
+  /** A GET of a blob's bytes: read on a connection of its own past Node's client (see bulk-get.ts). */
   bulk?: boolean;
 }
 
@@ -127,6 +128,7 @@ function dumpBody(res: IncomingMessage): Promise<void> {
 export class Http {
   private httpAgent: http.Agent | undefined;
   private httpsAgent: Promise<HttpsAgent> | undefined;
+  private trust: Promise<TlsTrust> | undefined;
   private closed = false;
   /** The connections of bulk GETs (bulk-get.ts), each its own. */
   private readonly bulkSockets = new Set<Socket>();
@@ -137,23 +139,29 @@ export class Http {
     if (protocol === 'http:') return (this.httpAgent ??= new http.Agent({ keepAlive: true, maxSockets: CONNECTIONS }));
     // https (and tls) only when a registry speaks it.
     this.httpsAgent ??= (async () => {
+      const https = process.getBuiltinModule('node:https');
+      return new https.Agent({ keepAlive: true, maxSockets: CONNECTIONS, ...(await this.tlsTrust()) });
+    })();
+    return this.httpsAgent;
+  }
+
+  /** What a TLS connection here trusts: the extra CA certificates of the registry's directories; nothing checked when insecure. */
+  private tlsTrust(): Promise<TlsTrust> {
+    this.trust ??= (async () => {
       const extra: string[] = [];
       const dirs = [...(this.options.certDirs ?? []), ...defaultCertDirs(this.options.host)];
       for (const dir of dirs) {
         const names = await fs.readdir(dir).catch(() => [] as string[]);
         for (const n of names.filter((x) => x.endsWith('.crt'))) extra.push(await fs.readFile(path.join(dir, n), 'utf8'));
       }
-      const https = process.getBuiltinModule('node:https');
       const tls = process.getBuiltinModule('node:tls');
       trustDeferredCaCerts(tls);
-      return new https.Agent({
-        keepAlive: true,
-        maxSockets: CONNECTIONS,
+      return {
         ...(extra.length ? { secureContext: contextTrusting(tls, extra) } : {}),
         ...(this.options.insecure ? { rejectUnauthorized: false } : {}),
-      });
+      };
     })();
-    return this.httpsAgent;
+    return this.trust;
   }
 
   /**
@@ -170,10 +178,11 @@ export class Http {
     if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
     const { body } = options;
     const stall = this.options.stallTimeoutMs;
-    if (options.bulk && url.protocol === 'http:' && options.method === 'GET' && body === undefined) {
+    if (options.bulk && options.method === 'GET' && body === undefined) {
       const { bulkGet } = await import('./bulk-get.js');
       const track = (socket: Socket, open: boolean) => void (open ? this.bulkSockets.add(socket) : this.bulkSockets.delete(socket));
-      const answer = await bulkGet({ url, headers: options.headers ?? {}, stallMs: stall, connectMs: Math.min(stall, 10_000), signal, track });
+      const tls = url.protocol === 'https:' ? await this.tlsTrust() : undefined;
+      const answer = await bulkGet({ url, headers: options.headers ?? {}, stallMs: stall, connectMs: Math.min(stall, 10_000), signal, track, ...(tls ? { tls } : {}) });
       // Read by the layers above as an IncomingMessage's stream is: they use no more of it.
       if (answer) return answer as unknown as Response;
       if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
