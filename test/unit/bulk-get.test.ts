@@ -14,24 +14,30 @@ import tls from 'node:tls';
 import { buffer } from 'node:stream/consumers';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, describe, expect, it } from 'vitest';
-import { bulkGet, parseHead } from '../../src/transports/registry/bulk-get.js';
+import { BulkPool, bulkGet, parseHead } from '../../src/transports/registry/bulk-get.js';
 import { Http } from '../../src/transports/registry/http.js';
 import { makeTestCA } from '../harness/tls.js';
 
-/** A server that answers each connection with `answer` (given the request's text), then does as it says. */
-async function rawServer(answer: (request: string, socket: net.Socket) => void | Promise<void>): Promise<{ url: string; requests: string[]; close: () => Promise<void> }> {
+/** A server that answers each request with `answer` (given its text and the connection), which writes what it likes. */
+async function rawServer(
+  answer: (request: string, socket: net.Socket) => void | Promise<void>,
+): Promise<{ url: string; requests: string[]; connections: () => number; close: () => Promise<void> }> {
   const requests: string[] = [];
   const sockets = new Set<net.Socket>();
+  let connections = 0;
   const server = net.createServer((socket) => {
+    connections++;
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => undefined);
     let text = '';
     socket.on('data', (d) => {
       text += d.toString('latin1');
-      if (text.includes('\r\n\r\n')) {
-        requests.push(text);
-        void answer(text, socket);
+      for (let end = text.indexOf('\r\n\r\n'); end >= 0; end = text.indexOf('\r\n\r\n')) {
+        const request = text.slice(0, end + 4);
+        text = text.slice(end + 4);
+        requests.push(request);
+        void answer(request, socket);
       }
     });
   });
@@ -40,6 +46,7 @@ async function rawServer(answer: (request: string, socket: net.Socket) => void |
   return {
     url: `http://127.0.0.1:${port}`,
     requests,
+    connections: () => connections,
     close: () =>
       new Promise((r) => {
         for (const s of sockets) s.destroy();
@@ -61,14 +68,23 @@ async function serve(answer: Parameters<typeof rawServer>[0]) {
 
 const BLOB = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7) % 251));
 
+const pools: BulkPool[] = [];
+afterEach(() => {
+  for (const p of pools.splice(0)) p.close();
+});
+
 function get(url: string, extra: Partial<Parameters<typeof bulkGet>[0]> = {}) {
-  return bulkGet({ url: new URL('/v2/a/blobs/sha256:x', url), headers: { 'user-agent': 'test' }, stallMs: 5_000, connectMs: 5_000, signal: undefined, track: () => undefined, ...extra });
+  const pool = new BulkPool();
+  pools.push(pool);
+  return bulkGet({ url: new URL('/v2/a/blobs/sha256:x', url), headers: { 'user-agent': 'test' }, stallMs: 5_000, connectMs: 5_000, signal: undefined, pool, ...extra });
 }
 
 describe('parseHead', () => {
-  it('reads the status, the headers in lower case, and how the body ends', () => {
-    expect(parseHead('HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-A: 1\r\nx-a: 2')).toEqual({ status: 200, headers: { 'content-length': '12', 'x-a': '1, 2' }, framing: 12 });
-    expect(parseHead('HTTP/1.0 400 Bad Request')).toEqual({ status: 400, headers: {}, framing: Infinity });
+  it('reads the status, the headers in lower case, how the body ends, and whether the connection stays', () => {
+    expect(parseHead('HTTP/1.1 200 OK\r\nContent-Length: 12\r\nX-A: 1\r\nx-a: 2')).toEqual({ status: 200, headers: { 'content-length': '12', 'x-a': '1, 2' }, framing: 12, keepAlive: true });
+    expect(parseHead('HTTP/1.0 400 Bad Request')).toEqual({ status: 400, headers: {}, framing: Infinity, keepAlive: false });
+    expect(parseHead('HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: Close')?.keepAlive).toBe(false);
+    expect(parseHead('HTTP/1.0 200 OK\r\nContent-Length: 12')?.keepAlive).toBe(false);
     expect(parseHead('HTTP/1.1 204 No Content')?.framing).toBe(0);
     expect(parseHead('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked')?.framing).toBe('elsewhere');
     expect(parseHead('HTTP/1.1 100 Continue')?.framing).toBe('elsewhere');
@@ -100,7 +116,7 @@ describe('bulkGet', () => {
     expect(res?.headers['content-type']).toBe('application/octet-stream');
     expect((await buffer(res!.body)).equals(BLOB)).toBe(true);
     const port = new URL(s.url).port;
-    expect(s.requests[0]).toBe(`GET /v2/a/blobs/sha256:x HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\nconnection: close\r\nuser-agent: test\r\nauthorization: Bearer t0ken\r\nrange: bytes=0-\r\n\r\n`);
+    expect(s.requests[0]).toBe(`GET /v2/a/blobs/sha256:x HTTP/1.1\r\nhost: 127.0.0.1:${port}\r\nuser-agent: test\r\nauthorization: Bearer t0ken\r\nrange: bytes=0-\r\n\r\n`);
   });
 
   it('reads a body without a length to the close of the connection', async () => {
@@ -202,5 +218,59 @@ describe('bulkGet', () => {
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it('keeps a connection whose answer had a length for the next GET to the same place, the body destroyed after its end or not', async () => {
+    const answer = Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${BLOB.length}\r\n\r\n`), BLOB]);
+    const s = await serve((_req, socket) => void socket.write(answer));
+    const pool = new BulkPool();
+    pools.push(pool);
+    const again = () => get(s.url, { pool });
+    for (let i = 0; i < 3; i++) {
+      const res = await again();
+      expect((await buffer(res!.body)).equals(BLOB)).toBe(true);
+      res!.body.destroy(); // as the registry client's reader does after every answer
+    }
+    expect(s.connections()).toBe(1);
+    expect(s.requests).toHaveLength(3);
+  });
+
+  it('does not keep one the server closes (Connection: close, HTTP/1.0, a body to the close)', async () => {
+    for (const head of ['HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nabc', 'HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc', 'HTTP/1.1 200 OK\r\n\r\nabc']) {
+      const s = await serve((_req, socket) => void (head.includes('Length') ? socket.write(head) : socket.end(head)));
+      const pool = new BulkPool();
+      pools.push(pool);
+      for (let i = 0; i < 2; i++) expect((await buffer((await get(s.url, { pool }))!.body)).toString()).toBe('abc');
+      expect(s.connections()).toBe(2);
+    }
+  });
+
+  it('a kept connection the server has closed meanwhile: the GET goes on a new one, unseen', async () => {
+    // Closed while idle: seen at once, the connection is not offered again.
+    const idle = await serve((_req, socket) => {
+      socket.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc');
+      setTimeout(() => socket.destroy(), 30);
+    });
+    const pool = new BulkPool();
+    pools.push(pool);
+    expect((await buffer((await get(idle.url, { pool }))!.body)).toString()).toBe('abc');
+    await sleep(60);
+    expect((await buffer((await get(idle.url, { pool }))!.body)).toString()).toBe('abc');
+    expect(idle.connections()).toBe(2);
+
+    // Closed as the next request arrives (its keep-alive ran out on the way): that request is asked again on a new connection.
+    const served = new WeakMap<net.Socket, number>();
+    const racing = await serve((_req, socket) => {
+      const n = (served.get(socket) ?? 0) + 1;
+      served.set(socket, n);
+      if (n === 1) socket.write('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc');
+      else socket.destroy();
+    });
+    const pool2 = new BulkPool();
+    pools.push(pool2);
+    expect((await buffer((await get(racing.url, { pool: pool2 }))!.body)).toString()).toBe('abc');
+    expect((await buffer((await get(racing.url, { pool: pool2 }))!.body)).toString()).toBe('abc');
+    expect(racing.connections()).toBe(2);
+    expect(racing.requests).toHaveLength(3);
   });
 });

@@ -15,12 +15,11 @@
 import fs from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import type { Agent as HttpsAgent } from 'node:https';
-import type { Socket } from 'node:net';
 import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
-import type { TlsTrust } from './bulk-get.js';
+import type { BulkPool, TlsTrust } from './bulk-get.js';
 import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
@@ -130,8 +129,8 @@ export class Http {
   private httpsAgent: Promise<HttpsAgent> | undefined;
   private trust: Promise<TlsTrust> | undefined;
   private closed = false;
-  /** The connections of bulk GETs (bulk-get.ts), each its own. */
-  private readonly bulkSockets = new Set<Socket>();
+  /** The connections of bulk GETs (bulk-get.ts). */
+  private bulk: BulkPool | undefined;
 
   constructor(private readonly options: HttpOptions) {}
 
@@ -179,10 +178,10 @@ export class Http {
     const { body } = options;
     const stall = this.options.stallTimeoutMs;
     if (options.bulk && options.method === 'GET' && body === undefined) {
-      const { bulkGet } = await import('./bulk-get.js');
-      const track = (socket: Socket, open: boolean) => void (open ? this.bulkSockets.add(socket) : this.bulkSockets.delete(socket));
+      const { BulkPool, bulkGet } = await import('./bulk-get.js');
       const tls = url.protocol === 'https:' ? await this.tlsTrust() : undefined;
-      const answer = await bulkGet({ url, headers: options.headers ?? {}, stallMs: stall, connectMs: Math.min(stall, 10_000), signal, track, ...(tls ? { tls } : {}) });
+      this.bulk ??= new BulkPool();
+      const answer = await bulkGet({ url, headers: options.headers ?? {}, stallMs: stall, connectMs: Math.min(stall, 10_000), signal, pool: this.bulk, ...(tls ? { tls } : {}) });
       // Read by the layers above as an IncomingMessage's stream is: they use no more of it.
       if (answer) return answer as unknown as Response;
       if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
@@ -258,7 +257,7 @@ export class Http {
   /** Ends every connection at once (see RegistryClient.close). */
   async close(): Promise<void> {
     this.closed = true;
-    for (const socket of this.bulkSockets) socket.destroy();
+    this.bulk?.close();
     this.httpAgent?.destroy();
     if (this.httpsAgent) (await this.httpsAgent.catch(() => undefined))?.destroy();
   }
