@@ -77,10 +77,11 @@ let heapRetained: boolean | undefined;
  * bench image's push 1.09 -> 0.98 s, through the API 1.41 -> 1.32 s, a 1 GB layer 4.77 -> 4.09 s;
  * peak RSS +11 to +20 MB (the 1 GB push 109 -> 130 MB). 16 MiB was ~2% faster still for another
  * 15 MB. Blob bodies read in 1 MiB buffers need it as much: a pull from the registry was slower
- * with them than with Node's 64 KiB chunks until they came from the heap (see bulk-get.ts). Only in a process that bin/smart started (GLIBC_TUNABLES as its first line sets it):
- * malloc is the whole process's, so a program that embeds the library, or whoever tunes malloc
- * themselves, keeps its own settings. True when the heap is kept so (the caller may then use
- * buffers past glibc's own 128 KiB mapping threshold at no cost in faults).
+ * with them than with Node's 64 KiB chunks until they came from the heap (see bulk-get.ts). Only
+ * in a process that bin/smart started (GLIBC_TUNABLES as its first line sets it): malloc is the
+ * whole process's, so a program that embeds the library, or whoever tunes malloc themselves,
+ * keeps its own settings. True when the heap is kept so (the caller may then use buffers past
+ * glibc's own 128 KiB mapping threshold at no cost in faults).
  */
 export function retainHeap(env: NodeJS.ProcessEnv = process.env): boolean {
   if (heapRetained !== undefined) return heapRetained;

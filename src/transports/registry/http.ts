@@ -19,8 +19,8 @@ import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
-import type { BulkPool, TlsTrust } from './bulk-get.js';
 import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
+import type { BulkPool, TlsTrust } from './bulk-get.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
 
@@ -38,7 +38,7 @@ export interface RequestOptions {
   headers?: Record<string, string>;
   /** A Buffer is sent with its length; a stream chunked, as it is read (back-pressure reaches it). */
   body?: Buffer | Readable;
-  /** A GET of a blob's bytes: read on a connection of its own past Node's client (see bulk-get.ts). */
+  /** A GET of a blob's bytes: read past Node's client, on connections of its own (see bulk-get.ts). */
   bulk?: boolean;
 }
 
