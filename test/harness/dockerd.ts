@@ -4,7 +4,9 @@
  * networking set-up (no bridge, no iptables: builds run with `--network none`), the vfs storage
  * driver; the client is `/usr/bin/docker` (PATH may hold another `docker` first). The test stops
  * it: SIGTERM to the daemon, which takes its containerd with it, both waited for, then the
- * directory is removed.
+ * directory is removed. Their TMPDIR is in that directory too: a containerd slow to stop is sent
+ * SIGUSR1 by dockerd before it is killed, and writes its goroutine stacks there (a loaded CI run
+ * left a containerd.PID.stacks.log in the run's temp directory).
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -88,7 +90,9 @@ export async function startDockerd(options: { insecureRegistries?: string[] } = 
     `smart-test-plugins-${path.basename(dir)}`,
     ...(options.insecureRegistries ?? []).flatMap((r) => ['--insecure-registry', r]),
   ];
-  const child = spawn(DOCKERD, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DOCKER_CONFIG: path.join(dir, 'client') } });
+  const tmp = path.join(dir, 'tmp');
+  await fs.mkdir(tmp);
+  const child = spawn(DOCKERD, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, DOCKER_CONFIG: path.join(dir, 'client'), TMPDIR: tmp } });
   const exited = ownChild(child);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => {
