@@ -26,7 +26,7 @@ import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import type { ConnectionOptions, SecureContext } from 'node:tls';
 import { retainHeap } from '../../pipeline/native.js';
-import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
+import { abortError, abortReason, closedError, codedError, connectTimeoutError, stallError } from './connection-errors.js';
 
 /** Reads go into the free end of a buffer this large, passed on when full: where malloc keeps its heap (retainHeap), */
 const LARGE_BUFFER = 1 << 20;
@@ -62,10 +62,6 @@ export interface BulkGetOptions {
   pool: BulkPool;
   /** For an https URL: what the connection trusts (Http's, as its agent's). */
   tls?: TlsTrust;
-}
-
-function codedError(message: string, code: string): Error {
-  return Object.assign(new Error(message), { code });
 }
 
 /**
@@ -114,7 +110,7 @@ export class BulkPool {
   }
 
   connect(url: URL, options: Pick<BulkGetOptions, 'connectMs' | 'tls'>): BulkConnection {
-    if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
+    if (this.closed) throw closedError();
     const c = new BulkConnection(url, options, this);
     this.all.add(c);
     return c;
@@ -206,7 +202,7 @@ class BulkConnection {
             ...({ onread } as ConnectionOptions),
           })
         : net.connect({ host, port: Number(url.port || 80), onread });
-    this.connectTimer = setTimeout(() => this.fail(codedError('connect timed out', HTTP_CONNECT_TIMEOUT)), options.connectMs);
+    this.connectTimer = setTimeout(() => this.fail(connectTimeoutError()), options.connectMs);
     this.socket.once(url.protocol === 'https:' ? 'secureConnect' : 'connect', () => {
       clearTimeout(this.connectTimer);
       this.connected = true;
@@ -237,8 +233,8 @@ class BulkConnection {
         signal,
         stallMs: options.stallMs,
         onAbort: () => {
-          if (!x.settled) this.fail(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'));
-          else this.fail(Object.assign(new Error('the operation was aborted', { cause: signal!.reason }), { name: 'AbortError', code: 'ABORT_ERR' }));
+          if (!x.settled) this.fail(abortReason(signal!));
+          else this.fail(abortError(signal!));
         },
       };
       this.current = x;
@@ -352,7 +348,7 @@ class BulkConnection {
     const x = this.current;
     if (!x) return this.end();
     if (x.body && (x.body.readableLength > 0 || x.body.paused)) this.socket.setTimeout(x.stallMs);
-    else this.fail(codedError(`no data for ${Math.round(x.stallMs / 1000)} s`, HTTP_STALL));
+    else this.fail(stallError(x.stallMs));
   }
 
   /**

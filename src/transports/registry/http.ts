@@ -19,8 +19,8 @@ import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
-import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
 import type { BulkPool, TlsTrust } from './bulk-get.js';
+import { abortError, abortReason, closedError, connectTimeoutError, stallError } from './connection-errors.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
 
@@ -85,15 +85,6 @@ export interface HttpOptions {
   certDirs?: string[];
   /** No byte either way for this long while the registry has something to do (see send): the request fails with HTTP_STALL. */
   stallTimeoutMs: number;
-}
-
-function codedError(message: string, code: string): Error {
-  return Object.assign(new Error(message), { code });
-}
-
-/** The error a body read while the request is aborted fails with (an AbortError, as fetch's). */
-function abortError(signal: AbortSignal): Error {
-  return Object.assign(new Error('the operation was aborted', { cause: signal.reason }), { name: 'AbortError', code: 'ABORT_ERR' });
 }
 
 /**
@@ -174,7 +165,7 @@ export class Http {
     const url = new URL(options.path, options.origin);
     const agent = await this.agentFor(url.protocol);
     signal?.throwIfAborted();
-    if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
+    if (this.closed) throw closedError();
     const { body } = options;
     const stall = this.options.stallTimeoutMs;
     if (options.bulk && options.method === 'GET' && body === undefined) {
@@ -184,7 +175,7 @@ export class Http {
       const answer = await bulkGet({ url, headers: options.headers ?? {}, stallMs: stall, connectMs: Math.min(stall, 10_000), signal, pool: this.bulk, ...(tls ? { tls } : {}) });
       // Read by the layers above as an IncomingMessage's stream is: they use no more of it.
       if (answer) return answer as unknown as Response;
-      if (this.closed) throw codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
+      if (this.closed) throw closedError();
     }
     const transport = url.protocol === 'http:' ? http : process.getBuiltinModule('node:https');
     return new Promise<Response>((resolve, reject) => {
@@ -203,7 +194,7 @@ export class Http {
         req.destroy(e);
       };
       const onAbort = () => {
-        fail(signal!.reason instanceof Error ? signal!.reason : new Error('aborted'));
+        fail(abortReason(signal!));
         stop(abortError(signal!));
       };
       signal?.addEventListener('abort', onAbort, { once: true });
@@ -217,7 +208,7 @@ export class Http {
       });
       req.on('socket', (socket) => {
         if (socket.connecting) {
-          const timer = setTimeout(() => stop(codedError('connect timed out', HTTP_CONNECT_TIMEOUT)), Math.min(stall, 10_000));
+          const timer = setTimeout(() => stop(connectTimeoutError()), Math.min(stall, 10_000));
           socket.once('connect', () => clearTimeout(timer));
           socket.once('close', () => clearTimeout(timer));
         }
@@ -228,7 +219,7 @@ export class Http {
           const sending = !req.writableFinished;
           const ours = sending ? req.writableLength === 0 && socket.writableLength === 0 : res !== undefined && !res.readableEnded && res.readableLength > 0;
           if (ours) socket.setTimeout(stall);
-          else stop(codedError(`no data for ${Math.round(stall / 1000)} s`, HTTP_STALL));
+          else stop(stallError(stall));
         };
         socket.setTimeout(stall);
         socket.on('timeout', onIdle);

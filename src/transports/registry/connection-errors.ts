@@ -1,0 +1,34 @@
+/**
+ * The errors a registry connection fails with, the same whichever client read it (Node's, in
+ * http.ts, or the bulk reader of blob bodies, bulk-get.ts): coded as Node codes its own, so that
+ * errors.ts and transient.ts tell what is transient and what to say by the code alone.
+ */
+import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
+
+export function codedError(message: string, code: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/** What a request aborted before its answer fails with: the abort's reason. */
+export function abortReason(signal: AbortSignal): Error {
+  return signal.reason instanceof Error ? signal.reason : new Error('aborted');
+}
+
+/** The error a body read while the request is aborted fails with (an AbortError, as fetch's). */
+export function abortError(signal: AbortSignal): Error {
+  return Object.assign(new Error('the operation was aborted', { cause: signal.reason }), { name: 'AbortError', code: 'ABORT_ERR' });
+}
+
+export function connectTimeoutError(): Error {
+  return codedError('connect timed out', HTTP_CONNECT_TIMEOUT);
+}
+
+/** No byte for `ms` while the registry had something to send. */
+export function stallError(ms: number): Error {
+  return codedError(`no data for ${Math.round(ms / 1000)} s`, HTTP_STALL);
+}
+
+/** A request after Http.close. */
+export function closedError(): Error {
+  return codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');
+}
