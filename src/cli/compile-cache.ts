@@ -23,6 +23,11 @@
  * Where: `$XDG_CACHE_HOME/smartlayer/compile-cache` (default `~/.cache/smartlayer/...`), from the
  * environment alone, since it starts before the arguments are read. SMART_COMPILE_CACHE=0 turns it
  * off. Nothing here fails a command: a cache that cannot be read or written is no cache.
+ *
+ * It does not grow without end (pruneStale): every upgrade of a package, of smartlayer or of Node
+ * leaves entries that no run reads again, so what has not been written for STALE_MS goes, unless
+ * the run that prunes has just used it. A command whose entries went compiles as a first run does,
+ * once.
  */
 import fs from 'node:fs';
 import Module from 'node:module';
@@ -58,6 +63,11 @@ export interface CompileCacheStatus {
 
 let status: CompileCacheStatus | undefined;
 
+/** Entries, and the caches of other Node or V8 versions, not written for this long are removed. */
+const STALE_MS = 30 * 24 * 3600 * 1000;
+/** A temporary file this old was left by a run killed while it wrote the cache. */
+const ABANDONED_MS = 3600 * 1000;
+
 export function compileCacheStatus(): CompileCacheStatus {
   return status ?? { on: false, why: 'not turned on in this process (only the command does)' };
 }
@@ -78,7 +88,12 @@ export function enableCompileCache(): void {
       const codes = M.constants?.compileCacheStatus;
       if (r?.status !== undefined && r.status === codes?.FAILED) status = { on: false, why: `Node could not turn its compile cache on: ${r.message ?? 'no reason given'}` };
       else if (r?.status !== undefined && r.status === codes?.DISABLED) status = { on: false, why: "Node's compile cache is disabled (NODE_DISABLE_COMPILE_CACHE)" };
-      else status = { on: true, by: 'node', dir: r?.directory ?? dir, why: `Node ${process.versions.node} keeps compiled code itself (module.enableCompileCache)` };
+      else {
+        status = { on: true, by: 'node', dir: r?.directory ?? dir, why: `Node ${process.versions.node} keeps compiled code itself (module.enableCompileCache)` };
+        // Node keeps one directory per version of itself, and removes none: the others are ours to clear.
+        const current = r?.directory;
+        if (current) process.once('exit', () => pruneStale(dir, current, new Set(), Date.now()));
+      }
     } catch (e) {
       // A command runs the same without it.
       status = { on: false, why: `Node could not turn its compile cache on: ${(e as Error).message}` };
@@ -100,6 +115,8 @@ export function enableCompileCache(): void {
   const packages = `${path.sep}node_modules${path.sep}`;
   const compile = M.prototype._compile;
   const pending: { file: string; script: vmTypes.Script }[] = [];
+  /** The entries this run read: kept by a prune, however old. */
+  const used = new Set<string>();
 
   M.prototype._compile = function (this: CjsModule, content: string, filename: string, format?: string): unknown {
     if ((format !== undefined && format !== 'commonjs') || !filename.includes(packages)) return compile.call(this, content, filename, format);
@@ -122,6 +139,7 @@ export function enableCompileCache(): void {
       return compile.call(this, content, filename, format);
     }
     if (!cachedData || script.cachedDataRejected) pending.push({ file, script });
+    else used.add(file);
     const wrapper = script.runInThisContext({ displayErrors: true }) as (...args: unknown[]) => unknown;
     return wrapper.call(this.exports, this.exports, makeRequire(M, this), this, filename, path.dirname(filename));
   };
@@ -149,7 +167,54 @@ export function enableCompileCache(): void {
         }
       }
     }
+    // Only a run that writes prunes: the cache grows only then, and a run that reads pays nothing.
+    for (const { file } of pending) used.add(file);
+    pruneStale(dir, versionDir, used, Date.now());
   });
+}
+
+/**
+ * Removes from `dir` what has not been written for STALE_MS: the directories beside `current`
+ * (other V8 versions, or Node's own caches of other versions of itself), and, when `current` is
+ * ours, its entries that this run did not use. Ages come from mtimes, set when an entry is written
+ * and never by a read (a read-only run stays free of writes): an entry still in use by a command
+ * this run did not run is compiled again by that command's next run, once in STALE_MS.
+ * Temporary files of a run killed while writing go after ABANDONED_MS. Never throws.
+ */
+export function pruneStale(dir: string, current: string, used: ReadonlySet<string>, now: number): void {
+  const keep = path.relative(dir, current).split(path.sep)[0];
+  const old = (p: string, age: number): boolean => {
+    try {
+      return fs.lstatSync(p).mtimeMs < now - age;
+    } catch {
+      return false; // gone already: another run pruned it
+    }
+  };
+  const remove = (p: string): void => {
+    try {
+      fs.rmSync(p, { recursive: true, force: true });
+    } catch {
+      // in use by a run that is writing it, or not ours to remove: left for the next prune
+    }
+  };
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) if (name !== keep && old(path.join(dir, name), STALE_MS)) remove(path.join(dir, name));
+  if (path.dirname(current) !== dir || !path.basename(current).startsWith('v8-')) return;
+  try {
+    names = fs.readdirSync(current);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const file = path.join(current, name);
+    if (used.has(file)) continue;
+    if (old(file, name.endsWith('.tmp') ? ABANDONED_MS : STALE_MS)) remove(file);
+  }
 }
 
 /**

@@ -67,6 +67,27 @@ describe('compile cache', () => {
   });
 });
 
+describe('compile cache under Node 22.1+', () => {
+  it("clears the caches of other versions left beside Node's own, never inside it", async () => {
+    const { pruneStale } = (await import(compileCache)) as typeof import('../../src/cli/compile-cache.js');
+    const dir = path.join(await tempDir(), 'compile-cache');
+    const day = 24 * 3600 * 1000;
+    const now = Date.now();
+    // Node's directory of this version; one of an older Node; ours from before Node kept it.
+    for (const [name, age] of [['4a1c2b3d', 40], ['9e8f7a6b', 31], ['v8-11.3.244.8-node.38-x64', 31]] as const) {
+      await fs.mkdir(path.join(dir, name), { recursive: true });
+      await fs.writeFile(path.join(dir, name, 'entry'), 'x');
+      await fs.utimes(path.join(dir, name, 'entry'), new Date(now - age * day), new Date(now - age * day));
+      await fs.utimes(path.join(dir, name), new Date(now - age * day), new Date(now - age * day));
+    }
+    pruneStale(dir, path.join(dir, '4a1c2b3d'), new Set(), now);
+    expect(await fs.readdir(dir)).toEqual(['4a1c2b3d']);
+    expect(await fs.readdir(path.join(dir, '4a1c2b3d'))).toEqual(['entry']);
+    // No directory at all: nothing to do, nothing thrown.
+    pruneStale(path.join(dir, 'none'), path.join(dir, 'none', 'x'), new Set(), now);
+  });
+});
+
 describe.skipIf(nodeKeepsIt)('compile cache of its own (Node before 22.1)', () => {
   it('is written by the first run, read by the next ones, and a package changed in place is compiled afresh', async () => {
     const work = await tempDir();
@@ -84,6 +105,48 @@ describe.skipIf(nodeKeepsIt)('compile cache of its own (Node before 22.1)', () =
     await writePackage(work, 'two');
     expect(JSON.parse(await requireWithCache(cacheHome, pkg))).toEqual({ ...want, value: 'two' });
     expect((await cacheFiles(cacheHome)).size).toBe(3);
+  });
+
+  it('a run that writes prunes what has not been written for 30 days and it did not use: old entries, other versions, abandoned temporary files', async () => {
+    const work = await tempDir();
+    const cacheHome = path.join(work, 'cache');
+    const pkg = await writePackage(work, 'one');
+    await requireWithCache(cacheHome, pkg);
+    const root = path.join(cacheHome, 'smartlayer', 'compile-cache');
+    const [version] = await fs.readdir(root);
+    const current = path.join(root, version!);
+    const entries = await fs.readdir(current);
+    expect(entries).toHaveLength(2);
+    const daysAgo = (n: number) => new Date(Date.now() - n * 24 * 3600 * 1000);
+    // Both entries old; an entry of a package since removed; a temporary file of a run killed two
+    // hours ago; the caches of two other versions, one unused for 31 days, one for 29.
+    for (const e of entries) await fs.utimes(path.join(current, e), daysAgo(31), daysAgo(31));
+    const gone = path.join(current, 'f'.repeat(64));
+    const abandoned = path.join(current, `${'e'.repeat(64)}.4242.tmp`);
+    for (const f of [gone, abandoned]) await fs.writeFile(f, 'x');
+    await fs.utimes(gone, daysAgo(31), daysAgo(31));
+    await fs.utimes(abandoned, daysAgo(2 / 24), daysAgo(2 / 24));
+    for (const [name, age] of [['v8-0.0.1-x64', 31], ['v8-0.0.2-x64', 29]] as const) {
+      await fs.mkdir(path.join(root, name));
+      await fs.writeFile(path.join(root, name, 'a'.repeat(64)), 'x');
+      await fs.utimes(path.join(root, name), daysAgo(age), daysAgo(age));
+    }
+    const before = await cacheFiles(cacheHome);
+    // A run that only reads prunes nothing.
+    await requireWithCache(cacheHome, pkg);
+    expect(await cacheFiles(cacheHome)).toEqual(before);
+    // main.js changed, part.js not: this run writes main.js's entry, reads part.js's, and prunes.
+    await writePackage(work, 'two');
+    expect(JSON.parse(await requireWithCache(cacheHome, pkg))).toMatchObject({ value: 'two', part: 'part' });
+    expect((await fs.readdir(root)).sort()).toEqual([version, 'v8-0.0.2-x64'].sort());
+    const after = await fs.readdir(current);
+    expect(after).toHaveLength(2);
+    // part.js's entry, old but read by this run, stays; main.js's old one is gone, its new one there.
+    expect(after.filter((e) => entries.includes(e))).toHaveLength(1);
+    expect(after).not.toContain(path.basename(gone));
+    expect(after).not.toContain(path.basename(abandoned));
+    // And the module still loads from what is left.
+    expect(JSON.parse(await requireWithCache(cacheHome, pkg))).toMatchObject({ value: 'two', part: 'part' });
   });
 
   it('a damaged cache file is refused and made again; a module outside node_modules is left to Node', async () => {
