@@ -42,6 +42,15 @@ function isDefault(tls: Tls, options: SecureContextOptions): boolean {
 
 let deferred: { file: string; onWarning: (message: string) => void } | undefined;
 
+/** A context of its own with the default trust (roots and the deferred file), for each node:tls that trustDeferredCaCerts changed. */
+const freshDefaults = new WeakMap<Tls, () => SecureContext>();
+
+/** The native context's addCACert, where Node has it (20-24 do): certificates added to this context alone. */
+function addCACertOf(context: SecureContext): ((pem: string) => void) | undefined {
+  const native = (context as unknown as { context?: { addCACert?: (pem: string) => void } }).context;
+  return typeof native?.addCACert === 'function' ? (pem) => native.addCACert!(pem) : undefined;
+}
+
 /**
  * Takes the file bin/*.js set aside (if it did) and puts NODE_EXTRA_CA_CERTS back into `env`, for
  * the programs this one starts (credential helpers, builders). `onWarning` hears, once, that the
@@ -71,9 +80,9 @@ export function trustDeferredCaCerts(tls: Tls): void {
   // parses the roots again. The public form stays for a Node without that method.
   const make = (options: SecureContextOptions | undefined, text: string): SecureContext => {
     const context = original(options);
-    const native = (context as unknown as { context?: { addCACert?: (pem: string) => void } }).context;
-    if (typeof native?.addCACert !== 'function') return original({ ...options, ca: [...tls.rootCertificates, text] });
-    native.addCACert(text);
+    const add = addCACertOf(context);
+    if (!add) return original({ ...options, ca: [...tls.rootCertificates, text] });
+    add(text);
     return context;
   };
   // The file's text: undefined until the first context is asked for, null if it cannot be used.
@@ -101,14 +110,24 @@ export function trustDeferredCaCerts(tls: Tls): void {
     if (options?.ca !== undefined || !load()) return original(options);
     return options && !isDefault(tls, options) ? make(options, pem!) : shared!;
   };
+  freshDefaults.set(tls, () => (load() ? make(undefined, pem!) : original()));
 }
 
 /**
- * One context trusting Node's roots and `extra` (PEM), for all the connections of a client
- * (--cert-dir, certs.d, a Redis CA): passed as `secureContext`, because a `ca` option is parsed
- * again for every new connection (~25 ms for some 150 certificates; a cold pull opens three).
- * As with an explicit `ca` in Node, NODE_EXTRA_CA_CERTS is not in it.
+ * One context trusting what Node trusts by default (its roots, and NODE_EXTRA_CA_CERTS) and
+ * `extra` (PEM), for all the connections of a client (--cert-dir, certs.d, a Redis CA), as skopeo
+ * adds a certs.d directory to the system's pool. Passed as `secureContext`, because a `ca` option
+ * is parsed again for every new connection. The certificates are added to a context of its own
+ * (addCACert: Node copies the shared root store for it first), not given as
+ * `ca: [...tls.rootCertificates, ...extra]`, which turns Node's parsed roots back into text and
+ * parses them again: 33 ms instead of 68 ms here (what is left is Node parsing its roots, once per
+ * process, as any verified connection does), paid by every command that trusts a registry's own CA.
+ * The public form stays for a Node without that method.
  */
 export function contextTrusting(tls: Tls, extra: readonly string[]): SecureContext {
-  return tls.createSecureContext({ ca: [...tls.rootCertificates, ...extra] });
+  const context = (freshDefaults.get(tls) ?? (() => tls.createSecureContext()))();
+  const add = addCACertOf(context);
+  if (!add) return tls.createSecureContext({ ca: [...tls.rootCertificates, ...extra] });
+  for (const pem of extra) add(pem);
+  return context;
 }

@@ -6,7 +6,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { DEFERRED_CA_CERTS_ENV, deferExtraCaCerts, trustDeferredCaCerts } from '../../src/tls-trust.js';
+import { DEFERRED_CA_CERTS_ENV, contextTrusting, deferExtraCaCerts, trustDeferredCaCerts } from '../../src/tls-trust.js';
 import { tempDir } from '../harness/tmp.js';
 
 interface FakeContext {
@@ -92,6 +92,29 @@ describe('tls-trust', () => {
     fake.tls.createSecureContext = (options) => ({ ...plain(options), context: {} as FakeContext['context'] });
     trustDeferredCaCerts(fake.tls as never);
     expect(fake.make(undefined).options).toEqual({ ca: ['ROOT-1', 'ROOT-2', 'EXTRA-PEM'] });
+  });
+
+  it("a registry's own CAs go into a context of their own, beside the default trust: the roots and the file, never the shared context", () => {
+    defer(file);
+    const fake = fakeTls();
+    trustDeferredCaCerts(fake.tls as never);
+    const shared = fake.make(undefined);
+    const own = contextTrusting(fake.tls as never, ['REGISTRY-CA', 'OTHER-CA']) as unknown as FakeContext;
+    expect(own).not.toBe(shared);
+    // Node's roots are the context's own (no `ca` that would parse them again), then the file, then the registry's.
+    expect(own.options).toBeUndefined();
+    expect(own.added).toEqual(['EXTRA-PEM', 'REGISTRY-CA', 'OTHER-CA']);
+    expect(shared.added).toEqual(['EXTRA-PEM']);
+    expect(fake.make(undefined)).toBe(shared);
+    // No file set aside (a program embedding the library, or none named): the roots and the registry's.
+    const plain = fakeTls();
+    const alone = contextTrusting(plain.tls as never, ['REGISTRY-CA']) as unknown as FakeContext;
+    expect([alone.options, alone.added]).toEqual([undefined, ['REGISTRY-CA']]);
+    // A Node without addCACert: all of them as `ca`.
+    const bare = fakeTls();
+    const make = bare.tls.createSecureContext;
+    bare.tls.createSecureContext = (options) => ({ ...make(options), context: {} as FakeContext['context'] });
+    expect((contextTrusting(bare.tls as never, ['REGISTRY-CA']) as unknown as FakeContext).options).toEqual({ ca: ['ROOT-1', 'ROOT-2', 'REGISTRY-CA'] });
   });
 
   it('a file that cannot be read is said once, and contexts are made as without it', () => {
