@@ -5,6 +5,7 @@
  * is still reached, over TLS, and remembered so. A TCP relay in front of the stock registry records
  * how each connection begins (a TLS handshake opens with byte 0x16).
  */
+import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -135,5 +136,21 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('the ping of a registr
     const warmSecure = await smart(['push', source, dest, '--cert-dir', certDir, '--jobs', '1'], { cacheHome });
     expect(warmSecure.code, warmSecure.stderr).toBe(0);
     expect(relay.take()).toEqual(['tls']);
+  });
+
+  it('a certificate signed by no CA trusted here: one line saying so and how to trust it, at once, nothing written', async () => {
+    const out = path.join(work, 'untrusted');
+    const host = secure.host.replace(/\./g, '\\.');
+    const r = await smart(['pull', `docker://${secure.host}/ping/basic:v1`, `oci:${out}:v1`], { cacheHome: path.join(work, 'cache-untrusted') });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trimEnd().split('\n')).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `^smart: error \\[REGISTRY\\]: cannot reach registry ${host}: (UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN) .*` +
+            `\\(the registry's certificate is not signed by a CA trusted here: put the CA's \\.crt in /etc/docker/certs\\.d/${host}/ or pass --cert-dir DIR; --insecure-registry ${host} skips the check\\)$`,
+        ),
+      ),
+    ]);
+    await expect(fs.stat(out)).rejects.toThrow();
   });
 });

@@ -131,10 +131,15 @@ export class OciLayoutDestination implements BlobDestination {
   /** prepare() found an empty directory: the layout is this run's own until it commits. */
   private fresh = false;
 
+  /**
+   * `removeMadeDirectories`: takes away the directories this run made for the layout, once
+   * emptied, when the copy fails (see abort).
+   */
   constructor(
     readonly name: string,
     private readonly driver: StorageDriver,
     private readonly tag: string | undefined,
+    private readonly removeMadeDirectories?: () => Promise<void>,
   ) {
     this.cacheScope = `oci:${driver.name}`;
   }
@@ -248,6 +253,8 @@ export class OciLayoutDestination implements BlobDestination {
     // existing one, stored blobs stay unreferenced, as with skopeo.
     if (!this.fresh || (await this.driver.stat(INDEX_FILE))) return;
     for (const child of await this.driver.list('/')) await this.driver.delete(`/${child}`);
+    // A directory the run made for it goes too: a failed pull into a new path leaves no trace there.
+    await this.removeMadeDirectories?.();
   }
 
   async close(): Promise<void> {}

@@ -121,6 +121,12 @@ function looksLikeTlsError(e: unknown): boolean {
   return code === 'EPROTO' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || /wrong version number|packet length too long|http request|certificate/i.test(msg) || /CERT|SELF_SIGNED/.test(code);
 }
 
+/** OpenSSL's verdicts on a chain that ends in no CA this process trusts (Node's error codes). */
+const UNTRUSTED_CERTIFICATE = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'CERT_UNTRUSTED',
+]);
+
 /** Which exchange a connection error happened in: the ping (over TLS, or plain HTTP), or any other. */
 export type Phase = 'ping' | 'ping-http' | 'request';
 
@@ -141,13 +147,20 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
     const s = Math.round(ctx.stallTimeoutMs / 1000);
     return new RegistryError('REGISTRY', `registry ${ctx.host} stalled: no data for ${s} s (${what})`, { ...facts, input: ctx.host, cause: e, retryable: true });
   }
-  const unreachable = phase !== 'request' || UNREACHABLE.has(code ?? '');
+  // A certificate refused ends the connection before it carried anything: never "lost", whatever the request.
+  const untrusted = UNTRUSTED_CERTIFICATE.has(code ?? '');
+  const unreachable = phase !== 'request' || UNREACHABLE.has(code ?? '') || untrusted;
   const tls = looksLikeTlsError(e) || (phase === 'ping' && code === 'ECONNRESET');
+  const hint = untrusted
+    ? `the registry's certificate is not signed by a CA trusted here: put the CA's .crt in /etc/docker/certs.d/${ctx.host}/ or pass --cert-dir DIR; --insecure-registry ${ctx.host} skips the check`
+    : ctx.allowHttp
+      ? 'check the registry TLS setup'
+      : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
   return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
     ...facts,
     input: ctx.host,
     cause: e,
     retryable: isTransient(e),
-    ...(tls ? { hint: ctx.allowHttp ? 'check the registry TLS setup' : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR' } : {}),
+    ...(tls ? { hint } : {}),
   });
 }
