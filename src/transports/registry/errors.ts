@@ -148,14 +148,19 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
     return new RegistryError('REGISTRY', `registry ${ctx.host} stalled: no data for ${s} s (${what})`, { ...facts, input: ctx.host, cause: e, retryable: true });
   }
   // A certificate refused ends the connection before it carried anything: never "lost", whatever the request.
-  const untrusted = UNTRUSTED_CERTIFICATE.has(code ?? '');
-  const unreachable = phase !== 'request' || UNREACHABLE.has(code ?? '') || untrusted;
+  const refused = /CERT|SELF_SIGNED|UNABLE_TO_/.test(code ?? '');
+  const unreachable = phase !== 'request' || UNREACHABLE.has(code ?? '') || refused;
   const tls = looksLikeTlsError(e) || (phase === 'ping' && code === 'ECONNRESET');
-  const hint = untrusted
-    ? `the registry's certificate is not signed by a CA trusted here: put the CA's .crt in /etc/docker/certs.d/${ctx.host}/ or pass --cert-dir DIR; --insecure-registry ${ctx.host} skips the check`
-    : ctx.allowHttp
-      ? 'check the registry TLS setup'
-      : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
+  const skip = `--insecure-registry ${ctx.host} skips the check`;
+  const hint = UNTRUSTED_CERTIFICATE.has(code ?? '')
+    ? `the registry's certificate is not signed by a CA trusted here: put the CA's .crt in /etc/docker/certs.d/${ctx.host}/ or pass --cert-dir DIR; ${skip}`
+    : code === 'ERR_TLS_CERT_ALTNAME_INVALID'
+      ? `the registry's certificate is not made out to ${ctx.host.replace(/:\d+$/, '')}: use a name it holds; ${skip}`
+      : code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID'
+        ? `the registry's certificate is outside its validity dates (or this machine's clock is); ${skip}`
+        : ctx.allowHttp
+          ? 'check the registry TLS setup'
+          : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
   return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
     ...facts,
     input: ctx.host,

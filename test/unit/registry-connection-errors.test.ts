@@ -1,0 +1,50 @@
+/**
+ * How a failed connection to a registry reads (connectionError): certificate failures are "cannot
+ * reach" whatever the request, each with the fix that applies to it. Errors made here with Node's
+ * codes; test/integration/registry-ping.test.ts shows the untrusted case from a real TLS registry.
+ */
+import { describe, expect, it } from 'vitest';
+import { connectionError, type ErrorContext } from '../../src/transports/registry/errors.js';
+
+const ctx: ErrorContext = { host: 'registry.example:5000', allowHttp: false, stallTimeoutMs: 30_000, secrets: () => [] };
+
+function nodeError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+const asRead = (e: Error, phase: 'request' | 'ping' = 'request') => {
+  const err = connectionError(ctx, e, { what: 'manifest team/app:1' }, phase);
+  return { message: err.message, hint: err.hint, retryable: err.retryable };
+};
+
+describe('connection errors of a registry', () => {
+  it('a certificate signed by no trusted CA: cannot reach, put the CA in certs.d or --cert-dir', () => {
+    for (const code of ['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY']) {
+      expect(asRead(nodeError(code, 'unable to verify the first certificate'))).toEqual({
+        message: `cannot reach registry registry.example:5000: ${code} unable to verify the first certificate (manifest team/app:1)`,
+        hint: "the registry's certificate is not signed by a CA trusted here: put the CA's .crt in /etc/docker/certs.d/registry.example:5000/ or pass --cert-dir DIR; --insecure-registry registry.example:5000 skips the check",
+        retryable: false,
+      });
+    }
+  });
+
+  it('a certificate for another name, or out of its dates: cannot reach, and why', () => {
+    expect(asRead(nodeError('ERR_TLS_CERT_ALTNAME_INVALID', "Hostname/IP does not match certificate's altnames"))).toMatchObject({
+      message: expect.stringMatching(/^cannot reach registry registry\.example:5000: ERR_TLS_CERT_ALTNAME_INVALID /),
+      hint: "the registry's certificate is not made out to registry.example: use a name it holds; --insecure-registry registry.example:5000 skips the check",
+      retryable: false,
+    });
+    expect(asRead(nodeError('CERT_HAS_EXPIRED', 'certificate has expired'))).toMatchObject({
+      message: expect.stringMatching(/^cannot reach registry registry\.example:5000: CERT_HAS_EXPIRED /),
+      hint: "the registry's certificate is outside its validity dates (or this machine's clock is); --insecure-registry registry.example:5000 skips the check",
+    });
+  });
+
+  it('a connection that breaks mid-request is lost, and may be tried again; no TLS hint', () => {
+    expect(asRead(nodeError('ECONNRESET', 'socket hang up'))).toEqual({
+      message: 'lost the connection to registry registry.example:5000: ECONNRESET socket hang up (manifest team/app:1)',
+      hint: undefined,
+      retryable: true,
+    });
+  });
+});
