@@ -3,7 +3,8 @@
  * is asked over plain HTTP first the next time, with no TLS attempt (what every such command paid:
  * loading TLS and a failed handshake); a registry that has since moved to TLS on the same address
  * is still reached, over TLS, and remembered so. A TCP relay in front of the stock registry records
- * how each connection begins (a TLS handshake opens with byte 0x16).
+ * how each connection begins (a TLS handshake opens with byte 0x16). And a TLS registry whose CA is
+ * not trusted here fails at once, in one line that says how to trust it.
  */
 import fs from 'node:fs/promises';
 import net from 'node:net';

@@ -12,8 +12,8 @@ function nodeError(code: string, message: string): Error {
   return Object.assign(new Error(message), { code });
 }
 
-const asRead = (e: Error, phase: 'request' | 'ping' = 'request') => {
-  const err = connectionError(ctx, e, { what: 'manifest team/app:1' }, phase);
+const asRead = (e: Error) => {
+  const err = connectionError(ctx, e, { what: 'manifest team/app:1' });
   return { message: err.message, hint: err.hint, retryable: err.retryable };
 };
 
