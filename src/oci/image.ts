@@ -218,6 +218,8 @@ export interface BlobDestination {
 export interface ImageWriter {
   readonly name: string;
   write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult>;
+  /** The copy failed (in `write` or before it): takes away what opening the writer made, such as the directories on the way to it. */
+  abandon?(): Promise<void>;
 }
 
 /** Where a copy writes: blob by blob, or a whole image at once. */

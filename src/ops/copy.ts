@@ -158,7 +158,12 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
   const run = new CopyRun(options);
   if (isImageWriter(dest)) {
     if (isStreamed(source)) throw new SmartError('USAGE', `${source.name} (a stream) can only be copied into a store; save it to a file first`, { input: source.name });
-    return writeWhole(source, dest, run);
+    try {
+      return await writeWhole(source, dest, run);
+    } catch (e) {
+      await dest.abandon?.().catch(() => undefined);
+      throw e;
+    }
   }
   try {
     if (isStreamed(source)) return await copyStream(source, dest, run);

@@ -140,18 +140,29 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('the ping of a registr
   });
 
   it('a certificate signed by no CA trusted here: one line saying so and how to trust it, at once, nothing written', async () => {
+    // Every kind of destination, in directories not there yet: none of them is left behind.
     const out = path.join(work, 'untrusted');
+    await fs.mkdir(out);
+    const destinations = [`oci:${out}/a/layout:v1`, `oci-archive:${out}/b/c/image.tar`, `docker-archive:${out}/d/image.tar`, `rootfs:${out}/e/f/root`, `bundle:${out}/g/bundle`];
     const host = secure.host.replace(/\./g, '\\.');
-    const r = await smart(['pull', `docker://${secure.host}/ping/basic:v1`, `oci:${out}:v1`], { cacheHome: path.join(work, 'cache-untrusted') });
-    expect(r.code).not.toBe(0);
-    expect(r.stderr.trimEnd().split('\n')).toEqual([
-      expect.stringMatching(
-        new RegExp(
-          `^smart: error \\[REGISTRY\\]: cannot reach registry ${host}: (UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN) .*` +
-            `\\(the registry's certificate is not signed by a CA trusted here: put the CA's \\.crt in /etc/docker/certs\\.d/${host}/ or pass --cert-dir DIR; --insecure-registry ${host} skips the check\\)$`,
+    for (const dest of destinations) {
+      const r = await smart(['pull', `docker://${secure.host}/ping/basic:v1`, dest], { cacheHome: path.join(work, 'cache-untrusted') });
+      expect(r.code, dest).not.toBe(0);
+      expect(r.stderr.trimEnd().split('\n'), dest).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^smart: error \\[REGISTRY\\]: cannot reach registry ${host}: (UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT_LOCALLY|SELF_SIGNED_CERT_IN_CHAIN) .*` +
+              `\\(the registry's certificate is not signed by a CA trusted here: put the CA's \\.crt in /etc/docker/certs\\.d/${host}/ or pass --cert-dir DIR; --insecure-registry ${host} skips the check\\)$`,
+          ),
         ),
-      ),
-    ]);
-    await expect(fs.stat(out)).rejects.toThrow();
+      ]);
+      expect(await fs.readdir(out), dest).toEqual([]);
+    }
+    // Trusted, the same pulls (of the image the test above pushed) make those directories and write there.
+    for (const dest of destinations) {
+      const r = await smart(['pull', `docker://${secure.host}/ping/basic:v1`, dest, '--cert-dir', certDir], { cacheHome: path.join(work, 'cache-untrusted') });
+      expect(r.code, `${dest}: ${r.stderr}`).toBe(0);
+    }
+    expect((await fs.readdir(out)).sort()).toEqual(['a', 'b', 'd', 'e', 'g']);
   });
 });

@@ -11,6 +11,7 @@ import type { Writable } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { digestHex } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
+import { makeDirectories } from '../../storage/made-directories.js';
 import { TarWriter, fileSink, streamSink } from '../../tar/tar-writer.js';
 
 export interface DockerArchiveTarget {
@@ -22,16 +23,25 @@ export interface DockerArchiveTarget {
 }
 
 export class DockerArchiveWriter implements ImageWriter {
+  /** Removes the directories `write` made for the file, once empty (see abandon). */
+  private unmakeParents: (() => Promise<void>) | undefined;
+
   constructor(
     readonly name: string,
     private readonly target: DockerArchiveTarget,
   ) {}
+
+  async abandon(): Promise<void> {
+    await this.unmakeParents?.();
+  }
 
   async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
     const { file, stream } = this.target;
     if (file) {
       const st = await fs.stat(file).catch(() => undefined);
       if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${file} is a directory; docker-archive: writes a tar file`, { input: file });
+      // A file in a directory not there yet: made, as for the other destinations (taken away again if the copy fails).
+      this.unmakeParents = await makeDirectories(path.dirname(file));
       const tmp = path.join(path.dirname(file), `.${path.basename(file)}.smart-${randomUUID()}.tmp`);
       const handle = await fs.open(tmp, 'w');
       try {

@@ -1,5 +1,4 @@
 /** `oci:DIR[:TAG]` and `oci-archive:FILE[:TAG]`: an OCI image layout, as a directory or in a tar. */
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import { isValidTag } from '../../oci/reference.js';
 import { invalidName, requireDirectory, splitPath, type Transport } from '../transport.js';
@@ -44,27 +43,16 @@ export const oci: Transport<OciName> = {
   async openDestination(name) {
     const { OciLayoutDestination } = await import('./layout.js');
     const { FsDriver } = await import('../../storage/fs-driver.js');
+    const { makeDirectories } = await import('../../storage/made-directories.js');
     const dir = path.resolve(name.dir);
-    // The first directory made on the way (none when it was there): taken away again if the copy fails.
-    const made = await fs.mkdir(dir, { recursive: true });
-    const dest = new OciLayoutDestination(name.raw, new FsDriver(dir), name.tag, made !== undefined ? () => removeEmptyDirectories(dir, made) : undefined);
+    // Taken away again, if this run made them, when the copy fails.
+    const unmake = await makeDirectories(dir);
+    const dest = new OciLayoutDestination(name.raw, new FsDriver(dir), name.tag, unmake);
     await dest.prepare();
     return dest;
   },
   localPaths: (name) => [{ path: name.dir, what: 'the source layout' }],
 };
-
-/** Removes `dir` and its parents up to `top`, while each is empty (one that is not ends it, quietly). */
-async function removeEmptyDirectories(dir: string, top: string): Promise<void> {
-  for (let d = dir; ; d = path.dirname(d)) {
-    try {
-      await fs.rmdir(d);
-    } catch {
-      return;
-    }
-    if (d === top || path.dirname(d) === d) return;
-  }
-}
 
 export const ociArchive: Transport<OciArchiveName> = {
   name: 'oci-archive',

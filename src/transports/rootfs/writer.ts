@@ -26,6 +26,7 @@ import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
 import { isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
+import { makeDirectories } from '../../storage/made-directories.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
 import { makeRuntimeSpec } from './runtime-spec.js';
@@ -103,6 +104,8 @@ type LayerPlan = { from: 'store'; how: 'present' | 'waited' } | { from: 'stream'
 export class RootfsWriter implements ImageWriter {
   private readonly target: string;
   private prepared: Promise<Cleaned[]> | undefined;
+  /** Removes the directories prepare made on the way to the destination, once empty (see abandon). */
+  private unmakeParent: (() => Promise<void>) | undefined;
 
   constructor(
     readonly name: string,
@@ -143,7 +146,7 @@ export class RootfsWriter implements ImageWriter {
           });
         }
       }
-      await fs.mkdir(path.dirname(target), { recursive: true });
+      this.unmakeParent = await makeDirectories(path.dirname(target));
       const cleaned = await this.removeLeftovers();
       await this.checkReplaceable();
       if (this.options.layerStore) cleaned.push(...(await this.options.layerStore.removeStale()));
@@ -229,6 +232,10 @@ export class RootfsWriter implements ImageWriter {
       const found = kindOf(name);
       return found ? found.owner : undefined;
     });
+  }
+
+  async abandon(): Promise<void> {
+    await this.unmakeParent?.();
   }
 
   async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
