@@ -132,14 +132,14 @@ export class OciLayoutDestination implements BlobDestination {
   private fresh = false;
 
   /**
-   * `removeMadeDirectories`: takes away the directories this run made for the layout, once
-   * emptied, when the copy fails (see abort).
+   * `unmakeDirectories`: takes away the directories this run made for the layout, once emptied,
+   * when the copy fails (see abort).
    */
   constructor(
     readonly name: string,
     private readonly driver: StorageDriver,
     private readonly tag: string | undefined,
-    private readonly removeMadeDirectories?: () => Promise<void>,
+    private readonly unmakeDirectories?: () => Promise<void>,
   ) {
     this.cacheScope = `oci:${driver.name}`;
   }
@@ -254,7 +254,7 @@ export class OciLayoutDestination implements BlobDestination {
     if (!this.fresh || (await this.driver.stat(INDEX_FILE))) return;
     for (const child of await this.driver.list('/')) await this.driver.delete(`/${child}`);
     // A directory the run made for it goes too: a failed pull into a new path leaves no trace there.
-    await this.removeMadeDirectories?.();
+    await this.unmakeDirectories?.();
   }
 
   async close(): Promise<void> {}

@@ -113,12 +113,15 @@ export function statusError(ctx: ErrorContext, status: number, body: Buffer | un
 /** Errors that mean the registry could not be reached at all (as opposed to a connection that broke). */
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', HTTP_CONNECT_TIMEOUT]);
 
+/** Node's codes for a certificate refused: OpenSSL's verdicts on the chain, and Node's own name and date checks. */
+const CERTIFICATE_REFUSED = /CERT|SELF_SIGNED|UNABLE_TO_/;
+
 /** A TLS failure proper: a protocol mismatch or a certificate problem (a bare reset is not one). */
 function looksLikeTlsError(e: unknown): boolean {
   const err = e as NodeJS.ErrnoException | undefined;
   const code = err?.code ?? '';
   const msg = err?.message ?? '';
-  return code === 'EPROTO' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || /wrong version number|packet length too long|http request|certificate/i.test(msg) || /CERT|SELF_SIGNED/.test(code);
+  return code === 'EPROTO' || code.startsWith('ERR_SSL_') || code.startsWith('ERR_TLS_') || /wrong version number|packet length too long|http request|certificate/i.test(msg) || CERTIFICATE_REFUSED.test(code);
 }
 
 /** OpenSSL's verdicts on a chain that ends in no CA this process trusts (Node's error codes). */
@@ -148,7 +151,7 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
     return new RegistryError('REGISTRY', `registry ${ctx.host} stalled: no data for ${s} s (${what})`, { ...facts, input: ctx.host, cause: e, retryable: true });
   }
   // A certificate refused ends the connection before it carried anything: never "lost", whatever the request.
-  const refused = /CERT|SELF_SIGNED|UNABLE_TO_/.test(code ?? '');
+  const refused = CERTIFICATE_REFUSED.test(code ?? '');
   const unreachable = phase !== 'request' || UNREACHABLE.has(code ?? '') || refused;
   const tls = looksLikeTlsError(e) || (phase === 'ping' && code === 'ECONNRESET');
   const skip = `--insecure-registry ${ctx.host} skips the check`;
