@@ -1,27 +1,68 @@
 /**
  * Directories made for a destination, and their undo: a write that fails into a new path leaves
  * nothing behind there, not even the empty directories made on the way to it.
+ *
+ * Two runs may share such a directory (pulls into `out/a` and `out/b`, both making `out`). The one
+ * that fails takes `out` away while it is empty, which it may be for a moment while the other has
+ * made it but not yet put anything in it. So the first entry a run puts into a directory goes
+ * through `entry`, which makes the directory again when it went meanwhile. Once that entry is in,
+ * no other run's undo can take the directory (a directory is removed only while empty).
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
 
-/**
- * Makes `dir` and its missing parents. Returns what removes them again: `dir` and each parent up to
- * the first one made here, while each is empty (one that is not, filled meanwhile, ends it
- * quietly). Nothing to remove when `dir` was there already.
- */
-export async function makeDirectories(dir: string): Promise<() => Promise<void>> {
+export interface MadeDirectories {
+  /** The directory, resolved. */
+  readonly dir: string;
+  /**
+   * Runs `create`, which puts something into the directory. When that fails for want of the
+   * directory (another run's undo took it), makes it again, as this run's own, and retries.
+   */
+  entry<T>(create: () => Promise<T>): Promise<T>;
+  /**
+   * Removes the directory and each parent up to the outermost one this run made, while each is
+   * empty (one that is not, filled meanwhile, ends it quietly). Nothing when it was all there.
+   */
+  undo(): Promise<void>;
+}
+
+/** Each retry means another run took the directory away in the instant between; a few cover any real interleaving. */
+const ENTRY_ATTEMPTS = 8;
+
+/** Makes `dir` and its missing parents; see MadeDirectories. */
+export async function makeDirectories(dir: string): Promise<MadeDirectories> {
   const target = path.resolve(dir);
-  const first = await fs.mkdir(target, { recursive: true });
-  if (first === undefined) return async () => {};
-  return async () => {
-    for (let d = target; ; d = path.dirname(d)) {
-      try {
-        await fs.rmdir(d);
-      } catch {
-        return;
+  /** The outermost directory made by this run (the shortest path), if any. */
+  let outermost: string | undefined;
+  const make = async () => {
+    const first = await fs.mkdir(target, { recursive: true });
+    if (first !== undefined && (outermost === undefined || first.length < outermost.length)) outermost = first;
+  };
+  await make();
+  return {
+    dir: target,
+    async entry<T>(create: () => Promise<T>): Promise<T> {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await create();
+        } catch (e) {
+          // ENOENT for another reason (the directory is there) is the caller's to report.
+          const gone = (e as NodeJS.ErrnoException).code === 'ENOENT' && !(await fs.stat(target).catch(() => undefined));
+          if (!gone || attempt === ENTRY_ATTEMPTS) throw e;
+          await make();
+        }
       }
-      if (d === first || path.dirname(d) === d) return;
-    }
+    },
+    async undo(): Promise<void> {
+      if (outermost === undefined) return;
+      for (let d = target; ; d = path.dirname(d)) {
+        try {
+          await fs.rmdir(d);
+        } catch {
+          return;
+        }
+        if (d === outermost || path.dirname(d) === d) return;
+      }
+    },
   };
 }

@@ -82,14 +82,28 @@ export function hash32(...parts: (string | number)[]): number {
   return h >>> 0;
 }
 
-/** Runs `work` over `items`, at most `concurrency` at once (a new one starts as one ends). */
+/**
+ * Runs `work` over `items`, at most `concurrency` at once (a new one starts as one ends). After a
+ * failure no new item starts, and the first failure is thrown only once the running ones have
+ * ended: a test's cleanup must not race commands still writing into its directory.
+ */
 export async function pool<T, R>(items: readonly T[], concurrency: number, work: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const results: R[] = new Array(items.length);
   let nextIndex = 0;
+  let failed = false;
   const worker = async () => {
-    for (let i = nextIndex++; i < items.length; i = nextIndex++) results[i] = await work(items[i]!, i);
+    for (let i = nextIndex++; i < items.length && !failed; i = nextIndex++) {
+      try {
+        results[i] = await work(items[i]!, i);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
+    }
   };
-  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+  const settled = await Promise.allSettled(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+  const failure = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+  if (failure) throw failure.reason;
   return results;
 }
 

@@ -11,7 +11,7 @@ import type { Writable } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { digestHex } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
-import { makeDirectories } from '../../storage/made-directories.js';
+import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { TarWriter, fileSink, streamSink } from '../../tar/tar-writer.js';
 
 export interface DockerArchiveTarget {
@@ -23,8 +23,8 @@ export interface DockerArchiveTarget {
 }
 
 export class DockerArchiveWriter implements ImageWriter {
-  /** Removes the directories `write` made for the file, once empty (see abandon). */
-  private unmakeParents: (() => Promise<void>) | undefined;
+  /** The file's directory, made by `write` if missing (and taken away again, once empty, by abandon). */
+  private parent: MadeDirectories | undefined;
 
   constructor(
     readonly name: string,
@@ -32,7 +32,7 @@ export class DockerArchiveWriter implements ImageWriter {
   ) {}
 
   async abandon(): Promise<void> {
-    await this.unmakeParents?.();
+    await this.parent?.undo();
   }
 
   async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
@@ -41,9 +41,9 @@ export class DockerArchiveWriter implements ImageWriter {
       const st = await fs.stat(file).catch(() => undefined);
       if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${file} is a directory; docker-archive: writes a tar file`, { input: file });
       // A file in a directory not there yet: made, as for the other destinations (taken away again if the copy fails).
-      this.unmakeParents = await makeDirectories(path.dirname(file));
+      this.parent = await makeDirectories(path.dirname(file));
       const tmp = path.join(path.dirname(file), `.${path.basename(file)}.smart-${randomUUID()}.tmp`);
-      const handle = await fs.open(tmp, 'w');
+      const handle = await this.parent.entry(() => fs.open(tmp, 'w'));
       try {
         await this.writeTo(new TarWriter(fileSink(handle)), image, options, false);
         await fs.rename(tmp, file);

@@ -13,7 +13,7 @@ import type { BlobDestination, BlobReuse, PutBlobInfo, StoredBlob } from '../../
 import type { Descriptor, ParsedManifest } from '../../oci/manifest.js';
 import { markFileRange } from '../../pipeline/local-file.js';
 import { FsDriver } from '../../storage/fs-driver.js';
-import { makeDirectories } from '../../storage/made-directories.js';
+import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { TarIndex } from '../../tar/tar-index.js';
 import { TarWriter, fileSink } from '../../tar/tar-writer.js';
 import { OciLayoutDestination, OciLayoutSource, type LayoutFiles } from './layout.js';
@@ -43,8 +43,8 @@ export class OciArchiveDestination implements BlobDestination {
   readonly cacheScope: string;
   private readonly staging: string;
   private readonly layout: OciLayoutDestination;
-  /** Removes the directories prepare made for the file, once empty (a failed copy). */
-  private unmakeParents: (() => Promise<void>) | undefined;
+  /** The file's directory, made by prepare if missing (and taken away again, once empty, by a failed copy). */
+  private parent: MadeDirectories | undefined;
 
   constructor(
     readonly name: string,
@@ -59,8 +59,8 @@ export class OciArchiveDestination implements BlobDestination {
   async prepare(): Promise<void> {
     const st = await fs.stat(this.file).catch(() => undefined);
     if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${this.file} is a directory; oci-archive: writes a tar file`, { input: this.file });
-    this.unmakeParents = await makeDirectories(path.dirname(this.file));
-    await fs.mkdir(this.staging);
+    this.parent = await makeDirectories(path.dirname(this.file));
+    await this.parent.entry(() => fs.mkdir(this.staging));
     await this.layout.prepare();
   }
 
@@ -112,7 +112,7 @@ export class OciArchiveDestination implements BlobDestination {
 
   async abort(): Promise<void> {
     await fs.rm(this.staging, { recursive: true, force: true });
-    await this.unmakeParents?.();
+    await this.parent?.undo();
   }
 
   async close(): Promise<void> {}

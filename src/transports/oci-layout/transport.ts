@@ -45,9 +45,10 @@ export const oci: Transport<OciName> = {
     const { FsDriver } = await import('../../storage/fs-driver.js');
     const { makeDirectories } = await import('../../storage/made-directories.js');
     const dir = path.resolve(name.dir);
-    // Taken away again, if this run made them, when the copy fails.
-    const unmake = await makeDirectories(dir);
-    const dest = new OciLayoutDestination(name.raw, new FsDriver(dir), name.tag, unmake);
+    // Taken away again, if this run made them, when the copy fails. (The layout's files are written
+    // by a driver that makes their directories, so another run's undo cannot leave it without one.)
+    const made = await makeDirectories(dir);
+    const dest = new OciLayoutDestination(name.raw, new FsDriver(dir), name.tag, () => made.undo());
     await dest.prepare();
     return dest;
   },

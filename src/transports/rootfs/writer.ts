@@ -26,7 +26,7 @@ import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
 import { isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
-import { makeDirectories } from '../../storage/made-directories.js';
+import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
 import { makeRuntimeSpec } from './runtime-spec.js';
@@ -104,8 +104,8 @@ type LayerPlan = { from: 'store'; how: 'present' | 'waited' } | { from: 'stream'
 export class RootfsWriter implements ImageWriter {
   private readonly target: string;
   private prepared: Promise<Cleaned[]> | undefined;
-  /** Removes the directories prepare made on the way to the destination, once empty (see abandon). */
-  private unmakeParent: (() => Promise<void>) | undefined;
+  /** The destination's parent, made by prepare if missing (and taken away again by abandon, once empty). */
+  private parent: MadeDirectories | undefined;
 
   constructor(
     readonly name: string,
@@ -146,7 +146,7 @@ export class RootfsWriter implements ImageWriter {
           });
         }
       }
-      this.unmakeParent = await makeDirectories(path.dirname(target));
+      this.parent = await makeDirectories(path.dirname(target));
       const cleaned = await this.removeLeftovers();
       await this.checkReplaceable();
       if (this.options.layerStore) cleaned.push(...(await this.options.layerStore.removeStale()));
@@ -235,14 +235,15 @@ export class RootfsWriter implements ImageWriter {
   }
 
   async abandon(): Promise<void> {
-    await this.unmakeParent?.();
+    await this.parent?.undo();
   }
 
   async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
     const cleaned = await this.prepare();
     const target = this.target;
     const staging = this.aside('new');
-    await fs.mkdir(staging, { mode: 0o755 });
+    // The first entry in the parent: another pull's undo may have taken the parent meanwhile.
+    await this.parent!.entry(() => fs.mkdir(staging, { mode: 0o755 }));
     const details: Record<string, unknown> = {};
     try {
       const rootfs = this.options.bundle ? path.join(staging, 'rootfs') : staging;

@@ -1,0 +1,65 @@
+/**
+ * A destination's directories and their undo, with two runs sharing a parent: the one that fails
+ * takes the parent away while the other has not yet put anything in it.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { makeDirectories } from '../../src/storage/made-directories.js';
+import { tempDir } from '../harness/tmp.js';
+
+const exists = (p: string) => fs.stat(p).then(() => true, () => false);
+
+describe('made directories', () => {
+  it('undo removes what this run made, up to the outermost, and keeps what was there', async () => {
+    const root = await tempDir('smart-made-');
+    const made = await makeDirectories(path.join(root, 'a', 'b', 'c'));
+    expect(await exists(path.join(root, 'a', 'b', 'c'))).toBe(true);
+    await made.undo();
+    expect(await fs.readdir(root)).toEqual([]);
+
+    const again = await makeDirectories(root); // there already: nothing to undo
+    await again.undo();
+    expect(await exists(root)).toBe(true);
+  });
+
+  it('undo stops quietly at a directory filled meanwhile', async () => {
+    const root = await tempDir('smart-made-');
+    const made = await makeDirectories(path.join(root, 'out', 'x'));
+    await fs.writeFile(path.join(root, 'out', 'other'), '');
+    await made.undo();
+    expect(await fs.readdir(path.join(root, 'out'))).toEqual(['other']);
+  });
+
+  it("an entry put in after another run's undo took the directory: made again, as this run's own", async () => {
+    const root = await tempDir('smart-made-');
+    const out = path.join(root, 'out');
+    const first = await makeDirectories(out); // makes out
+    const second = await makeDirectories(out); // finds it
+    await first.undo(); // the first run failed: out is empty, so it goes
+    expect(await exists(out)).toBe(false);
+
+    const staging = path.join(out, '.rootfs.smart-new');
+    await second.entry(() => fs.mkdir(staging));
+    expect(await exists(staging)).toBe(true);
+
+    // The second run fails too: its undo now takes out, which it made again.
+    await fs.rmdir(staging);
+    await second.undo();
+    expect(await fs.readdir(root)).toEqual([]);
+  });
+
+  it('an entry that fails for another reason, the directory being there, fails as it is, once', async () => {
+    const root = await tempDir('smart-made-');
+    const made = await makeDirectories(path.join(root, 'out'));
+    let calls = 0;
+    const missing = path.join(root, 'out', 'no', 'such');
+    await expect(
+      made.entry(() => {
+        calls++;
+        return fs.open(missing, 'r');
+      }),
+    ).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(calls).toBe(1);
+  });
+});
