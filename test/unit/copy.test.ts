@@ -4,8 +4,10 @@
  * and again to resolve the image (through the metadata cache the second read was a HEAD, a round
  * trip to a registry); a push of layers compressed before confirms what they became with a read
  * of the image that showed it, its config not read when it is the config being pushed; and the
- * config is stored first, beside the layers, a failure of it stopping the copy untagged.
+ * config is stored first, beside the layers, a failure of it stopping the copy untagged; and a
+ * layout another run took away meanwhile is not tagged.
  */
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { BlobInfoCache } from '../../src/cache/blob-info.js';
@@ -129,5 +131,41 @@ describe('the config of a copy', () => {
     };
     await expect(copy(await open(`oci:${fx.paths.ociBasic}:latest`), dest, { platform: hostPlatform(), jobs: 2 })).rejects.toThrow('the store refused the config');
     await expect(open(name).then((s) => s.getManifest())).rejects.toThrow();
+  });
+});
+
+describe('a copy into a new OCI layout', () => {
+  it('that another run into it, failing, took away meanwhile fails in its turn, and tags nothing', async () => {
+    const fx = fixtures();
+    const dir = path.join(await tempDir(), 'layout');
+    // The other run found the directory empty: the layout is its own until it commits.
+    const other = (await openDestination(parseImageName(`oci:${dir}:other`), ctx)) as BlobDestination;
+    const dest = (await openDestination(parseImageName(`oci:${dir}:mine`), ctx)) as BlobDestination;
+    const commit = dest.commit.bind(dest);
+    dest.commit = async (top) => {
+      await other.abort(); // the other run failed: it removes the layout it began, blobs and all
+      return commit(top);
+    };
+    await expect(copy(await open(`oci:${fx.paths.ociBasic}:latest`), dest, { platform: hostPlatform(), jobs: 2 })).rejects.toMatchObject({
+      code: 'NOT_FOUND',
+      message: expect.stringContaining('were removed from the layout while it was written'),
+    });
+    await expect(fs.stat(path.join(dir, 'index.json'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('that another run took away before any blob was stored is whole when tagged, its oci-layout file put back', async () => {
+    const fx = fixtures();
+    const dir = path.join(await tempDir(), 'layout');
+    const other = (await openDestination(parseImageName(`oci:${dir}:other`), ctx)) as BlobDestination;
+    const dest = (await openDestination(parseImageName(`oci:${dir}:mine`), ctx)) as BlobDestination;
+    const aborted = other.abort(); // before the first blob: it takes the oci-layout file, and the directory
+    const putBlob = dest.putBlob.bind(dest);
+    dest.putBlob = async (stream, info) => {
+      await aborted;
+      return putBlob(stream, info);
+    };
+    const summary = await copy(await open(`oci:${fx.paths.ociBasic}:latest`), dest, { platform: hostPlatform(), jobs: 2 });
+    expect(await fs.readFile(path.join(dir, 'oci-layout'), 'utf8')).toContain('imageLayoutVersion');
+    expect((await (await open(`oci:${dir}:mine`)).getManifest()).digest).toBe(summary.manifestDigest);
   });
 });

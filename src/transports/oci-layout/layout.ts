@@ -216,6 +216,11 @@ export class OciLayoutDestination implements BlobDestination {
       throw e;
     }
     if (!entry) return undefined;
+    return (await this.holds(entry)) ? entry.digest : undefined;
+  }
+
+  /** Whether the layout holds the manifest `top` names and every blob it needs. */
+  private holds(top: { digest: Digest; mediaType?: string }): Promise<boolean> {
     const manifest = async ({ digest: d, mediaType }: { digest: Digest; mediaType?: string }): Promise<ParsedManifest | undefined> => {
       try {
         return parseManifest(await this.driver.getContent(blobPath(d), MAX_MANIFEST_BYTES), mediaType, `${this.name} (${shortDigest(d)})`);
@@ -225,11 +230,21 @@ export class OciLayoutDestination implements BlobDestination {
       }
     };
     const blob = async (d: Descriptor): Promise<boolean> => (await this.reuseBlob(d)) !== undefined;
-    return (await holdsImage(entry, manifest, blob)) ? entry.digest : undefined;
+    return holdsImage(top, manifest, blob);
   }
 
   /** Adds the manifest to index.json under the tag (moving the tag off any other entry). */
   async commit(top: ParsedManifest): Promise<void> {
+    // Another run into the same new layout that failed takes the layout away (abort), blobs this
+    // run stored or found there included: an image is never tagged unless it is all there. This
+    // narrows that race to the instant before index.json is written; no run here holds a lock.
+    if (!(await this.holds(top))) {
+      throw new SmartError('NOT_FOUND', `${this.name}: blobs of ${shortDigest(top.digest)} were removed from the layout while it was written (by another run into the same new layout that failed, for one); nothing was tagged`, {
+        input: this.name,
+        hint: 'run the command again',
+      });
+    }
+    if (!(await this.driver.stat(LAYOUT_FILE))) await this.driver.putContent(LAYOUT_FILE, LAYOUT_FILE_CONTENT);
     let index: ImageIndex;
     try {
       index = await readIndex(this.driver, this.name);
