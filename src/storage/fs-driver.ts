@@ -15,6 +15,11 @@ import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned } from './leftovers.j
 const TMP = '.tmp-';
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
+/** Whether `name` is a temporary name `putContent` or a writer gives a file before it becomes `target` (names in one directory). */
+export function isTemporaryOf(name: string, target: string): boolean {
+  return name.startsWith(`${target}${TMP}`);
+}
+
 /** A temporary name beside `target`, tagged with its owner so that a killed run's can be told from a live one's. */
 function tmpName(target: string): string {
   return `${target}${TMP}${ownerTag()}-${randomUUID().slice(0, 8)}`;

@@ -168,4 +168,22 @@ describe('a copy into a new OCI layout', () => {
     expect(await fs.readFile(path.join(dir, 'oci-layout'), 'utf8')).toContain('imageLayoutVersion');
     expect((await (await open(`oci:${dir}:mine`)).getManifest()).digest).toBe(summary.manifestDigest);
   });
+
+  it("starts while another run is writing the layout's oci-layout file, and a failing run leaves the files another is writing", async () => {
+    const fx = fixtures();
+    const dir = path.join(await tempDir(), 'layout');
+    await fs.mkdir(dir);
+    const writing = path.join(dir, 'oci-layout.tmp-4242-1-2-0a1b2c3d'); // the other run's, before its rename
+    await fs.writeFile(writing, '');
+    const other = (await openDestination(parseImageName(`oci:${dir}:other`), ctx)) as BlobDestination; // not refused
+    const blobBeingWritten = path.join(dir, '.smart-tmp-6f1d2c3b-0000-4000-8000-000000000000'); // a third run's
+    await fs.writeFile(blobBeingWritten, 'partial');
+    await fs.mkdir(path.join(dir, 'blobs', 'sha256'), { recursive: true });
+    await other.abort();
+    expect((await fs.readdir(dir)).sort()).toEqual([path.basename(blobBeingWritten), path.basename(writing)]);
+    await fs.rm(blobBeingWritten);
+    const dest = (await openDestination(parseImageName(`oci:${dir}:mine`), ctx)) as BlobDestination;
+    const summary = await copy(await open(`oci:${fx.paths.ociBasic}:latest`), dest, { platform: hostPlatform(), jobs: 2 });
+    expect((await (await open(`oci:${dir}:mine`)).getManifest()).digest).toBe(summary.manifestDigest);
+  });
 });

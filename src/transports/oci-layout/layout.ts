@@ -13,6 +13,7 @@ import { holdsImage } from '../../oci/partial.js';
 import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
 import { localFileOf } from '../../pipeline/local-file.js';
 import type { StorageDriver } from '../../storage/driver.js';
+import { isTemporaryOf } from '../../storage/fs-driver.js';
 import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { LAYOUT_FILE_CONTENT, REF_NAME, layoutPath, memberName } from './paths.js';
@@ -146,8 +147,9 @@ export class OciLayoutDestination implements BlobDestination {
 
   /** Refuses a directory that holds something other than a layout; creates `oci-layout`. */
   async prepare(): Promise<void> {
-    const children = await this.driver.list('/');
     const layoutFile = memberName(LAYOUT_FILE);
+    // An oci-layout file being written (another run starting the same layout) is the layout to be.
+    const children = (await this.driver.list('/')).filter((c) => !isTemporaryOf(c, layoutFile));
     this.fresh = children.length === 0;
     if (children.length > 0 && !children.includes(layoutFile)) {
       throw new SmartError('USAGE', `${this.name}: the directory is not empty and is not an OCI layout; refusing to write into it`, {
@@ -267,7 +269,12 @@ export class OciLayoutDestination implements BlobDestination {
     // has committed to since) goes again, so that a failed copy leaves no half-made layout; in an
     // existing one, stored blobs stay unreferenced, as with skopeo.
     if (!this.fresh || (await this.driver.stat(INDEX_FILE))) return;
-    for (const child of await this.driver.list('/')) await this.driver.delete(`/${child}`);
+    // What the layout is made of, not the temporary files beside: this run's own went with the
+    // writes that failed (every one has stopped), any other is a run still writing into it. The
+    // oci-layout file last: a run starting into the directory meanwhile finds a layout or nothing,
+    // never a directory that holds something else (which it would refuse).
+    await this.driver.delete(layoutPath({ kind: 'blobsRoot' }));
+    await this.driver.delete(LAYOUT_FILE);
     // A directory the run made for it goes too: a failed pull into a new path leaves no trace there.
     await this.unmakeDirectories?.();
   }
