@@ -27,7 +27,8 @@ import { createInterface } from 'node:readline';
 import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError } from '../errors.js';
 import { digestHex, type Digest } from '../oci/digest.js';
-import { currentOwner, isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
+import { tryLockFile } from '../storage/file-lock.js';
+import { currentOwner, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
 
 /** A layer entry kept in the store: its tar header, and where a regular file's content is. */
@@ -43,8 +44,6 @@ export interface GcResult {
 }
 
 const LOCK_POLL_MS = 100;
-/** A lock still empty after this long was left by a holder that died before writing its tag. */
-const LOCK_WRITE_MS = 10_000;
 /** Files up to this size are gathered and written in one synchronous call. */
 const SMALL_FILE = 512 * 1024;
 /** Entry lines are written out in batches of about this many characters: none is held longer. */
@@ -157,20 +156,7 @@ export class LayerStore {
   private async tryLock(diffId: Digest): Promise<boolean> {
     const lock = this.lockPath(diffId);
     await fs.mkdir(path.dirname(lock), { recursive: true });
-    try {
-      await fs.writeFile(lock, ownerTag(), { flag: 'wx' });
-      return true;
-    } catch (e) {
-      if (!isErrno(e, 'EEXIST')) throw e;
-    }
-    const [text, st] = await Promise.all([fs.readFile(lock, 'utf8').catch(() => undefined), fs.stat(lock).catch(() => undefined)]);
-    if (text === undefined || !st) return false; // released meanwhile: try again
-    const age = Date.now() - st.mtimeMs;
-    // Empty: being written this very moment, or its holder died between creating and writing it.
-    if (text === '' ? age < LOCK_WRITE_MS : !isStale(ownerIn(text, /^$/), age)) return false;
-    // A dead holder: remove its lock (a racing process may do the same; O_EXCL then decides).
-    await fs.rm(lock, { force: true });
-    return false;
+    return tryLockFile(lock, (text) => ownerIn(text, /^$/));
   }
 
   /** Unpacks a verified layer tar into the fill's directory (the caller commits it). */

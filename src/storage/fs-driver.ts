@@ -10,6 +10,7 @@ import type { Digest } from '../oci/digest.js';
 import { markLocalFile, verifyFile, type LocalFile } from '../pipeline/local-file.js';
 import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './driver.js';
 import { openBatchedFileWriter } from './batched-file-writer.js';
+import { withFileLock } from './file-lock.js';
 import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned } from './leftovers.js';
 
 const TMP = '.tmp-';
@@ -165,6 +166,11 @@ export class FsDriver implements StorageDriver {
       if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return undefined;
       this.fail(e, 'stat', p);
     }
+  }
+
+  /** Held with a lock file beside the file (`PATH.lock`), while `fn` runs. */
+  exclusive<T>(p: string, fn: () => Promise<T>): Promise<T> {
+    return withFileLock(`${this.full(p)}.lock`, `${this.name}: ${p}`, fn);
   }
 
   async list(p: string): Promise<string[]> {

@@ -247,21 +247,26 @@ export class OciLayoutDestination implements BlobDestination {
       });
     }
     if (!(await this.driver.stat(LAYOUT_FILE))) await this.driver.putContent(LAYOUT_FILE, LAYOUT_FILE_CONTENT);
-    let index: ImageIndex;
-    try {
-      index = await readIndex(this.driver, this.name);
-    } catch (e) {
-      if (!(isSmartError(e) && e.code === 'NOT_AN_IMAGE')) throw e;
-      index = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [] };
-    }
-    const entry: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.bytes.length };
-    if (this.tag !== undefined) entry.annotations = { [REF_NAME]: this.tag };
-    const kept = index.manifests.filter((d) =>
-      this.tag !== undefined ? d.annotations?.[REF_NAME] !== this.tag : !(d.digest === top.digest && !d.annotations?.[REF_NAME]),
-    );
-    const next: ImageIndex = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [...kept, entry] };
-    if (index.annotations) next.annotations = index.annotations;
-    await this.driver.putContent(INDEX_FILE, serializeManifest(next));
+    // Read, changed and written back under the layout's lock: two runs tagging into one layout at
+    // once would each write the index as it read it, and the first tag would be lost.
+    const update = async () => {
+      let index: ImageIndex;
+      try {
+        index = await readIndex(this.driver, this.name);
+      } catch (e) {
+        if (!(isSmartError(e) && e.code === 'NOT_AN_IMAGE')) throw e;
+        index = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [] };
+      }
+      const entry: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.bytes.length };
+      if (this.tag !== undefined) entry.annotations = { [REF_NAME]: this.tag };
+      const kept = index.manifests.filter((d) =>
+        this.tag !== undefined ? d.annotations?.[REF_NAME] !== this.tag : !(d.digest === top.digest && !d.annotations?.[REF_NAME]),
+      );
+      const next: ImageIndex = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [...kept, entry] };
+      if (index.annotations) next.annotations = index.annotations;
+      await this.driver.putContent(INDEX_FILE, serializeManifest(next));
+    };
+    await (this.driver.exclusive ? this.driver.exclusive(INDEX_FILE, update) : update());
   }
 
   async abort(): Promise<void> {
