@@ -235,21 +235,22 @@ export class OciLayoutDestination implements BlobDestination {
     return holdsImage(top, manifest, blob);
   }
 
-  /** Adds the manifest to index.json under the tag (moving the tag off any other entry). */
+  /**
+   * Adds the manifest to index.json under the tag (moving the tag off any other entry). Under the
+   * layout's lock: two runs tagging into one layout at once would each write the index as they
+   * read it, and the first tag would be lost.
+   */
   async commit(top: ParsedManifest): Promise<void> {
-    // Another run into the same new layout that failed takes the layout away (abort), blobs this
-    // run stored or found there included: an image is never tagged unless it is all there. This
-    // narrows that race to the instant before index.json is written; no run here holds a lock.
-    if (!(await this.holds(top))) {
-      throw new SmartError('NOT_FOUND', `${this.name}: blobs of ${shortDigest(top.digest)} were removed from the layout while it was written (by another run into the same new layout that failed, for one); nothing was tagged`, {
-        input: this.name,
-        hint: 'run the command again',
-      });
-    }
-    if (!(await this.driver.stat(LAYOUT_FILE))) await this.driver.putContent(LAYOUT_FILE, LAYOUT_FILE_CONTENT);
-    // Read, changed and written back under the layout's lock: two runs tagging into one layout at
-    // once would each write the index as it read it, and the first tag would be lost.
-    const update = async () => {
+    await this.exclusively(async () => {
+      // A failing run into the same new layout takes the layout away (abort, under this lock too),
+      // blobs this run stored or found there included: an image is tagged only when all there.
+      if (!(await this.holds(top))) {
+        throw new SmartError('NOT_FOUND', `${this.name}: blobs of ${shortDigest(top.digest)} were removed from the layout while it was written (by another run into the same new layout that failed, for one); nothing was tagged`, {
+          input: this.name,
+          hint: 'run the command again',
+        });
+      }
+      if (!(await this.driver.stat(LAYOUT_FILE))) await this.driver.putContent(LAYOUT_FILE, LAYOUT_FILE_CONTENT);
       let index: ImageIndex;
       try {
         index = await readIndex(this.driver, this.name);
@@ -265,23 +266,30 @@ export class OciLayoutDestination implements BlobDestination {
       const next: ImageIndex = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [...kept, entry] };
       if (index.annotations) next.annotations = index.annotations;
       await this.driver.putContent(INDEX_FILE, serializeManifest(next));
-    };
-    await (this.driver.exclusive ? this.driver.exclusive(INDEX_FILE, update) : update());
+    });
   }
 
   async abort(): Promise<void> {
-    // putBlob removes its own temporary file on failure. A layout this run began (and no other run
-    // has committed to since) goes again, so that a failed copy leaves no half-made layout; in an
+    // putBlob removes its own temporary file on failure. A layout this run began goes again, unless
+    // another run has committed to it since, so that a failed copy leaves no half-made layout; in an
     // existing one, stored blobs stay unreferenced, as with skopeo.
-    if (!this.fresh || (await this.driver.stat(INDEX_FILE))) return;
-    // What the layout is made of, not the temporary files beside: this run's own went with the
-    // writes that failed (every one has stopped), any other is a run still writing into it. The
-    // oci-layout file last: a run starting into the directory meanwhile finds a layout or nothing,
-    // never a directory that holds something else (which it would refuse).
-    await this.driver.delete(layoutPath({ kind: 'blobsRoot' }));
-    await this.driver.delete(LAYOUT_FILE);
+    if (!this.fresh) return;
+    await this.exclusively(async () => {
+      if (await this.driver.stat(INDEX_FILE)) return;
+      // What the layout is made of, not the temporary files beside: this run's own went with the
+      // writes that failed (every one has stopped), any other is a run still writing into it. The
+      // oci-layout file last: a run starting into the directory meanwhile finds a layout or
+      // nothing, never a directory that holds something else (which it would refuse).
+      await this.driver.delete(layoutPath({ kind: 'blobsRoot' }));
+      await this.driver.delete(LAYOUT_FILE);
+    });
     // A directory the run made for it goes too: a failed pull into a new path leaves no trace there.
     await this.unmakeDirectories?.();
+  }
+
+  /** Runs `fn` holding the layout's lock, where the driver has one (a local directory's does). */
+  private exclusively<T>(fn: () => Promise<T>): Promise<T> {
+    return this.driver.exclusive ? this.driver.exclusive(INDEX_FILE, fn) : fn();
   }
 
   async close(): Promise<void> {}
