@@ -251,6 +251,19 @@ describe('root filesystems from layers arriving in any order', () => {
     expect(await fs.readdir(path.join(store.dir, 'locks'))).toEqual([]);
   });
 
+  it('two pulls at once into one destination both succeed, the last one replacing the first, and the next pull finds a tree of its own', async () => {
+    const dir = await tempDir();
+    const pull = async () => new RootfsWriter('rootfs:same', path.join(dir, 'same'), { bundle: false }).write(await fakeImage({ delaysMs: [50, 50, 50] }), { jobs: 3 });
+    for (let round = 0; round < 3; round++) {
+      await Promise.all([pull(), pull()]);
+      await pull(); // refused, were the mark beside naming a tree that is not the one there
+    }
+    const one = path.join(await tempDir(), 'one');
+    await new RootfsWriter('rootfs:one', one, { bundle: false }).write(await fakeImage({}), { jobs: 3 });
+    expect(await describeTree(path.join(dir, 'same'))).toEqual(await describeTree(one));
+    expect((await fs.readdir(dir)).sort()).toEqual(['.same.smart-pull.json', 'same']);
+  });
+
   it('a layer that fails leaves no tree, no spool, nothing of it in the store and no lock; the layers below it that were applied stay kept', async () => {
     const dir = await tempDir();
     const store = new LayerStore(path.join(dir, 'store'));

@@ -26,6 +26,7 @@ import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
 import { isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
+import { withFileLock } from '../../storage/file-lock.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
@@ -117,6 +118,11 @@ export class RootfsWriter implements ImageWriter {
 
   private get markBeside(): string {
     return path.join(path.dirname(this.target), `.${path.basename(this.target)}.smart-pull.json`);
+  }
+
+  /** The lock beside the destination, held while a pull puts its tree in place (see write). */
+  private get lockBeside(): string {
+    return path.join(path.dirname(this.target), `.${path.basename(this.target)}.smart-lock`);
   }
 
   /** A name beside the destination for something of this run: `new` (being built) or `old` (the previous result, moved aside). */
@@ -261,14 +267,20 @@ export class RootfsWriter implements ImageWriter {
         const mark: PullMark = { pulledBy: 'smartlayer', manifest, pulledAt: new Date().toISOString() };
         await fs.writeFile(path.join(staging, BUNDLE_MARK), `${JSON.stringify(mark)}\n`);
       }
-      // Again, now: the directory may have been filled while the image was fetched.
-      const existing = await this.checkReplaceable();
-      const built = await fs.stat(staging, { bigint: true });
-      // Both directories carry the mark while they swap, so that a pull killed in between leaves a marked one.
-      if (!this.options.bundle) await this.markRootfs(manifest, existing ? [existing, built] : [built]);
-      await replaceDirectory(staging, target, existing !== undefined, this.aside('old'));
-      if (!this.options.bundle && existing) await this.markRootfs(manifest, [built]);
-      if (this.options.bundle) await fs.rm(this.markBeside, { force: true });
+      // One swap at a time into this destination: two pulls into it at once both found it missing
+      // (the second rename then failed, ENOTEMPTY), or the second's mark beside it replaced the
+      // first's and named a tree that never got there. Under the lock the last pull replaces the
+      // tree of the one before, as when they run one after the other.
+      await withFileLock(this.lockBeside, this.name, async () => {
+        // Again, now: the directory may have been filled while the image was fetched.
+        const existing = await this.checkReplaceable();
+        const built = await fs.stat(staging, { bigint: true });
+        // Both directories carry the mark while they swap, so that a pull killed in between leaves a marked one.
+        if (!this.options.bundle) await this.markRootfs(manifest, existing ? [existing, built] : [built]);
+        await replaceDirectory(staging, target, existing !== undefined, this.aside('old'));
+        if (!this.options.bundle && existing) await this.markRootfs(manifest, [built]);
+        if (this.options.bundle) await fs.rm(this.markBeside, { force: true });
+      });
     } catch (e) {
       await fs.rm(staging, { recursive: true, force: true });
       throw e;
