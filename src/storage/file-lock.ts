@@ -38,7 +38,6 @@ export async function tryLockFile(lock: string, ownerOf: (text: string) => Owner
 }
 
 export interface FileLockOptions {
-  signal?: AbortSignal | undefined;
   /** How long to wait for a live holder before giving up (LOCKED). */
   patienceMs?: number;
 }
@@ -52,7 +51,6 @@ export async function withFileLock<T>(lock: string, what: string, fn: () => Prom
   const started = Date.now();
   await fs.mkdir(path.dirname(lock), { recursive: true });
   for (let wait = 2; !(await tryLockFile(lock)); wait = Math.min(wait * 2, 50)) {
-    options.signal?.throwIfAborted();
     if (Date.now() - started > patience) {
       const holder = await fs.readFile(lock, 'utf8').catch(() => '');
       throw new SmartError('LOCKED', `${what}: another run has held ${lock} for over ${Math.round(patience / 1000)} s${holder ? ` (${holder})` : ''}`, {

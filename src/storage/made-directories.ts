@@ -12,8 +12,6 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 
 export interface MadeDirectories {
-  /** The directory, resolved. */
-  readonly dir: string;
   /**
    * Runs `create`, which puts something into the directory. When that fails for want of the
    * directory (another run's undo took it), makes it again, as this run's own, and retries.
@@ -40,7 +38,6 @@ export async function makeDirectories(dir: string): Promise<MadeDirectories> {
   };
   await make();
   return {
-    dir: target,
     async entry<T>(create: () => Promise<T>): Promise<T> {
       for (let attempt = 1; ; attempt++) {
         try {

@@ -271,16 +271,20 @@ export class RootfsWriter implements ImageWriter {
       // (the second rename then failed, ENOTEMPTY), or the second's mark beside it replaced the
       // first's and named a tree that never got there. Under the lock the last pull replaces the
       // tree of the one before, as when they run one after the other.
-      await withFileLock(this.lockBeside, this.name, async () => {
+      const old = this.aside('old');
+      const replaced = await withFileLock(this.lockBeside, this.name, async () => {
         // Again, now: the directory may have been filled while the image was fetched.
         const existing = await this.checkReplaceable();
         const built = await fs.stat(staging, { bigint: true });
         // Both directories carry the mark while they swap, so that a pull killed in between leaves a marked one.
         if (!this.options.bundle) await this.markRootfs(manifest, existing ? [existing, built] : [built]);
-        await replaceDirectory(staging, target, existing !== undefined, this.aside('old'));
+        await replaceDirectory(staging, target, existing !== undefined, old);
         if (!this.options.bundle && existing) await this.markRootfs(manifest, [built]);
         if (this.options.bundle) await fs.rm(this.markBeside, { force: true });
+        return existing !== undefined;
       });
+      // The previous tree, out of the way: removed without holding the lock (a large tree takes a while).
+      if (replaced) await fs.rm(old, { recursive: true, force: true });
     } catch (e) {
       await fs.rm(staging, { recursive: true, force: true });
       throw e;
@@ -443,7 +447,7 @@ function progressOptions(layer: Layer, options: ImageWriteOptions, signal: Abort
   return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ layer: digest, bytes, total: size }) } : {}) };
 }
 
-/** Puts `staging` at `target`: the old directory is moved aside (to `old`) first and removed only after. */
+/** Puts `staging` at `target`: the old directory is moved aside (to `old`) first, for the caller to remove after. */
 async function replaceDirectory(staging: string, target: string, exists: boolean, old: string): Promise<void> {
   if (!exists) {
     await fs.rename(staging, target);
@@ -456,5 +460,4 @@ async function replaceDirectory(staging: string, target: string, exists: boolean
     await fs.rename(old, target).catch(() => undefined);
     throw e;
   }
-  await fs.rm(old, { recursive: true, force: true });
 }
