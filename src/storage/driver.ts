@@ -51,11 +51,6 @@ export interface StorageDriver {
    * missing object is a directory (on S3 a listing after every 404).
    */
   objectSize?(path: string): Promise<number | undefined>;
-  /**
-   * Runs `fn` while no other process of this machine runs one for the same `path`: a short
-   * read-modify-write of it (an OCI layout's index.json). A driver without it has no such lock.
-   */
-  exclusive?<T>(path: string, fn: () => Promise<T>): Promise<T>;
   /** Names (not paths) of the direct children of `path`; empty when it does not exist. */
   list(path: string): Promise<string[]>;
   /**

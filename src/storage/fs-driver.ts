@@ -168,7 +168,10 @@ export class FsDriver implements StorageDriver {
     }
   }
 
-  /** Held with a lock file beside the file (`PATH.lock`), while `fn` runs. */
+  /**
+   * Runs `fn` while no other process of this machine runs one for the same `path`, for a short
+   * read-modify-write of it (an OCI layout's index.json): a lock file beside it, `PATH.lock`.
+   */
   exclusive<T>(p: string, fn: () => Promise<T>): Promise<T> {
     return withFileLock(`${this.full(p)}.lock`, `${this.name}: ${p}`, fn);
   }

@@ -4,13 +4,13 @@
  * The metadata goes FIRST so that a streaming reader (ours, on a pipe) learns the image before
  * its layers. A file is written to a hidden sibling and renamed into place when complete.
  */
-import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { digestHex } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
+import { asideName, sweepAside } from '../../storage/aside.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { TarWriter, fileSink, streamSink } from '../../tar/tar-writer.js';
 
@@ -42,7 +42,9 @@ export class DockerArchiveWriter implements ImageWriter {
       if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${file} is a directory; docker-archive: writes a tar file`, { input: file });
       // A file in a directory not there yet: made, as for the other destinations (taken away again if the copy fails).
       this.parent = await makeDirectories(path.dirname(file));
-      const tmp = path.join(path.dirname(file), `.${path.basename(file)}.smart-${randomUUID()}.tmp`);
+      // What killed runs into this file left beside it (a whole archive, nearly, each).
+      const cleaned = await sweepAside(file);
+      const tmp = asideName(file, '.tmp');
       const handle = await this.parent.entry(() => fs.open(tmp, 'w'));
       try {
         await this.writeTo(new TarWriter(fileSink(handle)), image, options, false);
@@ -52,7 +54,7 @@ export class DockerArchiveWriter implements ImageWriter {
         await fs.rm(tmp, { force: true });
         throw e;
       }
-      return { details: { path: file } };
+      return { details: { path: file, ...(cleaned.length ? { cleaned } : {}) } };
     }
     if (!stream) throw new SmartError('INTERNAL', 'docker-archive writer without a target');
     await this.writeTo(new TarWriter(streamSink(stream)), image, options, true);

@@ -3,7 +3,6 @@
  * as a layout in a hidden sibling directory, packed to a temporary file and renamed over FILE
  * last, so FILE is either the old archive or the complete new one.
  */
-import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -13,6 +12,8 @@ import type { BlobDestination, BlobReuse, PutBlobInfo, StoredBlob } from '../../
 import type { Descriptor, ParsedManifest } from '../../oci/manifest.js';
 import { markFileRange } from '../../pipeline/local-file.js';
 import { FsDriver } from '../../storage/fs-driver.js';
+import { asideName, sweepAside } from '../../storage/aside.js';
+import type { Cleaned } from '../../storage/leftovers.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { TarIndex } from '../../tar/tar-index.js';
 import { TarWriter, fileSink } from '../../tar/tar-writer.js';
@@ -45,13 +46,15 @@ export class OciArchiveDestination implements BlobDestination {
   private readonly layout: OciLayoutDestination;
   /** The file's directory, made by prepare if missing (and taken away again, once empty, by a failed copy). */
   private parent: MadeDirectories | undefined;
+  /** What killed runs into this file had left beside it, removed by prepare. */
+  private swept: Cleaned[] = [];
 
   constructor(
     readonly name: string,
     private readonly file: string,
     tag: string | undefined,
   ) {
-    this.staging = path.join(path.dirname(file), `.${path.basename(file)}.smart-${randomUUID()}`);
+    this.staging = asideName(file);
     this.layout = new OciLayoutDestination(name, new FsDriver(this.staging), tag);
     this.cacheScope = `oci-archive:${file}`;
   }
@@ -60,6 +63,8 @@ export class OciArchiveDestination implements BlobDestination {
     const st = await fs.stat(this.file).catch(() => undefined);
     if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${this.file} is a directory; oci-archive: writes a tar file`, { input: this.file });
     this.parent = await makeDirectories(path.dirname(this.file));
+    // What killed runs into this file left beside it: a staging layout, a nearly whole archive.
+    this.swept = await sweepAside(this.file);
     await this.parent.entry(() => fs.mkdir(this.staging));
     await this.layout.prepare();
   }
@@ -82,7 +87,7 @@ export class OciArchiveDestination implements BlobDestination {
 
   async commit(top: ParsedManifest): Promise<void> {
     await this.layout.commit(top);
-    const tmp = `${this.file}.smart-${randomUUID()}.tmp`;
+    const tmp = asideName(this.file, '.tmp');
     try {
       const writer = new TarWriter(fileSink(await fs.open(tmp, 'w')));
       const local = (p: string) => path.join(this.staging, memberName(p));
@@ -108,6 +113,10 @@ export class OciArchiveDestination implements BlobDestination {
     } finally {
       await fs.rm(this.staging, { recursive: true, force: true });
     }
+  }
+
+  async cleaned(): Promise<Cleaned[]> {
+    return this.swept;
   }
 
   async abort(): Promise<void> {

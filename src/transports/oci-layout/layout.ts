@@ -12,9 +12,9 @@ import { MediaType } from '../../oci/mediatypes.js';
 import { holdsImage } from '../../oci/partial.js';
 import { DigestStream, verifiedStream } from '../../pipeline/digest-stream.js';
 import { localFileOf } from '../../pipeline/local-file.js';
-import type { StorageDriver } from '../../storage/driver.js';
-import { isTemporaryOf } from '../../storage/fs-driver.js';
-import { randomUUID } from 'node:crypto';
+import { ownedId, ownerOfId } from '../../storage/aside.js';
+import { isTemporaryOf, type FsDriver } from '../../storage/fs-driver.js';
+import { sweepLocal, type Cleaned } from '../../storage/leftovers.js';
 import { pipeline } from 'node:stream/promises';
 import { LAYOUT_FILE_CONTENT, REF_NAME, layoutPath, memberName } from './paths.js';
 
@@ -131,6 +131,8 @@ export class OciLayoutDestination implements BlobDestination {
   readonly cacheScope: string;
   /** prepare() found an empty directory: the layout is this run's own until it commits. */
   private fresh = false;
+  /** What killed runs had left in the layout, removed by prepare (see removeLeftovers). */
+  private swept: Cleaned[] = [];
 
   /**
    * `unmakeDirectories`: takes away the directories this run made for the layout, once emptied,
@@ -138,7 +140,7 @@ export class OciLayoutDestination implements BlobDestination {
    */
   constructor(
     readonly name: string,
-    private readonly driver: StorageDriver,
+    private readonly driver: FsDriver,
     private readonly tag: string | undefined,
     private readonly unmakeDirectories?: () => Promise<void>,
   ) {
@@ -157,6 +159,22 @@ export class OciLayoutDestination implements BlobDestination {
       });
     }
     if (!children.includes(layoutFile)) await this.driver.putContent(LAYOUT_FILE, LAYOUT_FILE_CONTENT);
+    else this.swept = await this.removeLeftovers();
+  }
+
+  /**
+   * Removes what killed runs (kill -9, a CI job's timeout) left in the layout, each nearly a whole
+   * blob at worst: blobs being written, and the files the driver writes under a temporary name
+   * first. Never what a live run writes: its owner still runs.
+   */
+  private async removeLeftovers(): Promise<Cleaned[]> {
+    const prefix = memberName(layoutPath({ kind: 'temporaryBlob', id: '' }));
+    const blobs = await sweepLocal(this.driver.root, (name) => (name.startsWith(prefix) ? ownerOfId(name.slice(prefix.length)) : undefined));
+    return [...blobs, ...(await this.driver.removeStaleTemporaries('/')), ...(await this.driver.removeStaleTemporaries(layoutPath({ kind: 'blobs' })))];
+  }
+
+  async cleaned(): Promise<Cleaned[]> {
+    return this.swept;
   }
 
   supportsManifestType(mediaType: string): boolean {
@@ -171,13 +189,13 @@ export class OciLayoutDestination implements BlobDestination {
 
   async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
     // A verified local file (a pull from a file: store or another layout): copied in the kernel, the copy checked.
-    const file = info.verified && info.digest && info.size !== undefined && this.driver.importFile ? localFileOf(stream) : undefined;
+    const file = info.verified && info.digest && info.size !== undefined ? localFileOf(stream) : undefined;
     if (file) {
       stream.destroy();
-      await this.driver.importFile!(file, blobPath(info.digest!), { digest: info.digest!, size: info.size!, what: `blob ${shortDigest(info.digest!)} for ${this.name}` }, info.signal);
+      await this.driver.importFile(file, blobPath(info.digest!), { digest: info.digest!, size: info.size!, what: `blob ${shortDigest(info.digest!)} for ${this.name}` }, info.signal);
       return { digest: info.digest!, size: info.size! };
     }
-    const tmp = layoutPath({ kind: 'temporaryBlob', id: randomUUID() });
+    const tmp = layoutPath({ kind: 'temporaryBlob', id: ownedId() });
     const writer = await this.driver.writer(tmp);
     // Verified upstream (it errors in place of its end): not hashed again, only kept after a clean end.
     const verified = info.verified && info.digest && info.size !== undefined ? { digest: info.digest, size: info.size } : undefined;
@@ -287,9 +305,9 @@ export class OciLayoutDestination implements BlobDestination {
     await this.unmakeDirectories?.();
   }
 
-  /** Runs `fn` holding the layout's lock, where the driver has one (a local directory's does). */
+  /** Runs `fn` holding the layout's lock (on index.json, which it guards). */
   private exclusively<T>(fn: () => Promise<T>): Promise<T> {
-    return this.driver.exclusive ? this.driver.exclusive(INDEX_FILE, fn) : fn();
+    return this.driver.exclusive(INDEX_FILE, fn);
   }
 
   async close(): Promise<void> {}
