@@ -27,8 +27,9 @@ import { createInterface } from 'node:readline';
 import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError } from '../errors.js';
 import { digestHex, type Digest } from '../oci/digest.js';
+import { ownedId } from '../storage/aside.js';
 import { tryLockFile } from '../storage/file-lock.js';
-import { currentOwner, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
+import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
 
 /** A layer entry kept in the store: its tar header, and where a regular file's content is. */
@@ -122,7 +123,7 @@ export class LayerStore {
       options.signal?.throwIfAborted();
       if (await this.tryLock(diffId)) {
         let fill: LayerFill | undefined;
-        const tmp = path.join(this.dir, 'tmp', `${ownerTag()}-${randomUUID().slice(0, 8)}`);
+        const tmp = path.join(this.dir, 'tmp', ownedId());
         try {
           if (await this.has(diffId)) return waited ? 'waited' : 'present';
           await fs.mkdir(path.join(tmp, 'files'), { recursive: true });

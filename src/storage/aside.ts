@@ -10,7 +10,10 @@ import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '.
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
-/** A fresh id that names this run as its owner: OWNER-XXXXXXXX. */
+/**
+ * A fresh id that names this run as its owner, OWNER-XXXXXXXX: what every name of a leftover-to-be
+ * carries (the driver's temporary files, a tree being built, a layer being unpacked, the names here).
+ */
 export function ownedId(): string {
   return `${ownerTag()}-${randomUUID().slice(0, 8)}`;
 }

@@ -1,5 +1,4 @@
 /** The storage driver over a local directory (the registry's `filesystem` driver `rootdirectory`). */
-import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import fs from 'node:fs/promises';
@@ -11,10 +10,10 @@ import { markLocalFile, verifyFile, type LocalFile } from '../pipeline/local-fil
 import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './driver.js';
 import { openBatchedFileWriter } from './batched-file-writer.js';
 import { withFileLock } from './file-lock.js';
-import { ownerTag, parseOwnerTag, sweepLocal, type Cleaned } from './leftovers.js';
+import { ownedId, ownerOfId } from './aside.js';
+import { sweepLocal, type Cleaned } from './leftovers.js';
 
 const TMP = '.tmp-';
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Whether `name` is a temporary name `putContent` or a writer gives a file before it becomes `target` (names in one directory). */
 export function isTemporaryOf(name: string, target: string): boolean {
@@ -23,7 +22,7 @@ export function isTemporaryOf(name: string, target: string): boolean {
 
 /** A temporary name beside `target`, tagged with its owner so that a killed run's can be told from a live one's. */
 function tmpName(target: string): string {
-  return `${target}${TMP}${ownerTag()}-${randomUUID().slice(0, 8)}`;
+  return `${target}${TMP}${ownedId()}`;
 }
 
 export class FsDriver implements StorageDriver {
@@ -150,11 +149,7 @@ export class FsDriver implements StorageDriver {
   async removeStaleTemporaries(p: string): Promise<Cleaned[]> {
     return sweepLocal(this.full(p), (name) => {
       const at = name.lastIndexOf(TMP);
-      if (at <= 0) return undefined;
-      const tag = name.slice(at + TMP.length);
-      if (UUID.test(tag)) return null;
-      const parsed = parseOwnerTag(tag);
-      return parsed && /^-[0-9a-f]{8}$/.test(parsed.rest) ? parsed.owner : undefined;
+      return at > 0 ? ownerOfId(name.slice(at + TMP.length)) : undefined;
     });
   }
 

@@ -25,7 +25,8 @@ import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js'
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
-import { isStale, ownerTag, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
+import { isStale, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
+import { ownedId, ownerOfId } from '../../storage/aside.js';
 import { withFileLock } from '../../storage/file-lock.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { shortDigest } from '../../oci/digest.js';
@@ -72,7 +73,6 @@ function identity(st: BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.birthtimeNs}`;
 }
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** Whether `inner` is `outer` or lies inside it (both real, absolute paths). */
 function within(inner: string, outer: string): boolean {
@@ -127,7 +127,7 @@ export class RootfsWriter implements ImageWriter {
 
   /** A name beside the destination for something of this run: `new` (being built) or `old` (the previous result, moved aside). */
   private aside(kind: 'new' | 'old'): string {
-    return path.join(path.dirname(this.target), `.${path.basename(this.target)}.smart-${kind}-${ownerTag()}-${randomUUID().slice(0, 8)}`);
+    return path.join(path.dirname(this.target), `.${path.basename(this.target)}.smart-${kind}-${ownedId()}`);
   }
 
   /**
@@ -216,10 +216,11 @@ export class RootfsWriter implements ImageWriter {
       if (!name.startsWith(prefix)) return undefined;
       const rest = name.slice(prefix.length);
       const m = /^(new|old)-(.*)$/.exec(rest);
-      const parsed = m ? parseOwnerTag(m[2]!) : undefined;
-      if (m && parsed && /^-[0-9a-f]{8}$/.test(parsed.rest)) return { kind: m[1] as 'new' | 'old', owner: parsed.owner };
-      if (UUID.test(rest)) return { kind: 'new', owner: null };
-      if (rest.startsWith('old-') && UUID.test(rest.slice(4))) return { kind: 'old', owner: null };
+      const owner = m ? ownerOfId(m[2]!) : undefined;
+      if (owner) return { kind: m![1] as 'new' | 'old', owner };
+      // Earlier versions' names, with no owner: a bare UUID (being built), old-UUID (moved aside).
+      if (owner === null && m![1] === 'old') return { kind: 'old', owner: null };
+      if (ownerOfId(rest) === null) return { kind: 'new', owner: null };
       return undefined;
     };
     // A killed replacement may have moved the previous result aside and not put the new one in place.
