@@ -110,3 +110,62 @@ export function isErrno(e: unknown, code?: string): e is NodeJS.ErrnoException {
     (code === undefined || (e as { code: string }).code === code)
   );
 }
+
+/**
+ * What the machine refuses, whatever the program does: a full or read-only disk, a path not ours
+ * to write, a failing device, no file descriptors left. With the advice for each. Other errno codes
+ * (ENOENT, EEXIST, ENOTEMPTY) stay unclassified: they mean a wrong path, which the caller words, or
+ * a race between runs, which is a bug of ours to report as one.
+ */
+const REFUSALS: Record<string, string> = {
+  ENOSPC: 'free space on that filesystem, or write somewhere else',
+  EDQUOT: 'the disk quota is used up: free space under it, or write somewhere else',
+  EFBIG: 'the file is larger than that filesystem allows: write somewhere else',
+  EROFS: 'that filesystem is mounted read-only: write somewhere else',
+  EACCES: 'check the permissions of that path',
+  EPERM: 'check the permissions of that path',
+  EIO: 'the device reported an I/O error: check the disk',
+  EMFILE: 'too many open files: raise the limit (ulimit -n) or lower --jobs',
+  ENFILE: "the system's table of open files is full: try again later",
+};
+
+/**
+ * `e`, when it is such a refusal of the machine, as a STORAGE error: `what` (the destination, the
+ * file being written) first, then the system's own message, and the advice as the hint. Anything
+ * else: undefined.
+ */
+export function machineRefusal(e: unknown, what?: string): SmartError | undefined {
+  if (!isErrno(e) || isSmartError(e)) return undefined;
+  const hint = REFUSALS[e.code!];
+  if (!hint) return undefined;
+  const input = typeof e.path === 'string' ? e.path : undefined;
+  return new SmartError('STORAGE', what ? `${what}: ${e.message}` : e.message, { ...(input ? { input } : {}), hint, cause: e });
+}
+
+/** A `.catch` handler: rethrows `e` as machineRefusal(e, what) when it is one, else as it is. */
+export function rethrowRefusal(what: string): (e: unknown) => never {
+  return (e) => {
+    throw machineRefusal(e, what) ?? e;
+  };
+}
+
+/** The advice for a refusal of the machine, as SmartErrorOptions to spread: `{ hint }`, or nothing. */
+export function refusalHint(e: unknown): { hint?: string } {
+  const hint = machineRefusal(e)?.hint;
+  return hint ? { hint } : {};
+}
+
+/** What says a place cannot take more writes: its disk full, read-only, or not ours to write. */
+const CANNOT_TAKE_MORE = new Set(['ENOSPC', 'EDQUOT', 'EFBIG', 'EROFS', 'EACCES', 'EPERM']);
+
+/**
+ * The system's error in `e` (or in an error it wraps) that says the place written cannot take
+ * more, if it is one. For writes that are a favour, not the work asked for (the layer store a pull
+ * keeps layers in for the next pull's sake): they stop, and the work goes on.
+ */
+export function cannotTakeMore(e: unknown): NodeJS.ErrnoException | undefined {
+  for (let c = e, depth = 0; c && depth < 8; c = (c as Error).cause, depth++) {
+    if (!isSmartError(c) && isErrno(c) && CANNOT_TAKE_MORE.has(c.code!)) return c;
+  }
+  return undefined;
+}

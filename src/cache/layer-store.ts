@@ -25,10 +25,11 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
 import type { Header } from 'tar-stream';
-import { SmartError, isCancellation, isErrno, isSmartError } from '../errors.js';
+import { SmartError, cannotTakeMore, isCancellation, isErrno, isSmartError, refusalHint } from '../errors.js';
 import { digestHex, type Digest } from '../oci/digest.js';
 import { ownedId } from '../storage/aside.js';
 import { tryLockFile } from '../storage/file-lock.js';
+import { mkdirp } from '../storage/made-directories.js';
 import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
 
@@ -116,7 +117,7 @@ export class LayerStore {
    * else a LayerFill holding the lock, which the caller must `commit` or `abort` (both release it).
    * `keep` says how a fill from a tree keeps files (see LayerFill.keepFile; default 'copy').
    */
-  async claim(diffId: Digest, options: { signal?: AbortSignal | undefined; what?: string; keep?: KeepHow } = {}): Promise<'present' | 'waited' | LayerFill> {
+  async claim(diffId: Digest, options: { signal?: AbortSignal | undefined; what?: string; keep?: KeepHow; bestEffort?: boolean } = {}): Promise<'present' | 'waited' | LayerFill> {
     if (await this.has(diffId)) return 'present';
     let waited = false;
     for (;;) {
@@ -126,8 +127,8 @@ export class LayerStore {
         const tmp = path.join(this.dir, 'tmp', ownedId());
         try {
           if (await this.has(diffId)) return waited ? 'waited' : 'present';
-          await fs.mkdir(path.join(tmp, 'files'), { recursive: true });
-          fill = new LayerFill(this, diffId, tmp, options.keep ?? 'copy', options.what ?? `layer ${diffId}`);
+          await mkdirp(path.join(tmp, 'files'));
+          fill = new LayerFill(this, diffId, tmp, options.keep ?? 'copy', options.what ?? `layer ${diffId}`, options.bestEffort ?? false);
           return fill;
         } catch (e) {
           await fs.rm(tmp, { recursive: true, force: true });
@@ -145,7 +146,7 @@ export class LayerStore {
   /** A failure to write the store, in our words (a SmartError or a cancellation passes through). */
   storageError(e: unknown, what: string): unknown {
     if (isSmartError(e) || isCancellation(e) || !isErrno(e) || !(e as NodeJS.ErrnoException).syscall) return e;
-    return new SmartError('STORAGE', `${what}: cannot write the layer store ${this.dir}: ${(e as Error).message}`, { input: this.dir, cause: e });
+    return new SmartError('STORAGE', `${what}: cannot write the layer store ${this.dir}: ${(e as Error).message}`, { input: this.dir, cause: e, ...refusalHint(e) });
   }
 
   /** @internal the lock file of a layer (LayerFill releases it). */
@@ -156,7 +157,7 @@ export class LayerStore {
   /** Takes the layer's lock, or takes over one whose holder died (kill -9 leaves them). */
   private async tryLock(diffId: Digest): Promise<boolean> {
     const lock = this.lockPath(diffId);
-    await fs.mkdir(path.dirname(lock), { recursive: true });
+    await mkdirp(path.dirname(lock));
     return tryLockFile(lock, (text) => ownerIn(text, /^$/));
   }
 
@@ -213,7 +214,7 @@ export class LayerStore {
   /** Records that an image uses these layers (now): what gc keeps. */
   async recordImage(manifestDigest: Digest, name: string, diffIds: Digest[]): Promise<void> {
     const file = path.join(this.dir, 'images', digestHex(manifestDigest));
-    await fs.mkdir(path.dirname(file), { recursive: true });
+    await mkdirp(path.dirname(file));
     const tmp = `${file}.${randomUUID()}.tmp`;
     await fs.writeFile(tmp, JSON.stringify({ name, diffIds, usedAt: new Date().toISOString() }));
     await fs.rename(tmp, file);
@@ -306,6 +307,10 @@ function setMeta(file: string, h: Header, { uid, gid, atime, mtime }: EntryMeta)
  * `keepFile` from a file already written elsewhere), and the whole made visible at once by
  * `commit` (its directory renamed into layers/). `abort` (a no-op after commit) removes it.
  * Either releases the lock; until then the layer is invisible to every reader.
+ *
+ * `bestEffort` (a pull into a tree, which keeps the layer for the next pull's sake): when the
+ * store cannot take more (cannotTakeMore: a full disk), the fill stops keeping, quietly, the
+ * tree goes on being written, and commit drops what was kept and says false.
  */
 export class LayerFill {
   /** Entry lines not yet written (as they come: a layer of a million small files must not hold a line per file). */
@@ -313,6 +318,8 @@ export class LayerFill {
   private entriesFd: number;
   private files = 0;
   private done = false;
+  /** Why a best-effort fill stopped keeping, once it did. */
+  notKept: unknown;
 
   constructor(
     private readonly store: LayerStore,
@@ -321,8 +328,17 @@ export class LayerFill {
     /** How `keepFile` keeps files. */
     readonly keep: KeepHow,
     private readonly what: string,
+    private readonly bestEffort = false,
   ) {
     this.entriesFd = openSync(path.join(tmp, 'entries'), 'wx');
+  }
+
+  /** A failure to keep: a best-effort fill stops keeping when the store cannot take more; else thrown. */
+  private spare(e: unknown): void {
+    if (!this.bestEffort || !cannotTakeMore(e)) throw e;
+    this.notKept ??= e;
+    this.batch = '';
+    this.closeEntries();
   }
 
   private flush(): void {
@@ -338,6 +354,7 @@ export class LayerFill {
 
   /** Records the next entry; for a regular file, returns the path its content must be put at. */
   add(h: Header): string | undefined {
+    if (this.notKept !== undefined) return undefined;
     const record: Record<string, unknown> = { ...h, mtime: h.mtime ? h.mtime.getTime() : 0 };
     let file: string | undefined;
     if (h.type === 'file' || h.type === 'contiguous-file') {
@@ -346,20 +363,35 @@ export class LayerFill {
       file = path.join(this.tmp, 'files', name);
     }
     this.batch += `${JSON.stringify(record)}\n`;
-    if (this.batch.length >= ENTRIES_BATCH) this.flush();
+    try {
+      if (this.batch.length >= ENTRIES_BATCH) this.flush();
+    } catch (e) {
+      this.spare(e);
+      return undefined;
+    }
     return file;
   }
 
   /** Writes a file's content (read whole) at `file` (from `add`), with the entry's metadata. */
   keepContent(file: string, content: Buffer, h: Header, meta: EntryMeta): void {
-    writeFileSync(file, content, { flag: 'wx' });
-    setMeta(file, h, meta);
+    if (this.notKept !== undefined) return;
+    try {
+      writeFileSync(file, content, { flag: 'wx' });
+      setMeta(file, h, meta);
+    } catch (e) {
+      this.spare(e);
+    }
   }
 
   /** Writes a file's content as it streams at `file` (from `add`), with the entry's metadata. */
   async keepBody(file: string, body: AsyncIterable<Buffer>, h: Header, meta: EntryMeta): Promise<void> {
-    await pipeline(Readable.from(body, { objectMode: false }), createWriteStream(file, { flags: 'wx' }));
-    setMeta(file, h, meta);
+    if (this.notKept !== undefined) return; // the content left unread is skipped with the next entry
+    try {
+      await pipeline(Readable.from(body, { objectMode: false }), createWriteStream(file, { flags: 'wx' }));
+      setMeta(file, h, meta);
+    } catch (e) {
+      this.spare(e);
+    }
   }
 
   /**
@@ -370,25 +402,37 @@ export class LayerFill {
    * mode, which may forbid reading it.
    */
   async keepFile(file: string, tree: string, h: Header, meta: EntryMeta, content?: Buffer): Promise<void> {
-    if (this.keep === 'hardlink') {
-      linkSync(tree, file);
-      return;
+    if (this.notKept !== undefined) return;
+    try {
+      if (this.keep === 'hardlink') {
+        linkSync(tree, file);
+        return;
+      }
+      if (content && this.keep === 'copy') return this.keepContent(file, content, h, meta);
+      if ((h.size ?? 0) <= SMALL_FILE) copyFileSync(tree, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+      else await fs.copyFile(tree, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+      setMeta(file, h, meta);
+    } catch (e) {
+      this.spare(e);
     }
-    if (content && this.keep === 'copy') return this.keepContent(file, content, h, meta);
-    if ((h.size ?? 0) <= SMALL_FILE) copyFileSync(tree, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
-    else await fs.copyFile(tree, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
-    setMeta(file, h, meta);
   }
 
-  /** Makes the layer visible (its entries written, its directory renamed into layers/) and releases the lock. */
-  async commit(): Promise<void> {
+  /**
+   * Makes the layer visible (its entries written, its directory renamed into layers/) and releases
+   * the lock. False when a best-effort fill could not keep it (notKept says why): dropped instead.
+   */
+  async commit(): Promise<boolean> {
     if (this.done) throw new SmartError('INTERNAL', 'a layer fill committed twice or after abort');
+    if (this.notKept !== undefined) {
+      await this.abort();
+      return false;
+    }
     this.done = true;
     try {
       this.flush();
       this.closeEntries();
       const final = path.join(this.store.dir, 'layers', digestHex(this.diffId));
-      await fs.mkdir(path.dirname(final), { recursive: true });
+      await mkdirp(path.dirname(final));
       try {
         await fs.rename(this.tmp, final);
       } catch (e) {
@@ -399,10 +443,15 @@ export class LayerFill {
     } catch (e) {
       this.closeEntries();
       await fs.rm(this.tmp, { recursive: true, force: true });
+      if (this.bestEffort && cannotTakeMore(e)) {
+        this.notKept = e;
+        return false;
+      }
       throw this.store.storageError(e, this.what);
     } finally {
       await fs.rm(this.store.lockPath(this.diffId), { force: true });
     }
+    return true;
   }
 
   /** Drops what was written and releases the lock; nothing after a commit. */

@@ -8,9 +8,10 @@ import { createHash, randomUUID } from 'node:crypto';
 import fsSync from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { SmartError, isErrno, isSmartError } from '../errors.js';
+import { SmartError, isErrno, isSmartError, refusalHint } from '../errors.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
 import type { MetadataCache, MetadataCacheEntry } from './metadata.js';
+import { mkdirp } from '../storage/made-directories.js';
 
 export type { MetadataCache, MetadataCacheEntry } from './metadata.js';
 
@@ -185,7 +186,7 @@ export class DiskMetadataCache implements MetadataCache {
   async setIfAbsent(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     const file = this.file(key);
     const text = JSON.stringify({ k: this.keyPrefix + key, v: value, exp: Date.now() + ttlSeconds * 1000 } satisfies Entry);
-    await fs.mkdir(path.dirname(file), { recursive: true });
+    await mkdirp(path.dirname(file));
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         await fs.writeFile(file, text, { flag: 'wx' });
@@ -318,7 +319,7 @@ export function strictCache(cache: MetadataCache, where: string): MetadataCache 
       return await op();
     } catch (e) {
       if (isSmartError(e)) throw e;
-      throw new SmartError('STORAGE', `metadata cache ${where}: ${e instanceof Error ? e.message : String(e)}`, { input: where, cause: e });
+      throw new SmartError('STORAGE', `metadata cache ${where}: ${e instanceof Error ? e.message : String(e)}`, { input: where, cause: e, ...refusalHint(e) });
     }
   };
   return {

@@ -5,7 +5,7 @@
  */
 import { SmartError, isSmartError } from '../errors.js';
 import { outputOptions, parseTransferArgs, cancel } from './options.js';
-import { Output, stdoutClosed, type OutputOptions } from './output.js';
+import { Output, stdoutClosed, stdoutError, type OutputOptions } from './output.js';
 import { runTransfer } from './transfer.js';
 import { deferExtraCaCerts } from '../tls-trust.js';
 import { enableCompileCache } from './compile-cache.js';
@@ -44,6 +44,12 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     else {
       program = await import('./program.js');
       await program.buildProgram(prog).parseAsync(argv);
+    }
+    // What went to stdout did not all arrive (`> FILE` on a full disk): not a success.
+    const lost = signalled ? undefined : await stdoutError();
+    if (lost) {
+      new Output({ ...flagsOf(), json: false }).error(prog, lost);
+      return lost.exitCode;
     }
     return signalled ? (signalled === 'SIGINT' ? 130 : 143) : 0;
   } catch (e) {

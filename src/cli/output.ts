@@ -1,5 +1,5 @@
 /** Human and machine output of the CLI: summaries on stdout (--json) or stderr, errors as one line. */
-import { isErrno, isSmartError, printable, type ErrorCode } from '../errors.js';
+import { SmartError, isErrno, isSmartError, machineRefusal, printable, type ErrorCode } from '../errors.js';
 
 /**
  * The version of every JSON document the CLI prints (summaries, cache results, errors, progress
@@ -16,8 +16,12 @@ export interface ErrorDocument {
   retryable: boolean;
 }
 
-/** Any thrown value as an error document: a SmartError as it is, anything else INTERNAL. */
+/**
+ * Any thrown value as an error document: a SmartError as it is, a refusal of the machine (a full
+ * or read-only disk) as STORAGE, anything else INTERNAL.
+ */
 export function errorDocument(e: unknown): ErrorDocument {
+  e = machineRefusal(e) ?? e;
   if (isSmartError(e)) return { code: e.code, message: e.message, input: e.input ?? null, hint: e.hint ?? null, retryable: e.retryable };
   return { code: 'INTERNAL', message: String((e as Error)?.message ?? e), input: null, hint: null, retryable: false };
 }
@@ -46,28 +50,44 @@ export function short(d: string): string {
 
 let stdoutGuarded = false;
 let stdoutBroken = false;
+/** The first other error writing stdout: a full disk under `> FILE` (ENOSPC), an I/O error. */
+let stdoutFailure: Error | undefined;
 
 /**
- * process.stdout, made on first use, with a closed pipe made harmless: when the reader goes away
- * (`smart push --help | head -1`) the write fails with EPIPE, which would otherwise be thrown as an
- * unhandled stream error with a stack trace. It is noted instead (stdoutClosed) and the writes
- * that follow are dropped.
+ * process.stdout, made on first use, with its errors kept instead of thrown as an unhandled stream
+ * error with a stack trace. A closed pipe (`smart push --help | head -1`, EPIPE) is noted
+ * (stdoutClosed) and the writes that follow are dropped. Any other failure (`> FILE` on a full
+ * disk) is kept for the command to report (stdoutError): what it printed did not arrive.
  */
 export function guardedStdout(): NodeJS.WriteStream {
   if (!stdoutGuarded) {
     stdoutGuarded = true;
     process.stdout.on('error', (e) => {
       // After EPIPE, writes that were already queued fail too (the stream is destroyed).
-      if (!isErrno(e, 'EPIPE') && !stdoutBroken) throw e;
-      stdoutBroken = true;
+      if (isErrno(e, 'EPIPE') || stdoutBroken) stdoutBroken = true;
+      else stdoutFailure ??= e;
     });
   }
   return process.stdout;
 }
 
-/** Whether a write to stdout found its reader gone. */
+/**
+ * Whether a write to stdout found its reader gone. Also before the 'error' event: a pipe's is
+ * emitted once its handle has closed, a turn of the loop after the failed write is seen.
+ */
 export function stdoutClosed(): boolean {
-  return stdoutBroken;
+  return stdoutBroken || (stdoutGuarded && isErrno(process.stdout.errored, 'EPIPE'));
+}
+
+/**
+ * The failure of a write to stdout other than a closed pipe, as the error to report, once the
+ * writes made so far have had their turn to fail (a file's write fails on the next tick).
+ */
+export async function stdoutError(): Promise<SmartError | undefined> {
+  if (!stdoutGuarded) return undefined;
+  await new Promise((resolve) => setImmediate(resolve));
+  if (!stdoutFailure) return undefined;
+  return machineRefusal(stdoutFailure, 'cannot write to stdout') ?? new SmartError('STORAGE', `cannot write to stdout: ${stdoutFailure.message}`, { cause: stdoutFailure });
 }
 
 /** Set once a JSON document went to stdout: a command prints one, its result or else its error. */

@@ -26,9 +26,11 @@ export class BatchedFileWriter extends Writable {
   /** A destroy that came while a write was on the pool: the descriptor is closed once it is back. */
   private closeWhenWritten: (() => void) | undefined;
 
+  /** `describe`: a failed write's error as the writer's owner words it (which file of which store). */
   constructor(
     private readonly fd: number,
     private readonly batchBytes = BATCH_BYTES,
+    private readonly describe: (e: Error) => Error = (e) => e,
   ) {
     super({ highWaterMark: batchBytes });
   }
@@ -75,15 +77,15 @@ export class BatchedFileWriter extends Writable {
     // libuv writes all of them (a partial write is continued, IOV_MAX buffers at a time).
     fs.writev(this.fd, buffers, (e) => {
       this.writing = false;
-      cb(e);
+      cb(e ? this.describe(e) : e);
       this.closeWhenWritten?.();
     });
   }
 }
 
 /** Opens `path` (flags as fs.open's, e.g. 'wx') for a BatchedFileWriter. Fails as fs.open does. */
-export function openBatchedFileWriter(path: string, flags: string): Promise<BatchedFileWriter> {
+export function openBatchedFileWriter(path: string, flags: string, describe?: (e: Error) => Error): Promise<BatchedFileWriter> {
   return new Promise((resolve, reject) => {
-    fs.open(path, flags, (e, fd) => (e ? reject(e) : resolve(new BatchedFileWriter(fd))));
+    fs.open(path, flags, (e, fd) => (e ? reject(e) : resolve(new BatchedFileWriter(fd, BATCH_BYTES, describe))));
   });
 }

@@ -6,6 +6,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno } from '../errors.js';
 import { isStale, ownerTag, parseOwnerTag, type Owner } from './leftovers.js';
+import { mkdirp } from './made-directories.js';
 
 /** A lock still empty after this long was left by a holder that died before writing its tag. */
 const LOCK_WRITE_MS = 10_000;
@@ -49,7 +50,7 @@ export interface FileLockOptions {
 export async function withFileLock<T>(lock: string, what: string, fn: () => Promise<T>, options: FileLockOptions = {}): Promise<T> {
   const patience = options.patienceMs ?? 60_000;
   const started = Date.now();
-  await fs.mkdir(path.dirname(lock), { recursive: true });
+  await mkdirp(path.dirname(lock));
   for (let wait = 2; !(await tryLockFile(lock)); wait = Math.min(wait * 2, 50)) {
     if (Date.now() - started > patience) {
       const holder = await fs.readFile(lock, 'utf8').catch(() => '');

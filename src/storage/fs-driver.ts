@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { SmartError, isErrno, isSmartError } from '../errors.js';
+import { SmartError, isErrno, isSmartError, refusalHint } from '../errors.js';
 import { checkSize } from '../limits.js';
 import type { Digest } from '../oci/digest.js';
 import { markLocalFile, verifyFile, type LocalFile } from '../pipeline/local-file.js';
@@ -12,6 +12,7 @@ import { openBatchedFileWriter } from './batched-file-writer.js';
 import { withFileLock } from './file-lock.js';
 import { ownedId, ownerOfId } from './aside.js';
 import { sweepLocal, type Cleaned } from './leftovers.js';
+import { mkdirp } from './made-directories.js';
 
 const TMP = '.tmp-';
 
@@ -28,8 +29,12 @@ function tmpName(target: string): string {
 export class FsDriver implements StorageDriver {
   readonly name: string;
 
-  constructor(readonly root: string) {
-    this.name = `file:${root}`;
+  /** `name`: what errors call it, when not `file:ROOT` (an archive's staging layout: the archive). */
+  constructor(
+    readonly root: string,
+    name?: string,
+  ) {
+    this.name = name ?? `file:${root}`;
   }
 
   private full(p: string): string {
@@ -44,10 +49,14 @@ export class FsDriver implements StorageDriver {
   }
 
   private fail(e: unknown, op: string, p: string): never {
+    throw this.failure(e, op, p);
+  }
+
+  private failure(e: unknown, op: string, p: string): SmartError {
     if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) {
-      throw new SmartError('NOT_FOUND', `${this.name}: ${p} not found`, { input: p, cause: e });
+      return new SmartError('NOT_FOUND', `${this.name}: ${p} not found`, { input: p, cause: e });
     }
-    throw new SmartError('STORAGE', `${this.name}: cannot ${op} ${p}: ${(e as Error).message}`, { input: p, cause: e });
+    return new SmartError('STORAGE', `${this.name}: cannot ${op} ${p}: ${(e as Error).message}`, { input: p, cause: e, ...refusalHint(e) });
   }
 
   async getContent(p: string, maxBytes?: number): Promise<Buffer> {
@@ -69,7 +78,7 @@ export class FsDriver implements StorageDriver {
     const target = this.full(p);
     const tmp = tmpName(target);
     try {
-      await fs.mkdir(path.dirname(target), { recursive: true });
+      await mkdirp(path.dirname(target));
       await fs.writeFile(tmp, content);
       await fs.rename(tmp, target);
     } catch (e) {
@@ -99,7 +108,7 @@ export class FsDriver implements StorageDriver {
     const tmp = tmpName(target);
     try {
       signal?.throwIfAborted();
-      await fs.mkdir(path.dirname(target), { recursive: true });
+      await mkdirp(path.dirname(target));
       await fs.copyFile(file.path, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
       await verifyFile(tmp, { ...expect, what: file.what ?? expect.what }, file.onBytes);
       // A copy whose command failed meanwhile (another layer refused, Ctrl-C) does not appear.
@@ -115,8 +124,8 @@ export class FsDriver implements StorageDriver {
   async writer(p: string): Promise<StorageWriter> {
     const target = this.full(p);
     const tmp = tmpName(target);
-    await fs.mkdir(path.dirname(target), { recursive: true }).catch((e: unknown) => this.fail(e, 'create', p));
-    const stream = await openBatchedFileWriter(tmp, 'wx').catch((e: unknown) => this.fail(e, 'create', p));
+    await mkdirp(path.dirname(target)).catch((e: unknown) => this.fail(e, 'create', p));
+    const stream = await openBatchedFileWriter(tmp, 'wx', (e) => this.failure(e, 'write', p)).catch((e: unknown) => this.fail(e, 'create', p));
     const closed = (): Promise<void> =>
       new Promise((resolve) => {
         if (stream.closed) resolve();
@@ -206,7 +215,7 @@ export class FsDriver implements StorageDriver {
   async move(from: string, to: string): Promise<void> {
     const target = this.full(to);
     try {
-      await fs.mkdir(path.dirname(target), { recursive: true });
+      await mkdirp(path.dirname(target));
       await fs.rename(this.full(from), target);
     } catch (e) {
       this.fail(e, 'move', from);

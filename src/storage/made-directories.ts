@@ -10,6 +10,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { isErrno, rethrowRefusal } from '../errors.js';
 
 export interface MadeDirectories {
   /**
@@ -33,7 +34,7 @@ export async function makeDirectories(dir: string): Promise<MadeDirectories> {
   /** The outermost directory made by this run (the shortest path), if any. */
   let outermost: string | undefined;
   const make = async () => {
-    const first = await fs.mkdir(target, { recursive: true });
+    const first = await mkdirp(target).catch(rethrowRefusal(`cannot make the directory ${target}`));
     if (first !== undefined && (outermost === undefined || first.length < outermost.length)) outermost = first;
   };
   await make();
@@ -62,4 +63,24 @@ export async function makeDirectories(dir: string): Promise<MadeDirectories> {
       }
     },
   };
+}
+
+/**
+ * `fs.mkdir(dir, { recursive: true })`, failing with the real reason. Node's recursive mkdir
+ * reports ENOENT when a directory cannot be made on a read-only filesystem (and the like): then
+ * the first missing directory, made alone, gives the reason (EROFS, EACCES, ENOSPC).
+ */
+export async function mkdirp(dir: string): Promise<string | undefined> {
+  try {
+    return await fs.mkdir(dir, { recursive: true });
+  } catch (e) {
+    if (!isErrno(e, 'ENOENT')) throw e;
+    let first = path.resolve(dir);
+    while (path.dirname(first) !== first && !(await fs.stat(path.dirname(first)).catch(() => undefined))) first = path.dirname(first);
+    throw await fs.mkdir(first).then(
+      // Made now (the cause went meanwhile): not this call's to keep, nor to explain.
+      () => fs.rmdir(first).then(() => e, () => e),
+      (real: unknown) => real,
+    );
+  }
 }

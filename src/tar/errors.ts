@@ -5,7 +5,7 @@
  * place of the parser's or Node's own words.
  */
 import type { Header } from 'tar-stream';
-import { SmartError, isSmartError, quoted } from '../errors.js';
+import { SmartError, isSmartError, machineRefusal, quoted } from '../errors.js';
 
 /** tar-stream's errors about the bytes of a tar, and what each means. */
 const PARSER_ERRORS: [message: string, meaning: string][] = [
@@ -39,6 +39,9 @@ export interface TarContext {
  */
 export function tarParseError(e: unknown, context: TarContext): SmartError {
   if (isSmartError(e)) return e;
+  // A full or read-only disk where the tar's content goes is never the tar's fault.
+  const refused = machineRefusal(e);
+  if (refused) return refused;
   const where = context.after !== undefined ? `in the entry after ${quoted(context.after)}` : 'in its first entry';
   const meaning = parserMeaning(e);
   const input = context.input ?? context.what;

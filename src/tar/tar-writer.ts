@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
-import { SmartError } from '../errors.js';
+import { SmartError, isErrno, machineRefusal } from '../errors.js';
 import { BLOCK, encodeHeader } from './header.js';
 
 /** Where the bytes go: sequential writes, and positional rewrites when the sink is a file. */
@@ -17,39 +17,61 @@ export interface TarSink {
   close(): Promise<void>;
 }
 
-export function fileSink(handle: fs.FileHandle): TarSink {
+/**
+ * A sink over an open file. `what` names it in errors: a write the machine refuses (a full disk)
+ * is a STORAGE error that says which archive, not a bare ENOSPC.
+ */
+export function fileSink(handle: fs.FileHandle, what: string): TarSink {
+  const refused = (e: unknown) => machineRefusal(e, `cannot write ${what}`) ?? e;
   return {
     write: async (data) => {
-      let off = 0;
-      while (off < data.length) off += (await handle.write(data, off, data.length - off)).bytesWritten;
+      try {
+        let off = 0;
+        while (off < data.length) off += (await handle.write(data, off, data.length - off)).bytesWritten;
+      } catch (e) {
+        throw refused(e);
+      }
     },
     rewrite: async (data, position) => {
-      await handle.write(data, 0, data.length, position);
+      await handle.write(data, 0, data.length, position).catch((e: unknown) => Promise.reject(refused(e)));
     },
-    close: () => handle.close(),
+    close: () => handle.close().catch((e: unknown) => Promise.reject(refused(e))),
   };
 }
 
-/** A sink over a Writable (stdout): waits for 'drain', so the producer never outruns the pipe. */
-export function streamSink(stream: Writable): TarSink {
+/**
+ * A sink over a Writable (stdout): waits for 'drain', so the producer never outruns the pipe. A
+ * closed pipe (EPIPE) fails the write as it is (the reader went away: its choice); any other
+ * failure (stdout a file on a full disk) as a STORAGE error naming `what`.
+ */
+export function streamSink(stream: Writable, what = 'stdout'): TarSink {
+  const wrap = (e: Error): Error =>
+    isErrno(e, 'EPIPE') ? e : (machineRefusal(e, `cannot write to ${what}`) ?? new SmartError('STORAGE', `cannot write to ${what}: ${e.message}`, { cause: e }));
+  // A write that fails does so after it returned (on a later tick); the stream keeps the error and
+  // is destroyed, so the writes after it fail with that first error, not "write after destroy".
+  const settled = (wait: 'drain' | undefined) =>
+    new Promise<void>((resolve, reject) => {
+      const end = (e?: Error) => {
+        stream.off('error', end);
+        stream.off('drain', drained);
+        const failure = (stream.errored as Error | null) ?? e;
+        if (failure) reject(wrap(failure));
+        else resolve();
+      };
+      const drained = () => end();
+      if (stream.errored) return end();
+      stream.once('error', end);
+      if (wait) stream.once('drain', drained);
+      else setImmediate(drained);
+    });
   return {
-    write: (data) =>
-      new Promise((resolve, reject) => {
-        const onError = (e: Error) => reject(e);
-        stream.once('error', onError);
-        const ok = stream.write(data, (e) => {
-          if (e) reject(e);
-        });
-        const done = () => {
-          stream.off('error', onError);
-          resolve();
-        };
-        if (ok) done();
-        else stream.once('drain', done);
-      }),
+    write: async (data) => {
+      if (stream.errored) throw wrap(stream.errored as Error);
+      if (!stream.write(data)) await settled('drain');
+    },
     close: async () => {
-      // stdout is not ours to end; flush what is buffered.
-      if (stream.writableNeedDrain) await new Promise((r) => stream.once('drain', r));
+      // stdout is not ours to end: what is buffered is flushed, and the last write's failure seen.
+      await settled(stream.writableNeedDrain ? 'drain' : undefined);
     },
   };
 }

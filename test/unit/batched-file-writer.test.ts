@@ -58,6 +58,14 @@ describe('BatchedFileWriter', () => {
     expect(openFds()).toBe(before);
   });
 
+  it("a failed write's error is worded by the writer's owner: which file of which store", async () => {
+    // /dev/full: every write fails with ENOSPC, as on a full disk.
+    const writer = new BatchedFileWriter(fs.openSync('/dev/full', 'w'), 1024, (e) => Object.assign(new Error(`file:/srv/store: cannot write /blob: ${e.message}`), { cause: e }));
+    const failed = pipeline(Readable.from(chunks([4096]), { objectMode: false }), writer);
+    await expect(failed).rejects.toThrow(/^file:\/srv\/store: cannot write \/blob: ENOSPC: no space left on device, write$/);
+    await expect(failed).rejects.toMatchObject({ cause: { code: 'ENOSPC' } });
+  });
+
   it('destroyed while a write is on the pool, it closes the descriptor once the write is back', async () => {
     const dir = await tempDir();
     const before = openFds();

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import { describe, expect, it } from 'vitest';
@@ -15,8 +15,9 @@ import { nativeBinding } from '../../src/pipeline/native.js';
 import { chunkHasher, sha256FileOffThread } from '../../src/pipeline/sha256.js';
 import { DiffIdTap } from '../../src/pipeline/compression.js';
 import { gzipLayerStreamParallel, zlibEngine } from '../../src/pipeline/parallel-gzip.js';
+import { tarParseError } from '../../src/tar/errors.js';
 import { TarIndex } from '../../src/tar/tar-index.js';
-import { TarWriter, fileSink } from '../../src/tar/tar-writer.js';
+import { TarWriter, fileSink, streamSink } from '../../src/tar/tar-writer.js';
 import { tempDir } from '../harness/tmp.js';
 
 async function collect(s: AsyncIterable<unknown>): Promise<Buffer> {
@@ -137,10 +138,53 @@ describe('layer compression', () => {
 });
 
 describe('tar index and writer', () => {
+  const errno = (code: string, message: string) => Object.assign(new Error(`${code}: ${message}, write`), { code, errno: -1, syscall: 'write' });
+  /** A stream that fails its first write as stdout on a full disk (or a closed pipe) does. */
+  const failing = (e: Error, sync: boolean) => {
+    const w = new Writable({ write: (_c, _e, cb) => (sync ? cb(e) : setImmediate(() => cb(e))) });
+    w.on('error', () => undefined); // what guardedStdout does
+    return w;
+  };
+
+  it('a sink over a stream fails with its first error: STORAGE naming it, with advice; a closed pipe as it is', async () => {
+    for (const sync of [true, false]) {
+      const enospc = errno('ENOSPC', 'no space left on device');
+      const sink = streamSink(failing(enospc, sync));
+      const writes = (async () => {
+        for (let i = 0; i < 3; i++) await sink.write(Buffer.alloc(512));
+        await sink.close();
+      })();
+      await expect(writes).rejects.toMatchObject({
+        code: 'STORAGE',
+        message: 'cannot write to stdout: ENOSPC: no space left on device, write',
+        hint: 'free space on that filesystem, or write somewhere else',
+        cause: enospc,
+      });
+      // The reader went away: the CLI says so by the exit status alone (141).
+      const epipe = errno('EPIPE', 'broken pipe');
+      const closed = streamSink(failing(epipe, sync));
+      await expect(closed.write(Buffer.alloc(512)).then(() => closed.close())).rejects.toBe(epipe);
+    }
+  });
+
+  it("a full disk where a tar's content goes is a STORAGE error, never blamed on the tar", () => {
+    const e = tarParseError(errno('ENOSPC', 'no space left on device'), { what: 'docker-archive:-' });
+    expect(e).toMatchObject({ code: 'STORAGE', hint: 'free space on that filesystem, or write somewhere else' });
+    expect(tarParseError(new Error('Unexpected end of data'), { what: 'docker-archive:-' }).code).toBe('CORRUPT_ARCHIVE');
+  });
+
+  it('a sink over a file says which archive a refused write was for', async () => {
+    const handle = { write: async () => Promise.reject(errno('ENOSPC', 'no space left on device')), close: async () => undefined } as unknown as fs.FileHandle;
+    await expect(fileSink(handle, 'docker-archive:out.tar').write(Buffer.alloc(512))).rejects.toMatchObject({
+      code: 'STORAGE',
+      message: 'cannot write docker-archive:out.tar: ENOSPC: no space left on device, write',
+    });
+  });
+
   it('write members of unknown size by patching headers, and read them back in place', async () => {
     const dir = await tempDir();
     const file = path.join(dir, 'a.tar');
-    const writer = new TarWriter(fileSink(await fs.open(file, 'w')));
+    const writer = new TarWriter(fileSink(await fs.open(file, 'w'), file));
     await writer.addBuffer('small.json', Buffer.from('{"a":1}'));
     await writer.addDirectory('d');
     const big = Buffer.alloc(1_000_003, 3);

@@ -86,6 +86,13 @@ describe('the transport map', () => {
     expect(usageError('no-colon-here').message).toMatch(/no transport/);
   });
 
+  it('refuses oci-archive:- rather than make a file named "-" where a pipe was meant; ./- names such a file', () => {
+    const e = usageError('oci-archive:-');
+    expect(e.message).toMatch(/not on stdin or stdout/);
+    expect(e.hint).toMatch(/docker-archive:- to stream/);
+    expect(parseImageName('oci-archive:./-')).toMatchObject({ transport: 'oci-archive', file: './-' });
+  });
+
   it("gives shell completion every transport's prefix, and says which are followed by a path", () => {
     const prefixes = transportPrefixes();
     expect(prefixes.map((p) => p.prefix)).toEqual(['oci:', 'oci-archive:', 'docker-archive:', 'docker://', 'file:', 's3://', 'rootfs:', 'bundle:']);

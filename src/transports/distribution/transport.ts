@@ -3,9 +3,8 @@
  * registry's own storage, on disk or in S3, read and written in the registry's layout. Without
  * `#REPO` the name is the whole store.
  */
-import fs from 'node:fs/promises';
 import path from 'node:path';
-import { SmartError } from '../../errors.js';
+import { SmartError, rethrowRefusal } from '../../errors.js';
 import { parseRepositoryReference, type Reference } from '../../oci/reference.js';
 import { invalidName, refuseUserinfo, requireDirectory, type OpenContext, type StoreAccess, type Transport } from '../transport.js';
 
@@ -46,7 +45,10 @@ function scopeOf(name: StoreName): string {
 async function openDistributionStore(name: StoreName, ctx: OpenContext, create: boolean) {
   const { DistributionStore } = await import('./store.js');
   if (name.transport === 'file') {
-    if (create) await fs.mkdir(name.root, { recursive: true });
+    if (create) {
+      const { mkdirp } = await import('../../storage/made-directories.js');
+      await mkdirp(name.root).catch(rethrowRefusal(`${name.raw}: cannot make the directory ${name.root}`));
+    }
     else await requireDirectory(name.root, name.raw, 'the registry storage root');
     const { FsDriver } = await import('../../storage/fs-driver.js');
     return new DistributionStore(new FsDriver(path.resolve(name.root)));

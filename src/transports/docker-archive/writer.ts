@@ -7,7 +7,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { SmartError } from '../../errors.js';
+import { SmartError, rethrowRefusal } from '../../errors.js';
 import { digestHex } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
 import { asideName, sweepAside } from '../../storage/aside.js';
@@ -45,9 +45,9 @@ export class DockerArchiveWriter implements ImageWriter {
       // What killed runs into this file left beside it (a whole archive, nearly, each).
       const cleaned = await sweepAside(file);
       const tmp = asideName(file, '.tmp');
-      const handle = await this.parent.entry(() => fs.open(tmp, 'w'));
+      const handle = await this.parent.entry(() => fs.open(tmp, 'w')).catch(rethrowRefusal(`cannot write ${this.name}`));
       try {
-        await this.writeTo(new TarWriter(fileSink(handle)), image, options, false);
+        await this.writeTo(new TarWriter(fileSink(handle, this.name)), image, options, false);
         await fs.rename(tmp, file);
       } catch (e) {
         await handle.close().catch(() => undefined);

@@ -6,7 +6,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { SmartError } from '../../errors.js';
+import { SmartError, rethrowRefusal } from '../../errors.js';
 import { checkSize } from '../../limits.js';
 import type { BlobDestination, BlobReuse, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import type { Descriptor, ParsedManifest } from '../../oci/manifest.js';
@@ -55,7 +55,7 @@ export class OciArchiveDestination implements BlobDestination {
     tag: string | undefined,
   ) {
     this.staging = asideName(file);
-    this.layout = new OciLayoutDestination(name, new FsDriver(this.staging), tag);
+    this.layout = new OciLayoutDestination(name, new FsDriver(this.staging, name), tag);
     this.cacheScope = `oci-archive:${file}`;
   }
 
@@ -65,7 +65,7 @@ export class OciArchiveDestination implements BlobDestination {
     this.parent = await makeDirectories(path.dirname(this.file));
     // What killed runs into this file left beside it: a staging layout, a nearly whole archive.
     this.swept = await sweepAside(this.file);
-    await this.parent.entry(() => fs.mkdir(this.staging));
+    await this.parent.entry(() => fs.mkdir(this.staging)).catch(rethrowRefusal(`cannot write ${this.name}`));
     await this.layout.prepare();
   }
 
@@ -88,8 +88,10 @@ export class OciArchiveDestination implements BlobDestination {
   async commit(top: ParsedManifest): Promise<void> {
     await this.layout.commit(top);
     const tmp = asideName(this.file, '.tmp');
+    let handle: fs.FileHandle | undefined;
     try {
-      const writer = new TarWriter(fileSink(await fs.open(tmp, 'w')));
+      handle = await fs.open(tmp, 'w').catch(rethrowRefusal(`cannot write ${this.name}`));
+      const writer = new TarWriter(fileSink(handle, this.name));
       const local = (p: string) => path.join(this.staging, memberName(p));
       for (const file of [layoutPath({ kind: 'layoutFile' }), layoutPath({ kind: 'index' })]) await writer.addBuffer(memberName(file), await fs.readFile(local(file)));
       const blobs = layoutPath({ kind: 'blobs' });
@@ -106,8 +108,10 @@ export class OciArchiveDestination implements BlobDestination {
         }
       }
       await writer.finish();
+      handle = undefined; // closed by finish
       await fs.rename(tmp, this.file);
     } catch (e) {
+      await handle?.close().catch(() => undefined);
       await fs.rm(tmp, { force: true });
       throw e;
     } finally {

@@ -62,6 +62,8 @@ export const ociArchive: Transport<OciArchiveName> = {
   capabilities: { contentAddressed: true },
   parse(rest, raw) {
     const { path: file, tag } = pathAndTag(rest, raw);
+    // Not a file named "-" made in the current directory while the image was meant for a pipe.
+    if (file === '-') throw invalidName(raw, 'an OCI archive is read and written in place, not on stdin or stdout', 'use docker-archive:- to stream an image, or ./- for a file named "-"');
     return { transport: 'oci-archive', file, ...(tag !== undefined ? { tag } : {}), raw };
   },
   async openSource(name) {

@@ -23,12 +23,12 @@ import fs, { type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
-import { SmartError } from '../../errors.js';
+import { SmartError, cannotTakeMore, machineRefusal, rethrowRefusal } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
 import { isStale, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
 import { ownedId, ownerOfId } from '../../storage/aside.js';
 import { withFileLock } from '../../storage/file-lock.js';
-import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
+import { makeDirectories, mkdirp, type MadeDirectories } from '../../storage/made-directories.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
 import { makeRuntimeSpec } from './runtime-spec.js';
@@ -250,7 +250,7 @@ export class RootfsWriter implements ImageWriter {
     const target = this.target;
     const staging = this.aside('new');
     // The first entry in the parent: another pull's undo may have taken the parent meanwhile.
-    await this.parent!.entry(() => fs.mkdir(staging, { mode: 0o755 }));
+    await this.parent!.entry(() => fs.mkdir(staging, { mode: 0o755 })).catch(rethrowRefusal(`cannot write ${this.name}`));
     const details: Record<string, unknown> = {};
     try {
       const rootfs = this.options.bundle ? path.join(staging, 'rootfs') : staging;
@@ -332,6 +332,22 @@ export class RootfsWriter implements ImageWriter {
     const budget = new SpoolBudget(this.options.spoolMemory ?? SPOOL_MEMORY);
     const fills: LayerFill[] = [];
     const tasks: Promise<void>[] = [];
+    // Keeping is for the next pull's sake: a layer store that cannot take more (its disk full) is
+    // said once, and the tree is written all the same.
+    let notKept: { layers: number; why: string } | undefined;
+    const cannotKeep = (e: unknown, layers = 1): boolean => {
+      const refusal = cannotTakeMore(e);
+      if (!refusal) return false;
+      if (!notKept) {
+        const advice = machineRefusal(refusal)?.hint;
+        // The system's words without the paths of the moment (`ENOSPC: no space left on device`).
+        const why = refusal.message.replace(/, .*$/s, '');
+        notKept = { layers: 0, why };
+        this.options.onWarning?.(`${this.name}: the layer store ${store!.dir} cannot keep layers (${why}${advice ? `: ${advice}` : ''}); the layers this pull fetches are not kept for the next pulls`);
+      }
+      notKept.layers += layers;
+      return true;
+    };
     const plans = image.layers.map((layer) => {
       const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
       let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
@@ -341,11 +357,14 @@ export class RootfsWriter implements ImageWriter {
         signal.throwIfAborted();
         if (store && (await store.has(layer.diffId))) return settle.resolve({ from: 'store', how: 'present' });
         let fill: LayerFill | undefined;
-        if (store && keep) {
-          const claimed = await store.claim(layer.diffId, { signal, what, keep: how });
+        if (store && keep && !notKept) {
+          const claimed = await store.claim(layer.diffId, { signal, what, keep: how, bestEffort: true }).catch((e: unknown) => {
+            if (cannotKeep(e)) return undefined;
+            throw e;
+          });
           if (typeof claimed === 'string') return settle.resolve({ from: 'store', how: claimed });
-          fills.push((fill = claimed));
-        }
+          if (claimed) fills.push((fill = claimed));
+        } else if (store && keep) notKept!.layers++;
         const stream = await layer.openUncompressed(progressOptions(layer, options, signal));
         // Spooled even when its turn has come: its reader then takes it as it comes, in larger chunks.
         const spool = new Spool(stream, { budget, what, openFile: () => this.spoolFile() });
@@ -376,8 +395,8 @@ export class RootfsWriter implements ImageWriter {
         }
         const stats = await applier.applyLayer(plan.read(), what, plan.fill ? { keep: plan.fill } : {});
         if (plan.fill) {
-          await plan.fill.commit();
-          kept++;
+          if (await plan.fill.commit()) kept++;
+          else cannotKeep(plan.fill.notKept);
         }
         options.onLayer?.({ digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
       }
@@ -390,11 +409,17 @@ export class RootfsWriter implements ImageWriter {
       await Promise.allSettled(tasks);
       await Promise.all([...spools.map((s) => s.destroy()), ...fills.map((f) => f.abort())]);
     }
-    if (store && (fromStore > 0 || kept > 0)) await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId));
+    if (store && (fromStore > 0 || kept > 0)) {
+      await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId)).catch((e: unknown) => {
+        // No layer the less kept: only what tells gc they are in use is missing.
+        if (!cannotKeep(e, 0)) throw e;
+      });
+    }
     const spooledToFile = spools.reduce((n, s) => n + s.fileBytes, 0);
     return {
       materialize: fromStore > 0 ? how! : 'stream',
       ...(kept > 0 ? { kept: { layers: kept, how: how! } } : {}),
+      ...(notKept ? { notKept } : {}),
       ...(spools.length > 0 ? { spooled: { layers: spools.length, peakMemory: budget.peak, toFile: spooledToFile } } : {}),
     };
   }
@@ -419,7 +444,7 @@ export class RootfsWriter implements ImageWriter {
  * copied.
  */
 async function probeFill(storeDir: string, tree: string, link: boolean): Promise<KeepHow> {
-  await fs.mkdir(storeDir, { recursive: true });
+  await mkdirp(storeDir).catch(rethrowRefusal(`cannot write the layer store ${storeDir}`));
   const a = path.join(storeDir, `.reflink-probe-${randomUUID()}`);
   const b = path.join(tree, `.reflink-probe-${randomUUID()}`);
   try {

@@ -1,0 +1,163 @@
+/**
+ * A destination the machine refuses: a full disk (a CI runner's, more often than any other fault)
+ * and a read-only one. Each command fails with one STORAGE line that says what could not be
+ * written and what to do about it, exits 1, and leaves nothing on that disk. The same for stdout
+ * redirected to a full disk (`> image.tar`), which must not end as a success or a stack trace.
+ * The filesystems are tmpfs mounts of a fixed size, made and unmounted by the test (root, or
+ * `sudo -n`).
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { layerTar, writeImageOfTars } from '../harness/images.js';
+import { run, runOk, smart, smartBin, type RunResult } from '../harness/run.js';
+import { inCI, isRoot } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+import { listAll } from '../harness/tree.js';
+
+const sudo = (cmd: string, args: string[]) => (isRoot ? run(cmd, args) : run('sudo', ['-n', cmd, ...args]));
+
+/** Whether this test can mount a tmpfs; in CI it must. */
+async function canMount(dir: string): Promise<boolean> {
+  const probe = path.join(dir, 'probe');
+  await fs.mkdir(probe);
+  const r = await sudo('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe]);
+  if (r.code !== 0) {
+    if (inCI) throw new Error(`CI=true but a tmpfs cannot be mounted (root or sudo -n): ${r.stderr}`);
+    return false;
+  }
+  await sudo('umount', [probe]);
+  return true;
+}
+
+/** The one error line of a failed command, checked: exit 1, code STORAGE, no stack trace. */
+function storageError(r: RunResult, message: RegExp): string {
+  expect(r.code, r.stderr).toBe(1);
+  const lines = r.stderr.split('\n').filter((l) => l.trim() && !/^(layer [0-9a-f]{12}: |warning: |pulled |pushed |read )/.test(l));
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(/^smart: error \[STORAGE\]: /);
+  expect(lines[0]).toMatch(message);
+  return lines[0]!;
+}
+
+describe('a full or read-only destination', () => {
+  let work: string;
+  let full: string;
+  let readOnly: string;
+  let image: string;
+  let mounted = false;
+
+  beforeAll(async () => {
+    work = await tempDir('smart-full-');
+    if (!(await canMount(work))) return;
+    // One layer of ~3 MB of hex text, ~1.6 MB compressed: more than the full disk's 1 MiB.
+    let block = Buffer.from('smartlayer');
+    const parts: string[] = [];
+    for (let i = 0; i < 48_000; i++) parts.push((block = createHash('sha256').update(block).digest()).toString('hex'));
+    image = path.join(work, 'image');
+    await writeImageOfTars(image, [await layerTar({ 'data/blob.txt': parts.join('') })]);
+    full = path.join(work, 'full');
+    readOnly = path.join(work, 'ro');
+    await fs.mkdir(full);
+    await fs.mkdir(readOnly);
+    await runOk(isRoot ? 'mount' : 'sudo', [...(isRoot ? [] : ['-n', 'mount']), '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', full]);
+    mounted = true;
+    await runOk(isRoot ? 'mount' : 'sudo', [...(isRoot ? [] : ['-n', 'mount']), '-t', 'tmpfs', '-o', 'size=64k,ro', 'tmpfs', readOnly]);
+  }, 60_000);
+
+  afterAll(async () => {
+    if (!mounted) return;
+    await sudo('umount', [full]);
+    await sudo('umount', [readOnly]);
+  });
+
+  const cacheHome = () => path.join(work, 'cache');
+
+  it('a full disk: each destination fails in one line, saying so, and leaves no file on it', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const cases: [string, string][] = [
+      ['pull', `oci:${full}/layout`],
+      ['pull', `docker-archive:${full}/image.tar`],
+      ['pull', `oci-archive:${full}/image-oci.tar`],
+      ['pull', `rootfs:${full}/rootfs`],
+      ['pull', `bundle:${full}/bundle`],
+      ['push', `file:${full}/store#app:1`],
+    ];
+    for (const [mode, dest] of cases) {
+      const r = await smart([mode, `oci:${image}`, dest], { cacheHome: cacheHome() });
+      storageError(r, /no space left on device.* \(free space on that filesystem, or write somewhere else\)$/);
+      // Nothing stays, but in the store: blobs stored whole before the disk filled (content-addressed,
+      // kept as the registry keeps them), and the directories of its layout. No tag, no upload.
+      const left: string[] = [];
+      for (const p of await listAll(full)) if (!(await fs.lstat(path.join(full, p))).isDirectory()) left.push(p);
+      const whole = /^store\/docker\/registry\/v2\/(blobs\/sha256\/[0-9a-f]{2}\/[0-9a-f]{64}\/data|repositories\/app\/_layers\/sha256\/[0-9a-f]{64}\/link)$/;
+      expect(left.filter((p) => !whole.test(p)), `${dest}: ${left.join(', ')}`).toEqual([]);
+      await fs.rm(path.join(full, 'store'), { recursive: true, force: true });
+      expect(await fs.readdir(full), dest).toEqual([]);
+    }
+    // Streamed from stdin: the write that failed is the store's, not a fault of the archive read.
+    const archive = path.join(work, 'image.tar');
+    expect((await smart(['pull', `oci:${image}`, `docker-archive:${archive}`], { cacheHome: cacheHome() })).code).toBe(0);
+    const r = await run('sh', ['-c', `"${process.execPath}" "${smartBin}" push docker-archive:- file:${full}/store#app:1 < ${archive}`], { env: { ...process.env, XDG_CACHE_HOME: cacheHome() } });
+    storageError(r, new RegExp(`file:${full}/store: cannot write /docker/registry/v2/.*: ENOSPC`));
+    for (const p of await listAll(full)) expect(p).not.toMatch(/_uploads\/.*\/|_manifests\/tags\//);
+    await fs.rm(path.join(full, 'store'), { recursive: true, force: true });
+  });
+
+  it('a full layer store: a bundle pull keeps what fits, says so once, and writes the whole tree', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const bundle = path.join(work, 'bundle');
+    const r = await smart(['pull', '--json', `oci:${image}`, `bundle:${bundle}`], { cacheHome: path.join(full, 'cache') });
+    expect(r.code, r.stderr).toBe(0);
+    const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
+    expect(warnings).toEqual([
+      `warning: bundle:${bundle}: the layer store ${full}/cache/smartlayer/layer-store cannot keep layers (ENOSPC: no space left on device: free space on that filesystem, or write somewhere else); the layers this pull fetches are not kept for the next pulls`,
+    ]);
+    const details = (JSON.parse(r.stdout.toString()) as { details: { notKept?: unknown; kept?: unknown } }).details;
+    expect(details.notKept).toEqual({ layers: 1, why: 'ENOSPC: no space left on device' });
+    expect(details.kept).toBeUndefined();
+    // The tree is whole: the layer's one file, every byte.
+    const data = await fs.readFile(path.join(bundle, 'rootfs', 'data', 'blob.txt'), 'utf8');
+    expect(data).toHaveLength(48_000 * 64);
+    expect(data.slice(0, 64)).toBe(createHash('sha256').update('smartlayer').digest('hex'));
+    // Nothing half-kept stays in the store: no unpacking layer, no lock.
+    const store = path.join(full, 'cache', 'smartlayer', 'layer-store');
+    for (const sub of ['tmp', 'locks', 'layers']) expect(await fs.readdir(path.join(store, sub)).catch(() => []), sub).toEqual([]);
+    await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
+    await fs.rm(bundle, { recursive: true, force: true });
+  });
+
+  it('stdout redirected to a full disk: the image stream fails with a STORAGE error, not a success or a stack', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const env = { ...process.env, XDG_CACHE_HOME: cacheHome() };
+    const archive = await run('sh', ['-c', `"${process.execPath}" "${smartBin}" pull oci:${image} docker-archive:- > ${full}/out.tar`], { env });
+    storageError(archive, /cannot write to stdout: ENOSPC: no space left on device/);
+    await fs.rm(path.join(full, 'out.tar'));
+    // /dev/full: every write fails with ENOSPC, the short summaries too.
+    const fx = fixtures();
+    for (const args of [['version'], ['pull', '--json', `oci:${fx.paths.ociBasic}:latest`, `oci:${work}/json-layout`], ['pull', `oci:${fx.paths.ociBasic}:latest`, 'docker-archive:-']]) {
+      const r = await run('sh', ['-c', `"${process.execPath}" "${smartBin}" ${args.join(' ')} > /dev/full`], { env });
+      storageError(r, /^smart: error \[STORAGE\]: cannot write to stdout: ENOSPC: no space left on device, write \(free space on that filesystem, or write somewhere else\)$/);
+    }
+  });
+
+  it('a read-only disk: each destination fails in one line naming it, with the reason the system gave', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const cases: [string, string, RegExp][] = [
+      ['pull', `oci:${readOnly}/layout`, new RegExp(`cannot make the directory ${readOnly}/layout: EROFS`)],
+      ['pull', `oci:${readOnly}`, new RegExp(`file:${readOnly}: cannot write /oci-layout: EROFS`)],
+      ['pull', `docker-archive:${readOnly}/image.tar`, new RegExp(`cannot write docker-archive:${readOnly}/image.tar: EROFS`)],
+      ['pull', `docker-archive:${readOnly}/new/image.tar`, new RegExp(`cannot make the directory ${readOnly}/new: EROFS`)],
+      ['pull', `oci-archive:${readOnly}/image.tar`, new RegExp(`cannot write oci-archive:${readOnly}/image.tar: EROFS`)],
+      ['pull', `rootfs:${readOnly}/rootfs`, new RegExp(`cannot write rootfs:${readOnly}/rootfs: EROFS`)],
+      ['push', `file:${readOnly}/store#app:1`, new RegExp(`cannot make the directory ${readOnly}/store: EROFS`)],
+    ];
+    for (const [mode, dest, message] of cases) {
+      const r = await smart([mode, `oci:${image}`, dest], { cacheHome: cacheHome() });
+      storageError(r, message);
+      expect(r.stderr).toMatch(/\(that filesystem is mounted read-only: write somewhere else\)\n$/);
+    }
+  });
+});
