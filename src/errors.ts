@@ -169,3 +169,12 @@ export function cannotTakeMore(e: unknown): NodeJS.ErrnoException | undefined {
   }
   return undefined;
 }
+
+/**
+ * A system error's own words without the call and the paths Node appends (`ENOSPC: no space left
+ * on device, copyfile '/a' -> '/b'` → `ENOSPC: no space left on device`): for a message that
+ * names the file itself, in the user's terms rather than a temporary name of ours.
+ */
+export function systemWords(e: Error): string {
+  return e.message.replace(/^([A-Z][A-Z0-9_]*: [^,]*), .*$/s, '$1');
+}

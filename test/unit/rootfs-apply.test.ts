@@ -557,6 +557,14 @@ describe('RootfsApplier', () => {
     await expect(a.applyLayer(streamOf(randomBytes(4096)), 'junk')).rejects.toMatchObject({ code: 'CORRUPT_ARCHIVE' });
   });
 
+  it('says what the filesystem refused of an entry in its own words, not with the paths of our staging tree', async () => {
+    const a = new RootfsApplier(root, { preserveOwnership: false });
+    const name = `a/${'x'.repeat(300)}`; // a component past the 255 bytes a filesystem takes
+    const e = (await a.applyLayer(streamOf(await tarOf([{ name, content: 'hi' }])), 'layer L').catch((x: unknown) => x)) as SmartError;
+    expect(e).toMatchObject({ code: 'STORAGE', input: 'layer L' });
+    expect(e.message).toMatch(/^layer L: entry "a\/x{198}…": ENAMETOOLONG: name too long$/);
+  });
+
   it("passes on the input stream's SmartError, and wraps its other errors", async () => {
     const tar = await tarOf([{ name: 'a', content: 'a'.repeat(100_000) }]);
     for (const [error, code] of [

@@ -43,7 +43,7 @@ import { open, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
-import { SmartError, isCancellation, isErrno, isSmartError, quoted, refusalHint } from '../../errors.js';
+import { SmartError, isCancellation, isErrno, isSmartError, quoted, refusalHint, systemWords } from '../../errors.js';
 import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader } from '../../tar/stream-reader.js';
@@ -629,7 +629,7 @@ export class RootfsApplier {
       }
     } catch (e) {
       if (isSmartError(e) || e instanceof StreamFailure || !isErrno(e)) throw e;
-      throw new SmartError('STORAGE', `${what}: entry ${quoted(name)}: ${e.message}`, { input: what, cause: e, ...refusalHint(e) });
+      throw new SmartError('STORAGE', `${what}: entry ${quoted(name)}: ${systemWords(e)}`, { input: what, cause: e, ...refusalHint(e) });
     }
   }
 

@@ -23,7 +23,7 @@ import fs, { type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
 import path from 'node:path';
-import { SmartError, cannotTakeMore, machineRefusal, rethrowRefusal } from '../../errors.js';
+import { SmartError, cannotTakeMore, machineRefusal, rethrowRefusal, systemWords } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
 import { isStale, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
 import { ownedId, ownerOfId } from '../../storage/aside.js';
@@ -340,8 +340,7 @@ export class RootfsWriter implements ImageWriter {
       if (!refusal) return false;
       if (!notKept) {
         const advice = machineRefusal(refusal)?.hint;
-        // The system's words without the paths of the moment (`ENOSPC: no space left on device`).
-        const why = refusal.message.replace(/, .*$/s, '');
+        const why = systemWords(refusal);
         notKept = { layers: 0, why };
         this.options.onWarning?.(`${this.name}: the layer store ${store!.dir} cannot keep layers (${why}${advice ? `: ${advice}` : ''}); the layers this pull fetches are not kept for the next pulls`);
       }
