@@ -22,9 +22,9 @@ const EC_KEY = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'
 
 /**
  * Makes the CA and server certificate under `dir` (created if missing) and checks the pair with
- * `openssl verify`. Each call makes fresh keys.
+ * `openssl verify`. Each call makes fresh keys. `names`: more DNS names the certificate holds.
  */
-export async function makeTestCA(dir: string): Promise<TestCA> {
+export async function makeTestCA(dir: string, names: string[] = []): Promise<TestCA> {
   await fs.mkdir(dir, { recursive: true });
   const caKey = path.join(dir, 'ca.key');
   const caCertFile = path.join(dir, 'ca.crt');
@@ -45,7 +45,7 @@ export async function makeTestCA(dir: string): Promise<TestCA> {
       'basicConstraints=critical,CA:FALSE',
       'keyUsage=critical,digitalSignature,keyEncipherment',
       'extendedKeyUsage=serverAuth',
-      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      `subjectAltName=IP:127.0.0.1,DNS:localhost${names.map((n) => `,DNS:${n}`).join('')}`,
       '',
     ].join('\n'),
   );

@@ -16,11 +16,13 @@ import fs from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import type { Agent as HttpsAgent } from 'node:https';
 import path from 'node:path';
-import { Readable, pipeline } from 'node:stream';
+import { Readable, pipeline, type Duplex } from 'node:stream';
+import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
 import { SmartError } from '../../errors.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
 import type { BulkPool, TlsTrust } from './bulk-get.js';
 import { abortError, abortReason, closedError, connectTimeoutError, stallError } from './connection-errors.js';
+import { connectThrough, proxyFor, type ProxyRoute } from './proxy.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
 
@@ -116,8 +118,8 @@ function dumpBody(res: IncomingMessage): Promise<void> {
 
 /** The connections to one registry (and the token servers and redirect targets it names). */
 export class Http {
-  private httpAgent: http.Agent | undefined;
-  private httpsAgent: Promise<HttpsAgent> | undefined;
+  /** A pool per scheme and route: `https:`, `http:`, or either `via` a proxy (proxy.ts). */
+  private agents = new Map<string, http.Agent | Promise<HttpsAgent>>();
   private trust: Promise<TlsTrust> | undefined;
   private closed = false;
   /** The connections of bulk GETs (bulk-get.ts). */
@@ -125,14 +127,33 @@ export class Http {
 
   constructor(private readonly options: HttpOptions) {}
 
-  private agentFor(protocol: string): http.Agent | Promise<HttpsAgent> {
-    if (protocol === 'http:') return (this.httpAgent ??= new http.Agent({ keepAlive: true, maxSockets: CONNECTIONS }));
-    // https (and tls) only when a registry speaks it.
-    this.httpsAgent ??= (async () => {
-      const https = process.getBuiltinModule('node:https');
-      return new https.Agent({ keepAlive: true, maxSockets: CONNECTIONS, ...(await this.tlsTrust()) });
-    })();
-    return this.httpsAgent;
+  private agentFor(protocol: string, proxy: ProxyRoute | undefined): http.Agent | Promise<HttpsAgent> {
+    const key = `${protocol}${proxy ? ` via ${proxy.shown}` : ''}`;
+    let agent = this.agents.get(key);
+    if (agent) return agent;
+    // Plain HTTP through a proxy: asked of the proxy in absolute form (send), on connections to it.
+    if (protocol === 'http:') agent = new http.Agent({ keepAlive: true, maxSockets: CONNECTIONS });
+    else {
+      // https (and tls) only when a registry speaks it.
+      agent = (async () => {
+        const https = process.getBuiltinModule('node:https');
+        const options = { keepAlive: true, maxSockets: CONNECTIONS, ...(await this.tlsTrust()) };
+        if (!proxy) return new https.Agent(options);
+        const connectMs = Math.min(this.options.stallTimeoutMs, 10_000);
+        // TLS end to end, over the proxy's CONNECT tunnel: the certificate is checked against the registry's name.
+        return new (class extends https.Agent {
+          override createConnection(o: TlsConnectionOptions & { host: string; port: number }, done: (e: Error | null, socket?: Duplex) => void): undefined {
+            connectThrough(proxy!, o.host, Number(o.port), connectMs, connectTimeoutError).then(
+              (socket) => done(null, process.getBuiltinModule('node:tls').connect({ ...o, socket })),
+              (e: Error) => done(e),
+            );
+            return undefined;
+          }
+        })(options);
+      })();
+    }
+    this.agents.set(key, agent);
+    return agent;
   }
 
   /** What a TLS connection here trusts: the extra CA certificates of the registry's directories; nothing checked when insecure. */
@@ -163,12 +184,14 @@ export class Http {
   async send(options: RequestOptions, signal: AbortSignal | undefined): Promise<Response> {
     signal?.throwIfAborted();
     const url = new URL(options.path, options.origin);
-    const agent = await this.agentFor(url.protocol);
+    const proxy = proxyFor(url);
+    const agent = await this.agentFor(url.protocol, proxy);
     signal?.throwIfAborted();
     if (this.closed) throw closedError();
     const { body } = options;
     const stall = this.options.stallTimeoutMs;
-    if (options.bulk && options.method === 'GET' && body === undefined) {
+    // Through a proxy, blob bytes take the usual way: the bulk reader connects straight to the registry.
+    if (options.bulk && options.method === 'GET' && body === undefined && !proxy) {
       const { BulkPool, bulkGet } = await import('./bulk-get.js');
       const tls = url.protocol === 'https:' ? await this.tlsTrust() : undefined;
       this.bulk ??= new BulkPool();
@@ -187,7 +210,17 @@ export class Http {
           reject(e);
         }
       };
-      const req = transport.request(url, { method: options.method, headers: options.headers, agent: agent as http.Agent });
+      const req =
+        proxy && url.protocol === 'http:'
+          ? http.request({
+              host: proxy.host,
+              port: proxy.port,
+              path: url.href,
+              method: options.method,
+              headers: { ...options.headers, host: url.host, ...(proxy.authorization ? { 'proxy-authorization': proxy.authorization } : {}) },
+              agent: agent as http.Agent,
+            })
+          : transport.request(url, { method: options.method, headers: options.headers, agent: agent as http.Agent });
       // One failure for the request and its answer's body, whichever is being read.
       const stop = (e: Error) => {
         if (res && !res.complete) res.destroy(e);
@@ -249,8 +282,7 @@ export class Http {
   async close(): Promise<void> {
     this.closed = true;
     this.bulk?.close();
-    this.httpAgent?.destroy();
-    if (this.httpsAgent) (await this.httpsAgent.catch(() => undefined))?.destroy();
+    for (const agent of this.agents.values()) (await Promise.resolve(agent).catch(() => undefined))?.destroy();
   }
 }
 

@@ -9,6 +9,7 @@ import { parseChallenge, type Challenge } from './auth.js';
 import { connectionError, statusError, type ErrorContext } from './errors.js';
 import { USER_AGENT, header, type Http } from './http.js';
 import type { Retry } from './retry.js';
+import { proxyFor } from './proxy.js';
 
 export interface PingResult {
   /** `https://host[:port]` or `http://…`: where the API answers. */
@@ -112,7 +113,8 @@ export async function ping(
   }
   signal?.throwIfAborted();
   // A registry that answered over TLS last time is asked over TLS at once: no bare handshake first.
-  if (target.allowHttp && target.remembered !== 'https' && (await answersTls(target.apiHost, signal)) === false) {
+  // Through a proxy the bare handshake cannot be asked (it connects straight): the usual attempt decides.
+  if (target.allowHttp && target.remembered !== 'https' && !proxyFor(new URL(`https://${target.apiHost}`)) && (await answersTls(target.apiHost, signal)) === false) {
     signal?.throwIfAborted();
     return attempt('http', true);
   }

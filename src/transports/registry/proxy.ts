@@ -1,0 +1,169 @@
+/**
+ * HTTP proxies, read from the environment as Go's net/http reads it, so that `smart` reaches a
+ * registry wherever skopeo, crane and the Docker daemon on the same machine do (a CI runner behind
+ * a corporate proxy sets these for all of them): HTTPS_PROXY (or https_proxy) for https targets,
+ * HTTP_PROXY (or http_proxy) for http ones, NO_PROXY (or no_proxy) for the hosts to reach directly.
+ * localhost and loopback addresses are never proxied.
+ *
+ * An https target is reached through a CONNECT tunnel, TLS end to end (the proxy sees the name,
+ * not the traffic); an http one is asked of the proxy in absolute form (`GET http://host/path`),
+ * as Go does (many proxies refuse CONNECT to ports other than 443). `http://user:pass@proxy:3128`
+ * sends the credentials as Proxy-Authorization; they never appear in a message (`shown`).
+ */
+import { isIP, type Socket } from 'node:net';
+import { SmartError } from '../../errors.js';
+import { codedError } from './connection-errors.js';
+
+export interface ProxyRoute {
+  /** The proxy's `host:port`. */
+  host: string;
+  port: number;
+  /** The proxy as messages name it: `http://host:port`, never its credentials. */
+  shown: string;
+  /** `Basic …` when the proxy URL holds credentials. */
+  authorization?: string;
+}
+
+/** The first set variable of `names` (Go reads the upper-case name first). */
+function envAny(env: NodeJS.ProcessEnv, ...names: string[]): string | undefined {
+  for (const n of names) {
+    const v = env[n];
+    if (v !== undefined && v !== '') return v;
+  }
+  return undefined;
+}
+
+/** A proxy URL as the variable holds it (`host:port` alone means http://). */
+function parseProxy(raw: string, variable: string): ProxyRoute {
+  let url: URL;
+  try {
+    url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(raw) ? raw : `http://${raw}`);
+  } catch {
+    throw new SmartError('USAGE', `${variable} is not a proxy URL`, { input: variable, hint: 'write it as http://HOST:PORT' });
+  }
+  if (url.protocol !== 'http:') {
+    throw new SmartError('UNSUPPORTED', `${variable}: a ${url.protocol.slice(0, -1)} proxy is not supported`, { input: variable, hint: 'use an HTTP proxy (http://HOST:PORT)' });
+  }
+  const port = Number(url.port || 80);
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  const user = decodeURIComponent(url.username);
+  const authorization = url.username || url.password ? `Basic ${Buffer.from(`${user}:${decodeURIComponent(url.password)}`).toString('base64')}` : undefined;
+  return { host, port, shown: `http://${url.host}`, ...(authorization ? { authorization } : {}) };
+}
+
+function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host.endsWith('.localhost') || host === '::1' || /^127\./.test(host);
+}
+
+/** An IPv4 address as a number; undefined for anything else. */
+function ipv4(host: string): number | undefined {
+  if (isIP(host) !== 4) return undefined;
+  return host.split('.').reduce((n, part) => n * 256 + Number(part), 0);
+}
+
+/** Whether NO_PROXY's entries (comma or space separated) exclude `host` (lower case, no brackets) on `port`. */
+export function bypassesProxy(noProxy: string, host: string, port: string): boolean {
+  for (let entry of noProxy.toLowerCase().split(/[\s,]+/)) {
+    if (!entry) continue;
+    if (entry === '*') return true;
+    // A CIDR range of IPv4 addresses.
+    const cidr = /^(\d+\.\d+\.\d+\.\d+)\/(\d+)$/.exec(entry);
+    if (cidr) {
+      const [base, bits] = [ipv4(cidr[1]!), Number(cidr[2])];
+      const addr = ipv4(host);
+      if (base !== undefined && addr !== undefined && bits <= 32) {
+        const mask = bits === 0 ? 0 : (~0 << (32 - bits)) >>> 0;
+        if (((base & mask) >>> 0) === ((addr & mask) >>> 0)) return true;
+      }
+      continue;
+    }
+    // `host:port` applies to that port only (an IPv6 address is written in brackets).
+    let entryPort = '';
+    const withPort = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(entry);
+    if (withPort) [entry, entryPort] = [withPort[1]!, withPort[2]!];
+    entry = entry.replace(/^\[|\]$/g, '');
+    if (entryPort && entryPort !== port) continue;
+    if (isIP(entry)) {
+      if (entry === host) return true;
+      continue;
+    }
+    // `example.com` is the domain and its subdomains; `.example.com` and `*.example.com` the subdomains only.
+    const subdomainsOnly = entry.startsWith('.') || entry.startsWith('*.');
+    const domain = entry.replace(/^\*?\./, '');
+    if (host.endsWith(`.${domain}`) || (!subdomainsOnly && host === domain)) return true;
+  }
+  return false;
+}
+
+/** The proxy a connection to `target` goes through, or undefined for a direct connection. */
+export function proxyFor(target: URL, env: NodeJS.ProcessEnv = process.env): ProxyRoute | undefined {
+  const https = target.protocol === 'https:';
+  const names = https ? ['HTTPS_PROXY', 'https_proxy'] : ['HTTP_PROXY', 'http_proxy'];
+  const raw = envAny(env, ...names);
+  if (!raw) return undefined;
+  const host = target.hostname.toLowerCase().replace(/^\[|\]$/g, '');
+  if (isLoopbackHost(host)) return undefined;
+  const port = target.port || (https ? '443' : '80');
+  const noProxy = envAny(env, 'NO_PROXY', 'no_proxy');
+  if (noProxy && bypassesProxy(noProxy, host, port)) return undefined;
+  return parseProxy(raw, envAny(env, names[0]!) !== undefined ? names[0]! : names[1]!);
+}
+
+/** What a proxy answered to CONNECT, as the error a connection failure is (it names the proxy). */
+function refusal(proxy: ProxyRoute, target: string, statusLine: string): Error {
+  const hint = / 407 /.test(statusLine) ? ' (the proxy wants credentials: http://USER:PASSWORD@HOST:PORT in the variable)' : '';
+  return codedError(`the proxy ${proxy.shown} refused CONNECT ${target}: ${statusLine}${hint}`, 'EPROXY');
+}
+
+/**
+ * A TCP connection to `host:port` through the proxy's CONNECT tunnel: the socket once the proxy
+ * answered 200, ready for TLS. Fails with the proxy's answer, or the connection's error naming the
+ * proxy; after `connectMs` with HTTP_CONNECT_TIMEOUT's error (`onTimeout`).
+ */
+export function connectThrough(proxy: ProxyRoute, host: string, port: number, connectMs: number, timeoutError: () => Error): Promise<Socket> {
+  const target = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const net = process.getBuiltinModule('node:net');
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: proxy.host, port: proxy.port });
+    let head = Buffer.alloc(0);
+    const timer = setTimeout(() => fail(timeoutError()), connectMs);
+    const done = () => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+    };
+    const fail = (e: Error) => {
+      done();
+      socket.destroy();
+      reject(e);
+    };
+    const onError = (e: NodeJS.ErrnoException) => {
+      // The code kept (ECONNREFUSED is unreachable, ECONNRESET transient), the proxy named.
+      fail(Object.assign(new Error(`through the proxy ${proxy.shown}: ${e.message}`), { code: e.code }));
+    };
+    const onClose = () => fail(codedError(`the proxy ${proxy.shown} closed the connection before answering CONNECT ${target}`, 'ECONNRESET'));
+    const onData = (chunk: Buffer) => {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) {
+        if (head.length > 16 * 1024) fail(codedError(`the proxy ${proxy.shown} sent an answer to CONNECT ${target} without an end`, 'EPROXY'));
+        return;
+      }
+      const statusLine = head.subarray(0, head.indexOf('\r\n')).toString('latin1');
+      if (!/^HTTP\/1\.[01] 2\d\d/.test(statusLine)) return fail(refusal(proxy, target, statusLine.slice(0, 200)));
+      done();
+      // Bytes after the answer are the target's (none, before we speak first; kept all the same).
+      const rest = head.subarray(end + 4);
+      if (rest.length) socket.unshift(rest);
+      resolve(socket);
+    };
+    socket.on('data', onData);
+    socket.once('error', onError);
+    socket.once('close', onClose);
+    socket.once('connect', () => {
+      const auth = proxy.authorization ? `Proxy-Authorization: ${proxy.authorization}\r\n` : '';
+      socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n${auth}\r\n`);
+    });
+  });
+}
