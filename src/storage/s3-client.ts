@@ -6,6 +6,7 @@
  */
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import tls from 'node:tls';
+import { proxyAgents, proxyConfigured } from '../proxy.js';
 import { trustDeferredCaCerts } from '../tls-trust.js';
 import type { SmartError } from '../errors.js';
 
@@ -67,7 +68,12 @@ export function makeS3Client(o: { endpoint?: string; region?: string; profile?: 
     ...(envValue('AWS_MAX_ATTEMPTS') === undefined ? { maxAttempts: MAX_ATTEMPTS } : {}),
     // The socket's idle timer is the stall detector of every request, uploads included: an
     // endpoint that stops reading a part (or stops answering) fails the request, which is retried.
-    requestHandler: { socketTimeout: o.stallTimeoutMs ?? DEFAULT_STALL_MS },
+    // Behind a proxy (HTTPS_PROXY and the rest, as for registries): each connection through it or
+    // straight, as proxyFor says for its host; else the SDK's own agents.
+    requestHandler: {
+      socketTimeout: o.stallTimeoutMs ?? DEFAULT_STALL_MS,
+      ...(proxyConfigured() ? proxyAgents({ keepAlive: true, maxSockets: 50, connectMs: 10_000 }) : {}),
+    },
     ...(endpoint !== undefined ? { endpoint } : {}),
     ...(profile !== undefined ? { profile } : {}),
     ...(o.credentials ? { credentials: o.credentials } : {}),

@@ -10,12 +10,14 @@ import { fixtures } from '../harness/fixtures.js';
 import { startForwardProxy, type RunningForwardProxy } from '../harness/forward-proxy.js';
 import { freePort } from '../harness/ports.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
+import { startS3, type RunningS3 } from '../harness/s3.js';
 import { runOk, smart, type RunResult } from '../harness/run.js';
 import { certDirFor, makeTestCA } from '../harness/tls.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 
 const NAME = 'registry.smartlayer.test';
+const S3_NAME = 's3.smartlayer.test';
 const SECRET = 'proxy-secret-3f9a';
 
 /** The manifest digest skopeo reads for `ref` straight from the registry (no proxy). */
@@ -37,6 +39,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl'))('a registry 
   let secure: RunningRegistry;
   let plain: RunningRegistry;
   let proxy: RunningForwardProxy;
+  let s3: RunningS3;
   let certDir: string;
   let n = 0;
   const cache = () => path.join(work, `cache-${++n}`);
@@ -48,13 +51,15 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl'))('a registry 
     certDir = await certDirFor(ca, path.join(work, 'certs'));
     secure = await startRegistry({ configDir: path.join(work, 'secure'), tls: { certFile: ca.certFile, keyFile: ca.keyFile, caFile: ca.caCertFile } });
     plain = await startRegistry({ configDir: path.join(work, 'plain') });
-    proxy = await startForwardProxy({ hosts: { [NAME]: '127.0.0.1' }, credentials: `smart:${SECRET}` });
+    s3 = await startS3(path.join(work, 's3'));
+    proxy = await startForwardProxy({ hosts: { [NAME]: '127.0.0.1', [S3_NAME]: '127.0.0.1' }, credentials: `smart:${SECRET}` });
   }, 60_000);
 
   afterAll(async () => {
     await proxy?.stop();
     await secure?.stop();
     await plain?.stop();
+    await s3?.stop();
   });
 
   const viaProxy = (credentials = `smart:${SECRET}`) => ({ ...noProxyEnv, HTTPS_PROXY: `http://${credentials}@127.0.0.1:${proxy.port}`, HTTP_PROXY: `http://${credentials}@127.0.0.1:${proxy.port}` });
@@ -86,6 +91,19 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl'))('a registry 
     expect(await skopeoDigest(`127.0.0.1:${plain.port}/team/plain:1`)).toBe(fx.basic.manifest.digest);
     expect(proxy.seen).toContain(`PUT http://${NAME}:${plain.port}/v2/team/plain/manifests/1`);
     expect(proxy.seen.every((s) => s === `CONNECT ${NAME}:${plain.port}` || s.includes(` http://${NAME}:${plain.port}/v2/`)), proxy.seen.join('\n')).toBe(true);
+  });
+
+  it('reaches S3 through it too, each connection tunnelled to the endpoint', async () => {
+    const fx = fixtures();
+    proxy.seen.length = 0;
+    const env = { ...s3.env, ...viaProxy(), AWS_ENDPOINT_URL: `http://${S3_NAME}:${s3.port}`, AWS_ENDPOINT_URL_S3: '' };
+    const push = await smart(['push', '--json', `oci:${fx.paths.ociBasic}:latest`, `s3://${s3.bucket}#proxied/app:1`], { cacheHome: cache(), env });
+    expect(push.code, push.stderr).toBe(0);
+    expect(new Set(proxy.seen)).toEqual(new Set([`CONNECT ${S3_NAME}:${s3.port}`]));
+    // Read back straight from the endpoint, no proxy: the image is there.
+    const back = await smart(['pull', '--json', `s3://${s3.bucket}#proxied/app:1`, `oci:${work}/from-s3:v1`], { cacheHome: cache(), env: { ...s3.env, ...noProxyEnv } });
+    expect(back.code, back.stderr).toBe(0);
+    expect(JSON.parse(back.stdout.toString()).manifestDigest).toBe(fx.basic.manifest.digest);
   });
 
   it('never proxies loopback, and NO_PROXY names what goes straight', async () => {

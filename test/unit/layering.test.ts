@@ -21,6 +21,8 @@ const RANK: Record<string, number> = {
   // Bounds on untrusted input and the one transient-failure test: plain helpers over the error type.
   'limits.ts': 0.5,
   'transient.ts': 0.5,
+  // The proxies the environment names, for every client that connects (registries, S3).
+  'proxy.ts': 0.75,
   oci: 1,
   tar: 1,
   pipeline: 2,

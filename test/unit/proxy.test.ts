@@ -1,6 +1,6 @@
 /** Which connections go through a proxy, read from the environment as Go's net/http reads it. */
 import { describe, expect, it } from 'vitest';
-import { bypassesProxy, proxyFor } from '../../src/transports/registry/proxy.js';
+import { bypassesProxy, proxyFor } from '../../src/proxy.js';
 
 describe('proxyFor', () => {
   const env = { HTTPS_PROXY: 'http://u:p%40ss@proxy.corp:3128', HTTP_PROXY: 'proxy.corp:8080' };

@@ -111,7 +111,7 @@ export function statusError(ctx: ErrorContext, status: number, body: Buffer | un
 }
 
 /** Errors that mean the registry could not be reached at all (as opposed to a connection that broke). */
-// EPROXY: a proxy refused to carry the connection (proxy.ts).
+// EPROXY: a proxy refused to carry the connection (src/proxy.ts).
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', HTTP_CONNECT_TIMEOUT, 'EPROXY']);
 
 /** Node's codes for a certificate refused: OpenSSL's verdicts on the chain, and Node's own name and date checks. */

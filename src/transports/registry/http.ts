@@ -22,7 +22,7 @@ import { SmartError } from '../../errors.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
 import type { BulkPool, TlsTrust } from './bulk-get.js';
 import { abortError, abortReason, closedError, connectTimeoutError, stallError } from './connection-errors.js';
-import { connectThrough, proxyFor, type ProxyRoute } from './proxy.js';
+import { connectThrough, proxyFor, type ProxyRoute } from '../../proxy.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
 
@@ -118,7 +118,7 @@ function dumpBody(res: IncomingMessage): Promise<void> {
 
 /** The connections to one registry (and the token servers and redirect targets it names). */
 export class Http {
-  /** A pool per scheme and route: `https:`, `http:`, or either `via` a proxy (proxy.ts). */
+  /** A pool per scheme and route: `https:`, `http:`, or either `via` a proxy (src/proxy.ts). */
   private agents = new Map<string, http.Agent | Promise<HttpsAgent>>();
   private trust: Promise<TlsTrust> | undefined;
   private closed = false;

@@ -9,7 +9,7 @@ import { parseChallenge, type Challenge } from './auth.js';
 import { connectionError, statusError, type ErrorContext } from './errors.js';
 import { USER_AGENT, header, type Http } from './http.js';
 import type { Retry } from './retry.js';
-import { proxyFor } from './proxy.js';
+import { proxyFor } from '../../proxy.js';
 
 export interface PingResult {
   /** `https://host[:port]` or `http://…`: where the API answers. */

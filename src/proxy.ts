@@ -1,6 +1,6 @@
 /**
  * HTTP proxies, read from the environment as Go's net/http reads it, so that `smart` reaches a
- * registry wherever skopeo, crane and the Docker daemon on the same machine do (a CI runner behind
+ * registry (and S3: proxyAgents) wherever skopeo, crane and the Docker daemon on the same machine do (a CI runner behind
  * a corporate proxy sets these for all of them): HTTPS_PROXY (or https_proxy) for https targets,
  * HTTP_PROXY (or http_proxy) for http ones, NO_PROXY (or no_proxy) for the hosts to reach directly.
  * localhost and loopback addresses are never proxied.
@@ -11,8 +11,15 @@
  * sends the credentials as Proxy-Authorization; they never appear in a message (`shown`).
  */
 import { isIP, type Socket } from 'node:net';
-import { SmartError } from '../../errors.js';
-import { codedError } from './connection-errors.js';
+import { SmartError } from './errors.js';
+import { HTTP_CONNECT_TIMEOUT } from './transient.js';
+
+/** An error coded as Node codes its own (the registry's and S3's error wording reads the code). */
+function codedError(message: string, code: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+const connectTimeoutError = () => codedError('connect timed out', HTTP_CONNECT_TIMEOUT);
 
 export interface ProxyRoute {
   /** The proxy's `host:port`. */
@@ -166,4 +173,40 @@ export function connectThrough(proxy: ProxyRoute, host: string, port: number, co
       socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n${auth}\r\n`);
     });
   });
+}
+
+/** Whether the environment names any proxy (then clients that build their own requests get proxyAgents). */
+export function proxyConfigured(env: NodeJS.ProcessEnv = process.env): boolean {
+  return envAny(env, 'HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy') !== undefined;
+}
+
+/**
+ * Agents for a client that builds its own requests (the S3 SDK): each connection goes through the
+ * proxy the environment names for its target (proxyFor), or straight. Both schemes go through a
+ * CONNECT tunnel, since the client writes its requests itself (origin form); TLS end to end.
+ */
+export function proxyAgents(options: { keepAlive: boolean; maxSockets: number; connectMs: number }): { httpAgent: import('node:http').Agent; httpsAgent: import('node:https').Agent } {
+  const http = process.getBuiltinModule('node:http');
+  const https = process.getBuiltinModule('node:https');
+  const tls = process.getBuiltinModule('node:tls');
+  type Done = (e: Error | null, socket?: import('node:stream').Duplex) => void;
+  type Target = { host: string; port: number | string };
+  const route = (scheme: 'http' | 'https', o: Target) => proxyFor(new URL(`${scheme}://${o.host.includes(':') ? `[${o.host}]` : o.host}:${o.port}`));
+  const httpAgent = new (class extends http.Agent {
+    override createConnection(o: Target & import('node:net').NetConnectOpts, done: Done) {
+      const proxy = route('http', o);
+      if (!proxy) return super.createConnection(o, done);
+      connectThrough(proxy, o.host, Number(o.port), options.connectMs, connectTimeoutError).then((socket) => done(null, socket), (e: Error) => done(e));
+      return undefined;
+    }
+  })(options);
+  const httpsAgent = new (class extends https.Agent {
+    override createConnection(o: Target & import('node:tls').ConnectionOptions, done: Done) {
+      const proxy = route('https', o);
+      if (!proxy) return super.createConnection(o, done);
+      connectThrough(proxy, o.host, Number(o.port), options.connectMs, connectTimeoutError).then((socket) => done(null, tls.connect({ ...o, socket })), (e: Error) => done(e));
+      return undefined;
+    }
+  })(options);
+  return { httpAgent, httpsAgent };
 }
