@@ -30,6 +30,7 @@ import { digestHex, type Digest } from '../oci/digest.js';
 import { ownedId } from '../storage/aside.js';
 import { tryLockFile } from '../storage/file-lock.js';
 import { mkdirp } from '../storage/made-directories.js';
+import { StoredLayerDamage } from './stored-layer-damage.js';
 import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
 
@@ -202,12 +203,42 @@ export class LayerStore {
   /** The layer's entries in tar order, with the paths of stored contents. */
   async *entries(diffId: Digest): AsyncGenerator<StoredEntry> {
     const dir = this.layerDir(diffId);
-    const lines = createInterface({ input: createReadStream(path.join(dir, 'entries')), crlfDelay: Infinity });
-    for await (const line of lines) {
+    const index = path.join(dir, 'entries');
+    const lines = createInterface({ input: createReadStream(index), crlfDelay: Infinity });
+    const damaged = (e: unknown) => new StoredLayerDamage(`its index ${index} cannot be read: ${(e as Error).message}`, { cause: e });
+    let next: IteratorResult<string>;
+    for (const it = lines[Symbol.asyncIterator](); ; ) {
+      try {
+        next = await it.next();
+      } catch (e) {
+        throw damaged(e);
+      }
+      if (next.done) return;
+      const line = next.value;
       if (!line) continue;
-      const r = JSON.parse(line) as Header & { mtime: number; file?: string };
+      let r: Header & { mtime: number; file?: string };
+      try {
+        r = JSON.parse(line) as typeof r;
+      } catch (e) {
+        throw damaged(e);
+      }
       const { file, ...header } = r;
       yield { header: { ...header, mtime: new Date(r.mtime) } as Header, ...(file ? { file: path.join(dir, 'files', file) } : {}) };
+    }
+  }
+
+  /**
+   * Removes a layer found damaged (StoredLayerDamage), under its lock so that no run is filling it
+   * meanwhile (then it is left to that run). Moved aside first: a reader never meets half of it.
+   */
+  async discard(diffId: Digest): Promise<void> {
+    if (!(await this.tryLock(diffId).catch(() => false))) return;
+    try {
+      const aside = path.join(this.dir, 'tmp', ownedId());
+      await mkdirp(path.dirname(aside));
+      if (await fs.rename(this.layerDir(diffId), aside).then(() => true, () => false)) await fs.rm(aside, { recursive: true, force: true });
+    } finally {
+      await fs.rm(this.lockPath(diffId), { force: true });
     }
   }
 

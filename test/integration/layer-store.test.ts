@@ -9,6 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { LayerStore } from '../../src/cache/layer-store.js';
+import type { Digest } from '../../src/oci/digest.js';
 import { fixtures } from '../harness/fixtures.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
@@ -87,6 +88,43 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(kept).toHaveLength(details.kept ? fx.basic.layers.length : 0);
     if (details.kept) expect(details.kept.how).toBe('reflink');
     expect(await fs.readFile(path.join(work, 'cold/etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+  });
+
+  it('a layer the store lost part of (a CI cache restored in part) is fetched again, not a failure of every pull after', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const store = new LayerStore(path.join(cacheHome, 'smartlayer', 'layer-store'));
+    const first = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'whole')}`, '--keep-layers'], { cacheHome });
+    expect(first.code, first.stderr).toBe(0);
+    const want = await describeTree(path.join(work, 'whole'));
+    // One layer loses a file it holds, another its index.
+    const [lost, garbled] = [fx.basic.layers[1]!, fx.basic.layers[2]!];
+    let lostFile: string | undefined; // the last regular file (the first ones may be whiteouts, whose content is never read)
+    for await (const e of store.entries(lost.diffId as Digest)) if (e.file) lostFile = e.file;
+    await fs.rm(lostFile!);
+    await fs.writeFile(path.join(store.dir, 'layers', garbled.diffId.slice(7), 'entries'), '{"name": "etc/\n');
+    for (const [n, link] of [[1, false], [2, true]] as const) {
+      proxy.stats.clear();
+      const dest = path.join(work, `repaired-${n}`);
+      const r = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--json', ...(link ? ['--link'] : [])], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      // --link: the tree's files share their inodes with the store's, so every file is in a group.
+      const unlinked = (t: Awaited<ReturnType<typeof describeTree>>) => Object.fromEntries(Object.entries(t).map(([p, { hardlinkGroup: _, ...e }]) => [p, e]));
+      if (link) expect(unlinked(await describeTree(dest))).toEqual(unlinked(want));
+      else expect(await describeTree(dest)).toEqual(want);
+      const fetched = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/')).map((q) => q.path.split('/').pop());
+      if (n === 1) {
+        // The two damaged layers were fetched, dropped from the store, and said so; nothing else was fetched.
+        expect(new Set(fetched)).toEqual(new Set([lost.digest, garbled.digest]));
+        expect(JSON.parse(r.stdout.toString()).details.repaired).toEqual({ layers: 2 });
+        expect(r.stderr.match(/^warning: .* in the layer store is damaged \(.*\): removed from the store, and fetched$/gm)).toHaveLength(2);
+        expect(await store.has(lost.diffId as Digest)).toBe(false);
+      } else {
+        // The first repair left nothing damaged: the store serves the rest, the two are fetched and kept again.
+        expect(r.stderr).not.toMatch(/damaged/);
+      }
+    }
+    expect(await store.verify()).toEqual([]);
   });
 
   it('two pulls at once into one store both succeed, fetch each layer once, and leave a store that verifies', async () => {

@@ -45,6 +45,7 @@ import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError, quoted, refusalHint, systemWords } from '../../errors.js';
 import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
+import { StoredLayerDamage } from '../../cache/stored-layer-damage.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader } from '../../tar/stream-reader.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
@@ -739,12 +740,21 @@ export class RootfsApplier {
 
   /** A file whose content is already on disk: cloned or copied (then given its metadata), or linked. */
   private async placeStoredFile(target: string, rel: string, h: Header, meta: EntryMeta, stored: { path: string; link: boolean }): Promise<number> {
+    // The stored file gone is the store's damage, not the tree's: the writer fetches the layer instead.
+    const fromStore = (place: () => void) => () => {
+      try {
+        place();
+      } catch (e) {
+        if (isErrno(e, 'ENOENT') && e.path === stored.path) throw new StoredLayerDamage(`${stored.path} is gone`, { cause: e });
+        throw e;
+      }
+    };
     if (stored.link) {
       // The stored file already carries the entry's mode, owner and times; a link shares them.
-      await this.replace(target, rel, () => linkSync(stored.path, target));
+      await this.replace(target, rel, fromStore(() => linkSync(stored.path, target)));
       return h.size ?? 0;
     }
-    await this.replace(target, rel, () => copyFileSync(stored.path, target, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE));
+    await this.replace(target, rel, fromStore(() => copyFileSync(stored.path, target, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE)));
     if (this.preserveOwnership) {
       const { uid, gid } = meta;
       lchownSync(target, uid, gid);

@@ -22,6 +22,7 @@ import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
+import { StoredLayerDamage } from '../../cache/stored-layer-damage.js';
 import path from 'node:path';
 import { SmartError, cannotTakeMore, machineRefusal, rethrowRefusal, systemWords } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
@@ -380,6 +381,8 @@ export class RootfsWriter implements ImageWriter {
     });
     let fromStore = 0;
     let kept = 0;
+    /** Layers the store held damaged, fetched instead. */
+    let repaired = 0;
     try {
       for (const [i, layer] of image.layers.entries()) {
         const plan = await plans[i]!;
@@ -387,10 +390,23 @@ export class RootfsWriter implements ImageWriter {
         const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
         const { digest } = layer.descriptor;
         if (plan.from === 'store') {
-          await applier.applyEntries(store!.entries(layer.diffId), what, { link: how === 'hardlink' });
-          fromStore++;
-          options.onLayer?.({ digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0 });
-          continue;
+          try {
+            await applier.applyEntries(store!.entries(layer.diffId), what, { link: how === 'hardlink' });
+            fromStore++;
+            options.onLayer?.({ digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0 });
+            continue;
+          } catch (e) {
+            if (!(e instanceof StoredLayerDamage)) throw e;
+            // A cache that lost part of a layer must not fail every pull after it: the layer goes
+            // from the store, and is fetched and laid over what of it was laid (the whole layer
+            // writes every path it holds again, as its first application would have).
+            this.options.onWarning?.(`${this.name}: ${what} in the layer store is damaged (${e.message}): removed from the store, and fetched`);
+            await store!.discard(layer.diffId);
+            repaired++;
+            const stats = await applier.applyLayer(await layer.openUncompressed(progressOptions(layer, options, signal)), what);
+            options.onLayer?.({ digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
+            continue;
+          }
         }
         const stats = await applier.applyLayer(plan.read(), what, plan.fill ? { keep: plan.fill } : {});
         if (plan.fill) {
@@ -419,6 +435,7 @@ export class RootfsWriter implements ImageWriter {
       materialize: fromStore > 0 ? how! : 'stream',
       ...(kept > 0 ? { kept: { layers: kept, how: how! } } : {}),
       ...(notKept ? { notKept } : {}),
+      ...(repaired > 0 ? { repaired: { layers: repaired } } : {}),
       ...(spools.length > 0 ? { spooled: { layers: spools.length, peakMemory: budget.peak, toFile: spooledToFile } } : {}),
     };
   }
