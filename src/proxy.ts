@@ -125,7 +125,7 @@ function refusal(proxy: ProxyRoute, target: string, statusLine: string): Error {
 /**
  * A TCP connection to `host:port` through the proxy's CONNECT tunnel: the socket once the proxy
  * answered 200, ready for TLS. Fails with the proxy's answer, or the connection's error naming the
- * proxy; after `connectMs` with HTTP_CONNECT_TIMEOUT's error (`onTimeout`).
+ * proxy; after `connectMs` with `timeoutError()` (the callers' connect timeout, HTTP_CONNECT_TIMEOUT).
  */
 export function connectThrough(proxy: ProxyRoute, host: string, port: number, connectMs: number, timeoutError: () => Error): Promise<Socket> {
   const target = `${host.includes(':') ? `[${host}]` : host}:${port}`;
