@@ -204,26 +204,34 @@ export class LayerStore {
   async *entries(diffId: Digest): AsyncGenerator<StoredEntry> {
     const dir = this.layerDir(diffId);
     const index = path.join(dir, 'entries');
-    const lines = createInterface({ input: createReadStream(index), crlfDelay: Infinity });
+    const input = createReadStream(index);
+    const lines = createInterface({ input, crlfDelay: Infinity });
     const damaged = (e: unknown) => new StoredLayerDamage(`its index ${index} cannot be read: ${(e as Error).message}`, { cause: e });
-    let next: IteratorResult<string>;
-    for (const it = lines[Symbol.asyncIterator](); ; ) {
-      try {
-        next = await it.next();
-      } catch (e) {
-        throw damaged(e);
+    const it = lines[Symbol.asyncIterator]();
+    try {
+      for (;;) {
+        let next: IteratorResult<string>;
+        try {
+          next = await it.next();
+        } catch (e) {
+          throw damaged(e);
+        }
+        if (next.done) return;
+        const line = next.value;
+        if (!line) continue;
+        let r: Header & { mtime: number; file?: string };
+        try {
+          r = JSON.parse(line) as typeof r;
+        } catch (e) {
+          throw damaged(e);
+        }
+        const { file, ...header } = r;
+        yield { header: { ...header, mtime: new Date(r.mtime) } as Header, ...(file ? { file: path.join(dir, 'files', file) } : {}) };
       }
-      if (next.done) return;
-      const line = next.value;
-      if (!line) continue;
-      let r: Header & { mtime: number; file?: string };
-      try {
-        r = JSON.parse(line) as typeof r;
-      } catch (e) {
-        throw damaged(e);
-      }
-      const { file, ...header } = r;
-      yield { header: { ...header, mtime: new Date(r.mtime) } as Header, ...(file ? { file: path.join(dir, 'files', file) } : {}) };
+    } finally {
+      // Left early (the layer failed, the pull was cancelled): the index file is closed now, not at GC.
+      await it.return?.();
+      input.destroy();
     }
   }
 

@@ -180,6 +180,27 @@ describe('root filesystems from layers arriving in any order', () => {
     expect(await describeTree(mixed)).toEqual(expected);
   });
 
+  it("a reader that leaves a stored layer's entries early closes its index at once, not when collected", async () => {
+    const dir = await tempDir();
+    const store = new LayerStore(path.join(dir, 'store'));
+    // An index larger than a read's buffer: the file is still open when the reader leaves.
+    const first = 'ab'.repeat(32);
+    const index = path.join(store.dir, 'layers', first, 'entries');
+    await fs.mkdir(path.dirname(index), { recursive: true });
+    const line = `${JSON.stringify({ name: 'd/', type: 'directory', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 })}\n`;
+    await fs.writeFile(index, line.repeat(20_000));
+    const openOnIndex = async () => {
+      let n = 0;
+      for (const fd of await fs.readdir('/proc/self/fd')) if ((await fs.readlink(`/proc/self/fd/${fd}`).catch(() => '')) === index) n++;
+      return n;
+    };
+    for await (const _ of store.entries(`sha256:${first}` as Digest)) {
+      expect(await openOnIndex()).toBe(1);
+      break;
+    }
+    expect(await openOnIndex()).toBe(0);
+  });
+
   it('a cold pull writes each file once: into the tree, nothing kept in a store whose filesystem copies (unless asked, or for a bundle)', async () => {
     const dir = await tempDir();
     const store = new LayerStore(path.join(dir, 'store'));
