@@ -1,6 +1,6 @@
 /**
  * HTTP proxies, read from the environment as Go's net/http reads it, so that `smart` reaches a
- * registry (and S3: proxyAgents) wherever skopeo, crane and the Docker daemon on the same machine do (a CI runner behind
+ * registry (and S3) wherever skopeo, crane and the Docker daemon on the same machine do (a CI runner behind
  * a corporate proxy sets these for all of them): HTTPS_PROXY (or https_proxy) for https targets,
  * HTTP_PROXY (or http_proxy) for http ones, NO_PROXY (or no_proxy) for the hosts to reach directly.
  * localhost and loopback addresses are never proxied.
@@ -12,14 +12,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { SmartError } from './errors.js';
-import { HTTP_CONNECT_TIMEOUT } from './transient.js';
-
-/** An error coded as Node codes its own (the registry's and S3's error wording reads the code). */
-function codedError(message: string, code: string): Error {
-  return Object.assign(new Error(message), { code });
-}
-
-const connectTimeoutError = () => codedError('connect timed out', HTTP_CONNECT_TIMEOUT);
+import { codedError, connectTimeoutError } from './transient.js';
 
 export interface ProxyRoute {
   /** The proxy's `host:port`. */
@@ -125,15 +118,15 @@ function refusal(proxy: ProxyRoute, target: string, statusLine: string): Error {
 /**
  * A TCP connection to `host:port` through the proxy's CONNECT tunnel: the socket once the proxy
  * answered 200, ready for TLS. Fails with the proxy's answer, or the connection's error naming the
- * proxy; after `connectMs` with `timeoutError()` (the callers' connect timeout, HTTP_CONNECT_TIMEOUT).
+ * proxy; after `connectMs` with HTTP_CONNECT_TIMEOUT's error.
  */
-export function connectThrough(proxy: ProxyRoute, host: string, port: number, connectMs: number, timeoutError: () => Error): Promise<Socket> {
+function connectThrough(proxy: ProxyRoute, host: string, port: number, connectMs: number): Promise<Socket> {
   const target = `${host.includes(':') ? `[${host}]` : host}:${port}`;
   const net = process.getBuiltinModule('node:net');
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: proxy.host, port: proxy.port });
     let head = Buffer.alloc(0);
-    const timer = setTimeout(() => fail(timeoutError()), connectMs);
+    const timer = setTimeout(() => fail(connectTimeoutError()), connectMs);
     const done = () => {
       clearTimeout(timer);
       socket.off('data', onData);
@@ -175,38 +168,49 @@ export function connectThrough(proxy: ProxyRoute, host: string, port: number, co
   });
 }
 
-/** Whether the environment names any proxy (then clients that build their own requests get proxyAgents). */
+/** Whether the environment names any proxy (then clients that build their own requests get routed agents). */
 export function proxyConfigured(env: NodeJS.ProcessEnv = process.env): boolean {
   return envAny(env, 'HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy') !== undefined;
 }
 
+type Done = (e: Error | null, socket?: import('node:stream').Duplex) => void;
+type Target = { host: string; port: number | string };
+
+const route = (scheme: 'http' | 'https', o: Target) => proxyFor(new URL(`${scheme}://${o.host.includes(':') ? `[${o.host}]` : o.host}:${o.port}`));
+
 /**
- * Agents for a client that builds its own requests (the S3 SDK): each connection goes through the
- * proxy the environment names for its target (proxyFor), or straight. Both schemes go through a
- * CONNECT tunnel, since the client writes its requests itself (origin form); TLS end to end.
+ * An https.Agent whose every connection goes through the proxy the environment names for its host
+ * (proxyFor), TLS end to end over the CONNECT tunnel and the certificate checked against the
+ * host's name, or straight (as https.Agent itself connects) where none applies.
  */
-export function proxyAgents(options: { keepAlive: boolean; maxSockets: number; connectMs: number }): { httpAgent: import('node:http').Agent; httpsAgent: import('node:https').Agent } {
-  const http = process.getBuiltinModule('node:http');
+export function routedHttpsAgent(options: import('node:https').AgentOptions & { connectMs: number }): import('node:https').Agent {
   const https = process.getBuiltinModule('node:https');
-  const tls = process.getBuiltinModule('node:tls');
-  type Done = (e: Error | null, socket?: import('node:stream').Duplex) => void;
-  type Target = { host: string; port: number | string };
-  const route = (scheme: 'http' | 'https', o: Target) => proxyFor(new URL(`${scheme}://${o.host.includes(':') ? `[${o.host}]` : o.host}:${o.port}`));
-  const httpAgent = new (class extends http.Agent {
-    override createConnection(o: Target & import('node:net').NetConnectOpts, done: Done) {
-      const proxy = route('http', o);
-      if (!proxy) return super.createConnection(o, done);
-      connectThrough(proxy, o.host, Number(o.port), options.connectMs, connectTimeoutError).then((socket) => done(null, socket), (e: Error) => done(e));
-      return undefined;
-    }
-  })(options);
-  const httpsAgent = new (class extends https.Agent {
+  return new (class extends https.Agent {
     override createConnection(o: Target & import('node:tls').ConnectionOptions, done: Done) {
       const proxy = route('https', o);
       if (!proxy) return super.createConnection(o, done);
-      connectThrough(proxy, o.host, Number(o.port), options.connectMs, connectTimeoutError).then((socket) => done(null, tls.connect({ ...o, socket })), (e: Error) => done(e));
+      connectThrough(proxy, o.host, Number(o.port), options.connectMs).then(
+        (socket) => done(null, process.getBuiltinModule('node:tls').connect({ ...o, socket })),
+        (e: Error) => done(e),
+      );
       return undefined;
     }
   })(options);
-  return { httpAgent, httpsAgent };
+}
+
+/**
+ * The same for plain HTTP, for a client that writes its requests itself in origin form (the S3
+ * SDK): proxied connections go through a CONNECT tunnel too. (The registry client asks a proxy for
+ * plain HTTP in absolute form instead, as Go does: http.ts.)
+ */
+export function routedHttpAgent(options: import('node:http').AgentOptions & { connectMs: number }): import('node:http').Agent {
+  const http = process.getBuiltinModule('node:http');
+  return new (class extends http.Agent {
+    override createConnection(o: Target & import('node:net').NetConnectOpts, done: Done) {
+      const proxy = route('http', o);
+      if (!proxy) return super.createConnection(o, done);
+      connectThrough(proxy, o.host, Number(o.port), options.connectMs).then((socket) => done(null, socket), (e: Error) => done(e));
+      return undefined;
+    }
+  })(options);
 }

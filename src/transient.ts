@@ -10,6 +10,16 @@ import { isCancellation, isSmartError } from './errors.js';
 export const HTTP_STALL = 'SMART_HTTP_STALL';
 export const HTTP_CONNECT_TIMEOUT = 'SMART_HTTP_CONNECT_TIMEOUT';
 
+/** An error coded as Node codes its own, so that what is transient and what to say are told by the code alone. */
+export function codedError(message: string, code: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/** A connection not made in time (to a registry, an S3 endpoint, a proxy). */
+export function connectTimeoutError(): Error {
+  return codedError('connect timed out', HTTP_CONNECT_TIMEOUT);
+}
+
 /**
  * Connection-level failures: refused, reset, cut or timed out on the way (as errno codes, Node's
  * stream codes, the registry client's timeouts and the names the AWS SDK gives its own). A host

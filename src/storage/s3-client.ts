@@ -6,7 +6,7 @@
  */
 import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import tls from 'node:tls';
-import { proxyAgents, proxyConfigured } from '../proxy.js';
+import { proxyConfigured, routedHttpAgent, routedHttpsAgent } from '../proxy.js';
 import { trustDeferredCaCerts } from '../tls-trust.js';
 import type { SmartError } from '../errors.js';
 
@@ -72,7 +72,9 @@ export function makeS3Client(o: { endpoint?: string; region?: string; profile?: 
     // straight, as proxyFor says for its host; else the SDK's own agents.
     requestHandler: {
       socketTimeout: o.stallTimeoutMs ?? DEFAULT_STALL_MS,
-      ...(proxyConfigured() ? proxyAgents({ keepAlive: true, maxSockets: 50, connectMs: 10_000 }) : {}),
+      ...(proxyConfigured()
+        ? { httpAgent: routedHttpAgent({ keepAlive: true, maxSockets: 50, connectMs: 10_000 }), httpsAgent: routedHttpsAgent({ keepAlive: true, maxSockets: 50, connectMs: 10_000 }) }
+        : {}),
     },
     ...(endpoint !== undefined ? { endpoint } : {}),
     ...(profile !== undefined ? { profile } : {}),

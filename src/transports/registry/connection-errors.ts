@@ -3,11 +3,9 @@
  * http.ts, or the bulk reader of blob bodies, bulk-get.ts): coded as Node codes its own, so that
  * errors.ts and transient.ts tell what is transient and what to say by the code alone.
  */
-import { HTTP_CONNECT_TIMEOUT, HTTP_STALL } from '../../transient.js';
+import { HTTP_STALL, codedError } from '../../transient.js';
 
-export function codedError(message: string, code: string): Error {
-  return Object.assign(new Error(message), { code });
-}
+export { codedError, connectTimeoutError } from '../../transient.js';
 
 /** What a request aborted before its answer fails with: the abort's reason. */
 export function abortReason(signal: AbortSignal): Error {
@@ -17,10 +15,6 @@ export function abortReason(signal: AbortSignal): Error {
 /** The error a body read while the request is aborted fails with (an AbortError, as fetch's). */
 export function abortError(signal: AbortSignal): Error {
   return Object.assign(new Error('the operation was aborted', { cause: signal.reason }), { name: 'AbortError', code: 'ABORT_ERR' });
-}
-
-export function connectTimeoutError(): Error {
-  return codedError('connect timed out', HTTP_CONNECT_TIMEOUT);
 }
 
 /** No byte for `ms` while the registry had something to send. */

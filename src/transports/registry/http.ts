@@ -16,13 +16,12 @@ import fs from 'node:fs/promises';
 import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import type { Agent as HttpsAgent } from 'node:https';
 import path from 'node:path';
-import { Readable, pipeline, type Duplex } from 'node:stream';
-import type { ConnectionOptions as TlsConnectionOptions } from 'node:tls';
+import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
 import type { BulkPool, TlsTrust } from './bulk-get.js';
 import { abortError, abortReason, closedError, connectTimeoutError, stallError } from './connection-errors.js';
-import { connectThrough, proxyFor, type ProxyRoute } from '../../proxy.js';
+import { proxyFor, routedHttpsAgent } from '../../proxy.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
 
@@ -118,8 +117,8 @@ function dumpBody(res: IncomingMessage): Promise<void> {
 
 /** The connections to one registry (and the token servers and redirect targets it names). */
 export class Http {
-  /** A pool per scheme and route: `https:`, `http:`, or either `via` a proxy (src/proxy.ts). */
-  private agents = new Map<string, http.Agent | Promise<HttpsAgent>>();
+  private httpAgent: http.Agent | undefined;
+  private httpsAgent: Promise<HttpsAgent> | undefined;
   private trust: Promise<TlsTrust> | undefined;
   private closed = false;
   /** The connections of bulk GETs (bulk-get.ts). */
@@ -127,33 +126,14 @@ export class Http {
 
   constructor(private readonly options: HttpOptions) {}
 
-  private agentFor(protocol: string, proxy: ProxyRoute | undefined): http.Agent | Promise<HttpsAgent> {
-    const key = `${protocol}${proxy ? ` via ${proxy.shown}` : ''}`;
-    let agent = this.agents.get(key);
-    if (agent) return agent;
-    // Plain HTTP through a proxy: asked of the proxy in absolute form (send), on connections to it.
-    if (protocol === 'http:') agent = new http.Agent({ keepAlive: true, maxSockets: CONNECTIONS });
-    else {
-      // https (and tls) only when a registry speaks it.
-      agent = (async () => {
-        const https = process.getBuiltinModule('node:https');
-        const options = { keepAlive: true, maxSockets: CONNECTIONS, ...(await this.tlsTrust()) };
-        if (!proxy) return new https.Agent(options);
-        const connectMs = Math.min(this.options.stallTimeoutMs, 10_000);
-        // TLS end to end, over the proxy's CONNECT tunnel: the certificate is checked against the registry's name.
-        return new (class extends https.Agent {
-          override createConnection(o: TlsConnectionOptions & { host: string; port: number }, done: (e: Error | null, socket?: Duplex) => void): undefined {
-            connectThrough(proxy!, o.host, Number(o.port), connectMs, connectTimeoutError).then(
-              (socket) => done(null, process.getBuiltinModule('node:tls').connect({ ...o, socket })),
-              (e: Error) => done(e),
-            );
-            return undefined;
-          }
-        })(options);
-      })();
-    }
-    this.agents.set(key, agent);
-    return agent;
+  private agentFor(protocol: string): http.Agent | Promise<HttpsAgent> {
+    // Plain HTTP through a proxy is asked of the proxy in absolute form (send), on connections to it.
+    if (protocol === 'http:') return (this.httpAgent ??= new http.Agent({ keepAlive: true, maxSockets: CONNECTIONS }));
+    // https (and tls) only when a registry speaks it; each connection straight or through the
+    // proxy the environment names for its host (src/proxy.ts).
+    this.httpsAgent ??= (async () =>
+      routedHttpsAgent({ keepAlive: true, maxSockets: CONNECTIONS, connectMs: Math.min(this.options.stallTimeoutMs, 10_000), ...(await this.tlsTrust()) }))();
+    return this.httpsAgent;
   }
 
   /** What a TLS connection here trusts: the extra CA certificates of the registry's directories; nothing checked when insecure. */
@@ -185,7 +165,7 @@ export class Http {
     signal?.throwIfAborted();
     const url = new URL(options.path, options.origin);
     const proxy = proxyFor(url);
-    const agent = await this.agentFor(url.protocol, proxy);
+    const agent = await this.agentFor(url.protocol);
     signal?.throwIfAborted();
     if (this.closed) throw closedError();
     const { body } = options;
@@ -282,7 +262,8 @@ export class Http {
   async close(): Promise<void> {
     this.closed = true;
     this.bulk?.close();
-    for (const agent of this.agents.values()) (await Promise.resolve(agent).catch(() => undefined))?.destroy();
+    this.httpAgent?.destroy();
+    if (this.httpsAgent) (await this.httpsAgent.catch(() => undefined))?.destroy();
   }
 }
 
