@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError } from '../errors.js';
-import { cancel, collect, defaultCacheDir, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
+import { cancel, collect, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
 import { addCommonOptions, commanderParser } from './commander-options.js';
 import { Output, formatBytes, guardedStdout } from './output.js';
 import { refuseTerminals, toStdout } from './transfer.js';
@@ -73,9 +73,15 @@ function buildArgs(list: string[] | undefined): Record<string, string> {
 /** `names`: the store and images the command reads and writes (which registry gets which credentials). */
 async function session(flags: CacheFlags, out: Output, names: { read: string[]; write: string[] }) {
   const { openCacheSession } = await import('../ops/cache.js');
+  const { defaultCacheDir, noCacheDirReason } = await import('../ops/local-state.js');
+  // The index and the layer store live there: without one there is nothing to work on.
+  const cacheDir = flags.cacheDir ?? defaultCacheDir();
+  if (cacheDir === undefined) {
+    throw new SmartError('USAGE', `smart cache keeps its index in a cache directory, and there is none: ${noCacheDirReason()}`, { hint: 'set XDG_CACHE_HOME or pass --cache-dir' });
+  }
   const redisUrl = flags.redis ?? process.env.SMART_REDIS_URL;
   return openCacheSession({
-    cacheDir: flags.cacheDir ?? defaultCacheDir(),
+    cacheDir,
     ...(redisUrl ? { redisUrl } : {}),
     ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),
     remote: await remoteOptions(flags, names, (m) => out.warn(m)),

@@ -33,7 +33,7 @@ import fs from 'node:fs';
 import Module from 'node:module';
 import path from 'node:path';
 import type * as vmTypes from 'node:vm';
-import { defaultCacheDir } from './options.js';
+import { defaultCacheDir, noCacheDirReason } from '../ops/local-state.js';
 
 /** The parts of CommonJS's Module this relies on, as Node builds a module's `require` (v8-compile-cache relied on the same). */
 interface CjsModule {
@@ -81,7 +81,12 @@ export function enableCompileCache(): void {
   }
   const M = Module as unknown as CjsModuleClass;
   // From the environment alone (XDG_CACHE_HOME), as it starts before the arguments are read.
-  const dir = path.join(defaultCacheDir(), 'compile-cache');
+  const cacheDir = defaultCacheDir();
+  if (cacheDir === undefined) {
+    status = { on: false, why: `no cache directory (${noCacheDirReason()})` };
+    return;
+  }
+  const dir = path.join(cacheDir, 'compile-cache');
   if (typeof M.enableCompileCache === 'function') {
     try {
       const r = M.enableCompileCache(dir);

@@ -1,5 +1,4 @@
 /** Flags shared by the commands, and what they turn into. */
-import os from 'node:os';
 import { SmartError } from '../errors.js';
 import type { OutputOptions } from './output.js';
 import type { ProgressMode } from './progress.js';
@@ -391,9 +390,6 @@ export function outputOptions(flags: CommonFlags): OutputOptions {
   return { json: !!flags.json, quiet: !!flags.quiet, debug: !!flags.debug };
 }
 
-export function defaultCacheDir(): string {
-  return process.env.XDG_CACHE_HOME ? `${process.env.XDG_CACHE_HOME}/smartlayer` : `${os.homedir()}/.cache/smartlayer`;
-}
 
 /** Aborted by a signal or by --timeout; the library stops its work through it. */
 export const cancel = new AbortController();

@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import { SmartError } from '../errors.js';
-import { PULL_OPTIONS, PUSH_OPTIONS, defaultCacheDir, optionNames, progressMode, pruneDays, remoteOptions, cancel, type CommonFlags } from './options.js';
+import { PULL_OPTIONS, PUSH_OPTIONS, optionNames, progressMode, pruneDays, remoteOptions, cancel, type CommonFlags } from './options.js';
 import type { Output } from './output.js';
 
 function dockerfileOption(flags: CommonFlags) {
@@ -78,6 +78,7 @@ export function transferDocument(mode: 'push' | 'pull', summary: CopySummary, ex
 
 export async function runTransfer(command: 'push' | 'pull' | 'copy', source: string, destination: string, flags: CommonFlags, out: Output): Promise<void> {
   const { copyMode, storedReference, transfer } = await import('../ops/transfer.js');
+  const { defaultCacheDir, noCacheDirReason } = await import('../ops/local-state.js');
   const mode = command === 'copy' ? copyMode(destination) : command;
   if (command === 'copy') refuseOptionsOfOtherMode(mode, destination, flags);
   if (flags.json && toStdout(destination)) {
@@ -88,6 +89,9 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
   const { ProgressDisplay } = await import('./progress.js');
   const progress = new ProgressDisplay(progressMode(flags), { command: mode, source, destination });
   const timeout = flags.timeout ? setTimeout(() => cancel.abort(new SmartError('CANCELLED', `timed out after ${flags.timeout} s (--timeout)`)), flags.timeout * 1000) : undefined;
+  // No home to keep a cache in: the run goes on, and says what it cannot keep.
+  const cacheDir = flags.cacheDir ?? defaultCacheDir();
+  if (cacheDir === undefined) progress.warning(`no cache directory (${noCacheDirReason()}): nothing is kept for the next run; set XDG_CACHE_HOME or pass --cache-dir`);
   let summary: CopySummary;
   try {
     const remote = await remoteOptions(flags, { read: [source], write: [destination] }, (m) => progress.warning(m));
@@ -104,7 +108,7 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
       ...(flags.compressionLevel ? { gzipLevel: flags.compressionLevel } : {}),
       ...(flags.compression === 'zstd' ? { compression: 'zstd' as const } : {}),
       ...(flags.dockerfile ? { dockerfile: dockerfileOption(flags) } : {}),
-      cacheDir: flags.cacheDir ?? defaultCacheDir(),
+      ...(cacheDir !== undefined ? { cacheDir } : {}),
       ...((flags.redis ?? process.env.SMART_REDIS_URL) ? { redisUrl: (flags.redis ?? process.env.SMART_REDIS_URL)! } : {}),
       ...(flags.tagCacheTtl ? { tagCacheTtlS: flags.tagCacheTtl } : {}),
       ...(flags.layerStore ? { layerStoreDir: flags.layerStore } : {}),

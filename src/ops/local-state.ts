@@ -5,8 +5,26 @@
  * root filesystems are built from. The one owner of that layout.
  */
 import path from 'node:path';
+import { homeDirectory } from '../home.js';
 import type { MetadataCache } from '../cache/metadata.js';
 import type { RegistrySchemes } from '../transports/registry/client.js';
+
+/**
+ * The cache directory a run uses unless told (`--cache-dir`): `$XDG_CACHE_HOME/smartlayer`, else
+ * `~/.cache/smartlayer`; undefined when there is no home to put it in (see homeDirectory). Read
+ * from the environment alone: the compile cache asks before the arguments are read.
+ */
+export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (env.XDG_CACHE_HOME) return path.join(env.XDG_CACHE_HOME, 'smartlayer');
+  const home = homeDirectory(env);
+  return home === undefined ? undefined : path.join(home, '.cache', 'smartlayer');
+}
+
+/** Why defaultCacheDir found none. */
+export function noCacheDirReason(): string {
+  const uid = process.getuid?.();
+  return `$HOME is unset and ${uid === undefined ? 'this user' : `user ${uid}`} has no home directory`;
+}
 
 function metadataDir(cacheDir: string): string {
   return path.join(cacheDir, 'metadata');

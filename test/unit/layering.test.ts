@@ -18,6 +18,8 @@ const RANK: Record<string, number> = {
   // NODE_EXTRA_CA_CERTS deferred: the CLI opts in, the TLS clients of the library apply it.
   'tls-trust.ts': 0,
   'redact.ts': 0,
+  // The user's home, when there is one: where the cache directory and the user's files are.
+  'home.ts': 0,
   // Bounds on untrusted input and the one transient-failure test: plain helpers over the error type.
   'limits.ts': 0.5,
   'transient.ts': 0.5,

@@ -12,9 +12,9 @@
  * error or --debug output.
  */
 import fs from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../errors.js';
+import { homeDirectory } from '../../home.js';
 import { redactSecretLike, remoteText } from '../../redact.js';
 
 export interface Credentials {
@@ -66,12 +66,13 @@ export interface CredentialFile {
 export function credentialFiles(options: { authFile?: string } = {}, env: NodeJS.ProcessEnv = process.env): CredentialFile[] {
   const named = options.authFile ? { path: options.authFile, named: '--authfile' } : env.REGISTRY_AUTH_FILE ? { path: env.REGISTRY_AUTH_FILE, named: 'REGISTRY_AUTH_FILE' } : undefined;
   if (named) return [{ path: named.path, docker: false, named: named.named }];
-  const home = os.homedir();
+  // No home (a user id with no entry, $HOME unset): the files under it are not there.
+  const home = homeDirectory(env);
   const runtime = env.XDG_RUNTIME_DIR ? path.join(env.XDG_RUNTIME_DIR, 'containers', 'auth.json') : `/run/containers/${process.getuid?.() ?? 0}/auth.json`;
   return [
     { path: runtime, docker: false },
-    { path: path.join(env.XDG_CONFIG_HOME || path.join(home, '.config'), 'containers', 'auth.json'), docker: false },
-    { path: path.join(env.DOCKER_CONFIG ?? path.join(home, '.docker'), 'config.json'), docker: true },
+    ...(env.XDG_CONFIG_HOME || home ? [{ path: path.join(env.XDG_CONFIG_HOME || path.join(home!, '.config'), 'containers', 'auth.json'), docker: false }] : []),
+    ...(env.DOCKER_CONFIG !== undefined || home ? [{ path: path.join(env.DOCKER_CONFIG ?? path.join(home!, '.docker'), 'config.json'), docker: true }] : []),
   ];
 }
 

@@ -3,9 +3,9 @@
  * main file (named, the user's, or the system's), then the drop-ins of `registries.conf.d`.
  */
 import fs from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../../errors.js';
+import { homeDirectory } from '../../../home.js';
 import { emptyRegistriesConf, mergeRegistriesConf, type RegistriesConf } from './model.js';
 import { simpleTomlDocument, type TomlDocument } from './toml-document.js';
 
@@ -72,9 +72,10 @@ export async function loadRegistriesConf(options: LoadRegistriesConfOptions = {}
       : env.REGISTRIES_CONFIG_PATH
         ? { file: env.REGISTRIES_CONFIG_PATH, why: 'REGISTRIES_CONFIG_PATH' }
         : undefined;
-  const home = env.HOME || os.homedir();
-  const userFile = path.join(home, '.config', 'containers', 'registries.conf');
-  const userDir = path.join(home, '.config', 'containers', 'registries.conf.d');
+  // No home (a user id with no entry, $HOME unset): there is no user file, only the system's.
+  const home = homeDirectory(env);
+  const userFile = home === undefined ? undefined : path.join(home, '.config', 'containers', 'registries.conf');
+  const userDir = home === undefined ? undefined : path.join(home, '.config', 'containers', 'registries.conf.d');
   let main: string;
   let dirs: string[];
   let required = false;
@@ -84,12 +85,12 @@ export async function loadRegistriesConf(options: LoadRegistriesConfOptions = {}
     dirs = [path.join(path.dirname(main), 'registries.conf.d')];
     required = true;
     why = named.why;
-  } else if (await exists(userFile)) {
+  } else if (userFile !== undefined && (await exists(userFile))) {
     main = userFile;
-    dirs = [userDir];
+    dirs = [userDir!];
   } else {
     main = options.systemPath ?? SYSTEM_REGISTRIES_CONF;
-    dirs = [path.join(path.dirname(main), 'registries.conf.d'), userDir];
+    dirs = [path.join(path.dirname(main), 'registries.conf.d'), ...(userDir === undefined ? [] : [userDir])];
   }
   const text = await readIfExists(main, required, why);
   // Most machines have a main file of comments and drop-ins of aliases: read without the TOML
