@@ -67,10 +67,10 @@ export function addVersionCommand(program: Command): void {
         `native addon: ${n.loaded ? `loaded (${libraries}) from ${n.path}${n.reason ? `, ${n.reason}` : ''}` : n.reason}${n.fix ? `; to build it: ${n.fix}` : ''}`,
         `gzip engine (auto): ${r.gzip.engine}, ${r.gzip.implementation}, level ${r.gzip.level}, ${formatBytes(r.gzip.blockSize)} blocks, ${r.gzip.concurrency} at once; because ${r.gzip.why}`,
         `gzip engine (--compression-level fast): ${r.gzipFast.implementation ? `${r.gzipFast.engine}, ${r.gzipFast.implementation}, level ${r.gzipFast.level}` : 'none'}; because ${r.gzipFast.why}`,
-        `zstd engine: ${r.zstd.implementation ? `${r.zstd.implementation}, level ${r.zstd.level}, ${r.zstd.workers} workers; because ${r.zstd.why}` : `none: ${r.zstd.why}`}`,
+        `zstd engine: ${r.zstd.implementation ? `${r.zstd.implementation}, level ${r.zstd.level}, ${r.zstd.workers} worker${r.zstd.workers === 1 ? '' : 's'}; because ${r.zstd.why}` : `none: ${r.zstd.why}`}`,
         `gunzip engine (pulls): ${r.gunzip.engine}, ${r.gunzip.implementation}; because ${r.gunzip.why}`,
         `sha256 checks (pulls): on the ${r.sha256.where}; because ${r.sha256.why}`,
-        `cores for compression: ${r.cores}`,
+        `cores for compression: ${r.cores}; because ${r.coresWhy}`,
         `malloc: ${malloc.hugePages ? 'on transparent huge pages' : 'on 4 KiB pages'}; because ${malloc.why}`,
         `compile cache: ${compileCache.on ? `on, in ${compileCache.dir}` : 'off'}; because ${compileCache.why}`,
       ];

@@ -4,7 +4,7 @@
  * digests are checked, and the cores they run on (`smart version --verbose`). Looks, never compresses; what it says is what a
  * push started now with the same environment does.
  */
-import os from 'node:os';
+import { usableCores } from '../pipeline/cores.js';
 import { chooseGunzip } from '../pipeline/gunzip.js';
 import { autoGzipEngine, inProcessIgzip } from '../pipeline/gzip-choice.js';
 import { nativeBinding, nativeStatus, type NativeStatus } from '../pipeline/native.js';
@@ -21,14 +21,21 @@ export interface EnginesReport {
   gunzip: { engine: string; implementation: string; why: string };
   /** Where a pull's digest checks of local blob files and of uncompressed layers run. */
   sha256: { where: 'thread pool' | 'main thread'; why: string };
-  /** The cores compression runs on (os.availableParallelism: the CPUs this process may use). */
+  /** The cores compression runs on: the CPUs this process may use, within its cgroup's CPU quota (pipeline/cores.ts). */
   cores: number;
+  /** Where that count comes from. */
+  coresWhy: string;
 }
 
 export async function enginesReport(): Promise<EnginesReport> {
   const native = nativeStatus();
   const { engine, why } = autoGzipEngine();
-  const cores = os.availableParallelism();
+  const usable = usableCores();
+  const cores = usable.count;
+  const coresWhy =
+    usable.quota === undefined
+      ? 'the CPUs this process may run on, and no cgroup CPU quota'
+      : `a cgroup CPU quota of ${+usable.quota.toFixed(2)} CPU${usable.quota === 1 ? '' : 's'}, of the ${usable.affinity} this process may run on`;
   let zstd: EnginesReport['zstd'];
   try {
     const z = await requireZstd();
@@ -61,5 +68,6 @@ export async function enginesReport(): Promise<EnginesReport> {
       ? { where: 'thread pool', why: "the native addon found Node's OpenSSL: the same sha256 as crypto, off the thread that writes the tree" }
       : { where: 'main thread', why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? "found no OpenSSL in this Node" : 'is absent'}: crypto` },
     cores,
+    coresWhy,
   };
 }

@@ -7,13 +7,15 @@
 import { setMaxListeners } from 'node:events';
 import os from 'node:os';
 import { isCancellation } from '../errors.js';
+import { coreCount } from './cores.js';
 
 /**
  * Layers (or images) in flight at once when `--jobs` does not say: the core count, and at least 4,
  * since a transfer waits on the network and the disk as much as on a core.
  */
 export function defaultJobs(): number {
-  return Math.max(4, os.availableParallelism());
+  // Four CPUs or fewer in the mask: 4 whatever the quota, and the cgroup files go unread (~1 ms).
+  return os.availableParallelism() <= 4 ? 4 : Math.max(4, coreCount());
 }
 
 export interface TaskGroupOptions {

@@ -4,12 +4,12 @@
  * shares. zlib makes raw deflate chained by preset dictionaries (one stream); libdeflate, in this
  * process or as a program, and igzip make one gzip member a block.
  */
-import os from 'node:os';
 import zlib from 'node:zlib';
 import { SmartError } from '../errors.js';
 import { TaskGroup } from './concurrency.js';
 import { runFilter } from './filter-process.js';
 import { retainHeap, type NativeBinding } from './native.js';
+import { coreCount } from './cores.js';
 
 export type GzipEngineName = 'zlib' | 'igzip' | 'libdeflate';
 /** 'fast': igzip in this process (`--compression-level fast`), a few percent larger than the default for about three times its speed. */
@@ -131,7 +131,7 @@ export const zlibEngine: GzipEngine = {
   framing: 'single-stream',
   // Twice the pool: a block queued behind the ones compressing starts the moment a thread frees
   // (measured above: 8 in flight beat 4 on a pool of 4). Never more than 4 per core.
-  defaultConcurrency: (blockSize) => windowCap(blockSize, Math.min(4 * os.availableParallelism(), 2 * libuvPoolSize())),
+  defaultConcurrency: (blockSize) => windowCap(blockSize, Math.min(4 * coreCount(), 2 * libuvPoolSize())),
   async compressBlock(block, job) {
     try {
       return await deflateRawAsync(block, {
@@ -151,7 +151,7 @@ export const zlibEngine: GzipEngine = {
  * Compressor processes of the whole process, every layer together: layers compressed at once
  * share the cores rather than each starting a full set (oversubscription costs time and memory).
  */
-const processSlots = new TaskGroup({ jobs: os.availableParallelism() + 1, failFast: false });
+const processSlots = new TaskGroup({ jobs: coreCount() + 1, failFast: false });
 
 /** Replaces the header of one gzip member by GZIP_HEADER (the tools put a time or a name in theirs). */
 function normalizeMember(member: Buffer, blockLength: number, program: string): Buffer {
@@ -185,7 +185,7 @@ export function memberEngine(name: 'igzip' | 'libdeflate', program: string): Gzi
     defaultBlockSize: DEFAULT_PROCESS_BLOCK_SIZE,
     framing: 'members',
     // One more process than cores: a finished block waiting for the one before it leaves a core idle otherwise.
-    defaultConcurrency: (blockSize) => windowCap(blockSize, os.availableParallelism() + 1),
+    defaultConcurrency: (blockSize) => windowCap(blockSize, coreCount() + 1),
     async compressBlock(block, job) {
       if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
       // igzip: -c to stdout, stdin as input; single-threaded by default (its -T is off).
@@ -234,7 +234,7 @@ function nativeMemberEngine(
     defaultLevel: levels.default,
     defaultBlockSize: DEFAULT_PROCESS_BLOCK_SIZE,
     framing: 'members',
-    defaultConcurrency: (blockSize) => windowCap(blockSize, os.availableParallelism() + 1),
+    defaultConcurrency: (blockSize) => windowCap(blockSize, coreCount() + 1),
     async compressBlock(block, job) {
       if (block.length === 0) return Buffer.from(EMPTY_MEMBER);
       if (job.signal.aborted) throw new SmartError('CANCELLED', 'gzip block not started: the stream was destroyed');
@@ -251,4 +251,4 @@ function nativeMemberEngine(
 }
 
 /** Compressions on the libuv pool at once, every stream together: the cores, and one pool thread always left for I/O. */
-const nativeSlots = new TaskGroup({ jobs: Math.max(1, Math.min(os.availableParallelism(), libuvPoolSize() - 1)), failFast: false });
+const nativeSlots = new TaskGroup({ jobs: Math.max(1, Math.min(coreCount(), libuvPoolSize() - 1)), failFast: false });

@@ -2,8 +2,8 @@
  * The memory every parallel gzip stream of the process shares: the window of blocks in flight
  * beyond each stream's first, and the block buffers, reused.
  */
-import os from 'node:os';
 import { DEFAULT_PROCESS_BLOCK_SIZE } from './gzip-engines.js';
+import { coreCount } from './cores.js';
 
 /**
  * The blocks every stream holds beyond its first, shared by all the streams of the process: a
@@ -50,7 +50,7 @@ export class SharedWindow {
 }
 
 /** One more block than cores, in bytes of the default block size: enough to keep every core busy while a finished block waits for its turn. */
-export const sharedWindow = new SharedWindow((os.availableParallelism() + 1) * DEFAULT_PROCESS_BLOCK_SIZE);
+export const sharedWindow = new SharedWindow((coreCount() + 1) * DEFAULT_PROCESS_BLOCK_SIZE);
 
 /** Bytes of the shared window held right now, every stream together (for tests). */
 export function sharedWindowInUse(): number {
@@ -63,7 +63,7 @@ export function sharedWindowInUse(): number {
  * as many as can be in flight at once across the process.
  */
 const freeBlocks = new Map<number, Buffer[]>();
-const MAX_FREE_BLOCKS = os.availableParallelism() + 2;
+const MAX_FREE_BLOCKS = coreCount() + 2;
 
 export function takeBlockBuffer(size: number): Buffer {
   return freeBlocks.get(size)?.pop() ?? Buffer.allocUnsafeSlow(size);

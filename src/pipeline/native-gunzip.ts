@@ -12,7 +12,6 @@
  * not another member are ignored, as igzip and gzip do (the data is whole, and the diff id covers it).
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import { Duplex, Readable } from 'node:stream';
 import { getSystemErrorName } from 'node:util';
 import { SmartError } from '../errors.js';
@@ -20,6 +19,7 @@ import type { Digest } from '../oci/digest.js';
 import { verifyError, type VerifyExpectation } from './local-file.js';
 import { chunkHasher, type ChunkHasher } from './sha256.js';
 import { nativeBinding, type NativeBinding } from './native.js';
+import { coreCount } from './cores.js';
 
 const KiB = 1024;
 /** Output per job: a huge page (the addon maps each output on its own, 2 MiB-aligned). */
@@ -109,7 +109,7 @@ export class DecodeSlots {
   }
 }
 
-const slots = new DecodeSlots(os.availableParallelism());
+const slots = new DecodeSlots(coreCount());
 
 type RunResult = [output: Buffer, status: number, inputBytes: number, errno: number, inputHex?: string];
 

@@ -5,7 +5,6 @@
  * output does not depend on the number of threads), so a layer pushed either way dedupes.
  */
 import { spawn } from 'node:child_process';
-import os from 'node:os';
 import { Duplex, PassThrough, Transform, pipeline, type Readable, type TransformCallback } from 'node:stream';
 import { SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
@@ -13,6 +12,7 @@ import { diffIdStage } from './digest-stream.js';
 import type { CompressedLayerStream } from './layer-streams.js';
 import { nativeBinding, type NativeBinding } from './native.js';
 import { findProgram } from './programs.js';
+import { coreCount } from './cores.js';
 
 export const DEFAULT_ZSTD_LEVEL = 3;
 /**
@@ -65,7 +65,7 @@ class NativeZstdStream extends Transform {
     level: number,
   ) {
     super({ readableHighWaterMark: 256 * 1024 });
-    this.context = binding.zstdCreate(level, os.availableParallelism(), ZSTD_JOB_SIZE);
+    this.context = binding.zstdCreate(level, coreCount(), ZSTD_JOB_SIZE);
   }
 
   private run(chunk: Buffer, end: boolean, cb: TransformCallback): void {

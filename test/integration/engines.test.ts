@@ -28,6 +28,7 @@ type VersionDoc = {
   gunzip: { engine: string; implementation: string; why: string };
   sha256: { where: string; why: string };
   cores: number;
+  coresWhy: string;
   malloc: { hugePages: boolean; why: string };
   compileCache: { on: boolean; by?: string; dir?: string; why: string };
 };
@@ -101,7 +102,7 @@ describe('smart version', () => {
         expect(lines[4]).toBe(`gzip engine (--compression-level fast): igzip, in-process isa-l ${doc.native.isal}, level 1; because the native addon has ISA-L`);
       }
       expect(doc.zstd).toMatchObject({ implementation: `in-process ${doc.native.zstd}`, level: 3, workers: doc.cores });
-      expect(lines[5]).toBe(`zstd engine: in-process ${doc.native.zstd}, level 3, ${doc.cores} workers; because the native addon has libzstd`);
+      expect(lines[5]).toBe(`zstd engine: in-process ${doc.native.zstd}, level 3, ${doc.cores} worker${doc.cores === 1 ? '' : 's'}; because the native addon has libzstd`);
     }
     if (doc.native.isal) {
       // With ISA-L in the addon, pulls inflate in the process: no igzip process per layer.
@@ -112,7 +113,7 @@ describe('smart version', () => {
     if (inCI) expect(doc.sha256.where, 'CI hashes on the thread pool').toBe('thread pool');
     expect(lines[7]).toBe(`sha256 checks (pulls): on the ${doc.sha256.where}; because ${doc.sha256.why}`);
     expect(doc.cores).toBeGreaterThanOrEqual(1);
-    expect(lines[8]).toBe(`cores for compression: ${doc.cores}`);
+    expect(lines[8]).toBe(`cores for compression: ${doc.cores}; because ${doc.coresWhy}`);
     // Started by `node bin/smart.js` (as the harness does), not by the command's sh line.
     expect(doc.malloc).toEqual({ hugePages: false, why: 'GLIBC_TUNABLES is not set (Node was started without bin/smart, e.g. by `node bin/smart.js`)' });
     expect(lines[9]).toBe(`malloc: on 4 KiB pages; because ${doc.malloc.why}`);
@@ -159,6 +160,79 @@ describe('smart version', () => {
     );
     expect(lines[4]).toBe('gzip engine (--compression-level fast): none; because the native addon is turned off (SMART_NATIVE=0)');
     if (haveTools('zstd')) expect(lines[5]).toMatch(/^zstd engine: \/.*zstd, level 3, \d+ workers; because the native addon is turned off \(SMART_NATIVE=0\): the zstd program$/);
+  });
+});
+
+/**
+ * A cgroup with a CPU quota of `cpus`, made by the test (root): v1's cpu controller or v2's. `run`
+ * starts a command inside it; `remove` removes it once nothing runs in it. Undefined when the
+ * machine does not let it be made (not root, no cpu controller).
+ */
+async function cpuQuotaGroup(cpus: number): Promise<{ run(args: string[], env?: NodeJS.ProcessEnv): Promise<RunResult>; remove(): Promise<void> } | undefined> {
+  const name = `smartlayer-test-${process.pid}`;
+  const period = 100_000;
+  let dir: string | undefined;
+  for (const v1 of ['/sys/fs/cgroup/cpu,cpuacct', '/sys/fs/cgroup/cpu']) {
+    if (!(await fs.access(path.join(v1, 'cpu.cfs_quota_us')).then(() => true, () => false))) continue;
+    try {
+      await fs.mkdir(path.join(v1, name));
+      dir = path.join(v1, name);
+      await fs.writeFile(path.join(dir, 'cpu.cfs_period_us'), String(period));
+      await fs.writeFile(path.join(dir, 'cpu.cfs_quota_us'), String(cpus * period));
+      break;
+    } catch {
+      if (dir) await fs.rmdir(dir).catch(() => undefined);
+      dir = undefined;
+    }
+  }
+  if (!dir && (await fs.readFile('/sys/fs/cgroup/cgroup.controllers', 'utf8').catch(() => '')).split(/\s+/).includes('cpu')) {
+    try {
+      await fs.writeFile('/sys/fs/cgroup/cgroup.subtree_control', '+cpu');
+      await fs.mkdir(path.join('/sys/fs/cgroup', name));
+      dir = path.join('/sys/fs/cgroup', name);
+      await fs.writeFile(path.join(dir, 'cpu.max'), `${cpus * period} ${period}`);
+    } catch {
+      if (dir) await fs.rmdir(dir).catch(() => undefined);
+      dir = undefined;
+    }
+  }
+  if (!dir) return undefined;
+  const group = dir;
+  return {
+    // The shell joins the group, then becomes the command: everything it starts is inside.
+    run: (args, env = {}) => run('sh', ['-c', `echo $$ > ${group}/cgroup.procs && exec "$@"`, 'sh', process.execPath, path.join(repoRoot, 'bin', 'smart.js'), ...args], { env: { ...process.env, ...env } }),
+    remove: () => fs.rmdir(group),
+  };
+}
+
+describe('a cgroup CPU quota (`docker run --cpus`, a pod\'s limits.cpu)', () => {
+  it('bounds the cores every pool is sized by, on every Node line; the bytes of a push stay the same', async (ctx) => {
+    const group = await cpuQuotaGroup(1);
+    if (!group) {
+      if (inCI) throw new Error('CI=true but a cgroup with a CPU quota cannot be made (root, a cpu controller)');
+      return ctx.skip();
+    }
+    const work = await tempDir();
+    try {
+      const env = { XDG_CACHE_HOME: path.join(work, 'cache') };
+      const inside = JSON.parse((await group.run(['version', '--json'], env)).stdout.toString()) as VersionDoc;
+      const affinity = os.availableParallelism();
+      expect(inside.cores).toBe(1);
+      expect(inside.coresWhy).toBe(`a cgroup CPU quota of 1 CPU, of the ${affinity} this process may run on`);
+      if (inside.zstd.implementation) expect(inside.zstd.workers).toBe(1);
+      const outside = JSON.parse((await smart(['version', '--json'], { cacheHome: path.join(work, 'cache') })).stdout.toString()) as VersionDoc;
+      expect(outside.cores).toBe(affinity);
+      expect(outside.coresWhy).toBe('the CPUs this process may run on, and no cgroup CPU quota');
+      // The same image, pushed inside and outside the quota: the same manifest.
+      const image = `docker-archive:${fixtures().paths.dockerArchiveBasic}`;
+      const quota = await group.run(['push', image, `file:${path.join(work, 'in')}#a:1`, '--compression', 'zstd'], { XDG_CACHE_HOME: path.join(work, 'cache-in') });
+      expect(quota.code, quota.stderr).toBe(0);
+      const free = await smart(['push', image, `file:${path.join(work, 'out')}#a:1`, '--compression', 'zstd'], { cacheHome: path.join(work, 'cache-out') });
+      expect(free.code, free.stderr).toBe(0);
+      expect(quota.stdout.toString().split('@')[1]).toBe(free.stdout.toString().split('@')[1]);
+    } finally {
+      await group.remove();
+    }
   });
 });
 
