@@ -184,8 +184,10 @@ describe('bulkGet', () => {
 
     const big = Buffer.alloc(16 << 20, 1);
     const steady = await serve((_req, socket) => void socket.end(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${big.length}\r\n\r\n`), big])));
-    const paused = await get(steady.url, { stallMs: 100 });
-    await sleep(400); // the socket is paused by then: the reader has not asked
+    // A longer stall time here: the server is this process, and on a loaded machine (CI's other
+    // test files) its writes of 16 MB can pause for more than 100 ms of their own.
+    const paused = await get(steady.url, { stallMs: 1_000 });
+    await sleep(3_000); // the socket is paused by then: the reader has not asked
     expect((await buffer(paused!.body)).length).toBe(big.length);
   });
 
