@@ -32,7 +32,8 @@ import { tryLockFile } from '../storage/file-lock.js';
 import { mkdirp } from '../storage/made-directories.js';
 import { StoredLayerDamage } from './stored-layer-damage.js';
 import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
-import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
+import { entryOwner, entryTimes, notUtf8Entry, tarParseError } from '../tar/errors.js';
+import { TarStreamReader } from '../tar/stream-reader.js';
 
 /** A layer entry kept in the store: its tar header, and where a regular file's content is. */
 export interface StoredEntry {
@@ -165,38 +166,33 @@ export class LayerStore {
   /** Unpacks a verified layer tar into the fill's directory (the caller commits it). */
   private async ingest(fill: LayerFill, tarStream: Readable, what: string): Promise<void> {
     let lastEntry: string | undefined; // where a tar that breaks broke
+    // The applier's reader (src/tar/stream-reader.ts): the store and a tree read every layer alike.
+    const reader = new TarStreamReader(tarStream);
+    // Stays attached: an error the input emits after we are done must not go unhandled.
+    tarStream.on('error', () => undefined);
+    let ok = false;
     try {
-      // Loaded here, not with the module: every pull into a tree loads the store, few fill it from
-      // a tar this way, and tar-stream with its dependencies takes 10-20 ms to load.
-      const { default: tar } = await import('tar-stream');
-      const extract = tar.extract();
-      const unpacking = (async () => {
-        for await (const entry of extract) {
-          const h = entry.header;
-          // Checked for every entry, as applying it would: values no filesystem call takes fail here, named.
-          const meta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
-          const file = fill.add(h);
-          if (file !== undefined) {
-            if ((h.size ?? 0) <= SMALL_FILE) {
-              // Most files of a layer are small: one synchronous write beats a stream's round trips.
-              const chunks: Buffer[] = [];
-              for await (const c of entry as AsyncIterable<Buffer>) chunks.push(c);
-              fill.keepContent(file, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks), h, meta);
-            } else {
-              await fill.keepBody(file, entry as AsyncIterable<Buffer>, h, meta);
-            }
-          } else {
-            entry.resume();
-          }
-          lastEntry = h.name;
+      for (let h = reader.nextSync() ?? (await reader.next()); h !== null; h = reader.nextSync() ?? (await reader.next())) {
+        // Stored under a name that is not the layer's, it would be laid into trees so.
+        if (reader.notUtf8) throw notUtf8Entry(h, reader.notUtf8, { what, input: fill.diffId, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
+        // Checked for every entry, as applying it would: values no filesystem call takes fail here, named.
+        const meta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
+        const file = fill.add(h);
+        if (file !== undefined) {
+          // Most files of a layer are small: one synchronous write beats a stream's round trips.
+          if ((h.size ?? 0) <= SMALL_FILE) fill.keepContent(file, reader.contentSync() ?? (await reader.content()), h, meta);
+          else await fill.keepBody(file, reader.contentChunks(), h, meta);
         }
-      })();
-      await Promise.all([pipeline(tarStream, extract as unknown as NodeJS.WritableStream), unpacking]);
+        lastEntry = h.name;
+      }
+      ok = true;
     } catch (e) {
       // Stopped (another layer failed, or Ctrl-C): that is no fault of this layer's tar.
       if (isSmartError(e) || isCancellation(e)) throw e;
       if (isErrno(e) && (e as NodeJS.ErrnoException).syscall) throw this.storageError(e, what);
       throw tarParseError(e, { what, input: fill.diffId, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
+    } finally {
+      if (!ok) tarStream.destroy();
     }
   }
 

@@ -4,13 +4,14 @@
  * with tar-stream's extract each one cost a Readable, a promise hand-off per chunk and a copy, and
  * that was most of the main thread's JavaScript on a pull into a tree.
  *
- * It reads tars exactly as tar-stream 3's extract does (the layer store and `docker save` streams
- * still use it, and both must agree on every layer): the same header decoding (ustar, GNU, pax
+ * It reads tars exactly as tar-stream 3's extract does (`docker save` streams still use it, and
+ * both must agree on every tar): the same header decoding (ustar, GNU, pax
  * with global records merged into the next entry's, GNU long names and link names), a directory's
  * size field ignored, a zero block skipped wherever it appears, and the same error messages, which
  * src/tar/errors.ts turns into CORRUPT_ARCHIVE. Where tar-stream would read a header whose size is
  * not a number as no content at all, or hang on it, this reader stops with "Invalid header".
  */
+import { isUtf8 } from 'node:buffer';
 import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
 
@@ -37,10 +38,26 @@ function padding(size: number): number {
 
 /** Bytes from `off` up to the first NUL within `len`, as UTF-8. */
 function decodeString(buf: Buffer, off: number, len: number): string {
+  return buf.toString('utf8', off, stringEnd(buf, off, len));
+}
+
+function stringEnd(buf: Buffer, off: number, len: number): number {
   let end = off;
   const stop = off + len;
   while (end < stop && buf[end] !== 0) end++;
-  return buf.toString('utf8', off, end);
+  return end;
+}
+
+/** Whether a NUL-ended field holds UTF-8 (decoded, anything else would become U+FFFD). */
+function fieldIsUtf8(buf: Buffer, off: number, len: number): boolean {
+  return isUtf8(buf.subarray(off, stringEnd(buf, off, len)));
+}
+
+/** Whether the value of a pax record `key` is UTF-8 (true when there is no such record). */
+function paxValueIsUtf8(buf: Buffer, key: string): boolean {
+  // The records again, decoded byte for byte (latin1): the value's bytes come back exact.
+  const value = decodePaxRecords(buf, 'latin1')[key];
+  return value === undefined || isUtf8(Buffer.from(value, 'latin1'));
 }
 
 /** Base-256 (first byte 0x80 positive, 0xff negative in two's complement); null for any other first byte. */
@@ -138,7 +155,7 @@ export function decodeTarHeader(buf: Buffer): Header | null {
 }
 
 /** pax records (`LEN KEY=VALUE\n`), read as tar-stream reads them: up to the first malformed record. */
-export function decodePaxRecords(buf: Buffer): Record<string, string> {
+export function decodePaxRecords(buf: Buffer, encoding: 'utf8' | 'latin1' = 'utf8'): Record<string, string> {
   const result: Record<string, string> = {};
   let rest = buf;
   while (rest.length > 0) {
@@ -147,7 +164,7 @@ export function decodePaxRecords(buf: Buffer): Record<string, string> {
     const len = parseInt(rest.toString('utf8', 0, i), 10);
     // A length that is not a positive number ends the records (tar-stream's stops at 0 or NaN).
     if (!(len > 0)) return result;
-    const record = rest.toString('utf8', i + 1, Math.max(i + 1, Math.min(len - 1, rest.length)));
+    const record = rest.toString(encoding, i + 1, Math.max(i + 1, Math.min(len - 1, rest.length)));
     const eq = record.indexOf('=');
     if (eq === -1) return result;
     result[record.slice(0, eq)] = record.slice(eq + 1);
@@ -185,6 +202,19 @@ export class TarStreamReader {
   private pax: Record<string, string> | null = null;
   private gnuLongPath: string | null = null;
   private gnuLongLinkPath: string | null = null;
+  /** Whether the pending long names and pax records hold their names in UTF-8. */
+  private longPathUtf8 = true;
+  private longLinkUtf8 = true;
+  private paxPathUtf8 = true;
+  private paxLinkUtf8 = true;
+  private globalPathUtf8 = true;
+  private globalLinkUtf8 = true;
+  /**
+   * Which name of the current entry is not UTF-8 ('name' or 'linkname'), if one is not: decoded as
+   * a string it is no longer the same bytes (each bad sequence U+FFFD), so a caller that creates
+   * files by name must not take it. The reader itself reads such a tar as tar-stream does.
+   */
+  notUtf8: 'name' | 'linkname' | undefined;
 
   constructor(private readonly source: Readable) {
     source.on('data', (chunk: Buffer) => {
@@ -329,7 +359,17 @@ export class TarStreamReader {
       }
       this.drop(BLOCK);
       (h as { byteOffset?: number }).byteOffset = this.shifted;
+      const ustar = isMagic(block, 0);
+      const nameUtf8 = this.gnuLongPath
+        ? this.longPathUtf8
+        : fieldIsUtf8(block, 0, 100) && (!ustar || block[345] === 0 || fieldIsUtf8(block, 345, 155));
+      const linkUtf8 = this.gnuLongLinkPath ? this.longLinkUtf8 : block[157] === 0 || fieldIsUtf8(block, 157, 100);
+      const pax = this.pax;
       this.applyLongHeaders(h);
+      // The name the entry ends with is the one checked: a pax or long name replaces the header's.
+      const finalNameUtf8 = pax?.path ? this.paxPathUtf8 : nameUtf8;
+      const finalLinkUtf8 = pax?.linkpath ? this.paxLinkUtf8 : linkUtf8;
+      this.notUtf8 = !finalNameUtf8 ? 'name' : !finalLinkUtf8 ? 'linkname' : undefined;
       if (h.size === null || !Number.isSafeInteger(h.size) || h.size < 0) throw new Error(TAR_MESSAGES.size);
       if (h.type !== 'directory') {
         this.contentLeft = h.size;
@@ -379,18 +419,28 @@ export class TarStreamReader {
   }
 
   private readLongHeader(type: string, data: Buffer): void {
+    // Most extended headers are UTF-8 whole; only one that is not is read again, record by record.
+    const utf8 = isUtf8(data);
     switch (type) {
       case 'gnu-long-path':
         this.gnuLongPath = decodeString(data, 0, data.length);
+        this.longPathUtf8 = utf8 || fieldIsUtf8(data, 0, data.length);
         break;
       case 'gnu-long-link-path':
         this.gnuLongLinkPath = decodeString(data, 0, data.length);
+        this.longLinkUtf8 = utf8 || fieldIsUtf8(data, 0, data.length);
         break;
       case 'pax-global-header':
         this.paxGlobal = decodePaxRecords(data);
+        this.globalPathUtf8 = utf8 || paxValueIsUtf8(data, 'path');
+        this.globalLinkUtf8 = utf8 || paxValueIsUtf8(data, 'linkpath');
         break;
-      default:
-        this.pax = this.paxGlobal === null ? decodePaxRecords(data) : { ...this.paxGlobal, ...decodePaxRecords(data) };
+      default: {
+        const own = decodePaxRecords(data);
+        this.pax = this.paxGlobal === null ? own : { ...this.paxGlobal, ...own };
+        this.paxPathUtf8 = own.path !== undefined ? utf8 || paxValueIsUtf8(data, 'path') : this.globalPathUtf8;
+        this.paxLinkUtf8 = own.linkpath !== undefined ? utf8 || paxValueIsUtf8(data, 'linkpath') : this.globalLinkUtf8;
+      }
     }
   }
 

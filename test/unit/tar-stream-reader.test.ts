@@ -180,3 +180,63 @@ describe('TarStreamReader and its source', () => {
     await expect(early.content()).rejects.toThrow('the stream closed before its end');
   });
 });
+
+describe('names that are not UTF-8 (reader.notUtf8)', () => {
+  const latin1 = (s: string) => Buffer.from(s, 'latin1');
+  /** A GNU header whose name (and link name) fields hold these bytes as they are. */
+  function rawHeader(name: Buffer, size: number, type: string, linkname?: Buffer): Buffer {
+    const b = gnuHeader('x', size, type);
+    b.fill(0, 0, 100);
+    name.copy(b, 0);
+    if (linkname) linkname.copy(b, 157);
+    b.write(`${checksum(b).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+    return b;
+  }
+  /** A pax header ('x') of these records, values as bytes. */
+  function paxMember(records: [string, Buffer][]): Buffer {
+    const data = Buffer.concat(
+      records.map(([key, value]) => {
+        const body = Buffer.concat([Buffer.from(` ${key}=`), value, Buffer.from('\n')]);
+        let len = body.length + 1;
+        while (String(len).length + body.length !== len) len = String(len).length + body.length;
+        return Buffer.concat([Buffer.from(String(len)), body]);
+      }),
+    );
+    return Buffer.concat([rawHeader(Buffer.from('PaxHeaders/x'), data.length, 'x'), pad(data)]);
+  }
+  const file = (name: Buffer) => Buffer.concat([rawHeader(name, 1, '0'), pad(Buffer.from('x'))]);
+  async function firstEntry(bytes: Buffer): Promise<{ name: string; notUtf8: string | undefined }> {
+    const reader = new TarStreamReader(Readable.from([Buffer.concat([bytes, END])]));
+    const h = await reader.next();
+    return { name: h!.name, notUtf8: reader.notUtf8 };
+  }
+
+  it('UTF-8 names, ASCII or not, pass; a latin-1 name in the header, its prefix, or a link target does not', async () => {
+    expect(await firstEntry(file(Buffer.from('café/naïve.txt')))).toEqual({ name: 'café/naïve.txt', notUtf8: undefined });
+    expect((await firstEntry(file(latin1('caf\xe9.txt')))).notUtf8).toBe('name');
+    const link = rawHeader(Buffer.from('link'), 0, '2', latin1('/t\xe9'));
+    expect((await firstEntry(link)).notUtf8).toBe('linkname');
+  });
+
+  it('the name the entry ends with decides: a header name cut inside a character, replaced by a long name, passes', async () => {
+    const cut = Buffer.from('é'.repeat(60)).subarray(0, 99); // the last character cut in half
+    const long = Buffer.concat([Buffer.from('é'.repeat(60)), Buffer.from('\0')]);
+    const member = Buffer.concat([rawHeader(Buffer.from('././@LongLink'), long.length, 'L'), pad(long), file(cut)]);
+    expect(await firstEntry(member)).toEqual({ name: 'é'.repeat(60), notUtf8: undefined });
+    const badLong = Buffer.concat([latin1('long-\xff\0')]);
+    expect((await firstEntry(Buffer.concat([rawHeader(Buffer.from('././@LongLink'), badLong.length, 'L'), pad(badLong), file(Buffer.from('ok'))]))).notUtf8).toBe('name');
+  });
+
+  it('pax: a path in latin-1 is caught; binary xattrs beside a UTF-8 path are not a name', async () => {
+    const capability = Buffer.from([0x01, 0x00, 0x00, 0x02, 0xff, 0xfe, 0x80, 0x00]);
+    const fine = await firstEntry(Buffer.concat([paxMember([['SCHILY.xattr.security.capability', capability], ['path', Buffer.from('bin/ping')]]), file(Buffer.from('bin/ping'))]));
+    expect(fine).toEqual({ name: 'bin/ping', notUtf8: undefined });
+    const bad = await firstEntry(Buffer.concat([paxMember([['path', latin1('caf\xe9')]]), file(Buffer.from('cafe'))]));
+    expect(bad.notUtf8).toBe('name');
+    const badLink = await firstEntry(Buffer.concat([paxMember([['linkpath', latin1('\xe9')]]), rawHeader(Buffer.from('l'), 0, '2', Buffer.from('e'))]));
+    expect(badLink.notUtf8).toBe('linkname');
+    // A latin-1 header name that a UTF-8 pax path replaces: the entry's name is the pax one.
+    const replaced = await firstEntry(Buffer.concat([paxMember([['path', Buffer.from('café')]]), file(latin1('caf\xe9'))]));
+    expect(replaced).toEqual({ name: 'café', notUtf8: undefined });
+  });
+});

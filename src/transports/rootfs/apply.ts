@@ -46,7 +46,7 @@ import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError, quoted, refusalHint, systemWords } from '../../errors.js';
 import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { StoredLayerDamage } from '../../cache/stored-layer-damage.js';
-import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
+import { entryOwner, entryTimes, notUtf8Entry, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader } from '../../tar/stream-reader.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
@@ -421,6 +421,7 @@ export class RootfsApplier {
           throw new StreamFailure(e);
         }
         if (h === null) break;
+        if (reader.notUtf8) throw notUtf8Entry(h, reader.notUtf8, { what, ...(state.lastEntry !== undefined ? { after: state.lastEntry } : {}) });
         state.stats.entries++;
         await this.applyEntry(h, body, state);
         state.lastEntry = h.name;
