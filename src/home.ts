@@ -15,4 +15,3 @@ export function homeDirectory(env: NodeJS.ProcessEnv = process.env): string | un
     return undefined;
   }
 }
-

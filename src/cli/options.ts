@@ -390,6 +390,5 @@ export function outputOptions(flags: CommonFlags): OutputOptions {
   return { json: !!flags.json, quiet: !!flags.quiet, debug: !!flags.debug };
 }
 
-
 /** Aborted by a signal or by --timeout; the library stops its work through it. */
 export const cancel = new AbortController();
