@@ -11,7 +11,7 @@ import path from 'node:path';
 import { SmartError, isErrno, isSmartError, refusalHint } from '../errors.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
 import type { MetadataCache, MetadataCacheEntry } from './metadata.js';
-import { mkdirp } from '../storage/made-directories.js';
+import { mkdirp, mkdirpSync } from '../storage/made-directories.js';
 
 export type { MetadataCache, MetadataCacheEntry } from './metadata.js';
 
@@ -151,7 +151,7 @@ export class DiskMetadataCache implements MetadataCache {
       } catch (e) {
         // The shard's directory, made by its first entry.
         if (!isErrno(e, 'ENOENT')) throw e;
-        fsSync.mkdirSync(path.dirname(file), { recursive: true });
+        mkdirpSync(path.dirname(file));
         fsSync.writeFileSync(tmp, text);
       }
       fsSync.renameSync(tmp, file);

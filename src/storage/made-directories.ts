@@ -8,6 +8,7 @@
  * through `entry`, which makes the directory again when it went meanwhile. Once that entry is in,
  * no other run's undo can take the directory (a directory is removed only while empty).
  */
+import { mkdirSync, rmdirSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { isErrno, rethrowRefusal } from '../errors.js';
@@ -82,5 +83,24 @@ export async function mkdirp(dir: string): Promise<string | undefined> {
       () => fs.rmdir(first).then(() => e, () => e),
       (real: unknown) => real,
     );
+  }
+}
+
+/** mkdirp, synchronous (for callers that write synchronously): the real reason, not Node's ENOENT. */
+export function mkdirpSync(dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true });
+  } catch (e) {
+    if (!isErrno(e, 'ENOENT')) throw e;
+    let first = path.resolve(dir);
+    while (path.dirname(first) !== first && !statSync(path.dirname(first), { throwIfNoEntry: false })) first = path.dirname(first);
+    mkdirSync(first); // throws the real reason
+    // Made now (the cause went meanwhile): not this call's to keep, nor to explain.
+    try {
+      rmdirSync(first);
+    } catch {
+      // another run's by now
+    }
+    throw e;
   }
 }

@@ -3,6 +3,7 @@
  * and a read-only one. Each command fails with one STORAGE line that says what could not be
  * written and what to do about it, exits 1, and leaves nothing on that disk. The same for stdout
  * redirected to a full disk (`> image.tar`), which must not end as a success or a stack trace.
+ * A cache directory on such a disk (a container's read-only home) is only a cache: pulls go on.
  * The filesystems are tmpfs mounts of a fixed size, made and unmounted by the test (root, or
  * `sudo -n`).
  */
@@ -127,6 +128,33 @@ describe('a full or read-only destination', () => {
     for (const sub of ['tmp', 'locks', 'layers']) expect(await fs.readdir(path.join(store, sub)).catch(() => []), sub).toEqual([]);
     await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
     await fs.rm(bundle, { recursive: true, force: true });
+  });
+
+  it('a read-only cache directory (a container whose home is read-only): rootfs: and bundle: pulls write the whole tree, each warning says the real reason', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    for (const kind of ['rootfs', 'bundle']) {
+      const dest = path.join(work, `ro-cache-${kind}`);
+      const r = await smart(['pull', `oci:${image}`, `${kind}:${dest}`], { cacheHome: readOnly });
+      expect(r.code, r.stderr).toBe(0);
+      // A bundle keeps its layers by default: it cannot here, and says so; a rootfs on tmpfs keeps none.
+      const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
+      expect(warnings).toEqual(
+        kind === 'bundle'
+          ? [`warning: bundle:${dest}: the layer store ${readOnly}/smartlayer/layer-store cannot keep layers (EROFS: read-only file system: that filesystem is mounted read-only: write somewhere else); the layers this pull fetches are not kept for the next pulls`]
+          : [],
+      );
+      const data = await fs.readFile(path.join(dest, ...(kind === 'bundle' ? ['rootfs'] : []), 'data', 'blob.txt'), 'utf8');
+      expect(data).toHaveLength(48_000 * 64);
+      await fs.rm(dest, { recursive: true, force: true });
+    }
+    // A run that writes the metadata cache (a file: source) warns with the real reason, not Node's ENOENT.
+    const store = path.join(work, 'ro-cache-store');
+    expect((await smart(['push', `oci:${image}`, `file:${store}#app:1`], { cacheHome: cacheHome() })).code).toBe(0);
+    const r = await smart(['pull', `file:${store}#app:1`, `oci:${path.join(work, 'ro-cache-oci')}`], { cacheHome: readOnly });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+      `warning: metadata cache unavailable, going on without it: EROFS: read-only file system, mkdir '${readOnly}/smartlayer'`,
+    ]);
   });
 
   it('stdout redirected to a full disk: the image stream fails with a STORAGE error, not a success or a stack', async (ctx) => {

@@ -460,7 +460,15 @@ export class RootfsWriter implements ImageWriter {
  * copied.
  */
 async function probeFill(storeDir: string, tree: string, link: boolean): Promise<KeepHow> {
-  await mkdirp(storeDir).catch(rethrowRefusal(`cannot write the layer store ${storeDir}`));
+  try {
+    await mkdirp(storeDir);
+  } catch (e) {
+    // A store that cannot be made (the cache directory read-only or full, as a container's home
+    // may be) holds nothing to lay from and keeps nothing: the tree is written all the same, and a
+    // pull that would keep layers says why it cannot, once (cannotKeep in layDown).
+    if (cannotTakeMore(e)) return 'copy';
+    rethrowRefusal(`cannot write the layer store ${storeDir}`)(e);
+  }
   const a = path.join(storeDir, `.reflink-probe-${randomUUID()}`);
   const b = path.join(tree, `.reflink-probe-${randomUUID()}`);
   try {
