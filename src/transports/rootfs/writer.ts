@@ -312,8 +312,12 @@ export class RootfsWriter implements ImageWriter {
    */
   private async layDown(image: Image, applier: RootfsApplier, staging: string, options: ImageWriteOptions): Promise<Record<string, unknown>> {
     const store = this.options.layerStore;
-    const how = store ? await probeFill(store.dir, staging, this.options.link ?? false) : undefined;
-    if (store && this.options.link && how !== 'hardlink') this.options.onWarning?.(`${this.name}: cannot hardlink files of the layer store ${store.dir} (another filesystem): copying them`);
+    const probed = store ? await probeFill(store.dir, staging, this.options.link ?? false) : undefined;
+    // A store that cannot be made (the cache directory read-only or full, as a container's home
+    // may be) holds nothing to lay from and keeps nothing: the tree is written all the same.
+    const refused = typeof probed === 'object' ? probed.refused : undefined;
+    const how = refused ? 'copy' : (probed as KeepHow | undefined);
+    if (store && this.options.link && !refused && how !== 'hardlink') this.options.onWarning?.(`${this.name}: cannot hardlink files of the layer store ${store.dir} (another filesystem): copying them`);
     const keep = store !== undefined && how !== undefined && (this.options.keepLayers ?? (how !== 'copy' || this.options.bundle));
     const controller = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
@@ -348,6 +352,8 @@ export class RootfsWriter implements ImageWriter {
       notKept.layers += layers;
       return true;
     };
+    // Said once, where keeping or linking was asked for; each layer is then counted as not kept.
+    if (refused && (keep || this.options.link)) cannotKeep(refused, 0);
     const plans = image.layers.map((layer) => {
       const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
       let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
@@ -457,16 +463,13 @@ export class RootfsWriter implements ImageWriter {
 /**
  * How files can move between the layer store and the tree: hardlinked (when `link` asks for it
  * and both lie on one filesystem), cloned (reflink: btrfs and XFS can, ext4 and tmpfs cannot), or
- * copied.
+ * copied; or `refused`, the reason the store's directory cannot be made (read-only, full, not ours).
  */
-async function probeFill(storeDir: string, tree: string, link: boolean): Promise<KeepHow> {
+async function probeFill(storeDir: string, tree: string, link: boolean): Promise<KeepHow | { refused: unknown }> {
   try {
     await mkdirp(storeDir);
   } catch (e) {
-    // A store that cannot be made (the cache directory read-only or full, as a container's home
-    // may be) holds nothing to lay from and keeps nothing: the tree is written all the same, and a
-    // pull that would keep layers says why it cannot, once (cannotKeep in layDown).
-    if (cannotTakeMore(e)) return 'copy';
+    if (cannotTakeMore(e)) return { refused: e };
     rethrowRefusal(`cannot write the layer store ${storeDir}`)(e);
   }
   const a = path.join(storeDir, `.reflink-probe-${randomUUID()}`);
