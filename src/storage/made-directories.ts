@@ -76,8 +76,7 @@ export async function mkdirp(dir: string): Promise<string | undefined> {
     return await fs.mkdir(dir, { recursive: true });
   } catch (e) {
     if (!isErrno(e, 'ENOENT')) throw e;
-    let first = path.resolve(dir);
-    while (path.dirname(first) !== first && !(await fs.stat(path.dirname(first)).catch(() => undefined))) first = path.dirname(first);
+    const first = firstMissing(dir);
     throw await fs.mkdir(first).then(
       // Made now (the cause went meanwhile): not this call's to keep, nor to explain.
       () => fs.rmdir(first).then(() => e, () => e),
@@ -92,8 +91,7 @@ export function mkdirpSync(dir: string): void {
     mkdirSync(dir, { recursive: true });
   } catch (e) {
     if (!isErrno(e, 'ENOENT')) throw e;
-    let first = path.resolve(dir);
-    while (path.dirname(first) !== first && !statSync(path.dirname(first), { throwIfNoEntry: false })) first = path.dirname(first);
+    const first = firstMissing(dir);
     mkdirSync(first); // throws the real reason
     // Made now (the cause went meanwhile): not this call's to keep, nor to explain.
     try {
@@ -103,4 +101,11 @@ export function mkdirpSync(dir: string): void {
     }
     throw e;
   }
+}
+
+/** The outermost directory of `dir` that does not exist (an error path: a stat per level). */
+function firstMissing(dir: string): string {
+  let first = path.resolve(dir);
+  while (path.dirname(first) !== first && !statSync(path.dirname(first), { throwIfNoEntry: false })) first = path.dirname(first);
+  return first;
 }

@@ -1,6 +1,6 @@
 /**
  * The layer applier's tar reader (src/tar/stream-reader.ts) reads every tar as tar-stream's
- * extract does, the parser the layer store and docker-archive streams still use: same entries,
+ * extract does, the parser docker-archive streams still use: same entries,
  * same contents, same errors, however the bytes are cut into chunks and whether an entry's content
  * is read whole, in pieces or skipped. Mutated archives are compared in fuzz-tar.test.ts.
  */

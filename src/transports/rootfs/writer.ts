@@ -316,7 +316,7 @@ export class RootfsWriter implements ImageWriter {
     // A store that cannot be made (the cache directory read-only or full, as a container's home
     // may be) holds nothing to lay from and keeps nothing: the tree is written all the same.
     const refused = typeof probed === 'object' ? probed.refused : undefined;
-    const how = refused ? 'copy' : (probed as KeepHow | undefined);
+    const how: KeepHow | undefined = typeof probed === 'object' ? 'copy' : probed;
     if (store && this.options.link && !refused && how !== 'hardlink') this.options.onWarning?.(`${this.name}: cannot hardlink files of the layer store ${store.dir} (another filesystem): copying them`);
     const keep = store !== undefined && how !== undefined && (this.options.keepLayers ?? (how !== 'copy' || this.options.bundle));
     const controller = new AbortController();
