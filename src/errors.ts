@@ -63,13 +63,15 @@ export function isSmartError(e: unknown): e is SmartError {
 
 // C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the bidirectional
 // overrides and isolates (which can make text read differently from what it is).
-const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+// A lone U+DC80..U+DCFF is a byte of a name that is not UTF-8 (src/tar/byte-names.ts): shown as `\xE9`.
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]|(?<![\uD800-\uDBFF])[\uDC80-\uDCFF]/g;
 
 function escapeChar(c: string): string {
   if (c === '\n') return '\\n';
   if (c === '\r') return '\\r';
   if (c === '\t') return '\\t';
-  const code = c.charCodeAt(0);
+  let code = c.charCodeAt(0);
+  if (code >= 0xdc80 && code <= 0xdcff) code -= 0xdc00;
   return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
 }
 

@@ -32,8 +32,18 @@ import { tryLockFile } from '../storage/file-lock.js';
 import { mkdirp } from '../storage/made-directories.js';
 import { StoredLayerDamage } from './stored-layer-damage.js';
 import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
-import { entryOwner, entryTimes, notUtf8Entry, tarParseError } from '../tar/errors.js';
+import { fsPath } from '../tar/byte-names.js';
+import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
 import { TarStreamReader } from '../tar/stream-reader.js';
+
+/**
+ * Whether an entry's name or link target holds U+FFFD. Names that are not UTF-8 are kept with
+ * their bytes (src/tar/byte-names.ts); versions before that kept U+FFFD in their place, so a
+ * layer whose index holds U+FFFD without the mark new indexes give it is fetched again.
+ */
+function holdsFffd(h: Pick<Header, 'name' | 'linkname'>): boolean {
+  return h.name.includes('\uFFFD') || (h.linkname?.includes('\uFFFD') ?? false);
+}
 
 /** A layer entry kept in the store: its tar header, and where a regular file's content is. */
 export interface StoredEntry {
@@ -173,8 +183,6 @@ export class LayerStore {
     let ok = false;
     try {
       for (let h = reader.nextSync() ?? (await reader.next()); h !== null; h = reader.nextSync() ?? (await reader.next())) {
-        // Stored under a name that is not the layer's, it would be laid into trees so.
-        if (reader.notUtf8) throw notUtf8Entry(h, reader.notUtf8, { what, input: fill.diffId, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
         // Checked for every entry, as applying it would: values no filesystem call takes fail here, named.
         const meta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
         const file = fill.add(h);
@@ -215,13 +223,16 @@ export class LayerStore {
         if (next.done) return;
         const line = next.value;
         if (!line) continue;
-        let r: Header & { mtime: number; file?: string };
+        let r: Header & { mtime: number; file?: string; fffdInName?: boolean };
         try {
           r = JSON.parse(line) as typeof r;
         } catch (e) {
           throw damaged(e);
         }
-        const { file, ...header } = r;
+        const { file, fffdInName, ...header } = r;
+        if (!fffdInName && holdsFffd(header)) {
+          throw new StoredLayerDamage(`its index holds a name with U+FFFD unmarked: kept by an older smart, which stored bytes that are not UTF-8 as U+FFFD`);
+        }
         yield { header: { ...header, mtime: new Date(r.mtime) } as Header, ...(file ? { file: path.join(dir, 'files', file) } : {}) };
       }
     } finally {
@@ -391,6 +402,8 @@ export class LayerFill {
   add(h: Header): string | undefined {
     if (this.notKept !== undefined) return undefined;
     const record: Record<string, unknown> = { ...h, mtime: h.mtime ? h.mtime.getTime() : 0 };
+    // A real U+FFFD, told apart from the U+FFFD older versions stored in place of bytes (entries()).
+    if (holdsFffd(h)) record.fffdInName = true;
     let file: string | undefined;
     if (h.type === 'file' || h.type === 'contiguous-file') {
       const name = String(this.files++);
@@ -439,13 +452,14 @@ export class LayerFill {
   async keepFile(file: string, tree: string, h: Header, meta: EntryMeta, content?: Buffer): Promise<void> {
     if (this.notKept !== undefined) return;
     try {
+      const treeFs = fsPath(tree);
       if (this.keep === 'hardlink') {
-        linkSync(tree, file);
+        linkSync(treeFs, file);
         return;
       }
       if (content && this.keep === 'copy') return this.keepContent(file, content, h, meta);
-      if ((h.size ?? 0) <= SMALL_FILE) copyFileSync(tree, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
-      else await fs.copyFile(tree, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+      if ((h.size ?? 0) <= SMALL_FILE) copyFileSync(treeFs, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+      else await fs.copyFile(treeFs, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
       setMeta(file, h, meta);
     } catch (e) {
       this.spare(e);

@@ -29,6 +29,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError } from '../errors.js';
 import { BLOCK, checksum } from '../tar/header.js';
+import { fsPath, nameBytes } from '../tar/byte-names.js';
 import {
   cleanPath,
   contextRelative,
@@ -71,7 +72,7 @@ function joinedRef(kind: string, refs: readonly string[]): string {
 async function hashFileInto(h: Hash, abs: string): Promise<number> {
   let n = 0;
   await new Promise<void>((resolve, reject) => {
-    createReadStream(abs)
+    createReadStream(fsPath(abs))
       .on('data', (chunk) => {
         h.update(chunk as Buffer);
         n += chunk.length;
@@ -138,7 +139,8 @@ export class ClassicContextSums {
           ['devminor', '0'],
         ];
         const h = createHash('sha256');
-        for (const [k, v] of fields) h.update(k + v);
+        // As Go hashes them: a name or link target that is not UTF-8 as its own bytes.
+        for (const [k, v] of fields) h.update(k).update(nameBytes(v));
         if (e.type === 'file' && link === undefined) await hashFileInto(h, path.join(this.index.dir, e.path));
         return h.digest('hex');
       })();

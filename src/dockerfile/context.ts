@@ -16,6 +16,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { isErrno, SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
+import { decodeName, decodeNames, fsPath } from '../tar/byte-names.js';
 
 // ---------------------------------------------------------------------------------------------
 // Paths
@@ -463,7 +464,8 @@ export async function listContext(dir: string, matcher: ContextMatcher, options:
   const walk = async (abs: string, rel: string, into: ContextEntry[]): Promise<void> => {
     let names: string[];
     try {
-      names = (await fs.readdir(abs)).sort();
+      // As bytes: a name that is not UTF-8 is still the file it names (src/tar/byte-names.ts).
+      names = decodeNames(await fs.readdir(fsPath(abs), { encoding: 'buffer' })).sort();
     } catch (e) {
       throw new SmartError('STORAGE', `cannot read ${abs}: ${(e as Error).message}`, { input: abs, cause: e });
     }
@@ -500,7 +502,7 @@ async function statRoot(root: string) {
 async function entryOf(abs: string, rel: string): Promise<ContextEntry | undefined> {
   let st;
   try {
-    st = await fs.lstat(abs);
+    st = await fs.lstat(fsPath(abs));
   } catch (e) {
     if (isErrno(e, 'ENOENT')) return undefined; // removed while walking
     throw new SmartError('STORAGE', `cannot stat ${abs}: ${(e as Error).message}`, { input: abs, cause: e });
@@ -518,7 +520,7 @@ async function entryOf(abs: string, rel: string): Promise<ContextEntry | undefin
     dev: st.dev,
     nlink: st.nlink,
   };
-  if (type === 'symlink') entry.target = await fs.readlink(abs);
+  if (type === 'symlink') entry.target = decodeName(await fs.readlink(fsPath(abs), { encoding: 'buffer' }));
   return entry;
 }
 
@@ -680,7 +682,7 @@ export async function collectCopyEntries(contextDir: string, sources: readonly s
     for (const m of matches) {
       const e = resolveInContext(index, m);
       if (!e) {
-        const onDisk = await fs.lstat(path.join(index.dir, m)).then(
+        const onDisk = await fs.lstat(fsPath(path.join(index.dir, m))).then(
           () => true,
           () => false,
         );
@@ -728,7 +730,7 @@ async function hashFiles(index: ContextIndex, entries: CopyEntry[], cache?: Map<
 function sha256File(abs: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const h = createHash('sha256');
-    createReadStream(abs)
+    createReadStream(fsPath(abs))
       .on('data', (chunk) => h.update(chunk))
       .on('error', (e) => reject(new SmartError('STORAGE', `cannot read ${abs}: ${e.message}`, { input: abs, cause: e })))
       .on('end', () => resolve(h.digest('hex')));

@@ -114,16 +114,3 @@ export function entryTimes(h: Header, context: TarContext): { atime: number | Da
   const atime = checkedTime(h, paxNumber(h, p, 'atime', context) ?? mtime, 'access time', context);
   return { atime, mtime };
 }
-
-/**
- * An entry whose name (or link target) is not UTF-8, for a caller that creates files by name: a
- * JavaScript string cannot hold those bytes, so the file would get another name (each bad sequence
- * U+FFFD) and two such names could become one. Refused, never laid down under the wrong name.
- */
-export function notUtf8Entry(h: Header, which: 'name' | 'linkname', context: TarContext): SmartError {
-  const field = which === 'name' ? 'name' : 'link target';
-  return new SmartError('UNSUPPORTED', `${context.what}: entry ${quoted(h.name)}: its ${field} is not UTF-8 (shown with U+FFFD), and smart writes root filesystems with UTF-8 names only`, {
-    input: context.input ?? context.what,
-    hint: 'pull to oci: or docker-archive:, which keep the layer byte for byte, and unpack it with umoci or tar',
-  });
-}

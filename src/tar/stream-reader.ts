@@ -9,11 +9,13 @@
  * with global records merged into the next entry's, GNU long names and link names), a directory's
  * size field ignored, a zero block skipped wherever it appears, and the same error messages, which
  * src/tar/errors.ts turns into CORRUPT_ARCHIVE. Where tar-stream would read a header whose size is
- * not a number as no content at all, or hang on it, this reader stops with "Invalid header".
+ * not a number as no content at all, or hang on it, this reader stops with "Invalid header"; and
+ * a name, link target or pax value that is not UTF-8 keeps its bytes (src/tar/byte-names.ts) where
+ * tar-stream's has U+FFFD.
  */
-import { isUtf8 } from 'node:buffer';
 import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
+import { decodeName } from './byte-names.js';
 
 const BLOCK = 512;
 /** The largest pax or GNU long-name header read (as tar-stream). */
@@ -41,23 +43,16 @@ function decodeString(buf: Buffer, off: number, len: number): string {
   return buf.toString('utf8', off, stringEnd(buf, off, len));
 }
 
+/** A name's bytes from `off` up to the first NUL within `len`, exact (src/tar/byte-names.ts). */
+function decodeNameField(buf: Buffer, off: number, len: number): string {
+  return decodeName(buf, off, stringEnd(buf, off, len));
+}
+
 function stringEnd(buf: Buffer, off: number, len: number): number {
   let end = off;
   const stop = off + len;
   while (end < stop && buf[end] !== 0) end++;
   return end;
-}
-
-/** Whether a NUL-ended field holds UTF-8 (decoded, anything else would become U+FFFD). */
-function fieldIsUtf8(buf: Buffer, off: number, len: number): boolean {
-  return isUtf8(buf.subarray(off, stringEnd(buf, off, len)));
-}
-
-/** Whether the value of a pax record `key` is UTF-8 (true when there is no such record). */
-function paxValueIsUtf8(buf: Buffer, key: string): boolean {
-  // The records again, decoded byte for byte (latin1): the value's bytes come back exact.
-  const value = decodePaxRecords(buf, 'latin1')[key];
-  return value === undefined || isUtf8(Buffer.from(value, 'latin1'));
 }
 
 /** Base-256 (first byte 0x80 positive, 0xff negative in two's complement); null for any other first byte. */
@@ -127,9 +122,9 @@ export function decodeTarHeader(buf: Buffer): Header | null {
   for (let i = 156; i < BLOCK; i++) sum += buf[i]!;
   if (sum === 8 * 0x20) return null;
   if (sum !== decodeNumber(buf, 148, 8)) throw new Error(TAR_MESSAGES.checksum);
-  let name = decodeString(buf, 0, 100);
+  let name = decodeNameField(buf, 0, 100);
   if (isMagic(buf, 0)) {
-    if (buf[345] !== 0) name = `${decodeString(buf, 345, 155)}/${name}`;
+    if (buf[345] !== 0) name = `${decodeNameField(buf, 345, 155)}/${name}`;
   } else if (!(isMagic(buf, 0x20) && buf[263] === 0x20 && buf[264] === 0)) {
     throw new Error(TAR_MESSAGES.format);
   }
@@ -145,7 +140,7 @@ export function decodeTarHeader(buf: Buffer): Header | null {
     byteOffset: 0,
     mtime: new Date(1000 * (decodeNumber(buf, 136, 12) as number)),
     type: TYPES[typeflag] ?? null,
-    linkname: buf[157] === 0 ? null : decodeString(buf, 157, 100),
+    linkname: buf[157] === 0 ? null : decodeNameField(buf, 157, 100),
     uname: decodeString(buf, 265, 32),
     gname: decodeString(buf, 297, 32),
     devmajor: decodeNumber(buf, 329, 8),
@@ -154,8 +149,11 @@ export function decodeTarHeader(buf: Buffer): Header | null {
   } as unknown as Header;
 }
 
-/** pax records (`LEN KEY=VALUE\n`), read as tar-stream reads them: up to the first malformed record. */
-export function decodePaxRecords(buf: Buffer, encoding: 'utf8' | 'latin1' = 'utf8'): Record<string, string> {
+/**
+ * pax records (`LEN KEY=VALUE\n`), read as tar-stream reads them: up to the first malformed record.
+ * Values are decoded as names are (a `path` or `linkpath` keeps its bytes; src/tar/byte-names.ts).
+ */
+export function decodePaxRecords(buf: Buffer): Record<string, string> {
   const result: Record<string, string> = {};
   let rest = buf;
   while (rest.length > 0) {
@@ -164,7 +162,7 @@ export function decodePaxRecords(buf: Buffer, encoding: 'utf8' | 'latin1' = 'utf
     const len = parseInt(rest.toString('utf8', 0, i), 10);
     // A length that is not a positive number ends the records (tar-stream's stops at 0 or NaN).
     if (!(len > 0)) return result;
-    const record = rest.toString(encoding, i + 1, Math.max(i + 1, Math.min(len - 1, rest.length)));
+    const record = decodeName(rest, i + 1, Math.max(i + 1, Math.min(len - 1, rest.length)));
     const eq = record.indexOf('=');
     if (eq === -1) return result;
     result[record.slice(0, eq)] = record.slice(eq + 1);
@@ -202,19 +200,6 @@ export class TarStreamReader {
   private pax: Record<string, string> | null = null;
   private gnuLongPath: string | null = null;
   private gnuLongLinkPath: string | null = null;
-  /** Whether the pending long names and pax records hold their names in UTF-8. */
-  private longPathUtf8 = true;
-  private longLinkUtf8 = true;
-  private paxPathUtf8 = true;
-  private paxLinkUtf8 = true;
-  private globalPathUtf8 = true;
-  private globalLinkUtf8 = true;
-  /**
-   * Which name of the current entry is not UTF-8 ('name' or 'linkname'), if one is not: decoded as
-   * a string it is no longer the same bytes (each bad sequence U+FFFD), so a caller that creates
-   * files by name must not take it. The reader itself reads such a tar as tar-stream does.
-   */
-  notUtf8: 'name' | 'linkname' | undefined;
 
   constructor(private readonly source: Readable) {
     source.on('data', (chunk: Buffer) => {
@@ -359,17 +344,7 @@ export class TarStreamReader {
       }
       this.drop(BLOCK);
       (h as { byteOffset?: number }).byteOffset = this.shifted;
-      const ustar = isMagic(block, 0);
-      const nameUtf8 = this.gnuLongPath
-        ? this.longPathUtf8
-        : fieldIsUtf8(block, 0, 100) && (!ustar || block[345] === 0 || fieldIsUtf8(block, 345, 155));
-      const linkUtf8 = this.gnuLongLinkPath ? this.longLinkUtf8 : block[157] === 0 || fieldIsUtf8(block, 157, 100);
-      const pax = this.pax;
       this.applyLongHeaders(h);
-      // The name the entry ends with is the one checked: a pax or long name replaces the header's.
-      const finalNameUtf8 = pax?.path ? this.paxPathUtf8 : nameUtf8;
-      const finalLinkUtf8 = pax?.linkpath ? this.paxLinkUtf8 : linkUtf8;
-      this.notUtf8 = !finalNameUtf8 ? 'name' : !finalLinkUtf8 ? 'linkname' : undefined;
       if (h.size === null || !Number.isSafeInteger(h.size) || h.size < 0) throw new Error(TAR_MESSAGES.size);
       if (h.type !== 'directory') {
         this.contentLeft = h.size;
@@ -419,27 +394,19 @@ export class TarStreamReader {
   }
 
   private readLongHeader(type: string, data: Buffer): void {
-    // Most extended headers are UTF-8 whole; only one that is not is read again, record by record.
-    const utf8 = isUtf8(data);
     switch (type) {
       case 'gnu-long-path':
-        this.gnuLongPath = decodeString(data, 0, data.length);
-        this.longPathUtf8 = utf8 || fieldIsUtf8(data, 0, data.length);
+        this.gnuLongPath = decodeNameField(data, 0, data.length);
         break;
       case 'gnu-long-link-path':
-        this.gnuLongLinkPath = decodeString(data, 0, data.length);
-        this.longLinkUtf8 = utf8 || fieldIsUtf8(data, 0, data.length);
+        this.gnuLongLinkPath = decodeNameField(data, 0, data.length);
         break;
       case 'pax-global-header':
         this.paxGlobal = decodePaxRecords(data);
-        this.globalPathUtf8 = utf8 || paxValueIsUtf8(data, 'path');
-        this.globalLinkUtf8 = utf8 || paxValueIsUtf8(data, 'linkpath');
         break;
       default: {
         const own = decodePaxRecords(data);
         this.pax = this.paxGlobal === null ? own : { ...this.paxGlobal, ...own };
-        this.paxPathUtf8 = own.path !== undefined ? utf8 || paxValueIsUtf8(data, 'path') : this.globalPathUtf8;
-        this.paxLinkUtf8 = own.linkpath !== undefined ? utf8 || paxValueIsUtf8(data, 'linkpath') : this.globalLinkUtf8;
       }
     }
   }

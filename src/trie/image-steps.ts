@@ -17,10 +17,10 @@
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import type { HistoryEntry } from '../oci/config.js';
 import { cleanPath, digestCopyEntries, digestLayerEntries, type LayerEntry } from '../dockerfile/context.js';
 import { normalizeCreatedBy, type HistoryStep } from '../dockerfile/history.js';
+import { TarStreamReader } from '../tar/stream-reader.js';
 import type { StepKey } from './layer-trie.js';
 
 /** One layer's step as its image's history tells it. */
@@ -115,34 +115,34 @@ export function elidedSummaryDigest(entries: Parameters<typeof digestCopyEntries
  * hardlink as the file it links to), directories, symlinks; other types as `other`.
  */
 export async function layerEntries(tarStream: Readable): Promise<LayerEntry[]> {
-  // Loaded here: a push records its steps through this module and never reads a layer.
-  const { default: tar } = await import('tar-stream');
-  const extract = tar.extract();
+  // The appliers' reader: names that are not UTF-8 keep their bytes, as the build context's do.
+  const reader = new TarStreamReader(tarStream);
+  // Stays attached: the reader throws the stream's first error; a later one must not go unhandled.
+  tarStream.on('error', () => undefined);
   const out: LayerEntry[] = [];
   const byName = new Map<string, LayerEntry>();
-  const reading = (async () => {
-    for await (const entry of extract) {
-      const h = entry.header;
+  let ok = false;
+  try {
+    for (let h = reader.nextSync() ?? (await reader.next()); h !== null; h = reader.nextSync() ?? (await reader.next())) {
       const name = h.name;
       const mode = (h.mode ?? 0) & 0o7777;
       let e: LayerEntry;
       if (h.type === 'file' || h.type === 'contiguous-file') {
         const hash = createHash('sha256');
-        for await (const chunk of entry as AsyncIterable<Buffer>) hash.update(chunk);
+        for await (const chunk of reader.contentChunks()) hash.update(chunk);
         e = { path: name, type: 'file', mode, sha256: hash.digest('hex') };
-      } else {
-        entry.resume();
-        if (h.type === 'directory') e = { path: name, type: 'dir', mode };
-        else if (h.type === 'symlink') e = { path: name, type: 'symlink', mode, target: h.linkname ?? '' };
-        else if (h.type === 'link') {
-          const target = byName.get(cleanPath(`/${h.linkname ?? ''}`));
-          e = target?.sha256 !== undefined ? { path: name, type: 'file', mode: target.mode, sha256: target.sha256 } : { path: name, type: 'other', mode };
-        } else e = { path: name, type: 'other', mode };
-      }
+      } else if (h.type === 'directory') e = { path: name, type: 'dir', mode };
+      else if (h.type === 'symlink') e = { path: name, type: 'symlink', mode, target: h.linkname ?? '' };
+      else if (h.type === 'link') {
+        const target = byName.get(cleanPath(`/${h.linkname ?? ''}`));
+        e = target?.sha256 !== undefined ? { path: name, type: 'file', mode: target.mode, sha256: target.sha256 } : { path: name, type: 'other', mode };
+      } else e = { path: name, type: 'other', mode };
       byName.set(cleanPath(`/${name}`), e);
       out.push(e);
     }
-  })();
-  await Promise.all([pipeline(tarStream, extract as unknown as NodeJS.WritableStream), reading]);
+    ok = true;
+  } finally {
+    if (!ok) tarStream.destroy();
+  }
   return out;
 }

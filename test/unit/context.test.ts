@@ -1,7 +1,9 @@
 /** The build context: .dockerignore semantics, walking, COPY content digests, and the step keys of a Dockerfile. */
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { SmartError } from '../../src/errors.js';
 import {
@@ -16,6 +18,8 @@ import {
   parseDockerignore,
 } from '../../src/dockerfile/context.js';
 import { parseDockerfile } from '../../src/dockerfile/parser.js';
+import { encodeName } from '../../src/tar/byte-names.js';
+import { layerEntries } from '../../src/trie/image-steps.js';
 import { normalizeCreatedBy } from '../../src/dockerfile/history.js';
 import { dockerfileSteps, parseMount } from '../../src/trie/steps.js';
 import { tempDir } from '../harness/tmp.js';
@@ -273,6 +277,27 @@ describe('COPY content digests', () => {
     // --chmod replaces the modes on both sides.
     const chmodded = layer.map((e) => (e.type === 'file' || e.path.endsWith('lib') ? { ...e, mode: 0o640 } : e));
     expect(digestLayerEntries(chmodded, '/app/src', { chmod: '640' })).toBe(await copySourcesDigest(dir, ['src/'], m, { chmod: '640' }));
+  });
+
+  it('a name that is not UTF-8 (latin-1 café.txt): in the context under its own bytes, and the same digest from the layer GNU tar makes of it', async () => {
+    const dir = await tree({ 'src/ok.txt': 'ok\n' });
+    const latin1 = (s: string) => Buffer.concat([Buffer.from(`${dir}/src/`), Buffer.from(s, 'latin1')]);
+    await fs.writeFile(latin1('caf\xe9.txt'), 'latin-1 name\n');
+    await fs.symlink(Buffer.from('caf\xe9.txt', 'latin1'), latin1('lnk'));
+    const m = await loadDockerignore(dir);
+    const listed = (await listContext(dir, m)).map((e) => encodeName(e.path).toString('latin1'));
+    expect(listed).toEqual(expect.arrayContaining(['src/caf\xe9.txt', 'src/lnk']));
+    const fromContext = await copySourcesDigest(dir, ['src/'], m);
+    // Without the file (as a context whose walk lost it would be): another digest.
+    await fs.rm(latin1('caf\xe9.txt'));
+    expect(await copySourcesDigest(dir, ['src/'], m)).not.toBe(fromContext);
+    await fs.writeFile(latin1('caf\xe9.txt'), 'latin-1 name\n');
+    // The layer `COPY src/ /app/src/` makes, written by GNU tar from the same files.
+    const layerRoot = await tempDir('smart-ctx-layer-');
+    await fs.mkdir(path.join(layerRoot, 'app'));
+    execFileSync('cp', ['-a', path.join(dir, 'src'), path.join(layerRoot, 'app', 'src')]);
+    const tar = execFileSync('tar', ['--format=posix', '-C', layerRoot, '-cf', '-', 'app']);
+    expect(digestLayerEntries(await layerEntries(Readable.from([tar])), '/app/src/')).toBe(fromContext);
   });
 
   it('a missing or excluded source is NOT_FOUND naming the line', async () => {

@@ -6,6 +6,7 @@
  */
 import { PassThrough, Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { encodeName } from '../../src/tar/byte-names.js';
 import { BLOCK, checksum } from '../../src/tar/header.js';
 import { TAR_MESSAGES, TarStreamReader, decodePaxRecords } from '../../src/tar/stream-reader.js';
 import { pieces, readWithStreamReader, readWithTarStream, skippedLikeReader, tarOf } from '../harness/tar-read.js';
@@ -181,7 +182,7 @@ describe('TarStreamReader and its source', () => {
   });
 });
 
-describe('names that are not UTF-8 (reader.notUtf8)', () => {
+describe('names that are not UTF-8: kept byte for byte (src/tar/byte-names.ts)', () => {
   const latin1 = (s: string) => Buffer.from(s, 'latin1');
   /** A GNU header whose name (and link name) fields hold these bytes as they are. */
   function rawHeader(name: Buffer, size: number, type: string, linkname?: Buffer): Buffer {
@@ -205,38 +206,41 @@ describe('names that are not UTF-8 (reader.notUtf8)', () => {
     return Buffer.concat([rawHeader(Buffer.from('PaxHeaders/x'), data.length, 'x'), pad(data)]);
   }
   const file = (name: Buffer) => Buffer.concat([rawHeader(name, 1, '0'), pad(Buffer.from('x'))]);
-  async function firstEntry(bytes: Buffer): Promise<{ name: string; notUtf8: string | undefined }> {
+  /** The first entry's name and link target as the bytes they are to become, and its pax records. */
+  async function firstEntry(bytes: Buffer): Promise<{ name: Buffer; linkname: Buffer | null; pax: Record<string, string> | undefined }> {
     const reader = new TarStreamReader(Readable.from([Buffer.concat([bytes, END])]));
     const h = await reader.next();
-    return { name: h!.name, notUtf8: reader.notUtf8 };
+    return { name: encodeName(h!.name), linkname: h!.linkname ? encodeName(h!.linkname) : null, pax: h!.pax as Record<string, string> | undefined };
   }
 
-  it('UTF-8 names, ASCII or not, pass; a latin-1 name in the header, its prefix, or a link target does not', async () => {
-    expect(await firstEntry(file(Buffer.from('café/naïve.txt')))).toEqual({ name: 'café/naïve.txt', notUtf8: undefined });
-    expect((await firstEntry(file(latin1('caf\xe9.txt')))).notUtf8).toBe('name');
+  it('UTF-8 names, ASCII or not, read as before; a latin-1 name in the header or a link target keeps its bytes', async () => {
+    const reader = new TarStreamReader(Readable.from([Buffer.concat([file(Buffer.from('café/naïve.txt')), END])]));
+    expect((await reader.next())!.name).toBe('café/naïve.txt');
+    expect((await firstEntry(file(latin1('caf\xe9.txt')))).name).toEqual(latin1('caf\xe9.txt'));
     const link = rawHeader(Buffer.from('link'), 0, '2', latin1('/t\xe9'));
-    expect((await firstEntry(link)).notUtf8).toBe('linkname');
+    expect((await firstEntry(link)).linkname).toEqual(latin1('/t\xe9'));
   });
 
-  it('the name the entry ends with decides: a header name cut inside a character, replaced by a long name, passes', async () => {
+  it('the name the entry ends with counts: a header name cut inside a character, replaced by a long name, is the long one', async () => {
     const cut = Buffer.from('é'.repeat(60)).subarray(0, 99); // the last character cut in half
     const long = Buffer.concat([Buffer.from('é'.repeat(60)), Buffer.from('\0')]);
     const member = Buffer.concat([rawHeader(Buffer.from('././@LongLink'), long.length, 'L'), pad(long), file(cut)]);
-    expect(await firstEntry(member)).toEqual({ name: 'é'.repeat(60), notUtf8: undefined });
+    expect((await firstEntry(member)).name).toEqual(Buffer.from('é'.repeat(60)));
     const badLong = Buffer.concat([latin1('long-\xff\0')]);
-    expect((await firstEntry(Buffer.concat([rawHeader(Buffer.from('././@LongLink'), badLong.length, 'L'), pad(badLong), file(Buffer.from('ok'))]))).notUtf8).toBe('name');
+    expect((await firstEntry(Buffer.concat([rawHeader(Buffer.from('././@LongLink'), badLong.length, 'L'), pad(badLong), file(Buffer.from('ok'))]))).name).toEqual(latin1('long-\xff'));
   });
 
-  it('pax: a path in latin-1 is caught; binary xattrs beside a UTF-8 path are not a name', async () => {
+  it('pax: a latin-1 path or link path keeps its bytes, and so does a binary xattr', async () => {
     const capability = Buffer.from([0x01, 0x00, 0x00, 0x02, 0xff, 0xfe, 0x80, 0x00]);
-    const fine = await firstEntry(Buffer.concat([paxMember([['SCHILY.xattr.security.capability', capability], ['path', Buffer.from('bin/ping')]]), file(Buffer.from('bin/ping'))]));
-    expect(fine).toEqual({ name: 'bin/ping', notUtf8: undefined });
+    const withXattr = await firstEntry(Buffer.concat([paxMember([['SCHILY.xattr.security.capability', capability], ['path', Buffer.from('bin/ping')]]), file(Buffer.from('bin/ping'))]));
+    expect(withXattr.name).toEqual(Buffer.from('bin/ping'));
+    expect(encodeName(withXattr.pax!['SCHILY.xattr.security.capability']!)).toEqual(capability);
     const bad = await firstEntry(Buffer.concat([paxMember([['path', latin1('caf\xe9')]]), file(Buffer.from('cafe'))]));
-    expect(bad.notUtf8).toBe('name');
+    expect(bad.name).toEqual(latin1('caf\xe9'));
     const badLink = await firstEntry(Buffer.concat([paxMember([['linkpath', latin1('\xe9')]]), rawHeader(Buffer.from('l'), 0, '2', Buffer.from('e'))]));
-    expect(badLink.notUtf8).toBe('linkname');
+    expect(badLink.linkname).toEqual(latin1('\xe9'));
     // A latin-1 header name that a UTF-8 pax path replaces: the entry's name is the pax one.
     const replaced = await firstEntry(Buffer.concat([paxMember([['path', Buffer.from('café')]]), file(latin1('caf\xe9'))]));
-    expect(replaced).toEqual({ name: 'café', notUtf8: undefined });
+    expect(replaced.name).toEqual(Buffer.from('café'));
   });
 });

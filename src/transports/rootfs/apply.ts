@@ -18,6 +18,7 @@
  * the asynchronous rm.
  */
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import {
   chmodSync,
   copyFileSync,
@@ -35,6 +36,8 @@ import {
   readFileSync,
   readdirSync,
   readlinkSync,
+  renameSync,
+  rmSync,
   symlinkSync,
   unlinkSync,
   writeSync,
@@ -46,7 +49,8 @@ import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError, quoted, refusalHint, systemWords } from '../../errors.js';
 import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { StoredLayerDamage } from '../../cache/stored-layer-damage.js';
-import { entryOwner, entryTimes, notUtf8Entry, tarParseError } from '../../tar/errors.js';
+import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte-names.js';
+import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader } from '../../tar/stream-reader.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
@@ -142,7 +146,7 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
       cur = next;
       continue;
     }
-    const full = path.join(root, next);
+    const full = fsPath(path.join(root, next));
     let st;
     try {
       st = lstatSync(full);
@@ -166,7 +170,7 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
           { input: unsafePath },
         );
       }
-      const target = readlinkSync(full);
+      const target = decodeName(readlinkSync(full, { encoding: 'buffer' }));
       if (target.startsWith('/')) cur = '';
       const more = components(target);
       for (let i = more.length - 1; i >= 0; i--) todo.push(more[i] as string);
@@ -257,6 +261,25 @@ function runMknod(target: string, kind: 'c' | 'b' | 'p', major: number, minor: n
   });
 }
 
+/**
+ * mknod at `target`, a path inside `root`. A name that is not UTF-8 cannot be an argument (Node
+ * passes arguments as UTF-8): the node is made under a name of our own in the root, then renamed.
+ */
+async function mknodAt(root: string, target: string, kind: 'c' | 'b' | 'p', major: number, minor: number): Promise<void> {
+  if (!hasEscapedBytes(target)) return runMknod(target, kind, major, minor);
+  const targetFs = fsPath(target);
+  // As mknod(2) would: what is in the way is the caller's to remove (RootfsApplier.replace).
+  if (lstatSync(targetFs, { throwIfNoEntry: false })) throw Object.assign(new Error(`EEXIST: ${target}`), { code: 'EEXIST' });
+  const made = path.join(root, `.smart-mknod-${randomUUID()}`);
+  await runMknod(made, kind, major, minor);
+  try {
+    renameSync(made, targetFs);
+  } catch (e) {
+    rmSync(made, { force: true });
+    throw e;
+  }
+}
+
 /** A regular file of a kept layer: the fill, and where it keeps this file. */
 interface KeptFile {
   fill: LayerFill;
@@ -338,11 +361,16 @@ async function* chunks(entry: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
 /** lstat, or null when nothing is there. */
 function lstatOrNull(full: string) {
   try {
-    return lstatSync(full);
+    return lstatSync(fsPath(full));
   } catch (e) {
     if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return null;
     throw e;
   }
+}
+
+/** The names in a directory, as names (bytes that are not UTF-8 kept: src/tar/byte-names.ts). */
+function readNames(dir: string): string[] {
+  return decodeNames(readdirSync(fsPath(dir), { encoding: 'buffer' }));
 }
 
 export class RootfsApplier {
@@ -421,7 +449,6 @@ export class RootfsApplier {
           throw new StreamFailure(e);
         }
         if (h === null) break;
-        if (reader.notUtf8) throw notUtf8Entry(h, reader.notUtf8, { what, ...(state.lastEntry !== undefined ? { after: state.lastEntry } : {}) });
         state.stats.entries++;
         await this.applyEntry(h, body, state);
         state.lastEntry = h.name;
@@ -476,8 +503,8 @@ export class RootfsApplier {
     this.finished = true;
     try {
       for (const [rel, meta] of this.dirMeta) {
-        const full = path.join(this.root, rel);
-        const st = lstatOrNull(full);
+        const full = fsPath(path.join(this.root, rel));
+        const st = lstatSync(full, { throwIfNoEntry: false });
         if (!st?.isDirectory()) continue;
         if (this.dirWriteBits !== 0 && meta.mode !== (st.mode & 0o7777)) chmodSync(full, meta.mode);
         lutimesSync(full, meta.atime, meta.mtime);
@@ -597,13 +624,14 @@ export class RootfsApplier {
             throw new SmartError('CORRUPT_ARCHIVE', `${what}: symlink ${quoted(name)} has ${h.linkname ? 'a NUL byte in its target' : 'no target'}`, { input: what });
           }
           this.markWritten(targetRel, state);
-          await this.replace(target, targetRel, () => symlinkSync(h.linkname, target));
+          const targetFs = fsPath(target);
+          await this.replace(target, targetRel, () => symlinkSync(fsPath(h.linkname!), targetFs));
           if (this.preserveOwnership) {
             const { uid, gid } = meta;
-            lchownSync(target, uid, gid);
+            lchownSync(targetFs, uid, gid);
           }
           const { atime, mtime } = meta;
-          lutimesSync(target, atime, mtime);
+          lutimesSync(targetFs, atime, mtime);
           return;
         }
         case 'link':
@@ -614,12 +642,13 @@ export class RootfsApplier {
         case 'fifo': {
           this.markWritten(targetRel, state);
           const kind = h.type === 'fifo' ? 'p' : h.type === 'block-device' ? 'b' : 'c';
-          await this.replace(target, targetRel, () => runMknod(target, kind, h.devmajor ?? 0, h.devminor ?? 0));
+          await this.replace(target, targetRel, () => mknodAt(this.root, target, kind, h.devmajor ?? 0, h.devminor ?? 0));
+          const targetFs = fsPath(target);
           const { uid, gid } = meta;
-          lchownSync(target, uid, gid);
-          chmodSync(target, h.mode & 0o7777);
+          lchownSync(targetFs, uid, gid);
+          chmodSync(targetFs, h.mode & 0o7777);
           const { atime, mtime } = meta;
-          lutimesSync(target, atime, mtime);
+          lutimesSync(targetFs, atime, mtime);
           return;
         }
         default:
@@ -688,10 +717,10 @@ export class RootfsApplier {
   private async removeExisting(full: string, rel: string, isDir: boolean): Promise<void> {
     if (isDir) {
       this.forget(rel);
-      await rm(full, { recursive: true, force: true });
+      await rm(fsPath(full), { recursive: true, force: true });
     } else {
       try {
-        unlinkSync(full);
+        unlinkSync(fsPath(full));
       } catch (e) {
         if (!isErrno(e, 'ENOENT')) throw e;
       }
@@ -705,7 +734,7 @@ export class RootfsApplier {
     } catch (e) {
       if (!isErrno(e, 'EEXIST')) throw e;
     }
-    const st = lstatSync(full);
+    const st = lstatSync(fsPath(full));
     await this.removeExisting(full, rel, st.isDirectory());
     return create();
   }
@@ -720,7 +749,7 @@ export class RootfsApplier {
   private async writeSmallFile(target: string, rel: string, h: Header, meta: EntryMeta, content: Buffer, keep?: KeptFile): Promise<number> {
     const mode = h.mode & 0o7777;
     const createdWithMode = !keep && this.umask !== undefined && (mode & 0o7000) === 0 && (mode & this.umask) === 0;
-    const fd = await this.replace(target, rel, () => openSync(target, CREATE_FLAGS, createdWithMode ? mode : 0o600));
+    const fd = await this.replace(target, rel, () => openSync(fsPath(target), CREATE_FLAGS, createdWithMode ? mode : 0o600));
     try {
       writeAllSync(fd, content);
       // Before its final mode, which may forbid reading it; a hardlink gets that mode with the tree's file.
@@ -750,19 +779,20 @@ export class RootfsApplier {
         throw e;
       }
     };
+    const targetFs = fsPath(target);
     if (stored.link) {
       // The stored file already carries the entry's mode, owner and times; a link shares them.
-      await this.replace(target, rel, fromStore(() => linkSync(stored.path, target)));
+      await this.replace(target, rel, fromStore(() => linkSync(stored.path, targetFs)));
       return h.size ?? 0;
     }
-    await this.replace(target, rel, fromStore(() => copyFileSync(stored.path, target, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE)));
+    await this.replace(target, rel, fromStore(() => copyFileSync(stored.path, targetFs, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE)));
     if (this.preserveOwnership) {
       const { uid, gid } = meta;
-      lchownSync(target, uid, gid);
+      lchownSync(targetFs, uid, gid);
     }
-    chmodSync(target, h.mode & 0o7777);
+    chmodSync(targetFs, h.mode & 0o7777);
     const { atime, mtime } = meta;
-    lutimesSync(target, atime, mtime);
+    lutimesSync(targetFs, atime, mtime);
     return h.size ?? 0;
   }
 
@@ -774,7 +804,7 @@ export class RootfsApplier {
     body: EntryBody,
     keep?: KeptFile,
   ): Promise<number> {
-    const file = await this.replace(target, rel, () => open(target, CREATE_FLAGS, 0o600));
+    const file = await this.replace(target, rel, () => open(fsPath(target), CREATE_FLAGS, 0o600));
     let bytes = 0;
     try {
       let batch: Buffer[] = [];
@@ -809,13 +839,14 @@ export class RootfsApplier {
   private async makeDir(target: string, rel: string, h: Header, meta: EntryMeta, state: LayerState): Promise<void> {
     if (!this.knownDirs.has(rel)) {
       let made = true;
+      const targetFs = fsPath(target);
       try {
-        mkdirSync(target, 0o700);
+        mkdirSync(targetFs, 0o700);
       } catch (e) {
         if (!isErrno(e, 'EEXIST')) throw e;
-        if (!lstatSync(target).isDirectory()) {
+        if (!lstatSync(targetFs).isDirectory()) {
           await this.removeExisting(target, rel, false);
-          mkdirSync(target, 0o700);
+          mkdirSync(targetFs, 0o700);
         } else made = false;
       }
       this.knownDirs.add(rel);
@@ -830,7 +861,7 @@ export class RootfsApplier {
   }
 
   private applyDirMeta(rel: string, h: Header, meta: EntryMeta): void {
-    const full = path.join(this.root, rel);
+    const full = fsPath(path.join(this.root, rel));
     if (this.preserveOwnership) {
       const { uid, gid } = meta;
       lchownSync(full, uid, gid);
@@ -872,7 +903,7 @@ export class RootfsApplier {
     }
     this.markWritten(targetRel, state);
     if (srcRel === targetRel) return; // a link to itself: already there
-    await this.replace(target, targetRel, () => linkSync(src, target));
+    await this.replace(target, targetRel, () => linkSync(fsPath(src), fsPath(target)));
   }
 
   /** `DIR/.wh.NAME` removes DIR/NAME; `DIR/.wh..wh..opq` empties DIR of what lower layers put there. */
@@ -891,7 +922,7 @@ export class RootfsApplier {
     if (base === WHITEOUT_OPAQUE) {
       const st = lstatOrNull(path.join(this.root, dirRel));
       if (!st?.isDirectory()) return;
-      for (const child of readdirSync(path.join(this.root, dirRel))) await this.removeLower(joinRel(dirRel, child), state);
+      for (const child of readNames(path.join(this.root, dirRel))) await this.removeLower(joinRel(dirRel, child), state);
       return;
     }
     await this.removeLower(joinRel(dirRel, victim), state);
@@ -911,7 +942,7 @@ export class RootfsApplier {
       return;
     }
     if (!st.isDirectory()) return;
-    for (const child of readdirSync(full)) await this.removeLower(joinRel(rel, child), state);
+    for (const child of readNames(full)) await this.removeLower(joinRel(rel, child), state);
   }
 }
 

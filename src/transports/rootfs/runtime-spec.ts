@@ -7,6 +7,7 @@ import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../errors.js';
 import type { ImageConfig } from '../../oci/config.js';
+import { fsPath } from '../../tar/byte-names.js';
 import { resolveInRoot } from './apply.js';
 
 export const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -49,7 +50,7 @@ export async function readFileInRoot(rootfsDir: string, relPath: string, maxByte
   let fh;
   try {
     // O_NOFOLLOW: the resolved path has no symlink left; O_NONBLOCK: a fifo planted there cannot hang us.
-    fh = await open(full, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
+    fh = await open(fsPath(full), fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW | fsConstants.O_NONBLOCK);
   } catch (e) {
     if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR') || isErrno(e, 'ELOOP')) return null;
     throw new SmartError('STORAGE', `reading /${relPath.replace(/^\/+/, '')} of ${rootfsDir}: ${(e as Error).message}`, {
