@@ -5,6 +5,8 @@
  *
  *   layers/<diff id hex>/entries    the layer's tar headers, one JSON object a line, in tar order
  *   layers/<diff id hex>/files/<n>  the content of the n-th regular file, with its mode and times
+ *   layers/<diff id hex>/linked     present once a tree shares the layer's files (--link): they
+ *                                   are checked before each use (a tree may have been written to)
  *   images/<manifest digest hex>    {name, diffIds, usedAt}: what pulled images use (for gc)
  *   locks/<diff id hex>             held (O_EXCL, its owner's tag inside) while one process fetches a layer
  *   tmp/<owner tag>-<random>/       a layer being unpacked; renamed into layers/ once verified
@@ -18,7 +20,7 @@
  * the file just written into the tree (`keepFile`) rather than unpacked a second time.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, chownSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, createWriteStream, linkSync, openSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, createWriteStream, existsSync, linkSync, openSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -58,6 +60,8 @@ export interface GcResult {
 }
 
 const LOCK_POLL_MS = 100;
+/** The file in a layer's directory that says a tree shares its files (LayerStore.markLinked). */
+const LINKED_MARK = 'linked';
 /** Files up to this size are gathered and written in one synchronous call. */
 const SMALL_FILE = 512 * 1024;
 /** Entry lines are written out in batches of about this many characters: none is held longer. */
@@ -103,6 +107,24 @@ export class LayerStore {
 
   async has(diffId: Digest): Promise<boolean> {
     return exists(path.join(this.layerDir(diffId), 'entries'));
+  }
+
+  /**
+   * Marks a layer as shared with a tree (its files hardlinked into it), before the links are
+   * made: from then on its files are checked before each use (linkedOut). Best effort: a store
+   * that cannot be written is not linked from by this process's pulls anyway (LayerFill.keepFile).
+   */
+  markLinked(diffId: Digest): void {
+    try {
+      writeFileSync(path.join(this.layerDir(diffId), LINKED_MARK), '', { flag: 'a' });
+    } catch {
+      // Left unmarked: the pull still checks the files it links now (the writer asks it to).
+    }
+  }
+
+  /** Whether a tree has shared this layer's files (markLinked): they may have been written to since. */
+  linkedOut(diffId: Digest): boolean {
+    return existsSync(path.join(this.layerDir(diffId), LINKED_MARK));
   }
 
   /**
@@ -377,6 +399,8 @@ export class LayerFill {
     private readonly bestEffort = false,
   ) {
     this.entriesFd = openSync(path.join(tmp, 'entries'), 'wx');
+    // Its files will be the tree's own (one inode): what is written into the tree changes them.
+    if (keep === 'hardlink') writeFileSync(path.join(tmp, LINKED_MARK), '');
   }
 
   /** A failure to keep: a best-effort fill stops keeping when the store cannot take more; else thrown. */

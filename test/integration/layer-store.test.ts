@@ -127,6 +127,34 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await store.verify()).toEqual([]);
   });
 
+  it('a tree pulled with --link and then written into (as a container writes into its root filesystem) does not change what the next pull lays down', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const ref = path.join(work, 'linked-ref');
+    const cold = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${ref}`, '--no-keep-layers'], { cacheHome: await tempDir() });
+    expect(cold.code, cold.stderr).toBe(0);
+    const want = await describeTree(ref);
+    const used = path.join(work, 'linked-used');
+    const first = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${used}`, '--link'], { cacheHome });
+    expect(first.code, first.stderr).toBe(0);
+    // The tree's files are the store's (one inode): an append, and a chmod, change both.
+    await fs.appendFile(path.join(used, 'etc/app.conf'), 'written by the container\n');
+    await fs.chmod(path.join(used, 'etc/secret'), 0o644);
+    proxy.stats.clear();
+    // The next pull copies (no --link): the store's mark says a tree shared these files, so they are checked.
+    const next = path.join(work, 'linked-next');
+    const r = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${next}`], { cacheHome });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/^warning: .* in the layer store is damaged \(.* (was modified|changed size|changed mode) since it was kept \(a tree pulled with --link shares its files with the store: use such a tree read-only\)\): removed from the store, and fetched$/m);
+    expect(await describeTree(next)).toEqual(want);
+    expect(await fs.readFile(path.join(next, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+    expect((await fs.stat(path.join(next, 'etc/secret'))).mode & 0o777).toBe(0o600);
+    // Only the changed layers were fetched again.
+    const fetched = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/sha256:') && !q.path.includes(fx.basic.config.digest)).length;
+    expect(fetched).toBeGreaterThan(0);
+    expect(fetched).toBeLessThan(fx.basic.layers.length + 1);
+  });
+
   it('two pulls at once into one store both succeed, fetch each layer once, and leave a store that verifies', async () => {
     const fx = fixtures();
     const cacheHome = await tempDir();

@@ -368,6 +368,36 @@ function lstatOrNull(full: string) {
   }
 }
 
+/** A regular file's content in the layer store: linked or copied into the tree, checked first or not (storedFileChange). */
+interface StoredFile {
+  path: string;
+  link: boolean;
+  check: boolean;
+}
+
+/** How far apart a stored file's modification time and its entry's may be: filesystems that keep whole seconds (or two) round it. */
+const MTIME_SLACK_MS = 2000;
+
+/**
+ * How a stored file of the layer store differs from the entry it keeps, if it does (undefined:
+ * it does not, as far as its size, mode, owner and modification time tell). A tree pulled with
+ * --link shares its files with the store: a container that writes into it (runc's root
+ * filesystem is writable) or a chmod changes the stored file, and a later pull must not lay the
+ * changed file down as the layer's.
+ */
+function storedFileChange(file: string, h: Header, meta: EntryMeta, owners: boolean): string | undefined {
+  const st = lstatSync(file, { throwIfNoEntry: false });
+  if (!st) return 'is gone';
+  const since = 'since it was kept (a tree pulled with --link shares its files with the store: use such a tree read-only)';
+  if (!st.isFile()) return `is no longer a regular file ${since}`;
+  if (st.size !== (h.size ?? 0)) return `changed size ${since}`;
+  if (typeof h.mode === 'number' && (st.mode & 0o7777) !== (h.mode & 0o7777)) return `changed mode ${since}`;
+  if (owners && (st.uid !== meta.uid || st.gid !== meta.gid)) return `changed owner ${since}`;
+  const mtimeMs = meta.mtime instanceof Date ? meta.mtime.getTime() : meta.mtime * 1000;
+  if (Math.abs(st.mtimeMs - mtimeMs) >= MTIME_SLACK_MS) return `was modified ${since}`;
+  return undefined;
+}
+
 /** The names in a directory, as names (bytes that are not UTF-8 kept: src/tar/byte-names.ts). */
 function readNames(dir: string): string[] {
   return decodeNames(readdirSync(fsPath(dir), { encoding: 'buffer' }));
@@ -476,9 +506,10 @@ export class RootfsApplier {
    * Applies one layer given as entries already unpacked elsewhere (the local layer store): the same
    * semantics as `applyLayer`, with each regular file's content taken from `file` — cloned
    * (reflink) where the filesystem can, copied where it cannot, or hardlinked with `link` (the
-   * tree then shares inodes with the store: for read-only uses).
+   * tree then shares inodes with the store: for read-only uses). With `check`, each stored file is
+   * first checked against its entry (storedFileChange): a change is StoredLayerDamage.
    */
-  async applyEntries(entries: AsyncIterable<StoredEntry>, what: string, options: { link: boolean }): Promise<LayerApplyStats> {
+  async applyEntries(entries: AsyncIterable<StoredEntry>, what: string, options: { link: boolean; check?: boolean }): Promise<LayerApplyStats> {
     if (this.busy || this.finished) throw new SmartError('INTERNAL', 'applyEntries called while busy or after finish');
     this.busy = true;
     this.freshDirs.clear();
@@ -486,7 +517,7 @@ export class RootfsApplier {
     try {
       for await (const entry of entries) {
         state.stats.entries++;
-        await this.applyEntry(entry.header, EMPTY_BODY, state, entry.file ? { path: entry.file, link: options.link } : undefined);
+        await this.applyEntry(entry.header, EMPTY_BODY, state, entry.file ? { path: entry.file, link: options.link, check: options.check ?? false } : undefined);
       }
     } finally {
       this.busy = false;
@@ -538,7 +569,7 @@ export class RootfsApplier {
     return tarParseError(original, { what, ...(lastEntry !== undefined ? { after: lastEntry } : {}) });
   }
 
-  private async applyEntry(h: Header, body: EntryBody, state: LayerState, stored?: { path: string; link: boolean }): Promise<void> {
+  private async applyEntry(h: Header, body: EntryBody, state: LayerState, stored?: StoredFile): Promise<void> {
     const { what } = state;
     const name = h.name;
     if (name.includes('\0')) {
@@ -769,7 +800,7 @@ export class RootfsApplier {
   }
 
   /** A file whose content is already on disk: cloned or copied (then given its metadata), or linked. */
-  private async placeStoredFile(target: string, rel: string, h: Header, meta: EntryMeta, stored: { path: string; link: boolean }): Promise<number> {
+  private async placeStoredFile(target: string, rel: string, h: Header, meta: EntryMeta, stored: StoredFile): Promise<number> {
     // The stored file gone is the store's damage, not the tree's: the writer fetches the layer instead.
     const fromStore = (place: () => void) => () => {
       try {
@@ -779,6 +810,8 @@ export class RootfsApplier {
         throw e;
       }
     };
+    const change = stored.check ? storedFileChange(stored.path, h, meta, this.preserveOwnership) : undefined;
+    if (change) throw new StoredLayerDamage(`${stored.path} ${change}`);
     const targetFs = fsPath(target);
     if (stored.link) {
       // The stored file already carries the entry's mode, owner and times; a link shares them.

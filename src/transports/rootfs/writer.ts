@@ -397,7 +397,10 @@ export class RootfsWriter implements ImageWriter {
         const { digest } = layer.descriptor;
         if (plan.from === 'store') {
           try {
-            await applier.applyEntries(store!.entries(layer.diffId), what, { link: how === 'hardlink' });
+            const link = how === 'hardlink';
+            if (link) store!.markLinked(layer.diffId);
+            // Files a tree shares (--link, now or before) are checked: that tree may have been written to.
+            await applier.applyEntries(store!.entries(layer.diffId), what, { link, check: link || store!.linkedOut(layer.diffId) });
             fromStore++;
             options.onLayer?.({ digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0 });
             continue;
