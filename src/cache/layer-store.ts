@@ -32,7 +32,7 @@ import { digestHex, type Digest } from '../oci/digest.js';
 import { ownedId } from '../storage/aside.js';
 import { tryLockFile } from '../storage/file-lock.js';
 import { mkdirp } from '../storage/made-directories.js';
-import { StoredLayerDamage } from './stored-layer-damage.js';
+import { StoredLayerDamage, refusedToRead } from './stored-layer-damage.js';
 import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { fsPath } from '../tar/byte-names.js';
 import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
@@ -232,7 +232,7 @@ export class LayerStore {
     const index = path.join(dir, 'entries');
     const input = createReadStream(index);
     const lines = createInterface({ input, crlfDelay: Infinity });
-    const damaged = (e: unknown) => new StoredLayerDamage(`its index ${index} cannot be read: ${(e as Error).message}`, { cause: e });
+    const damaged = (e: unknown) => new StoredLayerDamage(`its index ${index} cannot be read: ${(e as Error).message}`, { cause: e, notReadable: refusedToRead(e, index) });
     const it = lines[Symbol.asyncIterator]();
     try {
       for (;;) {

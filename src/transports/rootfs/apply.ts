@@ -48,7 +48,7 @@ import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError, quoted, refusalHint, systemWords } from '../../errors.js';
 import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
-import { StoredLayerDamage } from '../../cache/stored-layer-damage.js';
+import { StoredLayerDamage, refusedToRead } from '../../cache/stored-layer-damage.js';
 import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte-names.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader } from '../../tar/stream-reader.js';
@@ -807,6 +807,7 @@ export class RootfsApplier {
         place();
       } catch (e) {
         if (isErrno(e, 'ENOENT') && e.path === stored.path) throw new StoredLayerDamage(`${stored.path} is gone`, { cause: e });
+        if (refusedToRead(e, stored.path)) throw new StoredLayerDamage(`${stored.path}: ${systemWords(e as NodeJS.ErrnoException)}`, { cause: e, notReadable: true });
         throw e;
       }
     };

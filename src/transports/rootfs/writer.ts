@@ -389,6 +389,8 @@ export class RootfsWriter implements ImageWriter {
     let kept = 0;
     /** Layers the store held damaged, fetched instead. */
     let repaired = 0;
+    /** Layers of the store this process may not read, fetched instead. */
+    let unreadable = 0;
     try {
       for (const [i, layer] of image.layers.entries()) {
         const plan = await plans[i]!;
@@ -408,10 +410,15 @@ export class RootfsWriter implements ImageWriter {
             if (!(e instanceof StoredLayerDamage)) throw e;
             // A cache that lost part of a layer must not fail every pull after it: the layer goes
             // from the store, and is fetched and laid over what of it was laid (the whole layer
-            // writes every path it holds again, as its first application would have).
-            this.options.onWarning?.(`${this.name}: ${what} in the layer store is damaged (${e.message}): removed from the store, and fetched`);
-            await store!.discard(layer.diffId);
-            repaired++;
+            // writes every path it holds again, as its first application would have). One this
+            // process may not read (another user's store) is fetched too, and left where it is.
+            if (e.notReadable) {
+              if (unreadable++ === 0) this.options.onWarning?.(`${this.name}: the layer store ${store!.dir} holds files this user cannot read (${e.message}; kept by another user?): such layers are fetched instead`);
+            } else {
+              this.options.onWarning?.(`${this.name}: ${what} in the layer store is damaged (${e.message}): removed from the store, and fetched`);
+              await store!.discard(layer.diffId);
+              repaired++;
+            }
             const stats = await applier.applyLayer(await layer.openUncompressed(progressOptions(layer, options, signal)), what);
             options.onLayer?.({ digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
             continue;
@@ -433,7 +440,8 @@ export class RootfsWriter implements ImageWriter {
       await Promise.allSettled(tasks);
       await Promise.all([...spools.map((s) => s.destroy()), ...fills.map((f) => f.abort())]);
     }
-    if (store && (fromStore > 0 || kept > 0)) {
+    // A store this process may not write (refused) cannot record that it used it: left as it is, unsaid.
+    if (store && !refused && (fromStore > 0 || kept > 0)) {
       await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId)).catch((e: unknown) => {
         // No layer the less kept: only what tells gc they are in use is missing.
         if (!cannotKeep(e, 0)) throw e;
@@ -478,7 +486,13 @@ async function probeFill(storeDir: string, tree: string, link: boolean): Promise
   const a = path.join(storeDir, `.reflink-probe-${randomUUID()}`);
   const b = path.join(tree, `.reflink-probe-${randomUUID()}`);
   try {
-    await fs.writeFile(a, 'x');
+    try {
+      await fs.writeFile(a, 'x');
+    } catch (e) {
+      // A store this process may not write (another user's, read-only, full): it keeps nothing, and links nothing.
+      if (cannotTakeMore(e)) return { refused: e };
+      throw e;
+    }
     if (link) {
       try {
         await fs.link(a, b);

@@ -1,0 +1,78 @@
+/**
+ * A cache directory another user filled: a root pull (`sudo -E smart pull … bundle:`, a CI job run
+ * as root before one run as a user, a cache volume shared by both) keeps layers whose files have
+ * their image modes, and an image's `/etc/shadow` or `etc/secret` (0600, root's) cannot be read
+ * by the next user. That user's pull must still give the whole tree: the layers it cannot read
+ * are fetched, the store is left as it is, and it says so once; a store it cannot write keeps
+ * nothing and is not called "another filesystem" when --link is asked for. Runs as another user
+ * with setpriv (root, or `sudo -n`; required under CI).
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { run, smart, smartBin, type RunResult } from '../harness/run.js';
+import { inCI, isRoot } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+import { describeTree } from '../harness/tree.js';
+
+/** The tree without owners: a pull by a user who is not root owns every file it writes. */
+async function withoutOwners(root: string) {
+  return Object.fromEntries(Object.entries(await describeTree(root)).map(([p, { uid: _u, gid: _g, ...e }]) => [p, e]));
+}
+
+describe('a layer store another user filled', () => {
+  let work: string;
+  let image: string;
+  let cacheHome: string;
+  let able = false;
+  const uid = 65534;
+
+  /** Runs smart as `uid`, with the shared cache directory. */
+  const asUser = (args: string[]): Promise<RunResult> => {
+    const command = ['setpriv', `--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', 'env', '-i', `PATH=${process.env.PATH}`, `HOME=${work}`, `XDG_CACHE_HOME=${cacheHome}`, process.execPath, smartBin, ...args];
+    return isRoot ? run(command[0]!, command.slice(1), { cwd: work }) : run('sudo', ['-n', ...command], { cwd: work });
+  };
+
+  beforeAll(async () => {
+    work = await tempDir('smart-shared-');
+    await fs.chmod(work, 0o777);
+    const probe = await (isRoot ? run('setpriv', [`--reuid=${uid}`, '--clear-groups', 'true']) : run('sudo', ['-n', 'setpriv', `--reuid=${uid}`, '--clear-groups', 'true']));
+    if (probe.code !== 0 || !isRoot) {
+      if (inCI) throw new Error(`CI=true but commands cannot run as root and as another user (setpriv): ${probe.stderr}`);
+      return;
+    }
+    able = true;
+    // The image where the user can read it; the cache filled by root.
+    image = path.join(work, 'image');
+    await fs.cp(fixtures().paths.ociBasic, image, { recursive: true });
+    await run('chmod', ['-R', 'a+rX', image]);
+    cacheHome = path.join(work, 'cache');
+    const root = await smart(['pull', '--keep-layers', `oci:${image}:latest`, `rootfs:${path.join(work, 'by-root')}`], { cacheHome });
+    expect(root.code, root.stderr).toBe(0);
+  }, 60_000);
+
+  it('the user pulls the whole tree, fetching the layers it cannot read, and says so once', async (ctx) => {
+    if (!able) return ctx.skip();
+    const dest = path.join(work, 'by-user');
+    const r = await asUser(['pull', `oci:${image}:latest`, `rootfs:${dest}`]);
+    expect(r.code, r.stderr).toBe(0);
+    const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
+    expect(warnings, r.stderr).toHaveLength(1);
+    expect(warnings[0]).toMatch(/^warning: rootfs:.*: the layer store .* holds files this user cannot read \(.*: EACCES: permission denied; kept by another user\?\): such layers are fetched instead$/);
+    expect(await withoutOwners(dest)).toEqual(await withoutOwners(path.join(work, 'by-root')));
+    expect(await fs.readFile(path.join(dest, 'etc/secret'), 'utf8')).toBe('not really a secret\n');
+  });
+
+  it('with --link: the store, which the user cannot write, keeps nothing and is not called another filesystem', async (ctx) => {
+    if (!able) return ctx.skip();
+    const dest = path.join(work, 'by-user-link');
+    const r = await asUser(['pull', '--link', `oci:${image}:latest`, `rootfs:${dest}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).not.toMatch(/another filesystem/);
+    expect(r.stderr).toMatch(/^warning: rootfs:.*: the layer store .* cannot keep layers \(EACCES: permission denied/m);
+    expect(await withoutOwners(dest)).toEqual(await withoutOwners(path.join(work, 'by-root')));
+    // The root's store is as it was: nothing removed as damage.
+    expect((await fs.readdir(path.join(cacheHome, 'smartlayer', 'layer-store', 'layers'))).length).toBe(fixtures().basic.layers.length);
+  });
+});
