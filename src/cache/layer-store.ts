@@ -28,6 +28,7 @@ import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
 import type { Header } from 'tar-stream';
 import { SmartError, cannotTakeMore, isCancellation, isErrno, isSmartError, refusalHint } from '../errors.js';
+import { idMap } from '../id-map.js';
 import { digestHex, type Digest } from '../oci/digest.js';
 import { ownedId } from '../storage/aside.js';
 import { tryLockFile } from '../storage/file-lock.js';
@@ -364,7 +365,8 @@ const isRoot = process.getuid?.() === 0;
 
 /** The stored file carries the entry's metadata (checked), so that a hardlinked root filesystem has it too. */
 function setMeta(file: string, h: Header, { uid, gid, atime, mtime }: EntryMeta): void {
-  if (isRoot) chownSync(file, uid, gid);
+  // In a user namespace, an owner it does not map stays this process's, as in the tree (src/id-map.ts).
+  if (isRoot && idMap().maps(uid, gid)) chownSync(file, uid, gid);
   chmodSync(file, (h.mode ?? 0o644) & 0o7777);
   utimesSync(file, atime, mtime);
 }

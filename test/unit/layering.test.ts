@@ -20,6 +20,8 @@ const RANK: Record<string, number> = {
   'redact.ts': 0,
   // The user's home, when there is one: where the cache directory and the user's files are.
   'home.ts': 0,
+  // The ids a user namespace lets this process give files: for the tree applier and the layer store.
+  'id-map.ts': 0,
   // Bounds on untrusted input and the one transient-failure test: plain helpers over the error type.
   'limits.ts': 0.5,
   'transient.ts': 0.5,

@@ -52,6 +52,7 @@ import { StoredLayerDamage, refusedToRead } from '../../cache/stored-layer-damag
 import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte-names.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader } from '../../tar/stream-reader.js';
+import { idMap, type IdMap } from '../../id-map.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
 export interface ApplyOptions {
@@ -406,6 +407,10 @@ function readNames(dir: string): string[] {
 export class RootfsApplier {
   private readonly root: string;
   private readonly preserveOwnership: boolean;
+  /** The ids this process can give files (a user namespace maps only some: src/id-map.ts). */
+  private readonly ids: IdMap;
+  /** Entries of the current layer whose owner the id map leaves out: how many, and the first owner. */
+  private unmapped = { entries: 0, first: '' };
   private readonly onWarning: ((message: string) => void) | undefined;
   /** Bits added to directory modes while layers are applied, so a non-root user can write into them. */
   private readonly dirWriteBits: number;
@@ -431,6 +436,7 @@ export class RootfsApplier {
   constructor(root: string, options: ApplyOptions) {
     this.root = path.resolve(root);
     this.preserveOwnership = options.preserveOwnership;
+    this.ids = idMap();
     this.onWarning = options.onWarning;
     this.dirWriteBits = process.getuid?.() === 0 ? 0 : 0o700;
     this.maxTrackedPaths = options.maxTrackedPaths ?? MAX_TRACKED_PATHS;
@@ -453,6 +459,7 @@ export class RootfsApplier {
     }
     this.busy = true;
     this.freshDirs.clear();
+    this.unmapped = { entries: 0, first: '' };
     const state: LayerState = {
       what,
       stats: { entries: 0, bytes: 0, whiteouts: 0 },
@@ -491,14 +498,13 @@ export class RootfsApplier {
       this.busy = false;
     }
     if (state.skippedSpecial > 0) {
-      this.onWarning?.(
-        `${what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`,
-      );
+      this.onWarning?.(this.specialWarning(state));
     }
     if (state.skippedRoot > 0) this.onWarning?.(rootWarning(state));
     if (state.droppedXattrs > 0) {
       this.onWarning?.(`${what}: ignored ${state.droppedXattrs} extended attribute(s) (xattrs are not applied)`);
     }
+    this.unmappedWarning(what);
     return state.stats;
   }
 
@@ -513,6 +519,7 @@ export class RootfsApplier {
     if (this.busy || this.finished) throw new SmartError('INTERNAL', 'applyEntries called while busy or after finish');
     this.busy = true;
     this.freshDirs.clear();
+    this.unmapped = { entries: 0, first: '' };
     const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, skippedRoot: 0, droppedXattrs: 0 };
     try {
       for await (const entry of entries) {
@@ -522,8 +529,9 @@ export class RootfsApplier {
     } finally {
       this.busy = false;
     }
-    if (state.skippedSpecial > 0) this.onWarning?.(`${what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`);
+    if (state.skippedSpecial > 0) this.onWarning?.(this.specialWarning(state));
     if (state.skippedRoot > 0) this.onWarning?.(rootWarning(state));
+    this.unmappedWarning(what);
     return state.stats;
   }
 
@@ -611,7 +619,8 @@ export class RootfsApplier {
       }
 
       if (h.type === 'character-device' || h.type === 'block-device' || h.type === 'fifo') {
-        if (!this.preserveOwnership) {
+        // A user namespace may make fifos, but no device node (mknod fails EPERM there).
+        if (!this.preserveOwnership || (h.type !== 'fifo' && this.ids.partial)) {
           state.skippedSpecial++;
           return;
         }
@@ -657,7 +666,7 @@ export class RootfsApplier {
           this.markWritten(targetRel, state);
           const targetFs = fsPath(target);
           await this.replace(target, targetRel, () => symlinkSync(fsPath(h.linkname!), targetFs));
-          if (this.preserveOwnership) {
+          if (this.owns(meta)) {
             const { uid, gid } = meta;
             lchownSync(targetFs, uid, gid);
           }
@@ -675,8 +684,10 @@ export class RootfsApplier {
           const kind = h.type === 'fifo' ? 'p' : h.type === 'block-device' ? 'b' : 'c';
           await this.replace(target, targetRel, () => mknodAt(this.root, target, kind, h.devmajor ?? 0, h.devminor ?? 0));
           const targetFs = fsPath(target);
-          const { uid, gid } = meta;
-          lchownSync(targetFs, uid, gid);
+          if (this.owns(meta)) {
+            const { uid, gid } = meta;
+            lchownSync(targetFs, uid, gid);
+          }
           chmodSync(targetFs, h.mode & 0o7777);
           const { atime, mtime } = meta;
           lutimesSync(targetFs, atime, mtime);
@@ -785,7 +796,7 @@ export class RootfsApplier {
       writeAllSync(fd, content);
       // Before its final mode, which may forbid reading it; a hardlink gets that mode with the tree's file.
       if (keep) await keep.fill.keepFile(keep.file, target, h, meta, content);
-      if (this.preserveOwnership && !this.createdAs(meta, parentOf(rel))) {
+      if (this.preserveOwnership && !this.createdAs(meta, parentOf(rel)) && this.owns(meta)) {
         const { uid, gid } = meta;
         fchownSync(fd, uid, gid);
       }
@@ -811,16 +822,18 @@ export class RootfsApplier {
         throw e;
       }
     };
-    const change = stored.check ? storedFileChange(stored.path, h, meta, this.preserveOwnership) : undefined;
+    const change = stored.check ? storedFileChange(stored.path, h, meta, this.preserveOwnership && this.ids.maps(meta.uid, meta.gid)) : undefined;
     if (change) throw new StoredLayerDamage(`${stored.path} ${change}`);
     const targetFs = fsPath(target);
     if (stored.link) {
-      // The stored file already carries the entry's mode, owner and times; a link shares them.
+      // The stored file already carries the entry's mode, owner and times; a link shares them
+      // (an owner the id map leaves out is counted all the same: the store could not give it either).
+      this.owns(meta);
       await this.replace(target, rel, fromStore(() => linkSync(stored.path, targetFs)));
       return h.size ?? 0;
     }
     await this.replace(target, rel, fromStore(() => copyFileSync(stored.path, targetFs, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE)));
-    if (this.preserveOwnership) {
+    if (this.owns(meta)) {
       const { uid, gid } = meta;
       lchownSync(targetFs, uid, gid);
     }
@@ -854,7 +867,7 @@ export class RootfsApplier {
       }
       if (batch.length > 0) await writeAllv(file, batch);
       if (keep) await keep.fill.keepFile(keep.file, target, h, meta);
-      if (this.preserveOwnership) {
+      if (this.owns(meta)) {
         const { uid, gid } = meta;
         await file.chown(uid, gid);
       }
@@ -889,6 +902,31 @@ export class RootfsApplier {
     this.applyDirMeta(rel, h, meta);
   }
 
+  /**
+   * Whether to give an entry its owner: when running as root, and the id map has its ids (else it
+   * keeps this process's, counted for the layer's warning).
+   */
+  private owns(meta: EntryMeta): boolean {
+    if (!this.preserveOwnership) return false;
+    if (this.ids.maps(meta.uid, meta.gid)) return true;
+    if (this.unmapped.entries++ === 0) this.unmapped.first = `${meta.uid}:${meta.gid}`;
+    return false;
+  }
+
+  /** Why the layer's device nodes (and fifos) were not made. */
+  private specialWarning(state: LayerState): string {
+    if (this.preserveOwnership) return `${state.what}: skipped ${state.skippedSpecial} device node(s): a user namespace cannot create them`;
+    return `${state.what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`;
+  }
+
+  /** The warning for the entries of a layer whose owners the id map left out, if any; the count starts again. */
+  private unmappedWarning(what: string): void {
+    const { entries, first } = this.unmapped;
+    this.unmapped = { entries: 0, first: '' };
+    if (entries === 0) return;
+    this.onWarning?.(`${what}: ${entries} entr${entries === 1 ? 'y keeps' : 'ies keep'} this process's owner: this user namespace does not map the ids the image gives (${first}${entries > 1 ? ' first' : ''}; see /proc/self/uid_map and gid_map)`);
+  }
+
   /** Whether a file made now in `dirRel` gets `meta`'s owner and group without a chown. */
   private createdAs(meta: EntryMeta, dirRel: string): boolean {
     return meta.uid === this.creator.uid && meta.gid === this.creator.gid && !this.setgidDirs.has(dirRel);
@@ -896,7 +934,7 @@ export class RootfsApplier {
 
   private applyDirMeta(rel: string, h: Header, meta: EntryMeta): void {
     const full = fsPath(path.join(this.root, rel));
-    if (this.preserveOwnership) {
+    if (this.owns(meta)) {
       const { uid, gid } = meta;
       lchownSync(full, uid, gid);
     }
