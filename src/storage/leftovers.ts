@@ -140,6 +140,8 @@ export async function localSize(p: string): Promise<number> {
  * Removes the stale ones among the entries of the local directory `dir` that `ownerOf` recognises
  * (it returns undefined for an entry that is not a leftover, null for one of ours made before owners
  * were recorded: that one goes by its age). Returns what was removed (with `dryRun`: what would be).
+ * One this process may not remove (another user's killed run, a read-only mount) is left, and
+ * the work that swept goes on: removing leftovers is never what a command is for.
  */
 export async function sweepLocal(
   dir: string,
@@ -154,7 +156,14 @@ export async function sweepLocal(
     const st = await fs.lstat(full).catch(() => undefined);
     if (!st || !isStale(owner ?? undefined, Date.now() - st.mtimeMs, options.maxAgeMs)) continue;
     const bytes = await localSize(full);
-    if (!options.dryRun) await fs.rm(full, { recursive: true, force: true });
+    if (!options.dryRun) {
+      try {
+        await fs.rm(full, { recursive: true, force: true });
+      } catch (e) {
+        if (isErrno(e, 'EACCES') || isErrno(e, 'EPERM') || isErrno(e, 'EROFS')) continue;
+        throw e;
+      }
+    }
     cleaned.push({ path: full, bytes });
   }
   return cleaned;

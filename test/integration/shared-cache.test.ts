@@ -64,6 +64,32 @@ describe('a layer store another user filled', () => {
     expect(await fs.readFile(path.join(dest, 'etc/secret'), 'utf8')).toBe('not really a secret\n');
   });
 
+  it("a root pull killed while it unpacked a layer leaves it in the store's tmp/, which the user cannot remove: the user's pull goes on", async (ctx) => {
+    if (!able) return ctx.skip();
+    // What kill -9 leaves: a process (root) that took a layer's lock and began unpacking it into
+    // tmp/, then died. Made by the library itself, in a process that exits without cleaning up.
+    const layerStore = new URL('../../dist/cache/layer-store.js', import.meta.url).href;
+    const store = path.join(cacheHome, 'smartlayer', 'layer-store');
+    const script = `const { LayerStore } = await import(${JSON.stringify(layerStore)});
+      const fill = await new LayerStore(${JSON.stringify(store)}).claim('sha256:${'ab'.repeat(32)}');
+      fill.keepContent(fill.add({ name: 'etc/x', type: 'file', size: 1, mode: 0o600, mtime: new Date(0) }), Buffer.from('x'), { mode: 0o600 }, { uid: 0, gid: 0, atime: 0, mtime: 0 });
+      process.exit(0);`;
+    const died = await run(process.execPath, ['--input-type=module', '-e', script]);
+    expect(died.code, died.stderr).toBe(0);
+    const storeTmp = path.join(store, 'tmp');
+    expect((await fs.readdir(storeTmp)).length).toBe(1);
+
+    const dest = path.join(work, 'by-user-after-kill');
+    const r = await asUser(['pull', `oci:${image}:latest`, `rootfs:${dest}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await withoutOwners(dest)).toEqual(await withoutOwners(path.join(work, 'by-root')));
+    expect((await fs.readdir(storeTmp)).length).toBe(1);
+    // Root's leftovers are root's to remove: its next pull does.
+    const again = await smart(['pull', `oci:${image}:latest`, `rootfs:${path.join(work, 'by-root-again')}`], { cacheHome });
+    expect(again.code, again.stderr).toBe(0);
+    expect(await fs.readdir(storeTmp)).toEqual([]);
+  });
+
   it('with --link: the store, which the user cannot write, keeps nothing and is not called another filesystem', async (ctx) => {
     if (!able) return ctx.skip();
     const dest = path.join(work, 'by-user-link');
