@@ -113,7 +113,8 @@ export class LayerStore {
   /**
    * Marks a layer as shared with a tree (its files hardlinked into it), before the links are
    * made: from then on its files are checked before each use (linkedOut). Best effort: a store
-   * that cannot be written is not linked from by this process's pulls anyway (LayerFill.keepFile).
+   * this process cannot write is not linked from (the writer's probe refuses it, and copies), and
+   * the pull that links checks the files it links whether or not the mark was written.
    */
   markLinked(diffId: Digest): void {
     try {
