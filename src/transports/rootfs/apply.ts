@@ -270,7 +270,7 @@ async function mknodAt(root: string, target: string, kind: 'c' | 'b' | 'p', majo
   if (!hasEscapedBytes(target)) return runMknod(target, kind, major, minor);
   const targetFs = fsPath(target);
   // As mknod(2) would: what is in the way is the caller's to remove (RootfsApplier.replace).
-  if (lstatSync(targetFs, { throwIfNoEntry: false })) throw Object.assign(new Error(`EEXIST: ${target}`), { code: 'EEXIST' });
+  if (lstatOrNull(targetFs)) throw Object.assign(new Error(`EEXIST: ${target}`), { code: 'EEXIST' });
   const made = path.join(root, `.smart-mknod-${randomUUID()}`);
   await runMknod(made, kind, major, minor);
   try {
@@ -360,9 +360,9 @@ async function* chunks(entry: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
 }
 
 /** lstat, or null when nothing is there. */
-function lstatOrNull(full: string) {
+function lstatOrNull(full: string | Buffer) {
   try {
-    return lstatSync(fsPath(full));
+    return lstatSync(typeof full === 'string' ? fsPath(full) : full);
   } catch (e) {
     if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return null;
     throw e;
@@ -543,7 +543,7 @@ export class RootfsApplier {
     try {
       for (const [rel, meta] of this.dirMeta) {
         const full = fsPath(path.join(this.root, rel));
-        const st = lstatSync(full, { throwIfNoEntry: false });
+        const st = lstatOrNull(full);
         if (!st?.isDirectory()) continue;
         if (this.dirWriteBits !== 0 && meta.mode !== (st.mode & 0o7777)) chmodSync(full, meta.mode);
         lutimesSync(full, meta.atime, meta.mtime);
