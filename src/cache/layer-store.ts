@@ -20,11 +20,10 @@
  * the file just written into the tree (`keepFile`) rather than unpacked a second time.
  */
 import { randomUUID } from 'node:crypto';
-import { chmodSync, chownSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, createWriteStream, existsSync, linkSync, openSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, constants as fsConstants, copyFileSync, createReadStream, existsSync, linkSync, openSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { createInterface } from 'node:readline';
 import type { Header } from 'tar-stream';
 import { SmartError, cannotTakeMore, isCancellation, isErrno, isSmartError, refusalHint } from '../errors.js';
@@ -37,6 +36,7 @@ import { StoredLayerDamage, refusedToRead } from './stored-layer-damage.js';
 import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { fsPath } from '../tar/byte-names.js';
 import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
+import { copySparseFileSync, hasSparseRecords, sparseSegments, writeFileChunks } from '../tar/sparse.js';
 import { TarStreamReader } from '../tar/stream-reader.js';
 
 /**
@@ -257,6 +257,9 @@ export class LayerStore {
         if (!fffdInName && holdsFffd(header)) {
           throw new StoredLayerDamage(`its index holds a name with U+FFFD unmarked: kept by an older smart, which stored bytes that are not UTF-8 as U+FFFD`);
         }
+        if (hasSparseRecords(header) && sparseSegments(header) === undefined) {
+          throw new StoredLayerDamage(`its index holds a sparse file kept by an older smart, which did not expand sparse files`);
+        }
         yield { header: { ...header, mtime: new Date(r.mtime) } as Header, ...(file ? { file: path.join(dir, 'files', file) } : {}) };
       }
     } finally {
@@ -462,7 +465,13 @@ export class LayerFill {
   async keepBody(file: string, body: AsyncIterable<Buffer>, h: Header, meta: EntryMeta): Promise<void> {
     if (this.notKept !== undefined) return; // the content left unread is skipped with the next entry
     try {
-      await pipeline(Readable.from(body, { objectMode: false }), createWriteStream(file, { flags: 'wx' }));
+      // Its holes stay holes when it is a sparse file (src/tar/sparse.ts).
+      const fh = await fs.open(file, 'wx');
+      try {
+        await writeFileChunks(fh, body);
+      } finally {
+        await fh.close();
+      }
       setMeta(file, h, meta);
     } catch (e) {
       this.spare(e);
@@ -485,7 +494,10 @@ export class LayerFill {
         return;
       }
       if (content && this.keep === 'copy') return this.keepContent(file, content, h, meta);
-      if ((h.size ?? 0) <= SMALL_FILE) copyFileSync(treeFs, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+      // A sparse file's segments only: a copy of the whole would write its holes out as zeros.
+      const segments = sparseSegments(h);
+      if (segments) copySparseFileSync(treeFs, file, segments, h.size ?? 0);
+      else if ((h.size ?? 0) <= SMALL_FILE) copyFileSync(treeFs, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
       else await fs.copyFile(treeFs, file, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
       setMeta(file, h, meta);
     } catch (e) {

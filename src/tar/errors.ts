@@ -14,6 +14,7 @@ const PARSER_ERRORS: [message: string, meaning: string][] = [
   ['Header exceeds max size', 'extended header (pax or GNU long name) over the 1 MiB allowed'],
   ['Invalid header', 'invalid entry size'],
   ['Unexpected end of data', 'truncated'],
+  ['Invalid sparse file map', 'invalid sparse file map (GNU tar --sparse)'],
 ];
 
 /** What a tar-stream error says about the tar, or undefined when `e` is not one of those. */
@@ -46,7 +47,8 @@ export function tarParseError(e: unknown, context: TarContext): SmartError {
   const meaning = parserMeaning(e);
   const input = context.input ?? context.what;
   if (meaning) {
-    const atStart = context.after === undefined && meaning !== 'truncated';
+    // Only a header's damage in the first entry suggests the bytes are no tar at all.
+    const atStart = context.after === undefined && meaning !== 'truncated' && !meaning.startsWith('invalid sparse');
     return new SmartError('CORRUPT_ARCHIVE', `${context.what}: corrupt tar: ${meaning} ${where}`, {
       input,
       cause: e,

@@ -16,6 +16,7 @@
 import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
 import { decodeName } from './byte-names.js';
+import { SPARSE_MESSAGE, checkLayout, type SparseHeader, holeChunk, paxRealSize, paxSparseKind, parseDataMap, parseGnuEntries, parsePaxMap } from './sparse.js';
 
 const BLOCK = 512;
 /** The largest pax or GNU long-name header read (as tar-stream). */
@@ -31,6 +32,8 @@ export const TAR_MESSAGES = {
   longHeader: 'Header exceeds max size',
   size: 'Invalid header',
   truncated: 'Unexpected end of data',
+  /** Ours: tar-stream reads a sparse file as a plain one (src/tar/sparse.ts). */
+  sparse: SPARSE_MESSAGE,
 } as const;
 
 function padding(size: number): number {
@@ -152,6 +155,8 @@ export function decodeTarHeader(buf: Buffer): Header | null {
 /**
  * pax records (`LEN KEY=VALUE\n`), read as tar-stream reads them: up to the first malformed record.
  * Values are decoded as names are (a `path` or `linkpath` keeps its bytes; src/tar/byte-names.ts).
+ * The repeated `GNU.sparse.offset` / `GNU.sparse.numbytes` records of a pax 0.0 sparse file are
+ * gathered, in order, into one `GNU.sparse.map` (as 0.1 writes it).
  */
 export function decodePaxRecords(buf: Buffer): Record<string, string> {
   const result: Record<string, string> = {};
@@ -165,10 +170,32 @@ export function decodePaxRecords(buf: Buffer): Record<string, string> {
     const record = decodeName(rest, i + 1, Math.max(i + 1, Math.min(len - 1, rest.length)));
     const eq = record.indexOf('=');
     if (eq === -1) return result;
-    result[record.slice(0, eq)] = record.slice(eq + 1);
+    const key = record.slice(0, eq);
+    if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') {
+      const map = result['GNU.sparse.map'];
+      result['GNU.sparse.map'] = map === undefined ? record.slice(eq + 1) : `${map},${record.slice(eq + 1)}`;
+    } else result[key] = record.slice(eq + 1);
     rest = rest.subarray(len);
   }
   return result;
+}
+
+/** A sparse file's map, read with its header. */
+interface PendingSparse {
+  segments: number[];
+  realSize: number;
+  /** Old GNU extension blocks after the header (not content). */
+  extensionBytes: number;
+  /** Bytes of a 1.0 map at the start of the content. */
+  mapBytes: number;
+}
+
+/** The sparse file being read: its layout, the content offset reached, and the segment it is in or before. */
+interface SparseState {
+  segments: number[];
+  realSize: number;
+  at: number;
+  segment: number;
 }
 
 /**
@@ -200,6 +227,8 @@ export class TarStreamReader {
   private pax: Record<string, string> | null = null;
   private gnuLongPath: string | null = null;
   private gnuLongLinkPath: string | null = null;
+  /** The current entry's sparse layout and how far its content has been given, when it is a sparse file. */
+  private sparse: SparseState | null = null;
 
   constructor(private readonly source: Readable) {
     source.on('data', (chunk: Buffer) => {
@@ -342,16 +371,94 @@ export class TarStreamReader {
           continue;
         }
       }
-      this.drop(BLOCK);
+      // A sparse file's map may follow its header: all of it here, or wait with nothing taken.
+      const map = this.sparseMap(block);
+      if (map === undefined) return this.needMore();
+      this.drop(BLOCK + (map?.extensionBytes ?? 0));
       (h as { byteOffset?: number }).byteOffset = this.shifted;
+      const pax = this.pax;
       this.applyLongHeaders(h);
       if (h.size === null || !Number.isSafeInteger(h.size) || h.size < 0) throw new Error(TAR_MESSAGES.size);
-      if (h.type !== 'directory') {
+      this.sparse = null;
+      if (map) this.startSparse(h, map, pax);
+      else if (h.type !== 'directory') {
         this.contentLeft = h.size;
         this.paddingLeft = padding(h.size);
       }
       return h;
     }
+  }
+
+  /**
+   * The sparse map of the entry whose header is `block` (src/tar/sparse.ts): null when it is no
+   * sparse file, undefined when the map's bytes after the header have not all arrived.
+   */
+  private sparseMap(block: Buffer): PendingSparse | null | undefined {
+    if (block[156] === 0x53 /* 'S': old GNU */) {
+      const segments: number[] = [];
+      parseGnuEntries(block, 386, 4, decodeNumber, segments);
+      let extended = block[482] !== 0;
+      let extensionBytes = 0;
+      while (extended) {
+        if (extensionBytes >= MAX_LONG_HEADER) throw new Error(TAR_MESSAGES.sparse);
+        if (this.buffered < BLOCK + extensionBytes + BLOCK) return undefined;
+        const extension = this.peek(BLOCK + extensionBytes, BLOCK);
+        parseGnuEntries(extension, 0, 21, decodeNumber, segments);
+        extended = extension[504] !== 0;
+        extensionBytes += BLOCK;
+      }
+      return { segments, realSize: decodeNumber(block, 483, 12) ?? NaN, extensionBytes, mapBytes: 0 };
+    }
+    // pax sparse records count on regular files only (as Go's archive/tar reads them).
+    const pax = this.pax;
+    const type = block[156];
+    if (pax === null || !(type === 0 || type === 0x30 || type === 0x37)) return null;
+    const kind = paxSparseKind(pax);
+    if (kind === null) return null;
+    if (kind === 'pax') return { segments: parsePaxMap(pax['GNU.sparse.map'] ?? ''), realSize: paxRealSize(pax), extensionBytes: 0, mapBytes: 0 };
+    // 1.0: the map is the start of the content, whole blocks of decimal lines.
+    const look = Math.min(this.buffered - BLOCK, MAX_LONG_HEADER);
+    const map = look > 0 ? parseDataMap(this.peek(BLOCK, look)) : undefined;
+    if (map === undefined) {
+      if (look >= MAX_LONG_HEADER) throw new Error(TAR_MESSAGES.sparse);
+      return undefined;
+    }
+    return { segments: map.segments, realSize: paxRealSize(pax), extensionBytes: 0, mapBytes: map.bytes };
+  }
+
+  /** Makes `h` the regular file of its real size that the sparse entry holds; its content is then given with the holes as zeros. */
+  private startSparse(h: Header, map: PendingSparse, pax: Record<string, string> | null): void {
+    const stored = h.size! - map.mapBytes;
+    if (stored < 0) throw new Error(TAR_MESSAGES.sparse);
+    const { segments, realSize } = checkLayout({ segments: map.segments, realSize: map.realSize }, stored);
+    // The map of a 1.0 entry is content: taken now (it is all here: sparseMap waited for it).
+    if (map.mapBytes > 0) this.drop(map.mapBytes);
+    this.contentLeft = stored;
+    this.paddingLeft = padding(h.size!);
+    const name = pax?.['GNU.sparse.name'];
+    if (name) h.name = name;
+    h.type = 'file';
+    h.size = realSize;
+    (h as SparseHeader).sparseMap = segments;
+    this.sparse = { segments, realSize, at: 0, segment: 0 };
+  }
+
+  /** `n` bytes from `at` bytes past the read position, copied (at + n ≤ buffered). */
+  private peek(at: number, n: number): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    let skip = at;
+    let filled = 0;
+    for (let i = this.head, off = this.offset; filled < n; i++, off = 0) {
+      const c = this.chunks[i]!;
+      const avail = c.length - off;
+      if (skip >= avail) {
+        skip -= avail;
+        continue;
+      }
+      filled += c.copy(out, filled, off + skip, Math.min(c.length, off + skip + n - filled));
+      skip = 0;
+    }
+    return out;
   }
 
   /** Undefined (wait for more bytes) while the source goes on; else why no more will come. */
@@ -436,12 +543,26 @@ export class TarStreamReader {
     return this.contentLeft;
   }
 
-  /** The rest of the current entry's content, whole, when it is all here already; else undefined. */
+  /**
+   * The rest of the current entry's content, whole, when it is all here already; else undefined.
+   * A sparse file's is its whole content (holes as zeros), taken before any of it was.
+   */
   contentSync(): Buffer | undefined {
     const n = this.contentLeft;
     if (this.buffered < n) return undefined;
     this.contentLeft = 0;
-    return this.take(n);
+    const sparse = this.sparse;
+    if (sparse === null) return this.take(n);
+    this.sparse = null;
+    const stored = this.take(n);
+    const whole = Buffer.alloc(sparse.realSize);
+    let from = 0;
+    for (let i = 0; i < sparse.segments.length; i += 2) {
+      const length = sparse.segments[i + 1]!;
+      stored.copy(whole, sparse.segments[i]!, from, from + length);
+      from += length;
+    }
+    return whole;
   }
 
   /** The rest of the current entry's content, whole (for entries small enough to hold). */
@@ -455,6 +576,10 @@ export class TarStreamReader {
 
   /** The rest of the current entry's content, in the pieces it arrives in. */
   async *contentChunks(): AsyncGenerator<Buffer> {
+    if (this.sparse !== null) {
+      yield* this.sparseChunks(this.sparse);
+      return;
+    }
     while (this.contentLeft > 0) {
       if (this.buffered === 0) await this.more();
       const chunk = this.chunks[this.head]!;
@@ -462,6 +587,33 @@ export class TarStreamReader {
       const view = chunk.subarray(this.offset, this.offset + n);
       this.drop(n);
       this.contentLeft -= n;
+      yield view;
+    }
+  }
+
+  /** A sparse file's content: its stored segments where they go, and views of one zero buffer for the holes between. */
+  private async *sparseChunks(s: SparseState): AsyncGenerator<Buffer> {
+    const { segments, realSize } = s;
+    while (s.at < realSize || s.segment < segments.length) {
+      const next = s.segment < segments.length ? segments[s.segment]! : realSize;
+      if (s.at < next) {
+        const zeros = holeChunk(next - s.at);
+        s.at += zeros.length;
+        yield zeros;
+        continue;
+      }
+      const left = next + segments[s.segment + 1]! - s.at;
+      if (left === 0) {
+        s.segment += 2;
+        continue;
+      }
+      if (this.buffered === 0) await this.more();
+      const chunk = this.chunks[this.head]!;
+      const n = Math.min(chunk.length - this.offset, left);
+      const view = chunk.subarray(this.offset, this.offset + n);
+      this.drop(n);
+      this.contentLeft -= n;
+      s.at += n;
       yield view;
     }
   }

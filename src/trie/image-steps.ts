@@ -20,6 +20,7 @@ import type { Readable } from 'node:stream';
 import type { HistoryEntry } from '../oci/config.js';
 import { cleanPath, digestCopyEntries, digestLayerEntries, type LayerEntry } from '../dockerfile/context.js';
 import { normalizeCreatedBy, type HistoryStep } from '../dockerfile/history.js';
+import { sparseSegments } from '../tar/sparse.js';
 import { TarStreamReader } from '../tar/stream-reader.js';
 import type { StepKey } from './layer-trie.js';
 
@@ -110,6 +111,9 @@ export function elidedSummaryDigest(entries: Parameters<typeof digestCopyEntries
   return digestCopyEntries(forced === undefined ? entries : entries.map((e) => (e.type === 'file' || e.type === 'dir' ? { ...e, mode: forced } : e)));
 }
 
+/** A sparse file larger than this (a `lastlog` of a large uid: mostly holes) is not hashed. */
+const LARGEST_HASHED_SPARSE = 1024 * 1024 * 1024;
+
 /**
  * The entries of a layer tar (the stream is consumed): files with their content sha256 (a
  * hardlink as the file it links to), directories, symlinks; other types as `other`.
@@ -127,7 +131,10 @@ export async function layerEntries(tarStream: Readable): Promise<LayerEntry[]> {
       const name = h.name;
       const mode = (h.mode ?? 0) & 0o7777;
       let e: LayerEntry;
-      if (h.type === 'file' || h.type === 'contiguous-file') {
+      if ((h.type === 'file' || h.type === 'contiguous-file') && sparseSegments(h) !== undefined && (h.size ?? 0) > LARGEST_HASHED_SPARSE) {
+        // Not hashed: no build context holds such a file, and its holes would be hashed a byte at a time.
+        e = { path: name, type: 'other', mode };
+      } else if (h.type === 'file' || h.type === 'contiguous-file') {
         const hash = createHash('sha256');
         for await (const chunk of reader.contentChunks()) hash.update(chunk);
         e = { path: name, type: 'file', mode, sha256: hash.digest('hex') };

@@ -13,6 +13,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { writeImageOfTars } from '../harness/images.js';
+import { rewriteStoredIndexes } from '../harness/layer-store.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools, inCI, isRoot } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
@@ -155,15 +156,7 @@ describe('file names that are not UTF-8', () => {
     const first = await smart(['pull', '--keep-layers', `oci:${image}`, `rootfs:${path.join(work, 'old-0')}`], { cacheHome });
     expect(first.code, first.stderr).toBe(0);
     // What versions before names kept their bytes wrote: U+FFFD for each byte, and no mark.
-    const layersDir = path.join(cacheHome, 'smartlayer', 'layer-store', 'layers');
-    let mangled = 0;
-    for (const hex of await fs.readdir(layersDir)) {
-      const index = path.join(layersDir, hex, 'entries');
-      const text = await fs.readFile(index, 'utf8');
-      const old = text.replace(/\\udc[89a-f][0-9a-f]/g, '\uFFFD').replace(/,"fffdInName":true/g, '');
-      if (old !== text) mangled++;
-      await fs.writeFile(index, old);
-    }
+    const mangled = await rewriteStoredIndexes(cacheHome, (text) => text.replace(/\\udc[89a-f][0-9a-f]/g, '\uFFFD').replace(/,"fffdInName":true/g, ''));
     expect(mangled).toBe(2);
     const dest = path.join(work, 'old-1');
     const r = await smart(['pull', `oci:${image}`, `rootfs:${dest}`], { cacheHome });

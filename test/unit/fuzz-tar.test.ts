@@ -103,6 +103,19 @@ function hasEmptyExtendedHeader(bytes: Buffer): boolean {
   return false;
 }
 
+/** True when a header block is typeflag 'S' (an old GNU sparse file, which the reader expands where tar-stream reads it as no known type). */
+function hasSparseHeader(bytes: Buffer): boolean {
+  for (let off = 0; off + BLOCK <= bytes.length; off += BLOCK) {
+    if (bytes[off + 156] !== 0x53) continue;
+    try {
+      if (decodeTarHeader(bytes.subarray(off, off + BLOCK))) return true;
+    } catch {
+      // not a header
+    }
+  }
+  return false;
+}
+
 let work: string;
 let layerSeeds: Buffer[];
 let archiveSeeds: Buffer[];
@@ -206,7 +219,7 @@ describe('tar readers on mutated archives', () => {
         // Stricter than tar-stream where a size is no number (it reads no content, or waits forever).
         if ('error' in ours && ours.error === TAR_MESSAGES.size) return;
         if ('error' in ours) expect(Object.values(TAR_MESSAGES)).toContain(ours.error);
-        if (!hasEmptyExtendedHeader(bytes)) expect(ours).toEqual(await readWithTarStream(bytes));
+        if (!hasEmptyExtendedHeader(bytes) && !hasSparseHeader(bytes)) expect(ours).toEqual(await readWithTarStream(bytes));
       }),
       fuzzParams(300),
     );

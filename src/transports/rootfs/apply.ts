@@ -42,7 +42,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
-import { open, rm, type FileHandle } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
@@ -52,6 +52,7 @@ import { StoredLayerDamage, refusedToRead } from '../../cache/stored-layer-damag
 import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte-names.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader } from '../../tar/stream-reader.js';
+import { copySparseFileSync, sparseSegments, writeFileChunks } from '../../tar/sparse.js';
 import { idMap, type IdMap } from '../../id-map.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
@@ -319,25 +320,6 @@ function tarBody(reader: TarStreamReader): EntryBody {
 
 /** Files up to this size are read whole, then written with one synchronous burst. */
 const SMALL_FILE_BYTES = 512 * 1024;
-
-/** Writes all of `chunk`, looping over short writes. */
-async function writeAll(fh: FileHandle, chunk: Buffer): Promise<void> {
-  let off = 0;
-  while (off < chunk.length) {
-    const { bytesWritten } = await fh.write(chunk, off, chunk.length - off);
-    off += bytesWritten;
-  }
-}
-
-/** Writes all of `parts` in one call (a thread-pool round trip each: fewer is faster), looping over a short write. */
-async function writeAllv(fh: FileHandle, parts: Buffer[]): Promise<void> {
-  const total = parts.reduce((n, p) => n + p.length, 0);
-  const { bytesWritten } = await fh.writev(parts);
-  if (bytesWritten < total) await writeAll(fh, Buffer.concat(parts).subarray(bytesWritten));
-}
-
-/** Bytes of a large file gathered before they are written. */
-const WRITE_BATCH = 1024 * 1024;
 
 function writeAllSync(fd: number, data: Buffer): void {
   let off = 0;
@@ -832,7 +814,14 @@ export class RootfsApplier {
       await this.replace(target, rel, fromStore(() => linkSync(stored.path, targetFs)));
       return h.size ?? 0;
     }
-    await this.replace(target, rel, fromStore(() => copyFileSync(stored.path, targetFs, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE)));
+    // A sparse file's segments only, so its holes stay holes (src/tar/sparse.ts).
+    const segments = sparseSegments(h);
+    const copy = segments
+      ? () => {
+          if (!copySparseFileSync(stored.path, targetFs, segments, h.size ?? 0)) throw new StoredLayerDamage(`${stored.path} is shorter than the file it keeps`);
+        }
+      : () => copyFileSync(stored.path, targetFs, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+    await this.replace(target, rel, fromStore(copy));
     if (this.owns(meta)) {
       const { uid, gid } = meta;
       lchownSync(targetFs, uid, gid);
@@ -854,18 +843,8 @@ export class RootfsApplier {
     const file = await this.replace(target, rel, () => open(fsPath(target), CREATE_FLAGS, 0o600));
     let bytes = 0;
     try {
-      let batch: Buffer[] = [];
-      let batched = 0;
-      for await (const chunk of body.chunks()) {
-        batch.push(chunk);
-        batched += chunk.length;
-        bytes += chunk.length;
-        if (batched < WRITE_BATCH) continue;
-        await writeAllv(file, batch);
-        batch = [];
-        batched = 0;
-      }
-      if (batch.length > 0) await writeAllv(file, batch);
+      // A sparse file's holes stay holes (src/tar/sparse.ts).
+      bytes = await writeFileChunks(file, body.chunks());
       if (keep) await keep.fill.keepFile(keep.file, target, h, meta);
       if (this.owns(meta)) {
         const { uid, gid } = meta;
