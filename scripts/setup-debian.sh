@@ -61,6 +61,9 @@ if [ "$test_programs" -eq 1 ]; then
     [/usr/sbin/dockerd]=docker.io
     [/usr/bin/docker]=docker.io
     [busybox]=busybox-static
+    # File capabilities in layers: set on a fixture tree, read back from a pulled one.
+    [setcap]=libcap2-bin
+    [getcap]=libcap2-bin
     [libdeflate-gzip]=libdeflate-tools
     # The shells `smart completion` writes scripts for; `script` gives a command a terminal.
     [zsh]=zsh

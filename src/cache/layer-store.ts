@@ -34,6 +34,7 @@ import { tryLockFile } from '../storage/file-lock.js';
 import { mkdirp } from '../storage/made-directories.js';
 import { StoredLayerDamage, refusedToRead } from './stored-layer-damage.js';
 import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
+import { entryXattrs, setXattrs } from '../storage/xattrs.js';
 import { fsPath } from '../tar/byte-names.js';
 import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
 import { copySparseFileSync, hasSparseRecords, sparseSegments, writeFileChunks } from '../tar/sparse.js';
@@ -372,6 +373,8 @@ function setMeta(file: string, h: Header, { uid, gid, atime, mtime }: EntryMeta)
   // In a user namespace, an owner it does not map stays this process's, as in the tree (src/id-map.ts).
   if (isRoot && idMap().maps(uid, gid)) chownSync(file, uid, gid);
   chmodSync(file, (h.mode ?? 0o644) & 0o7777);
+  // After chown, which clears a file capability; what cannot be set here the tree's pull says.
+  setXattrs(file, entryXattrs(h.pax), { notSet: 0 });
   utimesSync(file, atime, mtime);
 }
 

@@ -25,6 +25,8 @@ export interface NativeBinding {
   readonly isalVersion?: string;
   /** glibc's malloc keeps `topPad` bytes at the top of each heap (see retainHeap); false when refused. */
   heapRetain?(topPad: number): boolean;
+  /** lsetxattr(2) on `path` itself: 0, or the errno (Linux). */
+  setXattr?(path: Buffer, name: Buffer, value: Buffer): number;
   /** A pipe of `bytes` capacity where the kernel allows it, both ends close-on-exec (Linux): [read end, write end]. */
   makePipe?(bytes: number): [number, number];
   /** sha256 on the libuv pool with the process's OpenSSL (where it has one): a context, */

@@ -53,6 +53,7 @@ import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader } from '../../tar/stream-reader.js';
 import { copySparseFileSync, sparseSegments, writeFileChunks } from '../../tar/sparse.js';
+import { entryXattrs, setXattrs, type XattrTally } from '../../storage/xattrs.js';
 import { idMap, type IdMap } from '../../id-map.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
@@ -237,7 +238,8 @@ interface LayerState {
   skippedSpecial: number;
   /** Non-directory entries naming the root itself. */
   skippedRoot: number;
-  droppedXattrs: number;
+  /** Extended attributes not set: the addon's absence, the filesystem or the user refused them (src/storage/xattrs.ts). */
+  xattrs: XattrTally;
   /** Where the layer is being kept as it is applied (the layer store), if anywhere. */
   keep?: LayerFill;
 }
@@ -448,7 +450,7 @@ export class RootfsApplier {
       written: new Set(),
       skippedSpecial: 0,
       skippedRoot: 0,
-      droppedXattrs: 0,
+      xattrs: { notSet: 0 },
       ...(options.keep ? { keep: options.keep } : {}),
     };
     let inputError: unknown;
@@ -483,9 +485,7 @@ export class RootfsApplier {
       this.onWarning?.(this.specialWarning(state));
     }
     if (state.skippedRoot > 0) this.onWarning?.(rootWarning(state));
-    if (state.droppedXattrs > 0) {
-      this.onWarning?.(`${what}: ignored ${state.droppedXattrs} extended attribute(s) (xattrs are not applied)`);
-    }
+    this.xattrWarning(state);
     this.unmappedWarning(what);
     return state.stats;
   }
@@ -502,7 +502,7 @@ export class RootfsApplier {
     this.busy = true;
     this.freshDirs.clear();
     this.unmapped = { entries: 0, first: '' };
-    const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, skippedRoot: 0, droppedXattrs: 0 };
+    const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, skippedRoot: 0, xattrs: { notSet: 0 } };
     try {
       for await (const entry of entries) {
         state.stats.entries++;
@@ -513,8 +513,15 @@ export class RootfsApplier {
     }
     if (state.skippedSpecial > 0) this.onWarning?.(this.specialWarning(state));
     if (state.skippedRoot > 0) this.onWarning?.(rootWarning(state));
+    this.xattrWarning(state);
     this.unmappedWarning(what);
     return state.stats;
+  }
+
+  /** The layer's one warning about extended attributes it could not set, if any. */
+  private xattrWarning(state: LayerState): void {
+    const { notSet, why } = state.xattrs;
+    if (notSet > 0) this.onWarning?.(`${state.what}: ${notSet} extended attribute(s) not set: ${why}`);
   }
 
   /** After the last layer: set directory modes and mtimes (writing children changes them). */
@@ -566,10 +573,7 @@ export class RootfsApplier {
       throw new SmartError('CORRUPT_ARCHIVE', `${what}: entry name ${quoted(name)} holds a NUL byte`, { input: what });
     }
     const rel = normaliseEntryName(name);
-    const p = pax(h);
-    if (p) {
-      for (const key of Object.keys(p)) if (key.startsWith('SCHILY.xattr.')) state.droppedXattrs++;
-    }
+    const xattrs = entryXattrs(pax(h));
     // Values no filesystem call takes (a uid past 32 bits, a time that is not one) stop the layer
     // here, named, rather than as Node's argument errors in the middle of writing.
     const meta: EntryMeta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
@@ -636,10 +640,13 @@ export class RootfsApplier {
             : content
               ? await this.writeSmallFile(target, targetRel, h, meta, content, keep)
               : await this.writeLargeFile(target, targetRel, h, meta, body, keep);
+          // After chown, which clears a file capability.
+          setXattrs(fsPath(target), xattrs, state.xattrs);
           return;
         case 'directory':
           this.markWritten(targetRel, state);
           await this.makeDir(target, targetRel, h, meta, state);
+          setXattrs(fsPath(target), xattrs, state.xattrs);
           return;
         case 'symlink': {
           if (!h.linkname || h.linkname.includes('\0')) {
@@ -652,6 +659,7 @@ export class RootfsApplier {
             const { uid, gid } = meta;
             lchownSync(targetFs, uid, gid);
           }
+          setXattrs(targetFs, xattrs, state.xattrs);
           const { atime, mtime } = meta;
           lutimesSync(targetFs, atime, mtime);
           return;
@@ -671,6 +679,7 @@ export class RootfsApplier {
             lchownSync(targetFs, uid, gid);
           }
           chmodSync(targetFs, h.mode & 0o7777);
+          setXattrs(targetFs, xattrs, state.xattrs);
           const { atime, mtime } = meta;
           lutimesSync(targetFs, atime, mtime);
           return;
