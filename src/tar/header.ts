@@ -20,7 +20,7 @@ function readString(buf: Buffer, offset: number, length: number): string {
 }
 
 /** Numeric fields are octal text, or base-256 with the high bit set (GNU, for sizes ≥ 8 GiB). */
-function readNumber(buf: Buffer, offset: number, length: number): number {
+export function readNumber(buf: Buffer, offset: number, length: number): number {
   const first = buf[offset]!;
   if (first & 0x80) {
     let value = first & 0x7f;
@@ -76,7 +76,12 @@ export function parsePax(data: Buffer): Record<string, string> {
     if (!Number.isFinite(len) || len <= 0 || pos + len > data.length) break;
     const record = data.subarray(space + 1, pos + len - 1).toString('utf8');
     const eq = record.indexOf('=');
-    if (eq > 0) out[record.slice(0, eq)] = record.slice(eq + 1);
+    if (eq > 0) {
+      const key = record.slice(0, eq);
+      // A pax 0.0 sparse file repeats these: gathered in order into one map, as 0.1 writes it (src/tar/sparse.ts).
+      if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') out['GNU.sparse.map'] = out['GNU.sparse.map'] === undefined ? record.slice(eq + 1) : `${out['GNU.sparse.map']},${record.slice(eq + 1)}`;
+      else out[key] = record.slice(eq + 1);
+    }
     pos += len;
   }
   return out;

@@ -13,7 +13,8 @@ import fs from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { SmartError, isErrno } from '../errors.js';
 import { MAX_ARCHIVE_MEMBERS, limitExceeded } from '../limits.js';
-import { BLOCK, decodeHeader, entryType, isZeroBlock, normalizeMemberName, parsePax, type TarEntryType } from './header.js';
+import { BLOCK, decodeHeader, entryType, isZeroBlock, normalizeMemberName, parsePax, readNumber, type TarEntryType } from './header.js';
+import { MAX_SPARSE_SEGMENTS, checkLayout, holeChunk, parseDataMap, parseGnuEntries, parsePaxMap, paxRealSize, paxSparseKind } from './sparse.js';
 
 /** Headers read between two turns of the event loop (a tar of many members does not hold it long). */
 const HEADERS_PER_TURN = 256;
@@ -38,6 +39,11 @@ export interface TarMember {
   /** Byte offset of the member's data in the file. */
   offset: number;
   linkname: string;
+  /**
+   * A sparse file's segments ([offset, length] flattened; src/tar/sparse.ts), its stored bytes
+   * one after the other from `offset`; `size` is then its real size.
+   */
+  sparse?: number[];
 }
 
 export class TarIndex {
@@ -99,7 +105,23 @@ export class TarIndex {
           throw new SmartError('CORRUPT_ARCHIVE', `${what}: corrupt tar header at byte ${pos} (pax size "${paxSize.slice(0, 20)}")`, { input: file });
         }
         const size = paxSize !== undefined ? Number(paxSize) : header.size;
-        const dataOffset = pos + BLOCK;
+        let dataOffset = pos + BLOCK;
+        // An old GNU sparse file's map goes on in extension blocks between its header and its data.
+        let gnuSparse: number[] | undefined;
+        if (header.typeflag === 'S') {
+          gnuSparse = [];
+          try {
+            parseGnuEntries(block, 386, 4, readNumber, gnuSparse);
+            for (let extended = block[482] !== 0; extended; dataOffset += BLOCK) {
+              const extension = readData(dataOffset, BLOCK);
+              if (gnuSparse.length / 2 > MAX_SPARSE_SEGMENTS) throw new Error('too many segments');
+              parseGnuEntries(extension, 0, 21, readNumber, gnuSparse);
+              extended = extension[504] !== 0;
+            }
+          } catch {
+            throw corruptSparse(what, header.name, file);
+          }
+        }
         if (dataOffset + size > fileSize) {
           throw new SmartError('CORRUPT_ARCHIVE', `${what}: truncated tar archive (member "${header.name}" runs past the end)`, { input: file });
         }
@@ -118,14 +140,37 @@ export class TarIndex {
             continue;
         }
         if (members.size >= maxMembers) throw limitExceeded(`${what}: holds more than ${maxMembers} members`, file);
-        const name = normalizeMemberName(pax.path ?? longName ?? header.name);
-        members.set(name, {
+        const name = normalizeMemberName(pax['GNU.sparse.name'] ?? pax.path ?? longName ?? header.name);
+        const member: TarMember = {
           name,
-          type: entryType(header.typeflag),
+          type: gnuSparse ? 'file' : entryType(header.typeflag),
           size,
           offset: dataOffset,
           linkname: pax.linkpath ?? longLink ?? header.linkname,
-        });
+        };
+        const sparseKind = member.type === 'file' && !gnuSparse ? safely(() => paxSparseKind(pax), what, name, file) : null;
+        if (gnuSparse || sparseKind) {
+          // A member tar --sparse wrote (an archive of a layout whose blobs have holes): read as the file it is.
+          safely(() => {
+            let mapBytes = 0;
+            let segments = gnuSparse;
+            let realSize = gnuSparse ? readNumber(block, 483, 12) : NaN;
+            if (sparseKind === 'pax') segments = parsePaxMap(pax['GNU.sparse.map'] ?? '');
+            if (sparseKind === 'data') {
+              const map = parseDataMap(readData(dataOffset, Math.min(size, 1024 * 1024)));
+              if (!map) throw new Error('no map');
+              segments = map.segments;
+              mapBytes = map.bytes;
+            }
+            if (sparseKind) realSize = paxRealSize(pax);
+            if (mapBytes > size) throw new Error('map past the data');
+            checkLayout({ segments: segments!, realSize }, size - mapBytes);
+            member.sparse = segments!;
+            member.offset = dataOffset + mapBytes;
+            member.size = realSize;
+          }, what, name, file);
+        }
+        members.set(name, member);
         pax = {};
         longName = longLink = undefined;
       }
@@ -147,6 +192,7 @@ export class TarIndex {
   }
 
   async read(member: TarMember): Promise<Buffer> {
+    if (member.sparse) return this.readSparse(member);
     const buf = Buffer.alloc(member.size);
     if (member.size <= SYNC_READ_BYTES) {
       const fd = openSync(this.path, 'r');
@@ -166,8 +212,30 @@ export class TarIndex {
     }
   }
 
-  /** Where the member's bytes from `start` are in the archive file (for readers that read them themselves). */
-  rangeOf(member: TarMember, start = 0): { path: string; offset: number; length: number } {
+  /** A sparse member's first `size` bytes (the holes zeros): its stored segments, each where it goes. */
+  private readSparse(member: TarMember): Buffer {
+    const buf = Buffer.alloc(member.size);
+    const fd = openSync(this.path, 'r');
+    try {
+      const segments = member.sparse!;
+      let stored = member.offset;
+      for (let i = 0; i < segments.length && segments[i]! < member.size; i += 2) {
+        const at = segments[i]!;
+        preadFully(fd, buf.subarray(at), Math.min(segments[i + 1]!, member.size - at), stored);
+        stored += segments[i + 1]!;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return buf;
+  }
+
+  /**
+   * Where the member's bytes from `start` are in the archive file (for readers that read them
+   * themselves); undefined for a sparse member, whose bytes are not one range.
+   */
+  rangeOf(member: TarMember, start = 0): { path: string; offset: number; length: number } | undefined {
+    if (member.sparse) return undefined;
     return { path: this.path, offset: member.offset + start, length: member.size - start };
   }
 
@@ -177,7 +245,52 @@ export class TarIndex {
    */
   open(member: TarMember, start = 0): Readable {
     if (member.size === 0) return Readable.from([]);
+    if (member.sparse) return Readable.from(this.sparseChunks(member, start), { objectMode: false });
     return createReadStream(this.path, { start: member.offset + start, end: member.offset + member.size - 1, highWaterMark: 256 * 1024 });
+  }
+
+  /** A sparse member's bytes from `start`: its stored segments read from the archive in 256 KiB chunks, zeros (views of one shared buffer) for the holes. */
+  private async *sparseChunks(member: TarMember, start: number): AsyncGenerator<Buffer> {
+    const handle = await fs.open(this.path, 'r');
+    try {
+      const segments = member.sparse!;
+      let at = start;
+      let stored = member.offset;
+      for (let i = 0; i <= segments.length; i += 2) {
+        const segmentAt = i < segments.length ? segments[i]! : member.size;
+        const end = i < segments.length ? segmentAt + segments[i + 1]! : member.size;
+        while (at < segmentAt) {
+          const zeros = holeChunk(segmentAt - at);
+          at += zeros.length;
+          yield zeros;
+        }
+        while (at < end) {
+          const n = Math.min(256 * 1024, end - at);
+          const buf = Buffer.allocUnsafe(n);
+          const { bytesRead } = await handle.read(buf, 0, n, stored + (at - segmentAt));
+          if (bytesRead === 0) throw new SmartError('CORRUPT_ARCHIVE', `${this.path}: truncated tar archive (member "${member.name}" runs past the end)`, { input: this.path });
+          at += bytesRead;
+          yield buf.subarray(0, bytesRead);
+        }
+        if (i < segments.length) stored += segments[i + 1]!;
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
+function corruptSparse(what: string, name: string, file: string): SmartError {
+  return new SmartError('CORRUPT_ARCHIVE', `${what}: member "${name}" has an invalid sparse file map (GNU tar --sparse)`, { input: file });
+}
+
+/** `f`'s value; a malformed sparse map it finds is the archive's damage, named. */
+function safely<T>(f: () => T, what: string, name: string, file: string): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof SmartError) throw e;
+    throw corruptSparse(what, name, file);
   }
 }
 

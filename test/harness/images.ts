@@ -50,13 +50,13 @@ export async function layerTar(files: Record<string, string>): Promise<Buffer> {
 }
 
 /** Writes an OCI layout at `dir` holding one image of gzip layers `gz` and `config`, tagged `latest`; returns the manifest. */
-export async function writeLayout(dir: string, gz: Buffer[], config: Buffer): Promise<Buffer> {
+export async function writeLayout(dir: string, gz: Buffer[], config: Buffer, layerMediaType = 'application/vnd.oci.image.layer.v1.tar+gzip'): Promise<Buffer> {
   const manifest = Buffer.from(
     JSON.stringify({
       schemaVersion: 2,
       mediaType: 'application/vnd.oci.image.manifest.v1+json',
       config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(config), size: config.length },
-      layers: gz.map((g) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha(g), size: g.length })),
+      layers: gz.map((g) => ({ mediaType: layerMediaType, digest: sha(g), size: g.length })),
     }),
   );
   await fs.mkdir(path.join(dir, 'blobs', 'sha256'), { recursive: true });

@@ -4,14 +4,15 @@
  * with its name, size and content, and with its holes left holes, in all four of GNU tar's
  * layouts, cold and warm from the layer store (copied, or --link). umoci, which reads the three
  * pax layouts, is the oracle for those; GNU tar's own extraction for the old GNU one (which umoci
- * refuses).
+ * refuses). An image archive tar --sparse wrote (its uncompressed layer blob has holes) is read
+ * from its file as the archive it is, and refused by name when streamed.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, ftruncateSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { writeImageOfTars } from '../harness/images.js';
+import { writeImageOfTars, writeLayout } from '../harness/images.js';
 import { rewriteStoredIndexes } from '../harness/layer-store.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools, inCI } from '../harness/tools.js';
@@ -56,7 +57,7 @@ describe('sparse files in layers', () => {
   let gnuImage: string;
   let umociTree: string[] = [];
   let tarTree: string[] = [];
-  const ready = haveTools('umoci', 'tar');
+  const ready = haveTools('umoci', 'tar', 'skopeo', 'fallocate');
 
   beforeAll(async () => {
     work = await tempDir('smart-sparse-');
@@ -85,7 +86,7 @@ describe('sparse files in layers', () => {
 
   const skipUnlessReady = (ctx: { skip: () => void }) => {
     if (ready) return false;
-    if (inCI) throw new Error('CI=true but umoci or tar is missing');
+    if (inCI) throw new Error('CI=true but umoci, tar, skopeo or fallocate is missing');
     ctx.skip();
     return true;
   };
@@ -132,6 +133,55 @@ describe('sparse files in layers', () => {
       expect(await listing(dest)).toEqual(tarTree);
       expect(await allocated(path.join(dest, 'gnu/lastlog'))).toBeLessThan(MiB);
     }
+  });
+
+  it('an oci-archive or docker-archive that tar --sparse wrote (an uncompressed layer with holes) is read as the archive it is', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    // An image whose one layer is uncompressed: its blob is mostly the zeros of the 20 MiB lastlog.
+    await runOk('tar', ['--format=posix', '--sort=name', '--mtime=@1700000000', '--owner=0', '--group=0', '--numeric-owner', '-C', path.join(work, 'l1'), '-cf', path.join(work, 'plain-l1.tar'), '.']);
+    const layer = await fs.readFile(path.join(work, 'plain-l1.tar'));
+    const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+    const layout = path.join(work, 'raw-layout');
+    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [sha(layer)] } }));
+    await writeLayout(layout, [layer], config, 'application/vnd.oci.image.layer.v1.tar');
+    // The blob's zeros made holes (as a tool that writes blobs sparse leaves them), then archived with --sparse.
+    for (const blob of await fs.readdir(path.join(layout, 'blobs', 'sha256'))) await runOk('fallocate', ['--dig-holes', path.join(layout, 'blobs', 'sha256', blob)]);
+    const expectedTree = await listing(path.join(work, 'l1'));
+    const plain = await smart(['push', '--json', `oci:${layout}:latest`, `file:${path.join(work, 'raw-store')}#raw/image:plain`]);
+    expect(plain.code, plain.stderr).toBe(0);
+    const digest = (JSON.parse(plain.stdout.toString()) as { manifestDigest: string }).manifestDigest;
+    for (const format of ['posix', 'gnu']) {
+      const archive = path.join(work, `raw-${format}.tar`);
+      await runOk('tar', [`--format=${format}`, '--sparse', '-C', layout, '-cf', archive, '.']);
+      expect((await fs.stat(archive)).size).toBeLessThan(MiB);
+      const pushed = await smart(['push', '--json', `oci-archive:${archive}:latest`, `file:${path.join(work, 'raw-store')}#raw/image:${format}`]);
+      expect(pushed.code, pushed.stderr).toBe(0);
+      expect((JSON.parse(pushed.stdout.toString()) as { manifestDigest: string }).manifestDigest).toBe(digest);
+      const dest = path.join(work, `raw-${format}-tree`);
+      const pulled = await smart(['pull', `oci-archive:${archive}:latest`, `rootfs:${dest}`]);
+      expect(pulled.code, pulled.stderr).toBe(0);
+      expect(await listing(dest)).toEqual(expectedTree);
+    }
+    // skopeo (Go's archive/tar) reads the pax one too: the archive is a good one.
+    await runOk('skopeo', ['copy', '-q', `oci-archive:${path.join(work, 'raw-posix.tar')}:latest`, `dir:${path.join(work, 'raw-skopeo')}`]);
+    // A docker-archive so: read from its file; on stdin, where it is streamed, refused by name.
+    const saved = path.join(work, 'raw-docker.tar');
+    expect((await smart(['push', `oci:${layout}:latest`, `docker-archive:${saved}:raw/image:1`])).code).toBe(0);
+    const unpacked = path.join(work, 'raw-docker');
+    mkdirSync(unpacked);
+    await runOk('tar', ['-xf', saved, '-C', unpacked]);
+    for (const f of await fs.readdir(unpacked, { recursive: true })) {
+      if ((await fs.stat(path.join(unpacked, f))).size > MiB) await runOk('fallocate', ['--dig-holes', path.join(unpacked, f)]);
+    }
+    const sparseSaved = path.join(work, 'raw-docker-sparse.tar');
+    await runOk('tar', ['--format=posix', '--sparse', '-C', unpacked, '-cf', sparseSaved, '.']);
+    const fromFile = path.join(work, 'raw-docker-tree');
+    const r = await smart(['pull', `docker-archive:${sparseSaved}`, `rootfs:${fromFile}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await listing(fromFile)).toEqual(expectedTree);
+    const streamed = await smart(['push', 'docker-archive:-', `file:${path.join(work, 'raw-store')}#raw/image:stdin`], { input: await fs.readFile(sparseSaved) });
+    expect(streamed.code).not.toBe(0);
+    expect(streamed.stderr).toMatch(/^smart: error \[UNSUPPORTED\]: docker-archive:-: member "[^"]+\.tar" is a sparse file \(GNU tar --sparse\), which a streamed archive cannot hold/m);
   });
 
   it('a layer an older smart kept without expanding its sparse files is fetched again, not laid down as it was kept', async (ctx) => {

@@ -16,6 +16,7 @@ import { BLOCK, checksum } from '../../src/tar/header.js';
 import { tarParseError } from '../../src/tar/errors.js';
 import { copySparseFileSync, isHole, sparseSegments, writeFileChunks } from '../../src/tar/sparse.js';
 import { TAR_MESSAGES, TarStreamReader } from '../../src/tar/stream-reader.js';
+import { TarIndex } from '../../src/tar/tar-index.js';
 import { pieces, readWithStreamReader, tarOf } from '../harness/tar-read.js';
 import { fuzzParams } from '../harness/fuzz.js';
 import { tempDir } from '../harness/tmp.js';
@@ -121,6 +122,39 @@ describe('sparse files in tars', () => {
       }
     });
   }
+
+  for (const f of FORMATS) {
+    it(`${f.name}: an archive file's sparse members are read at random as the files they are (oci-archive, docker-archive)`, async () => {
+      const file = path.join(work, `${f.name.replace(/ /g, '-')}.tar`);
+      const index = await TarIndex.open(file);
+      for (const [name, { size }] of Object.entries(FILES)) {
+        const member = index.get(name)!;
+        expect(member, name).toBeDefined();
+        expect(member.size).toBe(size);
+        // Not one byte range of the archive: readers that read ranges themselves take the stream.
+        expect(index.rangeOf(member)).toBeUndefined();
+        expect(sha(await index.read(member)), name).toBe(expected.get(`./${name}`));
+        const whole: Buffer[] = [];
+        for await (const c of index.open(member)) whole.push(Buffer.from(c as Buffer));
+        expect(sha(Buffer.concat(whole)), name).toBe(expected.get(`./${name}`));
+        // From an offset (a resumed read), and only the head (as the archive readers sniff a member).
+        const start = Math.floor(size / 3);
+        const rest: Buffer[] = [];
+        for await (const c of index.open(member, start)) rest.push(Buffer.from(c as Buffer));
+        expect(Buffer.concat(rest).equals(readFileSync(path.join(tree, name)).subarray(start)), name).toBe(true);
+        expect((await index.read({ ...member, size: 8 })).equals(readFileSync(path.join(tree, name)).subarray(0, 8))).toBe(true);
+      }
+    });
+  }
+
+  it('an archive file whose sparse map does not add up is CORRUPT_ARCHIVE, naming the member', async () => {
+    const file = path.join(work, 'bad-map.tar');
+    await fs.writeFile(file, await tarOf([{ name: 'x', body: 'abc', pax: { 'GNU.sparse.name': 'blobs/sha256/x', 'GNU.sparse.map': '0,2', 'GNU.sparse.size': '10' } }]));
+    await expect(TarIndex.open(file, 'oci-archive:bad-map.tar')).rejects.toMatchObject({
+      code: 'CORRUPT_ARCHIVE',
+      message: 'oci-archive:bad-map.tar: member "blobs/sha256/x" has an invalid sparse file map (GNU tar --sparse)',
+    });
+  });
 
   it('a map that does not add up, overlaps, or reaches past the size is the tar damage, named so', async () => {
     const entry = (pax: Record<string, string>, body = 'abc') => tarOf([{ name: 'x', body, pax: { 'GNU.sparse.name': 'real', ...pax } }, { name: 'next', body: 'next' }]);

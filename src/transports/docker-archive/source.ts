@@ -80,7 +80,8 @@ export async function openDockerArchiveSource(file: string, selection: ArchiveSe
       const m = blobs.get(d.digest);
       if (!m) throw new SmartError('NOT_FOUND', `${name}: no blob ${d.digest}`, { input: d.digest });
       // Marked as the range of the archive it is: a compressor reads it into its own blocks (see FileRange).
-      const raw = m.size > 0 ? markFileRange(index.open(m), index.rangeOf(m)) : index.open(m);
+      const range = m.size > 0 ? index.rangeOf(m) : undefined;
+      const raw = range ? markFileRange(index.open(m), range) : index.open(m);
       return verifiedStream(raw, { digest: d.digest, size: d.size, what: `layer ${shortDigest(d.digest)} of ${name}` });
     },
     repoTags: () => repoTags,

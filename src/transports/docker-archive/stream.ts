@@ -13,6 +13,7 @@ import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oc
 import { sniffCompression } from '../../oci/mediatypes.js';
 import { tarParseError } from '../../tar/errors.js';
 import { normalizeMemberName } from '../../tar/header.js';
+import { hasSparseRecords } from '../../tar/sparse.js';
 import { MAX_ARCHIVE_MANIFEST_BYTES, parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
 /** `docker-archive:-`: the image `input` carries, read once as it arrives. */
@@ -63,6 +64,8 @@ export async function readDockerArchiveStream<T>(
   const layerResults = new Map<string, T>();
   const aliases = new Map<string, string>();
   let sawEntry = false;
+  /** The first member of a type tar-stream does not know (an old GNU sparse file is one): named if a layer is then missing. */
+  let sparse: string | undefined;
   // The last member read whole: where an archive that breaks broke.
   let lastMember: string | undefined;
   let inputError: unknown;
@@ -73,6 +76,17 @@ export async function readDockerArchiveStream<T>(
     for await (const entry of extract) {
       sawEntry = true;
       const header = entry.header;
+      // tar --sparse (a file with holes: an uncompressed layer can be one): tar-stream reads such a
+      // member as a plain file, so it is refused by name rather than read as other bytes.
+      if (header.type === null || hasSparseRecords(header)) {
+        sparse ??= header.name;
+        if (header.type !== null) {
+          throw new SmartError('UNSUPPORTED', `${name}: member ${quoted((header.pax as Record<string, string> | undefined)?.['GNU.sparse.name'] ?? header.name)} is a sparse file (GNU tar --sparse), which a streamed archive cannot hold`, {
+            input: name,
+            hint: 'give the archive as a file (docker-archive:PATH reads sparse members), or write it without --sparse',
+          });
+        }
+      }
       const member = normalizeMemberName(header.name);
       if (header.type === 'symlink' || header.type === 'link') {
         const base = header.type === 'symlink' ? member.split('/').slice(0, -1) : [];
@@ -153,7 +167,12 @@ export async function readDockerArchiveStream<T>(
   const config = parseImageConfig(configBytes, `${name} config`);
   const layers = entry.Layers.map((l) => {
     const r = layerResults.get(resolve(l));
-    if (r === undefined) throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${quoted(l)} is not in the archive`, { input: name });
+    if (r === undefined) {
+      throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${quoted(l)} is not in the archive`, {
+        input: name,
+        ...(sparse !== undefined ? { hint: `member ${quoted(sparse)} is of a type a streamed archive cannot hold (an old GNU sparse file, from tar --sparse?): give the archive as a file (docker-archive:PATH)` } : {}),
+      });
+    }
     return r;
   });
   return { configBytes, config, repoTags: entry.RepoTags ?? [], layers };

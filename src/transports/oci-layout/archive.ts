@@ -33,7 +33,8 @@ export async function openOciArchiveSource(file: string, tag: string | undefined
       const member = index.get(p);
       if (!member) throw new SmartError('NOT_FOUND', `${name}: ${memberName(p)} not in the archive`, { input: file });
       // Marked as the range of the archive it is: a compressor reads it into its own blocks (see FileRange).
-      return member.size > 0 ? markFileRange(index.open(member), index.rangeOf(member)) : index.open(member);
+      const range = member.size > 0 ? index.rangeOf(member) : undefined;
+      return range ? markFileRange(index.open(member), range) : index.open(member);
     },
   };
   return new OciLayoutSource(name, files, tag);
