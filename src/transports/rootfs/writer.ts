@@ -16,6 +16,11 @@
  * sees holds nothing of ours), or `force` is set. Never `/`, the current directory or one holding
  * it, nor a directory that holds a protected path (the source, the layer store) or lies inside
  * one, real paths compared.
+ *
+ * A destination that is a mount point (a tmpfs, or a volume a container was given: `docker run -v
+ * …:/out`, a pod's emptyDir) cannot be renamed: the tree is built in a hidden directory inside it
+ * instead, and put in place by moving its top-level entries up once complete (the previous
+ * result's moved aside first, then removed), so only that swap is not one step.
  */
 import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
@@ -108,6 +113,8 @@ export class RootfsWriter implements ImageWriter {
   private prepared: Promise<Cleaned[]> | undefined;
   /** The destination's parent, made by prepare if missing (and taken away again by abandon, once empty). */
   private parent: MadeDirectories | undefined;
+  /** The destination is a mount point: the tree is built inside it and moved up (see the file's comment). */
+  private inPlace = false;
 
   constructor(
     readonly name: string,
@@ -154,6 +161,7 @@ export class RootfsWriter implements ImageWriter {
         }
       }
       this.parent = await makeDirectories(path.dirname(target));
+      this.inPlace = await isMountPoint(target);
       const cleaned = await this.removeLeftovers();
       await this.checkReplaceable();
       if (this.options.layerStore) cleaned.push(...(await this.options.layerStore.removeStale()));
@@ -173,7 +181,8 @@ export class RootfsWriter implements ImageWriter {
       throw new SmartError('USAGE', `${this.name}: ${this.target} exists and is not a directory`, { input: this.dir });
     }
     if (this.options.force || (await this.isPullResult(existing))) return existing;
-    const children = await fs.readdir(this.target);
+    // Inside a mount point, the trees pulls are building there are not the user's.
+    const children = (await fs.readdir(this.target)).filter((name) => !(this.inPlace && IN_PLACE_ASIDE.test(name)));
     if (children.length > 0) {
       throw new SmartError('USAGE', `${this.name}: ${this.target} is not empty and was not made by smart pull; refusing to replace it`, {
         input: this.dir,
@@ -236,10 +245,13 @@ export class RootfsWriter implements ImageWriter {
         break;
       }
     }
-    return sweepLocal(parent, (name) => {
+    const cleaned = await sweepLocal(parent, (name) => {
       const found = kindOf(name);
       return found ? found.owner : undefined;
     });
+    // Built inside a mount point: what a killed pull left there, which the tree would show.
+    if (this.inPlace) cleaned.push(...(await sweepLocal(this.target, (name) => (IN_PLACE_ASIDE.test(name) ? ownerOfId(name.replace(IN_PLACE_ASIDE, '')) : undefined))));
+    return cleaned;
   }
 
   async abandon(): Promise<void> {
@@ -249,9 +261,11 @@ export class RootfsWriter implements ImageWriter {
   async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
     const cleaned = await this.prepare();
     const target = this.target;
-    const staging = this.aside('new');
+    const inPlace = this.inPlace;
+    const staging = inPlace ? path.join(target, `.smart-new-${ownedId()}`) : this.aside('new');
+    if (inPlace) await fs.mkdir(staging, { mode: 0o755 }).catch(rethrowRefusal(`cannot write ${this.name}`));
     // The first entry in the parent: another pull's undo may have taken the parent meanwhile.
-    await this.parent!.entry(() => fs.mkdir(staging, { mode: 0o755 })).catch(rethrowRefusal(`cannot write ${this.name}`));
+    else await this.parent!.entry(() => fs.mkdir(staging, { mode: 0o755 })).catch(rethrowRefusal(`cannot write ${this.name}`));
     const details: Record<string, unknown> = {};
     try {
       const rootfs = this.options.bundle ? path.join(staging, 'rootfs') : staging;
@@ -273,10 +287,17 @@ export class RootfsWriter implements ImageWriter {
       // (the second rename then failed, ENOTEMPTY), or the second's mark beside it replaced the
       // first's and named a tree that never got there. Under the lock the last pull replaces the
       // tree of the one before, as when they run one after the other.
-      const old = this.aside('old');
+      const old = inPlace ? path.join(target, `.smart-old-${ownedId()}`) : this.aside('old');
       const replaced = await withFileLock(this.lockBeside, this.name, async () => {
         // Again, now: the directory may have been filled while the image was fetched.
         const existing = await this.checkReplaceable();
+        if (inPlace) {
+          // The mount point stays the tree's directory: its mark names it, before and after.
+          if (!this.options.bundle) await this.markRootfs(manifest, [existing!]);
+          await replaceContents(staging, target, old);
+          if (this.options.bundle) await fs.rm(this.markBeside, { force: true });
+          return true;
+        }
         const built = await fs.stat(staging, { bigint: true });
         // Both directories carry the mark while they swap, so that a pull killed in between leaves a marked one.
         if (!this.options.bundle) await this.markRootfs(manifest, existing ? [existing, built] : [built]);
@@ -515,6 +536,54 @@ function progressOptions(layer: Layer, options: ImageWriteOptions, signal: Abort
   const { onProgress } = options;
   const { digest, size } = layer.descriptor;
   return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ layer: digest, bytes, total: size }) } : {}) };
+}
+
+/** What a pull into a mount point makes inside it (the tree being built, the previous one moved aside), before its owner id. */
+const IN_PLACE_ASIDE = /^\.smart-(?:new|old)-/;
+
+/** Whether `dir` is a mount point: another filesystem than its parent's, or listed in /proc/self/mountinfo (a bind mount of the same one). */
+async function isMountPoint(dir: string): Promise<boolean> {
+  const st = await fs.stat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) return false;
+  const parent = await fs.stat(path.dirname(dir)).catch(() => undefined);
+  if (parent && parent.dev !== st.dev) return true;
+  const real = await fs.realpath(dir).catch(() => dir);
+  const mountinfo = await fs.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  // Field 5 is the mount point, with space, tab, newline and backslash escaped in octal.
+  return mountinfo.split('\n').some((line) => line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) === real);
+}
+
+/**
+ * Puts the tree built in `staging` (inside `target`, a mount point) in place: `target`'s other
+ * entries are moved into `old` (inside it too, for the caller to remove after), then `staging`'s
+ * moved up, then `staging` removed. On a failure, what moved is moved back. The trees other pulls
+ * are building there stay where they are.
+ */
+async function replaceContents(staging: string, target: string, old: string): Promise<void> {
+  await fs.mkdir(old, { mode: 0o700 });
+  const movedAside: string[] = [];
+  const movedUp: string[] = [];
+  try {
+    for (const name of await fs.readdir(target)) {
+      if (IN_PLACE_ASIDE.test(name)) continue;
+      await fs.rename(path.join(target, name), path.join(old, name));
+      movedAside.push(name);
+    }
+    for (const name of await fs.readdir(staging)) {
+      await fs.rename(path.join(staging, name), path.join(target, name));
+      movedUp.push(name);
+    }
+  } catch (e) {
+    for (const name of movedUp) await fs.rename(path.join(target, name), path.join(staging, name)).catch(() => undefined);
+    for (const name of movedAside) await fs.rename(path.join(old, name), path.join(target, name)).catch(() => undefined);
+    throw e;
+  }
+  // The tree's root is the mount point now: it takes the mode, owner and times the image gave staging.
+  const root = await fs.lstat(staging);
+  if (process.getuid?.() === 0) await fs.chown(target, root.uid, root.gid);
+  await fs.chmod(target, root.mode & 0o7777);
+  await fs.rmdir(staging);
+  await fs.utimes(target, root.atime, root.mtime);
 }
 
 /** Puts `staging` at `target`: the old directory is moved aside (to `old`) first, for the caller to remove after. */
