@@ -87,6 +87,30 @@ describe('pulling into a mount point', () => {
     expect(await fs.readdir(users)).toEqual(['notes.txt']);
   });
 
+  it('a mount point whose parent is read-only (docker run --read-only -v vol:/out): bundles pull again and again; a root filesystem, with no mark beside it, says the next pull needs --force', async (ctx) => {
+    if (skipUnlessRoot(ctx)) return;
+    const parent = path.join(work, 'read-only');
+    const dest = path.join(parent, 'out');
+    await fs.mkdir(dest, { recursive: true });
+    await runOk('mount', ['--bind', parent, parent]);
+    mounted.push(parent);
+    await runOk('mount', ['-o', 'remount,bind,ro', parent]);
+    await mountAt(dest, 'tmpfs');
+    const cacheHome = path.join(work, 'cache');
+    const first = await smart(['pull', image, `rootfs:${dest}`], { cacheHome });
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stderr).toMatch(/warning: rootfs:.*: no mark of this pull could be written beside .* \(EROFS\): the next pull into it needs --force/);
+    expect(await describeTree(dest)).toEqual(plainTree);
+    const again = await smart(['pull', image, `rootfs:${dest}`], { cacheHome });
+    expect(again.code).not.toBe(0);
+    expect(again.stderr).toMatch(/is not empty and was not made by smart pull/);
+    for (const flags of [['--force'], []]) {
+      const r = await smart(['pull', ...flags, image, `bundle:${dest}`], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      expect((await fs.readdir(dest)).sort()).toEqual(['.smart-pull.json', 'config.json', 'rootfs']);
+    }
+  });
+
   it('what a killed pull left inside the mount point is removed by the next, not shown in the tree', async (ctx) => {
     if (skipUnlessRoot(ctx)) return;
     const dest = path.join(work, 'killed');

@@ -29,7 +29,7 @@ import type { Readable } from 'node:stream';
 import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
 import { StoredLayerDamage } from '../../cache/stored-layer-damage.js';
 import path from 'node:path';
-import { SmartError, cannotTakeMore, machineRefusal, rethrowRefusal, systemWords } from '../../errors.js';
+import { SmartError, cannotTakeMore, isErrno, machineRefusal, rethrowRefusal, systemWords } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
 import { isStale, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
 import { ownedId, ownerOfId } from '../../storage/aside.js';
@@ -128,8 +128,12 @@ export class RootfsWriter implements ImageWriter {
     return path.join(path.dirname(this.target), `.${path.basename(this.target)}.smart-pull.json`);
   }
 
-  /** The lock beside the destination, held while a pull puts its tree in place (see write). */
-  private get lockBeside(): string {
+  /**
+   * The lock held while a pull puts its tree in place (see write): beside the destination, or, in
+   * a mount point, inside it (its parent may be read-only: `docker run --read-only -v vol:/out`).
+   */
+  private get lock(): string {
+    if (this.inPlace) return path.join(this.target, IN_PLACE_LOCK);
     return path.join(path.dirname(this.target), `.${path.basename(this.target)}.smart-lock`);
   }
 
@@ -182,7 +186,7 @@ export class RootfsWriter implements ImageWriter {
     }
     if (this.options.force || (await this.isPullResult(existing))) return existing;
     // Inside a mount point, the trees pulls are building there are not the user's.
-    const children = (await fs.readdir(this.target)).filter((name) => !(this.inPlace && IN_PLACE_ASIDE.test(name)));
+    const children = (await fs.readdir(this.target)).filter((name) => !(this.inPlace && (IN_PLACE_ASIDE.test(name) || name === IN_PLACE_LOCK)));
     if (children.length > 0) {
       throw new SmartError('USAGE', `${this.name}: ${this.target} is not empty and was not made by smart pull; refusing to replace it`, {
         input: this.dir,
@@ -288,14 +292,22 @@ export class RootfsWriter implements ImageWriter {
       // first's and named a tree that never got there. Under the lock the last pull replaces the
       // tree of the one before, as when they run one after the other.
       const old = inPlace ? path.join(target, `.smart-old-${ownedId()}`) : this.aside('old');
-      const replaced = await withFileLock(this.lockBeside, this.name, async () => {
+      const replaced = await withFileLock(this.lock, this.name, async () => {
         // Again, now: the directory may have been filled while the image was fetched.
         const existing = await this.checkReplaceable();
         if (inPlace) {
-          // The mount point stays the tree's directory: its mark names it, before and after.
-          if (!this.options.bundle) await this.markRootfs(manifest, [existing!]);
+          // The mount point stays the tree's directory: its mark names it, before and after. Where
+          // its parent is read-only there is none: said, as the next pull into it then needs --force.
+          if (!this.options.bundle) {
+            await this.markRootfs(manifest, [existing!]).catch((e: unknown) => {
+              const refused = ['EROFS', 'EACCES', 'EPERM'].find((code) => isErrno(e, code));
+              if (!refused) throw e;
+              this.options.onWarning?.(`${this.name}: no mark of this pull could be written beside ${target} (${refused}): the next pull into it needs --force`);
+            });
+          }
           await replaceContents(staging, target, old);
-          if (this.options.bundle) await fs.rm(this.markBeside, { force: true });
+          // A root filesystem's mark from before goes, where the parent lets it (a bundle's is inside).
+          if (this.options.bundle) await fs.rm(this.markBeside, { force: true }).catch(() => undefined);
           return true;
         }
         const built = await fs.stat(staging, { bigint: true });
@@ -540,6 +552,8 @@ function progressOptions(layer: Layer, options: ImageWriteOptions, signal: Abort
 
 /** What a pull into a mount point makes inside it (the tree being built, the previous one moved aside), before its owner id. */
 const IN_PLACE_ASIDE = /^\.smart-(?:new|old)-/;
+/** The lock of pulls into a mount point, inside it while one puts its tree in place. */
+const IN_PLACE_LOCK = '.smart-lock';
 
 /** Whether `dir` is a mount point: another filesystem than its parent's, or listed in /proc/self/mountinfo (a bind mount of the same one). */
 async function isMountPoint(dir: string): Promise<boolean> {
@@ -565,7 +579,7 @@ async function replaceContents(staging: string, target: string, old: string): Pr
   const movedUp: string[] = [];
   try {
     for (const name of await fs.readdir(target)) {
-      if (IN_PLACE_ASIDE.test(name)) continue;
+      if (IN_PLACE_ASIDE.test(name) || name === IN_PLACE_LOCK) continue;
       await fs.rename(path.join(target, name), path.join(old, name));
       movedAside.push(name);
     }
