@@ -180,6 +180,21 @@ export function decodePaxRecords(buf: Buffer): Record<string, string> {
   return result;
 }
 
+/** The typeflag of headers of a type tar-stream's decoding has no name for (their `type` is null): for messages. */
+const unknownTypeflags = new WeakMap<Header, string>();
+
+/**
+ * What an entry of no known type is, for a message: its typeflag, and what GNU tar means by it
+ * where it is one of GNU's; undefined for an entry of a known type (or one read from elsewhere).
+ */
+export function unknownTypeOf(h: Header): string | undefined {
+  const flag = unknownTypeflags.get(h);
+  if (flag === undefined) return undefined;
+  const gnu: Record<string, string> = { D: 'a GNU incremental dump directory', V: 'a GNU volume label', M: 'a GNU multi-volume continuation', N: 'an old GNU long name' };
+  const shown = /^[\x21-\x7e]$/.test(flag) ? `'${flag}'` : `0x${flag.charCodeAt(0).toString(16).padStart(2, '0')}`;
+  return gnu[flag] ? `typeflag ${shown}, ${gnu[flag]}` : `typeflag ${shown}`;
+}
+
 /** A sparse file's map, read with its header. */
 interface PendingSparse {
   segments: number[];
@@ -380,6 +395,7 @@ export class TarStreamReader {
       this.applyLongHeaders(h);
       if (h.size === null || !Number.isSafeInteger(h.size) || h.size < 0) throw new Error(TAR_MESSAGES.size);
       this.sparse = null;
+      if (h.type === null) unknownTypeflags.set(h, String.fromCharCode(block[156]!));
       if (map) this.startSparse(h, map, pax);
       else if (h.type !== 'directory') {
         this.contentLeft = h.size;

@@ -9,6 +9,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
 import { RootfsApplier, normaliseEntryName, resolveInRoot, type ApplyOptions } from '../../src/transports/rootfs/apply.js';
 import { nativeBinding } from '../../src/pipeline/native.js';
+import { checksum } from '../../src/tar/header.js';
 import { inCI } from '../harness/tools.js';
 import { xattrsOf } from '../harness/xattrs.js';
 
@@ -625,6 +626,19 @@ describe('RootfsApplier', () => {
     // The host's SELinux label is never set (as umoci).
     expect(await xattrsOf(r('d'))).toEqual({ 'user.dir': Buffer.from('yes') });
     expect(await xattrsOf(r('b'))).toEqual({});
+  });
+
+  it('names the typeflag of an entry of a type it does not extract (a GNU dump directory here)', async () => {
+    const bytes = await tarOf([{ name: 'ok', content: 'ok' }, { name: 'dump', type: 'directory' }]);
+    // The second header (after 'ok' and its one block of content) made a GNU dumpdir, its checksum made right again.
+    const header = bytes.subarray(1024, 1536);
+    header[156] = 'D'.charCodeAt(0);
+    header.write(`${checksum(header).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+    const a = new RootfsApplier(root, { preserveOwnership: false });
+    await expect(a.applyLayer(streamOf(bytes), 'layer 0')).rejects.toMatchObject({
+      code: 'CORRUPT_ARCHIVE',
+      message: `layer 0: entry "dump" has a tar type this tool does not extract (typeflag 'D', a GNU incremental dump directory)`,
+    });
   });
 
   it('uses pax mtimes with sub-second precision', async () => {

@@ -51,7 +51,7 @@ import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { StoredLayerDamage, refusedToRead } from '../../cache/stored-layer-damage.js';
 import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte-names.js';
 import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
-import { TarStreamReader } from '../../tar/stream-reader.js';
+import { TarStreamReader, unknownTypeOf } from '../../tar/stream-reader.js';
 import { copySparseFileSync, sparseSegments, writeFileChunks } from '../../tar/sparse.js';
 import { entryXattrs, setXattrs, type XattrTally } from '../../storage/xattrs.js';
 import { idMap, type IdMap } from '../../id-map.js';
@@ -687,7 +687,7 @@ export class RootfsApplier {
         default:
           throw new SmartError(
             'CORRUPT_ARCHIVE',
-            `${what}: entry ${quoted(name)} has a tar type this tool does not extract (${quoted(String(h.type), 40)})`,
+            `${what}: entry ${quoted(name)} has a tar type this tool does not extract (${unknownTypeOf(h) ?? (h.type === null ? 'of no type tar names' : quoted(String(h.type), 40))})`,
             { input: what },
           );
       }
