@@ -5,6 +5,7 @@
  * slowly). The stock registry, behind the fault-injecting proxy, drives it in the registry client's
  * tests (resets, stalls, redirects).
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
@@ -189,6 +190,39 @@ describe('bulkGet', () => {
     const paused = await get(steady.url, { stallMs: 1_000 });
     await sleep(3_000); // the socket is paused by then: the reader has not asked
     expect((await buffer(paused!.body)).length).toBe(big.length);
+  });
+
+  it('a loop kept busy past the stall time is not a stall: bytes that arrived meanwhile are read before the verdict', async () => {
+    // The registry is another process, so that it sends while this one's loop is blocked: the head
+    // and 1 KiB at once, the rest 300 ms later.
+    const server = spawn(process.execPath, ['-e', `
+      const body = Buffer.alloc(1 << 20, 3);
+      const s = require('node:net').createServer((c) => {
+        c.once('data', () => {
+          c.write(Buffer.concat([Buffer.from('HTTP/1.1 200 OK\\r\\nContent-Length: ' + body.length + '\\r\\n\\r\\n'), body.subarray(0, 1024)]));
+          setTimeout(() => c.end(body.subarray(1024)), 300);
+        });
+      });
+      s.listen(0, '127.0.0.1', () => console.log(s.address().port));
+    `], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      const port = await new Promise<string>((resolve) => server.stdout!.once('data', (d: Buffer) => resolve(d.toString().trim())));
+      const res = await get(`http://127.0.0.1:${port}`, { stallMs: 200 });
+      let bytes = 0;
+      for await (const chunk of res!.body as AsyncIterable<Buffer>) {
+        bytes += chunk.length;
+        if (bytes !== 1024) continue;
+        // All that came is taken; then the loop is kept busy (a large synchronous write, a machine
+        // too loaded to run us) past the stall time, while the rest arrives in the kernel.
+        const until = Date.now() + 900;
+        while (Date.now() < until) {
+          // busy
+        }
+      }
+      expect(bytes).toBe(1 << 20);
+    } finally {
+      server.kill();
+    }
   });
 
   it('Http.close ends a bulk read under way', async () => {

@@ -26,7 +26,7 @@ import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import type { ConnectionOptions, SecureContext } from 'node:tls';
 import { retainHeap } from '../../pipeline/native.js';
-import { abortError, abortReason, closedError, codedError, connectTimeoutError, stallError } from './connection-errors.js';
+import { abortError, abortReason, afterQuietTurn, closedError, codedError, connectTimeoutError, stallError } from './connection-errors.js';
 
 /** Reads go into the free end of a buffer this large, passed on when full: where malloc keeps its heap (retainHeap), */
 const LARGE_BUFFER = 1 << 20;
@@ -343,12 +343,15 @@ class BulkConnection {
     this.socket.destroy();
   }
 
-  /** No byte for a stall period: the registry's stall, unless our reader is the slow one; idle, closed. */
+  /**
+   * No byte for a stall period: the registry's stall, unless our reader is the slow one; idle,
+   * closed. The verdict waits one turn of the event loop (afterQuietTurn): bytes may be waiting.
+   */
   private onQuiet(): void {
     const x = this.current;
     if (!x) return this.end();
     if (x.body && (x.body.readableLength > 0 || x.body.paused)) this.socket.setTimeout(x.stallMs);
-    else this.fail(stallError(x.stallMs));
+    else afterQuietTurn(this.socket, () => this.current === x && this.fail(stallError(x.stallMs)));
   }
 
   /**

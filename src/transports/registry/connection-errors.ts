@@ -22,6 +22,19 @@ export function stallError(ms: number): Error {
   return codedError(`no data for ${Math.round(ms / 1000)} s`, HTTP_STALL);
 }
 
+/**
+ * Calls `stalled` after one more turn of the event loop, unless bytes moved on `socket` meanwhile
+ * (the socket's timeout is then already running again). Timers run before the poll phase reads
+ * what arrived: a loop kept busy past the stall period (a large synchronous write, a machine too
+ * loaded to run the process) would otherwise take its own delay for the registry's silence.
+ */
+export function afterQuietTurn(socket: { bytesRead: number; bytesWritten: number }, stalled: () => void): void {
+  const moved = socket.bytesRead + socket.bytesWritten;
+  setImmediate(() => {
+    if (socket.bytesRead + socket.bytesWritten === moved) stalled();
+  });
+}
+
 /** A request after Http.close. */
 export function closedError(): Error {
   return codedError('the connections to the registry are closed', 'SMART_HTTP_CLOSED');

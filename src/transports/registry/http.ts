@@ -20,7 +20,7 @@ import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
 import type { BulkPool, TlsTrust } from './bulk-get.js';
-import { abortError, abortReason, closedError, connectTimeoutError, stallError } from './connection-errors.js';
+import { abortError, abortReason, afterQuietTurn, closedError, connectTimeoutError, stallError } from './connection-errors.js';
 import { proxyFor, routedHttpsAgent } from '../../proxy.js';
 
 export const USER_AGENT = 'smartlayer/0.1';
@@ -232,12 +232,16 @@ export class Http {
           const sending = !req.writableFinished;
           const ours = sending ? req.writableLength === 0 && socket.writableLength === 0 : res !== undefined && !res.readableEnded && res.readableLength > 0;
           if (ours) socket.setTimeout(stall);
-          else stop(stallError(stall));
+          else afterQuietTurn(socket, () => watching && stop(stallError(stall)));
         };
+        let watching = true;
         socket.setTimeout(stall);
         socket.on('timeout', onIdle);
         // The socket goes back to the pool for the next request: this one no longer watches it.
-        const detach = () => socket.off('timeout', onIdle);
+        const detach = () => {
+          watching = false;
+          socket.off('timeout', onIdle);
+        };
         req.once('close', detach);
         req.once('response', (answer: IncomingMessage) => answer.once('end', detach));
       });
