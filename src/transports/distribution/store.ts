@@ -21,6 +21,9 @@ export type LinkKind = 'layer' | 'manifest';
 /** A link file holds 71 bytes; anything much larger is not one, and is not read. */
 const MAX_LINK_BYTES = 4096;
 
+/** How long a new tag that could not be set is tried to be taken away again (see `tag`). */
+const TAG_CLEANUP_MS = 5_000;
+
 export class DistributionStore {
   private readonly removed: Cleaned[] = [];
   /** Upload directories of blobs already stored, being removed (see `settled`). */
@@ -209,14 +212,31 @@ export class DistributionStore {
 
   /**
    * Points `tag` at `digest`: the tag index link first, `current/link` last (the visible switch).
-   * Both are read at once, and a link that names `digest` already is not written again.
+   * Both are read at once, and a link that names `digest` already is not written again. A new
+   * tag whose `current/link` could not be written is taken away again: its directory alone would
+   * be listed by the registry and serve nothing.
    */
   async tag(repo: string, tag: string, digest: Digest): Promise<void> {
     const index = pathFor({ kind: 'tagIndexLink', repo, tag, digest });
     const current = pathFor({ kind: 'tagCurrentLink', repo, tag });
-    const [indexed, moved] = await Promise.all([this.linkNames(index, digest), this.linkNames(current, digest)]);
+    const readCurrent = () => this.driver.getContent(current, MAX_LINK_BYTES).catch(() => undefined);
+    const [indexed, before] = await Promise.all([this.linkNames(index, digest), readCurrent()]);
     if (!indexed) await this.driver.putContent(index, linkContent(digest));
-    if (!moved) await this.driver.putContent(current, linkContent(digest));
+    if (before?.equals(linkContent(digest))) return;
+    try {
+      await this.driver.putContent(current, linkContent(digest));
+    } catch (e) {
+      // Only while no current/link is there: another push of this tag may have set it meanwhile.
+      // The store that just refused a write may refuse this too: tried again for a few seconds.
+      const tagDir = path.posix.join(pathFor({ kind: 'tagsRoot', repo }), tag);
+      const until = Date.now() + TAG_CLEANUP_MS;
+      for (let attempt = 1; before === undefined && Date.now() < until; attempt++) {
+        if ((await readCurrent()) !== undefined) break;
+        if (await this.driver.delete(tagDir).then(() => true, () => false)) break;
+        await new Promise((resolve) => setTimeout(resolve, Math.min(100 * attempt, 1000)));
+      }
+      throw e;
+    }
   }
 
   async resolveTag(repo: string, tag: string): Promise<Digest> {
