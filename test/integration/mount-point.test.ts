@@ -111,6 +111,20 @@ describe('pulling into a mount point', () => {
     }
   });
 
+  it("a volume's lost+found (an ext4 one's) is left where it is, not taken for the user's files", async (ctx) => {
+    if (skipUnlessRoot(ctx)) return;
+    const dest = path.join(work, 'ext4-like');
+    await mountAt(dest, 'tmpfs');
+    await fs.mkdir(path.join(dest, 'lost+found'), { mode: 0o700 });
+    for (const round of [1, 2]) {
+      const r = await smart(['pull', image, `rootfs:${dest}`], { cacheHome: path.join(work, 'cache') });
+      expect(r.code, `round ${round}: ${r.stderr}`).toBe(0);
+      const { 'lost+found': lostFound, ...tree } = await describeTree(dest);
+      expect(lostFound, `round ${round}`).toBeDefined();
+      expect(tree, `round ${round}`).toEqual(plainTree);
+    }
+  });
+
   it('what a killed pull left inside the mount point is removed by the next, not shown in the tree', async (ctx) => {
     if (skipUnlessRoot(ctx)) return;
     const dest = path.join(work, 'killed');

@@ -687,7 +687,7 @@ export class RootfsApplier {
         default:
           throw new SmartError(
             'CORRUPT_ARCHIVE',
-            `${what}: entry ${quoted(name)} has a tar type this tool does not extract (${unknownTypeOf(h) ?? (h.type === null ? 'of no type tar names' : quoted(String(h.type), 40))})`,
+            `${what}: entry ${quoted(name)} has a tar type this tool does not extract (${unknownTypeOf(h) ?? (h.type === null ? 'a type no reader names' : quoted(String(h.type), 40))})`,
             { input: what },
           );
       }

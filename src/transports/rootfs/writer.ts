@@ -185,8 +185,8 @@ export class RootfsWriter implements ImageWriter {
       throw new SmartError('USAGE', `${this.name}: ${this.target} exists and is not a directory`, { input: this.dir });
     }
     if (this.options.force || (await this.isPullResult(existing))) return existing;
-    // Inside a mount point, the trees pulls are building there are not the user's.
-    const children = (await fs.readdir(this.target)).filter((name) => !(this.inPlace && (IN_PLACE_ASIDE.test(name) || name === IN_PLACE_LOCK)));
+    // Inside a mount point, the trees pulls are building there are not the user's, nor its filesystem's lost+found.
+    const children = (await fs.readdir(this.target)).filter((name) => !(this.inPlace && leftInMountPoint(name)));
     if (children.length > 0) {
       throw new SmartError('USAGE', `${this.name}: ${this.target} is not empty and was not made by smart pull; refusing to replace it`, {
         input: this.dir,
@@ -555,6 +555,14 @@ const IN_PLACE_ASIDE = /^\.smart-(?:new|old)-/;
 /** The lock of pulls into a mount point, inside it while one puts its tree in place. */
 const IN_PLACE_LOCK = '.smart-lock';
 
+/**
+ * What a pull leaves where it is in a mount point: what pulls make there, and the lost+found of
+ * the filesystem mounted (an ext4 volume's: the tree then has it, as root filesystems on ext4 do).
+ */
+function leftInMountPoint(name: string): boolean {
+  return IN_PLACE_ASIDE.test(name) || name === IN_PLACE_LOCK || name === 'lost+found';
+}
+
 /** Whether `dir` is a mount point: another filesystem than its parent's, or listed in /proc/self/mountinfo (a bind mount of the same one). */
 async function isMountPoint(dir: string): Promise<boolean> {
   const st = await fs.stat(dir).catch(() => undefined);
@@ -579,7 +587,7 @@ async function replaceContents(staging: string, target: string, old: string): Pr
   const movedUp: string[] = [];
   try {
     for (const name of await fs.readdir(target)) {
-      if (IN_PLACE_ASIDE.test(name) || name === IN_PLACE_LOCK) continue;
+      if (leftInMountPoint(name)) continue;
       await fs.rename(path.join(target, name), path.join(old, name));
       movedAside.push(name);
     }
@@ -592,12 +600,13 @@ async function replaceContents(staging: string, target: string, old: string): Pr
     for (const name of movedAside) await fs.rename(path.join(old, name), path.join(target, name)).catch(() => undefined);
     throw e;
   }
-  // The tree's root is the mount point now: it takes the mode, owner and times the image gave staging.
+  // The tree's root is the mount point now: it takes the mode, owner and times the image gave
+  // staging, where this user may give them (a mount point another user owns keeps its own).
   const root = await fs.lstat(staging);
-  if (process.getuid?.() === 0) await fs.chown(target, root.uid, root.gid);
-  await fs.chmod(target, root.mode & 0o7777);
+  if (process.getuid?.() === 0) await fs.chown(target, root.uid, root.gid).catch(() => undefined);
+  await fs.chmod(target, root.mode & 0o7777).catch(() => undefined);
   await fs.rmdir(staging);
-  await fs.utimes(target, root.atime, root.mtime);
+  await fs.utimes(target, root.atime, root.mtime).catch(() => undefined);
 }
 
 /** Puts `staging` at `target`: the old directory is moved aside (to `old`) first, for the caller to remove after. */
