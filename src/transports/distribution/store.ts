@@ -219,20 +219,27 @@ export class DistributionStore {
   async tag(repo: string, tag: string, digest: Digest): Promise<void> {
     const index = pathFor({ kind: 'tagIndexLink', repo, tag, digest });
     const current = pathFor({ kind: 'tagCurrentLink', repo, tag });
-    const readCurrent = () => this.driver.getContent(current, MAX_LINK_BYTES).catch(() => undefined);
+    // What current/link holds: its bytes, 'absent' (NOT_FOUND), or 'unknown' (the store failed to say).
+    const readCurrent = (): Promise<Buffer | 'absent' | 'unknown'> =>
+      this.driver.getContent(current, MAX_LINK_BYTES).catch((e: unknown) => (isSmartError(e) && e.code === 'NOT_FOUND' ? 'absent' : 'unknown'));
     const [indexed, before] = await Promise.all([this.linkNames(index, digest), readCurrent()]);
     if (!indexed) await this.driver.putContent(index, linkContent(digest));
-    if (before?.equals(linkContent(digest))) return;
+    if (before instanceof Buffer && before.equals(linkContent(digest))) return;
     try {
       await this.driver.putContent(current, linkContent(digest));
     } catch (e) {
-      // Only while no current/link is there: another push of this tag may have set it meanwhile.
-      // The store that just refused a write may refuse this too: tried again for a few seconds.
+      // Only once the store has said no current/link is there, and while it shows none (a write
+      // that failed may have landed; another push may have set it meanwhile): then the directory
+      // is a tag that serves nothing.
+      // The store that just refused a write may refuse these too: tried again for a few seconds.
       const tagDir = path.posix.join(pathFor({ kind: 'tagsRoot', repo }), tag);
       const until = Date.now() + TAG_CLEANUP_MS;
-      for (let attempt = 1; before === undefined && Date.now() < until; attempt++) {
-        if ((await readCurrent()) !== undefined) break;
-        if (await this.driver.delete(tagDir).then(() => true, () => false)) break;
+      let absent = before === 'absent';
+      for (let attempt = 1; Date.now() < until; attempt++) {
+        const now = await readCurrent();
+        if (now instanceof Buffer) break;
+        absent ||= now === 'absent';
+        if (absent && (await this.driver.delete(tagDir).then(() => true, () => false))) break;
         await new Promise((resolve) => setTimeout(resolve, Math.min(100 * attempt, 1000)));
       }
       throw e;
