@@ -1,4 +1,5 @@
 /** Tar (ustar/pax/GNU) header encoding and decoding, shared by the random-access reader and the writer. */
+import { addPaxRecord } from './sparse.js';
 
 export const BLOCK = 512;
 
@@ -76,12 +77,7 @@ export function parsePax(data: Buffer): Record<string, string> {
     if (!Number.isFinite(len) || len <= 0 || pos + len > data.length) break;
     const record = data.subarray(space + 1, pos + len - 1).toString('utf8');
     const eq = record.indexOf('=');
-    if (eq > 0) {
-      const key = record.slice(0, eq);
-      // A pax 0.0 sparse file repeats these: gathered in order into one map, as 0.1 writes it (src/tar/sparse.ts).
-      if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') out['GNU.sparse.map'] = out['GNU.sparse.map'] === undefined ? record.slice(eq + 1) : `${out['GNU.sparse.map']},${record.slice(eq + 1)}`;
-      else out[key] = record.slice(eq + 1);
-    }
+    if (eq > 0) addPaxRecord(out, record.slice(0, eq), record.slice(eq + 1));
     pos += len;
   }
   return out;

@@ -98,6 +98,18 @@ export function checkLayout(layout: SparseLayout, storedBytes: number): SparseLa
   return layout;
 }
 
+/**
+ * Adds a pax record to `records`, as both tar readers keep them: the repeated
+ * `GNU.sparse.offset` / `GNU.sparse.numbytes` records of a pax 0.0 sparse file gathered, in
+ * order, into one `GNU.sparse.map` (as 0.1 writes it); any other key's last value kept.
+ */
+export function addPaxRecord(records: Record<string, string>, key: string, value: string): void {
+  if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') {
+    const map = records['GNU.sparse.map'];
+    records['GNU.sparse.map'] = map === undefined ? value : `${map},${value}`;
+  } else records[key] = value;
+}
+
 /** The segments of a pax 0.0 / 0.1 map (`offset,length,…`). */
 export function parsePaxMap(map: string): number[] {
   if (map === '') return [];

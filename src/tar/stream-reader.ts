@@ -16,7 +16,7 @@
 import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
 import { decodeName } from './byte-names.js';
-import { SPARSE_MESSAGE, checkLayout, type SparseHeader, holeChunk, paxRealSize, paxSparseKind, parseDataMap, parseGnuEntries, parsePaxMap } from './sparse.js';
+import { SPARSE_MESSAGE, addPaxRecord, checkLayout, type SparseHeader, holeChunk, paxRealSize, paxSparseKind, parseDataMap, parseGnuEntries, parsePaxMap } from './sparse.js';
 
 const BLOCK = 512;
 /** The largest pax or GNU long-name header read (as tar-stream). */
@@ -170,11 +170,7 @@ export function decodePaxRecords(buf: Buffer): Record<string, string> {
     const record = decodeName(rest, i + 1, Math.max(i + 1, Math.min(len - 1, rest.length)));
     const eq = record.indexOf('=');
     if (eq === -1) return result;
-    const key = record.slice(0, eq);
-    if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') {
-      const map = result['GNU.sparse.map'];
-      result['GNU.sparse.map'] = map === undefined ? record.slice(eq + 1) : `${map},${record.slice(eq + 1)}`;
-    } else result[key] = record.slice(eq + 1);
+    addPaxRecord(result, record.slice(0, eq), record.slice(eq + 1));
     rest = rest.subarray(len);
   }
   return result;
