@@ -17,10 +17,10 @@ function plain(h: Header, content: Buffer[]): Record<string, unknown> {
   return { ...h, mtime: h.mtime?.getTime(), content: hash.digest('hex') };
 }
 
-/** Our reader's header with its names as tar-stream decodes the same bytes (U+FFFD where they are not UTF-8; ours keep them). */
+/** Our reader's header with its names, and its pax keys and values, as tar-stream decodes the same bytes (U+FFFD where they are not UTF-8; ours keep them). */
 function asTarStreamDecodes(h: Header): Header {
   const utf8 = (s: string) => encodeName(s).toString('utf8');
-  const pax = h.pax ? Object.fromEntries(Object.entries(h.pax).map(([k, v]) => [k, utf8(v)])) : h.pax;
+  const pax = h.pax ? Object.fromEntries(Object.entries(h.pax).map(([k, v]) => [utf8(k), utf8(v)])) : h.pax;
   return { ...h, name: utf8(h.name), ...(h.linkname ? { linkname: utf8(h.linkname) } : {}), ...(pax ? { pax } : {}) };
 }
 

@@ -91,6 +91,13 @@ function withField(seed: Buffer, block: number, offset: number, length: number, 
  * then goes on as if one were still pending, and takes the next member's size in bytes for it, so
  * it is no oracle for such an archive.
  */
+/** A tar whose pax record `zid=7` has its key's first byte replaced by `byte`. */
+async function withPaxKeyByte(byte: number): Promise<Buffer> {
+  const bytes = await tarOf([{ name: 'a', body: 'x', pax: { zid: '7' } }]);
+  bytes[bytes.indexOf('zid=7')] = byte;
+  return bytes;
+}
+
 function hasEmptyExtendedHeader(bytes: Buffer): boolean {
   for (let off = 0; off + BLOCK <= bytes.length; off += BLOCK) {
     try {
@@ -221,7 +228,8 @@ describe('tar readers on mutated archives', () => {
         if ('error' in ours) expect(Object.values(TAR_MESSAGES)).toContain(ours.error);
         if (!hasEmptyExtendedHeader(bytes) && !hasSparseHeader(bytes)) expect(ours).toEqual(await readWithTarStream(bytes));
       }),
-      fuzzParams(300),
+      // A pax key holding a byte that is not UTF-8 (a mutation once made one: the harness compared only values as tar-stream decodes them).
+      fuzzParams(300, [[await withPaxKeyByte(0xff), [1500]]]),
     );
   });
 
