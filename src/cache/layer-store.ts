@@ -372,9 +372,10 @@ const isRoot = process.getuid?.() === 0;
 function setMeta(file: string, h: Header, { uid, gid, atime, mtime }: EntryMeta): void {
   // In a user namespace, an owner it does not map stays this process's, as in the tree (src/id-map.ts).
   if (isRoot && idMap().maps(uid, gid)) chownSync(file, uid, gid);
-  chmodSync(file, (h.mode ?? 0o644) & 0o7777);
-  // After chown, which clears a file capability; what cannot be set here the tree's pull says.
+  // After chown, which clears a file capability, and before the mode, which may take the write
+  // permission a user attribute needs; what cannot be set here the tree's pull says.
   setXattrs(file, entryXattrs(h.pax), { notSet: 0 });
+  chmodSync(file, (h.mode ?? 0o644) & 0o7777);
   utimesSync(file, atime, mtime);
 }
 

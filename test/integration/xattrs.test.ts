@@ -44,7 +44,8 @@ describe('extended attributes and file capabilities', () => {
     const busybox = (await runOk('sh', ['-c', 'command -v busybox'])).stdout.toString().trim();
     await fs.copyFile(busybox, path.join(tree, 'bin', 'busybox'));
     await runOk('setcap', ['cap_net_raw+ep', path.join(tree, 'bin', 'busybox')]);
-    writeFileSync(path.join(tree, 'etc', 'note'), 'note\n');
+    // Read-only, as many files in images are: a user attribute needs write permission to be set.
+    writeFileSync(path.join(tree, 'etc', 'note'), 'note\n', { mode: 0o444 });
     // Not UTF-8, as a capability's value is not: the bytes must come through as they are.
     expect(nativeBinding()!.setXattr!(Buffer.from(path.join(tree, 'etc', 'note')), Buffer.from('user.note'), Buffer.from([0x01, 0xff, 0x00, 0x7f]))).toBe(0);
     const layer = path.join(work, 'layer.tar');
@@ -115,5 +116,12 @@ describe('extended attributes and file capabilities', () => {
     expect(warnings).toEqual([expect.stringMatching(/^warning: layer sha256:[0-9a-f]{12} of oci:.*: 1 extended attribute\(s\) not set: security\.capability: EPERM \(not permitted to this user\)$/)]);
     expect(await capOf(path.join(dest, 'bin', 'busybox'))).toBe('');
     expect(await xattrsOf(path.join(dest, 'etc', 'note'))).toEqual(oracle.note);
+    expect((await fs.stat(path.join(dest, 'etc', 'note'))).mode & 0o7777).toBe(0o444);
+    // Warm, from the layer store that pull filled: its copy of the file has the attribute too.
+    const warm = path.join(home, 'warm');
+    const again = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-i', `PATH=${process.env.PATH}`, `HOME=${home}`, `XDG_CACHE_HOME=${home}/cache`, process.execPath, smartBin, 'pull', `oci:${image}:latest`, `rootfs:${warm}`]);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual(warnings);
+    expect(await xattrsOf(path.join(warm, 'etc', 'note'))).toEqual(oracle.note);
   });
 });
