@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { parseReference } from '../../oci/reference.js';
+import { socketRefused, specialFileAt } from '../../storage/archive-file.js';
 import { invalidName, splitPath, type Transport } from '../transport.js';
 import type { ArchiveSelection } from './manifest-json.js';
 
@@ -32,12 +33,16 @@ export const dockerArchive: Transport<DockerArchiveName> = {
     }
     return { transport: 'docker-archive', file: p, selection, raw };
   },
-  isStdio: (name) => name.file === '-',
+  // A pipe named by its path (/dev/stdin, a process substitution's /dev/fd/63, a named pipe) is read as stdin is.
+  isStdio: (name) => name.file === '-' || specialFileAt(name.file) !== undefined,
   async openSource(name, ctx) {
-    if (name.file === '-') {
+    const special = name.file === '-' ? undefined : specialFileAt(name.file);
+    if (special === 'a socket') throw socketRefused(name.file, name.raw);
+    if (name.file === '-' || special !== undefined) {
       // Loaded here: tar parsing of a pipe is needed only for archives on a pipe.
       const { dockerArchiveStream } = await import('./stream.js');
-      return dockerArchiveStream(ctx.stdin, name.selection, name.raw);
+      const input = name.file === '-' ? ctx.stdin : (await import('node:fs')).createReadStream(name.file, { highWaterMark: 256 * 1024 });
+      return dockerArchiveStream(input, name.selection, name.raw);
     }
     const { openDockerArchiveSource } = await import('./source.js');
     return openDockerArchiveSource(name.file, name.selection, name.raw);

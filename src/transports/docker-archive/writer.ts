@@ -2,14 +2,17 @@
  * Writes an image as a `docker save` archive (the classic layout every `docker load` and skopeo
  * read): `<config hex>.json`, `manifest.json`, then one uncompressed `<diff id hex>.tar` per layer.
  * The metadata goes FIRST so that a streaming reader (ours, on a pipe) learns the image before
- * its layers. A file is written to a hidden sibling and renamed into place when complete.
+ * its layers. A file is written to a hidden sibling and renamed into place when complete; a pipe or
+ * a device named by its path (/dev/stdout) is written straight (src/storage/archive-file.ts).
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { SmartError, rethrowRefusal } from '../../errors.js';
+import { finished } from 'node:stream/promises';
+import { SmartError, isErrno, rethrowRefusal } from '../../errors.js';
 import { digestHex } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
+import { archiveTarget } from '../../storage/archive-file.js';
 import { asideName, sweepAside } from '../../storage/aside.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { TarWriter, fileSink, streamSink } from '../../tar/tar-writer.js';
@@ -36,10 +39,27 @@ export class DockerArchiveWriter implements ImageWriter {
   }
 
   async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
-    const { file, stream } = this.target;
-    if (file) {
-      const st = await fs.stat(file).catch(() => undefined);
-      if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${file} is a directory; docker-archive: writes a tar file`, { input: file });
+    const { stream } = this.target;
+    if (this.target.file) {
+      const target = await archiveTarget(this.target.file, this.name, 'docker-archive: writes a tar file');
+      if (target.how === 'stream') {
+        // A pipe or a device (/dev/stdout, a named pipe): written straight, as to stdout.
+        const handle = await fs.open(target.path, 'w').catch(rethrowRefusal(`cannot write ${this.name}`));
+        const out = handle.createWriteStream(); // closes the handle when it closes
+        // Its failures reach the writes through the sink (out.errored), not as an unhandled event.
+        out.on('error', () => undefined);
+        try {
+          await this.writeTo(new TarWriter(streamSink(out, target.path)), image, options, true);
+          out.end();
+          await finished(out).catch(rethrowRefusal(`cannot write ${this.name}`));
+        } catch (e) {
+          out.destroy();
+          if (isErrno(e, 'EPIPE')) throw new SmartError('STORAGE', `cannot write ${this.name}: its reader closed ${target.path} (EPIPE)`, { input: target.path, cause: e });
+          throw e;
+        }
+        return { details: { path: target.path } };
+      }
+      const file = target.path;
       // A file in a directory not there yet: made, as for the other destinations (taken away again if the copy fails).
       this.parent = await makeDirectories(path.dirname(file));
       // What killed runs into this file left beside it (a whole archive, nearly, each).

@@ -12,6 +12,7 @@ import type { BlobDestination, BlobReuse, PutBlobInfo, StoredBlob } from '../../
 import type { Descriptor, ParsedManifest } from '../../oci/manifest.js';
 import { markFileRange } from '../../pipeline/local-file.js';
 import { FsDriver } from '../../storage/fs-driver.js';
+import { specialFileAt } from '../../storage/archive-file.js';
 import { asideName, sweepAside } from '../../storage/aside.js';
 import type { Cleaned } from '../../storage/leftovers.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
@@ -21,6 +22,14 @@ import { OciLayoutDestination, OciLayoutSource, type LayoutFiles } from './layou
 import { layoutPath, memberName } from './paths.js';
 
 export async function openOciArchiveSource(file: string, tag: string | undefined, name: string): Promise<OciLayoutSource> {
+  // A pipe (/dev/stdin, <(…)) is not opened (with no writer, the open would wait forever) nor read: a tar index seeks.
+  const special = specialFileAt(file);
+  if (special) {
+    throw new SmartError('USAGE', `${name}: ${file} is ${special}; an OCI archive is read in place, not streamed`, {
+      input: file,
+      hint: 'save it to a file first, or stream a docker-archive: instead',
+    });
+  }
   const index = await TarIndex.open(file, name);
   const files: LayoutFiles = {
     getContent: async (p, maxBytes) => {
@@ -61,8 +70,6 @@ export class OciArchiveDestination implements BlobDestination {
   }
 
   async prepare(): Promise<void> {
-    const st = await fs.stat(this.file).catch(() => undefined);
-    if (st?.isDirectory()) throw new SmartError('USAGE', `${this.name}: ${this.file} is a directory; oci-archive: writes a tar file`, { input: this.file });
     this.parent = await makeDirectories(path.dirname(this.file));
     // What killed runs into this file left beside it: a staging layout, a nearly whole archive.
     this.swept = await sweepAside(this.file);

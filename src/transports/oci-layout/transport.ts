@@ -1,5 +1,6 @@
 /** `oci:DIR[:TAG]` and `oci-archive:FILE[:TAG]`: an OCI image layout, as a directory or in a tar. */
 import path from 'node:path';
+import { SmartError } from '../../errors.js';
 import { isValidTag } from '../../oci/reference.js';
 import { invalidName, requireDirectory, splitPath, type Transport } from '../transport.js';
 
@@ -72,7 +73,16 @@ export const ociArchive: Transport<OciArchiveName> = {
   },
   async openDestination(name) {
     const { OciArchiveDestination } = await import('./archive.js');
-    const dest = new OciArchiveDestination(name.raw, path.resolve(name.file), name.tag);
+    const { archiveTarget } = await import('../../storage/archive-file.js');
+    const target = await archiveTarget(path.resolve(name.file), name.raw, 'oci-archive: writes a tar file');
+    if (target.how === 'stream') {
+      // As oci-archive:- is refused: staged whole first, it is no stream.
+      throw new SmartError('USAGE', `${name.raw}: ${name.file} is ${target.kind}; an OCI archive is written in place, not streamed`, {
+        input: name.raw,
+        hint: 'use docker-archive: to stream an image, or name a file',
+      });
+    }
+    const dest = new OciArchiveDestination(name.raw, target.path, name.tag);
     await dest.prepare();
     return dest;
   },

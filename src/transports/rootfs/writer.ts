@@ -109,7 +109,8 @@ const SPOOL_MEMORY = 64 * 1024 * 1024;
 type LayerPlan = { from: 'store'; how: 'present' | 'waited' } | { from: 'stream'; read: () => Readable; fill?: LayerFill };
 
 export class RootfsWriter implements ImageWriter {
-  private readonly target: string;
+  /** The destination: the path given, or, when that is a symlink to a directory, the directory it names (from prepare). */
+  private target: string;
   private prepared: Promise<Cleaned[]> | undefined;
   /** The destination's parent, made by prepare if missing (and taken away again by abandon, once empty). */
   private parent: MadeDirectories | undefined;
@@ -148,6 +149,11 @@ export class RootfsWriter implements ImageWriter {
    */
   prepare(): Promise<Cleaned[]> {
     this.prepared ??= (async () => {
+      // A symlink to a directory (`out -> /scratch/out`) is followed, as tar -C follows it: the tree
+      // replaces the directory it names and the link stays; renamed onto the link, it would replace the link.
+      if ((await fs.lstat(this.target).catch(() => undefined))?.isSymbolicLink() && (await fs.stat(this.target).catch(() => undefined))?.isDirectory()) {
+        this.target = await realPath(this.target);
+      }
       const target = this.target;
       const real = await realPath(target);
       const cwd = await realPath(process.cwd()).catch(() => undefined); // none when it was removed

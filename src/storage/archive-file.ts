@@ -1,0 +1,71 @@
+/**
+ * Where an archive named by a path is read from or written to, when the path is not a plain file:
+ * `/dev/stdout` (a symlink to /proc/self/fd/1, a pipe or a terminal), `/dev/stdin`, a process
+ * substitution's `/dev/fd/63`, a named pipe, `/dev/null`, or a symlink the user made to a file
+ * elsewhere. A regular file is written beside and renamed into place (nothing half-written where
+ * the user looks); renamed onto such a path, it would replace the symlink itself (`/dev/stdout`
+ * made a regular file in /dev, for every later program) and never reach the pipe. So a special
+ * file is written straight, in order, as skopeo writes one; a symlink to a regular file has the
+ * file it names replaced, the link kept.
+ */
+import { statSync, type Stats } from 'node:fs';
+import fs from 'node:fs/promises';
+import { SmartError, isErrno } from '../errors.js';
+
+/** What a file that is neither a regular file nor a directory is, for messages; undefined for those two. */
+export function specialKind(st: Stats): string | undefined {
+  if (st.isFIFO()) return 'a pipe';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSocket()) return 'a socket';
+  return undefined;
+}
+
+/**
+ * What `file` is (symlinks followed) when it is a pipe, a device or a socket: such a path is read
+ * as a stream, from its start, once. Undefined for anything else (a missing path included).
+ */
+export function specialFileAt(file: string): string | undefined {
+  try {
+    return specialKind(statSync(file));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Where a write of an archive to `file` goes:
+ * - `replace`: a regular file (there or not yet): written beside `path` (symlinks resolved) and renamed onto it;
+ * - `stream`: a pipe or a device (`kind`): opened and written straight, in order.
+ * A directory, or a symlink to nothing, is refused (USAGE): `writes` says what the transport writes.
+ */
+export async function archiveTarget(file: string, name: string, writes: string): Promise<{ how: 'replace'; path: string } | { how: 'stream'; path: string; kind: string }> {
+  const link = await fs.lstat(file).catch((e: unknown) => {
+    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return undefined;
+    throw e;
+  });
+  if (!link) return { how: 'replace', path: file };
+  const st = link.isSymbolicLink() ? await fs.stat(file).catch(() => undefined) : link;
+  if (!st) {
+    throw new SmartError('USAGE', `${name}: ${file} is a symlink to nothing (${await fs.readlink(file).catch(() => '?')})`, {
+      input: file,
+      hint: 'make the file it names exist, or remove the link',
+    });
+  }
+  if (st.isDirectory()) throw new SmartError('USAGE', `${name}: ${file} is a directory; ${writes}`, { input: file });
+  const kind = specialKind(st);
+  if (kind === 'a socket') throw socketRefused(file, name);
+  if (kind) return { how: 'stream', path: file, kind };
+  return { how: 'replace', path: link.isSymbolicLink() ? await fs.realpath(file) : file };
+}
+
+/**
+ * A socket cannot be opened by its path (ENXIO): what /dev/stdout names under a program started
+ * with its output on a socket (a service's journal, a parent's child_process pipe).
+ */
+export function socketRefused(file: string, name: string): SmartError {
+  return new SmartError('USAGE', `${name}: ${file} is a socket, which cannot be opened by its path`, {
+    input: file,
+    hint: name.startsWith('docker-archive:') ? 'use docker-archive:- for stdin or stdout' : 'name a file',
+  });
+}

@@ -1,0 +1,175 @@
+/**
+ * Archives and trees named by paths that are not plain files: `docker-archive:/dev/stdout` piped
+ * on (`| docker load`), a process substitution `<(…)` or `/dev/stdin` as the source, a named pipe,
+ * and symlinks the user made to a file or a directory elsewhere. A pipe or a device is written
+ * straight, as skopeo writes one (renamed onto, `/dev/stdout` itself would become a regular file
+ * in /dev and the pipe get nothing); a docker-archive on a pipe is read as stdin is; an OCI
+ * archive, read and written in place, is refused on one in one line; a symlink keeps being one.
+ * skopeo reads what was written; the archive on a pipe is the bytes of the archive in a file.
+ */
+import { mkdirSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { beforeAll, describe, expect, it, inject } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { run, runOk, smart, smartBin, type RunResult } from '../harness/run.js';
+import { haveTools, inCI } from '../harness/tools.js';
+import { tempDir } from '../harness/tmp.js';
+import { listAll } from '../harness/tree.js';
+
+const env = () => ({ ...process.env, XDG_CACHE_HOME: inject('cacheHome'), CONTAINERS_REGISTRIES_CONF: inject('registriesConf') });
+
+/** `script` run by bash with `smart` as a function, and `args` as $1…: for pipes and process substitution. */
+function bash(script: string, ...args: string[]): Promise<RunResult> {
+  return run('bash', ['-c', `smart() { "${process.execPath}" "${smartBin}" "$@"; }\n${script}`, 'bash', ...args], { env: env() });
+}
+
+function expectOneLine(r: RunResult, code: number, pattern: RegExp): void {
+  expect(r.code, r.stderr).toBe(code);
+  const lines = r.stderr.trim().split('\n');
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(pattern);
+}
+
+describe('archives and trees named by a pipe, a device or a symlink', () => {
+  let work: string;
+  const source = () => `oci:${fixtures().paths.ociBasic}:latest`;
+  /** The archive a pull into a plain file writes, and the manifest digest a push of it gives. */
+  let archive: Buffer;
+  let pushedDigest: string;
+  const ready = haveTools('bash', 'skopeo', 'mkfifo');
+
+  const skipUnlessReady = (ctx: { skip: () => void }) => {
+    if (ready) return false;
+    if (inCI) throw new Error('CI=true but bash, skopeo or mkfifo is missing');
+    ctx.skip();
+    return true;
+  };
+
+  /** The manifest digest of a push of `archiveName` into a fresh layout (what the file gives, when it reads the same image). */
+  const pushDigest = async (r: RunResult) => {
+    expect(r.code, r.stderr).toBe(0);
+    return /manifest (sha256:[0-9a-f]{64})/.exec(r.stderr)?.[1];
+  };
+
+  beforeAll(async () => {
+    work = await tempDir('smart-special-');
+    const file = path.join(work, 'plain.tar');
+    const r = await smart(['pull', source(), `docker-archive:${file}`]);
+    expect(r.code, r.stderr).toBe(0);
+    archive = await fs.readFile(file);
+    pushedDigest = (await pushDigest(await smart(['push', `docker-archive:${file}`, `oci:${path.join(work, 'from-file')}:t`])))!;
+    expect(pushedDigest).toBeDefined();
+  });
+
+  it('docker-archive:/dev/stdout, /dev/fd/1 and a symlink to /proc/self/fd/1 reach the pipe, and stay what they were', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    const link = path.join(work, 'stdout');
+    await fs.symlink('/proc/self/fd/1', link);
+    const before = await fs.readlink('/dev/stdout').catch(() => undefined);
+    try {
+      for (const [i, spelling] of ['/dev/stdout', '/dev/fd/1', link].entries()) {
+        const out = path.join(work, `piped-${i}.tar`);
+        const r = await bash('smart pull "$1" "docker-archive:$2" | cat > "$3"; exit "${PIPESTATUS[0]}"', source(), spelling, out);
+        expect(r.code, `${spelling}: ${r.stderr}`).toBe(0);
+        expect((await fs.readFile(out)).equals(archive), spelling).toBe(true);
+        await runOk('skopeo', ['inspect', `docker-archive:${out}`]);
+      }
+      expect(await fs.readlink('/dev/stdout').catch(() => undefined)).toBe(before);
+    } finally {
+      // Had it been replaced by a file, every later program writing /dev/stdout would write into that file.
+      if (before !== undefined && !(await fs.lstat('/dev/stdout')).isSymbolicLink()) {
+        await fs.rm('/dev/stdout');
+        await fs.symlink(before, '/dev/stdout');
+      }
+    }
+    expect(await fs.readlink(link)).toBe('/proc/self/fd/1');
+    // Only what the tests made is in the directory: nothing was staged beside the link.
+    expect((await fs.readdir(work)).filter((n) => n.includes('smart'))).toEqual([]);
+  });
+
+  it('a process substitution and /dev/stdin are read as stdin is; an OCI archive on one is refused in one line', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    const plain = path.join(work, 'plain.tar');
+    expect(await pushDigest(await bash('smart push "docker-archive:"<(cat "$1") "oci:$2:t"', plain, path.join(work, 'from-subst')))).toBe(pushedDigest);
+    expect(await pushDigest(await bash('cat "$1" | smart push docker-archive:/dev/stdin "oci:$2:t"', plain, path.join(work, 'from-stdin')))).toBe(pushedDigest);
+    // A stream goes into a store only, as docker-archive:- does.
+    expectOneLine(await bash('smart pull "docker-archive:"<(cat "$1") "rootfs:$2"', plain, path.join(work, 'tree-from-pipe')), 2, /a stream\) can only be copied into a store/);
+    const ociArchive = fixtures().paths.ociArchiveBasic;
+    expectOneLine(await bash('smart push "oci-archive:"<(cat "$1") "oci:$2:t"', ociArchive, path.join(work, 'never')), 2, /^smart: error \[USAGE\]: oci-archive:\/dev\/fd\/\d+: .* is a pipe; an OCI archive is read in place, not streamed/);
+    await expect(fs.stat(path.join(work, 'never'))).rejects.toThrow();
+  });
+
+  it('a named pipe: pushed from while it is written, pulled into while it is read', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    const fifo = path.join(work, 'fifo');
+    await runOk('mkfifo', [fifo]);
+    const pushed = await bash('cat "$1" > "$2" & smart push "docker-archive:$2" "oci:$3:t"; s=$?; wait; exit $s', path.join(work, 'plain.tar'), fifo, path.join(work, 'from-fifo'));
+    expect(await pushDigest(pushed)).toBe(pushedDigest);
+    const out = path.join(work, 'fifo-out.tar');
+    const pulled = await bash('cat "$2" > "$3" & smart pull "$1" "docker-archive:$2"; s=$?; wait; exit $s', source(), fifo, out);
+    expect(pulled.code, pulled.stderr).toBe(0);
+    expect((await fs.readFile(out)).equals(archive)).toBe(true);
+    expect((await fs.lstat(fifo)).isFIFO()).toBe(true);
+    // An OCI archive is staged whole, then packed: no stream, refused before anything is fetched.
+    expectOneLine(await smart(['pull', source(), `oci-archive:${fifo}`]), 2, /^smart: error \[USAGE\]: oci-archive:.*fifo is a pipe; an OCI archive is written in place, not streamed \(use docker-archive: to stream/);
+    expect((await fs.readdir(work)).filter((n) => n.startsWith('.fifo'))).toEqual([]);
+  });
+
+  it('a reader that goes away: exit 1, one line naming the archive', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    // The reader closes its end at once, long before smart writes: every write finds no reader.
+    const r = await bash('smart pull "$1" docker-archive:/dev/fd/1 | (exec 0<&-; sleep 1); exit "${PIPESTATUS[0]}"', source());
+    expect(r.code, r.stderr).toBe(1);
+    const errors = r.stderr.split('\n').filter((l) => l.startsWith('smart: error'));
+    expect(errors).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: cannot write docker-archive:\/dev\/fd\/1: its reader closed \/dev\/fd\/1 \(EPIPE\)$/)]);
+  });
+
+  it('stdout on a socket (a service, a parent process): /dev/stdout is refused in one line, docker-archive:- suggested', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    // Node gives a child's stdout as a socket pair: /proc/self/fd/1 then names a socket, which no open reaches.
+    const r = await smart(['pull', source(), 'docker-archive:/dev/stdout']);
+    expectOneLine(r, 2, /^smart: error \[USAGE\]: docker-archive:\/dev\/stdout: \/dev\/stdout is a socket, which cannot be opened by its path \(use docker-archive:- for stdin or stdout\)$/);
+    expect((await fs.lstat('/dev/stdout')).isSymbolicLink()).toBe(true);
+    const viaStdin = await smart(['push', 'docker-archive:/dev/stdin', `oci:${path.join(work, 'never-socket')}:t`], { input: archive });
+    expectOneLine(viaStdin, 2, /is a socket, which cannot be opened by its path/);
+  });
+
+  it('a symlink to an archive has the file it names replaced, and stays a symlink; one to nothing is refused', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    mkdirSync(path.join(work, 'artifacts'));
+    for (const transport of ['docker-archive', 'oci-archive']) {
+      const real = path.join(work, 'artifacts', `${transport}.tar`);
+      await fs.writeFile(real, 'an older archive');
+      const link = path.join(work, `${transport}-link.tar`);
+      await fs.symlink(path.join('artifacts', `${transport}.tar`), link);
+      const r = await smart(['pull', source(), `${transport}:${link}`]);
+      expect(r.code, r.stderr).toBe(0);
+      expect((await fs.lstat(link)).isSymbolicLink()).toBe(true);
+      await runOk('skopeo', ['inspect', `${transport}:${real}`]);
+      expect((await fs.readdir(path.join(work, 'artifacts'))).filter((n) => n.startsWith(`.${transport}`))).toEqual([]);
+    }
+    const dangling = path.join(work, 'dangling.tar');
+    await fs.symlink('missing/image.tar', dangling);
+    expectOneLine(await smart(['pull', source(), `docker-archive:${dangling}`]), 2, /^smart: error \[USAGE\]: docker-archive:.*dangling\.tar is a symlink to nothing \(missing\/image\.tar\)/);
+    expect(await fs.readlink(dangling)).toBe('missing/image.tar');
+  });
+
+  it('rootfs: and bundle: through a symlink to a directory: the tree in the directory, the link kept, and pulled into again', async () => {
+    for (const transport of ['rootfs', 'bundle']) {
+      const plain = path.join(work, `${transport}-plain`);
+      const r0 = await smart(['pull', source(), `${transport}:${plain}`]);
+      expect(r0.code, r0.stderr).toBe(0);
+      const real = path.join(work, `${transport}-real`);
+      await fs.mkdir(real);
+      const link = path.join(work, `${transport}-link`);
+      await fs.symlink(path.basename(real), link);
+      for (let i = 0; i < 2; i++) {
+        const r = await smart(['pull', source(), `${transport}:${link}`]);
+        expect(r.code, r.stderr).toBe(0);
+        expect((await fs.lstat(link)).isSymbolicLink()).toBe(true);
+        expect(await listAll(real)).toEqual(await listAll(plain));
+      }
+    }
+  });
+});
