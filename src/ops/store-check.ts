@@ -701,10 +701,18 @@ class LayoutCheck extends Check {
         this.problem({ kind: 'layout-invalid', path: this.where('/index.json'), message: e.message });
       }
       if (index?.kind === 'index') {
+        const tagged = new Map<string, Set<string>>();
         for (const entry of index.index.manifests) {
           const tag = entry.annotations?.['org.opencontainers.image.ref.name'];
-          if (tag !== undefined) tags++;
+          if (tag !== undefined) {
+            tags++;
+            tagged.set(tag, (tagged.get(tag) ?? new Set()).add(entry.digest));
+          }
           await this.checkImage(entry, tag !== undefined ? { tag } : {});
+        }
+        // A tag on several images: a pull of it is refused, as no one can say which was meant.
+        for (const [tag, digests] of tagged) {
+          if (digests.size > 1) this.problem({ kind: 'layout-invalid', path: this.where('/index.json'), message: `tag "${tag}" names ${digests.size} different images` });
         }
       }
     }

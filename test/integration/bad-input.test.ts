@@ -9,7 +9,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import tar, { type Header } from 'tar-stream';
 import { writeImage, writeImageOfTars } from '../harness/images.js';
-import { smart, type RunResult } from '../harness/run.js';
+import { run, smart, type RunResult } from '../harness/run.js';
+import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
 
@@ -209,6 +210,38 @@ describe('bad input', () => {
     expectOneLineError(await smart(['pull', `file:${store}#demo/absent:v1`, `rootfs:${dest}`]), 1, /repository "demo\/absent" not found/);
     expectOneLineError(await smart(['pull', `oci:${fixtures().paths.ociBasic}:nope`, `rootfs:${dest}`]), 1, /no image tagged "nope" \(tags there: latest\)/);
     await expect(fs.stat(dest)).rejects.toThrow();
+  });
+
+  it('a tag on two different images in an OCI layout is refused (umoci refuses it too), the same image twice is read, and a push of the tag leaves one', async () => {
+    const layout = path.join(work, 'two-under-one-tag');
+    await fs.cp(fixtures().paths.ociBasic, layout, { recursive: true });
+    // A second image in the layout (a docker-archive is converted: another manifest), then tagged as the first.
+    const other = await smart(['push', `docker-archive:${fixtures().paths.dockerArchiveBasic}`, `oci:${layout}:other`]);
+    expect(other.code, other.stderr).toBe(0);
+    const indexFile = path.join(layout, 'index.json');
+    const index = JSON.parse(await fs.readFile(indexFile, 'utf8')) as { manifests: { digest: string; annotations?: Record<string, string> }[] };
+    const [first, second] = index.manifests;
+    expect(first!.digest).not.toBe(second!.digest);
+    second!.annotations = { 'org.opencontainers.image.ref.name': 'latest' };
+    await fs.writeFile(indexFile, JSON.stringify(index));
+    const dest = path.join(work, 'ambiguous-tree');
+    expectOneLineError(await smart(['pull', `oci:${layout}:latest`, `rootfs:${dest}`]), 1, /^smart: error \[MANIFEST_INVALID\]: oci:.*:latest: index\.json tags 2 different images "latest" \(sha256:[0-9a-f]{12}, sha256:[0-9a-f]{12}\)/);
+    await expect(fs.stat(dest)).rejects.toThrow();
+    if (haveTools('umoci')) expect((await run('umoci', ['unpack', '--image', `${layout}:latest`, path.join(work, 'ambiguous-umoci')])).stderr).toMatch(/tag is ambiguous/);
+    const check = await smart(['store', 'check', `oci:${layout}`]);
+    expect(check.code).toBe(1);
+    expect(check.stderr).toMatch(/layout-invalid: tag "latest" names 2 different images/);
+    // The same image listed twice under the tag is no question.
+    await fs.writeFile(indexFile, JSON.stringify({ ...index, manifests: [first, { ...first, annotations: { ...first!.annotations } }, { ...second, annotations: {} }] }));
+    const twice = await smart(['pull', `oci:${layout}:latest`, `oci:${path.join(work, 'twice')}:t`]);
+    expect(twice.code, twice.stderr).toBe(0);
+    // A push of the tag into the layout leaves one entry of it.
+    await fs.writeFile(indexFile, JSON.stringify(index));
+    const push = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `oci:${layout}:latest`]);
+    expect(push.code, push.stderr).toBe(0);
+    const after = JSON.parse(await fs.readFile(indexFile, 'utf8')) as typeof index;
+    expect(after.manifests.filter((m) => m.annotations?.['org.opencontainers.image.ref.name'] === 'latest').map((m) => m.digest)).toEqual([first!.digest]);
+    expect((await smart(['store', 'check', `oci:${layout}`])).code).toBe(0);
   });
 
   it('a manifest that is not a valid image manifest', async () => {

@@ -68,7 +68,16 @@ export class OciLayoutSource implements ImageSource {
           hint: tags.length ? `tags there: ${tags.join(', ')}` : 'the layout has no tagged images',
         });
       }
-      return found[found.length - 1]!;
+      // Two images under one tag (a tool that added an entry without removing the old one): which
+      // was meant is not written anywhere, so none is guessed (umoci refuses it too; skopeo takes the first).
+      const digests = [...new Set(found.map((d) => d.digest))];
+      if (digests.length > 1) {
+        throw new SmartError('MANIFEST_INVALID', `${this.name}: index.json tags ${digests.length} different images "${this.tag}" (${digests.map(shortDigest).join(', ')})`, {
+          input: this.name,
+          hint: 'keep one entry of that tag in index.json',
+        });
+      }
+      return found[0]!;
     }
     if (index.manifests.length !== 1) {
       throw new SmartError('USAGE', `${this.name}: the layout holds ${index.manifests.length} images; name one as oci:DIR:TAG`, { input: this.name });
@@ -230,7 +239,9 @@ export class OciLayoutDestination implements BlobDestination {
     let entry: Descriptor | undefined;
     try {
       const index = await readIndex(this.driver, this.name);
-      entry = index.manifests.findLast((d) => d.annotations?.[REF_NAME] === this.tag);
+      const found = index.manifests.filter((d) => d.annotations?.[REF_NAME] === this.tag);
+      // Several images under the tag: not current (the commit leaves one entry of it).
+      entry = new Set(found.map((d) => d.digest)).size === 1 ? found[0] : undefined;
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_AN_IMAGE') return undefined;
       throw e;
