@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import tar, { type Header } from 'tar-stream';
 import { writeImage, writeImageOfTars } from '../harness/images.js';
-import { run, smart, type RunResult } from '../harness/run.js';
+import { run, runOk, smart, type RunResult } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
@@ -242,6 +242,31 @@ describe('bad input', () => {
     const after = JSON.parse(await fs.readFile(indexFile, 'utf8')) as typeof index;
     expect(after.manifests.filter((m) => m.annotations?.['org.opencontainers.image.ref.name'] === 'latest').map((m) => m.digest)).toEqual([first!.digest]);
     expect((await smart(['store', 'check', `oci:${layout}`])).code).toBe(0);
+  });
+
+  it('a docker-archive naming two different images alike is refused, file or stream, and :@N selects one', async () => {
+    const dir = path.join(work, 'two-named-alike');
+    await fs.mkdir(dir);
+    await runOk('tar', ['-xf', fixtures().paths.dockerArchiveBasic, '-C', dir]);
+    const entries = JSON.parse(await fs.readFile(path.join(dir, 'manifest.json'), 'utf8')) as { Config: string; RepoTags: string[]; Layers: string[] }[];
+    // The same name on the image without its last layer: another image, with a config of its own.
+    const config = JSON.parse(await fs.readFile(path.join(dir, entries[0]!.Config), 'utf8')) as { rootfs: { diff_ids: string[] }; history?: unknown };
+    config.rootfs.diff_ids = config.rootfs.diff_ids.slice(0, -1);
+    delete config.history;
+    const configBytes = Buffer.from(JSON.stringify(config));
+    const configName = `${crypto.createHash('sha256').update(configBytes).digest('hex')}.json`;
+    await fs.writeFile(path.join(dir, configName), configBytes);
+    entries.push({ ...entries[0]!, Config: configName, Layers: entries[0]!.Layers.slice(0, -1) });
+    await fs.writeFile(path.join(dir, 'manifest.json'), JSON.stringify(entries));
+    const archive = path.join(work, 'two-named-alike.tar');
+    await runOk('tar', ['-cf', archive, '-C', dir, '.']);
+    const name = entries[0]!.RepoTags[0]!;
+    const refused = /^smart: error \[MANIFEST_INVALID\]: docker-archive:.*: manifest\.json names 2 different images .* \(@0, @1\) \(select one with :@N\)$/;
+    expectOneLineError(await smart(['push', `docker-archive:${archive}:${name}`, `oci:${path.join(work, 'never-alike')}:t`]), 1, refused);
+    expectOneLineError(await smart(['push', `docker-archive:-:${name}`, `oci:${path.join(work, 'never-alike')}:t`], { input: await fs.readFile(archive) }), 1, refused);
+    await expect(fs.stat(path.join(work, 'never-alike'))).rejects.toThrow();
+    const chosen = await smart(['push', `docker-archive:${archive}:@1`, `oci:${path.join(work, 'alike-1')}:t`]);
+    expect(chosen.code, chosen.stderr).toBe(0);
   });
 
   it('a manifest that is not a valid image manifest', async () => {

@@ -52,7 +52,17 @@ export function selectArchiveEntry(entries: ArchiveEntry[], selection: ArchiveSe
     return e;
   }
   if (selection.kind === 'name') {
-    const e = entries.find((x) => (x.RepoTags ?? []).some((t) => sameName(t, selection.name)));
+    const found = entries.filter((x) => (x.RepoTags ?? []).some((t) => sameName(t, selection.name)));
+    const e = found[0];
+    // Two different images under one name: which was meant is written nowhere, so none is guessed
+    // (as for an OCI layout's tag; `docker load` would leave the name on the last).
+    const images = new Set(found.map((x) => `${x.Config}\n${x.Layers.join('\n')}`));
+    if (images.size > 1) {
+      throw new SmartError('MANIFEST_INVALID', `${what}: manifest.json names ${images.size} different images ${printable(selection.name)} (${found.map((x) => `@${entries.indexOf(x)}`).join(', ')})`, {
+        input: what,
+        hint: 'select one with :@N',
+      });
+    }
     if (!e) {
       const all = entries.flatMap((x) => x.RepoTags ?? []);
       throw new SmartError('NOT_FOUND', `${what}: no image named ${selection.name}`, {
