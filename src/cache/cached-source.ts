@@ -3,8 +3,9 @@
  * and configs by digest (content-addressed: each is verified against the digest it was asked for,
  * and a damaged or forged entry is a miss). Which image a tag names is always asked of the store
  * (one HEAD on a registry, one read of the tag's link in a store), so a tag that moved is followed
- * at once and nothing in the cache decides what a name pulls. A warm pull of a known tag then reads
- * no manifest or config from storage, only that one answer. Only `tagCacheTtlS` (an explicit
+ * at once and nothing in the cache decides what a name pulls; whether the repository holds a digest
+ * asked for is asked the same way. A warm pull of a known tag or digest then reads no manifest or
+ * config from storage, only that one answer. Only `tagCacheTtlS` (an explicit
  * `--tag-cache-ttl`) trusts the cache's word for a tag, for that long.
  */
 import { Readable } from 'node:stream';
@@ -130,7 +131,10 @@ export class CachedSource implements ImageSource {
     const { repository, tag, digest } = this.ref;
     if (digest || !tag) {
       const hit = digest ? await this.cachedManifest(digest) : undefined;
-      if (hit) return hit;
+      // The cache knows a digest's bytes, not whether this repository holds them (the registry
+      // answers MANIFEST_UNKNOWN for one it does not, and a repository that is not there holds
+      // none): the store is asked, one HEAD or one link read, as for a tag.
+      if (hit && (!this.inner.headManifest || (await this.inner.headManifest())?.digest === digest)) return hit;
       const m = await this.inner.getManifest();
       await this.remember(m);
       return m;

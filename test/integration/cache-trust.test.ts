@@ -3,7 +3,8 @@
  * registry (behind the fault proxy, which counts requests), skopeo moving tags through the
  * registry's API, and a real redis-server: a tag that moved is followed at once, by every machine,
  * with the disk cache and with Redis (one HEAD, no manifest read); `--tag-cache-ttl` trades that
- * away only when asked. Entries forged into the cache (a tag entry with a self-consistent manifest
+ * away only when asked. A digest the cache and the layer store know is pulled only from a
+ * repository that holds it (the registry's HEAD, the store's link). Entries forged into the cache (a tag entry with a self-consistent manifest
  * and config, damaged entries under the real digests, diff id → blob entries naming another layer)
  * do not change what a `bundle:` pull runs, what a store-to-store push copies, or which layer a
  * push records.
@@ -104,6 +105,28 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server', 'redis-c
     expect(await pull(src, [...cache, '--tag-cache-ttl', '600'], m1)).toBe(images.b.manifest);
     expect(proxy.stats.requests.filter((q) => q.path.includes('/manifests/'))).toEqual([]);
     expect(await pull(src, cache, m1)).toBe(images.a.manifest);
+  });
+
+  it('a digest the cache and the layer store know is pulled only from a repository that holds it: one HEAD, or one link read', async () => {
+    const home = await tempDir();
+    await skopeoPush('a', 'team/holds:1');
+    const bundle = async (source: string) => smart(['pull', source, `bundle:${path.join(await tempDir(), 'b')}`], { cacheHome: home });
+    const digest = images.a.manifest;
+    const first = await bundle(`docker://${proxy.host}/team/holds@${digest}`);
+    expect(first.code, first.stderr).toBe(0);
+    // Warm: the manifest and config from the cache, the layers from the layer store; the registry is asked only whether the repository holds it.
+    proxy.stats.clear();
+    const warm = await bundle(`docker://${proxy.host}/team/holds@${digest}`);
+    expect(warm.code, warm.stderr).toBe(0);
+    expect(proxy.stats.requests.map((q) => `${q.method} ${q.path}`).filter((q) => !q.endsWith('/v2/'))).toEqual([`HEAD /v2/team/holds/manifests/${digest}`]);
+    // A repository that does not hold it, and one that is not there, say so as the registry does, warm as they are.
+    for (const source of [`docker://${proxy.host}/team/app@${digest}`, `docker://${proxy.host}/team/nowhere@${digest}`, `file:${store}#team/app@${digest}`, `file:${store}#team/nowhere@${digest}`]) {
+      const r = await bundle(source);
+      expect(r.code, `${source}: ${r.stderr}`).toBe(1);
+      expect(r.stderr.trim().split('\n').at(-1)).toMatch(/^smart: error \[NOT_FOUND\]: .*(MANIFEST_UNKNOWN|manifest sha256:[0-9a-f]{64} not found in file:)/);
+    }
+    const viaFile = await bundle(`file:${store}#team/holds@${digest}`);
+    expect(viaFile.code, viaFile.stderr).toBe(0);
   });
 
   for (const backend of ['redis', 'disk'] as const) {

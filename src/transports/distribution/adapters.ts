@@ -36,10 +36,11 @@ export class DistributionSource implements ImageSource {
     return this.readManifest(descriptor.digest, descriptor.mediaType);
   }
 
-  /** The tag's `current/link`: one small read. */
-  async headManifest(): Promise<ManifestHead> {
+  /** The tag's `current/link`, or the digest's revision link (whether the repository holds it): one small read. Undefined when not linked. */
+  async headManifest(): Promise<ManifestHead | undefined> {
     const { repository, tag, digest } = this.ref;
-    return { digest: digest ?? (await this.store.resolveTag(repository, tag!)) };
+    if (digest) return (await this.store.isLinked(repository, digest, 'manifest')) ? { digest } : undefined;
+    return { digest: await this.store.resolveTag(repository, tag!) };
   }
 
   private async readManifest(digest: Digest, mediaType: string | undefined): Promise<ParsedManifest> {

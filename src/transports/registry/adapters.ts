@@ -45,12 +45,16 @@ export class RegistrySource implements ImageSource {
     return this.fetch(descriptor.digest, descriptor.digest, descriptor.mediaType);
   }
 
-  /** One HEAD; undefined when the registry has no such manifest or does not say its digest. */
+  /**
+   * One HEAD, of the tag or of the digest (whether this repository holds it); undefined when the
+   * registry has no such manifest or does not say its digest.
+   */
   async headManifest(): Promise<ManifestHead | undefined> {
-    if (this.ref.digest) return { digest: this.ref.digest };
-    const head = await this.client.headManifest(this.ref.repository, this.ref.tag!);
-    if (!head?.digest || !isDigest(head.digest)) return undefined;
-    return { digest: head.digest, ...(head.mediaType ? { mediaType: head.mediaType } : {}), ...(head.size > 0 ? { size: head.size } : {}) };
+    const head = await this.client.headManifest(this.ref.repository, this.ref.digest ?? this.ref.tag!);
+    // Asked by digest, a registry may leave out Docker-Content-Digest: the 200 says it is there.
+    const digest = this.ref.digest && !head?.digest ? this.ref.digest : head?.digest;
+    if (!head || !digest || !isDigest(digest)) return undefined;
+    return { digest, ...(head.mediaType ? { mediaType: head.mediaType } : {}), ...(head.size > 0 ? { size: head.size } : {}) };
   }
 
   private async fetch(reference: string, digest: Digest | undefined, declared?: string): Promise<ParsedManifest> {
