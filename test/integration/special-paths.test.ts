@@ -5,7 +5,9 @@
  * straight, as skopeo writes one (renamed onto, `/dev/stdout` itself would become a regular file
  * in /dev and the pipe get nothing); a docker-archive on a pipe is read as stdin is; an OCI
  * archive, read and written in place, is refused on one in one line; a symlink keeps being one.
- * skopeo reads what was written; the archive on a pipe is the bytes of the archive in a file.
+ * skopeo reads what was written; the archive on a pipe is the bytes of the archive in a file, and
+ * its layers are fetched from the registry once each (spooled for the size their header gives).
+ * rootfs: and bundle: through a symlink to a directory fill that directory.
  */
 import { mkdirSync } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -16,6 +18,8 @@ import { run, runOk, smart, smartBin, type RunResult } from '../harness/run.js';
 import { haveTools, inCI } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
+import { startProxy } from '../harness/proxy.js';
+import { startRegistry } from '../harness/registry.js';
 
 const env = () => ({ ...process.env, XDG_CACHE_HOME: inject('cacheHome'), CONTAINERS_REGISTRIES_CONF: inject('registriesConf') });
 
@@ -133,6 +137,43 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
     expect((await fs.lstat('/dev/stdout')).isSymbolicLink()).toBe(true);
     const viaStdin = await smart(['push', 'docker-archive:/dev/stdin', `oci:${path.join(work, 'never-socket')}:t`], { input: archive });
     expectOneLine(viaStdin, 2, /is a socket, which cannot be opened by its path/);
+  });
+
+  it('a docker-archive written to a pipe fetches each layer from the registry once', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    if (!haveTools('docker-registry')) {
+      if (inCI) throw new Error('CI=true but docker-registry is missing');
+      return ctx.skip();
+    }
+    await fs.mkdir(path.join(work, 'reg'));
+    const registry = await startRegistry({ configDir: path.join(work, 'reg'), root: path.join(work, 'reg-store') });
+    const proxy = await startProxy({ target: registry.url });
+    try {
+      const pushed = await smart(['push', source(), `docker://${proxy.host}/special/basic:1`]);
+      expect(pushed.code, pushed.stderr).toBe(0);
+      const layers = fixtures().basic.diffIds.length;
+      const inFile = path.join(work, 'from-registry.tar');
+      const reference = await smart(['pull', `docker://${proxy.host}/special/basic:1`, `docker-archive:${inFile}`]);
+      expect(reference.code, reference.stderr).toBe(0);
+      // Its tar header gives each layer's size before its bytes: each is taken whole once (spooled), not read twice.
+      for (const how of ['stdout', 'path'] as const) {
+        proxy.stats.clear();
+        const out = path.join(work, `from-registry-${how}.tar`);
+        const r =
+          how === 'stdout'
+            ? await bash('smart pull "$1" docker-archive:- | cat > "$2"; exit "${PIPESTATUS[0]}"', `docker://${proxy.host}/special/basic:1`, out)
+            : await bash('smart pull "$1" docker-archive:/dev/stdout | cat > "$2"; exit "${PIPESTATUS[0]}"', `docker://${proxy.host}/special/basic:1`, out);
+        expect(r.code, r.stderr).toBe(0);
+        expect((await fs.readFile(out)).equals(await fs.readFile(inFile)), how).toBe(true);
+        const blobGets = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/'));
+        // Every layer (the config may come from the metadata cache), none twice.
+        expect(blobGets.length, how).toBeGreaterThanOrEqual(layers);
+        expect(new Set(blobGets.map((q) => q.path)).size, how).toBe(blobGets.length);
+      }
+    } finally {
+      await proxy.stop();
+      await registry.stop();
+    }
   });
 
   it('a symlink to an archive has the file it names replaced, and stays a symlink; one to nothing is refused', async (ctx) => {

@@ -7,7 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { Spool, SpoolBudget } from '../../src/transports/rootfs/spool.js';
+import { Spool, SpoolBudget } from '../../src/pipeline/spool.js';
 import { tempDir } from '../harness/tmp.js';
 
 async function readAll(r: Readable): Promise<Buffer> {

@@ -10,10 +10,11 @@ import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { SmartError, isErrno, rethrowRefusal } from '../../errors.js';
-import { digestHex } from '../../oci/digest.js';
+import { digestHex, shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
 import { archiveTarget } from '../../storage/archive-file.js';
-import { asideName, sweepAside } from '../../storage/aside.js';
+import { Spool, SpoolBudget, openUnlinked } from '../../pipeline/spool.js';
+import { asideName, ownedId, sweepAside } from '../../storage/aside.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { TarWriter, fileSink, streamSink } from '../../tar/tar-writer.js';
 
@@ -89,22 +90,43 @@ export class DockerArchiveWriter implements ImageWriter {
     await writer.addBuffer(configName, image.configBytes);
     await writer.addBuffer('manifest.json', manifestJson);
     const written = new Set<string>();
+    const budget = new SpoolBudget(SPOOL_MEMORY);
     for (const [i, layer] of image.layers.entries()) {
       const member = layerNames[i]!;
       if (written.has(member)) continue; // the same layer twice in one image is stored once
       written.add(member);
       options.signal?.throwIfAborted();
-      // A pipe cannot be rewound to fix a header: learn the size with a first (verifying) pass.
-      const size = sizesFirst ? await countBytes(await layer.openUncompressed(options)) : undefined;
-      const bytes = await writer.addStream(member, await layer.openUncompressed(options), size);
+      let bytes: number;
+      if (sizesFirst) {
+        // A pipe cannot be rewound to fix a header, and the header comes first: the layer is taken
+        // whole (fetched and checked once) into a spool, then written with the size it came to.
+        const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
+        const spool = new Spool(await layer.openUncompressed(options), { budget, what, openFile: openSpoolFile });
+        try {
+          await spool.drained;
+          bytes = await writer.addStream(member, spool.reader(), spool.received);
+        } finally {
+          await spool.destroy();
+        }
+      } else bytes = await writer.addStream(member, await layer.openUncompressed(options));
       options.onLayer?.({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes });
     }
     await writer.finish();
   }
 }
 
-async function countBytes(stream: AsyncIterable<Buffer>): Promise<number> {
-  let n = 0;
-  for await (const chunk of stream) n += chunk.length;
-  return n;
+/**
+ * The spool of a layer bound for a pipe holds nothing in memory: it goes into a file, which the page
+ * cache holds anyway. Measured on a 184 MB image from the registry: the same time as a 64 MiB
+ * memory budget (1.07 s), at 137 MB peak RSS where that budget took 260 MB.
+ */
+const SPOOL_MEMORY = 0;
+
+/**
+ * The file a spool overflows into, unlinked at once: in $TMPDIR, else /var/tmp (as skopeo puts its
+ * big temporary files: /tmp is often a tmpfs, in memory).
+ */
+function openSpoolFile(): Promise<fs.FileHandle> {
+  const dir = process.env.TMPDIR || '/var/tmp';
+  return openUnlinked(path.join(dir, `.smart-spool-${ownedId()}`)).catch(rethrowRefusal(`cannot spool a layer in ${dir} (set TMPDIR to a directory with room)`));
 }

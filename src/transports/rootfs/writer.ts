@@ -39,7 +39,7 @@ import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
 import { makeRuntimeSpec } from './runtime-spec.js';
 import { RootfsApplier } from './apply.js';
-import { Spool, SpoolBudget } from './spool.js';
+import { Spool, SpoolBudget, openUnlinked } from '../../pipeline/spool.js';
 
 export interface RootfsWriterOptions {
   /** Write a runtime bundle (DIR/config.json + DIR/rootfs) instead of a bare root filesystem. */
@@ -497,16 +497,8 @@ export class RootfsWriter implements ImageWriter {
   }
 
   /** A file to spool a layer into, beside the destination, already unlinked (a leftover's name if we die before that). */
-  private async spoolFile(): Promise<FileHandle> {
-    const name = this.aside('new');
-    const file = await fs.open(name, 'wx+', 0o600);
-    try {
-      await fs.unlink(name);
-    } catch (e) {
-      await file.close();
-      throw e;
-    }
-    return file;
+  private spoolFile(): Promise<FileHandle> {
+    return openUnlinked(this.aside('new'));
   }
 }
 

@@ -1,14 +1,15 @@
 /**
  * Spools: a layer fetched ahead of its turn is drained at once (its download never waits for the
- * layers below it) and read back when the tree reaches it. Held in memory up to a budget shared by
+ * layers below it) and read back when the tree reaches it; a layer written to a pipe as a
+ * `docker save` member is drained whole first, for the size its tar header gives before its bytes. Held in memory up to a budget shared by
  * the spools of one pull, then in a file; once its reader is attached, the spool passes bytes
  * through with a small window of back-pressure. The reader gets what is queued joined into chunks
  * of up to 1 MiB: a pipe delivers 64 KiB at a time, and each chunk costs the tree's writer more
  * than the copy that joins them.
  */
-import type { FileHandle } from 'node:fs/promises';
+import fs, { type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { SmartError, isErrno } from '../../errors.js';
+import { SmartError, isErrno } from '../errors.js';
 
 /** Memory shared by the spools of one pull: what they hold in memory together stays near `limit`. */
 export class SpoolBudget {
@@ -65,6 +66,11 @@ export class Spool {
   private wakeReader: (() => void) | undefined;
   private wakeSource: (() => void) | undefined;
   private readonly window: number;
+  #received = 0;
+  /** Bytes taken from the source so far (all of it once `drained` has settled). */
+  get received(): number {
+    return this.#received;
+  }
   /** Bytes that went to the overflow file (the memory budget was spent). */
   get fileBytes(): number {
     return this.#fileBytes;
@@ -104,6 +110,7 @@ export class Spool {
       };
       source.on('data', (chunk: Buffer) => {
         if (this.destroyed || settled) return;
+        this.#received += chunk.length;
         const put = this.put(chunk);
         if (!put) return;
         waiting = true;
@@ -235,4 +242,19 @@ export class Spool {
     await this.drained.catch(() => undefined);
     await this.file?.close().catch(() => undefined);
   }
+}
+
+/**
+ * A new file at `name`, opened for reading and writing and unlinked at once: what a spool overflows
+ * into, of which nothing outlives the process.
+ */
+export async function openUnlinked(name: string): Promise<FileHandle> {
+  const file = await fs.open(name, 'wx+', 0o600);
+  try {
+    await fs.unlink(name);
+  } catch (e) {
+    await file.close();
+    throw e;
+  }
+  return file;
 }
