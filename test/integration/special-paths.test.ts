@@ -176,6 +176,19 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
     }
   });
 
+  it('with no place for a spool file (TMPDIR missing or read-only), the archive is the same, each layer read twice, said once', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    for (const tmp of [path.join(work, 'no-such-dir'), '/proc']) {
+      const out = path.join(work, 'no-spool.tar');
+      const r = await bash('TMPDIR="$2" smart pull "$1" docker-archive:- | cat > "$3"; exit "${PIPESTATUS[0]}"', source(), tmp, out);
+      expect(r.code, r.stderr).toBe(0);
+      expect((await fs.readFile(out)).equals(archive), tmp).toBe(true);
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+        expect.stringMatching(new RegExp(`^warning: no file for a spool in ${tmp} \\(E[A-Z]+\\): each layer is read twice, for its size first \\(set TMPDIR to a directory with room\\)$`)),
+      ]);
+    }
+  });
+
   it('a symlink to an archive has the file it names replaced, and stays a symlink; one to nothing is refused', async (ctx) => {
     if (skipUnlessReady(ctx)) return;
     mkdirSync(path.join(work, 'artifacts'));

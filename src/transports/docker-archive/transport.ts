@@ -52,7 +52,7 @@ export const dockerArchive: Transport<DockerArchiveName> = {
     const { DockerArchiveWriter } = await import('./writer.js');
     const repoTag = name.selection.kind === 'name' ? name.selection.name : source?.repoTag;
     const target = name.file === '-' ? { stream: ctx.stdout } : { file: path.resolve(name.file) };
-    return new DockerArchiveWriter(name.raw, { ...target, ...(repoTag ? { repoTag } : {}) });
+    return new DockerArchiveWriter(name.raw, { ...target, ...(repoTag ? { repoTag } : {}), ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}) });
   },
   repoTag: (name) => (name.selection.kind === 'name' ? name.selection.name : undefined),
   localPaths: (name) => (name.file === '-' ? [] : [{ path: name.file, what: 'the source archive' }]),

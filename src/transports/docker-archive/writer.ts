@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { SmartError, isErrno, rethrowRefusal } from '../../errors.js';
+import { SmartError, cannotTakeMore, isErrno, rethrowRefusal } from '../../errors.js';
 import { digestHex, shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
 import { archiveTarget } from '../../storage/archive-file.js';
@@ -24,6 +24,7 @@ export interface DockerArchiveTarget {
   stream?: Writable;
   /** `NAME:TAG` to record in RepoTags; defaults to the source's tags. */
   repoTag?: string;
+  onWarning?: (message: string) => void;
 }
 
 export class DockerArchiveWriter implements ImageWriter {
@@ -91,23 +92,37 @@ export class DockerArchiveWriter implements ImageWriter {
     await writer.addBuffer('manifest.json', manifestJson);
     const written = new Set<string>();
     const budget = new SpoolBudget(SPOOL_MEMORY);
+    let noSpool = false;
+    const spoolRefused = (e: unknown): undefined => {
+      const refusal = cannotTakeMore(e) ?? (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR') ? (e as NodeJS.ErrnoException) : undefined);
+      if (!refusal) throw e;
+      noSpool = true;
+      this.target.onWarning?.(`no file for a spool in ${spoolDir()} (${refusal.code}): each layer is read twice, for its size first (set TMPDIR to a directory with room)`);
+      return undefined;
+    };
     for (const [i, layer] of image.layers.entries()) {
       const member = layerNames[i]!;
       if (written.has(member)) continue; // the same layer twice in one image is stored once
       written.add(member);
       options.signal?.throwIfAborted();
       let bytes: number;
-      if (sizesFirst) {
-        // A pipe cannot be rewound to fix a header, and the header comes first: the layer is taken
-        // whole (fetched and checked once) into a spool, then written with the size it came to.
+      // A pipe cannot be rewound to fix a header, and the header comes first: the layer is taken
+      // whole (fetched and checked once) into a spool, then written with the size it came to.
+      const file = sizesFirst && !noSpool ? await openSpoolFile().catch(spoolRefused) : undefined;
+      if (file) {
         const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
-        const spool = new Spool(await layer.openUncompressed(options), { budget, what, openFile: openSpoolFile });
+        const spool = new Spool(await layer.openUncompressed(options), { budget, what, openFile: async () => file });
         try {
           await spool.drained;
           bytes = await writer.addStream(member, spool.reader(), spool.received);
         } finally {
           await spool.destroy();
+          await file.close().catch(() => undefined); // the spool's to close, once it had bytes
         }
+      } else if (sizesFirst) {
+        // No file for a spool (a read-only container, a full disk): the size from a first pass over the layer, read twice.
+        const size = await countBytes(await layer.openUncompressed(options));
+        bytes = await writer.addStream(member, await layer.openUncompressed(options), size);
       } else bytes = await writer.addStream(member, await layer.openUncompressed(options));
       options.onLayer?.({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'written', bytes });
     }
@@ -122,11 +137,16 @@ export class DockerArchiveWriter implements ImageWriter {
  */
 const SPOOL_MEMORY = 0;
 
-/**
- * The file a spool overflows into, unlinked at once: in $TMPDIR, else /var/tmp (as skopeo puts its
- * big temporary files: /tmp is often a tmpfs, in memory).
- */
+/** Where a spool's file goes: $TMPDIR, else /var/tmp (as skopeo puts its big temporary files: /tmp is often a tmpfs, in memory). */
+const spoolDir = () => process.env.TMPDIR || '/var/tmp';
+
+/** The file a layer is spooled into, unlinked at once. */
 function openSpoolFile(): Promise<fs.FileHandle> {
-  const dir = process.env.TMPDIR || '/var/tmp';
-  return openUnlinked(path.join(dir, `.smart-spool-${ownedId()}`)).catch(rethrowRefusal(`cannot spool a layer in ${dir} (set TMPDIR to a directory with room)`));
+  return openUnlinked(path.join(spoolDir(), `.smart-spool-${ownedId()}`));
+}
+
+async function countBytes(stream: AsyncIterable<Buffer>): Promise<number> {
+  let n = 0;
+  for await (const chunk of stream) n += chunk.length;
+  return n;
 }
