@@ -8,13 +8,17 @@
  * of 0.2-0.5 ms here; a docker save tar took ~20 of them, one after the other, before its first
  * layer could move. The walk lets the event loop turn every HEADERS_PER_TURN headers.
  */
-import { closeSync, createReadStream, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import fs from 'node:fs/promises';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { SmartError, isErrno } from '../errors.js';
 import { MAX_ARCHIVE_MEMBERS, limitExceeded } from '../limits.js';
 import { BLOCK, decodeHeader, entryType, isZeroBlock, normalizeMemberName, parsePax, readNumber, type TarEntryType } from './header.js';
 import { MAX_SPARSE_SEGMENTS, checkLayout, holeChunk, parseDataMap, parseGnuEntries, parsePaxMap, paxRealSize, paxSparseKind } from './sparse.js';
+
+/** An archive named where a directory is: an OCI layout meant as oci:DIR is said to be one. */
+const directoryHint = (dir: string) => (existsSync(path.join(dir, 'oci-layout')) ? { hint: 'an OCI layout directory is named oci:DIR' } : {});
 
 /** Headers read between two turns of the event loop (a tar of many members does not hold it long). */
 const HEADERS_PER_TURN = 256;
@@ -62,13 +66,13 @@ export class TarIndex {
       fd = openSync(file, 'r');
     } catch (e) {
       if (isErrno(e, 'ENOENT')) throw new SmartError('NOT_FOUND', `${what}: no such file`, { input: file, cause: e });
-      if (isErrno(e, 'EISDIR')) throw new SmartError('NOT_AN_IMAGE', `${what}: is a directory, not a tar archive`, { input: file, cause: e });
+      if (isErrno(e, 'EISDIR')) throw new SmartError('NOT_AN_IMAGE', `${what}: is a directory, not a tar archive`, { input: file, ...directoryHint(file), cause: e });
       throw new SmartError('STORAGE', `${what}: cannot open: ${(e as Error).message}`, { input: file, cause: e });
     }
     try {
       const stat = fstatSync(fd);
       // Linux opens a directory for reading; only the read would fail, as an internal error.
-      if (stat.isDirectory()) throw new SmartError('NOT_AN_IMAGE', `${what}: is a directory, not a tar archive`, { input: file });
+      if (stat.isDirectory()) throw new SmartError('NOT_AN_IMAGE', `${what}: is a directory, not a tar archive`, { input: file, ...directoryHint(file) });
       const fileSize = stat.size;
       const members = new Map<string, TarMember>();
       const block = Buffer.alloc(BLOCK);

@@ -181,8 +181,8 @@ export function splitPath(rest: string): [string, string | undefined] {
 }
 
 /** Fails unless `p` is a directory: NOT_FOUND when nothing is there (a typo), NOT_AN_IMAGE for anything else. */
-export async function requireDirectory(p: string, raw: string, what: string): Promise<void> {
+export async function requireDirectory(p: string, raw: string, what: string, hint?: string): Promise<void> {
   const st = await fs.stat(p).catch(() => undefined);
   if (!st) throw new SmartError('NOT_FOUND', `${raw}: no such directory ${p}`, { input: raw });
-  if (!st.isDirectory()) throw new SmartError('NOT_AN_IMAGE', `${raw}: ${p} is not a directory (${what})`, { input: raw });
+  if (!st.isDirectory()) throw new SmartError('NOT_AN_IMAGE', `${raw}: ${p} is not a directory (${what})`, { input: raw, ...(hint && st.isFile() ? { hint } : {}) });
 }

@@ -269,6 +269,21 @@ describe('bad input', () => {
     expect(chosen.code, chosen.stderr).toBe(0);
   });
 
+  it('an archive named as a layout, a layout as an archive, one kind of archive as the other: one line that names the right transport', async () => {
+    const fx = fixtures().paths;
+    const dest = `oci:${path.join(work, 'mixed-up')}:t`;
+    const cases: [string, RegExp][] = [
+      [`oci:${fx.ociArchiveBasic}`, /is not a directory \(an OCI layout is a directory\) \(a tar of one is oci-archive:FILE, a docker save tar docker-archive:FILE\)$/],
+      [`oci-archive:${fx.ociBasic}`, /is a directory, not a tar archive \(an OCI layout directory is named oci:DIR\)$/],
+      [`docker-archive:${fx.ociBasic}`, /is a directory, not a tar archive \(an OCI layout directory is named oci:DIR\)$/],
+      [`oci-archive:${fx.dockerArchiveBasic}`, /not an OCI image layout \(no oci-layout or index\.json\) \(this holds the manifest\.json of a docker save: docker-archive:FILE reads its tar\)$/],
+      [`docker-archive:${fx.ociArchiveBasic}`, /not a docker-archive \(no manifest\.json\) \(this looks like an OCI archive: use oci-archive:\)$/],
+    ];
+    for (const [source, message] of cases) expectOneLineError(await smart(['push', source, dest]), 1, message);
+    const piped = await smart(['push', 'docker-archive:-', dest], { input: await fs.readFile(fx.ociArchiveBasic) });
+    expectOneLineError(piped, 1, /not a docker-archive \(no manifest\.json\) \(this looks like an OCI archive: save it to a file and use oci-archive:FILE\)$/);
+  });
+
   it('a manifest that is not a valid image manifest', async () => {
     const r = await smart(['pull', `oci:${fixtures().paths.bad.badManifest}:latest`, `rootfs:${path.join(work, 'badmanifest')}`]);
     expectOneLineError(r, 1, /invalid manifest .*config/);

@@ -159,7 +159,12 @@ export async function readDockerArchiveStream<T>(
     return n;
   };
   const manifestBytes = json.get('manifest.json');
-  if (!manifestBytes) throw new SmartError('NOT_AN_IMAGE', `${name}: not a docker-archive (no manifest.json)`, { input: name });
+  if (!manifestBytes) {
+    throw new SmartError('NOT_AN_IMAGE', `${name}: not a docker-archive (no manifest.json)`, {
+      input: name,
+      ...(json.has('index.json') || json.has('oci-layout') ? { hint: 'this looks like an OCI archive: save it to a file and use oci-archive:FILE' } : {}),
+    });
+  }
   const entry = selectArchiveEntry(parseArchiveManifest(manifestBytes, name), selection, name);
   const configBytes = json.get(resolve(entry.Config));
   if (!configBytes) checkSize(oversized.get(resolve(entry.Config)) ?? 0, MAX_CONFIG_BYTES, `${name}: config ${quoted(entry.Config)}`, name);

@@ -39,7 +39,15 @@ async function readIndex(files: LayoutFiles, name: string): Promise<ImageIndex> 
     [, bytes] = await Promise.all([files.getContent(LAYOUT_FILE, MAX_MANIFEST_BYTES), files.getContent(INDEX_FILE, MAX_MANIFEST_BYTES)]);
   } catch (e) {
     if (isSmartError(e) && e.code === 'NOT_FOUND') {
-      throw new SmartError('NOT_AN_IMAGE', `${name}: not an OCI image layout (no oci-layout or index.json)`, { input: name, cause: e });
+      const dockerSave = await files.getContent('/manifest.json', MAX_MANIFEST_BYTES).then(
+        () => true,
+        () => false,
+      );
+      throw new SmartError('NOT_AN_IMAGE', `${name}: not an OCI image layout (no oci-layout or index.json)`, {
+        input: name,
+        ...(dockerSave ? { hint: 'this holds the manifest.json of a docker save: docker-archive:FILE reads its tar' } : {}),
+        cause: e,
+      });
     }
     throw e;
   }

@@ -36,7 +36,7 @@ export const oci: Transport<OciName> = {
     return { transport: 'oci', dir, ...(tag !== undefined ? { tag } : {}), raw };
   },
   async openSource(name) {
-    await requireDirectory(name.dir, name.raw, 'an OCI layout is a directory');
+    await requireDirectory(name.dir, name.raw, 'an OCI layout is a directory', 'a tar of one is oci-archive:FILE, a docker save tar docker-archive:FILE');
     const { OciLayoutSource } = await import('./layout.js');
     const { FsDriver } = await import('../../storage/fs-driver.js');
     return new OciLayoutSource(name.raw, new FsDriver(path.resolve(name.dir)), name.tag);
