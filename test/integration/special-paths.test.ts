@@ -129,6 +129,18 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
     expect(errors).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: cannot write docker-archive:\/dev\/fd\/1: its reader closed \/dev\/fd\/1 \(EPIPE\)$/)]);
   });
 
+  it('a terminal is refused, as docker-archive:- is on one', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    if (!haveTools('script')) return ctx.skip();
+    // script(1) runs the command on a pseudo-terminal: /dev/stdout is that terminal.
+    const command = `"${process.execPath}" "${smartBin}" pull "${source()}" docker-archive:/dev/stdout; echo "exit $?"`;
+    const r = await run('script', ['-qec', command, '/dev/null'], { env: env() });
+    const text = r.stdout.toString();
+    expect(text).toMatch(/smart: error \[USAGE\]: docker-archive:\/dev\/stdout: \/dev\/stdout is a terminal \(redirect it to a file, > image\.tar, or pipe it: \| docker load\)/);
+    expect(text).toMatch(/exit 2/);
+    expect(text).not.toMatch(/manifest\.json/); // no archive bytes on the terminal
+  });
+
   it('stdout on a socket (a service, a parent process): /dev/stdout is refused in one line, docker-archive:- suggested', async (ctx) => {
     if (skipUnlessReady(ctx)) return;
     // Node gives a child's stdout as a socket pair: /proc/self/fd/1 then names a socket, which no open reaches.

@@ -7,6 +7,7 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { isatty } from 'node:tty';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { SmartError, cannotTakeMore, isErrno, rethrowRefusal } from '../../errors.js';
@@ -47,6 +48,11 @@ export class DockerArchiveWriter implements ImageWriter {
       if (target.how === 'stream') {
         // A pipe or a device (/dev/stdout, a named pipe): written straight, as to stdout.
         const handle = await fs.open(target.path, 'w').catch(rethrowRefusal(`cannot write ${this.name}`));
+        if (isatty(handle.fd)) {
+          // As docker-archive:- is refused on a terminal (src/cli/transfer.ts): bytes no one can read.
+          await handle.close();
+          throw new SmartError('USAGE', `${this.name}: ${target.path} is a terminal`, { input: target.path, hint: 'redirect it to a file, > image.tar, or pipe it: | docker load' });
+        }
         const out = handle.createWriteStream(); // closes the handle when it closes
         // Its failures reach the writes through the sink (out.errored), not as an unhandled event.
         out.on('error', () => undefined);
