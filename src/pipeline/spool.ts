@@ -1,11 +1,11 @@
 /**
  * Spools: a layer fetched ahead of its turn is drained at once (its download never waits for the
  * layers below it) and read back when the tree reaches it; a layer written to a pipe as a
- * `docker save` member is drained whole first, for the size its tar header gives before its bytes. Held in memory up to a budget shared by
- * the spools of one pull, then in a file; once its reader is attached, the spool passes bytes
- * through with a small window of back-pressure. The reader gets what is queued joined into chunks
- * of up to 1 MiB: a pipe delivers 64 KiB at a time, and each chunk costs the tree's writer more
- * than the copy that joins them.
+ * `docker save` member is drained whole first, for the size its tar header gives before its
+ * bytes. Held in memory up to a budget shared by the spools of one pull, then in a file; once its
+ * reader is attached, the spool passes bytes through with a small window of back-pressure. The
+ * reader gets what is queued joined into chunks of up to 1 MiB: a pipe delivers 64 KiB at a time,
+ * and each chunk costs the tree's writer more than the copy that joins them.
  */
 import fs, { type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
