@@ -151,11 +151,9 @@ export class RootfsWriter implements ImageWriter {
     this.prepared ??= (async () => {
       // A symlink to a directory (`out -> /scratch/out`) is followed, as tar -C follows it: the tree
       // replaces the directory it names and the link stays; renamed onto the link, it would replace the link.
-      if ((await fs.lstat(this.target).catch(() => undefined))?.isSymbolicLink() && (await fs.stat(this.target).catch(() => undefined))?.isDirectory()) {
-        this.target = await realPath(this.target);
-      }
+      const real = await realPath(this.target);
+      if ((await fs.lstat(this.target).catch(() => undefined))?.isSymbolicLink() && (await fs.stat(real).catch(() => undefined))?.isDirectory()) this.target = real;
       const target = this.target;
-      const real = await realPath(target);
       const cwd = await realPath(process.cwd()).catch(() => undefined); // none when it was removed
       if (real === path.parse(real).root || (cwd !== undefined && within(cwd, real))) {
         throw new SmartError('USAGE', `${this.name}: refusing to replace ${target}, which is / or holds the current directory`, { input: this.dir });
