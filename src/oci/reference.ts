@@ -13,7 +13,7 @@ const PATH_COMPONENT = '[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*';
 const REPOSITORY_RE = new RegExp(`^${PATH_COMPONENT}(?:/${PATH_COMPONENT})*$`);
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const DOMAIN_COMPONENT = '(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])';
-const HOST_RE = new RegExp(`^(?:${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})*|\\[[0-9a-fA-F:.]+\\])(?::[0-9]+)?$`);
+const HOST_RE = new RegExp(`^(?:${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})*|\\[[0-9a-fA-F:.]+\\])(?::([0-9]+))?$`);
 const MAX_NAME_LENGTH = 255;
 
 export interface Reference {
@@ -22,6 +22,25 @@ export interface Reference {
   repository: string;
   tag?: string;
   digest?: Digest;
+}
+
+/**
+ * A registry `host[:port]` as Docker's grammar writes one, its port one that can be connected to
+ * (1-65535: the grammar takes any digits, and a URL made of a larger one cannot even be built).
+ */
+export function isValidHost(s: string): boolean {
+  const m = HOST_RE.exec(s);
+  return !!m && !portOutOfRange(m[1]);
+}
+
+/** What is wrong with a `host[:port]` that is one by its grammar but whose port is not 1-65535. */
+export function hostPortProblem(s: string): string | undefined {
+  const port = HOST_RE.exec(s)?.[1];
+  return portOutOfRange(port) ? `port ${port} is not 1-65535` : undefined;
+}
+
+function portOutOfRange(port: string | undefined): boolean {
+  return port !== undefined && !(Number(port) >= 1 && Number(port) <= 65535);
 }
 
 export function isValidRepository(s: string): boolean {
@@ -89,7 +108,10 @@ export function parseReference(s: string): Reference {
     const first = name.slice(0, slash);
     // The first component is a host when it looks like one, exactly as Docker decides.
     if (first.includes('.') || first.includes(':') || first === 'localhost' || first !== first.toLowerCase()) {
-      if (!HOST_RE.test(first)) throw bad(s, `invalid registry host "${first}"`);
+      if (!isValidHost(first)) {
+        const problem = hostPortProblem(first);
+        throw bad(s, `invalid registry host "${first}"${problem ? `: ${problem}` : ''}`);
+      }
       registry = first;
       repository = name.slice(slash + 1);
     }

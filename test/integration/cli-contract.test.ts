@@ -66,6 +66,8 @@ describe('the command line contract', () => {
       [['frob'], "unknown command 'frob' (run smart --help for usage)"],
       [['pull', 'a'], "missing required argument 'destination' (run smart pull --help for usage)"],
       [['cache', 'index'], "missing required argument 'store' (run smart cache index --help for usage)"],
+      // A port no connection can use: refused by name (it was an internal "Invalid URL", exit 1).
+      [['pull', 'docker://127.0.0.1:99999/team/app', 'oci:/tmp/x'], 'invalid image reference "127.0.0.1:99999/team/app": invalid registry host "127.0.0.1:99999": port 99999 is not 1-65535'],
       [['push', 'docker://', 'file:/tmp/x#a:b'], 'invalid image name "docker://": it names no image (write docker://HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. docker://registry.example.com/team/app:1.0;'],
     ])('a usage error is one line: %j', async (args, message) => {
       const r = await smart(args);

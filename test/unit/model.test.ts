@@ -39,10 +39,11 @@ describe('references', () => {
     expect(parseReference('localhost:5000/a/b@' + D)).toEqual({ registry: 'localhost:5000', repository: 'a/b', digest: D });
     expect(parseReference('ghcr.io/o/r:v1@' + D)).toEqual({ registry: 'ghcr.io', repository: 'o/r', tag: 'v1', digest: D });
     expect(parseReference('127.0.0.1:5000/x')).toEqual({ registry: '127.0.0.1:5000', repository: 'x', tag: 'latest' });
+    expect(parseReference('[::1]:65535/x')).toEqual({ registry: '[::1]:65535', repository: 'x', tag: 'latest' });
   });
 
   it('refuse malformed names, tags and digests', () => {
-    for (const bad of ['', 'Upper', 'a//b', 'a/b:', 'a/b:-x', `a@sha256:${'z'.repeat(64)}`, 'a_/b', `${'a'.repeat(256)}`]) {
+    for (const bad of ['', 'Upper', 'a//b', 'a/b:', 'a/b:-x', `a@sha256:${'z'.repeat(64)}`, 'a_/b', `${'a'.repeat(256)}`, 'localhost:0/x', '127.0.0.1:65536/x', '[::1]:99999/x']) {
       expect(code(() => parseReference(bad)), bad).toBe('INVALID_REFERENCE');
     }
   });

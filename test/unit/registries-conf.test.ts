@@ -255,6 +255,7 @@ blocked = true
     ['[[registry]]\nprefix = "example.com/foo"\n', 2, 'needs a "location"'],
     ['[[registry]]\nlocation = "https://example.com"\n', 2, 'URL schemes are not supported'],
     ['[[registry]]\nlocation = "example"\n', 2, 'must start with a registry host'],
+    ['[[registry]]\nlocation = "a.example.com:70000/team"\n', 2, 'location "a.example.com:70000/team": port 70000 is not 1-65535'],
     ['[[registry]]\nlocation = "example.com/UPPER"\n', 2, 'invalid repository path'],
     ['[[registry]]\nprefix = "*.example.com/foo"\nlocation = "x.example.com"\n', 2, 'wildcard prefix must be of the form *.example.com'],
     ['[[registry]]\nlocation = "a.example.com"\ninsecure = "yes"\n', 3, '"insecure" must be true or false'],

@@ -5,8 +5,8 @@
  * for Docker Hub.
  */
 import { SmartError } from '../../../errors.js';
-import { formatReference, parseReference, type Reference } from '../../../oci/reference.js';
-import { HOST_RE, hostOf, type RegistriesConf, type RegistryEntry } from './model.js';
+import { formatReference, hostPortProblem, isValidHost, parseReference, type Reference } from '../../../oci/reference.js';
+import { hostOf, type RegistriesConf, type RegistryEntry } from './model.js';
 
 export interface PullSource {
   /** `host[:port]` (`docker.io` for Docker Hub, as in references). */
@@ -125,7 +125,7 @@ export function parseDockerMirror(value: string): { host: string; insecure: bool
   } else {
     v = v.replace(/\/+$/, '');
   }
-  if (!HOST_RE.test(v)) throw bad('not a host[:port]');
+  if (!isValidHost(v)) throw bad(hostPortProblem(v) ?? 'not a host[:port]');
   return { host: v, insecure };
 }
 

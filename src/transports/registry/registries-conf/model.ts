@@ -3,6 +3,7 @@
  * (version 1 files are converted to it), how a drop-in folds into what came before, and the
  * syntax of the host names it holds.
  */
+import { isValidHost } from '../../../oci/reference.js';
 
 export type PullFromMirror = 'all' | 'digest-only' | 'tag-only';
 export type ShortNameMode = 'enforcing' | 'permissive' | 'disabled';
@@ -71,13 +72,12 @@ export function mergeRegistriesConf(base: RegistriesConf, update: RegistriesConf
 }
 
 const DOMAIN_COMPONENT = '(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])';
-export const HOST_RE = new RegExp(`^(?:${DOMAIN_COMPONENT}(?:\\.${DOMAIN_COMPONENT})*|\\[[0-9a-fA-F:.]+\\])(?::[0-9]+)?$`);
 export const WILDCARD_RE = new RegExp(`^\\*(?:\\.${DOMAIN_COMPONENT})+$`);
 export const DIGEST_RE = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
 /** `host[:port]` as Docker tells a registry host from a first path component. */
 export function looksLikeHost(s: string): boolean {
-  return HOST_RE.test(s) && (s.includes('.') || s.includes(':') || s === 'localhost' || s.startsWith('['));
+  return isValidHost(s) && (s.includes('.') || s.includes(':') || s === 'localhost' || s.startsWith('['));
 }
 
 export function hostOf(name: string): string {

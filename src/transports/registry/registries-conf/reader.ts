@@ -4,8 +4,8 @@
  * error and warning naming the file and the line.
  */
 import { SmartError } from '../../../errors.js';
-import { isValidRepository, isValidTag } from '../../../oci/reference.js';
-import { DIGEST_RE, HOST_RE, WILDCARD_RE, emptyRegistriesConf, hostOf, looksLikeHost, type RegistriesConf } from './model.js';
+import { hostPortProblem, isValidHost, isValidRepository, isValidTag } from '../../../oci/reference.js';
+import { DIGEST_RE, WILDCARD_RE, emptyRegistriesConf, hostOf, looksLikeHost, type RegistriesConf } from './model.js';
 import { isTable, type TomlDocument, type TomlTable } from './toml-document.js';
 
 /** One file being read: its document, and the configuration it makes. */
@@ -72,6 +72,8 @@ export class ConfReader {
     const loc = this.trimLocation(table, key, value);
     const host = hostOf(loc);
     const repo = loc.slice(host.length + 1);
+    const portProblem = hostPortProblem(host);
+    if (portProblem) this.fail(table, key, `${key} "${value}": ${portProblem}`);
     if (!looksLikeHost(host)) this.fail(table, key, `${key} "${value}" must start with a registry host (with a dot or a port, or localhost)`);
     if (loc.length > host.length && !isValidRepository(repo)) this.fail(table, key, `${key} "${value}": invalid repository path "${repo}"`);
     return loc;
@@ -104,7 +106,7 @@ export class ConfReader {
   /** An `unqualified-search-registries` entry: `host[:port]`. */
   searchRegistry(table: TomlTable, key: string, value: string): string {
     const s = this.trimLocation(table, key, value);
-    if (!HOST_RE.test(s)) this.fail(table, key, `invalid unqualified-search-registries entry "${value}" (host[:port] expected)`);
+    if (!isValidHost(s)) this.fail(table, key, `invalid unqualified-search-registries entry "${value}" (host[:port] expected)`);
     return s;
   }
 }
