@@ -3,7 +3,8 @@
  * a byte range broken mid-body is resumed from the byte reached (the one resumable-body helper
  * of blob reads), and an error answer becomes a RegistryError that keeps the status, every error
  * code the registry listed, the method and the URL with its secrets redacted; and a stall is the
- * registry's silence only, never a producer or a reader of ours that is slow.
+ * registry's silence only, never a producer or a reader of ours that is slow. A Location that is not
+ * an http(s) URL is refused by name.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -158,5 +159,51 @@ describe.skipIf(!haveTools('docker-registry'))('the registry client', () => {
     expect(e).toMatchObject({ status: 503, codes: ['UNAVAILABLE'], method: 'GET', retryable: true });
     expect(told).toHaveLength(4);
     expect(told[0]).toMatch(/^manifest client\/basic:v1: registry 127\.0\.0\.1:\d+ answered 503; retrying in 0\.0 s$/);
+  });
+});
+
+describe.skipIf(!haveTools('docker-registry'))('a registry whose Location is not one to follow', () => {
+  let upstream: RunningRegistry;
+  let proxy: RunningProxy;
+  let work: string;
+
+  beforeAll(async () => {
+    work = await tempDir();
+    upstream = await startRegistry({ configDir: work });
+    proxy = await startProxy({ target: upstream.url });
+    const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${upstream.host}/client/basic:v1`]);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  afterAll(async () => {
+    await proxy?.stop();
+    await upstream?.stop();
+  });
+
+  // A blob redirect or an upload's Location that names another scheme, or no URL at all, was
+  // followed as plain HTTP to port 80, or failed as an internal "Invalid URL".
+  it.each([
+    ['ftp://127.0.0.1/blob?X-Amz-Signature=sig-0123456789abcdef', 'a ftp: Location, not http(s): ftp://127.0.0.1/blob?X-Amz-Signature=[redacted]'],
+    ['file:///etc/passwd', 'a file: Location, not http(s): file:///etc/passwd'],
+    ['http://[bad', 'a Location that is not a URL: http://[bad'],
+  ])('a blob redirected to %j: one line, exit 1, nothing written', async (location, said) => {
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.includes('/blobs/') ? { kind: 'status', status: 307, headers: { location } } : undefined));
+    const dest = path.join(work, `out-${Math.random().toString(36).slice(2)}`);
+    const r = await smart(['pull', `docker://${proxy.host}/client/basic:v1`, `oci:${dest}`]);
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines.at(-1)).toBe(`smart: error [REGISTRY]: registry ${proxy.host} answered ${said}`);
+    expect(r.stderr).not.toContain('sig-0123456789abcdef');
+    await expect(fs.stat(path.join(dest, 'index.json'))).rejects.toThrow();
+  });
+
+  it('an upload whose Location names another scheme: one line, exit 1, no tag', async () => {
+    proxy.setFaults((req) => (req.method === 'POST' && req.path.includes('/blobs/uploads/') ? { kind: 'status', status: 202, headers: { location: 'file:///tmp/upload' } } : undefined));
+    const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${proxy.host}/client/other:v1`]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n').at(-1)).toBe(`smart: error [REGISTRY]: registry ${proxy.host} answered a file: Location, not http(s): file:///tmp/upload`);
+    proxy.setFaults(undefined);
+    const tag = await fetch(`${upstream.url}/v2/client/other/manifests/v1`, { method: 'HEAD' });
+    expect(tag.status).toBe(404);
   });
 });

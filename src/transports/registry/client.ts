@@ -9,7 +9,8 @@
  * only through redact.ts.
  */
 import { Readable } from 'node:stream';
-import type { SmartError } from '../../errors.js';
+import { SmartError } from '../../errors.js';
+import { remoteText } from '../../redact.js';
 import { RegistryApi, type RequestSpec } from './api.js';
 import { Auth } from './auth.js';
 import type { Credentials } from './credentials.js';
@@ -193,8 +194,20 @@ export class RegistryClient extends RegistryApi {
     if (status === 401) void this.options.schemes?.set(this.apiHost, { scheme: contact.scheme });
   }
 
+  /** A URL, or a Location the registry answered (relative to the request's), as the URL it names. */
   protected resolve(location: string, base?: string): URL {
-    return new URL(location, base ?? this.base);
+    // Only a registry's Location can fail these checks (the URLs built here always pass).
+    let url: URL | undefined;
+    try {
+      url = new URL(location, base ?? this.base);
+    } catch {
+      url = undefined;
+    }
+    if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+      const what = url ? `a ${url.protocol} Location, not http(s)` : 'a Location that is not a URL';
+      throw new SmartError('REGISTRY', `registry ${this.host} answered ${what}: ${remoteText(location, { max: 100 })}`, { input: this.host });
+    }
+    return url;
   }
 
   protected connectionError(e: unknown, what: string): SmartError {
