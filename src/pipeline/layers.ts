@@ -83,12 +83,24 @@ export function counted(stream: Readable, onBytes: ((n: number) => void) | undef
   counter.on('error', () => undefined); // delivered to the consumer through `errored`
   stream.on('error', (e) => counter.destroy(e));
   counter.on('close', () => stream.destroy());
+  // Piped at the consumer's first read, not now: a reader that takes a marked file below reads it
+  // itself and never reads this stream, and what a pipe started now would have read ahead (a few
+  // hundred KiB) would be counted as well as the file's bytes.
+  let piped = false;
+  const read = counter._read.bind(counter);
+  counter._read = (size: number) => {
+    if (!piped) {
+      piped = true;
+      stream.pipe(counter);
+    }
+    read(size);
+  };
   const file = localFileOf(stream);
   // A writer that copies the file in the kernel tells the bytes it verifies instead.
   if (file) markLocalFile(counter, { ...file, onBytes: file.onBytes ? (n) => (file.onBytes!(n), onBytes(n)) : onBytes });
   const range = fileRangeOf(stream);
   if (range) markFileRange(counter, { ...range, onBytes: range.onBytes ? (n) => (range.onBytes!(n), onBytes(n)) : onBytes });
-  return stream.pipe(counter);
+  return counter;
 }
 
 /**

@@ -9,6 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { layerTar, writeImageOfTars } from '../harness/images.js';
 import { run, smart, smartBin, type RunResult } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
@@ -142,6 +143,28 @@ describe('the command line contract', () => {
       const layers = events.filter((e) => e.event === 'layer');
       expect(layers.map((e) => e.layer).sort()).toEqual([...new Set(progress.map((e) => e.layer))].sort());
       expect(layers.reduce((n, e) => n + e.read!, 0)).toBe(events.at(-1)!.bytesRead);
+    });
+  });
+
+  describe('the bytes a pull says it read', () => {
+    // A layer read from a local file by the writer itself was counted twice in part: what the
+    // stream had read ahead before the writer took the file (a few hundred KiB per layer).
+    it('are each blob of a file: store once, for a rootfs: pull of a layer of a few MiB', async () => {
+      const noise = (n: number, seed: number) => Array.from({ length: n }, (_, i) => String.fromCharCode(33 + ((i * 7919 + seed * 104729 + ((i * i) >>> 7)) % 90))).join('');
+      const layout = path.join(work, 'several-mib');
+      const { layers } = await writeImageOfTars(layout, [await layerTar({ 'a.txt': noise(3_000_000, 1) }), await layerTar({ 'b.txt': noise(1_500_000, 2) })]);
+      const image = `file:${store}#read/once:1`;
+      const pushed = await smart(['push', `oci:${layout}:latest`, image]);
+      expect(pushed.code, pushed.stderr).toBe(0);
+      const sizes = await Promise.all(layers.map(async (l) => (await fs.stat(path.join(layout, 'blobs', 'sha256', l.digest.slice(7)))).size));
+      expect(Math.min(...sizes)).toBeGreaterThan(512 * 1024);
+
+      const pulled = await smart(['pull', image, `rootfs:${path.join(work, 'read-once')}`, '--progress', 'json', '--no-keep-layers']);
+      expect(pulled.code, pulled.stderr).toBe(0);
+      const events = jsonLines(pulled.stderr.split('\n').filter((l) => l.startsWith('{')).join('\n')) as (Doc & { event: string; digest?: string; read?: number; bytesRead?: number })[];
+      const read = new Map(events.filter((e) => e.event === 'layer').map((e) => [e.digest, e.read]));
+      expect(layers.map((l) => read.get(l.digest))).toEqual(sizes);
+      expect(events.at(-1)!.bytesRead).toBe(sizes[0]! + sizes[1]!);
     });
   });
 
