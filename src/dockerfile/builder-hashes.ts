@@ -20,8 +20,9 @@
  * order) is read as a tar stream — a file alone under its base name (or the destination's name when
  * buildah renames it), a directory's contents named relative to it — with owners and modes as on
  * disk (`--chown`/`--chmod` applied), user and group names looked up on this machine, and every
- * time zeroed, written as Go's archive/tar writes ustar; the reference is `file:` or `dir:` and the
- * sha256 of that stream, or `multi:` as above over several items.
+ * time zeroed, written as Go's archive/tar writes it (ustar, or a PAX header where ustar cannot hold
+ * a name: not ASCII, or too long); the reference is `file:` or `dir:` and the sha256 of that
+ * stream, or `multi:` as above over several items.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -201,40 +202,92 @@ export interface BuildahCopyOptions {
   names: OwnerNames;
 }
 
-/** A ustar header block as Go's archive/tar writes it for these fields (times zero); undefined when Go would need PAX. */
-function goUstarHeader(h: { name: string; mode: number; uid: number; gid: number; size: number; typeflag: string; linkname: string; uname: string; gname: string }): Buffer | undefined {
-  const ascii = (s: string) => /^[\x00-\x7f]*$/.test(s);
-  if (![h.name, h.linkname, h.uname, h.gname].every(ascii)) return undefined;
-  let name = h.name;
-  let prefix = '';
-  if (name.length > 100) {
-    // Go's splitUSTARPath: the last `/` that leaves a prefix of at most 155 and a name of at most 100.
-    let i = Math.min(name.length - 1, 155);
-    while (i > 0 && name[i] !== '/') i--;
-    if (i <= 0 || name.length - i - 1 > 100 || name.length - i - 1 === 0) return undefined;
-    prefix = name.slice(0, i);
-    name = name.slice(i + 1);
-  }
+/**
+ * The header Go's archive/tar writes for these fields (times zero): one ustar block, or, where ustar
+ * cannot hold a field (a name that is not ASCII, one too long to split, a link target or owner
+ * name too long or not ASCII), a PAX extended header (`dir/PaxHeaders.0/file`, typeflag `x`, its
+ * records sorted by key) and the block, its fields with the bytes past ASCII dropped. Undefined
+ * for what this does not reproduce (numbers past ustar's octal fields).
+ */
+function goTarHeader(h: { name: string; mode: number; uid: number; gid: number; size: number; typeflag: string; linkname: string; uname: string; gname: string }): Buffer | undefined {
   const max7 = 0o7777777;
-  if (h.linkname.length > 100 || h.uname.length > 32 || h.gname.length > 32) return undefined;
   if (h.mode > max7 || h.uid > max7 || h.gid > max7 || h.size > 0o77777777777) return undefined;
+  const name = Buffer.from(nameBytes(h.name));
+  const linkname = Buffer.from(nameBytes(h.linkname));
+  const uname = Buffer.from(h.uname, 'utf8');
+  const gname = Buffer.from(h.gname, 'utf8');
+  const ascii = (b: Buffer) => b.every((c) => c < 0x80);
+  // Go's Header.allowedFormats: a field ustar cannot hold goes into a PAX record.
+  const pax: [string, Buffer][] = [];
+  let ustar = true;
+  let split: [Buffer, Buffer] | undefined;
+  const field = (key: string, value: Buffer, size: number, splittable = false) => {
+    if (ascii(value) && value.length <= size) return;
+    pax.push([key, value]);
+    split = splittable && ascii(value) ? goSplitUstarPath(value) : undefined;
+    if (!split) ustar = false;
+  };
+  field('path', name, 100, true);
+  field('linkpath', linkname, 100);
+  field('uname', uname, 32);
+  field('gname', gname, 32);
+  if (ustar) return goHeaderBlock({ ...h, name: split?.[1] ?? name, prefix: split?.[0] ?? Buffer.alloc(0), linkname, uname, gname, typeflag: h.typeflag });
+  const records = Buffer.concat(pax.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => goPaxRecord(k, v)));
+  const slash = name.lastIndexOf(0x2f);
+  const paxName = goAscii(Buffer.from(path.posix.join(name.subarray(0, slash + 1).toString('latin1'), 'PaxHeaders.0', name.subarray(slash + 1).toString('latin1')), 'latin1'))
+    .subarray(0, 100)
+    .toString('latin1')
+    .replace(/\/+$/, '');
+  const extended = goHeaderBlock({ name: Buffer.from(paxName, 'latin1'), mode: 0, uid: 0, gid: 0, size: records.length, typeflag: 'x', v7Only: true });
+  const padding = Buffer.alloc((BLOCK - (records.length % BLOCK)) % BLOCK);
+  const main = goHeaderBlock({ ...h, name: goAscii(name), prefix: Buffer.alloc(0), linkname: goAscii(linkname), uname: goAscii(uname), gname: goAscii(gname), typeflag: h.typeflag });
+  return Buffer.concat([extended, records, padding, main]);
+}
+
+/** Go's toASCII: the bytes past ASCII (and NUL) dropped. */
+function goAscii(b: Buffer): Buffer {
+  return Buffer.from(b.filter((c) => c > 0 && c < 0x80));
+}
+
+/** Go's formatPAXRecord: `<length> key=value\n`, the length counting itself. */
+function goPaxRecord(key: string, value: Buffer): Buffer {
+  const rest = Buffer.concat([Buffer.from(` ${key}=`, 'latin1'), value, Buffer.from('\n')]);
+  let size = rest.length + String(rest.length).length;
+  if (String(size).length + rest.length !== size) size = String(size).length + rest.length;
+  return Buffer.concat([Buffer.from(String(size), 'latin1'), rest]);
+}
+
+/** Go's splitUSTARPath: the last `/` that leaves a prefix of at most 155 and a name of at most 100. */
+function goSplitUstarPath(name: Buffer): [Buffer, Buffer] | undefined {
+  if (name.length <= 100) return undefined;
+  let i = Math.min(name.length - 1, 155);
+  while (i > 0 && name[i] !== 0x2f) i--;
+  if (i <= 0 || name.length - i - 1 > 100 || name.length - i - 1 === 0) return undefined;
+  return [name.subarray(0, i), name.subarray(i + 1)];
+}
+
+/** One header block as Go's templateV7Plus (or, `v7Only`, writeRawFile) fills it, with the ustar magic and Go's checksum. */
+function goHeaderBlock(h: { name: Buffer; mode: number; uid: number; gid: number; size: number; typeflag: string; linkname?: Buffer; uname?: Buffer; gname?: Buffer; prefix?: Buffer; v7Only?: boolean }): Buffer {
   const block = Buffer.alloc(BLOCK);
-  const str = (offset: number, value: string) => block.write(value, offset, 'latin1');
+  // Go's formatString: what fits, NUL-terminated when shorter than the field.
+  const str = (offset: number, length: number, value: Buffer) => value.copy(block, offset, 0, Math.min(value.length, length));
   const oct = (offset: number, length: number, value: number) => block.write(`${value.toString(8).padStart(length - 1, '0')}\0`, offset, length, 'latin1');
-  str(0, name);
+  str(0, 100, h.name);
   oct(100, 8, h.mode);
   oct(108, 8, h.uid);
   oct(116, 8, h.gid);
   oct(124, 12, h.size);
   oct(136, 12, 0);
   block[156] = h.typeflag.charCodeAt(0);
-  str(157, h.linkname);
+  if (h.linkname) str(157, 100, h.linkname);
   block.write('ustar\u000000', 257, 8, 'latin1');
-  str(265, h.uname);
-  str(297, h.gname);
-  oct(329, 8, 0);
-  oct(337, 8, 0);
-  str(345, prefix);
+  if (!h.v7Only) {
+    str(265, 32, h.uname ?? Buffer.alloc(0));
+    str(297, 32, h.gname ?? Buffer.alloc(0));
+    oct(329, 8, 0);
+    oct(337, 8, 0);
+    str(345, 155, h.prefix ?? Buffer.alloc(0));
+  }
   block.write(`${checksum(block).toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1');
   return block;
 }
@@ -272,7 +325,7 @@ async function buildahItemDigest(index: ContextIndex, entries: readonly { entry:
     }
     const uid = owner?.uid ?? e.uid ?? 0;
     const gid = owner?.gid ?? e.gid ?? 0;
-    const header = goUstarHeader({
+    const header = goTarHeader({
       name,
       mode: chmod ?? (e.type === 'symlink' ? 0o777 : e.mode),
       uid,
@@ -298,7 +351,7 @@ async function buildahItemDigest(index: ContextIndex, entries: readonly { entry:
 
 /**
  * What buildah writes for `COPY <sources>` (see the module comment); undefined when it cannot be
- * reproduced here (remote sources, `--chown` by name, names Go would write as PAX).
+ * reproduced here (remote sources, `--chown` by name).
  */
 export async function buildahSourceRef(index: ContextIndex, sources: readonly string[], o: BuildahCopyOptions): Promise<string | undefined> {
   const refs: string[] = [];

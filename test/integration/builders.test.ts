@@ -36,6 +36,11 @@ async function writeContext(dir: string, from: string, version: string): Promise
   await fs.writeFile(path.join(dir, 'Dockerfile'), dockerfile(from));
   await fs.writeFile(path.join(dir, 'package.json'), '{"name":"app","version":"1.0.0"}\n');
   await fs.writeFile(path.join(dir, 'src', 'index.js'), `console.log(${JSON.stringify(version)});\n`);
+  // A name that is not UTF-8 (latin-1 "café.txt", as an old checkout can hold): every builder's
+  // reference or file summary of the COPY must still be reproduced from the context.
+  await fs.writeFile(Buffer.concat([Buffer.from(path.join(dir, 'src', 'caf')), Buffer.from([0xe9]), Buffer.from('.txt')]), 'latin-1 name\n');
+  // And one too long for a ustar name field that no '/' can split (Go's tar writes both as PAX).
+  await fs.writeFile(path.join(dir, 'src', `${'n'.repeat(120)}.txt`), 'long name\n');
   await fs.writeFile(path.join(dir, 'debug.log'), 'not sent\n');
   await fs.writeFile(path.join(dir, '.dockerignore'), '*.log\n');
 }
@@ -203,6 +208,10 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       const layout = path.join(work, 'buildah-v1');
       await runOk('buildah', [...storage('built-v1'), 'push', 'app:v', `oci:${layout}:latest`]);
       await runOkSmart(['push', `oci:${layout}:latest`, `file:${store}#apps/buildah:v1`]);
+      // The unchanged context: buildah's reference of its sources' COPY is reproduced, the latin-1
+      // and the long name included (Go's tar writer gives both a PAX header).
+      const unchanged = await plan(`file:${store}`, ctxDir('buildah', 'v1'), '--builder', 'buildah');
+      expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, RUN_LINE, SOURCES_LINE]);
       const p = await plan(`file:${store}`, ctxDir('buildah', 'v2'), '--builder', 'buildah');
       expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'transport' });
       expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, RUN_LINE]); // buildah's WORKDIR makes no layer
