@@ -162,6 +162,8 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
   const state: StageState = { env: baseEnv, workdir: options.baseWorkdir ?? '/', shell: [...DEFAULT_SHELL] };
   let parent = sha256Digest(JSON.stringify([STEP_KEY_VERSION, 'FROM', base, platform ?? null]));
   const steps: Step[] = [];
+  /** What the context COPYs so far placed where (see `entriesLeftByDiffer`). */
+  const placed = new Map<string, string>();
 
   for (const stage of chain) {
     const args = new Map<string, string | undefined>();
@@ -310,8 +312,11 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             }
             const files = elidedSummaryDigest(entries, chmod);
             keys.push({ key: { instruction: elidedCopyInstruction(kw, destWritten, chown), contentDigest: files } }, { key: { instruction: elidedCopyInstruction(kw, destRaw), contentDigest: files } });
+            const rest = entriesLeftByDiffer(entries, destination, placed, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) });
+            if (rest) keys.push({ key: { instruction, contentDigest: digestCopyEntries(rest, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) }) } });
             alternatives = keys;
           }
+          recordPlaced(entries, destination, placed, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) });
           break;
         }
         default:
@@ -334,6 +339,42 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
     }
   }
   return { base, ...(platform !== undefined ? { platform } : {}), stage: target.index, chain: chain.map((s) => s.index), steps };
+}
+
+/**
+ * A COPY's entries as a layer made by diffing the tree holds them, when an earlier COPY of the
+ * build placed some of them already: undefined when none. A differ that compares files
+ * (containerd's, which BuildKit's export uses with Docker's overlay2 store) leaves out a file
+ * the same as its parent's — same mode, owner, size and time, which a file copied again from the
+ * same context file has — and a directory of the same mode, owner included, unless something
+ * below it changed. So `COPY package.json ./` then `COPY . ./` makes a layer without
+ * package.json, and the summary of the whole context never matched it. Only what a COPY of the
+ * context placed is known here (a RUN between may have changed it: then this key misses).
+ */
+function entriesLeftByDiffer(entries: readonly CopyEntry[], destination: string, placed: ReadonlyMap<string, string>, flags: { chown?: string; chmod?: string }): CopyEntry[] | undefined {
+  if (!destination.endsWith('/') || placed.size === 0) return undefined;
+  const same = (e: CopyEntry) => placed.get(placedPath(destination, e)) === placedSignature(e, flags);
+  const changed = entries.filter((e) => e.type !== 'dir' && !same(e));
+  if (changed.length === entries.filter((e) => e.type !== 'dir').length) return undefined;
+  // A directory stays when it is new or changed, or holds something that does.
+  const rest = entries.filter((e) => e.type !== 'dir' ? !same(e) : !same(e) || changed.some((c) => c.path.startsWith(`${e.path}/`)));
+  return rest;
+}
+
+/** Records where a COPY of the context put its entries (a directory destination only: a single file copied to a name is not followed). */
+function recordPlaced(entries: readonly CopyEntry[], destination: string, placed: Map<string, string>, flags: { chown?: string; chmod?: string }): void {
+  if (!destination.endsWith('/')) return;
+  for (const e of entries) placed.set(placedPath(destination, e), placedSignature(e, flags));
+}
+
+function placedPath(destination: string, e: CopyEntry): string {
+  return `${destination}${e.path}`;
+}
+
+/** What makes an entry the same to the differ: a directory by its mode and owner; a file or link by its context file too (its time, content and size). */
+function placedSignature(e: CopyEntry, flags: { chown?: string; chmod?: string }): string {
+  const owner = [flags.chown ?? null, flags.chmod ?? null];
+  return JSON.stringify(e.type === 'dir' ? [e.type, e.mode, ...owner] : [e.type, e.source, e.mode, e.sha256 ?? e.target ?? '', ...owner]);
 }
 
 /** The stages a stage is built on, root first: `FROM <earlier stage name>` follows that stage. */

@@ -178,6 +178,11 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/buildkit:v1`], (await dockerd.dockerOk(['save', 'bk:v1'])).stdout);
     // BuildKit's history names no content: the layers' files are summarised at index time.
     await runOkSmart(['cache', 'index', `file:${store}`]);
+    // The unchanged context: its sources' COPY is summarised as the layer holds it, without the
+    // package.json the COPY before it placed alike (the export's differ leaves that out), with the
+    // latin-1 and the long name.
+    const unchanged = await plan(`file:${store}`, ctxDir('buildkit', 'v1'), '--builder', 'buildkit');
+    expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE, SOURCES_LINE]);
     const p = await plan(`file:${store}`, ctxDir('buildkit', 'v2'), '--builder', 'buildkit');
     expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE]);
     expect(p.best).toMatchObject({ image: 'apps/buildkit:v1', inlineCache: true });

@@ -103,6 +103,31 @@ describe('builder content references', () => {
     ];
     expect(summaryStepKey(h!, layer)).toEqual({ instruction: copy.instruction, contentDigest: copy.contentDigest });
   });
+
+  it('keys a COPY also as a layer made by a differ holds it: without what a COPY before placed alike', async () => {
+    const dir = await context();
+    const build = await dockerfileSteps(parseDockerfile(DOCKERFILE, 'Dockerfile'), { contextDir: dir, builderKeys: true });
+    const all = build.steps.find((s) => s.instruction === 'COPY . ./')!;
+    const keys = all.alternatives!.map((a) => stepKeyString(a.key));
+    // BuildKit's `COPY . ./` layer after `COPY package.json ./` (as Docker 20.10 exports it): no
+    // package.json, since the file is the same as its parent's; src/ new, so kept with its file.
+    const [, , , h] = historyLayerSteps([{ created_by: 'WORKDIR /app' }, { created_by: 'COPY package.json ./ # buildkit' }, { created_by: 'RUN x' }, { created_by: 'COPY . ./ # buildkit' }], 4)!;
+    const sha = (t: string) => createHash('sha256').update(t).digest('hex');
+    const layer = [
+      { path: 'app/', type: 'dir' as const, mode: 0o755 },
+      { path: 'app/.dockerignore', type: 'file' as const, mode: 0o644, sha256: sha('node_modules\n') },
+      { path: 'app/Dockerfile', type: 'file' as const, mode: 0o644, sha256: sha(DOCKERFILE) },
+      { path: 'app/link.js', type: 'symlink' as const, mode: 0o777, target: 'src/index.js' },
+      { path: 'app/src/', type: 'dir' as const, mode: 0o755 },
+      { path: 'app/src/index.js', type: 'file' as const, mode: 0o644, sha256: sha('console.log(1)\n') },
+    ];
+    const fromLayer = summaryStepKey(h!, layer)!;
+    expect(fromLayer.contentDigest).not.toBe(all.contentDigest);
+    expect(keys).toContain(stepKeyString(fromLayer));
+    // The first COPY of the context has no such key: nothing was placed before it.
+    const first = build.steps.find((s) => s.instruction === 'COPY package.json ./')!;
+    expect(first.alternatives!.filter((a) => a.key.instruction === first.instruction)).toEqual([]);
+  });
 });
 
 /** The trie over a map: pure logic, as the metadata cache stores it. */
