@@ -361,9 +361,15 @@ function entriesLeftByDiffer(entries: readonly CopyEntry[], destination: string,
   return rest;
 }
 
-/** Records where a COPY of the context put its entries (a directory destination only: a single file copied to a name is not followed). */
+/**
+ * Records where a COPY of the context put its entries (a directory destination only: a single file
+ * copied to a name is not followed), and the destination directory it made (0755, as builders make
+ * one: `COPY src/ ./src/` then `COPY . ./` leaves `src` out of the second layer too).
+ */
 function recordPlaced(entries: readonly CopyEntry[], destination: string, placed: Map<string, string>, flags: { chown?: string; chmod?: string }): void {
   if (!destination.endsWith('/')) return;
+  const made = destination.slice(0, -1);
+  if (made !== '' && !placed.has(made)) placed.set(made, placedSignature({ path: '', source: '', type: 'dir', mode: 0o755, size: 0 }, { ...(flags.chown !== undefined ? { chown: flags.chown } : {}) }));
   for (const e of entries) placed.set(placedPath(destination, e), placedSignature(e, flags));
 }
 

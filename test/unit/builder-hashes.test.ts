@@ -127,6 +127,13 @@ describe('builder content references', () => {
     // The first COPY of the context has no such key: nothing was placed before it.
     const first = build.steps.find((s) => s.instruction === 'COPY package.json ./')!;
     expect(first.alternatives!.filter((a) => a.key.instruction === first.instruction)).toEqual([]);
+
+    // A directory a COPY made and filled, copied again unchanged: neither it nor its files are in the layer.
+    const bySrc = await dockerfileSteps(parseDockerfile('FROM base:1\nWORKDIR /app\nCOPY src/ ./src/\nCOPY . ./\n', 'Dockerfile'), { contextDir: dir, builderKeys: true });
+    const again = bySrc.steps.find((s) => s.instruction === 'COPY . ./')!;
+    const [, , h2] = historyLayerSteps([{ created_by: 'WORKDIR /app' }, { created_by: 'COPY src/ ./src/ # buildkit' }, { created_by: 'COPY . ./ # buildkit' }], 3)!;
+    const withoutSrc = [...layer.filter((e) => !e.path.startsWith('app/src/')), { path: 'app/package.json', type: 'file' as const, mode: 0o644, sha256: sha('{"name":"app","version":"1.0.0"}\n') }];
+    expect(again.alternatives!.map((a) => stepKeyString(a.key))).toContain(stepKeyString(summaryStepKey(h2!, withoutSrc)!));
   });
 });
 
