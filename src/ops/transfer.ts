@@ -11,6 +11,7 @@ import { layerStoreDir, localMetadata, openCache, registrySchemes } from './loca
 import { defaultJobs } from '../pipeline/concurrency.js';
 import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
+import { compressedFileAt } from '../storage/archive-file.js';
 
 export interface TransferRequest {
   mode: 'push' | 'pull';
@@ -163,7 +164,11 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const streaming = transportOf(src).isStdio?.(src) ?? false;
   if (streaming && !transportOf(dst).capabilities.contentAddressed) {
     const stores = TRANSPORTS.filter((t) => t.capabilities.contentAddressed);
-    throw new SmartError('USAGE', `${req.source} (a stream) can only be copied into a store (${prefixes(stores)}); save it to a file first`, {
+    const file = src.transport === 'docker-archive' && 'file' in src && src.file !== '-' ? src.file : undefined;
+    const compressed = file !== undefined ? compressedFileAt(file) : undefined;
+    const what = compressed ? `a ${compressed}-compressed archive, read as a stream` : 'a stream';
+    const then = compressed ? `decompress it to a file first (${compressed === 'gzip' ? 'gunzip -k' : 'zstd -d'} ${file})` : 'save it to a file first';
+    throw new SmartError('USAGE', `${req.source} (${what}) can only be copied into a store (${prefixes(stores)}); ${then}`, {
       input: req.source,
     });
   }

@@ -8,9 +8,10 @@
  * file is written straight, in order, as skopeo writes one; a symlink to a regular file has the
  * file it names replaced, the link kept.
  */
-import { statSync, type Stats } from 'node:fs';
+import { closeSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import { SmartError, isErrno } from '../errors.js';
+import { sniffCompression } from '../oci/mediatypes.js';
 
 /** What a file that is neither a regular file nor a directory is, for messages; undefined for those two. */
 export function specialKind(st: Stats): string | undefined {
@@ -30,6 +31,22 @@ export function specialFileAt(file: string): string | undefined {
     return specialKind(statSync(file));
   } catch {
     return undefined;
+  }
+}
+
+/** How a regular file at `file` is compressed (gzip, zstd), by its first bytes; undefined for a plain one or none there. */
+export function compressedFileAt(file: string): 'gzip' | 'zstd' | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(file, 'r');
+    const head = Buffer.alloc(4);
+    const n = readSync(fd, head, 0, 4, 0);
+    const c = sniffCompression(head.subarray(0, n));
+    return c === 'none' ? undefined : c;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
 }
 

@@ -7,7 +7,8 @@
  * archive, read and written in place, is refused on one in one line; a symlink keeps being one.
  * skopeo reads what was written; the archive on a pipe is the bytes of the archive in a file, and
  * its layers are fetched from the registry once each (spooled for the size their header gives).
- * rootfs: and bundle: through a symlink to a directory fill that directory.
+ * rootfs: and bundle: through a symlink to a directory fill that directory. A docker save
+ * compressed with gzip or zstd is read as docker load reads it, decompressed as it streams.
  */
 import { mkdirSync } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -41,11 +42,11 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
   /** The archive a pull into a plain file writes, and the manifest digest a push of it gives. */
   let archive: Buffer;
   let pushedDigest: string;
-  const ready = haveTools('bash', 'skopeo', 'mkfifo');
+  const ready = haveTools('bash', 'skopeo', 'mkfifo', 'gzip', 'zstd');
 
   const skipUnlessReady = (ctx: { skip: () => void }) => {
     if (ready) return false;
-    if (inCI) throw new Error('CI=true but bash, skopeo or mkfifo is missing');
+    if (inCI) throw new Error('CI=true but bash, skopeo, mkfifo, gzip or zstd is missing');
     ctx.skip();
     return true;
   };
@@ -102,6 +103,24 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
     const ociArchive = fixtures().paths.ociArchiveBasic;
     expectOneLine(await bash('smart push "oci-archive:"<(cat "$1") "oci:$2:t"', ociArchive, path.join(work, 'never')), 2, /^smart: error \[USAGE\]: oci-archive:\/dev\/fd\/\d+: .* is a pipe; an OCI archive is read in place, not streamed/);
     await expect(fs.stat(path.join(work, 'never'))).rejects.toThrow();
+  });
+
+  it('a compressed docker save (gzip, zstd), as a file or on stdin, is the image the tar is, as skopeo reads it', async (ctx) => {
+    if (skipUnlessReady(ctx)) return;
+    const plain = path.join(work, 'plain.tar');
+    for (const [ext, compress] of [
+      ['gz', 'gzip -c'],
+      ['zst', 'zstd -q -c'],
+    ] as const) {
+      const packed = path.join(work, `plain.tar.${ext}`);
+      await runOk('bash', ['-c', `${compress} "$1" > "$2"`, 'bash', plain, packed]);
+      // It was "not a tar archive" as a file, a corrupt tar on stdin.
+      expect(await pushDigest(await smart(['push', `docker-archive:${packed}`, `oci:${path.join(work, `from-${ext}`)}:t`])), ext).toBe(pushedDigest);
+      expect(await pushDigest(await bash('smart push docker-archive:- "oci:$2:t" < "$1"', packed, path.join(work, `from-${ext}-stdin`))), ext).toBe(pushedDigest);
+      // Read once as it is decompressed: into a store only, and the way round said.
+      expectOneLine(await smart(['pull', `docker-archive:${packed}`, `rootfs:${path.join(work, `tree-${ext}`)}`]), 2, new RegExp(`\\(a ${ext === 'gz' ? 'gzip' : 'zstd'}-compressed archive, read as a stream\\) can only be copied into a store .*; decompress it to a file first \\(${ext === 'gz' ? 'gunzip -k' : 'zstd -d'} `));
+    }
+    await runOk('skopeo', ['inspect', `docker-archive:${path.join(work, 'plain.tar.zst')}`]);
   });
 
   it('a named pipe: pushed from while it is written, pulled into while it is read', async (ctx) => {

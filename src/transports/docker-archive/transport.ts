@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { parseReference } from '../../oci/reference.js';
-import { socketRefused, specialFileAt } from '../../storage/archive-file.js';
+import { compressedFileAt, socketRefused, specialFileAt } from '../../storage/archive-file.js';
 import { invalidName, splitPath, type Transport } from '../transport.js';
 import type { ArchiveSelection } from './manifest-json.js';
 
@@ -33,12 +33,14 @@ export const dockerArchive: Transport<DockerArchiveName> = {
     }
     return { transport: 'docker-archive', file: p, selection, raw };
   },
-  // A pipe named by its path (/dev/stdin, a process substitution's /dev/fd/63, a named pipe) is read as stdin is.
-  isStdio: (name) => name.file === '-' || specialFileAt(name.file) !== undefined,
+  // A pipe named by its path (/dev/stdin, a process substitution's /dev/fd/63, a named pipe) is read
+  // as stdin is; so is a compressed archive (`docker save | gzip > image.tar.gz`, which docker load
+  // and skopeo read): decompressed once, in order, as it is read.
+  isStdio: (name) => name.file === '-' || specialFileAt(name.file) !== undefined || compressedFileAt(name.file) !== undefined,
   async openSource(name, ctx) {
     const special = name.file === '-' ? undefined : specialFileAt(name.file);
     if (special === 'a socket') throw socketRefused(name.file, name.raw);
-    if (name.file === '-' || special !== undefined) {
+    if (name.file === '-' || special !== undefined || compressedFileAt(name.file) !== undefined) {
       // Loaded here: tar parsing of a pipe is needed only for archives on a pipe.
       const { dockerArchiveStream } = await import('./stream.js');
       const input = name.file === '-' ? ctx.stdin : (await import('node:fs')).createReadStream(name.file, { highWaterMark: 256 * 1024 });
