@@ -351,14 +351,14 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
  * package.json, and the summary of the whole context never matched it. Only what a COPY of the
  * context placed is known here (a RUN between may have changed it: then this key misses).
  */
-function entriesLeftByDiffer(entries: readonly CopyEntry[], destination: string, placed: ReadonlyMap<string, string>, flags: { chown?: string; chmod?: string }): CopyEntry[] | undefined {
-  if (!destination.endsWith('/') || placed.size === 0) return undefined;
+function entriesLeftByDiffer(entries: readonly CopyEntry[], to: string, placed: ReadonlyMap<string, string>, flags: { chown?: string; chmod?: string }): CopyEntry[] | undefined {
+  const destination = destinationDirectory(entries, to);
+  if (destination === undefined || placed.size === 0) return undefined;
   const same = (e: CopyEntry) => placed.get(placedPath(destination, e)) === placedSignature(e, flags);
-  const changed = entries.filter((e) => e.type !== 'dir' && !same(e));
-  if (changed.length === entries.filter((e) => e.type !== 'dir').length) return undefined;
-  // A directory stays when it is new or changed, or holds something that does.
-  const rest = entries.filter((e) => e.type !== 'dir' ? !same(e) : !same(e) || changed.some((c) => c.path.startsWith(`${e.path}/`)));
-  return rest;
+  if (!entries.some((e) => e.type !== 'dir' && same(e))) return undefined;
+  const changed = entries.filter((e) => !same(e));
+  // A directory stays when it is new or changed, or holds something that is (its parent, in the layer).
+  return entries.filter((e) => !same(e) || (e.type === 'dir' && changed.some((c) => c.path.startsWith(`${e.path}/`))));
 }
 
 /**
@@ -366,11 +366,23 @@ function entriesLeftByDiffer(entries: readonly CopyEntry[], destination: string,
  * copied to a name is not followed), and the destination directory it made (0755, as builders make
  * one: `COPY src/ ./src/` then `COPY . ./` leaves `src` out of the second layer too).
  */
-function recordPlaced(entries: readonly CopyEntry[], destination: string, placed: Map<string, string>, flags: { chown?: string; chmod?: string }): void {
-  if (!destination.endsWith('/')) return;
+function recordPlaced(entries: readonly CopyEntry[], to: string, placed: Map<string, string>, flags: { chown?: string; chmod?: string }): void {
+  const destination = destinationDirectory(entries, to);
+  if (destination === undefined) return;
   const made = destination.slice(0, -1);
   if (made !== '' && !placed.has(made)) placed.set(made, placedSignature({ path: '', source: '', type: 'dir', mode: 0o755, size: 0 }, { ...(flags.chown !== undefined ? { chown: flags.chown } : {}) }));
   for (const e of entries) placed.set(placedPath(destination, e), placedSignature(e, flags));
+}
+
+/**
+ * The directory a COPY puts its entries in, `/`-terminated: the destination when written so, or
+ * when what is copied is a directory's contents (`COPY . /app`); undefined for one file copied to a
+ * name (`COPY a.json /app/b.json`), which this does not follow.
+ */
+function destinationDirectory(entries: readonly CopyEntry[], destination: string): string | undefined {
+  if (destination.endsWith('/')) return destination;
+  const oneFile = entries.length === 1 && entries[0]!.type !== 'dir' && !entries[0]!.path.includes('/');
+  return oneFile ? undefined : `${destination}/`;
 }
 
 function placedPath(destination: string, e: CopyEntry): string {

@@ -134,6 +134,11 @@ describe('builder content references', () => {
     const [, , h2] = historyLayerSteps([{ created_by: 'WORKDIR /app' }, { created_by: 'COPY src/ ./src/ # buildkit' }, { created_by: 'COPY . ./ # buildkit' }], 3)!;
     const withoutSrc = [...layer.filter((e) => !e.path.startsWith('app/src/')), { path: 'app/package.json', type: 'file' as const, mode: 0o644, sha256: sha('{"name":"app","version":"1.0.0"}\n') }];
     expect(again.alternatives!.map((a) => stepKeyString(a.key))).toContain(stepKeyString(summaryStepKey(h2!, withoutSrc)!));
+    // The same with the destination written without its '/': a directory's contents go into it all the same.
+    const noSlash = await dockerfileSteps(parseDockerfile('FROM base:1\nCOPY package.json /app/\nCOPY . /app\n', 'Dockerfile'), { contextDir: dir, builderKeys: true });
+    const [, h3] = historyLayerSteps([{ created_by: 'COPY package.json /app/ # buildkit' }, { created_by: 'COPY . /app # buildkit' }], 2)!;
+    const all3 = noSlash.steps.find((s) => s.instruction === 'COPY . /app')!;
+    expect(all3.alternatives!.map((a) => stepKeyString(a.key))).toContain(stepKeyString(summaryStepKey(h3!, layer)!));
   });
 });
 
