@@ -291,7 +291,8 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             });
           }
           entries = [...entries, ...inlineCopyEntries(inline)];
-          contentDigest = digestCopyEntries(entries, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) });
+          const flags = { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) };
+          contentDigest = digestCopyEntries(entries, flags);
           if (options.builderKeys && local.length > 0 && inline.length === 0) {
             const index = await contextIndex();
             classicSums ??= new ClassicContextSums(index);
@@ -312,11 +313,11 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             }
             const files = elidedSummaryDigest(entries, chmod);
             keys.push({ key: { instruction: elidedCopyInstruction(kw, destWritten, chown), contentDigest: files } }, { key: { instruction: elidedCopyInstruction(kw, destRaw), contentDigest: files } });
-            const rest = entriesLeftByDiffer(entries, destination, placed, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) });
-            if (rest) keys.push({ key: { instruction, contentDigest: digestCopyEntries(rest, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) }) } });
+            const rest = entriesLeftByDiffer(entries, destination, placed, flags);
+            if (rest) keys.push({ key: { instruction, contentDigest: digestCopyEntries(rest, flags) } });
             alternatives = keys;
           }
-          recordPlaced(entries, destination, placed, { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) });
+          recordPlaced(entries, destination, placed, flags);
           break;
         }
         default:
