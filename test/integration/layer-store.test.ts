@@ -103,6 +103,11 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     for await (const e of store.entries(lost.diffId as Digest)) if (e.file) lostFile = e.file;
     await fs.rm(lostFile!);
     await fs.writeFile(path.join(store.dir, 'layers', garbled.diffId.slice(7), 'entries'), '{"name": "etc/\n');
+    // And a third a file cut short (a restore that stopped mid-file): laid down as it is, it was a wrong tree.
+    const cut = fx.basic.layers[0]!;
+    let cutFile: string | undefined;
+    for await (const e of store.entries(cut.diffId as Digest)) if (e.file && (await fs.stat(e.file)).size > 0) cutFile = e.file;
+    await fs.truncate(cutFile!, (await fs.stat(cutFile!)).size - 1);
     for (const [n, link] of [[1, false], [2, true]] as const) {
       proxy.stats.clear();
       const dest = path.join(work, `repaired-${n}`);
@@ -114,13 +119,14 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
       else expect(await describeTree(dest)).toEqual(want);
       const fetched = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/')).map((q) => q.path.split('/').pop());
       if (n === 1) {
-        // The two damaged layers were fetched, dropped from the store, and said so; nothing else was fetched.
-        expect(new Set(fetched)).toEqual(new Set([lost.digest, garbled.digest]));
-        expect(JSON.parse(r.stdout.toString()).details.repaired).toEqual({ layers: 2 });
-        expect(r.stderr.match(/^warning: .* in the layer store is damaged \(.*\): removed from the store, and fetched$/gm)).toHaveLength(2);
+        // The three damaged layers were fetched, dropped from the store, and said so; nothing else was fetched.
+        expect(new Set(fetched)).toEqual(new Set([lost.digest, garbled.digest, cut.digest]));
+        expect(JSON.parse(r.stdout.toString()).details.repaired).toEqual({ layers: 3 });
+        expect(r.stderr.match(/^warning: .* in the layer store is damaged \(.*\): removed from the store, and fetched$/gm)).toHaveLength(3);
+        expect(r.stderr).toMatch(/is not the size of the file it keeps/);
         expect(await store.has(lost.diffId as Digest)).toBe(false);
       } else {
-        // The first repair left nothing damaged: the store serves the rest, the two are fetched and kept again.
+        // The first repair left nothing damaged: the store serves the rest, the three are fetched and kept again.
         expect(r.stderr).not.toMatch(/damaged/);
       }
     }

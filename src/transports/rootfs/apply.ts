@@ -871,6 +871,8 @@ export class RootfsApplier {
         }
       : () => copyFileSync(stored.path, targetFs, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
     await this.replace(target, rel, fromStore(copy));
+    // A stored file cut short or grown (a cache restored in part) is the store's damage, not the layer.
+    if (!segments && lstatSync(targetFs).size !== size) throw new StoredLayerDamage(`${stored.path} is not the size of the file it keeps`);
     if (this.owns(meta)) {
       const { uid, gid } = meta;
       lchownSync(targetFs, uid, gid);
