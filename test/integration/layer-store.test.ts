@@ -133,6 +133,29 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await store.verify()).toEqual([]);
   });
 
+  it('a stored file cut short is not linked into a --link tree as the layer\'s: the layer is fetched again', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const store = new LayerStore(path.join(cacheHome, 'smartlayer', 'layer-store'));
+    const first = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'kept-for-link')}`, '--keep-layers'], { cacheHome });
+    expect(first.code, first.stderr).toBe(0);
+    const want = await describeTree(path.join(work, 'kept-for-link'));
+    // Kept, never yet shared with a tree: a --link pull checks each file it links all the same.
+    const cut = fx.basic.layers[0]!;
+    let cutFile: string | undefined;
+    for await (const e of store.entries(cut.diffId as Digest)) if (e.file && (await fs.stat(e.file)).size > 0) cutFile = e.file;
+    await fs.truncate(cutFile!, 0);
+    proxy.stats.clear();
+    const dest = path.join(work, 'linked-after-cut');
+    const r = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--link'], { cacheHome });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/^warning: .* in the layer store is damaged \(.* changed size since it was kept .*\): removed from the store, and fetched$/m);
+    const unlinked = (t: Awaited<ReturnType<typeof describeTree>>) => Object.fromEntries(Object.entries(t).map(([p, { hardlinkGroup: _, ...e }]) => [p, e]));
+    expect(unlinked(await describeTree(dest))).toEqual(unlinked(want));
+    const fetched = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/')).map((q) => q.path.split('/').pop());
+    expect(fetched).toEqual([cut.digest]);
+  });
+
   it('a tree pulled with --link and then written into (as a container writes into its root filesystem) does not change what the next pull lays down', async () => {
     const fx = fixtures();
     const cacheHome = await tempDir();
