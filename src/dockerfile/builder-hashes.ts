@@ -217,22 +217,19 @@ function goTarHeader(h: { name: string; mode: number; uid: number; gid: number; 
   const uname = Buffer.from(h.uname, 'utf8');
   const gname = Buffer.from(h.gname, 'utf8');
   const ascii = (b: Buffer) => b.every((c) => c < 0x80);
-  // Go's Header.allowedFormats: a field ustar cannot hold goes into a PAX record.
-  const pax: [string, Buffer][] = [];
-  let ustar = true;
-  let split: [Buffer, Buffer] | undefined;
-  const field = (key: string, value: Buffer, size: number, splittable = false) => {
-    if (ascii(value) && value.length <= size) return;
-    pax.push([key, value]);
-    split = splittable && ascii(value) ? goSplitUstarPath(value) : undefined;
-    if (!split) ustar = false;
-  };
-  field('path', name, 100, true);
-  field('linkpath', linkname, 100);
-  field('uname', uname, 32);
-  field('gname', gname, 32);
-  if (ustar) return goHeaderBlock({ ...h, name: split?.[1] ?? name, prefix: split?.[0] ?? Buffer.alloc(0), linkname, uname, gname, typeflag: h.typeflag });
-  const records = Buffer.concat(pax.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => goPaxRecord(k, v)));
+  // Go's Header.allowedFormats: a field ustar cannot hold goes into a PAX record; ustar is still
+  // written when the only such field is a long ASCII name it can split into prefix and name.
+  const fields: [string, Buffer, number][] = [
+    ['gname', gname, 32],
+    ['linkpath', linkname, 100],
+    ['path', name, 100],
+    ['uname', uname, 32],
+  ];
+  const pax = fields.filter(([, value, size]) => !ascii(value) || value.length > size).map(([key, value]) => [key, value] as [string, Buffer]);
+  const split = ascii(name) ? goSplitUstarPath(name) : undefined;
+  if (pax.length === 0 || (pax.length === 1 && pax[0]![0] === 'path' && split)) return goHeaderBlock({ ...h, name: split?.[1] ?? name, prefix: split?.[0] ?? Buffer.alloc(0), linkname, uname, gname, typeflag: h.typeflag });
+  // Go writes the records sorted by key: `fields` is in that order.
+  const records = Buffer.concat(pax.map(([k, v]) => goPaxRecord(k, v)));
   const slash = name.lastIndexOf(0x2f);
   const paxName = goAscii(Buffer.from(path.posix.join(name.subarray(0, slash + 1).toString('latin1'), 'PaxHeaders.0', name.subarray(slash + 1).toString('latin1')), 'latin1'))
     .subarray(0, 100)

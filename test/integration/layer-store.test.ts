@@ -90,13 +90,25 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await fs.readFile(path.join(work, 'cold/etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
   });
 
-  it('a layer the store lost part of (a CI cache restored in part) is fetched again, not a failure of every pull after', async () => {
-    const fx = fixtures();
+  /** A cache home whose layer store holds the basic image's layers (a pull kept them), and the tree that pull wrote. */
+  const keptLayers = async (tree: string) => {
     const cacheHome = await tempDir();
     const store = new LayerStore(path.join(cacheHome, 'smartlayer', 'layer-store'));
-    const first = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'whole')}`, '--keep-layers'], { cacheHome });
+    const first = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, tree)}`, '--keep-layers'], { cacheHome });
     expect(first.code, first.stderr).toBe(0);
-    const want = await describeTree(path.join(work, 'whole'));
+    return { cacheHome, store, want: await describeTree(path.join(work, tree)) };
+  };
+
+  /** Cuts the last non-empty stored file of `layer` to `size` bytes (its size less one by default). */
+  const cutStoredFile = async (store: LayerStore, layer: { diffId: string }, size?: number) => {
+    let file: string | undefined;
+    for await (const e of store.entries(layer.diffId as Digest)) if (e.file && (await fs.stat(e.file)).size > 0) file = e.file;
+    await fs.truncate(file!, size ?? (await fs.stat(file!)).size - 1);
+  };
+
+  it('a layer the store lost part of (a CI cache restored in part) is fetched again, not a failure of every pull after', async () => {
+    const fx = fixtures();
+    const { cacheHome, store, want } = await keptLayers('whole');
     // One layer loses a file it holds, another its index.
     const [lost, garbled] = [fx.basic.layers[1]!, fx.basic.layers[2]!];
     let lostFile: string | undefined; // the last regular file (the first ones may be whiteouts, whose content is never read)
@@ -105,9 +117,7 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     await fs.writeFile(path.join(store.dir, 'layers', garbled.diffId.slice(7), 'entries'), '{"name": "etc/\n');
     // And a third a file cut short (a restore that stopped mid-file): laid down as it is, it was a wrong tree.
     const cut = fx.basic.layers[0]!;
-    let cutFile: string | undefined;
-    for await (const e of store.entries(cut.diffId as Digest)) if (e.file && (await fs.stat(e.file)).size > 0) cutFile = e.file;
-    await fs.truncate(cutFile!, (await fs.stat(cutFile!)).size - 1);
+    await cutStoredFile(store, cut);
     for (const [n, link] of [[1, false], [2, true]] as const) {
       proxy.stats.clear();
       const dest = path.join(work, `repaired-${n}`);
@@ -135,16 +145,10 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
 
   it('a stored file cut short is not linked into a --link tree as the layer\'s: the layer is fetched again', async () => {
     const fx = fixtures();
-    const cacheHome = await tempDir();
-    const store = new LayerStore(path.join(cacheHome, 'smartlayer', 'layer-store'));
-    const first = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'kept-for-link')}`, '--keep-layers'], { cacheHome });
-    expect(first.code, first.stderr).toBe(0);
-    const want = await describeTree(path.join(work, 'kept-for-link'));
+    const { cacheHome, store, want } = await keptLayers('kept-for-link');
     // Kept, never yet shared with a tree: a --link pull checks each file it links all the same.
     const cut = fx.basic.layers[0]!;
-    let cutFile: string | undefined;
-    for await (const e of store.entries(cut.diffId as Digest)) if (e.file && (await fs.stat(e.file)).size > 0) cutFile = e.file;
-    await fs.truncate(cutFile!, 0);
+    await cutStoredFile(store, cut, 0);
     proxy.stats.clear();
     const dest = path.join(work, 'linked-after-cut');
     const r = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--link'], { cacheHome });
