@@ -29,11 +29,11 @@ RUN npm run build && npm prune --omit=dev
 
 FROM ${NODE_IMAGE}
 ARG INSTALL_PACKAGES
-# zstd: pulls of zstd-compressed layers; libdeflate0 and libisal2: the native gzip engines (the addon
+# zstd: pulls of zstd-compressed layers; bzip2, xz-utils: docker save archives compressed with them; libdeflate0 and libisal2: the native gzip engines (the addon
 # links both: without either it would not load at all).
 RUN if [ "$INSTALL_PACKAGES" = 1 ]; then \
       apt-get update \
-      && apt-get install -y --no-install-recommends zstd libdeflate0 libisal2 ca-certificates \
+      && apt-get install -y --no-install-recommends zstd bzip2 xz-utils libdeflate0 libisal2 ca-certificates \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 WORKDIR /opt/smartlayer

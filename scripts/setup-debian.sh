@@ -4,8 +4,8 @@
 #
 #   scripts/setup-debian.sh          what `npm ci` builds the native compressors with (a C compiler,
 #                                    libc and the libdeflate, zstd and ISA-L headers: native/build.mjs),
-#                                    the zstd program (pulls of zstd-compressed layers) and igzip
-#                                    (faster gunzip on pulls)
+#                                    the zstd program (pulls of zstd-compressed layers), igzip
+#                                    (faster gunzip on pulls), bzip2 and xz (archives compressed with them)
 #   scripts/setup-debian.sh --test   also every real program the integration tests start
 #
 # Only what is missing is installed (a second run does nothing); apt-get runs through sudo when not
@@ -35,6 +35,9 @@ declare -A packages=(
   [cc]=gcc
   [zstd]=zstd
   [igzip]=isal
+  # docker save archives compressed with them (docker load reads them too)
+  [bzip2]=bzip2
+  [xz]=xz-utils
 )
 # header → Debian package (-dev packages have no command to look for).
 declare -A headers=(

@@ -34,6 +34,25 @@ export function sniffCompression(head: Uint8Array): Compression {
   if (head.length >= 4 && head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
   return 'none';
 }
+
+/**
+ * How a whole archive (a `docker save` tar, a build context's tar) is compressed: what Docker's
+ * own reader takes (gzip, bzip2, xz, zstd), by its first bytes; anything else is taken as a tar.
+ */
+export type ArchiveCompression = Compression | 'bzip2' | 'xz';
+
+/** Enough first bytes for `sniffArchiveCompression` to tell each format. */
+export const ARCHIVE_MAGIC_BYTES = 6;
+
+export function sniffArchiveCompression(head: Uint8Array): ArchiveCompression {
+  const layer = sniffCompression(head);
+  if (layer !== 'none') return layer;
+  // "BZh" and the block size digit.
+  if (head.length >= 4 && head[0] === 0x42 && head[1] === 0x5a && head[2] === 0x68 && head[3]! >= 0x31 && head[3]! <= 0x39) return 'bzip2';
+  if (head.length >= 6 && head[0] === 0xfd && head[1] === 0x37 && head[2] === 0x7a && head[3] === 0x58 && head[4] === 0x5a && head[5] === 0x00) return 'xz';
+  return 'none';
+}
+
 export type ManifestFamily = 'oci' | 'docker';
 
 export function isIndexMediaType(mt: string | undefined): boolean {

@@ -155,6 +155,9 @@ function prefixes(transports: readonly { form: string }[]): string {
   return transports.map((t) => t.form.slice(0, t.form.indexOf(':') + 1) + (t.form.includes('://') ? '//' : '')).join(', ');
 }
 
+/** The command that decompresses an archive beside itself, keeping it. */
+const UNPACK_COMMAND = { gzip: 'gunzip -k', zstd: 'zstd -d', bzip2: 'bunzip2 -k', xz: 'unxz -k' } as const;
+
 async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const src = parseImageName(req.source);
   const dst = parseImageName(req.destination);
@@ -167,7 +170,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     const file = src.transport === 'docker-archive' && 'file' in src && src.file !== '-' ? src.file : undefined;
     const compressed = file !== undefined ? compressedFileAt(file) : undefined;
     const what = compressed ? `a ${compressed}-compressed archive, read as a stream` : 'a stream';
-    const then = compressed ? `decompress it to a file first (${compressed === 'gzip' ? 'gunzip -k' : 'zstd -d'} ${file})` : 'save it to a file first';
+    const then = compressed ? `decompress it to a file first (${UNPACK_COMMAND[compressed]} ${file})` : 'save it to a file first';
     throw new SmartError('USAGE', `${req.source} (${what}) can only be copied into a store (${prefixes(stores)}); ${then}`, {
       input: req.source,
     });

@@ -8,21 +8,13 @@ import { Duplex, PassThrough, Readable, Transform, pipeline, type TransformCallb
 import { SmartError, isSmartError } from '../errors.js';
 import { decompressionBomb, decompressionBound, maxDecompressedBytes } from '../limits.js';
 import type { Digest } from '../oci/digest.js';
-import type { Compression } from '../oci/mediatypes.js';
+import type { ArchiveCompression, Compression } from '../oci/mediatypes.js';
 import { igzipFileDecompressor } from './gunzip.js';
 import { verifiedStream } from './digest-stream.js';
 import { localFileOf, verifyFile, type VerifyExpectation } from './local-file.js';
 import { NativeGunzip, NativeGunzipFile, nativeInflate } from './native-gunzip.js';
 import { gunzipDecoder, type GunzipEngine } from './parallel-gzip.js';
 import { findProgram } from './programs.js';
-
-/** Recognises a compressed stream by its first bytes (gzip, zstd), else 'none'. */
-export function sniffCompression(head: Uint8Array): Compression {
-  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
-  if (head.length >= 4 && head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd) return 'zstd';
-  return 'none';
-}
-
 
 export interface DecompressOptions {
   /**
@@ -46,11 +38,11 @@ export interface DecompressOptions {
 
 /**
  * Decompresses `source` as `compression`. gzip through Node's zlib or `options.gunzip` (several
- * members read as one stream, as the format allows); zstd through the `zstd` program, since Node
- * 20 has no zstd. A corrupt or truncated stream errors with CORRUPT_ARCHIVE naming `what`; errors
+ * members read as one stream, as the format allows); zstd, bzip2 and xz (whole archives only,
+ * never a layer) through their programs, since Node 20 has none of them. A corrupt or truncated stream errors with CORRUPT_ARCHIVE naming `what`; errors
  * of `source` pass through unchanged. Destroying the result destroys `source`.
  */
-export function decompress(source: Readable, compression: Compression, what: string, options: DecompressOptions = {}): Readable {
+export function decompress(source: Readable, compression: ArchiveCompression, what: string, options: DecompressOptions = {}): Readable {
   if (compression === 'none') return options.verify ? verifiedStream(source, options.verify, { offThread: true }) : source;
   let limit: ((total: number) => void) | undefined;
   const size = options.compressedSize;
@@ -80,7 +72,7 @@ export function decompress(source: Readable, compression: Compression, what: str
     source.once('close', () => out.destroy(source.errored ?? undefined));
     out.once('close', () => source.destroy());
   } else {
-    const engine = compression === 'gzip' ? gunzipDecoder(what, options.gunzip) : zstdDecompressor(what);
+    const engine = compression === 'gzip' ? gunzipDecoder(what, options.gunzip) : programDecompressor(compression, what);
     out = pipeline(source, engine, () => {
       /* errors surface through the iterator below */
     });
@@ -135,17 +127,26 @@ async function* renameErrors(stream: AsyncIterable<Buffer>, what: string, format
   }
 }
 
-function zstdDecompressor(what: string): Duplex {
+/** The program that decompresses each format Node cannot, with its Debian package. */
+const DECOMPRESSORS = {
+  zstd: { program: 'zstd', args: ['-d', '-c', '-q'], pkg: 'zstd' },
+  // bzip2 -q would say nothing at all of a corrupt stream.
+  bzip2: { program: 'bzip2', args: ['-d', '-c'], pkg: 'bzip2' },
+  xz: { program: 'xz', args: ['-d', '-c', '-q'], pkg: 'xz-utils' },
+} as const;
+
+function programDecompressor(format: keyof typeof DECOMPRESSORS, what: string): Duplex {
+  const { program, args, pkg } = DECOMPRESSORS[format];
   const input = new PassThrough();
   const output = new PassThrough();
   void (async () => {
-    const zstd = await findProgram('zstd');
-    if (!zstd) {
-      throw new SmartError('UNSUPPORTED', `${what} is zstd-compressed and no zstd decompressor is available`, {
-        hint: 'install the zstd package (apt-get install zstd)',
+    const found = await findProgram(program);
+    if (!found) {
+      throw new SmartError('UNSUPPORTED', `${what} is ${format}-compressed and no ${format} decompressor is available`, {
+        hint: `install the ${pkg} package (apt-get install ${pkg})`,
       });
     }
-    const child = spawn(zstd, ['-d', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(found, [...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.stdin.on('error', () => {
@@ -159,7 +160,9 @@ function zstdDecompressor(what: string): Duplex {
       child.once('close', (c) => resolve(c ?? 1));
     });
     if (code !== 0) {
-      throw new SmartError('CORRUPT_ARCHIVE', `${what}: corrupt or truncated zstd stream (${stderr.trim().split('\n').pop() || `exit ${code}`})`);
+      // The first line says what went wrong (bzip2 follows it with paragraphs of advice).
+      const said = stderr.trim().split('\n')[0]!.trim().replace(/;$/, '');
+      throw new SmartError('CORRUPT_ARCHIVE', `${what}: corrupt or truncated ${format} stream (${said || `exit ${code}`})`);
     }
     output.end();
   })().catch((e: unknown) => output.destroy(e as Error));

@@ -11,7 +11,7 @@
 import { closeSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
 import { SmartError, isErrno } from '../errors.js';
-import { sniffCompression } from '../oci/mediatypes.js';
+import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression, type ArchiveCompression } from '../oci/mediatypes.js';
 
 /** What a file that is neither a regular file nor a directory is, for messages; undefined for those two. */
 export function specialKind(st: Stats): string | undefined {
@@ -34,14 +34,14 @@ export function specialFileAt(file: string): string | undefined {
   }
 }
 
-/** How a regular file at `file` is compressed (gzip, zstd), by its first bytes; undefined for a plain one or none there. */
-export function compressedFileAt(file: string): 'gzip' | 'zstd' | undefined {
+/** How a regular file at `file` is compressed (gzip, zstd, bzip2, xz), by its first bytes; undefined for a plain one or none there. */
+export function compressedFileAt(file: string): Exclude<ArchiveCompression, 'none'> | undefined {
   let fd: number | undefined;
   try {
     fd = openSync(file, 'r');
-    const head = Buffer.alloc(4);
-    const n = readSync(fd, head, 0, 4, 0);
-    const c = sniffCompression(head.subarray(0, n));
+    const head = Buffer.alloc(ARCHIVE_MAGIC_BYTES);
+    const n = readSync(fd, head, 0, head.length, 0);
+    const c = sniffArchiveCompression(head.subarray(0, n));
     return c === 'none' ? undefined : c;
   } catch {
     return undefined;

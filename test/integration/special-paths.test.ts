@@ -42,7 +42,7 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
   /** The archive a pull into a plain file writes, and the manifest digest a push of it gives. */
   let archive: Buffer;
   let pushedDigest: string;
-  const ready = haveTools('bash', 'skopeo', 'mkfifo', 'gzip', 'zstd');
+  const ready = haveTools('bash', 'skopeo', 'mkfifo', 'gzip', 'zstd', 'bzip2', 'xz');
 
   const skipUnlessReady = (ctx: { skip: () => void }) => {
     if (ready) return false;
@@ -105,12 +105,14 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
     await expect(fs.stat(path.join(work, 'never'))).rejects.toThrow();
   });
 
-  it('a compressed docker save (gzip, zstd), as a file or on stdin, is the image the tar is, as skopeo reads it', async (ctx) => {
+  it('a compressed docker save (gzip, zstd, bzip2, xz: what docker load takes), as a file or on stdin, is the image the tar is, as skopeo reads it', async (ctx) => {
     if (skipUnlessReady(ctx)) return;
     const plain = path.join(work, 'plain.tar');
-    for (const [ext, compress] of [
-      ['gz', 'gzip -c'],
-      ['zst', 'zstd -q -c'],
+    for (const [ext, compress, format, unpack] of [
+      ['gz', 'gzip -c', 'gzip', 'gunzip -k'],
+      ['zst', 'zstd -q -c', 'zstd', 'zstd -d'],
+      ['bz2', 'bzip2 -c', 'bzip2', 'bunzip2 -k'],
+      ['xz', 'xz -c', 'xz', 'unxz -k'],
     ] as const) {
       const packed = path.join(work, `plain.tar.${ext}`);
       await runOk('bash', ['-c', `${compress} "$1" > "$2"`, 'bash', plain, packed]);
@@ -118,9 +120,14 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
       expect(await pushDigest(await smart(['push', `docker-archive:${packed}`, `oci:${path.join(work, `from-${ext}`)}:t`])), ext).toBe(pushedDigest);
       expect(await pushDigest(await bash('smart push docker-archive:- "oci:$2:t" < "$1"', packed, path.join(work, `from-${ext}-stdin`))), ext).toBe(pushedDigest);
       // Read once as it is decompressed: into a store only, and the way round said.
-      expectOneLine(await smart(['pull', `docker-archive:${packed}`, `rootfs:${path.join(work, `tree-${ext}`)}`]), 2, new RegExp(`\\(a ${ext === 'gz' ? 'gzip' : 'zstd'}-compressed archive, read as a stream\\) can only be copied into a store .*; decompress it to a file first \\(${ext === 'gz' ? 'gunzip -k' : 'zstd -d'} `));
+      expectOneLine(await smart(['pull', `docker-archive:${packed}`, `rootfs:${path.join(work, `tree-${ext}`)}`]), 2, new RegExp(`\\(a ${format}-compressed archive, read as a stream\\) can only be copied into a store .*; decompress it to a file first \\(${unpack} `));
     }
     await runOk('skopeo', ['inspect', `docker-archive:${path.join(work, 'plain.tar.zst')}`]);
+    await runOk('skopeo', ['inspect', `docker-archive:${path.join(work, 'plain.tar.xz')}`]);
+    // Cut short: the decompressor's complaint, one line, and no image in the layout.
+    const cut = path.join(work, 'cut.tar.xz');
+    await runOk('bash', ['-c', 'head -c $(( $(stat -c %s "$1") / 2 )) "$1" > "$2"', 'bash', path.join(work, 'plain.tar.xz'), cut]);
+    expectOneLine(await smart(['push', `docker-archive:${cut}`, `oci:${path.join(work, 'from-cut')}:t`]), 1, /^smart: error \[CORRUPT_ARCHIVE\]: .*cut\.tar\.xz \(xz\): corrupt or truncated xz stream \(/);
   });
 
   it('a named pipe: pushed from while it is written, pulled into while it is read', async (ctx) => {

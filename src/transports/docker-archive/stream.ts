@@ -10,7 +10,7 @@ import { SmartError, isCancellation, isSmartError, quoted } from '../../errors.j
 import { MAX_ARCHIVE_JSON_BYTES, checkSize, limitExceeded } from '../../limits.js';
 import { MAX_CONFIG_BYTES, parseImageConfig } from '../../oci/config.js';
 import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
-import { sniffCompression } from '../../oci/mediatypes.js';
+import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression, sniffCompression } from '../../oci/mediatypes.js';
 import { tarParseError } from '../../tar/errors.js';
 import { normalizeMemberName } from '../../tar/header.js';
 import { hasSparseRecords } from '../../tar/sparse.js';
@@ -29,12 +29,12 @@ export function dockerArchiveStream(input: Readable, selection: ArchiveSelection
 }
 
 /**
- * The archive's bytes: `input` itself, or decompressed when its first bytes are those of a gzip or
- * zstd stream (`docker save IMAGE | gzip`, as `docker load` and skopeo take it).
+ * The archive's bytes: `input` itself, or decompressed when its first bytes are those of a gzip,
+ * zstd, bzip2 or xz stream (`docker save IMAGE | gzip`, as `docker load` and skopeo take it).
  */
 async function decompressedArchive(input: Readable, name: string): Promise<Readable> {
-  const { head, stream } = await peek(input, 4);
-  const compression = sniffCompression(head);
+  const { head, stream } = await peek(input, ARCHIVE_MAGIC_BYTES);
+  const compression = sniffArchiveCompression(head);
   if (compression === 'none') return stream;
   const { decompress } = await import('../../pipeline/compression.js');
   const gunzip = compression === 'gzip' ? await (await import('../../pipeline/parallel-gzip.js')).chooseGunzip() : undefined;
