@@ -573,6 +573,8 @@ export interface CopyEntry {
   target?: string;
   /** Hex sha256 of a file's content (when hashed). */
   sha256?: string;
+  /** A member of an archive the ADD extracts (`source` is the archive's context path). */
+  fromArchive?: true;
 }
 
 export interface CopyOptions {
@@ -591,6 +593,12 @@ export interface CopyOptions {
   hashCache?: Map<string, string>;
   /** Skip reading file contents (lint): entries carry no sha256. */
   hash?: boolean;
+  /**
+   * ADD: a tar archive named as a source (not one inside a directory source) is extracted into
+   * the destination, as builders do: its members are the entries (context-archive.ts). Not with
+   * `hash: false`, which reads no file.
+   */
+  unpack?: boolean;
 }
 
 const MAX_SYMLINKS = 32;
@@ -697,7 +705,9 @@ export async function collectCopyEntries(contextDir: string, sources: readonly s
           add(options.parents ? (m === '' ? sub : `${m}/${sub}`) : sub, d, d.path);
         }
       } else {
-        add(options.parents ? m : m.slice(m.lastIndexOf('/') + 1), e, e.path);
+        const members = options.unpack && options.hash !== false && e.type === 'file' ? await archiveMembers(index, e) : undefined;
+        if (!members) add(options.parents ? m : m.slice(m.lastIndexOf('/') + 1), e, e.path);
+        else for (const member of members) if (!exclude?.excluded(member.path)) byPath.set(member.path, member);
       }
     }
   }
@@ -706,8 +716,15 @@ export async function collectCopyEntries(contextDir: string, sources: readonly s
   return entries;
 }
 
+/** The members an ADD of a context file extracts, or undefined when it is not an archive (context-archive.ts). */
+async function archiveMembers(index: ContextIndex, e: ContextEntry): Promise<CopyEntry[] | undefined> {
+  const { archiveCopyEntries } = await import('./context-archive.js');
+  return archiveCopyEntries(path.join(index.dir, e.path), e.path);
+}
+
 async function hashFiles(index: ContextIndex, entries: CopyEntry[], cache?: Map<string, string>): Promise<void> {
-  const files = entries.filter((e) => e.type === 'file');
+  // An archive's members are hashed as it is read.
+  const files = entries.filter((e) => e.type === 'file' && e.sha256 === undefined);
   let next = 0;
   const worker = async () => {
     while (next < files.length) {

@@ -286,6 +286,7 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
               hashCache,
               exclude,
               parents,
+              unpack: instr.keyword === 'ADD' && unpackFlag(getFlag(instr, 'unpack')),
               file: df.file,
               line: instr.startLine,
             });
@@ -307,7 +308,10 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             // one depends on the image, so both names are tried.
             const single = local.length === 1 && !/[*?[]/.test(local[0]!) && entries.length === 1 && entries[0]!.type === 'file';
             const renames = single && !/\/\.?$/.test(destWritten) && destWritten !== '.' && destination !== state.workdir ? [undefined, destination.split('/').pop()!] : [undefined];
-            for (const renameTo of renames) {
+            // buildah's reference of an extracted archive is over its members as Go's tar writer
+            // rewrites their headers (format, names, times as the archive has them): not
+            // reproduced, so none; the layer is matched by its files once the store is indexed.
+            for (const renameTo of entries.some((e) => e.fromArchive) ? [] : renames) {
               const ref = await buildahSourceRef(index, local, { names: ownerNames, ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}), ...(renameTo ? { renameTo } : {}) });
               if (ref) keys.push({ key: { instruction: elidedCopyInstruction(kw, destRaw), contentDigest: ref }, builder: 'buildah' });
             }
@@ -407,6 +411,11 @@ export function stageChain(df: Dockerfile, target: Stage, buildArgs: Record<stri
     chain.unshift(parentStage);
     cur = parentStage;
   }
+}
+
+/** `ADD --unpack[=BOOL]`: a local archive is extracted unless it says false (Go's ParseBool). */
+function unpackFlag(v: string | undefined): boolean {
+  return v === undefined || !['false', '0', 'f', 'F', 'FALSE', 'False'].includes(v);
 }
 
 function optional<T>(v: string | undefined, f: (v: string) => T): T | undefined {

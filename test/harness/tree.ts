@@ -3,8 +3,10 @@
  * target), to compare what we unpack with what umoci unpacks. Modification times are left out:
  * tools differ on directory mtimes and the tests are about content.
  */
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 
 export interface TreeEntry {
@@ -70,4 +72,26 @@ export async function listAll(dir: string): Promise<string[]> {
   };
   await walk('');
   return out;
+}
+
+/**
+ * A vendored tar archive as `ADD vendor.tar.gz /opt/vendor/` takes one (uncompressed here), the
+ * same bytes on every call: a directory of its own mode (0750), a file (0640) with a hardlink to
+ * it, a symlink, and a file whose directory the archive does not hold (extraction makes it 0755);
+ * owner 1000:1000, times 0, made by GNU tar.
+ */
+export async function vendoredArchive(): Promise<Buffer> {
+  const src = await fs.mkdtemp(path.join(os.tmpdir(), 'smart-vendored-'));
+  try {
+    await fs.mkdir(path.join(src, 'lib'));
+    await fs.mkdir(path.join(src, 'bin'));
+    await fs.writeFile(path.join(src, 'lib', 'a.txt'), 'vendored\n', { mode: 0o640 });
+    await fs.link(path.join(src, 'lib', 'a.txt'), path.join(src, 'lib', 'c.txt'));
+    await fs.symlink('a.txt', path.join(src, 'lib', 'b'));
+    await fs.writeFile(path.join(src, 'bin', 'tool'), '#!/bin/sh\n', { mode: 0o755 });
+    await fs.chmod(path.join(src, 'lib'), 0o750);
+    return execFileSync('tar', ['-C', src, '--sort=name', '--mtime=@0', '--owner=1000', '--group=1000', '--numeric-owner', '-cf', '-', 'lib', 'bin/tool']);
+  } finally {
+    await fs.rm(src, { recursive: true, force: true });
+  }
 }

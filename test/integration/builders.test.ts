@@ -1,7 +1,8 @@
 /**
  * smart cache end to end with the real builders: the Docker classic builder and BuildKit of a
  * private dockerd (Debian docker.io 20.10), and buildah. Each builds an app (`WORKDIR`, `COPY
- * package.json`, a slow `RUN`, `COPY . ./`) on a busybox base served by the stock registry from
+ * package.json`, `ADD` of a local tar.gz, which they extract, a slow `RUN`, `COPY . ./`) on a
+ * busybox base served by the stock registry from
  * our store; v1 is pushed as any user would (`docker save | smart push`, `buildah push`), without
  * `--dockerfile` (and once with it); the plan for v2, which changes only a source file, reaches
  * past the slow RUN; and on a fresh runner (the daemon wiped, an empty buildah storage) the cache
@@ -12,12 +13,14 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canStartDockerd, startDockerd, type RunningDockerd } from '../harness/dockerd.js';
 import { busyboxLayout } from '../harness/images.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
+import { vendoredArchive } from '../harness/tree.js';
 
 interface Plan {
   base?: { ref: string; layers: number; inStore: number; resolvedVia?: string };
@@ -26,10 +29,11 @@ interface Plan {
 }
 
 const SLOW = 'sleep 3 && echo installed > deps';
-const dockerfile = (from: string) => `FROM ${from}\nWORKDIR /app\nCOPY package.json ./\nRUN ${SLOW}\nCOPY . ./\nCMD ["sh"]\n`;
-/** Dockerfile line of the slow RUN, and of the sources' COPY. */
-const RUN_LINE = 4;
-const SOURCES_LINE = 5;
+const dockerfile = (from: string) => `FROM ${from}\nWORKDIR /app\nCOPY package.json ./\nADD vendor.tar.gz /opt/vendor/\nRUN ${SLOW}\nCOPY . ./\nCMD ["sh"]\n`;
+/** Dockerfile line of the archive's ADD, of the slow RUN, and of the sources' COPY. */
+const ADD_LINE = 4;
+const RUN_LINE = 5;
+const SOURCES_LINE = 6;
 
 async function writeContext(dir: string, from: string, version: string): Promise<void> {
   await fs.mkdir(path.join(dir, 'src'), { recursive: true });
@@ -42,6 +46,9 @@ async function writeContext(dir: string, from: string, version: string): Promise
   // And one too long for a ustar name field that no '/' can split (Go's tar writes both as PAX).
   await fs.writeFile(path.join(dir, 'src', `${'n'.repeat(120)}.txt`), 'long name\n');
   await fs.writeFile(path.join(dir, 'debug.log'), 'not sent\n');
+  // A vendored archive, the same bytes in every context: its members are what each builder's
+  // layer holds, and the plan must summarise them, not the archive.
+  await fs.writeFile(path.join(dir, 'vendor.tar.gz'), gzipSync(await vendoredArchive()));
   await fs.writeFile(path.join(dir, '.dockerignore'), '*.log\n');
 }
 
@@ -136,13 +143,13 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     for (const s of [store, storeDf]) {
       const p = await plan(`file:${s}`, ctxDir('classic', 'v2'), '--builder', 'docker');
       expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'store' });
-      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE]);
+      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, RUN_LINE]);
       expect(p.steps.find((x) => x.line === SOURCES_LINE)?.matched).toBe(false);
     }
 
     // The runner that built v1.
     const [warmOut, warm] = await timed(() => build(ctxDir('classic', 'v2'), 'app:v2'));
-    expect(cachedLines('classic', warmOut.stdout.toString())).toEqual([2, 3, RUN_LINE]);
+    expect(cachedLines('classic', warmOut.stdout.toString())).toEqual([2, 3, ADD_LINE, RUN_LINE]);
 
     for (const [label, s] of [
       ['without --dockerfile', store],
@@ -160,10 +167,10 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
         return build(ctxDir('classic', 'v2'), 'app:v2', flags.split(' '));
       });
       const cached = cachedLines('classic', fresh.stdout.toString());
-      expect(cached, `${label}: ${fresh.stdout.toString()}`).toEqual([2, 3, RUN_LINE]);
+      expect(cached, `${label}: ${fresh.stdout.toString()}`).toEqual([2, 3, ADD_LINE, RUN_LINE]);
       if (label === 'without --dockerfile') {
         times.classic = { 'no cache': seconds(noCache), 'fresh runner + smart cache (pull, load, build)': seconds(total), 'runner that built v1': seconds(warm) };
-        reused.classic = `${cached.length} of 4 steps (WORKDIR, COPY package.json, RUN)`;
+        reused.classic = `${cached.length} of 5 steps (WORKDIR, COPY package.json, ADD, RUN)`;
       }
     }
   });
@@ -182,13 +189,13 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     // package.json the COPY before it placed alike (the export's differ leaves that out), with the
     // latin-1 and the long name.
     const unchanged = await plan(`file:${store}`, ctxDir('buildkit', 'v1'), '--builder', 'buildkit');
-    expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE, SOURCES_LINE]);
+    expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, RUN_LINE, SOURCES_LINE]);
     const p = await plan(`file:${store}`, ctxDir('buildkit', 'v2'), '--builder', 'buildkit');
-    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE]);
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, RUN_LINE]);
     expect(p.best).toMatchObject({ image: 'apps/buildkit:v1', inlineCache: true });
 
     const [warmOut, warm] = await timed(() => build(ctxDir('buildkit', 'v2'), 'bk:v2'));
-    expect(cachedLines('buildkit', warmOut.stderr)).toEqual(expect.arrayContaining([2, 3, RUN_LINE]));
+    expect(cachedLines('buildkit', warmOut.stderr)).toEqual(expect.arrayContaining([2, 3, ADD_LINE, RUN_LINE]));
     await dockerd.wipe();
     const [fresh, total] = await timed(async () => {
       const r = await runOkSmart(['cache', 'pull', `file:${store}`, ctxDir('buildkit', 'v2'), '--print-cache-from', 'buildkit', '--registry', registry.host, '-q']);
@@ -197,10 +204,10 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       return build(ctxDir('buildkit', 'v2'), 'bk:v2', flags.split(' '));
     });
     const cached = cachedLines('buildkit', fresh.stderr);
-    expect(cached, fresh.stderr).toEqual(expect.arrayContaining([2, 3, RUN_LINE]));
+    expect(cached, fresh.stderr).toEqual(expect.arrayContaining([2, 3, ADD_LINE, RUN_LINE]));
     expect(cached).not.toContain(SOURCES_LINE);
     times.buildkit = { 'no cache': seconds(noCache), 'fresh runner + smart cache (plan, build from the registry cache)': seconds(total), 'runner that built v1': seconds(warm) };
-    reused.buildkit = `${cached.filter((l) => l > 1).length} of 4 steps`;
+    reused.buildkit = `${cached.filter((l) => l > 1).length} of 5 steps`;
   });
 
   it('buildah: the plan matches its COPY references, FROM oci: is read through the transport, and an empty storage reuses every matched step', async () => {
@@ -213,23 +220,29 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       const layout = path.join(work, 'buildah-v1');
       await runOk('buildah', [...storage('built-v1'), 'push', 'app:v', `oci:${layout}:latest`]);
       await runOkSmart(['push', `oci:${layout}:latest`, `file:${store}#apps/buildah:v1`]);
-      // The unchanged context: buildah's reference of its sources' COPY is reproduced, the latin-1
-      // and the long name included (Go's tar writer gives both a PAX header).
+      // Before any index: buildah's reference of COPY package.json is reproduced; its reference of
+      // the extracted archive is not (the steps after it wait for the index).
+      const unindexed = await plan(`file:${store}`, ctxDir('buildah', 'v1'), '--builder', 'buildah');
+      expect(unindexed.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3]);
+      await runOkSmart(['cache', 'index', `file:${store}`]);
+      // The unchanged context: the ADD matched by the archive's members, and buildah's reference of
+      // its sources' COPY reproduced, the latin-1 and the long name included (Go's tar writer gives
+      // both a PAX header).
       const unchanged = await plan(`file:${store}`, ctxDir('buildah', 'v1'), '--builder', 'buildah');
-      expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, RUN_LINE, SOURCES_LINE]);
+      expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, RUN_LINE, SOURCES_LINE]);
       const p = await plan(`file:${store}`, ctxDir('buildah', 'v2'), '--builder', 'buildah');
       expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'transport' });
-      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, RUN_LINE]); // buildah's WORKDIR makes no layer
+      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, RUN_LINE]); // buildah's WORKDIR makes no layer
 
       const [warmOut, warm] = await timed(() => bud('built-v1', ctxDir('buildah', 'v2'), ['--layers']));
-      expect(cachedLines('buildah', warmOut.stdout.toString())).toEqual([2, 3, RUN_LINE]);
+      expect(cachedLines('buildah', warmOut.stdout.toString())).toEqual([2, 3, ADD_LINE, RUN_LINE]);
       const [fresh, total] = await timed(async () => {
         const flagsFile = path.join(work, 'buildah-flags');
         await runOkSmart(['cache', 'pull', `file:${store}`, ctxDir('buildah', 'v2'), `oci:${path.join(work, 'buildah-cache')}`, '--print-cache-from', 'buildah', '--print-cache-from-file', flagsFile]);
         const lines = (await fs.readFile(flagsFile, 'utf8')).trim().split('\n');
         const flags = lines.pop()!;
         expect(flags).toBe('--layers');
-        expect(lines.length).toBe(3); // WORKDIR, COPY package.json, RUN: one image each
+        expect(lines.length).toBe(4); // WORKDIR, COPY package.json, ADD, RUN: one image each
         for (const line of lines) {
           const [cmd, verb, ...rest] = line.split(' ');
           expect([cmd, verb]).toEqual(['buildah', 'pull']);
@@ -238,9 +251,9 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
         return bud('fresh', ctxDir('buildah', 'v2'), flags.split(' '));
       });
       const cached = cachedLines('buildah', fresh.stdout.toString());
-      expect(cached, fresh.stdout.toString()).toEqual([2, 3, RUN_LINE]);
+      expect(cached, fresh.stdout.toString()).toEqual([2, 3, ADD_LINE, RUN_LINE]);
       times.buildah = { 'no cache': seconds(noCache), 'fresh storage + smart cache (pull, buildah pull, build)': seconds(total), 'storage that built v1': seconds(warm) };
-      reused.buildah = `${cached.length} of 4 steps (WORKDIR, COPY package.json, RUN)`;
+      reused.buildah = `${cached.length} of 5 steps (WORKDIR, COPY package.json, ADD, RUN)`;
     } finally {
       for (const s of ['built-v1', 'fresh']) await runOk('buildah', [...storage(s), 'rmi', '--all', '--force']).catch(() => undefined);
     }
@@ -252,6 +265,6 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     await runOkSmart(['push', `file:${store}#apps/classic:v1`, `file:${appsOnly}#apps/classic:v1`]);
     const p = await plan(`file:${appsOnly}`, ctxDir('classic', 'v2'));
     expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'registry' });
-    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, RUN_LINE]);
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, RUN_LINE]);
   });
 });

@@ -12,6 +12,7 @@ import {
   contextSize,
   copySourcesDigest,
   createMatcher,
+  digestCopyEntries,
   digestLayerEntries,
   listContext,
   loadDockerignore,
@@ -23,6 +24,7 @@ import { layerEntries } from '../../src/trie/image-steps.js';
 import { normalizeCreatedBy } from '../../src/dockerfile/history.js';
 import { dockerfileSteps, parseMount } from '../../src/trie/steps.js';
 import { tempDir } from '../harness/tmp.js';
+import { vendoredArchive } from '../harness/tree.js';
 
 /** Writes files (`name: content`; a name ending in `/` is an empty directory). */
 async function tree(files: Record<string, string>, dir?: string): Promise<string> {
@@ -298,6 +300,52 @@ describe('COPY content digests', () => {
     execFileSync('cp', ['-a', path.join(dir, 'src'), path.join(layerRoot, 'app', 'src')]);
     const tar = execFileSync('tar', ['--format=posix', '-C', layerRoot, '-cf', '-', 'app']);
     expect(digestLayerEntries(await layerEntries(Readable.from([tar])), '/app/src/')).toBe(fromContext);
+  });
+
+  it('ADD of a local archive (tar, gzip, bzip2, xz, zstd): its members, with the digest of the layer its extraction makes; anything else is the file', async () => {
+    const dir = await tree({ 'data.json': '{}\n', 'nested/' : '' });
+    const tar = await vendoredArchive();
+    await fs.writeFile(path.join(dir, 'v.tar'), tar);
+    for (const [ext, program] of [['gz', 'gzip'], ['bz2', 'bzip2'], ['xz', 'xz'], ['zst', 'zstd']] as const) {
+      await fs.writeFile(path.join(dir, `v.tar.${ext}`), execFileSync(program, ['-c', '-q'], { input: tar }));
+    }
+    await fs.writeFile(path.join(dir, 'data.json.gz'), execFileSync('gzip', ['-c'], { input: '{}\n' }));
+    await fs.writeFile(path.join(dir, 'empty.tar'), '');
+    await fs.copyFile(path.join(dir, 'v.tar.gz'), path.join(dir, 'nested', 'inner.tar.gz'));
+    const m = await loadDockerignore(dir);
+    const add = (sources: string[]) => collectCopyEntries(dir, sources, m, { unpack: true });
+    const members = await add(['v.tar.gz']);
+    expect(members.map((e) => [e.path, e.type, e.mode.toString(8), e.target ?? e.sha256?.slice(0, 8) ?? ''])).toEqual([
+      ['bin', 'dir', '755', ''],
+      ['bin/tool', 'file', '755', createHash('sha256').update('#!/bin/sh\n').digest('hex').slice(0, 8)],
+      ['lib', 'dir', '750', ''],
+      ['lib/a.txt', 'file', '640', createHash('sha256').update('vendored\n').digest('hex').slice(0, 8)],
+      ['lib/b', 'symlink', '777', 'a.txt'],
+      ['lib/c.txt', 'file', '640', createHash('sha256').update('vendored\n').digest('hex').slice(0, 8)],
+    ]);
+    const digest = digestCopyEntries(members);
+    for (const ext of ['tar', 'tar.bz2', 'tar.xz', 'tar.zst']) expect(digestCopyEntries(await add([`v.${ext}`])), ext).toBe(digest);
+    // The layer `ADD v.tar.gz /opt/vendor/` makes: the archive extracted there, written by GNU tar.
+    const layerRoot = await tempDir('smart-ctx-layer-');
+    await fs.mkdir(path.join(layerRoot, 'opt', 'vendor'), { recursive: true });
+    execFileSync('tar', ['-C', path.join(layerRoot, 'opt', 'vendor'), '-xf', path.join(dir, 'v.tar.gz')]);
+    const layer = execFileSync('tar', ['--format=posix', '-C', layerRoot, '-cf', '-', 'opt']);
+    expect(digestLayerEntries(await layerEntries(Readable.from([layer])), '/opt/vendor/')).toBe(digest);
+    // Not archives to the builders: a gzip that holds no tar, an empty file; nor an archive inside
+    // a directory source, nor any source without `unpack` (COPY).
+    expect((await add(['data.json.gz', 'empty.tar'])).map((e) => [e.path, e.type])).toEqual([
+      ['data.json.gz', 'file'],
+      ['empty.tar', 'file'],
+    ]);
+    expect((await add(['nested'])).map((e) => e.path)).toEqual(['inner.tar.gz']);
+    expect((await collectCopyEntries(dir, ['v.tar.gz'], m)).map((e) => e.path)).toEqual(['v.tar.gz']);
+    // Through the Dockerfile: ADD unpacks, `ADD --unpack=false` and COPY take the file.
+    await fs.writeFile(path.join(dir, 'Dockerfile'), 'FROM busybox\nADD v.tar.gz /opt/\nADD --unpack=false v.tar.gz /opt/\nCOPY v.tar.gz /opt/\n');
+    const steps = (await dockerfileSteps(parseDockerfile(await fs.readFile(path.join(dir, 'Dockerfile'), 'utf8')), { contextDir: dir })).steps;
+    const [unpacked, kept, copied] = steps.filter((x) => x.contentDigest).map((x) => x.contentDigest);
+    expect(unpacked).toBe(digest);
+    expect(kept).toBe(copied);
+    expect(kept).not.toBe(digest);
   });
 
   it('a missing or excluded source is NOT_FOUND naming the line', async () => {

@@ -1,0 +1,73 @@
+/**
+ * `ADD app.tar.gz /opt/app/`: a local tar archive named as an ADD source is extracted into the
+ * destination by every builder (BuildKit's and the classic builder's isArchivePath, buildah's
+ * `--extract`), so the layer holds its members, never the archive. What an archive is, as they
+ * decide it: a regular file that decompresses as gzip, bzip2, xz or zstd (or not at all) and whose
+ * first tar header reads; anything else (a `.json.gz`, an empty tar) is copied as the file it is.
+ */
+import { createReadStream } from 'node:fs';
+import type { Readable } from 'node:stream';
+import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression } from '../oci/mediatypes.js';
+import { fsPath } from '../tar/byte-names.js';
+import { cleanPath, contextRelative, type CopyEntry } from './context.js';
+
+/**
+ * The entries an ADD of the archive at `abs` (context path `source`) places, relative to the
+ * destination, or undefined when the file is not an archive to the builders. Members keep their
+ * own modes; a hardlink is the file it links to; a directory a member needs and the archive does
+ * not hold is made 0755, as extraction makes it; whiteouts and names leaving the destination
+ * (which fail the build) are left out.
+ */
+export async function archiveCopyEntries(abs: string, source: string): Promise<CopyEntry[] | undefined> {
+  const head = await readHead(abs);
+  if (head === undefined) return undefined;
+  const compression = sniffArchiveCompression(head);
+  const { layerEntries } = await import('../trie/image-steps.js');
+  let stream: Readable = createReadStream(fsPath(abs));
+  if (compression !== 'none') {
+    const { decompress } = await import('../pipeline/compression.js');
+    const gunzip = compression === 'gzip' ? await (await import('../pipeline/parallel-gzip.js')).chooseGunzip() : undefined;
+    stream = decompress(stream, compression, `${source} (${compression})`, gunzip ? { gunzip } : {});
+  }
+  let members;
+  try {
+    members = await layerEntries(stream);
+  } catch {
+    // Not a tar (its first header does not read), or one the builder fails to extract: either
+    // way no layer holds its members, and the file is what this summarises.
+    return undefined;
+  }
+  if (members.length === 0) return undefined; // Go's tar reader finds no first header: not an archive
+  const byPath = new Map<string, CopyEntry>();
+  for (const m of members) {
+    const clean = cleanPath(m.path);
+    if (clean === '..' || clean.startsWith('../')) continue;
+    const rel = contextRelative(clean);
+    if (rel === '' || rel.slice(rel.lastIndexOf('/') + 1).startsWith('.wh.')) continue;
+    const entry: CopyEntry = { path: rel, source, type: m.type, mode: m.mode & 0o7777, size: 0, fromArchive: true };
+    if (m.sha256 !== undefined) entry.sha256 = m.sha256;
+    if (m.target !== undefined) entry.target = m.target;
+    byPath.set(rel, entry);
+  }
+  for (const rel of [...byPath.keys()]) {
+    for (let i = rel.lastIndexOf('/'); i > 0; i = rel.lastIndexOf('/', i - 1)) {
+      const dir = rel.slice(0, i);
+      if (!byPath.has(dir)) byPath.set(dir, { path: dir, source, type: 'dir', mode: 0o755, size: 0, fromArchive: true });
+    }
+  }
+  return [...byPath.values()];
+}
+
+/** The file's first bytes, or undefined when it cannot be read or is empty (never an archive). */
+function readHead(abs: string): Promise<Buffer | undefined> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    createReadStream(fsPath(abs), { start: 0, end: ARCHIVE_MAGIC_BYTES - 1 })
+      .on('data', (c) => chunks.push(c as Buffer))
+      .on('error', () => resolve(undefined))
+      .on('end', () => {
+        const head = Buffer.concat(chunks);
+        resolve(head.length > 0 ? head : undefined);
+      });
+  });
+}
