@@ -595,10 +595,11 @@ export interface CopyOptions {
   hash?: boolean;
   /**
    * ADD: a tar archive named as a source (not one inside a directory source) is extracted into
-   * the destination, as builders do: its members are the entries (context-archive.ts). Not with
+   * the destination, as builders do: its members are the entries, as this gives them for a
+   * context file (trie/archive-entries.ts), or undefined for a file that is no archive. Not with
    * `hash: false`, which reads no file.
    */
-  unpack?: boolean;
+  unpack?: (absolutePath: string, contextPath: string) => Promise<CopyEntry[] | undefined>;
 }
 
 const MAX_SYMLINKS = 32;
@@ -705,7 +706,7 @@ export async function collectCopyEntries(contextDir: string, sources: readonly s
           add(options.parents ? (m === '' ? sub : `${m}/${sub}`) : sub, d, d.path);
         }
       } else {
-        const members = options.unpack && options.hash !== false && e.type === 'file' ? await archiveMembers(index, e) : undefined;
+        const members = options.unpack && options.hash !== false && e.type === 'file' ? await options.unpack(path.join(index.dir, e.path), e.path) : undefined;
         if (!members) add(options.parents ? m : m.slice(m.lastIndexOf('/') + 1), e, e.path);
         else for (const member of members) if (!exclude?.excluded(member.path)) byPath.set(member.path, member);
       }
@@ -714,12 +715,6 @@ export async function collectCopyEntries(contextDir: string, sources: readonly s
   const entries = [...byPath.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   if (options.hash !== false) await hashFiles(index, entries, options.hashCache);
   return entries;
-}
-
-/** The members an ADD of a context file extracts, or undefined when it is not an archive (context-archive.ts). */
-async function archiveMembers(index: ContextIndex, e: ContextEntry): Promise<CopyEntry[] | undefined> {
-  const { archiveCopyEntries } = await import('./context-archive.js');
-  return archiveCopyEntries(path.join(index.dir, e.path), e.path);
 }
 
 async function hashFiles(index: ContextIndex, entries: CopyEntry[], cache?: Map<string, string>): Promise<void> {

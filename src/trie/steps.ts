@@ -43,6 +43,7 @@ import {
 import { ClassicContextSums, buildahSourceRef, loadOwnerNames, type OwnerNames } from '../dockerfile/builder-hashes.js';
 import { DEFAULT_SHELL, elidedCopyInstruction, normalizeInstruction } from '../dockerfile/history.js';
 import { elidedSummaryDigest, resolveCopyDestination } from './image-steps.js';
+import { archiveCopyEntries } from './archive-entries.js';
 import type { StepKey } from './layer-trie.js';
 
 export interface Step {
@@ -286,7 +287,7 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
               hashCache,
               exclude,
               parents,
-              unpack: instr.keyword === 'ADD' && unpackFlag(getFlag(instr, 'unpack')),
+              ...(instr.keyword === 'ADD' && unpackFlag(getFlag(instr, 'unpack')) ? { unpack: archiveCopyEntries } : {}),
               file: df.file,
               line: instr.startLine,
             });

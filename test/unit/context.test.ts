@@ -20,6 +20,7 @@ import {
 } from '../../src/dockerfile/context.js';
 import { parseDockerfile } from '../../src/dockerfile/parser.js';
 import { encodeName } from '../../src/tar/byte-names.js';
+import { archiveCopyEntries } from '../../src/trie/archive-entries.js';
 import { layerEntries } from '../../src/trie/image-steps.js';
 import { normalizeCreatedBy } from '../../src/dockerfile/history.js';
 import { dockerfileSteps, parseMount } from '../../src/trie/steps.js';
@@ -313,7 +314,7 @@ describe('COPY content digests', () => {
     await fs.writeFile(path.join(dir, 'empty.tar'), '');
     await fs.copyFile(path.join(dir, 'v.tar.gz'), path.join(dir, 'nested', 'inner.tar.gz'));
     const m = await loadDockerignore(dir);
-    const add = (sources: string[]) => collectCopyEntries(dir, sources, m, { unpack: true });
+    const add = (sources: string[]) => collectCopyEntries(dir, sources, m, { unpack: archiveCopyEntries });
     const members = await add(['v.tar.gz']);
     expect(members.map((e) => [e.path, e.type, e.mode.toString(8), e.target ?? e.sha256?.slice(0, 8) ?? ''])).toEqual([
       ['bin', 'dir', '755', ''],

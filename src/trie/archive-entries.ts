@@ -4,12 +4,13 @@
  * `--extract`), so the layer holds its members, never the archive. What an archive is, as they
  * decide it: a regular file that decompresses as gzip, bzip2, xz or zstd (or not at all) and whose
  * first tar header reads; anything else (a `.json.gz`, an empty tar) is copied as the file it is.
+ * Given to the context's `collectCopyEntries` as its `unpack` (the context knows no decompressor).
  */
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression } from '../oci/mediatypes.js';
 import { fsPath } from '../tar/byte-names.js';
-import { cleanPath, contextRelative, type CopyEntry } from './context.js';
+import { cleanPath, contextRelative, type CopyEntry } from '../dockerfile/context.js';
 
 /**
  * The entries an ADD of the archive at `abs` (context path `source`) places, relative to the
@@ -22,7 +23,7 @@ export async function archiveCopyEntries(abs: string, source: string): Promise<C
   const head = await readHead(abs);
   if (head === undefined) return undefined;
   const compression = sniffArchiveCompression(head);
-  const { layerEntries } = await import('../trie/image-steps.js');
+  const { layerEntries } = await import('./image-steps.js');
   let stream: Readable = createReadStream(fsPath(abs));
   if (compression !== 'none') {
     const { decompress } = await import('../pipeline/compression.js');
