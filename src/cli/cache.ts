@@ -121,7 +121,11 @@ function printPlan(plan: PlanResult, out: Output): void {
         : `base ${b.ref}: not in the store`,
     );
   }
-  for (const s of plan.steps) out.info(`  line ${String(s.line).padStart(3)}  ${s.noLayer ? ' ' : s.matched ? '✓' : '✗'}  ${s.instruction}`);
+  for (const s of plan.steps) {
+    // A step matched by its instruction alone says so: the builder may still find what it reads changed.
+    const unchecked = s.instructionOnly ? `   (by its instruction: what it reads, ${s.instructionOnly.reads}, is the builder's to check)` : '';
+    out.info(`  line ${String(s.line).padStart(3)}  ${s.noLayer ? ' ' : s.matched ? '✓' : '✗'}  ${s.instruction}${unchecked}`);
+  }
   if (!plan.best) {
     out.info('no stored image shares a layer with this build');
     return;

@@ -24,7 +24,7 @@ import { vendoredArchive } from '../harness/tree.js';
 
 interface Plan {
   base?: { ref: string; layers: number; inStore: number; resolvedVia?: string };
-  steps: { line: number; instruction: string; matched: boolean; noLayer?: boolean }[];
+  steps: { line: number; instruction: string; matched: boolean; noLayer?: boolean; instructionOnly?: { reads: string } }[];
   best?: { image: string; layers: unknown[]; baseLayers: number; steps: number; inlineCache?: boolean };
 }
 
@@ -257,6 +257,34 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     } finally {
       for (const s of ['built-v1', 'fresh']) await runOk('buildah', [...storage(s), 'rmi', '--all', '--force']).catch(() => undefined);
     }
+  });
+
+  it('BuildKit, multi-stage: a COPY --from is matched by its instruction alone, and the plan says so; BuildKit rebuilds it when the stage changed', async () => {
+    const env = { DOCKER_BUILDKIT: '1' };
+    const ms = (version: string) => path.join(work, `ctx-multistage-${version}`);
+    for (const v of ['v1', 'v2']) {
+      await fs.mkdir(path.join(ms(v), 'src'), { recursive: true });
+      await fs.writeFile(path.join(ms(v), 'src', 'main.txt'), `${v}\n`);
+      await fs.writeFile(path.join(ms(v), 'Dockerfile'), `FROM ${baseRef} AS build\nCOPY src/ /src/\nRUN mkdir /out && cat /src/main.txt > /out/app\nFROM ${baseRef}\nRUN echo setup > /setup\nCOPY --from=build /out/app /app\nRUN cat /app > /copied\n`);
+    }
+    const build = (ctx: string, tag: string) => dockerd.dockerOk(['build', '--network', 'none', '--progress', 'plain', '-t', tag, ctx], { env });
+    await build(ms('v1'), 'ms:v1');
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/multistage:v1`], (await dockerd.dockerOk(['save', 'ms:v1'])).stdout);
+    await runOkSmart(['cache', 'index', `file:${store}`]);
+    // v2 changes what the build stage makes: BuildKit's history names no content of the COPY, so
+    // its instruction is all there is to match, and the plan says what it could not check.
+    const p = await plan(`file:${store}`, ms('v2'), '--builder', 'buildkit');
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([5, 6, 7]);
+    expect(p.steps.map((x) => x.instructionOnly)).toEqual([undefined, { reads: '--from=build' }, undefined]);
+    const human = (await runOkSmart(['cache', 'plan', `file:${store}`, ms('v2'), '--builder', 'buildkit'])).stderr.toString();
+    expect(human).toContain("line   6  ✓  COPY /out/app /app   (by its instruction: what it reads, --from=build, is the builder's to check)");
+    // BuildKit, v1's cache at hand, reuses the step before and rebuilds the COPY and the step after.
+    const out = (await build(ms('v2'), 'ms:v2')).stderr;
+    const steps = new Map([...out.matchAll(/^(#\d+) \[stage-1 \d+\/\d+\] (.*)$/gm)].map((m) => [m[1]!, m[2]!]));
+    const cached = [...out.matchAll(/^(#\d+) CACHED$/gm)].map((m) => steps.get(m[1]!)).filter((x) => x !== undefined);
+    expect(cached, out).toContain('RUN echo setup > /setup');
+    expect(cached).not.toContain('COPY --from=build /out/app /app');
+    expect(cached).not.toContain('RUN cat /app > /copied');
   });
 
   it('resolves FROM through the registry API when the store does not hold the base', async () => {

@@ -26,6 +26,12 @@ export interface PlanStep {
   matched: boolean;
   /** The step changes nothing the trie records (ENV, CMD...) or has no layer (WORKDIR /). */
   noLayer?: boolean;
+  /**
+   * Matched by its instruction alone: the step reads what the plan cannot see (`COPY --from` a
+   * stage or an image, a remote ADD, a RUN mount `from=`), so whether that content is the same is
+   * left to the builder, which rebuilds the step (and those after it) when it is not.
+   */
+  instructionOnly?: { reads: string };
 }
 
 export interface PlanCandidate {
@@ -230,7 +236,14 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         .filter((s) => s.stage === build.stage)
         .map((s) => {
           const k = layerSteps.indexOf(s);
-          return { line: s.line, instruction: s.instruction, matched: match.matchedSteps.includes(k), ...(k < 0 ? { noLayer: true } : {}) };
+          const matched = match.matchedSteps.includes(k);
+          return {
+            line: s.line,
+            instruction: s.instruction,
+            matched,
+            ...(k < 0 ? { noLayer: true } : {}),
+            ...(matched && s.external ? { instructionOnly: { reads: s.from !== undefined ? `--from=${s.from}` : s.keyword === 'RUN' ? 'a mount from=' : 'a remote source' } } : {}),
+          };
         }),
       ...(best ? { best } : {}),
       alternatives: preferred(match.node?.images ?? [], options.builder).slice(1, 6).map((r) => `${r.repository}${r.tag ? `:${r.tag}` : ''}`),
