@@ -122,6 +122,11 @@ export interface StepsOptions {
 export interface BuilderStepKey {
   key: StepKey;
   builder?: 'docker' | 'buildah';
+  /**
+   * What this key leaves unchecked that the step's own key checks (the files a RUN bind-mounts
+   * from the context): a layer found only under it matches by the instruction alone.
+   */
+  unchecked?: string;
 }
 
 export const STEP_KEY_VERSION = 'smartlayer-step-v1';
@@ -237,6 +242,9 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
               lines.push(`${m.target}\0${digestCopyEntries(entries)}`);
             }
             contentDigest = sha256Digest(lines.join('\n'));
+            // BuildKit's history of such a RUN is its command alone (no mounts, no content): the
+            // image it built is found by the instruction, the bound files left to the builder.
+            alternatives = [{ key: { instruction }, unchecked: 'the files it bind-mounts from the context' }];
           }
           break;
         }

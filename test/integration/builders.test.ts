@@ -61,7 +61,8 @@ function cachedLines(builder: 'classic' | 'buildkit' | 'buildah', output: string
     for (const m of output.matchAll(/^STEP (\d+)\/\d+: .*\n--> Using cache/gm)) out.push(Number(m[1]));
   } else {
     const steps = new Map<string, number>();
-    for (const m of output.matchAll(/^(#\d+) \[(\d+)\/\d+\] /gm)) steps.set(m[1]!, Number(m[2]));
+    // `[2/5]`, or `[stage-0 2/5]` (as BuildKit names the stage of some builds).
+    for (const m of output.matchAll(/^(#\d+) \[(?:[^\s\]]+ )?(\d+)\/\d+\] /gm)) steps.set(m[1]!, Number(m[2]));
     for (const m of output.matchAll(/^(#\d+) CACHED$/gm)) if (steps.has(m[1]!)) out.push(steps.get(m[1]!)!);
   }
   return [...new Set(out)].sort((a, b) => a - b);
@@ -285,6 +286,34 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     expect(cached, out).toContain('RUN echo setup > /setup');
     expect(cached).not.toContain('COPY --from=build /out/app /app');
     expect(cached).not.toContain('RUN cat /app > /copied');
+  });
+
+  it('BuildKit, RUN --mount as docker init writes it: found by its command, said so, and reused by a fresh daemon', async () => {
+    const env = { DOCKER_BUILDKIT: '1' };
+    const mounts = (version: string) => path.join(work, `ctx-mounts-${version}`);
+    for (const v of ['v1', 'v2']) {
+      await fs.mkdir(path.join(mounts(v), 'src'), { recursive: true });
+      await fs.writeFile(path.join(mounts(v), 'package.json'), '{"name":"app"}\n');
+      await fs.writeFile(path.join(mounts(v), 'src', 'index.js'), `console.log("${v}");\n`);
+      await fs.writeFile(
+        path.join(mounts(v), 'Dockerfile'),
+        `FROM ${baseRef}\nWORKDIR /app\nRUN --mount=type=cache,target=/root/.cache --mount=type=bind,source=package.json,target=package.json cat package.json > deps && sleep 2\nCOPY . ./\n`,
+      );
+    }
+    const build = (ctx: string, tag: string, extra: string[] = []) => dockerd.dockerOk(['build', '--network', 'none', '--progress', 'plain', ...extra, '-t', tag, ctx], { env });
+    await dockerd.wipe();
+    await build(mounts('v1'), 'mounts:v1', ['--build-arg', 'BUILDKIT_INLINE_CACHE=1']);
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/mounts:v1`], (await dockerd.dockerOk(['save', 'mounts:v1'])).stdout);
+    await runOkSmart(['cache', 'index', `file:${store}`]);
+    // BuildKit's history of the RUN is its command alone: the layer is found by it (it was not:
+    // the bound package.json was part of the key), and the line says what was not checked.
+    const p = await plan(`file:${store}`, mounts('v2'), '--builder', 'buildkit');
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3]);
+    expect(p.steps.find((x) => x.line === 3)?.instructionOnly).toEqual({ reads: 'the files it bind-mounts from the context' });
+    expect(p.best).toMatchObject({ image: 'apps/mounts:v1', inlineCache: true });
+    await dockerd.wipe();
+    const out = (await build(mounts('v2'), 'mounts:v2', ['--cache-from', `${registry.host}/apps/mounts:v1`])).stderr;
+    expect(cachedLines('buildkit', out), out).toEqual(expect.arrayContaining([2, 3]));
   });
 
   it('resolves FROM through the registry API when the store does not hold the base', async () => {

@@ -495,6 +495,9 @@ describe('dockerfileSteps', () => {
     await fs.writeFile(path.join(dir, 'requirements.txt'), 'flask==3.0.1\n');
     const c = await dockerfileSteps(parseDockerfile(text('a')), { contextDir: dir });
     expect(c.steps[1]!.contentDigest).not.toBe(a.steps[1]!.contentDigest);
+    // Also known by its command alone, as BuildKit's history writes such a RUN (the mounts and
+    // their content left out), the bound files then unchecked.
+    expect(c.steps[1]!.alternatives).toEqual([{ key: { instruction: 'RUN pip install -r /tmp/r.txt' }, unchecked: 'the files it bind-mounts from the context' }]);
     expect(parseMount('target=/x')).toEqual({ type: 'bind', source: '.', target: '/x' });
   });
 

@@ -10,7 +10,8 @@ import { parseReference, type Reference } from '../../oci/reference.js';
 import type { Platform } from '../../oci/platform.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
 import { resolveImage } from '../../pipeline/layers.js';
-import { chainIds, matchBuild, type ImageBuilder, type ImageRef, type Match, type TrieNode } from '../../trie/layer-trie.js';
+import { chainIds, keysOf, matchBuild, stepKeyString, type ImageBuilder, type ImageRef, type Match, type TrieNode } from '../../trie/layer-trie.js';
+import type { Step } from '../../trie/steps.js';
 import { openStore } from '../../transports/all.js';
 import type { StoreAccess } from '../../transports/transport.js';
 import { platformOf, type CacheContext } from './session.js';
@@ -28,8 +29,9 @@ export interface PlanStep {
   noLayer?: boolean;
   /**
    * Matched by its instruction alone: the step reads what the plan cannot see (`COPY --from` a
-   * stage or an image, a remote ADD, a RUN mount `from=`), so whether that content is the same is
-   * left to the builder, which rebuilds the step (and those after it) when it is not.
+   * stage or an image, a remote ADD, a RUN mount `from=`), or the layer is known by its command
+   * only (BuildKit's history of a RUN that bind-mounts context files), so whether what it reads is
+   * the same is left to the builder, which rebuilds the step (and those after it) when it is not.
    */
   instructionOnly?: { reads: string };
 }
@@ -237,12 +239,13 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         .map((s) => {
           const k = layerSteps.indexOf(s);
           const matched = match.matchedSteps.includes(k);
+          const reads = matched ? uncheckedReads(s, match.path[match.baseLayers + match.matchedSteps.indexOf(k)]) : undefined;
           return {
             line: s.line,
             instruction: s.instruction,
             matched,
             ...(k < 0 ? { noLayer: true } : {}),
-            ...(matched && s.external ? { instructionOnly: { reads: s.from !== undefined ? `--from=${s.from}` : s.keyword === 'RUN' ? 'a mount from=' : 'a remote source' } } : {}),
+            ...(reads ? { instructionOnly: { reads } } : {}),
           };
         }),
       ...(best ? { best } : {}),
@@ -265,6 +268,20 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
   } finally {
     await store.close();
   }
+}
+
+/**
+ * What a matched step read that the match did not check, if anything: all it reads from outside
+ * the context (COPY --from, a remote ADD, a RUN mount from=), or what the only key of it the layer
+ * carries leaves out (a RUN's bind-mounted context files, when the layer is known by its command).
+ */
+function uncheckedReads(s: Step, node: TrieNode | undefined): string | undefined {
+  if (s.external) return s.from !== undefined ? `--from=${s.from}` : s.keyword === 'RUN' ? 'a mount from=' : 'a remote source';
+  const unchecked = s.alternatives?.filter((a) => a.unchecked !== undefined) ?? [];
+  if (unchecked.length === 0 || !node) return undefined;
+  const carried = new Set(keysOf(node).map(stepKeyString));
+  const checked = [{ instruction: s.instruction, ...(s.contentDigest ? { contentDigest: s.contentDigest } : {}) }, ...(s.alternatives ?? []).filter((a) => a.unchecked === undefined).map((a) => a.key)];
+  return checked.some((key) => carried.has(stepKeyString(key))) ? undefined : unchecked[0]!.unchecked;
 }
 
 /** `--image SRC`: which stored images share most of a built image's layers. */
