@@ -122,8 +122,8 @@ function printPlan(plan: PlanResult, out: Output): void {
     );
   }
   for (const s of plan.steps) {
-    // A step matched by its instruction alone says so: the builder may still find what it reads changed.
-    const unchecked = s.instructionOnly ? `   (by its instruction: what it reads, ${s.instructionOnly.reads}, is the builder's to check)` : '';
+    // A step matched without checking all it reads says what: the builder may still find it changed.
+    const unchecked = s.unchecked ? `   (not checked: ${s.unchecked}; the builder checks it)` : '';
     out.info(`  line ${String(s.line).padStart(3)}  ${s.noLayer ? ' ' : s.matched ? '✓' : '✗'}  ${s.instruction}${unchecked}`);
   }
   if (!plan.best) {

@@ -707,8 +707,9 @@ export async function collectCopyEntries(contextDir: string, sources: readonly s
         }
       } else {
         const members = options.unpack && options.hash !== false && e.type === 'file' ? await options.unpack(path.join(index.dir, e.path), e.path) : undefined;
-        if (!members) add(options.parents ? m : m.slice(m.lastIndexOf('/') + 1), e, e.path);
-        else for (const member of members) if (!exclude?.excluded(member.path)) byPath.set(member.path, member);
+        if (members) {
+          for (const member of members) if (!exclude?.excluded(member.path)) byPath.set(member.path, member);
+        } else add(options.parents ? m : m.slice(m.lastIndexOf('/') + 1), e, e.path);
       }
     }
   }

@@ -38,9 +38,10 @@ export interface DecompressOptions {
 
 /**
  * Decompresses `source` as `compression`. gzip through Node's zlib or `options.gunzip` (several
- * members read as one stream, as the format allows); zstd, bzip2 and xz (whole archives only,
- * never a layer) through their programs, since Node 20 has none of them. A corrupt or truncated stream errors with CORRUPT_ARCHIVE naming `what`; errors
- * of `source` pass through unchanged. Destroying the result destroys `source`.
+ * members read as one stream, as the format allows); zstd, bzip2 and xz (bzip2 and xz: whole
+ * archives, never a layer) through their programs, since Node 20 has none of them. A corrupt or
+ * truncated stream errors with CORRUPT_ARCHIVE naming `what`; errors of `source` pass through
+ * unchanged. Destroying the result destroys `source`.
  */
 export function decompress(source: Readable, compression: ArchiveCompression, what: string, options: DecompressOptions = {}): Readable {
   if (compression === 'none') return options.verify ? verifiedStream(source, options.verify, { offThread: true }) : source;

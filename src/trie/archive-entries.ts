@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression } from '../oci/mediatypes.js';
 import { fsPath } from '../tar/byte-names.js';
 import { cleanPath, contextRelative, type CopyEntry } from '../dockerfile/context.js';
+import { layerEntries } from './image-steps.js';
 
 /**
  * The entries an ADD of the archive at `abs` (context path `source`) places, relative to the
@@ -23,7 +24,6 @@ export async function archiveCopyEntries(abs: string, source: string): Promise<C
   const head = await readHead(abs);
   if (head === undefined) return undefined;
   const compression = sniffArchiveCompression(head);
-  const { layerEntries } = await import('./image-steps.js');
   let stream: Readable = createReadStream(fsPath(abs));
   if (compression !== 'none') {
     const { decompress } = await import('../pipeline/compression.js');
@@ -34,8 +34,8 @@ export async function archiveCopyEntries(abs: string, source: string): Promise<C
   try {
     members = await layerEntries(stream);
   } catch {
-    // Not a tar (its first header does not read), or one the builder fails to extract: either
-    // way no layer holds its members, and the file is what this summarises.
+    // Not a tar (its first header does not read), one the builder fails to extract, or one whose
+    // decompressor this machine lacks: the file is what this summarises (a miss at worst).
     return undefined;
   }
   if (members.length === 0) return undefined; // Go's tar reader finds no first header: not an archive

@@ -124,7 +124,8 @@ export interface BuilderStepKey {
   builder?: 'docker' | 'buildah';
   /**
    * What this key leaves unchecked that the step's own key checks (the files a RUN bind-mounts
-   * from the context): a layer found only under it matches by the instruction alone.
+   * from the context, the owner a COPY --chown sets): a layer found only under it is matched
+   * without it, and the plan says so.
    */
   unchecked?: string;
 }
@@ -326,8 +327,17 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             }
             const files = elidedSummaryDigest(entries, chmod);
             keys.push({ key: { instruction: elidedCopyInstruction(kw, destWritten, chown), contentDigest: files } }, { key: { instruction: elidedCopyInstruction(kw, destRaw), contentDigest: files } });
+            // BuildKit's history writes a COPY without its --chown and --chmod: the layer is then
+            // known by the rest of the instruction and its files (their modes carry a --chmod; the
+            // owner a --chown sets goes unchecked).
+            const bare = chown !== undefined || chmod !== undefined ? instruction.replace(/ --(?:chown|chmod)=\S+/g, '') : undefined;
+            const ownerUnchecked = chown !== undefined ? { unchecked: `the owner --chown=${chown} sets, which BuildKit's history leaves out` } : {};
+            if (bare) keys.push({ key: { instruction: bare, contentDigest: files }, ...ownerUnchecked });
             const rest = entriesLeftByDiffer(entries, destination, placed, flags);
-            if (rest) keys.push({ key: { instruction, contentDigest: digestCopyEntries(rest, flags) } });
+            if (rest) {
+              keys.push({ key: { instruction, contentDigest: digestCopyEntries(rest, flags) } });
+              if (bare) keys.push({ key: { instruction: bare, contentDigest: elidedSummaryDigest(rest, chmod) }, ...ownerUnchecked });
+            }
             alternatives = keys;
           }
           recordPlaced(entries, destination, placed, flags);

@@ -2,12 +2,13 @@
  * smart cache end to end with the real builders: the Docker classic builder and BuildKit of a
  * private dockerd (Debian docker.io 20.10), and buildah. Each builds an app (`WORKDIR`, `COPY
  * package.json`, `ADD` of a local tar.gz, which they extract, a slow `RUN`, `COPY . ./`) on a
- * busybox base served by the stock registry from
- * our store; v1 is pushed as any user would (`docker save | smart push`, `buildah push`), without
- * `--dockerfile` (and once with it); the plan for v2, which changes only a source file, reaches
- * past the slow RUN; and on a fresh runner (the daemon wiped, an empty buildah storage) the cache
- * `smart cache pull` writes, given to the builder with the flags it prints, makes the builder reuse
- * every matched step: the RUN is not run again.
+ * busybox base served by the stock registry from our store; v1 is pushed as any user would
+ * (`docker save | smart push`, `buildah push`), without `--dockerfile` (and once with it); the
+ * plan for v2, which changes only a source file, reaches past the slow RUN; and on a fresh runner
+ * (the daemon wiped, an empty buildah storage) the cache `smart cache pull` writes, given to the
+ * builder with the flags it prints, makes the builder reuse every matched step: the RUN is not run
+ * again. BuildKit also builds a multi-stage image (a COPY --from whose stage changed) and a RUN
+ * with cache and bind mounts, as `docker init` writes it.
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
@@ -24,7 +25,7 @@ import { vendoredArchive } from '../harness/tree.js';
 
 interface Plan {
   base?: { ref: string; layers: number; inStore: number; resolvedVia?: string };
-  steps: { line: number; instruction: string; matched: boolean; noLayer?: boolean; instructionOnly?: { reads: string } }[];
+  steps: { line: number; instruction: string; matched: boolean; noLayer?: boolean; unchecked?: string }[];
   best?: { image: string; layers: unknown[]; baseLayers: number; steps: number; inlineCache?: boolean };
 }
 
@@ -276,9 +277,9 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     // its instruction is all there is to match, and the plan says what it could not check.
     const p = await plan(`file:${store}`, ms('v2'), '--builder', 'buildkit');
     expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([5, 6, 7]);
-    expect(p.steps.map((x) => x.instructionOnly)).toEqual([undefined, { reads: '--from=build' }, undefined]);
+    expect(p.steps.map((x) => x.unchecked)).toEqual([undefined, 'what it copies --from=build', undefined]);
     const human = (await runOkSmart(['cache', 'plan', `file:${store}`, ms('v2'), '--builder', 'buildkit'])).stderr.toString();
-    expect(human).toContain("line   6  ✓  COPY /out/app /app   (by its instruction: what it reads, --from=build, is the builder's to check)");
+    expect(human).toContain('line   6  ✓  COPY /out/app /app   (not checked: what it copies --from=build; the builder checks it)');
     // BuildKit, v1's cache at hand, reuses the step before and rebuilds the COPY and the step after.
     const out = (await build(ms('v2'), 'ms:v2')).stderr;
     const steps = new Map([...out.matchAll(/^(#\d+) \[stage-1 \d+\/\d+\] (.*)$/gm)].map((m) => [m[1]!, m[2]!]));
@@ -288,7 +289,7 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     expect(cached).not.toContain('RUN cat /app > /copied');
   });
 
-  it('BuildKit, RUN --mount as docker init writes it: found by its command, said so, and reused by a fresh daemon', async () => {
+  it('BuildKit, COPY --chown and RUN --mount as docker init writes them: found as its history writes them, said so, and reused by a fresh daemon', async () => {
     const env = { DOCKER_BUILDKIT: '1' };
     const mounts = (version: string) => path.join(work, `ctx-mounts-${version}`);
     for (const v of ['v1', 'v2']) {
@@ -297,7 +298,7 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       await fs.writeFile(path.join(mounts(v), 'src', 'index.js'), `console.log("${v}");\n`);
       await fs.writeFile(
         path.join(mounts(v), 'Dockerfile'),
-        `FROM ${baseRef}\nWORKDIR /app\nRUN --mount=type=cache,target=/root/.cache --mount=type=bind,source=package.json,target=package.json cat package.json > deps && sleep 2\nCOPY . ./\n`,
+        `FROM ${baseRef}\nWORKDIR /app\nCOPY --chown=1000:1000 package.json ./\nRUN --mount=type=cache,target=/root/.cache --mount=type=bind,source=package.json,target=/tmp/package.json cat /tmp/package.json > deps && sleep 2\nCOPY . ./\n`,
       );
     }
     const build = (ctx: string, tag: string, extra: string[] = []) => dockerd.dockerOk(['build', '--network', 'none', '--progress', 'plain', ...extra, '-t', tag, ctx], { env });
@@ -305,15 +306,16 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     await build(mounts('v1'), 'mounts:v1', ['--build-arg', 'BUILDKIT_INLINE_CACHE=1']);
     await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/mounts:v1`], (await dockerd.dockerOk(['save', 'mounts:v1'])).stdout);
     await runOkSmart(['cache', 'index', `file:${store}`]);
-    // BuildKit's history of the RUN is its command alone: the layer is found by it (it was not:
-    // the bound package.json was part of the key), and the line says what was not checked.
+    // BuildKit's history writes the COPY without its --chown, and the RUN as its command alone:
+    // each layer is found so (neither was: the flag, the bound package.json were part of the
+    // keys), and each line says what was not checked.
     const p = await plan(`file:${store}`, mounts('v2'), '--builder', 'buildkit');
-    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3]);
-    expect(p.steps.find((x) => x.line === 3)?.instructionOnly).toEqual({ reads: 'the files it bind-mounts from the context' });
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, 4]);
+    expect(p.steps.map((x) => x.unchecked)).toEqual([undefined, "the owner --chown=1000:1000 sets, which BuildKit's history leaves out", 'the files it bind-mounts from the context', undefined]);
     expect(p.best).toMatchObject({ image: 'apps/mounts:v1', inlineCache: true });
     await dockerd.wipe();
     const out = (await build(mounts('v2'), 'mounts:v2', ['--cache-from', `${registry.host}/apps/mounts:v1`])).stderr;
-    expect(cachedLines('buildkit', out), out).toEqual(expect.arrayContaining([2, 3]));
+    expect(cachedLines('buildkit', out), out).toEqual(expect.arrayContaining([2, 3, 4]));
   });
 
   it('resolves FROM through the registry API when the store does not hold the base', async () => {

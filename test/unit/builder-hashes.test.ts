@@ -139,6 +139,13 @@ describe('builder content references', () => {
     const [, h3] = historyLayerSteps([{ created_by: 'COPY package.json /app/ # buildkit' }, { created_by: 'COPY . /app # buildkit' }], 2)!;
     const all3 = noSlash.steps.find((s) => s.instruction === 'COPY . /app')!;
     expect(all3.alternatives!.map((a) => stepKeyString(a.key))).toContain(stepKeyString(summaryStepKey(h3!, layer)!));
+    // BuildKit writes `COPY --chown=1000:1000 . ./` as `COPY . ./`: that layer is the step's too,
+    // its owner unchecked (the summary compares no owners).
+    const chowned = await dockerfileSteps(parseDockerfile('FROM base:1\nWORKDIR /app\nCOPY --chown=1000:1000 . ./\n', 'Dockerfile'), { contextDir: dir, builderKeys: true });
+    const [, h4] = historyLayerSteps([{ created_by: 'WORKDIR /app' }, { created_by: 'COPY . ./ # buildkit' }], 2)!;
+    const owned = chowned.steps.find((s) => s.instruction.startsWith('COPY'))!;
+    const whole = [...layer, { path: 'app/package.json', type: 'file' as const, mode: 0o644, sha256: sha('{"name":"app","version":"1.0.0"}\n') }];
+    expect(owned.alternatives!.find((a) => stepKeyString(a.key) === stepKeyString(summaryStepKey(h4!, whole)!))?.unchecked).toBe("the owner --chown=1000:1000 sets, which BuildKit's history leaves out");
   });
 });
 

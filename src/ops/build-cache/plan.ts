@@ -28,12 +28,13 @@ export interface PlanStep {
   /** The step changes nothing the trie records (ENV, CMD...) or has no layer (WORKDIR /). */
   noLayer?: boolean;
   /**
-   * Matched by its instruction alone: the step reads what the plan cannot see (`COPY --from` a
-   * stage or an image, a remote ADD, a RUN mount `from=`), or the layer is known by its command
-   * only (BuildKit's history of a RUN that bind-mounts context files), so whether what it reads is
-   * the same is left to the builder, which rebuilds the step (and those after it) when it is not.
+   * What the match could not check, and the builder will: all the step reads from outside the
+   * context (`COPY --from` a stage or an image, a remote ADD, a RUN mount `from=`), or what the
+   * only key the layer is known by leaves out (BuildKit's history of a RUN that bind-mounts
+   * context files, of a COPY --chown). When it differs, the builder rebuilds the step and those
+   * after it.
    */
-  instructionOnly?: { reads: string };
+  unchecked?: string;
 }
 
 export interface PlanCandidate {
@@ -239,13 +240,13 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         .map((s) => {
           const k = layerSteps.indexOf(s);
           const matched = match.matchedSteps.includes(k);
-          const reads = matched ? uncheckedReads(s, match.path[match.baseLayers + match.matchedSteps.indexOf(k)]) : undefined;
+          const unchecked = matched ? uncheckedBy(s, match.path[match.baseLayers + match.matchedSteps.indexOf(k)]) : undefined;
           return {
             line: s.line,
             instruction: s.instruction,
             matched,
             ...(k < 0 ? { noLayer: true } : {}),
-            ...(reads ? { instructionOnly: { reads } } : {}),
+            ...(unchecked ? { unchecked } : {}),
           };
         }),
       ...(best ? { best } : {}),
@@ -271,17 +272,18 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
 }
 
 /**
- * What a matched step read that the match did not check, if anything: all it reads from outside
- * the context (COPY --from, a remote ADD, a RUN mount from=), or what the only key of it the layer
- * carries leaves out (a RUN's bind-mounted context files, when the layer is known by its command).
+ * What a matched step reads that the match did not check, if anything: all it reads from outside
+ * the context (COPY --from, a remote ADD, a RUN mount from=), or what the only keys of it the layer
+ * carries leave out (a RUN's bind-mounted context files, a COPY's --chown).
  */
-function uncheckedReads(s: Step, node: TrieNode | undefined): string | undefined {
-  if (s.external) return s.from !== undefined ? `--from=${s.from}` : s.keyword === 'RUN' ? 'a mount from=' : 'a remote source';
-  const unchecked = s.alternatives?.filter((a) => a.unchecked !== undefined) ?? [];
-  if (unchecked.length === 0 || !node) return undefined;
+function uncheckedBy(s: Step, node: TrieNode | undefined): string | undefined {
+  if (s.external) return s.from !== undefined ? `what it copies --from=${s.from}` : s.keyword === 'RUN' ? 'what it mounts from=' : 'what it fetches';
+  const partial = s.alternatives?.filter((a) => a.unchecked !== undefined) ?? [];
+  if (partial.length === 0 || !node) return undefined;
   const carried = new Set(keysOf(node).map(stepKeyString));
-  const checked = [{ instruction: s.instruction, ...(s.contentDigest ? { contentDigest: s.contentDigest } : {}) }, ...(s.alternatives ?? []).filter((a) => a.unchecked === undefined).map((a) => a.key)];
-  return checked.some((key) => carried.has(stepKeyString(key))) ? undefined : unchecked[0]!.unchecked;
+  const whole = [{ instruction: s.instruction, ...(s.contentDigest ? { contentDigest: s.contentDigest } : {}) }, ...(s.alternatives ?? []).filter((a) => a.unchecked === undefined).map((a) => a.key)];
+  if (whole.some((key) => carried.has(stepKeyString(key)))) return undefined;
+  return partial.find((a) => carried.has(stepKeyString(a.key)))?.unchecked;
 }
 
 /** `--image SRC`: which stored images share most of a built image's layers. */
