@@ -29,8 +29,9 @@ RUN npm run build && npm prune --omit=dev
 
 FROM ${NODE_IMAGE}
 ARG INSTALL_PACKAGES
-# zstd: pulls of zstd-compressed layers; bzip2, xz-utils: docker save archives compressed with them; libdeflate0 and libisal2: the native gzip engines (the addon
-# links both: without either it would not load at all).
+# zstd: pulls of zstd-compressed layers; bzip2, xz-utils: docker save archives compressed with
+# them; libdeflate0 and libisal2: the native gzip engines (the addon links both: without either it
+# would not load at all).
 RUN if [ "$INSTALL_PACKAGES" = 1 ]; then \
       apt-get update \
       && apt-get install -y --no-install-recommends zstd bzip2 xz-utils libdeflate0 libisal2 ca-certificates \
