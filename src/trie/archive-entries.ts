@@ -8,7 +8,7 @@
  */
 import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression } from '../oci/mediatypes.js';
+import { archiveTarStream } from '../pipeline/archive-stream.js';
 import { fsPath } from '../tar/byte-names.js';
 import { cleanPath, contextRelative, type CopyEntry } from '../dockerfile/context.js';
 import { layerEntries } from './image-steps.js';
@@ -21,14 +21,11 @@ import { layerEntries } from './image-steps.js';
  * (which fail the build) are left out.
  */
 export async function archiveCopyEntries(abs: string, source: string): Promise<CopyEntry[] | undefined> {
-  const head = await readHead(abs);
-  if (head === undefined) return undefined;
-  const compression = sniffArchiveCompression(head);
-  let stream: Readable = createReadStream(fsPath(abs));
-  if (compression !== 'none') {
-    const { decompress } = await import('../pipeline/compression.js');
-    const gunzip = compression === 'gzip' ? await (await import('../pipeline/parallel-gzip.js')).chooseGunzip() : undefined;
-    stream = decompress(stream, compression, `${source} (${compression})`, gunzip ? { gunzip } : {});
+  let stream: Readable;
+  try {
+    stream = await archiveTarStream(createReadStream(fsPath(abs)), source);
+  } catch {
+    return undefined; // not readable: no builder extracts it either
   }
   let members;
   try {
@@ -57,18 +54,4 @@ export async function archiveCopyEntries(abs: string, source: string): Promise<C
     }
   }
   return [...byPath.values()];
-}
-
-/** The file's first bytes, or undefined when it cannot be read or is empty (never an archive). */
-function readHead(abs: string): Promise<Buffer | undefined> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    createReadStream(fsPath(abs), { start: 0, end: ARCHIVE_MAGIC_BYTES - 1 })
-      .on('data', (c) => chunks.push(c as Buffer))
-      .on('error', () => resolve(undefined))
-      .on('end', () => {
-        const head = Buffer.concat(chunks);
-        resolve(head.length > 0 ? head : undefined);
-      });
-  });
 }

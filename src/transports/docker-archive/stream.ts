@@ -9,8 +9,9 @@ import tar from 'tar-stream';
 import { SmartError, isCancellation, isSmartError, quoted } from '../../errors.js';
 import { MAX_ARCHIVE_JSON_BYTES, checkSize, limitExceeded } from '../../limits.js';
 import { MAX_CONFIG_BYTES, parseImageConfig } from '../../oci/config.js';
+import { archiveTarStream } from '../../pipeline/archive-stream.js';
 import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
-import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression, sniffCompression } from '../../oci/mediatypes.js';
+import { sniffCompression } from '../../oci/mediatypes.js';
 import { tarParseError } from '../../tar/errors.js';
 import { normalizeMemberName } from '../../tar/header.js';
 import { hasSparseRecords } from '../../tar/sparse.js';
@@ -23,52 +24,12 @@ export function dockerArchiveStream(input: Readable, selection: ArchiveSelection
     streamed: true,
     read: async (visit, signal) => {
       if (signal) addAbortSignal(signal, input);
-      return readDockerArchiveStream(await decompressedArchive(input, name), selection, name, visit);
+      // `docker save IMAGE | gzip` (or zstd, bzip2, xz), as `docker load` and skopeo take it. No
+      // bound on the ratio: the tar inside ends at its end-of-archive blocks, and each layer in it
+      // is checked against its diff id.
+      return readDockerArchiveStream(await archiveTarStream(input, name), selection, name, visit);
     },
   };
-}
-
-/**
- * The archive's bytes: `input` itself, or decompressed when its first bytes are those of a gzip,
- * zstd, bzip2 or xz stream (`docker save IMAGE | gzip`, as `docker load` and skopeo take it).
- */
-async function decompressedArchive(input: Readable, name: string): Promise<Readable> {
-  const { head, stream } = await peek(input, ARCHIVE_MAGIC_BYTES);
-  const compression = sniffArchiveCompression(head);
-  if (compression === 'none') return stream;
-  const { decompress } = await import('../../pipeline/compression.js');
-  const gunzip = compression === 'gzip' ? await (await import('../../pipeline/parallel-gzip.js')).chooseGunzip() : undefined;
-  // No bound on the ratio: the tar inside ends at its end-of-archive blocks, and each layer in it
-  // is checked against its diff id.
-  return decompress(stream, compression, `${name} (${compression})`, gunzip ? { gunzip } : {});
-}
-
-/** The first `n` bytes of `input` (fewer if it ends first), and the stream to read them again from. */
-function peek(input: Readable, n: number): Promise<{ head: Buffer; stream: Readable }> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let got = 0;
-    const done = (error?: Error, ended = false) => {
-      input.off('readable', onReadable);
-      input.off('end', onEnd);
-      input.off('error', onError);
-      if (error) return reject(error);
-      const head = Buffer.concat(chunks);
-      // Put back; a stream that has ended takes nothing back, so what it held is the whole input.
-      if (ended) return resolve({ head, stream: Readable.from(head.length > 0 ? [head] : []) });
-      if (head.length > 0) input.unshift(head);
-      resolve({ head, stream: input });
-    };
-    const onReadable = () => {
-      for (let c: Buffer | null; got < n && (c = input.read() as Buffer | null) !== null; got += c.length) chunks.push(c);
-      if (got >= n) done();
-    };
-    const onEnd = () => done(undefined, true);
-    const onError = (e: Error) => done(e);
-    input.on('readable', onReadable);
-    input.once('end', onEnd);
-    input.once('error', onError);
-  });
 }
 
 /** JSON members (config, manifest.json, v1 json) up to this size are kept, up to MAX_ARCHIVE_JSON_BYTES in all. */

@@ -867,7 +867,7 @@ export class RootfsApplier {
     }
     const copy = segments
       ? () => {
-          if (!copySparseFileSync(stored.path, targetFs, segments, h.size ?? 0)) throw new StoredLayerDamage(`${stored.path} is shorter than the file it keeps`);
+          if (!copySparseFileSync(stored.path, targetFs, segments, size)) throw new StoredLayerDamage(`${stored.path} is shorter than the file it keeps`);
         }
       : () => copyFileSync(stored.path, targetFs, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
     await this.replace(target, rel, fromStore(copy));
