@@ -124,7 +124,8 @@ function printPlan(plan: PlanResult, out: Output): void {
   for (const s of plan.steps) {
     // A step matched without checking all it reads says what: the builder may still find it changed.
     const unchecked = s.unchecked ? `   (not checked: ${s.unchecked}; the builder checks it)` : '';
-    out.info(`  line ${String(s.line).padStart(3)}  ${s.noLayer ? ' ' : s.matched ? '✓' : '✗'}  ${s.instruction}${unchecked}`);
+    const empty = s.matched && s.noLayer ? '   (made no layer)' : '';
+    out.info(`  line ${String(s.line).padStart(3)}  ${s.matched ? '✓' : s.noLayer ? ' ' : '✗'}  ${s.instruction}${empty}${unchecked}`);
   }
   if (!plan.best) {
     out.info('no stored image shares a layer with this build');

@@ -30,6 +30,8 @@ export interface HistoryLayerStep {
   step?: HistoryStep;
   /** COPY/ADD: the destination, absolute, `/`-terminated when written so (relative ones resolved against the WORKDIRs before it). */
   destination?: string;
+  /** The RUNs recorded as empty entries since the previous layer's (the classic builder's RUN that changed nothing): normal forms, in order. */
+  emptyBefore?: string[];
 }
 
 /**
@@ -41,19 +43,35 @@ export function historyLayerSteps(history: readonly HistoryEntry[] | undefined, 
   if (entries.filter((h) => !h.empty_layer).length !== layerCount) return undefined;
   const out: HistoryLayerStep[] = [];
   let workdir = '/';
+  let emptyRuns: string[] = [];
   for (const h of entries) {
     const step = normalizeCreatedBy(h.created_by ?? '');
     if (step?.instruction.startsWith('WORKDIR ')) {
       const dir = step.instruction.slice('WORKDIR '.length);
       workdir = cleanPath(dir.startsWith('/') ? dir : `${workdir}/${dir}`);
     }
-    if (h.empty_layer) continue;
+    if (h.empty_layer) {
+      if (step?.instruction.startsWith('RUN ')) emptyRuns.push(step.instruction);
+      continue;
+    }
     const kw = step?.instruction.split(' ')[0];
     const copy = kw === 'COPY' || kw === 'ADD';
     const dest = copy ? (step!.sourcesElided ? step!.destination : lastWord(step!.instruction)) : undefined;
-    out.push({ ...(step ? { step } : {}), ...(dest !== undefined ? { destination: resolveCopyDestination(workdir, dest) } : {}) });
+    out.push({
+      ...(step ? { step } : {}),
+      ...(dest !== undefined ? { destination: resolveCopyDestination(workdir, dest) } : {}),
+      ...(emptyRuns.length ? { emptyBefore: emptyRuns } : {}),
+    });
+    emptyRuns = [];
   }
   return out;
+}
+
+/** The RUNs a history records as empty after its last layer's entry: what the first layer built on the image comes after. */
+export function trailingEmptyRuns(history: readonly HistoryEntry[] | undefined): string[] {
+  const entries = history ?? [];
+  const tail = entries.slice(entries.findLastIndex((h) => !h.empty_layer) + 1);
+  return tail.map((h) => normalizeCreatedBy(h.created_by ?? '')?.instruction).filter((i): i is string => i?.startsWith('RUN ') === true);
 }
 
 function lastWord(instruction: string): string | undefined {

@@ -27,11 +27,18 @@ export interface StepKey {
   instruction: string;
   /** For COPY/ADD from the context: the digest of what was copied (as the builder chose the files). */
   contentDigest?: string;
+  /**
+   * The RUN instructions that made no layer right before this step, in order: the classic builder
+   * records a RUN that changes nothing as an empty history entry, and reuses the steps after it
+   * only for a build that has the same RUN there.
+   */
+  emptyBefore?: readonly string[];
 }
 
 /** One key for a step: equal keys mean a builder would reuse the layer. */
 export function stepKeyString(step: StepKey): string {
-  return step.contentDigest ? `${step.instruction}\u0000${step.contentDigest}` : step.instruction;
+  const own = step.contentDigest ? `${step.instruction}\u0000${step.contentDigest}` : step.instruction;
+  return step.emptyBefore?.length ? `${step.emptyBefore.map((i) => `${i}\u0001`).join('')}\u0002${own}` : own;
 }
 
 export interface ImageRef {
@@ -137,6 +144,11 @@ export interface MatchStep {
   alternatives?: readonly StepKey[];
   /** The builder may have made no layer for it (WORKDIR of an existing directory): skipped when unmatched. */
   optional?: boolean;
+  /**
+   * A RUN: the classic builder makes no layer for one that changes nothing. Unmatched, it is
+   * matched still when the next layer was made after it (its key's `emptyBefore` names it).
+   */
+  mayBeEmpty?: boolean;
 }
 
 export interface Match {
@@ -148,24 +160,35 @@ export interface Match {
   steps: number;
   /** The chain of nodes from the root to `node`. */
   path: TrieNode[];
-  /** Indices (into the steps given) of the steps whose layers were matched. */
+  /** Indices (into the steps given) of the steps matched: with a layer, or (`emptySteps`) made none. */
   matchedSteps: number[];
+  /** Of `matchedSteps`, those the stored image made no layer for (a RUN that changed nothing). */
+  emptySteps: number[];
 }
+
+/** RUN steps that may have made no layer, left pending in a row at most (a walk branches on each). */
+const MAX_PENDING_EMPTY = 8;
+/** Key combinations asked for one step after pending empty RUNs (each RUN has one or two keys). */
+const MAX_EMPTY_COMBINATIONS = 16;
 
 /**
  * Walks the trie: first along `baseChain` (the FROM image's chain ids), then step by step along
  * edges whose step key equals the build's (or one of its alternatives). Several children can carry
  * the same key (a RUN rebuilt without cache gives a new diff id; two builders' layers for the same
  * step): every such branch is followed (`accept`: only through the nodes it accepts), an optional
- * step both taken and skipped, and the deepest
- * wins — among equals, the one an image with BuildKit's inline cache holds, then the one in most
- * images.
+ * step both taken and skipped, a RUN that may be empty both taken and left pending (matched when
+ * the next layer found was made after it, see `StepKey.emptyBefore`), and the deepest wins — among
+ * equals, the one an image with BuildKit's inline cache holds, then the one in most images.
  */
 export async function matchBuild(
   store: TrieStore,
   baseChain: readonly Digest[],
   steps: readonly MatchStep[],
-  options: { accept?: (node: TrieNode) => boolean } = {},
+  options: {
+    accept?: (node: TrieNode) => boolean;
+    /** The base image's RUNs recorded as empty after its last layer: the first layer built on it was made after them. */
+    baseEmptyRuns?: readonly string[];
+  } = {},
 ): Promise<Match> {
   const baseNodes = baseChain.length ? await store.getNodes(baseChain) : [];
   let baseLayers = 0;
@@ -173,10 +196,13 @@ export async function matchBuild(
   const basePath = baseNodes.slice(0, baseLayers) as TrieNode[];
   if (baseLayers < baseChain.length) {
     // The store lacks part of the base: what matches is that prefix, no build step on top of it.
-    return { node: basePath[basePath.length - 1], baseLayers, steps: 0, path: basePath, matchedSteps: [] };
+    return { node: basePath[basePath.length - 1], baseLayers, steps: 0, path: basePath, matchedSteps: [], emptySteps: [] };
   }
-  type Frontier = { path: TrieNode[]; matched: number[] };
-  let frontier: Frontier[] = [{ path: basePath, matched: [] }];
+  /** `pending`: RUN steps since the last layer taken as having made none, with the instructions each may be recorded as. */
+  type Frontier = { path: TrieNode[]; matched: number[]; empty: number[]; pending: { index: number; instructions: string[] }[] };
+  // The base's own empty RUNs are pending from the start, as steps of no index (never counted as matched).
+  const basePending = (options.baseEmptyRuns ?? []).map((instruction) => ({ index: -1, instructions: [instruction] }));
+  let frontier: Frontier[] = [{ path: basePath, matched: [], empty: [], pending: basePending }];
   const rank = (f: Frontier) => {
     const n = f.path.at(-1);
     return [f.path.length, n?.images.some((i) => i.inlineCache) ? 1 : 0, n?.imageCount ?? 0];
@@ -188,10 +214,19 @@ export async function matchBuild(
   };
   let best: Frontier = frontier[0]!;
   for (const [i, step] of steps.entries()) {
-    const keys = [...new Set([step.key, ...(step.alternatives ?? [])].map(stepKeyString))];
-    const edges = await store.getEdges(frontier.flatMap((f) => keys.map((key) => ({ chainId: f.path[f.path.length - 1]?.chainId, step: key }))));
-    // Per frontier entry, the children reached by any of the keys (one child may be reached by several).
-    const reached = frontier.map((_, fi) => [...new Set(edges.slice(fi * keys.length, (fi + 1) * keys.length).flat())]);
+    const stepKeys = [step.key, ...(step.alternatives ?? [])];
+    // The keys each frontier entry asks for: the step's own, after its pending empty RUNs if any.
+    const keysOfEntry = frontier.map((f) => [...new Set(emptyCombinations(f.pending).flatMap((before) => stepKeys.map((k) => stepKeyString(before ? { ...k, emptyBefore: before } : k))))]);
+    const queries = frontier.flatMap((f, fi) => keysOfEntry[fi]!.map((key) => ({ chainId: f.path[f.path.length - 1]?.chainId, step: key })));
+    const edges = await store.getEdges(queries);
+    // Per frontier entry, the children reached by any of its keys (one child may be reached by several).
+    let offset = 0;
+    const reached = frontier.map((_, fi) => {
+      const n = keysOfEntry[fi]!.length;
+      const ids = [...new Set(edges.slice(offset, offset + n).flat())];
+      offset += n;
+      return ids;
+    });
     const childIds = [...new Set(reached.flat())];
     const nodes = childIds.length ? await store.getNodes(childIds) : [];
     const byId = new Map(childIds.map((id, k) => [id, nodes[k]]));
@@ -200,27 +235,40 @@ export async function matchBuild(
       for (const id of reached[fi]!) {
         const child = byId.get(id);
         // The node itself must carry the key: an edge is a hint, the node the fact.
-        if (!child || !keysOf(child).some((k) => keys.includes(stepKeyString(k)))) continue;
+        if (!child || !keysOf(child).some((k) => keysOfEntry[fi]!.includes(stepKeyString(k)))) continue;
         if (options.accept && !options.accept(child)) continue;
-        next.push({ path: [...f.path, child], matched: [...f.matched, i] });
+        const before = f.pending.map((p) => p.index).filter((index) => index >= 0);
+        next.push({ path: [...f.path, child], matched: [...f.matched, ...before, i], empty: [...f.empty, ...before], pending: [] });
       }
     }
     // An optional step (a WORKDIR that may have made no layer) is also skipped, on every branch.
     if (step.optional) next.push(...frontier);
+    if (step.mayBeEmpty) {
+      const instructions = [...new Set(stepKeys.map((k) => k.instruction))];
+      for (const f of frontier) if (f.pending.length < MAX_PENDING_EMPTY) next.push({ ...f, pending: [...f.pending, { index: i, instructions }] });
+    }
     if (next.length === 0) break;
     frontier = dedupe(next);
     for (const f of frontier) if (better(f, best)) best = f;
   }
   const node = best.path[best.path.length - 1];
   // Steps matched: counted in layers walked past the base (an optional step without a layer counts none).
-  return { node, baseLayers, steps: best.path.length - baseLayers, path: best.path, matchedSteps: best.matched };
+  return { node, baseLayers, steps: best.path.length - baseLayers, path: best.path, matchedSteps: best.matched, emptySteps: best.empty };
 }
 
-/** One frontier entry per node reached (the first, which matched the most steps on the way). */
-function dedupe<T extends { path: TrieNode[]; matched: number[] }>(entries: readonly T[]): T[] {
+/** The `emptyBefore` lists pending empty RUNs may have been recorded as (one: `undefined`, when none are pending). */
+function emptyCombinations(pending: readonly { instructions: readonly string[] }[]): (string[] | undefined)[] {
+  if (pending.length === 0) return [undefined];
+  let out: string[][] = [[]];
+  for (const p of pending) out = out.flatMap((prefix) => p.instructions.map((i) => [...prefix, i])).slice(0, MAX_EMPTY_COMBINATIONS);
+  return out;
+}
+
+/** One frontier entry per node reached and pending RUNs (the first, which matched the most steps on the way). */
+function dedupe<T extends { path: TrieNode[]; matched: number[]; pending: readonly { index: number }[] }>(entries: readonly T[]): T[] {
   const byNode = new Map<string, T>();
   for (const e of entries) {
-    const id = e.path.at(-1)?.chainId ?? '';
+    const id = `${e.path.at(-1)?.chainId ?? ''} ${e.pending.map((p) => p.index).join(',')}`;
     const known = byNode.get(id);
     if (!known || e.matched.length > known.matched.length) byNode.set(id, e);
   }

@@ -30,11 +30,14 @@ interface Plan {
 }
 
 const SLOW = 'sleep 3 && echo installed > deps';
-const dockerfile = (from: string) => `FROM ${from}\nWORKDIR /app\nCOPY package.json ./\nADD vendor.tar.gz /opt/vendor/\nRUN ${SLOW}\nCOPY . ./\nCMD ["sh"]\n`;
-/** Dockerfile line of the archive's ADD, of the slow RUN, and of the sources' COPY. */
+/** A RUN that changes nothing: the classic builder makes no layer for it, BuildKit and buildah an empty one. */
+const CHECK = 'test -d /opt/vendor';
+const dockerfile = (from: string) => `FROM ${from}\nWORKDIR /app\nCOPY package.json ./\nADD vendor.tar.gz /opt/vendor/\nRUN ${CHECK}\nRUN ${SLOW}\nCOPY . ./\nCMD ["sh"]\n`;
+/** Dockerfile line of the archive's ADD, of the RUN that changes nothing, of the slow RUN, and of the sources' COPY. */
 const ADD_LINE = 4;
-const RUN_LINE = 5;
-const SOURCES_LINE = 6;
+const CHECK_LINE = 5;
+const RUN_LINE = 6;
+const SOURCES_LINE = 7;
 
 async function writeContext(dir: string, from: string, version: string): Promise<void> {
   await fs.mkdir(path.join(dir, 'src'), { recursive: true });
@@ -145,13 +148,17 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     for (const s of [store, storeDf]) {
       const p = await plan(`file:${s}`, ctxDir('classic', 'v2'), '--builder', 'docker');
       expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'store' });
-      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, RUN_LINE]);
+      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
       expect(p.steps.find((x) => x.line === SOURCES_LINE)?.matched).toBe(false);
+      // The RUN that changed nothing has no layer of its own: matched as the layer after it was made after it.
+      expect(p.steps.find((x) => x.line === CHECK_LINE)).toMatchObject({ matched: true, noLayer: true });
     }
+    const human = (await runOkSmart(['cache', 'plan', `file:${store}`, ctxDir('classic', 'v2'), '--builder', 'docker'])).stderr.toString();
+    expect(human).toContain(`line   ${CHECK_LINE}  ✓  RUN ${CHECK}   (made no layer)`);
 
     // The runner that built v1.
     const [warmOut, warm] = await timed(() => build(ctxDir('classic', 'v2'), 'app:v2'));
-    expect(cachedLines('classic', warmOut.stdout.toString())).toEqual([2, 3, ADD_LINE, RUN_LINE]);
+    expect(cachedLines('classic', warmOut.stdout.toString())).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
 
     for (const [label, s] of [
       ['without --dockerfile', store],
@@ -169,10 +176,10 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
         return build(ctxDir('classic', 'v2'), 'app:v2', flags.split(' '));
       });
       const cached = cachedLines('classic', fresh.stdout.toString());
-      expect(cached, `${label}: ${fresh.stdout.toString()}`).toEqual([2, 3, ADD_LINE, RUN_LINE]);
+      expect(cached, `${label}: ${fresh.stdout.toString()}`).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
       if (label === 'without --dockerfile') {
         times.classic = { 'no cache': seconds(noCache), 'fresh runner + smart cache (pull, load, build)': seconds(total), 'runner that built v1': seconds(warm) };
-        reused.classic = `${cached.length} of 5 steps (WORKDIR, COPY package.json, ADD, RUN)`;
+        reused.classic = `${cached.length} of 6 steps (WORKDIR, COPY package.json, ADD, both RUNs)`;
       }
     }
   });
@@ -191,13 +198,13 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     // package.json the COPY before it placed alike (the export's differ leaves that out), with the
     // latin-1 and the long name.
     const unchanged = await plan(`file:${store}`, ctxDir('buildkit', 'v1'), '--builder', 'buildkit');
-    expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, RUN_LINE, SOURCES_LINE]);
+    expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE, SOURCES_LINE]);
     const p = await plan(`file:${store}`, ctxDir('buildkit', 'v2'), '--builder', 'buildkit');
-    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, RUN_LINE]);
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
     expect(p.best).toMatchObject({ image: 'apps/buildkit:v1', inlineCache: true });
 
     const [warmOut, warm] = await timed(() => build(ctxDir('buildkit', 'v2'), 'bk:v2'));
-    expect(cachedLines('buildkit', warmOut.stderr)).toEqual(expect.arrayContaining([2, 3, ADD_LINE, RUN_LINE]));
+    expect(cachedLines('buildkit', warmOut.stderr)).toEqual(expect.arrayContaining([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]));
     await dockerd.wipe();
     const [fresh, total] = await timed(async () => {
       const r = await runOkSmart(['cache', 'pull', `file:${store}`, ctxDir('buildkit', 'v2'), '--print-cache-from', 'buildkit', '--registry', registry.host, '-q']);
@@ -206,10 +213,10 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       return build(ctxDir('buildkit', 'v2'), 'bk:v2', flags.split(' '));
     });
     const cached = cachedLines('buildkit', fresh.stderr);
-    expect(cached, fresh.stderr).toEqual(expect.arrayContaining([2, 3, ADD_LINE, RUN_LINE]));
+    expect(cached, fresh.stderr).toEqual(expect.arrayContaining([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]));
     expect(cached).not.toContain(SOURCES_LINE);
     times.buildkit = { 'no cache': seconds(noCache), 'fresh runner + smart cache (plan, build from the registry cache)': seconds(total), 'runner that built v1': seconds(warm) };
-    reused.buildkit = `${cached.filter((l) => l > 1).length} of 5 steps`;
+    reused.buildkit = `${cached.filter((l) => l > 1).length} of 6 steps`;
   });
 
   it('buildah: the plan matches its COPY references, FROM oci: is read through the transport, and an empty storage reuses every matched step', async () => {
@@ -231,20 +238,20 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       // its sources' COPY reproduced, the latin-1 and the long name included (Go's tar writer gives
       // both a PAX header).
       const unchanged = await plan(`file:${store}`, ctxDir('buildah', 'v1'), '--builder', 'buildah');
-      expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, RUN_LINE, SOURCES_LINE]);
+      expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, CHECK_LINE, RUN_LINE, SOURCES_LINE]);
       const p = await plan(`file:${store}`, ctxDir('buildah', 'v2'), '--builder', 'buildah');
       expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'transport' });
-      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, RUN_LINE]); // buildah's WORKDIR makes no layer
+      expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, CHECK_LINE, RUN_LINE]); // buildah's WORKDIR makes no layer
 
       const [warmOut, warm] = await timed(() => bud('built-v1', ctxDir('buildah', 'v2'), ['--layers']));
-      expect(cachedLines('buildah', warmOut.stdout.toString())).toEqual([2, 3, ADD_LINE, RUN_LINE]);
+      expect(cachedLines('buildah', warmOut.stdout.toString())).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
       const [fresh, total] = await timed(async () => {
         const flagsFile = path.join(work, 'buildah-flags');
         await runOkSmart(['cache', 'pull', `file:${store}`, ctxDir('buildah', 'v2'), `oci:${path.join(work, 'buildah-cache')}`, '--print-cache-from', 'buildah', '--print-cache-from-file', flagsFile]);
         const lines = (await fs.readFile(flagsFile, 'utf8')).trim().split('\n');
         const flags = lines.pop()!;
         expect(flags).toBe('--layers');
-        expect(lines.length).toBe(4); // WORKDIR, COPY package.json, ADD, RUN: one image each
+        expect(lines.length).toBe(5); // WORKDIR, COPY package.json, ADD, both RUNs: one image each
         for (const line of lines) {
           const [cmd, verb, ...rest] = line.split(' ');
           expect([cmd, verb]).toEqual(['buildah', 'pull']);
@@ -253,9 +260,9 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
         return bud('fresh', ctxDir('buildah', 'v2'), flags.split(' '));
       });
       const cached = cachedLines('buildah', fresh.stdout.toString());
-      expect(cached, fresh.stdout.toString()).toEqual([2, 3, ADD_LINE, RUN_LINE]);
+      expect(cached, fresh.stdout.toString()).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
       times.buildah = { 'no cache': seconds(noCache), 'fresh storage + smart cache (pull, buildah pull, build)': seconds(total), 'storage that built v1': seconds(warm) };
-      reused.buildah = `${cached.length} of 5 steps (WORKDIR, COPY package.json, ADD, RUN)`;
+      reused.buildah = `${cached.length} of 6 steps (WORKDIR, COPY package.json, ADD, both RUNs)`;
     } finally {
       for (const s of ['built-v1', 'fresh']) await runOk('buildah', [...storage(s), 'rmi', '--all', '--force']).catch(() => undefined);
     }
@@ -324,6 +331,6 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     await runOkSmart(['push', `file:${store}#apps/classic:v1`, `file:${appsOnly}#apps/classic:v1`]);
     const p = await plan(`file:${appsOnly}`, ctxDir('classic', 'v2'));
     expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'registry' });
-    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, RUN_LINE]);
+    expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
   });
 });

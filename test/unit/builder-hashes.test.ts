@@ -12,7 +12,7 @@ import { ClassicContextSums, buildahSourceRef, type OwnerNames } from '../../src
 import { indexContext, loadDockerignore } from '../../src/dockerfile/context.js';
 import { parseDockerfile } from '../../src/dockerfile/parser.js';
 import { normalizeCreatedBy } from '../../src/dockerfile/history.js';
-import { historyLayerSteps, summaryStepKey } from '../../src/trie/image-steps.js';
+import { historyLayerSteps, summaryStepKey, trailingEmptyRuns } from '../../src/trie/image-steps.js';
 import { chainIds, matchBuild, nodesOf, stepKeyString, type IndexedImage, type StepKey, type TrieNode, type TrieStore } from '../../src/trie/layer-trie.js';
 import { dockerfileSteps } from '../../src/trie/steps.js';
 import { edgesOf } from '../../src/cache/trie-store.js';
@@ -203,6 +203,60 @@ describe('matching a build in the trie', () => {
     expect([node.step, ...(node.also ?? [])].map((k) => stepKeyString(k!)).sort()).toEqual([stepKeyString(copyClassic), stepKeyString(copyOurs)].sort());
     const m = await matchBuild(trie, chainIds([d(1)]), [steps[0]!, { key: copyOurs }, steps[2]!]);
     expect(m.path).toHaveLength(4);
+  });
+});
+
+describe("the classic builder's RUN that changed nothing (an empty history entry)", () => {
+  // As the classic builder wrote it for: COPY a.txt /app/; RUN true; RUN echo hi > /app/hi; RUN ls /app; COPY b.txt /app/.
+  const history = [
+    { created_by: '/bin/sh -c #(nop) ADD file:0a in / ' },
+    { created_by: '/bin/sh -c #(nop) CMD ["sh"]', empty_layer: true },
+    { created_by: '/bin/sh -c #(nop) COPY file:aa in /app/ ' },
+    { created_by: '/bin/sh -c true', empty_layer: true },
+    { created_by: '/bin/sh -c echo hi > /app/hi' },
+    { created_by: '/bin/sh -c ls /app', empty_layer: true },
+    { created_by: '/bin/sh -c #(nop) COPY file:bb in /app/ ' },
+  ];
+  const copyA = { instruction: 'COPY /app/', contentDigest: 'file:aa' };
+  const copyB = { instruction: 'COPY /app/', contentDigest: 'file:bb' };
+  const [runTrue, runEcho, runLs] = [{ instruction: 'RUN true' }, { instruction: 'RUN echo hi > /app/hi' }, { instruction: 'RUN ls /app' }];
+  const built = (repository: string, h: typeof history): IndexedImage => {
+    const layers = historyLayerSteps(h, 4)!;
+    return {
+      ref: { repository, tag: '1', manifest: d(800), builder: 'docker' },
+      layers: layers.map((l, i) => layer(i + 1, l.step?.contentRef ? { instruction: l.step.instruction, contentDigest: l.step.contentRef, ...(l.emptyBefore ? { emptyBefore: l.emptyBefore } : {}) } : { instruction: l.step!.instruction, ...(l.emptyBefore ? { emptyBefore: l.emptyBefore } : {}) })),
+    };
+  };
+
+  it('records the empty RUNs before each layer, and after the last', () => {
+    const steps = historyLayerSteps(history, 4)!;
+    expect(steps.map((s) => s.emptyBefore)).toEqual([undefined, undefined, ['RUN true'], ['RUN ls /app']]);
+    expect(trailingEmptyRuns(history)).toEqual([]);
+    expect(trailingEmptyRuns([...history, { created_by: '/bin/sh -c npm test', empty_layer: true }, { created_by: '/bin/sh -c #(nop) CMD ["x"]', empty_layer: true }])).toEqual(['RUN npm test']);
+  });
+
+  it('matches the RUNs as made without a layer, only where the stored history has them so', async () => {
+    const trie = memoryTrie([built('c', history)]);
+    const all = [{ key: copyA }, { key: runTrue, mayBeEmpty: true }, { key: runEcho, mayBeEmpty: true }, { key: runLs, mayBeEmpty: true }, { key: copyB }];
+    const m = await matchBuild(trie, chainIds([d(1)]), all);
+    expect(m.path.map((n) => n.diffId)).toEqual([d(1), d(2), d(3), d(4)]);
+    expect(m.matchedSteps).toEqual([0, 1, 2, 3, 4]);
+    expect(m.emptySteps).toEqual([1, 3]);
+    // Without `RUN true` the classic builder would not reuse `RUN echo`: its cache image's history has it.
+    const without = await matchBuild(trie, chainIds([d(1)]), all.filter((s) => s.key !== runTrue));
+    expect(without.matchedSteps).toEqual([0]);
+    // A RUN that did not make the layer the next step is on is not matched: nothing follows it.
+    const trailing = await matchBuild(trie, chainIds([d(1)]), [...all, { key: { instruction: 'RUN npm test' }, mayBeEmpty: true }]);
+    expect(trailing.matchedSteps).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it("follows the base's own empty RUNs before the first step", async () => {
+    const onBase = [history[0]!, { created_by: '/bin/sh -c ldconfig', empty_layer: true }, ...history.slice(2)];
+    const trie = memoryTrie([built('c', onBase)]);
+    const steps = [{ key: copyA }, { key: runTrue, mayBeEmpty: true }, { key: runEcho, mayBeEmpty: true }];
+    expect((await matchBuild(trie, chainIds([d(1)]), steps)).matchedSteps).toEqual([]);
+    const m = await matchBuild(trie, chainIds([d(1)]), steps, { baseEmptyRuns: trailingEmptyRuns(onBase.slice(0, 2)) });
+    expect(m.matchedSteps).toEqual([0, 1, 2]);
   });
 });
 

@@ -25,7 +25,10 @@ export interface PlanStep {
   line: number;
   instruction: string;
   matched: boolean;
-  /** The step changes nothing the trie records (ENV, CMD...) or has no layer (WORKDIR /). */
+  /**
+   * The step changes nothing the trie records (ENV, CMD...) or has no layer (WORKDIR /), or,
+   * matched, the stored image has no layer for it (the classic builder's RUN that changed nothing).
+   */
   noLayer?: boolean;
   /**
    * What the match could not check, and the builder will: all the step reads from outside the
@@ -207,6 +210,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     const build = firstPass;
     const layerSteps = build.steps.filter((s) => s.producesLayer && s.stage === build.stage);
     const trie = new CachedTrieStore(ctx.cache, store.scope);
+    const { trailingEmptyRuns } = await import('../../trie/image-steps.js');
     const baseChain = baseImage ? chainIds(baseImage.layers.map((l) => l.diffId)) : [];
     const match = await matchBuild(
       trie,
@@ -216,10 +220,16 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         key: { instruction: s.instruction, ...(s.contentDigest ? { contentDigest: s.contentDigest } : {}) },
         ...(s.alternatives ? { alternatives: s.alternatives.map((a) => a.key) } : {}),
         ...(s.layerOptional ? { optional: true } : {}),
+        ...(s.keyword === 'RUN' ? { mayBeEmpty: true } : {}),
       })),
-      // For a builder: only through layers that images it could have made hold.
-      options.builder ? { accept: (n) => n.images.some((i) => usableBy(options.builder, i)) } : {},
+      {
+        // For a builder: only through layers that images it could have made hold.
+        ...(options.builder ? { accept: (n: TrieNode) => n.images.some((i) => usableBy(options.builder, i)) } : {}),
+        ...(baseImage ? { baseEmptyRuns: trailingEmptyRuns(baseImage.config.history) } : {}),
+      },
     );
+    // The node of each matched step that made a layer, in order (a RUN matched as empty has none).
+    const withLayers = match.matchedSteps.filter((k) => !match.emptySteps.includes(k));
     const best = candidateOf(match, options.builder);
     const result: PlanResult = {
       store: store.scope,
@@ -240,12 +250,13 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         .map((s) => {
           const k = layerSteps.indexOf(s);
           const matched = match.matchedSteps.includes(k);
-          const unchecked = matched ? uncheckedBy(s, match.path[match.baseLayers + match.matchedSteps.indexOf(k)]) : undefined;
+          const empty = match.emptySteps.includes(k);
+          const unchecked = matched && !empty ? uncheckedBy(s, match.path[match.baseLayers + withLayers.indexOf(k)]) : undefined;
           return {
             line: s.line,
             instruction: s.instruction,
             matched,
-            ...(k < 0 ? { noLayer: true } : {}),
+            ...(k < 0 || empty ? { noLayer: true } : {}),
             ...(unchecked ? { unchecked } : {}),
           };
         }),
@@ -296,7 +307,7 @@ export async function planForImage(storeName: string, image: Image, ctx: CacheCo
     let depth = 0;
     while (depth < nodes.length && nodes[depth]) depth++;
     const path = nodes.slice(0, depth) as TrieNode[];
-    const best = candidateOf({ node: path[path.length - 1], baseLayers: depth, steps: 0, path, matchedSteps: [] });
+    const best = candidateOf({ node: path[path.length - 1], baseLayers: depth, steps: 0, path, matchedSteps: [], emptySteps: [] });
     return {
       store: store.scope,
       steps: [],

@@ -49,6 +49,8 @@ export async function layerKeysOfImage(image: Image, options: { summaries?: { ma
         }
         if (fromHistory) keys.push(fromHistory);
       }
+      // Every key of the layer is the same step of this image's history: after the same empty RUNs.
+      if (h?.emptyBefore) keys.forEach((k, j) => (keys[j] = { ...k, emptyBefore: h.emptyBefore! }));
       const [step, ...also] = keys;
       return { ...(step ? { step } : {}), ...(also.length ? { also } : {}) };
     }),
@@ -102,8 +104,9 @@ export async function readDockerfile(file: string): Promise<string> {
 /**
  * `smart push --dockerfile F --context DIR`: which Dockerfile step made which layer of the image.
  * The target stage's layer-producing steps are the image's last layers; a WORKDIR may have made a
- * layer or not, which the history tells (a non-empty WORKDIR entry). Aligned from the end; the
- * layers before them are the base's and get no step.
+ * layer or not, which the history tells (a non-empty WORKDIR entry), and so may a RUN (an empty
+ * RUN entry: the classic builder's RUN that changed nothing). Aligned from the end; the layers
+ * before them are the base's and get no step.
  */
 export async function stepsForPush(image: Image, options: { dockerfile: string; contextDir: string; stage?: string; buildArgs?: Record<string, string> }): Promise<(StepKey | undefined)[]> {
   const { parseDockerfile } = await import('../../dockerfile/parser.js');
@@ -119,15 +122,31 @@ export async function stepsForPush(image: Image, options: { dockerfile: string; 
   const steps = build.steps.filter((s) => s.producesLayer && s.stage === build.stage);
   const history = (image.config.history ?? []).filter((h) => !h.empty_layer);
   const aligned = history.length === image.layers.length;
+  // How many RUNs the history records as empty after each layer (the classic builder's RUN that
+  // changed nothing): that many RUN steps there made no layer.
+  const emptyRunsAfter = image.layers.map(() => 0);
+  if (aligned) {
+    let layer = -1;
+    for (const h of image.config.history ?? []) {
+      if (!h.empty_layer) layer++;
+      else if (layer >= 0 && normalizeCreatedBy(h.created_by ?? '')?.instruction.startsWith('RUN ')) emptyRunsAfter[layer]!++;
+    }
+  }
   const out: (StepKey | undefined)[] = image.layers.map(() => undefined);
   let layer = image.layers.length - 1;
+  let emptyRuns = emptyRunsAfter[layer] ?? 0;
   for (let s = steps.length - 1; s >= 0 && layer >= 0; s--) {
     const step = steps[s]!;
+    if (step.keyword === 'RUN' && emptyRuns > 0) {
+      emptyRuns--;
+      continue;
+    }
     if (step.layerOptional) {
       const h = aligned ? normalizeCreatedBy(history[layer]?.created_by ?? '') : undefined;
       if (!h || !h.instruction.startsWith('WORKDIR')) continue; // this WORKDIR made no layer
     }
     out[layer--] = { instruction: step.instruction, ...(step.contentDigest ? { contentDigest: step.contentDigest } : {}) };
+    emptyRuns = emptyRunsAfter[layer] ?? 0;
   }
   return out;
 }
