@@ -26,7 +26,7 @@ import { readBlob } from '../oci/partial.js';
 import { layerFromDescriptor } from '../pipeline/layers.js';
 import { isValidRepository } from '../oci/reference.js';
 import { cachedManifest, rememberManifest } from './cached-source.js';
-import { compressedKey, locationKey } from './keys.js';
+import { archiveMemberKey, compressedKey, locationKey } from './keys.js';
 import type { MetadataCache } from './metadata-cache.js';
 
 /** An image the store holds that shows what its layers were compressed to: written and tagged by the push that compressed them. */
@@ -167,6 +167,35 @@ export class BlobInfoCache {
     if (changed.length) await this.cache.setMany(changed);
   }
 
+  /**
+   * The diff id an older `docker save` member (`<v1 id>/layer.tar`) held when a push last read it
+   * whole, from this machine's own cache: a hint, which the caller checks against the bytes.
+   */
+  async archiveMemberDiffId(member: string): Promise<Digest | undefined> {
+    const v1Id = legacyMemberId(member);
+    const raw = v1Id ? await (this.local ?? this.cache).get(archiveMemberKey(v1Id)) : undefined;
+    try {
+      return raw ? parseDigest(raw) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Records what older `docker save` members held, as a push read them whole (other names are not recorded). */
+  async recordArchiveMembers(members: readonly { member: string; diffId: Digest }[]): Promise<void> {
+    const entries = members.flatMap(({ member, diffId }) => {
+      const v1Id = legacyMemberId(member);
+      return v1Id ? [{ key: archiveMemberKey(v1Id), value: diffId }] : [];
+    });
+    if (entries.length) await (this.local ?? this.cache).setMany(entries);
+  }
+
+  /** Forgets what a member was recorded to hold (its bytes said otherwise). */
+  async forgetArchiveMember(member: string): Promise<void> {
+    const v1Id = legacyMemberId(member);
+    if (v1Id) await (this.local ?? this.cache).delete(archiveMemberKey(v1Id));
+  }
+
   /** Repositories of a registry where a blob was seen (newest first), to mount it from. */
   async locations(scope: string, digest: Digest): Promise<string[]> {
     const raw = await this.cache.get(locationKey(scope, digest));
@@ -185,6 +214,11 @@ export class BlobInfoCache {
     const next = [repository, ...known.filter((r) => r !== repository)].slice(0, 5);
     await this.cache.set(locationKey(scope, digest), JSON.stringify(next));
   }
+}
+
+/** The v1 id of an older `docker save` layer member (`<v1 id>/layer.tar`). */
+function legacyMemberId(member: string): string | undefined {
+  return /^([0-9a-f]{64})\/layer\.tar$/.exec(member)?.[1];
 }
 
 function parseEntry(raw: string): Entry | undefined {

@@ -11,6 +11,7 @@
  *   compressed:v2:<scope>:<diff id>           the blob a layer was compressed to there, and its proof
  *   location:v1:<scope>:<digest>              repositories of a registry that hold a blob (mount sources)
  *   scheme:v1:<host[:port]>                   http|https: what a registry allowed plain HTTP answered on (on the local disk only)
+ *   member:v1:<v1 id>                         the diff id of `<v1 id>/layer.tar` in Docker's older `docker save` (on the local disk only)
  *   trie:v1:<scope>:
  *     ├─ n:<chain id>                         a node of the layer trie
  *     ├─ e:<parent chain id | root>:<h>       the nodes a step (hashed: h) leads to from a parent
@@ -38,6 +39,15 @@ export function tagKey(scope: string, repository: string, tag: string): string {
 /** What a layer (by diff id) was compressed to in a store. */
 export function compressedKey(scope: string, diffId: string): string {
   return `compressed:v2:${scope}:${diffId}`;
+}
+
+/**
+ * The diff id a layer Docker's older `docker save` names `<v1 id>/layer.tar` held when last read.
+ * Docker derives that id from the layer's chain id (and, for an image's top layer, its config), so
+ * the name stands for the same bytes in every archive; a hint all the same, checked on every read.
+ */
+export function archiveMemberKey(v1Id: string): string {
+  return `member:v1:${v1Id}`;
 }
 
 /** Where in a registry a blob was seen. */

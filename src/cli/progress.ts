@@ -23,6 +23,8 @@ interface LayerLine {
   total?: number;
   started: number;
   status?: string;
+  /** Stored at the destination (not found there already). */
+  stored?: boolean;
 }
 
 const PLAIN_EVERY_MS = 5000;
@@ -100,6 +102,7 @@ export class ProgressDisplay {
     const key = e.layer ?? e.digest;
     const l = this.line(key);
     // Read and stored differ for a layer compressed (or decompressed) on the way: both are said.
+    l.stored = e.status === 'pushed' || e.status === 'written';
     l.status = `${describeLayerEvent(e)}${l.done && e.bytes && l.done !== e.bytes ? ` (${formatBytes(l.done)} read)` : ''}`;
     if (this.mode === 'json') {
       const { layer: _, ...rest } = e;
@@ -124,10 +127,10 @@ export class ProgressDisplay {
     return (Date.now() - this.started) / 1000;
   }
 
-  /** Bytes read from the source so far, every layer together. */
-  bytesRead(): number {
+  /** Bytes read from the source so far, every layer together (`stored`: of the layers stored only). */
+  bytesRead(options: { stored?: boolean } = {}): number {
     let done = 0;
-    for (const l of this.layers.values()) done += l.done;
+    for (const l of this.layers.values()) if (!options.stored || l.stored) done += l.done;
     return done;
   }
 

@@ -142,7 +142,8 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
   // and for layers compressed here how much smaller they were stored.
   const read = progress.bytesRead();
   if (read > 0) {
-    const ratio = summary.compression && l.bytesPushed > 0 ? `; stored ${formatBytes(l.bytesPushed)}, compressed ${(read / l.bytesPushed).toFixed(2)}:1 (${summary.compression.format}, ${summary.compression.engine} level ${summary.compression.level})` : '';
+    // Of the layers stored: a stream's layers found already there are read (hashed) too.
+    const ratio = summary.compression && l.bytesPushed > 0 ? `; stored ${formatBytes(l.bytesPushed)}, compressed ${(progress.bytesRead({ stored: true }) / l.bytesPushed).toFixed(2)}:1 (${summary.compression.format}, ${summary.compression.engine} level ${summary.compression.level})` : '';
     info(`read ${formatBytes(read)} in ${seconds.toFixed(2)} s (${formatBytes(read / Math.max(seconds, 0.001))}/s)${ratio}`);
   }
   if (flags.digestfile) await writeDigestFile(flags.digestfile, summary.manifestDigest);

@@ -90,6 +90,11 @@ export interface StreamedLayer {
   readonly compression: Compression;
   /** Its size in the stream (compressed, when it is), where the stream says: bounds what it may decompress to. */
   readonly size?: number;
+  /**
+   * The sha256 its name states for its bytes (`blobs/sha256/<hex>` as Docker 25+ saves,
+   * `<hex>.tar` as containers/image and our writer do): a claim, checked when the bytes are read.
+   */
+  readonly namedDigest?: Digest;
   /** The bytes, verified by nothing yet: consumed (or destroyed) by the reader before the next layer can arrive. */
   readonly stream: Readable;
 }

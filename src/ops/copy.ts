@@ -8,6 +8,7 @@
  * Whole-image destinations (docker-archive, rootfs, bundle) take the resolved image at once.
  * Reports through callbacks; never prints.
  */
+import { createHash } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
@@ -209,7 +210,12 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
  */
 async function copyStream(source: StreamedImageSource, dest: BlobDestination, run: CopyRun): Promise<CopySummary> {
   const signal = run.options.signal;
-  const streamed = await source.read((layer) => copyLayer(layer, dest, run, signal).catch((e: unknown) => Promise.reject(unrepeatable(e, source.name))), signal);
+  const members: { member: string; diffId: Digest }[] = [];
+  const streamed = await source.read(async (layer) => {
+    const copied = await copyLayer(layer, dest, run, signal).catch((e: unknown) => Promise.reject(unrepeatable(e, source.name)));
+    members.push({ member: layer.member, diffId: copied.diffId });
+    return copied;
+  }, signal);
   const layers = streamed.layers;
   layers.forEach((l, i) => {
     const want = streamed.config.rootfs.diff_ids[i];
@@ -217,6 +223,9 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
       throw new SmartError('DIGEST_MISMATCH', `${source.name}: layer ${i + 1} hashes to ${l.diffId}, but the config says ${want ?? 'nothing'}`, { input: source.name });
     }
   });
+  // What older `docker save` members held: for the next push of an image that shares them, or of
+  // this one again (under another tag).
+  await run.options.blobInfo?.recordArchiveMembers(members).catch(() => undefined);
   // Known only now, at the end of the stream: nothing is tagged yet, so a refusal leaves nothing behind.
   checkPlatform(streamed.config, source.name, run.options);
   // The image as it stands at the destination, for step annotations and the layer trie.
@@ -336,6 +345,8 @@ async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, ru
     // Progress: the bytes read from the stream, under the member's name (the digest comes at the end).
     const onProgress = run.options.onProgress;
     const bytes = onProgress ? counted(layer.stream, (n) => onProgress({ layer: layer.member, bytes: n })) : layer.stream;
+    const reused = await reuseStreamedLayer(layer, bytes, dest, run, signal);
+    if (reused) return reused;
     return putLayer(bytes, { compression: layer.compression, what: layer.what, named: layer.member, ...(layer.size !== undefined ? { size: layer.size } : {}) }, dest, run, signal);
   }
   const desc = layer.descriptor;
@@ -355,6 +366,39 @@ async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, ru
   // An uncompressed blob is its tar: open() verifies it against its digest, which is therefore the diff id.
   const stored = await putLayer(await open(signal), { compression: 'none', verifiedDiffId: desc.digest, what: `layer ${shortDigest(desc.digest)}`, named: desc.digest }, dest, run, signal);
   return { descriptor: { ...desc, ...stored.descriptor }, diffId: stored.diffId };
+}
+
+/**
+ * A streamed layer the destination holds already, as its name tells (Docker 25+ and
+ * containers/image name a layer by its digest; Docker's older `<v1 id>/layer.tar`, by what a push
+ * read under that name before): its bytes are hashed as they pass, not compressed nor stored.
+ * They must hash to what the name claimed, or the push fails: the stream cannot be read again.
+ * Undefined when the layer has to be stored (then nothing of it has been read).
+ */
+async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<CopiedLayer | undefined> {
+  if (layer.compression !== 'none' || layer.size === undefined) return undefined;
+  const blobInfo = run.options.blobInfo;
+  const claimed = layer.namedDigest ?? (await blobInfo?.archiveMemberDiffId(layer.member));
+  if (!claimed) return undefined;
+  const descriptor: Descriptor | undefined =
+    dest.layerCompression === 'compress' ? await blobInfo?.compressedFor(dest, claimed, signal) : { mediaType: MediaType.OCI_LAYER, digest: claimed, size: layer.size };
+  const reuse = descriptor && (await dest.reuseBlob(descriptor));
+  if (!descriptor || !reuse) return undefined;
+  // In this thread: it has nothing else to do meanwhile (measured: faster than the pool's hasher here).
+  const hasher = createHash('sha256');
+  for await (const chunk of bytes as AsyncIterable<Buffer>) hasher.update(chunk);
+  const diffId = `sha256:${hasher.digest('hex')}` as Digest;
+  if (diffId !== claimed) {
+    if (!layer.namedDigest) await blobInfo?.forgetArchiveMember(layer.member);
+    throw new SmartError(
+      layer.namedDigest ? 'CORRUPT_ARCHIVE' : 'DIGEST_MISMATCH',
+      `${layer.what}: its bytes hash to ${diffId}, not the ${claimed} ${layer.namedDigest ? 'its name says' : 'a push read under that name before (that record is dropped: push again)'}`,
+      { input: layer.member },
+    );
+  }
+  run.record({ digest: descriptor.digest, layer: layer.member, diffId, status: 'skipped', reuse, bytes: 0, mediaType: descriptor.mediaType });
+  if (dest.layerCompression === 'compress') run.compressedHere.push({ diffId, descriptor });
+  return { descriptor, diffId };
 }
 
 /**

@@ -1,25 +1,49 @@
 /**
  * A push of what the destination already holds writes nothing, and still notices what went
  * missing behind its back: a blob or a link deleted from the store, a blob deleted from a layout.
+ * A `docker save` stream's layers the store holds are hashed, not compressed again.
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { startRegistry } from '../harness/registry.js';
 import { repoRoot, smart } from '../harness/run.js';
+import { tarOf, type TarEntry } from '../harness/tar-read.js';
 import { tempDir } from '../harness/tmp.js';
+import { extract } from 'tar-stream';
 
 interface Summary {
   manifestDigest: string;
   layers: { total: number; pushed: number; skipped: number; mounted: number; bytesPushed: number };
 }
 
-async function push(args: string[], cacheHome: string): Promise<Summary> {
-  const r = await smart(['push', ...args, '--json'], { cacheHome });
+async function push(args: string[], cacheHome: string, input?: Buffer): Promise<Summary> {
+  const r = await smart(['push', ...args, '--json'], { cacheHome, ...(input ? { input } : {}) });
   expect(r.code, r.stderr).toBe(0);
   return JSON.parse(r.stdout.toString()) as Summary;
 }
+
+/** The members of a tar (files, directories, symlinks), in order. */
+async function membersOf(bytes: Buffer): Promise<TarEntry[]> {
+  const out: TarEntry[] = [];
+  const x = extract();
+  const done = (async () => {
+    for await (const e of x) {
+      const chunks: Buffer[] = [];
+      for await (const c of e) chunks.push(c as Buffer);
+      const h = e.header;
+      out.push({ name: h.name, type: h.type as TarEntry['type'], body: Buffer.concat(chunks), ...(h.linkname ? { linkname: h.linkname } : {}) });
+    }
+  })();
+  x.end(bytes);
+  await done;
+  return out;
+}
+
+const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 
 /** Every file under `dir` with its content and modification time. */
 async function snapshot(dir: string): Promise<Map<string, string>> {
@@ -86,6 +110,86 @@ describe('pushing again', () => {
     // --import, Node 20 hands the entry to that loader, which sees it is CommonJS.)
     const esm = (await fs.readFile(esmLoaded, 'utf8').catch(() => '')).split('\n').filter((l) => l.startsWith(`${pathToFileURL(repoRoot).href}/`));
     expect(esm.filter((l) => !l.endsWith(' commonjs'))).toEqual([]);
+  });
+
+  it("hashes a docker save stream's layers the store holds, as their names tell (Docker 25+, the older names once read), and stores none again", async () => {
+    const fx = fixtures();
+    for (const archive of [fx.paths.dockerArchiveBasicOci, fx.paths.dockerArchiveBasic]) {
+      const work = await tempDir();
+      const store = path.join(work, 'store');
+      const cacheHome = path.join(work, 'cache');
+      const bytes = await fs.readFile(archive);
+      const first = await push(['docker-archive:-', `file:${store}#w/app:1`], cacheHome, bytes);
+      expect(first.layers).toMatchObject({ pushed: 3, skipped: 0 });
+      const blobs = await snapshot(path.join(store, 'docker/registry/v2/blobs'));
+      const again = await push(['docker-archive:-', `file:${store}#w/app:2`], cacheHome, bytes);
+      expect(again.manifestDigest).toBe(first.manifestDigest);
+      expect(again.layers, archive).toMatchObject({ pushed: 0, skipped: 3, bytesPushed: 0 });
+      expect(await snapshot(path.join(store, 'docker/registry/v2/blobs'))).toEqual(blobs);
+    }
+
+    // Through the registry API alike: the blob is confirmed there (the image that showed it), not sent.
+    const work = await tempDir();
+    const registry = await startRegistry({ configDir: work });
+    try {
+      const cacheHome = path.join(work, 'cache');
+      const bytes = await fs.readFile(fx.paths.dockerArchiveBasicOci);
+      expect((await push(['docker-archive:-', `docker://${registry.host}/w/app:1`], cacheHome, bytes)).layers).toMatchObject({ pushed: 3 });
+      expect((await push(['docker-archive:-', `docker://${registry.host}/w/app:2`], cacheHome, bytes)).layers).toMatchObject({ pushed: 0, skipped: 3, bytesPushed: 0 });
+    } finally {
+      await registry.stop();
+    }
+  });
+
+  it('refuses a streamed layer whose bytes are not what its name says, and tags nothing', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const cacheHome = path.join(work, 'cache');
+    const tagLink = (tag: string) => path.join(store, 'docker/registry/v2/repositories/w/app/_manifests/tags', tag);
+    // Docker 25+: a blob named by the digest of other bytes, the config saying those bytes (so
+    // only the name lies). A store without the layer stores what the config says; one with it must
+    // not take the name's word.
+    const oci = await membersOf(await fs.readFile(fx.paths.dockerArchiveBasicOci));
+    const [l1, l2] = [fx.basic.layers[0]!.diffId.slice(7), fx.basic.layers[1]!.diffId.slice(7)];
+    const body = (name: string) => oci.find((e) => e.name === name)!.body as Buffer;
+    const lying = oci.map((e) => (e.name === `blobs/sha256/${l2}` ? { ...e, body: body(`blobs/sha256/${l1}`) } : e));
+    const configName = (JSON.parse(body('manifest.json').toString()) as { Config: string }[])[0]!.Config;
+    const config = JSON.parse(body(configName).toString()) as { rootfs: { diff_ids: string[] } };
+    config.rootfs.diff_ids[1] = `sha256:${l1}`;
+    const configBytes = Buffer.from(JSON.stringify(config));
+    const newConfig = `blobs/sha256/${sha256(configBytes)}`;
+    const manifest = body('manifest.json').toString().replaceAll(configName, newConfig);
+    const archive = await tarOf(
+      lying.flatMap((e) => (e.name === configName ? [{ ...e, name: newConfig, body: configBytes }] : e.name === 'manifest.json' ? [{ ...e, body: manifest }] : e.name === 'index.json' ? [] : [e])),
+    );
+    await push([`docker-archive:${fx.paths.dockerArchiveBasicOci}`, `file:${store}#w/app:1`], cacheHome);
+    const r = await smart(['push', '-q', 'docker-archive:-', `file:${store}#w/app:2`], { cacheHome, input: archive });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.trim().split('\n'), r.stderr).toHaveLength(1);
+    expect(r.stderr).toMatch(new RegExp(`CORRUPT_ARCHIVE.*blobs/sha256/${l2}.*hash to sha256:${l1}, not the sha256:${l2} its name says`));
+    await expect(fs.stat(tagLink('2'))).rejects.toThrow();
+
+    // Docker's older names: what `<v1 id>/layer.tar` held when last read is recorded; an archive
+    // whose member of that name holds other bytes fails once, and the record is dropped.
+    const legacy = await membersOf(await fs.readFile(fx.paths.dockerArchiveBasic));
+    await push(['docker-archive:-', `file:${store}#w/legacy:1`], cacheHome, await tarOf(legacy));
+    const ids = (JSON.parse((legacy.find((e) => e.name === 'manifest.json')!.body as Buffer).toString()) as { Config: string; Layers: string[] }[])[0]!;
+    const other = await tarOf([{ name: 'other.txt', body: 'not the layer the name was read as\n' }]);
+    const oldConfig = JSON.parse((legacy.find((e) => e.name === ids.Config)!.body as Buffer).toString()) as { rootfs: { diff_ids: string[] } };
+    oldConfig.rootfs.diff_ids[2] = `sha256:${sha256(other)}`;
+    const changed = Buffer.from(JSON.stringify(oldConfig));
+    const changedName = `${sha256(changed)}.json`;
+    const swapped = await tarOf(
+      legacy.map((e) =>
+        e.name === ids.Layers[2] ? { ...e, body: other } : e.name === ids.Config ? { ...e, name: changedName, body: changed } : e.name === 'manifest.json' ? { ...e, body: (e.body as Buffer).toString().replaceAll(ids.Config, changedName) } : e,
+      ),
+    );
+    const refused = await smart(['push', 'docker-archive:-', `file:${store}#w/legacy:2`], { cacheHome, input: swapped });
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/DIGEST_MISMATCH.*not the sha256:[0-9a-f]{64} a push read under that name before \(that record is dropped: push again\)/);
+    await expect(fs.stat(path.join(store, 'docker/registry/v2/repositories/w/legacy/_manifests/tags/2'))).rejects.toThrow();
+    expect((await push(['docker-archive:-', `file:${store}#w/legacy:2`], cacheHome, swapped)).layers).toMatchObject({ pushed: 1, skipped: 2 });
   });
 
   it('puts back a blob or a link deleted from the store since', async () => {

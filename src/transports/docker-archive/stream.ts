@@ -10,6 +10,7 @@ import { SmartError, isCancellation, isSmartError, quoted } from '../../errors.j
 import { MAX_ARCHIVE_JSON_BYTES, checkSize, limitExceeded } from '../../limits.js';
 import { MAX_CONFIG_BYTES, parseImageConfig } from '../../oci/config.js';
 import { archiveTarStream } from '../../pipeline/archive-stream.js';
+import type { Digest } from '../../oci/digest.js';
 import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
 import { sniffCompression } from '../../oci/mediatypes.js';
 import { tarParseError } from '../../tar/errors.js';
@@ -51,6 +52,16 @@ function classifyMember(head: Buffer): 'layer' | 'json' | 'other' {
     return b === 0x7b || b === 0x5b ? 'json' : 'other'; // { or [
   }
   return 'other';
+}
+
+/**
+ * The digest a member's name states for its bytes: `blobs/sha256/<hex>` (Docker 25+, an OCI
+ * layout inside), `<hex>.tar` (containers/image, ours: the diff id of the layer it holds).
+ * Docker's older `<v1 id>/layer.tar` states none.
+ */
+export function namedDigest(member: string): Digest | undefined {
+  const m = /^(?:blobs\/sha256\/([0-9a-f]{64})|([0-9a-f]{64})\.tar)$/.exec(member);
+  return m ? (`sha256:${m[1] ?? m[2]}` as Digest) : undefined;
 }
 
 /** Reads the archive `input` carries, handing each layer to `onLayer` as it arrives (dockerArchiveStream's `read`); the image at its end. */
@@ -143,7 +154,8 @@ export async function readDockerArchiveStream<T>(
         })(),
         { objectMode: false },
       );
-      layerResults.set(member, await onLayer({ member, what: `layer ${member} of ${name}`, compression: sniffCompression(head), size: header.size, stream: body }));
+      const named = namedDigest(member);
+      layerResults.set(member, await onLayer({ member, what: `layer ${member} of ${name}`, compression: sniffCompression(head), size: header.size, ...(named ? { namedDigest: named } : {}), stream: body }));
       // onLayer must have drained it; if it did not, skip the rest so the archive can go on.
       body.destroy();
       lastMember = header.name;
