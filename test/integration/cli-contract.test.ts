@@ -127,14 +127,15 @@ describe('the command line contract', () => {
     it('shows the bytes read per layer, never 0 B / 0 B, and ends with throughput and compression ratio', async () => {
       const fx = fixtures();
       const archive = await fs.readFile(fx.paths.dockerArchiveBasic);
-      const tty = await smart(['push', 'docker-archive:-', `file:${store}#stream/tty:1`, '--progress', 'tty'], { input: archive });
+      // Stores of their own: layers a store holds already are only hashed, and none would be compressed.
+      const tty = await smart(['push', 'docker-archive:-', `file:${path.join(work, 'stream-tty')}#stream/tty:1`, '--progress', 'tty'], { input: archive });
       expect(tty.code, tty.stderr).toBe(0);
       expect(tty.stderr).not.toMatch(/0 B \/ 0 B/);
       expect(tty.stderr).toMatch(/^total {2}[\d.]+ (B|KiB) (read|\/ [\d.]+ KiB) /m);
       expect(tty.stderr).toMatch(/^[0-9a-f]{12} {2}pushed [\d.]+ (B|KiB) \([\d.]+ KiB read\)$/m);
       expect(tty.stderr).toMatch(/^read [\d.]+ KiB in [\d.]+ s \([\d.]+ (B|KiB|MiB)\/s\); stored [\d.]+ KiB, compressed [\d.]+:1 \((gzip), \S+ level \d+\)$/m);
 
-      const json = await smart(['push', 'docker-archive:-', `file:${store}#stream/json:1`, '--progress', 'json'], { input: archive });
+      const json = await smart(['push', 'docker-archive:-', `file:${path.join(work, 'stream-json')}#stream/json:1`, '--progress', 'json'], { input: archive });
       expect(json.code, json.stderr).toBe(0);
       const events = jsonLines(json.stderr.split('\n').filter((l) => l.startsWith('{')).join('\n')) as (Doc & { event: string; layer?: string; bytes?: number; read?: number })[];
       const progress = events.filter((e) => e.event === 'progress');
