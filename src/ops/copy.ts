@@ -9,7 +9,7 @@
  * Reports through callbacks; never prints.
  */
 import { createHash } from 'node:crypto';
-import { Readable, pipeline } from 'node:stream';
+import { Readable, Transform, pipeline } from 'node:stream';
 import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import {
@@ -370,35 +370,63 @@ async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, ru
 
 /**
  * A streamed layer the destination holds already, as its name tells (Docker 25+ and
- * containers/image name a layer by its digest; Docker's older `<v1 id>/layer.tar`, by what a push
- * read under that name before): its bytes are hashed as they pass, not compressed nor stored.
+ * containers/image name a layer by its digest: of the tar, or of the compressed blob that a
+ * containerd image store saves as it is; Docker's older `<v1 id>/layer.tar`, by what a push read
+ * under that name before): its bytes are hashed as they pass, not compressed nor stored nor sent.
  * They must hash to what the name claimed, or the push fails: the stream cannot be read again.
  * Undefined when the layer has to be stored (then nothing of it has been read).
  */
 async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<CopiedLayer | undefined> {
-  if (layer.compression !== 'none' || layer.size === undefined) return undefined;
+  if (layer.size === undefined) return undefined;
+  const compressed = layer.compression !== 'none';
   const blobInfo = run.options.blobInfo;
-  const claimed = layer.namedDigest ?? (await blobInfo?.archiveMemberDiffId(layer.member));
+  const claimed = layer.namedDigest ?? (compressed ? undefined : await blobInfo?.archiveMemberDiffId(layer.member));
   if (!claimed) return undefined;
-  const descriptor: Descriptor | undefined =
-    dest.layerCompression === 'compress' ? await blobInfo?.compressedFor(dest, claimed, signal) : { mediaType: MediaType.OCI_LAYER, digest: claimed, size: layer.size };
+  // A compressed layer is stored as it is, under its own digest; a tar, compressed where the destination wants it so.
+  const descriptor: Descriptor | undefined = compressed
+    ? { mediaType: layerMediaType('oci', layer.compression), digest: claimed, size: layer.size }
+    : dest.layerCompression === 'compress'
+      ? await blobInfo?.compressedFor(dest, claimed, signal)
+      : { mediaType: MediaType.OCI_LAYER, digest: claimed, size: layer.size };
   const reuse = descriptor && (await dest.reuseBlob(descriptor));
   if (!descriptor || !reuse) return undefined;
-  // In this thread: it has nothing else to do meanwhile (measured: faster than the pool's hasher here).
-  const hasher = createHash('sha256');
-  for await (const chunk of bytes as AsyncIterable<Buffer>) hasher.update(chunk);
-  const diffId = `sha256:${hasher.digest('hex')}` as Digest;
-  if (diffId !== claimed) {
+  const { blob, diffId } = await hashStreamedLayer(layer, bytes);
+  if (blob !== claimed) {
     if (!layer.namedDigest) await blobInfo?.forgetArchiveMember(layer.member);
     throw new SmartError(
       layer.namedDigest ? 'CORRUPT_ARCHIVE' : 'DIGEST_MISMATCH',
-      `${layer.what}: its bytes hash to ${diffId}, not the ${claimed} ${layer.namedDigest ? 'its name says' : 'a push read under that name before (that record is dropped: push again)'}`,
+      `${layer.what}: its bytes hash to ${blob}, not the ${claimed} ${layer.namedDigest ? 'its name says' : 'a push read under that name before (that record is dropped: push again)'}`,
       { input: layer.member },
     );
   }
   run.record({ digest: descriptor.digest, layer: layer.member, diffId, status: 'skipped', reuse, bytes: 0, mediaType: descriptor.mediaType });
-  if (dest.layerCompression === 'compress') run.compressedHere.push({ diffId, descriptor });
+  if (!compressed && dest.layerCompression === 'compress') run.compressedHere.push({ diffId, descriptor });
   return { descriptor, diffId };
+}
+
+/** The digest of a streamed layer's bytes and of the tar they are (decompressed, when compressed), read to the end. */
+async function hashStreamedLayer(layer: StreamedLayer, bytes: Readable): Promise<{ blob: Digest; diffId: Digest }> {
+  // In this thread: it has nothing else to do meanwhile (measured: faster than the pool's hasher here).
+  const blob = createHash('sha256');
+  if (layer.compression === 'none') {
+    for await (const chunk of bytes as AsyncIterable<Buffer>) blob.update(chunk);
+    const digest = `sha256:${blob.digest('hex')}` as Digest;
+    return { blob: digest, diffId: digest };
+  }
+  const { decompress } = await import('../pipeline/compression.js');
+  const tapped = pipeline(
+    bytes,
+    new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        blob.update(chunk);
+        cb(null, chunk);
+      },
+    }),
+    () => undefined,
+  );
+  const tar = createHash('sha256');
+  for await (const chunk of decompress(tapped, layer.compression, layer.what, { compressedSize: layer.size! })) tar.update(chunk as Buffer);
+  return { blob: `sha256:${blob.digest('hex')}` as Digest, diffId: `sha256:${tar.digest('hex')}` as Digest };
 }
 
 /**
@@ -658,3 +686,4 @@ export function buildManifest(
   if (parsed.kind !== 'manifest') throw new SmartError('INTERNAL', 'built a manifest that parses as an index');
   return parsed as ParsedManifest & { kind: 'manifest' };
 }
+

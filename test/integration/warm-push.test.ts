@@ -128,7 +128,9 @@ describe('pushing again', () => {
       expect(await snapshot(path.join(store, 'docker/registry/v2/blobs'))).toEqual(blobs);
     }
 
-    // Through the registry API alike: the blob is confirmed there (the image that showed it), not sent.
+    // Through the registry API alike: the blob is confirmed there (the image that showed it), not
+    // sent. And a docker save of a containerd image store, which holds the layers compressed as
+    // pulled: found under their own digests, not sent again.
     const work = await tempDir();
     const registry = await startRegistry({ configDir: work });
     try {
@@ -136,6 +138,16 @@ describe('pushing again', () => {
       const bytes = await fs.readFile(fx.paths.dockerArchiveBasicOci);
       expect((await push(['docker-archive:-', `docker://${registry.host}/w/app:1`], cacheHome, bytes)).layers).toMatchObject({ pushed: 3 });
       expect((await push(['docker-archive:-', `docker://${registry.host}/w/app:2`], cacheHome, bytes)).layers).toMatchObject({ pushed: 0, skipped: 3, bytesPushed: 0 });
+      const blob = (d: string) => `blobs/sha256/${d.slice(7)}`;
+      const layout = await membersOf(await fs.readFile(fx.paths.ociArchiveBasic));
+      const manifestJson = JSON.stringify([{ Config: blob(fx.basic.config.digest), RepoTags: ['w/app:1'], Layers: fx.basic.layers.map((l) => blob(l.digest)) }]);
+      const containerd = await tarOf([...layout, { name: 'manifest.json', body: manifestJson }]);
+      // (Not the blobs w/app got: those were compressed here, these by the fixture's gzip.)
+      const once = await push(['docker-archive:-', `docker://${registry.host}/w/gz:1`], cacheHome, containerd);
+      expect(once.layers).toMatchObject({ pushed: 3 });
+      const again = await push(['docker-archive:-', `docker://${registry.host}/w/gz:2`], cacheHome, containerd);
+      expect(again.layers).toMatchObject({ pushed: 0, skipped: 3, bytesPushed: 0 });
+      expect(again.manifestDigest).toBe(once.manifestDigest);
     } finally {
       await registry.stop();
     }
@@ -169,6 +181,21 @@ describe('pushing again', () => {
     expect(r.stderr.trim().split('\n'), r.stderr).toHaveLength(1);
     expect(r.stderr).toMatch(new RegExp(`CORRUPT_ARCHIVE.*blobs/sha256/${l2}.*hash to sha256:${l1}, not the sha256:${l2} its name says`));
     await expect(fs.stat(tagLink('2'))).rejects.toThrow();
+
+    // The same with the layers compressed (a containerd image store's save): the name is the blob's
+    // digest. Another gzip header time makes other bytes of the same size and the same tar.
+    const blob = (d: string) => `blobs/sha256/${d.slice(7)}`;
+    const gz = await membersOf(await fs.readFile(fx.paths.ociArchiveBasic));
+    const g2 = blob(fx.basic.layers[1]!.digest);
+    const gzArchive = (members: TarEntry[]) =>
+      tarOf([...members, { name: 'manifest.json', body: JSON.stringify([{ Config: blob(fx.basic.config.digest), Layers: fx.basic.layers.map((l) => blob(l.digest)) }]) }]);
+    await push(['docker-archive:-', `file:${store}#w/gz:1`], cacheHome, await gzArchive(gz));
+    const retimed = Buffer.from(gz.find((e) => e.name === g2)!.body as Buffer);
+    retimed[4]! ^= 1;
+    const gzRefused = await smart(['push', '-q', 'docker-archive:-', `file:${store}#w/gz:2`], { cacheHome, input: await gzArchive(gz.map((e) => (e.name === g2 ? { ...e, body: retimed } : e))) });
+    expect(gzRefused.code).not.toBe(0);
+    expect(gzRefused.stderr).toMatch(new RegExp(`CORRUPT_ARCHIVE.*${g2}.*hash to sha256:${sha256(retimed)}, not the sha256:${g2.slice(13)} its name says`));
+    await expect(fs.stat(path.join(store, 'docker/registry/v2/repositories/w/gz/_manifests/tags/2'))).rejects.toThrow();
 
     // Docker's older names: what `<v1 id>/layer.tar` held when last read is recorded; an archive
     // whose member of that name holds other bytes fails once, and the record is dropped.
