@@ -126,7 +126,7 @@ async function indexCopied(cache: MetadataCache, scope: string, ref: { repositor
     : await (await import('./build-cache/steps.js')).stepsOfImage({ ...copied.image, manifest: copied.manifest as Image['manifest'], layers });
   const at = { repository: ref.repository, ...(ref.tag ? { tag: ref.tag } : {}) };
   const { imageFacts } = await import('./build-cache/steps.js');
-  await trie.addImage(indexedImageOf(at, copied.manifest.digest, layers, steps, [], imageFacts(copied.image)), { current });
+  await trie.addImage(indexedImageOf(at, copied.manifest.digest, layers, steps, [], await imageFacts(copied.image)), { current });
 }
 
 async function openLayerStore(dir: string) {

@@ -49,6 +49,11 @@ export interface ImageRef {
   inlineCache?: true;
   /** The builder that made the image's own steps, as its history tells (absent: unknown). */
   builder?: ImageBuilder;
+  /**
+   * The RUNs its history records as empty after its last layer (the classic builder's RUN that
+   * changed nothing, as a last `RUN npm test`): kept on the node of its last layer only.
+   */
+  emptyAfter?: string[];
 }
 
 export type ImageBuilder = 'docker' | 'buildkit' | 'buildah';
@@ -106,10 +111,9 @@ export function nodesOf(image: IndexedImage, known: ReadonlyMap<string, TrieNode
   return image.layers.map((layer, i) => {
     const chainId = ids[i]!;
     const prev = known.get(chainId);
-    const images = [image.ref, ...(prev?.images ?? []).filter((r) => !(r.repository === image.ref.repository && r.tag === image.ref.tag))].slice(
-      0,
-      MAX_IMAGES_PER_NODE,
-    );
+    const { emptyAfter, ...rest } = image.ref;
+    const ref = emptyAfter && i === image.layers.length - 1 ? image.ref : rest;
+    const images = [ref, ...(prev?.images ?? []).filter((r) => !(r.repository === image.ref.repository && r.tag === image.ref.tag))].slice(0, MAX_IMAGES_PER_NODE);
     const listed = prev?.images.some((r) => r.repository === image.ref.repository && r.tag === image.ref.tag && r.manifest === image.ref.manifest);
     const step = layer.step ?? prev?.step;
     const also = uniqueKeys([...keysOf(layer), ...(prev ? keysOf(prev) : [])], MAX_KEYS_PER_NODE + 1).filter((k) => !step || stepKeyString(k) !== stepKeyString(step));
@@ -164,6 +168,8 @@ export interface Match {
   matchedSteps: number[];
   /** Of `matchedSteps`, those the stored image made no layer for (a RUN that changed nothing). */
   emptySteps: number[];
+  /** The image the match must be taken from: the one whose history has the RUNs matched after its last layer. */
+  image?: ImageRef;
 }
 
 /** RUN steps that may have made no layer, left pending in a row at most (a walk branches on each). */
@@ -177,8 +183,9 @@ const MAX_EMPTY_COMBINATIONS = 16;
  * the same key (a RUN rebuilt without cache gives a new diff id; two builders' layers for the same
  * step): every such branch is followed (`accept`: only through the nodes it accepts), an optional
  * step both taken and skipped, a RUN that may be empty both taken and left pending (matched when
- * the next layer found was made after it, see `StepKey.emptyBefore`), and the deepest wins — among
- * equals, the one an image with BuildKit's inline cache holds, then the one in most images.
+ * the next layer found was made after it, see `StepKey.emptyBefore`, or an image ends with it,
+ * see `ImageRef.emptyAfter`), and the deepest wins — among equals, the one that matched the most
+ * steps, then the one an image with BuildKit's inline cache holds, then the one in most images.
  */
 export async function matchBuild(
   store: TrieStore,
@@ -186,6 +193,8 @@ export async function matchBuild(
   steps: readonly MatchStep[],
   options: {
     accept?: (node: TrieNode) => boolean;
+    /** The images a match may be taken from (default: any). */
+    acceptImage?: (image: ImageRef) => boolean;
     /** The base image's RUNs recorded as empty after its last layer: the first layer built on it was made after them. */
     baseEmptyRuns?: readonly string[];
   } = {},
@@ -199,13 +208,13 @@ export async function matchBuild(
     return { node: basePath[basePath.length - 1], baseLayers, steps: 0, path: basePath, matchedSteps: [], emptySteps: [] };
   }
   /** `pending`: RUN steps since the last layer taken as having made none, with the instructions each may be recorded as. */
-  type Frontier = { path: TrieNode[]; matched: number[]; empty: number[]; pending: { index: number; instructions: string[] }[] };
+  type Frontier = { path: TrieNode[]; matched: number[]; empty: number[]; pending: { index: number; instructions: string[] }[]; image?: ImageRef };
   // The base's own empty RUNs are pending from the start, as steps of no index (never counted as matched).
   const basePending = (options.baseEmptyRuns ?? []).map((instruction) => ({ index: -1, instructions: [instruction] }));
   let frontier: Frontier[] = [{ path: basePath, matched: [], empty: [], pending: basePending }];
   const rank = (f: Frontier) => {
     const n = f.path.at(-1);
-    return [f.path.length, n?.images.some((i) => i.inlineCache) ? 1 : 0, n?.imageCount ?? 0];
+    return [f.path.length, f.matched.length, n?.images.some((i) => i.inlineCache) ? 1 : 0, n?.imageCount ?? 0];
   };
   const better = (a: Frontier, b: Frontier) => {
     const [x, y] = [rank(a), rank(b)];
@@ -251,9 +260,21 @@ export async function matchBuild(
     frontier = dedupe(next);
     for (const f of frontier) if (better(f, best)) best = f;
   }
+  // RUNs still pending where the walk ended are matched too where an image ends with them: its
+  // history has them after its last layer, and a cache image cut from it keeps them.
+  for (const f of frontier) {
+    if (f.pending.length === 0 || f.pending.some((p) => p.index < 0)) continue;
+    const image = f.path
+      .at(-1)
+      ?.images.find((r) => r.emptyAfter && r.emptyAfter.length >= f.pending.length && f.pending.every((p, k) => p.instructions.includes(r.emptyAfter![k]!)) && (options.acceptImage?.(r) ?? true));
+    if (!image) continue;
+    const ran = f.pending.map((p) => p.index);
+    const whole: Frontier = { path: f.path, matched: [...f.matched, ...ran], empty: [...f.empty, ...ran], pending: [], image };
+    if (better(whole, best)) best = whole;
+  }
   const node = best.path[best.path.length - 1];
   // Steps matched: counted in layers walked past the base (an optional step without a layer counts none).
-  return { node, baseLayers, steps: best.path.length - baseLayers, path: best.path, matchedSteps: best.matched, emptySteps: best.empty };
+  return { node, baseLayers, steps: best.path.length - baseLayers, path: best.path, matchedSteps: best.matched, emptySteps: best.empty, ...(best.image ? { image: best.image } : {}) };
 }
 
 /** The `emptyBefore` lists pending empty RUNs may have been recorded as (one: `undefined`, when none are pending). */

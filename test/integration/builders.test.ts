@@ -32,12 +32,15 @@ interface Plan {
 const SLOW = 'sleep 3 && echo installed > deps';
 /** A RUN that changes nothing: the classic builder makes no layer for it, BuildKit and buildah an empty one. */
 const CHECK = 'test -d /opt/vendor';
-const dockerfile = (from: string) => `FROM ${from}\nWORKDIR /app\nCOPY package.json ./\nADD vendor.tar.gz /opt/vendor/\nRUN ${CHECK}\nRUN ${SLOW}\nCOPY . ./\nCMD ["sh"]\n`;
-/** Dockerfile line of the archive's ADD, of the RUN that changes nothing, of the slow RUN, and of the sources' COPY. */
+/** One after the last layer too (as a last `RUN npm test`): the classic builder's history ends with it. */
+const TAIL = 'test -d /app/src';
+const dockerfile = (from: string) => `FROM ${from}\nWORKDIR /app\nCOPY package.json ./\nADD vendor.tar.gz /opt/vendor/\nRUN ${CHECK}\nRUN ${SLOW}\nCOPY . ./\nRUN ${TAIL}\nCMD ["sh"]\n`;
+/** Dockerfile line of the archive's ADD, of the RUN that changes nothing, of the slow RUN, of the sources' COPY, and of the last RUN. */
 const ADD_LINE = 4;
 const CHECK_LINE = 5;
 const RUN_LINE = 6;
 const SOURCES_LINE = 7;
+const TAIL_LINE = 8;
 
 async function writeContext(dir: string, from: string, version: string): Promise<void> {
   await fs.mkdir(path.join(dir, 'src'), { recursive: true });
@@ -186,6 +189,16 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     // named in the archive as v1's were, so they are hashed, not compressed and stored again.
     const v2 = await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/classic:v2`, '--json'], (await dockerd.dockerOk(['save', 'app:v2'])).stdout);
     expect((JSON.parse(v2.stdout.toString()) as { layers: unknown }).layers).toMatchObject({ pushed: 1, skipped: 5 });
+
+    // v1 again on a wiped daemon (a CI job run again): every step is reused, the RUN after the last
+    // layer and the CMD too, the cache image keeping the history entries after its last layer.
+    await dockerd.wipe();
+    const flagsFile = path.join(work, 'classic-flags-unchanged');
+    const pulled = await runOkSmart(['cache', 'pull', `file:${store}`, ctxDir('classic', 'v1'), 'docker-archive:-', '--print-cache-from', 'docker', '--print-cache-from-file', flagsFile]);
+    await dockerd.dockerOk(['load'], { input: pulled.stdout });
+    const again = await build(ctxDir('classic', 'v1'), 'app:v1', (await fs.readFile(flagsFile, 'utf8')).trim().split(' '));
+    expect(cachedLines('classic', again.stdout.toString()), again.stdout.toString()).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE, SOURCES_LINE, TAIL_LINE, 9]);
+    expect(unchanged.steps.find((x) => x.line === TAIL_LINE)).toMatchObject({ matched: true, noLayer: true });
   });
 
   it('BuildKit: the plan matches its COPY layers by their files, and prefers images with inline cache, which a fresh daemon reuses', async () => {
@@ -202,7 +215,7 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     // package.json the COPY before it placed alike (the export's differ leaves that out), with the
     // latin-1 and the long name.
     const unchanged = await plan(`file:${store}`, ctxDir('buildkit', 'v1'), '--builder', 'buildkit');
-    expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE, SOURCES_LINE]);
+    expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE, SOURCES_LINE, TAIL_LINE]);
     const p = await plan(`file:${store}`, ctxDir('buildkit', 'v2'), '--builder', 'buildkit');
     expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
     expect(p.best).toMatchObject({ image: 'apps/buildkit:v1', inlineCache: true });
@@ -242,7 +255,7 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       // its sources' COPY reproduced, the latin-1 and the long name included (Go's tar writer gives
       // both a PAX header).
       const unchanged = await plan(`file:${store}`, ctxDir('buildah', 'v1'), '--builder', 'buildah');
-      expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, CHECK_LINE, RUN_LINE, SOURCES_LINE]);
+      expect(unchanged.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, CHECK_LINE, RUN_LINE, SOURCES_LINE, TAIL_LINE]);
       const p = await plan(`file:${store}`, ctxDir('buildah', 'v2'), '--builder', 'buildah');
       expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'transport' });
       expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3, ADD_LINE, CHECK_LINE, RUN_LINE]); // buildah's WORKDIR makes no layer

@@ -222,8 +222,9 @@ describe("the classic builder's RUN that changed nothing (an empty history entry
   const [runTrue, runEcho, runLs] = [{ instruction: 'RUN true' }, { instruction: 'RUN echo hi > /app/hi' }, { instruction: 'RUN ls /app' }];
   const built = (repository: string, h: typeof history): IndexedImage => {
     const layers = historyLayerSteps(h, 4)!;
+    const emptyAfter = trailingEmptyRuns(h);
     return {
-      ref: { repository, tag: '1', manifest: d(800), builder: 'docker' },
+      ref: { repository, tag: '1', manifest: d(800), builder: 'docker', ...(emptyAfter.length ? { emptyAfter } : {}) },
       layers: layers.map((l, i) => layer(i + 1, l.step?.contentRef ? { instruction: l.step.instruction, contentDigest: l.step.contentRef, ...(l.emptyBefore ? { emptyBefore: l.emptyBefore } : {}) } : { instruction: l.step!.instruction, ...(l.emptyBefore ? { emptyBefore: l.emptyBefore } : {}) })),
     };
   };
@@ -245,9 +246,26 @@ describe("the classic builder's RUN that changed nothing (an empty history entry
     // Without `RUN true` the classic builder would not reuse `RUN echo`: its cache image's history has it.
     const without = await matchBuild(trie, chainIds([d(1)]), all.filter((s) => s.key !== runTrue));
     expect(without.matchedSteps).toEqual([0]);
-    // A RUN that did not make the layer the next step is on is not matched: nothing follows it.
+    // A RUN after the last layer is matched only where an image's history ends with it.
     const trailing = await matchBuild(trie, chainIds([d(1)]), [...all, { key: { instruction: 'RUN npm test' }, mayBeEmpty: true }]);
     expect(trailing.matchedSteps).toEqual([0, 1, 2, 3, 4]);
+    expect(trailing.image).toBeUndefined();
+  });
+
+  it('matches RUNs after the last layer in the image whose history ends with them', async () => {
+    const tested = [...history, { created_by: '/bin/sh -c npm test', empty_layer: true }, { created_by: '/bin/sh -c #(nop) CMD ["x"]', empty_layer: true }];
+    // Two images of the same layers; only the second ran the tests.
+    const trie = memoryTrie([built('untested', history), built('tested', tested)]);
+    const steps = [{ key: copyA }, { key: runTrue, mayBeEmpty: true }, { key: runEcho, mayBeEmpty: true }, { key: runLs, mayBeEmpty: true }, { key: copyB }];
+    const m = await matchBuild(trie, chainIds([d(1)]), [...steps, { key: { instruction: 'RUN npm test' }, mayBeEmpty: true }]);
+    expect(m.matchedSteps).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(m.emptySteps).toEqual([1, 3, 5]);
+    expect(m.image?.repository).toBe('tested');
+    // Only its last node keeps what follows the image's last layer.
+    const nodes = await trie.getNodes(chainIds([d(1), d(2), d(3), d(4)]));
+    expect(nodes.map((n) => n!.images.some((i) => i.emptyAfter))).toEqual([false, false, false, true]);
+    expect((await matchBuild(trie, chainIds([d(1)]), [...steps, { key: { instruction: 'RUN npm run lint' }, mayBeEmpty: true }])).matchedSteps).toEqual([0, 1, 2, 3, 4]);
+    expect((await matchBuild(trie, chainIds([d(1)]), [...steps, { key: { instruction: 'RUN npm test' }, mayBeEmpty: true }], { acceptImage: (i) => i.repository !== 'tested' })).image).toBeUndefined();
   });
 
   it("follows the base's own empty RUNs before the first step", async () => {

@@ -28,8 +28,8 @@ export interface IndexSummary {
   lockedBy?: { pid: number; host: string };
 }
 
-/** What an index record holds changed (layer summaries, builder references, empty RUNs before a layer): older records are made again. */
-const RECORD_VERSION = 3;
+/** What an index record holds changed (layer summaries, builder references, the empty RUNs before and after a layer): older records are made again. */
+const RECORD_VERSION = 4;
 /** How long the index lock lasts without renewal: what a killed run costs the next one. */
 export const INDEX_LEASE_S = 30;
 

@@ -83,7 +83,7 @@ function preferred(images: readonly ImageRef[], builder?: CacheBuilder): ImageRe
 
 function candidateOf(match: Match, builder?: CacheBuilder): PlanCandidate | undefined {
   const node = match.node;
-  const img = node && preferred(node.images, builder)[0];
+  const img = match.image ?? (node && preferred(node.images, builder)[0]);
   if (!node || !img) return undefined;
   const layers = match.path.map((n) => ({ digest: n.blob.digest, diffId: n.diffId, size: n.blob.size }));
   return {
@@ -224,7 +224,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
       })),
       {
         // For a builder: only through layers that images it could have made hold.
-        ...(options.builder ? { accept: (n: TrieNode) => n.images.some((i) => usableBy(options.builder, i)) } : {}),
+        ...(options.builder ? { accept: (n: TrieNode) => n.images.some((i) => usableBy(options.builder, i)), acceptImage: (i: ImageRef) => usableBy(options.builder, i) } : {}),
         ...(baseImage ? { baseEmptyRuns: trailingEmptyRuns(baseImage.config.history) } : {}),
       },
     );

@@ -62,12 +62,20 @@ export function defaultCacheTag(plan: PlanResult): string | undefined {
   return `smartcache/${best.image.replace(/:[^:/]+$/, '')}:${chain.slice(7, 19)}`;
 }
 
-/** How many history entries the matched prefix of `image` spans: through the entry of its last layer. */
-function prefixHistory(image: Image, keep: number): number {
+/**
+ * How many history entries the matched prefix of `image` spans: through the entry of its last
+ * layer, and with `emptyAfter` the empty entries after it (ENV, CMD, the classic builder's RUN
+ * that changed nothing): the classic builder reuses those steps too, and one it does not build
+ * next is simply not used.
+ */
+function prefixHistory(image: Image, keep: number, options: { emptyAfter?: boolean } = {}): number {
   let layers = 0;
   const history = image.config.history ?? [];
   for (let i = 0; i < history.length; i++) {
-    if (!history[i]!.empty_layer && ++layers === keep) return i + 1;
+    if (history[i]!.empty_layer || ++layers !== keep) continue;
+    let end = i + 1;
+    while (options.emptyAfter && end < history.length && history[end]!.empty_layer) end++;
+    return end;
   }
   return history.length;
 }
@@ -117,7 +125,7 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
       } else {
         const named = name.transport === 'docker-archive' && name.selection.kind === 'name' ? name.selection.name : undefined;
         const tag = named ?? (name.transport === 'docker-archive' ? (ctx.tag ?? defaultCacheTag(plan)) : undefined);
-        targets = [{ name, raw: ctx.destination, cut: historyCutSource(image, source, prefixHistory(image, keep), { baseHistory, ...(tag ? { repoTags: [tag] } : {}) }) }];
+        targets = [{ name, raw: ctx.destination, cut: historyCutSource(image, source, prefixHistory(image, keep, { emptyAfter: true }), { baseHistory, ...(tag ? { repoTags: [tag] } : {}) }) }];
       }
       let bytes = 0;
       let fetched = 0;

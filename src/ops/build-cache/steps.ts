@@ -66,17 +66,23 @@ export async function stepsOfImage(image: Image): Promise<(StepKey | undefined)[
  * What the trie records of an image besides its layers: whether it carries BuildKit's inline cache
  * (its config holds the metadata), and which builder made its own steps, from the way its last
  * history entries are written (BuildKit: `… # buildkit`; buildah: `FROM …` comments; the classic
- * builder: `#(nop)` entries without them).
+ * builder: `#(nop)` entries without them), and the RUNs it records as empty after its last layer.
  */
-export function imageFacts(image: Pick<Image, 'config'>): Pick<ImageRef, 'inlineCache' | 'builder'> {
-  const own = (image.config.history ?? []).filter((h) => h.created_by).slice(-3);
+export async function imageFacts(image: Pick<Image, 'config'>): Promise<Pick<ImageRef, 'inlineCache' | 'builder' | 'emptyAfter'>> {
+  const history = image.config.history ?? [];
+  const own = history.filter((h) => h.created_by).slice(-3);
   let builder: ImageRef['builder'];
   if (own.some((h) => h.created_by!.endsWith(' # buildkit') || h.comment === 'buildkit.dockerfile.v0')) builder = 'buildkit';
   else if (own.some((h) => h.comment?.startsWith('FROM '))) builder = 'buildah';
   else if (own.some((h) => h.created_by!.includes('#(nop)'))) builder = 'docker';
+  // The RUNs after the last layer: only the classic builder writes one as an empty entry (its
+  // created_by is the command, without `#(nop)`); the normal form is read only then.
+  const tail = history.slice(history.findLastIndex((h) => !h.empty_layer) + 1);
+  const emptyAfter = tail.some((h) => h.created_by && !h.created_by.includes('#(nop)')) ? (await import('../../trie/image-steps.js')).trailingEmptyRuns(history) : [];
   return {
     ...(Object.hasOwn(image.config, 'moby.buildkit.cache.v0') ? { inlineCache: true as const } : {}),
     ...(builder ? { builder } : {}),
+    ...(emptyAfter.length ? { emptyAfter } : {}),
   };
 }
 
@@ -88,7 +94,7 @@ export async function indexedImage(image: Image, ref: { repository: string; tag?
     image.layers,
     keys.map((k) => k.step),
     keys.map((k) => k.also),
-    imageFacts(image),
+    await imageFacts(image),
   );
 }
 
