@@ -67,7 +67,10 @@ export function historyLayerSteps(history: readonly HistoryEntry[] | undefined, 
   return out;
 }
 
-/** The RUNs a history records as empty after its last layer's entry: what the first layer built on the image comes after. */
+/**
+ * The RUNs a history records as empty after its last layer's entry: what the first layer built on
+ * the image comes after, and what a build that ends like the image reuses after its last layer.
+ */
 export function trailingEmptyRuns(history: readonly HistoryEntry[] | undefined): string[] {
   const entries = history ?? [];
   const tail = entries.slice(entries.findLastIndex((h) => !h.empty_layer) + 1);

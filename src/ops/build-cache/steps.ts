@@ -75,8 +75,9 @@ export async function imageFacts(image: Pick<Image, 'config'>): Promise<Pick<Ima
   if (own.some((h) => h.created_by!.endsWith(' # buildkit') || h.comment === 'buildkit.dockerfile.v0')) builder = 'buildkit';
   else if (own.some((h) => h.comment?.startsWith('FROM '))) builder = 'buildah';
   else if (own.some((h) => h.created_by!.includes('#(nop)'))) builder = 'docker';
-  // The RUNs after the last layer: only the classic builder writes one as an empty entry (its
-  // created_by is the command, without `#(nop)`); the normal form is read only then.
+  // The RUNs after the last layer: only the classic builder writes one as an empty entry, its
+  // created_by the command without `#(nop)`; the history's normal form is loaded only when an
+  // entry there has none (BuildKit's ENV and CMD have none either).
   const tail = history.slice(history.findLastIndex((h) => !h.empty_layer) + 1);
   const emptyAfter = tail.some((h) => h.created_by && !h.created_by.includes('#(nop)')) ? (await import('../../trie/image-steps.js')).trailingEmptyRuns(history) : [];
   return {
