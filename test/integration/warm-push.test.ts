@@ -10,7 +10,7 @@ import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { startRegistry } from '../harness/registry.js';
-import { repoRoot, smart } from '../harness/run.js';
+import { repoRoot, runOk, smart } from '../harness/run.js';
 import { tarOf, type TarEntry } from '../harness/tar-read.js';
 import { tempDir } from '../harness/tmp.js';
 import { extract } from 'tar-stream';
@@ -112,9 +112,12 @@ describe('pushing again', () => {
     expect(esm.filter((l) => !l.endsWith(' commonjs'))).toEqual([]);
   });
 
-  it("hashes a docker save stream's layers the store holds, as their names tell (Docker 25+, the older names once read), and stores none again", async () => {
+  it("hashes a docker save stream's layers the store holds, as their names tell (Docker 25+, skopeo's, the older names once read), and stores none again", async () => {
     const fx = fixtures();
-    for (const archive of [fx.paths.dockerArchiveBasicOci, fx.paths.dockerArchiveBasic]) {
+    // skopeo's docker-archive names each layer `<diff id hex>.tar`.
+    const skopeoArchive = path.join(await tempDir(), 'skopeo.tar');
+    await runOk('skopeo', ['--insecure-policy', 'copy', '-q', `oci:${fx.paths.ociBasic}:latest`, `docker-archive:${skopeoArchive}:w/app:1`]);
+    for (const archive of [fx.paths.dockerArchiveBasicOci, skopeoArchive, fx.paths.dockerArchiveBasic]) {
       const work = await tempDir();
       const store = path.join(work, 'store');
       const cacheHome = path.join(work, 'cache');
