@@ -686,4 +686,3 @@ export function buildManifest(
   if (parsed.kind !== 'manifest') throw new SmartError('INTERNAL', 'built a manifest that parses as an index');
   return parsed as ParsedManifest & { kind: 'manifest' };
 }
-
