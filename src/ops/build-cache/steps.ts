@@ -131,14 +131,11 @@ export async function stepsForPush(image: Image, options: { dockerfile: string; 
   const aligned = history.length === image.layers.length;
   // How many RUNs the history records as empty after each layer (the classic builder's RUN that
   // changed nothing): that many RUN steps there made no layer.
-  const emptyRunsAfter = image.layers.map(() => 0);
-  if (aligned) {
-    let layer = -1;
-    for (const h of image.config.history ?? []) {
-      if (!h.empty_layer) layer++;
-      else if (layer >= 0 && normalizeCreatedBy(h.created_by ?? '')?.instruction.startsWith('RUN ')) emptyRunsAfter[layer]!++;
-    }
-  }
+  const { historyLayerSteps, trailingEmptyRuns } = await import('../../trie/image-steps.js');
+  const layerSteps = aligned ? historyLayerSteps(image.config.history, image.layers.length) : undefined;
+  const emptyRunsAfter = image.layers.map((_, i) =>
+    !layerSteps ? 0 : i === image.layers.length - 1 ? trailingEmptyRuns(image.config.history).length : (layerSteps[i + 1]?.emptyBefore?.length ?? 0),
+  );
   const out: (StepKey | undefined)[] = image.layers.map(() => undefined);
   let layer = image.layers.length - 1;
   let emptyRuns = emptyRunsAfter[layer] ?? 0;
