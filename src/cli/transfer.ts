@@ -24,12 +24,13 @@ function dockerfileOption(flags: CommonFlags) {
 }
 
 /**
- * `docker-archive:-` as a destination: the image goes to stdout; as a source: it comes from stdin.
+ * `docker-archive:-` as a destination: the image goes to stdout. It and `oci-archive:-` as a
+ * source: the image comes from stdin.
  * Spelled here, not read off the transport map, so that a command refused for it loads nothing;
  * test/unit/transports.test.ts holds both to the map's `writesStdout`, `readsStdin` and `isStdio`.
  */
 export const toStdout = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)/.test(name);
-export const fromStdin = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)/.test(name);
+export const fromStdin = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)|^oci-archive:-(:[^:]*)?$/.test(name);
 
 /**
  * Refuses, as `docker save` and `docker load` do, to write an archive to a terminal (bytes no one

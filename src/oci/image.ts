@@ -5,7 +5,7 @@
 import type { Readable } from 'node:stream';
 import type { Digest } from './digest.js';
 import type { ImageConfig } from './config.js';
-import type { Descriptor, ImageManifest, ParsedManifest } from './manifest.js';
+import type { Descriptor, ImageManifest, ParsedManifest, Platform } from './manifest.js';
 import type { Compression } from './mediatypes.js';
 
 export interface OpenOptions {
@@ -106,21 +106,43 @@ export interface StreamedImage<T> {
   repoTags: string[];
   /** What the reader returned for each layer, in the image's order (the archive's may differ). */
   layers: T[];
+  /**
+   * The image's manifest as the stream holds it (an OCI archive's; a docker-archive has none):
+   * kept byte for byte where its layers are stored as they are.
+   */
+  manifest?: ParsedManifest & { kind: 'manifest' };
+  /** The index the manifest was picked from by platform (an OCI archive's), if it was one. */
+  index?: StreamedIndex;
+}
+
+/** An index read from a stream: a copy of it whole finds its layers stored by the reader, the rest in `source`. */
+export interface StreamedIndex {
+  top: ParsedManifest & { kind: 'index' };
+  /** The index's manifests, configs and other JSON blobs as the stream held them; layers are not readable here. */
+  source: ImageSource;
+  /** True when `source` holds the blob's bytes. */
+  holds(digest: Digest): boolean;
+}
+
+/** How a stream is read: `signal` stops it (destroying the input); `platform` picks an image from an index. */
+export interface StreamReadOptions {
+  signal?: AbortSignal;
+  platform?: Platform;
 }
 
 /**
- * An image read from a stream (`docker-archive:-`): each layer becomes known as its bytes arrive,
- * the config and the order of the layers only at the end. Read once, never reopened.
+ * An image read from a stream (`docker-archive:-`, `oci-archive:-`): each layer becomes known as
+ * its bytes arrive, the config and the order of the layers only at the end. Read once, never
+ * reopened.
  */
 export interface StreamedImageSource {
   readonly name: string;
   readonly streamed: true;
   /**
    * Reads the stream, handing each layer to `visit` as it arrives (one at a time, in the archive's
-   * order), and resolves to the image with what `visit` returned for each of its layers. Aborting
-   * `signal` destroys the input.
+   * order), and resolves to the image with what `visit` returned for each of its layers.
    */
-  read<T>(visit: (layer: StreamedLayer) => Promise<T>, signal?: AbortSignal): Promise<StreamedImage<T>>;
+  read<T>(visit: (layer: StreamedLayer) => Promise<T>, options?: StreamReadOptions): Promise<StreamedImage<T>>;
 }
 
 /** What a copy reads: a random-access source, whose layers are known up front, or a stream. */

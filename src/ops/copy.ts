@@ -9,7 +9,7 @@
  * Reports through callbacks; never prints.
  */
 import { createHash } from 'node:crypto';
-import { Readable, Transform, pipeline } from 'node:stream';
+import { Readable, pipeline } from 'node:stream';
 import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import {
@@ -28,6 +28,7 @@ import {
   type Source,
   type StoredBlob,
   type StreamedImageSource,
+  type StreamedIndex,
   type StreamedLayer,
 } from '../oci/image.js';
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
@@ -37,7 +38,8 @@ import { formatPlatform, normalizePlatform, platformMatches, type Platform } fro
 import { layerCompressor, type CompressionFormat, type LayerCompressor } from '../pipeline/compressor.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
-import { counted, resolveImage } from '../pipeline/layers.js';
+import { counted, gunzipEngineFor, resolveImage } from '../pipeline/layers.js';
+import type { GunzipEngine } from '../pipeline/parallel-gzip.js';
 import type { BlobInfoCache, KnownConfig } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
 import { sleep } from '../transient.js';
@@ -113,7 +115,15 @@ class CopyRun {
 
   constructor(readonly options: CopyOptions) {}
 
+  /** Blobs already told of (a stream's layers, stored as they passed): found again as present, they are not counted twice. */
+  private told?: Set<string>;
+
+  alreadyTold(digests: Set<string>): void {
+    this.told = digests;
+  }
+
   record(event: LayerEvent): void {
+    if (event.status === 'skipped' && this.told?.has(event.digest)) return;
     if (event.status === 'pushed' || event.status === 'written') {
       this.pushed++;
       this.bytes += event.bytes;
@@ -209,39 +219,97 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
  * it), before the archive has ended; the image, which the archive reveals at its end, last.
  */
 async function copyStream(source: StreamedImageSource, dest: BlobDestination, run: CopyRun): Promise<CopySummary> {
-  const signal = run.options.signal;
+  const { options } = run;
+  const signal = options.signal;
+  // Every blob of an index would have to be in hand at the end; a stream's have passed by then.
+  if (options.allPlatforms === true) {
+    throw new SmartError('USAGE', `${source.name} is a stream: --all-platforms copies a whole index, which needs the archive as a file`, {
+      input: '--all-platforms',
+      hint: 'save it to a file first, or pick one with --platform OS/ARCH[/VARIANT]',
+    });
+  }
   const members: { member: string; diffId: Digest }[] = [];
-  const streamed = await source.read(async (layer) => {
-    const copied = await copyLayer(layer, dest, run, signal).catch((e: unknown) => Promise.reject(unrepeatable(e, source.name)));
-    members.push({ member: layer.member, diffId: copied.diffId });
-    return copied;
-  }, signal);
-  const layers = streamed.layers;
-  layers.forEach((l, i) => {
+  /** The blobs the destination now holds of every layer the stream carried (other platforms' too). */
+  const held = new Set<Digest>();
+  const streamed = await source.read(
+    async (layer) => {
+      const copied = await copyStreamedLayer(layer, dest, run, signal).catch((e: unknown) => Promise.reject(unrepeatable(e, source.name)));
+      if (copied.diffId) members.push({ member: layer.member, diffId: copied.diffId });
+      held.add(copied.descriptor.digest);
+      return copied;
+    },
+    { ...(signal ? { signal } : {}), platform: options.platform },
+  );
+  const layers = streamed.layers.map((l, i): CopiedLayer => {
     const want = streamed.config.rootfs.diff_ids[i];
-    if (l.diffId !== want) {
-      throw new SmartError('DIGEST_MISMATCH', `${source.name}: layer ${i + 1} hashes to ${l.diffId}, but the config says ${want ?? 'nothing'}`, { input: source.name });
+    if (want === undefined || (l.diffId !== undefined && l.diffId !== want)) {
+      throw new SmartError('DIGEST_MISMATCH', `${source.name}: layer ${i + 1} hashes to ${l.diffId ?? l.descriptor.digest}, but the config says ${want ?? 'nothing'}`, { input: source.name });
     }
+    return { descriptor: l.descriptor, diffId: want };
   });
   // What older `docker save` members held: for the next push of an image that shares them, or of
   // this one again (under another tag).
-  await run.options.blobInfo?.recordArchiveMembers(members).catch(() => undefined);
+  await options.blobInfo?.recordArchiveMembers(members).catch(() => undefined);
   // Known only now, at the end of the stream: nothing is tagged yet, so a refusal leaves nothing behind.
-  checkPlatform(streamed.config, source.name, run.options);
+  checkPlatform(streamed.config, source.name, options);
+  // An index, as from the archive as a file, copied whole where the destination holds its type:
+  // its layers are stored by now, its manifests and configs in hand.
+  const index = streamed.index;
+  if (index && options.allPlatforms === 'where-held' && dest.supportsManifestType(index.top.mediaType)) {
+    const missing = await blobsMissing(index, held);
+    if (missing.length === 0) {
+      run.alreadyTold(held);
+      return copyIndexAsIs(index.source, dest, index.top, run);
+    }
+    options.onWarning?.(
+      `${source.name}: copying ${formatPlatform(normalizePlatform(options.platform))} only, not its whole index: ${missing.length === 1 ? `blob ${shortDigest(missing[0]!)} was` : `${missing.length} blobs were`} compressed here as the stream passed, and an index is copied byte for byte`,
+    );
+  }
+  // The layers as the stream's manifest lists them where they are stored as they were (media type
+  // and annotations kept, so that its bytes can be); as stored here where they were compressed.
+  const manifest = streamed.manifest;
+  const copied = layers.map((l, i): CopiedLayer => {
+    const listed = manifest?.manifest.layers[i];
+    if (!listed || listed.digest !== l.descriptor.digest) return l;
+    if (listed.size !== l.descriptor.size) {
+      throw new SmartError('MANIFEST_INVALID', `${source.name}: the manifest gives layer ${listed.digest} ${listed.size} bytes, the archive holds ${l.descriptor.size}`, { input: source.name });
+    }
+    return { descriptor: listed, diffId: l.diffId };
+  });
   // The image as it stands at the destination, for step annotations and the layer trie.
   const unopenable = async (): Promise<Readable> => {
     throw new SmartError('INTERNAL', `${source.name}: a streamed layer cannot be read again`);
   };
-  const config = { mediaType: configMediaType('docker'), digest: sha256Digest(streamed.configBytes), size: streamed.configBytes.length };
+  const config = manifest?.manifest.config ?? { mediaType: configMediaType('docker'), digest: sha256Digest(streamed.configBytes), size: streamed.configBytes.length };
   const image: Image = {
     name: source.name,
-    manifest: buildManifest('docker', config, layers.map((l) => l.descriptor)),
+    manifest: manifest ?? buildManifest('docker', config, copied.map((l) => l.descriptor)),
     configBytes: streamed.configBytes,
     config: streamed.config,
-    layers: layers.map((l) => ({ descriptor: l.descriptor, diffId: l.diffId, open: unopenable, openUncompressed: unopenable })),
+    layers: copied.map((l) => ({ descriptor: l.descriptor, diffId: l.diffId, open: unopenable, openUncompressed: unopenable })),
     repoTags: streamed.repoTags,
   };
-  return finish(source.name, dest, image, layers, run, undefined);
+  return finish(source.name, dest, image, copied, run, manifest);
+}
+
+/**
+ * The blobs an index names that a copy of it whole could not send: neither stored from the stream
+ * as they were (an uncompressed layer was compressed on its way) nor held in memory.
+ */
+async function blobsMissing(index: StreamedIndex, held: Set<Digest>): Promise<Digest[]> {
+  const missing: Digest[] = [];
+  const walk = async (d: Descriptor): Promise<void> => {
+    const m = await index.source.getManifestByDigest(d);
+    if (m.kind === 'index') {
+      for (const child of m.index.manifests) await walk(child);
+      return;
+    }
+    for (const b of [m.manifest.config, ...m.manifest.layers]) {
+      if (!held.has(b.digest) && !index.holds(b.digest) && !(isForeignLayer(b.mediaType) && b.urls?.length)) missing.push(b.digest);
+    }
+  };
+  for (const child of index.top.index.manifests) await walk(child);
+  return missing;
 }
 
 /** Resolves the image and hands it to a whole-image writer, which fetches its layers itself. */
@@ -335,20 +403,49 @@ async function keepForeignLayer(d: Descriptor, dest: BlobDestination, run: CopyR
   run.record({ digest: d.digest, status: 'skipped', reuse, bytes: 0, mediaType: d.mediaType });
 }
 
-function isStreamedLayer(layer: Layer | StreamedLayer): layer is StreamedLayer {
-  return !('descriptor' in layer);
+/**
+ * A layer read from a stream, as the destination now holds it. No diff id for a compressed blob
+ * that went as it is: the config's is taken, as for every source (see copyStreamedLayer).
+ */
+interface StreamedCopy {
+  descriptor: Descriptor;
+  diffId?: Digest;
+}
+
+/**
+ * One layer of a stream into the destination, as it passes: skipped where the destination holds
+ * what its name says (only hashed then), else stored, compressed on the way where the destination
+ * wants it. Its name is a claim checked either way: an OCI manifest names the blob by it.
+ */
+async function copyStreamedLayer(layer: StreamedLayer, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<StreamedCopy> {
+  // Progress: the bytes read from the stream, under the member's name (the digest comes at the end).
+  const onProgress = run.options.onProgress;
+  const bytes = onProgress ? counted(layer.stream, (n) => onProgress({ layer: layer.member, bytes: n })) : layer.stream;
+  const reused = await reuseStreamedLayer(layer, bytes, dest, run, signal);
+  if (reused) return reused;
+  const named = layer.namedDigest;
+  let copied: StreamedCopy;
+  if (layer.compression !== 'none' && named) {
+    // A compressed blob named by its digest (an OCI archive's, a containerd image store's save)
+    // goes as it is, checked against that digest only: as from a file or a registry, the tar inside
+    // is checked against the config's diff id where it is unpacked, not decompressed here to hash
+    // it (that tripled the time of a push from a pipe).
+    const mediaType = layerMediaType('oci', layer.compression);
+    const stored = await dest.putBlob(bytes, { mediaType, ...(signal ? { signal } : {}) });
+    run.record({ digest: stored.digest, layer: layer.member, status: 'pushed', bytes: stored.size, mediaType });
+    copied = { descriptor: { mediaType, digest: stored.digest, size: stored.size } };
+  } else {
+    copied = await putLayer(bytes, { compression: layer.compression, what: layer.what, named: layer.member, ...(layer.size !== undefined ? { size: layer.size } : {}) }, dest, run, signal);
+  }
+  const got = layer.compression === 'none' ? copied.diffId : copied.descriptor.digest;
+  if (named && got !== named) {
+    throw new SmartError('CORRUPT_ARCHIVE', `${layer.what}: its bytes hash to ${got}, not the ${named} its name says`, { input: layer.member });
+  }
+  return copied;
 }
 
 /** One layer into the destination: the descriptor it has there, and its diff id. */
-async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<CopiedLayer> {
-  if (isStreamedLayer(layer)) {
-    // Progress: the bytes read from the stream, under the member's name (the digest comes at the end).
-    const onProgress = run.options.onProgress;
-    const bytes = onProgress ? counted(layer.stream, (n) => onProgress({ layer: layer.member, bytes: n })) : layer.stream;
-    const reused = await reuseStreamedLayer(layer, bytes, dest, run, signal);
-    if (reused) return reused;
-    return putLayer(bytes, { compression: layer.compression, what: layer.what, named: layer.member, ...(layer.size !== undefined ? { size: layer.size } : {}) }, dest, run, signal);
-  }
+async function copyLayer(layer: Layer, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<CopiedLayer> {
   const desc = layer.descriptor;
   const open = (s: AbortSignal | undefined) => layer.open(openOptions(layer, run.options, s));
   if (isForeignLayer(desc.mediaType) || layerCompression(desc.mediaType) !== 'none' || dest.layerCompression !== 'compress') {
@@ -376,7 +473,7 @@ async function copyLayer(layer: Layer | StreamedLayer, dest: BlobDestination, ru
  * They must hash to what the name claimed, or the push fails: the stream cannot be read again.
  * Undefined when the layer has to be stored (then nothing of it has been read).
  */
-async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<CopiedLayer | undefined> {
+async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<StreamedCopy | undefined> {
   if (layer.size === undefined) return undefined;
   const compressed = layer.compression !== 'none';
   const blobInfo = run.options.blobInfo;
@@ -390,7 +487,7 @@ async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: B
       : { mediaType: MediaType.OCI_LAYER, digest: claimed, size: layer.size };
   const reuse = descriptor && (await dest.reuseBlob(descriptor));
   if (!descriptor || !reuse) return undefined;
-  const { blob, diffId } = await hashStreamedLayer(layer, bytes);
+  const blob = await hashStreamedLayer(bytes);
   if (blob !== claimed) {
     if (!layer.namedDigest) await blobInfo?.forgetArchiveMember(layer.member);
     throw new SmartError(
@@ -399,34 +496,19 @@ async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: B
       { input: layer.member },
     );
   }
-  run.record({ digest: descriptor.digest, layer: layer.member, diffId, status: 'skipped', reuse, bytes: 0, mediaType: descriptor.mediaType });
-  if (!compressed && dest.layerCompression === 'compress') run.compressedHere.push({ diffId, descriptor });
-  return { descriptor, diffId };
+  // An uncompressed layer's blob is its tar; a compressed one's diff id is the config's (see copyStreamedLayer).
+  const diffId = compressed ? undefined : blob;
+  run.record({ digest: descriptor.digest, layer: layer.member, ...(diffId ? { diffId } : {}), status: 'skipped', reuse, bytes: 0, mediaType: descriptor.mediaType });
+  if (diffId && dest.layerCompression === 'compress') run.compressedHere.push({ diffId, descriptor });
+  return { descriptor, ...(diffId ? { diffId } : {}) };
 }
 
-/** The digest of a streamed layer's bytes and of the tar they are (decompressed, when compressed), read to the end. */
-async function hashStreamedLayer(layer: StreamedLayer, bytes: Readable): Promise<{ blob: Digest; diffId: Digest }> {
+/** The digest of a streamed layer's bytes, read to the end. */
+async function hashStreamedLayer(bytes: Readable): Promise<Digest> {
   // In this thread: it has nothing else to do meanwhile (measured: faster than the pool's hasher here).
   const blob = createHash('sha256');
-  if (layer.compression === 'none') {
-    for await (const chunk of bytes as AsyncIterable<Buffer>) blob.update(chunk);
-    const digest = `sha256:${blob.digest('hex')}` as Digest;
-    return { blob: digest, diffId: digest };
-  }
-  const { decompress } = await import('../pipeline/compression.js');
-  const tapped = pipeline(
-    bytes,
-    new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        blob.update(chunk);
-        cb(null, chunk);
-      },
-    }),
-    () => undefined,
-  );
-  const tar = createHash('sha256');
-  for await (const chunk of decompress(tapped, layer.compression, layer.what, { compressedSize: layer.size! })) tar.update(chunk as Buffer);
-  return { blob: `sha256:${blob.digest('hex')}` as Digest, diffId: `sha256:${tar.digest('hex')}` as Digest };
+  for await (const chunk of bytes as AsyncIterable<Buffer>) blob.update(chunk);
+  return `sha256:${blob.digest('hex')}` as Digest;
 }
 
 /**
@@ -457,7 +539,7 @@ async function putLayer(
   } else {
     // Loaded here: it pulls in every decompressor, which a push that sends nothing never needs.
     const { DiffIdTap } = await import('../pipeline/compression.js');
-    const tap = new DiffIdTap(layer.compression, layer.what, layer.size);
+    const tap = new DiffIdTap(layer.compression, layer.what, layer.size, await gunzipFor(layer.compression, layer.size));
     [body, mediaType, diffIdOf] = [pipeline(bytes, tap, () => undefined), layerMediaType('oci', layer.compression), () => tap.diffId()];
   }
   const stored = await dest.putBlob(body, { mediaType, ...(signal ? { signal } : {}) });
@@ -469,6 +551,13 @@ async function putLayer(
   }
   run.record({ digest: stored.digest, ...(layer.named !== stored.digest ? { layer: layer.named } : {}), diffId, status: 'pushed', bytes: stored.size, mediaType });
   return { descriptor, diffId };
+}
+
+/** The gzip decoder for a layer of `size` compressed bytes (see gunzipEngineFor); none for another format. */
+async function gunzipFor(compression: Compression, size: number | undefined): Promise<GunzipEngine | undefined> {
+  if (compression !== 'gzip') return undefined;
+  const { chooseGunzip } = await import('../pipeline/parallel-gzip.js');
+  return gunzipEngineFor(await chooseGunzip(), size ?? Number.MAX_SAFE_INTEGER);
 }
 
 /**

@@ -167,7 +167,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const streaming = transportOf(src).isStdio?.(src) ?? false;
   if (streaming && !transportOf(dst).capabilities.contentAddressed) {
     const stores = TRANSPORTS.filter((t) => t.capabilities.contentAddressed);
-    const file = src.transport === 'docker-archive' && 'file' in src && src.file !== '-' ? src.file : undefined;
+    const file = (src.transport === 'docker-archive' || src.transport === 'oci-archive') && 'file' in src && src.file !== '-' ? src.file : undefined;
     const compressed = file !== undefined ? compressedFileAt(file) : undefined;
     const what = compressed ? `a ${compressed}-compressed archive, read as a stream` : 'a stream';
     const then = compressed ? `decompress it to a file first (${UNPACK_COMMAND[compressed]} ${file})` : 'save it to a file first';

@@ -181,10 +181,13 @@ export class DiffIdTap extends Transform {
   private readonly branchDone: Promise<void>;
   private result: Digest | undefined;
 
-  /** `compressedSize`, where known, bounds what the side branch may decompress to (decompress()). */
-  constructor(compression: Compression, what: string, compressedSize?: number) {
+  /**
+   * `compressedSize`, where known, bounds what the side branch may decompress to (decompress());
+   * `gunzip`: its gzip decoder (`chooseGunzip()`: ISA-L on the pool where the addon has it).
+   */
+  constructor(compression: Compression, what: string, compressedSize?: number, gunzip?: GunzipEngine) {
     super();
-    const branch = decompress(this.feed, compression, what, compressedSize !== undefined ? { compressedSize } : {});
+    const branch = decompress(this.feed, compression, what, { ...(compressedSize !== undefined ? { compressedSize } : {}), ...(gunzip ? { gunzip } : {}) });
     this.branchDone = (async () => {
       for await (const chunk of branch) this.hash.update(chunk as Buffer);
     })();

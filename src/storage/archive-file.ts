@@ -10,6 +10,7 @@
  */
 import { closeSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
+import type { Readable } from 'node:stream';
 import { SmartError, isErrno } from '../errors.js';
 import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression, type ArchiveCompression } from '../oci/mediatypes.js';
 
@@ -83,6 +84,23 @@ export async function archiveTarget(file: string, name: string, writes: string):
 export function socketRefused(file: string, name: string): SmartError {
   return new SmartError('USAGE', `${name}: ${file} is a socket, which cannot be opened by its path`, {
     input: file,
-    hint: name.startsWith('docker-archive:') ? 'use docker-archive:- for stdin or stdout' : 'name a file',
+    hint: name.startsWith('docker-archive:') ? 'use docker-archive:- for stdin or stdout' : name.startsWith('oci-archive:') ? 'use oci-archive:- for stdin' : 'name a file',
   });
+}
+
+/**
+ * True when an archive source named `file` is read as a stream, once, in order: `-` (stdin), a
+ * pipe or a device named by its path (/dev/stdin, a process substitution's /dev/fd/63, a named
+ * pipe), or a compressed archive (`docker save | gzip > image.tar.gz`, which docker load and skopeo
+ * read), decompressed as it is read. A plain file is read in place.
+ */
+export function isStreamedArchive(file: string): boolean {
+  return file === '-' || specialFileAt(file) !== undefined || compressedFileAt(file) !== undefined;
+}
+
+/** The bytes of an archive source that isStreamedArchive: stdin for `-`, else the file opened for one read. A socket is refused. */
+export async function streamedArchiveInput(file: string, name: string, stdin: Readable): Promise<Readable> {
+  if (file === '-') return stdin;
+  if (specialFileAt(file) === 'a socket') throw socketRefused(file, name);
+  return (await import('node:fs')).createReadStream(file, { highWaterMark: 256 * 1024 });
 }

@@ -69,6 +69,22 @@ describe.skipIf(!haveServers)('the source contract', () => {
     }
   });
 
+  it('holds for a stream of an OCI archive (oci-archive:-): its layer blobs read once, the manifest as the archive holds it', async () => {
+    const fx = fixtures();
+    const source = await openSource(parseImageName('oci-archive:-:latest'), ctx(fs.createReadStream(fx.paths.ociArchiveBasic)));
+    expect(isStreamed(source)).toBe(true);
+    if (!isStreamed(source)) return;
+    const image = await source.read(async (layer) => {
+      expect(layer.compression).toBe('gzip');
+      expect(layer.namedDigest).toBe(sha256(await readAll(layer.stream)));
+      return layer.namedDigest;
+    });
+    expect(image.layers).toEqual(fx.basic.layers.map((l) => l.digest));
+    expect(image.manifest?.digest).toBe(fx.basic.manifest.digest);
+    expect(image.config.rootfs.diff_ids).toEqual(fx.basic.diffIds);
+    expect(image.index).toBeUndefined();
+  });
+
   it('a blob that is not what its descriptor says is refused by every kind of store', async () => {
     const fx = fixtures();
     // The config asked for as if it were a layer of another size: every source refuses the bytes.

@@ -281,7 +281,7 @@ describe('bad input', () => {
     ];
     for (const [source, message] of cases) expectOneLineError(await smart(['push', source, dest]), 1, message);
     const piped = await smart(['push', 'docker-archive:-', dest], { input: await fs.readFile(fx.ociArchiveBasic) });
-    expectOneLineError(piped, 1, /not a docker-archive \(no manifest\.json\) \(this looks like an OCI archive: save it to a file and use oci-archive:FILE\)$/);
+    expectOneLineError(piped, 1, /not a docker-archive \(no manifest\.json\) \(this looks like an OCI archive: use oci-archive:\)$/);
   });
 
   it('a manifest that is not a valid image manifest', async () => {

@@ -350,4 +350,28 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     expect(p.base).toMatchObject({ layers: 1, inStore: 1, resolvedVia: 'registry' });
     expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
   });
+
+  it("buildah's OCI archive on a pipe: pushed as it streams, its manifest kept, pulled and run by Docker from the stock registry", async () => {
+    const ctx = path.join(work, 'ctx-oci-stream');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), `FROM oci:${baseLayout}:latest\nRUN echo streamed > /hello\nCMD ["cat", "/hello"]\n`);
+    const storage = ['--root', path.join(work, 'oci-stream', 'root'), '--runroot', path.join(work, 'oci-stream', 'run'), '--storage-driver', 'vfs'];
+    const archive = path.join(work, 'oci-stream.tar');
+    try {
+      await runOk('buildah', [...storage, 'bud', '--isolation', 'chroot', '-t', 'streamed:1', ctx]);
+      await runOk('buildah', [...storage, 'push', 'streamed:1', `oci-archive:${archive}:streamed`]);
+    } finally {
+      await runOk('buildah', [...storage, 'rmi', '--all', '--force']).catch(() => undefined);
+    }
+    const pushed = JSON.parse((await runOkSmart(['push', 'oci-archive:-', `file:${store}#apps/oci-stream:1`, '--json'], await fs.readFile(archive))).stdout.toString()) as { manifestDigest: string; converted: boolean };
+    expect(pushed.converted).toBe(false);
+    const inArchive = (await runOk('skopeo', ['inspect', '--format', '{{.Digest}}', `oci-archive:${archive}:streamed`])).stdout.toString().trim();
+    expect(pushed.manifestDigest).toBe(inArchive);
+    await dockerd.wipe();
+    const ref = `${registry.host}/apps/oci-stream:1`;
+    await dockerd.dockerOk(['pull', '-q', ref]);
+    const digests = (await dockerd.dockerOk(['image', 'inspect', '--format', '{{join .RepoDigests " "}}', ref])).stdout.toString().trim();
+    expect(digests).toBe(`${registry.host}/apps/oci-stream@${inArchive}`);
+    expect((await dockerd.dockerOk(['run', '--rm', '--network', 'none', ref])).stdout.toString()).toBe('streamed\n');
+  });
 });

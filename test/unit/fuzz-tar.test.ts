@@ -20,6 +20,8 @@ import type { Digest } from '../../src/oci/digest.js';
 import { BLOCK, checksum, decodeHeader, normalizeMemberName, parsePax } from '../../src/tar/header.js';
 import { TarIndex } from '../../src/tar/tar-index.js';
 import { readDockerArchiveStream } from '../../src/transports/docker-archive/stream.js';
+import { readOciArchiveStream } from '../../src/transports/oci-layout/stream.js';
+import { fixtures } from '../harness/fixtures.js';
 import { RootfsApplier } from '../../src/transports/rootfs/apply.js';
 import { fuzzParams, total, totalAsync } from '../harness/fuzz.js';
 import { pieces, readWithStreamReader, readWithTarStream, tarOf } from '../harness/tar-read.js';
@@ -213,6 +215,31 @@ describe('tar readers on mutated archives', () => {
             }
             return layer.member;
           }),
+        );
+      }),
+      fuzzParams(300),
+    );
+  });
+
+  it('the streaming OCI archive reader: a SmartError or the image', async () => {
+    const seed = await readFile(fixtures().paths.ociArchiveBasic);
+    await fc.assert(
+      fc.asyncProperty(mutated(seed), async (bytes) => {
+        const input = new PassThrough();
+        input.end(bytes);
+        await totalAsync(() =>
+          readOciArchiveStream(
+            input,
+            undefined,
+            'oci-archive:-',
+            async (layer) => {
+              for await (const _ of layer.stream) {
+                // drained
+              }
+              return layer.member;
+            },
+            { architecture: 'amd64', os: 'linux' },
+          ),
         );
       }),
       fuzzParams(300),

@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { EXIT_HELP } from '../../src/cli/options.js';
-import { isSmartError } from '../../src/errors.js';
-import { parseImageName, transportHelp, transportPrefixes, TRANSPORTS } from '../../src/transports/all.js';
+import { isSmartError, type SmartError } from '../../src/errors.js';
+import { openDestination, parseImageName, transportHelp, transportPrefixes, TRANSPORTS } from '../../src/transports/all.js';
 import { copyMode, storedReference } from '../../src/ops/transfer.js';
 import { fromStdin, toStdout } from '../../src/cli/transfer.js';
 import type { Digest } from '../../src/oci/digest.js';
@@ -86,10 +86,16 @@ describe('the transport map', () => {
     expect(usageError('no-colon-here').message).toMatch(/no transport/);
   });
 
-  it('refuses oci-archive:- rather than make a file named "-" where a pipe was meant; ./- names such a file', () => {
-    const e = usageError('oci-archive:-');
-    expect(e.message).toMatch(/not on stdin or stdout/);
-    expect(e.hint).toMatch(/docker-archive:- to stream/);
+  it('reads oci-archive:- from stdin, and refuses it as a destination rather than make a file named "-"; ./- names such a file', async () => {
+    expect(parseImageName('oci-archive:-')).toMatchObject({ transport: 'oci-archive', file: '-' });
+    expect(parseImageName('oci-archive:-:v1')).toMatchObject({ transport: 'oci-archive', file: '-', tag: 'v1' });
+    const e = await openDestination(parseImageName('oci-archive:-'), { stdin: process.stdin, stdout: process.stdout }).then(
+      () => undefined,
+      (x: unknown) => x as SmartError,
+    );
+    expect(e?.code).toBe('USAGE');
+    expect(e?.message).toMatch(/written in place, not to stdout/);
+    expect(e?.hint).toMatch(/docker-archive:- to stream/);
     expect(parseImageName('oci-archive:./-')).toMatchObject({ transport: 'oci-archive', file: './-' });
   });
 

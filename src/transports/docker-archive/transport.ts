@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { parseReference } from '../../oci/reference.js';
-import { compressedFileAt, socketRefused, specialFileAt } from '../../storage/archive-file.js';
+import { isStreamedArchive, streamedArchiveInput } from '../../storage/archive-file.js';
 import { invalidName, splitPath, type Transport } from '../transport.js';
 import type { ArchiveSelection } from './manifest-json.js';
 
@@ -33,18 +33,13 @@ export const dockerArchive: Transport<DockerArchiveName> = {
     }
     return { transport: 'docker-archive', file: p, selection, raw };
   },
-  // A pipe named by its path (/dev/stdin, a process substitution's /dev/fd/63, a named pipe) is read
-  // as stdin is; so is a compressed archive (`docker save | gzip > image.tar.gz`, which docker load
-  // and skopeo read): decompressed once, in order, as it is read.
-  isStdio: (name) => name.file === '-' || specialFileAt(name.file) !== undefined || compressedFileAt(name.file) !== undefined,
+  // A pipe named by its path is read as stdin is; so is a compressed archive (see isStreamedArchive).
+  isStdio: (name) => isStreamedArchive(name.file),
   async openSource(name, ctx) {
-    const special = name.file === '-' ? undefined : specialFileAt(name.file);
-    if (special === 'a socket') throw socketRefused(name.file, name.raw);
-    if (name.file === '-' || special !== undefined || compressedFileAt(name.file) !== undefined) {
+    if (isStreamedArchive(name.file)) {
       // Loaded here: tar parsing of a pipe is needed only for archives on a pipe.
       const { dockerArchiveStream } = await import('./stream.js');
-      const input = name.file === '-' ? ctx.stdin : (await import('node:fs')).createReadStream(name.file, { highWaterMark: 256 * 1024 });
-      return dockerArchiveStream(input, name.selection, name.raw);
+      return dockerArchiveStream(await streamedArchiveInput(name.file, name.raw, ctx.stdin), name.selection, name.raw);
     }
     const { openDockerArchiveSource } = await import('./source.js');
     return openDockerArchiveSource(name.file, name.selection, name.raw);

@@ -1,7 +1,8 @@
 /**
- * `oci-archive:FILE[:TAG]`: an OCI layout inside a tar. Read in place through a tar index; written
- * as a layout in a hidden sibling directory, packed to a temporary file and renamed over FILE
- * last, so FILE is either the old archive or the complete new one.
+ * `oci-archive:FILE[:TAG]`: an OCI layout inside a tar. Read in place through a tar index (a pipe
+ * or a compressed archive is streamed instead: stream.ts); written as a layout in a hidden sibling
+ * directory, packed to a temporary file and renamed over FILE last, so FILE is either the old
+ * archive or the complete new one.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -22,12 +23,13 @@ import { OciLayoutDestination, OciLayoutSource, type LayoutFiles } from './layou
 import { layoutPath, memberName } from './paths.js';
 
 export async function openOciArchiveSource(file: string, tag: string | undefined, name: string): Promise<OciLayoutSource> {
-  // A pipe (/dev/stdin, <(…)) is not opened (with no writer, the open would wait forever) nor read: a tar index seeks.
+  // A pipe (/dev/stdin, <(…)) is not opened (with no writer, the open would wait forever) nor read
+  // here, where a tar index seeks: the transport reads one as a stream (stream.ts).
   const special = specialFileAt(file);
   if (special) {
-    throw new SmartError('USAGE', `${name}: ${file} is ${special}; an OCI archive is read in place, not streamed`, {
+    throw new SmartError('USAGE', `${name}: ${file} is ${special}, which is read as a stream, not in place`, {
       input: file,
-      hint: 'save it to a file first, or stream a docker-archive: instead',
+      hint: 'name it as oci-archive:PATH, which streams it',
     });
   }
   const index = await TarIndex.open(file, name);

@@ -1,6 +1,7 @@
-/** `oci:DIR[:TAG]` and `oci-archive:FILE[:TAG]`: an OCI image layout, as a directory or in a tar. */
+/** `oci:DIR[:TAG]` and `oci-archive:FILE[:TAG]`: an OCI image layout, as a directory or in a tar (`-`: read from stdin). */
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
+import { isStreamedArchive, streamedArchiveInput } from '../../storage/archive-file.js';
 import { isValidTag } from '../../oci/reference.js';
 import { invalidName, requireDirectory, splitPath, type Transport } from '../transport.js';
 
@@ -59,19 +60,32 @@ export const oci: Transport<OciName> = {
 export const ociArchive: Transport<OciArchiveName> = {
   name: 'oci-archive',
   form: 'oci-archive:FILE[:TAG]',
-  help: 'OCI image layout in a tar file',
-  capabilities: { contentAddressed: true },
+  help: 'OCI image layout in a tar file; FILE "-" is stdin',
+  capabilities: { readsStdin: true, contentAddressed: true },
   parse(rest, raw) {
     const { path: file, tag } = pathAndTag(rest, raw);
-    // Not a file named "-" made in the current directory while the image was meant for a pipe.
-    if (file === '-') throw invalidName(raw, 'an OCI archive is read and written in place, not on stdin or stdout', 'use docker-archive:- to stream an image, or ./- for a file named "-"');
     return { transport: 'oci-archive', file, ...(tag !== undefined ? { tag } : {}), raw };
   },
-  async openSource(name) {
+  // `-` is stdin; a pipe named by its path is read as stdin is, and so is a compressed archive
+  // (see isStreamedArchive), as docker-archive: reads them.
+  isStdio: (name) => isStreamedArchive(name.file),
+  async openSource(name, ctx) {
+    if (isStreamedArchive(name.file)) {
+      // Loaded here: tar parsing of a pipe is needed only for archives on a pipe.
+      const { ociArchiveStream } = await import('./stream.js');
+      return ociArchiveStream(await streamedArchiveInput(name.file, name.raw, ctx.stdin), name.tag, name.raw);
+    }
     const { openOciArchiveSource } = await import('./archive.js');
     return openOciArchiveSource(name.file, name.tag, name.raw);
   },
   async openDestination(name) {
+    // Not a file named "-" made in the current directory while the image was meant for stdout.
+    if (name.file === '-') {
+      throw new SmartError('USAGE', `${name.raw}: an OCI archive is written in place, not to stdout`, {
+        input: name.raw,
+        hint: 'use docker-archive:- to stream an image, or ./- for a file named "-"',
+      });
+    }
     const { OciArchiveDestination } = await import('./archive.js');
     const { archiveTarget } = await import('../../storage/archive-file.js');
     const target = await archiveTarget(path.resolve(name.file), name.raw, 'oci-archive: writes a tar file');
@@ -86,5 +100,5 @@ export const ociArchive: Transport<OciArchiveName> = {
     await dest.prepare();
     return dest;
   },
-  localPaths: (name) => [{ path: name.file, what: 'the source archive' }],
+  localPaths: (name) => (name.file === '-' ? [] : [{ path: name.file, what: 'the source archive' }]),
 };

@@ -1,0 +1,84 @@
+/**
+ * `oci-archive:-`: an OCI layout in a tar, read once as it arrives (BuildKit's `--output
+ * type=oci,dest=-`, a tar of a layout piped over ssh), never holding a layer in memory or on disk.
+ * Writers order the members differently (containers/image: blobs, then index.json; containerd and
+ * this project: index.json first), so nothing is assumed: every layer blob goes to the reader as
+ * it passes, the JSON blobs are kept, and at the end the image is picked from them as from a
+ * layout (by tag and platform, src/transports/oci-layout/layout.ts). Blobs of other images in the
+ * archive (other platforms, attestations' layers) are stored too: which ones the picked image
+ * needs is known only at the end.
+ */
+import { Readable, addAbortSignal } from 'node:stream';
+import { SmartError } from '../../errors.js';
+import { checkSize } from '../../limits.js';
+import { MAX_CONFIG_BYTES } from '../../oci/config.js';
+import type { Digest } from '../../oci/digest.js';
+import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
+import { MAX_MANIFEST_BYTES, type Platform } from '../../oci/manifest.js';
+import { isForeignLayer } from '../../oci/mediatypes.js';
+import { hostPlatform } from '../../oci/platform.js';
+import { archiveTarStream } from '../../pipeline/archive-stream.js';
+import { resolveImage } from '../../pipeline/layers.js';
+import { missingLayerHint, readArchiveMembers, type ArchiveMembers } from '../streamed-archive.js';
+import { OciLayoutSource, type LayoutFiles } from './layout.js';
+import { layoutPath, memberName } from './paths.js';
+
+/** `oci-archive:-` (or a pipe, or a compressed archive): the image `input` carries, read once as it arrives. */
+export function ociArchiveStream(input: Readable, tag: string | undefined, name: string): StreamedImageSource {
+  return {
+    name,
+    streamed: true,
+    read: async (visit, options = {}) => {
+      if (options.signal) addAbortSignal(options.signal, input);
+      return readOciArchiveStream(await archiveTarStream(input, name), tag, name, visit, options.platform ?? hostPlatform());
+    },
+  };
+}
+
+/** Reads the archive `input` carries, handing each layer blob to `onLayer` as it arrives; the image `tag` and `platform` pick, at its end. */
+export async function readOciArchiveStream<T>(
+  input: Readable,
+  tag: string | undefined,
+  name: string,
+  onLayer: (layer: StreamedLayer) => Promise<T>,
+  platform: Platform,
+): Promise<StreamedImage<T>> {
+  const members = await readArchiveMembers(input, name, 'an OCI archive', onLayer, { [memberName(layoutPath({ kind: 'index' }))]: MAX_MANIFEST_BYTES });
+  // The JSON kept, read as a layout is: the same choice of image, the same checks, the same errors.
+  const source = new OciLayoutSource(name, keptFiles(members, name), tag);
+  const top = await source.getManifest();
+  const image = await resolveImage(source, platform, top);
+  const layers = image.manifest.manifest.layers.map((d) => {
+    const member = memberName(layoutPath({ kind: 'blob', digest: d.digest }));
+    const r = members.layers.get(member);
+    if (r !== undefined) return r;
+    if (isForeignLayer(d.mediaType)) {
+      throw new SmartError('UNSUPPORTED', `${name}: layer ${d.digest} is foreign (${d.mediaType}), which a streamed archive cannot carry`, { input: name, hint: 'give the archive as a file' });
+    }
+    throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${d.digest} is not in the archive`, { input: name, ...missingLayerHint(members, member) });
+  });
+  return {
+    configBytes: image.configBytes,
+    config: image.config,
+    repoTags: [],
+    layers,
+    manifest: image.manifest,
+    ...(top.kind === 'index' ? { index: { top, source, holds: (d: Digest) => members.json.has(memberName(layoutPath({ kind: 'blob', digest: d }))) } } : {}),
+  };
+}
+
+/** The layout's small files as the archive held them: index.json, oci-layout, manifests, configs. */
+function keptFiles(members: ArchiveMembers<unknown>, name: string): LayoutFiles {
+  const getContent = async (p: string, maxBytes?: number): Promise<Buffer> => {
+    const member = members.resolve(memberName(p));
+    const bytes = members.json.get(member);
+    if (bytes) {
+      if (maxBytes !== undefined) checkSize(bytes.length, maxBytes, `${name}: ${member}`, name);
+      return bytes;
+    }
+    const size = members.oversized.get(member);
+    if (size !== undefined) checkSize(size, Math.min(maxBytes ?? MAX_CONFIG_BYTES, MAX_CONFIG_BYTES), `${name}: ${member}`, name);
+    throw new SmartError('NOT_FOUND', `${name}: ${member} not in the archive`, { input: name });
+  };
+  return { getContent, reader: async (p) => Readable.from([await getContent(p)]) };
+}

@@ -1,0 +1,199 @@
+/**
+ * An image archive read as a stream (`docker-archive:-`, `oci-archive:-`), never holding a layer in
+ * memory or on disk. Where the image's shape is written (manifest.json, index.json) differs between
+ * the kinds and between their writers: `docker save` writes manifest.json after the layers,
+ * containers/image writes blobs before index.json, containerd and this project index.json first.
+ * So no order is assumed: each layer is handed to the reader as it arrives (the copy stores it at
+ * once), JSON members are kept, and each kind assembles its image from them at the end.
+ */
+import { Readable, pipeline } from 'node:stream';
+import tar from 'tar-stream';
+import { SmartError, isCancellation, isSmartError, quoted } from '../errors.js';
+import { MAX_ARCHIVE_JSON_BYTES, checkSize, limitExceeded } from '../limits.js';
+import { MAX_CONFIG_BYTES } from '../oci/config.js';
+import type { Digest } from '../oci/digest.js';
+import type { StreamedLayer } from '../oci/image.js';
+import { sniffCompression } from '../oci/mediatypes.js';
+import { tarParseError } from '../tar/errors.js';
+import { normalizeMemberName } from '../tar/header.js';
+import { hasSparseRecords } from '../tar/sparse.js';
+
+/** JSON members (configs, manifests, manifest.json, index.json, v1 json) up to this size are kept, up to MAX_ARCHIVE_JSON_BYTES in all. */
+const MAX_JSON_MEMBER = MAX_CONFIG_BYTES;
+
+/** What an archive read to its end holds, but for the layers, which went to the reader as they passed. */
+export interface ArchiveMembers<T> {
+  /** JSON members, by name. */
+  json: Map<string, Buffer>;
+  /** JSON members too large to keep, with their sizes: named in the error if the image needs one. */
+  oversized: Map<string, number>;
+  /** What the reader returned for each layer member. */
+  layers: Map<string, T>;
+  /** Members that were neither a layer nor JSON (VERSION files, an artifact's blobs). */
+  others: Set<string>;
+  /** The member a name leads to through the archive's links (Docker's older saves link repeated layers). */
+  resolve(member: string): string;
+  /** The first member of a type a stream cannot hold (an old GNU sparse file): named if a layer is then missing. */
+  sparse?: string;
+}
+
+/**
+ * What a member is, from its first block: a layer (a tar: ustar magic, or the all-zero block of an
+ * empty layer; or a compressed stream), JSON, or something else that is skipped.
+ */
+function classifyMember(head: Buffer): 'layer' | 'json' | 'other' {
+  if (sniffCompression(head) !== 'none') return 'layer';
+  if (head.length >= 512) {
+    if (head.subarray(257, 262).toString('latin1') === 'ustar') return 'layer';
+    if (head.subarray(0, 512).every((b) => b === 0)) return 'layer';
+  }
+  for (const b of head) {
+    if (b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09) continue;
+    return b === 0x7b || b === 0x5b ? 'json' : 'other'; // { or [
+  }
+  return 'other';
+}
+
+/**
+ * The digest a member's name states for its bytes: `blobs/sha256/<hex>` (an OCI layout: Docker
+ * 25+, an OCI archive), `<hex>.tar` (containers/image, ours: the diff id of the layer it holds).
+ * Docker's older `<v1 id>/layer.tar` states none.
+ */
+export function namedDigest(member: string): Digest | undefined {
+  const m = /^(?:blobs\/sha256\/([0-9a-f]{64})|([0-9a-f]{64})\.tar)$/.exec(member);
+  return m ? (`sha256:${m[1] ?? m[2]}` as Digest) : undefined;
+}
+
+/**
+ * Reads the archive `input` carries to its end, handing each layer member to `onLayer` as it
+ * arrives (one at a time; it must consume or destroy the stream). `limits`: members refused as
+ * they arrive when larger (manifest.json), before any of their bytes are read. `kind` names the
+ * archive in the error for an empty input.
+ */
+export async function readArchiveMembers<T>(
+  input: Readable,
+  name: string,
+  kind: string,
+  onLayer: (layer: StreamedLayer) => Promise<T>,
+  limits: Record<string, number> = {},
+): Promise<ArchiveMembers<T>> {
+  const extract = tar.extract();
+  const json = new Map<string, Buffer>();
+  let jsonBytes = 0;
+  const oversized = new Map<string, number>();
+  const layers = new Map<string, T>();
+  const others = new Set<string>();
+  const aliases = new Map<string, string>();
+  let sawEntry = false;
+  let sparse: string | undefined;
+  // The last member read whole: where an archive that breaks broke.
+  let lastMember: string | undefined;
+  let inputError: unknown;
+  pipeline(input, extract as unknown as NodeJS.WritableStream, (e) => {
+    if (e) inputError = e;
+  });
+  try {
+    for await (const entry of extract) {
+      sawEntry = true;
+      const header = entry.header;
+      // tar --sparse (a file with holes: an uncompressed layer can be one): tar-stream reads such a
+      // member as a plain file, so it is refused by name rather than read as other bytes.
+      if (header.type === null || hasSparseRecords(header)) {
+        sparse ??= header.name;
+        if (header.type !== null) {
+          throw new SmartError('UNSUPPORTED', `${name}: member ${quoted((header.pax as Record<string, string> | undefined)?.['GNU.sparse.name'] ?? header.name)} is a sparse file (GNU tar --sparse), which a streamed archive cannot hold`, {
+            input: name,
+            hint: 'give the archive as a file (it reads sparse members), or write it without --sparse',
+          });
+        }
+      }
+      const member = normalizeMemberName(header.name);
+      if (header.type === 'symlink' || header.type === 'link') {
+        const base = header.type === 'symlink' ? member.split('/').slice(0, -1) : [];
+        aliases.set(member, normalizeMemberName([...base, header.linkname ?? ''].join('/')));
+        entry.resume();
+        lastMember = header.name;
+        continue;
+      }
+      if (header.type !== 'file' || !header.size) {
+        entry.resume();
+        lastMember = header.name;
+        continue;
+      }
+      const limit = limits[member];
+      if (limit !== undefined) checkSize(header.size, limit, `${name}: ${member}`, name);
+      // Gather the first block: enough to tell a tar (or a compressed tar) from JSON and the rest.
+      const it = entry[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+      const headChunks: Buffer[] = [];
+      let headLength = 0;
+      let ended = false;
+      while (headLength < 512) {
+        const r = await it.next();
+        if (r.done) {
+          ended = true;
+          break;
+        }
+        headChunks.push(r.value);
+        headLength += r.value.length;
+      }
+      const head = Buffer.concat(headChunks);
+      const kind = classifyMember(head);
+      if (kind !== 'layer') {
+        const keep = kind === 'json' && header.size <= MAX_JSON_MEMBER;
+        if (kind === 'json' && !keep) oversized.set(member, header.size);
+        if (kind === 'other') others.add(member);
+        if (keep && (jsonBytes += header.size) > MAX_ARCHIVE_JSON_BYTES) {
+          throw limitExceeded(`${name}: holds more than ${MAX_ARCHIVE_JSON_BYTES} bytes of JSON members`, name);
+        }
+        const chunks: Buffer[] = [head];
+        for (let r = ended ? undefined : await it.next(); r && !r.done; r = await it.next()) {
+          if (keep) chunks.push(r.value);
+        }
+        if (keep) json.set(member, Buffer.concat(chunks));
+        lastMember = header.name;
+        continue;
+      }
+      const body = Readable.from(
+        (async function* () {
+          yield head;
+          if (ended) return;
+          for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+        })(),
+        { objectMode: false },
+      );
+      const named = namedDigest(member);
+      layers.set(member, await onLayer({ member, what: `layer ${member} of ${name}`, compression: sniffCompression(head), size: header.size, ...(named ? { namedDigest: named } : {}), stream: body }));
+      // onLayer must have drained it; if it did not, skip the rest so the archive can go on.
+      body.destroy();
+      lastMember = header.name;
+    }
+  } catch (e) {
+    extract.destroy();
+    input.destroy();
+    if (isSmartError(e)) throw e;
+    throw corrupt(name, inputError ?? e, lastMember);
+  }
+  if (inputError) throw corrupt(name, inputError, lastMember);
+  if (!sawEntry) throw new SmartError('NOT_AN_IMAGE', `${name}: empty input, not ${kind}`, { input: name });
+  const resolve = (m: string): string => {
+    let n = normalizeMemberName(m);
+    for (let i = 0; i < 16 && aliases.has(n); i++) n = aliases.get(n)!;
+    return n;
+  };
+  return { json, oversized, layers, others, resolve, ...(sparse !== undefined ? { sparse } : {}) };
+}
+
+/** The hint for a layer an archive's image names but the stream did not hold as one. */
+export function missingLayerHint(members: ArchiveMembers<unknown>, member: string): { hint: string } | Record<string, never> {
+  if (members.others.has(member) || members.json.has(member) || members.oversized.has(member)) return { hint: `member ${quoted(member)} is neither a tar nor a compressed tar (an artifact's blob?): only images are copied` };
+  if (members.sparse !== undefined) {
+    return { hint: `member ${quoted(members.sparse)} is of a type a streamed archive cannot hold (an old GNU sparse file, from tar --sparse?): give the archive as a file` };
+  }
+  return {};
+}
+
+/** Why the archive could not be read: a cancellation as it is, else what the tar parser says (src/tar/errors.ts). */
+function corrupt(name: string, e: unknown, lastMember: string | undefined): unknown {
+  if (isCancellation(e)) return e;
+  return tarParseError(e, { what: name, ...(lastMember !== undefined ? { after: lastMember } : {}) });
+}

@@ -1,0 +1,201 @@
+/**
+ * `oci-archive:-`: an OCI archive read once from a pipe, whatever order its writer put the members
+ * in (this project and containerd: index.json first; skopeo: blobs first; `tar -C layout -cf - .`:
+ * `./` names), into a store and through the stock registry, as skopeo then reads it; and what a
+ * stream cannot do, said in one line.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
+import { runOk, smart } from '../harness/run.js';
+import { startRegistry } from '../harness/registry.js';
+import { tempDir } from '../harness/tmp.js';
+import { haveTools } from '../harness/tools.js';
+
+interface Summary {
+  manifestDigest: string;
+  manifestMediaType: string;
+  converted: boolean;
+  layers: { total: number; pushed: number; skipped: number; bytesPushed: number };
+}
+
+async function pushStream(file: string, dest: string, extra: string[] = [], cacheHome?: string): Promise<Summary> {
+  const r = await smart(['push', 'oci-archive:-', dest, '--json', ...extra], { input: createReadStream(file), ...(cacheHome ? { cacheHome } : {}) });
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout.toString()) as Summary;
+}
+
+/** The error line of a failed run: its only error, and its last line (progress of layers done before it may come first). */
+async function failure(file: string, args: string[]): Promise<{ code: number; line: string }> {
+  const r = await smart(args, { input: createReadStream(file) });
+  const lines = r.stderr.trim().split('\n');
+  expect(lines.filter((l) => l.startsWith('smart: error')), r.stderr).toHaveLength(1);
+  expect(r.stderr).not.toMatch(/\n\s+at /);
+  return { code: r.code, line: lines.at(-1)! };
+}
+
+const tagLink = (store: string, repo: string, tag: string) => path.join(store, 'docker/registry/v2/repositories', repo, '_manifests/tags', tag, 'current/link');
+
+describe('oci-archive:- (a stream)', () => {
+  it.skipIf(!haveTools('skopeo', 'docker-registry'))(
+    'takes an archive in any member order, keeps the manifest byte for byte, and the registry serves it to skopeo',
+    async () => {
+      const fx = fixtures();
+      const work = await tempDir();
+      // skopeo writes blobs first, index.json last; tar of the layout names members ./…; ours has index.json first.
+      const skopeoArchive = path.join(work, 'skopeo.tar');
+      await runOk('skopeo', ['--insecure-policy', 'copy', `oci:${fx.paths.ociBasic}:latest`, `oci-archive:${skopeoArchive}:latest`]);
+      const tarred = path.join(work, 'tarred.tar');
+      await runOk('tar', ['-C', fx.paths.ociBasic, '-cf', tarred, '.']);
+      const gzipped = path.join(work, 'ours.tar.gz');
+      await fs.writeFile(gzipped, gzipSync(await fs.readFile(fx.paths.ociArchiveBasic)));
+      const store = path.join(work, 'store');
+      for (const [i, file] of [fx.paths.ociArchiveBasic, skopeoArchive, tarred].entries()) {
+        const own = path.join(work, `store-${i}`);
+        const r = await pushStream(file, `file:${own}#app:1`);
+        expect(r.manifestDigest, file).toBe(fx.basic.manifest.digest);
+        expect(r).toMatchObject({ converted: false, layers: { pushed: 3, skipped: 0 } });
+        expect(await fs.readFile(tagLink(own, 'app', '1'), 'utf8')).toBe(fx.basic.manifest.digest);
+      }
+      // A compressed archive named by its path is read as a stream, decompressed as it passes.
+      const r = await smart(['push', `oci-archive:${gzipped}`, `file:${store}#app:1`, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect((JSON.parse(r.stdout.toString()) as Summary).manifestDigest).toBe(fx.basic.manifest.digest);
+      const registry = await startRegistry({ configDir: work });
+      try {
+        const viaApi = await pushStream(skopeoArchive, `docker://${registry.host}/s/app:1`);
+        expect(viaApi.manifestDigest).toBe(fx.basic.manifest.digest);
+        const digest = (await runOk('skopeo', ['inspect', '--tls-verify=false', '--format', '{{.Digest}}', `docker://${registry.host}/s/app:1`])).stdout.toString().trim();
+        expect(digest).toBe(fx.basic.manifest.digest);
+        await runOk('skopeo', ['--insecure-policy', 'copy', '--src-tls-verify=false', `docker://${registry.host}/s/app:1`, `oci:${path.join(work, 'back')}:x`]);
+      } finally {
+        await registry.stop();
+      }
+    },
+  );
+
+  it('pushes again by hashing only: every layer the store holds is skipped by the name it carries', async () => {
+    const fx = fixtures();
+    const store = path.join(await tempDir(), 'store');
+    await pushStream(fx.paths.ociArchiveBasic, `file:${store}#app:1`);
+    const again = await pushStream(fx.paths.ociArchiveBasic, `file:${store}#app:2`);
+    expect(again.layers).toMatchObject({ total: 3, pushed: 0, skipped: 3, bytesPushed: 0 });
+    expect(again.manifestDigest).toBe(fx.basic.manifest.digest);
+  });
+
+  it.skipIf(!haveTools('skopeo', 'docker-registry'))(
+    'copies a multi-platform index whole into a store, as from the file; --platform picks one; --all-platforms is refused',
+    async () => {
+      const fx = fixtures();
+      const work = await tempDir();
+      const archive = path.join(work, 'multi.tar');
+      await runOk('skopeo', ['--insecure-policy', 'copy', '--all', `oci:${fx.paths.ociMulti}`, `oci-archive:${archive}`]);
+      const registry = await startRegistry({ configDir: work });
+      try {
+        const whole = await pushStream(archive, `docker://${registry.host}/m/app:1`);
+        expect(whole.manifestDigest).toBe(fx.multi.manifest.digest);
+        const raw = JSON.parse((await runOk('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registry.host}/m/app:1`])).stdout.toString()) as { manifests: { digest: string }[] };
+        expect(raw.manifests.map((m) => m.digest).sort()).toEqual(Object.values(fx.multi.platforms).map((p) => p.manifest.digest).sort());
+        // Each platform's manifest is served by its digest, as a client that picks one asks for it.
+        for (const p of Object.values(fx.multi.platforms)) {
+          const digest = (await runOk('skopeo', ['inspect', '--tls-verify=false', '--format', '{{.Digest}}', `docker://${registry.host}/m/app@${p.manifest.digest}`])).stdout.toString().trim();
+          expect(digest).toBe(p.manifest.digest);
+        }
+        const one = await pushStream(archive, `docker://${registry.host}/m/app:arm`, ['--platform', 'linux/arm64']);
+        expect(one.manifestDigest).toBe(fx.multi.platforms['linux/arm64/v8']!.manifest.digest);
+      } finally {
+        await registry.stop();
+      }
+      const refused = await failure(archive, ['push', 'oci-archive:-', `file:${path.join(work, 'store')}#m/app:1`, '--all-platforms']);
+      expect(refused.code).toBe(2);
+      expect(refused.line).toMatch(/^smart: error \[USAGE\]: oci-archive:- is a stream: --all-platforms copies a whole index, which needs the archive as a file/);
+    },
+  );
+
+  it('compresses uncompressed layers for a store (a new manifest for them) and checks each against the config', async () => {
+    const fx = fixtures();
+    // Docker 25+'s `docker save` is an OCI layout too, its layers uncompressed.
+    const store = path.join(await tempDir(), 'store');
+    const r = await pushStream(fx.paths.dockerArchiveBasicOci, `file:${store}#app:1`);
+    expect(r).toMatchObject({ converted: true, layers: { pushed: 3 } });
+    const pulled = await smart(['pull', `file:${store}#app:1`, `oci:${path.join(path.dirname(store), 'back')}:x`, '--json']);
+    expect(pulled.code, pulled.stderr).toBe(0);
+    const manifest = JSON.parse(await fs.readFile(path.join(store, 'docker/registry/v2/blobs/sha256', r.manifestDigest.slice(7, 9), r.manifestDigest.slice(7), 'data'), 'utf8')) as {
+      layers: { mediaType: string }[];
+    };
+    expect(manifest.layers.map((l) => l.mediaType)).toEqual(fx.basic.layers.map(() => 'application/vnd.oci.image.layer.v1.tar+gzip'));
+  });
+
+  it('copies one platform, and says why, where an index names a layer it had to compress on the way; a layout takes the manifest as it is', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    // Docker 25+'s save (uncompressed layers) with its manifest put in an index, as a multi-platform build's would be.
+    const layout = path.join(work, 'layout');
+    await fs.mkdir(layout);
+    await runOk('tar', ['-C', layout, '-xf', fx.paths.dockerArchiveBasicOci]);
+    const top = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: { digest: string; mediaType: string; size: number }[] };
+    const only = top.manifests[0]!;
+    const indexBytes = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: [{ mediaType: only.mediaType, digest: only.digest, size: only.size, platform: { architecture: 'amd64', os: 'linux' } }],
+      }),
+    );
+    const indexDigest = `sha256:${createHash('sha256').update(indexBytes).digest('hex')}`;
+    await fs.writeFile(path.join(layout, 'blobs/sha256', indexDigest.slice(7)), indexBytes);
+    await fs.writeFile(
+      path.join(layout, 'index.json'),
+      JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: indexDigest, size: indexBytes.length }] }),
+    );
+    const archive = path.join(work, 'index.tar');
+    await runOk('tar', ['-C', layout, '-cf', archive, '.']);
+    const store = path.join(work, 'store');
+    const r = await smart(['push', 'oci-archive:-', `file:${store}#app:1`, '--json'], { input: createReadStream(archive) });
+    expect(r.code, r.stderr).toBe(0);
+    const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
+    expect(warnings).toEqual([
+      'warning: oci-archive:-: copying linux/amd64 only, not its whole index: 3 blobs were compressed here as the stream passed, and an index is copied byte for byte',
+    ]);
+    const pushed = JSON.parse(r.stdout.toString()) as Summary;
+    expect(pushed).toMatchObject({ converted: true, manifestMediaType: 'application/vnd.oci.image.manifest.v1+json' });
+    // A layout keeps layers as they are: a pull into one takes this machine's platform, its manifest byte for byte.
+    const toLayout = await smart(['pull', 'oci-archive:-', `oci:${path.join(work, 'copy')}:x`, '--json', '--platform', 'linux/amd64'], { input: createReadStream(archive) });
+    expect(toLayout.code, toLayout.stderr).toBe(0);
+    expect(toLayout.stderr).not.toMatch(/warning/);
+    expect((JSON.parse(toLayout.stdout.toString()) as Summary).manifestDigest).toBe(only.digest);
+  });
+
+  it('refuses, in one line and with no tag written, a blob that is not what its name says, a docker save, and a tree as the destination', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    // A layer's gzip header time changed: the same tar (its diff id still matches), another blob than its name.
+    const layout = path.join(work, 'layout');
+    await fs.cp(fx.paths.ociBasic, layout, { recursive: true });
+    const blob = path.join(layout, 'blobs/sha256', fx.basic.layers[0]!.digest.slice(7));
+    const bytes = await fs.readFile(blob);
+    bytes[4] = (bytes[4]! + 1) & 0xff;
+    await fs.writeFile(blob, bytes);
+    const lying = path.join(work, 'lying.tar');
+    await runOk('tar', ['-C', layout, '-cf', lying, '.']);
+    const store = path.join(work, 'store');
+    const bad = await failure(lying, ['push', 'oci-archive:-', `file:${store}#app:1`]);
+    expect(bad.code).toBe(1);
+    expect(bad.line).toMatch(new RegExp(`^smart: error \\[CORRUPT_ARCHIVE\\]: layer blobs/sha256/${fx.basic.layers[0]!.digest.slice(7)} of oci-archive:-: its bytes hash to sha256:[0-9a-f]{64}, not the ${fx.basic.layers[0]!.digest} its name says`));
+    await expect(fs.stat(tagLink(store, 'app', '1'))).rejects.toThrow();
+
+    const dockerSave = await failure(fx.paths.dockerArchiveBasic, ['push', 'oci-archive:-', `file:${store}#app:1`]);
+    expect(dockerSave.line).toMatch(/^smart: error \[NOT_AN_IMAGE\]: oci-archive:-: not an OCI image layout \(no oci-layout or index\.json\) \(this holds the manifest\.json of a docker save: docker-archive:/);
+    const tree = await failure(fx.paths.ociArchiveBasic, ['pull', 'oci-archive:-', `rootfs:${path.join(work, 'tree')}`]);
+    expect(tree.line).toMatch(/^smart: error \[USAGE\]: oci-archive:- \(a stream\) can only be copied into a store/);
+    await expect(fs.stat(path.join(work, 'tree'))).rejects.toThrow();
+    const out = await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, 'oci-archive:-']);
+    expect(out.code).toBe(2);
+    expect(out.stderr).toMatch(/^smart: error \[USAGE\]: oci-archive:-: an OCI archive is written in place, not to stdout/);
+    await expect(fs.stat(path.join(process.cwd(), '-'))).rejects.toThrow();
+  });
+});
