@@ -106,8 +106,11 @@ async function makeImage() {
   execFileSync('tar', ['-C', archiveDir, '-cf', archive, ...layerNames, configName, 'manifest.json']);
   const layout = path.join(out, 'oci');
   execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', `docker-archive:${archive}`, `oci:${layout}:latest`]);
+  // The same layout as skopeo archives it (blobs first, index.json last): what a pipe may carry.
+  const ociArchive = path.join(out, 'oci.tar');
+  execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', `oci:${layout}:latest`, `oci-archive:${ociArchive}:latest`]);
   const sizes = { libs: libs.bytes, docs: docs.bytes, small: small.bytes, smallFiles: small.files.length, tar: fs.statSync(archive).size };
-  return { archive, archiveDir, layerNames, layout, sizes };
+  return { archive, archiveDir, layerNames, layout, ociArchive, sizes };
 }
 
 /**
@@ -424,6 +427,18 @@ const k2 = await bench('skopeo copy oci → registry (cold)', {
   command: (c) => `skopeo --insecure-policy copy -q --dest-tls-verify=false oci:${img.layout}:latest docker://${c.host}/bench/app:1`,
 });
 pairs.push([s2, k2]);
+// An OCI archive on a pipe (BuildKit's --output type=oci,dest=-): its blobs stored as they pass.
+// skopeo reads one from a file only, unpacked into a temporary directory first.
+const s2a = await bench('smart push oci-archive:- (stdin) → file: (cold)', {
+  engine: ENGINE.none,
+  setup: freshStore,
+  command: (c) => `cat ${img.ociArchive} | ${smartBin} push -q --cache-dir ${c.dir}/cache oci-archive:- file:${c.dir}/store#bench/app:1`,
+});
+const k2a = await bench('skopeo copy oci-archive → registry (cold)', {
+  setup: freshRegistry,
+  command: (c) => `skopeo --insecure-policy copy -q --dest-tls-verify=false oci-archive:${img.ociArchive}:latest docker://${c.host}/bench/app:1`,
+});
+pairs.push([s2a, k2a]);
 
 // 3. warm push (everything present) and 4. pulls, against one store and one registry.
 let k3b;
