@@ -204,8 +204,16 @@ describe('CLI mutation corpus', () => {
       await fs.mkdir(dir);
       const src = pick(sources);
       const damaged = await damage(src, dir);
-      const dest: Destination = src.kind === 'docker-archive' ? pick(['rootfs', 'store', 'stdin-store'] as const) : pick(['rootfs', 'store', 'oci'] as const);
-      const from = src.kind === 'layout' ? `oci:${damaged.path}:latest` : src.kind === 'oci-archive' ? `oci-archive:${damaged.path}:latest` : dest === 'stdin-store' ? 'docker-archive:-' : `docker-archive:${damaged.path}`;
+      const dest: Destination =
+        src.kind === 'docker-archive' ? pick(['rootfs', 'store', 'stdin-store'] as const) : src.kind === 'oci-archive' ? pick(['rootfs', 'store', 'oci', 'stdin-store'] as const) : pick(['rootfs', 'store', 'oci'] as const);
+      const from =
+        src.kind === 'layout'
+          ? `oci:${damaged.path}:latest`
+          : dest === 'stdin-store'
+            ? `${src.kind}:-`
+            : src.kind === 'oci-archive'
+              ? `oci-archive:${damaged.path}:latest`
+              : `docker-archive:${damaged.path}`;
       const out = path.join(dir, 'out');
       const to = dest === 'rootfs' ? `rootfs:${out}` : dest === 'oci' ? `oci:${out}:x` : `file:${out}#fuzz/image:1`;
       const label = `run ${run} (seed ${FUZZ_SEED}): ${src.kind} ${path.basename(src.path)} ${damaged.what} → ${dest}`;
