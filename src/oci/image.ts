@@ -95,6 +95,12 @@ export interface StreamedLayer {
    * `<hex>.tar` as containers/image and our writer do): a claim, checked when the bytes are read.
    */
   readonly namedDigest?: Digest;
+  /**
+   * A blob of an OCI archive that is no layer and too large, or not JSON, to keep in memory (an
+   * attestation's SBOM, a signature): stored as it is under `namedDigest`, for an index copied
+   * whole; never compressed, never taken as a layer.
+   */
+  readonly opaque?: true;
   /** The bytes, verified by nothing yet: consumed (or destroyed) by the reader before the next layer can arrive. */
   readonly stream: Readable;
 }
@@ -118,10 +124,8 @@ export interface StreamedImage<T> {
 /** An index read from a stream: a copy of it whole finds its layers stored by the reader, the rest in `source`. */
 export interface StreamedIndex {
   top: ParsedManifest & { kind: 'index' };
-  /** The index's manifests, configs and other JSON blobs as the stream held them; layers are not readable here. */
+  /** The index's manifests, configs and other small JSON blobs as the stream held them; layers are not readable here. */
   source: ImageSource;
-  /** True when `source` holds the blob's bytes. */
-  holds(digest: Digest): boolean;
 }
 
 /** How a stream is read: `signal` stops it (destroying the input); `platform` picks an image from an index. */

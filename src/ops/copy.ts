@@ -231,11 +231,14 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
   const members: { member: string; diffId: Digest }[] = [];
   /** The blobs the destination now holds of every layer the stream carried (other platforms' too). */
   const held = new Set<Digest>();
+  /** Blobs the stream carried that the destination holds as something else: tars compressed on the way. */
+  const changed = new Set<Digest>();
   const streamed = await source.read(
     async (layer) => {
       const copied = await copyStreamedLayer(layer, dest, run, signal).catch((e: unknown) => Promise.reject(unrepeatable(e, source.name)));
       if (copied.diffId) members.push({ member: layer.member, diffId: copied.diffId });
       held.add(copied.descriptor.digest);
+      if (layer.namedDigest && copied.descriptor.digest !== layer.namedDigest) changed.add(layer.namedDigest);
       return copied;
     },
     { ...(signal ? { signal } : {}), platform: options.platform },
@@ -253,16 +256,17 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
   // Known only now, at the end of the stream: nothing is tagged yet, so a refusal leaves nothing behind.
   checkPlatform(streamed.config, source.name, options);
   // An index, as from the archive as a file, copied whole where the destination holds its type:
-  // its layers are stored by now, its manifests and configs in hand.
+  // its blobs are stored by now, its manifests and configs in hand. Unless a blob it names went
+  // into the destination compressed: the index cannot name it so.
   const index = streamed.index;
   if (index && options.allPlatforms === 'where-held' && dest.supportsManifestType(index.top.mediaType)) {
-    const missing = await blobsMissing(index, held);
-    if (missing.length === 0) {
+    const unsendable = await blobsNamed(index, changed);
+    if (unsendable.length === 0) {
       run.alreadyTold(held);
       return copyIndexAsIs(index.source, dest, index.top, run);
     }
     options.onWarning?.(
-      `${source.name}: copying ${formatPlatform(normalizePlatform(options.platform))} only, not its whole index: ${missing.length === 1 ? `blob ${shortDigest(missing[0]!)} was` : `${missing.length} blobs were`} compressed here as the stream passed, and an index is copied byte for byte`,
+      `${source.name}: copying ${formatPlatform(normalizePlatform(options.platform))} only, not its whole index: ${unsendable.length === 1 ? `blob ${shortDigest(unsendable[0]!)} was` : `${unsendable.length} blobs were`} compressed here as the stream passed, and an index is copied byte for byte`,
     );
   }
   // The layers as the stream's manifest lists them where they are stored as they were (media type
@@ -292,24 +296,19 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
   return finish(source.name, dest, image, copied, run, manifest);
 }
 
-/**
- * The blobs an index names that a copy of it whole could not send: neither stored from the stream
- * as they were (an uncompressed layer was compressed on its way) nor held in memory.
- */
-async function blobsMissing(index: StreamedIndex, held: Set<Digest>): Promise<Digest[]> {
-  const missing: Digest[] = [];
+/** The blobs of `among` that an index names, through its manifests (as the stream held them). */
+async function blobsNamed(index: StreamedIndex, among: Set<Digest>): Promise<Digest[]> {
+  const named: Digest[] = [];
   const walk = async (d: Descriptor): Promise<void> => {
     const m = await index.source.getManifestByDigest(d);
     if (m.kind === 'index') {
       for (const child of m.index.manifests) await walk(child);
       return;
     }
-    for (const b of [m.manifest.config, ...m.manifest.layers]) {
-      if (!held.has(b.digest) && !index.holds(b.digest) && !(isForeignLayer(b.mediaType) && b.urls?.length)) missing.push(b.digest);
-    }
+    for (const b of [m.manifest.config, ...m.manifest.layers]) if (among.has(b.digest)) named.push(b.digest);
   };
-  for (const child of index.top.index.manifests) await walk(child);
-  return missing;
+  if (among.size > 0) for (const child of index.top.index.manifests) await walk(child);
+  return named;
 }
 
 /** Resolves the image and hands it to a whole-image writer, which fetches its layers itself. */
@@ -421,6 +420,7 @@ async function copyStreamedLayer(layer: StreamedLayer, dest: BlobDestination, ru
   // Progress: the bytes read from the stream, under the member's name (the digest comes at the end).
   const onProgress = run.options.onProgress;
   const bytes = onProgress ? counted(layer.stream, (n) => onProgress({ layer: layer.member, bytes: n })) : layer.stream;
+  if (layer.opaque) return copyOpaqueBlob(layer, bytes, dest, run, signal);
   const reused = await reuseStreamedLayer(layer, bytes, dest, run, signal);
   if (reused) return reused;
   const named = layer.namedDigest;
@@ -438,10 +438,29 @@ async function copyStreamedLayer(layer: StreamedLayer, dest: BlobDestination, ru
     copied = await putLayer(bytes, { compression: layer.compression, what: layer.what, named: layer.member, ...(layer.size !== undefined ? { size: layer.size } : {}) }, dest, run, signal);
   }
   const got = layer.compression === 'none' ? copied.diffId : copied.descriptor.digest;
-  if (named && got !== named) {
-    throw new SmartError('CORRUPT_ARCHIVE', `${layer.what}: its bytes hash to ${got}, not the ${named} its name says`, { input: layer.member });
-  }
+  if (named && got !== named) throw lyingName(layer, got ?? 'nothing');
   return copied;
+}
+
+/** A streamed member whose bytes are not what its name says they are. */
+function lyingName(layer: StreamedLayer, got: string): SmartError {
+  return new SmartError('CORRUPT_ARCHIVE', `${layer.what}: its bytes hash to ${got}, not the ${layer.namedDigest} its name says`, { input: layer.member });
+}
+
+/**
+ * A blob of an OCI archive that is no layer (see StreamedLayer.opaque): as it is, under the digest
+ * its name says, unless the destination holds it (then only hashed).
+ */
+async function copyOpaqueBlob(layer: StreamedLayer, bytes: Readable, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<StreamedCopy> {
+  const named = layer.namedDigest;
+  if (!named || layer.size === undefined) throw new SmartError('INTERNAL', `${layer.what}: an opaque blob is named by its digest and sized`);
+  const descriptor: Descriptor = { mediaType: 'application/octet-stream', digest: named, size: layer.size };
+  const reuse = await dest.reuseBlob(descriptor);
+  const stored = reuse ? undefined : await dest.putBlob(bytes, { mediaType: descriptor.mediaType, ...(signal ? { signal } : {}) });
+  const got = stored ? stored.digest : await hashStreamedLayer(bytes);
+  if (got !== named) throw lyingName(layer, got);
+  run.record(reuse ? { digest: named, status: 'skipped', reuse, bytes: 0, mediaType: descriptor.mediaType } : { digest: named, status: 'pushed', bytes: stored!.size, mediaType: descriptor.mediaType });
+  return { descriptor };
 }
 
 /** One layer into the destination: the descriptor it has there, and its diff id. */
@@ -489,12 +508,9 @@ async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: B
   if (!descriptor || !reuse) return undefined;
   const blob = await hashStreamedLayer(bytes);
   if (blob !== claimed) {
-    if (!layer.namedDigest) await blobInfo?.forgetArchiveMember(layer.member);
-    throw new SmartError(
-      layer.namedDigest ? 'CORRUPT_ARCHIVE' : 'DIGEST_MISMATCH',
-      `${layer.what}: its bytes hash to ${blob}, not the ${claimed} ${layer.namedDigest ? 'its name says' : 'a push read under that name before (that record is dropped: push again)'}`,
-      { input: layer.member },
-    );
+    if (layer.namedDigest) throw lyingName(layer, blob);
+    await blobInfo?.forgetArchiveMember(layer.member);
+    throw new SmartError('DIGEST_MISMATCH', `${layer.what}: its bytes hash to ${blob}, not the ${claimed} a push read under that name before (that record is dropped: push again)`, { input: layer.member });
   }
   // An uncompressed layer's blob is its tar; a compressed one's diff id is the config's (see copyStreamedLayer).
   const diffId = compressed ? undefined : blob;

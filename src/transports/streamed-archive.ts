@@ -27,8 +27,10 @@ export interface ArchiveMembers<T> {
   json: Map<string, Buffer>;
   /** JSON members too large to keep, with their sizes: named in the error if the image needs one. */
   oversized: Map<string, number>;
-  /** What the reader returned for each layer member. */
+  /** What the reader returned for each layer member (and each opaque blob: see `opaque`). */
   layers: Map<string, T>;
+  /** Members handed to the reader as opaque blobs (see readArchiveMembers' `opaqueBlobs`), not layers. */
+  opaque: Set<string>;
   /** Members that were neither a layer nor JSON (VERSION files, an artifact's blobs). */
   others: Set<string>;
   /** The member a name leads to through the archive's links (Docker's older saves link repeated layers). */
@@ -64,25 +66,33 @@ export function namedDigest(member: string): Digest | undefined {
   return m ? (`sha256:${m[1] ?? m[2]}` as Digest) : undefined;
 }
 
+/** How readArchiveMembers reads an archive of one kind. */
+export interface ArchiveReading {
+  /** Names the archive in the error for an empty input: `a docker-archive`. */
+  kind: string;
+  /** Members refused as they arrive when larger (manifest.json), before any of their bytes are read. */
+  limits?: Record<string, number>;
+  /**
+   * Members named by their digest that are not kept (not JSON, or too large) are handed to the
+   * reader as opaque blobs rather than skipped: an OCI archive's blobs, which an index copied
+   * whole may name.
+   */
+  opaqueBlobs?: boolean;
+}
+
 /**
  * Reads the archive `input` carries to its end, handing each layer member to `onLayer` as it
- * arrives (one at a time; it must consume or destroy the stream). `limits`: members refused as
- * they arrive when larger (manifest.json), before any of their bytes are read. `kind` names the
- * archive in the error for an empty input.
+ * arrives (one at a time; it must consume or destroy the stream).
  */
-export async function readArchiveMembers<T>(
-  input: Readable,
-  name: string,
-  kind: string,
-  onLayer: (layer: StreamedLayer) => Promise<T>,
-  limits: Record<string, number> = {},
-): Promise<ArchiveMembers<T>> {
+export async function readArchiveMembers<T>(input: Readable, name: string, reading: ArchiveReading, onLayer: (layer: StreamedLayer) => Promise<T>): Promise<ArchiveMembers<T>> {
+  const limits = reading.limits ?? {};
   const extract = tar.extract();
   const json = new Map<string, Buffer>();
   let jsonBytes = 0;
   const oversized = new Map<string, number>();
   const layers = new Map<string, T>();
   const others = new Set<string>();
+  const opaque = new Set<string>();
   const aliases = new Map<string, string>();
   let sawEntry = false;
   let sparse: string | undefined;
@@ -138,10 +148,12 @@ export async function readArchiveMembers<T>(
       }
       const head = Buffer.concat(headChunks);
       const kind = classifyMember(head);
-      if (kind !== 'layer') {
-        const keep = kind === 'json' && header.size <= MAX_JSON_MEMBER;
-        if (kind === 'json' && !keep) oversized.set(member, header.size);
-        if (kind === 'other') others.add(member);
+      const named = namedDigest(member);
+      const keep = kind === 'json' && header.size <= MAX_JSON_MEMBER;
+      if (kind === 'json' && !keep) oversized.set(member, header.size);
+      if (kind === 'other') others.add(member);
+      const asOpaque = kind !== 'layer' && !keep && reading.opaqueBlobs === true && named !== undefined;
+      if (kind !== 'layer' && !asOpaque) {
         if (keep && (jsonBytes += header.size) > MAX_ARCHIVE_JSON_BYTES) {
           throw limitExceeded(`${name}: holds more than ${MAX_ARCHIVE_JSON_BYTES} bytes of JSON members`, name);
         }
@@ -161,8 +173,19 @@ export async function readArchiveMembers<T>(
         })(),
         { objectMode: false },
       );
-      const named = namedDigest(member);
-      layers.set(member, await onLayer({ member, what: `layer ${member} of ${name}`, compression: sniffCompression(head), size: header.size, ...(named ? { namedDigest: named } : {}), stream: body }));
+      if (asOpaque) opaque.add(member);
+      layers.set(
+        member,
+        await onLayer({
+          member,
+          what: `${asOpaque ? 'blob' : 'layer'} ${member} of ${name}`,
+          compression: asOpaque ? 'none' : sniffCompression(head),
+          size: header.size,
+          ...(named ? { namedDigest: named } : {}),
+          ...(asOpaque ? { opaque: true as const } : {}),
+          stream: body,
+        }),
+      );
       // onLayer must have drained it; if it did not, skip the rest so the archive can go on.
       body.destroy();
       lastMember = header.name;
@@ -174,18 +197,18 @@ export async function readArchiveMembers<T>(
     throw corrupt(name, inputError ?? e, lastMember);
   }
   if (inputError) throw corrupt(name, inputError, lastMember);
-  if (!sawEntry) throw new SmartError('NOT_AN_IMAGE', `${name}: empty input, not ${kind}`, { input: name });
+  if (!sawEntry) throw new SmartError('NOT_AN_IMAGE', `${name}: empty input, not ${reading.kind}`, { input: name });
   const resolve = (m: string): string => {
     let n = normalizeMemberName(m);
     for (let i = 0; i < 16 && aliases.has(n); i++) n = aliases.get(n)!;
     return n;
   };
-  return { json, oversized, layers, others, resolve, ...(sparse !== undefined ? { sparse } : {}) };
+  return { json, oversized, layers, opaque, others, resolve, ...(sparse !== undefined ? { sparse } : {}) };
 }
 
 /** The hint for a layer an archive's image names but the stream did not hold as one. */
 export function missingLayerHint(members: ArchiveMembers<unknown>, member: string): { hint: string } | Record<string, never> {
-  if (members.others.has(member) || members.json.has(member) || members.oversized.has(member)) return { hint: `member ${quoted(member)} is neither a tar nor a compressed tar (an artifact's blob?): only images are copied` };
+  if (members.opaque.has(member) || members.others.has(member) || members.json.has(member) || members.oversized.has(member)) return { hint: `member ${quoted(member)} is neither a tar nor a compressed tar (an artifact's blob?): only images are copied` };
   if (members.sparse !== undefined) {
     return { hint: `member ${quoted(members.sparse)} is of a type a streamed archive cannot hold (an old GNU sparse file, from tar --sparse?): give the archive as a file` };
   }

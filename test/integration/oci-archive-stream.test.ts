@@ -170,6 +170,61 @@ describe('oci-archive:- (a stream)', () => {
     expect((JSON.parse(toLayout.stdout.toString()) as Summary).manifestDigest).toBe(only.digest);
   });
 
+  it('copies an index whole with its attestation: a JSON blob too large to hold and a blob that is not JSON go as they are', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const layout = path.join(work, 'layout');
+    await fs.cp(fx.paths.ociBasic, layout, { recursive: true });
+    const put = async (bytes: Buffer, mediaType: string) => {
+      const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+      await fs.writeFile(path.join(layout, 'blobs/sha256', digest.slice(7)), bytes);
+      return { mediaType, digest, size: bytes.length };
+    };
+    // An SBOM larger than the JSON a stream keeps in memory (8 MiB), and a signature that is no JSON.
+    const sbom = await put(Buffer.from(JSON.stringify({ spdxVersion: 'SPDX-2.3', packages: 'p'.repeat(9 * 1024 * 1024) })), 'application/vnd.in-toto+json');
+    const signature = await put(Buffer.from('signed by nobody\n'), 'text/plain');
+    const empty = await put(Buffer.from('{}'), 'application/vnd.oci.empty.v1+json');
+    const attestation = await put(
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.manifest.v1+json',
+          config: empty,
+          layers: [sbom, signature],
+          annotations: { 'vnd.docker.reference.type': 'attestation-manifest', 'vnd.docker.reference.digest': fx.basic.manifest.digest },
+        }),
+      ),
+      'application/vnd.oci.image.manifest.v1+json',
+    );
+    const index = await put(
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: 'application/vnd.oci.image.index.v1+json',
+          manifests: [
+            { ...fx.basic.manifest, platform: { architecture: 'amd64', os: 'linux' } },
+            { ...attestation, platform: { architecture: 'unknown', os: 'unknown' } },
+          ],
+        }),
+      ),
+      'application/vnd.oci.image.index.v1+json',
+    );
+    await fs.writeFile(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [index] }));
+    const archive = path.join(work, 'attested.tar');
+    await runOk('tar', ['-C', layout, '-cf', archive, '.']);
+    const store = path.join(work, 'store');
+    const whole = await pushStream(archive, `file:${store}#app:1`);
+    expect(whole.manifestDigest).toBe(index.digest);
+    for (const blob of [sbom, signature, empty, attestation]) {
+      const stat = await fs.stat(path.join(store, 'docker/registry/v2/blobs/sha256', blob.digest.slice(7, 9), blob.digest.slice(7), 'data'));
+      expect(stat.size, blob.mediaType).toBe(blob.size);
+    }
+    // As the same archive as a file gives it.
+    const fromFile = await smart(['push', `oci-archive:${archive}`, `file:${path.join(work, 'store-file')}#app:1`, '--json']);
+    expect(fromFile.code, fromFile.stderr).toBe(0);
+    expect((JSON.parse(fromFile.stdout.toString()) as Summary).manifestDigest).toBe(index.digest);
+  });
+
   it('refuses, in one line and with no tag written, a blob that is not what its name says, a docker save, and a tree as the destination', async () => {
     const fx = fixtures();
     const work = await tempDir();

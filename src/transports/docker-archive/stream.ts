@@ -36,7 +36,7 @@ export async function readDockerArchiveStream<T>(
   name: string,
   onLayer: (layer: StreamedLayer) => Promise<T>,
 ): Promise<StreamedImage<T>> {
-  const members = await readArchiveMembers(input, name, 'a docker-archive', onLayer, { 'manifest.json': MAX_ARCHIVE_MANIFEST_BYTES });
+  const members = await readArchiveMembers(input, name, { kind: 'a docker-archive', limits: { 'manifest.json': MAX_ARCHIVE_MANIFEST_BYTES } }, onLayer);
   const { json, oversized, resolve } = members;
   const manifestBytes = json.get('manifest.json');
   if (!manifestBytes) {

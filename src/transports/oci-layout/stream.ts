@@ -5,14 +5,14 @@
  * this project: index.json first), so nothing is assumed: every layer blob goes to the reader as
  * it passes, the JSON blobs are kept, and at the end the image is picked from them as from a
  * layout (by tag and platform, src/transports/oci-layout/layout.ts). Blobs of other images in the
- * archive (other platforms, attestations' layers) are stored too: which ones the picked image
- * needs is known only at the end.
+ * archive (other platforms, attestations) are stored too, as they pass: which ones the picked image
+ * needs, or whether the whole index is copied, is known only at the end. So is every blob that is
+ * neither a layer nor JSON small enough to hold (an SBOM of many MiB, a signature): stored as it is.
  */
 import { Readable, addAbortSignal } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { checkSize } from '../../limits.js';
 import { MAX_CONFIG_BYTES } from '../../oci/config.js';
-import type { Digest } from '../../oci/digest.js';
 import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
 import { MAX_MANIFEST_BYTES, type Platform } from '../../oci/manifest.js';
 import { isForeignLayer } from '../../oci/mediatypes.js';
@@ -43,14 +43,14 @@ export async function readOciArchiveStream<T>(
   onLayer: (layer: StreamedLayer) => Promise<T>,
   platform: Platform,
 ): Promise<StreamedImage<T>> {
-  const members = await readArchiveMembers(input, name, 'an OCI archive', onLayer, { [memberName(layoutPath({ kind: 'index' }))]: MAX_MANIFEST_BYTES });
+  const members = await readArchiveMembers(input, name, { kind: 'an OCI archive', limits: { [memberName(layoutPath({ kind: 'index' }))]: MAX_MANIFEST_BYTES }, opaqueBlobs: true }, onLayer);
   // The JSON kept, read as a layout is: the same choice of image, the same checks, the same errors.
   const source = new OciLayoutSource(name, keptFiles(members, name), tag);
   const top = await source.getManifest();
   const image = await resolveImage(source, platform, top);
   const layers = image.manifest.manifest.layers.map((d) => {
     const member = memberName(layoutPath({ kind: 'blob', digest: d.digest }));
-    const r = members.layers.get(member);
+    const r = members.opaque.has(member) ? undefined : members.layers.get(member);
     if (r !== undefined) return r;
     if (isForeignLayer(d.mediaType)) {
       throw new SmartError('UNSUPPORTED', `${name}: layer ${d.digest} is foreign (${d.mediaType}), which a streamed archive cannot carry`, { input: name, hint: 'give the archive as a file' });
@@ -63,7 +63,7 @@ export async function readOciArchiveStream<T>(
     repoTags: [],
     layers,
     manifest: image.manifest,
-    ...(top.kind === 'index' ? { index: { top, source, holds: (d: Digest) => members.json.has(memberName(layoutPath({ kind: 'blob', digest: d }))) } } : {}),
+    ...(top.kind === 'index' ? { index: { top, source } } : {}),
   };
 }
 
