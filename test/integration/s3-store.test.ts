@@ -79,6 +79,16 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
     expect(again.layers).toMatchObject({ pushed: 0, skipped: 3 });
   });
 
+  it('takes an OCI archive from a pipe, its manifest kept: the registry on S3 serves it to skopeo', async () => {
+    const fx = fixtures();
+    const pushed = await ok(['push', 'oci-archive:-', `s3://${s3.bucket}#demo/streamed:v1`], { input: await fs.readFile(fx.paths.ociArchiveBasic) });
+    expect(pushed).toMatchObject({ manifestDigest: fx.basic.manifest.digest, layers: { total: 3 } });
+    const digest = (await runOk('skopeo', ['inspect', '--no-tags', '--tls-verify=false', '--format', '{{.Digest}}', `docker://${s3Registry.host}/demo/streamed:v1`])).stdout.toString().trim();
+    expect(digest).toBe(fx.basic.manifest.digest);
+    const again = await ok(['push', 'oci-archive:-', `s3://${s3.bucket}#demo/streamed:v2`], { input: await fs.readFile(fx.paths.ociArchiveBasic) });
+    expect(again.layers).toMatchObject({ pushed: 0, skipped: 3 });
+  });
+
   it('moves an image between s3:, file: and docker:// in every direction, keeping its digest', async () => {
     const fx = fixtures();
     const digest = fx.basic.manifest.digest;
