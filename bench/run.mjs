@@ -491,6 +491,22 @@ try {
     command: (c) => `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${reg.host}/bench/app:1 docker-archive:${target(c)}/img.tar`,
   });
   pairs.push([s4b, k4b]);
+  // An OCI archive, written in one pass: to a file, and to a pipe (stdout).
+  const s4c = await bench('smart pull file: → oci-archive', {
+    engine: ENGINE.none,
+    setup: freshStore,
+    command: (c) => `${smartBin} pull -q file:${store}/data#bench/app:1 oci-archive:${target(c)}/img.tar:x`,
+  });
+  const s4d = await bench('smart pull file: → oci-archive:- (stdout)', {
+    engine: ENGINE.none,
+    setup: freshStore,
+    command: () => `${smartBin} pull -q file:${store}/data#bench/app:1 oci-archive:- | cat > /dev/null`,
+  });
+  const k4c = await bench('skopeo copy registry → oci-archive', {
+    setup: freshStore,
+    command: (c) => `skopeo --insecure-policy copy -q --src-tls-verify=false docker://${reg.host}/bench/app:1 oci-archive:${target(c)}/img.tar:x`,
+  });
+  pairs.push([s4c, k4c], [s4d, k4c]);
 
   // 5. root filesystems on tmpfs (the code's own cost) and on disk (the disk's limit).
   for (const [where, base] of [['tmpfs', shm], ['disk', out]]) {

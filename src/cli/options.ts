@@ -6,7 +6,7 @@ import type { ProgressMode } from './progress.js';
 export const EXIT_HELP = `
 Image names (skopeo-style TRANSPORT:REFERENCE):
   oci:DIR[:TAG]                      OCI image layout directory
-  oci-archive:FILE[:TAG]             OCI image layout in a tar file; FILE "-" is stdin
+  oci-archive:FILE[:TAG]             OCI image layout in a tar file; FILE "-" is stdin or stdout
   docker-archive:FILE[:NAME:TAG|:@N] docker save / docker load tar; FILE "-" is stdin or stdout
   docker://HOST[:PORT]/REPO[:TAG|@DIGEST]  a registry, over the OCI Distribution API
   file:ROOT#REPO[:TAG|@DIGEST]       a Distribution registry's storage on disk (ROOT = rootdirectory)

@@ -24,13 +24,14 @@ function dockerfileOption(flags: CommonFlags) {
 }
 
 /**
- * `docker-archive:-` as a destination: the image goes to stdout. It and `oci-archive:-` as a
- * source: the image comes from stdin.
+ * `docker-archive:-` and `oci-archive:-` as a destination: the image goes to stdout; as a source:
+ * it comes from stdin.
  * Spelled here, not read off the transport map, so that a command refused for it loads nothing;
  * test/unit/transports.test.ts holds both to the map's `writesStdout`, `readsStdin` and `isStdio`.
  */
-export const toStdout = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)/.test(name);
-export const fromStdin = (name: string | undefined): boolean => name !== undefined && /^docker-archive:-(:|$)|^oci-archive:-(:[^:]*)?$/.test(name);
+const STDIO_ARCHIVE = /^docker-archive:-(:|$)|^oci-archive:-(:[^:]*)?$/;
+export const toStdout = (name: string | undefined): boolean => name !== undefined && STDIO_ARCHIVE.test(name);
+export const fromStdin = (name: string | undefined): boolean => name !== undefined && STDIO_ARCHIVE.test(name);
 
 /**
  * Refuses, as `docker save` and `docker load` do, to write an archive to a terminal (bytes no one
@@ -83,7 +84,7 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
   const mode = command === 'copy' ? copyMode(destination) : command;
   if (command === 'copy') refuseOptionsOfOtherMode(mode, destination, flags);
   if (flags.json && toStdout(destination)) {
-    throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout (docker-archive:-)', { input: destination });
+    throw new SmartError('USAGE', `--json cannot be used when the image itself goes to stdout (${destination})`, { input: destination });
   }
   refuseTerminals(source, destination);
   const { formatBytes, guardedStdout } = await import('./output.js');

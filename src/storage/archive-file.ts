@@ -10,8 +10,12 @@
  */
 import { closeSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import fs from 'node:fs/promises';
-import type { Readable } from 'node:stream';
-import { SmartError, isErrno } from '../errors.js';
+import path from 'node:path';
+import type { Readable, Writable } from 'node:stream';
+import { isatty } from 'node:tty';
+import { SmartError, isErrno, rethrowRefusal } from '../errors.js';
+import { openUnlinked } from '../pipeline/spool.js';
+import { ownedId } from './aside.js';
 import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression, type ArchiveCompression } from '../oci/mediatypes.js';
 
 /** What a file that is neither a regular file nor a directory is, for messages; undefined for those two. */
@@ -103,4 +107,28 @@ export async function streamedArchiveInput(file: string, name: string, stdin: Re
   if (file === '-') return stdin;
   if (specialFileAt(file) === 'a socket') throw socketRefused(file, name);
   return (await import('node:fs')).createReadStream(file, { highWaterMark: 256 * 1024 });
+}
+
+/** Where a spool's file goes: $TMPDIR, else /var/tmp (as skopeo puts its big temporary files: /tmp is often a tmpfs, in memory). */
+export const spoolDir = (): string => process.env.TMPDIR || '/var/tmp';
+
+/** A file a blob bound for an archive on a pipe is spooled into, unlinked at once (see pipeline/spool.ts). */
+export function openSpoolFile(): Promise<fs.FileHandle> {
+  return openUnlinked(path.join(spoolDir(), `.smart-spool-${ownedId()}`));
+}
+
+/**
+ * Opens a pipe or a device an archive is written straight into (archiveTarget's `stream`): its
+ * failures reach the writes through the sink, never as an unhandled event. A terminal is refused:
+ * bytes no one can read, which it can be confused by.
+ */
+export async function openArchiveOutput(file: string, name: string, terminalHint: string): Promise<Writable> {
+  const handle = await fs.open(file, 'w').catch(rethrowRefusal(`cannot write ${name}`));
+  if (isatty(handle.fd)) {
+    await handle.close();
+    throw new SmartError('USAGE', `${name}: ${file} is a terminal`, { input: file, hint: terminalHint });
+  }
+  const out = handle.createWriteStream(); // closes the handle when it closes
+  out.on('error', () => undefined);
+  return out;
 }

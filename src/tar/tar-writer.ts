@@ -14,6 +14,8 @@ export interface TarSink {
   write(data: Buffer): Promise<void>;
   /** Present only for seekable sinks. */
   rewrite?(data: Buffer, position: number): Promise<void>;
+  /** Cuts what was written back to `position` (seekable sinks only). */
+  truncate?(position: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -23,17 +25,28 @@ export interface TarSink {
  */
 export function fileSink(handle: fs.FileHandle, what: string): TarSink {
   const refused = (e: unknown) => machineRefusal(e, `cannot write ${what}`) ?? e;
+  /** Where the next write goes: the end of what is written (a file opened afresh, from 0). */
+  let next = 0;
   return {
     write: async (data) => {
       try {
         let off = 0;
-        while (off < data.length) off += (await handle.write(data, off, data.length - off)).bytesWritten;
+        while (off < data.length) {
+          const { bytesWritten } = await handle.write(data, off, data.length - off, next);
+          off += bytesWritten;
+          next += bytesWritten;
+        }
       } catch (e) {
         throw refused(e);
       }
     },
     rewrite: async (data, position) => {
       await handle.write(data, 0, data.length, position).catch((e: unknown) => Promise.reject(refused(e)));
+    },
+    truncate: async (position) => {
+      // The writes go on from the file's offset, which truncating does not move: each write gives its own.
+      await handle.truncate(position).catch((e: unknown) => Promise.reject(refused(e)));
+      next = position;
     },
     close: () => handle.close().catch((e: unknown) => Promise.reject(refused(e))),
   };
@@ -92,6 +105,23 @@ export class TarWriter {
   private async put(data: Buffer): Promise<void> {
     await this.sink.write(data);
     this.position += data.length;
+  }
+
+  /** Bytes written so far. */
+  get written(): number {
+    return this.position;
+  }
+
+  /** Whether `rewind` can take members back (a file: yes; a pipe: what is sent is gone). */
+  get rewindable(): boolean {
+    return this.sink.truncate !== undefined;
+  }
+
+  /** Takes back what was written after `position` (a member that failed part written), on a file. */
+  async rewind(position: number): Promise<void> {
+    if (!this.sink.truncate) throw new SmartError('INTERNAL', 'a tar on a stream cannot be rewound');
+    await this.sink.truncate(position);
+    this.position = position;
   }
 
   async addDirectory(name: string): Promise<void> {

@@ -272,6 +272,60 @@ describe.skipIf(!haveServers)('the destination contract', () => {
   });
 });
 
+describe('oci-archive: written in one pass', () => {
+  it('takes back a layer that broke midway and writes it again, into a file and onto a stream', async () => {
+    const fx = fixtures();
+    const dir = await tempDir('smart-contract-oci-archive-');
+    const basic = `oci:${fx.paths.ociBasic}:latest`;
+    /** The source with its second layer dropping once, midway, as a connection reset that a retry mends. */
+    const flaky = async (): Promise<ImageSource> => {
+      const inner = await openRandom(basic);
+      let layers = 0;
+      return {
+        ...inner,
+        getManifest: () => inner.getManifest(),
+        getManifestByDigest: (d) => inner.getManifestByDigest(d),
+        repoTags: () => inner.repoTags(),
+        close: () => inner.close(),
+        getBlob: async (d, options) => {
+          if (d.mediaType === MediaType.OCI_CONFIG || ++layers !== 2) return inner.getBlob(d, options);
+          const whole = await readAll(await inner.getBlob(d, options));
+          return new Readable({
+            read() {
+              if ((this as { sent?: boolean }).sent) return this.destroy(new SmartError('REGISTRY', 'the connection dropped (ECONNRESET)', { retryable: true }));
+              (this as { sent?: boolean }).sent = true;
+              this.push(whole.subarray(0, Math.floor(whole.length / 2)));
+            },
+          });
+        },
+      };
+    };
+    const file = path.join(dir, 'basic.tar');
+    let source = await flaky();
+    try {
+      const done = await copy(source, await openDestination(parseImageName(`oci-archive:${file}:v1`), ctx()), { platform: hostPlatform(), jobs: 4 });
+      expect(done.manifestDigest).toBe(fx.basic.manifest.digest);
+    } finally {
+      await source.close();
+    }
+    await validateSource(await openRandom(`oci-archive:${file}:v1`), { name: file, manifest: fx.basic.manifest.digest });
+    expect((await fs.readdir(dir)).sort()).toEqual(['basic.tar']);
+
+    const out = new PassThrough();
+    const collected = readAll(out);
+    source = await flaky();
+    try {
+      await copy(source, await openDestination(parseImageName('oci-archive:-:v1'), { ...ctx(), stdout: out }), { platform: hostPlatform(), jobs: 4 });
+    } finally {
+      await source.close();
+    }
+    out.end();
+    const streamed = path.join(dir, 'streamed.tar');
+    await fs.writeFile(streamed, await collected);
+    await validateSource(await openRandom(`oci-archive:${streamed}:v1`), { name: streamed, manifest: fx.basic.manifest.digest });
+  });
+});
+
 /** A source whose `broken`-th layer blob fails midway, as a connection that drops. */
 function breakingLayer(inner: ImageSource, broken: number): ImageSource {
   let layers = 0;

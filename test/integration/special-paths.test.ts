@@ -153,8 +153,13 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
     expect(pulled.code, pulled.stderr).toBe(0);
     expect((await fs.readFile(out)).equals(archive)).toBe(true);
     expect((await fs.lstat(fifo)).isFIFO()).toBe(true);
-    // An OCI archive is staged whole, then packed: no stream, refused before anything is fetched.
-    expectOneLine(await smart(['pull', source(), `oci-archive:${fifo}`]), 2, /^smart: error \[USAGE\]: oci-archive:.*fifo is a pipe; an OCI archive is written in place, not streamed \(use docker-archive: to stream/);
+    // An OCI archive too, written as its blobs come, index.json last: what skopeo reads.
+    const ociOut = path.join(work, 'fifo-out-oci.tar');
+    const ociPulled = await bash('cat "$2" > "$3" & smart pull "$1" "oci-archive:$2:v1"; s=$?; wait; exit $s', source(), fifo, ociOut);
+    expect(ociPulled.code, ociPulled.stderr).toBe(0);
+    expect(await pushDigest(await bash('smart push "oci-archive:$1:v1" "oci:$2:t"', ociOut, path.join(work, 'from-oci-fifo')))).toBe(fixtures().basic.manifest.digest);
+    await runOk('skopeo', ['inspect', `oci-archive:${ociOut}:v1`]);
+    expect((await fs.lstat(fifo)).isFIFO()).toBe(true);
     expect((await fs.readdir(work)).filter((n) => n.startsWith('.fifo'))).toEqual([]);
   });
 
@@ -165,6 +170,9 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
     expect(r.code, r.stderr).toBe(1);
     const errors = r.stderr.split('\n').filter((l) => l.startsWith('smart: error'));
     expect(errors).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: cannot write docker-archive:\/dev\/fd\/1: its reader closed \/dev\/fd\/1 \(EPIPE\)$/)]);
+    const oci = await bash('smart pull "$1" oci-archive:/dev/fd/1 | (exec 0<&-; sleep 1); exit "${PIPESTATUS[0]}"', source());
+    expect(oci.code, oci.stderr).toBe(1);
+    expect(oci.stderr.split('\n').filter((l) => l.startsWith('smart: error'))).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: cannot write oci-archive:\/dev\/fd\/1: its reader closed \/dev\/fd\/1 \(EPIPE\)$/)]);
   });
 
   it('a terminal is refused, as docker-archive:- is on one', async (ctx) => {

@@ -7,15 +7,14 @@
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { isatty } from 'node:tty';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { SmartError, cannotTakeMore, isErrno, rethrowRefusal } from '../../errors.js';
 import { digestHex, shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
-import { archiveTarget } from '../../storage/archive-file.js';
-import { Spool, SpoolBudget, openUnlinked } from '../../pipeline/spool.js';
-import { asideName, ownedId, sweepAside } from '../../storage/aside.js';
+import { archiveTarget, openArchiveOutput, openSpoolFile, spoolDir } from '../../storage/archive-file.js';
+import { Spool, SpoolBudget } from '../../pipeline/spool.js';
+import { asideName, sweepAside } from '../../storage/aside.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
 import { TarWriter, fileSink, streamSink } from '../../tar/tar-writer.js';
 
@@ -46,16 +45,9 @@ export class DockerArchiveWriter implements ImageWriter {
     if (this.target.file) {
       const target = await archiveTarget(this.target.file, this.name, 'docker-archive: writes a tar file');
       if (target.how === 'stream') {
-        // A pipe or a device (/dev/stdout, a named pipe): written straight, as to stdout.
-        const handle = await fs.open(target.path, 'w').catch(rethrowRefusal(`cannot write ${this.name}`));
-        if (isatty(handle.fd)) {
-          // As docker-archive:- is refused on a terminal (src/cli/transfer.ts): bytes no one can read.
-          await handle.close();
-          throw new SmartError('USAGE', `${this.name}: ${target.path} is a terminal`, { input: target.path, hint: 'redirect it to a file, > image.tar, or pipe it: | docker load' });
-        }
-        const out = handle.createWriteStream(); // closes the handle when it closes
-        // Its failures reach the writes through the sink (out.errored), not as an unhandled event.
-        out.on('error', () => undefined);
+        // A pipe or a device (/dev/stdout, a named pipe): written straight, as to stdout; a terminal
+        // refused as docker-archive:- is (src/cli/transfer.ts).
+        const out = await openArchiveOutput(target.path, this.name, 'redirect it to a file, > image.tar, or pipe it: | docker load');
         try {
           await this.writeTo(new TarWriter(streamSink(out, target.path)), image, options, true);
           out.end();
@@ -142,14 +134,6 @@ export class DockerArchiveWriter implements ImageWriter {
  * memory budget (1.07 s), at 137 MB peak RSS where that budget took 260 MB.
  */
 const SPOOL_MEMORY = 0;
-
-/** Where a spool's file goes: $TMPDIR, else /var/tmp (as skopeo puts its big temporary files: /tmp is often a tmpfs, in memory). */
-const spoolDir = () => process.env.TMPDIR || '/var/tmp';
-
-/** The file a layer is spooled into, unlinked at once. */
-function openSpoolFile(): Promise<fs.FileHandle> {
-  return openUnlinked(path.join(spoolDir(), `.smart-spool-${ownedId()}`));
-}
 
 async function countBytes(stream: AsyncIterable<Buffer>): Promise<number> {
   let n = 0;

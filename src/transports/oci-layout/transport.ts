@@ -1,6 +1,5 @@
-/** `oci:DIR[:TAG]` and `oci-archive:FILE[:TAG]`: an OCI image layout, as a directory or in a tar (`-`: read from stdin). */
+/** `oci:DIR[:TAG]` and `oci-archive:FILE[:TAG]`: an OCI image layout, as a directory or in a tar (`-`: stdin or stdout). */
 import path from 'node:path';
-import { SmartError } from '../../errors.js';
 import { isStreamedArchive, streamedArchiveInput } from '../../storage/archive-file.js';
 import { isValidTag } from '../../oci/reference.js';
 import { invalidName, requireDirectory, splitPath, type Transport } from '../transport.js';
@@ -60,8 +59,8 @@ export const oci: Transport<OciName> = {
 export const ociArchive: Transport<OciArchiveName> = {
   name: 'oci-archive',
   form: 'oci-archive:FILE[:TAG]',
-  help: 'OCI image layout in a tar file; FILE "-" is stdin',
-  capabilities: { readsStdin: true, contentAddressed: true },
+  help: 'OCI image layout in a tar file; FILE "-" is stdin or stdout',
+  capabilities: { readsStdin: true, writesStdout: true, contentAddressed: true },
   parse(rest, raw) {
     const { path: file, tag } = pathAndTag(rest, raw);
     return { transport: 'oci-archive', file, ...(tag !== undefined ? { tag } : {}), raw };
@@ -78,25 +77,18 @@ export const ociArchive: Transport<OciArchiveName> = {
     const { openOciArchiveSource } = await import('./archive.js');
     return openOciArchiveSource(name.file, name.tag, name.raw);
   },
-  async openDestination(name) {
-    // Not a file named "-" made in the current directory while the image was meant for stdout.
-    if (name.file === '-') {
-      throw new SmartError('USAGE', `${name.raw}: an OCI archive is written in place, not to stdout`, {
-        input: name.raw,
-        hint: 'use docker-archive:- to stream an image, or ./- for a file named "-"',
-      });
-    }
+  async openDestination(name, ctx) {
     const { OciArchiveDestination } = await import('./archive.js');
-    const { archiveTarget } = await import('../../storage/archive-file.js');
-    const target = await archiveTarget(path.resolve(name.file), name.raw, 'oci-archive: writes a tar file');
-    if (target.how === 'stream') {
-      // As oci-archive:- is refused: staged whole first, it is no stream.
-      throw new SmartError('USAGE', `${name.raw}: ${name.file} is ${target.kind}; an OCI archive is written in place, not streamed`, {
-        input: name.raw,
-        hint: 'use docker-archive: to stream an image, or name a file',
-      });
+    const { archiveTarget, openArchiveOutput } = await import('../../storage/archive-file.js');
+    const terminal = 'redirect it to a file, > image.tar, or pipe it';
+    let output: import('./archive.js').OciArchiveOutput;
+    if (name.file === '-') output = { stream: ctx.stdout, path: 'stdout', owned: false };
+    else {
+      const target = await archiveTarget(path.resolve(name.file), name.raw, 'oci-archive: writes a tar file');
+      // A pipe or a device (/dev/stdout, >(…), a named pipe): written straight, as stdout is.
+      output = target.how === 'stream' ? { stream: await openArchiveOutput(target.path, name.raw, terminal), path: target.path, owned: true } : { file: target.path };
     }
-    const dest = new OciArchiveDestination(name.raw, target.path, name.tag);
+    const dest = new OciArchiveDestination(name.raw, output, name.tag);
     await dest.prepare();
     return dest;
   },
