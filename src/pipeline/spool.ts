@@ -9,7 +9,7 @@
  */
 import fs, { type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { SmartError, isErrno } from '../errors.js';
+import { SmartError, isErrno, refusalHint } from '../errors.js';
 
 /** Memory shared by the spools of one pull: what they hold in memory together stays near `limit`. */
 export class SpoolBudget {
@@ -36,6 +36,8 @@ export interface SpoolOptions {
   openFile: () => Promise<FileHandle>;
   /** Bytes held in memory for an attached reader before the source waits (default 4 MiB). */
   window?: number;
+  /** What the spooled bytes wait for, for messages (default: `the layers below it are written`). */
+  waitingFor?: string;
 }
 
 /** How much the reader gets at once at most: of the file, or of the chunks queued in memory. */
@@ -173,7 +175,12 @@ export class Spool {
   }
 
   private storageError(e: NodeJS.ErrnoException): SmartError {
-    return new SmartError('STORAGE', `${this.options.what}: cannot spool it while the layers below it are written: ${e.message}`, { input: this.options.what, cause: e });
+    // With the machine's advice where it is a refusal (a full disk: free space, or write elsewhere).
+    return new SmartError('STORAGE', `${this.options.what}: cannot spool it while ${this.options.waitingFor ?? 'the layers below it are written'}: ${e.message}`, {
+      input: this.options.what,
+      cause: e,
+      ...refusalHint(e),
+    });
   }
 
   private wake(): void {

@@ -78,7 +78,7 @@ describe('oci-archive:- (a stream)', () => {
     },
   );
 
-  it.skipIf(!haveTools('skopeo', 'docker-registry'))('goes out on stdout too: from the stock registry, one image or a whole index, into a pipe and back, digests kept', async () => {
+  it.skipIf(!haveTools('skopeo', 'docker-registry', 'umoci'))('goes out on stdout too: from the stock registry, one image or a whole index, into a pipe and back, digests kept', async () => {
     const fx = fixtures();
     const work = await tempDir();
     const registry = await startRegistry({ configDir: work });
@@ -100,6 +100,12 @@ describe('oci-archive:- (a stream)', () => {
         const pushed = await pushStream(file, `file:${path.join(work, 'store')}#back/app:${digest.slice(7, 19)}`);
         expect(pushed.manifestDigest).toBe(digest);
       }
+      // umoci reads the layout the archive holds: the image unpacked is the fixture's.
+      const layout = path.join(work, 'layout');
+      await fs.mkdir(layout);
+      await runOk('tar', ['-C', layout, '-xf', path.join(work, `${fx.basic.manifest.digest.slice(7, 19)}.tar`)]);
+      await runOk('umoci', ['unpack', '--rootless', '--image', `${layout}:v1`, path.join(work, 'bundle')]);
+      expect(await fs.readFile(path.join(work, 'bundle/rootfs/etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
     } finally {
       await registry.stop();
     }

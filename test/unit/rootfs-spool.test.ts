@@ -83,6 +83,21 @@ describe('Spool', () => {
     expect(files.opened).toEqual([]);
   });
 
+  it('a file it cannot write (a full disk) fails the reader in one STORAGE error, with the advice', async () => {
+    const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    const openFile = async () => ({ write: () => Promise.reject(full), close: async () => undefined }) as unknown as fs.FileHandle;
+    const spool = new Spool(Readable.from([randomBytes(1000)]), { budget: new SpoolBudget(0), what: 'blob x', waitingFor: 'the blob before it goes into the archive', openFile });
+    // No reader yet: the bytes go to the file, which refuses them.
+    const e = await spool.drained.then(
+      () => undefined,
+      (x: unknown) => x as { code: string; message: string; hint?: string },
+    );
+    expect(e).toMatchObject({ code: 'STORAGE', message: 'blob x: cannot spool it while the blob before it goes into the archive: ENOSPC: no space left on device, write' });
+    expect(e?.hint).toMatch(/free space/);
+    await expect(readAll(spool.reader())).rejects.toMatchObject({ code: 'STORAGE' });
+    await spool.destroy();
+  });
+
   it("passes the source's error to the reader in place of the rest, even with bytes still held", async () => {
     const source = new PassThrough();
     const spool = new Spool(source, { budget: new SpoolBudget(1_000_000), what: 'layer x', openFile: fileOpener(await tempDir()).open });

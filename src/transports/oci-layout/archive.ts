@@ -156,7 +156,7 @@ export class OciArchiveDestination implements BlobDestination {
     const source = hash ? pipeline(stream, hash, () => undefined) : stream;
     if (info.signal) addAbortSignal(info.signal, source);
     const what = `blob ${known ? shortDigest(known.digest) : '(digest to come)'} for ${this.name}`;
-    const spool = new Spool(source, { budget: this.budget, what, openFile: () => this.spoolFile() });
+    const spool = new Spool(source, { budget: this.budget, what, waitingFor: 'the blob before it goes into the archive', openFile: () => this.spoolFile() });
     try {
       const mismatch = () => new SmartError('DIGEST_MISMATCH', `blob for ${this.name}: content hashes to ${hash!.digest}, not ${known!.digest}`, { input: known!.digest });
       // On a stream, a blob goes out only once whole and checked: a download that fails midway is
