@@ -2,8 +2,8 @@
  * An image archive read as a stream (`docker-archive:-`, `oci-archive:-`), never holding a layer in
  * memory or on disk. Where the image's shape is written (manifest.json, index.json) differs between
  * the kinds and between their writers: `docker save` writes manifest.json after the layers,
- * containers/image writes blobs before index.json, containerd and this project index.json first.
- * So no order is assumed: each layer is handed to the reader as it arrives (the copy stores it at
+ * containers/image and this project write blobs before index.json, a tar of a layout directory
+ * has them in whatever order the directory lists. So no order is assumed: each layer is handed to the reader as it arrives (the copy stores it at
  * once), JSON members are kept, and each kind assembles its image from them at the end.
  */
 import { Readable, pipeline } from 'node:stream';

@@ -1,8 +1,9 @@
 /**
  * `oci-archive:-`: an OCI archive read once from a pipe, whatever order its writer put the members
- * in (containerd: index.json first; skopeo and this project: blobs first; `tar -C layout -cf - .`:
- * `./` names), into a store and through the stock registry, as skopeo then reads it; written to
- * stdout and read back; and what a stream cannot do, said in one line.
+ * in (skopeo and this project: blobs first; the fixtures' writer: index.json first; `tar -C
+ * layout -cf - .`: as the directory lists them, `./` names), into a store and through the stock
+ * registry, as skopeo then reads it; written to stdout and read back; and what a stream cannot do,
+ * said in one line.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -46,7 +47,7 @@ describe('oci-archive:- (a stream)', () => {
     async () => {
       const fx = fixtures();
       const work = await tempDir();
-      // skopeo writes blobs first, index.json last; tar of the layout names members ./…; ours has index.json first.
+      // skopeo writes blobs first, index.json last; tar of the layout names members ./…; the fixture has index.json first.
       const skopeoArchive = path.join(work, 'skopeo.tar');
       await runOk('skopeo', ['--insecure-policy', 'copy', `oci:${fx.paths.ociBasic}:latest`, `oci-archive:${skopeoArchive}:latest`]);
       const tarred = path.join(work, 'tarred.tar');

@@ -1,10 +1,10 @@
 /**
  * `oci-archive:-`: an OCI layout in a tar, read once as it arrives (BuildKit's `--output
  * type=oci,dest=-`, a tar of a layout piped over ssh), never holding a layer in memory or on disk.
- * Writers order the members differently (containers/image: blobs, then index.json; containerd and
- * this project: index.json first), so nothing is assumed: every layer blob goes to the reader as
- * it passes, the JSON blobs are kept, and at the end the image is picked from them as from a
- * layout (by tag and platform, src/transports/oci-layout/layout.ts). Blobs of other images in the
+ * Writers order the members differently (containers/image and this project: blobs, then
+ * index.json; a tar of a layout directory: as the directory lists them), so nothing is assumed:
+ * every layer blob goes to the reader as it passes, the JSON blobs are kept, and at the end the
+ * image is picked from them as from a layout (by tag and platform, layout.ts). Blobs of other images in the
  * archive (other platforms, attestations) are stored too, as they pass: which ones the picked image
  * needs, or whether the whole index is copied, is known only at the end. So is every blob that is
  * neither a layer nor JSON small enough to hold (an SBOM of many MiB, a signature): stored as it is.
