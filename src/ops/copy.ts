@@ -221,13 +221,6 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
 async function copyStream(source: StreamedImageSource, dest: BlobDestination, run: CopyRun): Promise<CopySummary> {
   const { options } = run;
   const signal = options.signal;
-  // Every blob of an index would have to be in hand at the end; a stream's have passed by then.
-  if (options.allPlatforms === true) {
-    throw new SmartError('USAGE', `${source.name} is a stream: --all-platforms copies a whole index, which needs the archive as a file`, {
-      input: '--all-platforms',
-      hint: 'save it to a file first, or pick one with --platform OS/ARCH[/VARIANT]',
-    });
-  }
   const members: { member: string; diffId: Digest }[] = [];
   /** The blobs the destination now holds of every layer the stream carried (other platforms' too). */
   const held = new Set<Digest>();
@@ -259,15 +252,17 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
   // its blobs are stored by now, its manifests and configs in hand. Unless a blob it names went
   // into the destination compressed: the index cannot name it so.
   const index = streamed.index;
-  if (index && options.allPlatforms === 'where-held' && dest.supportsManifestType(index.top.mediaType)) {
+  if (index && (options.allPlatforms === true || (options.allPlatforms === 'where-held' && dest.supportsManifestType(index.top.mediaType)))) {
     const unsendable = await blobsNamed(index, changed);
     if (unsendable.length === 0) {
       run.alreadyTold(held);
       return copyIndexAsIs(index.source, dest, index.top, run);
     }
-    options.onWarning?.(
-      `${source.name}: copying ${formatPlatform(normalizePlatform(options.platform))} only, not its whole index: ${unsendable.length === 1 ? `blob ${shortDigest(unsendable[0]!)} was` : `${unsendable.length} blobs were`} compressed here as the stream passed, and an index is copied byte for byte`,
-    );
+    const why = `${unsendable.length === 1 ? `blob ${shortDigest(unsendable[0]!)} was` : `${unsendable.length} blobs were`} compressed here as the stream passed, and an index is copied byte for byte`;
+    if (options.allPlatforms === true) {
+      throw new SmartError('UNSUPPORTED', `${source.name}: cannot copy the whole index into ${dest.name}: ${why}`, { input: source.name, hint: 'save the archive to a file first, or pick one with --platform OS/ARCH[/VARIANT]' });
+    }
+    options.onWarning?.(`${source.name}: copying ${formatPlatform(normalizePlatform(options.platform))} only, not its whole index: ${why}`);
   }
   // The layers as the stream's manifest lists them where they are stored as they were (media type
   // and annotations kept, so that its bytes can be); as stored here where they were compressed.

@@ -122,7 +122,7 @@ describe('oci-archive:- (a stream)', () => {
   });
 
   it.skipIf(!haveTools('skopeo', 'docker-registry'))(
-    'copies a multi-platform index whole into a store, as from the file; --platform picks one; --all-platforms is refused',
+    'copies a multi-platform index whole into a store, as from the file; --platform picks one; --all-platforms takes it whole into a layout',
     async () => {
       const fx = fixtures();
       const work = await tempDir();
@@ -144,9 +144,10 @@ describe('oci-archive:- (a stream)', () => {
       } finally {
         await registry.stop();
       }
-      const refused = await failure(archive, ['push', 'oci-archive:-', `file:${path.join(work, 'store')}#m/app:1`, '--all-platforms']);
-      expect(refused.code).toBe(2);
-      expect(refused.line).toMatch(/^smart: error \[USAGE\]: oci-archive:- is a stream: --all-platforms copies a whole index, which needs the archive as a file/);
+      // --all-platforms: into a layout too, which a pull otherwise gives this machine's platform alone.
+      const all = await smart(['pull', 'oci-archive:-', `oci:${path.join(work, 'layout')}:x`, '--all-platforms', '--json'], { input: createReadStream(archive) });
+      expect(all.code, all.stderr).toBe(0);
+      expect((JSON.parse(all.stdout.toString()) as Summary).manifestDigest).toBe(fx.multi.manifest.digest);
     },
   );
 
@@ -197,6 +198,11 @@ describe('oci-archive:- (a stream)', () => {
     ]);
     const pushed = JSON.parse(r.stdout.toString()) as Summary;
     expect(pushed).toMatchObject({ converted: true, manifestMediaType: 'application/vnd.oci.image.manifest.v1+json' });
+    // --all-platforms cannot have it whole there: said in one line, nothing tagged.
+    const refused = await failure(archive, ['push', 'oci-archive:-', `file:${path.join(work, 'store-all')}#app:1`, '--all-platforms']);
+    expect(refused.code).toBe(1);
+    expect(refused.line).toMatch(/^smart: error \[UNSUPPORTED\]: oci-archive:-: cannot copy the whole index into file:.*: 3 blobs were compressed here as the stream passed, and an index is copied byte for byte \(save the archive to a file first/);
+    await expect(fs.stat(tagLink(path.join(work, 'store-all'), 'app', '1'))).rejects.toThrow();
     // A layout keeps layers as they are: a pull into one takes this machine's platform, its manifest byte for byte.
     const toLayout = await smart(['pull', 'oci-archive:-', `oci:${path.join(work, 'copy')}:x`, '--json', '--platform', 'linux/amd64'], { input: createReadStream(archive) });
     expect(toLayout.code, toLayout.stderr).toBe(0);
