@@ -171,6 +171,28 @@ describe('pushes killed mid-way', () => {
     expect(await fs.readdir(uploads)).toEqual([]);
   });
 
+  it('kill -9 mid-stream from oci-archive:- into an oci-archive: file: the file is as it was, and the next run removes the archive it began', async () => {
+    const work = await tempDir();
+    const file = path.join(work, 'image.tar');
+    await fs.writeFile(file, 'an older archive');
+    const bytes = await fs.readFile(fixtures().paths.ociArchiveBasic);
+    // Up to 100 bytes into the first layer blob: the copy is writing it into the archive, waiting for more.
+    const first = fixtures().basic.layers[0]!.digest.slice(7);
+    const killed = background(['pull', '-q', 'oci-archive:-', `oci-archive:${file}:v1`], { XDG_CACHE_HOME: await tempDir() });
+    killed.child.stdin!.write(bytes.subarray(0, Math.floor(bytes.indexOf(first) / 512) * 512 + 512 + 100));
+    const aside = async () => (await fs.readdir(work)).filter((n) => n.startsWith('.image.tar.'));
+    await until('the archive is being written beside its file', async () => (await aside()).length > 0);
+    killed.child.kill('SIGKILL');
+    await killed.exit;
+    expect(await fs.readFile(file, 'utf8')).toBe('an older archive');
+    const [left] = await aside();
+
+    const again = await smart(['pull', `oci:${fixtures().paths.ociBasic}:latest`, `oci-archive:${file}:v1`, '--json'], { cacheHome: await tempDir() });
+    expect(again.code, again.stderr).toBe(0);
+    expect(cleanedOf(again.stdout)).toEqual([{ path: path.join(work, left!), bytes: expect.any(Number) }]);
+    expect(await aside()).toEqual([]);
+  });
+
   it('a push beside a live one into the same repository leaves the live one its upload; both complete', async () => {
     const work = await tempDir();
     const store = path.join(work, 'store');
