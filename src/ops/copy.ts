@@ -425,8 +425,12 @@ async function copyStreamedLayer(layer: StreamedLayer, dest: BlobDestination, ru
     // goes as it is, checked against that digest only: as from a file or a registry, the tar inside
     // is checked against the config's diff id where it is unpacked, not decompressed here to hash
     // it (that tripled the time of a push from a pipe).
+    // Its digest told the destination: a registry takes it in one PUT (no PATCH, no hash state kept
+    // between them), and every destination checks the bytes against it before keeping them.
     const mediaType = layerMediaType('oci', layer.compression);
-    const stored = await dest.putBlob(bytes, { mediaType, ...(signal ? { signal } : {}) });
+    const stored = await dest.putBlob(bytes, { mediaType, digest: named, ...(layer.size !== undefined ? { size: layer.size } : {}), ...(signal ? { signal } : {}) }).catch((e: unknown) => {
+      throw isSmartError(e) && (e.code === 'DIGEST_MISMATCH' || e.code === 'SIZE_MISMATCH') ? lyingName(layer, e) : e;
+    });
     run.record({ digest: stored.digest, layer: layer.member, status: 'pushed', bytes: stored.size, mediaType });
     copied = { descriptor: { mediaType, digest: stored.digest, size: stored.size } };
   } else {
@@ -437,9 +441,15 @@ async function copyStreamedLayer(layer: StreamedLayer, dest: BlobDestination, ru
   return copied;
 }
 
-/** A streamed member whose bytes are not what its name says they are. */
-function lyingName(layer: StreamedLayer, got: string): SmartError {
-  return new SmartError('CORRUPT_ARCHIVE', `${layer.what}: its bytes hash to ${got}, not the ${layer.namedDigest} its name says`, { input: layer.member });
+/** A streamed member whose bytes are not what its name says they are: `got` is their digest, or the destination's refusal of them. */
+function lyingName(layer: StreamedLayer, got: string | SmartError): SmartError {
+  // A destination's refusal names the digest it found, in its words: told in ours where it can be read.
+  const found = typeof got === 'string' ? got : /hashes to (sha256:[0-9a-f]{64})/.exec(got.message)?.[1];
+  const cause = typeof got === 'string' ? {} : { cause: got };
+  if (found === undefined) {
+    return new SmartError('CORRUPT_ARCHIVE', `${layer.what}: its bytes are not the ${layer.namedDigest} its name says (${(got as SmartError).message})`, { input: layer.member, ...cause });
+  }
+  return new SmartError('CORRUPT_ARCHIVE', `${layer.what}: its bytes hash to ${found}, not the ${layer.namedDigest} its name says`, { input: layer.member, ...cause });
 }
 
 /**

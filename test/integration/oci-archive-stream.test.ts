@@ -278,9 +278,14 @@ describe('oci-archive:- (a stream)', () => {
     const lying = path.join(work, 'lying.tar');
     await runOk('tar', ['-C', layout, '-cf', lying, '.']);
     const store = path.join(work, 'store');
+    const said = new RegExp(`^smart: error \\[CORRUPT_ARCHIVE\\]: layer blobs/sha256/${fx.basic.layers[0]!.digest.slice(7)} of oci-archive:-: its bytes hash to sha256:[0-9a-f]{64}, not the ${fx.basic.layers[0]!.digest} its name says$`);
     const bad = await failure(lying, ['push', 'oci-archive:-', `file:${store}#app:1`]);
     expect(bad.code).toBe(1);
-    expect(bad.line).toMatch(new RegExp(`^smart: error \\[CORRUPT_ARCHIVE\\]: layer blobs/sha256/${fx.basic.layers[0]!.digest.slice(7)} of oci-archive:-: its bytes hash to sha256:[0-9a-f]{64}, not the ${fx.basic.layers[0]!.digest} its name says`));
+    expect(bad.line).toMatch(said);
+    // The same from a layout, which checks the bytes as it stores them: said alike, no layout left.
+    const intoLayout = await failure(lying, ['pull', 'oci-archive:-', `oci:${path.join(work, 'never-layout')}:x`]);
+    expect(intoLayout.line).toMatch(said);
+    await expect(fs.stat(path.join(work, 'never-layout'))).rejects.toThrow();
     await expect(fs.stat(tagLink(store, 'app', '1'))).rejects.toThrow();
 
     const dockerSave = await failure(fx.paths.dockerArchiveBasic, ['push', 'oci-archive:-', `file:${store}#app:1`]);
