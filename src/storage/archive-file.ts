@@ -88,7 +88,7 @@ export async function archiveTarget(file: string, name: string, writes: string):
 export function socketRefused(file: string, name: string): SmartError {
   return new SmartError('USAGE', `${name}: ${file} is a socket, which cannot be opened by its path`, {
     input: file,
-    hint: name.startsWith('docker-archive:') ? 'use docker-archive:- for stdin or stdout' : name.startsWith('oci-archive:') ? 'use oci-archive:- for stdin' : 'name a file',
+    hint: /^(docker|oci)-archive:/.test(name) ? `use ${name.split(':')[0]}:- for stdin or stdout` : 'name a file',
   });
 }
 
