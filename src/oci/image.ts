@@ -132,6 +132,17 @@ export interface StreamedIndex {
 export interface StreamReadOptions {
   signal?: AbortSignal;
   platform?: Platform;
+  /**
+   * True for an index the reader will copy whole: one that names no image for `platform` (an
+   * arm64 build pushed from an amd64 runner) is then no error (see StreamedIndexOnly).
+   */
+  wholeIndex?: (top: ParsedManifest & { kind: 'index' }) => boolean;
+}
+
+/** A stream's index that names no image for the platform asked, read to copy it whole: `unpicked` says why there is no image. */
+export interface StreamedIndexOnly {
+  index: StreamedIndex;
+  unpicked: Error;
 }
 
 /**
@@ -146,7 +157,7 @@ export interface StreamedImageSource {
    * Reads the stream, handing each layer to `visit` as it arrives (one at a time, in the archive's
    * order), and resolves to the image with what `visit` returned for each of its layers.
    */
-  read<T>(visit: (layer: StreamedLayer) => Promise<T>, options?: StreamReadOptions): Promise<StreamedImage<T>>;
+  read<T>(visit: (layer: StreamedLayer) => Promise<T>, options?: StreamReadOptions): Promise<StreamedImage<T> | StreamedIndexOnly>;
 }
 
 /** What a copy reads: a random-access source, whose layers are known up front, or a stream. */

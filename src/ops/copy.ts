@@ -234,8 +234,14 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
       if (layer.namedDigest && copied.descriptor.digest !== layer.namedDigest) changed.add(layer.namedDigest);
       return copied;
     },
-    { ...(signal ? { signal } : {}), platform: options.platform },
+    { ...(signal ? { signal } : {}), platform: options.platform, wholeIndex: (top) => wholeIndex(top, dest, options) },
   );
+  if ('unpicked' in streamed) {
+    // No image of this platform: the index whole, or nothing.
+    if ((await blobsNamed(streamed.index, changed)).length > 0) throw streamed.unpicked;
+    run.alreadyTold(held);
+    return copyIndexAsIs(streamed.index.source, dest, streamed.index.top, run);
+  }
   const layers = streamed.layers.map((l, i): CopiedLayer => {
     const want = streamed.config.rootfs.diff_ids[i];
     if (want === undefined || (l.diffId !== undefined && l.diffId !== want)) {
@@ -252,7 +258,7 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
   // its blobs are stored by now, its manifests and configs in hand. Unless a blob it names went
   // into the destination compressed: the index cannot name it so.
   const index = streamed.index;
-  if (index && (options.allPlatforms === true || (options.allPlatforms === 'where-held' && dest.supportsManifestType(index.top.mediaType)))) {
+  if (index && wholeIndex(index.top, dest, options)) {
     const unsendable = await blobsNamed(index, changed);
     if (unsendable.length === 0) {
       run.alreadyTold(held);
@@ -289,6 +295,11 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
     repoTags: streamed.repoTags,
   };
   return finish(source.name, dest, image, copied, run, manifest);
+}
+
+/** Whether an index goes whole into `dest`: asked for (`--all-platforms`), or by default where the destination holds its type. */
+function wholeIndex(top: ParsedManifest, dest: BlobDestination, options: CopyOptions): boolean {
+  return options.allPlatforms === true || (options.allPlatforms === 'where-held' && dest.supportsManifestType(top.mediaType));
 }
 
 /** The blobs of `among` that an index names, through its manifests (as the stream held them). */

@@ -62,6 +62,7 @@ describe.skipIf(!haveServers)('the source contract', () => {
         expect(layer.compression).toBe('none');
         return sha256(await readAll(layer.stream));
       });
+      if ('unpicked' in image) throw image.unpicked;
       expect(seen).toBe(image.layers.length);
       expect(image.layers).toEqual(image.config.rootfs.diff_ids);
       expect(image.layers).toEqual(fx.basic.diffIds);
@@ -79,6 +80,7 @@ describe.skipIf(!haveServers)('the source contract', () => {
       expect(layer.namedDigest).toBe(sha256(await readAll(layer.stream)));
       return layer.namedDigest;
     });
+    if ('unpicked' in image) throw image.unpicked;
     expect(image.layers).toEqual(fx.basic.layers.map((l) => l.digest));
     expect(image.manifest?.digest).toBe(fx.basic.manifest.digest);
     expect(image.config.rootfs.diff_ids).toEqual(fx.basic.diffIds);

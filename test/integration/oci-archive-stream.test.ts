@@ -151,6 +151,32 @@ describe('oci-archive:- (a stream)', () => {
     },
   );
 
+  it('copies whole an index that names no image of this machine (built for arm64 only), as from the file', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const layout = path.join(work, 'layout');
+    await fs.cp(fx.paths.ociMulti, layout, { recursive: true });
+    // The fixture's index, its amd64 entry left out.
+    const whole = JSON.parse(await fs.readFile(path.join(layout, 'blobs/sha256', fx.multi.manifest.digest.slice(7)), 'utf8')) as { manifests: { platform?: { architecture: string } }[] };
+    const armOnly = Buffer.from(JSON.stringify({ ...whole, manifests: whole.manifests.filter((m) => m.platform?.architecture !== 'amd64') }));
+    const digest = `sha256:${createHash('sha256').update(armOnly).digest('hex')}`;
+    await fs.writeFile(path.join(layout, 'blobs/sha256', digest.slice(7)), armOnly);
+    await fs.writeFile(
+      path.join(layout, 'index.json'),
+      JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest, size: armOnly.length }] }),
+    );
+    const archive = path.join(work, 'arm.tar');
+    await runOk('tar', ['-C', layout, '-cf', archive, '.']);
+    const streamed = await pushStream(archive, `file:${path.join(work, 'store')}#arm/app:1`, ['--platform-mismatch', 'error']);
+    expect(streamed.manifestDigest).toBe(digest);
+    const fromFile = await smart(['push', `oci-archive:${archive}`, `file:${path.join(work, 'store')}#arm/app:2`, '--json']);
+    expect(fromFile.code, fromFile.stderr).toBe(0);
+    expect((JSON.parse(fromFile.stdout.toString()) as Summary).manifestDigest).toBe(digest);
+    // One platform asked for that it has not: refused in one line, as from the file.
+    const refused = await failure(archive, ['push', 'oci-archive:-', `file:${path.join(work, 'store')}#arm/app:3`, '--platform', 'linux/amd64']);
+    expect(refused.line).toMatch(/^smart: error \[PLATFORM_NOT_FOUND\]: /);
+  });
+
   it('compresses uncompressed layers for a store (a new manifest for them) and checks each against the config', async () => {
     const fx = fixtures();
     // Docker 25+'s `docker save` is an OCI layout too, its layers uncompressed.

@@ -10,10 +10,10 @@
  * neither a layer nor JSON small enough to hold (an SBOM of many MiB, a signature): stored as it is.
  */
 import { Readable, addAbortSignal } from 'node:stream';
-import { SmartError } from '../../errors.js';
+import { SmartError, isSmartError } from '../../errors.js';
 import { checkSize } from '../../limits.js';
 import { MAX_CONFIG_BYTES } from '../../oci/config.js';
-import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
+import type { Image, StreamReadOptions, StreamedImage, StreamedImageSource, StreamedIndexOnly, StreamedLayer } from '../../oci/image.js';
 import { MAX_MANIFEST_BYTES, type Platform } from '../../oci/manifest.js';
 import { isForeignLayer } from '../../oci/mediatypes.js';
 import { hostPlatform } from '../../oci/platform.js';
@@ -30,7 +30,7 @@ export function ociArchiveStream(input: Readable, tag: string | undefined, name:
     streamed: true,
     read: async (visit, options = {}) => {
       if (options.signal) addAbortSignal(options.signal, input);
-      return readOciArchiveStream(await archiveTarStream(input, name), tag, name, visit, options.platform ?? hostPlatform());
+      return readOciArchiveStream(await archiveTarStream(input, name), tag, name, visit, options.platform ?? hostPlatform(), options.wholeIndex);
     },
   };
 }
@@ -42,12 +42,20 @@ export async function readOciArchiveStream<T>(
   name: string,
   onLayer: (layer: StreamedLayer) => Promise<T>,
   platform: Platform,
-): Promise<StreamedImage<T>> {
+  wholeIndex?: StreamReadOptions['wholeIndex'],
+): Promise<StreamedImage<T> | StreamedIndexOnly> {
   const members = await readArchiveMembers(input, name, { kind: 'an OCI archive', limits: { [memberName(layoutPath({ kind: 'index' }))]: MAX_MANIFEST_BYTES }, opaqueBlobs: true }, onLayer);
   // The JSON kept, read as a layout is: the same choice of image, the same checks, the same errors.
   const source = new OciLayoutSource(name, keptFiles(members, name), tag);
   const top = await source.getManifest();
-  const image = await resolveImage(source, platform, top);
+  let image: Image;
+  try {
+    image = await resolveImage(source, platform, top);
+  } catch (e) {
+    // An index copied whole needs no image of this machine's platform (a cross-built one has none).
+    if (top.kind === 'index' && isSmartError(e) && e.code === 'PLATFORM_NOT_FOUND' && wholeIndex?.(top)) return { index: { top, source }, unpicked: e };
+    throw e;
+  }
   const layers = image.manifest.manifest.layers.map((d) => {
     const member = memberName(layoutPath({ kind: 'blob', digest: d.digest }));
     const r = members.opaque.has(member) ? undefined : members.layers.get(member);
