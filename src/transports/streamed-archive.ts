@@ -208,7 +208,8 @@ export async function readArchiveMembers<T>(input: Readable, name: string, readi
 
 /** The hint for a layer an archive's image names but the stream did not hold as one. */
 export function missingLayerHint(members: ArchiveMembers<unknown>, member: string): { hint: string } | Record<string, never> {
-  if (members.opaque.has(member) || members.others.has(member) || members.json.has(member) || members.oversized.has(member)) return { hint: `member ${quoted(member)} is neither a tar nor a compressed tar (an artifact's blob?): only images are copied` };
+  const notALayer = members.opaque.has(member) || members.others.has(member) || members.json.has(member) || members.oversized.has(member);
+  if (notALayer) return { hint: `member ${quoted(member)} is neither a tar nor a compressed tar (an artifact's blob?): only images are copied` };
   if (members.sparse !== undefined) {
     return { hint: `member ${quoted(members.sparse)} is of a type a streamed archive cannot hold (an old GNU sparse file, from tar --sparse?): give the archive as a file` };
   }

@@ -23,7 +23,7 @@ export function dockerArchiveStream(input: Readable, selection: ArchiveSelection
       if (options.signal) addAbortSignal(options.signal, input);
       // `docker save IMAGE | gzip` (or zstd, bzip2, xz), as `docker load` and skopeo take it. No
       // bound on the ratio: the tar inside ends at its end-of-archive blocks, and each layer in it
-      // is checked against its diff id.
+      // is checked against its digest.
       return readDockerArchiveStream(await archiveTarStream(input, name), selection, name, visit);
     },
   };
