@@ -39,6 +39,22 @@ async function failure(file: string, args: string[]): Promise<{ code: number; li
   return { code: r.code, line: lines.at(-1)! };
 }
 
+const INDEX = 'application/vnd.oci.image.index.v1+json';
+
+/** Writes `bytes` into the layout as a blob; the descriptor naming it. */
+async function putBlob(layout: string, bytes: Buffer, mediaType: string): Promise<{ mediaType: string; digest: string; size: number }> {
+  const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+  await fs.writeFile(path.join(layout, 'blobs/sha256', digest.slice(7)), bytes);
+  return { mediaType, digest, size: bytes.length };
+}
+
+/** The layout with index.json naming `top` alone, as a tar at `file` (its members as `tar -C layout .` lists them). */
+async function archiveOf(layout: string, top: { mediaType: string; digest: string; size: number }, file: string): Promise<string> {
+  await fs.writeFile(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [top] }));
+  await runOk('tar', ['-C', layout, '-cf', file, '.']);
+  return file;
+}
+
 const tagLink = (store: string, repo: string, tag: string) => path.join(store, 'docker/registry/v2/repositories', repo, '_manifests/tags', tag, 'current/link');
 
 describe('oci-archive:- (a stream)', () => {
@@ -158,15 +174,9 @@ describe('oci-archive:- (a stream)', () => {
     await fs.cp(fx.paths.ociMulti, layout, { recursive: true });
     // The fixture's index, its amd64 entry left out.
     const whole = JSON.parse(await fs.readFile(path.join(layout, 'blobs/sha256', fx.multi.manifest.digest.slice(7)), 'utf8')) as { manifests: { platform?: { architecture: string } }[] };
-    const armOnly = Buffer.from(JSON.stringify({ ...whole, manifests: whole.manifests.filter((m) => m.platform?.architecture !== 'amd64') }));
-    const digest = `sha256:${createHash('sha256').update(armOnly).digest('hex')}`;
-    await fs.writeFile(path.join(layout, 'blobs/sha256', digest.slice(7)), armOnly);
-    await fs.writeFile(
-      path.join(layout, 'index.json'),
-      JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest, size: armOnly.length }] }),
-    );
-    const archive = path.join(work, 'arm.tar');
-    await runOk('tar', ['-C', layout, '-cf', archive, '.']);
+    const armOnly = await putBlob(layout, Buffer.from(JSON.stringify({ ...whole, manifests: whole.manifests.filter((m) => m.platform?.architecture !== 'amd64') })), INDEX);
+    const digest = armOnly.digest;
+    const archive = await archiveOf(layout, armOnly, path.join(work, 'arm.tar'));
     const streamed = await pushStream(archive, `file:${path.join(work, 'store')}#arm/app:1`, ['--platform-mismatch', 'error']);
     expect(streamed.manifestDigest).toBe(digest);
     const fromFile = await smart(['push', `oci-archive:${archive}`, `file:${path.join(work, 'store')}#arm/app:2`, '--json']);
@@ -200,21 +210,12 @@ describe('oci-archive:- (a stream)', () => {
     await runOk('tar', ['-C', layout, '-xf', fx.paths.dockerArchiveBasicOci]);
     const top = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: { digest: string; mediaType: string; size: number }[] };
     const only = top.manifests[0]!;
-    const indexBytes = Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.index.v1+json',
-        manifests: [{ mediaType: only.mediaType, digest: only.digest, size: only.size, platform: { architecture: 'amd64', os: 'linux' } }],
-      }),
+    const index = await putBlob(
+      layout,
+      Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ mediaType: only.mediaType, digest: only.digest, size: only.size, platform: { architecture: 'amd64', os: 'linux' } }] })),
+      INDEX,
     );
-    const indexDigest = `sha256:${createHash('sha256').update(indexBytes).digest('hex')}`;
-    await fs.writeFile(path.join(layout, 'blobs/sha256', indexDigest.slice(7)), indexBytes);
-    await fs.writeFile(
-      path.join(layout, 'index.json'),
-      JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: indexDigest, size: indexBytes.length }] }),
-    );
-    const archive = path.join(work, 'index.tar');
-    await runOk('tar', ['-C', layout, '-cf', archive, '.']);
+    const archive = await archiveOf(layout, index, path.join(work, 'index.tar'));
     const store = path.join(work, 'store');
     const r = await smart(['push', 'oci-archive:-', `file:${store}#app:1`, '--json'], { input: createReadStream(archive) });
     expect(r.code, r.stderr).toBe(0);
@@ -241,11 +242,7 @@ describe('oci-archive:- (a stream)', () => {
     const work = await tempDir();
     const layout = path.join(work, 'layout');
     await fs.cp(fx.paths.ociBasic, layout, { recursive: true });
-    const put = async (bytes: Buffer, mediaType: string) => {
-      const digest = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-      await fs.writeFile(path.join(layout, 'blobs/sha256', digest.slice(7)), bytes);
-      return { mediaType, digest, size: bytes.length };
-    };
+    const put = (bytes: Buffer, mediaType: string) => putBlob(layout, bytes, mediaType);
     // An SBOM larger than the JSON a stream keeps in memory (8 MiB), and a signature that is no JSON.
     const sbom = await put(Buffer.from(JSON.stringify({ spdxVersion: 'SPDX-2.3', packages: 'p'.repeat(9 * 1024 * 1024) })), 'application/vnd.in-toto+json');
     const signature = await put(Buffer.from('signed by nobody\n'), 'text/plain');
@@ -266,18 +263,16 @@ describe('oci-archive:- (a stream)', () => {
       Buffer.from(
         JSON.stringify({
           schemaVersion: 2,
-          mediaType: 'application/vnd.oci.image.index.v1+json',
+          mediaType: INDEX,
           manifests: [
             { ...fx.basic.manifest, platform: { architecture: 'amd64', os: 'linux' } },
             { ...attestation, platform: { architecture: 'unknown', os: 'unknown' } },
           ],
         }),
       ),
-      'application/vnd.oci.image.index.v1+json',
+      INDEX,
     );
-    await fs.writeFile(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [index] }));
-    const archive = path.join(work, 'attested.tar');
-    await runOk('tar', ['-C', layout, '-cf', archive, '.']);
+    const archive = await archiveOf(layout, index, path.join(work, 'attested.tar'));
     const store = path.join(work, 'store');
     const whole = await pushStream(archive, `file:${store}#app:1`);
     expect(whole.manifestDigest).toBe(index.digest);
