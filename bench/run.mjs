@@ -563,8 +563,19 @@ const s6a = await bench('smart push docker-archive → docker:// (cold)', {
   command: (c) => `${smartBin} push -q --cache-dir ${c.cache} docker-archive:${img.archive} docker://${c.host}/bench/app:1`,
   after: (c) => layerBytes(c.dir, 'bench/app', '1'),
 });
-// Straight into file: storage beside the same push through the API.
-pairs.push([s6a, k1], [s1, s6a]);
+// `docker save | smart push docker://…`, CI's own step: the layers come one after another, each
+// one's end at the registry (the PUT that checks and moves the blob) beside the next one's read.
+const s6s = await bench('smart push docker-archive:- (stdin) → docker:// (cold)', {
+  engine: ENGINE.gzip,
+  setup: async () => {
+    const r = await freshRegistry();
+    const dir = fs.mkdtempSync(path.join(out, 'cache-'));
+    return { ...r, cache: dir, teardown: async () => { await r.teardown(); rm(dir); } };
+  },
+  command: (c) => `cat ${img.archive} | ${smartBin} push -q --cache-dir ${c.cache} docker-archive:- docker://${c.host}/bench/app:1`,
+});
+// Straight into file: storage beside the same push through the API; from stdin beside from the file.
+pairs.push([s6a, k1], [s1, s6a], [s6s, k1], [s6s, s6a]);
 sizePairs.push([s6a, k1]);
 // A second repository in the same registry: every layer is there already under bench/app, so a
 // push to bench/other should mount them across repositories (each tool after its own first push,

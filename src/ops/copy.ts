@@ -10,7 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
-import { SmartError, isSmartError } from '../errors.js';
+import { SmartError, isCancellation, isSmartError } from '../errors.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import {
   isImageWriter,
@@ -27,7 +27,9 @@ import {
   type ProgressEvent,
   type Source,
   type StoredBlob,
+  type StreamedImage,
   type StreamedImageSource,
+  type StreamedIndexOnly,
   type StreamedIndex,
   type StreamedLayer,
 } from '../oci/image.js';
@@ -220,29 +222,54 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
  */
 async function copyStream(source: StreamedImageSource, dest: BlobDestination, run: CopyRun): Promise<CopySummary> {
   const { options } = run;
-  const signal = options.signal;
   const members: { member: string; diffId: Digest }[] = [];
   /** The blobs the destination now holds of every layer the stream carried (other platforms' too). */
   const held = new Set<Digest>();
   /** Blobs the stream carried that the destination holds as something else: tars compressed on the way. */
   const changed = new Set<Digest>();
-  const streamed = await source.read(
-    async (layer) => {
-      const copied = await copyStreamedLayer(layer, dest, run, signal).catch((e: unknown) => Promise.reject(unrepeatable(e, source.name)));
-      if (copied.diffId) members.push({ member: layer.member, diffId: copied.diffId });
-      held.add(copied.descriptor.digest);
-      if (layer.namedDigest && copied.descriptor.digest !== layer.namedDigest) changed.add(layer.namedDigest);
-      return copied;
-    },
-    { ...(signal ? { signal } : {}), platform: options.platform, wholeIndex: (top) => wholeIndex(top, dest, options) },
-  );
+  // A layer holds the stream only until its bytes are read: its end (the compressor's last blocks,
+  // the registry's PUT that checks and moves the blob, a file's commit) goes on in the group while
+  // the next layer arrives. Each layer waited for the one before it to be stored: `docker save |
+  // smart push docker://` of the bench image took 1.29 s against 1.05 s from the file.
+  const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
+  const signal = group.signal;
+  let streamed: StreamedImage<{ copying: Promise<StreamedCopy> }> | StreamedIndexOnly;
+  try {
+    streamed = await source.read(
+      async (layer) => {
+        const copying = group.run(async (s) => {
+          const copied = await copyStreamedLayer(layer, dest, run, s).catch((e: unknown) => Promise.reject(unrepeatable(e, source.name)));
+          if (copied.diffId) members.push({ member: layer.member, diffId: copied.diffId });
+          held.add(copied.descriptor.digest);
+          if (layer.namedDigest && copied.descriptor.digest !== layer.namedDigest) changed.add(layer.namedDigest);
+          return copied;
+        });
+        // Read to its end (the reader may go on), or failed: then the read stops with its error.
+        await Promise.race([readToEnd(layer.stream), copying]);
+        // Boxed, so that the reader does not wait for it.
+        return { copying };
+      },
+      { signal, platform: options.platform, wholeIndex: (top) => wholeIndex(top, dest, options) },
+    );
+    await group.settle();
+  } catch (e) {
+    // Nothing may still write when the caller aborts the destination: every layer stops first.
+    group.fail(e);
+    const first = await group.settle().then(
+      () => e,
+      (f: unknown) => f,
+    );
+    // The read stopped because a layer failed (or the caller cancelled): that is the cause.
+    throw isCancellation(e) ? first : e;
+  }
   if ('unpicked' in streamed) {
     // No image of this platform: the index whole, or nothing.
     if ((await blobsNamed(streamed.index, changed)).length > 0) throw streamed.unpicked;
     run.alreadyTold(held);
     return copyIndexAsIs(streamed.index.source, dest, streamed.index.top, run);
   }
-  const layers = streamed.layers.map((l, i): CopiedLayer => {
+  const stored = await Promise.all(streamed.layers.map((l) => l.copying));
+  const layers = stored.map((l, i): CopiedLayer => {
     const want = streamed.config.rootfs.diff_ids[i];
     if (want === undefined || (l.diffId !== undefined && l.diffId !== want)) {
       throw new SmartError('DIGEST_MISMATCH', `${source.name}: layer ${i + 1} hashes to ${l.diffId ?? l.descriptor.digest}, but the config says ${want ?? 'nothing'}`, { input: source.name });
@@ -533,6 +560,11 @@ async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: B
   run.record({ digest: descriptor.digest, layer: layer.member, ...(diffId ? { diffId } : {}), status: 'skipped', reuse, bytes: 0, mediaType: descriptor.mediaType });
   if (diffId && dest.layerCompression === 'compress') run.compressedHere.push({ diffId, descriptor });
   return { descriptor, ...(diffId ? { diffId } : {}) };
+}
+
+/** Resolves once `stream` has been read to its end; never if it is destroyed first (its reader's failure tells why). */
+function readToEnd(stream: Readable): Promise<void> {
+  return stream.readableEnded ? Promise.resolve() : new Promise((resolve) => stream.once('end', () => resolve()));
 }
 
 /** The digest of a streamed layer's bytes, read to the end. */

@@ -7,6 +7,7 @@
  * config is stored first, beside the layers, a failure of it stopping the copy untagged; and a
  * layout another run took away meanwhile is not tagged.
  */
+import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -185,5 +186,73 @@ describe('a copy into a new OCI layout', () => {
     const dest = (await openDestination(parseImageName(`oci:${dir}:mine`), ctx)) as BlobDestination;
     const summary = await copy(await open(`oci:${fx.paths.ociBasic}:latest`), dest, { platform: hostPlatform(), jobs: 2 });
     expect((await (await open(`oci:${dir}:mine`)).getManifest()).digest).toBe(summary.manifestDigest);
+  });
+});
+
+describe('a copy from a stream', () => {
+  const isLayer = (mediaType: string) => mediaType.includes('.layer.');
+
+  async function streamOf(file: string) {
+    const s = await openSource(parseImageName('docker-archive:-'), { stdin: createReadStream(file), stdout: process.stdout });
+    if (!isStreamed(s)) throw new Error('not a stream');
+    return s;
+  }
+
+  /** `dest` whose putBlob stores each layer, then runs `after(n)` (n counts layers from 1) before it answers; in-flight puts counted. */
+  function gated(dest: BlobDestination, after: (n: number) => Promise<void>): { inFlight: () => number } {
+    const putBlob = dest.putBlob.bind(dest);
+    let layers = 0;
+    let inFlight = 0;
+    dest.putBlob = async (stream, info) => {
+      if (!isLayer(info.mediaType)) return putBlob(stream, info);
+      const n = ++layers;
+      inFlight++;
+      try {
+        const stored = await putBlob(stream, info); // the layer read whole
+        await after(n);
+        return stored;
+      } finally {
+        inFlight--;
+      }
+    };
+    return { inFlight: () => inFlight };
+  }
+
+  it('reads the next layer while the one before, read whole, is still being stored', async () => {
+    const fx = fixtures();
+    const root = await tempDir();
+    const dest = (await openDestination(parseImageName(`file:${root}#stream/overlap:1`), ctx)) as BlobDestination;
+    let secondAsked!: () => void;
+    const asked = new Promise<true>((resolve) => (secondAsked = () => resolve(true)));
+    const late = new Promise<false>((resolve) => setTimeout(() => resolve(false), 10_000).unref());
+    gated(dest, async (n) => {
+      if (n === 2) secondAsked();
+      // The first layer's end (a registry's PUT, a file's commit) waits until the second is being read.
+      if (n === 1 && !(await Promise.race([asked, late]))) throw new Error('the next layer was not read before this one was stored');
+    });
+    const summary = await copy(await streamOf(fx.paths.dockerArchiveBasic), dest, { platform: hostPlatform(), jobs: 2 });
+    expect(summary.layers.pushed).toBe(fx.basic.layers.length);
+    expect((await (await open(`file:${root}#stream/overlap:1`)).getManifest()).digest).toBe(summary.manifestDigest);
+  });
+
+  it('that fails to store a layer read whole stops with that failure, once nothing else is being stored, and tags nothing', async () => {
+    const fx = fixtures();
+    const root = await tempDir();
+    const name = `file:${root}#stream/fails:1`;
+    const dest = (await openDestination(parseImageName(name), ctx)) as BlobDestination;
+    let secondAsked!: () => void;
+    const asked = new Promise<void>((resolve) => (secondAsked = resolve));
+    const puts = gated(dest, async (n) => {
+      if (n === 2) return secondAsked();
+      // Fails while the next layer is being read: the read is stopped, and the failure is this one, not a cancellation.
+      if (n === 1) {
+        await asked;
+        throw new SmartError('STORAGE', 'the store refused layer 1');
+      }
+    });
+    const copying = copy(await streamOf(fx.paths.dockerArchiveBasic), dest, { platform: hostPlatform(), jobs: 2 });
+    await expect(copying).rejects.toMatchObject({ code: 'STORAGE', message: 'the store refused layer 1' });
+    expect(puts.inFlight()).toBe(0);
+    await expect(open(name).then((s) => s.getManifest())).rejects.toThrow();
   });
 });
