@@ -58,6 +58,8 @@ export interface StoredEntry {
 export interface GcResult {
   removedImages: number;
   removedLayers: number;
+  /** Compressed blobs kept beside the layers (cache/blob-cache.ts). */
+  removedBlobs: number;
   freedBytes: number;
 }
 
@@ -285,12 +287,12 @@ export class LayerStore {
     }
   }
 
-  /** Records that an image uses these layers (now): what gc keeps. */
-  async recordImage(manifestDigest: Digest, name: string, diffIds: Digest[]): Promise<void> {
+  /** Records that an image uses these layers and these kept blobs (now): what gc keeps. */
+  async recordImage(manifestDigest: Digest, name: string, diffIds: Digest[], blobs: Digest[] = []): Promise<void> {
     const file = path.join(this.dir, 'images', digestHex(manifestDigest));
     await mkdirp(path.dirname(file));
     const tmp = `${file}.${randomUUID()}.tmp`;
-    await fs.writeFile(tmp, JSON.stringify({ name, diffIds, usedAt: new Date().toISOString() }));
+    await fs.writeFile(tmp, JSON.stringify({ name, diffIds, blobs, usedAt: new Date().toISOString() }));
     await fs.rename(tmp, file);
   }
 
@@ -303,17 +305,19 @@ export class LayerStore {
   }
 
   /**
-   * Drops image records unused for `maxAgeMs`, then every layer no remaining record uses, and the
-   * leftovers of runs that died (tmp dirs of dead processes). Locked layers are left alone.
+   * Drops image records unused for `maxAgeMs`, then every layer and kept blob (cache/blob-cache.ts)
+   * no remaining record uses, and the leftovers of runs that died (tmp dirs of dead processes).
+   * Locked layers are left alone.
    */
   async gc(options: { maxAgeMs: number; dryRun?: boolean }): Promise<GcResult> {
-    const result: GcResult = { removedImages: 0, removedLayers: 0, freedBytes: 0 };
+    const result: GcResult = { removedImages: 0, removedLayers: 0, removedBlobs: 0, freedBytes: 0 };
     const used = new Set<string>();
+    const usedBlobs = new Set<string>();
     const imagesDir = path.join(this.dir, 'images');
     for (const name of await fs.readdir(imagesDir).catch(() => [] as string[])) {
       if (name.endsWith('.tmp')) continue;
       const file = path.join(imagesDir, name);
-      let record: { diffIds?: string[]; usedAt?: string };
+      let record: { diffIds?: string[]; blobs?: string[]; usedAt?: string };
       try {
         record = JSON.parse(await fs.readFile(file, 'utf8')) as typeof record;
       } catch {
@@ -325,6 +329,15 @@ export class LayerStore {
         continue;
       }
       for (const d of record.diffIds ?? []) used.add(d.replace(/^sha256:/, ''));
+      for (const d of record.blobs ?? []) usedBlobs.add(d.replace(/^sha256:/, ''));
+    }
+    const blobsDir = path.join(this.dir, 'blobs', 'sha256');
+    for (const hex of await fs.readdir(blobsDir).catch(() => [] as string[])) {
+      if (usedBlobs.has(hex)) continue;
+      const blob = path.join(blobsDir, hex);
+      result.removedBlobs++;
+      result.freedBytes += (await fs.stat(blob).catch(() => undefined))?.size ?? 0;
+      if (!options.dryRun) await fs.rm(blob, { force: true });
     }
     const layersDir = path.join(this.dir, 'layers');
     for (const hex of await fs.readdir(layersDir).catch(() => [] as string[])) {

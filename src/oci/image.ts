@@ -12,6 +12,19 @@ export interface OpenOptions {
   signal?: AbortSignal;
   /** Told of each chunk of stored (compressed) bytes read, for progress. */
   onBytes?: (bytes: number) => void;
+  /**
+   * Compressed blobs kept on this machine: a layer's blob is read from there when it is there, and
+   * a blob fetched from elsewhere than a local file is kept there as it passes when `keep`.
+   */
+  localBlobs?: { blobs: LocalBlobs; keep: boolean };
+}
+
+/** Compressed blobs kept on this machine, so that a pull never fetches one twice (cache/blob-cache.ts). */
+export interface LocalBlobs {
+  /** The path of a copy of the blob checked against its digest now; undefined when there is none (a damaged one is removed). */
+  find(descriptor: Descriptor, what: string): Promise<string | undefined>;
+  /** `blob` (which errors in place of ending when its bytes are not the descriptor's) passed on as it is, and kept once it has ended. */
+  keep(blob: Readable, descriptor: Descriptor): Readable;
 }
 
 /**

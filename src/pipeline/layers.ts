@@ -6,6 +6,7 @@
  * The decompressors and the ranged reader are loaded when a layer is first opened: a push that
  * finds every blob in place never opens one.
  */
+import { createReadStream } from 'node:fs';
 import { Transform, addAbortSignal, type Readable } from 'node:stream';
 import { SmartError, quoted } from '../errors.js';
 import { MAX_CONFIG_BYTES, parseImageConfig } from '../oci/config.js';
@@ -45,12 +46,28 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
       }
       const { decompress } = await import('./compression.js');
       const gunzip = compression === 'gzip' ? gunzipEngineFor(await (await import('./parallel-gzip.js')).chooseGunzip(), descriptor.size) : undefined;
-      const blob = abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal);
+      const blob = abortable(counted(await openLocalOrFetch(source, descriptor, what, options), options?.onBytes), options?.signal);
       // The tar is checked against its diff id as it streams.
       const verify = { digest: diffId, what: `${what} (uncompressed)` };
       return decompress(blob, compression, what, { compressedSize: descriptor.size, verify, ...(gunzip ? { gunzip } : {}) });
     },
   };
+}
+
+/**
+ * A layer's blob, verified: from the machine's own copy when `options.localBlobs` holds one (read
+ * as the local file it is, so decompressors read it themselves), else from the source, and kept
+ * on the machine as it passes when asked, unless the source is a local file already.
+ */
+async function openLocalOrFetch(source: ImageSource, descriptor: Descriptor, what: string, options: OpenOptions | undefined): Promise<Readable> {
+  const local = options?.localBlobs;
+  const file = await local?.blobs.find(descriptor, what);
+  if (file !== undefined) {
+    const raw = markLocalFile(createReadStream(file), { path: file });
+    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} kept on this machine (${file})` });
+  }
+  const blob = await openBlob(source, descriptor, options);
+  return local?.keep && !localFileOf(blob) && !fileRangeOf(blob) ? local.blobs.keep(blob, descriptor) : blob;
 }
 
 /** A blob's verified stream: large ones in parallel ranges where the source can read ranges. */

@@ -2,7 +2,8 @@
  * Pulls into root filesystems through the local layer store, against the stock registry behind a
  * counting proxy: layers kept (`--keep-layers`) are fetched once per machine, concurrent pulls do
  * not fetch twice or corrupt the store, and a pull killed mid-way leaves a store the next pull
- * completes; without `--keep-layers` a root filesystem pull keeps nothing (where files copy).
+ * completes; without `--keep-layers` a root filesystem pull keeps the compressed blobs it fetched
+ * (where files copy), so that the next pull fetches none either.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -88,6 +89,56 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(kept).toHaveLength(details.kept ? fx.basic.layers.length : 0);
     if (details.kept) expect(details.kept.how).toBe('reflink');
     expect(await fs.readFile(path.join(work, 'cold/etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+  });
+
+  it('a root filesystem pull keeps what it fetched: unpacked where that is free, else as the compressed blobs; the next pull fetches none, and a damaged blob is fetched again', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const blobsDir = path.join(cacheHome, 'smartlayer', 'layer-store', 'blobs', 'sha256');
+    const pull = async (tree: string, ...flags: string[]) => {
+      proxy.stats.clear();
+      const r = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, tree)}`, '--json', ...flags], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      const fetched = proxy.stats.requests.filter((q) => q.method === 'GET' && fx.basic.layers.some((l) => q.path.endsWith(l.digest))).map((q) => q.path.split('/').pop());
+      return { ...r, details: (JSON.parse(r.stdout.toString()) as { details: Record<string, unknown> }).details, fetched };
+    };
+    const first = await pull('kept-1');
+    expect(new Set(first.fetched)).toEqual(new Set(fx.basic.layers.map((l) => l.digest)));
+    // A filesystem that clones keeps the layers unpacked (for free); one that copies (ext4, tmpfs) keeps their blobs.
+    const unpacked = first.details.kept !== undefined;
+    expect(await fs.readdir(blobsDir).catch(() => [])).toHaveLength(unpacked ? 0 : fx.basic.layers.length);
+    if (!unpacked) expect(first.details.blobs).toEqual({ read: 0, kept: fx.basic.layers.length, repaired: 0 });
+
+    const second = await pull('kept-2');
+    expect(second.fetched).toEqual([]);
+    expect(proxy.stats.bytesDown()).toBe(0); // the config and manifest from the metadata cache
+    expect(await describeTree(path.join(work, 'kept-2'))).toEqual(await describeTree(path.join(work, 'kept-1')));
+    if (unpacked) return;
+    expect(second.details.blobs).toEqual({ read: fx.basic.layers.length, kept: 0, repaired: 0 });
+
+    // One blob damaged in place (a CI cache restored wrong): checked before it is used, removed, and fetched.
+    const damaged = fx.basic.layers[1]!;
+    const file = path.join(blobsDir, damaged.digest.slice(7));
+    const bytes = await fs.readFile(file);
+    bytes[bytes.length >> 1]! ^= 0xff;
+    await fs.writeFile(file, bytes);
+    const third = await pull('kept-3');
+    expect(third.fetched).toEqual([damaged.digest]);
+    expect(third.stderr.toString()).toMatch(new RegExp(`^warning: .*: layer ${damaged.digest.slice(0, 19)} of .* kept on this machine is damaged \\(.*\\): removed, and fetched$`, 'm'));
+    expect(third.details.blobs).toEqual({ read: fx.basic.layers.length - 1, kept: 1, repaired: 1 });
+    expect(await describeTree(path.join(work, 'kept-3'))).toEqual(await describeTree(path.join(work, 'kept-1')));
+    const served = await fs.readFile(path.join(registry.root, 'docker/registry/v2/blobs/sha256', damaged.digest.slice(7, 9), damaged.digest.slice(7), 'data'));
+    expect((await fs.readFile(file)).equals(served)).toBe(true); // kept again, as the registry serves it
+
+    // --no-keep-layers keeps nothing, not even blobs; a pull with --prune drops the blobs no recent image uses.
+    const none = await tempDir();
+    const r = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'kept-none')}`, '--no-keep-layers'], { cacheHome: none });
+    expect(r.code, r.stderr).toBe(0);
+    expect(await fs.readdir(path.join(none, 'smartlayer', 'layer-store', 'blobs')).catch(() => [])).toEqual([]);
+    const store = new LayerStore(path.join(cacheHome, 'smartlayer', 'layer-store'));
+    expect(await store.gc({ maxAgeMs: 86_400_000 })).toMatchObject({ removedBlobs: 0 });
+    expect(await store.gc({ maxAgeMs: -1 })).toMatchObject({ removedImages: 1, removedBlobs: fx.basic.layers.length });
+    expect(await fs.readdir(blobsDir)).toEqual([]);
   });
 
   /** A cache home whose layer store holds the basic image's layers (a pull kept them), and the tree that pull wrote. */

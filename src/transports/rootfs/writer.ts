@@ -40,6 +40,7 @@ import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, Op
 import { makeRuntimeSpec } from './runtime-spec.js';
 import { RootfsApplier } from './apply.js';
 import { Spool, SpoolBudget, openUnlinked } from '../../pipeline/spool.js';
+import { BlobCache } from '../../cache/blob-cache.js';
 
 export interface RootfsWriterOptions {
   /** Write a runtime bundle (DIR/config.json + DIR/rootfs) instead of a bare root filesystem. */
@@ -391,6 +392,22 @@ export class RootfsWriter implements ImageWriter {
     };
     // Said once, where keeping or linking was asked for; each layer is then counted as not kept.
     if (refused && (keep || this.options.link)) cannotKeep(refused, 0);
+    // A layer not kept unpacked is kept as its compressed blob (one write of what was fetched), so
+    // that no pull fetches it twice; unless nothing is to be kept (--no-keep-layers).
+    const blobs =
+      store && !refused
+        ? new BlobCache(store.dir, {
+            notKept: (e) => {
+              if (!cannotKeep(e, 0)) this.options.onWarning?.(`${this.name}: the layer store ${store.dir} cannot keep blobs (${e instanceof Error ? systemWords(e) : String(e)}); the layers this pull fetches are not kept for the next pulls`);
+            },
+            damaged: (what, why) => this.options.onWarning?.(`${this.name}: ${what} kept on this machine is damaged (${why}): removed, and fetched`),
+          })
+        : undefined;
+    const keepBlobs = this.options.keepLayers !== false;
+    const openOptions = (layer: Layer, fill: LayerFill | undefined): OpenOptions => ({
+      ...progressOptions(layer, options, signal),
+      ...(blobs ? { localBlobs: { blobs, keep: keepBlobs && !fill && !notKept } } : {}),
+    });
     const plans = image.layers.map((layer) => {
       const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
       let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
@@ -408,7 +425,7 @@ export class RootfsWriter implements ImageWriter {
           if (typeof claimed === 'string') return settle.resolve({ from: 'store', how: claimed });
           if (claimed) fills.push((fill = claimed));
         } else if (store && keep) notKept!.layers++;
-        const stream = await layer.openUncompressed(progressOptions(layer, options, signal));
+        const stream = await layer.openUncompressed(openOptions(layer, fill));
         // Spooled even when its turn has come: its reader then takes it as it comes, in larger chunks.
         const spool = new Spool(stream, { budget, what, openFile: () => this.spoolFile() });
         spools.push(spool);
@@ -456,7 +473,7 @@ export class RootfsWriter implements ImageWriter {
               await store!.discard(layer.diffId);
               repaired++;
             }
-            const stats = await applier.applyLayer(await layer.openUncompressed(progressOptions(layer, options, signal)), what);
+            const stats = await applier.applyLayer(await layer.openUncompressed(openOptions(layer, undefined)), what);
             options.onLayer?.({ digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
             continue;
           }
@@ -478,8 +495,11 @@ export class RootfsWriter implements ImageWriter {
       await Promise.all([...spools.map((s) => s.destroy()), ...fills.map((f) => f.abort())]);
     }
     // A store this process may not write (refused) cannot record that it used it: left as it is, unsaid.
-    if (store && !refused && (fromStore > 0 || kept > 0)) {
-      await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId)).catch((e: unknown) => {
+    const blobCounts = blobs?.counts;
+    const usedBlobs = blobCounts ? blobCounts.read + blobCounts.kept : 0;
+    if (store && !refused && (fromStore > 0 || kept > 0 || usedBlobs > 0)) {
+      const blobDigests = usedBlobs > 0 ? image.layers.map((l) => l.descriptor.digest) : [];
+      await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId), blobDigests).catch((e: unknown) => {
         // No layer the less kept: only what tells gc they are in use is missing.
         if (!cannotKeep(e, 0)) throw e;
       });
@@ -490,6 +510,7 @@ export class RootfsWriter implements ImageWriter {
       ...(kept > 0 ? { kept: { layers: kept, how: how! } } : {}),
       ...(notKept ? { notKept } : {}),
       ...(repaired > 0 ? { repaired: { layers: repaired } } : {}),
+      ...(blobCounts && usedBlobs + blobCounts.repaired > 0 ? { blobs: blobCounts } : {}),
       ...(spools.length > 0 ? { spooled: { layers: spools.length, peakMemory: budget.peak, toFile: spooledToFile } } : {}),
     };
   }

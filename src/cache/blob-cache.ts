@@ -1,0 +1,169 @@
+/**
+ * The compressed blobs of the layers a pull fetched and did not keep unpacked in the layer store
+ * (a `rootfs:` on a filesystem that copies: ext4, tmpfs), kept beside it so that no pull fetches a
+ * layer twice. Keeping a blob as it passes costs one write of its compressed bytes; keeping it
+ * unpacked there costs a second copy of every file, two to three times a cold pull's time on ext4.
+ * The next pull reads it as a local file (decompressed by the same jobs that read it) in place of
+ * fetching it. Under the layer store's DIR:
+ *
+ *   blobs/sha256/<hex>    a blob, checked against its digest before it was kept and before each use
+ *   tmp/<owner tag>-<id>  a blob being kept; renamed into blobs/ once its source has checked it
+ *
+ * The layer store's records of the images pulled name their blobs: its gc removes the others.
+ * Keeping is for the next pull's sake: a blob that cannot be written (the disk full) is not kept,
+ * and the pull goes on; a kept blob found damaged (a CI cache restored in part) is removed and
+ * fetched.
+ */
+import type { FileHandle } from 'node:fs/promises';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { isSmartError } from '../errors.js';
+import { digestHex, type Digest } from '../oci/digest.js';
+import type { LocalBlobs } from '../oci/image.js';
+import type { Descriptor } from '../oci/manifest.js';
+import { verifyFile } from '../pipeline/local-file.js';
+import { ownedId } from '../storage/aside.js';
+import { mkdirp } from '../storage/made-directories.js';
+
+/** Bytes gathered before they are written out in one call. */
+const WRITE_BATCH = 1024 * 1024;
+/** Bytes passed on while not yet written before the blob waits for its writes (a disk slower than the download). */
+const WRITE_AHEAD = 8 * 1024 * 1024;
+
+/** The path of a blob kept under the layer store `storeDir`. */
+export function keptBlobPath(storeDir: string, digest: Digest): string {
+  return path.join(storeDir, 'blobs', 'sha256', digestHex(digest));
+}
+
+export interface BlobCacheEvents {
+  /** A blob could not be kept (its write failed): said once by the caller; nothing more is kept by this pull. */
+  notKept(error: unknown): void;
+  /** A kept blob failed its check and was removed (it is fetched instead). */
+  damaged(what: string, why: string): void;
+}
+
+export class BlobCache implements LocalBlobs {
+  /** What this pull did with the machine's blobs: read from it, kept in it, found damaged there. */
+  readonly counts = { read: 0, kept: 0, repaired: 0 };
+  private stopped = false;
+
+  constructor(
+    readonly storeDir: string,
+    private readonly events: BlobCacheEvents,
+  ) {}
+
+  async find(descriptor: Descriptor, what: string): Promise<string | undefined> {
+    if (!descriptor.digest.startsWith('sha256:')) return undefined;
+    const file = keptBlobPath(this.storeDir, descriptor.digest);
+    const st = await fs.stat(file).catch(() => undefined);
+    if (!st?.isFile()) return undefined;
+    try {
+      // Checked before it is used: a layer laid half from a bad copy could not be taken back.
+      await verifyFile(file, { digest: descriptor.digest, size: descriptor.size, what: file });
+    } catch (e) {
+      // Another user's store this process may not read: fetched, and left where it is.
+      if (!isSmartError(e) || (e.code !== 'DIGEST_MISMATCH' && e.code !== 'SIZE_MISMATCH')) return undefined;
+      this.events.damaged(what, e.message);
+      await fs.rm(file, { force: true }).catch(() => undefined);
+      this.counts.repaired++;
+      return undefined;
+    }
+    this.counts.read++;
+    return file;
+  }
+
+  keep(blob: Readable, descriptor: Descriptor): Readable {
+    if (this.stopped || !descriptor.digest.startsWith('sha256:')) return blob;
+    const final = keptBlobPath(this.storeDir, descriptor.digest);
+    const tmp = path.join(this.storeDir, 'tmp', ownedId());
+    let handle: FileHandle | undefined;
+    let failed = false;
+    let renamed = false;
+    let batch: Buffer[] = [];
+    let batchBytes = 0;
+    /** Bytes passed on and not yet written. */
+    let behind = 0;
+    const fail = (e: unknown): void => {
+      if (failed) return;
+      failed = true;
+      if (!this.stopped) {
+        this.stopped = true;
+        this.events.notKept(e);
+      }
+    };
+    let writes: Promise<void> = mkdirp(path.dirname(tmp))
+      .then(async () => {
+        handle = await fs.open(tmp, 'wx');
+      })
+      .catch(fail);
+    const writeBatch = (): void => {
+      const buffers = batch;
+      const bytes = batchBytes;
+      batch = [];
+      batchBytes = 0;
+      writes = writes.then(async () => {
+        try {
+          if (failed || !handle) return;
+          const { bytesWritten } = await handle.writev(buffers);
+          if (bytesWritten !== bytes) throw new Error(`short write to ${tmp}: ${bytesWritten} of ${bytes} bytes`);
+        } catch (e) {
+          fail(e);
+        } finally {
+          behind -= bytes;
+        }
+      });
+    };
+    const cleanUp = async (): Promise<void> => {
+      await writes;
+      await handle?.close().catch(() => undefined);
+      handle = undefined;
+      if (!renamed) await fs.rm(tmp, { force: true }).catch(() => undefined);
+    };
+    const tee = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        if (failed) return callback(null, chunk);
+        batch.push(chunk);
+        batchBytes += chunk.length;
+        behind += chunk.length;
+        if (batchBytes >= WRITE_BATCH) writeBatch();
+        // The download waits for the disk only when the disk is far behind.
+        if (behind < WRITE_AHEAD) return callback(null, chunk);
+        void writes.then(() => callback(null, chunk));
+      },
+      // Reached only once the source has checked every byte (it errors in place of ending).
+      flush: (callback) => {
+        if (batchBytes > 0) writeBatch();
+        void (async () => {
+          await writes;
+          if (!failed && handle) {
+            try {
+              const h = handle;
+              handle = undefined;
+              await h.close();
+              await mkdirp(path.dirname(final));
+              await fs.rename(tmp, final);
+              renamed = true;
+              this.counts.kept++;
+            } catch (e) {
+              fail(e);
+            }
+          }
+          await cleanUp();
+          callback();
+        })();
+      },
+    });
+    tee.on('error', () => undefined); // reaches the consumer through the stream
+    blob.on('error', (e) => tee.destroy(e));
+    tee.on('close', () => {
+      blob.destroy();
+      if (!renamed) {
+        failed = true; // nothing more is written; what was is removed
+        void cleanUp();
+      }
+    });
+    blob.pipe(tee);
+    return tee;
+  }
+}
