@@ -106,7 +106,13 @@ export class BlobCache implements LocalBlobs {
         try {
           if (failed || !handle) return;
           const { bytesWritten } = await handle.writev(buffers);
-          if (bytesWritten !== bytes) throw new Error(`short write to ${tmp}: ${bytesWritten} of ${bytes} bytes`);
+          // A short write (a disk filling up) goes on with the rest: the next write says why (ENOSPC).
+          const rest = bytesWritten < bytes ? Buffer.concat(buffers).subarray(bytesWritten) : undefined;
+          for (let at = 0; rest && at < rest.length; ) {
+            const n = (await handle.write(rest, at)).bytesWritten;
+            if (n === 0) throw new Error(`${tmp}: a write of ${rest.length - at} bytes wrote none`);
+            at += n;
+          }
         } catch (e) {
           fail(e);
         } finally {

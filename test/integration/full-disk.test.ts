@@ -12,6 +12,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { startRegistry } from '../harness/registry.js';
 import { layerTar, writeImageOfTars } from '../harness/images.js';
 import { run, runOk, smart, smartBin, type RunResult } from '../harness/run.js';
 import { inCI, isRoot } from '../harness/tools.js';
@@ -128,6 +129,32 @@ describe('a full or read-only destination', () => {
     for (const sub of ['tmp', 'locks', 'layers']) expect(await fs.readdir(path.join(store, sub)).catch(() => []), sub).toEqual([]);
     await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
     await fs.rm(bundle, { recursive: true, force: true });
+  });
+
+  it('a full layer store: a rootfs pull from a registry keeps no blob half, says so once, and writes the whole tree', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const registry = await startRegistry({ configDir: work });
+    try {
+      const pushed = await smart(['push', `oci:${image}`, `docker://${registry.host}/full/app:1`], { cacheHome: cacheHome() });
+      expect(pushed.code, pushed.stderr).toBe(0);
+      const dest = path.join(work, 'rootfs-from-registry');
+      const r = await smart(['pull', '--json', `docker://${registry.host}/full/app:1`, `rootfs:${dest}`], { cacheHome: path.join(full, 'cache') });
+      expect(r.code, r.stderr).toBe(0);
+      // The layer's blob (~1.6 MB) does not fit in the 1 MiB the store has.
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+        `warning: rootfs:${dest}: the layer store ${full}/cache/smartlayer/layer-store cannot keep layers (ENOSPC: no space left on device: free space on that filesystem, or write somewhere else); the layers this pull fetches are not kept for the next pulls`,
+      ]);
+      const details = (JSON.parse(r.stdout.toString()) as { details: { notKept?: unknown; blobs?: unknown } }).details;
+      expect(details.notKept).toEqual({ layers: 1, why: 'ENOSPC: no space left on device' });
+      expect(details.blobs).toBeUndefined();
+      expect(await fs.readFile(path.join(dest, 'data', 'blob.txt'), 'utf8')).toHaveLength(48_000 * 64);
+      // Nothing half-kept: no blob, no temporary file.
+      const store = path.join(full, 'cache', 'smartlayer', 'layer-store');
+      for (const sub of ['tmp', 'blobs/sha256']) expect(await fs.readdir(path.join(store, sub)).catch(() => []), sub).toEqual([]);
+    } finally {
+      await registry.stop();
+      await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
+    }
   });
 
   it('a read-only cache directory (a container whose home is read-only): rootfs: and bundle: pulls write the whole tree, each warning says the real reason', async (ctx) => {

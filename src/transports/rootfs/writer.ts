@@ -51,9 +51,11 @@ export interface RootfsWriterOptions {
   /** Hardlink files from the layer store instead of cloning or copying them (read-only uses). */
   link?: boolean;
   /**
-   * Keep the layers this pull fetches in the layer store (`--keep-layers`). Default: when that
-   * costs no second copy of the files (the store's filesystem clones them, or `link`), and for
-   * bundles; a root filesystem on a filesystem that copies is written once and nothing kept.
+   * Keep the layers this pull fetches unpacked in the layer store (`--keep-layers`). Default: when
+   * that costs no second copy of the files (the store's filesystem clones them, or `link`), and for
+   * bundles; a root filesystem on a filesystem that copies is written once, and the compressed
+   * blobs fetched from a registry or S3 are kept instead (cache/blob-cache.ts). False: nothing is
+   * kept, not even those.
    */
   keepLayers?: boolean;
   /** Bytes of layers fetched ahead of their turn held in memory; beyond, they are spooled to a file beside DIR (default 64 MiB). */
@@ -398,7 +400,7 @@ export class RootfsWriter implements ImageWriter {
       store && !refused
         ? new BlobCache(store.dir, {
             notKept: (e) => {
-              if (!cannotKeep(e, 0)) this.options.onWarning?.(`${this.name}: the layer store ${store.dir} cannot keep blobs (${e instanceof Error ? systemWords(e) : String(e)}); the layers this pull fetches are not kept for the next pulls`);
+              if (!cannotKeep(e)) this.options.onWarning?.(`${this.name}: the layer store ${store.dir} cannot keep blobs (${e instanceof Error ? systemWords(e) : String(e)}); the layers this pull fetches are not kept for the next pulls`);
             },
             damaged: (what, why) => this.options.onWarning?.(`${this.name}: ${what} kept on this machine is damaged (${why}): removed, and fetched`),
           })
