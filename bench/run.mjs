@@ -546,6 +546,23 @@ try {
       command: (c) => `mkdir ${c.dir}/r && for l in ${img.layerNames.map((n) => path.join(img.archiveDir, n)).join(' ')}; do tar -C ${c.dir}/r -xf $l; done`,
     });
     pairs.push([s5, k5], [s5, t5]);
+    // From the registry skopeo read: a rootfs keeps the compressed blobs it fetched, and the next
+    // pull of the image reads them, fetching none.
+    const s5r = await bench(`smart pull docker:// → rootfs (${where}, cold)`, {
+      engine: ENGINE.gunzip,
+      setup: fresh,
+      command: (c) => `${smartBin} pull -q --cache-dir ${c.dir}/cache docker://${reg.host}/bench/app:1 rootfs:${c.dir}/rootfs`,
+    });
+    const s5n = await bench(`smart pull docker:// → rootfs (${where}, the next pull: its blobs kept)`, {
+      engine: ENGINE.gunzip,
+      setup: async () => {
+        const c = await fresh();
+        execFileSync('node', [smartBin, 'pull', '-q', '--cache-dir', `${c.dir}/cache`, `docker://${reg.host}/bench/app:1`, `rootfs:${c.dir}/first`]);
+        return c;
+      },
+      command: (c) => `${smartBin} pull -q --cache-dir ${c.dir}/cache docker://${reg.host}/bench/app:1 rootfs:${c.dir}/rootfs`,
+    });
+    pairs.push([s5r, k5], [s5n, s5r]);
   }
 } finally {
   await reg.stop();

@@ -176,7 +176,7 @@ export const PUSH_OPTIONS: readonly OptionSpec[] = [
 
 /** `pull`'s own options, before the common ones. */
 export const PULL_OPTIONS: readonly OptionSpec[] = [
-  { flags: '--layer-store <dir>', description: 'where unpacked layers are kept between pulls (default: CACHE_DIR/layer-store)' },
+  { flags: '--layer-store <dir>', description: 'where layers are kept between pulls, unpacked or as the compressed blobs fetched (default: CACHE_DIR/layer-store)' },
   { flags: '--link', description: 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)' },
   {
     flags: '--keep-layers',

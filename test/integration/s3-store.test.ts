@@ -107,10 +107,24 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
       const r = await ok(['push', src, dest]);
       expect(r.manifestDigest, `${src} → ${dest}`).toBe(digest);
     }
-    const rootfs = path.join(work, 'from-s3');
-    const r = await run(['pull', `s3://${s3.bucket}/nested/root#hop/e:1`, `rootfs:${rootfs}`]);
-    expect(r.code, r.stderr).toBe(0);
-    expect(await fs.readFile(path.join(rootfs, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+    // Into a root filesystem, twice: the second pull reads the blobs the first kept (where the
+    // layers were not kept unpacked: a filesystem that clones), none from the bucket.
+    const cacheHome = await tempDir();
+    const pulls: { details: { kept?: unknown; blobs?: unknown } }[] = [];
+    for (const tree of ['from-s3', 'from-s3-again']) {
+      const rootfs = path.join(work, tree);
+      const r = await run(['pull', '--json', `s3://${s3.bucket}/nested/root#hop/e:1`, `rootfs:${rootfs}`], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      expect(await fs.readFile(path.join(rootfs, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+      pulls.push(JSON.parse(r.stdout.toString()) as (typeof pulls)[number]);
+    }
+    const layers = fx.basic.layers.length;
+    if (pulls[0]!.details.kept === undefined) {
+      expect(pulls.map((p) => p.details.blobs)).toEqual([
+        { read: 0, kept: layers, repaired: 0 },
+        { read: layers, kept: 0, repaired: 0 },
+      ]);
+    }
   });
 
   it('after a push killed mid-way no tag points at a missing blob; running it again sends only what is missing', async () => {
