@@ -14,7 +14,7 @@
  * and the pull goes on; a kept blob found damaged (a CI cache restored in part) is removed and
  * fetched.
  */
-import type { FileHandle } from 'node:fs/promises';
+import { once } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -24,12 +24,8 @@ import type { LocalBlobs } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
 import { verifyFile } from '../pipeline/local-file.js';
 import { ownedId } from '../storage/aside.js';
+import { openBatchedFileWriter, type BatchedFileWriter } from '../storage/batched-file-writer.js';
 import { mkdirp } from '../storage/made-directories.js';
-
-/** Bytes gathered before they are written out in one call. */
-const WRITE_BATCH = 1024 * 1024;
-/** Bytes passed on while not yet written before the blob waits for its writes (a disk slower than the download). */
-const WRITE_AHEAD = 8 * 1024 * 1024;
 
 /** The path of a blob kept under the layer store `storeDir`. */
 export function keptBlobPath(storeDir: string, digest: Digest): string {
@@ -77,13 +73,9 @@ export class BlobCache implements LocalBlobs {
     if (this.stopped || !descriptor.digest.startsWith('sha256:')) return blob;
     const final = keptBlobPath(this.storeDir, descriptor.digest);
     const tmp = path.join(this.storeDir, 'tmp', ownedId());
-    let handle: FileHandle | undefined;
+    let file: BatchedFileWriter | undefined;
     let failed = false;
     let renamed = false;
-    let batch: Buffer[] = [];
-    let batchBytes = 0;
-    /** Bytes passed on and not yet written. */
-    let behind = 0;
     const fail = (e: unknown): void => {
       if (failed) return;
       failed = true;
@@ -92,61 +84,38 @@ export class BlobCache implements LocalBlobs {
         this.events.notKept(e);
       }
     };
-    let writes: Promise<void> = mkdirp(path.dirname(tmp))
-      .then(async () => {
-        handle = await fs.open(tmp, 'wx');
-      })
-      .catch(fail);
-    const writeBatch = (): void => {
-      const buffers = batch;
-      const bytes = batchBytes;
-      batch = [];
-      batchBytes = 0;
-      writes = writes.then(async () => {
-        try {
-          if (failed || !handle) return;
-          const { bytesWritten } = await handle.writev(buffers);
-          // A short write (a disk filling up) goes on with the rest: the next write says why (ENOSPC).
-          const rest = bytesWritten < bytes ? Buffer.concat(buffers).subarray(bytesWritten) : undefined;
-          for (let at = 0; rest && at < rest.length; ) {
-            const n = (await handle.write(rest, at)).bytesWritten;
-            if (n === 0) throw new Error(`${tmp}: a write of ${rest.length - at} bytes wrote none`);
-            at += n;
-          }
-        } catch (e) {
-          fail(e);
-        } finally {
-          behind -= bytes;
-        }
-      });
-    };
+    const opening = mkdirp(path.dirname(tmp))
+      .then(() => openBatchedFileWriter(tmp, 'wx'))
+      .then((w) => {
+        file = w;
+        w.on('error', fail);
+      }, fail);
     const cleanUp = async (): Promise<void> => {
-      await writes;
-      await handle?.close().catch(() => undefined);
-      handle = undefined;
+      await opening;
+      file?.destroy();
       if (!renamed) await fs.rm(tmp, { force: true }).catch(() => undefined);
     };
     const tee = new Transform({
       transform(chunk: Buffer, _encoding, callback) {
-        if (failed) return callback(null, chunk);
-        batch.push(chunk);
-        batchBytes += chunk.length;
-        behind += chunk.length;
-        if (batchBytes >= WRITE_BATCH) writeBatch();
-        // The download waits for the disk only when the disk is far behind.
-        if (behind < WRITE_AHEAD) return callback(null, chunk);
-        void writes.then(() => callback(null, chunk));
+        void opening.then(() => {
+          if (failed || !file || file.write(chunk)) return callback(null, chunk);
+          // The disk is a batch behind the download: it waits for the disk (or its failure).
+          const go = (): void => {
+            file!.off('drain', go).off('error', go).off('close', go);
+            callback(null, chunk);
+          };
+          file.once('drain', go).once('error', go).once('close', go);
+        });
       },
       // Reached only once the source has checked every byte (it errors in place of ending).
       flush: (callback) => {
-        if (batchBytes > 0) writeBatch();
         void (async () => {
-          await writes;
-          if (!failed && handle) {
+          await opening;
+          if (!failed && file) {
             try {
-              const h = handle;
-              handle = undefined;
-              await h.close();
+              const closed = once(file, 'close'); // rejects with the error of a write that failed
+              file.end();
+              await closed;
               await mkdirp(path.dirname(final));
               await fs.rename(tmp, final);
               renamed = true;
