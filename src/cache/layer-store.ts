@@ -7,7 +7,9 @@
  *   layers/<diff id hex>/files/<n>  the content of the n-th regular file, with its mode and times
  *   layers/<diff id hex>/linked     present once a tree shares the layer's files (--link): they
  *                                   are checked before each use (a tree may have been written to)
- *   images/<manifest digest hex>    {name, diffIds, usedAt}: what pulled images use (for gc)
+ *   images/<manifest digest hex>    {name, diffIds, blobs, usedAt}: what pulled images use (for gc)
+ *   images/chain-<chain id hex>     {name, diffIds, usedAt}: a chain made present for the builds to
+ *                                   come (cache warm, cache pull): kept by gc as an image's layers
  *   locks/<diff id hex>             held (O_EXCL, its owner's tag inside) while one process fetches a layer
  *   tmp/<owner tag>-<random>/       a layer being unpacked; renamed into layers/ once verified
  *
@@ -39,6 +41,7 @@ import { fsPath } from '../tar/byte-names.js';
 import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
 import { copySparseFileSync, hasSparseRecords, sparseSegments, writeFileChunks } from '../tar/sparse.js';
 import { TarStreamReader } from '../tar/stream-reader.js';
+import { chainIds } from '../trie/layer-trie.js';
 
 /**
  * Whether an entry's name or link target holds U+FFFD. Names that are not UTF-8 are kept with
@@ -289,10 +292,24 @@ export class LayerStore {
 
   /** Records that an image uses these layers and these kept blobs (now): what gc keeps. */
   async recordImage(manifestDigest: Digest, name: string, diffIds: Digest[], blobs: Digest[] = []): Promise<void> {
-    const file = path.join(this.dir, 'images', digestHex(manifestDigest));
+    await this.writeRecord(digestHex(manifestDigest), { name, diffIds, blobs });
+  }
+
+  /**
+   * Records that a chain of layers (an image's first `diffIds`) was made present for the builds to
+   * come (now): gc keeps it as it keeps an image's layers. Under its own name, not the image's: a
+   * chain is a prefix, and must not take the place of the record of a pull of the whole image.
+   */
+  async recordChain(name: string, diffIds: Digest[]): Promise<void> {
+    const top = chainIds(diffIds).at(-1);
+    if (top) await this.writeRecord(`chain-${digestHex(top)}`, { name, diffIds });
+  }
+
+  private async writeRecord(key: string, record: { name: string; diffIds: Digest[]; blobs?: Digest[] }): Promise<void> {
+    const file = path.join(this.dir, 'images', key);
     await mkdirp(path.dirname(file));
     const tmp = `${file}.${randomUUID()}.tmp`;
-    await fs.writeFile(tmp, JSON.stringify({ name, diffIds, blobs, usedAt: new Date().toISOString() }));
+    await fs.writeFile(tmp, JSON.stringify({ ...record, usedAt: new Date().toISOString() }));
     await fs.rename(tmp, file);
   }
 

@@ -229,13 +229,30 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
     expect(JSON.parse(first.stdout.toString())).toMatchObject({ fetched: 7, plan: { best: { baseLayers: 4, steps: 3 } } });
     const again = await run(['cache', 'warm', `file:${store}`, '--for', path.join(changed, 'Dockerfile'), '--layer-store', layers, '--json']);
     expect(JSON.parse(again.stdout.toString())).toMatchObject({ fetched: 0 });
+    // A pull of another image that prunes the store (what a CI job or a cron runs) keeps what was
+    // warmed for the builds to come: the warm counts as a use, as a pull does.
+    const pruned = await run(['pull', `file:${store}#library/python:latest`, `rootfs:${path.join(await tempDir(), 'python')}`, '--layer-store', layers, '--prune', '--json']);
+    expect(pruned.code, pruned.stderr).toBe(0);
+    expect(JSON.parse(pruned.stdout.toString())).toMatchObject({ details: { prune: { removedLayers: 0 } } });
+    const afterPrune = await run(['cache', 'warm', `file:${store}`, '--for', path.join(changed, 'Dockerfile'), '--layer-store', layers, '--json']);
+    expect(JSON.parse(afterPrune.stdout.toString())).toMatchObject({ fetched: 0 });
+    // Once no use is recent, they go.
+    const all = await run(['pull', `file:${store}#library/python:latest`, `rootfs:${path.join(await tempDir(), 'python')}`, '--layer-store', layers, '--prune', '0', '--json']);
+    // (the 5 python does not use, and its own too unless its record is still within the same millisecond)
+    expect((JSON.parse(all.stdout.toString()) as { details: { prune: { removedLayers: number } } }).details.prune.removedLayers).toBeGreaterThanOrEqual(5);
   });
 
   it('warms the layer store with the most shared chains', async () => {
     const r = await run(['cache', 'warm', `file:${store}`, '--top', '1', '--json'], { cacheHome });
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout.toString())).toMatchObject({ chains: 1 });
-    expect((JSON.parse(r.stdout.toString()) as { layers: number }).layers).toBeGreaterThanOrEqual(2);
+    const { layers } = JSON.parse(r.stdout.toString()) as { layers: number };
+    expect(layers).toBeGreaterThanOrEqual(2);
+    // The chains warmed count as used: a pull's --prune keeps them.
+    const pruned = await run(['pull', `file:${store}#library/python:latest`, `rootfs:${path.join(await tempDir(), 'python')}`, '--prune', '--no-keep-layers', '--json'], { cacheHome });
+    expect(pruned.code, pruned.stderr).toBe(0);
+    expect(JSON.parse(pruned.stdout.toString())).toMatchObject({ details: { prune: { removedLayers: 0 } } });
+    expect(JSON.parse((await run(['cache', 'warm', `file:${store}`, '--top', '1', '--json'], { cacheHome })).stdout.toString())).toMatchObject({ chains: 1, fetched: 0 });
   });
 
   it('lints a build that copies sources before installing dependencies', async () => {

@@ -170,6 +170,10 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
         bytes += layer.descriptor.size;
       }
     });
+    // Else the next pull's --prune would drop what this one fetched for the build.
+    await layerStore.recordChain(best.image, image.layers.slice(0, keep).map((l) => l.diffId)).catch((e: unknown) => {
+      throw layerStore.storageError(e, `the record of ${best.image}'s layers`);
+    });
     return { plan, fetched, bytes, destination: layerStore.dir };
   } finally {
     await source.close();

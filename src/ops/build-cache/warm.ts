@@ -52,6 +52,11 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
             result.bytes += layer.descriptor.size;
           }
         }
+        // Else the next pull's --prune would drop what this run warmed.
+        const name = `${ref.repository}@${ref.manifest}`;
+        await ctx.layerStore.recordChain(name, layers.map((l) => l.diffId)).catch((e: unknown) => {
+          throw ctx.layerStore.storageError(e, `the record of ${name}'s layers`);
+        });
       } finally {
         await source.close();
       }
