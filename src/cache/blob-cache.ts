@@ -7,7 +7,8 @@
  * fetching it. Under the layer store's DIR:
  *
  *   blobs/sha256/<hex>    a blob, checked against its digest before it was kept and before each use
- *   tmp/<owner tag>-<id>  a blob being kept; renamed into blobs/ once its source has checked it
+ *   tmp/<owner tag>-<id>  a blob being kept; renamed into blobs/ once its source has checked it;
+ *                         or a pin: a hardlink to a kept blob a pull is reading (see `find`)
  *
  * The layer store's records of the images pulled name their blobs: its gc removes the others.
  * Keeping is for the next pull's sake: a blob that cannot be written (the disk full) is not kept,
@@ -18,7 +19,7 @@ import { once } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
-import { isSmartError } from '../errors.js';
+import { isErrno, isSmartError } from '../errors.js';
 import { digestHex, type Digest } from '../oci/digest.js';
 import type { LocalBlobs } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
@@ -43,21 +44,33 @@ export class BlobCache implements LocalBlobs {
   /** What this pull did with the machine's blobs: read from it, kept in it, found damaged there. */
   readonly counts = { read: 0, kept: 0, repaired: 0 };
   private stopped = false;
+  /** The pins `find` made: removed by `release`. */
+  private readonly pins: string[] = [];
 
   constructor(
     readonly storeDir: string,
     private readonly events: BlobCacheEvents,
   ) {}
 
+  /**
+   * The path of the kept copy of a blob, checked now, to be read until `release`; undefined when
+   * none is kept (or it was damaged: removed). What is returned is a pin, a hardlink in tmp/: the
+   * gc of another run (`--prune`) may remove the blob meanwhile, and the path must still read what
+   * was checked. A pin's name carries its owner, so that one a killed run left is swept as stale.
+   */
   async find(descriptor: Descriptor, what: string): Promise<string | undefined> {
     if (!descriptor.digest.startsWith('sha256:')) return undefined;
     const file = keptBlobPath(this.storeDir, descriptor.digest);
     const st = await fs.stat(file).catch(() => undefined);
     if (!st?.isFile()) return undefined;
+    const pin = await this.pin(file);
+    if (pin === null) return undefined; // gone since
+    const use = pin ?? file;
     try {
       // Checked before it is used: a layer laid half from a bad copy could not be taken back.
-      await verifyFile(file, { digest: descriptor.digest, size: descriptor.size, what: file });
+      await verifyFile(use, { digest: descriptor.digest, size: descriptor.size, what: file });
     } catch (e) {
+      if (pin) await this.unpin(pin);
       // Another user's store this process may not read: fetched, and left where it is.
       if (!isSmartError(e) || (e.code !== 'DIGEST_MISMATCH' && e.code !== 'SIZE_MISMATCH')) return undefined;
       this.events.damaged(what, e.message);
@@ -66,7 +79,34 @@ export class BlobCache implements LocalBlobs {
       return undefined;
     }
     this.counts.read++;
-    return file;
+    return use;
+  }
+
+  /** Removes the pins `find` made: once nothing reads the paths it returned. */
+  async release(): Promise<void> {
+    await Promise.all(this.pins.splice(0).map((p) => fs.rm(p, { force: true }).catch(() => undefined)));
+  }
+
+  private async unpin(pin: string): Promise<void> {
+    this.pins.splice(this.pins.indexOf(pin), 1);
+    await fs.rm(pin, { force: true }).catch(() => undefined);
+  }
+
+  /** A hardlink to `file` in tmp/; null when `file` is gone; undefined when no link can be made there (the file is read as it is). */
+  private async pin(file: string): Promise<string | null | undefined> {
+    const pin = path.join(this.storeDir, 'tmp', ownedId());
+    try {
+      await mkdirp(path.dirname(pin));
+    } catch {
+      return undefined;
+    }
+    try {
+      await fs.link(file, pin);
+    } catch (e) {
+      return isErrno(e, 'ENOENT') ? null : undefined;
+    }
+    this.pins.push(pin);
+    return pin;
   }
 
   keep(blob: Readable, descriptor: Descriptor): Readable {

@@ -115,6 +115,8 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await describeTree(path.join(work, 'kept-2'))).toEqual(await describeTree(path.join(work, 'kept-1')));
     if (unpacked) return;
     expect(second.details.blobs).toEqual({ read: fx.basic.layers.length, kept: 0, repaired: 0 });
+    // The blobs were read through pins (hardlinks another run's gc cannot take away), gone with the pull.
+    expect(await fs.readdir(path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp'))).toEqual([]);
 
     // One blob damaged in place (a CI cache restored wrong): checked before it is used, removed, and fetched.
     const damaged = fx.basic.layers[1]!;

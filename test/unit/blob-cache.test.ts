@@ -9,6 +9,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { BlobCache, keptBlobPath } from '../../src/cache/blob-cache.js';
+import { LayerStore } from '../../src/cache/layer-store.js';
+import { currentOwner, ownerTag } from '../../src/storage/leftovers.js';
 import type { Digest } from '../../src/oci/digest.js';
 import type { Descriptor } from '../../src/oci/manifest.js';
 import { MediaType } from '../../src/oci/mediatypes.js';
@@ -51,9 +53,36 @@ describe('the blobs kept on this machine', () => {
     expect((await readAll(blobs.keep(chunked(bytes), d))).equals(bytes)).toBe(true); // not toEqual: element by element, 20 s for 3 MB
     expect((await fs.readFile(keptBlobPath(dir, d.digest))).equals(bytes)).toBe(true);
     expect(await fs.readdir(path.join(dir, 'tmp'))).toEqual([]);
-    expect(await blobs.find(d, 'layer')).toBe(keptBlobPath(dir, d.digest));
+    const found = await blobs.find(d, 'layer');
+    expect((await fs.readFile(found!)).equals(bytes)).toBe(true);
     expect(blobs.counts).toEqual({ read: 1, kept: 1, repaired: 0 });
     expect(events).toEqual({ notKept: [], damaged: [] });
+    await blobs.release();
+    expect(await fs.readdir(path.join(dir, 'tmp'))).toEqual([]);
+  });
+
+  it('a blob found stays readable until released, when the gc of another run removes it meanwhile', async () => {
+    const dir = await tempDir();
+    const { blobs } = cache(dir);
+    const bytes = randomBytes(300_000);
+    const d = blobOf(bytes);
+    await readAll(blobs.keep(chunked(bytes), d));
+    const found = await blobs.find(d, 'layer');
+    // No image record names the blob: a prune (any age) removes it from blobs/, and leaves the
+    // pin of this live run in tmp/.
+    const store = new LayerStore(dir);
+    expect(await store.gc({ maxAgeMs: 0 })).toMatchObject({ removedBlobs: 1 });
+    await expect(fs.stat(keptBlobPath(dir, d.digest))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect((await fs.readFile(found!)).equals(bytes)).toBe(true);
+    await blobs.release();
+    expect(await fs.readdir(path.join(dir, 'tmp'))).toEqual([]);
+    // A pin a killed run left (its owner gone: an earlier boot's) is swept as stale.
+    await readAll(blobs.keep(chunked(bytes), d));
+    const again = cache(dir).blobs;
+    const pin = (await again.find(d, 'layer'))!;
+    const dead = path.join(dir, 'tmp', `${ownerTag({ ...currentOwner(), boot: 'ffffffff' })}-0123abcd`);
+    await fs.rename(pin, dead);
+    expect((await store.removeStale()).map((c) => c.path)).toEqual([dead]);
   });
 
   it('keep nothing of a blob whose source failed midway, and leave nothing behind', async () => {

@@ -495,6 +495,7 @@ export class RootfsWriter implements ImageWriter {
       await Promise.all(spools.map((s) => s.destroy()));
       await Promise.allSettled(tasks);
       await Promise.all([...spools.map((s) => s.destroy()), ...fills.map((f) => f.abort())]);
+      await blobs?.release();
     }
     // A store this process may not write (refused) cannot record that it used it: left as it is, unsaid.
     const blobCounts = blobs?.counts;
