@@ -110,6 +110,11 @@ const BUILDERS = ['docker', 'buildkit', 'buildx', 'buildah'] as const;
 type PlanResult = Awaited<ReturnType<typeof import('../ops/cache.js').planBuild>>;
 type PullResult = Awaited<ReturnType<typeof import('../ops/cache.js').pullPlanned>>;
 
+/** The layers unpacked from blobs a pull kept, said after those fetched (when there are any). */
+function fromKept(layers: number | undefined): string {
+  return layers ? `, ${layers} from blobs kept on this machine` : '';
+}
+
 const RESOLVED_VIA = { store: 'as', transport: 'read from', registry: 'from the registry as' } as const;
 
 function printPlan(plan: PlanResult, out: Output): void {
@@ -279,7 +284,7 @@ export function addCacheCommands(program: Command): void {
             ...(flags.tag ? { tag: flags.tag } : {}),
             ...(flags.printCacheFrom === 'buildah' ? { perStep: true } : {}),
           });
-      out.info(`fetched ${r.fetched} layers (${formatBytes(r.bytes)}) into ${r.destination}${r.manifestDigest ? ` as ${r.manifestDigest}` : ''}`);
+      out.info(`fetched ${r.fetched} layers (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)} into ${r.destination}${r.manifestDigest ? ` as ${r.manifestDigest}` : ''}`);
       if (r.images?.length === 1) out.info(`named ${r.images[0]}`);
       else if (r.images?.length) out.info(`${r.images.length} images, one per step: ${r.images.join(', ')}`);
       if (flags.printCacheFrom) {
@@ -326,12 +331,12 @@ export function addCacheCommands(program: Command): void {
           ...(destination ? { destination } : {}),
         });
         printPlan(r.plan, out);
-        out.info(`warmed ${r.plan.best?.layers.length ?? 0} layers for ${flags.for}: ${r.fetched} fetched (${formatBytes(r.bytes)}) into ${r.destination}`);
+        out.info(`warmed ${r.plan.best?.layers.length ?? 0} layers for ${flags.for}: ${r.fetched} fetched (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)} into ${r.destination}`);
         if (flags.json) out.json(r);
         return;
       }
       const r = await ops.warmStore(store, flags.top ?? 10, { ...s.ctx, layerStore: s.layerStore });
-      out.info(`warmed ${r.chains} chains: ${r.layers} layers, ${r.fetched} fetched (${formatBytes(r.bytes)})`);
+      out.info(`warmed ${r.chains} chains: ${r.layers} layers, ${r.fetched} fetched (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)}`);
       if (flags.json) out.json(r);
     } finally {
       await s.close();

@@ -143,6 +143,28 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await fs.readdir(blobsDir)).toEqual([]);
   });
 
+  it('cache warm unpacks into the layer store the blobs a pull kept, and fetches none of them', async () => {
+    const amd = fixtures().multi.platforms['linux/amd64']!;
+    const cacheHome = await tempDir();
+    const pulled = await smart(['pull', `docker://${proxy.host}/multi/app:amd64`, `rootfs:${path.join(work, 'warm-kept')}`, '--json'], { cacheHome });
+    expect(pulled.code, pulled.stderr).toBe(0);
+    // A filesystem that clones keeps the layers unpacked already: nothing for warm to do here.
+    if ((JSON.parse(pulled.stdout.toString()) as { details: { kept?: unknown } }).details.kept) return;
+    expect((await smart(['cache', 'index', `docker://${proxy.host}`], { cacheHome })).code).toBe(0);
+    proxy.stats.clear();
+    // The most shared chain: the base layer both platforms of multi/app have.
+    const warm = await smart(['cache', 'warm', `docker://${proxy.host}`, '--top', '1', '--json'], { cacheHome });
+    expect(warm.code, warm.stderr).toBe(0);
+    expect(JSON.parse(warm.stdout.toString())).toMatchObject({ chains: 1, layers: 1, fetched: 0, bytes: 0, fromKeptBlobs: 1 });
+    expect(proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/')).map((q) => q.path.split('/').pop())).not.toContain(amd.layers[0]!.digest);
+    expect(warm.stderr.toString()).toMatch(/, 1 from blobs kept on this machine$/m);
+    // Unpacked: the next pull lays that layer from the store, and the tree is the same.
+    const next = await smart(['pull', `docker://${proxy.host}/multi/app:amd64`, `rootfs:${path.join(work, 'warm-kept-2')}`, '--json'], { cacheHome });
+    expect(JSON.parse(next.stdout.toString())).toMatchObject({ layers: { skipped: 1, written: 1 } });
+    expect(await describeTree(path.join(work, 'warm-kept-2'))).toEqual(await describeTree(path.join(work, 'warm-kept')));
+    expect(await fs.readdir(path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp'))).toEqual([]);
+  });
+
   /** A cache home whose layer store holds the basic image's layers (a pull kept them), and the tree that pull wrote. */
   const keptLayers = async (tree: string) => {
     const cacheHome = await tempDir();

@@ -14,6 +14,7 @@ import { resolveImage } from '../../pipeline/layers.js';
 import { chainIds } from '../../trie/layer-trie.js';
 import { openStore } from '../../transports/all.js';
 import type { StoreAccess } from '../../transports/transport.js';
+import { LayerStoreFiller } from './layer-fill.js';
 import { planBuild, type CacheBuilder, type PlanOptions, type PlanResult } from './plan.js';
 import { platformOf, type CacheContext } from './session.js';
 
@@ -22,6 +23,8 @@ export interface CachePullResult {
   /** Layers fetched (not already on the machine) and their compressed bytes. */
   fetched: number;
   bytes: number;
+  /** Into the layer store: layers unpacked from the blobs a pull kept on this machine, not fetched. */
+  fromKeptBlobs?: number;
   /** Where they went: the local layer store, or a destination image name. */
   destination: string;
   /** A truncated image written to a destination: its manifest digest (the last one, per step). */
@@ -161,20 +164,27 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
     const layerStore = ctx.layerStore;
     let fetched = 0;
     let bytes = 0;
+    let fromKeptBlobs = 0;
     const signal = ctx.endpoints.signal;
     const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), ...(signal ? { signal } : {}) });
-    await group.all(image.layers.slice(0, keep), async (layer, s) => {
-      const how = await layerStore.ensure(layer.diffId, () => layer.openUncompressed({ signal: s }), s);
-      if (how === 'fetched') {
-        fetched++;
-        bytes += layer.descriptor.size;
-      }
-    });
+    const filler = new LayerStoreFiller(layerStore, ctx.onWarning);
+    try {
+      await group.all(image.layers.slice(0, keep), async (layer, s) => {
+        const how = await filler.ensure(layer, s, best.image);
+        if (how === 'kept') fromKeptBlobs++;
+        if (how === 'fetched') {
+          fetched++;
+          bytes += layer.descriptor.size;
+        }
+      });
+    } finally {
+      await filler.release();
+    }
     // Else the next pull's --prune would drop what this one fetched for the build.
     await layerStore.recordChain(best.image, image.layers.slice(0, keep).map((l) => l.diffId)).catch((e: unknown) => {
       throw layerStore.storageError(e, `the record of ${best.image}'s layers`);
     });
-    return { plan, fetched, bytes, destination: layerStore.dir };
+    return { plan, fetched, bytes, fromKeptBlobs, destination: layerStore.dir };
   } finally {
     await source.close();
     await store.close();

@@ -3,6 +3,7 @@ import type { LayerStore } from '../../cache/layer-store.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
 import type { TrieNode } from '../../trie/layer-trie.js';
 import { openStore } from '../../transports/all.js';
+import { LayerStoreFiller } from './layer-fill.js';
 import { holdsChain, imageOf } from './pull.js';
 import { platformOf, type CacheContext } from './session.js';
 
@@ -11,6 +12,8 @@ export interface WarmResult {
   layers: number;
   fetched: number;
   bytes: number;
+  /** Layers unpacked from the blobs a pull kept on this machine, not fetched. */
+  fromKeptBlobs: number;
 }
 
 /**
@@ -24,12 +27,13 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
   const store = await openStore(storeName, ctx.endpoints);
   const platform = platformOf(ctx);
   const signal = ctx.endpoints.signal;
+  const filler = new LayerStoreFiller(ctx.layerStore, ctx.onWarning);
   try {
     const trie = new CachedTrieStore(ctx.cache, store.scope);
     const chosen = (await trie.getTop()).slice(0, top);
     if (chosen.length === 0) ctx.onWarning?.(`the metadata cache holds no index of ${store.scope}: run smart cache index ${storeName} first`);
     const nodes = (await trie.getNodes(chosen)).filter((n): n is TrieNode => n !== undefined);
-    const result: WarmResult = { chains: 0, layers: 0, fetched: 0, bytes: 0 };
+    const result: WarmResult = { chains: 0, layers: 0, fetched: 0, bytes: 0, fromKeptBlobs: 0 };
     const done = new Set<string>();
     for (const node of nodes) {
       signal?.throwIfAborted();
@@ -47,7 +51,9 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
           if (done.has(layer.diffId)) continue;
           done.add(layer.diffId);
           result.layers++;
-          if ((await ctx.layerStore.ensure(layer.diffId, () => layer.openUncompressed(signal ? { signal } : {}), signal)) === 'fetched') {
+          const how = await filler.ensure(layer, signal, `${ref.repository}@${ref.manifest}`);
+          if (how === 'kept') result.fromKeptBlobs++;
+          if (how === 'fetched') {
             result.fetched++;
             result.bytes += layer.descriptor.size;
           }
@@ -63,6 +69,7 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
     }
     return result;
   } finally {
+    await filler.release();
     await store.close();
   }
 }
