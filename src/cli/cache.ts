@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError } from '../errors.js';
-import { cancel, collect, outputOptions, positiveInt, remoteOptions, type CommonFlags } from './options.js';
+import { cancel, collect, outputOptions, positiveInt, pruneDays, remoteOptions, type CommonFlags } from './options.js';
 import { addCommonOptions, commanderParser } from './commander-options.js';
 import { Output, formatBytes, guardedStdout } from './output.js';
 import { refuseTerminals, toStdout } from './transfer.js';
@@ -109,6 +109,11 @@ const BUILDERS = ['docker', 'buildkit', 'buildx', 'buildah'] as const;
 
 type PlanResult = Awaited<ReturnType<typeof import('../ops/cache.js').planBuild>>;
 type PullResult = Awaited<ReturnType<typeof import('../ops/cache.js').pullPlanned>>;
+type PruneResult = NonNullable<Awaited<ReturnType<typeof import('../ops/cache.js').warmStore>>['prune']>;
+
+function printPruned(r: PruneResult | undefined, days: string | boolean | undefined, out: Output): void {
+  if (r) out.info(`pruned ${r.removedLayers} layers and ${r.removedBlobs} kept blobs that nothing used within ${pruneDays(days ?? true)} days (${formatBytes(r.freedBytes)})`);
+}
 
 /** The layers unpacked from blobs a pull kept, said after those fetched (when there are any). */
 function fromKept(layers: number | undefined): string {
@@ -251,7 +256,8 @@ export function addCacheCommands(program: Command): void {
       .option('--print-cache-from-file <file>', 'write those flags (and commands) to FILE instead')
       .option('--tag <name:tag>', 'the name of a docker-archive written (default: smartcache/REPO:CHAIN, what --print-cache-from docker names)')
       .option('--registry <host[:port]>', 'the registry serving this store, for --print-cache-from (default: the store\'s for docker://)')
-      .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
+      .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)')
+      .option('--prune [days]', 'then remove from the layer store the layers and kept blobs that nothing pulled or warmed within DAYS (default 7) uses'),
   ).action(cancellable(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
     const flags = this.opts<CacheFlags>();
     // `cache pull STORE DEST` (context omitted): an image name is never a directory.
@@ -310,7 +316,8 @@ export function addCacheCommands(program: Command): void {
       .option('--target <stage>', 'with --for: the stage to build (default: the last)')
       .option('--build-arg <key=value>', 'with --for: a build argument (repeatable)', collect, [])
       .option('--repo <repository>', 'with --for: the repository being built')
-      .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
+      .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)')
+      .option('--prune [days]', 'then remove from the layer store the layers and kept blobs that nothing pulled or warmed within DAYS (default 7) uses'),
   ).action(cancellable(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
@@ -320,6 +327,7 @@ export function addCacheCommands(program: Command): void {
     }
     refuseTerminals(undefined, destination);
     if (toStdout(destination)) guardedStdout();
+    const pruneAgeMs = flags.prune !== undefined ? pruneDays(flags.prune) * 86_400_000 : undefined;
     const ops = await import('../ops/cache.js');
     const s = await session(flags, out, { read: [store], write: destination ? [destination] : [] });
     try {
@@ -329,14 +337,17 @@ export function addCacheCommands(program: Command): void {
           ...s.ctx,
           layerStore: s.layerStore,
           ...(destination ? { destination } : {}),
+          ...(pruneAgeMs !== undefined ? { pruneAgeMs } : {}),
         });
         printPlan(r.plan, out);
         out.info(`warmed ${r.plan.best?.layers.length ?? 0} layers for ${flags.for}: ${r.fetched} fetched (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)} into ${r.destination}`);
+        printPruned(r.prune, flags.prune, out);
         if (flags.json) out.json(r);
         return;
       }
-      const r = await ops.warmStore(store, flags.top ?? 10, { ...s.ctx, layerStore: s.layerStore });
+      const r = await ops.warmStore(store, flags.top ?? 10, { ...s.ctx, layerStore: s.layerStore, ...(pruneAgeMs !== undefined ? { pruneAgeMs } : {}) });
       out.info(`warmed ${r.chains} chains: ${r.layers} layers, ${r.fetched} fetched (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)}`);
+      printPruned(r.prune, flags.prune, out);
       if (flags.json) out.json(r);
     } finally {
       await s.close();

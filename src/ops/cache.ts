@@ -12,11 +12,10 @@ export {
   cacheFromInstructions,
   defaultCacheTag,
   pullPlanned,
-  warmForBuild,
   type CacheFromInstructions,
   type CachePullOptions,
   type CachePullResult,
 } from './build-cache/pull.js';
-export { warmStore, type WarmResult } from './build-cache/warm.js';
+export { warmForBuild, warmStore, type WarmOptions, type WarmResult } from './build-cache/warm.js';
 export { lint } from './build-cache/lint.js';
 export { LAYER_SUMMARY_MAX_BYTES, layerKeysOfImage, stepsForPush, stepsOfImage, type LayerKeys } from './build-cache/steps.js';

@@ -234,8 +234,8 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
     const pruned = await run(['pull', `file:${store}#library/python:latest`, `rootfs:${path.join(await tempDir(), 'python')}`, '--layer-store', layers, '--prune', '--json']);
     expect(pruned.code, pruned.stderr).toBe(0);
     expect(JSON.parse(pruned.stdout.toString())).toMatchObject({ details: { prune: { removedLayers: 0 } } });
-    const afterPrune = await run(['cache', 'warm', `file:${store}`, '--for', path.join(changed, 'Dockerfile'), '--layer-store', layers, '--json']);
-    expect(JSON.parse(afterPrune.stdout.toString())).toMatchObject({ fetched: 0 });
+    const afterPrune = await run(['cache', 'warm', `file:${store}`, '--for', path.join(changed, 'Dockerfile'), '--layer-store', layers, '--prune', '--json']);
+    expect(JSON.parse(afterPrune.stdout.toString())).toMatchObject({ fetched: 0, prune: { removedLayers: 0 } });
     // Once no use is recent, they go.
     const all = await run(['pull', `file:${store}#library/python:latest`, `rootfs:${path.join(await tempDir(), 'python')}`, '--layer-store', layers, '--prune', '0', '--json']);
     // (the 5 python does not use, and its own too unless its record is still within the same millisecond)
@@ -249,9 +249,20 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
     const { layers } = JSON.parse(r.stdout.toString()) as { layers: number };
     expect(layers).toBeGreaterThanOrEqual(2);
     // The chains warmed count as used: a pull's --prune keeps them.
-    const pruned = await run(['pull', `file:${store}#library/python:latest`, `rootfs:${path.join(await tempDir(), 'python')}`, '--prune', '--no-keep-layers', '--json'], { cacheHome });
+    const pruned = await run(['pull', `file:${store}#library/python:latest`, `rootfs:${path.join(await tempDir(), 'python')}`, '--prune', '--keep-layers', '--json'], { cacheHome });
     expect(pruned.code, pruned.stderr).toBe(0);
     expect(JSON.parse(pruned.stdout.toString())).toMatchObject({ details: { prune: { removedLayers: 0 } } });
+    // The cron that warms prunes too: python's pull, eight days old, goes with its own layer; the chain warmed now stays.
+    const records = path.join(cacheHome, 'smartlayer', 'layer-store', 'images');
+    for (const name of await fs.readdir(records)) {
+      if (name.startsWith('chain-')) continue;
+      const record = JSON.parse(await fs.readFile(path.join(records, name), 'utf8')) as { usedAt: string };
+      await fs.writeFile(path.join(records, name), JSON.stringify({ ...record, usedAt: new Date(Date.now() - 8 * 86_400_000).toISOString() }));
+    }
+    const cron = await run(['cache', 'warm', `file:${store}`, '--top', '1', '--prune', '--json'], { cacheHome });
+    expect(cron.code, cron.stderr).toBe(0);
+    expect(JSON.parse(cron.stdout.toString())).toMatchObject({ chains: 1, fetched: 0, prune: { removedImages: 1, removedLayers: 1 } });
+    expect(cron.stderr.toString()).toMatch(/^pruned 1 layers and 0 kept blobs that nothing used within 7 days \(.+\)$/m);
     expect(JSON.parse((await run(['cache', 'warm', `file:${store}`, '--top', '1', '--json'], { cacheHome })).stdout.toString())).toMatchObject({ chains: 1, fetched: 0 });
   });
 

@@ -1,7 +1,7 @@
 /**
  * `smart cache pull`: exactly the layers a plan matched, into the local layer store or as the
  * truncated image (one per build step for buildah) at a destination; what makes each builder use
- * them; and `cache warm --for`, the plan and its pull ahead of the next build.
+ * them (`cache warm --for`, the plan and its pull ahead of the next build, is in warm.ts).
  */
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
@@ -15,7 +15,7 @@ import { chainIds } from '../../trie/layer-trie.js';
 import { openStore } from '../../transports/all.js';
 import type { StoreAccess } from '../../transports/transport.js';
 import { LayerStoreFiller } from './layer-fill.js';
-import { planBuild, type CacheBuilder, type PlanOptions, type PlanResult } from './plan.js';
+import type { CacheBuilder, PlanResult } from './plan.js';
 import { platformOf, type CacheContext } from './session.js';
 
 export interface CachePullResult {
@@ -246,17 +246,6 @@ export function cacheFromInstructions(builder: CacheBuilder, pulled: CachePullRe
       return { builder, commands: images.map((n) => `buildah pull ${n}`), flags: '--layers' };
     }
   }
-}
-
-/**
- * `cache warm --for Dockerfile`: what the next build of this app will reuse, fetched ahead of it
- * (from cron on build machines): the plan, then exactly its layers, into the layer store or as
- * the cache image(s) at `destination` (an OCI layout keeps what it already has: a second run
- * fetches only what changed).
- */
-export async function warmForBuild(storeName: string, options: PlanOptions, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
-  const plan = await planBuild(storeName, options, ctx);
-  return pullPlanned(storeName, plan, ctx);
 }
 
 /** True when `layers` (an image's first ones, from the store) are exactly the chain `chainId` names. */

@@ -1,10 +1,15 @@
-/** `smart cache warm`: the layer chains most shared across a store, prefetched into the layer store. */
-import type { LayerStore } from '../../cache/layer-store.js';
+/**
+ * `smart cache warm`: the layer chains most shared across a store, prefetched into the layer store;
+ * or, `--for` a Dockerfile, what the next build of that app will reuse. Either may then prune the
+ * layer store (what the cron that warms keeps bounded).
+ */
+import type { GcResult, LayerStore } from '../../cache/layer-store.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
 import type { TrieNode } from '../../trie/layer-trie.js';
 import { openStore } from '../../transports/all.js';
 import { LayerStoreFiller } from './layer-fill.js';
-import { holdsChain, imageOf } from './pull.js';
+import { holdsChain, imageOf, pullPlanned, type CachePullOptions, type CachePullResult } from './pull.js';
+import { planBuild, type PlanOptions } from './plan.js';
 import { platformOf, type CacheContext } from './session.js';
 
 export interface WarmResult {
@@ -14,6 +19,16 @@ export interface WarmResult {
   bytes: number;
   /** Layers unpacked from the blobs a pull kept on this machine, not fetched. */
   fromKeptBlobs: number;
+  /** With `pruneAgeMs`: what the layer store's gc removed after the warm. */
+  prune?: GcResult;
+}
+
+export interface WarmOptions {
+  /**
+   * After the warm (which counts as a use of what it made present), remove from the layer store
+   * what nothing pulled or warmed within this many ms uses: the cron that warms keeps it bounded.
+   */
+  pruneAgeMs?: number;
 }
 
 /**
@@ -23,7 +38,7 @@ export interface WarmResult {
  * verified), and a chain that image does not hold (an index older than the store, or a forged
  * entry) is skipped with a warning. Stops (throws the reason) when `ctx.endpoints.signal` aborts.
  */
-export async function warmStore(storeName: string, top: number, ctx: CacheContext & { layerStore: LayerStore }): Promise<WarmResult> {
+export async function warmStore(storeName: string, top: number, ctx: CacheContext & WarmOptions & { layerStore: LayerStore }): Promise<WarmResult> {
   const store = await openStore(storeName, ctx.endpoints);
   const platform = platformOf(ctx);
   const signal = ctx.endpoints.signal;
@@ -67,9 +82,22 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
         await source.close();
       }
     }
+    if (ctx.pruneAgeMs !== undefined) result.prune = await ctx.layerStore.gc({ maxAgeMs: ctx.pruneAgeMs });
     return result;
   } finally {
     await filler.release();
     await store.close();
   }
+}
+
+/**
+ * `cache warm --for Dockerfile`: what the next build of this app will reuse, fetched ahead of it
+ * (from cron on build machines): the plan, then exactly its layers, into the layer store or as
+ * the cache image(s) at `destination` (an OCI layout keeps what it already has: a second run
+ * fetches only what changed).
+ */
+export async function warmForBuild(storeName: string, options: PlanOptions, ctx: CacheContext & CachePullOptions & WarmOptions): Promise<CachePullResult & { prune?: GcResult }> {
+  const plan = await planBuild(storeName, options, ctx);
+  const pulled = await pullPlanned(storeName, plan, ctx);
+  return ctx.pruneAgeMs !== undefined && ctx.layerStore ? { ...pulled, prune: await ctx.layerStore.gc({ maxAgeMs: ctx.pruneAgeMs }) } : pulled;
 }
