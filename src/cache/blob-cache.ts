@@ -43,13 +43,22 @@ export interface BlobCacheEvents {
 export class BlobCache implements LocalBlobs {
   /** What this pull did with the machine's blobs: read from it, kept in it, found damaged there. */
   readonly counts = { read: 0, kept: 0, repaired: 0 };
+  /** The blobs this pull read from the machine or kept there: what the record of its image names (for gc). */
+  readonly used = new Set<Digest>();
   private stopped = false;
   /** The pins `find` made: removed by `release`. */
   private readonly pins: string[] = [];
+  /** Blobs `keep` was given when adopting: kept by `adopt` once the destination holds them. */
+  private readonly toAdopt = new Set<Digest>();
 
+  /**
+   * `adopting`: `keep` writes nothing, and `adopt` links the destination's file of the blob in its
+   * place (a pull into an OCI layout on this machine: no second write of what it fetched).
+   */
   constructor(
     readonly storeDir: string,
     private readonly events: BlobCacheEvents,
+    private readonly adopting = false,
   ) {}
 
   /**
@@ -79,7 +88,29 @@ export class BlobCache implements LocalBlobs {
       return undefined;
     }
     this.counts.read++;
+    this.used.add(descriptor.digest);
     return use;
+  }
+
+  async adopt(file: string, descriptor: Descriptor): Promise<void> {
+    if (!this.toAdopt.delete(descriptor.digest) || this.stopped) return;
+    const final = keptBlobPath(this.storeDir, descriptor.digest);
+    try {
+      await mkdirp(path.dirname(final));
+      await fs.link(file, final);
+    } catch (e) {
+      if (isErrno(e, 'EEXIST')) {
+        this.used.add(descriptor.digest); // kept by another pull meanwhile
+        return;
+      }
+      // Another filesystem, or one without hardlinks: not kept, as keeping would cost a copy.
+      if (isErrno(e, 'EXDEV') || isErrno(e, 'EPERM') || isErrno(e, 'EMLINK') || isErrno(e, 'ENOTSUP')) return;
+      this.stopped = true;
+      this.events.notKept(e);
+      return;
+    }
+    this.counts.kept++;
+    this.used.add(descriptor.digest);
   }
 
   /** Removes the pins `find` made: once nothing reads the paths it returned. */
@@ -111,6 +142,10 @@ export class BlobCache implements LocalBlobs {
 
   keep(blob: Readable, descriptor: Descriptor): Readable {
     if (this.stopped || !descriptor.digest.startsWith('sha256:')) return blob;
+    if (this.adopting) {
+      this.toAdopt.add(descriptor.digest);
+      return blob;
+    }
     const final = keptBlobPath(this.storeDir, descriptor.digest);
     const tmp = path.join(this.storeDir, 'tmp', ownedId());
     let file: BatchedFileWriter | undefined;
@@ -160,6 +195,7 @@ export class BlobCache implements LocalBlobs {
               await fs.rename(tmp, final);
               renamed = true;
               this.counts.kept++;
+              this.used.add(descriptor.digest);
             } catch (e) {
               fail(e);
             }

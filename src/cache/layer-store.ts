@@ -10,6 +10,8 @@
  *   images/<manifest digest hex>    {name, diffIds, blobs, usedAt}: what pulled images use (for gc)
  *   images/chain-<chain id hex>     {name, diffIds, usedAt}: a chain made present for the builds to
  *                                   come (cache warm, cache pull): kept by gc as an image's layers
+ *   images/blobs-<manifest hex>     {name, blobs, usedAt}: the kept blobs a pull into a layout or an
+ *                                   archive used
  *   locks/<diff id hex>             held (O_EXCL, its owner's tag inside) while one process fetches a layer
  *   tmp/<owner tag>-<random>/       a layer being unpacked; renamed into layers/ once verified
  *
@@ -293,6 +295,15 @@ export class LayerStore {
   /** Records that an image uses these layers and these kept blobs (now): what gc keeps. */
   async recordImage(manifestDigest: Digest, name: string, diffIds: Digest[], blobs: Digest[] = []): Promise<void> {
     await this.writeRecord(digestHex(manifestDigest), { name, diffIds, blobs });
+  }
+
+  /**
+   * Records that a pull of an image into a layout or an archive used these kept blobs (now): what
+   * gc keeps. Under its own name: it must not take the place of the record of a root filesystem
+   * pull of the same image, which names its unpacked layers too.
+   */
+  async recordBlobs(manifestDigest: Digest, name: string, blobs: Digest[]): Promise<void> {
+    await this.writeRecord(`blobs-${digestHex(manifestDigest)}`, { name, diffIds: [], blobs });
   }
 
   /**

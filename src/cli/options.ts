@@ -182,7 +182,7 @@ export const PULL_OPTIONS: readonly OptionSpec[] = [
     flags: '--keep-layers',
     description: 'keep the layers a rootfs:/bundle: pull fetches unpacked in the layer store, for the next pulls (default: for bundles, and whenever the filesystem clones files or with --link; else the compressed blobs fetched from a registry or S3 are kept)',
   },
-  { flags: '--no-keep-layers', description: 'keep nothing this pull fetches in the layer store, not even its compressed blobs: each file is written once, into the tree' },
+  { flags: '--no-keep-layers', description: 'keep nothing this pull fetches in the layer store, not even the compressed blobs a pull from a registry or S3 keeps by default (what is kept is still read)' },
   { flags: '--prune [days]', description: 'after the pull, remove layers and kept blobs that nothing pulled or warmed within DAYS (default 7) uses' },
   { flags: '--force', description: 'let rootfs:/bundle: replace a non-empty directory that smart pull did not make (its contents are lost)' },
   TAG_CACHE_TTL_OPTION,

@@ -25,6 +25,11 @@ export interface LocalBlobs {
   find(descriptor: Descriptor, what: string): Promise<string | undefined>;
   /** `blob` (which errors in place of ending when its bytes are not the descriptor's) passed on as it is, and kept once it has ended. */
   keep(blob: Readable, descriptor: Descriptor): Readable;
+  /**
+   * Keeps a file a destination wrote of a blob `keep` was given (a layout's blob, checked as it was
+   * written), as a hardlink: no second write. Nothing when `keep` was not given the blob.
+   */
+  adopt?(file: string, descriptor: Descriptor): Promise<void>;
 }
 
 /**
@@ -248,6 +253,8 @@ export interface BlobDestination {
    */
   reuseBlob(descriptor: Descriptor): Promise<BlobReuse | undefined>;
   putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob>;
+  /** The local file a blob put here is (an OCI layout on this machine), for LocalBlobs.adopt. */
+  localBlobFile?(digest: Digest): string;
   /** Stores manifest bytes (an image manifest or an index); does not tag them. */
   putManifest(manifest: ParsedManifest): Promise<void>;
   /**
@@ -287,6 +294,8 @@ export function isImageWriter(dest: Destination): dest is ImageWriter {
 export interface ImageWriteOptions {
   signal?: AbortSignal;
   jobs: number;
+  /** The machine's kept blobs, read (and kept) as layers are opened (see OpenOptions.localBlobs). */
+  localBlobs?: { blobs: LocalBlobs; keep: boolean };
   onLayer?: (event: LayerEvent) => void;
   /** Bytes of a layer's stored blob read so far (a delta), for progress displays. */
   onProgress?: (event: ProgressEvent) => void;

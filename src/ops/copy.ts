@@ -23,6 +23,7 @@ import {
   type ImageWriter,
   type Layer,
   type LayerEvent,
+  type LocalBlobs,
   type OpenOptions,
   type ProgressEvent,
   type Source,
@@ -79,6 +80,8 @@ export interface CopyOptions {
   blobInfo?: BlobInfoCache;
   /** Told of each blob transfer started again after a transient failure, with the failure: retries are visible, not silent. */
   onRetry?: (message: string) => void;
+  /** The machine's kept blobs: a layer kept there is read there, and one fetched is kept when `keep` (see OpenOptions.localBlobs). */
+  localBlobs?: { blobs: LocalBlobs; keep: boolean };
 }
 
 export interface CopySummary {
@@ -352,6 +355,7 @@ async function writeWhole(source: ImageSource, writer: ImageWriter, run: CopyRun
   const result = await writer.write(image, {
     jobs: options.jobs,
     ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.localBlobs ? { localBlobs: options.localBlobs } : {}),
     ...(options.onProgress ? { onProgress: options.onProgress } : {}),
     onLayer: (e) => run.record(e),
   });
@@ -512,6 +516,9 @@ async function copyLayer(layer: Layer, dest: BlobDestination, run: CopyRun, sign
   const open = (s: AbortSignal | undefined) => layer.open(openOptions(layer, run.options, s));
   if (isForeignLayer(desc.mediaType) || layerCompression(desc.mediaType) !== 'none' || dest.layerCompression !== 'compress') {
     await sendBlob(desc, open, dest, run, signal, layer.diffId);
+    // The destination's file of a blob fetched is kept as it is, in place of a second write of it.
+    const adopt = run.options.localBlobs?.blobs.adopt;
+    if (adopt && dest.localBlobFile) await adopt.call(run.options.localBlobs!.blobs, dest.localBlobFile(desc.digest), desc);
     return { descriptor: desc, diffId: layer.diffId };
   }
   // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
@@ -637,10 +644,14 @@ function unrepeatable(e: unknown, sourceName: string): unknown {
   });
 }
 
-function openOptions(layer: Layer, options: { onProgress?: (e: ProgressEvent) => void }, signal: AbortSignal | undefined): OpenOptions {
-  const { onProgress } = options;
+function openOptions(layer: Layer, options: Pick<CopyOptions, 'onProgress' | 'localBlobs'>, signal: AbortSignal | undefined): OpenOptions {
+  const { onProgress, localBlobs } = options;
   const { digest, size } = layer.descriptor;
-  return { ...(signal ? { signal } : {}), ...(onProgress ? { onBytes: (bytes: number) => onProgress({ layer: digest, bytes, total: size }) } : {}) };
+  return {
+    ...(signal ? { signal } : {}),
+    ...(onProgress ? { onBytes: (bytes: number) => onProgress({ layer: digest, bytes, total: size }) } : {}),
+    ...(localBlobs ? { localBlobs } : {}),
+  };
 }
 
 /** Transfers of one blob, the first included: as many as the registry client's attempts at one request. */

@@ -1,6 +1,6 @@
 /** `push` and `pull`: one copy between any sensible pair of image names. */
 import type { Readable, Writable } from 'node:stream';
-import { SmartError } from '../errors.js';
+import { SmartError, cannotTakeMore, machineRefusal, systemWords } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import type { LayerEvent, ProgressEvent } from '../oci/image.js';
 import { hostPlatform, parsePlatform, type Platform } from '../oci/platform.js';
@@ -180,7 +180,16 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   // Proof images' manifests are kept on this machine's disk, never in a shared cache (see BlobInfoCache).
   const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache, req.redisUrl ? await localMetadata(req.cacheDir!) : cache) : undefined;
   const storeDir = req.cacheDir ? layerStoreDir(req.cacheDir, req.layerStoreDir) : req.layerStoreDir;
-  const layerStore = storeDir && transportOf(dst).capabilities.pullOnly ? await openLayerStore(storeDir) : undefined;
+  const { pullOnly, namesStore } = transportOf(dst).capabilities;
+  // A pull from a registry or S3 into a layout or an archive keeps the blobs it fetches, and reads
+  // those kept (by any pull) in place of fetching them: no layer is fetched twice (a root
+  // filesystem's writer does so itself, beside its unpacked layers). One from this machine's files
+  // reads them where they are.
+  const remoteSource = src.transport === 'docker' || src.transport === 's3';
+  const keepsBlobs = req.mode === 'pull' && remoteSource && !pullOnly && !namesStore && storeDir !== undefined;
+  const layerStore = storeDir && (pullOnly || keepsBlobs) ? await openLayerStore(storeDir) : undefined;
+  // Into an OCI layout, a blob fetched is kept as a hardlink to the layout's file: no second write.
+  const blobCache = keepsBlobs && layerStore ? await openBlobCache(layerStore.dir, req.onWarning, dst.transport === 'oci') : undefined;
   const ctx: OpenContext = {
     stdin: req.stdin ?? process.stdin,
     stdout: req.stdout ?? process.stdout,
@@ -210,6 +219,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     ...(req.onProgress ? { onProgress: req.onProgress } : {}),
     ...(req.onWarning ? { onRetry: req.onWarning, onWarning: req.onWarning } : {}),
     ...(blobInfo ? { blobInfo } : {}),
+    ...(blobCache ? { localBlobs: { blobs: blobCache, keep: req.keepLayers !== false } } : {}),
     ...(req.dockerfile ? { layerSteps: (image: Image) => stepsFor(image, req.dockerfile!) } : {}),
     ...(cache && indexed
       ? {
@@ -237,14 +247,38 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     // What killed runs left there and this one removed (a whole-image writer reports its own).
     const cleaned = !isImageWriter(destination) ? await destination.cleaned?.() : undefined;
     if (cleaned?.length) summary.details = { ...summary.details, cleaned };
+    if (blobCache && layerStore) {
+      const { counts, used } = blobCache;
+      if (counts.read + counts.kept + counts.repaired > 0) summary.details = { ...summary.details, blobs: { ...counts } };
+      // What tells gc the blobs are in use; none the less kept without it.
+      if (used.size > 0) await layerStore.recordBlobs(summary.manifestDigest, source.name, [...used]).catch((e: unknown) => req.onWarning?.(`the layer store ${layerStore.dir} cannot record the blobs this pull used (${e instanceof Error ? e.message : String(e)})`));
+    }
     if (layerStore && req.pruneAgeMs !== undefined) summary.details = { ...summary.details, prune: await layerStore.gc({ maxAgeMs: req.pruneAgeMs }) };
     return summary;
   } finally {
     // Open connections would keep the process alive for their keep-alive time.
     if (destination && !isImageWriter(destination)) await destination.close().catch(() => undefined);
     if (!isStreamed(source)) await source.close().catch(() => undefined);
+    await blobCache?.release();
     await cache?.close();
   }
+}
+
+/** The kept blobs of the layer store `dir` for a pull that is not a root filesystem's; what goes wrong with them is said, once. */
+async function openBlobCache(dir: string, onWarning: ((message: string) => void) | undefined, adopting: boolean) {
+  const { BlobCache } = await import('../cache/blob-cache.js');
+  return new BlobCache(
+    dir,
+    {
+      notKept: (e) => {
+        const refusal = cannotTakeMore(e);
+        const advice = refusal ? machineRefusal(refusal)?.hint : undefined;
+        onWarning?.(`the layer store ${dir} cannot keep blobs (${e instanceof Error ? systemWords(e) : String(e)}${advice ? `: ${advice}` : ''}); the layers this pull fetches are not kept for the next pulls`);
+      },
+      damaged: (what, why) => onWarning?.(`${what} kept on this machine is damaged (${why}): removed, and fetched`),
+    },
+    adopting,
+  );
 }
 export type { LayerEvent, ProgressEvent } from '../oci/image.js';
 export { transportPrefixes } from '../transports/all.js';

@@ -38,7 +38,7 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
   return {
     descriptor,
     diffId,
-    open: async (options?: OpenOptions) => abortable(counted(await openBlob(source, descriptor, options), options?.onBytes), options?.signal),
+    open: async (options?: OpenOptions) => abortable(counted(await openLocalOrFetch(source, descriptor, what, options), options?.onBytes), options?.signal),
     openUncompressed: async (options?: OpenOptions) => {
       const compression = layerCompression(descriptor.mediaType);
       if (compression === undefined) {

@@ -14,7 +14,7 @@ import type { Digest } from '../../src/oci/digest.js';
 import { fixtures } from '../harness/fixtures.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
-import { smart, smartBin } from '../harness/run.js';
+import { runOk, smart, smartBin } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { describeTree } from '../harness/tree.js';
@@ -141,6 +141,48 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await store.gc({ maxAgeMs: 86_400_000 })).toMatchObject({ removedBlobs: 0 });
     expect(await store.gc({ maxAgeMs: -1 })).toMatchObject({ removedImages: 1, removedBlobs: fx.basic.layers.length });
     expect(await fs.readdir(blobsDir)).toEqual([]);
+  });
+
+  it('a pull into a layout or an archive keeps the blobs it fetches (a layout\'s as hardlinks) and reads those kept: the next pull of any kind fetches none', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const out = await tempDir();
+    const blobsDir = path.join(cacheHome, 'smartlayer', 'layer-store', 'blobs', 'sha256');
+    const pull = async (destination: string, ...flags: string[]) => {
+      proxy.stats.clear();
+      const r = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, destination, '-q', ...flags], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr.toString()).toBe(''); // no warning
+      return proxy.stats.requests.filter((q) => q.method === 'GET' && fx.basic.layers.some((l) => q.path.endsWith(l.digest))).length;
+    };
+    // Into an OCI layout: every layer fetched once, kept as a hardlink to the layout's file (no second write).
+    expect(await pull(`oci:${path.join(out, 'layout-1')}:x`)).toBe(fx.basic.layers.length);
+    for (const l of fx.basic.layers) {
+      const inLayout = await fs.stat(path.join(out, 'layout-1', 'blobs', 'sha256', l.digest.slice(7)));
+      expect((await fs.stat(path.join(blobsDir, l.digest.slice(7)))).ino).toBe(inLayout.ino);
+    }
+    // The layout may go: the kept blobs stay. Then no pull fetches a layer again, into whatever it writes.
+    await fs.rm(path.join(out, 'layout-1'), { recursive: true });
+    expect(await pull(`oci:${path.join(out, 'layout-2')}:x`)).toBe(0);
+    expect(await pull(`docker-archive:${path.join(out, 'kept.tar')}:basic/app:v1`)).toBe(0);
+    expect(await pull(`oci-archive:${path.join(out, 'kept-oci.tar')}:x`)).toBe(0);
+    expect(await pull(`rootfs:${path.join(out, 'tree')}`)).toBe(0);
+    // What was read from the machine is what the registry serves: the same archive as a pull that keeps and reads nothing.
+    const fresh = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `docker-archive:${path.join(out, 'fetched.tar')}:basic/app:v1`, '--no-keep-layers'], { cacheHome: await tempDir() });
+    expect(fresh.code, fresh.stderr).toBe(0);
+    expect((await fs.readFile(path.join(out, 'kept.tar'))).equals(await fs.readFile(path.join(out, 'fetched.tar')))).toBe(true);
+    expect((await runOk('skopeo', ['inspect', '--raw', `oci:${path.join(out, 'layout-2')}:x`])).stdout.toString()).toContain(fx.basic.layers[0]!.digest);
+    // An archive's pull keeps what it fetches too (written as it passes); --no-keep-layers keeps nothing.
+    const other = await tempDir();
+    const archived = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `oci-archive:${path.join(out, 'a.tar')}:x`, '--json'], { cacheHome: other });
+    expect(JSON.parse(archived.stdout.toString())).toMatchObject({ details: { blobs: { read: 0, kept: fx.basic.layers.length, repaired: 0 } } });
+    const none = await tempDir();
+    expect((await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `oci:${path.join(out, 'layout-3')}:x`, '--no-keep-layers'], { cacheHome: none })).code).toBe(0);
+    expect(await fs.readdir(path.join(none, 'smartlayer', 'layer-store', 'blobs', 'sha256')).catch(() => [])).toEqual([]);
+    // gc keeps them while a recent pull used them, and no longer.
+    const store = new LayerStore(path.join(cacheHome, 'smartlayer', 'layer-store'));
+    expect(await store.gc({ maxAgeMs: 86_400_000 })).toMatchObject({ removedBlobs: 0 });
+    expect(await store.gc({ maxAgeMs: -1 })).toMatchObject({ removedBlobs: fx.basic.layers.length });
   });
 
   it('cache warm unpacks into the layer store the blobs a pull kept, and fetches none of them', async () => {

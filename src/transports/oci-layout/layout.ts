@@ -204,6 +204,10 @@ export class OciLayoutDestination implements BlobDestination {
     return st !== undefined && st.size === descriptor.size ? { how: 'present' } : undefined;
   }
 
+  localBlobFile(digest: Digest): string {
+    return this.driver.location(blobPath(digest));
+  }
+
   async putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob> {
     // A verified local file (a pull from a file: store or another layout): copied in the kernel, the copy checked.
     const file = info.verified && info.digest && info.size !== undefined ? localFileOf(stream) : undefined;
