@@ -1,5 +1,6 @@
 /** Runs the built CLI and other programs as a user would, capturing their output. */
 import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
@@ -30,12 +31,30 @@ export function run(cmd: string, args: string[], options: { input?: Buffer | Nod
   });
 }
 
-/** `smart ARGS`; XDG_CACHE_HOME is pointed at `cacheHome` so tests never touch the user's cache. */
+let fileCacheHome: string | undefined;
+
+/**
+ * XDG_CACHE_HOME for the runs of this test file (see file-cache-home.ts): a directory of its own
+ * under the run's `cacheHome`. Files run side by side, and what one file's pulls keep there (the
+ * metadata, the blobs a pull keeps and the next reads) must not change what another's see; within
+ * a file, tests run in order. The packages' compiled code (compile-cache) is shared.
+ */
+export function testCacheHome(): string {
+  if (fileCacheHome) return fileCacheHome;
+  const shared = inject('cacheHome');
+  const home = mkdtempSync(path.join(shared, 'file-'));
+  mkdirSync(path.join(shared, 'smartlayer', 'compile-cache'), { recursive: true });
+  mkdirSync(path.join(home, 'smartlayer'));
+  symlinkSync(path.join(shared, 'smartlayer', 'compile-cache'), path.join(home, 'smartlayer', 'compile-cache'));
+  return (fileCacheHome = home);
+}
+
+/** `smart ARGS`; XDG_CACHE_HOME is pointed at `cacheHome` (default: this file's) so tests never touch the user's cache. */
 export function smart(
   args: string[],
   options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<RunResult> {
-  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? inject('cacheHome'), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
+  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
   return run(process.execPath, [smartBin, ...args], { ...(options.input ? { input: options.input } : {}), env });
 }
 

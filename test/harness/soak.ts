@@ -6,7 +6,7 @@
  */
 import { spawn } from 'node:child_process';
 import { inject } from 'vitest';
-import { smartBin } from './run.js';
+import { smartBin, testCacheHome } from './run.js';
 
 /** `SMART_SOAK=full`: the full-scale run (`npm run soak`); otherwise the CI scale. */
 export const FULL_SCALE = process.env.SMART_SOAK === 'full';
@@ -129,7 +129,7 @@ export interface BackgroundSmart {
  * empty registries.conf), SIGKILLed after `boundMs` (then `hung`).
  */
 export function startSmart(args: string[], options: { env?: NodeJS.ProcessEnv; cacheHome?: string; boundMs: number }): BackgroundSmart {
-  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? inject('cacheHome'), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
+  const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
   const started = performance.now();
   const child = spawn(process.execPath, [smartBin, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, inject, it } from 'vitest';
-import { repoRoot } from '../harness/run.js';
+import { repoRoot, testCacheHome } from '../harness/run.js';
 import { tempDir } from '../harness/tmp.js';
 
 const run = promisify(execFile);
@@ -62,8 +62,9 @@ async function writePackage(root: string, value: string): Promise<string> {
 const nodeKeepsIt = typeof (Module as unknown as { enableCompileCache?: unknown }).enableCompileCache === 'function';
 
 describe('compile cache', () => {
-  it("is never the user's own in the tests: every program a test starts inherits the run's cache home", () => {
-    expect(process.env.XDG_CACHE_HOME).toBe(inject('cacheHome'));
+  it("is never the user's own in the tests: every program a test starts inherits its file's cache home, under the run's", () => {
+    expect(process.env.XDG_CACHE_HOME).toBe(testCacheHome());
+    expect(path.dirname(testCacheHome())).toBe(inject('cacheHome'));
   });
 });
 

@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it, inject } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
-import { smart, smartBin, type RunResult } from '../harness/run.js';
+import { smart, smartBin, testCacheHome, type RunResult } from '../harness/run.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
 
@@ -27,7 +27,7 @@ function smartIn(cwd: string, args: string[]): Promise<RunResult> {
     const child = spawn(process.execPath, [smartBin, ...args], {
       cwd,
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, XDG_CACHE_HOME: inject('cacheHome'), CONTAINERS_REGISTRIES_CONF: inject('registriesConf') },
+      env: { ...process.env, XDG_CACHE_HOME: testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf') },
     });
     const out: Buffer[] = [];
     let err = '';

@@ -15,14 +15,14 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it, inject } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
-import { run, runOk, smart, smartBin, type RunResult } from '../harness/run.js';
+import { run, runOk, smart, smartBin, testCacheHome, type RunResult } from '../harness/run.js';
 import { haveTools, inCI } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
 import { startProxy } from '../harness/proxy.js';
 import { startRegistry } from '../harness/registry.js';
 
-const env = () => ({ ...process.env, XDG_CACHE_HOME: inject('cacheHome'), CONTAINERS_REGISTRIES_CONF: inject('registriesConf') });
+const env = () => ({ ...process.env, XDG_CACHE_HOME: testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf') });
 
 /** `script` run by bash with `smart` as a function, and `args` as $1…: for pipes and process substitution. */
 function bash(script: string, ...args: string[]): Promise<RunResult> {
@@ -211,7 +211,8 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
       expect(pushed.code, pushed.stderr).toBe(0);
       const layers = fixtures().basic.diffIds.length;
       const inFile = path.join(work, 'from-registry.tar');
-      const reference = await smart(['pull', `docker://${proxy.host}/special/basic:1`, `docker-archive:${inFile}`]);
+      // Each pull with a cache of its own: a pull keeps the blobs it fetched, and the next would read them.
+      const reference = await smart(['pull', `docker://${proxy.host}/special/basic:1`, `docker-archive:${inFile}`, '--cache-dir', await tempDir()]);
       expect(reference.code, reference.stderr).toBe(0);
       // Its tar header gives each layer's size before its bytes: each is taken whole once (spooled), not read twice.
       for (const how of ['stdout', 'path'] as const) {
@@ -219,8 +220,8 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
         const out = path.join(work, `from-registry-${how}.tar`);
         const r =
           how === 'stdout'
-            ? await bash('smart pull "$1" docker-archive:- | cat > "$2"; exit "${PIPESTATUS[0]}"', `docker://${proxy.host}/special/basic:1`, out)
-            : await bash('smart pull "$1" docker-archive:/dev/stdout | cat > "$2"; exit "${PIPESTATUS[0]}"', `docker://${proxy.host}/special/basic:1`, out);
+            ? await bash('smart pull "$1" docker-archive:- --cache-dir "$3" | cat > "$2"; exit "${PIPESTATUS[0]}"', `docker://${proxy.host}/special/basic:1`, out, await tempDir())
+            : await bash('smart pull "$1" docker-archive:/dev/stdout --cache-dir "$3" | cat > "$2"; exit "${PIPESTATUS[0]}"', `docker://${proxy.host}/special/basic:1`, out, await tempDir());
         expect(r.code, r.stderr).toBe(0);
         expect((await fs.readFile(out)).equals(await fs.readFile(inFile)), how).toBe(true);
         const blobGets = proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/'));
