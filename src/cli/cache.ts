@@ -256,8 +256,7 @@ export function addCacheCommands(program: Command): void {
       .option('--print-cache-from-file <file>', 'write those flags (and commands) to FILE instead')
       .option('--tag <name:tag>', 'the name of a docker-archive written (default: smartcache/REPO:CHAIN, what --print-cache-from docker names)')
       .option('--registry <host[:port]>', 'the registry serving this store, for --print-cache-from (default: the store\'s for docker://)')
-      .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)')
-      .option('--prune [days]', 'then remove from the layer store the layers and kept blobs that nothing pulled or warmed within DAYS (default 7) uses'),
+      .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)'),
   ).action(cancellable(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
     const flags = this.opts<CacheFlags>();
     // `cache pull STORE DEST` (context omitted): an image name is never a directory.

@@ -517,8 +517,8 @@ async function copyLayer(layer: Layer, dest: BlobDestination, run: CopyRun, sign
   if (isForeignLayer(desc.mediaType) || layerCompression(desc.mediaType) !== 'none' || dest.layerCompression !== 'compress') {
     await sendBlob(desc, open, dest, run, signal, layer.diffId);
     // The destination's file of a blob fetched is kept as it is, in place of a second write of it.
-    const adopt = run.options.localBlobs?.blobs.adopt;
-    if (adopt && dest.localBlobFile) await adopt.call(run.options.localBlobs!.blobs, dest.localBlobFile(desc.digest), desc);
+    const kept = run.options.localBlobs?.blobs;
+    if (kept?.adopt && dest.localBlobFile) await kept.adopt(dest.localBlobFile(desc.digest), desc);
     return { descriptor: desc, diffId: layer.diffId };
   }
   // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
