@@ -63,7 +63,7 @@ async function openLocalOrFetch(source: ImageSource, descriptor: Descriptor, wha
   const local = options?.localBlobs;
   const file = await local?.blobs.find(descriptor, what);
   if (file !== undefined) {
-    const raw = markLocalFile(createReadStream(file), { path: file });
+    const raw = markLocalFile(createReadStream(file), { path: file, shared: true });
     return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} kept on this machine (${file})` });
   }
   const blob = await openBlob(source, descriptor, options);

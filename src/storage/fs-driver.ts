@@ -109,7 +109,9 @@ export class FsDriver implements StorageDriver {
     try {
       signal?.throwIfAborted();
       await mkdirp(path.dirname(target));
-      await fs.copyFile(file.path, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
+      // A kept blob is linked where it can be (no second copy on the disk), copied else; checked either way.
+      const linked = file.shared ? await fs.link(file.path, tmp).then(() => true, () => false) : false;
+      if (!linked) await fs.copyFile(file.path, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
       await verifyFile(tmp, { ...expect, what: file.what ?? expect.what }, file.onBytes);
       // A copy whose command failed meanwhile (another layer refused, Ctrl-C) does not appear.
       signal?.throwIfAborted();

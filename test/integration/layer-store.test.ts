@@ -164,6 +164,11 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     // The layout may go: the kept blobs stay. Then no pull fetches a layer again, into whatever it writes.
     await fs.rm(path.join(out, 'layout-1'), { recursive: true });
     expect(await pull(`oci:${path.join(out, 'layout-2')}:x`)).toBe(0);
+    // Laid into the layout as hardlinks too (checked, not copied).
+    for (const l of fx.basic.layers) {
+      const inLayout = await fs.stat(path.join(out, 'layout-2', 'blobs', 'sha256', l.digest.slice(7)));
+      expect((await fs.stat(path.join(blobsDir, l.digest.slice(7)))).ino).toBe(inLayout.ino);
+    }
     expect(await pull(`docker-archive:${path.join(out, 'kept.tar')}:basic/app:v1`)).toBe(0);
     expect(await pull(`oci-archive:${path.join(out, 'kept-oci.tar')}:x`)).toBe(0);
     expect(await pull(`rootfs:${path.join(out, 'tree')}`)).toBe(0);
