@@ -333,6 +333,43 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await describeTree(path.join(work, 'c1'))).toEqual(await describeTree(path.join(work, 'c2')));
   });
 
+  it('a prune by another run while a pull lays layers from the store keeps those layers: the pull records its image before it uses the store', async () => {
+    const fx = fixtures();
+    const amd = fx.multi.platforms['linux/amd64']!;
+    const arm = fx.multi.platforms['linux/arm64/v8']!;
+    const cacheHome = await tempDir();
+    const storeDir = path.join(cacheHome, 'smartlayer', 'layer-store');
+    const store = new LayerStore(storeDir);
+    const first = await smart(['pull', `docker://${proxy.host}/multi/app:amd64`, `rootfs:${path.join(work, 'prune-amd')}`, '--keep-layers'], { cacheHome });
+    expect(first.code, first.stderr).toBe(0);
+    // That pull is eight days old now: its layers are what a prune removes.
+    for (const name of await fs.readdir(path.join(storeDir, 'images'))) {
+      const file = path.join(storeDir, 'images', name);
+      const record = JSON.parse(await fs.readFile(file, 'utf8')) as Record<string, unknown>;
+      await fs.writeFile(file, JSON.stringify({ ...record, usedAt: new Date(Date.now() - 8 * 86_400_000).toISOString() }));
+    }
+    // A pull of arm64 lays the shared base layer from the store, and stalls on its own layer.
+    const own = arm.layers[1]!.digest;
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(own) ? { kind: 'stall-mid-body', afterBytes: 10 } : undefined));
+    const child = spawn(process.execPath, [smartBin, 'pull', '-q', `docker://${proxy.host}/multi/app:arm64`, `rootfs:${path.join(work, 'prune-arm')}`, '--keep-layers'], {
+      stdio: 'ignore',
+      env: { ...process.env, XDG_CACHE_HOME: cacheHome },
+    });
+    const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+    try {
+      for (let i = 0; i < 200 && !proxy.stats.requests.some((r) => r.fault === 'stall-mid-body'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(proxy.stats.requests.some((r) => r.fault === 'stall-mid-body')).toBe(true);
+      // The prune (another run's, meanwhile) removes amd64's own layer, not the base the pull uses.
+      expect(await store.gc({ maxAgeMs: 7 * 86_400_000 })).toMatchObject({ removedLayers: 1 });
+      expect(await store.has(amd.diffIds[0] as Digest)).toBe(true);
+      expect(await store.has(amd.diffIds[1] as Digest)).toBe(false);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+      proxy.setFaults(undefined);
+    }
+  });
+
   it('a pull killed mid-way (kill -9) is completed by the next one, and the store verifies', async () => {
     const fx = fixtures();
     const cacheHome = await tempDir();

@@ -167,6 +167,11 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
     let fromKeptBlobs = 0;
     const signal = ctx.endpoints.signal;
     const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), ...(signal ? { signal } : {}) });
+    // What tells gc these layers are in use (else the next pull's --prune drops them), written
+    // before they are filled: a prune meanwhile keeps them too.
+    await layerStore.recordChain(best.image, image.layers.slice(0, keep).map((l) => l.diffId)).catch((e: unknown) => {
+      throw layerStore.storageError(e, `the record of ${best.image}'s layers`);
+    });
     const filler = new LayerStoreFiller(layerStore, ctx.onWarning);
     try {
       await group.all(image.layers.slice(0, keep), async (layer, s) => {
@@ -180,10 +185,6 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
     } finally {
       await filler.release();
     }
-    // Else the next pull's --prune would drop what this one fetched for the build.
-    await layerStore.recordChain(best.image, image.layers.slice(0, keep).map((l) => l.diffId)).catch((e: unknown) => {
-      throw layerStore.storageError(e, `the record of ${best.image}'s layers`);
-    });
     return { plan, fetched, bytes, fromKeptBlobs, destination: layerStore.dir };
   } finally {
     await source.close();

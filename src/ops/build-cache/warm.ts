@@ -62,6 +62,12 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
           continue;
         }
         result.chains++;
+        // What tells gc these layers are in use (else the next pull's --prune drops them), written
+        // before they are filled: a prune meanwhile keeps them too.
+        const name = `${ref.repository}@${ref.manifest}`;
+        await ctx.layerStore.recordChain(name, layers.map((l) => l.diffId)).catch((e: unknown) => {
+          throw ctx.layerStore.storageError(e, `the record of ${name}'s layers`);
+        });
         for (const layer of layers) {
           if (done.has(layer.diffId)) continue;
           done.add(layer.diffId);
@@ -73,11 +79,6 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
             result.bytes += layer.descriptor.size;
           }
         }
-        // Else the next pull's --prune would drop what this run warmed.
-        const name = `${ref.repository}@${ref.manifest}`;
-        await ctx.layerStore.recordChain(name, layers.map((l) => l.diffId)).catch((e: unknown) => {
-          throw ctx.layerStore.storageError(e, `the record of ${name}'s layers`);
-        });
       } finally {
         await source.close();
       }

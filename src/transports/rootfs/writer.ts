@@ -410,6 +410,14 @@ export class RootfsWriter implements ImageWriter {
       ...progressOptions(layer, options, signal),
       ...(blobs ? { localBlobs: { blobs, keep: keepBlobs && !fill && !notKept } } : {}),
     });
+    // Recorded before the store is used, not only once the tree is laid: a prune that another run
+    // makes meanwhile then keeps what this pull is about to lay from the store (its layers found
+    // present) or read there (its kept blobs, pinned as they are read besides).
+    if (store && !refused) {
+      await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId), image.layers.map((l) => l.descriptor.digest)).catch((e: unknown) => {
+        if (!cannotKeep(e, 0)) throw e;
+      });
+    }
     const plans = image.layers.map((layer) => {
       const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
       let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
