@@ -292,9 +292,19 @@ export class LayerStore {
     }
   }
 
-  /** Records that an image uses these layers and these kept blobs (now): what gc keeps. */
-  async recordImage(manifestDigest: Digest, name: string, diffIds: Digest[], blobs: Digest[] = []): Promise<void> {
+  /**
+   * Records that an image uses these layers and these kept blobs (now): what gc keeps. True when
+   * there was no record of it before (a pull that then fails takes it back: `forgetImage`).
+   */
+  async recordImage(manifestDigest: Digest, name: string, diffIds: Digest[], blobs: Digest[] = []): Promise<boolean> {
+    const existed = await exists(path.join(this.dir, 'images', digestHex(manifestDigest)));
     await this.writeRecord(digestHex(manifestDigest), { name, diffIds, blobs });
+    return !existed;
+  }
+
+  /** Removes the record of an image (one a failed pull made: it used nothing). */
+  async forgetImage(manifestDigest: Digest): Promise<void> {
+    await fs.rm(path.join(this.dir, 'images', digestHex(manifestDigest)), { force: true });
   }
 
   /**

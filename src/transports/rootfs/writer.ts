@@ -413,11 +413,13 @@ export class RootfsWriter implements ImageWriter {
     // Recorded before the store is used, not only once the tree is laid: a prune that another run
     // makes meanwhile then keeps what this pull is about to lay from the store (its layers found
     // present) or read there (its kept blobs, pinned as they are read besides).
-    if (store && !refused) {
-      await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId), image.layers.map((l) => l.descriptor.digest)).catch((e: unknown) => {
-        if (!cannotKeep(e, 0)) throw e;
-      });
-    }
+    const recordedNew =
+      store && !refused
+        ? await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId), image.layers.map((l) => l.descriptor.digest)).catch((e: unknown) => {
+            if (!cannotKeep(e, 0)) throw e;
+            return false;
+          })
+        : false;
     const plans = image.layers.map((layer) => {
       const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
       let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
@@ -497,6 +499,8 @@ export class RootfsWriter implements ImageWriter {
       }
     } catch (e) {
       fail(e);
+      // A pull that fails leaves no record of an image it never had (one it had stays, used now).
+      if (recordedNew) await store!.forgetImage(image.manifest.digest).catch(() => undefined);
       throw first!.error;
     } finally {
       // Nothing outlives the pull: downloads stopped, spool files closed, unfinished layers dropped from the store.
