@@ -1,4 +1,5 @@
 /** `push` and `pull`: one copy between any sensible pair of image names. */
+import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { SmartError, cannotTakeMore, machineRefusal, systemWords } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
@@ -12,6 +13,7 @@ import { defaultJobs } from '../pipeline/concurrency.js';
 import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 import { compressedFileAt } from '../storage/archive-file.js';
+import { mkdirp } from '../storage/made-directories.js';
 
 export interface TransferRequest {
   mode: 'push' | 'pull';
@@ -266,6 +268,9 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
 
 /** The kept blobs of the layer store `dir` for a pull that is not a root filesystem's; what goes wrong with them is said, once. */
 async function openBlobCache(dir: string, onWarning: ((message: string) => void) | undefined, adopting: boolean) {
+  // A store that cannot be made (the cache directory read-only, as a container's home may be) holds
+  // nothing to read and keeps nothing: said once already, by the metadata cache beside it.
+  if (!(await mkdirp(path.join(dir, 'blobs', 'sha256')).then(() => true, () => false))) return undefined;
   const { BlobCache } = await import('../cache/blob-cache.js');
   return new BlobCache(
     dir,

@@ -184,6 +184,12 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     const none = await tempDir();
     expect((await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `oci:${path.join(out, 'layout-3')}:x`, '--no-keep-layers'], { cacheHome: none })).code).toBe(0);
     expect(await fs.readdir(path.join(none, 'smartlayer', 'layer-store', 'blobs', 'sha256')).catch(() => [])).toEqual([]);
+    // A cache directory that cannot be made (a read-only home): the pull goes on, said once (by the metadata cache).
+    const blocked = path.join(await tempDir(), 'a-file');
+    await fs.writeFile(blocked, '');
+    const unkept = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `oci:${path.join(out, 'layout-4')}:x`, '--cache-dir', path.join(blocked, 'cache')]);
+    expect(unkept.code, unkept.stderr).toBe(0);
+    expect(unkept.stderr.split('\n').filter((l) => l.startsWith('warning:')), unkept.stderr).toHaveLength(1);
     // gc keeps them while a recent pull used them, and no longer.
     const store = new LayerStore(path.join(cacheHome, 'smartlayer', 'layer-store'));
     expect(await store.gc({ maxAgeMs: 86_400_000 })).toMatchObject({ removedBlobs: 0 });
