@@ -410,9 +410,11 @@ export class RootfsWriter implements ImageWriter {
       ...progressOptions(layer, options, signal),
       ...(blobs ? { localBlobs: { blobs, keep: keepBlobs && !fill && !notKept } } : {}),
     });
-    // Recorded before the store is used, not only once the tree is laid: a prune that another run
-    // makes meanwhile then keeps what this pull is about to lay from the store (its layers found
-    // present) or read there (its kept blobs, pinned as they are read besides).
+    // What tells gc the image's layers and blobs are in use, recorded before the store is used, not
+    // once the tree is laid: a prune that another run makes meanwhile then keeps what this pull is
+    // about to lay from the store (its layers found present) or read there (its kept blobs, pinned
+    // as they are read besides). A store this process may not write (refused) records nothing. A
+    // record it cannot write (the disk full) costs no layer kept, only gc's knowledge of them.
     const recordedNew =
       store && !refused
         ? await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId), image.layers.map((l) => l.descriptor.digest)).catch((e: unknown) => {
@@ -509,16 +511,8 @@ export class RootfsWriter implements ImageWriter {
       await Promise.all([...spools.map((s) => s.destroy()), ...fills.map((f) => f.abort())]);
       await blobs?.release();
     }
-    // A store this process may not write (refused) cannot record that it used it: left as it is, unsaid.
     const blobCounts = blobs?.counts;
     const usedBlobs = blobCounts ? blobCounts.read + blobCounts.kept : 0;
-    if (store && !refused && (fromStore > 0 || kept > 0 || usedBlobs > 0)) {
-      const blobDigests = usedBlobs > 0 ? image.layers.map((l) => l.descriptor.digest) : [];
-      await store.recordImage(image.manifest.digest, image.name, image.layers.map((l) => l.diffId), blobDigests).catch((e: unknown) => {
-        // No layer the less kept: only what tells gc they are in use is missing.
-        if (!cannotKeep(e, 0)) throw e;
-      });
-    }
     const spooledToFile = spools.reduce((n, s) => n + s.fileBytes, 0);
     return {
       materialize: fromStore > 0 ? how! : 'stream',
