@@ -40,7 +40,7 @@ import { StoredLayerDamage, refusedToRead } from './stored-layer-damage.js';
 import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { entryXattrs, setXattrs } from '../storage/xattrs.js';
 import { fsPath } from '../tar/byte-names.js';
-import { entryOwner, entryTimes, tarParseError } from '../tar/errors.js';
+import { type EntryMeta, entryMeta, tarParseError } from '../tar/errors.js';
 import { copySparseFileSync, hasSparseRecords, sparseSegments, writeFileChunks } from '../tar/sparse.js';
 import { TarStreamReader } from '../tar/stream-reader.js';
 import { chainIds } from '../trie/layer-trie.js';
@@ -212,11 +212,12 @@ export class LayerStore {
     const reader = new TarStreamReader(tarStream);
     // Stays attached: an error the input emits after we are done must not go unhandled.
     tarStream.on('error', () => undefined);
+    const context = { what };
     let ok = false;
     try {
       for (let h = reader.nextSync() ?? (await reader.next()); h !== null; h = reader.nextSync() ?? (await reader.next())) {
         // Checked for every entry, as applying it would: values no filesystem call takes fail here, named.
-        const meta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
+        const meta = entryMeta(h, context);
         const file = fill.add(h);
         if (file !== undefined) {
           // Most files of a layer are small: one synchronous write beats a stream's round trips.
@@ -415,7 +416,6 @@ export class LayerStore {
 export type KeepHow = 'hardlink' | 'reflink' | 'copy';
 
 /** An entry's owner and times, checked (src/tar/errors.ts). */
-type EntryMeta = ReturnType<typeof entryOwner> & ReturnType<typeof entryTimes>;
 
 const isRoot = process.getuid?.() === 0;
 

@@ -43,7 +43,10 @@ function sequenceAt(buf: Uint8Array, i: number, end: number): number {
 
 /** `buf[start, end)` as a name: UTF-8 decoded, each byte outside valid UTF-8 escaped as U+DC80+byte. */
 export function decodeName(buf: Buffer, start = 0, end = buf.length): string {
-  if (isUtf8(buf.subarray(start, end))) return buf.toString('utf8', start, end);
+  // Most names are ASCII: a scan of their bytes costs less than the view isUtf8 needs.
+  let i = start;
+  while (i < end && buf[i]! < 0x80) i++;
+  if (i === end || isUtf8(buf.subarray(start, end))) return buf.toString('utf8', start, end);
   let out = '';
   let run = start; // the start of the valid text not yet added
   for (let i = start; i < end; ) {

@@ -91,28 +91,30 @@ function checkedId(h: Header, value: number, name: 'uid' | 'gid', context: TarCo
   return value;
 }
 
-/** The owner of an entry (pax records first), checked: an id chown cannot take is CORRUPT_ARCHIVE naming the entry. */
-export function entryOwner(h: Header, context: TarContext): { uid: number; gid: number } {
-  const p = paxOf(h);
-  return {
-    uid: checkedId(h, paxNumber(h, p, 'uid', context) ?? h.uid ?? 0, 'uid', context),
-    gid: checkedId(h, paxNumber(h, p, 'gid', context) ?? h.gid ?? 0, 'gid', context),
-  };
-}
-
 function checkedTime(h: Header, value: number | Date, name: string, context: TarContext): number | Date {
   const seconds = value instanceof Date ? value.getTime() / 1000 : value;
   if (!Number.isFinite(seconds) || Math.abs(seconds) > MAX_SECONDS) throw corruptEntry(h, context, `its ${name} is not a valid time`);
   return value;
 }
 
+/** An entry's owner and times, as every writer of entries sets them. */
+export interface EntryMeta {
+  uid: number;
+  gid: number;
+  atime: number | Date;
+  mtime: number | Date;
+}
+
 /**
- * The access and modification times of an entry (pax records first, seconds; else the header's
- * mtime), checked: a time utimes cannot take is CORRUPT_ARCHIVE naming the entry.
+ * The owner and the access and modification times of an entry (pax records first, the times in
+ * seconds; else the header's fields), checked: an id chown cannot take, or a time utimes cannot,
+ * is CORRUPT_ARCHIVE naming the entry.
  */
-export function entryTimes(h: Header, context: TarContext): { atime: number | Date; mtime: number | Date } {
+export function entryMeta(h: Header, context: TarContext): EntryMeta {
   const p = paxOf(h);
+  const uid = checkedId(h, paxNumber(h, p, 'uid', context) ?? h.uid ?? 0, 'uid', context);
+  const gid = checkedId(h, paxNumber(h, p, 'gid', context) ?? h.gid ?? 0, 'gid', context);
   const mtime = checkedTime(h, paxNumber(h, p, 'mtime', context) ?? h.mtime ?? new Date(0), 'modification time', context);
   const atime = checkedTime(h, paxNumber(h, p, 'atime', context) ?? mtime, 'access time', context);
-  return { atime, mtime };
+  return { uid, gid, atime, mtime };
 }

@@ -5,7 +5,7 @@
 import type { Header } from 'tar-stream';
 import { describe, expect, it } from 'vitest';
 import { SmartError, isCancellation, printable, quoted } from '../../src/errors.js';
-import { entryOwner, entryTimes, tarParseError } from '../../src/tar/errors.js';
+import { entryMeta, tarParseError } from '../../src/tar/errors.js';
 
 const header = (extra: Partial<Header> = {}): Header =>
   ({ name: 'etc/a', size: 0, mode: 0o644, mtime: new Date(0), type: 'file', linkname: '', uid: 0, gid: 0, uname: '', gname: '', devmajor: 0, devminor: 0, pax: null, ...extra }) as Header;
@@ -52,19 +52,19 @@ describe('tar errors', () => {
   });
 
   it('refuses owners and times no filesystem call takes, naming the entry', () => {
-    expect(entryOwner(header({ uid: 1000, gid: 1000 }), context)).toEqual({ uid: 1000, gid: 1000 });
-    expect(entryOwner(header({ pax: { uid: '4294967294', gid: '7' } }), context)).toEqual({ uid: 4294967294, gid: 7 });
-    expect(() => entryOwner(header({ pax: { uid: '99999999999' } }), context)).toThrow(`${context.what}: entry "etc/a": uid 99999999999 is out of range`);
-    expect(() => entryOwner(header({ gid: Number.NaN }), context)).toThrow('gid is not a number');
-    expect(() => entryOwner(header({ uid: -1 }), context)).toThrow('uid -1 is out of range');
-    expect(() => entryOwner(header({ pax: { uid: 'root' } }), context)).toThrow('its pax uid record "root" is not a number');
+    expect(entryMeta(header({ uid: 1000, gid: 1000 }), context)).toMatchObject({ uid: 1000, gid: 1000 });
+    expect(entryMeta(header({ pax: { uid: '4294967294', gid: '7' } }), context)).toMatchObject({ uid: 4294967294, gid: 7 });
+    expect(() => entryMeta(header({ pax: { uid: '99999999999' } }), context)).toThrow(`${context.what}: entry "etc/a": uid 99999999999 is out of range`);
+    expect(() => entryMeta(header({ gid: Number.NaN }), context)).toThrow('gid is not a number');
+    expect(() => entryMeta(header({ uid: -1 }), context)).toThrow('uid -1 is out of range');
+    expect(() => entryMeta(header({ pax: { uid: 'root' } }), context)).toThrow('its pax uid record "root" is not a number');
 
-    expect(entryTimes(header({ pax: { mtime: '1704067200.5' } }), context)).toEqual({ atime: 1704067200.5, mtime: 1704067200.5 });
-    expect(() => entryTimes(header({ mtime: new Date(Number.NaN) }), context)).toThrow('its modification time is not a valid time');
-    expect(() => entryTimes(header({ pax: { mtime: 'yesterday' } }), context)).toThrow('its pax mtime record "yesterday" is not a number');
-    expect(() => entryTimes(header({ pax: { atime: '1e20' } }), context)).toThrow('its access time is not a valid time');
+    expect(entryMeta(header({ pax: { mtime: '1704067200.5' } }), context)).toMatchObject({ atime: 1704067200.5, mtime: 1704067200.5 });
+    expect(() => entryMeta(header({ mtime: new Date(Number.NaN) }), context)).toThrow('its modification time is not a valid time');
+    expect(() => entryMeta(header({ pax: { mtime: 'yesterday' } }), context)).toThrow('its pax mtime record "yesterday" is not a number');
+    expect(() => entryMeta(header({ pax: { atime: '1e20' } }), context)).toThrow('its access time is not a valid time');
     try {
-      entryTimes(header({ mtime: new Date(Number.NaN) }), context);
+      entryMeta(header({ mtime: new Date(Number.NaN) }), context);
     } catch (e) {
       expect((e as SmartError).code).toBe('CORRUPT_ARCHIVE');
     }

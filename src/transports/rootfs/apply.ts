@@ -51,7 +51,7 @@ import { SmartError, isCancellation, isErrno, isSmartError, quoted, refusalHint,
 import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { StoredLayerDamage, refusedToRead } from '../../cache/stored-layer-damage.js';
 import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte-names.js';
-import { entryOwner, entryTimes, tarParseError } from '../../tar/errors.js';
+import { type EntryMeta, entryMeta, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader, unknownTypeOf } from '../../tar/stream-reader.js';
 import { copySparseFileSync, sparseSegments, writeFileChunks } from '../../tar/sparse.js';
 import { entryXattrs, setXattrs, type XattrTally } from '../../storage/xattrs.js';
@@ -92,7 +92,19 @@ const WHITEOUT_OPAQUE = '.wh..wh..opq';
  * taken relative to the root; `''` is the root itself.
  */
 export function normaliseEntryName(name: string): string {
+  // Nearly every name is clean already but for a leading `./` or a trailing `/` (GNU tar's and
+  // Docker's); taking those off is the whole normalisation then, without the general one's cost.
+  let clean = name.startsWith('./') ? name.slice(2) : name;
+  if (clean.endsWith('/')) clean = clean.slice(0, -1);
+  if (isCleanRelative(clean)) return clean;
   return path.posix.normalize(`/${name}`).slice(1).replace(/\/+$/, '');
+}
+
+/** Whether `p` is a non-empty relative path that normalisation leaves as it is: no empty, `.` or `..` component. */
+function isCleanRelative(p: string): boolean {
+  if (p === '' || p.charCodeAt(0) === 0x2f || p.endsWith('/')) return false;
+  if (p === '.' || p === '..' || p.startsWith('./') || p.startsWith('../') || p.endsWith('/.') || p.endsWith('/..')) return false;
+  return !p.includes('//') && !p.includes('/./') && !p.includes('/../');
 }
 
 function parentOf(rel: string): string {
@@ -252,8 +264,6 @@ function pax(h: Header): PaxRecords | null {
   return p && typeof p === 'object' ? (p as PaxRecords) : null;
 }
 
-/** An entry's owner and times, read from its header and pax records and checked once (src/tar/errors.ts). */
-type EntryMeta = ReturnType<typeof entryOwner> & ReturnType<typeof entryTimes>;
 
 function runMknod(target: string, kind: 'c' | 'b' | 'p', major: number, minor: number): Promise<void> {
   const args = kind === 'p' ? [target, 'p'] : [target, kind, String(major), String(minor)];
@@ -418,6 +428,8 @@ function readNames(dir: string): string[] {
 
 export class RootfsApplier {
   private readonly root: string;
+  /** `root` and a slash: the full path of a normalised root-relative path is this and the path. */
+  private readonly rootSlash: string;
   private readonly preserveOwnership: boolean;
   /** The ids this process can give files (a user namespace maps only some: src/id-map.ts). */
   private readonly ids: IdMap;
@@ -447,6 +459,7 @@ export class RootfsApplier {
 
   constructor(root: string, options: ApplyOptions) {
     this.root = path.resolve(root);
+    this.rootSlash = this.root === '/' ? '/' : `${this.root}/`;
     this.preserveOwnership = options.preserveOwnership;
     this.ids = idMap();
     this.onWarning = options.onWarning;
@@ -604,7 +617,7 @@ export class RootfsApplier {
     const xattrs = entryXattrs(pax(h));
     // Values no filesystem call takes (a uid past 32 bits, a time that is not one) stop the layer
     // here, named, rather than as Node's argument errors in the middle of writing.
-    const meta: EntryMeta = { ...entryOwner(h, { what }), ...entryTimes(h, { what }) };
+    const meta = entryMeta(h, state);
     // Where the layer store keeps this entry's content (a regular file's), when the layer is kept.
     const keptAt = state.keep?.add(h);
     try {
@@ -647,16 +660,23 @@ export class RootfsApplier {
         content = whole instanceof Promise ? await whole : whole;
       }
 
-      const dirRel = walkInRoot(this.root, rel.slice(0, Math.max(slash, 0)), {
-        followLast: true,
-        knownDirs: this.knownDirs,
-        create: true,
-        onCreate: (rel) => this.created(rel, state),
-        setgidDirs: this.setgidDirs,
-        what,
-      });
+      const dir = rel.slice(0, Math.max(slash, 0));
+      // A known directory's ancestors are all known real directories, so the walk would end there:
+      // one lookup instead of one per component (a layer's entries mostly share their directory).
+      const dirRel =
+        dir === '' || this.knownDirs.has(dir)
+          ? dir
+          : walkInRoot(this.root, dir, {
+              followLast: true,
+              knownDirs: this.knownDirs,
+              create: true,
+              onCreate: (rel) => this.created(rel, state),
+              setgidDirs: this.setgidDirs,
+              what,
+            });
       const targetRel = joinRel(dirRel, base);
-      const target = path.join(this.root, targetRel);
+      // Normalised and not the root: no join needed.
+      const target = this.rootSlash + targetRel;
 
       const keep = state.keep && keptAt !== undefined ? { fill: state.keep, file: keptAt } : undefined;
       switch (h.type) {
@@ -795,6 +815,20 @@ export class RootfsApplier {
     } catch (e) {
       if (!isErrno(e, 'EEXIST')) throw e;
     }
+    return this.removeAndCreate(full, rel, create);
+  }
+
+  /** `replace` for a synchronous `create`: no promise unless something is in the way (a layer's files mostly land where nothing is). */
+  private replaceSync<T>(full: string, rel: string, create: () => T): T | Promise<T> {
+    try {
+      return create();
+    } catch (e) {
+      if (!isErrno(e, 'EEXIST')) throw e;
+    }
+    return this.removeAndCreate(full, rel, create);
+  }
+
+  private async removeAndCreate<T>(full: string, rel: string, create: () => T | Promise<T>): Promise<T> {
     const st = lstatSync(fsPath(full));
     await this.removeExisting(full, rel, st.isDirectory());
     return create();
@@ -810,7 +844,8 @@ export class RootfsApplier {
   private async writeSmallFile(target: string, rel: string, h: Header, meta: EntryMeta, content: Buffer, attrs: EntryXattrs, keep?: KeptFile): Promise<number> {
     const mode = h.mode & 0o7777;
     const createdWithMode = !keep && attrs.list.length === 0 && this.umask !== undefined && (mode & 0o7000) === 0 && (mode & this.umask) === 0;
-    const fd = await this.replace(target, rel, () => openSync(fsPath(target), CREATE_FLAGS, createdWithMode ? mode : 0o600));
+    const opened = this.replaceSync(target, rel, () => openSync(fsPath(target), CREATE_FLAGS, createdWithMode ? mode : 0o600));
+    const fd = typeof opened === 'number' ? opened : await opened;
     try {
       writeAllSync(fd, content);
       // Before its final mode, which may forbid reading it; a hardlink gets that mode with the tree's file.
