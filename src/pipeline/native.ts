@@ -27,6 +27,8 @@ export interface NativeBinding {
   heapRetain?(topPad: number): boolean;
   /** lsetxattr(2) on `path` itself: 0, or the errno (Linux). */
   setXattr?(path: Buffer, name: Buffer, value: Buffer): number;
+  /** Small files made on the pool, in order (see smartlayer.c): [records made, errno, step], errno 0 when all were (Linux). */
+  writeFiles?(records: Buffer, contents: Buffer[]): Promise<[number, number, number]>;
   /** A pipe of `bytes` capacity where the kernel allows it, both ends close-on-exec (Linux): [read end, write end]. */
   makePipe?(bytes: number): [number, number];
   /** sha256 on the libuv pool with the process's OpenSSL (where it has one): a context, */

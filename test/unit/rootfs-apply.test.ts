@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { type BigIntStats, existsSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -759,5 +759,126 @@ describe('RootfsApplier', () => {
     }
     const modes = await Promise.all(['a', 'b', 'c', 'd', 'e', 'f'].map(async (n) => (await stat(r(n))).mode & 0o7777));
     expect(modes).toEqual([0o644, 0o600, 0o755, 0o666, 0o4750, 0o400]);
+  });
+});
+
+describe('small files made in batches on the pool (file-batch.ts)', () => {
+  /** Every entry of the tree under `dir`: type, content, mode, owner, times to the nanosecond (all read before any content is: a read moves the access time), hardlinks. */
+  async function treeWithTimes(dir: string): Promise<Record<string, string>> {
+    const stats: [string, BigIntStats][] = [];
+    const walk = async (rel: string): Promise<void> => {
+      for (const name of (await readdir(path.join(dir, rel))).sort()) {
+        const p = rel ? `${rel}/${name}` : name;
+        const st = await lstat(path.join(dir, p), { bigint: true });
+        stats.push([p, st]);
+        if (st.isDirectory()) await walk(p);
+      }
+    };
+    await walk('');
+    const out: Record<string, string> = {};
+    const inodes = new Map<bigint, string>();
+    for (const [p, st] of stats) {
+      const kind = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? `symlink ${await readlink(path.join(dir, p))}` : `file ${(await readFile(path.join(dir, p))).toString('hex')}`;
+      const link = st.isFile() && st.nlink > 1n ? ` inode of ${inodes.get(st.ino) ?? (inodes.set(st.ino, p), p)}` : '';
+      out[p] = `${kind} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} m${st.mtimeNs} a${st.isSymbolicLink() ? '' : st.atimeNs}${link}`;
+    }
+    return out;
+  }
+
+  /** Applies `layers` into a fresh root with batching on or off; the tree, or the failure's code and message. */
+  async function applyInto(name: string, layers: TestEntry[][], batchSmallFiles: boolean) {
+    const dir = path.join(tmp, name);
+    await mkdir(dir);
+    const a = new RootfsApplier(dir, { preserveOwnership: isRoot, batchSmallFiles });
+    try {
+      for (const [i, layer] of layers.entries()) await a.applyLayer(streamOf(await tarOf(layer), 7000), `layer ${i}`);
+      await a.finish();
+    } catch (e) {
+      return { failed: `${(e as SmartError).code}: ${(e as Error).message.replaceAll(dir, 'ROOT')}` };
+    }
+    return { tree: await treeWithTimes(dir) };
+  }
+
+  it('lays the same tree, to each mode, owner and nanosecond, as making each file in turn, however the entries of a layer meet', async () => {
+    if (!nativeBinding()?.writeFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (writeFiles) is not built');
+      return;
+    }
+    const many = Array.from({ length: 600 }, (_, i): TestEntry => ({ name: `a/many/f${i}`, content: `file ${i}\n`.repeat(i % 7) }));
+    const layers: TestEntry[][] = [
+      [
+        { name: 'a/', type: 'directory', mode: 0o755 },
+        { name: 'a/many/', type: 'directory' },
+        ...many, // more than a batch
+        { name: 'a/dup', content: 'first' },
+        { name: 'a/dup', content: 'second: the one kept' },
+        { name: 'a/sym', type: 'symlink', linkname: 'dup' },
+        { name: 'a/sym', content: 'a file where a symlink of this layer was' },
+        { name: 'a/x', content: 'a file a directory then replaces' },
+        { name: 'a/x/', type: 'directory', mode: 0o700 },
+        { name: 'a/x/in', content: 'inside' },
+        { name: 'a/d/', type: 'directory' },
+        { name: 'a/d', content: 'a file where a directory of this layer was' },
+        { name: 'a/target', content: 'linked' },
+        { name: 'a/h', type: 'link', linkname: 'a/target' },
+        { name: 'a/modes/', type: 'directory' },
+        { name: 'a/modes/setuid', content: 's', mode: 0o4755 },
+        { name: 'a/modes/private', content: 'p', mode: 0o600 },
+        { name: 'a/modes/open', content: 'o', mode: 0o777 },
+        { name: 'a/owned', content: 'u', uid: 1000, gid: 1001 },
+        { name: 'a/times', content: 't', pax: { mtime: '1704067200.123456789', atime: '1700000000.5' } },
+        { name: 'a/old', content: 'before 1970', mtime: new Date(-86_400_000 * 3 + 250) },
+        { name: 'late/f', content: 'made before its directory entry' },
+        { name: 'late/', type: 'directory', mode: 0o2775, gid: 1234 },
+        { name: 'late/g', content: 'takes the directory group' },
+        { name: 'a/many/.wh.f5' },
+        { name: 'big/', type: 'directory' },
+        { name: 'big/file', content: randomBytes(600 * 1024) },
+        { name: 'a/after-big', content: 'after a large file' },
+      ],
+      [
+        { name: 'a/many/f7', content: 'replaced in a lower directory' },
+        { name: 'b/', type: 'directory' },
+        { name: 'b/c/', type: 'directory' },
+        { name: 'b/c/new', content: 'new' },
+        { name: 'a/many/.wh..wh..opq' },
+        { name: 'a/many/only', content: 'all that is left' },
+      ],
+    ];
+    const batched = await applyInto('batched', layers, true);
+    const inTurn = await applyInto('in-turn', layers, false);
+    expect(batched.failed).toBeUndefined();
+    expect(batched.tree).toEqual(inTurn.tree);
+    const tree = batched.tree!;
+    expect(tree['a/dup']).toMatch(new RegExp(`^file ${Buffer.from('second: the one kept').toString('hex')} `));
+    expect(tree['a/x']).toMatch(/^dir 700 /);
+    expect(tree['a/d']).toMatch(/^file /);
+    expect(tree['a/sym']).toMatch(/^file /);
+    expect(tree['a/h']).toMatch(/ inode of a\/h$/);
+    expect(tree['a/target']).toMatch(/ inode of a\/h$/);
+    expect(tree['a/many/f5']).toBeUndefined();
+    // The opaque marker keeps what its own layer wrote into the directory.
+    expect(Object.keys(tree).filter((p) => p.startsWith('a/many/'))).toEqual(['a/many/f7', 'a/many/only']);
+    expect(tree['a/times']).toContain(' m1704067200123456000 a1700000000500000000');
+  });
+
+  it('fails on the same entry with the same words as making each file in turn', async () => {
+    if (!nativeBinding()?.writeFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (writeFiles) is not built');
+      return;
+    }
+    const cases: [TestEntry[], RegExp][] = [
+      [[{ name: 'a/', type: 'directory' }, { name: 'a/fine', content: 'x' }, { name: `a/${'n'.repeat(300)}`, content: 'too long a name' }, { name: 'a/never', content: 'y' }], /^STORAGE: layer 0: entry "a\/n+…": ENAMETOOLONG: name too long$/],
+      // A file a later entry takes for a directory: the walk sees the file, made before it looks.
+      [[{ name: 'a/', type: 'directory' }, { name: 'a/p', content: 'a file' }, { name: 'a/p/q', content: 'below a file' }], /^CORRUPT_ARCHIVE: layer 0: "a\/p": "\/a\/p" is not a directory$/],
+      // The same through a symlink to the file.
+      [[{ name: 'a/', type: 'directory' }, { name: 'a/b', content: 'a file' }, { name: 'a/l', type: 'symlink', linkname: 'b' }, { name: 'a/l/q', content: 'below a file' }], /^CORRUPT_ARCHIVE: layer 0: "a\/l": "\/a\/b" is not a directory$/],
+    ];
+    for (const [i, [entries, words]] of cases.entries()) {
+      const batched = await applyInto(`batched-${i}`, [entries], true);
+      const inTurn = await applyInto(`in-turn-${i}`, [entries], false);
+      expect(batched.failed).toBe(inTurn.failed);
+      expect(batched.failed).toMatch(words);
+    }
   });
 });

@@ -55,6 +55,8 @@ import { type EntryMeta, entryMeta, tarParseError } from '../../tar/errors.js';
 import { TarStreamReader, unknownTypeOf } from '../../tar/stream-reader.js';
 import { copySparseFileSync, sparseSegments, writeFileChunks } from '../../tar/sparse.js';
 import { entryXattrs, setXattrs, type XattrTally } from '../../storage/xattrs.js';
+import { nativeBinding } from '../../pipeline/native.js';
+import { FileBatch } from './file-batch.js';
 import { idMap, type IdMap } from '../../id-map.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
@@ -64,6 +66,8 @@ export interface ApplyOptions {
   onWarning?: (message: string) => void;
   /** The bound on paths held in memory (default MAX_TRACKED_PATHS); past it, LIMIT_EXCEEDED. */
   maxTrackedPaths?: number;
+  /** Small files made in batches on the pool where the addon can (file-batch.ts; default true); false makes each in turn. */
+  batchSmallFiles?: boolean;
 }
 
 export interface LayerApplyStats {
@@ -107,6 +111,11 @@ function isCleanRelative(p: string): boolean {
   return !p.includes('//') && !p.includes('/./') && !p.includes('/../');
 }
 
+/** A system call's failure on an entry, as a pull says it: STORAGE, naming the layer and the entry. */
+function entryStorageError(what: string, name: string, e: NodeJS.ErrnoException): SmartError {
+  return new SmartError('STORAGE', `${what}: entry ${quoted(name)}: ${systemWords(e)}`, { input: what, cause: e, ...refusalHint(e) });
+}
+
 function parentOf(rel: string): string {
   const i = rel.lastIndexOf('/');
   return i < 0 ? '' : rel.slice(0, i);
@@ -133,7 +142,12 @@ interface WalkOptions {
   setgidDirs?: Set<string>;
   /** For messages. */
   what?: string;
+  /** Paths not to look at yet (small files still being made: file-batch.ts): the walk throws WalkReachedPending there, before touching one. */
+  pending?: (rel: string) => boolean;
 }
+
+/** A walk stopped at a path whose file is still being made; what it made before stays (walking again goes on from there). */
+class WalkReachedPending extends Error {}
 
 /**
  * The one scoped resolver: resolves `unsafePath` (absolute or relative; taken relative to `root`)
@@ -162,6 +176,7 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
       cur = next;
       continue;
     }
+    if (options.pending?.(next)) throw new WalkReachedPending(next);
     const full = fsPath(path.join(root, next));
     let st;
     try {
@@ -255,6 +270,8 @@ interface LayerState {
   xattrs: XattrTally;
   /** Where the layer is being kept as it is applied (the layer store), if anywhere. */
   keep?: LayerFill;
+  /** Small files being made on the pool (file-batch.ts): waited for before anything that might depend on them. */
+  batch?: FileBatch;
 }
 
 type PaxRecords = Record<string, string>;
@@ -454,6 +471,7 @@ export class RootfsApplier {
   private readonly creator = { uid: process.geteuid?.() ?? -1, gid: process.getegid?.() ?? -1 };
   private readonly umask = processUmask();
   private readonly maxTrackedPaths: number;
+  private readonly batchSmallFiles: boolean;
   private busy = false;
   private finished = false;
 
@@ -465,6 +483,7 @@ export class RootfsApplier {
     this.onWarning = options.onWarning;
     this.dirWriteBits = process.getuid?.() === 0 ? 0 : 0o700;
     this.maxTrackedPaths = options.maxTrackedPaths ?? MAX_TRACKED_PATHS;
+    this.batchSmallFiles = options.batchSmallFiles ?? true;
     const rootStat = lstatOrNull(this.root);
     if (!rootStat || rootStat.mode & S_ISGID) this.setgidDirs.add('');
   }
@@ -494,6 +513,9 @@ export class RootfsApplier {
       xattrs: { notSet: 0 },
       ...(options.keep ? { keep: options.keep } : {}),
     };
+    // A kept layer's files are read back from the tree as they are written: none is batched.
+    const writeFiles = options.keep || !this.batchSmallFiles ? undefined : nativeBinding()?.writeFiles;
+    if (writeFiles) state.batch = new FileBatch(writeFiles);
     let inputError: unknown;
     // Stays attached: an error the input emits after we are done must not go unhandled.
     tar.on('error', (e) => {
@@ -506,18 +528,30 @@ export class RootfsApplier {
       for (;;) {
         let h: Header | null | undefined;
         try {
-          h = reader.nextSync() ?? (await reader.next());
+          h = reader.nextSync();
         } catch (e) {
           throw new StreamFailure(e);
+        }
+        if (h === undefined) {
+          // The files batched so far are made while the next bytes come.
+          state.batch?.start();
+          try {
+            h = await reader.next();
+          } catch (e) {
+            throw new StreamFailure(e);
+          }
         }
         if (h === null) break;
         state.stats.entries++;
         await this.applyEntry(h, body, state);
         state.lastEntry = h.name;
       }
+      await state.batch?.drain();
       ok = true;
     } catch (e) {
-      throw this.toLayerError(e, inputError, what, state.lastEntry);
+      // A batched file's failure came before whatever failed after it; and nothing may still be writing.
+      const earlier = await state.batch?.abandon();
+      throw this.toLayerError(earlier ?? e, inputError, what, state.lastEntry);
     } finally {
       if (!ok) tar.destroy();
       this.busy = false;
@@ -623,6 +657,11 @@ export class RootfsApplier {
     try {
       const slash = rel.lastIndexOf('/');
       const base = rel.slice(slash + 1);
+      const smallFile = (h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES;
+      const batch = state.batch;
+      // Whiteouts, hardlinks and the root wait for the files batched before them: they may remove,
+      // link to or hold one of them (any other entry waits where its own name might: see below).
+      if (batch && !batch.empty && (rel === '' || base.startsWith(WHITEOUT_PREFIX) || h.type === 'link')) await batch.drain();
       if (base.startsWith(WHITEOUT_PREFIX)) {
         await this.skipContent(h, body, meta, state, keptAt);
         await this.whiteout(rel, name, state);
@@ -655,7 +694,7 @@ export class RootfsApplier {
 
       // Small files are read before anything is created: nothing to clean up if the tar breaks.
       let content: Buffer | undefined;
-      if ((h.type === 'file' || h.type === 'contiguous-file') && !stored && (h.size ?? 0) <= SMALL_FILE_BYTES) {
+      if (smallFile) {
         const whole = body.whole();
         content = whole instanceof Promise ? await whole : whole;
       }
@@ -663,26 +702,38 @@ export class RootfsApplier {
       const dir = rel.slice(0, Math.max(slash, 0));
       // A known directory's ancestors are all known real directories, so the walk would end there:
       // one lookup instead of one per component (a layer's entries mostly share their directory).
-      const dirRel =
-        dir === '' || this.knownDirs.has(dir)
-          ? dir
-          : walkInRoot(this.root, dir, {
-              followLast: true,
-              knownDirs: this.knownDirs,
-              create: true,
-              onCreate: (rel) => this.created(rel, state),
-              setgidDirs: this.setgidDirs,
-              what,
-            });
+      let dirRel = dir;
+      if (dir !== '' && !this.knownDirs.has(dir)) {
+        const walk = (pending?: (rel: string) => boolean) =>
+          walkInRoot(this.root, dir, { followLast: true, knownDirs: this.knownDirs, create: true, onCreate: (rel) => this.created(rel, state), setgidDirs: this.setgidDirs, what, ...(pending ? { pending } : {}) });
+        try {
+          dirRel = walk(batch && !batch.empty ? (rel) => batch.pending(rel) : undefined);
+        } catch (e) {
+          if (!(e instanceof WalkReachedPending)) throw e;
+          // It would look at a batched file: once made, the walk sees it as it is.
+          await batch!.drain();
+          dirRel = walk();
+        }
+      }
       const targetRel = joinRel(dirRel, base);
       // Normalised and not the root: no join needed.
       const target = this.rootSlash + targetRel;
+      // In a directory this layer made, only this layer's entries can be at the entry's name: when
+      // it is neither a directory of them nor a batched file, the batched files do not matter to it.
+      const apart = batch !== undefined && this.freshDirs.has(dirRel) && !this.knownDirs.has(targetRel) && !batch.pending(targetRel);
+      if (batch && !batch.empty && !apart && h.type !== 'directory') await batch.drain();
 
       const keep = state.keep && keptAt !== undefined ? { fill: state.keep, file: keptAt } : undefined;
       switch (h.type) {
         case 'file':
         case 'contiguous-file': {
           this.markWritten(targetRel, state);
+          // What can be in the way of it there (a file or a link of this layer) is replaced as here.
+          if (batch && apart && content && xattrs.length === 0) {
+            await this.batchSmallFile(batch, target, targetRel, dirRel, h, meta, content, name, what);
+            state.stats.bytes += content.length;
+            return;
+          }
           const attrs = { list: xattrs, tally: state.xattrs };
           state.stats.bytes += stored
             ? await this.placeStoredFile(target, targetRel, h, meta, stored, attrs)
@@ -741,8 +792,27 @@ export class RootfsApplier {
       }
     } catch (e) {
       if (isSmartError(e) || e instanceof StreamFailure || !isErrno(e)) throw e;
-      throw new SmartError('STORAGE', `${what}: entry ${quoted(name)}: ${systemWords(e)}`, { input: what, cause: e, ...refusalHint(e) });
+      throw entryStorageError(what, name, e);
     }
+  }
+
+  /** writeSmallFile's work, handed to the batch: the same calls, with the same modes, owner and times. */
+  private batchSmallFile(batch: FileBatch, target: string, targetRel: string, dirRel: string, h: Header, meta: EntryMeta, content: Buffer, name: string, what: string): Promise<void> | undefined {
+    const mode = h.mode & 0o7777;
+    const createdWithMode = this.umask !== undefined && (mode & 0o7000) === 0 && (mode & this.umask) === 0;
+    const chown = this.preserveOwnership && !this.createdAs(meta, dirRel) && this.owns(meta);
+    return batch.add({
+      path: fsPath(target),
+      rel: targetRel,
+      content,
+      openMode: createdWithMode ? mode : 0o600,
+      chmodMode: createdWithMode ? -1 : mode,
+      uid: chown ? meta.uid : -1,
+      gid: chown ? meta.gid : -1,
+      atime: meta.atime,
+      mtime: meta.mtime,
+      fail: (e) => entryStorageError(what, name, e),
+    });
   }
 
   /** Consumes the content of an entry that is not written into the tree; a kept layer keeps it all the same. */
@@ -952,6 +1022,10 @@ export class RootfsApplier {
   }
 
   private async makeDir(target: string, rel: string, h: Header, meta: EntryMeta, state: LayerState): Promise<void> {
+    // A batched file of the name is made first (this replaces it), and so are those made in a
+    // directory whose set-group-ID bit or group changes now (they take its group as it is).
+    const batch = state.batch;
+    if (batch && !batch.empty && (batch.pending(rel) || this.setgidDirs.has(rel) || (h.mode & S_ISGID) !== 0)) await batch.drain();
     if (!this.knownDirs.has(rel)) {
       let made = true;
       const targetFs = fsPath(target);

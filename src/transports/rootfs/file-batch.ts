@@ -1,0 +1,165 @@
+/**
+ * A layer's small files made on the libuv pool, a batch at a time, while the main thread goes on
+ * reading the tar (the native addon's writeFiles). A layer of many small files (a node_modules)
+ * spent about a third of its pull in the open, write, futimes and close of each file, one after
+ * another with the parsing of the next header; batched, the two overlap. Measured on 2 cores, a
+ * layer of 47,656 files: 5-8% faster (V8's own threads take much of the second core), the tree the
+ * same to the nanosecond; a layer of few files, no change.
+ *
+ * The applier batches only what cannot depend on what is still in a batch, and waits (drain)
+ * before anything that might: a batched file lies in a directory this layer made, where nothing
+ * of a lower layer can be in the way, and nothing but a file or a link of this layer can (a file
+ * of the same name, or a symlink: unlinked and made again, as the applier's own replace does; a
+ * directory of this layer at the name is never batched). Batches run in order, one at a time.
+ */
+import { getSystemErrorMap } from 'node:util';
+import type { NativeBinding } from '../../pipeline/native.js';
+
+export type WriteFiles = NonNullable<NativeBinding['writeFiles']>;
+
+/** One small file to make: where, what, and the metadata the applier would give it. */
+export interface BatchedFile {
+  /** The full path, as the bytes of the name (fsPath). */
+  path: string | Buffer;
+  /** The root-relative path, for `pending`. */
+  rel: string;
+  content: Buffer;
+  /** The mode it is created with, and the one fchmod then gives it (-1: none). */
+  openMode: number;
+  chmodMode: number;
+  /** The owner given by fchown (-1: none). */
+  uid: number;
+  gid: number;
+  /** As fs.futimes takes them. */
+  atime: number | Date;
+  mtime: number | Date;
+  /** The error to throw for a failed system call on this file (the applier names its entry). */
+  fail: (e: NodeJS.ErrnoException) => Error;
+}
+
+/** A batch goes to the pool at this many files or bytes, whichever comes first. */
+const BATCH_FILES = 256;
+const BATCH_BYTES = 1024 * 1024;
+/** The fixed part of a record (see native/smartlayer.c). */
+const RECORD_BYTES = 40;
+const NO_ID = 0xffffffff;
+/** What writeFiles's `step` names, as Node's errors name the call. */
+const STEPS = ['open', 'write', 'fchown', 'fchmod', 'futime', 'close'];
+
+export class FileBatch {
+  private filling: BatchedFile[] = [];
+  private fillingBytes = 0;
+  private inFlight: Promise<void> | undefined;
+  private failure: { error: unknown } | undefined;
+  /** The root-relative paths of the files added and not yet made. */
+  private readonly pendingRels = new Set<string>();
+
+  constructor(private readonly writeFiles: WriteFiles) {}
+
+  /** Nothing added that is not made yet. */
+  get empty(): boolean {
+    return this.filling.length === 0 && this.inFlight === undefined;
+  }
+
+  /** Whether a file added at `rel` is not made yet. */
+  pending(rel: string): boolean {
+    return this.pendingRels.has(rel);
+  }
+
+  /** Adds a file; a full batch is handed to the pool (once the one before is done: wait for it). */
+  add(file: BatchedFile): Promise<void> | undefined {
+    this.filling.push(file);
+    this.pendingRels.add(file.rel);
+    this.fillingBytes += file.content.length;
+    if (this.filling.length >= BATCH_FILES || this.fillingBytes >= BATCH_BYTES) return this.submit();
+    return undefined;
+  }
+
+  /** Hands what was added to the pool now if the pool is free of an earlier batch, without waiting (the tar reader is about to wait for bytes). */
+  start(): void {
+    if (!this.inFlight && !this.failure) this.launch();
+  }
+
+  /** Hands what was added to the pool once the batch before it is done; throws that batch's failure. */
+  async submit(): Promise<void> {
+    if (this.inFlight) await this.inFlight;
+    if (this.failure) throw this.failure.error;
+    this.launch();
+  }
+
+  private launch(): void {
+    if (this.filling.length === 0) return;
+    const files = this.filling;
+    this.filling = [];
+    this.fillingBytes = 0;
+    const run = this.run(files).catch((e: unknown) => {
+      this.failure ??= { error: e };
+    });
+    const flight = run.finally(() => {
+      for (const f of files) this.pendingRels.delete(f.rel);
+      if (this.inFlight === flight) this.inFlight = undefined;
+    });
+    this.inFlight = flight;
+  }
+
+  /** Waits until every file added is made; throws the first failure. */
+  async drain(): Promise<void> {
+    await this.submit();
+    if (this.inFlight) await this.inFlight;
+    if (this.failure) throw this.failure.error;
+  }
+
+  /**
+   * After a failure elsewhere: waits for the batch on the pool (nothing may still be writing into
+   * the tree when it is removed), drops the rest, and gives a batch's failure if there was one (it
+   * came first in the layer).
+   */
+  async abandon(): Promise<unknown> {
+    this.filling = [];
+    this.pendingRels.clear();
+    if (this.inFlight) await this.inFlight;
+    return this.failure?.error;
+  }
+
+  private async run(files: BatchedFile[]): Promise<void> {
+    const [done, errno, step] = await this.writeFiles(encodeRecords(files), files.map((f) => f.content));
+    if (errno === 0) return;
+    const file = files[done]!;
+    throw file.fail(errnoError(errno, STEPS[step] ?? 'open', file.path));
+  }
+}
+
+/** The records writeFiles reads (native/smartlayer.c): the fixed part of each, then its path. */
+function encodeRecords(files: BatchedFile[]): Buffer {
+  let size = 0;
+  for (const f of files) size += RECORD_BYTES + (typeof f.path === 'string' ? Buffer.byteLength(f.path) : f.path.length);
+  const out = Buffer.allocUnsafe(size);
+  let at = 0;
+  for (const f of files) {
+    const pathAt = at + RECORD_BYTES;
+    const pathBytes = typeof f.path === 'string' ? out.write(f.path, pathAt) : f.path.copy(out, pathAt);
+    out.writeUInt32LE(pathBytes, at);
+    out.writeUInt32LE(f.openMode, at + 4);
+    out.writeInt32LE(f.chmodMode, at + 8);
+    out.writeUInt32LE(f.uid < 0 ? NO_ID : f.uid, at + 12);
+    out.writeUInt32LE(f.gid < 0 ? NO_ID : f.gid, at + 16);
+    out.writeUInt32LE(0, at + 20);
+    out.writeDoubleLE(unixSeconds(f.atime), at + 24);
+    out.writeDoubleLE(unixSeconds(f.mtime), at + 32);
+    at = pathAt + pathBytes;
+  }
+  return out;
+}
+
+/** A time as fs.futimes reads it (Node's toUnixTimestamp): a Date's seconds; a negative number is now. */
+function unixSeconds(t: number | Date): number {
+  if (typeof t !== 'number') return t.getTime() / 1000;
+  return t < 0 ? Date.now() / 1000 : t;
+}
+
+/** An errno as Node's own errors of a file call are: `CODE: description, call 'path'`, with code, errno, syscall and path. */
+function errnoError(errno: number, syscall: string, file: string | Buffer): NodeJS.ErrnoException {
+  const [code, description] = getSystemErrorMap().get(-errno) ?? [`E${errno}`, `errno ${errno}`];
+  const shown = String(file);
+  return Object.assign(new Error(`${code}: ${description}, ${syscall} '${shown}'`), { errno: -errno, code, syscall, path: shown });
+}
