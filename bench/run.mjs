@@ -2,8 +2,10 @@
 /**
  * npm run bench: smart beside skopeo/umoci and the pigz/tar limits, in one run, on a generated
  * ~200 MB image made of files from this machine (shared libraries, docs, many small files, a tiny
- * patch layer with a whiteout). Each case runs several times; the table gives median wall time,
- * CPU and peak RSS, and the ratio to the peer. Not a test: nothing here passes or fails.
+ * patch layer with a whiteout), and a one-layer image of ~45,000 small files (a node_modules: the
+ * cost per file of a rootfs pull, beside umoci and tar). Each case runs several times; the table
+ * gives median wall time, CPU and peak RSS, and the ratio to the peer. Not a test: nothing here
+ * passes or fails.
  * Beside the times: the compressed size of the pushed layers (read from the manifests in the
  * destination) against skopeo's and the pigz/zstd limits; how much of a push from stdin hides behind
  * a paced producer (bench/pace.mjs); peak RSS pushing a 1 GB layer as it is and one to compress.
@@ -111,6 +113,37 @@ async function makeImage() {
   execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', `oci:${layout}:latest`, `oci-archive:${ociArchive}:latest`]);
   const sizes = { libs: libs.bytes, docs: docs.bytes, small: small.bytes, smallFiles: small.files.length, tar: fs.statSync(archive).size };
   return { archive, archiveDir, layerNames, layout, ociArchive, sizes };
+}
+
+/**
+ * An OCI layout of one layer of many small files, as a node_modules is: files of at most 16 KiB
+ * from this repository's node_modules, /usr/share and /usr/include (about 45,000, ~80 MB), with
+ * their directories' own entries, as a build writes them. Its uncompressed tar is kept beside it.
+ */
+function makeSmallFilesImage() {
+  const small = (p) => fs.statSync(p).size <= 16 * 1024;
+  const { files } = pickFiles([path.join(repo, 'node_modules'), '/usr/share', '/usr/include'], 200e6 * scale, Math.ceil(45000 * scale), small);
+  const dirs = new Set();
+  for (const f of files) for (let d = path.dirname(f); d !== '.' && d !== '/' && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
+  const list = path.join(out, 'many-small.list');
+  fs.writeFileSync(list, [...dirs, ...files].sort().join('\n') + '\n');
+  const layer = path.join(out, 'many-small.tar');
+  execFileSync('tar', ['-C', '/', '--no-recursion', '--sort=name', '--mtime=@1704067200', '--owner=0', '--group=0', '--numeric-owner', '-cf', layer, '-T', list]);
+  const archiveDir = path.join(out, 'many-small-archive');
+  fs.mkdirSync(archiveDir, { recursive: true });
+  const diffId = sha256File(layer);
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [diffId] }, history: [{ created_by: 'COPY node_modules /' }] }));
+  const configName = `${createHash('sha256').update(config).digest('hex')}.json`;
+  fs.writeFileSync(path.join(archiveDir, configName), config);
+  fs.copyFileSync(layer, path.join(archiveDir, 'layer.tar'));
+  fs.writeFileSync(path.join(archiveDir, 'manifest.json'), JSON.stringify([{ Config: configName, RepoTags: ['bench/small:latest'], Layers: ['layer.tar'] }]));
+  const archive = path.join(out, 'many-small-image.tar');
+  execFileSync('tar', ['-C', archiveDir, '-cf', archive, 'layer.tar', configName, 'manifest.json']);
+  rm(archiveDir);
+  const layout = path.join(out, 'many-small-oci');
+  execFileSync('skopeo', ['--insecure-policy', 'copy', '-q', `docker-archive:${archive}`, `oci:${layout}:latest`]);
+  rm(archive);
+  return { layer, layout, files: files.length, dirs: dirs.size, bytes: fs.statSync(layer).size };
 }
 
 /**
@@ -564,6 +597,31 @@ try {
     });
     pairs.push([s5r, k5], [s5n, s5r]);
   }
+
+  // 5b. One layer of many small files (a node_modules) into tmpfs: the cost per file, beside umoci
+  // and tar. From the local layout, so no transfer is in it.
+  const many = makeSmallFilesImage();
+  process.stderr.write(`many small files: ${many.files} files, ${many.dirs} directories, ${(many.bytes / 1e6).toFixed(1)} MB tar\n`);
+  const freshShm = async () => {
+    const dir = fs.mkdtempSync(path.join(shm, 'smart-bench-'));
+    return { dir, teardown: () => rm(dir) };
+  };
+  const s5s = await bench(`smart pull oci: → rootfs, one layer of ${many.files} small files (tmpfs, cold)`, {
+    engine: ENGINE.gunzip,
+    setup: freshShm,
+    command: (c) => `${smartBin} pull -q --cache-dir ${c.dir}/cache oci:${many.layout}:latest rootfs:${c.dir}/rootfs`,
+  });
+  const k5s = await bench(`umoci unpack, the same layer (tmpfs)`, {
+    setup: freshShm,
+    command: (c) => `umoci unpack --image ${many.layout}:latest ${c.dir}/bundle >/dev/null`,
+  });
+  const t5s = await bench(`limit: tar -x of the same layer uncompressed (tmpfs)`, {
+    setup: freshShm,
+    command: (c) => `mkdir ${c.dir}/r && tar -C ${c.dir}/r -xf ${many.layer}`,
+  });
+  pairs.push([s5s, k5s], [s5s, t5s]);
+  rm(many.layout);
+  rm(many.layer);
 } finally {
   await reg.stop();
   rm(store);
