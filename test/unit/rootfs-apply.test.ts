@@ -760,6 +760,29 @@ describe('RootfsApplier', () => {
     const modes = await Promise.all(['a', 'b', 'c', 'd', 'e', 'f'].map(async (n) => (await stat(r(n))).mode & 0o7777));
     expect(modes).toEqual([0o644, 0o600, 0o755, 0o666, 0o4750, 0o400]);
   });
+
+  it('gives directories their exact mode and owner whatever the umask, made with them or changed after', async () => {
+    const old = process.umask(0o027);
+    const dirs: [string, number, number, number][] = [
+      ['plain/', 0o755, 0, 0],
+      ['private/', 0o700, 0, 0],
+      ['group-writable/', 0o775, 0, 0], // the umask clears g+w: a chmod
+      ['sticky/', 0o1777, 0, 0],
+      ['setgid/', 0o2755, 0, 1234],
+      ['setgid/inner/', 0o755, 0, 0], // would take the set-group-ID bit and the group from its parent
+      ['owned/', 0o755, 1000, 1001],
+    ];
+    try {
+      await applyAll([dirs.map(([name, mode, uid, gid]) => ({ name, type: 'directory', mode, uid, gid }))]);
+    } finally {
+      process.umask(old);
+    }
+    for (const [name, mode, uid, gid] of dirs) {
+      const st = await lstat(r(name));
+      expect([name, st.mode & 0o7777], name).toEqual([name, isRoot ? mode : mode | 0o700]);
+      if (isRoot) expect([st.uid, st.gid], name).toEqual([uid, gid]);
+    }
+  });
 });
 
 describe('small files made in batches on the pool (file-batch.ts)', () => {

@@ -1026,22 +1026,28 @@ export class RootfsApplier {
     // directory whose set-group-ID bit or group changes now (they take its group as it is).
     const batch = state.batch;
     if (batch && !batch.empty && (batch.pending(rel) || this.setgidDirs.has(rel) || (h.mode & S_ISGID) !== 0)) await batch.drain();
+    // Made with its mode where nothing would change it (no special bit, none the umask clears, no
+    // set-group-ID bit from its parent), and by its owner: then no chmod nor chown follows.
+    const mode = (h.mode & 0o7777) | this.dirWriteBits;
+    const parentSetgid = this.setgidDirs.has(parentOf(rel));
+    const withMode = (mode & 0o7000) === 0 && this.umask !== undefined && (mode & this.umask) === 0 && !parentSetgid;
+    let made = false;
     if (!this.knownDirs.has(rel)) {
-      let made = true;
+      made = true;
       const targetFs = fsPath(target);
       try {
-        mkdirSync(targetFs, 0o700);
+        mkdirSync(targetFs, withMode ? mode : 0o700);
       } catch (e) {
         if (!isErrno(e, 'EEXIST')) throw e;
         if (!lstatSync(targetFs).isDirectory()) {
           await this.removeExisting(target, rel, false);
-          mkdirSync(targetFs, 0o700);
+          mkdirSync(targetFs, withMode ? mode : 0o700);
         } else made = false;
       }
       this.knownDirs.add(rel);
       if (made) this.created(rel, state);
     }
-    this.applyDirMeta(rel, h, meta);
+    this.applyDirMeta(rel, h, meta, made && withMode, made && !parentSetgid && meta.uid === this.creator.uid && meta.gid === this.creator.gid);
   }
 
   /**
@@ -1074,14 +1080,15 @@ export class RootfsApplier {
     return meta.uid === this.creator.uid && meta.gid === this.creator.gid && !this.setgidDirs.has(dirRel);
   }
 
-  private applyDirMeta(rel: string, h: Header, meta: EntryMeta): void {
+  /** A directory's owner and mode now, its times at finish(); `hasMode`, `hasOwner`: it was just made with them. */
+  private applyDirMeta(rel: string, h: Header, meta: EntryMeta, hasMode = false, hasOwner = false): void {
     const full = fsPath(path.join(this.root, rel));
-    if (this.owns(meta)) {
+    if (!hasOwner && this.owns(meta)) {
       const { uid, gid } = meta;
       lchownSync(full, uid, gid);
     }
     const mode = h.mode & 0o7777;
-    chmodSync(full, mode | this.dirWriteBits);
+    if (!hasMode) chmodSync(full, mode | this.dirWriteBits);
     if (mode & S_ISGID) this.setgidDirs.add(rel);
     else this.setgidDirs.delete(rel);
     const { atime, mtime } = meta;
