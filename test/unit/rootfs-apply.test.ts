@@ -762,25 +762,35 @@ describe('RootfsApplier', () => {
   });
 
   it('gives directories their exact mode and owner whatever the umask, made with them or changed after', async () => {
-    const old = process.umask(0o027);
     const dirs: [string, number, number, number][] = [
       ['plain/', 0o755, 0, 0],
       ['private/', 0o700, 0, 0],
-      ['group-writable/', 0o775, 0, 0], // the umask clears g+w: a chmod
+      ['group-writable/', 0o775, 0, 0], // a umask of 027 clears g+w: a chmod
       ['sticky/', 0o1777, 0, 0],
       ['setgid/', 0o2755, 0, 1234],
       ['setgid/inner/', 0o755, 0, 0], // would take the set-group-ID bit and the group from its parent
       ['owned/', 0o755, 1000, 1001],
     ];
-    try {
-      await applyAll([dirs.map(([name, mode, uid, gid]) => ({ name, type: 'directory', mode, uid, gid }))]);
-    } finally {
-      process.umask(old);
-    }
-    for (const [name, mode, uid, gid] of dirs) {
-      const st = await lstat(r(name));
-      expect([name, st.mode & 0o7777], name).toEqual([name, isRoot ? mode : mode | 0o700]);
-      if (isRoot) expect([st.uid, st.gid], name).toEqual([uid, gid]);
+    // Directories no entry names, made on the way to a file: 0755, here and below the set-group-ID one.
+    const implicit = ['implicit/a/', 'setgid/implicit/'];
+    for (const umask of [0o027, 0o022]) {
+      const dir = path.join(tmp, `umask-${umask.toString(8)}`);
+      await mkdir(dir);
+      const old = process.umask(umask);
+      try {
+        const a = new RootfsApplier(dir, { preserveOwnership: isRoot });
+        const entries: TestEntry[] = [...dirs.map(([name, mode, uid, gid]): TestEntry => ({ name, type: 'directory', mode, uid, gid })), ...implicit.map((d) => ({ name: `${d}f`, content: 'f' }))];
+        await a.applyLayer(streamOf(await tarOf(entries)), 'layer 0');
+        await a.finish();
+      } finally {
+        process.umask(old);
+      }
+      for (const [name, mode, uid, gid] of dirs) {
+        const st = await lstat(path.join(dir, name));
+        expect([umask, name, st.mode & 0o7777]).toEqual([umask, name, isRoot ? mode : mode | 0o700]);
+        if (isRoot) expect([umask, name, st.uid, st.gid]).toEqual([umask, name, uid, gid]);
+      }
+      for (const name of implicit) expect([umask, name, (await lstat(path.join(dir, name))).mode & 0o7777]).toEqual([umask, name, 0o755]);
     }
   });
 });

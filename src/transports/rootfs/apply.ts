@@ -136,6 +136,8 @@ interface WalkOptions {
   knownDirs?: Set<string>;
   /** Create missing components as directories (mode 0755); a non-directory in the way is an error. */
   create?: boolean;
+  /** This process's umask, when known: a directory made where neither it nor a set-group-ID parent changes 0755 needs no chmod. */
+  umask?: number;
   /** Told of each directory `create` made. */
   onCreate?: (rel: string) => void;
   /** Existing directories found with the set-group-ID bit are added here. */
@@ -185,7 +187,8 @@ function walkInRoot(root: string, unsafePath: string, options: WalkOptions): str
       if (!isErrno(e, 'ENOENT') && !isErrno(e, 'ENOTDIR')) throw e;
       if (create) {
         mkdirSync(full, 0o755);
-        chmodSync(full, 0o755); // whatever the umask
+        // 0755 whatever the umask, and without the set-group-ID bit a parent would pass on.
+        if (options.umask === undefined || (options.umask & 0o755) !== 0 || options.setgidDirs?.has(cur)) chmodSync(full, 0o755);
         knownDirs?.add(next);
         options.onCreate?.(next);
       }
@@ -705,7 +708,16 @@ export class RootfsApplier {
       let dirRel = dir;
       if (dir !== '' && !this.knownDirs.has(dir)) {
         const walk = (pending?: (rel: string) => boolean) =>
-          walkInRoot(this.root, dir, { followLast: true, knownDirs: this.knownDirs, create: true, onCreate: (rel) => this.created(rel, state), setgidDirs: this.setgidDirs, what, ...(pending ? { pending } : {}) });
+          walkInRoot(this.root, dir, {
+            followLast: true,
+            knownDirs: this.knownDirs,
+            create: true,
+            onCreate: (rel) => this.created(rel, state),
+            setgidDirs: this.setgidDirs,
+            what,
+            ...(this.umask !== undefined ? { umask: this.umask } : {}),
+            ...(pending ? { pending } : {}),
+          });
         try {
           dirRel = walk(batch && !batch.empty ? (rel) => batch.pending(rel) : undefined);
         } catch (e) {
