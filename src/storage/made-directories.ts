@@ -6,8 +6,11 @@
  * that fails takes `out` away while it is empty, which it may be for a moment while the other has
  * made it but not yet put anything in it. So the first entry a run puts into a directory goes
  * through `entry`, which makes the directory again when it went meanwhile. Once that entry is in,
- * no other run's undo can take the directory (a directory is removed only while empty).
+ * no other run's undo can take the directory (a directory is removed only while empty). A third
+ * run may have made it again by the time the entry's failure is looked into: the directory is
+ * then there, but not the one the entry failed in, and the entry is tried again as well.
  */
+import type { Stats } from 'node:fs';
 import { mkdirSync, rmdirSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -34,9 +37,13 @@ export async function makeDirectories(dir: string): Promise<MadeDirectories> {
   const target = path.resolve(dir);
   /** The outermost directory made by this run (the shortest path), if any. */
   let outermost: string | undefined;
+  /** Which directory is at `target`: another made there after it went is another. */
+  let made: string | undefined;
+  const identity = (st: Stats | undefined) => (st ? `${st.dev}:${st.ino}:${st.birthtimeMs}` : undefined);
   const make = async () => {
     const first = await mkdirp(target).catch(rethrowRefusal(`cannot make the directory ${target}`));
     if (first !== undefined && (outermost === undefined || first.length < outermost.length)) outermost = first;
+    made = identity(await fs.stat(target).catch(() => undefined));
   };
   await make();
   return {
@@ -45,8 +52,8 @@ export async function makeDirectories(dir: string): Promise<MadeDirectories> {
         try {
           return await create();
         } catch (e) {
-          // ENOENT for another reason (the directory is there) is the caller's to report.
-          const gone = (e as NodeJS.ErrnoException).code === 'ENOENT' && !(await fs.stat(target).catch(() => undefined));
+          // ENOENT for another reason (the directory there all along) is the caller's to report.
+          const gone = (e as NodeJS.ErrnoException).code === 'ENOENT' && identity(await fs.stat(target).catch(() => undefined)) !== made;
           if (!gone || attempt === ENTRY_ATTEMPTS) throw e;
           await make();
         }

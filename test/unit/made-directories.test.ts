@@ -49,6 +49,23 @@ describe('made directories', () => {
     expect(await fs.readdir(root)).toEqual([]);
   });
 
+  it("an entry that failed in the instant another run's undo took the directory is tried again, even once a third run has made it again", async () => {
+    const root = await tempDir('smart-made-');
+    const out = path.join(root, 'out');
+    const made = await makeDirectories(out);
+    const staging = path.join(out, '.rootfs.smart-new');
+    let calls = 0;
+    await made.entry(async () => {
+      if (++calls > 1) return fs.mkdir(staging);
+      await fs.rmdir(out); // another run's undo
+      const failed: unknown = await fs.mkdir(staging).then(() => undefined, (e: unknown) => e);
+      await fs.mkdir(out); // a third run's
+      throw failed;
+    });
+    expect(calls).toBe(2);
+    expect(await exists(staging)).toBe(true);
+  });
+
   it('an entry that fails for another reason, the directory being there, fails as it is, once', async () => {
     const root = await tempDir('smart-made-');
     const made = await makeDirectories(path.join(root, 'out'));
