@@ -409,6 +409,45 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await fs.readdir(path.join(storeDir, 'tmp')).catch(() => [])).toEqual([]);
   });
 
+  it('a layer an image holds twice is fetched once into a root filesystem or bundle, kept or not, and laid down at each of its places', async () => {
+    const { layerTar, writeImageOfTars } = await import('../harness/images.js');
+    const { randomBytes } = await import('node:crypto');
+    // A, then B over A's file, then A again (two steps that made the same change): the last word is A's.
+    const a = await layerTar({ 'etc/which': 'A\n', 'data/a.bin': randomBytes(3 * 1024 * 1024).toString('latin1') });
+    const b = await layerTar({ 'etc/which': 'B\n', 'etc/b': 'b\n' });
+    const made = await writeImageOfTars(path.join(work, 'repeated-image'), [a, b, a]);
+    const pushed = await smart(['push', `oci:${path.join(work, 'repeated-image')}:latest`, `docker://${registry.host}/repeated/app:1`]);
+    expect(pushed.code, pushed.stderr).toBe(0);
+    const twice = made.layers[0]!.digest;
+    expect(made.layers[2]!.digest).toBe(twice);
+    const gets = () => proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.endsWith(twice)).length;
+    for (const [dest, flags] of [
+      ['rootfs', []],
+      ['rootfs', ['--no-keep-layers']],
+      ['rootfs', ['--keep-layers']],
+      ['bundle', []],
+    ] as const) {
+      proxy.stats.clear();
+      const tree = path.join(work, `repeated-${dest}-${flags.join('')}`);
+      const r = await smart(['pull', `docker://${proxy.host}/repeated/app:1`, `${dest}:${tree}`, '--json', ...flags], { cacheHome: await tempDir() });
+      expect(r.code, r.stderr).toBe(0);
+      expect(gets(), `${dest} ${flags.join(' ')}`).toBe(1);
+      expect(JSON.parse(r.stdout.toString())).toMatchObject({ layers: { total: 3, written: 3 } });
+      const root = dest === 'bundle' ? path.join(tree, 'rootfs') : tree;
+      expect(await fs.readFile(path.join(root, 'etc/which'), 'utf8')).toBe('A\n');
+      expect(await fs.readFile(path.join(root, 'etc/b'), 'utf8')).toBe('b\n');
+    }
+    // Its bytes damaged in transit: the pull fails on its digest, and leaves no tree nor spool beside the destination.
+    proxy.stats.clear();
+    proxy.setFaults((q) => (q.method === 'GET' && q.path.endsWith(twice) ? { kind: 'corrupt-body', offset: 1000 } : undefined));
+    const parent = path.join(work, 'repeated-bad');
+    const r = await smart(['pull', `docker://${proxy.host}/repeated/app:1`, `rootfs:${path.join(parent, 'out')}`, '--no-keep-layers'], { cacheHome: await tempDir() });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr.toString()).toMatch(/digest|mismatch/i);
+    expect(r.stderr.toString().trim().split('\n')).toHaveLength(1);
+    expect(await fs.readdir(parent).catch(() => [])).toEqual([]);
+  });
+
   it('fetches a large layer in parallel ranges, verified whole', async () => {
     const { writeImage } = await import('../harness/images.js');
     const { randomBytes } = await import('node:crypto');

@@ -25,7 +25,7 @@
 import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import type { KeepHow, LayerFill, LayerStore } from '../../cache/layer-store.js';
 import { StoredLayerDamage } from '../../cache/stored-layer-damage.js';
 import path from 'node:path';
@@ -422,32 +422,47 @@ export class RootfsWriter implements ImageWriter {
             return false;
           })
         : false;
+    // A layer the image holds more than once (two steps that made the same change) is fetched
+    // once: each later occurrence follows the first's plan, a copy of its stream spooled until
+    // its turn (or laid from the store like it).
+    type Settle = { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
+    const followersOf = new Map<string, Settle[]>();
     const plans = image.layers.map((layer) => {
       const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
-      let settle!: { resolve: (p: LayerPlan) => void; reject: (e: unknown) => void };
+      let settle!: Settle;
       const plan = new Promise<LayerPlan>((resolve, reject) => (settle = { resolve, reject }));
       plan.catch(() => undefined); // reported through `fail`
+      const followers = followersOf.get(layer.diffId);
+      if (followers) {
+        followers.push(settle);
+        return plan;
+      }
+      const settles = [settle];
+      followersOf.set(layer.diffId, settles);
       const task = slots.run(async () => {
         signal.throwIfAborted();
-        if (store && (await store.has(layer.diffId))) return settle.resolve({ from: 'store', how: 'present' });
+        const fromStore = (how: 'present' | 'waited') => {
+          for (const s of settles) s.resolve({ from: 'store', how });
+        };
+        if (store && (await store.has(layer.diffId))) return fromStore('present');
         let fill: LayerFill | undefined;
         if (store && keep && !notKept) {
           const claimed = await store.claim(layer.diffId, { signal, what, keep: how, bestEffort: true }).catch((e: unknown) => {
             if (cannotKeep(e)) return undefined;
             throw e;
           });
-          if (typeof claimed === 'string') return settle.resolve({ from: 'store', how: claimed });
+          if (typeof claimed === 'string') return fromStore(claimed);
           if (claimed) fills.push((fill = claimed));
         } else if (store && keep) notKept!.layers++;
         const stream = await layer.openUncompressed(openOptions(layer, fill));
         // Spooled even when its turn has come: its reader then takes it as it comes, in larger chunks.
-        const spool = new Spool(stream, { budget, what, openFile: () => this.spoolFile() });
-        spools.push(spool);
-        if (first) void spool.destroy(first.error);
-        settle.resolve({ from: 'stream', read: () => spool.reader(), ...(fill ? { fill } : {}) });
-        await spool.drained; // the job's slot is held until the download is over
+        const made = teeStream(stream, settles.length).map((copy) => new Spool(copy, { budget, what, openFile: () => this.spoolFile() }));
+        spools.push(...made);
+        if (first) for (const spool of made) void spool.destroy(first.error);
+        settles.forEach((s, k) => s.resolve({ from: 'stream', read: () => made[k]!.reader(), ...(fill && k === 0 ? { fill } : {}) }));
+        await Promise.all(made.map((spool) => spool.drained)); // the job's slot is held until the download is over
       }).catch((e: unknown) => {
-        settle.reject(e);
+        for (const s of settles) s.reject(e);
         fail(e);
       });
       tasks.push(task);
@@ -568,6 +583,29 @@ async function probeFill(storeDir: string, tree: string, link: boolean): Promise
     await fs.rm(a, { force: true });
     await fs.rm(b, { force: true });
   }
+}
+
+/**
+ * `n` copies of `source`, each taking every chunk (the same buffers: none is written to). The
+ * source goes at the pace of the slowest copy; its error reaches every copy, and a copy closed
+ * before its end stops it.
+ */
+function teeStream(source: Readable, n: number): Readable[] {
+  if (n === 1) return [source];
+  const copies = Array.from({ length: n }, () => new PassThrough());
+  for (const copy of copies) {
+    source.pipe(copy);
+    copy.once('close', () => {
+      if (!copy.writableFinished) source.destroy();
+    });
+  }
+  source.on('error', () => undefined); // reaches the copies as the source closes
+  source.once('close', () => {
+    if (source.readableEnded) return;
+    const error = source.errored ?? new Error('the layer stream closed before its end');
+    for (const copy of copies) copy.destroy(error);
+  });
+  return copies;
 }
 
 function progressOptions(layer: Layer, options: ImageWriteOptions, signal: AbortSignal | undefined): OpenOptions {
