@@ -94,6 +94,24 @@ async function exists(p: string): Promise<boolean> {
   );
 }
 
+/** What an image record holds (LayerStore.writeRecord). */
+interface ImageRecord {
+  diffIds?: string[];
+  blobs?: string[];
+  usedAt?: string;
+}
+
+async function readRecord(file: string): Promise<ImageRecord | undefined> {
+  try {
+    return JSON.parse(await fs.readFile(file, 'utf8')) as ImageRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+/** More than a kernel tick (1-10 ms) of file times: a directory changed this shortly before it was read may change again without its time moving. */
+const COARSE_TIME_NS = 50_000_000n;
+
 async function dirSize(p: string): Promise<number> {
   let n = 0;
   const walk = async (d: string): Promise<void> => {
@@ -347,46 +365,91 @@ export class LayerStore {
    * Drops image records unused for `maxAgeMs`, then every layer and kept blob (cache/blob-cache.ts)
    * no remaining record uses, and the leftovers of runs that died (tmp dirs of dead processes).
    * Locked layers are left alone.
+   *
+   * Pulls run meanwhile (a cron job's prune beside a CI job's pull): a pull records its image
+   * before it uses the store, so the records are read again before each removal whenever one was
+   * written since they were read; an expired record a pull renews meanwhile is put back, not lost.
    */
   async gc(options: { maxAgeMs: number; dryRun?: boolean }): Promise<GcResult> {
     const result: GcResult = { removedImages: 0, removedLayers: 0, removedBlobs: 0, freedBytes: 0 };
     const used = new Set<string>();
     const usedBlobs = new Set<string>();
     const imagesDir = path.join(this.dir, 'images');
-    for (const name of await fs.readdir(imagesDir).catch(() => [] as string[])) {
-      if (name.endsWith('.tmp')) continue;
-      const file = path.join(imagesDir, name);
-      let record: { diffIds?: string[]; blobs?: string[]; usedAt?: string };
-      try {
-        record = JSON.parse(await fs.readFile(file, 'utf8')) as typeof record;
-      } catch {
-        continue;
-      }
-      if (Date.now() - Date.parse(record.usedAt ?? '') > options.maxAgeMs) {
-        result.removedImages++;
-        if (!options.dryRun) await fs.rm(file, { force: true });
-        continue;
-      }
+    const expired = (record: ImageRecord): boolean => Date.now() - Date.parse(record.usedAt ?? '') > options.maxAgeMs;
+    const take = (record: ImageRecord): void => {
       for (const d of record.diffIds ?? []) used.add(d.replace(/^sha256:/, ''));
       for (const d of record.blobs ?? []) usedBlobs.add(d.replace(/^sha256:/, ''));
-    }
+    };
+    /** The directory's change time when the records were last read, and when that was (ns). */
+    let seen: { mtimeNs: bigint; readAtNs: bigint } | undefined;
+    const readRecords = async (drop: boolean): Promise<void> => {
+      const st = await fs.stat(imagesDir, { bigint: true }).catch(() => undefined);
+      seen = st ? { mtimeNs: st.mtimeNs, readAtNs: BigInt(Date.now()) * 1_000_000n } : undefined;
+      for (const name of await fs.readdir(imagesDir).catch(() => [] as string[])) {
+        if (name.endsWith('.tmp')) continue;
+        const file = path.join(imagesDir, name);
+        const record = await readRecord(file);
+        if (!record) continue;
+        if (!expired(record)) take(record);
+        else if (drop && (options.dryRun || (await this.dropRecord(file, expired, take)))) result.removedImages++;
+      }
+    };
+    // Read again when the directory changed since (a record is renamed into it), or when it had
+    // changed so shortly before the last read that a change after it could show the same time
+    // (file times advance by the kernel's tick, not by the nanosecond).
+    const readAgainIfChanged = async (): Promise<void> => {
+      const st = await fs.stat(imagesDir, { bigint: true }).catch(() => undefined);
+      if (!st) return;
+      if (seen && st.mtimeNs === seen.mtimeNs && seen.readAtNs - seen.mtimeNs > COARSE_TIME_NS) return;
+      await readRecords(false);
+    };
+    await readRecords(true);
     const blobsDir = path.join(this.dir, 'blobs', 'sha256');
     for (const hex of await fs.readdir(blobsDir).catch(() => [] as string[])) {
       if (usedBlobs.has(hex)) continue;
       const blob = path.join(blobsDir, hex);
+      const size = (await fs.stat(blob).catch(() => undefined))?.size ?? 0;
+      await readAgainIfChanged();
+      if (usedBlobs.has(hex)) continue;
       result.removedBlobs++;
-      result.freedBytes += (await fs.stat(blob).catch(() => undefined))?.size ?? 0;
+      result.freedBytes += size;
       if (!options.dryRun) await fs.rm(blob, { force: true });
     }
     const layersDir = path.join(this.dir, 'layers');
     for (const hex of await fs.readdir(layersDir).catch(() => [] as string[])) {
       if (used.has(hex) || (await exists(path.join(this.dir, 'locks', hex)))) continue;
+      const size = await dirSize(path.join(layersDir, hex));
+      await readAgainIfChanged();
+      if (used.has(hex)) continue;
       result.removedLayers++;
-      result.freedBytes += await dirSize(path.join(layersDir, hex));
+      result.freedBytes += size;
       if (!options.dryRun) await fs.rm(path.join(layersDir, hex), { recursive: true, force: true });
     }
     for (const c of await this.removeStale(options.dryRun ? { dryRun: true } : {})) result.freedBytes += c.bytes;
     return result;
+  }
+
+  /**
+   * Removes an expired record: moved aside first, then read again. A pull that renewed it between
+   * gc's read and the move made it fresh: it is put back (unless a newer one took its place) and
+   * its layers taken as used. Says whether it was removed.
+   */
+  private async dropRecord(file: string, expired: (r: ImageRecord) => boolean, take: (r: ImageRecord) => void): Promise<boolean> {
+    const aside = `${file}.${randomUUID()}.tmp`;
+    try {
+      await fs.rename(file, aside);
+    } catch {
+      return false; // gone meanwhile
+    }
+    const record = await readRecord(aside);
+    if (record && !expired(record)) {
+      take(record);
+      await fs.link(aside, file).catch(() => undefined); // EEXIST: a newer record is there
+      await fs.rm(aside, { force: true });
+      return false;
+    }
+    await fs.rm(aside, { force: true });
+    return true;
   }
 
   /**
