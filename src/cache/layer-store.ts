@@ -297,15 +297,18 @@ export class LayerStore {
   }
 
   /**
-   * Removes a layer found damaged (StoredLayerDamage), under its lock so that no run is filling it
-   * meanwhile (then it is left to that run). Moved aside first: a reader never meets half of it.
+   * Removes a layer (found damaged: StoredLayerDamage; or unused: gc), under its lock so that no
+   * run is filling it meanwhile (then it is left to that run). Moved aside first: a reader never
+   * meets half of it. Says whether it was removed.
    */
-  async discard(diffId: Digest): Promise<void> {
-    if (!(await this.tryLock(diffId).catch(() => false))) return;
+  async discard(diffId: Digest): Promise<boolean> {
+    if (!(await this.tryLock(diffId).catch(() => false))) return false;
     try {
       const aside = path.join(this.dir, 'tmp', ownedId());
       await mkdirp(path.dirname(aside));
-      if (await fs.rename(this.layerDir(diffId), aside).then(() => true, () => false)) await fs.rm(aside, { recursive: true, force: true });
+      if (!(await fs.rename(this.layerDir(diffId), aside).then(() => true, () => false))) return false;
+      await fs.rm(aside, { recursive: true, force: true });
+      return true;
     } finally {
       await fs.rm(this.lockPath(diffId), { force: true });
     }
@@ -421,9 +424,11 @@ export class LayerStore {
       const size = await dirSize(path.join(layersDir, hex));
       await readAgainIfChanged();
       if (used.has(hex)) continue;
+      // Moved out of layers/ at once, under its lock: a pull never finds it half removed, nor
+      // does the next one when this gc is killed (what it left in tmp/ goes as a dead run's).
+      if (!options.dryRun && !(await this.discard(`sha256:${hex}` as Digest))) continue;
       result.removedLayers++;
       result.freedBytes += size;
-      if (!options.dryRun) await fs.rm(path.join(layersDir, hex), { recursive: true, force: true });
     }
     for (const c of await this.removeStale(options.dryRun ? { dryRun: true } : {})) result.freedBytes += c.bytes;
     return result;

@@ -42,6 +42,17 @@ describe('the layer store gc beside a pull', () => {
     expect(await present(dir)).toEqual({ layer: false, blob: false });
     await expect(fs.stat(record)).rejects.toThrow();
     expect(await fs.readdir(path.join(dir, 'images'))).toEqual([]);
+    // The layer was moved aside under its lock, then removed: neither is left.
+    expect(await fs.readdir(path.join(dir, 'tmp'))).toEqual([]);
+    expect(await fs.readdir(path.join(dir, 'locks')).catch(() => [])).toEqual([]);
+  });
+
+  it('leaves a layer that a run is filling (its lock held) to that run', async () => {
+    const { store, dir } = await storeWithExpiredImage();
+    await fs.mkdir(path.join(dir, 'locks'), { recursive: true });
+    await fs.writeFile(path.join(dir, 'locks', hex('a')), '');
+    expect(await store.gc({ maxAgeMs: DAY })).toMatchObject({ removedImages: 1, removedLayers: 0, removedBlobs: 1 });
+    expect(await present(dir)).toEqual({ layer: true, blob: false });
   });
 
   it('keeps a record a pull renewed after gc read it expired, and the layer and blob it names', async () => {
