@@ -16,6 +16,7 @@
  * fetched.
  */
 import { once } from 'node:events';
+import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -53,7 +54,8 @@ export class BlobCache implements LocalBlobs {
 
   /**
    * `adopting`: `keep` writes nothing, and `adopt` links the destination's file of the blob in its
-   * place (a pull into an OCI layout on this machine: no second write of what it fetched).
+   * place (a pull into an OCI layout on this machine: no second write of what it fetched), or
+   * copies it where the destination is on another filesystem.
    */
   constructor(
     readonly storeDir: string,
@@ -103,14 +105,33 @@ export class BlobCache implements LocalBlobs {
         this.used.add(descriptor.digest); // kept by another pull meanwhile
         return;
       }
-      // Another filesystem, or one without hardlinks: not kept, as keeping would cost a copy.
-      if (isErrno(e, 'EXDEV') || isErrno(e, 'EPERM') || isErrno(e, 'EMLINK') || isErrno(e, 'ENOTSUP')) return;
-      this.stopped = true;
-      this.events.notKept(e);
-      return;
+      // Another filesystem (a layout in a tmpfs /tmp, or on a volume the cache is not on), or one
+      // without hardlinks: kept as a copy, one write of the compressed bytes, as a root filesystem's
+      // pull keeps what it fetches; so that no pull fetches the layer again.
+      const linkRefused = isErrno(e, 'EXDEV') || isErrno(e, 'EPERM') || isErrno(e, 'EMLINK') || isErrno(e, 'ENOTSUP');
+      const failed = linkRefused ? await this.copyIn(file, final) : { error: e };
+      if (failed) {
+        this.stopped = true;
+        this.events.notKept(failed.error);
+        return;
+      }
     }
     this.counts.kept++;
     this.used.add(descriptor.digest);
+  }
+
+  /** Copies `file` (a clone where the filesystem can) to `final` through tmp/; the failure when it cannot (nothing is left then). */
+  private async copyIn(file: string, final: string): Promise<{ error: unknown } | undefined> {
+    const tmp = path.join(this.storeDir, 'tmp', ownedId());
+    try {
+      await mkdirp(path.dirname(tmp));
+      await fs.copyFile(file, tmp, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
+      await fs.rename(tmp, final);
+      return undefined;
+    } catch (error) {
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+      return { error };
+    }
   }
 
   /** Removes the pins `find` made: once nothing reads the paths it returned. */

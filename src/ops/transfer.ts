@@ -190,7 +190,8 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   const remoteSource = src.transport === 'docker' || src.transport === 's3';
   const keepsBlobs = req.mode === 'pull' && remoteSource && !pullOnly && !namesStore && storeDir !== undefined;
   const layerStore = storeDir && (pullOnly || keepsBlobs) ? await openLayerStore(storeDir) : undefined;
-  // Into an OCI layout, a blob fetched is kept as a hardlink to the layout's file: no second write.
+  // Into an OCI layout, a blob fetched is kept as a hardlink to the layout's file: no second write
+  // (a copy where the layout is on another filesystem than the store).
   const blobCache = keepsBlobs && layerStore ? await openBlobCache(layerStore.dir, req.onWarning, dst.transport === 'oci') : undefined;
   const ctx: OpenContext = {
     stdin: req.stdin ?? process.stdin,

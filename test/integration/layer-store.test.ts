@@ -196,6 +196,35 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await store.gc({ maxAgeMs: -1 })).toMatchObject({ removedBlobs: fx.basic.layers.length });
   });
 
+  it('a pull into a layout on another filesystem than the layer store (a tmpfs) keeps a copy of what it fetches: the next pull fetches none', async () => {
+    const fx = fixtures();
+    const cacheHome = await tempDir();
+    const blobsDir = path.join(cacheHome, 'smartlayer', 'layer-store', 'blobs', 'sha256');
+    const shm = await fs.mkdtemp('/dev/shm/smart-test-');
+    try {
+      expect((await fs.stat(shm)).dev).not.toBe((await fs.stat(cacheHome)).dev);
+      const pull = async (layout: string) => {
+        proxy.stats.clear();
+        const r = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `oci:${path.join(shm, layout)}:x`, '--json'], { cacheHome });
+        expect(r.code, r.stderr).toBe(0);
+        expect(r.stderr.toString()).not.toMatch(/^warning:/m);
+        const fetched = proxy.stats.requests.filter((q) => q.method === 'GET' && fx.basic.layers.some((l) => q.path.endsWith(l.digest))).length;
+        return { fetched, blobs: (JSON.parse(r.stdout.toString()) as { details: { blobs?: unknown } }).details.blobs };
+      };
+      expect(await pull('layout-1')).toEqual({ fetched: fx.basic.layers.length, blobs: { read: 0, kept: fx.basic.layers.length, repaired: 0 } });
+      for (const l of fx.basic.layers) {
+        const kept = await fs.readFile(path.join(blobsDir, l.digest.slice(7)));
+        expect(kept.equals(await fs.readFile(path.join(shm, 'layout-1', 'blobs', 'sha256', l.digest.slice(7))))).toBe(true);
+      }
+      expect(await fs.readdir(path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp'))).toEqual([]);
+      await fs.rm(path.join(shm, 'layout-1'), { recursive: true });
+      expect(await pull('layout-2')).toEqual({ fetched: 0, blobs: { read: fx.basic.layers.length, kept: 0, repaired: 0 } });
+      expect((await runOk('skopeo', ['inspect', '--raw', `oci:${path.join(shm, 'layout-2')}:x`])).stdout.toString()).toContain(fx.basic.layers[0]!.digest);
+    } finally {
+      await fs.rm(shm, { recursive: true, force: true });
+    }
+  });
+
   it('cache warm unpacks into the layer store the blobs a pull kept, and fetches none of them', async () => {
     const amd = fixtures().multi.platforms['linux/amd64']!;
     const cacheHome = await tempDir();
