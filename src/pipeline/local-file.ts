@@ -23,9 +23,10 @@ export interface LocalFile {
   /** The digests the stream checks the bytes against (verifiedStream), for a reader that reads the file itself. */
   checks?: VerifyExpectation[];
   /**
-   * The machine's own kept copy of a blob (cache/blob-cache.ts, checked before each use): a writer
-   * on its filesystem may hardlink it in place of copying it. Never a file of a store or a layout
-   * someone else reads: what shares its inode must be ours to check.
+   * The machine's own kept copy of a blob (cache/blob-cache.ts, checked before each use, this one
+   * included): a writer on its filesystem may hardlink it in place of copying it, and need not check
+   * that inode again. Never a file of a store or a layout someone else reads: what shares its inode
+   * must be ours to check.
    */
   shared?: boolean;
 }
