@@ -37,7 +37,7 @@
  *     Reads and hashes a file on the pool, stopping once past `limit` bytes (too long already).
  *     All four exist only where the process has OpenSSL's EVP functions (Node's own, looked up
  *     when the addon loads: the code of crypto.createHash, SHA extensions included), never linked.
- *   gunzipCreate(fd: number, limit: number): GunzipContext   (ISA-L, and OpenSSL as above)
+ *   gunzipCreate(fd: number, limit: number, hash = true): GunzipContext   (ISA-L, and OpenSSL as above)
  *   gunzipRun(context, chunks: Buffer[], end: boolean, outputBytes: number):
  *       Promise<[output: Buffer, status, inputBytes, errno, inputHex?]>
  *     gzip decompressed with ISA-L's inflate on the pool, one output Buffer of up to
@@ -45,7 +45,8 @@
  *     another are ignored (as the igzip program does). With fd -1 the input comes with the calls
  *     (`end` once there is no more; the chunks are copied in on the pool, so they must not change
  *     until the call settles); with an fd the job reads the file itself from offset 0 and hashes
- *     it (sha256), stopping once past `limit` bytes. status: 0 needs input, 1 more output to
+ *     it (sha256; not when `hash` is false: a file checked just before), stopping once past
+ *     `limit` bytes. status: 0 needs input, 1 more output to
  *     come, 2 done (with a file, its digest is there), negative a failure: ISA-L's error codes,
  *     -100 truncated, -101 not gzip, -102 a read error (errno), -103 past the limit. After a
  *     failure in a file the rest is read and its digest given too. Calls must not overlap.
@@ -936,19 +937,21 @@ static void gunzip_context_finalize(napi_env env, void *data, void *hint) {
 }
 
 static napi_value gunzip_create(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   int32_t fd = -1;
   double limit = 0;
-  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_double(env, argv[1], &limit) != napi_ok || fd < -1 || limit < 0) {
-    napi_throw_type_error(env, NULL, "gunzipCreate(fd: number (-1: input by calls), limit: number)");
+  bool hash = true;
+  if (argc < 2 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_double(env, argv[1], &limit) != napi_ok || fd < -1 || limit < 0 ||
+      (argc > 2 && napi_get_value_bool(env, argv[2], &hash) != napi_ok)) {
+    napi_throw_type_error(env, NULL, "gunzipCreate(fd: number (-1: input by calls), limit: number, hash?: boolean)");
     return NULL;
   }
   GunzipContext *c = calloc(1, sizeof *c);
   bool ok = c != NULL && (c->state = calloc(1, sizeof *c->state)) != NULL;
   if (ok && fd >= 0) {
-    ok = (c->in_hash = evp.ctx_new()) != NULL && evp.init(c->in_hash, evp.sha256(), NULL) == 1 && (c->in = malloc(GUNZIP_FILE_READ)) != NULL;
+    ok = (!hash || ((c->in_hash = evp.ctx_new()) != NULL && evp.init(c->in_hash, evp.sha256(), NULL) == 1)) && (c->in = malloc(GUNZIP_FILE_READ)) != NULL;
     if (ok) c->in_cap = GUNZIP_FILE_READ;
   }
   napi_value result;
@@ -1013,7 +1016,7 @@ static bool gunzip_fill(GunzipContext *c, GunzipJob *job) {
       c->input_ended = c->too_long = true;
       return true;
     }
-    evp.update(c->in_hash, c->in + c->in_len, (size_t)n);
+    if (c->in_hash) evp.update(c->in_hash, c->in + c->in_len, (size_t)n);
     c->in_len += (size_t)n;
     return true;
   }

@@ -65,7 +65,8 @@ export function decompress(source: Readable, compression: ArchiveCompression, wh
     // through one reused buffer (the gzip bytes no longer pass through this process on their way
     // to igzip: ~50 ms of a 190 MB pull's main thread were those writes alone).
     const expect = { digest: check.digest, size: check.size, what: file.what ?? check.what };
-    const verified = verifyFile(file.path, expect, file.onBytes);
+    // A kept blob was checked as it was handed over (LocalFile.shared): not read a second time.
+    const verified = file.shared ? Promise.resolve(file.onBytes?.(check.size)) : verifyFile(file.path, expect, file.onBytes);
     verified.catch(() => undefined);
     out = igzipFileDecompressor(program, what, { path: file.path, size: check.size, verified });
     source.on('error', () => undefined);
@@ -98,7 +99,12 @@ function nativeDecompress(inflate: NonNullable<ReturnType<typeof nativeInflate>>
   }
   const out = new NativeGunzipFile(inflate, {
     ...options,
-    file: { path: file.path, check: { digest: check.digest, size: check.size, what: file.what ?? check.what }, ...(file.onBytes ? { onBytes: file.onBytes } : {}) },
+    file: {
+      path: file.path,
+      check: { digest: check.digest, size: check.size, what: file.what ?? check.what },
+      ...(file.shared ? { checked: true } : {}),
+      ...(file.onBytes ? { onBytes: file.onBytes } : {}),
+    },
   });
   source.on('error', () => undefined);
   // Nothing reads `source` now; destroyed with the output (an abort signal on it still stops both).

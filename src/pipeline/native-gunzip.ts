@@ -225,8 +225,11 @@ export class NativeGunzip extends Duplex {
 }
 
 export interface NativeGunzipFileOptions extends NativeGunzipOptions {
-  /** The blob file: its path, and what it must be (digest, size, and what to call it). */
-  file: { path: string; check: VerifyExpectation & { size: number }; onBytes?: (bytes: number) => void };
+  /**
+   * The blob file: its path, and what it must be (digest, size, and what to call it). `checked`:
+   * the file was checked against them just before (a kept blob, LocalFile.shared): not hashed again.
+   */
+  file: { path: string; check: VerifyExpectation & { size: number }; checked?: boolean; onBytes?: (bytes: number) => void };
 }
 
 /**
@@ -256,7 +259,7 @@ export class NativeGunzipFile extends Readable {
       if (err) return cb(err);
       this.fd = fd;
       try {
-        this.context = this.native.gunzipCreate(fd, this.options.file.check.size);
+        this.context = this.native.gunzipCreate(fd, this.options.file.check.size, !this.options.file.checked);
       } catch (e) {
         return cb(e as Error);
       }

@@ -40,7 +40,7 @@ export interface NativeBinding {
   /** and a file's [hex digest, bytes read], stopping once past `limit` bytes. */
   sha256File?(path: string, limit: number): Promise<[string, number]>;
   /** ISA-L's inflate on the pool: a context reading the file `fd` (hashed, up to `limit` bytes), or, with -1, the chunks of each call; */
-  gunzipCreate?(fd: number, limit: number): unknown;
+  gunzipCreate?(fd: number, limit: number, hash?: boolean): unknown;
   /** the next output, its status, the input taken so far, errno and the file's digest once done (see smartlayer.c); calls must not overlap. */
   gunzipRun?(context: unknown, chunks: Buffer[], end: boolean, outputBytes: number): Promise<[Buffer, number, number, number, string?]>;
 }

@@ -574,6 +574,29 @@ describe('decompress with a gunzip engine', () => {
     await noChildrenLeft();
   });
 
+  it.each(fileGunzipEngines.map((g) => [g.name, g] as const))('%s: a kept blob, checked as its cache handed it over, is not hashed a second time; the tar inside still is', async (_n, engine) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-gunzip-kept-'));
+    try {
+      const file = path.join(dir, 'blob');
+      fs.writeFileSync(file, gz);
+      const kept = (digest: string) => {
+        let told = 0;
+        const stream = verifiedStream(markLocalFile(fs.createReadStream(file), { path: file, shared: true, onBytes: (n) => (told += n) }), { digest: digest as Digest, size: gz.length, what: 'blob sha256:b kept' });
+        return { stream, told: () => told };
+      };
+      const good = kept(`sha256:${sha(gz)}`);
+      expect((await collect(decompress(good.stream, 'gzip', 'layer sha256:f', { gunzip: engine }))).equals(data)).toBe(true);
+      expect(good.told()).toBe(gz.length);
+      // Not read again to hash it: a digest it does not have goes unseen here (BlobCache.find checked it)...
+      expect((await collect(decompress(kept(`sha256:${'1'.repeat(64)}`).stream, 'gzip', 'layer sha256:f', { gunzip: engine }))).equals(data)).toBe(true);
+      // ...but the tar it holds is checked against its diff id all the same.
+      const verify = { digest: `sha256:${'0'.repeat(64)}` as Digest, what: 'layer sha256:f (uncompressed)' };
+      await expect(collect(decompress(kept(`sha256:${sha(gz)}`).stream, 'gzip', 'layer sha256:f', { gunzip: engine, verify }))).rejects.toMatchObject({ code: 'DIGEST_MISMATCH' });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it.each(fileGunzipEngines.map((g) => [g.name, g] as const))('%s: a verified local file is read by the decompressor itself, checked alongside, and fails as the stream would', async (_n, engine) => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-gunzip-file-'));
     const fds = () => fs.readdirSync('/proc/self/fd').length;
