@@ -157,6 +157,30 @@ describe('a full or read-only destination', () => {
     }
   });
 
+  it('a full layer store on another filesystem than the layout a pull writes: the copy it keeps is never half, said once, and the layout is whole', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const registry = await startRegistry({ configDir: work });
+    try {
+      const pushed = await smart(['push', `oci:${image}`, `docker://${registry.host}/full/layout:1`], { cacheHome: cacheHome() });
+      expect(pushed.code, pushed.stderr).toBe(0);
+      const dest = path.join(work, 'layout-from-registry');
+      const r = await smart(['pull', '--json', `docker://${registry.host}/full/layout:1`, `oci:${dest}:x`], { cacheHome: path.join(full, 'cache') });
+      expect(r.code, r.stderr).toBe(0);
+      const store = path.join(full, 'cache', 'smartlayer', 'layer-store');
+      // The layer's blob (~1.6 MB) is linked nowhere (another filesystem), and its copy does not fit in the 1 MiB.
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+        `warning: the layer store ${store} cannot keep blobs (ENOSPC: no space left on device: free space on that filesystem, or write somewhere else); the layers this pull fetches are not kept for the next pulls`,
+      ]);
+      for (const sub of ['tmp', 'blobs/sha256']) expect(await fs.readdir(path.join(store, sub)).catch(() => []), sub).toEqual([]);
+      expect((await runOk('skopeo', ['inspect', '--raw', `oci:${dest}:x`])).stdout.toString()).toContain('"layers"');
+      await runOk('umoci', ['unpack', '--image', `${dest}:x`, path.join(work, 'layout-unpacked')]);
+      expect(await fs.readFile(path.join(work, 'layout-unpacked', 'rootfs', 'data', 'blob.txt'), 'utf8')).toHaveLength(48_000 * 64);
+    } finally {
+      await registry.stop();
+      await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
+    }
+  });
+
   it('a read-only cache directory (a container whose home is read-only): rootfs: and bundle: pulls write the whole tree, each warning says the real reason', async (ctx) => {
     if (!mounted) return ctx.skip();
     for (const kind of ['rootfs', 'bundle']) {
