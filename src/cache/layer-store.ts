@@ -37,7 +37,7 @@ import { ownedId } from '../storage/aside.js';
 import { tryLockFile } from '../storage/file-lock.js';
 import { mkdirp } from '../storage/made-directories.js';
 import { StoredLayerDamage, refusedToRead } from './stored-layer-damage.js';
-import { currentOwner, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
+import { currentOwner, isStale, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { entryXattrs, setXattrs } from '../storage/xattrs.js';
 import { fsPath } from '../tar/byte-names.js';
 import { type EntryMeta, entryMeta, tarParseError } from '../tar/errors.js';
@@ -111,6 +111,12 @@ async function readRecord(file: string): Promise<ImageRecord | undefined> {
 
 /** More than a kernel tick (1-10 ms) of file times: a directory changed this shortly before it was read may change again without its time moving. */
 const COARSE_TIME_NS = 50_000_000n;
+
+/** Removes a file of no known owner once it is older than a leftover may be (isStale). */
+async function removeIfStale(file: string): Promise<void> {
+  const st = await fs.lstat(file).catch(() => undefined);
+  if (st && isStale(undefined, Date.now() - st.mtimeMs)) await fs.rm(file, { force: true });
+}
 
 async function dirSize(p: string): Promise<number> {
   let n = 0;
@@ -389,8 +395,12 @@ export class LayerStore {
       const st = await fs.stat(imagesDir, { bigint: true }).catch(() => undefined);
       seen = st ? { mtimeNs: st.mtimeNs, readAtNs: BigInt(Date.now()) * 1_000_000n } : undefined;
       for (const name of await fs.readdir(imagesDir).catch(() => [] as string[])) {
-        if (name.endsWith('.tmp')) continue;
         const file = path.join(imagesDir, name);
+        if (name.endsWith('.tmp')) {
+          // A record a killed run was writing or dropping: gone once it is a day old.
+          if (drop && !options.dryRun) await removeIfStale(file);
+          continue;
+        }
         const record = await readRecord(file);
         if (!record) continue;
         if (!expired(record)) take(record);

@@ -47,6 +47,20 @@ describe('the layer store gc beside a pull', () => {
     expect(await fs.readdir(path.join(dir, 'locks')).catch(() => [])).toEqual([]);
   });
 
+  it('removes the record files a killed run left half written or half dropped once they are a day old, not before', async () => {
+    const { store, dir } = await storeWithExpiredImage();
+    const images = path.join(dir, 'images');
+    const old = path.join(images, `${hex('m')}.0b7c4c1e-0000-4000-8000-000000000000.tmp`);
+    const recent = path.join(images, `${hex('n')}.0b7c4c1e-0000-4000-8000-000000000001.tmp`);
+    for (const f of [old, recent]) await fs.writeFile(f, '{"diffIds":[');
+    const twoDaysAgo = new Date(Date.now() - 2 * DAY);
+    await fs.utimes(old, twoDaysAgo, twoDaysAgo);
+    expect(await store.gc({ maxAgeMs: DAY, dryRun: true })).toMatchObject({ removedImages: 1 });
+    expect((await fs.readdir(images)).sort()).toEqual([hex('m'), path.basename(old), path.basename(recent)].sort());
+    await store.gc({ maxAgeMs: DAY });
+    expect(await fs.readdir(images)).toEqual([path.basename(recent)]);
+  });
+
   it('leaves a layer that a run is filling (its lock held) to that run', async () => {
     const { store, dir } = await storeWithExpiredImage();
     await fs.mkdir(path.join(dir, 'locks'), { recursive: true });
