@@ -86,8 +86,10 @@ export interface ImageSource {
   /**
    * Bytes `start`..`endInclusive` of a blob, unverified (the caller verifies the whole): present
    * on sources that can read ranges (registries, S3, files), for large blobs fetched in parallel.
+   * In order, as the chunks they arrived in, not joined: each must not change once given (they
+   * are hashed on another thread), and a large blob's bytes are not copied again.
    */
-  getBlobRange?(descriptor: Descriptor, start: number, endInclusive: number, options?: OpenOptions): Promise<Buffer>;
+  getBlobRange?(descriptor: Descriptor, start: number, endInclusive: number, options?: OpenOptions): Promise<Buffer[]>;
   /** Tags this source gives the image it names (for docker-archive output); may be empty. */
   repoTags(): readonly string[];
   /** Where each blob read so far came from (digest → registry), for sources with several (mirrors). */

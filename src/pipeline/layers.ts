@@ -80,7 +80,8 @@ async function openBlob(source: ImageSource, descriptor: Descriptor, options?: O
     concurrency: RANGED_CONCURRENCY,
     ...(options?.signal ? { signal: options.signal } : {}),
   });
-  return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${source.name}` });
+  // Hashed on the pool: each range is a buffer of its own, never written again.
+  return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${source.name}` }, { offThread: true });
 }
 
 /** Destroys `stream` when `signal` aborts: every source then stops promptly (Ctrl-C, --timeout). */

@@ -16,10 +16,10 @@ export const RANGED_MIN_SIZE = 64 * 1024 * 1024;
 export const RANGED_CHUNK_SIZE = 8 * 1024 * 1024;
 export const RANGED_CONCURRENCY = 4;
 
-export function rangedStream(size: number, fetchRange: (start: number, endInclusive: number) => Promise<Buffer>, options: RangedOptions): Readable {
+export function rangedStream(size: number, fetchRange: (start: number, endInclusive: number) => Promise<Buffer[]>, options: RangedOptions): Readable {
   const { chunkSize, concurrency, signal } = options;
   async function* chunks(): AsyncGenerator<Buffer> {
-    const pending: Promise<Buffer>[] = [];
+    const pending: Promise<Buffer[]>[] = [];
     let next = 0;
     const schedule = () => {
       while (pending.length < concurrency && next < size) {
@@ -34,9 +34,9 @@ export function rangedStream(size: number, fetchRange: (start: number, endInclus
     schedule();
     while (pending.length) {
       signal?.throwIfAborted();
-      const chunk = await pending.shift()!;
+      const range = await pending.shift()!;
       schedule();
-      yield chunk;
+      yield* range;
     }
   }
   return Readable.from(chunks(), { objectMode: false });

@@ -46,8 +46,8 @@ describe('decorators keep the optional abilities of what they wrap', () => {
     expect(typeof cached.headManifest).toBe('function');
     expect((await cached.headManifest!())?.digest).toBe(fx.basic.manifest.digest);
     const layer = asDescriptor(fx.basic.layers[0]!);
-    const bytes = await cached.getBlobRange!(layer, 0, 9);
-    expect(bytes.equals((await inner.getBlobRange!(layer, 0, 9)))).toBe(true);
+    const bytes = Buffer.concat(await cached.getBlobRange!(layer, 0, 9));
+    expect(bytes.equals(Buffer.concat(await inner.getBlobRange!(layer, 0, 9)))).toBe(true);
     expect(bytes).toHaveLength(10);
 
     const layout = await open(`oci:${fx.paths.ociBasic}:latest`);
@@ -69,10 +69,10 @@ describe('decorators keep the optional abilities of what they wrap', () => {
     const config = top.kind === 'manifest' ? top.manifest.config : undefined;
     expect(typeof cut.getBlobRange).toBe('function');
     const layer = asDescriptor(fx.basic.layers[0]!);
-    expect((await cut.getBlobRange!(layer, 0, 3)).equals(await source.getBlobRange!(layer, 0, 3))).toBe(true);
+    expect(Buffer.concat(await cut.getBlobRange!(layer, 0, 3)).equals(Buffer.concat(await source.getBlobRange!(layer, 0, 3)))).toBe(true);
     const whole = await cut.getBlob(config!);
     const chunks: Buffer[] = [];
     for await (const c of whole) chunks.push(c as Buffer);
-    expect((await cut.getBlobRange!(config!, 0, 4)).equals(Buffer.concat(chunks).subarray(0, 5))).toBe(true);
+    expect(Buffer.concat(await cut.getBlobRange!(config!, 0, 4)).equals(Buffer.concat(chunks).subarray(0, 5))).toBe(true);
   });
 });

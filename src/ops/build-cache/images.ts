@@ -46,7 +46,7 @@ function sourceOf(image: Image, source: ImageSource, cut: ImageConfig, keep: num
     getBlob: async (d: Descriptor, o?: OpenOptions) => (d.digest === doc.config.digest ? Readable.from([configBytes]) : source.getBlob(d, o)),
     // The layers are the stored image's: its ranged reads and origins serve them as they are.
     ...(getBlobRange
-      ? { getBlobRange: async (d: Descriptor, start: number, end: number, o?: OpenOptions) => (d.digest === doc.config.digest ? configBytes.subarray(start, end + 1) : getBlobRange.call(source, d, start, end, o)) }
+      ? { getBlobRange: async (d: Descriptor, start: number, end: number, o?: OpenOptions) => (d.digest === doc.config.digest ? [configBytes.subarray(start, end + 1)] : getBlobRange.call(source, d, start, end, o)) }
       : {}),
     ...(origins ? { origins: origins.bind(source) } : {}),
     repoTags: () => repoTags,

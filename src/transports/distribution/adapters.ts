@@ -71,14 +71,17 @@ export class DistributionSource implements ImageSource {
     return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what });
   }
 
-  async getBlobRange(descriptor: Descriptor, start: number, endInclusive: number): Promise<Buffer> {
+  async getBlobRange(descriptor: Descriptor, start: number, endInclusive: number): Promise<Buffer[]> {
     const chunks: Buffer[] = [];
-    for await (const c of await this.store.openBlob(descriptor.digest, start, endInclusive - start + 1)) chunks.push(c as Buffer);
-    const out = Buffer.concat(chunks);
-    if (out.length !== endInclusive - start + 1) {
+    let length = 0;
+    for await (const c of await this.store.openBlob(descriptor.digest, start, endInclusive - start + 1)) {
+      chunks.push(c as Buffer);
+      length += (c as Buffer).length;
+    }
+    if (length !== endInclusive - start + 1) {
       throw new SmartError('SIZE_MISMATCH', `blob ${shortDigest(descriptor.digest)} of ${this.name}: short read at ${start}`, { input: descriptor.digest, retryable: true });
     }
-    return out;
+    return chunks;
   }
 
   repoTags(): readonly string[] {

@@ -72,7 +72,7 @@ export class RegistrySource implements ImageSource {
     return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${this.name}` }, { offThread: true });
   }
 
-  getBlobRange(descriptor: Descriptor, start: number, endInclusive: number, options?: OpenOptions): Promise<Buffer> {
+  getBlobRange(descriptor: Descriptor, start: number, endInclusive: number, options?: OpenOptions): Promise<Buffer[]> {
     return this.client.getBlobRange(this.ref.repository, descriptor.digest, start, endInclusive, options?.signal);
   }
 
