@@ -68,7 +68,8 @@ export class DistributionSource implements ImageSource {
       }
       throw e;
     }
-    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what });
+    // Hashed on the pool: every chunk a driver reads (a file's, an S3 answer's) is a buffer of its own, never written again.
+    return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what }, { offThread: true });
   }
 
   async getBlobRange(descriptor: Descriptor, start: number, endInclusive: number): Promise<Buffer[]> {
