@@ -85,7 +85,8 @@ export interface ImageSource {
   getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable>;
   /**
    * Bytes `start`..`endInclusive` of a blob, unverified (the caller verifies the whole): present
-   * on sources that can read ranges (registries, S3, files), for large blobs fetched in parallel.
+   * on sources where reading ranges at once pays (registries, S3; not local files, read whole),
+   * for large blobs fetched in parallel.
    * In order, as the chunks they arrived in, not joined: each must not change once given (they
    * are hashed on another thread), and a large blob's bytes are not copied again.
    */

@@ -34,6 +34,13 @@ export interface StorageDriver {
   /** For messages: `file:/srv/registry`, `s3://bucket/root`. */
   readonly name: string;
   /**
+   * The objects are files on this machine: a blob is read whole, as the file it is (a decompressor
+   * reads it itself, a layout copies it in the kernel). Reading it in ranges at once gains nothing
+   * there and loses that: a 100 MB layer from `file:` into a root filesystem took 0.62-0.76 s in
+   * ranges, 0.25-0.31 s whole.
+   */
+  readonly localFiles?: boolean;
+  /**
    * Whole small objects (links, manifests). Throws NOT_FOUND when absent, and LIMIT_EXCEEDED,
    * before reading it, when the object is larger than `maxBytes`.
    */

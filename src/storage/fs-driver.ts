@@ -28,6 +28,7 @@ function tmpName(target: string): string {
 
 export class FsDriver implements StorageDriver {
   readonly name: string;
+  readonly localFiles = true;
 
   /** `name`: what errors call it, when not `file:ROOT` (an archive's staging layout: the archive). */
   constructor(

@@ -2,7 +2,8 @@
  * Sources that wrap a source keep what it can do: the metadata cache's CachedSource and the cut of
  * an image `cache pull` writes offer ranged reads, a cheap HEAD and origins exactly when the source
  * they wrap does, and answer them from it. Over a real `file:` store (DistributionSource, which has
- * ranges and HEAD) and a real OCI layout (which has neither).
+ * HEAD, and ranges when its driver is not one of local files: the store is read here as S3 would
+ * be) and a real OCI layout (which has neither).
  */
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -17,6 +18,10 @@ import { historyCutSource } from '../../src/ops/build-cache/images.js';
 import { copy } from '../../src/ops/copy.js';
 import { openDestination, openSource, parseImageName } from '../../src/transports/all.js';
 import type { OpenContext } from '../../src/transports/transport.js';
+import { FsDriver } from '../../src/storage/fs-driver.js';
+import type { StorageDriver } from '../../src/storage/driver.js';
+import { DistributionSource } from '../../src/transports/distribution/adapters.js';
+import { DistributionStore } from '../../src/transports/distribution/store.js';
 import { fixtures } from '../harness/fixtures.js';
 import { tempDir } from '../harness/tmp.js';
 
@@ -24,6 +29,12 @@ import { tempDir } from '../harness/tmp.js';
 const asDescriptor = (d: { mediaType: string; digest: string; size: number }): Descriptor => ({ mediaType: d.mediaType, digest: parseDigest(d.digest), size: d.size });
 
 const ctx: OpenContext = { stdin: process.stdin, stdout: process.stdout };
+
+/** A `file:` store's source as a remote store's is (S3): with ranged reads (StorageDriver.localFiles off). */
+function rangedSource(root: string, repository: string, tag: string): ImageSource {
+  const driver = Object.create(new FsDriver(root), { localFiles: { value: false } }) as StorageDriver;
+  return new DistributionSource(new DistributionStore(driver), { registry: '', repository, tag });
+}
 
 async function open(name: string): Promise<ImageSource> {
   const s = await openSource(parseImageName(name), ctx);
@@ -40,7 +51,9 @@ describe('decorators keep the optional abilities of what they wrap', () => {
     await copy(await open(`oci:${fx.paths.ociBasic}:latest`), dest, { platform: hostPlatform(), jobs: 2 });
     const cache = new DiskMetadataCache(path.join(await tempDir(), 'metadata'));
 
-    const inner = await open(store);
+    // A store of local files is read whole, never in ranges; the same store read as S3 would be, in ranges.
+    expect((await open(store)).getBlobRange).toBeUndefined();
+    const inner = rangedSource(root, 'deco/basic', '1');
     const cached = new CachedSource(inner, cache, `file:${root}`, { registry: '', repository: 'deco/basic', tag: '1' });
     expect(typeof inner.headManifest).toBe('function');
     expect(typeof cached.headManifest).toBe('function');
@@ -62,7 +75,7 @@ describe('decorators keep the optional abilities of what they wrap', () => {
     const root = await tempDir();
     const store = `file:${root}#deco/cut:1`;
     await copy(await open(`oci:${fx.paths.ociBasic}:latest`), await openDestination(parseImageName(store), ctx), { platform: hostPlatform(), jobs: 2 });
-    const source = await open(store);
+    const source = rangedSource(root, 'deco/cut', '1');
     const image = await resolveImage(source, hostPlatform());
     const cut = historyCutSource(image, source, 1);
     const top = await cut.getManifest();

@@ -18,12 +18,15 @@ function refName(store: DistributionStore, ref: Reference): string {
 
 export class DistributionSource implements ImageSource {
   readonly name: string;
+  /** Ranged reads, for large blobs fetched in parallel: from S3, not from local files (StorageDriver.localFiles). */
+  readonly getBlobRange?: ImageSource['getBlobRange'];
 
   constructor(
     private readonly store: DistributionStore,
     private readonly ref: Reference,
   ) {
     this.name = refName(store, ref);
+    if (!store.driver.localFiles) this.getBlobRange = (descriptor, start, endInclusive) => this.readRange(descriptor, start, endInclusive);
   }
 
   async getManifest(): Promise<ParsedManifest> {
@@ -72,7 +75,7 @@ export class DistributionSource implements ImageSource {
     return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what }, { offThread: true });
   }
 
-  async getBlobRange(descriptor: Descriptor, start: number, endInclusive: number): Promise<Buffer[]> {
+  private async readRange(descriptor: Descriptor, start: number, endInclusive: number): Promise<Buffer[]> {
     const chunks: Buffer[] = [];
     let length = 0;
     for await (const c of await this.store.openBlob(descriptor.digest, start, endInclusive - start + 1)) {
