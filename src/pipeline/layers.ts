@@ -70,18 +70,26 @@ async function openLocalOrFetch(source: ImageSource, descriptor: Descriptor, wha
   return local?.keep && !localFileOf(blob) && !fileRangeOf(blob) ? local.blobs.keep(blob, descriptor) : blob;
 }
 
-/** A blob's verified stream: large ones in parallel ranges where the source can read ranges. */
+/**
+ * A blob's verified stream: a large one, where the source can read ranges, whole while one
+ * connection is fast, else the rest in parallel ranges (wholeThenRanged).
+ */
 async function openBlob(source: ImageSource, descriptor: Descriptor, options?: OpenOptions): Promise<Readable> {
   if (!source.getBlobRange) return source.getBlob(descriptor, options);
-  const { RANGED_CHUNK_SIZE, RANGED_CONCURRENCY, RANGED_MIN_SIZE, rangedStream } = await import('./ranged.js');
+  const { FAST_ENOUGH, PROBE_BYTES, RANGED_CHUNK_SIZE, RANGED_CONCURRENCY, RANGED_MIN_SIZE, wholeThenRanged } = await import('./ranged.js');
   if (descriptor.size < RANGED_MIN_SIZE) return source.getBlob(descriptor, options);
-  const raw = rangedStream(descriptor.size, (start, end) => source.getBlobRange!(descriptor, start, end, options), {
-    chunkSize: RANGED_CHUNK_SIZE,
-    concurrency: RANGED_CONCURRENCY,
-    ...(options?.signal ? { signal: options.signal } : {}),
-  });
-  // Hashed on the pool: each range is a buffer of its own, never written again.
-  return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${source.name}` }, { offThread: true });
+  return wholeThenRanged(
+    () => source.getBlob(descriptor, options),
+    (start, end) => source.getBlobRange!(descriptor, start, end, options),
+    {
+      chunkSize: RANGED_CHUNK_SIZE,
+      concurrency: RANGED_CONCURRENCY,
+      ...(options?.signal ? { signal: options.signal } : {}),
+      expect: { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${source.name}` },
+      probeBytes: PROBE_BYTES,
+      fastEnough: FAST_ENOUGH,
+    },
+  );
 }
 
 /** Destroys `stream` when `signal` aborts: every source then stops promptly (Ctrl-C, --timeout). */

@@ -6,8 +6,8 @@ import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
-import { describe, expect, it } from 'vitest';
-import { sha256Digest } from '../../src/oci/digest.js';
+import { describe, expect, it, vi } from 'vitest';
+import { sha256Digest, type Digest } from '../../src/oci/digest.js';
 import { decompress } from '../../src/pipeline/compression.js';
 import { verifiedStream } from '../../src/pipeline/digest-stream.js';
 import { verifyFile } from '../../src/pipeline/local-file.js';
@@ -251,5 +251,77 @@ describe('rangedStream', () => {
       return [Buffer.alloc(100)];
     };
     await expect(collect(rangedStream(500, fetch, { chunkSize: 100, concurrency: 2 }))).rejects.toThrow(/range 200 broke/);
+  });
+});
+
+describe('wholeThenRanged', () => {
+  const blob = Buffer.from(Array.from({ length: 64 * 1024 }, (_, i) => (i * 7) % 251));
+  const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}` as Digest;
+  const expect_ = { digest, size: blob.length, what: 'blob sha256:b of registry r' };
+  /** The blob as one stream of 1 KiB chunks, each after `everyMs`; `state.stream` is it. */
+  const whole = (everyMs: number, state: { stream?: Readable } = {}) => async () => {
+    const s = Readable.from(
+      (async function* () {
+        for (let i = 0; i < blob.length; i += 1024) {
+          if (everyMs) await new Promise((r) => setTimeout(r, everyMs));
+          yield blob.subarray(i, i + 1024);
+        }
+      })(),
+    );
+    state.stream = s;
+    return s;
+  };
+
+  it('reads a blob whose first bytes come fast as the one stream it is: no range asked', async () => {
+    const { wholeThenRanged } = await import('../../src/pipeline/ranged.js');
+    const ranges: number[] = [];
+    const fetch = async (start: number, end: number) => (ranges.push(start), [blob.subarray(start, end + 1)]);
+    const out = await collect(wholeThenRanged(whole(0), fetch, { chunkSize: 8192, concurrency: 3, expect: expect_, probeBytes: 4096, fastEnough: 1 }));
+    expect(out.equals(blob)).toBe(true);
+    expect(ranges).toEqual([]);
+  });
+
+  it('reads the rest of a blob whose first bytes come slowly in ranges at once, from where the stream was left, and checks the whole', async () => {
+    const { wholeThenRanged } = await import('../../src/pipeline/ranged.js');
+    const ranges: number[] = [];
+    const state: { stream?: Readable } = {};
+    const fetch = async (start: number, end: number) => (ranges.push(start), [blob.subarray(start, end + 1)]);
+    const out = await collect(wholeThenRanged(whole(2, state), fetch, { chunkSize: 8192, concurrency: 3, expect: expect_, probeBytes: 4096, fastEnough: 1e12 }));
+    expect(out.equals(blob)).toBe(true);
+    expect(ranges).toEqual([4096, 12288, 20480, 28672, 36864, 45056, 53248, 61440]);
+    // The stream was left where the ranges took over, closed.
+    expect(state.stream!.destroyed).toBe(true);
+    expect(state.stream!.readableEnded).toBe(false);
+    // A range whose bytes are not the blob's: the whole fails its digest, never ends cleanly.
+    const lying = async (start: number, end: number) => [start === 20480 ? Buffer.alloc(end - start + 1) : blob.subarray(start, end + 1)];
+    await expect(collect(wholeThenRanged(whole(2), lying, { chunkSize: 8192, concurrency: 3, expect: expect_, probeBytes: 4096, fastEnough: 1e12 }))).rejects.toMatchObject({
+      code: 'DIGEST_MISMATCH',
+      message: expect.stringMatching(/^blob sha256:b of registry r: content hashes to sha256:[0-9a-f]{64}, not sha256:/),
+    });
+    // Short, or too long: its size.
+    const short = async (start: number, end: number) => [blob.subarray(start, Math.min(end, 50_000) + 1)];
+    await expect(collect(wholeThenRanged(whole(2), short, { chunkSize: 8192, concurrency: 3, expect: expect_, probeBytes: 4096, fastEnough: 1e12 }))).rejects.toMatchObject({ code: 'SIZE_MISMATCH' });
+    const long = async (start: number, end: number) => [blob.subarray(start, end + 1), Buffer.alloc(start === 61440 ? 1 : 0)];
+    await expect(collect(wholeThenRanged(whole(2), long, { chunkSize: 8192, concurrency: 3, expect: expect_, probeBytes: 4096, fastEnough: 1e12 }))).rejects.toMatchObject({ code: 'SIZE_MISMATCH' });
+    // A range that fails: the stream fails with it.
+    const broken = async (start: number) => {
+      if (start === 28672) throw new Error('range broke');
+      return [Buffer.alloc(8192)];
+    };
+    await expect(collect(wholeThenRanged(whole(2), broken, { chunkSize: 8192, concurrency: 3, expect: expect_, probeBytes: 4096, fastEnough: 1e12 }))).rejects.toThrow(/range broke/);
+  });
+
+  it('fails with the whole stream\'s own error, before any range is asked', async () => {
+    const { wholeThenRanged } = await import('../../src/pipeline/ranged.js');
+    const failing = async () =>
+      Readable.from(
+        (async function* () {
+          yield blob.subarray(0, 1024);
+          throw new Error('blob sha256:b of registry r: content hashes to sha256:x');
+        })(),
+      );
+    const fetch = vi.fn(async () => [Buffer.alloc(0)]);
+    await expect(collect(wholeThenRanged(failing, fetch, { chunkSize: 8192, concurrency: 3, expect: expect_, probeBytes: 4096, fastEnough: 1 }))).rejects.toThrow(/content hashes to/);
+    expect(fetch).not.toHaveBeenCalled();
   });
 });
