@@ -478,7 +478,7 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await fs.readdir(parent).catch(() => [])).toEqual([]);
   });
 
-  it('fetches a large layer whole while one connection is fast, else the rest in parallel ranges, verified whole', async () => {
+  it('fetches a large layer as one stream, the rest in parallel ranges once that stream proves slow, verified whole', async () => {
     const { writeImage } = await import('../harness/images.js');
     const { randomBytes } = await import('node:crypto');
     const dir = path.join(work, 'big-image');
@@ -490,11 +490,15 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     const layer = made.layers[0]!;
     const gets = () => proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.endsWith(layer.digest));
     const inLayout = (out: string) => fs.readFile(path.join(work, out, 'blobs', 'sha256', layer.digest.slice(7)));
-    // On loopback one connection is fast: the blob comes whole, in one GET.
+    // On loopback it starts as one GET of the whole blob. Whether it stays one depends on how fast
+    // its first 8 MiB come, a matter of the machine's load: not asserted here (the decision itself
+    // is the unit test's, test/unit/streams.test.ts); the bytes are.
     proxy.stats.clear();
     const fast = await smart(['pull', `docker://${proxy.host}/big/app:1`, `oci:${path.join(work, 'big-out')}:x`], { cacheHome: await tempDir() });
     expect(fast.code, fast.stderr).toBe(0);
-    expect(gets().map((q) => q.responseBytes)).toEqual([layer.size]);
+    expect(gets().length).toBeGreaterThanOrEqual(1);
+    const served = await fs.readFile(path.join(registry.root, 'docker/registry/v2/blobs/sha256', layer.digest.slice(7, 9), layer.digest.slice(7), 'data'));
+    expect((await inLayout('big-out')).equals(served)).toBe(true);
     // A slow one (1 MiB every 20 ms): past its first 8 MiB, the rest comes in ranges of 8 MiB, several at once.
     proxy.stats.clear();
     proxy.setFaults((q, n) => (q.method === 'GET' && q.path.endsWith(layer.digest) && n === 1 ? { kind: 'slow-body', bytes: 1024 * 1024, everyMs: 20 } : undefined));
