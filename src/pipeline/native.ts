@@ -29,6 +29,12 @@ export interface NativeBinding {
   setXattr?(path: Buffer, name: Buffer, value: Buffer): number;
   /** Small files made on the pool, in order (see smartlayer.c): [records made, errno, step], errno 0 when all were (Linux). */
   writeFiles?(records: Buffer, contents: Buffer[]): Promise<[number, number, number]>;
+  /**
+   * A run of a layer's small files in one directory made at once, from a tar's bytes (see
+   * smartlayer.c): `out` gets [bytes consumed from `start`, files made, their bytes, the offset
+   * of the last one's first header or -1] (Linux).
+   */
+  extractFiles?(chunk: Buffer, start: number, dir: Buffer, prefix: Buffer, params: Int32Array, out: Int32Array): void;
   /** A pipe of `bytes` capacity where the kernel allows it, both ends close-on-exec (Linux): [read end, write end]. */
   makePipe?(bytes: number): [number, number];
   /** sha256 on the libuv pool with the process's OpenSSL (where it has one): a context, */

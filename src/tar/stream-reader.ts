@@ -152,6 +152,16 @@ export function decodeTarHeader(buf: Buffer): Header | null {
   } as unknown as Header;
 }
 
+/** The name of the entry whose first header (a GNU long name's, or its own) is at `at` in `chunk`, as this reader gives it. */
+export function entryNameAt(chunk: Buffer, at: number): string {
+  const h = decodeTarHeader(chunk.subarray(at, at + BLOCK));
+  const type = h?.type as string | null | undefined;
+  if (h === null || (type !== 'gnu-long-path' && type !== 'pax-header') || typeof h.size !== 'number') return h?.name ?? '';
+  const data = chunk.subarray(at + BLOCK, at + BLOCK + h.size);
+  const name = type === 'gnu-long-path' ? decodeNameField(data, 0, data.length) : decodePaxRecords(data).path;
+  return name || entryNameAt(chunk, at + BLOCK + h.size + padding(h.size));
+}
+
 /**
  * pax records (`LEN KEY=VALUE\n`), read as tar-stream reads them: up to the first malformed record.
  * Values are decoded as names are (a `path` or `linkpath` keeps its bytes; src/tar/byte-names.ts).
@@ -510,6 +520,25 @@ export class TarStreamReader {
       filled += c.copy(block, filled, off, Math.min(c.length, off + BLOCK - filled));
     }
     return block;
+  }
+
+  /**
+   * The bytes from the next header on, as far as they lie in one chunk, for a caller that reads
+   * whole entries itself (the applier's runs of small files: native extractFiles), then says how
+   * many it took (`advance`). Undefined where the next entry's reading depends on what this reader
+   * holds (pax records, a long name, global records) or not one header's bytes are here.
+   */
+  entryBytes(): { chunk: Buffer; start: number } | undefined {
+    if (!this.skipRest() || this.pax !== null || this.paxGlobal !== null || this.gnuLongPath !== null || this.gnuLongLinkPath !== null) return undefined;
+    if (this.buffered < BLOCK) return undefined;
+    const chunk = this.chunks[this.head]!;
+    if (chunk.length - this.offset < BLOCK) return undefined;
+    return { chunk, start: this.offset };
+  }
+
+  /** Takes `n` bytes of whole entries given by `entryBytes` (n ≤ what it gave). */
+  advance(n: number): void {
+    if (n > 0) this.drop(n);
   }
 
   private readLongHeader(type: string, data: Buffer): void {

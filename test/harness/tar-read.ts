@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { extract, pack, type Header } from 'tar-stream';
 import { encodeName } from '../../src/tar/byte-names.js';
+import { checksum } from '../../src/tar/header.js';
 import { TarStreamReader } from '../../src/tar/stream-reader.js';
 
 export type TarRead = { entries: Record<string, unknown>[] } | { error: string };
@@ -104,4 +105,34 @@ export async function tarOf(entries: TarEntry[]): Promise<Buffer> {
   p.finalize();
   await ended;
   return Buffer.concat(out);
+}
+
+/**
+ * One member as GNU tar writes it (magic 'ustar  '), by hand: a long name ('L' member) first when
+ * the name is past 100 bytes (tar-stream writes pax instead).
+ */
+export function gnuMember(name: string, typeflag: string, content: string | Buffer = '', mtime = 0o13300000000): Buffer {
+  const body = Buffer.from(content);
+  const header = (n: Buffer, type: string, size: number) => {
+    const h = Buffer.alloc(512);
+    n.copy(h, 0, 0, Math.min(n.length, 100));
+    h.write(typeflag === '5' ? '0000755\0' : '0000644\0', 100, 'latin1');
+    h.write('0000000\0', 108, 'latin1');
+    h.write('0000000\0', 116, 'latin1');
+    h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
+    h.write(`${mtime.toString(8).padStart(11, '0')}\0`, 136, 'latin1');
+    h.write(type, 156, 'latin1');
+    h.write('ustar  \0', 257, 'latin1');
+    h.write(`${checksum(h).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+    return h;
+  };
+  const pad = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
+  const bytes = Buffer.from(name);
+  const parts: Buffer[] = [];
+  if (bytes.length > 100) {
+    const long = Buffer.concat([bytes, Buffer.of(0)]);
+    parts.push(header(Buffer.from('././@LongLink'), 'L', long.length), pad(long));
+  }
+  parts.push(header(bytes, typeflag, body.length), pad(body));
+  return Buffer.concat(parts);
 }

@@ -8,7 +8,7 @@
  * every mutated layer as tar-stream does.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -24,26 +24,10 @@ import { readOciArchiveStream } from '../../src/transports/oci-layout/stream.js'
 import { fixtures } from '../harness/fixtures.js';
 import { RootfsApplier } from '../../src/transports/rootfs/apply.js';
 import { fuzzParams, total, totalAsync } from '../harness/fuzz.js';
-import { pieces, readWithStreamReader, readWithTarStream, tarOf } from '../harness/tar-read.js';
+import { gnuMember, pieces, readWithStreamReader, readWithTarStream, tarOf } from '../harness/tar-read.js';
 import { TAR_MESSAGES, decodeTarHeader } from '../../src/tar/stream-reader.js';
-
-/** A GNU long-name member ('L') and the member it names, written by hand (tar-stream writes pax). */
-function gnuLongName(name: string, body: string): Buffer {
-  const header = (n: string, size: number, type: string) => {
-    const b = Buffer.alloc(BLOCK);
-    b.write(n.slice(0, 99), 0, 'utf8');
-    b.write('0000644\0', 100, 'latin1');
-    b.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
-    b.write('14000000000\0', 136, 'latin1');
-    b.write(type, 156, 'latin1');
-    b.write('ustar  \0', 257, 'latin1');
-    b.write(`${checksum(b).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
-    return b;
-  };
-  const pad = (s: Buffer) => Buffer.concat([s, Buffer.alloc((BLOCK - (s.length % BLOCK)) % BLOCK)]);
-  const nameBytes = Buffer.from(`${name}\0`);
-  return Buffer.concat([header('././@LongLink', nameBytes.length, 'L'), pad(nameBytes), header(name.slice(0, 99), body.length, '0'), pad(Buffer.from(body))]);
-}
+import { nativeBinding } from '../../src/pipeline/native.js';
+import { inCI } from '../harness/tools.js';
 
 /** Mutations of an archive: byte flips (headers first), numeric fields rewritten, cuts, spliced blocks. */
 function mutated(seed: Buffer): fc.Arbitrary<Buffer> {
@@ -128,6 +112,7 @@ function hasSparseHeader(bytes: Buffer): boolean {
 let work: string;
 let layerSeeds: Buffer[];
 let archiveSeeds: Buffer[];
+let runSeeds: Buffer[];
 
 beforeAll(async () => {
   work = await mkdtemp(path.join(os.tmpdir(), 'smartlayer-fuzz-tar-'));
@@ -144,7 +129,26 @@ beforeAll(async () => {
       { name: 'big-ids', body: 'x', pax: { uid: '3000000000', gid: '7', mtime: '1600000000.5', 'SCHILY.xattr.user.a': 'b' } },
       { name: 'dev/null', type: 'character-device', mode: 0o666 },
     ]),
-    Buffer.concat([gnuLongName(`${'g'.repeat(150)}/name`, 'gnu body'), Buffer.alloc(2 * BLOCK)]),
+    Buffer.concat([gnuMember(`${'g'.repeat(150)}/name`, '0', 'gnu body', 0o14000000000), Buffer.alloc(2 * BLOCK)]),
+  ];
+  // Runs of small files in directories the layer makes, as GNU tar and as a pax writer lay them out
+  // (the addon's extractFiles reads these itself).
+  const runDir = `r/${'x'.repeat(90)}/`;
+  runSeeds = [
+    Buffer.concat([
+      gnuMember('r/', '5'),
+      ...Array.from({ length: 6 }, (_, i) => gnuMember(`r/f${i}`, '0', `file ${i}\n`.repeat(i * 30))),
+      gnuMember(runDir, '5'),
+      ...Array.from({ length: 4 }, (_, i) => gnuMember(`${runDir}long-${i}`, '0', `long ${i}`)),
+      gnuMember('r/after', '0', 'back up'),
+      Buffer.alloc(2 * BLOCK),
+    ]),
+    await tarOf([
+      { name: 'p/', type: 'directory', mode: 0o755 },
+      ...Array.from({ length: 6 }, (_, i) => ({ name: `p/f${i}`, body: `file ${i}`, pax: { mtime: `1700000000.${i}25`, atime: '1600000000', ctime: '1' } })),
+      { name: `p/${'y'.repeat(120)}`, body: 'a pax path' },
+      { name: 'p/g', body: 'g', mode: 0o4755 },
+    ]),
   ];
   const config = JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [`sha256:${'a'.repeat(64)}`] } });
   archiveSeeds = [
@@ -318,6 +322,54 @@ describe('tar readers on mutated archives', () => {
       fuzzParams(100),
     );
     expect(await readdir(path.join(work, 'store', 'tmp')).catch(() => [])).toEqual([]);
+  });
+
+  it("the layer applier's runs of small files (the addon's extractFiles): the same tree or the same failure as each entry in turn", async () => {
+    if (!nativeBinding()?.extractFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (extractFiles) is not built');
+      return;
+    }
+    /** The tree under `root`: each path's type, mode, size, times and content; or the failure's words. */
+    const apply = async (bytes: Buffer, root: string, runs: boolean, chunk: number): Promise<string> => {
+      await mkdir(root);
+      const applier = new RootfsApplier(root, { preserveOwnership: process.getuid?.() === 0, batchSmallFiles: runs });
+      const failed = await totalAsync(async () => {
+        await applier.applyLayer(Readable.from(pieces(bytes, [chunk])), 'layer 0');
+        await applier.finish();
+      });
+      if (failed instanceof SmartError) return `${failed.code}: ${failed.message}`;
+      const lines: string[] = [];
+      // Names as bytes: a mutated name need not be UTF-8.
+      const walk = async (dir: Buffer): Promise<void> => {
+        const names = (await readdir(dir, { encoding: 'buffer' })).sort(Buffer.compare);
+        for (const name of names) {
+          const p = Buffer.concat([dir, Buffer.from('/'), name]);
+          const st = await lstat(p, { bigint: true });
+          const content = st.isFile() ? createHash('sha256').update(await readFile(p)).digest('hex') : '';
+          // A directory no entry gave made by the walk has the time it was made: not compared.
+          const times = st.isDirectory() ? '' : `m${st.mtimeNs} a${st.isSymbolicLink() ? '' : st.atimeNs}`;
+          lines.push(`${p.subarray(root.length).toString('latin1')} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.isDirectory() ? '' : st.size} ${times} ${content}`);
+          if (st.isDirectory()) await walk(p);
+        }
+      };
+      await walk(Buffer.from(root));
+      return lines.join('\n');
+    };
+    let n = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.nat(runSeeds.length - 1).chain((i) => mutated(runSeeds[i]!)), fc.constantFrom(1 << 20, 1500, 4096), async (bytes, chunk) => {
+        const i = n++;
+        try {
+          const withRuns = await apply(bytes, path.join(work, `runs-${i}`), true, chunk);
+          const inTurn = await apply(bytes, path.join(work, `in-turn-${i}`), false, chunk);
+          expect(withRuns).toBe(inTurn);
+        } finally {
+          await rm(path.join(work, `runs-${i}`), { recursive: true, force: true });
+          await rm(path.join(work, `in-turn-${i}`), { recursive: true, force: true });
+        }
+      }),
+      fuzzParams(150, [[runSeeds[0]!, 1 << 20], [runSeeds[1]!, 1500]]),
+    );
   });
 
   it('the layer applier: a SmartError or a tree, never a write outside the root', async () => {

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { type BigIntStats, existsSync } from 'node:fs';
-import { chmod, chown, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
@@ -12,6 +13,7 @@ import { nativeBinding } from '../../src/pipeline/native.js';
 import { checksum } from '../../src/tar/header.js';
 import { inCI } from '../harness/tools.js';
 import { xattrsOf } from '../harness/xattrs.js';
+import { gnuMember } from '../harness/tar-read.js';
 
 const isRoot = process.getuid?.() === 0;
 
@@ -893,6 +895,144 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
     // The opaque marker keeps what its own layer wrote into the directory.
     expect(Object.keys(tree).filter((p) => p.startsWith('a/many/'))).toEqual(['a/many/f7', 'a/many/only']);
     expect(tree['a/times']).toContain(' m1704067200123456000 a1700000000500000000');
+  });
+
+  /** The tar GNU tar makes of `dir` in `format` (gnu: long names as 'L' entries; ustar: split into prefix and name; pax: records). */
+  function gnuTar(dir: string, format: 'gnu' | 'ustar' | 'pax'): Buffer {
+    return execFileSync('tar', ['-C', dir, `--format=${format}`, '--sort=name', '--numeric-owner', '-cf', '-', '.'], { maxBuffer: 64 << 20 });
+  }
+
+  /** Applies tars into a fresh root (runs of the addon's, batches, or each file in turn); the tree, or the failure's code and message. */
+  async function applyTars(name: string, tars: Buffer[], how: 'runs' | 'in turn', chunkSize: number) {
+    const dir = path.join(tmp, name);
+    await mkdir(dir);
+    const a = new RootfsApplier(dir, { preserveOwnership: isRoot, batchSmallFiles: how === 'runs' });
+    try {
+      for (const [i, tar] of tars.entries()) await a.applyLayer(streamOf(tar, chunkSize), `layer ${i}`);
+      await a.finish();
+    } catch (e) {
+      return { failed: `${(e as SmartError).code}: ${(e as Error).message.replaceAll(dir, 'ROOT')}` };
+    }
+    return { tree: await treeWithTimes(dir) };
+  }
+
+  /** Counts the files the addon's runs make while `body` runs. */
+  async function countingRuns<T>(body: () => Promise<T>): Promise<{ result: T; made: number }> {
+    const native = nativeBinding()!;
+    const real = native.extractFiles!;
+    let made = 0;
+    native.extractFiles = (...args) => {
+      real(...args);
+      made += args[5][1]!;
+    };
+    try {
+      return { result: await body(), made };
+    } finally {
+      native.extractFiles = real;
+    }
+  }
+
+  it('lays the same tree from runs of small files made by the addon (extractFiles) as making each file in turn, from GNU, ustar and pax tars cut anywhere', async () => {
+    if (!nativeBinding()?.extractFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (extractFiles) is not built');
+      return;
+    }
+    const src = path.join(tmp, 'src');
+    const long = `${'deep/'.repeat(18)}end`; // past ustar's 100 bytes of name: a long name, or a prefix
+    const files: [string, string | Buffer, number, number?][] = [
+      ['a/one', 'one', 0o644],
+      ['a/two', '', 0o644],
+      ['a/private', 'p', 0o600],
+      ['a/setuid', 's', 0o4755],
+      ['a/open', 'o', 0o777],
+      ['a/with space', 'space', 0o644],
+      ['a/caf\u00e9', 'not ASCII: left to the applier', 0o644],
+      ['a/.hidden', 'h', 0o644],
+      ['a/...', 'dots', 0o644],
+      ['a/sub/x', 'x', 0o640],
+      ['a/sub/y', randomBytes(5000), 0o644],
+      ['a/sub/big', randomBytes(600 * 1024), 0o644],
+      ['a/sub/after-big', 'z', 0o644],
+      ['a/zz', 'after the subdirectory', 0o644],
+      [`${long}/f1`, 'f1', 0o644],
+      [`${long}/${'n'.repeat(90)}`, 'a long base name', 0o644],
+      [`${long}/f3`, 'f3', 0o644],
+      ['b/owned', 'u', 0o644, 1000],
+    ];
+    for (let i = 0; i < 300; i++) files.push([`m/f${String(i).padStart(3, '0')}`, `file ${i}\n`.repeat(i % 9), 0o644]);
+    for (const [rel, content, mode, owner] of files) {
+      const p = path.join(src, rel);
+      await mkdir(path.dirname(p), { recursive: true });
+      await writeFile(p, content);
+      await chmod(p, mode);
+      if (owner !== undefined && isRoot) await chown(p, owner, owner + 1);
+    }
+    await mkdir(path.join(src, 'g'), { mode: 0o755 });
+    await writeFile(path.join(src, 'g/takes-group'), 'g');
+    if (isRoot) await chown(path.join(src, 'g'), 0, 1234);
+    await chmod(path.join(src, 'g'), 0o2775);
+    for (const [i, rel] of ['a/one', 'a/sub/x', 'm/f007', 'g/takes-group', 'g', 'a/sub', 'a'].entries()) {
+      const t = new Date(1_600_000_000_000 + i * 86_400_000 + 123);
+      await utimes(path.join(src, rel), t, t);
+    }
+    // A second layer: files of the first replaced, a whiteout, new files in a new directory.
+    const upper = await tarOf([
+      { name: 'a/one', content: 'replaced in a lower directory' },
+      { name: 'a/sub/.wh.x' },
+      { name: 'c/', type: 'directory' },
+      { name: 'c/new', content: 'new' },
+      { name: 'c/new2', content: 'new 2' },
+    ]);
+    let made = 0;
+    for (const format of ['gnu', 'ustar', 'pax'] as const) {
+      const tar = gnuTar(src, format);
+      for (const chunkSize of [0, 7000, 512 * 3 + 100]) {
+        const label = `${format}-${chunkSize}`;
+        const runs = await countingRuns(() => applyTars(`runs-${label}`, [tar, upper], 'runs', chunkSize));
+        const inTurn = await applyTars(`in-turn-${label}`, [tar, upper], 'in turn', chunkSize);
+        expect(runs.result.failed, label).toBeUndefined();
+        expect(runs.result.tree, label).toEqual(inTurn.tree);
+        made += runs.made;
+        if (chunkSize === 0) expect(runs.made, label).toBeGreaterThan(250);
+      }
+    }
+    expect(made).toBeGreaterThan(0);
+  });
+
+  it('leaves to the applier an entry a run cannot make, which then fails with its own words', async () => {
+    if (!nativeBinding()?.extractFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (extractFiles) is not built');
+      return;
+    }
+    // A GNU long name whose last part is too long for the filesystem: the run's open fails, the applier's too.
+    const longTar = Buffer.concat([
+      gnuMember('a/', '5'),
+      gnuMember('a/fine', '0', 'x'),
+      gnuMember(`a/${'n'.repeat(300)}`, '0', 'too long a name'),
+      gnuMember('a/never', '0', 'y'),
+      Buffer.alloc(1024),
+    ]);
+    const runs = await countingRuns(() => applyTars('runs', [longTar], 'runs', 0));
+    const inTurn = await applyTars('in-turn', [longTar], 'in turn', 0);
+    expect(runs.result.failed).toBe(inTurn.failed);
+    expect(runs.result.failed).toMatch(/^STORAGE: layer 0: entry "a\/n+…": ENAMETOOLONG: name too long$/);
+    // a/fine was the run's; the long name it left to the applier.
+    expect(runs.made).toBe(1);
+    // A tar cut short after a run names the run's last entry, as the applier does, whatever the format.
+    const src = path.join(tmp, 'cut');
+    // Names past 100 bytes from the tenth on: a long name, a prefix, a pax path.
+    const d = `${'p'.repeat(60)}/d`;
+    await mkdir(path.join(src, d), { recursive: true });
+    for (let i = 0; i < 20; i++) await writeFile(path.join(src, d, `${i < 10 ? 'f' : 'l'.repeat(60)}${i}`), `content ${i}`.repeat(50));
+    for (const format of ['gnu', 'ustar', 'pax'] as const) {
+      const whole = gnuTar(src, format);
+      const cut = whole.subarray(0, whole.length - 1024 - 600);
+      const cutRuns = await countingRuns(() => applyTars(`runs-cut-${format}`, [cut], 'runs', 0));
+      const cutInTurn = await applyTars(`in-turn-cut-${format}`, [cut], 'in turn', 0);
+      expect(cutRuns.made, format).toBeGreaterThan(10);
+      expect(cutRuns.result.failed, format).toBe(cutInTurn.failed);
+      expect(cutRuns.result.failed, format).toMatch(/^CORRUPT_ARCHIVE: /);
+    }
   });
 
   it('fails on the same entry with the same words as making each file in turn', async () => {

@@ -52,10 +52,10 @@ import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
 import { StoredLayerDamage, refusedToRead } from '../../cache/stored-layer-damage.js';
 import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte-names.js';
 import { type EntryMeta, entryMeta, tarParseError } from '../../tar/errors.js';
-import { TarStreamReader, unknownTypeOf } from '../../tar/stream-reader.js';
+import { TarStreamReader, entryNameAt, unknownTypeOf } from '../../tar/stream-reader.js';
 import { copySparseFileSync, sparseSegments, writeFileChunks } from '../../tar/sparse.js';
 import { entryXattrs, setXattrs, type XattrTally } from '../../storage/xattrs.js';
-import { nativeBinding } from '../../pipeline/native.js';
+import { type NativeBinding, nativeBinding } from '../../pipeline/native.js';
 import { FileBatch } from './file-batch.js';
 import { idMap, type IdMap } from '../../id-map.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
@@ -68,6 +68,8 @@ export interface ApplyOptions {
   maxTrackedPaths?: number;
   /** Small files made in batches on the pool where the addon can (file-batch.ts; default true); false makes each in turn. */
   batchSmallFiles?: boolean;
+  /** Runs of small files in a directory the layer made laid down by the addon, headers and all (extractFiles; default: batchSmallFiles). */
+  extractRuns?: boolean;
 }
 
 export interface LayerApplyStats {
@@ -114,6 +116,24 @@ function isCleanRelative(p: string): boolean {
 /** A system call's failure on an entry, as a pull says it: STORAGE, naming the layer and the entry. */
 function entryStorageError(what: string, name: string, e: NodeJS.ErrnoException): SmartError {
   return new SmartError('STORAGE', `${what}: entry ${quoted(name)}: ${systemWords(e)}`, { input: what, cause: e, ...refusalHint(e) });
+}
+
+/**
+ * Where a run of small files after an entry would go (RootfsApplier.extractRun): into the
+ * directory a file lies in, or that a directory entry is, when the entry's name spells it plainly
+ * (its root-relative path, perhaps after "./"), names it where the walk found it (no symlink on
+ * the way), and is UTF-8, so that the entries in it share the name's bytes up to its last '/'.
+ */
+function runFrom(name: string, rel: string, targetRel: string, directory: boolean): RunFrom | undefined {
+  if (targetRel !== rel || hasEscapedBytes(name)) return undefined;
+  const spelled = name.startsWith('./') ? name.slice(2) : name;
+  if (directory) {
+    if (spelled !== rel && spelled !== `${rel}/`) return undefined;
+    return { dirRel: rel, prefix: spelled === rel ? `${name}/` : name };
+  }
+  const slash = rel.lastIndexOf('/');
+  if (spelled !== rel || slash < 0) return undefined;
+  return { dirRel: rel.slice(0, slash), prefix: name.slice(0, name.length - rel.length + slash + 1) };
 }
 
 function parentOf(rel: string): string {
@@ -275,6 +295,19 @@ interface LayerState {
   keep?: LayerFill;
   /** Small files being made on the pool (file-batch.ts): waited for before anything that might depend on them. */
   batch?: FileBatch;
+  /** The addon's extractFiles, where this layer's runs of small files go to it. */
+  extract?: ExtractFiles;
+  /** Set by the entry just applied: the directory the entries after it may lie in, for a run (extractRun). */
+  runFrom?: RunFrom;
+}
+
+type ExtractFiles = NonNullable<NativeBinding['extractFiles']>;
+
+/** Where a run of small files goes: the directory (root-relative, made by this layer), and how the entries in it spell it. */
+interface RunFrom {
+  dirRel: string;
+  /** Their names' common start, up to and with the last '/'. */
+  prefix: string;
 }
 
 type PaxRecords = Record<string, string>;
@@ -475,6 +508,10 @@ export class RootfsApplier {
   private readonly umask = processUmask();
   private readonly maxTrackedPaths: number;
   private readonly batchSmallFiles: boolean;
+  private readonly extractRuns: boolean;
+  /** extractFiles's parameters and results (smartlayer.c's RUN_ enums), made once. */
+  private readonly runParams = new Int32Array(6);
+  private readonly runOut = new Int32Array(4);
   private busy = false;
   private finished = false;
 
@@ -487,6 +524,7 @@ export class RootfsApplier {
     this.dirWriteBits = process.getuid?.() === 0 ? 0 : 0o700;
     this.maxTrackedPaths = options.maxTrackedPaths ?? MAX_TRACKED_PATHS;
     this.batchSmallFiles = options.batchSmallFiles ?? true;
+    this.extractRuns = options.extractRuns ?? this.batchSmallFiles;
     const rootStat = lstatOrNull(this.root);
     if (!rootStat || rootStat.mode & S_ISGID) this.setgidDirs.add('');
   }
@@ -519,6 +557,9 @@ export class RootfsApplier {
     // A kept layer's files are read back from the tree as they are written: none is batched.
     const writeFiles = options.keep || !this.batchSmallFiles ? undefined : nativeBinding()?.writeFiles;
     if (writeFiles) state.batch = new FileBatch(writeFiles);
+    // Not where owners are given only to some ids: the run has no id map to count those against.
+    const extract = options.keep || !this.extractRuns || (this.preserveOwnership && this.ids.partial) ? undefined : nativeBinding()?.extractFiles;
+    if (extract) state.extract = extract;
     let inputError: unknown;
     // Stays attached: an error the input emits after we are done must not go unhandled.
     tar.on('error', (e) => {
@@ -548,6 +589,7 @@ export class RootfsApplier {
         state.stats.entries++;
         await this.applyEntry(h, body, state);
         state.lastEntry = h.name;
+        if (state.runFrom) await this.extractRun(reader, state);
       }
       await state.batch?.drain();
       ok = true;
@@ -740,8 +782,10 @@ export class RootfsApplier {
         case 'file':
         case 'contiguous-file': {
           this.markWritten(targetRel, state);
+          state.runFrom = state.extract && this.freshDirs.has(dirRel) ? runFrom(name, rel, targetRel, false) : undefined;
           // What can be in the way of it there (a file or a link of this layer) is replaced as here.
-          if (batch && apart && content && xattrs.length === 0) {
+          // Not batched before a run, which would wait for it.
+          if (batch && apart && content && xattrs.length === 0 && !state.runFrom) {
             await this.batchSmallFile(batch, target, targetRel, dirRel, h, meta, content, name, what);
             state.stats.bytes += content.length;
             return;
@@ -758,6 +802,7 @@ export class RootfsApplier {
           this.markWritten(targetRel, state);
           await this.makeDir(target, targetRel, h, meta, state);
           setXattrs(fsPath(target), xattrs, state.xattrs);
+          if (state.extract && this.freshDirs.has(targetRel)) state.runFrom = runFrom(name, rel, targetRel, true);
           return;
         case 'symlink': {
           if (!h.linkname || h.linkname.includes('\0')) {
@@ -805,6 +850,44 @@ export class RootfsApplier {
     } catch (e) {
       if (isSmartError(e) || e instanceof StreamFailure || !isErrno(e)) throw e;
       throw entryStorageError(what, name, e);
+    }
+  }
+
+  /**
+   * The entries after the one just applied, while they are small files in the directory it named
+   * or lies in, made by the addon (extractFiles) straight from the tar's bytes: what applyEntry
+   * would make of each, in the same calls. It stops before anything else, and leaves that entry
+   * to applyEntry: one it cannot make (a name in use, a failed call) too, which then replaces what
+   * is there or fails with the applier's own words.
+   */
+  private async extractRun(reader: TarStreamReader, state: LayerState): Promise<void> {
+    const from = state.runFrom!;
+    const extract = state.extract!;
+    state.runFrom = undefined;
+    // A batched file could be one of the run's names, made after it.
+    if (state.batch && !state.batch.empty) await state.batch.drain();
+    const params = this.runParams;
+    params[0] = this.umask ?? -1;
+    params[1] = this.preserveOwnership ? 1 : 0;
+    params[2] = this.creator.uid;
+    params[3] = this.creator.gid;
+    params[4] = this.setgidDirs.has(from.dirRel) ? 1 : 0;
+    params[5] = SMALL_FILE_BYTES;
+    const dir = Buffer.from(`${this.rootSlash}${from.dirRel}/`);
+    const prefix = Buffer.from(from.prefix);
+    const out = this.runOut;
+    for (;;) {
+      const at = reader.entryBytes();
+      if (!at) return;
+      extract(at.chunk, at.start, dir, prefix, params, out);
+      const consumed = out[0]!;
+      if (consumed === 0) return;
+      state.stats.entries += out[1]!;
+      state.stats.bytes += out[2]!;
+      state.lastEntry = entryNameAt(at.chunk, out[3]!);
+      reader.advance(consumed);
+      // Stopped before an entry, not at the chunk's end: applyEntry's.
+      if (at.start + consumed < at.chunk.length) return;
     }
   }
 

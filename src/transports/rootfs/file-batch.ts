@@ -11,6 +11,9 @@
  * of a lower layer can be in the way, and nothing but a file or a link of this layer can (a file
  * of the same name, or a symlink: unlinked and made again, as the applier's own replace does; a
  * directory of this layer at the name is never batched). Batches run in order, one at a time.
+ *
+ * Runs of small files in one such directory go to the addon whole instead, headers and all
+ * (RootfsApplier.extractRun, extractFiles); a batch holds the files those runs leave.
  */
 import { getSystemErrorMap } from 'node:util';
 import type { NativeBinding } from '../../pipeline/native.js';
