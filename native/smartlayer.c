@@ -66,11 +66,15 @@
  *     in the way unlinked first, not a directory), the whole content
  *     written, then fchown, fchmod (each if asked), futimens and close. A record: u32 path length,
  *     u32 open mode, i32 chmod mode (-1: none), u32 uid and u32 gid (0xffffffff: no chown), u32
- *     unused, f64 atime and f64 mtime in seconds (converted as libuv converts them, so the times
- *     are Node's futimes's to the microsecond), then the path's bytes; `contents[i]` is the i-th
- *     record's. Stops at the first failure: `done` records were made (the index of the failed one),
- *     `errno` and `step` (0 open, 1 write, 2 fchown, 3 fchmod, 4 futimens, 5 close) say how; errno
- *     0 when all were. The buffers must not change until it settles (a reference keeps them).
+ *     source path length (0: none), f64 atime and f64 mtime in seconds (converted as libuv
+ *     converts them, so the times are Node's futimes's to the microsecond), u32 the source's
+ *     size, u32 unused, then the path's bytes and the source path's. A record with a source path
+ *     (a file of the layer store) has its content read from that file, which must be of that
+ *     size (ENODATA shorter, EFBIG longer); `contents` holds the others' contents, in order.
+ *     Stops at the first failure: `done` records were made (the index of the failed one), `errno`
+ *     and `step` (0 open, 1 write, 2 fchown, 3 fchmod, 4 futimens, 5 close, 6 reading the
+ *     source) say how; errno 0 when all were. The buffers must not change until it settles (a
+ *     reference keeps them).
  *   extractFiles(chunk: Buffer, start: number, dir: Buffer, prefix: Buffer, params: Int32Array,
  *                out: Int32Array): void   (Linux)
  *     Lays down, synchronously, the run of small regular files from `start` in `chunk` (a tar's
@@ -1356,7 +1360,7 @@ static napi_value set_xattr(napi_env env, napi_callback_info info) {
 /* writeFiles: a batch of small files created on the pool, so that a layer of many small files
  * (a node_modules) has its system calls made beside the main thread's parsing of the tar, not
  * between it. See the comment at the top for the record layout. */
-#define WRITE_RECORD_BYTES 40
+#define WRITE_RECORD_BYTES 48
 
 typedef struct {
   napi_async_work work;
@@ -1397,35 +1401,103 @@ static double read_le_double(const uint8_t *p) {
   return value;
 }
 
+/* A path's bytes as a C string in `out` (PATH_MAX + 1 bytes); 0, or the errno of a path that cannot be one. */
+static int c_path(char *out, const uint8_t *bytes, uint32_t length) {
+  if (length > PATH_MAX) return ENAMETOOLONG;
+  if (memchr(bytes, 0, length) != NULL) return EINVAL;
+  memcpy(out, bytes, length);
+  out[length] = 0;
+  return 0;
+}
+
+/* Reads the file at `source` into `content` (`length` bytes: the size it must have). Its errno, or
+ * ENODATA where it is shorter and EFBIG where it is longer; 0 when it is whole. */
+static int read_source(const char *source, uint8_t *content, size_t length) {
+  int fd = open(source, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int failed = 0;
+  size_t got = 0;
+  while (got < length) {
+    ssize_t n = read(fd, content + got, length - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      failed = n < 0 ? errno : ENODATA;
+      break;
+    }
+    got += (size_t)n;
+  }
+  if (!failed) {
+    uint8_t more;
+    ssize_t n;
+    while ((n = read(fd, &more, 1)) < 0 && errno == EINTR) {
+    }
+    if (n != 0) failed = n < 0 ? errno : EFBIG;
+  }
+  close(fd);
+  return failed;
+}
+
 static void write_files_execute(napi_env env, void *data) {
   (void)env;
   WriteFilesJob *job = data;
   size_t at = 0;
   char path[PATH_MAX + 1];
-  for (uint32_t i = 0; i < job->contents.count; i++) {
-    uint32_t fixed[6];
+  char source[PATH_MAX + 1];
+  /* The content of a record with a source: read into this, grown to the largest. */
+  uint8_t *arena = NULL;
+  size_t arena_size = 0;
+  uint32_t i = 0, given = 0;
+  for (; at < job->records_length; i++) {
+    uint32_t fixed[7];
     double times[2];
     if (at + WRITE_RECORD_BYTES > job->records_length) {
       job->error = "writeFiles: records cut short";
-      return;
+      break;
     }
     for (int k = 0; k < 6; k++) fixed[k] = read_le32(job->records + at + 4 * k);
     for (int k = 0; k < 2; k++) times[k] = read_le_double(job->records + at + 24 + 8 * k);
-    uint32_t path_length = fixed[0];
+    fixed[6] = read_le32(job->records + at + 40);
+    uint32_t path_length = fixed[0], source_length = fixed[5];
     const uint8_t *path_bytes = job->records + at + WRITE_RECORD_BYTES;
-    at += WRITE_RECORD_BYTES + path_length;
+    const uint8_t *source_bytes = path_bytes + path_length;
+    at += WRITE_RECORD_BYTES + (size_t)path_length + source_length;
     if (at > job->records_length) {
       job->error = "writeFiles: records cut short";
-      return;
+      break;
     }
     job->done = i;
-    job->step = 0;
-    if (path_length > PATH_MAX || memchr(path_bytes, 0, path_length) != NULL) {
-      job->error_number = path_length > PATH_MAX ? ENAMETOOLONG : EINVAL;
-      return;
+    const uint8_t *content;
+    size_t left;
+    if (source_length > 0) {
+      /* The content is a file's (the layer store's), of the size the record gives. */
+      job->step = 6;
+      left = fixed[6];
+      if (left > arena_size) {
+        uint8_t *grown = realloc(arena, left);
+        if (grown == NULL) {
+          job->error_number = ENOMEM;
+          break;
+        }
+        arena = grown;
+        arena_size = left;
+      }
+      int failed = c_path(source, source_bytes, source_length);
+      if (!failed) failed = read_source(source, arena, left);
+      if (failed) {
+        job->error_number = failed;
+        break;
+      }
+      content = arena;
+    } else {
+      if (given >= job->contents.count) {
+        job->error = "writeFiles: fewer contents than records";
+        break;
+      }
+      content = job->contents.data[given];
+      left = job->contents.lengths[given++];
     }
-    memcpy(path, path_bytes, path_length);
-    path[path_length] = 0;
+    job->step = 0;
+    if ((job->error_number = c_path(path, path_bytes, path_length)) != 0) break;
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)fixed[1]);
     /* Something of this layer in the way (an earlier entry of the name: a file, a link): replaced,
      * as the applier replaces it. A directory is not (the applier batches no file where it made one). */
@@ -1435,10 +1507,8 @@ static void write_files_execute(napi_env env, void *data) {
     }
     if (fd < 0) {
       job->error_number = errno;
-      return;
+      break;
     }
-    const uint8_t *content = job->contents.data[i];
-    size_t left = job->contents.lengths[i];
     int failed = 0;
     job->step = 1;
     while (left > 0) {
@@ -1470,11 +1540,14 @@ static void write_files_execute(napi_env env, void *data) {
     }
     if (failed) {
       job->error_number = failed;
-      return;
+      break;
     }
   }
-  job->done = job->contents.count;
-  job->step = 0;
+  free(arena);
+  if (job->error_number == 0 && job->error == NULL) {
+    job->done = i;
+    job->step = 0;
+  }
 }
 
 static void write_files_free(napi_env env, WriteFilesJob *job) {

@@ -8,6 +8,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { pack, type Header } from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
+import { StoredLayerDamage } from '../../src/cache/stored-layer-damage.js';
 import { RootfsApplier, normaliseEntryName, resolveInRoot, type ApplyOptions } from '../../src/transports/rootfs/apply.js';
 import { nativeBinding } from '../../src/pipeline/native.js';
 import { checksum } from '../../src/tar/header.js';
@@ -1032,6 +1033,58 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
       expect(cutRuns.made, format).toBeGreaterThan(10);
       expect(cutRuns.result.failed, format).toBe(cutInTurn.failed);
       expect(cutRuns.result.failed, format).toMatch(/^CORRUPT_ARCHIVE: /);
+    }
+  });
+
+  it("lays a layer store's small files in batches read on the pool: the same tree as in turn, and a stored file gone, cut, grown or a symlink is the store's damage", async () => {
+    if (!nativeBinding()?.writeFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (writeFiles) is not built');
+      return;
+    }
+    const storeDir = path.join(tmp, 'store');
+    await mkdir(storeDir);
+    const header = (name: string, size: number, extra: Partial<Header> = {}): Header =>
+      ({ name, type: 'file', size, mode: 0o644, uid: 0, gid: 0, mtime: new Date(1_600_000_000_000), ...extra }) as Header;
+    const stored = async (file: string, content: string | Buffer) => {
+      await writeFile(path.join(storeDir, file), content);
+      return path.join(storeDir, file);
+    };
+    const entries = [{ header: { name: 'd/', type: 'directory', mode: 0o755, mtime: new Date(1_600_000_000_000) } as Header }];
+    for (let i = 0; i < 600; i++) entries.push({ header: header(`d/f${i}`, i % 50, { mode: i % 3 ? 0o644 : 0o4755, mtime: new Date(1_600_000_000_000 + i * 1000) }), file: await stored(`f${i}`, 'x'.repeat(i % 50)) } as never);
+    const apply = async (name: string, list: { header: Header; file?: string }[], batchSmallFiles: boolean) => {
+      const dir = path.join(tmp, name);
+      await mkdir(dir);
+      const a = new RootfsApplier(dir, { preserveOwnership: isRoot, batchSmallFiles });
+      async function* from() {
+        yield* list;
+      }
+      try {
+        await a.applyEntries(from(), 'layer 0', { link: false });
+        await a.finish();
+      } catch (e) {
+        return { failed: e as Error };
+      }
+      return { tree: await treeWithTimes(dir) };
+    };
+    const batched = await apply('batched', entries, true);
+    const inTurn = await apply('in-turn', entries, false);
+    expect(batched.failed).toBeUndefined();
+    expect(batched.tree).toEqual(inTurn.tree);
+    // f301 keeps 1 byte.
+    const damaged: [string, (file: string) => Promise<unknown>, RegExp][] = [
+      ['gone', (f) => rm(f), /f301 is gone$/],
+      ['cut', (f) => writeFile(f, ''), /f301 is not the size of the file it keeps$/],
+      ['grown', (f) => writeFile(f, 'xx'), /f301 is not the size of the file it keeps$/],
+      ['a symlink', async (f) => (await rm(f), symlink('/etc/passwd', f)), /f301 is not a file$/],
+    ];
+    for (const [what, damage, words] of damaged) {
+      const f = path.join(storeDir, 'f301');
+      await rm(f, { force: true });
+      await writeFile(f, 'x');
+      await damage(f);
+      const r = await apply(`damaged-${what.replace(' ', '-')}`, entries, true);
+      expect(r.failed, what).toBeInstanceOf(StoredLayerDamage);
+      expect(r.failed!.message, what).toMatch(words);
     }
   });
 

@@ -13,7 +13,10 @@
  * directory of this layer at the name is never batched). Batches run in order, one at a time.
  *
  * Runs of small files in one such directory go to the addon whole instead, headers and all
- * (RootfsApplier.extractRun, extractFiles); a batch holds the files those runs leave.
+ * (RootfsApplier.extractRun, extractFiles); a batch holds the files those runs leave. A warm
+ * pull's small files are batched too, each with the layer store's file to read its content from
+ * (on the pool as well): 45,000 files from the store into tmpfs took 1.0 s read and written on the
+ * main thread, 0.76 s so.
  */
 import { getSystemErrorMap } from 'node:util';
 import type { NativeBinding } from '../../pipeline/native.js';
@@ -26,7 +29,8 @@ export interface BatchedFile {
   path: string | Buffer;
   /** The root-relative path, for `pending`. */
   rel: string;
-  content: Buffer;
+  /** Its content, or where it is to be read from (a file of the layer store: its name's bytes, fsPath) and the size it must have. */
+  content: Buffer | { source: string | Buffer; size: number };
   /** The mode it is created with, and the one fchmod then gives it (-1: none). */
   openMode: number;
   chmodMode: number;
@@ -38,16 +42,19 @@ export interface BatchedFile {
   mtime: number | Date;
   /** The error to throw for a failed system call on this file (the applier names its entry). */
   fail: (e: NodeJS.ErrnoException) => Error;
+  /** The error for a failed read of `source` (ENODATA: shorter than the content, EFBIG: longer). */
+  sourceFail?: (e: NodeJS.ErrnoException) => Error;
 }
 
 /** A batch goes to the pool at this many files or bytes, whichever comes first. */
 const BATCH_FILES = 256;
 const BATCH_BYTES = 1024 * 1024;
 /** The fixed part of a record (see native/smartlayer.c). */
-const RECORD_BYTES = 40;
+const RECORD_BYTES = 48;
 const NO_ID = 0xffffffff;
 /** What writeFiles's `step` names, as Node's errors name the call. */
-const STEPS = ['open', 'write', 'fchown', 'fchmod', 'futime', 'close'];
+const STEPS = ['open', 'write', 'fchown', 'fchmod', 'futime', 'close', 'read'];
+const READ_STEP = 6;
 
 export class FileBatch {
   private filling: BatchedFile[] = [];
@@ -73,7 +80,7 @@ export class FileBatch {
   add(file: BatchedFile): Promise<void> | undefined {
     this.filling.push(file);
     this.pendingRels.add(file.rel);
-    this.fillingBytes += file.content.length;
+    this.fillingBytes += contentSize(file);
     if (this.filling.length >= BATCH_FILES || this.fillingBytes >= BATCH_BYTES) return this.submit();
     return undefined;
   }
@@ -125,17 +132,21 @@ export class FileBatch {
   }
 
   private async run(files: BatchedFile[]): Promise<void> {
-    const [done, errno, step] = await this.writeFiles(encodeRecords(files), files.map((f) => f.content));
+    const given: Buffer[] = [];
+    for (const f of files) if (Buffer.isBuffer(f.content)) given.push(f.content);
+    const [done, errno, step] = await this.writeFiles(encodeRecords(files), given);
     if (errno === 0) return;
     const file = files[done]!;
+    if (step === READ_STEP && !Buffer.isBuffer(file.content)) throw (file.sourceFail ?? file.fail)(errnoError(errno, 'read', file.content.source));
     throw file.fail(errnoError(errno, STEPS[step] ?? 'open', file.path));
   }
 }
 
-/** The records writeFiles reads (native/smartlayer.c): the fixed part of each, then its path. */
+/** The records writeFiles reads (native/smartlayer.c): the fixed part of each, then its path and its source's. */
 function encodeRecords(files: BatchedFile[]): Buffer {
   let size = 0;
-  for (const f of files) size += RECORD_BYTES + (typeof f.path === 'string' ? Buffer.byteLength(f.path) : f.path.length);
+  const length = (p: string | Buffer | undefined) => (p === undefined ? 0 : typeof p === 'string' ? Buffer.byteLength(p) : p.length);
+  for (const f of files) size += RECORD_BYTES + length(f.path) + (Buffer.isBuffer(f.content) ? 0 : length(f.content.source));
   const out = Buffer.allocUnsafe(size);
   let at = 0;
   for (const f of files) {
@@ -146,12 +157,21 @@ function encodeRecords(files: BatchedFile[]): Buffer {
     out.writeInt32LE(f.chmodMode, at + 8);
     out.writeUInt32LE(f.uid < 0 ? NO_ID : f.uid, at + 12);
     out.writeUInt32LE(f.gid < 0 ? NO_ID : f.gid, at + 16);
-    out.writeUInt32LE(0, at + 20);
+    const sourceAt = pathAt + pathBytes;
+    const source = Buffer.isBuffer(f.content) ? undefined : f.content.source;
+    const sourceBytes = source === undefined ? 0 : typeof source === 'string' ? out.write(source, sourceAt) : source.copy(out, sourceAt);
+    out.writeUInt32LE(sourceBytes, at + 20);
     out.writeDoubleLE(unixSeconds(f.atime), at + 24);
     out.writeDoubleLE(unixSeconds(f.mtime), at + 32);
-    at = pathAt + pathBytes;
+    out.writeUInt32LE(Buffer.isBuffer(f.content) ? 0 : f.content.size, at + 40);
+    out.writeUInt32LE(0, at + 44);
+    at = sourceAt + sourceBytes;
   }
   return out;
+}
+
+function contentSize(f: BatchedFile): number {
+  return Buffer.isBuffer(f.content) ? f.content.length : f.content.size;
 }
 
 /** A time as fs.futimes reads it (Node's toUnixTimestamp): a Date's seconds; a negative number is now. */
