@@ -583,6 +583,24 @@ export class LayerFill {
     return file;
   }
 
+  /**
+   * What the copy of a file read whole is given (setMeta's owner, mode and times), for a caller
+   * that writes it itself, off the main thread (the applier's batches: file-batch.ts), in place of
+   * keepContent; then `failedCopy` for its failure. Undefined where keepContent must do it: the
+   * fill keeps no copies (hardlinks, clones), keeps nothing any more, or the entry has extended
+   * attributes.
+   */
+  copyMeta(h: Header, meta: EntryMeta): { mode: number; uid: number; gid: number; atime: number | Date; mtime: number | Date } | undefined {
+    if (this.keep !== 'copy' || this.notKept !== undefined || entryXattrs(h.pax).length > 0) return undefined;
+    const owned = isRoot && idMap().maps(meta.uid, meta.gid);
+    return { mode: (h.mode ?? 0o644) & 0o7777, uid: owned ? meta.uid : -1, gid: owned ? meta.gid : -1, atime: meta.atime, mtime: meta.mtime };
+  }
+
+  /** A copy written elsewhere (copyMeta) failed: as keepContent's own failure (a full store stops the keeping; else thrown). */
+  failedCopy(e: unknown): void {
+    if (this.notKept === undefined) this.spare(e);
+  }
+
   /** Writes a file's content (read whole) at `file` (from `add`), with the entry's metadata. */
   keepContent(file: string, content: Buffer, h: Header, meta: EntryMeta): void {
     if (this.notKept !== undefined) return;

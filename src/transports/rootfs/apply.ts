@@ -554,8 +554,9 @@ export class RootfsApplier {
       xattrs: { notSet: 0 },
       ...(options.keep ? { keep: options.keep } : {}),
     };
-    // A kept layer's files are read back from the tree as they are written: none is batched.
-    const writeFiles = options.keep || !this.batchSmallFiles ? undefined : nativeBinding()?.writeFiles;
+    // A layer kept by hardlinks or clones of the tree's files reads them back as they are written:
+    // none is batched. One kept as copies has its small files' copies batched beside them.
+    const writeFiles = (options.keep && options.keep.keep !== 'copy') || !this.batchSmallFiles ? undefined : nativeBinding()?.writeFiles;
     if (writeFiles) state.batch = new FileBatch(writeFiles);
     // Not where owners are given only to some ids: the run has no id map to count those against.
     const extract = options.keep || !this.extractRuns || (this.preserveOwnership && this.ids.partial) ? undefined : nativeBinding()?.extractFiles;
@@ -792,8 +793,26 @@ export class RootfsApplier {
           state.runFrom = state.extract && this.freshDirs.has(dirRel) ? runFrom(name, rel, targetRel, false) : undefined;
           // What can be in the way of it there (a file or a link of this layer) is replaced as here.
           // Not batched before a run, which would wait for it.
-          if (batch && apart && content && xattrs.length === 0 && !state.runFrom) {
+          const copy = keep?.fill.copyMeta(h, meta);
+          if (batch && apart && content && xattrs.length === 0 && !state.runFrom && (!keep || copy)) {
             await this.batchSmallFile(batch, target, targetRel, dirRel, h, meta, content, name, what);
+            if (keep && copy) {
+              const { fill, file } = keep;
+              await batch.add({
+                path: file,
+                // Not a path of the tree: never asked for.
+                rel: `\0${file}`,
+                content,
+                openMode: 0o600,
+                chmodMode: copy.mode,
+                uid: copy.uid,
+                gid: copy.gid,
+                atime: copy.atime,
+                mtime: copy.mtime,
+                fail: (e) => e,
+                onFail: (e) => fill.failedCopy(e),
+              });
+            }
             state.stats.bytes += content.length;
             return;
           }

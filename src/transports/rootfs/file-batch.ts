@@ -10,7 +10,7 @@
  * before anything that might: a batched file lies in a directory this layer made, where nothing
  * of a lower layer can be in the way, and nothing but a file or a link of this layer can (a file
  * of the same name, or a symlink: unlinked and made again, as the applier's own replace does; a
- * directory of this layer at the name is never batched). Batches run in order, one at a time.
+ * directory of this layer at the name is never batched). Up to two batches run at once (IN_FLIGHT).
  *
  * Runs of small files in one such directory go to the addon whole instead, headers and all
  * (RootfsApplier.extractRun, extractFiles); a batch holds the files those runs leave. A warm
@@ -44,8 +44,17 @@ export interface BatchedFile {
   fail: (e: NodeJS.ErrnoException) => Error;
   /** The error for a failed read of `source` (ENODATA: shorter than the content, EFBIG: longer). */
   sourceFail?: (e: NodeJS.ErrnoException) => Error;
+  /** A file whose failure is not the batch's (a layer store's copy: best effort): told, and the files after it made all the same. */
+  onFail?: (e: NodeJS.ErrnoException) => void;
 }
 
+/**
+ * Batches on the pool at once. Two never hold the same path (a file whose name is pending is not
+ * added: the applier waits first), so they may run side by side, a core each: a bundle's pull
+ * writes each small file twice (the tree's, the layer store's copy): a layer of 45,000 of them into
+ * tmpfs 1.29 -> 1.22 s (medians of 4; the two cores are then busy with it all).
+ */
+const IN_FLIGHT = 2;
 /** A batch goes to the pool at this many files or bytes, whichever comes first. */
 const BATCH_FILES = 256;
 const BATCH_BYTES = 1024 * 1024;
@@ -59,8 +68,11 @@ const READ_STEP = 6;
 export class FileBatch {
   private filling: BatchedFile[] = [];
   private fillingBytes = 0;
-  private inFlight: Promise<void> | undefined;
-  private failure: { error: unknown } | undefined;
+  /** The batches on the pool, oldest first. */
+  private readonly inFlight: Promise<void>[] = [];
+  /** The failure of the earliest batch that failed, by the order batches were made. */
+  private failure: { error: unknown; batch: number } | undefined;
+  private launched = 0;
   /** The root-relative paths of the files added and not yet made. */
   private readonly pendingRels = new Set<string>();
 
@@ -68,7 +80,7 @@ export class FileBatch {
 
   /** Nothing added that is not made yet. */
   get empty(): boolean {
-    return this.filling.length === 0 && this.inFlight === undefined;
+    return this.filling.length === 0 && this.inFlight.length === 0;
   }
 
   /** Whether a file added at `rel` is not made yet. */
@@ -76,7 +88,7 @@ export class FileBatch {
     return this.pendingRels.has(rel);
   }
 
-  /** Adds a file; a full batch is handed to the pool (once the one before is done: wait for it). */
+  /** Adds a file; a full batch is handed to the pool (once a place is free there: wait for it). */
   add(file: BatchedFile): Promise<void> | undefined {
     this.filling.push(file);
     this.pendingRels.add(file.rel);
@@ -85,14 +97,14 @@ export class FileBatch {
     return undefined;
   }
 
-  /** Hands what was added to the pool now if the pool is free of an earlier batch, without waiting (the tar reader is about to wait for bytes). */
+  /** Hands what was added to the pool now if a place is free there, without waiting (the tar reader is about to wait for bytes). */
   start(): void {
-    if (!this.inFlight && !this.failure) this.launch();
+    if (this.inFlight.length < IN_FLIGHT && !this.failure) this.launch();
   }
 
-  /** Hands what was added to the pool once the batch before it is done; throws that batch's failure. */
+  /** Hands what was added to the pool once a place is free there; throws a batch's failure. */
   async submit(): Promise<void> {
-    if (this.inFlight) await this.inFlight;
+    while (this.inFlight.length >= IN_FLIGHT) await this.inFlight[0];
     if (this.failure) throw this.failure.error;
     this.launch();
   }
@@ -100,45 +112,52 @@ export class FileBatch {
   private launch(): void {
     if (this.filling.length === 0) return;
     const files = this.filling;
+    const batch = this.launched++;
     this.filling = [];
     this.fillingBytes = 0;
     const run = this.run(files).catch((e: unknown) => {
-      this.failure ??= { error: e };
+      if (!this.failure || batch < this.failure.batch) this.failure = { error: e, batch };
     });
     const flight = run.finally(() => {
       for (const f of files) this.pendingRels.delete(f.rel);
-      if (this.inFlight === flight) this.inFlight = undefined;
+      this.inFlight.splice(this.inFlight.indexOf(flight), 1);
     });
-    this.inFlight = flight;
+    this.inFlight.push(flight);
   }
 
-  /** Waits until every file added is made; throws the first failure. */
+  /** Waits until every file added is made; throws the first failure (the earliest batch's). */
   async drain(): Promise<void> {
     await this.submit();
-    if (this.inFlight) await this.inFlight;
+    await Promise.all(this.inFlight);
     if (this.failure) throw this.failure.error;
   }
 
   /**
-   * After a failure elsewhere: waits for the batch on the pool (nothing may still be writing into
+   * After a failure elsewhere: waits for the batches on the pool (nothing may still be writing into
    * the tree when it is removed), drops the rest, and gives a batch's failure if there was one (it
    * came first in the layer).
    */
   async abandon(): Promise<unknown> {
     this.filling = [];
     this.pendingRels.clear();
-    if (this.inFlight) await this.inFlight;
+    await Promise.all(this.inFlight);
     return this.failure?.error;
   }
 
   private async run(files: BatchedFile[]): Promise<void> {
-    const given: Buffer[] = [];
-    for (const f of files) if (Buffer.isBuffer(f.content)) given.push(f.content);
-    const [done, errno, step] = await this.writeFiles(encodeRecords(files), given);
-    if (errno === 0) return;
-    const file = files[done]!;
-    if (step === READ_STEP && !Buffer.isBuffer(file.content)) throw (file.sourceFail ?? file.fail)(errnoError(errno, 'read', file.content.source));
-    throw file.fail(errnoError(errno, STEPS[step] ?? 'open', file.path));
+    for (let from = 0; from < files.length; ) {
+      const rest = from === 0 ? files : files.slice(from);
+      const given: Buffer[] = [];
+      for (const f of rest) if (Buffer.isBuffer(f.content)) given.push(f.content);
+      const [done, errno, step] = await this.writeFiles(encodeRecords(rest), given);
+      if (errno === 0) return;
+      const file = rest[done]!;
+      if (step === READ_STEP && !Buffer.isBuffer(file.content)) throw (file.sourceFail ?? file.fail)(errnoError(errno, 'read', file.content.source));
+      const error = errnoError(errno, STEPS[step] ?? 'open', file.path);
+      if (!file.onFail) throw file.fail(error);
+      file.onFail(error);
+      from += done + 1;
+    }
   }
 }
 
