@@ -1622,10 +1622,12 @@ static napi_value write_files(napi_env env, napi_callback_info info) {
  * a header whose checksum, magic and numeric fields are of the plain form (octal digits, then
  * spaces or NULs), type '0', NUL or '7', named `prefix` + a base name of printable ASCII with no
  * '/', not "." or "..", not a whiteout (".wh."), at most `maxSize` bytes of content, all of it in
- * `chunk`; or a GNU long name ('L') followed at once by such a header. Anything else ends the run
- * before it (the zero blocks of the tar's end, pax headers, links, directories, another
- * directory's entry, a name already there: EEXIST), as does the end of `chunk`. Each file:
- * open(O_CREAT|O_EXCL|O_NOFOLLOW), its content, fchown, fchmod, futimens and close, as writeFiles.
+ * `chunk`; or a GNU long name ('L'), or pax records of plain form and of the keys path, mtime,
+ * atime and ctime only (pax_records), followed at once by such a header. Anything else ends the
+ * run before it (the zero blocks of the tar's end, other pax records, global ones, links,
+ * directories, another directory's entry, a name already there: EEXIST, any failed call), as
+ * does the end of `chunk`. Each file: open(O_CREAT|O_EXCL|O_NOFOLLOW), its content, fchown,
+ * fchmod, futimens and close, as writeFiles.
  */
 enum { RUN_UMASK, RUN_CHOWN, RUN_CREATOR_UID, RUN_CREATOR_GID, RUN_DIR_SETGID, RUN_MAX_SIZE, RUN_PARAMS };
 enum { RUN_CONSUMED, RUN_COUNT, RUN_BYTES, RUN_LAST, RUN_OUT };

@@ -152,7 +152,7 @@ export function decodeTarHeader(buf: Buffer): Header | null {
   } as unknown as Header;
 }
 
-/** The name of the entry whose first header (a GNU long name's, or its own) is at `at` in `chunk`, as this reader gives it. */
+/** The name of the entry whose first header (a GNU long name's, its pax records', or its own) is at `at` in `chunk`, as this reader gives it. */
 export function entryNameAt(chunk: Buffer, at: number): string {
   const h = decodeTarHeader(chunk.subarray(at, at + BLOCK));
   const type = h?.type as string | null | undefined;

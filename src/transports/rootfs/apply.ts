@@ -1070,8 +1070,8 @@ export class RootfsApplier {
 
   /**
    * A file whose content is already on disk: cloned or copied (then given its metadata), or linked.
-   * A small one is read here and written as a cold pull writes it: by the batch when `batched`
-   * (the file is apart from what the batch holds: applyEntry's rule).
+   * A small one is read whole and written as a cold pull writes it: here, or read and written by
+   * the batch when `batched` (the file is apart from what the batch holds: applyEntry's rule).
    */
   private async placeStoredFile(
     target: string,
@@ -1112,7 +1112,7 @@ export class RootfsApplier {
       // 3.22 -> 3.07 s (medians of 5); the bench image's warm pull the same (0.82 s). Each call
       // costs 5-10 us on the VMs measured, and a cold pull of those files takes 2.3 s.
       if (batched) {
-        // Read on the pool too, into a buffer of its size: what is not that size is the store's damage.
+        // Read on the pool too (writeFiles reads the source first): what is not that size is the store's damage.
         const { batch, dirRel, name, what } = batched;
         const sourceFail = (e: NodeJS.ErrnoException): Error => {
           if (e.code === 'ENODATA' || e.code === 'EFBIG') return new StoredLayerDamage(`${stored.path} is not the size of the file it keeps`, { cause: e });
