@@ -1897,6 +1897,12 @@ static napi_value init(napi_env env, napi_value exports) {
   if (!export_function(env, exports, "setXattr", set_xattr)) return NULL;
   if (!export_function(env, exports, "writeFiles", write_files)) return NULL;
   if (!export_function(env, exports, "extractFiles", extract_files)) return NULL;
+  {
+    /* The record size writeFiles reads: JavaScript of another version uses it only if it is its own. */
+    napi_value record_bytes;
+    CHECK(env, napi_create_uint32(env, WRITE_RECORD_BYTES, &record_bytes));
+    CHECK(env, napi_set_named_property(env, exports, "writeFilesRecordBytes", record_bytes));
+  }
   if (evp_load()) {
     if (!export_function(env, exports, "sha256Create", sha256_create)) return NULL;
     if (!export_function(env, exports, "sha256Update", sha256_update)) return NULL;

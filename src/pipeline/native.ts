@@ -29,6 +29,8 @@ export interface NativeBinding {
   setXattr?(path: Buffer, name: Buffer, value: Buffer): number;
   /** Small files made on the pool, in order (see smartlayer.c): [records made, errno, step], errno 0 when all were (Linux). */
   writeFiles?(records: Buffer, contents: Buffer[]): Promise<[number, number, number]>;
+  /** The size of the fixed part of a writeFiles record (absent from addons older than its source records). */
+  writeFilesRecordBytes?: number;
   /**
    * A run of a layer's small files in one directory made at once, from a tar's bytes (see
    * smartlayer.c): `out` gets [bytes consumed from `start`, files made, their bytes, the offset

@@ -1088,6 +1088,34 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
     }
   });
 
+  it('does not hand records to an addon built from another version (another record size): each file is made in turn', async () => {
+    const native = nativeBinding();
+    if (!native?.writeFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (writeFiles) is not built');
+      return;
+    }
+    const { writeFiles, writeFilesRecordBytes } = native;
+    let calls = 0;
+    native.writeFilesRecordBytes = 40;
+    native.writeFiles = (...args) => (calls++, writeFiles(...args));
+    try {
+      const entries: TestEntry[] = [
+        { name: 'n/', type: 'directory' },
+        { name: 'n/x', content: 'before' },
+        ...Array.from({ length: 3 }, (_, i): TestEntry => ({ name: `n/sub${i}/`, type: 'directory' })),
+        ...Array.from({ length: 300 }, (_, i) => ({ name: `n/sub${i % 3}/f${i}`, content: `${i}` })),
+      ];
+      const old = await applyInto('old-addon', [entries], true);
+      const inTurn = await applyInto('old-addon-in-turn', [entries], false);
+      expect(old.failed).toBeUndefined();
+      expect(old.tree).toEqual(inTurn.tree);
+      expect(calls).toBe(0);
+    } finally {
+      native.writeFilesRecordBytes = writeFilesRecordBytes;
+      native.writeFiles = writeFiles;
+    }
+  });
+
   it('fails on the same entry with the same words as making each file in turn', async () => {
     if (!nativeBinding()?.writeFiles) {
       if (inCI) throw new Error('CI=true but the native addon (writeFiles) is not built');

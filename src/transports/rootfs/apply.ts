@@ -56,7 +56,7 @@ import { TarStreamReader, entryNameAt, unknownTypeOf } from '../../tar/stream-re
 import { copySparseFileSync, sparseSegments, writeFileChunks } from '../../tar/sparse.js';
 import { entryXattrs, setXattrs, type XattrTally } from '../../storage/xattrs.js';
 import { type NativeBinding, nativeBinding } from '../../pipeline/native.js';
-import { type BatchedFile, FileBatch } from './file-batch.js';
+import { type BatchedFile, FileBatch, batchWriter } from './file-batch.js';
 import { idMap, type IdMap } from '../../id-map.js';
 import { MAX_TRACKED_PATHS, limitExceeded } from '../../limits.js';
 
@@ -556,7 +556,7 @@ export class RootfsApplier {
     };
     // A layer kept by hardlinks or clones of the tree's files reads them back as they are written:
     // none is batched. One kept as copies has its small files' copies batched beside them.
-    const writeFiles = (options.keep && options.keep.keep !== 'copy') || !this.batchSmallFiles ? undefined : nativeBinding()?.writeFiles;
+    const writeFiles = (options.keep && options.keep.keep !== 'copy') || !this.batchSmallFiles ? undefined : batchWriter();
     if (writeFiles) state.batch = new FileBatch(writeFiles);
     // Not where owners are given only to some ids: the run has no id map to count those against.
     const extract = options.keep || !this.extractRuns || (this.preserveOwnership && this.ids.partial) ? undefined : nativeBinding()?.extractFiles;
@@ -625,7 +625,7 @@ export class RootfsApplier {
     this.unmapped = { entries: 0, first: '' };
     const state: LayerState = { what, stats: { entries: 0, bytes: 0, whiteouts: 0 }, written: new Set(), skippedSpecial: 0, skippedRoot: 0, xattrs: { notSet: 0 } };
     // Small files read from the store here are written on the pool, as a cold pull's are.
-    const writeFiles = this.batchSmallFiles && !options.link ? nativeBinding()?.writeFiles : undefined;
+    const writeFiles = this.batchSmallFiles && !options.link ? batchWriter() : undefined;
     if (writeFiles) state.batch = new FileBatch(writeFiles);
     try {
       for await (const entry of entries) {

@@ -19,7 +19,7 @@
  * main thread, 0.76 s so.
  */
 import { getSystemErrorMap } from 'node:util';
-import type { NativeBinding } from '../../pipeline/native.js';
+import { type NativeBinding, nativeBinding } from '../../pipeline/native.js';
 
 export type WriteFiles = NonNullable<NativeBinding['writeFiles']>;
 
@@ -64,6 +64,16 @@ const NO_ID = 0xffffffff;
 /** What writeFiles's `step` names, as Node's errors name the call. */
 const STEPS = ['open', 'write', 'fchown', 'fchmod', 'futime', 'close', 'read'];
 const READ_STEP = 6;
+
+/**
+ * The addon's writeFiles, where it reads the records this module writes: an addon built from
+ * another version's source (a checkout rebuilt without `npm ci`) would read them wrong, and every
+ * file would fail; then the files are made one by one instead.
+ */
+export function batchWriter(): WriteFiles | undefined {
+  const native = nativeBinding();
+  return native?.writeFiles && native.writeFilesRecordBytes === RECORD_BYTES ? native.writeFiles : undefined;
+}
 
 export class FileBatch {
   private filling: BatchedFile[] = [];
