@@ -2,7 +2,7 @@
  * `smart version [--verbose] [--json]`: the version alone (as `--version`), or with what this
  * machine will compress with and why: Node, the native addon (its libraries, or why it is absent
  * and the command that builds it), the gzip engine of a push, the zstd engine, the gunzip engine
- * of a pull, the cores, malloc's pages, and where compiled code is kept.
+ * of a pull, how a pull makes small files, the cores, malloc's pages, and where compiled code is kept.
  */
 import type { Command } from 'commander';
 import fs from 'node:fs';
@@ -70,6 +70,7 @@ export function addVersionCommand(program: Command): void {
         `zstd engine: ${r.zstd.implementation ? `${r.zstd.implementation}, level ${r.zstd.level}, ${r.zstd.workers} worker${r.zstd.workers === 1 ? '' : 's'}; because ${r.zstd.why}` : `none: ${r.zstd.why}`}`,
         `gunzip engine (pulls): ${r.gunzip.engine}, ${r.gunzip.implementation}; because ${r.gunzip.why}`,
         `sha256 checks (pulls): on the ${r.sha256.where}; because ${r.sha256.why}`,
+        `small files (rootfs:, bundle:): ${r.smallFiles.how}; because ${r.smallFiles.why}`,
         `cores for compression: ${r.cores}; because ${r.coresWhy}`,
         `malloc: ${malloc.hugePages ? 'on transparent huge pages' : 'on 4 KiB pages'}; because ${malloc.why}`,
         `compile cache: ${compileCache.on ? `on, in ${compileCache.dir}` : 'off'}; because ${compileCache.why}`,

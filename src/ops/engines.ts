@@ -9,6 +9,7 @@ import { chooseGunzip } from '../pipeline/gunzip.js';
 import { autoGzipEngine, inProcessIgzip } from '../pipeline/gzip-choice.js';
 import { nativeBinding, nativeStatus, type NativeStatus } from '../pipeline/native.js';
 import { DEFAULT_ZSTD_LEVEL, requireZstd } from '../pipeline/zstd.js';
+import { batchWriter } from '../transports/rootfs/file-batch.js';
 
 export interface EnginesReport {
   native: NativeStatus;
@@ -21,6 +22,8 @@ export interface EnginesReport {
   gunzip: { engine: string; implementation: string; why: string };
   /** Where a pull's digest checks of local blob files and of uncompressed layers run. */
   sha256: { where: 'thread pool' | 'main thread'; why: string };
+  /** How a pull into a root filesystem or a bundle makes a layer's small files. */
+  smallFiles: { how: 'runs and batches' | 'one by one'; why: string };
   /** The cores compression runs on: the CPUs this process may use, within its cgroup's CPU quota (pipeline/cores.ts). */
   cores: number;
   /** Where that count comes from. */
@@ -67,6 +70,10 @@ export async function enginesReport(): Promise<EnginesReport> {
     sha256: nativeBinding()?.sha256Create
       ? { where: 'thread pool', why: "the native addon found Node's OpenSSL: the same sha256 as crypto, off the thread that writes the tree" }
       : { where: 'main thread', why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? "found no OpenSSL in this Node" : 'is absent'}: crypto` },
+    smallFiles:
+      nativeBinding()?.extractFiles && batchWriter()
+        ? { how: 'runs and batches', why: "the native addon has extractFiles and writeFiles: the runs of small files in a layer's new directories made from the tar's bytes, the others in batches on the thread pool" }
+        : { how: 'one by one', why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? 'is of another version than this code (no extractFiles, or other writeFiles records)' : 'is absent'}: each file made on the thread that reads the tar` },
     cores,
     coresWhy,
   };

@@ -27,6 +27,7 @@ type VersionDoc = {
   zstd: { implementation: string | null; level: number; workers: number; why: string };
   gunzip: { engine: string; implementation: string; why: string };
   sha256: { where: string; why: string };
+  smallFiles: { how: string; why: string };
   cores: number;
   coresWhy: string;
   malloc: { hugePages: boolean; why: string };
@@ -112,17 +113,20 @@ describe('smart version', () => {
     // Node's own OpenSSL is there in every Node this supports; CI's addon finds it.
     if (inCI) expect(doc.sha256.where, 'CI hashes on the thread pool').toBe('thread pool');
     expect(lines[7]).toBe(`sha256 checks (pulls): on the ${doc.sha256.where}; because ${doc.sha256.why}`);
+    // The addon built from this source makes small files in runs and batches.
+    if (inCI) expect(doc.smallFiles.how, 'CI builds the addon of this version').toBe('runs and batches');
+    expect(lines[8]).toBe(`small files (rootfs:, bundle:): ${doc.smallFiles.how}; because ${doc.smallFiles.why}`);
     expect(doc.cores).toBeGreaterThanOrEqual(1);
-    expect(lines[8]).toBe(`cores for compression: ${doc.cores}; because ${doc.coresWhy}`);
+    expect(lines[9]).toBe(`cores for compression: ${doc.cores}; because ${doc.coresWhy}`);
     // Started by `node bin/smart.js` (as the harness does), not by the command's sh line.
     expect(doc.malloc).toEqual({ hugePages: false, why: 'GLIBC_TUNABLES is not set (Node was started without bin/smart, e.g. by `node bin/smart.js`)' });
-    expect(lines[9]).toBe(`malloc: on 4 KiB pages; because ${doc.malloc.why}`);
+    expect(lines[10]).toBe(`malloc: on 4 KiB pages; because ${doc.malloc.why}`);
     // Where the packages' compiled code is kept (src/cli/compile-cache.ts): under the cache home.
     const nodeKeepsIt = typeof ((await import('node:module')).default as unknown as { enableCompileCache?: unknown }).enableCompileCache === 'function';
     expect(doc.compileCache).toMatchObject({ on: true, by: nodeKeepsIt ? 'node' : 'smartlayer' });
     expect(doc.compileCache.dir).toMatch(nodeKeepsIt ? /\/smartlayer\/compile-cache$/ : new RegExp(`/smartlayer/compile-cache/v8-${process.versions.v8.replace(/[.]/g, '\\.')}-${process.arch}$`));
-    expect(lines[10]).toBe(`compile cache: on, in ${doc.compileCache.dir}; because ${doc.compileCache.why}`);
-    expect(lines).toHaveLength(11);
+    expect(lines[11]).toBe(`compile cache: on, in ${doc.compileCache.dir}; because ${doc.compileCache.why}`);
+    expect(lines).toHaveLength(12);
     const off = JSON.parse((await smart(['version', '--json'], { env: { SMART_COMPILE_CACHE: '0' } })).stdout.toString()) as VersionDoc;
     expect(off.compileCache).toEqual({ on: false, why: 'SMART_COMPILE_CACHE=0' });
   });
@@ -160,6 +164,7 @@ describe('smart version', () => {
     );
     expect(lines[4]).toBe('gzip engine (--compression-level fast): none; because the native addon is turned off (SMART_NATIVE=0)');
     if (haveTools('zstd')) expect(lines[5]).toMatch(/^zstd engine: \/.*zstd, level 3, \d+ workers; because the native addon is turned off \(SMART_NATIVE=0\): the zstd program$/);
+    expect(lines[8]).toBe('small files (rootfs:, bundle:): one by one; because the native addon is turned off (SMART_NATIVE=0): each file made on the thread that reads the tar');
   });
 });
 
