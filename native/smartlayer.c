@@ -1401,6 +1401,43 @@ static double read_le_double(const uint8_t *p) {
   return value;
 }
 
+/* The rest of making a small file on `fd`, just created: its whole content, then fchown (uid
+ * 0xffffffff: none), fchmod (chmod_mode < 0: none; after chown, which clears set-user-ID and
+ * set-group-ID), futimens and close. 0, or the errno, with `*step` the call that failed (1 write,
+ * 2 fchown, 3 fchmod, 4 futimens, 5 close: writeFiles's numbering). The fd is closed either way. */
+static int finish_file(int fd, const uint8_t *content, size_t left, uint32_t uid, uint32_t gid, int32_t chmod_mode, double atime, double mtime, int *step) {
+  int failed = 0;
+  *step = 1;
+  while (left > 0) {
+    ssize_t n = write(fd, content, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      failed = n < 0 ? errno : EIO;
+      break;
+    }
+    content += n;
+    left -= (size_t)n;
+  }
+  if (!failed && uid != 0xffffffffu) {
+    *step = 2;
+    if (fchown(fd, (uid_t)uid, (gid_t)gid) != 0) failed = errno;
+  }
+  if (!failed && chmod_mode >= 0) {
+    *step = 3;
+    if (fchmod(fd, (mode_t)chmod_mode) != 0) failed = errno;
+  }
+  if (!failed) {
+    struct timespec ts[2] = {seconds_to_timespec(atime), seconds_to_timespec(mtime)};
+    *step = 4;
+    if (futimens(fd, ts) != 0) failed = errno;
+  }
+  if (close(fd) != 0 && !failed && errno != EINTR) {
+    *step = 5;
+    failed = errno;
+  }
+  return failed;
+}
+
 /* A path's bytes as a C string in `out` (PATH_MAX + 1 bytes); 0, or the errno of a path that cannot be one. */
 static int c_path(char *out, const uint8_t *bytes, uint32_t length) {
   if (length > PATH_MAX) return ENAMETOOLONG;
@@ -1509,35 +1546,7 @@ static void write_files_execute(napi_env env, void *data) {
       job->error_number = errno;
       break;
     }
-    int failed = 0;
-    job->step = 1;
-    while (left > 0) {
-      ssize_t n = write(fd, content, left);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        failed = n < 0 ? errno : EIO;
-        break;
-      }
-      content += n;
-      left -= (size_t)n;
-    }
-    if (!failed && fixed[3] != 0xffffffffu) {
-      job->step = 2;
-      if (fchown(fd, (uid_t)fixed[3], (gid_t)fixed[4]) != 0) failed = errno;
-    }
-    if (!failed && (int32_t)fixed[2] >= 0) {
-      job->step = 3;
-      if (fchmod(fd, (mode_t)fixed[2]) != 0) failed = errno;
-    }
-    if (!failed) {
-      struct timespec ts[2] = {seconds_to_timespec(times[0]), seconds_to_timespec(times[1])};
-      job->step = 4;
-      if (futimens(fd, ts) != 0) failed = errno;
-    }
-    if (close(fd) != 0 && !failed && errno != EINTR) {
-      job->step = 5;
-      failed = errno;
-    }
+    int failed = finish_file(fd, content, left, fixed[3], fixed[4], (int32_t)fixed[2], times[0], times[1], &job->step);
     if (failed) {
       job->error_number = failed;
       break;
@@ -1741,28 +1750,10 @@ static bool extract_one(const char *path, const uint8_t *h, uint64_t size, const
   bool created_with_mode = umask_bits >= 0 && (file_mode & 07000) == 0 && (file_mode & (mode_t)umask_bits) == 0;
   int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, created_with_mode ? file_mode : 0600);
   if (fd < 0) return false;
-  const uint8_t *content = h + 512;
-  size_t left = (size_t)size;
-  bool ok = true;
-  while (ok && left > 0) {
-    ssize_t n = write(fd, content, left);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) ok = false;
-    else {
-      content += n;
-      left -= (size_t)n;
-    }
-  }
   bool created_as = uid == (uint32_t)params[RUN_CREATOR_UID] && gid == (uint32_t)params[RUN_CREATOR_GID] && !params[RUN_DIR_SETGID];
-  if (ok && params[RUN_CHOWN] && !created_as) ok = fchown(fd, (uid_t)uid, (gid_t)gid) == 0;
-  /* After chown, which clears set-user-ID and set-group-ID. */
-  if (ok && !created_with_mode) ok = fchmod(fd, file_mode) == 0;
-  if (ok) {
-    struct timespec ts[2] = {seconds_to_timespec(atime), seconds_to_timespec(mtime)};
-    ok = futimens(fd, ts) == 0;
-  }
-  if (close(fd) != 0 && errno != EINTR) ok = false;
-  return ok;
+  bool chown = params[RUN_CHOWN] && !created_as;
+  int step;
+  return finish_file(fd, h + 512, (size_t)size, chown ? (uint32_t)uid : 0xffffffffu, (uint32_t)gid, created_with_mode ? -1 : (int32_t)file_mode, atime, mtime, &step) == 0;
 }
 
 static napi_value extract_files(napi_env env, napi_callback_info info) {

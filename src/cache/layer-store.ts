@@ -498,13 +498,20 @@ export type KeepHow = 'hardlink' | 'reflink' | 'copy';
 const isRoot = process.getuid?.() === 0;
 
 /** The stored file carries the entry's metadata (checked), so that a hardlinked root filesystem has it too. */
-function setMeta(file: string, h: Header, { uid, gid, atime, mtime }: EntryMeta): void {
+/** The owner (-1: left as made), mode and times a stored file is given. */
+function storedMeta(h: Header, { uid, gid, atime, mtime }: EntryMeta): { uid: number; gid: number; mode: number; atime: number | Date; mtime: number | Date } {
   // In a user namespace, an owner it does not map stays this process's, as in the tree (src/id-map.ts).
-  if (isRoot && idMap().maps(uid, gid)) chownSync(file, uid, gid);
+  const owned = isRoot && idMap().maps(uid, gid);
+  return { uid: owned ? uid : -1, gid: owned ? gid : -1, mode: (h.mode ?? 0o644) & 0o7777, atime, mtime };
+}
+
+function setMeta(file: string, h: Header, meta: EntryMeta): void {
+  const { uid, gid, mode, atime, mtime } = storedMeta(h, meta);
+  if (uid >= 0) chownSync(file, uid, gid);
   // After chown, which clears a file capability, and before the mode, which may take the write
   // permission a user attribute needs; what cannot be set here the tree's pull says.
   setXattrs(file, entryXattrs(h.pax), { notSet: 0 });
-  chmodSync(file, (h.mode ?? 0o644) & 0o7777);
+  chmodSync(file, mode);
   utimesSync(file, atime, mtime);
 }
 
@@ -590,10 +597,9 @@ export class LayerFill {
    * fill keeps no copies (hardlinks, clones), keeps nothing any more, or the entry has extended
    * attributes.
    */
-  copyMeta(h: Header, meta: EntryMeta): { mode: number; uid: number; gid: number; atime: number | Date; mtime: number | Date } | undefined {
+  copyMeta(h: Header, meta: EntryMeta): ReturnType<typeof storedMeta> | undefined {
     if (this.keep !== 'copy' || this.notKept !== undefined || entryXattrs(h.pax).length > 0) return undefined;
-    const owned = isRoot && idMap().maps(meta.uid, meta.gid);
-    return { mode: (h.mode ?? 0o644) & 0o7777, uid: owned ? meta.uid : -1, gid: owned ? meta.gid : -1, atime: meta.atime, mtime: meta.mtime };
+    return storedMeta(h, meta);
   }
 
   /** A copy written elsewhere (copyMeta) failed: as keepContent's own failure (a full store stops the keeping; else thrown). */

@@ -77,6 +77,24 @@ describe('a full or read-only destination', () => {
 
   const cacheHome = () => path.join(work, 'cache');
 
+  /**
+   * Pushes the image to a registry of its own as `full/REPO:1`, pulls it to `dest` with the cache
+   * on the full disk, and hands the pull to `check`; the registry stopped and that cache removed after.
+   */
+  async function pullFromRegistry(repo: string, dest: string, check: (r: RunResult) => Promise<void>): Promise<void> {
+    const registry = await startRegistry({ configDir: work });
+    try {
+      const pushed = await smart(['push', `oci:${image}`, `docker://${registry.host}/full/${repo}:1`], { cacheHome: cacheHome() });
+      expect(pushed.code, pushed.stderr).toBe(0);
+      const r = await smart(['pull', '--json', `docker://${registry.host}/full/${repo}:1`, dest], { cacheHome: path.join(full, 'cache') });
+      expect(r.code, r.stderr).toBe(0);
+      await check(r);
+    } finally {
+      await registry.stop();
+      await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
+    }
+  }
+
   it('a full disk: each destination fails in one line, saying so, and leaves no file on it', async (ctx) => {
     if (!mounted) return ctx.skip();
     const cases: [string, string][] = [
@@ -133,13 +151,8 @@ describe('a full or read-only destination', () => {
 
   it('a full layer store: a rootfs pull from a registry keeps no blob half, says so once, and writes the whole tree', async (ctx) => {
     if (!mounted) return ctx.skip();
-    const registry = await startRegistry({ configDir: work });
-    try {
-      const pushed = await smart(['push', `oci:${image}`, `docker://${registry.host}/full/app:1`], { cacheHome: cacheHome() });
-      expect(pushed.code, pushed.stderr).toBe(0);
-      const dest = path.join(work, 'rootfs-from-registry');
-      const r = await smart(['pull', '--json', `docker://${registry.host}/full/app:1`, `rootfs:${dest}`], { cacheHome: path.join(full, 'cache') });
-      expect(r.code, r.stderr).toBe(0);
+    const dest = path.join(work, 'rootfs-from-registry');
+    await pullFromRegistry('app', `rootfs:${dest}`, async (r) => {
       // The layer's blob (~1.6 MB) does not fit in the 1 MiB the store has.
       expect(r.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
         `warning: rootfs:${dest}: the layer store ${full}/cache/smartlayer/layer-store cannot keep layers (ENOSPC: no space left on device: free space on that filesystem, or write somewhere else); the layers this pull fetches are not kept for the next pulls`,
@@ -151,21 +164,13 @@ describe('a full or read-only destination', () => {
       // Nothing half-kept: no blob, no temporary file.
       const store = path.join(full, 'cache', 'smartlayer', 'layer-store');
       for (const sub of ['tmp', 'blobs/sha256']) expect(await fs.readdir(path.join(store, sub)).catch(() => []), sub).toEqual([]);
-    } finally {
-      await registry.stop();
-      await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
-    }
+    });
   });
 
   it('a full layer store on another filesystem than the layout a pull writes: the copy it keeps is never half, said once, and the layout is whole', async (ctx) => {
     if (!mounted) return ctx.skip();
-    const registry = await startRegistry({ configDir: work });
-    try {
-      const pushed = await smart(['push', `oci:${image}`, `docker://${registry.host}/full/layout:1`], { cacheHome: cacheHome() });
-      expect(pushed.code, pushed.stderr).toBe(0);
-      const dest = path.join(work, 'layout-from-registry');
-      const r = await smart(['pull', '--json', `docker://${registry.host}/full/layout:1`, `oci:${dest}:x`], { cacheHome: path.join(full, 'cache') });
-      expect(r.code, r.stderr).toBe(0);
+    const dest = path.join(work, 'layout-from-registry');
+    await pullFromRegistry('layout', `oci:${dest}:x`, async (r) => {
       const store = path.join(full, 'cache', 'smartlayer', 'layer-store');
       // The layer's blob (~1.6 MB) is linked nowhere (another filesystem), and its copy does not fit in the 1 MiB.
       expect(r.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
@@ -175,10 +180,7 @@ describe('a full or read-only destination', () => {
       expect((await runOk('skopeo', ['inspect', '--raw', `oci:${dest}:x`])).stdout.toString()).toContain('"layers"');
       await runOk('umoci', ['unpack', '--image', `${dest}:x`, path.join(work, 'layout-unpacked')]);
       expect(await fs.readFile(path.join(work, 'layout-unpacked', 'rootfs', 'data', 'blob.txt'), 'utf8')).toHaveLength(48_000 * 64);
-    } finally {
-      await registry.stop();
-      await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
-    }
+    });
   });
 
   it('a read-only cache directory (a container whose home is read-only): rootfs: and bundle: pulls write the whole tree, each warning says the real reason', async (ctx) => {

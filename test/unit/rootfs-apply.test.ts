@@ -1049,8 +1049,8 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
       await writeFile(path.join(storeDir, file), content);
       return path.join(storeDir, file);
     };
-    const entries = [{ header: { name: 'd/', type: 'directory', mode: 0o755, mtime: new Date(1_600_000_000_000) } as Header }];
-    for (let i = 0; i < 600; i++) entries.push({ header: header(`d/f${i}`, i % 50, { mode: i % 3 ? 0o644 : 0o4755, mtime: new Date(1_600_000_000_000 + i * 1000) }), file: await stored(`f${i}`, 'x'.repeat(i % 50)) } as never);
+    const entries: { header: Header; file?: string }[] = [{ header: { name: 'd/', type: 'directory', mode: 0o755, mtime: new Date(1_600_000_000_000) } as Header }];
+    for (let i = 0; i < 600; i++) entries.push({ header: header(`d/f${i}`, i % 50, { mode: i % 3 ? 0o644 : 0o4755, mtime: new Date(1_600_000_000_000 + i * 1000) }), file: await stored(`f${i}`, 'x'.repeat(i % 50)) });
     const apply = async (name: string, list: { header: Header; file?: string }[], batchSmallFiles: boolean) => {
       const dir = path.join(tmp, name);
       await mkdir(dir);

@@ -793,6 +793,7 @@ export class RootfsApplier {
           state.runFrom = state.extract && this.freshDirs.has(dirRel) ? runFrom(name, rel, targetRel, false) : undefined;
           // What can be in the way of it there (a file or a link of this layer) is replaced as here.
           // Not batched before a run, which would wait for it.
+          // A kept file's copy goes in the batch too, where the fill keeps copies (copyMeta).
           const copy = keep?.fill.copyMeta(h, meta);
           if (batch && apart && content && xattrs.length === 0 && !state.runFrom && (!keep || copy)) {
             await this.batchSmallFile(batch, target, targetRel, dirRel, h, meta, content, name, what);
@@ -1082,14 +1083,17 @@ export class RootfsApplier {
     attrs: EntryXattrs,
     batched?: { batch: FileBatch; dirRel: string; name: string; what: string },
   ): Promise<number> {
-    // The stored file gone is the store's damage, not the tree's: the writer fetches the layer instead.
+    // The stored file gone (or unreadable) is the store's damage, not the tree's: the writer fetches the layer instead.
+    const damage = (e: unknown): StoredLayerDamage | undefined => {
+      if (isErrno(e, 'ENOENT') && e.path === stored.path) return new StoredLayerDamage(`${stored.path} is gone`, { cause: e });
+      if (refusedToRead(e, stored.path)) return new StoredLayerDamage(`${stored.path}: ${systemWords(e as NodeJS.ErrnoException)}`, { cause: e, notReadable: true });
+      return undefined;
+    };
     const fromStore = <T,>(place: () => T) => (): T => {
       try {
         return place();
       } catch (e) {
-        if (isErrno(e, 'ENOENT') && e.path === stored.path) throw new StoredLayerDamage(`${stored.path} is gone`, { cause: e });
-        if (refusedToRead(e, stored.path)) throw new StoredLayerDamage(`${stored.path}: ${systemWords(e as NodeJS.ErrnoException)}`, { cause: e, notReadable: true });
-        throw e;
+        throw damage(e) ?? e;
       }
     };
     const change = stored.check ? storedFileChange(stored.path, h, meta, this.preserveOwnership && this.ids.maps(meta.uid, meta.gid)) : undefined;
@@ -1117,9 +1121,7 @@ export class RootfsApplier {
         const sourceFail = (e: NodeJS.ErrnoException): Error => {
           if (e.code === 'ENODATA' || e.code === 'EFBIG') return new StoredLayerDamage(`${stored.path} is not the size of the file it keeps`, { cause: e });
           if (e.code === 'ELOOP') return new StoredLayerDamage(`${stored.path} is not a file`, { cause: e });
-          if (e.code === 'ENOENT') return new StoredLayerDamage(`${stored.path} is gone`, { cause: e });
-          if (refusedToRead(e, stored.path)) return new StoredLayerDamage(`${stored.path}: ${systemWords(e)}`, { cause: e, notReadable: true });
-          return entryStorageError(what, name, e);
+          return damage(Object.assign(e, { path: stored.path })) ?? entryStorageError(what, name, e);
         };
         await this.batchSmallFile(batch, target, rel, dirRel, h, meta, { source: fsPath(stored.path), size }, name, what, sourceFail);
         return size;
