@@ -591,6 +591,30 @@ export class LayerFill {
   }
 
   /**
+   * Where a run of small files made elsewhere (the addon's extractFiles) keeps its copies: the
+   * files directory and the number the run's first file gets; then `keptRun`. Undefined where the
+   * run cannot keep them as `add` and `keepContent` would: the fill keeps no copies (hardlinks,
+   * clones) or nothing any more, or the store's owners depend on the id map (root in a user
+   * namespace that maps only some ids: storedMeta).
+   */
+  runTarget(): { files: string; next: number; chown: boolean } | undefined {
+    if (this.keep !== 'copy' || this.notKept !== undefined || (isRoot && idMap().partial)) return undefined;
+    return { files: `${path.join(this.tmp, 'files')}/`, next: this.files, chown: isRoot };
+  }
+
+  /** A run kept its `files` copies and wrote their entries' index lines (the first `length` bytes of `lines`), in tar order after the entries added so far. */
+  keptRun(lines: Buffer, length: number, files: number): void {
+    this.files += files;
+    if (this.notKept !== undefined || length === 0) return;
+    try {
+      this.flush();
+      for (let at = 0; at < length && this.entriesFd >= 0; ) at += writeSync(this.entriesFd, lines, at, length - at);
+    } catch (e) {
+      this.spare(e);
+    }
+  }
+
+  /**
    * What the copy of a file read whole is given (setMeta's owner, mode and times), for a caller
    * that writes it itself, off the main thread (the applier's batches: file-batch.ts), in place of
    * keepContent; then `failedCopy` for its failure. Undefined where keepContent must do it: the

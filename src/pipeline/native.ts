@@ -35,8 +35,16 @@ export interface NativeBinding {
    * A run of a layer's small files in one directory made at once, from a tar's bytes (see
    * smartlayer.c): `out` gets [bytes consumed from `start`, files made, their bytes, the offset
    * of the last one's first header or -1] (Linux).
+   *
+   * With the last four, the run also fills a kept layer's copy in the layer store: each file's copy
+   * at `files` + its number (params[6] the first's; params[7] 1: with the entry's owner), each
+   * entry's index line written into `lines` from its start, as the prefix of names is `name` in
+   * JSON; `offset` is where chunk[start] lies in the tar. `out[4]` gets the bytes of lines written,
+   * `out[5]` 1 when the run stopped for want of room in `lines`.
    */
-  extractFiles?(chunk: Buffer, start: number, dir: Buffer, prefix: Buffer, params: Int32Array, out: Int32Array): void;
+  extractFiles?(chunk: Buffer, start: number, dir: Buffer, prefix: Buffer, params: Int32Array, out: Int32Array, files?: Buffer, name?: Buffer, lines?: Buffer, offset?: number): void;
+  /** Whether extractFiles takes the kept layer's arguments (absent from older addons, which ignore them). */
+  extractFilesKeeps?: boolean;
   /** A pipe of `bytes` capacity where the kernel allows it, both ends close-on-exec (Linux): [read end, write end]. */
   makePipe?(bytes: number): [number, number];
   /** sha256 on the libuv pool with the process's OpenSSL (where it has one): a context, */

@@ -526,14 +526,15 @@ export class TarStreamReader {
    * The bytes from the next header on, as far as they lie in one chunk, for a caller that reads
    * whole entries itself (the applier's runs of small files: native extractFiles), then says how
    * many it took (`advance`). Undefined where the next entry's reading depends on what this reader
-   * holds (pax records, a long name, global records) or not one header's bytes are here.
+   * holds (pax records, a long name, global records) or not one header's bytes are here. `offset`
+   * is where `start` lies in the tar (a header's byteOffset counts from there).
    */
-  entryBytes(): { chunk: Buffer; start: number } | undefined {
+  entryBytes(): { chunk: Buffer; start: number; offset: number } | undefined {
     if (!this.skipRest() || this.pax !== null || this.paxGlobal !== null || this.gnuLongPath !== null || this.gnuLongLinkPath !== null) return undefined;
     if (this.buffered < BLOCK) return undefined;
     const chunk = this.chunks[this.head]!;
     if (chunk.length - this.offset < BLOCK) return undefined;
-    return { chunk, start: this.offset };
+    return { chunk, start: this.offset, offset: this.shifted };
   }
 
   /** Takes `n` bytes of whole entries given by `entryBytes` (n ≤ what it gave). */

@@ -115,6 +115,8 @@ describe('smart version', () => {
     expect(lines[7]).toBe(`sha256 checks (pulls): on the ${doc.sha256.where}; because ${doc.sha256.why}`);
     // The addon built from this source makes small files in runs and batches.
     if (inCI) expect(doc.smallFiles.how, 'CI builds the addon of this version').toBe('runs and batches');
+    // And its runs keep a bundle's layers too.
+    if (inCI) expect(doc.smallFiles.why).toContain("a kept layer's copies and index lines with them");
     expect(lines[8]).toBe(`small files (rootfs:, bundle:): ${doc.smallFiles.how}; because ${doc.smallFiles.why}`);
     expect(doc.cores).toBeGreaterThanOrEqual(1);
     expect(lines[9]).toBe(`cores for compression: ${doc.cores}; because ${doc.coresWhy}`);

@@ -1,10 +1,10 @@
 /**
  * A layer of many small files in new directories (a node_modules), as GNU tar writes it in its gnu
  * and pax formats (long names as 'L' members or pax path records, pax times): laid down by the
- * addon's runs (`rootfs:`), by the batches that write the layer store's copies beside the tree's
- * files (`bundle:`, which keeps its layers), and again from the store by batches that read the
- * stored files on the pool (the next pull). Each is the tree umoci unpacks from the same image,
- * to the file modification times.
+ * addon's runs (`rootfs:`), by the runs that also write the layer store's copies and index lines
+ * beside the tree's files (`bundle:`, which keeps its layers), and again from the store by batches
+ * that read the stored files on the pool (the next pull, which reads the index the runs wrote).
+ * Each is the tree umoci unpacks from the same image, to the file modification times.
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -60,7 +60,7 @@ describe('a layer of many small files (the addon\'s runs, batches, the layer sto
   });
 
   for (const format of ['gnu', 'pax'] as const) {
-    it(`${format} format: rootfs: (runs), bundle: (the store's copies batched) and the next bundle: (from the store) are umoci's tree`, async (ctx) => {
+    it(`${format} format: rootfs: (runs), bundle: (runs that keep the layer) and the next bundle: (from the store) are umoci's tree`, async (ctx) => {
       if (!ready) {
         if (inCI) throw new Error('CI=true but umoci and tar (run as root) are missing');
         return ctx.skip();

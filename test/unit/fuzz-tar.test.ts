@@ -324,23 +324,36 @@ describe('tar readers on mutated archives', () => {
     expect(await readdir(path.join(work, 'store', 'tmp')).catch(() => [])).toEqual([]);
   });
 
-  it("the layer applier's runs of small files (the addon's extractFiles): the same tree or the same failure as each entry in turn", async () => {
+  it("the layer applier's runs of small files (the addon's extractFiles): the same tree (and kept layer) or the same failure as each entry in turn", async () => {
     if (!nativeBinding()?.extractFiles) {
       if (inCI) throw new Error('CI=true but the native addon (extractFiles) is not built');
       return;
     }
-    /** The tree under `root`: each path's type, mode, size, times and content; or the failure's words. */
-    const apply = async (bytes: Buffer, root: string, runs: boolean, chunk: number): Promise<string> => {
+    /**
+     * The tree under `root`: each path's type, mode, size, times and content; or the failure's
+     * words. With `keep`, the layer is kept in a layer store as it is applied (a bundle's pull):
+     * the store's index and copies too.
+     */
+    const apply = async (bytes: Buffer, root: string, runs: boolean, chunk: number, keep: boolean): Promise<string> => {
       await mkdir(root);
       const applier = new RootfsApplier(root, { preserveOwnership: process.getuid?.() === 0, batchSmallFiles: runs });
+      const store = new LayerStore(`${root}-store`);
+      const diffId = `sha256:${'b'.repeat(64)}` as Digest;
+      const fill = keep ? await store.claim(diffId) : undefined;
+      if (typeof fill === 'string') throw new Error(`claimed: ${fill}`);
       const failed = await totalAsync(async () => {
-        await applier.applyLayer(Readable.from(pieces(bytes, [chunk])), 'layer 0');
-        await applier.finish();
+        try {
+          await applier.applyLayer(Readable.from(pieces(bytes, [chunk])), 'layer 0', fill ? { keep: fill } : {});
+          await applier.finish();
+          await fill?.commit();
+        } finally {
+          await fill?.abort();
+        }
       });
-      if (failed instanceof SmartError) return `${failed.code}: ${failed.message}`;
+      if (failed instanceof SmartError) return `${failed.code}: ${failed.message.replaceAll(store.dir, 'STORE').replaceAll(root, 'ROOT').replace(/\/tmp\/[^/\s'"]+\//g, '/tmp/FILL/')}`;
       const lines: string[] = [];
       // Names as bytes: a mutated name need not be UTF-8.
-      const walk = async (dir: Buffer): Promise<void> => {
+      const walk = async (top: string, dir: Buffer): Promise<void> => {
         const names = (await readdir(dir, { encoding: 'buffer' })).sort(Buffer.compare);
         for (const name of names) {
           const p = Buffer.concat([dir, Buffer.from('/'), name]);
@@ -348,27 +361,31 @@ describe('tar readers on mutated archives', () => {
           const content = st.isFile() ? createHash('sha256').update(await readFile(p)).digest('hex') : '';
           // A directory no entry gave made by the walk has the time it was made: not compared.
           const times = st.isDirectory() ? '' : `m${st.mtimeNs} a${st.isSymbolicLink() ? '' : st.atimeNs}`;
-          lines.push(`${p.subarray(root.length).toString('latin1')} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.isDirectory() ? '' : st.size} ${times} ${content}`);
-          if (st.isDirectory()) await walk(p);
+          lines.push(`${p.subarray(top.length).toString('latin1')} ${st.mode.toString(8)} ${st.uid}:${st.gid} ${st.isDirectory() ? '' : st.size} ${times} ${content}`);
+          if (st.isDirectory()) await walk(top, p);
         }
       };
-      await walk(Buffer.from(root));
+      await walk(root, Buffer.from(root));
+      if (keep) {
+        const layer = path.join(store.dir, 'layers', 'b'.repeat(64));
+        lines.push(await readFile(path.join(layer, 'entries'), 'utf8'));
+        await walk(layer, Buffer.from(path.join(layer, 'files')));
+      }
       return lines.join('\n');
     };
     let n = 0;
     await fc.assert(
-      fc.asyncProperty(fc.nat(runSeeds.length - 1).chain((i) => mutated(runSeeds[i]!)), fc.constantFrom(1 << 20, 1500, 4096), async (bytes, chunk) => {
+      fc.asyncProperty(fc.nat(runSeeds.length - 1).chain((i) => mutated(runSeeds[i]!)), fc.constantFrom(1 << 20, 1500, 4096), fc.boolean(), async (bytes, chunk, keep) => {
         const i = n++;
         try {
-          const withRuns = await apply(bytes, path.join(work, `runs-${i}`), true, chunk);
-          const inTurn = await apply(bytes, path.join(work, `in-turn-${i}`), false, chunk);
+          const withRuns = await apply(bytes, path.join(work, `runs-${i}`), true, chunk, keep);
+          const inTurn = await apply(bytes, path.join(work, `in-turn-${i}`), false, chunk, keep);
           expect(withRuns).toBe(inTurn);
         } finally {
-          await rm(path.join(work, `runs-${i}`), { recursive: true, force: true });
-          await rm(path.join(work, `in-turn-${i}`), { recursive: true, force: true });
+          for (const dir of [`runs-${i}`, `in-turn-${i}`, `runs-${i}-store`, `in-turn-${i}-store`]) await rm(path.join(work, dir), { recursive: true, force: true });
         }
       }),
-      fuzzParams(150, [[runSeeds[0]!, 1 << 20], [runSeeds[1]!, 1500]]),
+      fuzzParams(150, [[runSeeds[0]!, 1 << 20, false], [runSeeds[1]!, 1500, false], [runSeeds[0]!, 1 << 20, true], [runSeeds[1]!, 1500, true]]),
     );
   });
 

@@ -9,6 +9,8 @@ import { pack, type Header } from 'tar-stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
 import { StoredLayerDamage } from '../../src/cache/stored-layer-damage.js';
+import { LayerStore } from '../../src/cache/layer-store.js';
+import type { Digest } from '../../src/oci/digest.js';
 import { RootfsApplier, normaliseEntryName, resolveInRoot, type ApplyOptions } from '../../src/transports/rootfs/apply.js';
 import { nativeBinding } from '../../src/pipeline/native.js';
 import { checksum } from '../../src/tar/header.js';
@@ -917,17 +919,19 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
     return { tree: await treeWithTimes(dir) };
   }
 
-  /** Counts the files the addon's runs make while `body` runs. */
-  async function countingRuns<T>(body: () => Promise<T>): Promise<{ result: T; made: number }> {
+  /** Counts the files the addon's runs make while `body` runs, and the calls of a kept layer's that ran out of room for its index lines. */
+  async function countingRuns<T>(body: () => Promise<T>): Promise<{ result: T; made: number; full: number }> {
     const native = nativeBinding()!;
     const real = native.extractFiles!;
     let made = 0;
+    let full = 0;
     native.extractFiles = (...args) => {
       real(...args);
       made += args[5][1]!;
+      if (args.length > 6 && args[5][5] === 1) full++;
     };
     try {
-      return { result: await body(), made };
+      return { result: await body(), made, full };
     } finally {
       native.extractFiles = real;
     }
@@ -998,6 +1002,166 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
       }
     }
     expect(made).toBeGreaterThan(0);
+  });
+
+  /**
+   * Applies `tar` into a fresh root, keeping the layer in a fresh layer store (as a bundle's pull
+   * does): the tree, the store's copies and its index; or the failure's code and message. With
+   * `inTheWay`, a file is put where the store's copy of that number goes, first.
+   */
+  async function keepTar(name: string, tar: Buffer, how: 'runs' | 'in turn', chunkSize: number, inTheWay?: number) {
+    const dir = path.join(tmp, name);
+    await mkdir(dir);
+    const store = new LayerStore(path.join(tmp, `${name}-store`));
+    const hex = 'a'.repeat(64);
+    const fill = await store.claim(`sha256:${hex}` as Digest);
+    if (typeof fill === 'string') throw new Error(`claimed: ${fill}`);
+    if (inTheWay !== undefined) await writeFile(path.join(fill.runTarget()!.files, String(inTheWay)), 'in the way');
+    const a = new RootfsApplier(dir, { preserveOwnership: isRoot, batchSmallFiles: how === 'runs' });
+    try {
+      await a.applyLayer(streamOf(tar, chunkSize), 'layer 0', { keep: fill });
+      await a.finish();
+      await fill.commit();
+    } catch (e) {
+      await fill.abort();
+      const words = (e as Error).message.replaceAll(dir, 'ROOT').replace(/\/tmp\/[^/\s'"]+\//g, '/tmp/FILL/').replaceAll(store.dir, 'STORE');
+      return { failed: `${(e as SmartError).code}: ${words}` };
+    }
+    const layer = path.join(store.dir, 'layers', hex);
+    return { tree: await treeWithTimes(dir), files: await treeWithTimes(path.join(layer, 'files')), entries: await readFile(path.join(layer, 'entries'), 'utf8') };
+  }
+
+  /** A ustar member with the fields a run reads into a kept layer's index; `pax` records go before it. */
+  function member(name: string, content: string, fields: { type?: string; uname?: Buffer | string; gname?: string; linkname?: string; devmajor?: number; pax?: string[] } = {}): Buffer {
+    const header = (n: string, type: string, size: number, f: typeof fields) => {
+      const h = Buffer.alloc(512);
+      h.write(n, 0, 'utf8');
+      h.write('0000644\0', 100, 'latin1');
+      h.write('0000000\0', 108, 'latin1');
+      h.write('0000000\0', 116, 'latin1');
+      h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
+      h.write(`${(0o13300000000).toString(8)}\0`, 136, 'latin1');
+      h.write(type, 156, 'latin1');
+      if (f.linkname) h.write(f.linkname, 157, 'latin1');
+      h.write('ustar\x0000', 257, 'latin1');
+      Buffer.from(f.uname ?? '').copy(h, 265);
+      h.write(f.gname ?? '', 297, 'latin1');
+      h.write(`${(f.devmajor ?? 0).toString(8).padStart(7, '0')}\0`, 329, 'latin1');
+      h.write('0000000\0', 337, 'latin1');
+      h.write(`${checksum(h).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+      return h;
+    };
+    const pad = (b: Buffer) => Buffer.concat([b, Buffer.alloc((512 - (b.length % 512)) % 512)]);
+    const parts: Buffer[] = [];
+    if (fields.pax) {
+      const records = Buffer.from(
+        fields.pax
+          .map((kv) => {
+            let len = kv.length + 3;
+            while (`${len} ${kv}\n`.length !== len) len++;
+            return `${len} ${kv}\n`;
+          })
+          .join(''),
+      );
+      parts.push(header('PaxHeaders/x', 'x', records.length, {}), pad(records));
+    }
+    parts.push(header(name, fields.type ?? '0', Buffer.byteLength(content), fields), pad(Buffer.from(content)));
+    return Buffer.concat(parts);
+  }
+
+  it("keeps a layer through its runs as in turn: the same store index byte for byte, the same copies and tree, from GNU, ustar and pax tars cut anywhere", async () => {
+    if (!nativeBinding()?.extractFilesKeeps) {
+      if (inCI) throw new Error('CI=true but the native addon (extractFiles keeping layers) is not built');
+      return;
+    }
+    const src = path.join(tmp, 'kept-src');
+    const dirs = ['plain', 'caf\u00e9', 'q"uote\\back', 'ctl\u0001dir', 'fffd\uFFFD', 'sub/deeper'];
+    for (const [i, d] of dirs.entries()) {
+      await mkdir(path.join(src, d), { recursive: true });
+      for (let j = 0; j < 20; j++) {
+        const f = path.join(src, d, `f${j}${j % 7 === 0 ? ' "q\\' : ''}`);
+        await writeFile(f, `${d} ${j}\n`.repeat((i * 20 + j) % 11));
+        await chmod(f, j % 5 === 0 ? 0o4755 : j % 3 === 0 ? 0o600 : 0o644);
+        if (isRoot && j % 4 === 0) await chown(f, 1000 + j, 2000 + j);
+        // Sub-second times, which pax keeps in records.
+        const t = new Date(1_600_000_000_000 + j * 1000 + (j % 3) * 250);
+        await utimes(f, t, t);
+      }
+    }
+    // Entries whose fields a run gives only when it can write them as the reader decodes them.
+    const raw = Buffer.concat([
+      gnuMember('r/', '5'),
+      member('r/a', 'a', { uname: 'a"b\\c', gname: 'g' }),
+      member('r/b', 'b', { uname: Buffer.from('\u00fc') }),
+      member('r/c', 'c', { devmajor: 5 }),
+      member('r/d', 'd', { linkname: 'x' }),
+      member('r/e', 'e', { type: '7' }),
+      member('r/f', 'f', { pax: ['path=r/f', 'mtime=1600000000.5', 'atime=1600000001.25', 'ctime=1600000002'] }),
+      member('r/g', 'g', { pax: ['ctime=abc'] }),
+      member('r/h', 'h', { pax: ['mtime=1600000003'] }),
+      member('r/i', 'i'),
+      Buffer.alloc(1024),
+    ]);
+    let made = 0;
+    const tars: [string, Buffer][] = [...(['gnu', 'ustar', 'pax'] as const).map((f): [string, Buffer] => [f, gnuTar(src, f)]), ['raw', raw]];
+    for (const [format, tar] of tars) {
+      for (const chunkSize of [0, 7000, 512 * 3 + 100]) {
+        const label = `${format}-${chunkSize}`;
+        const runs = await countingRuns(() => keepTar(`kept-runs-${label}`, tar, 'runs', chunkSize));
+        const inTurn = await keepTar(`kept-in-turn-${label}`, tar, 'in turn', chunkSize);
+        expect(runs.result.failed, label).toBeUndefined();
+        expect(inTurn.failed, label).toBeUndefined();
+        // Not toEqual on the whole index: a difference is shown by line.
+        expect(runs.result.entries!.split('\n'), label).toEqual(inTurn.entries!.split('\n'));
+        expect(runs.result.files, label).toEqual(inTurn.files);
+        expect(runs.result.tree, label).toEqual(inTurn.tree);
+        made += runs.made;
+        if (chunkSize === 0 && format !== 'raw') expect(runs.made, label).toBeGreaterThan(60);
+      }
+    }
+    expect(made).toBeGreaterThan(0);
+    // More index lines than one call has room for (RUN_LINES_BYTES): the run goes on with the next call.
+    const many = Buffer.concat([gnuMember('many/', '5'), ...Array.from({ length: 2200 }, (_, j) => gnuMember(`many/${'e'.repeat(60)}${j}`, '0')), Buffer.alloc(1024)]);
+    const runs = await countingRuns(() => keepTar('kept-many-runs', many, 'runs', 0));
+    const inTurn = await keepTar('kept-many-in-turn', many, 'in turn', 0);
+    expect(runs.result.entries!.split('\n')).toEqual(inTurn.entries!.split('\n'));
+    expect(Object.keys(runs.result.files!).length).toBe(2200);
+    expect(runs.made).toBe(2200);
+    expect(runs.full).toBeGreaterThan(0);
+  });
+
+  it("leaves to the applier a kept file whose store copy a run cannot make, which then fails as in turn", async () => {
+    if (!nativeBinding()?.extractFilesKeeps) {
+      if (inCI) throw new Error('CI=true but the native addon (extractFiles keeping layers) is not built');
+      return;
+    }
+    const tar = Buffer.concat([gnuMember('a/', '5'), ...Array.from({ length: 10 }, (_, i) => gnuMember(`a/f${i}`, '0', `file ${i}`)), Buffer.alloc(1024)]);
+    // The copy of a/f4 (the store's file 4) meets a file at its name.
+    const runs = await countingRuns(() => keepTar('kept-in-the-way-runs', tar, 'runs', 0, 4));
+    const inTurn = await keepTar('kept-in-the-way-in-turn', tar, 'in turn', 0, 4);
+    expect(runs.result.failed).toBe(inTurn.failed);
+    expect(runs.result.failed).toMatch(/EEXIST/);
+    // a/f0..a/f3 were the run's.
+    expect(runs.made).toBe(4);
+  });
+
+  it('keeps a layer without runs where the addon is of a version whose runs keep nothing (no extractFilesKeeps)', async () => {
+    const native = nativeBinding();
+    if (!native?.extractFilesKeeps) {
+      if (inCI) throw new Error('CI=true but the native addon (extractFiles keeping layers) is not built');
+      return;
+    }
+    const tar = Buffer.concat([gnuMember('a/', '5'), ...Array.from({ length: 20 }, (_, i) => gnuMember(`a/f${i}`, '0', `file ${i}`)), Buffer.alloc(1024)]);
+    native.extractFilesKeeps = undefined;
+    try {
+      const old = await countingRuns(() => keepTar('kept-old-addon', tar, 'runs', 0));
+      const inTurn = await keepTar('kept-old-addon-in-turn', tar, 'in turn', 0);
+      expect(old.made).toBe(0);
+      expect(old.result.entries).toBe(inTurn.entries);
+      expect(old.result.files).toEqual(inTurn.files);
+    } finally {
+      native.extractFilesKeeps = true;
+    }
   });
 
   it('leaves to the applier an entry a run cannot make, which then fails with its own words', async () => {

@@ -397,6 +397,11 @@ function tarBody(reader: TarStreamReader): EntryBody {
 
 /** Files up to this size are read whole, then written with one synchronous burst. */
 const SMALL_FILE_BYTES = 512 * 1024;
+/**
+ * Room for a kept layer's index lines from one call of extractFiles. A line is about 250 bytes and
+ * its name; a full buffer only ends the call early (the run goes on with the next).
+ */
+const RUN_LINES_BYTES = 512 * 1024;
 
 /** Files of the layer store up to this size are read and written, not copied (see placeStoredFile). */
 const STORED_READ_BYTES = 64 * 1024;
@@ -510,8 +515,10 @@ export class RootfsApplier {
   private readonly batchSmallFiles: boolean;
   private readonly extractRuns: boolean;
   /** extractFiles's parameters and results (smartlayer.c's RUN_ enums), made once. */
-  private readonly runParams = new Int32Array(6);
-  private readonly runOut = new Int32Array(4);
+  private readonly runParams = new Int32Array(8);
+  private readonly runOut = new Int32Array(6);
+  /** Where a run of a kept layer writes its entries' index lines, made at the first. */
+  private runLines: Buffer | undefined;
   private busy = false;
   private finished = false;
 
@@ -559,7 +566,10 @@ export class RootfsApplier {
     const writeFiles = (options.keep && options.keep.keep !== 'copy') || !this.batchSmallFiles ? undefined : batchWriter();
     if (writeFiles) state.batch = new FileBatch(writeFiles);
     // Not where owners are given only to some ids: the run has no id map to count those against.
-    const extract = options.keep || !this.extractRuns || (this.preserveOwnership && this.ids.partial) ? undefined : nativeBinding()?.extractFiles;
+    // A kept layer's runs fill its copy too, where the addon can (and the fill keeps copies).
+    const native = nativeBinding();
+    const runsKeep = !options.keep || (options.keep.keep === 'copy' && native?.extractFilesKeeps === true);
+    const extract = !runsKeep || !this.extractRuns || (this.preserveOwnership && this.ids.partial) ? undefined : native?.extractFiles;
     if (extract) state.extract = extract;
     let inputError: unknown;
     // Stays attached: an error the input emits after we are done must not go unhandled.
@@ -885,7 +895,10 @@ export class RootfsApplier {
    * or lies in, made by the addon (extractFiles) straight from the tar's bytes: what applyEntry
    * would make of each, in the same calls. It stops before anything else, and leaves that entry
    * to applyEntry: one it cannot make (a name in use, a failed call) too, which then replaces what
-   * is there or fails with the applier's own words.
+   * is there or fails with the applier's own words. In a kept layer the run also makes each file's
+   * copy in the layer store and writes its index line (LayerFill.runTarget, keptRun), as applyEntry
+   * would: a bundle's pull of 45,000 small files into tmpfs took 1.18 s with each entry applied in
+   * turn, 0.86 s so (medians of 5; a rootfs's, which keeps nothing, 0.56 s).
    */
   private async extractRun(reader: TarStreamReader, state: LayerState): Promise<void> {
     const from = state.runFrom!;
@@ -903,18 +916,36 @@ export class RootfsApplier {
     const dir = Buffer.from(`${this.rootSlash}${from.dirRel}/`);
     const prefix = Buffer.from(from.prefix);
     const out = this.runOut;
+    // A kept layer (while its fill keeps): each file's copy and index line made by the run too. A
+    // prefix holding U+FFFD would need the line's mark of it (LayerFill.add): not run.
+    const fill = state.keep?.notKept === undefined ? state.keep : undefined;
+    const target = fill?.runTarget();
+    if (fill && (!target || from.prefix.includes('\uFFFD'))) return;
+    const keep = target && {
+      files: Buffer.from(target.files),
+      name: Buffer.from(JSON.stringify(from.prefix).slice(1, -1)),
+      lines: (this.runLines ??= Buffer.allocUnsafe(RUN_LINES_BYTES)),
+    };
+    if (target) params[7] = target.chown ? 1 : 0;
     for (;;) {
       const at = reader.entryBytes();
       if (!at) return;
-      extract(at.chunk, at.start, dir, prefix, params, out);
+      if (keep) {
+        params[6] = fill!.runTarget()?.next ?? -1;
+        if (params[6] < 0) return;
+        extract(at.chunk, at.start, dir, prefix, params, out, keep.files, keep.name, keep.lines, at.offset);
+        fill!.keptRun(keep.lines, out[4]!, out[1]!);
+      } else {
+        extract(at.chunk, at.start, dir, prefix, params, out);
+      }
       const consumed = out[0]!;
       if (consumed === 0) return;
       state.stats.entries += out[1]!;
       state.stats.bytes += out[2]!;
       state.lastEntry = entryNameAt(at.chunk, out[3]!);
       reader.advance(consumed);
-      // Stopped before an entry, not at the chunk's end: applyEntry's.
-      if (at.start + consumed < at.chunk.length) return;
+      // Stopped before an entry, not at the chunk's end: applyEntry's (unless only the lines' room ran out).
+      if (at.start + consumed < at.chunk.length && !(keep && out[5] === 1)) return;
     }
   }
 
