@@ -238,6 +238,19 @@ describe('pushing again', () => {
     expect((await push(args, cacheHome)).layers).toMatchObject({ pushed: 0, mounted: 0 });
   });
 
+  it('writes again a tag link left empty (a push killed while an S3 server wrote it in place)', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const cacheHome = path.join(work, 'cache');
+    const args = [`oci:${fx.paths.ociBasic}:latest`, `file:${store}#w/app:1`];
+    const first = await push(args, cacheHome);
+    const current = path.join(store, 'docker/registry/v2/repositories/w/app/_manifests/tags/1/current/link');
+    await fs.writeFile(current, '');
+    expect((await push(args, cacheHome)).manifestDigest).toBe(first.manifestDigest);
+    expect(await fs.readFile(current, 'utf8')).toBe(first.manifestDigest);
+  });
+
   it('puts back a blob deleted from an OCI layout since', async () => {
     const fx = fixtures();
     const work = await tempDir();

@@ -174,7 +174,9 @@ export class DistributionDestination implements BlobDestination {
     try {
       digest = await this.store.resolveTag(repo, this.ref.tag);
     } catch (e) {
-      if (isSmartError(e) && e.code === 'NOT_FOUND') return undefined;
+      // A tag link that is not one (empty: a push killed while it wrote it into an S3 server that
+      // writes objects in place) points nowhere: the push writes it again.
+      if (isSmartError(e) && (e.code === 'NOT_FOUND' || e.code === 'MANIFEST_INVALID')) return undefined;
       throw e;
     }
     const manifest = async ({ digest: d, mediaType }: { digest: Digest; mediaType?: string }): Promise<ParsedManifest | undefined> => {
