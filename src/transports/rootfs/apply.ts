@@ -628,7 +628,7 @@ export class RootfsApplier {
    * tree then shares inodes with the store: for read-only uses). With `check`, each stored file is
    * first checked against its entry (storedFileChange): a change is StoredLayerDamage.
    */
-  async applyEntries(entries: AsyncIterable<StoredEntry>, what: string, options: { link: boolean; check?: boolean }): Promise<LayerApplyStats> {
+  async applyEntries(entries: AsyncIterable<StoredEntry | StoredEntry[]>, what: string, options: { link: boolean; check?: boolean }): Promise<LayerApplyStats> {
     if (this.busy || this.finished) throw new SmartError('INTERNAL', 'applyEntries called while busy or after finish');
     this.busy = true;
     this.freshDirs.clear();
@@ -638,9 +638,12 @@ export class RootfsApplier {
     const writeFiles = this.batchSmallFiles && !options.link ? batchWriter() : undefined;
     if (writeFiles) state.batch = new FileBatch(writeFiles);
     try {
-      for await (const entry of entries) {
-        state.stats.entries++;
-        await this.applyEntry(entry.header, EMPTY_BODY, state, entry.file ? { path: entry.file, link: options.link, check: options.check ?? false } : undefined);
+      // Entries one by one, or in batches (LayerStore.entryBatches).
+      for await (const item of entries) {
+        for (const entry of Array.isArray(item) ? item : [item]) {
+          state.stats.entries++;
+          await this.applyEntry(entry.header, EMPTY_BODY, state, entry.file ? { path: entry.file, link: options.link, check: options.check ?? false } : undefined);
+        }
       }
       await state.batch?.drain();
     } catch (e) {
