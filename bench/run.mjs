@@ -620,6 +620,22 @@ try {
     command: (c) => `mkdir ${c.dir}/r && tar -C ${c.dir}/r -xf ${many.layer}`,
   });
   pairs.push([s5s, k5s], [s5s, t5s]);
+  // The same layer into a bundle, which keeps its layers (each small file's copy and index line
+  // made with it), beside the rootfs pull; then a pull of it from the layer store (warm).
+  const s5b = await bench(`smart pull oci: → bundle (keeps the layer), the same layer (tmpfs, cold)`, {
+    engine: ENGINE.gunzip,
+    setup: freshShm,
+    command: (c) => `${smartBin} pull -q --cache-dir ${c.dir}/cache oci:${many.layout}:latest bundle:${c.dir}/bundle`,
+  });
+  const manyCache = fs.mkdtempSync(path.join(shm, 'smart-bench-cache-'));
+  execFileSync('node', [smartBin, 'pull', '-q', '--cache-dir', manyCache, `oci:${many.layout}:latest`, `bundle:${manyCache}/first`]);
+  const s5sw = await bench(`smart pull oci: → rootfs, the same layer from the layer store (tmpfs, warm)`, {
+    engine: 'nothing to decompress (layer store)',
+    setup: freshShm,
+    command: (c) => `${smartBin} pull -q --cache-dir ${manyCache} oci:${many.layout}:latest rootfs:${c.dir}/rootfs`,
+  });
+  rm(manyCache);
+  pairs.push([s5b, s5s], [s5sw, s5s]);
   rm(many.layout);
   rm(many.layer);
 } finally {
