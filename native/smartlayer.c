@@ -1856,11 +1856,10 @@ static void text_name(LineText *t, const RunKeep *keep, const uint8_t *base, siz
  * False when the reader would decode a field otherwise than it is written here (a link name on a
  * regular file, an owner's name that is not printable ASCII, device numbers or a ctime not in the
  * plain form): the applier then takes the entry, as it does all a run leaves. */
-static bool index_line(RunKeep *keep, LineText *t, const uint8_t *h, const uint8_t *base, size_t base_length, const PaxTimes *pax, uint64_t byte_offset, uint64_t size, uint32_t file) {
-  uint64_t mode, uid, gid, header_mtime, devmajor, devminor;
+static bool index_line(RunKeep *keep, LineText *t, const uint8_t *h, const uint8_t *base, size_t base_length, const PaxTimes *pax, const RunMeta *m, uint64_t byte_offset, uint64_t size) {
+  uint64_t devmajor, devminor;
   size_t uname_length = field_length(h + 265, 32), gname_length = field_length(h + 297, 32);
-  if (h[157] != 0 || !printable_ascii(h + 265, uname_length) || !printable_ascii(h + 297, gname_length) || !plain_octal(h + 100, 8, &mode) || !plain_octal(h + 108, 8, &uid) ||
-      !plain_octal(h + 116, 8, &gid) || !plain_octal(h + 136, 12, &header_mtime) || !plain_octal(h + 329, 8, &devmajor) || !plain_octal(h + 337, 8, &devminor))
+  if (h[157] != 0 || !printable_ascii(h + 265, uname_length) || !printable_ascii(h + 297, gname_length) || !plain_octal(h + 329, 8, &devmajor) || !plain_octal(h + 337, 8, &devminor))
     return false;
   for (int i = 0; i < pax->count; i++) {
     double unused;
@@ -1869,17 +1868,17 @@ static bool index_line(RunKeep *keep, LineText *t, const uint8_t *h, const uint8
   text_str(t, "{\"name\":");
   text_name(t, keep, base, base_length);
   text_str(t, ",\"mode\":");
-  text_u64(t, mode);
+  text_u64(t, m->mode);
   text_str(t, ",\"uid\":");
-  text_u64(t, uid);
+  text_u64(t, m->uid);
   text_str(t, ",\"gid\":");
-  text_u64(t, gid);
+  text_u64(t, m->gid);
   text_str(t, ",\"size\":");
   text_u64(t, size);
   text_str(t, ",\"byteOffset\":");
   text_u64(t, byte_offset);
   text_str(t, ",\"mtime\":");
-  text_u64(t, header_mtime * 1000);
+  text_u64(t, m->header_mtime * 1000);
   text_str(t, h[156] == '7' ? ",\"type\":\"contiguous-file\"" : ",\"type\":\"file\"");
   text_str(t, ",\"linkname\":null,\"uname\":\"");
   text_json(t, h + 265, uname_length);
@@ -1909,7 +1908,7 @@ static bool index_line(RunKeep *keep, LineText *t, const uint8_t *h, const uint8
     text_str(t, "}");
   }
   text_str(t, ",\"file\":\"");
-  text_u64(t, file);
+  text_u64(t, keep->next_file);
   text_str(t, "\"}\n");
   return true;
 }
@@ -2037,7 +2036,7 @@ static napi_value extract_files(napi_env env, napi_callback_info info) {
     if (keep) {
       line = (LineText){keep->lines + keep->lines_length, 0, keep->lines_capacity - keep->lines_length, false};
       uint64_t byte_offset = keep->offset + (uint64_t)((size_t)(h - chunk) - start) + 512;
-      if (!index_line(keep, &line, h, base, base_length, &times, byte_offset, size, keep->next_file)) break;
+      if (!index_line(keep, &line, h, base, base_length, &times, &meta, byte_offset, size)) break;
       if (line.full) {
         out[RUN_LINES_FULL] = 1;
         break;

@@ -642,7 +642,7 @@ export class LayerFill {
    */
   runTarget(): { files: string; next: number; chown: boolean } | undefined {
     if (this.keep !== 'copy' || this.notKept !== undefined || (isRoot && idMap().partial)) return undefined;
-    return { files: `${path.join(this.tmp, 'files')}/`, next: this.files, chown: isRoot };
+    return { files: `${path.join(this.tmp, 'files')}${path.sep}`, next: this.files, chown: isRoot };
   }
 
   /** A run kept its `files` copies and wrote their entries' index lines (the first `length` bytes of `lines`), in tar order after the entries added so far. */
