@@ -149,6 +149,34 @@ describe('a full or read-only destination', () => {
     await fs.rm(bundle, { recursive: true, force: true });
   });
 
+  it("a full layer store: a bundle pull of many small files (the addon's runs keep them) stops keeping, says so once, and writes the whole tree", async (ctx) => {
+    if (!mounted) return ctx.skip();
+    // 600 files of 2 KB: a page each, more than the full disk's 1 MiB holds beside the tree's own.
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 600; i++) files[`small/f${String(i).padStart(3, '0')}`] = `${i}`.padEnd(2048, '.');
+    const smallImage = path.join(work, 'small-image');
+    await writeImageOfTars(smallImage, [await layerTar(files)]);
+    const bundle = path.join(work, 'small-bundle');
+    try {
+      const r = await smart(['pull', '--json', `oci:${smallImage}`, `bundle:${bundle}`], { cacheHome: path.join(full, 'cache') });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+        `warning: bundle:${bundle}: the layer store ${full}/cache/smartlayer/layer-store cannot keep layers (ENOSPC: no space left on device: free space on that filesystem, or write somewhere else); the layers this pull fetches are not kept for the next pulls`,
+      ]);
+      expect((JSON.parse(r.stdout.toString()) as { details: { notKept?: unknown } }).details.notKept).toEqual({ layers: 1, why: 'ENOSPC: no space left on device' });
+      // Every file whole, the ones made after the store filled too.
+      const names = (await fs.readdir(path.join(bundle, 'rootfs', 'small'))).sort();
+      expect(names).toEqual(Object.keys(files).map((f) => f.slice('small/'.length)));
+      for (const name of [names[0]!, names[299]!, names[599]!]) expect(await fs.readFile(path.join(bundle, 'rootfs', 'small', name), 'utf8')).toBe(files[`small/${name}`]);
+      const store = path.join(full, 'cache', 'smartlayer', 'layer-store');
+      for (const sub of ['tmp', 'locks', 'layers']) expect(await fs.readdir(path.join(store, sub)).catch(() => []), sub).toEqual([]);
+    } finally {
+      await fs.rm(path.join(full, 'cache'), { recursive: true, force: true });
+      await fs.rm(bundle, { recursive: true, force: true });
+      await fs.rm(smallImage, { recursive: true, force: true });
+    }
+  });
+
   it('a full layer store: a rootfs pull from a registry keeps no blob half, says so once, and writes the whole tree', async (ctx) => {
     if (!mounted) return ctx.skip();
     const dest = path.join(work, 'rootfs-from-registry');
