@@ -1152,6 +1152,7 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
       return;
     }
     const tar = Buffer.concat([gnuMember('a/', '5'), ...Array.from({ length: 20 }, (_, i) => gnuMember(`a/f${i}`, '0', `file ${i}`)), Buffer.alloc(1024)]);
+    const keeps = native.extractFilesKeeps;
     native.extractFilesKeeps = undefined;
     try {
       const old = await countingRuns(() => keepTar('kept-old-addon', tar, 'runs', 0));
@@ -1160,7 +1161,7 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
       expect(old.result.entries).toBe(inTurn.entries);
       expect(old.result.files).toEqual(inTurn.files);
     } finally {
-      native.extractFilesKeeps = true;
+      native.extractFilesKeeps = keeps;
     }
   });
 
