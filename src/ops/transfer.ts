@@ -194,7 +194,10 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   // (a copy where the layout is on another filesystem than the store).
   const blobCache = keepsBlobs && layerStore ? await openBlobCache(layerStore.dir, req.onWarning, dst.transport === 'oci') : undefined;
   const ctx: OpenContext = {
-    stdin: req.stdin ?? process.stdin,
+    // Read only by a name `-`: process.stdin makes its stream (a socket, a tty) when first read.
+    get stdin() {
+      return req.stdin ?? process.stdin;
+    },
     stdout: req.stdout ?? process.stdout,
     ...(req.onWarning ? { onWarning: req.onWarning } : {}),
     ...(req.remote ? { remote: req.remote } : {}),
@@ -307,7 +310,13 @@ export function copyMode(destination: string): 'push' | 'pull' {
 /** Opens any image name and resolves it (one platform): for commands that inspect rather than copy. */
 export async function resolveImageByName(name: string, options: { platform?: string; ctx?: Partial<OpenContext> } = {}) {
   const parsed = parseImageName(name);
-  const source = await openSource(parsed, { stdin: process.stdin, stdout: process.stdout, ...options.ctx });
+  const source = await openSource(parsed, {
+    get stdin() {
+      return process.stdin;
+    },
+    stdout: process.stdout,
+    ...options.ctx,
+  });
   if (isStreamed(source)) throw new SmartError('USAGE', `${name}: a stream cannot be inspected; save it to a file first`, { input: name });
   try {
     const { resolveImage } = await import('../pipeline/layers.js');
