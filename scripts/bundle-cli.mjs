@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
  * The command line as a few chunks instead of ~50 modules: `npm run build` runs this after tsc.
- * Reads dist/cli/main.js (tsc's output) and writes dist/bundle/, which bin/*.js load. The library
+ * Reads dist/cli/entry.js (tsc's output) and writes dist/bundle/, which bin/*.js load. The library
  * (dist/index.js and the modules under it) stays as tsc wrote it.
  *
  * Why: a warm push spends more time in Node's ESM loader (resolve, read, compile: per module) than
@@ -19,6 +19,8 @@
  * dynamic imports of them included (below): each has a CommonJS entry.
  *
  * The chunks:
+ * - `boot`: what turns the compile cache on (src/cli/boot.ts), required first by main.js, so that
+ *   the chunks below load with it;
  * - `cli`: the entry's static imports (argument parsing, output, errors), all that `--version`,
  *   `--help` and the commander commands load of ours before their own modules;
  * - `core`: what a push or pull loads on its common path (CORE_ROOTS and what they import
@@ -53,7 +55,7 @@ try {
   fs.writeFileSync(path.join(out, 'package.json'), '{ "type": "commonjs" }\n');
   fs.writeFileSync(
     path.join(out, 'main.js'),
-    "// rolldown could not load where this was built: the command's modules as tsc wrote them.\nexports.main = (...args) => import('../cli/main.js').then((m) => m.main(...args));\n",
+    "// rolldown could not load where this was built: the command's modules as tsc wrote them.\nexports.main = (...args) => import('../cli/entry.js').then((m) => m.main(...args));\n",
   );
   process.stderr.write(`bundle-cli: rolldown cannot load here (${String(e?.cause?.cause?.message ?? e?.message).split('\n')[0]}); dist/bundle/main.js loads dist/cli/ module by module\n`);
   process.exit(0);
@@ -130,16 +132,19 @@ function closure(roots, except, packagesToo = false) {
   }
   return seen;
 }
+// What turns the compile cache on, in a chunk of its own that the entry loads before the others
+// (src/cli/boot.ts): every chunk after it is compiled with the cache.
+const boot = closure(['cli/boot.js'], new Set());
 // The entry's own static imports apart: `--version`, `--help` and the cache commands do not evaluate core.
-const cli = closure(['cli/main.js'], new Set());
-const core = closure(CORE_ROOTS, cli);
+const cli = closure(['cli/main.js'], boot);
+const core = closure(CORE_ROOTS, new Set([...boot, ...cli]));
 // The registry chunk's packages come with the client whenever it is used: their loading may come with the chunk.
-const registry = closure(REGISTRY_ROOTS, new Set([...cli, ...core]), true);
-const steps = closure(STEPS_ROOTS, new Set([...cli, ...core, ...registry]));
+const registry = closure(REGISTRY_ROOTS, new Set([...boot, ...cli, ...core]), true);
+const steps = closure(STEPS_ROOTS, new Set([...boot, ...cli, ...core, ...registry]));
 
 fs.rmSync(out, { recursive: true, force: true });
 const bundle = await rolldown({
-  input: { main: path.join(dist, 'cli', 'main.js') },
+  input: { main: path.join(dist, 'cli', 'entry.js') },
   platform: 'node',
   external: (id) => !id.startsWith('.') && !path.isAbsolute(id),
   // tsc's output is already the module graph we want; the warnings say a dynamic import of a core
@@ -158,6 +163,7 @@ await bundle.write({
   chunkFileNames: '[name]-[hash].js',
   codeSplitting: {
     groups: [
+      { name: 'boot', test: (id) => boot.has(id) },
       { name: 'cli', test: (id) => cli.has(id) },
       { name: 'core', test: (id) => core.has(id) },
       { name: 'registry', test: (id) => registry.has(id) },

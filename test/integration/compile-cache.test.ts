@@ -3,6 +3,7 @@
  * processes: written once, used after, never stale, never in the way.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import Module from 'node:module';
 import path from 'node:path';
@@ -106,6 +107,29 @@ describe.skipIf(nodeKeepsIt)('compile cache of its own (Node before 22.1)', () =
     await writePackage(work, 'two');
     expect(JSON.parse(await requireWithCache(cacheHome, pkg))).toEqual({ ...want, value: 'two' });
     expect((await cacheFiles(cacheHome)).size).toBe(3);
+  });
+
+  it("keeps the command's own chunks as well: the first command writes them, the next reads them; the entry and the chunk that turns the cache on are Node's", async () => {
+    const cacheHome = path.join(await tempDir(), 'cache');
+    const smart = () => run(path.join(repoRoot, 'bin', 'smart.js'), ['version'], { env: { ...process.env, XDG_CACHE_HOME: cacheHome, SMART_COMPILE_CACHE: '' } });
+    await smart();
+    const bundle = await fs.realpath(path.join(repoRoot, 'dist', 'bundle'));
+    const names = await fs.readdir(bundle);
+    const entryOf = async (name: string) => {
+      const file = path.join(bundle, name);
+      const key = createHash('sha256').update(file).update('\0').update(await fs.readFile(file, 'utf8')).digest('hex');
+      return path.join(cacheHome, 'smartlayer', 'compile-cache', `v8-${process.versions.v8}-${process.arch}`, key);
+    };
+    const first = await cacheFiles(cacheHome);
+    // `smart version` loads the cli chunk and the program's (and commander's modules).
+    for (const chunk of ['cli-', 'program-']) {
+      const name = names.find((n) => n.startsWith(chunk));
+      expect(first.has(await entryOf(name!)), name).toBe(true);
+    }
+    for (const name of ['main.js', names.find((n) => n.startsWith('boot-'))!]) expect(first.has(await entryOf(name)), name).toBe(false);
+    expect([...first.keys()].filter((f) => !f.endsWith('.tmp')).length).toBeGreaterThan(2);
+    await smart();
+    expect(await cacheFiles(cacheHome)).toEqual(first);
   });
 
   it('a run that writes prunes what has not been written for 30 days and it did not use: old entries, other versions, abandoned temporary files', async () => {
