@@ -119,6 +119,22 @@ export class BlobInfoCache {
     return { mediaType: layerMediaType('oci', compression), digest: found.digest, size: found.size };
   }
 
+  /**
+   * The image that proved every one of `diffIds` at `scope`, when one image proved them all, as
+   * the entries compressedFor read in this process say (no read of its own).
+   */
+  provenTogether(scope: string, diffIds: readonly Digest[]): { repository: string; manifest: Digest } | undefined {
+    let proof: { repository: string; manifest: Digest } | undefined;
+    for (const diffId of diffIds) {
+      const raw = this.seen.get(this.key(scope, diffId));
+      const entry = raw === undefined ? undefined : parseEntry(raw);
+      if (!entry?.manifest) return undefined;
+      if (proof && (proof.repository !== entry.repository || proof.manifest !== entry.manifest)) return undefined;
+      proof = { repository: entry.repository, manifest: entry.manifest };
+    }
+    return proof;
+  }
+
   private proofImage(dest: ProvingStore, repository: string, manifest: Digest, config: KnownConfig | undefined): Promise<ProofImage | undefined> {
     // The same whichever way it is read: a config is the same bytes wherever its digest is.
     const key = `${dest.cacheScope} ${repository}@${manifest}`;

@@ -200,6 +200,14 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
       }
       return run.summary(source.name, dest.name, { manifest: image.manifest, converted: false, config: 'skipped' }, image.layers.length);
     }
+    const unchanged = await convertedAlreadyThere(image, dest, run);
+    if (unchanged) {
+      image.layers.forEach((layer, i) => {
+        const { descriptor } = unchanged.layers[i]!;
+        run.record({ digest: descriptor.digest, layer: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType: descriptor.mediaType });
+      });
+      return run.summary(source.name, dest.name, { manifest: unchanged.manifest, converted: true, config: 'skipped' }, image.layers.length);
+    }
     const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
     // The config is in memory from the start: stored first, beside the layers, rather than after
     // them (to a registry a HEAD, or a POST and a PUT, fewer at the end), before the manifest
@@ -706,24 +714,33 @@ async function commitImage(
     size: image.configBytes.length,
   };
   const config = configStored ?? (await putConfig(dest, image.configBytes, configDescriptor, options));
+  const { manifest, converted } = manifestFor(dest, image, configDescriptor, layers);
+  await dest.putManifest(manifest);
+  await dest.commit(manifest);
+  return { manifest, converted, config };
+}
+
+/**
+ * The manifest that commits `layers` to `dest`: the source's, byte for byte, when the layers are as
+ * they were and the destination takes its type; else one built for the layers as they are now.
+ */
+function manifestFor(
+  dest: BlobDestination,
+  image: { manifest?: Image['manifest']; family: ManifestFamily },
+  configDescriptor: Descriptor,
+  layers: Descriptor[],
+): { manifest: ParsedManifest; converted: boolean } {
+  const source = image.manifest;
   const unchanged =
     source !== undefined &&
     source.manifest.layers.every(
       (l, i) => l.digest === layers[i]?.digest && l.mediaType === layers[i]?.mediaType && JSON.stringify(l.annotations) === JSON.stringify(layers[i]?.annotations),
     );
-  let manifest: ParsedManifest;
-  let converted = false;
-  if (source && unchanged && dest.supportsManifestType(source.mediaType)) {
-    manifest = source; // byte for byte: digests and repo@sha256 pins survive the copy
-  } else {
-    // Docker's schema 2 has no zstd layer type: zstd layers go in an OCI manifest (as containers/image does).
-    const preferred = layers.some((l) => layerCompression(l.mediaType) === 'zstd') ? 'oci' : image.family;
-    manifest = buildManifest(targetFamily(dest, preferred), configDescriptor, layers, source?.manifest.annotations);
-    converted = true;
-  }
-  await dest.putManifest(manifest);
-  await dest.commit(manifest);
-  return { manifest, converted, config };
+  // byte for byte: digests and repo@sha256 pins survive the copy
+  if (source && unchanged && dest.supportsManifestType(source.mediaType)) return { manifest: source, converted: false };
+  // Docker's schema 2 has no zstd layer type: zstd layers go in an OCI manifest (as containers/image does).
+  const preferred = layers.some((l) => layerCompression(l.mediaType) === 'zstd') ? 'oci' : image.family;
+  return { manifest: buildManifest(targetFamily(dest, preferred), configDescriptor, layers, source?.manifest.annotations), converted: true };
 }
 
 /** Layer descriptors with the step that made each written as annotations. */
@@ -744,6 +761,39 @@ async function alreadyThere(image: Image, dest: BlobDestination): Promise<boolea
   const needsCompression = dest.layerCompression === 'compress' && image.layers.some((l) => layerCompression(l.descriptor.mediaType) === 'none');
   if (needsCompression) return false;
   return (await dest.currentDigest()) === image.manifest.digest;
+}
+
+/**
+ * alreadyThere for an image whose layers are compressed on the way (a `docker save` tar): the
+ * manifest this copy would write, when the cache knows every layer's blob at the destination,
+ * all of them proven by that very manifest committed to this repository (by an earlier push of
+ * the same image), and the tag names it still. One manifest request in place of one per blob and
+ * the manifest's PUT: CI pushes the `docker save` of an unchanged image on every run. Undefined,
+ * having asked the destination nothing, unless the cache says it was so.
+ */
+async function convertedAlreadyThere(image: Image, dest: BlobDestination, run: CopyRun): Promise<{ manifest: ParsedManifest; layers: CopiedLayer[] } | undefined> {
+  const { blobInfo, signal } = run.options;
+  if (!blobInfo || !dest.currentDigest || !dest.repository || dest.layerCompression !== 'compress') return undefined;
+  const toCompress = image.layers.filter((l) => !isForeignLayer(l.descriptor.mediaType) && layerCompression(l.descriptor.mediaType) === 'none');
+  if (toCompress.length === 0) return undefined; // alreadyThere's case
+  const known = new Map<Layer, Descriptor | undefined>();
+  await Promise.all(toCompress.map(async (l) => known.set(l, await blobInfo.compressedFor(dest, l.diffId, signal, run.config))));
+  const copied: CopiedLayer[] = [];
+  for (const layer of image.layers) {
+    const compressed = known.has(layer) ? known.get(layer) : layer.descriptor;
+    if (!compressed) return undefined;
+    copied.push({ descriptor: { ...layer.descriptor, ...compressed }, diffId: layer.diffId });
+  }
+  const proof = blobInfo.provenTogether(
+    dest.cacheScope,
+    toCompress.map((l) => l.diffId),
+  );
+  if (proof?.repository !== dest.repository) return undefined;
+  let layers = copied.map((l) => l.descriptor);
+  if (run.options.layerSteps) layers = annotate(layers, await run.options.layerSteps(image));
+  const { manifest } = manifestFor(dest, { manifest: image.manifest, family: manifestFamily(image.manifest.mediaType) }, image.manifest.manifest.config, layers);
+  if (manifest.digest !== proof.manifest || (await dest.currentDigest()) !== manifest.digest) return undefined;
+  return { manifest, layers: copied };
 }
 
 /**
