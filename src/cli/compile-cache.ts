@@ -14,8 +14,9 @@
  * Measured on 2 cores, medians of 30 alternated runs: a warm push to `s3://` 302.6 -> 271.9 ms; the
  * first run of a machine, which writes the cache, 296.4 -> 309.3 ms. The command's own chunks
  * (300 kB, compiled by every push and pull): a warm push to `file:` from an OCI layout
- * 59.7 -> 51.5 ms, from a docker save tar 67.7 -> 60.7 ms (medians of 41 alternated runs). An
- * earlier measure found no gain for them; the cache was then turned on after they had loaded.
+ * 61.9 -> 53.3 ms, from a docker save tar 70.5 -> 65.1 ms, a pull to `oci:` 59.6 -> 54.4 ms
+ * (medians of 31 alternated runs); the first run of a machine 59.3 -> 64.6 ms. An earlier measure
+ * found no gain for them; the cache was then turned on after they had loaded.
  *
  * The cache is keyed by V8's version, the architecture, and each module's path and text (V8 itself
  * checks only the text's length: an upgraded package is compiled afresh). V8 refuses a cache made
