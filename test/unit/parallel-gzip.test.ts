@@ -10,6 +10,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -542,6 +544,28 @@ describe('decompress with a gunzip engine', () => {
     const big = gzipSync(mixed(8 * MiB, 4));
     for await (const _c of decompress(Readable.from(chunksOf(big, 64 * KiB)), 'gzip', 'layer', { gunzip: g })) break;
     await noChildrenLeft();
+  });
+
+  it.skipIf(!isalGunzip)('isal: an output region given back is used again only once its Buffer is gone, never under a Buffer still held', async () => {
+    // Outputs of 2 MiB regions, each given back to the addon when its Buffer is collected (or at
+    // once when a short output is copied out), and kept there for the next output. The chunks of
+    // the first stream are held while more streams run and the collector runs between them: they
+    // must still hold their bytes.
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const streams = [1, 2, 3, 4, 5, 6].map((seed) => mixed(5 * MiB + seed * 100 * KiB, seed));
+    const held: Buffer[] = [];
+    for await (const c of decompress(Readable.from(chunksOf(gzipSync(streams[0]!), 64 * KiB)), 'gzip', 'layer sha256:held', { gunzip: isalGunzip! })) held.push(c as Buffer);
+    const heldCopy = Buffer.concat(held);
+    expect(heldCopy.equals(streams[0]!)).toBe(true);
+    for (const [i, data] of streams.slice(1).entries()) {
+      gc();
+      await sleep(1);
+      // Small outputs too: each copied out, its region given back at once.
+      for (let k = 0; k < 3; k++) expect((await collect(decompress(Readable.from([gzipSync(data.subarray(0, 100 * KiB))]), 'gzip', 'small', { gunzip: isalGunzip! }))).equals(data.subarray(0, 100 * KiB))).toBe(true);
+      expect((await collect(decompress(Readable.from(chunksOf(gzipSync(data), 64 * KiB)), 'gzip', `layer ${i}`, { gunzip: isalGunzip! }))).equals(data), `stream ${i + 1}`).toBe(true);
+    }
+    expect(Buffer.concat(held).equals(heldCopy)).toBe(true);
   });
 
   it('an igzip process is started for a blob from 256 KiB compressed only; the engines in the process take every size', () => {
