@@ -73,6 +73,8 @@ export class BlobInfoCache {
   private readonly proofs = new Map<string, Promise<ProofImage | undefined>>();
   /** Entries as read, so that recording the same fact again writes nothing. */
   private readonly seen = new Map<string, string>();
+  /** compressedFor's answers, by key, until an entry is written there. */
+  private readonly found = new Map<string, Promise<Descriptor | undefined>>();
 
   /**
    * `local`: the metadata cache on this machine's disk, which only this user's own runs write
@@ -97,9 +99,25 @@ export class BlobInfoCache {
    * image is written). Whether the blob is still linked where it is needed is the caller's check.
    * `config`: the config of the image being pushed; a proof image that names it (the same image
    * pushed before, the usual case) is confirmed with one read, of its manifest.
+   *
+   * Asked once per diff id in this process until an entry for it is written: a push asks first
+   * whether the tag already names the image (copy's convertedAlreadyThere), then, when it does
+   * not, layer by layer; the second asking reads nothing again (no round trip to Redis, no
+   * blob's head read from the store a second time).
    */
-  async compressedFor(dest: ProvingStore, diffId: Digest, signal?: AbortSignal, config?: KnownConfig): Promise<Descriptor | undefined> {
+  compressedFor(dest: ProvingStore, diffId: Digest, signal?: AbortSignal, config?: KnownConfig): Promise<Descriptor | undefined> {
     const key = this.key(dest.cacheScope, diffId);
+    let found = this.found.get(key);
+    if (!found) {
+      found = this.confirmCompressed(dest, key, diffId, signal, config);
+      this.found.set(key, found);
+      // A failure (a cancelled read) is not an answer: the next asking tries again.
+      found.catch(() => this.found.get(key) === found && this.found.delete(key));
+    }
+    return found;
+  }
+
+  private async confirmCompressed(dest: ProvingStore, key: string, diffId: Digest, signal: AbortSignal | undefined, config: KnownConfig | undefined): Promise<Descriptor | undefined> {
     const raw = await this.cache.get(key);
     if (!raw || !dest.storedSource) return undefined;
     this.seen.set(key, raw);
@@ -179,7 +197,10 @@ export class BlobInfoCache {
 
   private async write(entries: { key: string; entry: Entry }[]): Promise<void> {
     const changed = entries.map(({ key, entry }) => ({ key, value: JSON.stringify(entry) })).filter((e) => this.seen.get(e.key) !== e.value);
-    for (const e of changed) this.seen.set(e.key, e.value);
+    for (const e of changed) {
+      this.seen.set(e.key, e.value);
+      this.found.delete(e.key);
+    }
     if (changed.length) await this.cache.setMany(changed);
   }
 

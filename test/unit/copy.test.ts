@@ -71,7 +71,8 @@ describe('a push of layers compressed before', () => {
   it('confirms what they became with one read of the image that showed it when that image has the same config', async () => {
     const fx = fixtures();
     const root = await tempDir();
-    const blobInfo = new BlobInfoCache(new DiskMetadataCache(path.join(await tempDir(), 'metadata')));
+    const metadata = new DiskMetadataCache(path.join(await tempDir(), 'metadata'));
+    const blobInfo = new BlobInfoCache(metadata);
     const archive = `docker-archive:${fx.paths.dockerArchiveBasic}`;
     const first = await copy(await open(archive), await openDestination(parseImageName(`file:${root}#learn/a:1`), ctx), { platform: hostPlatform(), jobs: 2, blobInfo });
     expect(first.layers.pushed).toBeGreaterThan(0);
@@ -89,10 +90,17 @@ describe('a push of layers compressed before', () => {
         getManifestByDigest: (d: Descriptor) => (reads.push('manifest'), getManifestByDigest(d)),
       });
     };
+    // And what it reads of the cache: each layer's entry once, though the copy asks for it twice
+    // (whether the tag already names the image, which it does not here, then layer by layer).
+    const asked = new Map<string, number>();
+    const get = metadata.get.bind(metadata);
+    metadata.get = (key) => (asked.set(key, (asked.get(key) ?? 0) + 1), get(key));
     const summary = await copy(await open(archive), dest, { platform: hostPlatform(), jobs: 2, blobInfo });
     expect(summary.layers.pushed).toBe(0);
     expect(summary.compression).toBeUndefined(); // nothing compressed again
     expect(reads).toEqual(['manifest']);
+    const layerEntries = [...asked].filter(([key]) => fx.basic.layers.some((l) => key.includes(l.diffId)));
+    expect(layerEntries.map(([, n]) => n)).toEqual(fx.basic.layers.map(() => 1));
   });
 });
 
