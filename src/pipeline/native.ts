@@ -43,6 +43,14 @@ export interface NativeBinding {
    * `out[5]` 1 when the run stopped for want of room in `lines`.
    */
   extractFiles?(chunk: Buffer, start: number, dir: Buffer, prefix: Buffer, params: Int32Array, out: Int32Array, files?: Buffer, name?: Buffer, lines?: Buffer, offset?: number): void;
+  /**
+   * extractFiles's run for a layer laid from the layer store: from `start` in `text` (whole lines of
+   * its index), the lines of small regular files named `prefix` (JSON text) + a base name, each
+   * made at `dir` + that name from the store's file `files` + its number (see copy_stored_files).
+   * params as extractFiles's (the largest content: the largest file read whole); out: bytes of
+   * whole lines consumed, files made, their bytes.
+   */
+  copyStoredFiles?(text: Buffer, start: number, files: Buffer, dir: Buffer, prefix: Buffer, params: Int32Array, out: Int32Array): void;
   /** Whether extractFiles takes the kept layer's arguments (absent from older addons, which ignore them). */
   extractFilesKeeps?: boolean;
   /** A pipe of `bytes` capacity where the kernel allows it, both ends close-on-exec (Linux): [read end, write end]. */

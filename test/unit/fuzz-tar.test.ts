@@ -324,7 +324,7 @@ describe('tar readers on mutated archives', () => {
     expect(await readdir(path.join(work, 'store', 'tmp')).catch(() => [])).toEqual([]);
   });
 
-  it("the layer applier's runs of small files (the addon's extractFiles): the same tree (and kept layer) or the same failure as each entry in turn", async () => {
+  it("the layer applier's runs of small files (the addon's extractFiles, and copyStoredFiles from the kept layer): the same tree (and kept layer) or the same failure as each entry in turn", async () => {
     if (!nativeBinding()?.extractFiles) {
       if (inCI) throw new Error('CI=true but the native addon (extractFiles) is not built');
       return;
@@ -370,6 +370,16 @@ describe('tar readers on mutated archives', () => {
         const layer = path.join(store.dir, 'layers', 'b'.repeat(64));
         lines.push(await readFile(path.join(layer, 'entries'), 'utf8'));
         await walk(layer, Buffer.from(path.join(layer, 'files')));
+        // Then laid from the store (a warm pull): through the addon's runs from the index's lines (copyStoredFiles), or each entry in turn.
+        const again = `${root}-again`;
+        await mkdir(again);
+        const fromStore = new RootfsApplier(again, { preserveOwnership: process.getuid?.() === 0, batchSmallFiles: runs });
+        const failedAgain = await totalAsync(async () => {
+          await fromStore.applyEntries(runs ? store.indexChunks(diffId) : store.entries(diffId), 'layer 0', { link: false });
+          await fromStore.finish();
+        });
+        if (failedAgain instanceof Error) lines.push(`from the store: ${failedAgain.message.replaceAll(store.dir, 'STORE').replaceAll(again, 'AGAIN')}`);
+        else await walk(again, Buffer.from(again));
       }
       return lines.join('\n');
     };
@@ -382,7 +392,7 @@ describe('tar readers on mutated archives', () => {
           const inTurn = await apply(bytes, path.join(work, `in-turn-${i}`), false, chunk, keep);
           expect(withRuns).toBe(inTurn);
         } finally {
-          for (const dir of [`runs-${i}`, `in-turn-${i}`, `runs-${i}-store`, `in-turn-${i}-store`]) await rm(path.join(work, dir), { recursive: true, force: true });
+          for (const dir of [`runs-${i}`, `in-turn-${i}`, `runs-${i}-store`, `in-turn-${i}-store`, `runs-${i}-again`, `in-turn-${i}-again`]) await rm(path.join(work, dir), { recursive: true, force: true });
         }
       }),
       fuzzParams(150, [[runSeeds[0]!, 1 << 20, false], [runSeeds[1]!, 1500, false], [runSeeds[0]!, 1 << 20, true], [runSeeds[1]!, 1500, true]]),

@@ -1,8 +1,8 @@
 /**
  * A kept layer's index (`layers/<diff id>/entries`, one JSON line an entry) read back in batches
- * (LayerStore.entryBatches, which a warm pull uses): every line whole, whatever falls across the
- * chunks it is read in (a name's multi-byte character, a line longer than a chunk), the same
- * entries as parsing each line; a line that is not an entry is the store's damage.
+ * (LayerStore.entryBatches and indexChunks, which a warm pull uses): every line whole, whatever
+ * falls across the chunks it is read in (a name's multi-byte character, a line longer than a
+ * chunk), the same entries as parsing each line; a line that is not an entry is the store's damage.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -62,6 +62,16 @@ describe('LayerStore.entryBatches', () => {
     let i = 0;
     for await (const e of store.entries(diffId)) expect(e, `entry ${i}`).toEqual(expected[i++]);
     expect(i).toBe(expected.length);
+    // indexChunks (a warm pull's runs read the lines as bytes): whole lines, each chunk ending in a
+    // newline, the index's bytes in order, the last line given its newline.
+    const chunks: Buffer[] = [];
+    for await (const chunk of store.indexChunks(diffId)) {
+      expect(chunk.text.at(-1)).toBe(10);
+      expect(chunk.files).toBe(path.join(layer, 'files') + path.sep);
+      chunks.push(chunk.text);
+    }
+    expect(chunks.length).toBeGreaterThan(2);
+    expect(Buffer.concat(chunks).equals(Buffer.from(`${text}\n`))).toBe(true);
   });
 
   it('says a line that is not an entry, and an index that cannot be read, are the store damage', async () => {

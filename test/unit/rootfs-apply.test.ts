@@ -1069,11 +1069,13 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
     return Buffer.concat(parts);
   }
 
-  it("keeps a layer through its runs as in turn: the same store index byte for byte, the same copies and tree, from GNU, ustar and pax tars cut anywhere", async () => {
-    if (!nativeBinding()?.extractFilesKeeps) {
-      if (inCI) throw new Error('CI=true but the native addon (extractFiles keeping layers) is not built');
-      return;
-    }
+  /**
+   * Layers whose small files a run meets in every form it takes or leaves: names not ASCII, with
+   * quotes and backslashes, with control characters or U+FFFD; set-user-ID, private and other
+   * owners' files; sub-second times (pax records); and entries whose header fields a kept layer's
+   * index gives only as the reader decodes them. As GNU tar writes them (GNU, ustar, pax) and raw.
+   */
+  async function keptTars(): Promise<[string, Buffer][]> {
     const src = path.join(tmp, 'kept-src');
     const dirs = ['plain', 'caf\u00e9', 'q"uote\\back', 'ctl\u0001dir', 'fffd\uFFFD', 'sub/deeper'];
     for (const [i, d] of dirs.entries()) {
@@ -1102,8 +1104,16 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
       member('r/i', 'i'),
       Buffer.alloc(1024),
     ]);
+    return [...(['gnu', 'ustar', 'pax'] as const).map((f): [string, Buffer] => [f, gnuTar(src, f)]), ['raw', raw]];
+  }
+
+  it("keeps a layer through its runs as in turn: the same store index byte for byte, the same copies and tree, from GNU, ustar and pax tars cut anywhere", async () => {
+    if (!nativeBinding()?.extractFilesKeeps) {
+      if (inCI) throw new Error('CI=true but the native addon (extractFiles keeping layers) is not built');
+      return;
+    }
+    const tars = await keptTars();
     let made = 0;
-    const tars: [string, Buffer][] = [...(['gnu', 'ustar', 'pax'] as const).map((f): [string, Buffer] => [f, gnuTar(src, f)]), ['raw', raw]];
     for (const [format, tar] of tars) {
       for (const chunkSize of [0, 7000, 512 * 3 + 100]) {
         const label = `${format}-${chunkSize}`;
@@ -1143,6 +1153,150 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
     expect(runs.result.failed).toMatch(/EEXIST/);
     // a/f0..a/f3 were the run's.
     expect(runs.made).toBe(4);
+  });
+
+  /** Lays the layers `diffIds` of `store` into a fresh root: through the addon's runs from the index's lines, or each entry in turn; the tree, or the failure. */
+  async function layFromStore(name: string, store: LayerStore, diffIds: Digest[], how: 'runs' | 'in turn') {
+    const dir = path.join(tmp, name);
+    await mkdir(dir);
+    const a = new RootfsApplier(dir, { preserveOwnership: isRoot, batchSmallFiles: how === 'runs' });
+    try {
+      for (const [i, diffId] of diffIds.entries()) await a.applyEntries(how === 'runs' ? store.indexChunks(diffId) : store.entries(diffId), `layer ${i}`, { link: false });
+      await a.finish();
+    } catch (e) {
+      return { failed: `${e instanceof StoredLayerDamage ? 'damage' : (e as SmartError).code}: ${(e as Error).message.replaceAll(dir, 'ROOT').replaceAll(store.dir, 'STORE')}` };
+    }
+    return { tree: await treeWithTimes(dir) };
+  }
+
+  /** Counts the files the addon's runs from a layer store's index make while `body` runs. */
+  async function countingStoredRuns<T>(body: () => Promise<T>): Promise<{ result: T; made: number }> {
+    const native = nativeBinding()!;
+    const real = native.copyStoredFiles!;
+    let made = 0;
+    native.copyStoredFiles = (...args) => {
+      real(...args);
+      made += args[6][1]!;
+    };
+    try {
+      return { result: await body(), made };
+    } finally {
+      native.copyStoredFiles = real;
+    }
+  }
+
+  /** The store's file that keeps the content of the entry named `name` in the layer `hex`. */
+  async function storedFileOf(store: LayerStore, hex: string, name: string): Promise<string> {
+    const layer = path.join(store.dir, 'layers', hex);
+    for (const line of (await readFile(path.join(layer, 'entries'), 'utf8')).split('\n')) {
+      const entry = line ? (JSON.parse(line) as { name: string; file?: string }) : undefined;
+      if (entry?.file && entry.name.replace(/^\.\//, '') === name) return path.join(layer, 'files', entry.file);
+    }
+    throw new Error(`${name} is not kept`);
+  }
+
+  it('lays the same tree from the layer store through runs made by the addon (copyStoredFiles) as each entry in turn, and as the tar itself', async () => {
+    if (!nativeBinding()?.copyStoredFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (copyStoredFiles) is not built');
+      return;
+    }
+    const hex = 'a'.repeat(64);
+    // The same name twice in a directory the layer made: the second replaces the first. A whiteout
+    // there is no file (and what the layer itself made there stays).
+    const twice = Buffer.concat([
+      gnuMember('t/', '5'),
+      gnuMember('t/a', '0', 'first'),
+      gnuMember('t/b', '0', 'b'),
+      gnuMember('t/a', '0', 'second'),
+      gnuMember('t/c', '0', 'c'),
+      gnuMember('t/.wh.b', '0'),
+      gnuMember('t/d', '0', 'd'),
+      Buffer.alloc(1024),
+    ]);
+    let made = 0;
+    for (const [format, tar] of [...(await keptTars()), ['twice', twice] as [string, Buffer]]) {
+      // Kept as a pull keeps it (its index as the applier writes it), and the tree the tar itself gives.
+      const kept = await keepTar(`stored-${format}`, tar, 'in turn', 0);
+      expect(kept.failed, format).toBeUndefined();
+      const store = new LayerStore(path.join(tmp, `stored-${format}-store`));
+      const runs = await countingStoredRuns(() => layFromStore(`stored-runs-${format}`, store, [`sha256:${hex}` as Digest], 'runs'));
+      const inTurn = await layFromStore(`stored-in-turn-${format}`, store, [`sha256:${hex}` as Digest], 'in turn');
+      expect(runs.result.failed, format).toBeUndefined();
+      expect(runs.result.tree, format).toEqual(inTurn.tree);
+      expect(runs.result.tree, format).toEqual(kept.tree);
+      // The 60 files of plain/, q"uote\\back/ and sub/deeper/ (the other directories' names are not
+      // printable ASCII); in t/, a and b, then c after the applier's second a (the run stopped
+      // there); the whiteout and d after it are the applier's.
+      if (format !== 'raw') expect(runs.made, format).toBe(format === 'twice' ? 3 : 60);
+      made += runs.made;
+    }
+    expect(made).toBeGreaterThan(0);
+  });
+
+  it('takes from an index only the lines in the form the store writes them, and leaves the others to the applier', async () => {
+    if (!nativeBinding()?.copyStoredFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (copyStoredFiles) is not built');
+      return;
+    }
+    const hex = 'e'.repeat(64);
+    const store = new LayerStore(path.join(tmp, 'hand-store'));
+    const layer = path.join(store.dir, 'layers', hex);
+    await mkdir(path.join(layer, 'files'), { recursive: true });
+    const line = (name: string, fields: Record<string, unknown> = {}, file?: number) =>
+      JSON.stringify({ name, mode: 0o644, uid: 0, gid: 0, size: 1, byteOffset: 0, mtime: 1_600_000_000_000, type: 'file', linkname: null, uname: '', gname: '', devmajor: 0, devminor: 0, pax: null, ...fields, ...(file === undefined ? {} : { file: String(file) }) });
+    const lines = [JSON.stringify({ name: 'h/', mode: 0o755, uid: 0, gid: 0, size: 0, byteOffset: 0, mtime: 1_600_000_000_000, type: 'directory', linkname: null, uname: '', gname: '', devmajor: 0, devminor: 0, pax: null })];
+    const odd: [string, Record<string, unknown>][] = [
+      ['plain', {}],
+      // A time of a fraction of a second without a pax record (not what a tar gives; an index may).
+      ['millis', { mtime: 1_600_000_000_123 }],
+      ['pax-time', { pax: { mtime: '1600000000.987654321', atime: '1600000001.5' } }],
+      ['zero', { size: 0 }],
+      ['user', { uid: 1000, gid: 1001, mode: 0o4750 }],
+    ];
+    for (const [i, [name, fields]] of odd.entries()) {
+      lines.push(line(`h/${name}`, fields, i));
+      await writeFile(path.join(layer, 'files', String(i)), 'x'.repeat((fields.size as number | undefined) ?? 1));
+    }
+    // Keys in another order: the line is the applier's.
+    lines.push(JSON.stringify({ file: '5', ...JSON.parse(line('h/reordered')) }));
+    await writeFile(path.join(layer, 'files', '5'), 'x');
+    lines.push(line('h/after', {}, 6));
+    await writeFile(path.join(layer, 'files', '6'), 'x');
+    await writeFile(path.join(layer, 'entries'), `${lines.join('\n')}\n`);
+    const runs = await countingStoredRuns(() => layFromStore('hand-runs', store, [`sha256:${hex}` as Digest], 'runs'));
+    const inTurn = await layFromStore('hand-in-turn', store, [`sha256:${hex}` as Digest], 'in turn');
+    expect(runs.result.failed).toBeUndefined();
+    expect(runs.result.tree).toEqual(inTurn.tree);
+    // plain (the directory starts the run); millis is the applier's, and starts another run:
+    // pax-time, zero, user; reordered is the applier's, and after is the last run's.
+    expect(runs.made).toBe(5);
+    expect(Object.keys(runs.result.tree!)).toHaveLength(8);
+  });
+
+  it('leaves to the applier a stored file a run cannot read whole, which then is the store\'s damage as in turn', async () => {
+    if (!nativeBinding()?.copyStoredFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (copyStoredFiles) is not built');
+      return;
+    }
+    const hex = 'a'.repeat(64);
+    const tar = Buffer.concat([gnuMember('a/', '5'), ...Array.from({ length: 10 }, (_, i) => gnuMember(`a/f${i}`, '0', `file ${i}`)), Buffer.alloc(1024)]);
+    for (const [what, damage] of [
+      ['cut short', (f: string) => writeFile(f, 'file')],
+      ['grown', (f: string) => writeFile(f, 'file 4 and more')],
+      ['gone', (f: string) => rm(f)],
+      ['a symlink', async (f: string) => { await rm(f); await symlink('/etc/hostname', f); }],
+    ] as const) {
+      const name = what.replace(/ /g, '-');
+      expect((await keepTar(`damaged-${name}`, tar, 'in turn', 0)).failed).toBeUndefined();
+      const store = new LayerStore(path.join(tmp, `damaged-${name}-store`));
+      await damage(await storedFileOf(store, hex, 'a/f4'));
+      const runs = await countingStoredRuns(() => layFromStore(`damaged-runs-${name}`, store, [`sha256:${hex}` as Digest], 'runs'));
+      const inTurn = await layFromStore(`damaged-in-turn-${name}`, store, [`sha256:${hex}` as Digest], 'in turn');
+      expect(runs.result.failed, what).toBe(inTurn.failed);
+      expect(runs.result.failed, what).toMatch(/^damage: /);
+      // a/f0..a/f3 were the run's (the directory's entry starts it).
+      expect(runs.made, what).toBe(4);
+    }
   });
 
   it('keeps a layer without runs where the addon is of a version whose runs keep nothing (no extractFilesKeeps)', async () => {

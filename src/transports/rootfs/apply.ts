@@ -48,7 +48,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { Header } from 'tar-stream';
 import { SmartError, isCancellation, isErrno, isSmartError, quoted, refusalHint, systemWords } from '../../errors.js';
-import type { LayerFill, StoredEntry } from '../../cache/layer-store.js';
+import type { LayerFill, StoredEntry, StoredIndexChunk } from '../../cache/layer-store.js';
 import { StoredLayerDamage, refusedToRead } from '../../cache/stored-layer-damage.js';
 import { decodeName, decodeNames, fsPath, hasEscapedBytes } from '../../tar/byte-names.js';
 import { type EntryMeta, entryMeta, tarParseError } from '../../tar/errors.js';
@@ -297,11 +297,14 @@ interface LayerState {
   batch?: FileBatch;
   /** The addon's extractFiles, where this layer's runs of small files go to it. */
   extract?: ExtractFiles;
+  /** The addon's copyStoredFiles, where this layer (laid from the layer store) has its runs of small files made by it. */
+  copyStored?: CopyStoredFiles;
   /** Set by the entry just applied: the directory the entries after it may lie in, for a run (extractRun). */
   runFrom?: RunFrom;
 }
 
 type ExtractFiles = NonNullable<NativeBinding['extractFiles']>;
+type CopyStoredFiles = NonNullable<NativeBinding['copyStoredFiles']>;
 
 /** Where a run of small files goes: the directory (root-relative, made by this layer), and how the entries in it spell it. */
 interface RunFrom {
@@ -628,7 +631,7 @@ export class RootfsApplier {
    * tree then shares inodes with the store: for read-only uses). With `check`, each stored file is
    * first checked against its entry (storedFileChange): a change is StoredLayerDamage.
    */
-  async applyEntries(entries: AsyncIterable<StoredEntry | StoredEntry[]>, what: string, options: { link: boolean; check?: boolean }): Promise<LayerApplyStats> {
+  async applyEntries(entries: AsyncIterable<StoredEntry | StoredEntry[] | StoredIndexChunk>, what: string, options: { link: boolean; check?: boolean }): Promise<LayerApplyStats> {
     if (this.busy || this.finished) throw new SmartError('INTERNAL', 'applyEntries called while busy or after finish');
     this.busy = true;
     this.freshDirs.clear();
@@ -637,12 +640,25 @@ export class RootfsApplier {
     // Small files read from the store here are written on the pool, as a cold pull's are.
     const writeFiles = this.batchSmallFiles && !options.link ? batchWriter() : undefined;
     if (writeFiles) state.batch = new FileBatch(writeFiles);
+    // Runs of small files made by the addon from the index's lines, as a cold pull's are from the
+    // tar's bytes (extractRun): not where each stored file is checked first, nor where owners are
+    // given only to some ids.
+    const copyStored = writeFiles && this.extractRuns && !options.check && !(this.preserveOwnership && this.ids.partial) ? nativeBinding()?.copyStoredFiles : undefined;
+    const storedFile = (entry: StoredEntry): StoredFile | undefined => (entry.file ? { path: entry.file, link: options.link, check: options.check ?? false } : undefined);
     try {
-      // Entries one by one, or in batches (LayerStore.entryBatches).
+      // Entries one by one, in batches (LayerStore.entryBatches), or as the index's own lines (LayerStore.indexChunks).
       for await (const item of entries) {
+        // Told apart by shape: the layer store's module is loaded only where a store is used.
+        if (!Array.isArray(item) && 'text' in item) {
+          state.copyStored = copyStored;
+          await this.applyIndexChunk(item, state, storedFile);
+          continue;
+        }
+        // Entries given parsed have no lines for a run.
+        state.copyStored = undefined;
         for (const entry of Array.isArray(item) ? item : [item]) {
           state.stats.entries++;
-          await this.applyEntry(entry.header, EMPTY_BODY, state, entry.file ? { path: entry.file, link: options.link, check: options.check ?? false } : undefined);
+          await this.applyEntry(entry.header, EMPTY_BODY, state, storedFile(entry));
         }
       }
       await state.batch?.drain();
@@ -803,7 +819,7 @@ export class RootfsApplier {
         case 'file':
         case 'contiguous-file': {
           this.markWritten(targetRel, state);
-          state.runFrom = state.extract && this.freshDirs.has(dirRel) ? runFrom(name, rel, targetRel, false) : undefined;
+          state.runFrom = (state.extract || state.copyStored) && this.freshDirs.has(dirRel) ? runFrom(name, rel, targetRel, false) : undefined;
           // What can be in the way of it there (a file or a link of this layer) is replaced as here.
           // Not batched before a run, which would wait for it.
           // A kept file's copy goes in the batch too, where the fill keeps copies (copyMeta).
@@ -832,7 +848,7 @@ export class RootfsApplier {
           }
           const attrs = { list: xattrs, tally: state.xattrs };
           state.stats.bytes += stored
-            ? await this.placeStoredFile(target, targetRel, h, meta, stored, attrs, batch && apart && xattrs.length === 0 ? { batch, dirRel, name, what } : undefined)
+            ? await this.placeStoredFile(target, targetRel, h, meta, stored, attrs, batch && apart && xattrs.length === 0 && !state.runFrom ? { batch, dirRel, name, what } : undefined)
             : content
               ? await this.writeSmallFile(target, targetRel, h, meta, content, attrs, keep)
               : await this.writeLargeFile(target, targetRel, h, meta, body, attrs, keep);
@@ -842,7 +858,7 @@ export class RootfsApplier {
           this.markWritten(targetRel, state);
           await this.makeDir(target, targetRel, h, meta, state);
           setXattrs(fsPath(target), xattrs, state.xattrs);
-          if (state.extract && this.freshDirs.has(targetRel)) state.runFrom = runFrom(name, rel, targetRel, true);
+          if ((state.extract || state.copyStored) && this.freshDirs.has(targetRel)) state.runFrom = runFrom(name, rel, targetRel, true);
           return;
         case 'symlink': {
           if (!h.linkname || h.linkname.includes('\0')) {
@@ -909,13 +925,7 @@ export class RootfsApplier {
     state.runFrom = undefined;
     // A batched file could be one of the run's names, made after it.
     if (state.batch && !state.batch.empty) await state.batch.drain();
-    const params = this.runParams;
-    params[0] = this.umask ?? -1;
-    params[1] = this.preserveOwnership ? 1 : 0;
-    params[2] = this.creator.uid;
-    params[3] = this.creator.gid;
-    params[4] = this.setgidDirs.has(from.dirRel) ? 1 : 0;
-    params[5] = SMALL_FILE_BYTES;
+    const params = this.runParamsFor(from, SMALL_FILE_BYTES);
     const dir = Buffer.from(`${this.rootSlash}${from.dirRel}/`);
     const prefix = Buffer.from(from.prefix);
     const out = this.runOut;
@@ -950,6 +960,62 @@ export class RootfsApplier {
       // Stopped before an entry, not at the chunk's end: applyEntry's (unless only the lines' room ran out).
       if (at.start + consumed < at.chunk.length && !(keep && out[5] === 1)) return;
     }
+  }
+
+  /** What a run of the addon's is told (extractFiles, copyStoredFiles): how to make the files of `from`'s directory, up to `maxSize` bytes each. */
+  private runParamsFor(from: RunFrom, maxSize: number): Int32Array {
+    const params = this.runParams;
+    params[0] = this.umask ?? -1;
+    params[1] = this.preserveOwnership ? 1 : 0;
+    params[2] = this.creator.uid;
+    params[3] = this.creator.gid;
+    params[4] = this.setgidDirs.has(from.dirRel) ? 1 : 0;
+    params[5] = maxSize;
+    return params;
+  }
+
+  /**
+   * Applies the entries of whole lines of a stored layer's index: each line as applyEntries applies
+   * its entry, but for the runs after an entry that starts one (state.runFrom), whose small files
+   * the addon makes straight from the lines and the store's files (copyStoredRun).
+   */
+  private async applyIndexChunk(chunk: StoredIndexChunk, state: LayerState, storedFile: (entry: StoredEntry) => StoredFile | undefined): Promise<void> {
+    const { text } = chunk;
+    for (let at = 0; at < text.length; ) {
+      if (state.runFrom) {
+        at += await this.copyStoredRun(chunk, at, state);
+        if (at >= text.length) return;
+      }
+      const nl = text.indexOf(10, at);
+      if (nl > at) {
+        const entry = chunk.entryOf(text.toString('utf8', at, nl));
+        state.stats.entries++;
+        await this.applyEntry(entry.header, EMPTY_BODY, state, storedFile(entry));
+      }
+      at = nl + 1;
+    }
+  }
+
+  /**
+   * The run of small files from `at` in the chunk's lines, made by the addon (copyStoredFiles) into
+   * the directory state.runFrom names, as applyEntry would make each (placeStoredFile); the bytes of
+   * the lines it took. The run goes on into the next chunk when it took all of this one's.
+   */
+  private async copyStoredRun(chunk: StoredIndexChunk, at: number, state: LayerState): Promise<number> {
+    const from = state.runFrom!;
+    state.runFrom = undefined;
+    // A name with U+FFFD is judged line by line (storedEntry: the index's mark of it).
+    if (from.prefix.includes('\uFFFD')) return 0;
+    // A batched file could be one of the run's names, made after it.
+    if (state.batch && !state.batch.empty) await state.batch.drain();
+    const out = this.runOut;
+    const prefix = Buffer.from(JSON.stringify(from.prefix).slice(1, -1));
+    state.copyStored!(chunk.text, at, chunk.filesPath, Buffer.from(`${this.rootSlash}${from.dirRel}/`), prefix, this.runParamsFor(from, STORED_READ_BYTES), out);
+    const consumed = out[0]!;
+    state.stats.entries += out[1]!;
+    state.stats.bytes += out[2]!;
+    if (at + consumed === chunk.text.length) state.runFrom = from;
+    return consumed;
   }
 
   /** writeSmallFile's work, handed to the batch: the same calls, with the same modes, owner and times. */

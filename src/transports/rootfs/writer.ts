@@ -485,7 +485,7 @@ export class RootfsWriter implements ImageWriter {
             const link = how === 'hardlink';
             if (link) store!.markLinked(layer.diffId);
             // Files a tree shares (--link, now or before) are checked: that tree may have been written to.
-            await applier.applyEntries(store!.entryBatches(layer.diffId), what, { link, check: link || store!.linkedOut(layer.diffId) });
+            await applier.applyEntries(store!.indexChunks(layer.diffId), what, { link, check: link || store!.linkedOut(layer.diffId) });
             fromStore++;
             options.onLayer?.({ digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0 });
             continue;
