@@ -185,24 +185,29 @@ describe('multi-platform images', () => {
 });
 
 describe('runtime bundles', () => {
-  it.skipIf(!haveTools('runc') || !isRoot)('are run by runc, which prints what the image prints', async () => {
+  it.skipIf(!haveTools('runc') || !isRoot)('are run by runc, which prints what the image prints, cold and laid from the layer store', async () => {
     const fx = fixtures();
     const work = await tempDir();
+    const cacheHome = await tempDir();
     const store = path.join(work, 'store');
     expect((await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#demo/basic:v1`])).code).toBe(0);
-    const bundle = path.join(work, 'bundle');
-    const pull = await smart(['pull', `file:${store}#demo/basic:v1`, `bundle:${bundle}`]);
-    expect(pull.code, pull.stderr).toBe(0);
-    const spec = JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8')) as {
-      process: { args: string[]; cwd: string; user: { uid: number; gid: number }; terminal: boolean };
-    };
-    expect(spec.process).toMatchObject({ args: ['/bin/hello', '--from-cmd'], cwd: '/srv', user: { uid: 1000, gid: 1000 }, terminal: false });
-    const name = `smart-test-${process.pid}-${Date.now()}`;
-    const state = path.join(work, 'runc-state');
-    const r = await run('runc', ['--root', state, 'run', '--bundle', bundle, name]);
-    await run('runc', ['--root', state, 'delete', '--force', name]);
-    expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout.toString()).toBe(fx.basic.expectedStdout);
+    // The first pull keeps the layers (a bundle's default); the second lays them from the store.
+    for (const [i, from] of ['stream', expect.stringMatching(/^(copy|reflink)$/)].entries()) {
+      const bundle = path.join(work, `bundle-${i}`);
+      const pull = await smart(['pull', '--json', `file:${store}#demo/basic:v1`, `bundle:${bundle}`], { cacheHome });
+      expect(pull.code, pull.stderr).toBe(0);
+      expect(JSON.parse(pull.stdout.toString())).toMatchObject({ details: { materialize: from } });
+      const spec = JSON.parse(await fs.readFile(path.join(bundle, 'config.json'), 'utf8')) as {
+        process: { args: string[]; cwd: string; user: { uid: number; gid: number }; terminal: boolean };
+      };
+      expect(spec.process).toMatchObject({ args: ['/bin/hello', '--from-cmd'], cwd: '/srv', user: { uid: 1000, gid: 1000 }, terminal: false });
+      const name = `smart-test-${process.pid}-${Date.now()}-${i}`;
+      const state = path.join(work, 'runc-state');
+      const r = await run('runc', ['--root', state, 'run', '--bundle', bundle, name]);
+      await run('runc', ['--root', state, 'delete', '--force', name]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.toString()).toBe(fx.basic.expectedStdout);
+    }
   });
 });
 
