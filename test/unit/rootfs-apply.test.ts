@@ -1273,6 +1273,33 @@ describe('small files made in batches on the pool (file-batch.ts)', () => {
     expect(Object.keys(runs.result.tree!)).toHaveLength(8);
   });
 
+  it("reads the layer store's files without touching their access times, through runs, batches and one by one", async () => {
+    if (!nativeBinding()?.copyStoredFiles) {
+      if (inCI) throw new Error('CI=true but the native addon (copyStoredFiles) is not built');
+      return;
+    }
+    const hex = 'a'.repeat(64);
+    // Files whose access time is their modification time: relatime would update it at the first
+    // read. A run reads a/'s files; b/x, after the directory b/ the walk made, is read one by one;
+    // in turn, the files are batched.
+    const tar = Buffer.concat([gnuMember('a/', '5'), ...Array.from({ length: 20 }, (_, i) => gnuMember(`a/f${i}`, '0', `file ${i}`)), gnuMember('b/x', '0', 'x'), Buffer.alloc(1024)]);
+    expect((await keepTar('atimes', tar, 'in turn', 0)).failed).toBeUndefined();
+    const store = new LayerStore(path.join(tmp, 'atimes-store'));
+    const files = path.join(store.dir, 'layers', hex, 'files');
+    const atimes = async () => Object.fromEntries(await Promise.all((await readdir(files)).map(async (f) => [f, (await stat(path.join(files, f), { bigint: true })).atimeNs] as const)));
+    // As the store leaves them (keepTar's reading of them moved them on): the access time the modification time.
+    for (const f of await readdir(files)) {
+      const { mtime } = await stat(path.join(files, f));
+      await utimes(path.join(files, f), mtime, mtime);
+    }
+    const before = await atimes();
+    expect(Object.keys(before)).toHaveLength(21);
+    for (const how of ['runs', 'in turn'] as const) {
+      expect((await layFromStore(`atimes-${how.replace(' ', '-')}`, store, [`sha256:${hex}` as Digest], how)).failed, how).toBeUndefined();
+      expect(await atimes(), how).toEqual(before);
+    }
+  });
+
   it('leaves to the applier a stored file a run cannot read whole, which then is the store\'s damage as in turn', async () => {
     if (!nativeBinding()?.copyStoredFiles) {
       if (inCI) throw new Error('CI=true but the native addon (copyStoredFiles) is not built');

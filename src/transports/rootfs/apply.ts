@@ -406,12 +406,25 @@ const SMALL_FILE_BYTES = 512 * 1024;
  */
 const RUN_LINES_BYTES = 512 * 1024;
 
+/** Linux's open flag that leaves a file's access time as it is (0 where there is none). */
+const O_NOATIME = (fsConstants as { O_NOATIME?: number }).O_NOATIME ?? 0;
 /** Files of the layer store up to this size are read and written, not copied (see placeStoredFile). */
 const STORED_READ_BYTES = 64 * 1024;
 
 /** A file's bytes, reading one more than `size` if there are more: its length then tells whether it is what the store kept. */
+/**
+ * A stored file's bytes: up to `size` + 1 of them (the caller tells a file of another size), read
+ * without touching its access time where this user may (see read_source_at in native/smartlayer.c).
+ */
 function readWhole(file: string, size: number): Buffer {
-  const fd = openSync(fsPath(file), 'r');
+  const at = fsPath(file);
+  let fd: number;
+  try {
+    fd = openSync(at, fsConstants.O_RDONLY | O_NOATIME);
+  } catch (e) {
+    if (!O_NOATIME || !isErrno(e, 'EPERM')) throw e;
+    fd = openSync(at, 'r');
+  }
   try {
     const buf = Buffer.allocUnsafe(size + 1);
     let n = 0;
