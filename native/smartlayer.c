@@ -1818,8 +1818,9 @@ static bool run_meta(const uint8_t *h, const PaxTimes *times, RunMeta *m) {
   return true;
 }
 
-/* Makes the file of `content` at `path`; false when anything failed or something is at the name:
- * the applier then takes the entry over, and says what went wrong. */
+/* Makes the file of `content` at `path` (relative to `dir_fd`, or AT_FDCWD); false when anything
+ * failed or something is at the name: the applier then takes the entry over, and says what went
+ * wrong. */
 static bool extract_one(int dir_fd, const char *path, const uint8_t *content, uint64_t size, const int32_t *params, const RunMeta *m) {
   mode_t file_mode = (mode_t)(m->mode & 07777);
   int32_t umask_bits = params[RUN_UMASK];

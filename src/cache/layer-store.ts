@@ -329,7 +329,8 @@ export class LayerStore {
       const text = chunk.text.toString('utf8');
       const batch: StoredEntry[] = [];
       for (let at = 0; at < text.length; ) {
-        const nl = text.indexOf('\n', at);
+        const found = text.indexOf('\n', at);
+        const nl = found < 0 ? text.length : found;
         if (nl > at) batch.push(chunk.entryOf(text.slice(at, nl)));
         at = nl + 1;
       }

@@ -999,7 +999,9 @@ export class RootfsApplier {
         at += await this.copyStoredRun(chunk, at, state);
         if (at >= text.length) return;
       }
-      const nl = text.indexOf(10, at);
+      // Every line ends in a newline (indexChunks); a last one without is read to the end all the same.
+      const found = text.indexOf(10, at);
+      const nl = found < 0 ? text.length : found;
       if (nl > at) {
         const entry = chunk.entryOf(text.toString('utf8', at, nl));
         state.stats.entries++;
