@@ -74,7 +74,7 @@ export async function enginesReport(): Promise<EnginesReport> {
       nativeBinding()?.extractFiles && batchWriter()
         ? {
             how: 'runs and batches',
-            why: `the native addon has extractFiles and writeFiles: the runs of small files in a layer's new directories made from the tar's bytes, ${nativeBinding()?.extractFilesKeeps ? "a kept layer's copies and index lines with them" : 'but not in a kept layer (an addon of another version: its runs keep no layer)'}, the others in batches on the thread pool`,
+            why: `the native addon has extractFiles and writeFiles: the runs of small files in a layer's new directories made from the tar's bytes, ${nativeBinding()?.extractFilesKeeps ? "a kept layer's copies and index lines with them" : 'but not in a kept layer (an addon of another version: its runs keep no layer)'}, the others in batches on the thread pool${nativeBinding()?.copyStoredFiles ? "; a layer laid from the layer store has its runs made from the store's index lines (copyStoredFiles)" : ''}`,
           }
         : { how: 'one by one', why: `the native addon ${native.disabled ? 'is turned off (SMART_NATIVE=0)' : native.loaded ? 'is of another version than this code (no extractFiles, or other writeFiles records)' : 'is absent'}: each file made on the thread that reads the tar` },
     cores,

@@ -117,6 +117,7 @@ describe('smart version', () => {
     if (inCI) expect(doc.smallFiles.how, 'CI builds the addon of this version').toBe('runs and batches');
     // And its runs keep a bundle's layers too.
     if (inCI) expect(doc.smallFiles.why).toContain("a kept layer's copies and index lines with them");
+    if (inCI) expect(doc.smallFiles.why).toContain("a layer laid from the layer store has its runs made from the store's index lines");
     expect(lines[8]).toBe(`small files (rootfs:, bundle:): ${doc.smallFiles.how}; because ${doc.smallFiles.why}`);
     expect(doc.cores).toBeGreaterThanOrEqual(1);
     expect(lines[9]).toBe(`cores for compression: ${doc.cores}; because ${doc.coresWhy}`);
