@@ -81,6 +81,48 @@ export function fileRangeOf(stream: Readable): FileRange | undefined {
 }
 
 /**
+ * What a reader of `range` fails with when the file ends `got` bytes into it (cut short under
+ * the reader): the size mismatch of its first check, as VerifyStream would name it, else a
+ * truncated member.
+ */
+export function rangeEndedError(range: FileRange, got: number): SmartError {
+  const check = range.checks?.[0];
+  return check
+    ? verifyError({ ...check, size: range.length }, got, check.digest)!
+    : new SmartError('CORRUPT_ARCHIVE', `${range.path}: ended ${got} bytes into a ${range.length}-byte member (truncated?)`);
+}
+
+/** What the whole of `range`, read and hashed to `digest`, fails the first of its checks with; undefined when it passes them all. */
+export function rangeCheckError(range: FileRange, digest: Digest): SmartError | undefined {
+  for (const check of range.checks ?? []) {
+    const failed = verifyError(check, range.length, digest);
+    if (failed) return failed;
+  }
+  return undefined;
+}
+
+/**
+ * Ties `reader`, which reads the range `tar` is marked as in place of `tar` itself, to `tar`:
+ * destroying `tar` (an abort signal attached to it) stops `reader` unless `finished()` (the
+ * range read whole and checked), and `tar`, never read, is destroyed once `reader` closes. A small
+ * range can be read, found bad and destroyed before its consumer attaches: the error is kept on
+ * `reader` (`errored`) and reaches the consumer when it pipes or iterates, as from a pipeline,
+ * instead of crashing the process as an unhandled 'error' event.
+ */
+export function tieRangeReader(tar: Readable, reader: Readable, finished: () => boolean): void {
+  reader.on('error', () => undefined);
+  const stop = (): void => {
+    if (!reader.destroyed && !finished()) reader.destroy(tar.errored ?? new SmartError('CANCELLED', 'layer read cancelled'));
+  };
+  tar.on('error', () => undefined);
+  tar.once('close', stop);
+  reader.once('close', () => {
+    tar.off('close', stop);
+    tar.destroy();
+  });
+}
+
+/**
  * Checks the file at `path` against a digest and size, read through one reused buffer; `onBytes`
  * is told of the bytes as they are hashed. Throws SIZE_MISMATCH or DIGEST_MISMATCH as VerifyStream does.
  */

@@ -50,7 +50,7 @@ import { chunkHasher, type ChunkHasher } from './sha256.js';
 import { GZIP_HEADER, KiB, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, WINDOW, type GzipEngine, type GzipEngineName } from './gzip-engines.js';
 import { returnBlockBuffer, sharedWindow, takeBlockBuffer } from './gzip-window.js';
 import type { CompressedLayerStream } from './layer-streams.js';
-import { fileRangeOf, verifyError, type FileRange } from './local-file.js';
+import { fileRangeOf, rangeCheckError, rangeEndedError, tieRangeReader, type FileRange } from './local-file.js';
 
 export {
   DEFAULT_IGZIP_LEVEL,
@@ -264,13 +264,7 @@ export class ParallelGzip extends Transform {
       // Destroyed meanwhile: its handle is closed (or closing) and nothing wants the rest.
       if (!file.handle) throw new SmartError('CANCELLED', 'gzip input not read: the stream was destroyed');
       const { bytesRead } = await file.handle.read(buffer, off, want - off, file.position + off);
-      if (bytesRead === 0) {
-        const check = file.range.checks?.[0];
-        const got = file.position + off - file.range.offset;
-        throw check
-          ? verifyError({ ...check, size: file.range.length }, got, check.digest)!
-          : new SmartError('CORRUPT_ARCHIVE', `${file.range.path}: ended ${got} bytes into a ${file.range.length}-byte member (truncated?)`);
-      }
+      if (bytesRead === 0) throw rangeEndedError(file.range, file.position + off - file.range.offset);
       off += bytesRead;
     }
   }
@@ -285,12 +279,10 @@ export class ParallelGzip extends Transform {
       (hex) => {
         if (this.destroyed) return;
         const digest = `sha256:${hex}` as Digest;
-        for (const check of file.range.checks ?? []) {
-          const failed = verifyError(check, file.range.length, digest);
-          if (failed) {
-            this.destroy(failed);
-            return;
-          }
+        const failed = rangeCheckError(file.range, digest);
+        if (failed) {
+          this.destroy(failed);
+          return;
         }
         file.digest = digest;
         this.end();
@@ -517,19 +509,7 @@ function gzipFileRange(tar: Readable, range: FileRange, options: ParallelGzipOpt
   const verified = options.verifiedDiffId;
   if (verified && !checks.some((c) => c.digest === verified)) checks.push({ digest: verified, what: `layer ${verified} (uncompressed)` });
   const gz = new ParallelGzip(options).readFileRange({ ...range, checks });
-  // A small layer can be read, found bad and destroyed before its consumer attaches: the error is
-  // kept on the stream (`errored`) and reaches the consumer when it pipes or iterates, as from a
-  // pipeline, instead of crashing the process as an unhandled 'error' event.
-  gz.on('error', () => undefined);
-  const stop = (): void => {
-    if (!gz.destroyed && !gz.writableFinished) gz.destroy(tar.errored ?? new SmartError('CANCELLED', 'layer read cancelled'));
-  };
-  tar.on('error', () => undefined);
-  tar.once('close', stop);
-  gz.once('close', () => {
-    tar.off('close', stop);
-    tar.destroy();
-  });
+  tieRangeReader(tar, gz, () => gz.writableFinished);
   return {
     stream: gz,
     diffId: () => gz.fileDigest,

@@ -20,7 +20,7 @@ import { describe, expect, it, vi } from 'vitest';
 import type { Digest } from '../../src/oci/digest.js';
 import type { VerifyExpectation } from '../../src/pipeline/digest-stream.js';
 import { verifiedStream } from '../../src/pipeline/digest-stream.js';
-import { markFileRange, markLocalFile } from '../../src/pipeline/local-file.js';
+import { markLocalFile } from '../../src/pipeline/local-file.js';
 import { decompress } from '../../src/pipeline/compression.js';
 import { IN_PROCESS_GUNZIP_BELOW, gunzipEngineFor, layerFromDescriptor } from '../../src/pipeline/layers.js';
 import { DecodeSlots } from '../../src/pipeline/native-gunzip.js';
@@ -41,6 +41,7 @@ import {
   zlibEngine,
 } from '../../src/pipeline/parallel-gzip.js';
 import { nativeBinding, nativeLoadError } from '../../src/pipeline/native.js';
+import { markedRange } from '../harness/file-range.js';
 import { inCI, onPath } from '../harness/tools.js';
 
 const igzipProgram = await findGzipEngine('igzip', 'program');
@@ -309,21 +310,7 @@ describe.each(engines.map((e) => [`${e.name} (${e.program ? 'program' : 'in-proc
   });
 
   describe('a marked file range, read by the compressor itself', () => {
-    /** A file with `data` at `offset` between other bytes, and a stream of that range marked as such (as a docker-save member is). */
-    function rangeOf(data: Buffer, offset: number, checks?: VerifyExpectation[]) {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-range-'));
-      const cleanup = () => fs.rmSync(dir, { recursive: true, force: true });
-      try {
-        const file = path.join(dir, 'archive');
-        fs.writeFileSync(file, Buffer.concat([mixed(offset, 3), data, mixed(777, 4)]));
-        const raw = data.length ? fs.createReadStream(file, { start: offset, end: offset + data.length - 1 }) : Readable.from([]);
-        const tar = markFileRange(raw, { path: file, offset, length: data.length, ...(checks ? { checks } : {}) });
-        return { file, tar, cleanup };
-      } catch (e) {
-        cleanup();
-        throw e;
-      }
-    }
+    const rangeOf = (data: Buffer, offset: number, checks?: VerifyExpectation[]) => markedRange(data, offset, mixed, checks);
 
     it('makes the bytes the stream would, reads in whole blocks, and reports the diff id and size', async () => {
       for (const size of [0, 5, BLOCK, 3 * BLOCK, Math.floor(3.5 * BLOCK) + 5]) {
