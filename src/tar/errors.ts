@@ -10,7 +10,6 @@ import { SmartError, isSmartError, machineRefusal, quoted } from '../errors.js';
 /** tar-stream's errors about the bytes of a tar, and what each means. */
 const PARSER_ERRORS: [message: string, meaning: string][] = [
   ['Invalid tar header. Maybe the tar is corrupted or it needs to be gunzipped?', 'wrong header checksum'],
-  ['Invalid tar header: unknown format.', 'header of no known tar format'],
   ['Header exceeds max size', 'extended header (pax or GNU long name) over the 1 MiB allowed'],
   ['Invalid header', 'invalid entry size'],
   ['Unexpected end of data', 'truncated'],

@@ -4,8 +4,9 @@
  * with tar-stream's extract each one cost a Readable, a promise hand-off per chunk and a copy, and
  * that was most of the main thread's JavaScript on a pull into a tree.
  *
- * It reads tars exactly as tar-stream 3's extract does (`docker save` streams still use it, and
- * both must agree on every tar): the same header decoding (ustar, GNU, pax
+ * It reads tars exactly as tar-stream 3's extract does with allowUnknownFormat (`docker save`
+ * streams still use it, and both must agree on every tar): the same header decoding (ustar, GNU,
+ * V7 (no magic), pax
  * with global records merged into the next entry's, GNU long names and link names), a directory's
  * size field ignored, a zero block skipped wherever it appears, and the same error messages, which
  * src/tar/errors.ts turns into CORRUPT_ARCHIVE. Where tar-stream would read a header whose size is
@@ -28,7 +29,6 @@ const EMPTY = Buffer.alloc(0);
 /** tar-stream's messages, which src/tar/errors.ts maps to what they mean. */
 export const TAR_MESSAGES = {
   checksum: 'Invalid tar header. Maybe the tar is corrupted or it needs to be gunzipped?',
-  format: 'Invalid tar header: unknown format.',
   longHeader: 'Header exceeds max size',
   size: 'Invalid header',
   truncated: 'Unexpected end of data',
@@ -113,9 +113,9 @@ const TYPES: Record<number, string> = {
   30: 'gnu-long-path',
 };
 
-function isMagic(buf: Buffer, sixth: number): boolean {
-  // "ustar" then NUL (POSIX) or space (GNU), at offset 257.
-  return buf[257] === 0x75 && buf[258] === 0x73 && buf[259] === 0x74 && buf[260] === 0x61 && buf[261] === 0x72 && buf[262] === sixth;
+/** POSIX ustar's magic: "ustar" then NUL, at offset 257 (GNU's has a space there). */
+function isPosixMagic(buf: Buffer): boolean {
+  return buf[257] === 0x75 && buf[258] === 0x73 && buf[259] === 0x74 && buf[260] === 0x61 && buf[261] === 0x72 && buf[262] === 0;
 }
 
 /** One header block, as tar-stream decodes it; null for a block that is all zeros but for its checksum. */
@@ -126,11 +126,11 @@ export function decodeTarHeader(buf: Buffer): Header | null {
   if (sum === 8 * 0x20) return null;
   if (sum !== decodeNumber(buf, 148, 8)) throw new Error(TAR_MESSAGES.checksum);
   let name = decodeNameField(buf, 0, 100);
-  if (isMagic(buf, 0)) {
-    if (buf[345] !== 0) name = `${decodeNameField(buf, 345, 155)}/${name}`;
-  } else if (!(isMagic(buf, 0x20) && buf[263] === 0x20 && buf[264] === 0)) {
-    throw new Error(TAR_MESSAGES.format);
-  }
+  // POSIX ustar has a prefix; GNU's magic, and none at all (the V7 header `tar --format=v7` and old
+  // tars write, or a label's), have not. A header of any other magic with a right checksum is read
+  // as V7, as Go's archive/tar (Docker, containerd, umoci) and tar-stream's extract with
+  // allowUnknownFormat read it.
+  if (isPosixMagic(buf) && buf[345] !== 0) name = `${decodeNameField(buf, 345, 155)}/${name}`;
   // No directory is inferred from a trailing slash: the header's own name may be a long name cut
   // at 100 bytes (tar-stream's rule for it sets a flag it no longer reads).
   const typeflag = buf[156] === 0 ? 0 : buf[156]! - 0x30;

@@ -15,7 +15,7 @@ import type { Digest } from '../oci/digest.js';
 import type { StreamedLayer } from '../oci/image.js';
 import { sniffCompression } from '../oci/mediatypes.js';
 import { tarParseError } from '../tar/errors.js';
-import { normalizeMemberName } from '../tar/header.js';
+import { decodeHeader, normalizeMemberName } from '../tar/header.js';
 import { hasSparseRecords } from '../tar/sparse.js';
 
 /** JSON members (configs, manifests, manifest.json, index.json, v1 json) up to this size are kept, up to MAX_ARCHIVE_JSON_BYTES in all. */
@@ -40,14 +40,16 @@ export interface ArchiveMembers<T> {
 }
 
 /**
- * What a member is, from its first block: a layer (a tar: ustar magic, or the all-zero block of an
- * empty layer; or a compressed stream), JSON, or something else that is skipped.
+ * What a member is, from its first block: a layer (a tar: ustar magic, a header of no magic with a
+ * right checksum (V7, as `tar --format=v7` writes), or the all-zero block of an empty layer; or a
+ * compressed stream), JSON, or something else that is skipped.
  */
 function classifyMember(head: Buffer): 'layer' | 'json' | 'other' {
   if (sniffCompression(head) !== 'none') return 'layer';
   if (head.length >= 512) {
     if (head.subarray(257, 262).toString('latin1') === 'ustar') return 'layer';
     if (head.subarray(0, 512).every((b) => b === 0)) return 'layer';
+    if (decodeHeader(head.subarray(0, 512)) !== undefined) return 'layer';
   }
   for (const b of head) {
     if (b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09) continue;
@@ -86,7 +88,10 @@ export interface ArchiveReading {
  */
 export async function readArchiveMembers<T>(input: Readable, name: string, reading: ArchiveReading, onLayer: (layer: StreamedLayer) => Promise<T>): Promise<ArchiveMembers<T>> {
   const limits = reading.limits ?? {};
-  const extract = tar.extract();
+  // A header without ustar's or GNU's magic is V7's, as Go's archive/tar (docker load) reads it
+  // (an option extract.js reads and its types leave out).
+  const options = { allowUnknownFormat: true } as Parameters<typeof tar.extract>[0];
+  const extract = tar.extract(options);
   const json = new Map<string, Buffer>();
   let jsonBytes = 0;
   const oversized = new Map<string, number>();

@@ -59,7 +59,9 @@ export async function readWithStreamReader(chunks: Buffer[], how: 'whole' | 'pie
 
 /** With tar-stream; undefined if it gives no answer within `ms` (it waits forever on some broken sizes). */
 export async function readWithTarStream(bytes: Buffer, ms = 1000): Promise<TarRead | undefined> {
-  const ex = extract();
+  // As src/transports/streamed-archive.ts reads (an option extract.js reads and its types leave out).
+  const options = { allowUnknownFormat: true } as Parameters<typeof extract>[0];
+  const ex = extract(options);
   const read = (async (): Promise<TarRead> => {
     const entries: Record<string, unknown>[] = [];
     try {

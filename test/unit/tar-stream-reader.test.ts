@@ -100,10 +100,29 @@ describe('TarStreamReader reads as tar-stream does', () => {
     broken[2048 + 10]! ^= 1;
     await expectSameAsTarStream(broken);
     expect(await readWithStreamReader([Buffer.alloc(BLOCK, 'x')])).toEqual({ error: TAR_MESSAGES.checksum });
-    const v7 = gnuHeader('old', 0, '0');
-    v7.fill(0, 257, 265);
-    v7.write(`${checksum(v7).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
-    expect(await readWithStreamReader([v7, END])).toEqual({ error: TAR_MESSAGES.format });
+  });
+
+  it('a header without ustar\'s or GNU\'s magic is V7\'s (tar --format=v7, old tars), as Go and tar-stream read it: no prefix', async () => {
+    /** `header` with the magic and version replaced (`magic` of 8 bytes), its prefix field holding `prefix`. */
+    const remagic = (header: Buffer, magic: string, prefix = '') => {
+      const h = Buffer.from(header);
+      h.fill(0, 257, 265);
+      h.write(magic, 257, 8, 'latin1');
+      h.fill(0, 345, 500);
+      h.write(prefix, 345, 'latin1');
+      h.write(`${checksum(h).toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+      return h;
+    };
+    const v7 = Buffer.concat([remagic(gnuHeader('etc/old', 3, '0'), ''), pad(Buffer.from('abc'))]);
+    const dir = remagic(gnuHeader('etc/', 0, '5'), '');
+    // Another magic, and a prefix field that only POSIX ustar has: not part of the name.
+    const other = Buffer.concat([remagic(gnuHeader('odd', 2, '0'), 'xyzzy\0\0\0', 'not/a/prefix'), pad(Buffer.from('hi'))]);
+    const label = remagic(gnuHeader('VOLUME', 0, 'V'), '');
+    const archive = Buffer.concat([label, dir, v7, other, END]);
+    await expectSameAsTarStream(archive);
+    expect(await readWithStreamReader([archive])).toMatchObject({
+      entries: [{ name: 'VOLUME', type: null }, { name: 'etc/', type: 'directory' }, { name: 'etc/old', type: 'file', size: 3 }, { name: 'odd', size: 2 }],
+    });
   });
 
   it('a size that is no number, or an extended header over 4 MiB, is an error, never a hang', async () => {
