@@ -557,13 +557,8 @@ try {
 
   // 5. root filesystems on tmpfs (the code's own cost) and on disk (the disk's limit).
   for (const [where, base] of [['tmpfs', shm], ['disk', out]]) {
-    // On disk, each run starts with nothing left to write back: the previous run's tree and its
-    // removal (and a setup's own pull) otherwise go out during the timed one, whichever tool it is
-    // (a docker:// pull read 2.1-2.2 s after tar -x and umoci, 0.8 s after a sync).
-    const settle = () => where === 'disk' && execFileSync('sync');
     const fresh = async () => {
       const dir = fs.mkdtempSync(path.join(base, 'smart-bench-'));
-      settle();
       return { dir, teardown: () => rm(dir) };
     };
     const s5 = await bench(`smart pull file: → rootfs (${where}, cold)`, {
@@ -610,7 +605,6 @@ try {
       setup: async () => {
         const c = await fresh();
         execFileSync('node', [smartBin, 'pull', '-q', '--cache-dir', `${c.dir}/cache`, `docker://${reg.host}/bench/app:1`, `rootfs:${c.dir}/first`]);
-        settle();
         return c;
       },
       command: (c) => `${smartBin} pull -q --cache-dir ${c.dir}/cache docker://${reg.host}/bench/app:1 rootfs:${c.dir}/rootfs`,
