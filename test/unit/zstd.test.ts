@@ -120,6 +120,24 @@ describe('zstd engines', () => {
       }
     });
 
+    it.skipIf(!hasNativeZstd)('reads a range of any length into at most four 1 MiB blocks, reused (memory does not grow with the layer)', async () => {
+      const zstd = await requireZstd();
+      const data = layerLike(24 * MiB + 7, 12);
+      const r = rangeOf(data, 0);
+      const allocations = vi.spyOn(Buffer, 'allocUnsafe');
+      try {
+        const layer = zstd.layerStream(r.tar, 3);
+        await collect(layer.stream);
+        expect(layer.diffId()).toBe(sha(data));
+        const blocks = allocations.mock.calls.filter(([size]) => size === MiB).length;
+        expect(blocks).toBeGreaterThan(0);
+        expect(blocks).toBeLessThanOrEqual(4);
+      } finally {
+        allocations.mockRestore();
+        r.cleanup();
+      }
+    });
+
     it.skipIf(!hasNativeZstd)('checks the range against every digest the mark carries before the frame ends, and fails as VerifyStream would', async () => {
       const zstd = await requireZstd();
       const data = layerLike(3 * MiB + 9, 5);
