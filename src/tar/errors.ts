@@ -93,7 +93,9 @@ function checkedId(h: Header, value: number, name: 'uid' | 'gid', context: TarCo
 function checkedTime(h: Header, value: number | Date, name: string, context: TarContext): number | Date {
   const seconds = value instanceof Date ? value.getTime() / 1000 : value;
   if (!Number.isFinite(seconds) || Math.abs(seconds) > MAX_SECONDS) throw corruptEntry(h, context, `its ${name} is not a valid time`);
-  return value;
+  // Node's utimes family reads a negative number as "now" (its toUnixTimestamp) and a Date as its
+  // time, before 1970 too: a time before 1970 goes as a Date (to the millisecond).
+  return typeof value === 'number' && value < 0 ? new Date(value * 1000) : value;
 }
 
 /** An entry's owner and times, as every writer of entries sets them. */

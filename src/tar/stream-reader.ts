@@ -69,7 +69,9 @@ function decodeBase256(buf: Buffer, off: number, len: number): number | null {
     sum += (positive ? buf[i]! : 0xff - buf[i]!) * scale;
     scale *= 256;
   }
-  return positive ? sum : -sum;
+  // Negative: two's complement, so the complemented bytes read one less than the magnitude
+  // (0xff… is -1, not 0). GNU tar writes times before 1970 so.
+  return positive ? sum : -sum - 1;
 }
 
 /**

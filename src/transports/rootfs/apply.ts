@@ -337,10 +337,11 @@ function runMknod(target: string, kind: 'c' | 'b' | 'p', major: number, minor: n
  * passes arguments as UTF-8): the node is made under a name of our own in the root, then renamed.
  */
 async function mknodAt(root: string, target: string, kind: 'c' | 'b' | 'p', major: number, minor: number): Promise<void> {
-  if (!hasEscapedBytes(target)) return runMknod(target, kind, major, minor);
   const targetFs = fsPath(target);
-  // As mknod(2) would: what is in the way is the caller's to remove (RootfsApplier.replace).
+  // As mknod(2) would: what is in the way is the caller's to remove (RootfsApplier.replace), which
+  // knows it by EEXIST; the program's own failure says it only in words.
   if (lstatOrNull(targetFs)) throw Object.assign(new Error(`EEXIST: ${target}`), { code: 'EEXIST' });
+  if (!hasEscapedBytes(target)) return runMknod(target, kind, major, minor);
   const made = path.join(root, `.smart-mknod-${randomUUID()}`);
   await runMknod(made, kind, major, minor);
   try {
