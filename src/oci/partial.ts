@@ -10,7 +10,7 @@ import type { ImageConfig } from './config.js';
 import type { Digest } from './digest.js';
 import type { ImageSource } from './image.js';
 import type { Descriptor, ImageManifest, ParsedManifest } from './manifest.js';
-import { isForeignLayer, layerCompression } from './mediatypes.js';
+import { MediaType, isForeignLayer, layerCompression } from './mediatypes.js';
 import { pickPlatform, type Platform } from './platform.js';
 
 /** Reads a small blob (config) whole, verified. */
@@ -38,6 +38,26 @@ export async function resolvePlatformManifest(
     throw new SmartError('UNSUPPORTED', `${source.name}: nested index ${picked.digest} for ${picked.platform?.architecture}`, { input: picked.digest });
   }
   return child;
+}
+
+/**
+ * Whether a manifest is a container image: an image config (OCI's or Docker's) and layers of the
+ * types a tree is made of. Else it is an artifact (a signature, an SBOM, a Helm chart, an
+ * attestation): a registry, a store or a layout holds it as it is, nothing unpacks it.
+ */
+export function isContainerImage(m: ImageManifest): boolean {
+  if (m.config.mediaType !== MediaType.OCI_CONFIG && m.config.mediaType !== MediaType.DOCKER_CONFIG) return false;
+  return m.layers.every((l) => layerCompression(l.mediaType) !== undefined || isForeignLayer(l.mediaType));
+}
+
+/** UNSUPPORTED unless `m` is a container image: what cannot be unpacked or converted, said as such. */
+export function checkContainerImage(name: string, m: ImageManifest): void {
+  if (isContainerImage(m)) return;
+  const configType = m.config.mediaType !== MediaType.OCI_CONFIG && m.config.mediaType !== MediaType.DOCKER_CONFIG;
+  const what = m.artifactType ?? (configType ? m.config.mediaType : m.layers.find((l) => layerCompression(l.mediaType) === undefined && !isForeignLayer(l.mediaType))!.mediaType);
+  throw new SmartError('UNSUPPORTED', `${name} is not a container image but an artifact (${quoted(what, 100)}): it can be copied into a registry, a store or a layout, not unpacked or converted`, {
+    input: name,
+  });
 }
 
 export function checkLayersMatchConfig(name: string, manifest: ImageManifest, config: ImageConfig): void {

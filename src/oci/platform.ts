@@ -1,6 +1,7 @@
 /** Platforms (`os/arch[/variant]`) and picking one manifest out of an index. */
 import { SmartError, printable, quoted } from '../errors.js';
 import type { Descriptor, ImageIndex, Platform } from './manifest.js';
+import { isImageManifestMediaType } from './mediatypes.js';
 
 export type { Platform };
 
@@ -75,13 +76,15 @@ export function platformMatches(want: Platform, have: Platform | undefined): boo
 
 /**
  * Picks the manifest of `platform` from an index. Attestation manifests (BuildKit's `unknown/unknown`)
- * never match. An exact variant match wins over a variant-less one.
+ * never match. An exact variant match wins over a variant-less one. Failing both, an image manifest
+ * whose entry names no platform (the image spec makes it optional): it may be any, as containerd
+ * and BuildKit take it, last; its config then says which (checkPlatform).
  */
 export function pickPlatform(index: ImageIndex, platform: Platform, input?: string): Descriptor {
   const want = normalizePlatform(platform);
   const candidates = index.manifests.filter((d) => platformMatches(want, d.platform));
   const exact = candidates.find((d) => d.platform && normalizePlatform(d.platform).variant === want.variant);
-  const found = exact ?? candidates[0];
+  const found = exact ?? candidates[0] ?? index.manifests.find((d) => d.platform === undefined && isImageManifestMediaType(d.mediaType));
   if (!found) {
     const available = index.manifests
       .map((d) => (d.platform ? formatPlatform(normalizePlatform(d.platform)) : undefined))

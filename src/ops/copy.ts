@@ -37,6 +37,7 @@ import {
 import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, type ParsedManifest } from '../oci/manifest.js';
 import { configMediaType, isForeignLayer, layerCompression, layerMediaType, manifestFamily, manifestMediaType, MediaType, type Compression, type ManifestFamily } from '../oci/mediatypes.js';
 import type { ImageConfig } from '../oci/config.js';
+import { isContainerImage } from '../oci/partial.js';
 import { formatPlatform, normalizePlatform, platformMatches, type Platform } from '../oci/platform.js';
 import { layerCompressor, type CompressionFormat, type LayerCompressor } from '../pipeline/compressor.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
@@ -183,14 +184,14 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
   }
   try {
     if (isStreamed(source)) return await copyStream(source, dest, run);
-    let top: ParsedManifest | undefined;
-    if (options.allPlatforms) {
-      top = await source.getManifest();
-      if (top.kind === 'index') {
-        if (options.allPlatforms === true || dest.supportsManifestType(top.mediaType)) return await copyIndexAsIs(source, dest, top, run);
-        options.onWarning?.(`${dest.name} cannot hold a ${top.mediaType}: copying ${formatPlatform(normalizePlatform(options.platform))} only (--platform chooses another)`);
-      }
+    // Read here for every copy (resolveImage would read it; once is one round trip to a registry).
+    const top = await source.getManifest();
+    if (top.kind === 'index' && options.allPlatforms) {
+      if (options.allPlatforms === true || dest.supportsManifestType(top.mediaType)) return await copyAsIs(source, dest, top, run);
+      options.onWarning?.(`${dest.name} cannot hold a ${top.mediaType}: copying ${formatPlatform(normalizePlatform(options.platform))} only (--platform chooses another)`);
     }
+    // An artifact (a signature, an SBOM, a chart) goes as it is, as in an index copied whole.
+    if (top.kind === 'manifest' && !isContainerImage(top.manifest)) return await copyAsIs(source, dest, top, run);
     const image = await resolveImage(source, options.platform, top);
     checkPlatform(image.config, source.name, options);
     run.config = { digest: image.manifest.manifest.config.digest, diffIds: image.config.rootfs.diff_ids };
@@ -277,7 +278,7 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
     // No image of this platform: the index whole, or nothing.
     if ((await blobsNamed(streamed.index, changed)).length > 0) throw streamed.unpicked;
     run.alreadyTold(held);
-    return copyIndexAsIs(streamed.index.source, dest, streamed.index.top, run);
+    return copyAsIs(streamed.index.source, dest, streamed.index.top, run);
   }
   const stored = await Promise.all(streamed.layers.map((l) => l.copying));
   const layers = stored.map((l, i): CopiedLayer => {
@@ -300,7 +301,7 @@ async function copyStream(source: StreamedImageSource, dest: BlobDestination, ru
     const unsendable = await blobsNamed(index, changed);
     if (unsendable.length === 0) {
       run.alreadyTold(held);
-      return copyIndexAsIs(index.source, dest, index.top, run);
+      return copyAsIs(index.source, dest, index.top, run);
     }
     const why = `${unsendable.length === 1 ? `blob ${shortDigest(unsendable[0]!)} was` : `${unsendable.length} blobs were`} compressed here as the stream passed, and an index is copied byte for byte`;
     if (options.allPlatforms === true) {
@@ -740,7 +741,7 @@ function manifestFor(
   if (source && unchanged && dest.supportsManifestType(source.mediaType)) return { manifest: source, converted: false };
   // Docker's schema 2 has no zstd layer type: zstd layers go in an OCI manifest (as containers/image does).
   const preferred = layers.some((l) => layerCompression(l.mediaType) === 'zstd') ? 'oci' : image.family;
-  return { manifest: buildManifest(targetFamily(dest, preferred), configDescriptor, layers, source?.manifest.annotations), converted: true };
+  return { manifest: buildManifest(targetFamily(dest, preferred), configDescriptor, layers, source?.manifest), converted: true };
 }
 
 /** Layer descriptors with the step that made each written as annotations. */
@@ -800,38 +801,53 @@ async function convertedAlreadyThere(image: Image, dest: BlobDestination, run: C
  * Copies an index and everything it names, byte for byte (the index digest and every platform's
  * manifest digest survive): blobs first, each manifest after its blobs, the index last.
  */
-async function copyIndexAsIs(source: ImageSource, dest: BlobDestination, top: ParsedManifest & { kind: 'index' }, run: CopyRun): Promise<CopySummary> {
+/**
+ * An index with every manifest it names, or one manifest that is not a container image (an
+ * artifact), copied as it is: every blob opaque, every manifest byte for byte, the top one tagged
+ * last.
+ */
+async function copyAsIs(source: ImageSource, dest: BlobDestination, top: ParsedManifest, run: CopyRun): Promise<CopySummary> {
   const { options } = run;
   if (!dest.supportsManifestType(top.mediaType)) {
-    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}`, { input: dest.name, hint: 'copy one platform: --platform OS/ARCH[/VARIANT]' });
+    throw new SmartError('UNSUPPORTED', `${dest.name} cannot hold a ${top.mediaType}`, {
+      input: dest.name,
+      ...(top.kind === 'index' ? { hint: 'copy one platform: --platform OS/ARCH[/VARIANT]' } : {}),
+    });
   }
-  const details = { platforms: indexPlatforms(top) };
+  const details = top.kind === 'index' ? { details: { platforms: indexPlatforms(top) } } : {};
   if (dest.currentDigest && (await dest.currentDigest()) === top.digest) {
-    return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'skipped' }, 0), details };
+    return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'skipped' }, 0), ...details };
   }
   // One group for the whole index: a blob two platforms share is sent once.
   const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
   let total = 0;
+  const copyBlobs = (m: ParsedManifest & { kind: 'manifest' }) => {
+    // Config and layers as opaque blobs: attestations and artifacts go along unchanged.
+    total += m.manifest.layers.length;
+    return group.all(
+      [m.manifest.config, ...m.manifest.layers],
+      (d, signal) => retrying(`blob ${shortDigest(d.digest)}`, signal, options, () => sendBlob(d, (s) => openIndexBlob(source, d, options, s), dest, run, signal)),
+      (d) => d.digest,
+    );
+  };
   const copyManifest = async (descriptor: Descriptor): Promise<void> => {
     const m = await source.getManifestByDigest(descriptor);
     if (m.digest !== descriptor.digest) throw new SmartError('DIGEST_MISMATCH', `${source.name}: manifest ${descriptor.digest} hashes to ${m.digest}`);
     if (m.kind === 'index') {
       for (const child of m.index.manifests) await copyManifest(child);
     } else {
-      // Config and layers as opaque blobs: attestations and artifacts go along unchanged.
-      total += m.manifest.layers.length;
-      await group.all(
-        [m.manifest.config, ...m.manifest.layers],
-        (d, signal) => retrying(`blob ${shortDigest(d.digest)}`, signal, options, () => sendBlob(d, (s) => openIndexBlob(source, d, options, s), dest, run, signal)),
-        (d) => d.digest,
-      );
+      await copyBlobs(m);
     }
     await dest.putManifest(m);
   };
-  for (const child of top.index.manifests) await copyManifest(child);
+  if (top.kind === 'index') {
+    for (const child of top.index.manifests) await copyManifest(child);
+  } else {
+    await copyBlobs(top);
+  }
   await dest.putManifest(top);
   await dest.commit(top);
-  return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'pushed' }, total), details };
+  return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'pushed' }, total), ...details };
 }
 
 /** A blob of an index copied whole, its bytes told to `onProgress` as they are read. */
@@ -882,19 +898,27 @@ function convertLayerDescriptor(d: Descriptor, family: ManifestFamily): Descript
   return { ...d, mediaType: layerMediaType(family, layerCompression(d.mediaType) ?? 'gzip') };
 }
 
-/** Builds (and validates) a manifest for `family` over the given config and layers. */
+/**
+ * Builds (and validates) a manifest for `family` over the given config and layers. `from`: the
+ * manifest it replaces, whose annotations, `subject` and `artifactType` an OCI manifest keeps (a
+ * signature or attestation whose layers were compressed on the way still names the image it is
+ * about, as containers/image keeps it); Docker's schema 2 has none of them.
+ */
 export function buildManifest(
   family: ManifestFamily,
   config: Descriptor,
   layers: Descriptor[],
-  annotations?: Record<string, string>,
+  from?: Pick<ImageManifest, 'annotations' | 'subject' | 'artifactType'>,
 ): ParsedManifest & { kind: 'manifest' } {
+  const kept = family === 'oci' ? from : undefined;
   const doc: ImageManifest = {
     schemaVersion: 2,
     mediaType: manifestMediaType(family),
+    ...(kept?.artifactType !== undefined ? { artifactType: kept.artifactType } : {}),
     config: { mediaType: configMediaType(family), digest: config.digest, size: config.size },
     layers: layers.map((l) => convertLayerDescriptor(l, family)),
-    ...(annotations && family === 'oci' ? { annotations } : {}),
+    ...(kept?.subject ? { subject: kept.subject } : {}),
+    ...(kept?.annotations ? { annotations: kept.annotations } : {}),
   };
   const parsed = parseManifest(serializeManifest(doc), doc.mediaType);
   if (parsed.kind !== 'manifest') throw new SmartError('INTERNAL', 'built a manifest that parses as an index');

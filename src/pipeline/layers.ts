@@ -14,7 +14,7 @@ import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import type { Image, ImageSource, Layer, OpenOptions } from '../oci/image.js';
 import type { Descriptor, ParsedManifest } from '../oci/manifest.js';
 import { layerCompression } from '../oci/mediatypes.js';
-import { checkLayersMatchConfig, readBlob, resolvePlatformManifest } from '../oci/partial.js';
+import { checkContainerImage, checkLayersMatchConfig, readBlob, resolvePlatformManifest } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
 import { verifiedStream } from './digest-stream.js';
 import type { GunzipEngine } from './gunzip.js';
@@ -136,6 +136,7 @@ export function counted(stream: Readable, onBytes: ((n: number) => void) | undef
  */
 export async function resolveImage(source: ImageSource, platform: Platform, top?: ParsedManifest): Promise<Image> {
   const manifest = await resolvePlatformManifest(source, platform, top);
+  checkContainerImage(source.name, manifest.manifest);
   const configBytes = await readBlob(source, manifest.manifest.config, MAX_CONFIG_BYTES);
   if (sha256Digest(configBytes) !== manifest.manifest.config.digest) {
     throw new SmartError('DIGEST_MISMATCH', `${source.name}: config does not match ${manifest.manifest.config.digest}`);

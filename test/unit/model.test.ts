@@ -80,6 +80,14 @@ describe('platforms', () => {
     expect(pickPlatform(index, parsePlatform('linux/arm64')).digest).toMatch(/4{64}$/);
     expect(() => pickPlatform(index, parsePlatform('linux/s390x'))).toThrow(/available: linux\/amd64, linux\/arm\/v6, linux\/arm\/v7, linux\/arm64$/);
   });
+
+  it('take an image whose entry names no platform when none matches, as containerd does; never an index or over a match', () => {
+    const bare = (n: string, mediaType: string = MediaType.OCI_MANIFEST) => ({ mediaType, digest: parseDigest(`sha256:${n.repeat(64)}`), size: 1 });
+    const mixed = { ...index, manifests: [bare('6', MediaType.OCI_INDEX), ...index.manifests, bare('7'), bare('8')] };
+    expect(pickPlatform(mixed, parsePlatform('linux/s390x')).digest).toMatch(/7{64}$/);
+    expect(pickPlatform(mixed, parsePlatform('linux/amd64')).digest).toMatch(/1{64}$/);
+    expect(() => pickPlatform({ ...index, manifests: [bare('6', MediaType.OCI_INDEX)] }, parsePlatform('linux/amd64'))).toThrow(/available: none/);
+  });
 });
 
 describe('manifests', () => {
