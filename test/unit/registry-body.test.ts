@@ -60,6 +60,24 @@ describe('Retry.body', () => {
     expect(asked).toEqual([5, 9]);
   });
 
+  it('a 206 holds what its Content-Range says: an earlier start has the overlap skipped, a later one fails naming the ranges', async () => {
+    const ranged = (from: number, to: number) => Object.assign(answer(206, BLOB.subarray(from, to)), { headers: { 'content-range': `bytes ${from}-${to - 1}/${BLOB.length}` } });
+    const retry = new Retry({ maxRetries: 3, delayMs: 1 });
+    const asked: number[] = [];
+    // Broken after 10 bytes; resumed from 10, answered from 0 (a proxy that dropped the range's start).
+    const out = retry.body(async (offset) => (asked.push(offset), asked.length === 1 ? answer(200, BLOB.subarray(0, 10), { cut: true }) : ranged(0, BLOB.length)), { failure });
+    expect((await buffer(out)).equals(BLOB)).toBe(true);
+    expect(asked).toEqual([0, 10]);
+
+    let opens = 0;
+    const later = retry.body(async () => (opens++ === 0 ? answer(200, BLOB.subarray(0, 10), { cut: true }) : ranged(20, BLOB.length)), {
+      failure,
+      what: 'registry r:1: blob sha256:x of a/b',
+    });
+    await expect(buffer(later)).rejects.toThrow(/^registry r:1: blob sha256:x of a\/b: asked from byte 10, answered from byte 20 \(Content-Range bytes 20-39\/40\)$/);
+    expect(opens).toBe(2);
+  });
+
   it('pauses the answer while the consumer has enough, and reads on when it asks', async () => {
     const retry = new Retry({ maxRetries: 0, delayMs: 1 });
     const big = Buffer.alloc(4 * 1024 * 1024, 7);

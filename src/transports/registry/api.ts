@@ -162,14 +162,14 @@ export abstract class RegistryApi {
    */
   openBlob(repo: string, digest: Digest, signal: AbortSignal | undefined = this.defaultSignal): Readable {
     const what = `blob ${digest} of ${repo}`;
-    return this.retry.body((offset, s) => this.getBlobResponse(repo, digest, offset, s), { signal, failure: (e) => this.connectionError(e, what) });
+    return this.retry.body((offset, s) => this.getBlobResponse(repo, digest, offset, s), { signal, failure: (e) => this.connectionError(e, what), what: `registry ${this.host}: ${what}` });
   }
 
   /** Bytes `start`..`endInclusive` of a blob (a 206, or cut from a 200), resumed as `openBlob` is; the chunks in order. */
   async getBlobRange(repo: string, digest: Digest, start: number, endInclusive: number, signal: AbortSignal | undefined = this.defaultSignal): Promise<Buffer[]> {
     const what = `blob ${digest} of ${repo}`;
     const want = endInclusive - start + 1;
-    const body = this.retry.body((offset, s) => this.getBlobResponse(repo, digest, offset, s, endInclusive), { start, length: want, signal, failure: (e) => this.connectionError(e, what) });
+    const body = this.retry.body((offset, s) => this.getBlobResponse(repo, digest, offset, s, endInclusive), { start, length: want, signal, failure: (e) => this.connectionError(e, what), what: `registry ${this.host}: ${what}` });
     // As they came: each a buffer of its own, never written again (ImageSource.getBlobRange).
     const chunks: Buffer[] = [];
     for await (const c of body) chunks.push(c as Buffer);

@@ -45,6 +45,14 @@ export interface BodyOptions {
   signal?: AbortSignal;
   /** The error a broken body is told and thrown as (its message goes into the retry warning). */
   failure(e: unknown): SmartError;
+  /** What is read, for an answer that is not what was asked for (`blob sha256:… of REPO at registry HOST`). */
+  what?: string;
+}
+
+/** The first byte a 206's `Content-Range: bytes FIRST-LAST/SIZE` holds; undefined when there is none that parses. */
+function rangeStart(contentRange: string | undefined): number | undefined {
+  const m = /^\s*bytes\s+(\d+)-\d+\/(?:\d+|\*)\s*$/i.exec(contentRange ?? '');
+  return m ? Number(m[1]) : undefined;
 }
 
 export class Retry {
@@ -131,7 +139,19 @@ export class Retry {
       reading = false;
       const res = await open(start + delivered, signal);
       reading = true;
-      let skip = res.statusCode === 200 ? start + delivered : 0;
+      const at = start + delivered;
+      // A 200 is the whole: what was delivered is skipped. A 206 holds what its Content-Range
+      // says, which a cache or proxy between may make another range than the one asked for:
+      // earlier, the overlap is skipped; later, the bytes between are nowhere, and the read fails
+      // (appended as they came, they made a blob of the wrong bytes or length).
+      const first = res.statusCode === 206 ? rangeStart(header(res.headers, 'content-range')) : undefined;
+      if (first !== undefined && first > at) {
+        await res.body.dump().catch(() => undefined);
+        throw new SmartError('REGISTRY', `${options.what ?? 'a ranged read'}: asked from byte ${at}, answered from byte ${first} (Content-Range ${header(res.headers, 'content-range')})`, {
+          hint: 'a proxy or cache between may mangle ranges: retry, or pull without it',
+        });
+      }
+      let skip = res.statusCode === 200 ? at : first !== undefined ? at - first : 0;
       const body = res.body;
       try {
         await new Promise<void>((resolve, reject) => {
