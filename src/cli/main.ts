@@ -26,7 +26,8 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   // Before any package loads: their compiled code is kept on this machine (compile-cache.ts).
   enableCompileCache();
   // Ctrl-C / SIGTERM cancel the work: in-flight transfers stop, temporary data is removed, nothing
-  // half-written remains; then the exit status is 128 + the signal number. A second one exits at once.
+  // half-written remains; then the exit status is 128 + the signal number, also when the work was
+  // done before the signal could stop it (its error line says so). A second one exits at once.
   let signalled: 'SIGINT' | 'SIGTERM' | undefined;
   const onSignal = (sig: 'SIGINT' | 'SIGTERM') => {
     if (signalled) process.exit(sig === 'SIGINT' ? 130 : 143);
@@ -51,7 +52,12 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
       new Output({ ...flagsOf(), json: false }).error(prog, lost);
       return lost.exitCode;
     }
-    return signalled ? (signalled === 'SIGINT' ? 130 : 143) : 0;
+    if (!signalled) return 0;
+    // The signal came too late to cancel anything: the status still says it came (a CI step that
+    // was being stopped, a user's Ctrl-C), and its one error line that what was written is whole.
+    const what = signalled === 'SIGINT' ? 'interrupted' : 'terminated';
+    new Output(flagsOf()).error(prog, new SmartError('CANCELLED', `${what} once the work was done: nothing was undone, what it wrote is whole`));
+    return signalled === 'SIGINT' ? 130 : 143;
   } catch (e) {
     if (signalled) {
       new Output(flagsOf()).error(prog, new SmartError('CANCELLED', signalled === 'SIGINT' ? 'interrupted' : 'terminated'));

@@ -5,6 +5,7 @@
  * of a `docker save` stream, the pushed reference on stdout, --digestfile, `copy`, shell
  * completion, closed pipes and terminals.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -257,6 +258,33 @@ describe('the command line contract', () => {
       });
       expect(r.stdout.toString().trim()).toBe('141');
       expect(r.stderr).toBe('');
+    });
+
+    it('a signal that comes once the work is done: 143 all the same, one error line that says what was written is whole', async () => {
+      const fx = fixtures();
+      const dir = await tempDir();
+      // The digest file is the last thing a pull writes, after its destination: a fifo holds the
+      // run there, the work done, until the test reads it.
+      const fifo = path.join(dir, 'digest');
+      await run('mkfifo', [fifo]);
+      const child = spawn(process.execPath, [smartBin, 'pull', '-q', `oci:${fx.paths.ociBasic}:latest`, `oci:${dir}/out:x`, '--digestfile', fifo], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') },
+      });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = new Promise<number | null>((resolve) => child.once('close', resolve));
+      const tagged = async () => (await fs.readFile(path.join(dir, 'out', 'index.json'), 'utf8').catch(() => '')).includes('"x"');
+      for (let i = 0; i < 400 && !(await tagged()); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(await tagged()).toBe(true);
+      child.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 200));
+      const digest = await fs.readFile(fifo, 'utf8');
+      expect(await code).toBe(143);
+      expect(stderr.trim().split('\n')).toEqual(['smart: error [CANCELLED]: terminated once the work was done: nothing was undone, what it wrote is whole']);
+      expect(digest).toMatch(/^sha256:[0-9a-f]{64}$/);
+      const index = JSON.parse(await fs.readFile(path.join(dir, 'out', 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+      expect(index.manifests.map((m) => m.digest)).toEqual([digest]);
     });
 
     it.skipIf(!haveTools('script'))('refuses to write an archive to a terminal, or to wait on one for an archive', async () => {
