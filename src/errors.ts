@@ -129,6 +129,7 @@ const REFUSALS: Record<string, string> = {
   EIO: 'the device reported an I/O error: check the disk',
   EMFILE: 'too many open files: raise the limit (ulimit -n) or lower --jobs',
   ENFILE: "the system's table of open files is full: try again later",
+  ENOTDIR: 'a part of that path is a file, not a directory: name another path',
 };
 
 /**

@@ -82,6 +82,7 @@ export async function mkdirp(dir: string): Promise<string | undefined> {
   try {
     return await fs.mkdir(dir, { recursive: true });
   } catch (e) {
+    if (isErrno(e, 'EEXIST')) throw notADirectory(dir, e);
     if (!isErrno(e, 'ENOENT')) throw e;
     const first = firstMissing(dir);
     throw await fs.mkdir(first).then(
@@ -97,6 +98,7 @@ export function mkdirpSync(dir: string): void {
   try {
     mkdirSync(dir, { recursive: true });
   } catch (e) {
+    if (isErrno(e, 'EEXIST')) throw notADirectory(dir, e);
     if (!isErrno(e, 'ENOENT')) throw e;
     const first = firstMissing(dir);
     mkdirSync(first); // throws the real reason
@@ -108,6 +110,15 @@ export function mkdirpSync(dir: string): void {
     }
     throw e;
   }
+}
+
+/**
+ * A recursive mkdir fails EEXIST only where `dir` itself is there and is not a directory (a file in
+ * its place; a file among its parents is ENOTDIR): said as ENOTDIR, which callers know as a
+ * refusal of the machine to explain (machineRefusal), not as an internal failure.
+ */
+function notADirectory(dir: string, cause: unknown): NodeJS.ErrnoException {
+  return Object.assign(new Error(`ENOTDIR: ${dir} exists and is not a directory, mkdir '${dir}'`), { code: 'ENOTDIR', errno: -20, syscall: 'mkdir', path: dir, cause });
 }
 
 /** The outermost directory of `dir` that does not exist (an error path: a stat per level). */

@@ -181,6 +181,15 @@ export function splitPath(rest: string): [string, string | undefined] {
 }
 
 /** Fails unless `p` is a directory: NOT_FOUND when nothing is there (a typo), NOT_AN_IMAGE for anything else. */
+/**
+ * A destination directory, made when missing: what is there and is not a directory (a file named
+ * by mistake) is refused in one line, before anything is written, rather than as mkdir's EEXIST.
+ */
+export async function refuseNonDirectory(p: string, raw: string, what: string, hint?: string): Promise<void> {
+  const st = await fs.stat(p).catch(() => undefined);
+  if (st && !st.isDirectory()) throw new SmartError('USAGE', `${raw}: ${p} exists and is not a directory (${what})`, { input: raw, ...(hint ? { hint } : {}) });
+}
+
 export async function requireDirectory(p: string, raw: string, what: string, hint?: string): Promise<void> {
   const st = await fs.stat(p).catch(() => undefined);
   if (!st) throw new SmartError('NOT_FOUND', `${raw}: no such directory ${p}`, { input: raw });

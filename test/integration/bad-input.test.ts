@@ -55,6 +55,20 @@ describe('bad input', () => {
     expect(await tagsOf('demo/missing')).toEqual([]);
   });
 
+  it('a destination that is a file, or under one: one line naming it, the file untouched', async () => {
+    const fx = fixtures();
+    const file = path.join(work, 'a-file');
+    await fs.writeFile(file, 'mine\n');
+    // The file itself where a directory is written: a usage error, before anything is written.
+    expectOneLineError(await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, `oci:${file}:x`]), 2, /^smart: error \[USAGE\]: oci:.*a-file:x: .*a-file exists and is not a directory \(an OCI layout is a directory\) \(a tar of one is oci-archive:FILE\)$/);
+    expectOneLineError(await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${file}#demo/x:1`]), 2, /a-file exists and is not a directory \(the registry storage root\)$/);
+    // Under it: the machine's refusal, said as one (never INTERNAL).
+    for (const dest of [`oci:${file}/sub:x`, `rootfs:${file}/sub`, `bundle:${file}/sub`, `oci-archive:${file}/sub.tar`, `docker-archive:${file}/sub.tar`]) {
+      expectOneLineError(await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, dest]), 1, /^smart: error \[STORAGE\]: .*(not a directory).*\(a part of that path is a file, not a directory: name another path\)$/);
+    }
+    expect(await fs.readFile(file, 'utf8')).toBe('mine\n');
+  });
+
   it('a malformed reference or image name is a usage error (exit 2)', async () => {
     const fx = fixtures();
     expectOneLineError(await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#Demo/UPPER:v1`]), 2, /invalid image reference .*Demo\/UPPER/);

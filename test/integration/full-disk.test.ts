@@ -256,7 +256,7 @@ describe('a full or read-only destination', () => {
     if (!mounted) return ctx.skip();
     const cases: [string, string, RegExp][] = [
       ['pull', `oci:${readOnly}/layout`, new RegExp(`cannot make the directory ${readOnly}/layout: EROFS`)],
-      ['pull', `oci:${readOnly}`, new RegExp(`file:${readOnly}: cannot write /oci-layout: EROFS`)],
+      ['pull', `oci:${readOnly}`, new RegExp(`oci:${readOnly}: cannot write /oci-layout: EROFS`)],
       ['pull', `docker-archive:${readOnly}/image.tar`, new RegExp(`cannot write docker-archive:${readOnly}/image.tar: EROFS`)],
       ['pull', `docker-archive:${readOnly}/new/image.tar`, new RegExp(`cannot make the directory ${readOnly}/new: EROFS`)],
       ['pull', `oci-archive:${readOnly}/image.tar`, new RegExp(`cannot write oci-archive:${readOnly}/image.tar: EROFS`)],

@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { SmartError, rethrowRefusal } from '../../errors.js';
 import { parseRepositoryReference, type Reference } from '../../oci/reference.js';
-import { invalidName, refuseUserinfo, requireDirectory, type OpenContext, type StoreAccess, type Transport } from '../transport.js';
+import { invalidName, refuseNonDirectory, refuseUserinfo, requireDirectory, type OpenContext, type StoreAccess, type Transport } from '../transport.js';
 
 export interface FileName {
   transport: 'file';
@@ -46,6 +46,7 @@ async function openDistributionStore(name: StoreName, ctx: OpenContext, create: 
   const { DistributionStore } = await import('./store.js');
   if (name.transport === 'file') {
     if (create) {
+      await refuseNonDirectory(name.root, name.raw, 'the registry storage root');
       const { mkdirp } = await import('../../storage/made-directories.js');
       await mkdirp(name.root).catch(rethrowRefusal(`${name.raw}: cannot make the directory ${name.root}`));
     }

@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { isStreamedArchive, streamedArchiveInput } from '../../storage/archive-file.js';
 import { isValidTag } from '../../oci/reference.js';
-import { invalidName, requireDirectory, splitPath, type Transport } from '../transport.js';
+import { invalidName, refuseNonDirectory, requireDirectory, splitPath, type Transport } from '../transport.js';
 
 export interface OciName {
   transport: 'oci';
@@ -46,10 +46,11 @@ export const oci: Transport<OciName> = {
     const { FsDriver } = await import('../../storage/fs-driver.js');
     const { makeDirectories } = await import('../../storage/made-directories.js');
     const dir = path.resolve(name.dir);
+    await refuseNonDirectory(dir, name.raw, 'an OCI layout is a directory', 'a tar of one is oci-archive:FILE');
     // Taken away again, if this run made them, when the copy fails. (The layout's files are written
     // by a driver that makes their directories, so another run's undo cannot leave it without one.)
     const made = await makeDirectories(dir);
-    const dest = new OciLayoutDestination(name.raw, new FsDriver(dir), name.tag, () => made.undo());
+    const dest = new OciLayoutDestination(name.raw, new FsDriver(dir, `oci:${name.dir}`), name.tag, () => made.undo());
     await dest.prepare();
     return dest;
   },
