@@ -8,6 +8,7 @@ import { buffer } from 'node:stream/consumers';
 import { describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
 import type { Response } from '../../src/transports/registry/http.js';
+import { readBody } from '../../src/transports/registry/http.js';
 import { Retry } from '../../src/transports/registry/retry.js';
 
 const BLOB = Buffer.from(Array.from({ length: 40 }, (_, i) => String.fromCharCode(97 + (i % 26))).join(''));
@@ -116,5 +117,11 @@ describe('Retry.body', () => {
     );
     await expect(buffer(out)).rejects.toThrow('broken: read EACCES');
     expect(opens).toBe(1);
+  });
+
+  it('readBody: an answer past its limit fails naming what was read, the rest not read', async () => {
+    const res = answer(200, Buffer.alloc(100, 1), { chunk: 10 });
+    await expect(readBody(res.body, 50, 'registry r:1: manifest a/b@sha256:x')).rejects.toThrow(/^registry r:1: manifest a\/b@sha256:x: the answer is larger than 50 bytes, more than it can be$/);
+    expect(res.body.destroyed).toBe(true);
   });
 });

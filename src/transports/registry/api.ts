@@ -12,6 +12,11 @@ import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
 import { header, readBody, type Response } from './http.js';
 import type { Retry } from './retry.js';
 
+/** A manifest as a message names it: `REPO:TAG`, or `REPO@sha256:…` by digest. */
+function manifestName(repo: string, reference: string): string {
+  return `${repo}${reference.includes(':') ? '@' : ':'}${reference}`;
+}
+
 export const MANIFEST_ACCEPT = [
   MediaType.OCI_INDEX,
   MediaType.OCI_MANIFEST,
@@ -61,7 +66,7 @@ export abstract class RegistryApi {
   // ------------------------------------------------------------------ manifests
 
   async getManifest(repo: string, reference: string, signal?: AbortSignal): Promise<{ bytes: Buffer; mediaType: string | undefined }> {
-    const what = `manifest ${repo}:${reference}`;
+    const what = `manifest ${manifestName(repo, reference)}`;
     // A body cut short or stalled is as transient as a request that failed: the GET is sent again.
     // Only the body's failures are retried here: the request's own were, in `request`.
     let bodyBroke = false;
@@ -70,7 +75,7 @@ export abstract class RegistryApi {
         bodyBroke = false;
         const res = await this.request({ method: 'GET', url: `/v2/${repo}/manifests/${reference}`, headers: { accept: MANIFEST_ACCEPT }, scopes: [`repository:${repo}:pull`], what, ...(signal ? { signal } : {}) }, [200]);
         try {
-          return { res, bytes: await readBody(res.body, 4 * 1024 * 1024) };
+          return { res, bytes: await readBody(res.body, 4 * 1024 * 1024, `registry ${this.host}: ${what}`) };
         } catch (e) {
           bodyBroke = true;
           throw e;
@@ -84,8 +89,8 @@ export abstract class RegistryApi {
     );
     const declared = header(res.headers, 'docker-content-digest');
     if (declared && declared.startsWith('sha256:') && declared !== sha256Digest(bytes)) {
-      throw new SmartError('DIGEST_MISMATCH', `registry ${this.host} sent manifest ${repo}:${reference} whose bytes hash to ${sha256Digest(bytes)}, not the ${declared} it declares`, {
-        input: `${repo}:${reference}`,
+      throw new SmartError('DIGEST_MISMATCH', `registry ${this.host} sent manifest ${manifestName(repo, reference)} whose bytes hash to ${sha256Digest(bytes)}, not the ${declared} it declares`, {
+        input: manifestName(repo, reference),
       });
     }
     const contentType = header(res.headers, 'content-type')?.split(';')[0]?.trim();
@@ -95,7 +100,7 @@ export abstract class RegistryApi {
   /** The digest a tag points at, or undefined when the manifest does not exist. */
   async headManifest(repo: string, reference: string): Promise<{ digest: string | undefined; mediaType: string | undefined; size: number } | undefined> {
     const res = await this.request(
-      { method: 'HEAD', url: `/v2/${repo}/manifests/${reference}`, headers: { accept: MANIFEST_ACCEPT }, scopes: [`repository:${repo}:pull`], what: `manifest ${repo}:${reference}` },
+      { method: 'HEAD', url: `/v2/${repo}/manifests/${reference}`, headers: { accept: MANIFEST_ACCEPT }, scopes: [`repository:${repo}:pull`], what: `manifest ${manifestName(repo, reference)}` },
       [200, 404],
     );
     await res.body.dump();
@@ -115,7 +120,7 @@ export abstract class RegistryApi {
         headers: { 'content-type': mediaType, 'content-length': String(bytes.length) },
         body: bytes,
         scopes: [`repository:${repo}:pull,push`],
-        what: `manifest ${repo}:${reference}`,
+        what: `manifest ${manifestName(repo, reference)}`,
         ...(signal ? { signal } : {}),
       },
       [200, 201, 202],

@@ -62,15 +62,15 @@ export function header(headers: Response['headers'], name: string): string | und
   return Array.isArray(v) ? v[0] : v;
 }
 
-/** A whole body, at most `limit` bytes (more is an error, the rest not read). */
-export async function readBody(body: Response['body'], limit = 1 << 20): Promise<Buffer> {
+/** A whole body, at most `limit` bytes (more is an error naming `what`, the rest not read). */
+export async function readBody(body: Response['body'], limit = 1 << 20, what = 'an answer'): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of body) {
     n += (c as Buffer).length;
     if (n > limit) {
       body.destroy();
-      throw new SmartError('REGISTRY', `response larger than ${limit} bytes`);
+      throw new SmartError('REGISTRY', `${what}: the answer is larger than ${limit} bytes, more than it can be`);
     }
     chunks.push(c as Buffer);
   }
