@@ -69,6 +69,18 @@ describe('bad input', () => {
     expect(await fs.readFile(file, 'utf8')).toBe('mine\n');
   });
 
+  it('a layout of another major version is not written into, as umoci refuses it; 1.x is', async () => {
+    const fx = fixtures();
+    const dir = path.join(work, 'layout-v9');
+    await fs.mkdir(dir);
+    await fs.writeFile(path.join(dir, 'oci-layout'), '{"imageLayoutVersion":"9.0.0"}');
+    expectOneLineError(await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, `oci:${dir}:x`]), 1, /^smart: error \[UNSUPPORTED\]: oci:.*layout-v9:x: its oci-layout file says imageLayoutVersion "9\.0\.0"; only 1\.x layouts are written into$/);
+    expect(await fs.readdir(dir)).toEqual(['oci-layout']);
+    await fs.writeFile(path.join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.1.0"}');
+    const r = await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, `oci:${dir}:x`]);
+    expect(r.code, r.stderr).toBe(0);
+  });
+
   it('a malformed reference or image name is a usage error (exit 2)', async () => {
     const fx = fixtures();
     expectOneLineError(await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#Demo/UPPER:v1`]), 2, /invalid image reference .*Demo\/UPPER/);

@@ -4,7 +4,7 @@
  * `org.opencontainers.image.ref.name` annotation of index.json entries, as skopeo uses it.
  */
 import type { Readable } from 'node:stream';
-import { SmartError, isSmartError } from '../../errors.js';
+import { SmartError, isSmartError, quoted } from '../../errors.js';
 import { sha256Digest, shortDigest, type Digest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { MAX_MANIFEST_BYTES, parseManifest, serializeManifest, type Descriptor, type ImageIndex, type ParsedManifest } from '../../oci/manifest.js';
@@ -176,7 +176,28 @@ export class OciLayoutDestination implements BlobDestination {
       });
     }
     if (!children.includes(layoutFile)) await this.driver.putContent(LAYOUT_FILE, LAYOUT_FILE_CONTENT);
-    else this.swept = await this.removeLeftovers();
+    else {
+      await this.checkVersion();
+      this.swept = await this.removeLeftovers();
+    }
+  }
+
+  /**
+   * A layout of another major version than 1 (what the image spec defines, and this writes) is not
+   * written into: its readers would take what it holds for that version's, as umoci refuses it.
+   */
+  private async checkVersion(): Promise<void> {
+    const text = (await this.driver.getContent(LAYOUT_FILE, 64 * 1024)).toString('utf8');
+    let version: unknown;
+    try {
+      version = (JSON.parse(text) as { imageLayoutVersion?: unknown }).imageLayoutVersion;
+    } catch {
+      version = undefined;
+    }
+    if (typeof version === 'string' && /^1\.\d+\.\d+$/.test(version)) return;
+    throw new SmartError('UNSUPPORTED', `${this.name}: its oci-layout file says imageLayoutVersion ${typeof version === 'string' ? quoted(version, 40) : 'nothing valid'}; only 1.x layouts are written into`, {
+      input: this.name,
+    });
   }
 
   /**
