@@ -798,13 +798,9 @@ async function convertedAlreadyThere(image: Image, dest: BlobDestination, run: C
 }
 
 /**
- * Copies an index and everything it names, byte for byte (the index digest and every platform's
- * manifest digest survive): blobs first, each manifest after its blobs, the index last.
- */
-/**
  * An index with every manifest it names, or one manifest that is not a container image (an
- * artifact), copied as it is: every blob opaque, every manifest byte for byte, the top one tagged
- * last.
+ * artifact), copied byte for byte (the index digest and every platform's manifest digest
+ * survive): every blob opaque and first, each manifest after its blobs, the top one last.
  */
 async function copyAsIs(source: ImageSource, dest: BlobDestination, top: ParsedManifest, run: CopyRun): Promise<CopySummary> {
   const { options } = run;

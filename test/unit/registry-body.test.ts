@@ -75,7 +75,7 @@ describe('Retry.body', () => {
       failure,
       what: 'registry r:1: blob sha256:x of a/b',
     });
-    await expect(buffer(later)).rejects.toThrow(/^registry r:1: blob sha256:x of a\/b: asked from byte 10, answered from byte 20 \(Content-Range bytes 20-39\/40\)$/);
+    await expect(buffer(later)).rejects.toThrow(/^registry r:1: blob sha256:x of a\/b: asked from byte 10, answered from byte 20 \(Content-Range "bytes 20-39\/40"\)$/);
     expect(opens).toBe(2);
   });
 

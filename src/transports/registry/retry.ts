@@ -5,7 +5,7 @@
  * reached). Every retry is told to `onRetry` before it happens: retries are visible, not silent.
  */
 import { Readable, finished } from 'node:stream';
-import { SmartError } from '../../errors.js';
+import { SmartError, quoted } from '../../errors.js';
 import { isTransient, isTransientStatus, sleep } from '../../transient.js';
 import { header, type Response } from './http.js';
 
@@ -45,7 +45,7 @@ export interface BodyOptions {
   signal?: AbortSignal;
   /** The error a broken body is told and thrown as (its message goes into the retry warning). */
   failure(e: unknown): SmartError;
-  /** What is read, for an answer that is not what was asked for (`blob sha256:… of REPO at registry HOST`). */
+  /** What is read, for an answer that is not what was asked for (`registry HOST: blob sha256:… of REPO`). */
   what?: string;
 }
 
@@ -147,7 +147,7 @@ export class Retry {
       const first = res.statusCode === 206 ? rangeStart(header(res.headers, 'content-range')) : undefined;
       if (first !== undefined && first > at) {
         await res.body.dump().catch(() => undefined);
-        throw new SmartError('REGISTRY', `${options.what ?? 'a ranged read'}: asked from byte ${at}, answered from byte ${first} (Content-Range ${header(res.headers, 'content-range')})`, {
+        throw new SmartError('REGISTRY', `${options.what ?? 'a ranged read'}: asked from byte ${at}, answered from byte ${first} (Content-Range ${quoted(header(res.headers, 'content-range') ?? '', 80)})`, {
           hint: 'a proxy or cache between may mangle ranges: retry, or pull without it',
         });
       }
