@@ -259,7 +259,12 @@ export class RedisMetadataCache implements MetadataCache {
     client.on('node error', (e: Error) => {
       this.lastError = e;
     });
-    this.ready = this.deadline('connecting', client.connect());
+    // ioredis selects the database itself on connect, but a SELECT refused there (a number past
+    // the server's `databases`) only reaches an error event, and the connection stays on
+    // database 0: entries then went where no other machine looks for them. Selected again here,
+    // a refusal fails the connection as a wrong password does.
+    const db = target.cluster ? 0 : target.db;
+    this.ready = this.deadline('connecting', client.connect().then(() => (db !== 0 ? (client as Redis).select(db).then(() => undefined) : undefined)));
     this.ready.catch(() => undefined); // awaited by the first operation
   }
 

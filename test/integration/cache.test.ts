@@ -302,6 +302,13 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
       const p = await plan([`file:${store}`, ctx, '--redis', redis.url], { cacheHome: await tempDir() });
       expect(p.best).toMatchObject({ steps: 5 });
 
+      // A database the server does not have: refused as a wrong password is, never database 0.
+      const keysBefore = await redis.cli('DBSIZE');
+      const noDb = await run(['cache', 'index', `file:${store}`, '--redis', `${redis.url}/99`], { cacheHome: await tempDir() });
+      expect(noDb.code).toBe(1);
+      expect(noDb.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: redis .*: connecting: ERR DB index is out of range/)]);
+      expect(await redis.cli('DBSIZE')).toBe(keysBefore);
+
       await redis.kill9();
       const down = await run(['pull', `docker://${proxy.host}/team/app:v1`, `rootfs:${path.join(work, 'r3')}`, '--redis', redis.url], { cacheHome: await tempDir() });
       expect(down.code, down.stderr).toBe(0);
