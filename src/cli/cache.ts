@@ -5,7 +5,7 @@ import path from 'node:path';
 import { SmartError } from '../errors.js';
 import { cancel, collect, outputOptions, positiveInt, pruneDays, remoteOptions, type CommonFlags } from './options.js';
 import { addCommonOptions, commanderParser } from './commander-options.js';
-import { Output, formatBytes, guardedStdout } from './output.js';
+import { Output, formatBytes, guardedStderr, guardedStdout } from './output.js';
 import { refuseTerminals, toStdout } from './transfer.js';
 
 interface CacheFlags extends CommonFlags {
@@ -158,7 +158,7 @@ async function printCacheFrom(r: PullResult, flags: CacheFlags, out: Output, std
   const lines = [...c.commands, ...(c.flags ? [c.flags] : [])];
   const text = lines.length ? `${lines.join('\n')}\n` : '';
   if (flags.printCacheFromFile) await fs.writeFile(flags.printCacheFromFile, text);
-  else if (stdoutTaken) process.stderr.write(text);
+  else if (stdoutTaken) guardedStderr().write(text);
   else guardedStdout().write(text);
 }
 

@@ -71,6 +71,22 @@ export function guardedStdout(): NodeJS.WriteStream {
   return process.stdout;
 }
 
+let stderrGuarded = false;
+
+/**
+ * process.stderr, made on first use, with its errors dropped: a reader of the progress and
+ * messages that went away (`smart pull … 2>&1 | head`) is no reason to stop the work, which goes
+ * on unheard and ends as it would have (before, the unhandled EPIPE ended the run at once, its
+ * staging directory left behind). There is nowhere left to say that it failed.
+ */
+export function guardedStderr(): NodeJS.WriteStream {
+  if (!stderrGuarded) {
+    stderrGuarded = true;
+    process.stderr.on('error', () => undefined);
+  }
+  return process.stderr;
+}
+
 /**
  * Whether a write to stdout found its reader gone. Also before the 'error' event: a pipe's is
  * emitted once its handle has closed, a turn of the loop after the failed write is seen.
@@ -102,7 +118,7 @@ export class Output {
   // process.stderr and process.stdout are made on first use (a millisecond or two each): a quiet
   // command that prints nothing never makes them.
   private get stderr(): NodeJS.WritableStream {
-    return this.streams.stderr ?? process.stderr;
+    return this.streams.stderr ?? guardedStderr();
   }
 
   private get stdout(): NodeJS.WritableStream {

@@ -4,7 +4,7 @@
  */
 import type { LayerEvent, ProgressEvent } from '../ops/transfer.js';
 import { printable } from '../errors.js';
-import { JSON_SCHEMA_VERSION, errorDocument, formatBytes, short } from './output.js';
+import { JSON_SCHEMA_VERSION, errorDocument, formatBytes, guardedStderr, short } from './output.js';
 
 export type ProgressMode = 'tty' | 'plain' | 'json' | 'none';
 
@@ -71,7 +71,7 @@ export class ProgressDisplay {
 
   /** process.stderr, made on first use: with no progress to show it is never made. */
   private get out(): NodeJS.WriteStream {
-    return this.stream ?? process.stderr;
+    return this.stream ?? guardedStderr();
   }
 
   private line(key: string): LayerLine {

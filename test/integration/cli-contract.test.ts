@@ -260,6 +260,18 @@ describe('the command line contract', () => {
       expect(r.stderr).toBe('');
     });
 
+    it('a reader of stderr that goes away stops nothing: the pull completes, whole, and exits 0', async () => {
+      const fx = fixtures();
+      const dir = await tempDir();
+      const dest = path.join(dir, 'rootfs');
+      const r = await run('bash', ['-c', `"${process.execPath}" "${smartBin}" pull oci:${fx.paths.ociBasic}:latest rootfs:${dest} 2>&1 | head -c 5 >/dev/null; echo "\${PIPESTATUS[0]}"`], {
+        env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') },
+      });
+      expect(r.stdout.toString().trim()).toBe('0');
+      expect((await fs.readdir(dir)).sort()).toEqual(['.rootfs.smart-pull.json', 'rootfs']);
+      expect(await fs.readdir(dest)).toContain('etc');
+    });
+
     it('a signal that comes once the work is done: 143 all the same, one error line that says what was written is whole', async () => {
       const fx = fixtures();
       const dir = await tempDir();
