@@ -199,6 +199,16 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     const again = await build(ctxDir('classic', 'v1'), 'app:v1', (await fs.readFile(flagsFile, 'utf8')).trim().split(' '));
     expect(cachedLines('classic', again.stdout.toString()), again.stdout.toString()).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE, SOURCES_LINE, TAIL_LINE, 9]);
     expect(unchanged.steps.find((x) => x.line === TAIL_LINE)).toMatchObject({ matched: true, noLayer: true });
+
+    // A store with nothing for the build: an archive of no image, which `docker load` takes, and
+    // empty flags, so that CI's `cache pull … | docker load` step lets the build run uncached.
+    const emptyStore = path.join(work, 'empty-store');
+    await fs.mkdir(emptyStore);
+    const emptyFlags = path.join(work, 'classic-flags-none');
+    const none = await runOkSmart(['cache', 'pull', `file:${emptyStore}`, ctxDir('classic', 'v1'), 'docker-archive:-', '--print-cache-from', 'docker', '--print-cache-from-file', emptyFlags]);
+    expect(none.stderr.toString()).toMatch(/warning: docker: nothing in the store to use as cache/);
+    await dockerd.dockerOk(['load'], { input: none.stdout });
+    expect(await fs.readFile(emptyFlags, 'utf8')).toBe('');
   });
 
   it('BuildKit: the plan matches its COPY layers by their files, and prefers images with inline cache, which a fresh daemon reuses', async () => {

@@ -91,6 +91,13 @@ function prefixHistory(image: Image, keep: number, options: { emptyAfter?: boole
 export async function pullPlanned(storeName: string, plan: PlanResult, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
   const best = plan.best;
   if (!best || best.layers.length === 0) {
+    // Nothing to use: a docker-archive is written all the same, of no image, so that `… | docker
+    // load` loads nothing and the build goes on without cache (an empty stream made it fail).
+    if (ctx.destination?.startsWith('docker-archive:')) {
+      const { openDestination, parseImageName } = await import('../../transports/all.js');
+      const dest = await openDestination(parseImageName(ctx.destination), ctx.endpoints);
+      if ('writeNone' in dest && typeof dest.writeNone === 'function') await (dest.writeNone as () => Promise<unknown>)();
+    }
     return { plan, fetched: 0, bytes: 0, destination: ctx.destination ?? 'layer store' };
   }
   const store = await openStore(storeName, ctx.endpoints);

@@ -41,6 +41,22 @@ export class DockerArchiveWriter implements ImageWriter {
   }
 
   async write(image: Image, options: ImageWriteOptions): Promise<ImageWriteResult> {
+    return this.writeArchive((writer, sizesFirst) => this.writeTo(writer, image, options, sizesFirst));
+  }
+
+  /**
+   * An archive of no image (`manifest.json` an empty list), where the same destination would have
+   * held one: what `docker load` reads as nothing to load, and succeeds (`cache pull … | docker
+   * load` when nothing matched; an empty stream made it fail).
+   */
+  async writeNone(): Promise<ImageWriteResult> {
+    return this.writeArchive(async (writer) => {
+      await writer.addBuffer('manifest.json', Buffer.from('[]'));
+      await writer.finish();
+    });
+  }
+
+  private async writeArchive(body: (writer: TarWriter, sizesFirst: boolean) => Promise<void>): Promise<ImageWriteResult> {
     const { stream } = this.target;
     if (this.target.file) {
       const target = await archiveTarget(this.target.file, this.name, 'docker-archive: writes a tar file');
@@ -49,7 +65,7 @@ export class DockerArchiveWriter implements ImageWriter {
         // refused as docker-archive:- is (src/cli/transfer.ts).
         const out = await openArchiveOutput(target.path, this.name, 'redirect it to a file, > image.tar, or pipe it: | docker load');
         try {
-          await this.writeTo(new TarWriter(streamSink(out, target.path)), image, options, true);
+          await body(new TarWriter(streamSink(out, target.path)), true);
           out.end();
           await finished(out).catch(rethrowRefusal(`cannot write ${this.name}`));
         } catch (e) {
@@ -67,7 +83,7 @@ export class DockerArchiveWriter implements ImageWriter {
       const tmp = asideName(file, '.tmp');
       const handle = await this.parent.entry(() => fs.open(tmp, 'w')).catch(rethrowRefusal(`cannot write ${this.name}`));
       try {
-        await this.writeTo(new TarWriter(fileSink(handle, this.name)), image, options, false);
+        await body(new TarWriter(fileSink(handle, this.name)), false);
         await fs.rename(tmp, file);
       } catch (e) {
         await handle.close().catch(() => undefined);
@@ -77,7 +93,7 @@ export class DockerArchiveWriter implements ImageWriter {
       return { details: { path: file, ...(cleaned.length ? { cleaned } : {}) } };
     }
     if (!stream) throw new SmartError('INTERNAL', 'docker-archive writer without a target');
-    await this.writeTo(new TarWriter(streamSink(stream)), image, options, true);
+    await body(new TarWriter(streamSink(stream)), true);
     return { details: { path: '-' } };
   }
 
