@@ -67,6 +67,60 @@ export function historyLayerSteps(history: readonly HistoryEntry[] | undefined, 
   return out;
 }
 
+/** What a build set itself before one of its layers, as its history tells (see `ownConfigAtLayers`). */
+export interface HistoryOwnConfig {
+  env: Map<string, string>;
+  user?: string;
+  /** null: set relative to the base's, not known here. */
+  workdir?: string | null;
+  /** The layer's RUN build args (`|N K=V`), when it is a RUN that records them. */
+  args?: Record<string, string>;
+  /** The keyword of the layer's own entry (`RUN`, `COPY`...), when its history names a build step. */
+  keyword?: string;
+}
+
+/**
+ * For each layer (the history's non-empty entries in order), the ENV values, USER and WORKDIR the
+ * entries from `ownFrom` on (the build's own, after its base's history) set before it, and its
+ * RUN's build args: what the builders run a step under besides its own text, and check before
+ * they reuse it (a RUN after a changed ENV is run again). Undefined when history and layers do not
+ * line up.
+ */
+export function ownConfigAtLayers(history: readonly HistoryEntry[] | undefined, layerCount: number, ownFrom: number): HistoryOwnConfig[] | undefined {
+  const entries = history ?? [];
+  if (entries.filter((h) => !h.empty_layer).length !== layerCount) return undefined;
+  const env = new Map<string, string>();
+  let user: string | undefined;
+  let workdir: string | null | undefined;
+  const out: HistoryOwnConfig[] = [];
+  for (const [i, h] of entries.entries()) {
+    const step = normalizeCreatedBy(h.created_by ?? '');
+    const kw = step?.instruction.split(' ')[0];
+    if (!h.empty_layer) {
+      out.push({
+        env: new Map(env),
+        ...(user !== undefined ? { user } : {}),
+        ...(workdir !== undefined ? { workdir } : {}),
+        ...(step?.buildArgs ? { args: step.buildArgs } : {}),
+        ...(kw ? { keyword: kw } : {}),
+      });
+    }
+    if (i < ownFrom || !step) continue;
+    const rest = step.instruction.slice((kw?.length ?? 0) + 1);
+    if (kw === 'ENV') {
+      for (const pair of rest.split(/\s+(?=[^\s=]+=)/)) {
+        const eq = pair.indexOf('=');
+        if (eq > 0) env.set(pair.slice(0, eq), pair.slice(eq + 1));
+      }
+    } else if (kw === 'USER') user = rest;
+    else if (kw === 'WORKDIR') {
+      const dir = rest.startsWith('/') ? rest : typeof workdir === 'string' ? `${workdir}/${rest}` : undefined;
+      workdir = dir === undefined ? null : cleanPath(dir);
+    }
+  }
+  return out;
+}
+
 /**
  * The RUNs a history records as empty after its last layer's entry: what the first layer built on
  * the image comes after, and what a build that ends like the image reuses after its last layer.

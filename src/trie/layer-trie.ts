@@ -170,6 +170,12 @@ export interface Match {
   emptySteps: number[];
   /** The image the match must be taken from: the one whose history has the RUNs matched after its last layer. */
   image?: ImageRef;
+  /**
+   * Every match the walk reached, this one first, then the others best first (shorter ones, and
+   * other branches of equal keys): for a caller that checks more than keys (plan.ts: the config
+   * each step ran under) and takes the best that passes.
+   */
+  candidates?: Match[];
 }
 
 /** RUN steps that may have made no layer, left pending in a row at most (a walk branches on each). */
@@ -222,6 +228,8 @@ export async function matchBuild(
     return false;
   };
   let best: Frontier = frontier[0]!;
+  /** Every entry reached, for `candidates`. */
+  const reachedAll: Frontier[] = [best];
   for (const [i, step] of steps.entries()) {
     const stepKeys = [step.key, ...(step.alternatives ?? [])];
     // The keys each frontier entry asks for: the step's own, after its pending empty RUNs if any.
@@ -258,6 +266,7 @@ export async function matchBuild(
     }
     if (next.length === 0) break;
     frontier = dedupe(next);
+    reachedAll.push(...frontier);
     for (const f of frontier) if (better(f, best)) best = f;
   }
   // RUNs still pending where the walk ended are matched too where an image ends with them: its
@@ -270,11 +279,22 @@ export async function matchBuild(
     if (!image) continue;
     const ran = f.pending.map((p) => p.index);
     const whole: Frontier = { path: f.path, matched: [...f.matched, ...ran], empty: [...f.empty, ...ran], pending: [], image };
+    reachedAll.push(whole);
     if (better(whole, best)) best = whole;
   }
-  const node = best.path[best.path.length - 1];
   // Steps matched: counted in layers walked past the base (an optional step without a layer counts none).
-  return { node, baseLayers, steps: best.path.length - baseLayers, path: best.path, matchedSteps: best.matched, emptySteps: best.empty, ...(best.image ? { image: best.image } : {}) };
+  const asMatch = (f: Frontier): Match => ({
+    node: f.path[f.path.length - 1],
+    baseLayers,
+    steps: f.path.length - baseLayers,
+    path: f.path,
+    matchedSteps: f.matched,
+    emptySteps: f.empty,
+    ...(f.image ? { image: f.image } : {}),
+  });
+  // Best first (a stable sort: among equals, the order the walk reached them in).
+  const others = reachedAll.filter((f) => f !== best).sort((a, b) => (better(a, b) ? -1 : better(b, a) ? 1 : 0));
+  return { ...asMatch(best), candidates: [best, ...others].map(asMatch) };
 }
 
 /** The `emptyBefore` lists pending empty RUNs may have been recorded as (one: `undefined`, when none are pending). */

@@ -18,6 +18,7 @@
 import { SmartError, isSmartError } from '../errors.js';
 import { sha256Digest, type Digest } from '../oci/digest.js';
 import {
+  cleanPath,
   collectCopyEntries,
   contextRelative,
   digestCopyEntries,
@@ -76,6 +77,13 @@ export interface Step {
    * it is read from.
    */
   alternatives?: BuilderStepKey[];
+  /**
+   * What the build itself (not its base) set before this step and the builders run it under: ENV
+   * values (null: not known here, a variable of the base's), the USER, the WORKDIR (null: relative
+   * to the base's), each undefined when the build never set it. A RUN's build args are `buildArgs`.
+   * See `ownConfigAtLayers` (image-steps.ts) for the stored image's side; plan.ts compares them.
+   */
+  own?: OwnConfig;
   /** sha256 over this step alone. */
   stepKey: Digest;
   /** sha256 over the base and every earlier step that changes this one's result, and this step. */
@@ -135,6 +143,13 @@ export const STEP_KEY_VERSION = 'smartlayer-step-v1';
 /** Instructions whose effect reaches later steps (they enter the key chain). */
 const CHAINED = new Set(['RUN', 'COPY', 'ADD', 'WORKDIR', 'ENV', 'ARG', 'USER', 'SHELL']);
 
+/** The config a build set itself before a step (Step.own). */
+export interface OwnConfig {
+  env: Record<string, string | null>;
+  user?: string;
+  workdir?: string | null;
+}
+
 interface StageState {
   env: Map<string, string>;
   workdir: string;
@@ -171,6 +186,8 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
   const steps: Step[] = [];
   /** What the context COPYs so far placed where (see `entriesLeftByDiffer`). */
   const placed = new Map<string, string>();
+  /** Step.own as the walk goes (through the chain: a stage built on another inherits its config). */
+  const ownConfig: { env: Map<string, string | null>; user?: string; workdir?: string | null } = { env: new Map() };
 
   for (const stage of chain) {
     const args = new Map<string, string | undefined>();
@@ -180,6 +197,12 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
     for (const instr of stage.instructions) {
       const ctx = { lookup, skipUnset: !knowBaseEnv, workdir: state.workdir, shell: state.shell, escape: df.escape };
       const norm = () => located(df, instr, () => normalizeInstruction(instr, ctx));
+      // What the step runs under: the config set before it (a WORKDIR's own layer comes before its directory is the working one).
+      const ownBefore: OwnConfig = {
+        env: Object.fromEntries(ownConfig.env),
+        ...(ownConfig.user !== undefined ? { user: ownConfig.user } : {}),
+        ...(ownConfig.workdir !== undefined ? { workdir: ownConfig.workdir } : {}),
+      };
       let instruction: string;
       let producesLayer = false;
       let layerOptional = false;
@@ -207,11 +230,22 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
         }
         case 'ENV': {
           instruction = norm();
-          for (const p of instr.pairs ?? []) state.env.set(expand(instr, p.key), expand(instr, p.value ?? ''));
+          for (const p of instr.pairs ?? []) {
+            const [key, value] = [expand(instr, p.key), expand(instr, p.value ?? '')];
+            state.env.set(key, value);
+            // A `$` left in the value: a variable this walk does not know (the base's), as written.
+            ownConfig.env.set(key, value.includes('$') ? null : value);
+          }
           break;
         }
+        case 'USER':
+          instruction = norm();
+          ownConfig.user = instruction.slice('USER '.length);
+          break;
         case 'WORKDIR': {
           instruction = norm();
+          const written = expand(instr, instr.words[0] ?? '', true);
+          ownConfig.workdir = written.startsWith('/') || typeof ownConfig.workdir === 'string' ? cleanPath(instruction.slice('WORKDIR '.length)) : null;
           state.workdir = instruction.slice('WORKDIR '.length);
           producesLayer = state.workdir !== '/';
           layerOptional = producesLayer;
@@ -359,6 +393,7 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
       if (destination !== undefined) step.destination = destination;
       if (runArgs) step.buildArgs = runArgs;
       if (alternatives) step.alternatives = alternatives;
+      if (producesLayer) step.own = ownBefore;
       steps.push(step);
     }
   }

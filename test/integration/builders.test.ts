@@ -361,6 +361,42 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
   });
 
+  it('a changed ENV, USER or build arg before a RUN: the plan stops at that RUN, as the classic builder and BuildKit do', async () => {
+    const configDockerfile = (mode: string, user: string) =>
+      `FROM ${baseRef}\nENV MODE=${mode}\nARG LEVEL=1\nUSER ${user}\nRUN echo "$MODE $LEVEL" > /tmp/mode\nRUN echo tail > /tmp/tail\n`;
+    const ctx = (name: string, mode: string, user = '0:0') => {
+      const dir = path.join(work, `ctx-config-${name}`);
+      return fs.mkdir(dir, { recursive: true }).then(() => fs.writeFile(path.join(dir, 'Dockerfile'), configDockerfile(mode, user))).then(() => dir);
+    };
+    const v1 = await ctx('v1', 'a');
+    const classic = { DOCKER_BUILDKIT: '0' };
+    await dockerd.wipe();
+    await dockerd.dockerOk(['build', '--network', 'none', '-t', 'config:v1', v1], { env: classic });
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/config:v1`], (await dockerd.dockerOk(['save', 'config:v1'])).stdout);
+    await dockerd.dockerOk(['build', '--network', 'none', '--build-arg', 'BUILDKIT_INLINE_CACHE=1', '-t', 'config:bk', v1], { env: { DOCKER_BUILDKIT: '1' } });
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/config:bk`], (await dockerd.dockerOk(['save', 'config:bk'])).stdout);
+    await runOkSmart(['cache', 'index', `file:${store}`]);
+    const runs = (p: Plan) => p.steps.filter((x) => x.instruction.startsWith('RUN ')).map((x) => x.matched);
+    for (const builder of ['docker', 'buildkit'] as const) {
+      expect(runs(await plan(`file:${store}`, v1, '--builder', builder)), builder).toEqual([true, true]);
+      expect(runs(await plan(`file:${store}`, await ctx('mode-b', 'b'), '--builder', builder)), `${builder}: ENV`).toEqual([false, false]);
+      expect(runs(await plan(`file:${store}`, v1, '--builder', builder, '--build-arg', 'LEVEL=2')), `${builder}: ARG`).toEqual([false, false]);
+      expect(runs(await plan(`file:${store}`, await ctx('user', 'a', '1000:1000'), '--builder', builder)), `${builder}: USER`).toEqual([false, false]);
+    }
+    // The classic builder on a fresh daemon, from the plan's cache image: the unchanged build
+    // reuses both RUNs; with MODE=b it reuses neither, as the plan said.
+    const flagsFile = path.join(work, 'config-flags');
+    const fromCache = async (dir: string) => {
+      await dockerd.wipe();
+      const pulled = await runOkSmart(['cache', 'pull', `file:${store}`, v1, 'docker-archive:-', '--print-cache-from', 'docker', '--print-cache-from-file', flagsFile]);
+      await dockerd.dockerOk(['load'], { input: pulled.stdout });
+      const flags = (await fs.readFile(flagsFile, 'utf8')).trim().split(' ').filter(Boolean);
+      return cachedLines('classic', (await dockerd.dockerOk(['build', '--network', 'none', ...flags, '-t', 'config:x', dir], { env: classic })).stdout.toString());
+    };
+    expect(await fromCache(v1)).toEqual([2, 3, 4, 5, 6]);
+    expect((await fromCache(await ctx('mode-b', 'b'))).filter((l) => l >= 5)).toEqual([]);
+  });
+
   it("buildah's OCI archive on a pipe: pushed as it streams, its manifest kept, pulled and run by Docker from the stock registry", async () => {
     const ctx = path.join(work, 'ctx-oci-stream');
     await fs.mkdir(ctx);

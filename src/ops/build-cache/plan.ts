@@ -12,6 +12,7 @@ import { CachedTrieStore } from '../../cache/trie-store.js';
 import { resolveImage } from '../../pipeline/layers.js';
 import { chainIds, keysOf, matchBuild, stepKeyString, type ImageBuilder, type ImageRef, type Match, type TrieNode } from '../../trie/layer-trie.js';
 import type { Step } from '../../trie/steps.js';
+import type { HistoryOwnConfig } from '../../trie/image-steps.js';
 import { openStore } from '../../transports/all.js';
 import type { StoreAccess } from '../../transports/transport.js';
 import { platformOf, type CacheContext } from './session.js';
@@ -212,7 +213,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     const trie = new CachedTrieStore(ctx.cache, store.scope);
     const { trailingEmptyRuns } = await import('../../trie/image-steps.js');
     const baseChain = baseImage ? chainIds(baseImage.layers.map((l) => l.diffId)) : [];
-    const match = await matchBuild(
+    const keyMatch = await matchBuild(
       trie,
       baseChain,
       layerSteps.map((s) => ({
@@ -228,6 +229,9 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         ...(baseImage ? { baseEmptyRuns: trailingEmptyRuns(baseImage.config.history) } : {}),
       },
     );
+    // Keys say what each step is, not what it ran under: the best match whose image ran every
+    // matched step under the config the build will (ENV, USER, WORKDIR, a RUN's build args).
+    const match = await configMatch(keyMatch, layerSteps, store, platform, baseImage?.config.history?.length ?? 0, options.builder);
     // The node of each matched step that made a layer, in order (a RUN matched as empty has none).
     const withLayers = match.matchedSteps.filter((k) => !match.emptySteps.includes(k));
     const best = candidateOf(match, options.builder);
@@ -280,6 +284,78 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
   } finally {
     await store.close();
   }
+}
+
+/** Candidate matches whose image's history is read to check their config, at most. */
+const MAX_CONFIG_CHECKS = 6;
+
+/**
+ * The best of the walk's matches (`Match.candidates`, best first) whose image ran each matched
+ * step that made a layer under the config the build runs it under: what the build itself set
+ * (after its base) of ENV, USER and WORKDIR, and a RUN's build args. The builders check those
+ * before they reuse a step (the classic builder compares the config, BuildKit keys a RUN by its
+ * environment), while the trie's keys are the steps' texts alone: a RUN after a changed
+ * `ENV VERSION=2` matched, and was fetched for nothing. An image whose history cannot be lined up
+ * with its layers is taken as its keys say. Past MAX_CONFIG_CHECKS images, the base alone.
+ */
+async function configMatch(match: Match, steps: readonly Step[], store: StoreAccess, platform: Platform, ownFrom: number, builder?: CacheBuilder): Promise<Match> {
+  const { ownConfigAtLayers } = await import('../../trie/image-steps.js');
+  const read = new Map<string, Promise<HistoryOwnConfig[] | undefined>>();
+  const ownConfigOf = (img: ImageRef) => {
+    const key = `${img.repository}@${img.manifest}`;
+    let p = read.get(key);
+    if (!p) {
+      p = (async () => {
+        const source = await store.source({ registry: '', repository: img.repository, digest: img.manifest });
+        try {
+          const image = await resolveImage(source, platform);
+          return ownConfigAtLayers(image.config.history, image.layers.length, ownFrom);
+        } finally {
+          await source.close();
+        }
+      })();
+      read.set(key, p);
+    }
+    return p;
+  };
+  let checks = 0;
+  const candidates = match.candidates ?? [match];
+  for (const c of candidates) {
+    const withLayers = c.matchedSteps.filter((k) => !c.emptySteps.includes(k));
+    if (withLayers.length === 0) return c;
+    const img = c.image ?? (c.node && preferred(c.node.images, builder)[0]);
+    if (!img) continue;
+    if (checks++ >= MAX_CONFIG_CHECKS) break;
+    const own = await ownConfigOf(img);
+    if (!own || withLayers.every((k, t) => ranAlike(steps[k]!, own[c.baseLayers + t]))) return c;
+  }
+  return candidates.find((c) => c.matchedSteps.every((k) => c.emptySteps.includes(k))) ?? { ...match, node: match.path[match.baseLayers - 1], steps: 0, path: match.path.slice(0, match.baseLayers), matchedSteps: [], emptySteps: [] };
+}
+
+/**
+ * Whether a stored layer's step ran under the config the build runs `step` under (what each side
+ * cannot know is not compared). Only where the layer's history entry is that step: a history that
+ * does not record the build's steps (the layer known by our annotation, or by its files) is no
+ * record of what they ran under either.
+ */
+function ranAlike(step: Step, stored: HistoryOwnConfig | undefined): boolean {
+  const own = step.own;
+  if (!stored || !own || stored.keyword !== step.keyword) return true;
+  for (const key of new Set([...Object.keys(own.env), ...stored.env.keys()])) {
+    const mine = own.env[key];
+    if (mine !== null && mine !== stored.env.get(key)) return false;
+  }
+  if (own.user !== stored.user) return false;
+  if (own.workdir !== null && stored.workdir !== null && own.workdir !== stored.workdir) return false;
+  if (step.keyword === 'RUN') {
+    // An ARG with no value is recorded by no builder: empty here, absent there, alike.
+    const mine = step.buildArgs ?? {};
+    const theirs = stored.args ?? {};
+    for (const key of new Set([...Object.keys(mine), ...Object.keys(theirs)])) {
+      if ((mine[key] ?? '') !== (theirs[key] ?? '')) return false;
+    }
+  }
+  return true;
 }
 
 /**
