@@ -300,6 +300,28 @@ describe.skipIf(!haveTools('docker-registry'))('the local layer store', () => {
     expect(await store.verify()).toEqual([]);
   });
 
+  it('a pull that keeps layers keeps a repaired one again: the next pull fetches nothing', async () => {
+    const fx = fixtures();
+    const { cacheHome, store, want } = await keptLayers('rekept');
+    const cut = fx.basic.layers[0]!;
+    await cutStoredFile(store, cut);
+    const blobGets = () => proxy.stats.requests.filter((q) => q.method === 'GET' && q.path.includes('/blobs/')).map((q) => q.path.split('/').pop());
+    proxy.stats.clear();
+    const repair = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'rekept-1')}`, '--json', '--link'], { cacheHome });
+    expect(repair.code, repair.stderr).toBe(0);
+    expect(blobGets()).toEqual([cut.digest]);
+    expect(JSON.parse(repair.stdout.toString()).details).toMatchObject({ repaired: { layers: 1 }, kept: { layers: 1, how: 'hardlink' } });
+    expect(await store.has(cut.diffId as Digest)).toBe(true);
+    proxy.stats.clear();
+    const next = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `rootfs:${path.join(work, 'rekept-2')}`, '--json', '--link'], { cacheHome });
+    expect(next.code, next.stderr).toBe(0);
+    expect(blobGets()).toEqual([]);
+    expect(next.stderr).not.toMatch(/damaged/);
+    const unlinked = (t: Awaited<ReturnType<typeof describeTree>>) => Object.fromEntries(Object.entries(t).map(([p, { hardlinkGroup: _, ...e }]) => [p, e]));
+    for (const tree of ['rekept-1', 'rekept-2']) expect(unlinked(await describeTree(path.join(work, tree))), tree).toEqual(unlinked(want));
+    expect(await store.verify()).toEqual([]);
+  });
+
   it('a stored file cut short is not linked into a --link tree as the layer\'s: the layer is fetched again', async () => {
     const fx = fixtures();
     const { cacheHome, store, want } = await keptLayers('kept-for-link');

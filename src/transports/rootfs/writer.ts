@@ -502,7 +502,21 @@ export class RootfsWriter implements ImageWriter {
               await store!.discard(layer.diffId);
               repaired++;
             }
-            const stats = await applier.applyLayer(await layer.openUncompressed(openOptions(layer, undefined)), what);
+            // Kept again as it is fetched, where this pull keeps layers: else the next pull fetched
+            // it once more (another run that kept it meanwhile: only laid).
+            let refill: LayerFill | undefined;
+            if (!e.notReadable && keep && !notKept) {
+              const claimed = await store!.claim(layer.diffId, { signal, what, keep: how!, bestEffort: true }).catch((err: unknown) => {
+                if (cannotKeep(err)) return undefined;
+                throw err;
+              });
+              if (claimed && typeof claimed !== 'string') fills.push((refill = claimed));
+            }
+            const stats = await applier.applyLayer(await layer.openUncompressed(openOptions(layer, refill)), what, refill ? { keep: refill } : {});
+            if (refill) {
+              if (await refill.commit()) kept++;
+              else cannotKeep(refill.notKept);
+            }
             options.onLayer?.({ digest, diffId: layer.diffId, status: 'written', bytes: stats.bytes });
             continue;
           }
