@@ -19,6 +19,7 @@ interface Plan {
   best?: { image: string; layers: { digest: string; size: number }[]; baseLayers: number; steps: number; bytes: number };
   steps: { line: number; instruction: string; matched: boolean }[];
   naive?: { image: string; bytes: number };
+  alternatives?: string[];
 }
 
 const DEB: LayerSpec[] = [
@@ -124,6 +125,14 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
       'RUN npm run build',
     ].map((x) => expect.stringContaining(x.split(' ')[0]!)));
     expect(p.naive).toMatchObject({ image: 'team/app:latest' });
+    // The other tag of the same image is the one other image holding the chain; never the best
+    // again (for the classic builder, which made none of the app's layers, the base is the best).
+    expect(p.alternatives).toEqual([p.best!.image === 'team/app:v1' ? 'team/app:latest' : 'team/app:v1']);
+    for (const builder of ['docker', 'buildkit']) {
+      const q = await plan([`file:${store}`, ctx, '--builder', builder]);
+      expect(q.alternatives, builder).not.toContain(q.best!.image);
+      expect(new Set(q.alternatives).size, builder).toBe(q.alternatives!.length);
+    }
   });
 
   it('reaches past the dependency install when only a source file changed', async () => {

@@ -265,7 +265,11 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
           };
         }),
       ...(best ? { best } : {}),
-      alternatives: preferred(match.node?.images ?? [], options.builder).slice(1, 6).map((r) => `${r.repository}${r.tag ? `:${r.tag}` : ''}`),
+      // The others: not the best again (taken from its history's RUNs, it may not be the first).
+      alternatives: preferred(match.node?.images ?? [], options.builder)
+        .map((r) => `${r.repository}${r.tag ? `:${r.tag}` : ''}`)
+        .filter((name) => name !== best?.image)
+        .slice(0, 5),
     };
     const naiveRepo = options.repository ?? match.node?.images[0]?.repository;
     if (naiveRepo) {
