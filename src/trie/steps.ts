@@ -79,8 +79,9 @@ export interface Step {
   alternatives?: BuilderStepKey[];
   /**
    * What the build itself (not its base) set before this step and the builders run it under: ENV
-   * values (null: not known here, a variable of the base's), the USER, the WORKDIR (null: relative
-   * to the base's), each undefined when the build never set it. A RUN's build args are `buildArgs`.
+   * values, the USER, the WORKDIR, each undefined when the build never set it, null when it is not
+   * known here (named by a variable of the base's, or a WORKDIR relative to the base's). A RUN's
+   * build args are `buildArgs`.
    * See `ownConfigAtLayers` (image-steps.ts) for the stored image's side; plan.ts compares them.
    */
   own?: OwnConfig;
@@ -146,7 +147,7 @@ const CHAINED = new Set(['RUN', 'COPY', 'ADD', 'WORKDIR', 'ENV', 'ARG', 'USER', 
 /** The config a build set itself before a step (Step.own). */
 export interface OwnConfig {
   env: Record<string, string | null>;
-  user?: string;
+  user?: string | null;
   workdir?: string | null;
 }
 
@@ -187,7 +188,7 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
   /** What the context COPYs so far placed where (see `entriesLeftByDiffer`). */
   const placed = new Map<string, string>();
   /** Step.own as the walk goes (through the chain: a stage built on another inherits its config). */
-  const ownConfig: { env: Map<string, string | null>; user?: string; workdir?: string | null } = { env: new Map() };
+  const ownConfig: { env: Map<string, string | null>; user?: string | null; workdir?: string | null } = { env: new Map() };
 
   for (const stage of chain) {
     const args = new Map<string, string | undefined>();
@@ -241,11 +242,14 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
         case 'USER':
           instruction = norm();
           ownConfig.user = instruction.slice('USER '.length);
+          // Named by a variable this walk does not know (the base's): not known here.
+          if (ownConfig.user.includes('$')) ownConfig.user = null;
           break;
         case 'WORKDIR': {
           instruction = norm();
           const written = expand(instr, instr.words[0] ?? '', true);
-          ownConfig.workdir = written.startsWith('/') || typeof ownConfig.workdir === 'string' ? cleanPath(instruction.slice('WORKDIR '.length)) : null;
+          const resolved = cleanPath(instruction.slice('WORKDIR '.length));
+          ownConfig.workdir = (written.startsWith('/') || typeof ownConfig.workdir === 'string') && !resolved.includes('$') ? resolved : null;
           state.workdir = instruction.slice('WORKDIR '.length);
           producesLayer = state.workdir !== '/';
           layerOptional = producesLayer;

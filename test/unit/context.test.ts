@@ -508,3 +508,44 @@ describe('dockerfileSteps', () => {
     expect(e.message).toBe('build/Dockerfile:3: COPY source "b.txt" not found in the build context');
   });
 });
+
+describe('the config a step runs under (what plans compare with a stored image)', () => {
+  it("a Dockerfile's own ENV, USER and WORKDIR before each layer, null where a variable of the base's names them", async () => {
+    const dir = await tree({ 'a.txt': 'a\n' });
+    const df = parseDockerfile(
+      'FROM base\nENV A=1 B="two words"\nENV P=/x:$PATH\nRUN one\nUSER app\nWORKDIR /srv\nRUN two\nWORKDIR sub\nUSER $RUNNER\nCOPY a.txt .\n',
+    );
+    const steps = (await dockerfileSteps(df, { contextDir: dir })).steps.filter((s) => s.producesLayer);
+    expect(steps.map((s) => [s.keyword, s.own])).toEqual([
+      ['RUN', { env: { A: '1', B: 'two words', P: null } }],
+      // A WORKDIR's own layer is made before the directory is the working one.
+      ['WORKDIR', { env: { A: '1', B: 'two words', P: null }, user: 'app' }],
+      ['RUN', { env: { A: '1', B: 'two words', P: null }, user: 'app', workdir: '/srv' }],
+      ['WORKDIR', { env: { A: '1', B: 'two words', P: null }, user: 'app', workdir: '/srv' }],
+      ['COPY', { env: { A: '1', B: 'two words', P: null }, user: null, workdir: '/srv/sub' }],
+    ]);
+  });
+
+  it('a history: what the build set after its base, before each layer, as every builder writes it', async () => {
+    const { ownConfigAtLayers } = await import('../../src/trie/image-steps.js');
+    const history = [
+      { created_by: '/bin/sh -c #(nop) ADD file:abc in / ' },
+      { created_by: '/bin/sh -c #(nop)  ENV BASE=1', empty_layer: true },
+      { created_by: '/bin/sh -c #(nop) WORKDIR /base', empty_layer: true },
+      // The build's own, from here: the classic builder's, then BuildKit's forms.
+      { created_by: '/bin/sh -c #(nop)  ENV A=1 B=two words', empty_layer: true },
+      { created_by: '|1 LEVEL=2 /bin/sh -c echo $A', comment: '' },
+      { created_by: 'USER app', comment: 'buildkit.dockerfile.v0', empty_layer: true },
+      { created_by: 'WORKDIR /srv', comment: 'buildkit.dockerfile.v0' },
+      { created_by: 'RUN |1 LEVEL=3 /bin/sh -c make # buildkit', comment: 'buildkit.dockerfile.v0' },
+    ];
+    expect(ownConfigAtLayers(history, 4, 3)?.map((c) => ({ ...c, env: Object.fromEntries(c.env) }))).toEqual([
+      { env: {}, keyword: 'ADD' },
+      { env: { A: '1', B: 'two words' }, args: { LEVEL: '2' }, keyword: 'RUN' },
+      { env: { A: '1', B: 'two words' }, user: 'app', keyword: 'WORKDIR' },
+      { env: { A: '1', B: 'two words' }, user: 'app', workdir: '/srv', args: { LEVEL: '3' }, keyword: 'RUN' },
+    ]);
+    // History and layers that do not line up: nothing said.
+    expect(ownConfigAtLayers(history, 5, 3)).toBeUndefined();
+  });
+});

@@ -349,7 +349,7 @@ function ranAlike(step: Step, stored: HistoryOwnConfig | undefined): boolean {
     const mine = own.env[key];
     if (mine !== null && mine !== stored.env.get(key)) return false;
   }
-  if (own.user !== stored.user) return false;
+  if (own.user !== null && own.user !== stored.user) return false;
   if (own.workdir !== null && stored.workdir !== null && own.workdir !== stored.workdir) return false;
   if (step.keyword === 'RUN') {
     // An ARG with no value is recorded by no builder: empty here, absent there, alike.
