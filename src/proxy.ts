@@ -109,6 +109,14 @@ export function proxyFor(target: URL, env: NodeJS.ProcessEnv = process.env): Pro
   return parseProxy(raw, envAny(env, names[0]!) !== undefined ? names[0]! : names[1]!);
 }
 
+/** Whether `e` (or the error it wraps) is a connection that failed at the proxy, before it reached the server. */
+export function isAtProxy(e: unknown): boolean {
+  for (let c = e, depth = 0; c && depth < 4; c = (c as Error).cause, depth++) {
+    if ((c as { atProxy?: unknown }).atProxy === true) return true;
+  }
+  return false;
+}
+
 /** What a proxy answered to CONNECT, as the error a connection failure is (it names the proxy). */
 function refusal(proxy: ProxyRoute, target: string, statusLine: string): Error {
   const hint = / 407 /.test(statusLine) ? ' (the proxy wants credentials: http://USER:PASSWORD@HOST:PORT in the variable)' : '';
@@ -136,7 +144,8 @@ function connectThrough(proxy: ProxyRoute, host: string, port: number, connectMs
     const fail = (e: Error) => {
       done();
       socket.destroy();
-      reject(e);
+      // Marked: the connection failed at the proxy, before it reached the server (isAtProxy).
+      reject(Object.assign(e, { atProxy: true }));
     };
     const onError = (e: NodeJS.ErrnoException) => {
       // The code kept (ECONNREFUSED is unreachable, ECONNRESET transient), the proxy named.

@@ -12,6 +12,8 @@ export interface ForwardProxyOptions {
   hosts: Record<string, string>;
   /** `user:password` the proxy demands (407 without it). */
   credentials?: string;
+  /** The ports CONNECT may reach (403 to others), as a corporate proxy that tunnels to 443 alone; default: any. */
+  connectPorts?: number[];
 }
 
 export interface RunningForwardProxy {
@@ -68,6 +70,10 @@ export async function startForwardProxy(options: ForwardProxyOptions): Promise<R
     const address = options.hosts[host];
     if (!address) {
       client.end('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
+    if (options.connectPorts && !options.connectPorts.includes(port)) {
+      client.end('HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n');
       return;
     }
     const upstream = net.connect({ host: address, port }, () => {

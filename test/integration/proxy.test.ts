@@ -93,6 +93,25 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl'))('a registry 
     expect(proxy.seen.every((s) => s === `CONNECT ${NAME}:${plain.port}` || s.includes(` http://${NAME}:${plain.port}/v2/`)), proxy.seen.join('\n')).toBe(true);
   });
 
+  it('a proxy that tunnels to port 443 alone: a registry allowed plain HTTP is asked in absolute form, as skopeo asks it', async () => {
+    const fx = fixtures();
+    const strict = await startForwardProxy({ hosts: { [NAME]: '127.0.0.1' }, connectPorts: [443] });
+    try {
+      const env = { ...noProxyEnv, HTTPS_PROXY: strict.url, HTTP_PROXY: strict.url };
+      const ref = `${NAME}:${plain.port}/team/strict:1`;
+      const push = await smart(['push', '--insecure-registry', `${NAME}:${plain.port}`, `oci:${fx.paths.ociBasic}:latest`, `docker://${ref}`], { cacheHome: cache(), env });
+      expect(push.code, push.stderr).toBe(0);
+      expect(await skopeoDigest(`127.0.0.1:${plain.port}/team/strict:1`)).toBe(fx.basic.manifest.digest);
+      expect(strict.seen[0]).toBe(`CONNECT ${NAME}:${plain.port}`);
+      expect(strict.seen).toContain(`PUT http://${NAME}:${plain.port}/v2/team/strict/manifests/1`);
+      // Not allowed plain HTTP, the registry is not asked so: the proxy's refusal, in one line.
+      const refused = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${ref}`], { cacheHome: cache(), env });
+      expect(oneError(refused)).toMatch(/^smart: error \[REGISTRY\]: cannot reach registry .*refused CONNECT .*403 Forbidden/);
+    } finally {
+      await strict.stop();
+    }
+  });
+
   it('reaches S3 through it too, each connection tunnelled to the endpoint', async () => {
     const fx = fixtures();
     proxy.seen.length = 0;

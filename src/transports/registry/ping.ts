@@ -9,7 +9,7 @@ import { parseChallenge, type Challenge } from './auth.js';
 import { connectionError, statusError, type ErrorContext } from './errors.js';
 import { USER_AGENT, header, type Http } from './http.js';
 import type { Retry } from './retry.js';
-import { proxyFor } from '../../proxy.js';
+import { isAtProxy, proxyFor } from '../../proxy.js';
 
 export interface PingResult {
   /** `https://host[:port]` or `http://…`: where the API answers. */
@@ -121,7 +121,12 @@ export async function ping(
   try {
     return await attempt('https', !target.allowHttp);
   } catch (e) {
-    if (!target.allowHttp || !looksLikeTlsMismatch(e)) throw e;
-    return attempt('http', true);
+    if (!target.allowHttp) throw e;
+    if (looksLikeTlsMismatch(e)) return attempt('http', true);
+    // The proxy would not carry TLS to it (a proxy that tunnels to port 443 alone): plain HTTP,
+    // allowed for this registry, goes its own way (HTTP_PROXY, or straight), as skopeo and Docker
+    // try it. Failing that too, the proxy's refusal is what to fix.
+    if (!isAtProxy(e)) throw e;
+    return attempt('http', true).catch(() => Promise.reject(e));
   }
 }
