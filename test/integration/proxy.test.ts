@@ -91,6 +91,11 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl'))('a registry 
     expect(await skopeoDigest(`127.0.0.1:${plain.port}/team/plain:1`)).toBe(fx.basic.manifest.digest);
     expect(proxy.seen).toContain(`PUT http://${NAME}:${plain.port}/v2/team/plain/manifests/1`);
     expect(proxy.seen.every((s) => s === `CONNECT ${NAME}:${plain.port}` || s.includes(` http://${NAME}:${plain.port}/v2/`)), proxy.seen.join('\n')).toBe(true);
+    // Not allowed plain HTTP: refused, said plainly (not OpenSSL's error queue), with the flag that allows it.
+    const refused = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${NAME}:${plain.port}/team/plain:2`], { cacheHome: cache(), env: viaProxy() });
+    expect(oneError(refused)).toBe(
+      `smart: error [REGISTRY]: cannot reach registry ${NAME}:${plain.port}: EPROTO the server answered in plain HTTP, not TLS (ping ${NAME}:${plain.port}) (a registry without TLS is reached with --insecure-registry ${NAME}:${plain.port})`,
+    );
   });
 
   it('a proxy that tunnels to port 443 alone: a registry allowed plain HTTP is asked in absolute form, as skopeo asks it', async () => {

@@ -145,8 +145,11 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
   const { what } = request;
   if ((e as Error)?.name === 'AbortError') return new SmartError('CANCELLED', `${what}: cancelled`, { cause: e });
   const facts = { ...(request.method !== undefined ? { method: request.method } : {}), ...(request.url !== undefined ? { url: request.url } : {}) };
-  const msg = (e as Error)?.message ?? String(e);
+  let msg = (e as Error)?.message ?? String(e);
   const code = errorCode(e);
+  // OpenSSL's own words for a server that answered the TLS hello in plain HTTP (a library path,
+  // an error queue, a line break), said plainly, as skopeo says it.
+  if (phase === 'ping' && /wrong version number|http request/i.test(msg)) msg = 'the server answered in plain HTTP, not TLS';
   if (code === HTTP_STALL) {
     const s = Math.round(ctx.stallTimeoutMs / 1000);
     return new RegistryError('REGISTRY', `registry ${ctx.host} stalled: no data for ${s} s (${what})`, { ...facts, input: ctx.host, cause: e, retryable: true });
@@ -164,7 +167,9 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
         ? `the registry's certificate is outside its validity dates (or this machine's clock is); ${skip}`
         : ctx.allowHttp
           ? 'check the registry TLS setup'
-          : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
+          : msg === 'the server answered in plain HTTP, not TLS'
+            ? `a registry without TLS is reached with --insecure-registry ${ctx.host}`
+            : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
   return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
     ...facts,
     input: ctx.host,
