@@ -141,6 +141,16 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'skopeo'))(
     const missing = await pushBasic(h, ['--authfile', path.join(h.dir, 'no-such.json')]);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/^smart: error \[USAGE\]: cannot read --authfile .*no-such\.json: no such file$/m);
+    // An entry whose auth is not base64 (a login gone wrong): said so, naming the file and the
+    // registry but not the value, where a request without credentials was told to log in.
+    const garbled = path.join(h.dir, 'garbled.json');
+    await fs.writeFile(garbled, JSON.stringify({ auths: { [basic.host]: { auth: '!!not-base64' } } }));
+    const bad = await pushBasic(h, ['--authfile', garbled]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.trim().split('\n')).toEqual([
+      `smart: error [USAGE]: ${garbled}: the entry for ${basic.host}: its "auth" value is not base64 of USER:PASSWORD (log in again (docker login, podman login), or mend the entry)`,
+    ]);
+    expect(bad.stderr).not.toContain('not-base64');
   });
 
   it('--username with --password-stdin, and --creds-file, keep the secret off the command line', async () => {

@@ -150,11 +150,17 @@ async function runHelper(name: string, server: string): Promise<Credentials | un
   });
 }
 
-function fromAuthEntry(entry: NonNullable<DockerConfig['auths']>[string]): Credentials | undefined {
+function fromAuthEntry(entry: NonNullable<DockerConfig['auths']>[string], where: string): Credentials | undefined {
   if (typeof entry !== 'object' || entry === null) return undefined;
   let username = entry.username ?? '';
   let password = entry.password ?? '';
   if (typeof entry.auth === 'string' && entry.auth) {
+    // Not base64 (Node's decoder would skip what it cannot read): a login gone wrong, said so,
+    // as skopeo says it, rather than a request without credentials answered "log in". Its value
+    // is not shown: it is the secret.
+    if (!/^[A-Za-z0-9+/]+={0,2}$/.test(entry.auth.trim())) {
+      throw new SmartError('USAGE', `${where}: its "auth" value is not base64 of USER:PASSWORD`, { input: where, hint: 'log in again (docker login, podman login), or mend the entry' });
+    }
     const decoded = Buffer.from(entry.auth, 'base64').toString('utf8');
     const i = decoded.indexOf(':');
     if (i > 0) {
@@ -175,7 +181,7 @@ function normalizeKey(key: string): string {
 }
 
 /** What one file knows of `host`: a helper's answer, an auths entry, or (Docker's file) its credsStore's. */
-async function fromFile(config: DockerConfig, host: string, docker: boolean): Promise<Credentials | undefined> {
+async function fromFile(config: DockerConfig, host: string, docker: boolean, path: string): Promise<Credentials | undefined> {
   const keys = configKeys(host);
   for (const key of keys) {
     const helper = config.credHelpers?.[key];
@@ -185,7 +191,7 @@ async function fromFile(config: DockerConfig, host: string, docker: boolean): Pr
   for (const key of keys) {
     const entry = auths[key];
     if (entry) {
-      const creds = fromAuthEntry(entry);
+      const creds = fromAuthEntry(entry, `${path}: the entry for ${key}`);
       if (creds) return creds;
     }
   }
@@ -193,7 +199,7 @@ async function fromFile(config: DockerConfig, host: string, docker: boolean): Pr
   const wanted = normalizeKey(host);
   for (const [key, entry] of Object.entries(auths)) {
     if (normalizeKey(key) !== wanted) continue;
-    const creds = fromAuthEntry(entry);
+    const creds = fromAuthEntry(entry, `${path}: the entry for ${key}`);
     if (creds) return creds;
   }
   if (docker && typeof config.credsStore === 'string' && config.credsStore) return runHelper(config.credsStore, keys[0]!);
@@ -210,7 +216,7 @@ export async function lookupCredentials(host: string, explicit?: Credentials, op
   for (const file of credentialFiles(options)) {
     const config = await readCredentialFile(file);
     if (!config) continue;
-    const creds = await fromFile(config, host, file.docker);
+    const creds = await fromFile(config, host, file.docker, file.path);
     if (creds) return creds;
   }
   return undefined;
