@@ -175,6 +175,8 @@ describe('a fifo or device node where something was', () => {
     const next = await smart(['pull', `oci:${image}:latest`, `rootfs:${work}/next`, '--link'], { cacheHome });
     expect(next.code, next.stderr).toBe(0);
     expect(next.stderr).toMatch(/damaged/);
-    expect(await describeTree(path.join(work, 'next'))).toEqual(want);
+    // A --link tree shares its files with the store (the repaired layer kept again): every file in a group.
+    const unlinked = (t: Awaited<ReturnType<typeof describeTree>>) => Object.fromEntries(Object.entries(t).map(([p, { hardlinkGroup: _, ...e }]) => [p, e]));
+    expect(unlinked(await describeTree(path.join(work, 'next')))).toEqual(unlinked(want));
   });
 });
