@@ -300,7 +300,8 @@ const MAX_CONFIG_CHECKS = 6;
  * before they reuse a step (the classic builder compares the config, BuildKit keys a RUN by its
  * environment), while the trie's keys are the steps' texts alone: a RUN after a changed
  * `ENV VERSION=2` matched, and was fetched for nothing. An image whose history cannot be lined up
- * with its layers is taken as its keys say. Past MAX_CONFIG_CHECKS images, the base alone.
+ * with its layers, or that cannot be read, is taken as its keys say. Past MAX_CONFIG_CHECKS
+ * images, the base alone.
  */
 async function configMatch(match: Match, steps: readonly Step[], store: StoreAccess, platform: Platform, ownFrom: number, builder?: CacheBuilder): Promise<Match> {
   const { ownConfigAtLayers } = await import('../../trie/image-steps.js');
@@ -330,7 +331,9 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
     const img = c.image ?? (c.node && preferred(c.node.images, builder)[0]);
     if (!img) continue;
     if (checks++ >= MAX_CONFIG_CHECKS) break;
-    const own = await ownConfigOf(img);
+    // An image that cannot be read now (gone since the index, the registry down) is taken as its
+    // keys say, as before this check: `cache pull` then says what is wrong with it.
+    const own = await ownConfigOf(img).catch(() => undefined);
     if (!own || withLayers.every((k, t) => ranAlike(steps[k]!, own[c.baseLayers + t]))) return c;
   }
   return candidates.find((c) => c.matchedSteps.every((k) => c.emptySteps.includes(k))) ?? { ...match, node: match.path[match.baseLayers - 1], steps: 0, path: match.path.slice(0, match.baseLayers), matchedSteps: [], emptySteps: [] };

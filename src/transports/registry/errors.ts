@@ -149,7 +149,8 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
   const code = errorCode(e);
   // OpenSSL's own words for a server that answered the TLS hello in plain HTTP (a library path,
   // an error queue, a line break), said plainly, as skopeo says it.
-  if (phase === 'ping' && /wrong version number|http request/i.test(msg)) msg = 'the server answered in plain HTTP, not TLS';
+  const plainServer = phase === 'ping' && /wrong version number|http request/i.test(msg);
+  if (plainServer) msg = 'the server answered in plain HTTP, not TLS';
   if (code === HTTP_STALL) {
     const s = Math.round(ctx.stallTimeoutMs / 1000);
     return new RegistryError('REGISTRY', `registry ${ctx.host} stalled: no data for ${s} s (${what})`, { ...facts, input: ctx.host, cause: e, retryable: true });
@@ -167,7 +168,7 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
         ? `the registry's certificate is outside its validity dates (or this machine's clock is); ${skip}`
         : ctx.allowHttp
           ? 'check the registry TLS setup'
-          : msg === 'the server answered in plain HTTP, not TLS'
+          : plainServer
             ? `a registry without TLS is reached with --insecure-registry ${ctx.host}`
             : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
   return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
