@@ -788,22 +788,35 @@ export interface LayerEntry {
 /**
  * The content digest of a COPY computed from the layer it made: the entries below the step's
  * destination directory (`Step.destination`), named relative to it — the destination itself,
- * its parents and whiteouts left out. Equal to `copySourcesDigest` of the context the layer was
- * built from, for a destination that is a directory (a single file copied under another name
- * is named differently on the two sides).
+ * its parents and whiteouts left out; or, where the step wrote one file at a destination not
+ * written as a directory, that file named by the destination's last element. Equal to
+ * `copySourcesDigest` of the context the layer was built from (for a file copied under another
+ * name, to the plan's key over it renamed).
  */
 export function digestLayerEntries(entries: readonly LayerEntry[], destination: string, options: Pick<CopyOptions, 'chown' | 'chmod'> = {}): Digest {
   const dest = contextRelative(destination);
   const prefix = dest === '' ? '' : `${dest}/`;
   const picked: CopyEntry[] = [];
+  /** The destination itself, when the step wrote a file there (`COPY app.conf /etc/app/main.conf`). */
+  let itself: LayerEntry | undefined;
   for (const e of entries) {
     const p = contextRelative(e.path);
+    if (p === dest && dest !== '' && !destination.endsWith('/') && e.type !== 'dir') itself = e;
     if (p === '' || p === dest || !p.startsWith(prefix)) continue;
     const rel = p.slice(prefix.length);
     if (rel.slice(rel.lastIndexOf('/') + 1).startsWith('.wh.')) continue;
     const entry: CopyEntry = { path: rel, source: p, type: e.type, mode: e.mode & 0o7777, size: 0 };
     if (e.target !== undefined) entry.target = e.target;
     if (e.sha256 !== undefined) entry.sha256 = e.sha256;
+    picked.push(entry);
+  }
+  // A file at the destination: it alone, named as the destination names it (a plan names the
+  // source so when the names agree, and tries the destination's name besides: steps.ts).
+  if (itself && picked.length === 0) {
+    const name = dest.slice(dest.lastIndexOf('/') + 1);
+    const entry: CopyEntry = { path: name, source: dest, type: itself.type, mode: itself.mode & 0o7777, size: 0 };
+    if (itself.target !== undefined) entry.target = itself.target;
+    if (itself.sha256 !== undefined) entry.sha256 = itself.sha256;
     picked.push(entry);
   }
   return digestCopyEntries(picked, options);

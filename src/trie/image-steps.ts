@@ -12,8 +12,8 @@
  *   type, permission bits, content sha256 and link target (`digestLayerEntries` in context.ts,
  *   the digest a plan computes from the context as the instruction would place the files). Not
  *   compared: times, owners (a `--chown` is compared as written in the history), the destination
- *   directory and its parents, whiteouts. A single file copied under another name is not matched
- *   this way (the two sides name it differently).
+ *   directory and its parents, whiteouts. A single file written at a destination that is not a
+ *   directory (`COPY app.conf /etc/app/main.conf`) is that file, named as the destination names it.
  */
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';

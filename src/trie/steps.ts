@@ -376,6 +376,20 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
               keys.push({ key: { instruction, contentDigest: digestCopyEntries(rest, flags) } });
               if (bare) keys.push({ key: { instruction: bare, contentDigest: elidedSummaryDigest(rest, chmod) }, ...ownerUnchecked });
             }
+            // One file to a destination that is not a directory: the layer holds it under the
+            // destination's name (`COPY app.conf /etc/app/main.conf`), and its summary names it so
+            // (digestLayerEntries): the same keys over the file renamed.
+            const renamedTo = renames[1];
+            if (renamedTo !== undefined && renamedTo !== entries[0]!.path) {
+              const renamed = [{ ...entries[0]!, path: renamedTo }];
+              const elided = elidedSummaryDigest(renamed, chmod);
+              keys.push(
+                { key: { instruction, contentDigest: digestCopyEntries(renamed, flags) } },
+                { key: { instruction: elidedCopyInstruction(kw, destWritten, chown), contentDigest: elided } },
+                { key: { instruction: elidedCopyInstruction(kw, destRaw), contentDigest: elided } },
+              );
+              if (bare) keys.push({ key: { instruction: bare, contentDigest: elided }, ...ownerUnchecked });
+            }
             alternatives = keys;
           }
           recordPlaced(entries, destination, placed, flags);

@@ -361,6 +361,34 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3, ADD_LINE, CHECK_LINE, RUN_LINE]);
   });
 
+  it('one file copied to a file path, under its own name and under another: matched by its files, and reused by BuildKit', async () => {
+    const dir = path.join(work, 'ctx-filedest');
+    await fs.mkdir(dir, { recursive: true });
+    await fs.writeFile(path.join(dir, 'app.conf'), 'key=value\n');
+    await fs.writeFile(path.join(dir, 'Dockerfile'), `FROM ${baseRef}\nCOPY app.conf /etc/app.conf\nCOPY app.conf /etc/main.conf\nRUN cat /etc/main.conf > /tmp/seen\n`);
+    const buildkit = { DOCKER_BUILDKIT: '1' };
+    await dockerd.wipe();
+    await dockerd.dockerOk(['build', '--network', 'none', '--build-arg', 'BUILDKIT_INLINE_CACHE=1', '-t', 'filedest:bk', dir], { env: buildkit });
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/filedest:bk`], (await dockerd.dockerOk(['save', 'filedest:bk'])).stdout);
+    await dockerd.dockerOk(['build', '--network', 'none', '-t', 'filedest:classic', dir], { env: { DOCKER_BUILDKIT: '0' } });
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/filedest:classic`], (await dockerd.dockerOk(['save', 'filedest:classic'])).stdout);
+    await runOkSmart(['cache', 'index', `file:${store}`]);
+    for (const builder of ['buildkit', 'docker']) {
+      const p = await plan(`file:${store}`, dir, '--builder', builder);
+      expect(p.steps.map((x) => x.matched), builder).toEqual([true, true, true]);
+    }
+    // The content changed: neither COPY is the stored one.
+    await fs.writeFile(path.join(dir, 'app.conf'), 'key=other\n');
+    expect((await plan(`file:${store}`, dir, '--builder', 'buildkit')).steps.map((x) => x.matched)).toEqual([false, false, false]);
+    await fs.writeFile(path.join(dir, 'app.conf'), 'key=value\n');
+    // A fresh daemon, BuildKit's cache from the registry serving the store: every step reused.
+    await dockerd.wipe();
+    const flags = (await runOkSmart(['cache', 'pull', `file:${store}`, dir, '--print-cache-from', 'buildkit', '--registry', registry.host, '-q'])).stdout.toString().trim();
+    expect(flags).toBe(`--cache-from ${registry.host}/apps/filedest:bk`);
+    const fresh = await dockerd.dockerOk(['build', '--network', 'none', '--progress', 'plain', ...flags.split(' '), '-t', 'filedest:again', dir], { env: buildkit });
+    expect(cachedLines('buildkit', fresh.stderr.toString()), fresh.stderr.toString()).toEqual(expect.arrayContaining([2, 3, 4]));
+  });
+
   it('a changed ENV, USER or build arg before a RUN: the plan stops at that RUN, as the classic builder and BuildKit do', async () => {
     const configDockerfile = (mode: string, user: string) =>
       `FROM ${baseRef}\nENV MODE=${mode}\nARG LEVEL=1\nUSER ${user}\nRUN echo "$MODE $LEVEL" > /tmp/mode\nRUN echo tail > /tmp/tail\n`;
