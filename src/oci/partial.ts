@@ -41,21 +41,25 @@ export async function resolvePlatformManifest(
 }
 
 /**
- * Whether a manifest is a container image: an image config (OCI's or Docker's) and layers of the
- * types a tree is made of. Else it is an artifact (a signature, an SBOM, a Helm chart, an
- * attestation): a registry, a store or a layout holds it as it is, nothing unpacks it.
+ * What makes a manifest an artifact (a signature, an SBOM, a Helm chart, an attestation) rather
+ * than a container image: its config's media type when that is no image config (OCI's or
+ * Docker's), else that of its first layer that is no layer tar; undefined for a container image.
+ * A registry, a store or a layout holds an artifact as it is; nothing unpacks it.
  */
+function artifactMark(m: ImageManifest): string | undefined {
+  if (m.config.mediaType !== MediaType.OCI_CONFIG && m.config.mediaType !== MediaType.DOCKER_CONFIG) return m.config.mediaType;
+  return m.layers.find((l) => layerCompression(l.mediaType) === undefined && !isForeignLayer(l.mediaType))?.mediaType;
+}
+
 export function isContainerImage(m: ImageManifest): boolean {
-  if (m.config.mediaType !== MediaType.OCI_CONFIG && m.config.mediaType !== MediaType.DOCKER_CONFIG) return false;
-  return m.layers.every((l) => layerCompression(l.mediaType) !== undefined || isForeignLayer(l.mediaType));
+  return artifactMark(m) === undefined;
 }
 
 /** UNSUPPORTED unless `m` is a container image: what cannot be unpacked or converted, said as such. */
 export function checkContainerImage(name: string, m: ImageManifest): void {
-  if (isContainerImage(m)) return;
-  const configType = m.config.mediaType !== MediaType.OCI_CONFIG && m.config.mediaType !== MediaType.DOCKER_CONFIG;
-  const what = m.artifactType ?? (configType ? m.config.mediaType : m.layers.find((l) => layerCompression(l.mediaType) === undefined && !isForeignLayer(l.mediaType))!.mediaType);
-  throw new SmartError('UNSUPPORTED', `${name} is not a container image but an artifact (${quoted(what, 100)}): it can be copied into a registry, a store or a layout, not unpacked or converted`, {
+  const mark = artifactMark(m);
+  if (mark === undefined) return;
+  throw new SmartError('UNSUPPORTED', `${name} is not a container image but an artifact (${quoted(m.artifactType ?? mark, 100)}): it can be copied into a registry, a store or a layout, not unpacked or converted`, {
     input: name,
   });
 }

@@ -133,6 +133,10 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
       expect(q.alternatives, builder).not.toContain(q.best!.image);
       expect(new Set(q.alternatives).size, builder).toBe(q.alternatives!.length);
     }
+    // Both tags hold the base the classic builder's plan stops at, and neither is its best: both are listed.
+    const classic = await plan([`file:${store}`, ctx, '--builder', 'docker']);
+    expect(classic.best!.image).toBe('library/node:5');
+    expect(classic.alternatives).toEqual(expect.arrayContaining(['team/app:v1', 'team/app:latest']));
   });
 
   it('reaches past the dependency install when only a source file changed', async () => {

@@ -95,8 +95,9 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
     // load` loads nothing and the build goes on without cache (an empty stream made it fail).
     if (ctx.destination?.startsWith('docker-archive:')) {
       const { openDestination, parseImageName } = await import('../../transports/all.js');
+      const { DockerArchiveWriter } = await import('../../transports/docker-archive/writer.js');
       const dest = await openDestination(parseImageName(ctx.destination), ctx.endpoints);
-      if ('writeNone' in dest && typeof dest.writeNone === 'function') await (dest.writeNone as () => Promise<unknown>)();
+      if (dest instanceof DockerArchiveWriter) await dest.writeNone();
     }
     return { plan, fetched: 0, bytes: 0, destination: ctx.destination ?? 'layer store' };
   }
