@@ -76,10 +76,11 @@ function parseHost(url: string, s: string): RedisNodeAddress {
     host = v6[1]!;
     portText = v6[2];
   } else {
+    // Without whole brackets there is no telling an IPv6 address's last group from a port.
+    if (/[[\]]/.test(s) || (s.match(/:/g)?.length ?? 0) > 1) throw usage(url, `bad host "${s}": an IPv6 address goes in brackets, as [::1]:6379`);
     const i = s.lastIndexOf(':');
     host = i < 0 ? s : s.slice(0, i);
     portText = i < 0 ? undefined : s.slice(i + 1);
-    if (host.includes(':')) throw usage(url, `put the IPv6 address ${host} in brackets: [${host}]:PORT`);
   }
   if (!host || !/^[A-Za-z0-9._:-]+$/.test(host)) throw usage(url, `bad host "${host}"`);
   let port = 6379;

@@ -409,6 +409,14 @@ describe.skipIf(!haveRedis)('RedisMetadataCache specifics', () => {
       const e = error as Error & { input?: string };
       expect(`${e.message} ${e.input ?? ''}`, bad).not.toContain('hunter22');
     }
+    // An IPv6 address without whole brackets: one readable message, not the address cut at a colon.
+    for (const [bad, host] of [
+      ['redis://:hunter22@[::1/0', '[::1'],
+      ['redis://:hunter22@::1:6379', '::1:6379'],
+      ['redis://:hunter22@::1]:6379', '::1]:6379'],
+    ] as const) {
+      expect(() => parseRedisUrl(bad)).toThrow(`invalid Redis URL: bad host "${host}": an IPv6 address goes in brackets, as [::1]:6379`);
+    }
     await expect(createRedisMetadataCache({ url: 'redis://a:hunter22@h:0' })).rejects.toMatchObject({ code: 'USAGE' });
     await expect(openMetadataCache({ redisUrl: 'redis:/nope', diskDir: '/x', onWarning: () => undefined })).rejects.toMatchObject({ code: 'USAGE' });
   });
