@@ -23,6 +23,7 @@ import type { ImageSource } from '../oci/image.js';
 import type { Descriptor, ParsedManifest } from '../oci/manifest.js';
 import { layerCompression, layerMediaType } from '../oci/mediatypes.js';
 import { readBlob } from '../oci/partial.js';
+import type { CompressionFormat } from '../pipeline/compressor.js';
 import { layerFromDescriptor } from '../pipeline/layers.js';
 import { isValidRepository } from '../oci/reference.js';
 import { cachedManifest, rememberManifest } from './cached-source.js';
@@ -89,14 +90,14 @@ export class BlobInfoCache {
     private readonly local?: MetadataCache,
   ) {}
 
-  private key(scope: string, diffId: Digest): string {
-    return compressedKey(scope, diffId);
+  private key(scope: string, diffId: Digest, format: CompressionFormat): string {
+    return compressedKey(scope, diffId, format);
   }
 
   /**
-   * The blob `diffId` was compressed to at `dest`, if `dest` itself confirms it (see the module
-   * comment), as it was compressed (OCI media type: the manifest's family is chosen when the
-   * image is written). Whether the blob is still linked where it is needed is the caller's check.
+   * The blob `diffId` was compressed to in `format` at `dest`, if `dest` itself confirms it (see
+   * the module comment), as it was compressed (OCI media type: the manifest's family is chosen
+   * when the image is written). A blob of another format is no answer: the push asked for this one. Whether the blob is still linked where it is needed is the caller's check.
    * `config`: the config of the image being pushed; a proof image that names it (the same image
    * pushed before, the usual case) is confirmed with one read, of its manifest.
    *
@@ -105,11 +106,11 @@ export class BlobInfoCache {
    * not, layer by layer; the second asking reads nothing again (no round trip to Redis, no
    * blob's head read from the store a second time).
    */
-  compressedFor(dest: ProvingStore, diffId: Digest, signal?: AbortSignal, config?: KnownConfig): Promise<Descriptor | undefined> {
-    const key = this.key(dest.cacheScope, diffId);
+  compressedFor(dest: ProvingStore, diffId: Digest, format: CompressionFormat, signal?: AbortSignal, config?: KnownConfig): Promise<Descriptor | undefined> {
+    const key = this.key(dest.cacheScope, diffId, format);
     let found = this.found.get(key);
     if (!found) {
-      found = this.confirmCompressed(dest, key, diffId, signal, config);
+      found = this.confirmCompressed(dest, key, diffId, format, signal, config);
       this.found.set(key, found);
       // A failure (a cancelled read) is not an answer: the next asking tries again.
       found.catch(() => this.found.get(key) === found && this.found.delete(key));
@@ -117,12 +118,20 @@ export class BlobInfoCache {
     return found;
   }
 
-  private async confirmCompressed(dest: ProvingStore, key: string, diffId: Digest, signal: AbortSignal | undefined, config: KnownConfig | undefined): Promise<Descriptor | undefined> {
+  private async confirmCompressed(
+    dest: ProvingStore,
+    key: string,
+    diffId: Digest,
+    format: CompressionFormat,
+    signal: AbortSignal | undefined,
+    config: KnownConfig | undefined,
+  ): Promise<Descriptor | undefined> {
     const raw = await this.cache.get(key);
     if (!raw || !dest.storedSource) return undefined;
     this.seen.set(key, raw);
     const entry = parseEntry(raw);
-    if (!entry) return undefined;
+    // An entry of another format under this key (written by an older version, or forged): a miss.
+    if (!entry || layerCompression(entry.mediaType) !== format) return undefined;
     let found: Descriptor | undefined;
     if (entry.manifest) {
       const proof = await this.proofImage(dest, entry.repository, entry.manifest, config);
@@ -132,19 +141,18 @@ export class BlobInfoCache {
       const claimed = { mediaType: entry.mediaType, digest: entry.digest, size: entry.size };
       found = (await decompressesTo(dest, entry.repository, claimed, diffId, signal)) ? claimed : undefined;
     }
-    const compression = found && layerCompression(found.mediaType);
-    if (!found || compression === undefined || compression === 'none') return undefined;
-    return { mediaType: layerMediaType('oci', compression), digest: found.digest, size: found.size };
+    if (!found || layerCompression(found.mediaType) !== format) return undefined;
+    return { mediaType: layerMediaType('oci', format), digest: found.digest, size: found.size };
   }
 
   /**
-   * The image that proved every one of `diffIds` at `scope`, when one image proved them all, as
-   * the entries compressedFor read in this process say (no read of its own).
+   * The image that proved every one of `diffIds` at `scope` in `format`, when one image proved
+   * them all, as the entries compressedFor read in this process say (no read of its own).
    */
-  provenTogether(scope: string, diffIds: readonly Digest[]): { repository: string; manifest: Digest } | undefined {
+  provenTogether(scope: string, diffIds: readonly Digest[], format: CompressionFormat): { repository: string; manifest: Digest } | undefined {
     let proof: { repository: string; manifest: Digest } | undefined;
     for (const diffId of diffIds) {
-      const raw = this.seen.get(this.key(scope, diffId));
+      const raw = this.seen.get(this.key(scope, diffId, format));
       const entry = raw === undefined ? undefined : parseEntry(raw);
       if (!entry?.manifest) return undefined;
       if (proof && (proof.repository !== entry.repository || proof.manifest !== entry.manifest)) return undefined;
@@ -170,7 +178,9 @@ export class BlobInfoCache {
 
   /** Records, as soon as it is stored in `repository`, what a layer was compressed to (evidence: the blob itself). */
   async recordStored(scope: string, repository: string, diffId: Digest, compressed: Descriptor): Promise<void> {
-    await this.write([{ key: this.key(scope, diffId), entry: { digest: compressed.digest, size: compressed.size, mediaType: compressed.mediaType, repository } }]);
+    const format = compressedFormat(compressed);
+    if (!format) return;
+    await this.write([{ key: this.key(scope, diffId, format), entry: { digest: compressed.digest, size: compressed.size, mediaType: compressed.mediaType, repository } }]);
   }
 
   /**
@@ -187,8 +197,11 @@ export class BlobInfoCache {
             .catch(() => undefined)
         : undefined;
     await this.write(
-      layers.map((l) => ({
-        key: this.key(scope, l.diffId),
+      layers.flatMap((l) => {
+        const format = compressedFormat(l.descriptor);
+        return format ? [{ l, format }] : [];
+      }).map(({ l, format }) => ({
+        key: this.key(scope, l.diffId, format),
         entry: { digest: l.descriptor.digest, size: l.descriptor.size, mediaType: l.descriptor.mediaType, repository: proof.repository, manifest: proof.manifest },
       })),
     );
@@ -251,6 +264,12 @@ export class BlobInfoCache {
     const next = [repository, ...known.filter((r) => r !== repository)].slice(0, 5);
     await this.cache.set(locationKey(scope, digest), JSON.stringify(next));
   }
+}
+
+/** The format a layer blob was compressed to, when one a push compresses to. */
+function compressedFormat(blob: Descriptor): CompressionFormat | undefined {
+  const c = layerCompression(blob.mediaType);
+  return c === 'gzip' || c === 'zstd' ? c : undefined;
 }
 
 /** The v1 id of an older `docker save` layer member (`<v1 id>/layer.tar`). */

@@ -36,9 +36,13 @@ export function tagKey(scope: string, repository: string, tag: string): string {
   return `tag:v2:${scope}:${repository}:${tag}`;
 }
 
-/** What a layer (by diff id) was compressed to in a store. */
-export function compressedKey(scope: string, diffId: string): string {
-  return `compressed:v2:${scope}:${diffId}`;
+/**
+ * What a layer (by diff id) was compressed to in a store, one entry per format: a push asked for
+ * gzip must never be answered with the zstd blob an earlier push made (its image would change
+ * format), and pushes of both formats must not take each other's entry. gzip keeps the key it had.
+ */
+export function compressedKey(scope: string, diffId: string, format: 'gzip' | 'zstd' = 'gzip'): string {
+  return `compressed:v2:${scope}:${diffId}${format === 'gzip' ? '' : `:${format}`}`;
 }
 
 /**

@@ -121,6 +121,11 @@ class CopyRun {
 
   constructor(readonly options: CopyOptions) {}
 
+  /** What uncompressed layers are compressed to: a blob of another format is never reused for them. */
+  get format(): CompressionFormat {
+    return this.options.compression ?? 'gzip';
+  }
+
   /** Blobs already told of (a stream's layers, stored as they passed): found again as present, they are not counted twice. */
   private told?: Set<string>;
 
@@ -531,7 +536,7 @@ async function copyLayer(layer: Layer, dest: BlobDestination, run: CopyRun, sign
     return { descriptor: desc, diffId: layer.diffId };
   }
   // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
-  const known = await run.options.blobInfo?.compressedFor(dest, layer.diffId, signal, run.config);
+  const known = await run.options.blobInfo?.compressedFor(dest, layer.diffId, run.format, signal, run.config);
   const reuse = known && (await dest.reuseBlob(known));
   if (known && reuse) {
     run.record({ digest: known.digest, layer: desc.digest, diffId: layer.diffId, status: 'skipped', reuse, bytes: 0, mediaType: known.mediaType });
@@ -561,7 +566,7 @@ async function reuseStreamedLayer(layer: StreamedLayer, bytes: Readable, dest: B
   const descriptor: Descriptor | undefined = compressed
     ? { mediaType: layerMediaType('oci', layer.compression), digest: claimed, size: layer.size }
     : dest.layerCompression === 'compress'
-      ? await blobInfo?.compressedFor(dest, claimed, signal)
+      ? await blobInfo?.compressedFor(dest, claimed, run.format, signal)
       : { mediaType: MediaType.OCI_LAYER, digest: claimed, size: layer.size };
   const reuse = descriptor && (await dest.reuseBlob(descriptor));
   if (!descriptor || !reuse) return undefined;
@@ -778,7 +783,7 @@ async function convertedAlreadyThere(image: Image, dest: BlobDestination, run: C
   const toCompress = image.layers.filter((l) => !isForeignLayer(l.descriptor.mediaType) && layerCompression(l.descriptor.mediaType) === 'none');
   if (toCompress.length === 0) return undefined; // alreadyThere's case
   const known = new Map<Layer, Descriptor | undefined>();
-  await Promise.all(toCompress.map(async (l) => known.set(l, await blobInfo.compressedFor(dest, l.diffId, signal, run.config))));
+  await Promise.all(toCompress.map(async (l) => known.set(l, await blobInfo.compressedFor(dest, l.diffId, run.format, signal, run.config))));
   const copied: CopiedLayer[] = [];
   for (const layer of image.layers) {
     const compressed = known.has(layer) ? known.get(layer) : layer.descriptor;
@@ -788,6 +793,7 @@ async function convertedAlreadyThere(image: Image, dest: BlobDestination, run: C
   const proof = blobInfo.provenTogether(
     dest.cacheScope,
     toCompress.map((l) => l.diffId),
+    run.format,
   );
   if (proof?.repository !== dest.repository) return undefined;
   let layers = copied.map((l) => l.descriptor);

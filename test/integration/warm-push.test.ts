@@ -155,6 +155,55 @@ describe('pushing again', () => {
     }
   });
 
+  it('compresses again for a push that asks another format than the last, and never hands one format for the other', async () => {
+    // A layer pushed as zstd once, then pushed with gzip (the default), must come out gzip in a
+    // Docker v2 manifest, not mounted or linked as the zstd blob (an OCI image older Docker and
+    // containerd cannot pull); and each format's blob stays reusable after the other's push.
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const registry = await startRegistry({ configDir: work });
+    try {
+      const layerTypes = async (ref: string) => {
+        const raw = await runOk('skopeo', ['inspect', '--raw', '--tls-verify=false', ref]);
+        const m = JSON.parse(raw.stdout.toString()) as { mediaType: string; layers: { mediaType: string }[] };
+        return [m.mediaType, ...new Set(m.layers.map((l) => l.mediaType))];
+      };
+      const gzip = ['application/vnd.docker.distribution.manifest.v2+json', 'application/vnd.docker.image.rootfs.diff.tar.gzip'];
+      const zstd = ['application/vnd.oci.image.manifest.v1+json', 'application/vnd.oci.image.layer.v1.tar+zstd'];
+      const bytes = await fs.readFile(fx.paths.dockerArchiveBasic);
+      for (const [n, [source, input]] of (
+        [
+          [`docker-archive:${fx.paths.dockerArchiveBasic}`, undefined],
+          ['docker-archive:-', bytes],
+        ] as const
+      ).entries()) {
+        // A cache of its own: what the first source's pushes recorded is not this one's to find.
+        const cacheHome = path.join(work, `cache${n}`);
+        const to = (tag: string) => [`docker://${registry.host}/f${n}/${tag}:1`, `file:${store}${n}#f${n}/${tag}:1`];
+        for (const dest of to('z')) expect((await push([source, dest, '--compression', 'zstd'], cacheHome, input)).layers).toMatchObject({ pushed: 3 });
+        for (const dest of to('g')) expect((await push([source, dest], cacheHome, input)).layers, dest).toMatchObject({ pushed: 3, mounted: 0 });
+        for (const dest of to('g2')) expect((await push([source, dest, '--compression', 'gzip'], cacheHome, input)).layers, dest).toMatchObject({ pushed: 0, skipped: 3 });
+        for (const dest of to('z2')) expect((await push([source, dest, '--compression', 'zstd'], cacheHome, input)).layers, dest).toMatchObject({ pushed: 0, skipped: 3 });
+        expect(await layerTypes(`docker://${registry.host}/f${n}/z:1`)).toEqual(zstd);
+        expect(await layerTypes(`docker://${registry.host}/f${n}/z2:1`)).toEqual(zstd);
+        expect(await layerTypes(`docker://${registry.host}/f${n}/g:1`)).toEqual(gzip);
+        expect(await layerTypes(`docker://${registry.host}/f${n}/g2:1`)).toEqual(gzip);
+      }
+      // What the file: store holds, the registry serves (same repositories' formats).
+      const served = await startRegistry(`${store}1`, work);
+      try {
+        expect(await layerTypes(`docker://${served.host}/f1/g:1`)).toEqual(gzip);
+        expect(await layerTypes(`docker://${served.host}/f1/g2:1`)).toEqual(gzip);
+        expect(await layerTypes(`docker://${served.host}/f1/z2:1`)).toEqual(zstd);
+      } finally {
+        await served.stop();
+      }
+    } finally {
+      await registry.stop();
+    }
+  });
+
   it('refuses a streamed layer whose bytes are not what its name says, and tags nothing', async () => {
     const fx = fixtures();
     const work = await tempDir();
