@@ -80,6 +80,12 @@ export interface ArchiveReading {
    * whole may name.
    */
   opaqueBlobs?: boolean;
+  /**
+   * Told of each JSON member kept, as soon as it is read whole; what it throws ends the reading
+   * there. A kind whose image's shape arrives before its blobs refuses through it what it would
+   * refuse at the end, before any more blobs are stored.
+   */
+  onJson?: (member: string, bytes: Buffer) => void;
 }
 
 /**
@@ -166,7 +172,11 @@ export async function readArchiveMembers<T>(input: Readable, name: string, readi
         for (let r = ended ? undefined : await it.next(); r && !r.done; r = await it.next()) {
           if (keep) chunks.push(r.value);
         }
-        if (keep) json.set(member, Buffer.concat(chunks));
+        if (keep) {
+          const bytes = Buffer.concat(chunks);
+          json.set(member, bytes);
+          reading.onJson?.(member, bytes);
+        }
         lastMember = header.name;
         continue;
       }

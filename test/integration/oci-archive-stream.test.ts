@@ -24,8 +24,8 @@ interface Summary {
   layers: { total: number; pushed: number; skipped: number; bytesPushed: number };
 }
 
-async function pushStream(file: string, dest: string, extra: string[] = [], cacheHome?: string): Promise<Summary> {
-  const r = await smart(['push', 'oci-archive:-', dest, '--json', ...extra], { input: createReadStream(file), ...(cacheHome ? { cacheHome } : {}) });
+async function pushStream(file: string, dest: string, extra: string[] = [], cacheHome?: string, source = 'oci-archive:-'): Promise<Summary> {
+  const r = await smart(['push', source, dest, '--json', ...extra], { input: createReadStream(file), ...(cacheHome ? { cacheHome } : {}) });
   expect(r.code, r.stderr).toBe(0);
   return JSON.parse(r.stdout.toString()) as Summary;
 }
@@ -284,6 +284,26 @@ describe('oci-archive:- (a stream)', () => {
     const fromFile = await smart(['push', `oci-archive:${archive}`, `file:${path.join(work, 'store-file')}#app:1`, '--json']);
     expect(fromFile.code, fromFile.stderr).toBe(0);
     expect((JSON.parse(fromFile.stdout.toString()) as Summary).manifestDigest).toBe(index.digest);
+  });
+
+  it('refuses an image its index.json does not name before storing a blob, when index.json comes first', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const layout = path.join(work, 'layout');
+    await fs.cp(fx.paths.ociBasic, layout, { recursive: true });
+    const index = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: { annotations?: Record<string, string> }[] };
+    index.manifests.push({ ...index.manifests[0]!, annotations: { 'org.opencontainers.image.ref.name': 'other' } });
+    await fs.writeFile(path.join(layout, 'index.json'), JSON.stringify(index));
+    const archive = path.join(work, 'index-first.tar');
+    await runOk('tar', ['-C', layout, '-cf', archive, 'index.json', 'oci-layout', 'blobs']);
+    const store = path.join(work, 'store');
+    const two = await failure(archive, ['push', 'oci-archive:-', `file:${store}#app:1`]);
+    expect([two.code, two.line]).toEqual([2, 'smart: error [USAGE]: oci-archive:-: the layout holds 2 images; name one as oci-archive:-:TAG (tags there: latest, other)']);
+    const none = await failure(archive, ['push', 'oci-archive:-:nope', `file:${store}#app:1`]);
+    expect([none.code, none.line]).toEqual([1, 'smart: error [NOT_FOUND]: oci-archive:-:nope: no image tagged "nope" (tags there: latest, other)']);
+    // Nothing stored: no blob, no repository the registry would list.
+    await expect(fs.stat(path.join(store, 'docker'))).rejects.toThrow();
+    expect((await pushStream(archive, `file:${store}#app:1`, [], undefined, 'oci-archive:-:other')).manifestDigest).toBe(fx.basic.manifest.digest);
   });
 
   it('refuses, in one line and with no tag written, a blob that is not what its name says, a docker save, and a tree as the destination', async () => {

@@ -56,6 +56,40 @@ async function readIndex(files: LayoutFiles, name: string): Promise<ImageIndex> 
   return parsed.index;
 }
 
+/**
+ * The entry of a layout's index.json that `tag` names, or the only entry when no tag is given;
+ * `name` is the layout's reference as given (no tag when there is none), for messages.
+ */
+export function pickIndexEntry(index: ImageIndex, tag: string | undefined, name: string): Descriptor {
+  const tags = index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean);
+  if (tag !== undefined) {
+    const found = index.manifests.filter((d) => d.annotations?.[REF_NAME] === tag);
+    if (found.length === 0) {
+      throw new SmartError('NOT_FOUND', `${name}: no image tagged "${tag}"`, {
+        input: name,
+        hint: tags.length ? `tags there: ${tags.join(', ')}` : 'the layout has no tagged images',
+      });
+    }
+    // Two images under one tag (a tool that added an entry without removing the old one): which
+    // was meant is not written anywhere, so none is guessed (umoci refuses it too; skopeo takes the first).
+    const digests = [...new Set(found.map((d) => d.digest))];
+    if (digests.length > 1) {
+      throw new SmartError('MANIFEST_INVALID', `${name}: index.json tags ${digests.length} different images "${tag}" (${digests.map(shortDigest).join(', ')})`, {
+        input: name,
+        hint: 'keep one entry of that tag in index.json',
+      });
+    }
+    return found[0]!;
+  }
+  if (index.manifests.length !== 1) {
+    throw new SmartError('USAGE', `${name}: the layout holds ${index.manifests.length} images; name one as ${name}:TAG`, {
+      input: name,
+      ...(tags.length ? { hint: `tags there: ${tags.join(', ')}` } : {}),
+    });
+  }
+  return index.manifests[0]!;
+}
+
 export class OciLayoutSource implements ImageSource {
   constructor(
     readonly name: string,
@@ -66,31 +100,7 @@ export class OciLayoutSource implements ImageSource {
 
   /** The index.json entry the reference names: by tag, or the only entry when no tag is given. */
   private async entry(): Promise<Descriptor> {
-    const index = await readIndex(this.files, this.name);
-    if (this.tag !== undefined) {
-      const found = index.manifests.filter((d) => d.annotations?.[REF_NAME] === this.tag);
-      if (found.length === 0) {
-        const tags = index.manifests.map((d) => d.annotations?.[REF_NAME]).filter(Boolean);
-        throw new SmartError('NOT_FOUND', `${this.name}: no image tagged "${this.tag}"`, {
-          input: this.name,
-          hint: tags.length ? `tags there: ${tags.join(', ')}` : 'the layout has no tagged images',
-        });
-      }
-      // Two images under one tag (a tool that added an entry without removing the old one): which
-      // was meant is not written anywhere, so none is guessed (umoci refuses it too; skopeo takes the first).
-      const digests = [...new Set(found.map((d) => d.digest))];
-      if (digests.length > 1) {
-        throw new SmartError('MANIFEST_INVALID', `${this.name}: index.json tags ${digests.length} different images "${this.tag}" (${digests.map(shortDigest).join(', ')})`, {
-          input: this.name,
-          hint: 'keep one entry of that tag in index.json',
-        });
-      }
-      return found[0]!;
-    }
-    if (index.manifests.length !== 1) {
-      throw new SmartError('USAGE', `${this.name}: the layout holds ${index.manifests.length} images; name one as oci:DIR:TAG`, { input: this.name });
-    }
-    return index.manifests[0]!;
+    return pickIndexEntry(await readIndex(this.files, this.name), this.tag, this.name);
   }
 
   async getManifest(): Promise<ParsedManifest> {

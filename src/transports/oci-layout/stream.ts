@@ -14,13 +14,13 @@ import { SmartError, isSmartError } from '../../errors.js';
 import { checkSize } from '../../limits.js';
 import { MAX_CONFIG_BYTES } from '../../oci/config.js';
 import type { Image, StreamReadOptions, StreamedImage, StreamedImageSource, StreamedIndexOnly, StreamedLayer } from '../../oci/image.js';
-import { MAX_MANIFEST_BYTES, type Platform } from '../../oci/manifest.js';
-import { isForeignLayer } from '../../oci/mediatypes.js';
+import { MAX_MANIFEST_BYTES, parseManifest, type ParsedManifest, type Platform } from '../../oci/manifest.js';
+import { MediaType, isForeignLayer } from '../../oci/mediatypes.js';
 import { hostPlatform } from '../../oci/platform.js';
 import { archiveTarStream } from '../../pipeline/archive-stream.js';
 import { resolveImage } from '../../pipeline/layers.js';
 import { missingLayerHint, readArchiveMembers, type ArchiveMembers } from '../streamed-archive.js';
-import { OciLayoutSource, type LayoutFiles } from './layout.js';
+import { OciLayoutSource, pickIndexEntry, type LayoutFiles } from './layout.js';
 import { layoutPath, memberName } from './paths.js';
 
 /** `oci-archive:-` (or a pipe, or a compressed archive): the image `input` carries, read once as it arrives. */
@@ -44,7 +44,21 @@ export async function readOciArchiveStream<T>(
   platform: Platform,
   wholeIndex?: StreamReadOptions['wholeIndex'],
 ): Promise<StreamedImage<T> | StreamedIndexOnly> {
-  const members = await readArchiveMembers(input, name, { kind: 'an OCI archive', limits: { [memberName(layoutPath({ kind: 'index' }))]: MAX_MANIFEST_BYTES }, opaqueBlobs: true }, onLayer);
+  const indexMember = memberName(layoutPath({ kind: 'index' }));
+  // index.json ahead of the blobs (a tar of a layout directory may list it first): an image it
+  // does not name (no such tag, or several images and no tag) is refused before a blob is stored,
+  // with the error the end would give. An index.json that does not parse is left to the end.
+  const earlyChoice = (member: string, bytes: Buffer): void => {
+    if (member !== indexMember) return;
+    let parsed: ParsedManifest;
+    try {
+      parsed = parseManifest(bytes, MediaType.OCI_INDEX, `${name} index.json`);
+    } catch {
+      return;
+    }
+    if (parsed.kind === 'index') pickIndexEntry(parsed.index, tag, name);
+  };
+  const members = await readArchiveMembers(input, name, { kind: 'an OCI archive', limits: { [indexMember]: MAX_MANIFEST_BYTES }, opaqueBlobs: true, onJson: earlyChoice }, onLayer);
   // The JSON kept, read as a layout is: the same choice of image, the same checks, the same errors.
   const source = new OciLayoutSource(name, keptFiles(members, name), tag);
   const top = await source.getManifest();
