@@ -87,6 +87,21 @@ describe('the transport map', () => {
     expect(usageError('no-colon-here').message).toMatch(/no transport/);
   });
 
+  it('refuses a docker:// name that is a registry host alone, not Docker Hub image named after it', () => {
+    // Docker reads registry.internal:5000 as library/registry.internal, tag 5000, on Docker Hub,
+    // where no such image is: the registry meant would never be asked, and --creds would go to Docker Hub.
+    for (const [name, host] of [
+      ['docker://registry.internal:5000', 'registry.internal:5000'],
+      ['docker://127.0.0.1:6201', '127.0.0.1:6201'],
+      ['docker://localhost', 'localhost'],
+      ['docker://ghcr.io@sha256:' + 'a'.repeat(64), 'ghcr.io'],
+    ]) {
+      expect(() => parseImageName(name!)).toThrow(`invalid image name "${name}": it names a registry (${host}) but no repository`);
+    }
+    expect(parseImageName('docker://busybox:1.36')).toMatchObject({ ref: { registry: 'docker.io', repository: 'library/busybox', tag: '1.36' } });
+    expect(parseImageName('docker://localhost:5000/app')).toMatchObject({ ref: { registry: 'localhost:5000', repository: 'app' } });
+  });
+
   it('reads oci-archive:- from stdin and writes it to stdout; ./- names a file "-"', async () => {
     expect(parseImageName('oci-archive:-')).toMatchObject({ transport: 'oci-archive', file: '-' });
     expect(parseImageName('oci-archive:-:v1')).toMatchObject({ transport: 'oci-archive', file: '-', tag: 'v1' });

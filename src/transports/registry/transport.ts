@@ -91,7 +91,15 @@ export const docker: Transport<DockerName, DockerStoreName> = {
       throw invalidName(raw, 'it names no image', 'write docker://HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. docker://registry.example.com/team/app:1.0; docker://busybox is Docker Hub\'s library/busybox:latest');
     }
     refuseUserinfo(raw);
-    return { transport: 'docker', ref: parseReference(rest.slice(2)), raw };
+    const name = rest.slice(2);
+    // `docker://registry.internal:5000` reads as Docker Hub's library/registry.internal, tag 5000,
+    // which exists on no registry (Docker Hub's own images have no dot in their name): the
+    // registry the user meant was never asked, and --creds would go to Docker Hub instead.
+    const host = name.split('@')[0]!;
+    if (!name.includes('/') && (host.split(':')[0]!.includes('.') || host.split(':')[0] === 'localhost')) {
+      throw invalidName(raw, `it names a registry (${host}) but no repository`, `write docker://${host}/REPO[:TAG|@DIGEST]`);
+    }
+    return { transport: 'docker', ref: parseReference(name), raw };
   },
   parseStore(rest, raw) {
     const m = /^\/\/([^/]+)\/?$/.exec(rest);
