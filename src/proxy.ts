@@ -12,6 +12,7 @@
  */
 import { isIP, type Socket } from 'node:net';
 import { SmartError } from './errors.js';
+import { isLoopbackHost } from './loopback.js';
 import { codedError, connectTimeoutError } from './transient.js';
 
 export interface ProxyRoute {
@@ -49,10 +50,6 @@ function parseProxy(raw: string, variable: string): ProxyRoute {
   const user = decodeURIComponent(url.username);
   const authorization = url.username || url.password ? `Basic ${Buffer.from(`${user}:${decodeURIComponent(url.password)}`).toString('base64')}` : undefined;
   return { host, port, shown: `http://${url.host}`, ...(authorization ? { authorization } : {}) };
-}
-
-function isLoopbackHost(host: string): boolean {
-  return host === 'localhost' || host.endsWith('.localhost') || host === '::1' || /^127\./.test(host);
 }
 
 /** An IPv4 address as a number; undefined for anything else. */

@@ -1,6 +1,7 @@
 /** Which connections go through a proxy, read from the environment as Go's net/http reads it. */
 import { describe, expect, it } from 'vitest';
 import { bypassesProxy, proxyFor } from '../../src/proxy.js';
+import { isLoopback } from '../../src/transports/registry/http.js';
 
 describe('proxyFor', () => {
   const env = { HTTPS_PROXY: 'http://u:p%40ss@proxy.corp:3128', HTTP_PROXY: 'proxy.corp:8080' };
@@ -15,7 +16,14 @@ describe('proxyFor', () => {
   });
 
   it('never proxies localhost nor loopback addresses', () => {
-    for (const u of ['https://localhost:5000/', 'https://127.0.0.1:5000/', 'https://127.8.9.10/', 'https://[::1]:5000/', 'https://x.localhost/']) expect(proxyFor(new URL(u), env), u).toBeUndefined();
+    for (const u of ['https://localhost:5000/', 'https://127.0.0.1:5000/', 'https://127.8.9.10/', 'https://[::1]:5000/', 'https://x.localhost/', 'https://[0:0:0:0:0:0:0:1]:5000/', 'https://[::ffff:127.0.0.1]/']) {
+      expect(proxyFor(new URL(u), env), u).toBeUndefined();
+    }
+  });
+
+  it('takes every spelling of a loopback registry for loopback (plain HTTP allowed), and nothing else', () => {
+    for (const host of ['localhost:5000', '127.0.0.1', '127.8.9.10:1', '[::1]:5000', '[0:0:0:0:0:0:0:1]:5000', '[::ffff:127.0.0.1]:6201', '[::FFFF:7f00:1]', 'x.localhost']) expect(isLoopback(host), host).toBe(true);
+    for (const host of ['10.0.0.1:5000', '[::ffff:10.0.0.1]:5000', '[::2]', 'localhost.example.com', '127.0.0.1.nip.io', '[fe80::1]']) expect(isLoopback(host), host).toBe(false);
   });
 
   it('names the proxy without its credentials in what it shows, and refuses what is not an HTTP proxy', () => {

@@ -18,6 +18,7 @@ import type { Agent as HttpsAgent } from 'node:https';
 import path from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { SmartError } from '../../errors.js';
+import { isLoopbackHost } from '../../loopback.js';
 import { contextTrusting, trustDeferredCaCerts } from '../../tls-trust.js';
 import type { BulkPool, TlsTrust } from './bulk-get.js';
 import { abortError, abortReason, afterQuietTurn, closedError, connectTimeoutError, stallError } from './connection-errors.js';
@@ -52,9 +53,10 @@ export interface Response {
   body: ResponseBody;
 }
 
+/** Whether a registry `host[:port]` (an IPv6 address in brackets) is this machine's loopback (src/loopback.ts). */
 export function isLoopback(host: string): boolean {
-  const h = host.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  return h === 'localhost' || h === '::1' || /^127\./.test(h);
+  const bracketed = /^\[([^\]]*)\](?::\d+)?$/.exec(host);
+  return isLoopbackHost(bracketed ? bracketed[1]! : host.replace(/:\d+$/, ''));
 }
 
 export function header(headers: Response['headers'], name: string): string | undefined {
