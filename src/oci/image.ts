@@ -243,6 +243,8 @@ export interface BlobDestination {
   readonly layerCompression: LayerCompressionPolicy;
   /** The repository written, in destinations that have repositories (registries and their storage). */
   readonly repository?: string;
+  /** The manifest digest the destination's name requires (`REPO@sha256:…`): a copy of another is refused. */
+  readonly namedDigest?: Digest;
   /**
    * A source over `repository` of this same store, to check a cached fact against what the store
    * holds: manifests by digest (`getManifestByDigest`) and blobs, verified as any source's. It

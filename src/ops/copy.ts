@@ -199,6 +199,8 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
     if (top.kind === 'manifest' && !isContainerImage(top.manifest)) return await copyAsIs(source, dest, top, run);
     const image = await resolveImage(source, options.platform, top);
     checkPlatform(image.config, source.name, options);
+    // An image copied as it is must be the one a REPO@DIGEST destination names: known now, before a blob is written.
+    if (keepsManifest(image, dest) && !options.layerSteps) refuseUnnamed(dest, image.manifest.digest);
     run.config = { digest: image.manifest.manifest.config.digest, diffIds: image.config.rootfs.diff_ids };
     if (await alreadyThere(image, dest)) {
       for (const layer of image.layers) {
@@ -763,10 +765,21 @@ function annotate(layers: Descriptor[], steps: (StepKey | undefined)[]): Descrip
  * points at it: one manifest request instead of one per blob (the cron job keeping copies fresh).
  */
 async function alreadyThere(image: Image, dest: BlobDestination): Promise<boolean> {
-  if (!dest.currentDigest || !dest.supportsManifestType(image.manifest.mediaType)) return false;
-  const needsCompression = dest.layerCompression === 'compress' && image.layers.some((l) => layerCompression(l.descriptor.mediaType) === 'none');
-  if (needsCompression) return false;
+  if (!dest.currentDigest || !keepsManifest(image, dest)) return false;
   return (await dest.currentDigest()) === image.manifest.digest;
+}
+
+/** Whether `image` goes into `dest` under its own manifest: of a type it holds, no layer to compress on the way. */
+function keepsManifest(image: Image, dest: BlobDestination): boolean {
+  if (!dest.supportsManifestType(image.manifest.mediaType)) return false;
+  return !(dest.layerCompression === 'compress' && image.layers.some((l) => layerCompression(l.descriptor.mediaType) === 'none'));
+}
+
+/** Refuses, before anything is written, a manifest other than the one the destination's name requires (`REPO@sha256:…`). */
+function refuseUnnamed(dest: BlobDestination, digest: Digest): void {
+  if (dest.namedDigest && dest.namedDigest !== digest) {
+    throw new SmartError('DIGEST_MISMATCH', `${dest.name}: the image is ${digest}, not the digest the destination names (nothing written)`, { input: dest.namedDigest });
+  }
 }
 
 /**
@@ -816,6 +829,7 @@ async function copyAsIs(source: ImageSource, dest: BlobDestination, top: ParsedM
       ...(top.kind === 'index' ? { hint: 'copy one platform: --platform OS/ARCH[/VARIANT]' } : {}),
     });
   }
+  refuseUnnamed(dest, top.digest);
   const details = top.kind === 'index' ? { details: { platforms: indexPlatforms(top) } } : {};
   if (dest.currentDigest && (await dest.currentDigest()) === top.digest) {
     return { ...run.summary(source.name, dest.name, { manifest: top, converted: false, config: 'skipped' }, 0), ...details };

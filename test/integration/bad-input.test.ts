@@ -238,6 +238,23 @@ describe('bad input', () => {
     await expect(fs.stat(dest)).rejects.toThrow();
   });
 
+  it('a push to REPO@DIGEST of another image: refused before a blob is written when the image keeps its manifest; the same image is pushed', async () => {
+    const fx = fixtures();
+    const other = `sha256:${'a'.repeat(64)}`;
+    const named = path.join(work, 'named-store');
+    for (const [source, image] of [
+      [`oci:${fx.paths.ociBasic}:latest`, fx.basic.manifest.digest],
+      [`oci:${fx.paths.ociMulti}`, fx.multi.manifest.digest],
+    ] as const) {
+      const r = await smart(['push', source, `file:${named}#demo/pinned@${other}`, '--all-platforms']);
+      expectOneLineError(r, 1, new RegExp(`^smart: error \\[DIGEST_MISMATCH\\]: file:.*#demo/pinned@${other}: the image is ${image}, not the digest the destination names \\(nothing written\\)$`));
+      expect(r.stderr).not.toMatch(/pushed|written \d/);
+      await expect(fs.stat(path.join(named, 'docker'))).rejects.toThrow();
+    }
+    const same = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${named}#demo/pinned@${fx.basic.manifest.digest}`]);
+    expect(same.code, same.stderr).toBe(0);
+  });
+
   it('a tag on two different images in an OCI layout is refused (umoci refuses it too), the same image twice is read, and a push of the tag leaves one', async () => {
     const layout = path.join(work, 'two-under-one-tag');
     await fs.cp(fixtures().paths.ociBasic, layout, { recursive: true });

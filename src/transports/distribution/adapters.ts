@@ -99,6 +99,7 @@ export class DistributionDestination implements BlobDestination {
   readonly name: string;
   readonly cacheScope: string;
   readonly layerCompression = 'compress' as const;
+  readonly namedDigest?: Digest;
   private sweep: Promise<Cleaned[]> | undefined;
   readonly repository: string;
 
@@ -110,6 +111,7 @@ export class DistributionDestination implements BlobDestination {
     this.name = refName(store, ref);
     this.cacheScope = store.name;
     this.repository = ref.repository;
+    if (ref.digest) this.namedDigest = ref.digest;
   }
 
   storedSource(repository: string): ImageSource {

@@ -95,6 +95,7 @@ export class RegistryDestination implements BlobDestination {
   readonly name: string;
   readonly cacheScope: string;
   readonly layerCompression = 'compress' as const;
+  readonly namedDigest?: Digest;
   readonly repository: string;
   /** Blobs this destination stored or mounted into its repository. */
   private readonly placed = new Set<Digest>();
@@ -109,6 +110,7 @@ export class RegistryDestination implements BlobDestination {
     this.name = nameOf(ref);
     this.cacheScope = `docker://${ref.registry}`;
     this.repository = ref.repository;
+    if (ref.digest) this.namedDigest = ref.digest;
   }
 
   storedSource(repository: string): ImageSource {
