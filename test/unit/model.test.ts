@@ -121,6 +121,15 @@ describe('image names', () => {
     expect(parseImageName('docker-archive:-')).toMatchObject({ transport: 'docker-archive', file: '-', selection: { kind: 'only' } });
     expect(parseImageName('docker-archive:x.tar:localhost:5000/a:b')).toMatchObject({ selection: { kind: 'name', name: 'localhost:5000/a:b' } });
     expect(parseImageName('docker-archive:x.tar:@2')).toMatchObject({ selection: { kind: 'index', index: 2 } });
+    // A selector said wrong is named as the user wrote it (not a digest error, not library/Name).
+    for (const [sel, why] of [
+      ['@-1', '"@-1" is no image position: :@N counts the archive\'s images from 0'],
+      ['@x', '"@x" is no image position: :@N counts the archive\'s images from 0'],
+      ['@sha256:abc', 'a docker-archive name takes :NAME:TAG or :@N, not a digest'],
+      ['Name:Tag', '"Name:Tag" is not NAME:TAG (a name is lower case)'],
+    ]) {
+      expect(() => parseImageName(`docker-archive:x.tar:${sel}`)).toThrow(`invalid image name "docker-archive:x.tar:${sel}": ${why}`);
+    }
     expect(parseImageName('file:/srv/reg#team/app:1')).toMatchObject({ transport: 'file', root: '/srv/reg', ref: { repository: 'team/app', tag: '1' } });
     expect(parseImageName('file:/srv/reg')).toMatchObject({ transport: 'file', root: '/srv/reg' });
     expect(parseImageName('file:/srv/reg').transport === 'file' && 'ref' in parseImageName('file:/srv/reg')).toBe(false);

@@ -25,8 +25,17 @@ export const dockerArchive: Transport<DockerArchiveName> = {
     let selection: ArchiveSelection = { kind: 'only' };
     if (ref !== undefined) {
       if (/^@\d+$/.test(ref)) selection = { kind: 'index', index: Number(ref.slice(1)) };
-      else {
-        const parsed = parseReference(ref);
+      else if (ref.startsWith('@')) {
+        throw invalidName(raw, /^@[a-z0-9]+:/.test(ref) ? 'a docker-archive name takes :NAME:TAG or :@N, not a digest' : `"${ref}" is no image position: :@N counts the archive's images from 0`);
+      } else {
+        let parsed: ReturnType<typeof parseReference>;
+        try {
+          parsed = parseReference(ref);
+        } catch (e) {
+          // parseReference's message quotes the name as Docker completes it (library/…), which the user never typed.
+          const why = /[A-Z]/.test(ref.split(':')[0]!) ? 'a name is lower case' : (e as Error).message.replace(/^invalid image reference "[^"]*": /, '');
+          throw invalidName(raw, `"${ref}" is not NAME:TAG (${why})`);
+        }
         if (parsed.digest) throw invalidName(raw, 'a docker-archive name takes NAME:TAG, not a digest');
         selection = { kind: 'name', name: ref };
       }
