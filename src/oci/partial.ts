@@ -9,8 +9,8 @@ import { checkSize } from '../limits.js';
 import type { ImageConfig } from './config.js';
 import type { Digest } from './digest.js';
 import type { ImageSource } from './image.js';
-import type { Descriptor, ImageManifest, ParsedManifest } from './manifest.js';
-import { MediaType, isForeignLayer, layerCompression } from './mediatypes.js';
+import type { Descriptor, ImageIndex, ImageManifest, ParsedManifest } from './manifest.js';
+import { MediaType, isForeignLayer, isIndexMediaType, layerCompression } from './mediatypes.js';
 import { pickPlatform, type Platform } from './platform.js';
 
 /** Reads a small blob (config) whole, verified. */
@@ -21,7 +21,14 @@ export async function readBlob(source: ImageSource, descriptor: Descriptor, limi
   return Buffer.concat(chunks);
 }
 
-/** The manifest of one platform: the top manifest itself (`known`, when already read), or the pick out of an index. */
+/** How deep indexes of indexes are followed (containerd follows them; a loop of them must end). */
+const MAX_INDEX_DEPTH = 4;
+
+/**
+ * The manifest of one platform: the top manifest itself (`known`, when already read), or the pick
+ * out of an index. An index whose entries are indexes (an index of indexes, which containerd
+ * reads) is picked from as the manifests they hold, in order, the first match winning.
+ */
 export async function resolvePlatformManifest(
   source: ImageSource,
   platform: Platform,
@@ -29,15 +36,30 @@ export async function resolvePlatformManifest(
 ): Promise<ParsedManifest & { kind: 'manifest' }> {
   const top = known ?? (await source.getManifest());
   if (top.kind === 'manifest') return top;
-  const picked = pickPlatform(top.index, platform, source.name);
-  const child = await source.getManifestByDigest(picked);
-  if (child.digest !== picked.digest) {
-    throw new SmartError('DIGEST_MISMATCH', `${source.name}: manifest ${picked.digest} hashes to ${child.digest}`, { input: picked.digest });
-  }
+  const index = top.index.manifests.some((d) => isIndexMediaType(d.mediaType)) ? await withNestedFlattened(source, top.index, 1) : top.index;
+  const picked = pickPlatform(index, platform, source.name);
+  const child = await verifiedManifest(source, picked);
   if (child.kind !== 'manifest') {
-    throw new SmartError('UNSUPPORTED', `${source.name}: nested index ${picked.digest} for ${picked.platform?.architecture}`, { input: picked.digest });
+    throw new SmartError('UNSUPPORTED', `${source.name}: indexes nested deeper than ${MAX_INDEX_DEPTH} at ${picked.digest}`, { input: picked.digest });
   }
   return child;
+}
+
+async function verifiedManifest(source: ImageSource, d: Descriptor): Promise<ParsedManifest> {
+  const m = await source.getManifestByDigest(d);
+  if (m.digest !== d.digest) throw new SmartError('DIGEST_MISMATCH', `${source.name}: manifest ${d.digest} hashes to ${m.digest}`, { input: d.digest });
+  return m;
+}
+
+/** `index` with each entry that is an index replaced by the entries it holds, down to MAX_INDEX_DEPTH. */
+async function withNestedFlattened(source: ImageSource, index: ImageIndex, depth: number): Promise<ImageIndex> {
+  const manifests: Descriptor[] = [];
+  for (const d of index.manifests) {
+    const nested = isIndexMediaType(d.mediaType) && depth <= MAX_INDEX_DEPTH ? await verifiedManifest(source, d) : undefined;
+    if (nested?.kind === 'index') manifests.push(...(await withNestedFlattened(source, nested.index, depth + 1)).manifests);
+    else manifests.push(d);
+  }
+  return { ...index, manifests };
 }
 
 /**

@@ -97,6 +97,30 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('platforms', () => {
     await expect(fs.stat(path.join(work, 's390x'))).rejects.toThrow();
   });
 
+  it('an index of indexes (as containerd reads it) is picked from through its nested indexes, in a layout and from the registry', async () => {
+    // The fixture's index wrapped in another whose one entry names it without a platform.
+    const fx = fixtures();
+    const layout = path.join(work, 'nested');
+    await fs.cp(fx.paths.ociMulti, layout, { recursive: true });
+    const inner = (JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: { mediaType: string; digest: string; size: number }[] }).manifests[0]!;
+    const outer = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [{ mediaType: inner.mediaType, digest: inner.digest, size: inner.size }] }));
+    const outerDigest = `sha256:${crypto.createHash('sha256').update(outer).digest('hex')}`;
+    await fs.writeFile(path.join(layout, 'blobs/sha256', outerDigest.slice(7)), outer);
+    await fs.writeFile(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: inner.mediaType, digest: outerDigest, size: outer.length, annotations: { 'org.opencontainers.image.ref.name': 'latest' } }] }));
+    const arm64 = fx.multi.platforms['linux/arm64/v8']!.manifest.digest;
+    const pushed = await smart(['push', `oci:${layout}:latest`, `docker://${registry.host}/nested/app:1`]);
+    expect(pushed.code, pushed.stderr).toBe(0);
+    expect((await inspectRaw(`docker://${registry.host}/nested/app:1`)).digest).toBe(outerDigest);
+    for (const from of [`oci:${layout}:latest`, `docker://${registry.host}/nested/app:1`]) {
+      const r = await smart(['pull', from, `oci:${path.join(work, 'nested-arm')}:x`, '--platform', 'linux/arm64', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect((JSON.parse(r.stdout.toString()) as { manifestDigest: string }).manifestDigest, from).toBe(arm64);
+      // Not there: the platforms of the nested index are the ones named.
+      const none = await smart(['pull', from, `rootfs:${path.join(work, 'nested-s390x')}`, '--platform', 'linux/s390x']);
+      expect(errorLine(none)).toMatch(/; available: linux\/amd64, linux\/arm64 /);
+    }
+  });
+
   it('a single-platform image of another platform than --platform is refused, or with --platform-mismatch=warn copied with a warning', async () => {
     const fx = fixtures();
     const seeded = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/single/amd64:1`]);
