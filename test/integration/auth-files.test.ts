@@ -151,6 +151,12 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'skopeo'))(
       `smart: error [USAGE]: ${garbled}: the entry for ${basic.host}: its "auth" value is not base64 of USER:PASSWORD (log in again (docker login, podman login), or mend the entry)`,
     ]);
     expect(bad.stderr).not.toContain('not-base64');
+    // JSON that is no object: said so, not "not valid JSON".
+    const array = path.join(h.dir, 'array.json');
+    await fs.writeFile(array, '[1,2]');
+    const notObject = await pushBasic(h, ['--authfile', array]);
+    expect(notObject.code).toBe(2);
+    expect(notObject.stderr.trim()).toBe(`smart: error [USAGE]: ${array} is not a credential file: its JSON is an array, not an object of "auths"`);
   });
 
   it('--username with --password-stdin, and --creds-file, keep the secret off the command line', async () => {

@@ -85,13 +85,16 @@ async function readCredentialFile(file: CredentialFile): Promise<DockerConfig | 
     const why = isErrno(e, 'ENOENT') ? 'no such file' : (e as Error).message;
     throw new SmartError('USAGE', `cannot read ${file.named ? `${file.named} ` : ''}${file.path}: ${why}`, { input: file.path });
   }
+  let parsed: unknown;
   try {
-    const parsed = JSON.parse(text) as unknown;
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not an object');
-    return parsed as DockerConfig;
+    parsed = JSON.parse(text);
   } catch {
     throw new SmartError('USAGE', `${file.path} is not valid JSON`, { input: file.path });
   }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new SmartError('USAGE', `${file.path} is not a credential file: its JSON is ${Array.isArray(parsed) ? 'an array' : parsed === null ? 'null' : `a ${typeof parsed}`}, not an object of "auths"`, { input: file.path });
+  }
+  return parsed as DockerConfig;
 }
 
 const HELPER_TIMEOUT_MS = 30_000;
