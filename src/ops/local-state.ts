@@ -10,12 +10,14 @@ import type { MetadataCache } from '../cache/metadata.js';
 import type { RegistrySchemes } from '../transports/registry/client.js';
 
 /**
- * The cache directory a run uses unless told (`--cache-dir`): `$XDG_CACHE_HOME/smartlayer`, else
- * `~/.cache/smartlayer`; undefined when there is no home to put it in (see homeDirectory). Read
+ * The cache directory a run uses unless told (`--cache-dir`): `$XDG_CACHE_HOME/smartlayer` (an
+ * absolute XDG_CACHE_HOME), else `~/.cache/smartlayer`; undefined when there is no home to put it in (see homeDirectory). Read
  * from the environment alone: the compile cache asks before the arguments are read.
  */
 export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string | undefined {
-  if (env.XDG_CACHE_HOME) return path.join(env.XDG_CACHE_HOME, 'smartlayer');
+  // A relative XDG_CACHE_HOME is invalid and ignored, as the XDG spec says: it would put the
+  // cache under whatever directory each run starts in.
+  if (env.XDG_CACHE_HOME && path.isAbsolute(env.XDG_CACHE_HOME)) return path.join(env.XDG_CACHE_HOME, 'smartlayer');
   const home = homeDirectory(env);
   return home === undefined ? undefined : path.join(home, '.cache', 'smartlayer');
 }
