@@ -301,8 +301,8 @@ describe('oci-archive:- (a stream)', () => {
     expect([two.code, two.line]).toEqual([2, 'smart: error [USAGE]: oci-archive:-: the layout holds 2 images; name one as oci-archive:-:TAG (tags there: latest, other)']);
     const none = await failure(archive, ['push', 'oci-archive:-:nope', `file:${store}#app:1`]);
     expect([none.code, none.line]).toEqual([1, 'smart: error [NOT_FOUND]: oci-archive:-:nope: no image tagged "nope" (tags there: latest, other)']);
-    // Nothing stored: no blob, no repository the registry would list.
-    await expect(fs.stat(path.join(store, 'docker'))).rejects.toThrow();
+    // Nothing stored: no blob, no repository the registry would list, not even the store's root it made.
+    await expect(fs.stat(store)).rejects.toThrow();
     expect((await pushStream(archive, `file:${store}#app:1`, [], undefined, 'oci-archive:-:other')).manifestDigest).toBe(fx.basic.manifest.digest);
   });
 

@@ -106,7 +106,7 @@ export class DistributionDestination implements BlobDestination {
   constructor(
     private readonly store: DistributionStore,
     private readonly ref: Reference,
-    private readonly options: { onWarning?: (message: string) => void } = {},
+    private readonly options: { onWarning?: (message: string) => void; onAbort?: () => Promise<void> } = {},
   ) {
     this.name = refName(store, ref);
     this.cacheScope = store.name;
@@ -206,6 +206,7 @@ export class DistributionDestination implements BlobDestination {
   async abort(): Promise<void> {
     // writeBlob removes its own upload directory on failure; blobs already stored are
     // content-addressed and unreferenced by any tag, as the registry leaves them too.
+    await this.options.onAbort?.();
   }
 
   async close(): Promise<void> {

@@ -7,6 +7,8 @@ import path from 'node:path';
 import { SmartError, rethrowRefusal } from '../../errors.js';
 import { parseRepositoryReference, type Reference } from '../../oci/reference.js';
 import { invalidName, refuseNonDirectory, refuseUserinfo, requireDirectory, type OpenContext, type StoreAccess, type Transport } from '../transport.js';
+import type { MadeDirectories } from '../../storage/made-directories.js';
+import type { DistributionStore } from './store.js';
 
 export interface FileName {
   transport: 'file';
@@ -42,23 +44,23 @@ function scopeOf(name: StoreName): string {
  * The store a name names over its driver. `create`: a `file:` root is made when missing (a push);
  * otherwise a root that is not there is an error, not an empty store (a typo in a cron line).
  */
-async function openDistributionStore(name: StoreName, ctx: OpenContext, create: boolean) {
+async function openDistributionStore(name: StoreName, ctx: OpenContext, create: boolean): Promise<{ store: DistributionStore; madeRoot?: MadeDirectories }> {
   const { DistributionStore } = await import('./store.js');
   if (name.transport === 'file') {
+    let madeRoot: MadeDirectories | undefined;
     if (create) {
       await refuseNonDirectory(name.root, name.raw, 'the registry storage root');
-      const { mkdirp } = await import('../../storage/made-directories.js');
-      await mkdirp(name.root).catch(rethrowRefusal(`${name.raw}: cannot make the directory ${name.root}`));
-    }
-    else await requireDirectory(name.root, name.raw, 'the registry storage root');
+      const { makeDirectories } = await import('../../storage/made-directories.js');
+      madeRoot = await makeDirectories(name.root).catch(rethrowRefusal(`${name.raw}: cannot make the directory ${name.root}`));
+    } else await requireDirectory(name.root, name.raw, 'the registry storage root');
     const { FsDriver } = await import('../../storage/fs-driver.js');
-    return new DistributionStore(new FsDriver(path.resolve(name.root)));
+    return { store: new DistributionStore(new FsDriver(path.resolve(name.root))), ...(madeRoot ? { madeRoot } : {}) };
   }
   const { S3Driver, s3ClientFromEnvironment } = await import('../../storage/s3-driver.js');
   const remote = ctx.remote ?? {};
   const stall = remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {};
   const client = s3ClientFromEnvironment({ ...(remote.s3Endpoint ? { endpoint: remote.s3Endpoint } : {}), ...(remote.s3Region ? { region: remote.s3Region } : {}), ...stall });
-  return new DistributionStore(new S3Driver({ bucket: name.bucket, rootDirectory: name.root, client, ...stall, ...(ctx.onWarning ? { onRetry: ctx.onWarning } : {}) }));
+  return { store: new DistributionStore(new S3Driver({ bucket: name.bucket, rootDirectory: name.root, client, ...stall, ...(ctx.onWarning ? { onRetry: ctx.onWarning } : {}) })) };
 }
 
 function imageRef(name: StoreName, what: string): Reference {
@@ -70,17 +72,19 @@ const factories: Pick<Transport<StoreName>, 'openSource' | 'openDestination' | '
   async openSource(name, ctx) {
     const ref = imageRef(name, 'an image');
     const { DistributionSource } = await import('./adapters.js');
-    return new DistributionSource(await openDistributionStore(name, ctx, false), ref);
+    return new DistributionSource((await openDistributionStore(name, ctx, false)).store, ref);
   },
   async openDestination(name, ctx) {
     const ref = imageRef(name, 'the image to write');
     const { DistributionDestination } = await import('./adapters.js');
-    const dest = new DistributionDestination(await openDistributionStore(name, ctx, true), ref, ctx.onWarning ? { onWarning: ctx.onWarning } : {});
+    // A push that fails before it writes anything leaves no store root it made (MadeDirectories.undo: only while empty).
+    const { store, madeRoot } = await openDistributionStore(name, ctx, true);
+    const dest = new DistributionDestination(store, ref, { ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}), ...(madeRoot ? { onAbort: () => madeRoot.undo() } : {}) });
     dest.prepare();
     return dest;
   },
   async openStore(name, ctx): Promise<StoreAccess> {
-    const store = await openDistributionStore(name, ctx, false);
+    const { store } = await openDistributionStore(name, ctx, false);
     const { DistributionSource } = await import('./adapters.js');
     return {
       scope: store.name,
