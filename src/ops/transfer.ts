@@ -241,6 +241,9 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     source = new CachedSource(source, cache, cached.scope, cached.ref, { ...(req.tagCacheTtlS ? { tagCacheTtlS: req.tagCacheTtlS } : {}) });
   }
   let destination: Awaited<ReturnType<typeof openDestination>> | undefined;
+  // What killed pulls left in the layer store's tmp/ (blobs half fetched, of every kind of pull),
+  // swept while this one runs: a root filesystem's writer sweeps it itself, nothing else did.
+  const swept = blobCache && layerStore ? layerStore.removeStale().catch(() => []) : undefined;
   try {
     destination = await openDestination(dst, ctx, src);
     if (!isImageWriter(destination)) {
@@ -251,8 +254,8 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     const origins = isStreamed(source) ? undefined : source.origins?.();
     if (origins && Object.keys(origins).length) summary.details = { ...summary.details, origins };
     // What killed runs left there and this one removed (a whole-image writer reports its own).
-    const cleaned = !isImageWriter(destination) ? await destination.cleaned?.() : undefined;
-    if (cleaned?.length) summary.details = { ...summary.details, cleaned };
+    const cleaned = [...((!isImageWriter(destination) ? await destination.cleaned?.() : undefined) ?? []), ...((await swept) ?? [])];
+    if (cleaned.length) summary.details = { ...summary.details, cleaned: [...((summary.details?.cleaned as typeof cleaned | undefined) ?? []), ...cleaned] };
     if (blobCache && layerStore) {
       const { counts, used } = blobCache;
       if (counts.read + counts.kept + counts.repaired > 0) summary.details = { ...summary.details, blobs: { ...counts } };
@@ -266,6 +269,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     if (destination && !isImageWriter(destination)) await destination.close().catch(() => undefined);
     if (!isStreamed(source)) await source.close().catch(() => undefined);
     await blobCache?.release();
+    await swept;
     await cache?.close();
   }
 }

@@ -102,6 +102,26 @@ describe.skipIf(!haveTools('docker-registry'))('runs killed mid-way, from a regi
     expect(await fs.readFile(path.join(dest, 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
   });
 
+  it('kill -9 mid-pull into an archive: the next pull of any kind removes the blob half fetched into the layer store', async () => {
+    const cacheHome = await tempDir();
+    const tmp = path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp');
+    const victim = fixtures().basic.layers[2]!.digest;
+    proxy.setFaults((req) => (req.method === 'GET' && req.path.endsWith(victim) ? { kind: 'stall-mid-body', afterBytes: 50, times: 1 } : undefined));
+    const archive = path.join(work, 'killed.tar');
+    const run = background(['pull', '-q', `docker://${proxy.host}/basic/app:v1`, `docker-archive:${archive}`], { XDG_CACHE_HOME: cacheHome });
+    running.push(run.child);
+    await until('the pull stalls on its last blob, being kept', async () => (await fs.readdir(tmp).catch(() => [])).length === 1);
+    const [half] = await fs.readdir(tmp);
+    run.child.kill('SIGKILL');
+    await run.exit;
+    proxy.setFaults(undefined);
+    // Into an OCI layout now: a pull that is no root filesystem's sweeps the layer store too (before, only those did).
+    const again = await smart(['pull', `docker://${proxy.host}/basic/app:v1`, `oci:${path.join(work, 'killed-layout')}:x`, '--json'], { cacheHome });
+    expect(again.code, again.stderr).toBe(0);
+    expect(cleanedOf(again.stdout).map((c) => c.path)).toContain(path.join(tmp, half!));
+    expect(await fs.readdir(tmp)).toEqual([]);
+  });
+
   it('a pull beside a live one, into the same place and layer store, leaves the live one its tree and its layer; both complete', async () => {
     const cacheHome = await tempDir();
     const dest = path.join(work, 'shared');
