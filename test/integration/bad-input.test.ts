@@ -233,6 +233,10 @@ describe('bad input', () => {
   it('an unknown tag, and an unknown repository', async () => {
     const dest = path.join(work, 'unknown');
     expectOneLineError(await smart(['pull', `file:${store}#demo/basic:nope`, `rootfs:${dest}`]), 1, /tag "nope" not found .*#demo\/basic \(tags there: v1\)/);
+    // A tag whose directory a killed push made without its current link is no tag there.
+    await fs.mkdir(path.join(store, 'docker/registry/v2/repositories/demo/basic/_manifests/tags/half/index'), { recursive: true });
+    expectOneLineError(await smart(['pull', `file:${store}#demo/basic:half`, `rootfs:${dest}`]), 1, /tag "half" not found .*#demo\/basic \(tags there: v1\)$/);
+    await fs.rm(path.join(store, 'docker/registry/v2/repositories/demo/basic/_manifests/tags/half'), { recursive: true });
     expectOneLineError(await smart(['pull', `file:${store}#demo/absent:v1`, `rootfs:${dest}`]), 1, /repository "demo\/absent" not found/);
     expectOneLineError(await smart(['pull', `oci:${fixtures().paths.ociBasic}:nope`, `rootfs:${dest}`]), 1, /no image tagged "nope" \(tags there: latest\)/);
     await expect(fs.stat(dest)).rejects.toThrow();

@@ -254,7 +254,7 @@ export class DistributionStore {
         const known = await this.repositoryExists(repo);
         throw new SmartError('NOT_FOUND', known ? `tag "${tag}" not found in ${this.name}#${repo}` : `repository "${repo}" not found in ${this.name}`, {
           input: known ? `${repo}:${tag}` : repo,
-          hint: known ? `tags there: ${(await this.listTags(repo)).slice(0, 10).join(', ') || 'none'}` : undefined,
+          hint: known ? `tags there: ${(await this.resolvableTags(repo, 10)).join(', ') || 'none'}` : undefined,
         });
       }
       throw e;
@@ -282,6 +282,19 @@ export class DistributionStore {
 
   async listTags(repo: string): Promise<string[]> {
     return this.driver.list(pathFor({ kind: 'tagsRoot', repo }));
+  }
+
+  /**
+   * Up to `max` tags of `repo` that name a manifest: a tag's directory without its current link
+   * (a push killed between the two, which the registry lists too but cannot serve) is left out.
+   */
+  private async resolvableTags(repo: string, max: number): Promise<string[]> {
+    const found: string[] = [];
+    for (const tag of await this.listTags(repo)) {
+      if (found.length === max) break;
+      if (await this.driver.stat(pathFor({ kind: 'tagCurrentLink', repo, tag }))) found.push(tag);
+    }
+    return found;
   }
 
   /** Every repository, as the registry's catalog finds them: directories holding `_manifests`. */
