@@ -14,6 +14,7 @@ import { repoRoot, runOk, smart } from '../harness/run.js';
 import { tarOf, type TarEntry } from '../harness/tar-read.js';
 import { tempDir } from '../harness/tmp.js';
 import { extract } from 'tar-stream';
+import { currentOwner, ownerTag } from '../../src/storage/leftovers.js';
 
 interface Summary {
   manifestDigest: string;
@@ -287,6 +288,28 @@ describe('pushing again', () => {
       expect((await push(args, cacheHome)).layers, source).toMatchObject({ pushed: 0, mounted: 1 });
       expect((await push(args, cacheHome)).layers, source).toMatchObject({ pushed: 0, mounted: 0 });
     }
+  });
+
+  it("removes the temporary file of a link a killed push never renamed, when it writes that link (the registry ignores it; nothing else would)", async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const cacheHome = path.join(work, 'cache');
+    const first = await push([`oci:${fx.paths.ociBasic}:latest`, `file:${store}#w/app:1`], cacheHome);
+    const repo = path.join(store, 'docker/registry/v2/repositories/w/app');
+    // Killed just before its renames: a layer's link and a new tag's current link are temporary files only.
+    const dead = ownerTag({ ...currentOwner(), start: currentOwner().start + 1 });
+    const layerDir = path.join(repo, '_layers/sha256', fx.basic.layers[0]!.digest.slice(7));
+    await fs.rm(path.join(layerDir, 'link'));
+    const tagDir = path.join(repo, '_manifests/tags/2/current');
+    await fs.mkdir(tagDir, { recursive: true });
+    for (const dir of [layerDir, tagDir]) await fs.writeFile(path.join(dir, `link.tmp-${dead}-0a1b2c3d`), first.manifestDigest);
+    // A live writer's temporary file is left alone.
+    await fs.writeFile(path.join(tagDir, `link.tmp-${ownerTag()}-0a1b2c3e`), '');
+    const again = await push([`oci:${fx.paths.ociBasic}:latest`, `file:${store}#w/app:2`], cacheHome);
+    expect(again.manifestDigest).toBe(first.manifestDigest);
+    expect(await fs.readdir(layerDir)).toEqual(['link']);
+    expect((await fs.readdir(tagDir)).sort()).toEqual(['link', `link.tmp-${ownerTag()}-0a1b2c3e`]);
   });
 
   it('writes again a tag link left empty (a push killed while an S3 server wrote it in place)', async () => {

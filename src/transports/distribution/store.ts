@@ -71,7 +71,21 @@ export class DistributionStore {
   }
 
   async link(repo: string, digest: Digest, kind: LinkKind): Promise<void> {
-    await this.driver.putContent(this.linkPath(repo, digest, kind), linkContent(digest));
+    await this.putLink(this.linkPath(repo, digest, kind), digest);
+  }
+
+  /**
+   * Writes the link file `file`. A writer of it killed before its rename left its temporary
+   * file beside it (`link.tmp-…`), which the registry ignores and nothing else would ever remove:
+   * swept from the link's directory meanwhile (only those of writers that are gone).
+   */
+  private async putLink(file: string, digest: Digest): Promise<void> {
+    const sweep = this.driver.removeStaleTemporaries?.(path.posix.dirname(file)).then(
+      (cleaned) => void this.removed.push(...cleaned),
+      () => undefined,
+    );
+    await this.driver.putContent(file, linkContent(digest));
+    await sweep;
   }
 
   /** Whether the link file at `path` names `digest` already; anything unreadable does not. */
@@ -206,7 +220,7 @@ export class DistributionStore {
     const link = this.linkPath(repo, digest, 'manifest');
     const [size, linked] = await Promise.all([this.blobSize(digest), this.linkNames(link, digest)]);
     if (size !== bytes.length) await this.driver.putContent(pathFor({ kind: 'blobData', digest }), bytes);
-    if (!linked) await this.driver.putContent(link, linkContent(digest));
+    if (!linked) await this.putLink(link, digest);
     return digest;
   }
 
@@ -223,10 +237,10 @@ export class DistributionStore {
     const readCurrent = (): Promise<Buffer | 'absent' | 'unknown'> =>
       this.driver.getContent(current, MAX_LINK_BYTES).catch((e: unknown) => (isSmartError(e) && e.code === 'NOT_FOUND' ? 'absent' : 'unknown'));
     const [indexed, before] = await Promise.all([this.linkNames(index, digest), readCurrent()]);
-    if (!indexed) await this.driver.putContent(index, linkContent(digest));
+    if (!indexed) await this.putLink(index, digest);
     if (before instanceof Buffer && before.equals(linkContent(digest))) return;
     try {
-      await this.driver.putContent(current, linkContent(digest));
+      await this.putLink(current, digest);
     } catch (e) {
       // Only once the store has said no current/link is there, and while it shows none (a write
       // that failed may have landed; another push may have set it meanwhile): then the directory
