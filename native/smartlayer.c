@@ -92,6 +92,11 @@
  *     number (see copy_stored_files for what a run takes). params as extractFiles's; out: bytes
  *     of whole lines consumed, files made, their bytes. It stops before any line it does not
  *     take, or whose file it cannot read whole or make; the caller takes that line itself.
+ *   exchangePaths(a: Buffer, b: Buffer): number   (Linux)
+ *     renameat2(2) with RENAME_EXCHANGE: `a` and `b` swap names in one step, so that a pull
+ *     replacing a tree is never killed between moving the old one aside and putting the new one
+ *     in place (no directory at all). Node has no call for it. 0, or the errno (EINVAL where the
+ *     filesystem cannot, ENOSYS before Linux 3.15): the caller then renames twice.
  *   setXattr(path: Buffer, name: Buffer, value: Buffer): number   (Linux)
  *     lsetxattr(2): the extended attribute `name` of `path` itself (a symlink's own, not its
  *     target's), for a layer entry's `SCHILY.xattr.*` records (a file capability such as ping's
@@ -107,6 +112,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
@@ -1371,21 +1377,56 @@ static char *c_string(const void *data, size_t len, bool *has_nul) {
   return out;
 }
 
-static napi_value set_xattr(napi_env env, napi_callback_info info) {
+#ifndef RENAME_EXCHANGE
+#define RENAME_EXCHANGE (1 << 1)
+#endif
+
+/* The `n` (at most 3) Buffer arguments of a call, their bytes and lengths; false (a TypeError thrown, `usage`) if one is not a Buffer. */
+static bool buffer_args(napi_env env, napi_callback_info info, size_t n, void **data, size_t *len, const char *usage) {
   size_t argc = 3;
   napi_value argv[3];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  bool is_buffer = false;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) {
+    napi_throw_error(env, NULL, "smartlayer native: napi_get_cb_info");
+    return false;
+  }
+  for (size_t i = 0; i < n; i++, is_buffer = false) {
+    if (i < argc && napi_is_buffer(env, argv[i], &is_buffer) != napi_ok) is_buffer = false;
+    if (!is_buffer || napi_get_buffer_info(env, argv[i], &data[i], &len[i]) != napi_ok) {
+      napi_throw_type_error(env, NULL, usage);
+      return false;
+    }
+  }
+  return true;
+}
+
+static napi_value exchange_paths(napi_env env, napi_callback_info info) {
+  void *data[2];
+  size_t len[2];
+  if (!buffer_args(env, info, 2, data, len, "exchangePaths(a: Buffer, b: Buffer)")) return NULL;
+  bool a_nul = false, b_nul = false;
+  char *a = c_string(data[0], len[0], &a_nul);
+  char *b = c_string(data[1], len[1], &b_nul);
+  int err = 0;
+  if (a_nul || b_nul) err = EINVAL;
+  else if (a == NULL || b == NULL) err = ENOMEM;
+#ifdef SYS_renameat2
+  /* The system call itself: glibc's wrapper is 2.28+, and older C libraries have none. */
+  else if (syscall(SYS_renameat2, AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) != 0) err = errno;
+#else
+  else err = ENOSYS;
+#endif
+  free(a);
+  free(b);
+  napi_value out;
+  CHECK(env, napi_create_int32(env, err, &out));
+  return out;
+}
+
+static napi_value set_xattr(napi_env env, napi_callback_info info) {
   void *data[3];
   size_t len[3];
-  for (size_t i = 0; i < 3; i++) {
-    bool is_buffer = false;
-    if (i < argc) CHECK(env, napi_is_buffer(env, argv[i], &is_buffer));
-    if (!is_buffer) {
-      napi_throw_type_error(env, NULL, "setXattr(path: Buffer, name: Buffer, value: Buffer)");
-      return NULL;
-    }
-    CHECK(env, napi_get_buffer_info(env, argv[i], &data[i], &len[i]));
-  }
+  if (!buffer_args(env, info, 3, data, len, "setXattr(path: Buffer, name: Buffer, value: Buffer)")) return NULL;
   bool path_nul = false, name_nul = false;
   char *path = c_string(data[0], len[0], &path_nul);
   char *name = c_string(data[1], len[1], &name_nul);
@@ -2346,6 +2387,7 @@ static napi_value init(napi_env env, napi_value exports) {
 #ifdef __linux__
   if (!export_function(env, exports, "makePipe", make_pipe)) return NULL;
   if (!export_function(env, exports, "setXattr", set_xattr)) return NULL;
+  if (!export_function(env, exports, "exchangePaths", exchange_paths)) return NULL;
   if (!export_function(env, exports, "writeFiles", write_files)) return NULL;
   if (!export_function(env, exports, "extractFiles", extract_files)) return NULL;
   if (!export_function(env, exports, "copyStoredFiles", copy_stored_files)) return NULL;

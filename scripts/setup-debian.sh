@@ -72,6 +72,8 @@ if [ "$test_programs" -eq 1 ]; then
     [zsh]=zsh
     [fish]=fish
     [script]=bsdutils
+    # Kills a pull at an exact system call (a tree being replaced).
+    [strace]=strace
   )
 fi
 

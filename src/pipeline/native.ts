@@ -25,6 +25,8 @@ export interface NativeBinding {
   readonly isalVersion?: string;
   /** glibc's malloc keeps `topPad` bytes at the top of each heap (see retainHeap); false when refused. */
   heapRetain?(topPad: number): boolean;
+  /** renameat2(2) RENAME_EXCHANGE: `a` and `b` swap names at once; 0, or the errno (Linux). */
+  exchangePaths?(a: Buffer, b: Buffer): number;
   /** lsetxattr(2) on `path` itself: 0, or the errno (Linux). */
   setXattr?(path: Buffer, name: Buffer, value: Buffer): number;
   /** Small files made on the pool, in order (see smartlayer.c): [records made, errno, step], errno 0 when all were (Linux). */

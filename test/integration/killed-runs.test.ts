@@ -14,7 +14,7 @@ import { fixtures } from '../harness/fixtures.js';
 import { writeImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
-import { smart, smartBin } from '../harness/run.js';
+import { run, smart, smartBin } from '../harness/run.js';
 import { startS3 } from '../harness/s3.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
@@ -257,6 +257,29 @@ describe('pushes killed mid-way', () => {
       expect(await keys(uploads)).toEqual([]);
     } finally {
       await s3.stop();
+    }
+  });
+});
+
+describe.skipIf(!haveTools('strace'))('a pull killed as it replaces a tree', () => {
+  it('leaves a tree at the destination, never none: the new one takes the old one\'s name in one step (renameat2 RENAME_EXCHANGE)', async () => {
+    const work = await tempDir();
+    const cacheHome = path.join(work, 'cache');
+    const fx = fixtures();
+    for (const kind of ['rootfs', 'bundle']) {
+      const dest = path.join(work, kind);
+      const first = await smart(['pull', '-q', `oci:${fx.paths.ociBasic}:latest`, `${kind}:${dest}`], { cacheHome });
+      expect(first.code, first.stderr).toBe(0);
+      // Killed at the first rename that names the destination: there was one, moving the old tree
+      // aside before the new one came, and a kill there left no directory at all.
+      const again = await run('strace', ['-f', '-qq', '-o', '/dev/null', '-P', dest, '-e', 'trace=rename', '-e', 'inject=rename:signal=KILL', process.execPath, smartBin, 'pull', '-q', `oci:${fx.paths.ociBasic}:latest`, `${kind}:${dest}`], {
+        env: { ...process.env, XDG_CACHE_HOME: cacheHome },
+      });
+      expect(again.code, again.stderr).toBe(0);
+      const rootfs = kind === 'bundle' ? path.join(dest, 'rootfs') : dest;
+      expect(await fs.readFile(path.join(rootfs, 'etc/app.conf'), 'utf8'), kind).toBe('greeting=hi\n');
+      // The old tree, moved aside after the exchange, is gone.
+      expect((await fs.readdir(work)).filter((n) => n.startsWith(`.${kind}.smart-`) && !n.endsWith('.smart-pull.json'))).toEqual([]);
     }
   });
 });

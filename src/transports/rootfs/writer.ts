@@ -31,6 +31,7 @@ import { StoredLayerDamage } from '../../cache/stored-layer-damage.js';
 import path from 'node:path';
 import { SmartError, cannotTakeMore, isErrno, machineRefusal, rethrowRefusal, systemWords } from '../../errors.js';
 import { TaskGroup } from '../../pipeline/concurrency.js';
+import { nativeBinding } from '../../pipeline/native.js';
 import { isStale, sweepLocal, type Cleaned, type Owner } from '../../storage/leftovers.js';
 import { ownedId, ownerOfId } from '../../storage/aside.js';
 import { withFileLock } from '../../storage/file-lock.js';
@@ -687,10 +688,21 @@ async function replaceContents(staging: string, target: string, old: string): Pr
   await fs.utimes(target, root.atime, root.mtime).catch(() => undefined);
 }
 
-/** Puts `staging` at `target`: the old directory is moved aside (to `old`) first, for the caller to remove after. */
+/**
+ * Puts `staging` at `target`, the old directory moved aside (to `old`), for the caller to remove
+ * after. In one step where the system can (renameat2's RENAME_EXCHANGE, in the native addon): two
+ * renames leave a moment with no directory at `target`, and a pull killed in it left none (the
+ * next pull put the old one back). The old tree then lies at `staging` until renamed to `old`: a
+ * pull killed in between leaves it there, a tree being built as far as the next pull's sweep knows.
+ */
 async function replaceDirectory(staging: string, target: string, exists: boolean, old: string): Promise<void> {
   if (!exists) {
     await fs.rename(staging, target);
+    return;
+  }
+  const exchange = nativeBinding()?.exchangePaths;
+  if (exchange && exchange(Buffer.from(staging), Buffer.from(target)) === 0) {
+    await fs.rename(staging, old);
     return;
   }
   await fs.rename(target, old);
