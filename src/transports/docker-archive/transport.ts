@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { SmartError } from '../../errors.js';
 import { parseReference } from '../../oci/reference.js';
+import { userinfoEnd } from '../../redact.js';
 import { isStreamedArchive, streamedArchiveInput } from '../../storage/archive-file.js';
 import { invalidName, splitPath, type Transport } from '../transport.js';
 import type { ArchiveSelection } from './manifest-json.js';
@@ -32,6 +33,8 @@ export const dockerArchive: Transport<DockerArchiveName> = {
         try {
           parsed = parseReference(ref);
         } catch (e) {
+          // Credentials typed into it: parseReference's error shows the name with them redacted.
+          if (userinfoEnd(ref) >= 0) throw e;
           // parseReference's message quotes the name as Docker completes it (library/…), which the user never typed.
           const why = /[A-Z]/.test(ref.split(':')[0]!) ? 'a name is lower case' : (e as Error).message.replace(/^invalid image reference "[^"]*": /, '');
           throw invalidName(raw, `"${ref}" is not NAME:TAG (${why})`);
