@@ -50,19 +50,101 @@ export function redactSecrets(text: string, known: readonly string[] = []): stri
     .replace(AWS_KEY_ID, REDACTED);
 }
 
+/** Prefixes of tokens that services issue (GitLab, GitHub, Slack, OpenAI/Stripe, AWS, npm, DigitalOcean, Hugging Face, PyPI, Google). */
+const TOKEN_PREFIX =
+  /^(?:glpat-|glptt-|glrt-|gldt-|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|xox[abprs]-|sk-|sk_live_|sk_test_|rk_live_|pk_live_|AKIA|ASIA|npm_|dop_v1_|doo_v1_|hf_|pypi-|AIza|ya29\.|SG\.)\S{4,}/;
+/** Words that say a secret follows: `secret hunter`, `password swordfish`, `token xyzzy`, `key k`. */
+const SECRET_WORD = /^(?:secrets?|passwords?|passwd|passphrase|pw|pwd|tokens?|keys?|apikey|api[-_]key|pat)$/i;
+/** Words between such a word and its value: `password is swordfish`, `secret was x`. */
+const LINKING_WORD = /^(?:is|was|=|:|of)$/i;
+/** Prose that follows such a word and is no secret: `secret key`, `token rejected`, `password for alice`. */
+const PROSE_AFTER_SECRET_WORD = new Set(
+  ('a an the and or not no none for from in on to with by at as if it be been are were has had have does did do ' +
+    'cannot could can must should may will would store stored file found missing required rejected invalid expired ' +
+    'denied revoked incorrect wrong empty unknown unset given set mismatch error failed lookup helper manager ' +
+    'locked needed provided').split(' '),
+);
+/** Technical words that mix letters with digits and hold no secret. */
+const PLAIN_WITH_DIGITS = /^(?:base(?:32|64)|sha(?:1|224|256|384|512)|md5|utf-?(?:8|16)|ipv[46]|http[23]|oauth2|amd64|arm64|aarch64|x86_64|i[3-6]86|ppc64le|s390x|riscv64|v\d+(?:\.\d+)*)$/i;
+
 /**
- * `text` with every word that looks like a secret (8 characters or more, letters mixed with digits
- * or with `+`/`=`) replaced by `[redacted]`, the `keep` words (a host name, a program) excepted. For
- * text that may hold a secret nobody told us, such as a credential helper's own message on
- * failure (the helper holds the secret): a word hidden wrongly costs less there than a secret shown.
+ * Whether `core` (a word without the punctuation around it) looks like a secret: a known token
+ * prefix; letters mixed with digits, `+` or `=` (6 characters or more); or upper and lower case
+ * mixed inside the word (`AbCdEf`, not `Error` or `HTTP`).
+ */
+function looksSecret(core: string): boolean {
+  if (TOKEN_PREFIX.test(core)) return true;
+  if (core.length < 6) return false;
+  if (/[A-Za-z]/.test(core) && /[0-9+=]/.test(core)) return !PLAIN_WITH_DIGITS.test(core);
+  return /[a-z]/.test(core) && /[A-Z]/.test(core.slice(1));
+}
+
+/**
+ * `text` with every word that looks like a secret replaced by `[redacted]`, the `keep` words (a host
+ * name, a program) excepted: a known token prefix (`glpat-`, `ghp_`, `xoxb-`, `AKIA`…), letters
+ * mixed with digits or with `+`/`=` (6 characters or more), upper and lower case mixed inside the
+ * word, and the word that follows `secret`, `password`, `token` or `key` (unless it is plain prose:
+ * `secret key`, `token rejected`). Prose words (all lower case, or one leading capital) stay. For
+ * text that may hold a secret nobody told us, such as a credential helper's own message on failure
+ * (the helper holds the secret): a word hidden wrongly costs less there than a secret shown.
  */
 export function redactSecretLike(text: string, keep: readonly string[] = []): string {
-  return text.replace(/\S{8,}/g, (word) => {
+  let afterSecretWord = false;
+  return text.replace(/\S+/g, (word) => {
     const core = word.replace(/^[("'[{<]+|[)"'\]}>,;:.!?]+$/g, '');
-    if (core.length < 8 || word.includes(REDACTED) || keep.includes(core)) return word;
-    const secretLike = /[A-Za-z]/.test(core) && /[0-9+=]/.test(core);
-    return secretLike ? word.replace(core, REDACTED) : word;
+    const follows = afterSecretWord;
+    afterSecretWord = false;
+    if (!core || word.includes(REDACTED) || keep.includes(core)) return word;
+    const lower = core.toLowerCase();
+    if (SECRET_WORD.test(core) || (LINKING_WORD.test(core) && follows)) {
+      // `password: hunter` ends the word with its colon: what follows is the value either way; a
+      // comma or a full stop ends the clause (`No secret key, HTTP 401`).
+      afterSecretWord = !/[,;.!?]$/.test(word);
+      return word;
+    }
+    if (looksSecret(core) || (follows && !PROSE_AFTER_SECRET_WORD.has(lower))) return word.replace(core, REDACTED);
+    return word;
   });
+}
+
+/**
+ * At most `max` characters, cut at a word boundary (`…` marking the cut) and with every bracket
+ * the kept text opened closed again after it: a cut never shows part of a word, nor leaves a `(`
+ * open in the message around it.
+ */
+export function capAtWord(text: string, max: number): string {
+  if (text.length <= max) return text;
+  let kept = text.slice(0, max);
+  while (kept) {
+    // Drop the word the cut fell inside (a single word longer than the cap is cut where it must).
+    const space = kept.lastIndexOf(' ');
+    kept = space > 0 ? kept.slice(0, space).trimEnd() : kept.slice(0, -1).replace(/[\uD800-\uDBFF]$/, '');
+    const closers = unclosed(kept);
+    if (kept.length + 1 + closers.length <= max) return `${kept}…${closers}`;
+  }
+  return '…';
+}
+
+/** The brackets `text` leaves open, closed, innermost first. */
+function unclosed(text: string): string {
+  const pairs: Record<string, string> = { '(': ')', '[': ']', '{': '}' };
+  const open: string[] = [];
+  for (const c of text) {
+    if (c in pairs) open.push(pairs[c]!);
+    else if (open.at(-1) === c) open.pop();
+  }
+  return open.reverse().join('');
+}
+
+/**
+ * Text from a party that holds secrets and may say one nobody told us (a credential helper's
+ * stderr) as it may enter a message: `remoteText`'s work, then every word that looks like a secret
+ * hidden (`redactSecretLike`, the `keep` words excepted), both before the cut, which falls between
+ * words and closes the brackets it leaves open.
+ */
+export function untrustedText(text: string, options: { max?: number; keep?: readonly string[] } = {}): string {
+  const max = options.max ?? 200;
+  return capAtWord(redactSecretLike(redactSecrets(oneLine(bounded(text, max))), options.keep), max);
 }
 
 /** The forms a known secret may be echoed in: as is, base64 (a Basic header), URL-encoded. */
@@ -100,10 +182,15 @@ export function capLength(text: string, max: number): string {
  */
 export function remoteText(text: string, options: { max?: number; known?: readonly string[] } = {}): string {
   const max = options.max ?? 200;
-  // Bound the work on a large body: nothing past the cut is shown, and a secret straddling this
-  // bound lies past the cut too.
-  const bounded = text.length > max * 8 ? text.slice(0, max * 8) : text;
-  return capLength(redactSecrets(oneLine(bounded), options.known), max);
+  return capLength(redactSecrets(oneLine(bounded(text, max)), options.known), max);
+}
+
+/**
+ * The start of `text` that can show in `max` characters, with room to spare: bounds the work on a
+ * large body. Nothing past the cut is shown, and a secret straddling this bound lies past the cut too.
+ */
+function bounded(text: string, max: number): string {
+  return text.length > max * 8 ? text.slice(0, max * 8) : text;
 }
 
 /** A URL for a message: its userinfo and secret query parameters redacted. */

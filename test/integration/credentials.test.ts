@@ -242,6 +242,39 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd'))('credentia
     expectNoSecret(r);
   });
 
+  it("a helper's message is redacted as untrusted text before it is cut: tokens, mixed case, the word after 'secret'", async () => {
+    const dir = await tempDir();
+    const long = `store (denied reading the entry: ${'lorem ipsum '.repeat(10)}wrong: glpat-AbCdEfGhIjKlMnOpQrSt)`;
+    const said = { gitlab: 'wrong: glpat-AbCdEfGhIjKlMnOpQrSt', mixed: 'failed: HelperLeakSecretLLL', prose: 'no creds; secret hunter2 rejected', long };
+    for (const [name, text] of Object.entries(said)) {
+      await fs.writeFile(path.join(dir, `docker-credential-${name}`), `#!/bin/sh\nprintf '%s\\n' '${text}' >&2\nexit 1\n`, { mode: 0o755 });
+    }
+    const saved = { PATH: process.env.PATH, DOCKER_CONFIG: process.env.DOCKER_CONFIG };
+    process.env.PATH = `${dir}:${process.env.PATH ?? ''}`;
+    process.env.DOCKER_CONFIG = dir;
+    const failure = async (name: string): Promise<string> => {
+      await fs.writeFile(path.join(dir, 'config.json'), JSON.stringify({ credHelpers: { 'registry.example:5000': name } }));
+      return lookupCredentials('registry.example:5000').then(
+        () => 'resolved',
+        (e: Error) => e.message,
+      );
+    };
+    try {
+      const prefix = (name: string) => `credential helper docker-credential-${name} failed for registry.example:5000 (exit 1): `;
+      expect(await failure('gitlab')).toBe(`${prefix('gitlab')}wrong: [redacted]`);
+      expect(await failure('mixed')).toBe(`${prefix('mixed')}failed: [redacted]`);
+      expect(await failure('prose')).toBe(`${prefix('prose')}no creds; secret [redacted] rejected`);
+      const cut = await failure('long');
+      expect(cut).toMatch(new RegExp(`^${prefix('long').replace(/[.()]/g, '\\$&')}store \\(denied reading the entry: (?:lorem|ipsum| )+…\\)$`));
+      expect(cut).not.toMatch(/glpat|\[redacted\] glpat/);
+    } finally {
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
+
   it('a helper gone before its input is written: the lookup rejects, never an EPIPE crash', async () => {
     // In this process, where an unhandled EPIPE on the helper's stdin fails the test run; many
     // lookups, since whether the helper is gone before the write is a race.

@@ -15,7 +15,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno } from '../../errors.js';
 import { homeDirectory } from '../../home.js';
-import { redactSecretLike, remoteText } from '../../redact.js';
+import { untrustedText } from '../../redact.js';
 
 export interface Credentials {
   username: string;
@@ -130,7 +130,7 @@ async function runHelper(name: string, server: string): Promise<Credentials | un
         const said = stderr.split('\n').find((line) => line.trim());
         reject(
           // The helper holds the secret and may say it: what looks like one is hidden too.
-          new SmartError('REGISTRY', `credential helper ${program} failed for ${server} (${ended})${said ? `: ${redactSecretLike(remoteText(said, { max: 160 }), [server, program])}` : ''}`, {
+          new SmartError('REGISTRY', `credential helper ${program} failed for ${server} (${ended})${said ? `: ${untrustedText(said, { max: 160, keep: [server, program] })}` : ''}`, {
             input: program,
             hint: `check that ${program} works: echo ${server} | ${program} get`,
           }),
