@@ -4,7 +4,7 @@
  * codes; test/integration/registry-ping.test.ts shows the untrusted case from a real TLS registry.
  */
 import { describe, expect, it } from 'vitest';
-import { connectionError, type ErrorContext } from '../../src/transports/registry/errors.js';
+import { connectionError, statusError, type ErrorContext } from '../../src/transports/registry/errors.js';
 
 const ctx: ErrorContext = { host: 'registry.example:5000', allowHttp: false, stallTimeoutMs: 30_000, secrets: () => [] };
 
@@ -46,5 +46,19 @@ describe('connection errors of a registry', () => {
       hint: undefined,
       retryable: true,
     });
+  });
+});
+
+describe('status errors of a registry', () => {
+  const said = (status: number, body: string) => statusError(ctx, status, Buffer.from(body), { method: 'GET', what: 'manifest a:1' });
+
+  it('an error entry whose code or message is no string is shown as compact JSON, capped, never [object Object]', () => {
+    const e = said(400, '{"errors":[{"code":{"nested":true},"message":{"a":"b"}}]}');
+    expect(e.message).toBe('registry registry.example:5000 answered 400 {"nested":true}: {"a":"b"} to GET manifest a:1');
+    expect(e.codes).toEqual(['{"nested":true}']);
+    expect(said(400, '{"errors":[{"code":7,"message":["x"]},{"code":null}]}').message).toBe('registry registry.example:5000 answered 400 7: ["x"] to GET manifest a:1');
+    const big = said(400, JSON.stringify({ errors: [{ code: 'DENIED', message: { password: 'hunter2', pad: 'x'.repeat(500) } }] }));
+    expect(big.message).not.toContain('hunter2');
+    expect(big.message.length).toBeLessThan(300);
   });
 });

@@ -86,7 +86,16 @@ function parseDetails(body: Buffer): RegistryErrorDetail[] | undefined {
     return undefined;
   }
   if (!Array.isArray(doc?.errors)) return [];
-  return (doc.errors as { code?: unknown; message?: unknown }[]).map((e) => ({ code: String(e?.code ?? ''), message: e?.message ? String(e.message) : '' }));
+  return (doc.errors as { code?: unknown; message?: unknown }[]).map((e) => ({ code: asText(e?.code), message: asText(e?.message) }));
+}
+
+/**
+ * A field of an error entry as text: a string as it is, a number or boolean as written, anything
+ * else (an object, an array) as compact JSON, never `[object Object]`; '' when it is absent.
+ */
+function asText(value: unknown): string {
+  if (value === undefined || value === null) return '';
+  return typeof value === 'object' ? JSON.stringify(value) : String(value);
 }
 
 /** A registry's answer with an unexpected status, naming the registry, the request and the status, and every error code it gave. */
@@ -95,7 +104,7 @@ export function statusError(ctx: ErrorContext, status: number, body: Buffer | un
   const raw = body?.length ? parseDetails(body) : [];
   // Redacted once, as a whole: redacting text already redacted garbles it.
   const detail =
-    raw === undefined ? remoteText(body!.toString('utf8'), { max: 120, known }) : remoteText(raw.map((d) => `${d.code}${d.message ? `: ${d.message}` : ''}`).join('; '), { known });
+    raw === undefined ? remoteText(body!.toString('utf8'), { max: 120, known }) : remoteText(raw.filter((d) => d.code || d.message).map((d) => `${d.code}${d.message ? `: ${d.message}` : ''}`).join('; '), { known });
   const details = (raw ?? []).map((d) => ({ code: remoteText(d.code, { max: 60, known }), message: remoteText(d.message, { known }) }));
   const message = `registry ${ctx.host} answered ${status}${detail ? ` ${detail}` : ''} to ${request.method} ${request.what}`;
   const facts = { status, details, method: request.method, ...(request.url !== undefined ? { url: request.url } : {}) };
