@@ -13,7 +13,7 @@
 import { isIP, type Socket } from 'node:net';
 import { SmartError } from './errors.js';
 import { isLoopbackHost } from './loopback.js';
-import { codedError, connectTimeoutError } from './transient.js';
+import { HTTP_CONNECT_TIMEOUT, codedError } from './transient.js';
 
 export interface ProxyRoute {
   /** The proxy's `host:port`. */
@@ -123,7 +123,7 @@ function refusal(proxy: ProxyRoute, target: string, statusLine: string): Error {
 /**
  * A TCP connection to `host:port` through the proxy's CONNECT tunnel: the socket once the proxy
  * answered 200, ready for TLS. Fails with the proxy's answer, or the connection's error naming the
- * proxy; after `connectMs` with HTTP_CONNECT_TIMEOUT's error.
+ * proxy; after `connectMs` with an HTTP_CONNECT_TIMEOUT error naming the proxy.
  */
 function connectThrough(proxy: ProxyRoute, host: string, port: number, connectMs: number): Promise<Socket> {
   const target = `${host.includes(':') ? `[${host}]` : host}:${port}`;
@@ -131,7 +131,11 @@ function connectThrough(proxy: ProxyRoute, host: string, port: number, connectMs
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: proxy.host, port: proxy.port });
     let head = Buffer.alloc(0);
-    const timer = setTimeout(() => fail(connectTimeoutError()), connectMs);
+    // Accepted and silent: the proxy is named, not the server it was asked for (never reached).
+    const timer = setTimeout(
+      () => fail(codedError(`the proxy ${proxy.shown} did not answer CONNECT ${target} in ${Number((connectMs / 1000).toFixed(3))} s`, HTTP_CONNECT_TIMEOUT)),
+      connectMs,
+    );
     const done = () => {
       clearTimeout(timer);
       socket.off('data', onData);

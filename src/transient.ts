@@ -10,6 +10,11 @@ import { isCancellation, isSmartError } from './errors.js';
 export const HTTP_STALL = 'SMART_HTTP_STALL';
 export const HTTP_CONNECT_TIMEOUT = 'SMART_HTTP_CONNECT_TIMEOUT';
 
+/** A code of this library's making (SMART_…): it tells failures apart in the code, and is no word for a message. */
+export function isOwnCode(code: string | undefined): boolean {
+  return code?.startsWith('SMART_') === true;
+}
+
 /** An error coded as Node codes its own, so that what is transient and what to say are told by the code alone. */
 export function codedError(message: string, code: string): Error {
   return Object.assign(new Error(message), { code });
@@ -18,6 +23,46 @@ export function codedError(message: string, code: string): Error {
 /** A connection not made in time (to a registry, an S3 endpoint, a proxy). */
 export function connectTimeoutError(): Error {
   return codedError('connect timed out', HTTP_CONNECT_TIMEOUT);
+}
+
+/** What a server that answered a TLS hello in plain HTTP is said to have done, as skopeo says it. */
+export const PLAIN_HTTP_ANSWER = 'the server answered in plain HTTP, not TLS';
+
+/** OpenSSL's words (deep in its error queue) for a server that answered the TLS hello in plain HTTP. */
+export function answeredPlainHttp(message: string): boolean {
+  return /wrong version number|http request/i.test(message);
+}
+
+/** The network codes of Node's socket calls, in words. */
+const NETWORK_WORDS: Record<string, string> = {
+  ECONNREFUSED: 'connection refused',
+  ECONNRESET: 'connection reset',
+  ECONNABORTED: 'connection aborted',
+  EPIPE: 'connection closed while writing',
+  ETIMEDOUT: 'connection timed out',
+  ENOTFOUND: 'no such host',
+  EAI_AGAIN: 'the name could not be resolved for now',
+  EHOSTUNREACH: 'no route to host',
+  ENETUNREACH: 'network unreachable',
+  ENETDOWN: 'network down',
+};
+
+/**
+ * A network error's message for a line that shows its code before it: Node's own (`connect
+ * ECONNREFUSED 127.0.0.1:5000`, `getaddrinfo ENOTFOUND host`) says the code again after the call's
+ * name, said once here in words (`connection refused`), the address kept only where `shown` (the
+ * rest of the line) does not name it; OpenSSL's error queue for a plain HTTP answer to TLS is said
+ * in words too (PLAIN_HTTP_ANSWER). Other messages stay as they are.
+ */
+export function networkWords(message: string, code: string | undefined, shown = ''): string {
+  if (answeredPlainHttp(message)) return PLAIN_HTTP_ANSWER;
+  if (!code || !/^E[A-Z_]+$/.test(code)) return message;
+  const words = NETWORK_WORDS[code] ?? code;
+  const out = message.replace(new RegExp(`\\b[a-zA-Z]+ ${code}(?: (\\S+))?`), (_m, address: string | undefined) => {
+    const named = address !== undefined && (shown.includes(address) || message.split(address).length > 2);
+    return address && !named ? `${words} (${address})` : words;
+  });
+  return out.trim() || words;
 }
 
 /**

@@ -7,7 +7,7 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import { SmartError, isSmartError } from '../errors.js';
 import { remoteText } from '../redact.js';
-import { errorCode, errorStatus, isTransient } from '../transient.js';
+import { PLAIN_HTTP_ANSWER, answeredPlainHttp, errorCode, errorStatus, isOwnCode, isTransient, networkWords } from '../transient.js';
 
 /** What an SDK or network error says about itself. */
 export interface ErrorFacts {
@@ -94,6 +94,13 @@ export async function s3Error(e: unknown, ctx: S3ErrorContext): Promise<SmartErr
       retryable: isTransient(e),
     });
   }
+  if (f.status === undefined && answeredPlainHttp(f.message)) {
+    return new SmartError('STORAGE', `cannot reach the S3 endpoint ${await ctx.endpoint()}: ${PLAIN_HTTP_ANSWER} (${f.code ?? 'EPROTO'}) to ${op} ${where}`, {
+      input: where,
+      hint: 'name an endpoint without TLS with http://, in --s3-endpoint or AWS_ENDPOINT_URL_S3',
+      cause: e,
+    });
+  }
   if (f.name === 'TimeoutError' && /socket timed out/.test(f.message)) {
     return new SmartError('STORAGE', `cannot ${op} ${where}: no data for ${Number((ctx.stallTimeoutMs / 1000).toFixed(3))} s (stalled)`, { input: where, cause: e, retryable: true });
   }
@@ -107,11 +114,13 @@ export async function s3Error(e: unknown, ctx: S3ErrorContext): Promise<SmartErr
   }
   // The error code and message are the endpoint's words: redacted, one line, bounded. An answer
   // the SDK could not parse (a proxy's or load balancer's error page) says nothing beyond its status.
-  const code = remoteText(network ? (f.code ?? f.name) : f.name, { max: 60 });
-  const message = /Deserialization error|XML parse error/.test(f.message ?? '') ? '' : remoteText((f.message ?? '').split('\n')[0] ?? '');
+  // A network error's code is shown once, before its message in words (never a code of ours).
+  const code = network && isOwnCode(f.code) ? '' : remoteText(network ? (f.code ?? f.name) : f.name, { max: 60 });
+  const said = network ? networkWords(f.message ?? '', f.code) : (f.message ?? '');
+  const message = /Deserialization error|XML parse error/.test(said) ? '' : remoteText(said.split('\n')[0] ?? '');
   const detail = message && message !== code && message !== 'UnknownError' ? `: ${message}` : '';
   const label = code === 'Error' && status ? status.slice(2) : `${code}${status}`;
-  return new SmartError('STORAGE', `cannot ${op} ${where}: ${label}${detail}`, {
+  return new SmartError('STORAGE', `cannot ${op} ${where}: ${label ? `${label}${detail}` : message}`, {
     input: where,
     cause: e,
     retryable: isTransient(e),

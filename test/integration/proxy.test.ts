@@ -155,7 +155,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl'))('a registry 
     expect(refused.stderr).not.toMatch(/wrong-password|smart:wrong/);
     const port = await freePort();
     const down = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, ref], { cacheHome: cache(), env: { ...noProxyEnv, HTTPS_PROXY: `http://smart:${SECRET}@127.0.0.1:${port}` } });
-    expect(oneError(down)).toMatch(new RegExp(`^smart: error \\[REGISTRY\\]: cannot reach registry ${NAME}:${secure.port}: ECONNREFUSED through the proxy http://127\\.0\\.0\\.1:${port}: connect ECONNREFUSED`));
+    expect(oneError(down)).toMatch(new RegExp(`^smart: error \\[REGISTRY\\]: cannot reach registry ${NAME}:${secure.port}: ECONNREFUSED through the proxy http://127\\.0\\.0\\.1:${port}: connection refused \\(`));
     expect(down.stderr).not.toContain(SECRET);
     const socks = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, ref], { cacheHome: cache(), env: { ...noProxyEnv, HTTPS_PROXY: 'socks5://127.0.0.1:1080' } });
     expect(oneError(socks)).toMatch(/^smart: error \[UNSUPPORTED\]: HTTPS_PROXY: a socks5 proxy is not supported/);

@@ -1,6 +1,6 @@
 /** Which connections go through a proxy, read from the environment as Go's net/http reads it. */
 import { describe, expect, it } from 'vitest';
-import { bypassesProxy, proxyFor } from '../../src/proxy.js';
+import { bypassesProxy, proxyFor, routedHttpsAgent } from '../../src/proxy.js';
 import { isLoopback } from '../../src/transports/registry/http.js';
 
 describe('proxyFor', () => {
@@ -64,5 +64,28 @@ describe('NO_PROXY', () => {
     const url = new URL('https://registry.internal:5000/');
     expect(proxyFor(url, { HTTPS_PROXY: 'http://p:1', NO_PROXY: 'other.internal' })).toBeDefined();
     expect(proxyFor(url, { HTTPS_PROXY: 'http://p:1', no_proxy: '.internal' })).toBeUndefined();
+  });
+});
+
+describe('a proxy that accepts and never answers CONNECT', () => {
+  it('fails the connection after connectMs naming the proxy, not the server it never reached', async () => {
+    const net = await import('node:net');
+    const https = await import('node:https');
+    const silent = net.createServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const port = (silent.address() as import('node:net').AddressInfo).port;
+    const saved = process.env.HTTPS_PROXY;
+    process.env.HTTPS_PROXY = `http://127.0.0.1:${port}`;
+    const agent = routedHttpsAgent({ connectMs: 200 });
+    try {
+      const e = await new Promise<NodeJS.ErrnoException>((resolve) => https.get('https://registry.example:5000/v2/', { agent }, () => resolve(new Error('answered'))).on('error', resolve));
+      expect(e.message).toBe(`the proxy http://127.0.0.1:${port} did not answer CONNECT registry.example:5000 in 0.2 s`);
+      expect(e.code).toBe('SMART_HTTP_CONNECT_TIMEOUT');
+    } finally {
+      if (saved === undefined) delete process.env.HTTPS_PROXY;
+      else process.env.HTTPS_PROXY = saved;
+      agent.destroy();
+      silent.close();
+    }
   });
 });

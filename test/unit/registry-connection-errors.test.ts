@@ -4,6 +4,7 @@
  * codes; test/integration/registry-ping.test.ts shows the untrusted case from a real TLS registry.
  */
 import { describe, expect, it } from 'vitest';
+import { connectTimeoutError } from '../../src/transient.js';
 import { connectionError, statusError, type ErrorContext } from '../../src/transports/registry/errors.js';
 
 const ctx: ErrorContext = { host: 'registry.example:5000', allowHttp: false, stallTimeoutMs: 30_000, secrets: () => [] };
@@ -60,5 +61,32 @@ describe('status errors of a registry', () => {
     const big = said(400, JSON.stringify({ errors: [{ code: 'DENIED', message: { password: 'hunter2', pad: 'x'.repeat(500) } }] }));
     expect(big.message).not.toContain('hunter2');
     expect(big.message.length).toBeLessThan(300);
+  });
+});
+
+describe('network failures are said once, in words, with no code of ours', () => {
+  it("Node's call and code repeated after the code are said in words, the address kept where the line does not name it", () => {
+    expect(asRead(nodeError('ECONNREFUSED', 'connect ECONNREFUSED registry.example:5000')).message).toBe(
+      'cannot reach registry registry.example:5000: ECONNREFUSED connection refused (manifest team/app:1)',
+    );
+    expect(asRead(nodeError('ECONNREFUSED', 'connect ECONNREFUSED 10.0.0.5:5000')).message).toBe(
+      'cannot reach registry registry.example:5000: ECONNREFUSED connection refused (10.0.0.5:5000) (manifest team/app:1)',
+    );
+    expect(asRead(nodeError('ENOTFOUND', 'getaddrinfo ENOTFOUND registry.example')).message).toBe(
+      'cannot reach registry registry.example:5000: ENOTFOUND no such host (manifest team/app:1)',
+    );
+    expect(asRead(nodeError('ECONNREFUSED', 'through the proxy http://127.0.0.1:3128: connect ECONNREFUSED 127.0.0.1:3128')).message).toBe(
+      'cannot reach registry registry.example:5000: ECONNREFUSED through the proxy http://127.0.0.1:3128: connection refused (manifest team/app:1)',
+    );
+  });
+
+  it('a connect timeout shows no internal code', () => {
+    expect(asRead(connectTimeoutError()).message).toBe('cannot reach registry registry.example:5000: connect timed out (manifest team/app:1)');
+  });
+
+  it("a plain-text body that only says the status again is left out; other text stays", () => {
+    expect(statusError(ctx, 404, Buffer.from('404 page not found\n'), { method: 'GET', what: 'manifest a:1' }).message).toBe('registry registry.example:5000 answered 404 to GET manifest a:1');
+    expect(statusError(ctx, 502, Buffer.from('502 Bad Gateway'), { method: 'GET', what: 'manifest a:1' }).message).toBe('registry registry.example:5000 answered 502 to GET manifest a:1');
+    expect(statusError(ctx, 404, Buffer.from('no route for /v2/x'), { method: 'GET', what: 'manifest a:1' }).message).toBe('registry registry.example:5000 answered 404 no route for /v2/x to GET manifest a:1');
   });
 });

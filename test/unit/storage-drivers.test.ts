@@ -669,6 +669,22 @@ describe.skipIf(!s3)('S3Driver against s3rver', () => {
     }
   });
 
+  it('an https:// endpoint that answers in plain HTTP is said to, with http:// as the fix, not in OpenSSL\'s words', async () => {
+    const tls = new S3Driver({
+      bucket: s3!.bucket,
+      rootDirectory: 'r',
+      endpoint: `https://127.0.0.1:${s3!.port}`,
+      credentials: { accessKeyId: s3!.accessKeyId, secretAccessKey: s3!.secretAccessKey },
+    });
+    try {
+      const e = await errorOf(tls.getContent('/k'));
+      expect(e.message).toBe(`cannot reach the S3 endpoint https://127.0.0.1:${s3!.port}: the server answered in plain HTTP, not TLS (EPROTO) to read s3://${s3!.bucket}/r/k`);
+      expect(e.hint).toBe('name an endpoint without TLS with http://, in --s3-endpoint or AWS_ENDPOINT_URL_S3');
+    } finally {
+      tls.destroy();
+    }
+  });
+
   it('s3ClientFromEnvironment: endpoint and path style from the environment; a stream PutObject reads back identical', async () => {
     for (const [k, v] of Object.entries(s3!.env)) vi.stubEnv(k, v);
     vi.stubEnv('AWS_ENDPOINT_URL', '');

@@ -6,7 +6,7 @@
  */
 import { SmartError, type ErrorCode } from '../../errors.js';
 import { redactUrl, remoteText } from '../../redact.js';
-import { HTTP_CONNECT_TIMEOUT, HTTP_STALL, errorCode, isTransient, isTransientStatus } from '../../transient.js';
+import { HTTP_CONNECT_TIMEOUT, HTTP_STALL, PLAIN_HTTP_ANSWER, errorCode, isOwnCode, isTransient, isTransientStatus, networkWords } from '../../transient.js';
 
 /** One entry of the Distribution spec's error body: `{"errors": [{"code", "message", "detail"}]}`. */
 export interface RegistryErrorDetail {
@@ -98,13 +98,23 @@ function asText(value: unknown): string {
   return typeof value === 'object' ? JSON.stringify(value) : String(value);
 }
 
+/**
+ * A plain-text body as it follows `answered STATUS` in a message: '' when it only says the status
+ * again (Go's `404 page not found`, `502 Bad Gateway`, `Not Found`), else as it is.
+ */
+function withoutStatus(text: string, status: number): string {
+  const reason = (process.getBuiltinModule('node:http').STATUS_CODES[status] ?? '').toLowerCase();
+  const rest = text.toLowerCase().replace(new RegExp(`^${status}\\b`), '').replace(/\bpage\b/, '').replace(/[\s.:-]+/g, ' ').trim();
+  return rest === '' || rest === reason ? '' : text;
+}
+
 /** A registry's answer with an unexpected status, naming the registry, the request and the status, and every error code it gave. */
 export function statusError(ctx: ErrorContext, status: number, body: Buffer | undefined, request: RequestFacts & { method: string }): RegistryError {
   const known = ctx.secrets();
   const raw = body?.length ? parseDetails(body) : [];
   // Redacted once, as a whole: redacting text already redacted garbles it.
   const detail =
-    raw === undefined ? remoteText(body!.toString('utf8'), { max: 120, known }) : remoteText(raw.filter((d) => d.code || d.message).map((d) => `${d.code}${d.message ? `: ${d.message}` : ''}`).join('; '), { known });
+    raw === undefined ? withoutStatus(remoteText(body!.toString('utf8'), { max: 120, known }), status) : remoteText(raw.filter((d) => d.code || d.message).map((d) => `${d.code}${d.message ? `: ${d.message}` : ''}`).join('; '), { known });
   const details = (raw ?? []).map((d) => ({ code: remoteText(d.code, { max: 60, known }), message: remoteText(d.message, { known }) }));
   const message = `registry ${ctx.host} answered ${status}${detail ? ` ${detail}` : ''} to ${request.method} ${request.what}`;
   const facts = { status, details, method: request.method, ...(request.url !== undefined ? { url: request.url } : {}) };
@@ -154,12 +164,11 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
   const { what } = request;
   if ((e as Error)?.name === 'AbortError') return new SmartError('CANCELLED', `${what}: cancelled`, { cause: e });
   const facts = { ...(request.method !== undefined ? { method: request.method } : {}), ...(request.url !== undefined ? { url: request.url } : {}) };
-  let msg = (e as Error)?.message ?? String(e);
   const code = errorCode(e);
-  // OpenSSL's own words for a server that answered the TLS hello in plain HTTP (a library path,
-  // an error queue, a line break), said plainly, as skopeo says it.
-  const plainServer = phase === 'ping' && /wrong version number|http request/i.test(msg);
-  if (plainServer) msg = 'the server answered in plain HTTP, not TLS';
+  // Node's words for a failed call (its code again) and OpenSSL's for a server that answered the
+  // TLS hello in plain HTTP (a library path, an error queue, a line break), said plainly once.
+  const msg = networkWords((e as Error)?.message ?? String(e), code, ctx.host);
+  const plainServer = phase === 'ping' && msg === PLAIN_HTTP_ANSWER;
   if (code === HTTP_STALL) {
     const s = Math.round(ctx.stallTimeoutMs / 1000);
     return new RegistryError('REGISTRY', `registry ${ctx.host} stalled: no data for ${s} s (${what})`, { ...facts, input: ctx.host, cause: e, retryable: true });
@@ -180,7 +189,7 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
           : plainServer
             ? `a registry without TLS is reached with --insecure-registry ${ctx.host}`
             : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
-  return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code ? `${code} ` : ''}${msg} (${what})`, {
+  return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code && !isOwnCode(code) ? `${code} ` : ''}${msg} (${what})`, {
     ...facts,
     input: ctx.host,
     cause: e,
