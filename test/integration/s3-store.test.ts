@@ -13,6 +13,7 @@ import { blobFiles } from '../harness/layout.js';
 import { startProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart, smartBin } from '../harness/run.js';
+import { freePort } from '../harness/ports.js';
 import { registryS3Config, startS3, type RunningS3 } from '../harness/s3.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
@@ -209,5 +210,15 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
     const r = await run(['push', `oci:${fx.paths.ociBasic}:latest`, 's3://no-such-bucket#x/y:z']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/smart: error \[[A-Z_]+\]: .*no-such-bucket/);
+  });
+
+  it('a push that fails says so in one line: the sweep of leftovers failing for the same cause adds no warning', async () => {
+    const fx = fixtures();
+    const down = `http://127.0.0.1:${await freePort()}`;
+    for (const [dest, extra] of [['s3://no-such-bucket/root#team/app:2', []], [`s3://${s3.bucket}/root#team/app:2`, ['--s3-endpoint', down]]] as const) {
+      const r = await run(['push', `oci:${fx.paths.ociBasic}:latest`, dest, ...extra]);
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split('\n'), r.stderr).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: /)]);
+    }
   });
 });

@@ -44,3 +44,18 @@ describe('leftover owners', () => {
     }
   });
 });
+
+describe("a push's sweep of the uploads killed pushes left", () => {
+  it('that fails is a warning once the push succeeded (cleaned), and nothing before: a failed push says its own error alone', async () => {
+    const { DistributionDestination } = await import('../../src/transports/distribution/adapters.js');
+    type Store = ConstructorParameters<typeof DistributionDestination>[0];
+    const store = { name: 's3://b/r', removeStaleUploads: () => Promise.reject(new Error('bucket "b" does not exist')), leftoversRemoved: () => [] };
+    const warnings: string[] = [];
+    const dest = new DistributionDestination(store as unknown as Store, { registry: '', repository: 'team/app', tag: '2' }, { onWarning: (m) => warnings.push(m) });
+    dest.prepare();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(warnings).toEqual([]);
+    expect(await dest.cleaned()).toEqual([]);
+    expect(warnings).toEqual([`${dest.name}: could not remove the leftovers of killed pushes: bucket "b" does not exist`]);
+  });
+});

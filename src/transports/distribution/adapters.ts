@@ -100,7 +100,8 @@ export class DistributionDestination implements BlobDestination {
   readonly cacheScope: string;
   readonly layerCompression = 'compress' as const;
   readonly namedDigest?: Digest;
-  private sweep: Promise<Cleaned[]> | undefined;
+  /** What the sweep of killed pushes' uploads removed, or why it could not. */
+  private sweep: Promise<Cleaned[] | Error> | undefined;
   readonly repository: string;
 
   constructor(
@@ -120,17 +121,18 @@ export class DistributionDestination implements BlobDestination {
 
   /**
    * Starts removing what killed pushes left in the repository's uploads, alongside the copy (a
-   * push that sends nothing waits for no listing). A failure there is a warning: the push goes on.
+   * push that sends nothing waits for no listing). A failure there does not stop the push: it is
+   * a warning once the push succeeded (cleaned), and nothing when the push fails, whose error
+   * (most often the same cause: a wrong key, no bucket, the endpoint down) is the one line to say.
    */
   prepare(): void {
-    this.sweep ??= this.store.removeStaleUploads(this.ref.repository).catch((e: unknown) => {
-      this.options.onWarning?.(`${this.name}: could not remove the leftovers of killed pushes: ${(e as Error).message}`);
-      return [];
-    });
+    this.sweep ??= this.store.removeStaleUploads(this.ref.repository).catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))));
   }
 
   async cleaned(): Promise<Cleaned[]> {
-    return [...((await this.sweep) ?? []), ...this.store.leftoversRemoved()];
+    const swept = await this.sweep;
+    if (swept instanceof Error) this.options.onWarning?.(`${this.name}: could not remove the leftovers of killed pushes: ${swept.message}`);
+    return [...(Array.isArray(swept) ? swept : []), ...this.store.leftoversRemoved()];
   }
 
   supportsManifestType(mediaType: string): boolean {
