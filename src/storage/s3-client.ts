@@ -8,7 +8,8 @@ import { S3Client, type S3ClientConfig } from '@aws-sdk/client-s3';
 import tls from 'node:tls';
 import { proxyConfigured, routedHttpAgent, routedHttpsAgent } from '../proxy.js';
 import { trustDeferredCaCerts } from '../tls-trust.js';
-import type { SmartError } from '../errors.js';
+import { SmartError, quoted } from '../errors.js';
+import { redactImageName } from '../redact.js';
 
 export interface S3Credentials {
   accessKeyId: string;
@@ -50,10 +51,38 @@ const MAX_ATTEMPTS = 5;
 /** No byte either way on a request's connection for this long: the request fails (retryable) instead of hanging. */
 export const DEFAULT_STALL_MS = 30_000;
 
+/**
+ * An S3 endpoint as the SDK takes it, or a USAGE error naming where it came from (`from`: the
+ * option or the variable): an http:// or https:// URL with a host and no credentials in it. Its
+ * credentials are never shown: the endpoint is shown with them replaced, or not at all.
+ */
+function checkedEndpoint(endpoint: string | undefined, from: string): string | undefined {
+  if (endpoint === undefined) return undefined;
+  const shown = quoted(redactImageName(endpoint), 100);
+  const usage = (why: string) =>
+    new SmartError('USAGE', `${from} ${shown} ${why}`, { input: from, hint: 'name the endpoint as http://HOST:PORT or https://HOST' });
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    throw usage('is not a URL');
+  }
+  if (url.username || url.password) {
+    throw new SmartError('USAGE', `${from} holds credentials (USER:PASSWORD@ before the host), which are not sent from there`, {
+      input: from,
+      hint: 'give S3 credentials as AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE',
+    });
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw usage('is not http:// or https://');
+  if (!url.hostname) throw usage('names no host');
+  return endpoint;
+}
+
 export function makeS3Client(o: { endpoint?: string; region?: string; profile?: string; forcePathStyle?: boolean; credentials?: S3Credentials; stallTimeoutMs?: number }): S3Client {
   // Before the SDK connects: to the endpoint, or (credentials from STS or SSO) elsewhere over TLS.
   trustDeferredCaCerts(tls);
-  const endpoint = o.endpoint ?? envValue('AWS_ENDPOINT_URL_S3') ?? envValue('AWS_ENDPOINT_URL');
+  const from = o.endpoint !== undefined ? '--s3-endpoint' : envValue('AWS_ENDPOINT_URL_S3') !== undefined ? 'AWS_ENDPOINT_URL_S3' : 'AWS_ENDPOINT_URL';
+  const endpoint = checkedEndpoint(o.endpoint ?? envValue('AWS_ENDPOINT_URL_S3') ?? envValue('AWS_ENDPOINT_URL'), from);
   const region = o.region ?? envValue('AWS_REGION') ?? envValue('AWS_DEFAULT_REGION') ?? 'us-east-1';
   const profile = o.profile ?? envValue('AWS_PROFILE');
   const config: S3ClientConfig = {

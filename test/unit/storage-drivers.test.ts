@@ -753,3 +753,34 @@ describe.skipIf(!s3)('S3Driver against s3rver', () => {
     }
   });
 });
+
+describe('the S3 endpoint', () => {
+  const refusal = (endpoint: string): SmartError => {
+    try {
+      s3ClientFromEnvironment({ endpoint });
+    } catch (e) {
+      if (isSmartError(e)) return e;
+      throw e;
+    }
+    throw new Error(`${endpoint} was taken`);
+  };
+
+  it('is refused as a usage error (exit 2) in one line when it is no http(s) URL, and its credentials are never shown', () => {
+    const hint = 'name the endpoint as http://HOST:PORT or https://HOST';
+    expect([refusal('not a url')].map((e) => [e.code, e.exitCode, e.message, e.hint])).toEqual([['USAGE', 2, '--s3-endpoint "not a url" is not a URL', hint]]);
+    expect(refusal('ftp://127.0.0.1:9000').message).toBe('--s3-endpoint "ftp://127.0.0.1:9000" is not http:// or https://');
+    for (const endpoint of ['http://AKIAIOSFODNN7EXAMPLE:hunter2secret@127.0.0.1:9000', 'https://hunter2secret@s3.example.com', 'AKIAIOSFODNN7EXAMPLE:hunter2secret@host']) {
+      const e = refusal(endpoint);
+      expect(e.code).toBe('USAGE');
+      expect(`${e.message} ${e.hint} ${e.input}`).not.toMatch(/hunter2|AKIA/);
+    }
+    expect(refusal('http://AKIA:secret@127.0.0.1:9000').message).toBe('--s3-endpoint holds credentials (USER:PASSWORD@ before the host), which are not sent from there');
+    vi.stubEnv('AWS_ENDPOINT_URL_S3', 'ftp://x');
+    try {
+      expect(() => s3ClientFromEnvironment()).toThrow('AWS_ENDPOINT_URL_S3 "ftp://x" is not http:// or https://');
+    } finally {
+      vi.unstubAllEnvs();
+    }
+    expect(() => s3ClientFromEnvironment({ endpoint: 'http://127.0.0.1:9000/root' }).destroy()).not.toThrow();
+  });
+});
