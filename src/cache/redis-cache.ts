@@ -241,6 +241,7 @@ export async function createRedisMetadataCache(options: RedisCacheOptions): Prom
 export class RedisMetadataCache implements MetadataCache {
   private readonly ready: Promise<void>;
   private lastError: Error | undefined;
+  private lastNodeError: Error | undefined;
   private closed = false;
   private readonly deadlineMs: number;
 
@@ -259,6 +260,9 @@ export class RedisMetadataCache implements MetadataCache {
     });
     client.on('node error', (e: Error) => {
       this.lastError = e;
+      // Kept apart: the cluster's own error that follows ("Failed to refresh slots cache.") says
+      // less than the node's (ERR This instance has cluster support disabled).
+      this.lastNodeError = e;
     });
     // ioredis selects the database itself on connect, but a SELECT refused there (a number past
     // the server's `databases`) only reaches an error event, and the connection stays on
@@ -288,13 +292,36 @@ export class RedisMetadataCache implements MetadataCache {
     type Chained = { lastNodeError?: Chained; message?: string };
     const candidates: (string | undefined)[] = [];
     for (let c = e as Chained | undefined; c?.lastNodeError; c = c.lastNodeError) candidates.push(c.lastNodeError.message);
-    candidates.push(this.lastError?.message);
+    candidates.push(this.lastError?.message, this.lastNodeError?.message);
     const detail = candidates.find((m): m is string => !!m && !generic(m) && !message.includes(m));
     if (detail) message = generic(message) ? detail : `${message} (${detail})`;
+    const known = this.knownFailure([message, ...candidates].join(' '));
+    if (known?.message) message = known.message;
     for (const secret of [this.target.password, this.target.username]) {
       if (secret && secret.length >= 3) message = message.split(secret).join('***');
     }
-    return new SmartError('STORAGE', `redis ${this.where}: ${what}: ${message}`, { retryable: true });
+    return new SmartError('STORAGE', `redis ${this.where}: ${what}: ${message}`, { retryable: known?.retryable ?? true, ...(known?.hint ? { hint: known.hint } : {}) });
+  }
+
+  /**
+   * What the client's words (`said`: the error and the errors before it) mean, where they are
+   * known to mislead or to say too little: a server that is no cluster (ioredis only says none of
+   * the startup nodes is available), credentials refused (the command after a refused AUTH is
+   * answered NOAUTH, which no retry changes), and a plain connection a TLS-only server reset.
+   */
+  private knownFailure(said: string): { message?: string; hint?: string; retryable?: boolean } | undefined {
+    if (this.isCluster && /cluster support disabled/i.test(said)) {
+      return { message: 'the server is not a Redis Cluster (ERR This instance has cluster support disabled)', hint: 'for a single server, use redis:// or rediss://', retryable: false };
+    }
+    const credentials = this.target.password !== undefined || this.target.username !== undefined;
+    if (/WRONGPASS|invalid password|invalid username-password/i.test(said) || (credentials && /NOAUTH/.test(said))) {
+      return { message: 'the server refused the user name or password (WRONGPASS)', hint: 'check the user name and password in the Redis URL: redis://USER:PASSWORD@HOST', retryable: false };
+    }
+    if (/NOAUTH/.test(said)) return { hint: 'the server asks for a password: redis://:PASSWORD@HOST', retryable: false };
+    if (!this.target.tls && !this.state.everReady && /ECONNRESET/.test(said)) {
+      return { hint: 'a server that takes TLS only is reached with rediss://' };
+    }
+    return undefined;
   }
 
   /** `p`, or a STORAGE error once `deadlineMs` has passed: nothing waits longer, whatever the client does. */

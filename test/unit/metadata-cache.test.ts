@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { isSmartError } from '../../src/errors.js';
+import { isSmartError, type SmartError } from '../../src/errors.js';
 import { DiskMetadataCache, forgivingCache, openMetadataCache, type MetadataCache } from '../../src/cache/metadata-cache.js';
 import { freePort } from '../harness/ports.js';
 import { startRedis, startRedisCluster, type RunningRedis, type RunningRedisCluster } from '../harness/redis.js';
@@ -350,6 +350,40 @@ describe.skipIf(!haveRedis)('RedisMetadataCache specifics', () => {
     expect(await none.get('k')).toBeUndefined();
     expect(warnings).toHaveLength(2);
     expect(warnings[1]).toMatch(/NOAUTH/);
+  });
+
+  it('says what is wrong where the client misleads: a server that is no cluster, a password refused (not retryable, also with a database), a TLS-only server', async () => {
+    const { createRedisMetadataCache } = await import('../../src/cache/redis-cache.js');
+    const failure = async (url: string): Promise<SmartError> => {
+      const cache = closing(await createRedisMetadataCache({ url }));
+      return cache.get('k').then(
+        () => {
+          throw new Error(`${url} answered`);
+        },
+        (e: SmartError) => e,
+      );
+    };
+    const notCluster = await failure(single!.url.replace(/^redis:/, 'redis+cluster:'));
+    expect([notCluster.message, notCluster.hint, notCluster.retryable]).toEqual([
+      `redis cluster 127.0.0.1:${single!.port}: connecting: the server is not a Redis Cluster (ERR This instance has cluster support disabled)`,
+      'for a single server, use redis:// or rediss://',
+      false,
+    ]);
+
+    const server = await owned(startRedis(await tempDir('smart-redis-auth-'), { args: ['--requirepass', 'Pw-d3f@ult'], password: 'Pw-d3f@ult' }));
+    for (const url of [`redis://:wr0ng-secret@127.0.0.1:${server.port}`, `redis://:wr0ng-secret@127.0.0.1:${server.port}/1`]) {
+      const e = await failure(url);
+      expect(e.message, url).toMatch(new RegExp(`^redis 127\\.0\\.0\\.1:${server.port}: [A-Z a-z]+: the server refused the user name or password \\(WRONGPASS\\)$`));
+      expect([e.hint, e.retryable]).toEqual(['check the user name and password in the Redis URL: redis://USER:PASSWORD@HOST', false]);
+    }
+    const none = await failure(`redis://127.0.0.1:${server.port}`);
+    expect([none.message, none.retryable]).toEqual([expect.stringMatching(/NOAUTH/), false]);
+
+    const dir = await tempDir('smart-redis-tls-only-');
+    const ca = await makeTestCA(dir);
+    const tlsOnly = await owned(startRedis(dir, { tls: { certFile: ca.certFile, keyFile: ca.keyFile } }));
+    const plain = await failure(tlsOnly.url.replace(/^rediss:/, 'redis:'));
+    expect(plain.hint).toBe('a server that takes TLS only is reached with rediss://');
   });
 
   it('rediss:// (TLS) with an extra CA; without it, one warning about the certificate', async () => {
