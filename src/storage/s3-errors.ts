@@ -5,7 +5,8 @@
  * credential enters a message.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { SmartError, isSmartError } from '../errors.js';
+import { SmartError, isSmartError, quoted } from '../errors.js';
+import { isAtProxy } from '../proxy.js';
 import { remoteText } from '../redact.js';
 import { PLAIN_HTTP_ANSWER, answeredPlainHttp, errorCode, errorStatus, isOwnCode, isTransient, networkWords } from '../transient.js';
 
@@ -83,6 +84,27 @@ export async function s3Error(e: unknown, ctx: S3ErrorContext): Promise<SmartErr
     return new SmartError('STORAGE', `cannot ${op} ${where}: bucket "${ctx.bucket}" does not exist (NoSuchBucket${status})`, {
       input: where,
       hint: 'create the bucket or check --s3-endpoint',
+      cause: e,
+    });
+  }
+  // A proxy that could not be reached, refused CONNECT or never answered: the proxy is named (its
+  // message does, without its credentials, src/proxy.ts), not the endpoint it never reached.
+  if (f.status === undefined && isAtProxy(e)) {
+    const code = f.code && !isOwnCode(f.code) ? `${f.code} ` : '';
+    return new SmartError('STORAGE', `cannot reach the S3 endpoint ${await ctx.endpoint()} to ${op} ${where}: ${code}${remoteText(networkWords(f.message, f.code))}`, {
+      input: where,
+      hint: 'check HTTPS_PROXY / HTTP_PROXY and that the proxy runs, or name the endpoint in NO_PROXY',
+      cause: e,
+      retryable: isTransient(e),
+    });
+  }
+  if (f.name === 'CredentialsProviderError') {
+    const profile = process.env.AWS_PROFILE;
+    return new SmartError('STORAGE', `cannot ${op} ${where}: no AWS credentials found${profile ? ` for the profile ${quoted(profile, 60)} (AWS_PROFILE)` : ''}`, {
+      input: where,
+      hint: profile
+        ? `check that the profile ${quoted(profile, 60)} is in ~/.aws/config or ~/.aws/credentials, or the files AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE name`
+        : 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE',
       cause: e,
     });
   }

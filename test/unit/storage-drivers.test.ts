@@ -7,6 +7,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import path from 'node:path';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
@@ -782,5 +783,42 @@ describe('the S3 endpoint', () => {
       vi.unstubAllEnvs();
     }
     expect(() => s3ClientFromEnvironment({ endpoint: 'http://127.0.0.1:9000/root' }).destroy()).not.toThrow();
+  });
+});
+
+describe('S3 failures that are not the endpoint', () => {
+  it('a proxy that cannot be reached is named, not the endpoint behind it; a profile with no credentials is named', async () => {
+    const port = await freePort(); // nothing listens there
+    vi.stubEnv('HTTP_PROXY', `http://user:proxy-s3cret@127.0.0.1:${port}`);
+    vi.stubEnv('NO_PROXY', '');
+    vi.stubEnv('AWS_MAX_ATTEMPTS', '1');
+    try {
+      const behind = new S3Driver({ bucket: 'b', rootDirectory: 'r', endpoint: 'http://s3.example.com:9000', credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'x' } });
+      try {
+        const e = await errorOf(behind.getContent('/k'));
+        expect(e.message).toBe(`cannot reach the S3 endpoint http://s3.example.com:9000 to read s3://b/r/k: ECONNREFUSED through the proxy http://127.0.0.1:${port}: connection refused`);
+        expect(e.hint).toBe('check HTTPS_PROXY / HTTP_PROXY and that the proxy runs, or name the endpoint in NO_PROXY');
+        expect(e.message).not.toContain('proxy-s3cret');
+      } finally {
+        behind.destroy();
+      }
+    } finally {
+      vi.unstubAllEnvs();
+    }
+
+    const none = path.join(await tempDir(), 'none');
+    for (const [k, v] of Object.entries({ AWS_PROFILE: 'nosuchprofile', AWS_CONFIG_FILE: none, AWS_SHARED_CREDENTIALS_FILE: none, AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '', AWS_MAX_ATTEMPTS: '1' })) vi.stubEnv(k, v);
+    try {
+      const noKeys = new S3Driver({ bucket: 'b', rootDirectory: 'r', endpoint: `http://127.0.0.1:${port}` });
+      try {
+        const e = await errorOf(noKeys.getContent('/k'));
+        expect(e.message).toBe('cannot read s3://b/r/k: no AWS credentials found for the profile "nosuchprofile" (AWS_PROFILE)');
+        expect(e.hint).toMatch(/the profile "nosuchprofile" is in ~\/\.aws\/config or ~\/\.aws\/credentials/);
+      } finally {
+        noKeys.destroy();
+      }
+    } finally {
+      vi.unstubAllEnvs();
+    }
   });
 });
