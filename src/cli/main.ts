@@ -21,6 +21,13 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     const args = argv.slice(2);
     return { json: args.includes('--json'), quiet: args.includes('-q') || args.includes('--quiet'), debug: args.includes('--debug') };
   };
+  // What went to stdout that did not all arrive (`> FILE` on a full disk), said in one line: its exit status.
+  const lostOutput = async (): Promise<number | undefined> => {
+    const lost = await stdoutError();
+    if (!lost) return undefined;
+    new Output({ ...flagsOf(), json: false }).error(prog, lost);
+    return lost.exitCode;
+  };
   // NODE_EXTRA_CA_CERTS, which bin/*.js set aside: read at the first TLS connection (tls-trust.ts).
   deferExtraCaCerts(process.env, (m) => new Output(flagsOf()).warn(m));
   // Before any package loads: their compiled code is kept on this machine (compile-cache.ts).
@@ -47,11 +54,8 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
       await program.buildProgram(prog).parseAsync(argv);
     }
     // What went to stdout did not all arrive (`> FILE` on a full disk): not a success.
-    const lost = signalled ? undefined : await stdoutError();
-    if (lost) {
-      new Output({ ...flagsOf(), json: false }).error(prog, lost);
-      return lost.exitCode;
-    }
+    const lost = signalled ? undefined : await lostOutput();
+    if (lost !== undefined) return lost;
     if (!signalled) return 0;
     // The signal came too late to cancel anything: the status still says it came (a CI step that
     // was being stopped, a user's Ctrl-C), and its one error line that what was written is whole.
@@ -63,8 +67,14 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
       new Output(flagsOf()).error(prog, new SmartError('CANCELLED', signalled === 'SIGINT' ? 'interrupted' : 'terminated'));
       return signalled === 'SIGINT' ? 130 : 143;
     }
-    // Help and version are successes (also when `| head` read only a part of them).
-    if (program && e instanceof program.CommanderError && ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(e.code)) return 0;
+    if (program && e instanceof program.CommanderError && ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(e.code)) {
+      // Help nobody asked for (`smart`, `smart cache`, `smart help bogus`: an empty variable in a
+      // CI step) went to stderr: a usage error, not a success.
+      if (e.exitCode !== 0) return 2;
+      // Help and version asked for are successes (also when `| head` read only a part of them),
+      // unless they did not arrive (`> FILE` on a full disk).
+      return (await lostOutput()) ?? 0;
+    }
     // The reader of the image went away (`| head`): its choice, said by the status alone.
     if (stdoutClosed()) return EXIT_BROKEN_PIPE;
     if (program && e instanceof program.CommanderError) {

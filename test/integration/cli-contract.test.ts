@@ -79,6 +79,25 @@ describe('the command line contract', () => {
     });
   });
 
+  describe('help', () => {
+    it.each([[[]], [['cache']], [['store']], [['help', 'bogus']]])('that nobody asked for (%j) goes to stderr, exit 2', async (args) => {
+      const r = await smart(args);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(/^Usage: smart /);
+      expect(r.stdout.length).toBe(0);
+    });
+
+    it.each([[['--help']], [['help']], [['cache', '--help']], [['--version']]])('asked for (%j) goes to stdout, exit 0; exit 1 in one line when it cannot be written', async (args) => {
+      const r = await smart(args);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.length).toBeGreaterThan(0);
+      expect(r.stderr).toBe('');
+      const full = await sh(`$SMART ${args.join(' ')} > /dev/full`);
+      expect(full.code).toBe(1);
+      expect(oneErrorLine(full, 'STORAGE')).toMatch(/cannot write to stdout: ENOSPC/);
+    });
+  });
+
   describe('JSON documents and progress events', () => {
     it('a push prints its reference and its summary with a schemaVersion; a pull says written, not pushed', async () => {
       const fx = fixtures();
