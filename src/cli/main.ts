@@ -9,6 +9,7 @@ import { Output, stdoutClosed, stdoutError, type OutputOptions } from './output.
 import { runTransfer } from './transfer.js';
 import { deferExtraCaCerts } from '../tls-trust.js';
 import { enableCompileCache } from './compile-cache.js';
+import { captureForeignOutput } from './foreign-output.js';
 
 /** Exit status when the reader of stdout went away before the image was written (`… docker-archive:- | head`): 128 + SIGPIPE, as a program that SIGPIPE killed. */
 export const EXIT_BROKEN_PIPE = 141;
@@ -17,10 +18,8 @@ export const EXIT_BROKEN_PIPE = 141;
 export async function main(argv: string[], prog = 'smart'): Promise<number> {
   // Loaded with the program, only when commander parses the command line.
   let program: typeof import('./program.js') | undefined;
-  const flagsOf = (): OutputOptions => {
-    const args = argv.slice(2);
-    return { json: args.includes('--json'), quiet: args.includes('-q') || args.includes('--quiet'), debug: args.includes('--debug') };
-  };
+  const args = argv.slice(2);
+  const flagsOf = (): OutputOptions => ({ json: args.includes('--json'), quiet: args.includes('-q') || args.includes('--quiet'), debug: args.includes('--debug') });
   // What went to stdout that did not all arrive (`> FILE` on a full disk), said in one line: its exit status.
   const lostOutput = async (): Promise<number | undefined> => {
     const lost = await stdoutError();
@@ -28,6 +27,13 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     new Output({ ...flagsOf(), json: false }).error(prog, lost);
     return lost.exitCode;
   };
+  // What packages print by themselves: warnings of ours (-q and --progress json hold), until the
+  // command names its own channel (foreign-output.ts).
+  const jsonProgress = args.some((a, i) => a === '--progress=json' || (a === '--progress' && args[i + 1] === 'json'));
+  const restoreOutput = captureForeignOutput((m) => {
+    const flags = flagsOf();
+    if (!flags.quiet && !jsonProgress) new Output(flags).warn(m);
+  });
   // NODE_EXTRA_CA_CERTS, which bin/*.js set aside: read at the first TLS connection (tls-trust.ts).
   deferExtraCaCerts(process.env, (m) => new Output(flagsOf()).warn(m));
   // Before any package loads: their compiled code is kept on this machine (compile-cache.ts).
@@ -47,7 +53,7 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   process.on('SIGTERM', onTerm);
   try {
     // The common `push SRC DEST [options]`: parsed without commander, which is slow to load.
-    const fast = parseTransferArgs(argv.slice(2));
+    const fast = parseTransferArgs(args);
     if (fast) await runTransfer(fast.mode, fast.source, fast.destination, fast.flags, new Output(outputOptions(fast.flags)));
     else {
       program = await import('./program.js');
@@ -86,6 +92,7 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     out.error(prog, cancel.signal.aborted && isSmartError(cancel.signal.reason) ? cancel.signal.reason : e);
     return isSmartError(e) ? e.exitCode : 1;
   } finally {
+    restoreOutput();
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
   }

@@ -90,6 +90,8 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
   const { formatBytes, guardedStdout } = await import('./output.js');
   const { ProgressDisplay } = await import('./progress.js');
   const progress = new ProgressDisplay(progressMode(flags), { command: mode, source, destination });
+  const { foreignOutputTo } = await import('./foreign-output.js');
+  foreignOutputTo((m) => progress.warning(m));
   const timeout = flags.timeout ? setTimeout(() => cancel.abort(new SmartError('CANCELLED', `timed out after ${flags.timeout} s (--timeout)`)), flags.timeout * 1000) : undefined;
   // No home to keep a cache in: the run goes on, and says what it cannot keep.
   const cacheDir = flags.cacheDir ?? defaultCacheDir();

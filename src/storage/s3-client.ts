@@ -9,7 +9,7 @@ import tls from 'node:tls';
 import { proxyConfigured, routedHttpAgent, routedHttpsAgent } from '../proxy.js';
 import { trustDeferredCaCerts } from '../tls-trust.js';
 import { SmartError, quoted } from '../errors.js';
-import { redactImageName } from '../redact.js';
+import { redactImageName, remoteText } from '../redact.js';
 
 export interface S3Credentials {
   accessKeyId: string;
@@ -38,6 +38,18 @@ function quietly<T>(make: () => T): T {
     if (before === undefined) delete process.env[name];
     else process.env[name] = before;
   }
+}
+
+/**
+ * The SDK's logger: what it warns of (AWS_PROFILE set beside AWS_ACCESS_KEY_ID and its secret, in
+ * nine lines on stderr) goes to `onWarning` in one line, secrets redacted; nothing is printed.
+ * Its info (each request) and error (each failure, which is thrown and reported as ours) go nowhere.
+ */
+export function sdkLogger(onWarning?: (message: string) => void): NonNullable<S3ClientConfig['logger']> {
+  const none = (): void => undefined;
+  // Its own prefix (`@aws-sdk/credential-provider-node - defaultProvider::fromEnv WARNING:`) says nothing to a user.
+  const text = (args: unknown[]) => remoteText(args.map(String).join(' ').replace(/^@aws-sdk\/\S+ - \S+ WARNING:\s*/, ''), { max: 400 });
+  return { debug: none, info: none, error: none, warn: (...args: unknown[]) => onWarning?.(`S3: ${text(args)}`) };
 }
 
 function envValue(name: string): string | undefined {
@@ -78,7 +90,15 @@ function checkedEndpoint(endpoint: string | undefined, from: string): string | u
   return endpoint;
 }
 
-export function makeS3Client(o: { endpoint?: string; region?: string; profile?: string; forcePathStyle?: boolean; credentials?: S3Credentials; stallTimeoutMs?: number }): S3Client {
+export function makeS3Client(o: {
+  endpoint?: string;
+  region?: string;
+  profile?: string;
+  forcePathStyle?: boolean;
+  credentials?: S3Credentials;
+  stallTimeoutMs?: number;
+  onWarning?: (message: string) => void;
+}): S3Client {
   // Before the SDK connects: to the endpoint, or (credentials from STS or SSO) elsewhere over TLS.
   trustDeferredCaCerts(tls);
   const from = o.endpoint !== undefined ? '--s3-endpoint' : envValue('AWS_ENDPOINT_URL_S3') !== undefined ? 'AWS_ENDPOINT_URL_S3' : 'AWS_ENDPOINT_URL';
@@ -108,6 +128,7 @@ export function makeS3Client(o: { endpoint?: string; region?: string; profile?: 
     ...(endpoint !== undefined ? { endpoint } : {}),
     ...(profile !== undefined ? { profile } : {}),
     ...(o.credentials ? { credentials: o.credentials } : {}),
+    logger: sdkLogger(o.onWarning),
   };
   return quietly(() => new S3Client(config));
 }
@@ -118,6 +139,6 @@ export function makeS3Client(o: { endpoint?: string; region?: string; profile?: 
  * (default us-east-1), profile from `AWS_PROFILE`, credentials from the SDK's default chain.
  * Checksums are sent only when an operation requires them (see the module comment).
  */
-export function s3ClientFromEnvironment(overrides: { endpoint?: string; region?: string; profile?: string; stallTimeoutMs?: number } = {}): S3Client {
+export function s3ClientFromEnvironment(overrides: { endpoint?: string; region?: string; profile?: string; stallTimeoutMs?: number; onWarning?: (message: string) => void } = {}): S3Client {
   return makeS3Client(overrides);
 }

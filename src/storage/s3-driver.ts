@@ -134,6 +134,7 @@ export class S3Driver implements StorageDriver {
         ...(options.forcePathStyle !== undefined ? { forcePathStyle: options.forcePathStyle } : {}),
         ...(options.credentials ? { credentials: options.credentials } : {}),
         stallTimeoutMs: this.stallTimeoutMs,
+        ...(options.onRetry ? { onWarning: options.onRetry } : {}),
       });
       this.ownsClient = true;
     }

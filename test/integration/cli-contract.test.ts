@@ -12,6 +12,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { layerTar, writeImageOfTars } from '../harness/images.js';
 import { run, smart, smartBin, type RunResult } from '../harness/run.js';
+import { startRedis } from '../harness/redis.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 
@@ -257,6 +258,57 @@ describe('the command line contract', () => {
       expect(fishProbe.code, fishProbe.stderr).toBe(0);
       const words = fishProbe.stdout.toString().split('\n').map((l) => l.split('\t')[0]).filter(Boolean);
       expect(words).toEqual(['auto', 'json', 'none', 'plain', 'tty', 'buildah', 'buildkit', 'buildx', 'docker']);
+    });
+  });
+
+  describe('what packages print by themselves', () => {
+    /** Runs `args` as they are, with -q, and with --progress json: one warning line, nothing, one warning event. */
+    async function asWarnings(args: string[], env: NodeJS.ProcessEnv, pattern: RegExp, code: number): Promise<void> {
+      const plain = await smart([...args, '--progress', 'plain'], { env });
+      expect(plain.code, plain.stderr).toBe(code);
+      const said = plain.stderr.split('\n').filter((l) => pattern.test(l));
+      expect(said, plain.stderr).toHaveLength(1);
+      expect(said[0]).toMatch(/^warning: /);
+      expect(plain.stderr).not.toMatch(/^\s|\[WARN\]/m);
+
+      const quiet = await smart([...args, '-q'], { env });
+      expect(quiet.code, quiet.stderr).toBe(code);
+      expect(quiet.stderr).not.toMatch(pattern);
+      expect(quiet.stderr.split('\n').filter((l) => l.trim() && !l.startsWith('smart: error'))).toEqual([]);
+
+      const json = await smart([...args, '--progress', 'json'], { env });
+      expect(json.code, json.stderr).toBe(code);
+      const lines = json.stderr.split('\n').filter((l) => l.trim() && !l.startsWith('smart: error'));
+      const events = jsonLines(lines.join('\n')) as (Doc & { event: string; message?: string })[];
+      expect(events.filter((e) => e.event === 'warning' && pattern.test(e.message!))).toHaveLength(1);
+    }
+
+    it.skipIf(!haveTools('redis-server'))("ioredis's warning of a password the server does not need", async () => {
+      const redis = await startRedis(await tempDir());
+      try {
+        const url = redis.url.replace('redis://', 'redis://:not-needed@');
+        await asWarnings(['push', `oci:${fixtures().paths.ociBasic}:latest`, `file:${path.join(work, 'foreign-redis')}#team/app:1`, '--redis', url], {}, /does not require a password/, 0);
+      } finally {
+        await redis.stop();
+      }
+    });
+
+    it("the S3 SDK's nine lines on AWS_PROFILE beside static keys, the secret not shown", async () => {
+      const config = path.join(work, 'aws-config');
+      await fs.writeFile(config, '[profile smarttest]\naws_access_key_id = AKIAPROFILE0000TEST0\naws_secret_access_key = profile-secret-1234\n');
+      const env = {
+        AWS_CONFIG_FILE: config,
+        AWS_SHARED_CREDENTIALS_FILE: path.join(work, 'no-aws-credentials'),
+        AWS_PROFILE: 'smarttest',
+        AWS_ACCESS_KEY_ID: 'AKIAENV00000TEST0000',
+        AWS_SECRET_ACCESS_KEY: 'env-secret-5678',
+        AWS_MAX_ATTEMPTS: '1',
+      };
+      // Nothing listens on port 1: the push fails (--timeout ends its retries), after the credentials were chosen.
+      const args = ['push', `oci:${fixtures().paths.ociBasic}:latest`, 's3://bucket/root#team/app:1', '--s3-endpoint', 'http://127.0.0.1:1', '--timeout', '1'];
+      await asWarnings(args, env, /Multiple credential sources detected/, 1);
+      const r = await smart([...args, '--progress', 'plain'], { env });
+      expect(r.stderr).not.toMatch(/env-secret-5678|profile-secret-1234/);
     });
   });
 

@@ -2,7 +2,7 @@
  * The import rules of the layout in README.md, over the import graph of src/ as the files spell
  * it (static, dynamic and type-only imports and re-exports alike): each area has a rank and imports
  * only areas of a lower one; there is no import cycle anywhere; a transport never imports another;
- * the CLI reaches the library only through ops/ (and errors, tls-trust); the library never prints or
+ * the CLI reaches the library only through ops/ (and errors, tls-trust, redact); the library never prints or
  * exits. A new file, folder or edge that breaks a rule fails here.
  */
 import fs from 'node:fs';
@@ -140,9 +140,10 @@ describe('module layering', () => {
   });
 
   it('the CLI reaches the library only through ops/', () => {
+    // redact.ts: what packages print by themselves is redacted as the library's messages are (cli/foreign-output.ts).
     const bad = all
       .filter((f) => area(f) === 'cli')
-      .flatMap((f) => graph.get(f)!.filter((t) => !['cli', 'ops', 'errors.ts', 'tls-trust.ts'].includes(area(t))).map((t) => `${rel(f)} → ${rel(t)}`));
+      .flatMap((f) => graph.get(f)!.filter((t) => !['cli', 'ops', 'errors.ts', 'tls-trust.ts', 'redact.ts'].includes(area(t))).map((t) => `${rel(f)} → ${rel(t)}`));
     expect(bad).toEqual([]);
   });
 

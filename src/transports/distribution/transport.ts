@@ -59,7 +59,12 @@ async function openDistributionStore(name: StoreName, ctx: OpenContext, create: 
   const { S3Driver, s3ClientFromEnvironment } = await import('../../storage/s3-driver.js');
   const remote = ctx.remote ?? {};
   const stall = remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {};
-  const client = s3ClientFromEnvironment({ ...(remote.s3Endpoint ? { endpoint: remote.s3Endpoint } : {}), ...(remote.s3Region ? { region: remote.s3Region } : {}), ...stall });
+  const client = s3ClientFromEnvironment({
+    ...(remote.s3Endpoint ? { endpoint: remote.s3Endpoint } : {}),
+    ...(remote.s3Region ? { region: remote.s3Region } : {}),
+    ...stall,
+    ...(ctx.onWarning ? { onWarning: ctx.onWarning } : {}),
+  });
   return { store: new DistributionStore(new S3Driver({ bucket: name.bucket, rootDirectory: name.root, client, ...stall, ...(ctx.onWarning ? { onRetry: ctx.onWarning } : {}) })) };
 }
 
