@@ -14,6 +14,8 @@ import { isImageWriter, isStreamed, type Image } from '../oci/image.js';
 import type { MetadataCache } from '../cache/metadata-cache.js';
 import { compressedFileAt } from '../storage/archive-file.js';
 import { mkdirp } from '../storage/made-directories.js';
+import { checkCompressionLevel } from '../pipeline/compressor.js';
+import { decompressionBound } from '../limits.js';
 
 export interface TransferRequest {
   mode: 'push' | 'pull';
@@ -178,6 +180,9 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
     });
   }
   const platforms = choosePlatforms(req, dst);
+  // Values that only some paths read, checked on every path before anything is written.
+  if (req.mode === 'push') await checkCompressionLevel(req.compression, req.gzipLevel);
+  decompressionBound();
   const cache = req.cacheDir ? await openCache({ cacheDir: req.cacheDir, ...(req.redisUrl ? { redisUrl: req.redisUrl } : {}), ...(req.onWarning ? { onWarning: req.onWarning } : {}) }) : undefined;
   // Proof images' manifests are kept on this machine's disk, never in a shared cache (see BlobInfoCache).
   const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache, req.redisUrl ? await localMetadata(req.cacheDir!) : cache) : undefined;

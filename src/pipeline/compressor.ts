@@ -3,6 +3,7 @@
  * part of every layer it makes (its bytes, hence its digest), so every layer of a run uses the same.
  */
 import type { Readable } from 'node:stream';
+import { SmartError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import { MediaType } from '../oci/mediatypes.js';
 import type { CompressedLayerStream } from './layer-streams.js';
@@ -22,6 +23,26 @@ export interface LayerCompressor {
 }
 
 const chosen = new Map<string, Promise<LayerCompressor>>();
+
+/** The zstd levels a push takes: libzstd's without `--ultra`. */
+const ZSTD_LEVELS = { min: 1, max: 19 } as const;
+
+/**
+ * A level the engine of `format` on this machine cannot use (gzip 15 where libdeflate takes 1-12):
+ * a usage error before anything is read or written, whether or not a layer turns out to need
+ * compressing (a push whose layers were all known took any level, and the next one failed).
+ */
+export async function checkCompressionLevel(format: CompressionFormat = 'gzip', level?: number | 'fast'): Promise<void> {
+  if (typeof level !== 'number') return;
+  let range: { name: string; min: number; max: number } = { name: 'zstd', ...ZSTD_LEVELS };
+  if (format === 'gzip') {
+    const { engine } = (await import('./gzip-choice.js')).autoGzipEngine();
+    range = { name: engine.name, min: engine.minLevel, max: engine.maxLevel };
+  }
+  if (!Number.isInteger(level) || level < range.min || level > range.max) {
+    throw new SmartError('USAGE', `${format} level ${level} is out of range for ${range.name} (${range.min}-${range.max})`, { input: String(level) });
+  }
+}
 
 /**
  * gzip on every core in fixed blocks (libdeflate in-process or as a program, else Node's zlib, with

@@ -58,14 +58,20 @@ async function snapshot(dir: string): Promise<Map<string, string>> {
   return out;
 }
 
+/** A store and a cache home of their own, the basic `docker save` tar pushed once into `file:STORE#w/NAME:1`. */
+async function pushedOnce(name: string) {
+  const fx = fixtures();
+  const work = await tempDir();
+  const store = path.join(work, 'store');
+  const cacheHome = path.join(work, 'cache');
+  const args = [`docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#w/${name}:1`];
+  const first = await push(args, cacheHome);
+  return { fx, work, store, cacheHome, args, first };
+}
+
 describe('pushing again', () => {
   it('changes nothing in the store or the metadata cache', async () => {
-    const fx = fixtures();
-    const work = await tempDir();
-    const store = path.join(work, 'store');
-    const cacheHome = path.join(work, 'cache');
-    const args = [`docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#w/app:1`];
-    const first = await push(args, cacheHome);
+    const { store, cacheHome, args, first } = await pushedOnce('app');
     const before = { store: await snapshot(store), cache: await snapshot(path.join(cacheHome, 'smartlayer')) };
     const again = await push(args, cacheHome);
     expect(again.manifestDigest).toBe(first.manifestDigest);
@@ -75,13 +81,20 @@ describe('pushing again', () => {
     expect(await snapshot(path.join(cacheHome, 'smartlayer'))).toEqual(before.cache);
   });
 
+  it('refuses a --compression-level the gzip engine cannot use also when no layer needs compressing, and writes nothing', async () => {
+    const { fx, store, cacheHome, args: warm } = await pushedOnce('level');
+    const before = await snapshot(store);
+    // Every layer known (a warm push), and layers compressed already (an OCI layout): none compressed here.
+    for (const args of [warm, [`oci:${fx.paths.ociBasic}:latest`, `file:${store}#w/level:2`]]) {
+      const r = await smart(['push', ...args, '--compression-level', '15'], { cacheHome });
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(/^smart: error \[USAGE\]: gzip level 15 is out of range for \S+ \(\d+-(9|12)\)\n$/);
+    }
+    expect(await snapshot(store)).toEqual(before);
+  });
+
   it('loads the command as a few CommonJS chunks, not module by module, and no ES module (scripts/bundle-cli.mjs)', async () => {
-    const fx = fixtures();
-    const work = await tempDir();
-    const store = path.join(work, 'store');
-    const cacheHome = path.join(work, 'cache');
-    const args = [`docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#w/app:1`];
-    await push(args, cacheHome);
+    const { work, cacheHome, args } = await pushedOnce('app');
     // What Node loads, written down from inside the command: CommonJS modules from require's cache
     // as it exits, ES modules by a loader hook registered before the command starts.
     const cjsLoaded = path.join(work, 'cjs.txt');

@@ -2,6 +2,7 @@
  * What every `smart cache` command runs in: the metadata cache (disk or Redis, strict), the open
  * settings of its stores, the platform and jobs, the local layer store.
  */
+import { decompressionBound } from '../../limits.js';
 import { hostPlatform, parsePlatform, type Platform } from '../../oci/platform.js';
 import type { MetadataCache } from '../../cache/metadata-cache.js';
 import type { LayerStore } from '../../cache/layer-store.js';
@@ -40,6 +41,8 @@ export async function openCacheSession(options: {
   signal?: AbortSignal;
   onWarning?: (m: string) => void;
 }): Promise<CacheSession> {
+  // Read only when a layer is unpacked: checked before any work, on every path.
+  decompressionBound();
   const { openCache, layerStoreDir, registrySchemes } = await import('../local-state.js');
   const { LayerStore } = await import('../../cache/layer-store.js');
   const cache = await openCache({ cacheDir: options.cacheDir, strict: true, ...(options.redisUrl ? { redisUrl: options.redisUrl } : {}), ...(options.onWarning ? { onWarning: options.onWarning } : {}) });
