@@ -69,6 +69,11 @@ describe('the command line contract', () => {
       [['frob'], "unknown command 'frob' (run smart --help for usage)"],
       [['pull', 'a'], "missing required argument 'destination' (run smart pull --help for usage)"],
       [['cache', 'index'], "missing required argument 'store' (run smart cache index --help for usage)"],
+      // The image part of a store's name was dropped: the whole store was indexed, planned or warmed.
+      [['cache', 'index', 'file:/nonexistent/store#team/app:1.0'], 'file:/nonexistent/store#team/app:1.0 names an image, and a whole store is wanted here (file:DIR, s3://BUCKET/ROOT): give file:/nonexistent/store'],
+      [['cache', 'plan', 's3://bucket/root#team/app:1.0', '--s3-endpoint', 'http://127.0.0.1:1'], 's3://bucket/root#team/app:1.0 names an image, and a whole store is wanted here (file:DIR, s3://BUCKET/ROOT): give s3://bucket/root'],
+      [['cache', 'warm', 'file:/nonexistent/store#team/app'], 'give file:/nonexistent/store'],
+      [['cache', 'pull', 'file:/nonexistent/store#team/app', '.'], 'give file:/nonexistent/store'],
       // A port no connection can use: refused by name (it was an internal "Invalid URL", exit 1).
       [['pull', 'docker://127.0.0.1:99999/team/app', 'oci:/tmp/x'], 'invalid image reference "127.0.0.1:99999/team/app": invalid registry host "127.0.0.1:99999": port 99999 is not 1-65535'],
       [['push', 'docker://', 'file:/tmp/x#a:b'], 'invalid image name "docker://": it names no image (write docker://HOST[:PORT]/REPO[:TAG|@DIGEST], e.g. docker://registry.example.com/team/app:1.0;'],

@@ -89,6 +89,12 @@ const factories: Pick<Transport<StoreName>, 'openSource' | 'openDestination' | '
     return dest;
   },
   async openStore(name, ctx): Promise<StoreAccess> {
+    // The cache commands work on every image of a store: an image named here would be ignored.
+    if (name.ref) {
+      throw new SmartError('USAGE', `${name.raw} names an image, and a whole store is wanted here (file:DIR, s3://BUCKET/ROOT): give ${name.raw.slice(0, name.raw.lastIndexOf('#'))}`, {
+        input: name.raw,
+      });
+    }
     const { store } = await openDistributionStore(name, ctx, false);
     const { DistributionSource } = await import('./adapters.js');
     return {
