@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError } from '../errors.js';
-import { cancel, collect, outputOptions, positiveInt, pruneDays, remoteOptions, type CommonFlags } from './options.js';
+import { cancel, collect, outputOptions, positiveInt, pruneDays, refuseIgnoredOptions, remoteOptions, type CommonFlags, type OptionRule } from './options.js';
 import { addCommonOptions, commanderParser } from './commander-options.js';
 import { Output, formatBytes, guardedStderr, guardedStdout } from './output.js';
 import { refuseTerminals, toStdout } from './transfer.js';
@@ -24,6 +24,35 @@ interface CacheFlags extends CommonFlags {
   strict?: boolean;
   failIfLocked?: boolean;
   lease?: number;
+}
+
+/** What a cache command's options are checked against (refuseIgnoredOptions): the command, and what it writes. */
+interface CacheCase {
+  command: 'index' | 'plan' | 'pull' | 'warm';
+  destination: string | undefined;
+  flags: CacheFlags;
+}
+
+const writesImage = (c: CacheCase): boolean => c.destination !== undefined;
+const never = (): boolean => false;
+const warmsFor = (c: CacheCase): boolean => c.command !== 'warm' || c.flags.for !== undefined;
+
+/** The options the cache commands take (most of them the common ones of every command) that only some cases read. */
+const CACHE_RULES: readonly OptionRule<CacheCase>[] = [
+  ...(['digestfile', 'allPlatforms', 'platformMismatch'] as const).map((key) => ({ key, applies: never, where: 'push, pull and copy' })),
+  // Nothing written: the credentials are the store's (--creds, --src-creds).
+  { key: 'destCreds', applies: writesImage, where: 'a cache pull or warm --for that writes an image to a destination', hint: () => 'give the store\'s credentials with --creds or --src-creds' },
+  { key: 'top', applies: (c) => !c.flags.for, where: 'cache warm without --for', situation: 'cache warm --for warms what its plan matched' },
+  ...(['target', 'buildArg', 'repo'] as const).map((key) => ({ key, applies: warmsFor, where: 'a plan (cache plan, cache pull, cache warm --for)', situation: 'cache warm has no --for' })),
+  { key: 'tag', applies: (c) => /^docker-archive:/.test(c.destination ?? ''), where: 'a cache pull into a docker-archive:', situation: 'this cache pull writes none' },
+  { key: 'registry', applies: (c) => c.flags.printCacheFrom !== undefined, where: 'cache pull --print-cache-from', situation: 'no --print-cache-from was given' },
+];
+
+/** The options typed for this command (not their defaults), refused where they would be ignored. */
+function refuseIgnoredCacheOptions(cmd: Command, command: CacheCase['command'], destination: string | undefined): void {
+  const flags = cmd.opts<CacheFlags>();
+  const typed = Object.fromEntries(Object.entries(flags).filter(([key]) => cmd.getOptionValueSource(key) !== 'default'));
+  refuseIgnoredOptions(typed, { command, destination, flags }, CACHE_RULES, `this is smart cache ${command}${destination ? ` into ${destination}` : ''}`);
 }
 
 /** How long work that was cancelled gets to stop by itself (release a lease, close a store) before the command ends anyway. */
@@ -158,7 +187,10 @@ async function printCacheFrom(r: PullResult, flags: CacheFlags, out: Output, std
   const lines = [...c.commands, ...(c.flags ? [c.flags] : [])];
   const text = lines.length ? `${lines.join('\n')}\n` : '';
   if (flags.printCacheFromFile) await fs.writeFile(flags.printCacheFromFile, text);
-  else if (stdoutTaken) guardedStderr().write(text);
+  // With --progress json, stderr holds events alone: the --json document holds them (cacheFrom).
+  else if (stdoutTaken) {
+    if (!(out.options.progressJson && flags.json)) guardedStderr().write(text);
+  }
   else guardedStdout().write(text);
 }
 
@@ -178,6 +210,7 @@ export function addCacheCommands(program: Command): void {
       ),
   ).action(
     cancellable(async function (this: Command, store: string) {
+      refuseIgnoredCacheOptions(this, 'index', undefined);
       const flags = this.opts<CacheFlags>();
       const out = new Output(outputOptions(flags));
       const { indexStore } = await import('../ops/cache.js');
@@ -218,6 +251,7 @@ export function addCacheCommands(program: Command): void {
       .argument('[context]', 'the build context (default: .)')
       .option('--image <source>', 'plan for a built image instead: which stored images share most of its layers'),
   ).action(cancellable(async function (this: Command, store: string, context: string | undefined) {
+    refuseIgnoredCacheOptions(this, 'plan', undefined);
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
     const ops = await import('../ops/cache.js');
@@ -264,6 +298,7 @@ export function addCacheCommands(program: Command): void {
       destination = context;
       context = undefined;
     }
+    refuseIgnoredCacheOptions(this, 'pull', destination);
     const imageOnStdout = toStdout(destination);
     if (flags.json && imageOnStdout) {
       throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout', { input: destination });
@@ -274,6 +309,7 @@ export function addCacheCommands(program: Command): void {
     if (flags.printCacheFromFile && !flags.printCacheFrom) throw new SmartError('USAGE', '--print-cache-from-file needs --print-cache-from BUILDER');
     const out = new Output(outputOptions(flags));
     const ops = await import('../ops/cache.js');
+    if (flags.tag !== undefined) await ops.checkArchiveTag(flags.tag);
     const s = await session(flags, out, { read: [store], write: destination ? [destination] : [] });
     try {
       const plan = await ops.planBuild(store, planOptions(flags, context), s.ctx);
@@ -318,6 +354,7 @@ export function addCacheCommands(program: Command): void {
       .option('--layer-store <dir>', 'where unpacked layers are kept (default: CACHE_DIR/layer-store)')
       .option('--prune [days]', 'then remove from the layer store the layers and kept blobs that nothing pulled or warmed within DAYS (default 7) uses'),
   ).action(cancellable(async function (this: Command, store: string, context: string | undefined, destination: string | undefined) {
+    refuseIgnoredCacheOptions(this, 'warm', destination);
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
     if (!flags.for && (context || destination)) throw new SmartError('USAGE', 'cache warm takes a context and a destination only with --for DOCKERFILE', { input: context ?? destination });

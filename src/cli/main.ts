@@ -32,7 +32,7 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   const jsonProgress = args.some((a, i) => a === '--progress=json' || (a === '--progress' && args[i + 1] === 'json'));
   const restoreOutput = captureForeignOutput((m) => {
     const flags = flagsOf();
-    if (!flags.quiet && !jsonProgress) new Output(flags).warn(m);
+    if (!flags.quiet) new Output({ ...flags, progressJson: jsonProgress }).warn(m);
   });
   // NODE_EXTRA_CA_CERTS, which bin/*.js set aside: read at the first TLS connection (tls-trust.ts).
   deferExtraCaCerts(process.env, (m) => new Output(flagsOf()).warn(m));

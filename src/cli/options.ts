@@ -91,6 +91,14 @@ export function positiveInt(name: string, max: number) {
   };
 }
 
+/** A value that cannot be empty: `--platform ''` (a CI variable unset) was taken for no option at all. */
+function nonEmpty(name: string) {
+  return (v: string): string => {
+    if (v === '') throw new Error(`${name} takes a value, not an empty string`);
+    return v;
+  };
+}
+
 export const COMMON_OPTIONS: readonly OptionSpec[] = [
   { flags: '--json', description: 'print the result, or the error, as one JSON document on stdout' },
   { flags: '-q, --quiet', description: 'print nothing but errors (and the --json document, or the reference a push stored)' },
@@ -105,6 +113,7 @@ export const COMMON_OPTIONS: readonly OptionSpec[] = [
   {
     flags: '--platform <os/arch[/variant]>',
     description: 'copy this platform only: picked from a multi-platform image, checked against a single-platform one (default: push copies every platform, pull picks this machine\'s)',
+    parse: nonEmpty('--platform'),
   },
   { flags: '--all-platforms', description: 'copy every platform of a multi-platform image and the index itself, digests unchanged (what push does by default; a pull into a store or layout does it on request)' },
   {
@@ -112,19 +121,20 @@ export const COMMON_OPTIONS: readonly OptionSpec[] = [
     description: 'a single-platform image of another platform than the one wanted: error, or warn and copy it (default: error with --platform, warn for the machine\'s own)',
     choices: ['error', 'warn'],
   },
-  { flags: '--digestfile <file>', description: 'after the copy, write the digest of the manifest (or index) written to FILE, as skopeo does' },
-  { flags: '--cache-dir <dir>', description: 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)' },
+  { flags: '--digestfile <file>', description: 'after the copy, write the digest of the manifest (or index) written to FILE, as skopeo does', parse: nonEmpty('--digestfile') },
+  { flags: '--cache-dir <dir>', description: 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)', parse: nonEmpty('--cache-dir') },
   { flags: '--redis <url>', description: 'share the metadata cache in Redis: redis://, rediss://, redis+cluster://h1:p1,h2:p2 (default: $SMART_REDIS_URL; else on disk)' },
   {
     flags: '--creds <user:password>',
     description: 'credentials for the registry the command talks to; with two registries use --src-creds/--dest-creds (default: $SMART_REGISTRY_AUTH, then auth.json and ~/.docker/config.json)',
   },
-  { flags: '--creds-file <file>', description: 'as --creds, read from FILE (USER:PASSWORD on its first line): the secret stays out of ps and logs' },
+  { flags: '--creds-file <file>', description: 'as --creds, read from FILE (USER:PASSWORD on its first line): the secret stays out of ps and logs', parse: nonEmpty('--creds-file') },
   { flags: '--username <user>', description: 'with --password-stdin: the user of the credentials' },
   { flags: '--password-stdin', description: 'as --creds, the password read from stdin (with --username), as docker login --password-stdin' },
   {
     flags: '--authfile <file>',
     description: 'the containers auth.json to read credentials from, as podman/skopeo login write it, instead of the default files (default: $REGISTRY_AUTH_FILE)',
+    parse: nonEmpty('--authfile'),
   },
   { flags: '--src-creds <user:password>', description: 'registry credentials for the source only' },
   { flags: '--dest-creds <user:password>', description: 'registry credentials for the destination only' },
@@ -167,16 +177,16 @@ export const PUSH_OPTIONS: readonly OptionSpec[] = [
       return n;
     },
   },
-  { flags: '--dockerfile <file>', description: 'the Dockerfile the image was built from: each layer is annotated with its step, for smart cache' },
-  { flags: '--context <dir>', description: 'the build context of --dockerfile (default: its directory)' },
-  { flags: '--target <stage>', description: 'the stage of --dockerfile that was built (default: the last)' },
+  { flags: '--dockerfile <file>', description: 'the Dockerfile the image was built from: each layer is annotated with its step, for smart cache', parse: nonEmpty('--dockerfile') },
+  { flags: '--context <dir>', description: 'the build context of --dockerfile (default: its directory)', parse: nonEmpty('--context') },
+  { flags: '--target <stage>', description: 'the stage of --dockerfile that was built (default: the last)', parse: nonEmpty('--target') },
   { flags: '--build-arg <key=value>', description: 'a build argument the image was built with (repeatable)', repeatable: true },
   TAG_CACHE_TTL_OPTION,
 ];
 
 /** `pull`'s own options, before the common ones. */
 export const PULL_OPTIONS: readonly OptionSpec[] = [
-  { flags: '--layer-store <dir>', description: 'where layers are kept between pulls, unpacked or as the compressed blobs fetched (default: CACHE_DIR/layer-store)' },
+  { flags: '--layer-store <dir>', description: 'where layers are kept between pulls, unpacked or as the compressed blobs fetched (default: CACHE_DIR/layer-store)', parse: nonEmpty('--layer-store') },
   { flags: '--link', description: 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)' },
   {
     flags: '--keep-layers',
@@ -196,6 +206,39 @@ export const COPY_OPTIONS: readonly OptionSpec[] = [
   ...PUSH_OPTIONS.map(({ default: _, ...spec }) => (spec.flags === TAG_CACHE_TTL_OPTION.flags ? TAG_CACHE_TTL_OPTION : spec)),
   ...PULL_OPTIONS.filter((spec) => spec !== TAG_CACHE_TTL_OPTION),
 ];
+
+/**
+ * An option read only in some cases (by command, destination, or the other options given): given in
+ * another, it would be ignored without a word, so it is refused there in one usage line naming the
+ * option as it was typed and where it applies. The commands list theirs (transfer.ts, cache.ts).
+ */
+export interface OptionRule<C> {
+  /** The option's key in the parsed flags. */
+  key: string;
+  /** Whether the option is read in this case, with this value. */
+  applies(context: C, value: unknown): boolean;
+  /** Where it is read: `pulls into rootfs: or bundle:`. */
+  where: string;
+  /** The case it was given in, when not the command's: `no --dockerfile was given`. */
+  situation?: string;
+  hint?: (flag: string, context: C) => string;
+}
+
+/** The option as it was typed: `--keep-layers`, or `--no-keep-layers` for false. */
+function flagAsTyped(key: string, value: unknown): string {
+  const long = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+  return value === false ? `--no-${long}` : `--${long}`;
+}
+
+/** Refuses the first option of `flags` (typed: no default holds a value) that a rule says is not read in `context`; `situation`: the case, for the message. */
+export function refuseIgnoredOptions<C>(flags: object, context: C, rules: readonly OptionRule<C>[], situation: string): void {
+  for (const rule of rules) {
+    const value = (flags as Record<string, unknown>)[rule.key];
+    if (value === undefined || (Array.isArray(value) && value.length === 0) || rule.applies(context, value)) continue;
+    const flag = flagAsTyped(rule.key, value);
+    throw new SmartError('USAGE', `${flag} applies to ${rule.where}, and ${rule.situation ?? situation}`, { input: flag, ...(rule.hint ? { hint: rule.hint(flag, context) } : {}) });
+  }
+}
 
 /** An option's long flag and its key in the parsed flags. */
 export function optionNames(spec: OptionSpec): { long: string; key: string } {
@@ -387,7 +430,7 @@ export function progressMode(flags: CommonFlags): ProgressMode {
 }
 
 export function outputOptions(flags: CommonFlags): OutputOptions {
-  return { json: !!flags.json, quiet: !!flags.quiet, debug: !!flags.debug };
+  return { json: !!flags.json, quiet: !!flags.quiet, debug: !!flags.debug, progressJson: flags.progress === 'json' };
 }
 
 /** Aborted by a signal or by --timeout; the library stops its work through it. */

@@ -30,6 +30,8 @@ export interface OutputOptions {
   json: boolean;
   quiet: boolean;
   debug: boolean;
+  /** `--progress json`: stderr holds JSON events alone (a warning is a `warning` event; no other line), and the error line. */
+  progressJson?: boolean;
 }
 
 export function formatBytes(n: number): string {
@@ -125,14 +127,15 @@ export class Output {
     return this.streams.stdout ?? guardedStdout();
   }
 
-  /** Progress and human text: stderr, silenced by -q. */
+  /** Progress and human text: stderr, silenced by -q and by --progress json. */
   info(line: string): void {
-    if (!this.options.quiet) this.stderr.write(`${line}\n`);
+    if (!this.options.quiet && !this.options.progressJson) this.stderr.write(`${line}\n`);
   }
 
-  /** One line, whatever the message holds (control characters are escaped). */
+  /** One line, whatever the message holds (control characters are escaped); with --progress json a warning event. */
   warn(line: string): void {
-    this.stderr.write(`warning: ${printable(line)}\n`);
+    if (this.options.progressJson) this.stderr.write(`${JSON.stringify({ schemaVersion: JSON_SCHEMA_VERSION, time: new Date().toISOString(), event: 'warning', message: line })}\n`);
+    else this.stderr.write(`warning: ${printable(line)}\n`);
   }
 
   /** The one machine-readable summary, on stdout, its schema version first. */

@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import { SmartError } from '../errors.js';
-import { PULL_OPTIONS, PUSH_OPTIONS, optionNames, progressMode, pruneDays, remoteOptions, cancel, type CommonFlags } from './options.js';
+import { PULL_OPTIONS, PUSH_OPTIONS, optionNames, progressMode, pruneDays, refuseIgnoredOptions, remoteOptions, cancel, type CommonFlags, type OptionRule } from './options.js';
 import type { Output } from './output.js';
 
 function dockerfileOption(flags: CommonFlags) {
@@ -82,11 +82,12 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
   const { copyMode, storedReference, transfer } = await import('../ops/transfer.js');
   const { defaultCacheDir, noCacheDirReason } = await import('../ops/local-state.js');
   const mode = command === 'copy' ? copyMode(destination) : command;
-  if (command === 'copy') refuseOptionsOfOtherMode(mode, destination, flags);
+  refuseIgnoredTransferOptions(command, mode, destination, flags);
   if (flags.json && toStdout(destination)) {
     throw new SmartError('USAGE', `--json cannot be used when the image itself goes to stdout (${destination})`, { input: destination });
   }
   refuseTerminals(source, destination);
+  if (flags.digestfile !== undefined) await digestFileDirectory(flags.digestfile);
   const { formatBytes, guardedStdout } = await import('./output.js');
   const { ProgressDisplay } = await import('./progress.js');
   const progress = new ProgressDisplay(progressMode(flags), { command: mode, source, destination });
@@ -162,6 +163,13 @@ function platformsOf(summary: CopySummary): string[] | undefined {
   return Array.isArray(platforms) ? (platforms as string[]) : undefined;
 }
 
+/** `--digestfile FILE` is written last, once the tag is: a directory that is not there fails the run before anything is written. */
+async function digestFileDirectory(file: string): Promise<void> {
+  const dir = path.dirname(path.resolve(file));
+  const st = await (await import('node:fs/promises')).stat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) throw new SmartError('USAGE', `--digestfile ${file}: ${st ? `${dir} is not a directory` : `no such directory ${dir}`}`, { input: file });
+}
+
 /** `--digestfile FILE`: the digest of what was written, as skopeo writes it (no newline). */
 async function writeDigestFile(file: string, digest: string): Promise<void> {
   const fs = await import('node:fs/promises');
@@ -172,18 +180,45 @@ async function writeDigestFile(file: string, digest: string): Promise<void> {
   }
 }
 
-/** `smart copy` takes push's and pull's options; those of the mode it is not running would be ignored, so they are refused. */
-function refuseOptionsOfOtherMode(mode: 'push' | 'pull', destination: string, flags: CommonFlags): void {
+/** What a transfer's options are checked against: the mode it runs (copy: by the destination) and where it writes. */
+interface TransferCase {
+  mode: 'push' | 'pull';
+  destination: string;
+  flags: CommonFlags;
+}
+
+const unpacks = (c: TransferCase): boolean => c.mode === 'pull' && /^(rootfs|bundle):/.test(c.destination);
+const withDockerfile = (c: TransferCase): boolean => c.flags.dockerfile !== undefined;
+
+/**
+ * `smart copy` takes push's and pull's options: those of the mode it is not running would be
+ * ignored. (push and pull are not offered the other's.)
+ */
+function modeRules(mode: 'push' | 'pull'): OptionRule<TransferCase>[] {
   const own = mode === 'push' ? PUSH_OPTIONS : PULL_OPTIONS;
   const other = mode === 'push' ? PULL_OPTIONS : PUSH_OPTIONS;
-  for (const spec of other) {
-    if (own.includes(spec)) continue;
-    const { long, key } = optionNames(spec);
-    const value = (flags as Record<string, unknown>)[key];
-    if (value === undefined || (Array.isArray(value) && value.length === 0)) continue;
-    throw new SmartError('USAGE', `${long} applies to ${mode === 'push' ? 'pulls' : 'pushes'}, and smart copy ${mode === 'push' ? 'pushes into' : 'pulls into'} ${destination}`, {
-      input: long,
-      hint: `copy into ${mode === 'push' ? 'an OCI layout, an archive, rootfs: or bundle:' : 'a registry, file: or s3://'} to ${mode === 'push' ? 'pull' : 'push'}, or leave ${long} out`,
-    });
-  }
+  return own
+    .filter((spec) => !other.includes(spec))
+    .map((spec) => ({
+      key: optionNames(spec).key,
+      applies: (c: TransferCase) => c.mode === mode,
+      where: mode === 'push' ? 'pushes' : 'pulls',
+      hint: (flag: string) => `copy into ${mode === 'pull' ? 'an OCI layout, an archive, rootfs: or bundle:' : 'a registry, file: or s3://'} to ${mode}, or leave ${flag} out`,
+    }));
+}
+
+/** The options of push, pull and copy that are read only in some cases. */
+const TRANSFER_RULES: readonly OptionRule<TransferCase>[] = [
+  ...modeRules('push'),
+  ...modeRules('pull'),
+  { key: 'link', applies: unpacks, where: 'pulls into rootfs: or bundle:' },
+  { key: 'force', applies: unpacks, where: 'pulls into rootfs: or bundle:' },
+  // --no-keep-layers keeps no blob of any pull; --keep-layers asks for the layers unpacked.
+  { key: 'keepLayers', applies: (c, value) => unpacks(c) || (c.mode === 'pull' && value === false), where: 'pulls into rootfs: or bundle:' },
+  ...(['context', 'target', 'buildArg'] as const).map((key) => ({ key, applies: withDockerfile, where: 'pushes with --dockerfile', situation: 'no --dockerfile was given' })),
+];
+
+function refuseIgnoredTransferOptions(command: 'push' | 'pull' | 'copy', mode: 'push' | 'pull', destination: string, flags: CommonFlags): void {
+  const doing = command === 'copy' ? `smart copy ${mode === 'push' ? 'pushes' : 'pulls'} into` : `smart ${mode} writes`;
+  refuseIgnoredOptions(flags, { mode, destination, flags }, TRANSFER_RULES, `${doing} ${destination}`);
 }

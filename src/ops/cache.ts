@@ -10,6 +10,7 @@ export { INDEX_LEASE_S, indexStore, type IndexOptions, type IndexSummary } from 
 export { CACHE_BUILDERS, planBuild, planForImage, type BaseResolution, type CacheBuilder, type PlanCandidate, type PlanOptions, type PlanResult, type PlanStep } from './build-cache/plan.js';
 export {
   cacheFromInstructions,
+  checkArchiveTag,
   defaultCacheTag,
   pullPlanned,
   type CacheFromInstructions,

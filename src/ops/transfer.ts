@@ -183,6 +183,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
   // Values that only some paths read, checked on every path before anything is written.
   if (req.mode === 'push') await checkCompressionLevel(req.compression, req.gzipLevel);
   decompressionBound();
+  if (req.dockerfile) await (await import('./build-cache/steps.js')).checkPushDockerfile(req.dockerfile);
   const cache = req.cacheDir ? await openCache({ cacheDir: req.cacheDir, ...(req.redisUrl ? { redisUrl: req.redisUrl } : {}), ...(req.onWarning ? { onWarning: req.onWarning } : {}) }) : undefined;
   // Proof images' manifests are kept on this machine's disk, never in a shared cache (see BlobInfoCache).
   const blobInfo = cache ? new (await import('../cache/blob-info.js')).BlobInfoCache(cache, req.redisUrl ? await localMetadata(req.cacheDir!) : cache) : undefined;

@@ -85,6 +85,63 @@ describe('the command line contract', () => {
     });
   });
 
+  describe('options that would be ignored', () => {
+    const image = 'file:/nonexistent/store#team/app:1';
+    const layout = 'oci:/nonexistent/layout:1';
+    it.each([
+      [['pull', image, layout, '--link'], '--link applies to pulls into rootfs: or bundle:, and smart pull writes oci:/nonexistent/layout:1'],
+      [['pull', image, 'docker-archive:/nonexistent/a.tar', '--force'], '--force applies to pulls into rootfs: or bundle:, and smart pull writes docker-archive:'],
+      [['pull', image, layout, '--keep-layers'], '--keep-layers applies to pulls into rootfs: or bundle:'],
+      [['push', layout, image, '--target', 'build'], '--target applies to pushes with --dockerfile, and no --dockerfile was given'],
+      [['push', layout, image, '--context', '.'], '--context applies to pushes with --dockerfile'],
+      [['push', layout, image, '--build-arg', 'A=1'], '--build-arg applies to pushes with --dockerfile'],
+      [['copy', layout, image, '--no-keep-layers'], '--no-keep-layers applies to pulls, and smart copy pushes into file:/nonexistent/store#team/app:1'],
+      [['push', layout, image, '--platform', ''], '--platform takes a value, not an empty string'],
+      [['pull', image, layout, '--digestfile', ''], '--digestfile takes a value, not an empty string'],
+      [['cache', 'index', 'file:/nonexistent/store', '--digestfile', '/tmp/d'], '--digestfile applies to push, pull and copy, and this is smart cache index'],
+      [['cache', 'plan', 'file:/nonexistent/store', '--all-platforms'], '--all-platforms applies to push, pull and copy'],
+      [['cache', 'warm', 'file:/nonexistent/store', '--platform-mismatch', 'warn'], '--platform-mismatch applies to push, pull and copy'],
+      [['cache', 'index', 'file:/nonexistent/store', '--dest-creds', 'u:p'], '--dest-creds applies to a cache pull or warm --for that writes an image'],
+      [['cache', 'warm', 'file:/nonexistent/store', '--for', 'Dockerfile', '--top', '3'], '--top applies to cache warm without --for'],
+      [['cache', 'warm', 'file:/nonexistent/store', '--target', 'build'], '--target applies to a plan (cache plan, cache pull, cache warm --for), and cache warm has no --for'],
+      [['cache', 'pull', 'file:/nonexistent/store', '.', '--tag', 'app:1'], '--tag applies to a cache pull into a docker-archive:'],
+      [['cache', 'pull', 'file:/nonexistent/store', '.', 'docker-archive:/nonexistent/a.tar', '--tag', 'Bad Tag'], '--tag takes NAME:TAG'],
+      [['cache', 'pull', 'file:/nonexistent/store', '.', '--registry', 'registry.example.com'], '--registry applies to cache pull --print-cache-from, and no --print-cache-from was given'],
+    ])('are refused in one usage line: %j', async (args, message) => {
+      const r = await smart(args);
+      expect(r.code, r.stderr).toBe(2);
+      expect(oneErrorLine(r, 'USAGE')).toContain(message);
+    });
+
+    it('--progress json of a cache command: events alone on stderr, its lines dropped, its warnings warning events', async () => {
+      const own = path.join(work, 'progress-store');
+      expect((await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `file:${own}#team/app:1`])).code).toBe(0);
+      const indexed = await smart(['cache', 'index', `file:${own}`, '--progress', 'json']);
+      expect(indexed.code, indexed.stderr).toBe(0);
+      expect(indexed.stderr).toBe('');
+      // A store never indexed: a warning, and the line of what was warmed.
+      const empty = path.join(work, 'never-indexed');
+      await fs.mkdir(empty, { recursive: true });
+      const warmed = await smart(['cache', 'warm', `file:${empty}`, '--progress', 'json']);
+      expect(warmed.code, warmed.stderr).toBe(0);
+      const events = jsonLines(warmed.stderr) as (Doc & { event: string; message: string })[];
+      expect(events.map((e) => e.event)).toEqual(['warning']);
+      expect(events[0]!.message).toMatch(/holds no index of file:.*never-indexed: run smart cache index/);
+    });
+
+    it('a --dockerfile or a --digestfile directory that is not there fails the run before it writes anything', async () => {
+      const fx = fixtures();
+      const out = path.join(work, 'not-written');
+      const pushed = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${out}#team/app:1`, '--dockerfile', path.join(work, 'no-Dockerfile')]);
+      expect(pushed.code).toBe(1);
+      expect(oneErrorLine(pushed, 'NOT_FOUND')).toContain('no-Dockerfile: no such file');
+      const pulled = await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, `oci:${out}:x`, '--digestfile', path.join(work, 'no-dir', 'digest')]);
+      expect(pulled.code).toBe(2);
+      expect(oneErrorLine(pulled, 'USAGE')).toContain(`--digestfile ${path.join(work, 'no-dir', 'digest')}: no such directory`);
+      await expect(fs.stat(out)).rejects.toThrow(/ENOENT/);
+    });
+  });
+
   describe('help', () => {
     it.each([[[]], [['cache']], [['store']], [['help', 'bogus']]])('that nobody asked for (%j) goes to stderr, exit 2', async (args) => {
       const r = await smart(args);

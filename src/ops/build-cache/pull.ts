@@ -84,6 +84,19 @@ function prefixHistory(image: Image, keep: number, options: { emptyAfter?: boole
 }
 
 /**
+ * `tag` (`--tag`), the NAME:TAG a docker-archive is written under: refused before any work when a
+ * `docker-archive:FILE:NAME:TAG` could not name it (it was read only once a layer matched).
+ */
+export async function checkArchiveTag(tag: string): Promise<void> {
+  const { parseImageName } = await import('../../transports/all.js');
+  try {
+    parseImageName(`docker-archive:-:${tag}`);
+  } catch (e) {
+    throw new SmartError('USAGE', `--tag takes NAME:TAG, as a docker-archive: name does: ${(e as Error).message}`, { input: tag });
+  }
+}
+
+/**
  * Fetches exactly the layers the plan matched (not one more): into the local layer store, or, with
  * `destination`, as the truncated image (the matched prefix) written there — or, `perStep`, as one
  * image per build step of the prefix.

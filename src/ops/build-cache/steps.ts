@@ -109,6 +109,18 @@ export async function readDockerfile(file: string): Promise<string> {
 }
 
 /**
+ * The Dockerfile and build context of a push, checked before it writes anything: they are read
+ * only once the layers are stored (a Dockerfile that was not there failed the push after its blobs).
+ */
+export async function checkPushDockerfile(options: { path: string; contextDir: string }): Promise<void> {
+  await readDockerfile(options.path);
+  const context = await fs.stat(options.contextDir).catch(() => undefined);
+  if (!context?.isDirectory()) {
+    throw new SmartError('NOT_FOUND', `${options.contextDir}: ${context ? 'not a directory' : 'no such directory'} (the build context of ${options.path})`, { input: options.contextDir });
+  }
+}
+
+/**
  * `smart push --dockerfile F --context DIR`: which Dockerfile step made which layer of the image.
  * The target stage's layer-producing steps are the image's last layers; a WORKDIR may have made a
  * layer or not, which the history tells (a non-empty WORKDIR entry), and so may a RUN (an empty
