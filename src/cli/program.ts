@@ -109,13 +109,16 @@ Install:
 
   // Errors are the caller's to report (one line, through main), never commander's own text, and
   // nothing in the program exits the process. Help goes to stdout through the guard against `| head`.
+  // `path`: the command as it was invoked, for hints and the help's usage line: `smart cache
+  // index`, or under an alias (`smart-push` runs `smart push`) `smart-push`, `smart-cache index`.
   const configure = (c: Command, path: string): void => {
     c.exitOverride((e) => {
       raisedBy.set(e, path);
       throw e;
     });
     c.configureOutput({ writeOut: (text) => guardedStdout().write(text), outputError: () => undefined });
-    for (const sub of c.commands) configure(sub, `${path} ${sub.name()}`);
+    c.configureHelp({ ...c.configureHelp(), commandUsage: (cmd) => `${path} ${cmd.usage()}` });
+    for (const sub of c.commands) configure(sub, c === program && prog === `smart-${sub.name()}` ? prog : `${path} ${sub.name()}`);
   };
   configure(program, prog);
   return program;

@@ -150,6 +150,18 @@ describe('the command line contract', () => {
       expect(r.stdout.length).toBe(0);
     });
 
+    it.each([
+      ['smart-cache', ['--bogus'], 'smart-cache: error [USAGE]: unknown option \'--bogus\' (run smart-cache --help for usage)'],
+      ['smart-cache', ['index', '--bogus'], 'smart-cache: error [USAGE]: unknown option \'--bogus\' (run smart-cache index --help for usage)'],
+      ['smart-push', ['a'], "smart-push: error [USAGE]: missing required argument 'destination' (run smart-push --help for usage)"],
+      ['smart-pull', ['--help'], 'Usage: smart-pull [options] <source> <destination>'],
+      ['smart-cache', ['index', '--help'], 'Usage: smart-cache index [options] <store>'],
+      ['smart', ['cache', 'index', '--help'], 'Usage: smart cache index [options] <store>'],
+    ])('under %s, hints and the usage line name the command as it was run (%j)', async (bin, args, line) => {
+      const r = await run(process.execPath, [path.join(path.dirname(smartBin), `${bin}.js`), ...args], { env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') } });
+      expect(`${r.stdout.toString()}${r.stderr}`.split('\n')[0]).toBe(line);
+    });
+
     it.each([[['--help']], [['help']], [['cache', '--help']], [['--version']]])('asked for (%j) goes to stdout, exit 0; exit 1 in one line when it cannot be written', async (args) => {
       const r = await smart(args);
       expect(r.code, r.stderr).toBe(0);
