@@ -85,7 +85,7 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     if (stdoutClosed()) return EXIT_BROKEN_PIPE;
     if (program && e instanceof program.CommanderError) {
       // Any other refusal of commander's is one usage line, as our own.
-      new Output(flagsOf()).error(prog, program.usageError(e));
+      new Output(flagsOf()).error(prog, program.usageError(e, args));
       return 2;
     }
     const out = new Output(flagsOf());

@@ -19,9 +19,13 @@ const raisedBy = new WeakMap<CommanderError, string>();
 
 /**
  * Commander's refusal of a command line as our own usage error: one line (commander's
- * "error: " prefix dropped, its "(Did you mean …?)" line joined), with the help to run.
+ * "error: " prefix dropped, its "(Did you mean …?)" line joined), with the help to run. `args`:
+ * the command line, to say that an option typed after `--` (which ends the options, so that a
+ * name may begin with `-`) was taken for one argument too many.
  */
-export function usageError(e: CommanderError): SmartError {
+export function usageError(e: CommanderError, args: readonly string[] = []): SmartError {
+  const end = args.indexOf('--');
+  const late = e.code === 'commander.excessArguments' && end >= 0 ? args.slice(end + 1).find((a) => /^-./.test(a)) : undefined;
   const message = e.message
     .replace(/^error: /, '')
     .split('\n')
@@ -30,7 +34,8 @@ export function usageError(e: CommanderError): SmartError {
     .join(' ')
     .replace('(Did you mean', '(did you mean');
   const command = raisedBy.get(e) ?? 'smart';
-  return new SmartError('USAGE', message, { hint: `run ${command} --help for usage` });
+  const help = `run ${command} --help for usage`;
+  return new SmartError('USAGE', message, { hint: late ? `${late} comes after --, which ends the options: give it before --; ${help}` : help });
 }
 
 /** `prog`: the name the command was run as (`smart`, `smart-push`), for help and messages. */

@@ -69,6 +69,8 @@ describe('the command line contract', () => {
       [['frob'], "unknown command 'frob' (run smart --help for usage)"],
       [['pull', 'a'], "missing required argument 'destination' (run smart pull --help for usage)"],
       [['cache', 'index'], "missing required argument 'store' (run smart cache index --help for usage)"],
+      // `--` ends the options (a name may begin with -): an option after it is one argument too many.
+      [['push', '--', 'a', 'b', '-q'], "too many arguments for 'push'. Expected 2 arguments but got 3. (-q comes after --, which ends the options: give it before --; run smart push --help for usage)"],
       // The image part of a store's name was dropped: the whole store was indexed, planned or warmed.
       [['cache', 'index', 'file:/nonexistent/store#team/app:1.0'], 'file:/nonexistent/store#team/app:1.0 names an image, and a whole store is wanted here (file:DIR, s3://BUCKET/ROOT): give file:/nonexistent/store'],
       [['cache', 'plan', 's3://bucket/root#team/app:1.0', '--s3-endpoint', 'http://127.0.0.1:1'], 's3://bucket/root#team/app:1.0 names an image, and a whole store is wanted here (file:DIR, s3://BUCKET/ROOT): give s3://bucket/root'],
@@ -127,6 +129,19 @@ describe('the command line contract', () => {
       const events = jsonLines(warmed.stderr) as (Doc & { event: string; message: string })[];
       expect(events.map((e) => e.event)).toEqual(['warning']);
       expect(events[0]!.message).toMatch(/holds no index of file:.*never-indexed: run smart cache index/);
+    });
+
+    it('-- ends the options: what follows is taken as names, also one that begins with -', async () => {
+      const fx = fixtures();
+      const dir = path.join(work, 'dashes');
+      await fs.mkdir(path.join(dir, '-x'), { recursive: true });
+      await fs.writeFile(path.join(dir, '-x', 'Dockerfile'), 'FROM scratch\nCOPY . /\n');
+      const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') };
+      const linted = await run(process.execPath, [smartBin, 'cache', 'lint', '--json', '--', '-x'], { cwd: dir, env });
+      expect(linted.code, linted.stderr).toBe(0);
+      expect(JSON.parse(linted.stdout.toString())).toHaveProperty('advice');
+      const pushed = await smart(['push', '-q', '--', `oci:${fx.paths.ociBasic}:latest`, `file:${path.join(dir, 'store')}#team/app:1`]);
+      expect(pushed.code, pushed.stderr).toBe(0);
     });
 
     it('a --dockerfile or a --digestfile directory that is not there fails the run before it writes anything', async () => {
