@@ -309,7 +309,7 @@ export function addCacheCommands(program: Command): void {
     if (flags.printCacheFromFile && !flags.printCacheFrom) throw new SmartError('USAGE', '--print-cache-from-file needs --print-cache-from BUILDER');
     const out = new Output(outputOptions(flags));
     const ops = await import('../ops/cache.js');
-    if (flags.tag !== undefined) await ops.checkArchiveTag(flags.tag);
+    if (flags.tag !== undefined) await ops.checkArchiveTag(flags.tag, destination);
     const s = await session(flags, out, { read: [store], write: destination ? [destination] : [] });
     try {
       const plan = await ops.planBuild(store, planOptions(flags, context), s.ctx);

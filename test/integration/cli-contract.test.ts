@@ -108,6 +108,7 @@ describe('the command line contract', () => {
       [['cache', 'warm', 'file:/nonexistent/store', '--target', 'build'], '--target applies to a plan (cache plan, cache pull, cache warm --for), and cache warm has no --for'],
       [['cache', 'pull', 'file:/nonexistent/store', '.', '--tag', 'app:1'], '--tag applies to a cache pull into a docker-archive:'],
       [['cache', 'pull', 'file:/nonexistent/store', '.', 'docker-archive:/nonexistent/a.tar', '--tag', 'Bad Tag'], '--tag takes NAME:TAG'],
+      [['cache', 'pull', 'file:/nonexistent/store', '.', 'docker-archive:/nonexistent/a.tar:app:1', '--tag', 'app:2'], '--tag names the image of a docker-archive written, and docker-archive:/nonexistent/a.tar:app:1 names it already (app:1)'],
       [['cache', 'pull', 'file:/nonexistent/store', '.', '--registry', 'registry.example.com'], '--registry applies to cache pull --print-cache-from, and no --print-cache-from was given'],
     ])('are refused in one usage line: %j', async (args, message) => {
       const r = await smart(args);

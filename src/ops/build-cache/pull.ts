@@ -85,14 +85,19 @@ function prefixHistory(image: Image, keep: number, options: { emptyAfter?: boole
 
 /**
  * `tag` (`--tag`), the NAME:TAG a docker-archive is written under: refused before any work when a
- * `docker-archive:FILE:NAME:TAG` could not name it (it was read only once a layer matched).
+ * `docker-archive:FILE:NAME:TAG` could not name it (it was read only once a layer matched), or
+ * when `destination` names its image itself (the tag was not used).
  */
-export async function checkArchiveTag(tag: string): Promise<void> {
+export async function checkArchiveTag(tag: string, destination: string | undefined): Promise<void> {
   const { parseImageName } = await import('../../transports/all.js');
   try {
     parseImageName(`docker-archive:-:${tag}`);
   } catch (e) {
     throw new SmartError('USAGE', `--tag takes NAME:TAG, as a docker-archive: name does: ${(e as Error).message}`, { input: tag });
+  }
+  const name = destination === undefined ? undefined : parseImageName(destination);
+  if (name?.transport === 'docker-archive' && name.selection.kind === 'name') {
+    throw new SmartError('USAGE', `--tag names the image of a docker-archive written, and ${destination} names it already (${name.selection.name})`, { input: '--tag' });
   }
 }
 
