@@ -144,6 +144,22 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('platforms', () => {
     await expect(fs.stat(path.join(store, 'docker/registry/v2/repositories/single/streamed/_manifests/tags'))).rejects.toThrow();
   });
 
+  it('cache index --platform reads a multi-platform tag again for another platform, not only when the tag moved', async () => {
+    const fx = fixtures();
+    const own = path.join(work, 'indexed-store');
+    expect((await smart(['push', `oci:${fx.paths.ociMulti}:latest`, `file:${own}#multi/app:1`])).code).toBe(0);
+    const cacheHome = await tempDir();
+    const index = async (platform: string) => {
+      const r = await smart(['cache', 'index', `file:${own}`, '--platform', platform, '--json'], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      const { refreshed, unchanged } = JSON.parse(r.stdout.toString()) as { refreshed: number; unchanged: number };
+      return { refreshed, unchanged };
+    };
+    expect(await index('linux/amd64')).toEqual({ refreshed: 1, unchanged: 0 });
+    expect(await index('linux/amd64')).toEqual({ refreshed: 0, unchanged: 1 });
+    expect(await index('linux/arm64')).toEqual({ refreshed: 1, unchanged: 0 });
+  });
+
   it('platform flags that cannot both hold, or ask what a destination cannot hold, are usage errors', async () => {
     const fx = fixtures();
     const both = await smart(['push', `oci:${fx.paths.ociMulti}:latest`, `file:${store}#x/y:1`, '--platform', 'linux/arm64', '--all-platforms']);

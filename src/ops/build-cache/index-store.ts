@@ -6,6 +6,7 @@ import { trieKeys } from '../../cache/keys.js';
 import { CachedTrieStore, edgesOf } from '../../cache/trie-store.js';
 import { defaultJobs, TaskGroup } from '../../pipeline/concurrency.js';
 import { resolveImage } from '../../pipeline/layers.js';
+import { formatPlatform } from '../../oci/platform.js';
 import { nodesOf, type IndexedImage, type TrieNode } from '../../trie/layer-trie.js';
 import { openStore } from '../../transports/all.js';
 import type { StoreAccess } from '../../transports/transport.js';
@@ -73,6 +74,7 @@ export async function indexStore(storeName: string, ctx: CacheContext, options: 
 
 async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheContext, signal: AbortSignal): Promise<IndexSummary> {
   const platform = platformOf(ctx);
+  const platformName = formatPlatform(platform);
   const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), signal });
   const repos = await store.repositories();
   const refs = (await group.all(repos, async (repository) => (await store.tags(repository)).map((tag) => ({ repository, tag })))).flat();
@@ -86,14 +88,15 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
       if (!digest) return undefined;
       const prev = previous[i];
       // The record holds the top-level digest it was made from: unchanged tags cost one read.
-      const record = prev as (IndexedImage & { top?: string; v?: number }) | undefined;
-      if (record && record.top === digest && record.v === RECORD_VERSION) return prev;
+      const record = prev as (IndexedImage & { top?: string; v?: number; platform?: string }) | undefined;
+      // ... and the platform it was read for: a multi-platform tag indexed for another is read again.
+      if (record && record.top === digest && record.v === RECORD_VERSION && record.platform === platformName) return prev;
       const source = await store.source({ registry: '', repository: ref.repository, digest });
       try {
         const image = await resolveImage(source, platform);
         refreshed++;
         const summaries = { maxBytes: LAYER_SUMMARY_MAX_BYTES, jobs: 2 };
-        return { ...(await indexedImage(image, ref, { summaries })), top: digest, v: RECORD_VERSION } as IndexedImage;
+        return { ...(await indexedImage(image, ref, { summaries })), top: digest, v: RECORD_VERSION, platform: platformName } as IndexedImage;
       } finally {
         await source.close();
       }
