@@ -25,6 +25,8 @@ const RANK: Record<string, number> = {
   // Bounds on untrusted input and the one transient-failure test: plain helpers over the error type.
   'limits.ts': 0.5,
   'transient.ts': 0.5,
+  // Whether a host is this machine's loopback: for the proxy rules and the registry client.
+  'loopback.ts': 0.5,
   // The proxies the environment names, for every client that connects (registries, S3).
   'proxy.ts': 0.75,
   oci: 1,
