@@ -109,6 +109,23 @@ function hasSparseHeader(bytes: Buffer): boolean {
   return false;
 }
 
+/**
+ * True when a header's numeric field (mode, uid, gid, size, mtime) is a negative base-256 number
+ * (first byte 0xff): read as two's complement, as GNU tar and Go read it (all 0xff is -1), where
+ * tar-stream reads one less in magnitude (-0); the two readers then differ by design.
+ */
+function hasNegativeBase256(bytes: Buffer): boolean {
+  for (let off = 0; off + BLOCK <= bytes.length; off += BLOCK) {
+    if (![100, 108, 116, 124, 136].some((field) => bytes[off + field] === 0xff)) continue;
+    try {
+      if (decodeTarHeader(bytes.subarray(off, off + BLOCK))) return true;
+    } catch {
+      // not a header
+    }
+  }
+  return false;
+}
+
 let work: string;
 let layerSeeds: Buffer[];
 let archiveSeeds: Buffer[];
@@ -257,10 +274,14 @@ describe('tar readers on mutated archives', () => {
         // Stricter than tar-stream where a size is no number (it reads no content, or waits forever).
         if ('error' in ours && ours.error === TAR_MESSAGES.size) return;
         if ('error' in ours) expect(Object.values(TAR_MESSAGES)).toContain(ours.error);
-        if (!hasEmptyExtendedHeader(bytes) && !hasSparseHeader(bytes)) expect(ours).toEqual(await readWithTarStream(bytes));
+        if (!hasEmptyExtendedHeader(bytes) && !hasSparseHeader(bytes) && !hasNegativeBase256(bytes)) expect(ours).toEqual(await readWithTarStream(bytes));
       }),
       // A pax key holding a byte that is not UTF-8 (a mutation once made one: the harness compared only values as tar-stream decodes them).
-      fuzzParams(300, [[await withPaxKeyByte(0xff), [1500]]]),
+      // A mode field of eight 0xff bytes: base-256 -1 (a mutation made one; see hasNegativeBase256).
+      fuzzParams(300, [
+        [await withPaxKeyByte(0xff), [1500]],
+        [Buffer.concat([layerSeeds[0]!.subarray(0, 100), Buffer.alloc(8, 0xff), layerSeeds[0]!.subarray(108)]), [1]],
+      ]),
     );
   });
 
