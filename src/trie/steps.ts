@@ -231,8 +231,10 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
         }
         case 'ENV': {
           instruction = norm();
-          for (const p of instr.pairs ?? []) {
-            const [key, value] = [expand(instr, p.key), expand(instr, p.value ?? '')];
+          // Every pair is expanded against the variables from before the instruction (`ENV X=5
+          // Y=$X` gives Y the old X), as the builders expand it; then all are set.
+          const pairs = (instr.pairs ?? []).map((p) => [expand(instr, p.key), expand(instr, p.value ?? '')] as const);
+          for (const [key, value] of pairs) {
             state.env.set(key, value);
             // A `$` left in the value: a variable this walk does not know (the base's), as written.
             ownConfig.env.set(key, value.includes('$') ? null : value);

@@ -526,6 +526,14 @@ describe('the config a step runs under (what plans compare with a stored image)'
     ]);
   });
 
+  it('an ENV pair naming a variable the same ENV sets reads its value from before the ENV, as the builders do', async () => {
+    const dir = await tree({});
+    const df = parseDockerfile('FROM base\nENV X=1\nENV X=5 Y=$X\nRUN echo "$X" > /v\n');
+    const steps = (await dockerfileSteps(df, { contextDir: dir })).steps;
+    expect(steps.map((s) => s.instruction)).toEqual(['ENV X=1', 'ENV X=5 Y=1', 'RUN echo "$X" > /v']);
+    expect(steps.at(-1)!.own).toEqual({ env: { X: '5', Y: '1' } });
+  });
+
   it('a history: what the build set after its base, before each layer, as every builder writes it', async () => {
     const { ownConfigAtLayers } = await import('../../src/trie/image-steps.js');
     const history = [
