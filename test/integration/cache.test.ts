@@ -331,3 +331,33 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
     }
   });
 });
+
+describe('smart cache plan over a build matrix', () => {
+  it('finds the image the build args ran alike among many that share the step text (10 flavors)', async () => {
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const cacheHome = path.join(work, 'cache');
+    const base: LayerSpec = { files: { 'etc/os-release': 'ID=matrix\n' }, createdBy: '/bin/sh -c #(nop) ADD file:base in / ' };
+    const baseDir = path.join(work, 'base');
+    await writeImage(baseDir, { layers: [base] });
+    expect((await smart(['push', `oci:${baseDir}:latest`, `file:${store}#matrix/base:1`], { cacheHome })).code).toBe(0);
+    // The classic builder's history of `ARG FLAVOR` / `RUN echo "$FLAVOR" > /flavor` built with --build-arg FLAVOR=fN.
+    for (let n = 1; n <= 10; n++) {
+      const dir = path.join(work, `f${n}`);
+      await writeImage(dir, { layers: [base, { files: { flavor: `f${n}\n` }, createdBy: `|1 FLAVOR=f${n} /bin/sh -c echo "$FLAVOR" > /flavor` }] });
+      const r = await smart(['push', `oci:${dir}:latest`, `file:${store}#matrix/app:f${n}`], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+    }
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM matrix/base:1\nARG FLAVOR\nRUN echo "$FLAVOR" > /flavor\n');
+    // Whichever flavor: its own image, its RUN matched (the check stopped after 6 candidates, leaving the later flavors the base alone).
+    for (const flavor of ['f1', 'f7', 'f10']) {
+      const r = await smart(['cache', 'plan', `file:${store}`, ctx, '--build-arg', `FLAVOR=${flavor}`, '--builder', 'docker', '--json'], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      const p = JSON.parse(r.stdout.toString()) as Plan;
+      expect(p.best, flavor).toMatchObject({ image: `matrix/app:${flavor}`, steps: 1 });
+    }
+  });
+});

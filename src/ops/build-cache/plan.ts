@@ -290,8 +290,14 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
   }
 }
 
-/** Candidate matches whose image's history is read to check their config, at most. */
-const MAX_CONFIG_CHECKS = 6;
+/**
+ * Candidate matches whose image's history is read to check their config, at most, and how many
+ * are read at once. A store holds many images of one Dockerfile built with other args or ENV (a
+ * build matrix): the walk matches each, and one among them ran alike, often past the sixth (the
+ * limit was 6, and a matrix of 8 found its own image for 6 of them only).
+ */
+const MAX_CONFIG_CHECKS = 64;
+const CONFIG_READS_AT_ONCE = 8;
 
 /**
  * The best of the walk's matches (`Match.candidates`, best first) whose image ran each matched
@@ -323,18 +329,33 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
     }
     return p;
   };
-  let checks = 0;
   const candidates = match.candidates ?? [match];
+  // Each candidate's verdict, best first; the images' histories read a few at once ahead of it.
+  const verdicts: (() => Promise<boolean>)[] = [];
+  let checks = 0;
   for (const c of candidates) {
     const withLayers = c.matchedSteps.filter((k) => !c.emptySteps.includes(k));
-    if (withLayers.length === 0) return c;
+    if (withLayers.length === 0) {
+      verdicts.push(async () => true);
+      continue;
+    }
     const img = c.image ?? (c.node && preferred(c.node.images, builder)[0]);
-    if (!img) continue;
+    if (!img) {
+      verdicts.push(async () => false);
+      continue;
+    }
     if (checks++ >= MAX_CONFIG_CHECKS) break;
     // An image that cannot be read now (gone since the index, the registry down) is taken as its
     // keys say, as before this check: `cache pull` then says what is wrong with it.
-    const own = await ownConfigOf(img).catch(() => undefined);
-    if (!own || withLayers.every((k, t) => ranAlike(steps[k]!, own[c.baseLayers + t]))) return c;
+    verdicts.push(async () => {
+      const own = await ownConfigOf(img).catch(() => undefined);
+      return !own || withLayers.every((k, t) => ranAlike(steps[k]!, own[c.baseLayers + t]));
+    });
+  }
+  for (let at = 0; at < verdicts.length; at += CONFIG_READS_AT_ONCE) {
+    const batch = await Promise.all(verdicts.slice(at, at + CONFIG_READS_AT_ONCE).map((v) => v()));
+    const first = batch.indexOf(true);
+    if (first >= 0) return candidates[at + first]!;
   }
   return candidates.find((c) => c.matchedSteps.every((k) => c.emptySteps.includes(k))) ?? { ...match, node: match.path[match.baseLayers - 1], steps: 0, path: match.path.slice(0, match.baseLayers), matchedSteps: [], emptySteps: [] };
 }
