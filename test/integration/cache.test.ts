@@ -361,3 +361,35 @@ describe('smart cache plan over a build matrix', () => {
     }
   });
 });
+
+describe('smart cache plan of a stage built on another stage', () => {
+  it('matches the parent stage\'s steps before the target\'s (FROM build AS final), as the image holds them', async () => {
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const cacheHome = path.join(work, 'cache');
+    const base: LayerSpec = { files: { 'etc/os-release': 'ID=stages\n' }, createdBy: '/bin/sh -c #(nop) ADD file:base in / ' };
+    const baseDir = path.join(work, 'base');
+    await writeImage(baseDir, { layers: [base] });
+    expect((await smart(['push', `oci:${baseDir}:latest`, `file:${store}#stages/base:1`], { cacheHome })).code).toBe(0);
+    // What BuildKit writes for `--target final`: the base's history, build's RUN, then final's.
+    const dir = path.join(work, 'final');
+    await writeImage(dir, {
+      layers: [base, { files: { b: 'b\n' }, createdBy: 'RUN /bin/sh -c echo b > /b # buildkit' }, { files: { f: 'f\n' }, createdBy: 'RUN /bin/sh -c echo f > /f # buildkit' }],
+    });
+    expect((await smart(['push', `oci:${dir}:latest`, `file:${store}#stages/app:final`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM stages/base:1 AS build\nRUN echo b > /b\nFROM build AS final\nRUN echo f > /f\n');
+    for (const extra of [[], ['--target', 'final']]) {
+      const r = await smart(['cache', 'plan', `file:${store}`, ctx, '--builder', 'buildkit', '--json', ...extra], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      const p = JSON.parse(r.stdout.toString()) as Plan;
+      expect(p.best, extra.join(' ')).toMatchObject({ image: 'stages/app:final', steps: 2 });
+      expect(p.steps.map((s) => [s.line, s.matched])).toEqual([
+        [2, true],
+        [4, true],
+      ]);
+    }
+  });
+});

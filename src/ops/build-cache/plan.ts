@@ -209,7 +209,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     // Keys are computed as `push --dockerfile` computes them (without the base's ENV), so that
     // both sides of the comparison agree whatever the base defines.
     const build = firstPass;
-    const layerSteps = build.steps.filter((s) => s.producesLayer && s.stage === build.stage);
+    const layerSteps = build.steps.filter((s) => s.producesLayer && build.chain.includes(s.stage));
     const trie = new CachedTrieStore(ctx.cache, store.scope);
     const { trailingEmptyRuns } = await import('../../trie/image-steps.js');
     const baseChain = baseImage ? chainIds(baseImage.layers.map((l) => l.diffId)) : [];
@@ -250,7 +250,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
           }
         : { base: { ref: build.base, layers: 0, inStore: 0 } }),
       steps: build.steps
-        .filter((s) => s.stage === build.stage)
+        .filter((s) => build.chain.includes(s.stage))
         .map((s) => {
           const k = layerSteps.indexOf(s);
           const matched = match.matchedSteps.includes(k);

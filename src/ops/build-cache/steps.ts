@@ -122,7 +122,8 @@ export async function checkPushDockerfile(options: { path: string; contextDir: s
 
 /**
  * `smart push --dockerfile F --context DIR`: which Dockerfile step made which layer of the image.
- * The target stage's layer-producing steps are the image's last layers; a WORKDIR may have made a
+ * The layer-producing steps of the target stage and of the stages it is built on (`FROM build AS
+ * final`: build's steps, then final's) are the image's last layers; a WORKDIR may have made a
  * layer or not, which the history tells (a non-empty WORKDIR entry), and so may a RUN (an empty
  * RUN entry: the classic builder's RUN that changed nothing). Aligned from the end; the layers
  * before them are the base's and get no step.
@@ -138,7 +139,7 @@ export async function stepsForPush(image: Image, options: { dockerfile: string; 
     ...(options.stage ? { stage: options.stage } : {}),
     ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
   });
-  const steps = build.steps.filter((s) => s.producesLayer && s.stage === build.stage);
+  const steps = build.steps.filter((s) => s.producesLayer && build.chain.includes(s.stage));
   const history = (image.config.history ?? []).filter((h) => !h.empty_layer);
   const aligned = history.length === image.layers.length;
   // How many RUNs the history records as empty after each layer (the classic builder's RUN that
