@@ -332,15 +332,21 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
   });
 });
 
+/** A store of its own holding a one-layer base image `REPO/base:1`: for plans over images crafted on it. */
+async function storeWithBase(repo: string): Promise<{ work: string; store: string; cacheHome: string; base: LayerSpec }> {
+  const work = await tempDir();
+  const store = path.join(work, 'store');
+  const cacheHome = path.join(work, 'cache');
+  const base: LayerSpec = { files: { 'etc/os-release': `ID=${repo}\n` }, createdBy: '/bin/sh -c #(nop) ADD file:base in / ' };
+  const baseDir = path.join(work, 'base');
+  await writeImage(baseDir, { layers: [base] });
+  expect((await smart(['push', `oci:${baseDir}:latest`, `file:${store}#${repo}/base:1`], { cacheHome })).code).toBe(0);
+  return { work, store, cacheHome, base };
+}
+
 describe('smart cache plan over a build matrix', () => {
   it('finds the image the build args ran alike among many that share the step text (10 flavors)', async () => {
-    const work = await tempDir();
-    const store = path.join(work, 'store');
-    const cacheHome = path.join(work, 'cache');
-    const base: LayerSpec = { files: { 'etc/os-release': 'ID=matrix\n' }, createdBy: '/bin/sh -c #(nop) ADD file:base in / ' };
-    const baseDir = path.join(work, 'base');
-    await writeImage(baseDir, { layers: [base] });
-    expect((await smart(['push', `oci:${baseDir}:latest`, `file:${store}#matrix/base:1`], { cacheHome })).code).toBe(0);
+    const { work, store, cacheHome, base } = await storeWithBase('matrix');
     // The classic builder's history of `ARG FLAVOR` / `RUN echo "$FLAVOR" > /flavor` built with --build-arg FLAVOR=fN.
     for (let n = 1; n <= 10; n++) {
       const dir = path.join(work, `f${n}`);
@@ -364,13 +370,7 @@ describe('smart cache plan over a build matrix', () => {
 
 describe('smart cache plan of a stage built on another stage', () => {
   it('matches the parent stage\'s steps before the target\'s (FROM build AS final), as the image holds them', async () => {
-    const work = await tempDir();
-    const store = path.join(work, 'store');
-    const cacheHome = path.join(work, 'cache');
-    const base: LayerSpec = { files: { 'etc/os-release': 'ID=stages\n' }, createdBy: '/bin/sh -c #(nop) ADD file:base in / ' };
-    const baseDir = path.join(work, 'base');
-    await writeImage(baseDir, { layers: [base] });
-    expect((await smart(['push', `oci:${baseDir}:latest`, `file:${store}#stages/base:1`], { cacheHome })).code).toBe(0);
+    const { work, store, cacheHome, base } = await storeWithBase('stages');
     // What BuildKit writes for `--target final`: the base's history, build's RUN, then final's.
     const dir = path.join(work, 'final');
     await writeImage(dir, {
