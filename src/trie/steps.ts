@@ -137,6 +137,11 @@ export interface BuilderStepKey {
    * without it, and the plan says so.
    */
   unchecked?: string;
+  /**
+   * Only for a plan for `builder`: the key is also what another builder writes for another step
+   * (buildah's `/bin/sh -c` form of a RUN under another SHELL is every builder's default-shell RUN).
+   */
+  onlyForBuilder?: true;
 }
 
 export const STEP_KEY_VERSION = 'smartlayer-step-v1';
@@ -286,6 +291,15 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             // BuildKit's history of such a RUN is its command alone (no mounts, no content): the
             // image it built is found by the instruction, the bound files left to the builder.
             alternatives = [{ key: { instruction }, unchecked: 'the files it bind-mounts from the context' }];
+          }
+          // buildah's history of a shell-form RUN says `/bin/sh -c …` whatever SHELL set (and
+          // its cache goes by that history): its images hold the step under that form.
+          if (!instr.json && state.shell.join('\0') !== DEFAULT_SHELL.join('\0')) {
+            const asBuildahWrites = located(df, instr, () => normalizeInstruction(instr, { ...ctx, shell: DEFAULT_SHELL }));
+            alternatives = [
+              ...(alternatives ?? []),
+              { key: { instruction: asBuildahWrites }, builder: 'buildah', onlyForBuilder: true, ...(contentDigest ? { unchecked: 'the files it bind-mounts from the context' } : {}) },
+            ];
           }
           break;
         }

@@ -526,6 +526,17 @@ describe('the config a step runs under (what plans compare with a stored image)'
     ]);
   });
 
+  it("a RUN under another SHELL is also keyed as buildah's history writes it (/bin/sh -c), for buildah's plans alone", async () => {
+    const dir = await tree({});
+    const df = parseDockerfile('FROM base\nSHELL ["/bin/sh", "-ec"]\nRUN echo sh1 > /sh1\nRUN ["echo", "exec"]\n');
+    const steps = (await dockerfileSteps(df, { contextDir: dir, builderKeys: true })).steps;
+    const run = steps.find((s) => s.line === 3)!;
+    expect(run.instruction).toBe('RUN ["/bin/sh","-ec","echo","sh1",">","/sh1"]');
+    expect(run.alternatives).toEqual([{ key: { instruction: 'RUN echo sh1 > /sh1' }, builder: 'buildah', onlyForBuilder: true }]);
+    // An exec-form RUN takes no shell: nothing else to key it by.
+    expect(steps.find((s) => s.line === 4)!.alternatives).toBeUndefined();
+  });
+
   it('an ENV pair naming a variable the same ENV sets reads its value from before the ENV, as the builders do', async () => {
     const dir = await tree({});
     const df = parseDockerfile('FROM base\nENV X=1\nENV X=5 Y=$X\nRUN echo "$X" > /v\n');

@@ -219,7 +219,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
       layerSteps.map((s) => ({
         line: s.line,
         key: { instruction: s.instruction, ...(s.contentDigest ? { contentDigest: s.contentDigest } : {}) },
-        ...(s.alternatives ? { alternatives: s.alternatives.map((a) => a.key) } : {}),
+        ...(s.alternatives ? { alternatives: s.alternatives.filter((a) => !a.onlyForBuilder || a.builder === options.builder).map((a) => a.key) } : {}),
         ...(s.layerOptional ? { optional: true } : {}),
         ...(s.keyword === 'RUN' ? { mayBeEmpty: true } : {}),
       })),
