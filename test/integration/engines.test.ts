@@ -151,7 +151,7 @@ describe('smart version', () => {
     // smart-push and friends start the same way and pass their arguments through.
     const push = await run(path.join(repoRoot, 'bin', 'smart-push.js'), ['--help'], { env });
     expect(push.code).toBe(0);
-    expect(push.stdout.toString()).toMatch(/^Usage: smart push /);
+    expect(push.stdout.toString()).toMatch(/^Usage: smart-push /);
   });
 
   it('with SMART_NATIVE=0: the addon off, gzip on zlib (never the libdeflate-gzip program), zstd the program, no command to fix a choice', async () => {
