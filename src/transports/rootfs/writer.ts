@@ -702,7 +702,10 @@ async function replaceDirectory(staging: string, target: string, exists: boolean
   }
   const exchange = nativeBinding()?.exchangePaths;
   if (exchange && exchange(Buffer.from(staging), Buffer.from(target)) === 0) {
-    await fs.rename(staging, old);
+    // The new tree is in place: what is left is the old one's removal, which a failure here must
+    // not turn into a failed pull (the caller removes `old`; a tree left at `staging`, the next
+    // pull's sweep).
+    await fs.rename(staging, old).catch(() => fs.rm(staging, { recursive: true, force: true }).catch(() => undefined));
     return;
   }
   await fs.rename(target, old);
