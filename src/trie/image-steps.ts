@@ -80,6 +80,31 @@ export interface HistoryOwnConfig {
 }
 
 /**
+ * The root of a working directory below one neither side of a plan knows (the FROM image's, which
+ * the build's own WORKDIRs are relative to): `WORKDIR app` then `WORKDIR ../other` is
+ * `/?base/other`. Compared only with another such (buildah's history writes a WORKDIR as written,
+ * relative; the classic builder and BuildKit write it resolved, which is not compared with it).
+ */
+export const UNKNOWN_WORKDIR_ROOT = '/?base';
+
+/** Whether a working directory is one below the unknown root (UNKNOWN_WORKDIR_ROOT). */
+export function belowUnknownWorkdir(dir: string): boolean {
+  return dir === UNKNOWN_WORKDIR_ROOT || dir.startsWith(`${UNKNOWN_WORKDIR_ROOT}/`);
+}
+
+/**
+ * The working directory after `WORKDIR dir` from `current` (undefined: the FROM image's, unknown;
+ * null: not known at all). Climbing above the unknown root leads nowhere known (null).
+ */
+export function nextWorkdir(current: string | null | undefined, dir: string): string | null {
+  if (dir.startsWith('/')) return cleanPath(dir);
+  if (current === null) return null;
+  const from = current ?? UNKNOWN_WORKDIR_ROOT;
+  const next = cleanPath(`${from}/${dir}`);
+  return belowUnknownWorkdir(from) && !belowUnknownWorkdir(next) ? null : next;
+}
+
+/**
  * For each layer (the history's non-empty entries in order), the ENV values, USER and WORKDIR the
  * entries from `ownFrom` on (the build's own, after its base's history) set before it, and its
  * RUN's build args: what the builders run a step under besides its own text, and check before
@@ -113,10 +138,7 @@ export function ownConfigAtLayers(history: readonly HistoryEntry[] | undefined, 
         if (eq > 0) env.set(pair.slice(0, eq), pair.slice(eq + 1));
       }
     } else if (kw === 'USER') user = rest;
-    else if (kw === 'WORKDIR') {
-      const dir = rest.startsWith('/') ? rest : typeof workdir === 'string' ? `${workdir}/${rest}` : undefined;
-      workdir = dir === undefined ? null : cleanPath(dir);
-    }
+    else if (kw === 'WORKDIR') workdir = nextWorkdir(workdir, rest);
   }
   return out;
 }

@@ -43,7 +43,7 @@ import {
 } from '../dockerfile/parser.js';
 import { ClassicContextSums, buildahSourceRef, loadOwnerNames, type OwnerNames } from '../dockerfile/builder-hashes.js';
 import { DEFAULT_SHELL, elidedCopyInstruction, normalizeInstruction } from '../dockerfile/history.js';
-import { elidedSummaryDigest, resolveCopyDestination } from './image-steps.js';
+import { elidedSummaryDigest, nextWorkdir, resolveCopyDestination } from './image-steps.js';
 import { archiveCopyEntries } from './archive-entries.js';
 import type { StepKey } from './layer-trie.js';
 
@@ -256,7 +256,8 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
           instruction = norm();
           const written = expand(instr, instr.words[0] ?? '', true);
           const resolved = cleanPath(instruction.slice('WORKDIR '.length));
-          ownConfig.workdir = (written.startsWith('/') || typeof ownConfig.workdir === 'string') && !resolved.includes('$') ? resolved : null;
+          // Relative to the FROM image's own, which is not known here: below the unknown root (image-steps.ts).
+          ownConfig.workdir = resolved.includes('$') ? null : nextWorkdir(ownConfig.workdir, written);
           state.workdir = instruction.slice('WORKDIR '.length);
           producesLayer = state.workdir !== '/';
           layerOptional = producesLayer;

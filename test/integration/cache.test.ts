@@ -393,3 +393,32 @@ describe('smart cache plan of a stage built on another stage', () => {
     }
   });
 });
+
+describe('smart cache plan of relative WORKDIRs as buildah records them', () => {
+  it('tells a changed relative WORKDIR from the one a stored image ran under (buildah writes it as written, and makes no layer for it)', async () => {
+    const { work, store, cacheHome, base } = await storeWithBase('rel');
+    const dir = path.join(work, 'a');
+    await writeImage(dir, {
+      layers: [base, { files: { 'app/here': '/app\n' }, createdBy: '/bin/sh -c pwd > here' }, { files: { 'other/here2': '/other\n' }, createdBy: '/bin/sh -c pwd > here2' }],
+      emptySteps: [
+        { after: 0, createdBy: '/bin/sh -c #(nop) WORKDIR app' },
+        { after: 1, createdBy: '/bin/sh -c #(nop) WORKDIR ../other' },
+      ],
+    });
+    expect((await smart(['push', `oci:${dir}:latest`, `file:${store}#rel/app:a`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    const planOf = async (other: string) => {
+      await fs.writeFile(path.join(ctx, 'Dockerfile'), `FROM rel/base:1\nWORKDIR app\nRUN pwd > here\nWORKDIR ../${other}\nRUN pwd > here2\n`);
+      const r = await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout.toString()) as Plan;
+    };
+    expect((await planOf('other')).best).toMatchObject({ image: 'rel/app:a', steps: 2 });
+    // The second RUN ran in another directory: not matched (it was, the directory below the base's never compared).
+    const changed = await planOf('other2');
+    expect(changed.best).toMatchObject({ image: 'rel/app:a', steps: 1 });
+    expect(changed.steps.find((s) => s.line === 5)!.matched).toBe(false);
+  });
+});

@@ -537,6 +537,23 @@ describe('the config a step runs under (what plans compare with a stored image)'
     expect(steps.find((s) => s.line === 4)!.alternatives).toBeUndefined();
   });
 
+  it('a WORKDIR relative to the FROM image\'s is kept below an unknown root, on both sides alike; climbing above it is not known', async () => {
+    const dir = await tree({});
+    const df = parseDockerfile('FROM base\nWORKDIR app\nWORKDIR sub\nRUN one\nWORKDIR ../other\nRUN two\nWORKDIR ../../..\nRUN three\nWORKDIR /abs\nRUN four\n');
+    const steps = (await dockerfileSteps(df, { contextDir: dir })).steps.filter((s) => s.keyword === 'RUN');
+    expect(steps.map((s) => s.own?.workdir)).toEqual(['/?base/app/sub', '/?base/app/other', null, '/abs']);
+    const { ownConfigAtLayers } = await import('../../src/trie/image-steps.js');
+    const history = [
+      { created_by: '/bin/sh -c #(nop) ADD file:abc in / ' },
+      { created_by: '/bin/sh -c #(nop) WORKDIR app', empty_layer: true },
+      { created_by: '/bin/sh -c #(nop) WORKDIR sub', empty_layer: true },
+      { created_by: '/bin/sh -c one' },
+      { created_by: '/bin/sh -c #(nop) WORKDIR ../other', empty_layer: true },
+      { created_by: '/bin/sh -c two' },
+    ];
+    expect(ownConfigAtLayers(history, 3, 1)?.map((c) => c.workdir)).toEqual([undefined, '/?base/app/sub', '/?base/app/other']);
+  });
+
   it('an ENV pair naming a variable the same ENV sets reads its value from before the ENV, as the builders do', async () => {
     const dir = await tree({});
     const df = parseDockerfile('FROM base\nENV X=1\nENV X=5 Y=$X\nRUN echo "$X" > /v\n');

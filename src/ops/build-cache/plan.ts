@@ -310,7 +310,7 @@ const CONFIG_READS_AT_ONCE = 8;
  * images, the base alone.
  */
 async function configMatch(match: Match, steps: readonly Step[], store: StoreAccess, platform: Platform, ownFrom: number, builder?: CacheBuilder): Promise<Match> {
-  const { ownConfigAtLayers } = await import('../../trie/image-steps.js');
+  const { ownConfigAtLayers, belowUnknownWorkdir } = await import('../../trie/image-steps.js');
   const read = new Map<string, Promise<HistoryOwnConfig[] | undefined>>();
   const ownConfigOf = (img: ImageRef) => {
     const key = `${img.repository}@${img.manifest}`;
@@ -349,7 +349,7 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
     // keys say, as before this check: `cache pull` then says what is wrong with it.
     verdicts.push(async () => {
       const own = await ownConfigOf(img).catch(() => undefined);
-      return !own || withLayers.every((k, t) => ranAlike(steps[k]!, own[c.baseLayers + t]));
+      return !own || withLayers.every((k, t) => ranAlike(steps[k]!, own[c.baseLayers + t], belowUnknownWorkdir));
     });
   }
   for (let at = 0; at < verdicts.length; at += CONFIG_READS_AT_ONCE) {
@@ -366,7 +366,7 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
  * does not record the build's steps (the layer known by our annotation, or by its files) is no
  * record of what they ran under either.
  */
-function ranAlike(step: Step, stored: HistoryOwnConfig | undefined): boolean {
+function ranAlike(step: Step, stored: HistoryOwnConfig | undefined, belowUnknownWorkdir: (dir: string) => boolean): boolean {
   const own = step.own;
   if (!stored || !own || stored.keyword !== step.keyword) return true;
   for (const key of new Set([...Object.keys(own.env), ...stored.env.keys()])) {
@@ -374,7 +374,9 @@ function ranAlike(step: Step, stored: HistoryOwnConfig | undefined): boolean {
     if (mine !== null && mine !== stored.env.get(key)) return false;
   }
   if (own.user !== null && own.user !== stored.user) return false;
-  if (own.workdir !== null && stored.workdir !== null && own.workdir !== stored.workdir) return false;
+  // A working directory below the FROM image's (unknown to both sides) is compared only with another such.
+  const comparable = typeof own.workdir !== 'string' || typeof stored.workdir !== 'string' || belowUnknownWorkdir(own.workdir) === belowUnknownWorkdir(stored.workdir);
+  if (own.workdir !== null && stored.workdir !== null && comparable && own.workdir !== stored.workdir) return false;
   if (step.keyword === 'RUN') {
     // An ARG with no value is recorded by no builder: empty here, absent there, alike.
     const mine = step.buildArgs ?? {};
