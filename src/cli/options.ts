@@ -166,7 +166,8 @@ const TAG_CACHE_TTL_OPTION: OptionSpec = {
 
 /** `push`'s own options, before the common ones. */
 export const PUSH_OPTIONS: readonly OptionSpec[] = [
-  { flags: '--compression <format>', description: 'what layers that must be compressed become', choices: ['gzip', 'zstd'], default: 'gzip' },
+  // No default of its own (gzip is the library's): a value present was typed, and is refused where no layer is compressed.
+  { flags: '--compression <format>', description: 'what layers that must be compressed become (default: gzip)', choices: ['gzip', 'zstd'] },
   {
     flags: '--compression-level <n>',
     description: 'level for layers that must be compressed (gzip 1-12 with libdeflate, 1-9 with zlib; zstd 1-19; default: chosen by measurement), or fast: gzip by ISA-L (a few percent larger, ~3x faster), zstd 1',

@@ -189,6 +189,8 @@ interface TransferCase {
 
 const unpacks = (c: TransferCase): boolean => c.mode === 'pull' && /^(rootfs|bundle):/.test(c.destination);
 const withDockerfile = (c: TransferCase): boolean => c.flags.dockerfile !== undefined;
+/** A registry or its storage: where uncompressed layers are compressed (a layout or an archive keeps them as they are). */
+const intoStore = (c: TransferCase): boolean => /^(docker:\/\/|file:|s3:\/\/)/.test(c.destination);
 
 /**
  * `smart copy` takes push's and pull's options: those of the mode it is not running would be
@@ -216,6 +218,7 @@ const TRANSFER_RULES: readonly OptionRule<TransferCase>[] = [
   // --no-keep-layers keeps no blob of any pull; --keep-layers asks for the layers unpacked.
   { key: 'keepLayers', applies: (c, value) => unpacks(c) || (c.mode === 'pull' && value === false), where: 'pulls into rootfs: or bundle:' },
   ...(['context', 'target', 'buildArg'] as const).map((key) => ({ key, applies: withDockerfile, where: 'pushes with --dockerfile', situation: 'no --dockerfile was given' })),
+  ...(['compression', 'compressionLevel'] as const).map((key) => ({ key, applies: intoStore, where: 'pushes into a registry, file: or s3:// (a layout or an archive keeps each layer as it is)' })),
 ];
 
 function refuseIgnoredTransferOptions(command: 'push' | 'pull' | 'copy', mode: 'push' | 'pull', destination: string, flags: CommonFlags): void {

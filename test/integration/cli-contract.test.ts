@@ -95,6 +95,9 @@ describe('the command line contract', () => {
       [['pull', image, 'docker-archive:/nonexistent/a.tar', '--force'], '--force applies to pulls into rootfs: or bundle:, and smart pull writes docker-archive:'],
       [['pull', image, layout, '--keep-layers'], '--keep-layers applies to pulls into rootfs: or bundle:'],
       [['push', layout, image, '--target', 'build'], '--target applies to pushes with --dockerfile, and no --dockerfile was given'],
+      // A layout or an archive keeps each layer as it is: the format asked for would not be had.
+      [['push', 'docker-archive:/nonexistent/a.tar', 'oci:/nonexistent/out:1', '--compression', 'zstd'], '--compression applies to pushes into a registry, file: or s3://'],
+      [['push', layout, 'oci-archive:/nonexistent/o.tar', '--compression-level', 'fast'], '--compression-level applies to pushes into a registry, file: or s3://'],
       [['push', layout, image, '--context', '.'], '--context applies to pushes with --dockerfile'],
       [['push', layout, image, '--build-arg', 'A=1'], '--build-arg applies to pushes with --dockerfile'],
       [['copy', layout, image, '--no-keep-layers'], '--no-keep-layers applies to pulls, and smart copy pushes into file:/nonexistent/store#team/app:1'],
