@@ -230,6 +230,12 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
     expect(json.code, json.stderr).toBe(0);
     expect(JSON.parse(json.stdout.toString())).toMatchObject({ images: ['ci/cache:app'], cacheFrom: { builder: 'docker', flags: '--cache-from ci/cache:app', commands: [] } });
     expect(json.stderr).toContain('--cache-from ci/cache:app\n');
+    // A name without a tag is written as docker save writes it, NAME:latest (docker load refuses a bare name).
+    const bare = path.join(work, 'flags3.tar');
+    const untagged = await run(['cache', 'pull', `file:${store}`, changed, `docker-archive:${bare}`, '--tag', 'ci/cache', '-q']);
+    expect(untagged.code, untagged.stderr).toBe(0);
+    const written = JSON.parse((await runOk('tar', ['-xOf', bare, 'manifest.json'])).stdout.toString()) as { RepoTags: string[] }[];
+    expect(written[0]!.RepoTags).toEqual(['ci/cache:latest']);
   });
 
   it('warms what the next build of a Dockerfile will reuse', async () => {

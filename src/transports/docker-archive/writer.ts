@@ -100,7 +100,7 @@ export class DockerArchiveWriter implements ImageWriter {
   private async writeTo(writer: TarWriter, image: Image, options: ImageWriteOptions, sizesFirst: boolean): Promise<void> {
     const configName = `${digestHex(image.manifest.manifest.config.digest)}.json`;
     const layerNames = image.layers.map((l) => `${digestHex(l.diffId)}.tar`);
-    const repoTags = this.target.repoTag ? [this.target.repoTag] : [...image.repoTags];
+    const repoTags = (this.target.repoTag ? [this.target.repoTag] : [...image.repoTags]).map(withTag);
     const manifestJson = Buffer.from(JSON.stringify([{ Config: configName, RepoTags: repoTags, Layers: layerNames }]));
     await writer.addBuffer(configName, image.configBytes);
     await writer.addBuffer('manifest.json', manifestJson);
@@ -155,4 +155,13 @@ async function countBytes(stream: AsyncIterable<Buffer>): Promise<number> {
   let n = 0;
   for await (const chunk of stream) n += chunk.length;
   return n;
+}
+
+/**
+ * A RepoTags entry as `docker save` writes one: NAME:TAG, a name without a tag given `latest`
+ * (`docker load` refuses a bare name: "invalid tag"). The tag is after the last `/`'s last `:`.
+ */
+function withTag(name: string): string {
+  const last = name.slice(name.lastIndexOf('/') + 1);
+  return last.includes(':') || name.includes('@') ? name : `${name}:latest`;
 }
