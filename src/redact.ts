@@ -54,7 +54,7 @@ export function redactSecrets(text: string, known: readonly string[] = []): stri
 const TOKEN_PREFIX =
   /^(?:glpat-|glptt-|glrt-|gldt-|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|xox[abprs]-|sk-|sk_live_|sk_test_|rk_live_|pk_live_|AKIA|ASIA|npm_|dop_v1_|doo_v1_|hf_|pypi-|AIza|ya29\.|SG\.)\S{4,}/;
 /** Words that say a secret follows: `secret hunter`, `password swordfish`, `token xyzzy`, `key k`. */
-const SECRET_WORD = /^(?:secrets?|passwords?|passwd|passphrase|pw|pwd|tokens?|keys?|apikey|api[-_]key|pat)$/i;
+const SECRET_WORD = /^(?:secrets?|passwords?|passwd|passphrase|pw|pwd|tokens?|keys?|apikey|api[-_]key|pat|auth)$/i;
 /** Words between such a word and its value: `password is swordfish`, `secret was x`. */
 const LINKING_WORD = /^(?:is|was|=|:|of)$/i;
 /** Prose that follows such a word and is no secret: `secret key`, `token rejected`, `password for alice`. */
@@ -64,6 +64,11 @@ const PROSE_AFTER_SECRET_WORD = new Set(
     'denied revoked incorrect wrong empty unknown unset given set mismatch error failed lookup helper manager ' +
     'locked needed provided').split(' '),
 );
+/** Names of errors and exceptions, as cloud helpers print them (`AccessDeniedException`, `NoCredentialProviders`): what to fix, no secret. */
+const ERROR_NAME = /^(?:[A-Z][a-z]+)+(?:Exception|Error|Errors|Providers|Denied|NotFound|Failed|Expired|Unauthorized|Forbidden)$/;
+/** `user:password` as one word (`ci:swordfish`), not a URL, a digest, a port or a `key:` label. */
+const USER_COLON_PASSWORD = /^([a-z][\w.-]{0,63}):(?!\/\/)(?!\d+$)(\S{4,})$/i;
+const NOT_A_USER = /^(?:sha\d+|md5|https?|file|docker|oci|s3|arn)$/i;
 /** Technical words that mix letters with digits and hold no secret. */
 const PLAIN_WITH_DIGITS = /^(?:base(?:32|64)|sha(?:1|224|256|384|512)|md5|utf-?(?:8|16)|ipv[46]|http[23]|oauth2|amd64|arm64|aarch64|x86_64|i[3-6]86|ppc64le|s390x|riscv64|v\d+(?:\.\d+)*)$/i;
 
@@ -74,6 +79,7 @@ const PLAIN_WITH_DIGITS = /^(?:base(?:32|64)|sha(?:1|224|256|384|512)|md5|utf-?(
  */
 function looksSecret(core: string): boolean {
   if (TOKEN_PREFIX.test(core)) return true;
+  if (ERROR_NAME.test(core)) return false;
   if (core.length < 6) return false;
   if (/[A-Za-z]/.test(core) && /[0-9+=]/.test(core)) return !PLAIN_WITH_DIGITS.test(core);
   return /[a-z]/.test(core) && /[A-Z]/.test(core.slice(1));
@@ -94,7 +100,9 @@ export function redactSecretLike(text: string, keep: readonly string[] = []): st
     const core = word.replace(/^[("'[{<]+|[)"'\]}>,;:.!?]+$/g, '');
     const follows = afterSecretWord;
     afterSecretWord = false;
-    if (!core || word.includes(REDACTED) || keep.includes(core)) return word;
+    // A kept word (the registry's host) stays, also written with its scheme or a path (`https://host:5000/v2/`).
+    if (!core || word.includes(REDACTED) || keep.some((k) => k.length >= 4 && core.includes(k)) || keep.includes(core)) return word;
+
     const lower = core.toLowerCase();
     if (SECRET_WORD.test(core) || (LINKING_WORD.test(core) && follows)) {
       // `password: hunter` ends the word with its colon: what follows is the value either way; a
@@ -103,6 +111,8 @@ export function redactSecretLike(text: string, keep: readonly string[] = []): st
       return word;
     }
     if (looksSecret(core) || (follows && !PROSE_AFTER_SECRET_WORD.has(lower))) return word.replace(core, REDACTED);
+    const pair = USER_COLON_PASSWORD.exec(core);
+    if (pair && !NOT_A_USER.test(pair[1]!)) return word.replace(core, `${pair[1]}:${REDACTED}`);
     return word;
   });
 }

@@ -24,6 +24,13 @@ describe('untrustedText', () => {
     for (const token of ['ghp_abcdefghijklmnop', 'github_pat_abcdefghijkl', 'xoxb-1234-abcdef', 'sk-abcdefghijkl', 'AKIAIOSFODNN7EXAMPLE', 'npm_abcdefghijkl', 'dop_v1_abcdefghijkl']) {
       expect(untrustedText(`rejected ${token} here`)).toBe('rejected [redacted] here');
     }
+    // A user:password pair, and the word after `auth`; not a digest, a port or a URL.
+    expect(untrustedText('login rejected for ci:swordfish; auth: swordfish')).toBe('login rejected for ci:[redacted]; auth: [redacted]');
+    expect(untrustedText('dialing 10.0.0.1:5000 over https://registry.example.com for arn:aws')).toBe('dialing 10.0.0.1:5000 over https://registry.example.com for arn:aws');
+    // What to fix stays: the names of errors and exceptions, and the registry kept, also with its scheme.
+    expect(untrustedText('err: AccessDeniedException: NoCredentialProviders for https://127.0.0.1:6604', { keep: ['127.0.0.1:6604'] })).toBe(
+      'err: AccessDeniedException: NoCredentialProviders for https://127.0.0.1:6604',
+    );
     // Prose stays: lower case, one leading capital, upper case, and the words after a secret word that are prose.
     expect(untrustedText('Error: the keychain is locked, No secret key, HTTP 401 token expired')).toBe('Error: the keychain is locked, No secret key, HTTP 401 token expired');
   });
