@@ -75,6 +75,10 @@ describe('network failures are said once, in words, with no code of ours', () =>
     expect(asRead(nodeError('ENOTFOUND', 'getaddrinfo ENOTFOUND registry.example')).message).toBe(
       'cannot reach registry registry.example:5000: ENOTFOUND no such host (manifest team/app:1)',
     );
+    // What to look at: the address (not the proxy's refusal, which names the proxy).
+    expect(asRead(nodeError('ECONNREFUSED', 'connect ECONNREFUSED registry.example:5000')).hint).toBe("nothing answers at registry.example:5000: check the registry's address and port, and that it runs");
+    expect(asRead(nodeError('ENOTFOUND', 'getaddrinfo ENOTFOUND registry.example')).hint).toBe("the name registry.example does not resolve here: check it (and this machine's DNS)");
+    expect(asRead(nodeError('ECONNREFUSED', 'through the proxy http://127.0.0.1:3128: connect ECONNREFUSED 127.0.0.1:3128')).hint).toBeUndefined();
     expect(asRead(nodeError('ECONNREFUSED', 'through the proxy http://127.0.0.1:3128: connect ECONNREFUSED 127.0.0.1:3128')).message).toBe(
       'cannot reach registry registry.example:5000: ECONNREFUSED through the proxy http://127.0.0.1:3128: connection refused (manifest team/app:1)',
     );

@@ -189,11 +189,19 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
           : plainServer
             ? `a registry without TLS is reached with --insecure-registry ${ctx.host}`
             : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
+  // Nothing listening, or no such name: the address is what to look at (a proxy's refusal names the proxy already).
+  const addressHint = /through the proxy/.test(msg)
+    ? undefined
+    : code === 'ECONNREFUSED'
+      ? `nothing answers at ${ctx.host}: check the registry's address and port, and that it runs`
+      : code === 'ENOTFOUND' || code === 'EAI_AGAIN'
+        ? `the name ${ctx.host.replace(/:\d+$/, '')} does not resolve here: check it (and this machine's DNS)`
+        : undefined;
   return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code && !isOwnCode(code) ? `${code} ` : ''}${msg} (${what})`, {
     ...facts,
     input: ctx.host,
     cause: e,
     retryable: isTransient(e),
-    ...(tls ? { hint } : {}),
+    ...(tls ? { hint } : addressHint ? { hint: addressHint } : {}),
   });
 }
