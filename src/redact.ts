@@ -101,7 +101,7 @@ export function redactSecretLike(text: string, keep: readonly string[] = []): st
     const follows = afterSecretWord;
     afterSecretWord = false;
     // A kept word (the registry's host) stays, also written with its scheme or a path (`https://host:5000/v2/`).
-    if (!core || word.includes(REDACTED) || keep.some((k) => k.length >= 4 && core.includes(k)) || keep.includes(core)) return word;
+    if (!core || word.includes(REDACTED) || keep.some((k) => core === k || (k.length >= 4 && core.includes(k)))) return word;
 
     const lower = core.toLowerCase();
     if (SECRET_WORD.test(core) || (LINKING_WORD.test(core) && follows)) {

@@ -352,8 +352,9 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
       return !own || withLayers.every((k, t) => ranAlike(steps[k]!, own[c.baseLayers + t], belowUnknownWorkdir));
     });
   }
-  for (let at = 0; at < verdicts.length; at += CONFIG_READS_AT_ONCE) {
-    const batch = await Promise.all(verdicts.slice(at, at + CONFIG_READS_AT_ONCE).map((v) => v()));
+  // The best alone first (it usually ran alike: one read, as before), then the rest a batch at a time.
+  for (let at = 0, size = 1; at < verdicts.length; at += size, size = CONFIG_READS_AT_ONCE) {
+    const batch = await Promise.all(verdicts.slice(at, at + size).map((v) => v()));
     const first = batch.indexOf(true);
     if (first >= 0) return candidates[at + first]!;
   }
