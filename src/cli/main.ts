@@ -10,6 +10,7 @@ import { runTransfer } from './transfer.js';
 import { deferExtraCaCerts } from '../tls-trust.js';
 import { enableCompileCache } from './compile-cache.js';
 import { captureForeignOutput } from './foreign-output.js';
+import type { Command } from 'commander';
 
 /** Exit status when the reader of stdout went away before the image was written (`… docker-archive:- | head`): 128 + SIGPIPE, as a program that SIGPIPE killed. */
 export const EXIT_BROKEN_PIPE = 141;
@@ -57,7 +58,8 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     if (fast) await runTransfer(fast.mode, fast.source, fast.destination, fast.flags, new Output(outputOptions(fast.flags)));
     else {
       program = await import('./program.js');
-      await program.buildProgram(prog).parseAsync(argv);
+      const root = program.buildProgram(prog);
+      await root.parseAsync(nestedHelp(root, argv) ?? argv);
     }
     // What went to stdout did not all arrive (`> FILE` on a full disk): not a success.
     const lost = signalled ? undefined : await lostOutput();
@@ -96,4 +98,16 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
   }
+}
+
+/**
+ * `smart help cache index`: commander's help command reads one name, and would show cache's help;
+ * the nested command's help is its --help, and an unknown name the usage error its run would be.
+ */
+function nestedHelp(root: Command, argv: string[]): string[] | undefined {
+  const names = argv.slice(3);
+  if (argv[2] !== 'help' || names.length < 2 || names.some((a) => a.startsWith('-'))) return undefined;
+  let command: Command | undefined = root;
+  for (const name of names) command = command?.commands.find((c) => c.name() === name || c.aliases().includes(name));
+  return [...argv.slice(0, 2), ...names, ...(command ? ['--help'] : [])];
 }

@@ -176,6 +176,9 @@ describe('the command line contract', () => {
       ['smart-pull', ['--help'], 'Usage: smart-pull [options] <source> <destination>'],
       ['smart-cache', ['index', '--help'], 'Usage: smart-cache index [options] <store>'],
       ['smart', ['cache', 'index', '--help'], 'Usage: smart cache index [options] <store>'],
+      ['smart', ['help', 'cache', 'index'], 'Usage: smart cache index [options] <store>'],
+      ['smart', ['help', 'store', 'check'], 'Usage: smart store check [options] <store>'],
+      ['smart', ['help', 'cache', 'bogus'], "smart: error [USAGE]: unknown command 'bogus' (run smart cache --help for usage)"],
     ])('under %s, hints and the usage line name the command as it was run (%j)', async (bin, args, line) => {
       const r = await run(process.execPath, [path.join(path.dirname(smartBin), `${bin}.js`), ...args], { env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') } });
       expect(`${r.stdout.toString()}${r.stderr}`.split('\n')[0]).toBe(line);
