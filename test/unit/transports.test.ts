@@ -4,6 +4,7 @@
  * answered with the nearest one.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import { PassThrough } from 'node:stream';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -100,6 +101,18 @@ describe('the transport map', () => {
     }
     expect(parseImageName('docker://busybox:1.36')).toMatchObject({ ref: { registry: 'docker.io', repository: 'library/busybox', tag: '1.36' } });
     expect(parseImageName('docker://localhost:5000/app')).toMatchObject({ ref: { registry: 'localhost:5000', repository: 'app' } });
+  });
+
+  it('refuses a file: name with "#" twice unless the root before the last one is a directory that exists', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'smart-hash-'));
+    try {
+      const typo = `file:${dir}/store#app:1#x`;
+      expect(() => parseImageName(typo)).toThrow(`invalid image name "${typo}": "#" twice, and the store root before the last one (${dir}/store#app:1) does not exist`);
+      fs.mkdirSync(path.join(dir, 'with#hash'));
+      expect(parseImageName(`file:${dir}/with#hash#team/app:1`)).toMatchObject({ root: `${dir}/with#hash`, ref: { repository: 'team/app', tag: '1' } });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('reads oci-archive:- from stdin and writes it to stdout; ./- names a file "-"', async () => {

@@ -3,6 +3,7 @@
  * registry's own storage, on disk or in S3, read and written in the registry's layout. Without
  * `#REPO` the name is the whole store.
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { SmartError, rethrowRefusal } from '../../errors.js';
 import { parseRepositoryReference, type Reference } from '../../oci/reference.js';
@@ -119,6 +120,9 @@ export const file: Transport<FileName> = {
     const hash = rest.lastIndexOf('#');
     const root = hash < 0 ? rest : rest.slice(0, hash);
     if (!root) throw invalidName(raw, 'missing store root directory', 'write file:ROOT#REPO[:TAG]');
+    // A "#" in a directory's name is allowed, but one in a root that is not there is a typo
+    // (file:/srv/store#app:1#x), which a push would otherwise make as a new store.
+    if (root.includes('#') && !existsSync(root)) throw invalidName(raw, `"#" twice, and the store root before the last one (${root}) does not exist`, 'write file:ROOT#REPO[:TAG]');
     if (hash < 0) return { transport: 'file', root, raw };
     return { transport: 'file', root, ref: parseRepositoryReference(rest.slice(hash + 1), raw), raw };
   },
