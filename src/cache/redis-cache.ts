@@ -269,7 +269,7 @@ export class RedisMetadataCache implements MetadataCache {
     // database 0: entries then went where no other machine looks for them. Selected again here,
     // a refusal fails the connection as a wrong password does.
     const db = target.cluster ? 0 : target.db;
-    this.ready = this.deadline('connecting', client.connect().then(() => (db !== 0 ? (client as Redis).select(db).then(() => undefined) : undefined)));
+    this.ready = this.deadline('connecting', client.connect().then(() => (db !== 0 ? (client as Redis).select(db).then(() => undefined) : undefined)), false);
     this.ready.catch(() => undefined); // awaited by the first operation
   }
 
@@ -324,13 +324,21 @@ export class RedisMetadataCache implements MetadataCache {
     return undefined;
   }
 
-  /** `p`, or a STORAGE error once `deadlineMs` has passed: nothing waits longer, whatever the client does. */
-  private deadline<T>(what: string, p: Promise<T>): Promise<T> {
+  /**
+   * `p`, or a STORAGE error once `deadlineMs` has passed: nothing waits longer, whatever the client
+   * does. `awaited`: a caller waits for the answer, so the timer holds the process alive: a client
+   * that holds no socket open while it never answers (a Redis Cluster whose state is fail) would
+   * otherwise let Node drain its event loop and end the command, half done, with status 0. The
+   * background connect's own deadline does not hold it (an operation's does when one waits).
+   */
+  private deadline<T>(what: string, p: Promise<T>, awaited = true): Promise<T> {
     p.catch(() => undefined); // its late failure after the deadline is not unhandled
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new SmartError('STORAGE', `redis ${this.where}: ${what}: no answer in ${this.deadlineMs} ms`, { retryable: true })), this.deadlineMs);
-      timer.unref();
+      // A cluster that serves not every slot (state fail: a master lost, or nodes never joined) answers nothing.
+      const hint = this.isCluster ? { hint: 'redis-cli cluster info on a node should say cluster_state:ok' } : {};
+      timer = setTimeout(() => reject(new SmartError('STORAGE', `redis ${this.where}: ${what}: no answer in ${this.deadlineMs} ms`, { retryable: true, ...hint })), this.deadlineMs);
+      if (!awaited) timer.unref();
     });
     return Promise.race([p, late])
       .catch((e: unknown) => {

@@ -52,6 +52,14 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   const onTerm = () => onSignal('SIGTERM');
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
+  // Node ends a process whose event loop has nothing left to wait on, though the command's own
+  // promise never settled (a client that waits on nothing: a Redis Cluster whose state is fail):
+  // that exit would be 0 with the work half done. It is a failure, said in one line.
+  const drained = () => {
+    new Output(flagsOf()).error(prog, new SmartError('INTERNAL', 'the command ended before its work was done: an operation waited on nothing that could answer it'));
+    process.exitCode = 1;
+  };
+  process.once('beforeExit', drained);
   try {
     // The common `push SRC DEST [options]`: parsed without commander, which is slow to load.
     const fast = parseTransferArgs(args);
@@ -95,6 +103,7 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     return isSmartError(e) ? e.exitCode : 1;
   } finally {
     restoreOutput();
+    process.off('beforeExit', drained);
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
   }

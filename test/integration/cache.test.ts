@@ -338,6 +338,31 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
   });
 });
 
+describe('a Redis Cluster whose state is fail (a master lost, or nodes never joined)', () => {
+  it('costs a push one warning and fails a cache command in one line, never a silent exit 0 with the work undone', async () => {
+    // One cluster-enabled node never joined to others serves no slot: ioredis waits on it holding
+    // no socket open, and Node once ended the command there, status 0, nothing pushed or printed.
+    const dir = await tempDir();
+    const node = await startRedis(dir, { args: ['--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, 'nodes.conf')] });
+    try {
+      const url = `redis+cluster://127.0.0.1:${node.port}`;
+      const store = path.join(dir, 'store');
+      const image = path.join(dir, 'image');
+      await writeImage(image, { layers: [{ files: { 'a.txt': 'a\n' }, createdBy: 'COPY a.txt /' }] });
+      const cacheHome = path.join(dir, 'cache');
+      const pushed = await smart(['push', `oci:${image}:latest`, `file:${store}#team/app:1`, '--redis', url], { cacheHome });
+      expect(pushed.code, pushed.stderr).toBe(0);
+      expect(pushed.stdout.toString()).toMatch(/^file:.*#team\/app@sha256:[0-9a-f]{64}\n$/);
+      expect(pushed.stderr.match(/^warning: metadata cache unavailable, going on without it: redis cluster 127\.0\.0\.1:\d+: .*no answer/gm)).toHaveLength(1);
+      const indexed = await smart(['cache', 'index', `file:${store}`, '--redis', url], { cacheHome });
+      expect(indexed.code).toBe(1);
+      expect(indexed.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: redis cluster 127\.0\.0\.1:\d+: .*no answer in \d+ ms \(redis-cli cluster info on a node should say cluster_state:ok\)$/)]);
+    } finally {
+      await node.stop();
+    }
+  });
+});
+
 /** A store of its own holding a one-layer base image `REPO/base:1`: for plans over images crafted on it. */
 async function storeWithBase(repo: string): Promise<{ work: string; store: string; cacheHome: string; base: LayerSpec }> {
   const work = await tempDir();
