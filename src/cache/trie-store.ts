@@ -90,10 +90,14 @@ export class CachedTrieStore implements TrieStore {
     await this.cache.setMany(images.filter((i) => i.ref.tag).map((i) => ({ key: this.imageKey(i.ref.repository, i.ref.tag!), value: JSON.stringify(i) })));
   }
 
-  /** The chains most shared across the store, as the last full index counted them. */
-  async getTop(): Promise<Digest[]> {
+  /**
+   * The chains most shared across the store, as the last full index counted them: none when no
+   * chain is in two images; undefined when the cache holds no index of the store (never run, or
+   * lost: a Redis restarted empty, another machine's disk cache).
+   */
+  async getTop(): Promise<Digest[] | undefined> {
     const raw = await this.cache.get(this.keys.top);
-    return raw ? (parseOr<Digest[]>(raw) ?? []) : [];
+    return raw ? (parseOr<Digest[]>(raw) ?? []) : undefined;
   }
 
   async putTop(chainIds: readonly Digest[]): Promise<void> {

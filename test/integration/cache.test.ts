@@ -399,6 +399,56 @@ describe('smart cache plan over a build matrix', () => {
   });
 });
 
+describe('an index older than the store', () => {
+  it('warms a chain from the next image that holds it when the one the index names first was deleted; a cache pull of a deleted best says to index again', async () => {
+    const { work, store, cacheHome, base } = await storeWithBase('gone');
+    const dir = path.join(work, 'app');
+    await writeImage(dir, { layers: [base, { files: { x: 'x\n' }, createdBy: '/bin/sh -c echo x > /x' }] });
+    for (const repo of ['gone/a', 'gone/b']) expect((await smart(['push', `oci:${dir}:latest`, `file:${store}#${repo}:1`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM gone/base:1\nRUN echo x > /x\n');
+    const planned = await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome });
+    const best = (JSON.parse(planned.stdout.toString()) as Plan).best!;
+    expect(best).toMatchObject({ steps: 1 });
+    // A registry's cleanup between the index and the next cron: the image the index names first goes.
+    const gone = best.image.replace(/:1$/, '');
+    await fs.rm(path.join(store, 'docker/registry/v2/repositories', gone), { recursive: true });
+
+    const warmed = await smart(['cache', 'warm', `file:${store}`, '--top', '10', '--json', '--layer-store', path.join(work, 'layers')], { cacheHome });
+    expect(warmed.code, warmed.stderr).toBe(0);
+    expect(JSON.parse(warmed.stdout.toString())).toMatchObject({ chains: 2, layers: 2, fetched: 2 });
+    expect(warmed.stderr).not.toMatch(/warning/);
+
+    const pulled = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers2')], { cacheHome });
+    expect(pulled.code).toBe(1);
+    // The plan it followed, then its one error line.
+    expect(pulled.stderr.trim().split('\n').filter((l) => l.startsWith('smart:'))).toEqual([
+      expect.stringMatching(new RegExp(`^smart: error \\[NOT_FOUND\\]: ${gone}:1@sha256:[0-9a-f]{64}, the plan's best cache, is no longer in the store \\(the index is older than the store\\): .*\\(run smart cache index file:${store}\\)$`)),
+    ]);
+  });
+
+  it('says a store has no index when nothing matched for want of one, and a store indexed with nothing shared has nothing to warm, without a warning', async () => {
+    const { work, store, base } = await storeWithBase('unindexed');
+    const dir = path.join(work, 'app');
+    await writeImage(dir, { layers: [base, { files: { y: 'y\n' }, createdBy: '/bin/sh -c echo y > /y' }] });
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM unindexed/base:1\nRUN echo y > /y\n');
+    // Another machine's cache (or a Redis restarted empty): the store was never indexed there.
+    const elsewhere = path.join(work, 'elsewhere');
+    const planned = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome: elsewhere });
+    expect(planned.code, planned.stderr).toBe(0);
+    expect(planned.stderr).toContain(`warning: the metadata cache holds no index of file:${store}, only what pushes through it recorded: run smart cache index file:${store}`);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome: elsewhere })).code).toBe(0);
+    const warmed = await smart(['cache', 'warm', `file:${store}`, '--json', '--layer-store', path.join(work, 'layers')], { cacheHome: elsewhere });
+    expect(warmed.code, warmed.stderr).toBe(0);
+    expect(JSON.parse(warmed.stdout.toString())).toMatchObject({ chains: 0 });
+    expect(warmed.stderr).not.toMatch(/warning/);
+  });
+});
+
 describe('smart cache plan of a stage built on another stage', () => {
   it('matches the parent stage\'s steps before the target\'s (FROM build AS final), as the image holds them', async () => {
     const { work, store, cacheHome, base } = await storeWithBase('stages');

@@ -271,6 +271,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         .filter((name) => name !== best?.image)
         .slice(0, 5),
     };
+    if (!best) await warnIfNotIndexed(trie, storeName, store.scope, ctx);
     const naiveRepo = options.repository ?? match.node?.images[0]?.repository;
     if (naiveRepo) {
       const digest = await store.tagDigest(naiveRepo, 'latest');
@@ -404,6 +405,14 @@ function uncheckedBy(s: Step, node: TrieNode | undefined): string | undefined {
   return partial.find((a) => carried.has(stepKeyString(a.key)))?.unchecked;
 }
 
+/**
+ * Nothing matched: when the cache holds no index of the store (never run here, or lost: a Redis
+ * restarted empty, a new build machine's disk cache), that is the likelier reason, said.
+ */
+async function warnIfNotIndexed(trie: CachedTrieStore, storeName: string, scope: string, ctx: CacheContext): Promise<void> {
+  if ((await trie.getTop()) === undefined) ctx.onWarning?.(`the metadata cache holds no index of ${scope}, only what pushes through it recorded: run smart cache index ${storeName}`);
+}
+
 /** `--image SRC`: which stored images share most of a built image's layers. */
 export async function planForImage(storeName: string, image: Image, ctx: CacheContext): Promise<PlanResult> {
   const store = await openStore(storeName, ctx.endpoints);
@@ -415,6 +424,7 @@ export async function planForImage(storeName: string, image: Image, ctx: CacheCo
     while (depth < nodes.length && nodes[depth]) depth++;
     const path = nodes.slice(0, depth) as TrieNode[];
     const best = candidateOf({ node: path[path.length - 1], baseLayers: depth, steps: 0, path, matchedSteps: [], emptySteps: [] });
+    if (!best) await warnIfNotIndexed(trie, storeName, store.scope, ctx);
     return {
       store: store.scope,
       steps: [],

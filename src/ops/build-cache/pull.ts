@@ -4,7 +4,7 @@
  * them (`cache warm --for`, the plan and its pull ahead of the next build, is in warm.ts).
  */
 import path from 'node:path';
-import { SmartError } from '../../errors.js';
+import { isSmartError, SmartError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import type { Image, ImageSource } from '../../oci/image.js';
 import type { Platform } from '../../oci/platform.js';
@@ -122,7 +122,14 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
   const store = await openStore(storeName, ctx.endpoints);
   const platform = platformOf(ctx);
   const repository = best.image.replace(/:[^:/]+$/, '');
-  const { image, source } = await imageOf(store, repository, best.manifest, platform);
+  const { image, source } = await imageOf(store, repository, best.manifest, platform).catch((e: unknown) => {
+    if (!isSmartError(e) || e.code !== 'NOT_FOUND') throw e;
+    // The trie is a hint: the image it chose may have been deleted since the index ran.
+    throw new SmartError('NOT_FOUND', `${best.image}@${best.manifest}, the plan's best cache, is no longer in the store (the index is older than the store): ${e.message}`, {
+      input: `${best.image}@${best.manifest}`,
+      hint: `run smart cache index ${storeName}`,
+    });
+  });
   try {
     const keep = best.layers.length;
     // The plan comes from the trie, a hint: it is followed only as far as the stored image agrees.

@@ -5,7 +5,11 @@
  */
 import type { GcResult, LayerStore } from '../../cache/layer-store.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
-import type { TrieNode } from '../../trie/layer-trie.js';
+import { isSmartError } from '../../errors.js';
+import type { Image, ImageSource, Layer } from '../../oci/image.js';
+import type { Platform } from '../../oci/platform.js';
+import type { ImageRef, TrieNode } from '../../trie/layer-trie.js';
+import type { StoreAccess } from '../../transports/transport.js';
 import { openStore } from '../../transports/all.js';
 import { LayerStoreFiller } from './layer-fill.js';
 import { holdsChain, imageOf, pullPlanned, type CachePullOptions, type CachePullResult } from './pull.js';
@@ -45,22 +49,22 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
   const filler = new LayerStoreFiller(ctx.layerStore, ctx.onWarning);
   try {
     const trie = new CachedTrieStore(ctx.cache, store.scope);
-    const chosen = (await trie.getTop()).slice(0, top);
-    if (chosen.length === 0) ctx.onWarning?.(`the metadata cache holds no index of ${store.scope}: run smart cache index ${storeName} first`);
+    const indexed = await trie.getTop();
+    // An index where no chain is in two images (a store of one image) has nothing to warm: not a warning.
+    if (indexed === undefined) ctx.onWarning?.(`the metadata cache holds no index of ${store.scope}: run smart cache index ${storeName} first`);
+    const chosen = (indexed ?? []).slice(0, top);
     const nodes = (await trie.getNodes(chosen)).filter((n): n is TrieNode => n !== undefined);
     const result: WarmResult = { chains: 0, layers: 0, fetched: 0, bytes: 0, fromKeptBlobs: 0 };
     const done = new Set<string>();
     for (const node of nodes) {
       signal?.throwIfAborted();
-      const ref = node.images[0];
-      if (!ref) continue;
-      const { image, source } = await imageOf(store, ref.repository, ref.manifest, platform);
+      const holder = await holderOf(store, node, platform, signal);
+      if (!holder) {
+        ctx.onWarning?.(`no image the index names as holding the chain ${node.chainId} holds it now (deleted or changed since the index); skipped: run smart cache index ${storeName}`);
+        continue;
+      }
+      const { ref, layers, source } = holder;
       try {
-        const layers = image.layers.slice(0, node.depth);
-        if (!holdsChain(layers, node.chainId)) {
-          ctx.onWarning?.(`${ref.repository}@${ref.manifest} does not hold the chain the index names (${node.chainId}); skipped: run smart cache index ${storeName}`);
-          continue;
-        }
         result.chains++;
         // What tells gc these layers are in use (else the next pull's --prune drops them), written
         // before they are filled: a prune meanwhile keeps them too.
@@ -89,6 +93,34 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
     await filler.release();
     await store.close();
   }
+}
+
+/**
+ * The first image the index names as holding `node`'s chain that the store still holds, with the
+ * chain's layers, open (the caller closes its source); undefined when none does. The index is a
+ * hint: an image deleted from the store since (a registry's cleanup between two crons) or a tag
+ * that moved is passed over for the next, not the end of the warm.
+ */
+async function holderOf(
+  store: StoreAccess,
+  node: TrieNode,
+  platform: Platform,
+  signal: AbortSignal | undefined,
+): Promise<{ ref: ImageRef; layers: Layer[]; source: ImageSource } | undefined> {
+  for (const ref of node.images) {
+    signal?.throwIfAborted();
+    let opened: { image: Image; source: ImageSource };
+    try {
+      opened = await imageOf(store, ref.repository, ref.manifest, platform);
+    } catch (e) {
+      if (isSmartError(e) && e.code === 'NOT_FOUND') continue;
+      throw e;
+    }
+    const layers = opened.image.layers.slice(0, node.depth);
+    if (holdsChain(layers, node.chainId)) return { ref, layers, source: opened.source };
+    await opened.source.close();
+  }
+  return undefined;
 }
 
 /**
