@@ -124,6 +124,18 @@ describe('a full or read-only destination', () => {
     storageError(r, new RegExp(`file:${full}/store: cannot write /docker/registry/v2/.*: ENOSPC`));
     for (const p of await listAll(full)) expect(p).not.toMatch(/_uploads\/.*\/|_manifests\/tags\//);
     await fs.rm(path.join(full, 'store'), { recursive: true, force: true });
+
+    // Full before the run begins: a layout that cannot write even its oci-layout file leaves no
+    // directory it made (a directory needs no data block on tmpfs, so it could be made).
+    const filler = path.join(full, 'filler');
+    await run('sh', ['-c', `cat /dev/zero > ${filler}`]);
+    try {
+      const layout = await smart(['pull', `oci:${image}`, `oci:${full}/new/layout`], { cacheHome: cacheHome() });
+      storageError(layout, new RegExp(`oci:${full}/new/layout: cannot write /oci-layout: ENOSPC`));
+      expect(await fs.readdir(full)).toEqual(['filler']);
+    } finally {
+      await fs.rm(filler);
+    }
   });
 
   it('a full layer store: a bundle pull keeps what fits, says so once, and writes the whole tree', async (ctx) => {

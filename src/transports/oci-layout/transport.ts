@@ -51,7 +51,12 @@ export const oci: Transport<OciName> = {
     // by a driver that makes their directories, so another run's undo cannot leave it without one.)
     const made = await makeDirectories(dir);
     const dest = new OciLayoutDestination(name.raw, new FsDriver(dir, `oci:${name.dir}`), name.tag, () => made.undo());
-    await dest.prepare();
+    // A layout that could not even begin (its oci-layout file refused: a full or read-only disk)
+    // leaves no directory this run made.
+    await dest.prepare().catch(async (e: unknown) => {
+      await made.undo().catch(() => undefined);
+      throw e;
+    });
     return dest;
   },
   localPaths: (name) => [{ path: name.dir, what: 'the source layout' }],
