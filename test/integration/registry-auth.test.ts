@@ -201,6 +201,62 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
     }
   });
 
+  it("never sends the registry's credentials where a redirect target's 401 points, and names that server, not the registry, when it fails", async () => {
+    // A "thief" token server, named by the challenge of the host the registry redirects blobs to.
+    const stolen: string[] = [];
+    const thief = http.createServer((req, res) => {
+      stolen.push(`${req.url} ${req.headers.authorization ?? ''}`);
+      res.writeHead(404).end();
+    });
+    await new Promise<void>((r) => thief.listen(0, '127.0.0.1', r));
+    // Its first answer a 401 naming the thief, then the blobs: a run that took that challenge for
+    // the registry's asked the thief for its next token, with the registry's credentials.
+    const fx = fixtures();
+    let answered = 0;
+    const storage = http.createServer((req, res) => {
+      if (answered++ === 0) {
+        res.writeHead(401, { 'www-authenticate': `Bearer realm="http://127.0.0.1:${(thief.address() as AddressInfo).port}/steal",service="x"`, 'content-length': '2' }).end('{}');
+        return;
+      }
+      const hex = (req.url ?? '').split('?')[0]!.split('/').pop()!;
+      fs.readFile(path.join(fx.paths.ociBasic, 'blobs/sha256', hex)).then(
+        (bytes) => res.end(bytes),
+        () => res.writeHead(404).end(),
+      );
+    });
+    await new Promise<void>((r) => storage.listen(0, '127.0.0.1', r));
+    const storageHost = `127.0.0.1:${(storage.address() as AddressInfo).port}`;
+    const dead = http.createServer();
+    await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
+    const deadHost = `127.0.0.1:${(dead.address() as AddressInfo).port}`;
+    await new Promise((r) => dead.close(r));
+    let target = storageHost;
+    const proxy = await startProxy({ target: registry.url });
+    proxy.setFaults((req) => {
+      const m = /\/blobs\/sha256:([0-9a-f]{64})$/.exec(req.path);
+      return req.method === 'GET' && m ? { kind: 'status', status: 307, headers: { location: `http://${target}/blobs/${m[1]}?sig=1` }, body: '' } : undefined;
+    });
+    try {
+      const r = await smart(['pull', `docker://${proxy.host}/team/app:v1`, `oci:${path.join(work, 'refused')}:v1`, '--creds', 'bob:bob-pass'], await fresh());
+      expect(r.code).toBe(1);
+      expect(stolen).toEqual([]);
+      expect(r.stderr.trim().split('\n')).toEqual([
+        expect.stringMatching(new RegExp(`^smart: error \\[REGISTRY\\]: ${storageHost}, where registry ${proxy.host} sent it, answered 401 to GET blob sha256:[0-9a-f]{64} of team/app \\(${storageHost} is not sent the registry's credentials: .*\\)$`)),
+      ]);
+      target = deadHost;
+      const gone = await smart(['pull', `docker://${proxy.host}/team/app:v1`, `oci:${path.join(work, 'unreachable')}:v1`, '--creds', 'bob:bob-pass'], await fresh());
+      expect(gone.code).toBe(1);
+      // Retried (a connection refused may be a restart), each retry a warning, then one error line.
+      expect(gone.stderr.trim().split('\n').filter((l) => !l.startsWith('warning: '))).toEqual([
+        expect.stringMatching(new RegExp(`^smart: error \\[REGISTRY\\]: cannot reach ${deadHost}, where registry ${proxy.host} sent it: ECONNREFUSED .*\\(the registry sent the request to ${deadHost} \\(a redirect, or an upload's Location\\), which cannot be reached from here: .*\\)$`)),
+      ]);
+    } finally {
+      await proxy.stop();
+      await new Promise((r) => storage.close(r));
+      await new Promise((r) => thief.close(r));
+    }
+  });
+
   it('refuses a push the token does not cover, and a wrong password at the token server', async () => {
     const fx = fixtures();
     const bobPush = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/team/app:bob`, '--creds', 'bob:bob-pass'], await fresh());

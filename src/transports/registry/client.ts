@@ -240,10 +240,16 @@ export class RegistryClient extends RegistryApi {
   private async authenticated(spec: RequestSpec, expected: number[], signal: AbortSignal | undefined): Promise<Response> {
     const repeatable = !(spec.body instanceof Readable);
     let url = this.resolve(spec.url);
-    let request = { what: spec.what, method: spec.method, url: url.toString() };
+    // Another server the registry sent the request to (a blob's redirect, an upload Location on
+    // another host): it gets none of the registry's credentials, its 401 changes nothing of the
+    // registry's authentication (a challenge there naming another token server would otherwise
+    // have the registry's credentials sent to it), and its failures are said as its own.
+    const elsewhere = (u: URL) => (u.host === new URL(this.base!).host ? {} : { elsewhere: u.host });
+    let request = { what: spec.what, method: spec.method, url: url.toString(), ...elsewhere(url) };
     let authRetried = false;
     for (;;) {
-      const auth = url.host === new URL(this.base!).host ? await this.auth.authorization(spec.scopes, signal) : undefined;
+      const atRegistry = url.host === new URL(this.base!).host;
+      const auth = atRegistry ? await this.auth.authorization(spec.scopes, signal) : undefined;
       const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...spec.headers, ...(auth ? { authorization: auth } : {}) };
       const send = () =>
         this.http.send({ origin: url.origin, path: `${url.pathname}${url.search}`, method: spec.method, headers, ...(spec.body !== undefined ? { body: spec.body } : {}), ...(spec.bulk ? { bulk: true } : {}) }, signal);
@@ -260,11 +266,11 @@ export class RegistryClient extends RegistryApi {
         await res?.body.dump();
         await this.pingAfterAll(signal);
         url = this.resolve(spec.url);
-        request = { ...request, url: url.toString() };
+        request = { what: spec.what, method: spec.method, url: url.toString(), ...elsewhere(url) };
         continue;
       }
       if (url.origin === this.base) this.confirmRemembered(res.statusCode);
-      if (res.statusCode === 401 && !authRetried && repeatable) {
+      if (res.statusCode === 401 && !authRetried && repeatable && atRegistry) {
         authRetried = true;
         await res.body.dump();
         await this.auth.rejected(header(res.headers, 'www-authenticate'), spec.scopes, spec.what);

@@ -75,6 +75,8 @@ export interface RequestFacts {
   what: string;
   method?: string;
   url?: string;
+  /** `host[:port]` of another server the registry sent the request to (a redirect, an upload Location), which answered or failed. */
+  elsewhere?: string;
 }
 
 /** The error entries of a spec error body, as written; undefined when the body is no such JSON. */
@@ -116,8 +118,13 @@ export function statusError(ctx: ErrorContext, status: number, body: Buffer | un
   const detail =
     raw === undefined ? withoutStatus(remoteText(body!.toString('utf8'), { max: 120, known }), status) : remoteText(raw.filter((d) => d.code || d.message).map((d) => `${d.code}${d.message ? `: ${d.message}` : ''}`).join('; '), { known });
   const details = (raw ?? []).map((d) => ({ code: remoteText(d.code, { max: 60, known }), message: remoteText(d.message, { known }) }));
-  const message = `registry ${ctx.host} answered ${status}${detail ? ` ${detail}` : ''} to ${request.method} ${request.what}`;
+  const who = request.elsewhere ? `${request.elsewhere}, where registry ${ctx.host} sent it,` : `registry ${ctx.host}`;
+  const message = `${who} answered ${status}${detail ? ` ${detail}` : ''} to ${request.method} ${request.what}`;
   const facts = { status, details, method: request.method, ...(request.url !== undefined ? { url: request.url } : {}) };
+  if ((status === 401 || status === 403) && request.elsewhere) {
+    // Not the registry's credentials at fault: that server is sent none of them (a pre-signed URL expired, a CDN's own rules).
+    return new RegistryError('REGISTRY', message, { ...facts, input: ctx.host, hint: `${request.elsewhere} is not sent the registry's credentials: the registry's storage or CDN refused the request it signed` });
+  }
   if (status === 401 || status === 403) {
     return new RegistryError('REGISTRY', message, {
       ...facts,
@@ -190,14 +197,18 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
             ? `a registry without TLS is reached with --insecure-registry ${ctx.host}`
             : 'for a registry without TLS or with a private CA, use --insecure-registry HOST or --cert-dir DIR';
   // Nothing listening, or no such name: the address is what to look at (a proxy's refusal names the proxy already).
+  const where = request.elsewhere ?? ctx.host;
   const addressHint = /through the proxy/.test(msg)
     ? undefined
-    : code === 'ECONNREFUSED'
-      ? `nothing answers at ${ctx.host}: check the registry's address and port, and that it runs`
-      : code === 'ENOTFOUND' || code === 'EAI_AGAIN'
-        ? `the name ${ctx.host.replace(/:\d+$/, '')} does not resolve here: check it (and this machine's DNS)`
-        : undefined;
-  return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} registry ${ctx.host}: ${code && !isOwnCode(code) ? `${code} ` : ''}${msg} (${what})`, {
+    : request.elsewhere && (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN')
+      ? `the registry sent the request to ${request.elsewhere} (a redirect, or an upload's Location), which cannot be reached from here: the registry's storage or CDN address is what to check`
+      : code === 'ECONNREFUSED'
+        ? `nothing answers at ${ctx.host}: check the registry's address and port, and that it runs`
+        : code === 'ENOTFOUND' || code === 'EAI_AGAIN'
+          ? `the name ${ctx.host.replace(/:\d+$/, '')} does not resolve here: check it (and this machine's DNS)`
+          : undefined;
+  const server = request.elsewhere ? `${where}, where registry ${ctx.host} sent it` : `registry ${ctx.host}`;
+  return new RegistryError('REGISTRY', `${unreachable ? 'cannot reach' : 'lost the connection to'} ${server}: ${code && !isOwnCode(code) ? `${code} ` : ''}${msg} (${what})`, {
     ...facts,
     input: ctx.host,
     cause: e,
