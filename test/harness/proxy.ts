@@ -106,6 +106,11 @@ export interface ProxyOptions {
   target: string;
   ca?: string | Buffer;
   faults?: FaultFn;
+  /**
+   * Answer an upload's Location as a reference relative to the request's URL with no leading
+   * slash (`UUID?_state=…`), as some registries do, instead of the registry's absolute URL.
+   */
+  relativeUploadLocations?: boolean;
 }
 
 export interface RunningProxy {
@@ -229,6 +234,9 @@ export async function startProxy(options: ProxyOptions): Promise<RunningProxy> {
       const out = endToEnd(upRes.headers);
       const loc = upRes.headers.location;
       if (typeof loc === 'string' && loc.startsWith(targetOrigin)) out.location = origin + loc.slice(targetOrigin.length);
+      if (options.relativeUploadLocations && typeof out.location === 'string' && out.location.includes('/blobs/uploads/')) {
+        out.location = out.location.split('/blobs/uploads/')[1]!;
+      }
       stat.status = upRes.statusCode ?? 0;
       res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, out);
 

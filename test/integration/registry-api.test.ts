@@ -155,6 +155,25 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     expect(config.rootfs.diff_ids).toEqual(fx.basic.diffIds);
   });
 
+  it('uploads to a registry whose upload Locations are relative to the request (UUID?_state=…), by one PUT and by PATCH and PUT', async () => {
+    const fx = fixtures();
+    const relative = await startProxy({ target: registry.url, relativeUploadLocations: true });
+    try {
+      // A layout's blobs have their digests: one PUT each. A docker save is compressed on its way: PATCH, then PUT.
+      const put = await ok(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${relative.host}/api/relative:v1`], { cacheHome: await tempDir() });
+      expect(put.layers.pushed).toBe(3);
+      const patched = await ok(['push', 'docker-archive:-', `docker://${relative.host}/api/relative-stdin:v1`], { input: await fs.readFile(fx.paths.dockerArchiveBasic), cacheHome: await tempDir() });
+      expect(patched.layers.pushed).toBe(3);
+      expect(relative.stats.requests.some((r) => r.method === 'PATCH' && r.status === 202)).toBe(true);
+      for (const repo of ['relative', 'relative-stdin']) {
+        const config = JSON.parse((await skopeo('inspect', '--config', '--tls-verify=false', `docker://${registry.host}/api/${repo}:v1`)).stdout.toString()) as { rootfs: { diff_ids: string[] } };
+        expect(config.rootfs.diff_ids, repo).toEqual(fx.basic.diffIds);
+      }
+    } finally {
+      await relative.stop();
+    }
+  });
+
   it('outlives dropped connections and 503s, on push and on pull', async () => {
     const fx = fixtures();
     // Deterministic trouble: of each kind of request, the 1st and every 3rd after it fails —

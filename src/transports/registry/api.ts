@@ -200,7 +200,7 @@ export abstract class RegistryApi {
     await res.body.dump();
     if (res.statusCode === 201) return true;
     const location = header(res.headers, 'location');
-    if (location) await this.cancelUpload(location, [`repository:${repo}:pull,push`], `upload of ${repo}`);
+    if (location) await this.cancelUpload(this.resolve(location, this.resolve(`/v2/${repo}/blobs/uploads/`).toString()).toString(), [`repository:${repo}:pull,push`], `upload of ${repo}`);
     return false;
   }
 
@@ -227,8 +227,10 @@ export abstract class RegistryApi {
       [202],
     );
     await start.body.dump();
-    let location = header(start.headers, 'location');
-    if (!location) throw new SmartError('REGISTRY', `registry ${this.host} opened an upload without a Location`, { input: repo });
+    const opened = header(start.headers, 'location');
+    if (!opened) throw new SmartError('REGISTRY', `registry ${this.host} opened an upload without a Location`, { input: repo });
+    // A relative Location is relative to the request's URL (RFC 3986), `UUID?_state=…` as `/v2/…` alike.
+    let location = this.resolve(opened, this.resolve(`/v2/${repo}/blobs/uploads/`).toString()).toString();
     const verifiedSize = expected.verified && expected.digest ? expected.size : undefined;
     const hash =
       verifiedSize !== undefined
@@ -268,7 +270,8 @@ export abstract class RegistryApi {
     }
     await sent.body.dump();
     if (known) return known;
-    location = header(sent.headers, 'location') ?? location;
+    const next = header(sent.headers, 'location');
+    if (next) location = this.resolve(next, url.toString()).toString();
     const digest = hash instanceof DigestStream ? hash.digest : expected.digest!;
     const done = this.resolve(location);
     done.searchParams.set('digest', digest);
