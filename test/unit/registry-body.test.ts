@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
 import type { Response } from '../../src/transports/registry/http.js';
 import { readBody } from '../../src/transports/registry/http.js';
-import { Retry } from '../../src/transports/registry/retry.js';
+import { Retry, retryAfterMs } from '../../src/transports/registry/retry.js';
 
 const BLOB = Buffer.from(Array.from({ length: 40 }, (_, i) => String.fromCharCode(97 + (i % 26))).join(''));
 
@@ -123,5 +123,15 @@ describe('Retry.body', () => {
     const res = answer(200, Buffer.alloc(100, 1), { chunk: 10 });
     await expect(readBody(res.body, 50, 'registry r:1: manifest a/b@sha256:x')).rejects.toThrow(/^registry r:1: manifest a\/b@sha256:x: the answer is larger than 50 bytes, more than it can be$/);
     expect(res.body.destroyed).toBe(true);
+  });
+});
+
+describe('Retry-After', () => {
+  it('is read as seconds or as an HTTP-date, and nothing else', () => {
+    const now = Date.parse('Mon, 07 Dec 2026 15:00:00 GMT');
+    expect(retryAfterMs('3', now)).toBe(3000);
+    expect(retryAfterMs('Mon, 07 Dec 2026 15:00:05 GMT', now)).toBe(5000);
+    expect(retryAfterMs('Monday, 07-Dec-26 15:00:05 GMT', now)).toBe(5000); // RFC 850, obsolete but allowed
+    for (const v of [undefined, '', '0', '-1', 'garbage', '1 garbage', 'Mon, 07 Dec 2026 14:59:00 GMT']) expect(retryAfterMs(v, now), String(v)).toBeUndefined();
   });
 });

@@ -97,10 +97,10 @@ export class Retry {
     return this.run(send, {
       again: (res) => {
         if (!isTransientStatus(res.statusCode)) return undefined;
-        const after = Number(header(res.headers, 'retry-after'));
+        const after = retryAfterMs(header(res.headers, 'retry-after'));
         return {
           message: `registry ${options.host} answered ${res.statusCode}`,
-          ...(Number.isFinite(after) && after > 0 ? { delayMs: Math.min(after * 1000, MAX_RETRY_AFTER_MS) } : {}),
+          ...(after !== undefined ? { delayMs: Math.min(after, MAX_RETRY_AFTER_MS) } : {}),
         };
       },
       discard: (res) => res.body.dump().catch(() => undefined),
@@ -214,4 +214,20 @@ export class Retry {
     );
     return out;
   }
+}
+
+/**
+ * Retry-After (RFC 9110 10.2.3) as milliseconds from now: delay-seconds, or an HTTP-date (what
+ * rate limiters behind CDNs send); undefined when absent, unreadable or already past.
+ */
+export function retryAfterMs(value: string | undefined, now = Date.now()): number | undefined {
+  if (value === undefined || value.trim() === '') return undefined;
+  if (/^\s*\d+(\.\d+)?\s*$/.test(value)) {
+    const seconds = Number(value);
+    return seconds > 0 ? seconds * 1000 : undefined;
+  }
+  // Only the date forms: Date.parse alone takes "1" or "garbage 5" for dates too.
+  if (!/^[A-Za-z]{3,9}, /.test(value.trim())) return undefined;
+  const at = Date.parse(value);
+  return Number.isFinite(at) && at > now ? at - now : undefined;
 }
