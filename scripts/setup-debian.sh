@@ -74,6 +74,8 @@ if [ "$test_programs" -eq 1 ]; then
     [script]=bsdutils
     # Kills a pull at an exact system call (a tree being replaced).
     [strace]=strace
+    # A real ext4 volume (its own lost+found) as a pull's mount point.
+    [mkfs.ext4]=e2fsprogs
   )
 fi
 

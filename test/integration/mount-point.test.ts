@@ -10,6 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { currentOwner, ownerTag } from '../../src/storage/leftovers.js';
 import { fixtures } from '../harness/fixtures.js';
+import { writeImage } from '../harness/images.js';
 import { run, runOk, smart } from '../harness/run.js';
 import { inCI, isRoot } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
@@ -111,17 +112,47 @@ describe('pulling into a mount point', () => {
     }
   });
 
-  it("a volume's lost+found (an ext4 one's) is left where it is, not taken for the user's files", async (ctx) => {
+  it("an ext4 volume's own lost+found is left where it is, not taken for the user's files; one an image brought goes with its tree", async (ctx) => {
     if (skipUnlessRoot(ctx)) return;
-    const dest = path.join(work, 'ext4-like');
-    await mountAt(dest, 'tmpfs');
-    await fs.mkdir(path.join(dest, 'lost+found'), { mode: 0o700 });
+    // A real ext4 (mkfs makes lost+found as inode 11, which tells it from a directory of that name).
+    const dest = path.join(work, 'ext4');
+    await fs.mkdir(dest);
+    const disk = path.join(work, 'ext4.img');
+    await runOk('truncate', ['-s', '16M', disk]);
+    await runOk('mkfs.ext4', ['-q', disk]);
+    await runOk('mount', ['-o', 'loop', disk, dest]);
+    mounted.push(dest);
+    const cacheHome = path.join(work, 'cache');
     for (const round of [1, 2]) {
-      const r = await smart(['pull', image, `rootfs:${dest}`], { cacheHome: path.join(work, 'cache') });
+      const r = await smart(['pull', image, `rootfs:${dest}`], { cacheHome });
       expect(r.code, `round ${round}: ${r.stderr}`).toBe(0);
       const { 'lost+found': lostFound, ...tree } = await describeTree(dest);
       expect(lostFound, `round ${round}`).toBeDefined();
+      expect((await fs.stat(path.join(dest, 'lost+found'))).ino, `round ${round}`).toBe(11);
       expect(tree, `round ${round}`).toEqual(plainTree);
+    }
+
+    // Images tarred from a filesystem carry a /lost+found: it is theirs, replaced with the rest of
+    // the tree (kept, it showed in the next image's tree, and an image with one could not be pulled after).
+    const withLostFound = async (name: string) => {
+      const dir = path.join(work, name);
+      await writeImage(dir, { layers: [{ files: { [`lost+found/from-${name}`]: name, [`file-${name}`]: name }, createdBy: `ADD ${name}` }] });
+      return `oci:${dir}:latest`;
+    };
+    const a = await withLostFound('a');
+    const b = await withLostFound('b');
+    const tmpfs = path.join(work, 'brought');
+    await mountAt(tmpfs, 'tmpfs');
+    for (const [source, names] of [
+      [a, ['file-a', 'lost+found/from-a']],
+      [image, Object.keys(plainTree)],
+      [a, ['file-a', 'lost+found/from-a']],
+      [b, ['file-b', 'lost+found/from-b']],
+    ] as const) {
+      const r = await smart(['pull', source, `rootfs:${tmpfs}`], { cacheHome });
+      expect(r.code, `${source}: ${r.stderr}`).toBe(0);
+      const tree = Object.keys(await describeTree(tmpfs)).filter((p) => p !== 'lost+found');
+      expect(tree.sort(), source).toEqual([...names].filter((p) => p !== 'lost+found').sort());
     }
   });
 

@@ -164,4 +164,23 @@ describe('file names that are not UTF-8', () => {
     expect(r.stderr).toMatch(/in the layer store is damaged \(.*U\+FFFD.*\): removed from the store, and fetched/);
     expect(await listing(dest)).toEqual(umociTree);
   });
+
+  it('into a mount point (built inside it, moved up): the names at its top intact, and a pull over them replaces them', async (ctx) => {
+    if (!ready) {
+      if (inCI) throw new Error('CI=true but umoci and tar (run as root) are missing');
+      return ctx.skip();
+    }
+    const dest = path.join(work, 'mounted');
+    await fs.mkdir(dest);
+    await runOk('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', dest]);
+    try {
+      for (const round of [1, 2]) {
+        const r = await smart(['pull', `oci:${image}`, `rootfs:${dest}`], { cacheHome: path.join(work, 'cache-mounted') });
+        expect(r.code, `round ${round}: ${r.stderr}`).toBe(0);
+        expect(await listing(dest), `round ${round}`).toEqual(umociTree);
+      }
+    } finally {
+      await runOk('umount', [dest]);
+    }
+  });
 });

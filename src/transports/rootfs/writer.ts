@@ -194,7 +194,8 @@ export class RootfsWriter implements ImageWriter {
     }
     if (this.options.force || (await this.isPullResult(existing))) return existing;
     // Inside a mount point, the trees pulls are building there are not the user's, nor its filesystem's lost+found.
-    const children = (await fs.readdir(this.target)).filter((name) => !(this.inPlace && leftInMountPoint(name)));
+    const children: string[] = [];
+    for (const name of await fs.readdir(this.target)) if (!(this.inPlace && (await leftInMountPoint(this.target, name)))) children.push(name);
     if (children.length > 0) {
       throw new SmartError('USAGE', `${this.name}: ${this.target} is not empty and was not made by smart pull; refusing to replace it`, {
         input: this.dir,
@@ -313,7 +314,7 @@ export class RootfsWriter implements ImageWriter {
               this.options.onWarning?.(`${this.name}: no mark of this pull could be written beside ${target} (${refused}): the next pull into it needs --force`);
             });
           }
-          await replaceContents(staging, target, old);
+          await replaceContents(staging, target, old, this.options.onWarning);
           // A root filesystem's mark from before goes, where the parent lets it (a bundle's is inside).
           if (this.options.bundle) await fs.rm(this.markBeside, { force: true }).catch(() => undefined);
           return true;
@@ -637,9 +638,31 @@ const IN_PLACE_LOCK = '.smart-lock';
 /**
  * What a pull leaves where it is in a mount point: what pulls make there, and the lost+found of
  * the filesystem mounted (an ext4 volume's: the tree then has it, as root filesystems on ext4 do).
+ * `name` may be bytes (a name that is not UTF-8).
  */
-function leftInMountPoint(name: string): boolean {
-  return IN_PLACE_ASIDE.test(name) || name === IN_PLACE_LOCK || name === 'lost+found';
+async function leftInMountPoint(dir: string, name: string | Buffer): Promise<boolean> {
+  const text = name.toString();
+  if (IN_PLACE_ASIDE.test(text) || text === IN_PLACE_LOCK) return true;
+  return text === LOST_FOUND && isFilesystemLostFound(path.join(dir, LOST_FOUND));
+}
+
+const LOST_FOUND = 'lost+found';
+/** The inode mke2fs gives lost+found (EXT2_GOOD_OLD_FIRST_INO): the first after the reserved ones. */
+const EXT_LOST_FOUND_INODE = 11n;
+
+/**
+ * Whether `dir` is the filesystem's own lost+found, made with it (ext2/3/4: inode 11), which fsck
+ * fills and a pull must leave alone; a lost+found an image brought (tarred from a filesystem) is
+ * the tree's, replaced with the rest of it (it was kept, and the next image's failed to move up).
+ */
+async function isFilesystemLostFound(dir: string): Promise<boolean> {
+  const st = await fs.lstat(dir, { bigint: true }).catch(() => undefined);
+  return st !== undefined && st.isDirectory() && st.ino === EXT_LOST_FOUND_INODE;
+}
+
+/** `dir`/`name` for a name read as bytes (kept byte for byte, as a name that is not UTF-8 must be). */
+function joinBytes(dir: string, name: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`${dir}/`), name]);
 }
 
 /** Whether `dir` is a mount point: another filesystem than its parent's, or listed in /proc/self/mountinfo (a bind mount of the same one). */
@@ -660,23 +683,35 @@ async function isMountPoint(dir: string): Promise<boolean> {
  * moved up, then `staging` removed. On a failure, what moved is moved back. The trees other pulls
  * are building there stay where they are.
  */
-async function replaceContents(staging: string, target: string, old: string): Promise<void> {
+async function replaceContents(staging: string, target: string, old: string, onWarning?: (message: string) => void): Promise<void> {
   await fs.mkdir(old, { mode: 0o700 });
-  const movedAside: string[] = [];
-  const movedUp: string[] = [];
+  // Names as bytes: a name that is not UTF-8, read as a string, names no file to rename.
+  const movedAside: Buffer[] = [];
+  const movedUp: Buffer[] = [];
+  let keptLostFound = false;
   try {
-    for (const name of await fs.readdir(target)) {
-      if (leftInMountPoint(name)) continue;
-      await fs.rename(path.join(target, name), path.join(old, name));
+    for (const name of await fs.readdir(target, { encoding: 'buffer' })) {
+      if (await leftInMountPoint(target, name)) {
+        keptLostFound ||= name.toString() === LOST_FOUND;
+        continue;
+      }
+      await fs.rename(joinBytes(target, name), joinBytes(old, name));
       movedAside.push(name);
     }
-    for (const name of await fs.readdir(staging)) {
-      await fs.rename(path.join(staging, name), path.join(target, name));
+    for (const name of await fs.readdir(staging, { encoding: 'buffer' })) {
+      if (keptLostFound && name.toString() === LOST_FOUND) {
+        // The filesystem's own stays (fsck's); the image's, tarred from another filesystem, is left out.
+        const brought = await fs.readdir(joinBytes(staging, name)).catch(() => []);
+        if (brought.length > 0) onWarning?.(`${target}: the image's /lost+found (${brought.length} entries) is left out: the filesystem mounted there has its own, which stays`);
+        await fs.rm(joinBytes(staging, name), { recursive: true, force: true });
+        continue;
+      }
+      await fs.rename(joinBytes(staging, name), joinBytes(target, name));
       movedUp.push(name);
     }
   } catch (e) {
-    for (const name of movedUp) await fs.rename(path.join(target, name), path.join(staging, name)).catch(() => undefined);
-    for (const name of movedAside) await fs.rename(path.join(old, name), path.join(target, name)).catch(() => undefined);
+    for (const name of movedUp) await fs.rename(joinBytes(target, name), joinBytes(staging, name)).catch(() => undefined);
+    for (const name of movedAside) await fs.rename(joinBytes(old, name), joinBytes(target, name)).catch(() => undefined);
     throw e;
   }
   // The tree's root is the mount point now: it takes the mode, owner and times the image gave
