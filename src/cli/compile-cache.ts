@@ -37,7 +37,7 @@ import fs from 'node:fs';
 import Module from 'node:module';
 import path from 'node:path';
 import type * as vmTypes from 'node:vm';
-import { defaultCacheDir, noCacheDirReason } from '../ops/local-state.js';
+import { defaultCacheDir, mkdirLevelsSync, noCacheDirReason } from '../ops/local-state.js';
 
 /** The parts of CommonJS's Module this relies on, as Node builds a module's `require` (v8-compile-cache relied on the same). */
 interface CjsModule {
@@ -161,7 +161,7 @@ export function enableCompileCache(ownChunks?: string): void {
   process.once('exit', () => {
     if (pending.length === 0) return;
     try {
-      fs.mkdirSync(versionDir, { recursive: true, mode: 0o700 });
+      mkdirLevelsSync(versionDir, 0o700);
     } catch {
       return; // a read-only disk: the next run compiles as this one did
     }

@@ -8,6 +8,8 @@ import path from 'node:path';
 import { homeDirectory } from '../home.js';
 import type { MetadataCache } from '../cache/metadata.js';
 import type { RegistrySchemes } from '../transports/registry/client.js';
+/** For the CLI's compile cache, which makes its directory before the library loads (made-directories.ts). */
+export { mkdirLevelsSync } from '../storage/made-directories.js';
 
 /**
  * The cache directory a run uses unless told (`--cache-dir`): `$XDG_CACHE_HOME/smartlayer` (an

@@ -11,10 +11,10 @@
  * then there, but not the one the entry failed in, and the entry is tried again as well.
  */
 import type { Stats } from 'node:fs';
-import { mkdirSync, rmdirSync, statSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { isErrno, rethrowRefusal } from '../errors.js';
+import { SmartError, isErrno, rethrowRefusal } from '../errors.js';
 
 export interface MadeDirectories {
   /**
@@ -74,42 +74,37 @@ export async function makeDirectories(dir: string): Promise<MadeDirectories> {
 }
 
 /**
- * `fs.mkdir(dir, { recursive: true })`, failing with the real reason. Node's recursive mkdir
- * reports ENOENT when a directory cannot be made on a read-only filesystem (and the like): then
- * the first missing directory, made alone, gives the reason (EROFS, EACCES, ENOSPC).
+ * `fs.mkdir(dir, { recursive: true })`, failing with the real reason (EROFS, EACCES, ENOSPC, as
+ * the mkdir of the first missing directory gave it); a directory that cannot be made where its
+ * parent is (a pseudo-filesystem: /proc/nope) is a STORAGE error saying so.
  */
 export async function mkdirp(dir: string): Promise<string | undefined> {
   try {
-    return await fs.mkdir(dir, { recursive: true });
+    // Synchronous: a stat per level of a path that is mostly there, and a mkdir per missing one.
+    return mkdirLevelsSync(dir);
   } catch (e) {
-    if (isErrno(e, 'EEXIST')) throw notADirectory(dir, e);
-    if (!isErrno(e, 'ENOENT')) throw e;
-    const first = firstMissing(dir);
-    throw await fs.mkdir(first).then(
-      // Made now (the cause went meanwhile): not this call's to keep, nor to explain.
-      () => fs.rmdir(first).then(() => e, () => e),
-      (real: unknown) => real,
-    );
+    throw mkdirFailure(dir, e);
   }
 }
 
-/** mkdirp, synchronous (for callers that write synchronously): the real reason, not Node's ENOENT. */
+/** mkdirp, synchronous (for callers that write synchronously). */
 export function mkdirpSync(dir: string): void {
   try {
-    mkdirSync(dir, { recursive: true });
+    mkdirLevelsSync(dir);
   } catch (e) {
-    if (isErrno(e, 'EEXIST')) throw notADirectory(dir, e);
-    if (!isErrno(e, 'ENOENT')) throw e;
-    const first = firstMissing(dir);
-    mkdirSync(first); // throws the real reason
-    // Made now (the cause went meanwhile): not this call's to keep, nor to explain.
-    try {
-      rmdirSync(first);
-    } catch {
-      // another run's by now
-    }
-    throw e;
+    throw mkdirFailure(dir, e);
   }
+}
+
+function mkdirFailure(dir: string, e: unknown): unknown {
+  if (isErrno(e, 'EEXIST')) return notADirectory(dir, e);
+  if (!isErrno(e, 'ENOENT')) return e;
+  const at = (e as NodeJS.ErrnoException).path ?? dir;
+  return new SmartError('STORAGE', `cannot make the directory ${dir}: ${at} cannot be made though its parent is there (ENOENT)`, {
+    input: dir,
+    cause: e,
+    hint: 'the filesystem there makes no directories (a path under /proc or /sys?): choose another',
+  });
 }
 
 /**
@@ -121,9 +116,49 @@ function notADirectory(dir: string, cause: unknown): NodeJS.ErrnoException {
   return Object.assign(new Error(`ENOTDIR: ${dir} exists and is not a directory, mkdir '${dir}'`), { code: 'ENOTDIR', errno: -20, syscall: 'mkdir', path: dir, cause });
 }
 
-/** The outermost directory of `dir` that does not exist (an error path: a stat per level). */
-function firstMissing(dir: string): string {
-  let first = path.resolve(dir);
-  while (path.dirname(first) !== first && !statSync(path.dirname(first), { throwIfNoEntry: false })) first = path.dirname(first);
+/**
+ * What `mkdir(dir, { recursive: true })` does, one level at a time. Node's own (20 to 24) loops for
+ * ever, at full CPU and deaf to signals, where a pseudo-filesystem answers ENOENT to a mkdir under
+ * a directory that exists (/proc/nope/x): every command whose cache or destination is there hung,
+ * after its work, until SIGKILL. Answers the first directory made, or undefined when `dir` was
+ * there. Errors as Node's: EEXIST where `dir` is not a directory, ENOTDIR where a parent is not,
+ * else the mkdir's own (ENOENT, EROFS, EACCES). A parent taken away meanwhile (another run's undo)
+ * is made again, a few times, not for ever.
+ */
+export function mkdirLevelsSync(dir: string, mode?: number): string | undefined {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return mkdirLevelsSyncOnce(dir, mode);
+    } catch (e) {
+      if (!isErrno(e, 'ENOENT') || attempt === ENTRY_ATTEMPTS) throw e;
+    }
+  }
+}
+
+function mkdirLevelsSyncOnce(dir: string, mode?: number): string | undefined {
+  const missing: string[] = [];
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    const st = statSync(d, { throwIfNoEntry: false });
+    if (st) {
+      if (!st.isDirectory()) throw notMade(d, missing.length === 0 ? 'EEXIST' : 'ENOTDIR');
+      break;
+    }
+    missing.push(d);
+    if (path.dirname(d) === d) break;
+  }
+  let first: string | undefined;
+  for (const d of missing.reverse()) {
+    try {
+      mkdirSync(d, mode === undefined ? undefined : { mode });
+      first ??= d;
+    } catch (e) {
+      if (!(isErrno(e, 'EEXIST') && statSync(d, { throwIfNoEntry: false })?.isDirectory())) throw e;
+    }
+  }
   return first;
+}
+
+function notMade(at: string, code: 'EEXIST' | 'ENOTDIR'): NodeJS.ErrnoException {
+  const words = code === 'EEXIST' ? 'file already exists' : 'not a directory';
+  return Object.assign(new Error(`${code}: ${words}, mkdir '${at}'`), { code, errno: code === 'EEXIST' ? -17 : -20, syscall: 'mkdir', path: at });
 }

@@ -184,6 +184,13 @@ describe('the command line contract', () => {
       expect(`${r.stdout.toString()}${r.stderr}`.split('\n')[0]).toBe(line);
     });
 
+    it('--version with the cache under /proc (where no directory can be made) ends, its compiled code not kept', async () => {
+      // The compile cache's directory, made as the process exits: Node's recursive mkdir spun there for ever.
+      const r = await smart(['--version'], { cacheHome: '/proc/smart-nope' });
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout.toString()).toMatch(/^\d+\.\d+\.\d+\n$/);
+    });
+
     it.each([[['--help']], [['help']], [['cache', '--help']], [['--version']]])('asked for (%j) goes to stdout, exit 0; exit 1 in one line when it cannot be written', async (args) => {
       const r = await smart(args);
       expect(r.code, r.stderr).toBe(0);

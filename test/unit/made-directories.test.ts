@@ -5,7 +5,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { makeDirectories } from '../../src/storage/made-directories.js';
+import { makeDirectories, mkdirLevelsSync, mkdirp, mkdirpSync } from '../../src/storage/made-directories.js';
 import { tempDir } from '../harness/tmp.js';
 
 const exists = (p: string) => fs.stat(p).then(() => true, () => false);
@@ -78,5 +78,24 @@ describe('made directories', () => {
       }),
     ).rejects.toMatchObject({ code: 'ENOENT' });
     expect(calls).toBe(1);
+  });
+});
+
+describe('mkdirp', () => {
+  it('makes the missing levels and answers the first made, as a recursive mkdir does', async () => {
+    const root = await tempDir();
+    expect(await mkdirp(path.join(root, 'a/b/c'))).toBe(path.join(root, 'a'));
+    expect(await mkdirp(path.join(root, 'a/b/c'))).toBeUndefined();
+    expect(mkdirLevelsSync(path.join(root, 'a/x/y'), 0o700)).toBe(path.join(root, 'a/x'));
+    expect((await fs.stat(path.join(root, 'a/x/y'))).mode & 0o777).toBe(0o700);
+    await fs.writeFile(path.join(root, 'f'), '');
+    await expect(mkdirp(path.join(root, 'f'))).rejects.toMatchObject({ code: 'ENOTDIR' });
+    await expect(mkdirp(path.join(root, 'f/g'))).rejects.toMatchObject({ code: 'ENOTDIR' });
+  });
+
+  it('fails in one STORAGE error where a pseudo-filesystem makes no directory (Node\'s recursive mkdir spun there for ever, deaf to signals)', async () => {
+    const refused = { code: 'STORAGE', message: 'cannot make the directory /proc/smart-nope/x: /proc/smart-nope cannot be made though its parent is there (ENOENT)' };
+    await expect(mkdirp('/proc/smart-nope/x')).rejects.toMatchObject(refused);
+    expect(() => mkdirpSync('/proc/smart-nope/x')).toThrow(refused.message);
   });
 });

@@ -5,7 +5,7 @@
 import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
-import { SmartError, isErrno } from '../../errors.js';
+import { SmartError, isErrno, isSmartError } from '../../errors.js';
 import type { ImageConfig } from '../../oci/config.js';
 import { fsPath } from '../../tar/byte-names.js';
 import { resolveInRoot } from './apply.js';
@@ -46,7 +46,15 @@ interface GroupEntry {
  * rootfs, as the runtime will see it). Null when it is missing or not a regular file.
  */
 export async function readFileInRoot(rootfsDir: string, relPath: string, maxBytes = MAX_ACCOUNT_FILE_BYTES): Promise<Buffer | null> {
-  const full = await resolveInRoot(rootfsDir, relPath, { followLast: true });
+  let full: string;
+  try {
+    full = await resolveInRoot(rootfsDir, relPath, { followLast: true });
+  } catch (e) {
+    // A symlink loop on the way (an image's /etc/passwd -> passwd): no such file, as for a runtime
+    // that reads it (ELOOP), not a broken layer.
+    if (isSmartError(e) && /too many levels of symbolic links/.test(e.message)) return null;
+    throw e;
+  }
   let fh;
   try {
     // O_NOFOLLOW: the resolved path has no symlink left; O_NONBLOCK: a fifo planted there cannot hang us.
