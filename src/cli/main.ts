@@ -1,6 +1,6 @@
 /**
  * The `smart` command line: parses flags, calls the library, prints. The only place that catches
- * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else, 130/143 a signal,
+ * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else, 130/143/129 a signal,
  * 141 a reader of the image on stdout that went away.
  */
 import { SmartError, isSmartError } from '../errors.js';
@@ -14,6 +14,14 @@ import type { Command } from 'commander';
 
 /** Exit status when the reader of stdout went away before the image was written (`… docker-archive:- | head`): 128 + SIGPIPE, as a program that SIGPIPE killed. */
 export const EXIT_BROKEN_PIPE = 141;
+
+/** The signals that stop a run cleanly: the word its error line says, and its exit status (128 + the number). */
+const STOP_SIGNALS = {
+  SIGINT: { word: 'interrupted', status: 130 },
+  SIGTERM: { word: 'terminated', status: 143 },
+  SIGHUP: { word: 'hung up', status: 129 },
+} as const;
+type StopSignal = keyof typeof STOP_SIGNALS;
 
 /** Runs the CLI on `argv` (as process.argv) and resolves to the exit code; never calls process.exit. */
 export async function main(argv: string[], prog = 'smart'): Promise<number> {
@@ -42,16 +50,15 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   // Ctrl-C / SIGTERM cancel the work: in-flight transfers stop, temporary data is removed, nothing
   // half-written remains; then the exit status is 128 + the signal number, also when the work was
   // done before the signal could stop it (its error line says so). A second one exits at once.
-  let signalled: 'SIGINT' | 'SIGTERM' | undefined;
-  const onSignal = (sig: 'SIGINT' | 'SIGTERM') => {
-    if (signalled) process.exit(sig === 'SIGINT' ? 130 : 143);
+  // SIGHUP too: a closed terminal or a dropped ssh session ends a run as Ctrl-C does, nothing half-written left.
+  let signalled: StopSignal | undefined;
+  const onSignal = (sig: StopSignal) => {
+    if (signalled) process.exit(STOP_SIGNALS[sig].status);
     signalled = sig;
-    cancel.abort(new SmartError('CANCELLED', sig === 'SIGINT' ? 'interrupted' : 'terminated'));
+    cancel.abort(new SmartError('CANCELLED', STOP_SIGNALS[sig].word));
   };
-  const onInt = () => onSignal('SIGINT');
-  const onTerm = () => onSignal('SIGTERM');
-  process.on('SIGINT', onInt);
-  process.on('SIGTERM', onTerm);
+  const handlers = (Object.keys(STOP_SIGNALS) as StopSignal[]).map((sig) => [sig, () => onSignal(sig)] as const);
+  for (const [sig, handler] of handlers) process.on(sig, handler);
   // Node ends a process whose event loop has nothing left to wait on, though the command's own
   // promise never settled (a client that waits on nothing: a Redis Cluster whose state is fail):
   // that exit would be 0 with the work half done. It is a failure, said in one line.
@@ -75,13 +82,12 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
     if (!signalled) return 0;
     // The signal came too late to cancel anything: the status still says it came (a CI step that
     // was being stopped, a user's Ctrl-C), and its one error line that what was written is whole.
-    const what = signalled === 'SIGINT' ? 'interrupted' : 'terminated';
-    new Output(flagsOf()).error(prog, new SmartError('CANCELLED', `${what} once the work was done: nothing was undone, what it wrote is whole`));
-    return signalled === 'SIGINT' ? 130 : 143;
+    new Output(flagsOf()).error(prog, new SmartError('CANCELLED', `${STOP_SIGNALS[signalled].word} once the work was done: nothing was undone, what it wrote is whole`));
+    return STOP_SIGNALS[signalled].status;
   } catch (e) {
     if (signalled) {
-      new Output(flagsOf()).error(prog, new SmartError('CANCELLED', signalled === 'SIGINT' ? 'interrupted' : 'terminated'));
-      return signalled === 'SIGINT' ? 130 : 143;
+      new Output(flagsOf()).error(prog, new SmartError('CANCELLED', STOP_SIGNALS[signalled].word));
+      return STOP_SIGNALS[signalled].status;
     }
     if (program && e instanceof program.CommanderError && ['commander.helpDisplayed', 'commander.version', 'commander.help'].includes(e.code)) {
       // Help nobody asked for (`smart`, `smart cache`, `smart help bogus`: an empty variable in a
@@ -104,8 +110,7 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   } finally {
     restoreOutput();
     process.off('beforeExit', drained);
-    process.off('SIGINT', onInt);
-    process.off('SIGTERM', onTerm);
+    for (const [sig, handler] of handlers) process.off(sig, handler);
   }
 }
 

@@ -15,7 +15,7 @@ Image names (skopeo-style TRANSPORT:REFERENCE):
   bundle:DIR                         (pull only) an OCI runtime bundle for runc: DIR/config.json + DIR/rootfs
 
 Exit status: 0 on success, 2 on a usage error (bad flags, malformed image name), 1 on any other error,
-  130/143 interrupted (SIGINT/SIGTERM), 141 when the reader of an image on stdout went away (| head).
+  130/143/129 interrupted (SIGINT/SIGTERM/SIGHUP), 141 when the reader of an image on stdout went away (| head).
 Errors: one line on stderr, "smart: error [CODE]: message (hint)"; with --json also a document on stdout.
 Environment: XDG_CACHE_HOME (local state under $XDG_CACHE_HOME/smartlayer, default ~/.cache/smartlayer;
   also the compiled code of the packages a command loads, unless SMART_COMPILE_CACHE=0);

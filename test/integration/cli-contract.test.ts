@@ -446,7 +446,10 @@ describe('the command line contract', () => {
       expect(await fs.readdir(dest)).toContain('etc');
     });
 
-    it('a signal that comes once the work is done: 143 all the same, one error line that says what was written is whole', async () => {
+    it.each([
+      ['SIGTERM', 143, 'terminated'],
+      ['SIGHUP', 129, 'hung up'], // a closed terminal, a dropped ssh session: handled as the others are
+    ] as const)('a signal that comes once the work is done (%s): %i all the same, one error line that says what was written is whole', async (signal, status, word) => {
       const fx = fixtures();
       const dir = await tempDir();
       // The digest file is the last thing a pull writes, after its destination: a fifo holds the
@@ -463,11 +466,11 @@ describe('the command line contract', () => {
       const tagged = async () => (await fs.readFile(path.join(dir, 'out', 'index.json'), 'utf8').catch(() => '')).includes('"x"');
       for (let i = 0; i < 400 && !(await tagged()); i++) await new Promise((r) => setTimeout(r, 25));
       expect(await tagged()).toBe(true);
-      child.kill('SIGTERM');
+      child.kill(signal);
       await new Promise((r) => setTimeout(r, 200));
       const digest = await fs.readFile(fifo, 'utf8');
-      expect(await code).toBe(143);
-      expect(stderr.trim().split('\n')).toEqual(['smart: error [CANCELLED]: terminated once the work was done: nothing was undone, what it wrote is whole']);
+      expect(await code).toBe(status);
+      expect(stderr.trim().split('\n')).toEqual([`smart: error [CANCELLED]: ${word} once the work was done: nothing was undone, what it wrote is whole`]);
       expect(digest).toMatch(/^sha256:[0-9a-f]{64}$/);
       const index = JSON.parse(await fs.readFile(path.join(dir, 'out', 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
       expect(index.manifests.map((m) => m.digest)).toEqual([digest]);
