@@ -3,7 +3,7 @@
  * its summary printed (a line, the stored reference, or the --json document).
  */
 import path from 'node:path';
-import { SmartError } from '../errors.js';
+import { SmartError, isSmartError } from '../errors.js';
 import { PULL_OPTIONS, PUSH_OPTIONS, optionNames, progressMode, pruneDays, refuseIgnoredOptions, remoteOptions, cancel, type CommonFlags, type OptionRule } from './options.js';
 import type { Output } from './output.js';
 
@@ -127,7 +127,9 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
       onWarning: (m) => progress.warning(m),
     });
   } catch (e) {
-    progress.finish({ ok: false, error: e });
+    // A cancelled run (a signal, --timeout) fails with what its streams threw (an AbortError): its
+    // end event carries the reason, as its error line and --json do (cli/main.ts).
+    progress.finish({ ok: false, error: cancel.signal.aborted && isSmartError(cancel.signal.reason) ? cancel.signal.reason : e });
     throw e;
   } finally {
     clearTimeout(timeout);

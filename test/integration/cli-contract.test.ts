@@ -203,6 +203,20 @@ describe('the command line contract', () => {
   });
 
   describe('JSON documents and progress events', () => {
+    it('a run cancelled by --timeout mid-stream: its end event carries CANCELLED, as its error line and --json do', async () => {
+      // An archive on stdin that stops coming: the run waits in its stream until --timeout ends it
+      // (its streams then fail with an AbortError, which the end event once carried as INTERNAL).
+      const archive = fixtures().paths.dockerArchiveBasic;
+      const r = await sh(`(head -c 2000 ${archive}; sleep 3) | $SMART push docker-archive:- file:${path.join(work, 'never')}#team/app:1 --timeout 1 --progress json --json`);
+      expect(r.code, `${r.stdout.toString()}${r.stderr}`).toBe(1);
+      // Events, then the error line a failure ends with.
+      const lines = r.stderr.trim().split('\n');
+      expect(lines.at(-1)).toBe('smart: error [CANCELLED]: timed out after 1 s (--timeout)');
+      const end = (jsonLines(lines.slice(0, -1).join('\n')) as (Doc & { event: string; error?: { code: string; message: string } })[]).find((e) => e.event === 'end');
+      expect(end?.error).toMatchObject({ code: 'CANCELLED', message: 'timed out after 1 s (--timeout)' });
+      expect(JSON.parse(r.stdout.toString())).toMatchObject({ error: { code: 'CANCELLED', message: 'timed out after 1 s (--timeout)' } });
+    });
+
     it('a push prints its reference and its summary with a schemaVersion; a pull says written, not pushed', async () => {
       const fx = fixtures();
       const pushed = await smart(['push', `docker-archive:${fx.paths.dockerArchiveBasic}`, `file:${store}#team/app:1.0`, '--json', '--progress', 'json']);
