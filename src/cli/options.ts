@@ -316,7 +316,8 @@ export function parseTransferArgs(args: readonly string[]): TransferArgs | undef
       // A value that looks like a flag (or none at all): commander decides what that means.
       if (value === undefined || value.startsWith('-')) return undefined;
     }
-    if (spec.choices && !spec.choices.includes(value)) return undefined;
+    // An empty value, a choice not offered: commander refuses them (program.ts).
+    if (value === '' || (spec.choices && !spec.choices.includes(value))) return undefined;
     let parsed: unknown = value;
     if (spec.parse) {
       try {

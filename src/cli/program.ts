@@ -2,7 +2,7 @@
  * The commander program: every command, its help and its errors. Loaded only when the fast path
  * (options.ts parseTransferArgs) does not take the command line.
  */
-import { Argument, Command, CommanderError } from 'commander';
+import { Argument, Command, CommanderError, InvalidArgumentError } from 'commander';
 import { SmartError } from '../errors.js';
 import { COPY_OPTIONS, EXIT_HELP, PULL_OPTIONS, PUSH_OPTIONS, outputOptions, type CommonFlags } from './options.js';
 import { addCacheCommands } from './cache.js';
@@ -123,8 +123,25 @@ Install:
     });
     c.configureOutput({ writeOut: (text) => guardedStdout().write(text), outputError: () => undefined });
     c.configureHelp({ ...c.configureHelp(), commandUsage: (cmd) => `${path} ${cmd.usage()}` });
+    refuseEmptyValues(c);
     for (const sub of c.commands) configure(sub, c === program && prog === `smart-${sub.name()}` ? prog : `${path} ${sub.name()}`);
   };
   configure(program, prog);
   return program;
+}
+
+/**
+ * An option's value may not be empty, on every command: `--s3-endpoint "$S3_URL"` with the
+ * variable unset went to AWS itself, `--redis ''` to the disk, `--creds ''` to the credential
+ * files, as if the option were not there (README: an empty value is refused).
+ */
+function refuseEmptyValues(command: Command): void {
+  for (const option of command.options) {
+    if (!option.required && !option.optional) continue;
+    const parse = option.parseArg as ((value: string, previous: unknown) => unknown) | undefined;
+    option.argParser((value: string, previous: unknown) => {
+      if (value === '') throw new InvalidArgumentError(`${option.long} takes a value, not an empty string`);
+      return parse ? parse(value, previous) : value;
+    });
+  }
 }
