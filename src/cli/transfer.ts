@@ -165,11 +165,17 @@ function platformsOf(summary: CopySummary): string[] | undefined {
   return Array.isArray(platforms) ? (platforms as string[]) : undefined;
 }
 
-/** `--digestfile FILE` is written last, once the tag is: a directory that is not there fails the run before anything is written. */
+/**
+ * `--digestfile FILE` is written last, once the tag is: a directory that is not there, or a FILE
+ * that is a directory, fails the run before anything is written (not with the tag written and
+ * the status saying it failed).
+ */
 async function digestFileDirectory(file: string): Promise<void> {
+  const fs = await import('node:fs/promises');
   const dir = path.dirname(path.resolve(file));
-  const st = await (await import('node:fs/promises')).stat(dir).catch(() => undefined);
+  const st = await fs.stat(dir).catch(() => undefined);
   if (!st?.isDirectory()) throw new SmartError('USAGE', `--digestfile ${file}: ${st ? `${dir} is not a directory` : `no such directory ${dir}`}`, { input: file });
+  if ((await fs.stat(file).catch(() => undefined))?.isDirectory()) throw new SmartError('USAGE', `--digestfile ${file}: is a directory, not a file to write the digest to`, { input: file });
 }
 
 /** `--digestfile FILE`: the digest of what was written, as skopeo writes it (no newline). */

@@ -156,7 +156,7 @@ describe('the command line contract', () => {
       expect(pushed.code, pushed.stderr).toBe(0);
     });
 
-    it('a --dockerfile or a --digestfile directory that is not there fails the run before it writes anything', async () => {
+    it('a --dockerfile or a --digestfile directory that is not there, or a --digestfile that is a directory, fails the run before it writes anything', async () => {
       const fx = fixtures();
       const out = path.join(work, 'not-written');
       const pushed = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${out}#team/app:1`, '--dockerfile', path.join(work, 'no-Dockerfile')]);
@@ -165,6 +165,10 @@ describe('the command line contract', () => {
       const pulled = await smart(['pull', `oci:${fx.paths.ociBasic}:latest`, `oci:${out}:x`, '--digestfile', path.join(work, 'no-dir', 'digest')]);
       expect(pulled.code).toBe(2);
       expect(oneErrorLine(pulled, 'USAGE')).toContain(`--digestfile ${path.join(work, 'no-dir', 'digest')}: no such directory`);
+      // A directory named as the file: refused before the tag is written, not after.
+      const intoDir = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${out}#team/app:1`, '--digestfile', work]);
+      expect(intoDir.code).toBe(2);
+      expect(oneErrorLine(intoDir, 'USAGE')).toContain(`--digestfile ${work}: is a directory, not a file to write the digest to`);
       await expect(fs.stat(out)).rejects.toThrow(/ENOENT/);
     });
   });
