@@ -174,6 +174,23 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     }
   });
 
+  it('a push cancelled mid-upload (--timeout, Ctrl-C) closes its upload sessions on the registry', async () => {
+    const fx = fixtures();
+    // Every blob's bytes stall after 10 bytes: the run waits in its uploads until --timeout ends it.
+    proxy.setFaults((req) => (carriesBlobBytes(req) ? { kind: 'stall-mid-request', afterBytes: 10 } : undefined));
+    const r = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/api/cancelled:v1`, '--timeout', '2'], { cacheHome: await tempDir() });
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n').at(-1)).toBe('smart: error [CANCELLED]: timed out after 2 s (--timeout)');
+    const opened = proxy.stats.requests.filter((q) => q.method === 'POST' && q.path.endsWith('/blobs/uploads/')).length;
+    expect(opened).toBeGreaterThan(0);
+    // Each session opened was closed (the DELETEs went, though the run's own signal had fired).
+    expect(proxy.stats.requests.filter((q) => q.method === 'DELETE' && q.path.includes('/blobs/uploads/') && q.status === 204)).toHaveLength(opened);
+    const uploads = path.join(registry.root, 'docker/registry/v2/repositories/api/cancelled/_uploads');
+    // The bytes went with the sessions. (The registry may still write a session's hash state as it
+    // unwinds the PUT cut short, after the DELETE: a few bytes of its own.)
+    expect((await listAll(uploads).catch(() => [] as string[])).filter((p) => p.endsWith('/data'))).toEqual([]);
+  });
+
   it('outlives dropped connections and 503s, on push and on pull', async () => {
     const fx = fixtures();
     // Deterministic trouble: of each kind of request, the 1st and every 3rd after it fails —

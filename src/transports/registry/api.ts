@@ -39,6 +39,11 @@ export interface RequestSpec {
   signal?: AbortSignal;
   /** A GET of a blob's bytes (see RequestOptions.bulk). */
   bulk?: boolean;
+  /**
+   * A clean-up (an upload session closed): sent also once the run is cancelled, which is when it
+   * matters most (Ctrl-C mid-push), within a deadline of its own instead of the run's signal.
+   */
+  cleanup?: boolean;
 }
 
 /** One registry's API over an authenticated, retried request (see client.ts). */
@@ -282,7 +287,7 @@ export abstract class RegistryApi {
 
   /** Closes an upload session; a failure to do so is left unsaid (the registry expires it). */
   private async cancelUpload(location: string, scopes: string[], what: string): Promise<void> {
-    await this.request({ method: 'DELETE', url: this.resolve(location).toString(), scopes, what }, [200, 202, 204, 404]).then(
+    await this.request({ method: 'DELETE', url: this.resolve(location).toString(), scopes, what, cleanup: true }, [200, 202, 204, 404]).then(
       (r) => r.body.dump(),
       () => undefined,
     );

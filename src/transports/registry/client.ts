@@ -70,6 +70,9 @@ export interface RegistrySchemes {
   set(apiHost: string, contact: RegistryContact): Promise<void>;
 }
 
+/** How long a clean-up request (an upload session closed) may take once the run is cancelled. */
+const CLEANUP_DEADLINE_MS = 5_000;
+
 export class RegistryClient extends RegistryApi {
   readonly host: string;
   /** Docker Hub's API lives on registry-1.docker.io. */
@@ -225,7 +228,11 @@ export class RegistryClient extends RegistryApi {
    * answers are retried (see retry.ts) unless the body is a stream.
    */
   async request(spec: RequestSpec, expected: number[]): Promise<Response> {
-    const signal = spec.signal && this.options.signal ? AbortSignal.any([spec.signal, this.options.signal]) : (spec.signal ?? this.options.signal);
+    const signal = spec.cleanup
+      ? AbortSignal.timeout(CLEANUP_DEADLINE_MS)
+      : spec.signal && this.options.signal
+        ? AbortSignal.any([spec.signal, this.options.signal])
+        : (spec.signal ?? this.options.signal);
     await this.ping(signal);
     const first = await this.awaitFirstContact();
     try {
