@@ -137,6 +137,15 @@ describe('resolveImageUser', () => {
     expect((await specError(resolveImageUser('hostonly', rootfs))).code).toBe('MANIFEST_INVALID');
   });
 
+  it('takes an /etc/passwd that is a symlink loop for no file, as a runtime would (ELOOP), not for a broken layer', async () => {
+    await rm(path.join(rootfs, 'etc/passwd'));
+    await symlink('passwd', path.join(rootfs, 'etc/passwd'));
+    expect(await readFileInRoot(rootfs, 'etc/passwd')).toBeNull();
+    expect(await resolveImageUser(undefined, rootfs)).toMatchObject({ uid: 0, gid: 0 });
+    expect(await resolveImageUser('0', rootfs)).toMatchObject({ uid: 0, gid: 0 });
+    expect((await specError(resolveImageUser('app', rootfs))).message).toBe('image user "app" is not in /etc/passwd of the image');
+  });
+
   it('does not hang on a fifo or read a directory as /etc/passwd', async () => {
     await rm(path.join(rootfs, 'etc/passwd'));
     await mkdir(path.join(rootfs, 'etc/passwd'));
