@@ -121,7 +121,9 @@ describe('Retry.body', () => {
 
   it('readBody: an answer past its limit fails naming what was read, the rest not read', async () => {
     const res = answer(200, Buffer.alloc(100, 1), { chunk: 10 });
-    await expect(readBody(res.body, 50, 'registry r:1: manifest a/b@sha256:x')).rejects.toThrow(/^registry r:1: manifest a\/b@sha256:x: the answer is larger than 50 bytes, more than it can be$/);
+    const refused = readBody(res.body, 50, 'registry r:1: manifest a/b@sha256:x');
+    await expect(refused).rejects.toThrow(/^registry r:1: manifest a\/b@sha256:x: the answer is larger than 50 bytes, more than it can be$/);
+    await expect(refused).rejects.toMatchObject({ code: 'LIMIT_EXCEEDED' });
     expect(res.body.destroyed).toBe(true);
   });
 });

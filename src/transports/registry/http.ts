@@ -72,7 +72,8 @@ export async function readBody(body: Response['body'], limit = 1 << 20, what = '
     n += (c as Buffer).length;
     if (n > limit) {
       body.destroy();
-      throw new SmartError('REGISTRY', `${what}: the answer is larger than ${limit} bytes, more than it can be`);
+      // A bound on hostile input, as a manifest over 4 MiB read from a file is (README: LIMIT_EXCEEDED).
+      throw new SmartError('LIMIT_EXCEEDED', `${what}: the answer is larger than ${limit} bytes, more than it can be`);
     }
     chunks.push(c as Buffer);
   }
