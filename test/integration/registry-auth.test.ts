@@ -6,6 +6,7 @@
 import fs from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { gzipSync } from 'node:zlib';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
@@ -254,6 +255,42 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
       await proxy.stop();
       await new Promise((r) => storage.close(r));
       await new Promise((r) => thief.close(r));
+    }
+  });
+
+  it('asks for blobs as stored (identity): a CDN that compresses what a client accepts serves them unchanged; one that compresses all the same is said as such', async () => {
+    const fx = fixtures();
+    let always = false;
+    const cdn = http.createServer((req, res) => {
+      const hex = (req.url ?? '').split('?')[0]!.split('/').pop()!;
+      fs.readFile(path.join(fx.paths.ociBasic, 'blobs/sha256', hex)).then(
+        (bytes) => {
+          // Absent, Accept-Encoding means any coding will do (RFC 9110 12.5.3).
+          const accepts = req.headers['accept-encoding'];
+          if (always || accepts === undefined || /gzip/.test(accepts)) res.writeHead(200, { 'content-encoding': 'gzip' }).end(gzipSync(bytes));
+          else res.end(bytes);
+        },
+        () => res.writeHead(404).end(),
+      );
+    });
+    await new Promise<void>((r) => cdn.listen(0, '127.0.0.1', r));
+    const proxy = await startProxy({ target: registry.url });
+    proxy.setFaults((req) => {
+      const m = /\/blobs\/sha256:([0-9a-f]{64})$/.exec(req.path);
+      return req.method === 'GET' && m ? { kind: 'status', status: 307, headers: { location: `http://127.0.0.1:${(cdn.address() as AddressInfo).port}/blobs/${m[1]}` }, body: '' } : undefined;
+    });
+    try {
+      const r = await smart(['pull', `docker://${proxy.host}/team/app:v1`, `oci:${path.join(work, 'through-cdn')}:v1`, '--creds', 'bob:bob-pass'], await fresh());
+      expect(r.code, r.stderr).toBe(0);
+      always = true;
+      const encoded = await smart(['pull', `docker://${proxy.host}/team/app:v1`, `oci:${path.join(work, 'encoded')}:v1`, '--creds', 'bob:bob-pass'], await fresh());
+      expect(encoded.code).toBe(1);
+      expect(encoded.stderr.trim().split('\n')).toEqual([
+        expect.stringMatching(/^smart: error \[REGISTRY\]: registry 127\.0\.0\.1:\d+ answered blob sha256:[0-9a-f]{64} encoded \(Content-Encoding: gzip\), though only its bytes as stored were accepted \(a proxy or CDN in between compresses what it serves: have it pass blobs unchanged\)$/),
+      ]);
+    } finally {
+      await proxy.stop();
+      await new Promise((r) => cdn.close(r));
     }
   });
 

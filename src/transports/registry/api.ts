@@ -11,6 +11,7 @@ import { MediaType } from '../../oci/mediatypes.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
 import { header, readBody, type Response } from './http.js';
 import type { Retry } from './retry.js';
+import { remoteText } from '../../redact.js';
 
 /** A manifest as a message names it: `REPO:TAG`, or `REPO@sha256:…` by digest. */
 function manifestName(repo: string, reference: string): string {
@@ -156,7 +157,18 @@ export abstract class RegistryApi {
         { method: 'GET', url, headers: range, scopes: [`repository:${repo}:pull`], what: `blob ${digest} of ${repo}`, bulk: true, ...(signal ? { signal } : {}) },
         [200, 206, 301, 302, 303, 307, 308],
       );
-      if (res.statusCode < 300) return res;
+      if (res.statusCode < 300) {
+        const coding = header(res.headers, 'content-encoding');
+        if (coding && coding.toLowerCase() !== 'identity') {
+          await res.body.dump();
+          // Its length and digest are not the blob's: said as what it is, not as a truncated blob.
+          throw new SmartError('REGISTRY', `registry ${this.host} answered blob ${digest} encoded (Content-Encoding: ${remoteText(coding, { max: 40 })}), though only its bytes as stored were accepted`, {
+            input: digest,
+            hint: 'a proxy or CDN in between compresses what it serves: have it pass blobs unchanged',
+          });
+        }
+        return res;
+      }
       await res.body.dump();
       const location = header(res.headers, 'location');
       if (!location) throw new SmartError('REGISTRY', `registry ${this.host} redirected blob ${digest} nowhere`, { input: digest });

@@ -257,7 +257,9 @@ export class RegistryClient extends RegistryApi {
     for (;;) {
       const atRegistry = url.host === new URL(this.base!).host;
       const auth = atRegistry ? await this.auth.authorization(spec.scopes, signal) : undefined;
-      const headers: Record<string, string> = { 'user-agent': USER_AGENT, ...spec.headers, ...(auth ? { authorization: auth } : {}) };
+      // identity: bytes as stored, which digests and sizes name (a proxy or CDN that compresses
+      // what a client accepts would otherwise send a body of another length and digest).
+      const headers: Record<string, string> = { 'user-agent': USER_AGENT, 'accept-encoding': 'identity', ...spec.headers, ...(auth ? { authorization: auth } : {}) };
       const send = () =>
         this.http.send({ origin: url.origin, path: `${url.pathname}${url.search}`, method: spec.method, headers, ...(spec.body !== undefined ? { body: spec.body } : {}), ...(spec.bulk ? { bulk: true } : {}) }, signal);
       // On a remembered contact the request itself meets a wrong scheme: the ping then happens
