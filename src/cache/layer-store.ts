@@ -464,12 +464,18 @@ export class LayerStore {
    * before it uses the store, so the records are read again before each removal whenever one was
    * written since they were read; an expired record a pull renews meanwhile is put back, not lost.
    */
-  async gc(options: { maxAgeMs: number; dryRun?: boolean }): Promise<GcResult> {
+  async gc(options: { maxAgeMs: number; dryRun?: boolean; keepUsedSince?: number }): Promise<GcResult> {
     const result: GcResult = { removedImages: 0, removedLayers: 0, removedBlobs: 0, freedBytes: 0 };
     const used = new Set<string>();
     const usedBlobs = new Set<string>();
     const imagesDir = path.join(this.dir, 'images');
-    const expired = (record: ImageRecord): boolean => Date.now() - Date.parse(record.usedAt ?? '') > options.maxAgeMs;
+    // What the run that prunes used itself (`keepUsedSince`, its start) is in use, whatever the age
+    // asked: `--prune 0` after a warm removed every layer the warm had just fetched.
+    const expired = (record: ImageRecord): boolean => {
+      const usedAt = Date.parse(record.usedAt ?? '');
+      if (options.keepUsedSince !== undefined && usedAt >= options.keepUsedSince) return false;
+      return Date.now() - usedAt > options.maxAgeMs;
+    };
     const take = (record: ImageRecord): void => {
       for (const d of record.diffIds ?? []) used.add(d.replace(/^sha256:/, ''));
       for (const d of record.blobs ?? []) usedBlobs.add(d.replace(/^sha256:/, ''));

@@ -163,6 +163,8 @@ function prefixes(transports: readonly { form: string }[]): string {
 const UNPACK_COMMAND = { gzip: 'gunzip -k', zstd: 'zstd -d', bzip2: 'bunzip2 -k', xz: 'unxz -k' } as const;
 
 async function transferOnce(req: TransferRequest): Promise<CopySummary> {
+  // What this run records as used from here on is its own, kept by its --prune whatever the age.
+  const startedAt = Date.now();
   const src = parseImageName(req.source);
   const dst = parseImageName(req.destination);
   if (req.mode === 'push' && transportOf(dst).capabilities.pullOnly) {
@@ -268,7 +270,7 @@ async function transferOnce(req: TransferRequest): Promise<CopySummary> {
       // What tells gc the blobs are in use; none the less kept without it.
       if (used.size > 0) await layerStore.recordBlobs(summary.manifestDigest, source.name, [...used]).catch((e: unknown) => req.onWarning?.(`the layer store ${layerStore.dir} cannot record the blobs this pull used (${e instanceof Error ? e.message : String(e)})`));
     }
-    if (layerStore && req.pruneAgeMs !== undefined) summary.details = { ...summary.details, prune: await layerStore.gc({ maxAgeMs: req.pruneAgeMs }) };
+    if (layerStore && req.pruneAgeMs !== undefined) summary.details = { ...summary.details, prune: await layerStore.gc({ maxAgeMs: req.pruneAgeMs, keepUsedSince: startedAt }) };
     return summary;
   } finally {
     // Open connections would keep the process alive for their keep-alive time.

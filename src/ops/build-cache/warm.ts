@@ -43,6 +43,7 @@ export interface WarmOptions {
  * entry) is skipped with a warning. Stops (throws the reason) when `ctx.endpoints.signal` aborts.
  */
 export async function warmStore(storeName: string, top: number, ctx: CacheContext & WarmOptions & { layerStore: LayerStore }): Promise<WarmResult> {
+  const startedAt = Date.now();
   const store = await openStore(storeName, ctx.endpoints);
   const platform = platformOf(ctx);
   const signal = ctx.endpoints.signal;
@@ -87,7 +88,8 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
         await source.close();
       }
     }
-    if (ctx.pruneAgeMs !== undefined) result.prune = await ctx.layerStore.gc({ maxAgeMs: ctx.pruneAgeMs });
+    // What this warm made present counts as used, whatever the age asked (--prune 0).
+    if (ctx.pruneAgeMs !== undefined) result.prune = await ctx.layerStore.gc({ maxAgeMs: ctx.pruneAgeMs, keepUsedSince: startedAt });
     return result;
   } finally {
     await filler.release();
@@ -130,7 +132,8 @@ async function holderOf(
  * fetches only what changed).
  */
 export async function warmForBuild(storeName: string, options: PlanOptions, ctx: CacheContext & CachePullOptions & WarmOptions): Promise<CachePullResult & { prune?: GcResult }> {
+  const startedAt = Date.now();
   const plan = await planBuild(storeName, options, ctx);
   const pulled = await pullPlanned(storeName, plan, ctx);
-  return ctx.pruneAgeMs !== undefined && ctx.layerStore ? { ...pulled, prune: await ctx.layerStore.gc({ maxAgeMs: ctx.pruneAgeMs }) } : pulled;
+  return ctx.pruneAgeMs !== undefined && ctx.layerStore ? { ...pulled, prune: await ctx.layerStore.gc({ maxAgeMs: ctx.pruneAgeMs, keepUsedSince: startedAt }) } : pulled;
 }
