@@ -321,6 +321,16 @@ export class RedisMetadataCache implements MetadataCache {
     if (!this.target.tls && !this.state.everReady && /ECONNRESET/.test(said)) {
       return { hint: 'a server that takes TLS only is reached with rediss://' };
     }
+    // TLS to a plain server: it takes the hello for a command and waits for the rest, the TLS
+    // handshake never ends (ioredis: connect ETIMEDOUT).
+    if (this.target.tls && !this.state.everReady && /ETIMEDOUT/.test(said)) {
+      return { hint: 'a server without TLS is reached with redis://' };
+    }
+    // ioredis's words for bytes that are not RESP (an HTTP server answering "HTTP/1.1 400"), which ask for a bug report.
+    const notResp = /Protocol error, got "(.{1,4})" as reply type byte/.exec(said);
+    if (notResp) {
+      return { message: `the server does not answer as Redis does (its first byte ${JSON.stringify(notResp[1])})`, hint: 'check the host and port of the Redis URL: is a Redis server there?', retryable: false };
+    }
     return undefined;
   }
 
@@ -336,7 +346,12 @@ export class RedisMetadataCache implements MetadataCache {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       // A cluster that serves not every slot (state fail: a master lost, or nodes never joined) answers nothing.
-      const hint = this.isCluster ? { hint: 'redis-cli cluster info on a node should say cluster_state:ok' } : {};
+      const hint = this.isCluster
+        ? { hint: 'redis-cli cluster info on a node should say cluster_state:ok' }
+        : this.target.tls && !this.state.everReady
+          ? // A plain server takes the TLS hello for a command and waits for the rest of it.
+            { hint: 'a server without TLS is reached with redis://' }
+          : {};
       timer = setTimeout(() => reject(new SmartError('STORAGE', `redis ${this.where}: ${what}: no answer in ${this.deadlineMs} ms`, { retryable: true, ...hint })), this.deadlineMs);
       if (!awaited) timer.unref();
     });

@@ -8,6 +8,8 @@
 import { createRequire } from 'node:module';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { isSmartError, type SmartError } from '../../src/errors.js';
@@ -384,6 +386,24 @@ describe.skipIf(!haveRedis)('RedisMetadataCache specifics', () => {
     const tlsOnly = await owned(startRedis(dir, { tls: { certFile: ca.certFile, keyFile: ca.keyFile } }));
     const plain = await failure(tlsOnly.url.replace(/^rediss:/, 'redis:'));
     expect(plain.hint).toBe('a server that takes TLS only is reached with rediss://');
+    // The other way round: TLS to a plain server, which waits for the rest of a command.
+    const tls = await failure(single!.url.replace(/^redis:/, 'rediss:'));
+    expect([tls.message, tls.hint]).toEqual([expect.stringMatching(/: connecting: (connect ETIMEDOUT|no answer in \d+ ms)$/), 'a server without TLS is reached with redis://']);
+
+    // Not a Redis server at all (an HTTP one): ioredis's "Please report this" said as what it is.
+    const web = http.createServer((_, res) => res.end('hello'));
+    await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
+    try {
+      const notRedis = await failure(`redis://127.0.0.1:${(web.address() as AddressInfo).port}`);
+      expect([notRedis.message, notRedis.hint, notRedis.retryable]).toEqual([
+        expect.stringMatching(/^redis 127\.0\.0\.1:\d+: [A-Za-z ()]+: the server does not answer as Redis does \(its first byte "H"\)$/),
+        'check the host and port of the Redis URL: is a Redis server there?',
+        false,
+      ]);
+    } finally {
+      web.closeAllConnections();
+      await new Promise((r) => web.close(r));
+    }
   });
 
   it('rediss:// (TLS) with an extra CA; without it, one warning about the certificate', async () => {
