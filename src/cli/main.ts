@@ -105,7 +105,11 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
       return 2;
     }
     const out = new Output(flagsOf());
-    out.error(prog, cancel.signal.aborted && isSmartError(cancel.signal.reason) ? cancel.signal.reason : e);
+    // A relative name (or a command that reads the current directory) run from a directory that
+    // was removed: Node's words are "ENOENT, uv_cwd", said here as what happened.
+    const cwdGone = (e as NodeJS.ErrnoException | undefined)?.syscall === 'uv_cwd';
+    const shown = cwdGone ? new SmartError('STORAGE', 'the current directory no longer exists (it was removed)', { hint: 'cd to a directory that exists, or give absolute paths' }) : e;
+    out.error(prog, cancel.signal.aborted && isSmartError(cancel.signal.reason) ? cancel.signal.reason : shown);
     return isSmartError(e) ? e.exitCode : 1;
   } finally {
     restoreOutput();

@@ -159,7 +159,13 @@ function buildRecord(): { built: boolean; reason?: string } | undefined {
  * installed package, which has no setup script, the Debian packages and the build script itself.
  */
 export function nativeFixCommand(): string {
-  const inRoot = path.resolve(process.cwd()) === packageRoot ? '' : `cd ${packageRoot} && `;
+  let here: string | undefined;
+  try {
+    here = path.resolve(process.cwd());
+  } catch {
+    here = undefined; // the current directory was removed
+  }
+  const inRoot = here === packageRoot ? '' : `cd ${packageRoot} && `;
   if (fs.existsSync(path.join(packageRoot, 'scripts', 'setup-debian.sh'))) return `${inRoot}scripts/setup-debian.sh && npm rebuild`;
   const sudo = process.getuid?.() === 0 ? '' : 'sudo ';
   return `${sudo}apt-get install gcc libc6-dev libdeflate-dev libzstd-dev && ${inRoot || `cd ${packageRoot} && `}node native/build.mjs`;

@@ -173,6 +173,21 @@ describe('the command line contract', () => {
     });
   });
 
+  describe('a current directory that was removed', () => {
+    it('absolute names work; a relative one fails in one line saying so', async () => {
+      const fx = fixtures();
+      const gone = path.join(work, 'gone');
+      const from = (args: string) => sh(`mkdir ${gone} && cd ${gone} && rmdir ${gone} && $SMART ${args}`);
+      for (const kind of ['rootfs', 'bundle']) {
+        const r = await from(`pull -q oci:${fx.paths.ociBasic}:latest ${kind}:${path.join(work, `from-gone-${kind}`)}`);
+        expect(r.code, r.stderr).toBe(0);
+      }
+      const relative = await from(`pull -q oci:${fx.paths.ociBasic}:latest rootfs:relative`);
+      expect(relative.code).toBe(1);
+      expect(oneErrorLine(relative, 'STORAGE')).toBe('smart: error [STORAGE]: the current directory no longer exists (it was removed) (cd to a directory that exists, or give absolute paths)');
+    });
+  });
+
   describe('help', () => {
     it.each([[[]], [['cache']], [['store']], [['help', 'bogus']]])('that nobody asked for (%j) goes to stderr, exit 2', async (args) => {
       const r = await smart(args);

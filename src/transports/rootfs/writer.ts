@@ -158,7 +158,10 @@ export class RootfsWriter implements ImageWriter {
       const real = await realPath(this.target);
       if ((await fs.lstat(this.target).catch(() => undefined))?.isSymbolicLink() && (await fs.stat(real).catch(() => undefined))?.isDirectory()) this.target = real;
       const target = this.target;
-      const cwd = await realPath(process.cwd()).catch(() => undefined); // none when it was removed
+      // None when it was removed: process.cwd() then throws (ENOENT, uv_cwd), before any promise.
+      const cwd = await Promise.resolve()
+        .then(() => realPath(process.cwd()))
+        .catch(() => undefined);
       if (real === path.parse(real).root || (cwd !== undefined && within(cwd, real))) {
         throw new SmartError('USAGE', `${this.name}: refusing to replace ${target}, which is / or holds the current directory`, { input: this.dir });
       }
