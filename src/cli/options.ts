@@ -428,11 +428,13 @@ export async function remoteOptions(flags: CommonFlags, names: { read: string[];
 export function progressMode(flags: CommonFlags): ProgressMode {
   if (flags.quiet || flags.progress === 'none') return 'none';
   if (flags.progress === 'json' || flags.progress === 'plain' || flags.progress === 'tty') return flags.progress;
-  return process.stderr.isTTY ? 'tty' : 'plain';
+  // A terminal that cannot move its cursor (TERM=dumb: Emacs's shell, some CI consoles) gets lines.
+  return process.stderr.isTTY && process.env.TERM !== 'dumb' ? 'tty' : 'plain';
 }
 
 export function outputOptions(flags: CommonFlags): OutputOptions {
-  return { json: !!flags.json, quiet: !!flags.quiet, debug: !!flags.debug, progressJson: flags.progress === 'json' };
+  // --progress none is nothing on stderr but errors, as -q (README): not the summary lines either.
+  return { json: !!flags.json, quiet: !!flags.quiet || flags.progress === 'none', debug: !!flags.debug, progressJson: flags.progress === 'json' };
 }
 
 /** Aborted by a signal or by --timeout; the library stops its work through it. */

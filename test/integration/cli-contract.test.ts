@@ -517,6 +517,24 @@ describe('the command line contract', () => {
       expect(index.manifests.map((m) => m.digest)).toEqual([digest]);
     });
 
+    it.skipIf(!haveTools('script'))('a terminal that cannot move its cursor (TERM=dumb) gets plain lines, no escape sequences', async () => {
+      const fx = fixtures();
+      const r = await run('script', ['-qec', `TERM=dumb "${process.execPath}" "${smartBin}" push oci:${fx.paths.ociBasic}:latest file:${store}#tty/dumb:1`, '/dev/null'], {
+        env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') },
+      });
+      expect(r.code, r.stdout.toString()).toBe(0);
+      expect(r.stdout.toString()).not.toContain('\x1b[');
+      expect(r.stdout.toString()).toMatch(/^layer [0-9a-f]{12}: (pushed|skipped|mounted)/m);
+    });
+
+    it('--progress none prints nothing on stderr, as -q: not the summary either', async () => {
+      const fx = fixtures();
+      const r = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#quiet/none:1`, '--progress', 'none']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stderr).toBe('');
+      expect(r.stdout.toString()).toMatch(/#quiet\/none@sha256:[0-9a-f]{64}\n$/);
+    });
+
     it.skipIf(!haveTools('script'))('refuses to write an archive to a terminal, or to wait on one for an archive', async () => {
       const fx = fixtures();
       // `script` runs the command with a terminal on stdin, stdout and stderr.
