@@ -105,7 +105,14 @@ export function isStreamedArchive(file: string): boolean {
 export async function streamedArchiveInput(file: string, name: string, stdin: Readable): Promise<Readable> {
   if (file === '-') return stdin;
   if (specialFileAt(file) === 'a socket') throw socketRefused(file, name);
-  return (await import('node:fs')).createReadStream(file, { highWaterMark: 256 * 1024 });
+  // A terminal (docker-archive:/dev/stdin with nothing piped in) is refused as `-` is on one: a
+  // command that seems to hang, waiting for an archive nobody will type.
+  const handle = await fs.open(file, 'r').catch(rethrowRefusal(`cannot read ${name}`));
+  if (process.getBuiltinModule('node:tty').isatty(handle.fd)) {
+    await handle.close();
+    throw new SmartError('USAGE', `${name}: ${file} is a terminal`, { input: file, hint: 'pipe the archive in, docker save IMAGE | smart push docker-archive:- …, or name the archive file' });
+  }
+  return handle.createReadStream({ highWaterMark: 256 * 1024 }); // closes the handle when it closes
 }
 
 /** Where a spool's file goes: $TMPDIR, else /var/tmp (as skopeo puts its big temporary files: /tmp is often a tmpfs, in memory). */

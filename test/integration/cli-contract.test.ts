@@ -545,6 +545,12 @@ describe('the command line contract', () => {
       const inp = await tty(`push docker-archive:- file:${store}#tty/in:1`);
       expect(inp.code).toBe(2);
       expect(inp.stdout.toString()).toMatch(/^smart: error \[USAGE\]: docker-archive:- reads the image archive from stdin, which is a terminal/);
+      // Named by a path that is the terminal (/dev/stdin, /dev/fd/0): refused alike, not waited on.
+      for (const name of ['docker-archive:/dev/stdin', 'oci-archive:/dev/fd/0']) {
+        const named = await tty(`push ${name} file:${store}#tty/in:2`);
+        expect(named.code, name).toBe(2);
+        expect(named.stdout.toString()).toMatch(/smart: error \[USAGE\]: .*: \/dev\/(stdin|fd\/0) is a terminal \(pipe the archive in/);
+      }
     });
   });
 });
