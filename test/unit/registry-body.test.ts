@@ -10,6 +10,7 @@ import { SmartError } from '../../src/errors.js';
 import type { Response } from '../../src/transports/registry/http.js';
 import { readBody } from '../../src/transports/registry/http.js';
 import { Retry, retryAfterMs } from '../../src/transports/registry/retry.js';
+import { tokenLifetimeSeconds } from '../../src/transports/registry/auth.js';
 
 const BLOB = Buffer.from(Array.from({ length: 40 }, (_, i) => String.fromCharCode(97 + (i % 26))).join(''));
 
@@ -135,5 +136,15 @@ describe('Retry-After', () => {
     expect(retryAfterMs('Mon, 07 Dec 2026 15:00:05 GMT', now)).toBe(5000);
     expect(retryAfterMs('Monday, 07-Dec-26 15:00:05 GMT', now)).toBe(5000); // RFC 850, obsolete but allowed
     for (const v of [undefined, '', '0', '-1', 'garbage', '1 garbage', 'Mon, 07 Dec 2026 14:59:00 GMT']) expect(retryAfterMs(v, now), String(v)).toBeUndefined();
+  });
+});
+
+describe('a token\'s lifetime', () => {
+  it('ends before the server\'s expires_in, a short one too; 60 s when none is given', () => {
+    expect(tokenLifetimeSeconds(300)).toBe(295);
+    expect(tokenLifetimeSeconds(20)).toBe(15);
+    expect(tokenLifetimeSeconds(9)).toBeLessThan(9);
+    expect(tokenLifetimeSeconds(3)).toBeLessThan(3);
+    for (const none of [undefined, 0, -5, '300']) expect(tokenLifetimeSeconds(none)).toBe(55);
   });
 });

@@ -223,8 +223,17 @@ export class Auth {
     }
     const token = doc.token ?? doc.access_token;
     if (!token) throw new SmartError('REGISTRY', `the token server of ${host} answered no token`, { input: host });
-    // Renew a little before the server's expiry; 60 s is the spec's default lifetime.
-    const lifetime = Math.max(10, (doc.expires_in ?? 60) - 5);
-    return { token, expires: Date.now() + lifetime * 1000 };
+    return { token, expires: Date.now() + tokenLifetimeSeconds(doc.expires_in) * 1000 };
   }
+}
+
+/**
+ * How long a token is used: a little less than the server's `expires_in` (60 s, the spec's
+ * default, when it gives none), so that it is renewed before it ends; a short-lived one in time
+ * too (one of 9 s was used for 10, past its end, and a streamed upload sent with it was refused,
+ * with nothing to send again).
+ */
+export function tokenLifetimeSeconds(expiresIn: unknown): number {
+  const given = typeof expiresIn === 'number' && expiresIn > 0 ? expiresIn : 60;
+  return given >= 20 ? given - 5 : given * 0.75;
 }
