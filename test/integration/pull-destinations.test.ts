@@ -9,7 +9,8 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it, inject } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
-import { smart, smartBin, testCacheHome, type RunResult } from '../harness/run.js';
+import { run, smart, smartBin, testCacheHome, type RunResult } from '../harness/run.js';
+import { writeImage } from '../harness/images.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
 
@@ -142,5 +143,21 @@ describe('pull destinations', () => {
     const r = await smartIn(path.join(real, 'here'), ['pull', image(), 'rootfs:./x']);
     expect(r.code, r.stderr).toBe(0);
     expect(await fs.readFile(path.join(real, 'here', 'x', 'etc/app.conf'), 'utf8')).toBe('greeting=hi\n');
+  });
+});
+
+describe('the root of a pulled tree', () => {
+  it('is 0755 whatever the umask, when the image does not set it (no ./ entry), as Docker\'s is', async () => {
+    const work = await tempDir();
+    const image = path.join(work, 'image');
+    await writeImage(image, { layers: [{ files: { 'etc/app.conf': 'x\n' }, createdBy: 'COPY app.conf /etc/' }] });
+    for (const kind of ['rootfs', 'bundle']) {
+      const dest = path.join(work, kind);
+      const r = await run('sh', ['-c', `umask 027; exec "${process.execPath}" "${smartBin}" pull -q oci:${image}:latest ${kind}:${dest}`], { env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') } });
+      expect(r.code, r.stderr).toBe(0);
+      const root = kind === 'bundle' ? path.join(dest, 'rootfs') : dest;
+      expect((await fs.stat(root)).mode & 0o7777, kind).toBe(0o755);
+      if (kind === 'bundle') expect((await fs.stat(dest)).mode & 0o7777).toBe(0o755);
+    }
   });
 });

@@ -286,6 +286,10 @@ export class RootfsWriter implements ImageWriter {
     try {
       const rootfs = this.options.bundle ? path.join(staging, 'rootfs') : staging;
       if (this.options.bundle) await fs.mkdir(rootfs, { mode: 0o755 });
+      // The tree's root is 0755 (as Docker's always is) whatever this process's umask (027 made it
+      // 0750, where the image's user could not look a path up); an image's own `./` entry still sets it.
+      await fs.chmod(rootfs, 0o755);
+      if (this.options.bundle) await fs.chmod(staging, 0o755);
       const applier = new RootfsApplier(rootfs, {
         preserveOwnership: process.getuid?.() === 0,
         ...(this.options.onWarning ? { onWarning: this.options.onWarning } : {}),
