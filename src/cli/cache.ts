@@ -410,4 +410,9 @@ export function addCacheCommands(program: Command): void {
       if (flags.json) out.json(r);
       if (flags.strict && r.advice.length) throw new SmartError('ADVICE', `${r.advice.length} piece${r.advice.length === 1 ? '' : 's'} of advice (--strict)`);
     });
+
+  // Options all commands share that a cache command always refuses: out of its help and its
+  // completion (typed, they are still refused in one line naming where they apply).
+  const refused = new Set(CACHE_RULES.filter((r) => r.applies === never).map((r) => r.key as string));
+  for (const sub of cache.commands) for (const option of sub.options) if (refused.has(option.attributeName())) option.hideHelp();
 }

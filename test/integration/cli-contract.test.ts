@@ -218,6 +218,17 @@ describe('the command line contract', () => {
       expect(r.stdout.toString()).toMatch(/^\d+\.\d+\.\d+\n$/);
     });
 
+    it("a cache command's help and completion leave out what it always refuses (--digestfile, --all-platforms, --platform-mismatch)", async () => {
+      for (const command of ['index', 'plan', 'pull', 'warm']) {
+        const help = (await smart(['cache', command, '--help'])).stdout.toString();
+        expect(help, command).toContain('--stall-timeout');
+        expect(help, command).not.toMatch(/--digestfile|--all-platforms|--platform-mismatch/);
+      }
+      const bash = (await smart(['completion', 'bash'])).stdout.toString();
+      expect(bash).toContain("'push|--digestfile'");
+      expect(bash).not.toMatch(/'cache (index|plan|pull|warm)\|--(digestfile|platform-mismatch)'/);
+    });
+
     it.each([[['--help']], [['help']], [['cache', '--help']], [['--version']]])('asked for (%j) goes to stdout, exit 0; exit 1 in one line when it cannot be written', async (args) => {
       const r = await smart(args);
       expect(r.code, r.stderr).toBe(0);
