@@ -60,6 +60,16 @@ function envValue(name: string): string | undefined {
 /** Attempts at one S3 request (unless AWS_MAX_ATTEMPTS says otherwise): a registry request's. */
 const MAX_ATTEMPTS = 5;
 
+/** AWS_MAX_ATTEMPTS, refused when it is no count (the SDK took `abc` silently, for its default). */
+function checkedMaxAttempts(): number | undefined {
+  const v = envValue('AWS_MAX_ATTEMPTS');
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v.trim()) || Number(v) < 1) {
+    throw new SmartError('USAGE', `AWS_MAX_ATTEMPTS must be a whole number of attempts, 1 or more, not ${quoted(v, 40)}`, { input: 'AWS_MAX_ATTEMPTS' });
+  }
+  return Number(v);
+}
+
 /** No byte either way on a request's connection for this long: the request fails (retryable) instead of hanging. */
 export const DEFAULT_STALL_MS = 30_000;
 
@@ -114,7 +124,7 @@ export function makeS3Client(o: {
     responseChecksumValidation: 'WHEN_REQUIRED',
     // Five attempts, as a registry request gets, not the SDK's three: three 503 SlowDown in a row
     // are S3 asking to slow down, not a reason to fail a push. AWS_MAX_ATTEMPTS still decides.
-    ...(envValue('AWS_MAX_ATTEMPTS') === undefined ? { maxAttempts: MAX_ATTEMPTS } : {}),
+    ...(checkedMaxAttempts() === undefined ? { maxAttempts: MAX_ATTEMPTS } : {}),
     // The socket's idle timer is the stall detector of every request, uploads included: an
     // endpoint that stops reading a part (or stops answering) fails the request, which is retried.
     // Behind a proxy (HTTPS_PROXY and the rest, as for registries): each connection through it or

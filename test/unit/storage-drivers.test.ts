@@ -784,6 +784,23 @@ describe('the S3 endpoint', () => {
     }
     expect(() => s3ClientFromEnvironment({ endpoint: 'http://127.0.0.1:9000/root' }).destroy()).not.toThrow();
   });
+
+  it('AWS_MAX_ATTEMPTS that is no count is refused as a usage error, not taken for the default', () => {
+    for (const bad of ['abc', '0', '-1', '2.5']) {
+      vi.stubEnv('AWS_MAX_ATTEMPTS', bad);
+      try {
+        expect(() => s3ClientFromEnvironment({ endpoint: 'http://127.0.0.1:9000' }), bad).toThrow(`AWS_MAX_ATTEMPTS must be a whole number of attempts, 1 or more, not "${bad}"`);
+      } finally {
+        vi.unstubAllEnvs();
+      }
+    }
+    vi.stubEnv('AWS_MAX_ATTEMPTS', '3');
+    try {
+      expect(() => s3ClientFromEnvironment({ endpoint: 'http://127.0.0.1:9000' }).destroy()).not.toThrow();
+    } finally {
+      vi.unstubAllEnvs();
+    }
+  });
 });
 
 describe('S3 failures that are not the endpoint', () => {
