@@ -452,6 +452,19 @@ describe('an index older than the store', () => {
   });
 });
 
+describe('cache pull --print-cache-from buildah into a layout', () => {
+  it('says no build step matched when only the base did, not that a layout is wanted', async () => {
+    const { work, store, cacheHome } = await storeWithBase('nostep');
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM nostep/base:1\nRUN echo never built\n');
+    const r = await smart(['cache', 'pull', `file:${store}`, ctx, `oci:${path.join(work, 'steps')}`, '--print-cache-from', 'buildah'], { cacheHome });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain('warning: buildah: no build step matched: buildah has no step image to use (the base alone it pulls itself)');
+    expect(r.stderr).not.toContain('write them with an oci:DIR destination');
+  });
+});
+
 describe('smart cache plan of a stage built on another stage', () => {
   it('matches the parent stage\'s steps before the target\'s (FROM build AS final), as the image holds them', async () => {
     const { work, store, cacheHome, base } = await storeWithBase('stages');

@@ -275,8 +275,10 @@ export function cacheFromInstructions(builder: CacheBuilder, pulled: CachePullRe
       return { builder, commands: [], flags: builder === 'buildx' ? `--cache-from type=registry,ref=${ref}` : `--cache-from ${ref}` };
     }
     case 'buildah': {
-      const images = pulled.destination.startsWith('oci:') ? (pulled.images ?? []) : [];
-      if (images.length === 0) return none('buildah needs one image per step: write them with an oci:DIR destination');
+      const intoLayout = pulled.destination.startsWith('oci:');
+      const images = intoLayout ? (pulled.images ?? []) : [];
+      // Into a layout, no image means no build step matched (the base alone is no step's cache).
+      if (images.length === 0) return none(intoLayout ? 'no build step matched: buildah has no step image to use (the base alone it pulls itself)' : 'buildah needs one image per step: write them with an oci:DIR destination');
       return { builder, commands: images.map((n) => `buildah pull ${n}`), flags: '--layers' };
     }
   }
