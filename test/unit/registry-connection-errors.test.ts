@@ -93,4 +93,12 @@ describe('network failures are said once, in words, with no code of ours', () =>
     expect(statusError(ctx, 502, Buffer.from('502 Bad Gateway'), { method: 'GET', what: 'manifest a:1' }).message).toBe('registry registry.example:5000 answered 502 to GET manifest a:1');
     expect(statusError(ctx, 404, Buffer.from('no route for /v2/x'), { method: 'GET', what: 'manifest a:1' }).message).toBe('registry registry.example:5000 answered 404 no route for /v2/x to GET manifest a:1');
   });
+
+  it('a 407 is the proxy\'s, not the registry\'s: said so, with where its credentials go', () => {
+    const e = statusError(ctx, 407, Buffer.from('Proxy Authentication Required'), { method: 'GET', what: 'ping' });
+    expect([e.message, e.hint]).toEqual([
+      'the HTTP proxy between here and registry registry.example:5000 answered 407 Proxy Authentication Required to GET ping',
+      'give the proxy its credentials in HTTP_PROXY / HTTPS_PROXY (http://USER:PASSWORD@PROXY:PORT), or name the registry in NO_PROXY',
+    ]);
+  });
 });

@@ -121,6 +121,14 @@ export function statusError(ctx: ErrorContext, status: number, body: Buffer | un
   const who = request.elsewhere ? `${request.elsewhere}, where registry ${ctx.host} sent it,` : `registry ${ctx.host}`;
   const message = `${who} answered ${status}${detail ? ` ${detail}` : ''} to ${request.method} ${request.what}`;
   const facts = { status, details, method: request.method, ...(request.url !== undefined ? { url: request.url } : {}) };
+  if (status === 407) {
+    // Only a proxy answers 407: the registry was never asked.
+    return new RegistryError('REGISTRY', `the HTTP proxy between here and registry ${ctx.host} answered 407 Proxy Authentication Required to ${request.method} ${request.what}`, {
+      ...facts,
+      input: ctx.host,
+      hint: 'give the proxy its credentials in HTTP_PROXY / HTTPS_PROXY (http://USER:PASSWORD@PROXY:PORT), or name the registry in NO_PROXY',
+    });
+  }
   if ((status === 401 || status === 403) && request.elsewhere) {
     // Not the registry's credentials at fault: that server is sent none of them (a pre-signed URL expired, a CDN's own rules).
     return new RegistryError('REGISTRY', message, { ...facts, input: ctx.host, hint: `${request.elsewhere} is not sent the registry's credentials: the registry's storage or CDN refused the request it signed` });
