@@ -249,12 +249,30 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
       expect(gone.code).toBe(1);
       // Retried (a connection refused may be a restart), each retry a warning, then one error line.
       expect(gone.stderr.trim().split('\n').filter((l) => !l.startsWith('warning: '))).toEqual([
-        expect.stringMatching(new RegExp(`^smart: error \\[REGISTRY\\]: cannot reach ${deadHost}, where registry ${proxy.host} sent it: ECONNREFUSED .*\\(the registry sent the request to ${deadHost} \\(a redirect, or an upload's Location\\), which cannot be reached from here: .*\\)$`)),
+        expect.stringMatching(new RegExp(`^smart: error \\[REGISTRY\\]: cannot reach ${deadHost}, where registry ${proxy.host} sent it: ECONNREFUSED .*\\(the registry sent the request to ${deadHost} \\(a redirect, an upload's Location, its token server\\), which cannot be reached from here: .*\\)$`)),
       ]);
     } finally {
       await proxy.stop();
       await new Promise((r) => storage.close(r));
       await new Promise((r) => thief.close(r));
+    }
+  });
+
+  it("a token server of its own that fails is named as itself, not as the registry", async () => {
+    const broken = http.createServer((_, res) => res.writeHead(500, { 'content-type': 'text/html' }).end('<html>token service down</html>'));
+    await new Promise<void>((r) => broken.listen(0, '127.0.0.1', r));
+    const tokenHost = `127.0.0.1:${(broken.address() as AddressInfo).port}`;
+    const proxy = await startProxy({ target: registry.url });
+    proxy.setFaults(() => ({ kind: 'status', status: 401, headers: { 'www-authenticate': `Bearer realm="http://${tokenHost}/token",service="test"` }, body: '' }));
+    try {
+      const r = await smart(['pull', `docker://${proxy.host}/team/app:v1`, `oci:${path.join(work, 'no-token')}:v1`, '--creds', 'bob:bob-pass'], await fresh());
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split('\n').filter((l) => !l.startsWith('warning: '))).toEqual([
+        expect.stringMatching(new RegExp(`^smart: error \\[REGISTRY\\]: ${tokenHost}, where registry ${proxy.host} sent it, answered 500 .*token service down.* to GET token for ${proxy.host}`)),
+      ]);
+    } finally {
+      await proxy.stop();
+      await new Promise((r) => broken.close(r));
     }
   });
 

@@ -192,7 +192,8 @@ export class Auth {
     }
     const what = `token for ${host}`;
     const method = form ? 'POST' : 'GET';
-    const request = { what, method, url: url.toString() };
+    // A token server of its own (the realm on another host): its failures are said as its own.
+    const request = { what, method, url: url.toString(), ...(url.host !== host ? { elsewhere: url.host } : {}) };
     const res = await this.deps.retry.send(
       what,
       () =>

@@ -209,7 +209,7 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
   const addressHint = /through the proxy/.test(msg)
     ? undefined
     : request.elsewhere && (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN')
-      ? `the registry sent the request to ${request.elsewhere} (a redirect, or an upload's Location), which cannot be reached from here: the registry's storage or CDN address is what to check`
+      ? `the registry sent the request to ${request.elsewhere} (a redirect, an upload's Location, its token server), which cannot be reached from here: that address is what to check`
       : code === 'ECONNREFUSED'
         ? `nothing answers at ${ctx.host}: check the registry's address and port, and that it runs`
         : code === 'ENOTFOUND' || code === 'EAI_AGAIN'
