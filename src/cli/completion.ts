@@ -23,7 +23,7 @@ interface CommandFacts {
   description: string;
   subcommands: { name: string; description: string }[];
   options: OptionFacts[];
-  /** What its positional arguments are: choices (`completion`'s shells), else image names and paths. */
+  /** What its positional arguments are: choices (`completion`'s shells; none when it takes none), else image names and paths. */
   positional: readonly string[] | 'images';
 }
 
@@ -54,7 +54,8 @@ function facts(program: Command): CommandFacts[] {
       description: c.description(),
       subcommands: c.commands.map((s) => ({ name: s.name(), description: s.description() })),
       options,
-      positional: choices ?? 'images',
+      // A command that takes no argument (`version`) completes none, not image names.
+      positional: choices ?? (c.registeredArguments.length === 0 ? [] : 'images'),
     });
     for (const sub of c.commands) walk(sub, path ? `${path} ${sub.name()}` : sub.name());
   };
@@ -242,7 +243,8 @@ function fish(commands: CommandFacts[]): string {
         lines.push(`complete -c ${bin} ${cond} ${names}${value} -d ${sq(firstLine(o.description))}`);
       }
       if (!c.subcommands.length) {
-        lines.push(`complete -c ${bin} ${cond} -a ${sq(c.positional === 'images' ? '(__smart_images)' : c.positional.join(' '))}`);
+        if (c.positional !== 'images' && c.positional.length === 0) lines.push(`complete -c ${bin} ${cond} -f`); // no argument: no files either
+        else lines.push(`complete -c ${bin} ${cond} -a ${sq(c.positional === 'images' ? '(__smart_images)' : c.positional.join(' '))}`);
       }
     }
   }

@@ -372,7 +372,7 @@ describe('the command line contract', () => {
       expect(r.code, r.stderr).toBe(0);
       await fs.writeFile(script, r.stdout);
       const probe = (line: string) => `COMP_LINE=${JSON.stringify(line)}; COMP_POINT=\${#COMP_LINE}; COMPREPLY=(); _smart; echo "\${COMPREPLY[*]}"`;
-      const lines = ['smart ', 'smart push --prog', 'smart push --progress ', 'smart cache ', 'smart cache pull --builder b', 'smart-push --json d', 'smart completion '];
+      const lines = ['smart ', 'smart push --prog', 'smart push --progress ', 'smart cache ', 'smart cache pull --builder b', 'smart-push --json d', 'smart completion ', 'smart version '];
       const out = await run('bash', ['-c', [`source ${script}`, ...lines.map(probe)].join('\n')]);
       expect(out.code, out.stderr).toBe(0);
       expect(out.stdout.toString().split('\n').slice(0, lines.length)).toEqual([
@@ -383,6 +383,7 @@ describe('the command line contract', () => {
         'buildkit buildx buildah',
         'docker-archive: docker://',
         'bash zsh fish',
+        '', // version takes no argument: no image names
       ]);
     });
 
@@ -409,7 +410,7 @@ describe('the command line contract', () => {
       ]);
       expect(zshProbe.code, zshProbe.stderr).toBe(0);
       expect(zshProbe.stdout.toString()).toMatch(/^none\nindex:build or refresh the layer trie.* plan:.* pull:.* warm:.* lint:/);
-      const fishProbe = await run('fish', ['-c', `source ${fishFile}; complete -C 'smart push --progress '; complete -C 'smart-cache pull --print-cache-from '`]);
+      const fishProbe = await run('fish', ['-c', `source ${fishFile}; complete -C 'smart push --progress '; complete -C 'smart-cache pull --print-cache-from '; complete -C 'smart version '`]);
       expect(fishProbe.code, fishProbe.stderr).toBe(0);
       const words = fishProbe.stdout.toString().split('\n').map((l) => l.split('\t')[0]).filter(Boolean);
       expect(words).toEqual(['auto', 'json', 'none', 'plain', 'tty', 'buildah', 'buildkit', 'buildx', 'docker']);
