@@ -91,14 +91,6 @@ export function positiveInt(name: string, max: number) {
   };
 }
 
-/** A value that cannot be empty: `--platform ''` (a CI variable unset) was taken for no option at all. */
-function nonEmpty(name: string) {
-  return (v: string): string => {
-    if (v === '') throw new Error(`${name} takes a value, not an empty string`);
-    return v;
-  };
-}
-
 export const COMMON_OPTIONS: readonly OptionSpec[] = [
   { flags: '--json', description: 'print the result, or the error, as one JSON document on stdout' },
   { flags: '-q, --quiet', description: 'print nothing but errors (and the --json document, or the reference a push stored)' },
@@ -113,7 +105,6 @@ export const COMMON_OPTIONS: readonly OptionSpec[] = [
   {
     flags: '--platform <os/arch[/variant]>',
     description: 'copy this platform only: picked from a multi-platform image, checked against a single-platform one (default: push copies every platform, pull picks this machine\'s)',
-    parse: nonEmpty('--platform'),
   },
   { flags: '--all-platforms', description: 'copy every platform of a multi-platform image and the index itself, digests unchanged (what push does by default; a pull into a store or layout does it on request)' },
   {
@@ -121,20 +112,19 @@ export const COMMON_OPTIONS: readonly OptionSpec[] = [
     description: 'a single-platform image of another platform than the one wanted: error, or warn and copy it (default: error with --platform, warn for the machine\'s own)',
     choices: ['error', 'warn'],
   },
-  { flags: '--digestfile <file>', description: 'after the copy, write the digest of the manifest (or index) written to FILE, as skopeo does', parse: nonEmpty('--digestfile') },
-  { flags: '--cache-dir <dir>', description: 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)', parse: nonEmpty('--cache-dir') },
+  { flags: '--digestfile <file>', description: 'after the copy, write the digest of the manifest (or index) written to FILE, as skopeo does' },
+  { flags: '--cache-dir <dir>', description: 'where local state lives (default: $XDG_CACHE_HOME/smartlayer)' },
   { flags: '--redis <url>', description: 'share the metadata cache in Redis: redis://, rediss://, redis+cluster://h1:p1,h2:p2 (default: $SMART_REDIS_URL; else on disk)' },
   {
     flags: '--creds <user:password>',
     description: 'credentials for the registry the command talks to; with two registries use --src-creds/--dest-creds (default: $SMART_REGISTRY_AUTH, then auth.json and ~/.docker/config.json)',
   },
-  { flags: '--creds-file <file>', description: 'as --creds, read from FILE (USER:PASSWORD on its first line): the secret stays out of ps and logs', parse: nonEmpty('--creds-file') },
+  { flags: '--creds-file <file>', description: 'as --creds, read from FILE (USER:PASSWORD on its first line): the secret stays out of ps and logs' },
   { flags: '--username <user>', description: 'with --password-stdin: the user of the credentials' },
   { flags: '--password-stdin', description: 'as --creds, the password read from stdin (with --username), as docker login --password-stdin' },
   {
     flags: '--authfile <file>',
     description: 'the containers auth.json to read credentials from, as podman/skopeo login write it, instead of the default files (default: $REGISTRY_AUTH_FILE)',
-    parse: nonEmpty('--authfile'),
   },
   { flags: '--src-creds <user:password>', description: 'registry credentials for the source only' },
   { flags: '--dest-creds <user:password>', description: 'registry credentials for the destination only' },
@@ -178,16 +168,16 @@ export const PUSH_OPTIONS: readonly OptionSpec[] = [
       return n;
     },
   },
-  { flags: '--dockerfile <file>', description: 'the Dockerfile the image was built from: each layer is annotated with its step, for smart cache', parse: nonEmpty('--dockerfile') },
-  { flags: '--context <dir>', description: 'the build context of --dockerfile (default: its directory)', parse: nonEmpty('--context') },
-  { flags: '--target <stage>', description: 'the stage of --dockerfile that was built (default: the last)', parse: nonEmpty('--target') },
+  { flags: '--dockerfile <file>', description: 'the Dockerfile the image was built from: each layer is annotated with its step, for smart cache' },
+  { flags: '--context <dir>', description: 'the build context of --dockerfile (default: its directory)' },
+  { flags: '--target <stage>', description: 'the stage of --dockerfile that was built (default: the last)' },
   { flags: '--build-arg <key=value>', description: 'a build argument the image was built with (repeatable)', repeatable: true },
   TAG_CACHE_TTL_OPTION,
 ];
 
 /** `pull`'s own options, before the common ones. */
 export const PULL_OPTIONS: readonly OptionSpec[] = [
-  { flags: '--layer-store <dir>', description: 'where layers are kept between pulls, unpacked or as the compressed blobs fetched (default: CACHE_DIR/layer-store)', parse: nonEmpty('--layer-store') },
+  { flags: '--layer-store <dir>', description: 'where layers are kept between pulls, unpacked or as the compressed blobs fetched (default: CACHE_DIR/layer-store)' },
   { flags: '--link', description: 'hardlink files from the layer store into rootfs:/bundle: (fast; the tree then shares inodes with the store: read-only uses)' },
   {
     flags: '--keep-layers',

@@ -131,9 +131,10 @@ Install:
 }
 
 /**
- * An option's value may not be empty, on every command: `--s3-endpoint "$S3_URL"` with the
- * variable unset went to AWS itself, `--redis ''` to the disk, `--creds ''` to the credential
- * files, as if the option were not there (README: an empty value is refused).
+ * An option's value may not be empty, on every command (the one place this is checked; the fast
+ * path leaves an empty value to commander): `--s3-endpoint "$S3_URL"` with the variable unset went
+ * to AWS itself, `--platform ''`, `--redis ''`, `--creds ''` were as if the option were not there
+ * (README: an empty value is refused).
  */
 function refuseEmptyValues(command: Command): void {
   for (const option of command.options) {

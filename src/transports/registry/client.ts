@@ -251,11 +251,12 @@ export class RegistryClient extends RegistryApi {
     // another host): it gets none of the registry's credentials, its 401 changes nothing of the
     // registry's authentication (a challenge there naming another token server would otherwise
     // have the registry's credentials sent to it), and its failures are said as its own.
-    const elsewhere = (u: URL) => (u.host === new URL(this.base!).host ? {} : { elsewhere: u.host });
+    const isRegistry = (u: URL) => u.host === new URL(this.base!).host;
+    const elsewhere = (u: URL) => (isRegistry(u) ? {} : { elsewhere: u.host });
     let request = { what: spec.what, method: spec.method, url: url.toString(), ...elsewhere(url) };
     let authRetried = false;
     for (;;) {
-      const atRegistry = url.host === new URL(this.base!).host;
+      const atRegistry = isRegistry(url);
       const auth = atRegistry ? await this.auth.authorization(spec.scopes, signal) : undefined;
       // identity: bytes as stored, which digests and sizes name (a proxy or CDN that compresses
       // what a client accepts would otherwise send a body of another length and digest).
