@@ -52,6 +52,16 @@ export function assignCredentials(
   const read = unique(names.read);
   const write = unique(names.write);
   const all = [...new Set([...read, ...write])];
+  // A credential typed for a command that reaches no registry would go nowhere: `--creds` on an
+  // s3:// push looks as if it signed the S3 requests, which take the AWS SDK's credentials.
+  const unused = (flag: string, what: string) =>
+    new SmartError('USAGE', `${flag} is for a registry (docker://), and ${what}`, {
+      input: flag,
+      hint: 'leave it out: file: needs no credentials; s3:// takes the AWS SDK\'s: AWS_ACCESS_KEY_ID with AWS_SECRET_ACCESS_KEY, or AWS_PROFILE',
+    });
+  if (explicit.shared && explicit.shared.from !== 'SMART_REGISTRY_AUTH' && all.length === 0) throw unused(explicit.shared.from, 'this command talks to none');
+  if (explicit.source && read.length === 0) throw unused('--src-creds', `what this command reads is none (${names.read.join(', ')})`);
+  if (explicit.destination && write.length === 0) throw unused('--dest-creds', `what this command writes is none (${names.write.join(', ') || 'nothing'})`);
   // `cache plan STORE --image IMG` reads two registries: one --src-creds would reach both.
   if (explicit.source && read.length > 1) {
     throw new SmartError('USAGE', `--src-creds would go to two registries (${read.join(' and ')})`, { input: '--src-creds', hint: PER_REGISTRY_HINT });

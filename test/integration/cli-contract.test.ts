@@ -115,6 +115,9 @@ describe('the command line contract', () => {
       [['cache', 'plan', 'file:/nonexistent/store', '--all-platforms'], '--all-platforms applies to push, pull and copy'],
       [['cache', 'warm', 'file:/nonexistent/store', '--platform-mismatch', 'warn'], '--platform-mismatch applies to push, pull and copy'],
       [['cache', 'index', 'file:/nonexistent/store', '--dest-creds', 'u:p'], '--dest-creds applies to a cache pull or warm --for that writes an image'],
+      // A credential that would reach no registry: --creds on an s3:// push looked as if it signed S3's requests.
+      [['push', layout, 's3://bucket#team/app:1', '--creds', 'u:p'], '--creds is for a registry (docker://), and this command talks to none'],
+      [['cache', 'plan', 'file:/nonexistent/store', '--src-creds', 'u:p'], '--src-creds is for a registry (docker://), and what this command reads is none (file:/nonexistent/store)'],
       [['cache', 'warm', 'file:/nonexistent/store', '--for', 'Dockerfile', '--top', '3'], '--top applies to cache warm without --for'],
       [['cache', 'warm', 'file:/nonexistent/store', '--target', 'build'], '--target applies to a plan (cache plan, cache pull, cache warm --for), and cache warm has no --for'],
       [['cache', 'pull', 'file:/nonexistent/store', '.', '--tag', 'app:1'], '--tag applies to a cache pull into a docker-archive:'],

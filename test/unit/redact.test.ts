@@ -150,6 +150,19 @@ describe('assignCredentials: an explicit credential goes to one registry', () =>
     expect(quiet).toEqual([]);
   });
 
+  it('a credential typed for a command that reaches no registry is refused, not dropped', () => {
+    // --creds on an s3:// push looked as if it signed the S3 requests.
+    const e = thrown(() => assignCredentials({ shared: { value: 'alice:pw', from: '--creds' } }, { read: ['docker-archive:app.tar'], write: ['s3://bucket/registry#team/app:1'] }));
+    expect(e.code).toBe('USAGE');
+    expect(e.message).toBe('--creds is for a registry (docker://), and this command talks to none');
+    expect(e.hint).toMatch(/s3:\/\/ takes the AWS SDK's/);
+    expect(thrown(() => assignCredentials({ shared: { value: 'alice:pw', from: '--creds-file' } }, { read: ['file:/srv#a:1'], write: [] })).message).toMatch(/^--creds-file is for a registry/);
+    expect(thrown(() => assignCredentials({ source: 'a:1' }, { read: ['oci:/x:1'], write: [B] })).message).toBe('--src-creds is for a registry (docker://), and what this command reads is none (oci:/x:1)');
+    expect(thrown(() => assignCredentials({ destination: 'b:2' }, { read: [A], write: ['oci:/x:1'] })).input).toBe('--dest-creds');
+    // Set once for many commands, not typed for this one: no registry, nothing to say.
+    expect(() => assignCredentials({ shared: { value: 'alice:pw', from: 'SMART_REGISTRY_AUTH' } }, { read: ['oci:/x:1'], write: ['file:/srv#a:1'] })).not.toThrow();
+  });
+
   it('--src-creds and --dest-creds go to their side only', () => {
     expect(assignCredentials({ source: 'a:1', destination: 'b:2' }, { read: [A], write: [B] })).toEqual({
       sourceCredentials: { username: 'a', password: '1' },
