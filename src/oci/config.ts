@@ -51,8 +51,12 @@ export function parseImageConfig(bytes: Buffer, input?: string): ImageConfig {
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad('not a JSON object');
   const c = doc as Record<string, unknown>;
   const rootfs = c.rootfs as { type?: unknown; diff_ids?: unknown } | undefined;
-  if (!rootfs || rootfs.type !== 'layers' || !Array.isArray(rootfs.diff_ids)) throw bad('rootfs.diff_ids is missing');
-  const diffIds = rootfs.diff_ids.map((d, i) => {
+  if (!rootfs || rootfs.type !== 'layers') throw bad('rootfs is missing or not of type "layers"');
+  // An image of no layer (`FROM scratch` and a LABEL): Docker's classic builder leaves diff_ids
+  // out, BuildKit writes null; Docker and skopeo read both as none, as Go reads a missing list.
+  const listed = rootfs.diff_ids ?? [];
+  if (!Array.isArray(listed)) throw bad('rootfs.diff_ids is not a list');
+  const diffIds = listed.map((d: unknown, i) => {
     if (typeof d !== 'string') throw bad(`rootfs.diff_ids[${i}] is not a string`);
     try {
       return parseDigest(d);

@@ -108,6 +108,22 @@ export function normalizeMemberName(name: string): string {
   return n;
 }
 
+/**
+ * The member a symlink or hardlink member of an archive names: a symlink's target is relative to
+ * its own directory (`docker save` links a layer an image holds twice as `../<id>/layer.tar`), a
+ * hardlink's to the archive's root; `..` resolves inside the archive and never climbs out of it.
+ */
+export function linkedMemberName(member: string, type: 'symlink' | 'link', linkname: string): string {
+  const base = type === 'symlink' && !linkname.startsWith('/') ? member.split('/').slice(0, -1) : [];
+  const out: string[] = [];
+  for (const part of [...base, ...linkname.split('/')]) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') out.pop();
+    else out.push(part);
+  }
+  return out.join('/');
+}
+
 function writeString(block: Buffer, offset: number, length: number, value: string): void {
   block.write(value, offset, length, 'utf8');
 }

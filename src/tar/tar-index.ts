@@ -14,7 +14,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { SmartError, isErrno } from '../errors.js';
 import { MAX_ARCHIVE_MEMBERS, limitExceeded } from '../limits.js';
-import { BLOCK, decodeHeader, entryType, isZeroBlock, normalizeMemberName, parsePax, readNumber, type TarEntryType } from './header.js';
+import { BLOCK, decodeHeader, entryType, isZeroBlock, linkedMemberName, normalizeMemberName, parsePax, readNumber, type TarEntryType } from './header.js';
 import { MAX_SPARSE_SEGMENTS, checkLayout, holeChunk, parseDataMap, parseGnuEntries, parsePaxMap, paxRealSize, paxSparseKind } from './sparse.js';
 
 /** An archive named where a directory is: an OCI layout meant as oci:DIR is said to be one. */
@@ -188,9 +188,7 @@ export class TarIndex {
   get(name: string): TarMember | undefined {
     let member = this.members.get(normalizeMemberName(name));
     for (let hops = 0; member && (member.type === 'symlink' || member.type === 'link') && hops < 16; hops++) {
-      const base = member.type === 'symlink' ? member.name.split('/').slice(0, -1).join('/') : '';
-      const target = member.linkname.startsWith('/') ? member.linkname : base ? `${base}/${member.linkname}` : member.linkname;
-      member = this.members.get(normalizeMemberName(resolveDots(target)));
+      member = this.members.get(linkedMemberName(member.name, member.type, member.linkname));
     }
     return member && member.type === 'file' ? member : undefined;
   }
@@ -298,12 +296,3 @@ function safely<T>(f: () => T, what: string, name: string, file: string): T {
   }
 }
 
-function resolveDots(p: string): string {
-  const out: string[] = [];
-  for (const part of p.split('/')) {
-    if (part === '' || part === '.') continue;
-    if (part === '..') out.pop();
-    else out.push(part);
-  }
-  return out.join('/');
-}

@@ -15,7 +15,7 @@ import type { Digest } from '../oci/digest.js';
 import type { StreamedLayer } from '../oci/image.js';
 import { sniffCompression } from '../oci/mediatypes.js';
 import { tarParseError } from '../tar/errors.js';
-import { decodeHeader, normalizeMemberName } from '../tar/header.js';
+import { decodeHeader, linkedMemberName, normalizeMemberName } from '../tar/header.js';
 import { hasSparseRecords } from '../tar/sparse.js';
 
 /** JSON members (configs, manifests, manifest.json, index.json, v1 json) up to this size are kept, up to MAX_ARCHIVE_JSON_BYTES in all. */
@@ -130,8 +130,7 @@ export async function readArchiveMembers<T>(input: Readable, name: string, readi
       }
       const member = normalizeMemberName(header.name);
       if (header.type === 'symlink' || header.type === 'link') {
-        const base = header.type === 'symlink' ? member.split('/').slice(0, -1) : [];
-        aliases.set(member, normalizeMemberName([...base, header.linkname ?? ''].join('/')));
+        aliases.set(member, linkedMemberName(member, header.type, header.linkname ?? ''));
         entry.resume();
         lastMember = header.name;
         continue;

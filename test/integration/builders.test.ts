@@ -389,6 +389,42 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     expect(cachedLines('buildkit', fresh.stderr.toString()), fresh.stderr.toString()).toEqual(expect.arrayContaining([2, 3, 4]));
   });
 
+  it('images Docker builds of a layer held twice, and of no layer: pushed from docker save on a pipe, pulled back into Docker as the same image', async () => {
+    const dir = path.join(work, 'ctx-odd-layers');
+    await fs.mkdir(dir, { recursive: true });
+    await fs.writeFile(path.join(dir, 'a'), 'a\n');
+    await dockerd.wipe();
+    const idOf = async (ref: string) => (await dockerd.dockerOk(['image', 'inspect', '--format', '{{.Id}}', ref])).stdout.toString().trim();
+    // The same COPY thrice: BuildKit makes the same layer twice (the last two), and `docker save` (up to Docker
+    // 24) writes the second as a symlink `../<id>/layer.tar`. A stream of it was refused as corrupt.
+    await fs.writeFile(path.join(dir, 'Dockerfile'), 'FROM scratch\nCOPY a /a\nCOPY a /a\nCOPY a /a\n');
+    await dockerd.dockerOk(['build', '--network', 'none', '-t', 'twice:1', dir], { env: { DOCKER_BUILDKIT: '1' } });
+    const twice = await idOf('twice:1');
+    const saved = (await dockerd.dockerOk(['save', 'twice:1'])).stdout;
+    expect((await runOk('tar', ['-tv'], { input: saved })).stdout.toString()).toMatch(/^l.* -> \.\.\/[0-9a-f]{64}\/layer\.tar$/m);
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/twice:1`], saved);
+    // No layer at all (`FROM scratch` and a LABEL): the classic builder leaves the config's
+    // diff_ids out, BuildKit writes null. Docker cannot save such an image: it reaches smart
+    // through a registry.
+    await fs.writeFile(path.join(dir, 'Dockerfile'), 'FROM scratch\nLABEL only=label\n');
+    const empty: Record<string, string> = {};
+    for (const [builder, env] of [['classic', '0'], ['buildkit', '1']] as const) {
+      await dockerd.dockerOk(['build', '--network', 'none', '-t', `${registry.host}/apps/nolayer:${builder}`, dir], { env: { DOCKER_BUILDKIT: env } });
+      empty[builder] = await idOf(`${registry.host}/apps/nolayer:${builder}`);
+      await dockerd.dockerOk(['push', `${registry.host}/apps/nolayer:${builder}`]);
+    }
+    const archives = Object.fromEntries(
+      await Promise.all(Object.keys(empty).map(async (b) => [b, (await runOkSmart(['pull', `docker://${registry.host}/apps/nolayer:${b}`, 'docker-archive:-', '-q'])).stdout] as const)),
+    );
+    await dockerd.wipe();
+    await dockerd.dockerOk(['pull', `${registry.host}/apps/twice:1`]);
+    expect(await idOf(`${registry.host}/apps/twice:1`)).toBe(twice);
+    for (const [builder, archive] of Object.entries(archives)) {
+      await dockerd.dockerOk(['load'], { input: archive });
+      expect(await idOf(`${registry.host}/apps/nolayer:${builder}`), builder).toBe(empty[builder]);
+    }
+  });
+
   it('a changed ENV, USER or build arg before a RUN: the plan stops at that RUN, as the classic builder and BuildKit do', async () => {
     const configDockerfile = (mode: string, user: string) =>
       `FROM ${baseRef}\nENV MODE=${mode}\nARG LEVEL=1\nUSER ${user}\nRUN echo "$MODE $LEVEL" > /tmp/mode\nRUN echo tail > /tmp/tail\n`;

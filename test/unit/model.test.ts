@@ -1,6 +1,7 @@
 /** The pure image model: digests, references, platforms, manifests, image names. */
 import { describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
+import { parseImageConfig } from '../../src/oci/config.js';
 import { parseDigest, sha256Digest } from '../../src/oci/digest.js';
 import { parseManifest } from '../../src/oci/manifest.js';
 import { MediaType } from '../../src/oci/mediatypes.js';
@@ -111,6 +112,20 @@ describe('manifests', () => {
     expect(code(() => parseManifest(docker, MediaType.OCI_MANIFEST))).toBe('MANIFEST_INVALID');
     const badLayer = Buffer.from(JSON.stringify({ schemaVersion: 2, config: desc, layers: [{ ...desc, size: -1 }] }));
     expect(() => parseManifest(badLayer)).toThrow(/layers\[0\]\.size/);
+  });
+});
+
+describe('image configs', () => {
+  const config = (rootfs: unknown) => Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs }));
+
+  it('an image of no layer is read as Docker reads it: diff_ids left out (classic builder) or null (BuildKit) are none', () => {
+    // `FROM scratch` + `LABEL`, as `docker build` writes the config of each builder.
+    expect(parseImageConfig(config({ type: 'layers' })).rootfs.diff_ids).toEqual([]);
+    expect(parseImageConfig(config({ type: 'layers', diff_ids: null })).rootfs.diff_ids).toEqual([]);
+    expect(parseImageConfig(config({ type: 'layers', diff_ids: [D] })).rootfs.diff_ids).toEqual([D]);
+    expect(code(() => parseImageConfig(config({ type: 'layers', diff_ids: D })))).toBe('MANIFEST_INVALID');
+    expect(code(() => parseImageConfig(config(undefined)))).toBe('MANIFEST_INVALID');
+    expect(code(() => parseImageConfig(config({ type: 'tarballs', diff_ids: [] })))).toBe('MANIFEST_INVALID');
   });
 });
 
