@@ -76,6 +76,8 @@ export function trieKeys(scope: string) {
     edge: (parent: string | undefined, step: string) => `${prefix}e:${parent ?? 'root'}:${createHash('sha256').update(step).digest('hex').slice(0, 32)}`,
     image: (repository: string, tag: string) => `${prefix}i:${repository}:${tag}`,
     top: `${prefix}top`,
+    /** When the last full index of the store began (ms): records it did not see since are of tags gone. */
+    indexedSince: `${prefix}since`,
     lock: `${prefix}lock`,
   };
 }

@@ -33,9 +33,43 @@ export class CachedTrieStore implements TrieStore {
     return this.keys.image(repository, tag);
   }
 
+  /**
+   * Nodes as live images hold them: a node names the images it was seen in, and a tag moved since
+   * (its record names another manifest) or gone (no record, or one no index has seen since the
+   * last began) no longer holds it. Without that, a plan chose an image the store no longer has,
+   * and `cache pull` failed on every run, a new index run included. A node no live image names is
+   * as good as absent (its chain may still be in images past the few a node lists: a missed
+   * reuse, never a wrong one).
+   */
   async getNodes(chainIds: readonly Digest[]): Promise<(TrieNode | undefined)[]> {
+    return (await this.liveNodes(chainIds)).nodes;
+  }
+
+  private async liveNodes(chainIds: readonly Digest[]): Promise<{ nodes: (TrieNode | undefined)[]; indexedSince: number | undefined }> {
     const raw = await this.cache.getMany(chainIds.map((id) => this.nodeKey(id)));
-    return raw.map((r) => (r ? parseOr<TrieNode>(r) : undefined));
+    const nodes = raw.map((r) => (r ? parseOr<TrieNode>(r) : undefined));
+    const tagged = new Map<string, { repository: string; tag: string }>();
+    for (const n of nodes) for (const r of n?.images ?? []) if (r.tag) tagged.set(`${r.repository}:${r.tag}`, { repository: r.repository, tag: r.tag });
+    const refs = [...tagged.values()];
+    const [since, ...records] = await this.cache.getMany([this.keys.indexedSince, ...refs.map((r) => this.imageKey(r.repository, r.tag))]);
+    const indexedSince = since !== undefined && Number.isFinite(Number(since)) ? Number(since) : undefined;
+    if (refs.length === 0) return { nodes, indexedSince };
+    const current = new Map(refs.map((r, i) => [`${r.repository}:${r.tag}`, records[i] ? parseOr<StoredRecord>(records[i]!) : undefined]));
+    const live = (r: ImageRef): boolean => {
+      if (!r.tag) return true;
+      const record = current.get(`${r.repository}:${r.tag}`);
+      // Never indexed: what pushes recorded is all there is to go by.
+      if (!record) return indexedSince === undefined;
+      return record.ref?.manifest === r.manifest && (indexedSince === undefined || (record.seen ?? 0) >= indexedSince);
+    };
+    return {
+      nodes: nodes.map((n) => {
+        if (!n) return n;
+        const images = n.images.filter(live);
+        return images.length === n.images.length ? n : images.length ? { ...n, images } : undefined;
+      }),
+      indexedSince,
+    };
   }
 
   async putNodes(nodes: readonly TrieNode[]): Promise<void> {
@@ -71,13 +105,19 @@ export class CachedTrieStore implements TrieStore {
    */
   async addImage(image: IndexedImage, record?: { current: IndexedImage | undefined }): Promise<void> {
     const ids = chainIds(image.layers.map((l) => l.diffId));
-    const known = await this.getNodes(ids);
+    // The images the nodes name that are gone or moved are dropped as the nodes are written again.
+    const { nodes: known, indexedSince } = await this.liveNodes(ids);
     const nodes = nodesOf(image, new Map(ids.map((id, i) => [id, known[i]])), true);
     await this.putNodes(nodes.filter((n, i) => !known[i] || JSON.stringify(known[i]) !== JSON.stringify(n)));
     await this.addEdges(edgesOf(nodes));
     if (!image.ref.tag) return;
-    const current = record ? record.current : (await this.getImageRecords([{ repository: image.ref.repository, tag: image.ref.tag }]))[0];
-    if (!current || JSON.stringify(current) !== JSON.stringify(image)) await this.putImageRecords([image]);
+    const current = (record ? record.current : (await this.getImageRecords([{ repository: image.ref.repository, tag: image.ref.tag }]))[0]) as StoredRecord | undefined;
+    // Seen now: live until an index that begins later does not see it. (A clock behind the
+    // index's makes a tag pushed during an index run wait for the next: a missed reuse only.)
+    const seen = Math.max(Date.now(), indexedSince ?? 0);
+    const stale = indexedSince !== undefined && (current?.seen ?? 0) < indexedSince;
+    const { seen: _was, ...kept } = current ?? {};
+    if (!current || stale || JSON.stringify(kept) !== JSON.stringify(image)) await this.putImageRecords([image], seen);
   }
 
   async getImageRecords(refs: readonly { repository: string; tag: string }[]): Promise<(IndexedImage | undefined)[]> {
@@ -85,9 +125,15 @@ export class CachedTrieStore implements TrieStore {
     return raw.map((r) => (r ? parseOr<IndexedImage>(r) : undefined));
   }
 
-  async putImageRecords(images: readonly IndexedImage[]): Promise<void> {
+  /** Writes what was seen of tags, `seen` when (ms; see getNodes). */
+  async putImageRecords(images: readonly IndexedImage[], seen: number): Promise<void> {
     if (!images.some((i) => i.ref.tag)) return;
-    await this.cache.setMany(images.filter((i) => i.ref.tag).map((i) => ({ key: this.imageKey(i.ref.repository, i.ref.tag!), value: JSON.stringify(i) })));
+    await this.cache.setMany(images.filter((i) => i.ref.tag).map((i) => ({ key: this.imageKey(i.ref.repository, i.ref.tag!), value: JSON.stringify({ ...i, seen }) })));
+  }
+
+  /** A full index that began at `startedAt` (ms) has written the records of every tag it saw: those it did not are of tags gone. */
+  async putIndexedSince(startedAt: number): Promise<void> {
+    await this.cache.set(this.keys.indexedSince, String(startedAt));
   }
 
   /**
@@ -104,6 +150,9 @@ export class CachedTrieStore implements TrieStore {
     await this.cache.set(this.keys.top, JSON.stringify(chainIds));
   }
 }
+
+/** A tag's record as kept: the image, and when it was last seen in the store (ms). */
+type StoredRecord = IndexedImage & { seen?: number };
 
 function parseOr<T>(raw: string): T | undefined {
   try {

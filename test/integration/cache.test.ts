@@ -430,6 +430,45 @@ describe('an index older than the store', () => {
     expect(pulled.stderr.trim().split('\n').filter((l) => l.startsWith('smart:'))).toEqual([
       expect.stringMatching(new RegExp(`^smart: error \\[NOT_FOUND\\]: ${gone}:1@sha256:[0-9a-f]{64}, the plan's best cache, is no longer in the store \\(the index is older than the store\\): .*\\(run smart cache index file:${store}\\)$`)),
     ]);
+    // What the hint says helps: the next index drops the deleted image (it failed on every run, a
+    // new index included), and the plan takes the other image that holds the same layers.
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const replanned = JSON.parse((await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome })).stdout.toString()) as Plan;
+    expect(replanned.best).toMatchObject({ steps: 1 });
+    expect(replanned.best!.image).not.toBe(best.image);
+    const again = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers3')], { cacheHome });
+    expect(again.code, again.stderr).toBe(0);
+  });
+
+  it('a tag moved to another image no longer offers the image it named, at once after the push that moved it; a tag deleted, after the next index', async () => {
+    const { work, store, cacheHome, base } = await storeWithBase('moved');
+    const [x, y] = [path.join(work, 'x'), path.join(work, 'y')];
+    await writeImage(x, { layers: [base, { files: { x: 'x\n' }, createdBy: '/bin/sh -c echo x > /x' }] });
+    await writeImage(y, { layers: [base, { files: { y: 'y\n' }, createdBy: '/bin/sh -c echo y > /y' }] });
+    expect((await smart(['push', `oci:${x}:latest`, `file:${store}#moved/app:1`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM moved/base:1\nRUN echo x > /x\n');
+    const plan = async () => JSON.parse((await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome })).stdout.toString()) as Plan;
+    expect((await plan()).best).toMatchObject({ image: 'moved/app:1', steps: 1 });
+    // The tag moves; the registry's garbage collection then takes the old image (its revision goes).
+    expect((await smart(['push', `oci:${y}:latest`, `file:${store}#moved/app:1`], { cacheHome })).code).toBe(0);
+    const xManifest = JSON.parse(await fs.readFile(path.join(x, 'index.json'), 'utf8')).manifests[0].digest as string;
+    await fs.rm(path.join(store, 'docker/registry/v2/repositories/moved/app/_manifests/revisions/sha256', xManifest.slice(7)), { recursive: true });
+    const after = await plan();
+    expect(after.best?.image ?? '').not.toMatch(/^moved\/app:1@/);
+    expect(after.best?.steps ?? 0).toBe(0);
+    const pulled = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers')], { cacheHome });
+    expect(pulled.code, pulled.stderr).toBe(0);
+    // A tag deleted (its repository gone), whose image alone held the chain: the next index drops it.
+    expect((await smart(['push', `oci:${x}:latest`, `file:${store}#moved/solo:1`], { cacheHome })).code).toBe(0);
+    expect((await plan()).best).toMatchObject({ image: 'moved/solo:1', steps: 1 });
+    await fs.rm(path.join(store, 'docker/registry/v2/repositories/moved/solo'), { recursive: true });
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    expect((await plan()).best?.steps ?? 0).toBe(0);
+    const again = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers2')], { cacheHome });
+    expect(again.code, again.stderr).toBe(0);
   });
 
   it('says a store has no index when nothing matched for want of one, and a store indexed with nothing shared has nothing to warm, without a warning', async () => {

@@ -75,6 +75,8 @@ export async function indexStore(storeName: string, ctx: CacheContext, options: 
 async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheContext, signal: AbortSignal): Promise<IndexSummary> {
   const platform = platformOf(ctx);
   const platformName = formatPlatform(platform);
+  // Before the tags are listed: a tag pushed from now on is seen by this run or recorded after it began.
+  const startedAt = Date.now();
   const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), signal });
   const repos = await store.repositories();
   const refs = (await group.all(repos, async (repository) => (await store.tags(repository)).map((tag) => ({ repository, tag })))).flat();
@@ -122,7 +124,9 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
     await trie.addEdges(edges.slice(i, i + 1000));
   }
   signal.throwIfAborted();
-  await trie.putImageRecords(present);
+  await trie.putImageRecords(present, startedAt);
+  // Last: a record this run did not write is now of a tag gone (its image no longer offered by a plan).
+  await trie.putIndexedSince(startedAt);
   // The most shared chains, deepest first among equals: what `cache warm --top` fetches.
   const top = all
     .filter((n) => n.imageCount > 1)
