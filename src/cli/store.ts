@@ -35,6 +35,7 @@ export function summaryLine(r: Report): string {
     r.orphans.blobs.length ? `${plural(r.orphans.blobs.length, 'orphan blob')} (${formatBytes(r.orphans.blobs.reduce((s, b) => s + b.size, 0))})` : '',
     r.orphans.layerLinks.length ? `${plural(r.orphans.layerLinks.length, 'unused layer link')}${dangling(r)}` : '',
     r.orphans.untaggedManifests.length ? plural(r.orphans.untaggedManifests.length, 'untagged manifest') : '',
+    r.orphans.tagHistory.length ? `${plural(r.orphans.tagHistory.length, 'tag history link')} to removed manifests` : '',
     r.uploads.length ? plural(r.uploads.length, 'upload') : '',
     r.temporaries.length ? plural(r.temporaries.length, 'temporary file') : '',
     r.unrecognised.length ? plural(r.unrecognised.length, 'unrecognised file') : '',

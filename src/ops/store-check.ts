@@ -83,6 +83,11 @@ export interface StoreCheckReport {
     layerLinks: { repository: string; digest: string; dangling?: true }[];
     /** Manifests of a repository that no tag reaches (pullable by digest). */
     untaggedManifests: { repository: string; digest: string }[];
+    /**
+     * A tag's history (`tags/<tag>/index/`) naming manifests removed since: the registry's DELETE
+     * and garbage-collect leave those links, and the registry never reads them to serve the tag.
+     */
+    tagHistory: { repository: string; tag: string; digest: string }[];
   };
   /** Uploads in `_uploads` (a registry's in flight or stale ones, or a killed run's). */
   uploads: { repository: string; id: string }[];
@@ -367,7 +372,7 @@ abstract class Check {
       manifests: this.manifestsChecked,
       links: found.links,
       problems: this.problems.sort((a, b) => order.indexOf(a.kind) - order.indexOf(b.kind) || a.path.localeCompare(b.path)),
-      orphans: { blobs: orphanBlobs, layerLinks: found.layerLinks, untaggedManifests: found.untaggedManifests },
+      orphans: { blobs: orphanBlobs, layerLinks: found.layerLinks, untaggedManifests: found.untaggedManifests, tagHistory: found.tagHistory },
       uploads: found.uploads,
       temporaries: this.temporaries.sort(),
       unrecognised: this.unrecognised.sort(),
@@ -494,7 +499,8 @@ class DistributionCheck extends Check {
     if (await this.findBlob(text)) return;
     link.dangling = true;
     // A `_layers` link is a problem only if an image needs it: decided once the images are checked.
-    if (link.kind !== 'layer') this.problem({ kind: 'link-dangling', path: at, digest: text, ...context, message: `link to ${text}, a blob that is not there` });
+    // A tag's history naming a manifest deleted since is what the registry itself leaves.
+    if (link.kind !== 'layer' && link.kind !== 'tag-index') this.problem({ kind: 'link-dangling', path: at, digest: text, ...context, message: `link to ${text}, a blob that is not there` });
   }
 
   /**
@@ -613,6 +619,7 @@ class DistributionCheck extends Check {
       } else layerLinks.push({ repository: l.repository, digest: l.target, ...(l.dangling ? { dangling: true as const } : {}) });
     }
     const untaggedManifests = revisions.filter((l) => !this.reached.get(l.repository)?.has(l.target!)).map((l) => ({ repository: l.repository, digest: l.target! }));
+    const tagHistory = this.links.filter((l) => l.kind === 'tag-index' && l.dangling).map((l) => ({ repository: l.repository, tag: l.tag!, digest: l.target! }));
     const byName = <T extends { repository: string; digest?: string; id?: string }>(list: T[]) =>
       list.sort((a, b) => a.repository.localeCompare(b.repository) || (a.digest ?? a.id ?? '').localeCompare(b.digest ?? b.id ?? ''));
     return this.report('distribution', {
@@ -621,6 +628,7 @@ class DistributionCheck extends Check {
       links: this.links.length,
       layerLinks: byName(layerLinks),
       untaggedManifests: byName(untaggedManifests),
+      tagHistory: byName(tagHistory),
       uploads: byName([...this.uploads.values()]),
     });
   }
@@ -717,6 +725,6 @@ class LayoutCheck extends Check {
       }
     }
     await this.rehashAll();
-    return this.report('oci-layout', { repositories: 0, tags, links: 0, layerLinks: [], untaggedManifests: [], uploads: [] });
+    return this.report('oci-layout', { repositories: 0, tags, links: 0, layerLinks: [], untaggedManifests: [], tagHistory: [], uploads: [] });
   }
 }

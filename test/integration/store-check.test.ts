@@ -90,7 +90,7 @@ describe('smart store check', () => {
     expect(report.blobs.rehashed).toBe(report.blobs.count);
     // basic: 3 layers + config + manifest; docker-archive (recompressed layers: others) ; multi: index + 2 × (manifest + config + layers)
     expect(report.blobs.count).toBeGreaterThan(10);
-    expect(report.orphans).toEqual({ blobs: [], layerLinks: [], untaggedManifests: [] });
+    expect(report.orphans).toEqual({ blobs: [], layerLinks: [], untaggedManifests: [], tagHistory: [] });
     expect(r.stderr).toMatch(new RegExp(`^file:${pristine}: consistent: \\d+ blobs \\(.*, \\d+ rehashed\\), 3 tags in 3 repositories, \\d+ links\\n$`));
     expect(await snapshot(pristine)).toEqual(before);
     // Without --json: the summary only.
@@ -301,6 +301,31 @@ describe('smart store check', () => {
       const gone = fx().basic.layers.map((l) => ({ repository: 'team/app', digest: l.digest, dangling: true }));
       expect(report.orphans.layerLinks).toEqual(expect.arrayContaining(gone));
       expect(r.stderr).toMatch(/unused layer links \(\d+ to removed blobs, as garbage-collect leaves them\)/);
+    });
+
+    it("after a tag moved, the registry's DELETE of the old manifest and a plain garbage-collect: consistent, the tag's history to it information", async () => {
+      const store = await copy('deleted');
+      const other = path.join(work, 'replacement-2');
+      await writeImage(other, { layers: [{ files: { 'z.txt': 'z\n' }, createdBy: 'COPY z.txt /' }] });
+      expect((await smart(['push', `oci:${other}:latest`, `file:${store}#team/app:1`])).code).toBe(0);
+      const old = fx().basic.manifest.digest;
+      const registry = await startRegistry({ configDir: await tempDir(), root: store });
+      try {
+        const deleted = await fetch(`http://${registry.host}/v2/team/app/manifests/${old}`, { method: 'DELETE' });
+        expect(deleted.status).toBe(202);
+      } finally {
+        await registry.stop();
+      }
+      const config = path.join(work, 'gc-plain.yml');
+      await fs.writeFile(config, `version: 0.1\nstorage:\n  filesystem: {rootdirectory: ${JSON.stringify(store)}}\n  delete: {enabled: true}\nhttp: {addr: 127.0.0.1:0}\n`);
+      await runOk('docker-registry', ['garbage-collect', config]);
+      // The registry leaves tags/1/index/sha256/<old>/link, and never reads it to serve the tag.
+      await fs.access(path.join(store, `${V2}/repositories/team/app/_manifests/tags/1/index/sha256/${old.slice(7)}/link`));
+      await expect(fs.access(path.join(store, `${V2}/blobs/sha256/${old.slice(7, 9)}/${old.slice(7)}/data`))).rejects.toThrow();
+      const { report, r } = await check(`file:${store}`);
+      expect(report.consistent, r.stderr).toBe(true);
+      expect(report.orphans.tagHistory).toEqual([{ repository: 'team/app', tag: '1', digest: old }]);
+      expect(r.stderr).toMatch(/1 tag history link to removed manifests/);
     });
   });
 });
