@@ -34,6 +34,8 @@ export interface RegistryOptions {
   auth?: RegistryAuth;
   /** Registry log level (default `warn`). */
   logLevel?: 'error' | 'warn' | 'info' | 'debug';
+  /** `catalog.maxentries`: the largest page `_catalog` answers (the registry's default: 1000). */
+  catalogMaxEntries?: number;
 }
 
 export interface RunningRegistry {
@@ -180,6 +182,7 @@ function configYaml(port: number, root: string, o: RegistryOptions): string {
     // A fixed secret: several registries over one storage accept each other's upload state.
     '  secret: smartlayer-test-secret',
   ];
+  if (o.catalogMaxEntries !== undefined) lines.push('catalog:', `  maxentries: ${o.catalogMaxEntries}`);
   if (o.tls) lines.push('  tls:', `    certificate: ${q(o.tls.certFile)}`, `    key: ${q(o.tls.keyFile)}`);
   if (o.auth && 'htpasswd' in o.auth) {
     lines.push('auth:', '  htpasswd:', `    realm: ${q(o.auth.htpasswd.realm)}`, `    path: ${q(o.auth.htpasswd.path)}`);

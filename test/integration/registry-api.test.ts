@@ -402,6 +402,19 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     expect(pulled.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^smart: error \[[A-Z_]+\]: .*answered 403 UNAVAILABLE: down smart: error: forged \[2J to GET manifest api\/escaped:v1/)]);
   });
 
+  it('indexes a registry whose catalog pages are smaller than the 1,000 asked for (catalog.maxentries), page by page', async () => {
+    const small = await startRegistry({ configDir: await tempDir(), catalogMaxEntries: 2 });
+    try {
+      for (const repo of ['pages/a', 'pages/b', 'pages/c']) await ok(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${small.host}/${repo}:1`]);
+      // The registry refuses n=1000 (PAGINATION_NUMBER_INVALID): every page is asked again at its own size.
+      const r = await smart(['cache', 'index', `docker://${small.host}`, '--json'], { cacheHome: path.join(work, 'pages-cache') });
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout.toString())).toMatchObject({ repositories: 3, tags: 3, failed: [] });
+    } finally {
+      await small.stop();
+    }
+  });
+
   it('says clearly when the image is not there', async () => {
     const r = await smart(['pull', `docker://${reg}/api/absent:v1`, `rootfs:${path.join(work, 'absent')}`]);
     expect(r.code).toBe(1);

@@ -6,6 +6,7 @@
  */
 import { Readable } from 'node:stream';
 import { SmartError, isCancellation } from '../../errors.js';
+import { isRegistryError } from './errors.js';
 import { sha256Digest, type Digest } from '../../oci/digest.js';
 import { MediaType } from '../../oci/mediatypes.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
@@ -326,24 +327,33 @@ export abstract class RegistryApi {
   }
 
   async listTags(repo: string): Promise<string[]> {
-    const out: string[] = [];
-    let url: string | undefined = `/v2/${repo}/tags/list?n=1000`;
-    while (url) {
-      const res = await this.request({ method: 'GET', url, scopes: [`repository:${repo}:pull`], what: `tags of ${repo}` }, [200]);
-      const doc = this.json<{ tags?: string[] | null }>(await this.readAll(res, `tags of ${repo}`), `tags of ${repo}`);
-      out.push(...(doc.tags ?? []));
-      url = nextLink(header(res.headers, 'link'));
-    }
-    return out;
+    return this.pages(`/v2/${repo}/tags/list`, [`repository:${repo}:pull`], `tags of ${repo}`, (doc: { tags?: string[] | null }) => doc.tags ?? []);
   }
 
   async catalog(): Promise<string[]> {
+    return this.pages('/v2/_catalog', ['registry:catalog:*'], 'catalog', (doc: { repositories?: string[] | null }) => doc.repositories ?? []);
+  }
+
+  /**
+   * A paginated list, 1,000 entries a page asked for, the next pages where the `Link` header says.
+   * A registry whose page limit is smaller (the stock registry's `catalog.maxentries`) refuses that
+   * with PAGINATION_NUMBER_INVALID: asked again without a size, it answers pages of its own size.
+   */
+  private async pages<T>(path: string, scopes: string[], what: string, entries: (doc: T) => string[]): Promise<string[]> {
     const out: string[] = [];
-    let url: string | undefined = '/v2/_catalog?n=1000';
+    let url: string | undefined = `${path}?n=1000`;
     while (url) {
-      const res = await this.request({ method: 'GET', url, scopes: ['registry:catalog:*'], what: 'catalog' }, [200]);
-      const doc = this.json<{ repositories?: string[] }>(await this.readAll(res, 'catalog'), 'catalog');
-      out.push(...(doc.repositories ?? []));
+      let res: Response;
+      try {
+        res = await this.request({ method: 'GET', url, scopes, what }, [200]);
+      } catch (e) {
+        if (out.length === 0 && url === `${path}?n=1000` && isRegistryError(e) && e.codes.includes('PAGINATION_NUMBER_INVALID')) {
+          url = path;
+          continue;
+        }
+        throw e;
+      }
+      out.push(...entries(this.json<T>(await this.readAll(res, what), what)));
       url = nextLink(header(res.headers, 'link'));
     }
     return out;
