@@ -232,6 +232,18 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     expect(Date.now() - started).toBeLessThan(8000);
   });
 
+  it('cache index over a registry with a repository it cannot list: that one failed, the others indexed, exit 0', async () => {
+    const fx = fixtures();
+    for (const repo of ['listed/ok', 'listed/broken']) await ok(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/${repo}:v1`], { cacheHome: await tempDir() });
+    // As the stock registry answers for a repository whose name it cannot take (every retry alike).
+    proxy.setFaults((req) => (req.method === 'GET' && req.path === '/v2/listed/broken/tags/list' ? { kind: 'status', status: 500 } : undefined));
+    const r = await smart(['cache', 'index', `docker://${reg}`, '--json'], { cacheHome: await tempDir() });
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout.toString()) as { failed: { image: string; error: string }[]; tags: number };
+    expect(summary.failed).toEqual([{ image: 'listed/broken', error: expect.stringMatching(/answered 500 .*to GET tags of listed\/broken/) }]);
+    expect(summary.tags).toBeGreaterThanOrEqual(1);
+  });
+
   describe('uploads that break', () => {
     const pushArgs = (src: string, repo: string, extra: string[] = []) => ['push', src, `docker://${reg}/${repo}:v1`, ...extra];
     /** Faults the first `count` requests that carry a blob's bytes (the config's goes first). */

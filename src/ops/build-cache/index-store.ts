@@ -79,9 +79,20 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
   const startedAt = Date.now();
   const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), signal });
   const repos = await store.repositories();
-  const refs = (await group.all(repos, async (repository) => (await store.tags(repository)).map((tag) => ({ repository, tag })))).flat();
-  const previous = await trie.getImageRecords(refs);
   const failed: IndexSummary['failed'] = [];
+  const listed = await group.all(repos, async (repository) => {
+    try {
+      return (await store.tags(repository)).map((tag) => ({ repository, tag }));
+    } catch (e) {
+      if (signal.aborted) throw signal.reason;
+      // A repository whose tags cannot be listed (a registry answering 500 for it) is one failure, as a broken image is.
+      failed.push({ image: repository, error: (e as Error).message });
+      return [];
+    }
+  });
+  const refs = listed.flat();
+  const unlisted = failed.length > 0;
+  const previous = await trie.getImageRecords(refs);
   let refreshed = 0;
   const images = await group.all(refs.map((ref, i) => ({ ref, i })), async ({ ref, i }): Promise<IndexedImage | undefined> => {
     const name = `${ref.repository}:${ref.tag}`;
@@ -125,8 +136,9 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
   }
   signal.throwIfAborted();
   await trie.putImageRecords(present, startedAt);
-  // Last: a record this run did not write is now of a tag gone (its image no longer offered by a plan).
-  await trie.putIndexedSince(startedAt);
+  // Last: a record this run did not write is now of a tag gone (its image no longer offered by a
+  // plan). Not when a repository could not be listed: its tags were not seen, not found gone.
+  if (!unlisted) await trie.putIndexedSince(startedAt);
   // The most shared chains, deepest first among equals: what `cache warm --top` fetches.
   const top = all
     .filter((n) => n.imageCount > 1)
