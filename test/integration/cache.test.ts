@@ -440,6 +440,18 @@ describe('an index older than the store', () => {
     expect(again.code, again.stderr).toBe(0);
   });
 
+  it('a tag whose link the registry cannot read is one failure of the index, not a tag skipped without a word', async () => {
+    const { store, cacheHome } = await storeWithBase('malformed');
+    const link = path.join(store, 'docker/registry/v2/repositories/malformed/base/_manifests/tags/1/current/link');
+    // A trailing newline: the registry answers 500 for it, garbage-collect aborts.
+    await fs.writeFile(link, `${await fs.readFile(link, 'utf8')}\n`);
+    const r = await smart(['cache', 'index', `file:${store}`, '--json'], { cacheHome });
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout.toString()) as { tags: number; refreshed: number; unchanged: number; failed: { image: string; error: string }[] };
+    expect(summary.failed).toEqual([{ image: 'malformed/base:1', error: expect.stringMatching(/link/) }]);
+    expect(summary.refreshed + summary.unchanged + summary.failed.length).toBe(summary.tags);
+  });
+
   it('a tag moved to another image no longer offers the image it named, at once after the push that moved it; a tag deleted, after the next index', async () => {
     const { work, store, cacheHome, base } = await storeWithBase('moved');
     const [x, y] = [path.join(work, 'x'), path.join(work, 'y')];

@@ -5,7 +5,7 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { SmartError, rethrowRefusal } from '../../errors.js';
+import { SmartError, isSmartError, rethrowRefusal } from '../../errors.js';
 import { parseRepositoryReference, type Reference } from '../../oci/reference.js';
 import { invalidName, refuseNonDirectory, refuseUserinfo, requireDirectory, type OpenContext, type StoreAccess, type Transport } from '../transport.js';
 import type { MadeDirectories } from '../../storage/made-directories.js';
@@ -102,7 +102,13 @@ const factories: Pick<Transport<StoreName>, 'openSource' | 'openDestination' | '
       scope: store.name,
       repositories: () => store.listRepositories(),
       tags: (repo) => store.listTags(repo),
-      tagDigest: async (repo, tag) => store.resolveTag(repo, tag).catch(() => undefined),
+      // A tag that is not there is none; a link the registry cannot read either (malformed, an
+      // I/O error) is said, not taken for a missing tag: `cache index` skipped such a tag silently.
+      tagDigest: async (repo, tag) =>
+        store.resolveTag(repo, tag).catch((e: unknown) => {
+          if (isSmartError(e) && e.code === 'NOT_FOUND') return undefined;
+          throw e;
+        }),
       source: async (ref) => new DistributionSource(store, ref),
       close: async () => undefined,
     };
