@@ -11,7 +11,7 @@ import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './
 import { openBatchedFileWriter } from './batched-file-writer.js';
 import { withFileLock } from './file-lock.js';
 import { ownedId, ownerOfId } from './aside.js';
-import { sweepLocal, type Cleaned } from './leftovers.js';
+import { sweepLocal, type Cleaned, type Owner } from './leftovers.js';
 import { mkdirp } from './made-directories.js';
 
 const TMP = '.tmp-';
@@ -19,6 +19,12 @@ const TMP = '.tmp-';
 /** Whether `name` is a temporary name `putContent` or a writer gives a file before it becomes `target` (names in one directory). */
 export function isTemporaryOf(name: string, target: string): boolean {
   return name.startsWith(`${target}${TMP}`);
+}
+
+/** The writer a temporary name (`NAME.tmp-OWNER-XXXXXXXX`) names; null for an untagged one of older versions; undefined when it is none. */
+export function ownerOfTemporary(name: string): Owner | null | undefined {
+  const at = name.lastIndexOf(TMP);
+  return at > 0 ? ownerOfId(name.slice(at + TMP.length)) : undefined;
 }
 
 /** A temporary name beside `target`, tagged with its owner so that a killed run's can be told from a live one's. */
@@ -163,10 +169,7 @@ export class FsDriver implements StorageDriver {
    * owner is gone, and untagged ones of older versions after a day. Never one a live writer uses.
    */
   async removeStaleTemporaries(p: string): Promise<Cleaned[]> {
-    return sweepLocal(this.full(p), (name) => {
-      const at = name.lastIndexOf(TMP);
-      return at > 0 ? ownerOfId(name.slice(at + TMP.length)) : undefined;
-    });
+    return sweepLocal(this.full(p), ownerOfTemporary);
   }
 
   async stat(p: string): Promise<StorageStat | undefined> {

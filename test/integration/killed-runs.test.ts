@@ -15,6 +15,7 @@ import { writeImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { run, smart, smartBin } from '../harness/run.js';
+import { currentOwner, ownerTag } from '../../src/storage/leftovers.js';
 import { startS3 } from '../harness/s3.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
@@ -189,6 +190,25 @@ describe('pushes killed mid-way', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(cleanedOf(again.stdout)).toEqual([{ path: path.join(uploads, left!), bytes: expect.any(Number) }]);
     expect(await fs.readdir(uploads)).toEqual([]);
+  });
+
+  it('an upload a push was killed in while it wrote its owner record (temporary files only): removed by the next push, as its owner is gone', async () => {
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    expect((await smart(['push', `docker-archive:${fixtures().paths.dockerArchiveBasic}`, `file:${store}#k/tmp:1`], { cacheHome: await tempDir() })).code).toBe(0);
+    // What a push killed between the writes and the renames of its first two files leaves: their
+    // temporary names, which carry its owner (a process that has ended).
+    const ended = spawn(process.execPath, ['-e', '0']);
+    await new Promise((resolve) => ended.on('exit', resolve));
+    const dead = `${ownerTag({ ...currentOwner(), pid: ended.pid!, start: 1 })}-0a1b2c3d`;
+    const left = path.join(uploadsOf(store, 'k/tmp'), '0b1e2f6c-1d2a-4c55-9f0e-3a6b7c8d9e0f');
+    await fs.mkdir(left, { recursive: true });
+    await fs.writeFile(path.join(left, `smartlayer-owner.tmp-${dead}`), '');
+    await fs.writeFile(path.join(left, `startedat.tmp-${dead}`), '');
+    const again = await smart(['push', `docker-archive:${fixtures().paths.dockerArchiveBasic}`, `file:${store}#k/tmp:1`, '--json'], { cacheHome: await tempDir() });
+    expect(again.code, again.stderr).toBe(0);
+    expect(cleanedOf(again.stdout)).toEqual([{ path: left, bytes: 0 }]);
+    expect(await fs.readdir(uploadsOf(store, 'k/tmp'))).toEqual([]);
   });
 
   it('kill -9 mid-stream from oci-archive:- into an oci-archive: file: the file is as it was, and the next run removes the archive it began', async () => {

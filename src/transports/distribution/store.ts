@@ -13,6 +13,7 @@ import { MAX_MANIFEST_BYTES } from '../../oci/manifest.js';
 import { DigestStream, VerifyStream } from '../../pipeline/digest-stream.js';
 import { localFileOf } from '../../pipeline/local-file.js';
 import type { StorageDriver } from '../../storage/driver.js';
+import { ownerOfTemporary } from '../../storage/fs-driver.js';
 import { isStale, ownerTag, parseOwnerTag, type Cleaned } from '../../storage/leftovers.js';
 import { linkContent, pathFor } from './layout.js';
 
@@ -197,9 +198,12 @@ export class DistributionStore {
       const dir = pathFor({ kind: 'upload', repo, id });
       const names = await this.driver.list(dir);
       const recorded = names.includes(path.posix.basename(pathFor({ kind: 'uploadOwner', repo, id })));
-      if (!recorded && !names.some((n) => n.startsWith('data.tmp-'))) continue;
+      // A push killed while it wrote its first files leaves their temporary names alone, each
+      // naming its writer (`NAME.tmp-OWNER`): the registry's own uploads have none of those.
+      const writer = names.map(ownerOfTemporary).find((o) => o) ?? undefined;
+      if (!recorded && !writer && !names.some((n) => n.startsWith('data.tmp-'))) continue;
       const read = async (p: string) => (await this.driver.getContent(p).catch(() => undefined))?.toString('utf8') ?? '';
-      const owner = recorded ? parseOwnerTag(await read(pathFor({ kind: 'uploadOwner', repo, id })))?.owner : undefined;
+      const owner = recorded ? parseOwnerTag(await read(pathFor({ kind: 'uploadOwner', repo, id })))?.owner : writer;
       const startedAt = Date.parse(await read(pathFor({ kind: 'uploadStartedAt', repo, id })));
       if (!isStale(owner, Number.isNaN(startedAt) ? 0 : Date.now() - startedAt)) continue;
       let bytes = 0;
