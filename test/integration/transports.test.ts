@@ -159,6 +159,15 @@ describe('docker-archive output', () => {
     expect(piped.stdout.equals(await fs.readFile(tarFile))).toBe(false); // RepoTags differ...
     const viaPipe = await pushJson(['push', 'docker-archive:-', `file:${store}#rt/piped:v1`], piped.stdout);
     expect(viaPipe.manifestDigest).toBe(back.manifestDigest); // ...the image does not
+
+    // NAME:TAG@DIGEST names the image by its digest: the tag, which may name another image, is not
+    // written into RepoTags (docker pull of the same reference tags nothing either).
+    const other = await pushJson(['push', `oci:${fx.paths.ociBasic}:latest`, `file:${store}#rt/basic:v2`]);
+    expect(other.manifestDigest).not.toBe(back.manifestDigest);
+    const byDigest = path.join(work, 'by-digest.tar');
+    expect((await smart(['pull', `file:${store}#rt/basic:v2@${back.manifestDigest}`, `docker-archive:${byDigest}`])).code).toBe(0);
+    const tagged = JSON.parse((await runOk('tar', ['-xOf', byDigest, 'manifest.json'])).stdout.toString()) as { RepoTags: string[] }[];
+    expect(tagged[0]!.RepoTags).toEqual([]);
   });
 });
 

@@ -89,7 +89,7 @@ export class DistributionSource implements ImageSource {
   }
 
   repoTags(): readonly string[] {
-    return this.ref.tag ? [`${this.ref.repository}:${this.ref.tag}`] : [];
+    return this.ref.tag && !this.ref.digest ? [`${this.ref.repository}:${this.ref.tag}`] : [];
   }
 
   async close(): Promise<void> {}

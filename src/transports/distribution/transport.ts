@@ -134,7 +134,7 @@ export const file: Transport<FileName> = {
   },
   ...(factories as Pick<Transport<FileName>, keyof typeof factories>),
   localPaths: (name) => [{ path: name.root, what: 'the source store' }],
-  repoTag: (name) => (name.ref?.tag ? `${name.ref.repository}:${name.ref.tag}` : undefined),
+  repoTag: (name) => (name.ref?.tag && !name.ref.digest ? `${name.ref.repository}:${name.ref.tag}` : undefined),
 };
 
 export const s3: Transport<S3Name> = {
@@ -156,5 +156,5 @@ export const s3: Transport<S3Name> = {
     return { transport: 's3', bucket, root, ref: parseRepositoryReference(rest.slice(hash + 1), raw), raw };
   },
   ...(factories as Pick<Transport<S3Name>, keyof typeof factories>),
-  repoTag: (name) => (name.ref?.tag ? `${name.ref.repository}:${name.ref.tag}` : undefined),
+  repoTag: (name) => (name.ref?.tag && !name.ref.digest ? `${name.ref.repository}:${name.ref.tag}` : undefined),
 };

@@ -77,7 +77,7 @@ export class RegistrySource implements ImageSource {
   }
 
   repoTags(): readonly string[] {
-    return this.ref.tag ? [`${this.ref.registry}/${this.ref.repository}:${this.ref.tag}`] : [];
+    return this.ref.tag && !this.ref.digest ? [`${this.ref.registry}/${this.ref.repository}:${this.ref.tag}`] : [];
   }
 
   async close(): Promise<void> {
@@ -340,7 +340,7 @@ export class MirroredSource implements ImageSource {
 
   repoTags(): readonly string[] {
     const ref = this.endpoints[this.endpoints.length - 1]!.ref;
-    return ref.tag ? [`${ref.registry}/${ref.repository}:${ref.tag}`] : [];
+    return ref.tag && !ref.digest ? [`${ref.registry}/${ref.repository}:${ref.tag}`] : [];
   }
 
   async close(): Promise<void> {

@@ -146,7 +146,8 @@ export const docker: Transport<DockerName, DockerStoreName> = {
   storeScope: (name) => ({ scope: `docker://${name.ref.registry}`, ref: name.ref }),
   storedReference: (name, digest) => `${name.ref.registry}/${name.ref.repository}@${digest}`,
   repoTag(name) {
-    if (!name.ref.tag) return undefined;
+    // NAME:TAG@DIGEST is the image of the digest, which the tag may not name: Docker tags nothing.
+    if (!name.ref.tag || name.ref.digest) return undefined;
     // Docker's familiar form, as `docker save` writes it: busybox:latest, not docker.io/library/busybox:latest.
     const { registry, repository, tag } = name.ref;
     if (registry !== 'docker.io') return `${registry}/${repository}:${tag}`;
