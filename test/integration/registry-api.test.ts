@@ -244,6 +244,23 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('docker:// over the Dis
     expect(summary.tags).toBeGreaterThanOrEqual(1);
   });
 
+  it('cache index over a registry holding a repository of blobs and no tag (an interrupted first push): none of its tags, no failure', async () => {
+    const fx = fixtures();
+    await ok(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${reg}/half/whole:v1`], { cacheHome: await tempDir() });
+    // One blob uploaded, no manifest: listed by _catalog, its tags answered 404 NAME_UNKNOWN.
+    const blob = Buffer.from('hello');
+    const started = await fetch(`${registry.url}/v2/half/blobs-only/blobs/uploads/`, { method: 'POST' });
+    expect(started.status).toBe(202);
+    const at = new URL(started.headers.get('location')!, registry.url);
+    at.searchParams.set('digest', `sha256:${createHash('sha256').update(blob).digest('hex')}`);
+    expect((await fetch(at, { method: 'PUT', body: blob })).status).toBe(201);
+    expect((await fetch(`${registry.url}/v2/half/blobs-only/tags/list`)).status).toBe(404);
+    const r = await smart(['cache', 'index', `docker://${reg}`, '--json'], { cacheHome: await tempDir() });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout.toString())).toMatchObject({ failed: [] });
+    expect(r.stderr).not.toMatch(/blobs-only/);
+  });
+
   describe('uploads that break', () => {
     const pushArgs = (src: string, repo: string, extra: string[] = []) => ['push', src, `docker://${reg}/${repo}:v1`, ...extra];
     /** Faults the first `count` requests that carry a blob's bytes (the config's goes first). */

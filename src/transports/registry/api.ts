@@ -327,7 +327,14 @@ export abstract class RegistryApi {
   }
 
   async listTags(repo: string): Promise<string[]> {
-    return this.pages(`/v2/${repo}/tags/list`, [`repository:${repo}:pull`], `tags of ${repo}`, (doc: { tags?: string[] | null }) => doc.tags ?? []);
+    try {
+      return await this.pages(`/v2/${repo}/tags/list`, [`repository:${repo}:pull`], `tags of ${repo}`, (doc: { tags?: string[] | null }) => doc.tags ?? []);
+    } catch (e) {
+      // A repository the catalog lists that holds no tag (an interrupted first push leaves its
+      // blobs, no manifest): the stock registry answers 404 NAME_UNKNOWN for its tags.
+      if (isRegistryError(e) && e.status === 404 && e.codes.includes('NAME_UNKNOWN')) return [];
+      throw e;
+    }
   }
 
   async catalog(): Promise<string[]> {
