@@ -8,6 +8,7 @@
  * Credentials and tokens never appear in an error message, and what a registry answers enters one
  * only through redact.ts.
  */
+import { setMaxListeners } from 'node:events';
 import { Readable } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { remoteText } from '../../redact.js';
@@ -103,6 +104,9 @@ export class RegistryClient extends RegistryApi {
     const insecure = options.insecure ?? false;
     this.allowHttp = insecure || isLoopback(this.apiHost);
     this.defaultSignal = options.signal;
+    // The command's signal, listened to by every request in flight (--jobs of them, and more):
+    // past Node's 10 it warned of a leak ("MaxListenersExceededWarning") on machines of 11+ cores.
+    if (options.signal) setMaxListeners(0, options.signal);
     const stallTimeoutMs = options.stallTimeoutMs ?? 30_000;
     this.http = new Http({ host: this.host, insecure, ...(options.certDirs ? { certDirs: options.certDirs } : {}), stallTimeoutMs });
     this.retry = new Retry({ maxRetries: options.maxRetries ?? 4, delayMs: options.retryDelayMs ?? 200, ...(options.onRetry ? { onRetry: options.onRetry } : {}) });

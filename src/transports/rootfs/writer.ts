@@ -22,6 +22,7 @@
  * instead, and put in place by moving its top-level entries up once complete (the previous
  * result's moved aside first, then removed), so only that swap is not one step.
  */
+import { setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
@@ -370,6 +371,8 @@ export class RootfsWriter implements ImageWriter {
     const keep = store !== undefined && how !== undefined && (this.options.keepLayers ?? (how !== 'copy' || this.options.bundle));
     const controller = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
+    // Every layer fetched at once listens on it (its stream, its request): past 10, Node warns of a leak.
+    setMaxListeners(0, signal);
     // The first failure is the one reported: layers aborted because of it fail too, later, and
     // the loop below may meet one of those first (it awaits the layers in order).
     let first: { error: unknown } | undefined;
