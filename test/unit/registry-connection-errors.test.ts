@@ -19,6 +19,16 @@ const asRead = (e: Error) => {
 };
 
 describe('connection errors of a registry', () => {
+  it('no socket to be had (ulimit -n): this machine said as STORAGE with what to do, not the registry lost', () => {
+    // What Node says when connect() finds the process's files used up.
+    const e = connectionError(ctx, Object.assign(new Error('connect EMFILE 127.0.0.1:5000 - Local (undefined:undefined)'), { code: 'EMFILE', errno: -24, syscall: 'connect' }), { what: 'blob sha256:abc of team/app' });
+    expect({ code: e.code, message: e.message, hint: e.hint }).toEqual({
+      code: 'STORAGE',
+      message: 'blob sha256:abc of team/app: no connection to registry.example:5000 could be opened: this process has too many files open (EMFILE)',
+      hint: 'too many open files: raise the limit (ulimit -n) or lower --jobs',
+    });
+  });
+
   it('a certificate signed by no trusted CA: cannot reach, put the CA in certs.d or --cert-dir', () => {
     for (const code of ['UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'SELF_SIGNED_CERT_IN_CHAIN', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'UNABLE_TO_GET_ISSUER_CERT_LOCALLY']) {
       expect(asRead(nodeError(code, 'unable to verify the first certificate'))).toEqual({

@@ -4,7 +4,7 @@
  * broke. What the registry wrote enters a message only through redact.ts, with the secrets the
  * client holds replaced.
  */
-import { SmartError, type ErrorCode } from '../../errors.js';
+import { SmartError, refusalHint, type ErrorCode } from '../../errors.js';
 import { redactUrl, remoteText } from '../../redact.js';
 import { HTTP_CONNECT_TIMEOUT, HTTP_STALL, PLAIN_HTTP_ANSWER, errorCode, isOwnCode, isTransient, isTransientStatus, networkWords } from '../../transient.js';
 
@@ -180,6 +180,12 @@ export function connectionError(ctx: ErrorContext, e: unknown, request: RequestF
   if ((e as Error)?.name === 'AbortError') return new SmartError('CANCELLED', `${what}: cancelled`, { cause: e });
   const facts = { ...(request.method !== undefined ? { method: request.method } : {}), ...(request.url !== undefined ? { url: request.url } : {}) };
   const code = errorCode(e);
+  // No socket could be opened: this machine's limit, not the registry (Node's words for it name
+  // an address of "undefined:undefined").
+  if (code === 'EMFILE' || code === 'ENFILE') {
+    const full = code === 'EMFILE' ? 'this process has too many files open' : "the system's table of open files is full";
+    return new SmartError('STORAGE', `${what}: no connection to ${request.elsewhere ?? ctx.host} could be opened: ${full} (${code})`, { input: ctx.host, cause: e, ...refusalHint(e) });
+  }
   // Node's words for a failed call (its code again) and OpenSSL's for a server that answered the
   // TLS hello in plain HTTP (a library path, an error queue, a line break), said plainly once.
   const msg = networkWords((e as Error)?.message ?? String(e), code, ctx.host);
