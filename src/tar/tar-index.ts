@@ -65,7 +65,8 @@ export class TarIndex {
     try {
       fd = openSync(file, 'r');
     } catch (e) {
-      if (isErrno(e, 'ENOENT')) throw new SmartError('NOT_FOUND', `${what}: no such file`, { input: file, cause: e });
+      // The path tried, where the name says more than it (`docker-archive:c:olon.tar` tries `c`).
+      if (isErrno(e, 'ENOENT')) throw new SmartError('NOT_FOUND', `${what}: no such file${what.endsWith(file) ? '' : ` ${file}`}`, { input: file, cause: e });
       if (isErrno(e, 'EISDIR')) throw new SmartError('NOT_AN_IMAGE', `${what}: is a directory, not a tar archive`, { input: file, ...directoryHint(file), cause: e });
       throw new SmartError('STORAGE', `${what}: cannot open: ${(e as Error).message}`, { input: file, cause: e });
     }

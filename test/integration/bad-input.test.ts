@@ -46,7 +46,10 @@ describe('bad input', () => {
     expectOneLineError(r, 1, /no such directory .*nope/);
     await expect(fs.stat(dest)).rejects.toThrow();
     const r2 = await smart(['push', `docker-archive:${path.join(work, 'nope.tar')}`, `file:${store}#demo/missing:v1`]);
-    expectOneLineError(r2, 1, /nope\.tar: no such file/);
+    expectOneLineError(r2, 1, /nope\.tar: no such file$/);
+    // A path with a colon: what follows it names the image in the archive, and the error says which file was tried.
+    const colon = await smart(['push', `docker-archive:${path.join(work, 'c')}:olon.tar`, `file:${store}#demo/missing:v1`]);
+    expectOneLineError(colon, 1, new RegExp(`c:olon\\.tar: no such file ${path.join(work, 'c').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`));
     // A directory where an archive is named: said so, not an internal error of the read.
     for (const transport of ['docker-archive', 'oci-archive']) {
       const r3 = await smart(['push', `${transport}:${work}`, `file:${store}#demo/missing:v1`]);
