@@ -575,6 +575,8 @@ export interface CopyEntry {
   sha256?: string;
   /** A member of an archive the ADD extracts (`source` is the archive's context path). */
   fromArchive?: true;
+  /** Such a member: the hex sha256 of the archive's bytes, on which the builders key the step (trie/archive-entries.ts). */
+  archiveSha256?: string;
 }
 
 export interface CopyOptions {
@@ -755,7 +757,7 @@ export const COPY_DIGEST_VERSION = 'smartlayer-copy-v1';
 /**
  * One sha256 over copy entries: a header with `--chown`/`--chmod`, then per entry (sorted by
  * destination path) its path, type, permission bits, and content sha256 (files) or target
- * (symlinks). Owners and times are not part of it. An octal `--chmod` replaces the bits of
+ * (symlinks), and an archive's member the archive's sha256. Owners and times are not part of it. An octal `--chmod` replaces the bits of
  * files and directories, as the builder applies it, so a layer's entries digest the same.
  */
 export function digestCopyEntries(entries: readonly CopyEntry[], options: Pick<CopyOptions, 'chown' | 'chmod'> = {}): Digest {
@@ -767,7 +769,9 @@ export function digestCopyEntries(entries: readonly CopyEntry[], options: Pick<C
     if (e.type === 'file' && e.sha256 === undefined) throw new SmartError('INTERNAL', `copy entry ${e.path} was not hashed`);
     const data = e.type === 'file' ? e.sha256! : e.type === 'symlink' ? (e.target ?? '') : '';
     const mode = forced !== undefined && (e.type === 'file' || e.type === 'dir') ? forced : e.mode;
-    h.update(`${JSON.stringify([e.path, e.type, mode.toString(8).padStart(4, '0'), data])}\n`);
+    // An archive's member also by the archive's bytes: no layer's files can then stand for it.
+    const fields = [e.path, e.type, mode.toString(8).padStart(4, '0'), data, ...(e.archiveSha256 !== undefined ? [e.archiveSha256] : [])];
+    h.update(`${JSON.stringify(fields)}\n`);
   }
   return `sha256:${h.digest('hex')}` as Digest;
 }

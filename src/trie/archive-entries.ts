@@ -5,8 +5,15 @@
  * decide it: a regular file that decompresses as gzip, bzip2, xz or zstd (or not at all) and whose
  * first tar header reads; anything else (a `.json.gz`, an empty tar) is copied as the file it is.
  * Given to the context's `collectCopyEntries` as its `unpack` (the context knows no decompressor).
+ *
+ * The builders key such a step on the archive's bytes, not on its members (the classic builder's
+ * `ADD file:<tarsum of the archive>`, BuildKit's checksum of the context file): the same members
+ * re-compressed, re-written as PAX or with another member time, and all three build the step again.
+ * So each member carries the archive's sha256, and a step's digest with it.
  */
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { archiveTarStream } from '../pipeline/archive-stream.js';
 import { fsPath } from '../tar/byte-names.js';
@@ -36,13 +43,16 @@ export async function archiveCopyEntries(abs: string, source: string): Promise<C
     return undefined;
   }
   if (members.length === 0) return undefined; // Go's tar reader finds no first header: not an archive
+  const archive = createHash('sha256');
+  await pipeline(createReadStream(fsPath(abs)), archive);
+  const archiveSha256 = archive.digest('hex');
   const byPath = new Map<string, CopyEntry>();
   for (const m of members) {
     const clean = cleanPath(m.path);
     if (clean === '..' || clean.startsWith('../')) continue;
     const rel = contextRelative(clean);
     if (rel === '' || rel.slice(rel.lastIndexOf('/') + 1).startsWith('.wh.')) continue;
-    const entry: CopyEntry = { path: rel, source, type: m.type, mode: m.mode & 0o7777, size: 0, fromArchive: true };
+    const entry: CopyEntry = { path: rel, source, type: m.type, mode: m.mode & 0o7777, size: 0, fromArchive: true, archiveSha256 };
     if (m.sha256 !== undefined) entry.sha256 = m.sha256;
     if (m.target !== undefined) entry.target = m.target;
     byPath.set(rel, entry);
@@ -50,7 +60,7 @@ export async function archiveCopyEntries(abs: string, source: string): Promise<C
   for (const rel of [...byPath.keys()]) {
     for (let i = rel.lastIndexOf('/'); i > 0; i = rel.lastIndexOf('/', i - 1)) {
       const dir = rel.slice(0, i);
-      if (!byPath.has(dir)) byPath.set(dir, { path: dir, source, type: 'dir', mode: 0o755, size: 0, fromArchive: true });
+      if (!byPath.has(dir)) byPath.set(dir, { path: dir, source, type: 'dir', mode: 0o755, size: 0, fromArchive: true, archiveSha256 });
     }
   }
   return [...byPath.values()];

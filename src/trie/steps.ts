@@ -375,7 +375,8 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             const renames = single && !/\/\.?$/.test(destWritten) && destWritten !== '.' && destination !== state.workdir ? [undefined, destination.split('/').pop()!] : [undefined];
             // buildah's reference of an extracted archive is over its members as Go's tar writer
             // rewrites their headers (format, names, times as the archive has them): not
-            // reproduced, so none; the layer is matched by its files once the store is indexed.
+            // reproduced, so none; nor can the layer's files stand for the archive's bytes (the
+            // summaries below carry them): such a step matches what `push --dockerfile` recorded.
             for (const renameTo of entries.some((e) => e.fromArchive) ? [] : renames) {
               const ref = await buildahSourceRef(index, local, { names: ownerNames, ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}), ...(renameTo ? { renameTo } : {}) });
               if (ref) keys.push({ key: { instruction: elidedCopyInstruction(kw, destRaw), contentDigest: ref }, builder: 'buildah' });

@@ -54,7 +54,7 @@ async function writeContext(dir: string, from: string, version: string): Promise
   await fs.writeFile(path.join(dir, 'src', `${'n'.repeat(120)}.txt`), 'long name\n');
   await fs.writeFile(path.join(dir, 'debug.log'), 'not sent\n');
   // A vendored archive, the same bytes in every context: its members are what each builder's
-  // layer holds, and the plan must summarise them, not the archive.
+  // layer holds, but the builders key the step on the archive's bytes, and so must the plan.
   await fs.writeFile(path.join(dir, 'vendor.tar.gz'), gzipSync(await vendoredArchive()));
   await fs.writeFile(path.join(dir, '.dockerignore'), '*.log\n');
 }
@@ -218,9 +218,15 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       dockerd.dockerOk(['build', '--network', 'none', '--progress', 'plain', ...extra, '-t', tag, ctx], { env });
     await dockerd.wipe();
     const [, noCache] = await timed(() => build(ctxDir('buildkit', 'v1'), 'bk:v1', ['--build-arg', 'BUILDKIT_INLINE_CACHE=1']));
-    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/buildkit:v1`], (await dockerd.dockerOk(['save', 'bk:v1'])).stdout);
-    // BuildKit's history names no content: the layers' files are summarised at index time.
+    const savedBk = (await dockerd.dockerOk(['save', 'bk:v1'])).stdout;
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/buildkit:v1`], savedBk);
+    // BuildKit's history names no content: the layers' files are summarised at index time; but
+    // the archive's ADD is keyed on the archive's bytes, which its layer does not hold.
     await runOkSmart(['cache', 'index', `file:${store}`]);
+    const byFiles = await plan(`file:${store}`, ctxDir('buildkit', 'v1'), '--builder', 'buildkit');
+    expect(byFiles.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([2, 3]);
+    // Pushed with --dockerfile, the ADD is recorded with the archive's bytes.
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/buildkit:v1`, '--dockerfile', path.join(ctxDir('buildkit', 'v1'), 'Dockerfile'), '--context', ctxDir('buildkit', 'v1')], savedBk);
     // The unchanged context: its sources' COPY is summarised as the layer holds it, without the
     // package.json the COPY before it placed alike (the export's differ leaves that out), with the
     // latin-1 and the long name.
@@ -256,12 +262,16 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
       const layout = path.join(work, 'buildah-v1');
       await runOk('buildah', [...storage('built-v1'), 'push', 'app:v', `oci:${layout}:latest`]);
       await runOkSmart(['push', `oci:${layout}:latest`, `file:${store}#apps/buildah:v1`]);
-      // Before any index: buildah's reference of COPY package.json is reproduced; its reference of
-      // the extracted archive is not (the steps after it wait for the index).
+      // buildah's reference of COPY package.json is reproduced; its reference of the extracted
+      // archive is not, and the layer's files cannot stand for the archive's bytes, which the
+      // builders key the step on: without --dockerfile the plan stops there, index or not.
       const unindexed = await plan(`file:${store}`, ctxDir('buildah', 'v1'), '--builder', 'buildah');
       expect(unindexed.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3]);
       await runOkSmart(['cache', 'index', `file:${store}`]);
-      // The unchanged context: the ADD matched by the archive's members, and buildah's reference of
+      const indexed = await plan(`file:${store}`, ctxDir('buildah', 'v1'), '--builder', 'buildah');
+      expect(indexed.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([3]);
+      await runOkSmart(['push', `oci:${layout}:latest`, `file:${store}#apps/buildah:v1`, '--dockerfile', path.join(ctxDir('buildah', 'v1'), 'Dockerfile'), '--context', ctxDir('buildah', 'v1')]);
+      // The unchanged context: the ADD matched by what the push recorded, and buildah's reference of
       // its sources' COPY reproduced, the latin-1 and the long name included (Go's tar writer gives
       // both a PAX header).
       const unchanged = await plan(`file:${store}`, ctxDir('buildah', 'v1'), '--builder', 'buildah');
