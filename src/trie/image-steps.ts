@@ -69,7 +69,8 @@ export function historyLayerSteps(history: readonly HistoryEntry[] | undefined, 
 
 /** What a build set itself before one of its layers, as its history tells (see `ownConfigAtLayers`). */
 export interface HistoryOwnConfig {
-  env: Map<string, string>;
+  /** null: a value the history does not tell (written with a variable, `ENV E=$D`, and set again later). */
+  env: Map<string, string | null>;
   user?: string;
   /** null: set relative to the base's, not known here. */
   workdir?: string | null;
@@ -110,11 +111,23 @@ export function nextWorkdir(current: string | null | undefined, dir: string): st
  * RUN's build args: what the builders run a step under besides its own text, and check before
  * they reuse it (a RUN after a changed ENV is run again). Undefined when history and layers do not
  * line up.
+ *
+ * `finalEnv` (the image config's `Env`) reads what the history's ENV text cannot tell: the
+ * classic builder and BuildKit write the values unquoted (`ENV W=a b$c=d P=/bin`: a pair ends
+ * only before a name the image's environment holds), and buildah writes them unexpanded
+ * (`ENV E=$D`): the last ENV of a name set the value the config holds.
  */
-export function ownConfigAtLayers(history: readonly HistoryEntry[] | undefined, layerCount: number, ownFrom: number): HistoryOwnConfig[] | undefined {
+export function ownConfigAtLayers(history: readonly HistoryEntry[] | undefined, layerCount: number, ownFrom: number, finalEnv?: readonly string[]): HistoryOwnConfig[] | undefined {
   const entries = history ?? [];
   if (entries.filter((h) => !h.empty_layer).length !== layerCount) return undefined;
-  const env = new Map<string, string>();
+  const final = new Map((finalEnv ?? []).map((kv) => [kv.slice(0, kv.indexOf('=') < 0 ? kv.length : kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+  const envPairs = entries.map((h, i) => {
+    const step = i < ownFrom ? undefined : normalizeCreatedBy(h.created_by ?? '');
+    return step?.instruction.startsWith('ENV ') ? envPairsOf(step.instruction.slice('ENV '.length), final) : [];
+  });
+  const lastSetAt = new Map<string, number>();
+  envPairs.forEach((pairs, i) => pairs.forEach(([key]) => lastSetAt.set(key, i)));
+  const env = new Map<string, string | null>();
   let user: string | undefined;
   let workdir: string | null | undefined;
   const out: HistoryOwnConfig[] = [];
@@ -133,14 +146,29 @@ export function ownConfigAtLayers(history: readonly HistoryEntry[] | undefined, 
     if (i < ownFrom || !step) continue;
     const rest = step.instruction.slice((kw?.length ?? 0) + 1);
     if (kw === 'ENV') {
-      for (const pair of rest.split(/\s+(?=[^\s=]+=)/)) {
-        const eq = pair.indexOf('=');
-        if (eq > 0) env.set(pair.slice(0, eq), pair.slice(eq + 1));
+      for (const [key, value] of envPairs[i]!) {
+        if (lastSetAt.get(key) === i && final.has(key)) env.set(key, final.get(key)!);
+        else env.set(key, value.includes('$') ? null : value);
       }
     } else if (kw === 'USER') user = rest;
     else if (kw === 'WORKDIR') workdir = nextWorkdir(workdir, rest);
   }
   return out;
+}
+
+/**
+ * The pairs of an ENV's normal-form text (`A=1 B=two words`): a pair starts at a word `NAME=`,
+ * where the image's environment holds NAME when it is known (a value may hold ` x=y`).
+ */
+function envPairsOf(text: string, known: ReadonlyMap<string, string>): [string, string][] {
+  const out: [string, string][] = [];
+  for (const word of text.split(' ')) {
+    const eq = word.indexOf('=');
+    const starts = eq > 0 && (known.size === 0 || known.has(word.slice(0, eq)));
+    if (starts || out.length === 0) out.push(eq > 0 ? [word.slice(0, eq), word.slice(eq + 1)] : [word, '']);
+    else out[out.length - 1]![1] += ` ${word}`;
+  }
+  return out.filter(([key]) => key !== '');
 }
 
 /**

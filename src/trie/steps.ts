@@ -238,11 +238,21 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
           instruction = norm();
           // Every pair is expanded against the variables from before the instruction (`ENV X=5
           // Y=$X` gives Y the old X), as the builders expand it; then all are set.
-          const pairs = (instr.pairs ?? []).map((p) => [expand(instr, p.key), expand(instr, p.value ?? '')] as const);
-          for (const [key, value] of pairs) {
+          const pairs = (instr.pairs ?? []).map((p) => {
+            // A variable this walk does not know (the base's) makes the value unknown here; a `$`
+            // the value holds otherwise (`ENV W="a\\$b"`) is the value.
+            let unknown = false;
+            const lookupNoting = (name: string) => {
+              const v = lookup(name);
+              if (v === undefined && !args.has(name) && !knowBaseEnv) unknown = true;
+              return v;
+            };
+            const value = expandInstructionWord(df, instr, p.value ?? '', { lookup: lookupNoting, skipUnset: !knowBaseEnv });
+            return [expand(instr, p.key), value, unknown] as const;
+          });
+          for (const [key, value, unknown] of pairs) {
             state.env.set(key, value);
-            // A `$` left in the value: a variable this walk does not know (the base's), as written.
-            ownConfig.env.set(key, value.includes('$') ? null : value);
+            ownConfig.env.set(key, unknown ? null : value);
           }
           break;
         }

@@ -579,6 +579,34 @@ describe('the config a step runs under (what plans compare with a stored image)'
     expect(steps.at(-1)!.own).toEqual({ env: { X: '5', Y: '1' } });
   });
 
+  it('ENV values with spaces, `$`, quotes and `x=y` in them, and buildah\'s unexpanded ones, read alike from the Dockerfile and from each builder\'s history', async () => {
+    const { ownConfigAtLayers } = await import('../../src/trie/image-steps.js');
+    const dir = await tree({ 'f.txt': 'f\n' });
+    const text = 'FROM base\nARG D=/q\nENV E=$D\nENV WEIRD="a b\\$c=d \\"q\\" \\\\back" PATH=/bin:/usr/bin UNI=ünï\nRUN echo $E > /e\n';
+    const run = (await dockerfileSteps(parseDockerfile(text), { contextDir: dir })).steps.find((s) => s.keyword === 'RUN')!;
+    const env = { E: '/q', WEIRD: 'a b$c=d "q" \\back', PATH: '/bin:/usr/bin', UNI: 'ünï' };
+    expect(run.own?.env).toEqual(env);
+    // The histories real builds of it wrote (docker 20.10's classic builder and BuildKit, buildah
+    // 1.28), and the config's Env they all hold.
+    const finalEnv = ['PATH=/bin:/usr/bin', 'E=/q', 'WEIRD=a b$c=d "q" \\back', 'UNI=ünï'];
+    const histories = {
+      classic: ['/bin/sh -c #(nop)  ARG D=/q', '/bin/sh -c #(nop)  ENV E=/q', '/bin/sh -c #(nop)  ENV WEIRD=a b$c=d "q" \\back PATH=/bin:/usr/bin UNI=ünï', '|1 D=/q /bin/sh -c echo $E > /e'],
+      buildkit: ['ARG D=/q', 'ENV E=/q', 'ENV WEIRD=a b$c=d "q" \\back PATH=/bin:/usr/bin UNI=ünï', 'RUN |1 D=/q /bin/sh -c echo $E > /e # buildkit'],
+      buildah: ['/bin/sh -c #(nop) ARG D', '/bin/sh -c #(nop) ENV E=$D', '/bin/sh -c #(nop) ENV WEIRD="a b\\$c=d \\"q\\" \\\\back" PATH=/bin:/usr/bin UNI=ünï', '|1 D=/q /bin/sh -c echo $E > /e'],
+    };
+    for (const [builder, lines] of Object.entries(histories)) {
+      const history = [{ created_by: '/bin/sh -c #(nop) ADD file:abc in / ' }, ...lines.map((created_by, i) => ({ created_by, ...(i < 3 ? { empty_layer: true } : {}) }))];
+      const own = ownConfigAtLayers(history, 2, 1, finalEnv)?.[1];
+      expect(Object.fromEntries(own?.env ?? []), builder).toEqual(env);
+    }
+    // An image that set only some of them (PATH, UNI) is not the one that ran alike.
+    const other = ownConfigAtLayers([{ created_by: 'ADD file:abc in /' }, { created_by: 'ENV PATH=/bin:/usr/bin UNI=ünï', empty_layer: true }, { created_by: 'RUN /bin/sh -c echo $E > /e # buildkit' }], 2, 1, ['PATH=/bin:/usr/bin', 'UNI=ünï']);
+    expect(Object.fromEntries(other?.[1]?.env ?? [])).toEqual({ PATH: '/bin:/usr/bin', UNI: 'ünï' });
+    // Set twice by buildah, the first unexpanded: not told by the history (null), never a wrong value.
+    const twice = ownConfigAtLayers([{ created_by: 'ADD file:abc in /' }, { created_by: '/bin/sh -c #(nop) ENV E=$D', empty_layer: true }, { created_by: '/bin/sh -c x' }, { created_by: '/bin/sh -c #(nop) ENV E=2', empty_layer: true }, { created_by: '/bin/sh -c y' }], 3, 1, ['E=2']);
+    expect(twice?.map((c) => c.env.get('E'))).toEqual([undefined, null, '2']);
+  });
+
   it('a history: what the build set after its base, before each layer, as every builder writes it', async () => {
     const { ownConfigAtLayers } = await import('../../src/trie/image-steps.js');
     const history = [

@@ -321,7 +321,7 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
         const source = await store.source({ registry: '', repository: img.repository, digest: img.manifest });
         try {
           const image = await resolveImage(source, platform);
-          return ownConfigAtLayers(image.config.history, image.layers.length, ownFrom);
+          return ownConfigAtLayers(image.config.history, image.layers.length, ownFrom, image.config.config?.Env);
         } finally {
           await source.close();
         }
@@ -373,7 +373,8 @@ function ranAlike(step: Step, stored: HistoryOwnConfig | undefined, belowUnknown
   if (!stored || !own || stored.keyword !== step.keyword) return true;
   for (const key of new Set([...Object.keys(own.env), ...stored.env.keys()])) {
     const mine = own.env[key];
-    if (mine !== null && mine !== stored.env.get(key)) return false;
+    const theirs = stored.env.get(key);
+    if (mine !== null && theirs !== null && mine !== theirs) return false;
   }
   if (own.user !== null && own.user !== stored.user) return false;
   // A working directory below the FROM image's (unknown to both sides) is compared only with another such.
