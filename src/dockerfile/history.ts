@@ -15,9 +15,11 @@
  *   written, flags and JSON included>`, `/bin/sh -c #(nop) <instruction as written>`;
  * - kaniko: the instruction as written (`RUN npm ci`, `COPY --from=build /out /app`).
  *
- * Normal forms: `RUN npm ci` (shell form under the default `/bin/sh -c`: the command text with
- * whitespace runs outside quotes collapsed); `RUN ["npm","ci"]` (exec form, and any other shell:
- * the argv split on whitespace, as JSON — the only form every builder's history allows);
+ * Normal forms: `RUN npm ci` (shell form under the default `/bin/sh -c`, and the exec form
+ * `["/bin/sh", "-c", "npm ci"]`, which runs the same argv: the command text with whitespace runs
+ * outside quotes collapsed); `RUN ["npm","ci"]` (exec form: the argv, each element whole; a
+ * history's space-joined argv split on whitespace); `RUN ["/bin/bash","-c","npm","ci"]` (another
+ * shell: split on whitespace, as the histories join it);
  * `COPY --chown=1000 src/ /app/` (only the flags BuildKit records: `--chmod`, `--chown`,
  * `--parents`, sorted; `--from`, `--link` and the rest dropped); `WORKDIR /app`; `ENV A=b`;
  * `CMD ["node","x"]` / `CMD node x`; `EXPOSE 80/tcp`; `VOLUME ["/data"]`...
@@ -120,7 +122,7 @@ function withArgs(step: HistoryStep | undefined, args: Record<string, string> | 
  */
 function runFromArgv(text: string, buildahFlags: boolean): HistoryStep {
   const sh = /^\/bin\/sh -c(?:\s([\s\S]*))?$/.exec(text);
-  if (!sh) return { instruction: formatExec(text.split(/\s+/)) };
+  if (!sh) return { instruction: formatExec(text.split(/\s+/).filter((t) => t.length > 0)) };
   let cmd = sh[1] ?? '';
   if (buildahFlags) {
     let bind = false;
@@ -233,7 +235,7 @@ function normalize(instr: Instruction, ctx: NormalizeContext, fromHistory: boole
   const kw = instr.keyword;
   switch (kw) {
     case 'RUN': {
-      if (instr.json) return formatExec(instr.words);
+      if (instr.json) return fromHistory ? formatExec(instr.words) : formatExecRun(instr.words);
       return formatShellRun(runCommandText(instr), shell);
     }
     case 'COPY':
@@ -327,13 +329,32 @@ function resolveWorkdir(current: string | undefined, requested: string): string 
   return cleanPath(p);
 }
 
+/** An argv as it is, each element whole (a history's space-joined argv is split before it comes here). */
 function formatExec(argv: readonly string[]): string {
-  return `RUN ${JSON.stringify(argv.flatMap((a) => a.split(/\s+/)).filter((t) => t.length > 0))}`;
+  return `RUN ${JSON.stringify(argv)}`;
+}
+
+/**
+ * A Dockerfile's exec-form RUN: `["/bin/sh", "-c", X]` is the argv the shell form `RUN X` runs,
+ * and the classic builder and BuildKit write and cache both alike (`/bin/sh -c X`); any other
+ * argv as it is, so that `["a b"]` is not `["a", "b"]` (both histories read `a b`: a history can
+ * match only the argv whose elements hold no white space). buildah writes the JSON as written:
+ * its key is `buildahExecRun`.
+ */
+function formatExecRun(argv: readonly string[]): string {
+  if (argv.length === 3 && argv[0] === DEFAULT_SHELL[0] && argv[1] === DEFAULT_SHELL[1]) return formatShellRun(argv[2]!, DEFAULT_SHELL);
+  return formatExec(argv);
+}
+
+/** The key buildah's history gives an exec-form RUN (`/bin/sh -c ["/bin/sh", "-c", "x"]`): the argv as written, whatever it runs. */
+export function buildahExecRun(argv: readonly string[]): string {
+  return formatExec(argv);
 }
 
 function formatShellRun(cmd: string, shell: readonly string[]): string {
   if (shell.length === DEFAULT_SHELL.length && shell.every((s, i) => s === DEFAULT_SHELL[i])) return `RUN ${collapse(cmd)}`;
-  return formatExec([...shell, cmd]);
+  // Another shell: the histories join the argv by spaces, and so is it split to compare.
+  return formatExec([...shell, cmd].flatMap((a) => a.split(/\s+/)).filter((t) => t.length > 0));
 }
 
 /** A JSON array of strings, or undefined. */

@@ -42,7 +42,7 @@ import {
   type Stage,
 } from '../dockerfile/parser.js';
 import { ClassicContextSums, buildahSourceRef, loadOwnerNames, type OwnerNames } from '../dockerfile/builder-hashes.js';
-import { DEFAULT_SHELL, elidedCopyInstruction, normalizeInstruction } from '../dockerfile/history.js';
+import { DEFAULT_SHELL, buildahExecRun, elidedCopyInstruction, normalizeInstruction } from '../dockerfile/history.js';
 import { elidedSummaryDigest, nextWorkdir, resolveCopyDestination } from './image-steps.js';
 import { archiveCopyEntries } from './archive-entries.js';
 import type { StepKey } from './layer-trie.js';
@@ -303,6 +303,10 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             // image it built is found by the instruction, the bound files left to the builder.
             alternatives = [{ key: { instruction }, unchecked: 'the files it bind-mounts from the context' }];
           }
+          // buildah's history of an exec-form RUN is its JSON as written: `["/bin/sh", "-c", X]`
+          // is not its `RUN X`, which the normal form is (the other builders run both alike).
+          const buildahExec = instr.json ? buildahExecRun(instr.words) : undefined;
+          if (buildahExec !== undefined && buildahExec !== instruction) alternatives = [...(alternatives ?? []), { key: { instruction: buildahExec }, builder: 'buildah' }];
           // buildah's history of a shell-form RUN says `/bin/sh -c …` whatever SHELL set (and
           // its cache goes by that history): its images hold the step under that form.
           if (!instr.json && state.shell.join('\0') !== DEFAULT_SHELL.join('\0')) {

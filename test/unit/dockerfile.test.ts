@@ -1,8 +1,12 @@
 /** The Dockerfile parser and the normal form of build steps (from a Dockerfile and from image histories). */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { SmartError } from '../../src/errors.js';
 import { expandWord, findStage, parseDockerfile, type Instruction } from '../../src/dockerfile/parser.js';
 import { instructionsMatch, normalizeCreatedBy, normalizeInstruction } from '../../src/dockerfile/history.js';
+import { dockerfileSteps } from '../../src/trie/steps.js';
 
 function error(fn: () => unknown): SmartError {
   try {
@@ -394,6 +398,34 @@ describe('the same normal form from the Dockerfile and from every builder', () =
     // A different step does not match.
     expect(instructionsMatch(steps[3]!, 'RUN npm install')).toBe(false);
     expect(instructionsMatch(steps[2]!, 'COPY package.json /srv/')).toBe(false);
+  });
+
+  it('an exec-form RUN, as the real builders wrote it (docker 20.10 classic and BuildKit, buildah 1.28)', async () => {
+    const d = parseDockerfile('FROM a\nRUN ["/bin/sh", "-c", "echo exec > /x"]\nRUN ["/bin/touch", "/y"]\nRUN ["/bin/sh", "-c", "echo \'a  b\' > /z"]\nRUN ["a b"]\n');
+    const runs = d.stages[0]!.instructions.map((i) => normalizeInstruction(i));
+    // `["/bin/sh", "-c", X]` runs what `RUN X` runs; any other argv is itself, element by element.
+    expect(runs).toEqual(['RUN echo exec > /x', 'RUN ["/bin/touch","/y"]', "RUN echo 'a  b' > /z", 'RUN ["a b"]']);
+    const written = {
+      classic: ['/bin/sh -c echo exec > /x', '/bin/touch /y', "/bin/sh -c echo 'a  b' > /z"],
+      buildkit: ['RUN /bin/sh -c echo exec > /x # buildkit', 'RUN /bin/touch /y # buildkit', "RUN /bin/sh -c echo 'a  b' > /z # buildkit"],
+    };
+    for (const [builder, lines] of Object.entries(written)) {
+      expect(lines.map((l) => normalizeCreatedBy(l)?.instruction), builder).toEqual(runs.slice(0, 3));
+    }
+    // The histories join the argv by spaces: `["a", "b"]`'s is not `["a b"]`.
+    expect(normalizeCreatedBy('a b')?.instruction).not.toBe(runs[3]);
+    expect(normalizeCreatedBy('RUN a b # buildkit')?.instruction).not.toBe(runs[3]);
+    // buildah writes the JSON as written: its key is that argv, which the plan also tries.
+    const buildah = ['|1 D=/q /bin/sh -c ["/bin/sh", "-c", "echo exec > /x"]', '|1 D=/q /bin/sh -c ["/bin/touch", "/y"]', '/bin/sh -c ["a b"]'].map((l) => normalizeCreatedBy(l)?.instruction);
+    expect(buildah).toEqual(['RUN ["/bin/sh","-c","echo exec > /x"]', 'RUN ["/bin/touch","/y"]', 'RUN ["a b"]']);
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'smart-exec-'));
+    try {
+      const steps = (await dockerfileSteps(d, { contextDir: dir })).steps;
+      expect(steps[0]!.alternatives).toEqual([{ key: { instruction: buildah[0] }, builder: 'buildah' }]);
+      expect(steps[1]!.alternatives).toBeUndefined();
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('resolves relative WORKDIRs and variables with the stage context', () => {
