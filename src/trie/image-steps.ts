@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import type { HistoryEntry } from '../oci/config.js';
-import { cleanPath, digestCopyEntries, digestLayerEntries, type LayerEntry } from '../dockerfile/context.js';
+import { cleanPath, contextRelative, digestCopyEntries, digestLayerEntries, type LayerEntry } from '../dockerfile/context.js';
 import { normalizeCreatedBy, type HistoryStep } from '../dockerfile/history.js';
 import { sparseSegments } from '../tar/sparse.js';
 import { TarStreamReader } from '../tar/stream-reader.js';
@@ -30,6 +30,13 @@ export interface HistoryLayerStep {
   step?: HistoryStep;
   /** COPY/ADD: the destination, absolute, `/`-terminated when written so (relative ones resolved against the WORKDIRs before it). */
   destination?: string;
+  /**
+   * A history naming the sources (BuildKit, kaniko) writes them and the destination joined by
+   * spaces (`COPY c.txt /h i/` from `COPY ["c.txt", "/h i/"]`): the destinations its last two words
+   * and more would be, resolved alike, the last word's (`destination`) first. The layer tells
+   * which it is (`summaryStepKey`).
+   */
+  destinationsWithSpaces?: string[];
   /** The RUNs recorded as empty entries since the previous layer's (the classic builder's RUN that changed nothing): normal forms, in order. */
   emptyBefore?: string[];
 }
@@ -57,9 +64,11 @@ export function historyLayerSteps(history: readonly HistoryEntry[] | undefined, 
     const kw = step?.instruction.split(' ')[0];
     const copy = kw === 'COPY' || kw === 'ADD';
     const dest = copy ? (step!.sourcesElided ? step!.destination : lastWord(step!.instruction)) : undefined;
+    const spaced = copy && !step!.sourcesElided ? suffixesWithSpaces(step!.instruction).map((d) => resolveCopyDestination(workdir, d)) : [];
     out.push({
       ...(step ? { step } : {}),
       ...(dest !== undefined ? { destination: resolveCopyDestination(workdir, dest) } : {}),
+      ...(spaced.length ? { destinationsWithSpaces: spaced } : {}),
       ...(emptyRuns.length ? { emptyBefore: emptyRuns } : {}),
     });
     emptyRuns = [];
@@ -186,6 +195,26 @@ function lastWord(instruction: string): string | undefined {
   return words.length >= 3 ? words[words.length - 1] : undefined;
 }
 
+/** The last two words of a COPY's normal form and more, each leaving a source before it (flags are no sources). */
+function suffixesWithSpaces(instruction: string): string[] {
+  const words = instruction.split(' ');
+  let firstSource = 1;
+  while (firstSource < words.length && words[firstSource]!.startsWith('--')) firstSource++;
+  const out: string[] = [];
+  for (let k = words.length - 2; k > firstSource; k--) out.push(words.slice(k).join(' '));
+  return out;
+}
+
+/** Whether a layer holds something at or below a destination: the destination the step wrote. */
+function holdsAt(entries: readonly LayerEntry[], destination: string): boolean {
+  const dest = contextRelative(destination);
+  if (dest === '') return entries.length > 0;
+  return entries.some((e) => {
+    const p = contextRelative(e.path);
+    return p === dest || p.startsWith(`${dest}/`);
+  });
+}
+
 /** A COPY destination as the builder resolves it: against the working directory; a trailing `/` (or `.`) kept as `/`. */
 export function resolveCopyDestination(workdir: string, dest: string): string {
   const dir = dest.endsWith('/') || dest === '.' || dest.endsWith('/.');
@@ -227,7 +256,8 @@ export function summaryStepKey(h: HistoryLayerStep, entries: readonly LayerEntry
       .filter((m): m is RegExpExecArray => m !== null)
       .map((m) => [m[1]!, m[2]!]),
   ) as { chown?: string; chmod?: string };
-  return { instruction: step.instruction, contentDigest: digestLayerEntries(entries, h.destination, flags) };
+  const destination = [h.destination, ...(h.destinationsWithSpaces ?? [])].find((d) => holdsAt(entries, d)) ?? h.destination;
+  return { instruction: step.instruction, contentDigest: digestLayerEntries(entries, destination, flags) };
 }
 
 /** The digest a plan gives the files of a COPY for a history that elides its sources: the modes as the layer holds them, no flags. */

@@ -366,6 +366,20 @@ describe('COPY content digests', () => {
     expect(kept).not.toBe(digest);
   });
 
+  it('a COPY to a destination with a space, as BuildKit writes it (`COPY c.txt /h i/ # buildkit`), is summarised under that destination', async () => {
+    const { historyLayerSteps, summaryStepKey } = await import('../../src/trie/image-steps.js');
+    const dir = await tree({ 'c.txt': 'c\n' });
+    const steps = (await dockerfileSteps(parseDockerfile('FROM base\nCOPY ["c.txt", "/h i/"]\n'), { contextDir: dir })).steps;
+    const copy = steps.find((s) => s.keyword === 'COPY')!;
+    // The layer BuildKit made of it (written here by GNU tar), and the history it wrote (docker 20.10).
+    const layerRoot = await tempDir('smart-ctx-layer-');
+    await fs.mkdir(path.join(layerRoot, 'h i'));
+    await fs.copyFile(path.join(dir, 'c.txt'), path.join(layerRoot, 'h i', 'c.txt'));
+    const layer = execFileSync('tar', ['--format=posix', '-C', layerRoot, '-cf', '-', 'h i']);
+    const h = historyLayerSteps([{ created_by: 'ADD file:abc in /' }, { created_by: 'COPY c.txt /h i/ # buildkit' }], 2)![1]!;
+    expect(summaryStepKey(h, await layerEntries(Readable.from([layer])))).toEqual({ instruction: copy.instruction, contentDigest: copy.contentDigest });
+  });
+
   it('a missing or excluded source is NOT_FOUND naming the line', async () => {
     const dir = await tree(base);
     const m = await loadDockerignore(dir);
