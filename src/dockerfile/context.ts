@@ -686,7 +686,14 @@ export async function collectCopyEntries(contextDir: string, sources: readonly s
   };
   for (const src of sources) {
     const rel = contextRelative(src);
-    const matches = hasWildcards(rel) ? expandWildcard(index, rel) : [rel];
+    let matches: string[];
+    try {
+      matches = hasWildcards(rel) ? expandWildcard(index, rel) : [rel];
+    } catch (e) {
+      // A pattern that does not parse (`COPY ["a.txt", "/"`, unclosed, is the shell form's `["a.txt",`): the line named.
+      if (where && e instanceof SmartError && e.code === 'USAGE') throw new SmartError('USAGE', `${where}${e.message}`, { input: src, cause: e });
+      throw e;
+    }
     if (matches.length === 0) {
       throw new SmartError('NOT_FOUND', `${where}COPY source "${src}": no file in the build context matches`, { input: src });
     }

@@ -323,7 +323,7 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     expect(p.steps.filter((x) => x.matched).map((x) => x.line)).toEqual([5, 6, 7]);
     expect(p.steps.map((x) => x.unchecked)).toEqual([undefined, 'what it copies --from=build', undefined]);
     const human = (await runOkSmart(['cache', 'plan', `file:${store}`, ms('v2'), '--builder', 'buildkit'])).stderr.toString();
-    expect(human).toContain('line   6  ✓  COPY /out/app /app   (not checked: what it copies --from=build; the builder checks it)');
+    expect(human).toContain('line   6  ✓  COPY --from=build /out/app /app   (not checked: what it copies --from=build; the builder checks it)');
     // BuildKit, v1's cache at hand, reuses the step before and rebuilds the COPY and the step after.
     const out = (await build(ms('v2'), 'ms:v2')).stderr;
     const steps = new Map([...out.matchAll(/^(#\d+) \[stage-1 \d+\/\d+\] (.*)$/gm)].map((m) => [m[1]!, m[2]!]));

@@ -570,3 +570,20 @@ describe('smart cache plan of relative WORKDIRs as buildah records them', () => 
     expect(changed.steps.find((s) => s.line === 5)!.matched).toBe(false);
   });
 });
+
+describe('smart cache plan: what its lines say', () => {
+  it('names a COPY --from\'s stage, and the Dockerfile line of a COPY source that is no pattern (an unclosed JSON form)', async () => {
+    const { work, store, cacheHome } = await storeWithBase('lines');
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'a.txt'), 'a\n');
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM lines/base:1 AS build\nRUN echo hi > /b\nFROM lines/base:1\nCOPY --from=build /b/out.txt ./\n');
+    const r = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain('line   4  ✗  COPY --from=build /b/out.txt ./');
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM lines/base:1\nCOPY ["a.txt", "/"\n');
+    const bad = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.trim()).toBe(`smart: error [USAGE]: ${path.join(ctx, 'Dockerfile')}:2: COPY source "[a.txt,": syntax error in pattern "[a.txt,"`);
+  });
+});

@@ -258,7 +258,8 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
           const unchecked = matched && !empty ? uncheckedBy(s, match.path[match.baseLayers + withLayers.indexOf(k)]) : undefined;
           return {
             line: s.line,
-            instruction: s.instruction,
+            // The normal form leaves `--from` out (BuildKit's history does); the reader is told it.
+            instruction: s.from !== undefined ? s.instruction.replace(/^(COPY|ADD) /, `$1 --from=${s.from} `) : s.instruction,
             matched,
             ...(k < 0 || empty ? { noLayer: true } : {}),
             ...(unchecked ? { unchecked } : {}),
