@@ -7,6 +7,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fixtures } from '../harness/fixtures.js';
 import { writeImage, type LayerSpec } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRedis } from '../harness/redis.js';
@@ -585,5 +586,37 @@ describe('smart cache plan: what its lines say', () => {
     const bad = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
     expect(bad.code).toBe(2);
     expect(bad.stderr.trim()).toBe(`smart: error [USAGE]: ${path.join(ctx, 'Dockerfile')}:2: COPY source "[a.txt,": syntax error in pattern "[a.txt,"`);
+  });
+});
+
+describe('smart cache plan of a FROM --platform', () => {
+  it('plans on the platform the FROM names, whose layers cache pull then fetches; one the image does not hold fails as the build does', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const store = path.join(work, 'store');
+    const cacheHome = path.join(work, 'cache');
+    expect((await smart(['push', `oci:${fx.paths.ociMulti}:latest`, `file:${store}#multi/base:1`], { cacheHome })).code).toBe(0);
+    const host = `linux/${process.arch === 'arm64' ? 'arm64' : 'amd64'}`;
+    const other = Object.keys(fx.multi.platforms).find((p) => p !== host)!;
+    const image = fx.multi.platforms[other]!;
+    // The index of that platform's images (`cache index` reads one platform, as pulls do).
+    expect((await smart(['cache', 'index', `file:${store}`, '--platform', other], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), `FROM --platform=${other} multi/base:1\nRUN echo hi\n`);
+    const r = await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome });
+    expect(r.code, r.stderr).toBe(0);
+    const p = JSON.parse(r.stdout.toString()) as Plan & { platform: string };
+    expect(p.platform).toBe(other.replace(/^linux\/arm64\/v8$/, 'linux/arm64')); // arm64's v8 is its default variant
+    expect(p.best?.layers.map((l) => l.digest)).toEqual(image.layers.map((l) => l.digest));
+    const pulled = await smart(['cache', 'pull', `file:${store}`, ctx, `oci:${path.join(work, 'pulled')}:x`, '--json'], { cacheHome });
+    expect(pulled.code, pulled.stderr).toBe(0);
+    const layout = JSON.parse(await fs.readFile(path.join(work, 'pulled', 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+    const manifest = JSON.parse(await fs.readFile(path.join(work, 'pulled', 'blobs', 'sha256', layout.manifests[0]!.digest.slice(7)), 'utf8')) as { layers: { digest: string }[] };
+    expect(manifest.layers.map((l) => l.digest)).toEqual(image.layers.map((l) => l.digest));
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM --platform=linux/s390x multi/base:1\nRUN echo hi\n');
+    const missing = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('FROM --platform=linux/s390x multi/base:1: no manifest for platform linux/s390x');
   });
 });

@@ -7,7 +7,7 @@ import { SmartError, isSmartError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import type { Image } from '../../oci/image.js';
 import { parseReference, type Reference } from '../../oci/reference.js';
-import type { Platform } from '../../oci/platform.js';
+import { formatPlatform, parsePlatform, type Platform } from '../../oci/platform.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
 import { resolveImage } from '../../pipeline/layers.js';
 import { chainIds, keysOf, matchBuild, stepKeyString, type ImageBuilder, type ImageRef, type Match, type TrieNode } from '../../trie/layer-trie.js';
@@ -55,6 +55,8 @@ export interface PlanCandidate {
 
 export interface PlanResult {
   store: string;
+  /** A Dockerfile's plan: the platform it is for (`os/arch[/variant]`), the FROM's `--platform`, else `--platform`, else this machine's. `cache pull` fetches it. */
+  platform?: string;
   /** `history`: the base image's history entries (where a stored image's own steps begin). */
   base?: { ref: string; layers: number; inStore: number; storedAs?: string; resolvedVia?: BaseResolution; history?: number };
   steps: PlanStep[];
@@ -195,7 +197,6 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
   const { dockerfileSteps } = await import('../../trie/steps.js');
   const text = await readDockerfile(options.dockerfile);
   const df = parseDockerfile(text, options.dockerfile);
-  const platform = platformOf(ctx);
   const store = await openStore(storeName, ctx.endpoints);
   try {
     const firstPass = await dockerfileSteps(df, {
@@ -205,7 +206,17 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
       ...(options.stage ? { stage: options.stage } : {}),
       ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
     });
-    const { image: baseImage, storedAs, via } = await resolveBase(store, firstPass.base, platform, ctx);
+    // `FROM --platform=linux/arm64 img` builds on that platform's image whatever the build's
+    // platform, as the builders do: its layers are the cache (the machine's are not).
+    const fromPlatform = firstPass.platform !== undefined ? parseFromPlatform(firstPass.platform, firstPass.base) : undefined;
+    const platform = fromPlatform ?? platformOf(ctx);
+    const { image: baseImage, storedAs, via } = await resolveBase(store, firstPass.base, platform, ctx).catch((e: unknown) => {
+      // The builders fail alike (docker: no matching manifest): not a plan on another platform's layers.
+      if (fromPlatform && isSmartError(e) && e.code === 'PLATFORM_NOT_FOUND') {
+        throw new SmartError('PLATFORM_NOT_FOUND', `FROM --platform=${firstPass.platform} ${firstPass.base}: ${e.message}`, { input: firstPass.base, hint: 'the build fails alike: its FROM --platform names a platform the image does not hold', cause: e });
+      }
+      throw e;
+    });
     // Keys are computed as `push --dockerfile` computes them (without the base's ENV), so that
     // both sides of the comparison agree whatever the base defines.
     const build = firstPass;
@@ -237,6 +248,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     const best = candidateOf(match, options.builder);
     const result: PlanResult = {
       store: store.scope,
+      platform: formatPlatform(platform),
       ...(baseImage
         ? {
             base: {
@@ -289,6 +301,16 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     return result;
   } finally {
     await store.close();
+  }
+}
+
+/** A FROM's `--platform` value, a USAGE error naming it when it is no platform. */
+function parseFromPlatform(value: string, base: string): Platform {
+  try {
+    return parsePlatform(value);
+  } catch (e) {
+    if (isSmartError(e) && e.code === 'USAGE') throw new SmartError('USAGE', `FROM --platform=${value} ${base}: ${e.message}`, { input: value, cause: e });
+    throw e;
   }
 }
 

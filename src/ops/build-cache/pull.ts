@@ -7,7 +7,7 @@ import path from 'node:path';
 import { isSmartError, SmartError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import type { Image, ImageSource } from '../../oci/image.js';
-import type { Platform } from '../../oci/platform.js';
+import { parsePlatform, type Platform } from '../../oci/platform.js';
 import type { LayerStore } from '../../cache/layer-store.js';
 import { defaultJobs, TaskGroup } from '../../pipeline/concurrency.js';
 import { resolveImage } from '../../pipeline/layers.js';
@@ -120,7 +120,8 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
     return { plan, fetched: 0, bytes: 0, destination: ctx.destination ?? 'layer store' };
   }
   const store = await openStore(storeName, ctx.endpoints);
-  const platform = platformOf(ctx);
+  // The plan's platform (a FROM --platform's): its best layers are that platform's image's.
+  const platform = plan.platform !== undefined ? parsePlatform(plan.platform) : platformOf(ctx);
   const repository = best.image.replace(/:[^:/]+$/, '');
   const { image, source } = await imageOf(store, repository, best.manifest, platform).catch((e: unknown) => {
     if (!isSmartError(e) || e.code !== 'NOT_FOUND') throw e;
