@@ -153,6 +153,11 @@ export interface MatchStep {
    * matched still when the next layer was made after it (its key's `emptyBefore` names it).
    */
   mayBeEmpty?: boolean;
+  /**
+   * A node whose own keys say it is another step (its builder's content reference, which this
+   * step's does not equal): never matched, whatever other key (its files) it carries.
+   */
+  refuses?: (node: TrieNode) => boolean;
 }
 
 export interface Match {
@@ -254,6 +259,7 @@ export async function matchBuild(
         // The node itself must carry the key: an edge is a hint, the node the fact.
         if (!child || !keysOf(child).some((k) => keysOfEntry[fi]!.includes(stepKeyString(k)))) continue;
         if (options.accept && !options.accept(child)) continue;
+        if (step.refuses?.(child)) continue;
         const before = f.pending.map((p) => p.index).filter((index) => index >= 0);
         next.push({ path: [...f.path, child], matched: [...f.matched, ...before, i], empty: [...f.empty, ...before], pending: [] });
       }

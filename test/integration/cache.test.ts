@@ -9,6 +9,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { writeImage, type LayerSpec } from '../harness/images.js';
+import { parseDockerfile } from '../../src/dockerfile/parser.js';
+import { dockerfileSteps } from '../../src/trie/steps.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRedis } from '../harness/redis.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
@@ -618,5 +620,36 @@ describe('smart cache plan of a FROM --platform', () => {
     const missing = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('FROM --platform=linux/s390x multi/base:1: no manifest for platform linux/s390x');
+  });
+});
+
+describe('smart cache plan of a COPY whose source directory\'s own mode changed', () => {
+  it('does not match a classic builder\'s layer whose dir: reference the context no longer gives, though its files summarise alike', async () => {
+    const { work, store, cacheHome, base } = await storeWithBase('dirmode');
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(path.join(ctx, 'src', 'sub'), { recursive: true });
+    await fs.writeFile(path.join(ctx, 'src', 'a'), 'a\n', { mode: 0o644 });
+    await fs.writeFile(path.join(ctx, 'src', 'sub', 'b'), 'b\n', { mode: 0o644 });
+    for (const d of ['src', 'src/sub']) await fs.chmod(path.join(ctx, d), 0o755);
+    const text = 'FROM dirmode/base:1\nCOPY src/ /src/\n';
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), text);
+    // The classic builder's reference of the step in this context (builder-hashes.ts, checked against real builds).
+    const copy = (await dockerfileSteps(parseDockerfile(text), { contextDir: ctx, builderKeys: true })).steps.find((x) => x.keyword === 'COPY')!;
+    const classic = copy.alternatives!.find((a) => a.builder === 'docker')!.key.contentDigest!;
+    expect(classic).toMatch(/^dir:[0-9a-f]{64}$/);
+    const dir = path.join(work, 'img');
+    await writeImage(dir, { layers: [base, { files: { 'src/a': 'a\n', 'src/sub/b': 'b\n' }, createdBy: `/bin/sh -c #(nop) COPY ${classic} in /src/ ` }] });
+    expect((await smart(['push', `oci:${dir}:latest`, `file:${store}#dirmode/app:1`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const matched = async (...extra: string[]) => {
+      const r = await smart(['cache', 'plan', `file:${store}`, ctx, '--json', ...extra], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout.toString()) as Plan).steps.find((x) => x.line === 2)!.matched;
+    };
+    expect(await matched('--builder', 'docker')).toBe(true);
+    // `chmod 700 src`: the classic builder's dir: reference changes (no layer holds the mode), and it builds the step again.
+    await fs.chmod(path.join(ctx, 'src'), 0o700);
+    expect(await matched('--builder', 'docker')).toBe(false);
+    expect(await matched()).toBe(false);
   });
 });

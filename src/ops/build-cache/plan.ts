@@ -10,7 +10,7 @@ import { parseReference, type Reference } from '../../oci/reference.js';
 import { formatPlatform, parsePlatform, type Platform } from '../../oci/platform.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
 import { resolveImage } from '../../pipeline/layers.js';
-import { chainIds, keysOf, matchBuild, stepKeyString, type ImageBuilder, type ImageRef, type Match, type TrieNode } from '../../trie/layer-trie.js';
+import { chainIds, keysOf, matchBuild, stepKeyString, type ImageBuilder, type ImageRef, type Match, type MatchStep, type TrieNode } from '../../trie/layer-trie.js';
 import type { Step } from '../../trie/steps.js';
 import type { HistoryOwnConfig } from '../../trie/image-steps.js';
 import { openStore } from '../../transports/all.js';
@@ -233,6 +233,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         ...(s.alternatives ? { alternatives: s.alternatives.filter((a) => !a.onlyForBuilder || a.builder === options.builder).map((a) => a.key) } : {}),
         ...(s.layerOptional ? { optional: true } : {}),
         ...(s.keyword === 'RUN' ? { mayBeEmpty: true } : {}),
+        ...refusedByOwnReference(s),
       })),
       {
         // For a builder: only through layers that images it could have made hold.
@@ -303,6 +304,31 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     await store.close();
   }
 }
+
+/**
+ * A COPY/ADD whose classic-builder reference the plan computed: a layer of an image that builder
+ * made, whose history names another reference for the same instruction, is another step, even
+ * where its files summarise alike. Its `dir:` covers the source directory's own mode, which no
+ * layer holds (`chmod 700 src`, and it builds `COPY src/ /src/` again, where the layer's files
+ * matched). Not buildah's: its reference names owners as the machine that built looked them up,
+ * and buildah reuses that step.
+ */
+function refusedByOwnReference(s: Step): Pick<MatchStep, 'refuses'> {
+  const refs = (s.alternatives ?? []).filter((a) => a.builder === 'docker' && CONTENT_REFERENCE.test(a.key.contentDigest ?? ''));
+  if (refs.length === 0) return {};
+  const instructions = new Set(refs.map((a) => a.key.instruction));
+  const mine = new Set(refs.map((a) => stepKeyString(a.key)));
+  return {
+    refuses: (node) => {
+      if (node.images.length === 0 || !node.images.every((i) => i.builder === 'docker')) return false;
+      const theirs = keysOf(node).filter((k) => instructions.has(k.instruction) && CONTENT_REFERENCE.test(k.contentDigest ?? ''));
+      return theirs.length > 0 && !theirs.some((k) => mine.has(stepKeyString({ instruction: k.instruction, contentDigest: k.contentDigest! })));
+    },
+  };
+}
+
+/** The content references the classic builder and buildah write into a COPY/ADD's history. */
+const CONTENT_REFERENCE = /^(?:file|dir|multi):[0-9a-f]{64}$/;
 
 /** A FROM's `--platform` value, a USAGE error naming it when it is no platform. */
 function parseFromPlatform(value: string, base: string): Platform {
