@@ -22,9 +22,12 @@ import {
   collectCopyEntries,
   contextRelative,
   digestCopyEntries,
+  expandWildcard,
+  hasWildcards,
   indexContext,
   inlineCopyEntries,
   loadDockerignore,
+  resolveInContext,
   type ContextIndex,
   type ContextMatcher,
   type CopyEntry,
@@ -373,6 +376,13 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
           entries = [...entries, ...inlineCopyEntries(inline)];
           const flags = { ...(chown !== undefined ? { chown } : {}), ...(chmod !== undefined ? { chmod } : {}) };
           contentDigest = digestCopyEntries(entries, flags);
+          // BuildKit (and the classic builder's dir:) key a directory source on its own mode too
+          // (not the context root's), which no layer holds: in the step's own key, and the keys a
+          // layer's files give say they leave it unchecked.
+          const sourceDirs = local.length > 0 ? sourceDirectoryModes(await contextIndex(), local) : [];
+          const filesDigest = contentDigest;
+          if (sourceDirs.length > 0) contentDigest = sha256Digest(JSON.stringify([STEP_KEY_VERSION, 'source directory modes', filesDigest, sourceDirs]));
+          const dirUnchecked = sourceDirs.length > 0 ? `the mode of ${sourceDirs.map(([dir]) => dir).join(', ')} itself, which BuildKit keys the step on and no layer holds` : undefined;
           if (options.builderKeys && local.length > 0 && inline.length === 0) {
             const index = await contextIndex();
             classicSums ??= new ClassicContextSums(index);
@@ -401,11 +411,14 @@ export async function dockerfileSteps(df: Dockerfile, options: StepsOptions): Pr
             // known by the rest of the instruction and its files (their modes carry a --chmod; the
             // owner a --chown sets goes unchecked).
             const bare = chown !== undefined || chmod !== undefined ? instruction.replace(/ --(?:chown|chmod)=\S+/g, '') : undefined;
-            const ownerUnchecked = chown !== undefined ? { unchecked: `the owner --chown=${chown} sets, which BuildKit's history leaves out` } : {};
+            const notChecked = [...(chown !== undefined ? [`the owner --chown=${chown} sets, which BuildKit's history leaves out`] : []), ...(dirUnchecked ? [dirUnchecked] : [])];
+            const ownerUnchecked = notChecked.length > 0 ? { unchecked: notChecked.join('; ') } : {};
+            const dirModeUnchecked = dirUnchecked ? { unchecked: dirUnchecked } : {};
+            if (dirUnchecked) keys.push({ key: { instruction, contentDigest: filesDigest }, ...dirModeUnchecked });
             if (bare) keys.push({ key: { instruction: bare, contentDigest: files }, ...ownerUnchecked });
             const rest = entriesLeftByDiffer(entries, destination, placed, flags);
             if (rest) {
-              keys.push({ key: { instruction, contentDigest: digestCopyEntries(rest, flags) } });
+              keys.push({ key: { instruction, contentDigest: digestCopyEntries(rest, flags) }, ...dirModeUnchecked });
               if (bare) keys.push({ key: { instruction: bare, contentDigest: elidedSummaryDigest(rest, chmod) }, ...ownerUnchecked });
             }
             // One file to a destination that is not a directory: the layer holds it under the
@@ -515,6 +528,19 @@ export function stageChain(df: Dockerfile, target: Stage, buildArgs: Record<stri
     chain.unshift(parentStage);
     cur = parentStage;
   }
+}
+
+/** The directories a COPY's sources name (wildcards expanded, symlinks followed; not the context root), each with its permission bits. */
+function sourceDirectoryModes(index: ContextIndex, sources: readonly string[]): [string, string][] {
+  const out: [string, string][] = [];
+  for (const src of sources) {
+    const rel = contextRelative(src);
+    for (const m of hasWildcards(rel) ? expandWildcard(index, rel) : [rel]) {
+      const e = resolveInContext(index, m);
+      if (e?.type === 'dir' && e.path !== '') out.push([m, (e.mode & 0o7777).toString(8).padStart(4, '0')]);
+    }
+  }
+  return out;
 }
 
 /** `ADD --unpack[=BOOL]`: a local archive is extracted unless it says false (Go's ParseBool). */

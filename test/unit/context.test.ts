@@ -380,6 +380,30 @@ describe('COPY content digests', () => {
     expect(summaryStepKey(h, await layerEntries(Readable.from([layer])))).toEqual({ instruction: copy.instruction, contentDigest: copy.contentDigest });
   });
 
+  it('a directory source\'s own mode is in the step\'s key (BuildKit builds the step again after `chmod 700 src`); the layer, which does not hold it, matches with that said', async () => {
+    const { historyLayerSteps, summaryStepKey } = await import('../../src/trie/image-steps.js');
+    const dir = await tree({ 'src/a': 'a\n', 'src/sub/b': 'b\n' });
+    await fs.chmod(path.join(dir, 'src'), 0o755);
+    const text = 'FROM base\nCOPY src/ /src/\nCOPY . /all/\n';
+    const stepsOf = async () => (await dockerfileSteps(parseDockerfile(text), { contextDir: dir, builderKeys: true })).steps.filter((x) => x.keyword === 'COPY');
+    // The layer BuildKit made (docker 20.10): the destination directory 0755 whatever the source's mode.
+    const layerRoot = await tempDir('smart-ctx-layer-');
+    execFileSync('cp', ['-a', path.join(dir, 'src'), path.join(layerRoot, 'src')]);
+    await fs.chmod(path.join(layerRoot, 'src'), 0o755);
+    const layer = execFileSync('tar', ['--format=posix', '-C', layerRoot, '-cf', '-', 'src']);
+    const h = historyLayerSteps([{ created_by: 'ADD file:abc in /' }, { created_by: 'COPY src/ /src/ # buildkit' }], 2)![1]!;
+    const fromLayer = summaryStepKey(h, await layerEntries(Readable.from([layer])))!;
+    const [before, root] = await stepsOf();
+    expect(before!.contentDigest).not.toBe(fromLayer.contentDigest);
+    expect(before!.alternatives).toContainEqual({ key: fromLayer, unchecked: 'the mode of src itself, which BuildKit keys the step on and no layer holds' });
+    await fs.chmod(path.join(dir, 'src'), 0o700);
+    const [after] = await stepsOf();
+    expect(after!.contentDigest).not.toBe(before!.contentDigest);
+    expect(after!.alternatives).toContainEqual({ key: fromLayer, unchecked: expect.stringContaining('the mode of src itself') });
+    // The context root's own mode is no part of it (BuildKit reuses `COPY . /all/` after chmod of the context).
+    expect(root!.alternatives?.some((a) => a.unchecked !== undefined)).toBe(false);
+  });
+
   it('a missing or excluded source is NOT_FOUND naming the line', async () => {
     const dir = await tree(base);
     const m = await loadDockerignore(dir);
