@@ -29,8 +29,12 @@ export interface IndexSummary {
   lockedBy?: { pid: number; host: string };
 }
 
-/** What an index record holds changed (layer summaries, builder references, the empty RUNs before and after a layer): older records are made again. */
-const RECORD_VERSION = 4;
+/**
+ * What an index record holds changed (layer summaries, builder references, the empty RUNs before
+ * and after a layer; 5: a BuildKit COPY to a destination with a space summarised under it): older
+ * records are made again.
+ */
+const RECORD_VERSION = 5;
 /** How long the index lock lasts without renewal: what a killed run costs the next one. */
 export const INDEX_LEASE_S = 30;
 
