@@ -136,7 +136,7 @@ export async function checkStore(name: string, options: StoreCheckOptions = {}):
     const dir = path.resolve(parsed.dir);
     await existingDirectory(dir, name);
     const { FsDriver } = await import('../storage/fs-driver.js');
-    return new LayoutCheck(name, new FsDriver(dir), options).run();
+    return new LayoutCheck(name, new FsDriver(dir, `oci:${parsed.dir}`), options).run();
   }
   if (parsed.transport === 'file') {
     if (parsed.ref) throw new SmartError('USAGE', `store check reads a whole store: ${name} names one image`, { input: name, hint: whole });

@@ -127,4 +127,17 @@ describe('resource bounds', () => {
     expectLimitLine(r, /index\.json nests JSON deeper than 64 levels/);
     expect(await fs.readdir(path.join(work, 'deep-out')).catch(() => [])).toEqual([]);
   });
+
+  it('refuses a layout manifest over 4 MiB, naming the layout as an OCI layout (not a file: store)', async () => {
+    const dir = path.join(work, 'big-manifest');
+    const manifest = Buffer.alloc(4 * MiB + 1, ' ');
+    const hex = sha(manifest).slice(7);
+    await fs.mkdir(path.join(dir, 'blobs', 'sha256'), { recursive: true });
+    await fs.writeFile(path.join(dir, 'blobs', 'sha256', hex), manifest);
+    await fs.writeFile(path.join(dir, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    const descriptor = { mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${hex}`, size: manifest.length, annotations: { 'org.opencontainers.image.ref.name': 'latest' } };
+    await fs.writeFile(path.join(dir, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [descriptor] }));
+    const r = await smart(['pull', `oci:${dir}:latest`, `oci:${path.join(work, 'big-out')}:x`]);
+    expectLimitLine(r, new RegExp(`^smart: error \\[LIMIT_EXCEEDED\\]: oci:${dir}: /blobs/sha256/${hex} is 4194305 bytes, more than the 4194304 allowed`));
+  });
 });

@@ -39,7 +39,8 @@ export const oci: Transport<OciName> = {
     await requireDirectory(name.dir, name.raw, 'an OCI layout is a directory', 'a tar of one is oci-archive:FILE, a docker save tar docker-archive:FILE');
     const { OciLayoutSource } = await import('./layout.js');
     const { FsDriver } = await import('../../storage/fs-driver.js');
-    return new OciLayoutSource(name.raw, new FsDriver(path.resolve(name.dir)), name.tag);
+    // Named as the layout it is in its errors (the driver's default name is a store's, `file:`).
+    return new OciLayoutSource(name.raw, new FsDriver(path.resolve(name.dir), `oci:${name.dir}`), name.tag);
   },
   async openDestination(name) {
     const { OciLayoutDestination } = await import('./layout.js');
