@@ -210,6 +210,8 @@ export interface BlobReuse {
 export interface StoredBlob {
   digest: Digest;
   size: number;
+  /** The destination held these bytes already (found once their digest was known, at their end): nothing was written. */
+  present?: true;
 }
 
 export interface PutBlobInfo {

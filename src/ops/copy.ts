@@ -636,7 +636,13 @@ async function putLayer(
     run.compressedHere.push({ diffId, descriptor });
     if (dest.repository) await run.options.blobInfo?.recordStored(dest.cacheScope, dest.repository, diffId, descriptor);
   }
-  run.record({ digest: stored.digest, ...(layer.named !== stored.digest ? { layer: layer.named } : {}), diffId, status: 'pushed', bytes: stored.size, mediaType });
+  const named = layer.named !== stored.digest ? { layer: layer.named } : {};
+  // Compressed here to the bytes the destination held already: told as found there, not as written.
+  run.record(
+    stored.present
+      ? { digest: stored.digest, ...named, diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType }
+      : { digest: stored.digest, ...named, diffId, status: 'pushed', bytes: stored.size, mediaType },
+  );
   return { descriptor, diffId };
 }
 

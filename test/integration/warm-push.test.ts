@@ -70,6 +70,15 @@ async function pushedOnce(name: string) {
 }
 
 describe('pushing again', () => {
+  it('from a machine that never pushed it (a cold cache): the layers it compresses to bytes the store holds are told as already there, and not written', async () => {
+    const { store, work, args, first } = await pushedOnce('cold');
+    const before = await snapshot(path.join(store, 'docker/registry/v2/blobs'));
+    const again = await push([args[0]!, args[1]!.replace(':1', ':2')], path.join(work, 'another-machine'));
+    expect(again.manifestDigest).toBe(first.manifestDigest);
+    expect(again.layers).toMatchObject({ total: 3, pushed: 0, skipped: 3, bytesPushed: 0 });
+    expect(await snapshot(path.join(store, 'docker/registry/v2/blobs'))).toEqual(before);
+  });
+
   it('changes nothing in the store or the metadata cache', async () => {
     const { store, cacheHome, args, first } = await pushedOnce('app');
     const before = { store: await snapshot(store), cache: await snapshot(path.join(cacheHome, 'smartlayer')) };

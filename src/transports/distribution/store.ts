@@ -121,7 +121,7 @@ export class DistributionStore {
     source: Readable,
     expected?: { digest?: Digest; size?: number; verified?: boolean; what: string },
     signal?: AbortSignal,
-  ): Promise<{ digest: Digest; size: number }> {
+  ): Promise<{ digest: Digest; size: number; present?: true }> {
     const known = expected?.digest;
     const id = randomUUID();
     const target = known ? pathFor({ kind: 'blobData', digest: known }) : pathFor({ kind: 'uploadData', repo, id });
@@ -163,10 +163,12 @@ export class DistributionStore {
       if (!hash) return { digest: known!, size: verifiedSize! };
       if (hash instanceof VerifyStream) return { digest: known!, size: hash.size };
       const digest = hash.digest;
-      // Another writer may have stored the same content meanwhile; content addressing makes either copy right.
-      if ((await this.blobSize(digest)) !== hash.size) await this.driver.move(target, pathFor({ kind: 'blobData', digest }), hash.size);
+      // The store may hold these bytes already (an earlier push, another writer meanwhile):
+      // content addressing makes either copy right, and the one there stays.
+      const present = (await this.blobSize(digest)) === hash.size;
+      if (!present) await this.driver.move(target, pathFor({ kind: 'blobData', digest }), hash.size);
       stored = true;
-      return { digest, size: hash.size };
+      return { digest, size: hash.size, ...(present ? { present: true as const } : {}) };
     } finally {
       if (!known) {
         const removal = this.driver.delete(pathFor({ kind: 'upload', repo, id })).catch(() => undefined);
