@@ -202,13 +202,15 @@ export async function copy(source: Source, dest: Destination, options: CopyOptio
     // An image copied as it is must be the one a REPO@DIGEST destination names: known now, before a blob is written.
     if (keepsManifest(image, dest) && !options.layerSteps) refuseUnnamed(dest, image.manifest.digest);
     run.config = { digest: image.manifest.manifest.config.digest, diffIds: image.config.rootfs.diff_ids };
-    if (await alreadyThere(image, dest)) {
+    // With --dockerfile the image is written again with its steps (annotations, the trie's keys):
+    // the same image already under the tag without them is not what this push writes.
+    if (!options.layerSteps && (await alreadyThere(image, dest))) {
       for (const layer of image.layers) {
         run.record({ digest: layer.descriptor.digest, diffId: layer.diffId, status: 'skipped', reuse: { how: 'present' }, bytes: 0, mediaType: layer.descriptor.mediaType });
       }
       return run.summary(source.name, dest.name, { manifest: image.manifest, converted: false, config: 'skipped' }, image.layers.length);
     }
-    const unchanged = await convertedAlreadyThere(image, dest, run);
+    const unchanged = options.layerSteps ? undefined : await convertedAlreadyThere(image, dest, run);
     if (unchanged) {
       image.layers.forEach((layer, i) => {
         const { descriptor } = unchanged.layers[i]!;

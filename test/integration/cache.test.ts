@@ -116,6 +116,22 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
     await registry?.stop();
   });
 
+  it('push --dockerfile of an image its tag holds already, pushed without: written again with its steps', async () => {
+    const appDir = path.join(work, 'images', 'app');
+    // A store of its own: the plans below count the images of the shared one.
+    const own = path.join(work, 'store-again');
+    const plain = await run(['push', `oci:${appDir}:latest`, `file:${own}#team/again:1`, '--json']);
+    expect(plain.code, plain.stderr).toBe(0);
+    const withSteps = await run(['push', `oci:${appDir}:latest`, `file:${own}#team/again:1`, '--dockerfile', path.join(ctx, 'Dockerfile'), '--context', ctx, '--json']);
+    expect(withSteps.code, withSteps.stderr).toBe(0);
+    const [before, after] = [plain, withSteps].map((r) => JSON.parse(r.stdout.toString()) as { manifestDigest: string; layers: { pushed: number } });
+    // The layers are there: only the manifest, now naming each layer's step, is new.
+    expect(after!.manifestDigest).not.toBe(before!.manifestDigest);
+    expect(after!.layers.pushed).toBe(0);
+    const tagged = await run(['push', `file:${own}#team/again:1`, `oci:${path.join(work, 'again-out')}:x`, '--json']);
+    expect(JSON.parse(tagged.stdout.toString())).toMatchObject({ manifestDigest: after!.manifestDigest });
+  });
+
   it('matches every step of an unchanged build', async () => {
     const p = await plan([`file:${store}`, ctx]);
     expect(p.best).toMatchObject({ baseLayers: 4, steps: 5 });
