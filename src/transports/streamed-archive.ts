@@ -117,6 +117,11 @@ export async function readArchiveMembers<T>(input: Readable, name: string, readi
     for await (const entry of extract) {
       sawEntry = true;
       const header = entry.header;
+      // A size field tar-stream could not read (garbage, base-256 out of range): it hands the entry
+      // on with no size and then waits, for ever, for where the next header would be. Refused.
+      if (!(Number.isSafeInteger(header.size) && (header.size as number) >= 0)) {
+        throw new SmartError('CORRUPT_ARCHIVE', `${name}: member ${quoted(header.name)} has no valid size (${header.size}): not a tar archive, or a damaged one`, { input: name });
+      }
       // tar --sparse (a file with holes: an uncompressed layer can be one): tar-stream reads such a
       // member as a plain file, so it is refused by name rather than read as other bytes.
       if (header.type === null || hasSparseRecords(header)) {

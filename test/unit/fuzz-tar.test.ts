@@ -242,6 +242,21 @@ describe('tar readers on mutated archives', () => {
     );
   });
 
+  it('the streaming OCI archive reader: a member whose size field no one can read is refused, not waited on for ever', async () => {
+    const seed = await readFile(fixtures().paths.ociArchiveBasic);
+    // The first member's size in base-256 garbage and its type unknown, as a mutation once made
+    // them: tar-stream handed the entry on with no size and then waited for ever.
+    const garbled = withField(withField(seed, 0, 124, 12, '\xcd\xffb\x10\xff\x9dp\'T\x9d\xcb\x12'), 0, 156, 1, '\xff');
+    const input = new PassThrough();
+    input.end(garbled);
+    const e = await readOciArchiveStream(input, undefined, 'oci-archive:-', async (layer) => layer.member, { architecture: 'amd64', os: 'linux' }).then(
+      () => undefined,
+      (x: unknown) => x as SmartError,
+    );
+    expect(e).toBeInstanceOf(SmartError);
+    expect(e!.code).toBe('CORRUPT_ARCHIVE');
+  }, 10_000);
+
   it('the streaming OCI archive reader: a SmartError or the image', async () => {
     const seed = await readFile(fixtures().paths.ociArchiveBasic);
     await fc.assert(
