@@ -46,9 +46,9 @@ export class CachedTrieStore implements TrieStore {
   }
 
   /**
-   * What this command read of the tags' records and of when the last index began: a plan's steps
-   * name the same few images over and over, and each was a read of the cache per step (the p95 of
-   * a plan over 100,000 images went from 3.8 to 8.8 ms). Within one command they do not change.
+   * What this command read of the tags' records (by `repository:tag`) and of when the last index
+   * began: a plan's steps name the same few images over and over, and within one command they do
+   * not change, so each is read once, not once per step.
    */
   private readonly seenRecords = new Map<string, StoredRecord | undefined>();
   private seenSince?: { value: number | undefined };
@@ -56,21 +56,21 @@ export class CachedTrieStore implements TrieStore {
   private async liveNodes(chainIds: readonly Digest[]): Promise<{ nodes: (TrieNode | undefined)[]; indexedSince: number | undefined }> {
     const raw = await this.cache.getMany(chainIds.map((id) => this.nodeKey(id)));
     const nodes = raw.map((r) => (r ? parseOr<TrieNode>(r) : undefined));
+    const tagOf = (repository: string, tag: string) => `${repository}:${tag}`;
     const unread = new Map<string, { repository: string; tag: string }>();
     for (const n of nodes) {
-      for (const r of n?.images ?? []) if (r.tag && !this.seenRecords.has(`${r.repository}:${r.tag}`)) unread.set(`${r.repository}:${r.tag}`, { repository: r.repository, tag: r.tag });
+      for (const r of n?.images ?? []) if (r.tag && !this.seenRecords.has(tagOf(r.repository, r.tag))) unread.set(tagOf(r.repository, r.tag), { repository: r.repository, tag: r.tag });
     }
     const refs = [...unread.values()];
     if (refs.length > 0 || !this.seenSince) {
       const [since, ...records] = await this.cache.getMany([this.keys.indexedSince, ...refs.map((r) => this.imageKey(r.repository, r.tag))]);
       this.seenSince ??= { value: since !== undefined && Number.isFinite(Number(since)) ? Number(since) : undefined };
-      refs.forEach((r, i) => this.seenRecords.set(`${r.repository}:${r.tag}`, records[i] ? parseOr<StoredRecord>(records[i]!) : undefined));
+      refs.forEach((r, i) => this.seenRecords.set(tagOf(r.repository, r.tag), records[i] ? parseOr<StoredRecord>(records[i]!) : undefined));
     }
     const indexedSince = this.seenSince.value;
-    const current = this.seenRecords;
     const live = (r: ImageRef): boolean => {
       if (!r.tag) return true;
-      const record = current.get(`${r.repository}:${r.tag}`);
+      const record = this.seenRecords.get(tagOf(r.repository, r.tag));
       // Never indexed: what pushes recorded is all there is to go by.
       if (!record) return indexedSince === undefined;
       return record.ref?.manifest === r.manifest && (indexedSince === undefined || (record.seen ?? 0) >= indexedSince);

@@ -348,13 +348,14 @@ export abstract class RegistryApi {
    */
   private async pages<T>(path: string, scopes: string[], what: string, entries: (doc: T) => string[]): Promise<string[]> {
     const out: string[] = [];
-    let url: string | undefined = `${path}?n=1000`;
+    const first = `${path}?n=1000`;
+    let url: string | undefined = first;
     while (url) {
       let res: Response;
       try {
         res = await this.request({ method: 'GET', url, scopes, what }, [200]);
       } catch (e) {
-        if (out.length === 0 && url === `${path}?n=1000` && isRegistryError(e) && e.codes.includes('PAGINATION_NUMBER_INVALID')) {
+        if (url === first && isRegistryError(e) && e.codes.includes('PAGINATION_NUMBER_INVALID')) {
           url = path;
           continue;
         }
