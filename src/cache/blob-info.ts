@@ -14,6 +14,14 @@
  *   entry is believed when the blob, read back from the store, decompresses to the diff id. Costs a
  *   read of the blob, still less than compressing and sending it again.
  *
+ * A proof image's config is the word of whoever pushed it (a registry does not check diff ids), so
+ * an entry from a shared cache (Redis) is believed on its proof only when that image is in the
+ * repository being pushed to (who can push there can change its tags anyway) or this machine's own
+ * push committed it (`provenHereKey`, on the local disk); otherwise its blob is read back, as an
+ * entry without a proof is. Else whoever can write Redis and push to any one repository of the
+ * store could have a push record a layer of their making: an image whose config lies about its
+ * layers would be proof enough.
+ *
  * A forged or stale entry is a miss: the layer is compressed again.
  */
 import { finished } from 'node:stream/promises';
@@ -27,7 +35,7 @@ import type { CompressionFormat } from '../pipeline/compressor.js';
 import { layerFromDescriptor } from '../pipeline/layers.js';
 import { isValidRepository } from '../oci/reference.js';
 import { cachedManifest, rememberManifest } from './cached-source.js';
-import { archiveMemberKey, compressedKey, locationKey } from './keys.js';
+import { archiveMemberKey, compressedKey, locationKey, provenHereKey } from './keys.js';
 import type { MetadataCache } from './metadata-cache.js';
 
 /** An image the store holds that shows what its layers were compressed to: written and tagged by the push that compressed them. */
@@ -42,6 +50,8 @@ export type ProofManifest = Pick<ParsedManifest, 'digest' | 'mediaType' | 'bytes
 /** What checking an entry needs of a destination: its scope, and a way to read what it holds. */
 export interface ProvingStore {
   readonly cacheScope: string;
+  /** The repository being written, where the store has repositories. */
+  readonly repository?: string;
   storedSource?(repository: string): ImageSource;
 }
 
@@ -83,7 +93,8 @@ export class BlobInfoCache {
    * from it when there, verified against its digest: the bytes the store would answer, without the
    * round trip on the way to the first layer. Never from a shared cache, where whoever can write it
    * could name a manifest of their own making; the blob itself is still asked of the store (a
-   * HEAD or a mount) before it is used. The manifest of every image recorded as a proof goes there.
+   * HEAD or a mount) before it is used. The manifest of every image recorded as a proof goes there,
+   * and, when `cache` is shared, a mark that this machine committed it (see `believesProof`).
    */
   constructor(
     private readonly cache: MetadataCache,
@@ -133,7 +144,7 @@ export class BlobInfoCache {
     // An entry of another format under this key (written by an older version, or forged): a miss.
     if (!entry || layerCompression(entry.mediaType) !== format) return undefined;
     let found: Descriptor | undefined;
-    if (entry.manifest) {
+    if (entry.manifest && (await this.believesProof(dest, entry.repository, entry.manifest))) {
       const proof = await this.proofImage(dest, entry.repository, entry.manifest, config);
       const i = proof ? proof.layers.findIndex((l, i) => l.digest === entry.digest && proof.diffIds[i] === diffId) : -1;
       found = proof && i >= 0 ? proof.layers[i] : undefined;
@@ -143,6 +154,17 @@ export class BlobInfoCache {
     }
     if (!found || layerCompression(found.mediaType) !== format) return undefined;
     return { mediaType: layerMediaType('oci', format), digest: found.digest, size: found.size };
+  }
+
+  /** Whether a proof image named by an entry may stand for its layers' diff ids (see the module comment). */
+  private async believesProof(dest: ProvingStore, repository: string, manifest: Digest): Promise<boolean> {
+    if (!this.shared || repository === dest.repository) return true;
+    return (await this.local?.get(provenHereKey(dest.cacheScope, repository, manifest)).catch(() => undefined)) !== undefined;
+  }
+
+  /** Whether the entries come from a cache others may write (Redis), not only this user's own runs. */
+  private get shared(): boolean {
+    return this.local !== this.cache;
   }
 
   /**
@@ -192,9 +214,10 @@ export class BlobInfoCache {
     const local = this.local;
     const kept =
       manifest && local
-        ? cachedManifest(local, manifest.digest, `${proof.repository}@${manifest.digest}`)
-            .then((there) => (there ? undefined : rememberManifest(local, manifest)))
-            .catch(() => undefined)
+        ? Promise.all([
+            cachedManifest(local, manifest.digest, `${proof.repository}@${manifest.digest}`).then((there) => (there ? undefined : rememberManifest(local, manifest))),
+            this.shared ? markProvenHere(local, provenHereKey(scope, proof.repository, manifest.digest)) : undefined,
+          ]).catch(() => undefined)
         : undefined;
     await this.write(
       layers.flatMap((l) => {
@@ -264,6 +287,11 @@ export class BlobInfoCache {
     const next = [repository, ...known.filter((r) => r !== repository)].slice(0, 5);
     await this.cache.set(locationKey(scope, digest), JSON.stringify(next));
   }
+}
+
+/** Marks a proof image as this machine's own, once. */
+async function markProvenHere(local: MetadataCache, key: string): Promise<void> {
+  if ((await local.get(key)) === undefined) await local.set(key, '1');
 }
 
 /** The format a layer blob was compressed to, when one a push compresses to. */

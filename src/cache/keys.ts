@@ -10,6 +10,7 @@
  *   tag:v2:<scope>:<repo>:<tag>               what a tag named when last resolved or pushed, and when
  *   compressed:v2:<scope>:<diff id>           the blob a layer was compressed to there, and its proof
  *   location:v1:<scope>:<digest>              repositories of a registry that hold a blob (mount sources)
+ *   proof:v1:<scope>:<repo>@<digest>          an image this machine's own push committed as a proof of its layers (on the local disk only)
  *   scheme:v1:<host[:port]>                   http|https: what a registry allowed plain HTTP answered on (on the local disk only)
  *   member:v1:<v1 id>                         the diff id of `<v1 id>/layer.tar` in Docker's older `docker save` (on the local disk only)
  *   trie:v1:<scope>:
@@ -52,6 +53,14 @@ export function compressedKey(scope: string, diffId: string, format: 'gzip' | 'z
  */
 export function archiveMemberKey(v1Id: string): string {
   return `member:v1:${v1Id}`;
+}
+
+/**
+ * A proof image this machine's own push committed (see BlobInfoCache): its layers' diff ids were
+ * known here, not taken from the config of whoever pushed it.
+ */
+export function provenHereKey(scope: string, repository: string, manifest: string): string {
+  return `proof:v1:${scope}:${repository}@${manifest}`;
 }
 
 /** Where in a registry a blob was seen. */

@@ -12,10 +12,11 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DiskMetadataCache } from '../../src/cache/metadata-cache.js';
 import { fixtures } from '../harness/fixtures.js';
-import { writeImage } from '../harness/images.js';
+import { layerTar, writeImage, writeLayout } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRedis, type RunningRedis } from '../harness/redis.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
@@ -210,6 +211,35 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server', 'redis-c
     expect(JSON.parse(again.stdout.toString())).toMatchObject({ manifestDigest: pushed.manifestDigest, layers: { pushed: 0, skipped: fx.basic.diffIds.length } });
   });
 
+  it('an image in another repository whose config lies about its layers, named in Redis as a proof, does not make a push record its layer', async () => {
+    const fx = fixtures();
+    const d0 = fx.basic.diffIds[0]!;
+    // Pushed by whoever can push to some repository of the store: a layer of their making, its
+    // config saying it is the first layer of the fixture's archive (the registry checks no diff id).
+    const evilDir = path.join(await tempDir(), 'evil');
+    const x = gzipSync(await layerTar({ EVIL: 'evil\n' }));
+    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [d0] }, history: [{ created_by: 'crafted' }] }));
+    const evilManifest = sha(await writeLayout(evilDir, [x], config));
+    await runOk('skopeo', ['--insecure-policy', 'copy', '--dest-tls-verify=false', `oci:${evilDir}:latest`, `docker://${registry.url.replace(/^https?:\/\//, '')}/evil/x:1`]);
+    const gzip = 'application/vnd.oci.image.layer.v1.tar+gzip';
+    const claim = JSON.stringify({ digest: sha(x), size: x.length, mediaType: gzip, repository: 'evil/x', manifest: evilManifest });
+    for (const [scope, dest] of [
+      [`file:${store}`, `file:${store}#victim/one:1`],
+      [`docker://${proxy.host}`, `docker://${proxy.host}/victim/two:1`],
+    ] as const) {
+      // A database of its own: what these pushes record is no other test's business.
+      await redis.cli('-n', '3', 'SET', `smartlayer:compressed:v2:${scope}:${d0}`, claim);
+      await redis.cli('-n', '3', 'SET', `smartlayer:location:v1:${scope}:${sha(x)}`, JSON.stringify(['evil/x']));
+      const r = await smart(['push', `docker-archive:${fx.paths.dockerArchiveBasic}`, dest, '--json', '--redis', `${redis.url}/3`], { cacheHome: await tempDir() });
+      expect(r.code, r.stderr).toBe(0);
+      const pushed = JSON.parse(r.stdout.toString()) as { manifestDigest: string; layers: { pushed: number; skipped: number } };
+      // The blob read back from evil/x did not decompress to the layer: compressed here instead.
+      expect(pushed.layers, dest).toMatchObject({ pushed: fx.basic.diffIds.length, skipped: 0 });
+      const manifest = JSON.parse(await fs.readFile(blobPath(store, pushed.manifestDigest), 'utf8')) as { layers: { digest: string }[] };
+      expect(manifest.layers.map((l) => l.digest), dest).not.toContain(sha(x));
+    }
+  });
+
   it("a push again takes its proof image's manifest from this machine's disk, never from Redis", async () => {
     const fx = fixtures();
     const cache = ['--redis', redis.url];
@@ -221,7 +251,8 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server', 'redis-c
       expect(r.code, r.stderr).toBe(0);
       const summary = JSON.parse(r.stdout.toString()) as { manifestDigest: string; layers: { pushed: number; skipped: number } };
       const manifestReads = proxy.stats.requests.filter((q) => q.method === 'GET' && /\/manifests\/sha256:/.test(q.path)).length;
-      return { summary, manifestReads };
+      const blobReads = proxy.stats.requests.filter((q) => q.method === 'GET' && /\/blobs\/sha256:/.test(q.path)).length;
+      return { summary, manifestReads, blobReads };
     };
     const first = await push('one', home);
     expect(first.summary.layers.pushed).toBe(fx.basic.diffIds.length);
@@ -230,14 +261,21 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server', 'redis-c
     const mounted = await push('two', home);
     expect(mounted.summary.layers).toMatchObject({ pushed: 0, skipped: fx.basic.diffIds.length });
     expect(mounted.manifestReads).toBe(0);
-    // Another machine sharing Redis: the same entries, but the manifest is asked of the registry,
-    // even with one planted in Redis under its digest (bytes that hash to it, as a writer of
-    // Redis could plant any manifest of their own making).
+    expect(mounted.blobReads).toBe(0);
+    // Another machine sharing Redis: the same entries, but neither the manifest planted in Redis
+    // under the proof's digest (bytes that hash to it, as a writer of Redis could plant any
+    // manifest of their own making) nor the proof image itself, in another repository (its config
+    // is the word of whoever pushed there), is believed: each blob is read back and decompressed.
     const proof = (await fs.readFile(blobPath(store, first.summary.manifestDigest))).toString('base64');
     await redis.cli('SET', `smartlayer:manifest:v1:${first.summary.manifestDigest}`, JSON.stringify({ mediaType: 'application/vnd.oci.image.manifest.v1+json', bytes: proof }));
     const elsewhere = await push('three', await tempDir());
     expect(elsewhere.summary.layers).toMatchObject({ pushed: 0, skipped: fx.basic.diffIds.length });
-    expect(elsewhere.manifestReads).toBe(1);
+    expect(elsewhere.blobReads).toBe(fx.basic.diffIds.length);
+    expect(elsewhere.manifestReads).toBe(0);
+    // Into the proof's own repository, another machine believes the proof: one read of its manifest.
+    const same = await smart(['push', archive, `docker://${proxy.host}/proof/one:2`, '--json', ...cache], { cacheHome: await tempDir() });
+    expect(same.code, same.stderr).toBe(0);
+    expect(JSON.parse(same.stdout.toString())).toMatchObject({ layers: { pushed: 0, skipped: fx.basic.diffIds.length } });
   });
 });
 
