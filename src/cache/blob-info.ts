@@ -52,6 +52,8 @@ export interface ProvingStore {
   readonly cacheScope: string;
   /** The repository being written, where the store has repositories. */
   readonly repository?: string;
+  /** The manifest the destination's tag names now, when it holds it whole (see BlobDestination). */
+  currentDigest?(): Promise<Digest | undefined>;
   storedSource?(repository: string): ImageSource;
 }
 
@@ -86,6 +88,8 @@ export class BlobInfoCache {
   private readonly seen = new Map<string, string>();
   /** compressedFor's answers, by key, until an entry is written there. */
   private readonly found = new Map<string, Promise<Descriptor | undefined>>();
+  /** The layers of the image each destination's tag named when first asked (see inTaggedImage). */
+  private readonly tagged = new WeakMap<ProvingStore, Promise<Map<Digest, Descriptor> | undefined>>();
 
   /**
    * `local`: the metadata cache on this machine's disk, which only this user's own runs write
@@ -95,6 +99,7 @@ export class BlobInfoCache {
    * could name a manifest of their own making; the blob itself is still asked of the store (a
    * HEAD or a mount) before it is used. The manifest of every image recorded as a proof goes there,
    * and, when `cache` is shared, a mark that this machine committed it (see `believesProof`).
+   * Absent, `cache` is taken to be shared.
    */
   constructor(
     private readonly cache: MetadataCache,
@@ -137,9 +142,21 @@ export class BlobInfoCache {
     signal: AbortSignal | undefined,
     config: KnownConfig | undefined,
   ): Promise<Descriptor | undefined> {
+    if (!dest.storedSource) return undefined;
     const raw = await this.cache.get(key);
-    if (!raw || !dest.storedSource) return undefined;
-    this.seen.set(key, raw);
+    if (raw) this.seen.set(key, raw);
+    return (raw ? await this.confirmEntry(dest, raw, diffId, format, signal, config) : undefined) ?? (await this.inTaggedImage(dest, diffId, format));
+  }
+
+  /** What an entry of the cache says `diffId` was compressed to, when the store confirms it. */
+  private async confirmEntry(
+    dest: ProvingStore,
+    raw: string,
+    diffId: Digest,
+    format: CompressionFormat,
+    signal: AbortSignal | undefined,
+    config: KnownConfig | undefined,
+  ): Promise<Descriptor | undefined> {
     const entry = parseEntry(raw);
     // An entry of another format under this key (written by an older version, or forged): a miss.
     if (!entry || layerCompression(entry.mediaType) !== format) return undefined;
@@ -154,6 +171,22 @@ export class BlobInfoCache {
     }
     if (!found || layerCompression(found.mediaType) !== format) return undefined;
     return { mediaType: layerMediaType('oci', format), digest: found.digest, size: found.size };
+  }
+
+  /**
+   * The blob of `diffId` in the image the destination's tag names now, in the repository being
+   * pushed to (a proof there is believed: see the module comment). A cache that knows nothing (a
+   * new CI runner, no Redis) thus still spares compressing and sending again what the last push of
+   * this tag stored: one read of the tag, its manifest and its config, once per push.
+   */
+  private async inTaggedImage(dest: ProvingStore, diffId: Digest, format: CompressionFormat): Promise<Descriptor | undefined> {
+    let tagged = this.tagged.get(dest);
+    if (!tagged) {
+      tagged = taggedLayers(dest);
+      this.tagged.set(dest, tagged);
+    }
+    const found = (await tagged)?.get(diffId);
+    return found && layerCompression(found.mediaType) === format ? { mediaType: layerMediaType('oci', format), digest: found.digest, size: found.size } : undefined;
   }
 
   /** Whether a proof image named by an entry may stand for its layers' diff ids (see the module comment). */
@@ -353,6 +386,21 @@ function readProof(dest: ProvingStore, repository: string, manifest: Digest, kno
     if (sha256Digest(configBytes) !== m.manifest.config.digest) return undefined;
     return { layers: m.manifest.layers, diffIds: parseImageConfig(configBytes).rootfs.diff_ids };
   });
+}
+
+/** Diff id → blob of the image the destination's tag names, read from the store; undefined when none can be read. */
+async function taggedLayers(dest: ProvingStore): Promise<Map<Digest, Descriptor> | undefined> {
+  if (!dest.repository || !dest.currentDigest) return undefined;
+  const repository = dest.repository;
+  const digest = await dest.currentDigest().catch(() => undefined);
+  const image = digest ? await readProof(dest, repository, digest, undefined) : undefined;
+  if (!image) return undefined;
+  const layers = new Map<Digest, Descriptor>();
+  image.layers.forEach((l, i) => {
+    const diffId = image.diffIds[i];
+    if (diffId) layers.set(diffId, l);
+  });
+  return layers;
 }
 
 /** Whether the stored blob `claimed` (digest and size verified as it streams) decompresses to `diffId`. */

@@ -265,7 +265,8 @@ export interface BlobDestination {
   /** Stores manifest bytes (an image manifest or an index); does not tag them. */
   putManifest(manifest: ParsedManifest): Promise<void>;
   /**
-   * The digest the destination's tag points at now (undefined: no tag, or not known cheaply).
+   * The digest the destination's tag points at (undefined: no tag, or not known cheaply), as first
+   * asked in this copy: a copy asks at its start and again before it commits, one request.
    * A destination only tags manifests whose blobs it holds, so an equal digest means nothing to do.
    */
   currentDigest?(): Promise<Digest | undefined>;

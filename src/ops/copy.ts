@@ -399,7 +399,8 @@ async function finish(
   let layers = copied.map((l) => l.descriptor);
   if (options.layerSteps) layers = annotate(layers, await options.layerSteps(image));
   const family = manifest ? manifestFamily(manifest.mediaType) : 'docker';
-  const done = await commitImage(dest, { ...(manifest ? { manifest } : {}), family, configBytes: image.configBytes }, layers, options, configStored);
+  // Mounted here from another repository: no image of the tag held it, so the tag names another.
+  const done = await commitImage(dest, { ...(manifest ? { manifest } : {}), family, configBytes: image.configBytes }, layers, options, configStored, run.pushed === 0 && run.mounted === 0);
   // What uncompressed layers became here, with the image just committed as the proof a later push
   // checks; and what the caller keeps of the image (the layer trie). Both at once: each is a few
   // small writes, which in Redis are round trips, added up on the way out of every push.
@@ -714,7 +715,11 @@ async function putConfig(dest: BlobDestination, bytes: Buffer, descriptor: Descr
 /**
  * The config (unless `configStored`: stored already, beside the layers), then the manifest (the
  * source's, byte for byte, when the layers are as they were and the destination takes its type;
- * else one built for the layers as they are now), then the tag.
+ * else one built for the layers as they are now), then the tag. `noBlobWritten`: every layer was
+ * there already; then, when the config was too and the tag names this very manifest, nothing is
+ * written (a push of an unchanged `docker save` stream, which cannot know its manifest before its
+ * end, nor ask the tag first as a push from a file does: no PUT of the tag again on every run,
+ * which needs push rights and which a registry of immutable tags refuses).
  */
 async function commitImage(
   dest: BlobDestination,
@@ -722,6 +727,7 @@ async function commitImage(
   layers: Descriptor[],
   options: CopyOptions,
   configStored?: 'pushed' | 'skipped',
+  noBlobWritten = false,
 ): Promise<{ manifest: ParsedManifest; converted: boolean; config: 'pushed' | 'skipped' }> {
   const source = image.manifest;
   const configDescriptor: Descriptor = source?.manifest.config ?? {
@@ -731,6 +737,7 @@ async function commitImage(
   };
   const config = configStored ?? (await putConfig(dest, image.configBytes, configDescriptor, options));
   const { manifest, converted } = manifestFor(dest, image, configDescriptor, layers);
+  if (noBlobWritten && config === 'skipped' && dest.currentDigest && (await dest.currentDigest()) === manifest.digest) return { manifest, converted, config };
   await dest.putManifest(manifest);
   await dest.commit(manifest);
   return { manifest, converted, config };

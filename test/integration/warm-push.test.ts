@@ -9,6 +9,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
+import { startProxy } from '../harness/proxy.js';
 import { startRegistry } from '../harness/registry.js';
 import { repoRoot, runOk, smart } from '../harness/run.js';
 import { tarOf, type TarEntry } from '../harness/tar-read.js';
@@ -174,6 +175,56 @@ describe('pushing again', () => {
       expect(again.layers).toMatchObject({ pushed: 0, skipped: 3, bytesPushed: 0 });
       expect(again.manifestDigest).toBe(once.manifestDigest);
     } finally {
+      await registry.stop();
+    }
+  });
+
+  it("from a new runner (nothing cached) to a registry tag: the layers of the tag's image are neither compressed nor sent, its manifest not put again; a changed image sends only its new layer", async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const registry = await startRegistry({ configDir: work });
+    const proxy = await startProxy({ target: registry.url });
+    try {
+      const fresh = () => tempDir(); // each push a runner of its own
+      const dest = `docker://${proxy.host}/runner/app:main`;
+      const first = await push([`docker-archive:${fx.paths.dockerArchiveBasic}`, dest], await fresh());
+      expect(first.layers).toMatchObject({ pushed: 3 });
+      const uploads = () => proxy.stats.requests.filter((q) => q.method === 'POST' || q.method === 'PUT' || q.method === 'PATCH').map((q) => `${q.method} ${q.path}`);
+      // From the file and from a Docker 25+ stream: the same image, nothing written.
+      for (const [source, input] of [
+        [`docker-archive:${fx.paths.dockerArchiveBasic}`, undefined],
+        ['docker-archive:-', await fs.readFile(fx.paths.dockerArchiveBasicOci)],
+      ] as const) {
+        proxy.stats.clear();
+        const again = await push([source, dest], await fresh(), input);
+        expect(again.manifestDigest).toBe(first.manifestDigest);
+        expect(again.layers, source).toMatchObject({ pushed: 0, skipped: 3, bytesPushed: 0 });
+        expect(uploads(), source).toEqual([]);
+      }
+      // The next commit's image: one layer changed, the others the tag's.
+      const layout = path.join(work, 'next');
+      await runOk('skopeo', ['--insecure-policy', 'copy', '-q', `docker-archive:${fx.paths.dockerArchiveBasic}`, `oci:${layout}:x`]);
+      const ociLayout = JSON.parse(await fs.readFile(path.join(layout, 'index.json'), 'utf8')) as { manifests: { digest: string }[] };
+      const blobOf = (d: string) => path.join(layout, 'blobs/sha256', d.slice(7));
+      const m = JSON.parse(await fs.readFile(blobOf(ociLayout.manifests[0]!.digest), 'utf8')) as { config: { digest: string }; layers: { digest: string; size: number; mediaType: string }[] };
+      const config = JSON.parse(await fs.readFile(blobOf(m.config.digest), 'utf8')) as { rootfs: { diff_ids: string[] } };
+      const changed = await tarOf([{ name: 'etc/next', body: 'next commit\n' }]);
+      await fs.writeFile(blobOf(`sha256:${sha256(changed)}`), changed);
+      m.layers[2] = { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: `sha256:${sha256(changed)}`, size: changed.length };
+      config.rootfs.diff_ids[2] = `sha256:${sha256(changed)}`;
+      const configBytes = Buffer.from(JSON.stringify(config));
+      await fs.writeFile(blobOf(`sha256:${sha256(configBytes)}`), configBytes);
+      const manifestBytes = Buffer.from(JSON.stringify({ ...m, config: { ...m.config, digest: `sha256:${sha256(configBytes)}`, size: configBytes.length } }));
+      await fs.writeFile(blobOf(`sha256:${sha256(manifestBytes)}`), manifestBytes);
+      await fs.writeFile(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: `sha256:${sha256(manifestBytes)}`, size: manifestBytes.length, annotations: { 'org.opencontainers.image.ref.name': 'x' } }] }));
+      const next = path.join(work, 'next.tar');
+      await runOk('skopeo', ['--insecure-policy', 'copy', '-q', `oci:${layout}:x`, `docker-archive:${next}:runner/app:main`]);
+      const pushedNext = await push([`docker-archive:${next}`, dest], await fresh());
+      expect(pushedNext.layers).toMatchObject({ pushed: 1, skipped: 2 });
+      // The stock registry serves it whole: skopeo checks every digest on the way.
+      await runOk('skopeo', ['--insecure-policy', 'copy', '-q', '--src-tls-verify=false', `docker://${registry.host}/runner/app:main`, `oci:${path.join(work, 'check')}:x`]);
+    } finally {
+      await proxy.stop();
       await registry.stop();
     }
   });

@@ -72,14 +72,15 @@ describe('a push of layers compressed before', () => {
     const fx = fixtures();
     const root = await tempDir();
     const metadata = new DiskMetadataCache(path.join(await tempDir(), 'metadata'));
-    const blobInfo = new BlobInfoCache(metadata);
     const archive = `docker-archive:${fx.paths.dockerArchiveBasic}`;
-    const first = await copy(await open(archive), await openDestination(parseImageName(`file:${root}#learn/a:1`), ctx), { platform: hostPlatform(), jobs: 2, blobInfo });
+    const first = await copy(await open(archive), await openDestination(parseImageName(`file:${root}#learn/a:1`), ctx), { platform: hostPlatform(), jobs: 2, blobInfo: new BlobInfoCache(metadata) });
     expect(first.layers.pushed).toBeGreaterThan(0);
 
-    // The second push, to another repository: what it reads of the store to believe the cache.
+    // The second push, from another machine sharing the cache (its own disk knows nothing), to
+    // another tag of the repository: what it reads of the store to believe the cache.
+    const blobInfo = new BlobInfoCache(metadata, new DiskMetadataCache(path.join(await tempDir(), 'its-own-disk')));
     const reads: string[] = [];
-    const dest = (await openDestination(parseImageName(`file:${root}#learn/b:1`), ctx)) as BlobDestination;
+    const dest = (await openDestination(parseImageName(`file:${root}#learn/a:2`), ctx)) as BlobDestination;
     const storedSource = dest.storedSource!.bind(dest);
     dest.storedSource = (repository) => {
       const stored = storedSource(repository);

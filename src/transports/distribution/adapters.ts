@@ -102,6 +102,8 @@ export class DistributionDestination implements BlobDestination {
   readonly namedDigest?: Digest;
   /** What the sweep of killed pushes' uploads removed, or why it could not. */
   private sweep: Promise<Cleaned[] | Error> | undefined;
+  /** currentDigest's answer, until the commit moves the tag. */
+  private tagAsked: Promise<Digest | undefined> | undefined;
   readonly repository: string;
 
   constructor(
@@ -171,7 +173,12 @@ export class DistributionDestination implements BlobDestination {
    * behind the registry's back (a cleanup by hand, a collection racing a push), and a push must
    * then put it back rather than find the tag unchanged and stop.
    */
-  async currentDigest(): Promise<Digest | undefined> {
+  currentDigest(): Promise<Digest | undefined> {
+    this.tagAsked ??= this.wholeTagged();
+    return this.tagAsked;
+  }
+
+  private async wholeTagged(): Promise<Digest | undefined> {
     if (!this.ref.tag || this.ref.digest) return undefined;
     const repo = this.ref.repository;
     let digest: Digest;
@@ -202,6 +209,7 @@ export class DistributionDestination implements BlobDestination {
         input: this.ref.digest,
       });
     }
+    this.tagAsked = undefined;
     if (this.ref.tag) await this.store.tag(this.ref.repository, this.ref.tag, top.digest);
   }
 

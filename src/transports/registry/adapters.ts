@@ -101,6 +101,8 @@ export class RegistryDestination implements BlobDestination {
   private readonly placed = new Set<Digest>();
   /** With a tag: the manifest last put, not sent yet (see putManifest). */
   private held: ParsedManifest | undefined;
+  /** currentDigest's answer, until the commit moves the tag. */
+  private tagAsked: Promise<Digest | undefined> | undefined;
 
   constructor(
     private readonly client: RegistryClient,
@@ -210,7 +212,12 @@ export class RegistryDestination implements BlobDestination {
     }
   }
 
-  async currentDigest(): Promise<Digest | undefined> {
+  currentDigest(): Promise<Digest | undefined> {
+    this.tagAsked ??= this.headTag();
+    return this.tagAsked;
+  }
+
+  private async headTag(): Promise<Digest | undefined> {
     if (!this.ref.tag || this.ref.digest) return undefined;
     const head = await this.client.headManifest(this.ref.repository, this.ref.tag);
     return head?.digest && isDigest(head.digest) ? head.digest : undefined;
@@ -222,6 +229,7 @@ export class RegistryDestination implements BlobDestination {
     }
     if (this.held?.digest !== top.digest) await this.putHeld();
     this.held = undefined;
+    this.tagAsked = undefined;
     if (this.ref.tag) await this.sendManifest(this.ref.tag, top);
   }
 
