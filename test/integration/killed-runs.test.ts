@@ -73,11 +73,20 @@ describe.skipIf(!haveTools('docker-registry'))('runs killed mid-way, from a regi
     const run = background(['pull', '-q', `docker://${proxy.host}/basic/app:v1`, `rootfs:${dest}`, '--keep-layers', ...extra], { XDG_CACHE_HOME: cacheHome });
     running.push(run.child);
     const parent = path.dirname(dest);
-    const tmp = path.join(cacheHome, 'smartlayer', 'layer-store', 'tmp');
+    const store = path.join(cacheHome, 'smartlayer', 'layer-store');
+    const tmp = path.join(store, 'tmp');
     const staging = async () => (await fs.readdir(parent)).filter((n) => n.startsWith(`.${path.basename(dest)}.smart-`) && !n.endsWith('.smart-pull.json'));
+    // The one layer being unpacked is the stalled one only once the other two are in the store:
+    // the first layer makes etc/ as soon as its own unpacking begins (on a loaded machine a poll
+    // could see that, and name its tmp/ entry, gone by the kill).
     await until('the pull has built part of the tree and stalls on its last layer', async () => {
       const [s] = await staging();
-      return s !== undefined && (await listAll(path.join(parent, s))).some((p) => p.startsWith('etc/')) && (await fs.readdir(tmp).catch(() => [])).length === 1;
+      return (
+        s !== undefined &&
+        (await listAll(path.join(parent, s))).some((p) => p.startsWith('etc/')) &&
+        (await fs.readdir(path.join(store, 'layers'))).length === fixtures().basic.layers.length - 1 &&
+        (await fs.readdir(tmp)).length === 1
+      );
     });
     return { ...run, staging: path.join(parent, (await staging())[0]!), unpacking: path.join(tmp, (await fs.readdir(tmp))[0]!) };
   };
@@ -111,7 +120,10 @@ describe.skipIf(!haveTools('docker-registry'))('runs killed mid-way, from a regi
     const archive = path.join(work, 'killed.tar');
     const run = background(['pull', '-q', `docker://${proxy.host}/basic/app:v1`, `docker-archive:${archive}`], { XDG_CACHE_HOME: cacheHome });
     running.push(run.child);
-    await until('the pull stalls on its last blob, being kept', async () => (await fs.readdir(tmp).catch(() => [])).length === 1);
+    // The one blob being kept is the stalled one only once the other two are kept: on a loaded
+    // machine a poll could see the first one mid-write, gone by the kill.
+    const kept = path.join(cacheHome, 'smartlayer', 'layer-store', 'blobs', 'sha256');
+    await until('the pull stalls on its last blob, being kept', async () => (await fs.readdir(kept)).length === fixtures().basic.layers.length - 1 && (await fs.readdir(tmp)).length === 1);
     const [half] = await fs.readdir(tmp);
     run.child.kill('SIGKILL');
     await run.exit;
