@@ -165,11 +165,17 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
     expect(first.code, first.stderr).toBe(0);
     proxy.stats.clear();
     slowTags();
+    // Renewed every third of it, the lease outlives the kill by two thirds of it at least: the
+    // skipped run must look within that, its Node start included (over a second on a loaded
+    // machine, where a lease of 2 s left it 1.3 s).
+    const leaseS = 6;
+    let killedAt: number;
     try {
-      const killed = smartChild(['cache', 'index', `docker://${proxy.host}`, '--lease', '2'], home);
+      const killed = smartChild(['cache', 'index', `docker://${proxy.host}`, '--lease', String(leaseS)], home);
       // The run is under way once it lists tags (the proxy holds that request).
       await until('the run lists tags', 10_000, async () => proxy.stats.requests.some((q) => q.path.endsWith('/tags/list')));
       killed.signal('SIGKILL');
+      killedAt = Date.now();
       await killed.done;
       const skipped = await smart(['cache', 'index', `docker://${proxy.host}`, '--fail-if-locked'], { cacheHome: home });
       expect(skipped.code).toBe(1);
@@ -182,7 +188,8 @@ describe.skipIf(!haveTools('docker-registry', 'redis-server', 'redis-cli'))('sma
     } finally {
       proxy.setFaults(undefined);
     }
-    await sleep(2200);
+    // Last renewed before the kill, the lease has run out one lease after it at the latest.
+    await sleep(Math.max(0, killedAt + leaseS * 1000 + 200 - Date.now()));
     const next = await smart(['cache', 'index', `docker://${proxy.host}`, '--json', '--fail-if-locked'], { cacheHome: home });
     expect(next.code, next.stderr).toBe(0);
     expect(JSON.parse(next.stdout.toString())).toMatchObject({ tags: 2, failed: [] });
