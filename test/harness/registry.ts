@@ -7,6 +7,7 @@
  *   startRegistry({ configDir, root?, storageYaml?, tls?, auth? })
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
@@ -133,15 +134,20 @@ export function rawRequest(url: string, options: RawRequestOptions = {}): Promis
 
 // ---------------------------------------------------------------------------------------------
 
-async function waitReady(url: string, okStatus: number, child: ChildProcess, log: () => string, tls: RawRequestOptions): Promise<void> {
+/** The header each registry answers with (`http.headers`), its value its own: how readiness tells it from another server on its port. */
+const ID_HEADER = 'X-Smart-Test-Registry';
+
+async function waitReady(url: string, okStatus: number, id: string, child: ChildProcess, log: () => string, tls: RawRequestOptions): Promise<void> {
   const deadline = Date.now() + 15_000;
   let last = '';
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) throw new Error(`docker-registry exited (${child.exitCode ?? child.signalCode}): ${log()}`);
     try {
       const res = await rawRequest(url, { ...tls, timeoutMs: 2000 });
-      if (res.status === okStatus) return;
-      last = `status ${res.status}`;
+      // Another process's server, which took the port before this registry could: not ready (it exits, address in use).
+      if (res.headers[ID_HEADER.toLowerCase()] !== id) last = `status ${res.status} from another server`;
+      else if (res.status === okStatus) return;
+      else last = `status ${res.status}`;
     } catch (e) {
       last = (e as Error).message; // not listening yet
     }
@@ -154,7 +160,7 @@ function q(s: string): string {
   return JSON.stringify(s);
 }
 
-function configYaml(port: number, root: string, o: RegistryOptions): string {
+function configYaml(port: number, id: string, root: string, o: RegistryOptions): string {
   const storage: string[] = [];
   const own = new Set<string>();
   if (o.storageYaml) {
@@ -181,6 +187,8 @@ function configYaml(port: number, root: string, o: RegistryOptions): string {
     `  addr: 127.0.0.1:${port}`,
     // A fixed secret: several registries over one storage accept each other's upload state.
     '  secret: smartlayer-test-secret',
+    '  headers:',
+    `    ${ID_HEADER}: [${q(id)}]`,
   ];
   if (o.catalogMaxEntries !== undefined) lines.push('catalog:', `  maxentries: ${o.catalogMaxEntries}`);
   if (o.tls) lines.push('  tls:', `    certificate: ${q(o.tls.certFile)}`, `    key: ${q(o.tls.keyFile)}`);
@@ -205,14 +213,28 @@ export async function startRegistry(options: RegistryOptions): Promise<RunningRe
 export async function startRegistry(a: string | RegistryOptions, b?: string): Promise<RunningRegistry> {
   const o: RegistryOptions = typeof a === 'string' ? { root: a, configDir: b! } : a;
   if (!o.configDir) throw new Error('startRegistry: configDir is required');
-  const port = await freePort();
+  let lastError: unknown;
+  // freePort() closes its probe before the registry binds: another process may take the port between.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await spawnRegistry(o, await freePort());
+    } catch (e) {
+      lastError = e;
+      if (!/address already in use/.test(String((e as Error).message))) break;
+    }
+  }
+  throw lastError;
+}
+
+async function spawnRegistry(o: RegistryOptions, port: number): Promise<RunningRegistry> {
+  const id = randomUUID();
   let root = '';
   if (!o.storageYaml) {
     root = o.root ?? path.join(o.configDir, `registry-${port}-storage`);
     await fs.mkdir(root, { recursive: true });
   }
   const config = path.join(o.configDir, `registry-${port}.yml`);
-  await fs.writeFile(config, configYaml(port, root, o));
+  await fs.writeFile(config, configYaml(port, id, root, o));
 
   const env = { ...process.env };
   delete env.AWS_CA_BUNDLE; // the registry panics at start when it is set
@@ -238,7 +260,7 @@ export async function startRegistry(a: string | RegistryOptions, b?: string): Pr
   const url = `${scheme}://127.0.0.1:${port}`;
   try {
     const tlsOpts: RawRequestOptions = o.tls ? (o.tls.caFile ? { ca: await fs.readFile(o.tls.caFile) } : { insecure: true }) : {};
-    await Promise.race([waitReady(`${url}/v2/`, o.auth ? 401 : 200, child, () => stderr, tlsOpts), spawnError]);
+    await Promise.race([waitReady(`${url}/v2/`, o.auth ? 401 : 200, id, child, () => stderr, tlsOpts), spawnError]);
   } catch (e) {
     child.kill('SIGKILL');
     await exited;
