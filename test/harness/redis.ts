@@ -97,8 +97,12 @@ async function spawnRedis(dir: string, port: number, options: RedisOptions): Pro
   );
   void ownChild(child);
   let log = '';
+  // Said by this server once it listens: a PING alone may be answered by another process's server,
+  // which took the port before this one could (this one then exits: address in use).
+  let listening = false;
   const keep = (d: Buffer) => {
     log = (log + d.toString()).slice(-4000);
+    if (/Ready to accept connections/.test(log)) listening = true;
   };
   child.stdout!.on('data', keep);
   child.stderr!.on('data', keep);
@@ -111,6 +115,7 @@ async function spawnRedis(dir: string, port: number, options: RedisOptions): Pro
         `redis-server on ${port}`,
         10_000,
         async () => {
+          if (!listening) return false;
           // With requirepass, PING answers NOAUTH, which still says "up".
           const r = await rawCommand(port, ['PING'], 1000, overTls);
           return r.startsWith('+PONG') || r.startsWith('-NOAUTH');
