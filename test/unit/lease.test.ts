@@ -15,11 +15,13 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 describe('acquireLease', () => {
   it('one holder at a time, renewed while it lives, released at the end', async () => {
     const cache = new DiskMetadataCache(await tempDir('smart-lease-'));
-    const first = await acquireLease(cache, 'lock', { ttlSeconds: 1, what: 'the lock' });
+    // A lease of 2 s, renewed every 0.67 s: a loaded machine may hold this process back by more
+    // than the 0.67 s a lease of 1 s leaves, and the lease is then lost, rightly.
+    const first = await acquireLease(cache, 'lock', { ttlSeconds: 2, what: 'the lock' });
     if (!('lease' in first)) throw new Error('not taken');
-    expect(await acquireLease(cache, 'lock', { ttlSeconds: 1, what: 'the lock' })).toEqual({ heldBy: { pid: process.pid, host: os.hostname() } });
-    await sleep(2500); // more than two leases: renewed all along
-    expect('heldBy' in (await acquireLease(cache, 'lock', { ttlSeconds: 1, what: 'the lock' }))).toBe(true);
+    expect(await acquireLease(cache, 'lock', { ttlSeconds: 2, what: 'the lock' })).toEqual({ heldBy: { pid: process.pid, host: os.hostname() } });
+    await sleep(4500); // more than two leases: renewed all along
+    expect('heldBy' in (await acquireLease(cache, 'lock', { ttlSeconds: 2, what: 'the lock' }))).toBe(true);
     expect(first.lease.signal.aborted).toBe(false);
     await first.lease.release();
     const next = await acquireLease(cache, 'lock', { ttlSeconds: 0.6, what: 'the lock' });
@@ -29,11 +31,13 @@ describe('acquireLease', () => {
 
   it('taken over: the holder learns it (LOCKED) and its release leaves the new holder alone', async () => {
     const cache = new DiskMetadataCache(await tempDir('smart-lease-'));
-    const got = await acquireLease(cache, 'lock', { ttlSeconds: 0.6, what: 'the index lock of x' });
+    // Its first renewal (at a third of the lease) must come before the lease ends, or it is lost for
+    // that reason instead: 2 s of room, where a lease of 0.6 s left a loaded machine 0.4 s.
+    const got = await acquireLease(cache, 'lock', { ttlSeconds: 3, what: 'the index lock of x' });
     if (!('lease' in got)) throw new Error('not taken');
     await cache.delete('lock');
     expect(await cache.setIfAbsent('lock', 'another run', 60)).toBe(true);
-    await sleep(900);
+    await sleep(1500);
     expect(got.lease.signal.aborted).toBe(true);
     const reason: unknown = got.lease.signal.reason;
     expect(isSmartError(reason) && reason.code).toBe('LOCKED');
