@@ -145,7 +145,8 @@ describe.skipIf(!haveTools('docker-registry'))('mirrors, stalls, timeouts and si
       let stderr = '';
       child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const code = new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c)));
-      for (let i = 0; i < 200 && !proxy.stats.requests.some((q) => q.fault === 'stall-mid-body' || q.fault === 'delay'); i++) await new Promise((r) => setTimeout(r, 25));
+      // Up to 20 s (not 5): a Ctrl-C before the run has started its work (and its handler) is another test.
+      for (let i = 0; i < 800 && !proxy.stats.requests.some((q) => q.fault === 'stall-mid-body' || q.fault === 'delay'); i++) await new Promise((r) => setTimeout(r, 25));
       child.kill('SIGINT');
       return { code: await code, stderr };
     };
