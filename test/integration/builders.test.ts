@@ -306,6 +306,60 @@ describe.skipIf(!canStartDockerd() || !haveTools('docker-registry', 'buildah', '
     }
   });
 
+  it('an app of two steps on a base BuildKit built, by the classic builder and by buildah: its own builder, every step matched, reused by a fresh daemon', async () => {
+    // The base as many official images are: BuildKit's, its entries marked `# buildkit`. The app's
+    // history holds them before its own two; it was taken for BuildKit's, and a plan for the
+    // classic builder or buildah matched none of its steps.
+    const baseCtx = path.join(work, 'ctx-bk-base');
+    await fs.mkdir(baseCtx);
+    await fs.writeFile(path.join(baseCtx, 'Dockerfile'), `FROM ${baseRef}\nRUN echo base > /base\n`);
+    await dockerd.wipe();
+    await dockerd.dockerOk(['build', '--network', 'none', '-t', 'bkbase:1', baseCtx], { env: { DOCKER_BUILDKIT: '1' } });
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#base/bk:1`], (await dockerd.dockerOk(['save', 'bkbase:1'])).stdout);
+    const app = (from: string) => `FROM ${from}\nCOPY a.txt /a.txt\nRUN cat /a.txt > /b.txt\n`;
+    const classicCtx = path.join(work, 'ctx-on-bk-classic');
+    const buildahCtx = path.join(work, 'ctx-on-bk-buildah');
+    const bkLayout = path.join(work, 'bk-base');
+    await runOkSmart(['pull', `file:${store}#base/bk:1`, `oci:${bkLayout}:latest`]);
+    for (const [dir, from] of [
+      [classicCtx, `${registry.host}/base/bk:1`],
+      [buildahCtx, `oci:${bkLayout}:latest`],
+    ] as const) {
+      await fs.mkdir(dir);
+      await fs.writeFile(path.join(dir, 'a.txt'), 'a\n');
+      await fs.writeFile(path.join(dir, 'Dockerfile'), app(from));
+    }
+    const classic = { DOCKER_BUILDKIT: '0' };
+    await dockerd.wipe();
+    await dockerd.dockerOk(['build', '--network', 'none', '-t', 'onbk:classic', classicCtx], { env: classic });
+    await runOkSmart(['push', 'docker-archive:-', `file:${store}#apps/onbk:classic`], (await dockerd.dockerOk(['save', 'onbk:classic'])).stdout);
+    const storage = ['--root', path.join(work, 'onbk', 'root'), '--runroot', path.join(work, 'onbk', 'run'), '--storage-driver', 'vfs'];
+    try {
+      await runOk('buildah', [...storage, 'bud', '--isolation', 'chroot', '--layers', '-t', 'onbk:buildah', buildahCtx]);
+      await runOk('buildah', [...storage, 'push', 'onbk:buildah', `oci:${path.join(work, 'onbk-buildah')}:latest`]);
+    } finally {
+      await runOk('buildah', [...storage, 'rmi', '--all', '--force']).catch(() => undefined);
+    }
+    await runOkSmart(['push', `oci:${path.join(work, 'onbk-buildah')}:latest`, `file:${store}#apps/onbk:buildah`]);
+    await runOkSmart(['cache', 'index', `file:${store}`]);
+    for (const [builder, dir, image] of [
+      ['docker', classicCtx, 'apps/onbk:classic'],
+      ['buildah', buildahCtx, 'apps/onbk:buildah'],
+    ] as const) {
+      const p = await plan(`file:${store}`, dir, '--builder', builder);
+      expect(p.steps.map((x) => x.matched), builder).toEqual([true, true]);
+      expect(p.best?.image, builder).toBe(image);
+    }
+    // A fresh daemon, the cache as the README's recipe makes it: both steps reused.
+    await dockerd.wipe();
+    const flagsFile = path.join(work, 'onbk-flags');
+    const pulled = await runOkSmart(['cache', 'pull', `file:${store}`, classicCtx, 'docker-archive:-', '--print-cache-from', 'docker', '--print-cache-from-file', flagsFile]);
+    await dockerd.dockerOk(['load'], { input: pulled.stdout });
+    const flags = (await fs.readFile(flagsFile, 'utf8')).trim().split(' ').filter(Boolean);
+    const out = (await dockerd.dockerOk(['build', '--network', 'none', ...flags, '-t', 'onbk:again', classicCtx], { env: classic })).stdout.toString();
+    expect(cachedLines('classic', out), out).toEqual([2, 3]);
+  });
+
   it('BuildKit, multi-stage: a COPY --from is matched by its instruction alone, and the plan says so; BuildKit rebuilds it when the stage changed', async () => {
     const env = { DOCKER_BUILDKIT: '1' };
     const ms = (version: string) => path.join(work, `ctx-multistage-${version}`);

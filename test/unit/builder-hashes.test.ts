@@ -17,6 +17,7 @@ import { chainIds, matchBuild, nodesOf, stepKeyString, type IndexedImage, type S
 import { dockerfileSteps } from '../../src/trie/steps.js';
 import { edgesOf } from '../../src/cache/trie-store.js';
 import { configAtStep, stepCuts } from '../../src/ops/build-cache/images.js';
+import { ownBuilder } from '../../src/ops/build-cache/steps.js';
 import type { Digest } from '../../src/oci/digest.js';
 import { tempDir } from '../harness/tmp.js';
 
@@ -306,5 +307,40 @@ describe('per-step cache images', () => {
     expect(configAtStep(config, 5, 1)).toEqual({ Env: ['PATH=/bin', 'A=1'], WorkingDir: '/app' });
     expect(configAtStep(config, 2, 1)).toEqual({ Env: ['PATH=/bin'], WorkingDir: '/app' });
     expect(configAtStep(config, 8, 1)).toEqual(config.config);
+  });
+});
+
+describe("which builder made an image's own steps", () => {
+  // Histories as the builders wrote them (docker.io 20.10.24, buildah 1.28.2), on a base BuildKit built.
+  const buildkit = (createdBy: string, extra: { empty_layer?: boolean } = {}) => ({ created_by: `${createdBy} # buildkit`, comment: 'buildkit.dockerfile.v0', ...extra });
+  const bkBase = [{ created_by: 'ADD busybox /' }, buildkit('RUN /bin/sh -c echo base > /base'), { created_by: 'CMD ["sh"]', comment: 'buildkit.dockerfile.v0', empty_layer: true }];
+  const classicBase = [{ created_by: '/bin/sh -c #(nop) ADD file:aa in / ' }, { created_by: '/bin/sh -c #(nop)  CMD ["sh"]', empty_layer: true }];
+
+  it("reads the entries after the base's: an app of one or two steps on a BuildKit base is its own builder's", () => {
+    expect(ownBuilder([...bkBase, { created_by: '/bin/sh -c #(nop) COPY file:bb in /a ' }])).toBe('docker');
+    expect(ownBuilder([...bkBase, { created_by: '/bin/sh -c #(nop) COPY file:bb in /a ' }, { created_by: '/bin/sh -c cat /a > /b' }])).toBe('docker');
+    expect(ownBuilder([...bkBase, { created_by: '|1 LEVEL=2 /bin/sh -c echo $LEVEL > /l' }])).toBe('docker');
+    // buildah, with --layers (a comment on every entry) and without (on the last one only).
+    expect(ownBuilder([...bkBase, { created_by: '/bin/sh -c cat /a > /b', comment: 'FROM localhost/base:1' }])).toBe('buildah');
+    expect(ownBuilder([...bkBase, { created_by: '/bin/sh -c echo a > /a', empty_layer: true }, { created_by: '/bin/sh -c #(nop) COPY file:bb in /f ', comment: 'FROM localhost/base:1' }])).toBe('buildah');
+    expect(ownBuilder([...bkBase, buildkit('COPY a /a')])).toBe('buildkit');
+  });
+
+  it('an app on a base of another builder, and the base alone', () => {
+    expect(ownBuilder([...classicBase, buildkit('RUN /bin/sh -c echo x > /x')])).toBe('buildkit');
+    expect(ownBuilder([...classicBase, { created_by: '/bin/sh -c echo x > /x', comment: 'FROM b64c46a80f34' }])).toBe('buildah');
+    const buildahBase = [{ created_by: 'ADD busybox /' }, { created_by: '/bin/sh -c echo a > /a', comment: 'FROM localhost/bb:latest' }];
+    expect(ownBuilder([...buildahBase, { created_by: '/bin/sh -c echo b > /b' }])).toBe('docker');
+    // A RUN under another SHELL, after the classic builder's own entries: theirs.
+    expect(ownBuilder([...bkBase, { created_by: '/bin/bash -c #(nop)  SHELL [/bin/bash -c]', empty_layer: true }, { created_by: '/bin/bash -c echo b > /b' }])).toBe('docker');
+    expect(ownBuilder(bkBase)).toBe('buildkit');
+    expect(ownBuilder(classicBase)).toBe('docker');
+  });
+
+  it('unknown when no entry after the last comment is written as a builder writes it', () => {
+    expect(ownBuilder([{ created_by: 'ADD busybox /' }])).toBeUndefined();
+    expect(ownBuilder([...bkBase, { created_by: 'crafted' }])).toBeUndefined();
+    expect(ownBuilder([])).toBeUndefined();
+    expect(ownBuilder(undefined)).toBeUndefined();
   });
 });

@@ -31,10 +31,10 @@ export interface IndexSummary {
 
 /**
  * What an index record holds changed (layer summaries, builder references, the empty RUNs before
- * and after a layer; 5: a BuildKit COPY to a destination with a space summarised under it): older
- * records are made again.
+ * and after a layer; 5: a BuildKit COPY to a destination with a space summarised under it; 6: the
+ * builder read from the image's own entries, not its base's): older records are made again.
  */
-const RECORD_VERSION = 5;
+const RECORD_VERSION = 6;
 /** How long the index lock lasts without renewal: what a killed run costs the next one. */
 export const INDEX_LEASE_S = 30;
 

@@ -62,19 +62,44 @@ export async function stepsOfImage(image: Image): Promise<(StepKey | undefined)[
   return (await layerKeysOfImage(image)).map((k) => k.step);
 }
 
+/** A history entry as the trie reads it. */
+type HistoryEntry = NonNullable<Image['config']['history']>[number];
+
+/**
+ * Which builder wrote an image's own steps, from its history. Only the entries after its base's
+ * tell: a base's entries are copied first, and many bases are BuildKit's (the official images),
+ * so an app built on one by the classic builder or buildah in a step or two was taken for
+ * BuildKit's, and a plan for its builder then matched none of its steps. The base is not known
+ * when a store is indexed, so the entries are read from the last: BuildKit writes its comment
+ * (`buildkit.dockerfile.v0`, with `… # buildkit`) on every entry, buildah a `FROM …` comment on
+ * every entry with `--layers` and on the last one without; the classic builder writes none, its
+ * entries `SHELL -c #(nop) …` and its RUNs `/bin/sh -c …` (`|N ARG=… /bin/sh -c …` with build
+ * args). So a last entry with BuildKit's or buildah's mark is theirs, and the entries after the
+ * last one carrying a comment (none is BuildKit's or buildah's) are the classic builder's when
+ * one is written its way. Unknown (any builder may use the image): none is.
+ */
+export function ownBuilder(history: readonly HistoryEntry[] | undefined): ImageRef['builder'] {
+  const entries = (history ?? []).filter((h) => h.created_by);
+  const last = entries.at(-1);
+  if (!last) return undefined;
+  if (last.created_by!.endsWith(' # buildkit') || last.comment === 'buildkit.dockerfile.v0') return 'buildkit';
+  if (last.comment?.startsWith('FROM ')) return 'buildah';
+  const uncommented = entries.slice(entries.findLastIndex((h) => h.comment) + 1);
+  if (uncommented.some((h) => h.created_by!.includes('#(nop)') || CLASSIC_RUN.test(h.created_by!))) return 'docker';
+  return undefined;
+}
+
+/** The classic builder's RUN in its default shell, with the build args it used before it (`|2 A=1 B=2 /bin/sh -c …`). */
+const CLASSIC_RUN = /^(?:\|\d+ .*?)?\/bin\/sh -c /;
+
 /**
  * What the trie records of an image besides its layers: whether it carries BuildKit's inline cache
- * (its config holds the metadata), and which builder made its own steps, from the way its last
- * history entries are written (BuildKit: `… # buildkit`; buildah: `FROM …` comments; the classic
- * builder: `#(nop)` entries without them), and the RUNs it records as empty after its last layer.
+ * (its config holds the metadata), which builder made its own steps (`ownBuilder`), and the RUNs
+ * it records as empty after its last layer.
  */
 export async function imageFacts(image: Pick<Image, 'config'>): Promise<Pick<ImageRef, 'inlineCache' | 'builder' | 'emptyAfter'>> {
   const history = image.config.history ?? [];
-  const own = history.filter((h) => h.created_by).slice(-3);
-  let builder: ImageRef['builder'];
-  if (own.some((h) => h.created_by!.endsWith(' # buildkit') || h.comment === 'buildkit.dockerfile.v0')) builder = 'buildkit';
-  else if (own.some((h) => h.comment?.startsWith('FROM '))) builder = 'buildah';
-  else if (own.some((h) => h.created_by!.includes('#(nop)'))) builder = 'docker';
+  const builder = ownBuilder(history);
   // The RUNs after the last layer: only the classic builder writes one as an empty entry, its
   // created_by the command without `#(nop)`; the history's normal form is loaded only when an
   // entry there has none (BuildKit's ENV and CMD have none either).
