@@ -46,6 +46,7 @@ export {
   openCacheSession,
   planBuild,
   planForImage,
+  pullForBuild,
   pullPlanned,
   warmForBuild,
   warmStore,

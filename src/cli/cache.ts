@@ -312,19 +312,19 @@ export function addCacheCommands(program: Command): void {
     if (flags.tag !== undefined) await ops.checkArchiveTag(flags.tag, destination);
     const s = await session(flags, out, { read: [store], write: destination ? [destination] : [] });
     try {
-      const plan = await ops.planBuild(store, planOptions(flags, context), s.ctx);
-      printPlan(plan, out);
       // BuildKit reads its cache from the registry itself: nothing to fetch for it, unless asked to write somewhere.
       const planOnly = !destination && (flags.printCacheFrom === 'buildkit' || flags.printCacheFrom === 'buildx');
       const r: PullResult = planOnly
-        ? { plan, fetched: 0, bytes: 0, destination: 'nothing (BuildKit fetches from the registry)' }
-        : await ops.pullPlanned(store, plan, {
+        ? { plan: await ops.planBuild(store, planOptions(flags, context), s.ctx), fetched: 0, bytes: 0, destination: 'nothing (BuildKit fetches from the registry)' }
+        : await ops.pullForBuild(store, planOptions(flags, context), {
             ...s.ctx,
             layerStore: s.layerStore,
             ...(destination ? { destination } : {}),
             ...(flags.tag ? { tag: flags.tag } : {}),
             ...(flags.printCacheFrom === 'buildah' ? { perStep: true } : {}),
           });
+      // The plan followed (planned again when its best cache had gone from the store).
+      printPlan(r.plan, out);
       out.info(`fetched ${r.fetched} layers (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)} into ${r.destination}${r.manifestDigest ? ` as ${r.manifestDigest}` : ''}`);
       if (r.images?.length === 1) out.info(`named ${r.images[0]}`);
       else if (r.images?.length) out.info(`${r.images.length} images, one per step: ${r.images.join(', ')}`);

@@ -12,6 +12,7 @@ export {
   cacheFromInstructions,
   checkArchiveTag,
   defaultCacheTag,
+  pullForBuild,
   pullPlanned,
   type CacheFromInstructions,
   type CachePullOptions,

@@ -422,7 +422,7 @@ describe('smart cache plan over a build matrix', () => {
 });
 
 describe('an index older than the store', () => {
-  it('warms a chain from the next image that holds it when the one the index names first was deleted; a cache pull of a deleted best says to index again', async () => {
+  it('warms a chain from the next image that holds it when the one the index names first was deleted; a cache pull past a deleted best takes the next candidate, or nothing', async () => {
     const { work, store, cacheHome, base } = await storeWithBase('gone');
     const dir = path.join(work, 'app');
     await writeImage(dir, { layers: [base, { files: { x: 'x\n' }, createdBy: '/bin/sh -c echo x > /x' }] });
@@ -430,12 +430,16 @@ describe('an index older than the store', () => {
     expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
     const ctx = path.join(work, 'ctx');
     await fs.mkdir(ctx);
-    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM gone/base:1\nRUN echo x > /x\n');
+    // The base read through its transport: the store's images of it can all go.
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), `FROM oci:${path.join(work, 'base')}:latest\nRUN echo x > /x\n`);
     const planned = await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome });
     const best = (JSON.parse(planned.stdout.toString()) as Plan).best!;
     expect(best).toMatchObject({ steps: 1 });
+    const layerOf = async (image: string) => (JSON.parse((await smart(['cache', 'plan', `file:${store}`, '--image', `file:${store}#${image}`, '--json'], { cacheHome })).stdout.toString()) as Plan).best!.layers;
+    const [baseLayer, xLayer] = await layerOf('gone/a:1');
     // A registry's cleanup between the index and the next cron: the image the index names first goes.
     const gone = best.image.replace(/:1$/, '');
+    const other = gone === 'gone/a' ? 'gone/b' : 'gone/a';
     await fs.rm(path.join(store, 'docker/registry/v2/repositories', gone), { recursive: true });
 
     const warmed = await smart(['cache', 'warm', `file:${store}`, '--top', '10', '--json', '--layer-store', path.join(work, 'layers')], { cacheHome });
@@ -443,20 +447,41 @@ describe('an index older than the store', () => {
     expect(JSON.parse(warmed.stdout.toString())).toMatchObject({ chains: 2, layers: 2, fetched: 2 });
     expect(warmed.stderr).not.toMatch(/warning/);
 
-    const pulled = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers2')], { cacheHome });
-    expect(pulled.code).toBe(1);
-    // The plan it followed, then its one error line.
-    expect(pulled.stderr.trim().split('\n').filter((l) => l.startsWith('smart:'))).toEqual([
-      expect.stringMatching(new RegExp(`^smart: error \\[NOT_FOUND\\]: ${gone}:1@sha256:[0-9a-f]{64}, the plan's best cache, is no longer in the store \\(the index is older than the store\\): .*\\(run smart cache index file:${store}\\)$`)),
-    ]);
-    // What the hint says helps: the next index drops the deleted image (it failed on every run, a
-    // new index included), and the plan takes the other image that holds the same layers.
+    // A CI step's pull: one warning naming the image gone and what refreshes the index, then the
+    // plan again without it: the other image holding the same layers, which it fetches.
+    const warning = (image: string) =>
+      new RegExp(`^warning: ${image}:1@sha256:[0-9a-f]{64}, the plan's best cache, is no longer in the store; planned again without it \\(smart cache index file:${store} refreshes the index\\)$`);
+    const pulled = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers2'), '--json'], { cacheHome });
+    expect(pulled.code, pulled.stderr).toBe(0);
+    expect(pulled.stderr.trim().split('\n').filter((l) => /^(warning|smart):/.test(l))).toEqual([expect.stringMatching(warning(gone))]);
+    const r = JSON.parse(pulled.stdout.toString()) as { plan: Plan; fetched: number };
+    expect(r.plan.best).toMatchObject({ image: `${other}:1`, steps: 1, layers: [baseLayer, xLayer] });
+    expect(r.fetched).toBe(2);
+    // warm --for alike, into a layout: the other image's two layers.
+    const layout = path.join(work, 'warm-for');
+    const warmFor = await smart(['cache', 'warm', `file:${store}`, ctx, `oci:${layout}:cache`, '--for', path.join(ctx, 'Dockerfile'), '--json'], { cacheHome });
+    expect(warmFor.code, warmFor.stderr).toBe(0);
+    expect(warmFor.stderr.trim().split('\n').filter((l) => /^(warning|smart):/.test(l))).toEqual([expect.stringMatching(warning(gone))]);
+    expect((JSON.parse(warmFor.stdout.toString()) as { plan: Plan }).plan.best).toMatchObject({ image: `${other}:1`, layers: [baseLayer, xLayer] });
+    const manifest = (await runOk('skopeo', ['inspect', '--raw', `oci:${layout}:cache`])).stdout.toString();
+    expect((JSON.parse(manifest) as { layers: { digest: string }[] }).layers.map((l) => l.digest)).toEqual([baseLayer!.digest, xLayer!.digest]);
+
+    // Both images gone: the base alone, then, its image gone too, nothing: exit 0, as an empty cache.
+    await fs.rm(path.join(store, 'docker/registry/v2/repositories', other), { recursive: true });
+    const baseOnly = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers3'), '--json'], { cacheHome });
+    expect(baseOnly.code, baseOnly.stderr).toBe(0);
+    expect(baseOnly.stderr.trim().split('\n').filter((l) => /^(warning|smart):/.test(l))).toEqual([expect.stringMatching(warning(gone)), expect.stringMatching(warning(other))]);
+    expect(JSON.parse(baseOnly.stdout.toString())).toMatchObject({ plan: { best: { image: 'gone/base:1', steps: 0, layers: [baseLayer] } }, fetched: 1 });
+    await fs.rm(path.join(store, 'docker/registry/v2/repositories', 'gone/base'), { recursive: true });
+    const none = await smart(['cache', 'pull', `file:${store}`, ctx, 'docker-archive:-'], { cacheHome });
+    expect(none.code, none.stderr).toBe(0);
+    expect(none.stderr.trim().split('\n').filter((l) => l.startsWith('warning:'))).toHaveLength(3);
+    expect(none.stderr).toContain('no stored image shares a layer with this build');
+    // The next index drops the deleted images: nothing to warn of.
     expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
-    const replanned = JSON.parse((await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome })).stdout.toString()) as Plan;
-    expect(replanned.best).toMatchObject({ steps: 1 });
-    expect(replanned.best!.image).not.toBe(best.image);
-    const again = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers3')], { cacheHome });
+    const again = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers4')], { cacheHome });
     expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).not.toMatch(/warning/);
   });
 
   it('a tag whose link the registry cannot read is one failure of the index, not a tag skipped without a word', async () => {

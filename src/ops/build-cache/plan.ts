@@ -69,24 +69,33 @@ export interface PlanResult {
 /** The kind of image each builder can use as its cache. */
 const BUILT_BY: Record<CacheBuilder, ImageBuilder> = { docker: 'docker', buildkit: 'buildkit', buildx: 'buildkit', buildah: 'buildah' };
 
+/** What a plan may offer: for a builder, and not the images found gone from the store (`PlanOptions.excluding`). */
+interface Offer {
+  builder?: CacheBuilder;
+  excluding?: readonly string[];
+}
+
 /** Whether an image could serve as this builder's cache (an image of unknown making might). */
 function usableBy(builder: CacheBuilder | undefined, image: ImageRef): boolean {
   return !builder || !image.builder || image.builder === BUILT_BY[builder];
 }
 
+const offered = (image: ImageRef, offer: Offer) => !offer.excluding?.includes(`${image.repository}@${image.manifest}`);
+
 /**
  * Images holding the chain, those the builder can use first, then those BuildKit can use as cache
- * (the layers are the same either way).
+ * (the layers are the same either way); never one excluded.
  */
-function preferred(images: readonly ImageRef[], builder?: CacheBuilder): ImageRef[] {
-  const usable = images.filter((i) => usableBy(builder, i));
-  const rest = images.filter((i) => !usableBy(builder, i));
+function preferred(images: readonly ImageRef[], offer: Offer = {}): ImageRef[] {
+  const kept = images.filter((i) => offered(i, offer));
+  const usable = kept.filter((i) => usableBy(offer.builder, i));
+  const rest = kept.filter((i) => !usableBy(offer.builder, i));
   return [...usable.filter((i) => i.inlineCache), ...usable.filter((i) => !i.inlineCache), ...rest];
 }
 
-function candidateOf(match: Match, builder?: CacheBuilder): PlanCandidate | undefined {
+function candidateOf(match: Match, offer: Offer = {}): PlanCandidate | undefined {
   const node = match.node;
-  const img = match.image ?? (node && preferred(node.images, builder)[0]);
+  const img = (match.image && offered(match.image, offer) ? match.image : undefined) ?? (node && preferred(node.images, offer)[0]);
   if (!node || !img) return undefined;
   const layers = match.path.map((n) => ({ digest: n.blob.digest, diffId: n.diffId, size: n.blob.size }));
   return {
@@ -190,6 +199,11 @@ export interface PlanOptions {
    * builder's, and layers matched by their files alone.
    */
   builder?: CacheBuilder;
+  /**
+   * Images never to offer, as `REPOSITORY@DIGEST`: found gone from the store since the index named
+   * them (`pullForBuild` plans again without each). The same image in another repository is still offered.
+   */
+  excluding?: readonly string[];
 }
 
 export async function planBuild(storeName: string, options: PlanOptions, ctx: CacheContext): Promise<PlanResult> {
@@ -223,6 +237,8 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     const layerSteps = build.steps.filter((s) => s.producesLayer && build.chain.includes(s.stage));
     const trie = new CachedTrieStore(ctx.cache, store.scope);
     const { trailingEmptyRuns } = await import('../../trie/image-steps.js');
+    const offer: Offer = { ...(options.builder ? { builder: options.builder } : {}), ...(options.excluding ? { excluding: options.excluding } : {}) };
+    const acceptable = (i: ImageRef) => usableBy(options.builder, i) && offered(i, offer);
     const baseChain = baseImage ? chainIds(baseImage.layers.map((l) => l.diffId)) : [];
     const keyMatch = await matchBuild(
       trie,
@@ -236,17 +252,17 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         ...refusedByOwnReference(s),
       })),
       {
-        // For a builder: only through layers that images it could have made hold.
-        ...(options.builder ? { accept: (n: TrieNode) => n.images.some((i) => usableBy(options.builder, i)), acceptImage: (i: ImageRef) => usableBy(options.builder, i) } : {}),
+        // For a builder: only through layers that images it could have made hold; never through an image excluded.
+        ...(options.builder || options.excluding?.length ? { accept: (n: TrieNode) => n.images.some(acceptable), acceptImage: acceptable } : {}),
         ...(baseImage ? { baseEmptyRuns: trailingEmptyRuns(baseImage.config.history) } : {}),
       },
     );
     // Keys say what each step is, not what it ran under: the best match whose image ran every
     // matched step under the config the build will (ENV, USER, WORKDIR, a RUN's build args).
-    const match = await configMatch(keyMatch, layerSteps, store, platform, baseImage?.config.history?.length ?? 0, options.builder);
+    const match = await configMatch(keyMatch, layerSteps, store, platform, baseImage?.config.history?.length ?? 0, offer);
     // The node of each matched step that made a layer, in order (a RUN matched as empty has none).
     const withLayers = match.matchedSteps.filter((k) => !match.emptySteps.includes(k));
-    const best = candidateOf(match, options.builder);
+    const best = candidateOf(match, offer);
     const result: PlanResult = {
       store: store.scope,
       platform: formatPlatform(platform),
@@ -280,7 +296,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
         }),
       ...(best ? { best } : {}),
       // The others: not the best again (taken from its history's RUNs, it may not be the first).
-      alternatives: preferred(match.node?.images ?? [], options.builder)
+      alternatives: preferred(match.node?.images ?? [], offer)
         .map((r) => `${r.repository}${r.tag ? `:${r.tag}` : ''}`)
         .filter((name) => name !== best?.image)
         .slice(0, 5),
@@ -359,7 +375,7 @@ const CONFIG_READS_AT_ONCE = 8;
  * with its layers, or that cannot be read, is taken as its keys say. Past MAX_CONFIG_CHECKS
  * images, the base alone.
  */
-async function configMatch(match: Match, steps: readonly Step[], store: StoreAccess, platform: Platform, ownFrom: number, builder?: CacheBuilder): Promise<Match> {
+async function configMatch(match: Match, steps: readonly Step[], store: StoreAccess, platform: Platform, ownFrom: number, offer: Offer): Promise<Match> {
   const { ownConfigAtLayers, belowUnknownWorkdir } = await import('../../trie/image-steps.js');
   const read = new Map<string, Promise<HistoryOwnConfig[] | undefined>>();
   const ownConfigOf = (img: ImageRef) => {
@@ -389,7 +405,7 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
       verdicts.push(async () => true);
       continue;
     }
-    const img = c.image ?? (c.node && preferred(c.node.images, builder)[0]);
+    const img = (c.image && offered(c.image, offer) ? c.image : undefined) ?? (c.node && preferred(c.node.images, offer)[0]);
     if (!img) {
       verdicts.push(async () => false);
       continue;

@@ -15,7 +15,7 @@ import { chainIds } from '../../trie/layer-trie.js';
 import { openStore } from '../../transports/all.js';
 import type { StoreAccess } from '../../transports/transport.js';
 import { LayerStoreFiller } from './layer-fill.js';
-import type { CacheBuilder, PlanResult } from './plan.js';
+import type { CacheBuilder, PlanOptions, PlanResult } from './plan.js';
 import { platformOf, type CacheContext } from './session.js';
 
 export interface CachePullResult {
@@ -104,9 +104,47 @@ export async function checkArchiveTag(tag: string, destination: string | undefin
 /**
  * Fetches exactly the layers the plan matched (not one more): into the local layer store, or, with
  * `destination`, as the truncated image (the matched prefix) written there — or, `perStep`, as one
- * image per build step of the prefix.
+ * image per build step of the prefix. A best cache the store no longer holds as the plan names it
+ * is NOT_FOUND (`pullForBuild` plans again without it instead).
  */
 export async function pullPlanned(storeName: string, plan: PlanResult, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
+  const r = await pullUnlessStale(storeName, plan, ctx);
+  if (!('stale' in r)) return r;
+  throw new SmartError('NOT_FOUND', `${r.stale}, the plan's best cache, ${r.reason}; the index is older than the store`, {
+    input: r.stale,
+    hint: `run smart cache index ${storeName}`,
+    ...(r.cause !== undefined ? { cause: r.cause } : {}),
+  });
+}
+
+/**
+ * The plan of a build, then exactly its layers, as `pullPlanned` fetches them. The plan comes from
+ * the index, a hint: its best cache may have been deleted from the store since (a registry's
+ * cleanup between two crons of `cache index`). That is said in one warning and the build planned
+ * again without it — the next image holding the layers, a shorter match, or nothing, as with an
+ * empty cache: a cache never fails a build.
+ */
+export async function pullForBuild(storeName: string, options: PlanOptions, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
+  const { planBuild } = await import('./plan.js');
+  const excluding: string[] = [];
+  // Each round excludes one more image, which no plan offers again: it ends.
+  for (;;) {
+    const plan = await planBuild(storeName, { ...options, ...(excluding.length ? { excluding: [...excluding] } : {}) }, ctx);
+    const r = await pullUnlessStale(storeName, plan, ctx);
+    if (!('stale' in r)) return r;
+    ctx.onWarning?.(`${r.stale}, the plan's best cache, ${r.reason}; planned again without it (smart cache index ${storeName} refreshes the index)`);
+    excluding.push(`${plan.best!.image.replace(/:[^:/]+$/, '')}@${plan.best!.manifest}`);
+  }
+}
+
+/** The plan's best cache, named, and why the store does not hold it as the plan names it. */
+interface StaleBest {
+  stale: string;
+  reason: string;
+  cause?: unknown;
+}
+
+async function pullUnlessStale(storeName: string, plan: PlanResult, ctx: CacheContext & CachePullOptions): Promise<CachePullResult | StaleBest> {
   const best = plan.best;
   if (!best || best.layers.length === 0) {
     // Nothing to use: a docker-archive is written all the same, of no image, so that `… | docker
@@ -123,22 +161,22 @@ export async function pullPlanned(storeName: string, plan: PlanResult, ctx: Cach
   // The plan's platform (a FROM --platform's): its best layers are that platform's image's.
   const platform = plan.platform !== undefined ? parsePlatform(plan.platform) : platformOf(ctx);
   const repository = best.image.replace(/:[^:/]+$/, '');
-  const { image, source } = await imageOf(store, repository, best.manifest, platform).catch((e: unknown) => {
+  const named = `${best.image}@${best.manifest}`;
+  let opened: { image: Image; source: ImageSource };
+  try {
+    opened = await imageOf(store, repository, best.manifest, platform);
+  } catch (e) {
+    await store.close();
     if (!isSmartError(e) || e.code !== 'NOT_FOUND') throw e;
     // The trie is a hint: the image it chose may have been deleted since the index ran.
-    throw new SmartError('NOT_FOUND', `${best.image}@${best.manifest}, the plan's best cache, is no longer in the store (the index is older than the store): ${e.message}`, {
-      input: `${best.image}@${best.manifest}`,
-      hint: `run smart cache index ${storeName}`,
-    });
-  });
+    return { stale: named, reason: 'is no longer in the store', cause: e };
+  }
+  const { image, source } = opened;
   try {
     const keep = best.layers.length;
     // The plan comes from the trie, a hint: it is followed only as far as the stored image agrees.
     if (!holdsChain(image.layers.slice(0, keep), chainIds(best.layers.map((l) => l.diffId)).at(-1)!)) {
-      throw new SmartError('NOT_FOUND', `${best.image}@${best.manifest} does not hold the ${keep} layers the plan names (the index is older than the store)`, {
-        input: `${best.image}@${best.manifest}`,
-        hint: `run smart cache index ${storeName}`,
-      });
+      return { stale: named, reason: `does not hold the ${keep} layers the plan names` };
     }
     if (ctx.destination) {
       const { openDestination, parseImageName } = await import('../../transports/all.js');

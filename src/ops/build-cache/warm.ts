@@ -12,8 +12,8 @@ import type { ImageRef, TrieNode } from '../../trie/layer-trie.js';
 import type { StoreAccess } from '../../transports/transport.js';
 import { openStore } from '../../transports/all.js';
 import { LayerStoreFiller } from './layer-fill.js';
-import { holdsChain, imageOf, pullPlanned, type CachePullOptions, type CachePullResult } from './pull.js';
-import { planBuild, type PlanOptions } from './plan.js';
+import { holdsChain, imageOf, pullForBuild, type CachePullOptions, type CachePullResult } from './pull.js';
+import type { PlanOptions } from './plan.js';
 import { platformOf, type CacheContext } from './session.js';
 
 export interface WarmResult {
@@ -129,11 +129,10 @@ async function holderOf(
  * `cache warm --for Dockerfile`: what the next build of this app will reuse, fetched ahead of it
  * (from cron on build machines): the plan, then exactly its layers, into the layer store or as
  * the cache image(s) at `destination` (an OCI layout keeps what it already has: a second run
- * fetches only what changed).
+ * fetches only what changed). A best cache deleted since the index is passed over (`pullForBuild`).
  */
 export async function warmForBuild(storeName: string, options: PlanOptions, ctx: CacheContext & CachePullOptions & WarmOptions): Promise<CachePullResult & { prune?: GcResult }> {
   const startedAt = Date.now();
-  const plan = await planBuild(storeName, options, ctx);
-  const pulled = await pullPlanned(storeName, plan, ctx);
+  const pulled = await pullForBuild(storeName, options, ctx);
   return ctx.pruneAgeMs !== undefined && ctx.layerStore ? { ...pulled, prune: await ctx.layerStore.gc({ maxAgeMs: ctx.pruneAgeMs, keepUsedSince: startedAt }) } : pulled;
 }
