@@ -151,12 +151,22 @@ function fromKept(layers: number | undefined): string {
 
 const RESOLVED_VIA = { store: 'as', transport: 'read from', registry: 'from the registry as' } as const;
 
+/**
+ * What to do when the store holds the base (its tag names it there) but the index has not seen all
+ * its layers: another client moved the tag since the last index, whose layers the plan cannot offer.
+ */
+function unindexedBase(plan: PlanResult): string {
+  const b = plan.base!;
+  if ((b.resolvedVia ?? 'store') !== 'store' || !b.storedAs || b.inStore >= b.layers) return '';
+  return `; the index has not seen ${b.inStore === 0 ? 'them' : 'the others'} yet (smart cache index ${plan.store} adds them)`;
+}
+
 function printPlan(plan: PlanResult, out: Output): void {
   if (plan.base) {
     const b = plan.base;
     out.info(
       b.layers
-        ? `base ${b.ref}: ${b.inStore} of ${b.layers} layers in the store${b.storedAs ? ` (${RESOLVED_VIA[b.resolvedVia ?? 'store']} ${b.storedAs})` : ''}`
+        ? `base ${b.ref}: ${b.inStore} of ${b.layers} layers in the store${b.storedAs ? ` (${RESOLVED_VIA[b.resolvedVia ?? 'store']} ${b.storedAs})` : ''}${unindexedBase(plan)}`
         : `base ${b.ref}: not in the store`,
     );
   }

@@ -527,6 +527,22 @@ describe('an index older than the store', () => {
     expect(again.code, again.stderr).toBe(0);
   });
 
+  it('says when the store holds the base but the index has not seen its layers (its tag moved since, by another machine): what refreshes it', async () => {
+    const { work, store, cacheHome } = await storeWithBase('rebased');
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM rebased/base:1\nRUN echo y > /y\n');
+    const line = async () => (await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome })).stderr.split('\n').find((l) => l.startsWith('base '));
+    expect(await line()).toBe('base rebased/base:1: 1 of 1 layers in the store (as rebased/base:1)');
+    const next = path.join(work, 'next-base');
+    await writeImage(next, { layers: [{ files: { 'etc/os-release': 'ID=next\n' }, createdBy: '/bin/sh -c #(nop) ADD file:next in / ' }] });
+    expect((await smart(['push', `oci:${next}:latest`, `file:${store}#rebased/base:1`], { cacheHome: path.join(work, 'another-machine') })).code).toBe(0);
+    expect(await line()).toBe(`base rebased/base:1: 0 of 1 layers in the store (as rebased/base:1); the index has not seen them yet (smart cache index file:${store} adds them)`);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    expect(await line()).toBe('base rebased/base:1: 1 of 1 layers in the store (as rebased/base:1)');
+  });
+
   it('says a store has no index when nothing matched for want of one, and a store indexed with nothing shared has nothing to warm, without a warning', async () => {
     const { work, store, base } = await storeWithBase('unindexed');
     const dir = path.join(work, 'app');
