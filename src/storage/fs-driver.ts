@@ -27,6 +27,23 @@ export function ownerOfTemporary(name: string): Owner | null | undefined {
   return at > 0 ? ownerOfId(name.slice(at + TMP.length)) : undefined;
 }
 
+/**
+ * The mode a file this process creates gets (0666 less the umask): what a blob copied or linked into
+ * a store must have too, and not its source's (a layout's 0600 blob would keep a registry running
+ * as another user from reading the store's copy). The umask is read once: this process never sets it.
+ */
+let createdMode: number | undefined;
+function fileMode(): number {
+  return (createdMode ??= 0o666 & ~process.umask());
+}
+
+/** Links `from` at `to` when it already has the mode a file written here would get; false when it has another, or cannot be linked. */
+async function linkWithMode(from: string, to: string, mode: number): Promise<boolean> {
+  const st = await fs.stat(from).catch(() => undefined);
+  if (!st || (st.mode & 0o7777) !== mode) return false;
+  return fs.link(from, to).then(() => true, () => false);
+}
+
 /** A temporary name beside `target`, tagged with its owner so that a killed run's can be told from a live one's. */
 function tmpName(target: string): string {
   return `${target}${TMP}${ownedId()}`;
@@ -117,11 +134,14 @@ export class FsDriver implements StorageDriver {
       signal?.throwIfAborted();
       await mkdirp(path.dirname(target));
       // A kept blob is linked where it can be (no second copy on the disk): the inode its cache has
-      // just checked, not read again. Else copied, and the copy checked.
-      const linked = file.shared ? await fs.link(file.path, tmp).then(() => true, () => false) : false;
+      // just checked, not read again, when its mode is the one a file written here gets (an inode
+      // has one mode). Else copied, given that mode (a copy keeps its source's), and checked.
+      const mode = fileMode();
+      const linked = file.shared ? await linkWithMode(file.path, tmp, mode) : false;
       if (linked) file.onBytes?.(expect.size);
       else {
         await fs.copyFile(file.path, tmp, fs.constants.COPYFILE_EXCL | fs.constants.COPYFILE_FICLONE);
+        await fs.chmod(tmp, mode);
         await verifyFile(tmp, { ...expect, what: file.what ?? expect.what }, file.onBytes);
       }
       // A copy whose command failed meanwhile (another layer refused, Ctrl-C) does not appear.

@@ -37,6 +37,8 @@ export interface RegistryOptions {
   logLevel?: 'error' | 'warn' | 'info' | 'debug';
   /** `catalog.maxentries`: the largest page `_catalog` answers (the registry's default: 1000). */
   catalogMaxEntries?: number;
+  /** Runs it as this user (and group of the same number), as a registry of a package runs as its own user: only root can. */
+  uid?: number;
 }
 
 export interface RunningRegistry {
@@ -238,7 +240,7 @@ async function spawnRegistry(o: RegistryOptions, port: number): Promise<RunningR
 
   const env = { ...process.env };
   delete env.AWS_CA_BUNDLE; // the registry panics at start when it is set
-  const child = spawn('docker-registry', ['serve', config], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn('docker-registry', ['serve', config], { env, stdio: ['ignore', 'ignore', 'pipe'], ...(o.uid !== undefined ? { uid: o.uid, gid: o.uid } : {}) });
   const exited = ownChild(child);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => {

@@ -49,13 +49,18 @@ export function testCacheHome(): string {
   return (fileCacheHome = home);
 }
 
-/** `smart ARGS`; XDG_CACHE_HOME is pointed at `cacheHome` (default: this file's) so tests never touch the user's cache. */
+/**
+ * `smart ARGS`; XDG_CACHE_HOME is pointed at `cacheHome` (default: this file's) so tests never touch the user's cache.
+ * `umask` (octal, `'022'`): run under it, through a shell, in place of this process's.
+ */
 export function smart(
   args: string[],
-  options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv } = {},
+  options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv; umask?: string } = {},
 ): Promise<RunResult> {
   const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
-  return run(process.execPath, [smartBin, ...args], { ...(options.input ? { input: options.input } : {}), env });
+  const input = options.input ? { input: options.input } : {};
+  if (options.umask !== undefined) return run('sh', ['-c', `umask ${options.umask} && exec "$@"`, 'sh', process.execPath, smartBin, ...args], { ...input, env });
+  return run(process.execPath, [smartBin, ...args], { ...input, env });
 }
 
 /** Runs a program and fails with its stderr when it exits non-zero. */

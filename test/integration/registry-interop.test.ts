@@ -10,7 +10,7 @@ import { fixtures } from '../harness/fixtures.js';
 import { blobFiles } from '../harness/layout.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart } from '../harness/run.js';
-import { haveTools } from '../harness/tools.js';
+import { haveTools, inCI, isRoot } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { describeTree } from '../harness/tree.js';
 
@@ -121,6 +121,93 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'umoci'))('stock registr
       const r = await smart(['pull', src, `rootfs:${dir}`]);
       expect(r.code, r.stderr).toBe(0);
       expect(await describeTree(dir), src).toEqual(expected);
+    }
+  });
+});
+
+/**
+ * README, "Ownership": what smart writes into a store has the user's umask, whatever the mode of
+ * what it came from, so that a registry running as another user reads it. A layout's 0600 blobs
+ * (or kept blobs of a pull under umask 077) copied or linked as they were kept the registry,
+ * running as another user, from reading them: it answered 200 and cut the body.
+ */
+describe.skipIf(!haveTools('docker-registry', 'skopeo'))("store files have the user's umask, not their source's mode", () => {
+  let work: string;
+  let layout: string;
+
+  /** Each file under `root`, by its path under `root`, with its mode in octal. */
+  async function modes(root: string): Promise<Record<string, string>> {
+    const out: Record<string, string> = {};
+    for (const entry of await fs.readdir(root, { recursive: true, withFileTypes: true })) {
+      if (!entry.isFile()) continue;
+      const file = path.join(entry.parentPath, entry.name);
+      out[path.relative(root, file)] = ((await fs.stat(file)).mode & 0o7777).toString(8);
+    }
+    return out;
+  }
+
+  const every = (found: Record<string, string>, mode: string) => Object.fromEntries(Object.keys(found).map((k) => [k, mode]));
+
+  beforeAll(async () => {
+    work = await tempDir('smart-modes-');
+    await fs.chmod(work, 0o755);
+    layout = path.join(work, 'layout');
+    await fs.cp(fixtures().paths.ociBasic, layout, { recursive: true });
+    const blobs = path.join(layout, 'blobs', 'sha256');
+    for (const name of await fs.readdir(blobs)) await fs.chmod(path.join(blobs, name), 0o600);
+  });
+
+  it.each([
+    ['022', '644'],
+    ['002', '664'],
+  ])('a push of 0600 blobs under umask %s writes files %s, into a file: store and an oci: layout', async (umask, mode) => {
+    const store = path.join(work, `store-${umask}`);
+    const push = await smart(['push', `oci:${layout}:latest`, `file:${store}#modes/a:1`], { umask });
+    expect(push.code, push.stderr).toBe(0);
+    const found = await modes(store);
+    expect(Object.keys(found).filter((p) => p.endsWith('/data'))).toHaveLength(5);
+    expect(found).toEqual(every(found, mode));
+
+    const copy = path.join(work, `layout-${umask}`);
+    const write = await smart(['push', `oci:${layout}:latest`, `oci:${copy}:a`], { umask });
+    expect(write.code, write.stderr).toBe(0);
+    const copied = await modes(copy);
+    expect(Object.keys(copied).filter((p) => p.startsWith('blobs/'))).toHaveLength(5);
+    expect(copied).toEqual(every(copied, mode));
+  });
+
+  it("blobs a pull kept under umask 077 are copied into a layout written under 022, not linked with their 0600", async () => {
+    const registry = await startRegistry(path.join(work, 'store-022'), work);
+    try {
+      const cacheHome = path.join(work, 'cache-077');
+      const source = `docker://${registry.host}/modes/a:1`;
+      const keep = await smart(['pull', '--insecure-registry', registry.host, source, `rootfs:${path.join(work, 'rootfs')}`], { umask: '077', cacheHome });
+      expect(keep.code, keep.stderr).toBe(0);
+      const kept = await modes(path.join(cacheHome, 'smartlayer', 'layer-store', 'blobs'));
+      expect(Object.keys(kept)).toHaveLength(3);
+      expect(kept).toEqual(every(kept, '600'));
+      const out = path.join(work, 'from-kept');
+      const pull = await smart(['pull', '--insecure-registry', registry.host, source, `oci:${out}:a`], { umask: '022', cacheHome });
+      expect(pull.code, pull.stderr).toBe(0);
+      const found = await modes(out);
+      expect(found).toEqual(every(found, '644'));
+    } finally {
+      await registry.stop();
+    }
+  });
+
+  it('a registry running as another user (nobody) serves the store pushed under umask 022, and skopeo copies the image whole', async (ctx) => {
+    if (!isRoot) {
+      if (inCI) throw new Error('CI=true but the registry cannot run as another user: not root');
+      return ctx.skip();
+    }
+    const registry = await startRegistry({ root: path.join(work, 'store-022'), configDir: work, uid: 65534 });
+    try {
+      const out = path.join(work, 'skopeo-pulled');
+      await skopeo('copy', '--src-tls-verify=false', `docker://${registry.host}/modes/a:1`, `oci:${out}:a`);
+      expect(await tagOf(out, 'a')).toBe(fixtures().basic.manifest.digest);
+    } finally {
+      await registry.stop();
     }
   });
 });
