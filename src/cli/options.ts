@@ -393,18 +393,22 @@ async function sharedCredentials(flags: CommonFlags, names: { read: string[] }) 
  */
 export async function remoteOptions(flags: CommonFlags, names: { read: string[]; write: string[] }, onWarning?: (message: string) => void) {
   const shared = await sharedCredentials(flags, names);
-  // The credentials module is loaded only when there are credentials to give.
+  // The credentials module is loaded only when there are credentials to give, or registries to give them to.
+  const credentials = shared || flags.srcCreds || flags.destCreds || [...names.read, ...names.write].some((n) => n.startsWith('docker://')) ? await import('../ops/credentials.js') : undefined;
   const { sourceCredentials: source, destinationCredentials: destination } =
-    shared || flags.srcCreds || flags.destCreds
-      ? (await import('../ops/credentials.js')).assignCredentials(
+    credentials && (shared || flags.srcCreds || flags.destCreds)
+      ? credentials.assignCredentials(
           { ...(shared ? { shared } : {}), ...(flags.srcCreds ? { source: flags.srcCreds } : {}), ...(flags.destCreds ? { destination: flags.destCreds } : {}) },
           names,
           onWarning,
         )
       : {};
+  const flagsFor = credentials?.credentialFlags(names) ?? {};
   return {
     ...(source ? { sourceCredentials: source } : {}),
     ...(destination ? { destinationCredentials: destination } : {}),
+    ...(flagsFor.source !== undefined ? { sourceCredentialsFlag: flagsFor.source } : {}),
+    ...(flagsFor.destination !== undefined ? { destinationCredentialsFlag: flagsFor.destination } : {}),
     ...(flags.authfile ? { authFile: flags.authfile } : {}),
     ...(flags.insecureRegistry?.length ? { insecureRegistries: flags.insecureRegistry } : {}),
     ...(flags.certDir?.length ? { certDirs: flags.certDir } : {}),

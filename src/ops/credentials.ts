@@ -37,6 +37,19 @@ const PER_REGISTRY_HINT = 'log in to each registry with docker login: $DOCKER_CO
 const unique = (names: readonly string[]) => [...new Set(names.map(registryOf).filter((h): h is string => h !== undefined))];
 
 /**
+ * The flag that gives the registry read and the registry written credentials, for the hints of
+ * their errors: none (`--creds`, the default) where the command talks to one registry;
+ * `--src-creds`/`--dest-creds` where it talks to two, and `--creds` is refused; null where no flag
+ * reaches the one registry alone (`cache plan` reading two).
+ */
+export function credentialFlags(names: CommandNames): { source?: string | null; destination?: string } {
+  const read = unique(names.read);
+  const write = unique(names.write);
+  if (new Set([...read, ...write]).size <= 1) return {};
+  return { source: read.length > 1 ? null : '--src-creds', destination: '--dest-creds' };
+}
+
+/**
  * Which explicit credentials go to the registry read and to the registry written. `--creds` (or
  * `$SMART_REGISTRY_AUTH`) goes to the registry the command talks to when there is one (the same
  * host on both sides counts as one); with two different registries `--creds` is refused (it

@@ -51,6 +51,12 @@ export interface RemoteOptions {
   /** Registry credentials for the source and the destination (else the Docker config's). */
   sourceCredentials?: Credentials;
   destinationCredentials?: Credentials;
+  /**
+   * The flag that gives the source's and the destination's registry credentials, for hints:
+   * `--creds` when not given; null where no flag reaches that registry alone (ops/credentials.ts credentialFlags).
+   */
+  sourceCredentialsFlag?: string | null;
+  destinationCredentialsFlag?: string | null;
   /** The containers auth.json to read instead of the default credential files (`--authfile`). */
   authFile?: string;
   /** Hosts allowed plain HTTP and unverified TLS (`--insecure-registry`). */

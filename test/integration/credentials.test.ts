@@ -125,6 +125,22 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd'))('credentia
       expectNoSecret(r);
     });
 
+    it('an authentication failure names the flag that reaches that side: --src-creds/--dest-creds between two registries, --creds with one', async () => {
+      const toPrivate = await smart(['push', publicName, privateName.replace(':v1', ':no-creds'), '--cert-dir', certDir], await fresh());
+      expect(toPrivate.code, toPrivate.stderr).toBe(1);
+      expect(errorLine(toPrivate)).toMatch(/requires authentication .*\(log in with docker login, or pass --dest-creds USER:PASSWORD\)$/);
+      const fromPrivate = await smart(['push', privateName, publicName.replace(':v1', ':no-creds'), '--dest-creds', 'carol:carol-pass', '--cert-dir', certDir], await fresh());
+      expect(fromPrivate.code, fromPrivate.stderr).toBe(1);
+      expect(errorLine(fromPrivate)).toMatch(/requires authentication .*\(log in with docker login, or pass --src-creds USER:PASSWORD\)$/);
+      // A token registry answers 401 to a push its anonymous token may not make.
+      const toPublic = await smart(['push', privateName, publicName.replace(':v1', ':anonymous'), '--src-creds', `alice:${PASSWORD}`, '--cert-dir', certDir], await fresh());
+      expect(toPublic.code, toPublic.stderr).toBe(1);
+      expect(errorLine(toPublic)).toMatch(/answered 401 .*\(check the credentials \(docker login, --dest-creds USER:PASSWORD\) and that they may access this repository\)$/);
+      const one = await smart(['pull', privateName, `oci:${path.join(work, 'no-creds')}:v1`, '--cert-dir', certDir], await fresh());
+      expect(one.code, one.stderr).toBe(1);
+      expect(errorLine(one)).toMatch(/requires authentication .*\(log in with docker login, or pass --creds USER:PASSWORD\)$/);
+    });
+
     it('--creds still serves a command with one registry, the same on both sides included', async () => {
       const r = await smart(['push', privateName, privateName.replace(':v1', ':retagged'), '--creds', `alice:${PASSWORD}`, '--cert-dir', certDir], await fresh());
       expect(r.code, r.stderr).toBe(0);

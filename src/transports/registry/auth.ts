@@ -8,7 +8,7 @@ import net from 'node:net';
 import { SmartError } from '../../errors.js';
 import { redactUrl, remoteText } from '../../redact.js';
 import { lookupCredentials, type Credentials } from './credentials.js';
-import { connectionError, RegistryError, statusError, type ErrorContext } from './errors.js';
+import { connectionError, credentialsFlagOf, RegistryError, statusError, type ErrorContext } from './errors.js';
 import { USER_AGENT, isLoopback, readBody, type Http } from './http.js';
 import type { Retry } from './retry.js';
 
@@ -62,6 +62,12 @@ export interface AuthOptions {
   insecureHosts?: readonly string[];
   /** Given explicitly; otherwise looked up in auth.json and the Docker config (credentials.ts). */
   credentials?: Credentials;
+  /**
+   * The flag that gives this registry its credentials, which hints suggest: `--creds` when not
+   * given; `--src-creds`/`--dest-creds` where `--creds` is refused (a registry on each side); null
+   * where no flag reaches this registry (a mirror, two registries read).
+   */
+  credentialsFlag?: string | null;
   /** The containers auth.json read instead of the default credential files (`--authfile`). */
   authFile?: string;
   /** Told once of a token realm on another host than the registry's. */
@@ -102,7 +108,7 @@ export class Auth {
       if (c?.identityToken) {
         throw new SmartError('REGISTRY', `the credentials for ${this.options.host} are an identity token, which only a registry with a token server takes (this one asks for Basic auth)`, {
           input: this.options.host,
-          hint: 'log in with a user name and password (docker login, podman login), or pass --creds USER:PASSWORD',
+          hint: this.loginHint('log in with a user name and password (docker login, podman login)'),
         });
       }
       return c ? basic(c) : undefined;
@@ -128,9 +134,15 @@ export class Auth {
     if (challenge.scheme === 'basic' && !(await this.creds())) {
       throw new SmartError('REGISTRY', `registry ${this.options.host} requires authentication (${what})`, {
         input: this.options.host,
-        hint: 'log in with docker login, or pass --creds USER:PASSWORD',
+        hint: this.loginHint(),
       });
     }
+  }
+
+  /** How to give this registry credentials: `login`, and the flag that reaches it where there is one. */
+  private loginHint(login = 'log in with docker login'): string {
+    const flag = credentialsFlagOf(this.options.credentialsFlag);
+    return flag ? `${login}, or pass ${flag} USER:PASSWORD` : login;
   }
 
   /**
@@ -209,7 +221,7 @@ export class Auth {
       const who = c?.identityToken ? ' with its identity token' : c ? ` for user ${c.username}` : '';
       throw new RegistryError('REGISTRY', `authentication to ${host} failed${who} (the token server answered ${res.statusCode})`, {
         input: host,
-        hint: c?.identityToken ? 'the identity token may have expired or been revoked: log in again' : c ? 'check the username and password' : 'log in with docker login, or pass --creds USER:PASSWORD',
+        hint: c?.identityToken ? 'the identity token may have expired or been revoked: log in again' : c ? 'check the username and password' : this.loginHint(),
         status: res.statusCode,
         method,
         url: url.toString(),

@@ -33,6 +33,8 @@ export interface RegistryClientOptions {
   insecureHosts?: readonly string[];
   /** From --creds / SMART_REGISTRY_AUTH; otherwise looked up in auth.json and the Docker config (credentials.ts). */
   credentials?: Credentials;
+  /** The flag that gives this registry its credentials, for hints (auth.ts AuthOptions). */
+  credentialsFlag?: string | null;
   /** The containers auth.json read instead of the default credential files (`--authfile`). */
   authFile?: string;
   /** Directories of extra CA certificates (`*.crt`), e.g. skopeo's --cert-dir. */
@@ -110,7 +112,13 @@ export class RegistryClient extends RegistryApi {
     const stallTimeoutMs = options.stallTimeoutMs ?? 30_000;
     this.http = new Http({ host: this.host, insecure, ...(options.certDirs ? { certDirs: options.certDirs } : {}), stallTimeoutMs });
     this.retry = new Retry({ maxRetries: options.maxRetries ?? 4, delayMs: options.retryDelayMs ?? 200, ...(options.onRetry ? { onRetry: options.onRetry } : {}) });
-    this.errors = { host: this.host, allowHttp: this.allowHttp, stallTimeoutMs, secrets: () => this.auth.secrets() };
+    this.errors = {
+      host: this.host,
+      allowHttp: this.allowHttp,
+      stallTimeoutMs,
+      secrets: () => this.auth.secrets(),
+      ...(options.credentialsFlag !== undefined ? { credentialsFlag: options.credentialsFlag } : {}),
+    };
     const deps = { http: this.http, retry: this.retry, errors: this.errors };
     this.auth = new Auth(
       {
@@ -119,6 +127,7 @@ export class RegistryClient extends RegistryApi {
         allowHttp: this.allowHttp,
         ...(options.insecureHosts ? { insecureHosts: options.insecureHosts } : {}),
         ...(options.credentials ? { credentials: options.credentials } : {}),
+        ...(options.credentialsFlag !== undefined ? { credentialsFlag: options.credentialsFlag } : {}),
         ...(options.authFile ? { authFile: options.authFile } : {}),
         ...(options.onWarning ? { onWarning: options.onWarning } : {}),
       },

@@ -68,6 +68,13 @@ export interface ErrorContext {
   stallTimeoutMs: number;
   /** The credentials and tokens the client holds, redacted from anything the registry echoes. */
   secrets(): string[];
+  /** The flag that gives this registry its credentials, for hints (auth.ts AuthOptions): `--creds` when not given, none when null. */
+  credentialsFlag?: string | null;
+}
+
+/** The flag a hint suggests for a registry's credentials: `--creds` unless the command says another, or none (null). */
+export function credentialsFlagOf(flag: string | null | undefined): string | null {
+  return flag === undefined ? '--creds' : flag;
 }
 
 export interface RequestFacts {
@@ -134,10 +141,11 @@ export function statusError(ctx: ErrorContext, status: number, body: Buffer | un
     return new RegistryError('REGISTRY', message, { ...facts, input: ctx.host, hint: `${request.elsewhere} is not sent the registry's credentials: the registry's storage or CDN refused the request it signed` });
   }
   if (status === 401 || status === 403) {
+    const flag = credentialsFlagOf(ctx.credentialsFlag);
     return new RegistryError('REGISTRY', message, {
       ...facts,
       input: ctx.host,
-      hint: 'check the credentials (docker login, --creds USER:PASSWORD) and that they may access this repository',
+      hint: `check the credentials (docker login${flag ? `, ${flag} USER:PASSWORD` : ''}) and that they may access this repository`,
     });
   }
   if (status === 404) return new RegistryError('NOT_FOUND', message, { ...facts, input: request.what });

@@ -6,7 +6,7 @@
  */
 import { isDigest } from '../../oci/digest.js';
 import { parseReference, type Reference } from '../../oci/reference.js';
-import { invalidName, refuseUserinfo, type OpenContext, type StoreAccess, type Transport } from '../transport.js';
+import { invalidName, refuseUserinfo, type OpenContext, type RemoteOptions, type StoreAccess, type Transport } from '../transport.js';
 import type { Credentials } from './credentials.js';
 
 export interface DockerName {
@@ -27,7 +27,7 @@ export interface DockerStoreName {
  * stall timeout, cancellation, and retries and warnings told to `ctx.onWarning`. `mirror`: a
  * mirror that does not answer is skipped for the next endpoint, not retried at length.
  */
-async function clientFor(host: string, ctx: OpenContext, credentials: Credentials | undefined, extra: { insecure?: boolean; mirror?: boolean } = {}) {
+async function clientFor(host: string, ctx: OpenContext, credentials: Credentials | undefined, extra: { insecure?: boolean; mirror?: boolean; credentialsFlag?: string | null } = {}) {
   const { RegistryClient } = await import('./client.js');
   const remote = ctx.remote ?? {};
   return new RegistryClient({
@@ -35,6 +35,7 @@ async function clientFor(host: string, ctx: OpenContext, credentials: Credential
     insecure: extra.insecure || (remote.insecureRegistries ?? []).includes(host),
     ...(remote.insecureRegistries ? { insecureHosts: remote.insecureRegistries } : {}),
     ...(credentials ? { credentials } : {}),
+    ...(extra.credentialsFlag !== undefined ? { credentialsFlag: extra.credentialsFlag } : {}),
     ...(remote.authFile ? { authFile: remote.authFile } : {}),
     ...(remote.certDirs ? { certDirs: remote.certDirs } : {}),
     ...(remote.stallTimeoutMs ? { stallTimeoutMs: remote.stallTimeoutMs } : {}),
@@ -43,6 +44,11 @@ async function clientFor(host: string, ctx: OpenContext, credentials: Credential
     ...(extra.mirror ? { maxRetries: 1 } : {}),
     ...(ctx.registrySchemes ? { schemes: ctx.registrySchemes } : {}),
   });
+}
+
+/** The flag that gives the source's registry its credentials, for the client's hints, when not `--creds`. */
+function sourceFlag(remote: RemoteOptions): { credentialsFlag?: string | null } {
+  return remote.sourceCredentialsFlag !== undefined ? { credentialsFlag: remote.sourceCredentialsFlag } : {};
 }
 
 /**
@@ -68,11 +74,15 @@ async function pullSource(ref: Reference, ctx: OpenContext) {
   const sources = pullSources(await conf, ref, { dockerHub: remote.registryMirrors ?? [] });
   const only = sources.length === 1 ? sources[0]! : undefined;
   if (only && only.registry === ref.registry && only.repository === ref.repository) {
-    return new RegistrySource(await clientFor(ref.registry, ctx, remote.sourceCredentials, { insecure: only.insecure }), ref);
+    return new RegistrySource(await clientFor(ref.registry, ctx, remote.sourceCredentials, { insecure: only.insecure, ...sourceFlag(remote) }), ref);
   }
   const endpoints = await Promise.all(
     sources.map(async (s) => ({
-      client: await clientFor(s.registry, ctx, s.registry === ref.registry ? remote.sourceCredentials : undefined, { insecure: s.insecure, mirror: s.mirror }),
+      client: await clientFor(s.registry, ctx, s.registry === ref.registry ? remote.sourceCredentials : undefined, {
+        insecure: s.insecure,
+        mirror: s.mirror,
+        ...(s.registry === ref.registry ? sourceFlag(remote) : { credentialsFlag: null }),
+      }),
       ref: { ...ref, registry: s.registry, repository: s.repository },
       mirror: s.mirror,
     })),
@@ -119,9 +129,11 @@ export const docker: Transport<DockerName, DockerStoreName> = {
     const [{ pushDestination }, { RegistryDestination }] = await Promise.all([import('./registries-conf/endpoints.js'), import('./adapters.js'), import('./client.js')]);
     const target = pushDestination(await conf, name.ref);
     const ref: Reference = { ...name.ref, registry: target.registry, repository: target.repository };
-    const credentials = target.registry === name.ref.registry ? ctx.remote?.destinationCredentials : undefined;
+    const named = target.registry === name.ref.registry;
+    const credentials = named ? ctx.remote?.destinationCredentials : undefined;
+    const flag = named ? ctx.remote?.destinationCredentialsFlag : null;
     const mountFrom = source?.registry?.host === ref.registry ? source.registry.repository : undefined;
-    return new RegistryDestination(await clientFor(ref.registry, ctx, credentials, { insecure: target.insecure }), ref, {
+    return new RegistryDestination(await clientFor(ref.registry, ctx, credentials, { insecure: target.insecure, ...(flag !== undefined ? { credentialsFlag: flag } : {}) }), ref, {
       ...(mountFrom ? { mountFrom } : {}),
       ...(ctx.blobInfo ? { locations: ctx.blobInfo } : {}),
     });
@@ -129,7 +141,7 @@ export const docker: Transport<DockerName, DockerStoreName> = {
   async openStore(name, ctx): Promise<StoreAccess> {
     const { RegistrySource } = await import('./adapters.js');
     const host = name.host;
-    const client = await clientFor(host, ctx, ctx.remote?.sourceCredentials);
+    const client = await clientFor(host, ctx, ctx.remote?.sourceCredentials, sourceFlag(ctx.remote ?? {}));
     return {
       scope: `docker://${host}`,
       repositories: () => client.catalog(),
