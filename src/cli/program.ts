@@ -9,13 +9,34 @@ import { addCacheCommands } from './cache.js';
 import { addStoreCommands } from './store.js';
 import { addCommonOptions, addOptions } from './commander-options.js';
 import { Output, guardedStdout } from './output.js';
-import { runTransfer } from './transfer.js';
+import { runTransfer, transferOptionWhere } from './transfer.js';
 import { VERSION, addVersionCommand } from './version.js';
 
 export { CommanderError } from 'commander';
 
-/** The command a commander error was raised by (`smart push`), for the hint of the usage line. */
-const raisedBy = new WeakMap<CommanderError, string>();
+/** The command a commander error was raised by (`smart push`), for the hint of the usage line, and the program it is part of. */
+const raisedBy = new WeakMap<CommanderError, { path: string; root: Command }>();
+
+/**
+ * An option this command does not take but others do (`smart push --link`): said as where it
+ * applies, as an option given where it would be ignored is (options.ts refuseIgnoredOptions), in
+ * place of commander's "unknown option". Undefined when no command takes it.
+ */
+function elsewhereOption(e: CommanderError, path: string, root: Command): SmartError | undefined {
+  const typed = /unknown option '([^']*)'/.exec(e.message)?.[1];
+  const flag = typed?.split('=')[0];
+  if (!flag?.startsWith('--')) return undefined;
+  const takers: string[] = [];
+  const visit = (c: Command, name: string): void => {
+    if (c.options.some((o) => o.long === flag)) takers.push(name);
+    for (const sub of c.commands) visit(sub, `${name} ${sub.name()}`);
+  };
+  visit(root, 'smart');
+  if (takers.length === 0) return undefined;
+  const named = takers.length === 1 ? takers[0]! : `${takers.slice(0, -1).join(', ')} and ${takers.at(-1)!}`;
+  const where = transferOptionWhere(flag);
+  return new SmartError('USAGE', `${flag} applies to ${named}${where ? ` (${where})` : ''}, and this is ${path}`, { input: flag, hint: `run ${path} --help for its options` });
+}
 
 /**
  * Commander's refusal of a command line as our own usage error: one line (commander's
@@ -33,7 +54,10 @@ export function usageError(e: CommanderError, args: readonly string[] = []): Sma
     .filter(Boolean)
     .join(' ')
     .replace('(Did you mean', '(did you mean');
-  const command = raisedBy.get(e) ?? 'smart';
+  const raised = raisedBy.get(e);
+  const elsewhere = raised && e.code === 'commander.unknownOption' ? elsewhereOption(e, raised.path, raised.root) : undefined;
+  if (elsewhere) return elsewhere;
+  const command = raised?.path ?? 'smart';
   const help = `run ${command} --help for usage`;
   return new SmartError('USAGE', message, { hint: late ? `${late} comes after --, which ends the options: give it before --; ${help}` : help });
 }
@@ -118,7 +142,7 @@ Install:
   // index`, or under an alias (`smart-push` runs `smart push`) `smart-push`, `smart-cache index`.
   const configure = (c: Command, path: string): void => {
     c.exitOverride((e) => {
-      raisedBy.set(e, path);
+      raisedBy.set(e, { path, root: program });
       throw e;
     });
     c.configureOutput({ writeOut: (text) => guardedStdout().write(text), outputError: () => undefined });

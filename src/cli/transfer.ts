@@ -217,10 +217,8 @@ function modeRules(mode: 'push' | 'pull'): OptionRule<TransferCase>[] {
     }));
 }
 
-/** The options of push, pull and copy that are read only in some cases. */
-const TRANSFER_RULES: readonly OptionRule<TransferCase>[] = [
-  ...modeRules('push'),
-  ...modeRules('pull'),
+/** The options of push, pull and copy that are read only in some cases of their mode. */
+const CASE_RULES: readonly OptionRule<TransferCase>[] = [
   { key: 'link', applies: unpacks, where: 'pulls into rootfs: or bundle:' },
   { key: 'force', applies: unpacks, where: 'pulls into rootfs: or bundle:' },
   // --no-keep-layers keeps no blob of any pull; --keep-layers asks for the layers unpacked.
@@ -228,6 +226,20 @@ const TRANSFER_RULES: readonly OptionRule<TransferCase>[] = [
   ...(['context', 'target', 'buildArg'] as const).map((key) => ({ key, applies: withDockerfile, where: 'pushes with --dockerfile', situation: 'no --dockerfile was given' })),
   ...(['compression', 'compressionLevel'] as const).map((key) => ({ key, applies: intoStore, where: 'pushes into a registry, file: or s3:// (a layout or an archive keeps each layer as it is)' })),
 ];
+
+/** The options of push, pull and copy that are read only in some cases: by mode (copy), then by case. */
+const TRANSFER_RULES: readonly OptionRule<TransferCase>[] = [...modeRules('push'), ...modeRules('pull'), ...CASE_RULES];
+
+/**
+ * Where a push's or a pull's option that only some cases read applies (`--link`: pulls into rootfs:
+ * or bundle:), its reason left out, for a command that takes none. Not for `--no-X`: `--no-keep-layers`
+ * applies to every pull.
+ */
+export function transferOptionWhere(flag: string): string | undefined {
+  if (flag.startsWith('--no-')) return undefined;
+  const key = flag.slice(2).replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  return CASE_RULES.find((r) => r.key === key)?.where.replace(/ \(.*\)$/, '');
+}
 
 function refuseIgnoredTransferOptions(command: 'push' | 'pull' | 'copy', mode: 'push' | 'pull', destination: string, flags: CommonFlags): void {
   const doing = command === 'copy' ? `smart copy ${mode === 'push' ? 'pushes' : 'pulls'} into` : `smart ${mode} writes`;

@@ -101,6 +101,12 @@ describe('the command line contract', () => {
       [['push', layout, image, '--context', '.'], '--context applies to pushes with --dockerfile'],
       [['push', layout, image, '--build-arg', 'A=1'], '--build-arg applies to pushes with --dockerfile'],
       [['copy', layout, image, '--no-keep-layers'], '--no-keep-layers applies to pulls, and smart copy pushes into file:/nonexistent/store#team/app:1'],
+      // An option of other commands names them, not "unknown option".
+      [['push', layout, image, '--link'], '--link applies to smart pull and smart copy (pulls into rootfs: or bundle:), and this is smart push'],
+      [['pull', image, layout, '--context', '.'], '--context applies to smart push and smart copy (pushes with --dockerfile), and this is smart pull'],
+      [['pull', image, layout, '--compression', 'zstd'], '--compression applies to smart push and smart copy (pushes into a registry, file: or s3://), and this is smart pull'],
+      [['push', layout, image, '--no-keep-layers'], '--no-keep-layers applies to smart pull and smart copy, and this is smart push'],
+      [['store', 'check', 'file:/nonexistent/store', '--top', '3'], '--top applies to smart cache warm, and this is smart store check'],
       [['push', layout, image, '--platform', ''], '--platform takes a value, not an empty string'],
       [['pull', image, layout, '--digestfile', ''], '--digestfile takes a value, not an empty string'],
       // Every option with a value, on every command: an unset CI variable never means the option is absent.
