@@ -33,7 +33,7 @@ function record(status) {
 /** The command that builds it, as src/pipeline/native.ts words it for a clone and for an installed package. */
 const fix = fs.existsSync(path.join(here, '..', 'scripts', 'setup-debian.sh'))
   ? 'scripts/setup-debian.sh && npm rebuild'
-  : `apt-get install gcc libc6-dev libdeflate-dev libzstd-dev, then node native/build.mjs in ${path.dirname(here)}`;
+  : `apt-get install gcc libc6-dev libdeflate-dev libzstd-dev libisal-dev && cd ${path.dirname(here)} && node native/build.mjs`;
 
 /** Says the addon was not built, and why, on stderr and in status.json. */
 function notBuilt(reason, without = []) {
@@ -43,6 +43,8 @@ function notBuilt(reason, without = []) {
 
 if (process.env.SMART_NATIVE === '0') {
   say('SMART_NATIVE=0: native compressor not built');
+  // An addon built before stays, and so does its record; else the runtime can say why there is none.
+  if (!fs.existsSync(out)) record({ built: false, reason: 'SMART_NATIVE=0 when the package was installed', without: [] });
   process.exit(0);
 }
 

@@ -168,7 +168,7 @@ export function nativeFixCommand(): string {
   const inRoot = here === packageRoot ? '' : `cd ${packageRoot} && `;
   if (fs.existsSync(path.join(packageRoot, 'scripts', 'setup-debian.sh'))) return `${inRoot}scripts/setup-debian.sh && npm rebuild`;
   const sudo = process.getuid?.() === 0 ? '' : 'sudo ';
-  return `${sudo}apt-get install gcc libc6-dev libdeflate-dev libzstd-dev && ${inRoot || `cd ${packageRoot} && `}node native/build.mjs`;
+  return `${sudo}apt-get install gcc libc6-dev libdeflate-dev libzstd-dev libisal-dev && ${inRoot || `cd ${packageRoot} && `}node native/build.mjs`;
 }
 
 /** The addon as it is in this process: loaded (with which libraries), off, or why it is absent. */
@@ -188,10 +188,15 @@ export function nativeStatus(): NativeStatus {
     };
   }
   if (disabled) return { path: addonPath, loaded: false, disabled, reason: 'turned off (SMART_NATIVE=0)' };
-  const record = buildRecord();
-  const missing = !fs.existsSync(addonPath);
-  const reason = missing ? `not built${record && !record.built && record.reason ? ` (${record.reason})` : ''}` : `not loadable (${loadError ?? 'unknown error'})`;
+  const reason = fs.existsSync(addonPath) ? `not loadable (${loadError ?? 'unknown error'})` : `not built (${whyNotBuilt(buildRecord())})`;
   return { path: addonPath, loaded: false, disabled, reason, fix: nativeFixCommand() };
+}
+
+/** Why the addon's file is not there, from what its build recorded (native/build/status.json), or from there being no record. */
+function whyNotBuilt(record: { built: boolean; reason?: string } | undefined): string {
+  if (!record) return 'its build never ran here, as npm install --ignore-scripts leaves it: no native/build/status.json';
+  if (record.built) return `it was built, and ${addonPath} was removed since`;
+  return record.reason ?? 'its build recorded no reason';
 }
 
 let warned = false;

@@ -36,6 +36,9 @@ type VersionDoc = {
 
 const warnings = (r: RunResult) => r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
 
+/** The README with its line breaks as spaces, as a quote in it reads. */
+const readmeText = async () => (await fs.readFile(path.join(repoRoot, 'README.md'), 'utf8')).replace(/\s*\n\s*/g, ' ');
+
 /** A copy of the installed package (bin, dist, package.json, its node_modules) without the built addon. */
 async function packageWithoutAddon(dir: string, { clone }: { clone: boolean }): Promise<string> {
   for (const d of ['bin', 'dist']) await fs.cp(path.join(repoRoot, d), path.join(dir, d), { recursive: true });
@@ -261,7 +264,8 @@ describe('without the native addon', () => {
     expect(doc.native.reason).toMatch(/^not built \(the compiler failed: /);
     // An installed package has no setup script: the Debian packages and the build script itself.
     const sudo = process.getuid?.() === 0 ? '' : 'sudo ';
-    expect(doc.native.fix).toBe(`${sudo}apt-get install gcc libc6-dev libdeflate-dev libzstd-dev && cd ${root} && node native/build.mjs`);
+    // libisal-dev included: without it `--compression-level fast` still fails after the build.
+    expect(doc.native.fix).toBe(`${sudo}apt-get install gcc libc6-dev libdeflate-dev libzstd-dev libisal-dev && cd ${root} && node native/build.mjs`);
     expect(doc.gzip.engine).toBe('zlib');
     const lines = (await cli(['version', '--verbose'])).stdout.toString().split('\n');
     expect(lines[2]).toBe(`native addon: ${doc.native.reason}; to build it: ${doc.native.fix}`);
@@ -271,6 +275,9 @@ describe('without the native addon', () => {
     expect(push.code, push.stderr).toBe(0);
     expect(warnings(push)).toEqual([`warning: native compressor ${doc.native.reason}: gzip runs on Node's zlib, slower; to build it: ${doc.native.fix} (SMART_NATIVE=0 silences this)`]);
     expect(push.stderr).toMatch(/compressed [\d.]+:1 \(gzip, zlib level 3\)/);
+    // The README quotes it as it is, the reason and the directory left out.
+    const quoted = warnings(push)[0]!.replace(doc.native.reason!.slice('not built '.length), '(…)').replace(` ${root} `, ' DIR ').replace('to build it: sudo ', 'to build it: ');
+    expect(await readmeText()).toContain(`\`${quoted}\``);
 
     // Nothing compressed (the layers are gzip already): nothing to say.
     const layout = await cli(['push', `oci:${fixtures().paths.ociBasic}:latest`, `file:${path.join(work, 'store')}#app:2`]);
@@ -290,11 +297,37 @@ describe('without the native addon', () => {
     }
   });
 
+  it('the build script suggests the same command; an addon absent with no failed build to tell of says why all the same', async () => {
+    const bin = await packageWithoutAddon(path.join(work, 'unbuilt'), { clone: false });
+    const root = path.dirname(path.dirname(bin));
+    const build = await run(process.execPath, [path.join(root, 'native', 'build.mjs')], { cwd: root });
+    expect(build.stderr).toContain(`; to build it: apt-get install gcc libc6-dev libdeflate-dev libzstd-dev libisal-dev && cd ${root} && node native/build.mjs\n`);
+    const reason = async () => ((JSON.parse((await run(process.execPath, [bin, 'version', '--json'])).stdout.toString()) as VersionDoc).native.reason);
+    const status = path.join(root, 'native', 'build', 'status.json');
+    // Installed with SMART_NATIVE=0, run without it.
+    await fs.rm(status);
+    expect((await run(process.execPath, [path.join(root, 'native', 'build.mjs')], { env: { ...process.env, SMART_NATIVE: '0' } })).code).toBe(0);
+    expect(await reason()).toBe('not built (SMART_NATIVE=0 when the package was installed)');
+    // Installed without its install script (npm install --ignore-scripts).
+    await fs.rm(status);
+    expect(await reason()).toBe('not built (its build never ran here, as npm install --ignore-scripts leaves it: no native/build/status.json)');
+    // Built, and the addon removed since.
+    await fs.writeFile(status, '{"built":true,"without":[]}\n');
+    expect(await reason()).toBe(`not built (it was built, and ${path.join(root, 'native', 'build', 'smartlayer.node')} was removed since)`);
+  });
+
   it('from a clone, the command is the README\'s: the setup script and npm rebuild', async () => {
     const bin = await packageWithoutAddon(path.join(work, 'clone'), { clone: true });
     const root = path.dirname(path.dirname(bin));
     const inRoot = await run(process.execPath, [bin, 'version', '--json'], { cwd: root });
     expect((JSON.parse(inRoot.stdout.toString()) as VersionDoc).native.fix).toBe('scripts/setup-debian.sh && npm rebuild');
+    const push = await run(process.execPath, [bin, 'push', `docker-archive:${fixtures().paths.dockerArchiveBasic}`, `file:${path.join(work, 'clone-store')}#app:1`], {
+      cwd: root,
+      env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'clone-cache') },
+    });
+    expect(push.code, push.stderr).toBe(0);
+    const reason = (JSON.parse(inRoot.stdout.toString()) as VersionDoc).native.reason!;
+    expect(await readmeText()).toContain(`\`${warnings(push)[0]!.replace(reason.slice('not built '.length), '(…)')}\``);
     const elsewhere = await run(process.execPath, [bin, 'version', '--json'], { cwd: work });
     expect((JSON.parse(elsewhere.stdout.toString()) as VersionDoc).native.fix).toBe(`cd ${root} && scripts/setup-debian.sh && npm rebuild`);
   });
