@@ -13,6 +13,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { Writable } from 'node:stream';
 import { SmartError, isSmartError, quoted } from '../errors.js';
+import { decompressionBound } from '../limits.js';
 import { isDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.js';
 import { MediaType, isForeignLayer } from '../oci/mediatypes.js';
@@ -129,6 +130,9 @@ const MAX_DEPTH = 8;
  * there, a storage error), never for an inconsistency: the report's `consistent` says that.
  */
 export async function checkStore(name: string, options: StoreCheckOptions = {}): Promise<StoreCheckReport> {
+  // No layer is decompressed here, but a bad bound is refused by every command that reads a store,
+  // before any work: a CI job's variable found wrong by its push, not already accepted by its check.
+  decompressionBound();
   const parsed = parseImageName(name);
   const whole = 'name the whole store, without #REPO or :TAG';
   if (parsed.transport === 'oci') {

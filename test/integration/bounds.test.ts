@@ -70,19 +70,24 @@ describe('resource bounds', () => {
     expect((await fs.stat(path.join(parent, 'root', 'zeros.bin'))).size).toBe(24 * MiB);
   });
 
-  it.each(['abc', '-1'])('refuses SMART_MAX_DECOMPRESSION_RATIO=%s before any work, also where no layer is decompressed', async (ratio) => {
-    const store = path.join(work, `ratio-store${ratio}`);
+  it.each([
+    ['SMART_MAX_DECOMPRESSION_RATIO', 'abc'],
+    ['SMART_MAX_DECOMPRESSION_RATIO', '-1'],
+    ['SMART_MIN_DECOMPRESSION_BYTES', '-1'],
+  ])('refuses %s=%s before any work, also where no layer is decompressed', async (variable, ratio) => {
+    const store = path.join(work, `${variable}-store${ratio}`);
     const seed = await smart(['push', `oci:${bombLayout}:latest`, `file:${store}#bomb/app:1`]);
     expect(seed.code, seed.stderr).toBe(0);
-    const out = path.join(work, `ratio-out${ratio}`);
+    const out = path.join(work, `${variable}-out${ratio}`);
     for (const args of [
       ['push', `oci:${bombLayout}:latest`, `file:${store}#bomb/app:2`],
       ['pull', `file:${store}#bomb/app:1`, `oci:${out}:x`],
       ['cache', 'index', `file:${store}`],
+      ['store', 'check', `file:${store}`],
     ]) {
-      const r = await smart(args, { env: { SMART_MAX_DECOMPRESSION_RATIO: ratio } });
+      const r = await smart(args, { env: { [variable]: ratio } });
       expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(2);
-      expect(r.stderr).toBe(`smart: error [USAGE]: SMART_MAX_DECOMPRESSION_RATIO must be a non-negative number, not "${ratio}"\n`);
+      expect(r.stderr).toBe(`smart: error [USAGE]: ${variable} must be a non-negative number, not "${ratio}"\n`);
     }
     await expect(fs.stat(out)).rejects.toThrow(/ENOENT/);
     await expect(fs.stat(path.join(store, 'docker/registry/v2/repositories/bomb/app/_manifests/tags/2'))).rejects.toThrow(/ENOENT/);
