@@ -5,7 +5,7 @@ import path from 'node:path';
 import { SmartError } from '../errors.js';
 import { cancel, collect, outputOptions, positiveInt, pruneDays, refuseIgnoredOptions, remoteOptions, type CommonFlags, type OptionRule } from './options.js';
 import { addCommonOptions, commanderParser } from './commander-options.js';
-import { Output, formatBytes, guardedStderr, guardedStdout } from './output.js';
+import { Output, formatBytes, guardedStderr, guardedStdout, plural } from './output.js';
 import { refuseTerminals, toStdout } from './transfer.js';
 
 interface CacheFlags extends CommonFlags {
@@ -141,7 +141,7 @@ type PullResult = Awaited<ReturnType<typeof import('../ops/cache.js').pullPlanne
 type PruneResult = NonNullable<Awaited<ReturnType<typeof import('../ops/cache.js').warmStore>>['prune']>;
 
 function printPruned(r: PruneResult | undefined, days: string | boolean | undefined, out: Output): void {
-  if (r) out.info(`pruned ${r.removedLayers} layers and ${r.removedBlobs} kept blobs that nothing used within ${pruneDays(days ?? true)} days (${formatBytes(r.freedBytes)})`);
+  if (r) out.info(`pruned ${plural(r.removedLayers, 'layer')} and ${plural(r.removedBlobs, 'kept blob')} that nothing used within ${pruneDays(days ?? true)} days (${formatBytes(r.freedBytes)})`);
 }
 
 /** The layers unpacked from blobs a pull kept, said after those fetched (when there are any). */
@@ -182,7 +182,7 @@ function printPlan(plan: PlanResult, out: Output): void {
   }
   const b = plan.best;
   const which = plan.base ? ` (${b.baseLayers} of the base, ${b.steps} build steps)` : ' shared';
-  out.info(`best cache: ${b.image}@${b.manifest}: ${b.layers.length} layers${which}, ${formatBytes(b.bytes)} to fetch${b.inlineCache ? ' (with BuildKit inline cache)' : ''}`);
+  out.info(`best cache: ${b.image}@${b.manifest}: ${plural(b.layers.length, 'layer')}${which}, ${formatBytes(b.bytes)} to fetch${b.inlineCache ? ' (with BuildKit inline cache)' : ''}`);
   if (plan.naive) out.info(`a naive pull of ${plan.naive.image}: ${formatBytes(plan.naive.bytes)}`);
   if (plan.alternatives.length) out.info(`also holding these layers: ${plan.alternatives.join(', ')}`);
 }
@@ -234,7 +234,9 @@ export function addCacheCommands(program: Command): void {
           out.info(message);
           return;
         }
-        out.info(`${r.store}: ${r.tags} tags in ${r.repositories} repositories; ${r.refreshed} refreshed, ${r.unchanged} unchanged, ${r.failed.length} failed; ${r.nodes} layer chains`);
+        out.info(
+          `${r.store}: ${plural(r.tags, 'tag')} in ${plural(r.repositories, 'repository', 'repositories')}; ${r.refreshed} refreshed, ${r.unchanged} unchanged, ${r.failed.length} failed; ${plural(r.nodes, 'layer chain')}`,
+        );
         for (const f of r.failed) out.warn(`${f.image}: ${f.error}`);
         if (flags.json) out.json(r);
       } finally {
@@ -335,7 +337,7 @@ export function addCacheCommands(program: Command): void {
           });
       // The plan followed (planned again when its best cache had gone from the store).
       printPlan(r.plan, out);
-      out.info(`fetched ${r.fetched} layers (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)} into ${r.destination}${r.manifestDigest ? ` as ${r.manifestDigest}` : ''}`);
+      out.info(`fetched ${plural(r.fetched, 'layer')} (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)} into ${r.destination}${r.manifestDigest ? ` as ${r.manifestDigest}` : ''}`);
       if (r.images?.length === 1) out.info(`named ${r.images[0]}`);
       else if (r.images?.length) out.info(`${r.images.length} images, one per step: ${r.images.join(', ')}`);
       if (flags.printCacheFrom) {
@@ -386,13 +388,13 @@ export function addCacheCommands(program: Command): void {
           ...(pruneAgeMs !== undefined ? { pruneAgeMs } : {}),
         });
         printPlan(r.plan, out);
-        out.info(`warmed ${r.plan.best?.layers.length ?? 0} layers for ${flags.for}: ${r.fetched} fetched (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)} into ${r.destination}`);
+        out.info(`warmed ${plural(r.plan.best?.layers.length ?? 0, 'layer')} for ${flags.for}: ${r.fetched} fetched (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)} into ${r.destination}`);
         printPruned(r.prune, flags.prune, out);
         if (flags.json) out.json(r);
         return;
       }
       const r = await ops.warmStore(store, flags.top ?? 10, { ...s.ctx, layerStore: s.layerStore, ...(pruneAgeMs !== undefined ? { pruneAgeMs } : {}) });
-      out.info(`warmed ${r.chains} chains: ${r.layers} layers, ${r.fetched} fetched (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)}`);
+      out.info(`warmed ${plural(r.chains, 'chain')}: ${plural(r.layers, 'layer')}, ${r.fetched} fetched (${formatBytes(r.bytes)})${fromKept(r.fromKeptBlobs)}`);
       printPruned(r.prune, flags.prune, out);
       if (flags.json) out.json(r);
     } finally {

@@ -34,6 +34,11 @@ export interface OutputOptions {
   progressJson?: boolean;
 }
 
+/** `1 tag`, `2 tags`: a count and its noun (`many`: a plural other than NOUNs). */
+export function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 export function formatBytes(n: number): string {
   if (n < 1024) return `${Math.round(n)} B`; // a rate is a fraction
   const units = ['KiB', 'MiB', 'GiB', 'TiB'];

@@ -3,7 +3,7 @@ import { Option, type Command } from 'commander';
 import { SmartError, printable } from '../errors.js';
 import { commanderParser } from './commander-options.js';
 import { cancel, outputOptions, positiveInt, type CommonFlags } from './options.js';
-import { Output, formatBytes } from './output.js';
+import { Output, formatBytes, plural } from './output.js';
 
 interface StoreFlags extends CommonFlags {
   quick?: boolean;
@@ -13,8 +13,6 @@ type Report = Awaited<ReturnType<typeof import('../ops/store-check.js').checkSto
 
 /** Problems printed one a line before the summary; `--json` holds them all. */
 const SHOWN_PROBLEMS = 20;
-
-const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 
 function dangling(r: Report): string {
   const n = r.orphans.layerLinks.filter((l) => l.dangling).length;

@@ -116,6 +116,15 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
     await registry?.stop();
   });
 
+  it('cache index of one tag says it in the singular', async () => {
+    const own = path.join(work, 'store-one');
+    const push = await run(['push', `oci:${fixtures().paths.ociBasic}:latest`, `file:${own}#team/one:1`]);
+    expect(push.code, push.stderr).toBe(0);
+    const index = await run(['cache', 'index', `file:${own}`], { cacheHome: await tempDir() });
+    expect(index.code, index.stderr).toBe(0);
+    expect(index.stderr).toBe(`file:${own}: 1 tag in 1 repository; 1 refreshed, 0 unchanged, 0 failed; 3 layer chains\n`);
+  });
+
   it('push --dockerfile of an image its tag holds already, pushed without: written again with its steps', async () => {
     const appDir = path.join(work, 'images', 'app');
     // A store of its own: the plans below count the images of the shared one.
@@ -300,7 +309,7 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'redis-server'))('smart 
     const cron = await run(['cache', 'warm', `file:${store}`, '--top', '1', '--prune', '--json'], { cacheHome });
     expect(cron.code, cron.stderr).toBe(0);
     expect(JSON.parse(cron.stdout.toString())).toMatchObject({ chains: 1, fetched: 0, prune: { removedImages: 1, removedLayers: 1 } });
-    expect(cron.stderr.toString()).toMatch(/^pruned 1 layers and 0 kept blobs that nothing used within 7 days \(.+\)$/m);
+    expect(cron.stderr.toString()).toMatch(/^pruned 1 layer and 0 kept blobs that nothing used within 7 days \(.+\)$/m);
     expect(JSON.parse((await run(['cache', 'warm', `file:${store}`, '--top', '1', '--json'], { cacheHome })).stdout.toString())).toMatchObject({ chains: 1, fetched: 0 });
     // --prune 0: what the warm made present is in use, whatever the age asked.
     expect(JSON.parse((await run(['cache', 'warm', `file:${store}`, '--top', '1', '--prune', '0', '--json'], { cacheHome })).stdout.toString())).toMatchObject({ chains: 1, prune: { removedLayers: 0 } });
