@@ -96,6 +96,10 @@ export function enableCompileCache(ownChunks?: string): void {
   const dir = path.join(cacheDir, 'compile-cache');
   if (typeof M.enableCompileCache === 'function') {
     try {
+      // Made here first: Node's recursive mkdir of it (22 and 24) loops for ever where a
+      // pseudo-filesystem answers ENOENT under a directory that exists (a cache under /proc): the
+      // command hung at full CPU before it began (see mkdirLevelsSync).
+      mkdirLevelsSync(dir, 0o700);
       const r = M.enableCompileCache(dir);
       const codes = M.constants?.compileCacheStatus;
       if (r?.status !== undefined && r.status === codes?.FAILED) status = { on: false, why: `Node could not turn its compile cache on: ${r.message ?? 'no reason given'}` };
