@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -85,12 +86,28 @@ export function nativeBinding(): NativeBinding | null {
     return (binding = null);
   }
   try {
-    binding = createRequire(import.meta.url)(addonPath) as NativeBinding;
+    binding = loadAddon();
   } catch (e) {
     loadError = (e as Error).message.split('\n')[0];
     binding = null;
   }
   return binding;
+}
+
+/**
+ * The addon, its libraries' symbols bound to those libraries first (RTLD_DEEPBIND, where glibc has
+ * it): Node's own builds from 22 on carry zstd (1.5.7) and export its functions, which a plain
+ * load binds the addon's zstd calls to in place of the system's libzstd it was built with. A zstd
+ * layer then had other bytes, and another digest, on Node 22+ than on 20 and than the zstd program
+ * makes: the same image pushed from two CI runners was two images. Node's own symbols (N-API,
+ * libuv), which no library of the addon defines, are still found in the process.
+ */
+function loadAddon(): NativeBinding {
+  const { RTLD_DEEPBIND, RTLD_NOW } = os.constants.dlopen;
+  if (RTLD_DEEPBIND === undefined || RTLD_NOW === undefined) return createRequire(import.meta.url)(addonPath) as NativeBinding;
+  const addon = { exports: {} as NativeBinding };
+  process.dlopen(addon, addonPath, RTLD_NOW | RTLD_DEEPBIND);
+  return addon.exports;
 }
 
 /** What the heap keeps at its top once large buffers move through the process (see retainHeap). */
