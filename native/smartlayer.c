@@ -1461,15 +1461,20 @@ typedef struct {
   const char *error;
 } WriteFilesJob;
 
-/* A time in seconds as libuv gives it to futimens (uv__fs_to_timespec): microseconds, the
- * fraction of a time before 1970 taken from the second below it. */
+/* The process's libuv (Node's own, which exports it): the version as (major << 16 | minor << 8 | patch). */
+extern unsigned int uv_version(void);
+
+/* A time in seconds as the process's libuv gives it to futimens (uv__fs_to_timespec), so that a
+ * file made here has the times fs.utimes would give it: nanoseconds from libuv 1.52 (Node 24 on),
+ * microseconds before; the fraction of a time before 1970 taken from the second below it. */
 static struct timespec seconds_to_timespec(double time) {
+  int micro = uv_version() < (1u << 16 | 52u << 8); /* a constant's read: no state shared by the pool's threads */
   struct timespec ts;
   if (time != time) return (struct timespec){0, UTIME_OMIT};
   if (time > 9.2e18 || time < -9.2e18) return (struct timespec){0, UTIME_NOW};
   ts.tv_sec = (time_t)time;
   ts.tv_nsec = (long)((time - (double)ts.tv_sec) * 1e9);
-  ts.tv_nsec -= ts.tv_nsec % 1000;
+  if (micro) ts.tv_nsec -= ts.tv_nsec % 1000;
   if (ts.tv_nsec < 0) {
     ts.tv_nsec += 1000000000;
     ts.tv_sec -= 1;
