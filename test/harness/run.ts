@@ -55,12 +55,14 @@ export function testCacheHome(): string {
  */
 export function smart(
   args: string[],
-  options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv; umask?: string } = {},
+  /** `node`: the Node binary to run it with (another LTS line: node-lines.test.ts); this one's by default. */
+  options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv; umask?: string; node?: string } = {},
 ): Promise<RunResult> {
   const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
   const input = options.input ? { input: options.input } : {};
-  if (options.umask !== undefined) return run('sh', ['-c', `umask ${options.umask} && exec "$@"`, 'sh', process.execPath, smartBin, ...args], { ...input, env });
-  return run(process.execPath, [smartBin, ...args], { ...input, env });
+  const node = options.node ?? process.execPath;
+  if (options.umask !== undefined) return run('sh', ['-c', `umask ${options.umask} && exec "$@"`, 'sh', node, smartBin, ...args], { ...input, env });
+  return run(node, [smartBin, ...args], { ...input, env });
 }
 
 /** Runs a program and fails with its stderr when it exits non-zero. */
