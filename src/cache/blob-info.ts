@@ -169,8 +169,7 @@ export class BlobInfoCache {
       const claimed = { mediaType: entry.mediaType, digest: entry.digest, size: entry.size };
       found = (await decompressesTo(dest, entry.repository, claimed, diffId, signal)) ? claimed : undefined;
     }
-    if (!found || layerCompression(found.mediaType) !== format) return undefined;
-    return { mediaType: layerMediaType('oci', format), digest: found.digest, size: found.size };
+    return inFormat(found, format);
   }
 
   /**
@@ -185,8 +184,7 @@ export class BlobInfoCache {
       tagged = taggedLayers(dest);
       this.tagged.set(dest, tagged);
     }
-    const found = (await tagged)?.get(diffId);
-    return found && layerCompression(found.mediaType) === format ? { mediaType: layerMediaType('oci', format), digest: found.digest, size: found.size } : undefined;
+    return inFormat((await tagged)?.get(diffId), format);
   }
 
   /** Whether a proof image named by an entry may stand for its layers' diff ids (see the module comment). */
@@ -320,6 +318,12 @@ export class BlobInfoCache {
     const next = [repository, ...known.filter((r) => r !== repository)].slice(0, 5);
     await this.cache.set(locationKey(scope, digest), JSON.stringify(next));
   }
+}
+
+/** A stored blob as compressedFor answers it: in the format asked (OCI media type), else none. */
+function inFormat(found: Descriptor | undefined, format: CompressionFormat): Descriptor | undefined {
+  if (!found || layerCompression(found.mediaType) !== format) return undefined;
+  return { mediaType: layerMediaType('oci', format), digest: found.digest, size: found.size };
 }
 
 /** Marks a proof image as this machine's own, once. */

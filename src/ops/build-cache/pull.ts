@@ -133,13 +133,15 @@ export async function pullForBuild(storeName: string, options: PlanOptions, ctx:
     const r = await pullUnlessStale(storeName, plan, ctx);
     if (!('stale' in r)) return r;
     ctx.onWarning?.(`${r.stale}, the plan's best cache, ${r.reason}; planned again without it (smart cache index ${storeName} refreshes the index)`);
-    excluding.push(`${plan.best!.image.replace(/:[^:/]+$/, '')}@${plan.best!.manifest}`);
+    excluding.push(r.excluded);
   }
 }
 
 /** The plan's best cache, named, and why the store does not hold it as the plan names it. */
 interface StaleBest {
   stale: string;
+  /** The same as `REPOSITORY@DIGEST`, as a plan excludes it (PlanOptions.excluding). */
+  excluded: string;
   reason: string;
   cause?: unknown;
 }
@@ -162,6 +164,7 @@ async function pullUnlessStale(storeName: string, plan: PlanResult, ctx: CacheCo
   const platform = plan.platform !== undefined ? parsePlatform(plan.platform) : platformOf(ctx);
   const repository = best.image.replace(/:[^:/]+$/, '');
   const named = `${best.image}@${best.manifest}`;
+  const excluded = `${repository}@${best.manifest}`;
   let opened: { image: Image; source: ImageSource };
   try {
     opened = await imageOf(store, repository, best.manifest, platform);
@@ -169,14 +172,14 @@ async function pullUnlessStale(storeName: string, plan: PlanResult, ctx: CacheCo
     await store.close();
     if (!isSmartError(e) || e.code !== 'NOT_FOUND') throw e;
     // The trie is a hint: the image it chose may have been deleted since the index ran.
-    return { stale: named, reason: 'is no longer in the store', cause: e };
+    return { stale: named, excluded, reason: 'is no longer in the store', cause: e };
   }
   const { image, source } = opened;
   try {
     const keep = best.layers.length;
     // The plan comes from the trie, a hint: it is followed only as far as the stored image agrees.
     if (!holdsChain(image.layers.slice(0, keep), chainIds(best.layers.map((l) => l.diffId)).at(-1)!)) {
-      return { stale: named, reason: `does not hold the ${keep} layers the plan names` };
+      return { stale: named, excluded, reason: `does not hold the ${keep} layers the plan names` };
     }
     if (ctx.destination) {
       const { openDestination, parseImageName } = await import('../../transports/all.js');
