@@ -143,9 +143,11 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
     work = await tempDir();
     tokens = await startTokenServer({
       dir: path.join(work, 'tokens'),
-      users: { alice: PASSWORD, bob: 'bob-pass' },
-      // alice may push and pull under team/, bob may only pull there; nobody anywhere else.
+      users: { alice: PASSWORD, bob: 'bob-pass', carol: 'carol-pass' },
+      // alice may push and pull under team/, bob may only pull there; carol may push and pull
+      // under carol/ only; nobody anywhere else.
       grants: (user, scope) => {
+        if (scope.type === 'repository' && user === 'carol' && scope.name.startsWith('carol/')) return scope.actions.filter((a) => a === 'pull' || a === 'push');
         if (scope.type !== 'repository' || !scope.name.startsWith('team/')) return [];
         if (user === 'alice') return scope.actions.filter((a) => a === 'pull' || a === 'push');
         if (user === 'bob') return scope.actions.filter((a) => a === 'pull');
@@ -310,6 +312,23 @@ describe.skipIf(!haveTools('docker-registry', 'openssl'))('Bearer tokens from a 
       await proxy.stop();
       await new Promise((r) => cdn.close(r));
     }
+  });
+
+  it("uploads a blob whose mount is refused: the metadata cache (here one machine's, or a shared Redis) knows it from a repository this account may not read", async () => {
+    const fx = fixtures();
+    const shared = await fresh();
+    const carol = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/carol/app:1`, '--creds', 'carol:carol-pass'], shared);
+    expect(carol.code, carol.stderr).toBe(0);
+    const asked = tokens.requests.length;
+    const alice = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, `docker://${registry.host}/team/from-carol:1`, '--creds', `alice:${PASSWORD}`], shared);
+    expect(alice.code, alice.stderr).toBe(0);
+    // The mount from carol/app asked for once, not again once refused; and no set of scopes asked
+    // for twice (the layers' requests in parallel share one token request).
+    const scopeSets = tokens.requests.slice(asked).map((r) => r.scopes.join(' '));
+    expect(scopeSets.filter((s) => s.includes('repository:carol/app:pull'))).toHaveLength(1);
+    expect(new Set(scopeSets).size).toBe(scopeSets.length);
+    const pull = await smart(['pull', `docker://${registry.host}/team/from-carol:1`, `oci:${path.join(work, 'from-carol')}:1`, '--creds', 'bob:bob-pass'], await fresh());
+    expect(pull.code, pull.stderr).toBe(0);
   });
 
   it('refuses a push the token does not cover, and a wrong password at the token server', async () => {

@@ -101,6 +101,11 @@ export class RegistryDestination implements BlobDestination {
   private readonly placed = new Set<Digest>();
   /** With a tag: the manifest last put, not sent yet (see putManifest). */
   private held: ParsedManifest | undefined;
+  /**
+   * Repositories a mount from was refused (the account may not read them: another team's, in a
+   * metadata cache or Redis shared with it): not asked again in this push.
+   */
+  private readonly unreadable = new Set<string>();
   /** currentDigest's answer, until the commit moves the tag. */
   private tagAsked: Promise<Digest | undefined> | undefined;
 
@@ -144,7 +149,10 @@ export class RegistryDestination implements BlobDestination {
     const headFirst = candidates.size === 0 || seen.includes(repo);
     if (headFirst && (await present())) return { how: 'present' };
     for (const from of candidates) {
-      if (await this.client.mountBlob(repo, descriptor.digest, from)) {
+      if (this.unreadable.has(from)) continue;
+      const mount = await this.client.mountBlob(repo, descriptor.digest, from);
+      if (mount === 'forbidden') this.unreadable.add(from);
+      if (mount === 'mounted') {
         this.placed.add(descriptor.digest);
         await this.options.locations?.recordLocation(this.cacheScope, descriptor.digest, repo);
         return { how: 'mounted', from };

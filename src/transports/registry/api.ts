@@ -200,10 +200,11 @@ export abstract class RegistryApi {
   }
 
   /**
-   * Mounts a blob from another repository of this registry. True when the registry linked it
-   * (201); false when it opened an upload instead (202, the mount was refused), which is closed.
+   * Mounts a blob from another repository of this registry: `mounted` when the registry linked it
+   * (201); `not-mounted` when it opened an upload instead (202: not there, or no mounts here),
+   * which is closed; `forbidden` when the account may not read `from` (401 insufficient_scope, 403).
    */
-  async mountBlob(repo: string, digest: Digest, from: string, signal?: AbortSignal): Promise<boolean> {
+  async mountBlob(repo: string, digest: Digest, from: string, signal?: AbortSignal): Promise<'mounted' | 'not-mounted' | 'forbidden'> {
     const res = await this.request(
       {
         method: 'POST',
@@ -213,13 +214,16 @@ export abstract class RegistryApi {
         what: `mount of blob ${digest} into ${repo}`,
         ...(signal ? { signal } : {}),
       },
-      [201, 202],
+      [201, 202, 401, 403],
     );
     await res.body.dump();
-    if (res.statusCode === 201) return true;
+    if (res.statusCode === 201) return 'mounted';
+    // A mount is only a shortcut: refused, the blob is uploaded, as containerd and skopeo do. A
+    // 401 that is this repository's own shows again on the upload, which then fails.
+    if (res.statusCode === 401 || res.statusCode === 403) return 'forbidden';
     const location = header(res.headers, 'location');
     if (location) await this.cancelUpload(this.resolve(location, this.resolve(`/v2/${repo}/blobs/uploads/`).toString()).toString(), [`repository:${repo}:pull,push`], `upload of ${repo}`);
-    return false;
+    return 'not-mounted';
   }
 
   /**

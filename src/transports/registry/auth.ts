@@ -5,7 +5,7 @@
  * allowed (see `checkRealm`); they never appear in a message.
  */
 import net from 'node:net';
-import { SmartError } from '../../errors.js';
+import { isCancellation, SmartError } from '../../errors.js';
 import { redactUrl, remoteText } from '../../redact.js';
 import { lookupCredentials, type Credentials } from './credentials.js';
 import { connectionError, credentialsFlagOf, RegistryError, statusError, type ErrorContext } from './errors.js';
@@ -16,6 +16,8 @@ export interface Challenge {
   scheme: 'basic' | 'bearer' | 'none';
   realm?: string;
   service?: string;
+  /** A Bearer challenge's `error` (RFC 6750): `insufficient_scope`, `invalid_token`. */
+  error?: string;
 }
 
 /** Parses `Bearer realm="...",service="...",scope="..."` (quoted values may hold commas). */
@@ -26,7 +28,7 @@ export function parseChallenge(header: string | undefined): Challenge {
   const scheme = m[1]!.toLowerCase();
   const params: Record<string, string> = {};
   for (const p of m[2]!.matchAll(/(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g)) params[p[1]!.toLowerCase()] = p[2] ?? p[3] ?? '';
-  if (scheme === 'bearer') return { scheme, ...(params.realm ? { realm: params.realm } : {}), ...(params.service ? { service: params.service } : {}) };
+  if (scheme === 'bearer') return { scheme, ...(params.realm ? { realm: params.realm } : {}), ...(params.service ? { service: params.service } : {}), ...(params.error ? { error: params.error } : {}) };
   if (scheme === 'basic') return { scheme };
   return { scheme: 'none' };
 }
@@ -82,6 +84,8 @@ export class Auth {
   /** The credentials once known: redacted from any message built from what the registry answers. */
   private knownCredentials: Credentials | undefined;
   private readonly tokens = new Map<string, { token: string; expires: number }>();
+  /** Token requests under way, by the same key as `tokens`. */
+  private readonly fetching = new Map<string, Promise<{ token: string; expires: number }>>();
   /** The origin of the token realm already checked (and warned about, when on another host). */
   private checkedRealm: string | undefined;
 
@@ -117,9 +121,24 @@ export class Auth {
     const key = [...scopes].sort().join(' ');
     const cached = this.tokens.get(key);
     if (cached && cached.expires > Date.now()) return `Bearer ${cached.token}`;
-    const token = await this.fetchToken(scopes, signal);
-    this.tokens.set(key, token);
-    return `Bearer ${token.token}`;
+    // Requests that start together (a push HEADs and mounts its layers in parallel) share one
+    // token request for their scopes, as one would follow another.
+    let fetching = this.fetching.get(key);
+    if (!fetching) {
+      fetching = this.fetchToken(scopes, signal)
+        .then((token) => (this.tokens.set(key, token), token))
+        .finally(() => this.fetching.delete(key));
+      this.fetching.set(key, fetching);
+    }
+    try {
+      return `Bearer ${(await fetching).token}`;
+    } catch (e) {
+      // The request that started the fetch was cancelled, not this one: fetch for this one.
+      if (!isCancellation(e) || signal?.aborted) throw e;
+      const token = await this.fetchToken(scopes, signal);
+      this.tokens.set(key, token);
+      return `Bearer ${token.token}`;
+    }
   }
 
   /**

@@ -13,7 +13,7 @@ import { Readable } from 'node:stream';
 import { SmartError } from '../../errors.js';
 import { remoteText } from '../../redact.js';
 import { RegistryApi, type RequestSpec } from './api.js';
-import { Auth } from './auth.js';
+import { Auth, parseChallenge } from './auth.js';
 import type { Credentials } from './credentials.js';
 import { connectionError, statusError, type ErrorContext } from './errors.js';
 import { Http, USER_AGENT, header, isLoopback, readBody, type Response } from './http.js';
@@ -293,7 +293,10 @@ export class RegistryClient extends RegistryApi {
         continue;
       }
       if (url.origin === this.base) this.confirmRemembered(res.statusCode);
-      if (res.statusCode === 401 && !authRetried && repeatable && atRegistry) {
+      // A token fetched for exactly these scopes that the registry finds insufficient: asking the
+      // token server again gives the same grants (the account may not do this), so the 401 stands.
+      const insufficient = auth?.startsWith('Bearer ') && parseChallenge(header(res.headers, 'www-authenticate')).error === 'insufficient_scope';
+      if (res.statusCode === 401 && !authRetried && repeatable && atRegistry && !insufficient) {
         authRetried = true;
         await res.body.dump();
         await this.auth.rejected(header(res.headers, 'www-authenticate'), spec.scopes, spec.what);
