@@ -344,8 +344,8 @@ async function readPasswordFromStdin(): Promise<string> {
     length += (chunk as Buffer).length;
     if (length > MAX_STDIN_PASSWORD) throw new SmartError('USAGE', `--password-stdin: more than ${MAX_STDIN_PASSWORD} bytes on stdin`, { input: '--password-stdin' });
   }
-  // As docker login --password-stdin: the line's end is not part of the password.
-  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  const { withoutLineEnd } = await import('../ops/credentials.js');
+  return withoutLineEnd(Buffer.concat(chunks).toString('utf8'));
 }
 
 /**

@@ -32,6 +32,16 @@ export function registryOf(name: string): string | undefined {
   return registryHost(name);
 }
 
+/**
+ * A secret as stdin or an environment variable holds it, without the one line's end (`\n` or
+ * `\r\n`) after it: a file read into a CI secret, or an `echo` piped in, ends in one that is no part
+ * of the password, as `docker login --password-stdin` reads it (`--creds-file` takes its first
+ * line alike). `--creds` is taken as typed.
+ */
+export function withoutLineEnd(secret: string): string {
+  return secret.replace(/\r?\n$/, '');
+}
+
 const PER_REGISTRY_HINT = 'log in to each registry with docker login: $DOCKER_CONFIG/config.json keeps credentials per registry';
 
 const unique = (names: readonly string[]) => [...new Set(names.map(registryOf).filter((h): h is string => h !== undefined))];
@@ -82,7 +92,7 @@ export function assignCredentials(
   let shared: Credentials | undefined;
   if (explicit.shared) {
     const { value, from } = explicit.shared;
-    if (all.length <= 1) shared = parseCredentials(value, from);
+    if (all.length <= 1) shared = parseCredentials(from === 'SMART_REGISTRY_AUTH' ? withoutLineEnd(value) : value, from);
     else if (from !== 'SMART_REGISTRY_AUTH') {
       throw new SmartError('USAGE', `${from} would go to both registries (${all.join(' and ')}): give each its own`, {
         input: from,

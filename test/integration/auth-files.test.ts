@@ -183,6 +183,25 @@ describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'skopeo'))(
     expect(alone.stderr).toMatch(/--username goes with --password-stdin/);
   });
 
+  it("SMART_REGISTRY_AUTH ending in a line's end (a secret read from a file) is taken without it, as --password-stdin takes it", async () => {
+    const h = await home();
+    for (const end of ['\n', '\r\n']) {
+      const r = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${basic.host}/team/app:t${++n}`, '--cert-dir', certDir], {
+        env: { ...h.env, SMART_REGISTRY_AUTH: `alice:${PASSWORD}${end}` },
+        cacheHome: h.cacheHome,
+      });
+      expect(r.code, `${JSON.stringify(end)}: ${r.stderr}`).toBe(0);
+      expectNoSecret(r);
+    }
+    // One line's end only: a password may end in other white space, which is sent as it is.
+    const spaced = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${basic.host}/team/app:t${++n}`, '--cert-dir', certDir], {
+      env: { ...h.env, SMART_REGISTRY_AUTH: `alice:${PASSWORD} \n` },
+      cacheHome: h.cacheHome,
+    });
+    expect(spaced.code).toBe(1);
+    expect(spaced.stderr).toMatch(/^smart: error \[REGISTRY\]: registry 127\.0\.0\.1:\d+ answered 401/m);
+  });
+
   it("Docker's identitytoken is exchanged at the token endpoint (POST, grant_type=refresh_token), never sent as a password", async () => {
     const fx = fixtures();
     const h = await home({ 'docker/config.json': { auths: { [token.host]: { auth: auth('carol', ''), identitytoken: REFRESH } } } });
