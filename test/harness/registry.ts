@@ -37,6 +37,8 @@ export interface RegistryOptions {
   logLevel?: 'error' | 'warn' | 'info' | 'debug';
   /** `catalog.maxentries`: the largest page `_catalog` answers (the registry's default: 1000). */
   catalogMaxEntries?: number;
+  /** `http.relativeurls`: Locations relative (`/v2/…`), not absolute URLs built on the scheme and Host it was reached by. */
+  relativeUrls?: boolean;
   /** Runs it as this user (and group of the same number), as a registry of a package runs as its own user: only root can. */
   uid?: number;
 }
@@ -192,6 +194,7 @@ function configYaml(port: number, id: string, root: string, o: RegistryOptions):
     '  headers:',
     `    ${ID_HEADER}: [${q(id)}]`,
   ];
+  if (o.relativeUrls) lines.push('  relativeurls: true');
   if (o.catalogMaxEntries !== undefined) lines.push('catalog:', `  maxentries: ${o.catalogMaxEntries}`);
   if (o.tls) lines.push('  tls:', `    certificate: ${q(o.tls.certFile)}`, `    key: ${q(o.tls.keyFile)}`);
   if (o.auth && 'htpasswd' in o.auth) {

@@ -1,10 +1,12 @@
 /**
  * A throwaway certificate authority for tests: a self-signed CA and a server certificate it signs
  * for 127.0.0.1 and localhost, both valid for one day, made with the `openssl` CLI (node:crypto
- * cannot create X.509 certificates).
+ * cannot create X.509 certificates); and a TLS front that serves it for a plain server.
  */
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
+import tls from 'node:tls';
 import { runOk } from './run.js';
 
 export interface TestCA {
@@ -81,4 +83,38 @@ export async function makeSigningCert(dir: string, cn = 'smartlayer test token s
     '-addext', 'keyUsage=critical,digitalSignature',
   ]);
   return { certFile, keyFile };
+}
+
+/**
+ * A TLS front on a free loopback port, passing each connection's bytes through to the plain server
+ * on `port` (s3rver speaks HTTP only): a load balancer that ends TLS, keeps the Host and adds no
+ * header (no X-Forwarded-Proto), so what is behind it cannot tell it was reached over TLS.
+ */
+export async function startTlsFront(ca: TestCA, port: number): Promise<{ port: number; endpoint: string; stop(): Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const [key, cert] = await Promise.all([fs.readFile(ca.keyFile), fs.readFile(ca.certFile)]);
+  const server = tls.createServer({ key, cert }, (client) => {
+    const upstream = net.connect(port, '127.0.0.1');
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => {
+        sockets.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.pipe(upstream).pipe(client);
+  });
+  server.on('tlsClientError', () => undefined);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const own = (server.address() as net.AddressInfo).port;
+  return {
+    port: own,
+    endpoint: `https://127.0.0.1:${own}`,
+    stop: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
 }

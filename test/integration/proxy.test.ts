@@ -4,20 +4,26 @@
  * `registry.smartlayer.test`, a name only the proxy resolves (test/harness/forward-proxy.ts): an
  * image that arrives went through it. skopeo, talking to the registry directly, is the oracle.
  */
+import fs from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { startForwardProxy, type RunningForwardProxy } from '../harness/forward-proxy.js';
+import { writeHtpasswd } from '../harness/htpasswd.js';
 import { freePort } from '../harness/ports.js';
+import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { startS3, type RunningS3 } from '../harness/s3.js';
 import { runOk, smart, type RunResult } from '../harness/run.js';
-import { certDirFor, makeTestCA } from '../harness/tls.js';
+import { certDirFor, makeTestCA, startTlsFront } from '../harness/tls.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 
 const NAME = 'registry.smartlayer.test';
 const S3_NAME = 's3.smartlayer.test';
+const STORAGE_NAME = 'storage.smartlayer.test';
 const SECRET = 'proxy-secret-3f9a';
 
 /** The manifest digest skopeo reads for `ref` straight from the registry (no proxy). */
@@ -159,5 +165,148 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo', 'openssl'))('a registry 
     expect(down.stderr).not.toContain(SECRET);
     const socks = await smart(['push', `oci:${fx.paths.ociBasic}:latest`, ref], { cacheHome: cache(), env: { ...noProxyEnv, HTTPS_PROXY: 'socks5://127.0.0.1:1080' } });
     expect(oneError(socks)).toMatch(/^smart: error \[UNSUPPORTED\]: HTTPS_PROXY: a socks5 proxy is not supported/);
+  });
+});
+
+/**
+ * A registry served in plain HTTP behind a load balancer that ends TLS, keeps the Host and adds no
+ * X-Forwarded-Proto: the stock registry then builds its upload Locations on the scheme it was
+ * reached by, `http://NAME:PORT/v2/…`, where the client reached it over TLS. Its name resolves only
+ * in the proxy, which logs every plain-HTTP request it is asked to forward: a request that went in
+ * clear text, credentials and bytes with it, is there.
+ */
+describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd'))('a registry behind a TLS terminator that does not say so (no X-Forwarded-Proto)', () => {
+  const PASSWORD = 'behind-tls-s3cret';
+  let work: string;
+  let certDir: string;
+  let proxy: RunningForwardProxy;
+  let registry: RunningRegistry;
+  let relative: RunningRegistry;
+  let faults: RunningProxy;
+  const fronts: { stop(): Promise<void> }[] = [];
+  /** `NAME:PORT` of the TLS front of each: the registry's, the registry's with relativeurls, and the registry's behind `faults`. */
+  let direct: string;
+  let relativeName: string;
+  let faulty: string;
+  let n = 0;
+  const cache = () => path.join(work, `cache-${++n}`);
+  const env = () => ({ HTTPS_PROXY: proxy.url, HTTP_PROXY: proxy.url, https_proxy: '', http_proxy: '', NO_PROXY: '', no_proxy: '' });
+  /** What the proxy forwarded in plain HTTP (not a CONNECT tunnel). */
+  const plainRequests = () => proxy.seen.filter((s) => !s.startsWith('CONNECT '));
+
+  beforeAll(async () => {
+    work = await tempDir('smart-behind-tls-');
+    const ca = await makeTestCA(path.join(work, 'ca'), [NAME]);
+    certDir = await certDirFor(ca, path.join(work, 'certs'));
+    const htpasswd = path.join(work, 'htpasswd');
+    await writeHtpasswd(htpasswd, { alice: PASSWORD });
+    const auth = { htpasswd: { realm: 'behind-tls', path: htpasswd } };
+    [registry, relative] = await Promise.all([
+      startRegistry({ configDir: path.join(work, 'registry'), auth }),
+      startRegistry({ configDir: path.join(work, 'relative'), auth, relativeUrls: true }),
+    ]);
+    faults = await startProxy({ target: registry.url });
+    const [a, b, c] = await Promise.all([startTlsFront(ca, registry.port), startTlsFront(ca, relative.port), startTlsFront(ca, faults.port)]);
+    fronts.push(a, b, c);
+    [direct, relativeName, faulty] = [`${NAME}:${a.port}`, `${NAME}:${b.port}`, `${NAME}:${c.port}`];
+    proxy = await startForwardProxy({ hosts: { [NAME]: '127.0.0.1', [STORAGE_NAME]: '127.0.0.1' } });
+    // The image the pulls read, pushed on loopback (plain HTTP allowed there).
+    const seeded = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `docker://${registry.host}/team/app:1`, '--creds', `alice:${PASSWORD}`], { cacheHome: cache() });
+    expect(seeded.code, seeded.stderr).toBe(0);
+  }, 60_000);
+
+  afterAll(async () => {
+    await proxy?.stop();
+    for (const f of fronts) await f.stop();
+    await faults?.stop();
+    await registry?.stop();
+    await relative?.stop();
+  });
+
+  it("a push is refused at the upload's plain-HTTP Location, before its credentials or bytes are sent, naming the registry's two fixes", async () => {
+    proxy.seen.length = 0;
+    const push = await smart(['push', '--cert-dir', certDir, '--creds', `alice:${PASSWORD}`, `oci:${fixtures().paths.ociBasic}:latest`, `docker://${direct}/team/pushed:1`], { cacheHome: cache(), env: env() });
+    // Nothing went in clear text: no request forwarded but the tunnels.
+    expect(proxy.seen.length).toBeGreaterThan(0);
+    expect(plainRequests()).toEqual([]);
+    expect(push.stderr).not.toContain(PASSWORD);
+    expect(oneError(push)).toMatch(
+      new RegExp(
+        `^smart: error \\[REGISTRY\\]: registry ${direct} answered a plain-HTTP URL \\(http://${direct}\\) for (PUT|PATCH) upload of .* to team/pushed, though it is reached over TLS: refused, neither credentials nor data sent ` +
+          `\\(a proxy in front of it ends TLS without telling it: set http\\.relativeurls: true in the registry's config, or have the proxy send X-Forwarded-Proto: https\\)$`,
+      ),
+    );
+    // Nothing was tagged.
+    const tags = await fetch(`${registry.url}/v2/team/pushed/tags/list`, { headers: { authorization: `Basic ${Buffer.from(`alice:${PASSWORD}`).toString('base64')}` } });
+    expect(tags.status).toBe(404);
+  });
+
+  it('with http.relativeurls: true (the fix named) the same push and its pull go over TLS alone', async () => {
+    const fx = fixtures();
+    proxy.seen.length = 0;
+    const ref = `docker://${relativeName}/team/pushed:1`;
+    const push = await smart(['push', '--cert-dir', certDir, '--creds', `alice:${PASSWORD}`, `oci:${fx.paths.ociBasic}:latest`, ref], { cacheHome: cache(), env: env() });
+    expect(push.code, push.stderr).toBe(0);
+    const pull = await smart(['pull', '--json', '--cert-dir', certDir, '--creds', `alice:${PASSWORD}`, ref, `oci:${path.join(work, 'relative-pulled')}:1`], { cacheHome: cache(), env: env() });
+    expect(pull.code, pull.stderr).toBe(0);
+    expect(JSON.parse(pull.stdout.toString()).manifestDigest).toBe(fx.basic.manifest.digest);
+    expect(new Set(proxy.seen)).toEqual(new Set([`CONNECT ${relativeName}`]));
+  });
+
+  it('a blob redirect to plain HTTP: refused on the registry\'s own name; followed to another host, which gets no credentials (as containers/image follows it)', async () => {
+    const fx = fixtures();
+    // A storage host serving the fixture's blobs in plain HTTP, recording the Authorization it is sent.
+    const sent: (string | undefined)[] = [];
+    const storage = http.createServer((req, res) => {
+      sent.push(req.headers.authorization);
+      fs.readFile(path.join(fx.paths.ociBasic, 'blobs/sha256', (req.url ?? '').split('/').pop()!)).then(
+        (bytes) => res.end(bytes),
+        () => res.writeHead(404).end(),
+      );
+    });
+    await new Promise<void>((r) => storage.listen(0, '127.0.0.1', r));
+    let target = faulty;
+    faults.setFaults((req) => {
+      const m = /\/blobs\/sha256:([0-9a-f]{64})$/.exec(req.path);
+      return req.method === 'GET' && m ? { kind: 'status', status: 307, headers: { location: `http://${target}/blobs/${m[1]}` }, body: '' } : undefined;
+    });
+    try {
+      const ref = `docker://${faulty}/team/app:1`;
+      proxy.seen.length = 0;
+      const own = await smart(['pull', '--cert-dir', certDir, '--creds', `alice:${PASSWORD}`, ref, `oci:${path.join(work, 'own')}:1`], { cacheHome: cache(), env: env() });
+      expect(plainRequests()).toEqual([]);
+      expect(oneError(own)).toMatch(new RegExp(`^smart: error \\[REGISTRY\\]: registry ${faulty} answered a plain-HTTP URL \\(http://${faulty}\\) for GET blob sha256:[0-9a-f]{64} of team/app, though it is reached over TLS: refused,`));
+      target = `${STORAGE_NAME}:${(storage.address() as AddressInfo).port}`;
+      proxy.seen.length = 0;
+      const elsewhere = await smart(['pull', '--json', '--cert-dir', certDir, '--creds', `alice:${PASSWORD}`, ref, `oci:${path.join(work, 'elsewhere')}:1`], { cacheHome: cache(), env: env() });
+      expect(elsewhere.code, elsewhere.stderr).toBe(0);
+      expect(JSON.parse(elsewhere.stdout.toString()).manifestDigest).toBe(fx.basic.manifest.digest);
+      expect(sent).toHaveLength(fx.basic.layers.length + 1); // the layers and the config
+      expect(sent.every((h) => h === undefined)).toBe(true);
+      expect(plainRequests().every((s) => s.startsWith(`GET http://${target}/blobs/`)), proxy.seen.join('\n')).toBe(true);
+    } finally {
+      faults.setFaults(undefined);
+      await new Promise((r) => storage.close(r));
+    }
+  });
+
+  it("an upload's Location on another host in plain HTTP is refused too: the layer's bytes would go in clear text", async () => {
+    const elsewhere = `${STORAGE_NAME}:${await freePort()}`;
+    faults.setFaults((req) =>
+      req.method === 'POST' && req.path.endsWith('/blobs/uploads/') ? { kind: 'status', status: 202, headers: { location: `http://${elsewhere}/upload/1` }, body: '' } : undefined,
+    );
+    try {
+      proxy.seen.length = 0;
+      const push = await smart(['push', '--cert-dir', certDir, '--creds', `alice:${PASSWORD}`, `oci:${fixtures().paths.ociBasic}:latest`, `docker://${faulty}/team/elsewhere:1`], { cacheHome: cache(), env: env() });
+      expect(plainRequests()).toEqual([]);
+      expect(oneError(push)).toMatch(
+        new RegExp(
+          `^smart: error \\[REGISTRY\\]: registry ${faulty} answered a plain-HTTP URL \\(http://${elsewhere}\\) for PUT upload of .* to team/elsewhere: refused, nothing sent ` +
+            `\\(plain HTTP goes only to loopback and to hosts named with --insecure-registry: if ${elsewhere} is trusted on this network, name it so\\)$`,
+        ),
+      );
+    } finally {
+      faults.setFaults(undefined);
+    }
   });
 });

@@ -7,9 +7,7 @@
  * (a credential helper) see the variable as the user set it.
  */
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
-import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { writeHtpasswd } from '../harness/htpasswd.js';
@@ -17,39 +15,11 @@ import { startRedis, type RunningRedis } from '../harness/redis.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { repoRoot, run, type RunResult } from '../harness/run.js';
 import { startS3, type RunningS3 } from '../harness/s3.js';
-import { makeTestCA, type TestCA } from '../harness/tls.js';
+import { makeTestCA, startTlsFront, type TestCA } from '../harness/tls.js';
 import { haveTools } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 
 const PASSWORD = 'tls-trust-secret';
-
-/** A TLS front on a free loopback port, passing each connection through to `port` (s3rver speaks HTTP only). */
-async function startTlsFront(ca: TestCA, port: number) {
-  const sockets = new Set<net.Socket>();
-  const [key, cert] = await Promise.all([fs.readFile(ca.keyFile), fs.readFile(ca.certFile)]);
-  const server = tls.createServer({ key, cert }, (client) => {
-    const upstream = net.connect(port, '127.0.0.1');
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on('error', () => undefined);
-      s.on('close', () => {
-        sockets.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.pipe(upstream).pipe(client);
-  });
-  server.on('tlsClientError', () => undefined);
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    endpoint: `https://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
-    stop: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 describe.skipIf(!haveTools('docker-registry', 'openssl', 'htpasswd', 'redis-server'))('NODE_EXTRA_CA_CERTS, read at the first TLS connection', () => {
   let work: string;

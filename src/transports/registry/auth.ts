@@ -9,7 +9,7 @@ import { isCancellation, SmartError } from '../../errors.js';
 import { redactUrl, remoteText } from '../../redact.js';
 import { lookupCredentials, type Credentials } from './credentials.js';
 import { connectionError, credentialsFlagOf, RegistryError, statusError, type ErrorContext } from './errors.js';
-import { USER_AGENT, isLoopback, readBody, type Http } from './http.js';
+import { USER_AGENT, plainHttpNamed, readBody, type Http } from './http.js';
 import type { Retry } from './retry.js';
 
 export interface Challenge {
@@ -177,8 +177,7 @@ export class Auth {
     const { host, allowHttp } = this.options;
     const registry = new URL(`https://${this.options.apiHost}`);
     if (realm.protocol === 'http:') {
-      const insecure = this.options.insecureHosts ?? [];
-      const realmAllowed = isLoopback(realm.host) || realm.hostname === registry.hostname || insecure.includes(realm.host) || insecure.includes(realm.hostname);
+      const realmAllowed = realm.hostname === registry.hostname || plainHttpNamed(realm, this.options.insecureHosts);
       if (!allowHttp || !realmAllowed) {
         throw new SmartError('REGISTRY', `${host} names a token server on plain HTTP (${redactUrl(realm.origin)}): credentials are not sent in clear text`, {
           input: host,

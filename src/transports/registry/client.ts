@@ -11,12 +11,12 @@
 import { setMaxListeners } from 'node:events';
 import { Readable } from 'node:stream';
 import { SmartError } from '../../errors.js';
-import { remoteText } from '../../redact.js';
+import { redactUrl, remoteText } from '../../redact.js';
 import { RegistryApi, type RequestSpec } from './api.js';
 import { Auth, parseChallenge } from './auth.js';
 import type { Credentials } from './credentials.js';
 import { connectionError, statusError, type ErrorContext } from './errors.js';
-import { Http, USER_AGENT, header, isLoopback, readBody, type Response } from './http.js';
+import { Http, USER_AGENT, header, isLoopback, plainHttpNamed, readBody, type Response } from './http.js';
 import { looksLikeTlsMismatch, ping } from './ping.js';
 import { Retry } from './retry.js';
 
@@ -226,6 +226,31 @@ export class RegistryClient extends RegistryApi {
     return url;
   }
 
+  /**
+   * A URL the registry answered (an upload's Location, a redirect) that would send `spec` in plain
+   * HTTP where plain HTTP is not allowed is refused before anything is sent. On the registry's own
+   * name the request would carry its credentials, and an upload the layer's bytes, in clear text:
+   * what a registry behind a proxy that ends TLS without saying so (no X-Forwarded-Proto) answers,
+   * its absolute URLs built on the scheme it was reached by, so to port 80. On another host a GET
+   * (a blob's storage: no credentials go there, and the bytes are checked against their digest) is
+   * followed, as containers/image follows it (Go's redirects); anything else would carry a layer's bytes.
+   */
+  private refusePlainHttp(url: URL, spec: RequestSpec): void {
+    if (url.protocol !== 'http:' || plainHttpNamed(url, this.options.insecureHosts)) return;
+    const own = url.hostname === new URL(this.base!).hostname;
+    if (own ? this.allowHttp : spec.method === 'GET') return;
+    const what = `registry ${this.host} answered a plain-HTTP URL (${redactUrl(url.origin)}) for ${spec.method} ${spec.what}`;
+    throw own
+      ? new SmartError('REGISTRY', `${what}, though it is reached over TLS: refused, neither credentials nor data sent`, {
+          input: this.host,
+          hint: "a proxy in front of it ends TLS without telling it: set http.relativeurls: true in the registry's config, or have the proxy send X-Forwarded-Proto: https",
+        })
+      : new SmartError('REGISTRY', `${what}: refused, nothing sent`, {
+          input: this.host,
+          hint: `plain HTTP goes only to loopback and to hosts named with --insecure-registry: if ${url.host} is trusted on this network, name it so`,
+        });
+  }
+
   protected connectionError(e: unknown, what: string): SmartError {
     return connectionError(this.errors, e, { what });
   }
@@ -269,6 +294,7 @@ export class RegistryClient extends RegistryApi {
     let request = { what: spec.what, method: spec.method, url: url.toString(), ...elsewhere(url) };
     let authRetried = false;
     for (;;) {
+      this.refusePlainHttp(url, spec);
       const atRegistry = isRegistry(url);
       const auth = atRegistry ? await this.auth.authorization(spec.scopes, signal) : undefined;
       // identity: bytes as stored, which digests and sizes name (a proxy or CDN that compresses

@@ -59,6 +59,15 @@ export function isLoopback(host: string): boolean {
   return isLoopbackHost(bracketed ? bracketed[1]! : host.replace(/:\d+$/, ''));
 }
 
+/**
+ * Whether plain HTTP may go to `url`'s host whoever names it: this machine's loopback, or a host
+ * named with --insecure-registry (as `host:port` or bare). A registry's own host may be allowed
+ * it by the registry's setting too (`insecure`, a registries.conf entry).
+ */
+export function plainHttpNamed(url: URL, insecureHosts: readonly string[] = []): boolean {
+  return isLoopback(url.host) || insecureHosts.includes(url.host) || insecureHosts.includes(url.hostname);
+}
+
 export function header(headers: Response['headers'], name: string): string | undefined {
   const v = headers[name];
   return Array.isArray(v) ? v[0] : v;
