@@ -23,7 +23,8 @@ export function foreignOutputTo(next: Sink): void {
 /** Secrets the environment holds, hidden wherever captured text repeats them. */
 function knownSecrets(): string[] {
   const env = process.env;
-  return [env.AWS_SECRET_ACCESS_KEY, env.AWS_SESSION_TOKEN, env.SMART_REGISTRY_AUTH, env.SMART_REDIS_URL].filter((v): v is string => Boolean(v));
+  // SMART_REGISTRY_AUTH as used too: without the line's end a secret read from a file may carry.
+  return [env.AWS_SECRET_ACCESS_KEY, env.AWS_SESSION_TOKEN, env.SMART_REGISTRY_AUTH, env.SMART_REGISTRY_AUTH?.trimEnd(), env.SMART_REDIS_URL].filter((v): v is string => Boolean(v));
 }
 
 /** One captured print as a warning line; nothing for an empty one. */
