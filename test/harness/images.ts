@@ -109,8 +109,13 @@ export async function writeImage(dir: string, spec: ImageSpec): Promise<{ manife
 /**
  * A one-layer OCI layout holding busybox and links to its applets, from the machine's
  * busybox-static (`/bin/busybox`): a tiny base image real builders can RUN on, made offline.
+ * `container` is its config's `config` (the process a runtime starts).
  */
-export async function busyboxLayout(dir: string, applets = ['sh', 'ls', 'mkdir', 'rm', 'echo', 'cat', 'ln', 'chmod', 'touch', 'mv', 'cp']): Promise<void> {
+export async function busyboxLayout(
+  dir: string,
+  applets = ['sh', 'ls', 'mkdir', 'rm', 'echo', 'cat', 'ln', 'chmod', 'touch', 'mv', 'cp'],
+  container: Record<string, unknown> = { Cmd: ['/bin/sh'] },
+): Promise<void> {
   const busybox = await fs.readFile('/bin/busybox');
   const pack = tar.pack();
   const mtime = new Date(1704067200000);
@@ -124,7 +129,7 @@ export async function busyboxLayout(dir: string, applets = ['sh', 'ls', 'mkdir',
   const layer = Buffer.concat(chunks);
   const gz = gzipSync(layer);
   const config = Buffer.from(
-    JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/sh'] }, rootfs: { type: 'layers', diff_ids: [sha(layer)] }, history: [{ created_by: 'ADD busybox /' }] }),
+    JSON.stringify({ architecture: 'amd64', os: 'linux', config: container, rootfs: { type: 'layers', diff_ids: [sha(layer)] }, history: [{ created_by: 'ADD busybox /' }] }),
   );
   await writeLayout(dir, [gz], config);
 }

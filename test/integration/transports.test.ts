@@ -7,8 +7,9 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
-import { run, runOk, smart, smartBin } from '../harness/run.js';
-import { haveTools, isRoot } from '../harness/tools.js';
+import { busyboxLayout } from '../harness/images.js';
+import { run, runOk, smart, smartBin, type RunResult } from '../harness/run.js';
+import { haveTools, inCI, isRoot } from '../harness/tools.js';
 import { startRegistry } from '../harness/registry.js';
 import { tempDir } from '../harness/tmp.js';
 
@@ -217,6 +218,49 @@ describe('runtime bundles', () => {
       expect(r.code, r.stderr).toBe(0);
       expect(r.stdout.toString()).toBe(fx.basic.expectedStdout);
     }
+  });
+
+  /**
+   * The README's recipe, `smart pull … bundle:./app && runc run --bundle ./app app`, by `runner`:
+   * a busybox image whose process prints its ids, pulled cold and then laid from the layer store,
+   * each bundle run by runc as the same user.
+   */
+  async function pullAndRun(work: string, runner: (cmd: string, args: string[]) => Promise<RunResult>): Promise<void> {
+    const image = path.join(work, 'image');
+    await busyboxLayout(image, ['sh', 'id'], { Cmd: ['/bin/sh', '-c', 'id'] });
+    await runOk('chmod', ['-R', 'a+rX', image]);
+    for (const [i, from] of ['stream', expect.stringMatching(/^(copy|reflink)$/)].entries()) {
+      const bundle = path.join(work, `bundle-${i}`);
+      const pull = await runner(process.execPath, [smartBin, 'pull', '--json', `oci:${image}:latest`, `bundle:${bundle}`]);
+      expect(pull.code, pull.stderr).toBe(0);
+      expect(JSON.parse(pull.stdout.toString())).toMatchObject({ details: { materialize: from } });
+      const name = `smart-test-${process.pid}-${Date.now()}-${i}`;
+      const state = path.join(work, 'runc-state');
+      const r = await runner('runc', ['--root', state, 'run', '--bundle', bundle, name]);
+      await runner('runc', ['--root', state, 'delete', '--force', name]);
+      expect(r.code, r.stderr).toBe(0);
+      // Root of the container: the one id a rootless runc maps, the runner's own.
+      expect(r.stdout.toString()).toBe('uid=0(root) gid=0\n');
+    }
+  }
+
+  it.skipIf(!haveTools('runc', 'setpriv', 'busybox') || !isRoot)("pulled by a user who is not root, are run by that user's rootless runc", async () => {
+    const work = await tempDir();
+    // The user writes here (its cache too) and reads the image and the repository, as any user can.
+    await fs.chmod(work, 0o777);
+    await pullAndRun(work, (cmd, args) =>
+      run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'env', '-i', `PATH=${process.env.PATH}`, `HOME=${work}`, `XDG_CACHE_HOME=${path.join(work, 'cache')}`, cmd, ...args]),
+    );
+  });
+
+  it.skipIf(!haveTools('runc', 'unshare', 'busybox'))('pulled by root of a user namespace that maps only root (unshare -r), are run by runc in such a namespace', async (ctx) => {
+    const probe = await run('unshare', ['--user', '--map-root-user', 'true']);
+    if (probe.code !== 0) {
+      if (inCI) throw new Error(`CI=true but no user namespace can be made (unshare --user): ${probe.stderr}`);
+      return ctx.skip();
+    }
+    const work = await tempDir();
+    await pullAndRun(work, (cmd, args) => run('unshare', ['--user', '--map-root-user', 'env', `XDG_CACHE_HOME=${path.join(work, 'cache')}`, cmd, ...args]));
   });
 });
 

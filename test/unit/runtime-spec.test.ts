@@ -12,6 +12,7 @@ import {
   makeRuntimeSpec,
   readFileInRoot,
   resolveImageUser,
+  type Runner,
 } from '../../src/transports/rootfs/runtime-spec.js';
 
 const PASSWD = [
@@ -239,6 +240,66 @@ describe('makeRuntimeSpec', () => {
     expect(spec.root).toEqual({ path: 'fs', readonly: false });
     expect(spec.process.user).toEqual({ uid: 0, gid: 0, additionalGids: [0, 10] });
     expect((await specError(makeRuntimeSpec(image({ User: 'nobody' }), rootfs))).code).toBe('MANIFEST_INVALID');
+  });
+
+  describe('for the user who runs it', () => {
+    const everyId = () => true;
+    const hostRoot: Runner = { uid: 0, gid: 0, maps: everyId };
+    const user: Runner = { uid: 1000, gid: 1001, maps: everyId };
+    /** Root of `unshare -r`: uid and gid 0 alone are mapped. */
+    const rootOfUnshare: Runner = { uid: 0, gid: 0, maps: (uid, gid) => uid === 0 && gid === 0 };
+    /** Root of a rootless podman or Docker: 65,536 ids. */
+    const rootOfWideNamespace: Runner = { uid: 0, gid: 0, maps: (uid, gid) => uid < 65_536 && gid < 65_536 };
+
+    async function specFor(runner: Runner, c: ContainerConfig = {}) {
+      const warnings: string[] = [];
+      const spec = (await makeRuntimeSpec(image(c), rootfs, { runner, onWarning: (m) => warnings.push(m) })) as Record<string, any>;
+      return { spec, warnings };
+    }
+
+    it("root's spec for root, and for root of a namespace that maps the ids it names", async () => {
+      const root = await makeRuntimeSpec(image({ User: 'app' }), rootfs);
+      for (const runner of [hostRoot, rootOfWideNamespace]) expect(await specFor(runner, { User: 'app' })).toEqual({ spec: root, warnings: [] });
+      expect(root.linux).not.toHaveProperty('uidMappings');
+    });
+
+    it('a rootless spec for another user, as runc specconv.ToRootless makes it: a user namespace mapping the runner to root', async () => {
+      const root = (await makeRuntimeSpec(image(), rootfs)) as Record<string, any>;
+      const { spec, warnings } = await specFor(user);
+      expect(warnings).toEqual([]);
+      // Root's spec but for these: no other field differs.
+      const expected = structuredClone(root);
+      // The image's user is root, whose groups (0, 10) are left out: runc refuses any in a rootless container.
+      expected.process.user = { uid: 0, gid: 0 };
+      expected.linux.uidMappings = [{ containerID: 0, hostID: 1000, size: 1 }];
+      expected.linux.gidMappings = [{ containerID: 0, hostID: 1001, size: 1 }];
+      // The network and cgroup namespaces stay: the container sees loopback alone, as root's.
+      expected.linux.namespaces = [{ type: 'pid' }, { type: 'network' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }, { type: 'cgroup' }, { type: 'user' }];
+      delete expected.linux.resources;
+      // devpts without gid=5, an id the namespace does not map.
+      expected.mounts.find((m: { destination: string }) => m.destination === '/dev/pts').options = ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620'];
+      expect(spec).toEqual(expected);
+    });
+
+    it('a rootless spec for root of a namespace that lacks an id the spec names, mapping its own root', async () => {
+      const { spec, warnings } = await specFor(rootOfUnshare);
+      expect(warnings).toEqual([]);
+      expect(spec.linux.uidMappings).toEqual([{ containerID: 0, hostID: 0, size: 1 }]);
+      expect(spec.linux.namespaces.at(-1)).toEqual({ type: 'user' });
+      // An image user past the wide namespace's ids.
+      const past = await specFor(rootOfWideNamespace, { User: '70000:70000' });
+      expect(past.spec.linux.uidMappings).toEqual([{ containerID: 0, hostID: 0, size: 1 }]);
+      expect(past.spec.process.user).toEqual({ uid: 0, gid: 0 });
+    });
+
+    it('runs another image user as root of the container, and says so', async () => {
+      const { spec, warnings } = await specFor(user, { User: 'app' });
+      expect(spec.process.user).toEqual({ uid: 0, gid: 0 });
+      expect(warnings).toEqual([
+        "config.json runs the image's process as root of its user namespace, not as the image's user 1000:1000, which rootless runc cannot map (it maps uid 1000 alone, to root); pull and run as root to keep the image's user",
+      ]);
+      expect((await specFor(user, { User: '0:50' })).warnings).toHaveLength(1);
+    });
   });
 
   it('annotates from the config, with org.opencontainers.image labels taking precedence', async () => {

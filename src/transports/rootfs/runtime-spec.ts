@@ -1,11 +1,14 @@
 /**
  * The OCI runtime config.json of a bundle, modelled on what `runc spec` writes (runc 1.1) and filled
  * from the image config as image-spec conversion.md describes: args, env, cwd, user, annotations.
+ * For a runc that is not root (or root of a user namespace that lacks ids the spec names), the
+ * rootless form `runc spec --rootless` and umoci's `unpack --rootless` write: see toRootless.
  */
 import { constants as fsConstants } from 'node:fs';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno, isSmartError } from '../../errors.js';
+import { idMap } from '../../id-map.js';
 import type { ImageConfig } from '../../oci/config.js';
 import { fsPath } from '../../tar/byte-names.js';
 import { resolveInRoot } from './apply.js';
@@ -15,12 +18,31 @@ export const DEFAULT_HOSTNAME = 'smartlayer';
 
 /** Larger /etc/passwd or /etc/group files are refused (they are read whole). */
 const MAX_ACCOUNT_FILE_BYTES = 16 * 1024 * 1024;
+/** The group of /dev/pts terminals, as `runc spec` mounts devpts (`gid=5`). */
+const TTY_GID = 5;
 /** As runc's libcontainer/user: ids are 31-bit. */
 const MAX_ID = 2 ** 31 - 1;
 
 export interface RuntimeSpecOptions {
   /** `root.path` of the spec, relative to the bundle; default `rootfs`. */
   rootfsPath?: string;
+  /** Who will run the bundle (thisProcessRunner() for the one pulling it); default root on the host. */
+  runner?: Runner;
+  /** Told when the spec cannot give the process the image's user (a rootless one). */
+  onWarning?: (message: string) => void;
+}
+
+/** The user who runs `runc run`: its effective ids, and which ids its user namespace maps. */
+export interface Runner {
+  uid: number;
+  gid: number;
+  maps(uid: number, gid: number): boolean;
+}
+
+/** This process, as the runner of the bundle it writes: `smart pull … bundle:./app && runc run --bundle ./app app`. */
+export function thisProcessRunner(): Runner {
+  const ids = idMap();
+  return { uid: process.geteuid?.() ?? 0, gid: process.getegid?.() ?? 0, maps: (uid, gid) => ids.maps(uid, gid) };
 }
 
 export interface ProcessUser {
@@ -304,7 +326,7 @@ export async function makeRuntimeSpec(
         destination: '/dev/pts',
         type: 'devpts',
         source: 'devpts',
-        options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'],
+        options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', `gid=${TTY_GID}`],
       },
       { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
       { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
@@ -336,5 +358,51 @@ export async function makeRuntimeSpec(
   };
   const ann = imageAnnotations(config);
   if (Object.keys(ann).length > 0) spec.annotations = ann;
+  const runner = options.runner;
+  if (runner && !runsRootSpec(runner, user)) toRootless(spec, runner, user, options.onWarning);
   return spec;
+}
+
+/**
+ * Whether runc run by `runner` takes root's spec: root with every id it names mapped. Measured with
+ * runc 1.1: any other user is refused it ("rootless container requires user namespaces"); root of
+ * `unshare -r`, which maps uid and gid 0 alone, fails mounting /dev/pts with `gid=5`; root of a
+ * namespace mapping 65,536 ids (rootless podman or Docker) runs it, and keeps the image's owners.
+ */
+function runsRootSpec(runner: Runner, user: ProcessUser): boolean {
+  return (
+    runner.uid === 0 &&
+    runner.maps(user.uid, user.gid) &&
+    (user.additionalGids ?? []).every((g) => runner.maps(user.uid, g)) &&
+    runner.maps(0, TTY_GID)
+  );
+}
+
+/**
+ * Makes `spec` one that runc runs as `runner`, as runc's specconv.ToRootless and umoci's rootless
+ * unpacking make theirs: a user namespace whose root is the runner (one id is all an unprivileged
+ * runc can map, and its tree is the runner's: a non-root pull gives every file the puller's owner).
+ * Unlike theirs, the network namespace and sysfs stay (the container sees loopback alone, as root's
+ * does): sysfs mounts in a network namespace the user namespace owns, and a bind of the host's /sys
+ * instead failed under `unshare -r` (runc 1.1.5: "failed to setns to host mntns").
+ */
+function toRootless(spec: Record<string, unknown>, runner: Runner, user: ProcessUser, onWarning?: (message: string) => void): void {
+  // Root of the container is the only id mapped: runc refuses another (unmapped) uid, and any
+  // supplementary group ("cannot set any additional groups in a rootless container").
+  (spec.process as Record<string, unknown>).user = { uid: 0, gid: 0 };
+  if (user.uid !== 0 || user.gid !== 0) {
+    onWarning?.(
+      `config.json runs the image's process as root of its user namespace, not as the image's user ${user.uid}:${user.gid}, which rootless runc cannot map (it maps uid ${runner.uid} alone, to root); pull and run as root to keep the image's user`,
+    );
+  }
+  const linux = spec.linux as Record<string, unknown>;
+  linux.uidMappings = [{ containerID: 0, hostID: runner.uid, size: 1 }];
+  linux.gidMappings = [{ containerID: 0, hostID: runner.gid, size: 1 }];
+  linux.namespaces = [...(linux.namespaces as { type: string }[]), { type: 'user' }];
+  // Cgroup settings are not the runner's to make (runc's ToRootless drops them too).
+  delete linux.resources;
+  // An owner a mount option names is an unmapped id there (devpts's tty group): runc refuses it.
+  for (const mount of spec.mounts as { options?: string[] }[]) {
+    if (mount.options) mount.options = mount.options.filter((o) => !o.startsWith('uid=') && !o.startsWith('gid='));
+  }
 }

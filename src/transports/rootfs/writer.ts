@@ -39,7 +39,7 @@ import { withFileLock } from '../../storage/file-lock.js';
 import { makeDirectories, mkdirp, type MadeDirectories } from '../../storage/made-directories.js';
 import { shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
-import { makeRuntimeSpec } from './runtime-spec.js';
+import { makeRuntimeSpec, thisProcessRunner } from './runtime-spec.js';
 import { RootfsApplier } from './apply.js';
 import { Spool, SpoolBudget, openUnlinked } from '../../pipeline/spool.js';
 import { BlobCache } from '../../cache/blob-cache.js';
@@ -299,7 +299,12 @@ export class RootfsWriter implements ImageWriter {
       await applier.finish();
       const manifest = image.manifest.digest;
       if (this.options.bundle) {
-        const spec = await makeRuntimeSpec(image.config, rootfs);
+        const onWarning = this.options.onWarning;
+        const spec = await makeRuntimeSpec(image.config, rootfs, {
+          // For runc as the user pulling it (README: smart pull … bundle:./app && runc run --bundle ./app app).
+          runner: thisProcessRunner(),
+          ...(onWarning ? { onWarning: (message: string) => onWarning(`${this.name}: ${message}`) } : {}),
+        });
         await fs.writeFile(path.join(staging, 'config.json'), `${JSON.stringify(spec, null, 2)}\n`);
         const mark: PullMark = { pulledBy: 'smartlayer', manifest, pulledAt: new Date().toISOString() };
         await fs.writeFile(path.join(staging, BUNDLE_MARK), `${JSON.stringify(mark)}\n`);
