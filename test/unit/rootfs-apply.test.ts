@@ -668,19 +668,23 @@ describe('RootfsApplier', () => {
     expect((await stat(r('a'))).mtimeMs).toBe(1_600_000_000_250);
   });
 
-  it('skips device nodes and fifos without preserveOwnership, with one warning', async () => {
+  it('skips device nodes without preserveOwnership, with one warning, and makes fifos', async () => {
     const { warnings } = await applyAll(
       [
         [
           { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 },
+          { name: 'dev/sda', type: 'block-device', devmajor: 8, devminor: 0, mode: 0o660 },
           { name: 'dev/fifo', type: 'fifo', mode: 0o600 },
           { name: 'dev/ok', content: 'ok' },
         ],
       ],
       { preserveOwnership: false },
     );
-    expect(warnings).toEqual([expect.stringMatching(/^layer 0: skipped 2 device node/)]);
-    expect(await readdir(r('dev'))).toEqual(['ok']);
+    expect(warnings).toEqual(['layer 0: skipped 2 device node(s): creating them needs root']);
+    expect((await readdir(r('dev'))).sort()).toEqual(['fifo', 'ok']);
+    const fifo = await lstat(r('dev/fifo'));
+    expect(fifo.isFIFO()).toBe(true);
+    expect(fifo.mode & 0o7777).toBe(0o600);
   });
 
   it.skipIf(!isRoot)('sets ownership and creates device nodes when running as root', async () => {

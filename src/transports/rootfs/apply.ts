@@ -780,9 +780,10 @@ export class RootfsApplier {
         return;
       }
 
-      if (h.type === 'character-device' || h.type === 'block-device' || h.type === 'fifo') {
-        // A user namespace may make fifos, but no device node (mknod fails EPERM there).
-        if (!this.preserveOwnership || (h.type !== 'fifo' && this.ids.partial)) {
+      if (h.type === 'character-device' || h.type === 'block-device') {
+        // Only root outside a user namespace makes device nodes (mknod fails EPERM elsewhere); a
+        // fifo needs no privilege, and is made by any user (as umoci's rootless unpacking makes it).
+        if (!this.preserveOwnership || this.ids.partial) {
           state.skippedSpecial++;
           return;
         }
@@ -1337,10 +1338,10 @@ export class RootfsApplier {
     return false;
   }
 
-  /** Why the layer's device nodes (and fifos) were not made. */
+  /** Why the layer's device nodes were not made. */
   private specialWarning(state: LayerState): string {
-    if (this.preserveOwnership) return `${state.what}: skipped ${state.skippedSpecial} device node(s): a user namespace cannot create them`;
-    return `${state.what}: skipped ${state.skippedSpecial} device node(s) or fifo(s): creating them needs root`;
+    const why = this.preserveOwnership ? 'a user namespace cannot create them' : 'creating them needs root';
+    return `${state.what}: skipped ${state.skippedSpecial} device node(s): ${why}`;
   }
 
   /** The warning for the entries of a layer whose owners the id map left out, if any; the count starts again. */
