@@ -8,7 +8,8 @@
  *
  *   blobs/sha256/<hex>    a blob, checked against its digest before it was kept and before each use
  *   tmp/<owner tag>-<id>  a blob being kept; renamed into blobs/ once its source has checked it;
- *                         or a pin: a hardlink to a kept blob a pull is reading (see `find`)
+ *                         or a pin: a hardlink to a kept blob a pull is reading (see `find`);
+ *                         tmp/ is the layer store's, 0700 (layers are unpacked there too)
  *
  * The layer store's records of the images pulled name their blobs: its gc removes the others.
  * Keeping is for the next pull's sake: a blob that cannot be written (the disk full) is not kept,
@@ -27,7 +28,7 @@ import type { Descriptor } from '../oci/manifest.js';
 import { verifyFile } from '../pipeline/local-file.js';
 import { ownedId } from '../storage/aside.js';
 import { openBatchedFileWriter, type BatchedFileWriter } from '../storage/batched-file-writer.js';
-import { mkdirp } from '../storage/made-directories.js';
+import { mkdirPrivate, mkdirp } from '../storage/made-directories.js';
 
 /** The path of a blob kept under the layer store `storeDir`. */
 export function keptBlobPath(storeDir: string, digest: Digest): string {
@@ -124,7 +125,7 @@ export class BlobCache implements LocalBlobs {
   private async copyIn(file: string, final: string): Promise<{ error: unknown } | undefined> {
     const tmp = path.join(this.storeDir, 'tmp', ownedId());
     try {
-      await mkdirp(path.dirname(tmp));
+      await mkdirPrivate(path.dirname(tmp));
       await fs.copyFile(file, tmp, fsConstants.COPYFILE_EXCL | fsConstants.COPYFILE_FICLONE);
       await fs.rename(tmp, final);
       return undefined;
@@ -148,7 +149,7 @@ export class BlobCache implements LocalBlobs {
   private async pin(file: string): Promise<string | null | undefined> {
     const pin = path.join(this.storeDir, 'tmp', ownedId());
     try {
-      await mkdirp(path.dirname(pin));
+      await mkdirPrivate(path.dirname(pin));
     } catch {
       return undefined;
     }
@@ -180,7 +181,7 @@ export class BlobCache implements LocalBlobs {
         this.events.notKept(e);
       }
     };
-    const opening = mkdirp(path.dirname(tmp))
+    const opening = mkdirPrivate(path.dirname(tmp))
       .then(() => openBatchedFileWriter(tmp, 'wx'))
       .then((w) => {
         file = w;

@@ -15,6 +15,12 @@
  *   locks/<diff id hex>             held (O_EXCL, its owner's tag inside) while one process fetches a layer
  *   tmp/<owner tag>-<random>/       a layer being unpacked; renamed into layers/ once verified
  *
+ * layers/ and tmp/ are 0700: their files carry the image's modes, setuid-root programs and file
+ * capabilities included, and another user who could reach one could run it (the store may lie in
+ * a shared directory: `--layer-store`, `--cache-dir`, an XDG_CACHE_HOME such as /var/cache). A
+ * store an earlier version made 0755 is narrowed when this user, its owner, first uses it;
+ * another user's pulls cannot read it and fetch its layers instead (`unreadable`).
+ *
  * Paths from the tar are never used as paths here (files are numbered), so unpacking a hostile
  * layer into the store cannot write anywhere but its own directory; the names are checked again
  * when the layer is laid into a root filesystem.
@@ -34,7 +40,7 @@ import { idMap } from '../id-map.js';
 import { digestHex, type Digest } from '../oci/digest.js';
 import { ownedId } from '../storage/aside.js';
 import { tryLockFile } from '../storage/file-lock.js';
-import { mkdirp } from '../storage/made-directories.js';
+import { mkdirPrivate, mkdirp, narrowToOwner } from '../storage/made-directories.js';
 import { StoredLayerDamage, refusedToRead } from './stored-layer-damage.js';
 import { currentOwner, isStale, parseOwnerTag, sweepLocal, type Cleaned, type Owner } from '../storage/leftovers.js';
 import { entryXattrs, setXattrs } from '../storage/xattrs.js';
@@ -184,14 +190,47 @@ async function dirSize(p: string): Promise<number> {
 }
 
 export class LayerStore {
+  /** Whether layers/ and tmp/ were narrowed to their owner, as made by an earlier version (see the file's comment). */
+  private narrowed = false;
+
   constructor(readonly dir: string) {}
 
+  private get layersDir(): string {
+    return path.join(this.dir, 'layers');
+  }
+
+  private get tmpDir(): string {
+    return path.join(this.dir, 'tmp');
+  }
+
   private layerDir(diffId: Digest): string {
-    return path.join(this.dir, 'layers', digestHex(diffId));
+    return path.join(this.layersDir, digestHex(diffId));
+  }
+
+  /** Once per store: layers/ and tmp/ that an earlier version made 0755 are made 0700 (where this user owns them). */
+  private narrowOnce(): void {
+    if (this.narrowed) return;
+    this.narrowed = true;
+    narrowToOwner(this.layersDir);
+    narrowToOwner(this.tmpDir);
   }
 
   async has(diffId: Digest): Promise<boolean> {
+    this.narrowOnce();
     return exists(path.join(this.layerDir(diffId), 'entries'));
+  }
+
+  /**
+   * Why this process cannot look into the store's layers (another user's store: layers/ is 0700),
+   * or undefined: a pull then fetches every layer, and says so once.
+   */
+  async unreadable(): Promise<NodeJS.ErrnoException | undefined> {
+    try {
+      await fs.access(this.layersDir, fsConstants.X_OK);
+      return undefined;
+    } catch (e) {
+      return isErrno(e, 'EACCES') || isErrno(e, 'EPERM') ? (e as NodeJS.ErrnoException) : undefined;
+    }
   }
 
   /**
@@ -244,9 +283,10 @@ export class LayerStore {
       options.signal?.throwIfAborted();
       if (await this.tryLock(diffId)) {
         let fill: LayerFill | undefined;
-        const tmp = path.join(this.dir, 'tmp', ownedId());
+        const tmp = path.join(this.tmpDir, ownedId());
         try {
           if (await this.has(diffId)) return waited ? 'waited' : 'present';
+          await mkdirPrivate(this.tmpDir);
           await mkdirp(path.join(tmp, 'files'));
           fill = new LayerFill(this, diffId, tmp, options.keep ?? 'copy', options.what ?? `layer ${diffId}`, options.bestEffort ?? false);
           return fill;
@@ -395,8 +435,8 @@ export class LayerStore {
   async discard(diffId: Digest): Promise<boolean> {
     if (!(await this.tryLock(diffId).catch(() => false))) return false;
     try {
-      const aside = path.join(this.dir, 'tmp', ownedId());
-      await mkdirp(path.dirname(aside));
+      const aside = path.join(this.tmpDir, ownedId());
+      await mkdirPrivate(this.tmpDir);
       if (!(await fs.rename(this.layerDir(diffId), aside).then(() => true, () => false))) return false;
       await fs.rm(aside, { recursive: true, force: true });
       return true;
@@ -452,7 +492,7 @@ export class LayerStore {
    * and a day old); never one a live run is unpacking. Returns what went (`dryRun`: what would).
    */
   async removeStale(options: { dryRun?: boolean } = {}): Promise<Cleaned[]> {
-    return sweepLocal(path.join(this.dir, 'tmp'), (name) => ownerIn(name, /^-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}$|^-[0-9a-f]{8}$/), options);
+    return sweepLocal(this.tmpDir, (name) => ownerIn(name, /^-[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}$|^-[0-9a-f]{8}$/), options);
   }
 
   /**
@@ -519,7 +559,7 @@ export class LayerStore {
       result.freedBytes += size;
       if (!options.dryRun) await fs.rm(blob, { force: true });
     }
-    const layersDir = path.join(this.dir, 'layers');
+    const layersDir = this.layersDir;
     for (const hex of await fs.readdir(layersDir).catch(() => [] as string[])) {
       if (used.has(hex) || (await exists(path.join(this.dir, 'locks', hex)))) continue;
       const size = await dirSize(path.join(layersDir, hex));
@@ -564,7 +604,7 @@ export class LayerStore {
    */
   async verify(): Promise<string[]> {
     const problems: string[] = [];
-    const layersDir = path.join(this.dir, 'layers');
+    const layersDir = this.layersDir;
     for (const hex of await fs.readdir(layersDir).catch(() => [] as string[])) {
       const diffId = `sha256:${hex}` as Digest;
       try {
@@ -792,7 +832,7 @@ export class LayerFill {
       this.flush();
       this.closeEntries();
       const final = path.join(this.store.dir, 'layers', digestHex(this.diffId));
-      await mkdirp(path.dirname(final));
+      await mkdirPrivate(path.dirname(final));
       try {
         await fs.rename(this.tmp, final);
       } catch (e) {

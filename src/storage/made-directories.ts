@@ -11,7 +11,7 @@
  * then there, but not the one the entry failed in, and the entry is tried again as well.
  */
 import type { Stats } from 'node:fs';
-import { mkdirSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno, rethrowRefusal } from '../errors.js';
@@ -94,6 +94,39 @@ export function mkdirpSync(dir: string): void {
   } catch (e) {
     throw mkdirFailure(dir, e);
   }
+}
+
+/**
+ * `dir` made 0700 (its parents as mkdirp makes them), or narrowed to 0700 when it is there and
+ * open to others (made so by an earlier version): for directories whose contents carry an
+ * image's modes (a setuid-root program, a file capability), which no other user may reach.
+ */
+export async function mkdirPrivate(dir: string): Promise<void> {
+  await mkdirp(path.dirname(dir));
+  try {
+    mkdirSync(dir, { mode: 0o700 });
+    return;
+  } catch (e) {
+    if (!isErrno(e, 'EEXIST')) throw mkdirFailure(dir, e);
+  }
+  if (!narrowToOwner(dir)) throw notADirectory(dir, undefined);
+}
+
+/**
+ * Takes group and other permissions off `dir` when this user owns it; another user's, or one on a
+ * read-only filesystem, is left as it is. False when `dir` is not a directory (or not there).
+ */
+export function narrowToOwner(dir: string): boolean {
+  const st = statSync(dir, { throwIfNoEntry: false });
+  if (!st?.isDirectory()) return false;
+  if ((st.mode & 0o077) !== 0 && st.uid === process.geteuid?.()) {
+    try {
+      chmodSync(dir, st.mode & 0o7700);
+    } catch {
+      // EROFS, EPERM (a filesystem that keeps its own modes): it stays as it was.
+    }
+  }
+  return true;
 }
 
 function mkdirFailure(dir: string, e: unknown): unknown {

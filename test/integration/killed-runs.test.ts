@@ -83,7 +83,8 @@ describe.skipIf(!haveTools('docker-registry'))('runs killed mid-way, from a regi
       const [s] = await staging();
       return (
         s !== undefined &&
-        (await listAll(path.join(parent, s))).some((p) => p.startsWith('etc/')) &&
+        // The tree is built in rootfs/ of the 0700 staging directory, which no other user enters.
+        (await listAll(path.join(parent, s))).some((p) => p.startsWith('rootfs/etc/')) &&
         (await fs.readdir(path.join(store, 'layers'))).length === fixtures().basic.layers.length - 1 &&
         (await fs.readdir(tmp)).length === 1
       );
@@ -97,6 +98,8 @@ describe.skipIf(!haveTools('docker-registry'))('runs killed mid-way, from a regi
     await fs.mkdir(parent);
     const dest = path.join(parent, 'root');
     const victim = await stalledPull(dest, cacheHome);
+    // The tree being built (the image's setuid programs too) is out of other users' reach.
+    expect((await fs.stat(victim.staging)).mode & 0o777).toBe(0o700);
     victim.child.kill('SIGKILL');
     await victim.exit;
     await expect(fs.stat(dest)).rejects.toThrow(); // no partial destination

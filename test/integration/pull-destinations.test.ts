@@ -10,7 +10,9 @@ import path from 'node:path';
 import { beforeAll, describe, expect, it, inject } from 'vitest';
 import { fixtures } from '../harness/fixtures.js';
 import { run, smart, smartBin, testCacheHome, type RunResult } from '../harness/run.js';
-import { writeImage } from '../harness/images.js';
+import { writeImage, writeImageOfTars } from '../harness/images.js';
+import { tarOf } from '../harness/tar-read.js';
+import { isRoot } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
 
@@ -147,7 +149,7 @@ describe('pull destinations', () => {
 });
 
 describe('the root of a pulled tree', () => {
-  it('is 0755 whatever the umask, when the image does not set it (no ./ entry), as Docker\'s is', async () => {
+  it('is 0755 whatever the umask, when the image does not set it (no ./ entry), as Docker\'s is; a bundle is 0700, as umoci makes it', async () => {
     const work = await tempDir();
     const image = path.join(work, 'image');
     await writeImage(image, { layers: [{ files: { 'etc/app.conf': 'x\n' }, createdBy: 'COPY app.conf /etc/' }] });
@@ -157,7 +159,57 @@ describe('the root of a pulled tree', () => {
       expect(r.code, r.stderr).toBe(0);
       const root = kind === 'bundle' ? path.join(dest, 'rootfs') : dest;
       expect((await fs.stat(root)).mode & 0o7777, kind).toBe(0o755);
-      if (kind === 'bundle') expect((await fs.stat(dest)).mode & 0o7777).toBe(0o755);
+      if (kind === 'bundle') expect((await fs.stat(dest)).mode & 0o7777).toBe(0o700);
     }
+  });
+});
+
+describe("an image's setuid-root program, pulled into a shared directory", () => {
+  it('is out of other users\' reach in the layer store (an earlier version\'s 0755 one narrowed) and in a bundle; a root filesystem keeps the image\'s root mode', async (ctx) => {
+    // Another user, and files owned by root: as root only.
+    if (!isRoot) return ctx.skip();
+    const work = await tempDir();
+    await fs.chmod(work, 0o755); // a directory every user may look into, as /var/cache or /srv
+    const image = path.join(work, 'image');
+    const id = await fs.readFile('/usr/bin/id');
+    await writeImageOfTars(image, [
+      await tarOf([
+        { name: './', type: 'directory', mode: 0o755 },
+        { name: 'usr/', type: 'directory', mode: 0o755 },
+        { name: 'usr/bin/', type: 'directory', mode: 0o755 },
+        { name: 'usr/bin/id', body: id, mode: 0o4755 },
+      ]),
+    ]);
+    // A store an earlier version made: every directory 0755.
+    const store = path.join(work, 'layer-store');
+    for (const dir of ['layers', 'tmp']) {
+      await fs.mkdir(path.join(store, dir), { recursive: true });
+      await fs.chmod(path.join(store, dir), 0o755);
+    }
+    const bundle = path.join(work, 'app');
+    const rootfs = path.join(work, 'root');
+    for (const dest of [`bundle:${bundle}`, `rootfs:${rootfs}`]) {
+      const r = await smart(['pull', '--layer-store', store, '--keep-layers', `oci:${image}:latest`, dest], { cacheHome: path.join(work, 'cache') });
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const stored = (await listAll(path.join(store, 'layers'))).filter((p) => p.includes('/files/'));
+    expect(stored).toHaveLength(1);
+    const inStore = path.join(store, 'layers', stored[0]!);
+    const inBundle = path.join(bundle, 'rootfs', 'usr/bin/id');
+    // Root reaches them, setuid: they are the image's.
+    for (const file of [inStore, inBundle, path.join(rootfs, 'usr/bin/id')]) expect((await fs.stat(file)).mode & 0o7777, file).toBe(0o4755);
+    expect((await fs.stat(path.join(store, 'layers'))).mode & 0o777).toBe(0o700);
+    expect((await fs.stat(path.join(store, 'tmp'))).mode & 0o777).toBe(0o700);
+    expect((await fs.stat(bundle)).mode & 0o777).toBe(0o700);
+    expect((await fs.stat(rootfs)).mode & 0o777).toBe(0o755);
+    // nobody neither finds nor runs them (in a shell as nobody: setpriv resolves its own command with root's capabilities still held).
+    const asNobody = (script: string) => run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'sh', '-c', script]);
+    for (const file of [inStore, inBundle]) {
+      const r = await asNobody(`test -e '${file}' && echo reached; '${file}'`);
+      expect(r.stdout.toString(), file).not.toMatch(/reached|euid=0/);
+      expect(r.stderr, file).toMatch(/Permission denied/);
+    }
+    // The root filesystem is the image's tree where the user asked for it: reached as the image makes it.
+    expect((await asNobody(`test -x '${path.join(rootfs, 'usr/bin/id')}' && echo reached`)).stdout.toString()).toBe('reached\n');
   });
 });

@@ -1,8 +1,9 @@
 /**
  * A cache directory another user filled: a root pull (`sudo -E smart pull … bundle:`, a CI job run
  * as root before one run as a user, a cache volume shared by both) keeps layers whose files have
- * their image modes, and an image's `/etc/shadow` or `etc/secret` (0600, root's) cannot be read
- * by the next user. That user's pull must still give the whole tree: the layers it cannot read
+ * their image modes, in a layers/ only root enters (0700: an image's setuid programs lie there),
+ * and stores of earlier versions hold files such as `etc/secret` (0600, root's) that the next user
+ * cannot read. That user's pull must still give the whole tree: the layers it cannot read
  * are fetched, the store is left as it is, and it says so once; a store it cannot write keeps
  * nothing and is not called "another filesystem" when --link is asked for. Runs as another user
  * with setpriv (root, or `sudo -n`; required under CI).
@@ -59,9 +60,29 @@ describe('a layer store another user filled', () => {
     expect(r.code, r.stderr).toBe(0);
     const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
     expect(warnings, r.stderr).toHaveLength(1);
-    expect(warnings[0]).toMatch(/^warning: rootfs:.*: the layer store .* holds files this user cannot read \(.*: EACCES: permission denied; kept by another user\?\): such layers are fetched instead$/);
+    // Its layers/ is root's and 0700 (an image's setuid programs lie there): none can be read.
+    expect(warnings[0]).toMatch(/^warning: rootfs:.*: the layer store .* holds layers this user cannot read \(EACCES: permission denied, access '.*\/layers'; kept by another user\?\): they are fetched instead$/);
     expect(await withoutOwners(dest)).toEqual(await withoutOwners(path.join(work, 'by-root')));
     expect(await fs.readFile(path.join(dest, 'etc/secret'), 'utf8')).toBe('not really a secret\n');
+  });
+
+  it("a store an earlier version made 0755, not used by its owner since: the user lays what it can read, and fetches the layers holding files it cannot", async (ctx) => {
+    if (!able) return ctx.skip();
+    const layers = path.join(cacheHome, 'smartlayer', 'layer-store', 'layers');
+    await fs.chmod(layers, 0o755);
+    try {
+      const dest = path.join(work, 'by-user-old-store');
+      const r = await asUser(['pull', `oci:${image}:latest`, `rootfs:${dest}`]);
+      expect(r.code, r.stderr).toBe(0);
+      const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
+      expect(warnings, r.stderr).toHaveLength(1);
+      expect(warnings[0]).toMatch(/^warning: rootfs:.*: the layer store .* holds files this user cannot read \(.*: EACCES: permission denied; kept by another user\?\): such layers are fetched instead$/);
+      expect(await withoutOwners(dest)).toEqual(await withoutOwners(path.join(work, 'by-root')));
+      // Not the user's to narrow: as it was.
+      expect((await fs.stat(layers)).mode & 0o777).toBe(0o755);
+    } finally {
+      await fs.chmod(layers, 0o700);
+    }
   });
 
   it("a root pull killed while it unpacked a layer leaves it in the store's tmp/, which the user cannot remove: the user's pull goes on", async (ctx) => {

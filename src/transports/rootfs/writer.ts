@@ -1,8 +1,9 @@
 /**
  * `rootfs:DIR` and `bundle:DIR`: the image flattened into a root filesystem (a bundle adds the
- * runtime `config.json` that `runc run` reads). Built in a hidden sibling directory and renamed
- * into place only when complete, so a failed or killed pull leaves the old DIR as it was and no
- * partial one; the next pull removes what a killed one left beside DIR.
+ * runtime `config.json` that `runc run` reads). Built in a hidden sibling directory (0700: no other
+ * user reaches the image's setuid programs through it) and renamed into place only when complete,
+ * so a failed or killed pull leaves the old DIR as it was and no partial one; the next pull
+ * removes what a killed one left beside DIR. A bundle stays 0700, as umoci makes it.
  *
  * Layers already in the local layer store are laid down from it (cloned, copied or hardlinked);
  * the others stream straight into the tree as they arrive, fetched in parallel, those that arrive
@@ -279,18 +280,23 @@ export class RootfsWriter implements ImageWriter {
     const cleaned = await this.prepare();
     const target = this.target;
     const inPlace = this.inPlace;
+    // The tree is built where no other user reaches it (it holds the image's setuid-root programs
+    // and file capabilities, which another user could run): in `rootfs/` of a 0700 directory. That
+    // directory is the bundle (0700, as umoci makes it); a root filesystem is its `rootfs/` alone,
+    // put in place with the mode the image gives its root.
     const staging = inPlace ? path.join(target, `.smart-new-${ownedId()}`) : this.aside('new');
-    if (inPlace) await fs.mkdir(staging, { mode: 0o755 }).catch(rethrowRefusal(`cannot write ${this.name}`));
+    if (inPlace) await fs.mkdir(staging, { mode: 0o700 }).catch(rethrowRefusal(`cannot write ${this.name}`));
     // The first entry in the parent: another pull's undo may have taken the parent meanwhile.
-    else await this.parent!.entry(() => fs.mkdir(staging, { mode: 0o755 })).catch(rethrowRefusal(`cannot write ${this.name}`));
+    else await this.parent!.entry(() => fs.mkdir(staging, { mode: 0o700 })).catch(rethrowRefusal(`cannot write ${this.name}`));
     const details: Record<string, unknown> = {};
     try {
-      const rootfs = this.options.bundle ? path.join(staging, 'rootfs') : staging;
-      if (this.options.bundle) await fs.mkdir(rootfs, { mode: 0o755 });
+      const rootfs = path.join(staging, 'rootfs');
+      /** What is put in place: the bundle, or the root filesystem alone. */
+      const built = this.options.bundle ? staging : rootfs;
+      await fs.mkdir(rootfs, { mode: 0o755 });
       // The tree's root is 0755 (as Docker's always is) whatever this process's umask (027 made it
       // 0750, where the image's user could not look a path up); an image's own `./` entry still sets it.
       await fs.chmod(rootfs, 0o755);
-      if (this.options.bundle) await fs.chmod(staging, 0o755);
       const applier = new RootfsApplier(rootfs, {
         preserveOwnership: process.getuid?.() === 0,
         ...(this.options.onWarning ? { onWarning: this.options.onWarning } : {}),
@@ -327,21 +333,24 @@ export class RootfsWriter implements ImageWriter {
               this.options.onWarning?.(`${this.name}: no mark of this pull could be written beside ${target} (${refused}): the next pull into it needs --force`);
             });
           }
-          await replaceContents(staging, target, old, this.options.onWarning);
+          await replaceContents(built, target, old, this.options.onWarning);
           // A root filesystem's mark from before goes, where the parent lets it (a bundle's is inside).
           if (this.options.bundle) await fs.rm(this.markBeside, { force: true }).catch(() => undefined);
           return true;
         }
-        const built = await fs.stat(staging, { bigint: true });
+        const tree = await fs.stat(built, { bigint: true });
         // Both directories carry the mark while they swap, so that a pull killed in between leaves a marked one.
-        if (!this.options.bundle) await this.markRootfs(manifest, existing ? [existing, built] : [built]);
-        await replaceDirectory(staging, target, existing !== undefined, old);
-        if (!this.options.bundle && existing) await this.markRootfs(manifest, [built]);
+        if (!this.options.bundle) await this.markRootfs(manifest, existing ? [existing, tree] : [tree]);
+        await replaceDirectory(built, target, existing !== undefined, old);
+        if (!this.options.bundle && existing) await this.markRootfs(manifest, [tree]);
         if (this.options.bundle) await fs.rm(this.markBeside, { force: true });
         return existing !== undefined;
       });
       // The previous tree, out of the way: removed without holding the lock (a large tree takes a while).
       if (replaced) await fs.rm(old, { recursive: true, force: true });
+      // What held a root filesystem while it was built (empty now; the old tree, where the
+      // exchange could not move it on). A bundle's is the bundle, renamed or moved up: gone.
+      await fs.rm(staging, { recursive: true, force: true });
     } catch (e) {
       await fs.rm(staging, { recursive: true, force: true });
       throw e;
@@ -373,6 +382,9 @@ export class RootfsWriter implements ImageWriter {
     const refused = typeof probed === 'object' ? probed.refused : undefined;
     const how: KeepHow | undefined = typeof probed === 'object' ? 'copy' : probed;
     if (store && this.options.link && !refused && how !== 'hardlink') this.options.onWarning?.(`${this.name}: cannot hardlink files of the layer store ${store.dir} (another filesystem): copying them`);
+    // Another user's store (its layers/ is 0700): none of its layers is found there, and all are fetched.
+    const othersStore = await store?.unreadable();
+    if (othersStore) this.options.onWarning?.(`${this.name}: the layer store ${store!.dir} holds layers this user cannot read (${othersStore.message}; kept by another user?): they are fetched instead`);
     const keep = store !== undefined && how !== undefined && (this.options.keepLayers ?? (how !== 'copy' || this.options.bundle));
     const controller = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, controller.signal]) : controller.signal;
