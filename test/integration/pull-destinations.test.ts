@@ -93,6 +93,43 @@ describe('pull destinations', () => {
     expect(await fs.readFile(path.join(rootfs, 'mine.txt'), 'utf8')).toBe('mine\n');
   });
 
+  it("replaces its own bundle only while it holds nothing the pull did not make: a file beside config.json, or config.json edited, is named and kept; --force replaces it", async () => {
+    const bundle = path.join(work, 'edited');
+    const pull = (...extra: string[]) => smart(['pull', image(), `bundle:${bundle}`, ...extra]);
+    expect((await pull()).code).toBe(0);
+    const configFile = path.join(bundle, 'config.json');
+    const written = await fs.readFile(configFile, 'utf8');
+    // As runc bundles are used: a mount added to the config, notes kept beside it.
+    const config = JSON.parse(written) as { mounts: unknown[] };
+    config.mounts.push({ destination: '/data', type: 'bind', source: '/srv/data', options: ['rbind'] });
+    const edited = `${JSON.stringify(config, null, 2)}\n`;
+    await fs.writeFile(configFile, edited);
+    await fs.writeFile(path.join(bundle, 'notes.txt'), 'x\n');
+    expectRefused(await pull(), new RegExp(`bundle:.*${bundle}.*would be lost: notes\\.txt, config\\.json \\(changed since the pull wrote it\\).*--force`));
+    expect(await fs.readFile(configFile, 'utf8')).toBe(edited);
+    expect(await fs.readFile(path.join(bundle, 'notes.txt'), 'utf8')).toBe('x\n');
+    await fs.rm(path.join(bundle, 'notes.txt'));
+    expectRefused(await pull(), /would be lost: config\.json \(changed since the pull wrote it\) \(.*--force/);
+    // The config as the pull wrote it again, byte for byte: nothing is lost, the bundle is replaced.
+    await fs.writeFile(configFile, written);
+    expect((await pull()).code).toBe(0);
+    expect((await fs.readdir(bundle)).sort()).toEqual(['.smart-pull.json', 'config.json', 'rootfs']);
+
+    // A bundle an earlier version made: its mark has no digest of the config, which goes by its time.
+    const markFile = path.join(bundle, '.smart-pull.json');
+    const { config: _digest, ...oldMark } = JSON.parse(await fs.readFile(markFile, 'utf8')) as Record<string, unknown>;
+    await fs.writeFile(markFile, JSON.stringify(oldMark)); // after the config, as that pull wrote them
+    expect((await pull()).code).toBe(0);
+    await fs.writeFile(markFile, JSON.stringify(oldMark));
+    await fs.writeFile(configFile, edited);
+    await fs.utimes(configFile, new Date(), new Date(Date.now() + 10_000)); // edited later, whatever the clock's tick
+    expectRefused(await pull(), /would be lost: config\.json \(changed since the pull wrote it\)/);
+
+    const forced = await pull('--force');
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(await fs.readFile(configFile, 'utf8')).toBe(written);
+  });
+
   it('never replaces the source, a directory holding it or one inside it, nor the layer store, even with --force', async () => {
     const fx = fixtures();
     const holder = path.join(work, 'sources');

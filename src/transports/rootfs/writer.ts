@@ -14,9 +14,10 @@
  * DIR is replaced only when that loses nothing: it is new, empty, or a previous result of a pull
  * (marked: `DIR/.smart-pull.json` in a bundle, beside `config.json`; `.DIR.smart-pull.json` next
  * to a root filesystem, naming the directory by inode and birth time, so that the tree a container
- * sees holds nothing of ours), or `force` is set. Never `/`, the current directory or one holding
- * it, nor a directory that holds a protected path (the source, the layer store) or lies inside
- * one, real paths compared.
+ * sees holds nothing of ours; a bundle only while it holds no more than its pull made, config.json
+ * unchanged: runc bundles are used by editing it), or `force` is set. Never `/`, the current
+ * directory or one holding it, nor a directory that holds a protected path (the source, the layer
+ * store) or lies inside one, real paths compared.
  *
  * A destination that is a mount point (a tmpfs, or a volume a container was given: `docker run -v
  * …:/out`, a pod's emptyDir) cannot be renamed: the tree is built in a hidden directory inside it
@@ -24,7 +25,7 @@
  * result's moved aside first, then removed), so only that swap is not one step.
  */
 import { setMaxListeners } from 'node:events';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import { PassThrough, type Readable } from 'node:stream';
@@ -78,6 +79,21 @@ interface PullMark {
   pulledAt: string;
   /** A root filesystem's mark lies outside it: it names the directory (`identity`), or both while they swap. */
   dirs?: string[];
+  /** A bundle's: the sha256 of the config.json written beside it, which the user may edit since (a mount added). */
+  config?: string;
+}
+
+/** What a bundle holds that its pull made: anything else beside them is the user's. */
+const BUNDLE_ENTRIES = new Set(['config.json', 'rootfs', BUNDLE_MARK]);
+
+function sha256Of(bytes: Buffer | string): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+/** `names` in a message: the first few, then how many more. */
+function someNames(names: string[]): string {
+  const shown = names.slice(0, 3).join(', ');
+  return names.length > 3 ? `${shown} and ${names.length - 3} more` : shown;
 }
 
 /** A directory as a root filesystem's mark names it: device, inode and birth time (an inode number is soon reused). */
@@ -188,8 +204,10 @@ export class RootfsWriter implements ImageWriter {
   }
 
   /**
-   * Refuses a destination whose replacement would lose what no pull made: anything but a
-   * directory, or a non-empty directory without the mark of a pull (unless forced).
+   * Refuses a destination whose replacement would lose what no pull made (unless forced): anything
+   * but a directory; a non-empty directory without the mark of a pull; a bundle holding more than
+   * its pull made, or whose config.json was changed since. A root filesystem a pull made is the
+   * image's tree: replaced whole, with what was written into it.
    */
   private async checkReplaceable(): Promise<BigIntStats | undefined> {
     const existing = await fs.lstat(this.target, { bigint: true }).catch(() => undefined);
@@ -197,21 +215,32 @@ export class RootfsWriter implements ImageWriter {
     if (!existing.isDirectory()) {
       throw new SmartError('USAGE', `${this.name}: ${this.target} exists and is not a directory`, { input: this.dir });
     }
-    if (this.options.force || (await this.isPullResult(existing))) return existing;
+    if (this.options.force) return existing;
     // Inside a mount point, the trees pulls are building there are not the user's, nor its filesystem's lost+found.
     const children: string[] = [];
     for (const name of await fs.readdir(this.target)) if (!(this.inPlace && (await leftInMountPoint(this.target, name)))) children.push(name);
-    if (children.length > 0) {
+    if (children.length === 0) return existing;
+    const made = await this.pullResult(existing);
+    if (!made) {
       throw new SmartError('USAGE', `${this.name}: ${this.target} is not empty and was not made by smart pull; refusing to replace it`, {
         input: this.dir,
         hint: 'pull into a new or empty directory, or pass --force to replace this one',
       });
     }
+    if (made.kind === 'bundle') {
+      const lost = await this.notOfPull(children, made);
+      if (lost.length > 0) {
+        throw new SmartError('USAGE', `${this.name}: refusing to replace the bundle ${this.target}, which holds what its pull did not make and would be lost: ${someNames(lost)}`, {
+          input: this.dir,
+          hint: 'move that out of it, or pass --force to replace it all the same',
+        });
+      }
+    }
     return existing;
   }
 
-  /** Whether the directory is a previous result of a pull: a bundle's mark inside, a root filesystem's beside, naming it. */
-  private async isPullResult(st: BigIntStats): Promise<boolean> {
+  /** The directory as a previous result of a pull: a bundle (its mark inside), or a root filesystem (its mark beside, naming it). */
+  private async pullResult(st: BigIntStats): Promise<{ kind: 'bundle'; mark: Partial<PullMark>; markFile: BigIntStats } | { kind: 'rootfs' } | undefined> {
     const read = async (file: string): Promise<Partial<PullMark> | undefined> => {
       try {
         return JSON.parse(await fs.readFile(file, 'utf8')) as Partial<PullMark>;
@@ -219,9 +248,33 @@ export class RootfsWriter implements ImageWriter {
         return undefined;
       }
     };
-    if ((await read(path.join(this.target, BUNDLE_MARK)))?.pulledBy === 'smartlayer') return true;
+    const inside = path.join(this.target, BUNDLE_MARK);
+    const mark = await read(inside);
+    const markFile = await fs.lstat(inside, { bigint: true }).catch(() => undefined);
+    if (mark?.pulledBy === 'smartlayer' && markFile) return { kind: 'bundle', mark, markFile };
     const beside = await read(this.markBeside);
-    return beside?.pulledBy === 'smartlayer' && (beside.dirs ?? []).includes(identity(st));
+    return beside?.pulledBy === 'smartlayer' && (beside.dirs ?? []).includes(identity(st)) ? { kind: 'rootfs' } : undefined;
+  }
+
+  /**
+   * What a bundle holds that its pull did not make, as the message names it: entries beside
+   * config.json, rootfs/ and the mark (a file of notes, a script); a config.json changed since the
+   * pull wrote it (a mount added), by its digest in the mark, or, in a mark of an earlier version
+   * that recorded none, by a modification time later than the mark's (the pull wrote it first).
+   */
+  private async notOfPull(children: string[], made: { mark: Partial<PullMark>; markFile: BigIntStats }): Promise<string[]> {
+    const lost = children.filter((name) => !BUNDLE_ENTRIES.has(name));
+    const rootfs = await fs.lstat(path.join(this.target, 'rootfs')).catch(() => undefined);
+    if (rootfs && !rootfs.isDirectory()) lost.push('rootfs (not the directory its pull made)');
+    const configFile = path.join(this.target, 'config.json');
+    const config = await fs.lstat(configFile, { bigint: true }).catch(() => undefined);
+    if (config) {
+      const changed =
+        !config.isFile() ||
+        (typeof made.mark.config === 'string' ? sha256Of(await fs.readFile(configFile)) !== made.mark.config : config.mtimeNs > made.markFile.mtimeNs);
+      if (changed) lost.push('config.json (changed since the pull wrote it)');
+    }
+    return lost;
   }
 
   /** Writes a root filesystem's mark beside it, naming these directories (atomically: a temporary name, then a rename). */
@@ -311,8 +364,10 @@ export class RootfsWriter implements ImageWriter {
           runner: thisProcessRunner(),
           ...(onWarning ? { onWarning: (message: string) => onWarning(`${this.name}: ${message}`) } : {}),
         });
-        await fs.writeFile(path.join(staging, 'config.json'), `${JSON.stringify(spec, null, 2)}\n`);
-        const mark: PullMark = { pulledBy: 'smartlayer', manifest, pulledAt: new Date().toISOString() };
+        const specText = `${JSON.stringify(spec, null, 2)}\n`;
+        await fs.writeFile(path.join(staging, 'config.json'), specText);
+        // The config's digest: the next pull replaces the bundle only while config.json is as written here.
+        const mark: PullMark = { pulledBy: 'smartlayer', manifest, pulledAt: new Date().toISOString(), config: sha256Of(specText) };
         await fs.writeFile(path.join(staging, BUNDLE_MARK), `${JSON.stringify(mark)}\n`);
       }
       // One swap at a time into this destination: two pulls into it at once both found it missing
