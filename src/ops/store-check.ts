@@ -18,6 +18,7 @@ import { isDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type Descriptor, type ParsedManifest } from '../oci/manifest.js';
 import { MediaType, isForeignLayer } from '../oci/mediatypes.js';
 import type { StorageDriver, StorageEntry } from '../storage/driver.js';
+import { NotRegularFile } from '../storage/regular-file.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
 import { parseImageName } from '../transports/all.js';
 import { pathFor } from '../transports/distribution/layout.js';
@@ -47,7 +48,9 @@ export type StoreProblemKind =
   /** A manifest or index that does not parse, or is too large to be one. */
   | 'manifest-invalid'
   /** An OCI layout whose `oci-layout` or `index.json` is unreadable. */
-  | 'layout-invalid';
+  | 'layout-invalid'
+  /** A pipe, a device or a socket where a blob, a link or a layout's file is: nothing reads it as one (a reader refuses it). */
+  | 'not-a-file';
 
 export interface StoreProblem {
   kind: StoreProblemKind;
@@ -186,7 +189,7 @@ async function* walk(driver: StorageDriver, base: string): AsyncIterable<Storage
       const p = `${dir}/${child}`;
       const st = await driver.stat(p);
       if (st?.isDirectory) dirs.push(p);
-      else if (st) yield { path: p, size: st.size };
+      else if (st) yield { path: p, size: st.size, ...(st.special ? { special: st.special } : {}) };
     }
   }
 }
@@ -198,6 +201,8 @@ interface Blob {
   algorithm: string;
   /** Hashed already (a manifest read whole): not rehashed. */
   verified?: boolean;
+  /** No file but this (a pipe, a device): reported as not-a-file, never read. */
+  special?: string;
 }
 
 /** What both checks share: the blob inventory, rehashing, problems and the report. */
@@ -231,6 +236,21 @@ abstract class Check {
     return this.driver.location(p);
   }
 
+  /** `p` is `special` (a pipe, a device: StorageEntry), not the file it should be. */
+  protected notAFile(p: string, special: string): void {
+    this.problem({ kind: 'not-a-file', path: this.where(p), message: `${special}, not a regular file` });
+  }
+
+  /**
+   * Records a read of `p` that found no file there (replaced since the walk), true then; false for
+   * any other error. What the walk found already is reported once.
+   */
+  protected readNoFile(e: unknown, p: string): boolean {
+    if (!(e instanceof NotRegularFile)) return false;
+    this.notAFile(p, e.kind);
+    return true;
+  }
+
   protected abortable(): void {
     this.options.signal?.throwIfAborted();
   }
@@ -245,7 +265,8 @@ abstract class Check {
     const p = this.blobPath(digest);
     const st = await this.driver.stat(p);
     if (!st || st.isDirectory) return undefined;
-    const blob: Blob = { path: p, size: st.size, algorithm: digest.slice(0, digest.indexOf(':')) };
+    const blob: Blob = { path: p, size: st.size, algorithm: digest.slice(0, digest.indexOf(':')), ...(st.special ? { special: st.special } : {}) };
+    if (st.special) this.notAFile(p, st.special);
     this.blobs.set(digest, blob);
     return blob;
   }
@@ -262,6 +283,7 @@ abstract class Check {
       this.problem({ kind: 'blob-missing', path: at, digest: d.digest, ...context, message: `manifest ${d.digest} is missing` });
       return undefined;
     }
+    if (blob.special) return undefined; // not-a-file, reported
     if (d.size !== undefined && blob.size !== d.size) {
       this.problem({ kind: 'blob-size', path: at, digest: d.digest, ...context, message: `manifest ${d.digest} has ${blob.size} bytes, not the ${d.size} declared` });
       return undefined;
@@ -278,6 +300,7 @@ abstract class Check {
         this.problem({ kind: 'manifest-invalid', path: at, digest: d.digest, ...context, message: `manifest ${d.digest}: ${e.message}` });
         return undefined;
       }
+      if (this.readNoFile(e, blob.path)) return undefined;
       if (!(isSmartError(e) && e.code === 'NOT_FOUND')) throw e;
       this.problem({ kind: 'blob-missing', path: at, digest: d.digest, ...context, message: `manifest ${d.digest} is missing` });
       return undefined;
@@ -309,6 +332,7 @@ abstract class Check {
       this.problem({ kind: 'blob-missing', path: at, digest: d.digest, ...context, message: `${what} ${d.digest} is missing` });
       return false;
     }
+    if (blob.special) return false; // not-a-file, reported
     if (blob.size !== d.size) {
       this.problem({ kind: 'blob-size', path: at, digest: d.digest, ...context, message: `${what} ${d.digest} has ${blob.size} bytes, not the ${d.size} declared` });
       return false;
@@ -322,7 +346,7 @@ abstract class Check {
     await Promise.all(
       [...this.blobs].map(([digest, blob]) =>
         this.limit(async () => {
-          if (blob.verified) return;
+          if (blob.verified || blob.special) return;
           this.abortable();
           blob.verified = true;
           const hash = createHash(blob.algorithm);
@@ -342,6 +366,7 @@ abstract class Check {
             );
           } catch (e) {
             if (isSmartError(e) && e.code === 'NOT_FOUND') return; // removed meanwhile: nothing to verify
+            if (this.readNoFile(e, blob.path)) return; // replaced meanwhile
             throw e;
           }
           this.rehashed++;
@@ -364,7 +389,7 @@ abstract class Check {
       .filter(([d]) => !this.referenced.has(d))
       .map(([digest, b]) => ({ digest, size: b.size }))
       .sort((a, b) => a.digest.localeCompare(b.digest));
-    const order: StoreProblemKind[] = ['blob-mismatch', 'blob-missing', 'blob-size', 'link-malformed', 'link-mismatch', 'link-dangling', 'link-missing', 'tag-unset', 'manifest-invalid', 'layout-invalid', 'blob-misplaced'];
+    const order: StoreProblemKind[] = ['blob-mismatch', 'blob-missing', 'blob-size', 'link-malformed', 'link-mismatch', 'link-dangling', 'link-missing', 'tag-unset', 'manifest-invalid', 'layout-invalid', 'not-a-file', 'blob-misplaced'];
     return {
       store: this.name,
       format,
@@ -441,7 +466,7 @@ class DistributionCheck extends Check {
     }
     const blob = BLOB_DATA.exec(p);
     if (blob) {
-      if (blob[2]!.startsWith(blob[1]!)) this.blobs.set(`sha256:${blob[2]}`, { path: p, size: entry.size, algorithm: 'sha256' });
+      if (blob[2]!.startsWith(blob[1]!)) this.blobs.set(`sha256:${blob[2]}`, { path: p, size: entry.size, algorithm: 'sha256', ...(entry.special ? { special: entry.special } : {}) });
       else this.problem({ kind: 'blob-misplaced', path: this.where(p), message: `blob data under ${blob[1]}/, not under the first two digits of its name` });
       return;
     }
@@ -486,6 +511,7 @@ class DistributionCheck extends Check {
       raw = await this.driver.getContent(link.path, MAX_LINK_BYTES);
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_FOUND') return; // removed meanwhile
+      if (this.readNoFile(e, link.path)) return;
       if (!(isSmartError(e) && e.code === 'LIMIT_EXCEEDED')) throw e;
       this.problem({ kind: 'link-malformed', path: at, ...context, message: `link file of more than ${MAX_LINK_BYTES} bytes, not sha256:<64 hex digits>` });
       return;
@@ -573,6 +599,7 @@ class DistributionCheck extends Check {
     let any = false;
     for await (const entry of walk(this.driver, V2)) {
       any = true;
+      if (entry.special) this.notAFile(entry.path, entry.special);
       this.classify(entry);
     }
     if (!any) {
@@ -676,35 +703,40 @@ class LayoutCheck extends Check {
 
   async run(): Promise<StoreCheckReport> {
     for await (const entry of walk(this.driver, '/')) {
+      if (entry.special) this.notAFile(entry.path, entry.special);
       const blob = LAYOUT_BLOB.exec(entry.path);
-      if (blob && HEX_LENGTH[blob[1]!] === blob[2]!.length) this.blobs.set(`${blob[1]}:${blob[2]}`, { path: entry.path, size: entry.size, algorithm: blob[1]! });
+      if (blob && HEX_LENGTH[blob[1]!] === blob[2]!.length) {
+        this.blobs.set(`${blob[1]}:${blob[2]}`, { path: entry.path, size: entry.size, algorithm: blob[1]!, ...(entry.special ? { special: entry.special } : {}) });
+      }
       else if (/^\/\.smart-tmp-[^/]+$/.test(entry.path) || TEMPORARY.test(entry.path)) this.temporaries.push(this.where(entry.path));
       else if (entry.path !== '/oci-layout' && entry.path !== '/index.json') this.unrecognised.push(this.where(entry.path));
     }
-    const read = async (p: string): Promise<Buffer | undefined> => {
+    // The file's bytes; undefined when it is missing; null when it is no file (not-a-file, reported).
+    const read = async (p: string): Promise<Buffer | undefined | null> => {
       try {
         return await this.driver.getContent(p, MAX_MANIFEST_BYTES);
       } catch (e) {
         if (isSmartError(e) && e.code === 'NOT_FOUND') return undefined;
+        if (this.readNoFile(e, p)) return null;
         if (!(isSmartError(e) && e.code === 'LIMIT_EXCEEDED')) throw e;
         this.problem({ kind: 'layout-invalid', path: this.where(p), message: e.message });
         return Buffer.alloc(0);
       }
     };
     const [marker, indexBytes] = await Promise.all([read('/oci-layout'), read('/index.json')]);
-    if (!marker && !indexBytes) throw new SmartError('NOT_AN_IMAGE', `${this.name}: not an OCI image layout (no oci-layout or index.json)`, { input: this.name });
+    if (marker === undefined && indexBytes === undefined) throw new SmartError('NOT_AN_IMAGE', `${this.name}: not an OCI image layout (no oci-layout or index.json)`, { input: this.name });
     let version: unknown;
     try {
       version = marker ? (JSON.parse(marker.toString('utf8')) as { imageLayoutVersion?: unknown }).imageLayoutVersion : undefined;
     } catch {
       version = undefined;
     }
-    if (typeof version !== 'string') {
+    if (typeof version !== 'string' && marker !== null) {
       this.problem({ kind: 'layout-invalid', path: this.where('/oci-layout'), message: marker ? 'oci-layout is not {"imageLayoutVersion": "…"}' : 'oci-layout is missing' });
     }
     let tags = 0;
-    if (!indexBytes) this.problem({ kind: 'layout-invalid', path: this.where('/index.json'), message: 'index.json is missing' });
-    else {
+    if (indexBytes === undefined) this.problem({ kind: 'layout-invalid', path: this.where('/index.json'), message: 'index.json is missing' });
+    else if (indexBytes !== null) {
       let index: ParsedManifest | undefined;
       try {
         index = parseManifest(indexBytes, MediaType.OCI_INDEX, 'index.json');

@@ -8,23 +8,15 @@
  * file is written straight, in order, as skopeo writes one; a symlink to a regular file has the
  * file it names replaced, the link kept.
  */
-import { closeSync, openSync, readSync, statSync, type Stats } from 'node:fs';
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { SmartError, isErrno, rethrowRefusal } from '../errors.js';
 import { openUnlinked } from '../pipeline/spool.js';
 import { ownedId } from './aside.js';
+import { specialKind } from './regular-file.js';
 import { ARCHIVE_MAGIC_BYTES, sniffArchiveCompression, type ArchiveCompression } from '../oci/mediatypes.js';
-
-/** What a file that is neither a regular file nor a directory is, for messages; undefined for those two. */
-export function specialKind(st: Stats): string | undefined {
-  if (st.isFIFO()) return 'a pipe';
-  if (st.isCharacterDevice()) return 'a character device';
-  if (st.isBlockDevice()) return 'a block device';
-  if (st.isSocket()) return 'a socket';
-  return undefined;
-}
 
 /**
  * What `file` is (symlinks followed) when it is a pipe, a device or a socket: such a path is read

@@ -11,12 +11,18 @@ import type { Cleaned } from './leftovers.js';
 export interface StorageStat {
   size: number;
   isDirectory: boolean;
+  /**
+   * What is there when it is neither a file nor a directory (a local store's pipe or device: see
+   * storage/regular-file.ts): nothing that can be read as an object, and reads refuse it.
+   */
+  special?: string;
 }
 
-/** An object found by `walk`: its driver path and size. */
+/** An object found by `walk`: its driver path and size; `special` as StorageStat's (such an entry is no object to read). */
 export interface StorageEntry {
   path: string;
   size: number;
+  special?: string;
 }
 
 /**
@@ -41,13 +47,14 @@ export interface StorageDriver {
    */
   readonly localFiles?: boolean;
   /**
-   * Whole small objects (links, manifests). Throws NOT_FOUND when absent, and LIMIT_EXCEEDED,
-   * before reading it, when the object is larger than `maxBytes`.
+   * Whole small objects (links, manifests). Throws NOT_FOUND when absent, LIMIT_EXCEEDED, before
+   * reading it, when the object is larger than `maxBytes`, and NOT_AN_IMAGE when what is there is
+   * no file (a pipe, a device, a directory: see storage/regular-file.ts), unopened or unread.
    */
   getContent(path: string, maxBytes?: number): Promise<Buffer>;
   /** Replaces the object atomically: a reader sees the old bytes or the new, never a mix. */
   putContent(path: string, content: Buffer): Promise<void>;
-  /** Streams an object from `offset` (`length` bytes, or to the end). Throws NOT_FOUND when absent. */
+  /** Streams an object from `offset` (`length` bytes, or to the end). Throws NOT_FOUND when absent, NOT_AN_IMAGE as getContent. */
   reader(path: string, offset?: number, length?: number): Promise<Readable>;
   writer(path: string): Promise<StorageWriter>;
   /** undefined when nothing is at `path`. A "directory" is a prefix with objects under it. */
@@ -85,7 +92,7 @@ export interface StorageDriver {
   /**
    * Every object under `path`, at any depth, in no particular order (empty when nothing is there):
    * one pass, where `list` would cost a request per directory. Objects written or removed during
-   * the walk may or may not be seen.
+   * the walk may or may not be seen. What is there and no object (`special`) is found too.
    */
   walk?(path: string): AsyncIterable<StorageEntry>;
 }

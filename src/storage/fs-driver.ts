@@ -4,7 +4,6 @@ import type { Readable } from 'node:stream';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno, isSmartError, refusalHint } from '../errors.js';
-import { checkSize } from '../limits.js';
 import type { Digest } from '../oci/digest.js';
 import { markLocalFile, verifyFile, type LocalFile } from '../pipeline/local-file.js';
 import type { StorageDriver, StorageEntry, StorageStat, StorageWriter } from './driver.js';
@@ -13,6 +12,7 @@ import { withFileLock } from './file-lock.js';
 import { ownedId, ownerOfId } from './aside.js';
 import { sweepLocal, type Cleaned, type Owner } from './leftovers.js';
 import { mkdirp } from './made-directories.js';
+import { notRegularKind, openRegularFile, readBounded } from './regular-file.js';
 
 const TMP = '.tmp-';
 
@@ -83,13 +83,17 @@ export class FsDriver implements StorageDriver {
     return new SmartError('STORAGE', `${this.name}: cannot ${op} ${p}: ${(e as Error).message}`, { input: p, cause: e, ...refusalHint(e) });
   }
 
+  /** What messages call the file at `p`: the store or layout, and where the file is. */
+  private fileName(p: string): string {
+    return `${this.name}: ${this.full(p)}`;
+  }
+
   async getContent(p: string, maxBytes?: number): Promise<Buffer> {
     let handle: fs.FileHandle | undefined;
     try {
-      if (maxBytes === undefined) return await fs.readFile(this.full(p));
-      handle = await fs.open(this.full(p), 'r');
-      checkSize((await handle.stat()).size, maxBytes, `${this.name}: ${p}`, p);
-      return await handle.readFile();
+      const opened = await openRegularFile(this.full(p), this.fileName(p));
+      handle = opened.handle;
+      return maxBytes === undefined ? await handle.readFile() : await readBounded(handle, opened.size, maxBytes, `${this.name}: ${p}`, p);
     } catch (e) {
       if (isSmartError(e)) throw e;
       return this.fail(e, 'read', p);
@@ -115,8 +119,9 @@ export class FsDriver implements StorageDriver {
     const full = this.full(p);
     let handle: fs.FileHandle;
     try {
-      handle = await fs.open(full, 'r');
+      handle = (await openRegularFile(full, this.fileName(p))).handle;
     } catch (e) {
+      if (isSmartError(e)) throw e;
       this.fail(e, 'open', p);
     }
     const stream = createReadStream('', { fd: handle, start: offset, ...(length !== undefined ? { end: offset + length - 1 } : {}), highWaterMark: 256 * 1024 });
@@ -195,7 +200,8 @@ export class FsDriver implements StorageDriver {
   async stat(p: string): Promise<StorageStat | undefined> {
     try {
       const st = await fs.stat(this.full(p));
-      return { size: st.size, isDirectory: st.isDirectory() };
+      const kind = notRegularKind(st);
+      return { size: st.size, isDirectory: st.isDirectory(), ...(kind && !st.isDirectory() ? { special: kind } : {}) };
     } catch (e) {
       if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return undefined;
       this.fail(e, 'stat', p);
@@ -219,6 +225,7 @@ export class FsDriver implements StorageDriver {
     }
   }
 
+  /** What is neither a file nor a directory (a pipe, a device) is an entry with `special`. */
   async *walk(p: string): AsyncIterable<StorageEntry> {
     const base = path.posix.normalize(`/${p}`).replace(/\/$/, '');
     const dirs = [base];
@@ -237,6 +244,7 @@ export class FsDriver implements StorageDriver {
         else {
           const st = await fs.stat(this.full(child)).catch((e: unknown) => (isErrno(e, 'ENOENT') ? undefined : this.fail(e, 'stat', child)));
           if (st?.isFile()) yield { path: child, size: st.size };
+          else if (st && !st.isDirectory()) yield { path: child, size: st.size, special: notRegularKind(st)! };
         }
       }
     }

@@ -55,13 +55,19 @@ export function testCacheHome(): string {
  */
 export function smart(
   args: string[],
-  /** `node`: the Node binary to run it with (another LTS line: node-lines.test.ts); this one's by default. */
-  options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv; umask?: string; node?: string } = {},
+  /**
+   * `node`: the Node binary to run it with (another LTS line: node-lines.test.ts); this one's by default.
+   * `killAfterS`: killed (SIGKILL, by timeout(1)) after that many seconds: a run that would hang
+   * fails its test, and is not left behind. A killed run has printed no error line of its own.
+   */
+  options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv; umask?: string; node?: string; killAfterS?: number } = {},
 ): Promise<RunResult> {
   const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
   const input = options.input ? { input: options.input } : {};
   const node = options.node ?? process.execPath;
-  if (options.umask !== undefined) return run('sh', ['-c', `umask ${options.umask} && exec "$@"`, 'sh', node, smartBin, ...args], { ...input, env });
+  const bounded = options.killAfterS !== undefined ? ['timeout', '-s', 'KILL', String(options.killAfterS)] : [];
+  if (options.umask !== undefined) return run('sh', ['-c', `umask ${options.umask} && exec "$@"`, 'sh', ...bounded, node, smartBin, ...args], { ...input, env });
+  if (bounded.length) return run(bounded[0]!, [...bounded.slice(1), node, smartBin, ...args], { ...input, env });
   return run(node, [smartBin, ...args], { ...input, env });
 }
 

@@ -362,6 +362,49 @@ describe('bad input', () => {
     await expect(fs.stat('/tmp/smartlayer-escaped.txt')).rejects.toThrow();
   });
 
+  it('a file of a layout or a store that is a named pipe or a device is refused at once, neither waited on nor read without end', async () => {
+    const fx = fixtures();
+    const hex = (d: string) => d.slice('sha256:'.length);
+    const v2 = 'docker/registry/v2';
+    const storeBlob = (d: string) => `${v2}/blobs/sha256/${hex(d).slice(0, 2)}/${hex(d)}/data`;
+    const cases: { name: string; source: (dir: string) => string; base: string; file: string; make: 'fifo' | string }[] = [
+      { name: 'layer-fifo', base: fx.paths.ociBasic, source: (d) => `oci:${d}:latest`, file: `blobs/sha256/${hex(fx.basic.layers[0]!.digest)}`, make: 'fifo' },
+      { name: 'index-fifo', base: fx.paths.ociBasic, source: (d) => `oci:${d}:latest`, file: 'index.json', make: 'fifo' },
+      { name: 'index-zero', base: fx.paths.ociBasic, source: (d) => `oci:${d}:latest`, file: 'index.json', make: '/dev/zero' },
+      { name: 'marker-urandom', base: fx.paths.ociBasic, source: (d) => `oci:${d}:latest`, file: 'oci-layout', make: '/dev/urandom' },
+      { name: 'manifest-zero', base: fx.paths.ociBasic, source: (d) => `oci:${d}:latest`, file: `blobs/sha256/${hex(fx.basic.manifest.digest)}`, make: '/dev/zero' },
+      { name: 'tag-fifo', base: store, source: (d) => `file:${d}#demo/basic:v1`, file: `${v2}/repositories/demo/basic/_manifests/tags/v1/current/link`, make: 'fifo' },
+      { name: 'tag-urandom', base: store, source: (d) => `file:${d}#demo/basic:v1`, file: `${v2}/repositories/demo/basic/_manifests/tags/v1/current/link`, make: '/dev/urandom' },
+      { name: 'blob-fifo', base: store, source: (d) => `file:${d}#demo/basic:v1`, file: storeBlob(fx.basic.layers[0]!.digest), make: 'fifo' },
+      { name: 'manifest-data-zero', base: store, source: (d) => `file:${d}#demo/basic:v1`, file: storeBlob(fx.basic.manifest.digest), make: '/dev/zero' },
+    ];
+    for (const c of cases) {
+      const dir = path.join(work, 'not-files', c.name);
+      await fs.cp(c.base, dir, { recursive: true });
+      const file = path.join(dir, c.file);
+      await fs.rm(file);
+      if (c.make === 'fifo') await runOk('mkfifo', [file]);
+      else await fs.symlink(c.make, file);
+      // A fresh cache: the blob is read from the source, not found kept from an earlier pull.
+      const dest = path.join(work, 'not-files', `${c.name}-rootfs`);
+      const r = await smart(['pull', c.source(dir), `rootfs:${dest}`, '--timeout', '20'], { cacheHome: await tempDir(), killAfterS: 40 });
+      const kind = c.make === 'fifo' ? 'a pipe' : 'a character device';
+      expectOneLineError(r, 1, new RegExp(`^smart: error \\[NOT_AN_IMAGE\\]: .*${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is ${kind}, not a regular file \\(`));
+      await expect(fs.stat(dest), c.name).rejects.toThrow();
+    }
+    // A layout reached through a symlink, and blobs that are symlinks to regular files, are read as ever.
+    const linkedBlobs = path.join(work, 'not-files', 'linked-blobs');
+    await fs.cp(fx.paths.ociBasic, linkedBlobs, { recursive: true });
+    for (const d of [fx.basic.manifest.digest, fx.basic.layers[0]!.digest]) {
+      const blob = path.join(linkedBlobs, 'blobs', 'sha256', hex(d));
+      await fs.rename(blob, `${blob}.kept`);
+      await fs.symlink(`${blob}.kept`, blob);
+    }
+    await fs.symlink(linkedBlobs, path.join(work, 'not-files', 'layout-link'));
+    const ok = await smart(['pull', `oci:${path.join(work, 'not-files', 'layout-link')}:latest`, `rootfs:${path.join(work, 'not-files', 'linked-rootfs')}`], { cacheHome: await tempDir(), killAfterS: 40 });
+    expect(ok.code, ok.stderr).toBe(0);
+  }, 120_000);
+
   it('a failed pull leaves the previous destination untouched', async () => {
     const root = path.join(work, 'keep');
     expect((await smart(['pull', `file:${store}#demo/basic:v1`, `rootfs:${root}`])).code).toBe(0);

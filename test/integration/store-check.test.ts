@@ -24,7 +24,8 @@ const revisionLink = (repo: string, d: string) => `${V2}/repositories/${repo}/_m
 const currentLink = (repo: string, tag: string) => `${V2}/repositories/${repo}/_manifests/tags/${tag}/current/link`;
 
 async function check(store: string, extra: string[] = [], env?: NodeJS.ProcessEnv): Promise<{ r: RunResult; report: StoreCheckReport }> {
-  const r = await smart(['store', 'check', store, '--json', ...extra], env ? { env } : {});
+  // Bounded: a check that would hang (on a named pipe, say) fails its test.
+  const r = await smart(['store', 'check', store, '--json', ...extra], { ...(env ? { env } : {}), killAfterS: 60 });
   expect(r.stderr).not.toMatch(/^\s+at /m);
   const report = JSON.parse(r.stdout.toString()) as StoreCheckReport;
   // One summary line (the error line when inconsistent), after one line per problem.
@@ -201,6 +202,48 @@ describe('smart store check', () => {
     expect(report.orphans.blobs).toEqual([{ digest: `sha256:${'0'.repeat(64)}`, size: 6 }]);
     // The orphan's bytes are not its name: rehashed, it is a problem too.
     expect(report.problems.filter((p) => p.kind === 'blob-mismatch').map((p) => p.digest).sort()).toEqual([platforms[0]!.layers[0]!.digest, `sha256:${'0'.repeat(64)}`].sort());
+  });
+
+  it('a blob, a link or a layout file that is a named pipe or a device: not-a-file, neither waited on nor read', async () => {
+    const store = await copy('not-files');
+    const layer = fx().basic.layers[0]!.digest;
+    const manifest = fx().basic.manifest.digest;
+    const fifo = async (file: string) => {
+      await fs.rm(file);
+      await runOk('mkfifo', [file]);
+    };
+    const device = async (file: string, to: string) => {
+      await fs.rm(file);
+      await fs.symlink(to, file);
+    };
+    await fifo(path.join(store, blobData(layer)));
+    await device(path.join(store, blobData(manifest)), '/dev/zero');
+    await fifo(path.join(store, currentLink('other', 'v1')));
+    await device(path.join(store, layerLink('multi', Object.values(fx().multi.platforms)[0]!.config.digest)), '/dev/urandom');
+    for (const extra of [[], ['--quick']]) {
+      const { report, r } = await check(`file:${store}`, extra);
+      const found = report.problems.filter((p) => p.kind === 'not-a-file');
+      expect(found.map((p) => [p.path, p.message]).sort(), r.stderr).toEqual(
+        [
+          [path.join(store, blobData(layer)), 'a pipe, not a regular file'],
+          [path.join(store, blobData(manifest)), 'a character device, not a regular file'],
+          [path.join(store, currentLink('other', 'v1')), 'a pipe, not a regular file'],
+          [path.join(store, layerLink('multi', Object.values(fx().multi.platforms)[0]!.config.digest)), 'a character device, not a regular file'],
+        ].sort(),
+      );
+      expect(r.stderr).toContain(`problem: not-a-file: a pipe, not a regular file (${path.join(store, blobData(layer))})`);
+    }
+    const layout = path.join(work, 'not-files-layout');
+    await fs.cp(fx().paths.ociBasic, layout, { recursive: true });
+    await device(path.join(layout, 'index.json'), '/dev/zero');
+    await fifo(path.join(layout, 'blobs/sha256', layer.slice(7)));
+    const { report } = await check(`oci:${layout}`);
+    expect(report.problems.map((p) => [p.kind, p.path]).sort()).toEqual(
+      [
+        ['not-a-file', path.join(layout, 'index.json')],
+        ['not-a-file', path.join(layout, 'blobs/sha256', layer.slice(7))],
+      ].sort(),
+    );
   });
 
   it('usage errors exit 2; a store that is not there, or not a store, exits 1 with one line', async () => {

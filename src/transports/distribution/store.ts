@@ -204,7 +204,8 @@ export class DistributionStore {
       // naming its writer (`NAME.tmp-OWNER`): the registry's own uploads have none of those.
       const writer = names.map(ownerOfTemporary).find((o) => o) ?? undefined;
       if (!recorded && !writer && !names.some((n) => n.startsWith('data.tmp-'))) continue;
-      const read = async (p: string) => (await this.driver.getContent(p).catch(() => undefined))?.toString('utf8') ?? '';
+      // An owner record and a start time are a line each: anything larger is no record of ours.
+      const read = async (p: string) => (await this.driver.getContent(p, MAX_LINK_BYTES).catch(() => undefined))?.toString('utf8') ?? '';
       const owner = recorded ? parseOwnerTag(await read(pathFor({ kind: 'uploadOwner', repo, id })))?.owner : writer;
       const startedAt = Date.parse(await read(pathFor({ kind: 'uploadStartedAt', repo, id })));
       if (!isStale(owner, Number.isNaN(startedAt) ? 0 : Date.now() - startedAt)) continue;

@@ -15,6 +15,7 @@ import { localFileOf } from '../../pipeline/local-file.js';
 import { ownedId, ownerOfId } from '../../storage/aside.js';
 import { isTemporaryOf, type FsDriver } from '../../storage/fs-driver.js';
 import { sweepLocal, type Cleaned } from '../../storage/leftovers.js';
+import { NotRegularFile } from '../../storage/regular-file.js';
 import { pipeline } from 'node:stream/promises';
 import { LAYOUT_FILE_CONTENT, REF_NAME, layoutPath, memberName } from './paths.js';
 
@@ -54,6 +55,11 @@ async function readIndex(files: LayoutFiles, name: string): Promise<ImageIndex> 
   const parsed = parseManifest(bytes, MediaType.OCI_INDEX, `${name} index.json`);
   if (parsed.kind !== 'index') throw new SmartError('MANIFEST_INVALID', `${name}: index.json is not an image index`, { input: name });
   return parsed.index;
+}
+
+/** readIndex found no layout there (nothing to keep when writing one); not a file of it that is no file (a pipe), which is refused. */
+function isNoLayout(e: unknown): boolean {
+  return isSmartError(e) && e.code === 'NOT_AN_IMAGE' && !(e instanceof NotRegularFile);
 }
 
 /**
@@ -286,7 +292,7 @@ export class OciLayoutDestination implements BlobDestination {
       // Several images under the tag: not current (the commit leaves one entry of it).
       entry = new Set(found.map((d) => d.digest)).size === 1 ? found[0] : undefined;
     } catch (e) {
-      if (isSmartError(e) && e.code === 'NOT_AN_IMAGE') return undefined;
+      if (isNoLayout(e)) return undefined;
       throw e;
     }
     if (!entry) return undefined;
@@ -327,7 +333,7 @@ export class OciLayoutDestination implements BlobDestination {
       try {
         index = await readIndex(this.driver, this.name);
       } catch (e) {
-        if (!(isSmartError(e) && e.code === 'NOT_AN_IMAGE')) throw e;
+        if (!isNoLayout(e)) throw e;
         index = { schemaVersion: 2, mediaType: MediaType.OCI_INDEX, manifests: [] };
       }
       const entry: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.bytes.length };
