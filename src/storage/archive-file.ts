@@ -8,7 +8,7 @@
  * file is written straight, in order, as skopeo writes one; a symlink to a regular file has the
  * file it names replaced, the link kept.
  */
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, constants as fsConstants, open as openFd, openSync, readSync, statSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -96,7 +96,9 @@ export function isStreamedArchive(file: string): boolean {
 /** The bytes of an archive source that isStreamedArchive: stdin for `-`, else the file opened for one read. A socket is refused. */
 export async function streamedArchiveInput(file: string, name: string, stdin: Readable): Promise<Readable> {
   if (file === '-') return stdin;
-  if (specialFileAt(file) === 'a socket') throw socketRefused(file, name);
+  const special = specialFileAt(file);
+  if (special === 'a socket') throw socketRefused(file, name);
+  if (special === 'a pipe') return openPipe(file, name);
   // A terminal (docker-archive:/dev/stdin with nothing piped in) is refused as `-` is on one: a
   // command that seems to hang, waiting for an archive nobody will type.
   const handle = await fs.open(file, 'r').catch(rethrowRefusal(`cannot read ${name}`));
@@ -105,6 +107,20 @@ export async function streamedArchiveInput(file: string, name: string, stdin: Re
     throw new SmartError('USAGE', `${name}: ${file} is a terminal`, { input: file, hint: 'pipe the archive in, docker save IMAGE | smart push docker-archive:- …, or name the archive file' });
   }
   return handle.createReadStream({ highWaterMark: 256 * 1024 }); // closes the handle when it closes
+}
+
+/**
+ * A named pipe (or /dev/stdin, /dev/fd/63 on one) read as a socket is: opened without waiting for
+ * a writer (a blocking open would hold a thread of the pool until one comes, and no Ctrl-C or
+ * --timeout could end the command meanwhile), then read as the event loop is told it is readable,
+ * so that a pipe nobody writes to waits until the command is cancelled, and no longer.
+ */
+async function openPipe(file: string, name: string): Promise<Readable> {
+  const fd = await new Promise<number>((resolve, reject) => openFd(file, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOCTTY, (e, n) => (e ? reject(e) : resolve(n)))).catch(
+    rethrowRefusal(`cannot read ${name}`),
+  );
+  // node:net loaded here, as node:tty below: only the commands that read a pipe need it.
+  return new (process.getBuiltinModule('node:net').Socket)({ fd, readable: true, writable: false });
 }
 
 /** Where a spool's file goes: $TMPDIR, else /var/tmp (as skopeo puts its big temporary files: /tmp is often a tmpfs, in memory). */

@@ -405,6 +405,25 @@ describe('bad input', () => {
     expect(ok.code, ok.stderr).toBe(0);
   }, 120_000);
 
+  it('an archive named by a named pipe waits for its writer, and --timeout ends the wait', async () => {
+    const fx = fixtures();
+    const fifo = path.join(work, 'archive.fifo');
+    await runOk('mkfifo', [fifo]);
+    for (const transport of ['docker-archive', 'oci-archive']) {
+      const started = Date.now();
+      const r = await smart(['push', `${transport}:${fifo}`, `file:${store}#demo/fifo:never`, '--timeout', '2'], { killAfterS: 30 });
+      expectOneLineError(r, 1, /^smart: error \[CANCELLED\]: timed out after 2 s \(--timeout\)$/);
+      expect(Date.now() - started).toBeLessThan(10_000);
+    }
+    expect(await tagsOf('demo/fifo')).toEqual([]);
+    // With a writer, read as ever.
+    const writer = run('sh', ['-c', 'sleep 0.5; cat "$1" > "$2"', 'sh', fx.paths.dockerArchiveBasic, fifo]);
+    const pushed = await smart(['push', `docker-archive:${fifo}`, `file:${store}#demo/fifo:read`], { killAfterS: 30 });
+    expect(pushed.code, pushed.stderr).toBe(0);
+    expect((await writer).code).toBe(0);
+    expect(await tagsOf('demo/fifo')).toEqual(['read']);
+  }, 60_000);
+
   it('a failed pull leaves the previous destination untouched', async () => {
     const root = path.join(work, 'keep');
     expect((await smart(['pull', `file:${store}#demo/basic:v1`, `rootfs:${root}`])).code).toBe(0);
