@@ -23,6 +23,25 @@ const STOP_SIGNALS = {
 } as const;
 type StopSignal = keyof typeof STOP_SIGNALS;
 
+/**
+ * How long a cancelled run (a signal, --timeout) may take to stop cleanly before it is ended at
+ * once: its clean-up is done in far less, unless an operation of the system never returns (the
+ * open of a named pipe nobody opens the other end of, on a thread of Node's pool).
+ */
+const STOP_GRACE_MS = 10_000;
+
+/**
+ * Ends the process now, by `sig` with its default action, as if it had not been caught: the shell
+ * sees 128 + its number. Not process.exit, which waits for every thread of Node's pool to finish
+ * its operation first, for ever behind one that never returns. Any listener left to `sig` (or
+ * SIGKILL asked for) makes it SIGKILL.
+ */
+function endNow(sig: StopSignal | 'SIGKILL'): never {
+  process.kill(process.pid, sig !== 'SIGKILL' && process.listenerCount(sig) === 0 ? sig : 'SIGKILL');
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable');
+}
+
 /** Runs the CLI on `argv` (as process.argv) and resolves to the exit code; never calls process.exit. */
 export async function main(argv: string[], prog = 'smart'): Promise<number> {
   // Loaded with the program, only when commander parses the command line.
@@ -49,16 +68,37 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   enableCompileCache();
   // Ctrl-C / SIGTERM cancel the work: in-flight transfers stop, temporary data is removed, nothing
   // half-written remains; then the exit status is 128 + the signal number, also when the work was
-  // done before the signal could stop it (its error line says so). A second one exits at once.
+  // done before the signal could stop it (its error line says so). A second one ends it at once.
   // SIGHUP too: a closed terminal or a dropped ssh session ends a run as Ctrl-C does, nothing half-written left.
   let signalled: StopSignal | undefined;
+  const unlisten = () => {
+    for (const [sig, handler] of handlers) process.off(sig, handler);
+  };
   const onSignal = (sig: StopSignal) => {
-    if (signalled) process.exit(STOP_SIGNALS[sig].status);
+    if (signalled) {
+      unlisten();
+      endNow(sig);
+    }
     signalled = sig;
     cancel.abort(new SmartError('CANCELLED', STOP_SIGNALS[sig].word));
   };
   const handlers = (Object.keys(STOP_SIGNALS) as StopSignal[]).map((sig) => [sig, () => onSignal(sig)] as const);
   for (const [sig, handler] of handlers) process.on(sig, handler);
+  // A cancelled run that has not stopped after STOP_GRACE_MS is held by an operation that does not
+  // return: ended then, its error line saying so; by its signal, or SIGKILL for --timeout (its
+  // status 1 cannot be given without the wait process.exit would make).
+  let graceTimer: NodeJS.Timeout | undefined;
+  const onCancel = () => {
+    graceTimer = setTimeout(() => {
+      const reason = isSmartError(cancel.signal.reason) ? cancel.signal.reason.message : 'cancelled';
+      const stuck = `${reason}, and did not stop within ${STOP_GRACE_MS / 1000} s: an operation of the system never returned (the open of a named pipe nobody opens the other end of, for one); ended without its clean-up`;
+      new Output(flagsOf()).error(prog, new SmartError('CANCELLED', stuck));
+      unlisten();
+      endNow(signalled ?? 'SIGKILL');
+    }, STOP_GRACE_MS);
+    graceTimer.unref();
+  };
+  cancel.signal.addEventListener('abort', onCancel, { once: true });
   // Node ends a process whose event loop has nothing left to wait on, though the command's own
   // promise never settled (a client that waits on nothing: a Redis Cluster whose state is fail):
   // that exit would be 0 with the work half done. It is a failure, said in one line.
@@ -114,7 +154,9 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
   } finally {
     restoreOutput();
     process.off('beforeExit', drained);
-    for (const [sig, handler] of handlers) process.off(sig, handler);
+    cancel.signal.removeEventListener('abort', onCancel);
+    clearTimeout(graceTimer);
+    unlisten();
   }
 }
 

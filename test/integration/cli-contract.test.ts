@@ -538,6 +538,61 @@ describe('the command line contract', () => {
       expect(index.manifests.map((m) => m.digest)).toEqual([digest]);
     });
 
+    describe('a run held by an operation of the system that never returns (a named pipe nobody opens, on a thread of the pool)', () => {
+      /** A pull into a named pipe nobody reads: the open of it waits for ever. Ends with its exit code or signal, and when. */
+      const heldPull = async (extra: string[], signals: { after: number; signal: NodeJS.Signals }[] = []) => {
+        const dir = await tempDir();
+        const fifo = path.join(dir, 'image.tar');
+        await run('mkfifo', [fifo]);
+        const started = Date.now();
+        // Signalled itself (timeout(1) would pass on only the first signal): killed by the test after 40 s, its failure.
+        const child = spawn(process.execPath, [smartBin, 'pull', `oci:${fixtures().paths.ociBasic}:latest`, `docker-archive:${fifo}`, ...extra], {
+          stdio: ['ignore', 'ignore', 'pipe'],
+          env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') },
+        });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+        const watchdog = setTimeout(() => child.kill('SIGKILL'), 40_000);
+        // The signals come once a thread of the pull waits in the open of the pipe (Linux says so in wchan).
+        if (signals.length) {
+          const waiting = async () => {
+            const tasks = await fs.readdir(`/proc/${child.pid}/task`).catch(() => []);
+            const chans = await Promise.all(tasks.map((t) => fs.readFile(`/proc/${child.pid}/task/${t}/wchan`, 'utf8').catch(() => '')));
+            return chans.includes('wait_for_partner');
+          };
+          for (let i = 0; i < 200 && !(await waiting()); i++) await new Promise((r) => setTimeout(r, 50));
+          expect(await waiting()).toBe(true);
+        }
+        for (const { after, signal } of signals) {
+          await new Promise((r) => setTimeout(r, after));
+          child.kill(signal);
+        }
+        const end = await ended;
+        clearTimeout(watchdog);
+        return { ...end, stderr, seconds: (Date.now() - started) / 1000 };
+      };
+
+      it('a second signal ends it at once, by that signal (process.exit would wait for the pool for ever)', async () => {
+        const r = await heldPull([], [
+          { after: 0, signal: 'SIGINT' },
+          { after: 500, signal: 'SIGINT' },
+        ]);
+        expect(r.signal, r.stderr).toBe('SIGINT');
+        expect(r.seconds).toBeLessThan(10);
+      }, 60_000);
+
+      it('--timeout ends it 10 s after, without its clean-up, in one line that says so (SIGKILL: exit 1 would wait for the pool)', async () => {
+        const r = await heldPull(['--timeout', '1']);
+        expect(r.signal, r.stderr).toBe('SIGKILL');
+        expect(r.seconds).toBeGreaterThan(10);
+        expect(r.seconds).toBeLessThan(35);
+        expect(r.stderr.trim().split('\n')).toEqual([
+          'smart: error [CANCELLED]: timed out after 1 s (--timeout), and did not stop within 10 s: an operation of the system never returned (the open of a named pipe nobody opens the other end of, for one); ended without its clean-up',
+        ]);
+      }, 60_000);
+    });
+
     it.skipIf(!haveTools('script'))('a terminal that cannot move its cursor (TERM=dumb) gets plain lines, no escape sequences', async () => {
       const fx = fixtures();
       const r = await run('script', ['-qec', `TERM=dumb "${process.execPath}" "${smartBin}" push oci:${fx.paths.ociBasic}:latest file:${store}#tty/dumb:1`, '/dev/null'], {
