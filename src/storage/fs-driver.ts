@@ -225,11 +225,24 @@ export class FsDriver implements StorageDriver {
     }
   }
 
-  /** What is neither a file nor a directory (a pipe, a device) is an entry with `special`. */
+  /**
+   * Symlinks are followed, to directories too, as the registry's filesystem driver follows them
+   * (its Stat and List open the path) and as every read here does: a repository directory that is
+   * a symlink is walked as the repository a pull reads. A symlink to a directory it has been
+   * reached through already (a loop) is not followed again. What is neither a file nor a directory
+   * (a pipe, a device) is an entry with `special`; a symlink to nothing is nothing.
+   */
   async *walk(p: string): AsyncIterable<StorageEntry> {
     const base = path.posix.normalize(`/${p}`).replace(/\/$/, '');
-    const dirs = [base];
-    for (let dir = dirs.pop(); dir !== undefined; dir = dirs.pop()) {
+    // Gone meanwhile, or a symlink to nothing (or to itself): nothing there.
+    const stat = (rel: string) => fs.stat(this.full(rel)).catch((e: unknown) => (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR') || isErrno(e, 'ELOOP') ? undefined : this.fail(e, 'stat', rel)));
+    const identity = (st: { dev: number; ino: number }) => `${st.dev}:${st.ino}`;
+    // Per directory to walk: the directories reached through symlinks on its way (and the base).
+    type Followed = { id: string; up: Followed } | undefined;
+    const top = await stat(base);
+    const dirs: { dir: string; followed: Followed }[] = [{ dir: base, followed: top ? { id: identity(top), up: undefined } : undefined }];
+    for (let next = dirs.pop(); next !== undefined; next = dirs.pop()) {
+      const { dir, followed } = next;
       let entries;
       try {
         entries = await fs.readdir(this.full(dir), { withFileTypes: true });
@@ -240,12 +253,19 @@ export class FsDriver implements StorageDriver {
       }
       for (const entry of entries) {
         const child = `${dir}/${entry.name}`;
-        if (entry.isDirectory()) dirs.push(child);
-        else {
-          const st = await fs.stat(this.full(child)).catch((e: unknown) => (isErrno(e, 'ENOENT') ? undefined : this.fail(e, 'stat', child)));
-          if (st?.isFile()) yield { path: child, size: st.size };
-          else if (st && !st.isDirectory()) yield { path: child, size: st.size, special: notRegularKind(st)! };
+        if (entry.isDirectory()) {
+          dirs.push({ dir: child, followed });
+          continue;
         }
+        const st = await stat(child);
+        if (!st) continue;
+        if (st.isDirectory()) {
+          const id = identity(st);
+          let loop = false;
+          for (let f = followed; f && !loop; f = f.up) loop = f.id === id;
+          if (!loop) dirs.push({ dir: child, followed: { id, up: followed } });
+        } else if (st.isFile()) yield { path: child, size: st.size };
+        else yield { path: child, size: st.size, special: notRegularKind(st)! };
       }
     }
   }

@@ -246,6 +246,21 @@ describe('smart store check', () => {
     );
   });
 
+  it('a repository directory that is a symlink is checked as the repository a pull reads (the registry follows it too); a symlink loop ends', async () => {
+    const store = await copy('linked-repository');
+    const elsewhere = path.join(work, 'linked-repository-app');
+    await fs.rename(path.join(store, `${V2}/repositories/team/app`), elsewhere);
+    await fs.symlink(elsewhere, path.join(store, `${V2}/repositories/team/app`));
+    const pulled = await smart(['pull', `file:${store}#team/app:1`, `oci:${path.join(work, 'linked-repository-out')}:x`], { killAfterS: 60 });
+    expect(pulled.code, pulled.stderr).toBe(0);
+    let { report } = await check(`file:${store}`);
+    expect(report).toMatchObject({ consistent: true, repositories: 3, tags: 3, orphans: { blobs: [] } });
+    // A symlink back up the tree is walked once more under its name, as a reader reaches it, then no further.
+    await fs.symlink('.', path.join(store, `${V2}/repositories/loop`));
+    ({ report } = await check(`file:${store}`));
+    expect(report).toMatchObject({ consistent: true, repositories: 6, tags: 6 });
+  });
+
   it('usage errors exit 2; a store that is not there, or not a store, exits 1 with one line', async () => {
     for (const name of [`file:${pristine}#team/app:1`, `oci:${fx().paths.ociBasic}:latest`, 'docker://127.0.0.1:1/x']) {
       const r = await smart(['store', 'check', name]);
