@@ -81,9 +81,10 @@ export interface ArchiveReading {
    */
   opaqueBlobs?: boolean;
   /**
-   * Told of each JSON member kept, as soon as it is read whole; what it throws ends the reading
-   * there. A kind whose image's shape arrives before its blobs refuses through it what it would
-   * refuse at the end, before any more blobs are stored.
+   * Told of each JSON member kept, as soon as it is read whole (again for a member that comes
+   * again: the later one replaces it); what it throws ends the reading there. A kind whose image's
+   * shape arrives before its blobs judges it through this, to refuse what the end would refuse
+   * before any more blobs are stored.
    */
   onJson?: (member: string, bytes: Buffer) => void;
 }

@@ -306,6 +306,37 @@ describe('oci-archive:- (a stream)', () => {
     expect((await pushStream(archive, `file:${store}#app:1`, [], undefined, 'oci-archive:-:other')).manifestDigest).toBe(fx.basic.manifest.digest);
   });
 
+  it('takes the last index.json of an archive that holds two (tar -r appended an updated one), as from the file; one naming no image says so', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const empty = path.join(work, 'empty');
+    await fs.mkdir(empty);
+    await fs.writeFile(path.join(empty, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [] }));
+    // Blobs, an index.json naming nothing, then the layout's own appended: `tar x` keeps the last.
+    const appended = path.join(work, 'appended.tar');
+    await runOk('tar', ['-C', fx.paths.ociBasic, '-cf', appended, 'oci-layout', 'blobs']);
+    await runOk('tar', ['-C', empty, '-rf', appended, 'index.json']);
+    await runOk('tar', ['-C', fx.paths.ociBasic, '-rf', appended, 'index.json']);
+    // The empty one first, ahead of the blobs (a placeholder written before the images): not refused early either.
+    const placeholder = path.join(work, 'placeholder.tar');
+    await runOk('tar', ['-C', empty, '-cf', placeholder, 'index.json']);
+    await runOk('tar', ['-C', fx.paths.ociBasic, '-rf', placeholder, 'oci-layout', 'blobs', 'index.json']);
+    for (const archive of [appended, placeholder]) {
+      const fromFile = await smart(['push', `oci-archive:${archive}`, `file:${path.join(work, 'store-file')}#app:1`, '--json']);
+      expect(fromFile.code, fromFile.stderr).toBe(0);
+      expect((JSON.parse(fromFile.stdout.toString()) as Summary).manifestDigest).toBe(fx.basic.manifest.digest);
+      expect((await pushStream(archive, `file:${path.join(work, 'store')}#app:1`)).manifestDigest).toBe(fx.basic.manifest.digest);
+    }
+    // Only the empty one: nothing to name, said so, with no advice to name a tag.
+    const nothing = path.join(work, 'nothing.tar');
+    await runOk('tar', ['-C', fx.paths.ociBasic, '-cf', nothing, 'oci-layout', 'blobs']);
+    await runOk('tar', ['-C', empty, '-rf', nothing, 'index.json']);
+    const none = await failure(nothing, ['push', 'oci-archive:-', `file:${path.join(work, 'store-none')}#app:1`]);
+    expect([none.code, none.line]).toEqual([1, 'smart: error [NOT_AN_IMAGE]: oci-archive:-: index.json names no image']);
+    const noneFromFile = await smart(['push', `oci-archive:${nothing}`, `file:${path.join(work, 'store-none')}#app:1`]);
+    expect(noneFromFile.stderr.toString().trim()).toBe(`smart: error [NOT_AN_IMAGE]: oci-archive:${nothing}: index.json names no image`);
+  });
+
   it('refuses, in one line and with no tag written, a blob that is not what its name says, a docker save, and a tree as the destination', async () => {
     const fx = fixtures();
     const work = await tempDir();

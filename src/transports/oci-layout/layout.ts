@@ -87,6 +87,8 @@ export function pickIndexEntry(index: ImageIndex, tag: string | undefined, name:
     }
     return found[0]!;
   }
+  // Nothing to name: a tag would not help (an index.json emptied, or written before its images).
+  if (index.manifests.length === 0) throw new SmartError('NOT_AN_IMAGE', `${name}: index.json names no image`, { input: name });
   if (index.manifests.length !== 1) {
     throw new SmartError('USAGE', `${name}: the layout holds ${index.manifests.length} images; name one as ${name}:TAG`, {
       input: name,

@@ -47,18 +47,33 @@ export async function readOciArchiveStream<T>(
   const indexMember = memberName(layoutPath({ kind: 'index' }));
   // index.json ahead of the blobs (a tar of a layout directory may list it first): an image it
   // does not name (no such tag, or several images and no tag) is refused before a blob is stored,
-  // with the error the end would give. An index.json that does not parse is left to the end.
+  // with the error the end would give. Refused when the next blob comes, not at once: until then a
+  // later index.json may replace it (`tar -r` appends an updated one; the archive as a file, as
+  // `tar x`, takes the last), and one that came after every blob is left to the end. One that names
+  // no image at all (a placeholder written before the images) is never refused early, nor is one
+  // that does not parse: the end judges them, by the last index.json.
+  let refusal: { error: unknown } | undefined;
   const earlyChoice = (member: string, bytes: Buffer): void => {
     if (member !== indexMember) return;
+    refusal = undefined;
     let parsed: ParsedManifest;
     try {
       parsed = parseManifest(bytes, MediaType.OCI_INDEX, `${name} index.json`);
     } catch {
       return;
     }
-    if (parsed.kind === 'index') pickIndexEntry(parsed.index, tag, name);
+    if (parsed.kind !== 'index' || parsed.index.manifests.length === 0) return;
+    try {
+      pickIndexEntry(parsed.index, tag, name);
+    } catch (e) {
+      refusal = { error: e };
+    }
   };
-  const members = await readArchiveMembers(input, name, { kind: 'an OCI archive', limits: { [indexMember]: MAX_MANIFEST_BYTES }, opaqueBlobs: true, onJson: earlyChoice }, onLayer);
+  const onBlob = async (layer: StreamedLayer): Promise<T> => {
+    if (refusal) throw refusal.error;
+    return onLayer(layer);
+  };
+  const members = await readArchiveMembers(input, name, { kind: 'an OCI archive', limits: { [indexMember]: MAX_MANIFEST_BYTES }, opaqueBlobs: true, onJson: earlyChoice }, onBlob);
   // The JSON kept, read as a layout is: the same choice of image, the same checks, the same errors.
   const source = new OciLayoutSource(name, keptFiles(members, name), tag);
   const top = await source.getManifest();
