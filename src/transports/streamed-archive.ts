@@ -6,6 +6,7 @@
  * has them in whatever order the directory lists. So no order is assumed: each layer is handed to the reader as it arrives (the copy stores it at
  * once), JSON members are kept, and each kind assembles its image from them at the end.
  */
+import { createHash } from 'node:crypto';
 import { Readable, pipeline } from 'node:stream';
 import tar from 'tar-stream';
 import { SmartError, isCancellation, isSmartError, quoted } from '../errors.js';
@@ -21,7 +22,11 @@ import { hasSparseRecords } from '../tar/sparse.js';
 /** JSON members (configs, manifests, manifest.json, index.json, v1 json) up to this size are kept, up to MAX_ARCHIVE_JSON_BYTES in all. */
 const MAX_JSON_MEMBER = MAX_CONFIG_BYTES;
 
-/** What an archive read to its end holds, but for the layers, which went to the reader as they passed. */
+/**
+ * What an archive read to its end holds, but for the layers, which went to the reader as they
+ * passed. A name that comes again is what its last member was, as `tar x` (and the archive read as
+ * a file) leaves it.
+ */
 export interface ArchiveMembers<T> {
   /** JSON members, by name. */
   json: Map<string, Buffer>;
@@ -31,10 +36,14 @@ export interface ArchiveMembers<T> {
   layers: Map<string, T>;
   /** Members handed to the reader as opaque blobs (see readArchiveMembers' `opaqueBlobs`), not layers. */
   opaque: Set<string>;
+  /** What each opaque blob's bytes hashed to, where the reader read it whole: a name that lies is said to. */
+  opaqueDigests: Map<string, Digest>;
   /** Members that were neither a layer nor JSON (VERSION files, an artifact's blobs). */
   others: Set<string>;
   /** The member a name leads to through the archive's links (Docker's older saves link repeated layers). */
   resolve(member: string): string;
+  /** Links, by their member: where each leads, and whether it is a hard link (GNU tar stores a second name of a file so). */
+  links: Map<string, { target: string; hard: boolean }>;
   /** The first member of a type a stream cannot hold (an old GNU sparse file): named if a layer is then missing. */
   sparse?: string;
 }
@@ -105,7 +114,15 @@ export async function readArchiveMembers<T>(input: Readable, name: string, readi
   const layers = new Map<string, T>();
   const others = new Set<string>();
   const opaque = new Set<string>();
-  const aliases = new Map<string, string>();
+  const opaqueDigests = new Map<string, Digest>();
+  const links = new Map<string, { target: string; hard: boolean }>();
+  // A name that comes again (a member appended by `tar -r`, a duplicate) stands for its last member only.
+  const forget = (member: string): void => {
+    jsonBytes -= json.get(member)?.length ?? 0;
+    for (const held of [json, oversized, layers, opaqueDigests, links]) held.delete(member);
+    opaque.delete(member);
+    others.delete(member);
+  };
   let sawEntry = false;
   let sparse: string | undefined;
   // The last member read whole: where an archive that breaks broke.
@@ -135,8 +152,9 @@ export async function readArchiveMembers<T>(input: Readable, name: string, readi
         }
       }
       const member = normalizeMemberName(header.name);
+      if (header.type !== 'directory') forget(member);
       if (header.type === 'symlink' || header.type === 'link') {
-        aliases.set(member, linkedMemberName(member, header.type, header.linkname ?? ''));
+        links.set(member, { target: linkedMemberName(member, header.type, header.linkname ?? ''), hard: header.type === 'link' });
         entry.resume();
         lastMember = header.name;
         continue;
@@ -185,11 +203,22 @@ export async function readArchiveMembers<T>(input: Readable, name: string, readi
         lastMember = header.name;
         continue;
       }
+      // An opaque blob is hashed as it passes (its reader hashes it too, but what it finds may come
+      // after the end): the image may name it as a layer, and a member that is neither a tar nor its
+      // name's bytes (a damaged copy of a layer) is then said to be the latter, whatever the pace.
+      // No layer is hashed here, and blobs that are no layer are mostly small (signatures, SBOMs).
+      const hash = asOpaque ? createHash('sha256') : undefined;
       const body = Readable.from(
         (async function* () {
+          hash?.update(head);
           yield head;
-          if (ended) return;
-          for (let r = await it.next(); !r.done; r = await it.next()) yield r.value;
+          if (!ended) {
+            for (let r = await it.next(); !r.done; r = await it.next()) {
+              hash?.update(r.value);
+              yield r.value;
+            }
+          }
+          if (hash) opaqueDigests.set(member, `sha256:${hash.digest('hex')}` as Digest);
         })(),
         { objectMode: false },
       );
@@ -220,20 +249,46 @@ export async function readArchiveMembers<T>(input: Readable, name: string, readi
   if (!sawEntry) throw new SmartError('NOT_AN_IMAGE', `${name}: empty input, not ${reading.kind}`, { input: name });
   const resolve = (m: string): string => {
     let n = normalizeMemberName(m);
-    for (let i = 0; i < 16 && aliases.has(n); i++) n = aliases.get(n)!;
+    for (let i = 0; i < 16 && links.has(n); i++) n = links.get(n)!.target;
     return n;
   };
-  return { json, oversized, layers, opaque, others, resolve, ...(sparse !== undefined ? { sparse } : {}) };
+  return { json, oversized, layers, opaque, opaqueDigests, others, resolve, links, ...(sparse !== undefined ? { sparse } : {}) };
 }
 
-/** The hint for a layer an archive's image names but the stream did not hold as one. */
-export function missingLayerHint(members: ArchiveMembers<unknown>, member: string): { hint: string } | Record<string, never> {
-  const notALayer = members.opaque.has(member) || members.others.has(member) || members.json.has(member) || members.oversized.has(member);
-  if (notALayer) return { hint: `member ${quoted(member)} is neither a tar nor a compressed tar (an artifact's blob?): only images are copied` };
-  if (members.sparse !== undefined) {
-    return { hint: `member ${quoted(members.sparse)} is of a type a streamed archive cannot hold (an old GNU sparse file, from tar --sparse?): give the archive as a file` };
+/**
+ * Why `member` (as the image names it, before links are followed) cannot be read from what the
+ * stream kept, when a link is the reason: it leads to a member whose bytes passed unkept (a file a
+ * hard link names under a blob's name, `ln blob zz` in the layout before `tar c`), or to none.
+ */
+export function unkeptLink(members: ArchiveMembers<unknown>, member: string, what: string, name: string): SmartError | undefined {
+  const link = members.links.get(normalizeMemberName(member));
+  if (!link) return undefined;
+  const target = members.resolve(member);
+  if (members.json.has(target) || members.layers.has(target)) return undefined;
+  const stored = `${name}: ${what} is stored as a ${link.hard ? 'hard' : 'symbolic'} link to ${quoted(link.target)}`;
+  const seen = members.others.has(target) || members.oversized.has(target);
+  if (!seen) return new SmartError('CORRUPT_ARCHIVE', `${stored}, which is not in the archive`, { input: name });
+  return new SmartError('UNSUPPORTED', `${stored}, which a stream cannot read back`, { input: name, hint: 'pass the archive as a file' });
+}
+
+/** The error for a layer an archive's image names but the stream did not hold as one; `what` names it (`layer sha256:…`). */
+export function missingLayer(members: ArchiveMembers<unknown>, member: string, what: string, name: string): SmartError {
+  const linked = unkeptLink(members, member, what, name);
+  if (linked) return linked;
+  const target = members.resolve(member);
+  // Handed over as a blob that is no tar: bytes other than its name says (a damaged copy), or truly no layer.
+  const named = namedDigest(target);
+  const got = members.opaqueDigests.get(target);
+  if (members.opaque.has(target) && named && got && got !== named) {
+    return new SmartError('CORRUPT_ARCHIVE', `blob ${target} of ${name}: its bytes hash to ${got}, not the ${named} its name says`, { input: target });
   }
-  return {};
+  const notALayer = members.opaque.has(target) || members.others.has(target) || members.json.has(target) || members.oversized.has(target);
+  const hint = notALayer
+    ? `member ${quoted(target)} is neither a tar nor a compressed tar (an artifact's blob?): only images are copied`
+    : members.sparse !== undefined
+      ? `member ${quoted(members.sparse)} is of a type a streamed archive cannot hold (an old GNU sparse file, from tar --sparse?): give the archive as a file`
+      : undefined;
+  return new SmartError('CORRUPT_ARCHIVE', `${name}: ${what} is not in the archive`, { input: name, ...(hint ? { hint } : {}) });
 }
 
 /** Why the archive could not be read: a cancellation as it is, else what the tar parser says (src/tar/errors.ts). */

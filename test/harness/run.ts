@@ -1,6 +1,6 @@
 /** Runs the built CLI and other programs as a user would, capturing their output. */
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, symlinkSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { inject } from 'vitest';
@@ -14,19 +14,29 @@ export interface RunResult {
   stderr: string;
 }
 
-export function run(cmd: string, args: string[], options: { input?: Buffer | NodeJS.ReadableStream; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
+/**
+ * What a program reads on stdin: bytes or a stream through a pipe, or `{ file }`: the file itself,
+ * as `cmd < FILE` gives it (read as fast as the disk answers, where a pipe paces the reader).
+ */
+export type RunInput = Buffer | NodeJS.ReadableStream | { file: string };
+
+export function run(cmd: string, args: string[], options: { input?: RunInput; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env: options.env ?? process.env, cwd: options.cwd, stdio: ['pipe', 'pipe', 'pipe'] });
+    const input = options.input;
+    const stdinFile = input && !Buffer.isBuffer(input) && 'file' in input ? openSync(input.file, 'r') : undefined;
+    const child = spawn(cmd, args, { env: options.env ?? process.env, cwd: options.cwd, stdio: [stdinFile ?? 'pipe', 'pipe', 'pipe'] });
+    if (stdinFile !== undefined) closeSync(stdinFile);
     const out: Buffer[] = [];
     let err = '';
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.stdout!.on('data', (d: Buffer) => out.push(d));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     child.once('error', reject);
-    child.stdin.on('error', () => undefined);
-    const input = options.input;
-    if (Buffer.isBuffer(input)) child.stdin.end(input);
-    else if (input) (input as NodeJS.ReadableStream).pipe(child.stdin);
-    else child.stdin.end();
+    if (stdinFile === undefined) {
+      child.stdin!.on('error', () => undefined);
+      if (Buffer.isBuffer(input)) child.stdin!.end(input);
+      else if (input) (input as NodeJS.ReadableStream).pipe(child.stdin!);
+      else child.stdin!.end();
+    }
     child.once('close', (code) => resolve({ code: code ?? 1, stdout: Buffer.concat(out), stderr: err }));
   });
 }
@@ -60,7 +70,7 @@ export function smart(
    * `killAfterS`: killed (SIGKILL, by timeout(1)) after that many seconds: a run that would hang
    * fails its test, and is not left behind. A killed run has printed no error line of its own.
    */
-  options: { input?: Buffer | NodeJS.ReadableStream; cacheHome?: string; env?: NodeJS.ProcessEnv; umask?: string; node?: string; killAfterS?: number } = {},
+  options: { input?: RunInput; cacheHome?: string; env?: NodeJS.ProcessEnv; umask?: string; node?: string; killAfterS?: number } = {},
 ): Promise<RunResult> {
   const env = { ...process.env, XDG_CACHE_HOME: options.cacheHome ?? testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...options.env };
   const input = options.input ? { input: options.input } : {};

@@ -30,9 +30,12 @@ async function pushStream(file: string, dest: string, extra: string[] = [], cach
   return JSON.parse(r.stdout.toString()) as Summary;
 }
 
-/** The error line of a failed run: its only error, and its last line (progress of layers done before it may come first). */
-async function failure(file: string, args: string[]): Promise<{ code: number; line: string }> {
-  const r = await smart(args, { input: createReadStream(file) });
+/**
+ * The error line of a failed run: its only error, and its last line (progress of layers done before
+ * it may come first). `asFile`: stdin is the file itself (`< FILE`), read faster than a pipe gives it.
+ */
+async function failure(file: string, args: string[], asFile = false): Promise<{ code: number; line: string }> {
+  const r = await smart(args, { input: asFile ? { file } : createReadStream(file) });
   const lines = r.stderr.trim().split('\n');
   expect(lines.filter((l) => l.startsWith('smart: error')), r.stderr).toHaveLength(1);
   expect(r.stderr).not.toMatch(/\n\s+at /);
@@ -335,6 +338,95 @@ describe('oci-archive:- (a stream)', () => {
     expect([none.code, none.line]).toEqual([1, 'smart: error [NOT_AN_IMAGE]: oci-archive:-: index.json names no image']);
     const noneFromFile = await smart(['push', `oci-archive:${nothing}`, `file:${path.join(work, 'store-none')}#app:1`]);
     expect(noneFromFile.stderr.toString().trim()).toBe(`smart: error [NOT_AN_IMAGE]: oci-archive:${nothing}: index.json names no image`);
+  });
+
+  it('follows a blob stored as a hard link to an earlier member, as from the file, and says which it cannot read back (docker-archive:- alike)', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const layout = path.join(work, 'layout');
+    await fs.cp(fx.paths.ociBasic, layout, { recursive: true });
+    // A second name of a layer's file: GNU tar stores the blob, which comes after it, as a hard link to it.
+    await fs.link(path.join(layout, 'blobs/sha256', fx.basic.layers[0]!.digest.slice(7)), path.join(layout, 'zz'));
+    const linked = path.join(work, 'linked.tar');
+    await runOk('tar', ['-C', layout, '-cf', linked, 'oci-layout', 'zz', 'blobs', 'index.json']);
+    expect((await runOk('tar', ['-tvf', linked])).stdout.toString()).toMatch(/^h.* link to zz$/m);
+    const fromFile = await smart(['push', `oci-archive:${linked}`, `file:${path.join(work, 'store-file')}#app:1`, '--json']);
+    expect(fromFile.code, fromFile.stderr).toBe(0);
+    expect((JSON.parse(fromFile.stdout.toString()) as Summary).manifestDigest).toBe(fx.basic.manifest.digest);
+    const streamed = await pushStream(linked, `file:${path.join(work, 'store')}#app:1`);
+    expect(streamed).toMatchObject({ manifestDigest: fx.basic.manifest.digest, converted: false });
+
+    // A blob that is no layer (a signature in an index copied whole), linked from a name that is no
+    // blob's: the stream passed its bytes by, unkept.
+    await fs.rm(path.join(layout, 'zz'));
+    const signature = Buffer.from('signed by nobody\n');
+    await fs.writeFile(path.join(layout, 'zz'), signature);
+    const sig = await putBlob(layout, signature, 'text/plain');
+    await fs.rm(path.join(layout, 'blobs/sha256', sig.digest.slice(7)));
+    await fs.link(path.join(layout, 'zz'), path.join(layout, 'blobs/sha256', sig.digest.slice(7)));
+    const empty = await putBlob(layout, Buffer.from('{}'), 'application/vnd.oci.empty.v1+json');
+    const artifact = await putBlob(layout, Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: empty, layers: [sig] })), 'application/vnd.oci.image.manifest.v1+json');
+    const index = await putBlob(
+      layout,
+      Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [{ ...fx.basic.manifest, platform: { architecture: 'amd64', os: 'linux' } }, { ...artifact, platform: { architecture: 'unknown', os: 'unknown' } }] })),
+      INDEX,
+    );
+    await fs.writeFile(path.join(layout, 'index.json'), JSON.stringify({ schemaVersion: 2, mediaType: INDEX, manifests: [index] }));
+    const unkept = path.join(work, 'unkept.tar');
+    await runOk('tar', ['-C', layout, '-cf', unkept, 'oci-layout', 'zz', 'blobs', 'index.json']);
+    const wholeFromFile = await smart(['push', `oci-archive:${unkept}`, `file:${path.join(work, 'store-file')}#app:2`, '--json']);
+    expect(wholeFromFile.code, wholeFromFile.stderr).toBe(0);
+    expect((JSON.parse(wholeFromFile.stdout.toString()) as Summary).manifestDigest).toBe(index.digest);
+    const refused = await failure(unkept, ['push', 'oci-archive:-', `file:${path.join(work, 'store')}#app:2`]);
+    expect(refused.line).toBe(`smart: error [UNSUPPORTED]: oci-archive:-: blobs/sha256/${sig.digest.slice(7)} is stored as a hard link to "zz", which a stream cannot read back (pass the archive as a file)`);
+    await expect(fs.stat(tagLink(path.join(work, 'store'), 'app', '2'))).rejects.toThrow();
+
+    // A docker save whose layer is a hard link to a file the stream passed by as no layer.
+    const saved = path.join(work, 'saved');
+    await fs.mkdir(saved);
+    await runOk('tar', ['-C', saved, '-xf', fx.paths.dockerArchiveBasic]);
+    const layerTar = (JSON.parse(await fs.readFile(path.join(saved, 'manifest.json'), 'utf8')) as { Layers: string[] }[])[0]!.Layers[0]!;
+    await fs.writeFile(path.join(saved, 'zz'), 'not a tar\n');
+    await fs.rm(path.join(saved, layerTar));
+    await fs.link(path.join(saved, 'zz'), path.join(saved, layerTar));
+    const dockerSave = path.join(work, 'docker-save.tar');
+    await runOk('tar', ['-C', saved, '-cf', dockerSave, 'zz', ...(await fs.readdir(saved)).filter((n) => n !== 'zz')]);
+    const docker = await failure(dockerSave, ['push', 'docker-archive:-', `file:${path.join(work, 'store')}#docker:1`]);
+    expect(docker.line).toBe(`smart: error [UNSUPPORTED]: docker-archive:-: layer "${layerTar}" is stored as a hard link to "zz", which a stream cannot read back (pass the archive as a file)`);
+  });
+
+  it('names a damaged copy of a blob member that comes twice, whichever comes last (the file reads the last)', async () => {
+    const fx = fixtures();
+    const work = await tempDir();
+    const layer = `blobs/sha256/${fx.basic.layers[0]!.digest.slice(7)}`;
+    const damaged = path.join(work, 'damaged');
+    await fs.mkdir(path.join(damaged, 'blobs/sha256'), { recursive: true });
+    await fs.writeFile(path.join(damaged, layer), Buffer.alloc(fx.basic.layers[0]!.size, 'x'));
+    // The layout, then a damaged copy of a layer appended (tar -r): the last is what tar x leaves.
+    const appended = path.join(work, 'appended.tar');
+    await runOk('tar', ['-C', fx.paths.ociBasic, '-cf', appended, 'oci-layout', 'blobs']);
+    await runOk('tar', ['-C', damaged, '-rf', appended, layer]);
+    await runOk('tar', ['-C', fx.paths.ociBasic, '-rf', appended, 'index.json']);
+    const fromFile = await smart(['push', `oci-archive:${appended}`, `file:${path.join(work, 'store-file')}#app:1`]);
+    expect(fromFile.stderr.toString()).toMatch(/^smart: error \[DIGEST_MISMATCH\]: blob sha256:[0-9a-f]{12} of oci-archive:.*: content hashes to sha256:[0-9a-f]{64}, not /m);
+    const said = `^smart: error \\[CORRUPT_ARCHIVE\\]: blob ${layer} of oci-archive:-: its bytes hash to sha256:[0-9a-f]{64}, not the ${fx.basic.layers[0]!.digest} its name says$`;
+    // Whatever the pace: read from a pipe, or from the file as stdin (`< FILE`), where the archive
+    // ended before the damaged copy's check did and the end said the layer was no tar.
+    for (const asFile of [false, true]) {
+      expect((await failure(appended, ['push', 'oci-archive:-', `file:${path.join(work, 'store')}#app:1`], asFile)).line).toMatch(new RegExp(said));
+    }
+    // The damaged copy first and the good one last: the good one is the layer; the damaged one, which
+    // a stream cannot take back once it passed, is named so.
+    const first = path.join(work, 'first.tar');
+    await runOk('tar', ['-C', damaged, '-cf', first, layer]);
+    await runOk('tar', ['-C', fx.paths.ociBasic, '-rf', first, 'oci-layout', 'blobs', 'index.json']);
+    const firstFromFile = await smart(['push', `oci-archive:${first}`, `file:${path.join(work, 'store-file')}#app:2`]);
+    expect(firstFromFile.code, firstFromFile.stderr.toString()).toBe(0);
+    for (const asFile of [false, true]) {
+      expect((await failure(first, ['push', 'oci-archive:-', `file:${path.join(work, 'store')}#app:2`], asFile)).line).toMatch(new RegExp(said));
+    }
+    await expect(fs.stat(tagLink(path.join(work, 'store'), 'app', '1'))).rejects.toThrow();
+    await expect(fs.stat(tagLink(path.join(work, 'store'), 'app', '2'))).rejects.toThrow();
   });
 
   it('refuses, in one line and with no tag written, a blob that is not what its name says, a docker save, and a tree as the destination', async () => {

@@ -11,7 +11,7 @@ import { checkSize } from '../../limits.js';
 import { MAX_CONFIG_BYTES, parseImageConfig } from '../../oci/config.js';
 import type { StreamedImage, StreamedImageSource, StreamedLayer } from '../../oci/image.js';
 import { archiveTarStream } from '../../pipeline/archive-stream.js';
-import { missingLayerHint, readArchiveMembers } from '../streamed-archive.js';
+import { missingLayer, readArchiveMembers } from '../streamed-archive.js';
 import { MAX_ARCHIVE_MANIFEST_BYTES, parseArchiveManifest, selectArchiveEntry, type ArchiveSelection } from './manifest-json.js';
 
 /** `docker-archive:-`: the image `input` carries, read once as it arrives. */
@@ -52,9 +52,7 @@ export async function readDockerArchiveStream<T>(
   const config = parseImageConfig(configBytes, `${name} config`);
   const layers = entry.Layers.map((l) => {
     const r = members.layers.get(resolve(l));
-    if (r === undefined) {
-      throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${quoted(l)} is not in the archive`, { input: name, ...missingLayerHint(members, resolve(l)) });
-    }
+    if (r === undefined) throw missingLayer(members, l, `layer ${quoted(l)}`, name);
     return r;
   });
   return { configBytes, config, repoTags: entry.RepoTags ?? [], layers };

@@ -19,7 +19,7 @@ import { MediaType, isForeignLayer } from '../../oci/mediatypes.js';
 import { hostPlatform } from '../../oci/platform.js';
 import { archiveTarStream } from '../../pipeline/archive-stream.js';
 import { resolveImage } from '../../pipeline/layers.js';
-import { missingLayerHint, readArchiveMembers, type ArchiveMembers } from '../streamed-archive.js';
+import { missingLayer, readArchiveMembers, unkeptLink, type ArchiveMembers } from '../streamed-archive.js';
 import { OciLayoutSource, pickIndexEntry, type LayoutFiles } from './layout.js';
 import { layoutPath, memberName } from './paths.js';
 
@@ -87,12 +87,15 @@ export async function readOciArchiveStream<T>(
   }
   const layers = image.manifest.manifest.layers.map((d) => {
     const member = memberName(layoutPath({ kind: 'blob', digest: d.digest }));
-    const r = members.opaque.has(member) ? undefined : members.layers.get(member);
+    // Through a link too: GNU tar stores a second name of one file (a layout with a blob linked
+    // elsewhere) as a hard link to the first it wrote.
+    const held = members.resolve(member);
+    const r = members.opaque.has(held) ? undefined : members.layers.get(held);
     if (r !== undefined) return r;
     if (isForeignLayer(d.mediaType)) {
       throw new SmartError('UNSUPPORTED', `${name}: layer ${d.digest} is foreign (${d.mediaType}), which a streamed archive cannot carry`, { input: name, hint: 'give the archive as a file' });
     }
-    throw new SmartError('CORRUPT_ARCHIVE', `${name}: layer ${d.digest} is not in the archive`, { input: name, ...missingLayerHint(members, member) });
+    throw missingLayer(members, member, `layer ${d.digest}`, name);
   });
   return {
     configBytes: image.configBytes,
@@ -115,6 +118,8 @@ function keptFiles(members: ArchiveMembers<unknown>, name: string): LayoutFiles 
     }
     const size = members.oversized.get(member);
     if (size !== undefined) checkSize(size, Math.min(maxBytes ?? MAX_CONFIG_BYTES, MAX_CONFIG_BYTES), `${name}: ${member}`, name);
+    const linked = unkeptLink(members, memberName(p), memberName(p), name);
+    if (linked) throw linked;
     throw new SmartError('NOT_FOUND', `${name}: ${member} not in the archive`, { input: name });
   };
   return { getContent, reader: async (p) => Readable.from([await getContent(p)]) };
