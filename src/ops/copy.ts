@@ -42,7 +42,7 @@ import { formatPlatform, normalizePlatform, platformMatches, type Platform } fro
 import { layerCompressor, type CompressionFormat, type LayerCompressor } from '../pipeline/compressor.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
-import { counted, gunzipEngineFor, resolveImage } from '../pipeline/layers.js';
+import { counted, gunzipEngineFor, resolveImage, sniffedBlob } from '../pipeline/layers.js';
 import type { GunzipEngine } from '../pipeline/parallel-gzip.js';
 import type { BlobInfoCache, KnownConfig } from '../cache/blob-info.js';
 import { CONTENT_ANNOTATION, STEP_ANNOTATION, type StepKey } from '../trie/layer-trie.js';
@@ -533,13 +533,14 @@ async function copyOpaqueBlob(layer: StreamedLayer, bytes: Readable, dest: BlobD
 async function copyLayer(layer: Layer, dest: BlobDestination, run: CopyRun, signal: AbortSignal | undefined): Promise<CopiedLayer> {
   const desc = layer.descriptor;
   const open = (s: AbortSignal | undefined) => layer.open(openOptions(layer, run.options, s));
-  if (isForeignLayer(desc.mediaType) || layerCompression(desc.mediaType) !== 'none' || dest.layerCompression !== 'compress') {
+  const asItIs = async (): Promise<CopiedLayer> => {
     await sendBlob(desc, open, dest, run, signal, layer.diffId);
     // The destination's file of a blob fetched is kept as it is, in place of a second write of it.
     const kept = run.options.localBlobs?.blobs;
     if (kept?.adopt && dest.localBlobFile) await kept.adopt(dest.localBlobFile(desc.digest), desc);
     return { descriptor: desc, diffId: layer.diffId };
-  }
+  };
+  if (isForeignLayer(desc.mediaType) || layerCompression(desc.mediaType) !== 'none' || dest.layerCompression !== 'compress') return asItIs();
   // Compressed for this destination before (as an image there confirms)? Then it only has to still be there.
   const known = await run.options.blobInfo?.compressedFor(dest, layer.diffId, run.format, signal, run.config);
   const reuse = known && (await dest.reuseBlob(known));
@@ -548,8 +549,16 @@ async function copyLayer(layer: Layer, dest: BlobDestination, run: CopyRun, sign
     run.compressedHere.push({ diffId: layer.diffId, descriptor: known });
     return { descriptor: { ...desc, ...known }, diffId: layer.diffId };
   }
+  const { compression, blob } = await sniffedBlob(await open(signal));
+  if (compression !== 'none') {
+    // Compressed bytes under a media type that says plain tar: they go as they are, under their
+    // descriptor (a reader decompresses by the first bytes, as containerd and every pull here do),
+    // not compressed once more into a blob whose tar would be a gzip, not the config's diff id.
+    blob.destroy();
+    return asItIs();
+  }
   // An uncompressed blob is its tar: open() verifies it against its digest, which is therefore the diff id.
-  const stored = await putLayer(await open(signal), { compression: 'none', verifiedDiffId: desc.digest, what: `layer ${shortDigest(desc.digest)}`, named: desc.digest }, dest, run, signal);
+  const stored = await putLayer(blob, { compression: 'none', verifiedDiffId: desc.digest, what: `layer ${shortDigest(desc.digest)}`, named: desc.digest }, dest, run, signal);
   return { descriptor: { ...desc, ...stored.descriptor }, diffId: stored.diffId };
 }
 

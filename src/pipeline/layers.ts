@@ -7,15 +7,17 @@
  * finds every blob in place never opens one.
  */
 import { createReadStream } from 'node:fs';
+import fs from 'node:fs/promises';
 import { Transform, addAbortSignal, type Readable } from 'node:stream';
 import { SmartError, quoted } from '../errors.js';
 import { MAX_CONFIG_BYTES, parseImageConfig } from '../oci/config.js';
 import { sha256Digest, shortDigest, type Digest } from '../oci/digest.js';
 import type { Image, ImageSource, Layer, OpenOptions } from '../oci/image.js';
 import type { Descriptor, ParsedManifest } from '../oci/manifest.js';
-import { layerCompression } from '../oci/mediatypes.js';
+import { layerCompression, sniffCompression, type Compression } from '../oci/mediatypes.js';
 import { checkContainerImage, checkLayersMatchConfig, readBlob, resolvePlatformManifest } from '../oci/partial.js';
 import type { Platform } from '../oci/platform.js';
+import { peek } from './archive-stream.js';
 import { verifiedStream } from './digest-stream.js';
 import type { GunzipEngine } from './gunzip.js';
 import { fileRangeOf, localFileOf, markFileRange, markLocalFile } from './local-file.js';
@@ -40,18 +42,53 @@ export function layerFromDescriptor(source: ImageSource, descriptor: Descriptor,
     diffId,
     open: async (options?: OpenOptions) => abortable(counted(await openLocalOrFetch(source, descriptor, what, options), options?.onBytes), options?.signal),
     openUncompressed: async (options?: OpenOptions) => {
-      const compression = layerCompression(descriptor.mediaType);
-      if (compression === undefined) {
+      if (layerCompression(descriptor.mediaType) === undefined) {
         throw new SmartError('UNSUPPORTED', `${what}: unknown layer media type ${quoted(descriptor.mediaType, 100)}`, { input: descriptor.digest });
       }
+      // Decompressed as its bytes are compressed, whatever its media type says (a gzip blob typed
+      // as a plain tar): as containerd unpacks a layer, and as a stream's layers are read here.
       const { decompress } = await import('./compression.js');
+      const opened = abortable(counted(await openLocalOrFetch(source, descriptor, what, options), options?.onBytes), options?.signal);
+      const { compression, blob } = await sniffedBlob(opened);
       const gunzip = compression === 'gzip' ? gunzipEngineFor(await (await import('./parallel-gzip.js')).chooseGunzip(), descriptor.size) : undefined;
-      const blob = abortable(counted(await openLocalOrFetch(source, descriptor, what, options), options?.onBytes), options?.signal);
       // The tar is checked against its diff id as it streams.
       const verify = { digest: diffId, what: `${what} (uncompressed)` };
       return decompress(blob, compression, what, { compressedSize: descriptor.size, verify, ...(gunzip ? { gunzip } : {}) });
     },
   };
+}
+
+/** Enough first bytes for sniffCompression to tell gzip and zstd from a tar. */
+const LAYER_MAGIC_BYTES = 4;
+
+/**
+ * How `blob` is compressed, by its first bytes (gzip, zstd, else a tar), and the stream to read it
+ * from. A stream marked as a local file or a range of one is told by reading the file there, not
+ * the stream: a decompressor may then still read the file itself. What fails the stream meanwhile
+ * is kept for its reader (`errored`), as peek keeps it.
+ */
+export async function sniffedBlob(blob: Readable): Promise<{ compression: Compression; blob: Readable }> {
+  const file = localFileOf(blob);
+  const range = file ? undefined : fileRangeOf(blob);
+  if (file || range) {
+    blob.on('error', () => undefined);
+    // A file that cannot be read here is read through the stream, which says why.
+    const head = await readHead((file ?? range)!.path, range?.offset ?? 0, Math.min(LAYER_MAGIC_BYTES, range?.length ?? LAYER_MAGIC_BYTES)).catch(() => undefined);
+    if (head) return { compression: sniffCompression(head), blob };
+  }
+  const { head, stream } = await peek(blob, LAYER_MAGIC_BYTES);
+  return { compression: sniffCompression(head), blob: stream };
+}
+
+async function readHead(file: string, offset: number, length: number): Promise<Buffer> {
+  const handle = await fs.open(file, 'r');
+  try {
+    const head = Buffer.alloc(length);
+    const { bytesRead } = await handle.read(head, 0, length, offset);
+    return head.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
 }
 
 /**
