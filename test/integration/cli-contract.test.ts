@@ -564,13 +564,16 @@ describe('the command line contract', () => {
           for (let i = 0; i < 200 && !(await waiting()); i++) await new Promise((r) => setTimeout(r, 50));
           expect(await waiting()).toBe(true);
         }
+        // From the first signal: the time the pull takes to reach the open (a loaded machine) is not the point.
+        let signalled: number | undefined;
         for (const { after, signal } of signals) {
           await new Promise((r) => setTimeout(r, after));
+          signalled ??= Date.now();
           child.kill(signal);
         }
         const end = await ended;
         clearTimeout(watchdog);
-        return { ...end, stderr, seconds: (Date.now() - started) / 1000 };
+        return { ...end, stderr, seconds: (Date.now() - started) / 1000, afterSignal: signalled === undefined ? undefined : (Date.now() - signalled) / 1000 };
       };
 
       it('a second signal ends it at once, by that signal (process.exit would wait for the pool for ever)', async () => {
@@ -579,7 +582,7 @@ describe('the command line contract', () => {
           { after: 500, signal: 'SIGINT' },
         ]);
         expect(r.signal, r.stderr).toBe('SIGINT');
-        expect(r.seconds).toBeLessThan(10);
+        expect(r.afterSignal).toBeLessThan(10);
       }, 60_000);
 
       it('--timeout ends it 10 s after, without its clean-up, in one line that says so (SIGKILL: exit 1 would wait for the pool)', async () => {

@@ -25,7 +25,7 @@
  * result's moved aside first, then removed), so only that swap is not one step.
  */
 import { setMaxListeners } from 'node:events';
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import { PassThrough, type Readable } from 'node:stream';
@@ -39,7 +39,7 @@ import { isStale, sweepLocal, type Cleaned, type Owner } from '../../storage/lef
 import { ownedId, ownerOfId } from '../../storage/aside.js';
 import { withFileLock } from '../../storage/file-lock.js';
 import { makeDirectories, mkdirp, type MadeDirectories } from '../../storage/made-directories.js';
-import { shortDigest } from '../../oci/digest.js';
+import { sha256Digest, shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter, Layer, OpenOptions } from '../../oci/image.js';
 import { makeRuntimeSpec, thisProcessRunner } from './runtime-spec.js';
 import { RootfsApplier } from './apply.js';
@@ -85,10 +85,6 @@ interface PullMark {
 
 /** What a bundle holds that its pull made: anything else beside them is the user's. */
 const BUNDLE_ENTRIES = new Set(['config.json', 'rootfs', BUNDLE_MARK]);
-
-function sha256Of(bytes: Buffer | string): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-}
 
 /** `names` in a message: the first few, then how many more. */
 function someNames(names: string[]): string {
@@ -271,7 +267,7 @@ export class RootfsWriter implements ImageWriter {
     if (config) {
       const changed =
         !config.isFile() ||
-        (typeof made.mark.config === 'string' ? sha256Of(await fs.readFile(configFile)) !== made.mark.config : config.mtimeNs > made.markFile.mtimeNs);
+        (typeof made.mark.config === 'string' ? sha256Digest(await fs.readFile(configFile)) !== made.mark.config : config.mtimeNs > made.markFile.mtimeNs);
       if (changed) lost.push('config.json (changed since the pull wrote it)');
     }
     return lost;
@@ -367,7 +363,7 @@ export class RootfsWriter implements ImageWriter {
         const specText = `${JSON.stringify(spec, null, 2)}\n`;
         await fs.writeFile(path.join(staging, 'config.json'), specText);
         // The config's digest: the next pull replaces the bundle only while config.json is as written here.
-        const mark: PullMark = { pulledBy: 'smartlayer', manifest, pulledAt: new Date().toISOString(), config: sha256Of(specText) };
+        const mark: PullMark = { pulledBy: 'smartlayer', manifest, pulledAt: new Date().toISOString(), config: sha256Digest(specText) };
         await fs.writeFile(path.join(staging, BUNDLE_MARK), `${JSON.stringify(mark)}\n`);
       }
       // One swap at a time into this destination: two pulls into it at once both found it missing
