@@ -38,6 +38,11 @@ export interface SpoolOptions {
   window?: number;
   /** What the spooled bytes wait for, for messages (default: `the layers below it are written`). */
   waitingFor?: string;
+  /**
+   * Where the overflow file lies when the user may not guess it (`$TMPDIR`, for an archive on a
+   * pipe): a full disk is then named, with the variable that moves it, rather than `that filesystem`.
+   */
+  where?: { dir: string; hint: string };
 }
 
 /** How much the reader gets at once at most: of the file, or of the chunks queued in memory. */
@@ -176,10 +181,11 @@ export class Spool {
 
   private storageError(e: NodeJS.ErrnoException): SmartError {
     // With the machine's advice where it is a refusal (a full disk: free space, or write elsewhere).
-    return new SmartError('STORAGE', `${this.options.what}: cannot spool it while ${this.options.waitingFor ?? 'the layers below it are written'}: ${e.message}`, {
+    const { where } = this.options;
+    return new SmartError('STORAGE', `${this.options.what}: cannot spool it${where ? ` in ${where.dir}` : ''} while ${this.options.waitingFor ?? 'the layers below it are written'}: ${e.message}`, {
       input: this.options.what,
       cause: e,
-      ...refusalHint(e),
+      ...(where ? { hint: where.hint } : refusalHint(e)),
     });
   }
 

@@ -126,6 +126,12 @@ async function openPipe(file: string, name: string): Promise<Readable> {
 /** Where a spool's file goes: $TMPDIR, else /var/tmp (as skopeo puts its big temporary files: /tmp is often a tmpfs, in memory). */
 export const spoolDir = (): string => process.env.TMPDIR || '/var/tmp';
 
+/** Where a spool's file goes, for its messages: a full $TMPDIR named, with the variable that moves it. */
+export const spoolPlace = (): { dir: string; hint: string } => ({
+  dir: spoolDir(),
+  hint: 'free space there, or set TMPDIR to a directory with room for the largest layer',
+});
+
 /** A file a blob bound for an archive on a pipe is spooled into, unlinked at once (see pipeline/spool.ts). */
 export function openSpoolFile(): Promise<fs.FileHandle> {
   return openUnlinked(path.join(spoolDir(), `.smart-spool-${ownedId()}`));

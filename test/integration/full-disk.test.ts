@@ -264,6 +264,27 @@ describe('a full or read-only destination', () => {
     }
   });
 
+  it('$TMPDIR filling up under an archive written to a pipe: docker-archive reads the layer twice instead; oci-archive names $TMPDIR', async (ctx) => {
+    if (!mounted) return ctx.skip();
+    const env = { ...process.env, XDG_CACHE_HOME: cacheHome(), TMPDIR: full };
+    const whole = await smart(['pull', `oci:${image}`, `docker-archive:${work}/whole.tar`], { cacheHome: cacheHome() });
+    expect(whole.code, whole.stderr).toBe(0);
+    // The layer (3 MB) is spooled for its size before its tar header; $TMPDIR holds 1 MiB.
+    const piped = await run('bash', ['-c', `set -o pipefail; "${process.execPath}" "${smartBin}" pull --progress plain oci:${image} docker-archive:- | cat > ${work}/piped.tar`], { env });
+    expect(piped.code, piped.stderr).toBe(0);
+    expect(piped.stderr.split('\n').filter((l) => l.startsWith('warning: '))).toEqual([
+      `warning: ${full} filled up (ENOSPC) while a layer was spooled for its size: it and the layers after it are read twice instead (set TMPDIR to a directory with room for the largest layer)`,
+    ]);
+    // Compared as digests: vitest's deep equality walks a 3 MB buffer byte by byte for seconds.
+    const sha = async (file: string) => createHash('sha256').update(await fs.readFile(path.join(work, file))).digest('hex');
+    expect(await sha('piped.tar')).toBe(await sha('whole.tar'));
+    // oci-archive on a pipe checks each blob whole before it goes out: no second read, but the place is named.
+    const oci = await run('sh', ['-c', `"${process.execPath}" "${smartBin}" pull -q oci:${image} oci-archive:- > /dev/null`], { env });
+    const line = storageError(oci, new RegExp(`cannot spool it in ${full} while the blob before it goes into the archive: ENOSPC`));
+    expect(line).toMatch(/\(free space there, or set TMPDIR to a directory with room for the largest layer\)$/);
+    expect(await fs.readdir(full)).toEqual([]);
+  });
+
   it('a read-only disk: each destination fails in one line naming it, with the reason the system gave', async (ctx) => {
     if (!mounted) return ctx.skip();
     const cases: [string, string, RegExp][] = [

@@ -12,7 +12,7 @@ import { finished } from 'node:stream/promises';
 import { SmartError, cannotTakeMore, isErrno, rethrowRefusal } from '../../errors.js';
 import { digestHex, shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
-import { archiveTarget, openArchiveOutput, openSpoolFile, spoolDir } from '../../storage/archive-file.js';
+import { archiveTarget, openArchiveOutput, openSpoolFile, spoolDir, spoolPlace } from '../../storage/archive-file.js';
 import { Spool, SpoolBudget } from '../../pipeline/spool.js';
 import { asideName, sweepAside } from '../../storage/aside.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
@@ -114,6 +114,13 @@ export class DockerArchiveWriter implements ImageWriter {
       this.target.onWarning?.(`no file for a spool in ${spoolDir()} (${refusal.code}): each layer is read twice, for its size first (set TMPDIR to a directory with room)`);
       return undefined;
     };
+    const spoolFilledUp = (e: unknown): false => {
+      const full = cannotTakeMore(e);
+      if (!full) throw e;
+      noSpool = true;
+      this.target.onWarning?.(`${spoolDir()} filled up (${full.code}) while a layer was spooled for its size: it and the layers after it are read twice instead (set TMPDIR to a directory with room for the largest layer)`);
+      return false;
+    };
     for (const [i, layer] of image.layers.entries()) {
       const member = layerNames[i]!;
       if (written.has(member)) continue; // the same layer twice in one image is stored once
@@ -123,17 +130,21 @@ export class DockerArchiveWriter implements ImageWriter {
       // A pipe cannot be rewound to fix a header, and the header comes first: the layer is taken
       // whole (fetched and checked once) into a spool, then written with the size it came to.
       const file = sizesFirst && !noSpool ? await openSpoolFile().catch(spoolRefused) : undefined;
+      let spooled: number | undefined;
       if (file) {
         const what = `layer ${shortDigest(layer.descriptor.digest)} of ${image.name}`;
-        const spool = new Spool(await layer.openUncompressed(options), { budget, what, openFile: async () => file });
+        const spool = new Spool(await layer.openUncompressed(options), { budget, what, waitingFor: 'its size is known (the tar header that gives it goes first)', where: spoolPlace(), openFile: async () => file });
         try {
-          await spool.drained;
-          bytes = await writer.addStream(member, spool.reader(), spool.received);
+          // $TMPDIR filling up midway: nothing of this member is written yet, so the layer is read
+          // twice instead, as when no spool file can be had at all (docker save needs no spool).
+          if (await spool.drained.then(() => true, spoolFilledUp)) spooled = await writer.addStream(member, spool.reader(), spool.received);
         } finally {
           await spool.destroy();
           await file.close().catch(() => undefined); // the spool's to close, once it had bytes
         }
-      } else if (sizesFirst) {
+      }
+      if (spooled !== undefined) bytes = spooled;
+      else if (sizesFirst) {
         // No file for a spool (a read-only container, a full disk): the size from a first pass over the layer, read twice.
         const size = await countBytes(await layer.openUncompressed(options));
         bytes = await writer.addStream(member, await layer.openUncompressed(options), size);

@@ -16,7 +16,7 @@ import { shortDigest, type Digest } from '../../oci/digest.js';
 import { DigestStream } from '../../pipeline/digest-stream.js';
 import { Spool, SpoolBudget, openUnlinked } from '../../pipeline/spool.js';
 import { markFileRange } from '../../pipeline/local-file.js';
-import { openSpoolFile, specialFileAt, spoolDir } from '../../storage/archive-file.js';
+import { openSpoolFile, specialFileAt, spoolDir, spoolPlace } from '../../storage/archive-file.js';
 import { asideName, ownedId, sweepAside } from '../../storage/aside.js';
 import type { Cleaned } from '../../storage/leftovers.js';
 import { makeDirectories, type MadeDirectories } from '../../storage/made-directories.js';
@@ -156,7 +156,14 @@ export class OciArchiveDestination implements BlobDestination {
     const source = hash ? pipeline(stream, hash, () => undefined) : stream;
     if (info.signal) addAbortSignal(info.signal, source);
     const what = `blob ${known ? shortDigest(known.digest) : '(digest to come)'} for ${this.name}`;
-    const spool = new Spool(source, { budget: this.budget, what, waitingFor: 'the blob before it goes into the archive', openFile: () => this.spoolFile() });
+    const spool = new Spool(source, {
+      budget: this.budget,
+      what,
+      waitingFor: 'the blob before it goes into the archive',
+      openFile: () => this.spoolFile(),
+      // Beside an archive file, the archive's own disk; on a pipe, $TMPDIR, which the user may not think of.
+      ...('file' in this.output ? {} : { where: spoolPlace() }),
+    });
     try {
       const mismatch = () => new SmartError('DIGEST_MISMATCH', `blob for ${this.name}: content hashes to ${hash!.digest}, not ${known!.digest}`, { input: known!.digest });
       // On a stream, a blob goes out only once whole and checked: a download that fails midway is
