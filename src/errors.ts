@@ -61,6 +61,25 @@ export function isSmartError(e: unknown): e is SmartError {
   return e instanceof SmartError;
 }
 
+const readersGone = new WeakSet<SmartError>();
+
+/**
+ * An archive written into a pipe whose reader went away (`docker-archive:/dev/stdout | head`): a
+ * STORAGE error to the library's callers, which the CLI ends quietly with 141, as `-` and as
+ * `tar cf /dev/stdout` (killed by SIGPIPE) do: the reader's choice, said by the status alone.
+ */
+export function readerGoneError(name: string, pipe: string, cause: unknown): SmartError {
+  const e = new SmartError('STORAGE', `cannot write ${name}: its reader closed ${pipe} (EPIPE)`, { input: pipe, cause });
+  readersGone.add(e);
+  return e;
+}
+
+/** Whether `e`, or an error it wraps, is a readerGoneError. */
+export function isReaderGone(e: unknown): boolean {
+  for (let c = e, depth = 0; c && depth < 8; c = (c as Error).cause, depth++) if (c instanceof SmartError && readersGone.has(c)) return true;
+  return false;
+}
+
 // C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the bidirectional
 // overrides and isolates (which can make text read differently from what it is).
 // A lone U+DC80..U+DCFF is a byte of a name that is not UTF-8 (src/tar/byte-names.ts): shown as `\xE9`.

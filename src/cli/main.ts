@@ -3,7 +3,7 @@
  * errors and chooses an exit code: 0 success, 2 usage error, 1 anything else, 130/143/129 a signal,
  * 141 a reader of the image on stdout that went away.
  */
-import { SmartError, isSmartError } from '../errors.js';
+import { SmartError, isReaderGone, isSmartError } from '../errors.js';
 import { outputOptions, parseTransferArgs, cancel } from './options.js';
 import { Output, stdoutClosed, stdoutError, type OutputOptions } from './output.js';
 import { runTransfer } from './transfer.js';
@@ -138,7 +138,7 @@ export async function main(argv: string[], prog = 'smart'): Promise<number> {
       return (await lostOutput()) ?? 0;
     }
     // The reader of the image went away (`| head`): its choice, said by the status alone.
-    if (stdoutClosed()) return EXIT_BROKEN_PIPE;
+    if (stdoutClosed() || isReaderGone(e)) return EXIT_BROKEN_PIPE;
     if (program && e instanceof program.CommanderError) {
       // Any other refusal of commander's is one usage line, as our own.
       new Output(flagsOf()).error(prog, program.usageError(e, args));

@@ -487,9 +487,10 @@ describe('the command line contract', () => {
       expect(status.stderr).toBe('');
     });
 
-    it('an image stream whose reader goes away ends quietly with 141, as a program SIGPIPE killed', async () => {
+    // The pipe named as a file (README: another way to write to the same pipe) ends as `-` does, as `tar cf /dev/stdout` would.
+    it.each(['docker-archive:-', 'docker-archive:/dev/stdout', 'docker-archive:/dev/fd/1', 'oci-archive:-', 'oci-archive:/dev/stdout'])('an image stream whose reader goes away ends quietly with 141, as a program SIGPIPE killed: %s', async (dest) => {
       const fx = fixtures();
-      const r = await run('bash', ['-c', `"${process.execPath}" "${smartBin}" pull oci:${fx.paths.ociBasic}:latest docker-archive:- | head -c 100 >/dev/null; echo "\${PIPESTATUS[0]}"`], {
+      const r = await run('bash', ['-c', `"${process.execPath}" "${smartBin}" pull oci:${fx.paths.ociBasic}:latest ${dest} | head -c 100 >/dev/null; echo "\${PIPESTATUS[0]}"`], {
         env: { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') },
       });
       expect(r.stdout.toString().trim()).toBe('141');

@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { SmartError, cannotTakeMore, isErrno, rethrowRefusal } from '../../errors.js';
+import { SmartError, cannotTakeMore, isErrno, readerGoneError, rethrowRefusal } from '../../errors.js';
 import { digestHex, shortDigest } from '../../oci/digest.js';
 import type { Image, ImageWriteOptions, ImageWriteResult, ImageWriter } from '../../oci/image.js';
 import { archiveTarget, openArchiveOutput, openSpoolFile, spoolDir, spoolPlace } from '../../storage/archive-file.js';
@@ -70,7 +70,7 @@ export class DockerArchiveWriter implements ImageWriter {
           await finished(out).catch(rethrowRefusal(`cannot write ${this.name}`));
         } catch (e) {
           out.destroy();
-          if (isErrno(e, 'EPIPE')) throw new SmartError('STORAGE', `cannot write ${this.name}: its reader closed ${target.path} (EPIPE)`, { input: target.path, cause: e });
+          if (isErrno(e, 'EPIPE')) throw readerGoneError(this.name, target.path, e);
           throw e;
         }
         return { details: { path: target.path } };

@@ -7,7 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { addAbortSignal, pipeline, type Readable, type Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { SmartError, isErrno, rethrowRefusal } from '../../errors.js';
+import { SmartError, isErrno, readerGoneError, rethrowRefusal } from '../../errors.js';
 import { checkSize } from '../../limits.js';
 import type { BlobDestination, BlobReuse, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { serializeManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
@@ -125,7 +125,7 @@ export class OciArchiveDestination implements BlobDestination {
       try {
         return await write(w);
       } catch (e) {
-        const error = isErrno(e, 'EPIPE') && 'stream' in this.output ? new SmartError('STORAGE', `cannot write ${this.name}: its reader closed ${this.output.path} (EPIPE)`, { input: this.output.path, cause: e }) : e;
+        const error = isErrno(e, 'EPIPE') && 'stream' in this.output ? readerGoneError(this.name, this.output.path, e) : e;
         if (w.written === at) throw error;
         if (w.rewindable) {
           await w.rewind(at);
