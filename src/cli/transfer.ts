@@ -39,10 +39,19 @@ export const fromStdin = (name: string | undefined): boolean => name !== undefin
  * seems to hang while it waits for a `docker save` that was never piped in).
  */
 export function refuseTerminals(source: string | undefined, destination: string | undefined): void {
+  // docker load takes a docker-archive; Docker before 25 cannot load an oci-archive.
+  const pipeIt = destination?.startsWith('docker-archive:') ? 'pipe it: | docker load' : 'pipe it';
   if (toStdout(destination) && process.stdout.isTTY) {
     throw new SmartError('USAGE', `${destination} writes the image archive to stdout, which is a terminal`, {
       input: destination,
-      hint: 'redirect it to a file, > image.tar, or pipe it: | docker load',
+      hint: `redirect it to a file, > image.tar, or ${pipeIt}`,
+    });
+  }
+  if (toStdout(destination) && stdoutWasClosed()) {
+    // As docker save fails: the whole image would go nowhere, and the run say it succeeded.
+    throw new SmartError('USAGE', `${destination} writes the image archive to stdout, which was closed (>&-)`, {
+      input: destination,
+      hint: `redirect it to a file, > image.tar, or ${pipeIt}`,
     });
   }
   if (fromStdin(source) && process.stdin.isTTY) {
@@ -50,6 +59,22 @@ export function refuseTerminals(source: string | undefined, destination: string 
       input: source,
       hint: 'pipe it in, docker save IMAGE | smart push docker-archive:- …, or name the archive file',
     });
+  }
+}
+
+/**
+ * Whether the command was started with stdout closed (`>&-`): Node then opens /dev/null in its
+ * place, for reading and writing, where a user's `> /dev/null` opens it for writing only. Linux
+ * says which through /proc; elsewhere, or when it cannot be read, not closed.
+ */
+function stdoutWasClosed(): boolean {
+  try {
+    const fs = process.getBuiltinModule('node:fs');
+    if (fs.fstatSync(1).rdev !== fs.statSync('/dev/null').rdev) return false;
+    const flags = /^flags:\s*([0-7]+)$/m.exec(fs.readFileSync('/proc/self/fdinfo/1', 'utf8'))?.[1];
+    return flags !== undefined && (parseInt(flags, 8) & 3) === fs.constants.O_RDWR; // 3: O_ACCMODE
+  } catch {
+    return false;
   }
 }
 

@@ -615,6 +615,19 @@ describe('the command line contract', () => {
       expect(r.stdout.toString()).toMatch(/#quiet\/none@sha256:[0-9a-f]{64}\n$/);
     });
 
+    it('refuses to write an archive to a closed stdout (>&-), as docker save fails: the image would go nowhere, and the run succeed', async () => {
+      const fx = fixtures();
+      const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') };
+      for (const dest of ['docker-archive:-', 'oci-archive:-']) {
+        const r = await run('bash', ['-c', `"${process.execPath}" "${smartBin}" pull oci:${fx.paths.ociBasic}:latest ${dest} >&-`], { env });
+        expect(r.code, r.stderr).toBe(2);
+        expect(r.stderr).toMatch(new RegExp(`^smart: error \\[USAGE\\]: ${dest} writes the image archive to stdout, which was closed \\(>&-\\) \\(redirect it to a file, > image\\.tar, or pipe it[^\\n]*\\)\\n$`));
+      }
+      // A user's > /dev/null is a choice: the image is read, checked and dropped.
+      const dropped = await run('bash', ['-c', `"${process.execPath}" "${smartBin}" pull -q oci:${fx.paths.ociBasic}:latest docker-archive:- > /dev/null`], { env });
+      expect(dropped.code, dropped.stderr).toBe(0);
+    });
+
     it.skipIf(!haveTools('script'))('refuses to write an archive to a terminal, or to wait on one for an archive', async () => {
       const fx = fixtures();
       // `script` runs the command with a terminal on stdin, stdout and stderr.
@@ -622,6 +635,10 @@ describe('the command line contract', () => {
       const out = await tty(`pull oci:${fx.paths.ociBasic}:latest docker-archive:-`);
       expect(out.code).toBe(2);
       expect(out.stdout.toString()).toMatch(/^smart: error \[USAGE\]: docker-archive:- writes the image archive to stdout, which is a terminal \(redirect it to a file, > image\.tar, or pipe it: \| docker load\)\r?\n$/);
+      // docker load of an oci-archive fails before Docker 25: not offered.
+      const oci = await tty(`pull oci:${fx.paths.ociBasic}:latest oci-archive:-`);
+      expect(oci.code).toBe(2);
+      expect(oci.stdout.toString()).toMatch(/^smart: error \[USAGE\]: oci-archive:- writes the image archive to stdout, which is a terminal \(redirect it to a file, > image\.tar, or pipe it\)\r?\n$/);
       const inp = await tty(`push docker-archive:- file:${store}#tty/in:1`);
       expect(inp.code).toBe(2);
       expect(inp.stdout.toString()).toMatch(/^smart: error \[USAGE\]: docker-archive:- reads the image archive from stdin, which is a terminal/);
