@@ -6,7 +6,7 @@ import { SmartError } from '../errors.js';
 import { cancel, collect, outputOptions, positiveInt, pruneDays, refuseIgnoredOptions, remoteOptions, type CommonFlags, type OptionRule } from './options.js';
 import { addCommonOptions, commanderParser } from './commander-options.js';
 import { Output, formatBytes, guardedStderr, guardedStdout, plural } from './output.js';
-import { refuseTerminals, toStdout } from './transfer.js';
+import { refuseJsonWithImageOnStdout, refuseTerminals, toStdout } from './transfer.js';
 
 interface CacheFlags extends CommonFlags {
   file?: string;
@@ -312,9 +312,7 @@ export function addCacheCommands(program: Command): void {
     }
     refuseIgnoredCacheOptions(this, 'pull', destination);
     const imageOnStdout = toStdout(destination);
-    if (flags.json && imageOnStdout) {
-      throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout', { input: destination });
-    }
+    refuseJsonWithImageOnStdout(flags.json, destination);
     refuseTerminals(undefined, destination);
     // A reader that goes away (`| head`) ends the command quietly (main: EXIT_BROKEN_PIPE).
     if (imageOnStdout) guardedStdout();
@@ -370,9 +368,7 @@ export function addCacheCommands(program: Command): void {
     const flags = this.opts<CacheFlags>();
     const out = new Output(outputOptions(flags));
     if (!flags.for && (context || destination)) throw new SmartError('USAGE', 'cache warm takes a context and a destination only with --for DOCKERFILE', { input: context ?? destination });
-    if (flags.json && toStdout(destination)) {
-      throw new SmartError('USAGE', '--json cannot be used when the image itself goes to stdout', { input: destination });
-    }
+    refuseJsonWithImageOnStdout(flags.json, destination);
     refuseTerminals(undefined, destination);
     if (toStdout(destination)) guardedStdout();
     const pruneAgeMs = flags.prune !== undefined ? pruneDays(flags.prune) * 86_400_000 : undefined;

@@ -55,6 +55,12 @@ export function short(d: string): string {
   return d.startsWith('sha256:') ? d.slice(7, 19) : d;
 }
 
+/** Set when stdout carries the image (`docker-archive:-`): no document of ours goes there, not even an error's. */
+let stdoutHoldsTheImage = false;
+export function imageGoesToStdout(): void {
+  stdoutHoldsTheImage = true;
+}
+
 let stdoutGuarded = false;
 let stdoutBroken = false;
 /** The first other error writing stdout: a full disk under `> FILE` (ENOSPC), an I/O error. */
@@ -165,7 +171,7 @@ export class Output {
     const doc = errorDocument(e);
     const text = `${doc.message}${doc.hint ? ` (${doc.hint})` : ''}`;
     this.stderr.write(`${prog}: error [${doc.code}]: ${printable(text)}\n`);
-    if (this.options.json && !documentPrinted) this.json({ error: doc });
+    if (this.options.json && !documentPrinted && !stdoutHoldsTheImage) this.json({ error: doc });
     if (this.options.debug) {
       let cause: unknown = e;
       while (cause) {

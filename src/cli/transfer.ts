@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { SmartError, isSmartError } from '../errors.js';
 import { PULL_OPTIONS, PUSH_OPTIONS, optionNames, progressMode, pruneDays, refuseIgnoredOptions, remoteOptions, cancel, type CommonFlags, type OptionRule } from './options.js';
-import type { Output } from './output.js';
+import { imageGoesToStdout, type Output } from './output.js';
 
 function dockerfileOption(flags: CommonFlags) {
   const file = path.resolve(flags.dockerfile!);
@@ -32,6 +32,16 @@ function dockerfileOption(flags: CommonFlags) {
 const STDIO_ARCHIVE = /^docker-archive:-(:|$)|^oci-archive:-(:[^:]*)?$/;
 export const toStdout = (name: string | undefined): boolean => name !== undefined && STDIO_ARCHIVE.test(name);
 export const fromStdin = (name: string | undefined): boolean => name !== undefined && STDIO_ARCHIVE.test(name);
+
+/**
+ * An image bound for stdout owns it: --json, whose document would go down the same pipe (into
+ * `docker load`), is refused, and the refusal's own document is not printed there either.
+ */
+export function refuseJsonWithImageOnStdout(json: boolean | undefined, destination: string | undefined): void {
+  if (!toStdout(destination)) return;
+  imageGoesToStdout();
+  if (json) throw new SmartError('USAGE', `--json cannot be used when the image itself goes to stdout (${destination})`, { input: destination });
+}
 
 /**
  * Refuses, as `docker save` and `docker load` do, to write an archive to a terminal (bytes no one
@@ -108,9 +118,7 @@ export async function runTransfer(command: 'push' | 'pull' | 'copy', source: str
   const { defaultCacheDir, noCacheDirReason } = await import('../ops/local-state.js');
   const mode = command === 'copy' ? copyMode(destination) : command;
   refuseIgnoredTransferOptions(command, mode, destination, flags);
-  if (flags.json && toStdout(destination)) {
-    throw new SmartError('USAGE', `--json cannot be used when the image itself goes to stdout (${destination})`, { input: destination });
-  }
+  refuseJsonWithImageOnStdout(flags.json, destination);
   refuseTerminals(source, destination);
   if (flags.digestfile !== undefined) await digestFileDirectory(flags.digestfile);
   const { formatBytes, guardedStdout } = await import('./output.js');

@@ -615,6 +615,14 @@ describe('the command line contract', () => {
       expect(r.stdout.toString()).toMatch(/#quiet\/none@sha256:[0-9a-f]{64}\n$/);
     });
 
+    it('--json with the image on stdout is refused in one line on stderr, and nothing goes down the pipe (a JSON document would reach docker load)', async () => {
+      const fx = fixtures();
+      const r = await smart(['pull', '--json', `oci:${fx.paths.ociBasic}:latest`, 'docker-archive:-']);
+      expect(r.code).toBe(2);
+      expect(r.stdout.length).toBe(0);
+      expect(r.stderr).toBe('smart: error [USAGE]: --json cannot be used when the image itself goes to stdout (docker-archive:-)\n');
+    });
+
     it('refuses to write an archive to a closed stdout (>&-), as docker save fails: the image would go nowhere, and the run succeed', async () => {
       const fx = fixtures();
       const env = { ...process.env, XDG_CACHE_HOME: path.join(work, 'cache') };
