@@ -84,6 +84,12 @@ export interface ImageSource {
   headManifest?(): Promise<ManifestHead | undefined>;
   getBlob(descriptor: Descriptor, options?: OpenOptions): Promise<Readable>;
   /**
+   * Whether `getBlob` would find the blob now, asked without reading it (a store's link and blob
+   * file, a registry's HEAD): present on stores, so that one of their images that lost a blob is
+   * passed over before its first byte is used (a cache candidate), not found out mid-copy.
+   */
+  hasBlob?(descriptor: Descriptor, options?: { signal?: AbortSignal }): Promise<boolean>;
+  /**
    * Bytes `start`..`endInclusive` of a blob, unverified (the caller verifies the whole): present
    * on sources where reading ranges at once pays (registries, S3; not local files, read whole),
    * for large blobs fetched in parallel.

@@ -430,6 +430,86 @@ describe('smart cache plan over a build matrix', () => {
   });
 });
 
+describe.skipIf(!haveTools('docker-registry', 'skopeo'))('a stored image that lost a layer blob', () => {
+  it('is passed over for the next image holding the layers by cache pull (before a byte of a docker-archive:- goes out), warm --for and warm --top, in a file: store and through the registry', async () => {
+    const { work, store, cacheHome, base } = await storeWithBase('lost');
+    const dir = path.join(work, 'app');
+    const x: LayerSpec = { files: { x: 'x\n' }, createdBy: '/bin/sh -c echo x > /x' };
+    await writeImage(dir, { layers: [base, x] });
+    const repos = ['lost/a', 'lost/b', 'lost/c'];
+    for (const repo of repos) expect((await smart(['push', `oci:${dir}:latest`, `file:${store}#${repo}:1`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM lost/base:1\nRUN echo x > /x\nRUN echo y > /y\n');
+    const best = (JSON.parse((await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome })).stdout.toString()) as Plan).best!;
+    expect(best).toMatchObject({ steps: 1 });
+    const [baseLayer, xLayer] = best.layers;
+    // One link lost in the image the plan names: the manifest is served, the blob is BLOB_UNKNOWN.
+    const unlink = (repo: string) => fs.rm(path.join(store, 'docker/registry/v2/repositories', repo, '_layers', 'sha256', xLayer!.digest.slice(7)), { recursive: true });
+    const broken = best.image.replace(/:1$/, '');
+    await unlink(broken);
+    const warning = new RegExp(
+      `^warning: ${broken}:1@sha256:[0-9a-f]{64}, the plan's best cache, lacks its layer ${xLayer!.digest.slice(0, 19)} \\(the store would answer BLOB_UNKNOWN\\); planned again without it \\(pushing that image to the store again repairs it\\)$`,
+    );
+    const warnings = (stderr: string) => stderr.trim().split('\n').filter((l) => /^(warning|smart):/.test(l));
+
+    const pulled = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers1'), '--json'], { cacheHome });
+    expect(pulled.code, pulled.stderr).toBe(0);
+    expect(warnings(pulled.stderr)).toEqual([expect.stringMatching(warning)]);
+    const r = JSON.parse(pulled.stdout.toString()) as { plan: Plan; fetched: number };
+    expect(r.plan.best).toMatchObject({ steps: 1, layers: [baseLayer, xLayer] });
+    expect(r.plan.best!.image).not.toBe(best.image);
+    expect(r.fetched).toBe(2);
+
+    const warmFor = await smart(['cache', 'warm', `file:${store}`, '--for', path.join(ctx, 'Dockerfile'), '--layer-store', path.join(work, 'layers2'), '--json'], { cacheHome });
+    expect(warmFor.code, warmFor.stderr).toBe(0);
+    expect(warnings(warmFor.stderr)).toEqual([expect.stringMatching(warning)]);
+    expect(JSON.parse(warmFor.stdout.toString())).toMatchObject({ fetched: 2 });
+
+    // `cache pull … docker-archive:- | docker load`: the image passed over before the archive's
+    // first byte, so stdout is one whole archive of the other image, and the flags file is written.
+    const flags = path.join(work, 'flags');
+    const archived = await smart(['cache', 'pull', `file:${store}`, ctx, 'docker-archive:-', '--print-cache-from', 'docker', '--print-cache-from-file', flags], { cacheHome });
+    expect(archived.code, archived.stderr).toBe(0);
+    expect(warnings(archived.stderr)).toEqual([expect.stringMatching(warning)]);
+    const tar = path.join(work, 'cache.tar');
+    await fs.writeFile(tar, archived.stdout);
+    const inspected = JSON.parse((await runOk('skopeo', ['--insecure-policy', 'inspect', '--config', `docker-archive:${tar}`])).stdout.toString()) as { rootfs: { diff_ids: string[] } };
+    expect(inspected.rootfs.diff_ids).toHaveLength(2);
+    expect(await fs.readFile(flags, 'utf8')).toMatch(/^--cache-from smartcache\/lost\/[abc]:[0-9a-f]{12}\n?$/);
+    expect(await fs.readFile(flags, 'utf8')).not.toContain(broken);
+
+    // The stock registry serving the store answers 404 BLOB_UNKNOWN for that blob: the same, through it.
+    await fs.mkdir(path.join(work, 'reg'));
+    const registry = await startRegistry({ configDir: path.join(work, 'reg'), root: store });
+    try {
+      const remote = `docker://${registry.host}`;
+      expect((await smart(['cache', 'index', remote], { cacheHome })).code).toBe(0);
+      const viaRegistry = await smart(['cache', 'pull', remote, ctx, '--layer-store', path.join(work, 'layers3'), '--json'], { cacheHome });
+      expect(viaRegistry.code, viaRegistry.stderr).toBe(0);
+      expect(warnings(viaRegistry.stderr)).toEqual([expect.stringMatching(new RegExp(`^warning: ${broken}:1@sha256:[0-9a-f]{64}, the plan's best cache, lacks its layer`))]);
+      expect(JSON.parse(viaRegistry.stdout.toString())).toMatchObject({ fetched: 2, plan: { best: { steps: 1, layers: [baseLayer, xLayer] } } });
+    } finally {
+      await registry.stop();
+    }
+
+    // Every image holding the layer lost it: warm --top says so once for that chain and warms the
+    // others; cache pull falls back to the base, as with a cache that has no such step.
+    for (const repo of repos.filter((r) => r !== broken)) await unlink(repo);
+    const warmed = await smart(['cache', 'warm', `file:${store}`, '--top', '10', '--layer-store', path.join(work, 'layers4'), '--json'], { cacheHome });
+    expect(warmed.code, warmed.stderr).toBe(0);
+    expect(warnings(warmed.stderr)).toEqual([
+      expect.stringMatching(new RegExp(`^warning: no image the index names as holding the chain sha256:[0-9a-f]{64} can serve it now \\(lost/[abc]@sha256:[0-9a-f]{64} lacks its layer ${xLayer!.digest.slice(0, 19)} .*\\); skipped: pushing that image to the store again repairs it$`)),
+    ]);
+    expect(JSON.parse(warmed.stdout.toString())).toMatchObject({ chains: 1, layers: 1, fetched: 1 });
+    const baseOnly = await smart(['cache', 'pull', `file:${store}`, ctx, '--layer-store', path.join(work, 'layers5'), '--json'], { cacheHome });
+    expect(baseOnly.code, baseOnly.stderr).toBe(0);
+    expect(warnings(baseOnly.stderr)).toHaveLength(3);
+    expect(JSON.parse(baseOnly.stdout.toString())).toMatchObject({ plan: { best: { image: 'lost/base:1', steps: 0, layers: [baseLayer] } }, fetched: 1 });
+  });
+});
+
 describe('an index older than the store', () => {
   it('warms a chain from the next image that holds it when the one the index names first was deleted; a cache pull past a deleted best takes the next candidate, or nothing', async () => {
     const { work, store, cacheHome, base } = await storeWithBase('gone');

@@ -5,8 +5,9 @@
  */
 import path from 'node:path';
 import { isSmartError, SmartError } from '../../errors.js';
-import type { Digest } from '../../oci/digest.js';
-import type { Image, ImageSource } from '../../oci/image.js';
+import { shortDigest, type Digest } from '../../oci/digest.js';
+import type { Image, ImageSource, Layer } from '../../oci/image.js';
+import { isForeignLayer } from '../../oci/mediatypes.js';
 import { parsePlatform, type Platform } from '../../oci/platform.js';
 import type { LayerStore } from '../../cache/layer-store.js';
 import { defaultJobs, TaskGroup } from '../../pipeline/concurrency.js';
@@ -51,6 +52,35 @@ export interface CachePullOptions {
 export async function imageOf(store: StoreAccess, repository: string, manifest: Digest, platform: Platform): Promise<{ image: Image; source: ImageSource }> {
   const source = await store.source({ registry: '', repository, digest: manifest });
   return { image: await resolveImage(source, platform), source };
+}
+
+/**
+ * The first of `layers` whose blob `source` cannot serve now (asked, not read: a link and a stat in
+ * a `file:`/`s3:` store, one HEAD on a registry); undefined when it serves them all or cannot tell.
+ * An image of the store that lost a blob (a link removed by hand, a cleanup gone wrong) is then
+ * passed over before anything is fetched or written, not found out mid-copy: a `docker-archive:-`
+ * already half on stdout could not be written again from another image. `needed` leaves out the
+ * layers that will not be fetched (already in the layer store); foreign layers are not the store's.
+ */
+export async function missingLayer(
+  source: ImageSource,
+  layers: readonly Layer[],
+  options: { jobs: number; signal?: AbortSignal | undefined; needed?: (layer: Layer) => Promise<boolean> },
+): Promise<Layer | undefined> {
+  const hasBlob = source.hasBlob?.bind(source);
+  if (!hasBlob) return undefined;
+  const group = new TaskGroup({ jobs: options.jobs, ...(options.signal ? { signal: options.signal } : {}) });
+  const served = await group.all(layers, async (layer, signal) => {
+    if (isForeignLayer(layer.descriptor.mediaType) || (options.needed && !(await options.needed(layer)))) return true;
+    return hasBlob(layer.descriptor, { signal });
+  });
+  const i = served.indexOf(false);
+  return i < 0 ? undefined : layers[i];
+}
+
+/** Why a stored image is passed over for a layer it cannot serve (`missingLayer`), as a stale best's reason says it. */
+export function lacksLayer(layer: Layer): string {
+  return `lacks its layer ${shortDigest(layer.descriptor.digest)} (the store would answer BLOB_UNKNOWN)`;
 }
 
 /**
@@ -110,9 +140,10 @@ export async function checkArchiveTag(tag: string, destination: string | undefin
 export async function pullPlanned(storeName: string, plan: PlanResult, ctx: CacheContext & CachePullOptions): Promise<CachePullResult> {
   const r = await pullUnlessStale(storeName, plan, ctx);
   if (!('stale' in r)) return r;
-  throw new SmartError('NOT_FOUND', `${r.stale}, the plan's best cache, ${r.reason}; the index is older than the store`, {
+  const damaged = r.damaged === true;
+  throw new SmartError('NOT_FOUND', `${r.stale}, the plan's best cache, ${r.reason}${damaged ? '' : '; the index is older than the store'}`, {
     input: r.stale,
-    hint: `run smart cache index ${storeName}`,
+    hint: damaged ? 'push that image to the store again, which links what it lacks' : `run smart cache index ${storeName}`,
     ...(r.cause !== undefined ? { cause: r.cause } : {}),
   });
 }
@@ -132,7 +163,9 @@ export async function pullForBuild(storeName: string, options: PlanOptions, ctx:
     const plan = await planBuild(storeName, { ...options, ...(excluding.length ? { excluding: [...excluding] } : {}) }, ctx);
     const r = await pullUnlessStale(storeName, plan, ctx);
     if (!('stale' in r)) return r;
-    ctx.onWarning?.(`${r.stale}, the plan's best cache, ${r.reason}; planned again without it (smart cache index ${storeName} refreshes the index)`);
+    // A damaged image stays in the index (it is there, and its tag too): only a push repairs it.
+    const remedy = r.damaged ? 'pushing that image to the store again repairs it' : `smart cache index ${storeName} refreshes the index`;
+    ctx.onWarning?.(`${r.stale}, the plan's best cache, ${r.reason}; planned again without it (${remedy})`);
     excluding.push(r.excluded);
   }
 }
@@ -143,6 +176,8 @@ interface StaleBest {
   /** The same as `REPOSITORY@DIGEST`, as a plan excludes it (PlanOptions.excluding). */
   excluded: string;
   reason: string;
+  /** It is in the store but cannot serve a layer: a newer index changes nothing. */
+  damaged?: true;
   cause?: unknown;
 }
 
@@ -181,6 +216,14 @@ async function pullUnlessStale(storeName: string, plan: PlanResult, ctx: CacheCo
     if (!holdsChain(image.layers.slice(0, keep), chainIds(best.layers.map((l) => l.diffId)).at(-1)!)) {
       return { stale: named, excluded, reason: `does not hold the ${keep} layers the plan names` };
     }
+    // Into the layer store, the layers it holds already are not fetched: their blobs are not needed.
+    const into = ctx.destination ? undefined : ctx.layerStore;
+    const lost = await missingLayer(source, image.layers.slice(0, keep), {
+      jobs: ctx.jobs ?? defaultJobs(),
+      signal: ctx.endpoints.signal,
+      ...(into ? { needed: async (l: Layer) => !(await into.has(l.diffId)) } : {}),
+    });
+    if (lost) return { stale: named, excluded, reason: lacksLayer(lost), damaged: true };
     if (ctx.destination) {
       const { openDestination, parseImageName } = await import('../../transports/all.js');
       const { isImageWriter } = await import('../../oci/image.js');

@@ -4,6 +4,7 @@
  * layer store (what the cron that warms keeps bounded).
  */
 import type { GcResult, LayerStore } from '../../cache/layer-store.js';
+import { defaultJobs } from '../../pipeline/concurrency.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
 import { isSmartError } from '../../errors.js';
 import type { Image, ImageSource, Layer } from '../../oci/image.js';
@@ -12,7 +13,7 @@ import type { ImageRef, TrieNode } from '../../trie/layer-trie.js';
 import type { StoreAccess } from '../../transports/transport.js';
 import { openStore } from '../../transports/all.js';
 import { LayerStoreFiller } from './layer-fill.js';
-import { holdsChain, imageOf, pullForBuild, type CachePullOptions, type CachePullResult } from './pull.js';
+import { holdsChain, imageOf, lacksLayer, missingLayer, pullForBuild, type CachePullOptions, type CachePullResult } from './pull.js';
 import type { PlanOptions } from './plan.js';
 import { platformOf, type CacheContext } from './session.js';
 
@@ -40,7 +41,9 @@ export interface WarmOptions {
  * `cache index` counted them): what cron runs on build machines so the next build finds its cache.
  * The trie only chooses: each chain is read from the image the store holds (by manifest digest,
  * verified), and a chain that image does not hold (an index older than the store, or a forged
- * entry) is skipped with a warning. Stops (throws the reason) when `ctx.endpoints.signal` aborts.
+ * entry) or cannot serve (it lost a layer's blob) is taken from the next image the index names as
+ * holding it, or skipped with a warning: the other chains are warmed all the same. Stops (throws
+ * the reason) when `ctx.endpoints.signal` aborts.
  */
 export async function warmStore(storeName: string, top: number, ctx: CacheContext & WarmOptions & { layerStore: LayerStore }): Promise<WarmResult> {
   const startedAt = Date.now();
@@ -59,8 +62,16 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
     const done = new Set<string>();
     for (const node of nodes) {
       signal?.throwIfAborted();
-      const holder = await holderOf(store, node, platform, signal);
-      if (!holder) {
+      const holder = await holderOf(store, node, platform, {
+        jobs: ctx.jobs ?? defaultJobs(),
+        signal,
+        needed: async (l) => !done.has(l.diffId) && !(await ctx.layerStore.has(l.diffId)),
+      });
+      if ('damaged' in holder) {
+        ctx.onWarning?.(`no image the index names as holding the chain ${node.chainId} can serve it now (${holder.damaged}); skipped: pushing that image to the store again repairs it`);
+        continue;
+      }
+      if ('gone' in holder) {
         ctx.onWarning?.(`no image the index names as holding the chain ${node.chainId} holds it now (deleted or changed since the index); skipped: run smart cache index ${storeName}`);
         continue;
       }
@@ -99,16 +110,20 @@ export async function warmStore(storeName: string, top: number, ctx: CacheContex
 
 /**
  * The first image the index names as holding `node`'s chain that the store still holds, with the
- * chain's layers, open (the caller closes its source); undefined when none does. The index is a
- * hint: an image deleted from the store since (a registry's cleanup between two crons) or a tag
- * that moved is passed over for the next, not the end of the warm.
+ * chain's layers, open (the caller closes its source); `gone` when none does, `damaged` (naming
+ * the first such image and the layer it lost) when those that hold it cannot serve one of its
+ * `needed` layers. The index is a hint: an image deleted from the store since (a registry's
+ * cleanup between two crons), a tag that moved, or an image that lost a blob is passed over for
+ * the next, not the end of the warm.
  */
 async function holderOf(
   store: StoreAccess,
   node: TrieNode,
   platform: Platform,
-  signal: AbortSignal | undefined,
-): Promise<{ ref: ImageRef; layers: Layer[]; source: ImageSource } | undefined> {
+  options: { jobs: number; signal: AbortSignal | undefined; needed: (layer: Layer) => Promise<boolean> },
+): Promise<{ ref: ImageRef; layers: Layer[]; source: ImageSource } | { gone: true } | { damaged: string }> {
+  const signal = options.signal;
+  let damaged: string | undefined;
   for (const ref of node.images) {
     signal?.throwIfAborted();
     let opened: { image: Image; source: ImageSource };
@@ -119,10 +134,17 @@ async function holderOf(
       throw e;
     }
     const layers = opened.image.layers.slice(0, node.depth);
-    if (holdsChain(layers, node.chainId)) return { ref, layers, source: opened.source };
+    if (holdsChain(layers, node.chainId)) {
+      const lost = await missingLayer(opened.source, layers, options).catch(async (e: unknown) => {
+        await opened.source.close();
+        throw e;
+      });
+      if (!lost) return { ref, layers, source: opened.source };
+      damaged ??= `${ref.repository}@${ref.manifest} ${lacksLayer(lost)}`;
+    }
     await opened.source.close();
   }
-  return undefined;
+  return damaged !== undefined ? { damaged } : { gone: true };
 }
 
 /**

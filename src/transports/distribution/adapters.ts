@@ -75,6 +75,11 @@ export class DistributionSource implements ImageSource {
     return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what }, { offThread: true });
   }
 
+  /** Linked in the repository (as the registry requires to serve it) and in the store. */
+  async hasBlob(descriptor: Descriptor): Promise<boolean> {
+    return (await this.store.isLinked(this.ref.repository, descriptor.digest, 'layer')) && (await this.store.blobSize(descriptor.digest)) !== undefined;
+  }
+
   private async readRange(descriptor: Descriptor, start: number, endInclusive: number): Promise<Buffer[]> {
     const chunks: Buffer[] = [];
     let length = 0;

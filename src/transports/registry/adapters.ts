@@ -72,6 +72,11 @@ export class RegistrySource implements ImageSource {
     return verifiedStream(raw, { digest: descriptor.digest, size: descriptor.size, what: `blob ${shortDigest(descriptor.digest)} of ${this.name}` }, { offThread: true });
   }
 
+  /** One HEAD: a 404 is none; a redirect (to a storage backend) is the registry serving it. */
+  async hasBlob(descriptor: Descriptor, options?: { signal?: AbortSignal }): Promise<boolean> {
+    return (await this.client.headBlob(this.ref.repository, descriptor.digest, options?.signal)) !== undefined;
+  }
+
   getBlobRange(descriptor: Descriptor, start: number, endInclusive: number, options?: OpenOptions): Promise<Buffer[]> {
     return this.client.getBlobRange(this.ref.repository, descriptor.digest, start, endInclusive, options?.signal);
   }
