@@ -75,6 +75,16 @@ export function platformMatches(want: Platform, have: Platform | undefined): boo
 }
 
 /**
+ * The platform an image's config names, normalised; undefined when it names none (no `os` or
+ * `architecture` string: taken as any, as the builders take it).
+ */
+export function configPlatform(config: { os?: unknown; architecture?: unknown; variant?: unknown }): Platform | undefined {
+  const { os, architecture, variant } = config;
+  if (typeof os !== 'string' || typeof architecture !== 'string' || !os || !architecture) return undefined;
+  return normalizePlatform({ os, architecture, ...(typeof variant === 'string' && variant ? { variant } : {}) });
+}
+
+/**
  * Picks the manifest of `platform` from an index. Attestation manifests (BuildKit's `unknown/unknown`)
  * never match. An exact variant match wins over a variant-less one. Failing both, an image manifest
  * whose entry names no platform (the image spec makes it optional): it may be any, as containerd

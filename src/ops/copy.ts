@@ -38,7 +38,7 @@ import { parseManifest, serializeManifest, type Descriptor, type ImageManifest, 
 import { configMediaType, isForeignLayer, layerCompression, layerMediaType, manifestFamily, manifestMediaType, MediaType, type Compression, type ManifestFamily } from '../oci/mediatypes.js';
 import type { ImageConfig } from '../oci/config.js';
 import { isContainerImage } from '../oci/partial.js';
-import { formatPlatform, normalizePlatform, platformMatches, type Platform } from '../oci/platform.js';
+import { configPlatform, formatPlatform, normalizePlatform, platformMatches, type Platform } from '../oci/platform.js';
 import { layerCompressor, type CompressionFormat, type LayerCompressor } from '../pipeline/compressor.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
 import { DigestStream } from '../pipeline/digest-stream.js';
@@ -908,9 +908,8 @@ function indexPlatforms(top: ParsedManifest & { kind: 'index' }): string[] {
  */
 export function checkPlatform(config: ImageConfig, name: string, options: Pick<CopyOptions, 'platform' | 'platformMismatch' | 'onWarning'>): void {
   const mismatch = options.platformMismatch ?? 'ignore';
-  if (mismatch === 'ignore' || typeof config.os !== 'string' || typeof config.architecture !== 'string' || !config.os || !config.architecture) return;
-  const have = normalizePlatform({ os: config.os, architecture: config.architecture, ...(typeof config.variant === 'string' && config.variant ? { variant: config.variant } : {}) });
-  if (platformMatches(options.platform, have)) return;
+  const have = configPlatform(config);
+  if (mismatch === 'ignore' || !have || platformMatches(options.platform, have)) return;
   const message = `${name} is a ${formatPlatform(have)} image, not ${formatPlatform(normalizePlatform(options.platform))}`;
   if (mismatch === 'warn') {
     options.onWarning?.(`${message}; copying it as it is`);

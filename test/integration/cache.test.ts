@@ -767,6 +767,52 @@ describe('smart cache plan of a FROM --platform', () => {
     expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('FROM --platform=linux/s390x multi/base:1: no manifest for platform linux/s390x');
   });
+
+  it('a single-platform base of another platform fails the plan and the pull for the platform asked, as the build does; cache index --platform does not record it as of that platform', async () => {
+    // writeImage's images are linux/amd64 only (no index): s390x is a platform they do not hold, on any machine.
+    const { work, store, cacheHome, base } = await storeWithBase('single');
+    const dir = path.join(work, 'rt');
+    await writeImage(dir, { layers: [base, { files: { rt: 'rt\n' }, createdBy: '/bin/sh -c echo rt > /rt' }] });
+    expect((await smart(['push', `oci:${dir}:latest`, `file:${store}#single/rt:1`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    const refused = (stderr: string, from: string) =>
+      expect(stderr.trim().split('\n')).toEqual([
+        expect.stringMatching(new RegExp(`^smart: error \\[PLATFORM_NOT_FOUND\\]: ${from}: file:.*#single/base@sha256:[0-9a-f]{64} is a linux/amd64 image, not linux/s390x \\(the build fails alike: .*\\)$`)),
+      ]);
+    const pulled = path.join(work, 'pulled');
+
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM --platform=linux/s390x single/base:1\nRUN echo rt > /rt\n');
+    const fromPlatform = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
+    expect(fromPlatform.code, fromPlatform.stderr).toBe(1);
+    refused(fromPlatform.stderr, 'FROM --platform=linux/s390x single/base:1');
+    const fromPull = await smart(['cache', 'pull', `file:${store}`, ctx, `oci:${pulled}:x`], { cacheHome });
+    expect(fromPull.code, fromPull.stderr).toBe(1);
+    refused(fromPull.stderr, 'FROM --platform=linux/s390x single/base:1');
+    await expect(fs.stat(pulled)).rejects.toThrow();
+
+    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM single/base:1\nRUN echo rt > /rt\n');
+    const flag = await smart(['cache', 'plan', `file:${store}`, ctx, '--platform', 'linux/s390x'], { cacheHome });
+    expect(flag.code, flag.stderr).toBe(1);
+    refused(flag.stderr, 'FROM single/base:1');
+    const flagPull = await smart(['cache', 'pull', `file:${store}`, ctx, `oci:${pulled}:x`, '--platform', 'linux/s390x'], { cacheHome });
+    expect(flagPull.code, flagPull.stderr).toBe(1);
+    await expect(fs.stat(pulled)).rejects.toThrow();
+    // Its own platform asked, or none (the builders build on another platform's image then): the step's cache.
+    for (const args of [['--platform', 'linux/amd64'], []]) {
+      const r = await smart(['cache', 'plan', `file:${store}`, ctx, '--json', ...args], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      expect((JSON.parse(r.stdout.toString()) as Plan).best).toMatchObject({ image: 'single/rt:1', steps: 1 });
+    }
+
+    const indexed = await smart(['cache', 'index', `file:${store}`, '--platform', 'linux/s390x', '--json'], { cacheHome });
+    expect(indexed.code, indexed.stderr).toBe(0);
+    const summary = JSON.parse(indexed.stdout.toString()) as { failed: { image: string; error: string }[]; nodes: number };
+    expect(summary.failed.map((f) => f.image).sort()).toEqual(['single/base:1', 'single/rt:1']);
+    for (const f of summary.failed) expect(f.error).toMatch(/ is a linux\/amd64 image, not linux\/s390x$/);
+    expect(summary.nodes).toBe(0);
+  });
 });
 
 describe('smart cache plan of a COPY whose source directory\'s own mode changed', () => {

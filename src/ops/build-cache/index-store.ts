@@ -10,7 +10,7 @@ import { formatPlatform } from '../../oci/platform.js';
 import { nodesOf, type IndexedImage, type TrieNode } from '../../trie/layer-trie.js';
 import { openStore } from '../../transports/all.js';
 import type { StoreAccess } from '../../transports/transport.js';
-import { platformOf, type CacheContext } from './session.js';
+import { checkImagePlatform, platformOf, type CacheContext } from './session.js';
 import { indexedImage, LAYER_SUMMARY_MAX_BYTES } from './steps.js';
 
 export interface IndexSummary {
@@ -32,9 +32,11 @@ export interface IndexSummary {
 /**
  * What an index record holds changed (layer summaries, builder references, the empty RUNs before
  * and after a layer; 5: a BuildKit COPY to a destination with a space summarised under it; 6: the
- * builder read from the image's own entries, not its base's): older records are made again.
+ * builder read from the image's own entries, not its base's; 7: with `--platform`, an image whose
+ * config names another platform is not recorded, where it was recorded as of the one asked):
+ * older records are made again.
  */
-const RECORD_VERSION = 6;
+const RECORD_VERSION = 7;
 /** How long the index lock lasts without renewal: what a killed run costs the next one. */
 export const INDEX_LEASE_S = 30;
 
@@ -79,6 +81,8 @@ export async function indexStore(storeName: string, ctx: CacheContext, options: 
 async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheContext, signal: AbortSignal): Promise<IndexSummary> {
   const platform = platformOf(ctx);
   const platformName = formatPlatform(platform);
+  // Asked for (not the machine's by default): an image of another platform is not recorded as of it.
+  const asked = ctx.platform !== undefined;
   // Before the tags are listed: a tag pushed from now on is seen by this run or recorded after it began.
   const startedAt = Date.now();
   const group = new TaskGroup({ jobs: ctx.jobs ?? defaultJobs(), signal });
@@ -111,6 +115,7 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
       const source = await store.source({ registry: '', repository: ref.repository, digest });
       try {
         const image = await resolveImage(source, platform);
+        if (asked) checkImagePlatform(image, platform);
         refreshed++;
         const summaries = { maxBytes: LAYER_SUMMARY_MAX_BYTES, jobs: 2 };
         return { ...(await indexedImage(image, ref, { summaries })), top: digest, v: RECORD_VERSION, platform: platformName } as IndexedImage;

@@ -5,7 +5,7 @@
  */
 import { SmartError, isSmartError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
-import type { Image } from '../../oci/image.js';
+import type { Image, ImageSource } from '../../oci/image.js';
 import { parseReference, type Reference } from '../../oci/reference.js';
 import { formatPlatform, parsePlatform, type Platform } from '../../oci/platform.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
@@ -15,7 +15,7 @@ import type { Step } from '../../trie/steps.js';
 import type { HistoryOwnConfig } from '../../trie/image-steps.js';
 import { openStore } from '../../transports/all.js';
 import type { StoreAccess } from '../../transports/transport.js';
-import { platformOf, type CacheContext } from './session.js';
+import { checkImagePlatform, platformOf, type CacheContext } from './session.js';
 import { readDockerfile } from './steps.js';
 
 /** The builders `--print-cache-from` knows. kaniko is not one: nothing here shows it would use what we could name. */
@@ -120,26 +120,41 @@ const TRANSPORT_BASE = /^(oci|oci-archive|docker-archive):|^docker:\/\//;
  * the names it is mirrored under (`node:20` as `library/node:20`, then `node:20`; a registry's
  * mirrors from registries.conf when the store is that mirror); else from its registry over the
  * API, with the usual credentials, mirrors and registries.conf. Not found anywhere: no image (the
- * plan then matches nothing), and a warning saying why.
+ * plan then matches nothing), and a warning saying why. An image without `platform` (an index
+ * that names none of it; with `asked`, a single image of another platform) is PLATFORM_NOT_FOUND,
+ * wherever it was found: the build fails alike.
  */
-async function resolveBase(store: StoreAccess, base: string, platform: Platform, ctx: CacheContext): Promise<{ image?: Image; storedAs?: string; via?: BaseResolution }> {
+async function resolveBase(
+  store: StoreAccess,
+  base: string,
+  platform: Platform,
+  ctx: CacheContext,
+  asked: boolean,
+): Promise<{ image?: Image; storedAs?: string; via?: BaseResolution }> {
   if (base === 'scratch') return {};
   const { openSource, parseImageName } = await import('../../transports/all.js');
   const { isStreamed } = await import('../../oci/image.js');
+  const resolveOf = async (source: ImageSource): Promise<Image> => {
+    const image = await resolveImage(source, platform);
+    if (asked) checkImagePlatform(image, platform);
+    return image;
+  };
   const resolveNamed = async (name: ReturnType<typeof parseImageName>): Promise<Image> => {
     const opened = await openSource(name, ctx.endpoints);
     if (isStreamed(opened)) throw new SmartError('USAGE', `FROM ${base}: a stream cannot be a base image`, { input: base });
     try {
-      return await resolveImage(opened, platform);
+      return await resolveOf(opened);
     } finally {
       await opened.close();
     }
   };
+  const platformMissing = (e: unknown) => isSmartError(e) && e.code === 'PLATFORM_NOT_FOUND';
   if (TRANSPORT_BASE.test(base)) {
     try {
       const name = parseImageName(base);
       return { image: await resolveNamed(name), storedAs: base, via: name.transport === 'docker' ? 'registry' : 'transport' };
     } catch (e) {
+      if (platformMissing(e)) throw e;
       ctx.onWarning?.(`FROM ${base}: ${(e as Error).message}`);
       return {};
     }
@@ -169,7 +184,7 @@ async function resolveBase(store: StoreAccess, base: string, platform: Platform,
     if (!digest) continue;
     const source = await store.source({ registry: '', repository, digest });
     try {
-      return { image: await resolveImage(source, platform), storedAs: `${repository}${ref.digest ? `@${ref.digest}` : `:${tag}`}`, via: 'store' };
+      return { image: await resolveOf(source), storedAs: `${repository}${ref.digest ? `@${ref.digest}` : `:${tag}`}`, via: 'store' };
     } catch (e) {
       if (isSmartError(e) && e.code === 'NOT_FOUND') continue;
       throw e;
@@ -181,6 +196,7 @@ async function resolveBase(store: StoreAccess, base: string, platform: Platform,
     const image = await resolveNamed({ transport: 'docker' as const, ref, raw: `docker://${base}` });
     return { image, storedAs: `${ref.registry}/${ref.repository}${ref.digest ? `@${ref.digest}` : `:${ref.tag ?? 'latest'}`}`, via: 'registry' };
   } catch (e) {
+    if (platformMissing(e)) throw e;
     ctx.onWarning?.(`FROM ${base}: not in the store, and not found through its registry: ${(e as Error).message}`);
     return {};
   }
@@ -224,10 +240,13 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     // platform, as the builders do: its layers are the cache (the machine's are not).
     const fromPlatform = firstPass.platform !== undefined ? parseFromPlatform(firstPass.platform, firstPass.base) : undefined;
     const platform = fromPlatform ?? platformOf(ctx);
-    const { image: baseImage, storedAs, via } = await resolveBase(store, firstPass.base, platform, ctx).catch((e: unknown) => {
+    // A platform asked for (not the machine's by default): the images used must be of it.
+    const asked = fromPlatform !== undefined || ctx.platform !== undefined;
+    const { image: baseImage, storedAs, via } = await resolveBase(store, firstPass.base, platform, ctx, asked).catch((e: unknown) => {
       // The builders fail alike (docker: no matching manifest): not a plan on another platform's layers.
-      if (fromPlatform && isSmartError(e) && e.code === 'PLATFORM_NOT_FOUND') {
-        throw new SmartError('PLATFORM_NOT_FOUND', `FROM --platform=${firstPass.platform} ${firstPass.base}: ${e.message}`, { input: firstPass.base, hint: 'the build fails alike: its FROM --platform names a platform the image does not hold', cause: e });
+      if (asked && isSmartError(e) && e.code === 'PLATFORM_NOT_FOUND') {
+        const [from, named] = fromPlatform ? [`FROM --platform=${firstPass.platform} ${firstPass.base}`, 'its FROM --platform names'] : [`FROM ${firstPass.base}`, '--platform names'];
+        throw new SmartError('PLATFORM_NOT_FOUND', `${from}: ${e.message}`, { input: firstPass.base, hint: `the build fails alike: ${named} a platform the image does not hold`, cause: e });
       }
       throw e;
     });
@@ -259,7 +278,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
     );
     // Keys say what each step is, not what it ran under: the best match whose image ran every
     // matched step under the config the build will (ENV, USER, WORKDIR, a RUN's build args).
-    const match = await configMatch(keyMatch, layerSteps, store, platform, baseImage?.config.history?.length ?? 0, offer);
+    const match = await configMatch(keyMatch, layerSteps, store, { platform, asked }, baseImage?.config.history?.length ?? 0, offer);
     // The node of each matched step that made a layer, in order (a RUN matched as empty has none).
     const withLayers = match.matchedSteps.filter((k) => !match.emptySteps.includes(k));
     const best = candidateOf(match, offer);
@@ -375,7 +394,14 @@ const CONFIG_READS_AT_ONCE = 8;
  * with its layers, or that cannot be read, is taken as its keys say. Past MAX_CONFIG_CHECKS
  * images, the base alone.
  */
-async function configMatch(match: Match, steps: readonly Step[], store: StoreAccess, platform: Platform, ownFrom: number, offer: Offer): Promise<Match> {
+async function configMatch(
+  match: Match,
+  steps: readonly Step[],
+  store: StoreAccess,
+  { platform, asked }: { platform: Platform; asked: boolean },
+  ownFrom: number,
+  offer: Offer,
+): Promise<Match> {
   const { ownConfigAtLayers, belowUnknownWorkdir } = await import('../../trie/image-steps.js');
   const read = new Map<string, Promise<HistoryOwnConfig[] | undefined>>();
   const ownConfigOf = (img: ImageRef) => {
@@ -386,6 +412,7 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
         const source = await store.source({ registry: '', repository: img.repository, digest: img.manifest });
         try {
           const image = await resolveImage(source, platform);
+          if (asked) checkImagePlatform(image, platform);
           return ownConfigAtLayers(image.config.history, image.layers.length, ownFrom, image.config.config?.Env);
         } finally {
           await source.close();
@@ -412,9 +439,11 @@ async function configMatch(match: Match, steps: readonly Step[], store: StoreAcc
     }
     if (checks++ >= MAX_CONFIG_CHECKS) break;
     // An image that cannot be read now (gone since the index, the registry down) is taken as its
-    // keys say, as before this check: `cache pull` then says what is wrong with it.
+    // keys say, as before this check: `cache pull` then says what is wrong with it. One that is
+    // not of the build's platform is no cache of it.
     verdicts.push(async () => {
-      const own = await ownConfigOf(img).catch(() => undefined);
+      const own = await ownConfigOf(img).catch((e: unknown) => (isSmartError(e) && e.code === 'PLATFORM_NOT_FOUND' ? ('another platform' as const) : undefined));
+      if (own === 'another platform') return false;
       return !own || withLayers.every((k, t) => ranAlike(steps[k]!, own[c.baseLayers + t], belowUnknownWorkdir));
     });
   }

@@ -2,8 +2,10 @@
  * What every `smart cache` command runs in: the metadata cache (disk or Redis, strict), the open
  * settings of its stores, the platform and jobs, the local layer store.
  */
+import { SmartError } from '../../errors.js';
 import { decompressionBound } from '../../limits.js';
-import { hostPlatform, parsePlatform, type Platform } from '../../oci/platform.js';
+import type { Image } from '../../oci/image.js';
+import { configPlatform, formatPlatform, hostPlatform, normalizePlatform, parsePlatform, platformMatches, type Platform } from '../../oci/platform.js';
 import type { MetadataCache } from '../../cache/metadata-cache.js';
 import type { LayerStore } from '../../cache/layer-store.js';
 import type { OpenContext, RemoteOptions } from '../../transports/transport.js';
@@ -18,6 +20,19 @@ export interface CacheContext {
 
 export function platformOf(ctx: CacheContext): Platform {
   return typeof ctx.platform === 'string' ? parsePlatform(ctx.platform) : (ctx.platform ?? hostPlatform());
+}
+
+/**
+ * Refuses an image whose config names another platform than `platform`, one a platform was asked
+ * for (`--platform`, a FROM's `--platform`): PLATFORM_NOT_FOUND, as Docker refuses to pull it for
+ * that platform. `resolveImage` picks an index's entry by platform, but takes a single image as it
+ * is. The callers check only a platform asked for: on the machine's own, the builders build on
+ * another platform's image (with a warning), and so its layers are that build's cache.
+ */
+export function checkImagePlatform(image: Image, platform: Platform): void {
+  const have = configPlatform(image.config);
+  if (!have || platformMatches(platform, have)) return;
+  throw new SmartError('PLATFORM_NOT_FOUND', `${image.name} is a ${formatPlatform(have)} image, not ${formatPlatform(normalizePlatform(platform))}`, { input: image.name });
 }
 
 export interface CacheSession {
