@@ -406,6 +406,16 @@ async function storeWithBase(repo: string): Promise<{ work: string; store: strin
   return { work, store, cacheHome, base };
 }
 
+/** storeWithBase, indexed, and a build context `ctx` holding `dockerfile`. */
+async function indexedWithContext(repo: string, dockerfile: string): Promise<Awaited<ReturnType<typeof storeWithBase>> & { ctx: string }> {
+  const s = await storeWithBase(repo);
+  expect((await smart(['cache', 'index', `file:${s.store}`], { cacheHome: s.cacheHome })).code).toBe(0);
+  const ctx = path.join(s.work, 'ctx');
+  await fs.mkdir(ctx);
+  await fs.writeFile(path.join(ctx, 'Dockerfile'), dockerfile);
+  return { ...s, ctx };
+}
+
 describe('smart cache plan over a build matrix', () => {
   it('finds the image the build args ran alike among many that share the step text (10 flavors)', async () => {
     const { work, store, cacheHome, base } = await storeWithBase('matrix');
@@ -617,11 +627,7 @@ describe('an index older than the store', () => {
   });
 
   it('says when the store holds the base but the index has not seen its layers (its tag moved since, by another machine): what refreshes it', async () => {
-    const { work, store, cacheHome } = await storeWithBase('rebased');
-    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
-    const ctx = path.join(work, 'ctx');
-    await fs.mkdir(ctx);
-    await fs.writeFile(path.join(ctx, 'Dockerfile'), 'FROM rebased/base:1\nRUN echo y > /y\n');
+    const { work, store, cacheHome, ctx } = await indexedWithContext('rebased', 'FROM rebased/base:1\nRUN echo y > /y\n');
     const line = async () => (await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome })).stderr.split('\n').find((l) => l.startsWith('base '));
     expect(await line()).toBe('base rebased/base:1: 1 of 1 layers in the store (as rebased/base:1)');
     const next = path.join(work, 'next-base');
@@ -734,6 +740,23 @@ describe('smart cache plan: what its lines say', () => {
     const bad = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
     expect(bad.code).toBe(2);
     expect(bad.stderr.trim()).toBe(`smart: error [USAGE]: ${path.join(ctx, 'Dockerfile')}:2: COPY source "[a.txt,": syntax error in pattern "[a.txt,"`);
+  });
+});
+
+describe('smart cache plan of a FROM naming no image', () => {
+  it('is an invalid reference naming its line when an ARG left empty makes it one, as the builders refuse the build; the ARG given, a plan', async () => {
+    const { store, cacheHome, ctx } = await indexedWithContext('noref', 'ARG V\nFROM noref/base:${V}\nRUN echo x > /x\n');
+    for (const command of ['plan', 'pull']) {
+      const r = await smart(['cache', command, `file:${store}`, ctx, ...(command === 'pull' ? ['docker-archive:-'] : [])], { cacheHome });
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stdout.length).toBe(0);
+      expect(r.stderr.trim().split('\n')).toEqual([
+        `smart: error [INVALID_REFERENCE]: ${path.join(ctx, 'Dockerfile')}:2: FROM noref/base:\${V}: invalid image reference "noref/base:": invalid tag "" (letters, digits, _ . -, at most 128, not starting with . or -) (the build fails alike: invalid reference format)`,
+      ]);
+    }
+    const given = await smart(['cache', 'plan', `file:${store}`, ctx, '--build-arg', 'V=1', '--json'], { cacheHome });
+    expect(given.code, given.stderr).toBe(0);
+    expect((JSON.parse(given.stdout.toString()) as Plan).best).toMatchObject({ image: 'noref/base:1', steps: 0 });
   });
 });
 

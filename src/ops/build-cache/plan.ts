@@ -6,11 +6,12 @@
 import { SmartError, isSmartError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import type { Image, ImageSource } from '../../oci/image.js';
-import { parseReference, type Reference } from '../../oci/reference.js';
+import { parseReference } from '../../oci/reference.js';
 import { formatPlatform, parsePlatform, type Platform } from '../../oci/platform.js';
 import { CachedTrieStore } from '../../cache/trie-store.js';
 import { resolveImage } from '../../pipeline/layers.js';
 import { chainIds, keysOf, matchBuild, stepKeyString, type ImageBuilder, type ImageRef, type Match, type MatchStep, type TrieNode } from '../../trie/layer-trie.js';
+import type { Dockerfile } from '../../dockerfile/parser.js';
 import type { Step } from '../../trie/steps.js';
 import type { HistoryOwnConfig } from '../../trie/image-steps.js';
 import { openStore } from '../../transports/all.js';
@@ -159,12 +160,8 @@ async function resolveBase(
       return {};
     }
   }
-  let ref: Reference;
-  try {
-    ref = parseReference(base);
-  } catch {
-    return {};
-  }
+  // Checked by planBuild (checkFromReference): a FROM naming no image fails the plan there.
+  const ref = parseReference(base);
   const candidates = [ref.repository];
   if (ref.registry === 'docker.io' && ref.repository.startsWith('library/')) candidates.push(ref.repository.slice('library/'.length));
   if (ref.registry !== 'docker.io') candidates.push(`${ref.registry}/${ref.repository}`.replace(/:\d+\//, '/'));
@@ -236,6 +233,7 @@ export async function planBuild(storeName: string, options: PlanOptions, ctx: Ca
       ...(options.stage ? { stage: options.stage } : {}),
       ...(options.buildArgs ? { buildArgs: options.buildArgs } : {}),
     });
+    checkFromReference(df, firstPass);
     // `FROM --platform=linux/arm64 img` builds on that platform's image whatever the build's
     // platform, as the builders do: its layers are the cache (the machine's are not).
     const fromPlatform = firstPass.platform !== undefined ? parseFromPlatform(firstPass.platform, firstPass.base) : undefined;
@@ -364,6 +362,26 @@ function refusedByOwnReference(s: Step): Pick<MatchStep, 'refuses'> {
 
 /** The content references the classic builder and buildah write into a COPY/ADD's history. */
 const CONTENT_REFERENCE = /^(?:file|dir|multi):[0-9a-f]{64}$/;
+
+/**
+ * A FROM image named by Docker's grammar (not `scratch`, not a transport's name) that does not
+ * parse, as an ARG left empty makes it (`FROM lib/base:${V}` is `lib/base:`): INVALID_REFERENCE
+ * naming its line, as the builders refuse the build ("invalid reference format") and the parser a
+ * blank one. Taken as an image not in the store, it made a plan of nothing, exit 0.
+ */
+function checkFromReference(df: Dockerfile, build: { base: string; chain: number[] }): void {
+  if (build.base === 'scratch' || TRANSPORT_BASE.test(build.base)) return;
+  try {
+    parseReference(build.base);
+  } catch (e) {
+    const root = df.stages[build.chain[0]!]!;
+    throw new SmartError('INVALID_REFERENCE', `${df.file}:${root.from.startLine}: FROM ${root.baseRaw}: ${(e as Error).message}`, {
+      input: build.base,
+      hint: 'the build fails alike: invalid reference format',
+      cause: e,
+    });
+  }
+}
 
 /** A FROM's `--platform` value, a USAGE error naming it when it is no platform. */
 function parseFromPlatform(value: string, base: string): Platform {
