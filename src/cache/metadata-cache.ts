@@ -10,10 +10,10 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { SmartError, isErrno, isSmartError, refusalHint } from '../errors.js';
 import { TaskGroup } from '../pipeline/concurrency.js';
-import type { MetadataCache, MetadataCacheEntry } from './metadata.js';
+import type { MetadataCache, MetadataCacheEntry, MetadataCacheReplacement } from './metadata.js';
 import { mkdirp, mkdirpSync } from '../storage/made-directories.js';
 
-export type { MetadataCache, MetadataCacheEntry } from './metadata.js';
+export type { MetadataCache, MetadataCacheEntry, MetadataCacheReplacement } from './metadata.js';
 
 export interface OpenMetadataCacheOptions {
   /**
@@ -140,6 +140,10 @@ export class DiskMetadataCache implements MetadataCache {
 
   async set(key: string, value: string, ttlSeconds?: number): Promise<void> {
     if (ttlSeconds !== undefined && !(ttlSeconds > 0)) return this.delete(key); // born expired
+    this.writeSync(key, value, ttlSeconds);
+  }
+
+  private writeSync(key: string, value: string, ttlSeconds?: number): void {
     const file = this.file(key);
     const expires = ttlSeconds !== undefined && ttlSeconds !== Infinity;
     const entry: Entry = { k: this.keyPrefix + key, v: value, ...(expires ? { exp: Date.now() + ttlSeconds * 1000 } : {}) };
@@ -169,6 +173,20 @@ export class DiskMetadataCache implements MetadataCache {
     // A key given twice: the last entry wins, as on Redis (parallel writes would race).
     const last = new Map(entries.map((e) => [e.key, e]));
     await new TaskGroup({ jobs: DISK_PARALLEL }).all([...last.values()], (e) => this.set(e.key, e.value, e.ttlSeconds));
+  }
+
+  /**
+   * Read, compare, write, per key: atomic within this process (nothing runs between the read and
+   * the rename: both are synchronous), not against another, where the window is that read and
+   * write of a few hundred bytes.
+   */
+  async setManyIfUnchanged(entries: MetadataCacheReplacement[]): Promise<boolean[]> {
+    return entries.map(({ key, value, was }) => {
+      const raw = readIfThereSync(this.file(key));
+      if ((raw === undefined ? undefined : this.live(key, raw)) !== was) return false;
+      this.writeSync(key, value);
+      return true;
+    });
   }
 
   async delete(key: string): Promise<void> {
@@ -292,6 +310,7 @@ export function forgivingCache(cache: MetadataCache, warn: (message: string) => 
         },
       ),
     setMany: (entries) => guard(nothing, () => cache.setMany(entries)),
+    setManyIfUnchanged: (entries) => guard(() => entries.map(() => false), () => cache.setManyIfUnchanged(entries)),
     delete: (key) => guard(nothing, () => cache.delete(key)),
     // Without a working cache there is nothing to coordinate through: go ahead.
     setIfAbsent: (key, value, ttl) => guard(() => true, () => cache.setIfAbsent(key, value, ttl)),
@@ -332,6 +351,7 @@ export function strictCache(cache: MetadataCache, where: string): MetadataCache 
         return values;
       }),
     setMany: (entries) => guard(() => cache.setMany(entries)),
+    setManyIfUnchanged: (entries) => guard(() => cache.setManyIfUnchanged(entries)),
     delete: (key) => guard(() => cache.delete(key)),
     setIfAbsent: (key, value, ttl) => guard(() => cache.setIfAbsent(key, value, ttl)),
     renewIfEqual: (key, value, ttl) => guard(() => cache.renewIfEqual(key, value, ttl)),

@@ -17,6 +17,13 @@ export interface MetadataCache {
   getMany(keys: string[]): Promise<(string | undefined)[]>;
   /** Writes every entry (one round trip on Redis, one per node on a cluster); not atomic. */
   setMany(entries: MetadataCacheEntry[]): Promise<void>;
+  /**
+   * Writes each entry (kept until evicted) whose key still holds `was` (undefined: nothing); one
+   * answer per entry, true when it was written. What a long run writes back over entries it read
+   * when it began, so that an entry another process wrote meanwhile is kept. Atomic per key on
+   * Redis (a script); on disk, see `DiskMetadataCache`.
+   */
+  setManyIfUnchanged(entries: MetadataCacheReplacement[]): Promise<boolean[]>;
   /** Removes the key; a key that is not there is no error. */
   delete(key: string): Promise<void>;
   /**
@@ -41,4 +48,11 @@ export interface MetadataCacheEntry {
   value: string;
   /** Absent: kept until evicted. */
   ttlSeconds?: number;
+}
+
+export interface MetadataCacheReplacement {
+  key: string;
+  value: string;
+  /** What the key held when it was read (undefined: nothing). */
+  was: string | undefined;
 }

@@ -26,7 +26,7 @@ import tls from 'node:tls';
 import { contextTrusting, trustDeferredCaCerts } from '../tls-trust.js';
 import type { ChainableCommander, Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
 import { SmartError } from '../errors.js';
-import type { MetadataCache, MetadataCacheEntry } from './metadata.js';
+import type { MetadataCache, MetadataCacheEntry, MetadataCacheReplacement } from './metadata.js';
 
 export const DEFAULT_REDIS_KEY_PREFIX = 'smartlayer:';
 const DEFAULT_TIMEOUT_MS = 2000;
@@ -183,6 +183,9 @@ type PipelineResult = [error: Error | null, result: unknown][] | null;
 
 const RENEW_IF_EQUAL = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 const DELETE_IF_EQUAL = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/** ARGV: '1' when the key held ARGV[2] ('0': held nothing), then the value to write. */
+const SET_IF_UNCHANGED =
+  "local v = redis.call('GET', KEYS[1]) if (ARGV[1] == '1' and v == ARGV[2]) or (ARGV[1] == '0' and not v) then redis.call('SET', KEYS[1], ARGV[3]) return 1 else return 0 end";
 const ALLOCATION_GROUP_ERROR = 'slots allocation group';
 const GENERIC_MESSAGES = ['Connection is closed', 'None of startup nodes is available', 'Failed to refresh slots cache', 'Cluster is disconnected'];
 
@@ -451,6 +454,29 @@ export class RedisMetadataCache implements MetadataCache {
         return;
       }
       await this.pipelinedByNode(full.length, (i) => full[i]!, add, () => undefined);
+    });
+  }
+
+  /** One script per key, the compare and the write in it: atomic per key. Pipelined as `setMany` is. */
+  async setManyIfUnchanged(entries: MetadataCacheReplacement[]): Promise<boolean[]> {
+    if (entries.length === 0) return [];
+    return this.op('EVAL (set if unchanged, pipelined)', async () => {
+      const full = entries.map((e) => this.k(e.key));
+      const add = (p: ChainableCommander, i: number) => {
+        const { value, was } = entries[i]!;
+        p.eval(SET_IF_UNCHANGED, 1, full[i]!, was === undefined ? '0' : '1', was ?? '', value);
+      };
+      const written = new Array<boolean>(entries.length).fill(false);
+      if (!this.isCluster) {
+        const p = this.client.pipeline();
+        for (let i = 0; i < entries.length; i++) add(p, i);
+        check(await p.exec()).forEach((v, i) => (written[i] = v === 1));
+        return written;
+      }
+      await this.pipelinedByNode(full.length, (i) => full[i]!, add, (i, v) => {
+        written[i] = v === 1;
+      });
+      return written;
     });
   }
 

@@ -134,8 +134,33 @@ export class CachedTrieStore implements TrieStore {
   }
 
   async getImageRecords(refs: readonly { repository: string; tag: string }[]): Promise<(IndexedImage | undefined)[]> {
+    return (await this.readImageRecords(refs)).map((r) => r.record);
+  }
+
+  /** The tags' records, each with its entry as stored (`putIndexRecords` writes over it only while it holds that). */
+  async readImageRecords(refs: readonly { repository: string; tag: string }[]): Promise<{ record: IndexedImage | undefined; stored: string | undefined }[]> {
     const raw = await this.cache.getMany(refs.map((r) => this.imageKey(r.repository, r.tag)));
-    return raw.map((r) => (r ? parseOr<IndexedImage>(r) : undefined));
+    return raw.map((r) => ({ record: r ? parseOr<IndexedImage>(r) : undefined, stored: r }));
+  }
+
+  /**
+   * What an index run that began at `startedAt` saw of the tags, as their records, each written
+   * unless its entry is no longer what the run read (`stored`): a push that moved the tag
+   * meanwhile knows better than what the run read before it. That record is kept, and its image
+   * merged again into the nodes: the run wrote them from the images it saw, over the push's, and
+   * a chain the pushed image shared only with the one its tag named before was offered by none.
+   */
+  async putIndexRecords(entries: readonly { image: IndexedImage; stored: string | undefined }[], startedAt: number): Promise<void> {
+    const tagged = entries.filter((e) => e.image.ref.tag);
+    const written = await this.cache.setManyIfUnchanged(
+      tagged.map(({ image, stored }) => ({ key: this.imageKey(image.ref.repository, image.ref.tag!), value: JSON.stringify({ ...image, seen: startedAt }), was: stored })),
+    );
+    const pushed = tagged.filter((_, i) => !written[i]).map((e) => e.image.ref);
+    for (const { record } of await this.readImageRecords(pushed.map((r) => ({ repository: r.repository, tag: r.tag! })))) {
+      if (!record) continue;
+      const { seen: _seen, ...image } = record as StoredRecord;
+      await this.addImage(image, { current: record });
+    }
   }
 
   /** Writes what was seen of tags, `seen` when (ms; see getNodes). */

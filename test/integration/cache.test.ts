@@ -11,8 +11,10 @@ import { fixtures } from '../harness/fixtures.js';
 import { writeImage, type LayerSpec } from '../harness/images.js';
 import { parseDockerfile } from '../../src/dockerfile/parser.js';
 import { dockerfileSteps } from '../../src/trie/steps.js';
+import { indexStore, openCacheSession } from '../../src/index.js';
+import type { MetadataCache } from '../../src/cache/metadata-cache.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
-import { startRedis } from '../harness/redis.js';
+import { startRedis, startRedisCluster } from '../harness/redis.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
@@ -656,6 +658,60 @@ describe('an index older than the store', () => {
     expect(JSON.parse(warmed.stdout.toString())).toMatchObject({ chains: 0 });
     expect(warmed.stderr).not.toMatch(/warning/);
   });
+});
+
+describe('a push while an index runs', () => {
+  const backends: { label: string; available: boolean; start(): Promise<{ url?: string; stop(): Promise<void> }> }[] = [
+    { label: 'the disk cache', available: true, start: async () => ({ stop: async () => undefined }) },
+    { label: 'Redis', available: haveTools('redis-server', 'redis-cli'), start: async () => startRedis(await tempDir()) },
+    { label: 'a Redis Cluster', available: haveTools('redis-server', 'redis-cli'), start: async () => startRedisCluster(await tempDir()) },
+  ];
+  for (const [n, backend] of backends.entries()) {
+    it.skipIf(!backend.available)(`keeps the record of the tag it moved, and offers its layers, shared ones included, at once (${backend.label})`, async () => {
+      const server = await backend.start();
+      try {
+        const redis = server.url ? ['--redis', server.url] : [];
+        const repo = `during${n}`;
+        const { work, store, cacheHome, base } = await storeWithBase(repo);
+        const deps: LayerSpec = { files: { 'deps/lib': 'lib\n' }, createdBy: '/bin/sh -c echo lib > /deps/lib' };
+        const [x, y] = [path.join(work, 'x'), path.join(work, 'y')];
+        await writeImage(x, { layers: [base, deps, { files: { x: 'x\n' }, createdBy: '/bin/sh -c echo x > /x' }] });
+        await writeImage(y, { layers: [base, deps, { files: { y: 'y\n' }, createdBy: '/bin/sh -c echo y > /y' }] });
+        expect((await smart(['push', `oci:${x}:latest`, `file:${store}#${repo}/app:1`, ...redis], { cacheHome })).code).toBe(0);
+        expect((await smart(['cache', 'index', `file:${store}`, ...redis], { cacheHome })).code).toBe(0);
+
+        // An index run as the CLI runs it, whose first write (the nodes, once it has read the tags
+        // and their records) waits for a push that moves the tag to y.
+        const session = await openCacheSession({ cacheDir: path.join(cacheHome, 'smartlayer'), ...(server.url ? { redisUrl: server.url } : {}) });
+        try {
+          const cache = session.ctx.cache;
+          let pushed: ReturnType<typeof smart> | undefined;
+          const setMany: MetadataCache['setMany'] = async (entries) => {
+            pushed ??= smart(['push', `oci:${y}:latest`, `file:${store}#${repo}/app:1`, ...redis], { cacheHome });
+            const r = await pushed;
+            expect(r.code, r.stderr).toBe(0);
+            return cache.setMany(entries);
+          };
+          const hooked = new Proxy(cache, { get: (target, name, receiver) => (name === 'setMany' ? setMany : Reflect.get(target, name, receiver)) });
+          expect(await indexStore(`file:${store}`, { ...session.ctx, cache: hooked })).toMatchObject({ tags: 2, failed: [] });
+          expect(pushed).toBeDefined();
+        } finally {
+          await session.close();
+        }
+
+        const ctx = path.join(work, 'ctx');
+        await fs.mkdir(ctx);
+        await fs.writeFile(path.join(ctx, 'Dockerfile'), `FROM ${repo}/base:1\nRUN echo lib > /deps/lib\nRUN echo y > /y\n`);
+        const planned = await smart(['cache', 'plan', `file:${store}`, ctx, '--json', ...redis], { cacheHome });
+        expect(planned.code, planned.stderr).toBe(0);
+        const plan = JSON.parse(planned.stdout.toString()) as Plan;
+        expect(plan.steps.map((s) => s.matched)).toEqual([true, true]);
+        expect(plan.best).toMatchObject({ image: `${repo}/app:1`, steps: 2 });
+      } finally {
+        await server.stop();
+      }
+    });
+  }
 });
 
 describe('cache pull --print-cache-from buildah into a layout', () => {

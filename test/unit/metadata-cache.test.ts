@@ -202,6 +202,27 @@ for (const c of cases) {
       expect(z).toBe(value);
     });
 
+    it('setManyIfUnchanged writes only over what each key held when read (nothing, or a value)', async () => {
+      const cache = await c.make(freshPrefix());
+      const keys = Array.from({ length: 300 }, (_, i) => `cas:${i}`);
+      await cache.setMany(keys.map((key, i) => ({ key, value: `read ${i}` })));
+      // What another process wrote after these were read: every third key.
+      await cache.setMany(keys.filter((_, i) => i % 3 === 0).map((key, i) => ({ key, value: `newer ${i}` })));
+      await cache.set('cas:ttl', 'read', 0.2);
+      await sleep(400); // expired: holds nothing
+      const written = await cache.setManyIfUnchanged([
+        ...keys.map((key, i) => ({ key, value: `mine ${i}`, was: `read ${i}` })),
+        { key: 'cas:absent', value: 'mine', was: undefined },
+        { key: 'cas:ttl', value: 'mine', was: undefined },
+        { key: 'cas:0', value: 'mine', was: undefined }, // it holds something
+        { key: 'cas:nothing', value: 'mine', was: 'read' }, // it holds nothing
+      ]);
+      expect(written).toEqual([...keys.map((_, i) => i % 3 !== 0), true, true, false, false]);
+      const got = await cache.getMany([...keys, 'cas:absent', 'cas:ttl', 'cas:nothing']);
+      expect(got).toEqual([...keys.map((_, i) => (i % 3 === 0 ? `newer ${i / 3}` : `mine ${i}`)), 'mine', 'mine', undefined]);
+      expect(await cache.setManyIfUnchanged([])).toEqual([]);
+    });
+
     it('leases: setIfAbsent once, renewIfEqual and deleteIfEqual only for the holder, expiry frees it', async () => {
       const cache = await c.make(freshPrefix());
       expect(await cache.setIfAbsent('lock', 'mine', 1)).toBe(true);
@@ -636,6 +657,7 @@ describe('forgivingCache', () => {
         throw new Error('synchronous boom');
       },
       setMany: async () => void calls++,
+      setManyIfUnchanged: async (entries) => (calls++, entries.map(() => true)),
       delete: async () => void calls++,
       setIfAbsent: async () => (calls++, true),
       renewIfEqual: async () => (calls++, true),
@@ -661,7 +683,7 @@ describe('forgivingCache', () => {
   it('answers misses for a getMany of the wrong length', async () => {
     const disk = new DiskMetadataCache(await tempDir('smart-metadata-'));
     const warnings: string[] = [];
-    const cache = forgivingCache({ ...disk, get: (k) => disk.get(k), set: (k, v, t) => disk.set(k, v, t), getMany: async () => ['x'], setMany: (e) => disk.setMany(e), delete: (k) => disk.delete(k), setIfAbsent: (k, v, t) => disk.setIfAbsent(k, v, t), renewIfEqual: (k, v, t) => disk.renewIfEqual(k, v, t), deleteIfEqual: (k, v) => disk.deleteIfEqual(k, v), close: () => disk.close() }, (m) => warnings.push(m));
+    const cache = forgivingCache({ ...disk, get: (k) => disk.get(k), set: (k, v, t) => disk.set(k, v, t), getMany: async () => ['x'], setMany: (e) => disk.setMany(e), setManyIfUnchanged: (e) => disk.setManyIfUnchanged(e), delete: (k) => disk.delete(k), setIfAbsent: (k, v, t) => disk.setIfAbsent(k, v, t), renewIfEqual: (k, v, t) => disk.renewIfEqual(k, v, t), deleteIfEqual: (k, v) => disk.deleteIfEqual(k, v), close: () => disk.close() }, (m) => warnings.push(m));
     expect(await cache.getMany(['a', 'b'])).toEqual([undefined, undefined]);
     expect(warnings).toHaveLength(1);
   });

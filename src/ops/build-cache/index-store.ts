@@ -100,14 +100,14 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
   });
   const refs = listed.flat();
   const unlisted = failed.length > 0;
-  const previous = await trie.getImageRecords(refs);
+  const previous = await trie.readImageRecords(refs);
   let refreshed = 0;
   const images = await group.all(refs.map((ref, i) => ({ ref, i })), async ({ ref, i }): Promise<IndexedImage | undefined> => {
     const name = `${ref.repository}:${ref.tag}`;
     try {
       const digest = await store.tagDigest(ref.repository, ref.tag);
       if (!digest) return undefined;
-      const prev = previous[i];
+      const prev = previous[i]!.record;
       // The record holds the top-level digest it was made from: unchanged tags cost one read.
       const record = prev as (IndexedImage & { top?: string; v?: number; platform?: string }) | undefined;
       // ... and the platform it was read for: a multi-platform tag indexed for another is read again.
@@ -144,7 +144,11 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
     await trie.addEdges(edges.slice(i, i + 1000));
   }
   signal.throwIfAborted();
-  await trie.putImageRecords(present, startedAt);
+  // Not over a record a push wrote since the records were read: the tag it names is newer.
+  await trie.putIndexRecords(
+    images.flatMap((image, i) => (image ? [{ image, stored: previous[i]!.stored }] : [])),
+    startedAt,
+  );
   // Last: a record this run did not write is now of a tag gone (its image no longer offered by a
   // plan). Not when a repository could not be listed: its tags were not seen, not found gone.
   if (!unlisted) await trie.putIndexedSince(startedAt);
