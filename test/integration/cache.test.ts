@@ -597,6 +597,58 @@ describe('an index older than the store', () => {
     expect(summary.refreshed + summary.unchanged + summary.failed.length).toBe(summary.tags);
   });
 
+  it('a tag listed that names no image (its current link missing) is one failure of the index, by file: and by the registry; a tag deleted once listed is no tag', async () => {
+    const { work, store, cacheHome } = await storeWithBase('unset');
+    const base = path.join(store, 'docker/registry/v2/repositories/unset/base/_manifests/tags');
+    await fs.cp(path.join(base, '1'), path.join(base, 'gone'), { recursive: true });
+    // What a push killed between the tag's two links leaves; `store check` calls it tag-unset.
+    await fs.mkdir(path.join(base, '2', 'index'), { recursive: true });
+    type Summary = { tags: number; refreshed: number; unchanged: number; failed: { image: string; error: string }[] };
+    const failure = { image: 'unset/base:2', error: expect.stringMatching(/^listed, but names no image/) };
+    const adds = (r: Summary) => r.refreshed + r.unchanged + r.failed.length;
+    const indexed = await smart(['cache', 'index', `file:${store}`, '--json'], { cacheHome });
+    expect(indexed.code, indexed.stderr).toBe(0);
+    expect(indexed.stderr.trim().split('\n').filter((l) => l.startsWith('warning:'))).toEqual([expect.stringMatching(/^warning: unset\/base:2: listed, but names no image/)]);
+    const summary = JSON.parse(indexed.stdout.toString()) as Summary;
+    expect(summary).toMatchObject({ tags: 3, failed: [failure] });
+    expect(adds(summary)).toBe(summary.tags);
+
+    // A tag deleted between the listing and its read (as the registry's DELETE leaves it: its
+    // directory gone): no failure, and no tag. The run is the CLI's, through the library, and the
+    // deletion comes with its first read of the records, once the tags are listed.
+    const session = await openCacheSession({ cacheDir: path.join(cacheHome, 'smartlayer') });
+    try {
+      const cache = session.ctx.cache;
+      let deleted: Promise<void> | undefined;
+      const getMany: MetadataCache['getMany'] = async (keys) => {
+        await (deleted ??= fs.rm(path.join(base, 'gone'), { recursive: true }));
+        return cache.getMany(keys);
+      };
+      const hooked = new Proxy(cache, { get: (target, name, receiver) => (name === 'getMany' ? getMany : Reflect.get(target, name, receiver)) });
+      const r = await indexStore(`file:${store}`, { ...session.ctx, cache: hooked });
+      expect(deleted).toBeDefined();
+      expect(r).toMatchObject({ tags: 2, failed: [failure] });
+      expect(adds(r)).toBe(r.tags);
+    } finally {
+      await session.close();
+    }
+
+    // The registry lists it too (and answers 404 for it): the same failure through docker://.
+    if (!haveTools('docker-registry')) return;
+    await fs.mkdir(path.join(work, 'reg'));
+    const registry = await startRegistry({ configDir: path.join(work, 'reg'), root: store });
+    try {
+      const host = new URL(registry.url).host;
+      const viaRegistry = await smart(['cache', 'index', `docker://${host}`, '--json'], { cacheHome });
+      expect(viaRegistry.code, viaRegistry.stderr).toBe(0);
+      const r = JSON.parse(viaRegistry.stdout.toString()) as Summary;
+      expect(r).toMatchObject({ tags: 2, failed: [failure] });
+      expect(adds(r)).toBe(r.tags);
+    } finally {
+      await registry.stop();
+    }
+  });
+
   it('a tag moved to another image no longer offers the image it named, at once after the push that moved it; a tag deleted, after the next index', async () => {
     const { work, store, cacheHome, base } = await storeWithBase('moved');
     const [x, y] = [path.join(work, 'x'), path.join(work, 'y')];

@@ -16,6 +16,7 @@ import { indexedImage, LAYER_SUMMARY_MAX_BYTES } from './steps.js';
 export interface IndexSummary {
   store: string;
   repositories: number;
+  /** Tags listed, but those deleted before they were read: `refreshed + unchanged` and the tags under `failed`. */
   tags: number;
   /** Tags whose manifest changed since the last run (fetched again). */
   refreshed: number;
@@ -102,11 +103,22 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
   const unlisted = failed.length > 0;
   const previous = await trie.readImageRecords(refs);
   let refreshed = 0;
+  // Tags listed that named nothing once read: gone since they were listed (deleted), not counted.
+  let gone = 0;
+  const listedAgain = new Map<string, Promise<string[]>>();
   const images = await group.all(refs.map((ref, i) => ({ ref, i })), async ({ ref, i }): Promise<IndexedImage | undefined> => {
     const name = `${ref.repository}:${ref.tag}`;
     try {
       const digest = await store.tagDigest(ref.repository, ref.tag);
-      if (!digest) return undefined;
+      if (!digest) {
+        // Still listed, it is a tag that names no image (its directory without its current link,
+        // which the registry lists too): a failure to say, not a tag to skip without a word.
+        let again = listedAgain.get(ref.repository);
+        if (!again) listedAgain.set(ref.repository, (again = store.tags(ref.repository)));
+        if ((await again).includes(ref.tag)) throw new Error('listed, but names no image (a push that stopped before writing the tag, or one writing it now)');
+        gone++;
+        return undefined;
+      }
       const prev = previous[i]!.record;
       // The record holds the top-level digest it was made from: unchanged tags cost one read.
       const record = prev as (IndexedImage & { top?: string; v?: number; platform?: string }) | undefined;
@@ -162,7 +174,7 @@ async function buildIndex(store: StoreAccess, trie: CachedTrieStore, ctx: CacheC
   return {
     store: store.scope,
     repositories: repos.length,
-    tags: refs.length,
+    tags: refs.length - gone,
     refreshed,
     unchanged: present.length - refreshed,
     failed,
