@@ -181,7 +181,7 @@ function printPlan(plan: PlanResult, out: Output): void {
     return;
   }
   const b = plan.best;
-  const which = plan.base ? ` (${b.baseLayers} of the base, ${b.steps} build steps)` : ' shared';
+  const which = plan.base ? ` (${b.baseLayers} of the base, ${plural(b.steps, 'build step')})` : ' shared';
   out.info(`best cache: ${b.image}@${b.manifest}: ${plural(b.layers.length, 'layer')}${which}, ${formatBytes(b.bytes)} to fetch${b.inlineCache ? ' (with BuildKit inline cache)' : ''}`);
   if (plan.naive) out.info(`a naive pull of ${plan.naive.image}: ${formatBytes(plan.naive.bytes)}`);
   if (plan.alternatives.length) out.info(`also holding these layers: ${plan.alternatives.join(', ')}`);

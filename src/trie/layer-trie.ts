@@ -146,7 +146,11 @@ export interface MatchStep {
   key: StepKey;
   /** Other keys the builders may have recorded the same step under (their content references, the layer's files). */
   alternatives?: readonly StepKey[];
-  /** The builder may have made no layer for it (WORKDIR of an existing directory): skipped when unmatched. */
+  /**
+   * The builder may have made no layer for it (a WORKDIR: buildah's is an empty history entry):
+   * skipped when unmatched, and matched as a step without a layer when the next layer is taken
+   * after it (plan.ts then checks that layer ran under the working directory the build sets).
+   */
   optional?: boolean;
   /**
    * A RUN: the classic builder makes no layer for one that changes nothing. Unmatched, it is
@@ -171,7 +175,7 @@ export interface Match {
   path: TrieNode[];
   /** Indices (into the steps given) of the steps matched: with a layer, or (`emptySteps`) made none. */
   matchedSteps: number[];
-  /** Of `matchedSteps`, those the stored image made no layer for (a RUN that changed nothing). */
+  /** Of `matchedSteps`, those the stored image made no layer for (a RUN that changed nothing, an optional step skipped). */
   emptySteps: number[];
   /** The image the match must be taken from: the one whose history has the RUNs matched after its last layer. */
   image?: ImageRef;
@@ -193,7 +197,7 @@ const MAX_EMPTY_COMBINATIONS = 16;
  * edges whose step key equals the build's (or one of its alternatives). Several children can carry
  * the same key (a RUN rebuilt without cache gives a new diff id; two builders' layers for the same
  * step): every such branch is followed (`accept`: only through the nodes it accepts), an optional
- * step both taken and skipped, a RUN that may be empty both taken and left pending (matched when
+ * step both taken and skipped (matched without a layer once a layer is taken after it), a RUN that may be empty both taken and left pending (matched when
  * the next layer found was made after it, see `StepKey.emptyBefore`, or an image ends with it,
  * see `ImageRef.emptyAfter`), and the deepest wins — among equals, the one that matched the most
  * steps, then the one an image with BuildKit's inline cache holds, then the one in most images.
@@ -218,11 +222,14 @@ export async function matchBuild(
     // The store lacks part of the base: what matches is that prefix, no build step on top of it.
     return { node: basePath[basePath.length - 1], baseLayers, steps: 0, path: basePath, matchedSteps: [], emptySteps: [] };
   }
-  /** `pending`: RUN steps since the last layer taken as having made none, with the instructions each may be recorded as. */
-  type Frontier = { path: TrieNode[]; matched: number[]; empty: number[]; pending: { index: number; instructions: string[] }[]; image?: ImageRef };
+  /**
+   * `pending`: RUN steps since the last layer taken as having made none, with the instructions each
+   * may be recorded as; `skipped`: the optional steps since then, taken as having made none.
+   */
+  type Frontier = { path: TrieNode[]; matched: number[]; empty: number[]; pending: { index: number; instructions: string[] }[]; skipped: number[]; image?: ImageRef };
   // The base's own empty RUNs are pending from the start, as steps of no index (never counted as matched).
   const basePending = (options.baseEmptyRuns ?? []).map((instruction) => ({ index: -1, instructions: [instruction] }));
-  let frontier: Frontier[] = [{ path: basePath, matched: [], empty: [], pending: basePending }];
+  let frontier: Frontier[] = [{ path: basePath, matched: [], empty: [], pending: basePending, skipped: [] }];
   const rank = (f: Frontier) => {
     const n = f.path.at(-1);
     return [f.path.length, f.matched.length, n?.images.some((i) => i.inlineCache) ? 1 : 0, n?.imageCount ?? 0];
@@ -260,12 +267,12 @@ export async function matchBuild(
         if (!child || !keysOf(child).some((k) => keysOfEntry[fi]!.includes(stepKeyString(k)))) continue;
         if (options.accept && !options.accept(child)) continue;
         if (step.refuses?.(child)) continue;
-        const before = f.pending.map((p) => p.index).filter((index) => index >= 0);
-        next.push({ path: [...f.path, child], matched: [...f.matched, ...before, i], empty: [...f.empty, ...before], pending: [] });
+        const before = [...f.skipped, ...f.pending.map((p) => p.index).filter((index) => index >= 0)].sort((a, b) => a - b);
+        next.push({ path: [...f.path, child], matched: [...f.matched, ...before, i], empty: [...f.empty, ...before], pending: [], skipped: [] });
       }
     }
     // An optional step (a WORKDIR that may have made no layer) is also skipped, on every branch.
-    if (step.optional) next.push(...frontier);
+    if (step.optional) next.push(...frontier.map((f) => ({ ...f, skipped: [...f.skipped, i] })));
     if (step.mayBeEmpty) {
       const instructions = [...new Set(stepKeys.map((k) => k.instruction))];
       for (const f of frontier) if (f.pending.length < MAX_PENDING_EMPTY) next.push({ ...f, pending: [...f.pending, { index: i, instructions }] });
@@ -284,7 +291,7 @@ export async function matchBuild(
       ?.images.find((r) => r.emptyAfter && r.emptyAfter.length >= f.pending.length && f.pending.every((p, k) => p.instructions.includes(r.emptyAfter![k]!)) && (options.acceptImage?.(r) ?? true));
     if (!image) continue;
     const ran = f.pending.map((p) => p.index);
-    const whole: Frontier = { path: f.path, matched: [...f.matched, ...ran], empty: [...f.empty, ...ran], pending: [], image };
+    const whole: Frontier = { path: f.path, matched: [...f.matched, ...ran], empty: [...f.empty, ...ran], pending: [], skipped: f.skipped, image };
     reachedAll.push(whole);
     if (better(whole, best)) best = whole;
   }

@@ -834,6 +834,39 @@ describe('smart cache plan of relative WORKDIRs as buildah records them', () => 
   });
 });
 
+describe('smart cache plan of a WORKDIR that made no layer (buildah records it as an empty entry)', () => {
+  it('matches it, as made no layer, when the layer after it matches and ran in its directory, as buildah reuses it', async () => {
+    const { work, store, cacheHome, base } = await storeWithBase('wd');
+    const dir = path.join(work, 'a');
+    await writeImage(dir, {
+      layers: [base, { files: { 'app/out': 'built\n' }, createdBy: '/bin/sh -c echo built > out' }],
+      emptySteps: [{ after: 0, createdBy: '/bin/sh -c #(nop) WORKDIR /app' }],
+    });
+    expect((await smart(['push', `oci:${dir}:latest`, `file:${store}#wd/app:a`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    const planOf = async (workdir: string) => {
+      await fs.writeFile(path.join(ctx, 'Dockerfile'), `FROM wd/base:1\nWORKDIR ${workdir}\nRUN echo built > out\n`);
+      const r = await smart(['cache', 'plan', `file:${store}`, ctx, '--json'], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout.toString()) as Plan;
+    };
+    const same = await planOf('/app');
+    expect(same.steps).toEqual([
+      { line: 2, instruction: 'WORKDIR /app', matched: true, noLayer: true },
+      { line: 3, instruction: 'RUN echo built > out', matched: true },
+    ]);
+    expect(same.best).toMatchObject({ image: 'wd/app:a', steps: 1 });
+    const human = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
+    expect(human.stderr).toContain('line   2  ✓  WORKDIR /app   (made no layer)');
+    // Another directory: the RUN ran elsewhere, and neither is matched.
+    const other = await planOf('/other');
+    expect(other.steps.map((s) => s.matched)).toEqual([false, false]);
+    expect(other.best?.steps ?? 0).toBe(0);
+  });
+});
+
 describe('smart cache plan: what its lines say', () => {
   it('names a COPY --from\'s stage, and the Dockerfile line of a COPY source that is no pattern (an unclosed JSON form)', async () => {
     const { work, store, cacheHome } = await storeWithBase('lines');
@@ -865,6 +898,28 @@ describe('smart cache plan of a FROM naming no image', () => {
     const given = await smart(['cache', 'plan', `file:${store}`, ctx, '--build-arg', 'V=1', '--json'], { cacheHome });
     expect(given.code, given.stderr).toBe(0);
     expect((JSON.parse(given.stdout.toString()) as Plan).best).toMatchObject({ image: 'noref/base:1', steps: 0 });
+  });
+});
+
+describe('smart cache plan: what its best cache line says', () => {
+  it('counts the build steps in the singular and the plural', async () => {
+    const { work, store, cacheHome, base } = await storeWithBase('count');
+    const steps = [1, 2].map((n): LayerSpec => ({ files: { [`s${n}`]: `${n}\n` }, createdBy: `/bin/sh -c echo ${n} > /s${n}` }));
+    const app = path.join(work, 'app');
+    await writeImage(app, { layers: [base, ...steps] });
+    expect((await smart(['push', `oci:${app}:latest`, `file:${store}#count/app:1`], { cacheHome })).code).toBe(0);
+    expect((await smart(['cache', 'index', `file:${store}`], { cacheHome })).code).toBe(0);
+    const ctx = path.join(work, 'ctx');
+    await fs.mkdir(ctx);
+    const best = async (dockerfile: string) => {
+      await fs.writeFile(path.join(ctx, 'Dockerfile'), dockerfile);
+      const r = await smart(['cache', 'plan', `file:${store}`, ctx], { cacheHome });
+      expect(r.code, r.stderr).toBe(0);
+      return r.stderr.split('\n').find((l) => l.startsWith('best cache: '))?.replace(/@sha256:[0-9a-f]{64}/, '').replace(/, [^,]* to fetch$/, '');
+    };
+    expect(await best('FROM count/base:1\nRUN echo 0 > /s0\n')).toBe('best cache: count/base:1: 1 layer (1 of the base, 0 build steps)');
+    expect(await best('FROM count/base:1\nRUN echo 1 > /s1\n')).toBe('best cache: count/app:1: 2 layers (1 of the base, 1 build step)');
+    expect(await best('FROM count/base:1\nRUN echo 1 > /s1\nRUN echo 2 > /s2\n')).toBe('best cache: count/app:1: 3 layers (1 of the base, 2 build steps)');
   });
 });
 

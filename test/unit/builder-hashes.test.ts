@@ -192,9 +192,14 @@ describe('matching a build in the trie', () => {
     const baseChain = chainIds([d(1)]);
     const m = await matchBuild(trie, baseChain, steps);
     expect(m.path.map((n) => n.diffId)).toEqual([d(1), d(2), d(3), d(4)]); // the deepest: the classic image's
+    expect(m).toMatchObject({ matchedSteps: [0, 1, 2], emptySteps: [] });
     const forBuildah = await matchBuild(trie, baseChain, steps, { accept: (n) => n.images.some((i) => i.builder === 'buildah') });
     expect(forBuildah.path.map((n) => n.diffId)).toEqual([d(1), d(5), d(6)]);
-    expect(forBuildah.matchedSteps).toEqual([1, 2]);
+    // buildah's WORKDIR, skipped, is matched as a step that made no layer once the layer after it is
+    // (buildah reuses it: its history entry is empty); not when nothing after it is.
+    expect(forBuildah).toMatchObject({ matchedSteps: [0, 1, 2], emptySteps: [0] });
+    const nothingAfter = await matchBuild(trie, baseChain, [steps[0]!, { key: { instruction: 'RUN other' } }], { accept: (n) => n.images.some((i) => i.builder === 'buildah') });
+    expect(nothingAfter).toMatchObject({ matchedSteps: [], emptySteps: [] });
   });
 
   it('keeps every key a layer is known under (a push with --dockerfile and the history of another)', async () => {
