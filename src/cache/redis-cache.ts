@@ -186,7 +186,8 @@ const DELETE_IF_EQUAL = "if redis.call('GET', KEYS[1]) == ARGV[1] then return re
 /** ARGV: '1' when the key held ARGV[2] ('0': held nothing), then the value to write. */
 const SET_IF_UNCHANGED =
   "local v = redis.call('GET', KEYS[1]) if (ARGV[1] == '1' and v == ARGV[2]) or (ARGV[1] == '0' and not v) then redis.call('SET', KEYS[1], ARGV[3]) return 1 else return 0 end";
-const ALLOCATION_GROUP_ERROR = 'slots allocation group';
+/** A cluster node's answer for a key it does not serve now: the command did not run. */
+const REDIRECTED = /^(MOVED|ASK) /;
 const GENERIC_MESSAGES = ['Connection is closed', 'None of startup nodes is available', 'Failed to refresh slots cache', 'Cluster is disconnected'];
 
 /**
@@ -481,9 +482,15 @@ export class RedisMetadataCache implements MetadataCache {
   }
 
   /**
-   * On a cluster: one pipeline per group of nodes serving the keys' slots (ioredis refuses a
-   * pipeline whose keys live on different nodes), all sent at once. A pipeline that lost a race
-   * with a slot refresh is regrouped and sent once more.
+   * On a cluster: one pipeline per master, on that node's own connection, all sent at once. A
+   * command the node redirects (MOVED: the slot is served elsewhere now; ASK: the slot is being
+   * moved, and the key is not here) is sent again alone through the cluster client, which follows
+   * the redirection as for any single command. Not through a cluster pipeline: ioredis sends a
+   * whole pipeline again only when every command that failed failed alike and every other one
+   * only read, and then sends all of it to the node the first error named, where the keys of other
+   * slots are MOVED back and a key the migrating node still holds reads as missing: a cache that
+   * failed on every run while a slot moved (a resharding cluster is a healthy one). A redirected
+   * command did not run, so sending it again is safe, a SET NX too.
    */
   private async pipelinedByNode(
     n: number,
@@ -492,32 +499,36 @@ export class RedisMetadataCache implements MetadataCache {
     take: (i: number, value: unknown) => void,
   ): Promise<void> {
     const cluster = this.client as Cluster;
-    const send = async (indices: number[], again: boolean): Promise<void> => {
-      const groups = new Map<string, number[]>();
-      for (const i of indices) {
-        const group = (cluster.slots[clusterKeySlot(keyOf(i))] ?? []).join(';');
-        let list = groups.get(group);
-        if (!list) groups.set(group, (list = []));
-        list.push(i);
-      }
-      await Promise.all(
-        [...groups.values()].map(async (list) => {
-          const p = cluster.pipeline();
-          for (const i of list) add(p, i);
-          let results: PipelineResult;
-          try {
-            results = await p.exec();
-          } catch (e) {
-            if (again && e instanceof Error && e.message.includes(ALLOCATION_GROUP_ERROR)) return send(list, false);
-            throw e;
-          }
-          check(results).forEach((v, j) => take(list[j]!, v));
-        }),
-      );
+    const connections = new Map(cluster.nodes('all').map((node) => [`${node.options.host}:${node.options.port}`, node]));
+    const groups = new Map<Redis | undefined, number[]>();
+    for (let i = 0; i < n; i++) {
+      const master = cluster.slots[clusterKeySlot(keyOf(i))]?.[0];
+      const connection = master === undefined ? undefined : connections.get(master);
+      let list = groups.get(connection);
+      if (!list) groups.set(connection, (list = []));
+      list.push(i);
+    }
+    const alone = async (i: number): Promise<void> => {
+      const p = cluster.pipeline();
+      add(p, i);
+      take(i, check(await p.exec())[0]);
     };
-    await send(
-      Array.from({ length: n }, (_, i) => i),
-      true,
+    await Promise.all(
+      [...groups].map(async ([connection, list]) => {
+        // A slot no known node serves (a node lost, the slots not read again yet): the cluster client finds it.
+        if (!connection) return Promise.all(list.map(alone));
+        const p = connection.pipeline();
+        for (const i of list) add(p, i);
+        const results = await p.exec();
+        if (!results) throw new Error('pipeline answered nothing');
+        const redirected: number[] = [];
+        results.forEach(([err, value], j) => {
+          if (err && REDIRECTED.test(err.message)) redirected.push(list[j]!);
+          else if (err) throw err;
+          else take(list[j]!, value);
+        });
+        await Promise.all(redirected.map(alone));
+      }),
     );
   }
 

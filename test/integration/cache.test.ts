@@ -14,7 +14,10 @@ import { dockerfileSteps } from '../../src/trie/steps.js';
 import { indexStore, openCacheSession } from '../../src/index.js';
 import type { MetadataCache } from '../../src/cache/metadata-cache.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
-import { startRedis, startRedisCluster } from '../harness/redis.js';
+import { clusterKeySlot, DEFAULT_REDIS_KEY_PREFIX } from '../../src/cache/redis-cache.js';
+import { trieKeys } from '../../src/cache/keys.js';
+import { parseImageName, storeScope } from '../../src/transports/all.js';
+import { startRedis, startRedisCluster, type RunningRedis, type RunningRedisCluster } from '../harness/redis.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
 import { runOk, smart } from '../harness/run.js';
 import { haveTools } from '../harness/tools.js';
@@ -392,6 +395,62 @@ describe('a Redis Cluster whose state is fail (a master lost, or nodes never joi
       expect(indexed.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: redis cluster 127\.0\.0\.1:\d+: .*no answer in \d+ ms \(redis-cli cluster info on a node should say cluster_state:ok\)$/)]);
     } finally {
       await node.stop();
+    }
+  });
+});
+
+/** The node serving each slot, as CLUSTER NODES says before any slot moves. */
+async function slotOwner(cluster: RunningRedisCluster): Promise<(slot: number) => RunningRedis> {
+  const served = (await cluster.nodes[0]!.cli('CLUSTER', 'NODES')).split('\n').map((line) => {
+    const fields = line.split(' ');
+    const port = Number(/:(\d+)@/.exec(fields[1]!)![1]);
+    return { node: cluster.nodes.find((n) => n.port === port)!, ranges: fields.slice(8).map((r) => r.split('-').map(Number)) };
+  });
+  return (slot) => served.find((s) => s.ranges.some(([lo = -1, hi = lo]) => slot >= lo && slot <= hi))!.node;
+}
+
+describe('a Redis Cluster moving a slot (a reshard)', () => {
+  it('serves a push and an index whose keys are in the slot: ASK and MOVED followed, never a warning or a failed index', async () => {
+    const dir = await tempDir();
+    const cluster = await startRedisCluster(path.join(dir, 'redis'));
+    try {
+      const store = path.join(dir, 'store');
+      const image = path.join(dir, 'image');
+      await writeImage(image, { layers: [{ files: { 'a.txt': 'a\n' }, createdBy: 'COPY a.txt /' }] });
+      const cacheHome = path.join(dir, 'cache');
+      const url = cluster.url;
+      const push = (tag: string, redis = true) => smart(['push', `oci:${image}:latest`, `file:${store}#team/ask:${tag}`, ...(redis ? ['--redis', url] : [])], { cacheHome });
+
+      // The keys whose slot moves, chosen so that one pipeline holds a key of the moving slot
+      // that the node does not hold (ASK) and a key of another slot that node serves: the store's
+      // never-written "indexed since" read with a tag's record by every push, and two tags'
+      // records read together by the index, one of them never written to Redis.
+      const keys = trieKeys(storeScope(parseImageName(`file:${store}#team/ask:x`))!.scope);
+      const slotOf = (key: string) => clusterKeySlot(DEFAULT_REDIS_KEY_PREFIX + key);
+      const ownerOf = await slotOwner(cluster);
+      const since = slotOf(keys.indexedSince);
+      const source = ownerOf(since);
+      const target = cluster.nodes.find((n) => n !== source)!;
+      const tags = Array.from({ length: 1000 }, (_, i) => `t${i}`).filter((t) => ownerOf(slotOf(keys.image('team/ask', t))) === source && slotOf(keys.image('team/ask', t)) !== since);
+      const [recorded, unrecorded] = [tags[0]!, tags.find((t) => slotOf(keys.image('team/ask', t)) !== slotOf(keys.image('team/ask', tags[0]!)))!];
+      expect((await push(recorded)).code).toBe(0);
+      expect((await push(unrecorded, false)).code).toBe(0);
+
+      const [sourceId, targetId] = await Promise.all([source.cli('CLUSTER', 'MYID'), target.cli('CLUSTER', 'MYID')]);
+      for (const slot of [since, slotOf(keys.image('team/ask', unrecorded))]) {
+        expect(await target.cli('CLUSTER', 'SETSLOT', String(slot), 'IMPORTING', sourceId)).toBe('OK');
+        expect(await source.cli('CLUSTER', 'SETSLOT', String(slot), 'MIGRATING', targetId)).toBe('OK');
+      }
+      // Once ioredis's replay of a pipeline sent all of it to the node of the first ASK, which
+      // MOVED the other keys back: "metadata cache unavailable ... ASK" / "MOVED".
+      const pushed = await push('during');
+      expect(pushed.code, pushed.stderr).toBe(0);
+      expect(pushed.stderr).not.toMatch(/warning/);
+      const indexed = await smart(['cache', 'index', `file:${store}`, '--redis', url], { cacheHome });
+      expect(indexed.code, indexed.stderr).toBe(0);
+      expect(indexed.stderr).toBe(`file:${store}: 3 tags in 1 repository; 3 refreshed, 0 unchanged, 0 failed; 1 layer chain\n`);
+    } finally {
+      await cluster.stop();
     }
   });
 });
