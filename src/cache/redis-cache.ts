@@ -310,12 +310,17 @@ export class RedisMetadataCache implements MetadataCache {
   /**
    * What the client's words (`said`: the error and the errors before it) mean, where they are
    * known to mislead or to say too little: a server that is no cluster (ioredis only says none of
-   * the startup nodes is available), credentials refused (the command after a refused AUTH is
-   * answered NOAUTH, which no retry changes), and a plain connection a TLS-only server reset.
+   * the startup nodes is available), a cluster node reached as a single server (it serves only its
+   * own slots' keys), credentials refused (the command after a refused AUTH is answered NOAUTH,
+   * which no retry changes), and a plain connection a TLS-only server reset.
    */
   private knownFailure(said: string): { message?: string; hint?: string; retryable?: boolean } | undefined {
     if (this.isCluster && /cluster support disabled/i.test(said)) {
       return { message: 'the server is not a Redis Cluster (ERR This instance has cluster support disabled)', hint: 'for a single server, use redis:// or rediss://', retryable: false };
+    }
+    const clusterNode = !this.isCluster && /\b(?:MOVED|ASK) \d+ \S+|\b(?:CROSSSLOT|CLUSTERDOWN)\b/.exec(said);
+    if (clusterNode) {
+      return { message: `the server is a node of a Redis Cluster (it answered ${clusterNode[0]})`, hint: 'for a Redis Cluster, use redis+cluster:// or rediss+cluster://', retryable: false };
     }
     const credentials = this.target.password !== undefined || this.target.username !== undefined;
     if (/WRONGPASS|invalid password|invalid username-password/i.test(said) || (credentials && /NOAUTH/.test(said))) {

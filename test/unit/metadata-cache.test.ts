@@ -428,6 +428,20 @@ describe.skipIf(!haveRedis)('RedisMetadataCache specifics', () => {
     }
   });
 
+  it('a node of a Redis Cluster reached with redis://: says so, and that redis+cluster:// reaches a cluster (not MOVED or CROSSSLOT alone)', async () => {
+    const { createRedisMetadataCache } = await import('../../src/cache/redis-cache.js');
+    const node = cluster!.nodes[0]!;
+    const asSingle = closing(await createRedisMetadataCache({ url: node.url }));
+    // A key of another node's slot: the node answers MOVED; keys of several slots at once: CROSSSLOT.
+    let other = 0;
+    while (!(await node.cli('GET', `smartlayer:k${other}`)).startsWith('MOVED')) other++;
+    const failures = [await asSingle.get(`k${other}`).catch((e: SmartError) => e), await asSingle.getMany(['a', 'b', 'c', 'd']).catch((e: SmartError) => e)];
+    expect(failures.map((e) => [(e as SmartError).message, (e as SmartError).hint, (e as SmartError).retryable])).toEqual([
+      [expect.stringMatching(new RegExp(`^redis 127\\.0\\.0\\.1:${node.port}: GET: the server is a node of a Redis Cluster \\(it answered MOVED \\d+ 127\\.0\\.0\\.1:\\d+\\)$`)), 'for a Redis Cluster, use redis+cluster:// or rediss+cluster://', false],
+      [`redis 127.0.0.1:${node.port}: GET (pipelined): the server is a node of a Redis Cluster (it answered CROSSSLOT)`, 'for a Redis Cluster, use redis+cluster:// or rediss+cluster://', false],
+    ]);
+  });
+
   it('rediss:// (TLS) with an extra CA; without it, one warning about the certificate', async () => {
     const dir = await tempDir('smart-redis-tls-');
     const ca = await makeTestCA(dir);
