@@ -312,7 +312,8 @@ export class RedisMetadataCache implements MetadataCache {
    * known to mislead or to say too little: a server that is no cluster (ioredis only says none of
    * the startup nodes is available), a cluster node reached as a single server (it serves only its
    * own slots' keys), credentials refused (the command after a refused AUTH is answered NOAUTH,
-   * which no retry changes), and a plain connection a TLS-only server reset.
+   * which no retry changes), a server at its maxclients, and a plain connection a TLS-only server
+   * reset.
    */
   private knownFailure(said: string): { message?: string; hint?: string; retryable?: boolean } | undefined {
     if (this.isCluster && /cluster support disabled/i.test(said)) {
@@ -321,6 +322,12 @@ export class RedisMetadataCache implements MetadataCache {
     const clusterNode = !this.isCluster && /\b(?:MOVED|ASK) \d+ \S+|\b(?:CROSSSLOT|CLUSTERDOWN)\b/.exec(said);
     if (clusterNode) {
       return { message: `the server is a node of a Redis Cluster (it answered ${clusterNode[0]})`, hint: 'for a Redis Cluster, use redis+cluster:// or rediss+cluster://', retryable: false };
+    }
+    // A server at its maxclients answers a new connection with an error and closes it; one that
+    // arrives before any command is sent, ioredis reports as "Command queue state error. If you
+    // can reproduce this, please report it. Last error: ERR max number of clients reached".
+    if (/max number of clients reached/i.test(said)) {
+      return { message: 'the server refused the connection: max number of clients reached', hint: "raise the server's maxclients, or find what holds its connections (redis-cli CLIENT LIST)" };
     }
     const credentials = this.target.password !== undefined || this.target.username !== undefined;
     if (/WRONGPASS|invalid password|invalid username-password/i.test(said) || (credentials && /NOAUTH/.test(said))) {

@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { isSmartError, type SmartError } from '../../src/errors.js';
@@ -440,6 +440,31 @@ describe.skipIf(!haveRedis)('RedisMetadataCache specifics', () => {
       [expect.stringMatching(new RegExp(`^redis 127\\.0\\.0\\.1:${node.port}: GET: the server is a node of a Redis Cluster \\(it answered MOVED \\d+ 127\\.0\\.0\\.1:\\d+\\)$`)), 'for a Redis Cluster, use redis+cluster:// or rediss+cluster://', false],
       [`redis 127.0.0.1:${node.port}: GET (pipelined): the server is a node of a Redis Cluster (it answered CROSSSLOT)`, 'for a Redis Cluster, use redis+cluster:// or rediss+cluster://', false],
     ]);
+  });
+
+  it('a server at its maxclients: says the server refused the connection, not ioredis\'s "please report it"', async () => {
+    const { createRedisMetadataCache } = await import('../../src/cache/redis-cache.js');
+    const server = await owned(startRedis(await tempDir('smart-redis-full-')));
+    expect(await server.cli('CONFIG', 'SET', 'maxclients', '1')).toBe('OK');
+    // The one client the server takes, held for the test.
+    const holder = net.connect({ host: '127.0.0.1', port: server.port });
+    cleanups.push(async () => void holder.destroy());
+    await new Promise<void>((resolve, reject) => {
+      holder.once('error', reject);
+      holder.once('data', () => resolve());
+      holder.write('PING\r\n');
+    });
+    const full = closing(await createRedisMetadataCache({ url: server.url }));
+    // The refusal arrives before any command is sent: ioredis's "Command queue state error. If you
+    // can reproduce this, please report it. Last error: ERR max number of clients reached".
+    await sleep(200);
+    const failures = [await full.get('k').catch((e: SmartError) => e), await full.setMany([{ key: 'k', value: 'v' }]).catch((e: SmartError) => e)];
+    expect(failures.map((e) => [(e as SmartError).message, (e as SmartError).hint])).toEqual(
+      ['GET', 'SET (pipelined)'].map((what) => [
+        `redis 127.0.0.1:${server.port}: ${what}: the server refused the connection: max number of clients reached`,
+        "raise the server's maxclients, or find what holds its connections (redis-cli CLIENT LIST)",
+      ]),
+    );
   });
 
   it('rediss:// (TLS) with an extra CA; without it, one warning about the certificate', async () => {
