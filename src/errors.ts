@@ -34,6 +34,12 @@ export interface SmartErrorOptions {
   cause?: unknown;
   /** A transient failure (connection reset, 429, 5xx): trying the same step again may succeed. */
   retryable?: boolean;
+  /**
+   * A transient failure its step already tried again as often as it may (an S3 request that
+   * stalled on each of its attempts): `retryable` still speaks to whoever runs the command again
+   * later; a loop around the step does not try it again, which would multiply the wait.
+   */
+  attemptsSpent?: boolean;
 }
 
 export class SmartError extends Error {
@@ -41,6 +47,7 @@ export class SmartError extends Error {
   readonly input: string | undefined;
   readonly hint: string | undefined;
   readonly retryable: boolean;
+  readonly attemptsSpent: boolean;
 
   constructor(code: ErrorCode, message: string, options: SmartErrorOptions = {}) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
@@ -49,6 +56,7 @@ export class SmartError extends Error {
     this.input = options.input;
     this.hint = options.hint;
     this.retryable = options.retryable ?? false;
+    this.attemptsSpent = options.attemptsSpent ?? false;
   }
 
   /** Usage errors exit 2, everything else 1 (documented in `smart --help`). */

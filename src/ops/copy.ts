@@ -694,7 +694,9 @@ const TRANSFER_ATTEMPTS = 5;
 /**
  * Runs a blob transfer again, from the start (its source reopened, a new upload session), when it
  * failed on something transient: a connection reset or a stall mid-upload, a 5xx the client's own
- * retries did not outlast. Each new attempt is told to `onRetry` with the failure that caused it.
+ * retries did not outlast (not one whose step spent its attempts already: an S3 request that
+ * stalled on each, sent again by the S3 client). Each new attempt is told to `onRetry` with the
+ * failure that caused it.
  * `what` names the blob (`layer sha256:…`).
  */
 async function retrying<T>(what: string, signal: AbortSignal | undefined, options: { onRetry?: (message: string) => void }, work: () => Promise<T>): Promise<T> {
@@ -702,7 +704,7 @@ async function retrying<T>(what: string, signal: AbortSignal | undefined, option
     try {
       return await work();
     } catch (e) {
-      if (!isSmartError(e) || !e.retryable || signal?.aborted || i >= TRANSFER_ATTEMPTS - 1) throw e;
+      if (!isSmartError(e) || !e.retryable || e.attemptsSpent || signal?.aborted || i >= TRANSFER_ATTEMPTS - 1) throw e;
       const delay = 300 * 2 ** i;
       options.onRetry?.(`${what}: ${e.message}; sending it again in ${(delay / 1000).toFixed(1)} s (attempt ${i + 2} of ${TRANSFER_ATTEMPTS})`);
       await sleep(delay, signal);

@@ -10,6 +10,8 @@ import { proxyConfigured, routedHttpAgent, routedHttpsAgent } from '../proxy.js'
 import { trustDeferredCaCerts } from '../tls-trust.js';
 import { SmartError, quoted } from '../errors.js';
 import { redactImageName, remoteText } from '../redact.js';
+import { sleep } from '../transient.js';
+import { StalledRequest, isSocketStall, stallMessage } from './s3-errors.js';
 
 export interface S3Credentials {
   accessKeyId: string;
@@ -59,6 +61,8 @@ function envValue(name: string): string | undefined {
 
 /** Attempts at one S3 request (unless AWS_MAX_ATTEMPTS says otherwise): a registry request's. */
 const MAX_ATTEMPTS = 5;
+/** The first wait before a stalled request is sent again; doubles each time, as a download resumes. */
+const STALL_RETRY_DELAY_MS = 300;
 
 /** AWS_MAX_ATTEMPTS, refused when it is no count (the SDK took `abc` silently, for its default). */
 function checkedMaxAttempts(): number | undefined {
@@ -100,6 +104,61 @@ function checkedEndpoint(endpoint: string | undefined, from: string): string | u
   return endpoint;
 }
 
+/** What each S3 call does, in the words of the driver's messages (`cannot stat s3://…`). */
+const OPS: Record<string, string> = {
+  HeadObjectCommand: 'stat',
+  GetObjectCommand: 'read',
+  PutObjectCommand: 'write',
+  CopyObjectCommand: 'copy to',
+  ListObjectsV2Command: 'list',
+  DeleteObjectCommand: 'delete',
+  DeleteObjectsCommand: 'delete',
+  CreateMultipartUploadCommand: 'upload',
+  CompleteMultipartUploadCommand: 'upload',
+};
+
+/**
+ * A request that stalls (the socket timer: no byte either way for the stall timeout) is sent again
+ * here, up to `attempts` in all, each time told to `onRetry` with the wait it cost; the last stall
+ * is thrown as a StalledRequest, which the SDK does not send again and whose error (s3-errors.ts)
+ * the blob transfer around it does not send again either (src/ops/copy.ts). Left to the SDK, a
+ * stall was sent again silently, inside each attempt of that transfer: a push to a frozen endpoint
+ * failed after 25 stall timeouts, its warnings telling of 5. The SDK still sends again what fails
+ * fast (5xx, throttling, resets). Clean-up after a failure (AbortMultipartUpload, whose failure
+ * s3-writer.ts ignores) goes once; a body that cannot be sent twice is the SDK's to refuse. Placed
+ * after signing, inside the SDK's own retries: the signed request is sent again as it is.
+ */
+function resendStalls(client: S3Client, o: { attempts: number; stallTimeoutMs: number; onRetry?: ((message: string) => void) | undefined }): void {
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      for (let n = 1; ; n++) {
+        try {
+          return await next(args);
+        } catch (e) {
+          if (!isSocketStall(e)) throw e;
+          const command = context.commandName ?? '';
+          const body = (args.request as { body?: unknown }).body as { pipe?: unknown } | undefined;
+          if (typeof body?.pipe === 'function') throw e;
+          if (n >= o.attempts || command === 'AbortMultipartUploadCommand') throw new StalledRequest(n);
+          const input = args.input as { Bucket?: string; Key?: string; Prefix?: string; PartNumber?: number };
+          const key = input.Key ?? input.Prefix ?? '';
+          const where = `s3://${input.Bucket ?? ''}${key ? `/${key}` : ''}`;
+          const delay = STALL_RETRY_DELAY_MS * 2 ** (n - 1);
+          // The parts of one upload in flight at once stall together: each is named.
+          const op = command === 'UploadPartCommand' ? `upload part ${input.PartNumber} of` : (OPS[command] ?? `send ${command.replace(/Command$/, '')} to`);
+          o.onRetry?.(`${stallMessage(op, where, o.stallTimeoutMs)}; sending it again in ${(delay / 1000).toFixed(1)} s (attempt ${n + 1} of ${o.attempts})`);
+          await sleep(delay);
+        }
+      }
+    },
+    { step: 'deserialize', priority: 'low', name: 'resendStalls' },
+  );
+}
+
+/**
+ * A client for the storage driver (see the module comment). `onWarning`: what the SDK warns of
+ * (sdkLogger), and each stalled request sent again (resendStalls).
+ */
 export function makeS3Client(o: {
   endpoint?: string;
   region?: string;
@@ -115,6 +174,7 @@ export function makeS3Client(o: {
   const endpoint = checkedEndpoint(o.endpoint ?? envValue('AWS_ENDPOINT_URL_S3') ?? envValue('AWS_ENDPOINT_URL'), from);
   const region = o.region ?? envValue('AWS_REGION') ?? envValue('AWS_DEFAULT_REGION') ?? 'us-east-1';
   const profile = o.profile ?? envValue('AWS_PROFILE');
+  const stallTimeoutMs = o.stallTimeoutMs ?? DEFAULT_STALL_MS;
   const config: S3ClientConfig = {
     region,
     forcePathStyle: o.forcePathStyle ?? endpoint !== undefined,
@@ -126,11 +186,12 @@ export function makeS3Client(o: {
     // are S3 asking to slow down, not a reason to fail a push. AWS_MAX_ATTEMPTS still decides.
     ...(checkedMaxAttempts() === undefined ? { maxAttempts: MAX_ATTEMPTS } : {}),
     // The socket's idle timer is the stall detector of every request, uploads included: an
-    // endpoint that stops reading a part (or stops answering) fails the request, which is retried.
+    // endpoint that stops reading a part (or stops answering) fails the request, which
+    // resendStalls sends again.
     // Behind a proxy (HTTPS_PROXY and the rest, as for registries): each connection through it or
     // straight, as proxyFor says for its host; else the SDK's own agents.
     requestHandler: {
-      socketTimeout: o.stallTimeoutMs ?? DEFAULT_STALL_MS,
+      socketTimeout: stallTimeoutMs,
       ...(proxyConfigured()
         ? { httpAgent: routedHttpAgent({ keepAlive: true, maxSockets: 50, connectMs: 10_000 }), httpsAgent: routedHttpsAgent({ keepAlive: true, maxSockets: 50, connectMs: 10_000 }) }
         : {}),
@@ -140,7 +201,9 @@ export function makeS3Client(o: {
     ...(o.credentials ? { credentials: o.credentials } : {}),
     logger: sdkLogger(o.onWarning),
   };
-  return quietly(() => new S3Client(config));
+  const client = quietly(() => new S3Client(config));
+  resendStalls(client, { attempts: checkedMaxAttempts() ?? MAX_ATTEMPTS, stallTimeoutMs, onRetry: o.onWarning });
+  return client;
 }
 
 /**

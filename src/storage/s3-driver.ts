@@ -173,7 +173,7 @@ export class S3Driver implements StorageDriver {
 
   /**
    * The whole object. A body cut or stalled mid-way is read again, up to READ_ATTEMPTS reads, each
-   * told to `onRetry` (a failed request was already retried by the SDK, and is not again here).
+   * told to `onRetry` (a failed request was already retried by the client, and is not again here).
    */
   async getContent(p: string, maxBytes?: number): Promise<Buffer> {
     const key = this.key(p);
@@ -225,7 +225,7 @@ export class S3Driver implements StorageDriver {
 
   /**
    * A download cut or stalled mid-way is resumed from the byte reached (a range GET), up to
-   * READ_ATTEMPTS reads, each told to `onRetry`: the SDK retries a request, not a body that breaks.
+   * READ_ATTEMPTS reads, each told to `onRetry`: the client retries a request, not a body that breaks.
    */
   async reader(p: string, offset = 0, length?: number): Promise<Readable> {
     const key = this.key(p);

@@ -26,6 +26,30 @@ export function facts(e: unknown): ErrorFacts {
   return { name, status: errorStatus(e), code: errorCode(e), message: typeof o.message === 'string' ? o.message : String(e) };
 }
 
+/** The SDK's socket timer fired: no byte either way on the request's connection for the stall timeout. */
+export function isSocketStall(e: unknown): boolean {
+  const f = facts(e);
+  return f.name === 'TimeoutError' && /socket timed out/.test(f.message);
+}
+
+/**
+ * A request that stalled on each of its `attempts` (s3-client.ts sends a stalled request again
+ * itself, each time told). It has no `cause`: the SDK would find the TimeoutError there and send
+ * the request again, silently, as many times more.
+ */
+export class StalledRequest extends Error {
+  constructor(readonly attempts: number) {
+    super(`the request stalled (${attempts} attempts)`);
+    this.name = 'StalledRequest';
+  }
+}
+
+/** `cannot OP WHERE: no data for N s (stalled)`, and how many attempts waited that long each when more than one did. */
+export function stallMessage(op: string, where: string, stallTimeoutMs: number, attempts = 1): string {
+  const s = Number((stallTimeoutMs / 1000).toFixed(3));
+  return `cannot ${op} ${where}: no data for ${s} s${attempts > 1 ? ` on each of ${attempts} attempts` : ''} (stalled)`;
+}
+
 /** A 5xx answer: s3rver gives them for deletes that succeeded (see s3-delete.ts). */
 export function isServerError(e: unknown): boolean {
   const status = errorStatus(e);
@@ -75,6 +99,10 @@ export interface S3ErrorContext {
 export async function s3Error(e: unknown, ctx: S3ErrorContext): Promise<SmartError> {
   if (isSmartError(e)) return e;
   const { op, where } = ctx;
+  // Sent again as often as it may be already: a loop around the step would multiply the wait.
+  if (e instanceof StalledRequest) {
+    return new SmartError('STORAGE', stallMessage(op, where, ctx.stallTimeoutMs, e.attempts), { input: where, cause: e, retryable: true, attemptsSpent: true });
+  }
   const f = facts(e);
   const status = f.status !== undefined ? `, HTTP ${f.status}` : '';
   if (f.name === 'NoSuchKey' || f.name === 'NotFound' || (f.status === 404 && f.name !== 'NoSuchBucket' && f.name !== 'NoSuchUpload')) {
@@ -123,9 +151,8 @@ export async function s3Error(e: unknown, ctx: S3ErrorContext): Promise<SmartErr
       cause: e,
     });
   }
-  if (f.name === 'TimeoutError' && /socket timed out/.test(f.message)) {
-    return new SmartError('STORAGE', `cannot ${op} ${where}: no data for ${Number((ctx.stallTimeoutMs / 1000).toFixed(3))} s (stalled)`, { input: where, cause: e, retryable: true });
-  }
+  // A body that stalled after its headers (the request's own stalls are StalledRequest).
+  if (isSocketStall(e)) return new SmartError('STORAGE', stallMessage(op, where, ctx.stallTimeoutMs), { input: where, cause: e, retryable: true });
   // No HTTP answer, and a code: a connection-level failure, named by its code.
   const network = f.status === undefined && f.code !== undefined;
   let hint: string | undefined;

@@ -27,6 +27,11 @@ export interface RunningS3 {
    * is set empty (the SDK then uses no named profile) so a developer's profile cannot interfere.
    */
   env: Record<string, string>;
+  /** SIGSTOP: the server still accepts connections (the kernel does) and answers nothing, until `thaw`. */
+  freeze(): void;
+  /** SIGCONT after `freeze`. */
+  thaw(): void;
+  /** Stops the server, thawed first if frozen. */
   stop(): Promise<void>;
 }
 
@@ -133,9 +138,13 @@ async function running(child: ChildProcess, port: number, bucket: string, access
       AWS_REGION: 'us-east-1',
       AWS_PROFILE: '',
     },
+    freeze: () => void child.kill('SIGSTOP'),
+    thaw: () => void child.kill('SIGCONT'),
     stop: async () => {
       for (const c of clients.splice(0)) c.destroy();
       if (child.exitCode === null && child.signalCode === null) {
+        // A frozen server would take SIGTERM only once thawed.
+        child.kill('SIGCONT');
         child.kill('SIGTERM');
         const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
         await exited;

@@ -4,15 +4,21 @@
  * between s3:, file: and docker:// in every direction keeping their digests.
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { createInterface } from 'node:readline';
+import { gzipSync } from 'node:zlib';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { sha256Digest } from '../../src/oci/digest.js';
 import { fixtures } from '../harness/fixtures.js';
+import { writeLayout } from '../harness/images.js';
 import { blobFiles } from '../harness/layout.js';
 import { startProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
-import { runOk, smart, smartBin } from '../harness/run.js';
+import { runOk, smart, smartBin, testCacheHome } from '../harness/run.js';
 import { freePort } from '../harness/ports.js';
 import { registryS3Config, startS3, type RunningS3 } from '../harness/s3.js';
 import { haveTools } from '../harness/tools.js';
@@ -219,6 +225,107 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
       const r = await run(['push', `oci:${fx.paths.ociBasic}:latest`, dest, ...extra]);
       expect(r.code).toBe(1);
       expect(r.stderr.trim().split('\n'), r.stderr).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: /)]);
+    }
+  });
+});
+
+// A request that stalled was sent again by the AWS SDK, silently, up to five times, inside each
+// of the five attempts of the blob transfer around it: with --stall-timeout 2, a push whose
+// endpoint froze mid-upload failed a minute later, its first warning after 23 s, each warning
+// saying `no data for 2 s`; a pull frozen from the start failed after 11 s with no warning at all.
+// Now the S3 client sends a stalled request again itself, each time told, AWS_MAX_ATTEMPTS times
+// in all (5 by default), and nothing above it sends it again.
+describe('s3:// with its endpoint frozen (SIGSTOP)', () => {
+  const STALL_S = 2;
+  const ATTEMPTS = 5;
+  /** Generous: every attempt's stall twice over, and time to start and to back off. */
+  const BOUND_MS = (ATTEMPTS * STALL_S * 2 + 12) * 1000;
+  let work: string;
+  let s3: RunningS3;
+
+  beforeAll(async () => {
+    work = await tempDir();
+    s3 = await startS3(path.join(work, 's3'));
+  });
+
+  afterAll(async () => {
+    await s3?.stop();
+  });
+
+  /** The warnings of stalled requests, `cannot OP s3://…: no data for 2 s (stalled); …`, by request: the attempts each told. */
+  const stallWarnings = (warnings: string[], attempts: number): Map<string, number[]> => {
+    const byRequest = new Map<string, number[]>();
+    for (const w of warnings) {
+      const m = new RegExp(`^(cannot .* s3://\\S+): no data for ${STALL_S} s \\(stalled\\); sending it again in \\d+\\.\\d s \\(attempt (\\d+) of ${attempts}\\)$`).exec(w);
+      expect(m, w).not.toBeNull();
+      byRequest.set(m![1]!, [...(byRequest.get(m![1]!) ?? []), Number(m![2])]);
+    }
+    return byRequest;
+  };
+
+  it('a push frozen mid-upload fails once each stalled request has had its attempts, each stall told; the layer is not sent again around them', async () => {
+    // One layer of 64 MiB that does not compress: eight parts, still going out when the server freezes.
+    const layout = path.join(work, 'big');
+    const noise = randomBytes(64 * 1024 * 1024);
+    await writeLayout(layout, [gzipSync(noise, { level: 0 })], Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [sha256Digest(noise)] } })));
+    const child = spawn(process.execPath, [smartBin, 'push', `oci:${layout}:latest`, `s3://${s3.bucket}/frozen#team/big:1`, '--stall-timeout', String(STALL_S), '--progress', 'json'], {
+      env: { ...process.env, XDG_CACHE_HOME: testCacheHome(), CONTAINERS_REGISTRIES_CONF: inject('registriesConf'), ...s3.env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const exit = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
+    const events: { event?: string; message?: string; error?: { message: string } }[] = [];
+    let frozenAt: number | undefined;
+    try {
+      for await (const line of createInterface({ input: child.stderr! })) {
+        if (!line.startsWith('{')) continue;
+        const event = JSON.parse(line) as (typeof events)[number];
+        events.push(event);
+        // Its first bytes are on their way: the server stops answering, its connections stay open.
+        if (event.event === 'progress' && frozenAt === undefined) {
+          s3.freeze();
+          frozenAt = performance.now();
+        }
+      }
+      const code = await exit;
+      const tookMs = performance.now() - frozenAt!;
+      expect(code).toBe(1);
+      expect(tookMs).toBeLessThan(BOUND_MS);
+      const warnings = events.filter((e) => e.event === 'warning').map((e) => e.message!);
+      // Each stalled request told each time it is sent again (2, 3… of 5: one still going when the
+      // push failed has told fewer), and no blob sent again around them (every warning is one of these).
+      const told = stallWarnings(warnings, ATTEMPTS);
+      for (const [request, attempts] of told) expect(attempts, request).toEqual(Array.from({ length: attempts.length }, (_, i) => i + 2));
+      expect([...told.values()].some((attempts) => attempts.length === ATTEMPTS - 1)).toBe(true);
+      // The request that spent its attempts first (a part of the layer, the config's link…) is the error.
+      const end = events.find((e) => e.event === 'end');
+      expect(end?.error?.message).toMatch(new RegExp(`^cannot [a-z ]+ s3://${s3.bucket}/frozen/docker/registry/v2/\\S+: no data for ${STALL_S} s on each of ${ATTEMPTS} attempts \\(stalled\\)$`));
+    } finally {
+      child.kill('SIGKILL');
+      s3.thaw();
+    }
+  });
+
+  it('a pull frozen from the start: the tag read AWS_MAX_ATTEMPTS times (5 by default), each stall told', async () => {
+    const pushed = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `s3://${s3.bucket}/frozen#team/basic:1`], { env: s3.env });
+    expect(pushed.code, pushed.stderr).toBe(0);
+    const link = `s3://${s3.bucket}/frozen/docker/registry/v2/repositories/team/basic/_manifests/tags/1/current/link`;
+    s3.freeze();
+    try {
+      for (const [maxAttempts, attempts] of [[undefined, ATTEMPTS], ['2', 2]] as const) {
+        const started = performance.now();
+        const r = await smart(['pull', `s3://${s3.bucket}/frozen#team/basic:1`, `oci:${path.join(work, 'out')}:x`, '--stall-timeout', String(STALL_S)], {
+          cacheHome: await tempDir(),
+          env: { ...s3.env, ...(maxAttempts ? { AWS_MAX_ATTEMPTS: maxAttempts } : {}) },
+        });
+        expect(r.code).toBe(1);
+        expect(performance.now() - started).toBeLessThan((attempts * STALL_S * 2 + 12) * 1000);
+        const lines = r.stderr.trim().split('\n');
+        const told = stallWarnings(lines.filter((l) => l.startsWith('warning: ')).map((l) => l.slice('warning: '.length)), attempts);
+        expect([...told]).toEqual([[`cannot read ${link}`, Array.from({ length: attempts - 1 }, (_, i) => i + 2)]]);
+        expect(lines.at(-1)).toBe(`smart: error [STORAGE]: cannot read ${link}: no data for ${STALL_S} s on each of ${attempts} attempts (stalled)`);
+      }
+    } finally {
+      s3.thaw();
     }
   });
 });

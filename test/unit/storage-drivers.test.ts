@@ -5,6 +5,7 @@
  * error mapping, the client's checksum settings) follows in its own block.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import net from 'node:net';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import path from 'node:path';
@@ -836,6 +837,51 @@ describe('S3 failures that are not the endpoint', () => {
       }
     } finally {
       vi.unstubAllEnvs();
+    }
+  });
+});
+
+describe('S3 requests that stall', () => {
+  // A stalled request was sent again by the SDK, silently, inside each attempt of the loop above
+  // it that sent the step again: a frozen endpoint cost the product of both, each warning naming
+  // one stall timeout (s3-store.test.ts freezes a real s3rver).
+  it('is sent again by the client, AWS_MAX_ATTEMPTS times in all, each time told; its failure is then final for the loops above (still retryable for a later run)', async () => {
+    const requests: string[] = [];
+    const sockets = new Set<net.Socket>();
+    // Takes every connection and request, and answers nothing.
+    const server = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+      socket.on('data', (d: Buffer) => {
+        const line = d.toString('latin1').split('\r\n')[0]!;
+        if (/^[A-Z]+ \S+ HTTP\/1\.1$/.test(line)) requests.push(line);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+    vi.stubEnv('AWS_MAX_ATTEMPTS', '3');
+    const told: string[] = [];
+    const d = new S3Driver({
+      bucket: 'b',
+      rootDirectory: 'r',
+      endpoint: `http://127.0.0.1:${port}`,
+      credentials: { accessKeyId: 'AKIDEXAMPLE', secretAccessKey: 'x' },
+      stallTimeoutMs: 200,
+      onRetry: (m) => told.push(m),
+    });
+    try {
+      const e = await errorOf(d.stat('/k'));
+      expect(requests).toEqual(['HEAD /b/r/k HTTP/1.1', 'HEAD /b/r/k HTTP/1.1', 'HEAD /b/r/k HTTP/1.1']);
+      expect(told).toEqual([
+        'cannot stat s3://b/r/k: no data for 0.2 s (stalled); sending it again in 0.3 s (attempt 2 of 3)',
+        'cannot stat s3://b/r/k: no data for 0.2 s (stalled); sending it again in 0.6 s (attempt 3 of 3)',
+      ]);
+      expect([e.code, e.message, e.retryable, e.attemptsSpent]).toEqual(['STORAGE', 'cannot stat s3://b/r/k: no data for 0.2 s on each of 3 attempts (stalled)', true, true]);
+    } finally {
+      vi.unstubAllEnvs();
+      d.destroy();
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
     }
   });
 });
