@@ -268,7 +268,11 @@ export interface BlobDestination {
   putBlob(stream: Readable, info: PutBlobInfo): Promise<StoredBlob>;
   /** The local file a blob put here is (an OCI layout on this machine), for LocalBlobs.adopt. */
   localBlobFile?(digest: Digest): string;
-  /** Stores manifest bytes (an image manifest or an index); does not tag them. */
+  /**
+   * Stores manifest bytes (an image manifest or an index); does not tag them. A registry, and its
+   * storage written directly, refuse a manifest naming a blob the repository no longer holds (one
+   * removed since it was stored, by a garbage collection).
+   */
   putManifest(manifest: ParsedManifest): Promise<void>;
   /**
    * The digest the destination's tag points at (undefined: no tag, or not known cheaply), as first

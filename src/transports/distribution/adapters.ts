@@ -5,12 +5,12 @@ import type { Digest } from '../../oci/digest.js';
 import { sha256Digest, shortDigest } from '../../oci/digest.js';
 import type { BlobDestination, BlobReuse, ImageSource, ManifestHead, OpenOptions, PutBlobInfo, StoredBlob } from '../../oci/image.js';
 import { parseManifest, type Descriptor, type ParsedManifest } from '../../oci/manifest.js';
-import { isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
+import { isForeignLayer, isImageManifestMediaType, isIndexMediaType } from '../../oci/mediatypes.js';
 import { formatReference, type Reference } from '../../oci/reference.js';
 import { holdsImage } from '../../oci/partial.js';
 import { verifiedStream } from '../../pipeline/digest-stream.js';
 import type { Cleaned } from '../../storage/leftovers.js';
-import type { DistributionStore } from './store.js';
+import type { DistributionStore, ReferencedBlob } from './store.js';
 
 function refName(store: DistributionStore, ref: Reference): string {
   return `${store.name}#${formatReference(ref)}`;
@@ -100,6 +100,20 @@ export class DistributionSource implements ImageSource {
   async close(): Promise<void> {}
 }
 
+/**
+ * What the repository must hold for `manifest` to be served whole: an index's manifests, linked as
+ * revisions; an image's config and layers, linked as layers. A foreign layer with URLs is fetched
+ * from them, never from the store.
+ */
+function referencedBlobs(manifest: ParsedManifest): ReferencedBlob[] {
+  if (manifest.kind === 'index') return manifest.index.manifests.map((d) => ({ digest: d.digest, size: d.size, kind: 'manifest', what: 'manifest' }));
+  const { config, layers } = manifest.manifest;
+  return [
+    { digest: config.digest, size: config.size, kind: 'layer', what: 'config' },
+    ...layers.filter((l) => !(isForeignLayer(l.mediaType) && l.urls?.length)).map((l): ReferencedBlob => ({ digest: l.digest, size: l.size, kind: 'layer', what: 'layer' })),
+  ];
+}
+
 export class DistributionDestination implements BlobDestination {
   readonly name: string;
   readonly cacheScope: string;
@@ -170,7 +184,7 @@ export class DistributionDestination implements BlobDestination {
   }
 
   async putManifest(manifest: ParsedManifest): Promise<void> {
-    await this.store.putManifest(this.ref.repository, manifest.bytes);
+    await this.store.putManifest(this.ref.repository, manifest.bytes, referencedBlobs(manifest));
   }
 
   /**
@@ -215,7 +229,7 @@ export class DistributionDestination implements BlobDestination {
       });
     }
     this.tagAsked = undefined;
-    if (this.ref.tag) await this.store.tag(this.ref.repository, this.ref.tag, top.digest);
+    if (this.ref.tag) await this.store.tag(this.ref.repository, this.ref.tag, top.digest, { bytes: top.bytes, references: referencedBlobs(top) });
   }
 
   async abort(): Promise<void> {

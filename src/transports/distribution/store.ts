@@ -19,6 +19,18 @@ import { linkContent, pathFor } from './layout.js';
 
 export type LinkKind = 'layer' | 'manifest';
 
+/**
+ * A blob a manifest names, as the repository must hold it for the registry to serve the manifest:
+ * its data, of this size, and its link of `kind` (a config or layer; an index's manifest). `what`
+ * names it in messages (`layer`, `config`, `manifest`).
+ */
+export interface ReferencedBlob {
+  digest: Digest;
+  size: number;
+  kind: LinkKind;
+  what: string;
+}
+
 /** A link file holds 71 bytes; anything much larger is not one, and is not read. */
 const MAX_LINK_BYTES = 4096;
 
@@ -218,32 +230,74 @@ export class DistributionStore {
   }
 
   /**
-   * Stores manifest bytes as a blob and links them as a revision of `repo` (not yet tagged). What
-   * is there already is not written again (pushing an image again writes nothing); both are read
-   * at once, and the blob is written before its link.
+   * Stores manifest bytes as a blob and links them as a revision of `repo` (not yet tagged), once
+   * every blob it names (`references`) is still in the store and linked in `repo`: what the
+   * registry checks at a manifest PUT. A blob written or found earlier in the push can be gone by
+   * now (a `garbage-collect` running meanwhile removes the blobs no manifest named when it looked):
+   * then nothing is written and the push fails (see `missing`). What is there already is not
+   * written again (pushing an image again writes nothing); everything is read at once, and the blob
+   * is written before its link.
    */
-  async putManifest(repo: string, bytes: Buffer): Promise<Digest> {
+  async putManifest(repo: string, bytes: Buffer, references: readonly ReferencedBlob[] = []): Promise<Digest> {
     const digest = sha256Digest(bytes);
     const link = this.linkPath(repo, digest, 'manifest');
-    const [size, linked] = await Promise.all([this.blobSize(digest), this.linkNames(link, digest)]);
+    const [size, linked, gone] = await Promise.all([this.blobSize(digest), this.linkNames(link, digest), this.missing(repo, references)]);
+    if (gone.length > 0) throw this.removedMeanwhile(repo, gone);
     if (size !== bytes.length) await this.driver.putContent(pathFor({ kind: 'blobData', digest }), bytes);
     if (!linked) await this.putLink(link, digest);
     return digest;
   }
 
   /**
+   * Those of `blobs` whose data is not in the store at its size: they cannot be put back without
+   * their bytes, which the push may no longer have (a layer read from a stream). Asked all at once,
+   * two small reads each (on S3 two HEADs), bounded by the manifest. When none is missing, one whose
+   * link alone has gone is linked again, as reuseBlob links a blob another repository holds.
+   */
+  private async missing(repo: string, blobs: readonly ReferencedBlob[]): Promise<ReferencedBlob[]> {
+    const unique = [...new Map(blobs.map((b) => [b.digest, b])).values()];
+    const held = await Promise.all(
+      unique.map(async (b) => {
+        const [size, linked] = await Promise.all([this.blobSize(b.digest), this.isLinked(repo, b.digest, b.kind)]);
+        return { blob: b, there: size === b.size, linked };
+      }),
+    );
+    const gone = held.filter((h) => !h.there).map((h) => h.blob);
+    if (gone.length === 0) await Promise.all(held.filter((h) => !h.linked).map((h) => this.link(repo, h.blob.digest, h.blob.kind)));
+    return gone;
+  }
+
+  private removedMeanwhile(repo: string, gone: readonly ReferencedBlob[]): SmartError {
+    const first = gone[0]!;
+    const more = gone.length > 1 ? ` (and ${gone.length - 1} more)` : '';
+    return new SmartError('NOT_FOUND', `${this.name}#${repo}: ${first.what} ${first.digest}${more} is no longer in the store: removed while this push ran (a garbage-collect?); nothing tagged`, {
+      input: first.digest,
+      hint: 'push again (it writes what is missing), and run garbage-collect only while nothing writes into the store',
+    });
+  }
+
+  /**
    * Points `tag` at `digest`: the tag index link first, `current/link` last (the visible switch).
    * Both are read at once, and a link that names `digest` already is not written again. A new
    * tag whose `current/link` could not be written is taken away again: its directory alone would
-   * be listed by the registry and serve nothing.
+   * be listed by the registry and serve nothing. With `manifest` (its bytes and the blobs it
+   * names), whether the manifest is still stored and linked is read at the same time: a
+   * `garbage-collect` since putManifest (its blob unnamed when it looked; with `--delete-untagged`,
+   * its revision link untagged) took it away, and likely what it names: all checked again, the
+   * manifest put back, or the push failed as putManifest fails, before the tag names it.
    */
-  async tag(repo: string, tag: string, digest: Digest): Promise<void> {
+  async tag(repo: string, tag: string, digest: Digest, manifest?: { bytes: Buffer; references: readonly ReferencedBlob[] }): Promise<void> {
     const index = pathFor({ kind: 'tagIndexLink', repo, tag, digest });
     const current = pathFor({ kind: 'tagCurrentLink', repo, tag });
     // What current/link holds: its bytes, 'absent' (NOT_FOUND), or 'unknown' (the store failed to say).
     const readCurrent = (): Promise<Buffer | 'absent' | 'unknown'> =>
       this.driver.getContent(current, MAX_LINK_BYTES).catch((e: unknown) => (isSmartError(e) && e.code === 'NOT_FOUND' ? 'absent' : 'unknown'));
-    const [indexed, before] = await Promise.all([this.linkNames(index, digest), readCurrent()]);
+    const stored = async (m: { bytes: Buffer }): Promise<boolean> => {
+      const [size, linked] = await Promise.all([this.blobSize(digest), this.isLinked(repo, digest, 'manifest')]);
+      return size === m.bytes.length && linked;
+    };
+    const [indexed, before, kept] = await Promise.all([this.linkNames(index, digest), readCurrent(), manifest ? stored(manifest) : true]);
+    if (manifest && !kept) await this.putManifest(repo, manifest.bytes, manifest.references);
     if (!indexed) await this.putLink(index, digest);
     if (before instanceof Buffer && before.equals(linkContent(digest))) return;
     try {
