@@ -191,10 +191,11 @@ export class FsDriver implements StorageDriver {
 
   /**
    * Removes the temporary files of writers that died (kill -9) from the directory `p`: those whose
-   * owner is gone, and untagged ones of older versions after a day. Never one a live writer uses.
+   * owner is gone, and untagged ones of older versions after a day. Never one a live writer uses: a
+   * store (a registry's storage, a layout) may be written by other machines too (`shared`).
    */
   async removeStaleTemporaries(p: string): Promise<Cleaned[]> {
-    return sweepLocal(this.full(p), ownerOfTemporary);
+    return sweepLocal(this.full(p), ownerOfTemporary, { shared: true });
   }
 
   async stat(p: string): Promise<StorageStat | undefined> {

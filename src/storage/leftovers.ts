@@ -4,10 +4,16 @@
  * its owner's tag in its name or in a record beside it; the next run removes what is stale and
  * never what a live run still uses.
  *
- * An owner is one process: the machine (host name and PID namespace), the boot, the PID and the
- * process's start time, so that a PID reused by another process or after a reboot is not taken for
- * the owner. Where that cannot be checked (another machine on a shared store, a system without
- * /proc), a leftover is stale only once older than LEFTOVER_MAX_AGE_MS.
+ * An owner is one process: the machine (host name, PID namespace and machine id), the boot, the
+ * PID and the process's start time, so that a PID reused by another process or after a reboot is
+ * not taken for the owner. Where that cannot be checked (another machine on a shared store, a system
+ * without /proc), a leftover is stale only once older than LEFTOVER_MAX_AGE_MS.
+ *
+ * Only a boot id tells machines apart for certain: cloned VMs share their host name (`localhost`,
+ * a runner's), the first PID namespace has one inode on every Linux host, and a machine id is
+ * cloned with a VM's disk and baked into a container image. So in a place other machines may write
+ * too (a registry's storage, a layout: `shared`), an owner of another boot is 'unknown', never
+ * 'gone': it may be a live run of a twin machine, not a run of this one before a reboot.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
@@ -17,7 +23,7 @@ import path from 'node:path';
 import { isErrno } from '../errors.js';
 
 export interface Owner {
-  /** 8 hex digits of a hash of the host name and the PID namespace. */
+  /** 8 hex digits of a hash of the host name, the PID namespace and the machine id. */
   machine: string;
   /** 8 hex digits of the kernel's boot id ('00000000' where there is none). */
   boot: string;
@@ -58,6 +64,9 @@ function procStat(pid: number): { state: string; start: number } | 'absent' | un
 
 let me: Owner | undefined;
 
+/** The boot of a system without a boot id. */
+const NO_BOOT = '00000000';
+
 /** This process as an owner. */
 export function currentOwner(): Owner {
   if (me) return me;
@@ -65,18 +74,27 @@ export function currentOwner(): Owner {
   try {
     pidNamespace = readlinkSync('/proc/self/ns/pid');
   } catch {
-    // no /proc: the host name alone names the machine
+    // no /proc: the host name and the machine id name the machine
   }
-  const machine = createHash('sha256').update(`${os.hostname()}\0${pidNamespace}`).digest('hex').slice(0, 8);
+  const machine = createHash('sha256').update(`${os.hostname()}\0${pidNamespace}\0${machineId()}`).digest('hex').slice(0, 8);
   const bootId = readText('/proc/sys/kernel/random/boot_id')?.replace(/[^0-9a-f]/g, '') ?? '';
   const stat = procStat(process.pid);
   me = {
     machine,
-    boot: /^[0-9a-f]{8}/.test(bootId) ? bootId.slice(0, 8) : '00000000',
+    boot: /^[0-9a-f]{8}/.test(bootId) ? bootId.slice(0, 8) : NO_BOOT,
     pid: process.pid,
     start: stat && stat !== 'absent' ? stat.start : 0,
   };
   return me;
+}
+
+/** systemd's machine id (D-Bus's where systemd's is missing); '' where there is none (many containers). */
+function machineId(): string {
+  for (const file of ['/etc/machine-id', '/var/lib/dbus/machine-id']) {
+    const id = readText(file)?.trim();
+    if (id) return id;
+  }
+  return '';
 }
 
 /** The owner as a name part: `MACHINE-BOOT-PID-START`, letters, digits and dashes only. */
@@ -102,13 +120,20 @@ function signalable(pid: number): boolean {
   }
 }
 
+/** Where a leftover lies. `shared`: where other machines may write too (a registry's storage, a layout), not only this one (its cache, a pull's staging). */
+export interface LeftoverPlace {
+  shared?: boolean;
+}
+
 /**
  * 'running' when the owner still runs, 'gone' when it certainly does not (its PID is free, taken by
- * a later process, a zombie, or from an earlier boot), 'unknown' when this machine cannot tell.
+ * a later process, a zombie, or from an earlier boot of this machine), 'unknown' when this machine
+ * cannot tell. In a `shared` place another boot, or none known, is 'unknown' (see the top of this file).
  */
-export function ownerState(owner: Owner): 'running' | 'gone' | 'unknown' {
+export function ownerState(owner: Owner, place: LeftoverPlace = {}): 'running' | 'gone' | 'unknown' {
   const self = currentOwner();
   if (owner.machine !== self.machine) return 'unknown';
+  if (place.shared && (owner.boot !== self.boot || self.boot === NO_BOOT)) return 'unknown';
   if (owner.boot !== self.boot) return 'gone';
   if (owner.pid === self.pid) return owner.start === self.start ? 'running' : 'gone';
   const stat = procStat(owner.pid);
@@ -119,11 +144,11 @@ export function ownerState(owner: Owner): 'running' | 'gone' | 'unknown' {
 
 /**
  * Whether a leftover may be removed: its owner is gone, or its owner cannot be checked (unknown, or
- * none recorded) and it is older than `maxAgeMs`.
+ * none recorded) and it is older than `maxAgeMs` (LEFTOVER_MAX_AGE_MS by default).
  */
-export function isStale(owner: Owner | undefined, ageMs: number, maxAgeMs = LEFTOVER_MAX_AGE_MS): boolean {
-  const state = owner ? ownerState(owner) : 'unknown';
-  return state === 'gone' || (state === 'unknown' && ageMs > maxAgeMs);
+export function isStale(owner: Owner | undefined, ageMs: number, options: LeftoverPlace & { maxAgeMs?: number } = {}): boolean {
+  const state = owner ? ownerState(owner, options) : 'unknown';
+  return state === 'gone' || (state === 'unknown' && ageMs > (options.maxAgeMs ?? LEFTOVER_MAX_AGE_MS));
 }
 
 /** Bytes under a local path (a file's size, or the sum over a tree); symlinks are not followed. */
@@ -146,7 +171,7 @@ export async function localSize(p: string): Promise<number> {
 export async function sweepLocal(
   dir: string,
   ownerOf: (name: string) => Owner | null | undefined,
-  options: { maxAgeMs?: number; dryRun?: boolean } = {},
+  options: LeftoverPlace & { maxAgeMs?: number; dryRun?: boolean } = {},
 ): Promise<Cleaned[]> {
   const cleaned: Cleaned[] = [];
   for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
@@ -154,7 +179,7 @@ export async function sweepLocal(
     if (owner === undefined) continue;
     const full = path.join(dir, name);
     const st = await fs.lstat(full).catch(() => undefined);
-    if (!st || !isStale(owner ?? undefined, Date.now() - st.mtimeMs, options.maxAgeMs)) continue;
+    if (!st || !isStale(owner ?? undefined, Date.now() - st.mtimeMs, options)) continue;
     const bytes = await localSize(full);
     if (!options.dryRun) {
       try {

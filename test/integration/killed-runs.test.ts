@@ -3,9 +3,11 @@
  * removes the tree being built beside the destination and the layer being unpacked in the layer
  * store; the next push into the same repository removes the upload left in its `_uploads` (on disk
  * and in S3), and the next push of a blob the temporary file left beside it. Each says so in
- * --json (`details.cleaned`), and none removes what a live run uses.
+ * --json (`details.cleaned`), and none removes what a live run uses: nor one of a twin machine
+ * sharing the store (another boot id, all else the same), which cannot be told from this one rebooted.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
@@ -14,10 +16,10 @@ import { fixtures } from '../harness/fixtures.js';
 import { writeImage } from '../harness/images.js';
 import { startProxy, type RunningProxy } from '../harness/proxy.js';
 import { startRegistry, type RunningRegistry } from '../harness/registry.js';
-import { run, smart, smartBin } from '../harness/run.js';
+import { run, smart, smartBin, type RunResult } from '../harness/run.js';
 import { currentOwner, ownerTag } from '../../src/storage/leftovers.js';
 import { startS3 } from '../harness/s3.js';
-import { haveTools } from '../harness/tools.js';
+import { haveTools, inCI } from '../harness/tools.js';
 import { tempDir } from '../harness/tmp.js';
 import { listAll } from '../harness/tree.js';
 
@@ -249,26 +251,93 @@ describe('pushes killed mid-way', () => {
     expect(await aside()).toEqual([]);
   });
 
-  it('a push beside a live one into the same repository leaves the live one its upload; both complete', async () => {
-    const work = await tempDir();
-    const store = path.join(work, 'store');
+  /**
+   * A push into `file:STORE#REPO:1` left writing its first layer while `beside` pushes into the same
+   * repository (tag 2): that removes nothing of the live push's upload, and both complete.
+   */
+  const besideLivePush = async (repo: string, beside: (dest: string) => Promise<RunResult>): Promise<void> => {
+    const store = path.join(await tempDir(), 'store');
     const bytes = await archive();
-    const live = background(['push', '-q', 'docker-archive:-', `file:${store}#c/app:1`], { XDG_CACHE_HOME: await tempDir() });
+    const live = background(['push', '-q', 'docker-archive:-', `file:${store}#${repo}:1`], { XDG_CACHE_HOME: await tempDir() });
     const first = midLayer(bytes);
     live.child.stdin!.write(first);
-    const uploads = uploadsOf(store, 'c/app');
+    const uploads = uploadsOf(store, repo);
     await until('the push is writing its first layer', async () => (await listAll(uploads)).some((p) => /\/data\.tmp-/.test(p)));
     const during = await listAll(uploads);
 
-    const beside = await smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, `file:${store}#c/app:2`, '--json']);
-    expect(beside.code, beside.stderr).toBe(0);
-    expect(cleanedOf(beside.stdout)).toEqual([]);
+    const r = await beside(`file:${store}#${repo}:2`);
+    expect(r.code, r.stderr.toString()).toBe(0);
+    expect(cleanedOf(r.stdout)).toEqual([]);
     expect(await listAll(uploads)).toEqual(during);
 
     live.child.stdin!.end(bytes.subarray(first.length));
     expect(await live.exit).toBe(0);
     expect(await fs.readdir(uploads)).toEqual([]);
-    expect(await fs.readdir(path.join(store, 'docker/registry/v2/repositories/c/app/_manifests/tags'))).toEqual(['1', '2']);
+    expect(await fs.readdir(path.join(store, `docker/registry/v2/repositories/${repo}/_manifests/tags`))).toEqual(['1', '2']);
+  };
+
+  it('a push beside a live one into the same repository leaves the live one its upload; both complete', async () => {
+    await besideLivePush('c/app', (dest) => smart(['push', `oci:${fixtures().paths.ociBasic}:latest`, dest, '--json']));
+  });
+
+  describe('beside a live push from a twin machine', () => {
+    /**
+     * Whether a run can be given another boot id (a bind mount over /proc's, in a mount namespace of
+     * its own): root only; under CI it must.
+     */
+    let twins = false;
+    beforeAll(async () => {
+      const probe = await run('unshare', ['-m', 'sh', '-c', 'mount --bind /proc/self/stat /proc/sys/kernel/random/boot_id && echo bound']).catch((e: unknown) => ({ code: 1, stdout: Buffer.from(''), stderr: String(e) }));
+      twins = probe.code === 0 && probe.stdout.toString().trim() === 'bound';
+      if (!twins && inCI) throw new Error(`CI=true but a boot id cannot be bound over /proc's (root, unshare -m): ${probe.stderr.toString()}`);
+    });
+
+    /**
+     * `smart ARGS` as a twin of this machine runs it (a cloned VM, hosts all called `localhost`):
+     * the same host name, PID namespace and machine id, another boot id.
+     */
+    const onTwin = async (args: string[], env: NodeJS.ProcessEnv) => {
+      const mine = (await fs.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
+      let other = randomUUID();
+      while (other.slice(0, 8) === mine.slice(0, 8)) other = randomUUID();
+      const boot = path.join(await tempDir(), 'boot_id');
+      await fs.writeFile(boot, `${other}\n`);
+      return run('unshare', ['-m', 'sh', '-c', 'mount --bind "$0" /proc/sys/kernel/random/boot_id && exec "$@"', boot, process.execPath, smartBin, ...args], { env: { ...process.env, ...env } });
+    };
+
+    it('into file:, it leaves the live one its upload (another boot proves no run dead there); both complete', async (ctx) => {
+      if (!twins) return ctx.skip();
+      const cacheHome = await tempDir();
+      await besideLivePush('t/app', (dest) => onTwin(['push', `oci:${fixtures().paths.ociBasic}:latest`, dest, '--json'], { XDG_CACHE_HOME: cacheHome }));
+    });
+
+    it('into s3://, it leaves the live one its owner and start records; both complete', async (ctx) => {
+      if (!twins) return ctx.skip();
+      const work = await tempDir();
+      const s3 = await startS3(path.join(work, 's3'));
+      try {
+        const keys = async (prefix: string) => ((await s3.client().send(new ListObjectsV2Command({ Bucket: s3.bucket, Prefix: prefix }))).Contents ?? []).map((o) => o.Key!);
+        const uploads = 'root/docker/registry/v2/repositories/t/app/_uploads/';
+        const bytes = await archive();
+        const live = background(['push', '-q', 'docker-archive:-', `s3://${s3.bucket}/root#t/app:1`], { ...s3.env, XDG_CACHE_HOME: await tempDir() });
+        const first = midLayer(bytes);
+        live.child.stdin!.write(first);
+        const opened = async () => (await keys(uploads)).filter((k) => /\/(smartlayer-owner|startedat)$/.test(k));
+        await until('the push has opened its first upload', async () => (await opened()).length === 2);
+        const during = await opened();
+
+        const twin = await onTwin(['push', `oci:${fixtures().paths.ociBasic}:latest`, `s3://${s3.bucket}/root#t/app:2`, '--json'], { ...s3.env, XDG_CACHE_HOME: await tempDir() });
+        expect(twin.code, twin.stderr.toString()).toBe(0);
+        expect(cleanedOf(twin.stdout)).toEqual([]);
+        expect(await opened()).toEqual(during);
+
+        live.child.stdin!.end(bytes.subarray(first.length));
+        expect(await live.exit).toBe(0);
+        expect(await keys(uploads)).toEqual([]);
+      } finally {
+        await s3.stop();
+      }
+    });
   });
 
   it('kill -9 mid-push into s3://, then the next push into the repository removes the upload keys it left', async () => {

@@ -202,9 +202,9 @@ export class DistributionStore {
 
   /**
    * Removes the uploads of `repo` that killed pushes of ours left: those whose owner is gone, or
-   * that cannot be checked (another machine; a version that recorded no owner) and started more
-   * than a day ago. Uploads of live runs, and the registry's own (no owner record, no temporary
-   * file of ours), are left alone.
+   * that cannot be checked (another machine; another boot, which may be a twin machine's; a version
+   * that recorded no owner) and started more than a day ago. Uploads of live runs, and the
+   * registry's own (no owner record, no temporary file of ours), are left alone.
    */
   async removeStaleUploads(repo: string): Promise<Cleaned[]> {
     const removed: Cleaned[] = [];
@@ -220,7 +220,8 @@ export class DistributionStore {
       const read = async (p: string) => (await this.driver.getContent(p, MAX_LINK_BYTES).catch(() => undefined))?.toString('utf8') ?? '';
       const owner = recorded ? parseOwnerTag(await read(pathFor({ kind: 'uploadOwner', repo, id })))?.owner : writer;
       const startedAt = Date.parse(await read(pathFor({ kind: 'uploadStartedAt', repo, id })));
-      if (!isStale(owner, Number.isNaN(startedAt) ? 0 : Date.now() - startedAt)) continue;
+      // Other machines push into the store too: one of another boot may be a twin of this one (see leftovers.ts).
+      if (!isStale(owner, Number.isNaN(startedAt) ? 0 : Date.now() - startedAt, { shared: true })) continue;
       let bytes = 0;
       for (const n of names) bytes += (await this.driver.stat(`${dir}/${n}`))?.size ?? 0;
       await this.driver.delete(dir);

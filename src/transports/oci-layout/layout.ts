@@ -225,7 +225,7 @@ export class OciLayoutDestination implements BlobDestination {
    */
   private async removeLeftovers(): Promise<Cleaned[]> {
     const prefix = memberName(layoutPath({ kind: 'temporaryBlob', id: '' }));
-    const blobs = await sweepLocal(this.driver.root, (name) => (name.startsWith(prefix) ? ownerOfId(name.slice(prefix.length)) : undefined));
+    const blobs = await sweepLocal(this.driver.root, (name) => (name.startsWith(prefix) ? ownerOfId(name.slice(prefix.length)) : undefined), { shared: true });
     return [...blobs, ...(await this.driver.removeStaleTemporaries('/')), ...(await this.driver.removeStaleTemporaries(layoutPath({ kind: 'blobs' })))];
   }
 
