@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { isSmartError, type SmartError } from '../../src/errors.js';
 import { DiskMetadataCache, forgivingCache, openMetadataCache, type MetadataCache } from '../../src/cache/metadata-cache.js';
 import { freePort } from '../harness/ports.js';
@@ -31,9 +31,11 @@ const ioredisLoadedAtStart = ioredisLoaded();
 
 let single: RunningRedis | undefined;
 let cluster: RunningRedisCluster | undefined;
-if (haveRedis) {
-  [single, cluster] = await Promise.all([startRedis(await tempDir('smart-redis-')), startRedisCluster(await tempDir('smart-redis-cluster-'))]);
-}
+// In beforeAll, not at load: a run whose -t filter skips every test here runs no afterAll either,
+// and servers started at load were left running.
+beforeAll(async () => {
+  if (haveRedis) [single, cluster] = await Promise.all([startRedis(await tempDir('smart-redis-')), startRedisCluster(await tempDir('smart-redis-cluster-'))]);
+}, 60_000);
 afterAll(async () => {
   await Promise.all([single?.stop(), cluster?.stop()]);
 });
@@ -83,7 +85,8 @@ interface CacheCase {
   available: boolean;
   /** A cache over this backend; the same prefix over the same backend sees the same entries. */
   make(keyPrefix: string): Promise<MetadataCache>;
-  cluster?: RunningRedisCluster;
+  /** The cluster under it, once started (beforeAll). */
+  cluster?: () => RunningRedisCluster | undefined;
 }
 
 let diskDir: string | undefined;
@@ -94,7 +97,7 @@ const cases: CacheCase[] = [
     make: async (prefix) => closing(new DiskMetadataCache((diskDir ??= await tempDir('smart-metadata-')), prefix)),
   },
   { label: 'RedisMetadataCache (single node)', available: haveRedis, make: (prefix) => redisCache(single!.url, prefix) },
-  { label: 'RedisMetadataCache (cluster of 3)', available: haveRedis, make: (prefix) => redisCache(cluster!.url, prefix), ...(cluster ? { cluster } : {}) },
+  { label: 'RedisMetadataCache (cluster of 3)', available: haveRedis, make: (prefix) => redisCache(cluster!.url, prefix), cluster: () => cluster },
 ];
 
 let prefixCounter = 0;
@@ -265,9 +268,10 @@ for (const c of cases) {
       await cache.setMany(keys.map((key, i) => ({ key, value: `v${i}` })));
       const got = await cache.getMany([...keys, 'many:absent']);
       expect(got).toEqual([...keys.map((_, i) => `v${i}`), undefined]);
-      if (c.cluster) {
+      const spread = c.cluster?.();
+      if (spread) {
         // The keys really are spread: every master holds some of them.
-        for (const node of c.cluster.nodes) {
+        for (const node of spread.nodes) {
           const n = Number(await node.cli('EVAL', `return #redis.call('KEYS', ARGV[1])`, '0', `${prefix}many:*`));
           expect(n, `keys on node ${node.port}`).toBeGreaterThan(100);
         }
