@@ -163,16 +163,14 @@ describe('archives and trees named by a pipe, a device or a symlink', () => {
     expect((await fs.readdir(work)).filter((n) => n.startsWith('.fifo'))).toEqual([]);
   });
 
-  it('a reader that goes away: exit 1, one line naming the archive', async (ctx) => {
+  it('a reader that goes away: 141 and no error line, as for docker-archive:- (and tar cf /dev/stdout, killed by SIGPIPE)', async (ctx) => {
     if (skipUnlessReady(ctx)) return;
     // The reader closes its end at once, long before smart writes: every write finds no reader.
-    const r = await bash('smart pull "$1" docker-archive:/dev/fd/1 | (exec 0<&-; sleep 1); exit "${PIPESTATUS[0]}"', source());
-    expect(r.code, r.stderr).toBe(1);
-    const errors = r.stderr.split('\n').filter((l) => l.startsWith('smart: error'));
-    expect(errors).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: cannot write docker-archive:\/dev\/fd\/1: its reader closed \/dev\/fd\/1 \(EPIPE\)$/)]);
-    const oci = await bash('smart pull "$1" oci-archive:/dev/fd/1 | (exec 0<&-; sleep 1); exit "${PIPESTATUS[0]}"', source());
-    expect(oci.code, oci.stderr).toBe(1);
-    expect(oci.stderr.split('\n').filter((l) => l.startsWith('smart: error'))).toEqual([expect.stringMatching(/^smart: error \[STORAGE\]: cannot write oci-archive:\/dev\/fd\/1: its reader closed \/dev\/fd\/1 \(EPIPE\)$/)]);
+    for (const dest of ['docker-archive:/dev/fd/1', 'oci-archive:/dev/fd/1']) {
+      const r = await bash(`smart pull "$1" ${dest} | (exec 0<&-; sleep 1); exit "\${PIPESTATUS[0]}"`, source());
+      expect(r.code, `${dest}: ${r.stderr}`).toBe(141);
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('smart: error')), dest).toEqual([]);
+    }
   });
 
   it('a terminal is refused, as docker-archive:- is on one', async (ctx) => {
