@@ -7,7 +7,6 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { gzipSync } from 'node:zlib';
 import { GetObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
@@ -238,8 +237,6 @@ describe.skipIf(!haveTools('docker-registry', 'skopeo'))('s3:// registry storage
 describe('s3:// with its endpoint frozen (SIGSTOP)', () => {
   const STALL_S = 2;
   const ATTEMPTS = 5;
-  /** Generous: every attempt's stall twice over, and time to start and to back off. */
-  const BOUND_MS = (ATTEMPTS * STALL_S * 2 + 12) * 1000;
   let work: string;
   let s3: RunningS3;
 
@@ -274,22 +271,21 @@ describe('s3:// with its endpoint frozen (SIGSTOP)', () => {
     });
     const exit = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
     const events: { event?: string; message?: string; error?: { message: string } }[] = [];
-    let frozenAt: number | undefined;
+    let frozen = false;
     try {
       for await (const line of createInterface({ input: child.stderr! })) {
         if (!line.startsWith('{')) continue;
         const event = JSON.parse(line) as (typeof events)[number];
         events.push(event);
         // Its first bytes are on their way: the server stops answering, its connections stay open.
-        if (event.event === 'progress' && frozenAt === undefined) {
+        if (event.event === 'progress' && !frozen) {
           s3.freeze();
-          frozenAt = performance.now();
+          frozen = true;
         }
       }
-      const code = await exit;
-      const tookMs = performance.now() - frozenAt!;
-      expect(code).toBe(1);
-      expect(tookMs).toBeLessThan(BOUND_MS);
+      // How long it took is the machine's; that the stalls were not multiplied is what the
+      // warnings below say: each request sent at most ATTEMPTS times, no layer sent again around them.
+      expect(await exit).toBe(1);
       const warnings = events.filter((e) => e.event === 'warning').map((e) => e.message!);
       // Each stalled request told each time it is sent again (2, 3… of 5: one still going when the
       // push failed has told fewer), and no blob sent again around them (every warning is one of these).
@@ -312,13 +308,11 @@ describe('s3:// with its endpoint frozen (SIGSTOP)', () => {
     s3.freeze();
     try {
       for (const [maxAttempts, attempts] of [[undefined, ATTEMPTS], ['2', 2]] as const) {
-        const started = performance.now();
         const r = await smart(['pull', `s3://${s3.bucket}/frozen#team/basic:1`, `oci:${path.join(work, 'out')}:x`, '--stall-timeout', String(STALL_S)], {
           cacheHome: await tempDir(),
           env: { ...s3.env, ...(maxAttempts ? { AWS_MAX_ATTEMPTS: maxAttempts } : {}) },
         });
         expect(r.code).toBe(1);
-        expect(performance.now() - started).toBeLessThan((attempts * STALL_S * 2 + 12) * 1000);
         const lines = r.stderr.trim().split('\n');
         const told = stallWarnings(lines.filter((l) => l.startsWith('warning: ')).map((l) => l.slice('warning: '.length)), attempts);
         expect([...told]).toEqual([[`cannot read ${link}`, Array.from({ length: attempts - 1 }, (_, i) => i + 2)]]);
